@@ -1,0 +1,1 @@
+//! BuildKit's AST dump format (to be written).

@@ -1,0 +1,1 @@
+//! Typed, validated instructions and stages (to be written).

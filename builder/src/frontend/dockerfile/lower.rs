@@ -1,0 +1,1 @@
+//! Lowering of typed stages to the build graph (to be written).

@@ -1,0 +1,1 @@
+//! Dockerfile parser (to be written): source text -> [`super::ast::Dockerfile`].

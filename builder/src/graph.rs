@@ -1,0 +1,1 @@
+//! The content-addressed build graph (to be written).

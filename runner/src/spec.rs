@@ -1,0 +1,140 @@
+//! What one step is: the [`StepSpec`] every backend runs, and the [`StepOutcome`] it reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use forge_snapshotter::Mount;
+
+/// How the step's arguments are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Exec form: run `args[0]` with `args` as argv, no shell.
+    Exec(Vec<String>),
+    /// Shell form: `shell` (the stage's SHELL, `["/bin/sh", "-c"]` by default) with `script` appended.
+    Shell { shell: Vec<String>, script: String },
+}
+
+impl Command {
+    /// The argv the container's init executes.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Exec(args) => args.clone(),
+            Command::Shell { shell, script } => {
+                let mut argv = shell.clone();
+                argv.push(script.clone());
+                argv
+            }
+        }
+    }
+}
+
+/// Network mode of a step. `Host` is the default: rootless slirp4netns is not available on every host,
+/// and BuildKit's rootless mode falls back to the host network the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    #[default]
+    Host,
+    /// A fresh network namespace with only loopback up.
+    None,
+}
+
+/// The user a step runs as, as written in the Dockerfile (`USER`), resolved by the backend against the
+/// rootfs's /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct User {
+    /// A name or numeric id; empty means root.
+    pub user: String,
+    /// A group name or numeric id; `None` means the user's primary group.
+    pub group: Option<String>,
+}
+
+/// An extra mount for the step (`RUN --mount`), already turned into concrete mounts by the caller except
+/// for what only the backend can do (secrets, ssh agent forwarding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepMount {
+    /// Absolute path inside the container.
+    pub target: PathBuf,
+    pub kind: StepMountKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMountKind {
+    /// Bind a host directory or file (read-only unless `readonly` is false; rw changes are the caller's to
+    /// discard, e.g. by binding a throwaway overlay).
+    Bind { source: PathBuf, readonly: bool },
+    /// A persistent cache directory kept in the store by `id`.
+    Cache {
+        id: String,
+        sharing: CacheSharing,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// A tmpfs, `size` bytes at most (0 = the kernel default).
+    Tmpfs { size: u64 },
+    /// A secret file: its bytes, never written to the snapshot.
+    Secret {
+        data: Vec<u8>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// Forward an SSH agent socket from the host path.
+    Ssh {
+        agent_socket: PathBuf,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// Any mount a snapshotter produced (e.g. a read-only view of another stage).
+    Raw(Mount),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheSharing {
+    #[default]
+    Shared,
+    Private,
+    Locked,
+}
+
+/// One build step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    pub command: Command,
+    /// `KEY=value` pairs, in order; later keys win.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container; created if missing.
+    pub cwd: PathBuf,
+    pub user: User,
+    pub hostname: String,
+    pub network: NetworkMode,
+    /// The root filesystem, as mounts applied in order (usually one overlay).
+    pub rootfs: Vec<Mount>,
+    pub mounts: Vec<StepMount>,
+    /// Secrets exposed as environment variables (`RUN --mount=type=secret,env=NAME`), kept out of logs.
+    pub secret_env: Vec<(String, String)>,
+}
+
+/// Which stream a line of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The exit code, or 128 + signal number when a signal ended it.
+    pub exit_code: i32,
+    pub duration: Duration,
+    /// The last lines of output (both streams, interleaved as received), for error messages.
+    pub tail: Vec<String>,
+}
+
+impl StepOutcome {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+}

@@ -1,0 +1,6 @@
+//! forge-snapshotter: filesystem state. The content store, image pull, safe layer unpack, snapshots
+//! (overlay, fuse-overlayfs, copy) and the diff of a step's changes into an OCI layer.
+
+pub mod mount;
+
+pub use mount::Mount;
