@@ -11,7 +11,8 @@ pub struct Pos {
     pub column: usize,
 }
 
-/// A range of source text; `end` is inclusive of its line (BuildKit's `EndLine`).
+/// A range of source text. `end.line` is the last line the range touches (BuildKit's `EndLine`);
+/// `end.column` is one past the last char of the range on that line (exclusive, like an editor range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Span {
     pub start: Pos,
@@ -72,12 +73,34 @@ pub struct Node {
     pub span: Span,
     /// Comment lines directly above this instruction, without the leading `#`.
     pub prev_comment: Vec<String>,
+    /// ENV/LABEL written in the legacy `KEY value` form (BuildKit's empty separator, which its dump
+    /// prints as `""` and its linter reports). That form always holds exactly one name/value pair.
+    pub legacy_key_value: bool,
+}
+
+impl Node {
+    /// The keyword as written (case kept), e.g. `Run`; [`Node::instruction`] is its lowercase form.
+    pub fn keyword(&self) -> &str {
+        let line = self.original.trim();
+        line.split(['\t', '\u{b}', '\u{c}', '\r', ' '])
+            .next()
+            .unwrap_or("")
+    }
+
+    /// The ONBUILD trigger, when this node is an ONBUILD with one.
+    pub fn sub_node(&self) -> Option<&Node> {
+        match &self.args {
+            Args::Sub(node) => Some(node),
+            _ => None,
+        }
+    }
 }
 
 /// A `--name[=value]` flag of an instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flag {
-    /// The whole flag as written, e.g. `--mount=type=cache,target=/root/.cache`.
+    /// The whole flag, e.g. `--mount=type=cache,target=/root/.cache`, after BuildKit's flag word
+    /// processing: quotes removed and escaped characters unescaped (`--x="a b"` gives `--x=a b`).
     pub text: String,
     pub span: Span,
 }
@@ -103,11 +126,14 @@ impl Flag {
 pub enum Args {
     /// The instruction has no arguments.
     Empty,
-    /// Plain values (BuildKit's `Next` chain): whitespace-delimited words, name/value pairs flattened as
-    /// `[name, value, name, value]` for ENV and LABEL, or a single raw string (shell form of
-    /// RUN/CMD/ENTRYPOINT/SHELL-less instructions).
+    /// Plain values (BuildKit's `Next` chain): whitespace-delimited words (FROM, EXPOSE, COPY, ADD,
+    /// VOLUME), quoted-aware words (ARG), name/value pairs flattened as `[name, value, name, value]`
+    /// for ENV and LABEL (see [`Node::legacy_key_value`]), a single raw string (shell form of
+    /// RUN/CMD/ENTRYPOINT, and MAINTAINER/USER/WORKDIR/STOPSIGNAL), or for HEALTHCHECK the type
+    /// (`CMD`/`NONE`) followed by the shell-form command if any.
     Values(Vec<String>),
-    /// JSON array (exec form): BuildKit's `json` attribute.
+    /// JSON array (exec form): BuildKit's `json` attribute. For HEALTHCHECK the first value is the
+    /// type (`CMD`) and the JSON array's elements follow, as in BuildKit.
     Json(Vec<String>),
     /// ONBUILD's trigger instruction.
     Sub(Box<Node>),
@@ -132,13 +158,16 @@ impl Args {
 pub struct Heredoc {
     /// The delimiter word, unquoted (`EOF`).
     pub name: String,
-    /// The file descriptor before `<<` (`3<<EOF`), 0 when none was written.
+    /// The file descriptor before `<<` (`3<<EOF`), 0 when none was written (saturates at
+    /// `u32::MAX` where BuildKit's would overflow).
     pub file_descriptor: u32,
     /// Whether variables are expanded in the body: false when the delimiter was quoted.
     pub expand: bool,
     /// `<<-`: leading tabs are stripped from body lines.
     pub chomp: bool,
-    /// The body, each line ending in `\n` (tabs already stripped when `chomp`).
+    /// The body: the lines between the marker line and the terminator, each with its line ending as
+    /// written (`\n`, or `\r\n` in a CRLF file); leading tabs already stripped when `chomp`.
     pub content: String,
+    /// From the `<<` word on the instruction line to the end of the terminator line.
     pub span: Span,
 }

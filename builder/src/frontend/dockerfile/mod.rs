@@ -7,3 +7,7 @@ pub mod instructions;
 pub mod lower;
 pub mod parser;
 pub mod shell;
+
+pub use ast::{Args, Directive, Dockerfile, Flag, Heredoc, Node, Pos, Span, Warning};
+pub use dump::{dump, dump_node};
+pub use parser::{ParseError, ParseErrorKind, parse, parse_file};

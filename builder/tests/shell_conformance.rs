@@ -1,0 +1,158 @@
+//! BuildKit's own shell lexer cases (`frontend/dockerfile/shell/envVarTest` and `wordsTest`), read from
+//! the shared conformance copy and driven the way BuildKit's `lex_test.go` drives them.
+
+use std::path::PathBuf;
+
+use forge_builder::frontend::dockerfile::shell::Lexer;
+
+/// `$FORGE_SHARED_DIR/conformance/buildkit/shell`, else `<workspace>/../shared/...`; `None` (after a
+/// SKIP line) when absent, a panic when FORGE_E2E=require.
+fn shell_dir() -> Option<PathBuf> {
+    let shared = match std::env::var_os("FORGE_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("..")
+            .join("shared"),
+    };
+    let dir = shared.join("conformance").join("buildkit").join("shell");
+    if dir.join("envVarTest").is_file() && dir.join("wordsTest").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
+        panic!(
+            "conformance data missing at {} (FORGE_E2E=require)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIP: BuildKit shell conformance data not found at {}",
+        dir.display()
+    );
+    None
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn env_var_test_unix_cases() {
+    let Some(dir) = shell_dir() else { return };
+    let text = std::fs::read_to_string(dir.join("envVarTest")).expect("read envVarTest");
+    let env = pairs(&[
+        ("PWD", "/home"),
+        ("SHELL", "bash"),
+        ("KOREAN", "한국어"),
+        ("NULL", ""),
+    ]);
+    let lex = Lexer::new('\\');
+
+    let (mut run, mut windows_only) = (0, 0);
+    let mut failures = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        if raw.starts_with('#') {
+            continue;
+        }
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split('|').collect();
+        assert_eq!(
+            parts.len(),
+            3,
+            "line {}: expected three |-separated fields: {raw:?}",
+            n + 1
+        );
+        let (platform, source, expected) = (parts[0].trim(), parts[1].trim(), parts[2].trim());
+        match platform {
+            "A" | "U" => {}
+            "W" => {
+                windows_only += 1;
+                continue;
+            }
+            other => panic!("line {}: unknown platform tag {other:?}", n + 1),
+        }
+        run += 1;
+        let got = lex.process_word(source, &env);
+        let ok = match (&got, expected) {
+            (Err(_), "error") => true,
+            (Ok(word), expected) => expected != "error" && word == expected,
+            (Err(_), _) => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "line {}: input {source:?}, expected {expected:?}, got {got:?}",
+                n + 1
+            ));
+        }
+    }
+    let passed = run - failures.len();
+    println!(
+        "shell conformance: envVarTest {passed}/{run} unix cases pass ({windows_only} windows-only skipped)"
+    );
+    assert!(
+        run > 200,
+        "only {run} cases found; is envVarTest truncated?"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} envVarTest failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn words_test_cases() {
+    let Some(dir) = shell_dir() else { return };
+    let text = std::fs::read_to_string(dir.join("wordsTest")).expect("read wordsTest");
+    let lex = Lexer::new('\\');
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut run = 0;
+    let mut failures = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(def) = line.strip_prefix("ENV ") {
+            let def = def.trim_start_matches(' ');
+            let (k, v) = def.split_once('=').unwrap_or((def, ""));
+            env.push((k.to_string(), v.to_string()));
+            continue;
+        }
+        let parts: Vec<&str> = line.split('|').collect();
+        assert_eq!(
+            parts.len(),
+            2,
+            "line {}: expected exactly one |: {line:?}",
+            n + 1
+        );
+        let source = parts[0].trim();
+        let expected: Vec<&str> = parts[1].trim_start_matches(' ').split(',').collect();
+        run += 1;
+        let got = match lex.process_words(source, &env) {
+            Ok(words) => words,
+            Err(_) => vec!["error".to_string()],
+        };
+        if got != expected {
+            failures.push(format!(
+                "line {}: input {source:?}, expected {expected:?}, got {got:?}",
+                n + 1
+            ));
+        }
+    }
+    let passed = run - failures.len();
+    println!("shell conformance: wordsTest {passed}/{run} cases pass");
+    assert!(run >= 20, "only {run} cases found; is wordsTest truncated?");
+    assert!(
+        failures.is_empty(),
+        "{} wordsTest failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
