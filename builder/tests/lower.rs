@@ -387,10 +387,8 @@ impl ImageResolver for Resolver {
 
 #[test]
 fn onbuild_of_a_base_image_is_recorded_and_run() {
-    let parse = |t: &str| Ok(instructions_ast::node(1, t));
     let o = LowerOptions {
         resolver: Some(&Resolver),
-        trigger_parser: Some(&parse),
         ..opts(&[], None)
     };
     let l = lower(

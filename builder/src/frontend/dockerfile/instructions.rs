@@ -527,38 +527,6 @@ fn cmd_args(args: &Args) -> (Vec<String>, bool) {
     }
 }
 
-/// ENV/LABEL pairs. BuildKit's AST holds `name value delimiter` triples (the dump shows them); a
-/// parser may also give plain pairs, which are accepted as `name=value`.
-fn key_values(values: &[String]) -> Option<Vec<KeyValue>> {
-    let triples =
-        values.len().is_multiple_of(3) && values.chunks(3).all(|c| c[2].is_empty() || c[2] == "=");
-    if triples {
-        return Some(
-            values
-                .chunks(3)
-                .map(|c| KeyValue {
-                    key: c[0].clone(),
-                    value: c[1].clone(),
-                    no_delim: c[2].is_empty(),
-                })
-                .collect(),
-        );
-    }
-    if values.len().is_multiple_of(2) {
-        return Some(
-            values
-                .chunks(2)
-                .map(|c| KeyValue {
-                    key: c[0].clone(),
-                    value: c[1].clone(),
-                    no_delim: false,
-                })
-                .collect(),
-        );
-    }
-    None
-}
-
 fn parse_kvps(node: &Node, name: &'static str) -> Result<Vec<KeyValue>, InstructionError> {
     let values = node.args.values();
     if values.is_empty() {
@@ -567,8 +535,20 @@ fn parse_kvps(node: &Node, name: &'static str) -> Result<Vec<KeyValue>, Instruct
             args_span(node),
         ));
     }
-    let kvs = key_values(values)
-        .ok_or_else(|| InstructionError::new(ErrorKind::TooManyArguments(name), args_span(node)))?;
+    if !values.len().is_multiple_of(2) {
+        return Err(InstructionError::new(
+            ErrorKind::TooManyArguments(name),
+            args_span(node),
+        ));
+    }
+    let kvs: Vec<KeyValue> = values
+        .chunks(2)
+        .map(|c| KeyValue {
+            key: c[0].clone(),
+            value: c[1].clone(),
+            no_delim: node.legacy_key_value,
+        })
+        .collect();
     if kvs.iter().any(|kv| kv.key.is_empty()) {
         return Err(InstructionError::new(
             ErrorKind::BlankName(name),

@@ -22,9 +22,6 @@ pub trait ImageResolver {
     fn resolve(&self, reference: &str, platform: &Platform) -> Option<ImageConfig>;
 }
 
-/// Parses ONBUILD trigger text of a base image into a node; the frontend passes its parser here.
-pub type TriggerParser = dyn Fn(&str) -> Result<super::ast::Node, String>;
-
 /// What the caller decides about a build.
 pub struct LowerOptions<'a> {
     /// The stage to build (`--target`); the last stage when `None`.
@@ -38,7 +35,6 @@ pub struct LowerOptions<'a> {
     /// The `.dockerignore` patterns in force, in order.
     pub dockerignore: Vec<String>,
     pub resolver: Option<&'a dyn ImageResolver>,
-    pub trigger_parser: Option<&'a TriggerParser>,
 }
 
 impl Default for LowerOptions<'_> {
@@ -51,7 +47,6 @@ impl Default for LowerOptions<'_> {
             context_name: "context".into(),
             dockerignore: Vec::new(),
             resolver: None,
-            trigger_parser: None,
         }
     }
 }
@@ -471,12 +466,14 @@ pub fn lower_typed(
                         plans[i].span,
                     )
                 };
-                let parse = opts
-                    .trigger_parser
-                    .ok_or_else(|| trigger_err("no parser given for ONBUILD triggers".into()))?;
-                let node = parse(t).map_err(trigger_err)?;
+                let trigger_df = super::parser::parse(t).map_err(|e| trigger_err(e.message()))?;
+                let [node] = trigger_df.children.as_slice() else {
+                    return Err(trigger_err(
+                        "onbuild trigger should be a single expression".into(),
+                    ));
+                };
                 let mut cmd =
-                    instructions::parse_node(&node).map_err(|e| trigger_err(e.kind.to_string()))?;
+                    instructions::parse_node(node).map_err(|e| trigger_err(e.kind.to_string()))?;
                 cmd.span = plans[i].span;
                 let planned = ctx.plan_command(cmd, count)?;
                 changed |= planned.sources.iter().any(Option::is_some);
