@@ -27,6 +27,8 @@ fn exit_codes_zero_three_and_signal() {
         let r = fx.run(&[], &["true"]);
         assert_eq!(r.code, 0, "{r:?}");
         assert!(r.stderr.contains("exit=0 "), "{r:?}");
+        // A step that changes nothing leaves nothing: no mount stubs, no copied-up parents.
+        assert_eq!(fx.upper_paths(), Vec::<String>::new());
         let r = fx.sh(&[], "echo out; echo err >&2; exit 3");
         assert_eq!(r.code, 3, "{r:?}");
         assert!(
@@ -413,4 +415,28 @@ fn without_a_subuid_range_a_single_id_map_warns_and_chown_fails() {
         r.stderr.contains("setgid 1000") && r.stderr.contains("mapped in the user namespace"),
         "{r:?}"
     );
+}
+
+#[test]
+fn ssh_agent_socket_is_forwarded() {
+    for_each_mode(|fx| {
+        let sock = fx.path("host/agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        fx.give(&sock);
+        let spec = format!("{}:/run/ssh/agent", sock.display());
+        let r = fx.sh(
+            &["--mount-ssh", &spec],
+            "echo \"sock=$SSH_AUTH_SOCK\"; test -S \"$SSH_AUTH_SOCK\" && echo is-socket",
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            r.stdout.contains("sock=/run/ssh/agent\n") && r.stdout.contains("is-socket"),
+            "{r:?}"
+        );
+        assert!(
+            !fx.upper().join("run").exists(),
+            "mount stub left: {:?}",
+            fx.upper_paths()
+        );
+    });
 }

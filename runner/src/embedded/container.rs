@@ -74,6 +74,17 @@ pub(crate) enum PlannedMount {
     },
 }
 
+impl PlannedMount {
+    pub(crate) fn target(&self) -> &Path {
+        match self {
+            PlannedMount::Bind { target, .. }
+            | PlannedMount::Tmpfs { target, .. }
+            | PlannedMount::Secret { target, .. }
+            | PlannedMount::Raw { target, .. } => target,
+        }
+    }
+}
+
 /// Descriptors handed to the forked side.
 pub(crate) struct ChildFds {
     pub stdout: OwnedFd,

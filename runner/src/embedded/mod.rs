@@ -4,6 +4,7 @@
 
 mod cache;
 mod container;
+mod prune;
 mod sys;
 pub mod userns;
 
@@ -311,6 +312,18 @@ impl EmbeddedRunner {
         if KillTarget::is_cancelled(target) {
             return Err(RunError::Cancelled);
         }
+        // Which copy-up candidates already exist in the upper dir, to tell them from new ones after.
+        let layers = prune::overlay_layers(&plan.rootfs);
+        let targets = plan
+            .etc_files
+            .iter()
+            .map(|(_, t)| t.as_path())
+            .chain(plan.mounts.iter().map(PlannedMount::target));
+        let candidates = prune::candidates(targets);
+        let before = layers
+            .as_ref()
+            .map(|(upper, _)| prune::existing(upper, &candidates))
+            .unwrap_or_default();
         let forge_pid = nix::unistd::getpid();
         let fds = ChildFds {
             stdout,
@@ -343,6 +356,9 @@ impl EmbeddedRunner {
         let _ = fs::File::from(err_r).read_to_string(&mut detail);
         drop(leases);
         drop(step_dir);
+        if let Some((upper, lowers)) = &layers {
+            prune::prune(upper, lowers, &candidates, &before);
+        }
         if KillTarget::is_cancelled(target) {
             return Err(RunError::Cancelled);
         }
