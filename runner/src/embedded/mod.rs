@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -95,8 +95,7 @@ pub struct EmbeddedRunner {
     in_userns: bool,
 }
 
-/// Whom to SIGKILL on cancellation: init once known (that ends the whole PID namespace), else the
-/// middle process (init then dies by PR_SET_PDEATHSIG).
+/// Whom to SIGKILL on cancellation: the step's init (that ends its whole PID namespace), once forked.
 #[derive(Default)]
 struct KillTarget {
     pid: Option<i32>,
@@ -295,8 +294,9 @@ impl EmbeddedRunner {
         Ok((plan, leases))
     }
 
-    /// The blocking half of a step: prepare, fork, wait. The forking thread stays in here until the
-    /// step is over, because PR_SET_PDEATHSIG fires when the forking *thread* exits.
+    /// The blocking half of a step, on a thread of its own: prepare, unshare, fork, wait. The thread
+    /// stays in here until the step is over, because PR_SET_PDEATHSIG fires when the forking *thread*
+    /// exits, and it is never reused, because unshare changed its namespaces.
     fn spawn_and_wait(
         &self,
         spec: &StepSpec,
@@ -308,7 +308,7 @@ impl EmbeddedRunner {
         let (plan, leases) = self.plan(spec, &step_dir.0)?;
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
-        let (pid_r, pid_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         if KillTarget::is_cancelled(target) {
             return Err(RunError::Cancelled);
         }
@@ -324,34 +324,29 @@ impl EmbeddedRunner {
             .as_ref()
             .map(|(upper, _)| prune::existing(upper, &candidates))
             .unwrap_or_default();
-        let forge_pid = nix::unistd::getpid();
         let fds = ChildFds {
             stdout,
             stderr,
             error: err_w,
-            pid: pid_w,
         };
-        // SAFETY: the child only runs container::run_middle, which never returns into forge's code and
-        // uses only glibc calls that are safe after fork (glibc's fork resets malloc's locks).
-        let middle = match unsafe { fork() }.map_err(sys_err("fork step process"))? {
-            ForkResult::Child => container::run_middle(&plan, fds, forge_pid),
-            ForkResult::Parent { child } => child,
-        };
+        let init =
+            container::spawn_init(&plan, &fds, life_r).map_err(|detail| EmbeddedError::Setup {
+                command: plan.argv.clone(),
+                detail,
+            })?;
         drop(fds);
-        KillTarget::set(target, middle.as_raw());
-        if let Some(init) = container::read_pid(pid_r) {
-            KillTarget::set(target, init);
-        }
+        KillTarget::set(target, init.as_raw());
         let code = loop {
-            match waitpid(middle, None) {
+            match waitpid(init, None) {
                 Ok(WaitStatus::Exited(_, code)) => break code,
                 Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys_err("wait for the step process")(e).into()),
+                Err(e) => return Err(sys_err("wait for the step's init")(e).into()),
             }
         };
-        // The middle process is reaped: never signal its pid again.
+        // init is reaped: never signal its pid again.
         target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        drop(life_w);
         let mut detail = String::new();
         let _ = fs::File::from(err_r).read_to_string(&mut detail);
         drop(leases);
@@ -419,9 +414,16 @@ impl Runner for EmbeddedRunner {
         let runner = self.clone();
         let spec_owned = spec.clone();
         let target2 = Arc::clone(&target);
-        let mut handle = tokio::task::spawn_blocking(move || {
-            runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
-        });
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("forge-step".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
+                }));
+                let _ = done_tx.send(r);
+            })
+            .map_err(io_err("spawn a thread for", Path::new("the step")))?;
         let mut tail = VecDeque::new();
         let mut result = None;
         let mut open = true;
@@ -444,7 +446,7 @@ impl Runner for EmbeddedRunner {
                     }
                     None => open = false,
                 },
-                r = &mut handle, if result.is_none() => {
+                r = &mut done_rx, if result.is_none() => {
                     result = Some(r);
                 }
             }
@@ -453,9 +455,10 @@ impl Runner for EmbeddedRunner {
             let _ = r.await;
         }
         let code = match result {
-            Some(Ok(r)) => r?,
-            Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
-            None => unreachable!("the loop ends only with a result"),
+            Some(Ok(Ok(r))) => r?,
+            Some(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            // The thread always sends before it ends, unless it could not even unwind.
+            Some(Err(_)) | None => unreachable!("the step thread ended without a result"),
         };
         Ok(StepOutcome {
             exit_code: code,
