@@ -17,8 +17,8 @@ use std::time::Duration;
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner, UserNamespace, enter_user_namespace};
 use forge_runner::spec::CacheSharing;
 use forge_runner::{
-    CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind, StepSpec,
-    Stream, User,
+    Backend, CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind,
+    StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount;
 
@@ -242,7 +242,8 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let runner = match EmbeddedRunner::new(EmbeddedConfig::new(&args.state_dir, &args.cache_root)) {
-        Ok(r) => r,
+        // Through the Backend enum, as the builder selects a backend.
+        Ok(r) => Backend::Embedded(r),
         Err(e) => {
             eprintln!("forge-runner-step: {e}");
             return ExitCode::from(125);

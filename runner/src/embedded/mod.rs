@@ -73,6 +73,11 @@ pub enum EmbeddedError {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error(
+        "the embedded runner needs root or a user namespace (uid {uid}): call \
+         enter_user_namespace() first thing in main"
+    )]
+    NotRoot { uid: u32 },
     #[error("step {command:?} failed to start: {detail}")]
     Setup {
         command: Vec<String>,
@@ -137,6 +142,10 @@ static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl EmbeddedRunner {
     pub fn new(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(EmbeddedError::NotRoot { uid });
+        }
         for dir in [&config.state_dir, &config.cache_root] {
             fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
