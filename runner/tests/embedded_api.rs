@@ -1,0 +1,162 @@
+//! The embedded backend through the library API in-process (as root: a rootless caller must enter its
+//! user namespace before any thread starts, which a test harness cannot): output streaming, the tail,
+//! concurrent steps, and cancellation through the token.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Fixture, Mode};
+use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
+use forge_runner::{
+    Backend, CancellationToken, Command, NetworkMode, RunError, Runner, StepSpec, Stream, User,
+};
+use forge_snapshotter::Mount;
+
+fn setup() -> Option<(Fixture, Backend)> {
+    if !nix::unistd::geteuid().is_root() {
+        common::skip("in-process API tests need root");
+        return None;
+    }
+    if !std::path::Path::new("/bin/busybox").exists() {
+        common::skip("/bin/busybox is missing");
+        return None;
+    }
+    let fx = Fixture::new(&Mode::Root);
+    let config = EmbeddedConfig::new(fx.path("state"), fx.path("cache"));
+    let runner = EmbeddedRunner::new(config).unwrap();
+    Some((fx, Backend::Embedded(runner)))
+}
+
+fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
+    let (up, work) = (fx.path(upper), fx.path(&format!("{upper}-work")));
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    StepSpec {
+        command: Command::Shell {
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            script: script.into(),
+        },
+        env: vec![("GREETING".into(), "hello".into())],
+        cwd: PathBuf::from("/"),
+        user: User::default(),
+        hostname: "api-test".into(),
+        network: NetworkMode::None,
+        rootfs: vec![Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", fx.path("lower").display()),
+                format!("upperdir={}", up.display()),
+                format!("workdir={}", work.display()),
+            ],
+        }],
+        mounts: Vec::new(),
+        secret_env: vec![("TOKEN".into(), "from-secret-env".into())],
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn output_streams_line_by_line_and_tail_keeps_the_last_lines() {
+    let Some((fx, backend)) = setup() else { return };
+    let spec = spec(
+        &fx,
+        "up1",
+        "echo \"$GREETING from $(hostname) $TOKEN\"; for i in $(seq 1 30); do echo line-$i; done; echo oops >&2; printf 'no-newline'; exit 4",
+    );
+    let mut lines = Vec::new();
+    let outcome = rt()
+        .block_on(backend.run(
+            &spec,
+            &mut |s: Stream, l: &str| lines.push((s, l.to_string())),
+            &CancellationToken::new(),
+        ))
+        .unwrap();
+    assert_eq!(outcome.exit_code, 4);
+    assert!(!outcome.success());
+    assert_eq!(
+        lines[0],
+        (
+            Stream::Stdout,
+            "hello from api-test from-secret-env".to_string()
+        )
+    );
+    assert!(
+        lines.contains(&(Stream::Stderr, "oops".to_string())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(Stream::Stdout, "no-newline".to_string())),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 33, "{lines:?}");
+    assert_eq!(outcome.tail.len(), 20);
+    assert!(
+        outcome.tail.contains(&"line-30".to_string()),
+        "{:?}",
+        outcome.tail
+    );
+    assert!(
+        !outcome.tail.contains(&"line-1".to_string()),
+        "{:?}",
+        outcome.tail
+    );
+    assert!(outcome.duration > Duration::ZERO);
+}
+
+#[test]
+fn concurrent_steps_keep_their_output_apart() {
+    let Some((fx, backend)) = setup() else { return };
+    let a = spec(&fx, "up-a", "for i in 1 2 3; do echo a-$i; sleep 0.1; done");
+    let b = spec(
+        &fx,
+        "up-b",
+        "for i in 1 2 3; do echo b-$i; sleep 0.1; done; exit 2",
+    );
+    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+    let cancel = CancellationToken::new();
+    let mut sink_a = |_, l: &str| out_a.push(l.to_string());
+    let mut sink_b = |_, l: &str| out_b.push(l.to_string());
+    let (ra, rb) = rt().block_on(async {
+        tokio::join!(
+            backend.run(&a, &mut sink_a, &cancel),
+            backend.run(&b, &mut sink_b, &cancel),
+        )
+    });
+    assert_eq!(ra.unwrap().exit_code, 0);
+    assert_eq!(rb.unwrap().exit_code, 2);
+    assert_eq!(out_a, ["a-1", "a-2", "a-3"]);
+    assert_eq!(out_b, ["b-1", "b-2", "b-3"]);
+}
+
+#[test]
+fn cancelling_the_token_returns_cancelled_and_cleans_up() {
+    let Some((fx, backend)) = setup() else { return };
+    let spec = spec(&fx, "up-c", "echo started; exec sleep 4242");
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let mut saw_start = false;
+    let mut sink = |_, l: &str| {
+        if l == "started" {
+            saw_start = true;
+            c.cancel();
+        }
+    };
+    let result = rt().block_on(async {
+        let run = backend.run(&spec, &mut sink, &cancel);
+        tokio::time::timeout(Duration::from_secs(20), run).await
+    });
+    assert!(saw_start);
+    assert!(matches!(result, Ok(Err(RunError::Cancelled))), "{result:?}");
+    assert!(common::pids_with_argv(&["sleep", "4242"]).is_empty());
+    assert_eq!(std::fs::read_dir(fx.path("state")).unwrap().count(), 0);
+}
