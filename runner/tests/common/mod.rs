@@ -296,6 +296,19 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Run as a user, the test cannot delete what steps chowned to subordinate ids: the step
+        // binary removes the tree from inside its user namespace.
+        if !nix::unistd::geteuid().is_root() {
+            let _ = Command::new(&self.bin)
+                .arg("--remove-tree")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
 /// Tests run in parallel threads: a child forked by one test can briefly hold the write descriptor of
 /// the binary another test just copied, and exec then fails with ETXTBSY until that child execs.
 fn retry_busy<T>(mut f: impl FnMut() -> std::io::Result<T>) -> T {
