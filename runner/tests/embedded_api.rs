@@ -206,3 +206,42 @@ fn raw_snapshotter_mounts_overlay_view_and_tmpfs() {
     let upper: Vec<_> = std::fs::read_dir(fx.path("up-raw")).unwrap().collect();
     assert!(upper.is_empty(), "{upper:?}");
 }
+
+#[test]
+fn fuse_overlayfs_rootfs() {
+    let Some((fx, backend)) = setup() else { return };
+    if !std::path::Path::new("/usr/bin/fuse-overlayfs").exists()
+        || !std::path::Path::new("/dev/fuse").exists()
+    {
+        common::skip("fuse-overlayfs or /dev/fuse is missing");
+        return;
+    }
+    let mut spec = spec(
+        &fx,
+        "up-fuse",
+        "mkdir /made && echo hi > /made/f && chown 1000:1000 /made/f && cat /made/f",
+    );
+    spec.rootfs[0].kind = "fuse-overlayfs".into();
+    spec.rootfs[0].source = "fuse-overlayfs".into();
+    let mut out = Vec::new();
+    let mut sink = |_, l: &str| out.push(l.to_string());
+    let outcome = rt()
+        .block_on(backend.run(&spec, &mut sink, &CancellationToken::new()))
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0, "{out:?}");
+    assert_eq!(out, ["hi"]);
+    let meta = std::fs::metadata(fx.path("up-fuse/made/f")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+    // The FUSE daemon lived in the step's PID namespace and is gone with it.
+    let upper = fx.path("up-fuse").to_string_lossy().into_owned();
+    let daemons = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| common::contains(&c, upper.as_bytes()))
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(daemons, 0, "fuse-overlayfs left running");
+}

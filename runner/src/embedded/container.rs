@@ -39,6 +39,9 @@ pub(crate) struct Plan {
     pub rootfs: Vec<Mount>,
     /// Overlay mounts need `userxattr` inside a user namespace.
     pub in_userns: bool,
+    /// fuse-overlayfs, found on forge's PATH before the fork (the child must not read the environment:
+    /// another thread may have held its lock at fork time).
+    pub fuse_overlayfs: Option<PathBuf>,
     pub hostname: String,
     pub new_netns: bool,
     /// Host file -> path in the container, bind-mounted read-only (hosts, resolv.conf, hostname).
@@ -109,6 +112,82 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The fuse-overlayfs mounts of a plan and where they go before pivot_root.
+fn fuse_mounts(plan: &Plan) -> Vec<(&Mount, PathBuf)> {
+    let rootfs = plan.rootfs.iter().map(|m| (m, plan.rootfs_dir.clone()));
+    let raw = plan.mounts.iter().enumerate().filter_map(|(i, m)| match m {
+        PlannedMount::Raw { mount, .. } => Some((mount, plan.step_dir.join(format!("raw-{i}")))),
+        _ => None,
+    });
+    rootfs
+        .chain(raw)
+        .filter(|(m, _)| m.kind == "fuse-overlayfs")
+        .collect()
+}
+
+/// Starts the FUSE daemons of fuse-overlayfs mounts from the step thread, in a mount namespace of the
+/// thread's own, before init is forked. Started from init instead, the daemon would share init's
+/// root, and pivot_root moves every task on the old root: the daemon, which resolves paths through
+/// /proc/self/fd, would then fail. Here it also stays out of the step's PID namespace, so the step
+/// cannot reach the host's root through /proc/<daemon>/root.
+fn mount_fuse(plan: &Plan) -> Result<(), String> {
+    let mounts = fuse_mounts(plan);
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
+    ctx(
+        sys::mount(
+            "",
+            Path::new("/"),
+            "",
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        ),
+        || "make the mount tree private".into(),
+    )?;
+    let tool = plan
+        .fuse_overlayfs
+        .as_ref()
+        .ok_or("fuse-overlayfs is not installed")?;
+    for (m, target) in mounts {
+        if !target.exists() {
+            ctx(fs::create_dir(&target), || {
+                format!("create {}", target.display())
+            })?;
+        }
+        let (_, data) = ms_flags(&m.options);
+        let out = std::process::Command::new(tool)
+            .env_clear()
+            .arg("-o")
+            .arg(data.join(","))
+            .arg(&target)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(format!(
+                    "{} -o {} {}: {}: {}",
+                    tool.display(),
+                    data.join(","),
+                    target.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Err(e) => return Err(format!("run {}: {e}", tool.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts what `mount_fuse` mounted (on the step thread, after the step); the daemons then exit.
+pub(crate) fn unmount_fuse(plan: &Plan) {
+    for (_, target) in fuse_mounts(plan) {
+        let _ = sys::umount_detach(&target);
+    }
+}
+
 /// Forks the container's init from the calling thread and returns its pid. Must run on a thread made
 /// for this one step: it moves that thread (only) into new PID, IPC, UTS and optionally network
 /// namespaces first, which Linux allows per thread, so that the forked child is pid 1 there without a
@@ -116,6 +195,7 @@ fn exit(code: i32) -> ! {
 /// mount namespace that shares the old root, and the thread must stay on the host's root.
 /// `lifeline` is the read end of a pipe whose write end forge holds for the step.
 pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Result<Pid, String> {
+    mount_fuse(plan)?;
     let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if plan.new_netns {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -359,7 +439,8 @@ fn ms_flags(options: &[String]) -> (libc::c_ulong, Vec<String>) {
 }
 
 /// Applies one snapshotter mount at `target` (a host path; called before pivot_root).
-fn apply_mount(m: &Mount, target: &Path, in_userns: bool) -> SetupResult<()> {
+fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
+    let in_userns = plan.in_userns;
     let (flags, mut data) = ms_flags(&m.options);
     let what = || {
         format!(
@@ -385,19 +466,9 @@ fn apply_mount(m: &Mount, target: &Path, in_userns: bool) -> SetupResult<()> {
             }
             Ok(())
         }
-        "fuse-overlayfs" => {
-            // A FUSE daemon, started here so it lives in the step's PID namespace and dies with it.
-            let status = std::process::Command::new("fuse-overlayfs")
-                .arg("-o")
-                .arg(data.join(","))
-                .arg(target)
-                .status();
-            match status {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(format!("{}: fuse-overlayfs exited with {s}", what())),
-                Err(e) => Err(format!("{}: run fuse-overlayfs: {e}", what())),
-            }
-        }
+        // Mounted before the fork by the step thread (see `mount_fuse`); init's mount namespace is a
+        // copy of the thread's, so it is already in place.
+        "fuse-overlayfs" => Ok(()),
         kind => {
             if kind == "overlay" && in_userns && !data.iter().any(|d| d == "userxattr") {
                 // Unprivileged overlay keeps whiteouts and opaque markers in user.* xattrs.
@@ -527,7 +598,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
         return Err("the step has no rootfs mounts".into());
     }
     for m in &plan.rootfs {
-        apply_mount(m, &plan.rootfs_dir, plan.in_userns)?;
+        apply_mount(m, &plan.rootfs_dir, plan)?;
     }
 
     // Host-side sources become detached mounts now; after pivot_root their paths are gone.
@@ -623,10 +694,12 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
                 } else {
                     // Mounted on a host-side staging dir first: its options name host paths.
                     let stage = plan.step_dir.join(format!("raw-{i}"));
-                    ctx(fs::create_dir(&stage), || {
-                        format!("create {}", stage.display())
-                    })?;
-                    apply_mount(mount, &stage, plan.in_userns)?;
+                    if mount.kind != "fuse-overlayfs" {
+                        ctx(fs::create_dir(&stage), || {
+                            format!("create {}", stage.display())
+                        })?;
+                    }
+                    apply_mount(mount, &stage, plan)?;
                     staged.push(Staged {
                         fd: clone_tree(&stage, true, false)?,
                         target: target.clone(),

@@ -212,6 +212,7 @@ impl EmbeddedRunner {
         &self,
         spec: &StepSpec,
         step_dir: &Path,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(Plan, Vec<cache::CacheLease>), EmbeddedError> {
         let mut env = spec.env.clone();
         let mut mounts = Vec::new();
@@ -236,8 +237,15 @@ impl EmbeddedRunner {
                     gid,
                     mode,
                 } => {
-                    let lease =
-                        cache::acquire(&self.config.cache_root, id, *sharing, *uid, *gid, *mode)?;
+                    let lease = cache::acquire(
+                        &self.config.cache_root,
+                        id,
+                        *sharing,
+                        *uid,
+                        *gid,
+                        *mode,
+                        cancelled,
+                    )?;
                     let source = lease.dir.clone();
                     leases.push(lease);
                     PlannedMount::Bind {
@@ -287,6 +295,11 @@ impl EmbeddedRunner {
             rootfs_dir: step_dir.join("rootfs"),
             rootfs: spec.rootfs.clone(),
             in_userns: self.in_userns,
+            fuse_overlayfs: std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("fuse-overlayfs"))
+                    .find(|p| p.is_file())
+            }),
             hostname: if spec.hostname.is_empty() {
                 DEFAULT_HOSTNAME.into()
             } else {
@@ -314,7 +327,13 @@ impl EmbeddedRunner {
         target: &Mutex<KillTarget>,
     ) -> Result<i32, RunError> {
         let step_dir = self.make_step_dir()?;
-        let (plan, leases) = self.plan(spec, &step_dir.0)?;
+        let (plan, leases) =
+            match self.plan(spec, &step_dir.0, &|| KillTarget::is_cancelled(target)) {
+                Err(EmbeddedError::Cache(CacheError::Cancelled { .. })) => {
+                    return Err(RunError::Cancelled);
+                }
+                other => other?,
+            };
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -338,11 +357,17 @@ impl EmbeddedRunner {
             stderr,
             error: err_w,
         };
-        let init =
-            container::spawn_init(&plan, &fds, life_r).map_err(|detail| EmbeddedError::Setup {
-                command: plan.argv.clone(),
-                detail,
-            })?;
+        let init = match container::spawn_init(&plan, &fds, life_r) {
+            Ok(pid) => pid,
+            Err(detail) => {
+                container::unmount_fuse(&plan);
+                return Err(EmbeddedError::Setup {
+                    command: plan.argv.clone(),
+                    detail,
+                }
+                .into());
+            }
+        };
         drop(fds);
         KillTarget::set(target, init.as_raw());
         let code = loop {
@@ -355,6 +380,7 @@ impl EmbeddedRunner {
         };
         // init is reaped: never signal its pid again.
         target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        container::unmount_fuse(&plan);
         drop(life_w);
         let mut detail = String::new();
         let _ = fs::File::from(err_r).read_to_string(&mut detail);
