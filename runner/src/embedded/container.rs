@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -524,7 +524,7 @@ fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<(
                 fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode_file(0o644)
+                    .mode(0o644)
                     .open(p),
                 || format!("create mount point {}", p.display()),
             )?;
@@ -543,15 +543,6 @@ fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<(
         }
     }
     Ok(())
-}
-
-trait ModeFile {
-    fn mode_file(&mut self, mode: u32) -> &mut Self;
-}
-impl ModeFile for fs::OpenOptions {
-    fn mode_file(&mut self, mode: u32) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
-    }
 }
 
 /// A mount prepared before pivot_root, attached inside the new root afterwards.
