@@ -303,6 +303,9 @@ fn ignore_file_lookup_prefers_the_dockerfile_specific_one() {
     fs::write(&dockerfile, "FROM scratch\n").unwrap();
 
     assert_eq!(find_ignore_file(&ctx, &dockerfile), None);
+    // an empty Dockerfile-specific file is treated as missing, as BuildKit's frontend does
+    fs::write(df_dir.join("app.Dockerfile.dockerignore"), "").unwrap();
+    assert_eq!(find_ignore_file(&ctx, &dockerfile), None);
     fs::write(ctx.join(".dockerignore"), "a\n").unwrap();
     assert_eq!(
         find_ignore_file(&ctx, &dockerfile),

@@ -45,7 +45,8 @@ pub enum DockerignoreError {
 /// `<context>/.dockerignore`; `None` when neither exists.
 ///
 /// `dockerfile` is the Dockerfile's path as the user gave it (absolute, or relative to the current
-/// directory); `-` (Dockerfile on stdin) only looks in the context.
+/// directory); `-` (Dockerfile on stdin) only looks in the context. An empty Dockerfile-specific file
+/// counts as absent, as in BuildKit's frontend.
 pub fn find_ignore_file(context_dir: &Path, dockerfile: &Path) -> Option<PathBuf> {
     if dockerfile != Path::new("-")
         && let Some(name) = dockerfile.file_name()
@@ -53,7 +54,9 @@ pub fn find_ignore_file(context_dir: &Path, dockerfile: &Path) -> Option<PathBuf
         let mut specific = name.to_os_string();
         specific.push(".dockerignore");
         let candidate = dockerfile.with_file_name(specific);
-        if candidate.is_file() {
+        // BuildKit reads this file through the gateway, where an empty file comes back as no data
+        // and the frontend falls back to the context's file.
+        if candidate.is_file() && candidate.metadata().is_ok_and(|m| m.len() > 0) {
             return Some(candidate);
         }
     }

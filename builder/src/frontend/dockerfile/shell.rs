@@ -1162,6 +1162,125 @@ mod tests {
     }
 
     #[test]
+    fn expansion_table_with_matches() {
+        // (word, env, expected result or None for an error, matched, unmatched)
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            ("x", &[("DUMMY", "d")], Some("x"), &[], &[]),
+            (
+                "x ${UNUSED}",
+                &[("DUMMY", "d")],
+                Some("x "),
+                &[],
+                &["UNUSED"],
+            ),
+            (
+                "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("xxx bbb ccc"),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            (
+                "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa bbb "),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            (
+                "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa  "),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            ("${BAR?bbb}", &[("BAR", "")], Some(""), &["BAR"], &[]),
+            ("${BAR:?bbb}", &[("BAR", "")], None, &[], &[]),
+            ("${FOO=aaa}", &[("FOO", "x")], None, &[], &[]),
+            ("${FOO=}", &[], None, &[], &[]),
+            ("${FOO#*x*y}", &[("FOO", "xxyy")], Some("y"), &["FOO"], &[]),
+            ("${FOO#*}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            (
+                "${FOO#$BAR}",
+                &[("FOO", "xxyy"), ("BAR", "x")],
+                Some("xyy"),
+                &["BAR", "FOO"],
+                &[],
+            ),
+            ("${FOO#}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            ("${FOO##}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            ("${FOO%}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            (
+                "${ABC:-.}${FOO%x}${ABC:-.}",
+                &[("FOO", "xxyy")],
+                Some(".xxyy."),
+                &["FOO"],
+                &["ABC"],
+            ),
+            (
+                "${FOO/$N/$R}",
+                &[
+                    ("FOO", "http://google.de"),
+                    ("N", "http://"),
+                    ("R", "https://"),
+                ],
+                Some("https://google.de"),
+                &["FOO", "N", "R"],
+                &[],
+            ),
+            (
+                "${FOO/$N/} - ${FOO//$N/}",
+                &[("FOO", "/tmp/tmp/bar.txt"), ("N", "/tmp")],
+                Some("/tmp/bar.txt - /bar.txt"),
+                &["FOO", "N"],
+                &[],
+            ),
+            (
+                "v${V:+-${V}}.tgz",
+                &[("V", "v7")],
+                Some("v-v7.tgz"),
+                &["V"],
+                &[],
+            ),
+            ("v${V:+-${V}}.tgz", &[("V", "")], Some("v.tgz"), &["V"], &[]),
+            ("v${V:+-${V}}.tgz", &[], Some("v.tgz"), &[], &["V"]),
+        ];
+        let lex = Lexer::new('\\');
+        for (word, env, want, matched, unmatched) in cases {
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let got = lex.process(word, &env);
+            match (want, got) {
+                (None, Err(_)) => {}
+                (None, Ok(r)) => panic!("{word}: expected an error, got {:?}", r.result),
+                (Some(_), Err(e)) => panic!("{word}: {e}"),
+                (Some(want), Ok(r)) => {
+                    assert_eq!(r.result, *want, "{word}");
+                    assert_eq!(
+                        r.matched.iter().collect::<Vec<_>>(),
+                        *matched,
+                        "{word}: matched"
+                    );
+                    assert_eq!(
+                        r.unmatched.iter().collect::<Vec<_>>(),
+                        *unmatched,
+                        "{word}: unmatched"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn env_impls() {
         let list: Vec<(String, String)> = vec![
             ("A".into(), "1".into()),
