@@ -5,5 +5,6 @@
 //! hands steps to the runner; exporters turn the result into an image.
 
 pub mod context;
+pub mod export;
 pub mod frontend;
 pub mod graph;
