@@ -2,7 +2,7 @@
 //! through the snapshot's read counter) and COPY-source selection hashing.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -178,8 +178,14 @@ fn memo_makes_an_unchanged_rebuild_read_nothing() {
     assert_eq!(first.stats().memo_hits, 0);
     assert!(memo_path(state.path(), root).is_file());
 
+    let memo_ino = fs::metadata(memo_path(state.path(), root)).unwrap().ino();
     let second = snap(root, Some(state.path()), None);
     assert_eq!(second.stats().files_read, 0, "{:?}", second.stats());
+    // Nothing to add: the memo is not rewritten (a rewrite is a rename, a new inode).
+    assert_eq!(
+        fs::metadata(memo_path(state.path(), root)).unwrap().ino(),
+        memo_ino
+    );
     assert_eq!(second.stats().memo_hits, 40);
     assert_eq!(second.entries(), first.entries());
 

@@ -97,6 +97,11 @@ impl Memo {
         })
     }
 
+    /// How many files the memo remembers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// The remembered hash of `path`, if its key is unchanged and the memo can vouch for it.
     ///
     /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not

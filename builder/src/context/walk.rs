@@ -101,7 +101,10 @@ pub(super) fn take(
         stats.bytes_read += bytes;
     }
 
-    if let Some(p) = &memo_path {
+    // Nothing read and nothing gone: the memo on disk already says all there is to say, and a
+    // no-op rebuild should not pay for a rewrite and an fsync.
+    let unchanged = stats.files_read == 0 && memo.len() as u64 == stats.memo_hits;
+    if let Some(p) = memo_path.as_ref().filter(|_| !unchanged) {
         let entries = found
             .iter()
             .filter_map(|f| f.entry.content.map(|h| (f.entry.path.as_str(), f.key, h)));
