@@ -1,0 +1,266 @@
+//! The persisted memo of file content hashes that lets a rebuild skip reading unchanged files.
+//! One file per context directory under the state directory, replaced atomically; anything that
+//! does not verify (short, wrong magic, bad checksum) is thrown away and rebuilt, never trusted.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 24] = b"forge-context-memo\0v1\0\0\n";
+/// How close to the memo's own time a file may have been modified and still be trusted: one
+/// second covers the coarsest timestamp granularity of the filesystems we meet (ext3, HFS+).
+const RACY_MARGIN_NS: i64 = 1_000_000_000;
+
+/// What identifies one version of a file without reading it: if any of these move, the content
+/// may have changed. mtime alone is not enough (tools restore it), hence ctime, inode and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileKey {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub ctime_ns: i64,
+    pub dev: u64,
+}
+
+/// The memo as loaded: content hashes by relative path, and when the snapshot that wrote it began.
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    taken_at_ns: i64,
+    entries: HashMap<String, (FileKey, [u8; 32])>,
+}
+
+/// Where the memo of the context at `root` lives under `state_dir`.
+pub(crate) fn memo_file(state_dir: &Path, root: &Path) -> PathBuf {
+    let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let id = blake3::hash(canonical.as_os_str().as_encoded_bytes());
+    state_dir
+        .join("context-memo")
+        .join(&id.to_hex().as_str()[..32])
+}
+
+impl Memo {
+    /// Loads the memo at `path`. A missing file is an empty memo; an unreadable or corrupt one is an
+    /// empty memo plus the reason it was discarded.
+    pub fn load(path: &Path) -> (Memo, Option<String>) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Memo::default(), None),
+            Err(e) => {
+                return (
+                    Memo::default(),
+                    Some(format!("memo {} discarded: {e}", path.display())),
+                );
+            }
+        };
+        match Self::decode(&bytes) {
+            Some(m) => (m, None),
+            None => (
+                Memo::default(),
+                Some(format!(
+                    "memo {} discarded: corrupt or truncated ({} bytes)",
+                    path.display(),
+                    bytes.len()
+                )),
+            ),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Memo> {
+        let body_len = bytes.len().checked_sub(32)?;
+        let (body, sum) = bytes.split_at(body_len);
+        if blake3::hash(body).as_bytes() != sum {
+            return None;
+        }
+        let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
+        let taken_at_ns = r.i64()?;
+        let count = r.u64()?;
+        let mut entries = HashMap::new();
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let path = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+            let key = FileKey {
+                size: r.u64()?,
+                mtime_ns: r.i64()?,
+                ino: r.u64()?,
+                ctime_ns: r.i64()?,
+                dev: r.u64()?,
+            };
+            let hash: [u8; 32] = r.take(32)?.try_into().ok()?;
+            entries.insert(path, (key, hash));
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Memo {
+            taken_at_ns,
+            entries,
+        })
+    }
+
+    /// How many files the memo remembers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The remembered hash of `path`, if its key is unchanged and the memo can vouch for it.
+    ///
+    /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not
+    /// trusted ("racy git"): a write in the same timestamp tick as the hashing would leave the key
+    /// unchanged while the content moved on. The same goes for files modified within the last second.
+    pub fn lookup(&self, path: &str, key: &FileKey, now_ns: i64) -> Option<blake3::Hash> {
+        let (k, hash) = self.entries.get(path)?;
+        if k != key
+            || !trustworthy(key.mtime_ns, self.taken_at_ns)
+            || !trustworthy(key.mtime_ns, now_ns)
+        {
+            return None;
+        }
+        Some(blake3::Hash::from_bytes(*hash))
+    }
+
+    /// Writes a memo atomically: a temporary file in the same directory, fsynced, renamed over the
+    /// old one, then the directory fsynced. Entries the next run could not trust are left out.
+    pub fn save<'a>(
+        path: &Path,
+        taken_at_ns: i64,
+        entries: impl Iterator<Item = (&'a str, FileKey, blake3::Hash)>,
+    ) -> std::io::Result<()> {
+        let mut body = Vec::with_capacity(1 << 16);
+        body.extend_from_slice(MAGIC);
+        body.extend_from_slice(&taken_at_ns.to_le_bytes());
+        let count_at = body.len();
+        body.extend_from_slice(&0u64.to_le_bytes());
+        let mut count: u64 = 0;
+        for (p, key, hash) in entries {
+            if !trustworthy(key.mtime_ns, taken_at_ns) {
+                continue;
+            }
+            let len = u32::try_from(p.len()).map_err(std::io::Error::other)?;
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(p.as_bytes());
+            for v in [
+                key.size,
+                key.mtime_ns as u64,
+                key.ino,
+                key.ctime_ns as u64,
+                key.dev,
+            ] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            body.extend_from_slice(hash.as_bytes());
+            count += 1;
+        }
+        body[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+        let sum = blake3::hash(&body);
+        body.extend_from_slice(sum.as_bytes());
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        // Unique per process and call, so concurrent forge processes never share a temporary file;
+        // the last rename wins, and each candidate is a complete memo.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}.{seq}",
+            path.file_name()
+                .map_or("memo".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn trustworthy(mtime_ns: i64, reference_ns: i64) -> bool {
+    mtime_ns < reference_ns.saturating_sub(RACY_MARGIN_NS)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(mtime_ns: i64) -> FileKey {
+        FileKey {
+            size: 3,
+            mtime_ns,
+            ino: 7,
+            ctime_ns: mtime_ns,
+            dev: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_racy_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let t = 100 * RACY_MARGIN_NS;
+        let h = blake3::hash(b"abc");
+        let old = key(t - 5 * RACY_MARGIN_NS);
+        let racy = key(t - RACY_MARGIN_NS / 2);
+        Memo::save(&path, t, [("old", old, h), ("racy", racy, h)].into_iter()).unwrap();
+        let (m, warn) = Memo::load(&path);
+        assert!(warn.is_none());
+        let now = t + 10 * RACY_MARGIN_NS;
+        assert_eq!(m.lookup("old", &old, now), Some(h));
+        assert_eq!(
+            m.lookup("racy", &racy, now),
+            None,
+            "racy entry must not be trusted"
+        );
+        let mut moved = old;
+        moved.ctime_ns += 1;
+        assert_eq!(m.lookup("old", &moved, now), None);
+        // A clock that says the file was modified just now wins over an old memo.
+        assert_eq!(m.lookup("old", &old, old.mtime_ns + 1), None);
+    }
+
+    #[test]
+    fn any_damage_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let h = blake3::hash(b"abc");
+        Memo::save(&path, i64::MAX / 2, [("a", key(1), h)].into_iter()).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [0, 10, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            let (m, warn) = Memo::load(&path);
+            assert!(m.entries.is_empty() && warn.is_some(), "cut at {cut}");
+        }
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(Memo::load(&path).1.is_some());
+    }
+}

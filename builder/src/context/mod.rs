@@ -1,0 +1,378 @@
+//! Build-context snapshots: what a COPY/ADD from the local context reads, reduced to a cache key.
+//! A parallel walk honours `.dockerignore`, records each kept entry's metadata (never mtime) and a
+//! blake3 of file contents, reusing a persisted memo so an unchanged rebuild reads no file.
+
+mod memo;
+pub mod pattern;
+mod walk;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::frontend::dockerignore::{Dockerignore, clean_path};
+
+pub use pattern::BadPattern;
+
+/// A context that cannot be snapshotted or a selection that cannot be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// Listing a directory or reading an entry's metadata failed.
+    #[error("walking {path}: {source}")]
+    Walk {
+        /// The entry.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// Reading a file's content or a link's target failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// A name that is not UTF-8 (the ignore matcher and the cache encoding work on text).
+    #[error("path is not valid UTF-8: {path}")]
+    NonUtf8 {
+        /// The path, lossily shown.
+        path: PathBuf,
+    },
+    /// A file was replaced by something else between the walk and its hashing.
+    #[error("{path} changed while the context was read (was a regular file, inode {expected_ino})")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// The inode the walk saw.
+        expected_ino: u64,
+    },
+    /// A COPY/ADD source without wildcards that is not in the context (or is excluded by
+    /// `.dockerignore`).
+    #[error("source {pattern:?} not found in the build context")]
+    SourceNotFound {
+        /// The source as given.
+        pattern: String,
+    },
+    /// A wildcard source Go's `filepath.Match` rejects.
+    #[error(transparent)]
+    BadPattern(#[from] BadPattern),
+}
+
+/// What an entry is. Devices carry their device number, which is part of what a copy reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed by the walk).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 1,
+            EntryKind::Dir => 2,
+            EntryKind::Symlink => 3,
+            EntryKind::Fifo => 4,
+            EntryKind::Socket => 5,
+            EntryKind::CharDevice => 6,
+            EntryKind::BlockDevice => 7,
+        }
+    }
+}
+
+/// One kept entry of the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative to the context root, `/`-separated, without a leading `./`.
+    pub path: String,
+    /// The entry's type.
+    pub kind: EntryKind,
+    /// Permission bits plus setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Size in bytes (`st_size`; for a symlink the length of its target).
+    pub size: u64,
+    /// A symlink's target, exactly as stored.
+    pub link_target: Option<PathBuf>,
+    /// Device number of a character or block device, 0 otherwise.
+    pub rdev: u64,
+    /// blake3 of a regular file's content.
+    pub content: Option<blake3::Hash>,
+}
+
+/// Counters of one snapshot, for tests and progress output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Regular files whose content was read and hashed (the instrumentation the memo is judged by).
+    pub files_read: u64,
+    /// Bytes of content read.
+    pub bytes_read: u64,
+    /// Regular files whose hash came from the memo.
+    pub memo_hits: u64,
+    /// Why the memo was not used or not saved, when that happened; the snapshot is still right.
+    pub memo_warning: Option<String>,
+}
+
+/// How to take a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions<'a> {
+    /// The `.dockerignore` rules to honour (none: keep everything).
+    pub ignore: Option<&'a Dockerignore>,
+    /// Where the content-hash memo is kept (none: no memo, every file is read).
+    pub state_dir: Option<&'a Path>,
+    /// Worker threads for walking and hashing; 0 means one per available core.
+    pub threads: usize,
+}
+
+/// The kept entries of a build context, sorted by path (byte order), each with its metadata and,
+/// for regular files, a content hash.
+#[derive(Debug, Clone)]
+pub struct ContextSnapshot {
+    entries: Vec<Entry>,
+    stats: SnapshotStats,
+}
+
+/// Where the memo for the context at `root` is kept under `state_dir` (one file per context
+/// directory).
+pub fn memo_path(state_dir: &Path, root: &Path) -> PathBuf {
+    memo::memo_file(state_dir, root)
+}
+
+const DOMAIN_SELECTION: &[u8] = b"forge.context.selection.v1";
+const DOMAIN_CONTEXT: &[u8] = b"forge.context.v1";
+
+impl ContextSnapshot {
+    /// Walks `root` (not following symlinks), applies the ignore rules as fsutil does (an excluded
+    /// directory is still kept when something below it is re-included by a `!` rule) and hashes the
+    /// kept regular files, reusing and then refreshing the memo under `state_dir` when given.
+    pub fn take(root: &Path, options: &SnapshotOptions<'_>) -> Result<Self, ContextError> {
+        walk::take(root, options)
+    }
+
+    /// Every kept entry, sorted by path.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// What the snapshot cost.
+    pub fn stats(&self) -> &SnapshotStats {
+        &self.stats
+    }
+
+    /// The entry at `path` (relative, `/`-separated), without following symlinks.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.index_of(path).map(|i| &self.entries[i])
+    }
+
+    fn index_of(&self, path: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+    }
+
+    /// The digest of the whole snapshot: the encoding described at [`ContextSnapshot::hash_selection`]
+    /// over every entry, under its own domain string (`forge.context.v1`).
+    pub fn digest(&self) -> blake3::Hash {
+        digest_entries(DOMAIN_CONTEXT, self.entries.iter())
+    }
+
+    /// The entries COPY/ADD sources select, sorted by path and without duplicates.
+    ///
+    /// Each source is cleaned (`./a//b/` is `a/b`, `..` cannot leave the root, a leading `/` is the
+    /// context root). `.` selects everything. A source with an unescaped `*`, `?` or `[` is matched
+    /// against every entry's path with Go's `filepath.Match` (so `*` never crosses a `/`); any other
+    /// source is a path, resolved through symlinks inside the context as BuildKit does for COPY
+    /// sources, and an error if absent. A selected directory brings its whole subtree; a selected
+    /// symlink is followed (within the context) and its target selected, a dangling one selects the
+    /// link itself. Symlinks below a selected directory are kept as links.
+    pub fn select<S: AsRef<str>>(&self, sources: &[S]) -> Result<Vec<&Entry>, ContextError> {
+        let mut picked = BTreeSet::new();
+        for source in sources {
+            let raw = source.as_ref();
+            let cleaned = scope(raw);
+            if cleaned.is_empty() {
+                picked.extend(0..self.entries.len());
+                continue;
+            }
+            if pattern::has_wildcards(&cleaned) {
+                for (i, e) in self.entries.iter().enumerate() {
+                    if pattern::go_match(&cleaned, &e.path)? {
+                        self.pick_followed(i, &mut picked);
+                    }
+                }
+                // Go reports a bad pattern only when it gets that far; check it on its own too.
+                pattern::go_match(&cleaned, "")?;
+                continue;
+            }
+            match self.resolve(&cleaned) {
+                Some(Resolved::Root) => picked.extend(0..self.entries.len()),
+                Some(Resolved::Entry(i)) => self.pick_subtree(i, &mut picked),
+                None => match self.index_of(&cleaned) {
+                    // A dangling link: what is copied is the link itself.
+                    Some(i) => self.pick_subtree(i, &mut picked),
+                    None => {
+                        return Err(ContextError::SourceNotFound {
+                            pattern: raw.to_string(),
+                        });
+                    }
+                },
+            }
+        }
+        Ok(picked.into_iter().map(|i| &self.entries[i]).collect())
+    }
+
+    /// The cache-key digest of what COPY/ADD `sources` read (see [`ContextSnapshot::select`]).
+    ///
+    /// The digest is blake3 over this encoding, where `lp(x)` is x's length as a u64 little-endian
+    /// followed by its bytes and integers are little-endian:
+    ///
+    /// ```text
+    /// lp("forge.context.selection.v1")  u64 number of entries
+    /// then for each selected entry, in byte order of its path:
+    ///   lp(path)          relative, `/`-separated
+    ///   u8  type          1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char dev, 7 block dev
+    ///   u32 mode          st_mode & 0o7777
+    ///   u32 uid, u32 gid
+    ///   lp(link target)   empty unless a symlink
+    ///   u64 rdev          0 unless a device
+    ///   [32] content      blake3 of a regular file's bytes, zeroes otherwise
+    /// ```
+    ///
+    /// Renaming, re-owning, a mode change or a content change moves the digest; mtime, atime,
+    /// ctime and inode numbers never enter it.
+    pub fn hash_selection<S: AsRef<str>>(
+        &self,
+        sources: &[S],
+    ) -> Result<blake3::Hash, ContextError> {
+        Ok(digest_entries(
+            DOMAIN_SELECTION,
+            self.select(sources)?.into_iter(),
+        ))
+    }
+
+    fn pick_followed(&self, i: usize, picked: &mut BTreeSet<usize>) {
+        if self.entries[i].kind == EntryKind::Symlink
+            && let Some(r) = self.resolve(&self.entries[i].path)
+        {
+            match r {
+                Resolved::Root => picked.extend(0..self.entries.len()),
+                Resolved::Entry(j) => self.pick_subtree(j, picked),
+            }
+            return;
+        }
+        self.pick_subtree(i, picked);
+    }
+
+    fn pick_subtree(&self, i: usize, picked: &mut BTreeSet<usize>) {
+        picked.insert(i);
+        if self.entries[i].kind != EntryKind::Dir {
+            return;
+        }
+        // Sorted by bytes, so everything under `dir/` is one contiguous run.
+        let prefix = format!("{}/", self.entries[i].path);
+        let start = self
+            .entries
+            .partition_point(|e| e.path.as_str() < prefix.as_str());
+        picked.extend(
+            (start..self.entries.len()).take_while(|&j| self.entries[j].path.starts_with(&prefix)),
+        );
+    }
+
+    /// Follows symlinks in every component of `path`, never leaving the context root (a `..` at the
+    /// root stays there, an absolute target starts from the root), as BuildKit scopes COPY sources.
+    fn resolve(&self, path: &str) -> Option<Resolved> {
+        let mut pending: std::collections::VecDeque<String> =
+            path.split('/').map(str::to_string).collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop_front() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+            let i = self.index_of(&cur.join("/"))?;
+            let e = &self.entries[i];
+            if e.kind == EntryKind::Symlink {
+                hops += 1;
+                if hops > 255 {
+                    return None;
+                }
+                cur.pop();
+                let target = e.link_target.as_ref()?.to_str()?;
+                if target.starts_with('/') {
+                    cur.clear();
+                }
+                for comp in target.split('/').rev() {
+                    pending.push_front(comp.to_string());
+                }
+            } else if !pending.iter().all(|p| p.is_empty() || p == ".") && e.kind != EntryKind::Dir
+            {
+                // A file used as a directory.
+                return None;
+            }
+        }
+        if cur.is_empty() {
+            return Some(Resolved::Root);
+        }
+        self.index_of(&cur.join("/")).map(Resolved::Entry)
+    }
+}
+
+enum Resolved {
+    Root,
+    Entry(usize),
+}
+
+/// A source cleaned and scoped to the context root; empty means the root itself.
+fn scope(source: &str) -> String {
+    let cleaned = clean_path(&format!("/{source}"));
+    cleaned.trim_start_matches('/').to_string()
+}
+
+fn digest_entries<'a>(
+    domain: &[u8],
+    entries: impl ExactSizeIterator<Item = &'a Entry>,
+) -> blake3::Hash {
+    fn lp(h: &mut blake3::Hasher, bytes: &[u8]) {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    let mut h = blake3::Hasher::new();
+    lp(&mut h, domain);
+    h.update(&(entries.len() as u64).to_le_bytes());
+    for e in entries {
+        lp(&mut h, e.path.as_bytes());
+        h.update(&[e.kind.code()]);
+        h.update(&e.mode.to_le_bytes());
+        h.update(&e.uid.to_le_bytes());
+        h.update(&e.gid.to_le_bytes());
+        lp(
+            &mut h,
+            e.link_target
+                .as_ref()
+                .map_or(&[][..], |t| t.as_os_str().as_encoded_bytes()),
+        );
+        h.update(&e.rdev.to_le_bytes());
+        h.update(e.content.as_ref().map_or(&[0u8; 32], |c| c.as_bytes()));
+    }
+    h.finalize()
+}

@@ -1,0 +1,344 @@
+//! The parallel part of a snapshot: directories are handed out from a shared queue to worker
+//! threads, then the files the memo cannot vouch for are hashed by the same number of workers.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::memo::{FileKey, Memo};
+use super::{ContextError, ContextSnapshot, Entry, EntryKind, SnapshotOptions, SnapshotStats};
+use crate::frontend::dockerignore::{Dockerignore, MatchState};
+
+/// An entry as the walk found it, before hashing.
+struct Found {
+    entry: Entry,
+    key: FileKey,
+    /// Excluded itself, listed only if something below it is kept.
+    excluded_dir: bool,
+}
+
+struct Queue {
+    jobs: VecDeque<(String, Option<MatchState>)>,
+    /// Directories taken but not finished: the walk ends when this and the queue are empty.
+    busy: usize,
+    failed: bool,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub(super) fn take(
+    root: &Path,
+    options: &SnapshotOptions<'_>,
+) -> Result<ContextSnapshot, ContextError> {
+    // Taken before any stat, so a file written during the walk is never older than the memo's time.
+    let taken_at = now_ns();
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let empty = Dockerignore::default();
+    let ignore = options.ignore.unwrap_or(&empty);
+    let mut found = walk(root, ignore, threads)?;
+    found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
+
+    // fsutil sends an excluded directory only when something below it is sent.
+    let mut needed: HashSet<&str> = HashSet::new();
+    for f in found.iter().filter(|f| !f.excluded_dir) {
+        let p = f.entry.path.as_str();
+        for (i, _) in p.match_indices('/') {
+            needed.insert(&p[..i]);
+        }
+    }
+    let keep: Vec<bool> = found
+        .iter()
+        .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_str()))
+        .collect();
+    let mut found: Vec<Found> = found
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(f, k)| k.then_some(f))
+        .collect();
+
+    let mut stats = SnapshotStats::default();
+    let memo_path = options.state_dir.map(|d| super::memo::memo_file(d, root));
+    let memo = match &memo_path {
+        Some(p) => {
+            let (m, warning) = Memo::load(p);
+            stats.memo_warning = warning;
+            m
+        }
+        None => Memo::default(),
+    };
+    let lookup_now = now_ns();
+    let mut to_hash = Vec::new();
+    for (i, f) in found.iter_mut().enumerate() {
+        if f.entry.kind != EntryKind::File {
+            continue;
+        }
+        match memo.lookup(&f.entry.path, &f.key, lookup_now) {
+            Some(h) => {
+                f.entry.content = Some(h);
+                stats.memo_hits += 1;
+            }
+            None => to_hash.push(i),
+        }
+    }
+
+    let results = hash_files(root, &found, &to_hash, threads);
+    for (i, r) in results {
+        let (hash, key, bytes) = r?;
+        found[i].entry.content = Some(hash);
+        found[i].key = key;
+        stats.files_read += 1;
+        stats.bytes_read += bytes;
+    }
+
+    // Nothing read and nothing gone: the memo on disk already says all there is to say, and a
+    // no-op rebuild should not pay for a rewrite and an fsync.
+    let unchanged = stats.files_read == 0 && memo.len() as u64 == stats.memo_hits;
+    if let Some(p) = memo_path.as_ref().filter(|_| !unchanged) {
+        let entries = found
+            .iter()
+            .filter_map(|f| f.entry.content.map(|h| (f.entry.path.as_str(), f.key, h)));
+        if let Err(e) = Memo::save(p, taken_at, entries) {
+            stats.memo_warning = Some(format!("saving memo {}: {e}", p.display()));
+        }
+    }
+    Ok(ContextSnapshot {
+        entries: found.into_iter().map(|f| f.entry).collect(),
+        stats,
+    })
+}
+
+fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>, ContextError> {
+    let queue = Mutex::new(Queue {
+        jobs: VecDeque::from([(String::new(), None)]),
+        busy: 0,
+        failed: false,
+    });
+    let wake = Condvar::new();
+    let error: Mutex<Option<ContextError>> = Mutex::new(None);
+    let mut all = Vec::new();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let (rel, state) = {
+                            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                            loop {
+                                if q.failed {
+                                    return out;
+                                }
+                                if let Some(job) = q.jobs.pop_front() {
+                                    q.busy += 1;
+                                    break job;
+                                }
+                                if q.busy == 0 {
+                                    return out;
+                                }
+                                q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                            }
+                        };
+                        let mut subdirs = Vec::new();
+                        let r =
+                            read_dir(root, &rel, state.as_ref(), ignore, &mut out, &mut subdirs);
+                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        q.busy -= 1;
+                        match r {
+                            Ok(()) => q.jobs.extend(subdirs),
+                            Err(e) => {
+                                q.failed = true;
+                                error
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get_or_insert(e);
+                            }
+                        }
+                        wake.notify_all();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(v) => all.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(all)
+}
+
+/// Lists one directory: kept entries go to `out`, directories to descend into to `subdirs`.
+fn read_dir(
+    root: &Path,
+    rel: &str,
+    parent: Option<&MatchState>,
+    ignore: &Dockerignore,
+    out: &mut Vec<Found>,
+    subdirs: &mut Vec<(String, Option<MatchState>)>,
+) -> Result<(), ContextError> {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    let walk_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContextError::Walk { path, source }
+    };
+    for entry in std::fs::read_dir(&dir).map_err(walk_err(&dir))? {
+        let entry = entry.map_err(walk_err(&dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(ContextError::NonUtf8 { path: entry.path() });
+        };
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let (excluded, state) = if ignore.is_empty() {
+            (false, MatchState::default())
+        } else {
+            ignore.match_with_parent(&path, parent)
+        };
+        // DirEntry::metadata is an lstat: symlinks are described, not followed.
+        let meta = entry.metadata().map_err(walk_err(&entry.path()))?;
+        let is_dir = meta.is_dir();
+        if excluded && !(is_dir && ignore.may_match_below(&path)) {
+            continue;
+        }
+        let kind = kind_of(&meta);
+        let link_target = if kind == EntryKind::Symlink {
+            let full = entry.path();
+            Some(
+                std::fs::read_link(&full)
+                    .map_err(|source| ContextError::Read { path: full, source })?,
+            )
+        } else {
+            None
+        };
+        if is_dir {
+            subdirs.push((path.clone(), (!ignore.is_empty()).then_some(state)));
+        }
+        out.push(Found {
+            key: key_of(&meta),
+            entry: Entry {
+                path,
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                size: meta.size(),
+                link_target,
+                rdev: if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+                    meta.rdev()
+                } else {
+                    0
+                },
+                content: None,
+            },
+            excluded_dir: excluded,
+        });
+    }
+    Ok(())
+}
+
+fn kind_of(meta: &Metadata) -> EntryKind {
+    let t = meta.file_type();
+    if t.is_symlink() {
+        EntryKind::Symlink
+    } else if t.is_dir() {
+        EntryKind::Dir
+    } else if t.is_fifo() {
+        EntryKind::Fifo
+    } else if t.is_socket() {
+        EntryKind::Socket
+    } else if t.is_char_device() {
+        EntryKind::CharDevice
+    } else if t.is_block_device() {
+        EntryKind::BlockDevice
+    } else {
+        EntryKind::File
+    }
+}
+
+fn key_of(meta: &Metadata) -> FileKey {
+    FileKey {
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ino: meta.ino(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        dev: meta.dev(),
+    }
+}
+
+type Hashed = Result<(blake3::Hash, FileKey, u64), ContextError>;
+
+fn hash_files(
+    root: &Path,
+    found: &[Found],
+    todo: &[usize],
+    threads: usize,
+) -> Vec<(usize, Hashed)> {
+    let next = AtomicUsize::new(0);
+    let mut out = Vec::with_capacity(todo.len());
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(todo.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&i) = todo.get(n) else {
+                            return mine;
+                        };
+                        mine.push((i, hash_one(root, &found[i])));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(v) => out.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    out
+}
+
+/// Reads one file. The memo key is taken from the open file itself, so it describes the bytes
+/// actually hashed; a file replaced since the walk is an error, not a silent mix.
+fn hash_one(root: &Path, f: &Found) -> Hashed {
+    let path = root.join(&f.entry.path);
+    let read_err = |source| ContextError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(&path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() || meta.ino() != f.key.ino || meta.dev() != f.key.dev {
+        return Err(ContextError::Changed {
+            path,
+            expected_ino: f.key.ino,
+        });
+    }
+    let mut hasher = blake3::Hasher::new();
+    let bytes = std::io::copy(&mut file, &mut hasher).map_err(read_err)?;
+    Ok((hasher.finalize(), key_of(&meta), bytes))
+}

@@ -1,0 +1,127 @@
+//! `-o type=local,dest=DIR`: the final filesystem as plain files. builder does not reach the
+//! snapshotter's safe layer unpacker yet, so this copies an already-assembled rootfs directory;
+//! the solver hands it the final snapshot's directory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use super::{ExportError, io_err};
+
+/// Copies the tree at `rootfs` into `dest` (created if missing): regular files, directories and
+/// symlinks (never followed; a link keeps its target string), hard links within the tree stay
+/// linked, permission bits including setuid/setgid/sticky and modification times are kept. Owners
+/// are kept when the process may set them (as root, or when they are already the caller's) and
+/// otherwise left as the caller's, as a rootless `docker buildx` local export does. Device nodes,
+/// fifos and sockets are refused with an error naming them.
+pub fn export_local(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
+    fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
+    let mut links = HashMap::new();
+    copy_dir(rootfs, dest, &mut links)?;
+    let meta = fs::metadata(rootfs).map_err(io_err("reading metadata of", rootfs))?;
+    finish(dest, &meta)
+}
+
+fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<(), ExportError> {
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .map_err(io_err("listing", src))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err("listing", src))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let meta = fs::symlink_metadata(&from).map_err(io_err("reading metadata of", &from))?;
+        let t = meta.file_type();
+        if t.is_dir() {
+            match fs::create_dir(&to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
+                Err(e) => return Err(io_err("creating", &to)(e)),
+            }
+            copy_dir(&from, &to, links)?;
+            finish(&to, &meta)?;
+            continue;
+        }
+        remove_existing(&to)?;
+        if t.is_symlink() {
+            let target = fs::read_link(&from).map_err(io_err("reading link", &from))?;
+            symlink(&target, &to).map_err(io_err("creating symlink", &to))?;
+            chown_if_permitted(&to, &meta)?;
+        } else if t.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = links.get(&key) {
+                    fs::hard_link(first, &to).map_err(io_err("hard-linking", &to))?;
+                    continue;
+                }
+                links.insert(key, to.clone());
+            }
+            let mut input = fs::File::open(&from).map_err(io_err("opening", &from))?;
+            // Private until finished: the final mode may not even let us write the times.
+            let mut output = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)
+                .map_err(io_err("creating", &to))?;
+            std::io::copy(&mut input, &mut output).map_err(io_err("copying", &from))?;
+            finish_open(output, &to, &meta)?;
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if t.is_fifo() {
+                "a fifo"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a device node"
+            };
+            return Err(ExportError::UnsupportedFile { path: from, kind });
+        }
+    }
+    Ok(())
+}
+
+fn remove_existing(path: &Path) -> Result<(), ExportError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("replacing", path)),
+        Ok(_) => fs::remove_file(path).map_err(io_err("replacing", path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Applies a directory's metadata once its children are in place.
+fn finish(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+    let f = fs::File::open(path).map_err(io_err("opening", path))?;
+    finish_open(f, path, meta)
+}
+
+/// mtime first (through the handle, while the entry is still ours to change), then owner, then
+/// mode (a chown clears setuid/setgid).
+fn finish_open(f: fs::File, path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+    let modified = meta.modified().map_err(io_err("reading mtime of", path))?;
+    f.set_modified(modified)
+        .map_err(io_err("setting mtime of", path))?;
+    chown_if_permitted(path, meta)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_err("setting mode of", path))
+}
+
+fn chown_if_permitted(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+    let current = fs::symlink_metadata(path).map_err(io_err("reading metadata of", path))?;
+    if current.uid() == meta.uid() && current.gid() == meta.gid() {
+        return Ok(());
+    }
+    match lchown(path, Some(meta.uid()), Some(meta.gid())) {
+        Ok(()) => Ok(()),
+        // Unprivileged: the files stay the caller's.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) if e.raw_os_error() == Some(22) => Ok(()), // EINVAL: id not mapped in this userns
+        Err(e) => Err(io_err("changing owner of", path)(e)),
+    }
+}

@@ -1,0 +1,367 @@
+//! Build-context snapshots: determinism, `.dockerignore`, symlinks, the content-hash memo (counted
+//! through the snapshot's read counter) and COPY-source selection hashing.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use forge_builder::context::{
+    ContextError, ContextSnapshot, EntryKind, SnapshotOptions, memo_path,
+};
+use forge_builder::frontend::dockerignore::Dockerignore;
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+}
+
+/// Moves a file's mtime an hour into the past, out of the racy window.
+fn age(root: &Path, rel: &str) {
+    let f = fs::File::options()
+        .write(true)
+        .open(root.join(rel))
+        .unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
+fn snap(root: &Path, state: Option<&Path>, ignore: Option<&Dockerignore>) -> ContextSnapshot {
+    ContextSnapshot::take(
+        root,
+        &SnapshotOptions {
+            ignore,
+            state_dir: state,
+            threads: 0,
+        },
+    )
+    .unwrap()
+}
+
+fn paths(s: &ContextSnapshot) -> Vec<&str> {
+    s.entries().iter().map(|e| e.path.as_str()).collect()
+}
+
+fn sample_tree(root: &Path) {
+    write(root, "a.txt", "alpha");
+    write(root, "b.txt", "beta");
+    write(root, "src/main.rs", "fn main() {}");
+    write(root, "src/lib/mod.rs", "// lib");
+    write(root, "docs/x.md", "x");
+}
+
+#[test]
+fn snapshot_is_deterministic_and_content_addressed() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    sample_tree(one.path());
+    sample_tree(two.path());
+    let a = snap(one.path(), None, None);
+    let b = snap(one.path(), None, None);
+    let c = snap(two.path(), None, None);
+    assert_eq!(a.entries(), b.entries());
+    assert_eq!(a.digest(), b.digest());
+    // Same names, contents, modes and owners in another directory (other inodes, other times).
+    assert_eq!(a.digest(), c.digest());
+    assert_eq!(
+        paths(&a),
+        [
+            "a.txt",
+            "b.txt",
+            "docs",
+            "docs/x.md",
+            "src",
+            "src/lib",
+            "src/lib/mod.rs",
+            "src/main.rs"
+        ]
+    );
+    let e = a.get("a.txt").unwrap();
+    assert_eq!(e.kind, EntryKind::File);
+    assert_eq!(e.size, 5);
+    assert_eq!(e.content, Some(blake3::hash(b"alpha")));
+    assert_eq!(a.get("src").unwrap().content, None);
+    // One thread or many: the same snapshot.
+    let single = ContextSnapshot::take(
+        one.path(),
+        &SnapshotOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(single.entries(), a.entries());
+}
+
+#[test]
+fn dockerignore_rules_are_honoured_with_exceptions_under_excluded_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sample_tree(root);
+    write(root, "build/out.o", "o");
+    write(root, "build/keep/me.txt", "keep");
+    write(root, "build/keep/not.log", "log");
+    write(root, "node_modules/pkg/index.js", "js");
+    write(root, "x.log", "log");
+    write(
+        root,
+        ".dockerignore",
+        "build\n!build/keep\n*.log\n**/*.log\nnode_modules\n",
+    );
+    let ignore = Dockerignore::read(&root.join(".dockerignore")).unwrap();
+    let s = snap(root, None, Some(&ignore));
+    let got = paths(&s);
+    assert!(got.contains(&"build/keep/me.txt"), "{got:?}");
+    // The excluded directory is listed because something below it is re-included.
+    assert!(got.contains(&"build"), "{got:?}");
+    for gone in [
+        "build/out.o",
+        "build/keep/not.log",
+        "x.log",
+        "node_modules",
+        "node_modules/pkg/index.js",
+    ] {
+        assert!(!got.contains(&gone), "{gone} should be excluded: {got:?}");
+    }
+    // The same set the frontend's sequential walker computes independently.
+    assert_eq!(got, ignore.walk(root).unwrap());
+
+    // An ignored file changing does not move the digest; a kept one does.
+    let before = s.digest();
+    write(root, "build/out.o", "changed");
+    assert_eq!(snap(root, None, Some(&ignore)).digest(), before);
+    write(root, "build/keep/me.txt", "changed");
+    assert_ne!(snap(root, None, Some(&ignore)).digest(), before);
+}
+
+#[test]
+fn symlinks_are_recorded_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret/file", "outside");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "real/f", "inside");
+    symlink(outside.path().join("secret"), root.join("out")).unwrap();
+    symlink("real", root.join("rel")).unwrap();
+    symlink("missing", root.join("dangling")).unwrap();
+    let s = snap(root, None, None);
+    assert_eq!(paths(&s), ["dangling", "out", "real", "real/f", "rel"]);
+    let out = s.get("out").unwrap();
+    assert_eq!(out.kind, EntryKind::Symlink);
+    assert_eq!(
+        out.link_target.as_deref(),
+        Some(outside.path().join("secret").as_path())
+    );
+    assert_eq!(out.content, None);
+    assert_eq!(s.stats().files_read, 1, "only real/f is read");
+
+    // Retargeting a link moves the digest even though no file content changed.
+    let before = s.digest();
+    fs::remove_file(root.join("rel")).unwrap();
+    symlink("real/f", root.join("rel")).unwrap();
+    assert_ne!(snap(root, None, None).digest(), before);
+}
+
+#[test]
+fn memo_makes_an_unchanged_rebuild_read_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for i in 0..40 {
+        let rel = format!("d{}/f{i}.txt", i % 4);
+        write(root, &rel, &format!("content {i}"));
+        age(root, &rel);
+    }
+    let first = snap(root, Some(state.path()), None);
+    assert_eq!(first.stats().files_read, 40);
+    assert_eq!(first.stats().memo_hits, 0);
+    assert!(memo_path(state.path(), root).is_file());
+
+    let memo_ino = fs::metadata(memo_path(state.path(), root)).unwrap().ino();
+    let second = snap(root, Some(state.path()), None);
+    assert_eq!(second.stats().files_read, 0, "{:?}", second.stats());
+    // Nothing to add: the memo is not rewritten (a rewrite is a rename, a new inode).
+    assert_eq!(
+        fs::metadata(memo_path(state.path(), root)).unwrap().ino(),
+        memo_ino
+    );
+    assert_eq!(second.stats().memo_hits, 40);
+    assert_eq!(second.entries(), first.entries());
+
+    // One file changes: exactly one read, and the new content is seen.
+    write(root, "d1/f5.txt", "new content");
+    let third = snap(root, Some(state.path()), None);
+    assert_eq!(third.stats().files_read, 1);
+    assert_eq!(
+        third.get("d1/f5.txt").unwrap().content,
+        Some(blake3::hash(b"new content"))
+    );
+    assert_ne!(third.digest(), first.digest());
+
+    // Same size, mtime put back: ctime still betrays the change.
+    write(root, "d2/f6.txt", "CONTENT 6");
+    age(root, "d2/f6.txt");
+    let fourth = snap(root, Some(state.path()), None);
+    assert_eq!(
+        fourth.get("d2/f6.txt").unwrap().content,
+        Some(blake3::hash(b"CONTENT 6"))
+    );
+}
+
+#[test]
+fn racily_fresh_files_are_not_trusted_from_the_memo() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "old.txt", "old");
+    age(root, "old.txt");
+    write(root, "fresh.txt", "fresh");
+    let first = snap(root, Some(state.path()), None);
+    assert_eq!(first.stats().files_read, 2);
+    // fresh.txt was modified within a second of the memo: a same-tick rewrite would be invisible
+    // to its key, so it is read again.
+    let second = snap(root, Some(state.path()), None);
+    assert_eq!(second.stats().files_read, 1);
+    assert_eq!(second.stats().memo_hits, 1);
+    age(root, "fresh.txt");
+    snap(root, Some(state.path()), None);
+    assert_eq!(snap(root, Some(state.path()), None).stats().files_read, 0);
+}
+
+#[test]
+fn corrupt_memo_is_discarded_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for i in 0..5 {
+        write(root, &format!("f{i}"), &format!("{i}"));
+        age(root, &format!("f{i}"));
+    }
+    let clean = snap(root, Some(state.path()), None);
+    let memo = memo_path(state.path(), root);
+    let good = fs::read(&memo).unwrap();
+    for damaged in [
+        b"garbage".to_vec(),
+        good[..good.len() / 2].to_vec(),
+        Vec::new(),
+    ] {
+        fs::write(&memo, &damaged).unwrap();
+        let s = snap(root, Some(state.path()), None);
+        assert!(s.stats().memo_warning.is_some());
+        assert_eq!(s.stats().files_read, 5);
+        assert_eq!(s.entries(), clean.entries());
+        // The damaged memo was replaced by a good one.
+        assert_eq!(snap(root, Some(state.path()), None).stats().files_read, 0);
+    }
+}
+
+#[test]
+fn selection_hash_covers_exactly_the_selected_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sample_tree(root);
+    write(root, "src/lib/other.txt", "o");
+    let s = snap(root, None, None);
+    let h = |s: &ContextSnapshot, p: &[&str]| s.hash_selection(p).unwrap();
+    let sel = |s: &ContextSnapshot, p: &[&str]| -> Vec<String> {
+        s.select(p)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path.clone())
+            .collect()
+    };
+
+    assert_eq!(sel(&s, &["*.txt"]), ["a.txt", "b.txt"]);
+    assert_eq!(
+        sel(&s, &["src"]),
+        [
+            "src",
+            "src/lib",
+            "src/lib/mod.rs",
+            "src/lib/other.txt",
+            "src/main.rs"
+        ]
+    );
+    assert_eq!(sel(&s, &["./src/lib/"]), sel(&s, &["src/lib"]));
+    assert_eq!(sel(&s, &["src/*/*.rs"]), ["src/lib/mod.rs"]);
+    assert_eq!(sel(&s, &["[ab].txt", "a.txt"]), ["a.txt", "b.txt"]);
+    assert_eq!(sel(&s, &["?.txt"]), ["a.txt", "b.txt"]);
+    assert_eq!(sel(&s, &["/../docs"]), ["docs", "docs/x.md"]);
+    assert_eq!(sel(&s, &["."]).len(), s.entries().len());
+    assert!(sel(&s, &["*.nothing"]).is_empty());
+    assert!(matches!(
+        s.select(&["missing.txt"]),
+        Err(ContextError::SourceNotFound { .. })
+    ));
+    assert!(matches!(
+        s.select(&["[a-"]),
+        Err(ContextError::BadPattern(_))
+    ));
+
+    // Order and duplicates of sources do not matter; what is selected does.
+    assert_eq!(
+        h(&s, &["a.txt", "src"]),
+        h(&s, &["src", "a.txt", "src/main.rs"])
+    );
+    assert_ne!(h(&s, &["a.txt"]), h(&s, &["b.txt"]));
+    let base_src = h(&s, &["src"]);
+    let base_a = h(&s, &["a.txt"]);
+
+    // Touching mtime changes nothing.
+    age(root, "src/main.rs");
+    let t = snap(root, None, None);
+    assert_eq!(h(&t, &["src"]), base_src);
+    assert_eq!(t.digest(), s.digest());
+
+    // A change outside the selection leaves it alone; one inside moves it.
+    write(root, "docs/x.md", "changed");
+    let t = snap(root, None, None);
+    assert_eq!(h(&t, &["src"]), base_src);
+    assert_ne!(t.digest(), s.digest());
+    write(root, "src/lib/mod.rs", "// changed");
+    assert_ne!(h(&snap(root, None, None), &["src"]), base_src);
+
+    // Mode change.
+    fs::set_permissions(root.join("a.txt"), fs::Permissions::from_mode(0o755)).unwrap();
+    let t = snap(root, None, None);
+    assert_eq!(t.get("a.txt").unwrap().mode, 0o755);
+    assert_ne!(h(&t, &["a.txt"]), base_a);
+    assert_ne!(h(&t, &["*.txt"]), h(&s, &["*.txt"]));
+    fs::set_permissions(root.join("a.txt"), fs::Permissions::from_mode(0o4644)).unwrap();
+    assert_eq!(snap(root, None, None).get("a.txt").unwrap().mode, 0o4644);
+
+    // Rename with the same content.
+    fs::set_permissions(root.join("a.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    let before = h(&snap(root, None, None), &["*.txt"]);
+    fs::rename(root.join("a.txt"), root.join("c.txt")).unwrap();
+    assert_ne!(h(&snap(root, None, None), &["*.txt"]), before);
+}
+
+#[test]
+fn selected_symlinks_are_followed_inside_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "real/f", "one");
+    write(root, "real/sub/g", "two");
+    symlink("real", root.join("linkdir")).unwrap();
+    symlink("real/f", root.join("linkfile")).unwrap();
+    symlink("../../real/f", root.join("real/sub/up")).unwrap();
+    symlink("nowhere", root.join("dangling")).unwrap();
+    let s = snap(root, None, None);
+    let sel = |p: &[&str]| -> Vec<String> {
+        s.select(p)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path.clone())
+            .collect()
+    };
+    assert_eq!(sel(&["linkfile"]), ["real/f"]);
+    assert_eq!(sel(&["linkdir/sub/g"]), ["real/sub/g"]);
+    // `..` past the root stays at the root, as BuildKit scopes sources.
+    assert_eq!(sel(&["real/sub/up"]), ["real/f"]);
+    assert_eq!(sel(&["link*"]).len(), 5, "{:?}", sel(&["link*"]));
+    assert_eq!(sel(&["dangling"]), ["dangling"]);
+    // Inside a selected directory a link stays a link.
+    assert!(sel(&["real"]).contains(&"real/sub/up".to_string()));
+}
