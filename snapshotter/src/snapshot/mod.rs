@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
-pub use copy::CopySnapshotter;
+pub use copy::{CopySnapshotter, copy_tree};
 pub use overlay::{OverlayFlavor, OverlaySnapshotter};
 
 use crate::diff::{Changes, DiffError, DiffStats, write_layer};

@@ -763,7 +763,7 @@ impl Unpacker {
                 }
             }
             WhiteoutMode::Overlay(x) => {
-                sys::lsetxattr(&sys::proc_path(dir, b""), x.opaque_name(), b"y")
+                sys::lsetxattr(&sys::proc_path(dir, b"."), x.opaque_name(), b"y")
                     .map_err(|e| Self::io(entry, "marking the directory opaque", errno_io(e)))?;
             }
             WhiteoutMode::Keep => {
@@ -800,8 +800,7 @@ impl Unpacker {
             )
             .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
         }
-        let path = sys::proc_path(fd, b"");
-        self.set_xattrs(entry, &path, meta)?;
+        self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
             .map_err(|e| Self::io(entry, "changing the mode", errno_io(e)))?;
         if !is_dir {
@@ -832,7 +831,7 @@ impl Unpacker {
             .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
         }
         let path = sys::proc_path(dir, name);
-        self.set_xattrs(entry, &path, meta)?;
+        self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
         if chmod {
             // Devices and fifos are not symlinks, so following is harmless here; the name was
             // created by us an instant ago inside a directory we hold open.
@@ -849,7 +848,12 @@ impl Unpacker {
         Ok(())
     }
 
-    fn set_xattrs(&mut self, entry: &[u8], path: &[u8], meta: &Meta) -> Result<(), UnpackError> {
+    fn set_xattrs(
+        &mut self,
+        entry: &[u8],
+        target: XattrTarget<'_>,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
         for (name, value) in &meta.xattrs {
             if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
                 self.summary.warn(UnpackWarning::OverlayXattrDropped {
@@ -858,7 +862,11 @@ impl Unpacker {
                 });
                 continue;
             }
-            match sys::lsetxattr(path, name, value) {
+            let set = match target {
+                XattrTarget::Fd(fd) => sys::fsetxattr(fd, name, value),
+                XattrTarget::Path(path) => sys::lsetxattr(path, name, value),
+            };
+            match set {
                 Ok(()) => {}
                 Err(e @ (Errno::EPERM | Errno::ENOTSUP | Errno::EACCES)) => {
                     self.summary.warn(UnpackWarning::XattrSkipped {
@@ -891,6 +899,13 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// Where xattrs go: an open descriptor, or a path whose final component is not followed.
+#[derive(Clone, Copy)]
+enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    Path(&'a [u8]),
 }
 
 fn ts((sec, nsec): (i64, i64)) -> nix::sys::time::TimeSpec {

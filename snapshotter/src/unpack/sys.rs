@@ -90,6 +90,21 @@ pub(crate) fn lsetxattr(path: &[u8], name: &[u8], value: &[u8]) -> Result<(), Er
     Errno::result(r).map(drop)
 }
 
+pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let n = cstring(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: valid descriptor, C string and buffer.
+    let r = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// An extended attribute: name and value.
 pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
 

@@ -249,3 +249,142 @@ pub fn workspace_root() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// Apply snapshotter mounts at `target` the way a runner would (tests only: the runner owns this).
+pub fn mount_all(mounts: &[forge_snapshotter::Mount], target: &Path) {
+    for m in mounts {
+        match m.kind.as_str() {
+            "bind" => {
+                let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
+                nix::mount::mount(Some(&m.source), target, None::<&str>, flags, None::<&str>)
+                    .unwrap_or_else(|e| {
+                        panic!("bind {} -> {}: {e}", m.source.display(), target.display())
+                    });
+                if m.is_readonly() {
+                    let flags =
+                        flags | nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
+                    nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+                        .unwrap();
+                }
+            }
+            "overlay" => {
+                let data = m.options.join(",");
+                nix::mount::mount(
+                    Some("overlay"),
+                    target,
+                    Some("overlay"),
+                    nix::mount::MsFlags::empty(),
+                    Some(data.as_str()),
+                )
+                .unwrap_or_else(|e| panic!("overlay mount {data}: {e}"));
+            }
+            "fuse-overlayfs" => {
+                let st = std::process::Command::new("fuse-overlayfs")
+                    .arg("-o")
+                    .arg(m.options.join(","))
+                    .arg(target)
+                    .status()
+                    .expect("running fuse-overlayfs");
+                assert!(st.success(), "fuse-overlayfs {:?}: {st}", m.options);
+            }
+            other => panic!("unknown mount kind {other}"),
+        }
+    }
+}
+
+pub fn unmount(target: &Path) {
+    nix::mount::umount2(target, nix::mount::MntFlags::empty())
+        .unwrap_or_else(|e| panic!("umount {}: {e}", target.display()));
+}
+
+/// Whether this process is in a user namespace (then ids other than the mapped ones cannot be used).
+pub fn in_userns() -> bool {
+    forge_snapshotter::unpack::in_user_namespace()
+}
+
+/// The change set the round-trip tests make on top of `base_tree`, in `dir` (a copy of the base or a
+/// mounted snapshot): adds, modifies, deletes, an opaque directory replace, symlinks, hard links,
+/// chmod, chown (as real root), xattrs, a fifo, setuid and sticky modes.
+pub fn apply_change_set(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let w = |p: &str, c: &[u8]| std::fs::write(dir.join(p), c).unwrap();
+    w("added.txt", b"new file\n");
+    std::fs::create_dir_all(dir.join("newdir/deep/er")).unwrap();
+    w("newdir/deep/er/file", b"deep\n");
+    w("etc/config", b"modified config\n");
+    std::fs::remove_file(dir.join("etc/delete-me")).unwrap();
+    std::fs::remove_dir_all(dir.join("gone-dir")).unwrap();
+    // Opaque replace: the directory's old content must not show through.
+    std::fs::remove_dir_all(dir.join("replaced")).unwrap();
+    std::fs::create_dir(dir.join("replaced")).unwrap();
+    w("replaced/only-new", b"only\n");
+    std::os::unix::fs::symlink("etc/config", dir.join("link-to-config")).unwrap();
+    std::os::unix::fs::symlink("/absolute/dangling", dir.join("abs-link")).unwrap();
+    w("hl-a", b"hard linked\n");
+    std::fs::hard_link(dir.join("hl-a"), dir.join("hl-b")).unwrap();
+    std::fs::set_permissions(
+        dir.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("tmp")).unwrap();
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(
+        dir.join("etc/chmod-me"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    if is_root() && !in_userns() {
+        std::os::unix::fs::lchown(dir.join("etc/chown-me"), Some(1234), Some(5678)).unwrap();
+    }
+    let c = std::ffi::CString::new(dir.join("added.txt").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"user.forge".as_ptr(),
+            b"yes".as_ptr().cast(),
+            3,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setting user.forge: {}",
+        std::io::Error::last_os_error()
+    );
+    nix::unistd::mkfifo(
+        &dir.join("a-fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    // A file turned into a directory and a directory turned into a file.
+    std::fs::remove_file(dir.join("was-file")).unwrap();
+    std::fs::create_dir(dir.join("was-file")).unwrap();
+    w("was-file/inside", b"x");
+    std::fs::remove_dir_all(dir.join("was-dir")).unwrap();
+    w("was-dir", b"now a file");
+}
+
+/// The base tree the change set applies to.
+pub fn make_base_tree(dir: &Path) {
+    let w = |p: &str, c: &[u8]| {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, c).unwrap()
+    };
+    w("etc/config", b"original\n");
+    w("etc/delete-me", b"bye\n");
+    w("etc/chmod-me", b"mode\n");
+    w("etc/chown-me", b"owner\n");
+    w("gone-dir/a", b"a");
+    w("gone-dir/sub/b", b"b");
+    w("replaced/old-1", b"old");
+    w("replaced/old-2", b"old");
+    w("bin/tool", b"#!/bin/sh\n");
+    w("was-file", b"file");
+    w("was-dir/child", b"child");
+    w("unchanged/file", b"same");
+    std::os::unix::fs::symlink("../etc/config", dir.join("unchanged/link")).unwrap();
+}
