@@ -456,7 +456,18 @@ impl Unpacker {
 
         // Whiteouts.
         if let Some(target) = name.strip_prefix(b".wh.") {
-            let parent = self.parent_dir(&raw_path, parent_rel)?;
+            // A whiteout under a path that is not a directory (umoci writes `d/.wh.x` after
+            // turning `d` into a file) or, on a merged tree, not there at all, deletes nothing.
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+            let parent = match sys::open_beneath(self.root.as_fd(), parent_rel, flags) {
+                Ok(fd) => fd,
+                Err(Errno::ENOTDIR) => return Ok(()),
+                Err(Errno::ENOENT) if self.options.whiteouts == WhiteoutMode::Apply => {
+                    return Ok(());
+                }
+                Err(Errno::ENOENT) => self.parent_dir(&raw_path, parent_rel)?,
+                Err(e) => return Err(self.map_resolve(&raw_path, e)),
+            };
             if target == b".wh..opq" {
                 return self.opaque(&raw_path, parent_rel, parent.as_fd());
             }
