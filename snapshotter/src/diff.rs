@@ -225,9 +225,13 @@ impl<W: Write> Differ<'_, W> {
             }
             if is_dir {
                 let p = path.as_os_str().as_bytes();
-                let opaque = [&b"trusted.overlay.opaque"[..], b"user.overlay.opaque"]
-                    .iter()
-                    .any(|x| matches!(sys::lgetxattr(p, x), Ok(Some(v)) if v == b"y"));
+                let opaque = [
+                    &b"trusted.overlay.opaque"[..],
+                    b"user.overlay.opaque",
+                    b"user.fuseoverlayfs.opaque",
+                ]
+                .iter()
+                .any(|x| matches!(sys::lgetxattr(p, x), Ok(Some(v)) if v == b"y"));
                 self.emit(&path, &crel, n)?;
                 if opaque {
                     self.stats.whiteouts += 1;

@@ -304,6 +304,26 @@ fn fuse_overlayfs_snapshot_round_trip() {
     overlay_round_trip(BackendKind::FuseOverlay);
 }
 
+#[test]
+fn the_backend_is_probed_when_not_chosen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = AnySnapshotter::open(tmp.path(), None).unwrap();
+    let expected = probe(tmp.path());
+    assert_eq!(sn.backend(), expected);
+    if common::is_root() && common::required() {
+        // CI runs as root with overlayfs available: a fallback there would hide a probe bug.
+        assert_eq!(expected, BackendKind::Overlay);
+    }
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("probe-")),
+        "the probe cleans up after itself"
+    );
+}
+
 /// Re-run the native overlay round trip inside `unshare -Urm`: user.overlay.* xattrs, userxattr.
 #[test]
 fn overlay_snapshot_round_trip_in_a_user_namespace() {

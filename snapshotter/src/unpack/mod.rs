@@ -408,6 +408,10 @@ impl Unpacker {
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+            // pax global headers (git archive writes one) carry no file.
+            return Ok(());
+        }
         let raw_path = entry.path_bytes().into_owned();
         let path = clean_path(&raw_path).map_err(|r| Self::refuse(&raw_path, r))?;
         let header = entry.header().clone();
