@@ -12,6 +12,9 @@
 //!   ENOTSUP: e.g. `trusted.*` or `security.capability` without the capability) is skipped with a
 //!   warning rather than failing the whole image. `trusted.overlay.*` / `user.overlay.*` from a
 //!   layer are always dropped: a layer must not forge overlayfs metadata into our lower dirs.
+//! - In [`WhiteoutMode::Overlay`] the target holds this layer only, so a hard link must name a file
+//!   of the same layer (as Docker, containerd and our own diff write them); one naming a lower
+//!   layer's file is refused as missing rather than silently copied up.
 //! - Memory: file contents stream through a fixed buffer. In [`WhiteoutMode::Apply`] the set of
 //!   paths written by this layer is kept (as Docker does) so that an opaque marker clears only what
 //!   lower layers left; directory mtimes are kept to be set last. Both grow with entry count only.
