@@ -1,8 +1,10 @@
-//! The hostile corpus (testdata/hostile/) is refused entry by entry, and nothing lands outside the
-//! unpack root: a sentinel directory beside the root and an absolute directory stay untouched.
+//! The hostile corpus (testdata/hostile/) is refused entry by entry or, where symlinks resolved in
+//! root contain it, lands at the in-root place; nothing lands outside the unpack root: a sentinel
+//! directory beside the root and an absolute directory stay untouched.
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::hostile::{ABS_TARGET, Case, Expect, cases};
@@ -112,13 +114,99 @@ fn apply_case(case: &Case, mode: WhiteoutMode) {
         (Expect::Failed { entry }, Err(UnpackError::Io { entry: got, .. })) => {
             assert_eq!(got, *entry, "case {}", case.name)
         }
-        (Expect::Applied, Ok(summary)) => check_applied(case.name, &root, &summary.warnings),
+        (Expect::Applied, Ok(summary)) => {
+            check_applied(case.name, &root, &summary.warnings, mode);
+            let sentinel = std::fs::symlink_metadata(outside.join("sentinel")).unwrap();
+            assert_eq!(
+                sentinel.nlink(),
+                1,
+                "case {}: the sentinel outside gained a hard link",
+                case.name
+            );
+        }
         (expect, got) => panic!("case {}: expected {expect:?}, got {got:?}", case.name),
     }
 }
 
-fn check_applied(name: &str, root: &Path, warnings: &[UnpackWarning]) {
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn assert_symlink(path: &Path, target: &str) {
+    let got = std::fs::read_link(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(got, Path::new(target), "{}", path.display());
+}
+
+fn check_applied(name: &str, root: &Path, warnings: &[UnpackWarning], mode: WhiteoutMode) {
+    let inode = |p: &str| {
+        let md = std::fs::symlink_metadata(root.join(p)).unwrap();
+        (md.dev(), md.ino())
+    };
     match name {
+        // Symlinks in the parent path resolve in root: `../outside` is `<root>/outside`.
+        "symlink-relative-escape" | "symlink-from-lower-layer" => {
+            assert_symlink(&root.join("link"), "../outside");
+            assert_eq!(read(&root.join("outside/evil")), "x");
+        }
+        "symlink-absolute-escape" => {
+            assert_symlink(&root.join("abs"), ABS_TARGET);
+            let in_root = root.join(ABS_TARGET.trim_start_matches('/'));
+            assert_eq!(read(&in_root.join("evil")), "x");
+        }
+        "symlink-chain-escape" => {
+            assert_symlink(&root.join("b"), "c/../../outside");
+            assert_eq!(read(&root.join("outside/evil")), "x");
+        }
+        "symlink-dir-entry-escape" => {
+            assert!(
+                std::fs::symlink_metadata(root.join("outside/sub"))
+                    .unwrap()
+                    .is_dir()
+            );
+        }
+        "dir-replaced-by-symlink" => {
+            assert_symlink(&root.join("d"), "../outside");
+            assert_eq!(read(&root.join("outside/evil")), "x");
+        }
+        "whiteout-through-symlink" => {
+            let decoy = std::fs::symlink_metadata(root.join("outside/sentinel"));
+            match mode {
+                WhiteoutMode::Apply => assert!(decoy.is_err(), "the in-root decoy is whited out"),
+                _ => {
+                    use std::os::unix::fs::FileTypeExt;
+                    let md = decoy.unwrap();
+                    assert!(md.file_type().is_char_device() && md.rdev() == 0, "{md:?}");
+                }
+            }
+        }
+        "opaque-through-symlink" => {
+            let decoy = root.join("outside/sentinel");
+            match mode {
+                WhiteoutMode::Apply => assert!(
+                    std::fs::symlink_metadata(&decoy).is_err(),
+                    "the opaque marker clears the in-root directory"
+                ),
+                WhiteoutMode::Overlay(x) => {
+                    assert_eq!(read(&decoy), "decoy");
+                    let xattrs = common::xattrs(&root.join("outside"));
+                    let name = x.opaque_name().to_vec();
+                    assert!(
+                        xattrs.contains(&(name, b"y".to_vec())),
+                        "opaque xattr on <root>/outside: {xattrs:?}"
+                    );
+                }
+                WhiteoutMode::Keep => unreachable!("the corpus runs in apply and overlay mode"),
+            }
+        }
+        "hardlink-through-symlink" => {
+            assert_eq!(inode("evil"), inode("outside/sentinel"));
+            assert_eq!(read(&root.join("evil")), "decoy");
+        }
+        "hardlink-to-escaping-symlink" => {
+            // A second name for the symlink itself, whose text is only data.
+            assert_eq!(inode("h"), inode("s"));
+            assert_symlink(&root.join("h"), "../outside/sentinel");
+        }
         "duplicate-symlink-then-file" => {
             let md = std::fs::symlink_metadata(root.join("f")).unwrap();
             assert!(md.is_file(), "the later file entry replaces the symlink");
@@ -147,14 +235,14 @@ fn check_applied(name: &str, root: &Path, warnings: &[UnpackWarning]) {
 }
 
 #[test]
-fn hostile_corpus_is_refused_in_apply_mode() {
+fn hostile_corpus_is_refused_or_contained_in_apply_mode() {
     for case in cases() {
         apply_case(&case, WhiteoutMode::Apply);
     }
 }
 
 #[test]
-fn hostile_corpus_is_refused_in_overlay_mode() {
+fn hostile_corpus_is_refused_or_contained_in_overlay_mode() {
     if !common::prerequisite(
         common::is_root(),
         "overlay whiteouts and trusted xattrs need root",
@@ -166,9 +254,9 @@ fn hostile_corpus_is_refused_in_overlay_mode() {
     }
 }
 
-/// The corpus again inside `unshare -Ur`: same refusals, and the device node skipped with a warning.
+/// The corpus again inside `unshare -Ur`: same outcomes, and the device node skipped with a warning.
 #[test]
-fn hostile_corpus_is_refused_in_a_user_namespace() {
+fn hostile_corpus_is_refused_or_contained_in_a_user_namespace() {
     if std::env::var_os("FORGE_IN_USERNS").is_some() {
         return;
     }
@@ -181,7 +269,7 @@ fn hostile_corpus_is_refused_in_a_user_namespace() {
         .arg(&exe)
         .args([
             "--exact",
-            "hostile_corpus_is_refused_in_apply_mode",
+            "hostile_corpus_is_refused_or_contained_in_apply_mode",
             "--nocapture",
         ])
         .env("FORGE_IN_USERNS", "1")

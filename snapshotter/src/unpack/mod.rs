@@ -1,11 +1,20 @@
 //! Safe application of an OCI layer blob onto a directory: decompress, walk the tar as a stream and
-//! create each entry with fd-relative calls resolved beneath the root, so that no entry, symlink
-//! (from this layer or a lower one) or hard link can write outside it.
+//! create each entry with fd-relative calls resolved in the root, so that no entry, symlink (from
+//! this layer or a lower one) or hard link can write outside it.
 //!
 //! Decisions worth knowing:
-//! - An entry path with a `..` component, an absolute path, or a parent that resolves outside the
-//!   root (including through an absolute symlink, whose target would be the host's) is refused; the
-//!   error names the entry. Symlink entries themselves may point anywhere: they are only data.
+//! - Parent paths resolve "in root", as if the root were `/` (openat2 RESOLVE_IN_ROOT, the kernel's
+//!   form of containerd's `fs.RootPath` and of Docker's chrooted extraction): an absolute symlink
+//!   restarts at the root and `..` stops there. Debian's `var/run -> /run` then sends a later
+//!   `var/run/x` to `<root>/run/x`, and a symlink to `/../../etc` lands in `<root>/etc`. The final
+//!   component of an entry is never followed: whatever stands at that name is replaced.
+//! - The entry name itself must be relative and free of `..` components; otherwise it is refused,
+//!   naming the entry. containerd instead clamps `../x` to `<root>/x` and Docker joins `/x` to the
+//!   root, but Docker refuses `..` breakouts and no image writer emits either form, so we keep the
+//!   stricter rule. Hard link targets follow the same rule and resolve in root like entries; their
+//!   final component is not followed (a link to a symlink is a second symlink, as containerd does).
+//! - A parent that is a dangling symlink is refused, as Docker's extraction fails there; containerd
+//!   would create the missing target directories. Symlink entries may point anywhere: only data.
 //! - Device nodes are made when mknod is allowed; when it is not (a user namespace) they are skipped
 //!   with an [`UnpackWarning`], as rootless builders do.
 //! - xattrs come from PAX `SCHILY.xattr.*`. One the filesystem or our privileges refuse (EPERM,
@@ -14,10 +23,13 @@
 //!   layer are always dropped: a layer must not forge overlayfs metadata into our lower dirs.
 //! - In [`WhiteoutMode::Overlay`] the target holds this layer only, so a hard link must name a file
 //!   of the same layer (as Docker, containerd and our own diff write them); one naming a lower
-//!   layer's file is refused as missing rather than silently copied up.
-//! - Memory: file contents stream through a fixed buffer. In [`WhiteoutMode::Apply`] the set of
-//!   paths written by this layer is kept (as Docker does) so that an opaque marker clears only what
-//!   lower layers left; directory mtimes are kept to be set last. Both grow with entry count only.
+//!   layer's file is refused as missing rather than silently copied up. Symlinks of lower layers
+//!   are not seen either (as with containerd's and Docker's overlay appliers).
+//! - Memory: file contents stream through a fixed buffer. In [`WhiteoutMode::Apply`] the names
+//!   written by this layer are kept (as Docker does, but keyed by the parent directory's inode so
+//!   that a name reached through a symlink counts where it landed) so that an opaque marker clears
+//!   only what lower layers left; directory mtimes are kept to be set last. Both grow with entry
+//!   count only.
 
 pub(crate) mod sys;
 
@@ -85,7 +97,9 @@ pub enum Refusal {
     Absolute,
     #[error("path contains a nul byte")]
     NulByte,
-    #[error("path resolves outside the root through a symlink")]
+    /// Resolution is clamped at the root, so only a walk the kernel saw escape (a directory
+    /// moved out of the root during it) ends here.
+    #[error("path resolution escaped the root")]
     EscapesThroughSymlink,
     #[error("path runs into a symlink loop")]
     SymlinkLoop,
@@ -95,8 +109,6 @@ pub enum Refusal {
     ParentNotDirectory,
     #[error("hard link target {0:?} is outside the root")]
     HardlinkOutside(String),
-    #[error("hard link target {0:?} is a symlink that points outside the root")]
-    HardlinkToEscapingSymlink(String),
     #[error("hard link target {0:?} does not exist in this or a lower layer")]
     HardlinkTargetMissing(String),
     #[error("hard link target {0:?} is a directory")]
@@ -288,10 +300,13 @@ struct Unpacker {
     root: OwnedFd,
     options: UnpackOptions,
     summary: UnpackSummary,
-    written: HashSet<Vec<u8>>,
+    written: HashSet<WrittenKey>,
     dir_times: Vec<(Vec<u8>, i64, i64)>,
     buf: Vec<u8>,
 }
+
+/// A name written by this layer: (st_dev, st_ino) of its directory, and the name in it.
+type WrittenKey = (libc::dev_t, libc::ino_t, Vec<u8>);
 
 /// The per-entry facts that PAX may override.
 struct Meta {
@@ -353,12 +368,12 @@ impl Unpacker {
     /// Open directory `rel` under the root, creating missing components (tars may omit parents).
     fn parent_dir(&mut self, entry: &[u8], rel: &[u8]) -> Result<OwnedFd, UnpackError> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
-        match sys::open_beneath(self.root.as_fd(), rel, flags) {
+        match sys::open_in_root(self.root.as_fd(), rel, flags) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(self.map_resolve(entry, e)),
         }
-        let mut cur = sys::open_beneath(self.root.as_fd(), b"", flags)
+        let mut cur = sys::open_in_root(self.root.as_fd(), b"", flags)
             .map_err(|e| Self::io(entry, "opening the root", errno_io(e)))?;
         let mut prefix: Vec<u8> = Vec::new();
         for comp in rel.split(|&b| b == b'/') {
@@ -366,7 +381,7 @@ impl Unpacker {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(comp);
-            match sys::open_beneath(self.root.as_fd(), &prefix, flags) {
+            match sys::open_in_root(self.root.as_fd(), &prefix, flags) {
                 Ok(fd) => cur = fd,
                 Err(Errno::ENOENT) => {
                     let c = sys::cstring(comp).map_err(|e| Self::io(entry, "mkdir", e))?;
@@ -375,7 +390,15 @@ impl Unpacker {
                         c.as_c_str(),
                         Mode::from_bits_truncate(0o755),
                     ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Ok(()) => {
+                            if self.options.whiteouts == WhiteoutMode::Apply {
+                                // Implicit parents belong to this layer too: an opaque marker
+                                // keeps them.
+                                let key = self.written_key(entry, cur.as_fd(), comp)?;
+                                self.written.insert(key);
+                            }
+                        }
+                        Err(Errno::EEXIST) => {}
                         Err(e) => {
                             return Err(Self::io(
                                 entry,
@@ -386,17 +409,26 @@ impl Unpacker {
                     }
                     // A dangling symlink in the way makes mkdirat fail with EEXIST and the
                     // re-open below fail again: reported as a resolve error.
-                    cur = sys::open_beneath(self.root.as_fd(), &prefix, flags)
+                    cur = sys::open_in_root(self.root.as_fd(), &prefix, flags)
                         .map_err(|e| self.map_resolve(entry, e))?;
-                    if self.options.whiteouts == WhiteoutMode::Apply {
-                        // Implicit parents belong to this layer too: an opaque marker keeps them.
-                        self.written.insert(prefix.clone());
-                    }
                 }
                 Err(e) => return Err(self.map_resolve(entry, e)),
             }
         }
         Ok(cur)
+    }
+
+    /// The key of `name` in directory `dir` in the set of names this layer wrote: the directory's
+    /// identity rather than the entry's path, since several paths (through symlinks) reach it.
+    fn written_key(
+        &self,
+        entry: &[u8],
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> Result<WrittenKey, UnpackError> {
+        let st = sys::lstat_at(dir, b".")
+            .map_err(|e| Self::io(entry, "inspecting the parent directory", errno_io(e)))?;
+        Ok((st.st_dev, st.st_ino, name.to_vec()))
     }
 
     fn map_resolve(&self, entry: &[u8], e: Errno) -> UnpackError {
@@ -453,7 +485,7 @@ impl Unpacker {
                 return Err(Self::refuse(&raw_path, Refusal::RootNotDirectory));
             }
             let root =
-                sys::open_beneath(self.root.as_fd(), b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                sys::open_in_root(self.root.as_fd(), b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                     .map_err(|e| Self::io(&raw_path, "opening the root", errno_io(e)))?;
             self.set_meta_fd(&raw_path, root.as_fd(), &meta, true)?;
             self.dir_times
@@ -466,7 +498,7 @@ impl Unpacker {
             // A whiteout under a path that is not a directory (umoci writes `d/.wh.x` after
             // turning `d` into a file) or, on a merged tree, not there at all, deletes nothing.
             let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
-            let parent = match sys::open_beneath(self.root.as_fd(), parent_rel, flags) {
+            let parent = match sys::open_in_root(self.root.as_fd(), parent_rel, flags) {
                 Ok(fd) => fd,
                 Err(Errno::ENOTDIR) => return Ok(()),
                 Err(Errno::ENOENT) if self.options.whiteouts == WhiteoutMode::Apply => {
@@ -476,7 +508,7 @@ impl Unpacker {
                 Err(e) => return Err(self.map_resolve(&raw_path, e)),
             };
             if target == b".wh..opq" {
-                return self.opaque(&raw_path, parent_rel, parent.as_fd());
+                return self.opaque(&raw_path, parent.as_fd());
             }
             if target.starts_with(b".wh.") {
                 // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): meaningless here.
@@ -485,32 +517,39 @@ impl Unpacker {
             if target.is_empty() {
                 return Err(Self::refuse(&raw_path, Refusal::EmptyWhiteout));
             }
-            return self.whiteout(&raw_path, parent_rel, parent.as_fd(), name, target);
+            return self.whiteout(&raw_path, parent.as_fd(), name, target);
         }
 
         let parent = self.parent_dir(&raw_path, parent_rel)?;
         let parent = parent.as_fd();
         let existing = sys::lstat_at(parent, name).ok();
         let is_dir = |st: &libc::stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        // A hard link's target is found before anything is removed: it may be the very file
+        // that stands at this name.
+        let link_target = match etype {
+            tar::EntryType::Link => Some(self.hardlink_target(&raw_path, link.as_deref())?),
+            _ => None,
+        };
+        if self.options.whiteouts == WhiteoutMode::Apply {
+            let key = self.written_key(&raw_path, parent, name)?;
+            self.written.insert(key);
+        }
 
         // Whatever is in the way goes, except a directory that stays a directory. Removing first
         // (never opening through) is what defeats a symlink planted at this name.
         if let Some(st) = &existing
             && !(etype == tar::EntryType::Directory && is_dir(st))
         {
-            // Linking a name to itself (tar re-adds) is a no-op we must not break by removing
-            // the only copy first.
-            if etype == tar::EntryType::Link
-                && let Some(l) = &link
-                && clean_path(l).ok().as_deref() == Some(&path[..])
+            // Linking a name to the file it already is (tar re-adds it, or it names itself
+            // through a symlinked parent) is a no-op we must not break by removing the only
+            // copy first.
+            if let Some(t) = &link_target
+                && (t.stat.st_dev, t.stat.st_ino) == (st.st_dev, st.st_ino)
             {
                 return Ok(());
             }
             remove_at(parent, name, is_dir(st))
                 .map_err(|e| Self::io(&raw_path, "removing the entry in the way", e))?;
-        }
-        if self.options.whiteouts == WhiteoutMode::Apply {
-            self.written.insert(path.clone());
         }
         let cname = sys::cstring(name).map_err(|e| Self::io(&raw_path, "name", e))?;
 
@@ -583,8 +622,16 @@ impl Unpacker {
                 self.set_meta_at(&raw_path, parent, name, &meta, false)?;
             }
             tar::EntryType::Link => {
-                let raw_target = link.unwrap_or_default();
-                self.hardlink(&raw_path, parent, &cname, &raw_target)?;
+                let target = link_target.expect("resolved above for every hard link");
+                let tc = sys::cstring(&target.name).map_err(|e| Self::io(&raw_path, "name", e))?;
+                nix::unistd::linkat(
+                    target.dir.as_fd(),
+                    tc.as_c_str(),
+                    parent,
+                    cname.as_c_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| Self::io(&raw_path, "creating the hard link", errno_io(e)))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (kind, dev) = match etype {
@@ -625,13 +672,14 @@ impl Unpacker {
         Ok(())
     }
 
-    fn hardlink(
-        &mut self,
+    /// Find a hard link's target in root: its directory is resolved like an entry's parent, its
+    /// own name is not followed (a link to a symlink is a second symlink, as containerd makes it).
+    fn hardlink_target(
+        &self,
         entry: &[u8],
-        parent: BorrowedFd<'_>,
-        name: &std::ffi::CStr,
-        raw_target: &[u8],
-    ) -> Result<(), UnpackError> {
+        raw_target: Option<&[u8]>,
+    ) -> Result<HardlinkTarget, UnpackError> {
+        let raw_target = raw_target.unwrap_or_default();
         let shown = lossy(raw_target);
         let target = clean_path(raw_target).map_err(|r| match r {
             Refusal::NulByte => Self::refuse(entry, Refusal::NulByte),
@@ -642,12 +690,14 @@ impl Unpacker {
         }
         let (tparent_rel, tname) = crate::layer::split_parent(&target);
         let tparent_rel = tparent_rel.strip_suffix(b"/").unwrap_or(tparent_rel);
-        let tparent = match sys::open_beneath(
+        let dir = match sys::open_in_root(
             self.root.as_fd(),
             tparent_rel,
             OFlag::O_PATH | OFlag::O_DIRECTORY,
         ) {
             Ok(fd) => fd,
+            // In-root resolution cannot leave the root; the kernel says EXDEV only when it saw the
+            // walk escape (a directory moved out meanwhile).
             Err(Errno::EXDEV) => return Err(Self::refuse(entry, Refusal::HardlinkOutside(shown))),
             Err(Errno::ELOOP) => return Err(Self::refuse(entry, Refusal::SymlinkLoop)),
             Err(Errno::ENOENT | Errno::ENOTDIR) => {
@@ -661,7 +711,7 @@ impl Unpacker {
                 ));
             }
         };
-        let st = match sys::lstat_at(tparent.as_fd(), tname) {
+        let stat = match sys::lstat_at(dir.as_fd(), tname) {
             Ok(st) => st,
             Err(Errno::ENOENT) => {
                 return Err(Self::refuse(entry, Refusal::HardlinkTargetMissing(shown)));
@@ -674,38 +724,19 @@ impl Unpacker {
                 ));
             }
         };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => return Err(Self::refuse(entry, Refusal::HardlinkToDirectory(shown))),
-            libc::S_IFLNK => {
-                // A second name for a symlink that leads out is a way to smuggle it past checks
-                // made on names: refuse it like the symlink's own use would be.
-                if let Err(Errno::EXDEV) =
-                    sys::open_beneath(self.root.as_fd(), &target, OFlag::O_PATH)
-                {
-                    return Err(Self::refuse(
-                        entry,
-                        Refusal::HardlinkToEscapingSymlink(shown),
-                    ));
-                }
-            }
-            _ => {}
+        if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(Self::refuse(entry, Refusal::HardlinkToDirectory(shown)));
         }
-        let tc = sys::cstring(tname).map_err(|e| Self::io(entry, "name", e))?;
-        nix::unistd::linkat(
-            tparent.as_fd(),
-            tc.as_c_str(),
-            parent,
-            name,
-            AtFlags::empty(),
-        )
-        .map_err(|e| Self::io(entry, "creating the hard link", errno_io(e)))?;
-        Ok(())
+        Ok(HardlinkTarget {
+            dir,
+            name: tname.to_vec(),
+            stat,
+        })
     }
 
     fn whiteout(
         &mut self,
         entry: &[u8],
-        parent_rel: &[u8],
         parent: BorrowedFd<'_>,
         wh_name: &[u8],
         target: &[u8],
@@ -747,32 +778,24 @@ impl Unpacker {
                 .map_err(|e| Self::io(entry, "creating the whiteout file", errno_io(e)))?;
             }
         }
-        let _ = parent_rel;
         Ok(())
     }
 
-    fn opaque(
-        &mut self,
-        entry: &[u8],
-        dir_rel: &[u8],
-        dir: BorrowedFd<'_>,
-    ) -> Result<(), UnpackError> {
+    fn opaque(&mut self, entry: &[u8], dir: BorrowedFd<'_>) -> Result<(), UnpackError> {
         match self.options.whiteouts {
             WhiteoutMode::Apply => {
                 let listing =
                     std::fs::read_dir(Path::new(OsStr::from_bytes(&sys::proc_path(dir, b""))))
                         .map_err(|e| Self::io(entry, "listing the opaque directory", e))?;
+                let mut key = self.written_key(entry, dir, b"")?;
                 for child in listing {
                     let child =
                         child.map_err(|e| Self::io(entry, "listing the opaque directory", e))?;
                     let cname = child.file_name();
                     let cname = cname.as_bytes();
-                    let mut full = dir_rel.to_vec();
-                    if !full.is_empty() {
-                        full.push(b'/');
-                    }
-                    full.extend_from_slice(cname);
-                    if self.written.contains(&full) {
+                    key.2.clear();
+                    key.2.extend_from_slice(cname);
+                    if self.written.contains(&key) {
                         continue;
                     }
                     let is_dir = child.file_type().map(|t| t.is_dir()).unwrap_or(false);
@@ -902,7 +925,7 @@ impl Unpacker {
     /// Directory mtimes last: creating children would otherwise move them again.
     fn finish(&mut self) -> Result<(), UnpackError> {
         for (path, sec, nsec) in std::mem::take(&mut self.dir_times).into_iter().rev() {
-            let fd = match sys::open_beneath(
+            let fd = match sys::open_in_root(
                 self.root.as_fd(),
                 &path,
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
@@ -917,6 +940,13 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// A hard link's target, found in root.
+struct HardlinkTarget {
+    dir: OwnedFd,
+    name: Vec<u8>,
+    stat: libc::stat,
 }
 
 /// Where xattrs go: an open descriptor, or a path whose final component is not followed.

@@ -1,6 +1,7 @@
 //! Thin, fd-relative filesystem calls shared by unpack, diff and the snapshotters. Paths are raw
 //! bytes (tar names need not be UTF-8); every lookup under an untrusted root goes through
-//! openat2(RESOLVE_BENEATH) so that no symlink or `..` can lead outside it.
+//! openat2(RESOLVE_IN_ROOT), which reads absolute symlinks and `..` as if the root were `/`, so that
+//! no symlink or `..` can lead outside it.
 
 use std::ffi::CString;
 use std::io;
@@ -16,8 +17,11 @@ pub(crate) fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in path"))
 }
 
-/// Open `rel` under `root` without ever leaving it; an empty `rel` opens `root` itself.
-pub(crate) fn open_beneath(
+/// Open `rel` under `root` resolved as if `root` were `/`: an absolute symlink target restarts at
+/// `root`, `..` stops at it (the kernel clamps both), so the result is always inside. Every
+/// component is followed, the last one too unless `flags` has O_NOFOLLOW. An empty `rel` opens
+/// `root` itself.
+pub(crate) fn open_in_root(
     root: BorrowedFd<'_>,
     rel: &[u8],
     flags: OFlag,
@@ -25,9 +29,9 @@ pub(crate) fn open_beneath(
     let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     // With `..` in a symlink target the kernel answers EAGAIN when any rename ran on the system
-    // during the walk (it cannot prove the walk stayed beneath); retrying is the documented answer.
+    // during the walk (it cannot prove the walk stayed inside); retrying is the documented answer.
     let mut attempts = 0;
     loop {
         match openat2(root, std::ffi::OsStr::from_bytes(rel), how) {

@@ -132,7 +132,8 @@ pub fn scan_tree(root: &Path) -> BTreeMap<PathBuf, TreeNode> {
     out
 }
 
-fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every xattr of `path` (a final symlink not followed), sorted by name.
+pub fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: buf is valid for its length.
