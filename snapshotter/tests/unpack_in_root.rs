@@ -345,3 +345,124 @@ fn unpack_still_refuses_dangling_symlink_parents_and_dotdot_names() {
         "{err}"
     );
 }
+
+/// Write a one-image OCI layout (uncompressed layers) that `umoci unpack` accepts, tagged `t`.
+fn write_layout(dir: &Path, layers: &[Vec<u8>]) {
+    use sha2::{Digest, Sha256};
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        serde_json::json!({"digest": format!("sha256:{hex}"), "size": bytes.len()})
+    };
+    let descs: Vec<_> = layers.iter().map(|l| put(l)).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": descs.iter().map(|d| d["digest"].clone()).collect::<Vec<_>>(),
+        },
+    });
+    let mut config_desc = put(config.to_string().as_bytes());
+    config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let layer_descs: Vec<_> = descs
+        .into_iter()
+        .map(|mut d| {
+            d["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+            d
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": layer_descs,
+    });
+    let mut manifest_desc = put(manifest.to_string().as_bytes());
+    manifest_desc["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    manifest_desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest_desc]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// umoci resolves parents in root too (filepath-securejoin): as an independent judge, it must
+/// build the same tree from layers that write through absolute and `..` symlinks.
+#[test]
+fn in_root_resolution_matches_umoci() {
+    if !common::prerequisite(common::is_root(), "umoci unpack comparisons run as root")
+        || !common::prerequisite(common::have_tool("umoci"), "umoci not installed")
+    {
+        return;
+    }
+    let base = layer(&[
+        E::Dir("run/"),
+        E::File("run/gone", "lower"),
+        E::Dir("var/"),
+        E::Sym("var/run", "/run"),
+        E::Dir("etc/"),
+        E::Sym("e", "/../../etc"),
+        E::Dir("sub/"),
+        E::Sym("sub/up", "../../../etc"),
+        E::Sym("a", "/b"),
+        E::Sym("b", "/real"),
+        E::Dir("real/"),
+        E::Dir("data/"),
+        E::File("data/f", "content"),
+        E::Sym("l", "/data"),
+    ]);
+    let top = layer(&[
+        E::File("var/run/x", "run"),
+        E::File("var/run/new.d/pid", "1"),
+        E::File("var/run/.wh.gone", ""),
+        E::File("e/abs", "abs"),
+        E::File("sub/up/rel", "rel"),
+        E::File("a/chained", "chained"),
+        E::Link("h", "l/f"),
+        E::Link("l/g", "l/f"),
+    ]);
+    let fx = Fixture::new();
+    fx.apply(&[base.clone(), top.clone()], WhiteoutMode::Apply)
+        .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &[base, top]);
+    let bundle = tmp.path().join("bundle");
+    let out = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:t", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Pin the facts, not only the agreement: the writes landed in root.
+    assert_eq!(read(&fx.path("run/x")), "run");
+    assert_eq!(read(&fx.path("etc/abs")), "abs");
+    assert_eq!(read(&fx.path("etc/rel")), "rel");
+    assert_eq!(read(&fx.path("real/chained")), "chained");
+    assert_eq!(fx.inode("h"), fx.inode("data/f"));
+    let judge = bundle.join("rootfs");
+    assert_eq!(
+        read(&judge.join("run/x")),
+        "run",
+        "umoci resolves in root too"
+    );
+    assert_eq!(read(&judge.join("etc/abs")), "abs", "umoci clamps `..` too");
+    common::assert_trees_equal(
+        &judge,
+        &fx.root,
+        &common::CompareOptions {
+            mtimes: true,
+            ..common::CompareOptions::default()
+        },
+    );
+}
