@@ -1,6 +1,11 @@
 //! forge-snapshotter: filesystem state. The content store, image pull, safe layer unpack, snapshots
 //! (overlay, fuse-overlayfs, copy) and the diff of a step's changes into an OCI layer.
 
+pub mod compress;
+pub mod diff;
+pub mod layer;
 pub mod mount;
+pub mod snapshot;
+pub mod unpack;
 
 pub use mount::Mount;
