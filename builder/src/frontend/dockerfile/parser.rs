@@ -178,7 +178,8 @@ struct Logical {
     /// (byte offset in `text`, source line, 1-based column of the piece's first char), one per
     /// non-empty piece, in order.
     segments: Vec<(usize, usize, usize)>,
-    /// Char count of the last line consumed, for end positions.
+    /// First and last source lines of the instruction, and the last one's char count.
+    first_line: usize,
     last_line: usize,
     last_line_chars: usize,
 }
@@ -206,7 +207,7 @@ impl Logical {
         let index = self.segments.partition_point(|s| s.0 <= offset);
         if index == 0 {
             return Pos {
-                line: self.last_line,
+                line: self.first_line,
                 column: 1,
             };
         }
@@ -360,7 +361,10 @@ impl<'a> Parser<'a> {
             if end_of_line && first.is_empty() {
                 continue;
             }
-            let mut logical = Logical::default();
+            let mut logical = Logical {
+                first_line: line_no,
+                ..Logical::default()
+            };
             logical.push(first, line_no, text[..indent].chars().count() + 1);
 
             let mut first_empty_line = None;
