@@ -173,3 +173,24 @@ fn message_accessors() {
     // The dump of a good parse is unaffected by errors elsewhere.
     assert_eq!(dump(&parse("FROM a").unwrap()), "(from \"a\")\n");
 }
+
+#[test]
+fn onbuild_chain_is_rejected_without_deep_recursion() {
+    let line = format!("{}RUN x", "ONBUILD ".repeat(8000));
+    let err = parse(&format!("FROM a\n{line}\n")).unwrap_err();
+    assert_eq!(err.kind, ParseErrorKind::OnbuildChain);
+    assert_eq!((err.line(), err.column()), (2, 9));
+    let err = parse("FROM a\nONBUILD onbuild RUN x\n").unwrap_err();
+    assert_eq!(err.kind, ParseErrorKind::OnbuildChain);
+}
+
+#[test]
+fn deeply_nested_substitution_does_not_overflow_the_stack() {
+    let nested = format!("{}x{}", "${a:-".repeat(10000), "}".repeat(10000));
+    let df = parse(&format!("FROM a\nRUN <<EOF {nested}\nEOF\n")).unwrap_err();
+    // Too deep to lex here, so no heredoc is seen and `EOF` is read as an instruction.
+    assert_eq!(df.kind, ParseErrorKind::UnknownInstruction("EOF".into()));
+    let shallow = format!("{}x{}", "${a:-".repeat(50), "}".repeat(50));
+    let df = parse(&format!("FROM a\nRUN {shallow} <<EOF\nbody\nEOF\n")).unwrap();
+    assert_eq!(df.children[1].heredocs[0].content, "body\n");
+}

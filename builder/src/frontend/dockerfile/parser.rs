@@ -50,28 +50,48 @@ const DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
 /// What went wrong, without the location (see [`ParseError`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseErrorKind {
+    /// A keyword that is not one of [`INSTRUCTIONS`] (as written).
     #[error("unknown instruction: {0}")]
     UnknownInstruction(String),
+    /// A continuation whose joined text is empty (only escapes, blank lines and comments).
     #[error("line continuation with no instruction")]
     EmptyInstruction,
+    /// Nothing but blank lines, comments and directives.
     #[error("file with no instructions")]
     NoInstructions,
+    /// A parser directive given twice.
     #[error("only one {0} parser directive can be used")]
     DuplicateDirective(String),
+    /// `# escape=` with something else than a backslash or a backtick.
     #[error("invalid escape token '{0}' does not match ` or \\")]
     InvalidEscape(String),
+    /// Legacy `ENV name value` / `LABEL name value` form without a value.
     #[error("{0} must have two arguments")]
     MissingValue(String),
+    /// A word without `=` after a `name=value` pair in ENV or LABEL.
     #[error("syntax error - can't find = in {0:?}; must be of the form: name=value")]
     MissingEquals(String),
+    /// A JSON array with a non-string element, where the exec form is allowed.
     #[error("when using JSON array syntax, arrays must be comprised of strings only")]
     JsonNotStrings,
+    /// An instruction that only has an exec form (SHELL) written otherwise.
     #[error("{0} requires the arguments to be in JSON form")]
     JsonRequired(String),
+    /// `ONBUILD ONBUILD ...`.
+    #[error("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")]
+    OnbuildChain,
+    /// End of file before the heredoc's terminator line.
     #[error("unterminated heredoc {0}")]
     UnterminatedHeredoc(String),
+    /// A heredoc marker word that BuildKit's lexer rejects.
     #[error("invalid heredoc {word}: {reason}")]
-    InvalidHeredoc { word: String, reason: String },
+    InvalidHeredoc {
+        /// The marker word as lexed from the line.
+        word: String,
+        /// The lexer's message.
+        reason: String,
+    },
+    /// A line over [`MAX_LINE_BYTES`] bytes.
     #[error("dockerfile line greater than max allowed size of {MAX_LINE_BYTES}")]
     LineTooLong,
 }
@@ -88,6 +108,7 @@ pub enum ParseErrorKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// What went wrong.
     pub kind: ParseErrorKind,
     /// The file name given to [`parse_file`] (`Dockerfile` for [`parse`]).
     pub file: String,
@@ -96,6 +117,7 @@ pub struct ParseError {
     /// The text of line `span.start.line`, without its line ending; `None` when there is no line
     /// worth showing (an empty file).
     pub source_line: Option<String>,
+    /// A suggestion shown after the report (`did you mean RUN?`).
     pub hint: Option<String>,
 }
 
@@ -575,8 +597,13 @@ impl<'a> Parser<'a> {
             "healthcheck" => parse_health_config(args),
             "maintainer" | "stopsignal" | "user" | "workdir" => Ok(parse_string(args)),
             "onbuild" => {
+                let trigger = args.split(is_re_whitespace).next().unwrap_or("");
                 if args.is_empty() {
                     Ok(Args::Empty)
+                } else if trigger.eq_ignore_ascii_case("onbuild") {
+                    // BuildKit rejects this when typing the instruction; doing it here also
+                    // bounds the recursion on `ONBUILD ONBUILD ...` lines.
+                    Err(ParseErrorKind::OnbuildChain)
                 } else {
                     let sub = self.node_from_line(
                         logical,
@@ -1439,7 +1466,10 @@ mod heredoc {
         /// with a modifier resets the word being built around it; kept as is to match.
         buf: String,
         buf_start: Option<usize>,
+        depth: usize,
     }
+
+    const MAX_NESTING: usize = 200;
 
     struct Words {
         words: Vec<(String, usize)>,
@@ -1458,6 +1488,7 @@ mod heredoc {
                 raw_escapes,
                 buf: String::new(),
                 buf_start: None,
+                depth: 0,
             }
         }
 
@@ -1514,9 +1545,16 @@ mod heredoc {
             stop: Option<char>,
             raw_escapes: bool,
         ) -> Result<(String, Vec<(String, usize)>), String> {
+            // Go's goroutine stacks grow; ours do not. Past this nesting of `${...}` the line is
+            // treated as not lexing (so: no heredoc), where BuildKit would still look for one.
+            if self.depth >= MAX_NESTING {
+                return Err("substitutions nested too deeply".into());
+            }
             let saved = self.raw_escapes;
             self.raw_escapes = raw_escapes;
+            self.depth += 1;
             let result = self.process_stop_on_inner(stop);
+            self.depth -= 1;
             self.raw_escapes = saved;
             result
         }
