@@ -428,6 +428,11 @@ impl<'a> Parser<'a> {
                 line: end_line,
                 column: self.lines[end_line - 1].text.chars().count() + 1,
             };
+            // BuildKit's StartLine is the first physical line, even when it held only an escape.
+            node.span.start = Pos {
+                line: line_no,
+                column: text[..indent].chars().count() + 1,
+            };
             node.span.end = end;
             if let Args::Sub(sub) = &mut node.args {
                 sub.span.end = end;
