@@ -1485,8 +1485,10 @@ mod heredoc {
 
     impl Lexer {
         fn new(text: &str, raw_quotes: bool, raw_escapes: bool) -> Self {
+            // Go's text/scanner skips a byte-order mark at the start of what it scans.
+            let skip = usize::from(text.starts_with('\u{feff}'));
             Lexer {
-                chars: text.char_indices().collect(),
+                chars: text.char_indices().skip(skip).collect(),
                 len: text.len(),
                 k: 0,
                 raw_quotes,
@@ -1889,6 +1891,7 @@ mod tests {
         assert_eq!(names("RUN <<'EOF'"), ["EOF"]);
         assert_eq!(names("RUN 4<<EOF"), ["EOF"]);
         assert_eq!(names("RUN <<EOF <<EOF2"), ["EOF", "EOF2"]);
+        assert_eq!(names("RUN <<\u{feff}EOF"), ["EOF"]);
         assert!(names("RUN '<<EOF'").is_empty());
         assert!(names("RUN \"<<EOF\"").is_empty());
         // The shared word buffer drops the `<<EOF` before a `${...}` with a modifier, as in Go.
