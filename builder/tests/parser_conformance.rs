@@ -369,3 +369,106 @@ fn flags_double_dash_and_quotes() {
     assert_eq!(df.children[2].args, Args::Empty);
     assert_eq!(df.children[2].args_pos, pos(3, 9));
 }
+
+/// BuildKit's `TestParseExtractsHeredoc` table (its `USER <<INVALID` / `INVALID` pair left out:
+/// BuildKit's parser keeps `INVALID` as an ignored instruction, ours reports it as unknown).
+#[test]
+fn buildkit_heredoc_extraction_table() {
+    let src = "\nFROM alpine:3.6\n\nENV NAME=me\n\nRUN ls\n\n\
+RUN <<EMPTY\nEMPTY\n\nRUN 3<<EMPTY2\nEMPTY2\n\nRUN \"<<NOHEREDOC\"\n\n\
+RUN <<INDENT\n\tfoo\n\tbar\nINDENT\n\n\
+RUN <<-UNINDENT\n\tbaz\n\tquux\nUNINDENT\n\n\
+RUN <<-UNINDENT2\n\tbaz\n\tquux\n\tUNINDENT2\n\n\
+RUN <<-EXPAND\n\texpand $NAME\nEXPAND\n\n\
+RUN <<-'NOEXPAND'\n\tdon't expand $NAME\nNOEXPAND\n\n\
+RUN <<COPY\necho hello world\necho foo bar\nCOPY\n\n\
+RUN <<COMMENT\n# internal comment\necho hello world\necho foo bar # trailing comment\nCOMMENT\n\n\
+RUN --mount=type=cache,target=/foo <<MOUNT\necho hello\nMOUNT\n\n\
+COPY <<FILE1 <<FILE2 /dest\ncontent 1\nFILE1\ncontent 2\nFILE2\n\n\
+COPY <<EOF /quotes\n\"foo\"\n'bar'\nEOF\n\n\
+COPY <<X <<Y /dest\nY\nX\nX\nY\n\n\
+RUN <<COMPLEX python3\nprint('hello world')\nCOMPLEX\n\n\
+COPY <<file.txt /dest\nhello world\nfile.txt\n\n\
+RUN <<eo'f'\necho foo\neof\n\n\
+RUN <<eo\\'f\necho foo\neo'f\n\n\
+RUN <<'e'o\\'f\necho foo\neo'f\n\n\
+RUN <<'one two'\necho bar\none two\n\n\
+RUN <<$EOF\n$EOF\n\n\
+RUN <<  EOF\nEOF\n\n\
+RUN <<  EOF  > foo\nEOF\n\t";
+    // (name, content, expand, chomp, fd); chomped bodies are stored with tabs stripped.
+    type H = (&'static str, &'static str, bool, bool, u32);
+    let expected: Vec<Vec<H>> = vec![
+        vec![],
+        vec![],
+        vec![("EMPTY", "", true, false, 0)],
+        vec![("EMPTY2", "", true, false, 3)],
+        vec![],
+        vec![("INDENT", "\tfoo\n\tbar\n", true, false, 0)],
+        vec![("UNINDENT", "baz\nquux\n", true, true, 0)],
+        vec![("UNINDENT2", "baz\nquux\n", true, true, 0)],
+        vec![("EXPAND", "expand $NAME\n", true, true, 0)],
+        vec![("NOEXPAND", "don't expand $NAME\n", false, true, 0)],
+        vec![("COPY", "echo hello world\necho foo bar\n", true, false, 0)],
+        vec![(
+            "COMMENT",
+            "# internal comment\necho hello world\necho foo bar # trailing comment\n",
+            true,
+            false,
+            0,
+        )],
+        vec![("MOUNT", "echo hello\n", true, false, 0)],
+        vec![
+            ("FILE1", "content 1\n", true, false, 0),
+            ("FILE2", "content 2\n", true, false, 0),
+        ],
+        vec![("EOF", "\"foo\"\n'bar'\n", true, false, 0)],
+        vec![("X", "Y\n", true, false, 0), ("Y", "X\n", true, false, 0)],
+        vec![("COMPLEX", "print('hello world')\n", true, false, 0)],
+        vec![("file.txt", "hello world\n", true, false, 0)],
+        vec![("eof", "echo foo\n", false, false, 0)],
+        vec![("eo'f", "echo foo\n", true, false, 0)],
+        vec![("eo'f", "echo foo\n", false, false, 0)],
+        vec![("one two", "echo bar\n", false, false, 0)],
+        vec![("$EOF", "", true, false, 0)],
+        vec![("EOF", "", true, false, 0)],
+        vec![("EOF", "", true, false, 0)],
+    ];
+    let df = parse(src).unwrap();
+    assert_eq!(df.children.len(), expected.len() + 1);
+    for (i, want) in expected.iter().enumerate() {
+        let got: Vec<(String, String, bool, bool, u32)> = df.children[i + 1]
+            .heredocs
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    h.content.clone(),
+                    h.expand,
+                    h.chomp,
+                    h.file_descriptor,
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, bool, bool, u32)> = want
+            .iter()
+            .map(|&(n, c, e, ch, fd)| (n.to_string(), c.to_string(), e, ch, fd))
+            .collect();
+        assert_eq!(
+            got,
+            want,
+            "instruction {}: {}",
+            i + 1,
+            df.children[i + 1].original
+        );
+    }
+}
+
+/// BuildKit's `TestParseJSONHeredoc`: exec-form instructions never take heredocs.
+#[test]
+fn buildkit_json_form_has_no_heredoc() {
+    let df = parse("\nFROM alpine:3.6\n\nRUN [\"whoami\"]\nRUN [\"<<EOF\"]\nRUN [\"<<'EOF'\"]\n\t")
+        .unwrap();
+    assert!(df.children[1..].iter().all(|n| n.heredocs.is_empty()));
+    assert_eq!(df.children.len(), 4);
+}

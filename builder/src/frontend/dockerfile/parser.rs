@@ -50,28 +50,48 @@ const DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
 /// What went wrong, without the location (see [`ParseError`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseErrorKind {
+    /// A keyword that is not one of [`INSTRUCTIONS`] (as written).
     #[error("unknown instruction: {0}")]
     UnknownInstruction(String),
+    /// A continuation whose joined text is empty (only escapes, blank lines and comments).
     #[error("line continuation with no instruction")]
     EmptyInstruction,
+    /// Nothing but blank lines, comments and directives.
     #[error("file with no instructions")]
     NoInstructions,
+    /// A parser directive given twice.
     #[error("only one {0} parser directive can be used")]
     DuplicateDirective(String),
+    /// `# escape=` with something else than a backslash or a backtick.
     #[error("invalid escape token '{0}' does not match ` or \\")]
     InvalidEscape(String),
+    /// Legacy `ENV name value` / `LABEL name value` form without a value.
     #[error("{0} must have two arguments")]
     MissingValue(String),
+    /// A word without `=` after a `name=value` pair in ENV or LABEL.
     #[error("syntax error - can't find = in {0:?}; must be of the form: name=value")]
     MissingEquals(String),
+    /// A JSON array with a non-string element, where the exec form is allowed.
     #[error("when using JSON array syntax, arrays must be comprised of strings only")]
     JsonNotStrings,
+    /// An instruction that only has an exec form (SHELL) written otherwise.
     #[error("{0} requires the arguments to be in JSON form")]
     JsonRequired(String),
+    /// `ONBUILD ONBUILD ...`.
+    #[error("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")]
+    OnbuildChain,
+    /// End of file before the heredoc's terminator line.
     #[error("unterminated heredoc {0}")]
     UnterminatedHeredoc(String),
+    /// A heredoc marker word that BuildKit's lexer rejects.
     #[error("invalid heredoc {word}: {reason}")]
-    InvalidHeredoc { word: String, reason: String },
+    InvalidHeredoc {
+        /// The marker word as lexed from the line.
+        word: String,
+        /// The lexer's message.
+        reason: String,
+    },
+    /// A line over [`MAX_LINE_BYTES`] bytes.
     #[error("dockerfile line greater than max allowed size of {MAX_LINE_BYTES}")]
     LineTooLong,
 }
@@ -88,6 +108,7 @@ pub enum ParseErrorKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// What went wrong.
     pub kind: ParseErrorKind,
     /// The file name given to [`parse_file`] (`Dockerfile` for [`parse`]).
     pub file: String,
@@ -96,6 +117,7 @@ pub struct ParseError {
     /// The text of line `span.start.line`, without its line ending; `None` when there is no line
     /// worth showing (an empty file).
     pub source_line: Option<String>,
+    /// A suggestion shown after the report (`did you mean RUN?`).
     pub hint: Option<String>,
 }
 
@@ -178,7 +200,8 @@ struct Logical {
     /// (byte offset in `text`, source line, 1-based column of the piece's first char), one per
     /// non-empty piece, in order.
     segments: Vec<(usize, usize, usize)>,
-    /// Char count of the last line consumed, for end positions.
+    /// First and last source lines of the instruction, and the last one's char count.
+    first_line: usize,
     last_line: usize,
     last_line_chars: usize,
 }
@@ -206,7 +229,7 @@ impl Logical {
         let index = self.segments.partition_point(|s| s.0 <= offset);
         if index == 0 {
             return Pos {
-                line: self.last_line,
+                line: self.first_line,
                 column: 1,
             };
         }
@@ -360,7 +383,10 @@ impl<'a> Parser<'a> {
             if end_of_line && first.is_empty() {
                 continue;
             }
-            let mut logical = Logical::default();
+            let mut logical = Logical {
+                first_line: line_no,
+                ..Logical::default()
+            };
             logical.push(first, line_no, text[..indent].chars().count() + 1);
 
             let mut first_empty_line = None;
@@ -401,6 +427,11 @@ impl<'a> Parser<'a> {
             let end = Pos {
                 line: end_line,
                 column: self.lines[end_line - 1].text.chars().count() + 1,
+            };
+            // BuildKit's StartLine is the first physical line, even when it held only an escape.
+            node.span.start = Pos {
+                line: line_no,
+                column: text[..indent].chars().count() + 1,
             };
             node.span.end = end;
             if let Args::Sub(sub) = &mut node.args {
@@ -571,8 +602,13 @@ impl<'a> Parser<'a> {
             "healthcheck" => parse_health_config(args),
             "maintainer" | "stopsignal" | "user" | "workdir" => Ok(parse_string(args)),
             "onbuild" => {
+                let trigger = args.split(is_re_whitespace).next().unwrap_or("");
                 if args.is_empty() {
                     Ok(Args::Empty)
+                } else if trigger.eq_ignore_ascii_case("onbuild") {
+                    // BuildKit rejects this when typing the instruction; doing it here also
+                    // bounds the recursion on `ONBUILD ONBUILD ...` lines.
+                    Err(ParseErrorKind::OnbuildChain)
                 } else {
                     let sub = self.node_from_line(
                         logical,
@@ -1435,7 +1471,10 @@ mod heredoc {
         /// with a modifier resets the word being built around it; kept as is to match.
         buf: String,
         buf_start: Option<usize>,
+        depth: usize,
     }
+
+    const MAX_NESTING: usize = 200;
 
     struct Words {
         words: Vec<(String, usize)>,
@@ -1446,14 +1485,17 @@ mod heredoc {
 
     impl Lexer {
         fn new(text: &str, raw_quotes: bool, raw_escapes: bool) -> Self {
+            // Go's text/scanner skips a byte-order mark at the start of what it scans.
+            let skip = usize::from(text.starts_with('\u{feff}'));
             Lexer {
-                chars: text.char_indices().collect(),
+                chars: text.char_indices().skip(skip).collect(),
                 len: text.len(),
                 k: 0,
                 raw_quotes,
                 raw_escapes,
                 buf: String::new(),
                 buf_start: None,
+                depth: 0,
             }
         }
 
@@ -1510,9 +1552,16 @@ mod heredoc {
             stop: Option<char>,
             raw_escapes: bool,
         ) -> Result<(String, Vec<(String, usize)>), String> {
+            // Go's goroutine stacks grow; ours do not. Past this nesting of `${...}` the line is
+            // treated as not lexing (so: no heredoc), where BuildKit would still look for one.
+            if self.depth >= MAX_NESTING {
+                return Err("substitutions nested too deeply".into());
+            }
             let saved = self.raw_escapes;
             self.raw_escapes = raw_escapes;
+            self.depth += 1;
             let result = self.process_stop_on_inner(stop);
+            self.depth -= 1;
             self.raw_escapes = saved;
             result
         }
@@ -1842,6 +1891,7 @@ mod tests {
         assert_eq!(names("RUN <<'EOF'"), ["EOF"]);
         assert_eq!(names("RUN 4<<EOF"), ["EOF"]);
         assert_eq!(names("RUN <<EOF <<EOF2"), ["EOF", "EOF2"]);
+        assert_eq!(names("RUN <<\u{feff}EOF"), ["EOF"]);
         assert!(names("RUN '<<EOF'").is_empty());
         assert!(names("RUN \"<<EOF\"").is_empty());
         // The shared word buffer drops the `<<EOF` before a `${...}` with a modifier, as in Go.

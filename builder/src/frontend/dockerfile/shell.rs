@@ -11,7 +11,9 @@
 //! (BuildKit's `ProcessWordWithMatches`, used for lint-style warnings), and the builder methods
 //! [`Lexer::raw_quotes`], [`Lexer::raw_escapes`], [`Lexer::skip_unset_env`] and
 //! [`Lexer::skip_process_quotes`] select BuildKit's `RawQuotes`, `RawEscapes`, `SkipUnsetEnv` and
-//! `SkipProcessQuotes` modes (heredoc detection and heredoc body expansion use them).
+//! `SkipProcessQuotes` modes. BuildKit finds heredoc markers with raw quotes, raw escapes and unset
+//! variables kept, names RUN steps with raw quotes and unset variables kept, and expands `COPY <<EOF`
+//! bodies with quotes left alone ([`Lexer::process_heredoc_body`]).
 //!
 //! Patterns in `${V#p}`, `${V%p}` and `${V/p/r}` follow BuildKit exactly: `*`, `?` and `\` escapes of `*`,
 //! `?`, `\` (plus `\}` and `\/`, whose backslash is dropped); brackets are literal characters, as in
@@ -254,15 +256,16 @@ impl Lexer {
         self.process(word, env).map(|e| e.words)
     }
 
-    /// Expands a heredoc body whose marker was unquoted: variables are substituted while quotes and
-    /// escapes stay as written, which is how BuildKit expands `COPY <<EOF` bodies.
+    /// Expands a `COPY`/`ADD` heredoc body whose marker was unquoted, as BuildKit's `ExpandRaw` does:
+    /// variables are substituted, quotes are ordinary characters (so `'$X'` is expanded too), and
+    /// backslash escapes apply (`\$` gives `$`, `\\` gives `\`). BuildKit uses a backslash lexer here
+    /// whatever the file's `# escape=` says, so this takes no `self`.
     pub fn process_heredoc_body<E: Env + ?Sized>(
-        &self,
         body: &str,
         env: &E,
     ) -> Result<String, ShellError> {
-        self.raw_quotes(true)
-            .raw_escapes(true)
+        Lexer::new('\\')
+            .skip_process_quotes(true)
             .process_word(body, env)
     }
 
@@ -1135,10 +1138,9 @@ mod tests {
         assert_eq!(words, vec!["cat", "<<\"EOF\"", "<<-'E2'", "<<$X", "\\$Y"]);
         let words = lex.process_words("${A:-b} ${C}", &EmptyEnv).unwrap();
         assert_eq!(words, vec!["${A:-b}", "${C}"]);
-        let body = Lexer::new('\\')
-            .process_heredoc_body("echo \"$PWD\" '\\$x' \\$y\n", &env())
-            .unwrap();
-        assert_eq!(body, "echo \"/home\" '\\$x' \\$y\n");
+        let body =
+            Lexer::process_heredoc_body("echo \"$PWD\" '$PWD' \\$y \\\\n\\x\n", &env()).unwrap();
+        assert_eq!(body, "echo \"/home\" '/home' $y \\nx\n");
         let quoted = Lexer::new('\\').skip_process_quotes(true);
         assert_eq!(quoted.process_word("'$PWD'", &env()).unwrap(), "'/home'");
     }
@@ -1157,6 +1159,125 @@ mod tests {
             vec!["BAR", "FOO"]
         );
         assert_eq!(r.unmatched.into_iter().collect::<Vec<_>>(), vec!["BAZ"]);
+    }
+
+    #[test]
+    fn expansion_table_with_matches() {
+        // (word, env, expected result or None for an error, matched, unmatched)
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            ("x", &[("DUMMY", "d")], Some("x"), &[], &[]),
+            (
+                "x ${UNUSED}",
+                &[("DUMMY", "d")],
+                Some("x "),
+                &[],
+                &["UNUSED"],
+            ),
+            (
+                "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("xxx bbb ccc"),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            (
+                "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa bbb "),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            (
+                "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa  "),
+                &["BAR", "FOO"],
+                &["BAZ"],
+            ),
+            ("${BAR?bbb}", &[("BAR", "")], Some(""), &["BAR"], &[]),
+            ("${BAR:?bbb}", &[("BAR", "")], None, &[], &[]),
+            ("${FOO=aaa}", &[("FOO", "x")], None, &[], &[]),
+            ("${FOO=}", &[], None, &[], &[]),
+            ("${FOO#*x*y}", &[("FOO", "xxyy")], Some("y"), &["FOO"], &[]),
+            ("${FOO#*}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            (
+                "${FOO#$BAR}",
+                &[("FOO", "xxyy"), ("BAR", "x")],
+                Some("xyy"),
+                &["BAR", "FOO"],
+                &[],
+            ),
+            ("${FOO#}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            ("${FOO##}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            ("${FOO%}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
+            (
+                "${ABC:-.}${FOO%x}${ABC:-.}",
+                &[("FOO", "xxyy")],
+                Some(".xxyy."),
+                &["FOO"],
+                &["ABC"],
+            ),
+            (
+                "${FOO/$N/$R}",
+                &[
+                    ("FOO", "http://google.de"),
+                    ("N", "http://"),
+                    ("R", "https://"),
+                ],
+                Some("https://google.de"),
+                &["FOO", "N", "R"],
+                &[],
+            ),
+            (
+                "${FOO/$N/} - ${FOO//$N/}",
+                &[("FOO", "/tmp/tmp/bar.txt"), ("N", "/tmp")],
+                Some("/tmp/bar.txt - /bar.txt"),
+                &["FOO", "N"],
+                &[],
+            ),
+            (
+                "v${V:+-${V}}.tgz",
+                &[("V", "v7")],
+                Some("v-v7.tgz"),
+                &["V"],
+                &[],
+            ),
+            ("v${V:+-${V}}.tgz", &[("V", "")], Some("v.tgz"), &["V"], &[]),
+            ("v${V:+-${V}}.tgz", &[], Some("v.tgz"), &[], &["V"]),
+        ];
+        let lex = Lexer::new('\\');
+        for (word, env, want, matched, unmatched) in cases {
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let got = lex.process(word, &env);
+            match (want, got) {
+                (None, Err(_)) => {}
+                (None, Ok(r)) => panic!("{word}: expected an error, got {:?}", r.result),
+                (Some(_), Err(e)) => panic!("{word}: {e}"),
+                (Some(want), Ok(r)) => {
+                    assert_eq!(r.result, *want, "{word}");
+                    assert_eq!(
+                        r.matched.iter().collect::<Vec<_>>(),
+                        *matched,
+                        "{word}: matched"
+                    );
+                    assert_eq!(
+                        r.unmatched.iter().collect::<Vec<_>>(),
+                        *unmatched,
+                        "{word}: unmatched"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
