@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use forge_builder::frontend::dockerfile::ast::Span;
 use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
 use forge_builder::frontend::dockerfile::{dump, parser};
+use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 #[derive(Parser)]
@@ -189,28 +190,15 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>, Failure
     Ok(out)
 }
 
-/// The ignore file in force: `<Dockerfile>.dockerignore` beside the Dockerfile, else the context's
-/// `.dockerignore`; its patterns, comments and blank lines dropped.
+/// The `.dockerignore` patterns in force (the Dockerfile's own ignore file first), checked and
+/// normalised as Docker reads them.
 fn dockerignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>, Failure> {
-    let mut candidates = Vec::new();
-    if let Some(name) = dockerfile.file_name() {
-        let mut n = name.to_os_string();
-        n.push(".dockerignore");
-        candidates.push(dockerfile.with_file_name(n));
-    }
-    candidates.push(context.join(".dockerignore"));
-    for c in candidates {
-        if c.is_file() {
-            let text = read(&c)?;
-            return Ok(text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from)
-                .collect());
-        }
-    }
-    Ok(Vec::new())
+    let Some(path) = dockerignore::find_ignore_file(context, dockerfile) else {
+        return Ok(Vec::new());
+    };
+    let ignore =
+        Dockerignore::read(&path).map_err(|e| failed(format!("error: {}: {e}", path.display())))?;
+    Ok(ignore.patterns().to_vec())
 }
 
 fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
