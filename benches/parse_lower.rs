@@ -14,11 +14,12 @@ use forge_builder::graph::Platform;
 /// A Dockerfile of about `lines` lines: 20 stages using every instruction kind, stage references,
 /// cache/secret/bind mounts, heredocs and variables, so both parse and lower are exercised.
 fn generate(lines: usize) -> String {
-    let mut s = String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:bookworm\nARG VERSION=1.0\n");
+    let mut s =
+        String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:bookworm\nARG VERSION=1.0\n");
     let stages = 20;
     let per_stage = lines / stages;
     for st in 0..stages {
-        let base = if st % 4 == 0 || st == 0 {
+        let base = if st % 4 == 0 {
             "${BASE}".to_string()
         } else {
             format!("s{}", st - 1)
@@ -46,7 +47,10 @@ fn generate(lines: usize) -> String {
                     let _ = writeln!(s, "COPY --chown=1000:1000 src/{st}/{i}/ ./dir{i}/");
                 }
                 4 => {
-                    let _ = writeln!(s, "LABEL stage.{st}.item.{i}=\"value {i}\" version=$VERSION");
+                    let _ = writeln!(
+                        s,
+                        "LABEL stage.{st}.item.{i}=\"value {i}\" version=$VERSION"
+                    );
                 }
                 5 => {
                     let _ = writeln!(s, "RUN <<EOF\nset -e\necho heredoc {i}\ntouch /f{i}\nEOF");
