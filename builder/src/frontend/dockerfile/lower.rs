@@ -651,7 +651,7 @@ fn trim_float(f: f64) -> String {
 
 fn healthcheck_history(h: &Healthcheck) -> String {
     format!(
-        "HEALTHCHECK &{{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
         h.test.join(" "),
         go_duration(h.interval_ns),
         go_duration(h.timeout_ns),
@@ -1012,11 +1012,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 Self::history(st, format!("CMD {}", go_quoted_list(&args)), false);
             }
             Instruction::Entrypoint(cl) => {
-                let args = if cl.prepend_shell && cl.args.is_empty() {
-                    Vec::new()
-                } else {
-                    self.with_shell(st, cl)
-                };
+                // As BuildKit: an empty shell form still runs the shell (with an empty command).
+                let args = self.with_shell(st, cl);
                 st.image.entrypoint = Some(args.clone());
                 if !st.cmd_set {
                     st.image.cmd = None;
