@@ -788,14 +788,13 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         let line = Some(plan.span.start.line);
         let mut st = match &plan.base {
             Base::Stage(b) => {
+                // Everything, the platform included, comes from the base stage: BuildKit ignores
+                // `FROM --platform` on a stage reference.
                 let mut s = states[*b]
                     .clone()
                     .expect("a base stage is reachable and earlier");
                 s.image.onbuild.clear();
                 s.cmd_set = false;
-                if let Some(p) = &plan.platform {
-                    s.platform = p.clone();
-                }
                 s
             }
             Base::Scratch | Base::Image(_) => {
