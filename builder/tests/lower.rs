@@ -557,3 +557,27 @@ fn copy_link_is_a_merge() {
     };
     assert_eq!(m.inputs.len(), 2);
 }
+
+#[test]
+fn heredoc_with_exec_form_is_refused() {
+    use forge_builder::frontend::dockerfile::ast::Args;
+    let mut df = dockerfile("FROM a\nRUN <<EOF\nx\nEOF\n");
+    df.children[1].args = Args::Json(vec!["sh".into(), "-c".into()]);
+    let e = lower(&df, &opts(&[], None)).unwrap_err();
+    assert!(matches!(*e.kind, LowerErrorKind::InvalidRun(_)), "{e}");
+}
+
+#[test]
+fn heredoc_runs_as_the_shell_command_or_a_script() {
+    let l = build(
+        "FROM a\nRUN <<EOF\necho one\necho two\nEOF\nRUN cat <<EOF > /f\nbody\nEOF\n",
+        &[],
+        None,
+    );
+    let ex = execs(&l.graph);
+    assert_eq!(ex[0].args, vec!["/bin/sh", "-c", "echo one\necho two\n"]);
+    assert_eq!(
+        ex[1].args,
+        vec!["/bin/sh", "-c", "cat <<EOF > /f\nbody\nEOF"]
+    );
+}

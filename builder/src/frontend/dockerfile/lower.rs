@@ -100,6 +100,8 @@ pub enum LowerErrorKind {
     MountFromLaterStage { from: String, target: String },
     #[error("invalid --mount: {0}")]
     Mount(String),
+    #[error("parsing produced an invalid run command: {0}")]
+    InvalidRun(String),
     #[error("invalid mount target {0:?}")]
     MountTarget(String),
     #[error("{0}")]
@@ -1179,6 +1181,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         // Heredocs: a lone `<<EOF` runs its body (as a script when it has a shebang); anything else
         // hands the reconstituted text to the shell.
         let mut args = r.command.args.clone();
+        if !r.command.files.is_empty() && (args.len() != 1 || !r.command.prepend_shell) {
+            return Err(err(LowerErrorKind::InvalidRun(format!("{args:?}")), c.span));
+        }
         if !r.command.files.is_empty() {
             let lone = args.len() == 1
                 && r.command.prepend_shell
