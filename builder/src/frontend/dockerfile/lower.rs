@@ -1238,10 +1238,10 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         );
 
         for (m, source) in r.mounts.iter().zip(&pc.sources) {
-            let env = st.env.0.clone();
+            let env = &st.env.0;
             let escape = self.ctx.escape;
             let spec =
-                instructions::parse_mount(&m.text, &mut |w| words::expand_word(escape, w, &env))
+                instructions::parse_mount(&m.text, &mut |w| words::expand_word(escape, w, env))
                     .map_err(|(msg, hint)| LowerError {
                         kind: Box::new(LowerErrorKind::Mount(msg)),
                         span: Some(m.span),
