@@ -158,3 +158,43 @@ fn exit_codes() {
         Some(1)
     );
 }
+
+/// `forge parse --dump` prints exactly BuildKit's dump for every conformance case.
+#[test]
+fn parse_dump_matches_buildkit_testfiles() {
+    let shared = std::env::var_os("FORGE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let dir = shared.join("conformance/buildkit/parser/testfiles");
+    if !dir.is_dir() {
+        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
+            panic!("conformance data missing at {}", dir.display());
+        }
+        eprintln!("SKIP: conformance data missing at {}", dir.display());
+        return;
+    }
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let mut failed = Vec::new();
+    for case in &cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["parse", "--dump"])
+            .arg(case.join("Dockerfile"))
+            .output()
+            .unwrap();
+        let want = std::fs::read(case.join("result")).unwrap();
+        if !o.status.success() || o.stdout != want {
+            failed.push(case.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    println!(
+        "forge parse --dump: {}/{} BuildKit testfiles byte for byte",
+        cases.len() - failed.len(),
+        cases.len()
+    );
+    assert!(failed.is_empty(), "differ: {failed:?}");
+    assert_eq!(cases.len(), 33);
+}
