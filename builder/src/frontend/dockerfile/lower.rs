@@ -176,7 +176,16 @@ impl EnvList {
     }
 
     fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let mut s = String::with_capacity(k.len() + 1 + v.len());
+                s.push_str(k);
+                s.push('=');
+                s.push_str(v);
+                s
+            })
+            .collect()
     }
 }
 
@@ -1281,24 +1290,19 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         };
         st.root = Some(self.g.add(Op::Exec(exec), self.describe(i, c), line));
 
-        // History shows the build args in force, as `|N K=V ... cmd`.
-        let mut shown: Vec<(String, String)> = Vec::new();
+        // History shows the build args in force, as `|N K=V ... cmd` (each name once, first place).
+        let mut order: Vec<&str> = Vec::new();
+        let mut values: HashMap<&str, &str> = HashMap::new();
         for (k, v) in &st.build_args {
-            let v = st
-                .env
-                .get(k)
-                .map(String::from)
-                .or(v.clone())
-                .unwrap_or_default();
-            match shown.iter_mut().find(|(key, _)| key == k) {
-                Some(e) => e.1 = v,
-                None => shown.push((k.clone(), v)),
+            let v = st.env.get(k).or(v.as_deref()).unwrap_or_default();
+            if values.insert(k, v).is_none() {
+                order.push(k);
             }
         }
         let mut parts: Vec<String> = Vec::new();
-        if !shown.is_empty() {
-            parts.push(format!("|{}", shown.len()));
-            parts.extend(shown.iter().map(|(k, v)| format!("{k}={v}")));
+        if !order.is_empty() {
+            parts.push(format!("|{}", order.len()));
+            parts.extend(order.iter().map(|k| format!("{k}={}", values[k])));
         }
         parts.extend(args);
         Self::history(st, format!("RUN {} # buildkit", parts.join(" ")), true);
