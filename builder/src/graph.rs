@@ -86,11 +86,25 @@ impl Platform {
         }
     }
 
-    /// Parses `os/arch[/variant]` (also `os` alone is refused: forge needs an architecture).
+    /// Parses `os/arch[/variant]`; like containerd's `platforms.Parse`, a lone OS takes this
+    /// machine's architecture and a lone architecture takes this machine's OS.
     pub fn parse(s: &str) -> Option<Platform> {
         let parts: Vec<&str> = s.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) || !(2..=3).contains(&parts.len()) {
+        if parts.iter().any(|p| p.is_empty()) || !(1..=3).contains(&parts.len()) {
             return None;
+        }
+        if let [one] = parts.as_slice() {
+            const OSES: &[&str] = &[
+                "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
+                "aix", "android", "ios", "plan9", "js", "wasip1",
+            ];
+            let host = Platform::host();
+            let one = one.to_ascii_lowercase();
+            return if OSES.contains(&one.as_str()) {
+                Some(Platform { os: one, ..host })
+            } else {
+                Platform::parse(&format!("{}/{one}", host.os))
+            };
         }
         let os = parts[0].to_ascii_lowercase();
         let mut architecture = parts[1].to_ascii_lowercase();

@@ -196,3 +196,64 @@ fn json_and_dot_renderings() {
     assert!(dot.contains("v0 -> v1;"));
     assert!(dot.trim_end().ends_with('}'));
 }
+
+/// The pipeline frontend's shape: a test job runs on the built image and gates its export. The
+/// gate is kept by `finish` (it is needed), but is not part of the output's filesystem.
+#[test]
+fn outputs_can_be_gated_by_test_vertices() {
+    use forge_builder::graph::{
+        ExecOp, GraphBuilder, ImageConfig, Mount, NetworkMode, Output, SecurityMode,
+    };
+    let mut g = GraphBuilder::new();
+    let platform = Platform::parse("linux/amd64").unwrap();
+    let base = g.add(
+        Op::Source(SourceOp::Image {
+            reference: "busybox".into(),
+            platform: platform.clone(),
+        }),
+        "image",
+        None,
+    );
+    g.add(Op::Source(SourceOp::Scratch), "never needed", None);
+    let test = g.add(
+        Op::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), "make test".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::None,
+            security: SecurityMode::Sandbox,
+            platform,
+            mounts: vec![Mount {
+                target: "/".into(),
+                kind: MountKind::Bind {
+                    input: Some(base),
+                    source_path: "/".into(),
+                    readonly: true,
+                    output: false,
+                },
+            }],
+        }),
+        "test job",
+        None,
+    );
+    g.add_output(Output {
+        name: "app".into(),
+        root: base,
+        image: ImageConfig::default(),
+        gates: vec![test],
+    });
+    let graph = g.finish();
+    assert_eq!(graph.vertices.len(), 2, "the unneeded vertex is dropped");
+    assert!(
+        graph
+            .vertices
+            .iter()
+            .all(|v| v.description != "never needed")
+    );
+    assert_eq!(graph.outputs[0].gates.len(), 1);
+    let gate = graph.vertex(graph.outputs[0].gates[0]);
+    assert_eq!(gate.description, "test job");
+    assert!(graph.to_dot().contains("[style=dashed, label=\"gate\"]"));
+    assert!(graph.to_text().contains("    gate #1"));
+}

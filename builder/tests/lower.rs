@@ -135,6 +135,31 @@ fn automatic_platform_args() {
 }
 
 #[test]
+fn platform_strings_parse_like_containerd() {
+    let p = Platform::parse("linux/arm64/v8").unwrap();
+    assert_eq!(
+        p.to_string(),
+        "linux/arm64",
+        "v8 is arm64's default variant"
+    );
+    assert_eq!(
+        Platform::parse("linux/armhf").unwrap().to_string(),
+        "linux/arm/v7"
+    );
+    assert_eq!(
+        Platform::parse("linux/x86_64").unwrap().to_string(),
+        "linux/amd64"
+    );
+    assert_eq!(
+        Platform::parse("linux").unwrap().architecture,
+        Platform::host().architecture
+    );
+    assert_eq!(Platform::parse("arm64").unwrap().os, Platform::host().os);
+    assert!(Platform::parse("linux/").is_none());
+    assert!(Platform::parse("a/b/c/d").is_none());
+}
+
+#[test]
 fn host_platform_uses_oci_names() {
     let p = Platform::host();
     assert_eq!(p.os, "linux");
@@ -244,7 +269,11 @@ fn copy_from_errors() {
     assert_eq!(*e.kind, LowerErrorKind::StageIndex(7));
     let e = lower(&dockerfile("ARG E\nFROM $E"), &opts(&[], None)).unwrap_err();
     assert!(matches!(*e.kind, LowerErrorKind::BlankBaseName(_)));
-    let e = lower(&dockerfile("FROM --platform=linux a"), &opts(&[], None)).unwrap_err();
+    let e = lower(
+        &dockerfile("FROM --platform=linux/amd64/v2/x a"),
+        &opts(&[], None),
+    )
+    .unwrap_err();
     assert!(matches!(*e.kind, LowerErrorKind::Platform(_)));
 }
 
@@ -527,4 +556,28 @@ fn copy_link_is_a_merge() {
         panic!("{:?}", last.op)
     };
     assert_eq!(m.inputs.len(), 2);
+}
+
+#[test]
+fn heredoc_with_exec_form_is_refused() {
+    use forge_builder::frontend::dockerfile::ast::Args;
+    let mut df = dockerfile("FROM a\nRUN <<EOF\nx\nEOF\n");
+    df.children[1].args = Args::Json(vec!["sh".into(), "-c".into()]);
+    let e = lower(&df, &opts(&[], None)).unwrap_err();
+    assert!(matches!(*e.kind, LowerErrorKind::InvalidRun(_)), "{e}");
+}
+
+#[test]
+fn heredoc_runs_as_the_shell_command_or_a_script() {
+    let l = build(
+        "FROM a\nRUN <<EOF\necho one\necho two\nEOF\nRUN cat <<EOF > /f\nbody\nEOF\n",
+        &[],
+        None,
+    );
+    let ex = execs(&l.graph);
+    assert_eq!(ex[0].args, vec!["/bin/sh", "-c", "echo one\necho two\n"]);
+    assert_eq!(
+        ex[1].args,
+        vec!["/bin/sh", "-c", "cat <<EOF > /f\nbody\nEOF"]
+    );
 }

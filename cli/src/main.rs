@@ -1,5 +1,249 @@
-//! The `forge` binary: argument parsing, progress display and error rendering. Thin by design.
+//! The `forge` binary: argument parsing and error rendering over forge-builder. Thin by design: it
+//! reads files, calls the frontend, and prints; meaning lives in the library.
+//!
+//! Exit codes: 0 success, 1 a build or parse error, 2 a usage error.
 
-fn main() {
-    println!("forge {}", env!("CARGO_PKG_VERSION"));
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use forge_builder::frontend::dockerfile::ast::Span;
+use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
+use forge_builder::frontend::dockerfile::{dump, parser};
+use forge_builder::frontend::dockerignore::{self, Dockerignore};
+use forge_builder::graph::Platform;
+
+#[derive(Parser)]
+#[command(
+    name = "forge",
+    version,
+    about = "A daemonless, rootless OCI image builder"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse a Dockerfile.
+    Parse {
+        /// Print BuildKit's AST dump.
+        #[arg(long)]
+        dump: bool,
+        file: PathBuf,
+    },
+    /// Print the build graph a Dockerfile lowers to.
+    Graph(GraphArgs),
+    /// Build an image (only `--dry-run`, which prints the graph, exists yet).
+    Build {
+        /// Print the build graph instead of building.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        graph: GraphArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+    Dot,
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// The stage to build (default: the last one).
+    #[arg(long)]
+    target: Option<String>,
+    /// A build argument, KEY=VALUE (or KEY, to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// The target platform, os/arch[/variant] (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// The build context directory.
+    #[arg(default_value = ".")]
+    context: PathBuf,
+}
+
+/// A failure, and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+fn failed(message: String) -> Failure {
+    Failure { code: 1, message }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parse { dump, file } => parse_cmd(dump, &file),
+        Command::Graph(args) => graph_cmd(&args),
+        Command::Build { dry_run: true, graph } => graph_cmd(&graph),
+        Command::Build { dry_run: false, .. } => Err(usage(
+            "error: building is not implemented yet; use `forge build --dry-run` to print the graph"
+                .into(),
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| failed(format!("error: cannot read {}: {e}", path.display())))
+}
+
+fn display_name(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn parse_cmd(dump_ast: bool, file: &Path) -> Result<(), Failure> {
+    let src = read(file)?;
+    let df =
+        parser::parse_file(&display_name(file), &src).map_err(|e| failed(format!("error: {e}")))?;
+    if dump_ast {
+        print!("{}", dump::dump(&df));
+    } else {
+        println!(
+            "{}: {} instructions, escape {:?}",
+            display_name(file),
+            df.children.len(),
+            df.escape
+        );
+    }
+    Ok(())
+}
+
+/// A located error rendered like the parser's: `file:line:col: message`, the line, a caret, a hint.
+fn render(file: &str, src: &str, span: Option<Span>, message: &str, hint: Option<&str>) -> String {
+    let mut out = match span {
+        Some(s) => format!(
+            "error: {file}:{}:{}: {message}",
+            s.start.line, s.start.column
+        ),
+        None => format!("error: {file}: {message}"),
+    };
+    if let Some(s) = span
+        && let Some(line) = src.lines().nth(s.start.line.saturating_sub(1))
+    {
+        let number = s.start.line.to_string();
+        let gutter = " ".repeat(number.len());
+        let mut caret: String = line
+            .chars()
+            .take(s.start.column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        let width = if s.end.line == s.start.line && s.end.column > s.start.column {
+            s.end.column - s.start.column
+        } else {
+            1
+        };
+        caret.push_str(&"^".repeat(width));
+        out.push_str(&format!("\n {number} | {line}\n {gutter} | {caret}"));
+    }
+    if let Some(h) = hint {
+        out.push_str(&format!("\nhint: {h}"));
+    }
+    out
+}
+
+fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some(("", _)) => {
+                return Err(usage(format!(
+                    "error: invalid --build-arg {a:?}: empty name"
+                )));
+            }
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            // Docker's `--build-arg KEY`: the value comes from the environment, if set.
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `.dockerignore` patterns in force (the Dockerfile's own ignore file first), checked and
+/// normalised as Docker reads them.
+fn dockerignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>, Failure> {
+    let Some(path) = dockerignore::find_ignore_file(context, dockerfile) else {
+        return Ok(Vec::new());
+    };
+    let ignore =
+        Dockerignore::read(&path).map_err(|e| failed(format!("error: {}: {e}", path.display())))?;
+    Ok(ignore.patterns().to_vec())
+}
+
+fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let name = display_name(&file);
+    let src = read(&file)?;
+    let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
+    let target_platform = match &args.platform {
+        None => Platform::host(),
+        Some(p) => Platform::parse(p).ok_or_else(|| {
+            usage(format!(
+                "error: invalid --platform {p:?}: expected os/arch[/variant]"
+            ))
+        })?,
+    };
+    let opts = LowerOptions {
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args)?,
+        target_platform,
+        dockerignore: dockerignore_patterns(&args.context, &file)?,
+        ..LowerOptions::default()
+    };
+    let lowered = lower(&df, &opts).map_err(|e| {
+        failed(render(
+            &name,
+            &src,
+            e.span,
+            &e.kind.to_string(),
+            e.hint.as_deref(),
+        ))
+    })?;
+    for w in &lowered.warnings {
+        eprintln!("warning: {w}");
+    }
+    match args.format {
+        Format::Text => print!("{}", lowered.graph.to_text()),
+        Format::Dot => print!("{}", lowered.graph.to_dot()),
+        Format::Json => {
+            let json = serde_json::to_string_pretty(&lowered.graph.to_json())
+                .map_err(|e| failed(format!("error: cannot render json: {e}")))?;
+            println!("{json}");
+        }
+    }
+    Ok(())
 }

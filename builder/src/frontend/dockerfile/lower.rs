@@ -100,6 +100,8 @@ pub enum LowerErrorKind {
     MountFromLaterStage { from: String, target: String },
     #[error("invalid --mount: {0}")]
     Mount(String),
+    #[error("parsing produced an invalid run command: {0}")]
+    InvalidRun(String),
     #[error("invalid mount target {0:?}")]
     MountTarget(String),
     #[error("{0}")]
@@ -174,7 +176,16 @@ impl EnvList {
     }
 
     fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let mut s = String::with_capacity(k.len() + 1 + v.len());
+                s.push_str(k);
+                s.push('=');
+                s.push_str(v);
+                s
+            })
+            .collect()
     }
 }
 
@@ -651,7 +662,7 @@ fn trim_float(f: f64) -> String {
 
 fn healthcheck_history(h: &Healthcheck) -> String {
     format!(
-        "HEALTHCHECK &{{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
         h.test.join(" "),
         go_duration(h.interval_ns),
         go_duration(h.timeout_ns),
@@ -788,14 +799,13 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         let line = Some(plan.span.start.line);
         let mut st = match &plan.base {
             Base::Stage(b) => {
+                // Everything, the platform included, comes from the base stage: BuildKit ignores
+                // `FROM --platform` on a stage reference.
                 let mut s = states[*b]
                     .clone()
                     .expect("a base stage is reachable and earlier");
                 s.image.onbuild.clear();
                 s.cmd_set = false;
-                if let Some(p) = &plan.platform {
-                    s.platform = p.clone();
-                }
                 s
             }
             Base::Scratch | Base::Image(_) => {
@@ -1012,11 +1022,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 Self::history(st, format!("CMD {}", go_quoted_list(&args)), false);
             }
             Instruction::Entrypoint(cl) => {
-                let args = if cl.prepend_shell && cl.args.is_empty() {
-                    Vec::new()
-                } else {
-                    self.with_shell(st, cl)
-                };
+                // As BuildKit: an empty shell form still runs the shell (with an empty command).
+                let args = self.with_shell(st, cl);
                 st.image.entrypoint = Some(args.clone());
                 if !st.cmd_set {
                     st.image.cmd = None;
@@ -1183,6 +1190,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         // Heredocs: a lone `<<EOF` runs its body (as a script when it has a shebang); anything else
         // hands the reconstituted text to the shell.
         let mut args = r.command.args.clone();
+        if !r.command.files.is_empty() && (args.len() != 1 || !r.command.prepend_shell) {
+            return Err(err(LowerErrorKind::InvalidRun(format!("{args:?}")), c.span));
+        }
         if !r.command.files.is_empty() {
             let lone = args.len() == 1
                 && r.command.prepend_shell
@@ -1237,10 +1247,10 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         );
 
         for (m, source) in r.mounts.iter().zip(&pc.sources) {
-            let env = st.env.0.clone();
+            let env = &st.env.0;
             let escape = self.ctx.escape;
             let spec =
-                instructions::parse_mount(&m.text, &mut |w| words::expand_word(escape, w, &env))
+                instructions::parse_mount(&m.text, &mut |w| words::expand_word(escape, w, env))
                     .map_err(|(msg, hint)| LowerError {
                         kind: Box::new(LowerErrorKind::Mount(msg)),
                         span: Some(m.span),
@@ -1280,24 +1290,19 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         };
         st.root = Some(self.g.add(Op::Exec(exec), self.describe(i, c), line));
 
-        // History shows the build args in force, as `|N K=V ... cmd`.
-        let mut shown: Vec<(String, String)> = Vec::new();
+        // History shows the build args in force, as `|N K=V ... cmd` (each name once, first place).
+        let mut order: Vec<&str> = Vec::new();
+        let mut values: HashMap<&str, &str> = HashMap::new();
         for (k, v) in &st.build_args {
-            let v = st
-                .env
-                .get(k)
-                .map(String::from)
-                .or(v.clone())
-                .unwrap_or_default();
-            match shown.iter_mut().find(|(key, _)| key == k) {
-                Some(e) => e.1 = v,
-                None => shown.push((k.clone(), v)),
+            let v = st.env.get(k).or(v.as_deref()).unwrap_or_default();
+            if values.insert(k, v).is_none() {
+                order.push(k);
             }
         }
         let mut parts: Vec<String> = Vec::new();
-        if !shown.is_empty() {
-            parts.push(format!("|{}", shown.len()));
-            parts.extend(shown.iter().map(|(k, v)| format!("{k}={v}")));
+        if !order.is_empty() {
+            parts.push(format!("|{}", order.len()));
+            parts.extend(order.iter().map(|k| format!("{k}={}", values[k])));
         }
         parts.extend(args);
         Self::history(st, format!("RUN {} # buildkit", parts.join(" ")), true);

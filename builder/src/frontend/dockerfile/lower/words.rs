@@ -19,10 +19,7 @@ pub(crate) fn expand_words(escape: char, word: &str, env: &Env) -> Result<Vec<St
         .map_err(|e| e.to_string())
 }
 
-/// Expands a heredoc body (unquoted marker): variables substituted, quotes and escapes kept; BuildKit
-/// uses a `\` lexer here whatever the file's escape character.
+/// Expands a heredoc body (unquoted marker) as BuildKit's `ExpandRaw`: quotes are plain characters.
 pub(crate) fn expand_raw(data: &str, env: &Env) -> Result<String, String> {
-    Lexer::new('\\')
-        .process_heredoc_body(data, env)
-        .map_err(|e| e.to_string())
+    Lexer::process_heredoc_body(data, env).map_err(|e| e.to_string())
 }

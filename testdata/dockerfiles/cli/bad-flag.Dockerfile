@@ -1,0 +1,2 @@
+FROM alpine
+COPY --chmown=1000 a b

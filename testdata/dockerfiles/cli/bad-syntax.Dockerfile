@@ -1,0 +1,2 @@
+FROM alpine
+RUNN echo hi
