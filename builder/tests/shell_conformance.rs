@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use forge_builder::frontend::dockerfile::shell::Lexer;
+use forge_builder::frontend::dockerfile::shell::{Env, Lexer};
 
 /// `$FORGE_SHARED_DIR/conformance/buildkit/shell`, else `<workspace>/../shared/...`; `None` (after a
 /// SKIP line) when absent, a panic when FORGE_E2E=require.
@@ -38,19 +38,29 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn env_var_test_unix_cases() {
-    let Some(dir) = shell_dir() else { return };
-    let text = std::fs::read_to_string(dir.join("envVarTest")).expect("read envVarTest");
-    let env = pairs(&[
-        ("PWD", "/home"),
-        ("SHELL", "bash"),
-        ("KOREAN", "한국어"),
-        ("NULL", ""),
-    ]);
-    let lex = Lexer::new('\\');
+/// Environment lookups as BuildKit does them on Windows: keys compare case-insensitively
+/// (`NormalizeEnvKey` upper-cases them), so `$pwd` finds `PWD`.
+struct CaseInsensitive<'a>(&'a [(String, String)]);
 
-    let (mut run, mut windows_only) = (0, 0);
+impl Env for CaseInsensitive<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.0.iter().map(|(k, _)| k.clone()).collect()
+    }
+}
+
+/// Runs every envVarTest line whose tag is in `tags` through `lex` with `env`; returns (cases run,
+/// failure descriptions, lines seen in total).
+fn run_env_var_cases(text: &str, tags: &[&str], env: &dyn Env) -> (usize, Vec<String>, usize) {
+    let lex = Lexer::new('\\');
+    let (mut run, mut seen) = (0, 0);
     let mut failures = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         if raw.starts_with('#') {
@@ -68,16 +78,17 @@ fn env_var_test_unix_cases() {
             n + 1
         );
         let (platform, source, expected) = (parts[0].trim(), parts[1].trim(), parts[2].trim());
-        match platform {
-            "A" | "U" => {}
-            "W" => {
-                windows_only += 1;
-                continue;
-            }
-            other => panic!("line {}: unknown platform tag {other:?}", n + 1),
+        assert!(
+            ["A", "U", "W"].contains(&platform),
+            "line {}: unknown platform tag {platform:?}",
+            n + 1
+        );
+        seen += 1;
+        if !tags.contains(&platform) {
+            continue;
         }
         run += 1;
-        let got = lex.process_word(source, &env);
+        let got = lex.process_word(source, env);
         let ok = match (&got, expected) {
             (Err(_), "error") => true,
             (Ok(word), expected) => expected != "error" && word == expected,
@@ -90,19 +101,43 @@ fn env_var_test_unix_cases() {
             ));
         }
     }
-    let passed = run - failures.len();
+    (run, failures, seen)
+}
+
+/// BuildKit's TestShellParser4EnvVars: `A` and `U` lines with Unix semantics, `A` and `W` lines with
+/// Windows key semantics; together every tagged line of the file runs.
+#[test]
+fn env_var_test_cases() {
+    let Some(dir) = shell_dir() else { return };
+    let text = std::fs::read_to_string(dir.join("envVarTest")).expect("read envVarTest");
+    let env = pairs(&[
+        ("PWD", "/home"),
+        ("SHELL", "bash"),
+        ("KOREAN", "한국어"),
+        ("NULL", ""),
+    ]);
+
+    let (unix_run, unix_failures, seen) = run_env_var_cases(&text, &["A", "U"], &env);
+    let (win_run, win_failures, _) = run_env_var_cases(&text, &["A", "W"], &CaseInsensitive(&env));
+    // Each tagged line runs at least once: A lines in both passes, U and W lines in their own.
+    let covered = seen;
+    let failed_lines: std::collections::BTreeSet<&String> =
+        unix_failures.iter().chain(&win_failures).collect();
     println!(
-        "shell conformance: envVarTest {passed}/{run} unix cases pass ({windows_only} windows-only skipped)"
+        "shell conformance: envVarTest {}/{seen} tagged cases pass (unix semantics {}/{unix_run}, windows key semantics {}/{win_run})",
+        covered - failed_lines.len(),
+        unix_run - unix_failures.len(),
+        win_run - win_failures.len(),
     );
     assert!(
-        run > 200,
-        "only {run} cases found; is envVarTest truncated?"
+        seen > 200,
+        "only {seen} cases found; is envVarTest truncated?"
     );
     assert!(
-        failures.is_empty(),
-        "{} envVarTest failures:\n{}",
-        failures.len(),
-        failures.join("\n")
+        unix_failures.is_empty() && win_failures.is_empty(),
+        "envVarTest failures:\nunix:\n{}\nwindows:\n{}",
+        unix_failures.join("\n"),
+        win_failures.join("\n")
     );
 }
 
