@@ -2,5 +2,8 @@
 //! (overlay, fuse-overlayfs, copy) and the diff of a step's changes into an OCI layer.
 
 pub mod mount;
+pub mod reference;
+pub mod registry;
+pub mod store;
 
 pub use mount::Mount;
