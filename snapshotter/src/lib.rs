@@ -1,9 +1,14 @@
 //! forge-snapshotter: filesystem state. The content store, image pull, safe layer unpack, snapshots
 //! (overlay, fuse-overlayfs, copy) and the diff of a step's changes into an OCI layer.
 
+pub mod compress;
+pub mod diff;
+pub mod layer;
 pub mod mount;
 pub mod reference;
 pub mod registry;
+pub mod snapshot;
 pub mod store;
+pub mod unpack;
 
 pub use mount::Mount;

@@ -1,0 +1,199 @@
+//! Layer compression in both directions: media type -> decompressing reader for unpack, and a
+//! streaming compressor that hashes the tar (diff_id) and the blob (digest) in the same pass for diff.
+//! Nothing here buffers more than the codecs' own windows.
+
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use oci_spec::image::{Digest, Sha256Digest};
+use sha2::{Digest as _, Sha256};
+
+/// OCI media type of an uncompressed layer.
+pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// OCI media type of a gzip layer.
+pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI media type of a zstd layer.
+pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Docker schema 2 media type of a gzip layer.
+pub const MEDIA_TYPE_DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Docker's uncompressed layer type (rare, but registries hold some).
+pub const MEDIA_TYPE_DOCKER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error("unsupported layer media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("zstd level {level} out of range 1..=22")]
+    ZstdLevel { level: i32 },
+    #[error("gzip level {level} out of range 0..=9")]
+    GzipLevel { level: u32 },
+    #[error("starting the zstd codec")]
+    Zstd(#[source] io::Error),
+}
+
+/// How a layer blob is (or is to be) compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// gzip at a deflate level 0..=9 (flate2 with the zlib-rs backend).
+    Gzip {
+        level: u32,
+    },
+    /// zstd at a level 1..=22.
+    Zstd {
+        level: i32,
+    },
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Gzip { level: 6 }
+    }
+}
+
+impl Compression {
+    /// Which compression a layer media type says it has (OCI and Docker spellings).
+    pub fn from_media_type(media_type: &str) -> Result<Self, CompressError> {
+        match media_type {
+            MEDIA_TYPE_TAR | MEDIA_TYPE_DOCKER_TAR => Ok(Compression::None),
+            MEDIA_TYPE_TAR_GZIP | MEDIA_TYPE_DOCKER_GZIP => Ok(Compression::Gzip { level: 6 }),
+            MEDIA_TYPE_TAR_ZSTD => Ok(Compression::Zstd { level: 3 }),
+            other => Err(CompressError::UnsupportedMediaType(other.to_string())),
+        }
+    }
+
+    /// The OCI media type a layer written with this compression carries.
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Compression::None => MEDIA_TYPE_TAR,
+            Compression::Gzip { .. } => MEDIA_TYPE_TAR_GZIP,
+            Compression::Zstd { .. } => MEDIA_TYPE_TAR_ZSTD,
+        }
+    }
+
+    fn validate(&self) -> Result<(), CompressError> {
+        match *self {
+            Compression::Gzip { level } if level > 9 => Err(CompressError::GzipLevel { level }),
+            Compression::Zstd { level } if !(1..=22).contains(&level) => {
+                Err(CompressError::ZstdLevel { level })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A reader that yields the tar stream of a layer blob of `media_type`.
+pub fn decompressor<'a, R: Read + 'a>(
+    blob: R,
+    media_type: &str,
+) -> Result<Box<dyn Read + 'a>, CompressError> {
+    Ok(match Compression::from_media_type(media_type)? {
+        Compression::None => Box::new(blob),
+        // Multi-member: some writers (pigz, gzp) emit several gzip members in one blob.
+        Compression::Gzip { .. } => Box::new(MultiGzDecoder::new(blob)),
+        Compression::Zstd { .. } => {
+            Box::new(zstd::stream::read::Decoder::new(blob).map_err(CompressError::Zstd)?)
+        }
+    })
+}
+
+/// A writer that passes bytes through while computing their sha256 and count.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The inner writer, the digest of everything written and its length.
+    pub fn finish(self) -> (W, Digest, u64) {
+        let digest = sha256_digest(self.hasher.finalize().as_slice());
+        (self.inner, digest, self.count)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Turn raw sha256 output into an OCI digest.
+pub fn sha256_digest(raw: &[u8]) -> Digest {
+    let hex = hex::encode(raw);
+    // A 64-char lowercase hex string is always a valid sha256 digest.
+    Digest::from(Sha256Digest::from_str(&hex).expect("sha256 hex is valid"))
+}
+
+/// The streaming compressor between the tar writer and the sink.
+pub(crate) enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub(crate) fn new(inner: W, compression: Compression) -> Result<Self, CompressError> {
+        compression.validate()?;
+        Ok(match compression {
+            Compression::None => Encoder::Plain(inner),
+            // flate2's GzEncoder writes mtime 0, no name and OS byte 255: the header is stable.
+            Compression::Gzip { level } => {
+                Encoder::Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))
+            }
+            Compression::Zstd { level } => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(inner, level).map_err(CompressError::Zstd)?,
+            ),
+        })
+    }
+
+    /// Write the codec's trailer and hand back the sink.
+    pub(crate) fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}

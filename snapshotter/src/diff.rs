@@ -1,0 +1,336 @@
+//! A step's changes as an OCI layer. From an overlay upper dir the changes are already isolated: we
+//! walk only it and translate overlayfs' whiteouts (0/0 char devices, opaque xattrs) into `.wh.`
+//! entries. The copy snapshotter has full trees, so there we walk the lower and upper trees side by
+//! side and emit what differs. Both walks are depth-first in byte order of the full path.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::layer::{EntryKind, EntryMeta, LayerDescriptor, LayerError, LayerOptions, LayerWriter};
+use crate::unpack::sys;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DiffError + 'a {
+    move |source| DiffError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the changes of a snapshot are.
+#[derive(Debug, Clone, Copy)]
+pub enum Changes<'a> {
+    /// An overlayfs (or fuse-overlayfs) upper dir: exactly the changes, with overlay whiteouts.
+    OverlayUpper(&'a Path),
+    /// Two full trees; `lower` is `None` for a snapshot without parent (everything is added).
+    Compare {
+        lower: Option<&'a Path>,
+        upper: &'a Path,
+    },
+}
+
+/// Counts of what a diff emitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffStats {
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub content_bytes: u64,
+}
+
+/// Write `changes` as one layer to `sink`; returns the layer's descriptor and the sink.
+pub fn write_layer<W: Write>(
+    changes: Changes<'_>,
+    sink: W,
+    options: LayerOptions,
+) -> Result<(LayerDescriptor, W, DiffStats), DiffError> {
+    let mut writer = LayerWriter::new(sink, options)?;
+    let mut d = Differ {
+        writer: &mut writer,
+        links: HashMap::new(),
+        stats: DiffStats::default(),
+    };
+    match changes {
+        Changes::OverlayUpper(upper) => d.overlay_dir(upper, b"")?,
+        Changes::Compare { lower, upper } => d.compare_dir(lower, upper, b"")?,
+    }
+    let stats = d.stats;
+    let (desc, sink) = writer.finish()?;
+    Ok((desc, sink, stats))
+}
+
+struct Differ<'w, W: Write> {
+    writer: &'w mut LayerWriter<W>,
+    /// (dev, ino) of multiply-linked files already emitted -> their layer path.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    stats: DiffStats,
+}
+
+/// A directory's children in the order their full paths sort: a directory `d` sorts as `d/`.
+fn sorted_children(dir: &Path) -> Result<Vec<(Vec<u8>, bool)>, DiffError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let e = e.map_err(io_err("listing", dir))?;
+        let is_dir = e
+            .file_type()
+            .map_err(io_err("inspecting", &e.path()))?
+            .is_dir();
+        out.push((e.file_name().as_bytes().to_vec(), is_dir));
+    }
+    out.sort_by_cached_key(sort_key);
+    Ok(out)
+}
+
+fn sort_key((name, is_dir): &(Vec<u8>, bool)) -> Vec<u8> {
+    let mut k = name.clone();
+    if *is_dir {
+        k.push(b'/');
+    }
+    k
+}
+
+fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = rel.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn child(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(OsStr::from_bytes(name))
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// What a path is, as a layer entry would record it.
+struct Node {
+    kind: EntryKind,
+    meta: EntryMeta,
+    mtime_nsec: i64,
+    dev_ino: (u64, u64),
+    nlink: u64,
+}
+
+fn node(path: &Path) -> Result<Node, DiffError> {
+    let md = std::fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    let ft = md.file_type();
+    let rdev = md.rdev();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(path).map_err(io_err("reading the symlink", path))?;
+        EntryKind::Symlink(t.as_os_str().as_bytes().to_vec())
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        // Sockets do not belong in images; Docker and BuildKit skip them too.
+        return Err(DiffError::Io {
+            op: "unsupported file type (socket) at",
+            path: path.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::Unsupported),
+        });
+    };
+    let xattrs = sys::lxattrs(path.as_os_str().as_bytes())
+        .map_err(|e| io_err("reading xattrs of", path)(io::Error::from_raw_os_error(e as i32)))?
+        .into_iter()
+        .filter(|(n, _)| !is_overlay_xattr(n))
+        .collect();
+    Ok(Node {
+        meta: EntryMeta {
+            mode: md.mode() & 0o7777,
+            uid: u64::from(md.uid()),
+            gid: u64::from(md.gid()),
+            mtime: md.mtime(),
+            size: if kind == EntryKind::File {
+                md.size()
+            } else {
+                0
+            },
+            xattrs,
+        },
+        kind,
+        mtime_nsec: md.mtime_nsec(),
+        dev_ino: (md.dev(), md.ino()),
+        nlink: md.nlink(),
+    })
+}
+
+impl<W: Write> Differ<'_, W> {
+    fn emit(&mut self, path: &Path, rel: &[u8], n: Node) -> Result<(), DiffError> {
+        self.stats.entries += 1;
+        if n.kind != EntryKind::Dir && n.nlink > 1 {
+            if let Some(first) = self.links.get(&n.dev_ino) {
+                let kind = EntryKind::Hardlink(first.clone());
+                let meta = EntryMeta { size: 0, ..n.meta };
+                return Ok(self.writer.append(rel, &kind, &meta, None)?);
+            }
+            self.links.insert(n.dev_ino, rel.to_vec());
+        }
+        if n.kind == EntryKind::File && n.meta.size > 0 {
+            let mut f = File::open(path).map_err(io_err("opening", path))?;
+            self.stats.content_bytes += n.meta.size;
+            self.writer
+                .append(rel, &n.kind, &n.meta, Some(&mut f as &mut dyn Read))?;
+        } else {
+            self.writer.append(rel, &n.kind, &n.meta, None)?;
+        }
+        Ok(())
+    }
+
+    fn overlay_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), DiffError> {
+        for (name, is_dir) in sorted_children(dir)? {
+            let path = child(dir, &name);
+            let crel = join(rel, &name);
+            let n = node(&path)?;
+            if n.kind == (EntryKind::CharDevice { major: 0, minor: 0 }) {
+                self.stats.whiteouts += 1;
+                self.writer.append_whiteout(&crel)?;
+                continue;
+            }
+            if is_dir {
+                let p = path.as_os_str().as_bytes();
+                let opaque = [&b"trusted.overlay.opaque"[..], b"user.overlay.opaque"]
+                    .iter()
+                    .any(|x| matches!(sys::lgetxattr(p, x), Ok(Some(v)) if v == b"y"));
+                self.emit(&path, &crel, n)?;
+                if opaque {
+                    self.stats.whiteouts += 1;
+                    self.writer.append_opaque(&crel)?;
+                }
+                self.overlay_dir(&path, &crel)?;
+            } else {
+                self.emit(&path, &crel, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_dir(
+        &mut self,
+        lower: Option<&Path>,
+        upper: &Path,
+        rel: &[u8],
+    ) -> Result<(), DiffError> {
+        let ups = sorted_children(upper)?;
+        let lows = match lower {
+            Some(l) => sorted_children(l)?,
+            None => Vec::new(),
+        };
+        // A name present in both trees is one entry even if it changed between file and directory,
+        // so merge by name, ordering by the upper's view of each name.
+        let lower_names: HashMap<Vec<u8>, bool> = lows.into_iter().collect();
+        let mut names: Vec<(Vec<u8>, bool)> = ups.clone();
+        let upper_names: std::collections::HashSet<&Vec<u8>> = ups.iter().map(|(n, _)| n).collect();
+        for (name, is_dir) in &lower_names {
+            if !upper_names.contains(name) {
+                names.push((name.clone(), *is_dir));
+            }
+        }
+        names.sort_by_cached_key(sort_key);
+        for (name, _) in names {
+            let crel = join(rel, &name);
+            let upath = child(upper, &name);
+            let in_upper = upper_names.contains(&name);
+            match (in_upper, lower_names.get(&name)) {
+                (false, _) => {
+                    self.stats.whiteouts += 1;
+                    self.writer.append_whiteout(&crel)?;
+                }
+                (true, None) => {
+                    let n = node(&upath)?;
+                    let is_dir = n.kind == EntryKind::Dir;
+                    self.emit(&upath, &crel, n)?;
+                    if is_dir {
+                        self.compare_dir(None, &upath, &crel)?;
+                    }
+                }
+                (true, Some(&lower_is_dir)) => {
+                    let lpath = child(lower.expect("a lower name needs a lower dir"), &name);
+                    let un = node(&upath)?;
+                    let ln = node(&lpath)?;
+                    let is_dir = un.kind == EntryKind::Dir;
+                    if !same(&un, &ln, &upath, &lpath)? {
+                        self.emit(&upath, &crel, un)?;
+                    }
+                    if is_dir {
+                        let sub_lower = lower_is_dir.then_some(lpath.as_path());
+                        self.compare_dir(sub_lower, &upath, &crel)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an upper entry is unchanged from the lower one: metadata first, then content.
+fn same(u: &Node, l: &Node, upath: &Path, lpath: &Path) -> Result<bool, DiffError> {
+    if u.kind != l.kind || u.meta != l.meta || u.mtime_nsec != l.mtime_nsec {
+        return Ok(false);
+    }
+    if u.kind != EntryKind::File || u.meta.size == 0 {
+        return Ok(true);
+    }
+    // Equal metadata with changed bytes happens (a tool restoring mtimes): read both to be sure.
+    let mut a = File::open(upath).map_err(io_err("opening", upath))?;
+    let mut b = File::open(lpath).map_err(io_err("opening", lpath))?;
+    let mut ba = vec![0u8; 64 * 1024];
+    let mut bb = vec![0u8; 64 * 1024];
+    loop {
+        let n = read_full(&mut a, &mut ba).map_err(io_err("reading", upath))?;
+        let m = read_full(&mut b, &mut bb).map_err(io_err("reading", lpath))?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}

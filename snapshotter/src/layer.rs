@@ -1,0 +1,446 @@
+//! Deterministic OCI layer writing: tar headers we lay out ourselves (ustar, PAX only when a field
+//! does not fit), compressed while written, with the blob digest and the tar diff_id computed in the
+//! same streaming pass. The diff walkers feed it entries in order; it never holds a file's content.
+
+use std::io::{self, Read, Write};
+
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::compress::{CompressError, Compression, Encoder, HashingWriter, sha256_digest};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    #[error("writing layer entry {path:?}")]
+    Write {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "layer entry {path:?} changed while being written: header said {expected} bytes, read {actual}"
+    )]
+    SizeChanged {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("finishing the layer stream")]
+    Finish(#[source] io::Error),
+}
+
+/// Options of a layer being written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerOptions {
+    pub compression: Compression,
+    /// When set, every mtime later than this (seconds since the epoch) is clamped to it, as
+    /// reproducible-builds' SOURCE_DATE_EPOCH asks. The library never reads the environment itself.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What a finished layer is: what a manifest and an image config need to reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDescriptor {
+    pub media_type: String,
+    /// sha256 of the compressed blob, as written to the sink.
+    pub digest: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// sha256 of the uncompressed tar (the image config's rootfs.diff_ids entry).
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar in bytes.
+    pub tar_size: u64,
+}
+
+/// The type of one layer entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    /// A hard link to an earlier entry of the same layer (a path relative to the root).
+    Hardlink(Vec<u8>),
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
+    Fifo,
+}
+
+/// Metadata of one layer entry. Only what the image needs: no atime, no ctime, numeric owners.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch; nanoseconds are dropped so that tars stay ustar-sized.
+    pub mtime: i64,
+    /// Content length; only regular files have content.
+    pub size: u64,
+    /// Extended attributes, written as PAX `SCHILY.xattr.<name>` records.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+const BLOCK: usize = 512;
+const USTAR_ID_MAX: u64 = 0o7777777;
+const USTAR_SIZE_MAX: u64 = 0o77777777777;
+
+/// Writes one layer: tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink.
+pub struct LayerWriter<W: Write> {
+    out: HashingWriter<Encoder<HashingWriter<W>>>,
+    options: LayerOptions,
+}
+
+impl<W: Write> LayerWriter<W> {
+    pub fn new(sink: W, options: LayerOptions) -> Result<Self, LayerError> {
+        let encoder = Encoder::new(HashingWriter::new(sink), options.compression)?;
+        Ok(LayerWriter {
+            out: HashingWriter::new(encoder),
+            options,
+        })
+    }
+
+    /// Uncompressed bytes written so far.
+    pub fn tar_bytes(&self) -> u64 {
+        self.out.count()
+    }
+
+    fn clamp(&self, mtime: i64) -> u64 {
+        let t = match self.options.source_date_epoch {
+            Some(epoch) if mtime > epoch => epoch,
+            _ => mtime,
+        };
+        t.max(0) as u64
+    }
+
+    /// Append one entry. `path` is relative to the layer root without a leading `/` or `./`;
+    /// `data` must yield exactly `meta.size` bytes for a regular file and is ignored otherwise.
+    pub fn append(
+        &mut self,
+        path: &[u8],
+        kind: &EntryKind,
+        meta: &EntryMeta,
+        data: Option<&mut dyn Read>,
+    ) -> Result<(), LayerError> {
+        let lossy = || String::from_utf8_lossy(path).into_owned();
+        let werr = |source| LayerError::Write {
+            path: lossy(),
+            source,
+        };
+        let mut name = path.to_vec();
+        if *kind == EntryKind::Dir && !name.ends_with(b"/") {
+            name.push(b'/');
+        }
+        let size = if *kind == EntryKind::File {
+            meta.size
+        } else {
+            0
+        };
+        let mtime = self.clamp(meta.mtime);
+
+        let mut header = [0u8; BLOCK];
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if !set_name(&mut header, &name) {
+            pax.push((b"path".to_vec(), name.clone()));
+            let short = &name[..name.len().min(100)];
+            header[..short.len()].copy_from_slice(short);
+        }
+        octal(&mut header[100..108], u64::from(meta.mode & 0o7777));
+        for (field, value, key) in [(108..116, meta.uid, "uid"), (116..124, meta.gid, "gid")] {
+            if value > USTAR_ID_MAX {
+                pax.push((key.as_bytes().to_vec(), value.to_string().into_bytes()));
+                octal(&mut header[field], 0);
+            } else {
+                octal(&mut header[field], value);
+            }
+        }
+        if size > USTAR_SIZE_MAX {
+            pax.push((b"size".to_vec(), size.to_string().into_bytes()));
+            octal(&mut header[124..136], 0);
+        } else {
+            octal(&mut header[124..136], size);
+        }
+        octal(&mut header[136..148], mtime.min(USTAR_SIZE_MAX));
+        let (typeflag, link): (u8, Option<&[u8]>) = match kind {
+            EntryKind::File => (b'0', None),
+            EntryKind::Hardlink(target) => (b'1', Some(target)),
+            EntryKind::Symlink(target) => (b'2', Some(target)),
+            EntryKind::CharDevice { .. } => (b'3', None),
+            EntryKind::BlockDevice { .. } => (b'4', None),
+            EntryKind::Dir => (b'5', None),
+            EntryKind::Fifo => (b'6', None),
+        };
+        header[156] = typeflag;
+        if let Some(target) = link {
+            if target.len() <= 100 {
+                header[157..157 + target.len()].copy_from_slice(target);
+            } else {
+                pax.push((b"linkpath".to_vec(), target.to_vec()));
+                header[157..257].copy_from_slice(&target[..100]);
+            }
+        }
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        // uname (265..297) and gname (297..329) stay empty: numeric owners only.
+        if let EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } =
+            kind
+        {
+            octal(&mut header[329..337], u64::from(*major));
+            octal(&mut header[337..345], u64::from(*minor));
+        }
+        let mut xattrs = meta.xattrs.clone();
+        xattrs.sort();
+        for (key, value) in xattrs {
+            let mut k = b"SCHILY.xattr.".to_vec();
+            k.extend_from_slice(&key);
+            pax.push((k, value));
+        }
+        set_checksum(&mut header);
+
+        if !pax.is_empty() {
+            self.write_pax(&name, mtime, &pax).map_err(werr)?;
+        }
+        self.out.write_all(&header).map_err(werr)?;
+        if size > 0 {
+            let Some(data) = data else {
+                return Err(LayerError::SizeChanged {
+                    path: lossy(),
+                    expected: size,
+                    actual: 0,
+                });
+            };
+            let copied = io::copy(&mut data.take(size), &mut self.out).map_err(werr)?;
+            if copied != size {
+                return Err(LayerError::SizeChanged {
+                    path: lossy(),
+                    expected: size,
+                    actual: copied,
+                });
+            }
+            self.pad(size).map_err(werr)?;
+        }
+        Ok(())
+    }
+
+    /// Append a whiteout `.wh.<name>` for `path` (a deletion of a lower layer's entry).
+    pub fn append_whiteout(&mut self, path: &[u8]) -> Result<(), LayerError> {
+        let (dir, name) = split_parent(path);
+        let mut p = dir.to_vec();
+        p.extend_from_slice(b".wh.");
+        p.extend_from_slice(name);
+        self.append(&p, &EntryKind::File, &whiteout_meta(), None)
+    }
+
+    /// Append the opaque marker `.wh..wh..opq` inside directory `dir` (relative, no trailing `/`).
+    pub fn append_opaque(&mut self, dir: &[u8]) -> Result<(), LayerError> {
+        let mut p = dir.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(b".wh..wh..opq");
+        self.append(&p, &EntryKind::File, &whiteout_meta(), None)
+    }
+
+    fn write_pax(
+        &mut self,
+        name: &[u8],
+        mtime: u64,
+        records: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            // A record's length prefix counts itself, so find the fixed point.
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + 1;
+            while len != rest + len.to_string().len() {
+                len = rest + len.to_string().len();
+            }
+            body.extend_from_slice(len.to_string().as_bytes());
+            body.push(b' ');
+            body.extend_from_slice(key);
+            body.push(b'=');
+            body.extend_from_slice(value);
+            body.push(b'\n');
+        }
+        let mut header = [0u8; BLOCK];
+        let trimmed = name.strip_suffix(b"/").unwrap_or(name);
+        let base = split_parent(trimmed).1;
+        let mut pax_name = b"PaxHeaders/".to_vec();
+        pax_name.extend_from_slice(&base[..base.len().min(100 - pax_name.len())]);
+        header[..pax_name.len()].copy_from_slice(&pax_name);
+        octal(&mut header[100..108], 0o644);
+        octal(&mut header[108..116], 0);
+        octal(&mut header[116..124], 0);
+        octal(&mut header[124..136], body.len() as u64);
+        octal(&mut header[136..148], mtime.min(USTAR_SIZE_MAX));
+        header[156] = b'x';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        set_checksum(&mut header);
+        self.out.write_all(&header)?;
+        self.out.write_all(&body)?;
+        self.pad(body.len() as u64)
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rem = (size % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+        }
+        Ok(())
+    }
+
+    /// Write the end-of-archive blocks and the codec trailer; returns the descriptor and the sink.
+    pub fn finish(mut self) -> Result<(LayerDescriptor, W), LayerError> {
+        self.out
+            .write_all(&[0u8; 2 * BLOCK])
+            .map_err(LayerError::Finish)?;
+        let (encoder, diff_id, tar_size) = self.out.finish();
+        let hashed = encoder.finish().map_err(LayerError::Finish)?;
+        let (mut sink, digest, size) = hashed.finish();
+        sink.flush().map_err(LayerError::Finish)?;
+        Ok((
+            LayerDescriptor {
+                media_type: self.options.compression.media_type().to_string(),
+                digest,
+                size,
+                diff_id,
+                tar_size,
+            },
+            sink,
+        ))
+    }
+}
+
+fn whiteout_meta() -> EntryMeta {
+    // Whiteouts carry no meaning beyond their name: fixed metadata keeps layers reproducible.
+    EntryMeta {
+        mode: 0o644,
+        ..EntryMeta::default()
+    }
+}
+
+/// Split `a/b/c` into (`a/b/`, `c`); a name without `/` has an empty parent.
+pub(crate) fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Put `name` into the ustar name/prefix fields; false when it cannot fit (PAX needed).
+fn set_name(header: &mut [u8; BLOCK], name: &[u8]) -> bool {
+    if name.len() <= 100 {
+        header[..name.len()].copy_from_slice(name);
+        return true;
+    }
+    // ustar splits at a `/`: prefix (<= 155) + "/" + name (<= 100, non-empty).
+    let search_end = name.len().min(156);
+    for i in (0..search_end).rev() {
+        if name[i] == b'/' {
+            let (prefix, rest) = (&name[..i], &name[i + 1..]);
+            if rest.len() > 100 || rest.is_empty() || rest == b"/" {
+                return false;
+            }
+            header[..rest.len()].copy_from_slice(rest);
+            header[345..345 + prefix.len()].copy_from_slice(prefix);
+            return true;
+        }
+    }
+    false
+}
+
+fn octal(field: &mut [u8], value: u64) {
+    let width = field.len() - 1;
+    let s = format!("{value:0width$o}");
+    let bytes = s.as_bytes();
+    let start = bytes.len().saturating_sub(width);
+    field[..width].copy_from_slice(&bytes[start..]);
+    field[width] = 0;
+}
+
+fn set_checksum(header: &mut [u8; BLOCK]) {
+    header[148..156].fill(b' ');
+    let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    header[148..156].copy_from_slice(s.as_bytes());
+}
+
+/// containerd's chain id: the first layer's diff_id, then sha256("<parent chain id> <diff_id>").
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    let mut iter = diff_ids.iter();
+    let mut chain = iter.next()?.clone();
+    for diff_id in iter {
+        chain = chain_id_step(&chain, diff_id);
+    }
+    Some(chain)
+}
+
+/// One step of [`chain_id`]: the chain id of `diff_id` applied over a chain `parent`.
+pub fn chain_id_step(parent: &Digest, diff_id: &Digest) -> Digest {
+    let mut h = Sha256::new();
+    h.update(format!("{parent} {diff_id}").as_bytes());
+    sha256_digest(h.finalize().as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_split_into_prefix_or_need_pax() {
+        let mut h = [0u8; BLOCK];
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(50));
+        assert!(set_name(&mut h, long.as_bytes()));
+        assert_eq!(&h[345..465], "d".repeat(120).as_bytes());
+        let mut h = [0u8; BLOCK];
+        assert!(!set_name(&mut h, "x".repeat(101).as_bytes()));
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let mut w = LayerWriter::new(
+            Vec::new(),
+            LayerOptions {
+                compression: Compression::None,
+                source_date_epoch: None,
+            },
+        )
+        .unwrap();
+        let path = "p".repeat(200);
+        w.append(
+            path.as_bytes(),
+            &EntryKind::File,
+            &EntryMeta::default(),
+            None,
+        )
+        .unwrap();
+        let (_, tar) = w.finish().unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*entry.path_bytes(), path.as_bytes());
+    }
+
+    #[test]
+    fn chain_id_matches_containerd_definition() {
+        let a: Digest = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
+            .parse()
+            .unwrap();
+        let b: Digest = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+            .parse()
+            .unwrap();
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
+        let mut h = Sha256::new();
+        h.update(format!("{a} {b}"));
+        let expected = format!("sha256:{}", hex::encode(h.finalize()));
+        assert_eq!(chain_id(&[a, b]).unwrap().to_string(), expected);
+    }
+}

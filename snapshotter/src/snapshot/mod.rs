@@ -1,0 +1,453 @@
+//! Snapshots: the filesystem states a build moves through, in containerd's model. A base image's
+//! layers are unpacked once each into committed snapshots named by their chain id and stacked; each
+//! build step gets an active snapshot on top, whose changes become the step's layer.
+//! Backends: native overlayfs, fuse-overlayfs, and full copies where no overlay works.
+
+mod copy;
+mod meta;
+mod overlay;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use oci_spec::image::Digest;
+use serde::{Deserialize, Serialize};
+
+pub use copy::{CopySnapshotter, copy_tree};
+pub use overlay::{OverlayFlavor, OverlaySnapshotter};
+
+use crate::diff::{Changes, DiffError, DiffStats, write_layer};
+use crate::layer::{LayerDescriptor, LayerOptions, chain_id_step};
+use crate::mount::Mount;
+use crate::unpack::{
+    UnpackError, UnpackOptions, UnpackSummary, WhiteoutMode, unpack_layer_verified,
+};
+
+/// Errors of every snapshotter backend.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {0:?} not found")]
+    NotFound(String),
+    #[error("snapshot {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("snapshot {key:?} is {actual:?}, the operation needs a {expected:?} one")]
+    WrongKind {
+        key: String,
+        expected: Kind,
+        actual: Kind,
+    },
+    #[error("snapshot {key:?} has children ({children:?}); remove them first")]
+    HasChildren { key: String, children: Vec<String> },
+    #[error("snapshotter root {0} contains ':' or ',' which overlay mount options cannot carry")]
+    BadRoot(PathBuf),
+    #[error("snapshot metadata {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown snapshotter backend {0:?} (expected overlayfs, fuse-overlayfs or copy)")]
+    UnknownBackend(String),
+    #[error("unpacking layer {diff_id} into snapshot {key:?}")]
+    Unpack {
+        diff_id: Digest,
+        key: String,
+        #[source]
+        source: Box<UnpackError>,
+    },
+    #[error("writing the layer of snapshot {key:?}")]
+    Diff {
+        key: String,
+        #[source]
+        source: Box<DiffError>,
+    },
+}
+
+/// The state a snapshot is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Writable, made by `prepare`; becomes `Committed` by `commit`.
+    Active,
+    /// Read-only and immutable; may be the parent of others.
+    Committed,
+    /// Read-only mounts of a parent, made by `view`; never committed.
+    View,
+}
+
+/// What `stat` and `list` tell about a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub key: String,
+    pub kind: Kind,
+    pub parent: Option<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+/// Disk use of a snapshot's own data (not its parents'), hard links counted once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// Which backend a snapshotter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Overlay,
+    FuseOverlay,
+    Copy,
+}
+
+impl FromStr for BackendKind {
+    type Err = SnapshotError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "overlayfs" | "overlay" => Ok(BackendKind::Overlay),
+            "fuse-overlayfs" => Ok(BackendKind::FuseOverlay),
+            "copy" | "native" => Ok(BackendKind::Copy),
+            other => Err(SnapshotError::UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Overlay => "overlayfs",
+            BackendKind::FuseOverlay => "fuse-overlayfs",
+            BackendKind::Copy => "copy",
+        })
+    }
+}
+
+/// Filesystem snapshots, as containerd defines them.
+///
+/// Lifecycle: `prepare(key, parent)` makes an *active* snapshot: writable mounts whose initial
+/// content is `parent` (or empty when `parent` is `None`, the empty parent). `commit(name, key)`
+/// turns the active snapshot `key` into the *committed*, read-only snapshot `name`; `key` no longer
+/// exists afterwards. Only committed snapshots can be parents. `view(key, parent)` gives read-only
+/// mounts of `parent` under a new key without copying; a view is removed, never committed.
+/// `remove(key)` deletes an active, view or committed snapshot that has no children.
+/// Keys are any strings; a committed layer snapshot is conventionally named by its chain id.
+pub trait Snapshotter {
+    /// Which backend this is.
+    fn backend(&self) -> BackendKind;
+
+    /// Create the active snapshot `key` on top of the committed `parent` and return its mounts.
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// Create the read-only view `key` of the committed `parent` and return its mounts.
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// Turn the active snapshot `key` into the committed snapshot `name`. Anything that mounted
+    /// `key` must have unmounted it first.
+    fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError>;
+
+    /// Delete `key` and its data. Refused while another snapshot has it as parent.
+    fn remove(&self, key: &str) -> Result<(), SnapshotError>;
+
+    /// The mounts of an existing snapshot (read-only ones for a committed snapshot).
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError>;
+
+    /// Kind, parent and creation time of `key`.
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError>;
+
+    /// Disk use of `key`'s own data.
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError>;
+
+    /// Every snapshot, ordered by key.
+    fn list(&self) -> Result<Vec<Info>, SnapshotError>;
+
+    /// The directory that holds the active snapshot `key`'s own content, writable without
+    /// mounting (overlay: the upper dir; copy: the tree). Used to unpack layers.
+    fn writable_dir(&self, key: &str) -> Result<PathBuf, SnapshotError>;
+
+    /// How unpack must write whiteouts into [`Snapshotter::writable_dir`].
+    fn whiteout_mode(&self) -> WhiteoutMode;
+
+    /// Where the changes of `key` relative to its parent are, for [`Snapshotter::diff`].
+    fn changes(&self, key: &str) -> Result<(Kind, ChangeSource), SnapshotError>;
+
+    /// Write the changes of `key` (active and unmounted, or committed) as one layer to `sink`.
+    fn diff<W: Write>(
+        &self,
+        key: &str,
+        sink: W,
+        options: LayerOptions,
+    ) -> Result<(LayerDescriptor, W, DiffStats), SnapshotError>
+    where
+        Self: Sized,
+    {
+        let (_, src) = self.changes(key)?;
+        write_layer(src.as_changes(), sink, options).map_err(|source| SnapshotError::Diff {
+            key: key.to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// Owned form of [`Changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSource {
+    OverlayUpper(PathBuf),
+    Compare {
+        lower: Option<PathBuf>,
+        upper: PathBuf,
+    },
+}
+
+impl ChangeSource {
+    pub fn as_changes(&self) -> Changes<'_> {
+        match self {
+            ChangeSource::OverlayUpper(p) => Changes::OverlayUpper(p),
+            ChangeSource::Compare { lower, upper } => Changes::Compare {
+                lower: lower.as_deref(),
+                upper,
+            },
+        }
+    }
+}
+
+/// The backends behind one type (chosen at run time by probing or configuration).
+#[derive(Debug)]
+pub enum AnySnapshotter {
+    Overlay(OverlaySnapshotter),
+    Copy(CopySnapshotter),
+}
+
+impl AnySnapshotter {
+    /// Open the snapshotter rooted at `root`, with `backend` or, when `None`, the best that works
+    /// on this machine and filesystem (see [`probe`]). A root keeps the backend it was made with.
+    pub fn open(root: &Path, backend: Option<BackendKind>) -> Result<Self, SnapshotError> {
+        std::fs::create_dir_all(root).map_err(|source| SnapshotError::Io {
+            op: "creating",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let backend = match backend {
+            Some(b) => b,
+            None => probe(root),
+        };
+        Ok(match backend {
+            BackendKind::Overlay => AnySnapshotter::Overlay(OverlaySnapshotter::open(
+                root,
+                OverlayFlavor::Native {
+                    userxattr: crate::unpack::in_user_namespace(),
+                },
+            )?),
+            BackendKind::FuseOverlay => {
+                AnySnapshotter::Overlay(OverlaySnapshotter::open(root, OverlayFlavor::Fuse)?)
+            }
+            BackendKind::Copy => AnySnapshotter::Copy(CopySnapshotter::open(root)?),
+        })
+    }
+}
+
+macro_rules! each {
+    ($s:expr, $b:ident => $e:expr) => {
+        match $s {
+            AnySnapshotter::Overlay($b) => $e,
+            AnySnapshotter::Copy($b) => $e,
+        }
+    };
+}
+
+impl Snapshotter for AnySnapshotter {
+    fn backend(&self) -> BackendKind {
+        each!(self, s => s.backend())
+    }
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
+        each!(self, s => s.prepare(key, parent))
+    }
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
+        each!(self, s => s.view(key, parent))
+    }
+    fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
+        each!(self, s => s.commit(name, key))
+    }
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        each!(self, s => s.remove(key))
+    }
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        each!(self, s => s.mounts(key))
+    }
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        each!(self, s => s.stat(key))
+    }
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        each!(self, s => s.usage(key))
+    }
+    fn list(&self) -> Result<Vec<Info>, SnapshotError> {
+        each!(self, s => s.list())
+    }
+    fn writable_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        each!(self, s => s.writable_dir(key))
+    }
+    fn whiteout_mode(&self) -> WhiteoutMode {
+        each!(self, s => s.whiteout_mode())
+    }
+    fn changes(&self, key: &str) -> Result<(Kind, ChangeSource), SnapshotError> {
+        each!(self, s => s.changes(key))
+    }
+}
+
+/// Find the best backend for `root`: native overlay if a test mount works there, fuse-overlayfs
+/// if `/dev/fuse` and the helper exist, else copy.
+pub fn probe(root: &Path) -> BackendKind {
+    if overlay::probe_native(root, crate::unpack::in_user_namespace()) {
+        BackendKind::Overlay
+    } else if overlay::fuse_available() {
+        BackendKind::FuseOverlay
+    } else {
+        BackendKind::Copy
+    }
+}
+
+/// Result of [`unpack_layer_snapshot`].
+#[derive(Debug, Clone)]
+pub struct LayerSnapshot {
+    /// The committed snapshot's key: the layer's chain id.
+    pub chain_id: Digest,
+    /// True when the snapshot already existed and the blob was not read.
+    pub reused: bool,
+    pub summary: Option<UnpackSummary>,
+}
+
+/// Make sure the layer `diff_id` applied over the committed chain `parent` exists as a committed
+/// snapshot named by its chain id, unpacking `blob` only if it does not. Concurrent callers for
+/// the same layer race harmlessly: the loser discards its copy.
+pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
+    sn: &S,
+    parent: Option<&Digest>,
+    diff_id: &Digest,
+    blob: R,
+    media_type: &str,
+) -> Result<LayerSnapshot, SnapshotError> {
+    let chain = match parent {
+        Some(p) => chain_id_step(p, diff_id),
+        None => diff_id.clone(),
+    };
+    let name = chain.to_string();
+    if sn.stat(&name).is_ok() {
+        return Ok(LayerSnapshot {
+            chain_id: chain,
+            reused: true,
+            summary: None,
+        });
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let key = format!("extract-{}-{nanos} {name}", std::process::id());
+    let parent_name = parent.map(|p| p.to_string());
+    sn.prepare(&key, parent_name.as_deref())?;
+    let dir = sn.writable_dir(&key)?;
+    let options = UnpackOptions {
+        whiteouts: sn.whiteout_mode(),
+        ..UnpackOptions::default()
+    };
+    let summary = match unpack_layer_verified(blob, media_type, &dir, &options, diff_id) {
+        Ok(s) => s,
+        Err(source) => {
+            let _ = sn.remove(&key);
+            return Err(SnapshotError::Unpack {
+                diff_id: diff_id.clone(),
+                key,
+                source: Box::new(source),
+            });
+        }
+    };
+    match sn.commit(&name, &key) {
+        Ok(()) => Ok(LayerSnapshot {
+            chain_id: chain,
+            reused: false,
+            summary: Some(summary),
+        }),
+        Err(SnapshotError::AlreadyExists(_)) => {
+            sn.remove(&key)?;
+            Ok(LayerSnapshot {
+                chain_id: chain,
+                reused: true,
+                summary: None,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Remove a tree, first making directories writable (overlay leaves `work/work` mode 000).
+pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(first) => {
+            use std::os::unix::fs::PermissionsExt;
+            for entry in walk_dirs(path) {
+                let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o700));
+            }
+            std::fs::remove_dir_all(path).map_err(|_| first)
+        }
+    }
+}
+
+fn walk_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Blocks and inodes under `path`, hard links once.
+pub(crate) fn tree_usage(path: &Path) -> Result<Usage, SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).map_err(|source| SnapshotError::Io {
+            op: "measuring",
+            path: p.clone(),
+            source,
+        })?;
+        if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+            continue;
+        }
+        usage.inodes += 1;
+        usage.bytes += md.blocks() * 512;
+        if md.is_dir() {
+            let rd = std::fs::read_dir(&p).map_err(|source| SnapshotError::Io {
+                op: "measuring",
+                path: p.clone(),
+                source,
+            })?;
+            for e in rd.flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(usage)
+}

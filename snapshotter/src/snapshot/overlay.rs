@@ -1,0 +1,230 @@
+//! overlayfs snapshots: each snapshot owns `fs/` (its upper dir, holding only its changes) and
+//! `work/`; a snapshot's mounts stack its ancestors' `fs/` dirs as lower dirs. The same layout serves
+//! the kernel's overlay and fuse-overlayfs; only the Mount kind and the whiteout format differ.
+
+use std::path::{Path, PathBuf};
+
+use super::meta::Db;
+use super::{BackendKind, ChangeSource, Info, Kind, SnapshotError, Snapshotter, Usage, tree_usage};
+use crate::mount::Mount;
+use crate::unpack::{OverlayXattr, WhiteoutMode};
+
+/// Which overlay implementation mounts the snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayFlavor {
+    /// The kernel's overlayfs; `userxattr` inside a user namespace (kernel >= 5.11).
+    Native { userxattr: bool },
+    /// The fuse-overlayfs helper (mounted by the runner).
+    Fuse,
+}
+
+/// overlayfs-backed snapshots.
+#[derive(Debug)]
+pub struct OverlaySnapshotter {
+    db: Db,
+    flavor: OverlayFlavor,
+}
+
+impl OverlaySnapshotter {
+    pub fn open(root: &Path, flavor: OverlayFlavor) -> Result<Self, SnapshotError> {
+        Ok(OverlaySnapshotter {
+            db: Db::open(root)?,
+            flavor,
+        })
+    }
+
+    pub fn flavor(&self) -> OverlayFlavor {
+        self.flavor
+    }
+
+    fn fs(&self, id: u64) -> PathBuf {
+        self.db.dir(id).join("fs")
+    }
+
+    fn overlay_mount(&self, lowers: &[u64], upper: Option<u64>) -> Mount {
+        let lower = lowers
+            .iter()
+            .map(|id| self.fs(*id).to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut options = vec![format!("lowerdir={lower}")];
+        if let Some(id) = upper {
+            options.push(format!("upperdir={}", self.fs(id).display()));
+            options.push(format!(
+                "workdir={}",
+                self.db.dir(id).join("work").display()
+            ));
+        }
+        let kind = match self.flavor {
+            OverlayFlavor::Native { userxattr } => {
+                if userxattr {
+                    options.push("userxattr".to_string());
+                }
+                "overlay"
+            }
+            OverlayFlavor::Fuse => "fuse-overlayfs",
+        };
+        Mount {
+            kind: kind.to_string(),
+            source: PathBuf::from("overlay"),
+            options,
+        }
+    }
+
+    /// Mounts for snapshot `id` (writable when `upper`) over the ancestors `parents`.
+    fn mounts_for(&self, id: u64, parents: &[u64], kind: Kind) -> Vec<Mount> {
+        match kind {
+            Kind::Active if parents.is_empty() => vec![Mount::bind(self.fs(id), false)],
+            Kind::Active => vec![self.overlay_mount(parents, Some(id))],
+            // A view shows its parent; a committed snapshot shows itself and its parents.
+            Kind::View | Kind::Committed => {
+                let mut lowers: Vec<u64> = Vec::new();
+                if kind == Kind::Committed {
+                    lowers.push(id);
+                }
+                lowers.extend_from_slice(parents);
+                match lowers.len() {
+                    0 => vec![Mount::bind(self.fs(id), true)],
+                    1 => vec![Mount::bind(self.fs(lowers[0]), true)],
+                    // overlayfs with lower dirs only is read-only by itself.
+                    _ => vec![self.overlay_mount(&lowers, None)],
+                }
+            }
+        }
+    }
+}
+
+impl Snapshotter for OverlaySnapshotter {
+    fn backend(&self) -> BackendKind {
+        match self.flavor {
+            OverlayFlavor::Native { .. } => BackendKind::Overlay,
+            OverlayFlavor::Fuse => BackendKind::FuseOverlay,
+        }
+    }
+
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
+        let (id, parents) = self.db.create(key, parent, Kind::Active, |dir| {
+            std::fs::create_dir(dir.join("fs"))?;
+            std::fs::create_dir(dir.join("work"))
+        })?;
+        Ok(self.mounts_for(id, &parents, Kind::Active))
+    }
+
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
+        let (id, parents) = self.db.create(key, parent, Kind::View, |dir| {
+            std::fs::create_dir(dir.join("fs"))
+        })?;
+        Ok(self.mounts_for(id, &parents, Kind::View))
+    }
+
+    fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
+        self.db.commit(name, key).map(drop)
+    }
+
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        self.db.remove(key)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        self.db.read(|state| {
+            let r = state.get(key)?;
+            let parents = match &r.parent {
+                Some(p) => state.chain(p)?,
+                None => Vec::new(),
+            };
+            Ok(self.mounts_for(r.id, &parents, r.kind))
+        })
+    }
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        self.db.read(|state| state.info(key))
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let id = self.db.read(|state| Ok(state.get(key)?.id))?;
+        tree_usage(&self.fs(id))
+    }
+
+    fn list(&self) -> Result<Vec<Info>, SnapshotError> {
+        self.db
+            .read(|state| state.snapshots.keys().map(|k| state.info(k)).collect())
+    }
+
+    fn writable_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        self.db.read(|state| {
+            let r = state.get(key)?;
+            if r.kind != Kind::Active {
+                return Err(SnapshotError::WrongKind {
+                    key: key.to_string(),
+                    expected: Kind::Active,
+                    actual: r.kind,
+                });
+            }
+            Ok(self.fs(r.id))
+        })
+    }
+
+    fn whiteout_mode(&self) -> WhiteoutMode {
+        match self.flavor {
+            OverlayFlavor::Native { userxattr: true } => WhiteoutMode::Overlay(OverlayXattr::User),
+            OverlayFlavor::Native { userxattr: false } => {
+                WhiteoutMode::Overlay(OverlayXattr::Trusted)
+            }
+            // fuse-overlayfs honours `.wh.` files in lower dirs, which need no privilege to make.
+            OverlayFlavor::Fuse => WhiteoutMode::Keep,
+        }
+    }
+
+    fn changes(&self, key: &str) -> Result<(Kind, ChangeSource), SnapshotError> {
+        self.db.read(|state| {
+            let r = state.get(key)?;
+            Ok((r.kind, ChangeSource::OverlayUpper(self.fs(r.id))))
+        })
+    }
+}
+
+/// Whether a native overlay mounts under `root` (its filesystem matters: some cannot be upper).
+pub(crate) fn probe_native(root: &Path, userxattr: bool) -> bool {
+    let dir = root.join(format!("probe-{}", std::process::id()));
+    let ok = (|| -> std::io::Result<bool> {
+        for d in ["l1", "l2", "u", "w", "m"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let mut data = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            dir.join("l2").display(),
+            dir.join("l1").display(),
+            dir.join("u").display(),
+            dir.join("w").display()
+        );
+        if userxattr {
+            data.push_str(",userxattr");
+        }
+        let target = dir.join("m");
+        let mounted = nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        );
+        if mounted.is_err() {
+            return Ok(false);
+        }
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        Ok(true)
+    })()
+    .unwrap_or(false);
+    let _ = super::remove_tree(&dir);
+    ok
+}
+
+/// Whether fuse-overlayfs can be used: `/dev/fuse` and the helper on PATH.
+pub(crate) fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        return false;
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join("fuse-overlayfs").is_file()))
+        .unwrap_or(false)
+}

@@ -1,0 +1,979 @@
+//! Safe application of an OCI layer blob onto a directory: decompress, walk the tar as a stream and
+//! create each entry with fd-relative calls resolved beneath the root, so that no entry, symlink
+//! (from this layer or a lower one) or hard link can write outside it.
+//!
+//! Decisions worth knowing:
+//! - An entry path with a `..` component, an absolute path, or a parent that resolves outside the
+//!   root (including through an absolute symlink, whose target would be the host's) is refused; the
+//!   error names the entry. Symlink entries themselves may point anywhere: they are only data.
+//! - Device nodes are made when mknod is allowed; when it is not (a user namespace) they are skipped
+//!   with an [`UnpackWarning`], as rootless builders do.
+//! - xattrs come from PAX `SCHILY.xattr.*`. One the filesystem or our privileges refuse (EPERM,
+//!   ENOTSUP: e.g. `trusted.*` or `security.capability` without the capability) is skipped with a
+//!   warning rather than failing the whole image. `trusted.overlay.*` / `user.overlay.*` from a
+//!   layer are always dropped: a layer must not forge overlayfs metadata into our lower dirs.
+//! - Memory: file contents stream through a fixed buffer. In [`WhiteoutMode::Apply`] the set of
+//!   paths written by this layer is kept (as Docker does) so that an opaque marker clears only what
+//!   lower layers left; directory mtimes are kept to be set last. Both grow with entry count only.
+
+pub(crate) mod sys;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
+
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::compress::{CompressError, decompressor, sha256_digest};
+pub use sys::in_user_namespace;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    #[error("opening unpack root {path}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the layer archive")]
+    Archive(#[source] io::Error),
+    #[error("layer diff_id mismatch: expected {expected}, unpacked tar has {actual}")]
+    DiffIdMismatch { expected: Digest, actual: Digest },
+    #[error("refused layer entry {entry:?}: {reason}")]
+    Refused { entry: String, reason: Refusal },
+    #[error("layer entry {entry:?}: {op}")]
+    Io {
+        entry: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl UnpackError {
+    /// The refusal reason, when the layer was refused as hostile or malformed.
+    pub fn refusal(&self) -> Option<(&str, &Refusal)> {
+        match self {
+            UnpackError::Refused { entry, reason } => Some((entry, reason)),
+            _ => None,
+        }
+    }
+}
+
+/// Why an entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("path has a `..` component")]
+    ParentComponent,
+    #[error("path is absolute")]
+    Absolute,
+    #[error("path contains a nul byte")]
+    NulByte,
+    #[error("path resolves outside the root through a symlink")]
+    EscapesThroughSymlink,
+    #[error("path runs into a symlink loop")]
+    SymlinkLoop,
+    #[error("a parent of the path is a dangling symlink")]
+    DanglingSymlinkParent,
+    #[error("a parent of the path is not a directory")]
+    ParentNotDirectory,
+    #[error("hard link target {0:?} is outside the root")]
+    HardlinkOutside(String),
+    #[error("hard link target {0:?} is a symlink that points outside the root")]
+    HardlinkToEscapingSymlink(String),
+    #[error("hard link target {0:?} does not exist in this or a lower layer")]
+    HardlinkTargetMissing(String),
+    #[error("hard link target {0:?} is a directory")]
+    HardlinkToDirectory(String),
+    #[error("the root entry must be a directory")]
+    RootNotDirectory,
+    #[error("whiteout names nothing")]
+    EmptyWhiteout,
+    #[error("unsupported tar entry type {0:?}")]
+    UnsupportedType(char),
+}
+
+/// How `.wh.` entries are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutMode {
+    /// The target directory already holds the lower layers merged (a plain tree): delete what a
+    /// whiteout names, and clear lower-layer content of opaque directories.
+    Apply,
+    /// The target is a fresh directory to be stacked as an overlayfs layer: turn whiteouts into
+    /// 0/0 character devices and opaque markers into the `<ns>.overlay.opaque=y` xattr.
+    Overlay(OverlayXattr),
+    /// Keep `.wh.` entries as ordinary empty files (fuse-overlayfs reads that form in lower dirs).
+    Keep,
+}
+
+/// The xattr namespace overlayfs reads its metadata from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayXattr {
+    /// `trusted.overlay.*`: root in the initial user namespace.
+    Trusted,
+    /// `user.overlay.*`: overlay mounted with `userxattr` inside a user namespace (kernel >= 5.11).
+    User,
+}
+
+impl OverlayXattr {
+    /// The namespace this process must use.
+    pub fn detect() -> Self {
+        if in_user_namespace() {
+            OverlayXattr::User
+        } else {
+            OverlayXattr::Trusted
+        }
+    }
+
+    pub fn opaque_name(&self) -> &'static [u8] {
+        match self {
+            OverlayXattr::Trusted => b"trusted.overlay.opaque",
+            OverlayXattr::User => b"user.overlay.opaque",
+        }
+    }
+}
+
+/// Options of an unpack.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackOptions {
+    pub whiteouts: WhiteoutMode,
+    /// Keep the tar's owners (lchown). True by default when running as (namespaced) root.
+    pub same_owner: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            whiteouts: WhiteoutMode::Apply,
+            same_owner: nix::unistd::geteuid().is_root(),
+        }
+    }
+}
+
+/// Something unpack did not do and the caller may want to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnpackWarning {
+    DeviceSkipped {
+        entry: String,
+        errno: i32,
+    },
+    XattrSkipped {
+        entry: String,
+        name: String,
+        errno: i32,
+    },
+    OverlayXattrDropped {
+        entry: String,
+        name: String,
+    },
+}
+
+const MAX_WARNINGS: usize = 1000;
+
+/// What an unpack did.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackSummary {
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    /// The first warnings (at most 1000); `warnings_dropped` counts the rest.
+    pub warnings: Vec<UnpackWarning>,
+    pub warnings_dropped: u64,
+}
+
+impl UnpackSummary {
+    fn warn(&mut self, w: UnpackWarning) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(w);
+        } else {
+            self.warnings_dropped += 1;
+        }
+    }
+}
+
+/// Apply a layer blob of `media_type` (OCI tar, tar+gzip, tar+zstd, Docker tar.gzip) onto `root`.
+pub fn unpack_layer<R: Read>(
+    blob: R,
+    media_type: &str,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackSummary, UnpackError> {
+    let tar = decompressor(blob, media_type)?;
+    apply_tar(tar, root, options)
+}
+
+/// [`unpack_layer`], and check that the tar's sha256 is `diff_id` (the image config's promise).
+/// On a mismatch the tree has been written already: the caller discards it.
+pub fn unpack_layer_verified<R: Read>(
+    blob: R,
+    media_type: &str,
+    root: &Path,
+    options: &UnpackOptions,
+    diff_id: &Digest,
+) -> Result<UnpackSummary, UnpackError> {
+    let mut tar = HashingReader {
+        inner: decompressor(blob, media_type)?,
+        hasher: Sha256::new(),
+    };
+    let summary = apply_tar(&mut tar, root, options)?;
+    // The tar reader stops at the end-of-archive blocks; the diff_id covers any padding after.
+    io::copy(&mut tar, &mut io::sink()).map_err(UnpackError::Archive)?;
+    let actual = sha256_digest(tar.hasher.finalize().as_slice());
+    if &actual != diff_id {
+        return Err(UnpackError::DiffIdMismatch {
+            expected: diff_id.clone(),
+            actual,
+        });
+    }
+    Ok(summary)
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Apply an uncompressed layer tar onto `root`.
+pub fn apply_tar<R: Read>(
+    tar: R,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackSummary, UnpackError> {
+    let root_fd = sys::open_dir(root).map_err(|source| UnpackError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut un = Unpacker {
+        root: root_fd,
+        options: *options,
+        summary: UnpackSummary::default(),
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+        buf: vec![0u8; 256 * 1024],
+    };
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(UnpackError::Archive)? {
+        let entry = entry.map_err(UnpackError::Archive)?;
+        un.entry(entry)?;
+    }
+    un.finish()?;
+    Ok(un.summary)
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    options: UnpackOptions,
+    summary: UnpackSummary,
+    written: HashSet<Vec<u8>>,
+    dir_times: Vec<(Vec<u8>, i64, i64)>,
+    buf: Vec<u8>,
+}
+
+/// The per-entry facts that PAX may override.
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: (i64, i64),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Normalise a tar path into root-relative components, refusing what could climb out.
+pub(crate) fn clean_path(raw: &[u8]) -> Result<Vec<u8>, Refusal> {
+    if raw.contains(&0) {
+        return Err(Refusal::NulByte);
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(Refusal::Absolute);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err(Refusal::ParentComponent),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Unpacker {
+    fn refuse(entry: &[u8], reason: Refusal) -> UnpackError {
+        UnpackError::Refused {
+            entry: lossy(entry),
+            reason,
+        }
+    }
+
+    fn io(entry: &[u8], op: &'static str, source: io::Error) -> UnpackError {
+        UnpackError::Io {
+            entry: lossy(entry),
+            op,
+            source,
+        }
+    }
+
+    /// Open directory `rel` under the root, creating missing components (tars may omit parents).
+    fn parent_dir(&mut self, entry: &[u8], rel: &[u8]) -> Result<OwnedFd, UnpackError> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        match sys::open_beneath(self.root.as_fd(), rel, flags) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(self.map_resolve(entry, e)),
+        }
+        let mut cur = sys::open_beneath(self.root.as_fd(), b"", flags)
+            .map_err(|e| Self::io(entry, "opening the root", errno_io(e)))?;
+        let mut prefix: Vec<u8> = Vec::new();
+        for comp in rel.split(|&b| b == b'/') {
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(comp);
+            match sys::open_beneath(self.root.as_fd(), &prefix, flags) {
+                Ok(fd) => cur = fd,
+                Err(Errno::ENOENT) => {
+                    let c = sys::cstring(comp).map_err(|e| Self::io(entry, "mkdir", e))?;
+                    match nix::sys::stat::mkdirat(
+                        cur.as_fd(),
+                        c.as_c_str(),
+                        Mode::from_bits_truncate(0o755),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => {
+                            return Err(Self::io(
+                                entry,
+                                "creating a parent directory",
+                                errno_io(e),
+                            ));
+                        }
+                    }
+                    // A dangling symlink in the way makes mkdirat fail with EEXIST and the
+                    // re-open below fail again: reported as a resolve error.
+                    cur = sys::open_beneath(self.root.as_fd(), &prefix, flags)
+                        .map_err(|e| self.map_resolve(entry, e))?;
+                    if self.options.whiteouts == WhiteoutMode::Apply {
+                        // Implicit parents belong to this layer too: an opaque marker keeps them.
+                        self.written.insert(prefix.clone());
+                    }
+                }
+                Err(e) => return Err(self.map_resolve(entry, e)),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn map_resolve(&self, entry: &[u8], e: Errno) -> UnpackError {
+        match e {
+            Errno::EXDEV => Self::refuse(entry, Refusal::EscapesThroughSymlink),
+            Errno::ELOOP => Self::refuse(entry, Refusal::SymlinkLoop),
+            Errno::ENOTDIR => Self::refuse(entry, Refusal::ParentNotDirectory),
+            // Only after creating the missing parents: a dangling symlink stands in the way.
+            Errno::ENOENT => Self::refuse(entry, Refusal::DanglingSymlinkParent),
+            e => Self::io(entry, "resolving the parent directory", errno_io(e)),
+        }
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let path = clean_path(&raw_path).map_err(|r| Self::refuse(&raw_path, r))?;
+        let header = entry.header().clone();
+        let etype = header.entry_type();
+        let mut meta = Meta {
+            mode: header.mode().unwrap_or(0o644) & 0o7777,
+            uid: header.uid().unwrap_or(0),
+            gid: header.gid().unwrap_or(0),
+            mtime: (header.mtime().unwrap_or(0) as i64, 0),
+            xattrs: Vec::new(),
+        };
+        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::Archive)? {
+            for ext in pax {
+                let ext = ext.map_err(UnpackError::Archive)?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((name.to_vec(), value.to_vec()));
+                } else if key == b"uid" {
+                    meta.uid = parse_num(value).unwrap_or(meta.uid);
+                } else if key == b"gid" {
+                    meta.gid = parse_num(value).unwrap_or(meta.gid);
+                } else if key == b"mtime" {
+                    meta.mtime = parse_time(value).unwrap_or(meta.mtime);
+                }
+            }
+        }
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        self.summary.entries += 1;
+
+        let (parent_rel, name) = crate::layer::split_parent(&path);
+        let parent_rel = parent_rel.strip_suffix(b"/").unwrap_or(parent_rel);
+
+        if path.is_empty() {
+            if etype != tar::EntryType::Directory {
+                return Err(Self::refuse(&raw_path, Refusal::RootNotDirectory));
+            }
+            let root =
+                sys::open_beneath(self.root.as_fd(), b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                    .map_err(|e| Self::io(&raw_path, "opening the root", errno_io(e)))?;
+            self.set_meta_fd(&raw_path, root.as_fd(), &meta, true)?;
+            self.dir_times
+                .push((Vec::new(), meta.mtime.0, meta.mtime.1));
+            return Ok(());
+        }
+
+        // Whiteouts.
+        if let Some(target) = name.strip_prefix(b".wh.") {
+            // A whiteout under a path that is not a directory (umoci writes `d/.wh.x` after
+            // turning `d` into a file) or, on a merged tree, not there at all, deletes nothing.
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+            let parent = match sys::open_beneath(self.root.as_fd(), parent_rel, flags) {
+                Ok(fd) => fd,
+                Err(Errno::ENOTDIR) => return Ok(()),
+                Err(Errno::ENOENT) if self.options.whiteouts == WhiteoutMode::Apply => {
+                    return Ok(());
+                }
+                Err(Errno::ENOENT) => self.parent_dir(&raw_path, parent_rel)?,
+                Err(e) => return Err(self.map_resolve(&raw_path, e)),
+            };
+            if target == b".wh..opq" {
+                return self.opaque(&raw_path, parent_rel, parent.as_fd());
+            }
+            if target.starts_with(b".wh.") {
+                // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): meaningless here.
+                return Ok(());
+            }
+            if target.is_empty() {
+                return Err(Self::refuse(&raw_path, Refusal::EmptyWhiteout));
+            }
+            return self.whiteout(&raw_path, parent_rel, parent.as_fd(), name, target);
+        }
+
+        let parent = self.parent_dir(&raw_path, parent_rel)?;
+        let parent = parent.as_fd();
+        let existing = sys::lstat_at(parent, name).ok();
+        let is_dir = |st: &libc::stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+
+        // Whatever is in the way goes, except a directory that stays a directory. Removing first
+        // (never opening through) is what defeats a symlink planted at this name.
+        if let Some(st) = &existing
+            && !(etype == tar::EntryType::Directory && is_dir(st))
+        {
+            // Linking a name to itself (tar re-adds) is a no-op we must not break by removing
+            // the only copy first.
+            if etype == tar::EntryType::Link
+                && let Some(l) = &link
+                && clean_path(l).ok().as_deref() == Some(&path[..])
+            {
+                return Ok(());
+            }
+            remove_at(parent, name, is_dir(st))
+                .map_err(|e| Self::io(&raw_path, "removing the entry in the way", e))?;
+        }
+        if self.options.whiteouts == WhiteoutMode::Apply {
+            self.written.insert(path.clone());
+        }
+        let cname = sys::cstring(name).map_err(|e| Self::io(&raw_path, "name", e))?;
+
+        match etype {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let fd = nix::fcntl::openat(
+                    parent,
+                    cname.as_c_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| Self::io(&raw_path, "creating the file", errno_io(e)))?;
+                let mut file = File::from(fd);
+                let expected = entry.size();
+                let mut written = 0u64;
+                loop {
+                    let n = entry
+                        .read(&mut self.buf)
+                        .map_err(|e| Self::io(&raw_path, "reading the file content", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&self.buf[..n])
+                        .map_err(|e| Self::io(&raw_path, "writing the file content", e))?;
+                    self.summary.bytes += n as u64;
+                    written += n as u64;
+                }
+                if written != expected {
+                    return Err(Self::io(
+                        &raw_path,
+                        "reading the file content",
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("archive ended after {written} of {expected} bytes"),
+                        ),
+                    ));
+                }
+                self.set_meta_fd(&raw_path, file.as_fd(), &meta, false)?;
+            }
+            tar::EntryType::Directory => {
+                if existing.as_ref().is_none_or(|st| !is_dir(st)) {
+                    nix::sys::stat::mkdirat(
+                        parent,
+                        cname.as_c_str(),
+                        Mode::from_bits_truncate(0o700),
+                    )
+                    .map_err(|e| Self::io(&raw_path, "creating the directory", errno_io(e)))?;
+                }
+                let fd = nix::fcntl::openat(
+                    parent,
+                    cname.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Self::io(&raw_path, "opening the directory", errno_io(e)))?;
+                self.set_meta_fd(&raw_path, fd.as_fd(), &meta, true)?;
+                self.dir_times
+                    .push((path.clone(), meta.mtime.0, meta.mtime.1));
+            }
+            tar::EntryType::Symlink => {
+                let target = link.unwrap_or_default();
+                let t =
+                    sys::cstring(&target).map_err(|_| Self::refuse(&raw_path, Refusal::NulByte))?;
+                nix::unistd::symlinkat(t.as_c_str(), parent, cname.as_c_str())
+                    .map_err(|e| Self::io(&raw_path, "creating the symlink", errno_io(e)))?;
+                self.set_meta_at(&raw_path, parent, name, &meta, false)?;
+            }
+            tar::EntryType::Link => {
+                let raw_target = link.unwrap_or_default();
+                self.hardlink(&raw_path, parent, &cname, &raw_target)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (kind, dev) = match etype {
+                    tar::EntryType::Char => (SFlag::S_IFCHR, device(&header)),
+                    tar::EntryType::Block => (SFlag::S_IFBLK, device(&header)),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                match nix::sys::stat::mknodat(
+                    parent,
+                    cname.as_c_str(),
+                    kind,
+                    Mode::from_bits_truncate(0o600),
+                    dev,
+                ) {
+                    Ok(()) => self.set_meta_at(&raw_path, parent, name, &meta, true)?,
+                    Err(e @ (Errno::EPERM | Errno::EACCES)) if kind != SFlag::S_IFIFO => {
+                        self.summary.warn(UnpackWarning::DeviceSkipped {
+                            entry: lossy(&raw_path),
+                            errno: e as i32,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(Self::io(
+                            &raw_path,
+                            "creating the special file",
+                            errno_io(e),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(Self::refuse(
+                    &raw_path,
+                    Refusal::UnsupportedType(other.as_byte() as char),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        entry: &[u8],
+        parent: BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        raw_target: &[u8],
+    ) -> Result<(), UnpackError> {
+        let shown = lossy(raw_target);
+        let target = clean_path(raw_target).map_err(|r| match r {
+            Refusal::NulByte => Self::refuse(entry, Refusal::NulByte),
+            _ => Self::refuse(entry, Refusal::HardlinkOutside(shown.clone())),
+        })?;
+        if target.is_empty() {
+            return Err(Self::refuse(entry, Refusal::HardlinkToDirectory(shown)));
+        }
+        let (tparent_rel, tname) = crate::layer::split_parent(&target);
+        let tparent_rel = tparent_rel.strip_suffix(b"/").unwrap_or(tparent_rel);
+        let tparent = match sys::open_beneath(
+            self.root.as_fd(),
+            tparent_rel,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EXDEV) => return Err(Self::refuse(entry, Refusal::HardlinkOutside(shown))),
+            Err(Errno::ELOOP) => return Err(Self::refuse(entry, Refusal::SymlinkLoop)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                return Err(Self::refuse(entry, Refusal::HardlinkTargetMissing(shown)));
+            }
+            Err(e) => {
+                return Err(Self::io(
+                    entry,
+                    "resolving the hard link target",
+                    errno_io(e),
+                ));
+            }
+        };
+        let st = match sys::lstat_at(tparent.as_fd(), tname) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                return Err(Self::refuse(entry, Refusal::HardlinkTargetMissing(shown)));
+            }
+            Err(e) => {
+                return Err(Self::io(
+                    entry,
+                    "inspecting the hard link target",
+                    errno_io(e),
+                ));
+            }
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => return Err(Self::refuse(entry, Refusal::HardlinkToDirectory(shown))),
+            libc::S_IFLNK => {
+                // A second name for a symlink that leads out is a way to smuggle it past checks
+                // made on names: refuse it like the symlink's own use would be.
+                if let Err(Errno::EXDEV) =
+                    sys::open_beneath(self.root.as_fd(), &target, OFlag::O_PATH)
+                {
+                    return Err(Self::refuse(
+                        entry,
+                        Refusal::HardlinkToEscapingSymlink(shown),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        let tc = sys::cstring(tname).map_err(|e| Self::io(entry, "name", e))?;
+        nix::unistd::linkat(
+            tparent.as_fd(),
+            tc.as_c_str(),
+            parent,
+            name,
+            AtFlags::empty(),
+        )
+        .map_err(|e| Self::io(entry, "creating the hard link", errno_io(e)))?;
+        Ok(())
+    }
+
+    fn whiteout(
+        &mut self,
+        entry: &[u8],
+        parent_rel: &[u8],
+        parent: BorrowedFd<'_>,
+        wh_name: &[u8],
+        target: &[u8],
+    ) -> Result<(), UnpackError> {
+        match self.options.whiteouts {
+            WhiteoutMode::Apply => {
+                if let Ok(st) = sys::lstat_at(parent, target) {
+                    remove_at(parent, target, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                        .map_err(|e| Self::io(entry, "applying the whiteout", e))?;
+                }
+            }
+            WhiteoutMode::Overlay(_) => {
+                if let Ok(st) = sys::lstat_at(parent, target) {
+                    remove_at(parent, target, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                        .map_err(|e| Self::io(entry, "replacing the entry by a whiteout", e))?;
+                }
+                let c = sys::cstring(target).map_err(|e| Self::io(entry, "name", e))?;
+                // overlayfs' whiteout is a 0/0 character device; the kernel lets a user
+                // namespace make exactly this device (since 5.8) for that reason.
+                nix::sys::stat::mknodat(parent, c.as_c_str(), SFlag::S_IFCHR, Mode::empty(), 0)
+                    .map_err(|e| Self::io(entry, "creating the overlay whiteout", errno_io(e)))?;
+            }
+            WhiteoutMode::Keep => {
+                let c = sys::cstring(wh_name).map_err(|e| Self::io(entry, "name", e))?;
+                if let Ok(st) = sys::lstat_at(parent, wh_name) {
+                    remove_at(parent, wh_name, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                        .map_err(|e| Self::io(entry, "removing the entry in the way", e))?;
+                }
+                nix::fcntl::openat(
+                    parent,
+                    c.as_c_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )
+                .map_err(|e| Self::io(entry, "creating the whiteout file", errno_io(e)))?;
+            }
+        }
+        let _ = parent_rel;
+        Ok(())
+    }
+
+    fn opaque(
+        &mut self,
+        entry: &[u8],
+        dir_rel: &[u8],
+        dir: BorrowedFd<'_>,
+    ) -> Result<(), UnpackError> {
+        match self.options.whiteouts {
+            WhiteoutMode::Apply => {
+                let listing =
+                    std::fs::read_dir(Path::new(OsStr::from_bytes(&sys::proc_path(dir, b""))))
+                        .map_err(|e| Self::io(entry, "listing the opaque directory", e))?;
+                for child in listing {
+                    let child =
+                        child.map_err(|e| Self::io(entry, "listing the opaque directory", e))?;
+                    let cname = child.file_name();
+                    let cname = cname.as_bytes();
+                    let mut full = dir_rel.to_vec();
+                    if !full.is_empty() {
+                        full.push(b'/');
+                    }
+                    full.extend_from_slice(cname);
+                    if self.written.contains(&full) {
+                        continue;
+                    }
+                    let is_dir = child.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                    remove_at(dir, cname, is_dir)
+                        .map_err(|e| Self::io(entry, "clearing the opaque directory", e))?;
+                }
+            }
+            WhiteoutMode::Overlay(x) => {
+                sys::lsetxattr(&sys::proc_path(dir, b"."), x.opaque_name(), b"y")
+                    .map_err(|e| Self::io(entry, "marking the directory opaque", errno_io(e)))?;
+            }
+            WhiteoutMode::Keep => {
+                let c = sys::cstring(b".wh..wh..opq").expect("static name");
+                match nix::fcntl::openat(
+                    dir,
+                    c.as_c_str(),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                ) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(Self::io(entry, "creating the opaque marker", errno_io(e)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, xattrs, mode and (for non-directories) times, on an open descriptor.
+    fn set_meta_fd(
+        &mut self,
+        entry: &[u8],
+        fd: BorrowedFd<'_>,
+        meta: &Meta,
+        is_dir: bool,
+    ) -> Result<(), UnpackError> {
+        if self.options.same_owner {
+            nix::unistd::fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid as u32)),
+                Some(Gid::from_raw(meta.gid as u32)),
+            )
+            .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+        }
+        self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+            .map_err(|e| Self::io(entry, "changing the mode", errno_io(e)))?;
+        if !is_dir {
+            nix::sys::stat::futimens(fd, &ts(meta.mtime), &ts(meta.mtime))
+                .map_err(|e| Self::io(entry, "setting the mtime", errno_io(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The same for a name inside `dir` that cannot be opened (symlinks, devices, fifos).
+    fn set_meta_at(
+        &mut self,
+        entry: &[u8],
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<(), UnpackError> {
+        let c = sys::cstring(name).map_err(|e| Self::io(entry, "name", e))?;
+        if self.options.same_owner {
+            nix::unistd::fchownat(
+                dir,
+                c.as_c_str(),
+                Some(Uid::from_raw(meta.uid as u32)),
+                Some(Gid::from_raw(meta.gid as u32)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+        }
+        let path = sys::proc_path(dir, name);
+        self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
+        if chmod {
+            // Devices and fifos are not symlinks, so following is harmless here; the name was
+            // created by us an instant ago inside a directory we hold open.
+            nix::sys::stat::fchmodat(
+                dir,
+                c.as_c_str(),
+                Mode::from_bits_truncate(meta.mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| Self::io(entry, "changing the mode", errno_io(e)))?;
+        }
+        sys::set_times_at(dir, name, meta.mtime.0, meta.mtime.1)
+            .map_err(|e| Self::io(entry, "setting the mtime", errno_io(e)))?;
+        Ok(())
+    }
+
+    fn set_xattrs(
+        &mut self,
+        entry: &[u8],
+        target: XattrTarget<'_>,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        for (name, value) in &meta.xattrs {
+            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                self.summary.warn(UnpackWarning::OverlayXattrDropped {
+                    entry: lossy(entry),
+                    name: lossy(name),
+                });
+                continue;
+            }
+            let set = match target {
+                XattrTarget::Fd(fd) => sys::fsetxattr(fd, name, value),
+                XattrTarget::Path(path) => sys::lsetxattr(path, name, value),
+            };
+            match set {
+                Ok(()) => {}
+                Err(e @ (Errno::EPERM | Errno::ENOTSUP | Errno::EACCES)) => {
+                    self.summary.warn(UnpackWarning::XattrSkipped {
+                        entry: lossy(entry),
+                        name: lossy(name),
+                        errno: e as i32,
+                    });
+                }
+                Err(e) => return Err(Self::io(entry, "setting an xattr", errno_io(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory mtimes last: creating children would otherwise move them again.
+    fn finish(&mut self) -> Result<(), UnpackError> {
+        for (path, sec, nsec) in std::mem::take(&mut self.dir_times).into_iter().rev() {
+            let fd = match sys::open_beneath(
+                self.root.as_fd(),
+                &path,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            ) {
+                Ok(fd) => fd,
+                // Removed or replaced by a later entry of the same layer.
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
+                Err(e) => return Err(Self::io(&path, "setting the directory mtime", errno_io(e))),
+            };
+            nix::sys::stat::futimens(fd.as_fd(), &ts((sec, nsec)), &ts((sec, nsec)))
+                .map_err(|e| Self::io(&path, "setting the directory mtime", errno_io(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where xattrs go: an open descriptor, or a path whose final component is not followed.
+#[derive(Clone, Copy)]
+enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    Path(&'a [u8]),
+}
+
+fn ts((sec, nsec): (i64, i64)) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(sec, nsec)
+}
+
+fn device(header: &tar::Header) -> libc::dev_t {
+    let major = header.device_major().ok().flatten().unwrap_or(0);
+    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+    libc::makedev(major, minor)
+}
+
+fn parse_num(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// PAX times are decimal seconds with an optional fraction.
+fn parse_time(v: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: i64 = digits.parse().ok()?;
+    Some((sec, nsec))
+}
+
+/// Remove `name` in `dir`, recursively for a directory, never following a symlink.
+pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let p = sys::proc_path(dir, name);
+    let p = Path::new(OsStr::from_bytes(&p));
+    if is_dir {
+        // std's remove_dir_all does not follow symlinks inside the tree (CVE-2022-21658 fix).
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_refuses_escapes() {
+        assert_eq!(clean_path(b"./a//b/./c/").unwrap(), b"a/b/c");
+        assert_eq!(clean_path(b"a/../b"), Err(Refusal::ParentComponent));
+        assert_eq!(clean_path(b"/etc/passwd"), Err(Refusal::Absolute));
+        assert_eq!(clean_path(b"a\0b"), Err(Refusal::NulByte));
+        assert_eq!(clean_path(b"./").unwrap(), b"");
+    }
+
+    #[test]
+    fn pax_time_fraction() {
+        assert_eq!(parse_time(b"1700000000.5"), Some((1700000000, 500_000_000)));
+        assert_eq!(parse_time(b"12"), Some((12, 0)));
+    }
+}

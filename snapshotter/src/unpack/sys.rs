@@ -1,0 +1,223 @@
+//! Thin, fd-relative filesystem calls shared by unpack, diff and the snapshotters. Paths are raw
+//! bytes (tar names need not be UTF-8); every lookup under an untrusted root goes through
+//! openat2(RESOLVE_BENEATH) so that no symlink or `..` can lead outside it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+
+pub(crate) fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in path"))
+}
+
+/// Open `rel` under `root` without ever leaving it; an empty `rel` opens `root` itself.
+pub(crate) fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlag,
+) -> Result<OwnedFd, Errno> {
+    let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    // With `..` in a symlink target the kernel answers EAGAIN when any rename ran on the system
+    // during the walk (it cannot prove the walk stayed beneath); retrying is the documented answer.
+    let mut attempts = 0;
+    loop {
+        match openat2(root, std::ffi::OsStr::from_bytes(rel), how) {
+            Err(Errno::EAGAIN) if attempts < 128 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Open a directory path on the host (trusted) as an O_PATH descriptor.
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// `/proc/self/fd/<dirfd>/<name>`: lets path-only calls (l*xattr, remove_dir_all) act on a single
+/// name inside a directory we hold open, without re-resolving the directory's path.
+pub(crate) fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if !name.is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(name);
+    }
+    p
+}
+
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<libc::stat, Errno> {
+    let c = cstring(name).map_err(|_| Errno::EINVAL)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: c is a valid C string and st is a valid out pointer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    Errno::result(r)?;
+    // SAFETY: fstatat succeeded and filled st.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub(crate) fn lsetxattr(path: &[u8], name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let p = cstring(path).map_err(|_| Errno::EINVAL)?;
+    let n = cstring(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: valid C strings and a valid buffer of value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let n = cstring(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: valid descriptor, C string and buffer.
+    let r = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// An extended attribute: name and value.
+pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
+
+/// All xattrs of `path` (not following a final symlink), names sorted.
+pub(crate) fn lxattrs(path: &[u8]) -> Result<Vec<Xattr>, Errno> {
+    let p = cstring(path).map_err(|_| Errno::EINVAL)?;
+    let names = loop {
+        // SAFETY: a null buffer with size 0 asks for the needed size.
+        let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = match Errno::result(size) {
+            Ok(s) => s as usize,
+            Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        // SAFETY: buf has size bytes.
+        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) };
+        match Errno::result(got) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                break buf;
+            }
+            // The list grew between the two calls: ask again.
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let n = cstring(name).map_err(|_| Errno::EINVAL)?;
+        let value = loop {
+            // SAFETY: size query.
+            let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+            let size = match Errno::result(size) {
+                Ok(s) => s as usize,
+                // Removed meanwhile.
+                Err(Errno::ENODATA) => break None,
+                Err(e) => return Err(e),
+            };
+            let mut buf = vec![0u8; size];
+            // SAFETY: buf has size bytes.
+            let got =
+                unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+            match Errno::result(got) {
+                Ok(g) => {
+                    buf.truncate(g as usize);
+                    break Some(buf);
+                }
+                Err(Errno::ERANGE) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(v) = value {
+            out.push((name.to_vec(), v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn lgetxattr(path: &[u8], name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
+    let p = cstring(path).map_err(|_| Errno::EINVAL)?;
+    let n = cstring(name).map_err(|_| Errno::EINVAL)?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: buf has 256 bytes.
+    let got =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    match Errno::result(got) {
+        Ok(g) => {
+            buf.truncate(g as usize);
+            Ok(Some(buf))
+        }
+        Err(Errno::ENODATA) | Err(Errno::ENOTSUP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Set access and modification times of `name` in `dir` without following a final symlink.
+pub(crate) fn set_times_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    sec: i64,
+    nsec: i64,
+) -> Result<(), Errno> {
+    let c = cstring(if name.is_empty() { b"." } else { name }).map_err(|_| Errno::EINVAL)?;
+    let ts = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let times = [ts, ts];
+    // SAFETY: valid C string and a two-element timespec array.
+    let r = unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Whether this process runs in a user namespace other than the initial one (rootless): then
+/// overlayfs wants `userxattr` and `user.overlay.*` attributes, and mknod of devices is refused.
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}

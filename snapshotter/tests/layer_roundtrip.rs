@@ -1,0 +1,240 @@
+//! A layer made from a change set and applied again onto the base gives the change set back;
+//! the same changes give the same digest twice; digest and diff_id are those of the bytes written.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+
+use common::{CompareOptions, apply_change_set, assert_trees_equal, make_base_tree};
+use forge_snapshotter::compress::{Compression, decompressor};
+use forge_snapshotter::diff::{Changes, write_layer};
+use forge_snapshotter::layer::{LayerDescriptor, LayerOptions};
+use forge_snapshotter::snapshot::copy_tree;
+use forge_snapshotter::unpack::{UnpackOptions, WhiteoutMode, unpack_layer};
+use sha2::{Digest, Sha256};
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn opts() -> CompareOptions {
+    CompareOptions {
+        mtimes: true,
+        dir_mtimes: false,
+        ..CompareOptions::default()
+    }
+}
+
+/// base/ and changed/ (= base + change set) in a temp dir.
+fn base_and_changed(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = tmp.join("base");
+    let changed = tmp.join("changed");
+    std::fs::create_dir(&base).unwrap();
+    make_base_tree(&base);
+    copy_tree(&base, &changed).unwrap();
+    apply_change_set(&changed);
+    (base, changed)
+}
+
+fn check_descriptor(desc: &LayerDescriptor, blob: &[u8]) {
+    assert_eq!(desc.digest.to_string(), sha(blob));
+    assert_eq!(desc.size, blob.len() as u64);
+    let mut tar = Vec::new();
+    decompressor(blob, &desc.media_type)
+        .unwrap()
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_eq!(desc.diff_id.to_string(), sha(&tar));
+    assert_eq!(desc.tar_size, tar.len() as u64);
+}
+
+#[test]
+fn compare_diff_round_trips_for_every_compression() {
+    for compression in [
+        Compression::None,
+        Compression::Gzip { level: 6 },
+        Compression::Zstd { level: 3 },
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, changed) = base_and_changed(tmp.path());
+        let options = LayerOptions {
+            compression,
+            source_date_epoch: None,
+        };
+        let changes = Changes::Compare {
+            lower: Some(&base),
+            upper: &changed,
+        };
+        let (desc, blob, stats) = write_layer(changes, Vec::new(), options).unwrap();
+        check_descriptor(&desc, &blob);
+        assert!(stats.whiteouts >= 4, "deletes became whiteouts: {stats:?}");
+
+        let target = tmp.path().join("target");
+        copy_tree(&base, &target).unwrap();
+        let unpack = UnpackOptions {
+            whiteouts: WhiteoutMode::Apply,
+            ..UnpackOptions::default()
+        };
+        unpack_layer(&blob[..], &desc.media_type, &target, &unpack).unwrap();
+        assert_trees_equal(&changed, &target, &opts());
+    }
+}
+
+#[test]
+fn unchanged_files_are_not_in_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, changed) = base_and_changed(tmp.path());
+    let options = LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: None,
+    };
+    let changes = Changes::Compare {
+        lower: Some(&base),
+        upper: &changed,
+    };
+    let (_, tar, _) = write_layer(changes, Vec::new(), options).unwrap();
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let e = e.unwrap();
+        names.push(String::from_utf8_lossy(&e.path_bytes()).into_owned());
+        assert_eq!(
+            e.header().username_bytes(),
+            Some(&b""[..]),
+            "numeric owners only"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("unchanged/")),
+        "{names:?}"
+    );
+    assert!(names.contains(&".wh.gone-dir".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"etc/.wh.delete-me".to_string()),
+        "{names:?}"
+    );
+    // Byte order of full paths, directories before their content.
+    let mut sorted = names.clone();
+    sorted.sort_by(|a, b| {
+        a.trim_end_matches('/')
+            .as_bytes()
+            .cmp(b.trim_end_matches('/').as_bytes())
+    });
+    let strip = |v: &Vec<String>| v.iter().map(|n| n.replace(".wh.", "")).collect::<Vec<_>>();
+    let mut by_target = strip(&names);
+    let expected = by_target.clone();
+    by_target.sort_by(|a, b| {
+        a.trim_end_matches('/')
+            .as_bytes()
+            .cmp(b.trim_end_matches('/').as_bytes())
+    });
+    assert_eq!(expected, by_target, "entries sorted by path");
+}
+
+#[test]
+fn same_changes_give_the_same_digest() {
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, changed) = base_and_changed(tmp.path());
+        // Different wall-clock mtimes each round: the clamp makes them equal.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let options = LayerOptions {
+            compression: Compression::Gzip { level: 6 },
+            source_date_epoch: Some(1_000_000_000),
+        };
+        let changes = Changes::Compare {
+            lower: Some(&base),
+            upper: &changed,
+        };
+        let (desc, _, _) = write_layer(changes, Vec::new(), options).unwrap();
+        digests.push(desc.digest);
+        let (desc, _, _) = write_layer(changes, Vec::new(), options).unwrap();
+        digests.push(desc.digest);
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}
+
+#[test]
+fn source_date_epoch_clamps_only_later_mtimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("old"), "o").unwrap();
+    std::fs::write(dir.join("new"), "n").unwrap();
+    let old = std::fs::File::options()
+        .write(true)
+        .open(dir.join("old"))
+        .unwrap();
+    old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(500))
+        .unwrap();
+    let options = LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: Some(1000),
+    };
+    let (_, tar, _) = write_layer(Changes::OverlayUpper(&dir), Vec::new(), options).unwrap();
+    let mut mtimes = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let e = e.unwrap();
+        mtimes.insert(
+            e.path().unwrap().display().to_string(),
+            e.header().mtime().unwrap(),
+        );
+    }
+    assert_eq!(mtimes["old"], 500);
+    assert_eq!(mtimes["new"], 1000);
+}
+
+#[test]
+fn a_tree_without_parent_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, changed) = base_and_changed(tmp.path());
+    let options = LayerOptions::default();
+    let changes = Changes::Compare {
+        lower: None,
+        upper: &changed,
+    };
+    let (desc, blob, _) = write_layer(changes, Vec::new(), options).unwrap();
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    unpack_layer(
+        &blob[..],
+        &desc.media_type,
+        &target,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    assert_trees_equal(&changed, &target, &opts());
+}
+
+#[test]
+fn long_names_and_large_ids_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let deep = format!("{}/{}/{}", "d".repeat(90), "e".repeat(90), "f".repeat(120));
+    std::fs::create_dir_all(src.join(&deep)).unwrap();
+    std::fs::write(src.join(&deep).join("file"), "x").unwrap();
+    std::os::unix::fs::symlink("t".repeat(150), src.join("long-link")).unwrap();
+    if common::is_root() && !common::in_userns() {
+        std::os::unix::fs::lchown(src.join("long-link"), Some(3_000_000), Some(3_000_001)).unwrap();
+    }
+    let (desc, blob, _) = write_layer(
+        Changes::Compare {
+            lower: None,
+            upper: &src,
+        },
+        Vec::new(),
+        LayerOptions::default(),
+    )
+    .unwrap();
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    unpack_layer(
+        &blob[..],
+        &desc.media_type,
+        &target,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    assert_trees_equal(&src, &target, &opts());
+}
