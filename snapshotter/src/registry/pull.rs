@@ -495,6 +495,16 @@ impl Ctx<'_> {
     }
 }
 
+/// Runs a store operation (file I/O, fsync, database) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Task(e.to_string()))?
+        .map_err(PullError::from)
+}
+
 /// A bounded channel carrying the stream's chunk type (oci-client's `Bytes`, unnamed here).
 fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
     _: &S,
@@ -521,9 +531,7 @@ impl RegistryClient {
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.session())
-                .await
-                .map_err(|e| PullError::Task(e.to_string()))??
+            blocking(move || store.session()).await?
         };
 
         let (top_bytes, top_digest) = ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await?;
@@ -552,7 +560,10 @@ impl RegistryClient {
                 digest: top_digest.clone(),
                 size: top_bytes.len() as u64,
             };
-            store.write_blob(&top_bytes, Some(&top_digest))?;
+            {
+                let (store, bytes, digest) = (store.clone(), top_bytes.clone(), top_digest.clone());
+                blocking(move || store.write_blob(&bytes, Some(&digest))).await?;
+            }
             let manifest_desc = Descriptor {
                 media_type: entry.media_type.clone(),
                 digest,
@@ -594,7 +605,11 @@ impl RegistryClient {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        store.write_blob(&manifest_bytes, Some(&manifest_desc.digest))?;
+        {
+            let (store, bytes) = (store.clone(), manifest_bytes.clone());
+            let digest = manifest_desc.digest.clone();
+            blocking(move || store.write_blob(&bytes, Some(&digest))).await?;
+        }
         (ctx.progress)(PullEvent::Resolved {
             reference: reference.to_string(),
             manifest: manifest_desc.digest.clone(),
@@ -607,7 +622,10 @@ impl RegistryClient {
         // Config first (small, and it says how many layers to expect), then the layers at once.
         ctx.fetch_blob(store, &config, BlobKind::Config, "config")
             .await?;
-        let config_bytes = store.read_blob(&config.digest)?;
+        let config_bytes = {
+            let (store, digest) = (store.clone(), config.digest.clone());
+            blocking(move || store.read_blob(&digest)).await?
+        };
         if config_bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ctx.malformed("config", "larger than 4 MiB"));
         }
@@ -664,9 +682,7 @@ impl RegistryClient {
         {
             let store = store.clone();
             let record = record.clone();
-            tokio::task::spawn_blocking(move || store.put_image(&record))
-                .await
-                .map_err(|e| PullError::Task(e.to_string()))??;
+            blocking(move || store.put_image(&record)).await?;
         }
         drop(session);
         Ok(record)
