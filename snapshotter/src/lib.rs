@@ -5,7 +5,10 @@ pub mod compress;
 pub mod diff;
 pub mod layer;
 pub mod mount;
+pub mod reference;
+pub mod registry;
 pub mod snapshot;
+pub mod store;
 pub mod unpack;
 
 pub use mount::Mount;

@@ -1,0 +1,378 @@
+//! Registry credentials from the files Docker and podman keep them in: `$REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, then `$DOCKER_CONFIG/config.json` (or
+//! `~/.docker/config.json`); inline `auths`, per-registry `credHelpers` and the `credsStore`, through
+//! the `docker-credential-<name>` helper protocol. No credentials means anonymous access, and
+//! oci-client then runs the bearer-token dance the registry asks for.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::reference::DOCKER_HUB;
+
+/// The key `docker login` writes for Docker Hub, and the server helpers are asked about.
+const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
+
+/// A credential for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// An OAuth2 refresh token (`docker login` against an identity provider).
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Basic { username, .. } => {
+                write!(
+                    f,
+                    "Basic {{ username: {username:?}, password: <redacted> }}"
+                )
+            }
+            Credential::IdentityToken(_) => write!(f, "IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("read auth file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("auth file {path} is not valid JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("auth file {path}: entry {key:?} has an undecodable \"auth\" field: {message}")]
+    BadAuthField {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("credential helper {helper} for {server}: {message}")]
+    Helper {
+        helper: String,
+        server: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthFile {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default)]
+    creds_store: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperReply {
+    username: String,
+    secret: String,
+}
+
+/// Finds the credential for a registry in an ordered list of auth files.
+#[derive(Debug, Clone, Default)]
+pub struct AuthResolver {
+    files: Vec<PathBuf>,
+    helper_path: Option<OsString>,
+}
+
+impl AuthResolver {
+    /// No files: every registry is accessed anonymously.
+    pub fn anonymous() -> Self {
+        AuthResolver::default()
+    }
+
+    /// The files podman and Docker read, in podman's order (its own files first, Docker's last).
+    pub fn from_env() -> Self {
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let mut files = Vec::new();
+        if let Some(f) = env("REGISTRY_AUTH_FILE") {
+            files.push(f);
+        }
+        if let Some(run) = env("XDG_RUNTIME_DIR") {
+            files.push(run.join("containers/auth.json"));
+        }
+        match (env("DOCKER_CONFIG"), env("HOME")) {
+            (Some(dir), _) => files.push(dir.join("config.json")),
+            (None, Some(home)) => files.push(home.join(".docker/config.json")),
+            (None, None) => {}
+        }
+        AuthResolver {
+            files,
+            helper_path: None,
+        }
+    }
+
+    /// Exactly these files, in this order.
+    pub fn with_files(files: impl IntoIterator<Item = PathBuf>) -> Self {
+        AuthResolver {
+            files: files.into_iter().collect(),
+            helper_path: None,
+        }
+    }
+
+    /// Look up `docker-credential-*` helpers in this `PATH`-style list instead of the process's.
+    pub fn helper_path(mut self, path: impl Into<OsString>) -> Self {
+        self.helper_path = Some(path.into());
+        self
+    }
+
+    /// The files consulted, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The credential for `repository` on `registry` (as normalised references name it,
+    /// `docker.io` for Docker Hub), or `None` for anonymous access. Missing files are skipped;
+    /// the first file that has something for the registry decides.
+    pub fn credential(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credential>, AuthError> {
+        for path in &self.files {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(AuthError::Read {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            };
+            let file: AuthFile =
+                serde_json::from_slice(&text).map_err(|source| AuthError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            if let Some(c) = self.lookup_file(path, &file, registry, repository)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    fn lookup_file(
+        &self,
+        path: &Path,
+        file: &AuthFile,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credential>, AuthError> {
+        let server = if registry == DOCKER_HUB {
+            DOCKER_HUB_AUTH_KEY
+        } else {
+            registry
+        };
+        // Docker's order: a helper named for the registry, then the default store, then inline.
+        let helper = file
+            .cred_helpers
+            .iter()
+            .find(|(k, _)| normalize_key(k) == normalize_key(registry))
+            .map(|(_, v)| v)
+            .or(file.creds_store.as_ref())
+            .filter(|h| !h.is_empty());
+        if let Some(helper) = helper
+            && let Some(c) = self.run_helper(helper, server)?
+        {
+            return Ok(Some(c));
+        }
+        // podman allows keys scoped to a namespace or repository; the longest match wins.
+        let mut scopes = vec![normalize_key(registry)];
+        let mut prefix = normalize_key(registry);
+        for part in repository.split('/') {
+            prefix = format!("{prefix}/{part}");
+            scopes.push(prefix.clone());
+        }
+        for scope in scopes.iter().rev() {
+            let hit = file.auths.iter().find(|(k, _)| normalize_key(k) == *scope);
+            if let Some((key, entry)) = hit
+                && let Some(c) = entry_credential(path, key, entry)?
+            {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    fn run_helper(&self, helper: &str, server: &str) -> Result<Option<Credential>, AuthError> {
+        let program = format!("docker-credential-{helper}");
+        let fail = |message: String| AuthError::Helper {
+            helper: program.clone(),
+            server: server.to_string(),
+            message,
+        };
+        let mut cmd = Command::new(self.resolve_helper(&program));
+        cmd.arg("get")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run it: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(server.as_bytes())
+                .map_err(|e| fail(format!("write request: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("wait: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            // The helper protocol's way of saying "nothing stored for this server".
+            if stdout.contains("credentials not found") {
+                return Ok(None);
+            }
+            return Err(fail(format!(
+                "{}: {}{}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let reply: HelperReply = serde_json::from_slice(&out.stdout)
+            .map_err(|e| fail(format!("unreadable reply {:?}: {e}", stdout.trim())))?;
+        if reply.username == "<token>" {
+            return Ok(Some(Credential::IdentityToken(reply.secret)));
+        }
+        if reply.username.is_empty() && reply.secret.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Credential::Basic {
+            username: reply.username,
+            password: reply.secret,
+        }))
+    }
+
+    fn resolve_helper(&self, program: &str) -> PathBuf {
+        if let Some(path) = &self.helper_path {
+            for dir in std::env::split_paths(path) {
+                let candidate = dir.join(program);
+                if candidate.is_file() {
+                    return candidate;
+                }
+            }
+        }
+        PathBuf::from(program)
+    }
+}
+
+/// Auth file keys come as `host`, `https://host/v1/`, `http://host`, or podman's `host/ns/repo`;
+/// Docker Hub under several names.
+fn normalize_key(key: &str) -> String {
+    let stripped = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"));
+    let key = match stripped {
+        // With a scheme the path is an API version (`/v1/`), not a repository scope.
+        Some(rest) => rest.split('/').next().unwrap_or(rest),
+        None => key.trim_end_matches('/'),
+    };
+    let (host, scope) = match key.split_once('/') {
+        Some((h, s)) => (h, Some(s)),
+        None => (key, None),
+    };
+    let host = match host {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+        h => h,
+    };
+    match scope {
+        Some(s) => format!("{host}/{s}"),
+        None => host.to_string(),
+    }
+}
+
+fn entry_credential(
+    path: &Path,
+    key: &str,
+    entry: &AuthEntry,
+) -> Result<Option<Credential>, AuthError> {
+    if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credential::IdentityToken(token.clone())));
+    }
+    if let Some(auth) = entry.auth.as_ref().filter(|a| !a.is_empty()) {
+        let bad = |message: String| AuthError::BadAuthField {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = engine
+            .decode(auth.trim())
+            .map_err(|e| bad(format!("not base64: {e}")))?;
+        let decoded = String::from_utf8(decoded).map_err(|_| bad("not UTF-8".into()))?;
+        let (username, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| bad("want base64 of user:password".into()))?;
+        return Ok(Some(Credential::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        }));
+    }
+    if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+        return Ok(Some(Credential::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_normalise_to_registry() {
+        assert_eq!(normalize_key("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(normalize_key("index.docker.io"), "docker.io");
+        assert_eq!(normalize_key("registry-1.docker.io"), "docker.io");
+        assert_eq!(normalize_key("http://127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(normalize_key("quay.io/ns/repo"), "quay.io/ns/repo");
+        assert_eq!(normalize_key("quay.io/"), "quay.io");
+        assert_eq!(normalize_key("index.docker.io/u/app"), "docker.io/u/app");
+    }
+}

@@ -1,0 +1,288 @@
+//! The registry client: talks the distribution protocol through oci-client and lands what it fetches
+//! in the content store. Pull is here now; push will sit beside it on the same client (same auth,
+//! same http/https choice, same retry policy).
+//!
+//! Plain http is used only for loopback registries and those the caller marks insecure; everything
+//! else is https with the system roots (rustls, ring).
+
+mod auth;
+mod pull;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+
+pub use auth::{AuthError, AuthResolver, Credential};
+pub use pull::{BlobKind, PullError, PullEvent};
+
+use crate::reference::Reference;
+
+/// An `os/arch[/variant]` triple as image indexes name platforms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this process runs on, in Go's (and so OCI's) names.
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "x86" => ("386", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
+            "powerpc64" => ("ppc64", None),
+            "loongarch64" => ("loong64", None),
+            "mips64" if cfg!(target_endian = "little") => ("mips64le", None),
+            other => (other, None),
+        };
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// Whether an index entry's platform fits this one. A missing variant on either side fits
+    /// (arm64 entries rarely say v8).
+    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        self.os == os
+            && self.architecture == architecture
+            && match (self.variant.as_deref(), variant) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// When and how long to retry transient failures (5xx, 408, 429, connection errors, timeouts).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries in all, including the first.
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before try number `attempt + 1` (`attempt` counts from 1), doubling each time.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// How the client behaves.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]` as references name them) that may be reached over plain http.
+    /// Loopback registries always may.
+    pub insecure: Vec<String>,
+    pub auth: AuthResolver,
+    pub retry: RetryPolicy,
+    /// Blobs downloaded at once.
+    pub max_concurrent_downloads: usize,
+    pub platform: Platform,
+    /// Per read on a connection; a registry that stalls longer is retried.
+    pub read_timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: Vec::new(),
+            auth: AuthResolver::from_env(),
+            retry: RetryPolicy::default(),
+            max_concurrent_downloads: 4,
+            platform: Platform::host(),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A registry client. Holds token caches, so keep one per process rather than one per pull.
+pub struct RegistryClient {
+    config: RegistryConfig,
+    https: oci_client::Client,
+    http: oci_client::Client,
+}
+
+static CRYPTO_PROVIDER: Once = Once::new();
+
+/// oci-client is built without a TLS provider so that aws-lc is not compiled; rustls then needs
+/// one installed process-wide before the first TLS connection.
+fn install_crypto_provider() {
+    CRYPTO_PROVIDER.call_once(|| {
+        // Another part of the process may have installed one already; that one is fine too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl RegistryClient {
+    pub fn new(config: RegistryConfig) -> RegistryClient {
+        install_crypto_provider();
+        let make = |protocol| {
+            oci_client::Client::new(ClientConfig {
+                protocol,
+                read_timeout: Some(config.read_timeout),
+                connect_timeout: Some(Duration::from_secs(30)),
+                max_concurrent_download: config.max_concurrent_downloads,
+                ..ClientConfig::default()
+            })
+        };
+        RegistryClient {
+            https: make(ClientProtocol::Https),
+            http: make(ClientProtocol::Http),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Whether `registry` is reached over plain http: loopback hosts and those marked insecure.
+    pub fn uses_plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry) || self.config.insecure.iter().any(|r| r == registry)
+    }
+
+    fn client_for(&self, reference: &Reference) -> &oci_client::Client {
+        if self.uses_plain_http(reference.registry()) {
+            &self.http
+        } else {
+            &self.https
+        }
+    }
+
+    fn registry_auth(&self, reference: &Reference) -> Result<RegistryAuth, PullError> {
+        match self
+            .config
+            .auth
+            .credential(reference.registry(), reference.repository())?
+        {
+            None => Ok(RegistryAuth::Anonymous),
+            Some(Credential::Basic { username, password }) => {
+                Ok(RegistryAuth::Basic(username, password))
+            }
+            Some(Credential::IdentityToken(_)) => Err(PullError::IdentityToken {
+                registry: reference.registry().to_string(),
+            }),
+        }
+    }
+}
+
+/// Whether a `host[:port]` is this machine: `localhost`, 127.0.0.0/8, `::1`.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        registry.split(':').next().unwrap_or_default()
+    };
+    if host == "localhost" {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The oci-client form of a reference (it maps `docker.io` to Docker Hub's API host itself).
+fn oci_reference(reference: &Reference) -> oci_client::Reference {
+    let registry = reference.registry().to_string();
+    let repository = reference.repository().to_string();
+    match (reference.tag(), reference.digest()) {
+        (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
+            registry,
+            repository,
+            tag.to_string(),
+            digest.to_string(),
+        ),
+        (None, Some(digest)) => {
+            oci_client::Reference::with_digest(registry, repository, digest.to_string())
+        }
+        (tag, None) => oci_client::Reference::with_tag(
+            registry,
+            repository,
+            tag.unwrap_or("latest").to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for yes in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(yes), "{yes}");
+        }
+        for no in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "[fc00::1]:5000",
+            "localhost.example.com",
+        ] {
+            assert!(!is_loopback(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy {
+            attempts: 9,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(4), Duration::from_millis(800));
+        assert_eq!(p.backoff(5), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn platform_matching_tolerates_missing_variant() {
+        let arm = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        };
+        assert!(arm.matches("linux", "arm64", None));
+        assert!(arm.matches("linux", "arm64", Some("v8")));
+        assert!(!arm.matches("linux", "arm64", Some("v9")));
+        assert!(!arm.matches("linux", "amd64", None));
+        assert_eq!(arm.to_string(), "linux/arm64/v8");
+    }
+}

@@ -1,0 +1,773 @@
+//! Pull: resolve a reference to a manifest (through an index when the tag names one, picking the
+//! host platform), then stream config and layers into the store with their digests checked on the
+//! way in, several at once, skipping blobs the store already has, retrying what fails transiently,
+//! and reporting progress. Ends by recording the image in the store for unpack to find.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
+use oci_client::manifest::OciDescriptor;
+use serde::Deserialize;
+
+use super::{AuthError, RegistryClient, oci_reference};
+use crate::reference::Reference;
+use crate::store::{Descriptor, Digest, ImageRecord, Ingest, Store, StoreError};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+const ACCEPTED_MANIFESTS: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+
+/// Layer media types unpack knows: OCI plain/gzip/zstd (and their non-distributable forms) and
+/// Docker's gzip.
+const LAYER_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
+/// Manifests and configs larger than this are refused rather than buffered.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Which part of an image a blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    Config,
+    Layer,
+}
+
+/// What a pull reports as it goes, for the CLI to draw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullEvent {
+    /// The reference resolved to this manifest.
+    Resolved {
+        reference: String,
+        manifest: Digest,
+        platform: String,
+        layers: usize,
+    },
+    /// A blob download began.
+    Started {
+        digest: Digest,
+        kind: BlobKind,
+        total: u64,
+    },
+    /// Bytes of a blob received so far.
+    Progress {
+        digest: Digest,
+        bytes: u64,
+        total: u64,
+    },
+    /// A blob is in the store, verified.
+    Done { digest: Digest, bytes: u64 },
+    /// The store already had the blob; nothing was downloaded.
+    Cached {
+        digest: Digest,
+        kind: BlobKind,
+        total: u64,
+    },
+    /// A transient failure; the request is tried again after `delay`.
+    Retrying {
+        what: String,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+}
+
+/// Why a pull failed. Every variant names the registry or reference involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(
+        "registry {registry} sent wrong bytes for {what} of {reference}: expected digest {expected}, got {actual}"
+    )]
+    DigestMismatch {
+        registry: String,
+        reference: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "registry {registry} sent {actual} bytes for {what} of {reference}, the manifest says {expected}"
+    )]
+    SizeMismatch {
+        registry: String,
+        reference: String,
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{reference} has no image for {wanted}; the index offers: {}", available.join(", "))]
+    NoPlatform {
+        reference: String,
+        wanted: String,
+        available: Vec<String>,
+    },
+    #[error("{reference}: {what} has unsupported media type {media_type:?}")]
+    MediaType {
+        reference: String,
+        what: String,
+        media_type: String,
+    },
+    #[error("{reference}: bad {what}: {message}")]
+    Malformed {
+        reference: String,
+        what: String,
+        message: String,
+    },
+    #[error("registry {registry}: {what} of {reference}: {source}")]
+    Registry {
+        registry: String,
+        reference: String,
+        what: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error(
+        "registry {registry}: the stored login is an identity token, which forge cannot use yet; log in with a username and password or access token"
+    )]
+    IdentityToken { registry: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// The fields of a manifest or index forge reads; unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<i64>,
+    media_type: Option<String>,
+    config: Option<OciDescriptor>,
+    layers: Option<Vec<OciDescriptor>>,
+    manifests: Option<Vec<RawIndexEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIndexEntry {
+    media_type: String,
+    digest: String,
+    size: i64,
+    platform: Option<RawPlatform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPlatform {
+    architecture: String,
+    os: String,
+    variant: Option<String>,
+}
+
+impl RawPlatform {
+    fn show(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
+            None => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    architecture: Option<String>,
+    os: Option<String>,
+    variant: Option<String>,
+    rootfs: Option<RawRootfs>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRootfs {
+    diff_ids: Vec<String>,
+}
+
+/// How one failed request should be handled.
+enum Failure {
+    Transient(String, PullError),
+    Fatal(PullError),
+}
+
+/// Context shared by the pieces of one pull, for error messages.
+struct Ctx<'a> {
+    client: &'a RegistryClient,
+    reference: &'a Reference,
+    oci: oci_client::Reference,
+    progress: &'a (dyn Fn(PullEvent) + Send + Sync),
+}
+
+impl Ctx<'_> {
+    fn registry_error(&self, what: &str, source: OciDistributionError) -> PullError {
+        PullError::Registry {
+            registry: self.reference.registry().to_string(),
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    fn malformed(&self, what: &str, message: impl Into<String>) -> PullError {
+        PullError::Malformed {
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn digest_mismatch(&self, what: &str, expected: &str, actual: &str) -> PullError {
+        PullError::DigestMismatch {
+            registry: self.reference.registry().to_string(),
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+
+    fn classify(&self, what: &str, e: OciDistributionError) -> Failure {
+        let transient = match &e {
+            OciDistributionError::ServerError { code, .. } => {
+                *code >= 500 || *code == 408 || *code == 429
+            }
+            OciDistributionError::RequestError(r) => {
+                !(r.is_builder() || r.is_redirect() || r.is_status())
+            }
+            OciDistributionError::IoError(_) => true,
+            _ => false,
+        };
+        let text = e.to_string();
+        let err = self.registry_error(what, e);
+        if transient {
+            Failure::Transient(text, err)
+        } else {
+            Failure::Fatal(err)
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, PullError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let policy = &self.client.config.retry;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(text, e)) => {
+                    if attempt >= policy.attempts.max(1) {
+                        return Err(e);
+                    }
+                    let delay = policy.backoff(attempt);
+                    (self.progress)(PullEvent::Retrying {
+                        what: what.to_string(),
+                        attempt,
+                        delay,
+                        error: text,
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Fetches a manifest or index by tag or digest; returns its bytes and their digest (checked
+    /// against the reference's digest when it has one).
+    async fn fetch_manifest(
+        &self,
+        oci: &oci_client::Reference,
+        auth: &oci_client::secrets::RegistryAuth,
+        what: &str,
+    ) -> Result<(Vec<u8>, Digest), PullError> {
+        let client = self.client.client_for(self.reference);
+        let body = self
+            .retry(what, || async {
+                match client
+                    .pull_manifest_raw(oci, auth, ACCEPTED_MANIFESTS)
+                    .await
+                {
+                    Ok((body, _)) => Ok(body),
+                    Err(OciDistributionError::DigestError(OciDigestError::VerificationError {
+                        expected,
+                        actual,
+                    })) => Err(Failure::Fatal(
+                        self.digest_mismatch(what, &expected, &actual),
+                    )),
+                    Err(e) => Err(self.classify(what, e)),
+                }
+            })
+            .await?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(self.malformed(what, format!("{} bytes is too large", body.len())));
+        }
+        let actual = Digest::of(&body);
+        if let Some(expected) = oci.digest()
+            && expected != actual.to_string()
+        {
+            return Err(self.digest_mismatch(what, expected, &actual.to_string()));
+        }
+        Ok((body.to_vec(), actual))
+    }
+
+    /// Streams one blob into the store, verified; returns whether it was downloaded (false: the
+    /// store had it).
+    async fn fetch_blob(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: BlobKind,
+        what: &str,
+    ) -> Result<bool, PullError> {
+        let cached = || {
+            (self.progress)(PullEvent::Cached {
+                digest: desc.digest.clone(),
+                kind,
+                total: desc.size,
+            })
+        };
+        if store.has_blob(&desc.digest) {
+            crate::store::touch(&store.blob_path(&desc.digest));
+            cached();
+            return Ok(false);
+        }
+        let downloaded = self
+            .retry(what, || self.download_once(store, desc, kind, what))
+            .await?;
+        if !downloaded {
+            cached();
+        }
+        Ok(downloaded)
+    }
+
+    async fn download_once(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: BlobKind,
+        what: &str,
+    ) -> Result<bool, Failure> {
+        let fatal = |e: PullError| Failure::Fatal(e);
+        let ingest = {
+            let store = store.clone();
+            let digest = desc.digest.clone();
+            let size = desc.size;
+            tokio::task::spawn_blocking(move || store.ingest(&digest, Some(size)))
+                .await
+                .map_err(|e| fatal(PullError::Task(e.to_string())))?
+                .map_err(|e| fatal(e.into()))?
+        };
+        let Ingest::Write(mut writer) = ingest else {
+            return Ok(false);
+        };
+        let oci_desc = OciDescriptor {
+            media_type: "application/octet-stream".to_string(),
+            digest: desc.digest.to_string(),
+            size: desc.size as i64,
+            ..OciDescriptor::default()
+        };
+        let client = self.client.client_for(self.reference);
+        (self.progress)(PullEvent::Started {
+            digest: desc.digest.clone(),
+            kind,
+            total: desc.size,
+        });
+        let mut stream = match client.pull_blob_stream(&self.oci, &oci_desc).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.classify(what, e)),
+        };
+
+        // Hashing and disk writes happen on a blocking thread fed through a small channel, so the
+        // network side never waits on fsync and memory stays bounded per download.
+        let (tx, mut rx) = chunk_channel(&stream);
+        let sink = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write_chunk(&chunk)?;
+            }
+            Ok::<_, StoreError>(writer)
+        });
+
+        let mut received: u64 = 0;
+        let mut stream_error = None;
+        let mut digest_reported_bad = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    if tx.send(bytes).await.is_err() {
+                        // The writer stopped (too many bytes, disk error); its error says why.
+                        break;
+                    }
+                    (self.progress)(PullEvent::Progress {
+                        digest: desc.digest.clone(),
+                        bytes: received,
+                        total: desc.size,
+                    });
+                }
+                Err(e) => {
+                    // oci-client's own digest check fires at the end of the stream; the store
+                    // repeats it on commit with our own count, which gives the actual digest.
+                    let is_digest = e
+                        .get_ref()
+                        .is_some_and(|inner| inner.downcast_ref::<OciDigestError>().is_some());
+                    if is_digest {
+                        digest_reported_bad = true;
+                    } else {
+                        stream_error = Some(e);
+                    }
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let writer = sink
+            .await
+            .map_err(|e| fatal(PullError::Task(e.to_string())))?;
+        let writer = match writer {
+            Ok(w) => w,
+            Err(StoreError::SizeMismatch {
+                expected, actual, ..
+            }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
+            Err(e) => return Err(fatal(e.into())),
+        };
+        if let Some(e) = stream_error {
+            // The connection broke mid-blob: drop the partial temp file and try again.
+            let text = e.to_string();
+            return Err(Failure::Transient(
+                text,
+                self.registry_error(what, OciDistributionError::IoError(e)),
+            ));
+        }
+        let written = writer.written();
+        if written < desc.size && !digest_reported_bad {
+            let text = format!("stream ended after {written} of {} bytes", desc.size);
+            return Err(Failure::Transient(
+                text,
+                self.size_mismatch(what, desc.size, written),
+            ));
+        }
+        let committed = tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| fatal(PullError::Task(e.to_string())))?;
+        match committed {
+            Ok(()) => {}
+            Err(StoreError::DigestMismatch { expected, actual }) => {
+                return Err(fatal(self.digest_mismatch(
+                    what,
+                    &expected.to_string(),
+                    &actual.to_string(),
+                )));
+            }
+            Err(StoreError::SizeMismatch {
+                expected, actual, ..
+            }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
+            Err(e) => return Err(fatal(e.into())),
+        }
+        (self.progress)(PullEvent::Done {
+            digest: desc.digest.clone(),
+            bytes: written,
+        });
+        Ok(true)
+    }
+
+    fn size_mismatch(&self, what: &str, expected: u64, actual: u64) -> PullError {
+        PullError::SizeMismatch {
+            registry: self.reference.registry().to_string(),
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            expected,
+            actual,
+        }
+    }
+}
+
+/// Runs a store operation (file I/O, fsync, database) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Task(e.to_string()))?
+        .map_err(PullError::from)
+}
+
+/// A bounded channel carrying the stream's chunk type (oci-client's `Bytes`, unnamed here).
+fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
+    _: &S,
+) -> (tokio::sync::mpsc::Sender<T>, tokio::sync::mpsc::Receiver<T>) {
+    tokio::sync::mpsc::channel(8)
+}
+
+impl RegistryClient {
+    /// Pulls `reference` into `store` and records it there; returns the record. `progress` is
+    /// called from the pulling task for every event.
+    pub async fn pull(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<ImageRecord, PullError> {
+        let auth = self.registry_auth(reference)?;
+        let ctx = Ctx {
+            client: self,
+            reference,
+            oci: oci_reference(reference),
+            progress,
+        };
+        // Keeps prune away until the record below references what this pull brings in.
+        let session = {
+            let store = store.clone();
+            blocking(move || store.session()).await?
+        };
+
+        let (top_bytes, top_digest) = ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await?;
+        let top: RawManifest = serde_json::from_slice(&top_bytes)
+            .map_err(|e| ctx.malformed("manifest", e.to_string()))?;
+        let top_type = manifest_type(&top, &ctx)?;
+
+        let (index, manifest_bytes, manifest_desc, chosen_platform) = if top.manifests.is_some() {
+            let entry = self.choose_platform(&top, &ctx)?;
+            let digest: Digest = entry
+                .digest
+                .parse()
+                .map_err(|e: crate::store::DigestError| ctx.malformed("index", e.to_string()))?;
+            let oci = oci_reference(&reference.with_digest(&digest.to_string()));
+            let (bytes, actual) = ctx.fetch_manifest(&oci, &auth, "platform manifest").await?;
+            debug_assert_eq!(actual, digest);
+            if bytes.len() as i64 != entry.size {
+                return Err(ctx.size_mismatch(
+                    "platform manifest",
+                    entry.size.max(0) as u64,
+                    bytes.len() as u64,
+                ));
+            }
+            let index_desc = Descriptor {
+                media_type: top_type,
+                digest: top_digest.clone(),
+                size: top_bytes.len() as u64,
+            };
+            {
+                let (store, bytes, digest) = (store.clone(), top_bytes.clone(), top_digest.clone());
+                blocking(move || store.write_blob(&bytes, Some(&digest))).await?;
+            }
+            let manifest_desc = Descriptor {
+                media_type: entry.media_type.clone(),
+                digest,
+                size: bytes.len() as u64,
+            };
+            let platform = entry.platform.as_ref().map(RawPlatform::show);
+            (Some(index_desc), bytes, manifest_desc, platform)
+        } else {
+            let desc = Descriptor {
+                media_type: top_type,
+                digest: top_digest.clone(),
+                size: top_bytes.len() as u64,
+            };
+            (None, top_bytes, desc, None)
+        };
+
+        let manifest: RawManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| ctx.malformed("platform manifest", e.to_string()))?;
+        if manifest.manifests.is_some() {
+            return Err(ctx.malformed("platform manifest", "an index inside an index"));
+        }
+        manifest_type(&manifest, &ctx)?;
+        let config = descriptor(&ctx, "config", manifest.config.as_ref())?;
+        let layers = manifest
+            .layers
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let d = descriptor(&ctx, &format!("layer {i}"), Some(l))?;
+                if !LAYER_TYPES.contains(&d.media_type.as_str()) {
+                    return Err(PullError::MediaType {
+                        reference: reference.to_string(),
+                        what: format!("layer {i} ({})", d.digest),
+                        media_type: d.media_type,
+                    });
+                }
+                Ok(d)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        {
+            let (store, bytes) = (store.clone(), manifest_bytes.clone());
+            let digest = manifest_desc.digest.clone();
+            blocking(move || store.write_blob(&bytes, Some(&digest))).await?;
+        }
+        (ctx.progress)(PullEvent::Resolved {
+            reference: reference.to_string(),
+            manifest: manifest_desc.digest.clone(),
+            platform: chosen_platform
+                .clone()
+                .unwrap_or_else(|| self.config.platform.to_string()),
+            layers: layers.len(),
+        });
+
+        // Config first (small, and it says how many layers to expect), then the layers at once.
+        ctx.fetch_blob(store, &config, BlobKind::Config, "config")
+            .await?;
+        let config_bytes = {
+            let (store, digest) = (store.clone(), config.digest.clone());
+            blocking(move || store.read_blob(&digest)).await?
+        };
+        if config_bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ctx.malformed("config", "larger than 4 MiB"));
+        }
+        let raw_config: RawConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| ctx.malformed("config", e.to_string()))?;
+        if let Some(rootfs) = &raw_config.rootfs
+            && rootfs.diff_ids.len() != layers.len()
+        {
+            return Err(ctx.malformed(
+                "config",
+                format!(
+                    "{} diff_ids for {} layers",
+                    rootfs.diff_ids.len(),
+                    layers.len()
+                ),
+            ));
+        }
+
+        let limit = self.config.max_concurrent_downloads.max(1);
+        let mut downloads = futures::stream::iter(layers.iter().enumerate())
+            .map(|(i, layer)| {
+                let ctx = &ctx;
+                async move {
+                    ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
+                        .await
+                }
+            })
+            .buffer_unordered(limit);
+        while let Some(result) = downloads.next().await {
+            result?;
+        }
+        drop(downloads);
+
+        let platform = chosen_platform.unwrap_or_else(|| {
+            let os = raw_config.os.clone().unwrap_or_else(|| "unknown".into());
+            let arch = raw_config
+                .architecture
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            match &raw_config.variant {
+                Some(v) => format!("{os}/{arch}/{v}"),
+                None => format!("{os}/{arch}"),
+            }
+        });
+        let record = ImageRecord {
+            reference: reference.to_string(),
+            index,
+            manifest: manifest_desc,
+            config,
+            layers,
+            platform,
+            recorded_unix: crate::store::unix_now(),
+        };
+        {
+            let store = store.clone();
+            let record = record.clone();
+            blocking(move || store.put_image(&record)).await?;
+        }
+        drop(session);
+        Ok(record)
+    }
+
+    fn choose_platform<'m>(
+        &self,
+        index: &'m RawManifest,
+        ctx: &Ctx<'_>,
+    ) -> Result<&'m RawIndexEntry, PullError> {
+        let entries = index.manifests.as_deref().unwrap_or_default();
+        let wanted = &self.config.platform;
+        let fits = |e: &&RawIndexEntry| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| wanted.matches(&p.os, &p.architecture, p.variant.as_deref()))
+                && matches!(e.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST)
+        };
+        // An exact variant match beats an entry that leaves the variant out.
+        let exact = entries.iter().filter(fits).find(|e| {
+            e.platform.as_ref().and_then(|p| p.variant.as_deref()) == wanted.variant.as_deref()
+        });
+        if let Some(e) = exact.or_else(|| entries.iter().find(fits)) {
+            return Ok(e);
+        }
+        let mut available: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.platform.as_ref())
+            .filter(|p| p.os != "unknown")
+            .map(RawPlatform::show)
+            .collect();
+        available.dedup();
+        if available.is_empty() {
+            available.push("(none)".into());
+        }
+        Err(PullError::NoPlatform {
+            reference: ctx.reference.to_string(),
+            wanted: wanted.to_string(),
+            available,
+        })
+    }
+}
+
+/// The manifest's media type, from its `mediaType` field or, failing that, its shape.
+fn manifest_type(m: &RawManifest, ctx: &Ctx<'_>) -> Result<String, PullError> {
+    if m.schema_version != Some(2) {
+        let what = match m.media_type.as_deref() {
+            Some(DOCKER_SCHEMA1) | None if m.schema_version == Some(1) => {
+                "Docker schema 1 manifest (deprecated; re-push the image with a current client)"
+                    .to_string()
+            }
+            _ => format!("schemaVersion {:?}", m.schema_version),
+        };
+        return Err(ctx.malformed("manifest", format!("unsupported {what}")));
+    }
+    let ty = match (&m.media_type, &m.manifests) {
+        (Some(t), _) => t.clone(),
+        (None, Some(_)) => OCI_INDEX.to_string(),
+        (None, None) => OCI_MANIFEST.to_string(),
+    };
+    if !ACCEPTED_MANIFESTS.contains(&ty.as_str()) {
+        return Err(PullError::MediaType {
+            reference: ctx.reference.to_string(),
+            what: "manifest".into(),
+            media_type: ty,
+        });
+    }
+    Ok(ty)
+}
+
+fn descriptor(
+    ctx: &Ctx<'_>,
+    what: &str,
+    d: Option<&OciDescriptor>,
+) -> Result<Descriptor, PullError> {
+    let d = d.ok_or_else(|| ctx.malformed("manifest", format!("no {what} descriptor")))?;
+    let digest = d
+        .digest
+        .parse()
+        .map_err(|e: crate::store::DigestError| ctx.malformed(what, e.to_string()))?;
+    let size = u64::try_from(d.size)
+        .map_err(|_| ctx.malformed(what, format!("negative size {}", d.size)))?;
+    Ok(Descriptor {
+        media_type: d.media_type.clone(),
+        digest,
+        size,
+    })
+}

@@ -1,0 +1,541 @@
+//! The store's metadata in redb: image records, roots (anything that keeps blobs alive: an image, a
+//! cache entry), per-blob reference counts derived from the roots in the same transaction, leases,
+//! and unpacked-layer records. Also prune and the consistency check, which read it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{Digest, LockMode, Store, StoreError, io_err, lock_file, unix_now};
+
+const IMAGES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("images");
+const ROOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("roots");
+const REFCOUNTS: TableDefinition<'_, &str, u64> = TableDefinition::new("refcounts");
+const LEASES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("leases");
+const UNPACKED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("unpacked");
+
+/// The root kind image records register under.
+const IMAGE_ROOT: &str = "image";
+
+pub(crate) fn db_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    }
+}
+
+/// `?` for redb results inside a database closure.
+trait Db<T> {
+    fn db(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> Db<T> for Result<T, E> {
+    fn db(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| db_error(path, e))
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        table,
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise to JSON")
+}
+
+/// Creates the tables so that later read transactions find them.
+pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().db(path)?;
+    txn.open_table(IMAGES).db(path)?;
+    txn.open_table(ROOTS).db(path)?;
+    txn.open_table(REFCOUNTS).db(path)?;
+    txn.open_table(LEASES).db(path)?;
+    txn.open_table(UNPACKED).db(path)?;
+    txn.commit().db(path)
+}
+
+/// A content descriptor as manifests carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What the store knows about a pulled (or, later, built) image: enough for unpack to find every
+/// layer and for push to find every blob without asking the registry again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The normalised reference it was pulled as, `docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// The index (manifest list) the reference resolved to, when it was one.
+    pub index: Option<Descriptor>,
+    /// The platform manifest.
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    /// Layers in manifest order (base first), with their media types (gzip, zstd, plain tar).
+    pub layers: Vec<Descriptor>,
+    /// `os/arch[/variant]` of the chosen manifest.
+    pub platform: String,
+    /// When it was recorded, in seconds since the epoch.
+    pub recorded_unix: u64,
+}
+
+impl ImageRecord {
+    /// Every blob the image needs: index, manifest, config and layers.
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = self.index.iter().map(|d| d.digest.clone()).collect();
+        out.push(self.manifest.digest.clone());
+        out.push(self.config.digest.clone());
+        out.extend(self.layers.iter().map(|l| l.digest.clone()));
+        out
+    }
+}
+
+/// A temporary hold on blobs, for content that is in the store before anything records it
+/// (a build's intermediate layers). Expired leases are dropped by prune.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub digests: Vec<Digest>,
+    /// Seconds since the epoch after which the lease no longer holds anything; `None` holds until
+    /// removed.
+    pub expires_unix: Option<u64>,
+}
+
+/// A layer already unpacked into a snapshot, so it is unpacked once and shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackedLayer {
+    /// The compressed layer blob it came from.
+    pub layer: Digest,
+    /// The sha256 of the uncompressed tar, when the unpacker computed it.
+    pub diff_id: Option<Digest>,
+    /// The snapshotter's key for the result.
+    pub snapshot: String,
+    /// Bytes on disk.
+    pub size: u64,
+    pub recorded_unix: u64,
+}
+
+/// What prune may remove. Only blobs no root and no live lease references are ever candidates;
+/// the policy narrows that further.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePolicy {
+    /// Only remove blobs not used (written or pulled again) for at least this long.
+    pub older_than: Option<Duration>,
+    /// Stop removing once the store's blobs total at most this many bytes (oldest go first).
+    pub keep_bytes: Option<u64>,
+}
+
+/// What prune did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub removed: Vec<Digest>,
+    pub freed_bytes: u64,
+    pub kept_blobs: usize,
+    pub kept_bytes: u64,
+    pub expired_leases: Vec<String>,
+}
+
+/// Result of [`Store::check`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Blobs read and hashed.
+    pub blobs: usize,
+    /// Blobs whose content does not hash to their name: (name, actual).
+    pub corrupt: Vec<(Digest, Digest)>,
+    /// Blobs a root references that are not in the store.
+    pub missing: Vec<Digest>,
+    /// Reference counts that disagree with the roots: (digest, stored, recomputed).
+    pub bad_refcounts: Vec<(Digest, u64, u64)>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty() && self.bad_refcounts.is_empty()
+    }
+}
+
+fn root_key(kind: &str, name: &str) -> String {
+    format!("{kind}\n{name}")
+}
+
+/// Replaces the digests a root holds and moves the reference counts accordingly, inside `txn`.
+fn set_root_in(
+    txn: &redb::WriteTransaction,
+    path: &Path,
+    key: &str,
+    digests: Option<&[Digest]>,
+) -> Result<(), StoreError> {
+    let mut roots = txn.open_table(ROOTS).db(path)?;
+    let mut counts = txn.open_table(REFCOUNTS).db(path)?;
+    let old: BTreeSet<Digest> = match roots.get(key).db(path)? {
+        Some(v) => decode::<Vec<Digest>>("roots", key, v.value())?
+            .into_iter()
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let new: BTreeSet<Digest> = digests.unwrap_or_default().iter().cloned().collect();
+    for gone in old.difference(&new) {
+        let k = gone.to_string();
+        let n = counts.get(k.as_str()).db(path)?.map_or(0, |v| v.value());
+        if n <= 1 {
+            counts.remove(k.as_str()).db(path)?;
+        } else {
+            counts.insert(k.as_str(), n - 1).db(path)?;
+        }
+    }
+    for added in new.difference(&old) {
+        let k = added.to_string();
+        let n = counts.get(k.as_str()).db(path)?.map_or(0, |v| v.value());
+        counts.insert(k.as_str(), n + 1).db(path)?;
+    }
+    match digests {
+        Some(_) => {
+            let list: Vec<&Digest> = new.iter().collect();
+            roots.insert(key, encode(&list).as_slice()).db(path)?;
+        }
+        None => {
+            roots.remove(key).db(path)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Records an image (replacing any record of the same reference) and takes references on all
+    /// its blobs, in one transaction.
+    pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            {
+                let mut images = txn.open_table(IMAGES).db(path)?;
+                images
+                    .insert(image.reference.as_str(), encode(image).as_slice())
+                    .db(path)?;
+            }
+            set_root_in(
+                &txn,
+                path,
+                &root_key(IMAGE_ROOT, &image.reference),
+                Some(&image.blobs()),
+            )?;
+            txn.commit().db(path)
+        })
+    }
+
+    /// The record of an image by its normalised reference.
+    pub fn get_image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let images = txn.open_table(IMAGES).db(path)?;
+            match images.get(reference).db(path)? {
+                Some(v) => Ok(Some(decode("images", reference, v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every image record, by reference.
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let images = txn.open_table(IMAGES).db(path)?;
+            let mut out = Vec::new();
+            for entry in images.iter().db(path)? {
+                let (k, v) = entry.db(path)?;
+                out.push(decode("images", k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Forgets an image and drops its references; its blobs go at the next prune unless something
+    /// else holds them. Returns whether there was such an image.
+    pub fn remove_image(&self, reference: &str) -> Result<bool, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            let existed = {
+                let mut images = txn.open_table(IMAGES).db(path)?;
+                images.remove(reference).db(path)?.is_some()
+            };
+            set_root_in(&txn, path, &root_key(IMAGE_ROOT, reference), None)?;
+            txn.commit().db(path)?;
+            Ok(existed)
+        })
+    }
+
+    /// Makes `(kind, name)` a root holding exactly `digests` (for cache records and other owners
+    /// of blobs that are not images). Use a kind other than `"image"`.
+    pub fn set_root(&self, kind: &str, name: &str, digests: &[Digest]) -> Result<(), StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            set_root_in(&txn, path, &root_key(kind, name), Some(digests))?;
+            txn.commit().db(path)
+        })
+    }
+
+    /// Removes a root set with [`Store::set_root`].
+    pub fn remove_root(&self, kind: &str, name: &str) -> Result<(), StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            set_root_in(&txn, path, &root_key(kind, name), None)?;
+            txn.commit().db(path)
+        })
+    }
+
+    /// How many roots reference this blob.
+    pub fn refcount(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let counts = txn.open_table(REFCOUNTS).db(path)?;
+            let key = digest.to_string();
+            Ok(counts.get(key.as_str()).db(path)?.map_or(0, |v| v.value()))
+        })
+    }
+
+    /// Adds or replaces a lease.
+    pub fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            {
+                let mut leases = txn.open_table(LEASES).db(path)?;
+                leases
+                    .insert(lease.id.as_str(), encode(lease).as_slice())
+                    .db(path)?;
+            }
+            txn.commit().db(path)
+        })
+    }
+
+    /// Removes a lease; returns whether it existed.
+    pub fn remove_lease(&self, id: &str) -> Result<bool, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            let existed = {
+                let mut leases = txn.open_table(LEASES).db(path)?;
+                leases.remove(id).db(path)?.is_some()
+            };
+            txn.commit().db(path)?;
+            Ok(existed)
+        })
+    }
+
+    /// Records an unpacked layer under `key` (the snapshotter chooses the key, e.g. a chain id).
+    pub fn put_unpacked(&self, key: &str, record: &UnpackedLayer) -> Result<(), StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            {
+                let mut t = txn.open_table(UNPACKED).db(path)?;
+                t.insert(key, encode(record).as_slice()).db(path)?;
+            }
+            txn.commit().db(path)
+        })
+    }
+
+    /// The unpacked-layer record under `key`.
+    pub fn get_unpacked(&self, key: &str) -> Result<Option<UnpackedLayer>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let t = txn.open_table(UNPACKED).db(path)?;
+            match t.get(key).db(path)? {
+                Some(v) => Ok(Some(decode("unpacked", key, v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every unpacked-layer record with its key.
+    pub fn list_unpacked(&self) -> Result<Vec<(String, UnpackedLayer)>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let t = txn.open_table(UNPACKED).db(path)?;
+            let mut out = Vec::new();
+            for entry in t.iter().db(path)? {
+                let (k, v) = entry.db(path)?;
+                out.push((
+                    k.value().to_string(),
+                    decode("unpacked", k.value(), v.value())?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes an unpacked-layer record; returns whether it existed.
+    pub fn remove_unpacked(&self, key: &str) -> Result<bool, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            let existed = {
+                let mut t = txn.open_table(UNPACKED).db(path)?;
+                t.remove(key).db(path)?.is_some()
+            };
+            txn.commit().db(path)?;
+            Ok(existed)
+        })
+    }
+
+    /// Removes blobs nothing needs, within `policy`. Waits for running sessions and ingests to
+    /// finish and keeps new ones out meanwhile, so a blob pulled but not yet recorded is safe.
+    pub fn prune(&self, policy: &PrunePolicy) -> Result<PruneReport, StoreError> {
+        let _exclusive = lock_file(&self.store_lock, LockMode::Exclusive)?;
+        let now = unix_now();
+        let (held, expired_leases) = self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            let mut held = BTreeSet::new();
+            let mut expired = Vec::new();
+            {
+                let counts = txn.open_table(REFCOUNTS).db(path)?;
+                for entry in counts.iter().db(path)? {
+                    let (k, v) = entry.db(path)?;
+                    if v.value() > 0
+                        && let Ok(d) = k.value().parse::<Digest>()
+                    {
+                        held.insert(d);
+                    }
+                }
+                let mut leases = txn.open_table(LEASES).db(path)?;
+                for entry in leases.iter().db(path)? {
+                    let (k, v) = entry.db(path)?;
+                    let lease: Lease = decode("leases", k.value(), v.value())?;
+                    if lease.expires_unix.is_some_and(|t| t <= now) {
+                        expired.push(lease.id);
+                    } else {
+                        held.extend(lease.digests);
+                    }
+                }
+                for id in &expired {
+                    leases.remove(id.as_str()).db(path)?;
+                }
+            }
+            txn.commit().db(path)?;
+            Ok((held, expired))
+        })?;
+
+        let blobs = self.list_blobs()?;
+        let mut total: u64 = blobs.iter().map(|(_, size, _)| size).sum();
+        let cutoff = policy.older_than.map(|age| {
+            SystemTime::now()
+                .checked_sub(age)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
+        let mut candidates: Vec<&(Digest, u64, SystemTime)> = blobs
+            .iter()
+            .filter(|(d, _, mtime)| !held.contains(d) && cutoff.is_none_or(|c| *mtime <= c))
+            .collect();
+        // Oldest first, so a byte budget keeps what was used most recently.
+        candidates.sort_by_key(|(d, _, mtime)| (*mtime, d.clone()));
+
+        let mut report = PruneReport {
+            expired_leases,
+            ..PruneReport::default()
+        };
+        for (digest, size, _) in candidates {
+            if policy.keep_bytes.is_some_and(|keep| total <= keep) {
+                break;
+            }
+            let path = self.blob_path(digest);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("remove blob", &path)(e)),
+            }
+            total -= size;
+            report.freed_bytes += size;
+            report.removed.push(digest.clone());
+        }
+        if !report.removed.is_empty() {
+            super::fsync_dir(&self.blobs)?;
+        }
+        self.clean_ingest()?;
+        report.kept_blobs = blobs.len() - report.removed.len();
+        report.kept_bytes = total;
+        Ok(report)
+    }
+
+    /// Hashes every blob against its name, looks for blobs that roots reference but the store lacks,
+    /// and recomputes reference counts from the roots. For tests and `forge doctor`-style checks.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let (roots, counts) = self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let mut roots = Vec::new();
+            for entry in txn.open_table(ROOTS).db(path)?.iter().db(path)? {
+                let (k, v) = entry.db(path)?;
+                roots.push(decode::<Vec<Digest>>("roots", k.value(), v.value())?);
+            }
+            let mut counts = BTreeMap::new();
+            for entry in txn.open_table(REFCOUNTS).db(path)?.iter().db(path)? {
+                let (k, v) = entry.db(path)?;
+                let d: Digest =
+                    k.value()
+                        .parse()
+                        .map_err(|e: super::DigestError| StoreError::Record {
+                            table: "refcounts",
+                            key: k.value().to_string(),
+                            message: e.to_string(),
+                        })?;
+                counts.insert(d, v.value());
+            }
+            Ok((roots, counts))
+        })?;
+
+        let mut report = CheckReport::default();
+        let blobs = self.list_blobs()?;
+        let present: BTreeSet<&Digest> = blobs.iter().map(|(d, _, _)| d).collect();
+        for (digest, _, _) in &blobs {
+            let path = self.blob_path(digest);
+            let mut file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open blob", &path)(e)),
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = file.read(&mut buf).map_err(io_err("read blob", &path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            let actual = Digest::from_hasher(hasher);
+            if actual != *digest {
+                report.corrupt.push((digest.clone(), actual));
+            }
+            report.blobs += 1;
+        }
+
+        let mut recomputed: BTreeMap<Digest, u64> = BTreeMap::new();
+        for root in &roots {
+            for d in root {
+                *recomputed.entry(d.clone()).or_default() += 1;
+                if !present.contains(d) && !report.missing.contains(d) {
+                    report.missing.push(d.clone());
+                }
+            }
+        }
+        let keys: BTreeSet<&Digest> = recomputed.keys().chain(counts.keys()).collect();
+        for d in keys {
+            let stored = counts.get(d).copied().unwrap_or(0);
+            let want = recomputed.get(d).copied().unwrap_or(0);
+            if stored != want {
+                report.bad_refcounts.push((d.clone(), stored, want));
+            }
+        }
+        Ok(report)
+    }
+}

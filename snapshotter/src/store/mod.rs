@@ -1,0 +1,555 @@
+//! The local content store: every blob forge pulls or builds, kept by sha256 in the OCI content-store
+//! layout (`blobs/sha256/<hex>`), plus a crash-safe metadata database (redb) saying which images, cache
+//! entries and leases still need which blobs. Pull writes here; unpack, build and push read from here.
+//!
+//! Crash safety: a blob is written to a temp file in `ingest/` on the same filesystem, its digest and
+//! size verified, fsynced, renamed into place and the directory fsynced, so a name under `blobs/` is
+//! always whole. redb commits are atomic. Stale temp files are removed by the next quiet open.
+//!
+//! Several processes: `store.lock` is held shared by every writer and exclusively by prune and the
+//! open-time cleanup; `ingest/<hex>.lock` makes a second writer of the same blob wait and then find it
+//! present; `meta.lock` serialises access to the database, which is only open for one operation.
+
+mod digest;
+mod meta;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+
+pub use digest::{Digest, DigestError};
+pub use meta::{
+    CheckReport, Descriptor, ImageRecord, Lease, PrunePolicy, PruneReport, UnpackedLayer,
+};
+
+/// Errors from the content store. Each names the path or digest it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("blob content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {0} is not in the store")]
+    BlobNotFound(Digest),
+    #[error("metadata database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("metadata record {table}/{key} is unreadable: {message}")]
+    Record {
+        table: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "cannot find a home for the store: neither XDG_DATA_HOME nor HOME is set (pass a root directory)"
+    )]
+    NoHome,
+}
+
+pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The store root forge uses when none is given: `/var/lib/forge` for root, otherwise
+/// `$XDG_DATA_HOME/forge`, falling back to `~/.local/share/forge`.
+pub fn default_root() -> Result<PathBuf, StoreError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    default_root_for(
+        euid,
+        std::env::var_os("XDG_DATA_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+/// The rule behind [`default_root`], with its inputs explicit so it can be tested.
+pub fn default_root_for(
+    euid: u32,
+    xdg_data_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> Result<PathBuf, StoreError> {
+    if euid == 0 {
+        return Ok(PathBuf::from("/var/lib/forge"));
+    }
+    // The XDG spec says a relative XDG_DATA_HOME is invalid and must be ignored.
+    if let Some(xdg) = xdg_data_home.filter(|p| p.is_absolute()) {
+        return Ok(xdg.join("forge"));
+    }
+    match home {
+        Some(home) if !home.as_os_str().is_empty() => Ok(home.join(".local/share/forge")),
+        _ => Err(StoreError::NoHome),
+    }
+}
+
+/// A content store rooted at one directory. Cheap to clone paths from; holds no open database, so
+/// any number of processes may have the same root open.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    blobs: PathBuf,
+    ingest: PathBuf,
+    db_path: PathBuf,
+    meta_lock: PathBuf,
+    store_lock: PathBuf,
+}
+
+/// How to take a lock file.
+#[derive(Clone, Copy)]
+enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+fn lock_file(path: &Path, mode: LockMode) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("open lock file", path))?;
+    match mode {
+        LockMode::Shared => file.lock_shared(),
+        LockMode::Exclusive => file.lock(),
+    }
+    .map_err(io_err("lock", path))?;
+    Ok(file)
+}
+
+fn try_lock_exclusive(path: &Path) -> Result<Option<File>, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("open lock file", path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// A shared hold on the store that keeps `prune` out while it lives: take one around anything that
+/// ingests blobs and then records what references them (a pull), so prune never sees the blobs in
+/// between as garbage. Prune from the same process while holding a session would wait forever.
+#[derive(Debug)]
+pub struct Session {
+    _lock: File,
+}
+
+/// Outcome of asking to ingest a blob.
+#[derive(Debug)]
+pub enum Ingest {
+    /// The blob is already in the store (possibly written by another process meanwhile).
+    Present,
+    /// Nobody has it: write it through this writer and commit.
+    Write(BlobWriter),
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`. When no other process is using the store,
+    /// leftovers of a killed writer (temp files, lock files) are removed; the metadata database is
+    /// opened once so that redb repairs it now after a crash rather than in the middle of a pull.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        let store = Store {
+            blobs: root.join("blobs/sha256"),
+            ingest: root.join("ingest"),
+            db_path: root.join("meta.redb"),
+            meta_lock: root.join("meta.lock"),
+            store_lock: root.join("store.lock"),
+            root,
+        };
+        for dir in [&store.blobs, &store.ingest] {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        if let Some(_quiet) = try_lock_exclusive(&store.store_lock)? {
+            store.clean_ingest()?;
+        }
+        store.with_db(meta::init)?;
+        Ok(store)
+    }
+
+    /// Opens the store at [`default_root`].
+    pub fn open_default() -> Result<Store, StoreError> {
+        Store::open(default_root()?)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with this digest lives (whether or not it is present).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Whether the blob is in the store. A present blob is always whole and verified.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// The size of a present blob.
+    pub fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound(digest.clone()))
+            }
+            Err(e) => Err(io_err("stat blob", &path)(e)),
+        }
+    }
+
+    /// Opens a blob for streaming reads (a layer for unpack or push).
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, StoreError> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::BlobNotFound(digest.clone())
+            } else {
+                io_err("open blob", &path)(e)
+            }
+        })
+    }
+
+    /// Reads a whole blob; meant for manifests and configs, not layers.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        self.open_blob(digest)?
+            .read_to_end(&mut buf)
+            .map_err(io_err("read blob", &self.blob_path(digest)))?;
+        Ok(buf)
+    }
+
+    /// Takes a [`Session`]: blocks while a prune runs.
+    pub fn session(&self) -> Result<Session, StoreError> {
+        Ok(Session {
+            _lock: lock_file(&self.store_lock, LockMode::Shared)?,
+        })
+    }
+
+    /// Starts ingesting the blob `digest` (of `size` bytes when known). Blocks while another
+    /// writer, in this or another process, is ingesting the same blob; then reports
+    /// [`Ingest::Present`] if that writer finished it.
+    pub fn ingest(&self, digest: &Digest, size: Option<u64>) -> Result<Ingest, StoreError> {
+        let store_lock = lock_file(&self.store_lock, LockMode::Shared)?;
+        let blob_lock = lock_file(
+            &self.ingest.join(format!("{}.lock", digest.hex())),
+            LockMode::Exclusive,
+        )?;
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            touch(&path);
+            return Ok(Ingest::Present);
+        }
+        let tmp = self.ingest.join(format!(
+            "{}.{}.{}.tmp",
+            digest.hex(),
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create temp file", &tmp))?;
+        Ok(Ingest::Write(BlobWriter {
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            tmp,
+            path,
+            dir: self.blobs.clone(),
+            hasher: Sha256::new(),
+            written: 0,
+            expected: digest.clone(),
+            expected_size: size,
+            committed: false,
+            _blob_lock: blob_lock,
+            _store_lock: store_lock,
+        }))
+    }
+
+    /// Writes `bytes` as a blob, verifying them against `expected` when given. Returns the digest.
+    pub fn write_blob(
+        &self,
+        bytes: &[u8],
+        expected: Option<&Digest>,
+    ) -> Result<Digest, StoreError> {
+        let actual = Digest::of(bytes);
+        if let Some(expected) = expected
+            && *expected != actual
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if let Ingest::Write(mut w) = self.ingest(&actual, Some(bytes.len() as u64))? {
+            w.write_chunk(bytes)?;
+            w.commit()?;
+        }
+        Ok(actual)
+    }
+
+    /// Copies everything from `reader` into the store as blob `expected`; the bytes are verified
+    /// while they stream and nothing is kept if they do not match.
+    pub fn write_blob_from(
+        &self,
+        reader: &mut impl Read,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let Ingest::Write(mut w) = self.ingest(expected, size)? else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("read blob source for", &w.path)(e)),
+            };
+            w.write_chunk(&buf[..n])?;
+        }
+        w.commit()
+    }
+
+    /// Removes temp and lock files. Only called with `store.lock` held exclusively, so no writer is
+    /// alive: every temp file is a dead writer's.
+    fn clean_ingest(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let entries = fs::read_dir(&self.ingest).map_err(io_err("list", &self.ingest))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.ingest))?;
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove stale ingest file", &path)(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs `f` with the metadata database open, under `meta.lock`. The database is closed before
+    /// the lock is released so the next process can open it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&redb::Database, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
+        let db =
+            redb::Database::create(&self.db_path).map_err(|e| meta::db_error(&self.db_path, e))?;
+        let out = f(&db, &self.db_path);
+        drop(db);
+        out
+    }
+
+    /// Every blob file under `blobs/sha256`, with its size and modification time.
+    fn list_blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.blobs).map_err(io_err("list", &self.blobs))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.blobs))?;
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &entry.path())(e)),
+            };
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((digest, meta.len(), mtime));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Marks a blob as recently used, for the age part of the prune policy. Best effort: a read-only
+/// store still works.
+pub(crate) fn touch(path: &Path) {
+    if let Ok(f) = File::options().write(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Writes one blob: bytes go to a temp file while their sha256 and count are taken; `commit`
+/// checks both against what was asked for before the blob gets its name. Dropping the writer
+/// without committing deletes the temp file.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<io::BufWriter<File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    hasher: Sha256,
+    written: u64,
+    expected: Digest,
+    expected_size: Option<u64>,
+    committed: bool,
+    _blob_lock: File,
+    _store_lock: File,
+}
+
+impl BlobWriter {
+    /// The digest this writer must produce.
+    pub fn digest(&self) -> &Digest {
+        &self.expected
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes. Fails as soon as more bytes arrive than the expected size, so a hostile
+    /// source cannot fill the disk.
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let after = self.written + bytes.len() as u64;
+        if let Some(size) = self.expected_size
+            && after > size
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: self.expected.clone(),
+                expected: size,
+                actual: after,
+            });
+        }
+        let file = self.file.as_mut().expect("writer used after commit");
+        file.write_all(bytes)
+            .map_err(io_err("write temp file", &self.tmp))?;
+        self.hasher.update(bytes);
+        self.written = after;
+        Ok(())
+    }
+
+    /// Verifies digest and size, makes the bytes durable and gives the blob its name.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(size) = self.expected_size
+            && size != self.written
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: self.expected.clone(),
+                expected: size,
+                actual: self.written,
+            });
+        }
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if actual != self.expected {
+            return Err(StoreError::DigestMismatch {
+                expected: self.expected.clone(),
+                actual,
+            });
+        }
+        let file = self
+            .file
+            .take()
+            .expect("writer used after commit")
+            .into_inner()
+            .map_err(|e| io_err("flush temp file", &self.tmp)(e.into_error()))?;
+        file.sync_all()
+            .map_err(io_err("fsync temp file", &self.tmp))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(io_err("rename blob into", &self.path))?;
+        self.committed = true;
+        fsync_dir(&self.dir)
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_chunk(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for records.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_root_follows_user_and_xdg() {
+        assert_eq!(
+            default_root_for(0, Some("/x".into()), Some("/root".into())).unwrap(),
+            PathBuf::from("/var/lib/forge")
+        );
+        assert_eq!(
+            default_root_for(1000, Some("/data".into()), Some("/home/u".into())).unwrap(),
+            PathBuf::from("/data/forge")
+        );
+        assert_eq!(
+            default_root_for(1000, Some("relative".into()), Some("/home/u".into())).unwrap(),
+            PathBuf::from("/home/u/.local/share/forge")
+        );
+        assert_eq!(
+            default_root_for(1000, None, Some("/home/u".into())).unwrap(),
+            PathBuf::from("/home/u/.local/share/forge")
+        );
+        assert!(matches!(
+            default_root_for(1000, None, None),
+            Err(StoreError::NoHome)
+        ));
+    }
+}
