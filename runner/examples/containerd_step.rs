@@ -29,7 +29,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(lower.join("etc/group"), "root:x:0:\n")?;
 
     let runner = ContainerdRunner::connect(config).await?;
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
         let upper = dir.path().join(format!("upper-{i}"));
@@ -38,7 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(&work)?;
         let spec = step(&lower, &upper, &work);
         let started = Instant::now();
-        let outcome = runner.run(&spec, &tx, &CancellationToken::new()).await?;
+        let outcome = runner
+            .run(&spec, &mut |_, _| {}, &CancellationToken::new())
+            .await?;
         times.push(started.elapsed());
         if !outcome.success() {
             return Err(format!("`true` exited {}", outcome.exit_code).into());

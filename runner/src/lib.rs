@@ -1,10 +1,14 @@
 //! forge-runner: runs one build step on snapshot mounts, through the embedded rootless backend or
 //! containerd. It knows nothing of graphs or caches.
 
+pub mod backend;
 #[cfg(feature = "containerd")]
 pub mod containerd;
+pub mod embedded;
 pub mod spec;
+pub mod user;
 
+pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
 pub use spec::{
     Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
 };

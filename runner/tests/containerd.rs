@@ -20,6 +20,7 @@ use forge_runner::containerd::{
     ContainerdConfig, ContainerdError, ContainerdRunner, LayerDescriptor, SnapshotKind,
 };
 use forge_runner::spec::CacheSharing;
+use forge_runner::user::UserError;
 use forge_runner::{Command, NetworkMode, StepMount, StepMountKind, StepSpec, Stream, User};
 use forge_snapshotter::Mount;
 use sha2::Digest;
@@ -169,16 +170,15 @@ async fn run(
     runner: &ContainerdRunner,
     spec: &StepSpec,
 ) -> (forge_runner::StepOutcome, Vec<(Stream, String)>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = Vec::new();
     let outcome = runner
-        .run(spec, &tx, &CancellationToken::new())
+        .run(
+            spec,
+            &mut |stream, line: &str| lines.push((stream, line.to_string())),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap_or_else(|e| panic!("step {:?} failed to run: {e}", spec.command));
-    drop(tx);
-    let mut lines = Vec::new();
-    while let Some(line) = rx.recv().await {
-        lines.push(line);
-    }
     (outcome, lines)
 }
 
@@ -214,8 +214,9 @@ async fn exit_codes_and_streams() {
     assert_eq!(tail, vec!["err".to_string(), "out".to_string()]);
     let mut exec = world.spec("");
     exec.command = Command::Exec(vec!["/bin/does-not-exist".into()]);
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let missing = runner.run(&exec, &tx, &CancellationToken::new()).await;
+    let missing = runner
+        .run(&exec, &mut |_, _| {}, &CancellationToken::new())
+        .await;
     assert!(
         missing.is_err() || missing.as_ref().unwrap().exit_code != 0,
         "{missing:?}"
@@ -293,12 +294,14 @@ async fn users_by_id_and_by_name() {
         user: "nobody-such".into(),
         group: None,
     };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let err = runner
-        .run(&unknown, &tx, &CancellationToken::new())
+        .run(&unknown, &mut |_, _| {}, &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, ContainerdError::UnknownUser { .. }), "{err}");
+    assert!(
+        matches!(err, ContainerdError::User(UserError::UnknownUser { .. })),
+        "{err}"
+    );
     runner.close().await.unwrap();
 }
 
@@ -521,31 +524,33 @@ async fn a_cancelled_step_leaves_nothing_behind() {
             mode: 0o400,
         },
     }];
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let canceller = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some((_, line)) = rx.recv().await {
-            if line == "started" {
-                // Give the shell time to start both sleeps.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                canceller.cancel();
-            }
-            seen.push(line);
-        }
-        seen
-    });
+    let mut seen = Vec::new();
     let started = std::time::Instant::now();
-    let result = runner.run(&spec, &tx, &cancel).await;
-    drop(tx);
+    let result = runner
+        .run(
+            &spec,
+            &mut |_, line: &str| {
+                if line == "started" {
+                    let canceller = canceller.clone();
+                    tokio::spawn(async move {
+                        // Give the shell time to start both sleeps.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        canceller.cancel();
+                    });
+                }
+                seen.push(line.to_string());
+            },
+            &cancel,
+        )
+        .await;
     assert!(
         matches!(result, Err(ContainerdError::Cancelled)),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
-    let seen = watcher.await.unwrap();
-    assert!(!seen.contains(&"never".to_string()));
+    assert_eq!(seen, vec!["started"]);
 
     let conn = runner.connection().clone();
     let ns = conn.namespace().to_string();
@@ -680,16 +685,16 @@ async fn a_step_runs_on_a_snapshot_made_from_content_in_containerd() {
         user: "root".into(),
         group: None,
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = Vec::new();
     let outcome = runner
-        .run_in_snapshot(&key, &spec, &tx, &CancellationToken::new())
+        .run_in_snapshot(
+            &key,
+            &spec,
+            &mut |stream, line: &str| lines.push((stream, line.to_string())),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
-    drop(tx);
-    let mut lines = Vec::new();
-    while let Some(l) = rx.recv().await {
-        lines.push(l);
-    }
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     assert_eq!(stdout(&lines), vec!["root"]);
 

@@ -1,27 +1,22 @@
 //! The step's stdout and stderr: FIFOs in the step directory that the runc shim writes into, read here
-//! line by line and forwarded to the caller, keeping the last lines for error messages.
+//! line by line and handed to the step's loop, which forwards them to the caller.
 
-use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::ContainerdError;
-use super::runner::OutputSender;
 use crate::spec::Stream;
 
-/// Lines kept for [`crate::StepOutcome::tail`].
-pub(crate) const TAIL_LINES: usize = 30;
+/// Lines from both FIFOs, tagged with their stream.
+pub(crate) type LineSender = tokio::sync::mpsc::UnboundedSender<(Stream, String)>;
 /// A line longer than this (a progress bar redrawn with `\r`, a binary blob) is cut into pieces so
 /// that memory stays bounded.
 const MAX_LINE: usize = 64 * 1024;
-
-pub(crate) type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// The two FIFOs with their read ends already open.
 pub(crate) struct StepIo {
@@ -56,15 +51,11 @@ impl StepIo {
         })
     }
 
-    /// Starts forwarding lines; each task ends when the shim closes its end of the FIFO.
-    pub(crate) fn spawn(self, output: &OutputSender, tail: &Tail) -> Vec<JoinHandle<()>> {
+    /// Starts reading; each task ends (dropping its sender) when the shim closes its end of the FIFO.
+    pub(crate) fn spawn(self, lines: &LineSender) -> Vec<JoinHandle<()>> {
         self.readers
             .into_iter()
-            .map(|(stream, receiver)| {
-                let output = output.clone();
-                let tail = tail.clone();
-                tokio::spawn(forward_lines(stream, receiver, output, tail))
-            })
+            .map(|(stream, receiver)| tokio::spawn(read_lines(stream, receiver, lines.clone())))
             .collect()
     }
 }
@@ -83,7 +74,7 @@ fn mkfifo(path: &Path) -> Result<(), ContainerdError> {
     Ok(())
 }
 
-async fn forward_lines(stream: Stream, receiver: pipe::Receiver, output: OutputSender, tail: Tail) {
+async fn read_lines(stream: Stream, receiver: pipe::Receiver, lines: LineSender) {
     let mut reader = BufReader::new(receiver);
     let mut line: Vec<u8> = Vec::new();
     // A read error means the shim is gone; whatever was buffered is all there is.
@@ -105,28 +96,22 @@ async fn forward_lines(stream: Stream, receiver: pipe::Receiver, output: OutputS
         };
         reader.consume(consumed);
         if complete {
-            emit(stream, &mut line, &output, &tail);
+            emit(stream, &mut line, &lines);
         }
     }
     if !line.is_empty() {
-        emit(stream, &mut line, &output, &tail);
+        emit(stream, &mut line, &lines);
     }
 }
 
-fn emit(stream: Stream, line: &mut Vec<u8>, output: &OutputSender, tail: &Tail) {
+fn emit(stream: Stream, line: &mut Vec<u8>, lines: &LineSender) {
     if line.last() == Some(&b'\r') {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
     line.clear();
-    if let Ok(mut tail) = tail.lock() {
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(text.clone());
-    }
-    // A caller that stopped listening does not stop the step.
-    let _ = output.send((stream, text));
+    // The step's loop stopped listening only when it is tearing down; the rest is not wanted.
+    let _ = lines.send((stream, text));
 }
 
 #[cfg(test)]
@@ -135,16 +120,15 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
-    async fn lines_are_split_and_the_tail_is_bounded() {
+    async fn lines_are_split_and_long_lines_cut() {
         let dir = tempfile::tempdir().unwrap();
         let io = StepIo::create(dir.path()).unwrap();
         let stdout = io.stdout.clone();
         let stderr = io.stderr.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let tail: Tail = Arc::default();
         let mut out = pipe::OpenOptions::new().open_sender(&stdout).unwrap();
         let mut err = pipe::OpenOptions::new().open_sender(&stderr).unwrap();
-        let handles = io.spawn(&tx, &tail);
+        let handles = io.spawn(&tx);
         drop(tx);
         let mut text = String::new();
         for i in 0..40 {
@@ -173,8 +157,5 @@ mod tests {
             stderr_lines.iter().map(String::len).collect::<Vec<_>>(),
             vec![MAX_LINE, 10]
         );
-        let tail = tail.lock().unwrap();
-        assert_eq!(tail.len(), TAIL_LINES);
-        assert!(tail.contains(&"no newline at the end".to_string()));
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use client::{Connection, Lease};
 pub use content::{ContainerdContent, LayerDescriptor};
-pub use runner::{ContainerdRunner, OutputSender};
+pub use runner::ContainerdRunner;
 pub use snapshots::{ContainerdSnapshots, SnapshotInfo, SnapshotKind, SnapshotUsage};
 
 /// The namespace forge's containers, snapshots and content live in.
@@ -92,10 +92,8 @@ pub enum ContainerdError {
     },
     #[error("building the OCI runtime spec: {0}")]
     Spec(String),
-    #[error("user {user:?} not found in the rootfs's /etc/passwd")]
-    UnknownUser { user: String },
-    #[error("group {group:?} not found in the rootfs's /etc/group")]
-    UnknownGroup { group: String },
+    #[error(transparent)]
+    User(#[from] crate::user::UserError),
     #[error(
         "cannot look up user {user:?}: the rootfs mount of type {kind:?} cannot be read without mounting it"
     )]

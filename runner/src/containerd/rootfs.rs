@@ -1,8 +1,6 @@
 //! Reading a step's root filesystem before it is mounted: a file is looked up through an overlay's
 //! layers (upper first, honouring whiteouts and opaque directories) or a bind source, so that users are
 //! resolved from /etc/passwd and mount-point stubs are found without a mount per step.
-//! User resolution follows runc's rules (`user[:group]`, names or ids, supplementary groups only
-//! when no group is given).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +11,7 @@ use forge_snapshotter::Mount;
 
 use super::ContainerdError;
 use crate::spec::User;
+use crate::user::{GROUP_PATH, PASSWD_PATH, ResolvedUser, UserDb};
 
 /// Symlink hops followed for the last component before giving up (a loop, or a very deep chain).
 const MAX_SYMLINK_HOPS: usize = 8;
@@ -184,152 +183,43 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The ids a step's process runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ResolvedUser {
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
-}
-
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-struct GroupEntry {
-    name: String,
-    gid: u32,
-    members: Vec<String>,
-}
-
-fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            Some(PasswdEntry {
-                name: f.first()?.to_string(),
-                uid: f.get(2)?.trim().parse().ok()?,
-                gid: f.get(3)?.trim().parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            Some(GroupEntry {
-                name: f.first()?.to_string(),
-                gid: f.get(2)?.trim().parse().ok()?,
-                members: f
-                    .get(3)
-                    .map(|m| {
-                        m.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-/// Resolves `user` against the rootfs's /etc/passwd and /etc/group. Without a readable rootfs only
-/// numeric ids work (and get no supplementary groups).
+/// Resolves `user` with [`crate::user`]'s rules against the rootfs's /etc/passwd and /etc/group, read
+/// through the layers. Without a readable rootfs only numeric ids work (with no supplementary groups).
 pub(crate) fn resolve_user(
     view: Option<&RootfsView>,
     user: &User,
     rootfs_kind: &str,
 ) -> Result<ResolvedUser, ContainerdError> {
-    // An empty user is root, looked up as uid 0 so that root's supplementary groups apply too.
-    let user_arg = if user.user.is_empty() {
-        "0"
-    } else {
-        user.user.as_str()
-    };
-    let numeric_uid = user_arg.parse::<u32>().ok();
-    let numeric_gid = user.group.as_deref().and_then(|g| g.parse::<u32>().ok());
-    let needs_files = numeric_uid.is_none() || (user.group.is_some() && numeric_gid.is_none());
-    let Some(view) = view else {
-        if needs_files {
-            return Err(ContainerdError::UnreadableRootfs {
-                user: user_arg.to_string(),
-                kind: rootfs_kind.to_string(),
-            });
-        }
-        return Ok(ResolvedUser {
-            uid: numeric_uid.unwrap_or(0),
-            gid: numeric_gid.unwrap_or(0),
-            additional_gids: Vec::new(),
-        });
-    };
-    let text = |path: &str| -> Result<String, ContainerdError> {
-        Ok(view
-            .read(Path::new(path))?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default())
-    };
-    let passwd = parse_passwd(&text("/etc/passwd")?);
-    let entry = passwd.iter().find(|e| match numeric_uid {
-        Some(uid) => e.uid == uid,
-        None => e.name == user_arg,
-    });
-    let (uid, mut gid, name) = match (entry, numeric_uid) {
-        (Some(e), _) => (e.uid, e.gid, Some(e.name.as_str())),
-        (None, Some(uid)) => (uid, 0, None),
-        (None, None) => {
-            return Err(ContainerdError::UnknownUser {
-                user: user_arg.to_string(),
-            });
-        }
-    };
-    let groups = parse_group(&text("/etc/group")?);
-    let mut additional_gids = Vec::new();
-    match user.group.as_deref() {
-        Some(group) => {
-            gid = match numeric_gid {
-                Some(g) => g,
-                None => {
-                    groups
-                        .iter()
-                        .find(|g| g.name == group)
-                        .ok_or_else(|| ContainerdError::UnknownGroup {
-                            group: group.to_string(),
-                        })?
-                        .gid
-                }
+    let db = match view {
+        Some(view) => {
+            let text = |path: &str| -> Result<Option<String>, ContainerdError> {
+                Ok(view
+                    .read(Path::new(path))?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()))
             };
-        }
-        None => {
-            if let Some(name) = name {
-                for g in groups
-                    .iter()
-                    .filter(|g| g.members.iter().any(|m| m == name))
-                {
-                    if !additional_gids.contains(&g.gid) {
-                        additional_gids.push(g.gid);
-                    }
-                }
+            UserDb {
+                passwd: text(PASSWD_PATH)?,
+                group: text(GROUP_PATH)?,
             }
         }
-    }
-    Ok(ResolvedUser {
-        uid,
-        gid,
-        additional_gids,
-    })
+        None => {
+            let numeric = |s: &str| s.is_empty() || s.parse::<u32>().is_ok();
+            if !numeric(&user.user) || !user.group.as_deref().is_none_or(numeric) {
+                return Err(ContainerdError::UnreadableRootfs {
+                    user: user.user.clone(),
+                    kind: rootfs_kind.to_string(),
+                });
+            }
+            UserDb::default()
+        }
+    };
+    Ok(db.resolve(user)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::user::UserError;
 
     /// A missing prerequisite skips, except under FORGE_E2E=require where it fails.
     fn skip(why: &str) {
@@ -416,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn users_resolve_like_runc() {
+    fn users_resolve_through_the_layers() {
         let (_dir, view) = layered();
         let v = Some(&view);
         let root = resolve_user(v, &user("", None), "overlay").unwrap();
@@ -426,36 +316,19 @@ mod tests {
             (named.uid, named.gid, named.additional_gids),
             (1000, 1000, vec![2000])
         );
-        // An explicit group replaces the supplementary groups, as runc does.
-        let pair = resolve_user(v, &user("1000", Some("1000")), "overlay").unwrap();
-        assert_eq!(
-            (pair.uid, pair.gid, pair.additional_gids),
-            (1000, 1000, vec![])
-        );
-        let by_group_name = resolve_user(v, &user("tester", Some("extra")), "overlay").unwrap();
-        assert_eq!((by_group_name.uid, by_group_name.gid), (1000, 2000));
-        // An id with no passwd entry runs as that id with group 0.
-        let unknown_id = resolve_user(v, &user("4242", None), "overlay").unwrap();
-        assert_eq!((unknown_id.uid, unknown_id.gid), (4242, 0));
+        assert_eq!(named.home, "/home/tester");
         assert!(matches!(
             resolve_user(v, &user("nobody-here", None), "overlay"),
-            Err(ContainerdError::UnknownUser { .. })
-        ));
-        assert!(matches!(
-            resolve_user(v, &user("tester", Some("nogroup")), "overlay"),
-            Err(ContainerdError::UnknownGroup { .. })
+            Err(ContainerdError::User(UserError::UnknownUser { .. }))
         ));
         assert!(matches!(
             resolve_user(None, &user("tester", None), "fuse-overlayfs"),
             Err(ContainerdError::UnreadableRootfs { .. })
         ));
+        let numeric = resolve_user(None, &user("7", Some("8")), "fuse-overlayfs").unwrap();
         assert_eq!(
-            resolve_user(None, &user("7", Some("8")), "fuse-overlayfs").unwrap(),
-            ResolvedUser {
-                uid: 7,
-                gid: 8,
-                additional_gids: vec![]
-            }
+            (numeric.uid, numeric.gid, numeric.additional_gids),
+            (7, 8, vec![])
         );
     }
 

@@ -3,8 +3,8 @@
 //! Wait, and everything (task, container, host scratch state, mount stubs) taken down afterwards, also
 //! when the step is cancelled.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ use forge_snapshotter::Mount;
 use prost_types::Any;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{StepIo, Tail};
+use super::io::StepIo;
 use super::mounts::{self, PreparedMounts, Stubs};
 use super::rootfs::{RootfsView, resolve_user};
 use super::snapshots::to_proto_mounts;
@@ -27,24 +27,24 @@ use super::spec::{SpecInput, build, environment};
 use super::{
     Connection, ContainerdConfig, ContainerdContent, ContainerdError, ContainerdSnapshots, Lease,
 };
-use crate::spec::{StepOutcome, StepSpec, Stream};
-
-/// Where a step's output lines go, tagged with their stream.
-pub type OutputSender = tokio::sync::mpsc::UnboundedSender<(Stream, String)>;
+use crate::backend::OutputSink;
+use crate::spec::{StepOutcome, StepSpec};
 
 /// containerd's type URL for an OCI runtime spec carried as JSON in an `Any`.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// A lease outlives a crashed forge by at most this long.
 const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// After the process exits, the shim flushes and closes the FIFOs; output still missing after this
-/// long is given up on.
+/// After the process exits, output still missing after this long is given up on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a killed task gets to report its exit before the backend deletes it anyway.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
+/// Lines kept for [`StepOutcome::tail`].
+const TAIL_LINES: usize = 30;
 
 /// The containerd backend. Holds one lease for its lifetime (a build): every snapshot and blob made
 /// through it stays until [`close`](Self::close).
+#[derive(Debug)]
 pub struct ContainerdRunner {
     config: ContainerdConfig,
     conn: Connection,
@@ -92,14 +92,14 @@ impl ContainerdRunner {
 
     /// Runs `spec` on its `rootfs` mounts, which the shim mounts as the container's root.
     ///
-    /// Output lines go to `output` as they come. Cancelling `cancel` kills the whole process tree
+    /// The same contract as [`crate::Runner::run`]: output lines go to `output` as they come. Cancelling `cancel` kills the whole process tree
     /// (SIGKILL to every process of the task), removes task and container and returns
     /// [`ContainerdError::Cancelled`]. Dropping the future instead also cleans up, from a task
     /// spawned on the current runtime.
     pub async fn run(
         &self,
         spec: &StepSpec,
-        output: &OutputSender,
+        output: &mut OutputSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, ContainerdError> {
         self.run_on(spec, spec.rootfs.clone(), None, output, cancel)
@@ -112,7 +112,7 @@ impl ContainerdRunner {
         &self,
         key: &str,
         spec: &StepSpec,
-        output: &OutputSender,
+        output: &mut OutputSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, ContainerdError> {
         let rootfs = self.snapshots().mounts(key).await?;
@@ -124,7 +124,7 @@ impl ContainerdRunner {
         spec: &StepSpec,
         rootfs: Vec<Mount>,
         snapshot_key: Option<&str>,
-        output: &OutputSender,
+        output: &mut OutputSink<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, ContainerdError> {
         let started = Instant::now();
@@ -159,7 +159,7 @@ impl ContainerdRunner {
             step.mounts = Some(prepared);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),
-                env: environment(&spec.env, &spec.secret_env),
+                env: environment(&spec.env, &spec.secret_env, &user.home),
                 cwd: spec.cwd.clone(),
                 user: &user,
                 hostname: &spec.hostname,
@@ -218,8 +218,17 @@ impl ContainerdRunner {
                 .await
                 .map_err(|s| ContainerdError::rpc(format!("create task {id}"), s))?;
             step.task_created = true;
-            let tail: Tail = Arc::default();
-            let readers = io.spawn(output, &tail);
+            let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+            let readers = io.spawn(&line_tx);
+            drop(line_tx);
+            let mut tail = VecDeque::with_capacity(TAIL_LINES);
+            let mut forward = |stream, line: String| {
+                output(stream, &line);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            };
 
             if cancel.is_cancelled() {
                 return Err(ContainerdError::Cancelled);
@@ -236,21 +245,35 @@ impl ContainerdRunner {
                 container_id: id.clone(),
                 exec_id: String::new(),
             }));
-            let exit_status = tokio::select! {
-                waited = wait => waited
-                    .map_err(|s| ContainerdError::rpc(format!("wait for task {id}"), s))?
-                    .into_inner()
-                    .exit_status,
-                _ = cancel.cancelled() => {
-                    step.kill_and_wait().await;
-                    return Err(ContainerdError::Cancelled);
+            tokio::pin!(wait);
+            let exit_status = loop {
+                tokio::select! {
+                    waited = &mut wait => break waited
+                        .map_err(|s| ContainerdError::rpc(format!("wait for task {id}"), s))?
+                        .into_inner()
+                        .exit_status,
+                    Some((stream, line)) = lines.recv() => forward(stream, line),
+                    _ = cancel.cancelled() => {
+                        step.kill_and_wait().await;
+                        for reader in &readers {
+                            reader.abort();
+                        }
+                        return Err(ContainerdError::Cancelled);
+                    }
                 }
             };
-            drain(readers).await;
-            let tail = tail
-                .lock()
-                .map(|t| t.iter().cloned().collect())
-                .unwrap_or_default();
+            // The shim flushes and closes the FIFOs after the exit; take what is still coming, bounded
+            // so that a shim that never closes them cannot hang the build.
+            let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+            while let Ok(Some((stream, line))) =
+                tokio::time::timeout_at(deadline, lines.recv()).await
+            {
+                forward(stream, line);
+            }
+            for reader in &readers {
+                reader.abort();
+            }
+            let tail = tail.into_iter().collect();
             Ok(StepOutcome {
                 exit_code: exit_status as i32,
                 duration: started.elapsed(),
@@ -263,20 +286,6 @@ impl ContainerdRunner {
             (Ok(outcome), Ok(())) => Ok(outcome),
             (Ok(_), Err(e)) => Err(e),
             (Err(e), _) => Err(e),
-        }
-    }
-}
-
-/// Waits for the output readers to see EOF, bounded: a shim that never closes its FIFO ends must not
-/// hang the build.
-async fn drain(readers: Vec<tokio::task::JoinHandle<()>>) {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    for mut reader in readers {
-        if tokio::time::timeout_at(deadline, &mut reader)
-            .await
-            .is_err()
-        {
-            reader.abort();
         }
     }
 }

@@ -12,8 +12,8 @@ use oci_spec::runtime::{
 };
 
 use super::ContainerdError;
-use super::rootfs::ResolvedUser;
 use crate::spec::NetworkMode;
+use crate::user::ResolvedUser;
 
 /// The PATH a step gets when its environment has none (Docker's and BuildKit's default).
 pub(crate) const DEFAULT_PATH: &str =
@@ -237,10 +237,12 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .map_err(|e| err("spec", e))
 }
 
-/// `KEY=value` strings with later keys overriding earlier ones in place, and PATH defaulted.
+/// `KEY=value` strings with later keys overriding earlier ones in place, PATH defaulted and HOME taken
+/// from the user's passwd entry when the step sets none (as Docker does).
 pub(crate) fn environment(
     env: &[(String, String)],
     secret_env: &[(String, String)],
+    home: &str,
 ) -> Vec<String> {
     let mut merged: Vec<(String, String)> = Vec::new();
     for (key, value) in env.iter().chain(secret_env) {
@@ -251,6 +253,9 @@ pub(crate) fn environment(
     }
     if !merged.iter().any(|(k, _)| k == "PATH") {
         merged.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !merged.iter().any(|(k, _)| k == "HOME") {
+        merged.push(("HOME".into(), home.into()));
     }
     merged
         .into_iter()
@@ -271,16 +276,23 @@ mod tests {
         ];
         let secret = vec![("TOKEN".to_string(), "s3cret".to_string())];
         assert_eq!(
-            environment(&env, &secret),
+            environment(&env, &secret, "/root"),
             vec![
                 format!("PATH={DEFAULT_PATH}"),
                 "A=3".into(),
                 "B=2".into(),
-                "TOKEN=s3cret".into()
+                "TOKEN=s3cret".into(),
+                "HOME=/root".into(),
             ]
         );
-        let with_path = vec![("PATH".to_string(), "/x".to_string())];
-        assert_eq!(environment(&with_path, &[]), vec!["PATH=/x".to_string()]);
+        let given = vec![
+            ("PATH".to_string(), "/x".to_string()),
+            ("HOME".to_string(), "/h".to_string()),
+        ];
+        assert_eq!(
+            environment(&given, &[], "/root"),
+            vec!["PATH=/x".to_string(), "HOME=/h".to_string()]
+        );
     }
 
     #[test]
@@ -289,6 +301,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![2000],
+            home: "/home/tester".into(),
         };
         let spec_for = |network| {
             let spec = build(SpecInput {

@@ -1,0 +1,59 @@
+//! The one interface the builder uses to run a step, whatever runs it: the [`Runner`] trait, the
+//! [`Backend`] enum that dispatches to the embedded (namespaces) or containerd backend, and their
+//! combined [`RunError`].
+
+use std::future::Future;
+
+pub use tokio_util::sync::CancellationToken;
+
+use crate::embedded::{EmbeddedError, EmbeddedRunner};
+use crate::spec::{StepOutcome, StepSpec, Stream};
+
+/// Where a step's output goes: called once per line (without the newline), in the order lines arrive.
+pub type OutputSink<'a> = dyn FnMut(Stream, &str) + Send + 'a;
+
+/// Runs one step.
+///
+/// Lifecycle of a call to [`Runner::run`]: the backend builds the container from `spec.rootfs` and
+/// `spec.mounts`, runs `spec.command` in it, streams each output line to `output`, and returns once the
+/// step's processes are gone and its mounts and temporary state are removed. The rootfs mounts' upper
+/// directory then holds the step's changes, which the caller commits; the backend commits nothing.
+///
+/// Cancelling `cancel` kills the step's whole process tree; the call still cleans up and then returns
+/// [`RunError::Cancelled`]. A non-zero exit of the command is not an error: it is in the outcome.
+pub trait Runner {
+    fn run(
+        &self,
+        spec: &StepSpec,
+        output: &mut OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<StepOutcome, RunError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("step cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+}
+
+/// The backends forge can run steps with.
+#[derive(Debug)]
+pub enum Backend {
+    /// Namespaces set up by forge itself: no daemon, no runtime binary.
+    Embedded(EmbeddedRunner),
+}
+
+impl Runner for Backend {
+    async fn run(
+        &self,
+        spec: &StepSpec,
+        output: &mut OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, RunError> {
+        match self {
+            Backend::Embedded(r) => r.run(spec, output, cancel).await,
+        }
+    }
+}

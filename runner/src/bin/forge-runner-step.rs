@@ -1,0 +1,308 @@
+//! Runs one step with the embedded backend from command-line flags: the integration tests and
+//! benches/step.sh drive it as root and as an unprivileged user (it enters the user namespace first).
+//!
+//! forge-runner-step --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
+//!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
+//!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
+//!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
+//!   [--secret-env NAME=VALUE] [--cancel-after-ms N] [--repeat N] [--quiet] -- ARGV...
+//!
+//! Output lines are echoed to stdout/stderr; the last stderr line is `forge-runner-step: exit=N ...`;
+//! the process exits with the step's code, 130 when cancelled, 125 on a setup error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner, UserNamespace, enter_user_namespace};
+use forge_runner::spec::CacheSharing;
+use forge_runner::{
+    CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind, StepSpec,
+    Stream, User,
+};
+use forge_snapshotter::Mount;
+
+struct Args {
+    spec: StepSpec,
+    state_dir: PathBuf,
+    cache_root: PathBuf,
+    cancel_after: Option<Duration>,
+    repeat: usize,
+    quiet: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("mode {s:?}: {e}"))
+}
+
+fn num(s: &str) -> Result<u32, String> {
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut spec = StepSpec {
+        command: Command::Exec(Vec::new()),
+        env: Vec::new(),
+        cwd: PathBuf::from("/"),
+        user: User::default(),
+        hostname: String::new(),
+        network: NetworkMode::Host,
+        rootfs: Vec::new(),
+        mounts: Vec::new(),
+        secret_env: Vec::new(),
+    };
+    let (mut state_dir, mut cache_root) = (None, None);
+    let (mut cancel_after, mut repeat, mut quiet, mut shell) = (None, 1, false, false);
+    while let Some(flag) = it.next() {
+        if flag == "--" {
+            break;
+        }
+        if flag == "--quiet" || flag == "--shell" {
+            if flag == "--quiet" {
+                quiet = true;
+            } else {
+                shell = true;
+            }
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let parts: Vec<&str> = value.split(':').collect();
+        let mount = |target: &str, kind| StepMount {
+            target: PathBuf::from(target),
+            kind,
+        };
+        match flag.as_str() {
+            "--state-dir" => state_dir = Some(PathBuf::from(value)),
+            "--cache-root" => cache_root = Some(PathBuf::from(value)),
+            "--overlay" => {
+                let [lower, upper, work] = parts[..] else {
+                    return Err("--overlay LOWER:UPPER:WORK".into());
+                };
+                spec.rootfs.push(Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options: vec![
+                        format!("lowerdir={lower}"),
+                        format!("upperdir={upper}"),
+                        format!("workdir={work}"),
+                    ],
+                });
+            }
+            "--bind-rootfs" => spec.rootfs.push(Mount::bind(value, false)),
+            "--env" => {
+                let (k, v) = value.split_once('=').ok_or("--env K=V")?;
+                spec.env.push((k.into(), v.into()));
+            }
+            "--secret-env" => {
+                let (k, v) = value.split_once('=').ok_or("--secret-env K=V")?;
+                spec.secret_env.push((k.into(), v.into()));
+            }
+            "--cwd" => spec.cwd = PathBuf::from(value),
+            "--user" => {
+                spec.user = match value.split_once(':') {
+                    Some((u, g)) => User {
+                        user: u.into(),
+                        group: Some(g.into()),
+                    },
+                    None => User {
+                        user: value,
+                        group: None,
+                    },
+                }
+            }
+            "--hostname" => spec.hostname = value,
+            "--network" => {
+                spec.network = match value.as_str() {
+                    "host" => NetworkMode::Host,
+                    "none" => NetworkMode::None,
+                    other => return Err(format!("unknown network mode {other:?}")),
+                }
+            }
+            "--mount-bind" => spec.mounts.push(mount(
+                parts.get(1).ok_or("--mount-bind SRC:TARGET[:rw]")?,
+                StepMountKind::Bind {
+                    source: PathBuf::from(parts[0]),
+                    readonly: parts.get(2) != Some(&"rw"),
+                },
+            )),
+            "--mount-cache" => {
+                let sharing = match parts.get(2).copied().unwrap_or("shared") {
+                    "shared" => CacheSharing::Shared,
+                    "private" => CacheSharing::Private,
+                    "locked" => CacheSharing::Locked,
+                    other => return Err(format!("unknown sharing {other:?}")),
+                };
+                let (uid, gid, mode) = match parts.get(3..6) {
+                    Some([u, g, m]) => (num(u)?, num(g)?, parse_mode(m)?),
+                    _ => (0, 0, 0o755),
+                };
+                spec.mounts.push(mount(
+                    parts.get(1).ok_or("--mount-cache ID:TARGET")?,
+                    StepMountKind::Cache {
+                        id: parts[0].into(),
+                        sharing,
+                        uid,
+                        gid,
+                        mode,
+                    },
+                ))
+            }
+            "--mount-tmpfs" => spec.mounts.push(mount(
+                parts[0],
+                StepMountKind::Tmpfs {
+                    size: parts
+                        .get(1)
+                        .map(|s| s.parse())
+                        .transpose()
+                        .map_err(|e| format!("{e}"))?
+                        .unwrap_or(0),
+                },
+            )),
+            "--mount-secret" => {
+                let data =
+                    std::fs::read(parts[0]).map_err(|e| format!("read {}: {e}", parts[0]))?;
+                let (uid, gid, mode) = match parts.get(2..5) {
+                    Some([u, g, m]) => (num(u)?, num(g)?, parse_mode(m)?),
+                    _ => (0, 0, 0o400),
+                };
+                spec.mounts.push(mount(
+                    parts.get(1).ok_or("--mount-secret FILE:TARGET")?,
+                    StepMountKind::Secret {
+                        data,
+                        uid,
+                        gid,
+                        mode,
+                    },
+                ))
+            }
+            "--mount-ssh" => spec.mounts.push(mount(
+                parts.get(1).ok_or("--mount-ssh SOCK:TARGET")?,
+                StepMountKind::Ssh {
+                    agent_socket: PathBuf::from(parts[0]),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o600,
+                },
+            )),
+            "--cancel-after-ms" => {
+                cancel_after = Some(Duration::from_millis(
+                    value.parse().map_err(|e| format!("{e}"))?,
+                ))
+            }
+            "--repeat" => repeat = value.parse().map_err(|e| format!("{e}"))?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let argv: Vec<String> = it.collect();
+    spec.command = if shell {
+        Command::Shell {
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            script: argv.join(" "),
+        }
+    } else {
+        Command::Exec(argv)
+    };
+    Ok(Args {
+        spec,
+        state_dir: state_dir.ok_or("--state-dir is required")?,
+        cache_root: cache_root.ok_or("--cache-root is required")?,
+        cancel_after,
+        repeat,
+        quiet,
+    })
+}
+
+fn main() -> ExitCode {
+    // First, while single-threaded: a non-root caller moves into its user namespace here.
+    match enter_user_namespace() {
+        Ok(UserNamespace::SingleId { warning, .. }) => {
+            eprintln!("forge-runner-step: warning: {warning}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("forge-runner-step: {e}");
+            return ExitCode::from(125);
+        }
+    }
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("forge-runner-step: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let runner = match EmbeddedRunner::new(EmbeddedConfig::new(&args.state_dir, &args.cache_root)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("forge-runner-step: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let cancel_after = args.cancel_after;
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let timer = async {
+            match cancel_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = timer => {}
+        }
+        c.cancel();
+    });
+    let quiet = args.quiet;
+    let mut output = |stream: Stream, line: &str| {
+        if quiet {
+            return;
+        }
+        match stream {
+            Stream::Stdout => println!("{line}"),
+            Stream::Stderr => eprintln!("{line}"),
+        }
+    };
+    let mut last = 0;
+    for _ in 0..args.repeat {
+        match runner.run(&args.spec, &mut output, &cancel).await {
+            Ok(outcome) => {
+                eprintln!(
+                    "forge-runner-step: exit={} duration_ms={:.3} tail={}",
+                    outcome.exit_code,
+                    outcome.duration.as_secs_f64() * 1000.0,
+                    outcome.tail.len()
+                );
+                last = outcome.exit_code;
+            }
+            Err(RunError::Cancelled) => {
+                eprintln!("forge-runner-step: cancelled");
+                return ExitCode::from(130);
+            }
+            Err(e) => {
+                eprintln!("forge-runner-step: error: {e}");
+                return ExitCode::from(125);
+            }
+        }
+    }
+    ExitCode::from(last.clamp(0, 255) as u8)
+}

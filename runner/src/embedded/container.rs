@@ -1,0 +1,863 @@
+//! The container side of a step: what runs after forge forks. A middle process unshares the namespaces
+//! and forks the namespace's init, which builds the rootfs, pivots into it and forks the command; init
+//! then waits, removes the mount stubs it created, and exits with the command's status.
+//!
+//! Process tree: forge (P) -> middle (A, new session, owns the new namespaces) -> init (I, pid 1) ->
+//! command (C). Killing I kills the whole PID namespace; each of A and I dies with its parent
+//! (PR_SET_PDEATHSIG), so a dead forge takes the step with it.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use forge_snapshotter::Mount;
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::sys;
+use crate::spec::User;
+use crate::user::{ResolvedUser, UserDb};
+
+/// Exit code of init when setup failed before the command ran (the reason is on the error pipe).
+pub(crate) const SETUP_FAILED: i32 = 125;
+/// Docker's default PATH, used when the step's env has none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Everything the container needs, computed by forge before the fork.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub step_dir: PathBuf,
+    pub rootfs_dir: PathBuf,
+    pub rootfs: Vec<Mount>,
+    /// Overlay mounts need `userxattr` inside a user namespace.
+    pub in_userns: bool,
+    pub hostname: String,
+    pub new_netns: bool,
+    /// Host file -> path in the container, bind-mounted read-only (hosts, resolv.conf, hostname).
+    pub etc_files: Vec<(PathBuf, PathBuf)>,
+    pub mounts: Vec<PlannedMount>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub user: User,
+    pub cwd: PathBuf,
+}
+
+#[derive(Debug)]
+pub(crate) enum PlannedMount {
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        readonly: bool,
+    },
+    Tmpfs {
+        target: PathBuf,
+        size: u64,
+    },
+    Secret {
+        target: PathBuf,
+        data: Vec<u8>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    Raw {
+        mount: Mount,
+        target: PathBuf,
+    },
+}
+
+impl PlannedMount {
+    pub(crate) fn target(&self) -> &Path {
+        match self {
+            PlannedMount::Bind { target, .. }
+            | PlannedMount::Tmpfs { target, .. }
+            | PlannedMount::Secret { target, .. }
+            | PlannedMount::Raw { target, .. } => target,
+        }
+    }
+}
+
+/// Descriptors handed to the forked side.
+pub(crate) struct ChildFds {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// Setup and exec errors, as text; close-on-exec, so it reads EOF once the command runs.
+    pub error: OwnedFd,
+    /// The middle process writes init's pid here (4 bytes), so forge can kill the namespace.
+    pub pid: OwnedFd,
+}
+
+type SetupResult<T> = Result<T, String>;
+
+fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> SetupResult<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn write_fd(fd: &OwnedFd, bytes: &[u8]) {
+    let mut f = fs::File::from(fd.try_clone().expect("dup error pipe"));
+    let _ = f.write_all(bytes);
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and destructors that belong to the forge process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Runs in the process forge forked. Never returns.
+pub(crate) fn run_middle(plan: &Plan, fds: ChildFds, forge_pid: Pid) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        middle(plan, &fds, forge_pid)
+    }))
+    .unwrap_or(SETUP_FAILED);
+    exit(code)
+}
+
+fn middle(plan: &Plan, fds: &ChildFds, forge_pid: Pid) -> i32 {
+    sys::reset_signals();
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() != forge_pid {
+        return SETUP_FAILED;
+    }
+    // A session of its own: a terminal's Ctrl-C goes to forge, which then cancels the step cleanly.
+    let _ = nix::unistd::setsid();
+    sys::close_fds_except(&[
+        fds.stdout.as_raw_fd(),
+        fds.stderr.as_raw_fd(),
+        fds.error.as_raw_fd(),
+        fds.pid.as_raw_fd(),
+    ]);
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if plan.new_netns {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = unshare(flags) {
+        write_fd(&fds.error, format!("unshare namespaces: {e}").as_bytes());
+        return SETUP_FAILED;
+    }
+    // A lifeline: init holds the read end; it reads EOF (POLLHUP) once the middle process is gone.
+    let (life_r, life_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            write_fd(&fds.error, format!("pipe: {e}").as_bytes());
+            return SETUP_FAILED;
+        }
+    };
+    // SAFETY: this process is single-threaded (forked from forge).
+    match unsafe { fork() } {
+        Err(e) => {
+            write_fd(&fds.error, format!("fork container init: {e}").as_bytes());
+            SETUP_FAILED
+        }
+        Ok(ForkResult::Child) => {
+            drop(life_w);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            // The middle process may have died before the line above: then the lifeline is cut.
+            let mut pfd = libc::pollfd {
+                fd: life_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if n != 0 {
+                exit(SETUP_FAILED);
+            }
+            drop(life_r);
+            exit(init(plan, fds))
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(life_r);
+            write_fd(&fds.pid, &child.as_raw().to_ne_bytes());
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return SETUP_FAILED,
+                }
+            }
+        }
+    }
+}
+
+/// A path init created only to mount on, removed again after the step (BuildKit's mount stub cleaner
+/// does the same), and the parent's times to put back so the snapshot shows no change there.
+enum Stub {
+    Created {
+        path: PathBuf,
+        dir: bool,
+    },
+    Times {
+        dir: PathBuf,
+        atime: Duration,
+        mtime: Duration,
+    },
+}
+
+struct Prepared {
+    exe: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    user: ResolvedUser,
+}
+
+/// What setup changed inside the rootfs, to undo after the step (or after a failed setup).
+#[derive(Default)]
+struct Undo {
+    stubs: Vec<Stub>,
+    mounted: Vec<PathBuf>,
+}
+
+fn init(plan: &Plan, fds: &ChildFds) -> i32 {
+    let mut undo = Undo::default();
+    let prepared = match setup(plan, &mut undo) {
+        Ok(p) => p,
+        Err(msg) => {
+            write_fd(&fds.error, msg.as_bytes());
+            cleanup(&undo);
+            return SETUP_FAILED;
+        }
+    };
+    // SAFETY: init is single-threaded.
+    let command = match unsafe { fork() } {
+        Err(e) => {
+            write_fd(&fds.error, format!("fork command: {e}").as_bytes());
+            return SETUP_FAILED;
+        }
+        Ok(ForkResult::Child) => exec_command(&prepared, fds),
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    // Only the command may hold the output pipes: their EOF tells forge the step's output is complete.
+    // SAFETY: closing our own copies; the OwnedFds are never used again in this process.
+    unsafe {
+        libc::close(fds.stdout.as_raw_fd());
+        libc::close(fds.stderr.as_raw_fd());
+    }
+    let mut code = SETUP_FAILED;
+    loop {
+        // As pid 1, init also reaps orphans the command leaves behind.
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, c)) if pid == command => {
+                code = c;
+                break;
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
+                code = 128 + sig as i32;
+                break;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    cleanup(&undo);
+    code
+}
+
+fn cleanup(p: &Undo) {
+    for target in p.mounted.iter().rev() {
+        let _ = sys::umount_detach(target);
+    }
+    for stub in p.stubs.iter().rev() {
+        match stub {
+            Stub::Created { path, dir: true } => {
+                let _ = fs::remove_dir(path);
+            }
+            Stub::Created { path, dir: false } => {
+                let _ = fs::remove_file(path);
+            }
+            Stub::Times { dir, atime, mtime } => {
+                if let Ok(f) = fs::File::open(dir) {
+                    let times = fs::FileTimes::new()
+                        .set_accessed(UNIX_EPOCH + *atime)
+                        .set_modified(UNIX_EPOCH + *mtime);
+                    let _ = f.set_times(times);
+                }
+            }
+        }
+    }
+}
+
+fn exec_command(p: &Prepared, fds: &ChildFds) -> ! {
+    let fail = |msg: String| -> ! {
+        write_fd(&fds.error, msg.as_bytes());
+        exit(127)
+    };
+    // SAFETY: dup2 onto the standard descriptors of this about-to-exec process.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null >= 0 {
+            libc::dup2(null, 0);
+        }
+        libc::dup2(fds.stdout.as_raw_fd(), 1);
+        libc::dup2(fds.stderr.as_raw_fd(), 2);
+    }
+    if let Err(e) = sys::limit_bounding_set() {
+        fail(format!("drop capabilities from the bounding set: {e}"));
+    }
+    let u = &p.user;
+    // setgroups is denied in a single-id user namespace; there are no other groups to set there.
+    let setgroups_denied = fs::read_to_string("/proc/self/setgroups")
+        .map(|s| s.trim() == "deny")
+        .unwrap_or(false);
+    if !setgroups_denied {
+        let gids: Vec<nix::unistd::Gid> = u
+            .additional_gids
+            .iter()
+            .map(|&g| nix::unistd::Gid::from_raw(g))
+            .collect();
+        if let Err(e) = nix::unistd::setgroups(&gids) {
+            fail(format!("setgroups {:?}: {e}", u.additional_gids));
+        }
+    }
+    let gid = nix::unistd::Gid::from_raw(u.gid);
+    if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+        fail(format!(
+            "setgid {}: {e} (is gid {} mapped in the user namespace?)",
+            u.gid, u.gid
+        ));
+    }
+    let uid = nix::unistd::Uid::from_raw(u.uid);
+    if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+        fail(format!(
+            "setuid {}: {e} (is uid {} mapped in the user namespace?)",
+            u.uid, u.uid
+        ));
+    }
+    // setuid to a non-zero uid already cleared the permitted set; root keeps Docker's default set.
+    let caps: &[u32] = if u.uid == 0 { sys::DEFAULT_CAPS } else { &[] };
+    if let Err(e) = sys::set_caps(caps) {
+        fail(format!("set capabilities: {e}"));
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail(format!("set no_new_privs: {e}"));
+    }
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::chdir(p.cwd.as_ptr()) } < 0 {
+        fail(format!(
+            "chdir {}: {}",
+            p.cwd.to_string_lossy(),
+            io::Error::last_os_error()
+        ));
+    }
+    let argv = sys::as_ptrs(&p.argv);
+    let env = sys::as_ptrs(&p.env);
+    // SAFETY: argv and env are NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(p.exe.as_ptr(), argv.as_ptr(), env.as_ptr()) };
+    fail(format!(
+        "exec {}: {}",
+        p.exe.to_string_lossy(),
+        io::Error::last_os_error()
+    ))
+}
+
+fn ms_flags(options: &[String]) -> (libc::c_ulong, Vec<String>) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "bind" => flags |= libc::MS_BIND,
+            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data)
+}
+
+/// Applies one snapshotter mount at `target` (a host path; called before pivot_root).
+fn apply_mount(m: &Mount, target: &Path, in_userns: bool) -> SetupResult<()> {
+    let (flags, mut data) = ms_flags(&m.options);
+    let what = || {
+        format!(
+            "mount {} {} on {}",
+            m.kind,
+            m.source.display(),
+            target.display()
+        )
+    };
+    match m.kind.as_str() {
+        "bind" | "rbind" => {
+            let mut flags = flags | libc::MS_BIND;
+            if m.kind == "rbind" {
+                flags |= libc::MS_REC;
+            }
+            let source = m.source.to_string_lossy();
+            ctx(
+                sys::mount(&source, target, "", flags & !libc::MS_RDONLY, None),
+                what,
+            )?;
+            if flags & libc::MS_RDONLY != 0 {
+                ctx(sys::set_path_readonly(target), what)?;
+            }
+            Ok(())
+        }
+        "fuse-overlayfs" => {
+            // A FUSE daemon, started here so it lives in the step's PID namespace and dies with it.
+            let status = std::process::Command::new("fuse-overlayfs")
+                .arg("-o")
+                .arg(data.join(","))
+                .arg(target)
+                .status();
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("{}: fuse-overlayfs exited with {s}", what())),
+                Err(e) => Err(format!("{}: run fuse-overlayfs: {e}", what())),
+            }
+        }
+        kind => {
+            if kind == "overlay" && in_userns && !data.iter().any(|d| d == "userxattr") {
+                // Unprivileged overlay keeps whiteouts and opaque markers in user.* xattrs.
+                data.push("userxattr".into());
+            }
+            let source = m.source.to_string_lossy();
+            let data = data.join(",");
+            ctx(
+                sys::mount(
+                    &source,
+                    target,
+                    kind,
+                    flags,
+                    (!data.is_empty()).then_some(data.as_str()),
+                ),
+                what,
+            )
+        }
+    }
+}
+
+/// Creates `path` (and missing parents) as a directory or an empty file if it does not exist, recording
+/// what was created. Runs after pivot_root, so symlinks resolve inside the rootfs.
+fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<()> {
+    let mut missing = Vec::new();
+    let mut cur = path;
+    loop {
+        match fs::symlink_metadata(cur) {
+            Ok(meta) => {
+                if !missing.is_empty() {
+                    stubs.push(Stub::Times {
+                        dir: cur.to_path_buf(),
+                        atime: Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32),
+                        mtime: Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec() as u32),
+                    });
+                }
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cur.to_path_buf());
+                match cur.parent() {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+            }
+            Err(e) => return Err(format!("stat {}: {e}", cur.display())),
+        }
+    }
+    for (i, p) in missing.iter().rev().enumerate() {
+        let is_last = i + 1 == missing.len();
+        if is_last && !dir {
+            ctx(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode_file(0o644)
+                    .open(p),
+                || format!("create mount point {}", p.display()),
+            )?;
+            stubs.push(Stub::Created {
+                path: p.clone(),
+                dir: false,
+            });
+        } else {
+            ctx(fs::create_dir(p), || {
+                format!("create mount point {}", p.display())
+            })?;
+            stubs.push(Stub::Created {
+                path: p.clone(),
+                dir: true,
+            });
+        }
+    }
+    Ok(())
+}
+
+trait ModeFile {
+    fn mode_file(&mut self, mode: u32) -> &mut Self;
+}
+impl ModeFile for fs::OpenOptions {
+    fn mode_file(&mut self, mode: u32) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
+    }
+}
+
+/// A mount prepared before pivot_root, attached inside the new root afterwards.
+struct Staged {
+    fd: OwnedFd,
+    target: PathBuf,
+    dir: bool,
+}
+
+fn clone_tree(source: &Path, recursive: bool, readonly: bool) -> SetupResult<OwnedFd> {
+    let fd = ctx(sys::open_tree_clone(source, recursive), || {
+        format!("clone mount of {}", source.display())
+    })?;
+    if readonly {
+        ctx(sys::set_tree_readonly(&fd), || {
+            format!("make {} read-only", source.display())
+        })?;
+    }
+    Ok(fd)
+}
+
+fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
+    // Nothing done here may propagate back to the host's mount namespace.
+    ctx(
+        sys::mount(
+            "",
+            Path::new("/"),
+            "",
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        ),
+        || "make the mount tree private".into(),
+    )?;
+    if !plan.hostname.is_empty() {
+        ctx(
+            nix::unistd::sethostname(&plan.hostname).map_err(io::Error::from),
+            || format!("set hostname {:?}", plan.hostname),
+        )?;
+    }
+    if plan.new_netns {
+        ctx(sys::loopback_up(), || "bring loopback up".into())?;
+    }
+    if plan.rootfs.is_empty() {
+        return Err("the step has no rootfs mounts".into());
+    }
+    for m in &plan.rootfs {
+        apply_mount(m, &plan.rootfs_dir, plan.in_userns)?;
+    }
+
+    // Host-side sources become detached mounts now; after pivot_root their paths are gone.
+    // procfs too: in a user namespace the kernel allows a new proc mount only while a fully visible
+    // one is in the mount namespace (mount_too_revealing), and the host's /proc leaves with the old root.
+    let proc_stage = plan.step_dir.join("proc");
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    ctx(
+        sys::mount("proc", &proc_stage, "proc", nosuid_nodev_noexec, None),
+        || "mount /proc".into(),
+    )?;
+    let proc_tree = clone_tree(&proc_stage, false, false)?;
+    let mut dev = Vec::new();
+    for name in DEV_NODES {
+        let host = Path::new("/dev").join(name);
+        if host.exists() {
+            dev.push((name, clone_tree(&host, false, false)?));
+        }
+    }
+    let sys_tree = clone_tree(Path::new("/sys"), true, true)?;
+    let mut staged = Vec::new();
+    for (host, target) in &plan.etc_files {
+        staged.push(Staged {
+            fd: clone_tree(host, false, true)?,
+            target: target.clone(),
+            dir: false,
+        });
+    }
+    let mut secrets_mounted = false;
+    let mut tmpfs_targets = Vec::new();
+    for (i, m) in plan.mounts.iter().enumerate() {
+        match m {
+            PlannedMount::Bind {
+                source,
+                target,
+                readonly,
+            } => {
+                let dir = source.is_dir();
+                staged.push(Staged {
+                    fd: clone_tree(source, true, *readonly)?,
+                    target: target.clone(),
+                    dir,
+                });
+            }
+            PlannedMount::Tmpfs { target, size } => tmpfs_targets.push((target.clone(), *size)),
+            PlannedMount::Secret {
+                target,
+                data,
+                uid,
+                gid,
+                mode,
+            } => {
+                let dir = plan.step_dir.join("secrets");
+                if !secrets_mounted {
+                    // Secrets live on a tmpfs that exists only in this mount namespace.
+                    ctx(
+                        sys::mount(
+                            "tmpfs",
+                            &dir,
+                            "tmpfs",
+                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                            Some("mode=0700"),
+                        ),
+                        || format!("mount secrets tmpfs on {}", dir.display()),
+                    )?;
+                    secrets_mounted = true;
+                }
+                let file = dir.join(i.to_string());
+                ctx(fs::write(&file, data), || {
+                    format!("write secret for {}", target.display())
+                })?;
+                ctx(
+                    std::os::unix::fs::chown(&file, Some(*uid), Some(*gid)),
+                    || format!("chown secret for {} to {uid}:{gid}", target.display()),
+                )?;
+                ctx(
+                    fs::set_permissions(&file, fs::Permissions::from_mode(*mode)),
+                    || format!("chmod secret for {}", target.display()),
+                )?;
+                staged.push(Staged {
+                    fd: clone_tree(&file, false, true)?,
+                    target: target.clone(),
+                    dir: false,
+                });
+            }
+            PlannedMount::Raw { mount, target } => {
+                if matches!(mount.kind.as_str(), "bind" | "rbind") {
+                    staged.push(Staged {
+                        fd: clone_tree(&mount.source, true, mount.is_readonly())?,
+                        target: target.clone(),
+                        dir: mount.source.is_dir(),
+                    });
+                } else {
+                    // Mounted on a host-side staging dir first: its options name host paths.
+                    let stage = plan.step_dir.join(format!("raw-{i}"));
+                    ctx(fs::create_dir(&stage), || {
+                        format!("create {}", stage.display())
+                    })?;
+                    apply_mount(mount, &stage, plan.in_userns)?;
+                    staged.push(Staged {
+                        fd: clone_tree(&stage, true, false)?,
+                        target: target.clone(),
+                        dir: true,
+                    });
+                }
+            }
+        }
+    }
+
+    ctx(sys::pivot_into(&plan.rootfs_dir), || {
+        format!("pivot_root into {}", plan.rootfs_dir.display())
+    })?;
+
+    let Undo { stubs, mounted } = undo;
+    let proc = Path::new("/proc");
+    ensure_target(proc, true, stubs)?;
+    ctx(sys::move_mount(&proc_tree, proc), || "mount /proc".into())?;
+    mounted.push(proc.to_path_buf());
+
+    let devdir = Path::new("/dev");
+    ensure_target(devdir, true, stubs)?;
+    ctx(
+        sys::mount(
+            "tmpfs",
+            devdir,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        ),
+        || "mount /dev".into(),
+    )?;
+    mounted.push(devdir.to_path_buf());
+    // Device nodes are bind mounts of the host's: mknod is not allowed in a user namespace.
+    for (name, fd) in &dev {
+        let p = devdir.join(name);
+        ctx(fs::write(&p, b""), || format!("create {}", p.display()))?;
+        ctx(sys::move_mount(fd, &p), || format!("mount {}", p.display()))?;
+    }
+    let pts = devdir.join("pts");
+    ctx(fs::create_dir(&pts), || "create /dev/pts".into())?;
+    let pts_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    if sys::mount(
+        "devpts",
+        &pts,
+        "devpts",
+        pts_flags,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .is_err()
+    {
+        // gid 5 (tty) is not mapped in a single-id user namespace.
+        ctx(
+            sys::mount(
+                "devpts",
+                &pts,
+                "devpts",
+                pts_flags,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            ),
+            || "mount /dev/pts".into(),
+        )?;
+    }
+    let shm = devdir.join("shm");
+    ctx(fs::create_dir(&shm), || "create /dev/shm".into())?;
+    ctx(
+        sys::mount(
+            "shm",
+            &shm,
+            "tmpfs",
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        ),
+        || "mount /dev/shm".into(),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(std::os::unix::fs::symlink(to, devdir.join(link)), || {
+            format!("symlink /dev/{link}")
+        })?;
+    }
+
+    let sysdir = Path::new("/sys");
+    ensure_target(sysdir, true, stubs)?;
+    ctx(sys::move_mount(&sys_tree, sysdir), || "mount /sys".into())?;
+    mounted.push(sysdir.to_path_buf());
+
+    for s in &staged {
+        ensure_target(&s.target, s.dir, stubs)?;
+        ctx(sys::move_mount(&s.fd, &s.target), || {
+            format!("mount {}", s.target.display())
+        })?;
+        mounted.push(s.target.clone());
+    }
+    for (target, size) in &tmpfs_targets {
+        ensure_target(target, true, stubs)?;
+        let data = (*size > 0).then(|| format!("size={size}"));
+        ctx(
+            sys::mount(
+                "tmpfs",
+                target,
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                data.as_deref(),
+            ),
+            || format!("mount tmpfs on {}", target.display()),
+        )?;
+        mounted.push(target.clone());
+    }
+
+    let db = UserDb::read(Path::new("/")).map_err(|e| e.to_string())?;
+    let user = db.resolve(&plan.user).map_err(|e| e.to_string())?;
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in &plan.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), user.home.clone()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+
+    let cwd = if plan.cwd.as_os_str().is_empty() {
+        PathBuf::from("/")
+    } else {
+        plan.cwd.clone()
+    };
+    make_cwd(&cwd, user.uid, user.gid)?;
+
+    let argv0 = plan
+        .argv
+        .first()
+        .ok_or_else(|| "the step has an empty command".to_string())?;
+    let exe = find_executable(argv0, &path_var)?;
+    Ok(Prepared {
+        exe: ctx(sys::cstr(&exe), || format!("bad path {}", exe.display()))?,
+        argv: plan.argv.iter().map(|a| sys::c_string(a)).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| sys::c_string(&format!("{k}={v}")))
+            .collect(),
+        cwd: ctx(sys::cstr(&cwd), || format!("bad path {}", cwd.display()))?,
+        user,
+    })
+}
+
+/// Creates the working directory if missing, new components owned by the step's user (as BuildKit's
+/// executor does for a WORKDIR that does not exist yet). Unlike mount stubs, it stays in the snapshot.
+fn make_cwd(cwd: &Path, uid: u32, gid: u32) -> SetupResult<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(cwd);
+    while let Some(p) = cur {
+        if p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        cur = p.parent();
+    }
+    for p in missing.iter().rev() {
+        ctx(fs::create_dir(p), || {
+            format!("create working directory {}", p.display())
+        })?;
+        ctx(std::os::unix::fs::chown(p, Some(uid), Some(gid)), || {
+            format!("chown working directory {} to {uid}:{gid}", p.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// PATH lookup inside the rootfs (the caller has pivoted into it).
+fn find_executable(name: &str, path_var: &str) -> SetupResult<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "executable file not found in $PATH: {name:?} (PATH={path_var})"
+    ))
+}
+
+/// Reads init's pid from the middle process (EOF if it failed before forking).
+pub(crate) fn read_pid(fd: OwnedFd) -> Option<i32> {
+    use std::io::Read;
+    let mut buf = [0u8; 4];
+    let mut f = fs::File::from(fd);
+    f.read_exact(&mut buf).ok().map(|_| i32::from_ne_bytes(buf))
+}

@@ -1,0 +1,466 @@
+//! The embedded backend: runs a step in namespaces forge sets up itself (no daemon, no runtime binary).
+//! As root it uses the host's ids; as a user it expects [`userns::enter_user_namespace`] to have moved
+//! the process into a user namespace first, and then works the same way as namespace-root.
+
+mod cache;
+mod container;
+mod prune;
+mod sys;
+pub mod userns;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+pub use cache::CacheError;
+use container::{ChildFds, Plan, PlannedMount};
+pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
+
+use crate::backend::{CancellationToken, OutputSink, RunError, Runner};
+use crate::spec::{NetworkMode, StepMountKind, StepOutcome, StepSpec, Stream};
+
+/// Lines of output kept for [`StepOutcome::tail`] by default.
+pub const DEFAULT_TAIL_LINES: usize = 20;
+const DEFAULT_HOSTNAME: &str = "forge";
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Where per-step temporary state goes (mount points, generated /etc files); removed after each step.
+    pub state_dir: PathBuf,
+    /// Where cache mounts persist, by id.
+    pub cache_root: PathBuf,
+    pub tail_lines: usize,
+}
+
+impl EmbeddedConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, cache_root: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            state_dir: state_dir.into(),
+            cache_root: cache_root.into(),
+            tail_lines: DEFAULT_TAIL_LINES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("mount target {target} is not an absolute path")]
+    RelativeTarget { target: PathBuf },
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("step {command:?} failed to start: {detail}")]
+    Setup {
+        command: Vec<String>,
+        detail: String,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> EmbeddedError {
+    let path = path.to_path_buf();
+    move |source| EmbeddedError::Io { what, path, source }
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> EmbeddedError {
+    move |source| EmbeddedError::Sys { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedRunner {
+    config: EmbeddedConfig,
+    in_userns: bool,
+}
+
+/// Whom to SIGKILL on cancellation: init once known (that ends the whole PID namespace), else the
+/// middle process (init then dies by PR_SET_PDEATHSIG).
+#[derive(Default)]
+struct KillTarget {
+    pid: Option<i32>,
+    cancelled: bool,
+}
+
+impl KillTarget {
+    fn set(target: &Mutex<KillTarget>, pid: i32) {
+        let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
+        t.pid = Some(pid);
+        if t.cancelled {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    fn cancel(target: &Mutex<KillTarget>) {
+        let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
+        t.cancelled = true;
+        if let Some(pid) = t.pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    fn is_cancelled(target: &Mutex<KillTarget>) -> bool {
+        target.lock().unwrap_or_else(|e| e.into_inner()).cancelled
+    }
+}
+
+/// The step's temporary directory, removed however the step ends.
+struct StepDir(PathBuf);
+
+impl Drop for StepDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl EmbeddedRunner {
+    pub fn new(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        for dir in [&config.state_dir, &config.cache_root] {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        Ok(EmbeddedRunner {
+            config,
+            in_userns: in_user_namespace(),
+        })
+    }
+
+    pub fn config(&self) -> &EmbeddedConfig {
+        &self.config
+    }
+
+    fn make_step_dir(&self) -> Result<StepDir, EmbeddedError> {
+        let n = STEP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .config
+            .state_dir
+            .join(format!("step-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).map_err(io_err("create step directory", &dir))?;
+        let guard = StepDir(dir);
+        fs::set_permissions(&guard.0, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", &guard.0))?;
+        for sub in ["rootfs", "secrets", "etc", "proc"] {
+            let p = guard.0.join(sub);
+            fs::create_dir(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(guard)
+    }
+
+    /// Generated /etc files, bind-mounted read-only so they never reach the snapshot (as BuildKit).
+    fn etc_files(
+        &self,
+        spec: &StepSpec,
+        dir: &Path,
+    ) -> Result<Vec<(PathBuf, PathBuf)>, EmbeddedError> {
+        let hostname = if spec.hostname.is_empty() {
+            DEFAULT_HOSTNAME
+        } else {
+            spec.hostname.as_str()
+        };
+        let hosts =
+            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let resolv = match spec.network {
+            NetworkMode::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            NetworkMode::None => String::new(),
+        };
+        let mut out = Vec::new();
+        for (name, text) in [
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+            ("hostname", format!("{hostname}\n")),
+        ] {
+            let p = dir.join(name);
+            fs::write(&p, text).map_err(io_err("write", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
+                .map_err(io_err("chmod", &p))?;
+            out.push((p, Path::new("/etc").join(name)));
+        }
+        Ok(out)
+    }
+
+    fn plan(
+        &self,
+        spec: &StepSpec,
+        step_dir: &Path,
+    ) -> Result<(Plan, Vec<cache::CacheLease>), EmbeddedError> {
+        let mut env = spec.env.clone();
+        let mut mounts = Vec::new();
+        let mut leases = Vec::new();
+        for m in &spec.mounts {
+            if !m.target.is_absolute() {
+                return Err(EmbeddedError::RelativeTarget {
+                    target: m.target.clone(),
+                });
+            }
+            let target = m.target.clone();
+            mounts.push(match &m.kind {
+                StepMountKind::Bind { source, readonly } => PlannedMount::Bind {
+                    source: source.clone(),
+                    target,
+                    readonly: *readonly,
+                },
+                StepMountKind::Cache {
+                    id,
+                    sharing,
+                    uid,
+                    gid,
+                    mode,
+                } => {
+                    let lease =
+                        cache::acquire(&self.config.cache_root, id, *sharing, *uid, *gid, *mode)?;
+                    let source = lease.dir.clone();
+                    leases.push(lease);
+                    PlannedMount::Bind {
+                        source,
+                        target,
+                        readonly: false,
+                    }
+                }
+                StepMountKind::Tmpfs { size } => PlannedMount::Tmpfs {
+                    target,
+                    size: *size,
+                },
+                StepMountKind::Secret {
+                    data,
+                    uid,
+                    gid,
+                    mode,
+                } => PlannedMount::Secret {
+                    target,
+                    data: data.clone(),
+                    uid: *uid,
+                    gid: *gid,
+                    mode: *mode,
+                },
+                StepMountKind::Ssh { agent_socket, .. } => {
+                    // The socket is bound as it is; uid/gid/mode would need an agent proxy (BuildKit
+                    // runs one) and are not applied.
+                    env.push((
+                        "SSH_AUTH_SOCK".into(),
+                        target.to_string_lossy().into_owned(),
+                    ));
+                    PlannedMount::Bind {
+                        source: agent_socket.clone(),
+                        target,
+                        readonly: false,
+                    }
+                }
+                StepMountKind::Raw(mount) => PlannedMount::Raw {
+                    mount: mount.clone(),
+                    target,
+                },
+            });
+        }
+        env.extend(spec.secret_env.iter().cloned());
+        let plan = Plan {
+            step_dir: step_dir.to_path_buf(),
+            rootfs_dir: step_dir.join("rootfs"),
+            rootfs: spec.rootfs.clone(),
+            in_userns: self.in_userns,
+            hostname: if spec.hostname.is_empty() {
+                DEFAULT_HOSTNAME.into()
+            } else {
+                spec.hostname.clone()
+            },
+            new_netns: spec.network == NetworkMode::None,
+            etc_files: self.etc_files(spec, &step_dir.join("etc"))?,
+            mounts,
+            argv: spec.command.argv(),
+            env,
+            user: spec.user.clone(),
+            cwd: spec.cwd.clone(),
+        };
+        Ok((plan, leases))
+    }
+
+    /// The blocking half of a step: prepare, fork, wait. The forking thread stays in here until the
+    /// step is over, because PR_SET_PDEATHSIG fires when the forking *thread* exits.
+    fn spawn_and_wait(
+        &self,
+        spec: &StepSpec,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        target: &Mutex<KillTarget>,
+    ) -> Result<i32, RunError> {
+        let step_dir = self.make_step_dir()?;
+        let (plan, leases) = self.plan(spec, &step_dir.0)?;
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let (pid_r, pid_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        if KillTarget::is_cancelled(target) {
+            return Err(RunError::Cancelled);
+        }
+        // Which copy-up candidates already exist in the upper dir, to tell them from new ones after.
+        let layers = prune::overlay_layers(&plan.rootfs);
+        let targets = plan
+            .etc_files
+            .iter()
+            .map(|(_, t)| t.as_path())
+            .chain(plan.mounts.iter().map(PlannedMount::target));
+        let candidates = prune::candidates(targets);
+        let before = layers
+            .as_ref()
+            .map(|(upper, _)| prune::existing(upper, &candidates))
+            .unwrap_or_default();
+        let forge_pid = nix::unistd::getpid();
+        let fds = ChildFds {
+            stdout,
+            stderr,
+            error: err_w,
+            pid: pid_w,
+        };
+        // SAFETY: the child only runs container::run_middle, which never returns into forge's code and
+        // uses only glibc calls that are safe after fork (glibc's fork resets malloc's locks).
+        let middle = match unsafe { fork() }.map_err(sys_err("fork step process"))? {
+            ForkResult::Child => container::run_middle(&plan, fds, forge_pid),
+            ForkResult::Parent { child } => child,
+        };
+        drop(fds);
+        KillTarget::set(target, middle.as_raw());
+        if let Some(init) = container::read_pid(pid_r) {
+            KillTarget::set(target, init);
+        }
+        let code = loop {
+            match waitpid(middle, None) {
+                Ok(WaitStatus::Exited(_, code)) => break code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(sys_err("wait for the step process")(e).into()),
+            }
+        };
+        // The middle process is reaped: never signal its pid again.
+        target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        let mut detail = String::new();
+        let _ = fs::File::from(err_r).read_to_string(&mut detail);
+        drop(leases);
+        drop(step_dir);
+        if let Some((upper, lowers)) = &layers {
+            prune::prune(upper, lowers, &candidates, &before);
+        }
+        if KillTarget::is_cancelled(target) {
+            return Err(RunError::Cancelled);
+        }
+        if !detail.is_empty() {
+            return Err(EmbeddedError::Setup {
+                command: plan.argv.clone(),
+                detail,
+            }
+            .into());
+        }
+        Ok(code)
+    }
+}
+
+async fn read_lines(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<(Stream, String)>) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if tx.send((stream, line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Runner for EmbeddedRunner {
+    async fn run(
+        &self,
+        spec: &StepSpec,
+        output: &mut OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, RunError> {
+        if cancel.is_cancelled() {
+            return Err(RunError::Cancelled);
+        }
+        let start = Instant::now();
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let (tx, mut rx) = mpsc::channel(256);
+        let readers = [
+            tokio::spawn(read_lines(out_r, Stream::Stdout, tx.clone())),
+            tokio::spawn(read_lines(err_r, Stream::Stderr, tx)),
+        ];
+        let target = Arc::new(Mutex::new(KillTarget::default()));
+        let runner = self.clone();
+        let spec_owned = spec.clone();
+        let target2 = Arc::clone(&target);
+        let mut handle = tokio::task::spawn_blocking(move || {
+            runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
+        });
+        let mut tail = VecDeque::new();
+        let mut result = None;
+        let mut open = true;
+        let mut cancelled = false;
+        while open || result.is_none() {
+            tokio::select! {
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    KillTarget::cancel(&target);
+                }
+                msg = rx.recv(), if open => match msg {
+                    Some((stream, line)) => {
+                        output(stream, &line);
+                        if tail.len() == self.config.tail_lines {
+                            tail.pop_front();
+                        }
+                        if self.config.tail_lines > 0 {
+                            tail.push_back(line);
+                        }
+                    }
+                    None => open = false,
+                },
+                r = &mut handle, if result.is_none() => {
+                    result = Some(r);
+                }
+            }
+        }
+        for r in readers {
+            let _ = r.await;
+        }
+        let code = match result {
+            Some(Ok(r)) => r?,
+            Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            None => unreachable!("the loop ends only with a result"),
+        };
+        Ok(StepOutcome {
+            exit_code: code,
+            duration: start.elapsed(),
+            tail: tail.into(),
+        })
+    }
+}

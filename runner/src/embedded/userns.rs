@@ -1,0 +1,270 @@
+//! Rootless entry: moves the whole forge process into a user namespace (and a private mount namespace)
+//! before any thread starts, so snapshots, overlay mounts and steps all run as namespace-root.
+//!
+//! Instead of re-executing itself as `buildah unshare` does, forge forks a helper *before* unsharing;
+//! the helper stays in the host's user namespace, where the setuid newuidmap/newgidmap work, and writes
+//! the maps for forge's pid. Forge keeps its pid, stdio, arguments and terminal signals.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    #[error("enter_user_namespace must run before any thread starts ({threads} threads running)")]
+    NotSingleThreaded { threads: usize },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing id maps for user {user} (uid {uid}) failed: {detail}")]
+    Maps {
+        user: String,
+        uid: u32,
+        detail: String,
+    },
+}
+
+/// What [`enter_user_namespace`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// Running as real root: no user namespace is needed.
+    HostRoot,
+    /// Already inside a user namespace as its root (set up by a caller): nothing was done.
+    AlreadyInside,
+    /// Container ids 0 -> `host_uid`, 1..=count -> the subordinate range (as rootless podman maps).
+    Mapped {
+        host_uid: u32,
+        host_gid: u32,
+        subuid: (u32, u32),
+        subgid: (u32, u32),
+    },
+    /// Only the caller's own ids are mapped (no subordinate range); see `warning`.
+    SingleId {
+        host_uid: u32,
+        host_gid: u32,
+        warning: String,
+    },
+}
+
+fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> UsernsError {
+    let what = what.into();
+    move |e| UsernsError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Whether this process is in a user namespace other than the initial one.
+pub fn in_user_namespace() -> bool {
+    match fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
+
+/// The first `start:count` range for `name` or `uid` in an /etc/subuid-style file.
+pub fn subordinate_range(file: &Path, name: &str, uid: u32) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(file).ok()?;
+    let uid = uid.to_string();
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if who != name && who != uid {
+            return None;
+        }
+        Some((start.parse().ok()?, count.parse().ok()?))
+    })
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn thread_count() -> usize {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().ok()))
+        })
+        .flatten()
+        .unwrap_or(1)
+}
+
+/// Enters a user namespace as its root, with the subordinate ids of /etc/subuid and /etc/subgid
+/// mapped, then a private mount namespace. Call it first thing in `main`, before a tokio runtime or any
+/// other thread exists (unshare(CLONE_NEWUSER) refuses multi-threaded callers). A no-op for real root.
+pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(if in_user_namespace() {
+            UserNamespace::AlreadyInside
+        } else {
+            UserNamespace::HostRoot
+        });
+    }
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(UsernsError::NotSingleThreaded { threads });
+    }
+    let gid = nix::unistd::getegid().as_raw();
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(euid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| euid.to_string());
+    let subuid = subordinate_range(Path::new("/etc/subuid"), &name, euid);
+    let subgid = subordinate_range(Path::new("/etc/subgid"), &name, euid);
+    let tools = (find_tool("newuidmap"), find_tool("newgidmap"));
+    let result = match (subuid, subgid, tools) {
+        (Some(su), Some(sg), (Some(newuidmap), Some(newgidmap))) => {
+            map_with_helpers(&name, euid, gid, su, sg, &newuidmap, &newgidmap)?;
+            UserNamespace::Mapped {
+                host_uid: euid,
+                host_gid: gid,
+                subuid: su,
+                subgid: sg,
+            }
+        }
+        (su, sg, tools) => {
+            let why = if su.is_none() || sg.is_none() {
+                format!("user {name} has no range in /etc/subuid and /etc/subgid")
+            } else if tools.0.is_none() {
+                "newuidmap is not installed (package uidmap)".to_string()
+            } else {
+                "newgidmap is not installed (package uidmap)".to_string()
+            };
+            map_single_id(euid, gid)?;
+            UserNamespace::SingleId {
+                host_uid: euid,
+                host_gid: gid,
+                warning: format!(
+                    "{why}: only uid {euid} is mapped (as root) in the user namespace, so chown to any \
+                     other id, USER other than root, setgroups and package managers that drop \
+                     privileges will fail"
+                ),
+            }
+        }
+    };
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys_err("make / private"))?;
+    Ok(result)
+}
+
+fn map_single_id(uid: u32, gid: u32) -> Result<(), UsernsError> {
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(sys_err("unshare user namespace"))?;
+    let write = |path: &str, text: String| {
+        fs::write(path, text).map_err(|source| UsernsError::Sys {
+            what: format!("write {path}"),
+            source,
+        })
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    Ok(())
+}
+
+fn map_with_helpers(
+    name: &str,
+    uid: u32,
+    gid: u32,
+    subuid: (u32, u32),
+    subgid: (u32, u32),
+    newuidmap: &Path,
+    newgidmap: &Path,
+) -> Result<(), UsernsError> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let (res_r, res_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let target = nix::unistd::getpid();
+    // SAFETY: the caller checked that this process is single-threaded.
+    match unsafe { fork() }.map_err(sys_err("fork id-map helper"))? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(res_r);
+            let mut go = fs::File::from(go_r);
+            let mut byte = [0u8; 1];
+            let mut res = fs::File::from(res_w);
+            let code = if go.read_exact(&mut byte).is_ok() {
+                let pid = target.as_raw().to_string();
+                let mut code = 0;
+                for (tool, id, (start, count)) in
+                    [(newuidmap, uid, subuid), (newgidmap, gid, subgid)]
+                {
+                    let out = std::process::Command::new(tool)
+                        .args([&pid, "0", &id.to_string(), "1", "1"])
+                        .args([start.to_string(), count.to_string()])
+                        .output();
+                    let failure = match out {
+                        Ok(o) if o.status.success() => None,
+                        Ok(o) => Some(format!(
+                            "{} {pid} 0 {id} 1 1 {start} {count} exited with {}: {}",
+                            tool.display(),
+                            o.status,
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        )),
+                        Err(e) => Some(format!("run {}: {e}", tool.display())),
+                    };
+                    if let Some(msg) = failure {
+                        let _ = res.write_all(msg.as_bytes());
+                        code = 1;
+                        break;
+                    }
+                }
+                code
+            } else {
+                1
+            };
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(res_w);
+            let unshared = unshare(CloneFlags::CLONE_NEWUSER);
+            let mut go = fs::File::from(go_w);
+            if unshared.is_ok() {
+                let _ = go.write_all(b"1");
+            }
+            drop(go);
+            let mut detail = String::new();
+            let _ = fs::File::from(res_r).read_to_string(&mut detail);
+            let status = waitpid(child, None);
+            unshared.map_err(sys_err("unshare user namespace"))?;
+            match status {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                other => Err(UsernsError::Maps {
+                    user: name.to_string(),
+                    uid,
+                    detail: if detail.is_empty() {
+                        format!("helper ended with {other:?}")
+                    } else {
+                        detail
+                    },
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Shared fixture for the embedded backend's integration tests: a busybox rootfs as the lower layer of
+//! an overlay (its upper dir stands for the committed snapshot), and the `forge-runner-step` binary run
+//! as root or as the unprivileged $FORGE_TEST_USER.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n";
+pub const GROUP: &str = "root:x:0:\nwheel:x:10:tester\ntester:x:1000:\n";
+
+/// How the step binary is launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Root,
+    /// As this user, which enters its own user namespace (subuid range when it has one).
+    Rootless {
+        user: String,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl Mode {
+    pub fn name(&self) -> String {
+        match self {
+            Mode::Root => "root".into(),
+            Mode::Rootless { user, .. } => format!("rootless({user})"),
+        }
+    }
+}
+
+fn require() -> bool {
+    std::env::var("FORGE_E2E").as_deref() == Ok("require")
+}
+
+/// Prints a SKIP line, or fails when FORGE_E2E=require.
+pub fn skip(why: &str) {
+    if require() {
+        panic!("FORGE_E2E=require but {why}");
+    }
+    eprintln!("SKIP: {why}");
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// A rootless mode for an existing user, if there is one.
+pub fn user_mode(user: &str) -> Option<Mode> {
+    let (uid, gid) = lookup_user(user)?;
+    Some(Mode::Rootless {
+        user: user.to_string(),
+        uid,
+        gid,
+    })
+}
+
+/// The modes this machine can run: root when the tests run as root, and the unprivileged user.
+pub fn modes() -> Vec<Mode> {
+    let mut modes = Vec::new();
+    let euid = nix::unistd::geteuid().as_raw();
+    if !Path::new("/bin/busybox").exists() {
+        skip("/bin/busybox is missing (Debian busybox-static), no test rootfs");
+        return modes;
+    }
+    if euid == 0 {
+        modes.push(Mode::Root);
+        match std::env::var("FORGE_TEST_USER") {
+            Ok(user) => match lookup_user(&user) {
+                Some((uid, gid)) => modes.push(Mode::Rootless { user, uid, gid }),
+                None => skip(&format!(
+                    "FORGE_TEST_USER={user} does not exist (run .ci/setup.d/40-rootless-user.sh)"
+                )),
+            },
+            Err(_) => skip("FORGE_TEST_USER is not set: rootless runs skipped"),
+        }
+    } else {
+        skip("tests are not running as root: root runs skipped");
+        let uid = euid;
+        let gid = nix::unistd::getegid().as_raw();
+        modes.push(Mode::Rootless {
+            user: uid.to_string(),
+            uid,
+            gid,
+        });
+    }
+    modes
+}
+
+pub struct StepResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl StepResult {
+    fn from(out: Output) -> Self {
+        StepResult {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "code={}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub struct Fixture {
+    pub mode: Mode,
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+}
+
+fn chown_tree(root: &Path, uid: u32, gid: u32) {
+    for entry in walk(root) {
+        std::os::unix::fs::lchown(&entry, Some(uid), Some(gid)).unwrap();
+    }
+}
+
+/// Every path under `root`, `root` included (symlinks not followed).
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            for e in fs::read_dir(&p).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+impl Fixture {
+    pub fn new(mode: &Mode) -> Self {
+        // Under /tmp, world-traversable, so the unprivileged user reaches it.
+        let dir = tempfile::Builder::new()
+            .prefix("forge-runner-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let lower = dir.path().join("lower");
+        for d in ["bin", "etc", "root", "home/tester", "tmp"] {
+            fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        fs::set_permissions(lower.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
+            }
+        }
+        fs::write(lower.join("etc/passwd"), PASSWD).unwrap();
+        fs::write(lower.join("etc/group"), GROUP).unwrap();
+        for d in ["upper", "work", "state", "cache", "host"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let bin = dir.path().join("forge-runner-step");
+        fs::copy(env!("CARGO_BIN_EXE_forge-runner-step"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        if let Mode::Rootless { uid, gid, .. } = mode
+            && nix::unistd::geteuid().is_root()
+        {
+            // A rootless snapshotter unpacks layers inside the user namespace: the image's root-owned
+            // files belong to the user's own uid on the host.
+            chown_tree(dir.path(), *uid, *gid);
+            std::os::unix::fs::lchown(&bin, Some(0), Some(0)).unwrap();
+        }
+        let fixture = Fixture {
+            mode: mode.clone(),
+            dir,
+            bin,
+        };
+        if nix::unistd::geteuid().is_root() {
+            let id = fixture.host_id(1000);
+            std::os::unix::fs::chown(lower.join("home/tester"), Some(id), Some(id)).unwrap();
+        }
+        fixture
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.path("upper")
+    }
+
+    /// The host ids a container id shows up as in the upper dir.
+    pub fn host_id(&self, container_id: u32) -> u32 {
+        match &self.mode {
+            Mode::Root => container_id,
+            Mode::Rootless { uid, .. } => {
+                if container_id == 0 || *uid == 65534 {
+                    *uid
+                } else {
+                    100_000 + container_id - 1
+                }
+            }
+        }
+    }
+
+    pub fn command(&self, flags: &[&str], argv: &[&str]) -> Command {
+        let mut cmd = match &self.mode {
+            Mode::Rootless { uid, gid, .. } if nix::unistd::geteuid().is_root() => {
+                let mut c = Command::new("setpriv");
+                let (uid, gid) = (uid.to_string(), gid.to_string());
+                c.args(["--reuid", &uid, "--regid", &gid, "--init-groups", "--"]);
+                c.arg(&self.bin);
+                c
+            }
+            _ => Command::new(&self.bin),
+        };
+        let overlay = format!(
+            "{}:{}:{}",
+            self.path("lower").display(),
+            self.path("upper").display(),
+            self.path("work").display()
+        );
+        cmd.arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--cache-root")
+            .arg(self.path("cache"))
+            .arg("--overlay")
+            .arg(overlay)
+            .args(flags)
+            .arg("--")
+            .args(argv)
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, flags: &[&str], argv: &[&str]) -> StepResult {
+        StepResult::from(self.command(flags, argv).output().unwrap())
+    }
+
+    pub fn sh(&self, flags: &[&str], script: &str) -> StepResult {
+        self.run(flags, &["/bin/sh", "-c", script])
+    }
+
+    pub fn spawn(&self, flags: &[&str], argv: &[&str]) -> Child {
+        self.command(flags, argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Makes a file in the fixture readable by the step binary's user.
+    pub fn give(&self, path: &Path) {
+        if let Mode::Rootless { uid, gid, .. } = &self.mode
+            && nix::unistd::geteuid().is_root()
+        {
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
+        }
+    }
+
+    /// Paths under the upper dir, relative, sorted.
+    pub fn upper_paths(&self) -> Vec<String> {
+        let upper = self.upper();
+        let mut v: Vec<String> = walk(&upper)
+            .iter()
+            .filter_map(|p| {
+                let rel = p.strip_prefix(&upper).ok()?.to_string_lossy().into_owned();
+                (!rel.is_empty()).then_some(rel)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Pids of processes whose argv equals `argv` (read from /proc).
+pub fn pids_with_argv(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fs::read(e.path().join("cmdline")).ok().as_deref() == Some(&want[..]) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
