@@ -24,6 +24,7 @@ use forge_runner::user::UserError;
 use forge_runner::{Command, NetworkMode, StepMount, StepMountKind, StepSpec, Stream, User};
 use forge_snapshotter::Mount;
 use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -604,6 +605,71 @@ fn sleepers() -> Vec<u32> {
         }
     }
     found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_agent_is_forwarded_through_a_proxy_socket() {
+    let Some(config) = prerequisites() else {
+        return;
+    };
+    let world = World::new(config);
+    let runner = world.runner().await;
+    // A stand-in agent: answers "pong" to whatever a client sends.
+    let agent_path = world.config.cache_root.with_file_name("agent.sock");
+    let agent = tokio::net::UnixListener::bind(&agent_path).unwrap();
+    let agent_task = tokio::spawn(async move {
+        let (mut conn, _) = agent.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        conn.write_all(b"pong").await.unwrap();
+        buf
+    });
+    let mut spec = world.spec(
+        "echo \"sock=$SSH_AUTH_SOCK\"; test -S \"$SSH_AUTH_SOCK\" && stat -c '%u %a' \"$SSH_AUTH_SOCK\"; \
+         sleep 3",
+    );
+    spec.mounts = vec![StepMount {
+        target: "/run/buildkit/ssh_agent.0".into(),
+        kind: StepMountKind::Ssh {
+            agent_socket: agent_path.clone(),
+            uid: 1000,
+            gid: 1000,
+            mode: 0o600,
+        },
+    }];
+    // busybox has no unix-socket client, so the proxy's forwarding is exercised from the host side
+    // while the step holds it open, and the step checks what it sees at the mount point.
+    let state_dir = world.config.state_dir.clone();
+    let client = tokio::spawn(async move {
+        for _ in 0..100 {
+            let found = std::fs::read_dir(&state_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("ssh-0.sock"))
+                .find(|p| p.exists());
+            if let Some(proxy) = found {
+                let mut conn = tokio::net::UnixStream::connect(&proxy).await.unwrap();
+                conn.write_all(b"ping").await.unwrap();
+                let mut answer = [0u8; 4];
+                conn.read_exact(&mut answer).await.unwrap();
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the proxy socket never appeared");
+    });
+    let (outcome, lines) = run(&runner, &spec).await;
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(
+        stdout(&lines),
+        vec!["sock=/run/buildkit/ssh_agent.0", "1000 600"]
+    );
+    assert_eq!(&client.await.unwrap(), b"pong");
+    assert_eq!(&agent_task.await.unwrap(), b"ping");
+    assert!(!world.upper.join("run").exists());
+    assert!(is_empty_dir(&world.config.state_dir));
+    runner.close().await.unwrap();
 }
 
 /// The busybox rootfs as an uncompressed layer tar, written with the `tar` crate.

@@ -28,7 +28,7 @@ use super::{
     Connection, ContainerdConfig, ContainerdContent, ContainerdError, ContainerdSnapshots, Lease,
 };
 use crate::backend::OutputSink;
-use crate::spec::{StepOutcome, StepSpec};
+use crate::spec::{StepMountKind, StepOutcome, StepSpec};
 
 /// containerd's type URL for an OCI runtime spec carried as JSON in an `Any`.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -157,15 +157,28 @@ impl ContainerdRunner {
             .await?;
             let oci_mounts = prepared.oci.clone();
             step.mounts = Some(prepared);
+            let mut env = environment(&spec.env, &spec.secret_env, &user.home);
+            // As BuildKit does: the first forwarded agent is the one ssh clients find by default.
+            let agent = spec.mounts.iter().find_map(|m| match m.kind {
+                StepMountKind::Ssh { .. } => Some(m.target.to_string_lossy().into_owned()),
+                _ => None,
+            });
+            if let Some(agent) = agent
+                && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+            {
+                env.push(format!("SSH_AUTH_SOCK={agent}"));
+            }
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),
-                env: environment(&spec.env, &spec.secret_env, &user.home),
+                env,
                 cwd: spec.cwd.clone(),
                 user: &user,
                 hostname: &spec.hostname,
                 network: spec.network,
                 mounts: oci_mounts,
-                cgroups_path: format!("/{}/{id}", self.config.namespace),
+                // One fixed parent: runc removes the step's cgroup but never its parent, so a parent
+                // per namespace would leave an empty directory behind for every namespace used.
+                cgroups_path: format!("/forge/{id}"),
             })?;
             if let Some(view) = &view {
                 let destinations: Vec<PathBuf> = runtime_spec
