@@ -333,6 +333,54 @@ fn assert_nothing_left(fx: &Fixture, argv: &[&str], step_pids: &[i32]) {
     assert!(state.is_empty(), "temp dirs left: {state:?}");
 }
 
+/// The pid of the running forge-runner-step binary of this fixture.
+fn forge_pid(fx: &Fixture) -> i32 {
+    let bin = fx.bin.to_string_lossy().into_owned();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.starts_with(bin.as_bytes()) && c.get(bin.len()) == Some(&0))
+                .unwrap_or(false)
+        })
+        .expect("the forge-runner-step process")
+}
+
+#[test]
+fn a_killed_forge_takes_the_step_with_it() {
+    for_each_mode(|fx| {
+        let argv = ["sleep", "1618"];
+        let child = fx.spawn(&[], &["/bin/sh", "-c", "sleep 1618 & sleep 1618; wait"]);
+        wait_for("the step's sleeps", Duration::from_secs(10), || {
+            pids_with_argv(&argv).len() == 2
+        });
+        let step_pids = pids_with_argv(&argv);
+        let target = forge_pid(fx);
+        // SIGKILL: forge gets no chance to clean up; PR_SET_PDEATHSIG must end the step's init.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(target),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        wait_for(
+            "the step's processes to die",
+            Duration::from_secs(10),
+            || pids_with_argv(&argv).is_empty(),
+        );
+        for pid in &step_pids {
+            wait_for("pid to vanish", Duration::from_secs(10), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+        }
+        let mounts = mount_lines_mentioning(fx.dir.path());
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    });
+}
+
 #[test]
 fn sigterm_to_forge_kills_the_step_tree_and_leaves_nothing() {
     for_each_mode(|fx| {
@@ -347,17 +395,7 @@ fn sigterm_to_forge_kills_the_step_tree_and_leaves_nothing() {
             !mount_lines_mentioning(fx.dir.path()).is_empty(),
             "no step mounts seen while running"
         );
-        let bin = fx.bin.to_string_lossy().into_owned();
-        let target = fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-            .find(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| c.starts_with(bin.as_bytes()) && c.get(bin.len()) == Some(&0))
-                    .unwrap_or(false)
-            })
-            .expect("the forge-runner-step process");
+        let target = forge_pid(fx);
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(target),
             nix::sys::signal::Signal::SIGTERM,

@@ -7,6 +7,8 @@
 //!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
 //!   [--secret-env NAME=VALUE] [--cancel-after-ms N] [--repeat N] [--quiet] -- ARGV...
 //!
+//! forge-runner-step --remove-tree DIR   removes DIR from inside the user namespace.
+//!
 //! Output lines are echoed to stdout/stderr; the last stderr line is `forge-runner-step: exit=N ...`;
 //! the process exits with the step's code, 130 when cancelled, 125 on a setup error.
 
@@ -17,8 +19,8 @@ use std::time::Duration;
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner, UserNamespace, enter_user_namespace};
 use forge_runner::spec::CacheSharing;
 use forge_runner::{
-    CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind, StepSpec,
-    Stream, User,
+    Backend, CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind,
+    StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount;
 
@@ -225,6 +227,18 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     }
+    // Files a rootless step chowned belong to subordinate ids the user cannot remove from outside the
+    // namespace; inside it, as namespace-root, it can (as `podman unshare rm -rf`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 3 && argv[1] == "--remove-tree" {
+        return match std::fs::remove_dir_all(&argv[2]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("forge-runner-step: remove {}: {e}", argv[2]);
+                ExitCode::from(1)
+            }
+        };
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -242,7 +256,8 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let runner = match EmbeddedRunner::new(EmbeddedConfig::new(&args.state_dir, &args.cache_root)) {
-        Ok(r) => r,
+        // Through the Backend enum, as the builder selects a backend.
+        Ok(r) => Backend::Embedded(r),
         Err(e) => {
             eprintln!("forge-runner-step: {e}");
             return ExitCode::from(125);

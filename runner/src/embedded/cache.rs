@@ -11,6 +11,8 @@ use crate::spec::CacheSharing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    #[error("cancelled while waiting for the lock of cache mount {id:?}")]
+    Cancelled { id: String },
     #[error("cache mount {id:?}: {what} {path}")]
     Io {
         id: String,
@@ -58,6 +60,7 @@ pub(crate) fn acquire(
     uid: u32,
     gid: u32,
     mode: u32,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<CacheLease, CacheError> {
     let base = root.join(key(id));
     let err = |what: &'static str, path: &Path| {
@@ -81,9 +84,24 @@ pub(crate) fn acquire(
             .open(&lock_path)
             .map_err(err("open lock", &lock_path))?;
         let got = match sharing {
-            CacheSharing::Shared => flock(&lock, libc::LOCK_SH),
-            CacheSharing::Locked => flock(&lock, libc::LOCK_EX),
             CacheSharing::Private => flock(&lock, libc::LOCK_EX | libc::LOCK_NB),
+            // Shared and locked holders wait, but poll so that a cancelled build stops waiting.
+            CacheSharing::Shared | CacheSharing::Locked => {
+                let op = if sharing == CacheSharing::Shared {
+                    libc::LOCK_SH
+                } else {
+                    libc::LOCK_EX
+                };
+                loop {
+                    match flock(&lock, op | libc::LOCK_NB) {
+                        Ok(false) if cancelled() => {
+                            return Err(CacheError::Cancelled { id: id.to_string() });
+                        }
+                        Ok(false) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                        other => break other,
+                    }
+                }
+            }
         }
         .map_err(err("lock", &lock_path))?;
         if got {
@@ -122,6 +140,7 @@ mod tests {
             uid,
             gid,
             0o755,
+            &|| false,
         )
         .unwrap();
         let b = acquire(
@@ -131,6 +150,7 @@ mod tests {
             uid,
             gid,
             0o755,
+            &|| false,
         )
         .unwrap();
         assert_ne!(a.dir, b.dir);
@@ -142,6 +162,7 @@ mod tests {
             uid,
             gid,
             0o755,
+            &|| false,
         )
         .unwrap();
         assert!(c.dir.ends_with("0"), "{}", c.dir.display());
@@ -153,6 +174,7 @@ mod tests {
             uid,
             gid,
             0o755,
+            &|| false,
         )
         .unwrap();
         let s2 = acquire(
@@ -162,6 +184,7 @@ mod tests {
             uid,
             gid,
             0o755,
+            &|| false,
         )
         .unwrap();
         assert_eq!(s1.dir, s2.dir);
@@ -173,6 +196,7 @@ mod tests {
             uid,
             gid,
             0o700,
+            &|| false,
         )
         .unwrap();
         assert_ne!(p.dir, s1.dir);
@@ -180,5 +204,49 @@ mod tests {
             fs::metadata(&p.dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn a_locked_waiter_stops_when_cancelled() {
+        let root = tempfile::tempdir().unwrap();
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let held = acquire(
+            root.path(),
+            "x",
+            CacheSharing::Locked,
+            uid,
+            gid,
+            0o755,
+            &|| false,
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let waited = acquire(
+            root.path(),
+            "x",
+            CacheSharing::Locked,
+            uid,
+            gid,
+            0o755,
+            &|| start.elapsed() > std::time::Duration::from_millis(100),
+        );
+        assert!(
+            matches!(waited, Err(CacheError::Cancelled { .. })),
+            "{waited:?}"
+        );
+        drop(held);
+        acquire(
+            root.path(),
+            "x",
+            CacheSharing::Locked,
+            uid,
+            gid,
+            0o755,
+            &|| false,
+        )
+        .unwrap();
     }
 }

@@ -1,16 +1,16 @@
-//! The container side of a step: what runs after forge forks. A middle process unshares the namespaces
-//! and forks the namespace's init, which builds the rootfs, pivots into it and forks the command; init
-//! then waits, removes the mount stubs it created, and exits with the command's status.
+//! The container side of a step: what runs after forge forks. A thread of forge unshares the namespaces
+//! for itself alone and forks the namespace's init, which builds the rootfs, pivots into it and forks
+//! the command; init then waits, removes the mount stubs it created, and exits with the command's status.
 //!
-//! Process tree: forge (P) -> middle (A, new session, owns the new namespaces) -> init (I, pid 1) ->
-//! command (C). Killing I kills the whole PID namespace; each of A and I dies with its parent
-//! (PR_SET_PDEATHSIG), so a dead forge takes the step with it.
+//! Process tree: forge (P, step thread) -> init (I, pid 1, new session) -> command (C). Killing I kills
+//! the whole PID namespace; I dies with the step thread (PR_SET_PDEATHSIG), so a dead forge takes the
+//! step with it.
 
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,6 +39,9 @@ pub(crate) struct Plan {
     pub rootfs: Vec<Mount>,
     /// Overlay mounts need `userxattr` inside a user namespace.
     pub in_userns: bool,
+    /// fuse-overlayfs, found on forge's PATH before the fork (the child must not read the environment:
+    /// another thread may have held its lock at fork time).
+    pub fuse_overlayfs: Option<PathBuf>,
     pub hostname: String,
     pub new_netns: bool,
     /// Host file -> path in the container, bind-mounted read-only (hosts, resolv.conf, hostname).
@@ -91,8 +94,6 @@ pub(crate) struct ChildFds {
     pub stderr: OwnedFd,
     /// Setup and exec errors, as text; close-on-exec, so it reads EOF once the command runs.
     pub error: OwnedFd,
-    /// The middle process writes init's pid here (4 bytes), so forge can kill the namespace.
-    pub pid: OwnedFd,
 }
 
 type SetupResult<T> = Result<T, String>;
@@ -111,85 +112,138 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Runs in the process forge forked. Never returns.
-pub(crate) fn run_middle(plan: &Plan, fds: ChildFds, forge_pid: Pid) -> ! {
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        middle(plan, &fds, forge_pid)
-    }))
-    .unwrap_or(SETUP_FAILED);
-    exit(code)
+/// The fuse-overlayfs mounts of a plan and where they go before pivot_root.
+fn fuse_mounts(plan: &Plan) -> Vec<(&Mount, PathBuf)> {
+    let rootfs = plan.rootfs.iter().map(|m| (m, plan.rootfs_dir.clone()));
+    let raw = plan.mounts.iter().enumerate().filter_map(|(i, m)| match m {
+        PlannedMount::Raw { mount, .. } => Some((mount, plan.step_dir.join(format!("raw-{i}")))),
+        _ => None,
+    });
+    rootfs
+        .chain(raw)
+        .filter(|(m, _)| m.kind == "fuse-overlayfs")
+        .collect()
 }
 
-fn middle(plan: &Plan, fds: &ChildFds, forge_pid: Pid) -> i32 {
-    sys::reset_signals();
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid() != forge_pid {
-        return SETUP_FAILED;
+/// Starts the FUSE daemons of fuse-overlayfs mounts from the step thread, in a mount namespace of the
+/// thread's own, before init is forked. Started from init instead, the daemon would share init's
+/// root, and pivot_root moves every task on the old root: the daemon, which resolves paths through
+/// /proc/self/fd, would then fail. Here it also stays out of the step's PID namespace, so the step
+/// cannot reach the host's root through /proc/<daemon>/root.
+fn mount_fuse(plan: &Plan) -> Result<(), String> {
+    let mounts = fuse_mounts(plan);
+    if mounts.is_empty() {
+        return Ok(());
     }
-    // A session of its own: a terminal's Ctrl-C goes to forge, which then cancels the step cleanly.
-    let _ = nix::unistd::setsid();
-    sys::close_fds_except(&[
-        fds.stdout.as_raw_fd(),
-        fds.stderr.as_raw_fd(),
-        fds.error.as_raw_fd(),
-        fds.pid.as_raw_fd(),
-    ]);
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
+    ctx(
+        sys::mount(
+            "",
+            Path::new("/"),
+            "",
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        ),
+        || "make the mount tree private".into(),
+    )?;
+    let tool = plan
+        .fuse_overlayfs
+        .as_ref()
+        .ok_or("fuse-overlayfs is not installed")?;
+    for (m, target) in mounts {
+        if !target.exists() {
+            ctx(fs::create_dir(&target), || {
+                format!("create {}", target.display())
+            })?;
+        }
+        let (_, data) = ms_flags(&m.options);
+        let out = std::process::Command::new(tool)
+            .env_clear()
+            .arg("-o")
+            .arg(data.join(","))
+            .arg(&target)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(format!(
+                    "{} -o {} {}: {}: {}",
+                    tool.display(),
+                    data.join(","),
+                    target.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Err(e) => return Err(format!("run {}: {e}", tool.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts what `mount_fuse` mounted (on the step thread, after the step); the daemons then exit.
+pub(crate) fn unmount_fuse(plan: &Plan) {
+    for (_, target) in fuse_mounts(plan) {
+        let _ = sys::umount_detach(&target);
+    }
+}
+
+/// Forks the container's init from the calling thread and returns its pid. Must run on a thread made
+/// for this one step: it moves that thread (only) into new PID, IPC, UTS and optionally network
+/// namespaces first, which Linux allows per thread, so that the forked child is pid 1 there without a
+/// middle process. The mount namespace is unshared by init itself: pivot_root moves every task of its
+/// mount namespace that shares the old root, and the thread must stay on the host's root.
+/// `lifeline` is the read end of a pipe whose write end forge holds for the step.
+pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Result<Pid, String> {
+    mount_fuse(plan)?;
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if plan.new_netns {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if let Err(e) = unshare(flags) {
-        write_fd(&fds.error, format!("unshare namespaces: {e}").as_bytes());
-        return SETUP_FAILED;
+    unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+    // SAFETY: the child only runs `run_init`, which never returns into forge's code and only uses
+    // calls that are safe after fork in a multi-threaded process with glibc (whose fork resets
+    // malloc's locks).
+    match unsafe { fork() }.map_err(|e| format!("fork container init: {e}"))? {
+        ForkResult::Child => run_init(plan, fds, lifeline),
+        ForkResult::Parent { child } => Ok(child),
     }
-    // A lifeline: init holds the read end; it reads EOF (POLLHUP) once the middle process is gone.
-    let (life_r, life_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            write_fd(&fds.error, format!("pipe: {e}").as_bytes());
+}
+
+fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Die with the forking thread (it waits for us for the whole step, so it exits only if forge
+        // does). If forge died before prctl took effect, the lifeline's writer is gone: POLLHUP.
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+        let mut pfd = libc::pollfd {
+            fd: lifeline.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
             return SETUP_FAILED;
         }
-    };
-    // SAFETY: this process is single-threaded (forked from forge).
-    match unsafe { fork() } {
-        Err(e) => {
-            write_fd(&fds.error, format!("fork container init: {e}").as_bytes());
-            SETUP_FAILED
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+            write_fd(
+                &fds.error,
+                format!("unshare mount namespace: {e}").as_bytes(),
+            );
+            return SETUP_FAILED;
         }
-        Ok(ForkResult::Child) => {
-            drop(life_w);
-            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            // The middle process may have died before the line above: then the lifeline is cut.
-            let mut pfd = libc::pollfd {
-                fd: life_r.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-            if n != 0 {
-                exit(SETUP_FAILED);
-            }
-            drop(life_r);
-            exit(init(plan, fds))
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(life_r);
-            write_fd(&fds.pid, &child.as_raw().to_ne_bytes());
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return code,
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => return SETUP_FAILED,
-                }
-            }
-        }
-    }
+        sys::reset_signals();
+        // A session of its own: a terminal's Ctrl-C goes to forge, which then cancels the step.
+        let _ = nix::unistd::setsid();
+        // Other steps' pipes may be open in forge right now; holding them would delay their EOF.
+        sys::close_fds_except(&[
+            fds.stdout.as_raw_fd(),
+            fds.stderr.as_raw_fd(),
+            fds.error.as_raw_fd(),
+        ]);
+        init(plan, fds)
+    }))
+    .unwrap_or(SETUP_FAILED);
+    exit(code)
 }
 
 /// A path init created only to mount on, removed again after the step (BuildKit's mount stub cleaner
@@ -385,7 +439,8 @@ fn ms_flags(options: &[String]) -> (libc::c_ulong, Vec<String>) {
 }
 
 /// Applies one snapshotter mount at `target` (a host path; called before pivot_root).
-fn apply_mount(m: &Mount, target: &Path, in_userns: bool) -> SetupResult<()> {
+fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
+    let in_userns = plan.in_userns;
     let (flags, mut data) = ms_flags(&m.options);
     let what = || {
         format!(
@@ -411,19 +466,9 @@ fn apply_mount(m: &Mount, target: &Path, in_userns: bool) -> SetupResult<()> {
             }
             Ok(())
         }
-        "fuse-overlayfs" => {
-            // A FUSE daemon, started here so it lives in the step's PID namespace and dies with it.
-            let status = std::process::Command::new("fuse-overlayfs")
-                .arg("-o")
-                .arg(data.join(","))
-                .arg(target)
-                .status();
-            match status {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(format!("{}: fuse-overlayfs exited with {s}", what())),
-                Err(e) => Err(format!("{}: run fuse-overlayfs: {e}", what())),
-            }
-        }
+        // Mounted before the fork by the step thread (see `mount_fuse`); init's mount namespace is a
+        // copy of the thread's, so it is already in place.
+        "fuse-overlayfs" => Ok(()),
         kind => {
             if kind == "overlay" && in_userns && !data.iter().any(|d| d == "userxattr") {
                 // Unprivileged overlay keeps whiteouts and opaque markers in user.* xattrs.
@@ -479,7 +524,7 @@ fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<(
                 fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode_file(0o644)
+                    .mode(0o644)
                     .open(p),
                 || format!("create mount point {}", p.display()),
             )?;
@@ -498,15 +543,6 @@ fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<(
         }
     }
     Ok(())
-}
-
-trait ModeFile {
-    fn mode_file(&mut self, mode: u32) -> &mut Self;
-}
-impl ModeFile for fs::OpenOptions {
-    fn mode_file(&mut self, mode: u32) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
-    }
 }
 
 /// A mount prepared before pivot_root, attached inside the new root afterwards.
@@ -553,7 +589,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
         return Err("the step has no rootfs mounts".into());
     }
     for m in &plan.rootfs {
-        apply_mount(m, &plan.rootfs_dir, plan.in_userns)?;
+        apply_mount(m, &plan.rootfs_dir, plan)?;
     }
 
     // Host-side sources become detached mounts now; after pivot_root their paths are gone.
@@ -649,10 +685,12 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
                 } else {
                     // Mounted on a host-side staging dir first: its options name host paths.
                     let stage = plan.step_dir.join(format!("raw-{i}"));
-                    ctx(fs::create_dir(&stage), || {
-                        format!("create {}", stage.display())
-                    })?;
-                    apply_mount(mount, &stage, plan.in_userns)?;
+                    if mount.kind != "fuse-overlayfs" {
+                        ctx(fs::create_dir(&stage), || {
+                            format!("create {}", stage.display())
+                        })?;
+                    }
+                    apply_mount(mount, &stage, plan)?;
                     staged.push(Staged {
                         fd: clone_tree(&stage, true, false)?,
                         target: target.clone(),
@@ -852,12 +890,4 @@ fn find_executable(name: &str, path_var: &str) -> SetupResult<PathBuf> {
     Err(format!(
         "executable file not found in $PATH: {name:?} (PATH={path_var})"
     ))
-}
-
-/// Reads init's pid from the middle process (EOF if it failed before forking).
-pub(crate) fn read_pid(fd: OwnedFd) -> Option<i32> {
-    use std::io::Read;
-    let mut buf = [0u8; 4];
-    let mut f = fs::File::from(fd);
-    f.read_exact(&mut buf).ok().map(|_| i32::from_ne_bytes(buf))
 }

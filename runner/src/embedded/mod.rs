@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -73,6 +73,11 @@ pub enum EmbeddedError {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error(
+        "the embedded runner needs root or a user namespace (uid {uid}): call \
+         enter_user_namespace() first thing in main"
+    )]
+    NotRoot { uid: u32 },
     #[error("step {command:?} failed to start: {detail}")]
     Setup {
         command: Vec<String>,
@@ -95,8 +100,7 @@ pub struct EmbeddedRunner {
     in_userns: bool,
 }
 
-/// Whom to SIGKILL on cancellation: init once known (that ends the whole PID namespace), else the
-/// middle process (init then dies by PR_SET_PDEATHSIG).
+/// Whom to SIGKILL on cancellation: the step's init (that ends its whole PID namespace), once forked.
 #[derive(Default)]
 struct KillTarget {
     pid: Option<i32>,
@@ -138,6 +142,10 @@ static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl EmbeddedRunner {
     pub fn new(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(EmbeddedError::NotRoot { uid });
+        }
         for dir in [&config.state_dir, &config.cache_root] {
             fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
@@ -204,6 +212,7 @@ impl EmbeddedRunner {
         &self,
         spec: &StepSpec,
         step_dir: &Path,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(Plan, Vec<cache::CacheLease>), EmbeddedError> {
         let mut env = spec.env.clone();
         let mut mounts = Vec::new();
@@ -228,8 +237,15 @@ impl EmbeddedRunner {
                     gid,
                     mode,
                 } => {
-                    let lease =
-                        cache::acquire(&self.config.cache_root, id, *sharing, *uid, *gid, *mode)?;
+                    let lease = cache::acquire(
+                        &self.config.cache_root,
+                        id,
+                        *sharing,
+                        *uid,
+                        *gid,
+                        *mode,
+                        cancelled,
+                    )?;
                     let source = lease.dir.clone();
                     leases.push(lease);
                     PlannedMount::Bind {
@@ -279,6 +295,11 @@ impl EmbeddedRunner {
             rootfs_dir: step_dir.join("rootfs"),
             rootfs: spec.rootfs.clone(),
             in_userns: self.in_userns,
+            fuse_overlayfs: std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("fuse-overlayfs"))
+                    .find(|p| p.is_file())
+            }),
             hostname: if spec.hostname.is_empty() {
                 DEFAULT_HOSTNAME.into()
             } else {
@@ -295,8 +316,9 @@ impl EmbeddedRunner {
         Ok((plan, leases))
     }
 
-    /// The blocking half of a step: prepare, fork, wait. The forking thread stays in here until the
-    /// step is over, because PR_SET_PDEATHSIG fires when the forking *thread* exits.
+    /// The blocking half of a step, on a thread of its own: prepare, unshare, fork, wait. The thread
+    /// stays in here until the step is over, because PR_SET_PDEATHSIG fires when the forking *thread*
+    /// exits, and it is never reused, because unshare changed its namespaces.
     fn spawn_and_wait(
         &self,
         spec: &StepSpec,
@@ -305,10 +327,16 @@ impl EmbeddedRunner {
         target: &Mutex<KillTarget>,
     ) -> Result<i32, RunError> {
         let step_dir = self.make_step_dir()?;
-        let (plan, leases) = self.plan(spec, &step_dir.0)?;
+        let (plan, leases) =
+            match self.plan(spec, &step_dir.0, &|| KillTarget::is_cancelled(target)) {
+                Err(EmbeddedError::Cache(CacheError::Cancelled { .. })) => {
+                    return Err(RunError::Cancelled);
+                }
+                other => other?,
+            };
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
-        let (pid_r, pid_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         if KillTarget::is_cancelled(target) {
             return Err(RunError::Cancelled);
         }
@@ -324,34 +352,36 @@ impl EmbeddedRunner {
             .as_ref()
             .map(|(upper, _)| prune::existing(upper, &candidates))
             .unwrap_or_default();
-        let forge_pid = nix::unistd::getpid();
         let fds = ChildFds {
             stdout,
             stderr,
             error: err_w,
-            pid: pid_w,
         };
-        // SAFETY: the child only runs container::run_middle, which never returns into forge's code and
-        // uses only glibc calls that are safe after fork (glibc's fork resets malloc's locks).
-        let middle = match unsafe { fork() }.map_err(sys_err("fork step process"))? {
-            ForkResult::Child => container::run_middle(&plan, fds, forge_pid),
-            ForkResult::Parent { child } => child,
+        let init = match container::spawn_init(&plan, &fds, life_r) {
+            Ok(pid) => pid,
+            Err(detail) => {
+                container::unmount_fuse(&plan);
+                return Err(EmbeddedError::Setup {
+                    command: plan.argv.clone(),
+                    detail,
+                }
+                .into());
+            }
         };
         drop(fds);
-        KillTarget::set(target, middle.as_raw());
-        if let Some(init) = container::read_pid(pid_r) {
-            KillTarget::set(target, init);
-        }
+        KillTarget::set(target, init.as_raw());
         let code = loop {
-            match waitpid(middle, None) {
+            match waitpid(init, None) {
                 Ok(WaitStatus::Exited(_, code)) => break code,
                 Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys_err("wait for the step process")(e).into()),
+                Err(e) => return Err(sys_err("wait for the step's init")(e).into()),
             }
         };
-        // The middle process is reaped: never signal its pid again.
+        // init is reaped: never signal its pid again.
         target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        container::unmount_fuse(&plan);
+        drop(life_w);
         let mut detail = String::new();
         let _ = fs::File::from(err_r).read_to_string(&mut detail);
         drop(leases);
@@ -419,9 +449,16 @@ impl Runner for EmbeddedRunner {
         let runner = self.clone();
         let spec_owned = spec.clone();
         let target2 = Arc::clone(&target);
-        let mut handle = tokio::task::spawn_blocking(move || {
-            runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
-        });
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("forge-step".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
+                }));
+                let _ = done_tx.send(r);
+            })
+            .map_err(io_err("spawn a thread for", Path::new("the step")))?;
         let mut tail = VecDeque::new();
         let mut result = None;
         let mut open = true;
@@ -444,7 +481,7 @@ impl Runner for EmbeddedRunner {
                     }
                     None => open = false,
                 },
-                r = &mut handle, if result.is_none() => {
+                r = &mut done_rx, if result.is_none() => {
                     result = Some(r);
                 }
             }
@@ -453,9 +490,10 @@ impl Runner for EmbeddedRunner {
             let _ = r.await;
         }
         let code = match result {
-            Some(Ok(r)) => r?,
-            Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
-            None => unreachable!("the loop ends only with a result"),
+            Some(Ok(Ok(r))) => r?,
+            Some(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            // The thread always sends before it ends, unless it could not even unwind.
+            Some(Err(_)) | None => unreachable!("the step thread ended without a result"),
         };
         Ok(StepOutcome {
             exit_code: code,

@@ -256,7 +256,7 @@ impl Fixture {
     }
 
     pub fn run(&self, flags: &[&str], argv: &[&str]) -> StepResult {
-        StepResult::from(self.command(flags, argv).output().unwrap())
+        StepResult::from(retry_busy(|| self.command(flags, argv).output()))
     }
 
     pub fn sh(&self, flags: &[&str], script: &str) -> StepResult {
@@ -264,11 +264,12 @@ impl Fixture {
     }
 
     pub fn spawn(&self, flags: &[&str], argv: &[&str]) -> Child {
-        self.command(flags, argv)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        retry_busy(|| {
+            self.command(flags, argv)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
     }
 
     /// Makes a file in the fixture readable by the step binary's user.
@@ -293,6 +294,33 @@ impl Fixture {
         v.sort();
         v
     }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Run as a user, the test cannot delete what steps chowned to subordinate ids: the step
+        // binary removes the tree from inside its user namespace.
+        if !nix::unistd::geteuid().is_root() {
+            let _ = Command::new(&self.bin)
+                .arg("--remove-tree")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// Tests run in parallel threads: a child forked by one test can briefly hold the write descriptor of
+/// the binary another test just copied, and exec then fails with ETXTBSY until that child execs.
+fn retry_busy<T>(mut f: impl FnMut() -> std::io::Result<T>) -> T {
+    for _ in 0..50 {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    f().unwrap()
 }
 
 /// Pids of processes whose argv equals `argv` (read from /proc).
