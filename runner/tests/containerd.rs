@@ -479,7 +479,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
     assert!(!world.upper.join("var/cache/thing/log").exists());
 
     // Two concurrent `private` users get different instances; a later one finds the first again.
-    let mut hold = world.spec("echo held > /c/mark; sleep 2");
+    let mut hold = world.spec("echo held > /c/mark; echo holding; sleep 2");
     hold.mounts = vec![StepMount {
         target: "/c".into(),
         kind: StepMountKind::Cache {
@@ -495,8 +495,27 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
         shell: vec!["/bin/sh".into(), "-c".into()],
         script: "cat /c/mark 2>/dev/null || echo empty".into(),
     };
-    let (held, peeked) = tokio::join!(run(&runner, &hold), async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    // The second step starts only once the first one surely holds its instance.
+    let holding = tokio::sync::Notify::new();
+    let held = async {
+        let mut lines = Vec::new();
+        let outcome = runner
+            .run(
+                &hold,
+                &mut |stream, line: &str| {
+                    if line == "holding" {
+                        holding.notify_one();
+                    }
+                    lines.push((stream, line.to_string()));
+                },
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        (outcome, lines)
+    };
+    let (held, peeked) = tokio::join!(held, async {
+        holding.notified().await;
         run(&runner, &peek).await
     });
     assert_eq!(held.0.exit_code, 0);
