@@ -609,6 +609,65 @@ async fn a_cancelled_step_leaves_nothing_behind() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_run_is_cleaned_up_in_the_background() {
+    let Some(mut config) = prerequisites() else {
+        return;
+    };
+    config.namespace = format!("forge-test-drop-{}", std::process::id());
+    let world = World::new(config);
+    let runner = world.runner().await;
+    let spec = world.spec("echo started; sleep 4244");
+    // The caller gives up on the future instead of cancelling the token: the step's guard must
+    // still kill the task and remove everything.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(1500),
+        runner.run(&spec, &mut |_, _| {}, &CancellationToken::new()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the step finished early: {dropped:?}");
+    let conn = runner.connection().clone();
+    let ns = conn.namespace().to_string();
+    let mut containers = ContainersClient::new(conn.channel());
+    let mut left = None;
+    for _ in 0..100 {
+        let listed = containers
+            .list(with_namespace!(
+                ListContainersRequest { filters: vec![] },
+                ns.as_str()
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        if listed.is_empty() && !has_sleeper(b"4244") && is_empty_dir(&world.config.state_dir) {
+            left = None;
+            break;
+        }
+        left = Some(listed.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left, None,
+        "containers, processes or step dirs left after 10 s"
+    );
+    runner.close().await.unwrap();
+    NamespacesClient::new(conn.channel())
+        .delete(Request::new(DeleteNamespaceRequest { name: ns }))
+        .await
+        .unwrap();
+}
+
+fn has_sleeper(arg: &[u8]) -> bool {
+    let mut wanted = b"sleep\x00".to_vec();
+    wanted.extend_from_slice(arg);
+    wanted.push(0);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted))
+}
+
 /// Pids of the `sleep 4242`/`sleep 4243` processes the cancelled step started.
 fn sleepers() -> Vec<u32> {
     let mut found = Vec::new();
