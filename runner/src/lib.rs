@@ -2,6 +2,8 @@
 //! containerd. It knows nothing of graphs or caches.
 
 pub mod backend;
+#[cfg(feature = "containerd")]
+pub mod containerd;
 pub mod embedded;
 pub mod spec;
 pub mod user;

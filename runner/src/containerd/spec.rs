@@ -1,0 +1,351 @@
+//! The OCI runtime spec a step's container gets: Docker's defaults for a non-privileged container
+//! (capabilities, masked and read-only /proc paths, /dev, /sys read-only), the step's process, user and
+//! hostname, and the network namespace only when the step asked for `none`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::ContainerdError;
+use crate::spec::NetworkMode;
+use crate::user::ResolvedUser;
+
+/// The PATH a step gets when its environment has none (Docker's and BuildKit's default).
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set for containers that are not `--privileged`.
+const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Kernel interfaces hidden from the step, as Docker hides them.
+const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What the spec is made of; everything host-side is already prepared.
+pub(crate) struct SpecInput<'a> {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub user: &'a ResolvedUser,
+    pub hostname: &'a str,
+    pub network: NetworkMode,
+    /// Mounts after the standard ones (generated /etc files, then the step's own mounts), in order.
+    pub mounts: Vec<OciMount>,
+    pub cgroups_path: String,
+}
+
+pub(crate) fn mount(
+    destination: &str,
+    kind: &str,
+    source: &str,
+    options: &[&str],
+) -> Result<OciMount, ContainerdError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(kind)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| ContainerdError::Spec(format!("mount {destination}: {e}")))
+}
+
+fn standard_mounts() -> Result<Vec<OciMount>, ContainerdError> {
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ])
+}
+
+/// Builds the spec; the rootfs is the bundle's `rootfs` directory, where the shim mounts the task's
+/// rootfs mounts. No rlimits: raising RLIMIT_NOFILE above the shim's own hard limit fails the start
+/// (as it does where containerd itself runs in a container), so the step inherits the shim's limits.
+pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
+    let err = |what: &str, e: oci_spec::OciSpecError| ContainerdError::Spec(format!("{what}: {e}"));
+    let caps = DEFAULT_CAPABILITIES
+        .into_iter()
+        .collect::<std::collections::HashSet<_>>();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(|e| err("capabilities", e))?;
+    let user = UserBuilder::default()
+        .uid(input.user.uid)
+        .gid(input.user.gid)
+        .additional_gids(input.user.additional_gids.clone())
+        .build()
+        .map_err(|e| err("user", e))?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(input.argv)
+        .env(input.env)
+        .cwd(input.cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(|e| err("process", e))?;
+
+    let mut namespace_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    // Host networking is the absence of a network namespace; runc brings up `lo` in a new one.
+    if input.network == NetworkMode::None {
+        namespace_types.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespace_types
+        .into_iter()
+        .map(|typ| {
+            LinuxNamespaceBuilder::default()
+                .typ(typ)
+                .build()
+                .map_err(|e| err("namespace", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Deny every device, then runc appends its default allow list (null, zero, full, tty, random...).
+    let devices = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(|e| err("device rule", e))?,
+    ];
+    let resources = LinuxResourcesBuilder::default()
+        .devices(devices)
+        .build()
+        .map_err(|e| err("resources", e))?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .resources(resources)
+        .cgroups_path(PathBuf::from(input.cgroups_path))
+        .build()
+        .map_err(|e| err("linux", e))?;
+
+    let mut mounts = standard_mounts()?;
+    mounts.extend(input.mounts);
+    let root = RootBuilder::default()
+        .path("rootfs")
+        .readonly(false)
+        .build()
+        .map_err(|e| err("root", e))?;
+    SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(root)
+        .hostname(input.hostname)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(HashMap::new())
+        .build()
+        .map_err(|e| err("spec", e))
+}
+
+/// `KEY=value` strings with later keys overriding earlier ones in place, PATH defaulted and HOME taken
+/// from the user's passwd entry when the step sets none (as Docker does).
+pub(crate) fn environment(
+    env: &[(String, String)],
+    secret_env: &[(String, String)],
+    home: &str,
+) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (key, value) in env.iter().chain(secret_env) {
+        match merged.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.clone(),
+            None => merged.push((key.clone(), value.clone())),
+        }
+    }
+    if !merged.iter().any(|(k, _)| k == "PATH") {
+        merged.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !merged.iter().any(|(k, _)| k == "HOME") {
+        merged.push(("HOME".into(), home.into()));
+    }
+    merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_defaults_path_and_later_keys_win() {
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "2".to_string()),
+            ("A".to_string(), "3".to_string()),
+        ];
+        let secret = vec![("TOKEN".to_string(), "s3cret".to_string())];
+        assert_eq!(
+            environment(&env, &secret, "/root"),
+            vec![
+                format!("PATH={DEFAULT_PATH}"),
+                "A=3".into(),
+                "B=2".into(),
+                "TOKEN=s3cret".into(),
+                "HOME=/root".into(),
+            ]
+        );
+        let given = vec![
+            ("PATH".to_string(), "/x".to_string()),
+            ("HOME".to_string(), "/h".to_string()),
+        ];
+        assert_eq!(
+            environment(&given, &[], "/root"),
+            vec!["PATH=/x".to_string(), "HOME=/h".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_network_namespace_exists_only_for_network_none() {
+        let user = ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![2000],
+            home: "/home/tester".into(),
+        };
+        let spec_for = |network| {
+            let spec = build(SpecInput {
+                argv: vec!["true".into()],
+                env: vec![],
+                cwd: "/work".into(),
+                user: &user,
+                hostname: "forge",
+                network,
+                mounts: vec![],
+                cgroups_path: "/forge/x".into(),
+            })
+            .unwrap();
+            serde_json::to_value(&spec).unwrap()
+        };
+        let has_netns = |v: &serde_json::Value| {
+            v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network")
+        };
+        let none = spec_for(NetworkMode::None);
+        let host = spec_for(NetworkMode::Host);
+        assert!(has_netns(&none));
+        assert!(!has_netns(&host));
+        assert_eq!(
+            none["process"]["user"]["additionalGids"],
+            serde_json::json!([2000])
+        );
+        assert_eq!(none["process"]["noNewPrivileges"], true);
+        assert_eq!(none["root"]["path"], "rootfs");
+        assert_eq!(
+            none["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            DEFAULT_CAPABILITIES.len()
+        );
+        assert!(
+            none["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("CAP_CHOWN"))
+        );
+    }
+}
