@@ -36,6 +36,20 @@ pub enum RunError {
     Cancelled,
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[cfg(feature = "containerd")]
+    #[error(transparent)]
+    Containerd(crate::containerd::ContainerdError),
+}
+
+#[cfg(feature = "containerd")]
+impl From<crate::containerd::ContainerdError> for RunError {
+    fn from(e: crate::containerd::ContainerdError) -> Self {
+        // A cancelled containerd task is the same outcome as a cancelled embedded step.
+        match e {
+            crate::containerd::ContainerdError::Cancelled => RunError::Cancelled,
+            e => RunError::Containerd(e),
+        }
+    }
 }
 
 /// The backends forge can run steps with.
@@ -43,6 +57,9 @@ pub enum RunError {
 pub enum Backend {
     /// Namespaces set up by forge itself: no daemon, no runtime binary.
     Embedded(EmbeddedRunner),
+    /// Tasks run by containerd's runc shim, with snapshots and content kept in containerd.
+    #[cfg(feature = "containerd")]
+    Containerd(crate::containerd::ContainerdRunner),
 }
 
 impl Runner for Backend {
@@ -54,6 +71,8 @@ impl Runner for Backend {
     ) -> Result<StepOutcome, RunError> {
         match self {
             Backend::Embedded(r) => r.run(spec, output, cancel).await,
+            #[cfg(feature = "containerd")]
+            Backend::Containerd(r) => Ok(r.run(spec, output, cancel).await?),
         }
     }
 }
