@@ -14,6 +14,8 @@ use forge_builder::frontend::dockerfile::{dump, parser};
 use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
+mod store_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "forge",
@@ -44,6 +46,18 @@ enum Command {
         #[command(flatten)]
         graph: GraphArgs,
     },
+    /// Pull an image from a registry into the local store.
+    Pull(store_cmd::PullArgs),
+    /// List the images in the local store.
+    Images(store_cmd::StoreArgs),
+    /// Remove an image from the local store (its blobs go at the next prune).
+    Rmi {
+        image: String,
+        #[command(flatten)]
+        store: store_cmd::StoreArgs,
+    },
+    /// Remove blobs that no image, lease or cache entry still needs.
+    Prune(store_cmd::PruneArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +108,10 @@ fn main() -> ExitCode {
         Command::Parse { dump, file } => parse_cmd(dump, &file),
         Command::Graph(args) => graph_cmd(&args),
         Command::Build { dry_run: true, graph } => graph_cmd(&graph),
+        Command::Pull(args) => store_cmd::pull(&args),
+        Command::Images(args) => store_cmd::images(&args),
+        Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
+        Command::Prune(args) => store_cmd::prune(&args),
         Command::Build { dry_run: false, .. } => Err(usage(
             "error: building is not implemented yet; use `forge build --dry-run` to print the graph"
                 .into(),

@@ -1,0 +1,240 @@
+//! Store commands: `forge pull`, `forge images`, `forge rmi`, `forge prune`. They open the per-user
+//! store (or `--root`) and report on stderr as they go; results go to stdout.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::{PullEvent, RegistryClient, RegistryConfig};
+use forge_snapshotter::store::{PrunePolicy, Store};
+
+use crate::{Failure, failed, usage};
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The store directory (default: $XDG_DATA_HOME/forge, ~/.local/share/forge, or /var/lib/forge
+    /// for root).
+    #[arg(long, env = "FORGE_ROOT")]
+    root: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<Store, Failure> {
+        match &self.root {
+            Some(root) => Store::open(root),
+            None => Store::open_default(),
+        }
+        .map_err(|e| failed(format!("error: cannot open the store: {e}")))
+    }
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The image to pull, as Docker names it (`busybox`, `host:5000/app:1`, `name@sha256:...`).
+    image: String,
+    /// A registry (`host[:port]`) that may be reached over plain http; loopback always may.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Print only the manifest digest.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Only remove what has not been used for this long (`90s`, `30m`, `12h`, `7d`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    older_than: Option<Duration>,
+    /// Stop once the store holds at most this many bytes (`500M`, `2G`); oldest go first.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    keep_bytes: Option<u64>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+pub fn pull(args: &PullArgs) -> Result<(), Failure> {
+    let reference = Reference::parse(&args.image).map_err(|e| usage(format!("error: {e}")))?;
+    let store = args.store.open()?;
+    let client = RegistryClient::new(RegistryConfig {
+        insecure: args.insecure.clone(),
+        ..RegistryConfig::default()
+    });
+    let quiet = args.quiet;
+    let start = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| failed(format!("error: cannot start the async runtime: {e}")))?;
+    let record = runtime
+        .block_on(client.pull(&store, &reference, &move |event| {
+            if !quiet {
+                report(&event);
+            }
+        }))
+        .map_err(|e| failed(format!("error: {e}")))?;
+    if quiet {
+        println!("{}", record.manifest.digest);
+    } else {
+        eprintln!("pulled in {:.1?}", start.elapsed());
+        println!("{} {}", record.reference, record.manifest.digest);
+    }
+    Ok(())
+}
+
+/// One line per event that changes a layer's state; byte progress is left to a tty renderer.
+fn report(event: &PullEvent) {
+    match event {
+        PullEvent::Resolved {
+            reference,
+            manifest,
+            platform,
+            layers,
+        } => eprintln!("resolved {reference} -> {manifest} ({platform}, {layers} layers)"),
+        PullEvent::Started { digest, total, .. } => {
+            eprintln!("pulling  {} ({})", short(digest), human(*total))
+        }
+        PullEvent::Done { digest, bytes } => {
+            eprintln!("done     {} ({})", short(digest), human(*bytes))
+        }
+        PullEvent::Cached { digest, .. } => eprintln!("cached   {}", short(digest)),
+        PullEvent::Retrying {
+            what,
+            attempt,
+            delay,
+            error,
+        } => eprintln!("retry    {what} (attempt {attempt}, in {delay:.1?}): {error}"),
+        PullEvent::Progress { .. } => {}
+    }
+}
+
+pub fn images(args: &StoreArgs) -> Result<(), Failure> {
+    let store = args.open()?;
+    let images = store
+        .list_images()
+        .map_err(|e| failed(format!("error: {e}")))?;
+    for image in images {
+        let size: u64 = image.layers.iter().map(|l| l.size).sum();
+        println!(
+            "{}\t{}\t{}\t{}",
+            image.reference,
+            image.manifest.digest,
+            image.platform,
+            human(size)
+        );
+    }
+    Ok(())
+}
+
+pub fn rmi(reference: &str, args: &StoreArgs) -> Result<(), Failure> {
+    let normalised = Reference::parse(reference)
+        .map_err(|e| usage(format!("error: {e}")))?
+        .to_string();
+    let store = args.open()?;
+    match store.remove_image(&normalised) {
+        Ok(true) => {
+            println!("removed {normalised}");
+            Ok(())
+        }
+        Ok(false) => Err(failed(format!(
+            "error: no image {normalised} in the store at {}",
+            store.root().display()
+        ))),
+        Err(e) => Err(failed(format!("error: {e}"))),
+    }
+}
+
+pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
+    let store = args.store.open()?;
+    let report = store
+        .prune(&PrunePolicy {
+            older_than: args.older_than,
+            keep_bytes: args.keep_bytes,
+        })
+        .map_err(|e| failed(format!("error: {e}")))?;
+    println!(
+        "removed {} blobs, freed {}; kept {} blobs ({})",
+        report.removed.len(),
+        human(report.freed_bytes),
+        report.kept_blobs,
+        human(report.kept_bytes)
+    );
+    Ok(())
+}
+
+fn short(digest: &impl std::fmt::Display) -> String {
+    let s = digest.to_string();
+    let hex = s.split_once(':').map_or(s.as_str(), |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500M or 2G"))?;
+    let factor: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    Ok(n.saturating_mul(factor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_as_documented() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("3X").is_err());
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(3 << 20), "3.0 MiB");
+    }
+}
