@@ -74,15 +74,33 @@ pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error
 }
 
 /// The store root forge uses when none is given: `/var/lib/forge` for root, otherwise
-/// `$XDG_DATA_HOME/forge`, falling back to `~/.local/share/forge`.
+/// `$XDG_DATA_HOME/forge`, falling back to `~/.local/share/forge`. "Root" means root on the host: a
+/// rootless forge runs as root inside its own user namespace, and its store is still the user's.
 pub fn default_root() -> Result<PathBuf, StoreError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
+    let host_euid = std::fs::read_to_string("/proc/self/uid_map")
+        .ok()
+        .and_then(|map| outer_uid(&map, euid))
+        .unwrap_or(euid);
     default_root_for(
-        euid,
+        host_euid,
         std::env::var_os("XDG_DATA_HOME").map(PathBuf::from),
         std::env::var_os("HOME").map(PathBuf::from),
     )
+}
+
+/// The id `uid` of this user namespace has in the parent namespace, from a `uid_map` text (lines of
+/// `inside outside count`); the initial namespace maps every id to itself.
+fn outer_uid(uid_map: &str, uid: u32) -> Option<u32> {
+    uid_map.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (inside, outside, count) = (fields.next()??, fields.next()??, fields.next()??);
+        let uid = u64::from(uid);
+        (uid >= inside && uid - inside < count)
+            .then(|| u32::try_from(outside + (uid - inside)).ok())
+            .flatten()
+    })
 }
 
 /// The rule behind [`default_root`], with its inputs explicit so it can be tested.
@@ -551,5 +569,31 @@ mod tests {
             default_root_for(1000, None, None),
             Err(StoreError::NoHome)
         ));
+    }
+}
+
+#[cfg(test)]
+mod default_root_tests {
+    use super::*;
+
+    #[test]
+    fn namespace_root_of_a_rootless_user_keeps_the_users_store() {
+        // Initial namespace: identity.
+        assert_eq!(outer_uid("         0          0 4294967295\n", 0), Some(0));
+        // Rootless forge: 0 -> 1001, 1..65536 -> 100000...
+        let map = "         0       1001          1\n         1     100000      65536\n";
+        assert_eq!(outer_uid(map, 0), Some(1001));
+        assert_eq!(outer_uid(map, 1000), Some(100999));
+        assert_eq!(outer_uid(map, 70000), None);
+        assert_eq!(outer_uid("garbage", 0), None);
+        let home = Some(PathBuf::from("/home/u"));
+        assert_eq!(
+            default_root_for(1001, None, home.clone()).unwrap(),
+            PathBuf::from("/home/u/.local/share/forge")
+        );
+        assert_eq!(
+            default_root_for(0, None, home).unwrap(),
+            PathBuf::from("/var/lib/forge")
+        );
     }
 }
