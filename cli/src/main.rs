@@ -48,6 +48,9 @@ enum Command {
     },
     /// Pull an image from a registry into the local store.
     Pull(store_cmd::PullArgs),
+    /// Unpack an image from the local store into a directory (rootless: owners mapped through the
+    /// user's subordinate ids).
+    Unpack(store_cmd::UnpackArgs),
     /// List the images in the local store.
     Images(store_cmd::StoreArgs),
     /// Remove an image from the local store (its blobs go at the next prune).
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph_cmd(&args),
         Command::Build { dry_run: true, graph } => graph_cmd(&graph),
         Command::Pull(args) => store_cmd::pull(&args),
+        Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
         Command::Images(args) => store_cmd::images(&args),
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
         Command::Prune(args) => store_cmd::prune(&args),
@@ -123,6 +127,20 @@ fn main() -> ExitCode {
             eprintln!("{}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// As an ordinary user, enters a user namespace with /etc/subuid and /etc/subgid mapped (namespace
+/// root = the caller), so that files keep the image's owners. Must run before any thread starts.
+fn enter_user_namespace() -> Result<(), Failure> {
+    use forge_runner::embedded::{UserNamespace, enter_user_namespace};
+    match enter_user_namespace() {
+        Ok(UserNamespace::SingleId { warning, .. }) => {
+            eprintln!("warning: {warning}");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(failed(format!("error: cannot enter a user namespace: {e}"))),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::Args;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{PullEvent, RegistryClient, RegistryConfig};
 use forge_snapshotter::store::{PrunePolicy, Store};
+use forge_snapshotter::unpack::{UnpackOptions, UnpackWarning, unpack_layer_verified};
 
 use crate::{Failure, failed, usage};
 
@@ -106,6 +107,94 @@ fn report(event: &PullEvent) {
         } => eprintln!("retry    {what} (attempt {attempt}, in {delay:.1?}): {error}"),
         PullEvent::Progress { .. } => {}
     }
+}
+
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// An image already in the store (`forge pull` it first).
+    image: String,
+    /// The directory to unpack into (created; must be empty or absent).
+    dest: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Unpacks a stored image's layers, in order, into a directory. As an ordinary user the caller has
+/// already entered a user namespace with the subordinate ids mapped (see `main`), so the image's
+/// owners are kept as the ids a rootless step will see.
+pub fn unpack(args: &UnpackArgs) -> Result<(), Failure> {
+    let normalised = Reference::parse(&args.image)
+        .map_err(|e| usage(format!("error: {e}")))?
+        .to_string();
+    let store = args.store.open()?;
+    let record = store
+        .get_image(&normalised)
+        .map_err(|e| failed(format!("error: {e}")))?
+        .ok_or_else(|| {
+            failed(format!(
+                "error: no image {normalised} in the store at {}\nhint: run `forge pull {normalised}` first",
+                store.root().display()
+            ))
+        })?;
+    let config: serde_json::Value = store
+        .read_blob(&record.config.digest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| {
+            failed(format!(
+                "error: config of {normalised} is missing or not JSON"
+            ))
+        })?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if diff_ids.len() != record.layers.len() {
+        return Err(failed(format!(
+            "error: config of {normalised} lists {} diff_ids for {} layers",
+            diff_ids.len(),
+            record.layers.len()
+        )));
+    }
+    if args.dest.exists()
+        && std::fs::read_dir(&args.dest)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(usage(format!(
+            "error: {} exists and is not an empty directory",
+            args.dest.display()
+        )));
+    }
+    std::fs::create_dir_all(&args.dest)
+        .map_err(|e| failed(format!("error: cannot create {}: {e}", args.dest.display())))?;
+    let options = UnpackOptions::default();
+    for (layer, diff_id) in record.layers.iter().zip(&diff_ids) {
+        let diff_id = diff_id
+            .parse()
+            .map_err(|e| failed(format!("error: bad diff_id {diff_id:?} in the config: {e}")))?;
+        let blob = store
+            .open_blob(&layer.digest)
+            .map_err(|e| failed(format!("error: {e}")))?;
+        let summary =
+            unpack_layer_verified(blob, &layer.media_type, &args.dest, &options, &diff_id)
+                .map_err(|e| failed(format!("error: layer {}: {e}", layer.digest)))?;
+        for warning in &summary.warnings {
+            match warning {
+                UnpackWarning::DeviceSkipped { entry, .. } => {
+                    eprintln!("warning: {entry}: device node not created (not permitted here)")
+                }
+                other => eprintln!("warning: {other:?}"),
+            }
+        }
+        eprintln!("unpacked {}", short(&layer.digest));
+    }
+    println!("{} -> {}", normalised, args.dest.display());
+    Ok(())
 }
 
 pub fn images(args: &StoreArgs) -> Result<(), Failure> {

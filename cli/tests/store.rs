@@ -123,3 +123,113 @@ fn invalid_reference_is_a_usage_error() {
         text(&out.stderr)
     );
 }
+
+/// The unprivileged test user, or `None` after a SKIP line; a panic under FORGE_E2E=require.
+fn test_user() -> Option<String> {
+    let user = std::env::var("FORGE_TEST_USER").ok();
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    match user {
+        Some(u) if is_root => Some(u),
+        _ if std::env::var("FORGE_E2E").as_deref() == Ok("require") => {
+            panic!("rootless unpack needs root to switch to FORGE_TEST_USER (FORGE_E2E=require)")
+        }
+        _ => {
+            eprintln!(
+                "SKIP: rootless unpack needs root and FORGE_TEST_USER (run .ci/setup.d/40-rootless-user.sh)"
+            );
+            None
+        }
+    }
+}
+
+fn owner(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn unpack_as_root_keeps_the_images_owners() {
+    let Some(image) = busybox() else { return };
+    if test_user().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    assert!(forge(root.path(), &["pull", "-q", &image]).status.success());
+    let dest = root.path().join("rootfs");
+    let out = forge(root.path(), &["unpack", &image, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(owner(&dest.join("home/tester")), (1000, 1000));
+    assert_eq!(owner(&dest.join("bin/busybox")), (0, 0));
+    assert!(std::fs::read_link(dest.join("bin/sh")).is_ok());
+
+    // A second unpack into the same, now non-empty, directory is refused.
+    let again = forge(root.path(), &["unpack", &image, dest.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+}
+
+#[test]
+fn rootless_unpack_maps_owners_through_the_subuid_range() {
+    let Some(image) = busybox() else { return };
+    let Some(user) = test_user() else { return };
+    // The user needs a binary and a directory it can reach.
+    let dir = tempfile::Builder::new()
+        .prefix("forge-unpack-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = dir.path().join("forge");
+    std::fs::copy(env!("CARGO_BIN_EXE_forge"), &bin).unwrap();
+    let status = Command::new("chown")
+        .args([&format!("{user}:"), dir.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = dir.path().join("store");
+    let dest = dir.path().join("rootfs");
+    let run = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(&bin)
+            .args(args)
+            .arg("--root")
+            .arg(&store)
+            .output()
+            .unwrap()
+    };
+    let pulled = run(&["pull", "-q", &image]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    let out = run(&["unpack", &image, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (user_uid, user_gid) = owner(dir.path());
+    let subuid = first_subordinate("/etc/subuid", &user);
+    let subgid = first_subordinate("/etc/subgid", &user);
+    // Namespace root is the user; namespace id 1000 is the 1000th subordinate id.
+    assert_eq!(owner(&dest.join("bin/busybox")), (user_uid, user_gid));
+    assert_eq!(
+        owner(&dest.join("home/tester")),
+        (subuid + 999, subgid + 999)
+    );
+
+    // The user removes what it unpacked from inside its namespace, as `podman unshare rm` does.
+    let cleanup = Command::new("rm")
+        .args(["-rf"])
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(cleanup.success());
+}
+
+fn first_subordinate(file: &str, user: &str) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(user)).then(|| f.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{user} has no range in {file}"))
+}
