@@ -1,0 +1,3 @@
+#!/bin/sh
+cat /etc/banner.txt
+echo "$GREETING"
