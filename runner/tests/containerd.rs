@@ -880,3 +880,88 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// `forge-runner-step --runner containerd` selects this backend through the `Backend` enum, passes the
+/// exit code through, and gives its lease back when it is done.
+#[tokio::test]
+async fn step_binary_selects_containerd_and_returns_its_lease() {
+    let Some(config) = prerequisites() else {
+        return;
+    };
+    let world = World::new(config.clone());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_forge-runner-step"))
+        .arg("--runner")
+        .arg("containerd")
+        .arg("--containerd-address")
+        .arg(&config.address)
+        .arg("--state-dir")
+        .arg(&world.config.state_dir)
+        .arg("--cache-root")
+        .arg(&world.config.cache_root)
+        .arg("--overlay")
+        .arg(format!(
+            "{}:{}:{}",
+            world.lower.display(),
+            world.upper.display(),
+            world.work.display()
+        ))
+        .args(["--hostname", "via-containerd", "--shell", "--"])
+        .arg("echo \"on $(hostname)\"; echo made > /made; exit 3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "on via-containerd");
+    assert_eq!(
+        std::fs::read_to_string(world.upper.join("made")).unwrap(),
+        "made\n"
+    );
+
+    // Its lease (named after its pid) is gone; only then may containerd's GC collect what it held.
+    use containerd_client::services::v1::ListRequest;
+    use containerd_client::services::v1::leases_client::LeasesClient;
+    let runner = world.runner().await;
+    let conn = runner.connection().clone();
+    let ns = conn.namespace().to_string();
+    let leases = LeasesClient::new(conn.channel())
+        .list(with_namespace!(
+            ListRequest { filters: vec![] },
+            ns.as_str()
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    let prefix = format!("forge-{pid}-");
+    assert!(
+        leases.iter().all(|l| !l.id.starts_with(&prefix)),
+        "lease of pid {pid} left: {:?}",
+        leases.iter().map(|l| &l.id).collect::<Vec<_>>()
+    );
+    runner.close().await.unwrap();
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_forge-runner-step"))
+        .args([
+            "--runner",
+            "podman",
+            "--state-dir",
+            "/x",
+            "--cache-root",
+            "/y",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown --runner \"podman\""));
+}

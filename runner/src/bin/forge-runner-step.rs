@@ -1,7 +1,8 @@
 //! Runs one step with the embedded backend from command-line flags: the integration tests and
 //! benches/step.sh drive it as root and as an unprivileged user (it enters the user namespace first).
 //!
-//! forge-runner-step --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
+//! forge-runner-step [--runner embedded|containerd] [--containerd-address SOCK]
+//!   --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
 //!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
 //!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
 //!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
@@ -24,7 +25,14 @@ use forge_runner::{
 };
 use forge_snapshotter::Mount;
 
+/// Which backend runs the step; containerd's address defaults to `$CONTAINERD_ADDRESS`.
+enum BackendChoice {
+    Embedded,
+    Containerd { address: Option<PathBuf> },
+}
+
 struct Args {
+    backend: BackendChoice,
     spec: StepSpec,
     state_dir: PathBuf,
     cache_root: PathBuf,
@@ -55,6 +63,7 @@ fn parse() -> Result<Args, String> {
         secret_env: Vec::new(),
     };
     let (mut state_dir, mut cache_root) = (None, None);
+    let (mut runner, mut containerd_address) = (String::from("embedded"), None);
     let (mut cancel_after, mut repeat, mut quiet, mut shell) = (None, 1, false, false);
     while let Some(flag) = it.next() {
         if flag == "--" {
@@ -75,6 +84,8 @@ fn parse() -> Result<Args, String> {
             kind,
         };
         match flag.as_str() {
+            "--runner" => runner = value,
+            "--containerd-address" => containerd_address = Some(PathBuf::from(value)),
             "--state-dir" => state_dir = Some(PathBuf::from(value)),
             "--cache-root" => cache_root = Some(PathBuf::from(value)),
             "--overlay" => {
@@ -205,7 +216,20 @@ fn parse() -> Result<Args, String> {
     } else {
         Command::Exec(argv)
     };
+    let backend = match runner.as_str() {
+        "embedded" if containerd_address.is_none() => BackendChoice::Embedded,
+        "embedded" => return Err("--containerd-address needs --runner containerd".into()),
+        "containerd" => BackendChoice::Containerd {
+            address: containerd_address,
+        },
+        other => {
+            return Err(format!(
+                "unknown --runner {other:?} (embedded or containerd)"
+            ));
+        }
+    };
     Ok(Args {
+        backend,
         spec,
         state_dir: state_dir.ok_or("--state-dir is required")?,
         cache_root: cache_root.ok_or("--cache-root is required")?,
@@ -255,12 +279,38 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let runner = match EmbeddedRunner::new(EmbeddedConfig::new(&args.state_dir, &args.cache_root)) {
-        // Through the Backend enum, as the builder selects a backend.
-        Ok(r) => Backend::Embedded(r),
-        Err(e) => {
-            eprintln!("forge-runner-step: {e}");
-            return ExitCode::from(125);
+    // Through the Backend enum, as the builder selects a backend.
+    let runner = match &args.backend {
+        BackendChoice::Embedded => {
+            match EmbeddedRunner::new(EmbeddedConfig::new(&args.state_dir, &args.cache_root)) {
+                Ok(r) => Backend::Embedded(r),
+                Err(e) => {
+                    eprintln!("forge-runner-step: {e}");
+                    return ExitCode::from(125);
+                }
+            }
+        }
+        BackendChoice::Containerd { address } => {
+            use forge_runner::containerd::{ContainerdConfig, ContainerdRunner};
+            let Some(mut config) = address
+                .clone()
+                .map(ContainerdConfig::new)
+                .or_else(ContainerdConfig::from_env)
+            else {
+                eprintln!(
+                    "forge-runner-step: --runner containerd needs --containerd-address or CONTAINERD_ADDRESS"
+                );
+                return ExitCode::from(2);
+            };
+            config.state_dir = args.state_dir.clone();
+            config.cache_root = args.cache_root.clone();
+            match ContainerdRunner::connect(config).await {
+                Ok(r) => Backend::Containerd(r),
+                Err(e) => {
+                    eprintln!("forge-runner-step: {e}");
+                    return ExitCode::from(125);
+                }
+            }
         }
     };
     let cancel = CancellationToken::new();
@@ -297,7 +347,7 @@ async fn run(args: Args) -> ExitCode {
             Stream::Stderr => eprintln!("{line}"),
         }
     };
-    let mut last = 0;
+    let mut code = 0u8;
     for _ in 0..args.repeat {
         match runner.run(&args.spec, &mut output, &cancel).await {
             Ok(outcome) => {
@@ -307,17 +357,25 @@ async fn run(args: Args) -> ExitCode {
                     outcome.duration.as_secs_f64() * 1000.0,
                     outcome.tail.len()
                 );
-                last = outcome.exit_code;
+                code = outcome.exit_code.clamp(0, 255) as u8;
             }
             Err(RunError::Cancelled) => {
                 eprintln!("forge-runner-step: cancelled");
-                return ExitCode::from(130);
+                code = 130;
+                break;
             }
             Err(e) => {
                 eprintln!("forge-runner-step: error: {e}");
-                return ExitCode::from(125);
+                code = 125;
+                break;
             }
         }
     }
-    ExitCode::from(last.clamp(0, 255) as u8)
+    // containerd keeps what a lease holds until the lease goes: give it back now.
+    if let Backend::Containerd(r) = runner
+        && let Err(e) = r.close().await
+    {
+        eprintln!("forge-runner-step: warning: could not delete the containerd lease: {e}");
+    }
+    ExitCode::from(code)
 }
