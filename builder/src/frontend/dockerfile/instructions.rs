@@ -2,6 +2,7 @@
 //! counts, flags and their values, heredoc sources) as BuildKit's `instructions` package does, and
 //! grouped into stages. Variables are not expanded here: that needs the stage's scope, at lowering.
 
+use crate::frontend::suggest::edit_distance;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -134,7 +135,7 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let w = word.to_ascii_lowercase();
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        let d = levenshtein(&w, &c.to_ascii_lowercase());
+        let d = edit_distance(&w, &c.to_ascii_lowercase());
         if best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
@@ -142,32 +143,6 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     // Same threshold idea as BuildKit's suggest package: a third of the word, at least one edit.
     best.filter(|(d, _)| *d > 0 && *d <= (w.chars().count() / 3).max(1) + usize::from(w.len() > 5))
         .map(|(_, c)| c.to_string())
-}
-
-/// Edit distance where swapping two adjacent characters counts as one edit (typos often do that).
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// A name/value pair of ENV or LABEL; `no_delim` marks the legacy `ENV key value` form.

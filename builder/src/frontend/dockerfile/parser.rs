@@ -8,6 +8,7 @@
 // hint); boxing it would only make matching on it clumsier.
 #![allow(clippy::result_large_err)]
 
+use crate::frontend::suggest::edit_distance;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -1090,32 +1091,6 @@ fn suggest_instruction(keyword: &str) -> Option<String> {
         .min_by_key(|(d, _)| *d)?;
     let limit = if upper.chars().count() <= 3 { 1 } else { 2 };
     (distance <= limit && distance < upper.chars().count()).then_some(best)
-}
-
-/// Optimal string alignment distance: Levenshtein plus adjacent transpositions (FORM -> FROM is 1).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// Go's `encoding/json` as BuildKit uses it: `json.Unmarshal` into `[]any`.
