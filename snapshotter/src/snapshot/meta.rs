@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Info, Kind, SnapshotError};
+use super::{Info, Kind, SnapshotError, Usage, tree_usage};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -203,6 +203,42 @@ impl Db {
 }
 
 impl Db {
+    /// The directory a snapshot's files live in: what its mounts show, and what a backend writes.
+    pub fn fs(&self, id: u64) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+
+    /// [`super::Snapshotter::stat`] for any backend that keeps its files in [`Db::fs`].
+    pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        self.read(|state| state.info(key))
+    }
+
+    /// [`super::Snapshotter::usage`]: what the snapshot's own directory holds (not its parents').
+    pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let id = self.read(|state| Ok(state.get(key)?.id))?;
+        tree_usage(&self.fs(id))
+    }
+
+    /// [`super::Snapshotter::list`].
+    pub fn list(&self) -> Result<Vec<Info>, SnapshotError> {
+        self.read(|state| state.snapshots.keys().map(|k| state.info(k)).collect())
+    }
+
+    /// [`super::Snapshotter::writable_dir`]: only an active snapshot may be written.
+    pub fn writable_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        self.read(|state| {
+            let r = state.get(key)?;
+            if r.kind != Kind::Active {
+                return Err(SnapshotError::WrongKind {
+                    key: key.to_string(),
+                    expected: Kind::Active,
+                    actual: r.kind,
+                });
+            }
+            Ok(self.fs(r.id))
+        })
+    }
+
     /// Read the state under a shared lock.
     pub fn read<T>(
         &self,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::meta::Db;
-use super::{BackendKind, ChangeSource, Info, Kind, SnapshotError, Snapshotter, Usage, tree_usage};
+use super::{BackendKind, ChangeSource, Info, Kind, SnapshotError, Snapshotter, Usage};
 use crate::mount::Mount;
 use crate::unpack::{OverlayXattr, WhiteoutMode};
 
@@ -38,7 +38,7 @@ impl OverlaySnapshotter {
     }
 
     fn fs(&self, id: u64) -> PathBuf {
-        self.db.dir(id).join("fs")
+        self.db.fs(id)
     }
 
     fn overlay_mount(&self, lowers: &[u64], upper: Option<u64>) -> Mount {
@@ -137,31 +137,19 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        self.db.read(|state| state.info(key))
+        self.db.stat(key)
     }
 
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
-        let id = self.db.read(|state| Ok(state.get(key)?.id))?;
-        tree_usage(&self.fs(id))
+        self.db.usage(key)
     }
 
     fn list(&self) -> Result<Vec<Info>, SnapshotError> {
-        self.db
-            .read(|state| state.snapshots.keys().map(|k| state.info(k)).collect())
+        self.db.list()
     }
 
     fn writable_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
-        self.db.read(|state| {
-            let r = state.get(key)?;
-            if r.kind != Kind::Active {
-                return Err(SnapshotError::WrongKind {
-                    key: key.to_string(),
-                    expected: Kind::Active,
-                    actual: r.kind,
-                });
-            }
-            Ok(self.fs(r.id))
-        })
+        self.db.writable_dir(key)
     }
 
     fn whiteout_mode(&self) -> WhiteoutMode {
