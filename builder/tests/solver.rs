@@ -710,3 +710,45 @@ async fn source_vertices_take_part_like_any_other() {
     assert_ne!(keys[0].0, keys[2].0);
     assert_eq!(keys[2].1, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_solvers_on_one_disk_cache_compute_each_key_once() {
+    // Two handles on one directory stand for two forge processes: the per-key file lock is an
+    // flock, which excludes another open file just as it excludes another process.
+    let dir = tempfile::tempdir().unwrap();
+    let graph = Arc::new(two_chains());
+    let slow = || {
+        let mut mock = Mock::default();
+        for step in all_steps() {
+            mock.sleep.insert(step, Duration::from_millis(50));
+        }
+        mock.content
+            .lock()
+            .unwrap()
+            .insert("[a] RUN copy src".into(), [1; 32]);
+        Arc::new(mock)
+    };
+    let (first, second) = (slow(), slow());
+    let s1 = solver(
+        &first,
+        Arc::new(DiskCache::open(dir.path()).unwrap()),
+        options(2),
+    );
+    let s2 = solver(
+        &second,
+        Arc::new(DiskCache::open(dir.path()).unwrap()),
+        options(2),
+    );
+    let (r1, r2) = tokio::join!(s1.solve(graph.clone(), &[0]), s2.solve(graph.clone(), &[0]));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    let root = graph.outputs[0].root;
+    assert_eq!(r1.get(root).unwrap().output, r2.get(root).unwrap().output);
+    let (c1, c2) = (first.calls(), second.calls());
+    assert!(
+        c1.is_disjoint(&c2),
+        "both computed {:?}",
+        c1.intersection(&c2).collect::<Vec<_>>()
+    );
+    assert_eq!(c1.union(&c2).cloned().collect::<BTreeSet<_>>(), all_steps());
+    assert_eq!(first.call_count() + second.call_count(), 6);
+}

@@ -265,6 +265,10 @@ impl<E: Executor> Solver<E> {
     }
 
     /// Solves `targets` and what they need, nothing else.
+    ///
+    /// On a failure the solve cancels its token, awaits every running vertex and returns the first
+    /// error. Dropping the returned future instead aborts the running executors' futures without
+    /// awaiting their clean-up: cancel through [`SolveOptions::cancel`] and await to stop cleanly.
     pub async fn solve_vertices(
         &self,
         graph: Arc<Graph>,
