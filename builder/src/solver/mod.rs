@@ -43,10 +43,11 @@ impl Record for Vec<u8> {
 
 /// Runs single vertices; the solver decides which and when.
 ///
-/// For each vertex the solver needs, once all its inputs are solved: [`cache_inputs`] (may be
-/// skipped by no executor: it is part of the key), then, on a cache miss or when the cache is
-/// bypassed, [`execute`]. `inputs` are the inputs' results in [`Op::inputs`] order (a vertex
-/// read twice appears twice).
+/// For each vertex the solver needs, once all its inputs are solved: [`cache_inputs`], always
+/// (its digest is part of the key, so it runs even when everything turns out cached), then, on a
+/// cache miss or when the cache is bypassed, [`execute`]. `inputs` are the inputs' results in
+/// [`Op::inputs`] order (a vertex read twice appears twice); for a cache hit they are the records
+/// read back with [`Record::from_record`], so an output must stay meaningful across processes.
 ///
 /// [`cache_inputs`]: Executor::cache_inputs
 /// [`execute`]: Executor::execute
