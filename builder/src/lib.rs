@@ -8,3 +8,4 @@ pub mod context;
 pub mod export;
 pub mod frontend;
 pub mod graph;
+pub mod solver;

@@ -1,0 +1,538 @@
+//! The solver: walks a [`Graph`] from the requested outputs, computes each vertex's [`CacheKey`],
+//! reuses recorded results from a [`CacheStore`] and hands the rest to an [`Executor`], running
+//! independent vertices at once on tokio. What a vertex *does* is the executor's; this module only
+//! decides what runs, when, and whether it needs to run at all.
+
+mod cache;
+mod key;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+pub use cache::{CacheError, CacheStore, DiskCache, KeyLock, MemoryCache};
+pub use key::{CacheKey, ContentDigest};
+
+use crate::graph::{Graph, NodeRef, Vertex, VertexId};
+
+/// A vertex's result as the executor hands it over, and as the cache keeps it.
+///
+/// `from_record` must accept what `to_record` wrote; it returns `None` for bytes it does not
+/// understand (an older forge's record, say), which the solver treats as a cache miss.
+pub trait Record: Clone + Send + Sync + 'static {
+    fn to_record(&self) -> Vec<u8>;
+    fn from_record(bytes: &[u8]) -> Option<Self>;
+}
+
+impl Record for Vec<u8> {
+    fn to_record(&self) -> Vec<u8> {
+        self.clone()
+    }
+
+    fn from_record(bytes: &[u8]) -> Option<Self> {
+        Some(bytes.to_vec())
+    }
+}
+
+/// Runs single vertices; the solver decides which and when.
+///
+/// For each vertex the solver needs, once all its inputs are solved: [`cache_inputs`], always
+/// (its digest is part of the key, so it runs even when everything turns out cached), then, on a
+/// cache miss or when the cache is bypassed, [`execute`]. `inputs` are the inputs' results in
+/// [`Op::inputs`] order (a vertex read twice appears twice); for a cache hit they are the records
+/// read back with [`Record::from_record`], so an output must stay meaningful across processes.
+///
+/// [`cache_inputs`]: Executor::cache_inputs
+/// [`execute`]: Executor::execute
+/// [`Op::inputs`]: crate::graph::Op::inputs
+pub trait Executor: Send + Sync + 'static {
+    type Output: Record;
+    /// Carries what a user needs to see about a failed step: its exit status and the last lines of
+    /// its output, for a process.
+    type Error: StdError + Send + Sync + 'static;
+
+    /// A digest of what the vertex reads from outside the graph, folded into its cache key: for
+    /// COPY/ADD from the local context, the selection's hash
+    /// ([`ContextSnapshot::hash_selection`](crate::context::ContextSnapshot::hash_selection)).
+    /// `None` when the vertex reads nothing but its inputs (the default).
+    fn cache_inputs(
+        &self,
+        vertex: &Vertex,
+        inputs: &[Self::Output],
+    ) -> impl Future<Output = Result<Option<ContentDigest>, Self::Error>> + Send {
+        let _ = (vertex, inputs);
+        async { Ok(None) }
+    }
+
+    /// Computes the vertex. When `cancel` fires (another vertex failed, or the caller gave up) the
+    /// executor should stop promptly, clean up, and return an error; the solver awaits it.
+    fn execute(
+        &self,
+        vertex: &Vertex,
+        inputs: &[Self::Output],
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+}
+
+/// Progress, sent as it happens; the order between vertices running at once is not defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The vertex's result came from the cache: it will not run.
+    Cached {
+        vertex: NodeRef,
+        description: String,
+        key: CacheKey,
+    },
+    Started {
+        vertex: NodeRef,
+        description: String,
+    },
+    Done {
+        vertex: NodeRef,
+        description: String,
+        duration: Duration,
+    },
+    Failed {
+        vertex: NodeRef,
+        description: String,
+        duration: Duration,
+        error: String,
+    },
+    /// The vertex stopped because the build was cancelled (by another failure or the caller).
+    Cancelled {
+        vertex: NodeRef,
+        description: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SolveOptions {
+    /// How many vertices may be computed at once (at least 1).
+    pub jobs: usize,
+    /// Run every vertex, ignoring (and then replacing) recorded results.
+    pub no_cache: bool,
+    /// Run the vertices of these stages (see [`stage_of`]) and everything computed from them.
+    pub no_cache_filter: Vec<String>,
+    pub events: Option<UnboundedSender<Event>>,
+    /// Cancels the whole solve from outside (Ctrl-C); the solver also cancels it on a failure.
+    pub cancel: CancellationToken,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        Self {
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            no_cache: false,
+            no_cache_filter: Vec::new(),
+            events: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// The stage a vertex belongs to, read from its description: frontends write `[stage] ...` or
+/// `[stage 2/5] ...`; `[internal] ...` vertices (image loads, context) belong to none.
+pub fn stage_of(description: &str) -> Option<&str> {
+    let inner = description.strip_prefix('[')?.split(']').next()?;
+    let name = inner.split_whitespace().next()?;
+    (name != "internal").then_some(name)
+}
+
+#[derive(Debug, Error)]
+pub enum SolveError {
+    #[error("the graph has no output {index} (it has {count})")]
+    NoSuchOutput { index: usize, count: usize },
+    #[error("step {description}{} failed", at_line(*line))]
+    Step {
+        vertex: NodeRef,
+        id: VertexId,
+        description: String,
+        line: Option<usize>,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    #[error("cache lookup for step {description} (key {key})")]
+    Cache {
+        description: String,
+        key: CacheKey,
+        #[source]
+        source: CacheError,
+    },
+    #[error("step {description} panicked")]
+    Panicked { description: String },
+    #[error("the build was cancelled")]
+    Cancelled,
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+/// A solved vertex.
+#[derive(Debug, Clone)]
+pub struct Solved<R> {
+    pub output: R,
+    pub key: CacheKey,
+    /// The result came from the cache; the vertex did not run.
+    pub cached: bool,
+}
+
+/// Every vertex the requested outputs needed, solved.
+#[derive(Debug, Clone)]
+pub struct Solution<R> {
+    solved: HashMap<NodeRef, Solved<R>>,
+}
+
+impl<R> Solution<R> {
+    pub fn get(&self, vertex: NodeRef) -> Option<&Solved<R>> {
+        self.solved.get(&vertex)
+    }
+
+    /// How many distinct vertices ran (a vertex listed twice under one identity counts once).
+    pub fn executed(&self) -> usize {
+        self.distinct().filter(|s| !s.cached).count()
+    }
+
+    pub fn cached(&self) -> usize {
+        self.distinct().filter(|s| s.cached).count()
+    }
+
+    fn distinct(&self) -> impl Iterator<Item = &Solved<R>> {
+        let mut seen = HashSet::new();
+        self.solved.values().filter(move |s| seen.insert(s.key))
+    }
+}
+
+/// Solves graphs with one executor and one cache.
+pub struct Solver<E: Executor> {
+    executor: Arc<E>,
+    cache: Arc<dyn CacheStore>,
+    options: SolveOptions,
+}
+
+/// What a vertex's task gives back to the scheduler.
+struct Finished<R> {
+    node: NodeRef,
+    solved: Solved<R>,
+    /// Ran because the cache was bypassed: its dependents must run too, since a bypassed step may
+    /// give another result under the same key.
+    forced: bool,
+}
+
+struct Task<E: Executor> {
+    executor: Arc<E>,
+    cache: Arc<dyn CacheStore>,
+    graph: Arc<Graph>,
+    node: NodeRef,
+    inputs: Vec<E::Output>,
+    input_keys: Vec<CacheKey>,
+    force: bool,
+    cancel: CancellationToken,
+    events: Option<UnboundedSender<Event>>,
+}
+
+impl<E: Executor> Solver<E> {
+    pub fn new(executor: Arc<E>, cache: Arc<dyn CacheStore>, options: SolveOptions) -> Self {
+        Self {
+            executor,
+            cache,
+            options,
+        }
+    }
+
+    /// Solves the outputs at these indices of `graph.outputs`: each one's root and gates.
+    pub async fn solve(
+        &self,
+        graph: Arc<Graph>,
+        outputs: &[usize],
+    ) -> Result<Solution<E::Output>, SolveError> {
+        let mut targets = Vec::new();
+        for &index in outputs {
+            let o = graph.outputs.get(index).ok_or(SolveError::NoSuchOutput {
+                index,
+                count: graph.outputs.len(),
+            })?;
+            targets.push(o.root);
+            targets.extend(o.gates.iter().copied());
+        }
+        self.solve_vertices(graph, &targets).await
+    }
+
+    /// Solves `targets` and what they need, nothing else.
+    ///
+    /// On a failure the solve cancels its token, awaits every running vertex and returns the first
+    /// error. Dropping the returned future instead aborts the running executors' futures without
+    /// awaiting their clean-up: cancel through [`SolveOptions::cancel`] and await to stop cleanly.
+    pub async fn solve_vertices(
+        &self,
+        graph: Arc<Graph>,
+        targets: &[NodeRef],
+    ) -> Result<Solution<E::Output>, SolveError> {
+        // Two references with one identity are one vertex: the first (lowest index, so still
+        // before all its users) stands for both.
+        let mut first: HashMap<VertexId, NodeRef> = HashMap::new();
+        let canon: Vec<NodeRef> = graph
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(i, v)| *first.entry(v.id).or_insert(NodeRef(i)))
+            .collect();
+        let inputs_of = |r: NodeRef| -> Vec<NodeRef> {
+            graph
+                .vertex(r)
+                .op
+                .inputs()
+                .into_iter()
+                .map(|i| canon[i.0])
+                .collect()
+        };
+
+        let mut needed = HashSet::new();
+        let mut stack: Vec<NodeRef> = targets.iter().map(|t| canon[t.0]).collect();
+        while let Some(r) = stack.pop() {
+            if needed.insert(r) {
+                stack.extend(inputs_of(r));
+            }
+        }
+        let mut order: Vec<NodeRef> = needed.iter().copied().collect();
+        order.sort();
+        let mut pending: HashMap<NodeRef, usize> = HashMap::new();
+        let mut dependents: HashMap<NodeRef, Vec<NodeRef>> = HashMap::new();
+        for &r in &order {
+            let deps: HashSet<NodeRef> = inputs_of(r).into_iter().collect();
+            pending.insert(r, deps.len());
+            for d in deps {
+                dependents.entry(d).or_default().push(r);
+            }
+        }
+        let mut ready: VecDeque<NodeRef> =
+            order.iter().copied().filter(|r| pending[r] == 0).collect();
+
+        let cancel = self.options.cancel.child_token();
+        let jobs = self.options.jobs.max(1);
+        let mut done: HashMap<NodeRef, Solved<E::Output>> = HashMap::new();
+        let mut forced: HashSet<NodeRef> = HashSet::new();
+        let mut running = JoinSet::new();
+        let mut task_nodes = HashMap::new();
+        let mut failure: Option<SolveError> = None;
+
+        loop {
+            while failure.is_none() && running.len() < jobs {
+                if self.options.cancel.is_cancelled() {
+                    failure = Some(SolveError::Cancelled);
+                    break;
+                }
+                let Some(node) = ready.pop_front() else { break };
+                let ins = inputs_of(node);
+                let vertex = graph.vertex(node);
+                let force = self.options.no_cache
+                    || ins.iter().any(|i| forced.contains(i))
+                    || stage_of(&vertex.description)
+                        .is_some_and(|s| self.options.no_cache_filter.iter().any(|f| f == s));
+                let task = Task::<E> {
+                    executor: self.executor.clone(),
+                    cache: self.cache.clone(),
+                    graph: graph.clone(),
+                    node,
+                    inputs: ins.iter().map(|i| done[i].output.clone()).collect(),
+                    input_keys: ins.iter().map(|i| done[i].key).collect(),
+                    force,
+                    cancel: cancel.clone(),
+                    events: self.options.events.clone(),
+                };
+                let handle = running.spawn(task.run());
+                task_nodes.insert(handle.id(), node);
+            }
+            let Some(joined) = running.join_next_with_id().await else {
+                break;
+            };
+            let result = match joined {
+                Ok((_, r)) => r,
+                Err(e) => Err(SolveError::Panicked {
+                    description: graph.vertex(task_nodes[&e.id()]).description.clone(),
+                }),
+            };
+            match result {
+                Ok(f) => {
+                    if f.forced {
+                        forced.insert(f.node);
+                    }
+                    for d in dependents.get(&f.node).into_iter().flatten() {
+                        let p = pending.get_mut(d).expect("dependent is needed");
+                        *p -= 1;
+                        if *p == 0 {
+                            ready.push_back(*d);
+                        }
+                    }
+                    done.insert(f.node, f.solved);
+                }
+                // The first failure is the build's; what the cancelled siblings report after it
+                // is their reaction to it, not news.
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(if self.options.cancel.is_cancelled() {
+                            SolveError::Cancelled
+                        } else {
+                            e
+                        });
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        debug_assert_eq!(done.len(), order.len(), "every needed vertex solved");
+        // Aliases (same identity, another reference) share their canonical vertex's result.
+        let mut solved = HashMap::new();
+        for (i, c) in canon.iter().enumerate() {
+            if let Some(s) = done.get(c) {
+                solved.insert(NodeRef(i), s.clone());
+            }
+        }
+        Ok(Solution { solved })
+    }
+}
+
+impl<E: Executor> Task<E> {
+    fn emit(&self, event: Event) {
+        if let Some(tx) = &self.events {
+            // A progress display that went away must not stop the build.
+            let _ = tx.send(event);
+        }
+    }
+
+    fn vertex(&self) -> &Vertex {
+        self.graph.vertex(self.node)
+    }
+
+    fn step_error(&self, source: E::Error) -> SolveError {
+        let v = self.vertex();
+        SolveError::Step {
+            vertex: self.node,
+            id: v.id,
+            description: v.description.clone(),
+            line: v.line,
+            source: Box::new(source),
+        }
+    }
+
+    async fn cache_call<T: Send + 'static>(
+        &self,
+        key: CacheKey,
+        f: impl FnOnce(&dyn CacheStore) -> Result<T, CacheError> + Send + 'static,
+    ) -> Result<T, SolveError> {
+        let cache = self.cache.clone();
+        let call = tokio::task::spawn_blocking(move || f(cache.as_ref()));
+        // A lock wait (another forge computing this key) must not outlive a cancelled build; the
+        // blocking thread finishes on its own and drops what it got.
+        let joined = tokio::select! {
+            j = call => j,
+            () = self.cancel.cancelled() => return Err(SolveError::Cancelled),
+        };
+        match joined {
+            Ok(r) => r.map_err(|source| SolveError::Cache {
+                description: self.vertex().description.clone(),
+                key,
+                source,
+            }),
+            Err(_) => Err(SolveError::Panicked {
+                description: self.vertex().description.clone(),
+            }),
+        }
+    }
+
+    /// The recorded result for `key`, announced as a cache hit; `None` when the cache is bypassed
+    /// for this vertex, holds nothing, or holds a record the executor cannot read.
+    async fn lookup(&self, key: CacheKey) -> Result<Option<Solved<E::Output>>, SolveError> {
+        if self.force {
+            return Ok(None);
+        }
+        let record = self.cache_call(key, move |c| c.get(&key)).await?;
+        let Some(output) = record.and_then(|r| E::Output::from_record(&r)) else {
+            return Ok(None);
+        };
+        self.emit(Event::Cached {
+            vertex: self.node,
+            description: self.vertex().description.clone(),
+            key,
+        });
+        Ok(Some(Solved {
+            output,
+            key,
+            cached: true,
+        }))
+    }
+
+    async fn run(self) -> Result<Finished<E::Output>, SolveError> {
+        let vertex = self.vertex();
+        let description = vertex.description.clone();
+        let content = self
+            .executor
+            .cache_inputs(vertex, &self.inputs)
+            .await
+            .map_err(|e| self.step_error(e))?;
+        let key = CacheKey::compute(vertex.id, &self.input_keys, content);
+        let finished = |solved| Finished {
+            node: self.node,
+            solved,
+            forced: self.force,
+        };
+        if let Some(hit) = self.lookup(key).await? {
+            return Ok(finished(hit));
+        }
+        let _lock = self.cache_call(key, move |c| c.lock(&key)).await?;
+        // Another process may have computed it while this one waited for the lock.
+        if let Some(hit) = self.lookup(key).await? {
+            return Ok(finished(hit));
+        }
+        self.emit(Event::Started {
+            vertex: self.node,
+            description: description.clone(),
+        });
+        let started = Instant::now();
+        let output = match self
+            .executor
+            .execute(vertex, &self.inputs, self.cancel.clone())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                if self.cancel.is_cancelled() {
+                    self.emit(Event::Cancelled {
+                        vertex: self.node,
+                        description,
+                    });
+                } else {
+                    self.emit(Event::Failed {
+                        vertex: self.node,
+                        description,
+                        duration: started.elapsed(),
+                        error: e.to_string(),
+                    });
+                }
+                return Err(self.step_error(e));
+            }
+        };
+        let record = output.to_record();
+        self.cache_call(key, move |c| c.put(&key, &record)).await?;
+        self.emit(Event::Done {
+            vertex: self.node,
+            description,
+            duration: started.elapsed(),
+        });
+        Ok(finished(Solved {
+            output,
+            key,
+            cached: false,
+        }))
+    }
+}
