@@ -6,5 +6,6 @@
 
 pub mod context;
 pub mod export;
+pub mod fileop;
 pub mod frontend;
 pub mod graph;
