@@ -603,3 +603,77 @@ fn hostile_archives_are_refused_or_confined() {
     assert_eq!(f.read("/outside/etc/planted"), "p");
     assert!(!f.dest.parent().unwrap().join("outside").exists());
 }
+
+#[test]
+fn add_archive_with_chown_owns_every_entry() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture();
+    fs::write(f.ctx.join("a.tar"), sample_tar()).unwrap();
+    f.run(vec![copy_with("/a.tar", "/opt/x/", |o| {
+        o.attempt_unpack = true;
+        o.owner = Some("7:8".into());
+    })])
+    .unwrap();
+    for rel in [
+        "/opt",
+        "/opt/x",
+        "/opt/x/pkg",
+        "/opt/x/pkg/run.sh",
+        "/opt/x/pkg/link",
+    ] {
+        let m = fs::symlink_metadata(f.out(rel)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (7, 8), "{rel}");
+    }
+}
+
+#[test]
+fn copy_into_an_existing_directory_keeps_its_metadata() {
+    let f = fixture();
+    f.file("src/new", "n", 0o644);
+    fs::set_permissions(f.ctx.join("src"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir(f.out("/app")).unwrap();
+    fs::set_permissions(f.out("/app"), fs::Permissions::from_mode(0o751)).unwrap();
+    fs::write(f.out("/app/old"), "o").unwrap();
+    f.run(vec![copy("/src", "/app")]).unwrap();
+    assert_eq!(
+        f.mode("/app"),
+        0o751,
+        "the destination directory is not rewritten"
+    );
+    assert_eq!(f.tree(), ["app/", "app/new", "app/old"]);
+    // A file onto an existing directory lands inside it, but cannot replace a directory there.
+    fs::create_dir_all(f.out("/app/d/x")).unwrap();
+    f.file("x", "file", 0o644);
+    f.run(vec![copy("/x", "/app")]).unwrap();
+    assert_eq!(f.read("/app/x"), "file");
+    let err = f.run(vec![copy("/x", "/app/d/")]).unwrap_err();
+    assert!(matches!(err, FileOpError::Conflict { .. }), "{err}");
+}
+
+#[test]
+fn xattrs_are_copied() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    f.file("x", "x", 0o644);
+    let src = CString::new(f.ctx.join("x").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.forge").unwrap();
+    // SAFETY: NUL-terminated strings and a live 3-byte value.
+    let rc = unsafe { libc::setxattr(src.as_ptr(), name.as_ptr(), b"yes".as_ptr().cast(), 3, 0) };
+    if rc != 0 {
+        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
+            panic!("FORGE_E2E=require: user xattrs unsupported on the temp filesystem");
+        }
+        eprintln!("SKIP: user xattrs unsupported on the temp filesystem");
+        return;
+    }
+    f.run(vec![copy("/x", "/y")]).unwrap();
+    let dst = CString::new(f.out("/y").as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: as above, with a live 16-byte buffer.
+    let n = unsafe { libc::getxattr(dst.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    assert_eq!(n, 3);
+    assert_eq!(&buf[..3], b"yes");
+}

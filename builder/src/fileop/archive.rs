@@ -58,20 +58,22 @@ fn open_decompressed(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
         Compression::None => Box::new(f),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
-        Compression::Xz => Box::new(xz_reader(f)),
+        Compression::Xz => Box::new(xz_reader(f)?),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(File::open(path)?)?),
     })
 }
 
 /// lzma-rs decodes into a writer; a thread feeding a pipe turns that into a reader so tar can
 /// stream the archive instead of holding it in memory.
-fn xz_reader(mut f: BufReader<File>) -> impl Read + Send {
-    let (reader, mut writer) = std::io::pipe().expect("creating a pipe");
+/// If the reader is dropped early (only the first header was wanted), the writer gets EPIPE and
+/// the thread ends.
+fn xz_reader(mut f: BufReader<File>) -> std::io::Result<impl Read + Send> {
+    let (reader, mut writer) = std::io::pipe()?;
     std::thread::spawn(move || {
         // A decode error closes the pipe early; tar then reports a truncated archive.
         let _ = lzma_rs::xz_decompress(&mut f, &mut writer);
     });
-    reader
+    Ok(reader)
 }
 
 /// Whether `path` is an archive ADD extracts: a regular file whose first tar header parses.
