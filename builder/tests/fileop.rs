@@ -677,3 +677,34 @@ fn xattrs_are_copied() {
     assert_eq!(n, 3);
     assert_eq!(&buf[..3], b"yes");
 }
+
+#[test]
+fn copy_from_scratch_and_missing_inputs() {
+    let f = fixture();
+    let scratch = |src: &str| FileAction::Copy {
+        from: None,
+        src: src.into(),
+        dest: "/out/".into(),
+        options: CopyOptions {
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            ..CopyOptions::default()
+        },
+    };
+    f.run(vec![scratch("/*.txt")]).unwrap();
+    let err = f.run(vec![scratch("/a.txt")]).unwrap_err();
+    assert!(matches!(err, FileOpError::SourceNotFound { .. }), "{err}");
+    let err = f
+        .run(vec![FileAction::Copy {
+            from: Some(NodeRef(9)),
+            src: "/".into(),
+            dest: "/".into(),
+            options: CopyOptions::default(),
+        }])
+        .unwrap_err();
+    assert!(
+        matches!(err, FileOpError::MissingInput { input: NodeRef(9) }),
+        "{err}"
+    );
+    assert!(f.tree().is_empty());
+}
