@@ -6,6 +6,7 @@
 
 pub mod context;
 pub mod export;
+pub mod fileop;
 pub mod frontend;
 pub mod graph;
 pub mod solver;

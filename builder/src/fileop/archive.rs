@@ -1,0 +1,288 @@
+//! ADD's local-archive rule: a regular file that decompresses (gzip, bzip2, xz, zstd or none) to
+//! something whose first tar header parses is extracted into the destination instead of copied.
+//! Entries are confined: `..` escapes and links pointing outside are refused, and every entry's
+//! parent is resolved inside the destination root.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::meta;
+use super::root::{clean, resolve};
+use super::{FileOpError, Ids, io};
+
+/// The compression an archive's first bytes announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A bare tar (or not an archive at all).
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// bzip2 (`BZh`).
+    Bzip2,
+    /// xz (`fd 37 7a 58 5a 00`).
+    Xz,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+}
+
+/// Recognises the compression from an archive's first bytes.
+pub fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn open_decompressed(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut f = File::open(path)?;
+    let mut head = [0u8; 6];
+    let mut n = 0;
+    while n < head.len() {
+        let r = f.read(&mut head[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let f = BufReader::new(File::open(path)?);
+    Ok(match sniff(&head[..n]) {
+        Compression::None => Box::new(f),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
+        Compression::Xz => Box::new(xz_reader(f)?),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(File::open(path)?)?),
+    })
+}
+
+/// lzma-rs decodes into a writer; a thread feeding a pipe turns that into a reader so tar can
+/// stream the archive instead of holding it in memory.
+/// If the reader is dropped early (only the first header was wanted), the writer gets EPIPE and
+/// the thread ends.
+fn xz_reader(mut f: BufReader<File>) -> std::io::Result<impl Read + Send> {
+    let (reader, mut writer) = std::io::pipe()?;
+    std::thread::spawn(move || {
+        // A decode error closes the pipe early; tar then reports a truncated archive.
+        let _ = lzma_rs::xz_decompress(&mut f, &mut writer);
+    });
+    Ok(reader)
+}
+
+/// Whether `path` is an archive ADD extracts: a regular file whose first tar header parses.
+fn is_archive(path: &Path) -> bool {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !md.file_type().is_file() {
+        return false;
+    }
+    let Ok(r) = open_decompressed(path) else {
+        return false;
+    };
+    let mut a = tar::Archive::new(r);
+    let Ok(mut entries) = a.entries() else {
+        return false;
+    };
+    matches!(entries.next(), Some(Ok(_)))
+}
+
+/// Extracts `src` (in `src_root`, followed) into the directory `dest` when it is an archive;
+/// whether it was one.
+pub(crate) fn unpack(
+    src_root: &Path,
+    src: &str,
+    dest_root: &Path,
+    dest: &str,
+    owner: Option<Ids>,
+) -> Result<bool, FileOpError> {
+    let archive = resolve(src_root, src, true)?;
+    if !is_archive(&archive) {
+        return Ok(false);
+    }
+    let dest_dir = resolve(dest_root, &clean(dest), true)?;
+    meta::mkdir_all(dest_root, &dest_dir, 0o755, owner)?;
+    extract(&archive, dest_root, &dest_dir, owner)?;
+    Ok(true)
+}
+
+/// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`).
+pub fn extract(
+    archive: &Path,
+    dest_root: &Path,
+    dest_dir: &Path,
+    owner: Option<Ids>,
+) -> Result<(), FileOpError> {
+    let r = open_decompressed(archive).map_err(io("opening archive", archive))?;
+    let mut a = tar::Archive::new(r);
+    let entries = a.entries().map_err(io("reading archive", archive))?;
+    // Directory times are set last: creating entries inside a directory changes its mtime.
+    let mut dir_times: Vec<(PathBuf, tar::Header)> = Vec::new();
+    let base = dest_dir
+        .strip_prefix(dest_root)
+        .map(|p| format!("/{}", p.to_string_lossy()))
+        .unwrap_or_else(|_| "/".into());
+    for entry in entries {
+        let mut entry = entry.map_err(io("reading archive", archive))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let refuse = |reason: &str| FileOpError::ArchiveEntry {
+            archive: archive.to_path_buf(),
+            entry: name.clone(),
+            reason: reason.to_string(),
+        };
+        let rel = confined(&name).ok_or_else(|| refuse("its path leaves the destination"))?;
+        if rel.is_empty() {
+            continue;
+        }
+        let full = format!("{base}/{rel}");
+        let parent = Path::new(&full)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        let parent_path = resolve(dest_root, &parent, true)?;
+        meta::mkdir_all(dest_root, &parent_path, 0o755, owner)?;
+        let file_name = Path::new(&rel)
+            .file_name()
+            .expect("a cleaned relative path has a name");
+        let target = parent_path.join(file_name);
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let mode = header.mode().map_err(|e| refuse(&e.to_string()))? & 0o7777;
+        if !kind.is_dir() {
+            clear_for_file(&target)?;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                match std::fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        std::fs::remove_file(&target).map_err(io("replacing", &target))?;
+                        std::fs::create_dir(&target).map_err(io("creating directory", &target))?;
+                    }
+                    Err(_) => {
+                        std::fs::create_dir(&target).map_err(io("creating directory", &target))?
+                    }
+                }
+                dir_times.push((target.clone(), header.clone()));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut out = File::create(&target).map_err(io("creating", &target))?;
+                std::io::copy(&mut entry, &mut out).map_err(io("reading archive", archive))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| refuse(&e.to_string()))?
+                    .ok_or_else(|| refuse("a symlink without a target"))?;
+                let link_s = link.to_string_lossy().into_owned();
+                // Docker refuses links whose target, taken from the entry's directory, leaves
+                // the extraction directory.
+                let joined = if link_s.starts_with('/') {
+                    link_s.clone()
+                } else {
+                    format!(
+                        "{}/{link_s}",
+                        Path::new(&rel)
+                            .parent()
+                            .map(|p| p.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    )
+                };
+                if confined(&joined).is_none() {
+                    return Err(refuse("its symlink target leaves the destination"));
+                }
+                std::os::unix::fs::symlink(&link, &target)
+                    .map_err(io("creating symlink", &target))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| refuse(&e.to_string()))?
+                    .ok_or_else(|| refuse("a hardlink without a target"))?;
+                let link_rel = confined(&link.to_string_lossy())
+                    .ok_or_else(|| refuse("its hardlink target leaves the destination"))?;
+                let src = resolve(dest_root, &format!("{base}/{link_rel}"), false)?;
+                std::fs::hard_link(&src, &target).map_err(io("linking", &target))?;
+                continue;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+                let kind = match kind {
+                    tar::EntryType::Char => SFlag::S_IFCHR,
+                    tar::EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                mknod(
+                    &target,
+                    kind,
+                    Mode::from_bits_truncate(mode),
+                    makedev(major.into(), minor.into()),
+                )
+                .map_err(|e| io("creating node", &target)(std::io::Error::from(e)))?;
+            }
+            // Extension headers are consumed by the tar reader; anything else has no file form.
+            _ => continue,
+        }
+        let ids = owner.unwrap_or(Ids {
+            uid: header.uid().unwrap_or(0) as u32,
+            gid: header.gid().unwrap_or(0) as u32,
+        });
+        meta::chown(&target, Some(ids))?;
+        if kind != tar::EntryType::Symlink {
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", &target))?;
+            set_mtime(&target, &header)?;
+        }
+    }
+    for (d, h) in dir_times.iter().rev() {
+        set_mtime(d, h)?;
+    }
+    Ok(())
+}
+
+/// An entry name made relative and cleaned, or `None` when `..` would climb above the top.
+fn confined(name: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join("/"))
+}
+
+/// Removes a non-directory in the way of a new entry (an archive's later entry wins).
+fn clear_for_file(target: &Path) -> Result<(), FileOpError> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(target).map_err(io("replacing", target)),
+        Ok(_) => std::fs::remove_file(target).map_err(io("replacing", target)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn set_mtime(p: &Path, h: &tar::Header) -> Result<(), FileOpError> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(h.mtime().unwrap_or(0) as i64, 0);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io("setting times of", p)(std::io::Error::from(e)))
+}

@@ -1,0 +1,247 @@
+//! Metadata of created entries: exact modes (never the process umask), owners, times, xattrs, and
+//! `--chmod` values, octal or symbolic, applied to each entry's own mode.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::{FileOpError, Ids, io};
+use crate::graph::Chmod;
+
+/// Sets the permission bits (with setuid, setgid, sticky) exactly.
+pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<(), FileOpError> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io("chmod", p))
+}
+
+/// Changes the owner of `p` itself (a symlink is not followed); `None` leaves it as created.
+pub(crate) fn chown(p: &Path, ids: Option<Ids>) -> Result<(), FileOpError> {
+    match ids {
+        Some(ids) => {
+            std::os::unix::fs::lchown(p, Some(ids.uid), Some(ids.gid)).map_err(io("chown", p))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Sets access and modification times of `p` itself (nanoseconds kept, links not followed).
+pub(crate) fn set_times(p: &Path, md: &std::fs::Metadata) -> Result<(), FileOpError> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let at = TimeSpec::new(md.atime(), md.atime_nsec());
+    let mt = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &at,
+        &mt,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io("setting times of", p)(std::io::Error::from(e)))
+}
+
+/// Creates `p` (already resolved inside `root`) and its missing parents with `mode`, giving each
+/// created directory `ids` as BuildKit's MkdirAll does; existing directories are left alone.
+pub(crate) fn mkdir_all(
+    root: &Path,
+    p: &Path,
+    mode: u32,
+    ids: Option<Ids>,
+) -> Result<(), FileOpError> {
+    let mut missing = Vec::new();
+    let mut cur = p;
+    loop {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(FileOpError::Conflict {
+                    what: "a directory",
+                    path: cur.to_path_buf(),
+                    reason: "a non-directory is there",
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(cur.to_path_buf());
+                match cur.parent() {
+                    Some(parent) if cur != root => cur = parent,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(io("inspecting", cur)(e)),
+        }
+    }
+    for d in missing.iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("creating directory", d)(e)),
+        }
+        chown(d, ids)?;
+        set_mode(d, mode)?;
+    }
+    Ok(())
+}
+
+/// Copies extended attributes of `src` onto `dst`, skipping whatever the destination refuses
+/// (an unprivileged build cannot set `trusted.*`, some filesystems take none): BuildKit also
+/// treats xattrs as best effort.
+pub(crate) fn copy_xattrs(src: &Path, dst: &Path) {
+    let (Ok(s), Ok(d)) = (
+        CString::new(src.as_os_str().as_bytes()),
+        CString::new(dst.as_os_str().as_bytes()),
+    ) else {
+        return;
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer pointer and length describe `names`, and `s` is NUL-terminated.
+    let n = unsafe { libc::llistxattr(s.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return;
+    }
+    names.truncate(n as usize);
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: pointers and lengths describe live buffers; the strings are NUL-terminated.
+        let len = unsafe {
+            libc::lgetxattr(
+                s.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            continue;
+        }
+        // SAFETY: as above; `len` bytes of `value` were written by lgetxattr.
+        unsafe {
+            libc::lsetxattr(
+                d.as_ptr(),
+                cname.as_ptr(),
+                value.as_ptr().cast(),
+                len as usize,
+                0,
+            );
+        }
+    }
+}
+
+/// A parsed `--chmod`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeSpec {
+    /// Every entry gets exactly this mode.
+    Octal(u32),
+    /// Clauses applied in order to each entry's own mode.
+    Symbolic(Vec<Clause>),
+}
+
+/// One `[ugoa]*[+-=][rwxXst]*` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    who: u32,
+    op: u8,
+    perms: String,
+}
+
+impl ModeSpec {
+    /// Parses the graph's [`Chmod`].
+    pub fn parse(c: &Chmod) -> Result<ModeSpec, FileOpError> {
+        let s = match c {
+            Chmod::Octal(m) => return Ok(ModeSpec::Octal(*m)),
+            Chmod::Symbolic(s) => s,
+        };
+        let bad = || FileOpError::Chmod { value: s.clone() };
+        let mut clauses = Vec::new();
+        for part in s.split(',') {
+            let who_end = part.find(|c: char| !"ugoa".contains(c)).ok_or_else(bad)?;
+            let mut who = 0;
+            for c in part[..who_end].chars() {
+                who |= match c {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    _ => 0o7777,
+                };
+            }
+            if who == 0 {
+                who = 0o7777;
+            }
+            let mut rest = &part[who_end..];
+            if rest.is_empty() {
+                return Err(bad());
+            }
+            while !rest.is_empty() {
+                let op = rest.as_bytes()[0];
+                if !b"+-=".contains(&op) {
+                    return Err(bad());
+                }
+                rest = &rest[1..];
+                let end = rest.find(['+', '-', '=']).unwrap_or(rest.len());
+                let perms = &rest[..end];
+                if !perms.chars().all(|c| "rwxXst".contains(c)) {
+                    return Err(bad());
+                }
+                clauses.push(Clause {
+                    who,
+                    op,
+                    perms: perms.to_string(),
+                });
+                rest = &rest[end..];
+            }
+        }
+        Ok(ModeSpec::Symbolic(clauses))
+    }
+
+    /// The mode an entry whose own mode is `mode` ends with.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        let clauses = match self {
+            ModeSpec::Octal(m) => return m & 0o7777,
+            ModeSpec::Symbolic(c) => c,
+        };
+        let mut mode = mode & 0o7777;
+        for c in clauses {
+            let mut bits = 0;
+            for p in c.perms.chars() {
+                bits |= match p {
+                    'r' => 0o444,
+                    'w' => 0o222,
+                    'x' => 0o111,
+                    // Execute only where it means something: directories, or already executable.
+                    'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                    's' => 0o6000,
+                    't' => 0o1000,
+                    _ => 0,
+                };
+            }
+            let mask = c.who;
+            match c.op {
+                b'+' => mode |= bits & mask,
+                b'-' => mode &= !(bits & mask),
+                _ => mode = (mode & !mask) | (bits & mask),
+            }
+        }
+        mode
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbolic_modes() {
+        let m = |s: &str| ModeSpec::parse(&Chmod::Symbolic(s.into())).unwrap();
+        assert_eq!(m("u+x").apply(0o644, false), 0o744);
+        assert_eq!(m("go-r").apply(0o644, false), 0o600);
+        assert_eq!(m("a=r").apply(0o755, false), 0o444);
+        assert_eq!(m("+X").apply(0o644, false), 0o644);
+        assert_eq!(m("+X").apply(0o644, true), 0o755);
+        assert_eq!(m("u=rwx,g=rx,o=").apply(0o600, false), 0o750);
+        assert_eq!(m("u+s").apply(0o755, false), 0o4755);
+        assert!(ModeSpec::parse(&Chmod::Symbolic("u*x".into())).is_err());
+    }
+}

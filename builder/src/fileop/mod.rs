@@ -1,0 +1,303 @@
+//! The executor of [`FileOp`](crate::graph::FileOp) actions: COPY/ADD, WORKDIR, heredoc files, rm
+//! and symlinks applied in process on plain directories (the solver points it at snapshot mounts).
+//! Semantics follow BuildKit's file backend and fsutil's copier; every path is resolved inside its
+//! root so no link in a layer, a context or an archive can reach outside it.
+
+mod archive;
+mod copy;
+mod meta;
+mod owner;
+pub mod root;
+
+use std::path::{Path, PathBuf};
+
+use crate::context::pattern::{self, BadPattern};
+use crate::graph::{FileAction, NodeRef};
+
+pub use meta::ModeSpec;
+pub use owner::Ids;
+use root::{RootError, clean, resolve};
+
+/// A file action that could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FileOpError {
+    /// A COPY/ADD source without wildcards that the input does not contain.
+    #[error("source {src:?} not found")]
+    SourceNotFound {
+        /// The source as given.
+        src: String,
+    },
+    /// A wildcard matching nothing where that is not allowed.
+    #[error("no source files match {pattern:?}")]
+    NoMatch {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A path `--parents` requires that the input does not contain.
+    #[error("required path {path:?} not found in the source")]
+    RequiredPath {
+        /// The path.
+        path: String,
+    },
+    /// Several sources copied onto one destination that is not a directory.
+    #[error(
+        "when using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?}, sources {sources:?})"
+    )]
+    MultipleSourcesNeedDir {
+        /// The destination as given.
+        dest: String,
+        /// The sources (or matches) competing for it.
+        sources: Vec<String>,
+    },
+    /// A copy from an input the caller has no directory for.
+    #[error("no filesystem given for input {input:?}")]
+    MissingInput {
+        /// The input.
+        input: NodeRef,
+    },
+    /// A directory is in the way of a file, or a file in the way of a directory.
+    #[error("cannot copy {what} onto {path}: {reason}")]
+    Conflict {
+        /// What was being copied.
+        what: &'static str,
+        /// The destination entry.
+        path: PathBuf,
+        /// What is there.
+        reason: &'static str,
+    },
+    /// A wildcard Go's `filepath.Match` rejects.
+    #[error(transparent)]
+    BadPattern(#[from] BadPattern),
+    /// An `--exclude` pattern that does not parse.
+    #[error("invalid exclude patterns {patterns:?}: {reason}")]
+    Exclude {
+        /// The patterns.
+        patterns: Vec<String>,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A `--chmod` value that cannot be applied.
+    #[error("invalid chmod {value:?}")]
+    Chmod {
+        /// The value.
+        value: String,
+    },
+    /// A `--chown` (or stage user) that cannot be resolved to ids.
+    #[error("cannot resolve owner {owner:?}: {reason}")]
+    Owner {
+        /// The owner as written.
+        owner: String,
+        /// Why.
+        reason: String,
+    },
+    /// The parent of a destination that must already exist.
+    #[error("destination parent {path:?} does not exist")]
+    DestParentMissing {
+        /// The destination.
+        path: String,
+    },
+    /// An archive entry that would land outside the destination, or that cannot be represented.
+    #[error("refusing archive {archive} entry {entry:?}: {reason}")]
+    ArchiveEntry {
+        /// The archive.
+        archive: PathBuf,
+        /// The entry's name.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A path that could not be resolved inside its root.
+    #[error(transparent)]
+    Root(#[from] RootError),
+    /// A filesystem call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileOpError {
+    let path = path.to_path_buf();
+    move |source| FileOpError::Io { op, path, source }
+}
+
+/// The directories holding the inputs' filesystems (the `from` of COPY actions).
+pub trait SourceDirs {
+    /// The root directory of `input`'s filesystem, or `None` when the caller has none.
+    fn dir(&self, input: NodeRef) -> Option<&Path>;
+}
+
+impl SourceDirs for std::collections::HashMap<NodeRef, PathBuf> {
+    fn dir(&self, input: NodeRef) -> Option<&Path> {
+        self.get(&input).map(PathBuf::as_path)
+    }
+}
+
+impl SourceDirs for [(NodeRef, PathBuf)] {
+    fn dir(&self, input: NodeRef) -> Option<&Path> {
+        self.iter()
+            .find(|(r, _)| *r == input)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+/// Applies `actions` in order to the filesystem rooted at `dest_root` (the op's base, already
+/// materialised there, or an empty directory for scratch). Owners written as names are looked up in
+/// `dest_root`'s `/etc/passwd` and `/etc/group`, as BuildKit does.
+pub fn apply(
+    actions: &[FileAction],
+    dest_root: &Path,
+    sources: &dyn SourceDirs,
+) -> Result<(), FileOpError> {
+    check_multiple_sources(actions, dest_root)?;
+    for action in actions {
+        apply_one(action, dest_root, sources)?;
+    }
+    Ok(())
+}
+
+/// The frontend lowers `COPY a b dest` to one copy action per source, all with the same
+/// destination; Docker requires that destination to be a directory.
+fn check_multiple_sources(actions: &[FileAction], dest_root: &Path) -> Result<(), FileOpError> {
+    let mut i = 0;
+    while i < actions.len() {
+        let FileAction::Copy { dest, .. } = &actions[i] else {
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        let mut sources = Vec::new();
+        if let FileAction::Copy { src, .. } = &actions[i] {
+            sources.push(src.clone());
+        }
+        while let Some(FileAction::Copy { dest: d, src, .. }) = actions.get(j) {
+            if d != dest {
+                break;
+            }
+            sources.push(src.clone());
+            j += 1;
+        }
+        if sources.len() > 1 && !dest_is_dir(dest_root, dest)? {
+            return Err(FileOpError::MultipleSourcesNeedDir {
+                dest: dest.clone(),
+                sources,
+            });
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Whether `dest` names a directory: written with a trailing slash, or one already there.
+pub(crate) fn dest_is_dir(dest_root: &Path, dest: &str) -> Result<bool, FileOpError> {
+    if dest.ends_with('/') || dest.ends_with("/.") {
+        return Ok(true);
+    }
+    let p = resolve(dest_root, dest, true)?;
+    Ok(std::fs::metadata(p).is_ok_and(|m| m.is_dir()))
+}
+
+fn apply_one(
+    action: &FileAction,
+    dest_root: &Path,
+    sources: &dyn SourceDirs,
+) -> Result<(), FileOpError> {
+    match action {
+        FileAction::Copy {
+            from,
+            src,
+            dest,
+            options,
+        } => {
+            let src_root = match from {
+                Some(r) => Some(
+                    sources
+                        .dir(*r)
+                        .ok_or(FileOpError::MissingInput { input: *r })?,
+                ),
+                None => None,
+            };
+            let owner = owner::resolve_owner(dest_root, options.owner.as_deref())?;
+            copy::copy(src_root, src, dest_root, dest, options, owner)
+        }
+        FileAction::Mkdir {
+            path,
+            mode,
+            make_parents,
+            owner,
+        } => {
+            let ids = owner::resolve_owner(dest_root, owner.as_deref())?;
+            let p = resolve(dest_root, path, true)?;
+            if *make_parents {
+                meta::mkdir_all(dest_root, &p, mode & 0o7777, ids)
+            } else {
+                match std::fs::create_dir(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+                    Err(e) => return Err(io("creating directory", &p)(e)),
+                }
+                meta::set_mode(&p, mode & 0o7777)?;
+                meta::chown(&p, ids)
+            }
+        }
+        FileAction::Mkfile {
+            path,
+            mode,
+            data,
+            owner,
+        } => {
+            let ids = owner::resolve_owner(dest_root, owner.as_deref())?;
+            let p = resolve(dest_root, path, true)?;
+            std::fs::write(&p, data).map_err(io("writing", &p))?;
+            meta::chown(&p, ids)?;
+            meta::set_mode(&p, mode & 0o7777)
+        }
+        FileAction::Rm {
+            path,
+            allow_not_found,
+            allow_wildcard,
+        } => {
+            if *allow_wildcard && pattern::has_wildcards(path) {
+                for m in copy::resolve_wildcards(dest_root, &clean(path), false)? {
+                    rm_path(dest_root, &m, *allow_not_found)?;
+                }
+                Ok(())
+            } else {
+                rm_path(dest_root, path, *allow_not_found)
+            }
+        }
+        FileAction::Symlink { target, link } => {
+            let p = resolve(dest_root, link, false)?;
+            std::os::unix::fs::symlink(target, &p).map_err(io("creating symlink", &p))
+        }
+    }
+}
+
+/// Removes `path` (its parents resolved in the root, the entry itself never followed).
+fn rm_path(root: &Path, path: &str, allow_not_found: bool) -> Result<(), FileOpError> {
+    let p = resolve(root, path, false)?;
+    if p == root {
+        return Err(FileOpError::Conflict {
+            what: "rm",
+            path: p,
+            reason: "the root cannot be removed",
+        });
+    }
+    match std::fs::symlink_metadata(&p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if allow_not_found {
+                Ok(())
+            } else {
+                Err(io("removing", &p)(e))
+            }
+        }
+        Err(e) => Err(io("removing", &p)(e)),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(io("removing", &p)),
+        Ok(_) => std::fs::remove_file(&p).map_err(io("removing", &p)),
+    }
+}
