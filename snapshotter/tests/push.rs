@@ -31,7 +31,7 @@ struct State {
     manifests: HashMap<String, (String, Vec<u8>)>,
     /// "METHOD path" of every request but `GET /v2/`.
     log: Vec<String>,
-    /// PATCHes to answer with 500 before accepting one.
+    /// PATCHes past a blob's first chunk to answer with 500 (a failure mid-blob) before accepting.
     fail_patches: usize,
     /// When set, every upload session is refused with this status.
     refuse_uploads: Option<u16>,
@@ -167,17 +167,17 @@ fn route(
                 )
             }
             ("PATCH", id) => {
-                if st.fail_patches > 0 {
+                let start: usize = headers
+                    .get("content-range")
+                    .and_then(|r| r.split('-').next()?.parse().ok())
+                    .unwrap_or(0);
+                if st.fail_patches > 0 && start > 0 {
                     st.fail_patches -= 1;
                     return (500, vec![], b"disk on fire".to_vec());
                 }
                 let Some((_, data)) = st.uploads.get_mut(id) else {
                     return (404, vec![], vec![]);
                 };
-                let start: usize = headers
-                    .get("content-range")
-                    .and_then(|r| r.split('-').next()?.parse().ok())
-                    .unwrap_or(data.len());
                 if start != data.len() {
                     return (416, vec![], vec![]);
                 }
@@ -299,7 +299,7 @@ fn client() -> RegistryClient {
 }
 
 #[tokio::test]
-async fn a_chunk_failing_with_500_once_is_retried_with_a_fresh_session() {
+async fn a_chunk_failing_mid_blob_with_500_once_is_retried_with_a_fresh_session() {
     let fake = Fake::start().await;
     fake.state.lock().unwrap().fail_patches = 1;
     let built = build_image();
@@ -475,4 +475,65 @@ async fn a_tag_pinning_another_digest_is_refused_before_anything_is_sent() {
         .unwrap_err();
     assert!(matches!(err, PushError::TagDigest { .. }), "{err:?}");
     assert!(fake.state.lock().unwrap().log.is_empty());
+}
+
+#[tokio::test]
+async fn bytes_not_matching_the_digest_are_refused_by_the_registry_and_not_retried() {
+    let fake = Fake::start().await;
+    let built = build_image();
+    // Damage the stored layer behind the store's back: same length, other bytes.
+    let layer = &built.image.layers[0].descriptor.digest;
+    let mut bad = built.layer.clone();
+    bad[7] ^= 0xff;
+    std::fs::write(built.store.blob_path(layer), &bad).unwrap();
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let events = Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+
+    let err = client()
+        .push(&built.store, &built.image, &[tag], &sink)
+        .await
+        .unwrap_err();
+
+    match &err {
+        PushError::Registry {
+            registry,
+            repository,
+            what,
+            status,
+            ..
+        } => {
+            assert_eq!(registry, &fake.addr.to_string());
+            assert_eq!(repository, "app");
+            assert!(what.contains(&layer.to_string()), "{what}");
+            assert_eq!(*status, Some(400));
+        }
+        other => panic!("expected the registry's refusal, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&layer.to_string()) && text.contains("status 400"),
+        "{text}"
+    );
+    let st = fake.state.lock().unwrap();
+    assert!(!st.blobs.contains_key(&format!("app@{layer}")));
+    assert!(
+        st.manifests.is_empty(),
+        "a manifest was pushed over a failed blob"
+    );
+    let commits = st
+        .log
+        .iter()
+        .filter(|l| l.starts_with("PUT /v2/app/blobs/uploads/"))
+        .count();
+    // The layer's one refused commit, and the config's if it got that far before the failure.
+    assert!((1..=2).contains(&commits), "{:#?}", st.log);
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PushEvent::Retrying { .. })),
+        "a digest refusal was retried"
+    );
 }
