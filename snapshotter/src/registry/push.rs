@@ -86,7 +86,7 @@ pub enum PushEvent {
         digest: Digest,
         total: u64,
     },
-    /// Bytes of a blob sent so far (restarts from 0 when an upload is retried).
+    /// Bytes of a blob handed to the connection so far (restarts from 0 when an upload is retried).
     Uploading {
         digest: Digest,
         bytes: u64,
@@ -293,8 +293,10 @@ impl Target<'_> {
                         // not link across repositories) and opened an upload instead.
                         Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
                         Err(e) if is_transient(&e) => Err(Failure::Oci(e)),
-                        Err(e) if matches!(status_of(&e), Some(401 | 403)) => Err(Failure::Oci(e)),
-                        // Any other refusal of the shortcut still leaves the upload to try.
+                        // Any refusal of the shortcut still leaves the upload to try: token
+                        // registries may deny the mount (no pull scope on the source) and still
+                        // accept the upload; if the upload is denied too, that error is the one
+                        // to report.
                         Err(_) => Ok(false),
                     }
                 })
