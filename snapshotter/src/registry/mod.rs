@@ -1,12 +1,13 @@
 //! The registry client: talks the distribution protocol through oci-client and lands what it fetches
-//! in the content store. Pull is here now; push will sit beside it on the same client (same auth,
-//! same http/https choice, same retry policy).
+//! in the content store; push sends what the store holds back out. Both share one client (same auth,
+//! same http/https choice, same retry policy and transient-failure rule).
 //!
 //! Plain http is used only for loopback registries and those the caller marks insecure; everything
 //! else is https with the system roots (rustls, ring).
 
 mod auth;
 mod pull;
+mod push;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use oci_client::secrets::RegistryAuth;
 
 pub use auth::{AuthError, AuthResolver, Credential};
 pub use pull::{BlobKind, PullError, PullEvent};
+pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
 use crate::reference::Reference;
 
@@ -109,6 +111,8 @@ pub struct RegistryConfig {
     pub retry: RetryPolicy,
     /// Blobs downloaded at once.
     pub max_concurrent_downloads: usize,
+    /// Blobs uploaded at once (per repository pushed to).
+    pub max_concurrent_uploads: usize,
     pub platform: Platform,
     /// Per read on a connection; a registry that stalls longer is retried.
     pub read_timeout: Duration,
@@ -121,6 +125,7 @@ impl Default for RegistryConfig {
             auth: AuthResolver::from_env(),
             retry: RetryPolicy::default(),
             max_concurrent_downloads: 4,
+            max_concurrent_uploads: 4,
             platform: Platform::host(),
             read_timeout: Duration::from_secs(60),
         }
@@ -195,6 +200,18 @@ impl RegistryClient {
                 registry: reference.registry().to_string(),
             }),
         }
+    }
+}
+
+/// Whether a failed request is worth trying again: 5xx, 408 and 429 answers, connection errors and
+/// timeouts. Everything else (a refusal, a bad digest, a missing name) fails the same way twice.
+pub(crate) fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::ServerError { code, .. } => *code >= 500 || *code == 408 || *code == 429,
+        E::RequestError(r) => !(r.is_builder() || r.is_redirect() || r.is_status()),
+        E::IoError(_) => true,
+        _ => false,
     }
 }
 

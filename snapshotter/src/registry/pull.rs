@@ -237,16 +237,7 @@ impl Ctx<'_> {
     }
 
     fn classify(&self, what: &str, e: OciDistributionError) -> Failure {
-        let transient = match &e {
-            OciDistributionError::ServerError { code, .. } => {
-                *code >= 500 || *code == 408 || *code == 429
-            }
-            OciDistributionError::RequestError(r) => {
-                !(r.is_builder() || r.is_redirect() || r.is_status())
-            }
-            OciDistributionError::IoError(_) => true,
-            _ => false,
-        };
+        let transient = super::is_transient(&e);
         let text = e.to_string();
         let err = self.registry_error(what, e);
         if transient {

@@ -1,0 +1,579 @@
+//! Push: send an image the store holds (pulled or built) to a registry under one or more tags.
+//! Per target repository, blobs the registry has are skipped, blobs from a sibling repository of the
+//! same registry are mounted, the rest stream from the store file in bounded chunks, several at
+//! once, retried on transient failures; the manifest goes last, as the exact stored bytes.
+
+use std::io::Read;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_client::errors::OciDistributionError;
+
+use super::{AuthError, BlobKind, PullError, RegistryClient, is_transient, oci_reference};
+use crate::reference::Reference;
+use crate::store::{Descriptor, Digest, ImageRecord, Store, StoreError};
+
+/// Bytes read from the store and sent per request: oci-client's chunk size, so each read becomes
+/// one PATCH and at most this much of a blob is in memory per upload.
+const UPLOAD_CHUNK: usize = 4 << 20;
+
+/// Manifests larger than this are refused rather than buffered (registries refuse them too).
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// One blob to push, with where it may be mounted from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushBlob {
+    pub descriptor: Descriptor,
+    pub kind: BlobKind,
+    /// `registry/repository` the blob is known to exist in (where it was pulled from). When that
+    /// is another repository of the registry pushed to, the blob is mounted instead of uploaded.
+    pub mount_from: Option<String>,
+}
+
+/// What to push: a manifest in the store and the blobs it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushImage {
+    pub manifest: Descriptor,
+    pub config: PushBlob,
+    pub layers: Vec<PushBlob>,
+}
+
+impl PushImage {
+    /// The image a store record describes; every blob may be mounted from the repository it was
+    /// pulled from. A record of a multi-platform pull pushes its one platform manifest.
+    pub fn from_record(record: &ImageRecord) -> PushImage {
+        let source = Reference::parse(&record.reference).ok().map(|r| r.name());
+        let blob = |descriptor: &Descriptor, kind| PushBlob {
+            descriptor: descriptor.clone(),
+            kind,
+            mount_from: source.clone(),
+        };
+        PushImage {
+            manifest: record.manifest.clone(),
+            config: blob(&record.config, BlobKind::Config),
+            layers: record
+                .layers
+                .iter()
+                .map(|l| blob(l, BlobKind::Layer))
+                .collect(),
+        }
+    }
+
+    /// Config then layers, each digest once.
+    fn blobs(&self) -> Vec<&PushBlob> {
+        let mut seen = std::collections::HashSet::new();
+        std::iter::once(&self.config)
+            .chain(&self.layers)
+            .filter(|b| seen.insert(b.descriptor.digest.clone()))
+            .collect()
+    }
+}
+
+/// What a push reports as it goes, for the CLI to draw. `repository` is `registry/repository`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushEvent {
+    /// The registry already has the blob in this repository; nothing was sent.
+    Exists {
+        repository: String,
+        digest: Digest,
+        kind: BlobKind,
+        total: u64,
+    },
+    /// The registry linked the blob from another of its repositories; nothing was sent.
+    Mounted {
+        repository: String,
+        from: String,
+        digest: Digest,
+        total: u64,
+    },
+    /// Bytes of a blob handed to the connection so far (restarts from 0 when an upload is retried).
+    Uploading {
+        digest: Digest,
+        bytes: u64,
+        total: u64,
+    },
+    /// The registry accepted the blob, having checked its digest.
+    Uploaded {
+        repository: String,
+        digest: Digest,
+        bytes: u64,
+    },
+    /// The manifest is in the registry under `tag` (a full reference).
+    ManifestPushed { tag: String, digest: Digest },
+    /// A transient failure; the request is tried again after `delay`.
+    Retrying {
+        what: String,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+}
+
+/// Why a push failed. Every variant names the registry, repository or blob involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(
+        "registry {registry} refused {what} in {repository} with status {status}: the login used for {registry} (none if anonymous) may not push there"
+    )]
+    Denied {
+        registry: String,
+        repository: String,
+        what: String,
+        status: u16,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error("registry {registry}: {what} in {repository} failed{}: {source}", status_text(*.status))]
+    Registry {
+        registry: String,
+        repository: String,
+        what: String,
+        status: Option<u16>,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error("{tag} pins digest {pinned}, but the manifest pushed is {actual}")]
+    TagDigest {
+        tag: String,
+        pinned: String,
+        actual: Digest,
+    },
+    #[error("no tag to push to")]
+    NoTags,
+    #[error("manifest {digest} is {size} bytes, more than a registry accepts")]
+    ManifestTooLarge { digest: Digest, size: u64 },
+    #[error("{what} {digest} to push: {source}")]
+    Store {
+        what: String,
+        digest: Digest,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "registry {registry}: the stored login is an identity token, which forge cannot use yet; log in with a username and password or access token"
+    )]
+    IdentityToken { registry: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+fn status_text(status: Option<u16>) -> String {
+    status
+        .map(|s| format!(" with status {s}"))
+        .unwrap_or_default()
+}
+
+/// The HTTP status a failed request got, where oci-client kept it.
+fn status_of(e: &OciDistributionError) -> Option<u16> {
+    match e {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::UnauthorizedError { .. } => Some(401),
+        OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
+        _ => None,
+    }
+}
+
+/// How one failed try should be handled.
+enum Failure {
+    Oci(OciDistributionError),
+    Fatal(PushError),
+}
+
+impl From<OciDistributionError> for Failure {
+    fn from(e: OciDistributionError) -> Self {
+        Failure::Oci(e)
+    }
+}
+
+/// One target repository being pushed to.
+struct Target<'a> {
+    client: &'a RegistryClient,
+    oci_client: &'a oci_client::Client,
+    /// The first tag's reference, used for blob requests (they are per repository).
+    oci: oci_client::Reference,
+    registry: String,
+    repository: String,
+    progress: &'a (dyn Fn(PushEvent) + Send + Sync),
+}
+
+impl Target<'_> {
+    fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn error(&self, what: &str, e: OciDistributionError) -> PushError {
+        let status = status_of(&e);
+        match status {
+            Some(status @ (401 | 403)) => PushError::Denied {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                what: what.to_string(),
+                status,
+                source: Box::new(e),
+            },
+            _ => PushError::Registry {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                what: what.to_string(),
+                status,
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, PushError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let policy = &self.client.config.retry;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Oci(e)) => {
+                    if !is_transient(&e) || attempt >= policy.attempts.max(1) {
+                        return Err(self.error(what, e));
+                    }
+                    let delay = policy.backoff(attempt);
+                    (self.progress)(PushEvent::Retrying {
+                        what: format!("{what} in {}", self.name()),
+                        attempt,
+                        delay,
+                        error: e.to_string(),
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Makes one blob present in the repository: already there, mounted, or uploaded.
+    async fn push_blob(&self, store: &Store, blob: &PushBlob) -> Result<(), PushError> {
+        let desc = &blob.descriptor;
+        let digest = desc.digest.to_string();
+        let kind = match blob.kind {
+            BlobKind::Config => "config",
+            BlobKind::Layer => "layer",
+        };
+        let exists = self
+            .retry(&format!("check of {kind} {digest}"), || async {
+                Ok(self.oci_client.blob_exists(&self.oci, &digest).await?)
+            })
+            .await?;
+        if exists {
+            (self.progress)(PushEvent::Exists {
+                repository: self.name(),
+                digest: desc.digest.clone(),
+                kind: blob.kind,
+                total: desc.size,
+            });
+            return Ok(());
+        }
+        if let Some(from) = self.mount_source(blob) {
+            let source = oci_client::Reference::with_tag(
+                self.registry.clone(),
+                from.clone(),
+                "latest".to_string(),
+            );
+            let mounted = self
+                .retry(&format!("mount of {kind} {digest} from {from}"), || async {
+                    match self
+                        .oci_client
+                        .mount_blob(&self.oci, &source, &digest)
+                        .await
+                    {
+                        Ok(()) => Ok(true),
+                        // 202: the registry did not mount (the source lacks the blob, or it will
+                        // not link across repositories) and opened an upload instead.
+                        Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
+                        Err(e) if is_transient(&e) => Err(Failure::Oci(e)),
+                        // Any refusal of the shortcut still leaves the upload to try: token
+                        // registries may deny the mount (no pull scope on the source) and still
+                        // accept the upload; if the upload is denied too, that error is the one
+                        // to report.
+                        Err(_) => Ok(false),
+                    }
+                })
+                .await?;
+            if mounted {
+                (self.progress)(PushEvent::Mounted {
+                    repository: self.name(),
+                    from: format!("{}/{from}", self.registry),
+                    digest: desc.digest.clone(),
+                    total: desc.size,
+                });
+                return Ok(());
+            }
+        }
+        self.retry(&format!("upload of {kind} {digest}"), || {
+            self.upload_once(store, desc, kind)
+        })
+        .await?;
+        (self.progress)(PushEvent::Uploaded {
+            repository: self.name(),
+            digest: desc.digest.clone(),
+            bytes: desc.size,
+        });
+        Ok(())
+    }
+
+    /// The repository (of this registry) to mount `blob` from, if its hint names another one.
+    fn mount_source(&self, blob: &PushBlob) -> Option<String> {
+        let hint = blob.mount_from.as_deref()?;
+        let (registry, repository) = hint.split_once('/')?;
+        (registry == self.registry && repository != self.repository && !repository.is_empty())
+            .then(|| repository.to_string())
+    }
+
+    /// One upload: a fresh upload session fed from the store file, chunk by chunk. The registry
+    /// computes the digest of what it received and refuses the commit if it differs.
+    async fn upload_once(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: &str,
+    ) -> Result<(), Failure> {
+        let file = {
+            let store = store.clone();
+            let digest = desc.digest.clone();
+            tokio::task::spawn_blocking(move || store.open_blob(&digest))
+                .await
+                .map_err(|e| Failure::Fatal(PushError::Task(e.to_string())))?
+                .map_err(|source| {
+                    Failure::Fatal(PushError::Store {
+                        what: kind.to_string(),
+                        digest: desc.digest.clone(),
+                        source,
+                    })
+                })?
+        };
+        // The body stream must be 'static, and `progress` is not: the stream sends counts through
+        // a channel that this task drains while the upload runs.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let body = futures::stream::unfold(Some(file), move |file| {
+            let tx = tx.clone();
+            async move {
+                let file = file?;
+                let read = tokio::task::spawn_blocking(move || read_chunk(file)).await;
+                match read {
+                    Ok(Ok((buf, _))) if buf.is_empty() => None,
+                    Ok(Ok((buf, file))) => {
+                        let _ = tx.send(buf.len() as u64);
+                        Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                    }
+                    Ok(Err(e)) => Some((Err(OciDistributionError::IoError(e)), None)),
+                    Err(e) => Some((
+                        Err(OciDistributionError::IoError(std::io::Error::other(e))),
+                        None,
+                    )),
+                }
+            }
+        });
+        let digest = desc.digest.to_string();
+        let upload = self
+            .oci_client
+            .push_blob_stream(&self.oci, body, &digest, Some(desc.size));
+        let report = async {
+            let mut sent = 0;
+            while let Some(n) = rx.recv().await {
+                sent += n;
+                (self.progress)(PushEvent::Uploading {
+                    digest: desc.digest.clone(),
+                    bytes: sent,
+                    total: desc.size,
+                });
+            }
+        };
+        let (result, ()) = futures::future::join(upload, report).await;
+        result.map(drop).map_err(Failure::Oci)
+    }
+
+    /// Puts the manifest under `tag` (a tag or digest of this repository).
+    async fn push_manifest(
+        &self,
+        tag: &Reference,
+        body: &bytes::Bytes,
+        media_type: &str,
+    ) -> Result<(), PushError> {
+        let oci = oci_reference(tag);
+        let what = format!("manifest for {tag}");
+        self.retry(&what, || async {
+            let content_type = match media_type.parse() {
+                Ok(v) => v,
+                Err(_) => {
+                    return Err(Failure::Oci(
+                        OciDistributionError::UnsupportedMediaTypeError(media_type.to_string()),
+                    ));
+                }
+            };
+            self.oci_client
+                .push_manifest_raw(&oci, body.clone(), content_type)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Reads up to [`UPLOAD_CHUNK`] bytes (less only at the end of the file).
+fn read_chunk(mut file: std::fs::File) -> std::io::Result<(Vec<u8>, std::fs::File)> {
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok((buf, file))
+}
+
+impl RegistryClient {
+    /// Pushes `image` from `store` under every reference in `tags` and returns the manifest
+    /// digest. Tags may name several repositories (even registries); each gets its blobs first,
+    /// then the manifest under its first tag, then its other tags. `progress` is called from the
+    /// pushing task for every event.
+    pub async fn push(
+        &self,
+        store: &Store,
+        image: &PushImage,
+        tags: &[Reference],
+        progress: &(dyn Fn(PushEvent) + Send + Sync),
+    ) -> Result<Digest, PushError> {
+        if tags.is_empty() {
+            return Err(PushError::NoTags);
+        }
+        let manifest = &image.manifest;
+        for tag in tags {
+            if let Some(pinned) = tag.digest()
+                && pinned != manifest.digest.to_string()
+            {
+                return Err(PushError::TagDigest {
+                    tag: tag.to_string(),
+                    pinned: pinned.to_string(),
+                    actual: manifest.digest.clone(),
+                });
+            }
+        }
+        if manifest.size > MAX_MANIFEST_BYTES {
+            return Err(PushError::ManifestTooLarge {
+                digest: manifest.digest.clone(),
+                size: manifest.size,
+            });
+        }
+        // Keeps prune from removing what is being read.
+        let session = {
+            let store = store.clone();
+            blocking(move || store.session(), "store session", &manifest.digest).await?
+        };
+        let body = {
+            let (store, digest) = (store.clone(), manifest.digest.clone());
+            blocking(
+                move || store.read_blob(&digest),
+                "manifest",
+                &manifest.digest,
+            )
+            .await?
+        };
+        // Missing blobs fail here, before anything is sent.
+        for blob in image.blobs() {
+            let digest = &blob.descriptor.digest;
+            if !store.has_blob(digest) {
+                return Err(PushError::Store {
+                    what: "blob".into(),
+                    digest: digest.clone(),
+                    source: StoreError::BlobNotFound(digest.clone()),
+                });
+            }
+        }
+        let body = bytes::Bytes::from(body);
+
+        let mut repositories: Vec<(String, Vec<&Reference>)> = Vec::new();
+        for tag in tags {
+            let name = tag.name();
+            match repositories.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, group)) => group.push(tag),
+                None => repositories.push((name, vec![tag])),
+            }
+        }
+        for (_, group) in &repositories {
+            self.push_repository(store, image, &body, group, progress)
+                .await?;
+        }
+        drop(session);
+        Ok(manifest.digest.clone())
+    }
+
+    async fn push_repository(
+        &self,
+        store: &Store,
+        image: &PushImage,
+        body: &bytes::Bytes,
+        tags: &[&Reference],
+        progress: &(dyn Fn(PushEvent) + Send + Sync),
+    ) -> Result<(), PushError> {
+        let first = tags[0];
+        let auth = self.registry_auth(first).map_err(|e| match e {
+            PullError::Auth(a) => PushError::Auth(a),
+            PullError::IdentityToken { registry } => PushError::IdentityToken { registry },
+            other => PushError::Task(other.to_string()),
+        })?;
+        let oci = oci_reference(first);
+        let oci_client = self.client_for(first);
+        // Push requests take their credentials from the client's per-registry store.
+        oci_client
+            .store_auth_if_needed(oci.resolve_registry(), &auth)
+            .await;
+        let target = Target {
+            client: self,
+            oci_client,
+            oci,
+            registry: first.registry().to_string(),
+            repository: first.repository().to_string(),
+            progress,
+        };
+        let limit = self.config.max_concurrent_uploads.max(1);
+        let mut uploads = futures::stream::iter(image.blobs())
+            .map(|blob| target.push_blob(store, blob))
+            .buffer_unordered(limit);
+        while let Some(result) = uploads.next().await {
+            result?;
+        }
+        drop(uploads);
+        for tag in tags {
+            target
+                .push_manifest(tag, body, &image.manifest.media_type)
+                .await?;
+            progress(PushEvent::ManifestPushed {
+                tag: tag.to_string(),
+                digest: image.manifest.digest.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs a store operation off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    what: &str,
+    digest: &Digest,
+) -> Result<T, PushError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PushError::Task(e.to_string()))?
+        .map_err(|source| PushError::Store {
+            what: what.to_string(),
+            digest: digest.clone(),
+            source,
+        })
+}
