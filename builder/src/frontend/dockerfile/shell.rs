@@ -744,61 +744,50 @@ fn compile_pattern(pattern: &str) -> Result<Vec<PatTok>, String> {
     Ok(out)
 }
 
-/// Finds the preferred match of `toks` starting exactly at `start`, with the preference order of a
-/// backtracking (leftmost-first) regex engine, which is what Go's regexp reproduces: greedy stars try
-/// the longest run first, lazy ones the shortest. Returns the end index.
-fn match_at(toks: &[PatTok], text: &[char], start: usize, greedy: bool) -> Option<usize> {
-    fn go(
-        toks: &[PatTok],
-        text: &[char],
-        ti: usize,
-        pos: usize,
-        greedy: bool,
-        memo: &mut HashMap<(usize, usize), Option<usize>>,
-    ) -> Option<usize> {
-        if ti == toks.len() {
-            return Some(pos);
+/// For every start position in `text`, the end of the preferred match of `toks` starting exactly
+/// there (`None`: no match), with the preference order of a backtracking (leftmost-first) regex
+/// engine, which is what Go's regexp reproduces: greedy stars try the longest run first, lazy ones the
+/// shortest.
+///
+/// Built bottom-up, one row per token from the last, so it costs O(tokens x text) whatever the
+/// pattern: a star at `pos` prefers, greedily, whatever the same star prefers from `pos + 1` (the
+/// longer runs) before ending at `pos`, and lazily the reverse. (A top-down backtracking matcher
+/// took seconds on `${V//*******/x}` over a few hundred characters: found by fuzzing.)
+fn match_ends(toks: &[PatTok], text: &[char], greedy: bool) -> Vec<Option<usize>> {
+    let n = text.len();
+    // After the last token every position matches the empty rest.
+    let mut next: Vec<Option<usize>> = (0..=n).map(Some).collect();
+    for tok in toks.iter().rev() {
+        let mut row = vec![None; n + 1];
+        for pos in (0..=n).rev() {
+            row[pos] = match *tok {
+                PatTok::Lit(c) => {
+                    if text.get(pos) == Some(&c) {
+                        next[pos + 1]
+                    } else {
+                        None
+                    }
+                }
+                PatTok::Any => match text.get(pos) {
+                    Some(&c) if c != '\n' => next[pos + 1],
+                    _ => None,
+                },
+                // A star never crosses a newline: at the end of a line it can only be empty.
+                PatTok::Star if pos == n || text[pos] == '\n' => next[pos],
+                PatTok::Star if greedy => row[pos + 1].or(next[pos]),
+                PatTok::Star => next[pos].or(row[pos + 1]),
+            };
         }
-        if let Some(&r) = memo.get(&(ti, pos)) {
-            return r;
-        }
-        let r = match toks[ti] {
-            PatTok::Lit(c) => {
-                if text.get(pos) == Some(&c) {
-                    go(toks, text, ti + 1, pos + 1, greedy, memo)
-                } else {
-                    None
-                }
-            }
-            PatTok::Any => match text.get(pos) {
-                Some(&c) if c != '\n' => go(toks, text, ti + 1, pos + 1, greedy, memo),
-                _ => None,
-            },
-            PatTok::Star => {
-                let mut max = pos;
-                while max < text.len() && text[max] != '\n' {
-                    max += 1;
-                }
-                if greedy {
-                    (pos..=max)
-                        .rev()
-                        .find_map(|e| go(toks, text, ti + 1, e, greedy, memo))
-                } else {
-                    (pos..=max).find_map(|e| go(toks, text, ti + 1, e, greedy, memo))
-                }
-            }
-        };
-        memo.insert((ti, pos), r);
-        r
+        next = row;
     }
-    go(toks, text, 0, start, greedy, &mut HashMap::new())
+    next
 }
 
 /// `${V#p}` / `${V##p}`: removes the shortest (longest when greedy) prefix matching `pattern`.
 fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
     let toks = compile_pattern(pattern)?;
     let text: Vec<char> = value.chars().collect();
-    Ok(match match_at(&toks, &text, 0, greedy) {
+    Ok(match match_ends(&toks, &text, greedy)[0] {
         Some(end) => text[end..].iter().collect(),
         None => value.to_string(),
     })
@@ -835,9 +824,8 @@ fn reverse_pattern(pattern: &str) -> String {
 /// replaced, following Go's `Regexp.ReplaceAllString`, including its `$` template expansion of `r`.
 fn replace(toks: &[PatTok], value: &str, replacement: &str, all: bool) -> String {
     let text: Vec<char> = value.chars().collect();
-    let find = |from: usize| {
-        (from..=text.len()).find_map(|s| match_at(toks, &text, s, true).map(|e| (s, e)))
-    };
+    let ends = match_ends(toks, &text, true);
+    let find = |from: usize| (from..=text.len()).find_map(|s| ends[s].map(|e| (s, e)));
     let slice = |a: usize, b: usize| text[a..b].iter().collect::<String>();
     if !all {
         return match find(0) {
@@ -1305,5 +1293,30 @@ mod tests {
         assert_eq!(word("${#:-n}"), "n");
         assert_eq!(word("$."), "$.");
         assert_eq!(word("a$"), "a$");
+    }
+
+    /// Regression (found by the `lex` fuzz target): a replace pattern of many stars over a long value
+    /// took seconds with a top-down backtracking matcher; the table matcher is linear in the pattern
+    /// times the value, with the same preferences.
+    #[test]
+    fn many_star_patterns_over_long_values_match_with_regex_preferences() {
+        let long = "ab".repeat(2000);
+        let env = vec![("V".to_string(), long.clone())];
+        let lex = Lexer::new('\\');
+        let word = |w: &str| lex.process_word(w, &env).unwrap();
+        // Greedy stars swallow everything: the whole value is replaced once.
+        assert_eq!(word("${V/*******/x}"), "x");
+        // `//` with an all-star pattern: the whole value, then the empty match at the end is not
+        // replaced again (Go's ReplaceAllString).
+        assert_eq!(word("${V//*******/x}"), "x");
+        // A star pattern that must end in a literal: the longest run ending in `b`.
+        assert_eq!(word("${V/a***b/-}"), "-");
+        // Shortest and longest prefixes and suffixes with many stars.
+        assert_eq!(word("${V#*****b}"), "ab".repeat(1999));
+        assert_eq!(word("${V##*****a}"), "b");
+        assert_eq!(word("${V%a*****}"), "ab".repeat(1999));
+        assert_eq!(word("${V%%b*****}"), "a");
+        // No match anywhere: the value is kept.
+        assert_eq!(word("${V/*****c/x}"), long);
     }
 }
