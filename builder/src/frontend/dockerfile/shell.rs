@@ -151,6 +151,10 @@ pub enum ShellErrorKind {
         message: String,
     },
     /// A `#`, `%` or `/` pattern that does not compile.
+    /// A `${V/p/r}` result grew past [`MAX_EXPANSION`] bytes (nested replacements of an empty pattern
+    /// multiply a value's length at every level).
+    #[error("substitution result exceeds {limit} bytes")]
+    ExpansionTooLarge { limit: usize },
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern {
         /// The pattern as written (after expansion).
@@ -647,7 +651,17 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                         },
                     )
                 })?;
-                Ok(replace(&toks, &value, &replacement, replace_all))
+                replace(&toks, &value, &replacement, replace_all).map_or_else(
+                    || {
+                        fail(
+                            start,
+                            ShellErrorKind::ExpansionTooLarge {
+                                limit: MAX_EXPANSION,
+                            },
+                        )
+                    },
+                    Ok,
+                )
             }
             other => fail(
                 start,
@@ -822,16 +836,23 @@ fn reverse_pattern(pattern: &str) -> String {
 
 /// `${V/p/r}` and `${V//p/r}`: the leftmost greedy match (every non-overlapping one for `//`) is
 /// replaced, following Go's `Regexp.ReplaceAllString`, including its `$` template expansion of `r`.
-fn replace(toks: &[PatTok], value: &str, replacement: &str, all: bool) -> String {
+/// The largest result a `${V/p/r}` substitution may produce. Without a bound, a few nested
+/// replacements of an empty pattern ("billion laughs", found by the `lex` fuzz target) exhaust memory;
+/// no real Dockerfile word comes near it.
+pub const MAX_EXPANSION: usize = 4 << 20;
+
+/// `None` when the result would exceed [`MAX_EXPANSION`].
+fn replace(toks: &[PatTok], value: &str, replacement: &str, all: bool) -> Option<String> {
     let text: Vec<char> = value.chars().collect();
     let ends = match_ends(toks, &text, true);
     let find = |from: usize| (from..=text.len()).find_map(|s| ends[s].map(|e| (s, e)));
     let slice = |a: usize, b: usize| text[a..b].iter().collect::<String>();
     if !all {
-        return match find(0) {
+        let out = match find(0) {
             Some((a, b)) => format!("{}{}{}", slice(0, a), replacement, slice(b, text.len())),
             None => value.to_string(),
         };
+        return (out.len() <= MAX_EXPANSION).then_some(out);
     }
     let mut out = String::new();
     let mut last = 0;
@@ -843,11 +864,14 @@ fn replace(toks: &[PatTok], value: &str, replacement: &str, all: bool) -> String
         if b > last || a == 0 {
             out.push_str(&expand_template(replacement, &slice(a, b)));
         }
+        if out.len() > MAX_EXPANSION {
+            return None;
+        }
         last = b;
         search = if search + 1 > b { search + 1 } else { b };
     }
     out.push_str(&slice(last, text.len()));
-    out
+    (out.len() <= MAX_EXPANSION).then_some(out)
 }
 
 /// Go's `Regexp.Expand` for a pattern without groups: `$$` is `$`, `$0`/`${0}` the match, any other
@@ -1318,5 +1342,21 @@ mod tests {
         assert_eq!(word("${V%%b*****}"), "a");
         // No match anywhere: the value is kept.
         assert_eq!(word("${V/*****c/x}"), long);
+    }
+
+    /// Regression (found by the `lex` fuzz target): nested `//` replacements of an empty pattern
+    /// multiply the value's length at every level; past MAX_EXPANSION it is an error, not an OOM.
+    #[test]
+    fn nested_empty_pattern_replacements_are_bounded() {
+        let env = vec![("V".to_string(), "x".repeat(100))];
+        let lex = Lexer::new('\\');
+        // One level is fine: a `-` before every char and at the end.
+        assert_eq!(lex.process_word("${V///-}", &env).unwrap().len(), 201);
+        let nested = "${V///${V///${V///${V///${V///$V}}}}}";
+        let err = lex.process_word(nested, &env).unwrap_err();
+        assert!(
+            matches!(err.kind, ShellErrorKind::ExpansionTooLarge { limit } if limit == MAX_EXPANSION),
+            "{err}"
+        );
     }
 }
