@@ -4,6 +4,7 @@
 //! input and lowers it to a content-addressed [`graph`]; the solver walks that graph against a cache and
 //! hands steps to the runner; exporters turn the result into an image.
 
+pub mod build;
 pub mod context;
 pub mod export;
 pub mod fileop;
