@@ -484,7 +484,10 @@ async fn run(
                 NetworkArg::None => StepNetwork::None,
                 _ => StepNetwork::Host,
             },
-            http: None,
+            http: Some(Arc::new(build::HttpSource::new(
+                root.join("tmp").join(format!("download-{}", std::process::id())),
+                session.events.clone(),
+            )?)),
             events: session.events.clone(),
         },
         &graph,

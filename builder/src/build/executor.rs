@@ -195,7 +195,7 @@ pub struct LocalDir {
 }
 
 /// Fetches what `SourceOp::Http` names; the driver provides it.
-pub trait HttpFetcher: Send + Sync {
+pub trait RemoteFiles: Send + Sync {
     /// The content digest for the cache key: from the checksum when given (no download), else by
     /// fetching.
     fn key(
@@ -228,7 +228,7 @@ pub struct ExecutorConfig {
     pub layer: LayerOptions,
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
-    pub http: Option<Arc<dyn HttpFetcher>>,
+    pub http: Option<Arc<dyn RemoteFiles>>,
     pub events: Option<UnboundedSender<BuildEvent>>,
 }
 
@@ -478,7 +478,22 @@ impl BuildExecutor {
                     held.push(m);
                 }
             }
-            let actions = op.actions.clone();
+            // Files from the build context belong to root in the image unless --chown says
+            // otherwise, as with Docker: the host's owners (or, rootless, the overflow id of an
+            // unmapped owner) mean nothing there.
+            let mut actions = op.actions.clone();
+            for a in &mut actions {
+                if let FileAction::Copy {
+                    from: Some(r),
+                    options,
+                    ..
+                } = a
+                    && options.owner.is_none()
+                    && matches!(input_of(*r)?, Built::Local { .. })
+                {
+                    options.owner = Some("0:0".into());
+                }
+            }
             let root = dest.path().to_path_buf();
             let applied = blocking(move || {
                 fileop::apply(&actions, &root, &sources)?;

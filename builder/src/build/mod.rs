@@ -251,6 +251,116 @@ pub async fn lower_with_images(
     ))
 }
 
+/// ADD <url> for the executor: with `--checksum` the key is the checksum and nothing is fetched
+/// until the step runs; without, the file is fetched once to key it by content (and its
+/// Last-Modified, which becomes its mtime) and that download is what the step then uses.
+pub struct HttpSource {
+    fetcher: http::HttpFetcher,
+    dir: std::path::PathBuf,
+    fetched: Mutex<HashMap<String, http::Fetched>>,
+    events: Option<UnboundedSender<BuildEvent>>,
+}
+
+impl HttpSource {
+    pub fn new(
+        dir: std::path::PathBuf,
+        events: Option<UnboundedSender<BuildEvent>>,
+    ) -> Result<HttpSource, BuildError> {
+        Ok(HttpSource {
+            fetcher: http::HttpFetcher::new(http::HttpConfig::default())
+                .map_err(|e| BuildError::Invalid(e.to_string()))?,
+            dir,
+            fetched: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+        dir: &std::path::Path,
+        filename: &str,
+    ) -> Result<http::Fetched, ExecError> {
+        std::fs::create_dir_all(dir).map_err(|e| ExecError::Io {
+            what: "creating",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let tx = self.events.clone();
+        let name = url.to_string();
+        let mut last = Instant::now();
+        let mut progress = move |bytes: u64, total: Option<u64>| {
+            if last.elapsed().as_millis() >= 500
+                && let Some(tx) = &tx
+            {
+                last = Instant::now();
+                let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+                let _ = tx.send(BuildEvent::Warning(format!(
+                    "downloading {name}: {bytes} bytes{total}"
+                )));
+            }
+        };
+        self.fetcher
+            .fetch(url, checksum, dir, filename, &mut progress)
+            .await
+            .map_err(|e| ExecError::Source(e.to_string()))
+    }
+}
+
+impl executor::RemoteFiles for HttpSource {
+    fn key(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<crate::solver::ContentDigest, ExecError>> {
+        let url = url.to_string();
+        let checksum = checksum.map(str::to_string);
+        Box::pin(async move {
+            let mut h = blake3::Hasher::new();
+            if let Some(c) = &checksum {
+                let d = http::checksum_digest(c).map_err(|e| ExecError::Source(e.to_string()))?;
+                h.update(b"checksum\0");
+                h.update(d.to_string().as_bytes());
+                return Ok(*h.finalize().as_bytes());
+            }
+            let slot = format!("{}", blake3::hash(url.as_bytes()).to_hex());
+            let dir = self.dir.join(&slot);
+            let f = self.download(&url, None, &dir, "download").await?;
+            h.update(b"content\0");
+            h.update(f.digest.to_string().as_bytes());
+            let mtime = f
+                .last_modified
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            h.update(&mtime.to_le_bytes());
+            self.fetched.lock().expect("not poisoned").insert(url, f);
+            Ok(*h.finalize().as_bytes())
+        })
+    }
+
+    fn fetch_into<'a>(
+        &'a self,
+        url: &'a str,
+        checksum: Option<&'a str>,
+        dir: &'a std::path::Path,
+        filename: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(async move {
+            let pre = self.fetched.lock().expect("not poisoned").remove(url);
+            if let Some(f) = pre {
+                let dest = dir.join(filename);
+                // Same filesystem (both under the store): a rename keeps the mtime.
+                if std::fs::rename(&f.path, &dest).is_ok() {
+                    return Ok(());
+                }
+            }
+            self.download(url, checksum, dir, filename).await.map(drop)
+        })
+    }
+}
+
 /// How the solve runs.
 #[derive(Debug, Clone, Default)]
 pub struct SolveSettings {
