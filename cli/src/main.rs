@@ -14,6 +14,7 @@ use forge_builder::frontend::dockerfile::{dump, parser};
 use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
+mod progress;
 mod store_cmd;
 
 #[derive(Parser)]
