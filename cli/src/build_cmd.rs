@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use forge_builder::build::{
@@ -25,15 +24,8 @@ use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
 use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, Snapshotter};
 use forge_snapshotter::store::{Store, default_root};
 
+use crate::progress::{self, ProgressMode};
 use crate::{Failure, GraphArgs, display_name, failed, parse_build_args, read, render, usage};
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum ProgressArg {
-    Auto,
-    Tty,
-    Plain,
-    Json,
-}
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum RunnerArg {
@@ -85,7 +77,7 @@ pub struct BuildArgs {
     network: NetworkArg,
     /// How progress is shown (on stderr).
     #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressArg,
+    progress: ProgressMode,
     /// Print only the image digest on stdout.
     #[arg(short, long)]
     quiet: bool,
@@ -365,9 +357,12 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         events: Some(tx),
     };
     let quiet = args.quiet;
-    let mode = args.progress;
-    let start = Instant::now();
-    let printer = runtime.spawn(crate::progress_plain::print(rx, quiet, mode == ProgressArg::Json));
+    let mode = if quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    };
+    let printer = runtime.spawn(progress::run(mode, rx, Box::new(std::io::stderr())));
 
     let result = runtime.block_on(async {
         let outcome = run(
@@ -378,13 +373,16 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         drop(session);
         outcome
     });
-    let _ = runtime.block_on(printer);
+    let summary = runtime.block_on(printer).ok();
     match result {
         Ok(digest) => {
             if quiet {
                 println!("{digest}");
             } else {
-                eprintln!("built in {:.1?}: {digest}", start.elapsed());
+                if let Some(s) = summary {
+                    eprintln!("{s}");
+                }
+                println!("{digest}");
             }
             Ok(())
         }

@@ -15,7 +15,7 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
-mod progress_plain;
+mod progress;
 mod store_cmd;
 
 #[derive(Parser)]

@@ -80,7 +80,8 @@ impl Built {
 /// Why a vertex could not be computed. Each variant carries what a user needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("process {argv:?} did not complete successfully: exit code {code}{}", tail_text(tail))]
+    /// The step's last output lines are in `tail` (the progress view shows them already).
+    #[error("process {argv:?} did not complete successfully: exit code {code}")]
     Exit {
         argv: Vec<String>,
         code: i32,
@@ -126,17 +127,6 @@ pub enum ExecError {
     Internal(String),
 }
 
-fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("\nlast output:");
-    for l in tail {
-        s.push_str("\n  | ");
-        s.push_str(l);
-    }
-    s
-}
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
     move |source| ExecError::Io {
