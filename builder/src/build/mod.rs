@@ -6,7 +6,6 @@ pub mod events;
 pub mod executor;
 pub mod http;
 pub mod image;
-mod shim;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -168,21 +167,9 @@ fn base_image(
         reason,
     };
     let config_json = store.read_blob(&record.config.digest)?;
-    let v: serde_json::Value = serde_json::from_slice(&config_json)
-        .map_err(|e| bad(format!("config is not JSON: {e}")))?;
-    let diff_ids = v["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    d.as_str()
-                        .and_then(|s| s.parse::<Digest>().ok())
-                        .ok_or_else(|| bad(format!("bad diff_id {d}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let diff_ids = image::read_base_config(&config_json)
+        .map_err(|e| bad(e.to_string()))?
+        .diff_ids;
     if diff_ids.len() != record.layers.len() {
         return Err(bad(format!(
             "its config lists {} diff_ids for {} layers",
@@ -236,7 +223,7 @@ pub async fn lower_with_images(
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {
             let base = base?;
-            let config = shim::config_from_json(&base.config_json).map_err(|e| {
+            let config = image::read_base_config(&base.config_json).map(|b| b.config).map_err(|e| {
                 BuildError::BaseImage {
                     reference: reference.clone(),
                     reason: e.to_string(),
@@ -404,18 +391,6 @@ pub async fn solve(
     Ok(solved?)
 }
 
-/// Seconds since the epoch as RFC 3339 (`SOURCE_DATE_EPOCH` when given, else now).
-pub fn created_time(source_date_epoch: Option<i64>) -> Result<String, BuildError> {
-    let secs = match source_date_epoch {
-        Some(e) => e,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    };
-    Ok(crate::export::time::rfc3339(secs)?)
-}
-
 /// The image an output's result makes: its config (with `labels` added) over its layers.
 pub fn make_image(
     output: &Output,
@@ -429,8 +404,9 @@ pub fn make_image(
         cfg.labels.insert(k.clone(), v.clone());
     }
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let created = created_time(options.source_date_epoch)?;
-    let json = shim::config_to_json(&cfg, &diff_ids, &created);
+    let created = image::created_time(options.source_date_epoch)
+        .map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let doc = image::image_config_file(&cfg, &diff_ids, &created);
     let blobs = layers
         .iter()
         .map(|l| {
@@ -445,7 +421,7 @@ pub fn make_image(
             })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
-    Ok(shim::assemble_json(json, blobs, options)?)
+    Ok(crate::export::assemble_json(&doc, blobs, options)?)
 }
 
 fn blob_digest(d: &Digest) -> Result<BlobDigest, BuildError> {
