@@ -580,12 +580,7 @@ async fn run(
     }
     let record = build::record_image(&session.store, &image, &names, &Platform::host())?;
     if push {
-        session
-            .phase(
-                &format!("pushing {}", names.join(", ")),
-                build::push_image(session, &record, &layers, &names),
-            )
-            .await?;
+        build::push_image(session, &record, &layers, &names).await?;
     }
     if let Some(p) = &args.metadata_file {
         export::write_metadata_file(p, &image, &names)?;
