@@ -126,6 +126,8 @@ enum Export {
     Local(PathBuf),
     /// Into the store (and the registry when `push`).
     Image { push: bool },
+    /// The same, with Docker's media types (`oci-mediatypes=false`).
+    DockerImage { push: bool },
 }
 
 fn parse_output(spec: &str) -> Result<Export, Failure> {
@@ -155,9 +157,14 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
         "oci" => Ok(Export::OciTar(dest()?)),
         "docker" => Ok(Export::DockerTar(dest()?)),
         "local" => Ok(Export::Local(dest()?)),
-        "image" | "registry" => Ok(Export::Image {
-            push: kind == "registry" || flag("push"),
-        }),
+        "image" | "registry" => {
+            let push = kind == "registry" || flag("push");
+            if kv.get("oci-mediatypes").is_some_and(|v| v == "false") {
+                Ok(Export::DockerImage { push })
+            } else {
+                Ok(Export::Image { push })
+            }
+        }
         other => Err(usage(format!(
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, image, registry)"
         ))),
@@ -291,12 +298,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.push || exports.is_empty() {
+    if exports.is_empty() {
         exports.push(Export::Image { push: args.push });
+    } else if args.push {
+        for e in &mut exports {
+            match e {
+                Export::Image { push } | Export::DockerImage { push } => *push = true,
+                _ => {}
+            }
+        }
+        if !exports
+            .iter()
+            .any(|e| matches!(e, Export::Image { .. } | Export::DockerImage { .. }))
+        {
+            exports.push(Export::Image { push: true });
+        }
     }
-    let push = exports
-        .iter()
-        .any(|e| matches!(e, Export::Image { push: true }));
+    let push = exports.iter().any(|e| {
+        matches!(
+            e,
+            Export::Image { push: true } | Export::DockerImage { push: true }
+        )
+    });
     if push && args.tags.is_empty() {
         return Err(usage("error: --push needs at least one -t NAME".into()));
     }
@@ -519,7 +542,12 @@ async fn run(
         .layers()
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
-    let format = if exports.iter().all(|e| matches!(e, Export::DockerTar(_))) {
+    // A cached layer keeps the compression it was made with; the export asks for this one.
+    let layers = build::with_compression(&session.store, &layers, compression).await?;
+    let format = if exports
+        .iter()
+        .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
+    {
         ManifestFormat::Docker
     } else {
         ManifestFormat::Oci
@@ -575,7 +603,7 @@ async fn run(
                 };
                 export::export_local(&src, &dest)?;
             }
-            Export::Image { .. } => {}
+            Export::Image { .. } | Export::DockerImage { .. } => {}
         }
     }
     let record = build::record_image(&session.store, &image, &names, &Platform::host())?;

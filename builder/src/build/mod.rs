@@ -391,6 +391,56 @@ pub async fn solve(
     Ok(solved?)
 }
 
+/// The layers as the export asks for them: layers this build made (or took from the cache) in
+/// another compression are re-encoded into the store (same diff_id, new blob); base image layers
+/// are kept as the registry has them, so pushes can still mount them.
+pub async fn with_compression(
+    store: &Store,
+    layers: &[Layer],
+    to: forge_snapshotter::compress::Compression,
+) -> Result<Vec<Layer>, BuildError> {
+    let want = to.media_type();
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let same = forge_snapshotter::compress::Compression::from_media_type(&l.media_type)
+            .map(|c| c.media_type() == want)
+            .unwrap_or(true);
+        if same || l.source.is_some() {
+            out.push(l.clone());
+            continue;
+        }
+        let store2 = store.clone();
+        let layer = l.clone();
+        let converted = tokio::task::spawn_blocking(move || -> Result<Layer, BuildError> {
+            let tmp = store2.temp_path("recompress");
+            let file = std::fs::File::create(&tmp).map_err(|e| {
+                BuildError::Invalid(format!("creating {}: {e}", tmp.display()))
+            })?;
+            let blob = store2.open_blob(&layer.digest)?;
+            let (digest, size, sink) = forge_snapshotter::compress::recompress(
+                std::io::BufReader::new(blob),
+                &layer.media_type,
+                to,
+                std::io::BufWriter::new(file),
+            )
+            .map_err(|e| BuildError::Invalid(format!("layer {}: {e}", layer.digest)))?;
+            drop(sink);
+            let digest = blob_digest(&digest)?;
+            store2.adopt(&tmp, &digest, size)?;
+            Ok(Layer {
+                media_type: want.to_string(),
+                digest,
+                size,
+                ..layer
+            })
+        })
+        .await
+        .map_err(|e| BuildError::Invalid(format!("worker thread: {e}")))??;
+        out.push(converted);
+    }
+    Ok(out)
+}
+
 /// The image an output's result makes: its config (with `labels` added) over its layers.
 pub fn make_image(
     output: &Output,
