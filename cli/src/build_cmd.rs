@@ -125,9 +125,13 @@ enum Export {
     DockerTar(PathBuf),
     Local(PathBuf),
     /// Into the store (and the registry when `push`).
-    Image { push: bool },
+    Image {
+        push: bool,
+    },
     /// The same, with Docker's media types (`oci-mediatypes=false`).
-    DockerImage { push: bool },
+    DockerImage {
+        push: bool,
+    },
 }
 
 fn parse_output(spec: &str) -> Result<Export, Failure> {
@@ -360,7 +364,8 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
     };
-    let store = Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
+    let store =
+        Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
     let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
         .map_err(|e| failed(format!("error: snapshots under {}: {e}", root.display())))?;
     let registry = RegistryClient::new(RegistryConfig {
@@ -368,6 +373,9 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ..RegistryConfig::default()
     });
 
+    if args.runner == RunnerArg::Embedded {
+        private_mounts()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -389,8 +397,20 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
 
     let result = runtime.block_on(async {
         let outcome = run(
-            args, &session, &df, &lower_opts, &context, &ignore_patterns, &root, secrets, ssh,
-            epoch, compression, &labels, &exports, push,
+            args,
+            &session,
+            &df,
+            &lower_opts,
+            &context,
+            &ignore_patterns,
+            &root,
+            secrets,
+            ssh,
+            epoch,
+            compression,
+            &labels,
+            &exports,
+            push,
         )
         .await;
         drop(session);
@@ -418,6 +438,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ))),
         Err(e) => Err(failed(format!("error: {}", chain(&e)))),
     }
+}
+
+/// As real root, the build's own mounts (snapshots it reads, file operations) go into a private
+/// mount namespace, so a killed build leaves none behind on the host. Rootless builds already have
+/// one (entering the user namespace made it); the containerd runner needs the host's, since
+/// containerd must see the directories it is asked to bind. Must run before any thread starts.
+fn private_mounts() -> Result<(), Failure> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    if !nix::unistd::geteuid().is_root() || forge_runner::embedded::in_user_namespace() {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| failed(format!("error: cannot make a private mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
 }
 
 /// An error and its causes, one per line.
@@ -467,7 +509,10 @@ async fn run(
         )
     });
     let (lowered, images) = session
-        .phase("resolving base images", build::lower_with_images(df, lower_opts, session))
+        .phase(
+            "resolving base images",
+            build::lower_with_images(df, lower_opts, session),
+        )
         .await?;
     for w in &lowered.warnings {
         if let Some(tx) = &session.events {
@@ -486,7 +531,9 @@ async fn run(
             store: session.store.clone(),
             snapshots: session.snapshots.clone(),
             runner: runner.clone(),
-            work_dir: root.join("tmp").join(format!("build-{}", std::process::id())),
+            work_dir: root
+                .join("tmp")
+                .join(format!("build-{}", std::process::id())),
             locals: HashMap::from([(
                 "context".to_string(),
                 LocalDir {
@@ -506,7 +553,8 @@ async fn run(
                 _ => StepNetwork::Host,
             },
             http: Some(Arc::new(build::HttpSource::new(
-                root.join("tmp").join(format!("download-{}", std::process::id())),
+                root.join("tmp")
+                    .join(format!("download-{}", std::process::id())),
                 session.events.clone(),
             )?)),
             events: session.events.clone(),
@@ -527,7 +575,9 @@ async fn run(
         session.events.clone(),
     )
     .await;
-    let work_dir = root.join("tmp").join(format!("build-{}", std::process::id()));
+    let work_dir = root
+        .join("tmp")
+        .join(format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work_dir);
     close_runner(runner).await;
     let solution = solved?;
@@ -588,7 +638,8 @@ async fn run(
                         let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
                         Some(build::executor::Mounted::mount(
                             &mounts,
-                            root.join("tmp").join(format!("export-{}", std::process::id())),
+                            root.join("tmp")
+                                .join(format!("export-{}", std::process::id())),
                         )?)
                     }
                 };
