@@ -224,8 +224,11 @@ pub struct ExecutorConfig {
 pub struct BuildExecutor {
     cfg: ExecutorConfig,
     nodes: HashMap<VertexId, NodeRef>,
-    counter: AtomicU64,
 }
+
+/// Numbers scratch snapshot keys and mount points. Process-wide, not per executor: two builds in
+/// one process (a library user solving twice at once) share the pid in their keys.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl BuildExecutor {
     pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
@@ -234,11 +237,7 @@ impl BuildExecutor {
         for (i, v) in graph.vertices.iter().enumerate() {
             nodes.entry(v.id).or_insert(NodeRef(i));
         }
-        let exec = BuildExecutor {
-            cfg,
-            nodes,
-            counter: AtomicU64::new(0),
-        };
+        let exec = BuildExecutor { cfg, nodes };
         exec.remove_stale_snapshots();
         Ok(exec)
     }
@@ -281,7 +280,7 @@ impl BuildExecutor {
         format!(
             "build-{}-{}-{what}",
             std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         )
     }
 
@@ -733,11 +732,7 @@ impl BuildExecutor {
             secret_env,
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
-        let masks: Vec<String> = secret_values
-            .iter()
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .filter(|s| s.len() >= 3)
-            .collect();
+        let masks = secret_masks(&secret_values);
         let events = self.cfg.events.clone();
         let mut sink = move |stream: Stream, line: &str| {
             if let Some(tx) = &events {
@@ -804,6 +799,24 @@ impl BuildExecutor {
         let layers = self.commit_layer(key, &[], cancel).await?;
         Ok(Built::Fs { layers })
     }
+}
+
+/// The strings masked in a step's output: each secret whole and, since output arrives one line at
+/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
+/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
+/// as masking them would garble unrelated output.
+fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
+    let mut masks: Vec<String> = Vec::new();
+    for v in values {
+        let text = String::from_utf8_lossy(v);
+        for m in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
+            if m.len() >= 3 && !masks.iter().any(|x| x == m) {
+                masks.push(m.to_string());
+            }
+        }
+    }
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    masks
 }
 
 /// The inputs of an op, in the order the solver hands their results over.
