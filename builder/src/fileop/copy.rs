@@ -230,6 +230,16 @@ impl Copier<'_> {
                 io("inspecting", &src_path)(e)
             }
         })?;
+        // A source that is a link to something the context leaves out (.dockerignore) is as
+        // missing as BuildKit's transferred context makes it, not an empty copy.
+        if let Some(v) = self.visible
+            && let Ok(rel) = src_path.strip_prefix(&self.src_root)
+            && !v(&rel.to_string_lossy())
+        {
+            return Err(FileOpError::SourceNotFound {
+                src: src.to_string(),
+            });
+        }
         let dest_md = std::fs::metadata(&dst).ok();
         let src_is_dir = src_md.is_dir();
         if let Some(d) = &dest_md
