@@ -60,6 +60,7 @@ struct Bench {
     cache: Arc<DiskCache>,
     layer: LayerOptions,
     secrets: HashMap<String, Vec<u8>>,
+    network: NetworkMode,
 }
 
 /// One finished solve.
@@ -95,6 +96,7 @@ impl Bench {
             cache: Arc::new(cache),
             layer: LayerOptions::default(),
             secrets: HashMap::new(),
+            network: NetworkMode::Host,
         }
     }
 
@@ -182,7 +184,7 @@ impl Bench {
                 secrets: self.secrets.clone(),
                 ssh: HashMap::new(),
                 layer: self.layer,
-                default_network: NetworkMode::Host,
+                default_network: self.network,
                 http: None,
                 events: Some(tx.clone()),
             },
@@ -854,5 +856,45 @@ fn layers_match_the_host_files_metadata() {
             e["etc/app/tool"].mode,
             std::fs::metadata(ctx.join("tool")).unwrap().mode() & 0o7777
         );
+    });
+}
+
+#[test]
+fn the_build_network_keys_steps_that_do_not_choose_one() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let df = format!("{BASE}RUN echo ran > /ran\nRUN --network=none echo fixed > /fixed\n");
+    runtime().block_on(async {
+        let host = bench.solve(&df, &ctx).await.unwrap();
+        assert!(host.solution.executed() >= 2);
+    });
+    // `--network none` after a build with the host's network: the steps that left the choice to
+    // the build run again (and what is built on them), the COPY before them does not.
+    bench.network = NetworkMode::None;
+    runtime().block_on(async {
+        let none = bench.solve(&df, &ctx).await.unwrap();
+        let ran: Vec<String> = none
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                BuildEvent::Solver(forge_builder::solver::Event::Started {
+                    description, ..
+                }) => Some(description.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(ran.iter().any(|d| d.contains("echo ran")), "{ran:?}");
+        assert!(!ran.iter().any(|d| d.contains("COPY")), "{ran:?}");
+        let again = bench.solve(&df, &ctx).await.unwrap();
+        assert_eq!(again.solution.executed(), 0);
+    });
+    // Both results stay recorded: back on the host network nothing runs.
+    bench.network = NetworkMode::Host;
+    runtime().block_on(async {
+        let host = bench.solve(&df, &ctx).await.unwrap();
+        assert_eq!(host.solution.executed(), 0);
     });
 }

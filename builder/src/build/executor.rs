@@ -916,7 +916,16 @@ impl Executor for BuildExecutor {
                         any = true;
                     }
                 }
-                let _ = e;
+                // A step that leaves its network to the build (`--network`) is keyed by the one it
+                // gets, as BuildKit keys an ExecOp by its network: a hermetic `--network none`
+                // build must not take results made with the host's network.
+                if e.network == NetworkMode::Default {
+                    h.update(match self.cfg.default_network {
+                        StepNetwork::Host => b"network:host",
+                        StepNetwork::None => b"network:none",
+                    });
+                    any = true;
+                }
                 Ok(any.then(|| *h.finalize().as_bytes()))
             }
             _ => Ok(None),
