@@ -567,6 +567,7 @@ async fn run(
         no_cache_filter: args.no_cache_filter.clone(),
         ..SolveSettings::default()
     };
+    let interrupt = tokio::spawn(cancel_on_signal(settings.cancel.clone()));
     let solved = build::solve(
         graph.clone(),
         executor.clone(),
@@ -575,6 +576,7 @@ async fn run(
         session.events.clone(),
     )
     .await;
+    interrupt.abort();
     let work_dir = root
         .join("tmp")
         .join(format!("build-{}", std::process::id()));
@@ -668,6 +670,31 @@ async fn run(
         export::write_iidfile(p, &image)?;
     }
     Ok(image.manifest_descriptor().digest().to_string())
+}
+
+/// Ctrl-C or SIGTERM during the solve cancels it, so running steps are killed and their scratch
+/// snapshots and mount points removed before forge exits, instead of the default action leaving
+/// them for the next build to find. A second signal then acts as it normally would.
+async fn cancel_on_signal(cancel: forge_builder::solver::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    cancel.cancel();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: restores the default disposition; no handler of ours runs.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
 }
 
 async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, BuildError> {

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -547,5 +548,70 @@ fn network_none_cannot_reach_the_registry_while_the_default_can() {
     .unwrap();
     let out = bench.forge(&[], &ctx);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    bench.assert_usable();
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_step_and_cleans_up() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let marker = format!("interrupt-me-{}", std::process::id());
+    let ctx = bench.context(
+        "ctx",
+        &format!("{BASE}RUN echo started && sleep 30 # {marker}\n"),
+        &[],
+    );
+    let log = bench.path().join("progress.log");
+    let mut child = bench
+        .command(&[], &ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(" started") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the step never started: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("forge still runs 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    // The step's processes are gone, and so is the build's scratch directory.
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !text(&cmd).contains(&marker),
+            "step process {} survived",
+            p.path().display()
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(bench.root().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let meta = std::fs::read_to_string(bench.root().join("snapshots/metadata.json")).unwrap();
+    assert!(
+        !meta.contains("\"active\""),
+        "a scratch snapshot is left: {meta}"
+    );
     bench.assert_usable();
 }
