@@ -436,7 +436,17 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             &e.kind.to_string(),
             e.hint.as_deref(),
         ))),
-        Err(e) => Err(failed(format!("error: {}", chain(&e)))),
+        Err(e) => {
+            let mut message = format!("error: {}", chain(&e));
+            // The progress view already showed a failed step's last lines; with -q nothing did.
+            if quiet && let Some(tail) = failed_step_tail(&e) {
+                message.push_str("\nlast output:");
+                for line in tail {
+                    message.push_str(&format!("\n  | {line}"));
+                }
+            }
+            Err(failed(message))
+        }
     }
 }
 
@@ -460,6 +470,17 @@ fn private_mounts() -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
+}
+
+/// The last output lines of the step whose failure stopped the build.
+fn failed_step_tail(e: &BuildError) -> Option<&[String]> {
+    let BuildError::Solve(forge_builder::solver::SolveError::Step { source, .. }) = e else {
+        return None;
+    };
+    match source.downcast_ref::<build::ExecError>()? {
+        build::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
+        _ => None,
+    }
 }
 
 /// An error and its causes, one per line.
