@@ -599,7 +599,13 @@ async fn run(
     let work_dir = root
         .join("tmp")
         .join(format!("build-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work_dir);
+    // Every mount point under it is gone by now (each is removed when unmounted); removing only
+    // what is empty can never reach into a filesystem that is somehow still mounted there.
+    let _ = std::fs::remove_dir(&work_dir);
+    let _ = std::fs::remove_dir_all(
+        root.join("tmp")
+            .join(format!("download-{}", std::process::id())),
+    );
     close_runner(runner).await;
     let solution = solved?;
     build::protect_results(&session.store, &solution, &graph);
