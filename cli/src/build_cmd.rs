@@ -125,7 +125,9 @@ enum Export {
     DockerTar(PathBuf),
     Local(PathBuf),
     /// Into the store (and the registry when `push`).
-    Image { push: bool },
+    Image {
+        push: bool,
+    },
 }
 
 fn parse_output(spec: &str) -> Result<Export, Failure> {
@@ -337,7 +339,8 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
     };
-    let store = Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
+    let store =
+        Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
     let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
         .map_err(|e| failed(format!("error: snapshots under {}: {e}", root.display())))?;
     let registry = RegistryClient::new(RegistryConfig {
@@ -366,8 +369,20 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
 
     let result = runtime.block_on(async {
         let outcome = run(
-            args, &session, &df, &lower_opts, &context, &ignore_patterns, &root, secrets, ssh,
-            epoch, compression, &labels, &exports, push,
+            args,
+            &session,
+            &df,
+            &lower_opts,
+            &context,
+            &ignore_patterns,
+            &root,
+            secrets,
+            ssh,
+            epoch,
+            compression,
+            &labels,
+            &exports,
+            push,
         )
         .await;
         drop(session);
@@ -444,7 +459,10 @@ async fn run(
         )
     });
     let (lowered, images) = session
-        .phase("resolving base images", build::lower_with_images(df, lower_opts, session))
+        .phase(
+            "resolving base images",
+            build::lower_with_images(df, lower_opts, session),
+        )
         .await?;
     for w in &lowered.warnings {
         if let Some(tx) = &session.events {
@@ -463,7 +481,9 @@ async fn run(
             store: session.store.clone(),
             snapshots: session.snapshots.clone(),
             runner: runner.clone(),
-            work_dir: root.join("tmp").join(format!("build-{}", std::process::id())),
+            work_dir: root
+                .join("tmp")
+                .join(format!("build-{}", std::process::id())),
             locals: HashMap::from([(
                 "context".to_string(),
                 LocalDir {
@@ -483,7 +503,8 @@ async fn run(
                 _ => StepNetwork::Host,
             },
             http: Some(Arc::new(build::HttpSource::new(
-                root.join("tmp").join(format!("download-{}", std::process::id())),
+                root.join("tmp")
+                    .join(format!("download-{}", std::process::id())),
                 session.events.clone(),
             )?)),
             events: session.events.clone(),
@@ -504,7 +525,9 @@ async fn run(
         session.events.clone(),
     )
     .await;
-    let work_dir = root.join("tmp").join(format!("build-{}", std::process::id()));
+    let work_dir = root
+        .join("tmp")
+        .join(format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work_dir);
     close_runner(runner).await;
     let solution = solved?;
@@ -560,7 +583,8 @@ async fn run(
                         let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
                         Some(build::executor::Mounted::mount(
                             &mounts,
-                            root.join("tmp").join(format!("export-{}", std::process::id())),
+                            root.join("tmp")
+                                .join(format!("export-{}", std::process::id())),
                         )?)
                     }
                 };
@@ -609,6 +633,12 @@ async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, Buil
                 .clone()
                 .map(ContainerdConfig::new)
                 .or_else(ContainerdConfig::from_env)
+                // Cache mounts belong to the store, as with the embedded runner: a fresh store
+                // starts them empty (the default, under the temp dir, outlived every store).
+                .map(|config| ContainerdConfig {
+                    cache_root: root.join("cache-mounts"),
+                    ..config
+                })
                 .ok_or_else(|| {
                     BuildError::Invalid(
                         "--runner containerd needs --containerd-address or $CONTAINERD_ADDRESS"
