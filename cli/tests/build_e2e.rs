@@ -1089,8 +1089,10 @@ fn source_date_epoch_gives_the_same_digest_from_two_empty_stores() {
     let Some(m) = machine() else { return };
     let scratch = Scratch::new(Some(&m.user));
     let ctx = scratch.context("full", "ctx", Some(&m.user));
+    // The second build reads a second checkout: other inodes, other mtimes (the epoch clamps them).
+    let checkout = scratch.context("full", "ctx-2", Some(&m.user));
     let one = reproducible_build(&m, &scratch, &ctx, 1, "store-1", EPOCH);
-    let two = reproducible_build(&m, &scratch, &ctx, 2, "store-2", EPOCH);
+    let two = reproducible_build(&m, &scratch, &checkout, 2, "store-2", EPOCH);
     assert!(one.metadata.starts_with("sha256:"), "{}", one.metadata);
     assert_eq!(one.metadata, one.tar_manifest, "metadata file vs OCI tar");
     assert!(one.iid.starts_with("sha256:"), "iidfile: {:?}", one.iid);
@@ -1320,7 +1322,7 @@ fn failing_run_reports_step_status_and_output_then_the_store_still_builds() {
         &store,
         &[
             base,
-            "--progress=plain".into(),
+            "--progress=json".into(),
             "-f".into(),
             ctx.join("good.Dockerfile").to_str().unwrap().into(),
             format!("--output=type=local,dest={}", local.display()),
@@ -1329,6 +1331,19 @@ fn failing_run_reports_step_status_and_output_then_the_store_still_builds() {
         &[],
     );
     assert_built("build after a failure", &good);
+    // The step that succeeded before the failure was kept in the cache.
+    let (ran, cached) = ran_and_cached(&vertices(&text(&good.stderr)));
+    assert!(
+        cached
+            .iter()
+            .any(|n| n.contains("RUN echo \"a step that works\"")),
+        "the step before the failure is not cached: ran {ran:?}, cached {cached:?}"
+    );
+    assert!(
+        ran.iter()
+            .any(|n| n.contains("RUN echo \"after the failure\"")),
+        "the new step did not run: ran {ran:?}, cached {cached:?}"
+    );
     assert_eq!(
         fs::read_to_string(local.join("ok")).unwrap(),
         "a step that works\n"
