@@ -128,6 +128,10 @@ enum Export {
     Image {
         push: bool,
     },
+    /// The same, with Docker's media types (`oci-mediatypes=false`).
+    DockerImage {
+        push: bool,
+    },
 }
 
 fn parse_output(spec: &str) -> Result<Export, Failure> {
@@ -157,9 +161,14 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
         "oci" => Ok(Export::OciTar(dest()?)),
         "docker" => Ok(Export::DockerTar(dest()?)),
         "local" => Ok(Export::Local(dest()?)),
-        "image" | "registry" => Ok(Export::Image {
-            push: kind == "registry" || flag("push"),
-        }),
+        "image" | "registry" => {
+            let push = kind == "registry" || flag("push");
+            if kv.get("oci-mediatypes").is_some_and(|v| v == "false") {
+                Ok(Export::DockerImage { push })
+            } else {
+                Ok(Export::Image { push })
+            }
+        }
         other => Err(usage(format!(
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, image, registry)"
         ))),
@@ -293,12 +302,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.push || exports.is_empty() {
+    if exports.is_empty() {
         exports.push(Export::Image { push: args.push });
+    } else if args.push {
+        for e in &mut exports {
+            match e {
+                Export::Image { push } | Export::DockerImage { push } => *push = true,
+                _ => {}
+            }
+        }
+        if !exports
+            .iter()
+            .any(|e| matches!(e, Export::Image { .. } | Export::DockerImage { .. }))
+        {
+            exports.push(Export::Image { push: true });
+        }
     }
-    let push = exports
-        .iter()
-        .any(|e| matches!(e, Export::Image { push: true }));
+    let push = exports.iter().any(|e| {
+        matches!(
+            e,
+            Export::Image { push: true } | Export::DockerImage { push: true }
+        )
+    });
     if push && args.tags.is_empty() {
         return Err(usage("error: --push needs at least one -t NAME".into()));
     }
@@ -348,6 +373,9 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ..RegistryConfig::default()
     });
 
+    if args.runner == RunnerArg::Embedded {
+        private_mounts()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -410,6 +438,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ))),
         Err(e) => Err(failed(format!("error: {}", chain(&e)))),
     }
+}
+
+/// As real root, the build's own mounts (snapshots it reads, file operations) go into a private
+/// mount namespace, so a killed build leaves none behind on the host. Rootless builds already have
+/// one (entering the user namespace made it); the containerd runner needs the host's, since
+/// containerd must see the directories it is asked to bind. Must run before any thread starts.
+fn private_mounts() -> Result<(), Failure> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    if !nix::unistd::geteuid().is_root() || forge_runner::embedded::in_user_namespace() {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| failed(format!("error: cannot make a private mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
 }
 
 /// An error and its causes, one per line.
@@ -542,7 +592,12 @@ async fn run(
         .layers()
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
-    let format = if exports.iter().all(|e| matches!(e, Export::DockerTar(_))) {
+    // A cached layer keeps the compression it was made with; the export asks for this one.
+    let layers = build::with_compression(&session.store, &layers, compression).await?;
+    let format = if exports
+        .iter()
+        .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
+    {
         ManifestFormat::Docker
     } else {
         ManifestFormat::Oci
@@ -599,7 +654,7 @@ async fn run(
                 };
                 export::export_local(&src, &dest)?;
             }
-            Export::Image { .. } => {}
+            Export::Image { .. } | Export::DockerImage { .. } => {}
         }
     }
     let record = build::record_image(&session.store, &image, &names, &Platform::host())?;

@@ -142,11 +142,23 @@ fn exit_codes() {
     std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
     let dir = ctx.path().to_str().unwrap();
     for (args, says) in [
-        (vec!["build", "--push", dir], "--push needs at least one -t NAME"),
-        (vec!["build", "-o", "type=bogus", dir], "unknown type \"bogus\""),
+        (
+            vec!["build", "--push", dir],
+            "--push needs at least one -t NAME",
+        ),
+        (
+            vec!["build", "-o", "type=bogus", dir],
+            "unknown type \"bogus\"",
+        ),
         (vec!["build", "-o", "type=oci", dir], "type=oci needs dest="),
-        (vec!["build", "--label", "novalue", dir], "expected KEY=VALUE"),
-        (vec!["build", "--secret", "id=x,bogus", dir], "invalid --secret"),
+        (
+            vec!["build", "--label", "novalue", dir],
+            "expected KEY=VALUE",
+        ),
+        (
+            vec!["build", "--secret", "id=x,bogus", dir],
+            "invalid --secret",
+        ),
         (
             vec!["build", "--platform", "linux/s390x", dir],
             "only this machine's platform",

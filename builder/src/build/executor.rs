@@ -127,7 +127,6 @@ pub enum ExecError {
     Internal(String),
 }
 
-
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
     move |source| ExecError::Io {
         what,
@@ -286,7 +285,6 @@ impl BuildExecutor {
         )
     }
 
-
     /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
     /// blobs) and returns its name; `None` for no layers (scratch).
     pub async fn ensure_snapshot(&self, layers: &[Layer]) -> Result<Option<String>, ExecError> {
@@ -440,7 +438,9 @@ impl BuildExecutor {
             None => Vec::new(),
             Some(r) => input_of(r)?
                 .layers()
-                .ok_or_else(|| ExecError::Unsupported("a file operation on a local directory".into()))?
+                .ok_or_else(|| {
+                    ExecError::Unsupported("a file operation on a local directory".into())
+                })?
                 .to_vec(),
         };
         let parent = self.ensure_snapshot(&base).await?;
@@ -551,7 +551,8 @@ impl BuildExecutor {
                                     .to_vec(),
                             };
                             let parent = self.ensure_snapshot(&base).await?;
-                            root_mounts = Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
+                            root_mounts =
+                                Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
                             continue;
                         }
                         let source = if *readonly {
@@ -576,7 +577,10 @@ impl BuildExecutor {
                             let k = self.unique("bind");
                             let mounts = self.cfg.snapshots.prepare(&k, parent.as_deref())?;
                             scratch_keys.push(k);
-                            let m = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("rwb")))?;
+                            let m = Mounted::mount(
+                                &mounts,
+                                self.cfg.work_dir.join(self.unique("rwb")),
+                            )?;
                             let p = m.path().join(source_path.trim_start_matches('/'));
                             held.push(m);
                             p
@@ -644,7 +648,8 @@ impl BuildExecutor {
                         };
                         secret_values.push(data.clone());
                         if let Some(name) = env {
-                            secret_env.push((name.clone(), String::from_utf8_lossy(data).into_owned()));
+                            secret_env
+                                .push((name.clone(), String::from_utf8_lossy(data).into_owned()));
                         }
                         if env.is_none() || !m.target.is_empty() {
                             step_mounts.push(StepMount {
@@ -933,7 +938,10 @@ impl Executor for BuildExecutor {
                 url,
                 filename,
                 checksum,
-            }) => self.exec_http(url, filename, checksum.as_deref(), &cancel).await,
+            }) => {
+                self.exec_http(url, filename, checksum.as_deref(), &cancel)
+                    .await
+            }
             Op::Source(SourceOp::Git { remote, .. }) => Err(ExecError::Unsupported(format!(
                 "ADD of a git repository ({remote}) is not supported yet"
             ))),

@@ -27,7 +27,7 @@ use crate::export::{ExportError, Image, ImageOptions, LayerBlob};
 use crate::frontend::dockerfile::ast::Dockerfile;
 use crate::frontend::dockerfile::lower::{ImageResolver, LowerError, LowerOptions, Lowered, lower};
 use crate::graph::{Graph, ImageConfig, Output, Platform};
-use crate::solver::{CacheError, CacheStore, Event, SolveError, SolveOptions, Solution, Solver};
+use crate::solver::{CacheError, CacheStore, Event, Solution, SolveError, SolveOptions, Solver};
 
 /// Why a build stopped.
 #[derive(Debug, thiserror::Error)]
@@ -209,8 +209,7 @@ pub async fn lower_with_images(
         let mut wanted: BTreeSet<String> =
             std::mem::take(&mut *table.missing.lock().expect("not poisoned"));
         for v in &lowered.graph.vertices {
-            if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) =
-                &v.op
+            if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) = &v.op
                 && !table.images.contains_key(reference)
             {
                 wanted.insert(reference.clone());
@@ -223,12 +222,12 @@ pub async fn lower_with_images(
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {
             let base = base?;
-            let config = image::read_base_config(&base.config_json).map(|b| b.config).map_err(|e| {
-                BuildError::BaseImage {
+            let config = image::read_base_config(&base.config_json)
+                .map(|b| b.config)
+                .map_err(|e| BuildError::BaseImage {
                     reference: reference.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             table.configs.insert(reference.clone(), config);
             table.images.insert(reference, base);
         }
@@ -391,6 +390,55 @@ pub async fn solve(
     Ok(solved?)
 }
 
+/// The layers as the export asks for them: layers this build made (or took from the cache) in
+/// another compression are re-encoded into the store (same diff_id, new blob); base image layers
+/// are kept as the registry has them, so pushes can still mount them.
+pub async fn with_compression(
+    store: &Store,
+    layers: &[Layer],
+    to: forge_snapshotter::compress::Compression,
+) -> Result<Vec<Layer>, BuildError> {
+    let want = to.media_type();
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let same = forge_snapshotter::compress::Compression::from_media_type(&l.media_type)
+            .map(|c| c.media_type() == want)
+            .unwrap_or(true);
+        if same || l.source.is_some() {
+            out.push(l.clone());
+            continue;
+        }
+        let store2 = store.clone();
+        let layer = l.clone();
+        let converted = tokio::task::spawn_blocking(move || -> Result<Layer, BuildError> {
+            let tmp = store2.temp_path("recompress");
+            let file = std::fs::File::create(&tmp)
+                .map_err(|e| BuildError::Invalid(format!("creating {}: {e}", tmp.display())))?;
+            let blob = store2.open_blob(&layer.digest)?;
+            let (digest, size, sink) = forge_snapshotter::compress::recompress(
+                std::io::BufReader::new(blob),
+                &layer.media_type,
+                to,
+                std::io::BufWriter::new(file),
+            )
+            .map_err(|e| BuildError::Invalid(format!("layer {}: {e}", layer.digest)))?;
+            drop(sink);
+            let digest = blob_digest(&digest)?;
+            store2.adopt(&tmp, &digest, size)?;
+            Ok(Layer {
+                media_type: want.to_string(),
+                digest,
+                size,
+                ..layer
+            })
+        })
+        .await
+        .map_err(|e| BuildError::Invalid(format!("worker thread: {e}")))??;
+        out.push(converted);
+    }
+    Ok(out)
+}
+
 /// The image an output's result makes: its config (with `labels` added) over its layers.
 pub fn make_image(
     output: &Output,
@@ -407,20 +455,21 @@ pub fn make_image(
     let created = image::created_time(options.source_date_epoch)
         .map_err(|e| BuildError::Invalid(e.to_string()))?;
     let doc = image::image_config_file(&cfg, &diff_ids, &created);
-    let blobs = layers
-        .iter()
-        .map(|l| {
-            Ok(LayerBlob {
-                path: store.blob_path(&l.digest),
-                digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
-                    BuildError::Invalid(format!("layer digest {}: {e}", l.digest))
-                })?,
-                diff_id: l.diff_id.clone(),
-                size: l.size,
-                media_type: MediaType::from(l.media_type.as_str()),
+    let blobs =
+        layers
+            .iter()
+            .map(|l| {
+                Ok(LayerBlob {
+                    path: store.blob_path(&l.digest),
+                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
+                        BuildError::Invalid(format!("layer digest {}: {e}", l.digest))
+                    })?,
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: MediaType::from(l.media_type.as_str()),
+                })
             })
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
+            .collect::<Result<Vec<_>, BuildError>>()?;
     Ok(crate::export::assemble_json(&doc, blobs, options)?)
 }
 
