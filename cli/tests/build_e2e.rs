@@ -399,6 +399,22 @@ fn read_layout(layout: &Path, tag: Option<&str>) -> (String, Value, Value) {
     (digest, manifest, config)
 }
 
+/// The manifest digest the registry holds for `reference`.
+fn registry_digest(reference: &str) -> String {
+    judge(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{reference}"),
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
 /// Pulls `reference` back with skopeo into an OCI layout and unpacks it with umoci as root.
 fn pull_back(reference: &str) -> Pulled {
     let dir = tempfile::Builder::new()
@@ -417,18 +433,7 @@ fn pull_back(reference: &str) -> Pulled {
             &layout_ref,
         ],
     );
-    let registry_digest = judge(
-        "skopeo",
-        &[
-            "inspect",
-            "--tls-verify=false",
-            "--format",
-            "{{.Digest}}",
-            &format!("docker://{reference}"),
-        ],
-    )
-    .trim()
-    .to_string();
+    let registry_digest = registry_digest(reference);
     let (digest, manifest, config) = read_layout(&layout, Some("judge"));
     assert_eq!(
         digest, registry_digest,
@@ -963,12 +968,17 @@ fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
     let user = m.user.clone();
     let scratch = Scratch::new(Some(&user));
     let ctx = scratch.context("full", "ctx", Some(&user));
-    let reference = format!("{}/forge-e2e/full:rootless-{}", m.registry, unique());
+    let tag = unique();
+    let reference = format!("{}/forge-e2e/full:rootless-{tag}", m.registry);
+    // A second name in another repository: every -t is pushed.
+    let other = format!("{}/forge-e2e/full-copy:rootless-{tag}", m.registry);
     let mut args = full_build_args(&m);
     args.extend([
         "--progress=plain".into(),
         "-t".into(),
         reference.clone(),
+        "-t".into(),
+        other.clone(),
         "--push".into(),
         ctx.to_str().unwrap().into(),
     ]);
@@ -991,6 +1001,7 @@ fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
     );
     check_full_image(&image, "rootless build");
     assert_eq!(ctr_run(&address, &reference), RUN_OUTPUT);
+    assert_eq!(registry_digest(&other), image.digest, "the second -t");
 }
 
 #[test]
@@ -1384,4 +1395,46 @@ fn add_of_a_local_tar_keeps_the_archives_owners() {
     check_vendor(&mut c, &image.rootfs, "/chowned", Some((7, 8)));
     c.file(&image.rootfs, "/plain.txt", "a plain file\n", 0o644, (0, 0));
     c.finish("ADD of a local tar");
+}
+
+#[test]
+fn two_concurrent_builds_share_one_store() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("full", "ctx", Some(&user));
+    let store = scratch.path("store");
+    let args = |progress: &str| {
+        let mut args = full_build_args(&m);
+        args.extend([
+            format!("--progress={progress}"),
+            ctx.to_str().unwrap().into(),
+        ]);
+        args
+    };
+    // Both race for the same cache records, snapshots and blobs (and the shared cache mount, so
+    // their images may differ in /app/built/cache-runs).
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (1..=2)
+            .map(|n| {
+                let (scratch, store, args, user) = (&scratch, &store, args("plain"), &user);
+                s.spawn(move || (n, build(scratch, Who::User(user), store, &args, &[])))
+            })
+            .collect();
+        for run in runs {
+            let (n, out) = run.join().unwrap();
+            assert_built(&format!("concurrent build {n}"), &out);
+        }
+    });
+    let after = build(&scratch, Who::User(&user), &store, &args("json"), &[]);
+    assert_built("build after the concurrent ones", &after);
+    let (ran, cached) = ran_and_cached(&vertices(&text(&after.stderr)));
+    assert!(
+        ran.is_empty(),
+        "after two concurrent builds, a rebuild ran {ran:#?}"
+    );
+    assert!(
+        cached.iter().filter(|n| is_instruction(n)).count() >= 20,
+        "every step should report cached: {cached:#?}"
+    );
 }
