@@ -107,7 +107,7 @@ fn machine() -> Option<Machine> {
 /// The containerd socket, for `ctr run` and `--runner containerd`.
 fn containerd() -> Option<String> {
     let Ok(address) = std::env::var("CONTAINERD_ADDRESS") else {
-        return skip("CONTAINERD_ADDRESS is not set (run .ci/setup.d/ containerd script)");
+        return skip("CONTAINERD_ADDRESS is not set (run .ci/setup.d/50-containerd.sh)");
     };
     if !Path::new(&address).exists() {
         return skip(&format!("containerd socket {address} does not exist"));
