@@ -964,7 +964,8 @@ fn assert_no_unused_stage(out: &Output) {
 #[test]
 fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
     let Some(m) = machine() else { return };
-    let Some(address) = containerd() else { return };
+    // Without containerd only the `ctr run` judge is skipped (containerd() says so).
+    let address = containerd();
     let user = m.user.clone();
     let scratch = Scratch::new(Some(&user));
     let ctx = scratch.context("full", "ctx", Some(&user));
@@ -1000,8 +1001,10 @@ fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
         text(&out.stdout)
     );
     check_full_image(&image, "rootless build");
-    assert_eq!(ctr_run(&address, &reference), RUN_OUTPUT);
     assert_eq!(registry_digest(&other), image.digest, "the second -t");
+    if let Some(address) = address {
+        assert_eq!(ctr_run(&address, &reference), RUN_OUTPUT);
+    }
 }
 
 #[test]
