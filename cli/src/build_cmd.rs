@@ -715,6 +715,12 @@ async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, Buil
                 .clone()
                 .map(ContainerdConfig::new)
                 .or_else(ContainerdConfig::from_env)
+                // Cache mounts belong to the store, as with the embedded runner: a fresh store
+                // starts them empty (the default, under the temp dir, outlived every store).
+                .map(|config| ContainerdConfig {
+                    cache_root: root.join("cache-mounts"),
+                    ..config
+                })
                 .ok_or_else(|| {
                     BuildError::Invalid(
                         "--runner containerd needs --containerd-address or $CONTAINERD_ADDRESS"
