@@ -1369,7 +1369,6 @@ fn failing_run_reports_step_status_and_output_then_the_store_still_builds() {
 }
 
 #[test]
-#[ignore = "forge bug: ADD of a local tar gives every entry 0:0 (the context's default owner) where BuildKit keeps the archive's owners"]
 fn add_of_a_local_tar_keeps_the_archives_owners() {
     let Some(m) = machine() else { return };
     let user = m.user.clone();
