@@ -438,8 +438,10 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ))),
         Err(e) => {
             let mut message = format!("error: {}", chain(&e));
-            // The progress view already showed a failed step's last lines; with -q nothing did.
-            if quiet && let Some(tail) = failed_step_tail(&e) {
+            // The plain and tty views showed a failed step's last lines already; -q and json did not.
+            if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
+                && let Some(tail) = failed_step_tail(&e)
+            {
                 message.push_str("\nlast output:");
                 for line in tail {
                     message.push_str(&format!("\n  | {line}"));
