@@ -436,7 +436,19 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             &e.kind.to_string(),
             e.hint.as_deref(),
         ))),
-        Err(e) => Err(failed(format!("error: {}", chain(&e)))),
+        Err(e) => {
+            let mut message = format!("error: {}", chain(&e));
+            // The plain and tty views showed a failed step's last lines already; -q and json did not.
+            if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
+                && let Some(tail) = failed_step_tail(&e)
+            {
+                message.push_str("\nlast output:");
+                for line in tail {
+                    message.push_str(&format!("\n  | {line}"));
+                }
+            }
+            Err(failed(message))
+        }
     }
 }
 
@@ -460,6 +472,17 @@ fn private_mounts() -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
+}
+
+/// The last output lines of the step whose failure stopped the build.
+fn failed_step_tail(e: &BuildError) -> Option<&[String]> {
+    let BuildError::Solve(forge_builder::solver::SolveError::Step { source, .. }) = e else {
+        return None;
+    };
+    match source.downcast_ref::<build::ExecError>()? {
+        build::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
+        _ => None,
+    }
 }
 
 /// An error and its causes, one per line.
@@ -580,7 +603,13 @@ async fn run(
     let work_dir = root
         .join("tmp")
         .join(format!("build-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work_dir);
+    // Every mount point under it is gone by now (each is removed when unmounted); removing only
+    // what is empty can never reach into a filesystem that is somehow still mounted there.
+    let _ = std::fs::remove_dir(&work_dir);
+    let _ = std::fs::remove_dir_all(
+        root.join("tmp")
+            .join(format!("download-{}", std::process::id())),
+    );
     close_runner(runner).await;
     let solution = solved?;
     build::protect_results(&session.store, &solution, &graph);
@@ -715,6 +744,12 @@ async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, Buil
                 .clone()
                 .map(ContainerdConfig::new)
                 .or_else(ContainerdConfig::from_env)
+                // Cache mounts belong to the store, as with the embedded runner: a fresh store
+                // starts them empty (the default, under the temp dir, outlived every store).
+                .map(|config| ContainerdConfig {
+                    cache_root: root.join("cache-mounts"),
+                    ..config
+                })
                 .ok_or_else(|| {
                     BuildError::Invalid(
                         "--runner containerd needs --containerd-address or $CONTAINERD_ADDRESS"

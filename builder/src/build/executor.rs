@@ -467,22 +467,7 @@ impl BuildExecutor {
                     held.push(m);
                 }
             }
-            // Files from the build context belong to root in the image unless --chown says
-            // otherwise, as with Docker: the host's owners (or, rootless, the overflow id of an
-            // unmapped owner) mean nothing there.
-            let mut actions = op.actions.clone();
-            for a in &mut actions {
-                if let FileAction::Copy {
-                    from: Some(r),
-                    options,
-                    ..
-                } = a
-                    && options.owner.is_none()
-                    && matches!(input_of(*r)?, Built::Local { .. })
-                {
-                    options.owner = Some("0:0".into());
-                }
-            }
+            let actions = op.actions.clone();
             let root = dest.path().to_path_buf();
             let applied = blocking(move || {
                 fileop::apply(&actions, &root, &sources)?;
@@ -843,6 +828,11 @@ impl SourceDirs for Sources {
             .iter()
             .find(|(r, _)| *r == input)
             .map(|(_, v)| v.as_ref())
+    }
+
+    /// Only the build context has a visibility filter, and only its files become root's.
+    fn root_owned(&self, input: NodeRef) -> bool {
+        self.visible.iter().any(|(r, _)| *r == input)
     }
 }
 
