@@ -898,3 +898,71 @@ fn the_build_network_keys_steps_that_do_not_choose_one() {
         assert_eq!(host.solution.executed(), 0);
     });
 }
+
+#[test]
+fn a_bind_mount_of_the_context_shows_only_what_dockerignore_keeps() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context(
+            "ctx",
+            &[
+                (".dockerignore", ".env\nprivate/\n"),
+                (".env", "API_KEY=hunter2"),
+                ("private/key", "hunter3"),
+                ("src/main.c", "int main;"),
+            ],
+        );
+        std::os::unix::fs::symlink("src/main.c", ctx.join("main-link")).unwrap();
+        let df = format!(
+            "{BASE}RUN --mount=type=bind,target=/ctx ls -A /ctx /ctx/src > /listing && cat /ctx/main-link > /via-link && ! touch /ctx/src/x 2>/dev/null\n\
+             RUN --mount=type=bind,target=/w,rw echo changed > /w/src/main.c && echo new > /w/new && cat /w/src/main.c > /seen\n"
+        );
+        runtime().block_on(async {
+            let s = bench.solve(&df, &ctx).await.unwrap();
+            let n = s.layers.len();
+            let ro = layer_entries(&bench.store, &s.layers[n - 2]);
+            let listing = String::from_utf8_lossy(&ro["listing"].data).into_owned();
+            assert!(
+                listing.contains("main.c") && listing.contains(".dockerignore"),
+                "{listing}"
+            );
+            assert!(
+                !listing.contains(".env") && !listing.contains("private"),
+                "{backend:?}: ignored entries visible in the bind mount: {listing}"
+            );
+            assert_eq!(ro["via-link"].data, b"int main;");
+            let rw = layer_entries(&bench.store, &s.layers[n - 1]);
+            assert_eq!(rw["seen"].data, b"changed\n");
+            assert!(
+                !rw.contains_key("w/new"),
+                "writes to the bind stay out of the layer"
+            );
+            bench.assert_clean();
+        });
+        // The host's context is untouched: writes went to a copy, links were only unlinked.
+        assert_eq!(
+            std::fs::read_to_string(ctx.join("src/main.c")).unwrap(),
+            "int main;"
+        );
+        assert!(!ctx.join("new").exists());
+        assert_eq!(
+            std::fs::read_to_string(ctx.join(".env")).unwrap(),
+            "API_KEY=hunter2"
+        );
+        runtime().block_on(async {
+            let err = bench
+                .solve(
+                    &format!("{BASE}RUN --mount=type=bind,target=/ctx cat /ctx/.env\n"),
+                    &ctx,
+                )
+                .await
+                .err()
+                .expect("an ignored file cannot be read through the mount");
+            assert!(matches!(step_error(&err), ExecError::Exit { .. }), "{err}");
+            bench.assert_clean();
+        });
+    }
+}

@@ -347,6 +347,30 @@ impl BuildExecutor {
         }
     }
 
+    /// The local directory `name` as a step's bind mount sees it: only the entries its snapshot
+    /// kept (BuildKit's mount shows the transferred context, so .dockerignore holds there too), in
+    /// the throwaway snapshot `key`. Read-only views hard-link files where they can (the mount is
+    /// read-only, so the host's files cannot change through it); writable ones copy, as writes are
+    /// discarded with the snapshot.
+    async fn local_view(
+        &self,
+        name: &str,
+        key: &str,
+        writable: bool,
+    ) -> Result<Mounted, ExecError> {
+        let local = self
+            .cfg
+            .locals
+            .get(name)
+            .ok_or_else(|| ExecError::UnknownContext(name.to_string()))?;
+        let mounts = self.cfg.snapshots.prepare(key, None)?;
+        let dir = self.cfg.snapshots.writable_dir(key)?;
+        let src = local.dir.clone();
+        let snapshot = local.snapshot.clone();
+        blocking(move || populate_view(&src, &snapshot, &dir, !writable)).await?;
+        Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("ctxm")))
+    }
+
     /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer blob and commits it under
     /// its chain id; returns the new layer list.
     async fn commit_layer(
@@ -539,7 +563,16 @@ impl BuildExecutor {
                                 Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
                             continue;
                         }
-                        let source = if *readonly {
+                        let source = if let Some(Built::Local { name }) = built {
+                            // The context as the build sees it (.dockerignore applied), never the
+                            // host directory itself.
+                            let k = self.unique("ctx");
+                            scratch_keys.push(k.clone());
+                            let m = self.local_view(name, &k, !*readonly).await?;
+                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            held.push(m);
+                            p
+                        } else if *readonly {
                             let m = match built {
                                 Some(b) => self.mount_readonly(b).await?,
                                 None => self.mount_readonly(&Built::Fs { layers: vec![] }).await?,
@@ -783,6 +816,82 @@ impl BuildExecutor {
         }
         let layers = self.commit_layer(key, &[], cancel).await?;
         Ok(Built::Fs { layers })
+    }
+}
+
+/// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,
+/// files (hard links when `link` and the filesystem allows, else copies), symlinks as links. Owners,
+/// modes and mtimes follow the source; fifos, sockets and devices are left out.
+fn populate_view(
+    src: &Path,
+    snapshot: &ContextSnapshot,
+    dest: &Path,
+    link: bool,
+) -> Result<(), ExecError> {
+    use crate::context::EntryKind;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut dirs = Vec::new();
+    for e in snapshot.entries() {
+        let from = src.join(&e.path);
+        let to = dest.join(&e.path);
+        let linked = match e.kind {
+            EntryKind::Dir => {
+                std::fs::create_dir_all(&to).map_err(io_err("creating", &to))?;
+                dirs.push((to, from, e.mode));
+                continue;
+            }
+            EntryKind::File => {
+                if link && std::fs::hard_link(&from, &to).is_ok() {
+                    true
+                } else {
+                    std::fs::copy(&from, &to).map_err(io_err("copying", &from))?;
+                    false
+                }
+            }
+            EntryKind::Symlink => {
+                let target = e.link_target.clone().unwrap_or_default();
+                std::os::unix::fs::symlink(&target, &to).map_err(io_err("linking", &to))?;
+                false
+            }
+            _ => continue,
+        };
+        // A hard link is the host's own inode: its owner and times are already right and must
+        // not be touched.
+        if !linked {
+            let _ = std::os::unix::fs::lchown(&to, Some(e.uid), Some(e.gid));
+            if e.kind == EntryKind::File {
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
+                    .map_err(io_err("chmod", &to))?;
+                copy_mtime(&from, &to);
+            }
+        }
+    }
+    // Modes and times of directories last: a read-only one could not be filled, and filling one
+    // changes its mtime.
+    for (to, from, mode) in dirs.iter().rev() {
+        if let Ok(md) = std::fs::symlink_metadata(from) {
+            let _ = std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()));
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(*mode))
+            .map_err(io_err("chmod", to))?;
+        copy_mtime(from, to);
+    }
+    Ok(())
+}
+
+fn copy_mtime(from: &Path, to: &Path) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::symlink_metadata(from) {
+        let t = TimeSpec::new(md.mtime(), md.mtime_nsec());
+        let _ = utimensat(
+            nix::fcntl::AT_FDCWD,
+            to,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        );
     }
 }
 
