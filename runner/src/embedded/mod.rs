@@ -21,7 +21,6 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 pub use cache::CacheError;
@@ -407,23 +406,11 @@ async fn read_lines(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<(Stream, Strin
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                }
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send((stream, line)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    crate::lines::read_lines(pipe, |line| {
+        let tx = tx.clone();
+        async move { tx.send((stream, line)).await.is_ok() }
+    })
+    .await;
 }
 
 impl Runner for EmbeddedRunner {
