@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forge_builder::build::{
+use forge_builder::driver::{
     self, BuildError, BuildEvent, BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir,
     SolveSettings,
 };
@@ -190,7 +190,7 @@ impl Bench {
             },
             &graph,
         )?);
-        let solved = build::solve(
+        let solved = driver::solve(
             graph.clone(),
             executor.clone(),
             self.cache.clone(),
@@ -419,7 +419,7 @@ fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
             let dest = bench.tmp.path().join("exported");
             {
                 let m =
-                    build::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt")).unwrap();
+                    driver::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt")).unwrap();
                 forge_builder::export::export_local(m.path(), &dest).unwrap();
             }
             assert_eq!(
@@ -735,7 +735,7 @@ fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
         // A layer as a base image gives it: from a registry repository, kept as it is.
         let mut layers = s.layers.clone();
         layers[0].source = Some("127.0.0.1:5000/base".into());
-        let out = build::with_compression(&bench.store, &layers, Compression::Zstd { level: 3 })
+        let out = driver::with_compression(&bench.store, &layers, Compression::Zstd { level: 3 })
             .await
             .unwrap();
         assert_eq!(out.len(), layers.len());
@@ -759,7 +759,7 @@ fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
             assert_eq!(magic, [0x28, 0xb5, 0x2f, 0xfd]);
         }
         // Asking for what they already are changes nothing.
-        let again = build::with_compression(&bench.store, &out, Compression::Zstd { level: 3 })
+        let again = driver::with_compression(&bench.store, &out, Compression::Zstd { level: 3 })
             .await
             .unwrap();
         assert_eq!(again, out);

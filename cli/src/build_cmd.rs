@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use forge_builder::build::{
+use forge_builder::driver::{
     self, BuildError, BuildEvent, BuildExecutor, ExecutorConfig, LocalDir, Session, SolveSettings,
 };
 use forge_builder::context::{ContextSnapshot, SnapshotOptions};
@@ -479,8 +479,8 @@ fn failed_step_tail(e: &BuildError) -> Option<&[String]> {
     let BuildError::Solve(forge_builder::solver::SolveError::Step { source, .. }) = e else {
         return None;
     };
-    match source.downcast_ref::<build::ExecError>()? {
-        build::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
+    match source.downcast_ref::<driver::ExecError>()? {
+        driver::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
         _ => None,
     }
 }
@@ -534,7 +534,7 @@ async fn run(
     let (lowered, images) = session
         .phase(
             "resolving base images",
-            build::lower_with_images(df, lower_opts, session),
+            driver::lower_with_images(df, lower_opts, session),
         )
         .await?;
     for w in &lowered.warnings {
@@ -575,7 +575,7 @@ async fn run(
                 NetworkArg::None => StepNetwork::None,
                 _ => StepNetwork::Host,
             },
-            http: Some(Arc::new(build::HttpSource::new(
+            http: Some(Arc::new(driver::HttpSource::new(
                 root.join("tmp")
                     .join(format!("download-{}", std::process::id())),
                 session.events.clone(),
@@ -591,7 +591,7 @@ async fn run(
         ..SolveSettings::default()
     };
     let interrupt = tokio::spawn(cancel_on_signal(settings.cancel.clone()));
-    let solved = build::solve(
+    let solved = driver::solve(
         graph.clone(),
         executor.clone(),
         Arc::new(cache),
@@ -612,7 +612,7 @@ async fn run(
     );
     close_runner(runner).await;
     let solution = solved?;
-    build::protect_results(&session.store, &solution, &graph);
+    driver::protect_results(&session.store, &solution, &graph);
 
     let output = &graph.outputs[0];
     let built = &solution
@@ -624,7 +624,7 @@ async fn run(
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
     // A cached layer keeps the compression it was made with; the export asks for this one.
-    let layers = build::with_compression(&session.store, &layers, compression).await?;
+    let layers = driver::with_compression(&session.store, &layers, compression).await?;
     let format = if exports
         .iter()
         .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
@@ -639,7 +639,7 @@ async fn run(
     };
     let image = session
         .phase("writing image", async {
-            build::make_image(output, &layers, &session.store, labels, &options)
+            driver::make_image(output, &layers, &session.store, labels, &options)
         })
         .await?;
     let names = args.tags.clone();
@@ -648,7 +648,7 @@ async fn run(
             Export::OciTar(dest) => export::write_oci_tar(&image, &names, dest)?,
             Export::OciDir(dest) => export::write_oci_dir(&image, &names, dest)?,
             Export::DockerTar(dest) => {
-                let docker = build::make_image(
+                let docker = driver::make_image(
                     output,
                     &layers,
                     &session.store,
@@ -667,7 +667,7 @@ async fn run(
                     None => None,
                     Some(name) => {
                         let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
-                        Some(build::executor::Mounted::mount(
+                        Some(driver::executor::Mounted::mount(
                             &mounts,
                             root.join("tmp")
                                 .join(format!("export-{}", std::process::id())),
@@ -688,9 +688,9 @@ async fn run(
             Export::Image { .. } | Export::DockerImage { .. } => {}
         }
     }
-    let record = build::record_image(&session.store, &image, &names, &Platform::host())?;
+    let record = driver::record_image(&session.store, &image, &names, &Platform::host())?;
     if push {
-        build::push_image(session, &record, &layers, &names).await?;
+        driver::push_image(session, &record, &layers, &names).await?;
     }
     if let Some(p) = &args.metadata_file {
         export::write_metadata_file(p, &image, &names)?;
