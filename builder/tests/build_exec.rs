@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::driver::{
     self, BuildError, BuildEvent, BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir,
     SolveSettings,
 };
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
 use forge_builder::frontend::dockerfile::parser;
 use forge_builder::frontend::dockerignore::Dockerignore;
@@ -418,8 +418,8 @@ fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
             let mounts = bench.snapshots.mounts(&name).unwrap();
             let dest = bench.tmp.path().join("exported");
             {
-                let m =
-                    driver::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt")).unwrap();
+                let m = driver::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt"))
+                    .unwrap();
                 forge_builder::export::export_local(m.path(), &dest).unwrap();
             }
             assert_eq!(

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
+use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::driver::{
     self, BuildError, BuildEvent, BuildExecutor, ExecutorConfig, LocalDir, Session, SolveSettings,
 };
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::export::{self, ImageOptions, ManifestFormat};
 use forge_builder::frontend::dockerfile::lower::LowerOptions;
 use forge_builder::frontend::dockerfile::parser;
