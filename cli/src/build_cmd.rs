@@ -93,9 +93,11 @@ pub struct BuildArgs {
     /// Write the image ID here.
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
-    /// Layer compression.
-    #[arg(long, value_enum, default_value = "gzip")]
-    compression: CompressionArg,
+    /// Layer compression of what leaves the store (push, -o oci/docker); default gzip. An image
+    /// kept only in the store has its layers stored with fast zstd unless this is given, and is
+    /// re-encoded when it is exported later, as BuildKit compresses lazily.
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
     /// Compression level (gzip 0-9, zstd 1-22).
     #[arg(long, value_name = "N")]
     compression_level: Option<i32>,
@@ -335,7 +337,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     let secrets = parse_secrets(&args.secrets)?;
     let ssh = parse_ssh(&args.ssh)?;
     let epoch = source_date_epoch()?;
-    let compression = match args.compression {
+    let compression = match args.compression.unwrap_or(CompressionArg::Gzip) {
         CompressionArg::Gzip => Compression::Gzip {
             level: args.compression_level.unwrap_or(6).clamp(0, 9) as u32,
         },
@@ -516,6 +518,21 @@ async fn run(
     exports: &[Export],
     push: bool,
 ) -> Result<String, BuildError> {
+    let leaves_store = push
+        || exports.iter().any(|e| {
+            matches!(
+                e,
+                Export::OciTar(_) | Export::OciDir(_) | Export::DockerTar(_)
+            )
+        });
+    let recompress = leaves_store || args.compression.is_some() || args.compression_level.is_some();
+    // Layers that stay in the store are written with fast zstd; those about to leave it are
+    // written in their final compression at once, so nothing is compressed twice.
+    let step_compression = if recompress {
+        compression
+    } else {
+        Compression::Zstd { level: 1 }
+    };
     // The context walk (memoised) runs while base images resolve.
     let ctx_dir = context.to_path_buf();
     let memo_dir = root.join("context");
@@ -568,7 +585,7 @@ async fn run(
             secrets,
             ssh,
             layer: LayerOptions {
-                compression,
+                compression: step_compression,
                 source_date_epoch: epoch,
             },
             default_network: match args.network {
@@ -623,8 +640,13 @@ async fn run(
         .layers()
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
-    // A cached layer keeps the compression it was made with; the export asks for this one.
-    let layers = driver::with_compression(&session.store, &layers, compression).await?;
+    // A cached layer keeps the compression it was made with; what leaves the store gets the
+    // compression asked for.
+    let layers = if recompress {
+        driver::with_compression(&session.store, &layers, compression).await?
+    } else {
+        layers
+    };
     let format = if exports
         .iter()
         .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
