@@ -15,7 +15,8 @@
 # Settings: BENCH_RUNS (timed runs per tool and case, default 5), BENCH_WARMUP (default 1),
 #   FORGE_BIN (a forge binary; default `cargo build --release -p forge`), FORGE_BENCH_USER (run forge
 #   rootless as this user: binary and fixtures are placed where it can read them; default the current
-#   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it).
+#   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
+#   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there).
 #
 # What it sets up, and what "cold" means:
 #   - docker.io, buildah, hyperfine, python3 are installed from Debian when absent (services kept from
@@ -226,7 +227,7 @@ run_case onefile monorepo onefile
 
 # --- summary -------------------------------------------------------------------------------------
 echo
-python3 - "$WORK/results" <<'PY'
+python3 - "$WORK/results" <<'PY' | tee "$WORK/results/summary.md"
 import json, os, sys
 results = sys.argv[1]
 cases = [("parallel", "two 2 s stages, cold", 0.7), ("heavy", "64 MiB + 20,000 files, cold", 0.5),
@@ -249,3 +250,8 @@ for key, label, target in cases:
           f"| <= {target}x | {verdict} | {'n/a' if rb is None else f'{rb:.2f}x'} |")
 print("(medians of the timed runs; n/a: a tool failed or was left out, see above)")
 PY
+if [ -n "${FORGE_BENCH_RESULTS:-}" ]; then
+  mkdir -p "$FORGE_BENCH_RESULTS"
+  cp "$WORK"/results/* "$FORGE_BENCH_RESULTS/"
+  echo "hyperfine JSON and the summary copied to $FORGE_BENCH_RESULTS"
+fi
