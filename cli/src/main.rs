@@ -14,6 +14,8 @@ use forge_builder::frontend::dockerfile::{dump, parser};
 use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
+mod build_cmd;
+mod progress_plain;
 mod store_cmd;
 
 #[derive(Parser)]
@@ -38,14 +40,8 @@ enum Command {
     },
     /// Print the build graph a Dockerfile lowers to.
     Graph(GraphArgs),
-    /// Build an image (only `--dry-run`, which prints the graph, exists yet).
-    Build {
-        /// Print the build graph instead of building.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        graph: GraphArgs,
-    },
+    /// Build an image from a Dockerfile: solve, export, push.
+    Build(Box<build_cmd::BuildArgs>),
     /// Pull an image from a registry into the local store.
     Pull(store_cmd::PullArgs),
     /// Unpack an image from the local store into a directory (rootless: owners mapped through the
@@ -71,37 +67,37 @@ enum Format {
 }
 
 #[derive(Args)]
-struct GraphArgs {
+pub(crate) struct GraphArgs {
     /// The Dockerfile (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// The stage to build (default: the last one).
     #[arg(long)]
-    target: Option<String>,
+    pub(crate) target: Option<String>,
     /// A build argument, KEY=VALUE (or KEY, to take it from the environment).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-    build_args: Vec<String>,
+    pub(crate) build_args: Vec<String>,
     /// The target platform, os/arch[/variant] (default: this machine's).
     #[arg(long)]
-    platform: Option<String>,
+    pub(crate) platform: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// The build context directory.
     #[arg(default_value = ".")]
-    context: PathBuf,
+    pub(crate) context: PathBuf,
 }
 
 /// A failure, and the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
-fn usage(message: String) -> Failure {
+pub(crate) fn usage(message: String) -> Failure {
     Failure { code: 2, message }
 }
 
-fn failed(message: String) -> Failure {
+pub(crate) fn failed(message: String) -> Failure {
     Failure { code: 1, message }
 }
 
@@ -110,16 +106,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parse { dump, file } => parse_cmd(dump, &file),
         Command::Graph(args) => graph_cmd(&args),
-        Command::Build { dry_run: true, graph } => graph_cmd(&graph),
+        Command::Build(args) if args.dry_run => graph_cmd(&args.graph),
+        Command::Build(args) => enter_user_namespace().and_then(|()| build_cmd::build(&args)),
         Command::Pull(args) => store_cmd::pull(&args),
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
         Command::Images(args) => store_cmd::images(&args),
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
         Command::Prune(args) => store_cmd::prune(&args),
-        Command::Build { dry_run: false, .. } => Err(usage(
-            "error: building is not implemented yet; use `forge build --dry-run` to print the graph"
-                .into(),
-        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,12 +137,12 @@ fn enter_user_namespace() -> Result<(), Failure> {
     }
 }
 
-fn read(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path)
         .map_err(|e| failed(format!("error: cannot read {}: {e}", path.display())))
 }
 
-fn display_name(path: &Path) -> String {
+pub(crate) fn display_name(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
@@ -171,7 +164,7 @@ fn parse_cmd(dump_ast: bool, file: &Path) -> Result<(), Failure> {
 }
 
 /// A located error rendered like the parser's: `file:line:col: message`, the line, a caret, a hint.
-fn render(file: &str, src: &str, span: Option<Span>, message: &str, hint: Option<&str>) -> String {
+pub(crate) fn render(file: &str, src: &str, span: Option<Span>, message: &str, hint: Option<&str>) -> String {
     let mut out = match span {
         Some(s) => format!(
             "error: {file}:{}:{}: {message}",
@@ -203,7 +196,7 @@ fn render(file: &str, src: &str, span: Option<Span>, message: &str, hint: Option
     out
 }
 
-fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     let mut out = BTreeMap::new();
     for a in args {
         match a.split_once('=') {

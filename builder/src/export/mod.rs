@@ -4,7 +4,7 @@
 
 mod json;
 mod local;
-mod time;
+pub(crate) mod time;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::meta::{self, ModeSpec};
 use super::root::{clean, resolve};
-use super::{FileOpError, Ids, archive, dest_is_dir, io};
+use super::{FileOpError, Ids, Visible, archive, dest_is_dir, io};
 use crate::context::pattern::{go_match, has_wildcards};
 use crate::frontend::dockerignore::Dockerignore;
 use crate::graph::CopyOptions;
@@ -22,6 +22,7 @@ pub(crate) fn copy(
     dest: &str,
     opts: &CopyOptions,
     owner: Option<Ids>,
+    visible: Option<&Visible>,
 ) -> Result<(), FileOpError> {
     if !opts.create_dest_path {
         let parent = Path::new(&clean(dest))
@@ -66,7 +67,7 @@ pub(crate) fn copy(
         }
     }
     let srcs = if opts.allow_wildcard && has_wildcards(src) {
-        let m = resolve_wildcards(src_root, src, opts.follow_symlinks)?;
+        let m = resolve_wildcards(src_root, src, opts.follow_symlinks, visible)?;
         if m.is_empty() {
             if opts.allow_empty_wildcard {
                 return Ok(());
@@ -86,6 +87,8 @@ pub(crate) fn copy(
         vec![clean(src)]
     };
     let mut copier = Copier {
+        src_root: src_root.to_path_buf(),
+        visible,
         owner,
         mode,
         include: opts.include_patterns.clone(),
@@ -93,6 +96,11 @@ pub(crate) fn copy(
         inodes: HashMap::new(),
     };
     for s in &srcs {
+        if let Some(v) = visible
+            && !v(s.trim_start_matches('/'))
+        {
+            return Err(FileOpError::SourceNotFound { src: s.clone() });
+        }
         if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owner)? {
             continue;
         }
@@ -108,6 +116,7 @@ pub(crate) fn resolve_wildcards(
     root: &Path,
     src: &str,
     follow_links: bool,
+    visible: Option<&Visible>,
 ) -> Result<Vec<String>, FileOpError> {
     let cleaned = clean(src);
     let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
@@ -132,7 +141,7 @@ pub(crate) fn resolve_wildcards(
         .unwrap_or(base);
     let mut out = Vec::new();
     if std::fs::metadata(&base_path).is_ok_and(|m| m.is_dir()) {
-        walk_match(&base_path, "", &pattern, &base_rel, &mut out)?;
+        walk_match(&base_path, "", &pattern, &base_rel, visible, &mut out)?;
     }
     Ok(out)
 }
@@ -142,6 +151,7 @@ fn walk_match(
     rel: &str,
     pattern: &str,
     base_rel: &str,
+    visible: Option<&Visible>,
     out: &mut Vec<String>,
 ) -> Result<(), FileOpError> {
     for (name, path) in sorted_entries(dir)? {
@@ -150,13 +160,18 @@ fn walk_match(
         } else {
             format!("{rel}/{name}")
         };
+        if let Some(v) = visible
+            && !v(clean(&format!("{base_rel}/{r}")).trim_start_matches('/'))
+        {
+            continue;
+        }
         let is_dir = std::fs::symlink_metadata(&path)
             .map_err(io("inspecting", &path))?
             .is_dir();
         if go_match(pattern, &r)? {
             out.push(clean(&format!("{base_rel}/{r}")));
         } else if is_dir {
-            walk_match(&path, &r, pattern, base_rel, out)?;
+            walk_match(&path, &r, pattern, base_rel, visible, out)?;
         }
     }
     Ok(())
@@ -172,7 +187,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, FileOpError> {
     Ok(v)
 }
 
-struct Copier {
+struct Copier<'v> {
+    src_root: PathBuf,
+    visible: Option<&'v Visible>,
     owner: Option<Ids>,
     mode: Option<ModeSpec>,
     include: Vec<String>,
@@ -181,7 +198,7 @@ struct Copier {
     inodes: HashMap<(u64, u64), PathBuf>,
 }
 
-impl Copier {
+impl Copier<'_> {
     fn copy_source(
         &mut self,
         src_root: &Path,
@@ -239,6 +256,12 @@ impl Copier {
         overwrite_meta: bool,
         mut skip_include: bool,
     ) -> Result<(), FileOpError> {
+        if let Some(v) = self.visible
+            && let Ok(rel) = src.strip_prefix(&self.src_root)
+            && !v(&rel.to_string_lossy())
+        {
+            return Ok(());
+        }
         let md = std::fs::symlink_metadata(src).map_err(io("inspecting", src))?;
         let mut included_by_pattern = false;
         if !comps.is_empty() {

@@ -130,7 +130,19 @@ pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -
 pub trait SourceDirs {
     /// The root directory of `input`'s filesystem, or `None` when the caller has none.
     fn dir(&self, input: NodeRef) -> Option<&Path>;
+
+    /// Which entries of `input` exist for a copy, when not all of those on disk do: the build
+    /// context's directory also holds what `.dockerignore` excludes, which COPY must not see.
+    /// `None` (the default) means every entry is visible.
+    fn visible(&self, input: NodeRef) -> Option<&Visible> {
+        let _ = input;
+        None
+    }
 }
+
+/// Whether an entry, named by its path relative to the source root (`/`-separated, no leading
+/// slash; `""` is the root), is part of a source.
+pub type Visible = dyn Fn(&str) -> bool + Send + Sync;
 
 impl SourceDirs for std::collections::HashMap<NodeRef, PathBuf> {
     fn dir(&self, input: NodeRef) -> Option<&Path> {
@@ -222,8 +234,9 @@ fn apply_one(
                 ),
                 None => None,
             };
+            let visible = from.and_then(|r| sources.visible(r));
             let owner = owner::resolve_owner(dest_root, options.owner.as_deref())?;
-            copy::copy(src_root, src, dest_root, dest, options, owner)
+            copy::copy(src_root, src, dest_root, dest, options, owner, visible)
         }
         FileAction::Mkdir {
             path,
@@ -263,7 +276,7 @@ fn apply_one(
             allow_wildcard,
         } => {
             if *allow_wildcard && pattern::has_wildcards(path) {
-                for m in copy::resolve_wildcards(dest_root, &clean(path), false)? {
+                for m in copy::resolve_wildcards(dest_root, &clean(path), false, None)? {
                     rm_path(dest_root, &m, *allow_not_found)?;
                 }
                 Ok(())

@@ -343,6 +343,49 @@ impl Store {
         Ok(actual)
     }
 
+    /// A fresh path in the store's ingest directory (same filesystem as the blobs) for a file that
+    /// [`Store::adopt`] will later move in; removed with other leftovers when the store is opened
+    /// by a process that finds no other user.
+    pub fn temp_path(&self, hint: &str) -> PathBuf {
+        self.ingest.join(format!(
+            "{hint}.{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Moves the file at `tmp` (made under [`Store::temp_path`] by a writer that hashed it while
+    /// writing, such as the layer differ) into the store as blob `digest`, without copying. The
+    /// caller vouches for the digest; the size is checked. When the blob is already present the
+    /// file is removed instead.
+    pub fn adopt(&self, tmp: &Path, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        let _store_lock = lock_file(&self.store_lock, LockMode::Shared)?;
+        let _blob_lock = lock_file(
+            &self.ingest.join(format!("{}.lock", digest.hex())),
+            LockMode::Exclusive,
+        )?;
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            touch(&path);
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        let file = File::open(tmp).map_err(io_err("open temp file", tmp))?;
+        let actual = file.metadata().map_err(io_err("stat temp file", tmp))?.len();
+        if actual != size {
+            let _ = fs::remove_file(tmp);
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual,
+            });
+        }
+        file.sync_all().map_err(io_err("fsync temp file", tmp))?;
+        drop(file);
+        fs::rename(tmp, &path).map_err(io_err("rename blob into", &path))?;
+        fsync_dir(&self.blobs)
+    }
+
     /// Copies everything from `reader` into the store as blob `expected`; the bytes are verified
     /// while they stream and nothing is kept if they do not match.
     pub fn write_blob_from(

@@ -1,0 +1,1087 @@
+//! The executor `forge build` hands the solver: a vertex's result is the list of layers (blobs in the
+//! store) its filesystem is made of, and the committed snapshot named by their chain id. Results stay
+//! meaningful across processes, so a cache record is just that list; a missing snapshot is rebuilt
+//! from the blobs. File operations run in process on mounted snapshots, RUN steps go to the runner.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use forge_runner::backend::{Backend, RunError, Runner};
+use forge_runner::spec::{
+    CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, StepMount, StepMountKind,
+    StepSpec, Stream, User,
+};
+use forge_snapshotter::Mount as FsMount;
+use forge_snapshotter::layer::{LayerOptions, chain_id_step};
+use forge_snapshotter::snapshot::{
+    AnySnapshotter, Kind, SnapshotError, Snapshotter, unpack_layer_snapshot,
+};
+use forge_snapshotter::store::{Digest as BlobDigest, ImageRecord, Store, StoreError};
+use oci_spec::image::Digest;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::events::{BuildEvent, OutputStream};
+use crate::context::{ContextError, ContextSnapshot};
+use crate::fileop::{self, FileOpError, SourceDirs, Visible};
+use crate::graph::{
+    CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SourceOp, Vertex,
+    VertexId,
+};
+use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
+
+/// One layer of a result: what a manifest and a config need, and where the blob is (the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub media_type: String,
+    /// The blob's digest (the store's type: it names the file).
+    pub digest: BlobDigest,
+    pub size: u64,
+    pub diff_id: Digest,
+    /// `registry/repository` the blob came from, for a cross-repository mount when pushing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A vertex's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Built {
+    /// A filesystem: these layers, base first (none: scratch).
+    Fs { layers: Vec<Layer> },
+    /// The local directory given under this name (the build context), read in place.
+    Local { name: String },
+}
+
+impl Record for Built {
+    fn to_record(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a result serialises")
+    }
+
+    fn from_record(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+impl Built {
+    /// The layers of a filesystem result.
+    pub fn layers(&self) -> Option<&[Layer]> {
+        match self {
+            Built::Fs { layers } => Some(layers),
+            Built::Local { .. } => None,
+        }
+    }
+}
+
+/// Why a vertex could not be computed. Each variant carries what a user needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("process {argv:?} did not complete successfully: exit code {code}{}", tail_text(tail))]
+    Exit {
+        argv: Vec<String>,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error("step cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Run(RunError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    FileOp(#[from] FileOpError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("base image {0:?} was not resolved before the build")]
+    UnresolvedImage(String),
+    #[error("build context {0:?} was not given")]
+    UnknownContext(String),
+    #[error("secret {id:?} is required but was not given (pass --secret id={id},src=FILE)")]
+    MissingSecret { id: String },
+    #[error("ssh agent {id:?} is required but was not given (pass --ssh {id}=SOCKET)")]
+    MissingSsh { id: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mounting {what} at {target}: {reason}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Source(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nlast output:");
+    for l in tail {
+        s.push_str("\n  | ");
+        s.push_str(l);
+    }
+    s
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
+    move |source| ExecError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl From<RunError> for ExecError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Cancelled => ExecError::Cancelled,
+            e => ExecError::Run(e),
+        }
+    }
+}
+
+/// A base image the build may read, resolved and pulled before the solve.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    pub record: ImageRecord,
+    /// `rootfs.diff_ids` of its config, one per layer.
+    pub diff_ids: Vec<Digest>,
+    /// The raw config blob.
+    pub config_json: Vec<u8>,
+}
+
+impl BaseImage {
+    /// Its layers as a build result (each mountable from the repository it came from).
+    pub fn layers(&self) -> Vec<Layer> {
+        let source = forge_snapshotter::reference::Reference::parse(&self.record.reference)
+            .ok()
+            .map(|r| r.name());
+        self.record
+            .layers
+            .iter()
+            .zip(&self.diff_ids)
+            .map(|(d, diff_id)| Layer {
+                media_type: d.media_type.clone(),
+                digest: d.digest.clone(),
+                size: d.size,
+                diff_id: diff_id.clone(),
+                source: source.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A local directory the graph names (the build context) and what of it the build may see.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    pub dir: PathBuf,
+    /// Its entries after `.dockerignore`; the content digests COPY keys are made from.
+    pub snapshot: Arc<ContextSnapshot>,
+}
+
+/// Fetches what `SourceOp::Http` names; the driver provides it.
+pub trait HttpFetcher: Send + Sync {
+    /// The content digest for the cache key: from the checksum when given (no download), else by
+    /// fetching.
+    fn key(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<ContentDigest, ExecError>>;
+    /// Writes the file `filename` into `dir` (mode 0600, mtime from the server when it gave one).
+    fn fetch_into<'a>(
+        &'a self,
+        url: &'a str,
+        checksum: Option<&'a str>,
+        dir: &'a Path,
+        filename: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ExecError>>;
+}
+
+/// Everything the executor works with.
+pub struct ExecutorConfig {
+    pub store: Store,
+    pub snapshots: Arc<AnySnapshotter>,
+    pub runner: Arc<Backend>,
+    /// Where mount points and temporary files go (removed at the end).
+    pub work_dir: PathBuf,
+    pub locals: HashMap<String, LocalDir>,
+    /// By the reference as the graph writes it.
+    pub images: HashMap<String, BaseImage>,
+    pub secrets: HashMap<String, Vec<u8>>,
+    pub ssh: HashMap<String, PathBuf>,
+    pub layer: LayerOptions,
+    /// `--network`: the mode of steps that do not choose one.
+    pub default_network: StepNetwork,
+    pub http: Option<Arc<dyn HttpFetcher>>,
+    pub events: Option<UnboundedSender<BuildEvent>>,
+}
+
+pub struct BuildExecutor {
+    cfg: ExecutorConfig,
+    nodes: HashMap<VertexId, NodeRef>,
+    counter: AtomicU64,
+}
+
+impl BuildExecutor {
+    pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
+        std::fs::create_dir_all(&cfg.work_dir).map_err(io_err("creating", &cfg.work_dir))?;
+        let mut nodes = HashMap::new();
+        for (i, v) in graph.vertices.iter().enumerate() {
+            nodes.entry(v.id).or_insert(NodeRef(i));
+        }
+        let exec = BuildExecutor {
+            cfg,
+            nodes,
+            counter: AtomicU64::new(0),
+        };
+        exec.remove_stale_snapshots();
+        Ok(exec)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.cfg.store
+    }
+
+    pub fn snapshots(&self) -> &Arc<AnySnapshotter> {
+        &self.cfg.snapshots
+    }
+
+    /// Active snapshots a killed build left behind (their process is gone) are removed, so their
+    /// space comes back and their keys never collide.
+    fn remove_stale_snapshots(&self) {
+        let Ok(list) = self.cfg.snapshots.list() else {
+            return;
+        };
+        for info in list {
+            if info.kind == Kind::Committed {
+                continue;
+            }
+            let Some(pid) = info
+                .key
+                .strip_prefix("build-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid == std::process::id() as i32
+                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if !alive {
+                let _ = self.cfg.snapshots.remove(&info.key);
+            }
+        }
+    }
+
+    fn unique(&self, what: &str) -> String {
+        format!(
+            "build-{}-{}-{what}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+
+    /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
+    /// blobs) and returns its name; `None` for no layers (scratch).
+    pub async fn ensure_snapshot(&self, layers: &[Layer]) -> Result<Option<String>, ExecError> {
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let top = chain_name(layers);
+        if self.cfg.snapshots.stat(&top).is_ok() {
+            return Ok(Some(top));
+        }
+        let sn = self.cfg.snapshots.clone();
+        let store = self.cfg.store.clone();
+        let layers = layers.to_vec();
+        blocking(move || {
+            let mut parent: Option<Digest> = None;
+            for l in &layers {
+                let name = match &parent {
+                    Some(p) => chain_id_step(p, &l.diff_id),
+                    None => l.diff_id.clone(),
+                };
+                if sn.stat(name.as_ref()).is_err() {
+                    let blob = store.open_blob(&l.digest)?;
+                    unpack_layer_snapshot(
+                        sn.as_ref(),
+                        parent.as_ref(),
+                        &l.diff_id,
+                        std::io::BufReader::with_capacity(256 * 1024, blob),
+                        &l.media_type,
+                    )?;
+                }
+                parent = Some(name);
+            }
+            Ok(parent.map(|p| p.to_string()))
+        })
+        .await
+    }
+
+    /// Mounts the filesystem `built` read-only somewhere and returns where its root is.
+    async fn mount_readonly(&self, built: &Built) -> Result<Mounted, ExecError> {
+        match built {
+            Built::Local { name } => {
+                let local = self
+                    .cfg
+                    .locals
+                    .get(name)
+                    .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                Ok(Mounted::existing(local.dir.clone()))
+            }
+            Built::Fs { layers } => match self.ensure_snapshot(layers).await? {
+                None => {
+                    let dir = self.cfg.work_dir.join(self.unique("scratch"));
+                    std::fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
+                    Ok(Mounted::owned_dir(dir))
+                }
+                Some(name) => {
+                    let mounts = self.cfg.snapshots.mounts(&name)?;
+                    let target = self.cfg.work_dir.join(self.unique("ro"));
+                    Mounted::mount(&mounts, target)
+                }
+            },
+        }
+    }
+
+    /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer blob and commits it under
+    /// its chain id; returns the new layer list.
+    async fn commit_layer(
+        &self,
+        key: String,
+        parent: &[Layer],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Layer>, ExecError> {
+        if cancel.is_cancelled() {
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(ExecError::Cancelled);
+        }
+        let sn = self.cfg.snapshots.clone();
+        let store = self.cfg.store.clone();
+        let options = self.cfg.layer;
+        let parent_chain = (!parent.is_empty()).then(|| chain_digest(parent));
+        let k = key.clone();
+        let result = blocking(move || {
+            let tmp = store.temp_path("layer");
+            let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+            let diffed = sn.diff(&k, BufWriter::with_capacity(256 * 1024, file), options);
+            let (desc, sink, _stats) = match diffed {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
+            sink.into_inner()
+                .map_err(|e| ExecError::Io {
+                    what: "writing layer",
+                    path: tmp.clone(),
+                    source: e.into_error(),
+                })?
+                .sync_all()
+                .map_err(io_err("syncing layer", &tmp))?;
+            let blob: BlobDigest = desc
+                .digest
+                .to_string()
+                .parse()
+                .map_err(|e| ExecError::Internal(format!("layer digest: {e}")))?;
+            store.adopt(&tmp, &blob, desc.size)?;
+            let name = match &parent_chain {
+                Some(p) => chain_id_step(p, &desc.diff_id),
+                None => desc.diff_id.clone(),
+            };
+            match sn.commit(name.as_ref(), &k) {
+                Ok(()) => {}
+                Err(SnapshotError::AlreadyExists(_)) => sn.remove(&k)?,
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Layer {
+                media_type: desc.media_type,
+                digest: blob,
+                size: desc.size,
+                diff_id: desc.diff_id,
+                source: None,
+            })
+        })
+        .await;
+        match result {
+            Ok(layer) => {
+                let mut layers = parent.to_vec();
+                layers.push(layer);
+                Ok(layers)
+            }
+            Err(e) => {
+                let _ = self.cfg.snapshots.remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn exec_file(
+        &self,
+        op: &crate::graph::FileOp,
+        inputs: &[Built],
+        cancel: &CancellationToken,
+    ) -> Result<Built, ExecError> {
+        let refs = vertex_inputs(&Op::File(op.clone()));
+        let input_of = |r: NodeRef| -> Result<&Built, ExecError> {
+            refs.iter()
+                .position(|x| *x == r)
+                .and_then(|i| inputs.get(i))
+                .ok_or_else(|| ExecError::Internal(format!("input {r:?} missing")))
+        };
+        let base: Vec<Layer> = match op.base {
+            None => Vec::new(),
+            Some(r) => input_of(r)?
+                .layers()
+                .ok_or_else(|| ExecError::Unsupported("a file operation on a local directory".into()))?
+                .to_vec(),
+        };
+        let parent = self.ensure_snapshot(&base).await?;
+        let key = self.unique("file");
+        let mounts = self.cfg.snapshots.prepare(&key, parent.as_deref())?;
+        let outcome = async {
+            let dest = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("rw")))?;
+            let mut sources = Sources::default();
+            let mut held = Vec::new();
+            for a in &op.actions {
+                if let FileAction::Copy { from: Some(r), .. } = a {
+                    if sources.dirs.iter().any(|(x, _)| x == r) {
+                        continue;
+                    }
+                    let built = input_of(*r)?;
+                    let m = self.mount_readonly(built).await?;
+                    if let Built::Local { name } = built {
+                        let snap = self.cfg.locals[name].snapshot.clone();
+                        sources.visible.push((
+                            *r,
+                            Box::new(move |p: &str| p.is_empty() || snap.get(p).is_some()),
+                        ));
+                    }
+                    sources.dirs.push((*r, m.path().to_path_buf()));
+                    held.push(m);
+                }
+            }
+            let actions = op.actions.clone();
+            let root = dest.path().to_path_buf();
+            let applied = blocking(move || {
+                fileop::apply(&actions, &root, &sources)?;
+                Ok(())
+            })
+            .await;
+            drop(held);
+            drop(dest);
+            applied
+        }
+        .await;
+        if let Err(e) = outcome {
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(e);
+        }
+        let layers = self.commit_layer(key, &base, cancel).await?;
+        Ok(Built::Fs { layers })
+    }
+
+    async fn exec_run(
+        &self,
+        vertex: &Vertex,
+        op: &crate::graph::ExecOp,
+        inputs: &[Built],
+        cancel: &CancellationToken,
+    ) -> Result<Built, ExecError> {
+        // Inputs arrive in mount order, for the mounts that have one.
+        let mut next = inputs.iter();
+        let mut base: Vec<Layer> = Vec::new();
+        let mut root_seen = false;
+        let mut held: Vec<Mounted> = Vec::new();
+        let mut scratch_keys: Vec<String> = Vec::new();
+        let mut step_mounts = Vec::new();
+        let mut secret_env = Vec::new();
+        let mut secret_values: Vec<Vec<u8>> = Vec::new();
+        let mut root_mounts = None;
+        let key = self.unique("run");
+        let setup = async {
+            for m in &op.mounts {
+                let target = PathBuf::from(&m.target);
+                match &m.kind {
+                    MountKind::Bind {
+                        input,
+                        source_path,
+                        readonly,
+                        output,
+                    } => {
+                        let built = match input {
+                            Some(_) => Some(next.next().ok_or_else(|| {
+                                ExecError::Internal("fewer inputs than mounts".into())
+                            })?),
+                            None => None,
+                        };
+                        if *output && !root_seen {
+                            root_seen = true;
+                            base = match built {
+                                None => Vec::new(),
+                                Some(b) => b
+                                    .layers()
+                                    .ok_or_else(|| {
+                                        ExecError::Unsupported(
+                                            "a local directory as a step's root filesystem".into(),
+                                        )
+                                    })?
+                                    .to_vec(),
+                            };
+                            let parent = self.ensure_snapshot(&base).await?;
+                            root_mounts = Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
+                            continue;
+                        }
+                        let source = if *readonly {
+                            let m = match built {
+                                Some(b) => self.mount_readonly(b).await?,
+                                None => self.mount_readonly(&Built::Fs { layers: vec![] }).await?,
+                            };
+                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            held.push(m);
+                            p
+                        } else {
+                            // A writable bind: changes land in a throwaway snapshot.
+                            let layers = match built {
+                                None => Vec::new(),
+                                Some(b) => b.layers().map(<[Layer]>::to_vec).ok_or_else(|| {
+                                    ExecError::Unsupported(
+                                        "a writable bind mount of a local directory".into(),
+                                    )
+                                })?,
+                            };
+                            let parent = self.ensure_snapshot(&layers).await?;
+                            let k = self.unique("bind");
+                            let mounts = self.cfg.snapshots.prepare(&k, parent.as_deref())?;
+                            scratch_keys.push(k);
+                            let m = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("rwb")))?;
+                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            held.push(m);
+                            p
+                        };
+                        step_mounts.push(StepMount {
+                            target,
+                            kind: StepMountKind::Bind {
+                                source,
+                                readonly: *readonly,
+                            },
+                        });
+                    }
+                    MountKind::Cache {
+                        id,
+                        sharing,
+                        input,
+                        source_path,
+                        ..
+                    } => {
+                        // The directory's owner and mode come from the mount's base, when it has one.
+                        let (mut uid, mut gid, mut mode) = (0, 0, 0o755);
+                        if input.is_some() {
+                            let b = next.next().ok_or_else(|| {
+                                ExecError::Internal("fewer inputs than mounts".into())
+                            })?;
+                            let m = self.mount_readonly(b).await?;
+                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            if let Ok(md) = std::fs::metadata(&p) {
+                                use std::os::unix::fs::MetadataExt;
+                                (uid, gid, mode) = (md.uid(), md.gid(), md.mode() & 0o7777);
+                            }
+                        }
+                        step_mounts.push(StepMount {
+                            target,
+                            kind: StepMountKind::Cache {
+                                id: id.clone(),
+                                sharing: match sharing {
+                                    CacheSharing::Shared => StepSharing::Shared,
+                                    CacheSharing::Private => StepSharing::Private,
+                                    CacheSharing::Locked => StepSharing::Locked,
+                                },
+                                uid,
+                                gid,
+                                mode,
+                            },
+                        });
+                    }
+                    MountKind::Tmpfs { size_bytes } => step_mounts.push(StepMount {
+                        target,
+                        kind: StepMountKind::Tmpfs { size: *size_bytes },
+                    }),
+                    MountKind::Secret {
+                        id,
+                        env,
+                        required,
+                        uid,
+                        gid,
+                        mode,
+                    } => {
+                        let Some(data) = self.cfg.secrets.get(id) else {
+                            if *required {
+                                return Err(ExecError::MissingSecret { id: id.clone() });
+                            }
+                            continue;
+                        };
+                        secret_values.push(data.clone());
+                        if let Some(name) = env {
+                            secret_env.push((name.clone(), String::from_utf8_lossy(data).into_owned()));
+                        }
+                        if env.is_none() || !m.target.is_empty() {
+                            step_mounts.push(StepMount {
+                                target,
+                                kind: StepMountKind::Secret {
+                                    data: data.clone(),
+                                    uid: *uid,
+                                    gid: *gid,
+                                    mode: *mode,
+                                },
+                            });
+                        }
+                    }
+                    MountKind::Ssh {
+                        id,
+                        required,
+                        uid,
+                        gid,
+                        mode,
+                    } => {
+                        let Some(sock) = self.cfg.ssh.get(id) else {
+                            if *required {
+                                return Err(ExecError::MissingSsh { id: id.clone() });
+                            }
+                            continue;
+                        };
+                        step_mounts.push(StepMount {
+                            target,
+                            kind: StepMountKind::Ssh {
+                                agent_socket: sock.clone(),
+                                uid: *uid,
+                                gid: *gid,
+                                mode: *mode,
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let cleanup = |held: Vec<Mounted>, scratch: &[String]| {
+            drop(held);
+            for k in scratch {
+                let _ = self.cfg.snapshots.remove(k);
+            }
+        };
+        if let Err(e) = setup {
+            cleanup(held, &scratch_keys);
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(e);
+        }
+        let Some(rootfs) = root_mounts else {
+            cleanup(held, &scratch_keys);
+            return Err(ExecError::Internal("a step without a root mount".into()));
+        };
+        let (user, group) = match op.user.split_once(':') {
+            Some((u, g)) => (u.to_string(), Some(g.to_string())),
+            None => (op.user.clone(), None),
+        };
+        let spec = StepSpec {
+            command: Command::Exec(op.args.clone()),
+            env: op
+                .env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv.clone(), String::new()),
+                })
+                .collect(),
+            cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
+            user: User { user, group },
+            hostname: "forge".into(),
+            network: match op.network {
+                NetworkMode::Default => self.cfg.default_network,
+                NetworkMode::None => StepNetwork::None,
+                NetworkMode::Host => StepNetwork::Host,
+            },
+            rootfs,
+            mounts: step_mounts,
+            secret_env,
+        };
+        let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
+        let masks: Vec<String> = secret_values
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+            .filter(|s| s.len() >= 3)
+            .collect();
+        let events = self.cfg.events.clone();
+        let mut sink = move |stream: Stream, line: &str| {
+            if let Some(tx) = &events {
+                let mut line = line.to_string();
+                for m in &masks {
+                    if line.contains(m.as_str()) {
+                        line = line.replace(m.as_str(), "****");
+                    }
+                }
+                let _ = tx.send(BuildEvent::Output {
+                    vertex: vertex_ref,
+                    stream: match stream {
+                        Stream::Stdout => OutputStream::Stdout,
+                        Stream::Stderr => OutputStream::Stderr,
+                    },
+                    line,
+                });
+            }
+        };
+        let ran = self.cfg.runner.run(&spec, &mut sink, cancel).await;
+        cleanup(held, &scratch_keys);
+        let outcome = match ran {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = self.cfg.snapshots.remove(&key);
+                return Err(e.into());
+            }
+        };
+        if !outcome.success() {
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(ExecError::Exit {
+                argv: op.args.clone(),
+                code: outcome.exit_code,
+                tail: outcome.tail,
+            });
+        }
+        let layers = self.commit_layer(key, &base, cancel).await?;
+        Ok(Built::Fs { layers })
+    }
+
+    async fn exec_http(
+        &self,
+        url: &str,
+        filename: &str,
+        checksum: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<Built, ExecError> {
+        let http = self
+            .cfg
+            .http
+            .as_ref()
+            .ok_or_else(|| ExecError::Unsupported("ADD of a URL is not available".into()))?;
+        let key = self.unique("http");
+        let mounts = self.cfg.snapshots.prepare(&key, None)?;
+        let fetched = async {
+            let dest = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("http")))?;
+            http.fetch_into(url, checksum, dest.path(), filename).await
+        }
+        .await;
+        if let Err(e) = fetched {
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(e);
+        }
+        let layers = self.commit_layer(key, &[], cancel).await?;
+        Ok(Built::Fs { layers })
+    }
+}
+
+/// The inputs of an op, in the order the solver hands their results over.
+fn vertex_inputs(op: &Op) -> Vec<NodeRef> {
+    op.inputs()
+}
+
+#[derive(Default)]
+struct Sources {
+    dirs: Vec<(NodeRef, PathBuf)>,
+    visible: Vec<(NodeRef, Box<Visible>)>,
+}
+
+impl SourceDirs for Sources {
+    fn dir(&self, input: NodeRef) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(r, _)| *r == input)
+            .map(|(_, p)| p.as_path())
+    }
+
+    fn visible(&self, input: NodeRef) -> Option<&Visible> {
+        self.visible
+            .iter()
+            .find(|(r, _)| *r == input)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl Executor for BuildExecutor {
+    type Output = Built;
+    type Error = ExecError;
+
+    async fn cache_inputs(
+        &self,
+        vertex: &Vertex,
+        inputs: &[Built],
+    ) -> Result<Option<ContentDigest>, ExecError> {
+        match &vertex.op {
+            Op::Source(SourceOp::Image { reference, .. }) => {
+                let image = self
+                    .cfg
+                    .images
+                    .get(reference)
+                    .ok_or_else(|| ExecError::UnresolvedImage(reference.clone()))?;
+                Ok(Some(
+                    *blake3::hash(image.record.manifest.digest.to_string().as_bytes()).as_bytes(),
+                ))
+            }
+            Op::Source(SourceOp::Http { url, checksum, .. }) => {
+                let http = self.cfg.http.as_ref().ok_or_else(|| {
+                    ExecError::Unsupported("ADD of a URL is not available".into())
+                })?;
+                Ok(Some(http.key(url, checksum.as_deref()).await?))
+            }
+            Op::File(f) => {
+                // COPY from the local context: only the selected paths' content counts.
+                let refs = vertex_inputs(&vertex.op);
+                let mut h = blake3::Hasher::new();
+                let mut any = false;
+                for a in &f.actions {
+                    let FileAction::Copy {
+                        from: Some(r), src, ..
+                    } = a
+                    else {
+                        continue;
+                    };
+                    let Some(Built::Local { name }) =
+                        refs.iter().position(|x| x == r).and_then(|i| inputs.get(i))
+                    else {
+                        continue;
+                    };
+                    let local = self
+                        .cfg
+                        .locals
+                        .get(name)
+                        .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                    let d = local.snapshot.hash_selection(&[src.as_str()])?;
+                    h.update(src.as_bytes());
+                    h.update(d.as_bytes());
+                    any = true;
+                }
+                Ok(any.then(|| *h.finalize().as_bytes()))
+            }
+            Op::Exec(e) => {
+                // A bind of the local context is read in place: its content keys the step.
+                let mut h = blake3::Hasher::new();
+                let mut any = false;
+                for b in inputs {
+                    if let Built::Local { name } = b {
+                        let local = self
+                            .cfg
+                            .locals
+                            .get(name)
+                            .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                        h.update(local.snapshot.digest().as_bytes());
+                        any = true;
+                    }
+                }
+                let _ = e;
+                Ok(any.then(|| *h.finalize().as_bytes()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn execute(
+        &self,
+        vertex: &Vertex,
+        inputs: &[Built],
+        cancel: CancellationToken,
+    ) -> Result<Built, ExecError> {
+        match &vertex.op {
+            Op::Source(SourceOp::Scratch) => Ok(Built::Fs { layers: Vec::new() }),
+            Op::Source(SourceOp::Image { reference, .. }) => {
+                let image = self
+                    .cfg
+                    .images
+                    .get(reference)
+                    .ok_or_else(|| ExecError::UnresolvedImage(reference.clone()))?;
+                Ok(Built::Fs {
+                    layers: image.layers(),
+                })
+            }
+            Op::Source(SourceOp::Local { name, .. }) => {
+                if !self.cfg.locals.contains_key(name) {
+                    return Err(ExecError::UnknownContext(name.clone()));
+                }
+                Ok(Built::Local { name: name.clone() })
+            }
+            Op::Source(SourceOp::Http {
+                url,
+                filename,
+                checksum,
+            }) => self.exec_http(url, filename, checksum.as_deref(), &cancel).await,
+            Op::Source(SourceOp::Git { remote, .. }) => Err(ExecError::Unsupported(format!(
+                "ADD of a git repository ({remote}) is not supported yet"
+            ))),
+            Op::Exec(e) => self.exec_run(vertex, e, inputs, &cancel).await,
+            Op::File(f) => self.exec_file(f, inputs, &cancel).await,
+            Op::Merge(m) => {
+                let mut layers = Vec::new();
+                let mut it = inputs.iter();
+                for input in &m.inputs {
+                    if input.is_none() {
+                        continue;
+                    }
+                    let b = it
+                        .next()
+                        .ok_or_else(|| ExecError::Internal("merge input missing".into()))?;
+                    layers.extend_from_slice(b.layers().ok_or_else(|| {
+                        ExecError::Unsupported("merging a local directory".into())
+                    })?);
+                }
+                Ok(Built::Fs { layers })
+            }
+        }
+    }
+}
+
+/// The chain id of `layers` (non-empty), as a digest.
+fn chain_digest(layers: &[Layer]) -> Digest {
+    let mut it = layers.iter();
+    let mut chain = it.next().expect("non-empty").diff_id.clone();
+    for l in it {
+        chain = chain_id_step(&chain, &l.diff_id);
+    }
+    chain
+}
+
+/// The name of the committed snapshot holding `layers` (non-empty).
+pub fn chain_name(layers: &[Layer]) -> String {
+    chain_digest(layers).to_string()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ExecError> + Send + 'static,
+) -> Result<T, ExecError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExecError::Internal(format!("worker thread: {e}")))?
+}
+
+/// A filesystem made visible at a path for the duration of a step; unmounted on drop.
+pub struct Mounted {
+    path: PathBuf,
+    mounted: Option<PathBuf>,
+    remove_dir: bool,
+}
+
+impl Mounted {
+    fn existing(path: PathBuf) -> Mounted {
+        Mounted {
+            path,
+            mounted: None,
+            remove_dir: false,
+        }
+    }
+
+    fn owned_dir(path: PathBuf) -> Mounted {
+        Mounted {
+            path,
+            mounted: None,
+            remove_dir: true,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a snapshotter's mounts at `target`. A single bind needs no mount at all: its source
+    /// directory is used in place.
+    pub fn mount(mounts: &[FsMount], target: PathBuf) -> Result<Mounted, ExecError> {
+        match mounts {
+            [m] if m.kind == "bind" || m.kind == "rbind" => Ok(Mounted::existing(m.source.clone())),
+            [m] if m.kind == "overlay" => {
+                std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+                let data = m
+                    .options
+                    .iter()
+                    .filter(|o| !matches!(o.as_str(), "ro" | "rw" | "rbind"))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut flags = nix::mount::MsFlags::empty();
+                if m.is_readonly() {
+                    flags |= nix::mount::MsFlags::MS_RDONLY;
+                }
+                nix::mount::mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    flags,
+                    Some(data.as_str()),
+                )
+                .map_err(|e| {
+                    let _ = std::fs::remove_dir(&target);
+                    ExecError::Mount {
+                        what: "overlay".into(),
+                        target: target.clone(),
+                        reason: e.desc().to_string(),
+                    }
+                })?;
+                Ok(Mounted {
+                    path: target.clone(),
+                    mounted: Some(target),
+                    remove_dir: true,
+                })
+            }
+            [m] if m.kind == "fuse-overlayfs" => {
+                std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+                let status = std::process::Command::new("fuse-overlayfs")
+                    .arg("-o")
+                    .arg(m.options.join(","))
+                    .arg(&target)
+                    .status()
+                    .map_err(io_err("running fuse-overlayfs for", &target))?;
+                if !status.success() {
+                    let _ = std::fs::remove_dir(&target);
+                    return Err(ExecError::Mount {
+                        what: "fuse-overlayfs".into(),
+                        target,
+                        reason: format!("fuse-overlayfs exited with {status}"),
+                    });
+                }
+                Ok(Mounted {
+                    path: target.clone(),
+                    mounted: Some(target),
+                    remove_dir: true,
+                })
+            }
+            other => Err(ExecError::Mount {
+                what: format!("{other:?}"),
+                target,
+                reason: "unsupported mount list".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(t) = &self.mounted {
+            let _ = nix::mount::umount2(t.as_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if self.remove_dir {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
