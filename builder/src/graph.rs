@@ -452,8 +452,12 @@ pub struct Healthcheck {
     pub retries: u32,
 }
 
+/// One entry of the image's history; not part of any vertex identity (see [`encode`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct History {
+    /// RFC 3339; `None` for this build's own entries until the exporter stamps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
     pub created_by: String,
     pub comment: String,
     pub empty_layer: bool,

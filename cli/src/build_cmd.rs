@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use forge_builder::build::{
@@ -25,15 +24,8 @@ use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
 use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, Snapshotter};
 use forge_snapshotter::store::{Store, default_root};
 
+use crate::progress::{self, ProgressMode};
 use crate::{Failure, GraphArgs, display_name, failed, parse_build_args, read, render, usage};
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum ProgressArg {
-    Auto,
-    Tty,
-    Plain,
-    Json,
-}
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum RunnerArg {
@@ -85,7 +77,7 @@ pub struct BuildArgs {
     network: NetworkArg,
     /// How progress is shown (on stderr).
     #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressArg,
+    progress: ProgressMode,
     /// Print only the image digest on stdout.
     #[arg(short, long)]
     quiet: bool,
@@ -133,7 +125,13 @@ enum Export {
     DockerTar(PathBuf),
     Local(PathBuf),
     /// Into the store (and the registry when `push`).
-    Image { push: bool },
+    Image {
+        push: bool,
+    },
+    /// The same, with Docker's media types (`oci-mediatypes=false`).
+    DockerImage {
+        push: bool,
+    },
 }
 
 fn parse_output(spec: &str) -> Result<Export, Failure> {
@@ -163,9 +161,14 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
         "oci" => Ok(Export::OciTar(dest()?)),
         "docker" => Ok(Export::DockerTar(dest()?)),
         "local" => Ok(Export::Local(dest()?)),
-        "image" | "registry" => Ok(Export::Image {
-            push: kind == "registry" || flag("push"),
-        }),
+        "image" | "registry" => {
+            let push = kind == "registry" || flag("push");
+            if kv.get("oci-mediatypes").is_some_and(|v| v == "false") {
+                Ok(Export::DockerImage { push })
+            } else {
+                Ok(Export::Image { push })
+            }
+        }
         other => Err(usage(format!(
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, image, registry)"
         ))),
@@ -299,12 +302,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.push || exports.is_empty() {
+    if exports.is_empty() {
         exports.push(Export::Image { push: args.push });
+    } else if args.push {
+        for e in &mut exports {
+            match e {
+                Export::Image { push } | Export::DockerImage { push } => *push = true,
+                _ => {}
+            }
+        }
+        if !exports
+            .iter()
+            .any(|e| matches!(e, Export::Image { .. } | Export::DockerImage { .. }))
+        {
+            exports.push(Export::Image { push: true });
+        }
     }
-    let push = exports
-        .iter()
-        .any(|e| matches!(e, Export::Image { push: true }));
+    let push = exports.iter().any(|e| {
+        matches!(
+            e,
+            Export::Image { push: true } | Export::DockerImage { push: true }
+        )
+    });
     if push && args.tags.is_empty() {
         return Err(usage("error: --push needs at least one -t NAME".into()));
     }
@@ -345,7 +364,8 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
     };
-    let store = Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
+    let store =
+        Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
     let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
         .map_err(|e| failed(format!("error: snapshots under {}: {e}", root.display())))?;
     let registry = RegistryClient::new(RegistryConfig {
@@ -353,6 +373,9 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ..RegistryConfig::default()
     });
 
+    if args.runner == RunnerArg::Embedded {
+        private_mounts()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -365,26 +388,44 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         events: Some(tx),
     };
     let quiet = args.quiet;
-    let mode = args.progress;
-    let start = Instant::now();
-    let printer = runtime.spawn(crate::progress_plain::print(rx, quiet, mode == ProgressArg::Json));
+    let mode = if quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    };
+    let printer = runtime.spawn(progress::run(mode, rx, Box::new(std::io::stderr())));
 
     let result = runtime.block_on(async {
         let outcome = run(
-            args, &session, &df, &lower_opts, &context, &ignore_patterns, &root, secrets, ssh,
-            epoch, compression, &labels, &exports, push,
+            args,
+            &session,
+            &df,
+            &lower_opts,
+            &context,
+            &ignore_patterns,
+            &root,
+            secrets,
+            ssh,
+            epoch,
+            compression,
+            &labels,
+            &exports,
+            push,
         )
         .await;
         drop(session);
         outcome
     });
-    let _ = runtime.block_on(printer);
+    let summary = runtime.block_on(printer).ok();
     match result {
         Ok(digest) => {
             if quiet {
                 println!("{digest}");
             } else {
-                eprintln!("built in {:.1?}: {digest}", start.elapsed());
+                if let Some(s) = summary {
+                    eprintln!("{s}");
+                }
+                println!("{digest}");
             }
             Ok(())
         }
@@ -397,6 +438,28 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ))),
         Err(e) => Err(failed(format!("error: {}", chain(&e)))),
     }
+}
+
+/// As real root, the build's own mounts (snapshots it reads, file operations) go into a private
+/// mount namespace, so a killed build leaves none behind on the host. Rootless builds already have
+/// one (entering the user namespace made it); the containerd runner needs the host's, since
+/// containerd must see the directories it is asked to bind. Must run before any thread starts.
+fn private_mounts() -> Result<(), Failure> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    if !nix::unistd::geteuid().is_root() || forge_runner::embedded::in_user_namespace() {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| failed(format!("error: cannot make a private mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
 }
 
 /// An error and its causes, one per line.
@@ -446,7 +509,10 @@ async fn run(
         )
     });
     let (lowered, images) = session
-        .phase("resolving base images", build::lower_with_images(df, lower_opts, session))
+        .phase(
+            "resolving base images",
+            build::lower_with_images(df, lower_opts, session),
+        )
         .await?;
     for w in &lowered.warnings {
         if let Some(tx) = &session.events {
@@ -465,7 +531,9 @@ async fn run(
             store: session.store.clone(),
             snapshots: session.snapshots.clone(),
             runner: runner.clone(),
-            work_dir: root.join("tmp").join(format!("build-{}", std::process::id())),
+            work_dir: root
+                .join("tmp")
+                .join(format!("build-{}", std::process::id())),
             locals: HashMap::from([(
                 "context".to_string(),
                 LocalDir {
@@ -484,7 +552,11 @@ async fn run(
                 NetworkArg::None => StepNetwork::None,
                 _ => StepNetwork::Host,
             },
-            http: None,
+            http: Some(Arc::new(build::HttpSource::new(
+                root.join("tmp")
+                    .join(format!("download-{}", std::process::id())),
+                session.events.clone(),
+            )?)),
             events: session.events.clone(),
         },
         &graph,
@@ -503,7 +575,9 @@ async fn run(
         session.events.clone(),
     )
     .await;
-    let work_dir = root.join("tmp").join(format!("build-{}", std::process::id()));
+    let work_dir = root
+        .join("tmp")
+        .join(format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work_dir);
     close_runner(runner).await;
     let solution = solved?;
@@ -518,7 +592,12 @@ async fn run(
         .layers()
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
-    let format = if exports.iter().all(|e| matches!(e, Export::DockerTar(_))) {
+    // A cached layer keeps the compression it was made with; the export asks for this one.
+    let layers = build::with_compression(&session.store, &layers, compression).await?;
+    let format = if exports
+        .iter()
+        .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
+    {
         ManifestFormat::Docker
     } else {
         ManifestFormat::Oci
@@ -559,7 +638,8 @@ async fn run(
                         let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
                         Some(build::executor::Mounted::mount(
                             &mounts,
-                            root.join("tmp").join(format!("export-{}", std::process::id())),
+                            root.join("tmp")
+                                .join(format!("export-{}", std::process::id())),
                         )?)
                     }
                 };
@@ -574,17 +654,12 @@ async fn run(
                 };
                 export::export_local(&src, &dest)?;
             }
-            Export::Image { .. } => {}
+            Export::Image { .. } | Export::DockerImage { .. } => {}
         }
     }
     let record = build::record_image(&session.store, &image, &names, &Platform::host())?;
     if push {
-        session
-            .phase(
-                &format!("pushing {}", names.join(", ")),
-                build::push_image(session, &record, &layers, &names),
-            )
-            .await?;
+        build::push_image(session, &record, &layers, &names).await?;
     }
     if let Some(p) = &args.metadata_file {
         export::write_metadata_file(p, &image, &names)?;

@@ -15,7 +15,7 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
-mod progress_plain;
+mod progress;
 mod store_cmd;
 
 #[derive(Parser)]
@@ -164,7 +164,13 @@ fn parse_cmd(dump_ast: bool, file: &Path) -> Result<(), Failure> {
 }
 
 /// A located error rendered like the parser's: `file:line:col: message`, the line, a caret, a hint.
-pub(crate) fn render(file: &str, src: &str, span: Option<Span>, message: &str, hint: Option<&str>) -> String {
+pub(crate) fn render(
+    file: &str,
+    src: &str,
+    span: Option<Span>,
+    message: &str,
+    hint: Option<&str>,
+) -> String {
     let mut out = match span {
         Some(s) => format!(
             "error: {file}:{}:{}: {message}",

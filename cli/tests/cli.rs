@@ -137,13 +137,41 @@ fn parse_dump_prints_the_buildkit_ast() {
 
 #[test]
 fn exit_codes() {
-    let o = forge(&["build"]);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "build without --dry-run is not implemented"
-    );
-    assert!(stderr(&o).contains("not implemented yet"));
+    // Usage errors of `forge build` are found before anything is built or touched.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    let dir = ctx.path().to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["build", "--push", dir],
+            "--push needs at least one -t NAME",
+        ),
+        (
+            vec!["build", "-o", "type=bogus", dir],
+            "unknown type \"bogus\"",
+        ),
+        (vec!["build", "-o", "type=oci", dir], "type=oci needs dest="),
+        (
+            vec!["build", "--label", "novalue", dir],
+            "expected KEY=VALUE",
+        ),
+        (
+            vec!["build", "--secret", "id=x,bogus", dir],
+            "invalid --secret",
+        ),
+        (
+            vec!["build", "--platform", "linux/s390x", dir],
+            "only this machine's platform",
+        ),
+        (
+            vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],
+            "is not a directory",
+        ),
+    ] {
+        let o = forge(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
     assert_eq!(forge(&["graph", "--bogus"]).status.code(), Some(2));
     assert_eq!(
         forge(&["graph", "--platform", "linux/"]).status.code(),

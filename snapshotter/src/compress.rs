@@ -32,6 +32,8 @@ pub enum CompressError {
     GzipLevel { level: u32 },
     #[error("starting the zstd codec")]
     Zstd(#[source] io::Error),
+    #[error("re-encoding a layer")]
+    Io(#[source] io::Error),
 }
 
 /// How a layer blob is (or is to be) compressed.
@@ -196,4 +198,20 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Zstd(e) => e.flush(),
         }
     }
+}
+
+/// Re-encodes a layer blob of `media_type` with `to` into `sink`: the tar stream (and so the
+/// diff_id) is unchanged. Returns the new blob's digest and size.
+pub fn recompress<R: Read, W: Write>(
+    blob: R,
+    media_type: &str,
+    to: Compression,
+    sink: W,
+) -> Result<(Digest, u64, W), CompressError> {
+    let mut tar = decompressor(blob, media_type)?;
+    let mut enc = Encoder::new(HashingWriter::new(sink), to)?;
+    io::copy(&mut tar, &mut enc).map_err(CompressError::Io)?;
+    let (mut sink, digest, size) = enc.finish().map_err(CompressError::Io)?.finish();
+    sink.flush().map_err(CompressError::Io)?;
+    Ok((digest, size, sink))
 }

@@ -80,7 +80,8 @@ impl Built {
 /// Why a vertex could not be computed. Each variant carries what a user needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("process {argv:?} did not complete successfully: exit code {code}{}", tail_text(tail))]
+    /// The step's last output lines are in `tail` (the progress view shows them already).
+    #[error("process {argv:?} did not complete successfully: exit code {code}")]
     Exit {
         argv: Vec<String>,
         code: i32,
@@ -124,18 +125,6 @@ pub enum ExecError {
     Source(String),
     #[error("internal: {0}")]
     Internal(String),
-}
-
-fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("\nlast output:");
-    for l in tail {
-        s.push_str("\n  | ");
-        s.push_str(l);
-    }
-    s
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
@@ -195,7 +184,7 @@ pub struct LocalDir {
 }
 
 /// Fetches what `SourceOp::Http` names; the driver provides it.
-pub trait HttpFetcher: Send + Sync {
+pub trait RemoteFiles: Send + Sync {
     /// The content digest for the cache key: from the checksum when given (no download), else by
     /// fetching.
     fn key(
@@ -228,7 +217,7 @@ pub struct ExecutorConfig {
     pub layer: LayerOptions,
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
-    pub http: Option<Arc<dyn HttpFetcher>>,
+    pub http: Option<Arc<dyn RemoteFiles>>,
     pub events: Option<UnboundedSender<BuildEvent>>,
 }
 
@@ -295,7 +284,6 @@ impl BuildExecutor {
             self.counter.fetch_add(1, Ordering::Relaxed)
         )
     }
-
 
     /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
     /// blobs) and returns its name; `None` for no layers (scratch).
@@ -450,7 +438,9 @@ impl BuildExecutor {
             None => Vec::new(),
             Some(r) => input_of(r)?
                 .layers()
-                .ok_or_else(|| ExecError::Unsupported("a file operation on a local directory".into()))?
+                .ok_or_else(|| {
+                    ExecError::Unsupported("a file operation on a local directory".into())
+                })?
                 .to_vec(),
         };
         let parent = self.ensure_snapshot(&base).await?;
@@ -478,7 +468,22 @@ impl BuildExecutor {
                     held.push(m);
                 }
             }
-            let actions = op.actions.clone();
+            // Files from the build context belong to root in the image unless --chown says
+            // otherwise, as with Docker: the host's owners (or, rootless, the overflow id of an
+            // unmapped owner) mean nothing there.
+            let mut actions = op.actions.clone();
+            for a in &mut actions {
+                if let FileAction::Copy {
+                    from: Some(r),
+                    options,
+                    ..
+                } = a
+                    && options.owner.is_none()
+                    && matches!(input_of(*r)?, Built::Local { .. })
+                {
+                    options.owner = Some("0:0".into());
+                }
+            }
             let root = dest.path().to_path_buf();
             let applied = blocking(move || {
                 fileop::apply(&actions, &root, &sources)?;
@@ -546,7 +551,8 @@ impl BuildExecutor {
                                     .to_vec(),
                             };
                             let parent = self.ensure_snapshot(&base).await?;
-                            root_mounts = Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
+                            root_mounts =
+                                Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
                             continue;
                         }
                         let source = if *readonly {
@@ -571,7 +577,10 @@ impl BuildExecutor {
                             let k = self.unique("bind");
                             let mounts = self.cfg.snapshots.prepare(&k, parent.as_deref())?;
                             scratch_keys.push(k);
-                            let m = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("rwb")))?;
+                            let m = Mounted::mount(
+                                &mounts,
+                                self.cfg.work_dir.join(self.unique("rwb")),
+                            )?;
                             let p = m.path().join(source_path.trim_start_matches('/'));
                             held.push(m);
                             p
@@ -639,7 +648,8 @@ impl BuildExecutor {
                         };
                         secret_values.push(data.clone());
                         if let Some(name) = env {
-                            secret_env.push((name.clone(), String::from_utf8_lossy(data).into_owned()));
+                            secret_env
+                                .push((name.clone(), String::from_utf8_lossy(data).into_owned()));
                         }
                         if env.is_none() || !m.target.is_empty() {
                             step_mounts.push(StepMount {
@@ -928,7 +938,10 @@ impl Executor for BuildExecutor {
                 url,
                 filename,
                 checksum,
-            }) => self.exec_http(url, filename, checksum.as_deref(), &cancel).await,
+            }) => {
+                self.exec_http(url, filename, checksum.as_deref(), &cancel)
+                    .await
+            }
             Op::Source(SourceOp::Git { remote, .. }) => Err(ExecError::Unsupported(format!(
                 "ADD of a git repository ({remote}) is not supported yet"
             ))),

@@ -6,7 +6,6 @@ pub mod events;
 pub mod executor;
 pub mod http;
 pub mod image;
-mod shim;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use crate::export::{ExportError, Image, ImageOptions, LayerBlob};
 use crate::frontend::dockerfile::ast::Dockerfile;
 use crate::frontend::dockerfile::lower::{ImageResolver, LowerError, LowerOptions, Lowered, lower};
 use crate::graph::{Graph, ImageConfig, Output, Platform};
-use crate::solver::{CacheError, CacheStore, Event, SolveError, SolveOptions, Solution, Solver};
+use crate::solver::{CacheError, CacheStore, Event, Solution, SolveError, SolveOptions, Solver};
 
 /// Why a build stopped.
 #[derive(Debug, thiserror::Error)]
@@ -168,21 +167,9 @@ fn base_image(
         reason,
     };
     let config_json = store.read_blob(&record.config.digest)?;
-    let v: serde_json::Value = serde_json::from_slice(&config_json)
-        .map_err(|e| bad(format!("config is not JSON: {e}")))?;
-    let diff_ids = v["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    d.as_str()
-                        .and_then(|s| s.parse::<Digest>().ok())
-                        .ok_or_else(|| bad(format!("bad diff_id {d}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let diff_ids = image::read_base_config(&config_json)
+        .map_err(|e| bad(e.to_string()))?
+        .diff_ids;
     if diff_ids.len() != record.layers.len() {
         return Err(bad(format!(
             "its config lists {} diff_ids for {} layers",
@@ -222,8 +209,7 @@ pub async fn lower_with_images(
         let mut wanted: BTreeSet<String> =
             std::mem::take(&mut *table.missing.lock().expect("not poisoned"));
         for v in &lowered.graph.vertices {
-            if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) =
-                &v.op
+            if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) = &v.op
                 && !table.images.contains_key(reference)
             {
                 wanted.insert(reference.clone());
@@ -236,12 +222,12 @@ pub async fn lower_with_images(
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {
             let base = base?;
-            let config = shim::config_from_json(&base.config_json).map_err(|e| {
-                BuildError::BaseImage {
+            let config = image::read_base_config(&base.config_json)
+                .map(|b| b.config)
+                .map_err(|e| BuildError::BaseImage {
                     reference: reference.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             table.configs.insert(reference.clone(), config);
             table.images.insert(reference, base);
         }
@@ -249,6 +235,116 @@ pub async fn lower_with_images(
     Err(BuildError::Invalid(
         "base images kept asking for more base images (ONBUILD loop?)".into(),
     ))
+}
+
+/// ADD <url> for the executor: with `--checksum` the key is the checksum and nothing is fetched
+/// until the step runs; without, the file is fetched once to key it by content (and its
+/// Last-Modified, which becomes its mtime) and that download is what the step then uses.
+pub struct HttpSource {
+    fetcher: http::HttpFetcher,
+    dir: std::path::PathBuf,
+    fetched: Mutex<HashMap<String, http::Fetched>>,
+    events: Option<UnboundedSender<BuildEvent>>,
+}
+
+impl HttpSource {
+    pub fn new(
+        dir: std::path::PathBuf,
+        events: Option<UnboundedSender<BuildEvent>>,
+    ) -> Result<HttpSource, BuildError> {
+        Ok(HttpSource {
+            fetcher: http::HttpFetcher::new(http::HttpConfig::default())
+                .map_err(|e| BuildError::Invalid(e.to_string()))?,
+            dir,
+            fetched: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+        dir: &std::path::Path,
+        filename: &str,
+    ) -> Result<http::Fetched, ExecError> {
+        std::fs::create_dir_all(dir).map_err(|e| ExecError::Io {
+            what: "creating",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let tx = self.events.clone();
+        let name = url.to_string();
+        let mut last = Instant::now();
+        let mut progress = move |bytes: u64, total: Option<u64>| {
+            if last.elapsed().as_millis() >= 500
+                && let Some(tx) = &tx
+            {
+                last = Instant::now();
+                let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+                let _ = tx.send(BuildEvent::Warning(format!(
+                    "downloading {name}: {bytes} bytes{total}"
+                )));
+            }
+        };
+        self.fetcher
+            .fetch(url, checksum, dir, filename, &mut progress)
+            .await
+            .map_err(|e| ExecError::Source(e.to_string()))
+    }
+}
+
+impl executor::RemoteFiles for HttpSource {
+    fn key(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<crate::solver::ContentDigest, ExecError>> {
+        let url = url.to_string();
+        let checksum = checksum.map(str::to_string);
+        Box::pin(async move {
+            let mut h = blake3::Hasher::new();
+            if let Some(c) = &checksum {
+                let d = http::checksum_digest(c).map_err(|e| ExecError::Source(e.to_string()))?;
+                h.update(b"checksum\0");
+                h.update(d.to_string().as_bytes());
+                return Ok(*h.finalize().as_bytes());
+            }
+            let slot = format!("{}", blake3::hash(url.as_bytes()).to_hex());
+            let dir = self.dir.join(&slot);
+            let f = self.download(&url, None, &dir, "download").await?;
+            h.update(b"content\0");
+            h.update(f.digest.to_string().as_bytes());
+            let mtime = f
+                .last_modified
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            h.update(&mtime.to_le_bytes());
+            self.fetched.lock().expect("not poisoned").insert(url, f);
+            Ok(*h.finalize().as_bytes())
+        })
+    }
+
+    fn fetch_into<'a>(
+        &'a self,
+        url: &'a str,
+        checksum: Option<&'a str>,
+        dir: &'a std::path::Path,
+        filename: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(async move {
+            let pre = self.fetched.lock().expect("not poisoned").remove(url);
+            if let Some(f) = pre {
+                let dest = dir.join(filename);
+                // Same filesystem (both under the store): a rename keeps the mtime.
+                if std::fs::rename(&f.path, &dest).is_ok() {
+                    return Ok(());
+                }
+            }
+            self.download(url, checksum, dir, filename).await.map(drop)
+        })
+    }
 }
 
 /// How the solve runs.
@@ -294,16 +390,53 @@ pub async fn solve(
     Ok(solved?)
 }
 
-/// Seconds since the epoch as RFC 3339 (`SOURCE_DATE_EPOCH` when given, else now).
-pub fn created_time(source_date_epoch: Option<i64>) -> Result<String, BuildError> {
-    let secs = match source_date_epoch {
-        Some(e) => e,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    };
-    Ok(crate::export::time::rfc3339(secs)?)
+/// The layers as the export asks for them: layers this build made (or took from the cache) in
+/// another compression are re-encoded into the store (same diff_id, new blob); base image layers
+/// are kept as the registry has them, so pushes can still mount them.
+pub async fn with_compression(
+    store: &Store,
+    layers: &[Layer],
+    to: forge_snapshotter::compress::Compression,
+) -> Result<Vec<Layer>, BuildError> {
+    let want = to.media_type();
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let same = forge_snapshotter::compress::Compression::from_media_type(&l.media_type)
+            .map(|c| c.media_type() == want)
+            .unwrap_or(true);
+        if same || l.source.is_some() {
+            out.push(l.clone());
+            continue;
+        }
+        let store2 = store.clone();
+        let layer = l.clone();
+        let converted = tokio::task::spawn_blocking(move || -> Result<Layer, BuildError> {
+            let tmp = store2.temp_path("recompress");
+            let file = std::fs::File::create(&tmp)
+                .map_err(|e| BuildError::Invalid(format!("creating {}: {e}", tmp.display())))?;
+            let blob = store2.open_blob(&layer.digest)?;
+            let (digest, size, sink) = forge_snapshotter::compress::recompress(
+                std::io::BufReader::new(blob),
+                &layer.media_type,
+                to,
+                std::io::BufWriter::new(file),
+            )
+            .map_err(|e| BuildError::Invalid(format!("layer {}: {e}", layer.digest)))?;
+            drop(sink);
+            let digest = blob_digest(&digest)?;
+            store2.adopt(&tmp, &digest, size)?;
+            Ok(Layer {
+                media_type: want.to_string(),
+                digest,
+                size,
+                ..layer
+            })
+        })
+        .await
+        .map_err(|e| BuildError::Invalid(format!("worker thread: {e}")))??;
+        out.push(converted);
+    }
+    Ok(out)
 }
 
 /// The image an output's result makes: its config (with `labels` added) over its layers.
@@ -319,23 +452,25 @@ pub fn make_image(
         cfg.labels.insert(k.clone(), v.clone());
     }
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let created = created_time(options.source_date_epoch)?;
-    let json = shim::config_to_json(&cfg, &diff_ids, &created);
-    let blobs = layers
-        .iter()
-        .map(|l| {
-            Ok(LayerBlob {
-                path: store.blob_path(&l.digest),
-                digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
-                    BuildError::Invalid(format!("layer digest {}: {e}", l.digest))
-                })?,
-                diff_id: l.diff_id.clone(),
-                size: l.size,
-                media_type: MediaType::from(l.media_type.as_str()),
+    let created = image::created_time(options.source_date_epoch)
+        .map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let doc = image::image_config_file(&cfg, &diff_ids, &created);
+    let blobs =
+        layers
+            .iter()
+            .map(|l| {
+                Ok(LayerBlob {
+                    path: store.blob_path(&l.digest),
+                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
+                        BuildError::Invalid(format!("layer digest {}: {e}", l.digest))
+                    })?,
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: MediaType::from(l.media_type.as_str()),
+                })
             })
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    Ok(shim::assemble_json(json, blobs, options)?)
+            .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(crate::export::assemble_json(&doc, blobs, options)?)
 }
 
 fn blob_digest(d: &Digest) -> Result<BlobDigest, BuildError> {

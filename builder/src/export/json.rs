@@ -9,7 +9,7 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 const MAP_KEYS: &[&str] = &["Labels", "ExposedPorts", "Volumes", "annotations"];
 
 /// A JSON value whose objects keep their member order.
-enum Ordered {
+pub(crate) enum Ordered {
     Null,
     Bool(bool),
     Number(serde_json::Number),
@@ -20,10 +20,75 @@ enum Ordered {
 
 /// Serialises `value` canonically (compact, no trailing newline).
 pub(crate) fn to_canonical_vec<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let plain = serde_json::to_vec(value)?;
-    let mut ordered: Ordered = serde_json::from_slice(&plain)?;
+    let mut ordered = Ordered::from_serialize(value)?;
     sort_maps(&mut ordered, false);
     serde_json::to_vec(&ordered)
+}
+
+impl Ordered {
+    /// `value` as serde writes it, member order kept (a `serde_json::Value` without the
+    /// `preserve_order` feature arrives sorted; a struct arrives in declaration order).
+    pub(crate) fn from_serialize<T: serde::Serialize + ?Sized>(
+        value: &T,
+    ) -> serde_json::Result<Ordered> {
+        serde_json::from_slice(&serde_json::to_vec(value)?)
+    }
+
+    pub(crate) fn string(s: impl Into<String>) -> Ordered {
+        Ordered::String(s.into())
+    }
+
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Ordered::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_object(&self) -> bool {
+        matches!(self, Ordered::Object(_))
+    }
+
+    /// The member `key` of an object.
+    pub(crate) fn get(&self, key: &str) -> Option<&Ordered> {
+        match self {
+            Ordered::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The items of an array (none for anything else, `null` included).
+    pub(crate) fn items_mut(&mut self) -> &mut [Ordered] {
+        match self {
+            Ordered::Array(items) => items,
+            _ => &mut [],
+        }
+    }
+
+    pub(crate) fn items(&self) -> &[Ordered] {
+        match self {
+            Ordered::Array(items) => items,
+            _ => &[],
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut Ordered> {
+        match self {
+            Ordered::Object(members) => members.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Replaces member `key` of an object in place; a new member goes first, which is where the OCI
+    /// structs declare `created`, the only key added this way.
+    pub(crate) fn set(&mut self, key: &str, value: Ordered) {
+        if let Ordered::Object(members) = self {
+            match members.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = value,
+                None => members.insert(0, (key.to_string(), value)),
+            }
+        }
+    }
 }
 
 fn sort_maps(v: &mut Ordered, is_map: bool) {

@@ -235,18 +235,53 @@ fn layer_type(given: &MediaType, format: ManifestFormat) -> MediaType {
     }
 }
 
-/// Builds the config and manifest for `layers` (base first) on top of `config`.
-///
-/// The configuration's `rootfs.diff_ids` must list the layers' diff_ids in order. With
-/// `source_date_epoch` the config's `created` is that instant and later history timestamps are
-/// clamped to it. Both documents are serialised canonically (oci-spec's field order, Go-style sorted
-/// maps, compact), so the same inputs always give the same digests.
+/// Builds the config and manifest for `layers` (base first) on top of an oci-spec `config`; see
+/// [`assemble_json`], which this is.
 pub fn assemble(
-    mut config: ImageConfiguration,
+    config: ImageConfiguration,
     layers: Vec<LayerBlob>,
     options: &ImageOptions,
 ) -> Result<Image, ExportError> {
-    let diff_ids = config.rootfs().diff_ids().clone();
+    assemble_json(&config, layers, options)
+}
+
+/// Builds the config and manifest for `layers` (base first) on top of `config`, any serialisable
+/// image configuration (a `serde_json::Value` or a typed document such as
+/// [`crate::build::image::ConfigFile`], which carries the Docker fields oci-spec lacks:
+/// `Healthcheck`, `Shell`, `OnBuild`).
+///
+/// The configuration's `rootfs.diff_ids` must list the layers' diff_ids in order. With
+/// `source_date_epoch` the config's `created` is that instant and later history timestamps are
+/// clamped to it. Both documents are serialised canonically (members in the order `config`
+/// serialises them, Go-style sorted maps, compact), so the same inputs always give the same digests.
+pub fn assemble_json<T: serde::Serialize + ?Sized>(
+    config: &T,
+    layers: Vec<LayerBlob>,
+    options: &ImageOptions,
+) -> Result<Image, ExportError> {
+    let encode = |what: &'static str| {
+        move |e: serde_json::Error| ExportError::Encode {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let mut config = json::Ordered::from_serialize(config).map_err(encode("image config"))?;
+    if !config.is_object() {
+        return Err(ExportError::Encode {
+            what: "image config",
+            reason: "not a JSON object".into(),
+        });
+    }
+    let diff_ids: Vec<String> = config
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .map(|d| {
+            d.items()
+                .iter()
+                .map(|i| i.as_str().unwrap_or("<not a string>").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     if diff_ids.len() != layers.len() {
         return Err(ExportError::LayerCount {
             expected: diff_ids.len(),
@@ -266,27 +301,24 @@ pub fn assemble(
     }
     if let Some(epoch) = options.source_date_epoch {
         let stamp = time::rfc3339(epoch)?;
-        config.set_created(Some(stamp.clone()));
-        if let Some(history) = config.history_mut() {
-            for h in history.iter_mut() {
-                let newer = match h.created() {
+        config.set("created", json::Ordered::string(&stamp));
+        if let Some(history) = config.get_mut("history") {
+            for h in history.items_mut() {
+                let newer = match h.get("created").and_then(json::Ordered::as_str) {
                     None => true,
                     Some(c) => time::parse_rfc3339(c).is_none_or(|t| t > (epoch, 0)),
                 };
                 if newer {
-                    h.set_created(Some(stamp.clone()));
+                    h.set("created", json::Ordered::string(&stamp));
                 }
             }
         }
     }
-    let created = config.created().clone();
+    let created = config
+        .get("created")
+        .and_then(json::Ordered::as_str)
+        .map(str::to_string);
 
-    let encode = |what: &'static str| {
-        move |e: serde_json::Error| ExportError::Encode {
-            what,
-            reason: e.to_string(),
-        }
-    };
     let config_json = json::to_canonical_vec(&config).map_err(encode("image config"))?;
     let (manifest_type, config_type) = match options.format {
         ManifestFormat::Oci => (MediaType::ImageManifest, MediaType::ImageConfig),
@@ -419,4 +451,69 @@ pub(crate) fn tag_of(name: &str) -> Option<&str> {
     let name = name.split('@').next().unwrap_or(name);
     let last = name.rsplit('/').next().unwrap_or(name);
     last.split_once(':').map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(diff: &[u8]) -> LayerBlob {
+        LayerBlob {
+            path: PathBuf::from("/nonexistent"),
+            digest: sha256_digest(b"compressed"),
+            diff_id: sha256_digest(diff),
+            size: 10,
+            media_type: MediaType::ImageLayerGzip,
+        }
+    }
+
+    #[test]
+    fn raw_json_config_is_checked_and_clamped() {
+        let layer = blob(b"tar");
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Shell": ["/bin/ash", "-c"], "Healthcheck": {"Test": ["NONE"]}},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+            "history": [{"created": null, "created_by": "RUN x"}, {"created_by": "CMD y", "empty_layer": true}],
+        });
+        let options = ImageOptions {
+            source_date_epoch: Some(86_400),
+            ..Default::default()
+        };
+        let image = assemble_json(&config, vec![layer.clone()], &options).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(image.config_json()).unwrap();
+        assert_eq!(v["created"], "1970-01-02T00:00:00Z");
+        assert_eq!(v["history"][0]["created"], "1970-01-02T00:00:00Z");
+        assert_eq!(v["history"][1]["created"], "1970-01-02T00:00:00Z");
+        assert_eq!(v["config"]["Shell"][0], "/bin/ash");
+        assert_eq!(v["config"]["Healthcheck"]["Test"][0], "NONE");
+        assert_eq!(image.created(), Some("1970-01-02T00:00:00Z"));
+
+        // Without an epoch nothing is invented: no created time stays none.
+        let plain = assemble_json(&config, vec![layer.clone()], &ImageOptions::default()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(plain.config_json()).unwrap();
+        assert!(v.get("created").is_none() && v["history"][0]["created"].is_null());
+
+        // Layers and rootfs must agree; a config without rootfs has no layers.
+        let err = assemble_json(&config, vec![blob(b"other")], &options).unwrap_err();
+        assert!(
+            matches!(err, ExportError::DiffIdMismatch { index: 0, .. }),
+            "{err}"
+        );
+        let bare = serde_json::json!({"architecture": "amd64", "os": "linux"});
+        let err = assemble_json(&bare, vec![layer], &options).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ExportError::LayerCount {
+                    expected: 0,
+                    actual: 1
+                }
+            ),
+            "{err}"
+        );
+        let err = assemble_json(&serde_json::json!([1]), vec![], &options).unwrap_err();
+        assert!(matches!(err, ExportError::Encode { .. }), "{err}");
+    }
 }

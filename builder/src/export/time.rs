@@ -44,6 +44,18 @@ pub(crate) fn rfc3339(epoch: i64) -> Result<String, ExportError> {
     ))
 }
 
+/// As [`rfc3339`] with a fraction of a second, as Go's `RFC3339Nano` writes it (trailing zeros
+/// dropped, none at all for a whole second).
+pub(crate) fn rfc3339_nanos(epoch: i64, nanos: u32) -> Result<String, ExportError> {
+    let whole = rfc3339(epoch)?;
+    if nanos == 0 || nanos >= 1_000_000_000 {
+        return Ok(whole);
+    }
+    let frac = format!("{nanos:09}");
+    let frac = frac.trim_end_matches('0');
+    Ok(format!("{}.{frac}Z", whole.trim_end_matches('Z')))
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into (seconds, nanoseconds) since the epoch.
 pub(crate) fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
@@ -107,5 +119,18 @@ mod tests {
             Some((1_700_000_000, 500_000_000))
         );
         assert_eq!(parse_rfc3339("2023-11-14"), None);
+        assert_eq!(
+            rfc3339_nanos(1_700_000_000, 500_000_000).unwrap(),
+            "2023-11-14T22:13:20.5Z"
+        );
+        assert_eq!(
+            rfc3339_nanos(1_700_000_000, 1).unwrap(),
+            "2023-11-14T22:13:20.000000001Z"
+        );
+        assert_eq!(rfc3339_nanos(0, 0).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            parse_rfc3339(&rfc3339_nanos(1_700_000_000, 123_456_789).unwrap()),
+            Some((1_700_000_000, 123_456_789))
+        );
     }
 }

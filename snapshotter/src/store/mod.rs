@@ -371,7 +371,10 @@ impl Store {
             return Ok(());
         }
         let file = File::open(tmp).map_err(io_err("open temp file", tmp))?;
-        let actual = file.metadata().map_err(io_err("stat temp file", tmp))?.len();
+        let actual = file
+            .metadata()
+            .map_err(io_err("stat temp file", tmp))?
+            .len();
         if actual != size {
             let _ = fs::remove_file(tmp);
             return Err(StoreError::SizeMismatch {

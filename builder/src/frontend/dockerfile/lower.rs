@@ -861,6 +861,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
 
     fn history(st: &mut StageState, created_by: String, layer: bool) {
         st.image.history.push(History {
+            created: None,
             created_by,
             comment: HISTORY_COMMENT.into(),
             empty_layer: !layer,
