@@ -170,12 +170,13 @@ build_cmd() {
     buildah) echo "$BUILDAH bud --layers --jobs $JOBS --network none --tls-verify=false -t $tag $ctx" ;;
   esac
 }
-# wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image).
+# wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
+# previous run's write-back (the heavy layer is ~100 MiB on disk) out of the next run's time.
 wipe_cmd() {
   case $1 in
-    forge) echo "rm -rf $WORK/forge/root-$2" ;;
-    docker) echo "$DOCKER image rm -f forge-bench-$2 >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null" ;;
-    buildah) echo "$BUILDAH rm -a >/dev/null; $BUILDAH rmi -af >/dev/null" ;;
+    forge) echo "rm -rf $WORK/forge/root-$2; sync" ;;
+    docker) echo "$DOCKER image rm -f forge-bench-$2 >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
+    buildah) echo "$BUILDAH rm -a >/dev/null; $BUILDAH rmi -af >/dev/null; sync" ;;
   esac
 }
 
@@ -232,6 +233,7 @@ import json, os, sys
 results = sys.argv[1]
 cases = [("parallel", "two 2 s stages, cold", 0.7), ("heavy", "64 MiB + 20,000 files, cold", 0.5),
          ("noop", "10,000-file context, no-op", 0.15), ("onefile", "10,000-file context, one file", 0.3)]
+floor_note = None
 def fmt(v):
     return "n/a" if v is None else f"{v:.3f}"
 print("| case | forge s | docker s | buildah s | forge/docker | target | verdict | forge/buildah |")
@@ -248,7 +250,12 @@ for key, label, target in cases:
     verdict = "n/a" if rd is None else ("met" if rd <= target else "missed")
     print(f"| {key}: {label} | {fmt(f)} | {fmt(d)} | {fmt(b)} | {'n/a' if rd is None else f'{rd:.2f}x'} "
           f"| <= {target}x | {verdict} | {'n/a' if rb is None else f'{rb:.2f}x'} |")
+    if key == "parallel" and d and d * target < 2.0:
+        floor_note = (f"note: {target} x docker's {d:.2f} s is below the 2 s the stages sleep: "
+                      "no tool can meet the parallel target against a docker that runs the stages at once")
 print("(medians of the timed runs; n/a: a tool failed or was left out, see above)")
+if floor_note:
+    print(floor_note)
 PY
 if [ -n "${FORGE_BENCH_RESULTS:-}" ]; then
   mkdir -p "$FORGE_BENCH_RESULTS"
