@@ -4,8 +4,8 @@
 //! input and lowers it to a content-addressed [`graph`]; the solver walks that graph against a cache and
 //! hands steps to the runner; exporters turn the result into an image.
 
-pub mod build;
 pub mod context;
+pub mod driver;
 pub mod export;
 pub mod fileop;
 pub mod frontend;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use forge_builder::build::{
+use forge_builder::context::{ContextSnapshot, SnapshotOptions};
+use forge_builder::driver::{
     self, BuildError, BuildEvent, BuildExecutor, ExecutorConfig, LocalDir, Session, SolveSettings,
 };
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::export::{self, ImageOptions, ManifestFormat};
 use forge_builder::frontend::dockerfile::lower::LowerOptions;
 use forge_builder::frontend::dockerfile::parser;
@@ -436,7 +436,19 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             &e.kind.to_string(),
             e.hint.as_deref(),
         ))),
-        Err(e) => Err(failed(format!("error: {}", chain(&e)))),
+        Err(e) => {
+            let mut message = format!("error: {}", chain(&e));
+            // The plain and tty views showed a failed step's last lines already; -q and json did not.
+            if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
+                && let Some(tail) = failed_step_tail(&e)
+            {
+                message.push_str("\nlast output:");
+                for line in tail {
+                    message.push_str(&format!("\n  | {line}"));
+                }
+            }
+            Err(failed(message))
+        }
     }
 }
 
@@ -460,6 +472,17 @@ fn private_mounts() -> Result<(), Failure> {
         None::<&str>,
     )
     .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
+}
+
+/// The last output lines of the step whose failure stopped the build.
+fn failed_step_tail(e: &BuildError) -> Option<&[String]> {
+    let BuildError::Solve(forge_builder::solver::SolveError::Step { source, .. }) = e else {
+        return None;
+    };
+    match source.downcast_ref::<driver::ExecError>()? {
+        driver::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
+        _ => None,
+    }
 }
 
 /// An error and its causes, one per line.
@@ -511,7 +534,7 @@ async fn run(
     let (lowered, images) = session
         .phase(
             "resolving base images",
-            build::lower_with_images(df, lower_opts, session),
+            driver::lower_with_images(df, lower_opts, session),
         )
         .await?;
     for w in &lowered.warnings {
@@ -552,7 +575,7 @@ async fn run(
                 NetworkArg::None => StepNetwork::None,
                 _ => StepNetwork::Host,
             },
-            http: Some(Arc::new(build::HttpSource::new(
+            http: Some(Arc::new(driver::HttpSource::new(
                 root.join("tmp")
                     .join(format!("download-{}", std::process::id())),
                 session.events.clone(),
@@ -567,7 +590,8 @@ async fn run(
         no_cache_filter: args.no_cache_filter.clone(),
         ..SolveSettings::default()
     };
-    let solved = build::solve(
+    let interrupt = tokio::spawn(cancel_on_signal(settings.cancel.clone()));
+    let solved = driver::solve(
         graph.clone(),
         executor.clone(),
         Arc::new(cache),
@@ -575,13 +599,20 @@ async fn run(
         session.events.clone(),
     )
     .await;
+    interrupt.abort();
     let work_dir = root
         .join("tmp")
         .join(format!("build-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work_dir);
+    // Every mount point under it is gone by now (each is removed when unmounted); removing only
+    // what is empty can never reach into a filesystem that is somehow still mounted there.
+    let _ = std::fs::remove_dir(&work_dir);
+    let _ = std::fs::remove_dir_all(
+        root.join("tmp")
+            .join(format!("download-{}", std::process::id())),
+    );
     close_runner(runner).await;
     let solution = solved?;
-    build::protect_results(&session.store, &solution, &graph);
+    driver::protect_results(&session.store, &solution, &graph);
 
     let output = &graph.outputs[0];
     let built = &solution
@@ -593,7 +624,7 @@ async fn run(
         .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
         .to_vec();
     // A cached layer keeps the compression it was made with; the export asks for this one.
-    let layers = build::with_compression(&session.store, &layers, compression).await?;
+    let layers = driver::with_compression(&session.store, &layers, compression).await?;
     let format = if exports
         .iter()
         .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
@@ -608,7 +639,7 @@ async fn run(
     };
     let image = session
         .phase("writing image", async {
-            build::make_image(output, &layers, &session.store, labels, &options)
+            driver::make_image(output, &layers, &session.store, labels, &options)
         })
         .await?;
     let names = args.tags.clone();
@@ -617,7 +648,7 @@ async fn run(
             Export::OciTar(dest) => export::write_oci_tar(&image, &names, dest)?,
             Export::OciDir(dest) => export::write_oci_dir(&image, &names, dest)?,
             Export::DockerTar(dest) => {
-                let docker = build::make_image(
+                let docker = driver::make_image(
                     output,
                     &layers,
                     &session.store,
@@ -636,7 +667,7 @@ async fn run(
                     None => None,
                     Some(name) => {
                         let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
-                        Some(build::executor::Mounted::mount(
+                        Some(driver::executor::Mounted::mount(
                             &mounts,
                             root.join("tmp")
                                 .join(format!("export-{}", std::process::id())),
@@ -657,9 +688,9 @@ async fn run(
             Export::Image { .. } | Export::DockerImage { .. } => {}
         }
     }
-    let record = build::record_image(&session.store, &image, &names, &Platform::host())?;
+    let record = driver::record_image(&session.store, &image, &names, &Platform::host())?;
     if push {
-        build::push_image(session, &record, &layers, &names).await?;
+        driver::push_image(session, &record, &layers, &names).await?;
     }
     if let Some(p) = &args.metadata_file {
         export::write_metadata_file(p, &image, &names)?;
@@ -668,6 +699,31 @@ async fn run(
         export::write_iidfile(p, &image)?;
     }
     Ok(image.manifest_descriptor().digest().to_string())
+}
+
+/// Ctrl-C or SIGTERM during the solve cancels it, so running steps are killed and their scratch
+/// snapshots and mount points removed before forge exits, instead of the default action leaving
+/// them for the next build to find. A second signal then acts as it normally would.
+async fn cancel_on_signal(cancel: forge_builder::solver::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    cancel.cancel();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: restores the default disposition; no handler of ours runs.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
 }
 
 async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, BuildError> {
@@ -688,6 +744,12 @@ async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, Buil
                 .clone()
                 .map(ContainerdConfig::new)
                 .or_else(ContainerdConfig::from_env)
+                // Cache mounts belong to the store, as with the embedded runner: a fresh store
+                // starts them empty (the default, under the temp dir, outlived every store).
+                .map(|config| ContainerdConfig {
+                    cache_root: root.join("cache-mounts"),
+                    ..config
+                })
                 .ok_or_else(|| {
                     BuildError::Invalid(
                         "--runner containerd needs --containerd-address or $CONTAINERD_ADDRESS"

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use forge_builder::build::events::{BuildEvent, OutputStream};
+use forge_builder::driver::events::{BuildEvent, OutputStream};
 use forge_builder::graph::NodeRef;
 use forge_builder::solver::Event;
 use forge_snapshotter::registry::{BlobKind, PullEvent, PushEvent};

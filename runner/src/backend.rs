@@ -7,10 +7,8 @@ use std::future::Future;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::embedded::{EmbeddedError, EmbeddedRunner};
-use crate::spec::{StepOutcome, StepSpec, Stream};
-
-/// Where a step's output goes: called once per line (without the newline), in the order lines arrive.
-pub type OutputSink<'a> = dyn FnMut(Stream, &str) + Send + 'a;
+pub use crate::spec::OutputSink;
+use crate::spec::{StepOutcome, StepSpec};
 
 /// Runs one step.
 ///
@@ -35,10 +33,30 @@ pub enum RunError {
     #[error("step cancelled")]
     Cancelled,
     #[error(transparent)]
-    Embedded(#[from] EmbeddedError),
+    Embedded(EmbeddedError),
     #[cfg(feature = "containerd")]
     #[error(transparent)]
     Containerd(crate::containerd::ContainerdError),
+}
+
+impl From<EmbeddedError> for RunError {
+    fn from(e: EmbeddedError) -> Self {
+        match e {
+            EmbeddedError::Cancelled => RunError::Cancelled,
+            e => RunError::Embedded(e),
+        }
+    }
+}
+
+impl Runner for EmbeddedRunner {
+    async fn run(
+        &self,
+        spec: &StepSpec,
+        output: &mut OutputSink<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, RunError> {
+        Ok(self.run_step(spec, output, cancel).await?)
+    }
 }
 
 #[cfg(feature = "containerd")]

@@ -5,6 +5,7 @@ pub mod backend;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 pub mod embedded;
+mod lines;
 pub mod spec;
 pub mod user;
 

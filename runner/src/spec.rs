@@ -116,6 +116,9 @@ pub struct StepSpec {
     pub secret_env: Vec<(String, String)>,
 }
 
+/// Where a step's output goes: called once per line (without the newline), in the order lines arrive.
+pub type OutputSink<'a> = dyn FnMut(Stream, &str) + Send + 'a;
+
 /// Which stream a line of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {

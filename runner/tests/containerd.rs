@@ -726,8 +726,10 @@ async fn an_ssh_agent_is_forwarded_through_a_proxy_socket() {
                 .flatten()
                 .map(|e| e.path().join("ssh-0.sock"))
                 .find(|p| p.exists());
-            if let Some(proxy) = found {
-                let mut conn = tokio::net::UnixStream::connect(&proxy).await.unwrap();
+            // The socket file exists from bind(), a moment before listen(): retry until it takes.
+            if let Some(proxy) = found
+                && let Ok(mut conn) = tokio::net::UnixStream::connect(&proxy).await
+            {
                 conn.write_all(b"ping").await.unwrap();
                 let mut answer = [0u8; 4];
                 conn.read_exact(&mut answer).await.unwrap();

@@ -247,7 +247,7 @@ pub fn assemble(
 
 /// Builds the config and manifest for `layers` (base first) on top of `config`, any serialisable
 /// image configuration (a `serde_json::Value` or a typed document such as
-/// [`crate::build::image::ConfigFile`], which carries the Docker fields oci-spec lacks:
+/// [`crate::driver::image::ConfigFile`], which carries the Docker fields oci-spec lacks:
 /// `Healthcheck`, `Shell`, `OnBuild`).
 ///
 /// The configuration's `rootfs.diff_ids` must list the layers' diff_ids in order. With

@@ -21,7 +21,7 @@ pub(crate) fn copy(
     dest_root: &Path,
     dest: &str,
     opts: &CopyOptions,
-    owner: Option<Ids>,
+    owners: Owners,
     visible: Option<&Visible>,
 ) -> Result<(), FileOpError> {
     if !opts.create_dest_path {
@@ -89,7 +89,7 @@ pub(crate) fn copy(
     let mut copier = Copier {
         src_root: src_root.to_path_buf(),
         visible,
-        owner,
+        owner: owners.plain,
         mode,
         include: opts.include_patterns.clone(),
         exclude,
@@ -101,12 +101,21 @@ pub(crate) fn copy(
         {
             return Err(FileOpError::SourceNotFound { src: s.clone() });
         }
-        if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owner)? {
+        if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owners.archive)? {
             continue;
         }
         copier.copy_source(src_root, s, dest_root, dest, opts)?;
     }
     Ok(())
+}
+
+/// Who owns what a copy creates: `None` keeps the source's owners.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owners {
+    /// For entries ADD unpacks from an archive (their headers' owners unless `--chown`).
+    pub archive: Option<Ids>,
+    /// For files and directories copied as they are.
+    pub plain: Option<Ids>,
 }
 
 /// The paths (cleaned, from the root) a wildcard source matches, in walk order: the part before
@@ -230,6 +239,16 @@ impl Copier<'_> {
                 io("inspecting", &src_path)(e)
             }
         })?;
+        // A source that is a link to something the context leaves out (.dockerignore) is as
+        // missing as BuildKit's transferred context makes it, not an empty copy.
+        if let Some(v) = self.visible
+            && let Ok(rel) = src_path.strip_prefix(&self.src_root)
+            && !v(&rel.to_string_lossy())
+        {
+            return Err(FileOpError::SourceNotFound {
+                src: src.to_string(),
+            });
+        }
         let dest_md = std::fs::metadata(&dst).ok();
         let src_is_dir = src_md.is_dir();
         if let Some(d) = &dest_md

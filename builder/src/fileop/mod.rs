@@ -138,6 +138,14 @@ pub trait SourceDirs {
         let _ = input;
         None
     }
+
+    /// Whether files copied from `input` without `--chown` belong to root in the result rather
+    /// than keeping their owners on disk: true for the build context, whose host owners mean
+    /// nothing in an image. Archives ADD unpacks from it keep the owners their entries name.
+    fn root_owned(&self, input: NodeRef) -> bool {
+        let _ = input;
+        false
+    }
 }
 
 /// Whether an entry, named by its path relative to the source root (`/`-separated, no leading
@@ -236,7 +244,22 @@ fn apply_one(
             };
             let visible = from.and_then(|r| sources.visible(r));
             let owner = owner::resolve_owner(dest_root, options.owner.as_deref())?;
-            copy::copy(src_root, src, dest_root, dest, options, owner, visible)
+            let plain_owner = match owner {
+                None if from.is_some_and(|r| sources.root_owned(r)) => Some(Ids { uid: 0, gid: 0 }),
+                other => other,
+            };
+            copy::copy(
+                src_root,
+                src,
+                dest_root,
+                dest,
+                options,
+                copy::Owners {
+                    archive: owner,
+                    plain: plain_owner,
+                },
+                visible,
+            )
         }
         FileAction::Mkdir {
             path,

@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
@@ -14,10 +13,6 @@ use crate::spec::Stream;
 
 /// Lines from both FIFOs, tagged with their stream.
 pub(crate) type LineSender = tokio::sync::mpsc::UnboundedSender<(Stream, String)>;
-/// A line longer than this (a progress bar redrawn with `\r`, a binary blob) is cut into pieces so
-/// that memory stays bounded.
-const MAX_LINE: usize = 64 * 1024;
-
 /// The two FIFOs with their read ends already open.
 pub(crate) struct StepIo {
     pub stdout: PathBuf,
@@ -75,48 +70,18 @@ fn mkfifo(path: &Path) -> Result<(), ContainerdError> {
 }
 
 async fn read_lines(stream: Stream, receiver: pipe::Receiver, lines: LineSender) {
-    let mut reader = BufReader::new(receiver);
-    let mut line: Vec<u8> = Vec::new();
-    // A read error means the shim is gone; whatever was buffered is all there is.
-    while let Ok(available) = reader.fill_buf().await {
-        if available.is_empty() {
-            break;
-        }
-        let room = MAX_LINE - line.len();
-        let window = &available[..available.len().min(room)];
-        let (consumed, complete) = match window.iter().position(|b| *b == b'\n') {
-            Some(i) => {
-                line.extend_from_slice(&window[..i]);
-                (i + 1, true)
-            }
-            None => {
-                line.extend_from_slice(window);
-                (window.len(), line.len() >= MAX_LINE)
-            }
-        };
-        reader.consume(consumed);
-        if complete {
-            emit(stream, &mut line, &lines);
-        }
-    }
-    if !line.is_empty() {
-        emit(stream, &mut line, &lines);
-    }
-}
-
-fn emit(stream: Stream, line: &mut Vec<u8>, lines: &LineSender) {
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    let text = String::from_utf8_lossy(line).into_owned();
-    line.clear();
-    // The step's loop stopped listening only when it is tearing down; the rest is not wanted.
-    let _ = lines.send((stream, text));
+    // The step's loop stopped listening only when it is tearing down; the rest is drained unread.
+    crate::lines::read_lines(receiver, |text| {
+        let _ = lines.send((stream, text));
+        async { true }
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lines::MAX_LINE;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]

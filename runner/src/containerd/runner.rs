@@ -27,7 +27,7 @@ use super::spec::{SpecInput, build, environment};
 use super::{
     Connection, ContainerdConfig, ContainerdContent, ContainerdError, ContainerdSnapshots, Lease,
 };
-use crate::backend::OutputSink;
+use crate::spec::OutputSink;
 use crate::spec::{StepMountKind, StepOutcome, StepSpec};
 
 /// containerd's type URL for an OCI runtime spec carried as JSON in an `Any`.

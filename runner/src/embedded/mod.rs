@@ -21,15 +21,15 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 pub use cache::CacheError;
 use container::{ChildFds, Plan, PlannedMount};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
-use crate::backend::{CancellationToken, OutputSink, RunError, Runner};
+use crate::spec::OutputSink;
 use crate::spec::{NetworkMode, StepMountKind, StepOutcome, StepSpec, Stream};
+use tokio_util::sync::CancellationToken;
 
 /// Lines of output kept for [`StepOutcome::tail`] by default.
 pub const DEFAULT_TAIL_LINES: usize = 20;
@@ -78,6 +78,8 @@ pub enum EmbeddedError {
          enter_user_namespace() first thing in main"
     )]
     NotRoot { uid: u32 },
+    #[error("step cancelled")]
+    Cancelled,
     #[error("step {command:?} failed to start: {detail}")]
     Setup {
         command: Vec<String>,
@@ -325,12 +327,12 @@ impl EmbeddedRunner {
         stdout: OwnedFd,
         stderr: OwnedFd,
         target: &Mutex<KillTarget>,
-    ) -> Result<i32, RunError> {
+    ) -> Result<i32, EmbeddedError> {
         let step_dir = self.make_step_dir()?;
         let (plan, leases) =
             match self.plan(spec, &step_dir.0, &|| KillTarget::is_cancelled(target)) {
                 Err(EmbeddedError::Cache(CacheError::Cancelled { .. })) => {
-                    return Err(RunError::Cancelled);
+                    return Err(EmbeddedError::Cancelled);
                 }
                 other => other?,
             };
@@ -338,7 +340,7 @@ impl EmbeddedRunner {
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         if KillTarget::is_cancelled(target) {
-            return Err(RunError::Cancelled);
+            return Err(EmbeddedError::Cancelled);
         }
         // Which copy-up candidates already exist in the upper dir, to tell them from new ones after.
         let layers = prune::overlay_layers(&plan.rootfs);
@@ -364,8 +366,7 @@ impl EmbeddedRunner {
                 return Err(EmbeddedError::Setup {
                     command: plan.argv.clone(),
                     detail,
-                }
-                .into());
+                });
             }
         };
         drop(fds);
@@ -375,7 +376,7 @@ impl EmbeddedRunner {
                 Ok(WaitStatus::Exited(_, code)) => break code,
                 Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys_err("wait for the step's init")(e).into()),
+                Err(e) => return Err(sys_err("wait for the step's init")(e)),
             }
         };
         // init is reaped: never signal its pid again.
@@ -390,14 +391,13 @@ impl EmbeddedRunner {
             prune::prune(upper, lowers, &candidates, &before);
         }
         if KillTarget::is_cancelled(target) {
-            return Err(RunError::Cancelled);
+            return Err(EmbeddedError::Cancelled);
         }
         if !detail.is_empty() {
             return Err(EmbeddedError::Setup {
                 command: plan.argv.clone(),
                 detail,
-            }
-            .into());
+            });
         }
         Ok(code)
     }
@@ -407,34 +407,24 @@ async fn read_lines(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<(Stream, Strin
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                }
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send((stream, line)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    crate::lines::read_lines(pipe, |line| {
+        let tx = tx.clone();
+        async move { tx.send((stream, line)).await.is_ok() }
+    })
+    .await;
 }
 
-impl Runner for EmbeddedRunner {
-    async fn run(
+impl EmbeddedRunner {
+    /// Runs one step as [`Runner::run`](crate::backend::Runner::run) describes (the trait's
+    /// implementation calls this); a cancelled step ends with [`EmbeddedError::Cancelled`].
+    pub async fn run_step(
         &self,
         spec: &StepSpec,
         output: &mut OutputSink<'_>,
         cancel: &CancellationToken,
-    ) -> Result<StepOutcome, RunError> {
+    ) -> Result<StepOutcome, EmbeddedError> {
         if cancel.is_cancelled() {
-            return Err(RunError::Cancelled);
+            return Err(EmbeddedError::Cancelled);
         }
         let start = Instant::now();
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;

@@ -224,8 +224,11 @@ pub struct ExecutorConfig {
 pub struct BuildExecutor {
     cfg: ExecutorConfig,
     nodes: HashMap<VertexId, NodeRef>,
-    counter: AtomicU64,
 }
+
+/// Numbers scratch snapshot keys and mount points. Process-wide, not per executor: two builds in
+/// one process (a library user solving twice at once) share the pid in their keys.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl BuildExecutor {
     pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
@@ -234,11 +237,7 @@ impl BuildExecutor {
         for (i, v) in graph.vertices.iter().enumerate() {
             nodes.entry(v.id).or_insert(NodeRef(i));
         }
-        let exec = BuildExecutor {
-            cfg,
-            nodes,
-            counter: AtomicU64::new(0),
-        };
+        let exec = BuildExecutor { cfg, nodes };
         exec.remove_stale_snapshots();
         Ok(exec)
     }
@@ -281,7 +280,7 @@ impl BuildExecutor {
         format!(
             "build-{}-{}-{what}",
             std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         )
     }
 
@@ -346,6 +345,30 @@ impl BuildExecutor {
                 }
             },
         }
+    }
+
+    /// The local directory `name` as a step's bind mount sees it: only the entries its snapshot
+    /// kept (BuildKit's mount shows the transferred context, so .dockerignore holds there too), in
+    /// the throwaway snapshot `key`. Read-only views hard-link files where they can (the mount is
+    /// read-only, so the host's files cannot change through it); writable ones copy, as writes are
+    /// discarded with the snapshot.
+    async fn local_view(
+        &self,
+        name: &str,
+        key: &str,
+        writable: bool,
+    ) -> Result<Mounted, ExecError> {
+        let local = self
+            .cfg
+            .locals
+            .get(name)
+            .ok_or_else(|| ExecError::UnknownContext(name.to_string()))?;
+        let mounts = self.cfg.snapshots.prepare(key, None)?;
+        let dir = self.cfg.snapshots.writable_dir(key)?;
+        let src = local.dir.clone();
+        let snapshot = local.snapshot.clone();
+        blocking(move || populate_view(&src, &snapshot, &dir, !writable)).await?;
+        Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("ctxm")))
     }
 
     /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer blob and commits it under
@@ -468,22 +491,7 @@ impl BuildExecutor {
                     held.push(m);
                 }
             }
-            // Files from the build context belong to root in the image unless --chown says
-            // otherwise, as with Docker: the host's owners (or, rootless, the overflow id of an
-            // unmapped owner) mean nothing there.
-            let mut actions = op.actions.clone();
-            for a in &mut actions {
-                if let FileAction::Copy {
-                    from: Some(r),
-                    options,
-                    ..
-                } = a
-                    && options.owner.is_none()
-                    && matches!(input_of(*r)?, Built::Local { .. })
-                {
-                    options.owner = Some("0:0".into());
-                }
-            }
+            let actions = op.actions.clone();
             let root = dest.path().to_path_buf();
             let applied = blocking(move || {
                 fileop::apply(&actions, &root, &sources)?;
@@ -555,7 +563,16 @@ impl BuildExecutor {
                                 Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
                             continue;
                         }
-                        let source = if *readonly {
+                        let source = if let Some(Built::Local { name }) = built {
+                            // The context as the build sees it (.dockerignore applied), never the
+                            // host directory itself.
+                            let k = self.unique("ctx");
+                            scratch_keys.push(k.clone());
+                            let m = self.local_view(name, &k, !*readonly).await?;
+                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            held.push(m);
+                            p
+                        } else if *readonly {
                             let m = match built {
                                 Some(b) => self.mount_readonly(b).await?,
                                 None => self.mount_readonly(&Built::Fs { layers: vec![] }).await?,
@@ -733,11 +750,7 @@ impl BuildExecutor {
             secret_env,
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
-        let masks: Vec<String> = secret_values
-            .iter()
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .filter(|s| s.len() >= 3)
-            .collect();
+        let masks = secret_masks(&secret_values);
         let events = self.cfg.events.clone();
         let mut sink = move |stream: Stream, line: &str| {
             if let Some(tx) = &events {
@@ -806,6 +819,100 @@ impl BuildExecutor {
     }
 }
 
+/// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,
+/// files (hard links when `link` and the filesystem allows, else copies), symlinks as links. Owners,
+/// modes and mtimes follow the source; fifos, sockets and devices are left out.
+fn populate_view(
+    src: &Path,
+    snapshot: &ContextSnapshot,
+    dest: &Path,
+    link: bool,
+) -> Result<(), ExecError> {
+    use crate::context::EntryKind;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut dirs = Vec::new();
+    for e in snapshot.entries() {
+        let from = src.join(&e.path);
+        let to = dest.join(&e.path);
+        let linked = match e.kind {
+            EntryKind::Dir => {
+                std::fs::create_dir_all(&to).map_err(io_err("creating", &to))?;
+                dirs.push((to, from, e.mode));
+                continue;
+            }
+            EntryKind::File => {
+                if link && std::fs::hard_link(&from, &to).is_ok() {
+                    true
+                } else {
+                    std::fs::copy(&from, &to).map_err(io_err("copying", &from))?;
+                    false
+                }
+            }
+            EntryKind::Symlink => {
+                let target = e.link_target.clone().unwrap_or_default();
+                std::os::unix::fs::symlink(&target, &to).map_err(io_err("linking", &to))?;
+                false
+            }
+            _ => continue,
+        };
+        // A hard link is the host's own inode: its owner and times are already right and must
+        // not be touched.
+        if !linked {
+            let _ = std::os::unix::fs::lchown(&to, Some(e.uid), Some(e.gid));
+            if e.kind == EntryKind::File {
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
+                    .map_err(io_err("chmod", &to))?;
+                copy_mtime(&from, &to);
+            }
+        }
+    }
+    // Modes and times of directories last: a read-only one could not be filled, and filling one
+    // changes its mtime.
+    for (to, from, mode) in dirs.iter().rev() {
+        if let Ok(md) = std::fs::symlink_metadata(from) {
+            let _ = std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()));
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(*mode))
+            .map_err(io_err("chmod", to))?;
+        copy_mtime(from, to);
+    }
+    Ok(())
+}
+
+fn copy_mtime(from: &Path, to: &Path) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::symlink_metadata(from) {
+        let t = TimeSpec::new(md.mtime(), md.mtime_nsec());
+        let _ = utimensat(
+            nix::fcntl::AT_FDCWD,
+            to,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        );
+    }
+}
+
+/// The strings masked in a step's output: each secret whole and, since output arrives one line at
+/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
+/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
+/// as masking them would garble unrelated output.
+fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
+    let mut masks: Vec<String> = Vec::new();
+    for v in values {
+        let text = String::from_utf8_lossy(v);
+        for m in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
+            if m.len() >= 3 && !masks.iter().any(|x| x == m) {
+                masks.push(m.to_string());
+            }
+        }
+    }
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    masks
+}
+
 /// The inputs of an op, in the order the solver hands their results over.
 fn vertex_inputs(op: &Op) -> Vec<NodeRef> {
     op.inputs()
@@ -830,6 +937,11 @@ impl SourceDirs for Sources {
             .iter()
             .find(|(r, _)| *r == input)
             .map(|(_, v)| v.as_ref())
+    }
+
+    /// Only the build context has a visibility filter, and only its files become root's.
+    fn root_owned(&self, input: NodeRef) -> bool {
+        self.visible.iter().any(|(r, _)| *r == input)
     }
 }
 
@@ -903,7 +1015,16 @@ impl Executor for BuildExecutor {
                         any = true;
                     }
                 }
-                let _ = e;
+                // A step that leaves its network to the build (`--network`) is keyed by the one it
+                // gets, as BuildKit keys an ExecOp by its network: a hermetic `--network none`
+                // build must not take results made with the host's network.
+                if e.network == NetworkMode::Default {
+                    h.update(match self.cfg.default_network {
+                        StepNetwork::Host => b"network:host",
+                        StepNetwork::None => b"network:none",
+                    });
+                    any = true;
+                }
                 Ok(any.then(|| *h.finalize().as_bytes()))
             }
             _ => Ok(None),

@@ -1,0 +1,968 @@
+//! The build executor and driver on a real store, snapshotter (overlay and copy backends) and the
+//! embedded runner, with no registry: every Dockerfile starts `FROM scratch` and copies the host's
+//! static busybox from the context, so RUN steps have a shell. Needs root; skips without it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use forge_builder::context::{ContextSnapshot, SnapshotOptions};
+use forge_builder::driver::{
+    self, BuildError, BuildEvent, BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir,
+    SolveSettings,
+};
+use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
+use forge_builder::frontend::dockerfile::parser;
+use forge_builder::frontend::dockerignore::Dockerignore;
+use forge_builder::graph::Graph;
+use forge_builder::solver::{DiskCache, Solution, SolveError};
+use forge_runner::backend::Backend;
+use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
+use forge_runner::spec::NetworkMode;
+use forge_snapshotter::compress::Compression;
+use forge_snapshotter::layer::LayerOptions;
+use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, Kind, Snapshotter};
+use forge_snapshotter::store::Store;
+
+const BUSYBOX: &str = "/bin/busybox";
+const BACKENDS: [BackendKind; 2] = [BackendKind::Overlay, BackendKind::Copy];
+
+/// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
+fn prerequisites() -> bool {
+    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("needs root")
+    } else if !Path::new(BUSYBOX).is_file() {
+        Some("needs /bin/busybox (Debian busybox-static)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
+        Some(why) => {
+            eprintln!("SKIP: {why}");
+            false
+        }
+    }
+}
+
+/// A store, its snapshots, the embedded runner and a disk cache in a temporary directory.
+struct Bench {
+    tmp: tempfile::TempDir,
+    backend: BackendKind,
+    store: Store,
+    snapshots: Arc<AnySnapshotter>,
+    runner: Arc<Backend>,
+    cache: Arc<DiskCache>,
+    layer: LayerOptions,
+    secrets: HashMap<String, Vec<u8>>,
+    network: NetworkMode,
+}
+
+/// One finished solve.
+struct Solved {
+    solution: Solution<Built>,
+    layers: Vec<Layer>,
+    executor: Arc<BuildExecutor>,
+    events: Vec<BuildEvent>,
+}
+
+impl Bench {
+    fn new(backend: BackendKind) -> Bench {
+        let tmp = tempfile::Builder::new()
+            .prefix("forge-build-exec-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = tmp.path().join("root");
+        let store = Store::open(&root).unwrap();
+        let snapshots = AnySnapshotter::open(&root.join("snapshots"), Some(backend)).unwrap();
+        assert_eq!(snapshots.backend(), backend);
+        let runner = EmbeddedRunner::new(EmbeddedConfig::new(
+            root.join("run"),
+            root.join("cache-mounts"),
+        ))
+        .unwrap();
+        let cache = DiskCache::open(root.join("build-cache")).unwrap();
+        Bench {
+            tmp,
+            backend,
+            store,
+            snapshots: Arc::new(snapshots),
+            runner: Arc::new(Backend::Embedded(runner)),
+            cache: Arc::new(cache),
+            layer: LayerOptions::default(),
+            secrets: HashMap::new(),
+            network: NetworkMode::Host,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+
+    /// A context directory `name` holding busybox and `files` (path, content); a path ending in
+    /// `/` is a directory.
+    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            if path.ends_with('/') {
+                std::fs::create_dir_all(&p).unwrap();
+                continue;
+            }
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        dir
+    }
+
+    /// Drops the snapshots (metadata and data) and opens an empty snapshotter in their place.
+    fn forget_snapshots(&mut self) {
+        let dir = self.root().join("snapshots");
+        std::fs::remove_dir_all(&dir).unwrap();
+        self.snapshots = Arc::new(AnySnapshotter::open(&dir, Some(self.backend)).unwrap());
+    }
+
+    async fn solve(&self, dockerfile: &str, context: &Path) -> Result<Solved, BuildError> {
+        self.solve_with(dockerfile, context, SolveSettings::default())
+            .await
+    }
+
+    /// Lowers `dockerfile` (with the context's .dockerignore) and solves its first output with a
+    /// fresh executor, as one `forge build` process would.
+    async fn solve_with(
+        &self,
+        dockerfile: &str,
+        context: &Path,
+        settings: SolveSettings,
+    ) -> Result<Solved, BuildError> {
+        let df = parser::parse_file("Dockerfile", dockerfile).expect("Dockerfile parses");
+        let patterns = match std::fs::read_to_string(context.join(".dockerignore")) {
+            Ok(text) => Dockerignore::parse(&text).unwrap().patterns().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        let lowered = lower(
+            &df,
+            &LowerOptions {
+                dockerignore: patterns.clone(),
+                ..LowerOptions::default()
+            },
+        )?;
+        let graph: Arc<Graph> = Arc::new(lowered.graph);
+        let ignore = Dockerignore::from_patterns(&patterns).unwrap();
+        let snapshot = ContextSnapshot::take(
+            context,
+            &SnapshotOptions {
+                ignore: Some(&ignore),
+                state_dir: None,
+                threads: 2,
+            },
+        )
+        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let work_dir = self.tmp.path().join(format!("work-{}", rand_suffix()));
+        let executor = Arc::new(BuildExecutor::new(
+            ExecutorConfig {
+                store: self.store.clone(),
+                snapshots: self.snapshots.clone(),
+                runner: self.runner.clone(),
+                work_dir: work_dir.clone(),
+                locals: HashMap::from([(
+                    "context".to_string(),
+                    LocalDir {
+                        dir: context.to_path_buf(),
+                        snapshot: Arc::new(snapshot),
+                    },
+                )]),
+                images: HashMap::new(),
+                secrets: self.secrets.clone(),
+                ssh: HashMap::new(),
+                layer: self.layer,
+                default_network: self.network,
+                http: None,
+                events: Some(tx.clone()),
+            },
+            &graph,
+        )?);
+        let solved = driver::solve(
+            graph.clone(),
+            executor.clone(),
+            self.cache.clone(),
+            &settings,
+            Some(tx),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        // The executor still holds a sender: take what arrived so far.
+        let mut events = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            events.push(ev);
+        }
+        let solution = solved?;
+        let layers = solution
+            .get(graph.outputs[0].root)
+            .expect("target solved")
+            .output
+            .layers()
+            .expect("a filesystem")
+            .to_vec();
+        Ok(Solved {
+            solution,
+            layers,
+            executor,
+            events,
+        })
+    }
+
+    /// Snapshots that are not committed (a step's scratch space) still in the snapshotter.
+    fn active_snapshots(&self) -> Vec<String> {
+        self.snapshots
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.kind != Kind::Committed)
+            .map(|i| i.key)
+            .collect()
+    }
+
+    /// Mount points under this bench's directory still in this process's mount table.
+    fn leftover_mounts(&self) -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = self.tmp.path().to_string_lossy().into_owned();
+        table
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&here)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Neither scratch snapshots nor mounts were left behind.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.active_snapshots(),
+            Vec::<String>::new(),
+            "active snapshots left"
+        );
+        assert_eq!(self.leftover_mounts(), Vec::<String>::new(), "mounts left");
+    }
+}
+
+fn rand_suffix() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One entry of a layer tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TarEntry {
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    link: Option<String>,
+    data: Vec<u8>,
+}
+
+/// The entries of a layer blob, by path without leading `./` or trailing `/`.
+fn layer_entries(store: &Store, layer: &Layer) -> BTreeMap<String, TarEntry> {
+    assert!(
+        store.has_blob(&layer.digest),
+        "blob {} not in the store",
+        layer.digest
+    );
+    let file = std::fs::File::open(store.blob_path(&layer.digest)).unwrap();
+    let reader: Box<dyn Read> = if layer.media_type.ends_with("+gzip") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else if layer.media_type.ends_with("+zstd") {
+        Box::new(zstd::stream::read::Decoder::new(file).unwrap())
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut out = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let header = entry.header().clone();
+        let link = entry
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned());
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        out.insert(
+            path,
+            TarEntry {
+                kind: header.entry_type(),
+                mode: header.mode().unwrap() & 0o7777,
+                uid: header.uid().unwrap(),
+                gid: header.gid().unwrap(),
+                link,
+                data,
+            },
+        );
+    }
+    out
+}
+
+fn assert_file(entries: &BTreeMap<String, TarEntry>, path: &str, content: &[u8]) {
+    let e = entries
+        .get(path)
+        .unwrap_or_else(|| panic!("{path} not in layer: {:?}", entries.keys()));
+    assert_eq!(e.kind, tar::EntryType::Regular, "{path}");
+    assert_eq!(
+        String::from_utf8_lossy(&e.data),
+        String::from_utf8_lossy(content),
+        "{path}"
+    );
+}
+
+/// The ExecError behind a failed step.
+fn step_error(e: &BuildError) -> &ExecError {
+    match e {
+        BuildError::Solve(SolveError::Step { source, .. }) => source
+            .downcast_ref::<ExecError>()
+            .unwrap_or_else(|| panic!("not an executor error: {source}")),
+        other => panic!("not a step failure: {other}"),
+    }
+}
+
+const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let busybox = std::fs::read(BUSYBOX).unwrap();
+    for backend in BACKENDS {
+        let mut bench = Bench::new(backend);
+        let ctx = bench.context("ctx", &[("app.txt", "application\n")]);
+        let df = format!(
+            "{BASE}RUN echo hello > /greeting && mkdir -p /data && echo one > /data/one && rm /bin/ls\nCOPY app.txt /app/\n"
+        );
+        runtime().block_on(async {
+            let first = bench.solve(&df, &ctx).await.unwrap();
+            let layers = &first.layers;
+            assert_eq!(layers.len(), 4, "{backend:?}: {layers:?}");
+            assert!(first.solution.executed() >= 4, "{backend:?}");
+
+            let l0 = layer_entries(&bench.store, &layers[0]);
+            let bb = &l0["bin/busybox"];
+            assert_eq!(bb.data, busybox, "{backend:?}: busybox copied whole");
+            assert_eq!((bb.uid, bb.gid), (0, 0));
+            assert_eq!(bb.mode & 0o111, 0o111, "executable");
+
+            let l1 = layer_entries(&bench.store, &layers[1]);
+            assert_eq!(l1["bin/sh"].kind, tar::EntryType::Symlink);
+            assert_eq!(l1["bin/sh"].link.as_deref(), Some("/bin/busybox"));
+
+            let l2 = layer_entries(&bench.store, &layers[2]);
+            assert_file(&l2, "greeting", b"hello\n");
+            assert_file(&l2, "data/one", b"one\n");
+            assert!(
+                l2.contains_key("bin/.wh.ls"),
+                "{backend:?}: deleting a file of a lower layer leaves a whiteout: {:?}",
+                l2.keys()
+            );
+            assert!(
+                !l2.contains_key("bin/busybox"),
+                "unchanged files stay below"
+            );
+
+            let l3 = layer_entries(&bench.store, &layers[3]);
+            assert_file(&l3, "app/app.txt", b"application\n");
+            bench.assert_clean();
+
+            // Same graph, same cache: nothing runs and the layers are the same blobs.
+            let second = bench.solve(&df, &ctx).await.unwrap();
+            assert_eq!(second.solution.executed(), 0, "{backend:?}");
+            assert_eq!(&second.layers, layers);
+            assert!(second.events.iter().any(|e| matches!(
+                e,
+                BuildEvent::Solver(forge_builder::solver::Event::Cached { .. })
+            )));
+        });
+
+        // Without any snapshot the cached result still exports: the snapshot comes back from
+        // the blobs, and a new step on top of it runs on that rebuilt filesystem.
+        bench.forget_snapshots();
+        let third_layers = runtime().block_on(async {
+            let third = bench.solve(&df, &ctx).await.unwrap();
+            assert_eq!(third.solution.executed(), 0, "{backend:?}");
+            let name = third
+                .executor
+                .ensure_snapshot(&third.layers)
+                .await
+                .unwrap()
+                .unwrap();
+            let mounts = bench.snapshots.mounts(&name).unwrap();
+            let dest = bench.tmp.path().join("exported");
+            {
+                let m = driver::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt"))
+                    .unwrap();
+                forge_builder::export::export_local(m.path(), &dest).unwrap();
+            }
+            assert_eq!(
+                std::fs::read_to_string(dest.join("greeting")).unwrap(),
+                "hello\n"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dest.join("app/app.txt")).unwrap(),
+                "application\n"
+            );
+            assert!(!dest.join("bin/ls").exists(), "whiteout applied");
+            assert_eq!(std::fs::read(dest.join("bin/busybox")).unwrap(), busybox);
+            third.layers
+        });
+        bench.forget_snapshots();
+        runtime().block_on(async {
+            let more = format!("{df}RUN cat /greeting /data/one > /both\n");
+            let fourth = bench.solve(&more, &ctx).await.unwrap();
+            assert_eq!(
+                fourth.solution.executed(),
+                1,
+                "{backend:?}: only the new step"
+            );
+            assert_eq!(&fourth.layers[..4], &third_layers[..]);
+            let top = layer_entries(&bench.store, &fourth.layers[4]);
+            assert_file(&top, "both", b"hello\none\n");
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn copy_from_the_context_honours_dockerignore_and_gives_root_owned_files() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context(
+            "ctx",
+            &[
+                (
+                    ".dockerignore",
+                    "*.log\n!keep.log\nsecret\ndocs/**/*.md\n!docs/README.md\nbuild?/\n",
+                ),
+                ("a.log", "noise"),
+                ("keep.log", "kept"),
+                ("secret/key", "private"),
+                ("docs/README.md", "readme"),
+                ("docs/sub/deep.md", "hidden"),
+                ("docs/guide.txt", "guide"),
+                ("build1/out", "artefact"),
+                ("build10/out", "kept: ? is one character"),
+                ("src/main.c", "int main;"),
+            ],
+        );
+        std::os::unix::fs::symlink("secret/key", ctx.join("to-secret")).unwrap();
+        // Host owners mean nothing in the image.
+        for p in ["keep.log", "src/main.c", "src", "docs/README.md"] {
+            std::os::unix::fs::chown(ctx.join(p), Some(1234), Some(5678)).unwrap();
+        }
+        let df = "FROM scratch\nCOPY . /ctx/\nCOPY *.log /logs/\n";
+        runtime().block_on(async {
+            let s = bench.solve(df, &ctx).await.unwrap();
+            let all = layer_entries(&bench.store, &s.layers[0]);
+            for kept in [
+                "ctx/keep.log",
+                "ctx/docs/README.md",
+                "ctx/docs/guide.txt",
+                "ctx/src/main.c",
+                "ctx/busybox",
+                "ctx/build10/out",
+            ] {
+                assert!(
+                    all.contains_key(kept),
+                    "{backend:?}: {kept} missing: {:?}",
+                    all.keys()
+                );
+            }
+            for gone in [
+                "ctx/a.log",
+                "ctx/secret/key",
+                "ctx/secret",
+                "ctx/docs/sub/deep.md",
+                "ctx/build1/out",
+            ] {
+                assert!(
+                    !all.contains_key(gone),
+                    "{backend:?}: {gone} copied: {:?}",
+                    all.keys()
+                );
+            }
+            for (path, e) in &all {
+                assert_eq!((e.uid, e.gid), (0, 0), "{backend:?}: {path} not root-owned");
+            }
+            assert_file(&all, "ctx/keep.log", b"kept");
+
+            // A wildcard source sees the same filtered context.
+            let logs = layer_entries(&bench.store, &s.layers[1]);
+            let names: Vec<&String> = logs.keys().collect();
+            assert_eq!(names, ["logs", "logs/keep.log"], "{backend:?}");
+
+            // A link to an ignored file is no way around the rules: the source is missing.
+            let err = bench
+                .solve("FROM scratch\nCOPY to-secret /x\n", &ctx)
+                .await
+                .err()
+                .expect("a link to an ignored file is not copied");
+            let text = format!("{err} {}", step_error(&err));
+            assert!(text.contains("to-secret"), "{text}");
+
+            // An ignored file named outright is an error that names it.
+            let err = bench
+                .solve("FROM scratch\nCOPY a.log /x\n", &ctx)
+                .await
+                .err()
+                .expect("copying an ignored file fails");
+            let text = format!("{err} {}", step_error(&err));
+            assert!(text.contains("a.log"), "{text}");
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn copy_from_a_stage_with_chown_resolves_names_in_the_destination_stage() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context("ctx", &[]);
+        let df = format!(
+            "{BASE}\
+RUN mkdir -p /out/sub && echo made > /out/sub/file && chmod 0640 /out/sub/file
+FROM scratch AS final
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/etc\"]
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo 'app:x:1500:1600::/home/app:/bin/sh' > /etc/passwd; echo 'staff:x:2700:' > /etc/group\"]
+COPY --from=0 --chown=app /out/ /srv/
+COPY --from=0 --chown=app:staff /out/sub/file /other
+"
+        );
+        runtime().block_on(async {
+            let s = bench.solve(&df, &ctx).await.unwrap();
+            let n = s.layers.len();
+            let srv = layer_entries(&bench.store, &s.layers[n - 2]);
+            let e = &srv["srv/sub/file"];
+            assert_eq!((e.uid, e.gid), (1500, 1600), "{backend:?}: primary group");
+            assert_eq!(e.mode, 0o640, "mode kept");
+            assert_eq!(e.data, b"made\n");
+            assert_eq!((srv["srv/sub"].uid, srv["srv/sub"].gid), (1500, 1600));
+            let other = layer_entries(&bench.store, &s.layers[n - 1]);
+            assert_eq!(
+                (other["other"].uid, other["other"].gid),
+                (1500, 2700),
+                "{backend:?}"
+            );
+
+            // A name the destination does not know is an error naming it.
+            let bad = df.replace("--chown=app:staff", "--chown=nobody-here");
+            let err = bench.solve(&bad, &ctx).await.err().expect("unknown user");
+            let text = step_error(&err).to_string();
+            assert!(text.contains("nobody-here"), "{text}");
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn a_failing_run_reports_code_and_tail_and_leaves_nothing_behind() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context("ctx", &[]);
+        let df = format!(
+            "{BASE}RUN echo partial > /half && for i in 1 2 3 4 5; do echo line$i; done && echo oops >&2 && exit 7\n"
+        );
+        runtime().block_on(async {
+            let err = bench.solve(&df, &ctx).await.err().expect("the step fails");
+            assert!(err.to_string().contains("line 4"), "{err}");
+            match step_error(&err) {
+                ExecError::Exit { code, tail, argv } => {
+                    assert_eq!(*code, 7, "{backend:?}");
+                    assert!(tail.iter().any(|l| l.contains("line5")), "{tail:?}");
+                    assert!(tail.iter().any(|l| l.contains("oops")), "{tail:?}");
+                    assert!(argv.join(" ").contains("exit 7"), "{argv:?}");
+                }
+                other => panic!("{backend:?}: {other}"),
+            }
+            bench.assert_clean();
+            // The store still builds.
+            let ok = bench
+                .solve(&format!("{BASE}RUN echo fine > /f\n"), &ctx)
+                .await
+                .unwrap();
+            assert_file(
+                &layer_entries(&bench.store, ok.layers.last().unwrap()),
+                "f",
+                b"fine\n",
+            );
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn cancel_stops_a_long_step_promptly_and_cleans_up() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context("ctx", &[]);
+        let df = format!("{BASE}RUN echo started && sleep 30 && echo never > /never\n");
+        runtime().block_on(async {
+            // Warm the cache for the base, so the timing below is the sleep step alone.
+            bench.solve(BASE, &ctx).await.unwrap();
+            let settings = SolveSettings::default();
+            let cancel = settings.cancel.clone();
+            let canceller = async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                cancel.cancel();
+                Instant::now()
+            };
+            let (solved, cancelled_at) =
+                tokio::join!(bench.solve_with(&df, &ctx, settings), canceller);
+            let late = cancelled_at.elapsed();
+            let err = solved.err().expect("the build is cancelled");
+            let is_cancel = matches!(err, BuildError::Solve(SolveError::Cancelled))
+                || matches!(
+                    &err,
+                    BuildError::Solve(SolveError::Step { source, .. })
+                        if matches!(source.downcast_ref::<ExecError>(), Some(ExecError::Cancelled))
+                );
+            assert!(is_cancel, "{backend:?}: {err}");
+            assert!(
+                late < Duration::from_secs(5),
+                "{backend:?}: stopped {late:?} after cancel"
+            );
+            bench.assert_clean();
+            // No `sleep 30` of ours survives.
+            for p in std::fs::read_dir("/proc").unwrap().flatten() {
+                let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                assert!(
+                    !cmd.contains("echo started && sleep 30"),
+                    "{backend:?}: step process {} still runs",
+                    p.path().display()
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn two_solves_of_one_graph_at_once_on_one_store_agree() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Arc::new(Bench::new(backend));
+        let ctx = bench.context("ctx", &[("data", "payload")]);
+        let df = format!(
+            "{BASE}RUN echo $RANDOM$RANDOM > /random && sleep 1\nCOPY data /data\nRUN cat /data /random > /joined\n"
+        );
+        // A third build of another graph runs beside them, its executor as fresh as theirs.
+        let other = format!("{BASE}RUN echo other > /other && sleep 1\n");
+        runtime().block_on(async {
+            bench.solve(BASE, &ctx).await.unwrap();
+            let tasks: Vec<_> = [&df, &df, &other]
+                .into_iter()
+                .map(|df| {
+                    let bench = bench.clone();
+                    let df = df.clone();
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { bench.solve(&df, &ctx).await.map(|s| s.layers) })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for t in tasks {
+                results.push(t.await.unwrap().unwrap());
+            }
+            // The random file makes this proof that each step ran once: two runs would differ.
+            assert_eq!(results[0], results[1], "{backend:?}: same layers");
+            assert_eq!(results[0].len(), 5);
+            assert_file(
+                &layer_entries(&bench.store, results[2].last().unwrap()),
+                "other",
+                b"other\n",
+            );
+            for l in results.iter().flatten() {
+                assert!(bench.store.has_blob(&l.digest));
+            }
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Overlay);
+    let ctx = bench.context("ctx", &[]);
+    let df = format!("{BASE}RUN echo z > /z\n");
+    runtime().block_on(async {
+        let s = bench.solve(&df, &ctx).await.unwrap();
+        assert!(s.layers.iter().all(|l| l.media_type.ends_with("+gzip")));
+        // A layer as a base image gives it: from a registry repository, kept as it is.
+        let mut layers = s.layers.clone();
+        layers[0].source = Some("127.0.0.1:5000/base".into());
+        let out = driver::with_compression(&bench.store, &layers, Compression::Zstd { level: 3 })
+            .await
+            .unwrap();
+        assert_eq!(out.len(), layers.len());
+        assert_eq!(out[0], layers[0], "a base layer is not re-encoded");
+        for (before, after) in layers.iter().zip(&out).skip(1) {
+            assert!(after.media_type.ends_with("+zstd"), "{}", after.media_type);
+            assert_eq!(after.diff_id, before.diff_id);
+            assert_ne!(after.digest, before.digest);
+            assert!(bench.store.has_blob(&after.digest));
+            assert_eq!(
+                layer_entries(&bench.store, after),
+                layer_entries(&bench.store, before),
+                "same files"
+            );
+            // The blob really is zstd (magic 28 b5 2f fd).
+            let mut magic = [0u8; 4];
+            std::fs::File::open(bench.store.blob_path(&after.digest))
+                .unwrap()
+                .read_exact(&mut magic)
+                .unwrap();
+            assert_eq!(magic, [0x28, 0xb5, 0x2f, 0xfd]);
+        }
+        // Asking for what they already are changes nothing.
+        let again = driver::with_compression(&bench.store, &out, Compression::Zstd { level: 3 })
+            .await
+            .unwrap();
+        assert_eq!(again, out);
+    });
+}
+
+#[test]
+fn secrets_are_required_when_marked_and_masked_line_by_line() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let df = format!(
+        "{BASE}RUN --mount=type=secret,id=token,required=true cat /run/secrets/token > /dev/null\n"
+    );
+    runtime().block_on(async {
+        let err = bench.solve(&df, &ctx).await.err().expect("fails");
+        assert!(
+            matches!(step_error(&err), ExecError::MissingSecret { id } if id == "token"),
+            "{err}"
+        );
+        bench.assert_clean();
+    });
+    // Given, its value is masked in the output (line by line: `cat` prints a multi-line secret
+    // one line at a time) and absent from every layer.
+    bench.secrets.insert(
+        "token".into(),
+        b"s3cr3t-value-42\nsecond-line-xyz\n".to_vec(),
+    );
+    let df = format!(
+        "{BASE}RUN --mount=type=secret,id=token,required=true cat /run/secrets/token && wc -c < /run/secrets/token > /len\n"
+    );
+    runtime().block_on(async {
+        let s = bench.solve(&df, &ctx).await.unwrap();
+        let lines: Vec<&str> = s
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                BuildEvent::Output { line, .. } => Some(line.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lines.iter().filter(|l| **l == "****").count(),
+            2,
+            "{lines:?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("s3cr3t") || l.contains("second-line")),
+            "{lines:?}"
+        );
+        let top = layer_entries(&bench.store, s.layers.last().unwrap());
+        assert_file(&top, "len", b"32\n");
+        for l in &s.layers {
+            for (path, e) in layer_entries(&bench.store, l) {
+                let data = String::from_utf8_lossy(&e.data);
+                assert!(
+                    !data.contains("s3cr3t") && !data.contains("second-line"),
+                    "secret in {path}"
+                );
+                assert!(
+                    !path.starts_with("run/secrets/"),
+                    "secret mount point {path} in a layer"
+                );
+            }
+        }
+        bench.assert_clean();
+    });
+}
+
+#[test]
+fn layers_match_the_host_files_metadata() {
+    if !prerequisites() {
+        return;
+    }
+    // The context's modes survive a COPY (only owners are reset).
+    let bench = Bench::new(BackendKind::Overlay);
+    let ctx = bench.context("ctx", &[("tool", "#!/bin/sh\n"), ("conf", "x")]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.join("tool"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::set_permissions(ctx.join("conf"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    runtime().block_on(async {
+        let s = bench
+            .solve("FROM scratch\nCOPY tool conf /etc/app/\n", &ctx)
+            .await
+            .unwrap();
+        let e = layer_entries(&bench.store, &s.layers[0]);
+        assert_eq!(e["etc/app/tool"].mode, 0o751);
+        assert_eq!(e["etc/app/conf"].mode, 0o600);
+        assert_eq!(
+            e["etc/app/tool"].mode,
+            std::fs::metadata(ctx.join("tool")).unwrap().mode() & 0o7777
+        );
+    });
+}
+
+#[test]
+fn the_build_network_keys_steps_that_do_not_choose_one() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let df = format!("{BASE}RUN echo ran > /ran\nRUN --network=none echo fixed > /fixed\n");
+    runtime().block_on(async {
+        let host = bench.solve(&df, &ctx).await.unwrap();
+        assert!(host.solution.executed() >= 2);
+    });
+    // `--network none` after a build with the host's network: the steps that left the choice to
+    // the build run again (and what is built on them), the COPY before them does not.
+    bench.network = NetworkMode::None;
+    runtime().block_on(async {
+        let none = bench.solve(&df, &ctx).await.unwrap();
+        let ran: Vec<String> = none
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                BuildEvent::Solver(forge_builder::solver::Event::Started {
+                    description, ..
+                }) => Some(description.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(ran.iter().any(|d| d.contains("echo ran")), "{ran:?}");
+        assert!(!ran.iter().any(|d| d.contains("COPY")), "{ran:?}");
+        let again = bench.solve(&df, &ctx).await.unwrap();
+        assert_eq!(again.solution.executed(), 0);
+    });
+    // Both results stay recorded: back on the host network nothing runs.
+    bench.network = NetworkMode::Host;
+    runtime().block_on(async {
+        let host = bench.solve(&df, &ctx).await.unwrap();
+        assert_eq!(host.solution.executed(), 0);
+    });
+}
+
+#[test]
+fn a_bind_mount_of_the_context_shows_only_what_dockerignore_keeps() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context(
+            "ctx",
+            &[
+                (".dockerignore", ".env\nprivate/\n"),
+                (".env", "API_KEY=hunter2"),
+                ("private/key", "hunter3"),
+                ("src/main.c", "int main;"),
+            ],
+        );
+        std::os::unix::fs::symlink("src/main.c", ctx.join("main-link")).unwrap();
+        let df = format!(
+            "{BASE}RUN --mount=type=bind,target=/ctx ls -A /ctx /ctx/src > /listing && cat /ctx/main-link > /via-link && ! touch /ctx/src/x 2>/dev/null\n\
+             RUN --mount=type=bind,target=/w,rw echo changed > /w/src/main.c && echo new > /w/new && cat /w/src/main.c > /seen\n"
+        );
+        runtime().block_on(async {
+            let s = bench.solve(&df, &ctx).await.unwrap();
+            let n = s.layers.len();
+            let ro = layer_entries(&bench.store, &s.layers[n - 2]);
+            let listing = String::from_utf8_lossy(&ro["listing"].data).into_owned();
+            assert!(
+                listing.contains("main.c") && listing.contains(".dockerignore"),
+                "{listing}"
+            );
+            assert!(
+                !listing.contains(".env") && !listing.contains("private"),
+                "{backend:?}: ignored entries visible in the bind mount: {listing}"
+            );
+            assert_eq!(ro["via-link"].data, b"int main;");
+            let rw = layer_entries(&bench.store, &s.layers[n - 1]);
+            assert_eq!(rw["seen"].data, b"changed\n");
+            assert!(
+                !rw.contains_key("w/new"),
+                "writes to the bind stay out of the layer"
+            );
+            bench.assert_clean();
+        });
+        // The host's context is untouched: writes went to a copy, links were only unlinked.
+        assert_eq!(
+            std::fs::read_to_string(ctx.join("src/main.c")).unwrap(),
+            "int main;"
+        );
+        assert!(!ctx.join("new").exists());
+        assert_eq!(
+            std::fs::read_to_string(ctx.join(".env")).unwrap(),
+            "API_KEY=hunter2"
+        );
+        runtime().block_on(async {
+            let err = bench
+                .solve(
+                    &format!("{BASE}RUN --mount=type=bind,target=/ctx cat /ctx/.env\n"),
+                    &ctx,
+                )
+                .await
+                .err()
+                .expect("an ignored file cannot be read through the mount");
+            assert!(matches!(step_error(&err), ExecError::Exit { .. }), "{err}");
+            bench.assert_clean();
+        });
+    }
+}

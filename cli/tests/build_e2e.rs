@@ -1,0 +1,1442 @@
+//! `forge build` end to end (issue 5): the fixture in testdata/e2e/full is built rootless as
+//! $FORGE_TEST_USER with the embedded runner, and as root with the containerd runner, pushed to the
+//! loopback registry and judged by independent tools: skopeo pulls it back, umoci unpacks it as root so
+//! owners are real, ctr runs it. Reproducibility, the cache and a failing step use the same fixtures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+const VERSION: &str = "1.2.3";
+const EPOCH: &str = "1700000000";
+/// What the image's ENTRYPOINT prints for its CMD, run as USER tester in WORKDIR /app/data.
+const RUN_OUTPUT: &str =
+    "entrypoint args: hello world\nuser: 1000:1000 cwd: /app/data version: 1.2.3\nhello, e2e\n";
+
+// ---------------------------------------------------------------------------------------------
+// What the machine must have
+
+fn require() -> bool {
+    std::env::var("FORGE_E2E").as_deref() == Ok("require")
+}
+
+/// Prints a SKIP line and returns `None`, or fails the test under FORGE_E2E=require.
+fn skip<T>(why: &str) -> Option<T> {
+    if require() {
+        panic!("FORGE_E2E=require but {why}");
+    }
+    eprintln!("SKIP: {why}");
+    None
+}
+
+#[derive(Clone)]
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+struct Machine {
+    registry: String,
+    busybox: String,
+    user: User,
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn lookup_user(name: &str) -> Option<User> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() > 3 && f[0] == name {
+            Some(User {
+                name: name.to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+            })
+        } else {
+            None
+        }
+    })
+}
+
+/// The registry, the base image and the unprivileged user; root is needed to switch to that user and
+/// for umoci to unpack with the image's own owners.
+fn machine() -> Option<Machine> {
+    let euid = fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if euid != 0 {
+        return skip(
+            "build e2e tests run as root (they switch to FORGE_TEST_USER and unpack with real owners)",
+        );
+    }
+    let (Ok(registry), Ok(busybox)) = (
+        std::env::var("FORGE_TEST_REGISTRY"),
+        std::env::var("FORGE_TEST_BUSYBOX"),
+    ) else {
+        return skip(
+            "FORGE_TEST_REGISTRY or FORGE_TEST_BUSYBOX is not set (run .ci/setup.d/20-registry.sh and 30-base-images.sh)",
+        );
+    };
+    let Ok(name) = std::env::var("FORGE_TEST_USER") else {
+        return skip("FORGE_TEST_USER is not set (run .ci/setup.d/40-rootless-user.sh)");
+    };
+    let Some(user) = lookup_user(&name) else {
+        return skip(&format!("FORGE_TEST_USER={name} does not exist"));
+    };
+    for tool in ["skopeo", "umoci", "tar", "runuser", "chown"] {
+        if !on_path(tool) {
+            return skip(&format!("{tool} is not installed (the judges need it)"));
+        }
+    }
+    Some(Machine {
+        registry,
+        busybox,
+        user,
+    })
+}
+
+/// The containerd socket, for `ctr run` and `--runner containerd`.
+fn containerd() -> Option<String> {
+    let Ok(address) = std::env::var("CONTAINERD_ADDRESS") else {
+        return skip("CONTAINERD_ADDRESS is not set (run .ci/setup.d/50-containerd.sh)");
+    };
+    if !Path::new(&address).exists() {
+        return skip(&format!("containerd socket {address} does not exist"));
+    }
+    if !on_path("ctr") {
+        return skip("ctr is not installed");
+    }
+    Some(address)
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a judge tool and returns its stdout; a failure shows the command and its stderr.
+fn judge(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scratch directory with forge and the build context, reachable by the unprivileged user
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/e2e")
+        .join(name)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Who runs forge.
+#[derive(Clone, Copy)]
+enum Who<'a> {
+    Root,
+    User(&'a User),
+}
+
+struct Scratch {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh directory under /tmp with a copy of forge; owned by `owner` when given.
+    fn new(owner: Option<&User>) -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix("forge-build-e2e-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        set_mode(dir.path(), 0o755);
+        let bin = dir.path().join("forge");
+        fs::copy(env!("CARGO_BIN_EXE_forge"), &bin).unwrap();
+        set_mode(&bin, 0o755);
+        if let Some(user) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        }
+        Scratch { dir, bin }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Copies a fixture to `name`, owned by `owner` (the user's own files, as in a checkout).
+    fn context(&self, fixture: &str, name: &str, owner: Option<&User>) -> PathBuf {
+        let ctx = self.path(name);
+        copy_tree(&testdata(fixture), &ctx);
+        // Modes as a checkout with umask 022 gives them, whatever this checkout's umask was.
+        for entry in walk(&ctx) {
+            let is_dir = fs::symlink_metadata(&entry).unwrap().is_dir();
+            set_mode(&entry, if is_dir { 0o755 } else { 0o644 });
+        }
+        let staging = self.path(&format!("{name}-staging"));
+        match fixture {
+            "full" => complete_full_context(&ctx, &staging),
+            "add-tar" => vendor_tar(&ctx, &staging),
+            _ => {}
+        }
+        if let Some(user) = owner {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", user.uid, user.gid))
+                .arg(&ctx)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        ctx
+    }
+
+    fn forge(&self, who: Who<'_>, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = match who {
+            Who::Root => Command::new(&self.bin),
+            Who::User(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", &user.name, "--"]).arg(&self.bin);
+                c
+            }
+        };
+        // The caller's runtime dir and store belong to root; the user gets only what we give it.
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("FORGE_ROOT")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .envs(env.iter().copied());
+        cmd.output().expect("run forge")
+    }
+}
+
+/// What git cannot carry: exact modes, symlinks, a hardlink and the gzipped tar that ADD extracts.
+fn complete_full_context(ctx: &Path, staging: &Path) {
+    std::os::unix::fs::symlink("target.txt", ctx.join("links/rel.link")).unwrap();
+    std::os::unix::fs::symlink("/app/txt/a.txt", ctx.join("links/abs.link")).unwrap();
+    fs::hard_link(ctx.join("links/target.txt"), ctx.join("links/hard.txt")).unwrap();
+
+    vendor_tar(ctx, staging);
+}
+
+/// ctx/vendor.tar.gz: vendor-1.0/ with a file, an executable, a symlink and a hardlink, every entry
+/// owned 123:456.
+fn vendor_tar(ctx: &Path, staging: &Path) {
+    let vendor = staging.join("vendor-1.0");
+    fs::create_dir_all(vendor.join("bin")).unwrap();
+    set_mode(&vendor, 0o755);
+    set_mode(&vendor.join("bin"), 0o755);
+    fs::write(vendor.join("lib.txt"), "vendored library\n").unwrap();
+    set_mode(&vendor.join("lib.txt"), 0o640);
+    fs::write(vendor.join("bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    set_mode(&vendor.join("bin/tool"), 0o755);
+    std::os::unix::fs::symlink("lib.txt", vendor.join("current")).unwrap();
+    fs::hard_link(vendor.join("lib.txt"), vendor.join("lib.hard")).unwrap();
+    let status = Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=123",
+            "--group=456",
+            "--numeric-owner",
+            "--mtime=@1600000000",
+            "-czf",
+        ])
+        .arg(ctx.join("vendor.tar.gz"))
+        .arg("-C")
+        .arg(staging)
+        .arg("vendor-1.0")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar of the vendor archive failed");
+    set_mode(&ctx.join("vendor.tar.gz"), 0o644);
+}
+
+/// Every path under `root`, `root` included, symlinks not followed.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            let mut children: Vec<PathBuf> = fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            children.sort();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn full_build_args(m: &Machine) -> Vec<String> {
+    [
+        format!("--build-arg=BASE={}", m.busybox),
+        format!("--build-arg=VERSION={VERSION}"),
+        "--build-arg=FLAVOR=e2e".into(),
+        "--label=org.example.cli=yes".into(),
+    ]
+    .into()
+}
+
+fn build(
+    scratch: &Scratch,
+    who: Who<'_>,
+    store: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut all: Vec<&str> = vec!["build"];
+    all.extend(args.iter().map(String::as_str));
+    let root = store.to_str().unwrap();
+    let mut env = env.to_vec();
+    env.push(("FORGE_ROOT", root));
+    scratch.forge(who, &all, &env)
+}
+
+fn assert_built(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what}: forge build failed ({})\n--- stdout\n{}\n--- stderr (tail)\n{}",
+        out.status,
+        text(&out.stdout),
+        tail(&text(&out.stderr), 80)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The judges: skopeo, umoci, ctr
+
+struct Pulled {
+    _dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    digest: String,
+    manifest: Value,
+    config: Value,
+}
+
+fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"));
+    fs::read(layout.join("blobs/sha256").join(hex)).unwrap_or_else(|e| panic!("blob {digest}: {e}"))
+}
+
+fn json_blob(layout: &Path, digest: &str) -> Value {
+    serde_json::from_slice(&blob(layout, digest)).unwrap()
+}
+
+/// Reads an OCI layout's only (or `tag`-named) manifest and its config.
+fn read_layout(layout: &Path, tag: Option<&str>) -> (String, Value, Value) {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifests = index["manifests"]
+        .as_array()
+        .expect("index.json has manifests");
+    let entry = match tag {
+        Some(tag) => manifests
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("no manifest tagged {tag} in {index}")),
+        None => {
+            assert_eq!(manifests.len(), 1, "one manifest expected: {index}");
+            &manifests[0]
+        }
+    };
+    let digest = entry["digest"].as_str().unwrap().to_string();
+    let manifest = json_blob(layout, &digest);
+    let config = json_blob(layout, manifest["config"]["digest"].as_str().unwrap());
+    (digest, manifest, config)
+}
+
+/// The manifest digest the registry holds for `reference`.
+fn registry_digest(reference: &str) -> String {
+    judge(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{reference}"),
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+/// Pulls `reference` back with skopeo into an OCI layout and unpacks it with umoci as root.
+fn pull_back(reference: &str) -> Pulled {
+    let dir = tempfile::Builder::new()
+        .prefix("forge-build-judge-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let layout = dir.path().join("oci");
+    let layout_ref = format!("oci:{}:judge", layout.display());
+    judge(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &layout_ref,
+        ],
+    );
+    let registry_digest = registry_digest(reference);
+    let (digest, manifest, config) = read_layout(&layout, Some("judge"));
+    assert_eq!(
+        digest, registry_digest,
+        "skopeo changed the manifest while copying it"
+    );
+    let bundle = dir.path().join("bundle");
+    judge(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:judge", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    Pulled {
+        rootfs: bundle.join("rootfs"),
+        _dir: dir,
+        digest,
+        manifest,
+        config,
+    }
+}
+
+/// Pulls `reference` into containerd and runs it with its own ENTRYPOINT and CMD.
+fn ctr_run(address: &str, reference: &str) -> String {
+    let base = ["-a", address, "-n", "forge-e2e"];
+    let with =
+        |rest: &[&str]| -> Vec<String> { base.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let args = with(&["images", "pull", "--plain-http", reference]);
+    judge("ctr", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let id = format!("forge-e2e-{}", unique());
+    let args = with(&["run", "--rm", reference, &id]);
+    let out = judge("ctr", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let args = with(&["images", "rm", reference]);
+    let _ = Command::new("ctr").args(&args).output();
+    out
+}
+
+/// Collects every mismatch, so one run reports all of them.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn eq<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, actual: T, expected: T) {
+        if actual != expected {
+            self.0
+                .push(format!("{what}: expected {expected:?}, got {actual:?}"));
+        }
+    }
+
+    fn that(&mut self, what: &str, ok: bool) {
+        if !ok {
+            self.0.push(what.to_string());
+        }
+    }
+
+    fn finish(self, context: &str) {
+        assert!(
+            self.0.is_empty(),
+            "{context}: {} mismatches:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+
+    fn file(&mut self, root: &Path, path: &str, content: &str, mode: u32, owner: (u32, u32)) {
+        let full = root.join(path.trim_start_matches('/'));
+        let Ok(meta) = fs::symlink_metadata(&full) else {
+            self.0.push(format!("{path}: missing"));
+            return;
+        };
+        if !meta.is_file() {
+            self.0.push(format!("{path}: not a regular file"));
+            return;
+        }
+        self.eq(
+            &format!("{path} content"),
+            fs::read_to_string(&full).unwrap_or_default().as_str(),
+            content,
+        );
+        self.eq(
+            &format!("{path} mode"),
+            format!("{:o}", meta.mode() & 0o7777),
+            format!("{mode:o}"),
+        );
+        self.eq(&format!("{path} owner"), (meta.uid(), meta.gid()), owner);
+    }
+
+    fn dir(&mut self, root: &Path, path: &str, mode: u32, owner: (u32, u32)) {
+        let full = root.join(path.trim_start_matches('/'));
+        match fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_dir() => {
+                self.eq(
+                    &format!("{path} mode"),
+                    format!("{:o}", meta.mode() & 0o7777),
+                    format!("{mode:o}"),
+                );
+                self.eq(&format!("{path} owner"), (meta.uid(), meta.gid()), owner);
+            }
+            Ok(_) => self.0.push(format!("{path}: not a directory")),
+            Err(_) => self.0.push(format!("{path}: missing")),
+        }
+    }
+
+    fn symlink(&mut self, root: &Path, path: &str, target: &str) {
+        let full = root.join(path.trim_start_matches('/'));
+        match fs::read_link(&full) {
+            Ok(t) => self.eq(
+                &format!("{path} link target"),
+                t.to_string_lossy().as_ref(),
+                target,
+            ),
+            Err(e) => self.0.push(format!("{path}: not a symlink ({e})")),
+        }
+    }
+
+    fn hardlinked(&mut self, root: &Path, a: &str, b: &str) {
+        let ino =
+            |p: &str| fs::symlink_metadata(root.join(p.trim_start_matches('/'))).map(|m| m.ino());
+        match (ino(a), ino(b)) {
+            (Ok(x), Ok(y)) => self.that(
+                &format!("{a} and {b} are not one inode ({x} vs {y})"),
+                x == y,
+            ),
+            _ => self.0.push(format!("{a} or {b} missing (hardlink)")),
+        }
+    }
+
+    fn absent(&mut self, root: &Path, path: &str) {
+        let full = root.join(path.trim_start_matches('/'));
+        self.that(
+            &format!("{path} must not exist in the image"),
+            fs::symlink_metadata(full).is_err(),
+        );
+    }
+}
+
+/// One expected history entry of the final image, after the base image's.
+struct Step {
+    prefix: &'static str,
+    contains: &'static str,
+    layer: bool,
+}
+
+const fn step(prefix: &'static str, contains: &'static str, layer: bool) -> Step {
+    Step {
+        prefix,
+        contains,
+        layer,
+    }
+}
+
+/// The history BuildKit writes for testdata/e2e/full's target (ARG entries aside).
+const HISTORY: &[Step] = &[
+    step("LABEL org.example.base=runtime-base", "", false),
+    step("CMD [\"from-runtime-base\"]", "", false),
+    step(
+        "ENV APP_HOME=/app APP_VERSION=1.2.3 MODE=release",
+        "",
+        false,
+    ),
+    step(
+        "LABEL org.example.version=1.2.3 org.example.name=forge e2e",
+        "",
+        false,
+    ),
+    step("WORKDIR /app", "", true),
+    step(
+        "RUN ",
+        "rm /usr/bin/wget && rm -r /var/log # buildkit",
+        true,
+    ),
+    step("COPY *.txt ./txt/ # buildkit", "", true),
+    step("COPY docs/ ./docs/ # buildkit", "", true),
+    step("COPY links/ ./links/ # buildkit", "", true),
+    step(
+        "COPY --chown=1000:1000 files/ids.txt ./owned/ids.txt # buildkit",
+        "",
+        true,
+    ),
+    step(
+        "COPY --chown=tester:nogroup files/names.txt ./owned/names.txt # buildkit",
+        "",
+        true,
+    ),
+    step(
+        "COPY --chmod=0600 files/octal.sh ./modes/octal.sh # buildkit",
+        "",
+        true,
+    ),
+    step(
+        "COPY --chmod=u+x,g+w,o-r files/symbolic.sh ./modes/symbolic.sh # buildkit",
+        "",
+        true,
+    ),
+    step("ADD vendor.tar.gz ./vendor/ # buildkit", "", true),
+    step("COPY <<EOF ./etc/app.ini # buildkit", "", true),
+    step(
+        "COPY --chmod=0755 <<EOF ./bin/entry.sh # buildkit",
+        "",
+        true,
+    ),
+    step("COPY /work/out/ ./built/ # buildkit", "", true),
+    step("RUN ", "chown 1000:1000 /app/run-owned.txt", true),
+    step("RUN ", "cat <<EOT > /app/heredoc-stdin.txt", true),
+    step("WORKDIR /app/data", "", true),
+    step("USER tester", "", false),
+    step("RUN ", "id -un > /home/tester/whoami", true),
+    step("EXPOSE ", "9090/udp", false),
+    step("HEALTHCHECK ", "Retries:4", false),
+    step("STOPSIGNAL SIGINT", "", false),
+    step("ENTRYPOINT [\"/app/bin/entry.sh\"]", "", false),
+    step("CMD [\"hello\" \"world\"]", "", false),
+];
+
+fn check_config(config: &Value, manifest: &Value, c: &mut Checks) {
+    let cfg = &config["config"];
+    c.eq("os", config["os"].as_str(), Some("linux"));
+    c.eq(
+        "architecture",
+        config["architecture"].as_str(),
+        Some(match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }),
+    );
+    c.eq(
+        "Env",
+        &cfg["Env"],
+        &json!([
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "APP_HOME=/app",
+            "APP_VERSION=1.2.3",
+            "MODE=release"
+        ]),
+    );
+    c.eq("User", &cfg["User"], &json!("tester"));
+    c.eq("WorkingDir", &cfg["WorkingDir"], &json!("/app/data"));
+    c.eq(
+        "Entrypoint",
+        &cfg["Entrypoint"],
+        &json!(["/app/bin/entry.sh"]),
+    );
+    c.eq("Cmd", &cfg["Cmd"], &json!(["hello", "world"]));
+    c.eq(
+        "Labels",
+        &cfg["Labels"],
+        &json!({
+            "org.example.base": "runtime-base",
+            "org.example.version": "1.2.3",
+            "org.example.name": "forge e2e",
+            "org.example.cli": "yes"
+        }),
+    );
+    c.eq(
+        "ExposedPorts",
+        &cfg["ExposedPorts"],
+        &json!({"7000/tcp": {}, "8080/tcp": {}, "9090/udp": {}}),
+    );
+    let hc = &cfg["Healthcheck"];
+    c.eq(
+        "Healthcheck.Test",
+        &hc["Test"],
+        &json!(["CMD-SHELL", "test -s /app/built/greeting || exit 1"]),
+    );
+    c.eq(
+        "Healthcheck.Interval",
+        &hc["Interval"],
+        &json!(30_000_000_000u64),
+    );
+    c.eq(
+        "Healthcheck.Timeout",
+        &hc["Timeout"],
+        &json!(3_000_000_000u64),
+    );
+    c.eq(
+        "Healthcheck.StartPeriod",
+        &hc["StartPeriod"],
+        &json!(5_000_000_000u64),
+    );
+    c.eq("Healthcheck.Retries", &hc["Retries"], &json!(4));
+    c.eq("StopSignal", &cfg["StopSignal"], &json!("SIGINT"));
+    c.that(
+        &format!("Volumes must be empty: {}", cfg["Volumes"]),
+        cfg["Volumes"].is_null() || cfg["Volumes"] == json!({}),
+    );
+
+    // History: the base image's two entries, then one per instruction of the target's chain.
+    let history = config["history"].as_array().cloned().unwrap_or_default();
+    let created_by = |h: &Value| h["created_by"].as_str().unwrap_or_default().to_string();
+    let empty = |h: &Value| h["empty_layer"].as_bool().unwrap_or(false);
+    c.eq(
+        "base history",
+        history.iter().take(2).map(created_by).collect::<Vec<_>>(),
+        vec![
+            "umoci repack".to_string(),
+            "forge make-base-images.sh busybox".to_string(),
+        ],
+    );
+    let ours: Vec<&Value> = history
+        .iter()
+        .skip(2)
+        .filter(|h| !created_by(h).starts_with("ARG "))
+        .collect();
+    c.that(
+        "history has an `ARG VERSION` entry",
+        history
+            .iter()
+            .any(|h| created_by(h).starts_with("ARG VERSION")),
+    );
+    let lines: Vec<String> = ours.iter().map(|h| created_by(h)).collect();
+    c.eq("history length (ARG aside)", lines.len(), HISTORY.len());
+    for (i, (h, want)) in ours.iter().zip(HISTORY).enumerate() {
+        let line = created_by(h);
+        c.that(
+            &format!(
+                "history[{i}] is {line:?}, expected it to start with {:?} and contain {:?}",
+                want.prefix, want.contains
+            ),
+            line.starts_with(want.prefix) && line.contains(want.contains),
+        );
+        c.eq(
+            &format!("history[{i}] ({line}) has a layer"),
+            !empty(h),
+            want.layer,
+        );
+    }
+    let layered = history.iter().filter(|h| !empty(h)).count();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+    let layers = manifest["layers"].as_array().map_or(0, Vec::len);
+    let expected = 1 + HISTORY.iter().filter(|s| s.layer).count();
+    c.eq("rootfs.diff_ids count", diff_ids, expected);
+    c.eq("manifest layers count", layers, expected);
+    c.eq("history entries with a layer", layered, expected);
+    c.eq("rootfs.type", &config["rootfs"]["type"], &json!("layers"));
+}
+
+fn check_rootfs(root: &Path, c: &mut Checks) {
+    let r = (0, 0);
+    c.dir(root, "/app", 0o755, r);
+    c.dir(root, "/app/data", 0o755, r);
+    // COPY from the context: owners become root whoever owned the files; .dockerignore applied.
+    c.file(root, "/app/txt/a.txt", "file a\n", 0o644, r);
+    c.file(root, "/app/txt/b.txt", "file b\n", 0o644, r);
+    c.absent(root, "/app/txt/secret.txt");
+    c.file(
+        root,
+        "/app/docs/keep.md",
+        "kept by the ! exception\n",
+        0o644,
+        r,
+    );
+    c.file(root, "/app/docs/readme.txt", "not a .md file\n", 0o644, r);
+    c.absent(root, "/app/docs/drop.md");
+    // Links from the context.
+    c.file(root, "/app/links/target.txt", "link target\n", 0o644, r);
+    c.symlink(root, "/app/links/rel.link", "target.txt");
+    c.symlink(root, "/app/links/abs.link", "/app/txt/a.txt");
+    c.hardlinked(root, "/app/links/target.txt", "/app/links/hard.txt");
+    // --chown and --chmod.
+    c.file(
+        root,
+        "/app/owned/ids.txt",
+        "owned by ids\n",
+        0o644,
+        (1000, 1000),
+    );
+    c.file(
+        root,
+        "/app/owned/names.txt",
+        "owned by names\n",
+        0o644,
+        (1000, 65534),
+    );
+    c.file(
+        root,
+        "/app/modes/octal.sh",
+        "#!/bin/sh\necho octal\n",
+        0o600,
+        r,
+    );
+    c.file(
+        root,
+        "/app/modes/symbolic.sh",
+        "#!/bin/sh\necho symbolic\n",
+        0o760,
+        r,
+    );
+    // ADD of a local gzipped tar: extracted with the archive's modes and links (owners: see
+    // add_of_a_local_tar_keeps_the_archives_owners).
+    check_vendor(c, root, "/app/vendor", None);
+    c.absent(root, "/app/vendor.tar.gz");
+    c.absent(root, "/app/vendor/vendor.tar.gz");
+    // COPY heredocs: the unquoted one expanded, the quoted one literal.
+    c.file(
+        root,
+        "/app/etc/app.ini",
+        "[app]\nversion=1.2.3\nhome=/app\n",
+        0o644,
+        r,
+    );
+    c.file(
+        root,
+        "/app/bin/entry.sh",
+        "#!/bin/sh\necho \"entrypoint args: $*\"\necho \"user: $(id -u):$(id -g) cwd: $(pwd) version: $APP_VERSION\"\ncat /app/built/greeting\n",
+        0o755,
+        r,
+    );
+    // COPY --from the builder stage: what its heredoc RUN made, with the cache mount's counter.
+    c.file(root, "/app/built/greeting", "hello, e2e\n", 0o644, r);
+    c.file(root, "/app/built/bundle", "main v1\nlib v1\n", 0o644, r);
+    c.symlink(root, "/app/built/bundle.link", "bundle");
+    c.hardlinked(root, "/app/built/bundle", "/app/built/bundle.hard");
+    c.file(root, "/app/built/cache-runs", "1\n", 0o644, r);
+    c.absent(root, "/work");
+    c.absent(root, "/var/cache/e2e");
+    // RUN in the target: a chown, links, a heredoc on stdin, and a step run as USER tester.
+    c.file(
+        root,
+        "/app/run-owned.txt",
+        "made by RUN\n",
+        0o644,
+        (1000, 1000),
+    );
+    c.symlink(root, "/app/run.link", "/app/built/bundle");
+    c.hardlinked(root, "/app/run-owned.txt", "/app/run.hard");
+    c.file(root, "/app/heredoc-stdin.txt", "version 1.2.3\n", 0o644, r);
+    c.file(root, "/home/tester/whoami", "tester\n", 0o644, (1000, 1000));
+    // Whiteouts: files of the base image deleted by RUN are gone, their neighbours stay.
+    c.absent(root, "/usr/bin/wget");
+    c.absent(root, "/var/log");
+    c.dir(root, "/var", 0o755, r);
+    c.symlink(root, "/usr/bin/wc", "/bin/busybox");
+    c.file(
+        root,
+        "/etc/group",
+        "root:x:0:\ntester:x:1000:\nnogroup:x:65534:\n",
+        0o644,
+        r,
+    );
+    // Nothing excluded by .dockerignore reached any layer, and no whiteout file is left unapplied.
+    for path in walk(root) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        c.that(
+            &format!("{} is an unapplied whiteout", path.display()),
+            !name.starts_with(".wh."),
+        );
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_file() && meta.len() < 4096 {
+            let body = fs::read(&path).unwrap();
+            for ignored in ["do not ship", "dropped by docs/*.md"] {
+                c.that(
+                    &format!(
+                        "{} holds an ignored file's text {ignored:?}",
+                        path.display()
+                    ),
+                    !body.windows(ignored.len()).any(|w| w == ignored.as_bytes()),
+                );
+            }
+        }
+    }
+}
+
+fn owner_of(root: &Path, path: &str) -> (u32, u32) {
+    fs::symlink_metadata(root.join(path.trim_start_matches('/')))
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((u32::MAX, u32::MAX))
+}
+
+/// What ADD made of vendor.tar.gz under `dir`; its owners are checked when `owner` is given.
+fn check_vendor(c: &mut Checks, root: &Path, dir: &str, owner: Option<(u32, u32)>) {
+    let top = format!("{dir}/vendor-1.0");
+    let owner = owner.unwrap_or_else(|| owner_of(root, &format!("{top}/lib.txt")));
+    c.dir(root, &top, 0o755, owner);
+    c.dir(root, &format!("{top}/bin"), 0o755, owner);
+    c.file(
+        root,
+        &format!("{top}/lib.txt"),
+        "vendored library\n",
+        0o640,
+        owner,
+    );
+    c.file(
+        root,
+        &format!("{top}/bin/tool"),
+        "#!/bin/sh\necho tool\n",
+        0o755,
+        owner,
+    );
+    c.symlink(root, &format!("{top}/current"), "lib.txt");
+    c.hardlinked(root, &format!("{top}/lib.txt"), &format!("{top}/lib.hard"));
+}
+
+fn check_full_image(image: &Pulled, what: &str) {
+    let mut c = Checks::default();
+    c.eq(
+        "manifest mediaType",
+        image.manifest["mediaType"].as_str(),
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    );
+    check_config(&image.config, &image.manifest, &mut c);
+    check_rootfs(&image.rootfs, &mut c);
+    c.finish(what);
+}
+
+/// The manifest digest forge printed: the last `sha256:` word of its stdout.
+fn printed_digest(out: &Output) -> Option<String> {
+    text(&out.stdout)
+        .split_whitespace()
+        .rfind(|w| w.starts_with("sha256:"))
+        .map(str::to_string)
+}
+
+fn assert_no_unused_stage(out: &Output) {
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !all.contains("the unused stage ran") && !all.contains("[unused]"),
+        "the unused stage was touched:\n{}",
+        tail(&all, 40)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
+    let Some(m) = machine() else { return };
+    // Without containerd only the `ctr run` judge is skipped (containerd() says so).
+    let address = containerd();
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("full", "ctx", Some(&user));
+    let tag = unique();
+    let reference = format!("{}/forge-e2e/full:rootless-{tag}", m.registry);
+    // A second name in another repository: every -t is pushed.
+    let other = format!("{}/forge-e2e/full-copy:rootless-{tag}", m.registry);
+    let mut args = full_build_args(&m);
+    args.extend([
+        "--progress=plain".into(),
+        "-t".into(),
+        reference.clone(),
+        "-t".into(),
+        other.clone(),
+        "--push".into(),
+        ctx.to_str().unwrap().into(),
+    ]);
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &scratch.path("store"),
+        &args,
+        &[],
+    );
+    assert_built("rootless build", &out);
+    assert_no_unused_stage(&out);
+
+    let image = pull_back(&reference);
+    assert_eq!(
+        printed_digest(&out).as_deref(),
+        Some(image.digest.as_str()),
+        "forge printed another digest than the registry holds; stdout:\n{}",
+        text(&out.stdout)
+    );
+    check_full_image(&image, "rootless build");
+    assert_eq!(registry_digest(&other), image.digest, "the second -t");
+    if let Some(address) = address {
+        assert_eq!(ctr_run(&address, &reference), RUN_OUTPUT);
+    }
+}
+
+#[test]
+fn root_build_with_the_containerd_runner_gives_the_same_image() {
+    let Some(m) = machine() else { return };
+    let Some(address) = containerd() else { return };
+    let scratch = Scratch::new(None);
+    let ctx = scratch.context("full", "ctx", None);
+    let reference = format!("{}/forge-e2e/full:containerd-{}", m.registry, unique());
+    let mut args = full_build_args(&m);
+    args.extend([
+        "--progress=plain".into(),
+        "--runner=containerd".into(),
+        "-t".into(),
+        reference.clone(),
+        "--push".into(),
+        ctx.to_str().unwrap().into(),
+    ]);
+    let out = build(
+        &scratch,
+        Who::Root,
+        &scratch.path("store"),
+        &args,
+        &[("CONTAINERD_ADDRESS", address.as_str())],
+    );
+    assert_built("containerd build", &out);
+    assert_no_unused_stage(&out);
+
+    let image = pull_back(&reference);
+    assert_eq!(printed_digest(&out).as_deref(), Some(image.digest.as_str()));
+    check_full_image(&image, "containerd build");
+    assert_eq!(ctr_run(&address, &reference), RUN_OUTPUT);
+}
+
+/// The digests one reproducible build reports: metadata file, iidfile, and the OCI tar's index.
+struct Reported {
+    metadata: String,
+    iid: String,
+    tar_manifest: String,
+    config: Value,
+}
+
+fn reproducible_build(
+    m: &Machine,
+    scratch: &Scratch,
+    ctx: &Path,
+    n: usize,
+    store: &str,
+    epoch: &str,
+) -> Reported {
+    let user = &m.user;
+    let meta = scratch.path(&format!("metadata-{n}.json"));
+    let iid = scratch.path(&format!("iid-{n}"));
+    let tar = scratch.path(&format!("image-{n}.tar"));
+    let mut args = full_build_args(m);
+    args.extend([
+        "--progress=plain".to_string(),
+        format!("--metadata-file={}", meta.display()),
+        format!("--iidfile={}", iid.display()),
+        format!("--output=type=oci,dest={}", tar.display()),
+        ctx.to_str().unwrap().into(),
+    ]);
+    let out = build(
+        scratch,
+        Who::User(user),
+        &scratch.path(store),
+        &args,
+        &[("SOURCE_DATE_EPOCH", epoch)],
+    );
+    assert_built(&format!("reproducible build {n}"), &out);
+    let metadata: Value = serde_json::from_slice(
+        &fs::read(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display())),
+    )
+    .unwrap();
+    let digest = metadata["containerimage.digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no containerimage.digest in {metadata}"))
+        .to_string();
+    let layout = scratch.path(&format!("layout-{n}"));
+    fs::create_dir(&layout).unwrap();
+    judge(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
+    );
+    let (tar_manifest, _, config) = read_layout(&layout, None);
+    Reported {
+        metadata: digest,
+        iid: fs::read_to_string(&iid).unwrap().trim().to_string(),
+        tar_manifest,
+        config,
+    }
+}
+
+#[test]
+fn source_date_epoch_gives_the_same_digest_from_two_empty_stores() {
+    let Some(m) = machine() else { return };
+    let scratch = Scratch::new(Some(&m.user));
+    let ctx = scratch.context("full", "ctx", Some(&m.user));
+    // The second build reads a second checkout: other inodes, other mtimes (the epoch clamps them).
+    let checkout = scratch.context("full", "ctx-2", Some(&m.user));
+    let one = reproducible_build(&m, &scratch, &ctx, 1, "store-1", EPOCH);
+    let two = reproducible_build(&m, &scratch, &checkout, 2, "store-2", EPOCH);
+    assert!(one.metadata.starts_with("sha256:"), "{}", one.metadata);
+    assert_eq!(one.metadata, one.tar_manifest, "metadata file vs OCI tar");
+    assert!(one.iid.starts_with("sha256:"), "iidfile: {:?}", one.iid);
+    assert_eq!(one.metadata, two.metadata, "two empty stores, one epoch");
+    assert_eq!(one.tar_manifest, two.tar_manifest);
+    assert_eq!(one.iid, two.iid);
+    assert_eq!(
+        one.config["created"].as_str(),
+        Some("2023-11-14T22:13:20Z"),
+        "config.created is SOURCE_DATE_EPOCH"
+    );
+
+    let later = reproducible_build(&m, &scratch, &ctx, 3, "store-1", "1700000060");
+    assert_ne!(
+        later.metadata, one.metadata,
+        "another epoch, another digest"
+    );
+    assert_eq!(
+        later.config["created"].as_str(),
+        Some("2023-11-14T22:14:20Z")
+    );
+}
+
+/// One vertex as `--progress json` reported it.
+#[derive(Debug)]
+struct Vertex {
+    name: String,
+    statuses: Vec<String>,
+}
+
+/// The vertices of a `--progress json` log, by vertex number.
+fn vertices(stderr: &str) -> BTreeMap<u64, Vertex> {
+    let mut out: BTreeMap<u64, Vertex> = BTreeMap::new();
+    for line in stderr.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let (Some(n), Some(status)) = (v["vertex"].as_u64(), v["status"].as_str()) else {
+            continue;
+        };
+        let entry = out.entry(n).or_insert_with(|| Vertex {
+            name: String::new(),
+            statuses: Vec::new(),
+        });
+        if let Some(name) = v["name"].as_str() {
+            entry.name = name.to_string();
+        }
+        entry.statuses.push(status.to_string());
+    }
+    out
+}
+
+/// Names of the vertices that ran (started or done) and of those found cached.
+fn ran_and_cached(log: &BTreeMap<u64, Vertex>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut ran = BTreeSet::new();
+    let mut cached = BTreeSet::new();
+    for v in log.values() {
+        if v.statuses.iter().any(|s| s == "started" || s == "done") {
+            ran.insert(v.name.clone());
+        }
+        if v.statuses.iter().any(|s| s == "cached") {
+            cached.insert(v.name.clone());
+        }
+    }
+    (ran, cached)
+}
+
+/// A Dockerfile step (as opposed to a source, an inline document or an export phase).
+fn is_instruction(name: &str) -> bool {
+    name.split_once("] ").is_some_and(|(_, rest)| {
+        ["RUN ", "COPY ", "ADD ", "WORKDIR "]
+            .iter()
+            .any(|k| rest.starts_with(k))
+    })
+}
+
+#[test]
+fn second_build_runs_no_step_and_a_one_file_change_reruns_only_its_dependents() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("full", "ctx", Some(&user));
+    let store = scratch.path("store");
+    let run = |n: usize, extra: &[String]| {
+        let mut args = full_build_args(&m);
+        args.push("--progress=json".into());
+        args.extend(extra.iter().cloned());
+        args.push(ctx.to_str().unwrap().into());
+        let out = build(&scratch, Who::User(&user), &store, &args, &[]);
+        assert_built(&format!("cache build {n}"), &out);
+        assert_no_unused_stage(&out);
+        vertices(&text(&out.stderr))
+    };
+
+    let first = run(1, &[]);
+    let (ran, _) = ran_and_cached(&first);
+    assert!(
+        ran.iter().filter(|n| is_instruction(n)).count() >= 20,
+        "the first build should run every step: {first:#?}"
+    );
+
+    let second = run(2, &[]);
+    let (ran, cached) = ran_and_cached(&second);
+    assert!(
+        ran.is_empty(),
+        "a rebuild with nothing changed ran {ran:#?}"
+    );
+    assert!(
+        cached.iter().filter(|n| is_instruction(n)).count() >= 20,
+        "every step should report cached: {second:#?}"
+    );
+
+    // Only `COPY src/` reads src/main.txt.
+    fs::write(ctx.join("src/main.txt"), "main v2\n").unwrap();
+    let local = scratch.path("local");
+    let third = run(
+        3,
+        &[format!("--output=type=local,dest={}", local.display())],
+    );
+    let (ran, cached) = ran_and_cached(&third);
+    let ran_steps: BTreeSet<String> = ran.iter().filter(|n| is_instruction(n)).cloned().collect();
+    let expected_to_run = [
+        "COPY src/ ./src/",
+        "RUN --mount=type=cache,target=/var/cache/e2e <<EOF",
+        "COPY --from=builder /work/out/ ./built/",
+        "RUN <<EOF",
+        "RUN cat <<EOT > /app/heredoc-stdin.txt",
+        "WORKDIR /app/data",
+        "RUN id -un > /home/tester/whoami",
+    ];
+    let mut problems = Vec::new();
+    for want in expected_to_run {
+        if !ran_steps.iter().any(|n| n.contains(want)) {
+            problems.push(format!("expected a step containing {want:?} to run"));
+        }
+    }
+    for name in &ran_steps {
+        if !expected_to_run.iter().any(|w| name.contains(w)) {
+            problems.push(format!(
+                "{name:?} ran although src/main.txt does not reach it"
+            ));
+        }
+    }
+    for must_be_cached in [
+        "WORKDIR /work",
+        "WORKDIR ${APP_HOME}",
+        "RUN rm /usr/bin/wget",
+        "COPY *.txt ./txt/",
+        "ADD vendor.tar.gz ./vendor/",
+        "COPY --chmod=0755 <<'EOF' ./bin/entry.sh",
+    ] {
+        if !cached.iter().any(|n| n.contains(must_be_cached)) {
+            problems.push(format!("expected {must_be_cached:?} to be cached"));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n{third:#?}", problems.join("\n"));
+
+    // The cache mount kept its counter across builds; the new source reached the image.
+    assert_eq!(
+        fs::read_to_string(local.join("app/built/cache-runs")).unwrap(),
+        "2\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("app/built/bundle")).unwrap(),
+        "main v2\nlib v1\n"
+    );
+}
+
+#[test]
+fn failing_run_reports_step_status_and_output_then_the_store_still_builds() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("fail", "ctx", Some(&user));
+    let store = scratch.path("store");
+    let base = format!("--build-arg=BASE={}", m.busybox);
+
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &store,
+        &[
+            base.clone(),
+            "--progress=plain".into(),
+            ctx.to_str().unwrap().into(),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code of a failed build:\n{stderr}"
+    );
+    // Plain progress streams the output as it comes; the error report after the exit status must
+    // still repeat the step and its last lines.
+    let status_line = stderr
+        .lines()
+        .position(|l| l.to_lowercase().contains("exit") && l.contains("42"))
+        .unwrap_or_else(|| panic!("stderr lacks the exit status 42:\n{stderr}"));
+    let report = stderr
+        .lines()
+        .skip(status_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "RUN echo \"first words\"",
+        "line 5",
+        "first words",
+        "to stderr",
+        "the last words before failing",
+    ] {
+        assert!(
+            report.contains(needle),
+            "the error report lacks {needle:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        printed_digest(&out).is_none(),
+        "a failed build printed a digest"
+    );
+
+    let local = scratch.path("local");
+    let good = build(
+        &scratch,
+        Who::User(&user),
+        &store,
+        &[
+            base,
+            "--progress=json".into(),
+            "-f".into(),
+            ctx.join("good.Dockerfile").to_str().unwrap().into(),
+            format!("--output=type=local,dest={}", local.display()),
+            ctx.to_str().unwrap().into(),
+        ],
+        &[],
+    );
+    assert_built("build after a failure", &good);
+    // The step that succeeded before the failure was kept in the cache.
+    let (ran, cached) = ran_and_cached(&vertices(&text(&good.stderr)));
+    assert!(
+        cached
+            .iter()
+            .any(|n| n.contains("RUN echo \"a step that works\"")),
+        "the step before the failure is not cached: ran {ran:?}, cached {cached:?}"
+    );
+    assert!(
+        ran.iter()
+            .any(|n| n.contains("RUN echo \"after the failure\"")),
+        "the new step did not run: ran {ran:?}, cached {cached:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("ok")).unwrap(),
+        "a step that works\n"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join("after")).unwrap(),
+        "after the failure\n"
+    );
+}
+
+#[test]
+fn add_of_a_local_tar_keeps_the_archives_owners() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("add-tar", "ctx", Some(&user));
+    let reference = format!("{}/forge-e2e/add-tar:{}", m.registry, unique());
+    let args = [
+        format!("--build-arg=BASE={}", m.busybox),
+        "--progress=plain".into(),
+        "-t".into(),
+        reference.clone(),
+        "--push".into(),
+        ctx.to_str().unwrap().into(),
+    ];
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &scratch.path("store"),
+        &args,
+        &[],
+    );
+    assert_built("ADD tar build", &out);
+    let image = pull_back(&reference);
+    let mut c = Checks::default();
+    check_vendor(&mut c, &image.rootfs, "/vendor", Some((123, 456)));
+    check_vendor(&mut c, &image.rootfs, "/chowned", Some((7, 8)));
+    c.file(&image.rootfs, "/plain.txt", "a plain file\n", 0o644, (0, 0));
+    c.finish("ADD of a local tar");
+}
+
+#[test]
+fn two_concurrent_builds_share_one_store() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.context("full", "ctx", Some(&user));
+    let store = scratch.path("store");
+    let args = |progress: &str| {
+        let mut args = full_build_args(&m);
+        args.extend([
+            format!("--progress={progress}"),
+            ctx.to_str().unwrap().into(),
+        ]);
+        args
+    };
+    // Both race for the same cache records, snapshots and blobs (and the shared cache mount, so
+    // their images may differ in /app/built/cache-runs).
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (1..=2)
+            .map(|n| {
+                let (scratch, store, args, user) = (&scratch, &store, args("plain"), &user);
+                s.spawn(move || (n, build(scratch, Who::User(user), store, &args, &[])))
+            })
+            .collect();
+        for run in runs {
+            let (n, out) = run.join().unwrap();
+            assert_built(&format!("concurrent build {n}"), &out);
+        }
+    });
+    let after = build(&scratch, Who::User(&user), &store, &args("json"), &[]);
+    assert_built("build after the concurrent ones", &after);
+    let (ran, cached) = ran_and_cached(&vertices(&text(&after.stderr)));
+    assert!(
+        ran.is_empty(),
+        "after two concurrent builds, a rebuild ran {ran:#?}"
+    );
+    assert!(
+        cached.iter().filter(|n| is_instruction(n)).count() >= 20,
+        "every step should report cached: {cached:#?}"
+    );
+}

@@ -1,0 +1,617 @@
+//! `forge build` fed hostile inputs: contexts and archives that try to reach the host, missing
+//! sources, floods of output, secrets that must not leak, networks that must stay closed. Each
+//! failure must name what is wrong and leave the store usable for the next build.
+//! RUN steps use the host's static busybox copied from the context, so only the network test needs
+//! the loopback registry.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
+fn prerequisites() -> bool {
+    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("needs root (RUN steps with the embedded runner, no user namespace set up here)")
+    } else if !Path::new(BUSYBOX).is_file() {
+        Some("needs /bin/busybox (Debian busybox-static)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
+        Some(why) => {
+            eprintln!("SKIP: {why}");
+            false
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A temporary directory holding a store (`root`) and contexts.
+struct Bench {
+    tmp: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        Bench {
+            tmp: tempfile::Builder::new()
+                .prefix("forge-hostile-")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+
+    /// A context `name` with busybox, the Dockerfile and `files`.
+    fn context(&self, name: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = self.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        dir
+    }
+
+    fn forge(&self, args: &[&str], context: &Path) -> Output {
+        self.command(args, context).output().expect("run forge")
+    }
+
+    fn command(&self, args: &[&str], context: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_forge"));
+        c.arg("build")
+            .arg("--root")
+            .arg(self.root())
+            .arg("--progress")
+            .arg("plain")
+            .args(args)
+            .arg(context)
+            .env_remove("FORGE_ROOT");
+        c
+    }
+
+    /// The store still builds: a RUN step and an export work right after a failure.
+    fn assert_usable(&self) {
+        let ctx = self.context("after", &format!("{BASE}RUN echo still-fine > /ok\n"), &[]);
+        let dest = self.path().join("after-out");
+        let out = self.forge(
+            &["-o", &format!("type=local,dest={}", dest.display())],
+            &ctx,
+        );
+        assert!(
+            out.status.success(),
+            "store unusable: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("ok")).unwrap(),
+            "still-fine\n"
+        );
+        let _ = std::fs::remove_dir_all(dest);
+        // No build left mounts behind on the host.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = self.path().to_string_lossy().into_owned();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&here)),
+            "mounts under {here} left: {mounts}"
+        );
+    }
+}
+
+const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+/// Every file of every layer blob in an OCI layout directory, decompressed: (path, content).
+fn layout_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let blobs = dir.join("blobs/sha256");
+    for b in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let bytes = std::fs::read(b.path()).unwrap();
+        let data: Vec<u8> = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut d = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut d)
+                .unwrap();
+            d
+        } else {
+            bytes
+        };
+        // JSON blobs (config, manifest) are kept whole under their digest.
+        let mut archive = tar::Archive::new(&data[..]);
+        let entries = match archive.entries() {
+            Ok(e) => e,
+            Err(_) => continue,
+        };
+        let mut any = false;
+        for e in entries {
+            let Ok(mut e) = e else { break };
+            any = true;
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            e.read_to_end(&mut content).unwrap();
+            out.push((path, content));
+        }
+        if !any {
+            out.push((b.file_name().to_string_lossy().into_owned(), data));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_context_symlink_to_a_host_file_is_resolved_inside_the_context() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let host_file = bench.path().join("host-secret.txt");
+    std::fs::write(&host_file, "HOST-ONLY-CONTENT\n").unwrap();
+    let ctx = bench.context("ctx", "FROM scratch\nCOPY escape /x\n", &[]);
+    std::os::unix::fs::symlink(&host_file, ctx.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../host-secret.txt", ctx.join("relative")).unwrap();
+
+    let out = bench.forge(&[], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("escape"), "the error names the source: {err}");
+    assert!(!err.contains("HOST-ONLY"), "{err}");
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY relative /x\n").unwrap();
+    let out = bench.forge(&[], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("relative"),
+        "the error names the source: {err}"
+    );
+
+    // Inside a copied directory the links stay links: nothing of the host is read.
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n").unwrap();
+    let layout = bench.path().join("layout");
+    let out = bench.forge(
+        &[
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
+        &ctx,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = layout_files(&layout);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("ctx/escape")),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (path, content) in &files {
+        assert!(
+            !contains(content, b"HOST-ONLY-CONTENT"),
+            "host file content in {path}"
+        );
+    }
+    bench.assert_usable();
+}
+
+/// A tar whose entries are written raw, so names the tar crate would refuse get in.
+fn hostile_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn add_of_a_tar_that_climbs_out_is_refused_and_writes_nothing_outside() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let outside = bench.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let escape = format!("../../../../../../../..{}/dotdot", outside.display());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot.tar",
+            hostile_tar(&[(
+                "../../../../../../../../tmp/x",
+                tar::EntryType::Regular,
+                "",
+                b"x",
+            )]),
+            "../../../../../../../../tmp/x",
+        ),
+        (
+            "deep-dotdot.tar",
+            hostile_tar(&[(escape.as_str(), tar::EntryType::Regular, "", b"escaped")]),
+            "dotdot",
+        ),
+        (
+            "hardlink.tar",
+            hostile_tar(&[("h", tar::EntryType::Link, "../../../../etc/passwd", b"")]),
+            "entry \"h\"",
+        ),
+    ];
+    for (name, tar_bytes, named) in &cases {
+        let ctx = bench.context(
+            &format!("ctx-{name}"),
+            &format!("FROM scratch\nADD {name} /unpacked/\n"),
+            &[(name, tar_bytes)],
+        );
+        let out = bench.forge(&[], &ctx);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(name) && err.contains(named), "{name}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // An absolute symlink, then a file written through it: the link lands in the image as it
+    // is, and the file goes inside the destination root, never through to the host.
+    let link_tar = hostile_tar(&[
+        (
+            "evil",
+            tar::EntryType::Symlink,
+            outside.to_str().unwrap(),
+            b"",
+        ),
+        (
+            "evil/pwned",
+            tar::EntryType::Regular,
+            "",
+            b"through the link",
+        ),
+    ]);
+    let ctx = bench.context(
+        "ctx-link",
+        "FROM scratch\nADD link.tar /\n",
+        &[("link.tar", &link_tar)],
+    );
+    let layout = bench.path().join("link-layout");
+    let out = bench.forge(
+        &[
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
+        &ctx,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a file was written outside through the link: {err}"
+    );
+    if out.status.success() {
+        let files = layout_files(&layout);
+        let pwned: Vec<&String> = files
+            .iter()
+            .filter(|(_, c)| c == b"through the link")
+            .map(|(p, _)| p)
+            .collect();
+        let inside = outside
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
+        assert!(
+            pwned
+                .iter()
+                .all(|p| p.trim_start_matches("./").starts_with(&inside)),
+            "{pwned:?}"
+        );
+    } else {
+        assert!(err.contains("evil"), "{err}");
+    }
+    bench.assert_usable();
+}
+
+#[test]
+fn copy_of_a_missing_file_names_it_and_its_line() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let ctx = bench.context(
+        "ctx",
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonexistent /x\n",
+        &[],
+    );
+    let out = bench.forge(&[], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nonexistent"), "{err}");
+    assert!(err.contains("line 3"), "the Dockerfile line: {err}");
+    bench.assert_usable();
+}
+
+#[test]
+fn a_flood_of_output_finishes_with_bounded_memory() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    // 100,000 lines of 1,000 characters: 100 MB, more than the build may hold.
+    let ctx = bench.context(
+        "ctx",
+        &format!("{BASE}RUN line=$(printf '%01000d' 7); i=0; while [ $i -lt 100000 ]; do echo $line; i=$((i+1)); done; echo flood-done > /done\n"),
+        &[],
+    );
+    let log = bench.path().join("progress.log");
+    let child = bench
+        .command(&[], &ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `usage` is a valid out-pointer.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    drop(child);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status}: {}",
+        &log_text[log_text.len().saturating_sub(3000)..]
+    );
+    let max_rss_mb = usage.ru_maxrss / 1024;
+    eprintln!(
+        "flood: forge max RSS {max_rss_mb} MB, progress log {} bytes",
+        log_text.len()
+    );
+    assert!(
+        max_rss_mb < 80,
+        "forge held the output: max RSS {max_rss_mb} MB"
+    );
+    assert!(log_text.contains("0000007"), "output shown");
+    bench.assert_usable();
+}
+
+const SECRET: &str = "tok-VALUE-8675309";
+const SECRET_FILE: &str = "first-line-secret\ntok-VALUE-8675309\n";
+
+#[test]
+fn secrets_stay_out_of_layers_and_progress() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let secret_file = bench.path().join("secret.txt");
+    std::fs::write(&secret_file, SECRET_FILE).unwrap();
+    let ctx = bench.context(
+        "ctx",
+        &format!(
+            "{BASE}RUN --mount=type=secret,id=tok,required=true cat /run/secrets/tok; echo; wc -c < /run/secrets/tok > /len\n\
+             RUN --mount=type=secret,id=viaenv,env=TOKEN echo \"token is $TOKEN\" && test ${{#TOKEN}} -eq {} && echo ok > /env-ok\n",
+            SECRET.len()
+        ),
+        &[],
+    );
+    let layout = bench.path().join("layout");
+    let out = bench
+        .command(
+            &[
+                "--secret",
+                &format!("id=tok,src={}", secret_file.display()),
+                "--secret",
+                "id=viaenv,env=FORGE_HOSTILE_SECRET",
+                "-o",
+                &format!("type=oci,dest={},tar=false", layout.display()),
+            ],
+            &ctx,
+        )
+        .env("FORGE_HOSTILE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains(SECRET) && !err.contains("first-line-secret"),
+        "secret in the progress output: {err}"
+    );
+    assert!(err.contains("****"), "masked: {err}");
+    assert!(err.contains("token is ****"), "{err}");
+    let files = layout_files(&layout);
+    for (path, content) in &files {
+        assert!(
+            !contains(content, SECRET.as_bytes()) && !contains(content, b"first-line-secret"),
+            "secret in {path}"
+        );
+        assert!(
+            !path.contains("run/secrets/tok"),
+            "secret file in a layer: {path}"
+        );
+    }
+    let len = files
+        .iter()
+        .find(|(p, _)| p.ends_with("len"))
+        .expect("/len");
+    assert_eq!(text(&len.1).trim(), SECRET_FILE.len().to_string());
+    assert!(
+        files
+            .iter()
+            .any(|(p, c)| p.ends_with("env-ok") && c == b"ok\n")
+    );
+    // Nor in any blob of the store.
+    for b in std::fs::read_dir(bench.root().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let bytes = std::fs::read(b.path()).unwrap();
+        assert!(
+            !contains(&bytes, SECRET.as_bytes()),
+            "secret in store blob {}",
+            b.path().display()
+        );
+    }
+
+    // A required secret that is not given: the error says which and how to give it. (A cached
+    // step needs no secret, as with BuildKit: --no-cache makes it run.)
+    let out = bench.forge(&["--no-cache"], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("secret \"tok\" is required") && err.contains("--secret id=tok"),
+        "{err}"
+    );
+    // An env= secret whose variable is not set.
+    let out = bench
+        .command(
+            &[
+                "--no-cache",
+                "--secret",
+                "id=viaenv,env=FORGE_HOSTILE_UNSET",
+            ],
+            &ctx,
+        )
+        .env_remove("FORGE_HOSTILE_UNSET")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("FORGE_HOSTILE_UNSET"), "{err}");
+    bench.assert_usable();
+}
+
+#[test]
+fn network_none_cannot_reach_the_registry_while_the_default_can() {
+    if !prerequisites() {
+        return;
+    }
+    let registry = match std::env::var("FORGE_TEST_REGISTRY") {
+        Ok(r) => r,
+        Err(_) if std::env::var("FORGE_E2E").as_deref() == Ok("require") => {
+            panic!("FORGE_TEST_REGISTRY is not set (FORGE_E2E=require)")
+        }
+        Err(_) => {
+            eprintln!("SKIP: FORGE_TEST_REGISTRY is not set; run .ci/setup.d/20-registry.sh");
+            return;
+        }
+    };
+    let bench = Bench::new();
+    let ctx = bench.context(
+        "ctx",
+        &format!("{BASE}RUN wget -q -O /v2.json http://{registry}/v2/ && echo REACHED-$((6*7))\n"),
+        &[],
+    );
+    // The step's own output line (the step title does not hold the number).
+    let reached = |log: &str| log.contains("REACHED-42");
+    let out = bench.forge(&[], &ctx);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(reached(&err), "{err}");
+
+    // Built before with the host's network, the step is not taken from the cache under
+    // --network none: it runs again and cannot connect.
+    let out = bench.forge(&["--network", "none"], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("wget"), "the failing command is named: {err}");
+    assert!(!reached(&err), "{err}");
+
+    // An explicit RUN --network=none wins over the default.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("{BASE}RUN --network=none wget -q -O- http://{registry}/v2/\n"),
+    )
+    .unwrap();
+    let out = bench.forge(&[], &ctx);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    bench.assert_usable();
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_step_and_cleans_up() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let marker = format!("interrupt-me-{}", std::process::id());
+    let ctx = bench.context(
+        "ctx",
+        &format!("{BASE}RUN echo started && sleep 30 # {marker}\n"),
+        &[],
+    );
+    let log = bench.path().join("progress.log");
+    let mut child = bench
+        .command(&[], &ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(" started") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the step never started: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("forge still runs 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    // The step's processes are gone, and so is the build's scratch directory.
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !text(&cmd).contains(&marker),
+            "step process {} survived",
+            p.path().display()
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(bench.root().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let meta = std::fs::read_to_string(bench.root().join("snapshots/metadata.json")).unwrap();
+    assert!(
+        !meta.contains("\"active\""),
+        "a scratch snapshot is left: {meta}"
+    );
+    bench.assert_usable();
+}
