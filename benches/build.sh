@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# `forge build` against `docker build` (BuildKit) and `buildah bud`, side by side under hyperfine, on
+# the fixtures of benches/build-fixtures.sh:
+#   parallel  two independent `RUN sleep 2` stages and a final stage copying from both   (cold)
+#   heavy     one RUN writing 64 MiB of random bytes + 20,000 small files               (cold)
+#   noop      a 10,000-file monorepo context rebuilt with nothing changed               (warm)
+#   onefile   the same after rewriting one file that only `COPY . /src` reads           (warm)
+# It prints each tool's median, forge/docker and forge/buildah, and marks the issue's targets
+# (forge/docker: parallel <= 0.7, heavy <= 0.5, noop <= 0.15, onefile <= 0.3) met or missed. A missed
+# target is reported, never an exit status; a tool whose build fails is left out and said so.
+#
+# How to run (as root: it installs packages and starts its own dockerd):
+#   source the CI environment (FORGE_TEST_BUSYBOX, a registry on 127.0.0.1:5000), then
+#   FORGE_BENCH_USER=forge-ci benches/build.sh
+# Settings: BENCH_RUNS (timed runs per tool and case, default 5), BENCH_WARMUP (default 1),
+#   FORGE_BIN (a forge binary; default `cargo build --release -p forge`), FORGE_BENCH_USER (run forge
+#   rootless as this user: binary and fixtures are placed where it can read them; default the current
+#   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
+#   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there).
+#
+# What it sets up, and what "cold" means:
+#   - docker.io, buildah, hyperfine, python3 are installed from Debian when absent (services kept from
+#     starting during the install; the package's own system dockerd is disabled again afterwards).
+#   - A private dockerd: data-root, exec-root, pidfile and unix socket in the scratch dir, no TCP
+#     listener, `--bridge=none --iptables=false --ip6tables=false`, 127.0.0.1:5000 as an insecure
+#     registry; stopped on exit. BuildKit through `docker buildx build --load` when buildx is present,
+#     else DOCKER_BUILDKIT=1, else the classic builder; the output says which.
+#   - buildah runs as root with its own --root/--runroot (overlay), `--layers` (its cache) and
+#     `--jobs $(nproc)` (stages in parallel, as forge's default --jobs does).
+#   - Every build uses `--network none`: nothing here reaches past loopback (the base image comes
+#     from the loopback registry).
+#   - Cold: forge gets a fresh FORGE_ROOT; docker `docker builder prune -af` and the image removed;
+#     buildah `rm -a` and `rmi -af`. So all three also fetch the busybox base from the registry.
+#   - Warm: each tool builds the monorepo once untimed, then hyperfine times the rebuilds.
+set -euo pipefail
+umask 022
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${BENCH_RUNS:-5}
+WARMUP=${BENCH_WARMUP:-1}
+BASE=${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}
+REGISTRY=${BASE%%/*}
+BENCH_USER=${FORGE_BENCH_USER:-}
+JOBS=$(nproc)
+DOCKER=/usr/bin/docker # Debian's docker.io client, whatever else is first on PATH
+
+[ "$(id -u)" = 0 ] || { echo "build.sh: run as root (it installs packages and starts a private dockerd)" >&2; exit 2; }
+case "$REGISTRY" in
+  127.* | localhost | localhost:*) ;;
+  *) echo "build.sh: the base image must come from a loopback registry, not $REGISTRY" >&2; exit 2 ;;
+esac
+
+install_missing() {
+  local pkgs=() guard="" status=0
+  { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || pkgs+=(docker.io)
+  command -v buildah >/dev/null || pkgs+=(buildah)
+  command -v hyperfine >/dev/null || pkgs+=(hyperfine)
+  command -v python3 >/dev/null || pkgs+=(python3)
+  [ ${#pkgs[@]} = 0 ] && return 0
+  echo "installing from Debian: ${pkgs[*]}"
+  # The docker.io package would start a system dockerd with a bridge network; policy-rc.d's 101
+  # tells the maintainer scripts not to start any service.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  apt-get update -qq || status=$?
+  [ "$status" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" || status=$?; }
+  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || { echo "build.sh: apt-get failed ($status)" >&2; exit 1; }
+  if [[ " ${pkgs[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
+  fi
+}
+install_missing
+
+if [ -n "${FORGE_BIN:-}" ]; then
+  forge_src=$FORGE_BIN
+else
+  (cd "$ROOT" && cargo build --release --quiet -p forge)
+  forge_src=${CARGO_TARGET_DIR:-$ROOT/target}/release/forge
+fi
+[ -x "$forge_src" ] || { echo "build.sh: no forge binary at $forge_src" >&2; exit 1; }
+
+WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-build.XXXXXX")
+chmod 0755 "$WORK"
+mkdir -p "$WORK"/{bin,docker/config,buildah,logs,results,forge}
+DOCKERD_PID=""
+BUILDAH="buildah --root $WORK/buildah/root --runroot $WORK/buildah/run --storage-driver overlay"
+
+cleanup() {
+  set +e
+  $BUILDAH rm -a >/dev/null 2>&1
+  $BUILDAH rmi -af >/dev/null 2>&1
+  if [ -n "$DOCKERD_PID" ]; then
+    kill "$DOCKERD_PID" 2>/dev/null
+    wait "$DOCKERD_PID" 2>/dev/null
+  fi
+  # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
+  # home bind-mounted), deepest first.
+  awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m"
+  done
+  if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# --- fixtures and forge's side -------------------------------------------------------------------
+bash "$ROOT/benches/build-fixtures.sh" "$WORK/fixtures" "$BASE"
+CHANGED=$(cat "$WORK/fixtures/monorepo.changed")
+install -m 0755 "$forge_src" "$WORK/bin/forge"
+FORGE=$WORK/bin/forge
+if [ -n "$BENCH_USER" ]; then
+  gid=$(id -g "$BENCH_USER")
+  chown "$BENCH_USER:$gid" "$WORK/forge"
+  AS_FORGE="setpriv --reuid=$BENCH_USER --regid=$gid --init-groups -- env HOME=$WORK/forge"
+  forge_who="$BENCH_USER, rootless"
+else
+  AS_FORGE="env HOME=$WORK/forge"
+  forge_who="$(id -un)"
+fi
+
+# --- a private, loopback-only dockerd ------------------------------------------------------------
+# An empty client config: no credentials or plugins of the host's user (buildah reads it too).
+export DOCKER_HOST=unix://$WORK/docker/docker.sock DOCKER_CONFIG=$WORK/docker/config
+echo '{}' >"$DOCKER_CONFIG/config.json"
+cat >"$WORK/docker/daemon.json" <<EOF
+{ "insecure-registries": ["$REGISTRY"] }
+EOF
+/usr/sbin/dockerd --config-file "$WORK/docker/daemon.json" \
+  --data-root "$WORK/docker/data" --exec-root "$WORK/docker/exec" --pidfile "$WORK/docker/docker.pid" \
+  -H "$DOCKER_HOST" --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+  --userland-proxy=false >"$WORK/logs/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+for _ in $(seq 1 120); do
+  $DOCKER version >/dev/null 2>&1 && break
+  kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -n 20 "$WORK/logs/dockerd.log" >&2; exit 1; }
+  sleep 0.5
+done
+$DOCKER version >/dev/null || { tail -n 20 "$WORK/logs/dockerd.log" >&2; exit 1; }
+$DOCKER pull -q "$BASE" >/dev/null
+
+mkdir -p "$WORK/fixtures/probe"
+printf 'FROM %s\nRUN true\n' "$BASE" >"$WORK/fixtures/probe/Dockerfile"
+if $DOCKER buildx version >/dev/null 2>&1; then
+  DOCKER_BUILD="$DOCKER buildx build --load"
+  docker_mode="docker buildx build --load (BuildKit)"
+else
+  DOCKER_BUILD="$DOCKER build"
+  export DOCKER_BUILDKIT=1
+  docker_mode="docker build, DOCKER_BUILDKIT=1 (dockerd's BuildKit)"
+  if ! $DOCKER_BUILD --network none -q -t forge-bench-probe "$WORK/fixtures/probe" >"$WORK/logs/probe.log" 2>&1; then
+    export DOCKER_BUILDKIT=0
+    docker_mode="docker build, classic builder (BuildKit refused: $(tail -n 1 "$WORK/logs/probe.log"))"
+  fi
+fi
+$DOCKER_BUILD --network none -q -t forge-bench-probe "$WORK/fixtures/probe" >"$WORK/logs/probe.log" 2>&1 \
+  || { echo "build.sh: docker cannot build here:" >&2; tail -n 20 "$WORK/logs/probe.log" >&2; exit 1; }
+
+$BUILDAH pull -q --tls-verify=false "$BASE" >/dev/null
+
+# --- commands ------------------------------------------------------------------------------------
+# build_cmd TOOL CASE: the timed command (run by hyperfine without a shell).
+build_cmd() {
+  local ctx=$WORK/fixtures/$2 tag=forge-bench-$2
+  case $1 in
+    forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain -t $tag:latest $ctx" ;;
+    docker) echo "$DOCKER_BUILD --network none -t $tag $ctx" ;;
+    buildah) echo "$BUILDAH bud --layers --jobs $JOBS --network none --tls-verify=false -t $tag $ctx" ;;
+  esac
+}
+# wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
+# previous run's write-back (the heavy layer is ~100 MiB on disk) out of the next run's time.
+wipe_cmd() {
+  case $1 in
+    forge) echo "rm -rf $WORK/forge/root-$2; sync" ;;
+    docker) echo "$DOCKER image rm -f forge-bench-$2 >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
+    buildah) echo "$BUILDAH rm -a >/dev/null; $BUILDAH rmi -af >/dev/null; sync" ;;
+  esac
+}
+
+TOOLS=(forge docker buildah)
+# ok CASE TOOL: whether TOOL built CASE once untimed (a failing tool is left out of that case).
+declare -A OK
+try_build() {
+  local tool=$1 case=$2 ctx=$3 log=$WORK/logs/$1-$3.log
+  if sh -c "$(build_cmd "$tool" "$ctx")" >"$log" 2>&1; then
+    OK[$case/$tool]=1
+  else
+    echo "!! $tool failed to build $ctx; left out of '$case'. Last lines of $log:"
+    tail -n 12 "$log" | sed 's/^/   | /'
+  fi
+}
+
+# run_case CASE CONTEXT MODE: MODE cold (wipe before each run), noop, or onefile.
+run_case() {
+  local case=$1 ctx=$2 mode=$3 tool prep args=()
+  echo
+  echo "== $case ($mode, context $ctx)"
+  for tool in "${TOOLS[@]}"; do
+    [ "$mode" = cold ] && sh -c "$(wipe_cmd "$tool" "$ctx")"
+    try_build "$tool" "$case" "$ctx"
+    [ -n "${OK[$case/$tool]:-}" ] || continue
+    case $mode in
+      cold) prep=$(wipe_cmd "$tool" "$ctx") ;;
+      noop) prep=true ;;
+      onefile) prep="head -c 2048 /dev/urandom > $WORK/fixtures/$ctx/$CHANGED" ;;
+    esac
+    args+=(--prepare "sh -c '$prep'" -n "$tool" "$(build_cmd "$tool" "$ctx")")
+  done
+  [ ${#args[@]} -gt 0 ] || return 0
+  hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" \
+    --export-json "$WORK/results/$case.json" "${args[@]}" \
+    || echo "!! hyperfine failed on '$case' (a build failed during the timed runs); figures left out"
+}
+
+echo "forge:   $($FORGE --version 2>/dev/null || echo "$forge_src"), as $forge_who, $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+echo "docker:  $($DOCKER version --format '{{.Server.Version}}'), $docker_mode"
+echo "buildah: $(buildah --version | cut -d' ' -f3), root, --layers --jobs $JOBS"
+echo "base:    $BASE; runs: $RUNS (+$WARMUP warm-up) per tool and case"
+echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+run_case parallel parallel cold
+run_case heavy heavy cold
+run_case noop monorepo noop
+run_case onefile monorepo onefile
+
+# --- summary -------------------------------------------------------------------------------------
+echo
+python3 - "$WORK/results" <<'PY' | tee "$WORK/results/summary.md"
+import json, os, sys
+results = sys.argv[1]
+cases = [("parallel", "two 2 s stages, cold", 0.7), ("heavy", "64 MiB + 20,000 files, cold", 0.5),
+         ("noop", "10,000-file context, no-op", 0.15), ("onefile", "10,000-file context, one file", 0.3)]
+floor_note = None
+def fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
+print("| case | forge s | docker s | buildah s | forge/docker | target | verdict | forge/buildah |")
+print("|---|---:|---:|---:|---:|---:|---|---:|")
+for key, label, target in cases:
+    med = {}
+    path = os.path.join(results, key + ".json")
+    if os.path.exists(path):
+        for r in json.load(open(path))["results"]:
+            med[r["command"]] = r["median"]
+    f, d, b = med.get("forge"), med.get("docker"), med.get("buildah")
+    rd = f / d if f is not None and d else None
+    rb = f / b if f is not None and b else None
+    verdict = "n/a" if rd is None else ("met" if rd <= target else "missed")
+    print(f"| {key}: {label} | {fmt(f)} | {fmt(d)} | {fmt(b)} | {'n/a' if rd is None else f'{rd:.2f}x'} "
+          f"| <= {target}x | {verdict} | {'n/a' if rb is None else f'{rb:.2f}x'} |")
+    if key == "parallel" and d and d * target < 2.0:
+        floor_note = (f"note: {target} x docker's {d:.2f} s is below the 2 s the stages sleep: "
+                      "no tool can meet the parallel target against a docker that runs the stages at once")
+print("(medians of the timed runs; n/a: a tool failed or was left out, see above)")
+if floor_note:
+    print(floor_note)
+PY
+if [ -n "${FORGE_BENCH_RESULTS:-}" ]; then
+  mkdir -p "$FORGE_BENCH_RESULTS"
+  cp "$WORK"/results/* "$FORGE_BENCH_RESULTS/"
+  echo "hyperfine JSON and the summary copied to $FORGE_BENCH_RESULTS"
+fi
