@@ -565,15 +565,16 @@ async fn run(
         .map_err(|e| BuildError::Invalid(format!("build context {}: {e}", context.display())))?;
     let runner = make_runner(args, root).await?;
     let graph = Arc::new(lowered.graph);
+    let work_dir = root
+        .join("tmp")
+        .join(format!("build-{}", std::process::id()));
     let cache = DiskCache::open(root.join("build-cache"))?;
     let executor = Arc::new(BuildExecutor::new(
         ExecutorConfig {
             store: session.store.clone(),
             snapshots: session.snapshots.clone(),
             runner: runner.clone(),
-            work_dir: root
-                .join("tmp")
-                .join(format!("build-{}", std::process::id())),
+            work_dir: work_dir.clone(),
             locals: HashMap::from([(
                 "context".to_string(),
                 LocalDir {
@@ -617,9 +618,6 @@ async fn run(
     )
     .await;
     interrupt.abort();
-    let work_dir = root
-        .join("tmp")
-        .join(format!("build-{}", std::process::id()));
     // Every mount point under it is gone by now (each is removed when unmounted); removing only
     // what is empty can never reach into a filesystem that is somehow still mounted there.
     let _ = std::fs::remove_dir(&work_dir);

@@ -447,10 +447,11 @@ impl BuildExecutor {
     async fn exec_file(
         &self,
         op: &crate::graph::FileOp,
+        // The inputs' references, in the order `inputs` holds their results.
+        refs: &[NodeRef],
         inputs: &[Built],
         cancel: &CancellationToken,
     ) -> Result<Built, ExecError> {
-        let refs = vertex_inputs(&Op::File(op.clone()));
         let input_of = |r: NodeRef| -> Result<&Built, ExecError> {
             refs.iter()
                 .position(|x| *x == r)
@@ -913,11 +914,6 @@ fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
     masks
 }
 
-/// The inputs of an op, in the order the solver hands their results over.
-fn vertex_inputs(op: &Op) -> Vec<NodeRef> {
-    op.inputs()
-}
-
 #[derive(Default)]
 struct Sources {
     dirs: Vec<(NodeRef, PathBuf)>,
@@ -973,7 +969,7 @@ impl Executor for BuildExecutor {
             }
             Op::File(f) => {
                 // COPY from the local context: only the selected paths' content counts.
-                let refs = vertex_inputs(&vertex.op);
+                let refs = vertex.op.inputs();
                 let mut h = blake3::Hasher::new();
                 let mut any = false;
                 for a in &f.actions {
@@ -1067,7 +1063,10 @@ impl Executor for BuildExecutor {
                 "ADD of a git repository ({remote}) is not supported yet"
             ))),
             Op::Exec(e) => self.exec_run(vertex, e, inputs, &cancel).await,
-            Op::File(f) => self.exec_file(f, inputs, &cancel).await,
+            Op::File(f) => {
+                self.exec_file(f, &vertex.op.inputs(), inputs, &cancel)
+                    .await
+            }
             Op::Merge(m) => {
                 let mut layers = Vec::new();
                 let mut it = inputs.iter();
