@@ -83,15 +83,29 @@ impl Session {
 
     /// Runs `f` as a named phase, reporting its start and end.
     pub async fn phase<T, F: std::future::Future<Output = T>>(&self, name: &str, f: F) -> T {
-        self.emit(BuildEvent::PhaseStarted { name: name.into() });
-        let start = Instant::now();
-        let out = f.await;
-        self.emit(BuildEvent::PhaseDone {
-            name: name.into(),
-            duration: start.elapsed(),
-        });
-        out
+        phase(self.events.as_ref(), name, f).await
     }
+}
+
+/// Runs `f` as the phase `name`, reporting its start and end on `events`.
+async fn phase<T>(
+    events: Option<&UnboundedSender<BuildEvent>>,
+    name: &str,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    let emit = |ev| {
+        if let Some(tx) = events {
+            let _ = tx.send(ev);
+        }
+    };
+    emit(BuildEvent::PhaseStarted { name: name.into() });
+    let start = Instant::now();
+    let out = f.await;
+    emit(BuildEvent::PhaseDone {
+        name: name.into(),
+        duration: start.elapsed(),
+    });
+    out
 }
 
 /// Base images the build reads, by the reference as the Dockerfile writes it.
@@ -273,24 +287,16 @@ impl HttpSource {
             path: dir.to_path_buf(),
             source: e,
         })?;
-        let tx = self.events.clone();
-        let name = url.to_string();
-        let mut last = Instant::now();
-        let mut progress = move |bytes: u64, total: Option<u64>| {
-            if last.elapsed().as_millis() >= 500
-                && let Some(tx) = &tx
-            {
-                last = Instant::now();
-                let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
-                let _ = tx.send(BuildEvent::Warning(format!(
-                    "downloading {name}: {bytes} bytes{total}"
-                )));
-            }
-        };
-        self.fetcher
-            .fetch(url, checksum, dir, filename, &mut progress)
-            .await
-            .map_err(|e| ExecError::Source(e.to_string()))
+        // A download is a phase of its own: byte counts are not warnings, and the events carry no
+        // transfer kind for URLs, so its start and end are what is reported.
+        let fetched = phase(
+            self.events.as_ref(),
+            &format!("downloading {url}"),
+            self.fetcher
+                .fetch(url, checksum, dir, filename, &mut |_, _| {}),
+        )
+        .await;
+        fetched.map_err(|e| ExecError::Source(e.to_string()))
     }
 }
 
