@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
 use forge_builder::frontend::dockerignore::{Dockerignore, find_ignore_file};
+use forge_builder::source::context::{ContextSnapshot, SnapshotOptions};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

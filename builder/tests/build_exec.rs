@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
-use forge_builder::driver::{
-    self, BuildError, BuildEvent, BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir,
-    SolveSettings,
-};
+use forge_builder::api::{self, BuildError, SolveSettings};
+use forge_builder::events::{BuildEvent, BuildId, Events};
+use forge_builder::export;
 use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
 use forge_builder::frontend::dockerfile::parser;
 use forge_builder::frontend::dockerignore::Dockerignore;
 use forge_builder::graph::Graph;
+use forge_builder::ops::{BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir};
 use forge_builder::solver::{DiskCache, Solution, SolveError};
+use forge_builder::source::context::{ContextSnapshot, SnapshotOptions};
 use forge_runner::backend::Backend;
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
 use forge_runner::spec::NetworkMode;
@@ -153,7 +153,8 @@ impl Bench {
                 dockerignore: patterns.clone(),
                 ..LowerOptions::default()
             },
-        )?;
+        )
+        .expect("Dockerfile lowers");
         let graph: Arc<Graph> = Arc::new(lowered.graph);
         let ignore = Dockerignore::from_patterns(&patterns).unwrap();
         let snapshot = ContextSnapshot::take(
@@ -166,6 +167,7 @@ impl Bench {
         )
         .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = Events::new(BuildId::new(), Some(tx));
         let work_dir = self.tmp.path().join(format!("work-{}", rand_suffix()));
         let executor = Arc::new(BuildExecutor::new(
             ExecutorConfig {
@@ -186,23 +188,24 @@ impl Bench {
                 layer: self.layer,
                 default_network: self.network,
                 http: None,
-                events: Some(tx.clone()),
+                events: events.clone(),
             },
             &graph,
         )?);
-        let solved = driver::solve(
+        let solved = api::solve(
             graph.clone(),
             executor.clone(),
             self.cache.clone(),
             &settings,
-            Some(tx),
+            &events,
         )
         .await;
+        drop(events);
         let _ = std::fs::remove_dir_all(&work_dir);
         // The executor still holds a sender: take what arrived so far.
         let mut events = Vec::new();
         while let Ok(ev) = rx.try_recv() {
-            events.push(ev);
+            events.push(ev.event);
         }
         let solution = solved?;
         let layers = solution
@@ -418,7 +421,7 @@ fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
             let mounts = bench.snapshots.mounts(&name).unwrap();
             let dest = bench.tmp.path().join("exported");
             {
-                let m = driver::executor::Mounted::mount(&mounts, bench.tmp.path().join("mnt"))
+                let m = forge_builder::ops::Mounted::mount(&mounts, bench.tmp.path().join("mnt"))
                     .unwrap();
                 forge_builder::export::export_local(m.path(), &dest).unwrap();
             }
@@ -735,7 +738,7 @@ fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
         // A layer as a base image gives it: from a registry repository, kept as it is.
         let mut layers = s.layers.clone();
         layers[0].source = Some("127.0.0.1:5000/base".into());
-        let out = driver::with_compression(&bench.store, &layers, Compression::Zstd { level: 3 })
+        let out = export::with_compression(&bench.store, &layers, Compression::Zstd { level: 3 })
             .await
             .unwrap();
         assert_eq!(out.len(), layers.len());
@@ -759,7 +762,7 @@ fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
             assert_eq!(magic, [0x28, 0xb5, 0x2f, 0xfd]);
         }
         // Asking for what they already are changes nothing.
-        let again = driver::with_compression(&bench.store, &out, Compression::Zstd { level: 3 })
+        let again = export::with_compression(&bench.store, &out, Compression::Zstd { level: 3 })
             .await
             .unwrap();
         assert_eq!(again, out);

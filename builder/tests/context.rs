@@ -6,10 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use forge_builder::context::{
+use forge_builder::frontend::dockerignore::Dockerignore;
+use forge_builder::source::context::{
     ContextError, ContextSnapshot, EntryKind, SnapshotOptions, memo_path,
 };
-use forge_builder::frontend::dockerignore::Dockerignore;
 
 fn write(root: &Path, rel: &str, content: &str) {
     let p = root.join(rel);

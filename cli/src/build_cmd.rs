@@ -1,31 +1,23 @@
-//! `forge build`: the flags `docker build` users know, turned into a build session (store, snapshots,
-//! runner, registry client), a solve, and the exports asked for.
+//! `forge build`: the flags `docker build` users know, parsed into a [`BuildRequest`], and the build's
+//! events rendered while the library runs it. Nothing about what a build means lives here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use forge_builder::context::{ContextSnapshot, SnapshotOptions};
-use forge_builder::driver::{
-    self, BuildError, BuildEvent, BuildExecutor, ExecutorConfig, LocalDir, Session, SolveSettings,
+use forge_builder::api::{
+    BuildError, BuildRequest, DockerfileSource, Export, RunnerChoice, Secrets, Session,
+    SessionOptions, prepare_process,
 };
-use forge_builder::export::{self, ImageOptions, ManifestFormat};
-use forge_builder::frontend::dockerfile::lower::LowerOptions;
-use forge_builder::frontend::dockerfile::parser;
-use forge_builder::frontend::dockerignore::{self, Dockerignore};
+use forge_builder::events::{BuildId, EventRecord, Events};
 use forge_builder::graph::Platform;
-use forge_builder::solver::DiskCache;
-use forge_runner::backend::Backend;
+use forge_builder::solver::CancellationToken;
 use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::compress::Compression;
-use forge_snapshotter::layer::LayerOptions;
-use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
-use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, Snapshotter};
-use forge_snapshotter::store::{Store, default_root};
+use forge_snapshotter::store::default_root;
 
 use crate::progress::{self, ProgressMode};
-use crate::{Failure, GraphArgs, display_name, failed, parse_build_args, read, render, usage};
+use crate::{Failure, GraphArgs, failed, parse_build_args, render, usage};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum RunnerArg {
@@ -119,23 +111,7 @@ pub struct BuildArgs {
     root: Option<PathBuf>,
 }
 
-/// One `-o` export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Export {
-    OciTar(PathBuf),
-    OciDir(PathBuf),
-    DockerTar(PathBuf),
-    Local(PathBuf),
-    /// Into the store (and the registry when `push`).
-    Image {
-        push: bool,
-    },
-    /// The same, with Docker's media types (`oci-mediatypes=false`).
-    DockerImage {
-        push: bool,
-    },
-}
-
+/// Reads one `-o` flag.
 fn parse_output(spec: &str) -> Result<Export, Failure> {
     let mut kv: HashMap<String, String> = HashMap::new();
     for part in spec.split(',') {
@@ -163,22 +139,49 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
         "oci" => Ok(Export::OciTar(dest()?)),
         "docker" => Ok(Export::DockerTar(dest()?)),
         "local" => Ok(Export::Local(dest()?)),
-        "image" | "registry" => {
-            let push = kind == "registry" || flag("push");
-            if kv.get("oci-mediatypes").is_some_and(|v| v == "false") {
-                Ok(Export::DockerImage { push })
-            } else {
-                Ok(Export::Image { push })
-            }
-        }
+        "image" | "registry" => Ok(Export::Image {
+            push: kind == "registry" || flag("push"),
+            oci_mediatypes: kv.get("oci-mediatypes").is_none_or(|v| v != "false"),
+        }),
         other => Err(usage(format!(
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, image, registry)"
         ))),
     }
 }
 
-fn parse_secrets(specs: &[String]) -> Result<HashMap<String, Vec<u8>>, Failure> {
-    let mut out = HashMap::new();
+/// The exports the flags ask for: `-o` as given, `--push` turning on the push of image exports
+/// (adding one if there is none); no `-o` at all means the store (and the registry with `--push`).
+fn exports(args: &BuildArgs) -> Result<Vec<Export>, Failure> {
+    let mut exports = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    if exports.is_empty() {
+        exports.push(Export::Image {
+            push: args.push,
+            oci_mediatypes: true,
+        });
+    } else if args.push {
+        let mut any_image = false;
+        for e in &mut exports {
+            if let Export::Image { push, .. } = e {
+                *push = true;
+                any_image = true;
+            }
+        }
+        if !any_image {
+            exports.push(Export::Image {
+                push: true,
+                oci_mediatypes: true,
+            });
+        }
+    }
+    Ok(exports)
+}
+
+fn parse_secrets(specs: &[String]) -> Result<Secrets, Failure> {
+    let mut out = Secrets::default();
     for spec in specs {
         let mut id = None;
         let mut src = None;
@@ -272,219 +275,149 @@ fn source_date_epoch() -> Result<Option<i64>, Failure> {
     }
 }
 
-/// Runs a build. Called after the user namespace is entered, before any thread starts.
-pub fn build(args: &BuildArgs) -> Result<(), Failure> {
+/// The request the flags describe. Usage errors (exit 2) are found here, before anything runs.
+fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     let g = &args.graph;
-    let context = g.context.clone();
-    if !context.is_dir() {
+    if !g.context.is_dir() {
         return Err(usage(format!(
             "error: build context {} is not a directory",
-            context.display()
+            g.context.display()
         )));
     }
-    let file = g.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let name = display_name(&file);
-    let src = read(&file)?;
-    let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
-    let host = Platform::host();
+    let mut r = BuildRequest::new(g.context.clone());
+    if let Some(f) = &g.file {
+        r.dockerfile = DockerfileSource::Path(f.clone());
+    }
+    r.target = g.target.clone();
+    r.build_args = parse_build_args(&g.build_args)?;
     if let Some(p) = &g.platform {
         let want = Platform::parse(p).ok_or_else(|| {
             usage(format!(
                 "error: invalid --platform {p:?}: expected os/arch[/variant]"
             ))
         })?;
+        let host = Platform::host();
         if want != host {
             return Err(usage(format!(
                 "error: --platform {want}: only this machine's platform ({host}) can be built for now"
             )));
         }
+        r.platform = Some(want);
     }
-    let mut exports = args
-        .outputs
-        .iter()
-        .map(|o| parse_output(o))
-        .collect::<Result<Vec<_>, _>>()?;
-    if exports.is_empty() {
-        exports.push(Export::Image { push: args.push });
-    } else if args.push {
-        for e in &mut exports {
-            match e {
-                Export::Image { push } | Export::DockerImage { push } => *push = true,
-                _ => {}
-            }
-        }
-        if !exports
-            .iter()
-            .any(|e| matches!(e, Export::Image { .. } | Export::DockerImage { .. }))
-        {
-            exports.push(Export::Image { push: true });
-        }
-    }
-    let push = exports.iter().any(|e| {
-        matches!(
-            e,
-            Export::Image { push: true } | Export::DockerImage { push: true }
-        )
-    });
-    if push && args.tags.is_empty() {
+    r.exports = exports(args)?;
+    r.tags = args.tags.clone();
+    if r.pushes() && r.tags.is_empty() {
         return Err(usage("error: --push needs at least one -t NAME".into()));
     }
-    for t in &args.tags {
+    for t in &r.tags {
         forge_snapshotter::reference::Reference::parse(t)
             .map_err(|e| usage(format!("error: invalid tag {t:?}: {e}")))?;
     }
-    let labels = parse_labels(&args.labels)?;
-    let secrets = parse_secrets(&args.secrets)?;
-    let ssh = parse_ssh(&args.ssh)?;
-    let epoch = source_date_epoch()?;
-    let compression = match args.compression.unwrap_or(CompressionArg::Gzip) {
-        CompressionArg::Gzip => Compression::Gzip {
-            level: args.compression_level.unwrap_or(6).clamp(0, 9) as u32,
-        },
-        CompressionArg::Zstd => Compression::Zstd {
-            level: args.compression_level.unwrap_or(3).clamp(1, 22),
-        },
-        CompressionArg::Uncompressed => Compression::None,
+    r.labels = parse_labels(&args.labels)?;
+    r.secrets = parse_secrets(&args.secrets)?;
+    r.ssh = parse_ssh(&args.ssh)?;
+    r.network = match args.network {
+        NetworkArg::None => StepNetwork::None,
+        _ => StepNetwork::Host,
     };
-    let ignore_patterns = match dockerignore::find_ignore_file(&context, &file) {
-        None => Vec::new(),
-        Some(p) => Dockerignore::read(&p)
-            .map_err(|e| failed(format!("error: {}: {e}", p.display())))?
-            .patterns()
-            .to_vec(),
+    r.source_date_epoch = source_date_epoch()?;
+    r.compression = match (args.compression, args.compression_level) {
+        (None, None) => None,
+        (kind, level) => Some(match kind.unwrap_or(CompressionArg::Gzip) {
+            CompressionArg::Gzip => Compression::Gzip {
+                level: level.unwrap_or(6).clamp(0, 9) as u32,
+            },
+            CompressionArg::Zstd => Compression::Zstd {
+                level: level.unwrap_or(3).clamp(1, 22),
+            },
+            CompressionArg::Uncompressed => Compression::None,
+        }),
     };
-    let lower_opts = LowerOptions {
-        target: g.target.clone(),
-        build_args: parse_build_args(&g.build_args)?,
-        target_platform: host.clone(),
-        build_platform: host.clone(),
-        dockerignore: ignore_patterns.clone(),
-        ..LowerOptions::default()
-    };
+    r.cache.no_cache = args.no_cache;
+    r.cache.no_cache_filter = args.no_cache_filter.clone();
+    r.jobs = args.jobs;
+    r.metadata_file = args.metadata_file.clone();
+    r.iidfile = args.iidfile.clone();
+    Ok(r)
+}
 
+/// Runs a build. Called after the user namespace is entered, before any thread starts.
+pub fn build(args: &BuildArgs) -> Result<(), Failure> {
+    let request = request(args)?;
     let root = match &args.root {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
     };
-    let store =
-        Store::open(&root).map_err(|e| failed(format!("error: store {}: {e}", root.display())))?;
-    let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
-        .map_err(|e| failed(format!("error: snapshots under {}: {e}", root.display())))?;
-    let registry = RegistryClient::new(RegistryConfig {
-        insecure: args.insecure.clone(),
-        ..RegistryConfig::default()
-    });
-
-    if args.runner == RunnerArg::Embedded {
-        private_mounts()?;
-    }
+    let runner = match args.runner {
+        RunnerArg::Embedded => RunnerChoice::Embedded,
+        RunnerArg::Containerd => RunnerChoice::Containerd {
+            address: args.containerd_address.clone(),
+        },
+    };
+    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
+    let session = Session::open(SessionOptions {
+        root,
+        insecure_registries: args.insecure.clone(),
+        runner,
+    })
+    .map_err(|e| failed(format!("error: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| failed(format!("error: cannot start the async runtime: {e}")))?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
-    let session = Session {
-        store: store.clone(),
-        snapshots: Arc::new(snapshots),
-        registry: Arc::new(registry),
-        events: Some(tx),
-    };
-    let quiet = args.quiet;
-    let mode = if quiet {
+    let mode = if args.quiet {
         ProgressMode::Quiet
     } else {
         args.progress
     };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventRecord>();
     let printer = runtime.spawn(progress::run(mode, rx, Box::new(std::io::stderr())));
-
+    let cancel = CancellationToken::new();
     let result = runtime.block_on(async {
-        let outcome = run(
-            args,
-            &session,
-            &df,
-            &lower_opts,
-            &context,
-            &ignore_patterns,
-            &root,
-            secrets,
-            ssh,
-            epoch,
-            compression,
-            &labels,
-            &exports,
-            push,
-        )
-        .await;
-        drop(session);
+        let interrupt = tokio::spawn(cancel_on_signal(cancel.clone()));
+        let events = Events::new(BuildId::new(), Some(tx));
+        let outcome = session.build(&request, events, cancel).await;
+        interrupt.abort();
         outcome
     });
     let summary = runtime.block_on(printer).ok();
     match result {
-        Ok(digest) => {
-            if quiet {
-                println!("{digest}");
-            } else {
-                if let Some(s) = summary {
-                    eprintln!("{s}");
-                }
-                println!("{digest}");
+        Ok(outcome) => {
+            if !args.quiet
+                && let Some(s) = summary
+            {
+                eprintln!("{s}");
             }
+            println!("{}", outcome.digest);
             Ok(())
         }
-        Err(BuildError::Lower(e)) => Err(failed(render(
-            &name,
-            &src,
-            e.span,
-            &e.kind.to_string(),
-            e.hint.as_deref(),
-        ))),
-        Err(e) => {
-            let mut message = format!("error: {}", chain(&e));
-            // The plain and tty views showed a failed step's last lines already; -q and json did not.
-            if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
-                && let Some(tail) = failed_step_tail(&e)
-            {
-                message.push_str("\nlast output:");
-                for line in tail {
-                    message.push_str(&format!("\n  | {line}"));
-                }
-            }
-            Err(failed(message))
+        Err(failure) => Err(failed(render_error(&failure.error, mode))),
+    }
+}
+
+/// A build error as the terminal shows it: a Dockerfile error with its line and a caret, any other
+/// with its causes; with `-q` and json progress (which did not show it) a failed step's last lines.
+fn render_error(e: &BuildError, mode: ProgressMode) -> String {
+    if let BuildError::Lower { file, text, error } = e {
+        return render(
+            file,
+            text,
+            error.span,
+            &error.kind.to_string(),
+            error.hint.as_deref(),
+        );
+    }
+    let mut message = format!("error: {}", chain(e));
+    // The plain and tty views showed a failed step's last lines already; -q and json did not.
+    if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
+        && let Some(tail) = e.failed_step_tail()
+    {
+        message.push_str("\nlast output:");
+        for line in tail {
+            message.push_str(&format!("\n  | {line}"));
         }
     }
-}
-
-/// As real root, the build's own mounts (snapshots it reads, file operations) go into a private
-/// mount namespace, so a killed build leaves none behind on the host. Rootless builds already have
-/// one (entering the user namespace made it); the containerd runner needs the host's, since
-/// containerd must see the directories it is asked to bind. Must run before any thread starts.
-fn private_mounts() -> Result<(), Failure> {
-    use nix::mount::{MsFlags, mount};
-    use nix::sched::{CloneFlags, unshare};
-    if !nix::unistd::geteuid().is_root() || forge_runner::embedded::in_user_namespace() {
-        return Ok(());
-    }
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| failed(format!("error: cannot make a private mount namespace: {e}")))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| failed(format!("error: cannot make mounts private: {e}")))
-}
-
-/// The last output lines of the step whose failure stopped the build.
-fn failed_step_tail(e: &BuildError) -> Option<&[String]> {
-    let BuildError::Solve(forge_builder::solver::SolveError::Step { source, .. }) = e else {
-        return None;
-    };
-    match source.downcast_ref::<driver::ExecError>()? {
-        driver::ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
-        _ => None,
-    }
+    message
 }
 
 /// An error and its causes, one per line.
@@ -501,230 +434,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    args: &BuildArgs,
-    session: &Session,
-    df: &forge_builder::frontend::dockerfile::ast::Dockerfile,
-    lower_opts: &LowerOptions<'_>,
-    context: &Path,
-    ignore_patterns: &[String],
-    root: &Path,
-    secrets: HashMap<String, Vec<u8>>,
-    ssh: HashMap<String, PathBuf>,
-    epoch: Option<i64>,
-    compression: Compression,
-    labels: &BTreeMap<String, String>,
-    exports: &[Export],
-    push: bool,
-) -> Result<String, BuildError> {
-    let leaves_store = push
-        || exports.iter().any(|e| {
-            matches!(
-                e,
-                Export::OciTar(_) | Export::OciDir(_) | Export::DockerTar(_)
-            )
-        });
-    let recompress = leaves_store || args.compression.is_some() || args.compression_level.is_some();
-    // Layers that stay in the store are written with fast zstd; those about to leave it are
-    // written in their final compression at once, so nothing is compressed twice.
-    let step_compression = if recompress {
-        compression
-    } else {
-        Compression::Zstd { level: 1 }
-    };
-    // The context walk (memoised) runs while base images resolve.
-    let ctx_dir = context.to_path_buf();
-    let memo_dir = root.join("context");
-    let ignore = Dockerignore::from_patterns(ignore_patterns)
-        .map_err(|e| BuildError::Invalid(format!("{}: .dockerignore: {e}", context.display())))?;
-    let walk = tokio::task::spawn_blocking(move || {
-        ContextSnapshot::take(
-            &ctx_dir,
-            &SnapshotOptions {
-                ignore: Some(&ignore),
-                state_dir: Some(&memo_dir),
-                threads: 0,
-            },
-        )
-    });
-    let (lowered, images) = session
-        .phase(
-            "resolving base images",
-            driver::lower_with_images(df, lower_opts, session),
-        )
-        .await?;
-    for w in &lowered.warnings {
-        if let Some(tx) = &session.events {
-            let _ = tx.send(BuildEvent::Warning(w.clone()));
-        }
-    }
-    let snapshot = walk
-        .await
-        .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
-        .map_err(|e| BuildError::Invalid(format!("build context {}: {e}", context.display())))?;
-    let runner = make_runner(args, root).await?;
-    let graph = Arc::new(lowered.graph);
-    let work_dir = root
-        .join("tmp")
-        .join(format!("build-{}", std::process::id()));
-    let cache = DiskCache::open(root.join("build-cache"))?;
-    let executor = Arc::new(BuildExecutor::new(
-        ExecutorConfig {
-            store: session.store.clone(),
-            snapshots: session.snapshots.clone(),
-            runner: runner.clone(),
-            work_dir: work_dir.clone(),
-            locals: HashMap::from([(
-                "context".to_string(),
-                LocalDir {
-                    dir: context.to_path_buf(),
-                    snapshot: Arc::new(snapshot),
-                },
-            )]),
-            images: images.images,
-            secrets,
-            ssh,
-            layer: LayerOptions {
-                compression: step_compression,
-                source_date_epoch: epoch,
-            },
-            default_network: match args.network {
-                NetworkArg::None => StepNetwork::None,
-                _ => StepNetwork::Host,
-            },
-            http: Some(Arc::new(driver::HttpSource::new(
-                root.join("tmp")
-                    .join(format!("download-{}", std::process::id())),
-                session.events.clone(),
-            )?)),
-            events: session.events.clone(),
-        },
-        &graph,
-    )?);
-    let settings = SolveSettings {
-        jobs: args.jobs,
-        no_cache: args.no_cache,
-        no_cache_filter: args.no_cache_filter.clone(),
-        ..SolveSettings::default()
-    };
-    let interrupt = tokio::spawn(cancel_on_signal(settings.cancel.clone()));
-    let solved = driver::solve(
-        graph.clone(),
-        executor.clone(),
-        Arc::new(cache),
-        &settings,
-        session.events.clone(),
-    )
-    .await;
-    interrupt.abort();
-    // Every mount point under it is gone by now (each is removed when unmounted); removing only
-    // what is empty can never reach into a filesystem that is somehow still mounted there.
-    let _ = std::fs::remove_dir(&work_dir);
-    let _ = std::fs::remove_dir_all(
-        root.join("tmp")
-            .join(format!("download-{}", std::process::id())),
-    );
-    close_runner(runner).await;
-    let solution = solved?;
-    driver::protect_results(&session.store, &solution, &graph);
-
-    let output = &graph.outputs[0];
-    let built = &solution
-        .get(output.root)
-        .ok_or_else(|| BuildError::Invalid("the target was not solved".into()))?
-        .output;
-    let layers = built
-        .layers()
-        .ok_or_else(|| BuildError::Invalid("the target is a local directory, not an image".into()))?
-        .to_vec();
-    // A cached layer keeps the compression it was made with; what leaves the store gets the
-    // compression asked for.
-    let layers = if recompress {
-        driver::with_compression(&session.store, &layers, compression).await?
-    } else {
-        layers
-    };
-    let format = if exports
-        .iter()
-        .all(|e| matches!(e, Export::DockerTar(_) | Export::DockerImage { .. }))
-    {
-        ManifestFormat::Docker
-    } else {
-        ManifestFormat::Oci
-    };
-    let options = ImageOptions {
-        format,
-        source_date_epoch: epoch,
-    };
-    let image = session
-        .phase("writing image", async {
-            driver::make_image(output, &layers, &session.store, labels, &options)
-        })
-        .await?;
-    let names = args.tags.clone();
-    for e in exports {
-        match e {
-            Export::OciTar(dest) => export::write_oci_tar(&image, &names, dest)?,
-            Export::OciDir(dest) => export::write_oci_dir(&image, &names, dest)?,
-            Export::DockerTar(dest) => {
-                let docker = driver::make_image(
-                    output,
-                    &layers,
-                    &session.store,
-                    labels,
-                    &ImageOptions {
-                        format: ManifestFormat::Docker,
-                        source_date_epoch: epoch,
-                    },
-                )?;
-                export::write_docker_tar(&docker, &names, dest)?
-            }
-            Export::Local(dest) => {
-                let snap = executor.ensure_snapshot(&layers).await?;
-                let dest = dest.clone();
-                let mounted = match &snap {
-                    None => None,
-                    Some(name) => {
-                        let mounts = session.snapshots.mounts(name).map_err(BuildError::from)?;
-                        Some(driver::executor::Mounted::mount(
-                            &mounts,
-                            root.join("tmp")
-                                .join(format!("export-{}", std::process::id())),
-                        )?)
-                    }
-                };
-                let src = match &mounted {
-                    Some(m) => m.path().to_path_buf(),
-                    None => {
-                        std::fs::create_dir_all(&dest).map_err(|e| {
-                            BuildError::Invalid(format!("creating {}: {e}", dest.display()))
-                        })?;
-                        continue;
-                    }
-                };
-                export::export_local(&src, &dest)?;
-            }
-            Export::Image { .. } | Export::DockerImage { .. } => {}
-        }
-    }
-    let record = driver::record_image(&session.store, &image, &names, &Platform::host())?;
-    if push {
-        driver::push_image(session, &record, &layers, &names).await?;
-    }
-    if let Some(p) = &args.metadata_file {
-        export::write_metadata_file(p, &image, &names)?;
-    }
-    if let Some(p) = &args.iidfile {
-        export::write_iidfile(p, &image)?;
-    }
-    Ok(image.manifest_descriptor().digest().to_string())
-}
-
-/// Ctrl-C or SIGTERM during the solve cancels it, so running steps are killed and their scratch
+/// Ctrl-C or SIGTERM during the build cancels it, so running steps are killed and their scratch
 /// snapshots and mount points removed before forge exits, instead of the default action leaving
 /// them for the next build to find. A second signal then acts as it normally would.
-async fn cancel_on_signal(cancel: forge_builder::solver::CancellationToken) {
+async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -743,49 +456,5 @@ async fn cancel_on_signal(cancel: forge_builder::solver::CancellationToken) {
     ] {
         // SAFETY: restores the default disposition; no handler of ours runs.
         let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-    }
-}
-
-async fn make_runner(args: &BuildArgs, root: &Path) -> Result<Arc<Backend>, BuildError> {
-    match args.runner {
-        RunnerArg::Embedded => {
-            use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
-            let r = EmbeddedRunner::new(EmbeddedConfig::new(
-                root.join("run"),
-                root.join("cache-mounts"),
-            ))
-            .map_err(|e| BuildError::Invalid(format!("embedded runner: {e}")))?;
-            Ok(Arc::new(Backend::Embedded(r)))
-        }
-        RunnerArg::Containerd => {
-            use forge_runner::containerd::{ContainerdConfig, ContainerdRunner};
-            let config = args
-                .containerd_address
-                .clone()
-                .map(ContainerdConfig::new)
-                .or_else(ContainerdConfig::from_env)
-                // Cache mounts belong to the store, as with the embedded runner: a fresh store
-                // starts them empty (the default, under the temp dir, outlived every store).
-                .map(|config| ContainerdConfig {
-                    cache_root: root.join("cache-mounts"),
-                    ..config
-                })
-                .ok_or_else(|| {
-                    BuildError::Invalid(
-                        "--runner containerd needs --containerd-address or $CONTAINERD_ADDRESS"
-                            .into(),
-                    )
-                })?;
-            let r = ContainerdRunner::connect(config)
-                .await
-                .map_err(|e| BuildError::Invalid(format!("containerd runner: {e}")))?;
-            Ok(Arc::new(Backend::Containerd(r)))
-        }
-    }
-}
-
-async fn close_runner(runner: Arc<Backend>) {
-    if let Ok(Backend::Containerd(r)) = Arc::try_unwrap(runner) {
-        let _ = r.close().await;
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use forge_builder::driver::events::{BuildEvent, OutputStream};
+use forge_builder::events::{BuildEvent, EventRecord, OutputStream};
 use forge_builder::graph::NodeRef;
 use forge_builder::solver::Event;
 use forge_snapshotter::registry::{BlobKind, PullEvent, PushEvent};
@@ -99,7 +99,7 @@ impl fmt::Display for Summary {
 /// `Box::new(std::io::stderr())`. `Auto` is resolved against the real stderr here.
 pub async fn run(
     mode: ProgressMode,
-    mut rx: UnboundedReceiver<BuildEvent>,
+    mut rx: UnboundedReceiver<EventRecord>,
     out: Box<dyn Write + Send>,
 ) -> Summary {
     let mut printer = Printer::new(mode.resolve(), out);
@@ -109,7 +109,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(ev) => printer.handle(ev),
+                    Some(ev) => printer.handle(ev.event),
                     None => break,
                 },
                 _ = ticks.tick() => printer.tick(),
@@ -117,7 +117,7 @@ pub async fn run(
         }
     } else {
         while let Some(ev) = rx.recv().await {
-            printer.handle(ev);
+            printer.handle(ev.event);
         }
     }
     printer.finish()
@@ -1817,13 +1817,15 @@ mod tests {
 
     #[tokio::test]
     async fn run_draws_until_the_senders_are_gone() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx =
+            forge_builder::events::Events::new(forge_builder::events::BuildId::new(), Some(sender));
         let cap = Capture::default();
         let task = tokio::spawn(run(ProgressMode::Plain, rx, Box::new(cap.clone())));
-        tx.send(cached(0, FROM)).unwrap();
-        tx.send(started(1, MAKE)).unwrap();
-        tx.send(out(1, "hi")).unwrap();
-        tx.send(done(1, MAKE, 10)).unwrap();
+        tx.emit(cached(0, FROM));
+        tx.emit(started(1, MAKE));
+        tx.emit(out(1, "hi"));
+        tx.emit(done(1, MAKE, 10));
         drop(tx);
         let s = task.await.unwrap();
         assert_eq!((s.executed, s.cached), (1, 1));
@@ -1836,17 +1838,19 @@ mod tests {
 
     #[tokio::test]
     async fn run_in_tty_mode_redraws_on_its_own() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx =
+            forge_builder::events::Events::new(forge_builder::events::BuildId::new(), Some(sender));
         let cap = Capture::default();
         let task = tokio::spawn(run(ProgressMode::Tty, rx, Box::new(cap.clone())));
-        tx.send(started(1, MAKE)).unwrap();
-        tx.send(out(1, "working")).unwrap();
+        tx.emit(started(1, MAKE));
+        tx.emit(out(1, "working"));
         tokio::time::sleep(Duration::from_millis(350)).await;
         let live = cap.text();
         assert!(live.contains(" => [base 2/3] RUN make"), "{live:?}");
         assert!(live.contains(" => => working"), "{live:?}");
         assert!(live.matches("[+] Building").count() >= 2, "{live:?}");
-        tx.send(done(1, MAKE, 400)).unwrap();
+        tx.emit(done(1, MAKE, 400));
         drop(tx);
         let s = task.await.unwrap();
         assert_eq!(s.executed, 1);

@@ -2,6 +2,8 @@
 //! image (config, manifest, sha256 digests), then an OCI layout (directory or tar), a `docker load`
 //! tar, or a plain directory; plus the `--metadata-file` and `--iidfile` buildx writes.
 
+pub mod config;
+mod image;
 mod json;
 mod local;
 pub(crate) mod time;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifestBuilder, MediaType};
 use sha2::Digest as _;
 
+pub use image::{make_image, push_image, record_image, with_compression};
 pub use local::export_local;
 pub use write::{
     write_docker_tar, write_docker_tar_to, write_oci_dir, write_oci_tar, write_oci_tar_to,
@@ -89,6 +92,21 @@ pub enum ExportError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// The store refused a read or write.
+    #[error(transparent)]
+    Store(#[from] forge_snapshotter::store::StoreError),
+    /// The registry refused the push.
+    #[error("pushing {tags}: {source}")]
+    Push {
+        /// The names pushed, comma-separated.
+        tags: String,
+        /// What the registry client reported.
+        #[source]
+        source: Box<forge_snapshotter::registry::PushError>,
+    },
+    /// Anything else that makes the export impossible, said in words.
+    #[error("{0}")]
+    Invalid(String),
     /// A file type the local exporter does not reproduce.
     #[error("{path}: cannot export {kind} (only files, directories and symlinks)")]
     UnsupportedFile {

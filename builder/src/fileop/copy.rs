@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use super::meta::{self, ModeSpec};
 use super::root::{clean, resolve};
 use super::{FileOpError, Ids, Visible, archive, dest_is_dir, io};
-use crate::context::pattern::{go_match, has_wildcards};
 use crate::frontend::dockerignore::Dockerignore;
 use crate::graph::CopyOptions;
+use crate::source::context::pattern::{go_match, has_wildcards};
 
 /// One COPY action: `src` (a path or wildcard in `src_root`, `None` being scratch) onto `dest`.
 pub(crate) fn copy(

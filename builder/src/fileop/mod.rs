@@ -11,8 +11,8 @@ pub mod root;
 
 use std::path::{Path, PathBuf};
 
-use crate::context::pattern::{self, BadPattern};
 use crate::graph::{FileAction, NodeRef};
+use crate::source::context::pattern::{self, BadPattern};
 
 pub use meta::ModeSpec;
 pub use owner::Ids;

@@ -60,7 +60,7 @@ pub trait Executor: Send + Sync + 'static {
 
     /// A digest of what the vertex reads from outside the graph, folded into its cache key: for
     /// COPY/ADD from the local context, the selection's hash
-    /// ([`ContextSnapshot::hash_selection`](crate::context::ContextSnapshot::hash_selection)).
+    /// ([`ContextSnapshot::hash_selection`](crate::source::context::ContextSnapshot::hash_selection)).
     /// `None` when the vertex reads nothing but its inputs (the default).
     fn cache_inputs(
         &self,

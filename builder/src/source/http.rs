@@ -15,11 +15,12 @@
 //!   the file's mtime). Steps depending on the source are cache hits when the content did not change.
 //!   ETag revalidation (BuildKit's `If-None-Match`) would avoid the body download; not done yet.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use forge_snapshotter::store::Digest;
@@ -27,6 +28,8 @@ use reqwest::header::{HeaderMap, LAST_MODIFIED, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWriteExt as _, BufWriter};
+
+use crate::events::Events;
 
 /// What went wrong fetching a URL. URLs in messages have their password replaced by `xxxxx`.
 #[derive(Debug, thiserror::Error)]
@@ -539,6 +542,111 @@ async fn create_temp(dest_dir: &Path) -> Result<(TempFile, tokio::fs::File), Htt
                 });
             }
         }
+    }
+}
+
+/// ADD <url> for the executor: with `--checksum` the key is the checksum and nothing is fetched
+/// until the step runs; without, the file is fetched once to key it by content (and its
+/// Last-Modified, which becomes its mtime) and that download is what the step then uses.
+pub struct HttpSource {
+    fetcher: HttpFetcher,
+    dir: std::path::PathBuf,
+    fetched: Mutex<HashMap<String, Fetched>>,
+    events: Events,
+}
+
+impl HttpSource {
+    pub fn new(
+        dir: std::path::PathBuf,
+        events: Events,
+    ) -> Result<HttpSource, crate::api::BuildError> {
+        Ok(HttpSource {
+            fetcher: HttpFetcher::new(HttpConfig::default())
+                .map_err(|e| crate::api::BuildError::Invalid(e.to_string()))?,
+            dir,
+            fetched: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+        dir: &std::path::Path,
+        filename: &str,
+    ) -> Result<Fetched, crate::ops::ExecError> {
+        std::fs::create_dir_all(dir).map_err(|e| crate::ops::ExecError::Io {
+            what: "creating",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        // A download is a phase of its own: byte counts are not warnings, and the events carry no
+        // transfer kind for URLs, so its start and end are what is reported.
+        let fetched = self
+            .events
+            .phase(
+                &format!("downloading {url}"),
+                self.fetcher
+                    .fetch(url, checksum, dir, filename, &mut |_, _| {}),
+            )
+            .await;
+        fetched.map_err(|e| crate::ops::ExecError::Source(e.to_string()))
+    }
+}
+
+impl crate::ops::RemoteFiles for HttpSource {
+    fn key(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<crate::solver::ContentDigest, crate::ops::ExecError>>
+    {
+        let url = url.to_string();
+        let checksum = checksum.map(str::to_string);
+        Box::pin(async move {
+            let mut h = blake3::Hasher::new();
+            if let Some(c) = &checksum {
+                let d =
+                    checksum_digest(c).map_err(|e| crate::ops::ExecError::Source(e.to_string()))?;
+                h.update(b"checksum\0");
+                h.update(d.to_string().as_bytes());
+                return Ok(*h.finalize().as_bytes());
+            }
+            let slot = format!("{}", blake3::hash(url.as_bytes()).to_hex());
+            let dir = self.dir.join(&slot);
+            let f = self.download(&url, None, &dir, "download").await?;
+            h.update(b"content\0");
+            h.update(f.digest.to_string().as_bytes());
+            let mtime = f
+                .last_modified
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            h.update(&mtime.to_le_bytes());
+            self.fetched.lock().expect("not poisoned").insert(url, f);
+            Ok(*h.finalize().as_bytes())
+        })
+    }
+
+    fn fetch_into<'a>(
+        &'a self,
+        url: &'a str,
+        checksum: Option<&'a str>,
+        dir: &'a std::path::Path,
+        filename: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::ops::ExecError>> {
+        Box::pin(async move {
+            let pre = self.fetched.lock().expect("not poisoned").remove(url);
+            if let Some(f) = pre {
+                let dest = dir.join(filename);
+                // Same filesystem (both under the store): a rename keeps the mtime.
+                if std::fs::rename(&f.path, &dest).is_ok() {
+                    return Ok(());
+                }
+            }
+            self.download(url, checksum, dir, filename).await.map(drop)
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The executor `forge build` hands the solver: a vertex's result is the list of layers (blobs in the
+//! Operations: how each vertex of the graph is carried out (the solver's executor). A vertex's result is the list of layers (blobs in the
 //! store) its filesystem is made of, and the committed snapshot named by their chain id. Results stay
 //! meaningful across processes, so a cache record is just that list; a missing snapshot is rebuilt
 //! from the blobs. File operations run in process on mounted snapshots, RUN steps go to the runner.
@@ -20,19 +20,19 @@ use forge_snapshotter::layer::{LayerOptions, chain_id_step};
 use forge_snapshotter::snapshot::{
     AnySnapshotter, Kind, SnapshotError, Snapshotter, unpack_layer_snapshot,
 };
-use forge_snapshotter::store::{Digest as BlobDigest, ImageRecord, Store, StoreError};
+use forge_snapshotter::store::{Digest as BlobDigest, Store, StoreError};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
 
-use super::events::{BuildEvent, OutputStream};
-use crate::context::{ContextError, ContextSnapshot};
+use crate::events::{BuildEvent, BuildId, Events, OutputStream};
 use crate::fileop::{self, FileOpError, SourceDirs, Visible};
 use crate::graph::{
     CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SourceOp, Vertex,
     VertexId,
 };
 use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
+use crate::source::BaseImage;
+use crate::source::context::{ContextError, ContextSnapshot};
 
 /// One layer of a result: what a manifest and a config need, and where the blob is (the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,37 +144,6 @@ impl From<RunError> for ExecError {
     }
 }
 
-/// A base image the build may read, resolved and pulled before the solve.
-#[derive(Debug, Clone)]
-pub struct BaseImage {
-    pub record: ImageRecord,
-    /// `rootfs.diff_ids` of its config, one per layer.
-    pub diff_ids: Vec<Digest>,
-    /// The raw config blob.
-    pub config_json: Vec<u8>,
-}
-
-impl BaseImage {
-    /// Its layers as a build result (each mountable from the repository it came from).
-    pub fn layers(&self) -> Vec<Layer> {
-        let source = forge_snapshotter::reference::Reference::parse(&self.record.reference)
-            .ok()
-            .map(|r| r.name());
-        self.record
-            .layers
-            .iter()
-            .zip(&self.diff_ids)
-            .map(|(d, diff_id)| Layer {
-                media_type: d.media_type.clone(),
-                digest: d.digest.clone(),
-                size: d.size,
-                diff_id: diff_id.clone(),
-                source: source.clone(),
-            })
-            .collect()
-    }
-}
-
 /// A local directory the graph names (the build context) and what of it the build may see.
 #[derive(Debug, Clone)]
 pub struct LocalDir {
@@ -218,17 +187,15 @@ pub struct ExecutorConfig {
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
     pub http: Option<Arc<dyn RemoteFiles>>,
-    pub events: Option<UnboundedSender<BuildEvent>>,
+    pub events: Events,
 }
 
 pub struct BuildExecutor {
     cfg: ExecutorConfig,
     nodes: HashMap<VertexId, NodeRef>,
+    /// Numbers this build's scratch snapshot keys and mount points.
+    seq: AtomicU64,
 }
-
-/// Numbers scratch snapshot keys and mount points. Process-wide, not per executor: two builds in
-/// one process (a library user solving twice at once) share the pid in their keys.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl BuildExecutor {
     pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
@@ -237,7 +204,11 @@ impl BuildExecutor {
         for (i, v) in graph.vertices.iter().enumerate() {
             nodes.entry(v.id).or_insert(NodeRef(i));
         }
-        let exec = BuildExecutor { cfg, nodes };
+        let exec = BuildExecutor {
+            cfg,
+            nodes,
+            seq: AtomicU64::new(0),
+        };
         exec.remove_stale_snapshots();
         Ok(exec)
     }
@@ -250,8 +221,9 @@ impl BuildExecutor {
         &self.cfg.snapshots
     }
 
-    /// Active snapshots a killed build left behind (their process is gone) are removed, so their
-    /// space comes back and their keys never collide.
+    /// Active snapshots a killed build left behind (no live build holds the lock of the id in their
+    /// key) are removed, so their space comes back; a running build's, in this process or another,
+    /// are left alone.
     fn remove_stale_snapshots(&self) {
         let Ok(list) = self.cfg.snapshots.list() else {
             return;
@@ -260,27 +232,26 @@ impl BuildExecutor {
             if info.kind == Kind::Committed {
                 continue;
             }
-            let Some(pid) = info
+            let Some(id) = info
                 .key
                 .strip_prefix("build-")
                 .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok())
+                .and_then(BuildId::parse)
             else {
                 continue;
             };
-            let alive = pid == std::process::id() as i32
-                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if !alive {
+            if !crate::scratch::is_alive(self.cfg.store.root(), &id) {
                 let _ = self.cfg.snapshots.remove(&info.key);
             }
         }
     }
 
+    /// A name no other scratch snapshot or mount point has: the build's id and a counter.
     fn unique(&self, what: &str) -> String {
         format!(
             "build-{}-{}-{what}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
+            self.cfg.events.build(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
         )
     }
 
@@ -754,22 +725,20 @@ impl BuildExecutor {
         let masks = secret_masks(&secret_values);
         let events = self.cfg.events.clone();
         let mut sink = move |stream: Stream, line: &str| {
-            if let Some(tx) = &events {
-                let mut line = line.to_string();
-                for m in &masks {
-                    if line.contains(m.as_str()) {
-                        line = line.replace(m.as_str(), "****");
-                    }
+            let mut line = line.to_string();
+            for m in &masks {
+                if line.contains(m.as_str()) {
+                    line = line.replace(m.as_str(), "****");
                 }
-                let _ = tx.send(BuildEvent::Output {
-                    vertex: vertex_ref,
-                    stream: match stream {
-                        Stream::Stdout => OutputStream::Stdout,
-                        Stream::Stderr => OutputStream::Stderr,
-                    },
-                    line,
-                });
             }
+            events.emit(BuildEvent::Output {
+                vertex: vertex_ref,
+                stream: match stream {
+                    Stream::Stdout => OutputStream::Stdout,
+                    Stream::Stderr => OutputStream::Stderr,
+                },
+                line,
+            });
         };
         let ran = self.cfg.runner.run(&spec, &mut sink, cancel).await;
         cleanup(held, &scratch_keys);
@@ -829,7 +798,7 @@ fn populate_view(
     dest: &Path,
     link: bool,
 ) -> Result<(), ExecError> {
-    use crate::context::EntryKind;
+    use crate::source::context::EntryKind;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut dirs = Vec::new();
     for e in snapshot.entries() {

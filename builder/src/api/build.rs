@@ -1,0 +1,455 @@
+//! One build, start to end: read the Dockerfile and `.dockerignore`, walk the context while base
+//! images resolve, lower, solve with the ops on snapshots, then assemble the image, record it in the
+//! store, and export and push it as asked. Everything the build writes outside the store's content
+//! is under its own scratch space, named by its id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use forge_snapshotter::compress::Compression;
+use forge_snapshotter::layer::LayerOptions;
+use forge_snapshotter::snapshot::Snapshotter as _;
+use forge_snapshotter::store::{Digest as BlobDigest, Store};
+
+use super::BuildError;
+use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
+use super::request::{BuildRequest, DockerfileSource, Export};
+use super::session::{Session, close_runner};
+use crate::events::{BuildEvent, Events};
+use crate::export::{self, ImageOptions, ManifestFormat};
+use crate::frontend::dockerfile::lower::LowerOptions;
+use crate::frontend::dockerfile::parser;
+use crate::frontend::dockerignore::{self, Dockerignore};
+use crate::graph::{Graph, Platform};
+use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
+use crate::scratch::Scratch;
+use crate::solver::{
+    CacheStore, CancellationToken, DiskCache, Event, Solution, SolveOptions, Solver,
+};
+use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
+
+impl Session {
+    /// Runs `request`, sending its progress to `events` (whose build id names everything the build
+    /// makes). `cancel` stops it: running steps are killed and their scratch state removed.
+    pub async fn build(
+        &self,
+        request: &BuildRequest,
+        events: Events,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, BuildFailure> {
+        let start = Instant::now();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let result = self.run(request, &events, cancel, reports.clone()).await;
+        let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
+        match result {
+            Ok((image, record)) => Ok(BuildOutcome {
+                build: events.build().clone(),
+                digest: image.manifest_descriptor().digest().to_string(),
+                image,
+                record,
+                vertices,
+                duration: start.elapsed(),
+            }),
+            Err(error) => Err(BuildFailure {
+                build: events.build().clone(),
+                error,
+                vertices,
+            }),
+        }
+    }
+
+    async fn run(
+        &self,
+        request: &BuildRequest,
+        events: &Events,
+        cancel: CancellationToken,
+        reports: Arc<Mutex<Vec<VertexReport>>>,
+    ) -> Result<(export::Image, forge_snapshotter::store::ImageRecord), BuildError> {
+        request.validate()?;
+        let (name, text) = read_dockerfile(request)?;
+        let df = parser::parse_file(&name, &text)?;
+        // A Dockerfile given as text has no sibling ignore file: the context's own applies.
+        let df_path = request
+            .dockerfile_path()
+            .unwrap_or_else(|| request.context.join("Dockerfile"));
+        let ignore_patterns = match dockerignore::find_ignore_file(&request.context, &df_path) {
+            None => Vec::new(),
+            Some(p) => read_ignore(&p)?,
+        };
+        let host = Platform::host();
+        let lower_opts = LowerOptions {
+            target: request.target.clone(),
+            build_args: request.build_args.clone(),
+            target_platform: request.platform.clone().unwrap_or_else(|| host.clone()),
+            build_platform: host.clone(),
+            dockerignore: ignore_patterns.clone(),
+            ..LowerOptions::default()
+        };
+
+        let pushes = request.pushes();
+        let leaves_store = pushes
+            || request.exports.iter().any(|e| {
+                matches!(
+                    e,
+                    Export::OciTar(_) | Export::OciDir(_) | Export::DockerTar(_)
+                )
+            });
+        let recompress = leaves_store || request.compression.is_some();
+        let compression = request
+            .compression
+            .unwrap_or(Compression::Gzip { level: 6 });
+        // Layers that stay in the store are written with fast zstd; those about to leave it are
+        // written in their final compression at once, so nothing is compressed twice.
+        let step_compression = if recompress {
+            compression
+        } else {
+            Compression::Zstd { level: 1 }
+        };
+
+        let scratch = Scratch::create(&self.root, events.build()).map_err(|e| {
+            BuildError::Invalid(format!(
+                "scratch space under {}: {e}",
+                crate::scratch::tmp_root(&self.root).display()
+            ))
+        })?;
+
+        // The context walk (memoised) runs while base images resolve.
+        let ctx_dir = request.context.clone();
+        let memo_dir = self.root.join("context");
+        let ignore = Dockerignore::from_patterns(&ignore_patterns).map_err(|e| {
+            BuildError::Invalid(format!("{}: .dockerignore: {e}", request.context.display()))
+        })?;
+        let walk = tokio::task::spawn_blocking(move || {
+            ContextSnapshot::take(
+                &ctx_dir,
+                &SnapshotOptions {
+                    ignore: Some(&ignore),
+                    state_dir: Some(&memo_dir),
+                    threads: 0,
+                },
+            )
+        });
+        let (lowered, images) = events
+            .phase(
+                "resolving base images",
+                source::lower_with_images(&df, &lower_opts, &self.store, &self.registry, events),
+            )
+            .await
+            .map_err(|e| lower_error(e, &name, &text))?;
+        for w in &lowered.warnings {
+            events.emit(BuildEvent::Warning(w.clone()));
+        }
+        let snapshot = walk
+            .await
+            .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
+            .map_err(|e| {
+                BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
+            })?;
+        let runner = self.runner().await?;
+        let graph = Arc::new(lowered.graph);
+        let cache = DiskCache::open(self.root.join("build-cache"))?;
+        let executor = BuildExecutor::new(
+            ExecutorConfig {
+                store: self.store.clone(),
+                snapshots: self.snapshots.clone(),
+                runner: runner.clone(),
+                work_dir: scratch.work(),
+                locals: HashMap::from([(
+                    "context".to_string(),
+                    LocalDir {
+                        dir: request.context.clone(),
+                        snapshot: Arc::new(snapshot),
+                    },
+                )]),
+                images: images.images,
+                secrets: request.secrets.to_map(),
+                ssh: request.ssh.clone(),
+                layer: LayerOptions {
+                    compression: step_compression,
+                    source_date_epoch: request.source_date_epoch,
+                },
+                default_network: request.network,
+                http: Some(Arc::new(HttpSource::new(
+                    scratch.downloads(),
+                    events.clone(),
+                )?)),
+                events: events.clone(),
+            },
+            &graph,
+        );
+        let executor = match executor {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                close_runner(runner).await;
+                return Err(e.into());
+            }
+        };
+        let settings = SolveSettings {
+            jobs: request.jobs,
+            no_cache: request.cache.no_cache,
+            no_cache_filter: request.cache.no_cache_filter.clone(),
+            cancel,
+        };
+        let solved = solve_reporting(
+            graph.clone(),
+            executor.clone(),
+            Arc::new(cache),
+            &settings,
+            events,
+            Some(reports),
+        )
+        .await;
+        close_runner(runner).await;
+        let solution = solved?;
+        protect_results(&self.store, &solution, &graph);
+
+        let output = &graph.outputs[0];
+        let built = &solution
+            .get(output.root)
+            .ok_or_else(|| BuildError::Invalid("the target was not solved".into()))?
+            .output;
+        let layers = built
+            .layers()
+            .ok_or_else(|| {
+                BuildError::Invalid("the target is a local directory, not an image".into())
+            })?
+            .to_vec();
+        // A cached layer keeps the compression it was made with; what leaves the store gets the
+        // compression asked for.
+        let layers = if recompress {
+            export::with_compression(&self.store, &layers, compression).await?
+        } else {
+            layers
+        };
+        let docker_only = !request.exports.is_empty()
+            && request.exports.iter().all(|e| {
+                matches!(
+                    e,
+                    Export::DockerTar(_)
+                        | Export::Image {
+                            oci_mediatypes: false,
+                            ..
+                        }
+                )
+            });
+        let format = if docker_only {
+            ManifestFormat::Docker
+        } else {
+            ManifestFormat::Oci
+        };
+        let options = ImageOptions {
+            format,
+            source_date_epoch: request.source_date_epoch,
+        };
+        let labels = &request.labels;
+        let image = events
+            .phase("writing image", async {
+                export::make_image(output, &layers, &self.store, labels, &options)
+            })
+            .await?;
+        let names = request.tags.clone();
+        for e in &request.exports {
+            match e {
+                Export::OciTar(dest) => export::write_oci_tar(&image, &names, dest)?,
+                Export::OciDir(dest) => export::write_oci_dir(&image, &names, dest)?,
+                Export::DockerTar(dest) => {
+                    let docker = export::make_image(
+                        output,
+                        &layers,
+                        &self.store,
+                        labels,
+                        &ImageOptions {
+                            format: ManifestFormat::Docker,
+                            source_date_epoch: request.source_date_epoch,
+                        },
+                    )?;
+                    export::write_docker_tar(&docker, &names, dest)?
+                }
+                Export::Local(dest) => {
+                    let snap = executor.ensure_snapshot(&layers).await?;
+                    let Some(name) = snap else {
+                        std::fs::create_dir_all(dest).map_err(|e| {
+                            BuildError::Invalid(format!("creating {}: {e}", dest.display()))
+                        })?;
+                        continue;
+                    };
+                    let mounts = self.snapshots.mounts(&name)?;
+                    let mounted = Mounted::mount(&mounts, scratch.export())?;
+                    export::export_local(mounted.path(), dest)?;
+                }
+                Export::Image { .. } => {}
+            }
+        }
+        let record = export::record_image(&self.store, &image, &names, &host)?;
+        if pushes {
+            export::push_image(
+                &self.store,
+                &self.registry,
+                events,
+                &record,
+                &layers,
+                &names,
+            )
+            .await?;
+        }
+        if let Some(p) = &request.metadata_file {
+            export::write_metadata_file(p, &image, &names)?;
+        }
+        if let Some(p) = &request.iidfile {
+            export::write_iidfile(p, &image)?;
+        }
+        drop(executor);
+        drop(scratch);
+        Ok((image, record))
+    }
+}
+
+fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildError> {
+    match &request.dockerfile {
+        DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
+        _ => {
+            let path = request.dockerfile_path().expect("a file source has a path");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| BuildError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
+        }
+    }
+}
+
+fn read_ignore(path: &std::path::Path) -> Result<Vec<String>, BuildError> {
+    Ok(Dockerignore::read(path)
+        .map_err(|e| BuildError::Invalid(format!("{}: {e}", path.display())))?
+        .patterns()
+        .to_vec())
+}
+
+/// A lowering error gets the file's name and text, so the caller can show the line.
+fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
+    match e {
+        BuildError::Lower { error, .. } => BuildError::Lower {
+            file: name.to_string(),
+            text: text.clone(),
+            error,
+        },
+        other => other,
+    }
+}
+
+/// How the solve runs.
+#[derive(Debug, Clone, Default)]
+pub struct SolveSettings {
+    pub jobs: Option<usize>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    pub cancel: CancellationToken,
+}
+
+/// Solves the graph's outputs (roots and gates) with `executor`, reporting solver events.
+pub async fn solve(
+    graph: Arc<Graph>,
+    executor: Arc<BuildExecutor>,
+    cache: Arc<dyn CacheStore>,
+    settings: &SolveSettings,
+    events: &Events,
+) -> Result<Solution<Built>, BuildError> {
+    solve_reporting(graph, executor, cache, settings, events, None).await
+}
+
+async fn solve_reporting(
+    graph: Arc<Graph>,
+    executor: Arc<BuildExecutor>,
+    cache: Arc<dyn CacheStore>,
+    settings: &SolveSettings,
+    events: &Events,
+    reports: Option<Arc<Mutex<Vec<VertexReport>>>>,
+) -> Result<Solution<Built>, BuildError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let out = events.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Some(r) = &reports
+                && let Some(report) = report_of(&ev)
+            {
+                r.lock().expect("not poisoned").push(report);
+            }
+            out.emit(BuildEvent::Solver(ev));
+        }
+    });
+    let mut options = SolveOptions {
+        no_cache: settings.no_cache,
+        no_cache_filter: settings.no_cache_filter.clone(),
+        events: Some(tx),
+        cancel: settings.cancel.clone(),
+        ..SolveOptions::default()
+    };
+    if let Some(j) = settings.jobs {
+        options.jobs = j.max(1);
+    }
+    let solver = Solver::new(executor, cache, options);
+    let outputs: Vec<usize> = (0..graph.outputs.len()).collect();
+    let solved = solver.solve(graph, &outputs).await;
+    drop(solver);
+    let _ = forward.await;
+    Ok(solved?)
+}
+
+/// A finished vertex's report, from the solver event that ends it.
+fn report_of(ev: &Event) -> Option<VertexReport> {
+    match ev {
+        Event::Cached {
+            vertex,
+            description,
+            key,
+        } => Some(VertexReport {
+            vertex: *vertex,
+            description: description.clone(),
+            key: Some(*key),
+            cached: true,
+            duration: None,
+            error: None,
+        }),
+        Event::Done {
+            vertex,
+            description,
+            duration,
+        } => Some(VertexReport {
+            vertex: *vertex,
+            description: description.clone(),
+            key: None,
+            cached: false,
+            duration: Some(*duration),
+            error: None,
+        }),
+        Event::Failed {
+            vertex,
+            description,
+            duration,
+            error,
+        } => Some(VertexReport {
+            vertex: *vertex,
+            description: description.clone(),
+            key: None,
+            cached: false,
+            duration: Some(*duration),
+            error: Some(error.clone()),
+        }),
+        Event::Started { .. } | Event::Cancelled { .. } => None,
+    }
+}
+
+/// Keeps the blobs of recorded results from `forge prune` while their cache records exist.
+fn protect_results(store: &Store, solution: &Solution<Built>, graph: &Graph) {
+    for (i, _) in graph.vertices.iter().enumerate() {
+        let Some(s) = solution.get(crate::graph::NodeRef(i)) else {
+            continue;
+        };
+        if s.cached {
+            continue;
+        }
+        if let Some(layers) = s.output.layers() {
+            let digests: Vec<BlobDigest> = layers.iter().map(|l| l.digest.clone()).collect();
+            let _ = store.set_root("build-cache", &s.key.to_hex(), &digests);
+        }
+    }
+}

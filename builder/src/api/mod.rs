@@ -1,0 +1,87 @@
+//! The build API: one entry point that `forge build`, a pipeline's job graph and a server all call.
+//! A [`Session`] holds what builds share (the store, snapshots, the registry client, which runner);
+//! [`Session::build`] takes a [`BuildRequest`], streams [`crate::events::EventRecord`]s while it
+//! runs, and returns a [`BuildOutcome`] (or a [`BuildFailure`] with what was solved before the
+//! failure). Several builds may run at once on one session, in one process.
+//!
+//! The sequence (`build.rs`) follows the data: sources (context walk, base images) -> lowering to the
+//! graph -> solve (ops on snapshots, the cache) -> export (image, store record, push, files).
+
+mod build;
+mod outcome;
+mod request;
+mod session;
+
+use forge_snapshotter::registry::PullError;
+use forge_snapshotter::snapshot::SnapshotError;
+use forge_snapshotter::store::StoreError;
+
+pub use build::{SolveSettings, solve};
+pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
+pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
+pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
+
+use crate::export::ExportError;
+use crate::frontend::dockerfile::lower::LowerError;
+use crate::frontend::dockerfile::parser::ParseError;
+use crate::ops::ExecError;
+use crate::solver::{CacheError, SolveError};
+
+/// Why a build stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile does not parse; the error names file, line and column.
+    #[error(transparent)]
+    Parse(Box<ParseError>),
+    /// The Dockerfile parses but cannot be lowered to a graph. `file` and `text` are what the
+    /// caller needs to show the offending line.
+    #[error("{file}: {error}")]
+    Lower {
+        file: String,
+        text: std::sync::Arc<str>,
+        #[source]
+        error: LowerError,
+    },
+    #[error("base image {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: Box<PullError>,
+    },
+    #[error("base image {reference}: {reason}")]
+    BaseImage { reference: String, reason: String },
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A request that cannot be built, or a failure said in words.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<ParseError> for BuildError {
+    fn from(e: ParseError) -> Self {
+        BuildError::Parse(Box::new(e))
+    }
+}
+
+impl BuildError {
+    /// The last output lines of the step whose failure stopped the build, secrets masked.
+    pub fn failed_step_tail(&self) -> Option<&[String]> {
+        let BuildError::Solve(SolveError::Step { source, .. }) = self else {
+            return None;
+        };
+        match source.downcast_ref::<ExecError>()? {
+            ExecError::Exit { tail, .. } if !tail.is_empty() => Some(tail),
+            _ => None,
+        }
+    }
+}

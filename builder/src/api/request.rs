@@ -1,0 +1,194 @@
+//! What a caller asks of a build: everything `forge build`'s flags mean, as data. A pipeline job
+//! graph or a server fills the same type; nothing here reads the process's arguments or environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+
+use forge_runner::spec::NetworkMode;
+use forge_snapshotter::compress::Compression;
+use forge_snapshotter::reference::Reference;
+
+use super::BuildError;
+use crate::graph::Platform;
+
+/// One build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The build context: a local directory.
+    pub context: PathBuf,
+    /// The Dockerfile; `context/Dockerfile` unless said otherwise.
+    pub dockerfile: DockerfileSource,
+    /// The stage to build (`--target`); the last one when `None`.
+    pub target: Option<String>,
+    /// `--build-arg KEY=VALUE`, already resolved (a bare `KEY` takes its value from the caller's
+    /// environment before it gets here).
+    pub build_args: BTreeMap<String, String>,
+    /// The platform to build for; `None` is this machine's (the only one built today).
+    pub platform: Option<Platform>,
+    /// Labels added to the image's config.
+    pub labels: BTreeMap<String, String>,
+    /// Secrets for `RUN --mount=type=secret`, by id; never written to a layer or printed.
+    pub secrets: Secrets,
+    /// SSH agent sockets for `RUN --mount=type=ssh`, by id.
+    pub ssh: HashMap<String, PathBuf>,
+    /// The network of RUN steps that do not choose one.
+    pub network: NetworkMode,
+    /// Layer compression of what leaves the store (push, OCI or docker tars). `None`: gzip for
+    /// what leaves the store, fast zstd for layers that stay in it (re-encoded when they leave).
+    pub compression: Option<Compression>,
+    /// Where the image goes besides the store; the store always gets it.
+    pub exports: Vec<Export>,
+    /// The image's names (recorded in the store, written into tars, pushed).
+    pub tags: Vec<String>,
+    pub cache: CacheOptions,
+    /// `SOURCE_DATE_EPOCH`: makes the image reproducible byte for byte.
+    pub source_date_epoch: Option<i64>,
+    /// How many steps may run at once; the number of cores when `None`.
+    pub jobs: Option<usize>,
+    /// buildx-style metadata (`containerimage.digest`) written here after the build.
+    pub metadata_file: Option<PathBuf>,
+    /// The image ID written here after the build.
+    pub iidfile: Option<PathBuf>,
+}
+
+impl BuildRequest {
+    /// A build of `context` with its `Dockerfile` and every option at its default.
+    pub fn new(context: impl Into<PathBuf>) -> BuildRequest {
+        BuildRequest {
+            context: context.into(),
+            dockerfile: DockerfileSource::InContext,
+            target: None,
+            build_args: BTreeMap::new(),
+            platform: None,
+            labels: BTreeMap::new(),
+            secrets: Secrets::default(),
+            ssh: HashMap::new(),
+            network: NetworkMode::Host,
+            compression: None,
+            exports: Vec::new(),
+            tags: Vec::new(),
+            cache: CacheOptions::default(),
+            source_date_epoch: None,
+            jobs: None,
+            metadata_file: None,
+            iidfile: None,
+        }
+    }
+
+    /// Whether any export pushes to a registry.
+    pub fn pushes(&self) -> bool {
+        self.exports
+            .iter()
+            .any(|e| matches!(e, Export::Image { push: true, .. }))
+    }
+
+    /// Refuses a request that cannot be built, before anything is read or pulled.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if !self.context.is_dir() {
+            return Err(BuildError::Invalid(format!(
+                "build context {} is not a directory",
+                self.context.display()
+            )));
+        }
+        if let Some(p) = &self.platform {
+            let host = Platform::host();
+            if *p != host {
+                return Err(BuildError::Invalid(format!(
+                    "platform {p}: only this machine's platform ({host}) can be built for now"
+                )));
+            }
+        }
+        if self.pushes() && self.tags.is_empty() {
+            return Err(BuildError::Invalid(
+                "a push needs at least one image name (tag)".into(),
+            ));
+        }
+        for t in &self.tags {
+            Reference::parse(t)
+                .map_err(|e| BuildError::Invalid(format!("invalid tag {t:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The Dockerfile's path, when it is a file.
+    pub fn dockerfile_path(&self) -> Option<PathBuf> {
+        match &self.dockerfile {
+            DockerfileSource::InContext => Some(self.context.join("Dockerfile")),
+            DockerfileSource::Path(p) => Some(p.clone()),
+            DockerfileSource::Text { .. } => None,
+        }
+    }
+}
+
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerfileSource {
+    /// `Dockerfile` at the context's root.
+    InContext,
+    /// A file (`-f PATH`); its `.dockerignore` sibling is honoured as BuildKit does.
+    Path(PathBuf),
+    /// Text held in memory (a pipeline's inline Dockerfile, `-f -`); `name` is how errors name it.
+    Text { name: String, text: String },
+}
+
+/// One place the image goes besides the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// An OCI image layout in a tar file.
+    OciTar(PathBuf),
+    /// An OCI image layout in a directory.
+    OciDir(PathBuf),
+    /// A tar `docker load` reads.
+    DockerTar(PathBuf),
+    /// The image's filesystem as plain files in a directory.
+    Local(PathBuf),
+    /// The store under the request's tags, and their registries when `push`; with Docker's media
+    /// types when `oci_mediatypes` is false.
+    Image { push: bool, oci_mediatypes: bool },
+}
+
+/// How the build uses its cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Run every step, ignoring (then replacing) recorded results.
+    pub no_cache: bool,
+    /// Run these stages' steps (and what depends on them) without the cache.
+    pub no_cache_filter: Vec<String>,
+}
+
+/// Secret values by id. Their `Debug` shows the ids only, so a logged request never shows a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(HashMap<String, Vec<u8>>);
+
+impl Secrets {
+    pub fn insert(&mut self, id: impl Into<String>, value: Vec<u8>) {
+        self.0.insert(id.into(), value);
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[u8]> {
+        self.0.get(id).map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn to_map(&self) -> HashMap<String, Vec<u8>> {
+        self.0.clone()
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for Secrets {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
+        Secrets(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.0.keys().collect();
+        ids.sort();
+        f.debug_set().entries(ids).finish()
+    }
+}

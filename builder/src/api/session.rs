@@ -1,0 +1,154 @@
+//! What builds share: the store (blobs, images, cache records), the snapshotter, the registry client
+//! and the choice of runner. One session serves any number of builds, one after another or at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use forge_runner::backend::Backend;
+use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
+use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind};
+use forge_snapshotter::store::Store;
+
+use super::BuildError;
+
+/// What runs RUN steps.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RunnerChoice {
+    /// forge's own namespaces: no daemon, rootless.
+    #[default]
+    Embedded,
+    /// containerd's runc shim, at `address` (`$CONTAINERD_ADDRESS` when `None`).
+    Containerd { address: Option<PathBuf> },
+}
+
+/// How a session is opened.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// The store's directory.
+    pub root: PathBuf,
+    /// Registries (`host[:port]`) that may be reached over plain http; loopback always may.
+    pub insecure_registries: Vec<String>,
+    pub runner: RunnerChoice,
+}
+
+/// Everything builds share. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) root: PathBuf,
+    pub(crate) store: Store,
+    pub(crate) snapshots: Arc<AnySnapshotter>,
+    pub(crate) registry: Arc<RegistryClient>,
+    pub(crate) runner: RunnerChoice,
+}
+
+impl Session {
+    /// Opens (creating if needed) the store at `options.root` and its snapshotter.
+    pub fn open(options: SessionOptions) -> Result<Session, BuildError> {
+        let root = options.root;
+        let store = Store::open(&root)
+            .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
+        let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
+            .map_err(|e| BuildError::Invalid(format!("snapshots under {}: {e}", root.display())))?;
+        let registry = RegistryClient::new(RegistryConfig {
+            insecure: options.insecure_registries,
+            ..RegistryConfig::default()
+        });
+        Ok(Session {
+            root,
+            store,
+            snapshots: Arc::new(snapshots),
+            registry: Arc::new(registry),
+            runner: options.runner,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn snapshots(&self) -> &Arc<AnySnapshotter> {
+        &self.snapshots
+    }
+
+    pub fn registry(&self) -> &Arc<RegistryClient> {
+        &self.registry
+    }
+
+    /// A runner for one build. Embedded runners are cheap; a containerd runner holds a connection
+    /// and a lease, which [`close_runner`] gives back.
+    pub(crate) async fn runner(&self) -> Result<Arc<Backend>, BuildError> {
+        match &self.runner {
+            RunnerChoice::Embedded => {
+                use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
+                let r = EmbeddedRunner::new(EmbeddedConfig::new(
+                    self.root.join("run"),
+                    self.root.join("cache-mounts"),
+                ))
+                .map_err(|e| BuildError::Invalid(format!("embedded runner: {e}")))?;
+                Ok(Arc::new(Backend::Embedded(r)))
+            }
+            RunnerChoice::Containerd { address } => {
+                use forge_runner::containerd::{ContainerdConfig, ContainerdRunner};
+                let config = address
+                    .clone()
+                    .map(ContainerdConfig::new)
+                    .or_else(ContainerdConfig::from_env)
+                    // Cache mounts belong to the store, as with the embedded runner.
+                    .map(|config| ContainerdConfig {
+                        cache_root: self.root.join("cache-mounts"),
+                        ..config
+                    })
+                    .ok_or_else(|| {
+                        BuildError::Invalid(
+                            "the containerd runner needs an address (--containerd-address or \
+                             $CONTAINERD_ADDRESS)"
+                                .into(),
+                        )
+                    })?;
+                let r = ContainerdRunner::connect(config)
+                    .await
+                    .map_err(|e| BuildError::Invalid(format!("containerd runner: {e}")))?;
+                Ok(Arc::new(Backend::Containerd(r)))
+            }
+        }
+    }
+}
+
+/// Gives back what a build's runner holds (containerd's connection and lease).
+pub(crate) async fn close_runner(runner: Arc<Backend>) {
+    if let Ok(Backend::Containerd(r)) = Arc::try_unwrap(runner) {
+        let _ = r.close().await;
+    }
+}
+
+/// Process-wide set-up, once, before any thread starts (so before the async runtime): as real root
+/// with the embedded runner, the process's mounts (snapshots it reads, file operations) go into a
+/// private mount namespace, so a killed forge leaves none on the host. A rootless process already
+/// has one (entering the user namespace made it); the containerd runner needs the host's, since
+/// containerd must see the directories it is asked to bind. A server calls this once at start; every
+/// build it runs then shares the namespace, which is why nothing in a build may depend on a mount
+/// another build made.
+pub fn prepare_process(runner: &RunnerChoice) -> Result<(), BuildError> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    if *runner != RunnerChoice::Embedded
+        || !nix::unistd::geteuid().is_root()
+        || forge_runner::embedded::in_user_namespace()
+    {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| BuildError::Invalid(format!("cannot make a private mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| BuildError::Invalid(format!("cannot make mounts private: {e}")))
+}

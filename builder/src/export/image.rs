@@ -1,0 +1,194 @@
+//! From a solved result to an image in the store: layers re-encoded to the compression that leaves
+//! the store, the config and manifest assembled and recorded under the build's names, and the push.
+
+use std::collections::BTreeMap;
+
+use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::{BlobKind, PushBlob, PushImage, RegistryClient};
+use forge_snapshotter::store::{Descriptor, Digest as BlobDigest, ImageRecord, Store};
+use oci_spec::image::{Digest, MediaType};
+
+use super::{ExportError, Image, ImageOptions, LayerBlob, config};
+use crate::events::{BuildEvent, Events};
+use crate::graph::{Output, Platform};
+use crate::ops::Layer;
+
+/// The layers as the export asks for them: layers this build made (or took from the cache) in
+/// another compression are re-encoded into the store (same diff_id, new blob); base image layers
+/// are kept as the registry has them, so pushes can still mount them.
+pub async fn with_compression(
+    store: &Store,
+    layers: &[Layer],
+    to: forge_snapshotter::compress::Compression,
+) -> Result<Vec<Layer>, ExportError> {
+    let want = to.media_type();
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let same = forge_snapshotter::compress::Compression::from_media_type(&l.media_type)
+            .map(|c| c.media_type() == want)
+            .unwrap_or(true);
+        if same || l.source.is_some() {
+            out.push(l.clone());
+            continue;
+        }
+        let store2 = store.clone();
+        let layer = l.clone();
+        let converted = tokio::task::spawn_blocking(move || -> Result<Layer, ExportError> {
+            let tmp = store2.temp_path("recompress");
+            let file = std::fs::File::create(&tmp)
+                .map_err(|e| ExportError::Invalid(format!("creating {}: {e}", tmp.display())))?;
+            let blob = store2.open_blob(&layer.digest)?;
+            let (digest, size, sink) = forge_snapshotter::compress::recompress(
+                std::io::BufReader::new(blob),
+                &layer.media_type,
+                to,
+                std::io::BufWriter::new(file),
+            )
+            .map_err(|e| ExportError::Invalid(format!("layer {}: {e}", layer.digest)))?;
+            drop(sink);
+            let digest = blob_digest(&digest)?;
+            store2.adopt(&tmp, &digest, size)?;
+            Ok(Layer {
+                media_type: want.to_string(),
+                digest,
+                size,
+                ..layer
+            })
+        })
+        .await
+        .map_err(|e| ExportError::Invalid(format!("worker thread: {e}")))??;
+        out.push(converted);
+    }
+    Ok(out)
+}
+
+/// The image an output's result makes: its config (with `labels` added) over its layers.
+pub fn make_image(
+    output: &Output,
+    layers: &[Layer],
+    store: &Store,
+    labels: &BTreeMap<String, String>,
+    options: &ImageOptions,
+) -> Result<Image, ExportError> {
+    let mut cfg = output.image.clone();
+    for (k, v) in labels {
+        cfg.labels.insert(k.clone(), v.clone());
+    }
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let created = config::created_time(options.source_date_epoch)
+        .map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let doc = config::image_config_file(&cfg, &diff_ids, &created);
+    let blobs =
+        layers
+            .iter()
+            .map(|l| {
+                Ok(LayerBlob {
+                    path: store.blob_path(&l.digest),
+                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
+                        ExportError::Invalid(format!("layer digest {}: {e}", l.digest))
+                    })?,
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: MediaType::from(l.media_type.as_str()),
+                })
+            })
+            .collect::<Result<Vec<_>, ExportError>>()?;
+    super::assemble_json(&doc, blobs, options)
+}
+
+fn blob_digest(d: &Digest) -> Result<BlobDigest, ExportError> {
+    d.to_string()
+        .parse()
+        .map_err(|e| ExportError::Invalid(format!("digest {d}: {e}")))
+}
+
+fn store_descriptor(d: &oci_spec::image::Descriptor) -> Result<Descriptor, ExportError> {
+    Ok(Descriptor {
+        media_type: d.media_type().to_string(),
+        digest: blob_digest(d.digest())?,
+        size: d.size(),
+    })
+}
+
+/// Writes the image's config and manifest into the store and records it under each name (so
+/// `forge images` lists it and `forge push` can send it later).
+pub fn record_image(
+    store: &Store,
+    image: &Image,
+    names: &[String],
+    platform: &Platform,
+) -> Result<ImageRecord, ExportError> {
+    store.write_blob(image.config_json(), None)?;
+    store.write_blob(image.manifest_json(), None)?;
+    let layers = image
+        .layers()
+        .map(|(_, d)| store_descriptor(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut record = ImageRecord {
+        reference: String::new(),
+        index: None,
+        manifest: store_descriptor(image.manifest_descriptor())?,
+        config: store_descriptor(image.config_descriptor())?,
+        layers,
+        platform: platform.to_string(),
+        recorded_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    for name in names {
+        let r = Reference::parse(name).map_err(|e| ExportError::Invalid(e.to_string()))?;
+        record.reference = r.to_string();
+        store.put_image(&record)?;
+    }
+    Ok(record)
+}
+
+/// Pushes the recorded image under `tags`; layers from a base image are mounted from the
+/// repository they were pulled from when it is on the same registry.
+pub async fn push_image(
+    store: &Store,
+    registry: &RegistryClient,
+    events: &Events,
+    record: &ImageRecord,
+    layers: &[Layer],
+    tags: &[String],
+) -> Result<BlobDigest, ExportError> {
+    let refs = tags
+        .iter()
+        .map(|t| Reference::parse(t).map_err(|e| ExportError::Invalid(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let image = PushImage {
+        manifest: record.manifest.clone(),
+        config: PushBlob {
+            descriptor: record.config.clone(),
+            kind: BlobKind::Config,
+            mount_from: None,
+        },
+        layers: record
+            .layers
+            .iter()
+            .zip(layers)
+            .map(|(d, l)| PushBlob {
+                descriptor: d.clone(),
+                kind: BlobKind::Layer,
+                mount_from: l.source.clone(),
+            })
+            .collect(),
+    };
+    let tx = events.clone();
+    let name = tags.join(", ");
+    let progress = move |event| {
+        tx.emit(BuildEvent::Push {
+            reference: name.clone(),
+            event,
+        })
+    };
+    registry
+        .push(store, &image, &refs, &progress)
+        .await
+        .map_err(|e| ExportError::Push {
+            tags: tags.join(", "),
+            source: Box::new(e),
+        })
+}

@@ -1,0 +1,202 @@
+//! Base images: the images a Dockerfile builds FROM (or copies and mounts from), pulled into the
+//! store before the solve, with their configs handed to the lowering (ONBUILD triggers, ENV, ...).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::RegistryClient;
+use forge_snapshotter::store::{ImageRecord, Store};
+use oci_spec::image::Digest;
+
+use crate::api::BuildError;
+use crate::events::{BuildEvent, Events};
+use crate::export::config;
+use crate::frontend::dockerfile::ast::Dockerfile;
+use crate::frontend::dockerfile::lower::{ImageResolver, LowerOptions, Lowered, lower};
+use crate::graph::{ImageConfig, Platform};
+use crate::ops::Layer;
+
+/// A base image the build may read, resolved and pulled before the solve.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    pub record: ImageRecord,
+    /// `rootfs.diff_ids` of its config, one per layer.
+    pub diff_ids: Vec<Digest>,
+    /// The raw config blob.
+    pub config_json: Vec<u8>,
+}
+
+impl BaseImage {
+    /// Its layers as a build result (each mountable from the repository it came from).
+    pub fn layers(&self) -> Vec<Layer> {
+        let source = forge_snapshotter::reference::Reference::parse(&self.record.reference)
+            .ok()
+            .map(|r| r.name());
+        self.record
+            .layers
+            .iter()
+            .zip(&self.diff_ids)
+            .map(|(d, diff_id)| Layer {
+                media_type: d.media_type.clone(),
+                digest: d.digest.clone(),
+                size: d.size,
+                diff_id: diff_id.clone(),
+                source: source.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Base images the build reads, by the reference as the Dockerfile writes it.
+#[derive(Default)]
+pub struct BaseImages {
+    pub images: HashMap<String, BaseImage>,
+    configs: HashMap<String, ImageConfig>,
+    missing: Mutex<BTreeSet<String>>,
+}
+
+impl ImageResolver for BaseImages {
+    fn resolve(&self, reference: &str, _platform: &Platform) -> Option<ImageConfig> {
+        match self.configs.get(reference) {
+            Some(c) => Some(c.clone()),
+            None => {
+                self.missing
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(reference.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Pulls `reference` (or, when the registry cannot be reached, uses what the store already has,
+/// with a warning) and reads its config.
+pub async fn pull_base(
+    store: &Store,
+    registry: &RegistryClient,
+    events: &Events,
+    reference: &str,
+) -> Result<BaseImage, BuildError> {
+    let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
+        reference: reference.to_string(),
+        reason: e.to_string(),
+    })?;
+    let tx = events.clone();
+    let name = reference.to_string();
+    let progress = move |event| {
+        tx.emit(BuildEvent::Pull {
+            reference: name.clone(),
+            event,
+        })
+    };
+    let record = match registry.pull(store, &r, &progress).await {
+        Ok(rec) => rec,
+        Err(e) => {
+            let stored = store.get_image(&r.to_string())?;
+            match stored {
+                Some(rec) if rec.blobs().iter().all(|d| store.has_blob(d)) => {
+                    events.emit(BuildEvent::Warning(format!(
+                        "could not reach the registry for {reference} ({e}); using the copy in the store"
+                    )));
+                    rec
+                }
+                _ => {
+                    return Err(BuildError::Pull {
+                        reference: reference.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    };
+    base_image(store, record, reference)
+}
+
+fn base_image(
+    store: &Store,
+    record: ImageRecord,
+    reference: &str,
+) -> Result<BaseImage, BuildError> {
+    let bad = |reason: String| BuildError::BaseImage {
+        reference: reference.to_string(),
+        reason,
+    };
+    let config_json = store.read_blob(&record.config.digest)?;
+    let diff_ids = config::read_base_config(&config_json)
+        .map_err(|e| bad(e.to_string()))?
+        .diff_ids;
+    if diff_ids.len() != record.layers.len() {
+        return Err(bad(format!(
+            "its config lists {} diff_ids for {} layers",
+            diff_ids.len(),
+            record.layers.len()
+        )));
+    }
+    Ok(BaseImage {
+        record,
+        diff_ids,
+        config_json,
+    })
+}
+
+/// Lowers `df`, pulling every base image the lowering asks for (ONBUILD triggers of a base can
+/// name further images, so this repeats until nothing new is asked).
+pub async fn lower_with_images(
+    df: &Dockerfile,
+    opts: &LowerOptions<'_>,
+    store: &Store,
+    registry: &RegistryClient,
+    events: &Events,
+) -> Result<(Lowered, BaseImages), BuildError> {
+    let mut table = BaseImages::default();
+    for _ in 0..8 {
+        let lowered = {
+            let with = LowerOptions {
+                target: opts.target.clone(),
+                build_args: opts.build_args.clone(),
+                target_platform: opts.target_platform.clone(),
+                build_platform: opts.build_platform.clone(),
+                context_name: opts.context_name.clone(),
+                dockerignore: opts.dockerignore.clone(),
+                resolver: Some(&table),
+            };
+            // The caller fills in the file's name and text.
+            lower(df, &with).map_err(|error| BuildError::Lower {
+                file: String::new(),
+                text: std::sync::Arc::from(""),
+                error,
+            })?
+        };
+        // Image sources in the graph (COPY --from=image, mounts) need the images too.
+        let mut wanted: BTreeSet<String> =
+            std::mem::take(&mut *table.missing.lock().expect("not poisoned"));
+        for v in &lowered.graph.vertices {
+            if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) = &v.op
+                && !table.images.contains_key(reference)
+            {
+                wanted.insert(reference.clone());
+            }
+        }
+        if wanted.is_empty() {
+            return Ok((lowered, table));
+        }
+        let pulls = wanted.iter().map(|r| pull_base(store, registry, events, r));
+        let pulled = futures::future::join_all(pulls).await;
+        for (reference, base) in wanted.into_iter().zip(pulled) {
+            let base = base?;
+            let config = config::read_base_config(&base.config_json)
+                .map(|b| b.config)
+                .map_err(|e| BuildError::BaseImage {
+                    reference: reference.clone(),
+                    reason: e.to_string(),
+                })?;
+            table.configs.insert(reference.clone(), config);
+            table.images.insert(reference, base);
+        }
+    }
+    Err(BuildError::Invalid(
+        "base images kept asking for more base images (ONBUILD loop?)".into(),
+    ))
+}

@@ -1,0 +1,11 @@
+//! Sources: what a build reads from outside its graph before or while it solves. Base images are
+//! pulled into the store (`image`), the build context is walked and hashed (`context`), and
+//! `ADD <url>` files are downloaded (`http`). Operations (`crate::ops`) read them by name.
+
+pub mod context;
+pub mod http;
+pub mod image;
+
+pub use context::{ContextSnapshot, SnapshotOptions};
+pub use http::HttpSource;
+pub use image::{BaseImage, BaseImages, lower_with_images, pull_base};
