@@ -1,0 +1,306 @@
+//! The build API as a pipeline or a server calls it: `Session::build` on a real store with the
+//! embedded runner, no registry (every Dockerfile starts `FROM scratch` and copies the host's static
+//! busybox from the context). Needs root; skips without it (fails under FORGE_E2E=require).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use forge_builder::api::{
+    BuildFailure, BuildOutcome, BuildRequest, RunnerChoice, Session, SessionOptions,
+};
+use forge_builder::events::{BuildEvent, BuildId, EventRecord, Events};
+use forge_builder::solver::{CancellationToken, Event};
+use forge_snapshotter::compress::decompressor;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
+fn prerequisites() -> bool {
+    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("needs root")
+    } else if !Path::new(BUSYBOX).is_file() {
+        Some("needs /bin/busybox (Debian busybox-static)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
+        Some(why) => {
+            eprintln!("SKIP: {why}");
+            false
+        }
+    }
+}
+
+/// A context directory with busybox, a Dockerfile and the given files (modes set explicitly, so a
+/// checkout's umask cannot change a digest).
+fn context(dir: &Path, dockerfile: &str, files: &[(&str, &str, u32)]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    for (name, text, mode) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+fn session(root: &Path) -> Session {
+    Session::open(SessionOptions {
+        root: root.to_path_buf(),
+        insecure_registries: Vec::new(),
+        runner: RunnerChoice::Embedded,
+    })
+    .expect("session opens")
+}
+
+/// Runs one build, collecting its events.
+async fn build(
+    session: &Session,
+    request: BuildRequest,
+) -> (Result<BuildOutcome, BuildFailure>, Vec<EventRecord>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = Events::new(BuildId::new(), Some(tx));
+    let result = session
+        .build(&request, events, CancellationToken::new())
+        .await;
+    let mut got = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        got.push(ev);
+    }
+    (result, got)
+}
+
+/// The files (path -> content; symlinks as `-> target`) of every layer of the image, in order.
+fn image_files(session: &Session, outcome: &BuildOutcome) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for layer in &outcome.record.layers {
+        let blob = session.store().open_blob(&layer.digest).unwrap();
+        let reader = decompressor(std::io::BufReader::new(blob), &layer.media_type).unwrap();
+        let mut tar = tar::Archive::new(reader);
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let value = match entry.header().entry_type() {
+                tar::EntryType::Symlink => {
+                    format!("-> {}", entry.link_name().unwrap().unwrap().display())
+                }
+                tar::EntryType::Regular => {
+                    let mut bytes = Vec::new();
+                    entry.read_to_end(&mut bytes).unwrap();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => continue,
+            };
+            files.insert(path, value);
+        }
+    }
+    files
+}
+
+fn starts_and_ends(events: &[EventRecord]) -> (std::time::SystemTime, std::time::SystemTime) {
+    let runs: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                BuildEvent::Solver(Event::Started { ref description, .. }
+                    | Event::Done { ref description, .. }) if description.contains("RUN")
+            )
+        })
+        .map(|e| e.time)
+        .collect();
+    assert_eq!(runs.len(), 2, "one RUN started and done");
+    (runs[0], runs[1])
+}
+
+/// Issue 10: a server runs several builds at once in one process on one store. Two different
+/// builds, each with a step that takes a second, run concurrently through one session; both images
+/// are right, each build's events carry only its own id, their steps overlapped in time, and no
+/// scratch space is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_builds_run_at_once_in_one_process_on_one_store() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let a = context(
+        &tmp.path().join("a"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 1; echo from-a > /a.txt\"]\n\
+         COPY a-file /a-file\n",
+        &[("a-file", "context of a\n", 0o644)],
+    );
+    let b = context(
+        &tmp.path().join("b"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 1; echo from-b > /b.txt\"]\n\
+         COPY b-file /b-file\n",
+        &[("b-file", "context of b\n", 0o644)],
+    );
+    let session = session(&root);
+    let mut ra = BuildRequest::new(&a);
+    ra.tags = vec!["127.0.0.1:5000/forge-test/api-a:1".into()];
+    let mut rb = BuildRequest::new(&b);
+    rb.tags = vec!["127.0.0.1:5000/forge-test/api-b:1".into()];
+    let ((oa, ea), (ob, eb)) = tokio::join!(build(&session, ra), build(&session, rb));
+    let oa = oa.unwrap_or_else(|f| panic!("build a: {f}"));
+    let ob = ob.unwrap_or_else(|f| panic!("build b: {f}"));
+    assert_ne!(oa.build, ob.build);
+    assert_ne!(oa.digest, ob.digest);
+
+    let fa = image_files(&session, &oa);
+    let fb = image_files(&session, &ob);
+    assert_eq!(fa.get("a.txt").map(String::as_str), Some("from-a\n"));
+    assert_eq!(fa.get("a-file").map(String::as_str), Some("context of a\n"));
+    assert!(
+        !fa.contains_key("b.txt") && !fa.contains_key("b-file"),
+        "{fa:?}"
+    );
+    assert_eq!(fb.get("b.txt").map(String::as_str), Some("from-b\n"));
+    assert_eq!(fb.get("b-file").map(String::as_str), Some("context of b\n"));
+    assert!(
+        !fb.contains_key("a.txt") && !fb.contains_key("a-file"),
+        "{fb:?}"
+    );
+
+    // Both recorded in the store under their names.
+    for (name, outcome) in [("api-a", &oa), ("api-b", &ob)] {
+        let rec = session
+            .store()
+            .get_image(&format!("127.0.0.1:5000/forge-test/{name}:1"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} recorded"));
+        assert_eq!(rec.manifest.digest.to_string(), outcome.digest);
+    }
+
+    assert!(ea.iter().all(|e| e.build == oa.build), "a's events are a's");
+    assert!(eb.iter().all(|e| e.build == ob.build), "b's events are b's");
+    let (a_start, a_end) = starts_and_ends(&ea);
+    let (b_start, b_end) = starts_and_ends(&eb);
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "the two RUN steps overlapped in time"
+    );
+    for (o, file) in [(&oa, "COPY a-file"), (&ob, "COPY b-file")] {
+        assert!(
+            o.vertices
+                .iter()
+                .any(|v| v.ran() && v.description.contains(file)),
+            "{:?}",
+            o.vertices
+        );
+    }
+
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "scratch space left: {leftovers:?}");
+}
+
+/// The digest `forge build` gave for testdata/pinned with SOURCE_DATE_EPOCH=1700000000 before the
+/// build API existed (commit 60f7b75, `forge build -q --root R testdata/pinned` with the host's
+/// busybox copied in; layers kept in the store as zstd level 1). The API must build the same bytes.
+/// If a dependency upgrade changes the compressor's output this changes too: rebuild with the old
+/// binary to tell the two apart.
+const PINNED_DIGEST: &str =
+    "sha256:58621cd33eb144e7330c6901c65e886a25fb406378135a366fcd4d388d1bf9f9";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinned_image_has_the_digest_it_had_before_the_build_api() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pinned");
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        &std::fs::read_to_string(fixture.join("Dockerfile")).unwrap(),
+        &[
+            (
+                "app.txt",
+                &std::fs::read_to_string(fixture.join("app.txt")).unwrap(),
+                0o644,
+            ),
+            (
+                "run.sh",
+                &std::fs::read_to_string(fixture.join("run.sh")).unwrap(),
+                0o644,
+            ),
+        ],
+    );
+    let session = session(&tmp.path().join("store"));
+    let mut request = BuildRequest::new(&ctx);
+    request.source_date_epoch = Some(1_700_000_000);
+    let (outcome, _) = build(&session, request.clone()).await;
+    let outcome = outcome.unwrap_or_else(|f| panic!("build: {f}"));
+    assert_eq!(outcome.digest, PINNED_DIGEST);
+    // And again from the cache: the same bytes.
+    let (again, _) = build(&session, request).await;
+    let again = again.unwrap_or_else(|f| panic!("cached build: {f}"));
+    assert_eq!(again.digest, PINNED_DIGEST);
+    assert_eq!(again.executed(), 0, "{:?}", again.vertices);
+}
+
+/// A failed build returns the error and what was solved before it; a dead build's scratch space
+/// (no lock held) is removed by the next build, while nothing of the failed one is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_reports_what_it_solved_and_dead_scratch_is_swept() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let dead = root.join("tmp/build-00000000deadbeef/download");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("partial"), b"half a file").unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo the last words; exit 3\"]\n",
+        &[("f", "x\n", 0o644)],
+    );
+    let session = session(&root);
+    let (result, events) = build(&session, BuildRequest::new(&ctx)).await;
+    let failure = result.expect_err("the RUN exits 3");
+    assert_eq!(
+        failure.error.failed_step_tail(),
+        Some(&["the last words".to_string()][..])
+    );
+    let done: Vec<&str> = failure
+        .vertices
+        .iter()
+        .filter(|v| v.ran())
+        .map(|v| v.description.as_str())
+        .collect();
+    assert!(
+        done.iter().any(|d| d.contains("COPY f /f")),
+        "the COPY before the failure is reported solved: {:?}",
+        failure.vertices
+    );
+    assert!(
+        failure
+            .vertices
+            .iter()
+            .any(|v| v.error.is_some() && v.description.contains("RUN")),
+        "{:?}",
+        failure.vertices
+    );
+    assert!(events.iter().all(|e| e.build == failure.build));
+    assert!(
+        !root.join("tmp/build-00000000deadbeef").exists(),
+        "the dead build's scratch space was swept"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "scratch space left: {leftovers:?}");
+}
