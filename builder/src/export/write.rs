@@ -187,7 +187,8 @@ fn write_atomic(
         .map_or("out".into(), |n| n.to_string_lossy());
     let tmp: PathBuf = dir
         .unwrap_or(Path::new("."))
-        .join(format!(".{name}.tmp-{}", std::process::id()));
+        // Random, not the pid: two builds of one process may export to the same place at once.
+        .join(format!(".{name}.tmp-{}", crate::events::BuildId::new()));
     let result = (|| {
         let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
         fill(&mut f)?;
