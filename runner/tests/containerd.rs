@@ -457,6 +457,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             uid: 1000,
             gid: 1000,
             mode: 0o755,
+            seed: None,
         },
     };
     let mut first =
@@ -488,6 +489,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             uid: 0,
             gid: 0,
             mode: 0o755,
+            seed: None,
         },
     }];
     let mut peek = hold.clone();

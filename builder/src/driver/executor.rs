@@ -643,6 +643,7 @@ impl BuildExecutor {
                                 uid,
                                 gid,
                                 mode,
+                                seed: None,
                             },
                         });
                     }
