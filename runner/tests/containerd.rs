@@ -1,11 +1,14 @@
 //! The containerd backend against a real containerd ($CONTAINERD_ADDRESS, started by
-//! .ci/setup.d/50-containerd.sh) as root, on a busybox rootfs built here from Debian's busybox-static.
+//! .ci/setup.d/50-containerd.sh) as root, on the busybox rootfs of common/mod.rs: what is particular
+//! to it (snapshots, content, leases, namespaces). The cases every backend shares are in contract.rs.
 //! Without containerd or root the tests skip, unless FORGE_E2E=require.
 #![cfg(feature = "containerd")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +27,6 @@ use forge_runner::user::UserError;
 use forge_runner::{Command, NetworkMode, StepMount, StepMountKind, StepSpec, Stream, User};
 use forge_snapshotter::Mount;
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -75,7 +77,7 @@ impl World {
     fn new(mut config: ContainerdConfig) -> World {
         let dir = tempfile::tempdir().unwrap();
         let lower = dir.path().join("lower");
-        build_busybox_rootfs(&lower);
+        common::build_busybox_rootfs(&lower);
         let upper = dir.path().join("upper");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&upper).unwrap();
@@ -125,45 +127,6 @@ impl World {
             .await
             .unwrap()
     }
-}
-
-/// A minimal image: busybox with every applet linked, passwd/group with root and tester (1000:1000,
-/// also in group extra 2000). No /run, so a secret under /run/secrets needs a mount-point stub.
-fn build_busybox_rootfs(root: &Path) {
-    for dir in [
-        "bin",
-        "etc",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "root",
-        "home/tester",
-    ] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:root\ntester:x:1000:\nextra:x:2000:tester\n",
-    )
-    .unwrap();
-    std::os::unix::fs::chown(root.join("home/tester"), Some(1000), Some(1000)).unwrap();
 }
 
 /// Runs a step and collects its output lines.
@@ -685,73 +648,6 @@ fn sleepers() -> Vec<u32> {
         }
     }
     found
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_ssh_agent_is_forwarded_through_a_proxy_socket() {
-    let Some(config) = prerequisites() else {
-        return;
-    };
-    let world = World::new(config);
-    let runner = world.runner().await;
-    // A stand-in agent: answers "pong" to whatever a client sends.
-    let agent_path = world.config.cache_root.with_file_name("agent.sock");
-    let agent = tokio::net::UnixListener::bind(&agent_path).unwrap();
-    let agent_task = tokio::spawn(async move {
-        let (mut conn, _) = agent.accept().await.unwrap();
-        let mut buf = [0u8; 4];
-        conn.read_exact(&mut buf).await.unwrap();
-        conn.write_all(b"pong").await.unwrap();
-        buf
-    });
-    let mut spec = world.spec(
-        "echo \"sock=$SSH_AUTH_SOCK\"; test -S \"$SSH_AUTH_SOCK\" && stat -c '%u %a' \"$SSH_AUTH_SOCK\"; \
-         sleep 3",
-    );
-    spec.mounts = vec![StepMount {
-        target: "/run/buildkit/ssh_agent.0".into(),
-        kind: StepMountKind::Ssh {
-            agent_socket: agent_path.clone(),
-            uid: 1000,
-            gid: 1000,
-            mode: 0o600,
-        },
-    }];
-    // busybox has no unix-socket client, so the proxy's forwarding is exercised from the host side
-    // while the step holds it open, and the step checks what it sees at the mount point.
-    let state_dir = world.config.state_dir.clone();
-    let client = tokio::spawn(async move {
-        for _ in 0..100 {
-            let found = std::fs::read_dir(&state_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("ssh-0.sock"))
-                .find(|p| p.exists());
-            // The socket file exists from bind(), a moment before listen(): retry until it takes.
-            if let Some(proxy) = found
-                && let Ok(mut conn) = tokio::net::UnixStream::connect(&proxy).await
-            {
-                conn.write_all(b"ping").await.unwrap();
-                let mut answer = [0u8; 4];
-                conn.read_exact(&mut answer).await.unwrap();
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the proxy socket never appeared");
-    });
-    let (outcome, lines) = run(&runner, &spec).await;
-    assert_eq!(outcome.exit_code, 0, "{lines:?}");
-    assert_eq!(
-        stdout(&lines),
-        vec!["sock=/run/buildkit/ssh_agent.0", "1000 600"]
-    );
-    assert_eq!(&client.await.unwrap(), b"pong");
-    assert_eq!(&agent_task.await.unwrap(), b"ping");
-    assert!(!world.upper.join("run").exists());
-    assert!(is_empty_dir(&world.config.state_dir));
-    runner.close().await.unwrap();
 }
 
 /// The busybox rootfs as an uncompressed layer tar, written with the `tar` crate.

@@ -97,7 +97,7 @@ impl World {
             .tempdir_in("/tmp")
             .unwrap();
         let lower = dir.path().join("lower");
-        build_busybox_rootfs(&lower);
+        common::build_busybox_rootfs(&lower);
         for d in ["upper", "work", "state", "cache", "host"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
@@ -334,47 +334,6 @@ async fn containerd_containers(conn: &forge_runner::containerd::Connection) -> V
         .into_iter()
         .map(|c| c.id)
         .collect()
-}
-
-/// busybox with every applet linked; root, and tester (1000:1000, also in group extra 2000); root
-/// is also in wheel (10). /proc, /dev and /sys exist, /run does not (mounts under it need stubs).
-fn build_busybox_rootfs(root: &Path) {
-    for dir in [
-        "bin",
-        "etc",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "root",
-        "home/tester",
-        "old",
-    ] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:root\ntester:x:1000:\nextra:x:2000:tester\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("old/file"), "from the lower layer\n").unwrap();
-    std::os::unix::fs::chown(root.join("home/tester"), Some(1000), Some(1000)).unwrap();
 }
 
 fn tester() -> User {
