@@ -969,3 +969,51 @@ fn a_bind_mount_of_the_context_shows_only_what_dockerignore_keeps() {
         });
     }
 }
+
+#[test]
+fn a_cache_mount_starts_from_its_from_stage_once_and_keeps_what_steps_add() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Overlay);
+    let ctx = bench.context("ctx", &[]);
+    let install =
+        "COPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+    let df = format!(
+        "FROM scratch AS seed\n{install}\
+         RUN mkdir -p /out/sub && echo seeded > /out/sub/file && chown -R 1000:1000 /out && chmod 0750 /out && ln -s /etc /out/etc-link\n\
+         FROM scratch\n{install}\
+         RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/out stat -c '%u:%g %a' /c /c/sub/file > /first && cat /c/sub/file >> /first && readlink /c/etc-link >> /first && echo changed > /c/sub/file\n\
+         RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/out cat /c/sub/file > /second\n\
+         RUN --mount=type=cache,id=owned,target=/o,uid=1000,gid=1000,mode=0700 stat -c '%u:%g %a' /o > /owned\n"
+    );
+    runtime().block_on(async {
+        let s = bench.solve(&df, &ctx).await.unwrap();
+        let mut files = BTreeMap::new();
+        for layer in &s.layers {
+            files.extend(layer_entries(&bench.store, layer));
+        }
+        // The new cache is a copy of the stage's /out: owners, modes and the link as they were.
+        assert_file(
+            &files,
+            "first",
+            b"1000:1000 750\n1000:1000 644\nseeded\n/etc\n",
+        );
+        // The next step finds the cache as the first left it: the seed is not copied again.
+        assert_file(&files, "second", b"changed\n");
+        // uid/gid/mode without `from`: the directory lowering makes is the seed.
+        assert_file(&files, "owned", b"1000:1000 700\n");
+        assert!(
+            !files
+                .keys()
+                .any(|k| k.starts_with("c/") || k.starts_with("o/")),
+            "cache content in a layer: {:?}",
+            files.keys()
+        );
+        bench.assert_clean();
+    });
+    assert_eq!(
+        std::fs::read_to_string(bench.root().join("cache-mounts/v1/seeded/0/sub/file")).unwrap(),
+        "changed\n"
+    );
+}

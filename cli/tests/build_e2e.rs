@@ -1440,3 +1440,53 @@ fn two_concurrent_builds_share_one_store() {
         "every step should report cached: {cached:#?}"
     );
 }
+
+/// Issue 10: both runners keep cache mounts in one layout under the store, so a cache a step filled
+/// under `--runner containerd` is warm for the next build under the embedded runner, and back.
+#[test]
+fn a_cache_mount_filled_under_one_runner_is_seen_under_the_other() {
+    let Some(m) = machine() else { return };
+    let Some(address) = containerd() else { return };
+    let scratch = Scratch::new(None);
+    let ctx = scratch.path("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nARG RUNNER\n\
+         RUN --mount=type=cache,id=cross-runner,target=/var/cache/cross \
+         echo \"$RUNNER\" >> /var/cache/cross/runs && cp /var/cache/cross/runs /runs\n",
+    )
+    .unwrap();
+    let store = scratch.path("store");
+    let runs_after = |n: usize, runner: &str| {
+        let local = scratch.path(&format!("out-{n}"));
+        let args: Vec<String> = vec![
+            format!("--build-arg=BASE={}", m.busybox),
+            format!("--build-arg=RUNNER={runner}-{n}"),
+            format!("--runner={runner}"),
+            "--no-cache".into(),
+            format!("--output=type=local,dest={}", local.display()),
+            ctx.to_str().unwrap().into(),
+        ];
+        let out = build(
+            &scratch,
+            Who::Root,
+            &store,
+            &args,
+            &[("CONTAINERD_ADDRESS", address.as_str())],
+        );
+        assert_built(&format!("build {n} with the {runner} runner"), &out);
+        fs::read_to_string(local.join("runs")).unwrap()
+    };
+    assert_eq!(runs_after(1, "containerd"), "containerd-1\n");
+    assert_eq!(runs_after(2, "embedded"), "containerd-1\nembedded-2\n");
+    assert_eq!(
+        runs_after(3, "containerd"),
+        "containerd-1\nembedded-2\ncontainerd-3\n"
+    );
+    // One directory for the id, in the layout both runners share.
+    assert_eq!(
+        fs::read_to_string(store.join("cache-mounts/v1/cross-runner/0/runs")).unwrap(),
+        "containerd-1\nembedded-2\ncontainerd-3\n"
+    );
+}

@@ -6,10 +6,13 @@ pub mod backend;
 pub mod containerd;
 pub mod embedded;
 mod lines;
+pub mod mounts;
 pub mod spec;
 pub mod user;
 
 pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
+pub use mounts::MountError;
 pub use spec::{
-    Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
+    CacheSeed, CacheSharing, Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec,
+    Stream, User,
 };

@@ -48,8 +48,9 @@ pub struct User {
     pub group: Option<String>,
 }
 
-/// An extra mount for the step (`RUN --mount`), already turned into concrete mounts by the caller except
-/// for what only the backend can do (secrets, ssh agent forwarding).
+/// An extra mount for the step (`RUN --mount`), as the builder describes it: what the runner makes of it
+/// on the host (cache directories, secret files, agent sockets) is decided once, in [`crate::mounts`],
+/// for every backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepMount {
     /// Absolute path inside the container.
@@ -62,13 +63,16 @@ pub enum StepMountKind {
     /// Bind a host directory or file (read-only unless `readonly` is false; rw changes are the caller's to
     /// discard, e.g. by binding a throwaway overlay).
     Bind { source: PathBuf, readonly: bool },
-    /// A persistent cache directory kept in the store by `id`.
+    /// A persistent cache directory kept under the cache root by `id` (see [`crate::mounts`] for the
+    /// layout and how `sharing` is enforced). A new cache starts as a copy of `seed` when there is
+    /// one, else as an empty directory owned `uid:gid` with `mode`.
     Cache {
         id: String,
         sharing: CacheSharing,
         uid: u32,
         gid: u32,
         mode: u32,
+        seed: Option<CacheSeed>,
     },
     /// A tmpfs, `size` bytes at most (0 = the kernel default).
     Tmpfs { size: u64 },
@@ -88,6 +92,14 @@ pub enum StepMountKind {
     },
     /// Any mount a snapshotter produced (e.g. a read-only view of another stage).
     Raw(Mount),
+}
+
+/// The initial content of a cache mount (`from=STAGE,source=PATH`): `path` inside the mounted stage
+/// `root`. Symlinks in `path` resolve as if `root` were `/`, so the seed never reaches outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSeed {
+    pub root: PathBuf,
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

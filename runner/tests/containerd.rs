@@ -1,11 +1,14 @@
 //! The containerd backend against a real containerd ($CONTAINERD_ADDRESS, started by
-//! .ci/setup.d/50-containerd.sh) as root, on a busybox rootfs built here from Debian's busybox-static.
+//! .ci/setup.d/50-containerd.sh) as root, on the busybox rootfs of common/mod.rs: what is particular
+//! to it (snapshots, content, leases, namespaces). The cases every backend shares are in contract.rs.
 //! Without containerd or root the tests skip, unless FORGE_E2E=require.
 #![cfg(feature = "containerd")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +27,6 @@ use forge_runner::user::UserError;
 use forge_runner::{Command, NetworkMode, StepMount, StepMountKind, StepSpec, Stream, User};
 use forge_snapshotter::Mount;
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -75,7 +77,7 @@ impl World {
     fn new(mut config: ContainerdConfig) -> World {
         let dir = tempfile::tempdir().unwrap();
         let lower = dir.path().join("lower");
-        build_busybox_rootfs(&lower);
+        common::build_busybox_rootfs(&lower);
         let upper = dir.path().join("upper");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&upper).unwrap();
@@ -125,45 +127,6 @@ impl World {
             .await
             .unwrap()
     }
-}
-
-/// A minimal image: busybox with every applet linked, passwd/group with root and tester (1000:1000,
-/// also in group extra 2000). No /run, so a secret under /run/secrets needs a mount-point stub.
-fn build_busybox_rootfs(root: &Path) {
-    for dir in [
-        "bin",
-        "etc",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "root",
-        "home/tester",
-    ] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:root\ntester:x:1000:\nextra:x:2000:tester\n",
-    )
-    .unwrap();
-    std::os::unix::fs::chown(root.join("home/tester"), Some(1000), Some(1000)).unwrap();
 }
 
 /// Runs a step and collects its output lines.
@@ -378,71 +341,6 @@ async fn network_none_cannot_reach_the_host_and_host_can() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn secrets_are_readable_and_never_reach_the_upper_dir() {
-    let Some(config) = prerequisites() else {
-        return;
-    };
-    let world = World::new(config);
-    let runner = world.runner().await;
-    let secret = b"s3cret-token-value-8d1f".to_vec();
-    let mut spec = world.spec(
-        "cat /run/secrets/token; echo; stat -c '%u %g %a' /run/secrets/token; \
-         echo $API_KEY; cp /run/secrets/token /tmp/copy 2>/dev/null; rm -f /tmp/copy",
-    );
-    spec.user = User {
-        user: "tester".into(),
-        group: None,
-    };
-    spec.mounts = vec![StepMount {
-        target: "/run/secrets/token".into(),
-        kind: StepMountKind::Secret {
-            data: secret.clone(),
-            uid: 1000,
-            gid: 1000,
-            mode: 0o400,
-        },
-    }];
-    spec.secret_env = vec![("API_KEY".into(), "env-secret".into())];
-    let (outcome, lines) = run(&runner, &spec).await;
-    assert_eq!(outcome.exit_code, 0, "{lines:?}");
-    assert_eq!(
-        stdout(&lines),
-        vec!["s3cret-token-value-8d1f", "1000 1000 400", "env-secret"]
-    );
-    // Neither the mount point runc made nor the bytes are in the change set.
-    assert!(!world.upper.join("run").exists());
-    for entry in walkdir(&world.upper) {
-        if entry.is_file() {
-            let bytes = std::fs::read(&entry).unwrap();
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
-                "secret found in {}",
-                entry.display()
-            );
-        }
-    }
-    runner.close().await.unwrap();
-    assert!(is_empty_dir(&world.config.state_dir));
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&world.config.state_dir.display().to_string()));
-}
-
-fn walkdir(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() && !path.is_symlink() {
-                stack.push(path.clone());
-            }
-            out.push(path);
-        }
-    }
-    out
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn a_cache_mount_keeps_its_content_across_runs() {
     let Some(config) = prerequisites() else {
         return;
@@ -457,6 +355,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             uid: 1000,
             gid: 1000,
             mode: 0o755,
+            seed: None,
         },
     };
     let mut first =
@@ -488,6 +387,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             uid: 0,
             gid: 0,
             mode: 0o755,
+            seed: None,
         },
     }];
     let mut peek = hold.clone();
@@ -683,73 +583,6 @@ fn sleepers() -> Vec<u32> {
         }
     }
     found
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_ssh_agent_is_forwarded_through_a_proxy_socket() {
-    let Some(config) = prerequisites() else {
-        return;
-    };
-    let world = World::new(config);
-    let runner = world.runner().await;
-    // A stand-in agent: answers "pong" to whatever a client sends.
-    let agent_path = world.config.cache_root.with_file_name("agent.sock");
-    let agent = tokio::net::UnixListener::bind(&agent_path).unwrap();
-    let agent_task = tokio::spawn(async move {
-        let (mut conn, _) = agent.accept().await.unwrap();
-        let mut buf = [0u8; 4];
-        conn.read_exact(&mut buf).await.unwrap();
-        conn.write_all(b"pong").await.unwrap();
-        buf
-    });
-    let mut spec = world.spec(
-        "echo \"sock=$SSH_AUTH_SOCK\"; test -S \"$SSH_AUTH_SOCK\" && stat -c '%u %a' \"$SSH_AUTH_SOCK\"; \
-         sleep 3",
-    );
-    spec.mounts = vec![StepMount {
-        target: "/run/buildkit/ssh_agent.0".into(),
-        kind: StepMountKind::Ssh {
-            agent_socket: agent_path.clone(),
-            uid: 1000,
-            gid: 1000,
-            mode: 0o600,
-        },
-    }];
-    // busybox has no unix-socket client, so the proxy's forwarding is exercised from the host side
-    // while the step holds it open, and the step checks what it sees at the mount point.
-    let state_dir = world.config.state_dir.clone();
-    let client = tokio::spawn(async move {
-        for _ in 0..100 {
-            let found = std::fs::read_dir(&state_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("ssh-0.sock"))
-                .find(|p| p.exists());
-            // The socket file exists from bind(), a moment before listen(): retry until it takes.
-            if let Some(proxy) = found
-                && let Ok(mut conn) = tokio::net::UnixStream::connect(&proxy).await
-            {
-                conn.write_all(b"ping").await.unwrap();
-                let mut answer = [0u8; 4];
-                conn.read_exact(&mut answer).await.unwrap();
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the proxy socket never appeared");
-    });
-    let (outcome, lines) = run(&runner, &spec).await;
-    assert_eq!(outcome.exit_code, 0, "{lines:?}");
-    assert_eq!(
-        stdout(&lines),
-        vec!["sock=/run/buildkit/ssh_agent.0", "1000 600"]
-    );
-    assert_eq!(&client.await.unwrap(), b"pong");
-    assert_eq!(&agent_task.await.unwrap(), b"ping");
-    assert!(!world.upper.join("run").exists());
-    assert!(is_empty_dir(&world.config.state_dir));
-    runner.close().await.unwrap();
 }
 
 /// The busybox rootfs as an uncompressed layer tar, written with the `tar` crate.

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use forge_runner::backend::{Backend, RunError, Runner};
 use forge_runner::spec::{
-    CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, StepMount, StepMountKind,
-    StepSpec, Stream, User,
+    CacheSeed, CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, StepMount,
+    StepMountKind, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::layer::{LayerOptions, chain_id_step};
@@ -589,18 +589,27 @@ impl BuildExecutor {
                         source_path,
                         ..
                     } => {
-                        // The directory's owner and mode come from the mount's base, when it has one.
-                        let (mut uid, mut gid, mut mode) = (0, 0, 0o755);
+                        // A new cache starts as a copy of its base: the `from=` stage at `source=`,
+                        // or the directory lowering made for uid/gid/mode. The base stays mounted
+                        // until the step ends; the runner copies it only when it creates the cache.
+                        let mut seed = None;
                         if input.is_some() {
                             let b = next.next().ok_or_else(|| {
                                 ExecError::Internal("fewer inputs than mounts".into())
                             })?;
-                            let m = self.mount_readonly(b).await?;
-                            let p = m.path().join(source_path.trim_start_matches('/'));
-                            if let Ok(md) = std::fs::metadata(&p) {
-                                use std::os::unix::fs::MetadataExt;
-                                (uid, gid, mode) = (md.uid(), md.gid(), md.mode() & 0o7777);
-                            }
+                            let m = if let Built::Local { name } = b {
+                                // As for a bind mount: the context as the build sees it.
+                                let k = self.unique("ctx");
+                                scratch_keys.push(k.clone());
+                                self.local_view(name, &k, false).await?
+                            } else {
+                                self.mount_readonly(b).await?
+                            };
+                            seed = Some(CacheSeed {
+                                root: m.path().to_path_buf(),
+                                path: PathBuf::from(source_path),
+                            });
+                            held.push(m);
                         }
                         step_mounts.push(StepMount {
                             target,
@@ -611,9 +620,11 @@ impl BuildExecutor {
                                     CacheSharing::Private => StepSharing::Private,
                                     CacheSharing::Locked => StepSharing::Locked,
                                 },
-                                uid,
-                                gid,
-                                mode,
+                                // Without a base the cache starts as BuildKit's: root's, 0755.
+                                uid: 0,
+                                gid: 0,
+                                mode: 0o755,
+                                seed,
                             },
                         });
                     }

@@ -5,6 +5,7 @@
 //!   --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
 //!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
 //!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
+//!   [--cache-seed ROOT[:PATH]] (the previous --mount-cache starts from PATH inside ROOT)
 //!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
 //!   [--secret-env NAME=VALUE] [--cancel-after-ms N] [--repeat N] [--quiet] -- ARGV...
 //!
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner, UserNamespace, enter_user_namespace};
-use forge_runner::spec::CacheSharing;
+use forge_runner::spec::{CacheSeed, CacheSharing};
 use forge_runner::{
     Backend, CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind,
     StepSpec, Stream, User,
@@ -158,8 +159,22 @@ fn parse() -> Result<Args, String> {
                         uid,
                         gid,
                         mode,
+                        seed: None,
                     },
                 ))
+            }
+            "--cache-seed" => {
+                let Some(StepMount {
+                    kind: StepMountKind::Cache { seed, .. },
+                    ..
+                }) = spec.mounts.last_mut()
+                else {
+                    return Err("--cache-seed follows a --mount-cache".into());
+                };
+                *seed = Some(CacheSeed {
+                    root: PathBuf::from(parts[0]),
+                    path: PathBuf::from(parts.get(1).copied().unwrap_or("/")),
+                });
             }
             "--mount-tmpfs" => spec.mounts.push(mount(
                 parts[0],

@@ -37,7 +37,8 @@ pub struct ContainerdConfig {
     pub runtime: String,
     /// Snapshotter for [`ContainerdSnapshots`] and steps run on a containerd snapshot.
     pub snapshotter: String,
-    /// One directory per cache mount id (`RUN --mount=type=cache`), kept across steps and builds.
+    /// Cache mounts (`RUN --mount=type=cache`), kept across steps and builds in the layout
+    /// [`crate::mounts`] shares with the embedded backend.
     pub cache_root: PathBuf,
     /// Per-step scratch directories (output FIFOs, generated /etc files, secrets on a tmpfs); each is
     /// removed when its step ends.
@@ -104,10 +105,19 @@ pub enum ContainerdError {
         expected: u64,
         actual: u64,
     },
-    #[error("mount target {target} is not an absolute path")]
-    RelativeTarget { target: PathBuf },
+    #[error(transparent)]
+    Mount(crate::mounts::MountError),
     #[error("the step was cancelled")]
     Cancelled,
+}
+
+impl From<crate::mounts::MountError> for ContainerdError {
+    fn from(e: crate::mounts::MountError) -> Self {
+        match e {
+            crate::mounts::MountError::Cancelled { .. } => ContainerdError::Cancelled,
+            e => ContainerdError::Mount(e),
+        }
+    }
 }
 
 impl ContainerdError {

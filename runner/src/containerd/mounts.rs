@@ -1,53 +1,29 @@
-//! Host-side preparation of a step's mounts: the generated /etc files, `RUN --mount` kinds turned into
-//! OCI mounts (cache directories with their locks, secrets on a private tmpfs, an ssh-agent proxy
-//! socket), and the mount-point stubs runc leaves in the rootfs, removed again after the step so that
-//! they never reach the committed change set.
+//! Host-side preparation of a step's mounts for runc: the generated /etc files, the step's mounts as
+//! [`crate::mounts`] resolved them turned into OCI mounts, and the mount-point stubs runc leaves in the
+//! rootfs, removed again after the step so that they never reach the committed change set.
 
-use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
 use oci_spec::runtime::Mount as OciMount;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ContainerdError;
 use super::rootfs::{RootfsView, normalize};
 use super::spec::mount;
-use crate::spec::{CacheSharing, StepMount, StepMountKind};
-
-/// How often a step waiting for a cache lock looks again (and checks for cancellation).
-const LOCK_POLL: Duration = Duration::from_millis(50);
+use crate::mounts::{ResolvedMount, ResolvedMounts};
+use crate::spec::StepMount;
 
 /// A step's mounts beyond the standard ones, and what keeps them valid on the host until released.
-#[derive(Default)]
 pub(crate) struct PreparedMounts {
     pub oci: Vec<OciMount>,
-    /// flock()ed cache lock files; closing them releases the locks.
-    locks: Vec<File>,
-    /// The tmpfs holding secret files, unmounted on release.
-    secrets_tmpfs: Option<PathBuf>,
-    ssh_proxies: Vec<JoinHandle<()>>,
+    pub resolved: ResolvedMounts,
 }
 
 impl PreparedMounts {
     /// Releases cache locks, stops ssh proxies and unmounts the secrets tmpfs. Idempotent.
     pub(crate) fn release(&mut self) -> Result<(), ContainerdError> {
-        self.locks.clear();
-        for proxy in self.ssh_proxies.drain(..) {
-            proxy.abort();
-        }
-        if let Some(dir) = self.secrets_tmpfs.take() {
-            unmount(&dir)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PreparedMounts {
-    fn drop(&mut self) {
-        let _ = self.release();
+        Ok(self.resolved.release()?)
     }
 }
 
@@ -59,7 +35,7 @@ pub(crate) async fn prepare(
     mounts: &[StepMount],
     cancel: &CancellationToken,
 ) -> Result<PreparedMounts, ContainerdError> {
-    let mut prepared = PreparedMounts::default();
+    let mut oci = Vec::new();
     let etc = step_dir.join("etc");
     create_dir(&etc, 0o755)?;
     let hosts =
@@ -75,7 +51,7 @@ pub(crate) async fn prepare(
     for (name, content) in generated {
         let path = etc.join(name);
         write_file(&path, &content, 0o644)?;
-        prepared.oci.push(mount(
+        oci.push(mount(
             &format!("/etc/{name}"),
             "bind",
             &path.to_string_lossy(),
@@ -83,53 +59,24 @@ pub(crate) async fn prepare(
         )?);
     }
 
-    let secret_bytes: usize = mounts
-        .iter()
-        .map(|m| match &m.kind {
-            StepMountKind::Secret { data, .. } => data.len(),
-            _ => 0,
-        })
-        .sum();
-    let secrets_dir = step_dir.join("secrets");
-    if mounts
-        .iter()
-        .any(|m| matches!(m.kind, StepMountKind::Secret { .. }))
-    {
-        // Secrets live on a tmpfs of their own so that their bytes never touch a disk, whatever the
-        // state directory is on.
-        create_dir(&secrets_dir, 0o700)?;
-        mount_tmpfs(&secrets_dir, secret_bytes + (1 << 20))?;
-        prepared.secrets_tmpfs = Some(secrets_dir.clone());
-    }
-
-    for (index, step_mount) in mounts.iter().enumerate() {
-        if !step_mount.target.is_absolute() {
-            return Err(ContainerdError::RelativeTarget {
-                target: step_mount.target.clone(),
-            });
-        }
-        let target = normalize(&step_mount.target);
+    let resolved = crate::mounts::resolve(mounts, cache_root, step_dir, cancel).await?;
+    for m in &resolved.mounts {
+        let target = normalize(m.target());
         let target = target.to_string_lossy();
-        let oci = match &step_mount.kind {
-            StepMountKind::Bind { source, readonly } => mount(
-                &target,
-                "bind",
-                &source.to_string_lossy(),
-                &["rbind", if *readonly { "ro" } else { "rw" }],
-            )?,
-            StepMountKind::Cache {
-                id,
-                sharing,
-                uid,
-                gid,
-                mode,
+        oci.push(match m {
+            ResolvedMount::Bind {
+                source,
+                readonly,
+                restricted,
+                ..
             } => {
-                let (dir, lock) =
-                    cache_dir(cache_root, id, *sharing, *uid, *gid, *mode, cancel).await?;
-                prepared.locks.push(lock);
-                mount(&target, "bind", &dir.to_string_lossy(), &["rbind", "rw"])?
+                let mut options = vec!["rbind", if *readonly { "ro" } else { "rw" }];
+                if *restricted {
+                    options.extend(["nosuid", "nodev", "noexec"]);
+                }
+                mount(&target, "bind", &source.to_string_lossy(), &options)?
             }
-            StepMountKind::Tmpfs { size } => {
+            ResolvedMount::Tmpfs { size, .. } => {
                 let size = format!("size={size}");
                 let mut options = vec!["nosuid", "nodev", "mode=1777"];
                 if !size.ends_with("=0") {
@@ -137,147 +84,13 @@ pub(crate) async fn prepare(
                 }
                 mount(&target, "tmpfs", "tmpfs", &options)?
             }
-            StepMountKind::Secret {
-                data,
-                uid,
-                gid,
-                mode,
-            } => {
-                let path = secrets_dir.join(format!("secret-{index}"));
-                write_file(&path, data, *mode)?;
-                chown(&path, *uid, *gid)?;
-                mount(
-                    &target,
-                    "bind",
-                    &path.to_string_lossy(),
-                    &["rbind", "ro", "nosuid", "nodev", "noexec"],
-                )?
-            }
-            StepMountKind::Ssh {
-                agent_socket,
-                uid,
-                gid,
-                mode,
-            } => {
-                let path = step_dir.join(format!("ssh-{index}.sock"));
-                prepared
-                    .ssh_proxies
-                    .push(ssh_proxy(&path, agent_socket, *uid, *gid, *mode)?);
-                mount(&target, "bind", &path.to_string_lossy(), &["rbind", "rw"])?
-            }
-            StepMountKind::Raw(m) => {
+            ResolvedMount::Raw { mount: m, .. } => {
                 let options = m.options.iter().map(String::as_str).collect::<Vec<_>>();
                 mount(&target, &m.kind, &m.source.to_string_lossy(), &options)?
             }
-        };
-        prepared.oci.push(oci);
+        });
     }
-    Ok(prepared)
-}
-
-/// The cache directory for `id` and the lock that stands for this step's use of it. `Shared` holds a
-/// shared lock (so a `Locked` user elsewhere waits for it), `Locked` an exclusive one, and `Private`
-/// takes the first instance of the cache nobody else holds, creating one if all are busy.
-async fn cache_dir(
-    cache_root: &Path,
-    id: &str,
-    sharing: CacheSharing,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    cancel: &CancellationToken,
-) -> Result<(PathBuf, File), ContainerdError> {
-    create_dir_all(cache_root)?;
-    let base = cache_name(id);
-    let mut instance = 0u32;
-    loop {
-        // `%p` cannot come out of cache_name's escaping, so instance names never meet another id.
-        let name = match instance {
-            0 => base.clone(),
-            n => format!("{base}%p{n}"),
-        };
-        let dir = cache_root.join(&name);
-        let lock_path = cache_root.join(format!("{name}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| ContainerdError::io("cannot open cache lock", &lock_path, e))?;
-        let try_lock = |f: &File| match sharing {
-            CacheSharing::Shared => f.try_lock_shared(),
-            CacheSharing::Private | CacheSharing::Locked => f.try_lock(),
-        };
-        loop {
-            match try_lock(&lock) {
-                Ok(()) => {
-                    if !dir.exists() {
-                        create_dir(&dir, mode)?;
-                        chown(&dir, uid, gid)?;
-                    }
-                    return Ok((dir, lock));
-                }
-                Err(std::fs::TryLockError::WouldBlock) if sharing == CacheSharing::Private => {
-                    instance += 1;
-                    break;
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(ContainerdError::Cancelled),
-                        _ = tokio::time::sleep(LOCK_POLL) => {}
-                    }
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(ContainerdError::io("cannot lock", lock_path, e));
-                }
-            }
-        }
-    }
-}
-
-/// A file name for a cache id: bytes outside `[A-Za-z0-9._-]`, a leading dot and `%` are escaped as
-/// `%XX`, so that distinct ids never share a directory and none climbs out of the cache root.
-pub(crate) fn cache_name(id: &str) -> String {
-    if id.is_empty() {
-        return "%".to_string();
-    }
-    let mut name = String::new();
-    for (i, byte) in id.bytes().enumerate() {
-        let plain = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || byte == b'.';
-        if plain && !(i == 0 && byte == b'.') {
-            name.push(byte as char);
-        } else {
-            name.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    name
-}
-
-/// A socket in the step directory, owned and moded as the step asked, that forwards each connection
-/// to the real agent: binding the agent socket itself would chmod the user's own socket.
-fn ssh_proxy(
-    path: &Path,
-    agent: &Path,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-) -> Result<JoinHandle<()>, ContainerdError> {
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| ContainerdError::io("cannot bind ssh proxy socket", path, e))?;
-    chown(path, uid, gid)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ContainerdError::io("cannot chmod", path, e))?;
-    let agent = agent.to_path_buf();
-    Ok(tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let agent = agent.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::UnixStream::connect(&agent).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    }))
+    Ok(PreparedMounts { oci, resolved })
 }
 
 /// Mount points that did not exist in the rootfs before the step, so runc created them in the
@@ -395,65 +208,10 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContainerdEr
         .map_err(|e| ContainerdError::io("cannot chmod", path, e))
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ContainerdError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| ContainerdError::io("cannot chown", path, e))
-}
-
-fn c_path(path: &Path) -> Result<std::ffi::CString, ContainerdError> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| ContainerdError::io("bad path", path, e.into()))
-}
-
-fn mount_tmpfs(dir: &Path, size: usize) -> Result<(), ContainerdError> {
-    let target = c_path(dir)?;
-    let data = std::ffi::CString::new(format!("mode=0700,size={size}")).expect("no NUL");
-    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(ContainerdError::io(
-            "cannot mount a tmpfs for secrets on",
-            dir,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
-fn unmount(dir: &Path) -> Result<(), ContainerdError> {
-    let target = c_path(dir)?;
-    // SAFETY: a NUL-terminated path. MNT_DETACH: a straggling reader must not keep the secret mounted.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(ContainerdError::io("cannot unmount", dir, e));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use forge_snapshotter::Mount;
-
-    #[test]
-    fn cache_names_are_injective_and_stay_in_the_root() {
-        assert_eq!(cache_name("go-build"), "go-build");
-        assert_eq!(cache_name("/root/.cache"), "%2Froot%2F.cache");
-        assert_eq!(cache_name(".."), "%2E.");
-        assert_eq!(cache_name(""), "%");
-        assert_ne!(cache_name("a/b"), cache_name("a%2Fb"));
-    }
 
     #[test]
     fn stubs_are_removed_only_when_empty_and_new() {

@@ -28,7 +28,7 @@ use super::{
     Connection, ContainerdConfig, ContainerdContent, ContainerdError, ContainerdSnapshots, Lease,
 };
 use crate::spec::OutputSink;
-use crate::spec::{StepMountKind, StepOutcome, StepSpec};
+use crate::spec::{StepOutcome, StepSpec};
 
 /// containerd's type URL for an OCI runtime spec carried as JSON in an `Any`.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -156,18 +156,11 @@ impl ContainerdRunner {
             )
             .await?;
             let oci_mounts = prepared.oci.clone();
+            let mut step_env: Vec<(String, String)> =
+                spec.env.iter().chain(&spec.secret_env).cloned().collect();
+            prepared.resolved.apply_env(&mut step_env);
             step.mounts = Some(prepared);
-            let mut env = environment(&spec.env, &spec.secret_env, &user.home);
-            // As BuildKit does: the first forwarded agent is the one ssh clients find by default.
-            let agent = spec.mounts.iter().find_map(|m| match m.kind {
-                StepMountKind::Ssh { .. } => Some(m.target.to_string_lossy().into_owned()),
-                _ => None,
-            });
-            if let Some(agent) = agent
-                && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
-            {
-                env.push(format!("SSH_AUTH_SOCK={agent}"));
-            }
+            let env = environment(&step_env, &[], &user.home);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),
                 env,

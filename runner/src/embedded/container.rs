@@ -20,6 +20,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::sys;
+use crate::mounts::ResolvedMount;
 use crate::spec::User;
 use crate::user::{ResolvedUser, UserDb};
 
@@ -46,46 +47,12 @@ pub(crate) struct Plan {
     pub new_netns: bool,
     /// Host file -> path in the container, bind-mounted read-only (hosts, resolv.conf, hostname).
     pub etc_files: Vec<(PathBuf, PathBuf)>,
-    pub mounts: Vec<PlannedMount>,
+    /// The step's mounts as [`crate::mounts`] resolved them, in order.
+    pub mounts: Vec<ResolvedMount>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub user: User,
     pub cwd: PathBuf,
-}
-
-#[derive(Debug)]
-pub(crate) enum PlannedMount {
-    Bind {
-        source: PathBuf,
-        target: PathBuf,
-        readonly: bool,
-    },
-    Tmpfs {
-        target: PathBuf,
-        size: u64,
-    },
-    Secret {
-        target: PathBuf,
-        data: Vec<u8>,
-        uid: u32,
-        gid: u32,
-        mode: u32,
-    },
-    Raw {
-        mount: Mount,
-        target: PathBuf,
-    },
-}
-
-impl PlannedMount {
-    pub(crate) fn target(&self) -> &Path {
-        match self {
-            PlannedMount::Bind { target, .. }
-            | PlannedMount::Tmpfs { target, .. }
-            | PlannedMount::Secret { target, .. }
-            | PlannedMount::Raw { target, .. } => target,
-        }
-    }
 }
 
 /// Descriptors handed to the forked side.
@@ -116,7 +83,7 @@ fn exit(code: i32) -> ! {
 fn fuse_mounts(plan: &Plan) -> Vec<(&Mount, PathBuf)> {
     let rootfs = plan.rootfs.iter().map(|m| (m, plan.rootfs_dir.clone()));
     let raw = plan.mounts.iter().enumerate().filter_map(|(i, m)| match m {
-        PlannedMount::Raw { mount, .. } => Some((mount, plan.step_dir.join(format!("raw-{i}")))),
+        ResolvedMount::Raw { mount, .. } => Some((mount, plan.step_dir.join(format!("raw-{i}")))),
         _ => None,
     });
     rootfs
@@ -618,14 +585,15 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
             dir: false,
         });
     }
-    let mut secrets_mounted = false;
     let mut tmpfs_targets = Vec::new();
     for (i, m) in plan.mounts.iter().enumerate() {
         match m {
-            PlannedMount::Bind {
+            // A secret's nosuid/nodev/noexec come with the clone: the secrets tmpfs has them.
+            ResolvedMount::Bind {
                 source,
                 target,
                 readonly,
+                restricted: _,
             } => {
                 let dir = source.is_dir();
                 staged.push(Staged {
@@ -634,48 +602,8 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
                     dir,
                 });
             }
-            PlannedMount::Tmpfs { target, size } => tmpfs_targets.push((target.clone(), *size)),
-            PlannedMount::Secret {
-                target,
-                data,
-                uid,
-                gid,
-                mode,
-            } => {
-                let dir = plan.step_dir.join("secrets");
-                if !secrets_mounted {
-                    // Secrets live on a tmpfs that exists only in this mount namespace.
-                    ctx(
-                        sys::mount(
-                            "tmpfs",
-                            &dir,
-                            "tmpfs",
-                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                            Some("mode=0700"),
-                        ),
-                        || format!("mount secrets tmpfs on {}", dir.display()),
-                    )?;
-                    secrets_mounted = true;
-                }
-                let file = dir.join(i.to_string());
-                ctx(fs::write(&file, data), || {
-                    format!("write secret for {}", target.display())
-                })?;
-                ctx(
-                    std::os::unix::fs::chown(&file, Some(*uid), Some(*gid)),
-                    || format!("chown secret for {} to {uid}:{gid}", target.display()),
-                )?;
-                ctx(
-                    fs::set_permissions(&file, fs::Permissions::from_mode(*mode)),
-                    || format!("chmod secret for {}", target.display()),
-                )?;
-                staged.push(Staged {
-                    fd: clone_tree(&file, false, true)?,
-                    target: target.clone(),
-                    dir: false,
-                });
-            }
-            PlannedMount::Raw { mount, target } => {
+            ResolvedMount::Tmpfs { target, size } => tmpfs_targets.push((target.clone(), *size)),
+            ResolvedMount::Raw { mount, target } => {
                 if matches!(mount.kind.as_str(), "bind" | "rbind") {
                     staged.push(Staged {
                         fd: clone_tree(&mount.source, true, mount.is_readonly())?,

@@ -2,7 +2,6 @@
 //! As root it uses the host's ids; as a user it expects [`userns::enter_user_namespace`] to have moved
 //! the process into a user namespace first, and then works the same way as namespace-root.
 
-mod cache;
 mod container;
 mod prune;
 mod sys;
@@ -23,12 +22,12 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-pub use cache::CacheError;
-use container::{ChildFds, Plan, PlannedMount};
+use container::{ChildFds, Plan};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
+use crate::mounts::{MountError, ResolvedMount, ResolvedMounts};
 use crate::spec::OutputSink;
-use crate::spec::{NetworkMode, StepMountKind, StepOutcome, StepSpec, Stream};
+use crate::spec::{NetworkMode, StepOutcome, StepSpec, Stream};
 use tokio_util::sync::CancellationToken;
 
 /// Lines of output kept for [`StepOutcome::tail`] by default.
@@ -39,7 +38,7 @@ const DEFAULT_HOSTNAME: &str = "forge";
 pub struct EmbeddedConfig {
     /// Where per-step temporary state goes (mount points, generated /etc files); removed after each step.
     pub state_dir: PathBuf,
-    /// Where cache mounts persist, by id.
+    /// Where cache mounts persist, in the layout [`crate::mounts`] shares with the containerd backend.
     pub cache_root: PathBuf,
     pub tail_lines: usize,
 }
@@ -64,9 +63,7 @@ pub enum EmbeddedError {
         source: io::Error,
     },
     #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error("mount target {target} is not an absolute path")]
-    RelativeTarget { target: PathBuf },
+    Mount(MountError),
     #[error("{what}: {source}")]
     Sys {
         what: &'static str,
@@ -85,6 +82,15 @@ pub enum EmbeddedError {
         command: Vec<String>,
         detail: String,
     },
+}
+
+impl From<MountError> for EmbeddedError {
+    fn from(e: MountError) -> Self {
+        match e {
+            MountError::Cancelled { .. } => EmbeddedError::Cancelled,
+            e => EmbeddedError::Mount(e),
+        }
+    }
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> EmbeddedError {
@@ -131,6 +137,16 @@ impl KillTarget {
     }
 }
 
+/// Kills the step when the future running it is dropped; after a normal end the step is gone and
+/// the kill target is cleared, so this does nothing.
+struct KillOnDrop(Arc<Mutex<KillTarget>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        KillTarget::cancel(&self.0);
+    }
+}
+
 /// The step's temporary directory, removed however the step ends.
 struct StepDir(PathBuf);
 
@@ -171,7 +187,7 @@ impl EmbeddedRunner {
         let guard = StepDir(dir);
         fs::set_permissions(&guard.0, fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod", &guard.0))?;
-        for sub in ["rootfs", "secrets", "etc", "proc"] {
+        for sub in ["rootfs", "etc", "proc"] {
             let p = guard.0.join(sub);
             fs::create_dir(&p).map_err(io_err("create", &p))?;
         }
@@ -214,85 +230,12 @@ impl EmbeddedRunner {
         &self,
         spec: &StepSpec,
         step_dir: &Path,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<(Plan, Vec<cache::CacheLease>), EmbeddedError> {
-        let mut env = spec.env.clone();
-        let mut mounts = Vec::new();
-        let mut leases = Vec::new();
-        for m in &spec.mounts {
-            if !m.target.is_absolute() {
-                return Err(EmbeddedError::RelativeTarget {
-                    target: m.target.clone(),
-                });
-            }
-            let target = m.target.clone();
-            mounts.push(match &m.kind {
-                StepMountKind::Bind { source, readonly } => PlannedMount::Bind {
-                    source: source.clone(),
-                    target,
-                    readonly: *readonly,
-                },
-                StepMountKind::Cache {
-                    id,
-                    sharing,
-                    uid,
-                    gid,
-                    mode,
-                } => {
-                    let lease = cache::acquire(
-                        &self.config.cache_root,
-                        id,
-                        *sharing,
-                        *uid,
-                        *gid,
-                        *mode,
-                        cancelled,
-                    )?;
-                    let source = lease.dir.clone();
-                    leases.push(lease);
-                    PlannedMount::Bind {
-                        source,
-                        target,
-                        readonly: false,
-                    }
-                }
-                StepMountKind::Tmpfs { size } => PlannedMount::Tmpfs {
-                    target,
-                    size: *size,
-                },
-                StepMountKind::Secret {
-                    data,
-                    uid,
-                    gid,
-                    mode,
-                } => PlannedMount::Secret {
-                    target,
-                    data: data.clone(),
-                    uid: *uid,
-                    gid: *gid,
-                    mode: *mode,
-                },
-                StepMountKind::Ssh { agent_socket, .. } => {
-                    // The socket is bound as it is; uid/gid/mode would need an agent proxy (BuildKit
-                    // runs one) and are not applied.
-                    env.push((
-                        "SSH_AUTH_SOCK".into(),
-                        target.to_string_lossy().into_owned(),
-                    ));
-                    PlannedMount::Bind {
-                        source: agent_socket.clone(),
-                        target,
-                        readonly: false,
-                    }
-                }
-                StepMountKind::Raw(mount) => PlannedMount::Raw {
-                    mount: mount.clone(),
-                    target,
-                },
-            });
-        }
-        env.extend(spec.secret_env.iter().cloned());
-        let plan = Plan {
+        resolved: &ResolvedMounts,
+    ) -> Result<Plan, EmbeddedError> {
+        let mut env: Vec<(String, String)> =
+            spec.env.iter().chain(&spec.secret_env).cloned().collect();
+        resolved.apply_env(&mut env);
+        Ok(Plan {
             step_dir: step_dir.to_path_buf(),
             rootfs_dir: step_dir.join("rootfs"),
             rootfs: spec.rootfs.clone(),
@@ -309,13 +252,12 @@ impl EmbeddedRunner {
             },
             new_netns: spec.network == NetworkMode::None,
             etc_files: self.etc_files(spec, &step_dir.join("etc"))?,
-            mounts,
+            mounts: resolved.mounts.clone(),
             argv: spec.command.argv(),
             env,
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
-        };
-        Ok((plan, leases))
+        })
     }
 
     /// The blocking half of a step, on a thread of its own: prepare, unshare, fork, wait. The thread
@@ -323,19 +265,11 @@ impl EmbeddedRunner {
     /// exits, and it is never reused, because unshare changed its namespaces.
     fn spawn_and_wait(
         &self,
-        spec: &StepSpec,
+        plan: Plan,
         stdout: OwnedFd,
         stderr: OwnedFd,
         target: &Mutex<KillTarget>,
     ) -> Result<i32, EmbeddedError> {
-        let step_dir = self.make_step_dir()?;
-        let (plan, leases) =
-            match self.plan(spec, &step_dir.0, &|| KillTarget::is_cancelled(target)) {
-                Err(EmbeddedError::Cache(CacheError::Cancelled { .. })) => {
-                    return Err(EmbeddedError::Cancelled);
-                }
-                other => other?,
-            };
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -348,7 +282,7 @@ impl EmbeddedRunner {
             .etc_files
             .iter()
             .map(|(_, t)| t.as_path())
-            .chain(plan.mounts.iter().map(PlannedMount::target));
+            .chain(plan.mounts.iter().map(ResolvedMount::target));
         let candidates = prune::candidates(targets);
         let before = layers
             .as_ref()
@@ -385,8 +319,6 @@ impl EmbeddedRunner {
         drop(life_w);
         let mut detail = String::new();
         let _ = fs::File::from(err_r).read_to_string(&mut detail);
-        drop(leases);
-        drop(step_dir);
         if let Some((upper, lowers)) = &layers {
             prune::prune(upper, lowers, &candidates, &before);
         }
@@ -427,6 +359,13 @@ impl EmbeddedRunner {
             return Err(EmbeddedError::Cancelled);
         }
         let start = Instant::now();
+        // Mounts are resolved here, on the caller's side: the step thread may leave the host's mount
+        // namespace (see `container::mount_fuse`), and the secrets tmpfs must be unmounted from it.
+        let step_dir = self.make_step_dir()?;
+        let mut resolved =
+            crate::mounts::resolve(&spec.mounts, &self.config.cache_root, &step_dir.0, cancel)
+                .await?;
+        let plan = self.plan(spec, &step_dir.0, &resolved)?;
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -436,15 +375,17 @@ impl EmbeddedRunner {
             tokio::spawn(read_lines(err_r, Stream::Stderr, tx)),
         ];
         let target = Arc::new(Mutex::new(KillTarget::default()));
+        // Declared after the step's mounts, so dropped before them: a caller that drops this future
+        // kills the step before its cache locks and secrets go.
+        let _kill_on_drop = KillOnDrop(Arc::clone(&target));
         let runner = self.clone();
-        let spec_owned = spec.clone();
         let target2 = Arc::clone(&target);
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("forge-step".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runner.spawn_and_wait(&spec_owned, out_w, err_w, &target2)
+                    runner.spawn_and_wait(plan, out_w, err_w, &target2)
                 }));
                 let _ = done_tx.send(r);
             })
@@ -479,12 +420,15 @@ impl EmbeddedRunner {
         for r in readers {
             let _ = r.await;
         }
+        let released = resolved.release();
+        drop(step_dir);
         let code = match result {
             Some(Ok(Ok(r))) => r?,
             Some(Ok(Err(panic))) => std::panic::resume_unwind(panic),
             // The thread always sends before it ends, unless it could not even unwind.
             Some(Err(_)) | None => unreachable!("the step thread ended without a result"),
         };
+        released?;
         Ok(StepOutcome {
             exit_code: code,
             duration: start.elapsed(),

@@ -348,3 +348,42 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// The rootfs of the containerd and contract tests: busybox with every applet linked; root, and
+/// tester (1000:1000, also in group extra 2000); root is also in wheel (10). /proc, /dev and /sys
+/// exist, /run does not (mounts under it need stubs); /old/file is there to be deleted.
+pub fn build_busybox_rootfs(root: &Path) {
+    for dir in [
+        "bin",
+        "etc",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "root",
+        "home/tester",
+        "old",
+    ] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nwheel:x:10:root\ntester:x:1000:\nextra:x:2000:tester\n",
+    )
+    .unwrap();
+    fs::write(root.join("old/file"), "from the lower layer\n").unwrap();
+    std::os::unix::fs::chown(root.join("home/tester"), Some(1000), Some(1000)).unwrap();
+}
