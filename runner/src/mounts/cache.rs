@@ -19,12 +19,13 @@
 //! the cache root. They are left alone and never read: a cache is a cache, the first step of each id
 //! starts cold once, and `v1/` keeps the new names from ever meeting the old ones.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use forge_snapshotter::lock::{FileLock, LockMode};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +44,7 @@ const MAX_NAME: usize = 200;
 #[derive(Debug)]
 pub(crate) struct CacheLease {
     pub dir: PathBuf,
-    _lock: File,
+    _lock: FileLock,
 }
 
 /// The directory name of cache `id`: bytes outside `[A-Za-z0-9_.-]`, a leading dot and `%` become
@@ -91,19 +92,18 @@ pub(crate) async fn acquire(
     let mut instance = 0u32;
     let (dir, lock) = 'instances: loop {
         let lock_path = base.join(format!("{instance}.lock"));
-        let lock = open_lock(&lock_path)?;
+        let mode = match sharing {
+            CacheSharing::Shared => LockMode::Shared,
+            CacheSharing::Private | CacheSharing::Locked => LockMode::Exclusive,
+        };
         loop {
-            let tried = match sharing {
-                CacheSharing::Shared => lock.try_lock_shared(),
-                CacheSharing::Private | CacheSharing::Locked => lock.try_lock(),
-            };
-            match tried {
-                Ok(()) => break 'instances (base.join(instance.to_string()), lock),
-                Err(fs::TryLockError::WouldBlock) if sharing == CacheSharing::Private => {
+            match FileLock::try_acquire(&lock_path, mode).map_err(io_err("lock", &lock_path))? {
+                Some(lock) => break 'instances (base.join(instance.to_string()), lock),
+                None if sharing == CacheSharing::Private => {
                     instance += 1;
                     continue 'instances;
                 }
-                Err(fs::TryLockError::WouldBlock) => {
+                None => {
                     tokio::select! {
                         _ = cancel.cancelled() => {
                             return Err(MountError::Cancelled { id: id.to_string() });
@@ -111,7 +111,6 @@ pub(crate) async fn acquire(
                         _ = tokio::time::sleep(LOCK_POLL) => {}
                     }
                 }
-                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
             }
         }
     };
@@ -130,15 +129,6 @@ pub(crate) async fn acquire(
     Ok(CacheLease { dir, _lock: lock })
 }
 
-fn open_lock(path: &Path) -> Result<File, MountError> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io_err("open cache lock", path))
-}
-
 /// Makes instance `dir` whole before anyone sees it: built as `<n>.new` under the creation lock
 /// (shared users of instance 0 may race to create it), then renamed into place. A `<n>.new` left by
 /// a process that died midway is removed first.
@@ -152,9 +142,7 @@ fn create_instance(
     id: &str,
 ) -> Result<(), MountError> {
     let create_lock_path = base.join("create.lock");
-    let create_lock = open_lock(&create_lock_path)?;
-    create_lock
-        .lock()
+    let _create_lock = FileLock::acquire(&create_lock_path, LockMode::Exclusive)
         .map_err(io_err("lock", &create_lock_path))?;
     if dir.exists() {
         return Ok(());
