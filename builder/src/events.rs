@@ -50,23 +50,9 @@ pub enum BuildEvent {
 pub struct BuildId(String);
 
 impl BuildId {
-    /// A fresh id: 16 hex digits from the kernel's random source (the clock and a process-wide
-    /// counter if that fails, which keeps ids distinct within the process).
+    /// A fresh id: 16 random hex digits.
     pub fn new() -> BuildId {
-        let mut bytes = [0u8; 8];
-        // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
-        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        let ok = n == bytes.len() as isize;
-        if !ok {
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bytes = (nanos ^ n.rotate_left(48)).to_le_bytes();
-        }
-        BuildId(hex::encode(bytes))
+        BuildId(forge_snapshotter::lock::random_hex())
     }
 
     /// An id read back from a name this crate made (a scratch directory, a snapshot key).

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 /// A held lock; released when dropped (or when the process dies).
@@ -87,6 +88,129 @@ impl FileLock {
     }
 }
 
+/// 16 hex digits from the kernel's random source (the clock and a process-wide counter if that
+/// fails, which keeps names distinct within the process): names for builds, steps and temporary
+/// files that no other process, and no other build of this process, will choose.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes = (nanos ^ c.rotate_left(48)).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// A directory `parent/name` that belongs to a running piece of work (a build, a step) for as long as
+/// `parent/name.lock` is held: [`sweep_dead`] removes it once its holder is gone, whatever process
+/// that was. Dropping it removes the directory (never across a mount) and the lock file.
+#[derive(Debug)]
+pub struct LiveDir {
+    dir: PathBuf,
+    lock: Option<FileLock>,
+}
+
+fn lock_of(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!("{name}.lock"))
+}
+
+impl LiveDir {
+    /// Takes `parent/name.lock`, then makes `parent/name` (and `parent`).
+    pub fn create(parent: &Path, name: &str) -> io::Result<LiveDir> {
+        fs::create_dir_all(parent)?;
+        let lock = FileLock::acquire(&lock_of(parent, name), LockMode::Exclusive)?;
+        let dir = parent.join(name);
+        fs::create_dir_all(&dir)?;
+        Ok(LiveDir {
+            dir,
+            lock: Some(lock),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for LiveDir {
+    fn drop(&mut self) {
+        remove_same_fs(&self.dir);
+        if let Some(lock) = self.lock.take() {
+            lock.remove();
+        }
+    }
+}
+
+/// Whether the work that owns `parent/name` is still running (in any process).
+pub fn is_live(parent: &Path, name: &str) -> bool {
+    FileLock::is_held(&lock_of(parent, name))
+}
+
+/// Removes the directories `parent/<prefix>*` (and their lock files) whose lock nobody holds: what
+/// work that died left behind. Returns how many directories went.
+pub fn sweep_dead(parent: &Path, prefix: &str) -> usize {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        if let Some(name) = entry.file_name().to_str()
+            && name.starts_with(prefix)
+        {
+            names.insert(name.strip_suffix(".lock").unwrap_or(name).to_string());
+        }
+    }
+    let mut removed = 0;
+    for name in names {
+        // Holding the lock while removing keeps out anyone who (absurdly) takes the same name.
+        let Ok(Some(held)) = FileLock::try_acquire(&lock_of(parent, &name), LockMode::Exclusive)
+        else {
+            continue;
+        };
+        let dir = parent.join(&name);
+        if fs::symlink_metadata(&dir).is_ok() {
+            remove_same_fs(&dir);
+            removed += 1;
+        }
+        held.remove();
+    }
+    removed
+}
+
+/// Removes `path` and what it holds without crossing into another filesystem: a directory that is a
+/// mount point (another device) is left with everything in it, and so are its parents.
+pub fn remove_same_fs(path: &Path) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    remove_on_dev(path, meta.dev());
+}
+
+fn remove_on_dev(path: &Path, dev: u64) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.dev() != dev {
+        return;
+    }
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                remove_on_dev(&e.path(), dev);
+            }
+        }
+        let _ = fs::remove_dir(path);
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +231,41 @@ mod tests {
         assert!(!FileLock::is_held(&p));
         let again = FileLock::try_acquire(&p, LockMode::Exclusive).unwrap();
         assert!(again.is_some());
+    }
+
+    #[test]
+    fn a_live_dir_stays_and_a_dead_one_is_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = LiveDir::create(parent.path(), "step-live").unwrap();
+        fs::write(live.path().join("f"), b"x").unwrap();
+        // What a killed process leaves: the directory and an unheld lock file; and a directory
+        // whose lock file is gone altogether.
+        fs::create_dir_all(parent.path().join("step-dead/sub")).unwrap();
+        fs::write(parent.path().join("step-dead.lock"), b"").unwrap();
+        fs::create_dir_all(parent.path().join("step-nolock")).unwrap();
+        fs::create_dir_all(parent.path().join("other")).unwrap();
+        assert!(is_live(parent.path(), "step-live"));
+        assert!(!is_live(parent.path(), "step-dead"));
+        assert_eq!(sweep_dead(parent.path(), "step-"), 2);
+        assert!(live.path().join("f").exists());
+        assert!(!parent.path().join("step-dead").exists());
+        assert!(!parent.path().join("step-dead.lock").exists());
+        assert!(!parent.path().join("step-nolock").exists());
+        assert!(
+            parent.path().join("other").exists(),
+            "other names are not ours"
+        );
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(!path.exists());
+        assert!(!parent.path().join("step-live.lock").exists());
+    }
+
+    #[test]
+    fn random_names_differ() {
+        let a = random_hex();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, random_hex());
     }
 
     #[test]

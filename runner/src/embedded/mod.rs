@@ -13,10 +13,10 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use forge_snapshotter::lock::LiveDir;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -147,16 +147,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The step's temporary directory, removed however the step ends.
-struct StepDir(PathBuf);
-
-impl Drop for StepDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The step's temporary directory `run/step-<random>`, alive while its lock is held; removed (never
+/// across a mount) however the step ends, and by the next runner if the process was killed.
+struct StepDir(LiveDir);
 
 impl EmbeddedRunner {
     pub fn new(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
@@ -167,6 +160,8 @@ impl EmbeddedRunner {
         for dir in [&config.state_dir, &config.cache_root] {
             fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
+        // Step directories of killed processes: their lock died with them.
+        forge_snapshotter::lock::sweep_dead(&config.state_dir, "step-");
         Ok(EmbeddedRunner {
             config,
             in_userns: in_user_namespace(),
@@ -178,17 +173,16 @@ impl EmbeddedRunner {
     }
 
     fn make_step_dir(&self) -> Result<StepDir, EmbeddedError> {
-        let n = STEP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .config
-            .state_dir
-            .join(format!("step-{}-{n}", std::process::id()));
-        fs::create_dir(&dir).map_err(io_err("create step directory", &dir))?;
+        let name = format!("step-{}", forge_snapshotter::lock::random_hex());
+        let dir = LiveDir::create(&self.config.state_dir, &name).map_err(io_err(
+            "create step directory",
+            &self.config.state_dir.join(&name),
+        ))?;
         let guard = StepDir(dir);
-        fs::set_permissions(&guard.0, fs::Permissions::from_mode(0o700))
-            .map_err(io_err("chmod", &guard.0))?;
+        fs::set_permissions(guard.0.path(), fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", guard.0.path()))?;
         for sub in ["rootfs", "etc", "proc"] {
-            let p = guard.0.join(sub);
+            let p = guard.0.path().join(sub);
             fs::create_dir(&p).map_err(io_err("create", &p))?;
         }
         Ok(guard)
@@ -362,10 +356,14 @@ impl EmbeddedRunner {
         // Mounts are resolved here, on the caller's side: the step thread may leave the host's mount
         // namespace (see `container::mount_fuse`), and the secrets tmpfs must be unmounted from it.
         let step_dir = self.make_step_dir()?;
-        let mut resolved =
-            crate::mounts::resolve(&spec.mounts, &self.config.cache_root, &step_dir.0, cancel)
-                .await?;
-        let plan = self.plan(spec, &step_dir.0, &resolved)?;
+        let mut resolved = crate::mounts::resolve(
+            &spec.mounts,
+            &self.config.cache_root,
+            step_dir.0.path(),
+            cancel,
+        )
+        .await?;
+        let plan = self.plan(spec, step_dir.0.path(), &resolved)?;
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
