@@ -514,6 +514,24 @@ pub struct GraphBuilder {
     by_id: HashMap<VertexId, NodeRef>,
 }
 
+/// Descriptions are for people (progress lines, errors) and not part of a vertex's identity: one
+/// longer than 1 KiB (a RUN with a megabyte of arguments) is cut there, so no view or error repeats
+/// megabytes.
+fn short_description(mut d: String) -> String {
+    const MAX: usize = 1024;
+    if d.len() <= MAX {
+        return d;
+    }
+    let total = d.len();
+    let mut cut = MAX;
+    while !d.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    d.truncate(cut);
+    d.push_str(&format!("... ({} more bytes)", total - cut));
+    d
+}
+
 impl GraphBuilder {
     pub fn new() -> Self {
         Self::default()
@@ -530,7 +548,7 @@ impl GraphBuilder {
         self.graph.vertices.push(Vertex {
             id,
             op,
-            description: description.into(),
+            description: short_description(description.into()),
             line,
         });
         self.by_id.insert(id, r);

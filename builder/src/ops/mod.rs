@@ -81,7 +81,10 @@ impl Built {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// The step's last output lines are in `tail` (the progress view shows them already).
-    #[error("process {argv:?} did not complete successfully: exit code {code}")]
+    #[error(
+        "process {} did not complete successfully: exit code {code}",
+        short_argv(argv)
+    )]
     Exit {
         argv: Vec<String>,
         code: i32,
@@ -733,15 +736,11 @@ impl BuildExecutor {
             secret_env,
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
-        let masks = secret_masks(&secret_values);
+        let masks = Arc::new(secret_masks(&secret_values));
         let events = self.cfg.events.clone();
+        let sink_masks = masks.clone();
         let mut sink = move |stream: Stream, line: &str| {
-            let mut line = line.to_string();
-            for m in &masks {
-                if line.contains(m.as_str()) {
-                    line = line.replace(m.as_str(), "****");
-                }
-            }
+            let line = mask(&sink_masks, line);
             events.emit(BuildEvent::Output {
                 vertex: vertex_ref,
                 stream: match stream {
@@ -765,7 +764,9 @@ impl BuildExecutor {
             return Err(ExecError::Exit {
                 argv: op.args.clone(),
                 code: outcome.exit_code,
-                tail: outcome.tail,
+                // The tail is shown again with the error (-q, json, a server's report): masked
+                // like every line the step printed.
+                tail: outcome.tail.iter().map(|l| mask(&masks, l)).collect(),
             });
         }
         let layers = self.commit_layer(key, &base, cancel).await?;
@@ -880,6 +881,32 @@ fn copy_mtime(from: &Path, to: &Path) {
 /// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
 /// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
 /// as masking them would garble unrelated output.
+/// `line` with every secret value (see [`secret_masks`]) replaced by `****`.
+fn mask(masks: &[String], line: &str) -> String {
+    let mut line = line.to_string();
+    for m in masks {
+        if line.contains(m.as_str()) {
+            line = line.replace(m.as_str(), "****");
+        }
+    }
+    line
+}
+
+/// An argv as an error shows it: quoted, and cut after 2 KiB so a step with a huge command line
+/// does not print megabytes.
+fn short_argv(argv: &[String]) -> String {
+    const MAX: usize = 2048;
+    let full = format!("{argv:?}");
+    if full.len() <= MAX {
+        return full;
+    }
+    let mut cut = MAX;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} more bytes)", &full[..cut], full.len() - cut)
+}
+
 fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
     let mut masks: Vec<String> = Vec::new();
     for v in values {
