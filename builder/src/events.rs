@@ -124,6 +124,18 @@ impl Events {
         }
     }
 
+    /// Runs the blocking `f` as the named phase, reporting its start and end.
+    pub fn phase_sync<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
+        self.emit(BuildEvent::PhaseStarted { name: name.into() });
+        let start = Instant::now();
+        let out = f();
+        self.emit(BuildEvent::PhaseDone {
+            name: name.into(),
+            duration: start.elapsed(),
+        });
+        out
+    }
+
     /// Runs `f` as the named phase, reporting its start and end.
     pub async fn phase<T>(&self, name: &str, f: impl std::future::Future<Output = T>) -> T {
         self.emit(BuildEvent::PhaseStarted { name: name.into() });

@@ -149,7 +149,11 @@ async fn two_builds_run_at_once_in_one_process_on_one_store() {
     ra.tags = vec!["127.0.0.1:5000/forge-test/api-a:1".into()];
     let mut rb = BuildRequest::new(&b);
     rb.tags = vec!["127.0.0.1:5000/forge-test/api-b:1".into()];
-    let ((oa, ea), (ob, eb)) = tokio::join!(build(&session, ra), build(&session, rb));
+    // Each build is its own task, as a server spawns them: the future is Send and owns its session.
+    let (sa, sb) = (session.clone(), session.clone());
+    let ta = tokio::spawn(async move { build(&sa, ra).await });
+    let tb = tokio::spawn(async move { build(&sb, rb).await });
+    let ((oa, ea), (ob, eb)) = (ta.await.unwrap(), tb.await.unwrap());
     let oa = oa.unwrap_or_else(|f| panic!("build a: {f}"));
     let ob = ob.unwrap_or_else(|f| panic!("build b: {f}"));
     assert_ne!(oa.build, ob.build);

@@ -32,7 +32,19 @@ use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
 impl Session {
     /// Runs `request`, sending its progress to `events` (whose build id names everything the build
     /// makes). `cancel` stops it: running steps are killed and their scratch state removed.
-    pub async fn build(
+    ///
+    /// The future is `Send` (a server spawns each build as its own task); it is boxed because the
+    /// compiler cannot prove that of the unboxed async fn through its higher-ranked borrows.
+    pub fn build<'a>(
+        &'a self,
+        request: &'a BuildRequest,
+        events: Events,
+        cancel: CancellationToken,
+    ) -> futures::future::BoxFuture<'a, Result<BuildOutcome, BuildFailure>> {
+        Box::pin(self.build_inner(request, events, cancel))
+    }
+
+    async fn build_inner(
         &self,
         request: &BuildRequest,
         events: Events,
@@ -243,11 +255,9 @@ impl Session {
             source_date_epoch: request.source_date_epoch,
         };
         let labels = &request.labels;
-        let image = events
-            .phase("writing image", async {
-                export::make_image(output, &layers, &self.store, labels, &options)
-            })
-            .await?;
+        let image = events.phase_sync("writing image", || {
+            export::make_image(output, &layers, &self.store, labels, &options)
+        })?;
         let names = request.tags.clone();
         for e in &request.exports {
             match e {

@@ -182,7 +182,13 @@ pub async fn lower_with_images(
         if wanted.is_empty() {
             return Ok((lowered, table));
         }
-        let pulls = wanted.iter().map(|r| pull_base(store, registry, events, r));
+        // Owned names in owned futures: a closure handing out borrows of the set would make the
+        // future non-Send for the compiler (higher-ranked lifetimes), and a server spawns builds.
+        let pulls: Vec<_> = wanted
+            .iter()
+            .cloned()
+            .map(|r| async move { pull_base(store, registry, events, &r).await })
+            .collect();
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {
             let base = base?;

@@ -636,15 +636,17 @@ impl RegistryClient {
         }
 
         let limit = self.config.max_concurrent_downloads.max(1);
-        let mut downloads = futures::stream::iter(layers.iter().enumerate())
-            .map(|(i, layer)| {
-                let ctx = &ctx;
-                async move {
-                    ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
-                        .await
-                }
+        // Futures made before they are streamed, so the pull stays provably Send (see push).
+        let ctx = &ctx;
+        let pending: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| async move {
+                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
+                    .await
             })
-            .buffer_unordered(limit);
+            .collect();
+        let mut downloads = futures::stream::iter(pending).buffer_unordered(limit);
         while let Some(result) = downloads.next().await {
             result?;
         }

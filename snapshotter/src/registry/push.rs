@@ -542,9 +542,14 @@ impl RegistryClient {
             progress,
         };
         let limit = self.config.max_concurrent_uploads.max(1);
-        let mut uploads = futures::stream::iter(image.blobs())
+        // The futures are made before they are streamed: a stream that maps borrowed blobs into
+        // futures is not provably Send (higher-ranked lifetimes), and servers spawn pushes.
+        let pending: Vec<_> = image
+            .blobs()
+            .into_iter()
             .map(|blob| target.push_blob(store, blob))
-            .buffer_unordered(limit);
+            .collect();
+        let mut uploads = futures::stream::iter(pending).buffer_unordered(limit);
         while let Some(result) = uploads.next().await {
             result?;
         }

@@ -18,7 +18,7 @@ use crate::graph::{
 
 /// Gives a base image's config (env, user, workdir, ONBUILD triggers...). Without one (dry runs),
 /// base images are taken as having an empty config.
-pub trait ImageResolver {
+pub trait ImageResolver: Send + Sync {
     fn resolve(&self, reference: &str, platform: &Platform) -> Option<ImageConfig>;
 }
 
