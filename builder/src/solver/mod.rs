@@ -118,7 +118,7 @@ pub struct SolveOptions {
     pub jobs: usize,
     /// Run every vertex, ignoring (and then replacing) recorded results.
     pub no_cache: bool,
-    /// Run the vertices of these stages (see [`stage_of`]) and everything computed from them.
+    /// Run the vertices of these stages ([`Vertex::stage`]) and everything computed from them.
     pub no_cache_filter: Vec<String>,
     pub events: Option<UnboundedSender<Event>>,
     /// Cancels the whole solve from outside (Ctrl-C); the solver also cancels it on a failure.
@@ -135,14 +135,6 @@ impl Default for SolveOptions {
             cancel: CancellationToken::new(),
         }
     }
-}
-
-/// The stage a vertex belongs to, read from its description: frontends write `[stage] ...` or
-/// `[stage 2/5] ...`; `[internal] ...` vertices (image loads, context) belong to none.
-pub fn stage_of(description: &str) -> Option<&str> {
-    let inner = description.strip_prefix('[')?.split(']').next()?;
-    let name = inner.split_whitespace().next()?;
-    (name != "internal").then_some(name)
 }
 
 #[derive(Debug, Error)]
@@ -334,8 +326,10 @@ impl<E: Executor> Solver<E> {
                 let vertex = graph.vertex(node);
                 let force = self.options.no_cache
                     || ins.iter().any(|i| forced.contains(i))
-                    || stage_of(&vertex.description)
-                        .is_some_and(|s| self.options.no_cache_filter.iter().any(|f| f == s));
+                    || vertex
+                        .stage
+                        .as_ref()
+                        .is_some_and(|s| self.options.no_cache_filter.contains(s));
                 let task = Task::<E> {
                     executor: self.executor.clone(),
                     cache: self.cache.clone(),
