@@ -969,3 +969,77 @@ fn a_bind_mount_of_the_context_shows_only_what_dockerignore_keeps() {
         });
     }
 }
+
+#[test]
+fn a_failed_build_hands_back_what_it_solved() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let session = api::Session::open(api::SessionOptions {
+        root: bench.root(),
+        ..api::SessionOptions::default()
+    })
+    .unwrap();
+    let mut request = api::BuildRequest::new(&ctx);
+    request.dockerfile = api::DockerfileSource::Text {
+        name: "Dockerfile".into(),
+        text: format!("{BASE}RUN echo ok > /ok\nRUN echo no && exit 5\n"),
+    };
+    runtime().block_on(async {
+        let failure = session
+            .build(&request, Events::discard(), Default::default())
+            .await
+            .err()
+            .expect("the last step fails");
+        assert!(
+            failure.error.failed_step_tail().is_some(),
+            "{}",
+            failure.error
+        );
+        // Every vertex reported done is in the partial solution, the failed one is not.
+        let done: Vec<_> = failure.vertices.iter().filter(|v| v.ran()).collect();
+        assert!(done.len() >= 3, "{:?}", failure.vertices);
+        for v in &done {
+            let s = failure
+                .solved
+                .get(v.vertex)
+                .expect("a done vertex is solved");
+            assert!(!s.cached, "{}", v.description);
+        }
+        let failed = failure
+            .vertices
+            .iter()
+            .find(|v| v.error.is_some())
+            .expect("a failed vertex is reported");
+        assert!(failed.description.contains("exit 5"), "{failed:?}");
+        assert!(failure.solved.get(failed.vertex).is_none());
+        let ok = done
+            .iter()
+            .find(|v| v.description.contains("echo ok"))
+            .expect("the step before ran");
+        let layers = failure
+            .solved
+            .get(ok.vertex)
+            .unwrap()
+            .output
+            .layers()
+            .unwrap();
+        assert_file(
+            &layer_entries(&bench.store, layers.last().unwrap()),
+            "ok",
+            b"ok\n",
+        );
+
+        // Again: what was solved comes from the cache this time.
+        let again = session
+            .build(&request, Events::discard(), Default::default())
+            .await
+            .err()
+            .expect("still fails");
+        let s = again.solved.get(ok.vertex).expect("solved again");
+        assert!(s.cached);
+        assert_eq!(s.key, failure.solved.get(ok.vertex).unwrap().key);
+    });
+}
