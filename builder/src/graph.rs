@@ -238,6 +238,21 @@ pub struct ExecOp {
     pub platform: Platform,
     /// The first mount is the root filesystem (`/`).
     pub mounts: Vec<Mount>,
+    /// Makes the step a test: its result is how it exited and the files it left at these paths,
+    /// not a filesystem. The Dockerfile frontend never sets it (and an exec without it hashes as
+    /// it did before the field existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestStep>,
+}
+
+/// A step run for its verdict (a pipeline's test job): a non-zero exit does not fail the vertex but
+/// is its result, and the files at `artifacts` are taken out of the step's root filesystem into the
+/// store, whatever the exit status (a failed test run's reports are the ones that matter).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TestStep {
+    /// Absolute paths in the root filesystem (a JUnit report directory, say); one that does not
+    /// exist after the run is left out of the result.
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

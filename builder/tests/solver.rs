@@ -140,6 +140,7 @@ fn run(b: &mut GraphBuilder, stage: &str, cmd: &str, line: usize, inputs: &[Node
             security: SecurityMode::Sandbox,
             platform: Platform::host(),
             mounts,
+            test: None,
         }),
         format!("[{stage}] RUN {cmd}"),
         Some(line),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::{Digest as BlobDigest, Store};
+use forge_snapshotter::store::Store;
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
@@ -502,8 +502,8 @@ fn protect_results(store: &Store, solution: &Solution<Built>) {
         if s.cached {
             continue;
         }
-        if let Some(layers) = s.output.layers() {
-            let digests: Vec<BlobDigest> = layers.iter().map(|l| l.digest.clone()).collect();
+        let digests = s.output.blobs();
+        if !digests.is_empty() {
             let _ = store.set_root("build-cache", &s.key.to_hex(), &digests);
         }
     }

@@ -1295,6 +1295,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             security: r.security,
             platform: st.platform.clone(),
             mounts,
+            test: None,
         };
         st.root = Some(self.add_step(i, Op::Exec(exec), self.describe(i, c), line));
 
