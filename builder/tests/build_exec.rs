@@ -187,7 +187,7 @@ impl Bench {
         work_dir: &Path,
         events: &Events,
     ) -> Result<BuildExecutor, ExecError> {
-        let ignore = Dockerignore::from_patterns(&ignore_patterns(context)).unwrap();
+        let ignore = Dockerignore::from_patterns(ignore_patterns(context)).unwrap();
         let snapshot = ContextSnapshot::take(
             context,
             &SnapshotOptions {
@@ -1012,8 +1012,7 @@ fn a_failed_build_hands_back_what_it_solved() {
         let failure = session
             .build(&request, Events::discard(), Default::default())
             .await
-            .err()
-            .expect("the last step fails");
+            .expect_err("the last step fails");
         assert!(
             failure.error.failed_step_tail().is_some(),
             "{}",
@@ -1057,8 +1056,7 @@ fn a_failed_build_hands_back_what_it_solved() {
         let again = session
             .build(&request, Events::discard(), Default::default())
             .await
-            .err()
-            .expect("still fails");
+            .expect_err("still fails");
         let s = again.solved.get(ok.vertex).expect("solved again");
         assert!(s.cached);
         assert_eq!(s.key, failure.solved.get(ok.vertex).unwrap().key);
