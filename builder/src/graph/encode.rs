@@ -518,22 +518,26 @@ fn copy_options(e: &mut Encoder, o: &CopyOptions) {
 mod tests {
     use super::*;
 
+    /// An exec of `args` with no mounts, a test step when `artifacts` is given.
+    fn exec_op(args: &[&str], artifacts: Option<&[&str]>) -> Op {
+        Op::Exec(ExecOp {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            security: SecurityMode::Sandbox,
+            platform: Platform::parse("linux/amd64").unwrap(),
+            mounts: vec![],
+            test: artifacts.map(|a| super::super::TestStep {
+                artifacts: a.iter().map(|p| p.to_string()).collect(),
+            }),
+        })
+    }
+
     #[test]
     fn strings_are_length_prefixed_so_concatenations_differ() {
-        let id = |args: Vec<&str>| {
-            let op = Op::Exec(ExecOp {
-                args: args.into_iter().map(String::from).collect(),
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                network: NetworkMode::Default,
-                security: SecurityMode::Sandbox,
-                platform: Platform::parse("linux/amd64").unwrap(),
-                mounts: vec![],
-                test: None,
-            });
-            vertex_id(&op, &|_| unreachable!("no inputs"))
-        };
+        let id = |args: Vec<&str>| vertex_id(&exec_op(&args, None), &|_| unreachable!("no inputs"));
         assert_ne!(id(vec!["ab", "c"]), id(vec!["a", "bc"]));
         assert_ne!(id(vec!["abc"]), id(vec!["ab", "c"]));
         assert_eq!(id(vec!["a"]), id(vec!["a"]));
@@ -541,25 +545,11 @@ mod tests {
 
     #[test]
     fn a_test_step_has_its_own_identity_and_an_ordinary_exec_keeps_its_own() {
-        let op = |test: Option<Vec<&str>>| {
-            Op::Exec(ExecOp {
-                args: vec!["make".into(), "test".into()],
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                network: NetworkMode::Default,
-                security: SecurityMode::Sandbox,
-                platform: Platform::parse("linux/amd64").unwrap(),
-                mounts: vec![],
-                test: test.map(|a| super::super::TestStep {
-                    artifacts: a.into_iter().map(String::from).collect(),
-                }),
-            })
-        };
+        let op = |artifacts: Option<&[&str]>| exec_op(&["make", "test"], artifacts);
         let id = |o: &Op| vertex_id(o, &|_| unreachable!("no inputs"));
         let plain = id(&op(None));
-        let no_artifacts = id(&op(Some(vec![])));
-        let reports = id(&op(Some(vec!["/reports"])));
+        let no_artifacts = id(&op(Some(&[])));
+        let reports = id(&op(Some(&["/reports"])));
         assert_ne!(plain, no_artifacts);
         assert_ne!(no_artifacts, reports);
         assert_ne!(plain, reports);
