@@ -1213,3 +1213,65 @@ fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
         bench.assert_clean();
     }
 }
+
+#[test]
+fn keep_going_reports_skipped_steps_with_the_failure_they_waited_for() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let graph = Arc::new(lower_dockerfile(
+        &format!("{BASE}RUN exit 3\nRUN echo never > /never\n"),
+        &ctx,
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = Events::new(BuildId::new(), Some(tx));
+    let work_dir = bench.tmp.path().join("work-keep-going");
+    let executor = Arc::new(bench.executor(&graph, &ctx, &work_dir, &events).unwrap());
+    let settings = SolveSettings {
+        keep_going: true,
+        ..SolveSettings::default()
+    };
+    let failure = runtime()
+        .block_on(api::solve(
+            graph.clone(),
+            executor,
+            bench.cache.clone(),
+            &settings,
+            &events,
+        ))
+        .expect_err("a step fails");
+    let SolveError::Failed { failures, skipped } = &failure.error else {
+        panic!("{:?}", failure.error);
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].description.contains("echo never"));
+    assert!(
+        graph
+            .vertex(skipped[0].failed)
+            .description
+            .contains("exit 3")
+    );
+    assert!(
+        failure.solved.len() >= 3,
+        "the steps before are solved: {}",
+        failure.solved.len()
+    );
+    drop(events);
+    let mut warnings = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let BuildEvent::Warning(w) = ev.event {
+            warnings.push(w);
+        }
+    }
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "{}: skipped, as {} failed",
+            skipped[0].description, skipped[0].failed_description
+        )]
+    );
+    bench.assert_clean();
+}
