@@ -238,6 +238,21 @@ pub struct ExecOp {
     pub platform: Platform,
     /// The first mount is the root filesystem (`/`).
     pub mounts: Vec<Mount>,
+    /// Makes the step a test: its result is how it exited and the files it left at these paths,
+    /// not a filesystem. The Dockerfile frontend never sets it (and an exec without it hashes as
+    /// it did before the field existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestStep>,
+}
+
+/// A step run for its verdict (a pipeline's test job): a non-zero exit does not fail the vertex but
+/// is its result, and the files at `artifacts` are taken out of the step's root filesystem into the
+/// store, whatever the exit status (a failed test run's reports are the ones that matter).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TestStep {
+    /// Absolute paths in the root filesystem (a JUnit report directory, say); one that does not
+    /// exist after the run is left out of the result.
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -373,6 +388,12 @@ pub struct Vertex {
     /// Where it came from in the frontend's source (file line), when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// The stage (Dockerfile stage, pipeline job) whose step this is, as data for the solver's
+    /// filters (`--no-cache-filter`); `None` for vertices the frontend adds on its own (base
+    /// images, the build context). Not hashed, and left out of the renderings, which show the
+    /// description.
+    #[serde(skip)]
+    pub stage: Option<String>,
 }
 
 impl Op {
@@ -540,6 +561,28 @@ impl GraphBuilder {
     /// Adds `op` (whose inputs must already be in this builder) and returns its reference; an op
     /// identical to one already added returns the existing vertex.
     pub fn add(&mut self, op: Op, description: impl Into<String>, line: Option<usize>) -> NodeRef {
+        self.add_vertex(op, None, description.into(), line)
+    }
+
+    /// Like [`add`](Self::add), for a step of the stage `stage`. An identical op already added
+    /// keeps the stage (and description) it was first added with.
+    pub fn add_in_stage(
+        &mut self,
+        stage: impl Into<String>,
+        op: Op,
+        description: impl Into<String>,
+        line: Option<usize>,
+    ) -> NodeRef {
+        self.add_vertex(op, Some(stage.into()), description.into(), line)
+    }
+
+    fn add_vertex(
+        &mut self,
+        op: Op,
+        stage: Option<String>,
+        description: String,
+        line: Option<usize>,
+    ) -> NodeRef {
         let id = encode::vertex_id(&op, &|r: NodeRef| self.graph.vertices[r.0].id);
         if let Some(existing) = self.by_id.get(&id) {
             return *existing;
@@ -548,8 +591,9 @@ impl GraphBuilder {
         self.graph.vertices.push(Vertex {
             id,
             op,
-            description: short_description(description.into()),
+            description: short_description(description),
             line,
+            stage,
         });
         self.by_id.insert(id, r);
         r

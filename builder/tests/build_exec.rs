@@ -142,56 +142,11 @@ impl Bench {
         context: &Path,
         settings: SolveSettings,
     ) -> Result<Solved, BuildError> {
-        let df = parser::parse_file("Dockerfile", dockerfile).expect("Dockerfile parses");
-        let patterns = match std::fs::read_to_string(context.join(".dockerignore")) {
-            Ok(text) => Dockerignore::parse(&text).unwrap().patterns().to_vec(),
-            Err(_) => Vec::new(),
-        };
-        let lowered = lower(
-            &df,
-            &LowerOptions {
-                dockerignore: patterns.clone(),
-                ..LowerOptions::default()
-            },
-        )
-        .expect("Dockerfile lowers");
-        let graph: Arc<Graph> = Arc::new(lowered.graph);
-        let ignore = Dockerignore::from_patterns(&patterns).unwrap();
-        let snapshot = ContextSnapshot::take(
-            context,
-            &SnapshotOptions {
-                ignore: Some(&ignore),
-                state_dir: None,
-                threads: 2,
-            },
-        )
-        .unwrap();
+        let graph = Arc::new(lower_dockerfile(dockerfile, context));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let events = Events::new(BuildId::new(), Some(tx));
         let work_dir = self.tmp.path().join(format!("work-{}", rand_suffix()));
-        let executor = Arc::new(BuildExecutor::new(
-            ExecutorConfig {
-                store: self.store.clone(),
-                snapshots: self.snapshots.clone(),
-                runner: self.runner.clone(),
-                work_dir: work_dir.clone(),
-                locals: HashMap::from([(
-                    "context".to_string(),
-                    LocalDir {
-                        dir: context.to_path_buf(),
-                        snapshot: Arc::new(snapshot),
-                    },
-                )]),
-                images: HashMap::new(),
-                secrets: self.secrets.clone(),
-                ssh: HashMap::new(),
-                layer: self.layer,
-                default_network: self.network,
-                http: None,
-                events: events.clone(),
-            },
-            &graph,
-        )?);
+        let executor = Arc::new(self.executor(&graph, context, &work_dir, &events)?);
         let solved = api::solve(
             graph.clone(),
             executor.clone(),
@@ -221,6 +176,50 @@ impl Bench {
             executor,
             events,
         })
+    }
+
+    /// An executor on this bench's store for `graph`, with `context` as the build context (its
+    /// .dockerignore applied), working under `work_dir`.
+    fn executor(
+        &self,
+        graph: &Graph,
+        context: &Path,
+        work_dir: &Path,
+        events: &Events,
+    ) -> Result<BuildExecutor, ExecError> {
+        let ignore = Dockerignore::from_patterns(ignore_patterns(context)).unwrap();
+        let snapshot = ContextSnapshot::take(
+            context,
+            &SnapshotOptions {
+                ignore: Some(&ignore),
+                state_dir: None,
+                threads: 2,
+            },
+        )
+        .unwrap();
+        BuildExecutor::new(
+            ExecutorConfig {
+                store: self.store.clone(),
+                snapshots: self.snapshots.clone(),
+                runner: self.runner.clone(),
+                work_dir: work_dir.to_path_buf(),
+                locals: HashMap::from([(
+                    "context".to_string(),
+                    LocalDir {
+                        dir: context.to_path_buf(),
+                        snapshot: Arc::new(snapshot),
+                    },
+                )]),
+                images: HashMap::new(),
+                secrets: self.secrets.clone(),
+                ssh: HashMap::new(),
+                layer: self.layer,
+                default_network: self.network,
+                http: None,
+                events: events.clone(),
+            },
+            graph,
+        )
     }
 
     /// Snapshots that are not committed (a step's scratch space) still in the snapshotter.
@@ -254,6 +253,28 @@ impl Bench {
         );
         assert_eq!(self.leftover_mounts(), Vec::<String>::new(), "mounts left");
     }
+}
+
+/// The context's .dockerignore patterns (none without the file).
+fn ignore_patterns(context: &Path) -> Vec<String> {
+    match std::fs::read_to_string(context.join(".dockerignore")) {
+        Ok(text) => Dockerignore::parse(&text).unwrap().patterns().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `dockerfile` lowered with the context's .dockerignore.
+fn lower_dockerfile(dockerfile: &str, context: &Path) -> Graph {
+    let df = parser::parse_file("Dockerfile", dockerfile).expect("Dockerfile parses");
+    lower(
+        &df,
+        &LowerOptions {
+            dockerignore: ignore_patterns(context),
+            ..LowerOptions::default()
+        },
+    )
+    .expect("Dockerfile lowers")
+    .graph
 }
 
 fn rand_suffix() -> usize {
@@ -1016,4 +1037,289 @@ fn a_cache_mount_starts_from_its_from_stage_once_and_keeps_what_steps_add() {
         std::fs::read_to_string(bench.root().join("cache-mounts/v1/seeded/0/sub/file")).unwrap(),
         "changed\n"
     );
+}
+
+#[test]
+fn a_failed_build_hands_back_what_it_solved() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let session = api::Session::open(api::SessionOptions {
+        root: bench.root(),
+        ..api::SessionOptions::default()
+    })
+    .unwrap();
+    let mut request = api::BuildRequest::new(&ctx);
+    request.dockerfile = api::DockerfileSource::Text {
+        name: "Dockerfile".into(),
+        text: format!("{BASE}RUN echo ok > /ok\nRUN echo no && exit 5\n"),
+    };
+    runtime().block_on(async {
+        let failure = session
+            .build(&request, Events::discard(), Default::default())
+            .await
+            .expect_err("the last step fails");
+        assert!(
+            failure.error.failed_step_tail().is_some(),
+            "{}",
+            failure.error
+        );
+        // Every vertex reported done is in the partial solution, the failed one is not.
+        let done: Vec<_> = failure.vertices.iter().filter(|v| v.ran()).collect();
+        assert!(done.len() >= 3, "{:?}", failure.vertices);
+        for v in &done {
+            let s = failure
+                .solved
+                .get(v.vertex)
+                .expect("a done vertex is solved");
+            assert!(!s.cached, "{}", v.description);
+        }
+        let failed = failure
+            .vertices
+            .iter()
+            .find(|v| v.error.is_some())
+            .expect("a failed vertex is reported");
+        assert!(failed.description.contains("exit 5"), "{failed:?}");
+        assert!(failure.solved.get(failed.vertex).is_none());
+        let ok = done
+            .iter()
+            .find(|v| v.description.contains("echo ok"))
+            .expect("the step before ran");
+        let layers = failure
+            .solved
+            .get(ok.vertex)
+            .unwrap()
+            .output
+            .layers()
+            .unwrap();
+        assert_file(
+            &layer_entries(&bench.store, layers.last().unwrap()),
+            "ok",
+            b"ok\n",
+        );
+
+        // Again: what was solved comes from the cache this time.
+        let again = session
+            .build(&request, Events::discard(), Default::default())
+            .await
+            .expect_err("still fails");
+        let s = again.solved.get(ok.vertex).expect("solved again");
+        assert!(s.cached);
+        assert_eq!(s.key, failure.solved.get(ok.vertex).unwrap().key);
+    });
+}
+
+/// `BASE` with two test steps on it as the output's gates: one that fails after writing a JUnit
+/// report (and a log) and one that passes and leaves none of its artifact paths.
+fn graph_with_test_steps(context: &Path) -> Graph {
+    use forge_builder::graph::{
+        ExecOp, GraphBuilder, Mount, MountKind, NetworkMode as GraphNetwork, Op, SecurityMode,
+        TestStep,
+    };
+    let base = lower_dockerfile(BASE, context);
+    let mut b = GraphBuilder::new();
+    for v in &base.vertices {
+        b.add(v.op.clone(), v.description.clone(), v.line);
+    }
+    let root = base.outputs[0].root;
+    let test = |b: &mut GraphBuilder, script: &str, artifacts: &[&str]| {
+        b.add_in_stage(
+            "test",
+            Op::Exec(ExecOp {
+                args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                user: String::new(),
+                network: GraphNetwork::None,
+                security: SecurityMode::Sandbox,
+                platform: forge_builder::graph::Platform::host(),
+                mounts: vec![Mount {
+                    target: "/".into(),
+                    kind: MountKind::Bind {
+                        input: Some(root),
+                        source_path: "/".into(),
+                        readonly: false,
+                        output: true,
+                    },
+                }],
+                test: Some(TestStep {
+                    artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+                }),
+            }),
+            format!("[test] {script}"),
+            None,
+        )
+    };
+    let failing = test(
+        &mut b,
+        "mkdir -p /reports && echo '<testsuite failures=\"1\"/>' > /reports/junit.xml \
+         && echo ran > /run.log && exit 3",
+        &["/reports", "/run.log", "/missing"],
+    );
+    let passing = test(&mut b, "true", &["/nothing/here"]);
+    let mut output = base.outputs[0].clone();
+    output.gates = vec![failing, passing];
+    b.add_output(output);
+    b.finish()
+}
+
+#[test]
+fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
+    use forge_builder::ops::Artifacts;
+    use forge_builder::solver::{SolveOptions, Solver};
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let bench = Bench::new(backend);
+        let ctx = bench.context("ctx", &[]);
+        let graph = Arc::new(graph_with_test_steps(&ctx));
+        let gates = graph.outputs[0].gates.clone();
+        let solve = || async {
+            let work_dir = bench.tmp.path().join(format!("work-{}", rand_suffix()));
+            let executor = bench
+                .executor(&graph, &ctx, &work_dir, &Events::discard())
+                .unwrap();
+            let solved = Solver::new(
+                Arc::new(executor),
+                bench.cache.clone(),
+                SolveOptions::default(),
+            )
+            .solve(graph.clone(), &[0])
+            .await;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            solved.expect("a failing test is a result, not an error")
+        };
+
+        let first = runtime().block_on(solve());
+        let failed = first.get(gates[0]).unwrap();
+        assert!(!failed.cached);
+        let Built::Test {
+            exit_code: 3,
+            artifacts:
+                Some(Artifacts {
+                    digest,
+                    size,
+                    paths,
+                }),
+        } = &failed.output
+        else {
+            panic!("{backend:?}: {:?}", failed.output);
+        };
+        assert_eq!(
+            paths,
+            &["/reports", "/run.log"],
+            "the missing path is left out"
+        );
+        assert_eq!(
+            bench
+                .store
+                .open_blob(digest)
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .len(),
+            *size
+        );
+        let mut files = BTreeMap::new();
+        let mut tar = tar::Archive::new(bench.store.open_blob(digest).unwrap());
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut content = String::new();
+            entry.read_to_string(&mut content).unwrap();
+            files.insert(
+                entry.path().unwrap().to_string_lossy().into_owned(),
+                content,
+            );
+        }
+        assert_eq!(
+            files.get("reports/junit.xml").map(String::as_str),
+            Some("<testsuite failures=\"1\"/>\n"),
+            "{files:?}"
+        );
+        assert_eq!(files.get("run.log").map(String::as_str), Some("ran\n"));
+        let passed = first.get(gates[1]).unwrap();
+        assert_eq!(
+            passed.output,
+            Built::Test {
+                exit_code: 0,
+                artifacts: None
+            }
+        );
+        bench.assert_clean();
+
+        // A fresh executor on the same cache: both verdicts come from their records.
+        let second = runtime().block_on(solve());
+        for g in &gates {
+            let (one, two) = (first.get(*g).unwrap(), second.get(*g).unwrap());
+            assert!(two.cached, "{backend:?}");
+            assert_eq!((&one.output, one.key), (&two.output, two.key));
+        }
+        assert_eq!(second.executed(), 0);
+        bench.assert_clean();
+    }
+}
+
+#[test]
+fn keep_going_reports_skipped_steps_with_the_failure_they_waited_for() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let graph = Arc::new(lower_dockerfile(
+        &format!("{BASE}RUN exit 3\nRUN echo never > /never\n"),
+        &ctx,
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = Events::new(BuildId::new(), Some(tx));
+    let work_dir = bench.tmp.path().join("work-keep-going");
+    let executor = Arc::new(bench.executor(&graph, &ctx, &work_dir, &events).unwrap());
+    let settings = SolveSettings {
+        keep_going: true,
+        ..SolveSettings::default()
+    };
+    let failure = runtime()
+        .block_on(api::solve(
+            graph.clone(),
+            executor,
+            bench.cache.clone(),
+            &settings,
+            &events,
+        ))
+        .expect_err("a step fails");
+    let SolveError::Failed { failures, skipped } = &failure.error else {
+        panic!("{:?}", failure.error);
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].description.contains("echo never"));
+    assert!(
+        graph
+            .vertex(skipped[0].failed)
+            .description
+            .contains("exit 3")
+    );
+    assert!(
+        failure.solved.len() >= 3,
+        "the steps before are solved: {}",
+        failure.solved.len()
+    );
+    drop(events);
+    let mut warnings = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let BuildEvent::Warning(w) = ev.event {
+            warnings.push(w);
+        }
+    }
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "{}: skipped, as {} failed",
+            skipped[0].description, skipped[0].failed_description
+        )]
+    );
+    bench.assert_clean();
 }

@@ -233,6 +233,7 @@ fn outputs_can_be_gated_by_test_vertices() {
                     output: false,
                 },
             }],
+            test: None,
         }),
         "test job",
         None,

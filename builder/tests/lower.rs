@@ -581,3 +581,50 @@ fn heredoc_runs_as_the_shell_command_or_a_script() {
         vec!["/bin/sh", "-c", "cat <<EOF > /f\nbody\nEOF"]
     );
 }
+
+#[test]
+fn each_step_carries_its_stage_as_data() {
+    // A stage may be called `internal`: the stage is a field, not read back from the description.
+    let l = build(
+        "FROM alpine AS internal\nWORKDIR /src\nRUN make\n\
+         FROM scratch\nCOPY --link --from=internal /src /out\nCOPY . /ctx\n",
+        &[],
+        None,
+    );
+    let stages: Vec<(String, Option<&str>)> = l
+        .graph
+        .vertices
+        .iter()
+        .map(|v| (v.description.clone(), v.stage.as_deref()))
+        .collect();
+    let stage_of = |prefix: &str| -> Vec<Option<&str>> {
+        stages
+            .iter()
+            .filter(|(d, _)| d.starts_with(prefix))
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert_eq!(stage_of("[internal] load image"), vec![None], "{stages:?}");
+    assert_eq!(
+        stage_of("[internal] load build context"),
+        vec![None],
+        "{stages:?}"
+    );
+    assert_eq!(
+        stage_of("[internal] WORKDIR"),
+        vec![Some("internal")],
+        "{stages:?}"
+    );
+    assert_eq!(
+        stage_of("[internal] RUN make"),
+        vec![Some("internal")],
+        "{stages:?}"
+    );
+    // The --link copy is two vertices (the layer and its merge), both the stage's.
+    assert_eq!(
+        stage_of("[stage-1] COPY --link"),
+        vec![Some("stage-1"), Some("stage-1")],
+        "{stages:?}"
+    );
+    assert_eq!(stage_of("[stage-1] COPY . /ctx"), vec![Some("stage-1")]);
+}

@@ -129,7 +129,8 @@ fn run(b: &mut GraphBuilder, stage: &str, cmd: &str, line: usize, inputs: &[Node
             },
         });
     }
-    b.add(
+    b.add_in_stage(
+        stage,
         Op::Exec(ExecOp {
             args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: Vec::new(),
@@ -139,6 +140,7 @@ fn run(b: &mut GraphBuilder, stage: &str, cmd: &str, line: usize, inputs: &[Node
             security: SecurityMode::Sandbox,
             platform: Platform::host(),
             mounts,
+            test: None,
         }),
         format!("[{stage}] RUN {cmd}"),
         Some(line),
@@ -283,7 +285,8 @@ async fn unreachable_vertices_never_run() {
     let err = solver(&mock, Arc::new(MemoryCache::new()), options(4))
         .solve(graph, &[2])
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, SolveError::NoSuchOutput { index: 2, count: 2 }),
         "{err:?}"
@@ -522,6 +525,8 @@ async fn a_failure_cancels_running_siblings_and_names_the_step() {
         started.elapsed() < Duration::from_secs(10),
         "siblings were not cancelled"
     );
+    assert!(err.solved.is_empty(), "nothing finished before the failure");
+    let err = err.error;
 
     match &err {
         SolveError::Step {
@@ -600,7 +605,7 @@ async fn caller_cancellation_stops_the_solve() {
         cancel.cancel();
     });
     let started = Instant::now();
-    let err = s.solve(Arc::new(graph), &[0]).await.unwrap_err();
+    let err = s.solve(Arc::new(graph), &[0]).await.unwrap_err().error;
     canceller.await.unwrap();
     assert!(matches!(err, SolveError::Cancelled), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -662,15 +667,6 @@ async fn damaged_disk_records_are_misses_not_crashes() {
     .await
     .unwrap();
     assert_eq!(third.call_count(), 0);
-}
-
-#[test]
-fn stage_names_come_from_descriptions() {
-    use forge_builder::solver::stage_of;
-    assert_eq!(stage_of("[build 2/5] RUN make"), Some("build"));
-    assert_eq!(stage_of("[build] RUN make"), Some("build"));
-    assert_eq!(stage_of("[internal] load build context"), None);
-    assert_eq!(stage_of("RUN make"), None);
 }
 
 #[tokio::test]
@@ -751,4 +747,229 @@ async fn two_solvers_on_one_disk_cache_compute_each_key_once() {
     );
     assert_eq!(c1.union(&c2).cloned().collect::<BTreeSet<_>>(), all_steps());
     assert_eq!(first.call_count() + second.call_count(), 6);
+}
+
+/// `base` under three branches: `ok1 -> ok2`, `bad1 -> after1`, and `bad2 -> after2`; `top` joins
+/// the first two. Every vertex is needed: `top` is the output, `after2` its gate.
+fn branches_with_two_failures() -> (Graph, Mock) {
+    let mut b = GraphBuilder::new();
+    let base = run(&mut b, "base", "base", 1, &[]);
+    let ok1 = run(&mut b, "ok", "ok one", 2, &[base]);
+    let ok2 = run(&mut b, "ok", "ok two", 3, &[ok1]);
+    let bad1 = run(&mut b, "unit", "unit tests", 4, &[base]);
+    let after1 = run(&mut b, "unit", "unit report", 5, &[bad1]);
+    let bad2 = run(&mut b, "lint", "lint", 6, &[base]);
+    let after2 = run(&mut b, "lint", "lint report", 7, &[bad2]);
+    let top = run(&mut b, "final", "assemble", 8, &[ok2, after1]);
+    output(&mut b, "final", top, vec![after2]);
+    let mut mock = Mock::default();
+    mock.fail.insert("[unit] RUN unit tests".into());
+    mock.fail.insert("[lint] RUN lint".into());
+    // The slow branch still finishes after both failures.
+    mock.sleep
+        .insert("[ok] RUN ok two".into(), Duration::from_millis(200));
+    (b.finish(), mock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_going_finishes_independent_branches_and_reports_every_failure() {
+    let (graph, mock) = branches_with_two_failures();
+    let graph = Arc::new(graph);
+    let mock = Arc::new(mock);
+    let cache = Arc::new(MemoryCache::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (skip_tx, mut skip_rx) = tokio::sync::mpsc::unbounded_channel();
+    let failure = solver(
+        &mock,
+        cache.clone(),
+        SolveOptions {
+            keep_going: true,
+            events: Some(tx),
+            skipped: Some(skip_tx),
+            ..options(4)
+        },
+    )
+    .solve(graph.clone(), &[0])
+    .await
+    .unwrap_err();
+
+    let ran: BTreeSet<String> = [
+        "[base] RUN base",
+        "[ok] RUN ok one",
+        "[ok] RUN ok two",
+        "[unit] RUN unit tests",
+        "[lint] RUN lint",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(mock.calls(), ran, "the independent branch went on");
+    assert!(
+        mock.cancelled.lock().unwrap().is_empty(),
+        "nothing was cancelled"
+    );
+
+    let SolveError::Failed { failures, skipped } = &failure.error else {
+        panic!("expected every failure, got {:?}", failure.error);
+    };
+    let failed: BTreeSet<String> = failures
+        .iter()
+        .map(|f| match f {
+            SolveError::Step { description, .. } => description.clone(),
+            other => panic!("expected step errors, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        ["[unit] RUN unit tests", "[lint] RUN lint"]
+            .map(String::from)
+            .into()
+    );
+    let by_name = |d: &str| {
+        NodeRef(
+            graph
+                .vertices
+                .iter()
+                .position(|v| v.description == d)
+                .unwrap(),
+        )
+    };
+    let skips: Vec<(String, NodeRef)> = skipped
+        .iter()
+        .map(|s| (s.description.clone(), s.failed))
+        .collect();
+    assert_eq!(
+        skips,
+        vec![
+            (
+                "[unit] RUN unit report".to_string(),
+                by_name("[unit] RUN unit tests")
+            ),
+            (
+                "[lint] RUN lint report".to_string(),
+                by_name("[lint] RUN lint")
+            ),
+            (
+                "[final] RUN assemble".to_string(),
+                by_name("[unit] RUN unit tests")
+            ),
+        ],
+        "in graph order, each with the failure it waited for"
+    );
+    let message = failure.to_string();
+    assert!(
+        message.starts_with("2 steps failed (3 skipped): step "),
+        "{message}"
+    );
+    assert!(
+        message.contains("step [unit] RUN unit tests (line 4) failed: exit status 2"),
+        "{message}"
+    );
+
+    // Announced as they were found, with their cause.
+    let mut announced = Vec::new();
+    while let Ok(s) = skip_rx.try_recv() {
+        announced.push((s.description, s.failed_description));
+    }
+    announced.sort();
+    assert_eq!(
+        announced,
+        vec![
+            (
+                "[final] RUN assemble".to_string(),
+                "[unit] RUN unit tests".to_string()
+            ),
+            (
+                "[lint] RUN lint report".to_string(),
+                "[lint] RUN lint".to_string()
+            ),
+            (
+                "[unit] RUN unit report".to_string(),
+                "[unit] RUN unit tests".to_string()
+            ),
+        ]
+    );
+    let mut failed_events = 0;
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            Event::Failed { .. } => failed_events += 1,
+            Event::Cancelled { description, .. } => panic!("{description} was cancelled"),
+            _ => {}
+        }
+    }
+    assert_eq!(failed_events, 2);
+
+    // What succeeded is in the partial solution, with keys, and recorded.
+    let solved: BTreeSet<String> = failure
+        .solved
+        .iter()
+        .map(|(r, s)| {
+            assert!(!s.cached);
+            graph.vertex(r).description.clone()
+        })
+        .collect();
+    assert_eq!(
+        solved,
+        ["[base] RUN base", "[ok] RUN ok one", "[ok] RUN ok two"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(cache.len(), 3);
+
+    // The default stops at the first failure instead: the slow branch is cancelled.
+    let (graph2, mock2) = branches_with_two_failures();
+    let mock2 = Arc::new(mock2);
+    let graph2 = Arc::new(graph2);
+    let err = solver(&mock2, Arc::new(MemoryCache::new()), options(4))
+        .solve(graph2.clone(), &[0])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, SolveError::Step { .. }),
+        "{:?}",
+        err.error
+    );
+    assert!(
+        err.solved
+            .iter()
+            .all(|(r, _)| graph2.vertex(r).description != "[ok] RUN ok two"),
+        "the slow branch never finished"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_solve_returns_what_it_solved_and_a_rerun_finds_it_cached() {
+    // One job, so the order is fixed: `a1` (ready first) runs, then `b1` fails.
+    let graph = Arc::new(two_chains());
+    let cache: Arc<dyn CacheStore> = Arc::new(MemoryCache::new());
+    let failing = || {
+        let mut mock = Mock::default();
+        mock.fail.insert("[b] RUN fetch deps".into());
+        Arc::new(mock)
+    };
+    let first = solver(&failing(), cache.clone(), options(1))
+        .solve(graph.clone(), &[0])
+        .await
+        .unwrap_err();
+    assert!(matches!(first.error, SolveError::Step { .. }));
+    let solved: Vec<(String, bool)> = first
+        .solved
+        .iter()
+        .map(|(r, s)| (graph.vertex(r).description.clone(), s.cached))
+        .collect();
+    assert_eq!(solved, vec![("[a] RUN copy src".to_string(), false)]);
+
+    let again = solver(&failing(), cache, options(1))
+        .solve(graph.clone(), &[0])
+        .await
+        .unwrap_err();
+    let a1 = graph
+        .vertices
+        .iter()
+        .position(|v| v.description == "[a] RUN copy src")
+        .map(NodeRef)
+        .unwrap();
+    let s = again.solved.get(a1).expect("solved again");
+    assert!(s.cached, "served from the first failed solve's record");
+    assert_eq!(s.key, first.solved.get(a1).unwrap().key);
+    assert_eq!(s.output, first.solved.get(a1).unwrap().output);
 }

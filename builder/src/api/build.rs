@@ -10,7 +10,7 @@ use std::time::Instant;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::{Digest as BlobDigest, Store};
+use forge_snapshotter::store::Store;
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
@@ -25,7 +25,8 @@ use crate::graph::{Graph, Platform};
 use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
 use crate::scratch::Scratch;
 use crate::solver::{
-    CacheStore, CancellationToken, DiskCache, Event, Solution, SolveOptions, Solver,
+    CacheStore, CancellationToken, DiskCache, Event, Skipped, Solution, SolveFailure, SolveOptions,
+    Solver,
 };
 use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
 
@@ -52,7 +53,10 @@ impl Session {
     ) -> Result<BuildOutcome, BuildFailure> {
         let start = Instant::now();
         let reports = Arc::new(Mutex::new(Vec::new()));
-        let result = self.run(request, &events, cancel, reports.clone()).await;
+        let mut solved = Solution::default();
+        let result = self
+            .run(request, &events, cancel, reports.clone(), &mut solved)
+            .await;
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         match result {
             Ok((image, record)) => Ok(BuildOutcome {
@@ -67,6 +71,7 @@ impl Session {
                 build: events.build().clone(),
                 error,
                 vertices,
+                solved,
             }),
         }
     }
@@ -77,6 +82,8 @@ impl Session {
         events: &Events,
         cancel: CancellationToken,
         reports: Arc<Mutex<Vec<VertexReport>>>,
+        // What the solve got done, kept for the caller whether or not the build then succeeds.
+        solved: &mut Solution<Built>,
     ) -> Result<(export::Image, forge_snapshotter::store::ImageRecord), BuildError> {
         request.validate()?;
         let (name, text) = read_dockerfile(request)?;
@@ -202,8 +209,9 @@ impl Session {
             no_cache: request.cache.no_cache,
             no_cache_filter: request.cache.no_cache_filter.clone(),
             cancel,
+            ..SolveSettings::default()
         };
-        let solved = solve_reporting(
+        let result = solve_reporting(
             graph.clone(),
             executor.clone(),
             Arc::new(cache),
@@ -213,8 +221,16 @@ impl Session {
         )
         .await;
         close_runner(runner).await;
-        let solution = solved?;
-        protect_results(&self.store, &solution, &graph);
+        let solution = match result {
+            Ok(s) => s,
+            Err(failure) => {
+                protect_results(&self.store, &failure.solved);
+                *solved = failure.solved;
+                return Err(failure.error.into());
+            }
+        };
+        protect_results(&self.store, &solution);
+        *solved = solution.clone();
 
         let output = &graph.outputs[0];
         let built = &solution
@@ -350,19 +366,23 @@ fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
 #[derive(Debug, Clone, Default)]
 pub struct SolveSettings {
     pub jobs: Option<usize>,
+    /// See [`SolveOptions::keep_going`]: skipped vertices are reported as warnings and, in a
+    /// build's reports, with the failed vertex they waited for.
+    pub keep_going: bool,
     pub no_cache: bool,
     pub no_cache_filter: Vec<String>,
     pub cancel: CancellationToken,
 }
 
-/// Solves the graph's outputs (roots and gates) with `executor`, reporting solver events.
+/// Solves the graph's outputs (roots and gates) with `executor`, reporting solver events. A
+/// failure carries what was solved.
 pub async fn solve(
     graph: Arc<Graph>,
     executor: Arc<BuildExecutor>,
     cache: Arc<dyn CacheStore>,
     settings: &SolveSettings,
     events: &Events,
-) -> Result<Solution<Built>, BuildError> {
+) -> Result<Solution<Built>, SolveFailure<Built>> {
     solve_reporting(graph, executor, cache, settings, events, None).await
 }
 
@@ -373,23 +393,57 @@ async fn solve_reporting(
     settings: &SolveSettings,
     events: &Events,
     reports: Option<Arc<Mutex<Vec<VertexReport>>>>,
-) -> Result<Solution<Built>, BuildError> {
+) -> Result<Solution<Built>, SolveFailure<Built>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (skip_tx, mut skip_rx) = tokio::sync::mpsc::unbounded_channel::<Skipped>();
     let out = events.clone();
     let forward = tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            if let Some(r) = &reports
-                && let Some(report) = report_of(&ev)
-            {
+        let record = |report: VertexReport| {
+            if let Some(r) = &reports {
                 r.lock().expect("not poisoned").push(report);
             }
-            out.emit(BuildEvent::Solver(ev));
+        };
+        let (mut events_open, mut skips_open) = (true, true);
+        while events_open || skips_open {
+            tokio::select! {
+                ev = rx.recv(), if events_open => match ev {
+                    None => events_open = false,
+                    Some(ev) => {
+                        if let Some(report) = report_of(&ev) {
+                            record(report);
+                        }
+                        out.emit(BuildEvent::Solver(ev));
+                    }
+                },
+                s = skip_rx.recv(), if skips_open => match s {
+                    None => skips_open = false,
+                    Some(s) => {
+                        // A warning until the progress display shows skipped steps (see
+                        // SolveOptions::skipped).
+                        out.emit(BuildEvent::Warning(format!(
+                            "{}: skipped, as {} failed",
+                            s.description, s.failed_description
+                        )));
+                        record(VertexReport {
+                            vertex: s.vertex,
+                            description: s.description,
+                            key: None,
+                            cached: false,
+                            duration: None,
+                            error: None,
+                            skipped: Some(s.failed),
+                        });
+                    }
+                },
+            }
         }
     });
     let mut options = SolveOptions {
+        keep_going: settings.keep_going,
         no_cache: settings.no_cache,
         no_cache_filter: settings.no_cache_filter.clone(),
         events: Some(tx),
+        skipped: settings.keep_going.then_some(skip_tx),
         cancel: settings.cancel.clone(),
         ..SolveOptions::default()
     };
@@ -401,7 +455,7 @@ async fn solve_reporting(
     let solved = solver.solve(graph, &outputs).await;
     drop(solver);
     let _ = forward.await;
-    Ok(solved?)
+    solved
 }
 
 /// A finished vertex's report, from the solver event that ends it.
@@ -418,6 +472,7 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
             cached: true,
             duration: None,
             error: None,
+            skipped: None,
         }),
         Event::Done {
             vertex,
@@ -430,6 +485,7 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
             cached: false,
             duration: Some(*duration),
             error: None,
+            skipped: None,
         }),
         Event::Failed {
             vertex,
@@ -443,22 +499,21 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
             cached: false,
             duration: Some(*duration),
             error: Some(error.clone()),
+            skipped: None,
         }),
         Event::Started { .. } | Event::Cancelled { .. } => None,
     }
 }
 
-/// Keeps the blobs of recorded results from `forge prune` while their cache records exist.
-fn protect_results(store: &Store, solution: &Solution<Built>, graph: &Graph) {
-    for (i, _) in graph.vertices.iter().enumerate() {
-        let Some(s) = solution.get(crate::graph::NodeRef(i)) else {
-            continue;
-        };
+/// Keeps the blobs of recorded results from `forge prune` while their cache records exist, for a
+/// failed build's solved vertices too: their records stay.
+fn protect_results(store: &Store, solution: &Solution<Built>) {
+    for (_, s) in solution.iter() {
         if s.cached {
             continue;
         }
-        if let Some(layers) = s.output.layers() {
-            let digests: Vec<BlobDigest> = layers.iter().map(|l| l.digest.clone()).collect();
+        let digests = s.output.blobs();
+        if !digests.is_empty() {
             let _ = store.set_root("build-cache", &s.key.to_hex(), &digests);
         }
     }

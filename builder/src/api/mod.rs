@@ -24,8 +24,8 @@ pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
 use crate::export::ExportError;
 use crate::frontend::dockerfile::lower::LowerError;
 use crate::frontend::dockerfile::parser::ParseError;
-use crate::ops::ExecError;
-use crate::solver::{CacheError, SolveError};
+use crate::ops::{Built, ExecError};
+use crate::solver::{CacheError, SolveError, SolveFailure};
 
 /// Why a build stopped.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +73,21 @@ impl From<ParseError> for BuildError {
     }
 }
 
+/// For callers that have no use for what a failed solve got done.
+impl From<SolveFailure<Built>> for BuildError {
+    fn from(f: SolveFailure<Built>) -> Self {
+        BuildError::Solve(f.error)
+    }
+}
+
 impl BuildError {
-    /// The last output lines of the step whose failure stopped the build, secrets masked.
+    /// The last output lines of the step whose failure stopped the build (the first, when a
+    /// keep-going solve collected several), secrets masked.
     pub fn failed_step_tail(&self) -> Option<&[String]> {
-        let BuildError::Solve(SolveError::Step { source, .. }) = self else {
+        let BuildError::Solve(e) = self else {
+            return None;
+        };
+        let Some(SolveError::Step { source, .. }) = e.failures().first().copied() else {
             return None;
         };
         match source.downcast_ref::<ExecError>()? {

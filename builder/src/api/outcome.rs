@@ -9,7 +9,8 @@ use super::BuildError;
 use crate::events::BuildId;
 use crate::export::Image;
 use crate::graph::NodeRef;
-use crate::solver::CacheKey;
+use crate::ops::Built;
+use crate::solver::{CacheKey, Solution};
 
 /// A finished build.
 #[derive(Debug)]
@@ -51,6 +52,8 @@ pub struct VertexReport {
     pub duration: Option<Duration>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// It did not run: the vertex it needs failed (keep-going solves only).
+    pub skipped: Option<NodeRef>,
 }
 
 impl VertexReport {
@@ -66,6 +69,10 @@ pub struct BuildFailure {
     pub build: BuildId,
     pub error: BuildError,
     pub vertices: Vec<VertexReport>,
+    /// The results of every vertex solved before (or, keeping going, besides) the failure, with
+    /// their keys and whether they came from the cache; empty when the build stopped before
+    /// solving, everything when it stopped after (exporting, pushing).
+    pub solved: Solution<Built>,
 }
 
 impl std::fmt::Display for BuildFailure {

@@ -25,7 +25,10 @@
 //!   5 checksum: option<str>}
 //! - `0x02` Exec {1 args: list<str>, 2 env: list<str>, 3 cwd: str, 4 user: str,
 //!   5 network: enum (1 default, 2 none, 3 host), 6 security: enum (1 sandbox, 2 insecure),
-//!   7 platform, 8 mounts: list<mount>}
+//!   7 platform, 8 mounts: list<mount>, 9 test: test_step}, where field 9 is written only for a
+//!   test step (the struct then has 9 fields): an ordinary exec encodes as it did before the field
+//!   existed, and keeps its identity
+//!   - test_step: {1 artifacts: list<str>}
 //!   - mount: {1 target: str, 2 kind: enum} with kinds
 //!     `0x01` Bind {1 input, 2 source_path: str, 3 readonly: bool, 4 output: bool} ;
 //!     `0x02` Cache {1 id: str, 2 sharing: enum (1 shared, 2 private, 3 locked), 3 input,
@@ -243,7 +246,7 @@ fn source(e: &mut Encoder, s: &SourceOp) {
 type InputFn<'a> = dyn Fn(&mut Encoder, Option<NodeRef>) + 'a;
 
 fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
-    e.fields(8);
+    e.fields(if x.test.is_some() { 9 } else { 8 });
     e.tag(1);
     e.strs(&x.args);
     e.tag(2);
@@ -269,6 +272,12 @@ fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
     e.u64(x.mounts.len() as u64);
     for m in &x.mounts {
         mount(e, m, input);
+    }
+    if let Some(t) = &x.test {
+        e.tag(9);
+        e.fields(1);
+        e.tag(1);
+        e.strs(&t.artifacts);
     }
 }
 
@@ -509,24 +518,49 @@ fn copy_options(e: &mut Encoder, o: &CopyOptions) {
 mod tests {
     use super::*;
 
+    /// An exec of `args` with no mounts, a test step when `artifacts` is given.
+    fn exec_op(args: &[&str], artifacts: Option<&[&str]>) -> Op {
+        Op::Exec(ExecOp {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            security: SecurityMode::Sandbox,
+            platform: Platform::parse("linux/amd64").unwrap(),
+            mounts: vec![],
+            test: artifacts.map(|a| super::super::TestStep {
+                artifacts: a.iter().map(|p| p.to_string()).collect(),
+            }),
+        })
+    }
+
     #[test]
     fn strings_are_length_prefixed_so_concatenations_differ() {
-        let id = |args: Vec<&str>| {
-            let op = Op::Exec(ExecOp {
-                args: args.into_iter().map(String::from).collect(),
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                network: NetworkMode::Default,
-                security: SecurityMode::Sandbox,
-                platform: Platform::parse("linux/amd64").unwrap(),
-                mounts: vec![],
-            });
-            vertex_id(&op, &|_| unreachable!("no inputs"))
-        };
+        let id = |args: Vec<&str>| vertex_id(&exec_op(&args, None), &|_| unreachable!("no inputs"));
         assert_ne!(id(vec!["ab", "c"]), id(vec!["a", "bc"]));
         assert_ne!(id(vec!["abc"]), id(vec!["ab", "c"]));
         assert_eq!(id(vec!["a"]), id(vec!["a"]));
+    }
+
+    #[test]
+    fn a_test_step_has_its_own_identity_and_an_ordinary_exec_keeps_its_own() {
+        let op = |artifacts: Option<&[&str]>| exec_op(&["make", "test"], artifacts);
+        let id = |o: &Op| vertex_id(o, &|_| unreachable!("no inputs"));
+        let plain = id(&op(None));
+        let no_artifacts = id(&op(Some(&[])));
+        let reports = id(&op(Some(&["/reports"])));
+        assert_ne!(plain, no_artifacts);
+        assert_ne!(no_artifacts, reports);
+        assert_ne!(plain, reports);
+
+        // Without a test step the encoding is the 8-field struct it always was.
+        let mut e = Encoder::new();
+        encode_op(&mut e, &op(None), &|_| unreachable!());
+        let bytes = e.into_bytes();
+        let exec_start = 8 + VERSION.len() + 1;
+        assert_eq!(bytes[exec_start - 1], 0x02);
+        assert_eq!(bytes[exec_start..exec_start + 8], 8u64.to_le_bytes());
     }
 
     #[test]

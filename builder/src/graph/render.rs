@@ -84,6 +84,9 @@ fn summary(op: &Op) -> String {
             if x.security == super::SecurityMode::Insecure {
                 s.push_str(" security=insecure");
             }
+            if let Some(t) = &x.test {
+                let _ = write!(s, " test artifacts={}", q(&t.artifacts));
+            }
             s
         }
         Op::File(f) => format!("file on {} ({} actions)", input(f.base), f.actions.len()),

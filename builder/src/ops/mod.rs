@@ -1,6 +1,7 @@
 //! Operations: how each vertex of the graph is carried out (the solver's executor). A vertex's result is the list of layers (blobs in the
-//! store) its filesystem is made of, and the committed snapshot named by their chain id. Results stay
-//! meaningful across processes, so a cache record is just that list; a missing snapshot is rebuilt
+//! store) its filesystem is made of, and the committed snapshot named by their chain id; a test
+//! step's is its exit status and a tar of the files it was asked to hand over. Results stay
+//! meaningful across processes, so a cache record is just that; a missing snapshot is rebuilt
 //! from the blobs. File operations run in process on mounted snapshots, RUN steps go to the runner.
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use forge_runner::spec::{
     StepMountKind, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount as FsMount;
+use forge_snapshotter::compress::HashingWriter;
 use forge_snapshotter::layer::{LayerOptions, chain_id_step};
 use forge_snapshotter::snapshot::{
     AnySnapshotter, Kind, SnapshotError, Snapshotter, unpack_layer_snapshot,
@@ -47,6 +49,16 @@ pub struct Layer {
     pub source: Option<String>,
 }
 
+/// Files taken out of a test step: one uncompressed tar blob in the store, whose entries are named
+/// by their path in the step's root filesystem without the leading `/` (`reports/junit.xml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifacts {
+    pub digest: BlobDigest,
+    pub size: u64,
+    /// The requested paths that existed after the run, as the graph wrote them.
+    pub paths: Vec<String>,
+}
+
 /// A vertex's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -55,6 +67,13 @@ pub enum Built {
     Fs { layers: Vec<Layer> },
     /// The local directory given under this name (the build context), read in place.
     Local { name: String },
+    /// A test step's verdict ([`TestStep`](crate::graph::TestStep)): how its process exited (a
+    /// failure is a result here, not an error) and what it left at the artifact paths (`None`
+    /// when it left none of them).
+    Test {
+        exit_code: i32,
+        artifacts: Option<Artifacts>,
+    },
 }
 
 impl Record for Built {
@@ -72,7 +91,16 @@ impl Built {
     pub fn layers(&self) -> Option<&[Layer]> {
         match self {
             Built::Fs { layers } => Some(layers),
-            Built::Local { .. } => None,
+            Built::Local { .. } | Built::Test { .. } => None,
+        }
+    }
+
+    /// The blobs in the store this result needs (to keep them from `forge prune`).
+    pub fn blobs(&self) -> Vec<BlobDigest> {
+        match self {
+            Built::Fs { layers } => layers.iter().map(|l| l.digest.clone()).collect(),
+            Built::Local { .. } => Vec::new(),
+            Built::Test { artifacts, .. } => artifacts.iter().map(|a| a.digest.clone()).collect(),
         }
     }
 }
@@ -318,7 +346,29 @@ impl BuildExecutor {
                     Mounted::mount(&mounts, target)
                 }
             },
+            Built::Test { .. } => Err(ExecError::Unsupported(
+                "mounting a test step's result: it is not a filesystem".into(),
+            )),
         }
+    }
+
+    /// Tars what the step whose root filesystem `mounts` describe left at `paths` into one blob in
+    /// the store; `None` when none of them exists.
+    async fn take_artifacts(
+        &self,
+        mounts: &[FsMount],
+        paths: &[String],
+    ) -> Result<Option<Artifacts>, ExecError> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let root = Mounted::mount(mounts, self.cfg.work_dir.join(self.unique("artifacts")))?;
+        let dir = root.path().to_path_buf();
+        let store = self.cfg.store.clone();
+        let paths = paths.to_vec();
+        let taken = blocking(move || tar_artifacts(&dir, &paths, &store)).await;
+        drop(root);
+        taken
     }
 
     /// The local directory `name` as a step's bind mount sees it: only the entries its snapshot
@@ -731,7 +781,7 @@ impl BuildExecutor {
                 NetworkMode::None => StepNetwork::None,
                 NetworkMode::Host => StepNetwork::Host,
             },
-            rootfs,
+            rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,
         };
@@ -759,6 +809,15 @@ impl BuildExecutor {
                 return Err(e.into());
             }
         };
+        if let Some(test) = &op.test {
+            // A test's verdict is its result: nothing is committed, whatever the exit status.
+            let taken = self.take_artifacts(&rootfs, &test.artifacts).await;
+            let _ = self.cfg.snapshots.remove(&key);
+            return Ok(Built::Test {
+                exit_code: outcome.exit_code,
+                artifacts: taken?,
+            });
+        }
         if !outcome.success() {
             let _ = self.cfg.snapshots.remove(&key);
             return Err(ExecError::Exit {
@@ -799,6 +858,72 @@ impl BuildExecutor {
         let layers = self.commit_layer(key, &[], cancel).await?;
         Ok(Built::Fs { layers })
     }
+}
+
+/// Writes the entries at `paths` (resolved inside `root`, so a symlink cannot lead out of it;
+/// symlinks below them are stored as links) as a tar under the store's temporary directory, then
+/// moves it in as a blob.
+fn tar_artifacts(
+    root: &Path,
+    paths: &[String],
+    store: &Store,
+) -> Result<Option<Artifacts>, ExecError> {
+    let tmp = store.temp_path("artifacts");
+    let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    let written = (|| {
+        let mut tar = tar::Builder::new(HashingWriter::new(BufWriter::new(file)));
+        tar.follow_symlinks(false);
+        let mut found = Vec::new();
+        for p in paths {
+            let name = fileop::root::clean(p);
+            let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
+            let md = match std::fs::symlink_metadata(&at) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("reading", &at)(e)),
+            };
+            let rel = match name.trim_start_matches('/') {
+                "" => ".",
+                rel => rel,
+            };
+            if md.is_dir() {
+                tar.append_dir_all(rel, &at)
+            } else {
+                tar.append_path_with_name(&at, rel)
+            }
+            .map_err(io_err("archiving", &at))?;
+            found.push(p.clone());
+        }
+        let hashing = tar.into_inner().map_err(io_err("writing", &tmp))?;
+        let (buffered, digest, size) = hashing.finish();
+        buffered
+            .into_inner()
+            .map_err(|e| io_err("writing", &tmp)(e.into_error()))?
+            .sync_all()
+            .map_err(io_err("syncing", &tmp))?;
+        Ok((found, digest, size))
+    })();
+    let (paths, digest, size) = match written {
+        Ok((found, ..)) if found.is_empty() => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let digest: BlobDigest = digest
+        .to_string()
+        .parse()
+        .map_err(|e| ExecError::Internal(format!("artifacts digest: {e}")))?;
+    store.adopt(&tmp, &digest, size)?;
+    Ok(Some(Artifacts {
+        digest,
+        size,
+        paths,
+    }))
 }
 
 /// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,

@@ -8,6 +8,7 @@ mod key;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,15 +113,36 @@ pub enum Event {
     },
 }
 
+/// A vertex that did not run because a vertex it needs failed (in [`SolveOptions::keep_going`]
+/// mode; otherwise the first failure stops the whole solve).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub vertex: NodeRef,
+    pub description: String,
+    /// The failed vertex it depends on, directly or through other skipped ones (the first to fail,
+    /// when several did).
+    pub failed: NodeRef,
+    pub failed_description: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
     /// How many vertices may be computed at once (at least 1).
     pub jobs: usize,
+    /// A failure no longer stops the solve: every vertex that does not depend on a failed one
+    /// still runs, those that do are [`Skipped`], and the solve ends in [`SolveError::Failed`]
+    /// with every failure. Off (the default), the first failure cancels what is running and is
+    /// the solve's error. A test pipeline wants every job's verdict, not only the first.
+    pub keep_going: bool,
     /// Run every vertex, ignoring (and then replacing) recorded results.
     pub no_cache: bool,
-    /// Run the vertices of these stages (see [`stage_of`]) and everything computed from them.
+    /// Run the vertices of these stages ([`Vertex::stage`]) and everything computed from them.
     pub no_cache_filter: Vec<String>,
     pub events: Option<UnboundedSender<Event>>,
+    /// Where skipped vertices are announced as they are found (keep-going mode only). Kept apart
+    /// from `events` for now: the CLI's progress display matches [`Event`] exhaustively and is
+    /// being rewritten; fold this into an `Event` variant once it can show one.
+    pub skipped: Option<UnboundedSender<Skipped>>,
     /// Cancels the whole solve from outside (Ctrl-C); the solver also cancels it on a failure.
     pub cancel: CancellationToken,
 }
@@ -129,20 +151,14 @@ impl Default for SolveOptions {
     fn default() -> Self {
         Self {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            keep_going: false,
             no_cache: false,
             no_cache_filter: Vec::new(),
             events: None,
+            skipped: None,
             cancel: CancellationToken::new(),
         }
     }
-}
-
-/// The stage a vertex belongs to, read from its description: frontends write `[stage] ...` or
-/// `[stage 2/5] ...`; `[internal] ...` vertices (image loads, context) belong to none.
-pub fn stage_of(description: &str) -> Option<&str> {
-    let inner = description.strip_prefix('[')?.split(']').next()?;
-    let name = inner.split_whitespace().next()?;
-    (name != "internal").then_some(name)
 }
 
 #[derive(Debug, Error)]
@@ -169,10 +185,83 @@ pub enum SolveError {
     Panicked { description: String },
     #[error("the build was cancelled")]
     Cancelled,
+    /// Keep-going mode: every failure (each a `Step`, `Cache` or `Panicked` error), in the order
+    /// they happened, and the vertices skipped because of them, in graph order.
+    #[error("{}", failed_summary(failures, skipped))]
+    Failed {
+        failures: Vec<SolveError>,
+        skipped: Vec<Skipped>,
+    },
+}
+
+impl SolveError {
+    /// The failures this error stands for: the ones a keep-going solve collected, or itself.
+    pub fn failures(&self) -> Vec<&SolveError> {
+        match self {
+            SolveError::Failed { failures, .. } => failures.iter().collect(),
+            other => vec![other],
+        }
+    }
 }
 
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+/// `2 steps failed (1 skipped): step A failed: why; step B failed: why`. The failures' own causes
+/// are written out, as one error cannot have several sources.
+fn failed_summary(failures: &[SolveError], skipped: &[Skipped]) -> String {
+    let mut s = match failures.len() {
+        1 => "1 step failed".to_string(),
+        n => format!("{n} steps failed"),
+    };
+    if !skipped.is_empty() {
+        s.push_str(&format!(" ({} skipped)", skipped.len()));
+    }
+    for (i, f) in failures.iter().enumerate() {
+        s.push_str(if i == 0 { ": " } else { "; " });
+        s.push_str(&f.to_string());
+        if let Some(cause) = f.source() {
+            s.push_str(&format!(": {cause}"));
+        }
+    }
+    s
+}
+
+/// A solve that did not finish: why, and every vertex solved before the failure (or, in
+/// keep-going mode, besides the failures), so that a caller can still use what was done, such as
+/// the test reports of a failed pipeline.
+#[derive(Debug)]
+pub struct SolveFailure<R> {
+    pub error: SolveError,
+    pub solved: Solution<R>,
+}
+
+impl<R> SolveFailure<R> {
+    fn bare(error: SolveError) -> Self {
+        SolveFailure {
+            error,
+            solved: Solution::default(),
+        }
+    }
+}
+
+impl<R> fmt::Display for SolveFailure<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<R: fmt::Debug> StdError for SolveFailure<R> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.error.source()
+    }
+}
+
+impl<R> From<SolveFailure<R>> for SolveError {
+    fn from(f: SolveFailure<R>) -> Self {
+        f.error
+    }
 }
 
 /// A solved vertex.
@@ -184,15 +273,39 @@ pub struct Solved<R> {
     pub cached: bool,
 }
 
-/// Every vertex the requested outputs needed, solved.
+/// Every vertex the requested outputs needed, solved (or, in a [`SolveFailure`], those that were).
 #[derive(Debug, Clone)]
 pub struct Solution<R> {
     solved: HashMap<NodeRef, Solved<R>>,
 }
 
+impl<R> Default for Solution<R> {
+    fn default() -> Self {
+        Solution {
+            solved: HashMap::new(),
+        }
+    }
+}
+
 impl<R> Solution<R> {
     pub fn get(&self, vertex: NodeRef) -> Option<&Solved<R>> {
         self.solved.get(&vertex)
+    }
+
+    /// Every solved vertex, in graph order (each reference to a shared identity listed).
+    pub fn iter(&self) -> impl Iterator<Item = (NodeRef, &Solved<R>)> {
+        let mut refs: Vec<NodeRef> = self.solved.keys().copied().collect();
+        refs.sort();
+        refs.into_iter().map(|r| (r, &self.solved[&r]))
+    }
+
+    /// How many references are solved (a shared identity counts once per reference).
+    pub fn len(&self) -> usize {
+        self.solved.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.solved.is_empty()
     }
 
     /// How many distinct vertices ran (a vertex listed twice under one identity counts once).
@@ -252,12 +365,14 @@ impl<E: Executor> Solver<E> {
         &self,
         graph: Arc<Graph>,
         outputs: &[usize],
-    ) -> Result<Solution<E::Output>, SolveError> {
+    ) -> Result<Solution<E::Output>, SolveFailure<E::Output>> {
         let mut targets = Vec::new();
         for &index in outputs {
-            let o = graph.outputs.get(index).ok_or(SolveError::NoSuchOutput {
-                index,
-                count: graph.outputs.len(),
+            let o = graph.outputs.get(index).ok_or_else(|| {
+                SolveFailure::bare(SolveError::NoSuchOutput {
+                    index,
+                    count: graph.outputs.len(),
+                })
             })?;
             targets.push(o.root);
             targets.extend(o.gates.iter().copied());
@@ -268,13 +383,15 @@ impl<E: Executor> Solver<E> {
     /// Solves `targets` and what they need, nothing else.
     ///
     /// On a failure the solve cancels its token, awaits every running vertex and returns the first
-    /// error. Dropping the returned future instead aborts the running executors' futures without
-    /// awaiting their clean-up: cancel through [`SolveOptions::cancel`] and await to stop cleanly.
+    /// error, unless [`SolveOptions::keep_going`] asks it to finish what does not depend on the
+    /// failure and return every error; either way with what was solved. Dropping the returned
+    /// future instead aborts the running executors' futures without awaiting their clean-up:
+    /// cancel through [`SolveOptions::cancel`] and await to stop cleanly.
     pub async fn solve_vertices(
         &self,
         graph: Arc<Graph>,
         targets: &[NodeRef],
-    ) -> Result<Solution<E::Output>, SolveError> {
+    ) -> Result<Solution<E::Output>, SolveFailure<E::Output>> {
         // Two references with one identity are one vertex: the first (lowest index, so still
         // before all its users) stands for both.
         let mut first: HashMap<VertexId, NodeRef> = HashMap::new();
@@ -321,12 +438,17 @@ impl<E: Executor> Solver<E> {
         let mut forced: HashSet<NodeRef> = HashSet::new();
         let mut running = JoinSet::new();
         let mut task_nodes = HashMap::new();
-        let mut failure: Option<SolveError> = None;
+        // In fail-fast mode at most one: the first.
+        let mut failures: Vec<SolveError> = Vec::new();
+        let mut skipped: Vec<Skipped> = Vec::new();
+        let mut skipped_set: HashSet<NodeRef> = HashSet::new();
+        // Nothing more starts: the caller cancelled, or a failure in fail-fast mode.
+        let mut stopped = false;
 
         loop {
-            while failure.is_none() && running.len() < jobs {
+            while !stopped && running.len() < jobs {
                 if self.options.cancel.is_cancelled() {
-                    failure = Some(SolveError::Cancelled);
+                    stopped = true;
                     break;
                 }
                 let Some(node) = ready.pop_front() else { break };
@@ -334,8 +456,10 @@ impl<E: Executor> Solver<E> {
                 let vertex = graph.vertex(node);
                 let force = self.options.no_cache
                     || ins.iter().any(|i| forced.contains(i))
-                    || stage_of(&vertex.description)
-                        .is_some_and(|s| self.options.no_cache_filter.iter().any(|f| f == s));
+                    || vertex
+                        .stage
+                        .as_ref()
+                        .is_some_and(|s| self.options.no_cache_filter.contains(s));
                 let task = Task::<E> {
                     executor: self.executor.clone(),
                     cache: self.cache.clone(),
@@ -353,11 +477,13 @@ impl<E: Executor> Solver<E> {
             let Some(joined) = running.join_next_with_id().await else {
                 break;
             };
-            let result = match joined {
-                Ok((_, r)) => r,
-                Err(e) => Err(SolveError::Panicked {
-                    description: graph.vertex(task_nodes[&e.id()]).description.clone(),
-                }),
+            let (node, result) = match joined {
+                Ok((id, r)) => (task_nodes[&id], r),
+                Err(e) => {
+                    let node = task_nodes[&e.id()];
+                    let description = graph.vertex(node).description.clone();
+                    (node, Err(SolveError::Panicked { description }))
+                }
             };
             match result {
                 Ok(f) => {
@@ -373,24 +499,26 @@ impl<E: Executor> Solver<E> {
                     }
                     done.insert(f.node, f.solved);
                 }
-                // The first failure is the build's; what the cancelled siblings report after it
-                // is their reaction to it, not news.
+                // Once stopped, what the cancelled siblings report is their reaction to the stop,
+                // not news.
+                Err(_) if stopped => {}
+                Err(_) if self.options.cancel.is_cancelled() => stopped = true,
                 Err(e) => {
-                    if failure.is_none() {
-                        failure = Some(if self.options.cancel.is_cancelled() {
-                            SolveError::Cancelled
-                        } else {
-                            e
-                        });
+                    failures.push(e);
+                    if self.options.keep_going {
+                        skipped.extend(self.skip_dependents(
+                            &graph,
+                            node,
+                            &dependents,
+                            &mut skipped_set,
+                        ));
+                    } else {
+                        stopped = true;
                         cancel.cancel();
                     }
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        debug_assert_eq!(done.len(), order.len(), "every needed vertex solved");
         // Aliases (same identity, another reference) share their canonical vertex's result.
         let mut solved = HashMap::new();
         for (i, c) in canon.iter().enumerate() {
@@ -398,7 +526,56 @@ impl<E: Executor> Solver<E> {
                 solved.insert(NodeRef(i), s.clone());
             }
         }
-        Ok(Solution { solved })
+        let solved = Solution { solved };
+        // A failure seen before the caller cancelled stays the error: the cancellation that
+        // followed is not news.
+        let error = if failures.is_empty() {
+            if self.options.cancel.is_cancelled() {
+                SolveError::Cancelled
+            } else {
+                debug_assert_eq!(done.len(), order.len(), "every needed vertex solved");
+                return Ok(solved);
+            }
+        } else if self.options.keep_going {
+            skipped.sort_by_key(|s| s.vertex);
+            SolveError::Failed { failures, skipped }
+        } else {
+            failures.remove(0)
+        };
+        Err(SolveFailure { error, solved })
+    }
+
+    /// Marks everything that depends on the failed vertex `failed` as skipped and announces it;
+    /// returns the newly skipped.
+    fn skip_dependents(
+        &self,
+        graph: &Graph,
+        failed: NodeRef,
+        dependents: &HashMap<NodeRef, Vec<NodeRef>>,
+        skipped: &mut HashSet<NodeRef>,
+    ) -> Vec<Skipped> {
+        let mut out = Vec::new();
+        let mut stack = vec![failed];
+        while let Some(n) = stack.pop() {
+            for &d in dependents.get(&n).into_iter().flatten() {
+                if !skipped.insert(d) {
+                    continue;
+                }
+                let s = Skipped {
+                    vertex: d,
+                    description: graph.vertex(d).description.clone(),
+                    failed,
+                    failed_description: graph.vertex(failed).description.clone(),
+                };
+                if let Some(tx) = &self.options.skipped {
+                    // A listener that went away must not stop the build.
+                    let _ = tx.send(s.clone());
+                }
+                out.push(s);
+                stack.push(d);
+            }
+        }
+        out
     }
 }
 

@@ -868,6 +868,12 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         });
     }
 
+    /// Adds a vertex that is one of stage `i`'s own steps (not an `[internal]` helper).
+    fn add_step(&mut self, i: usize, op: Op, description: String, line: Option<usize>) -> NodeRef {
+        let stage = self.plans[i].name.clone();
+        self.g.add_in_stage(stage, op, description, line)
+    }
+
     fn describe(&self, i: usize, c: &Command) -> String {
         let text = c.original.trim();
         let text = if text.is_empty() {
@@ -959,7 +965,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                             owner: (!st.user.is_empty()).then(|| st.user.clone()),
                         }],
                     });
-                    st.root = Some(self.g.add(op, self.describe(i, c), Some(span.start.line)));
+                    st.root =
+                        Some(self.add_step(i, op, self.describe(i, c), Some(span.start.line)));
                 }
                 Self::history(st, format!("WORKDIR {wd}"), layer);
             }
@@ -1288,8 +1295,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             security: r.security,
             platform: st.platform.clone(),
             mounts,
+            test: None,
         };
-        st.root = Some(self.g.add(Op::Exec(exec), self.describe(i, c), line));
+        st.root = Some(self.add_step(i, Op::Exec(exec), self.describe(i, c), line));
 
         // History shows the build args in force, as `|N K=V ... cmd` (each name once, first place).
         let mut order: Vec<&str> = Vec::new();
@@ -1623,7 +1631,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         if cfg.link && cfg.chmod.is_empty() {
             // --link: the copy is built on scratch and layered on top, so it does not depend on
             // (and is cached independently of) the previous layers.
-            let layer = self.g.add(
+            let layer = self.add_step(
+                i,
                 Op::File(FileOp {
                     base: None,
                     platform: st.platform.clone(),
@@ -1632,7 +1641,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 description.clone(),
                 line,
             );
-            st.root = Some(self.g.add(
+            st.root = Some(self.add_step(
+                i,
                 Op::Merge(MergeOp {
                     inputs: vec![st.root, Some(layer)],
                 }),
@@ -1640,7 +1650,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 line,
             ));
         } else {
-            st.root = Some(self.g.add(
+            st.root = Some(self.add_step(
+                i,
                 Op::File(FileOp {
                     base: st.root,
                     platform: st.platform.clone(),
