@@ -285,7 +285,7 @@ impl Printer {
                 self.plain_line(i, &format!("DONE {}", secs(duration)));
                 self.close(i, Status::Done, Some(duration));
             }
-            BuildEvent::Warning(message) => {
+            BuildEvent::Warning { message } => {
                 self.warnings += 1;
                 match self.mode {
                     ProgressMode::Plain => {
@@ -1520,7 +1520,9 @@ mod tests {
         let (mut p, cap, t0) = printer(ProgressMode::Plain);
         p.handle_at(started(0, MAKE), ms(t0, 0));
         p.handle_at(
-            BuildEvent::Warning("--platform is the host's".into()),
+            BuildEvent::Warning {
+                message: "--platform is the host's".into(),
+            },
             ms(t0, 1),
         );
         p.handle_at(done(0, MAKE, 20), ms(t0, 20));
@@ -1588,7 +1590,12 @@ mod tests {
             },
             ms(t0, 2800),
         );
-        p.handle_at(BuildEvent::Warning("careful".into()), ms(t0, 2900));
+        p.handle_at(
+            BuildEvent::Warning {
+                message: "careful".into(),
+            },
+            ms(t0, 2900),
+        );
         p.finish_at(ms(t0, 3000));
         let v = json_lines(&cap.text());
         assert_eq!(v.len(), 10, "{v:#?}");
@@ -1739,7 +1746,12 @@ mod tests {
         p.handle_at(started(1, MAKE), ms(t0, 0));
         p.handle_at(out(1, "hello"), ms(t0, 1));
         p.handle_at(done(1, MAKE, 5), ms(t0, 5));
-        p.handle_at(BuildEvent::Warning("w".into()), ms(t0, 6));
+        p.handle_at(
+            BuildEvent::Warning {
+                message: "w".into(),
+            },
+            ms(t0, 6),
+        );
         p.tick_at(ms(t0, 7));
         let s = p.finish_at(ms(t0, 8));
         assert_eq!(cap.text(), "");
