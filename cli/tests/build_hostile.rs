@@ -77,12 +77,17 @@ impl Bench {
     }
 
     fn command(&self, args: &[&str], context: &Path) -> Command {
+        self.command_showing("plain", args, context)
+    }
+
+    /// As [`command`](Bench::command), with `--progress progress`.
+    fn command_showing(&self, progress: &str, args: &[&str], context: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_forge"));
         c.arg("build")
             .arg("--root")
             .arg(self.root())
             .arg("--progress")
-            .arg("plain")
+            .arg(progress)
             .args(args)
             .arg(context)
             .env_remove("FORGE_ROOT");
@@ -475,6 +480,37 @@ fn secrets_stay_out_of_layers_and_progress() {
             b.path().display()
         );
     }
+
+    // The json progress carries the same masked lines. (--no-cache: a cached step prints nothing.)
+    let secrets = [
+        "--no-cache",
+        "--secret",
+        &format!("id=tok,src={}", secret_file.display()),
+        "--secret",
+        "id=viaenv,env=FORGE_HOSTILE_SECRET",
+    ];
+    let out = bench
+        .command_showing("json", &secrets, &ctx)
+        .env("FORGE_HOSTILE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains(SECRET) && !err.contains("first-line-secret"),
+        "secret in the json progress: {err}"
+    );
+    let output: Vec<String> = err
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter(|v| v["type"] == "output")
+        .map(|v| v["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(output.iter().any(|l| l == "token is ****"), "{err}");
+    assert!(output.iter().any(|l| l == "****"), "{err}");
 
     // A required secret that is not given: the error says which and how to give it. (A cached
     // step needs no secret, as with BuildKit: --no-cache makes it run.)
