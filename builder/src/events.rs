@@ -1,10 +1,16 @@
 //! What a build reports while it runs, for a front end (the CLI's tty, plain or json printer, a
 //! server's live log) to draw. Every event is stamped with its build's id and the time it happened,
 //! and arrives on one unbounded channel in the order it happened; several builds may share a channel.
+//!
+//! An [`EventRecord`] serialises (serde) as one flat object: `build` (the id), `time` (RFC 3339,
+//! UTC, with the fraction of a second), `type` (`vertex.started`, `pull.blob.done`, `output`,
+//! `phase.done`, `warning`, ...) and the event's own fields; durations are whole milliseconds in
+//! `*_ms` fields. README.md lists every type; `forge build --progress json` prints exactly this.
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use forge_snapshotter::registry::{PullEvent, PushEvent};
@@ -13,34 +19,59 @@ use crate::graph::NodeRef;
 use crate::solver::Event;
 
 /// Which stream an output line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     Stdout,
     Stderr,
 }
 
 /// One thing that happened during a build.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
 pub enum BuildEvent {
-    /// A vertex was found cached, started, finished, failed or was cancelled.
-    Solver(Event),
     /// A line a running step printed (secrets already masked).
+    #[serde(rename = "output")]
     Output {
         vertex: NodeRef,
         stream: OutputStream,
         line: String,
     },
-    /// Progress of pulling the base image `reference`.
-    Pull { reference: String, event: PullEvent },
-    /// Progress of pushing to `reference` (each tag).
-    Push { reference: String, event: PushEvent },
     /// A named phase outside the graph (`resolving base images`, `exporting layers`,
     /// `writing image`, `pushing 127.0.0.1:5000/app:1`) began.
+    #[serde(rename = "phase.started")]
     PhaseStarted { name: String },
     /// That phase ended.
-    PhaseDone { name: String, duration: Duration },
+    #[serde(rename = "phase.done")]
+    PhaseDone {
+        name: String,
+        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
+        duration: Duration,
+    },
     /// Something the user should read but that does not stop the build.
-    Warning(String),
+    #[serde(rename = "warning")]
+    Warning { message: String },
+    // The variants below carry their own `type` (`vertex.*`, `pull.*`, `push.*`), so serde writes
+    // them untagged; it wants untagged variants last.
+    /// A vertex was found cached, started, finished, failed or was cancelled.
+    #[serde(untagged)]
+    Solver(Event),
+    /// Progress of pulling the base image `reference` (`image` when serialised).
+    #[serde(untagged)]
+    Pull {
+        #[serde(rename = "image")]
+        reference: String,
+        #[serde(flatten)]
+        event: PullEvent,
+    },
+    /// Progress of pushing to `reference`, the tags joined by `, ` (`image` when serialised).
+    #[serde(untagged)]
+    Push {
+        #[serde(rename = "image")]
+        reference: String,
+        #[serde(flatten)]
+        event: PushEvent,
+    },
 }
 
 /// Names one build for its whole life: its scratch directories, its snapshot keys, the lock that
@@ -80,12 +111,81 @@ impl fmt::Display for BuildId {
     }
 }
 
-/// One event as it leaves a build: which build, when, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Serialize for BuildId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BuildId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        BuildId::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid build id {s:?}")))
+    }
+}
+
+/// One event as it leaves a build: which build, when, and what. Serialised flat: `build`, `time`,
+/// then the event's `type` and fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub build: BuildId,
+    #[serde(with = "rfc3339")]
     pub time: SystemTime,
+    #[serde(flatten)]
     pub event: BuildEvent,
+}
+
+/// `time` as RFC 3339 in UTC with the fraction of a second (Go's `RFC3339Nano`: trailing zeros
+/// dropped), exact to the nanosecond both ways. Times before 1970 are refused.
+mod rfc3339 {
+    use std::time::{Duration, SystemTime};
+
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::export::time::{parse_rfc3339, rfc3339_nanos};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let since = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_err(|_| S::Error::custom("event time before 1970"))?;
+        let secs = i64::try_from(since.as_secs()).map_err(S::Error::custom)?;
+        let text = rfc3339_nanos(secs, since.subsec_nanos()).map_err(S::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_rfc3339(&text)
+            .and_then(|(secs, nanos)| {
+                let secs = u64::try_from(secs).ok()?;
+                SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            })
+            .ok_or_else(|| D::Error::custom(format!("invalid event time {text:?}")))
+    }
+}
+
+/// A solver event's [`CacheKey`] as its `blake3:<hex>` text.
+pub(crate) mod cache_key {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::solver::CacheKey;
+
+    pub fn serialize<S: Serializer>(key: &CacheKey, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(key)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CacheKey, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut key = [0u8; 32];
+        text.strip_prefix("blake3:")
+            .and_then(|h| hex::decode_to_slice(h, &mut key).ok())
+            .ok_or_else(|| D::Error::custom(format!("invalid cache key {text:?}")))?;
+        Ok(CacheKey(key))
+    }
 }
 
 /// Where a build's events go. Cheap to clone; every part of a build (sources, operations, the
@@ -146,5 +246,267 @@ impl Events {
             duration: start.elapsed(),
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use forge_snapshotter::registry::BlobKind;
+    use forge_snapshotter::store::Digest;
+
+    use super::*;
+    use crate::solver::CacheKey;
+
+    fn record(event: BuildEvent) -> EventRecord {
+        EventRecord {
+            build: BuildId::parse("0123456789abcdef").unwrap(),
+            time: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            event,
+        }
+    }
+
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
+    }
+
+    fn json(event: BuildEvent) -> String {
+        serde_json::to_string(&record(event)).unwrap()
+    }
+
+    /// One of every event a build sends. Durations are whole milliseconds: that is what the
+    /// serialised form keeps.
+    fn every_event() -> Vec<BuildEvent> {
+        let (vertex, description) = (NodeRef(3), "[app 2/4] RUN make".to_string());
+        let ms = Duration::from_millis;
+        let retry = |what: &str| (what.to_string(), 2, ms(500), "503".to_string());
+        let pull = |event| BuildEvent::Pull {
+            reference: "busybox".into(),
+            event,
+        };
+        let push = |event| BuildEvent::Push {
+            reference: "127.0.0.1:5000/app:1, 127.0.0.1:5000/app:2".into(),
+            event,
+        };
+        let (what, attempt, delay, error) = retry("blob");
+        vec![
+            BuildEvent::Solver(Event::Cached {
+                vertex,
+                description: description.clone(),
+                key: CacheKey([7; 32]),
+            }),
+            BuildEvent::Solver(Event::Started {
+                vertex,
+                description: description.clone(),
+            }),
+            BuildEvent::Solver(Event::Done {
+                vertex,
+                description: description.clone(),
+                duration: ms(1200),
+            }),
+            BuildEvent::Solver(Event::Failed {
+                vertex,
+                description: description.clone(),
+                duration: ms(5),
+                error: "exit status 1\nlast line".into(),
+            }),
+            BuildEvent::Solver(Event::Cancelled {
+                vertex,
+                description,
+            }),
+            BuildEvent::Output {
+                vertex,
+                stream: OutputStream::Stderr,
+                line: "warning: \"x\" is ****".into(),
+            },
+            pull(PullEvent::Resolved {
+                reference: "docker.io/library/busybox:latest".into(),
+                manifest: digest('d'),
+                platform: "linux/amd64".into(),
+                layers: 2,
+            }),
+            pull(PullEvent::Started {
+                digest: digest('a'),
+                kind: BlobKind::Layer,
+                total: 9000,
+            }),
+            pull(PullEvent::Progress {
+                digest: digest('a'),
+                bytes: 4500,
+                total: 9000,
+            }),
+            pull(PullEvent::Done {
+                digest: digest('a'),
+                bytes: 9000,
+            }),
+            pull(PullEvent::Cached {
+                digest: digest('c'),
+                kind: BlobKind::Config,
+                total: 1500,
+            }),
+            pull(PullEvent::Retrying {
+                what: what.clone(),
+                attempt,
+                delay,
+                error: error.clone(),
+            }),
+            push(PushEvent::Exists {
+                repository: "127.0.0.1:5000/app".into(),
+                digest: digest('b'),
+                kind: BlobKind::Layer,
+                total: 2_000_000,
+            }),
+            push(PushEvent::Mounted {
+                repository: "127.0.0.1:5000/app".into(),
+                from: "base".into(),
+                digest: digest('b'),
+                total: 2_000_000,
+            }),
+            push(PushEvent::Uploading {
+                digest: digest('e'),
+                bytes: 0,
+                total: 512,
+            }),
+            push(PushEvent::Uploaded {
+                repository: "127.0.0.1:5000/app".into(),
+                digest: digest('e'),
+                bytes: 512,
+            }),
+            push(PushEvent::ManifestPushed {
+                tag: "127.0.0.1:5000/app:1".into(),
+                digest: digest('f'),
+            }),
+            push(PushEvent::Retrying {
+                what,
+                attempt,
+                delay,
+                error,
+            }),
+            BuildEvent::PhaseStarted {
+                name: "exporting layers".into(),
+            },
+            BuildEvent::PhaseDone {
+                name: "exporting layers".into(),
+                duration: ms(42),
+            },
+            BuildEvent::Warning {
+                message: "--platform is the host's".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_json() {
+        for event in every_event() {
+            let rec = record(event);
+            let text = serde_json::to_string(&rec).unwrap();
+            let back: EventRecord =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back, rec, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_event_is_one_flat_object_with_build_time_and_a_distinct_type() {
+        let mut types = std::collections::BTreeSet::new();
+        for event in every_event() {
+            let v = serde_json::to_value(record(event)).unwrap();
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj["build"], "0123456789abcdef");
+            assert_eq!(obj["time"], "2023-11-14T22:13:20.123456789Z");
+            assert!(obj.values().all(|f| !f.is_object() && !f.is_array()), "{v}");
+            let t = obj["type"].as_str().unwrap().to_string();
+            assert!(types.insert(t.clone()), "{t} twice");
+        }
+        assert_eq!(types.len(), every_event().len());
+    }
+
+    #[test]
+    fn golden_shapes() {
+        let head = r#"{"build":"0123456789abcdef","time":"2023-11-14T22:13:20.123456789Z""#;
+        let [cached, started, done, failed, _, output, _, _, progress, ..] = &every_event()[..]
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            json(cached.clone()),
+            format!(
+                r#"{head},"type":"vertex.cached","vertex":3,"description":"[app 2/4] RUN make","cache_key":"blake3:{}"}}"#,
+                "07".repeat(32)
+            )
+        );
+        assert_eq!(
+            json(started.clone()),
+            format!(
+                r#"{head},"type":"vertex.started","vertex":3,"description":"[app 2/4] RUN make"}}"#
+            )
+        );
+        assert_eq!(
+            json(done.clone()),
+            format!(
+                r#"{head},"type":"vertex.done","vertex":3,"description":"[app 2/4] RUN make","duration_ms":1200}}"#
+            )
+        );
+        assert_eq!(
+            json(failed.clone()),
+            format!(
+                r#"{head},"type":"vertex.failed","vertex":3,"description":"[app 2/4] RUN make","duration_ms":5,"error":"exit status 1\nlast line"}}"#
+            )
+        );
+        assert_eq!(
+            json(output.clone()),
+            format!(
+                r#"{head},"type":"output","vertex":3,"stream":"stderr","line":"warning: \"x\" is ****"}}"#
+            )
+        );
+        assert_eq!(
+            json(progress.clone()),
+            format!(
+                r#"{head},"image":"busybox","type":"pull.blob.progress","digest":"{}","bytes":4500,"total":9000}}"#,
+                digest('a')
+            )
+        );
+        assert_eq!(
+            json(BuildEvent::PhaseDone {
+                name: "writing image".into(),
+                duration: Duration::from_micros(42_999),
+            }),
+            format!(r#"{head},"type":"phase.done","name":"writing image","duration_ms":42}}"#)
+        );
+        assert_eq!(
+            json(BuildEvent::Warning {
+                message: "careful".into()
+            }),
+            format!(r#"{head},"type":"warning","message":"careful"}}"#)
+        );
+    }
+
+    #[test]
+    fn a_whole_second_has_no_fraction() {
+        let mut rec = record(BuildEvent::PhaseStarted { name: "x".into() });
+        rec.time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20Z");
+        assert_eq!(serde_json::from_value::<EventRecord>(v).unwrap(), rec);
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        let good =
+            serde_json::to_value(record(BuildEvent::PhaseStarted { name: "x".into() })).unwrap();
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            serde_json::from_value::<EventRecord>(v)
+        };
+        assert!(with("type", "phase.started".into()).is_ok());
+        assert!(with("type", "vertex.exploded".into()).is_err());
+        assert!(with("build", "not-an-id".into()).is_err());
+        assert!(with("time", "2023-11-14 22:13".into()).is_err());
+        assert!(with("time", "1969-12-31T23:59:59Z".into()).is_err());
+        let mut cached = serde_json::to_value(record(every_event().remove(0))).unwrap();
+        cached["cache_key"] = "sha256:00".into();
+        assert!(serde_json::from_value::<EventRecord>(cached).is_err());
     }
 }

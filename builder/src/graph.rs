@@ -14,7 +14,7 @@ mod render;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use encode::Encoder;
 
@@ -52,7 +52,7 @@ impl Serialize for VertexId {
 
 /// A reference to a vertex of the same [`Graph`]: its index in [`Graph::vertices`].
 /// Vertices only reference earlier ones, so the vertex list is already in topological order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeRef(pub usize);
 

@@ -383,7 +383,8 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     let summary = runtime.block_on(printer).ok();
     match result {
         Ok(outcome) => {
-            if !args.quiet
+            // Json progress is records only, one per line; a reader counts from them.
+            if !matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
                 && let Some(s) = summary
             {
                 eprintln!("{s}");

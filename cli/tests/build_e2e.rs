@@ -1134,28 +1134,41 @@ fn source_date_epoch_gives_the_same_digest_from_two_empty_stores() {
 #[derive(Debug)]
 struct Vertex {
     name: String,
+    /// What its events said, in order: `cached`, `started`, `done`, ... (`type` without `vertex.`).
     statuses: Vec<String>,
 }
 
-/// The vertices of a `--progress json` log, by vertex number.
+/// The vertices of a successful build's `--progress json` log, by graph index. Every line must be
+/// one event record (`build`, `time`, `type`), all of one build.
 fn vertices(stderr: &str) -> BTreeMap<u64, Vertex> {
     let mut out: BTreeMap<u64, Vertex> = BTreeMap::new();
+    let mut builds = BTreeSet::new();
     for line in stderr.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        // The user namespace may be a single id: main warns before the build starts.
+        if line.starts_with("warning: ") {
             continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a json event ({e}): {line}\n{stderr}"));
+        let (Some(build), Some(_), Some(kind)) =
+            (v["build"].as_str(), v["time"].as_str(), v["type"].as_str())
+        else {
+            panic!("an event without build, time or type: {line}");
         };
-        let (Some(n), Some(status)) = (v["vertex"].as_u64(), v["status"].as_str()) else {
+        builds.insert(build.to_string());
+        let (Some(n), Some(status)) = (v["vertex"].as_u64(), kind.strip_prefix("vertex.")) else {
             continue;
         };
         let entry = out.entry(n).or_insert_with(|| Vertex {
             name: String::new(),
             statuses: Vec::new(),
         });
-        if let Some(name) = v["name"].as_str() {
+        if let Some(name) = v["description"].as_str() {
             entry.name = name.to_string();
         }
         entry.statuses.push(status.to_string());
     }
+    assert_eq!(builds.len(), 1, "events of {builds:?} in one build's log");
     out
 }
 

@@ -77,12 +77,17 @@ impl Bench {
     }
 
     fn command(&self, args: &[&str], context: &Path) -> Command {
+        self.command_showing("plain", args, context)
+    }
+
+    /// As [`command`](Bench::command), with `--progress progress`.
+    fn command_showing(&self, progress: &str, args: &[&str], context: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_forge"));
         c.arg("build")
             .arg("--root")
             .arg(self.root())
             .arg("--progress")
-            .arg("plain")
+            .arg(progress)
             .args(args)
             .arg(context)
             .env_remove("FORGE_ROOT");
@@ -419,26 +424,34 @@ fn secrets_stay_out_of_layers_and_progress() {
         &[],
     );
     let layout = bench.path().join("layout");
-    let out = bench
-        .command(
-            &[
-                "--secret",
-                &format!("id=tok,src={}", secret_file.display()),
-                "--secret",
-                "id=viaenv,env=FORGE_HOSTILE_SECRET",
-                "-o",
-                &format!("type=oci,dest={},tar=false", layout.display()),
-            ],
-            &ctx,
-        )
-        .env("FORGE_HOSTILE_SECRET", SECRET)
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        !err.contains(SECRET) && !err.contains("first-line-secret"),
-        "secret in the progress output: {err}"
+    let tok = format!("id=tok,src={}", secret_file.display());
+    // Builds with both secrets given; the build succeeds and its progress names neither.
+    let build = |progress: &str, extra: &[&str]| {
+        let secrets = [
+            "--secret",
+            &tok,
+            "--secret",
+            "id=viaenv,env=FORGE_HOSTILE_SECRET",
+        ];
+        let out = bench
+            .command_showing(progress, &[&secrets[..], extra].concat(), &ctx)
+            .env("FORGE_HOSTILE_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains(SECRET) && !err.contains("first-line-secret"),
+            "secret in the {progress} progress output: {err}"
+        );
+        err
+    };
+    let err = build(
+        "plain",
+        &[
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
     );
     assert!(err.contains("****"), "masked: {err}");
     assert!(err.contains("token is ****"), "{err}");
@@ -475,6 +488,20 @@ fn secrets_stay_out_of_layers_and_progress() {
             b.path().display()
         );
     }
+
+    // The json progress carries the same masked lines. (--no-cache: a cached step prints nothing.)
+    let err = build("json", &["--no-cache"]);
+    let output: Vec<String> = err
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter(|v| v["type"] == "output")
+        .map(|v| v["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(output.iter().any(|l| l == "token is ****"), "{err}");
+    assert!(output.iter().any(|l| l == "****"), "{err}");
 
     // A required secret that is not given: the error says which and how to give it. (A cached
     // step needs no secret, as with BuildKit: --no-cache makes it run.)

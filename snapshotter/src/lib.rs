@@ -5,6 +5,7 @@ pub mod compress;
 pub mod diff;
 pub mod layer;
 pub mod lock;
+pub mod millis;
 pub mod mount;
 pub mod reference;
 pub mod registry;

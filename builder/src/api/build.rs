@@ -157,7 +157,7 @@ impl Session {
             .await
             .map_err(|e| lower_error(e, &name, &text))?;
         for w in &lowered.warnings {
-            events.emit(BuildEvent::Warning(w.clone()));
+            events.emit(BuildEvent::Warning { message: w.clone() });
         }
         let snapshot = walk
             .await

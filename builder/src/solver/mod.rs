@@ -83,30 +83,41 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// Progress, sent as it happens; the order between vertices running at once is not defined.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialised with a `type` tag (`vertex.started`, ...) beside the variant's fields; see
+/// [`crate::events`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
 pub enum Event {
     /// The vertex's result came from the cache: it will not run.
+    #[serde(rename = "vertex.cached")]
     Cached {
         vertex: NodeRef,
         description: String,
+        #[serde(rename = "cache_key", with = "crate::events::cache_key")]
         key: CacheKey,
     },
+    #[serde(rename = "vertex.started")]
     Started {
         vertex: NodeRef,
         description: String,
     },
+    #[serde(rename = "vertex.done")]
     Done {
         vertex: NodeRef,
         description: String,
+        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
         duration: Duration,
     },
+    #[serde(rename = "vertex.failed")]
     Failed {
         vertex: NodeRef,
         description: String,
+        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
         duration: Duration,
         error: String,
     },
     /// The vertex stopped because the build was cancelled (by another failure or the caller).
+    #[serde(rename = "vertex.cancelled")]
     Cancelled {
         vertex: NodeRef,
         description: String,

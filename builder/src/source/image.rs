@@ -97,9 +97,11 @@ pub async fn pull_base(
             let stored = store.get_image(&r.to_string())?;
             match stored {
                 Some(rec) if rec.blobs().iter().all(|d| store.has_blob(d)) => {
-                    events.emit(BuildEvent::Warning(format!(
-                        "could not reach the registry for {reference} ({e}); using the copy in the store"
-                    )));
+                    events.emit(BuildEvent::Warning {
+                        message: format!(
+                            "could not reach the registry for {reference} ({e}); using the copy in the store"
+                        ),
+                    });
                     rec
                 }
                 _ => {

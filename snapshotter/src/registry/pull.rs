@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AuthError, RegistryClient, oci_reference};
 use crate::reference::Reference;
@@ -39,16 +39,20 @@ const LAYER_TYPES: &[&str] = &[
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// Which part of an image a blob is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BlobKind {
     Config,
     Layer,
 }
 
-/// What a pull reports as it goes, for the CLI to draw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a pull reports as it goes, for the CLI to draw. Serialised with a `type` tag
+/// (`pull.resolved`, `pull.blob.started`, ...) beside the variant's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
 pub enum PullEvent {
     /// The reference resolved to this manifest.
+    #[serde(rename = "pull.resolved")]
     Resolved {
         reference: String,
         manifest: Digest,
@@ -56,29 +60,35 @@ pub enum PullEvent {
         layers: usize,
     },
     /// A blob download began.
+    #[serde(rename = "pull.blob.started")]
     Started {
         digest: Digest,
         kind: BlobKind,
         total: u64,
     },
     /// Bytes of a blob received so far.
+    #[serde(rename = "pull.blob.progress")]
     Progress {
         digest: Digest,
         bytes: u64,
         total: u64,
     },
     /// A blob is in the store, verified.
+    #[serde(rename = "pull.blob.done")]
     Done { digest: Digest, bytes: u64 },
     /// The store already had the blob; nothing was downloaded.
+    #[serde(rename = "pull.blob.cached")]
     Cached {
         digest: Digest,
         kind: BlobKind,
         total: u64,
     },
     /// A transient failure; the request is tried again after `delay`.
+    #[serde(rename = "pull.retrying")]
     Retrying {
         what: String,
         attempt: u32,
+        #[serde(rename = "delay_ms", with = "crate::millis")]
         delay: Duration,
         error: String,
     },

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oci_client::errors::OciDistributionError;
+use serde::{Deserialize, Serialize};
 
 use super::{AuthError, BlobKind, PullError, RegistryClient, is_transient, oci_reference};
 use crate::reference::Reference;
@@ -70,9 +71,13 @@ impl PushImage {
 }
 
 /// What a push reports as it goes, for the CLI to draw. `repository` is `registry/repository`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialised with a `type` tag (`push.blob.exists`, `push.manifest`, ...) beside the variant's
+/// fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
 pub enum PushEvent {
     /// The registry already has the blob in this repository; nothing was sent.
+    #[serde(rename = "push.blob.exists")]
     Exists {
         repository: String,
         digest: Digest,
@@ -80,6 +85,7 @@ pub enum PushEvent {
         total: u64,
     },
     /// The registry linked the blob from another of its repositories; nothing was sent.
+    #[serde(rename = "push.blob.mounted")]
     Mounted {
         repository: String,
         from: String,
@@ -87,23 +93,28 @@ pub enum PushEvent {
         total: u64,
     },
     /// Bytes of a blob handed to the connection so far (restarts from 0 when an upload is retried).
+    #[serde(rename = "push.blob.progress")]
     Uploading {
         digest: Digest,
         bytes: u64,
         total: u64,
     },
     /// The registry accepted the blob, having checked its digest.
+    #[serde(rename = "push.blob.done")]
     Uploaded {
         repository: String,
         digest: Digest,
         bytes: u64,
     },
     /// The manifest is in the registry under `tag` (a full reference).
+    #[serde(rename = "push.manifest")]
     ManifestPushed { tag: String, digest: Digest },
     /// A transient failure; the request is tried again after `delay`.
+    #[serde(rename = "push.retrying")]
     Retrying {
         what: String,
         attempt: u32,
+        #[serde(rename = "delay_ms", with = "crate::millis")]
         delay: Duration,
         error: String,
     },
