@@ -1310,7 +1310,7 @@ fn keep_going_reports_skipped_steps_with_the_failure_they_waited_for() {
     drop(events);
     let mut warnings = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let BuildEvent::Warning(w) = ev.event {
+        if let BuildEvent::Warning { message: w } = ev.event {
             warnings.push(w);
         }
     }

@@ -420,10 +420,12 @@ async fn solve_reporting(
                     Some(s) => {
                         // A warning until the progress display shows skipped steps (see
                         // SolveOptions::skipped).
-                        out.emit(BuildEvent::Warning(format!(
-                            "{}: skipped, as {} failed",
-                            s.description, s.failed_description
-                        )));
+                        out.emit(BuildEvent::Warning {
+                            message: format!(
+                                "{}: skipped, as {} failed",
+                                s.description, s.failed_description
+                            ),
+                        });
                         record(VertexReport {
                             vertex: s.vertex,
                             description: s.description,
