@@ -17,6 +17,7 @@ use forge_builder::frontend::dockerfile::parser;
 use forge_builder::frontend::dockerignore::Dockerignore;
 use forge_builder::graph::Graph;
 use forge_builder::ops::{BuildExecutor, Built, ExecError, ExecutorConfig, Layer, LocalDir};
+use forge_builder::scratch::Scratch;
 use forge_builder::solver::{DiskCache, Solution, SolveError};
 use forge_builder::source::context::{ContextSnapshot, SnapshotOptions};
 use forge_runner::backend::Backend;
@@ -145,8 +146,7 @@ impl Bench {
         let graph = Arc::new(lower_dockerfile(dockerfile, context));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let events = Events::new(BuildId::new(), Some(tx));
-        let work_dir = self.tmp.path().join(format!("work-{}", rand_suffix()));
-        let executor = Arc::new(self.executor(&graph, context, &work_dir, &events)?);
+        let executor = Arc::new(self.executor(&graph, context, &events)?);
         let solved = api::solve(
             graph.clone(),
             executor.clone(),
@@ -156,7 +156,6 @@ impl Bench {
         )
         .await;
         drop(events);
-        let _ = std::fs::remove_dir_all(&work_dir);
         // The executor still holds a sender: take what arrived so far.
         let mut events = Vec::new();
         while let Ok(ev) = rx.try_recv() {
@@ -179,12 +178,12 @@ impl Bench {
     }
 
     /// An executor on this bench's store for `graph`, with `context` as the build context (its
-    /// .dockerignore applied), working under `work_dir`.
+    /// .dockerignore applied), in scratch space of its own (under the store's tmp/, alive while
+    /// the executor lives, as a build's is).
     fn executor(
         &self,
         graph: &Graph,
         context: &Path,
-        work_dir: &Path,
         events: &Events,
     ) -> Result<BuildExecutor, ExecError> {
         let ignore = Dockerignore::from_patterns(ignore_patterns(context)).unwrap();
@@ -202,7 +201,7 @@ impl Bench {
                 store: self.store.clone(),
                 snapshots: self.snapshots.clone(),
                 runner: self.runner.clone(),
-                work_dir: work_dir.to_path_buf(),
+                scratch: Arc::new(Scratch::create(&self.root(), &BuildId::new()).unwrap()),
                 locals: HashMap::from([(
                     "context".to_string(),
                     LocalDir {
@@ -275,12 +274,6 @@ fn lower_dockerfile(dockerfile: &str, context: &Path) -> Graph {
     )
     .expect("Dockerfile lowers")
     .graph
-}
-
-fn rand_suffix() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One entry of a layer tar.
@@ -1178,10 +1171,7 @@ fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
         let graph = Arc::new(graph_with_test_steps(&ctx));
         let gates = graph.outputs[0].gates.clone();
         let solve = || async {
-            let work_dir = bench.tmp.path().join(format!("work-{}", rand_suffix()));
-            let executor = bench
-                .executor(&graph, &ctx, &work_dir, &Events::discard())
-                .unwrap();
+            let executor = bench.executor(&graph, &ctx, &Events::discard()).unwrap();
             let solved = Solver::new(
                 Arc::new(executor),
                 bench.cache.clone(),
@@ -1189,7 +1179,6 @@ fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
             )
             .solve(graph.clone(), &[0])
             .await;
-            let _ = std::fs::remove_dir_all(&work_dir);
             solved.expect("a failing test is a result, not an error")
         };
 
@@ -1275,8 +1264,7 @@ fn keep_going_reports_skipped_steps_with_the_failure_they_waited_for() {
     ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let events = Events::new(BuildId::new(), Some(tx));
-    let work_dir = bench.tmp.path().join("work-keep-going");
-    let executor = Arc::new(bench.executor(&graph, &ctx, &work_dir, &events).unwrap());
+    let executor = Arc::new(bench.executor(&graph, &ctx, &events).unwrap());
     let settings = SolveSettings {
         keep_going: true,
         ..SolveSettings::default()

@@ -126,12 +126,14 @@ impl Session {
             Compression::Zstd { level: 1 }
         };
 
-        let scratch = Scratch::create(&self.root, events.build()).map_err(|e| {
-            BuildError::Invalid(format!(
-                "scratch space under {}: {e}",
-                crate::scratch::tmp_root(&self.root).display()
-            ))
-        })?;
+        let scratch = Scratch::create(&self.root, events.build())
+            .map(Arc::new)
+            .map_err(|e| {
+                BuildError::Invalid(format!(
+                    "scratch space under {}: {e}",
+                    crate::scratch::tmp_root(&self.root).display()
+                ))
+            })?;
 
         // The context walk (memoised) runs while base images resolve.
         let ctx_dir = request.context.clone();
@@ -173,7 +175,7 @@ impl Session {
                 store: self.store.clone(),
                 snapshots: self.snapshots.clone(),
                 runner: runner.clone(),
-                work_dir: scratch.work(),
+                scratch: scratch.clone(),
                 locals: HashMap::from([(
                     "context".to_string(),
                     LocalDir {

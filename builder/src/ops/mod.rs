@@ -208,7 +208,9 @@ pub struct ExecutorConfig {
     pub snapshots: Arc<AnySnapshotter>,
     pub runner: Arc<Backend>,
     /// Where mount points and temporary files go (removed at the end).
-    pub work_dir: PathBuf,
+    /// The build's scratch space: mount points go under its `work()`, and scratch snapshot keys
+    /// carry its id, so a build that died is told from a running one by its lock.
+    pub scratch: Arc<crate::scratch::Scratch>,
     pub locals: HashMap<String, LocalDir>,
     /// By the reference as the graph writes it.
     pub images: HashMap<String, BaseImage>,
@@ -230,7 +232,8 @@ pub struct BuildExecutor {
 
 impl BuildExecutor {
     pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
-        std::fs::create_dir_all(&cfg.work_dir).map_err(io_err("creating", &cfg.work_dir))?;
+        let work = cfg.scratch.work();
+        std::fs::create_dir_all(&work).map_err(io_err("creating", &work))?;
         let mut nodes = HashMap::new();
         for (i, v) in graph.vertices.iter().enumerate() {
             nodes.entry(v.id).or_insert(NodeRef(i));
@@ -281,7 +284,7 @@ impl BuildExecutor {
     fn unique(&self, what: &str) -> String {
         format!(
             "build-{}-{}-{what}",
-            self.cfg.events.build(),
+            self.cfg.scratch.id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         )
     }
@@ -336,13 +339,13 @@ impl BuildExecutor {
             }
             Built::Fs { layers } => match self.ensure_snapshot(layers).await? {
                 None => {
-                    let dir = self.cfg.work_dir.join(self.unique("scratch"));
+                    let dir = self.cfg.scratch.work().join(self.unique("scratch"));
                     std::fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
                     Ok(Mounted::owned_dir(dir))
                 }
                 Some(name) => {
                     let mounts = self.cfg.snapshots.mounts(&name)?;
-                    let target = self.cfg.work_dir.join(self.unique("ro"));
+                    let target = self.cfg.scratch.work().join(self.unique("ro"));
                     Mounted::mount(&mounts, target)
                 }
             },
@@ -362,7 +365,10 @@ impl BuildExecutor {
         if paths.is_empty() {
             return Ok(None);
         }
-        let root = Mounted::mount(mounts, self.cfg.work_dir.join(self.unique("artifacts")))?;
+        let root = Mounted::mount(
+            mounts,
+            self.cfg.scratch.work().join(self.unique("artifacts")),
+        )?;
         let dir = root.path().to_path_buf();
         let store = self.cfg.store.clone();
         let paths = paths.to_vec();
@@ -392,7 +398,7 @@ impl BuildExecutor {
         let src = local.dir.clone();
         let snapshot = local.snapshot.clone();
         blocking(move || populate_view(&src, &snapshot, &dir, !writable)).await?;
-        Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("ctxm")))
+        Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
     /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer blob and commits it under
@@ -495,7 +501,7 @@ impl BuildExecutor {
         let key = self.unique("file");
         let mounts = self.cfg.snapshots.prepare(&key, parent.as_deref())?;
         let outcome = async {
-            let dest = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("rw")))?;
+            let dest = Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("rw")))?;
             let mut sources = Sources::default();
             let mut held = Vec::new();
             for a in &op.actions {
@@ -621,7 +627,7 @@ impl BuildExecutor {
                             scratch_keys.push(k);
                             let m = Mounted::mount(
                                 &mounts,
-                                self.cfg.work_dir.join(self.unique("rwb")),
+                                self.cfg.scratch.work().join(self.unique("rwb")),
                             )?;
                             let p = m.path().join(source_path.trim_start_matches('/'));
                             held.push(m);
@@ -847,7 +853,7 @@ impl BuildExecutor {
         let key = self.unique("http");
         let mounts = self.cfg.snapshots.prepare(&key, None)?;
         let fetched = async {
-            let dest = Mounted::mount(&mounts, self.cfg.work_dir.join(self.unique("http")))?;
+            let dest = Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("http")))?;
             http.fetch_into(url, checksum, dest.path(), filename).await
         }
         .await;
