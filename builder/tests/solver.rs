@@ -778,14 +778,12 @@ async fn keep_going_finishes_independent_branches_and_reports_every_failure() {
     let mock = Arc::new(mock);
     let cache = Arc::new(MemoryCache::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (skip_tx, mut skip_rx) = tokio::sync::mpsc::unbounded_channel();
     let failure = solver(
         &mock,
         cache.clone(),
         SolveOptions {
             keep_going: true,
             events: Some(tx),
-            skipped: Some(skip_tx),
             ..options(4)
         },
     )
@@ -866,9 +864,20 @@ async fn keep_going_finishes_independent_branches_and_reports_every_failure() {
     );
 
     // Announced as they were found, with their cause.
+    let mut events = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        events.push(ev);
+    }
     let mut announced = Vec::new();
-    while let Ok(s) = skip_rx.try_recv() {
-        announced.push((s.description, s.failed_description));
+    for ev in &events {
+        if let Event::Skipped {
+            description,
+            failed_description,
+            ..
+        } = ev
+        {
+            announced.push((description.clone(), failed_description.clone()));
+        }
     }
     announced.sort();
     assert_eq!(
@@ -889,7 +898,7 @@ async fn keep_going_finishes_independent_branches_and_reports_every_failure() {
         ]
     );
     let mut failed_events = 0;
-    while let Ok(ev) = rx.try_recv() {
+    for ev in events {
         match ev {
             Event::Failed { .. } => failed_events += 1,
             Event::Cancelled { description, .. } => panic!("{description} was cancelled"),

@@ -25,8 +25,7 @@ use crate::graph::{Graph, Platform};
 use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
 use crate::scratch::Scratch;
 use crate::solver::{
-    CacheStore, CancellationToken, DiskCache, Event, Skipped, Solution, SolveFailure, SolveOptions,
-    Solver,
+    CacheStore, CancellationToken, DiskCache, Event, Solution, SolveFailure, SolveOptions, Solver,
 };
 use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
 
@@ -397,49 +396,15 @@ async fn solve_reporting(
     reports: Option<Arc<Mutex<Vec<VertexReport>>>>,
 ) -> Result<Solution<Built>, SolveFailure<Built>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let (skip_tx, mut skip_rx) = tokio::sync::mpsc::unbounded_channel::<Skipped>();
     let out = events.clone();
     let forward = tokio::spawn(async move {
-        let record = |report: VertexReport| {
-            if let Some(r) = &reports {
+        while let Some(ev) = rx.recv().await {
+            if let Some(r) = &reports
+                && let Some(report) = report_of(&ev)
+            {
                 r.lock().expect("not poisoned").push(report);
             }
-        };
-        let (mut events_open, mut skips_open) = (true, true);
-        while events_open || skips_open {
-            tokio::select! {
-                ev = rx.recv(), if events_open => match ev {
-                    None => events_open = false,
-                    Some(ev) => {
-                        if let Some(report) = report_of(&ev) {
-                            record(report);
-                        }
-                        out.emit(BuildEvent::Solver(ev));
-                    }
-                },
-                s = skip_rx.recv(), if skips_open => match s {
-                    None => skips_open = false,
-                    Some(s) => {
-                        // A warning until the progress display shows skipped steps (see
-                        // SolveOptions::skipped).
-                        out.emit(BuildEvent::Warning {
-                            message: format!(
-                                "{}: skipped, as {} failed",
-                                s.description, s.failed_description
-                            ),
-                        });
-                        record(VertexReport {
-                            vertex: s.vertex,
-                            description: s.description,
-                            key: None,
-                            cached: false,
-                            duration: None,
-                            error: None,
-                            skipped: Some(s.failed),
-                        });
-                    }
-                },
-            }
+            out.emit(BuildEvent::Solver(ev));
         }
     });
     let mut options = SolveOptions {
@@ -447,7 +412,6 @@ async fn solve_reporting(
         no_cache: settings.no_cache,
         no_cache_filter: settings.no_cache_filter.clone(),
         events: Some(tx),
-        skipped: settings.keep_going.then_some(skip_tx),
         cancel: settings.cancel.clone(),
         ..SolveOptions::default()
     };
@@ -504,6 +468,20 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
             duration: Some(*duration),
             error: Some(error.clone()),
             skipped: None,
+        }),
+        Event::Skipped {
+            vertex,
+            description,
+            failed,
+            ..
+        } => Some(VertexReport {
+            vertex: *vertex,
+            description: description.clone(),
+            key: None,
+            cached: false,
+            duration: None,
+            error: None,
+            skipped: Some(*failed),
         }),
         Event::Started { .. } | Event::Cancelled { .. } => None,
     }

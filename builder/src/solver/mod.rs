@@ -122,6 +122,15 @@ pub enum Event {
         vertex: NodeRef,
         description: String,
     },
+    /// The vertex will not run: `failed`, which it needs (directly or through other skipped
+    /// vertices), failed. Only in [`SolveOptions::keep_going`] mode; otherwise a failure cancels.
+    #[serde(rename = "vertex.skipped")]
+    Skipped {
+        vertex: NodeRef,
+        description: String,
+        failed: NodeRef,
+        failed_description: String,
+    },
 }
 
 /// A vertex that did not run because a vertex it needs failed (in [`SolveOptions::keep_going`]
@@ -150,10 +159,6 @@ pub struct SolveOptions {
     /// Run the vertices of these stages ([`Vertex::stage`]) and everything computed from them.
     pub no_cache_filter: Vec<String>,
     pub events: Option<UnboundedSender<Event>>,
-    /// Where skipped vertices are announced as they are found (keep-going mode only). Kept apart
-    /// from `events` for now: the CLI's progress display matches [`Event`] exhaustively and is
-    /// being rewritten; fold this into an `Event` variant once it can show one.
-    pub skipped: Option<UnboundedSender<Skipped>>,
     /// Cancels the whole solve from outside (Ctrl-C); the solver also cancels it on a failure.
     pub cancel: CancellationToken,
 }
@@ -166,7 +171,6 @@ impl Default for SolveOptions {
             no_cache: false,
             no_cache_filter: Vec::new(),
             events: None,
-            skipped: None,
             cancel: CancellationToken::new(),
         }
     }
@@ -578,9 +582,14 @@ impl<E: Executor> Solver<E> {
                     failed,
                     failed_description: graph.vertex(failed).description.clone(),
                 };
-                if let Some(tx) = &self.options.skipped {
+                if let Some(tx) = &self.options.events {
                     // A listener that went away must not stop the build.
-                    let _ = tx.send(s.clone());
+                    let _ = tx.send(Event::Skipped {
+                        vertex: s.vertex,
+                        description: s.description.clone(),
+                        failed: s.failed,
+                        failed_description: s.failed_description.clone(),
+                    });
                 }
                 out.push(s);
                 stack.push(d);

@@ -61,6 +61,8 @@ pub struct Summary {
     pub cached: usize,
     pub failed: usize,
     pub canceled: usize,
+    /// Steps that did not run because one they need failed (keep-going solves).
+    pub skipped: usize,
     pub warnings: usize,
     /// From the printer's creation to its end.
     pub elapsed: Duration,
@@ -69,7 +71,7 @@ pub struct Summary {
 impl Summary {
     /// Every step the build reached, whatever became of it.
     pub fn steps(&self) -> usize {
-        self.executed + self.cached + self.failed + self.canceled
+        self.executed + self.cached + self.failed + self.canceled + self.skipped
     }
 }
 
@@ -78,7 +80,7 @@ impl fmt::Display for Summary {
         let steps = self.steps();
         let noun = if steps == 1 { "step" } else { "steps" };
         let secs = self.elapsed.as_secs_f64();
-        if self.failed == 0 && self.canceled == 0 {
+        if self.failed == 0 && self.canceled == 0 && self.skipped == 0 {
             write!(
                 f,
                 "built in {secs:.1}s: {steps} {noun}, {} cached",
@@ -92,6 +94,9 @@ impl fmt::Display for Summary {
             )?;
             if self.canceled > 0 {
                 write!(f, ", {} canceled", self.canceled)?;
+            }
+            if self.skipped > 0 {
+                write!(f, ", {} skipped", self.skipped)?;
             }
             Ok(())
         }

@@ -157,6 +157,7 @@ fn status_line(e: &Entry) -> String {
         Status::Done | Status::Running => format!("DONE {took}"),
         Status::Failed => format!("ERROR: {}", e.error.as_deref().unwrap_or_default()),
         Status::Canceled => "CANCELED".into(),
+        Status::Skipped => format!("SKIPPED: {}", e.error.as_deref().unwrap_or_default()),
     }
 }
 

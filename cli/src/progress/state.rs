@@ -32,6 +32,8 @@ pub(super) enum Status {
     Done,
     Failed,
     Canceled,
+    /// Not run: a step it needs failed (its error names that step).
+    Skipped,
 }
 
 pub(super) struct Transfer {
@@ -165,10 +167,19 @@ impl State {
                 vertex,
                 description,
             } => (vertex, description, Status::Canceled, None),
+            Event::Skipped {
+                vertex,
+                description,
+                ..
+            } => (vertex, description, Status::Skipped, None),
         };
         let i = self.vertex_entry(*vertex, description, now);
-        if let Event::Failed { error, .. } = ev {
-            self.entries[i].error = Some(error.clone());
+        match ev {
+            Event::Failed { error, .. } => self.entries[i].error = Some(error.clone()),
+            Event::Skipped {
+                failed_description, ..
+            } => self.entries[i].error = Some(format!("{failed_description} failed")),
+            _ => {}
         }
         match status {
             Status::Running => {
@@ -395,6 +406,7 @@ impl State {
                 Status::Done => summary.executed += 1,
                 Status::Failed => summary.failed += 1,
                 Status::Canceled => summary.canceled += 1,
+                Status::Skipped => summary.skipped += 1,
             }
         }
         summary

@@ -133,6 +133,7 @@ fn finished_line(e: &Entry, width: usize) -> String {
         Status::Cached => fit(&format!(" => CACHED {}", e.name), "", width),
         Status::Failed => fit(&format!(" => ERROR {}", e.name), &time, width),
         Status::Canceled => fit(&format!(" => CANCELED {}", e.name), &time, width),
+        Status::Skipped => fit(&format!(" => SKIPPED {}", e.name), "", width),
         Status::Done | Status::Running => fit(&format!(" => {}", e.name), &time, width),
     }
 }
