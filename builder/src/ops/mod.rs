@@ -1,8 +1,9 @@
-//! Operations: how each vertex of the graph is carried out (the solver's executor). A vertex's result is the list of layers (blobs in the
-//! store) its filesystem is made of, and the committed snapshot named by their chain id; a test
-//! step's is its exit status and a tar of the files it was asked to hand over. Results stay
-//! meaningful across processes, so a cache record is just that; a missing snapshot is rebuilt
-//! from the blobs. File operations run in process on mounted snapshots, RUN steps go to the runner.
+//! Operations: how each vertex of the graph is carried out (the solver's executor). A vertex's
+//! result is the list of layers (blobs in the store) its filesystem is made of, and the committed
+//! snapshot named by their chain id; a test step's is its exit status and a tar of the files it was
+//! asked to hand over. Results stay meaningful across processes, so a cache record is just that; a
+//! missing snapshot is rebuilt from the blobs. File operations run in process on mounted
+//! snapshots, RUN steps go to the runner.
 
 use std::collections::HashMap;
 use std::fs::File;
