@@ -435,25 +435,30 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Ctrl-C or SIGTERM during the build cancels it, so running steps are killed and their scratch
+/// Ctrl-C, SIGTERM or SIGHUP during the build cancels it, so running steps are killed and their scratch
 /// snapshots and mount points removed before forge exits, instead of the default action leaving
 /// them for the next build to find. A second signal then acts as it normally would.
 async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    // SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C, not leave run/ and
+    // tmp/ behind.
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
     cancel.cancel();
     for sig in [
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
     ] {
         // SAFETY: restores the default disposition; no handler of ours runs.
         let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };

@@ -113,3 +113,123 @@ fn a_huge_run_command_line_is_cut_in_the_error() {
         out.stderr.len()
     );
 }
+
+/// Issue 11.7: SIGHUP (a closed terminal or ssh session) killed forge without clean-up, leaving
+/// `run/` and `tmp/` directories behind. It now cancels the build as Ctrl-C does.
+#[test]
+fn sighup_cancels_the_build_and_leaves_no_scratch_behind() {
+    use std::time::{Duration, Instant};
+    if !prerequisites() {
+        return;
+    }
+    let marker = format!("hangup-{}", std::process::id());
+    let (tmp, ctx, root) = context(&format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo started; /bin/busybox sleep 30; echo {marker}\"]\n"
+    ));
+    let log = tmp.path().join("progress.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress", "plain", "--root"])
+        .arg(&root)
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(" started") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the step never started: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let hung_up = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if hung_up.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("forge still runs 10 s after SIGHUP");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    // Killed by the signal's default action, there would be no exit code and no message.
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    for dir in ["tmp", "run"] {
+        let left: Vec<_> = std::fs::read_dir(root.join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}/ keeps {left:?}");
+    }
+}
+
+/// Issue 11.7: a context's Dockerfile that is a link to a host file outside the context was
+/// followed, and its first line printed in the parse error (as root, from /etc/shadow).
+#[test]
+fn a_dockerfile_linking_outside_the_context_is_refused_without_reading_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("host-secret");
+    std::fs::write(&secret, "root:TOP-SECRET-HASH:19000:0:99999:7:::\n").unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("docker")).unwrap();
+    std::os::unix::fs::symlink(&secret, ctx.join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink(&secret, ctx.join("docker/Dockerfile")).unwrap();
+    let root = tmp.path().join("root");
+    for extra in [&[][..], &["-f", "docker/Dockerfile"][..]] {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.is_empty() {
+            args[1] = ctx.join(extra[1]).to_string_lossy().into_owned();
+        }
+        args.push(ctx.to_string_lossy().into_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = forge(&root, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            !stderr.contains("TOP-SECRET"),
+            "{extra:?} printed the file: {stderr}"
+        );
+        assert!(stderr.contains("outside the build context"), "{stderr}");
+    }
+}
+
+/// Issue 11.7: a file name that is not UTF-8 anywhere in the context failed the build, even when
+/// `.dockerignore` excludes it. Ignored, it is skipped; sent, it is refused with what to do.
+#[test]
+fn a_non_utf8_name_fails_the_build_only_when_the_context_would_send_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("ignored-dir")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"bad\xfe");
+    std::fs::write(ctx.join(bad), "x").unwrap();
+    std::fs::write(ctx.join("ignored-dir").join(bad), "x").unwrap();
+    let root = tmp.path().join("root");
+    let ctx_arg = ctx.to_string_lossy().into_owned();
+
+    std::fs::write(ctx.join(".dockerignore"), "ignored-dir\nbad*\n").unwrap();
+    let out = forge(&root, &["-q", &ctx_arg]);
+    assert!(
+        out.status.success(),
+        "ignored names must not matter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(ctx.join(".dockerignore"), "ignored-dir\n").unwrap();
+    let out = forge(&root, &["-q", &ctx_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not valid UTF-8") && stderr.contains(".dockerignore"),
+        "{stderr}"
+    );
+}

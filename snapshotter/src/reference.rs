@@ -49,6 +49,8 @@ pub enum ReferenceErrorKind {
     Format,
     #[error("registry {0:?} is not a valid host[:port]")]
     Registry(String),
+    #[error("registry {0:?}: the port must be a number from 1 to 65535")]
+    Port(String),
     #[error("unsupported digest algorithm {0:?} (sha256, sha384 or sha512)")]
     DigestAlgorithm(String),
     #[error("digest {0:?} has the wrong length for its algorithm")]
@@ -84,6 +86,21 @@ impl Reference {
         let Some(registry) = parsed.domain else {
             return Err(fail(ReferenceErrorKind::Registry(domain.to_string())));
         };
+        // The grammar takes any digits after the colon; no registry listens beyond 65535, and the
+        // HTTP client would only fail at push time with an unrelated message.
+        let port = match registry.rsplit_once(':') {
+            Some((host, p))
+                if !host.ends_with(':') && (!host.starts_with('[') || host.ends_with(']')) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        };
+        if let Some(p) = port
+            && !p.parse::<u16>().is_ok_and(|n| n != 0)
+        {
+            return Err(fail(ReferenceErrorKind::Port(registry)));
+        }
         let tag = match (&parsed.tag, &parsed.digest) {
             (None, None) => Some(DEFAULT_TAG.to_string()),
             _ => parsed.tag,

@@ -326,3 +326,26 @@ fn serde_goes_through_the_string_form() {
     assert_eq!(back, r);
     assert!(serde_json::from_str::<Reference>("\"Bad/Name\"").is_err());
 }
+
+/// Issue 11.7: `-t 127.0.0.1:99999/x` built, then failed at push with "could not clone request
+/// builder". A port out of range is refused when the name is read.
+#[test]
+fn a_registry_port_out_of_range_is_refused_with_the_reason() {
+    for bad in ["127.0.0.1:99999/x", "localhost:0/x:1", "[::1]:65536/a/b"] {
+        let e = Reference::parse(bad).unwrap_err();
+        assert!(
+            matches!(e.reason, ReferenceErrorKind::Port(_)),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("1 to 65535"), "{bad}: {e}");
+    }
+    for good in [
+        "127.0.0.1:65535/x",
+        "localhost:1/x",
+        "[::1]:5000/a",
+        "[::1]/a",
+        "example.com/a",
+    ] {
+        Reference::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}

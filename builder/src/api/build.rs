@@ -337,10 +337,39 @@ fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildEr
         DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
         _ => {
             let path = request.dockerfile_path().expect("a file source has a path");
+            confine_to_context(&request.context, &path)?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| BuildError::Invalid(format!("cannot read {}: {e}", path.display())))?;
             Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
         }
+    }
+}
+
+/// A Dockerfile named inside the context must stay inside it: a link in a repository pointing at a
+/// host file (`Dockerfile -> /etc/shadow`) would otherwise be read, and its first line shown in the
+/// parse error. One named outside the context (`-f /elsewhere/Dockerfile`) is the caller's choice.
+fn confine_to_context(context: &std::path::Path, path: &std::path::Path) -> Result<(), BuildError> {
+    let (Ok(ctx), Some(parent)) = (context.canonicalize(), path.parent()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(dir) = parent.canonicalize() else {
+        return Ok(());
+    };
+    if !dir.starts_with(&ctx) {
+        return Ok(());
+    }
+    match path.canonicalize() {
+        Ok(real) if !real.starts_with(&ctx) => Err(BuildError::Invalid(format!(
+            "{}: the Dockerfile is a link to a file outside the build context {}",
+            path.display(),
+            context.display()
+        ))),
+        _ => Ok(()),
     }
 }
 

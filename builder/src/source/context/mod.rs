@@ -33,7 +33,7 @@ pub enum ContextError {
         source: std::io::Error,
     },
     /// A name that is not UTF-8 (the ignore matcher and the cache encoding work on text).
-    #[error("path is not valid UTF-8: {path}")]
+    #[error("path is not valid UTF-8: {path} (rename it, or list it in .dockerignore)")]
     NonUtf8 {
         /// The path, lossily shown.
         path: PathBuf,

@@ -204,6 +204,19 @@ fn read_dir(
         let entry = entry.map_err(walk_err(&dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
+            // The matcher and the cache encoding work on text: such a name is matched in its
+            // lossy form, and only one the build would send is an error (an ignored one is not).
+            let lossy = name.to_string_lossy();
+            let path = if rel.is_empty() {
+                lossy.into_owned()
+            } else {
+                format!("{rel}/{lossy}")
+            };
+            let excluded = !ignore.is_empty() && ignore.match_with_parent(&path, parent).0;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if excluded && !(is_dir && ignore.may_match_below(&path)) {
+                continue;
+            }
             return Err(ContextError::NonUtf8 { path: entry.path() });
         };
         let path = if rel.is_empty() {
