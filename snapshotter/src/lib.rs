@@ -11,5 +11,6 @@ pub mod registry;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;
+pub mod userns;
 
 pub use mount::Mount;
