@@ -330,10 +330,7 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
     blob: R,
     media_type: &str,
 ) -> Result<LayerSnapshot, SnapshotError> {
-    let chain = match parent {
-        Some(p) => chain_id_step(p, diff_id),
-        None => diff_id.clone(),
-    };
+    let chain = chain_id_step(parent, diff_id);
     let name = chain.to_string();
     if sn.stat(&name).is_ok() {
         return Ok(LayerSnapshot {
