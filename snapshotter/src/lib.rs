@@ -8,6 +8,7 @@ pub mod lock;
 pub mod mount;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
     AuthResolver, BlobKind, Platform, PullError, PullEvent, RegistryClient, RegistryConfig,
-    RetryPolicy,
 };
+use forge_snapshotter::retry::RetryPolicy;
 use forge_snapshotter::store::{Digest, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

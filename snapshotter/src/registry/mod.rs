@@ -20,6 +20,7 @@ pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
 use crate::reference::Reference;
+use crate::retry::RetryPolicy;
 
 /// An `os/arch[/variant]` triple as image indexes name platforms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,35 +70,6 @@ impl std::fmt::Display for Platform {
             write!(f, "/{v}")?;
         }
         Ok(())
-    }
-}
-
-/// When and how long to retry transient failures (5xx, 408, 429, connection errors, timeouts).
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Tries in all, including the first.
-    pub attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before try number `attempt + 1` (`attempt` counts from 1), doubling each time.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
     }
 }
 
@@ -274,19 +246,6 @@ mod tests {
         ] {
             assert!(!is_loopback(no), "{no}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
-            attempts: 9,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1000),
-        };
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(4), Duration::from_millis(800));
-        assert_eq!(p.backoff(5), Duration::from_millis(1000));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{AuthError, RegistryClient, oci_reference};
 use crate::reference::Reference;
+use crate::retry::{Transient, retry};
 use crate::store::{Descriptor, Digest, ImageRecord, Ingest, Store, StoreError};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -200,6 +201,20 @@ enum Failure {
     Fatal(PullError),
 }
 
+impl Failure {
+    fn into_error(self) -> PullError {
+        match self {
+            Failure::Transient(_, e) | Failure::Fatal(e) => e,
+        }
+    }
+}
+
+impl Transient for Failure {
+    fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient(..))
+    }
+}
+
 /// Context shared by the pieces of one pull, for error messages.
 struct Ctx<'a> {
     client: &'a RegistryClient,
@@ -248,33 +263,25 @@ impl Ctx<'_> {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, PullError>
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PullError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let policy = &self.client.config.retry;
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(text, e)) => {
-                    if attempt >= policy.attempts.max(1) {
-                        return Err(e);
-                    }
-                    let delay = policy.backoff(attempt);
-                    (self.progress)(PullEvent::Retrying {
-                        what: what.to_string(),
-                        attempt,
-                        delay,
-                        error: text,
-                    });
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+        // Only transient failures are retried.
+        let on_retry = |failure: &Failure, attempt, delay| {
+            if let Failure::Transient(text, _) = failure {
+                (self.progress)(PullEvent::Retrying {
+                    what: what.to_string(),
+                    attempt,
+                    delay,
+                    error: text.clone(),
+                })
             }
-        }
+        };
+        retry(&self.client.config.retry, op, on_retry)
+            .await
+            .map_err(|gave_up| gave_up.error.into_error())
     }
 
     /// Fetches a manifest or index by tag or digest; returns its bytes and their digest (checked
