@@ -11,6 +11,7 @@ use super::instructions::{
 };
 mod words;
 
+use crate::frontend::suggest::suggest;
 use crate::graph::{
     CacheSharing, CopyOptions, ExecOp, FileAction, FileOp, Graph, GraphBuilder, Healthcheck,
     History, ImageConfig, MergeOp, Mount, MountKind, NodeRef, Op, Output, Platform, SourceOp,
@@ -416,7 +417,7 @@ pub fn lower_typed(
             .ok_or_else(|| LowerError {
                 kind: Box::new(LowerErrorKind::TargetNotFound(t.clone())),
                 span: None,
-                hint: instructions::suggest(t, ctx.names.keys().map(String::as_str))
+                hint: suggest(t, ctx.names.keys().map(String::as_str))
                     .map(|s| format!("did you mean {s}?")),
             })?,
     };

@@ -8,7 +8,7 @@
 // hint); boxing it would only make matching on it clumsier.
 #![allow(clippy::result_large_err)]
 
-use crate::frontend::suggest::edit_distance;
+use crate::frontend::suggest::{INSTRUCTIONS, suggest_instruction};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -22,28 +22,6 @@ pub const DEFAULT_ESCAPE: char = '\\';
 /// BuildKit reads lines with Go's `bufio.Scanner`, whose default token limit (64 KiB, newline
 /// included) makes any longer line an error.
 pub const MAX_LINE_BYTES: usize = 65535;
-
-/// The instructions BuildKit's parser dispatches, in the order of its documentation.
-pub const INSTRUCTIONS: [&str; 18] = [
-    "from",
-    "run",
-    "cmd",
-    "label",
-    "maintainer",
-    "expose",
-    "env",
-    "add",
-    "copy",
-    "entrypoint",
-    "volume",
-    "user",
-    "workdir",
-    "arg",
-    "onbuild",
-    "stopsignal",
-    "healthcheck",
-    "shell",
-];
 
 /// The parser directives BuildKit recognises; any other `# name=value` line is a plain comment.
 const DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
@@ -1079,20 +1057,6 @@ fn parse_health_config(rest: &str) -> Result<Args, ParseErrorKind> {
     })
 }
 
-/// The instruction nearest to an unknown keyword, if close enough to be a likely typo.
-fn suggest_instruction(keyword: &str) -> Option<String> {
-    let upper = keyword.to_uppercase();
-    let (distance, best) = INSTRUCTIONS
-        .iter()
-        .map(|name| {
-            let name = name.to_uppercase();
-            (edit_distance(&upper, &name), name)
-        })
-        .min_by_key(|(d, _)| *d)?;
-    let limit = if upper.chars().count() <= 3 { 1 } else { 2 };
-    (distance <= limit && distance < upper.chars().count()).then_some(best)
-}
-
 /// Go's `encoding/json` as BuildKit uses it: `json.Unmarshal` into `[]any`.
 mod json {
     /// Go's decoder nesting limit.
@@ -1909,13 +1873,5 @@ mod tests {
         assert_eq!(json::parse_array(&deep), None);
         let ok = format!("[{}{}]", "[".repeat(100), "]".repeat(100));
         assert_eq!(json::parse_array(&ok), Some(vec![None]));
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(suggest_instruction("RUNN").as_deref(), Some("RUN"));
-        assert_eq!(suggest_instruction("form").as_deref(), Some("FROM"));
-        assert_eq!(suggest_instruction("WORKDR").as_deref(), Some("WORKDIR"));
-        assert_eq!(suggest_instruction("XYZZY"), None);
     }
 }
