@@ -6,6 +6,7 @@ pub mod diff;
 pub mod layer;
 pub mod lock;
 pub mod mount;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod retry;

@@ -11,6 +11,7 @@ use oci_client::manifest::OciDescriptor;
 use serde::Deserialize;
 
 use super::{AuthError, RegistryClient, oci_reference};
+use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::retry::{Transient, retry};
 use crate::store::{Descriptor, Digest, ImageRecord, Ingest, Store, StoreError};
@@ -174,11 +175,17 @@ struct RawPlatform {
 }
 
 impl RawPlatform {
-    fn show(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
-            None => format!("{}/{}", self.os, self.architecture),
+    /// The platform as the index writes it (not normalised).
+    fn platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone().unwrap_or_default(),
         }
+    }
+
+    fn show(&self) -> String {
+        self.platform().to_string()
     }
 }
 
@@ -658,15 +665,13 @@ impl RegistryClient {
         drop(downloads);
 
         let platform = chosen_platform.unwrap_or_else(|| {
-            let os = raw_config.os.clone().unwrap_or_else(|| "unknown".into());
-            let arch = raw_config
-                .architecture
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            match &raw_config.variant {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
+            let unknown = || "unknown".to_string();
+            Platform {
+                os: raw_config.os.clone().unwrap_or_else(unknown),
+                architecture: raw_config.architecture.clone().unwrap_or_else(unknown),
+                variant: raw_config.variant.clone().unwrap_or_default(),
             }
+            .to_string()
         });
         let record = ImageRecord {
             reference: reference.to_string(),
@@ -696,14 +701,10 @@ impl RegistryClient {
         let fits = |e: &&RawIndexEntry| {
             e.platform
                 .as_ref()
-                .is_some_and(|p| wanted.matches(&p.os, &p.architecture, p.variant.as_deref()))
+                .is_some_and(|p| wanted.matches(&p.platform()))
                 && matches!(e.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST)
         };
-        // An exact variant match beats an entry that leaves the variant out.
-        let exact = entries.iter().filter(fits).find(|e| {
-            e.platform.as_ref().and_then(|p| p.variant.as_deref()) == wanted.variant.as_deref()
-        });
-        if let Some(e) = exact.or_else(|| entries.iter().find(fits)) {
+        if let Some(e) = entries.iter().find(fits) {
             return Ok(e);
         }
         let mut available: Vec<String> = entries
