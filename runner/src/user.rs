@@ -93,6 +93,18 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
+/// The text of a database `file` needed to look `name` up; an error when the rootfs lacks it.
+fn present<'a>(
+    text: &'a Option<String>,
+    name: &str,
+    file: &'static str,
+) -> Result<&'a str, UserError> {
+    text.as_deref().ok_or_else(|| UserError::MissingFile {
+        name: name.to_string(),
+        file,
+    })
+}
+
 impl UserDb {
     /// The uid and primary gid of the user named `name`.
     pub fn user_ids(&self, name: &str) -> Result<(u32, u32), UserError> {
@@ -101,13 +113,7 @@ impl UserDb {
 
     /// The gid of the group named `name`.
     pub fn group_id(&self, name: &str) -> Result<u32, UserError> {
-        let Some(groups) = &self.group else {
-            return Err(UserError::MissingFile {
-                name: name.to_string(),
-                file: GROUP_PATH,
-            });
-        };
-        group_entries(groups)
+        group_entries(present(&self.group, name, GROUP_PATH)?)
             .find(|e| e.name == name)
             .map(|e| e.gid)
             .ok_or_else(|| UserError::UnknownGroup {
@@ -117,13 +123,7 @@ impl UserDb {
     }
 
     fn passwd_named(&self, name: &str) -> Result<PasswdEntry<'_>, UserError> {
-        let Some(passwd) = &self.passwd else {
-            return Err(UserError::MissingFile {
-                name: name.to_string(),
-                file: PASSWD_PATH,
-            });
-        };
-        passwd_entries(passwd)
+        passwd_entries(present(&self.passwd, name, PASSWD_PATH)?)
             .find(|e| e.name == name)
             .ok_or_else(|| UserError::UnknownUser {
                 user: name.to_string(),

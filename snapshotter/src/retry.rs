@@ -153,76 +153,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn transient_failures_are_tried_again_until_the_budget_is_spent() {
+    /// Runs [`retry`] on an operation that fails `failures` times (transient or not) and then
+    /// succeeds; returns its outcome (the try that succeeded, or how many were made), the tries
+    /// made and the retries heard.
+    async fn run(
+        attempts: u32,
+        failures: u32,
+        transient: bool,
+    ) -> (Result<u32, u32>, u32, Vec<(u32, Duration)>) {
         let mut tries = 0;
         let mut heard = Vec::new();
-        let out: Result<(), _> = retry(
-            &quick(3),
-            || {
-                tries += 1;
-                async { Err(Failed { transient: true }) }
-            },
-            |_, attempt, delay| heard.push((attempt, delay)),
-        )
-        .await;
-        let gave_up = out.unwrap_err();
-        assert_eq!(gave_up.attempts, 3);
-        assert_eq!(tries, 3);
-        assert_eq!(
-            heard,
-            [(1, Duration::from_millis(1)), (2, Duration::from_millis(2))]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_permanent_failure_stops_at_once_and_success_ends_the_loop() {
-        let mut tries = 0;
-        let out: Result<(), _> = retry(
-            &quick(5),
-            || {
-                tries += 1;
-                async { Err(Failed { transient: false }) }
-            },
-            |_, _, _| panic!("a permanent failure is not retried"),
-        )
-        .await;
-        assert_eq!(out.unwrap_err().attempts, 1);
-        assert_eq!(tries, 1);
-
-        let mut tries = 0;
         let out = retry(
-            &quick(5),
+            &quick(attempts),
             || {
                 tries += 1;
                 let n = tries;
                 async move {
-                    if n < 2 {
-                        Err(Failed { transient: true })
+                    if n <= failures {
+                        Err(Failed { transient })
                     } else {
                         Ok(n)
                     }
                 }
             },
-            |_, _, _| {},
+            |_, attempt, delay| heard.push((attempt, delay)),
         )
         .await;
-        assert_eq!(out.unwrap(), 2);
+        (out.map_err(|gave_up| gave_up.attempts), tries, heard)
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_tried_again_until_the_budget_is_spent() {
+        let (out, tries, heard) = run(3, u32::MAX, true).await;
+        assert_eq!((out, tries), (Err(3), 3));
+        assert_eq!(
+            heard,
+            [(1, Duration::from_millis(1)), (2, Duration::from_millis(2))]
+        );
+        let (out, tries, heard) = run(5, 1, true).await;
+        assert_eq!((out, tries, heard.len()), (Ok(2), 2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_stops_at_once() {
+        let (out, tries, heard) = run(5, u32::MAX, false).await;
+        assert_eq!((out, tries), (Err(1), 1));
+        assert!(heard.is_empty(), "a permanent failure is not retried");
     }
 
     #[tokio::test]
     async fn no_attempts_still_tries_once() {
-        let mut tries = 0;
-        let out: Result<(), _> = retry(
-            &quick(0),
-            || {
-                tries += 1;
-                async { Err(Failed { transient: true }) }
-            },
-            |_, _, _| {},
-        )
-        .await;
-        assert_eq!(out.unwrap_err().attempts, 1);
-        assert_eq!(tries, 1);
+        let (out, tries, _) = run(0, u32::MAX, true).await;
+        assert_eq!((out, tries), (Err(1), 1));
     }
 }

@@ -15,7 +15,7 @@ use forge_snapshotter::registry::{
     AuthResolver, BlobKind, PullError, PullEvent, RegistryClient, RegistryConfig,
 };
 use forge_snapshotter::retry::RetryPolicy;
-use forge_snapshotter::store::{Digest, Store};
+use forge_snapshotter::store::{Digest, ImageRecord, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -686,6 +686,21 @@ async fn index_resolves_to_the_host_platform() {
     assert_eq!(record.index, None);
 }
 
+/// Pulls `repo`'s `latest` from the fake into a fresh store, as a client that wants `platform`.
+async fn pull_for(fake: &Fake, repo: &str, platform: &str) -> Result<ImageRecord, PullError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/{repo}", fake.host())).unwrap();
+    let config = RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        platform: Platform::parse(platform).unwrap(),
+        ..RegistryConfig::default()
+    };
+    RegistryClient::new(config)
+        .pull(&store, &reference, &|_| {})
+        .await
+}
+
 #[tokio::test]
 async fn index_without_the_host_platform_lists_what_it_has() {
     let fake = Fake::start().await;
@@ -699,16 +714,7 @@ async fn index_without_the_host_platform_lists_what_it_has() {
         ],
     );
     fake.manifest("forge/elsewhere", "latest", OCI_INDEX, &index);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let reference = Reference::parse(&format!("{}/forge/elsewhere", fake.host())).unwrap();
-    let mut config = RegistryConfig {
-        auth: AuthResolver::anonymous(),
-        ..RegistryConfig::default()
-    };
-    config.platform = Platform::parse("linux/amd64").unwrap();
-    let err = RegistryClient::new(config)
-        .pull(&store, &reference, &|_| {})
+    let err = pull_for(&fake, "forge/elsewhere", "linux/amd64")
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -755,18 +761,7 @@ async fn an_arm64_build_picks_the_arm64_v8_entry() {
         ],
     );
     fake.manifest("forge/arm", "latest", OCI_INDEX, &index);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let reference = Reference::parse(&format!("{}/forge/arm", fake.host())).unwrap();
-    let mut config = RegistryConfig {
-        auth: AuthResolver::anonymous(),
-        ..RegistryConfig::default()
-    };
-    config.platform = Platform::parse("linux/arm64").unwrap();
-    let record = RegistryClient::new(config)
-        .pull(&store, &reference, &|_| {})
-        .await
-        .unwrap();
+    let record = pull_for(&fake, "forge/arm", "linux/arm64").await.unwrap();
     assert_eq!(record.manifest.digest, ours_digest);
     assert_eq!(record.platform, "linux/arm64/v8", "as the index names it");
 }
