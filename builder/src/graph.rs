@@ -17,6 +17,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use encode::Encoder;
+/// The platform type is the snapshotter's (the registry picks images by it); the graph hashes it.
+pub use forge_snapshotter::platform::Platform;
 
 /// A vertex's identity: blake3 over its [`encode`]d op (inputs included by digest).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,106 +57,6 @@ impl Serialize for VertexId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeRef(pub usize);
-
-/// An OCI platform (`os/architecture[/variant]`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub variant: String,
-}
-
-impl Platform {
-    /// The platform this process runs on, with OCI architecture names.
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", ""),
-            "x86" => ("386", ""),
-            "aarch64" => ("arm64", ""),
-            "arm" => ("arm", "v7"),
-            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
-            "powerpc64" => ("ppc64", ""),
-            "loongarch64" => ("loong64", ""),
-            "mips64" if cfg!(target_endian = "little") => ("mips64le", ""),
-            other => (other, ""),
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.to_string(),
-        }
-    }
-
-    /// Parses `os/arch[/variant]`; like containerd's `platforms.Parse`, a lone OS takes this
-    /// machine's architecture and a lone architecture takes this machine's OS.
-    pub fn parse(s: &str) -> Option<Platform> {
-        let parts: Vec<&str> = s.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) || !(1..=3).contains(&parts.len()) {
-            return None;
-        }
-        if let [one] = parts.as_slice() {
-            const OSES: &[&str] = &[
-                "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
-                "aix", "android", "ios", "plan9", "js", "wasip1",
-            ];
-            let host = Platform::host();
-            let one = one.to_ascii_lowercase();
-            return if OSES.contains(&one.as_str()) {
-                Some(Platform { os: one, ..host })
-            } else {
-                Platform::parse(&format!("{}/{one}", host.os))
-            };
-        }
-        let os = parts[0].to_ascii_lowercase();
-        let mut architecture = parts[1].to_ascii_lowercase();
-        let mut variant = parts
-            .get(2)
-            .map(|v| v.to_ascii_lowercase())
-            .unwrap_or_default();
-        // The same normalisation containerd's platforms.Normalize applies to common aliases.
-        match architecture.as_str() {
-            "x86_64" | "x86-64" => {
-                architecture = "amd64".into();
-                if variant == "v1" {
-                    variant.clear();
-                }
-            }
-            "aarch64" | "arm64" => {
-                architecture = "arm64".into();
-                if variant == "8" || variant == "v8" {
-                    variant.clear();
-                }
-            }
-            "armhf" => {
-                architecture = "arm".into();
-                variant = "v7".into();
-            }
-            "armel" => {
-                architecture = "arm".into();
-                variant = "v6".into();
-            }
-            "arm" if variant.is_empty() => variant = "v7".into(),
-            "i386" => architecture = "386".into(),
-            _ => {}
-        }
-        Some(Platform {
-            os,
-            architecture,
-            variant,
-        })
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if !self.variant.is_empty() {
-            write!(f, "/{}", self.variant)?;
-        }
-        Ok(())
-    }
-}
 
 /// One operation of the graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

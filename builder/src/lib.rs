@@ -16,6 +16,7 @@ pub mod frontend;
 pub mod graph;
 pub mod ops;
 pub mod scratch;
+pub mod slashpath;
 pub mod solver;
 pub mod source;
 

@@ -1,5 +1,6 @@
 //! Resolves a step's `USER` (name, uid, name:group, uid:gid) to numeric ids and supplementary groups
 //! against the rootfs's /etc/passwd and /etc/group, read without following symlinks out of the rootfs.
+//! The builder's `--chown` looks its names up here too ([`UserDb::user_ids`], [`UserDb::group_id`]).
 
 use std::fs::File;
 use std::io::Read;
@@ -19,8 +20,8 @@ pub enum UserError {
     UnknownUser { user: String, file: &'static str },
     #[error("unknown group {group:?}: no entry in {file} of the rootfs")]
     UnknownGroup { group: String, file: &'static str },
-    #[error("cannot resolve user {user:?}: {file} is missing from the rootfs")]
-    MissingFile { user: String, file: &'static str },
+    #[error("cannot resolve {name:?}: {file} is missing from the rootfs")]
+    MissingFile { name: String, file: &'static str },
     #[error("reading {path} inside the rootfs")]
     Read {
         path: PathBuf,
@@ -92,7 +93,44 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
+/// The text of a database `file` needed to look `name` up; an error when the rootfs lacks it.
+fn present<'a>(
+    text: &'a Option<String>,
+    name: &str,
+    file: &'static str,
+) -> Result<&'a str, UserError> {
+    text.as_deref().ok_or_else(|| UserError::MissingFile {
+        name: name.to_string(),
+        file,
+    })
+}
+
 impl UserDb {
+    /// The uid and primary gid of the user named `name`.
+    pub fn user_ids(&self, name: &str) -> Result<(u32, u32), UserError> {
+        self.passwd_named(name).map(|e| (e.uid, e.gid))
+    }
+
+    /// The gid of the group named `name`.
+    pub fn group_id(&self, name: &str) -> Result<u32, UserError> {
+        group_entries(present(&self.group, name, GROUP_PATH)?)
+            .find(|e| e.name == name)
+            .map(|e| e.gid)
+            .ok_or_else(|| UserError::UnknownGroup {
+                group: name.to_string(),
+                file: GROUP_PATH,
+            })
+    }
+
+    fn passwd_named(&self, name: &str) -> Result<PasswdEntry<'_>, UserError> {
+        passwd_entries(present(&self.passwd, name, PASSWD_PATH)?)
+            .find(|e| e.name == name)
+            .ok_or_else(|| UserError::UnknownUser {
+                user: name.to_string(),
+                file: PASSWD_PATH,
+            })
+    }
+
     /// Reads /etc/passwd and /etc/group of the tree at `root`, resolving every path component with
     /// `root` as the root (openat2 RESOLVE_IN_ROOT), so a symlink such as `/etc/passwd -> /etc/shadow`
     /// or `../../..` stays inside the image.
@@ -146,18 +184,7 @@ impl UserDb {
                 None => (uid, 0, None, "/".to_string()),
             }
         } else {
-            if self.passwd.is_none() {
-                return Err(UserError::MissingFile {
-                    user: spec.to_string(),
-                    file: PASSWD_PATH,
-                });
-            }
-            let e = passwd_entries(passwd)
-                .find(|e| e.name == spec)
-                .ok_or_else(|| UserError::UnknownUser {
-                    user: spec.to_string(),
-                    file: PASSWD_PATH,
-                })?;
+            let e = self.passwd_named(spec)?;
             (e.uid, e.gid, Some(e.name.to_string()), e.home.to_string())
         };
         let groups = self.group.as_deref().unwrap_or("");
@@ -166,21 +193,7 @@ impl UserDb {
             Some(g) => {
                 gid = match g.parse::<u32>() {
                     Ok(n) => n,
-                    Err(_) => {
-                        if self.group.is_none() {
-                            return Err(UserError::MissingFile {
-                                user: format!("{spec}:{g}"),
-                                file: GROUP_PATH,
-                            });
-                        }
-                        group_entries(groups)
-                            .find(|e| e.name == g)
-                            .ok_or_else(|| UserError::UnknownGroup {
-                                group: g.to_string(),
-                                file: GROUP_PATH,
-                            })?
-                            .gid
-                    }
+                    Err(_) => self.group_id(g)?,
                 };
             }
             None => {

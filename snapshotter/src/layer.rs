@@ -374,18 +374,21 @@ fn set_checksum(header: &mut [u8; BLOCK]) {
     header[148..156].copy_from_slice(s.as_bytes());
 }
 
-/// containerd's chain id: the first layer's diff_id, then sha256("<parent chain id> <diff_id>").
-pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
-    let mut iter = diff_ids.iter();
-    let mut chain = iter.next()?.clone();
-    for diff_id in iter {
-        chain = chain_id_step(&chain, diff_id);
-    }
-    Some(chain)
+/// containerd's chain id of a stack of layers, bottom first: the first layer's diff_id, then
+/// sha256("<parent chain id> <diff_id>") for each layer above it. `None` for no layers (scratch).
+/// A committed layer snapshot is named by it.
+pub fn chain_id<'a>(diff_ids: impl IntoIterator<Item = &'a Digest>) -> Option<Digest> {
+    diff_ids.into_iter().fold(None, |parent, diff_id| {
+        Some(chain_id_step(parent.as_ref(), diff_id))
+    })
 }
 
-/// One step of [`chain_id`]: the chain id of `diff_id` applied over a chain `parent`.
-pub fn chain_id_step(parent: &Digest, diff_id: &Digest) -> Digest {
+/// One step of [`chain_id`]: the chain id of `diff_id` applied over the chain `parent` (`None`: the
+/// bottom layer, whose chain id is its diff_id).
+pub fn chain_id_step(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    let Some(parent) = parent else {
+        return diff_id.clone();
+    };
     let mut h = Sha256::new();
     h.update(format!("{parent} {diff_id}").as_bytes());
     sha256_digest(h.finalize().as_slice())
@@ -441,6 +444,12 @@ mod tests {
         let mut h = Sha256::new();
         h.update(format!("{a} {b}"));
         let expected = format!("sha256:{}", hex::encode(h.finalize()));
-        assert_eq!(chain_id(&[a, b]).unwrap().to_string(), expected);
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]).unwrap().to_string(),
+            expected
+        );
+        assert_eq!(chain_id_step(None, &a), a);
+        assert_eq!(chain_id_step(Some(&a), &b).to_string(), expected);
+        assert_eq!(chain_id([]), None);
     }
 }

@@ -7,10 +7,13 @@ pub mod layer;
 pub mod lock;
 pub mod millis;
 pub mod mount;
+pub mod platform;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod snapshot;
 pub mod store;
 pub mod unpack;
+pub mod userns;
 
 pub use mount::Mount;

@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use forge_snapshotter::platform::Platform;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
-    AuthResolver, BlobKind, Platform, PullError, PullEvent, RegistryClient, RegistryConfig,
-    RetryPolicy,
+    AuthResolver, BlobKind, PullError, PullEvent, RegistryClient, RegistryConfig,
 };
-use forge_snapshotter::store::{Digest, Store};
+use forge_snapshotter::retry::RetryPolicy;
+use forge_snapshotter::store::{Digest, ImageRecord, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -642,7 +643,7 @@ async fn index_resolves_to_the_host_platform() {
                 ours.len(),
                 "linux",
                 &host.architecture,
-                host.variant.as_deref(),
+                Some(host.variant.as_str()).filter(|v| !v.is_empty()),
             ),
             (
                 DOCKER_MANIFEST,
@@ -685,6 +686,21 @@ async fn index_resolves_to_the_host_platform() {
     assert_eq!(record.index, None);
 }
 
+/// Pulls `repo`'s `latest` from the fake into a fresh store, as a client that wants `platform`.
+async fn pull_for(fake: &Fake, repo: &str, platform: &str) -> Result<ImageRecord, PullError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/{repo}", fake.host())).unwrap();
+    let config = RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        platform: Platform::parse(platform).unwrap(),
+        ..RegistryConfig::default()
+    };
+    RegistryClient::new(config)
+        .pull(&store, &reference, &|_| {})
+        .await
+}
+
 #[tokio::test]
 async fn index_without_the_host_platform_lists_what_it_has() {
     let fake = Fake::start().await;
@@ -698,20 +714,7 @@ async fn index_without_the_host_platform_lists_what_it_has() {
         ],
     );
     fake.manifest("forge/elsewhere", "latest", OCI_INDEX, &index);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let reference = Reference::parse(&format!("{}/forge/elsewhere", fake.host())).unwrap();
-    let mut config = RegistryConfig {
-        auth: AuthResolver::anonymous(),
-        ..RegistryConfig::default()
-    };
-    config.platform = Platform {
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        variant: None,
-    };
-    let err = RegistryClient::new(config)
-        .pull(&store, &reference, &|_| {})
+    let err = pull_for(&fake, "forge/elsewhere", "linux/amd64")
         .await
         .unwrap_err();
     let msg = err.to_string();
@@ -725,6 +728,42 @@ async fn index_without_the_host_platform_lists_what_it_has() {
     ] {
         assert!(msg.contains(needle), "{msg:?} should mention {needle}");
     }
+}
+
+/// The registry's platform named an arm64 machine `arm64/v8` and the builder's `arm64`; an arm64
+/// build (normal form `arm64`) must still pick an index's `arm64/v8` entry, and not `arm64/v9`.
+#[tokio::test]
+async fn an_arm64_build_picks_the_arm64_v8_entry() {
+    let fake = Fake::start().await;
+    let layer = vec![8u8; 3000];
+    let (ours, _, _) = image_manifest(
+        &fake,
+        &[(&layer, Plan::Serve(layer.clone()))],
+        OCI_MANIFEST,
+        OCI_CONFIG,
+        OCI_LAYER_GZ,
+    );
+    let ours_digest = fake.manifest("forge/arm", "v8", OCI_MANIFEST, &ours);
+    let other = Digest::of(b"not served");
+    let index = index_body(
+        OCI_INDEX,
+        &[
+            (OCI_MANIFEST, &other, 10, "linux", "arm64", Some("v9")),
+            (OCI_MANIFEST, &other, 10, "linux", "amd64", None),
+            (
+                OCI_MANIFEST,
+                &ours_digest,
+                ours.len(),
+                "linux",
+                "arm64",
+                Some("v8"),
+            ),
+        ],
+    );
+    fake.manifest("forge/arm", "latest", OCI_INDEX, &index);
+    let record = pull_for(&fake, "forge/arm", "linux/arm64").await.unwrap();
+    assert_eq!(record.manifest.digest, ours_digest);
+    assert_eq!(record.platform, "linux/arm64/v8", "as the index names it");
 }
 
 #[tokio::test]

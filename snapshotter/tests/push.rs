@@ -11,8 +11,9 @@ use std::time::Duration;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
     AuthResolver, BlobKind, PushBlob, PushError, PushEvent, PushImage, RegistryClient,
-    RegistryConfig, RetryPolicy,
+    RegistryConfig,
 };
+use forge_snapshotter::retry::RetryPolicy;
 use forge_snapshotter::store::{Descriptor, Digest, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

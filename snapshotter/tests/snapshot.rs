@@ -159,7 +159,7 @@ fn base_layers_are_unpacked_once_and_shared() {
     };
     let second =
         unpack_layer_snapshot(&sn, Some(&first.chain_id), &diff_id2, &blob2[..], &mt2).unwrap();
-    assert_eq!(second.chain_id, chain_id_step(&diff_id, &diff_id2));
+    assert_eq!(second.chain_id, chain_id_step(Some(&diff_id), &diff_id2));
     let info = sn.stat(second.chain_id.as_ref()).unwrap();
     assert_eq!(info.parent, Some(diff_id.to_string()));
 }

@@ -137,7 +137,7 @@ pub fn prepare_process(runner: &RunnerChoice) -> Result<(), BuildError> {
     use nix::sched::{CloneFlags, unshare};
     if *runner != RunnerChoice::Embedded
         || !nix::unistd::geteuid().is_root()
-        || forge_runner::embedded::in_user_namespace()
+        || forge_snapshotter::userns::in_user_namespace()
     {
         return Ok(());
     }

@@ -9,8 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::meta;
-use super::root::{clean, resolve};
+use super::root::resolve;
 use super::{FileOpError, Ids, io};
+use crate::slashpath::join_root;
 
 /// The compression an archive's first bytes announce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +108,7 @@ pub(crate) fn unpack(
     if !is_archive(&archive) {
         return Ok(false);
     }
-    let dest_dir = resolve(dest_root, &clean(dest), true)?;
+    let dest_dir = resolve(dest_root, &join_root(dest), true)?;
     meta::mkdir_all(dest_root, &dest_dir, 0o755, owner)?;
     extract(&archive, dest_root, &dest_dir, owner)?;
     Ok(true)

@@ -8,10 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::meta::{self, ModeSpec};
-use super::root::{clean, resolve};
+use super::root::resolve;
 use super::{FileOpError, Ids, Visible, archive, dest_is_dir, io};
 use crate::frontend::dockerignore::Dockerignore;
 use crate::graph::CopyOptions;
+use crate::slashpath::join_root;
 use crate::source::context::pattern::{go_match, has_wildcards};
 
 /// One COPY action: `src` (a path or wildcard in `src_root`, `None` being scratch) onto `dest`.
@@ -25,7 +26,7 @@ pub(crate) fn copy(
     visible: Option<&Visible>,
 ) -> Result<(), FileOpError> {
     if !opts.create_dest_path {
-        let parent = Path::new(&clean(dest))
+        let parent = Path::new(&join_root(dest))
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| "/".into());
@@ -84,7 +85,7 @@ pub(crate) fn copy(
         }
         m
     } else {
-        vec![clean(src)]
+        vec![join_root(src)]
     };
     let mut copier = Copier {
         src_root: src_root.to_path_buf(),
@@ -127,7 +128,7 @@ pub(crate) fn resolve_wildcards(
     follow_links: bool,
     visible: Option<&Visible>,
 ) -> Result<Vec<String>, FileOpError> {
-    let cleaned = clean(src);
+    let cleaned = join_root(src);
     let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
     let split = comps
         .iter()
@@ -170,7 +171,7 @@ fn walk_match(
             format!("{rel}/{name}")
         };
         if let Some(v) = visible
-            && !v(clean(&format!("{base_rel}/{r}")).trim_start_matches('/'))
+            && !v(join_root(&format!("{base_rel}/{r}")).trim_start_matches('/'))
         {
             continue;
         }
@@ -178,7 +179,7 @@ fn walk_match(
             .map_err(io("inspecting", &path))?
             .is_dir();
         if go_match(pattern, &r)? {
-            out.push(clean(&format!("{base_rel}/{r}")));
+            out.push(join_root(&format!("{base_rel}/{r}")));
         } else if is_dir {
             walk_match(&path, &r, pattern, base_rel, visible, out)?;
         }
@@ -228,7 +229,7 @@ impl Copier<'_> {
             let p = resolve(dest_root, &e, true)?;
             meta::mkdir_all(dest_root, &p, 0o755, self.owner)?;
         }
-        let mut dst = resolve(dest_root, &clean(dest), true)?;
+        let mut dst = resolve(dest_root, &join_root(dest), true)?;
         let src_path = resolve(src_root, src, opts.follow_symlinks)?;
         let src_md = std::fs::symlink_metadata(&src_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -253,7 +254,7 @@ impl Copier<'_> {
         let src_is_dir = src_md.is_dir();
         if let Some(d) = &dest_md
             && ((!opts.copy_dir_contents_only && src_is_dir) || (!src_is_dir && d.is_dir()))
-            && let Some(name) = Path::new(&clean(src)).file_name()
+            && let Some(name) = Path::new(&join_root(src)).file_name()
         {
             dst.push(name);
         }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use crate::graph::{FileAction, NodeRef};
 use crate::source::context::pattern::{self, BadPattern};
 
+use crate::slashpath::join_root;
 pub use meta::ModeSpec;
 pub use owner::Ids;
-use root::{RootError, clean, resolve};
+use root::{RootError, resolve};
 
 /// A file action that could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +300,7 @@ fn apply_one(
             allow_wildcard,
         } => {
             if *allow_wildcard && pattern::has_wildcards(path) {
-                for m in copy::resolve_wildcards(dest_root, &clean(path), false, None)? {
+                for m in copy::resolve_wildcards(dest_root, &join_root(path), false, None)? {
                     rm_path(dest_root, &m, *allow_not_found)?;
                 }
                 Ok(())

@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::slashpath::clean_path;
+
 /// A `.dockerignore` that cannot be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerignoreError {
@@ -62,34 +64,6 @@ pub fn find_ignore_file(context_dir: &Path, dockerfile: &Path) -> Option<PathBuf
     }
     let candidate = context_dir.join(".dockerignore");
     candidate.is_file().then_some(candidate)
-}
-
-/// Go's `path.Clean`: the shortest equivalent slash path (`.` for nothing).
-pub fn clean_path(p: &str) -> String {
-    if p.is_empty() {
-        return ".".to_string();
-    }
-    let rooted = p.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for comp in p.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|l| *l != "..") {
-                    out.pop();
-                } else if !rooted {
-                    out.push("..");
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    let joined = out.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
-        (false, false) => joined,
-    }
 }
 
 /// The pattern lines of an ignore file, normalised as Docker's `ignorefile.ReadAll` does: a UTF-8
@@ -922,22 +896,6 @@ fn group_repeat(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clean_matches_go() {
-        for (input, want) in [
-            ("", "."),
-            ("a//b/./c/", "a/b/c"),
-            ("/../a", "/a"),
-            ("../../a/..", "../.."),
-            ("a/../..", ".."),
-            ("./", "."),
-            ("/", "/"),
-            ("**/", "**"),
-        ] {
-            assert_eq!(clean_path(input), want, "clean({input:?})");
-        }
-    }
 
     #[test]
     fn docker_translation_classifies_like_patternmatcher() {

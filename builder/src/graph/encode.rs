@@ -543,6 +543,36 @@ mod tests {
         assert_eq!(id(vec!["a"]), id(vec!["a"]));
     }
 
+    /// The platform type moved to the snapshotter and normalises as containerd does; the spellings
+    /// the builder accepted before must still hash the fields it wrote (arm64's v8 as no variant).
+    #[test]
+    fn platform_spellings_keep_their_encoding() {
+        let bytes = |p: &Platform| {
+            let mut e = Encoder::new();
+            platform(&mut e, p);
+            e.into_bytes()
+        };
+        for (spelling, (os, architecture, variant)) in [
+            ("linux/amd64", ("linux", "amd64", "")),
+            ("linux/x86_64", ("linux", "amd64", "")),
+            ("linux/arm64", ("linux", "arm64", "")),
+            ("linux/arm64/v8", ("linux", "arm64", "")),
+            ("linux/aarch64", ("linux", "arm64", "")),
+            ("linux/arm", ("linux", "arm", "v7")),
+            ("linux/armhf", ("linux", "arm", "v7")),
+            ("linux/arm/v6", ("linux", "arm", "v6")),
+            ("linux/riscv64", ("linux", "riscv64", "")),
+        ] {
+            let written = Platform {
+                os: os.into(),
+                architecture: architecture.into(),
+                variant: variant.into(),
+            };
+            let parsed = Platform::parse(spelling).unwrap();
+            assert_eq!(bytes(&parsed), bytes(&written), "{spelling}");
+        }
+    }
+
     #[test]
     fn a_test_step_has_its_own_identity_and_an_ordinary_exec_keeps_its_own() {
         let op = |artifacts: Option<&[&str]>| exec_op(&["make", "test"], artifacts);

@@ -19,7 +19,7 @@ use forge_runner::spec::{
 };
 use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::compress::HashingWriter;
-use forge_snapshotter::layer::{LayerOptions, chain_id_step};
+use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
     AnySnapshotter, Kind, SnapshotError, Snapshotter, unpack_layer_snapshot,
 };
@@ -293,10 +293,10 @@ impl BuildExecutor {
     /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
     /// blobs) and returns its name; `None` for no layers (scratch).
     pub async fn ensure_snapshot(&self, layers: &[Layer]) -> Result<Option<String>, ExecError> {
-        if layers.is_empty() {
+        let Some(top) = chain_id(layers.iter().map(|l| &l.diff_id)) else {
             return Ok(None);
-        }
-        let top = chain_name(layers);
+        };
+        let top = top.to_string();
         if self.cfg.snapshots.stat(&top).is_ok() {
             return Ok(Some(top));
         }
@@ -306,10 +306,7 @@ impl BuildExecutor {
         blocking(move || {
             let mut parent: Option<Digest> = None;
             for l in &layers {
-                let name = match &parent {
-                    Some(p) => chain_id_step(p, &l.diff_id),
-                    None => l.diff_id.clone(),
-                };
+                let name = chain_id_step(parent.as_ref(), &l.diff_id);
                 if sn.stat(name.as_ref()).is_err() {
                     let blob = store.open_blob(&l.digest)?;
                     unpack_layer_snapshot(
@@ -417,7 +414,7 @@ impl BuildExecutor {
         let sn = self.cfg.snapshots.clone();
         let store = self.cfg.store.clone();
         let options = self.cfg.layer;
-        let parent_chain = (!parent.is_empty()).then(|| chain_digest(parent));
+        let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
         let result = blocking(move || {
             let tmp = store.temp_path("layer");
@@ -444,10 +441,7 @@ impl BuildExecutor {
                 .parse()
                 .map_err(|e| ExecError::Internal(format!("layer digest: {e}")))?;
             store.adopt(&tmp, &blob, desc.size)?;
-            let name = match &parent_chain {
-                Some(p) => chain_id_step(p, &desc.diff_id),
-                None => desc.diff_id.clone(),
-            };
+            let name = chain_id_step(parent_chain.as_ref(), &desc.diff_id);
             match sn.commit(name.as_ref(), &k) {
                 Ok(()) => {}
                 Err(SnapshotError::AlreadyExists(_)) => sn.remove(&k)?,
@@ -882,7 +876,7 @@ fn tar_artifacts(
         tar.follow_symlinks(false);
         let mut found = Vec::new();
         for p in paths {
-            let name = fileop::root::clean(p);
+            let name = crate::slashpath::join_root(p);
             let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
             let md = match std::fs::symlink_metadata(&at) {
                 Ok(md) => md,
@@ -1224,21 +1218,6 @@ impl Executor for BuildExecutor {
             }
         }
     }
-}
-
-/// The chain id of `layers` (non-empty), as a digest.
-fn chain_digest(layers: &[Layer]) -> Digest {
-    let mut it = layers.iter();
-    let mut chain = it.next().expect("non-empty").diff_id.clone();
-    for l in it {
-        chain = chain_id_step(&chain, &l.diff_id);
-    }
-    chain
-}
-
-/// The name of the committed snapshot holding `layers` (non-empty).
-pub fn chain_name(layers: &[Layer]) -> String {
-    chain_digest(layers).to_string()
 }
 
 async fn blocking<T: Send + 'static>(

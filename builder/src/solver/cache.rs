@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use forge_snapshotter::lock::{FileLock, LockMode};
 use thiserror::Error;
 
 use super::key::CacheKey;
@@ -44,7 +45,7 @@ pub enum CacheError {
 /// Holds the right to compute one key until dropped (see [`CacheStore::lock`]).
 #[derive(Debug)]
 pub struct KeyLock {
-    _file: Option<File>,
+    _file: Option<FileLock>,
 }
 
 /// A store of records by cache key.
@@ -216,12 +217,7 @@ impl CacheStore for DiskCache {
 
     fn lock(&self, key: &CacheKey) -> Result<KeyLock, CacheError> {
         let path = self.dir.join(format!("{}.lock", key.to_hex()));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.lock().map(|()| f))
+        let file = FileLock::acquire(&path, LockMode::Exclusive)
             .map_err(|source| CacheError::Lock { path, source })?;
         Ok(KeyLock { _file: Some(file) })
     }

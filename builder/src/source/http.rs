@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use forge_snapshotter::retry::{RetryPolicy, Transient, retry};
 use forge_snapshotter::store::Digest;
 use reqwest::header::{HeaderMap, LAST_MODIFIED, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -113,12 +114,9 @@ pub struct Fetched {
 /// Knobs for [`HttpFetcher`]; [`HttpConfig::default`] is what a build uses.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Total tries for a transient failure (connect error, timeout, broken body, 429, 5xx).
-    pub attempts: u32,
-    /// Wait before the second try; doubles for each further one, up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Upper bound of a wait, also applied to a server's `Retry-After`.
-    pub max_backoff: Duration,
+    /// Tries of a transient failure (connect error, timeout, broken body, 429, 5xx) and the waits
+    /// between them; a server's `Retry-After` is honoured up to the longest wait.
+    pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// A connection that delivers nothing for this long is abandoned (and retried). There is no
     /// total timeout: a big file on a slow but live link must be allowed to finish.
@@ -132,9 +130,11 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            attempts: 4,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(10),
+            retry: RetryPolicy {
+                attempts: 4,
+                initial_backoff: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(10),
+            },
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             max_redirects: 10,
@@ -197,6 +197,16 @@ struct Failure {
     error: HttpError,
     transient: bool,
     retry_after: Option<Duration>,
+}
+
+impl Transient for Failure {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
 }
 
 /// A partly written download; removed on drop unless it was renamed into place.
@@ -283,17 +293,15 @@ impl HttpFetcher {
             });
         }
 
-        let mut attempt = 1;
-        let done = loop {
-            match self.try_once(&parsed, &shown, dest_dir, progress).await {
-                Ok(done) => break done,
-                Err(failure) if failure.transient && attempt < self.config.attempts => {
-                    tokio::time::sleep(self.backoff(attempt, failure.retry_after)).await;
-                    attempt += 1;
-                }
-                Err(failure) => return Err(with_attempts(failure.error, attempt)),
-            }
-        };
+        // Each try borrows the callback in turn; the lock is never contended.
+        let progress = Mutex::new(progress);
+        let done = retry(
+            &self.config.retry,
+            || self.try_once(&parsed, &shown, dest_dir, &progress),
+            |_, _, _| {},
+        )
+        .await
+        .map_err(|gave_up| with_attempts(gave_up.error.error, gave_up.attempts))?;
 
         if let Some(expected) = expected
             && expected != done.digest
@@ -345,8 +353,10 @@ impl HttpFetcher {
         url: &Url,
         shown: &str,
         dest_dir: &Path,
-        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+        progress: &Mutex<&mut (dyn FnMut(u64, Option<u64>) + Send)>,
     ) -> Result<Downloaded, Failure> {
+        let report =
+            |bytes, total| (progress.lock().unwrap_or_else(|e| e.into_inner()))(bytes, total);
         let mut response = self
             .client
             .get(url.clone())
@@ -390,7 +400,7 @@ impl HttpFetcher {
         let mut out = BufWriter::with_capacity(256 * 1024, file);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        progress(0, total);
+        report(0, total);
         while let Some(chunk) = response
             .chunk()
             .await
@@ -401,7 +411,7 @@ impl HttpFetcher {
                 .await
                 .map_err(|e| io_err("writing", e))?;
             size += chunk.len() as u64;
-            progress(size, total);
+            report(size, total);
         }
         out.flush().await.map_err(|e| io_err("writing", e))?;
         let file = out.into_inner().into_std().await;
@@ -415,15 +425,6 @@ impl HttpFetcher {
             size,
             last_modified,
         })
-    }
-
-    fn backoff(&self, failed_attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .config
-            .initial_backoff
-            .saturating_mul(1 << (failed_attempt - 1).min(16));
-        exp.max(retry_after.unwrap_or_default())
-            .min(self.config.max_backoff)
     }
 }
 

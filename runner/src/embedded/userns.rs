@@ -13,6 +13,10 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 
+// Written once in the snapshotter, which asks too; re-exported here because it belongs to this
+// module's story (`enter_user_namespace` tells host root from namespace root with it).
+pub use forge_snapshotter::userns::in_user_namespace;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
     #[error("enter_user_namespace must run before any thread starts ({threads} threads running)")]
@@ -58,17 +62,6 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> UsernsE
     move |e| UsernsError::Sys {
         what,
         source: e.into(),
-    }
-}
-
-/// Whether this process is in a user namespace other than the initial one.
-pub fn in_user_namespace() -> bool {
-    match fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => {
-            let fields: Vec<&str> = map.split_whitespace().collect();
-            fields != ["0", "0", "4294967295"]
-        }
-        Err(_) => false,
     }
 }
 

@@ -19,87 +19,9 @@ pub use auth::{AuthError, AuthResolver, Credential};
 pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
+use crate::platform::Platform;
 use crate::reference::Reference;
-
-/// An `os/arch[/variant]` triple as image indexes name platforms.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this process runs on, in Go's (and so OCI's) names.
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "x86" => ("386", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
-            "powerpc64" => ("ppc64", None),
-            "loongarch64" => ("loong64", None),
-            "mips64" if cfg!(target_endian = "little") => ("mips64le", None),
-            other => (other, None),
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Whether an index entry's platform fits this one. A missing variant on either side fits
-    /// (arm64 entries rarely say v8).
-    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.architecture == architecture
-            && match (self.variant.as_deref(), variant) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// When and how long to retry transient failures (5xx, 408, 429, connection errors, timeouts).
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Tries in all, including the first.
-    pub attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before try number `attempt + 1` (`attempt` counts from 1), doubling each time.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
+use crate::retry::RetryPolicy;
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -274,32 +196,5 @@ mod tests {
         ] {
             assert!(!is_loopback(no), "{no}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
-            attempts: 9,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1000),
-        };
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(4), Duration::from_millis(800));
-        assert_eq!(p.backoff(5), Duration::from_millis(1000));
-    }
-
-    #[test]
-    fn platform_matching_tolerates_missing_variant() {
-        let arm = Platform {
-            os: "linux".into(),
-            architecture: "arm64".into(),
-            variant: Some("v8".into()),
-        };
-        assert!(arm.matches("linux", "arm64", None));
-        assert!(arm.matches("linux", "arm64", Some("v8")));
-        assert!(!arm.matches("linux", "arm64", Some("v9")));
-        assert!(!arm.matches("linux", "amd64", None));
-        assert_eq!(arm.to_string(), "linux/arm64/v8");
     }
 }

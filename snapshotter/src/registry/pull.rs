@@ -11,7 +11,9 @@ use oci_client::manifest::OciDescriptor;
 use serde::{Deserialize, Serialize};
 
 use super::{AuthError, RegistryClient, oci_reference};
+use crate::platform::Platform;
 use crate::reference::Reference;
+use crate::retry::{Transient, retry};
 use crate::store::{Descriptor, Digest, ImageRecord, Ingest, Store, StoreError};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -183,11 +185,17 @@ struct RawPlatform {
 }
 
 impl RawPlatform {
-    fn show(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
-            None => format!("{}/{}", self.os, self.architecture),
+    /// The platform as the index writes it (not normalised).
+    fn platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone().unwrap_or_default(),
         }
+    }
+
+    fn show(&self) -> String {
+        self.platform().to_string()
     }
 }
 
@@ -208,6 +216,20 @@ struct RawRootfs {
 enum Failure {
     Transient(String, PullError),
     Fatal(PullError),
+}
+
+impl Failure {
+    fn into_error(self) -> PullError {
+        match self {
+            Failure::Transient(_, e) | Failure::Fatal(e) => e,
+        }
+    }
+}
+
+impl Transient for Failure {
+    fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient(..))
+    }
 }
 
 /// Context shared by the pieces of one pull, for error messages.
@@ -258,33 +280,25 @@ impl Ctx<'_> {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, PullError>
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PullError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let policy = &self.client.config.retry;
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(text, e)) => {
-                    if attempt >= policy.attempts.max(1) {
-                        return Err(e);
-                    }
-                    let delay = policy.backoff(attempt);
-                    (self.progress)(PullEvent::Retrying {
-                        what: what.to_string(),
-                        attempt,
-                        delay,
-                        error: text,
-                    });
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+        // Only transient failures are retried.
+        let on_retry = |failure: &Failure, attempt, delay| {
+            if let Failure::Transient(text, _) = failure {
+                (self.progress)(PullEvent::Retrying {
+                    what: what.to_string(),
+                    attempt,
+                    delay,
+                    error: text.clone(),
+                })
             }
-        }
+        };
+        retry(&self.client.config.retry, op, on_retry)
+            .await
+            .map_err(|gave_up| gave_up.error.into_error())
     }
 
     /// Fetches a manifest or index by tag or digest; returns its bytes and their digest (checked
@@ -663,15 +677,13 @@ impl RegistryClient {
         drop(downloads);
 
         let platform = chosen_platform.unwrap_or_else(|| {
-            let os = raw_config.os.clone().unwrap_or_else(|| "unknown".into());
-            let arch = raw_config
-                .architecture
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            match &raw_config.variant {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
+            let unknown = || "unknown".to_string();
+            Platform {
+                os: raw_config.os.clone().unwrap_or_else(unknown),
+                architecture: raw_config.architecture.clone().unwrap_or_else(unknown),
+                variant: raw_config.variant.clone().unwrap_or_default(),
             }
+            .to_string()
         });
         let record = ImageRecord {
             reference: reference.to_string(),
@@ -701,14 +713,10 @@ impl RegistryClient {
         let fits = |e: &&RawIndexEntry| {
             e.platform
                 .as_ref()
-                .is_some_and(|p| wanted.matches(&p.os, &p.architecture, p.variant.as_deref()))
+                .is_some_and(|p| wanted.matches(&p.platform()))
                 && matches!(e.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST)
         };
-        // An exact variant match beats an entry that leaves the variant out.
-        let exact = entries.iter().filter(fits).find(|e| {
-            e.platform.as_ref().and_then(|p| p.variant.as_deref()) == wanted.variant.as_deref()
-        });
-        if let Some(e) = exact.or_else(|| entries.iter().find(fits)) {
+        if let Some(e) = entries.iter().find(fits) {
             return Ok(e);
         }
         let mut available: Vec<String> = entries

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuthError, BlobKind, PullError, RegistryClient, is_transient, oci_reference};
 use crate::reference::Reference;
+use crate::retry::{GaveUp, Transient, retry};
 use crate::store::{Descriptor, Digest, ImageRecord, Store, StoreError};
 
 /// Bytes read from the store and sent per request: oci-client's chunk size, so each read becomes
@@ -198,6 +199,12 @@ impl From<OciDistributionError> for Failure {
     }
 }
 
+impl Transient for Failure {
+    fn is_transient(&self) -> bool {
+        matches!(self, Failure::Oci(e) if is_transient(e))
+    }
+}
+
 /// One target repository being pushed to.
 struct Target<'a> {
     client: &'a RegistryClient,
@@ -235,32 +242,32 @@ impl Target<'_> {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, PushError>
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PushError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let policy = &self.client.config.retry;
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Oci(e)) => {
-                    if !is_transient(&e) || attempt >= policy.attempts.max(1) {
-                        return Err(self.error(what, e));
-                    }
-                    let delay = policy.backoff(attempt);
-                    (self.progress)(PushEvent::Retrying {
-                        what: format!("{what} in {}", self.name()),
-                        attempt,
-                        delay,
-                        error: e.to_string(),
-                    });
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+        // Only transient registry errors are retried.
+        let on_retry = |failure: &Failure, attempt, delay| {
+            if let Failure::Oci(e) = failure {
+                (self.progress)(PushEvent::Retrying {
+                    what: format!("{what} in {}", self.name()),
+                    attempt,
+                    delay,
+                    error: e.to_string(),
+                })
             }
+        };
+        match retry(&self.client.config.retry, op, on_retry).await {
+            Ok(v) => Ok(v),
+            Err(GaveUp {
+                error: Failure::Oci(e),
+                ..
+            }) => Err(self.error(what, e)),
+            Err(GaveUp {
+                error: Failure::Fatal(e),
+                ..
+            }) => Err(e),
         }
     }
 

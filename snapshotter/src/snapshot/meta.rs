@@ -4,14 +4,14 @@
 //! an interrupted operation and are removed when the root is opened.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Info, Kind, SnapshotError, Usage, tree_usage};
+use crate::lock::{FileLock, LockMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -70,9 +70,6 @@ pub(crate) struct Db {
     root: PathBuf,
 }
 
-/// An held flock; released on drop (closing the descriptor).
-pub(crate) struct Lock(#[allow(dead_code)] File);
-
 impl Db {
     pub fn open(root: &Path) -> Result<Self, SnapshotError> {
         let io = |source| SnapshotError::Io {
@@ -89,7 +86,7 @@ impl Db {
         let db = Db {
             root: root.to_path_buf(),
         };
-        let _lock = db.lock(true)?;
+        let _lock = db.lock(LockMode::Exclusive)?;
         let state = db.load()?;
         db.sweep(&state)?;
         Ok(db)
@@ -99,32 +96,14 @@ impl Db {
         self.root.join("snapshots").join(id.to_string())
     }
 
-    pub fn lock(&self, exclusive: bool) -> Result<Lock, SnapshotError> {
+    /// Takes `<root>/lock`: shared to read the metadata, exclusive to change it.
+    pub fn lock(&self, mode: LockMode) -> Result<FileLock, SnapshotError> {
         let path = self.root.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| SnapshotError::Io {
-                op: "opening the lock",
-                path: path.clone(),
-                source,
-            })?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            return Err(SnapshotError::Io {
-                op: "locking",
-                path,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(Lock(f))
+        FileLock::acquire(&path, mode).map_err(|source| SnapshotError::Io {
+            op: "locking",
+            path,
+            source,
+        })
     }
 
     pub fn load(&self) -> Result<State, SnapshotError> {
@@ -244,7 +223,7 @@ impl Db {
         &self,
         f: impl FnOnce(&State) -> Result<T, SnapshotError>,
     ) -> Result<T, SnapshotError> {
-        let _lock = self.lock(false)?;
+        let _lock = self.lock(LockMode::Shared)?;
         let state = self.load()?;
         f(&state)
     }
@@ -258,7 +237,7 @@ impl Db {
         kind: Kind,
         make: impl FnOnce(&Path) -> io::Result<()>,
     ) -> Result<(u64, Vec<u64>), SnapshotError> {
-        let _lock = self.lock(true)?;
+        let _lock = self.lock(LockMode::Exclusive)?;
         let mut state = self.load()?;
         if state.snapshots.contains_key(key) {
             return Err(SnapshotError::AlreadyExists(key.to_string()));
@@ -306,7 +285,7 @@ impl Db {
     }
 
     pub fn commit(&self, name: &str, key: &str) -> Result<u64, SnapshotError> {
-        let _lock = self.lock(true)?;
+        let _lock = self.lock(LockMode::Exclusive)?;
         let mut state = self.load()?;
         let r = state.get(key)?.clone();
         if r.kind != Kind::Active {
@@ -335,7 +314,7 @@ impl Db {
     /// Unregister `key`, then delete its directory (a crash in between leaves debris for `sweep`).
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let dir = {
-            let _lock = self.lock(true)?;
+            let _lock = self.lock(LockMode::Exclusive)?;
             let mut state = self.load()?;
             let id = state.get(key)?.id;
             let children: Vec<String> = state

@@ -239,7 +239,7 @@ impl AnySnapshotter {
             BackendKind::Overlay => AnySnapshotter::Overlay(OverlaySnapshotter::open(
                 root,
                 OverlayFlavor::Native {
-                    userxattr: crate::unpack::in_user_namespace(),
+                    userxattr: crate::userns::in_user_namespace(),
                 },
             )?),
             BackendKind::FuseOverlay => {
@@ -301,7 +301,7 @@ impl Snapshotter for AnySnapshotter {
 /// Find the best backend for `root`: native overlay if a test mount works there, fuse-overlayfs
 /// if `/dev/fuse` and the helper exist, else copy.
 pub fn probe(root: &Path) -> BackendKind {
-    if overlay::probe_native(root, crate::unpack::in_user_namespace()) {
+    if overlay::probe_native(root, crate::userns::in_user_namespace()) {
         BackendKind::Overlay
     } else if overlay::fuse_available() {
         BackendKind::FuseOverlay
@@ -330,10 +330,7 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
     blob: R,
     media_type: &str,
 ) -> Result<LayerSnapshot, SnapshotError> {
-    let chain = match parent {
-        Some(p) => chain_id_step(p, diff_id),
-        None => diff_id.clone(),
-    };
+    let chain = chain_id_step(parent, diff_id);
     let name = chain.to_string();
     if sn.stat(&name).is_ok() {
         return Ok(LayerSnapshot {

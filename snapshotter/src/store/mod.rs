@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::lock::{FileLock, LockMode};
+
 pub use digest::{Digest, DigestError};
 pub use meta::{
     CheckReport, Descriptor, ImageRecord, Lease, PrunePolicy, PruneReport, UnpackedLayer,
@@ -134,42 +136,9 @@ pub struct Store {
     store_lock: PathBuf,
 }
 
-/// How to take a lock file.
-#[derive(Clone, Copy)]
-enum LockMode {
-    Shared,
-    Exclusive,
-}
-
-fn lock_file(path: &Path, mode: LockMode) -> Result<File, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err("open lock file", path))?;
-    match mode {
-        LockMode::Shared => file.lock_shared(),
-        LockMode::Exclusive => file.lock(),
-    }
-    .map_err(io_err("lock", path))?;
-    Ok(file)
-}
-
-fn try_lock_exclusive(path: &Path) -> Result<Option<File>, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err("open lock file", path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
-    }
+/// Takes the lock file at `path`, waiting for it; the error names the file.
+fn lock_file(path: &Path, mode: LockMode) -> Result<FileLock, StoreError> {
+    FileLock::acquire(path, mode).map_err(io_err("lock", path))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -183,7 +152,7 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 /// between as garbage. Prune from the same process while holding a session would wait forever.
 #[derive(Debug)]
 pub struct Session {
-    _lock: File,
+    _lock: FileLock,
 }
 
 /// Outcome of asking to ingest a blob.
@@ -214,7 +183,9 @@ impl Store {
         for dir in [&store.blobs, &store.ingest] {
             fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
-        if let Some(_quiet) = try_lock_exclusive(&store.store_lock)? {
+        let quiet = FileLock::try_acquire(&store.store_lock, LockMode::Exclusive)
+            .map_err(io_err("lock", &store.store_lock))?;
+        if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
         store.with_db(meta::init)?;
@@ -492,8 +463,8 @@ pub struct BlobWriter {
     expected: Digest,
     expected_size: Option<u64>,
     committed: bool,
-    _blob_lock: File,
-    _store_lock: File,
+    _blob_lock: FileLock,
+    _store_lock: FileLock,
 }
 
 impl BlobWriter {

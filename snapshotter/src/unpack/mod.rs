@@ -50,7 +50,7 @@ use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::compress::{CompressError, decompressor, sha256_digest};
-pub use sys::in_user_namespace;
+use crate::userns::in_user_namespace;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]

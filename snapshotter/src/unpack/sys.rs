@@ -213,15 +213,3 @@ pub(crate) fn set_times_at(
     };
     Errno::result(r).map(drop)
 }
-
-/// Whether this process runs in a user namespace other than the initial one (rootless): then
-/// overlayfs wants `userxattr` and `user.overlay.*` attributes, and mknod of devices is refused.
-pub fn in_user_namespace() -> bool {
-    match std::fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => {
-            let fields: Vec<&str> = map.split_whitespace().collect();
-            fields != ["0", "0", "4294967295"]
-        }
-        Err(_) => false,
-    }
-}

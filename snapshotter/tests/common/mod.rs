@@ -300,7 +300,7 @@ pub fn unmount(target: &Path) {
 
 /// Whether this process is in a user namespace (then ids other than the mapped ones cannot be used).
 pub fn in_userns() -> bool {
-    forge_snapshotter::unpack::in_user_namespace()
+    forge_snapshotter::userns::in_user_namespace()
 }
 
 /// The change set the round-trip tests make on top of `base_tree`, in `dir` (a copy of the base or a

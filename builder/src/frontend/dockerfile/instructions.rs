@@ -2,7 +2,7 @@
 //! counts, flags and their values, heredoc sources) as BuildKit's `instructions` package does, and
 //! grouped into stages. Variables are not expanded here: that needs the stage's scope, at lowering.
 
-use crate::frontend::suggest::edit_distance;
+use crate::frontend::suggest::{suggest, suggest_instruction};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -106,43 +106,6 @@ pub fn point(pos: Pos) -> Span {
         start: pos,
         end: pos,
     }
-}
-
-/// Every instruction keyword, uppercase.
-pub const INSTRUCTIONS: &[&str] = &[
-    "ADD",
-    "ARG",
-    "CMD",
-    "COPY",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "FROM",
-    "HEALTHCHECK",
-    "LABEL",
-    "MAINTAINER",
-    "ONBUILD",
-    "RUN",
-    "SHELL",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-];
-
-/// The candidate closest to `word` (case-insensitive) if it is close enough to be a likely typo.
-pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let w = word.to_ascii_lowercase();
-    let mut best: Option<(usize, &str)> = None;
-    for c in candidates {
-        let d = edit_distance(&w, &c.to_ascii_lowercase());
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
-        }
-    }
-    // Same threshold idea as BuildKit's suggest package: a third of the word, at least one edit.
-    best.filter(|(d, _)| *d > 0 && *d <= (w.chars().count() / 3).max(1) + usize::from(w.len() > 5))
-        .map(|(_, c)| c.to_string())
 }
 
 /// A name/value pair of ENV or LABEL; `no_delim` marks the legacy `ENV key value` form.
@@ -915,10 +878,7 @@ fn parse_instruction(node: &Node) -> Result<Instruction, InstructionError> {
                 ErrorKind::UnknownInstruction(keyword.clone()),
                 node.keyword_span,
             )
-            .hint(
-                suggest(&keyword, INSTRUCTIONS.iter().copied())
-                    .map(|s| format!("did you mean {s}?")),
-            ));
+            .hint(suggest_instruction(&keyword).map(|s| format!("did you mean {s}?"))));
         }
     })
 }

@@ -11,10 +11,12 @@ use super::instructions::{
 };
 mod words;
 
+use crate::frontend::suggest::suggest;
 use crate::graph::{
     CacheSharing, CopyOptions, ExecOp, FileAction, FileOp, Graph, GraphBuilder, Healthcheck,
     History, ImageConfig, MergeOp, Mount, MountKind, NodeRef, Op, Output, Platform, SourceOp,
 };
+use crate::slashpath::{clean_path, join_root};
 
 /// Gives a base image's config (env, user, workdir, ONBUILD triggers...). Without one (dry runs),
 /// base images are taken as having an empty config.
@@ -415,7 +417,7 @@ pub fn lower_typed(
             .ok_or_else(|| LowerError {
                 kind: Box::new(LowerErrorKind::TargetNotFound(t.clone())),
                 span: None,
-                hint: instructions::suggest(t, ctx.names.keys().map(String::as_str))
+                hint: suggest(t, ctx.names.keys().map(String::as_str))
                     .map(|s| format!("did you mean {s}?")),
             })?,
     };
@@ -568,36 +570,6 @@ fn normalize_context_paths(paths: &BTreeSet<String>) -> Vec<String> {
         .iter()
         .map(|p| p.trim_start_matches('/').to_string())
         .collect()
-}
-
-/// `path.Clean` for slash paths.
-pub fn clean_path(p: &str) -> String {
-    let abs = p.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|l| *l != "..") {
-                    out.pop();
-                } else if !abs {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    let joined = out.join("/");
-    match (abs, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
-    }
-}
-
-/// `path.Join("/", p)`.
-fn join_root(p: &str) -> String {
-    clean_path(&format!("/{p}"))
 }
 
 /// A destination relative to the working directory, keeping a trailing slash (it means "into").
@@ -1695,9 +1667,6 @@ mod tests {
 
     #[test]
     fn paths_are_cleaned_like_go() {
-        assert_eq!(clean_path("/a/../b/./c/"), "/b/c");
-        assert_eq!(clean_path("/.."), "/");
-        assert_eq!(clean_path("a/.."), ".");
         assert_eq!(dest_path("/app", "."), "/app/");
         assert_eq!(dest_path("/app", "sub/"), "/app/sub/");
         assert_eq!(dest_path("/app", "/etc/x"), "/etc/x");

@@ -8,7 +8,7 @@
 // hint); boxing it would only make matching on it clumsier.
 #![allow(clippy::result_large_err)]
 
-use crate::frontend::suggest::edit_distance;
+use crate::frontend::suggest::{INSTRUCTIONS, suggest_instruction};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -22,28 +22,6 @@ pub const DEFAULT_ESCAPE: char = '\\';
 /// BuildKit reads lines with Go's `bufio.Scanner`, whose default token limit (64 KiB, newline
 /// included) makes any longer line an error.
 pub const MAX_LINE_BYTES: usize = 65535;
-
-/// The instructions BuildKit's parser dispatches, in the order of its documentation.
-pub const INSTRUCTIONS: [&str; 18] = [
-    "from",
-    "run",
-    "cmd",
-    "label",
-    "maintainer",
-    "expose",
-    "env",
-    "add",
-    "copy",
-    "entrypoint",
-    "volume",
-    "user",
-    "workdir",
-    "arg",
-    "onbuild",
-    "stopsignal",
-    "healthcheck",
-    "shell",
-];
 
 /// The parser directives BuildKit recognises; any other `# name=value` line is a plain comment.
 const DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
@@ -1079,20 +1057,6 @@ fn parse_health_config(rest: &str) -> Result<Args, ParseErrorKind> {
     })
 }
 
-/// The instruction nearest to an unknown keyword, if close enough to be a likely typo.
-fn suggest_instruction(keyword: &str) -> Option<String> {
-    let upper = keyword.to_uppercase();
-    let (distance, best) = INSTRUCTIONS
-        .iter()
-        .map(|name| {
-            let name = name.to_uppercase();
-            (edit_distance(&upper, &name), name)
-        })
-        .min_by_key(|(d, _)| *d)?;
-    let limit = if upper.chars().count() <= 3 { 1 } else { 2 };
-    (distance <= limit && distance < upper.chars().count()).then_some(best)
-}
-
 /// Go's `encoding/json` as BuildKit uses it: `json.Unmarshal` into `[]any`.
 mod json {
     /// Go's decoder nesting limit.
@@ -1363,9 +1327,10 @@ mod json {
 /// Heredoc markers on an instruction line, found the way BuildKit finds them: its shell lexer
 /// splits the line into words (raw quotes and escapes, `$` references kept since nothing is set),
 /// and each word matching `^(\d*)<<(-?)\s*([^<]*)$` is lexed again to get the delimiter and whether
-/// any part of it was quoted. This is a small, private replica of the lexer paths involved, quirks
-/// included; the full shell lexer lives in `shell.rs`.
+/// any part of it was quoted. Both passes are `shell.rs`'s lexer with BuildKit's flags.
 mod heredoc {
+    use crate::frontend::dockerfile::shell::{EmptyEnv, Lexer};
+
     pub(super) struct Marker {
         pub name: String,
         pub fd: u32,
@@ -1378,13 +1343,17 @@ mod heredoc {
 
     /// Markers in order; `Err((word, offset, reason))` when a marker word does not lex.
     pub(super) fn heredocs_from_line(line: &str) -> Result<Vec<Marker>, (String, usize, String)> {
-        let mut lexer = Lexer::new(line, true, true);
+        // BuildKit lexes heredocs with a backslash escape whatever the file's `# escape=` says.
+        let lexer = Lexer::new('\\')
+            .raw_quotes(true)
+            .raw_escapes(true)
+            .skip_unset_env(true);
         // BuildKit ignores a lexing failure of the whole line: no heredocs then.
-        let Ok(words) = lexer.process_words() else {
+        let Ok(expansion) = lexer.process(line, &EmptyEnv) else {
             return Ok(Vec::new());
         };
         let mut markers = Vec::new();
-        for (word, offset) in words {
+        for (word, offset) in expansion.words.into_iter().zip(expansion.word_offsets) {
             match parse_heredoc(&word) {
                 Ok(Some((name, fd, expand, chomp))) => markers.push(Marker {
                     name,
@@ -1421,380 +1390,26 @@ mod heredoc {
         } else {
             src[..digits].parse::<u32>().unwrap_or(u32::MAX)
         };
-        let words = Lexer::new(rest, false, false).process_words()?;
+        // Lexed without and then with raw quotes: a quote that only the raw pass keeps was quoting.
+        let lexer = Lexer::new('\\').skip_unset_env(true);
+        let lex = |lexer: Lexer| {
+            lexer
+                .process_words(rest, &EmptyEnv)
+                .map_err(|e| e.kind.to_string())
+        };
+        let words = lex(lexer)?;
         if words.len() != 1 {
             return Ok(None);
         }
-        let raw = Lexer::new(rest, true, false).process_words()?;
+        let raw = lex(lexer.raw_quotes(true))?;
         if raw.len() != words.len() {
             return Err(format!(
                 "internal lexing of heredoc produced inconsistent results: {rest}"
             ));
         }
         let quotes = |s: &str| s.chars().filter(|&c| c == '\'' || c == '"').count();
-        let expand = quotes(&words[0].0) == quotes(&raw[0].0);
-        Ok(Some((words[0].0.clone(), fd, expand, chomp)))
-    }
-
-    struct Lexer {
-        chars: Vec<(usize, char)>,
-        len: usize,
-        k: usize,
-        raw_quotes: bool,
-        raw_escapes: bool,
-        /// Go's lexer shares one word buffer between nested `processStopOn` calls, so a `${...}`
-        /// with a modifier resets the word being built around it; kept as is to match.
-        buf: String,
-        buf_start: Option<usize>,
-        depth: usize,
-    }
-
-    const MAX_NESTING: usize = 200;
-
-    struct Words {
-        words: Vec<(String, usize)>,
-        in_word: bool,
-    }
-
-    const ESCAPE: char = '\\';
-
-    impl Lexer {
-        fn new(text: &str, raw_quotes: bool, raw_escapes: bool) -> Self {
-            // Go's text/scanner skips a byte-order mark at the start of what it scans.
-            let skip = usize::from(text.starts_with('\u{feff}'));
-            Lexer {
-                chars: text.char_indices().skip(skip).collect(),
-                len: text.len(),
-                k: 0,
-                raw_quotes,
-                raw_escapes,
-                buf: String::new(),
-                buf_start: None,
-                depth: 0,
-            }
-        }
-
-        fn offset(&self) -> usize {
-            self.chars.get(self.k).map_or(self.len, |c| c.0)
-        }
-
-        fn peek(&self) -> Option<char> {
-            self.chars.get(self.k).map(|c| c.1)
-        }
-
-        fn next(&mut self) -> Option<char> {
-            let c = self.peek();
-            if c.is_some() {
-                self.k += 1;
-            }
-            c
-        }
-
-        fn process_words(&mut self) -> Result<Vec<(String, usize)>, String> {
-            self.process_stop_on(None, self.raw_escapes).map(|(_, w)| w)
-        }
-
-        fn add_char(&mut self, w: &mut Words, ch: char, at: usize) {
-            if ch.is_whitespace() {
-                if w.in_word && !self.buf.is_empty() {
-                    let start = self.buf_start.take().unwrap_or(at);
-                    w.words.push((std::mem::take(&mut self.buf), start));
-                    w.in_word = false;
-                }
-            } else {
-                self.add_raw_str(w, ch.encode_utf8(&mut [0; 4]), at);
-            }
-        }
-
-        fn add_raw_str(&mut self, w: &mut Words, s: &str, at: usize) {
-            if self.buf.is_empty() && !s.is_empty() {
-                self.buf_start = Some(at);
-            }
-            self.buf.push_str(s);
-            w.in_word = true;
-        }
-
-        fn get_words(&mut self, mut w: Words) -> Vec<(String, usize)> {
-            if !self.buf.is_empty() {
-                let start = self.buf_start.take().unwrap_or(0);
-                w.words.push((std::mem::take(&mut self.buf), start));
-            }
-            w.words
-        }
-
-        fn process_stop_on(
-            &mut self,
-            stop: Option<char>,
-            raw_escapes: bool,
-        ) -> Result<(String, Vec<(String, usize)>), String> {
-            // Go's goroutine stacks grow; ours do not. Past this nesting of `${...}` the line is
-            // treated as not lexing (so: no heredoc), where BuildKit would still look for one.
-            if self.depth >= MAX_NESTING {
-                return Err("substitutions nested too deeply".into());
-            }
-            let saved = self.raw_escapes;
-            self.raw_escapes = raw_escapes;
-            self.depth += 1;
-            let result = self.process_stop_on_inner(stop);
-            self.depth -= 1;
-            self.raw_escapes = saved;
-            result
-        }
-
-        fn process_stop_on_inner(
-            &mut self,
-            stop: Option<char>,
-        ) -> Result<(String, Vec<(String, usize)>), String> {
-            let mut result = String::new();
-            self.buf.clear();
-            self.buf_start = None;
-            let mut w = Words {
-                words: Vec::new(),
-                in_word: false,
-            };
-            while let Some(ch) = self.peek() {
-                let at = self.offset();
-                if stop == Some(ch) {
-                    self.next();
-                    return Ok((result, self.get_words(w)));
-                }
-                match ch {
-                    '$' => {
-                        let tmp = self.process_dollar()?;
-                        result.push_str(&tmp);
-                        for c in tmp.chars() {
-                            self.add_char(&mut w, c, at);
-                        }
-                    }
-                    '<' => {
-                        let tmp = self.process_possible_heredoc();
-                        result.push_str(&tmp);
-                        self.add_raw_str(&mut w, &tmp, at);
-                    }
-                    '\'' => {
-                        let tmp = self.process_single_quote()?;
-                        result.push_str(&tmp);
-                        self.add_raw_str(&mut w, &tmp, at);
-                    }
-                    '"' => {
-                        let tmp = self.process_double_quote()?;
-                        result.push_str(&tmp);
-                        self.add_raw_str(&mut w, &tmp, at);
-                    }
-                    _ => {
-                        let mut ch = self.next().unwrap_or_default();
-                        if ch == ESCAPE {
-                            if self.raw_escapes {
-                                self.add_raw_str(&mut w, "\\", at);
-                                result.push(ch);
-                            }
-                            match self.next() {
-                                None => break,
-                                Some(c) => ch = c,
-                            }
-                            self.add_raw_str(&mut w, ch.encode_utf8(&mut [0; 4]), at);
-                        } else {
-                            self.add_char(&mut w, ch, at);
-                        }
-                        result.push(ch);
-                    }
-                }
-            }
-            if let Some(stop) = stop {
-                return Err(format!(
-                    "unexpected end of statement while looking for matching {stop}"
-                ));
-            }
-            Ok((result, self.get_words(w)))
-        }
-
-        fn process_single_quote(&mut self) -> Result<String, String> {
-            let mut result = String::new();
-            let open = self.next().unwrap_or_default();
-            if self.raw_quotes {
-                result.push(open);
-            }
-            loop {
-                match self.next() {
-                    None => {
-                        return Err(
-                            "unexpected end of statement while looking for matching single-quote"
-                                .into(),
-                        );
-                    }
-                    Some('\'') => {
-                        if self.raw_quotes {
-                            result.push('\'');
-                        }
-                        return Ok(result);
-                    }
-                    Some(c) => result.push(c),
-                }
-            }
-        }
-
-        fn process_double_quote(&mut self) -> Result<String, String> {
-            let mut result = String::new();
-            let open = self.next().unwrap_or_default();
-            if self.raw_quotes {
-                result.push(open);
-            }
-            loop {
-                match self.peek() {
-                    None => {
-                        return Err(
-                            "unexpected end of statement while looking for matching double-quote"
-                                .into(),
-                        );
-                    }
-                    Some('"') => {
-                        self.next();
-                        if self.raw_quotes {
-                            result.push('"');
-                        }
-                        return Ok(result);
-                    }
-                    Some('$') => {
-                        let value = self.process_dollar()?;
-                        result.push_str(&value);
-                    }
-                    Some(_) => {
-                        let mut ch = self.next().unwrap_or_default();
-                        if ch == ESCAPE {
-                            if self.raw_escapes {
-                                result.push(ch);
-                            }
-                            match self.peek() {
-                                None => continue,
-                                Some('"' | '$' | ESCAPE) => ch = self.next().unwrap_or_default(),
-                                Some(_) => {}
-                            }
-                        }
-                        result.push(ch);
-                    }
-                }
-            }
-        }
-
-        /// `$name`, `${name}` and `${name<op>word}` with nothing set: kept as written.
-        fn process_dollar(&mut self) -> Result<String, String> {
-            self.next();
-            if self.peek() != Some('{') {
-                let name = self.process_name();
-                return Ok(format!("${name}"));
-            }
-            self.next();
-            match self.peek() {
-                None => return Err("syntax error: missing '}'".into()),
-                Some('{' | '}' | ':') => return Err("syntax error: bad substitution".into()),
-                Some(_) => {}
-            }
-            let name = self.process_name();
-            let ch = self.next();
-            let mut chs = ch.map_or('\u{fffd}'.to_string(), String::from);
-            match ch {
-                Some('}') => Ok(format!("${{{name}}}")),
-                Some(':' | '+' | '-' | '?' | '#' | '%') => {
-                    let mut op = ch;
-                    let null_is_unset = ch == Some(':');
-                    if null_is_unset {
-                        op = self.next();
-                        chs.push(op.unwrap_or('\u{fffd}'));
-                    }
-                    let raw = matches!(op, Some('#' | '%'));
-                    if null_is_unset && raw {
-                        return Err(format!("unsupported modifier ({chs}) in substitution"));
-                    }
-                    let word = match self.process_stop_on(Some('}'), raw) {
-                        Ok((word, _)) => word,
-                        Err(e) => {
-                            return Err(if self.peek().is_none() {
-                                "syntax error: missing '}'".into()
-                            } else {
-                                e
-                            });
-                        }
-                    };
-                    Ok(format!("${{{name}{chs}{word}}}"))
-                }
-                Some('/') => {
-                    if self.peek() == Some('/') {
-                        self.next();
-                    }
-                    let pattern = match self.process_stop_on(Some('/'), true) {
-                        Ok((p, _)) => p,
-                        Err(e) => {
-                            return Err(if self.peek().is_none() {
-                                "syntax error: missing '/' in ${}".into()
-                            } else {
-                                e
-                            });
-                        }
-                    };
-                    let replacement = match self.process_stop_on(Some('}'), true) {
-                        Ok((r, _)) => r,
-                        Err(e) => {
-                            return Err(if self.peek().is_none() {
-                                "syntax error: missing '}'".into()
-                            } else {
-                                e
-                            });
-                        }
-                    };
-                    Ok(format!("${{{name}/{pattern}/{replacement}}}"))
-                }
-                _ => Err(format!("unsupported modifier ({chs}) in substitution")),
-            }
-        }
-
-        fn process_name(&mut self) -> String {
-            use unicode_general_category::{GeneralCategory as G, get_general_category};
-            let is_digit = |c: char| get_general_category(c) == G::DecimalNumber;
-            let is_letter = |c: char| {
-                matches!(
-                    get_general_category(c),
-                    G::UppercaseLetter
-                        | G::LowercaseLetter
-                        | G::TitlecaseLetter
-                        | G::ModifierLetter
-                        | G::OtherLetter
-                )
-            };
-            let mut name = String::new();
-            while let Some(ch) = self.peek() {
-                if name.is_empty() && is_digit(ch) {
-                    while let Some(c) = self.peek().filter(|&c| is_digit(c)) {
-                        self.next();
-                        name.push(c);
-                    }
-                    return name;
-                }
-                if name.is_empty() && matches!(ch, '@' | '*' | '#' | '?' | '-' | '$' | '!' | '0') {
-                    self.next();
-                    return ch.to_string();
-                }
-                if !is_letter(ch) && !is_digit(ch) && ch != '_' {
-                    break;
-                }
-                self.next();
-                name.push(ch);
-            }
-            name
-        }
-
-        fn process_possible_heredoc(&mut self) -> String {
-            self.next();
-            if self.peek() != Some('<') {
-                return "<".into();
-            }
-            self.next();
-            let mut result = String::from("<<");
-            while let Some(c) = self.peek().filter(|c| matches!(c, '\t' | '\r' | ' ')) {
-                result.push(c);
-                self.next();
-            }
-            result
-        }
+        let expand = quotes(&words[0]) == quotes(&raw[0]);
+        Ok(Some((words[0].clone(), fd, expand, chomp)))
     }
 }
 
@@ -1909,13 +1524,5 @@ mod tests {
         assert_eq!(json::parse_array(&deep), None);
         let ok = format!("[{}{}]", "[".repeat(100), "]".repeat(100));
         assert_eq!(json::parse_array(&ok), Some(vec![None]));
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(suggest_instruction("RUNN").as_deref(), Some("RUN"));
-        assert_eq!(suggest_instruction("form").as_deref(), Some("FROM"));
-        assert_eq!(suggest_instruction("WORKDR").as_deref(), Some("WORKDIR"));
-        assert_eq!(suggest_instruction("XYZZY"), None);
     }
 }

@@ -12,8 +12,14 @@
 //! [`Lexer::raw_quotes`], [`Lexer::raw_escapes`], [`Lexer::skip_unset_env`] and
 //! [`Lexer::skip_process_quotes`] select BuildKit's `RawQuotes`, `RawEscapes`, `SkipUnsetEnv` and
 //! `SkipProcessQuotes` modes. BuildKit finds heredoc markers with raw quotes, raw escapes and unset
-//! variables kept, names RUN steps with raw quotes and unset variables kept, and expands `COPY <<EOF`
+//! variables kept (the parser does so through this lexer, with [`Expansion::word_offsets`] for its
+//! spans), names RUN steps with raw quotes and unset variables kept, and expands `COPY <<EOF`
 //! bodies with quotes left alone ([`Lexer::process_heredoc_body`]).
+//!
+//! Quirks of Go's lexer kept so that words split as BuildKit splits them: a leading byte-order mark
+//! is skipped (Go's `text/scanner` does), `<<` takes the blanks after it into its word (so `<< EOF`
+//! is one word), and the field being built is one buffer shared with nested `${V<op>word}` levels,
+//! which reset it (so `a${V:-b}c` splits to `bc`; the unsplit result is `abc`).
 //!
 //! Patterns in `${V#p}`, `${V%p}` and `${V/p/r}` follow BuildKit exactly: `*`, `?` and `\` escapes of `*`,
 //! `?`, `\` (plus `\}` and `\/`, whose backslash is dropped); brackets are literal characters, as in
@@ -150,11 +156,15 @@ pub enum ShellErrorKind {
         /// The word after `?`, or BuildKit's default text.
         message: String,
     },
-    /// A `#`, `%` or `/` pattern that does not compile.
+    /// `${V:-${V:-...}}` nested past [`MAX_NESTING`] levels. Go's goroutine stacks grow and ours do
+    /// not: where BuildKit would carry on, the word is refused.
+    #[error("substitutions nested too deeply")]
+    NestedTooDeep,
     /// A `${V/p/r}` result grew past [`MAX_EXPANSION`] bytes (nested replacements of an empty pattern
     /// multiply a value's length at every level).
     #[error("substitution result exceeds {limit} bytes")]
     ExpansionTooLarge { limit: usize },
+    /// A `#`, `%` or `/` pattern that does not compile.
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern {
         /// The pattern as written (after expansion).
@@ -183,6 +193,9 @@ pub struct Expansion {
     pub result: String,
     /// The word expanded and split into fields (what [`Lexer::process_words`] returns).
     pub words: Vec<String>,
+    /// Where each of `words` begins in the word processed: the byte offset of the character, quote,
+    /// escape or `$` that started it.
+    pub word_offsets: Vec<usize>,
     /// Variables that were referenced and set.
     pub matched: BTreeSet<String>,
     /// Variables that were referenced and unset.
@@ -275,23 +288,32 @@ impl Lexer {
 
     /// Expands `word` and reports everything BuildKit's `ProcessWordWithMatches` does.
     pub fn process<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<Expansion, ShellError> {
+        // Go's text/scanner skips a byte-order mark at the start of what it scans.
+        let bom = usize::from(word.starts_with('\u{feff}'));
         let mut sw = ShellWord {
             lex: self,
-            chars: word.char_indices().collect(),
+            chars: word.char_indices().skip(bom).collect(),
             len: word.len(),
             at: 0,
             env,
             raw_escapes: self.raw_escapes,
+            field: String::new(),
+            field_start: None,
+            depth: 0,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
         match sw.process_stop_on(None, self.raw_escapes) {
-            Ok((result, words)) => Ok(Expansion {
-                result,
-                words,
-                matched: sw.matched,
-                unmatched: sw.unmatched,
-            }),
+            Ok((result, fields)) => {
+                let (words, word_offsets) = fields.into_iter().unzip();
+                Ok(Expansion {
+                    result,
+                    words,
+                    word_offsets,
+                    matched: sw.matched,
+                    unmatched: sw.unmatched,
+                })
+            }
             Err(fail) => Err(ShellError {
                 word: word.to_string(),
                 position: fail.position,
@@ -317,50 +339,18 @@ fn fail<T>(position: usize, kind: ShellErrorKind) -> Result<T, Fail> {
     Err(Fail { position, kind })
 }
 
-/// Field splitting state, as BuildKit's `wordsStruct`: whitespace from literal text or variables ends
-/// a field, while quoted or escaped text never does.
+/// Field splitting state of one level, as BuildKit's `wordsStruct`: whitespace from literal text or
+/// variables ends a field, while quoted or escaped text never does. The field being built is
+/// [`ShellWord::field`], shared by all levels.
 #[derive(Default)]
 struct Fields {
-    buf: String,
-    words: Vec<String>,
+    /// Finished fields and where each began.
+    words: Vec<(String, usize)>,
     in_word: bool,
 }
 
-impl Fields {
-    fn add_char(&mut self, ch: char) {
-        if ch.is_whitespace() {
-            if self.in_word && !self.buf.is_empty() {
-                self.words.push(std::mem::take(&mut self.buf));
-                self.in_word = false;
-            }
-        } else {
-            self.add_raw_char(ch);
-        }
-    }
-
-    fn add_raw_char(&mut self, ch: char) {
-        self.buf.push(ch);
-        self.in_word = true;
-    }
-
-    fn add_string(&mut self, s: &str) {
-        for ch in s.chars() {
-            self.add_char(ch);
-        }
-    }
-
-    fn add_raw_string(&mut self, s: &str) {
-        self.buf.push_str(s);
-        self.in_word = true;
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        if !self.buf.is_empty() {
-            self.words.push(self.buf);
-        }
-        self.words
-    }
-}
+/// Nesting of `${V<op>word}` levels past which a word is refused.
+pub const MAX_NESTING: usize = 200;
 
 struct ShellWord<'a, E: ?Sized> {
     lex: &'a Lexer,
@@ -369,6 +359,10 @@ struct ShellWord<'a, E: ?Sized> {
     at: usize,
     env: &'a E,
     raw_escapes: bool,
+    /// The field being built and the byte offset it began at; one for all levels, as in Go.
+    field: String,
+    field_start: Option<usize>,
+    depth: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -407,51 +401,100 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         &mut self,
         stop: Option<char>,
         raw_escapes: bool,
-    ) -> Result<(String, Vec<String>), Fail> {
+    ) -> Result<(String, Vec<(String, usize)>), Fail> {
+        if self.depth >= MAX_NESTING {
+            return fail(self.offset(), ShellErrorKind::NestedTooDeep);
+        }
         let saved = std::mem::replace(&mut self.raw_escapes, raw_escapes);
+        self.depth += 1;
         let r = self.stop_on_inner(stop);
+        self.depth -= 1;
         self.raw_escapes = saved;
         r
     }
 
-    fn stop_on_inner(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), Fail> {
+    /// Ends the current field on whitespace, else adds `ch` to it.
+    fn add_char(&mut self, fields: &mut Fields, ch: char, at: usize) {
+        if ch.is_whitespace() {
+            if fields.in_word && !self.field.is_empty() {
+                let start = self.field_start.take().unwrap_or(at);
+                fields.words.push((std::mem::take(&mut self.field), start));
+                fields.in_word = false;
+            }
+        } else {
+            self.add_raw_str(fields, ch.encode_utf8(&mut [0; 4]), at);
+        }
+    }
+
+    /// Adds `s` to the current field, whitespace included.
+    fn add_raw_str(&mut self, fields: &mut Fields, s: &str, at: usize) {
+        if self.field.is_empty() && !s.is_empty() {
+            self.field_start = Some(at);
+        }
+        self.field.push_str(s);
+        fields.in_word = true;
+    }
+
+    fn finish(&mut self, mut fields: Fields) -> Vec<(String, usize)> {
+        if !self.field.is_empty() {
+            let start = self.field_start.take().unwrap_or(0);
+            fields.words.push((std::mem::take(&mut self.field), start));
+        }
+        fields.words
+    }
+
+    fn stop_on_inner(
+        &mut self,
+        stop: Option<char>,
+    ) -> Result<(String, Vec<(String, usize)>), Fail> {
         let mut result = String::new();
+        // Go resets the shared field buffer here, dropping what an outer level had begun.
+        self.field.clear();
+        self.field_start = None;
         let mut fields = Fields::default();
         let quotes = !self.lex.skip_process_quotes;
         while let Some(ch) = self.peek() {
+            let at = self.offset();
             if Some(ch) == stop {
                 self.next();
-                return Ok((result, fields.finish()));
+                return Ok((result, self.finish(fields)));
             }
             match ch {
                 '$' => {
                     let s = self.process_dollar()?;
                     result.push_str(&s);
-                    fields.add_string(&s);
+                    for c in s.chars() {
+                        self.add_char(&mut fields, c, at);
+                    }
+                }
+                '<' => {
+                    let s = self.process_possible_heredoc();
+                    result.push_str(&s);
+                    self.add_raw_str(&mut fields, &s, at);
                 }
                 '\'' if quotes => {
                     let s = self.process_single_quote()?;
                     result.push_str(&s);
-                    fields.add_raw_string(&s);
+                    self.add_raw_str(&mut fields, &s, at);
                 }
                 '"' if quotes => {
                     let s = self.process_double_quote()?;
                     result.push_str(&s);
-                    fields.add_raw_string(&s);
+                    self.add_raw_str(&mut fields, &s, at);
                 }
                 _ => {
                     self.next();
                     if ch == self.lex.escape {
                         if self.raw_escapes {
-                            fields.add_raw_char(ch);
+                            self.add_raw_str(&mut fields, ch.encode_utf8(&mut [0; 4]), at);
                             result.push(ch);
                         }
                         // An escape at the very end is dropped, as a line continuation would be.
                         let Some(escaped) = self.next() else { break };
-                        fields.add_raw_char(escaped);
+                        self.add_raw_str(&mut fields, escaped.encode_utf8(&mut [0; 4]), at);
                         result.push(escaped);
                     } else {
-                        fields.add_char(ch);
+                        self.add_char(&mut fields, ch, at);
                         result.push(ch);
                     }
                 }
@@ -460,7 +503,23 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         if let Some(stop) = stop {
             return fail(self.offset(), ShellErrorKind::MissingTerminator(stop));
         }
-        Ok((result, fields.finish()))
+        Ok((result, self.finish(fields)))
+    }
+
+    /// `<` alone, or `<<` with the blanks after it (one word with the delimiter that follows, as
+    /// BuildKit's `processPossibleHeredoc` keeps `<< EOF` together).
+    fn process_possible_heredoc(&mut self) -> String {
+        self.next();
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.next();
+        let mut result = String::from("<<");
+        while let Some(c) = self.peek().filter(|c| matches!(c, '\t' | '\r' | ' ')) {
+            result.push(c);
+            self.next();
+        }
+        result
     }
 
     fn process_single_quote(&mut self) -> Result<String, Fail> {
@@ -638,8 +697,8 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                     self.stop_on_or(start, '}', true, ShellErrorKind::MissingBrace)?;
                 let value = self.get_env(&name);
                 if self.lex.skip_unset_env && value.is_none() {
-                    let sep = if replace_all { "//" } else { "/" };
-                    return Ok(format!("${{{name}{sep}{pattern}/{replacement}}}"));
+                    // BuildKit writes `${V//p/r}` back with one slash.
+                    return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
                 }
                 let value = value.unwrap_or_default();
                 let toks = compile_pattern(&pattern).or_else(|reason| {
@@ -711,14 +770,25 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
     }
 }
 
-/// Go's `unicode.IsDigit` (category Nd); outside ASCII Rust's wider `is_numeric` stands in for it.
+/// Go's `unicode.IsDigit`: category Nd.
 fn is_digit(c: char) -> bool {
-    c.is_ascii_digit() || (!c.is_ascii() && c.is_numeric())
+    use unicode_general_category::{GeneralCategory as G, get_general_category};
+    c.is_ascii_digit() || (!c.is_ascii() && get_general_category(c) == G::DecimalNumber)
 }
 
-/// Go's `unicode.IsLetter` (category L); outside ASCII Rust's `is_alphabetic` stands in for it.
+/// Go's `unicode.IsLetter`: category L (Lu, Ll, Lt, Lm, Lo).
 fn is_letter(c: char) -> bool {
-    c.is_ascii_alphabetic() || (!c.is_ascii() && c.is_alphabetic())
+    use unicode_general_category::{GeneralCategory as G, get_general_category};
+    c.is_ascii_alphabetic()
+        || (!c.is_ascii()
+            && matches!(
+                get_general_category(c),
+                G::UppercaseLetter
+                    | G::LowercaseLetter
+                    | G::TitlecaseLetter
+                    | G::ModifierLetter
+                    | G::OtherLetter
+            ))
 }
 
 /// One element of a substitution pattern.
@@ -1135,6 +1205,64 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("failed to process \"${PWD:=1}\": unsupported modifier (:=)")
+        );
+    }
+
+    /// The parser's heredoc finder had its own copy of the lexer with these Go behaviours; they are
+    /// this lexer's now, for every caller.
+    #[test]
+    fn go_lexer_quirks_the_heredoc_finder_relied_on() {
+        let lex = Lexer::new('\\')
+            .raw_quotes(true)
+            .raw_escapes(true)
+            .skip_unset_env(true);
+        let split = |w: &str| lex.process(w, &EmptyEnv).unwrap();
+        // `<<` keeps the blanks after it in its word; a lone `<` is an ordinary character.
+        let e = split("cat << EOF <x");
+        assert_eq!(e.words, ["cat", "<< EOF", "<x"]);
+        assert_eq!(e.word_offsets, [0, 4, 11]);
+        assert_eq!(e.result, "cat << EOF <x");
+        // A leading byte-order mark is skipped, as Go's text/scanner does.
+        assert_eq!(split("\u{feff}<<EOF").words, ["<<EOF"]);
+        // The field buffer is shared with a nested `${V<op>word}`, which resets it.
+        let e = split("a${X:-b}c d");
+        assert_eq!(e.result, "a${X:-b}c d");
+        assert_eq!(e.words, ["${X:-b}c", "d"]);
+        let env = env();
+        let e = Lexer::new('\\')
+            .process("he${XXX:-000}xx", env.as_slice())
+            .unwrap();
+        assert_eq!(
+            (e.result.as_str(), e.words.as_slice()),
+            ("he000xx", &["000xx".to_string()][..])
+        );
+        // BuildKit writes an unset `${V//p/r}` back with one slash.
+        assert_eq!(split("${X//a/b}").words, ["${X/a/b}"]);
+        // Nesting is bounded instead of growing the stack.
+        let deep = format!(
+            "{}x{}",
+            "${X:-".repeat(MAX_NESTING + 1),
+            "}".repeat(MAX_NESTING + 1)
+        );
+        assert_eq!(
+            Lexer::new('\\')
+                .process_word(&deep, &EmptyEnv)
+                .unwrap_err()
+                .kind,
+            ShellErrorKind::NestedTooDeep
+        );
+        let fine = format!("{}x{}", "${X:-".repeat(50), "}".repeat(50));
+        assert_eq!(
+            Lexer::new('\\').process_word(&fine, &EmptyEnv).unwrap(),
+            "x"
+        );
+        // Names take Go's letters and decimal digits only: `²` (No) ends a name.
+        let two = vec![("A".to_string(), "v".to_string())];
+        assert_eq!(
+            Lexer::new('\\')
+                .process_word("$A²", two.as_slice())
+                .unwrap(),
+            "v²"
         );
     }
 

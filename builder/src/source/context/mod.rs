@@ -9,7 +9,8 @@ mod walk;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::frontend::dockerignore::{Dockerignore, clean_path};
+use crate::frontend::dockerignore::Dockerignore;
+use crate::slashpath::join_root;
 
 pub use pattern::BadPattern;
 
@@ -344,7 +345,7 @@ enum Resolved {
 
 /// A source cleaned and scoped to the context root; empty means the root itself.
 fn scope(source: &str) -> String {
-    let cleaned = clean_path(&format!("/{source}"));
+    let cleaned = join_root(source);
     cleaned.trim_start_matches('/').to_string()
 }
 

@@ -152,9 +152,11 @@ fn handle(mut stream: TcpStream, route: &Route, hits: &Mutex<HashMap<String, usi
 
 fn fetcher() -> HttpFetcher {
     HttpFetcher::new(HttpConfig {
-        attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
+        retry: RetryPolicy {
+            attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        },
         read_timeout: Duration::from_secs(5),
         // Tests must only talk to loopback, whatever proxy the environment names.
         proxy_from_env: false,
@@ -406,8 +408,11 @@ async fn a_stalled_body_times_out_and_leaves_nothing() {
     });
     let dir = tempfile::tempdir().unwrap();
     let f = HttpFetcher::new(HttpConfig {
-        attempts: 2,
-        initial_backoff: Duration::from_millis(10),
+        retry: RetryPolicy {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            ..HttpConfig::default().retry
+        },
         read_timeout: Duration::from_millis(300),
         proxy_from_env: false,
         ..HttpConfig::default()
@@ -600,25 +605,36 @@ fn checksum_digest_accepts_sha256_only() {
     }
 }
 
-#[test]
-fn backoff_doubles_honours_retry_after_and_is_capped() {
+/// The backoff itself is pinned in `forge_snapshotter::retry`; this pins that a download hands the
+/// server's `Retry-After` to it.
+#[tokio::test]
+async fn retry_after_from_the_server_is_waited_for() {
+    let server = Server::start(|_, nth| {
+        if nth == 1 {
+            status(503, &[("Retry-After", "1")])
+        } else {
+            ok(b"after a pause")
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
     let f = HttpFetcher::new(HttpConfig {
-        initial_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(1),
+        retry: RetryPolicy {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(5),
+        },
         proxy_from_env: false,
         ..HttpConfig::default()
     })
     .unwrap();
-    assert_eq!(f.backoff(1, None), Duration::from_millis(100));
-    assert_eq!(f.backoff(2, None), Duration::from_millis(200));
-    assert_eq!(f.backoff(3, None), Duration::from_millis(400));
-    assert_eq!(f.backoff(10, None), Duration::from_secs(1));
-    assert_eq!(
-        f.backoff(1, Some(Duration::from_millis(700))),
-        Duration::from_millis(700)
+    let start = std::time::Instant::now();
+    get(&f, &server.url("/later"), None, dir.path())
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "retried after {:?}, before the server's Retry-After",
+        start.elapsed()
     );
-    assert_eq!(
-        f.backoff(1, Some(Duration::from_secs(3600))),
-        Duration::from_secs(1)
-    );
+    assert_eq!(server.hits("/later"), 2);
 }
