@@ -1296,17 +1296,23 @@ fn keep_going_reports_skipped_steps_with_the_failure_they_waited_for() {
         failure.solved.len()
     );
     drop(events);
-    let mut warnings = Vec::new();
+    // Announced as a solver event naming the step it waited for.
+    let mut announced = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let BuildEvent::Warning { message: w } = ev.event {
-            warnings.push(w);
+        if let BuildEvent::Solver(forge_builder::solver::Event::Skipped {
+            description,
+            failed_description,
+            ..
+        }) = ev.event
+        {
+            announced.push((description, failed_description));
         }
     }
     assert_eq!(
-        warnings,
-        vec![format!(
-            "{}: skipped, as {} failed",
-            skipped[0].description, skipped[0].failed_description
+        announced,
+        vec![(
+            skipped[0].description.clone(),
+            skipped[0].failed_description.clone()
         )]
     );
     bench.assert_clean();
