@@ -114,12 +114,7 @@ fn tools_present(tools: &[&str]) -> bool {
     if !common::prerequisite(common::is_root(), "umoci unpack comparisons run as root") {
         return false;
     }
-    for t in tools {
-        if !common::prerequisite(common::have_tool(t), &format!("{t} not installed")) {
-            return false;
-        }
-    }
-    true
+    tools.iter().all(|t| forge_testsupport::tool(t).is_some())
 }
 
 #[test]
@@ -162,11 +157,7 @@ fn umoci_repack_layers_unpack_like_umoci() {
 }
 
 fn registry_image_unpacks_like_umoci(var: &str) {
-    let Ok(reference) = std::env::var(var) else {
-        common::prerequisite(
-            false,
-            &format!("{var} is not set (CI pushes the base images)"),
-        );
+    let Some(reference) = forge_testsupport::image_from_env(var) else {
         return;
     };
     if !tools_present(&["umoci", "skopeo"]) {
