@@ -2,7 +2,6 @@
 //! the base images testdata/make-base-images.sh pushed: records, verified digests, and a second
 //! pull that downloads nothing. skopeo, when present, is the independent judge of the manifest.
 
-
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{AuthResolver, PullEvent, RegistryClient, RegistryConfig};
 use forge_snapshotter::store::{Digest, Store};
