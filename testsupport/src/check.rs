@@ -22,23 +22,29 @@ pub fn required() -> bool {
     std::env::var("FORGE_E2E").as_deref() == Ok("require")
 }
 
-/// `true` when `ok`; otherwise prints `SKIP: <why>` and returns `false`, or panics under
-/// FORGE_E2E=require.
+/// Says that a prerequisite is missing: prints `SKIP: <why>`, or panics under FORGE_E2E=require.
+/// The test returns right after.
 #[track_caller]
-pub fn prerequisite(ok: bool, why: impl Display) -> bool {
-    if !ok {
-        skip::<()>(why);
-    }
-    ok
-}
-
-/// Always `None`, after printing `SKIP: <why>`; a panic under FORGE_E2E=require.
-#[track_caller]
-pub fn skip<T>(why: impl Display) -> Option<T> {
+pub fn missing(why: impl Display) {
     if required() {
         panic!("FORGE_E2E=require, but {why}");
     }
     eprintln!("SKIP: {why}");
+}
+
+/// `true` when `ok`; otherwise [`missing`] and `false`.
+#[track_caller]
+pub fn prerequisite(ok: bool, why: impl Display) -> bool {
+    if !ok {
+        missing(why);
+    }
+    ok
+}
+
+/// Always `None`, after [`missing`]: for checks that return what they found.
+#[track_caller]
+pub fn skip<T>(why: impl Display) -> Option<T> {
+    missing(why);
     None
 }
 
@@ -197,16 +203,17 @@ pub struct IdRange {
 }
 
 impl IdRange {
-    /// The first range of `user` (by name or numeric id) in `file`, as `newuidmap` reads it.
-    pub fn of(file: &Path, user: &str, id: u32) -> Option<IdRange> {
+    /// The first range of `user` (by login name or numeric uid: /etc/subgid is keyed by user too)
+    /// in `file`, as `newuidmap` and `newgidmap` read it.
+    pub fn of(file: &Path, user: &str, uid: u32) -> Option<IdRange> {
         let text = std::fs::read_to_string(file).ok()?;
-        let id = id.to_string();
+        let uid = uid.to_string();
         text.lines().find_map(|line| {
             let mut f = line.trim().split(':');
             let owner = f.next()?;
             let start = f.next()?.parse().ok()?;
             let count = f.next()?.parse().ok()?;
-            (owner == user || owner == id).then_some(IdRange { start, count })
+            (owner == user || owner == uid).then_some(IdRange { start, count })
         })
     }
 }
@@ -225,29 +232,17 @@ impl TestUser {
     /// `name` from /etc/passwd with its ranges from /etc/subuid and /etc/subgid; the error says what
     /// is missing.
     pub fn lookup(name: &str) -> Result<TestUser, String> {
-        let passwd =
-            std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
-        let (uid, gid) = passwd
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                if f.len() > 3 && f[0] == name {
-                    Some((f[2].parse().ok()?, f[3].parse().ok()?))
-                } else {
-                    None
-                }
-            })
-            .ok_or_else(|| format!("user {name} does not exist"))?;
-        let range = |file: &str, id: u32| {
-            IdRange::of(Path::new(file), name, id)
+        let (uid, gid) = user_ids(name).ok_or_else(|| format!("user {name} does not exist"))?;
+        let range = |file: &str| {
+            IdRange::of(Path::new(file), name, uid)
                 .ok_or_else(|| format!("user {name} has no range in {file}"))
         };
         Ok(TestUser {
             name: name.to_string(),
             uid,
             gid,
-            subuid: range("/etc/subuid", uid)?,
-            subgid: range("/etc/subgid", gid)?,
+            subuid: range("/etc/subuid")?,
+            subgid: range("/etc/subgid")?,
         })
     }
 
@@ -269,6 +264,19 @@ impl TestUser {
             self.subgid.start + id - 1
         }
     }
+}
+
+/// The uid and primary gid of user `name` in /etc/passwd.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() > 3 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
 }
 
 /// The rootless test user (`$FORGE_TEST_USER`, with subordinate ids), or `None` after a SKIP line.
