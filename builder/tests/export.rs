@@ -14,6 +14,7 @@ use forge_builder::export::{
     metadata_json, sha256_digest, write_docker_tar, write_iidfile, write_metadata_file,
     write_oci_dir, write_oci_tar,
 };
+use forge_testsupport::tool as judge;
 use oci_spec::image::{
     Arch, ConfigBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, MediaType,
     Os, RootFsBuilder,
@@ -21,23 +22,6 @@ use oci_spec::image::{
 
 const EPOCH: i64 = 1_700_000_000;
 const NAME: &str = "127.0.0.1:5000/forge-test/app:v1";
-
-/// `Some(path)` of a judge tool, `None` (after saying SKIP) when absent; absent is a failure under
-/// FORGE_E2E=require.
-fn judge(tool: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-            panic!("{tool} is required (FORGE_E2E=require) but not on PATH");
-        }
-        eprintln!("SKIP: {tool} not installed, its checks are skipped");
-    }
-    found
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
