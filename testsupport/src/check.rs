@@ -92,6 +92,22 @@ pub fn tool(tool: &str) -> Option<PathBuf> {
     }
 }
 
+/// Runs a judge tool (found with [`tool`]) and returns its stdout; a failure shows the command, its
+/// status and its stderr.
+#[track_caller]
+pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Whether a registry answers `GET /v2/` at `addr` (host:port, plain HTTP as the test registry
 /// speaks): 200, or 401 from one that wants credentials. The error says what happened instead.
 pub fn registry_answers(addr: &str) -> Result<(), String> {

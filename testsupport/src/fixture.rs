@@ -42,15 +42,47 @@ pub fn shared_scratch(prefix: &str, owner: Option<&TestUser>) -> TempDir {
     dir
 }
 
-/// Copies the executable `exe` (a `CARGO_BIN_EXE_*` path) into `dir`, mode 0755, and returns the
-/// copy: another user cannot reach the target directory, and a copy per test keeps one test's
-/// ETXTBSY-prone writes away from another's exec.
+/// Puts the executable `exe` (a `CARGO_BIN_EXE_*` path) into `dir` and returns its path there, for a
+/// user who cannot reach the target directory. A hard link where it can be: a copy is open for writing
+/// for a moment, and a child that another test thread forks in that moment holds the descriptor until
+/// it execs, which makes executing the copy fail with ETXTBSY. Across filesystems, a copy (mode 0755).
 pub fn install_exe(exe: &str, dir: &Path) -> PathBuf {
+    let name = Path::new(exe).file_name().expect("an executable's path");
+    let dest = dir.join(name);
+    if fs::hard_link(exe, &dest).is_ok() {
+        return dest;
+    }
+    copy_exe(exe, dir)
+}
+
+/// Copies the executable `exe` into `dir` (mode 0755) and returns the copy: for a fixture that chowns
+/// its whole tree, which must not reach cargo's own file through a hard link. Running it may need to
+/// retry on ETXTBSY (see [`install_exe`]).
+pub fn copy_exe(exe: &str, dir: &Path) -> PathBuf {
     let name = Path::new(exe).file_name().expect("an executable's path");
     let dest = dir.join(name);
     fs::copy(exe, &dest).unwrap_or_else(|e| panic!("copy {exe} to {}: {e}", dest.display()));
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).unwrap();
     dest
+}
+
+/// Every path under `root`, `root` included, in sorted order per directory; symlinks not followed.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            let mut children: Vec<PathBuf> = fs::read_dir(&p)
+                .unwrap_or_else(|e| panic!("read_dir {}: {e}", p.display()))
+                .map(|e| e.unwrap().path())
+                .collect();
+            children.sort();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Puts the static busybox at `<root>/bin/busybox` with every applet linked beside it (`sh`, `ls`,

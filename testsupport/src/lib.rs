@@ -27,8 +27,9 @@ pub mod snapshot;
 pub use check::{
     BUSYBOX, IdRange, TestUser, busybox, busybox_image, conformance, containerd, debian_image,
     image_from_env, is_root, missing, on_path, prerequisite, registry, registry_answers, required,
-    root, root_and_busybox, skip, test_user, tool, user_ids, workspace_root,
+    root, root_and_busybox, run, skip, test_user, tool, user_ids, workspace_root,
 };
 pub use fixture::{
-    BUSYBOX_BASE, Context, install_busybox, install_exe, scratch, scratch_in, shared_scratch,
+    BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,
+    shared_scratch, walk,
 };

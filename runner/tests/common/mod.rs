@@ -127,24 +127,7 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) {
     }
 }
 
-/// Every path under `root`, `root` included (symlinks not followed).
-pub fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            for e in fs::read_dir(&p).unwrap() {
-                out.push(e.unwrap().path());
-            }
-        }
-        i += 1;
-    }
-    out
-}
+pub use forge_testsupport::walk;
 
 impl Fixture {
     pub fn new(mode: &Mode) -> Self {
@@ -161,8 +144,7 @@ impl Fixture {
         for d in ["upper", "work", "state", "cache", "host"] {
             fs::create_dir(dir.path().join(d)).unwrap();
         }
-        let bin =
-            forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge-runner-step"), dir.path());
+        let bin = forge_testsupport::copy_exe(env!("CARGO_BIN_EXE_forge-runner-step"), dir.path());
         if let Mode::Rootless { uid, gid, .. } = mode
             && nix::unistd::geteuid().is_root()
         {
@@ -194,22 +176,23 @@ impl Fixture {
     /// The host uid a container uid shows up as in the upper dir: 0 is the user, the rest its
     /// subordinate ids; without a range every id is the user's own.
     pub fn host_id(&self, container_id: u32) -> u32 {
-        match &self.mode {
-            Mode::Root => container_id,
-            Mode::Rootless { uid, subids, .. } => match subids {
-                Some((subuid, _)) if container_id != 0 => subuid + container_id - 1,
-                _ => *uid,
-            },
-        }
+        self.host_ids(container_id).0
     }
 
     /// As [`Fixture::host_id`], for a group.
     pub fn host_gid(&self, container_id: u32) -> u32 {
+        self.host_ids(container_id).1
+    }
+
+    /// The host (uid, gid) of container id `id` taken as a uid and as a gid.
+    fn host_ids(&self, id: u32) -> (u32, u32) {
         match &self.mode {
-            Mode::Root => container_id,
-            Mode::Rootless { gid, subids, .. } => match subids {
-                Some((_, subgid)) if container_id != 0 => subgid + container_id - 1,
-                _ => *gid,
+            Mode::Root => (id, id),
+            Mode::Rootless {
+                uid, gid, subids, ..
+            } => match subids {
+                Some((subuid, subgid)) if id != 0 => (subuid + id - 1, subgid + id - 1),
+                _ => (*uid, *gid),
             },
         }
     }
