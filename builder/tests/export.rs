@@ -24,16 +24,7 @@ const EPOCH: i64 = 1_700_000_000;
 const NAME: &str = "127.0.0.1:5000/forge-test/app:v1";
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(forge_testsupport::run(cmd)).unwrap()
 }
 
 /// A gzip layer with `files` (path, content, mode), written deterministically.

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use forge_testsupport::TestUser as User;
+use forge_testsupport::{TestUser as User, walk};
 use serde_json::{Value, json};
 
 const VERSION: &str = "1.2.3";
@@ -223,28 +223,6 @@ fn vendor_tar(ctx: &Path, staging: &Path) {
         .unwrap();
     assert!(status.success(), "tar of the vendor archive failed");
     set_mode(&ctx.join("vendor.tar.gz"), 0o644);
-}
-
-/// Every path under `root`, `root` included, symlinks not followed.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            let mut children: Vec<PathBuf> = fs::read_dir(&p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            children.sort();
-            out.extend(children);
-        }
-        i += 1;
-    }
-    out
 }
 
 fn full_build_args(m: &Machine) -> Vec<String> {

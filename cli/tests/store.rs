@@ -151,19 +151,9 @@ fn rootless_unpack_maps_owners_through_the_subuid_range() {
     let Some(image) = busybox() else { return };
     let Some(user) = test_user() else { return };
     // The user needs a binary and a directory it can reach.
-    let dir = tempfile::Builder::new()
-        .prefix("forge-unpack-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let bin = dir.path().join("forge");
-    std::fs::copy(env!("CARGO_BIN_EXE_forge"), &bin).unwrap();
-    let status = Command::new("chown")
-        .args([&format!("{user}:"), dir.path().to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let account = forge_testsupport::TestUser::lookup(&user).unwrap();
+    let dir = forge_testsupport::shared_scratch("forge-unpack-", Some(&account));
+    let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
     let store = dir.path().join("store");
     let dest = dir.path().join("rootfs");
     let run = |args: &[&str]| {

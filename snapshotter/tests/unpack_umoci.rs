@@ -12,17 +12,8 @@ use forge_snapshotter::snapshot::{
     AnySnapshotter, BackendKind, Snapshotter, unpack_layer_snapshot,
 };
 use forge_snapshotter::unpack::{UnpackOptions, WhiteoutMode, unpack_layer};
+use forge_testsupport::run;
 use oci_spec::image::Digest;
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Layer {
     blob: PathBuf,

@@ -520,7 +520,7 @@ mod tests {
     use super::*;
     use crate::export::{ImageOptions, LayerBlob, assemble_json, sha256_digest};
     // A judge tool on PATH, or `None` after a SKIP line (a failure under FORGE_E2E=require).
-    use forge_testsupport::tool as judge;
+    use forge_testsupport::{run, tool as judge};
 
     const CREATED: &str = "2026-11-21T20:00:00.123456789Z";
 
@@ -1059,19 +1059,6 @@ mod tests {
         assert_eq!(back.healthcheck, cfg.healthcheck);
         assert_eq!(back.env, cfg.env);
         assert_eq!(back.labels, cfg.labels);
-    }
-
-    fn run(cmd: &mut std::process::Command) -> Vec<u8> {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
     }
 
     /// umoci (Go's image-spec types) reads the assembled config and turns it into the runtime
