@@ -74,17 +74,7 @@ fn tail(s: &str, lines: usize) -> String {
 
 /// Runs a judge tool and returns its stdout; a failure shows the command and its stderr.
 fn judge(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    text(&forge_testsupport::run(Command::new(program).args(args)))
 }
 
 // ---------------------------------------------------------------------------------------------
