@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use forge_builder::api::{
@@ -13,41 +12,23 @@ use forge_builder::api::{
 use forge_builder::events::{BuildEvent, BuildId, EventRecord, Events};
 use forge_builder::solver::{CancellationToken, Event};
 use forge_snapshotter::compress::decompressor;
-
-const BUSYBOX: &str = "/bin/busybox";
+use forge_testsupport::Context;
 
 /// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
 fn prerequisites() -> bool {
-    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new(BUSYBOX).is_file() {
-        Some("needs /bin/busybox (Debian busybox-static)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
-        Some(why) => {
-            eprintln!("SKIP: {why}");
-            false
-        }
-    }
+    forge_testsupport::root_and_busybox("RUN steps with the embedded runner")
 }
 
 /// A context directory with busybox, a Dockerfile and the given files (modes set explicitly, so a
 /// checkout's umask cannot change a digest).
 fn context(dir: &Path, dockerfile: &str, files: &[(&str, &str, u32)]) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
-    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-    for (name, text, mode) in files {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
-    }
-    dir.to_path_buf()
+    let ctx = Context::busybox(dir).dockerfile(dockerfile);
+    files
+        .iter()
+        .fold(ctx, |ctx, (name, text, mode)| {
+            ctx.file(name, text).mode(name, *mode)
+        })
+        .into_path()
 }
 
 fn session(root: &Path) -> Session {

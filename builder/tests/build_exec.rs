@@ -27,28 +27,13 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, Kind, Snapshotter};
 use forge_snapshotter::store::Store;
+use forge_testsupport::{BUSYBOX, BUSYBOX_BASE as BASE, Context};
 
-const BUSYBOX: &str = "/bin/busybox";
 const BACKENDS: [BackendKind; 2] = [BackendKind::Overlay, BackendKind::Copy];
 
 /// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
 fn prerequisites() -> bool {
-    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new(BUSYBOX).is_file() {
-        Some("needs /bin/busybox (Debian busybox-static)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
-        Some(why) => {
-            eprintln!("SKIP: {why}");
-            false
-        }
-    }
+    forge_testsupport::root_and_busybox("RUN steps with the embedded runner")
 }
 
 /// A store, its snapshots, the embedded runner and a disk cache in a temporary directory.
@@ -74,10 +59,7 @@ struct Solved {
 
 impl Bench {
     fn new(backend: BackendKind) -> Bench {
-        let tmp = tempfile::Builder::new()
-            .prefix("forge-build-exec-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let tmp = forge_testsupport::scratch("forge-build-exec-");
         let root = tmp.path().join("root");
         let store = Store::open(&root).unwrap();
         let snapshots = AnySnapshotter::open(&root.join("snapshots"), Some(backend)).unwrap();
@@ -108,19 +90,9 @@ impl Bench {
     /// A context directory `name` holding busybox and `files` (path, content); a path ending in
     /// `/` is a directory.
     fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
-        for (path, content) in files {
-            let p = dir.join(path);
-            if path.ends_with('/') {
-                std::fs::create_dir_all(&p).unwrap();
-                continue;
-            }
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, content).unwrap();
-        }
-        dir
+        Context::busybox(self.tmp.path().join(name))
+            .files(files)
+            .into_path()
     }
 
     /// Drops the snapshots (metadata and data) and opens an empty snapshotter in their place.
@@ -354,8 +326,6 @@ fn step_error(e: &BuildError) -> &ExecError {
         other => panic!("not a step failure: {other}"),
     }
 }
-
-const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

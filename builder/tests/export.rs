@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use forge_builder::export::{
@@ -14,6 +14,7 @@ use forge_builder::export::{
     metadata_json, sha256_digest, write_docker_tar, write_iidfile, write_metadata_file,
     write_oci_dir, write_oci_tar,
 };
+use forge_testsupport::tool as judge;
 use oci_spec::image::{
     Arch, ConfigBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, MediaType,
     Os, RootFsBuilder,
@@ -22,34 +23,8 @@ use oci_spec::image::{
 const EPOCH: i64 = 1_700_000_000;
 const NAME: &str = "127.0.0.1:5000/forge-test/app:v1";
 
-/// `Some(path)` of a judge tool, `None` (after saying SKIP) when absent; absent is a failure under
-/// FORGE_E2E=require.
-fn judge(tool: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-            panic!("{tool} is required (FORGE_E2E=require) but not on PATH");
-        }
-        eprintln!("SKIP: {tool} not installed, its checks are skipped");
-    }
-    found
-}
-
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(forge_testsupport::run(cmd)).unwrap()
 }
 
 /// A gzip layer with `files` (path, content, mode), written deterministically.

@@ -105,14 +105,7 @@ fn copy_with(src: &str, dest: &str, f: impl FnOnce(&mut CopyOptions)) -> FileAct
 }
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-        panic!("FORGE_E2E=require: this test needs root (chown)");
-    }
-    eprintln!("SKIP: chown needs root");
-    false
+    forge_testsupport::root("chown")
 }
 
 #[test]
@@ -663,11 +656,7 @@ fn xattrs_are_copied() {
     // SAFETY: NUL-terminated strings and a live 3-byte value.
     let rc = unsafe { libc::setxattr(src.as_ptr(), name.as_ptr(), b"yes".as_ptr().cast(), 3, 0) };
     if rc != 0 {
-        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-            panic!("FORGE_E2E=require: user xattrs unsupported on the temp filesystem");
-        }
-        eprintln!("SKIP: user xattrs unsupported on the temp filesystem");
-        return;
+        return forge_testsupport::missing("user xattrs unsupported on the temp filesystem");
     }
     f.run(vec![copy("/x", "/y")]).unwrap();
     let dst = CString::new(f.out("/y").as_os_str().as_bytes()).unwrap();

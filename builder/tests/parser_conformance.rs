@@ -9,26 +9,7 @@ use forge_builder::frontend::dockerfile::{Args, Pos, Span, dump, parse};
 
 /// `<conformance>/buildkit/parser`, or `None` (after saying why) when the shared copy is absent.
 fn parser_cases() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(dir) = std::env::var("FORGE_SHARED_DIR") {
-        candidates.push(PathBuf::from(dir));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // `<workspace root>/../shared`; the ancestors beyond cover a worktree nested one level deeper.
-    for ancestor in root.ancestors().skip(1) {
-        candidates.push(ancestor.join("shared"));
-    }
-    for shared in candidates {
-        let dir = shared.join("conformance/buildkit/parser");
-        if dir.join("testfiles").is_dir() {
-            return Some(dir);
-        }
-    }
-    if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-        panic!("FORGE_E2E=require but shared/conformance/buildkit/parser was not found");
-    }
-    eprintln!("SKIP: shared/conformance/buildkit/parser not found (set FORGE_SHARED_DIR)");
-    None
+    forge_testsupport::conformance("parser")
 }
 
 fn case_dirs(dir: &Path) -> Vec<PathBuf> {

@@ -5,31 +5,10 @@ use std::path::PathBuf;
 
 use forge_builder::frontend::dockerfile::shell::{Env, Lexer};
 
-/// `$FORGE_SHARED_DIR/conformance/buildkit/shell`, else `<workspace>/../shared/...`; `None` (after a
-/// SKIP line) when absent, a panic when FORGE_E2E=require.
+/// `<conformance>/buildkit/shell`, or `None` (after a SKIP line) when the shared copy is absent; a
+/// panic when FORGE_E2E=require.
 fn shell_dir() -> Option<PathBuf> {
-    let shared = match std::env::var_os("FORGE_SHARED_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("..")
-            .join("shared"),
-    };
-    let dir = shared.join("conformance").join("buildkit").join("shell");
-    if dir.join("envVarTest").is_file() && dir.join("wordsTest").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-        panic!(
-            "conformance data missing at {} (FORGE_E2E=require)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIP: BuildKit shell conformance data not found at {}",
-        dir.display()
-    );
-    None
+    forge_testsupport::conformance("shell")
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use forge_testsupport::{TestUser as User, walk};
 use serde_json::{Value, json};
 
 const VERSION: &str = "1.2.3";
@@ -20,82 +21,25 @@ const RUN_OUTPUT: &str =
 // ---------------------------------------------------------------------------------------------
 // What the machine must have
 
-fn require() -> bool {
-    std::env::var("FORGE_E2E").as_deref() == Ok("require")
-}
-
-/// Prints a SKIP line and returns `None`, or fails the test under FORGE_E2E=require.
-fn skip<T>(why: &str) -> Option<T> {
-    if require() {
-        panic!("FORGE_E2E=require but {why}");
-    }
-    eprintln!("SKIP: {why}");
-    None
-}
-
-#[derive(Clone)]
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
 struct Machine {
     registry: String,
     busybox: String,
     user: User,
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-fn lookup_user(name: &str) -> Option<User> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() > 3 && f[0] == name {
-            Some(User {
-                name: name.to_string(),
-                uid: f[2].parse().ok()?,
-                gid: f[3].parse().ok()?,
-            })
-        } else {
-            None
-        }
-    })
-}
-
 /// The registry, the base image and the unprivileged user; root is needed to switch to that user and
 /// for umoci to unpack with the image's own owners.
 fn machine() -> Option<Machine> {
-    let euid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    if euid != 0 {
-        return skip(
-            "build e2e tests run as root (they switch to FORGE_TEST_USER and unpack with real owners)",
-        );
+    if !forge_testsupport::root(
+        "build e2e tests switch to FORGE_TEST_USER and unpack with real owners",
+    ) {
+        return None;
     }
-    let (Ok(registry), Ok(busybox)) = (
-        std::env::var("FORGE_TEST_REGISTRY"),
-        std::env::var("FORGE_TEST_BUSYBOX"),
-    ) else {
-        return skip(
-            "FORGE_TEST_REGISTRY or FORGE_TEST_BUSYBOX is not set (run .ci/setup.d/20-registry.sh and 30-base-images.sh)",
-        );
-    };
-    let Ok(name) = std::env::var("FORGE_TEST_USER") else {
-        return skip("FORGE_TEST_USER is not set (run .ci/setup.d/40-rootless-user.sh)");
-    };
-    let Some(user) = lookup_user(&name) else {
-        return skip(&format!("FORGE_TEST_USER={name} does not exist"));
-    };
+    let registry = forge_testsupport::registry()?;
+    let busybox = forge_testsupport::busybox_image()?;
+    let user = forge_testsupport::test_user()?;
     for tool in ["skopeo", "umoci", "tar", "runuser", "chown"] {
-        if !on_path(tool) {
-            return skip(&format!("{tool} is not installed (the judges need it)"));
-        }
+        forge_testsupport::tool(tool)?;
     }
     Some(Machine {
         registry,
@@ -106,16 +50,9 @@ fn machine() -> Option<Machine> {
 
 /// The containerd socket, for `ctr run` and `--runner containerd`.
 fn containerd() -> Option<String> {
-    let Ok(address) = std::env::var("CONTAINERD_ADDRESS") else {
-        return skip("CONTAINERD_ADDRESS is not set (run .ci/setup.d/50-containerd.sh)");
-    };
-    if !Path::new(&address).exists() {
-        return skip(&format!("containerd socket {address} does not exist"));
-    }
-    if !on_path("ctr") {
-        return skip("ctr is not installed");
-    }
-    Some(address)
+    let address = forge_testsupport::containerd()?;
+    forge_testsupport::tool("ctr")?;
+    Some(address.to_string_lossy().into_owned())
 }
 
 fn unique() -> String {
@@ -137,17 +74,7 @@ fn tail(s: &str, lines: usize) -> String {
 
 /// Runs a judge tool and returns its stdout; a failure shows the command and its stderr.
 fn judge(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    text(&forge_testsupport::run(Command::new(program).args(args)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,17 +118,8 @@ struct Scratch {
 impl Scratch {
     /// A fresh directory under /tmp with a copy of forge; owned by `owner` when given.
     fn new(owner: Option<&User>) -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("forge-build-e2e-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        set_mode(dir.path(), 0o755);
-        let bin = dir.path().join("forge");
-        fs::copy(env!("CARGO_BIN_EXE_forge"), &bin).unwrap();
-        set_mode(&bin, 0o755);
-        if let Some(user) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-        }
+        let dir = forge_testsupport::shared_scratch("forge-build-e2e-", owner);
+        let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
         Scratch { dir, bin }
     }
 
@@ -295,28 +213,6 @@ fn vendor_tar(ctx: &Path, staging: &Path) {
         .unwrap();
     assert!(status.success(), "tar of the vendor archive failed");
     set_mode(&ctx.join("vendor.tar.gz"), 0o644);
-}
-
-/// Every path under `root`, `root` included, symlinks not followed.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            let mut children: Vec<PathBuf> = fs::read_dir(&p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            children.sort();
-            out.extend(children);
-        }
-        i += 1;
-    }
-    out
 }
 
 fn full_build_args(m: &Machine) -> Vec<String> {

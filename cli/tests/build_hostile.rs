@@ -9,26 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "/bin/busybox";
+use forge_testsupport::{BUSYBOX_BASE as BASE, Context};
 
 /// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
 fn prerequisites() -> bool {
-    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (RUN steps with the embedded runner, no user namespace set up here)")
-    } else if !Path::new(BUSYBOX).is_file() {
-        Some("needs /bin/busybox (Debian busybox-static)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
-        Some(why) => {
-            eprintln!("SKIP: {why}");
-            false
-        }
-    }
+    forge_testsupport::root_and_busybox(
+        "RUN steps with the embedded runner, no user namespace set up here",
+    )
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -43,10 +30,7 @@ struct Bench {
 impl Bench {
     fn new() -> Bench {
         Bench {
-            tmp: tempfile::Builder::new()
-                .prefix("forge-hostile-")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
+            tmp: forge_testsupport::scratch("forge-hostile-"),
         }
     }
 
@@ -60,16 +44,10 @@ impl Bench {
 
     /// A context `name` with busybox, the Dockerfile and `files`.
     fn context(&self, name: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> PathBuf {
-        let dir = self.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(BUSYBOX, dir.join("busybox")).unwrap();
-        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-        for (path, content) in files {
-            let p = dir.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, content).unwrap();
-        }
-        dir
+        Context::busybox(self.path().join(name))
+            .dockerfile(dockerfile)
+            .files(files)
+            .into_path()
     }
 
     fn forge(&self, args: &[&str], context: &Path) -> Output {
@@ -121,8 +99,6 @@ impl Bench {
         );
     }
 }
-
-const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 
 /// Every file of every layer blob in an OCI layout directory, decompressed: (path, content).
 fn layout_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -536,15 +512,8 @@ fn network_none_cannot_reach_the_registry_while_the_default_can() {
     if !prerequisites() {
         return;
     }
-    let registry = match std::env::var("FORGE_TEST_REGISTRY") {
-        Ok(r) => r,
-        Err(_) if std::env::var("FORGE_E2E").as_deref() == Ok("require") => {
-            panic!("FORGE_TEST_REGISTRY is not set (FORGE_E2E=require)")
-        }
-        Err(_) => {
-            eprintln!("SKIP: FORGE_TEST_REGISTRY is not set; run .ci/setup.d/20-registry.sh");
-            return;
-        }
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
     };
     let bench = Bench::new();
     let ctx = bench.context(

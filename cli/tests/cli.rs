@@ -1,9 +1,13 @@
-//! End-to-end tests of the `forge` binary: graph renderings against snapshots, error rendering
-//! (file:line:column, the line and a caret) and exit codes. Set FORGE_UPDATE_SNAPSHOTS=1 to rewrite
-//! the snapshots after an intended change, then review the diff.
+//! End-to-end tests of the `forge` binary: graph renderings, `parse --dump`, usage errors and error
+//! renderings (file:line:column, the line and a caret) as insta snapshots in tests/snapshots/, with
+//! forge-testsupport's redactions (digests, temporary paths, timings); and exit codes.
+//! After an intended change: `INSTA_UPDATE=always cargo test -p forge --test cli` (or `cargo insta
+//! test -p forge --test cli` then `cargo insta review`), review `git diff cli/tests/snapshots`, commit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use forge_testsupport::snapshot;
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/dockerfiles/cli")
@@ -26,24 +30,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
-fn snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var_os("FORGE_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (FORGE_UPDATE_SNAPSHOTS=1 creates it)",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "snapshot {name} differs; got:\n{actual}\n(FORGE_UPDATE_SNAPSHOTS=1 updates it)"
-    );
+/// A command line and what it did, as a snapshot shows it.
+fn transcript(args: &[&str], o: &Output) -> String {
+    format!(
+        "$ forge {}\nexit: {}\n{}{}",
+        args.join(" "),
+        o.status
+            .code()
+            .map_or("signal".to_string(), |c| c.to_string()),
+        stdout(o),
+        stderr(o)
+    )
 }
 
 const PLATFORM: &[&str] = &["--platform", "linux/amd64"];
@@ -52,7 +49,8 @@ const PLATFORM: &[&str] = &["--platform", "linux/amd64"];
 fn graph_text_snapshot() {
     let o = forge(&[&["graph"], PLATFORM].concat());
     assert!(o.status.success(), "{}", stderr(&o));
-    snapshot("graph.txt", &stdout(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("graph_text", stdout(&o));
 }
 
 #[test]
@@ -61,14 +59,16 @@ fn graph_json_snapshot() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("valid json");
     assert_eq!(v["outputs"][0]["name"], "stage-2");
-    snapshot("graph.json", &stdout(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("graph_json", stdout(&o));
 }
 
 #[test]
 fn graph_dot_snapshot() {
     let o = forge(&[&["graph", "--format", "dot", "--target", "test"], PLATFORM].concat());
     assert!(o.status.success(), "{}", stderr(&o));
-    snapshot("graph-test.dot", &stdout(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("graph_test_dot", stdout(&o));
 }
 
 #[test]
@@ -103,7 +103,8 @@ fn dockerignore_patterns_reach_the_context_source() {
 fn instruction_error_is_rendered_with_a_caret() {
     let o = forge(&["graph", "-f", "bad-flag.Dockerfile"]);
     assert_eq!(o.status.code(), Some(1));
-    snapshot("error-flag.txt", &stderr(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("error_flag", stderr(&o));
     assert!(stderr(&o).starts_with("error: bad-flag.Dockerfile:2:6: unknown flag: --chmown"));
 }
 
@@ -111,14 +112,16 @@ fn instruction_error_is_rendered_with_a_caret() {
 fn mount_error_is_rendered_with_a_hint() {
     let o = forge(&["graph", "-f", "bad-mount.Dockerfile"]);
     assert_eq!(o.status.code(), Some(1));
-    snapshot("error-mount.txt", &stderr(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("error_mount", stderr(&o));
 }
 
 #[test]
 fn parse_error_is_rendered_by_parse_and_graph() {
     let o = forge(&["parse", "--dump", "bad-syntax.Dockerfile"]);
     assert_eq!(o.status.code(), Some(1));
-    snapshot("error-syntax.txt", &stderr(&o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("error_syntax", stderr(&o));
     let g = forge(&["graph", "-f", "bad-syntax.Dockerfile"]);
     assert_eq!(g.status.code(), Some(1));
     assert_eq!(stderr(&g), stderr(&o));
@@ -128,79 +131,59 @@ fn parse_error_is_rendered_by_parse_and_graph() {
 fn parse_dump_prints_the_buildkit_ast() {
     let o = forge(&["parse", "--dump", "Dockerfile"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = stdout(&o);
-    assert!(
-        out.starts_with("(arg \"ALPINE=3.19\")\n(from \"alpine:${ALPINE}\" \"AS\" \"base\")\n"),
-        "{out}"
-    );
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("parse_dump", stdout(&o));
 }
 
 #[test]
 fn exit_codes() {
-    // Usage errors of `forge build` are found before anything is built or touched.
+    // Usage errors of `forge build` are found before anything is built or touched: exit 2 and a
+    // message naming the flag.
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
     let dir = ctx.path().to_str().unwrap();
-    for (args, says) in [
-        (
-            vec!["build", "--push", dir],
-            "--push needs at least one -t NAME",
-        ),
-        (
-            vec!["build", "-o", "type=bogus", dir],
-            "unknown type \"bogus\"",
-        ),
-        (vec!["build", "-o", "type=oci", dir], "type=oci needs dest="),
-        (
-            vec!["build", "--label", "novalue", dir],
-            "expected KEY=VALUE",
-        ),
-        (
-            vec!["build", "--secret", "id=x,bogus", dir],
-            "invalid --secret",
-        ),
-        (
-            vec!["build", "--platform", "linux/s390x", dir],
-            "only this machine's platform",
-        ),
-        (
-            vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],
-            "is not a directory",
-        ),
+    let mut usage = Vec::new();
+    for args in [
+        vec!["build", "--push", dir],
+        vec!["build", "-o", "type=bogus", dir],
+        vec!["build", "-o", "type=oci", dir],
+        vec!["build", "--label", "novalue", dir],
+        vec!["build", "--secret", "id=x,bogus", dir],
+        vec!["build", "--platform", "linux/s390x", dir],
+        vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],
+        vec!["graph", "--bogus"],
+        vec!["graph", "--platform", "linux/"],
     ] {
         let o = forge(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        usage.push(transcript(&args, &o));
     }
-    assert_eq!(forge(&["graph", "--bogus"]).status.code(), Some(2));
-    assert_eq!(
-        forge(&["graph", "--platform", "linux/"]).status.code(),
-        Some(2)
+    // Errors in what the build means exit 1.
+    let mut failures = Vec::new();
+    for args in [
+        vec!["graph", "--target", "tset"],
+        vec!["parse", "--dump", "missing"],
+    ] {
+        let o = forge(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        failures.push(transcript(&args, &o));
+    }
+    let mut settings = snapshot::settings_with_paths(&[(ctx.path(), "CONTEXT")]);
+    settings.add_filter(
+        r"this machine's platform \([^)]+\)",
+        "this machine's platform ([HOST])",
     );
-    let o = forge(&["graph", "--target", "tset"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("target stage \"tset\" could not be found"));
-    assert!(stderr(&o).contains("hint: did you mean test?"));
-    assert_eq!(
-        forge(&["parse", "--dump", "missing"]).status.code(),
-        Some(1)
-    );
+    let _redacted = settings.bind_to_scope();
+    insta::assert_snapshot!("usage_errors", usage.join("\n"));
+    insta::assert_snapshot!("build_errors", failures.join("\n"));
 }
 
 /// `forge parse --dump` prints exactly BuildKit's dump for every conformance case.
 #[test]
 fn parse_dump_matches_buildkit_testfiles() {
-    let shared = std::env::var_os("FORGE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let dir = shared.join("conformance/buildkit/parser/testfiles");
-    if !dir.is_dir() {
-        if std::env::var("FORGE_E2E").as_deref() == Ok("require") {
-            panic!("conformance data missing at {}", dir.display());
-        }
-        eprintln!("SKIP: conformance data missing at {}", dir.display());
+    let Some(dir) = forge_testsupport::conformance("parser/testfiles") else {
         return;
-    }
+    };
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

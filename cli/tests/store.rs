@@ -17,20 +17,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The busybox test image, or `None` after a SKIP line; a panic under FORGE_E2E=require.
-fn busybox() -> Option<String> {
-    match std::env::var("FORGE_TEST_BUSYBOX") {
-        Ok(image) => Some(image),
-        Err(_) if std::env::var("FORGE_E2E").as_deref() == Ok("require") => {
-            panic!("FORGE_TEST_BUSYBOX is not set (FORGE_E2E=require)")
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIP: FORGE_TEST_BUSYBOX is not set; run .ci/setup.d/20-registry.sh and 30-base-images.sh"
-            );
-            None
-        }
-    }
-}
+use forge_testsupport::busybox_image as busybox;
 
 #[test]
 fn pull_caches_lists_removes_and_prunes() {
@@ -124,24 +111,13 @@ fn invalid_reference_is_a_usage_error() {
     );
 }
 
-/// The unprivileged test user, or `None` after a SKIP line; a panic under FORGE_E2E=require.
+/// The unprivileged test user (root switches to it), or `None` after a SKIP line; a panic under
+/// FORGE_E2E=require.
 fn test_user() -> Option<String> {
-    let user = std::env::var("FORGE_TEST_USER").ok();
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    match user {
-        Some(u) if is_root => Some(u),
-        _ if std::env::var("FORGE_E2E").as_deref() == Ok("require") => {
-            panic!("rootless unpack needs root to switch to FORGE_TEST_USER (FORGE_E2E=require)")
-        }
-        _ => {
-            eprintln!(
-                "SKIP: rootless unpack needs root and FORGE_TEST_USER (run .ci/setup.d/40-rootless-user.sh)"
-            );
-            None
-        }
+    if !forge_testsupport::root("rootless unpack switches to FORGE_TEST_USER") {
+        return None;
     }
+    forge_testsupport::test_user().map(|user| user.name)
 }
 
 fn owner(path: &std::path::Path) -> (u32, u32) {
@@ -175,19 +151,9 @@ fn rootless_unpack_maps_owners_through_the_subuid_range() {
     let Some(image) = busybox() else { return };
     let Some(user) = test_user() else { return };
     // The user needs a binary and a directory it can reach.
-    let dir = tempfile::Builder::new()
-        .prefix("forge-unpack-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let bin = dir.path().join("forge");
-    std::fs::copy(env!("CARGO_BIN_EXE_forge"), &bin).unwrap();
-    let status = Command::new("chown")
-        .args([&format!("{user}:"), dir.path().to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let account = forge_testsupport::TestUser::lookup(&user).unwrap();
+    let dir = forge_testsupport::shared_scratch("forge-unpack-", Some(&account));
+    let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
     let store = dir.path().join("store");
     let dest = dir.path().join("rootfs");
     let run = |args: &[&str]| {
@@ -225,11 +191,8 @@ fn rootless_unpack_maps_owners_through_the_subuid_range() {
 }
 
 fn first_subordinate(file: &str, user: &str) -> u32 {
-    let text = std::fs::read_to_string(file).unwrap();
-    text.lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            (f.next() == Some(user)).then(|| f.next().unwrap().parse().unwrap())
-        })
+    let (uid, _) = forge_testsupport::user_ids(user).expect("the test user exists");
+    forge_testsupport::IdRange::of(std::path::Path::new(file), user, uid)
         .unwrap_or_else(|| panic!("{user} has no range in {file}"))
+        .start
 }

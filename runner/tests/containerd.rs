@@ -32,36 +32,14 @@ use tonic::Request;
 
 /// Skips (or, under FORGE_E2E=require, fails) when containerd, root or busybox is missing.
 fn prerequisites() -> Option<ContainerdConfig> {
-    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
-    let missing = |why: String| {
-        assert!(!require, "FORGE_E2E=require: {why}");
-        eprintln!("SKIP: {why}");
-        None
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return missing(
-            "the containerd tests need root (containerd's socket and overlay mounts)".into(),
-        );
+    if !forge_testsupport::root_and_busybox(
+        "the containerd tests: containerd's socket, overlay mounts",
+    ) {
+        return None;
     }
-    let Some(config) = ContainerdConfig::from_env() else {
-        return missing("CONTAINERD_ADDRESS is not set (see .ci/setup.d/50-containerd.sh)".into());
-    };
-    if !config.address.exists() {
-        return missing(format!(
-            "no containerd socket at {}",
-            config.address.display()
-        ));
-    }
-    if !Path::new(BUSYBOX).exists() {
-        return missing(format!(
-            "{BUSYBOX} is missing (Debian package busybox-static)"
-        ));
-    }
-    Some(config)
+    forge_testsupport::containerd()?;
+    Some(ContainerdConfig::from_env().expect("CONTAINERD_ADDRESS is set"))
 }
-
-const BUSYBOX: &str = "/bin/busybox";
 
 /// One test's world: a busybox lower dir, an overlay upper/work pair, and private cache and state
 /// directories so that "nothing left behind" can be checked.

@@ -23,8 +23,6 @@ use forge_snapshotter::Mount;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Request;
 
-const BUSYBOX: &str = "/bin/busybox";
-
 /// Instantiates each case once per backend: `embedded::case` and `containerd::case`.
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
@@ -92,10 +90,7 @@ static WORLDS: AtomicU32 = AtomicU32::new(0);
 
 impl World {
     fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let dir = tempfile::Builder::new()
-            .prefix("forge-contract-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = forge_testsupport::scratch_in(Path::new("/tmp"), "forge-contract-");
         let lower = dir.path().join("lower");
         common::build_busybox_rootfs(&lower);
         for d in ["upper", "work", "state", "cache", "host"] {
@@ -119,12 +114,7 @@ impl World {
     }
 
     fn embedded() -> Option<World> {
-        if !nix::unistd::geteuid().is_root() {
-            common::skip("the embedded contract runs in-process and needs root");
-            return None;
-        }
-        if !Path::new(BUSYBOX).exists() {
-            common::skip("/bin/busybox is missing (Debian busybox-static)");
+        if !forge_testsupport::root_and_busybox("the embedded contract runs in-process") {
             return None;
         }
         let (dir, state, cache) = World::dirs();
@@ -133,27 +123,13 @@ impl World {
     }
 
     async fn containerd() -> Option<World> {
-        if !nix::unistd::geteuid().is_root() {
-            common::skip(
-                "the containerd contract needs root (containerd's socket, overlay mounts)",
-            );
+        if !forge_testsupport::root_and_busybox(
+            "the containerd contract: containerd's socket, overlay mounts",
+        ) {
             return None;
         }
-        if !Path::new(BUSYBOX).exists() {
-            common::skip("/bin/busybox is missing (Debian busybox-static)");
-            return None;
-        }
-        let Some(mut config) = ContainerdConfig::from_env() else {
-            common::skip("CONTAINERD_ADDRESS is not set (see .ci/setup.d/50-containerd.sh)");
-            return None;
-        };
-        if !config.address.exists() {
-            common::skip(&format!(
-                "no containerd socket at {}",
-                config.address.display()
-            ));
-            return None;
-        }
+        forge_testsupport::containerd()?;
+        let mut config = ContainerdConfig::from_env().expect("CONTAINERD_ADDRESS is set");
         let (dir, state, cache) = World::dirs();
         // A namespace per world, so "no container left" is about this case alone.
         config.namespace = format!(

@@ -64,7 +64,7 @@ fn env_and_cwd_created_if_missing() {
         let meta = fs::metadata(&made).expect("cwd is in the snapshot");
         assert_eq!(
             (meta.uid(), meta.gid()),
-            (fx.host_id(1000), fx.host_id(1000))
+            (fx.host_id(1000), fx.host_gid(1000))
         );
     });
 }
@@ -113,13 +113,17 @@ fn chowned_files_keep_their_owners_in_the_snapshot() {
             let m = fs::symlink_metadata(fx.upper().join(p)).unwrap();
             (m.uid(), m.gid())
         };
-        assert_eq!(owner("data/f"), (fx.host_id(1000), fx.host_id(1000)));
-        assert_eq!(owner("data/g"), (fx.host_id(123), fx.host_id(456)));
-        assert_eq!(owner("data"), (fx.host_id(7), fx.host_id(8)));
-        if let Mode::Rootless { .. } = fx.mode {
+        assert_eq!(owner("data/f"), (fx.host_id(1000), fx.host_gid(1000)));
+        assert_eq!(owner("data/g"), (fx.host_id(123), fx.host_gid(456)));
+        assert_eq!(owner("data"), (fx.host_id(7), fx.host_gid(8)));
+        if let Mode::Rootless {
+            subids: Some((subuid, subgid)),
+            ..
+        } = fx.mode
+        {
             assert_eq!(
                 owner("data/f"),
-                (100_999, 100_999),
+                (subuid + 999, subgid + 999),
                 "subuid-mapped on the host"
             );
         }

@@ -15,12 +15,7 @@ use forge_runner::{
 use forge_snapshotter::Mount;
 
 fn setup() -> Option<(Fixture, Backend)> {
-    if !nix::unistd::geteuid().is_root() {
-        common::skip("in-process API tests need root");
-        return None;
-    }
-    if !std::path::Path::new("/bin/busybox").exists() {
-        common::skip("/bin/busybox is missing");
+    if !forge_testsupport::root_and_busybox("in-process API tests") {
         return None;
     }
     let fx = Fixture::new(&Mode::Root);

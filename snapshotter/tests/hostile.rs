@@ -278,7 +278,7 @@ fn hostile_corpus_is_refused_or_contained_in_a_user_namespace() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("unshare failed") {
-        common::prerequisite(false, &format!("user namespaces unavailable: {stderr}"));
+        common::prerequisite(false, format!("user namespaces unavailable: {stderr}"));
         return;
     }
     assert!(

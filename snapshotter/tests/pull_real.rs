@@ -2,39 +2,10 @@
 //! the base images testdata/make-base-images.sh pushed: records, verified digests, and a second
 //! pull that downloads nothing. skopeo, when present, is the independent judge of the manifest.
 
-use std::time::Duration;
-
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{AuthResolver, PullEvent, RegistryClient, RegistryConfig};
 use forge_snapshotter::store::{Digest, Store};
-
-/// The image reference in `var`, or `None` after printing why the test skips (a failure instead
-/// under FORGE_E2E=require).
-fn image_from_env(var: &str) -> Option<String> {
-    let require = std::env::var("FORGE_E2E").is_ok_and(|v| v == "require");
-    let why = match std::env::var(var) {
-        Err(_) => {
-            format!("{var} is not set (run .ci/setup.d/20-registry.sh and 30-base-images.sh)")
-        }
-        Ok(image) => {
-            let host = image.split('/').next().unwrap_or_default().to_string();
-            match std::net::TcpStream::connect_timeout(
-                &host
-                    .parse()
-                    .unwrap_or_else(|_| ([127, 0, 0, 1], 5000).into()),
-                Duration::from_secs(2),
-            ) {
-                Ok(_) => return Some(image),
-                Err(e) => format!("registry {host} for {var} does not answer: {e}"),
-            }
-        }
-    };
-    if require {
-        panic!("FORGE_E2E=require: {why}");
-    }
-    eprintln!("SKIP: {why}");
-    None
-}
+use forge_testsupport::image_from_env;
 
 fn client() -> RegistryClient {
     RegistryClient::new(RegistryConfig {

@@ -13,16 +13,7 @@ use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{AuthResolver, RegistryClient, RegistryConfig};
 use forge_snapshotter::store::Store;
 use forge_snapshotter::unpack::{UnpackOptions, WhiteoutMode, unpack_layer_verified};
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use forge_testsupport::run;
 
 /// umoci unpack of `image` via an OCI layout made by skopeo; returns the rootfs.
 fn judge(image: &str, work: &Path) -> std::path::PathBuf {
@@ -40,11 +31,7 @@ fn judge(image: &str, work: &Path) -> std::path::PathBuf {
 }
 
 async fn pull_and_unpack_like_umoci(var: &str) {
-    let Ok(image) = std::env::var(var) else {
-        common::prerequisite(
-            false,
-            &format!("{var} is not set (CI pushes the base images)"),
-        );
+    let Some(image) = forge_testsupport::image_from_env(var) else {
         return;
     };
     // umoci keeps owners only as root; rootless it would map them, and the trees would differ.

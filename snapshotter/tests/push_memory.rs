@@ -2,10 +2,7 @@
 //! process's peak resident memory grows by far less than the layer. Its own test binary, so no
 //! other test's allocations count.
 
-mod common;
-
 use std::io::Read;
-use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
@@ -56,18 +53,9 @@ fn peak_rss_kib() -> u64 {
 
 #[tokio::test]
 async fn a_large_layer_is_pushed_without_holding_it_in_memory() {
-    let registry = std::env::var("FORGE_TEST_REGISTRY").ok();
-    let answers = registry.as_deref().is_some_and(|r| {
-        r.parse()
-            .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
-    });
-    if !common::prerequisite(
-        answers,
-        "FORGE_TEST_REGISTRY is not set or its registry does not answer",
-    ) {
+    let Some(registry) = forge_testsupport::registry() else {
         return;
-    }
-    let registry = registry.unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
 

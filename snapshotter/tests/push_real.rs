@@ -3,10 +3,7 @@
 //! independent judge of the digest both tags name), a second push sends nothing, and a push to a
 //! sibling repository mounts every blob instead of uploading it.
 
-mod common;
-
 use std::sync::Mutex;
-use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
@@ -17,23 +14,9 @@ use forge_snapshotter::store::{Digest, Store};
 /// Registry and busybox image from the environment, or `None` after a SKIP line (a failure under
 /// FORGE_E2E=require).
 fn prerequisites() -> Option<(String, String)> {
-    let registry = std::env::var("FORGE_TEST_REGISTRY").ok();
-    let busybox = std::env::var("FORGE_TEST_BUSYBOX").ok();
-    let (Some(registry), Some(busybox)) = (registry, busybox) else {
-        common::prerequisite(
-            false,
-            "FORGE_TEST_REGISTRY or FORGE_TEST_BUSYBOX is not set (run .ci/setup.d scripts)",
-        );
-        return None;
-    };
-    let answers = registry.parse().is_ok_and(|addr| {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-    });
-    if !common::prerequisite(answers, &format!("registry {registry} does not answer"))
-        || !common::prerequisite(common::have_tool("skopeo"), "skopeo is not installed")
-    {
-        return None;
-    }
+    let registry = forge_testsupport::registry()?;
+    let busybox = forge_testsupport::busybox_image()?;
+    forge_testsupport::tool("skopeo")?;
     Some((registry, busybox))
 }
 

@@ -12,17 +12,8 @@ use forge_snapshotter::snapshot::{
     AnySnapshotter, BackendKind, Snapshotter, unpack_layer_snapshot,
 };
 use forge_snapshotter::unpack::{UnpackOptions, WhiteoutMode, unpack_layer};
+use forge_testsupport::run;
 use oci_spec::image::Digest;
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Layer {
     blob: PathBuf,
@@ -114,12 +105,7 @@ fn tools_present(tools: &[&str]) -> bool {
     if !common::prerequisite(common::is_root(), "umoci unpack comparisons run as root") {
         return false;
     }
-    for t in tools {
-        if !common::prerequisite(common::have_tool(t), &format!("{t} not installed")) {
-            return false;
-        }
-    }
-    true
+    tools.iter().all(|t| forge_testsupport::tool(t).is_some())
 }
 
 #[test]
@@ -162,11 +148,7 @@ fn umoci_repack_layers_unpack_like_umoci() {
 }
 
 fn registry_image_unpacks_like_umoci(var: &str) {
-    let Ok(reference) = std::env::var(var) else {
-        common::prerequisite(
-            false,
-            &format!("{var} is not set (CI pushes the base images)"),
-        );
+    let Some(reference) = forge_testsupport::image_from_env(var) else {
         return;
     };
     if !tools_present(&["umoci", "skopeo"]) {

@@ -519,6 +519,8 @@ mod tests {
 
     use super::*;
     use crate::export::{ImageOptions, LayerBlob, assemble_json, sha256_digest};
+    // A judge tool on PATH, or `None` after a SKIP line (a failure under FORGE_E2E=require).
+    use forge_testsupport::{run, tool as judge};
 
     const CREATED: &str = "2026-11-21T20:00:00.123456789Z";
 
@@ -1059,36 +1061,6 @@ mod tests {
         assert_eq!(back.labels, cfg.labels);
     }
 
-    /// `Some(path)` of a judge tool on PATH; `None` after saying SKIP, unless FORGE_E2E=require.
-    fn judge(tool: &str) -> Option<std::path::PathBuf> {
-        let found = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(tool))
-                .find(|p| p.is_file())
-        });
-        if found.is_none() {
-            assert!(
-                std::env::var("FORGE_E2E").as_deref() != Ok("require"),
-                "{tool} is required (FORGE_E2E=require) but not on PATH"
-            );
-            eprintln!("SKIP: {tool} not installed, its checks are skipped");
-        }
-        found
-    }
-
-    fn run(cmd: &mut std::process::Command) -> Vec<u8> {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
     /// umoci (Go's image-spec types) reads the assembled config and turns it into the runtime
     /// config a container would get: entrypoint + cmd, env, cwd, user, stop signal, labels.
     #[test]
@@ -1153,12 +1125,7 @@ mod tests {
     /// with skopeo: its diff_ids match its manifest's layers, and writing it back loses nothing.
     #[test]
     fn registry_base_image_config() {
-        let Ok(reference) = std::env::var("FORGE_TEST_BUSYBOX") else {
-            assert!(
-                std::env::var("FORGE_E2E").as_deref() != Ok("require"),
-                "FORGE_TEST_BUSYBOX is required (FORGE_E2E=require)"
-            );
-            eprintln!("SKIP: FORGE_TEST_BUSYBOX not set, no base image to read");
+        let Some(reference) = forge_testsupport::busybox_image() else {
             return;
         };
         let Some(skopeo) = judge("skopeo") else {

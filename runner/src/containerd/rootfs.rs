@@ -221,15 +221,8 @@ mod tests {
     use super::*;
     use crate::user::UserError;
 
-    /// A missing prerequisite skips, except under FORGE_E2E=require where it fails.
-    fn skip(why: &str) {
-        assert_ne!(
-            std::env::var("FORGE_E2E").as_deref(),
-            Ok("require"),
-            "FORGE_E2E=require: {why}"
-        );
-        eprintln!("SKIP: {why}");
-    }
+    // A missing prerequisite skips, except under FORGE_E2E=require where it fails.
+    use forge_testsupport::missing as skip;
 
     fn user(u: &str, g: Option<&str>) -> User {
         User {

@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use forge_testsupport::IdRange;
+
 pub const PASSWD: &str =
     "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n";
 pub const GROUP: &str = "root:x:0:\nwheel:x:10:tester\ntester:x:1000:\n";
@@ -23,6 +25,9 @@ pub enum Mode {
         user: String,
         uid: u32,
         gid: u32,
+        /// The first subordinate uid and gid, from /etc/subuid and /etc/subgid; `None` without a
+        /// range (then the namespace maps the user's own ids alone).
+        subids: Option<(u32, u32)>,
     },
 }
 
@@ -35,63 +40,50 @@ impl Mode {
     }
 }
 
-fn require() -> bool {
-    std::env::var("FORGE_E2E").as_deref() == Ok("require")
-}
+pub use forge_testsupport::missing as skip;
 
-/// Prints a SKIP line, or fails when FORGE_E2E=require.
-pub fn skip(why: &str) {
-    if require() {
-        panic!("FORGE_E2E=require but {why}");
-    }
-    eprintln!("SKIP: {why}");
-}
-
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-/// A rootless mode for an existing user, if there is one.
+/// A rootless mode for an existing user, if there is one, with its subordinate ranges if it has them.
 pub fn user_mode(user: &str) -> Option<Mode> {
-    let (uid, gid) = lookup_user(user)?;
+    let (uid, gid) = forge_testsupport::user_ids(user)?;
     Some(Mode::Rootless {
         user: user.to_string(),
         uid,
         gid,
+        subids: subids(user, uid),
     })
+}
+
+/// The first subordinate uid and gid of a user (both files are keyed by the user's name or uid).
+fn subids(user: &str, uid: u32) -> Option<(u32, u32)> {
+    let first = |file: &str| IdRange::of(Path::new(file), user, uid).map(|r| r.start);
+    first("/etc/subuid").zip(first("/etc/subgid"))
 }
 
 /// The modes this machine can run: root when the tests run as root, and the unprivileged user.
 pub fn modes() -> Vec<Mode> {
-    let mut modes = Vec::new();
-    let euid = nix::unistd::geteuid().as_raw();
-    if !Path::new("/bin/busybox").exists() {
-        skip("/bin/busybox is missing (Debian busybox-static), no test rootfs");
-        return modes;
+    if !forge_testsupport::busybox() {
+        return Vec::new();
     }
-    if euid == 0 {
-        modes.push(Mode::Root);
-        match std::env::var("FORGE_TEST_USER") {
-            Ok(user) => match lookup_user(&user) {
-                Some((uid, gid)) => modes.push(Mode::Rootless { user, uid, gid }),
-                None => skip(&format!(
-                    "FORGE_TEST_USER={user} does not exist (run .ci/setup.d/40-rootless-user.sh)"
-                )),
-            },
-            Err(_) => skip("FORGE_TEST_USER is not set: rootless runs skipped"),
-        }
-    } else {
+    if !forge_testsupport::is_root() {
         skip("tests are not running as root: root runs skipped");
-        let uid = euid;
+        let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
-        modes.push(Mode::Rootless {
-            user: uid.to_string(),
+        let user = std::env::var("USER").unwrap_or_else(|_| uid.to_string());
+        let subids = subids(&user, uid);
+        return vec![Mode::Rootless {
+            user,
             uid,
             gid,
+            subids,
+        }];
+    }
+    let mut modes = vec![Mode::Root];
+    if let Some(user) = forge_testsupport::test_user() {
+        modes.push(Mode::Rootless {
+            user: user.name,
+            uid: user.uid,
+            gid: user.gid,
+            subids: Some((user.subuid.start, user.subgid.start)),
         });
     }
     modes
@@ -135,53 +127,24 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) {
     }
 }
 
-/// Every path under `root`, `root` included (symlinks not followed).
-pub fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            for e in fs::read_dir(&p).unwrap() {
-                out.push(e.unwrap().path());
-            }
-        }
-        i += 1;
-    }
-    out
-}
+pub use forge_testsupport::walk;
 
 impl Fixture {
     pub fn new(mode: &Mode) -> Self {
         // Under /tmp, world-traversable, so the unprivileged user reaches it.
-        let dir = tempfile::Builder::new()
-            .prefix("forge-runner-test-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = forge_testsupport::shared_scratch("forge-runner-test-", None);
         let lower = dir.path().join("lower");
-        for d in ["bin", "etc", "root", "home/tester", "tmp"] {
+        for d in ["etc", "root", "home/tester", "tmp"] {
             fs::create_dir_all(lower.join(d)).unwrap();
         }
         fs::set_permissions(lower.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-        fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
-            }
-        }
+        forge_testsupport::install_busybox(&lower);
         fs::write(lower.join("etc/passwd"), PASSWD).unwrap();
         fs::write(lower.join("etc/group"), GROUP).unwrap();
         for d in ["upper", "work", "state", "cache", "host"] {
             fs::create_dir(dir.path().join(d)).unwrap();
         }
-        let bin = dir.path().join("forge-runner-step");
-        fs::copy(env!("CARGO_BIN_EXE_forge-runner-step"), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = forge_testsupport::copy_exe(env!("CARGO_BIN_EXE_forge-runner-step"), dir.path());
         if let Mode::Rootless { uid, gid, .. } = mode
             && nix::unistd::geteuid().is_root()
         {
@@ -196,8 +159,8 @@ impl Fixture {
             bin,
         };
         if nix::unistd::geteuid().is_root() {
-            let id = fixture.host_id(1000);
-            std::os::unix::fs::chown(lower.join("home/tester"), Some(id), Some(id)).unwrap();
+            let (uid, gid) = (fixture.host_id(1000), fixture.host_gid(1000));
+            std::os::unix::fs::chown(lower.join("home/tester"), Some(uid), Some(gid)).unwrap();
         }
         fixture
     }
@@ -210,17 +173,27 @@ impl Fixture {
         self.path("upper")
     }
 
-    /// The host ids a container id shows up as in the upper dir.
+    /// The host uid a container uid shows up as in the upper dir: 0 is the user, the rest its
+    /// subordinate ids; without a range every id is the user's own.
     pub fn host_id(&self, container_id: u32) -> u32 {
+        self.host_ids(container_id).0
+    }
+
+    /// As [`Fixture::host_id`], for a group.
+    pub fn host_gid(&self, container_id: u32) -> u32 {
+        self.host_ids(container_id).1
+    }
+
+    /// The host (uid, gid) of container id `id` taken as a uid and as a gid.
+    fn host_ids(&self, id: u32) -> (u32, u32) {
         match &self.mode {
-            Mode::Root => container_id,
-            Mode::Rootless { uid, .. } => {
-                if container_id == 0 || *uid == 65534 {
-                    *uid
-                } else {
-                    100_000 + container_id - 1
-                }
-            }
+            Mode::Root => (id, id),
+            Mode::Rootless {
+                uid, gid, subids, ..
+            } => match subids {
+                Some((subuid, subgid)) if id != 0 => (subuid + id - 1, subgid + id - 1),
+                _ => (*uid, *gid),
+            },
         }
     }
 
@@ -354,7 +327,6 @@ pub fn os(s: &str) -> &OsStr {
 /// exist, /run does not (mounts under it need stubs); /old/file is there to be deleted.
 pub fn build_busybox_rootfs(root: &Path) {
     for dir in [
-        "bin",
         "etc",
         "proc",
         "dev",
@@ -367,13 +339,7 @@ pub fn build_busybox_rootfs(root: &Path) {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
+    forge_testsupport::install_busybox(root);
     fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n",

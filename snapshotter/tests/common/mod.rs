@@ -1,6 +1,7 @@
 //! Test helpers shared by the snapshotter's integration tests: a file-by-file tree comparison
 //! (content, mode, owner, link targets, hard link groups, xattrs, optional mtimes) usable against
-//! any independent judge (umoci, skopeo), and prerequisite checks that skip or fail per FORGE_E2E.
+//! any independent judge (umoci, skopeo); the prerequisite checks that skip or fail per FORGE_E2E come
+//! from forge-testsupport.
 #![allow(dead_code)]
 
 pub mod hostile;
@@ -215,40 +216,12 @@ pub fn assert_trees_equal(a: &Path, b: &Path, opts: &CompareOptions) {
     );
 }
 
-/// Whether missing prerequisites must fail (CI) rather than skip.
-pub fn required() -> bool {
-    std::env::var("FORGE_E2E").as_deref() == Ok("require")
-}
-
-/// Skip (return false, with a SKIP line) or panic under FORGE_E2E=require.
-pub fn prerequisite(ok: bool, why: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if required() {
-        panic!("FORGE_E2E=require but prerequisite missing: {why}");
-    }
-    eprintln!("SKIP: {why}");
-    false
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+// Each test file uses its own few of these.
+#[allow(unused_imports)]
+pub use forge_testsupport::{is_root, prerequisite, required, workspace_root};
 
 pub fn have_tool(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
-}
-
-/// The workspace root (the snapshotter crate's parent).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    forge_testsupport::on_path(name).is_some()
 }
 
 /// Apply snapshotter mounts at `target` the way a runner would (tests only: the runner owns this).
