@@ -4,26 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX: &str = forge_testsupport::BUSYBOX;
 
 /// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
 fn prerequisites() -> bool {
-    let require = std::env::var("FORGE_E2E").as_deref() == Ok("require");
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (RUN steps with the embedded runner)")
-    } else if !Path::new(BUSYBOX).is_file() {
-        Some("needs /bin/busybox (Debian busybox-static)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if require => panic!("{why} (FORGE_E2E=require)"),
-        Some(why) => {
-            eprintln!("SKIP: {why}");
-            false
-        }
-    }
+    forge_testsupport::root_and_busybox("RUN steps with the embedded runner")
 }
 
 /// A context with busybox and `dockerfile` in a fresh directory, and a store beside it.
