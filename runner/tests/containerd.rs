@@ -119,6 +119,7 @@ impl World {
             rootfs: self.rootfs(),
             mounts: vec![],
             secret_env: vec![],
+            security: Default::default(),
         }
     }
 

@@ -216,6 +216,7 @@ impl World {
             }],
             mounts: vec![],
             secret_env: vec![],
+            security: Default::default(),
         }
     }
 

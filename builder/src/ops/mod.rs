@@ -791,6 +791,7 @@ impl BuildExecutor {
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,
+            security: Default::default(),
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
         let masks = Arc::new(secret_masks(&secret_values));

@@ -62,6 +62,7 @@ fn parse() -> Result<Args, String> {
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),
+        security: Default::default(),
     };
     let (mut state_dir, mut cache_root) = (None, None);
     let (mut runner, mut containerd_address) = (String::from("embedded"), None);
