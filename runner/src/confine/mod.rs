@@ -13,8 +13,9 @@ pub enum Security {
     #[default]
     Sandbox,
     /// `RUN --security=insecure`, which the build must allow (`--allow security.insecure`): no seccomp
-    /// filter, every capability, and /proc and /sys as the kernel shows them (BuildKit's insecure mode).
-    /// Devices stay confined: host device nodes still cannot be opened.
+    /// filter, every capability forge itself may hold ([`bounding_set`]), and /proc and /sys as the
+    /// kernel shows them (BuildKit's insecure mode). Devices stay confined: host device nodes still
+    /// cannot be opened.
     Insecure,
 }
 
@@ -43,3 +44,14 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// The capabilities in this process's bounding set, by number: what an insecure step gets. Where forge
+/// itself runs with fewer than all (in a container), asking for more would fail the step's start.
+pub fn bounding_set() -> Vec<u32> {
+    (0..64)
+        // SAFETY: prctl with integer arguments; -1 (EINVAL) past the last capability the kernel knows.
+        .take_while(|&cap| unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } >= 0)
+        // SAFETY: as above.
+        .filter(|&cap| unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } == 1)
+        .collect()
+}

@@ -344,7 +344,7 @@ fn confinement(security: Security) -> Result<Confinement, EmbeddedError> {
         },
         Security::Insecure => Confinement {
             seccomp: None,
-            root_caps: sys::all_caps(),
+            root_caps: crate::confine::bounding_set(),
             kernel_paths: false,
         },
     })

@@ -193,11 +193,6 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Every capability this kernel knows (an insecure step's set).
-pub(crate) fn all_caps() -> Vec<u32> {
-    (0..=last_cap()).collect()
-}
-
 /// Drops every capability outside `keep` from the bounding set, and clears ambient ones.
 pub(crate) fn limit_bounding_set(keep: &[u32]) -> io::Result<()> {
     for cap in 0..=last_cap() {
