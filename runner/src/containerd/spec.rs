@@ -386,6 +386,27 @@ mod tests {
         );
     }
 
+    /// The spec of `true` in /work for `user`, as JSON.
+    fn spec_json(
+        user: &ResolvedUser,
+        network: NetworkMode,
+        security: Security,
+    ) -> serde_json::Value {
+        let spec = build(SpecInput {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: "/work".into(),
+            user,
+            hostname: "forge",
+            network,
+            security,
+            mounts: vec![],
+            cgroups_path: "/forge/x".into(),
+        })
+        .unwrap();
+        serde_json::to_value(&spec).unwrap()
+    }
+
     #[test]
     fn the_network_namespace_exists_only_for_network_none() {
         let user = ResolvedUser {
@@ -394,21 +415,7 @@ mod tests {
             additional_gids: vec![2000],
             home: "/home/tester".into(),
         };
-        let spec_for = |network| {
-            let spec = build(SpecInput {
-                argv: vec!["true".into()],
-                env: vec![],
-                cwd: "/work".into(),
-                user: &user,
-                hostname: "forge",
-                network,
-                security: Security::Sandbox,
-                mounts: vec![],
-                cgroups_path: "/forge/x".into(),
-            })
-            .unwrap();
-            serde_json::to_value(&spec).unwrap()
-        };
+        let spec_for = |network| spec_json(&user, network, Security::Sandbox);
         let has_netns = |v: &serde_json::Value| {
             v["linux"]["namespaces"]
                 .as_array()
@@ -449,21 +456,7 @@ mod tests {
             additional_gids: vec![],
             home: "/root".into(),
         };
-        let spec_for = |security| {
-            let spec = build(SpecInput {
-                argv: vec!["true".into()],
-                env: vec![],
-                cwd: "/".into(),
-                user: &user,
-                hostname: "forge",
-                network: NetworkMode::Host,
-                security,
-                mounts: vec![],
-                cgroups_path: "/forge/x".into(),
-            })
-            .unwrap();
-            serde_json::to_value(&spec).unwrap()
-        };
+        let spec_for = |security| spec_json(&user, NetworkMode::Host, security);
         let sandbox = spec_for(Security::Sandbox);
         let seccomp = &sandbox["linux"]["seccomp"];
         assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
