@@ -186,6 +186,7 @@ impl Bench {
                 ssh: HashMap::new(),
                 layer: self.layer,
                 default_network: self.network,
+                allow_insecure: false,
                 http: None,
                 events: events.clone(),
             },

@@ -32,6 +32,14 @@ pub enum NetworkArg {
     Host,
 }
 
+/// An entitlement `--allow` grants (BuildKit's names).
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Entitlement {
+    /// `RUN --security=insecure` runs without the sandbox: no seccomp filter, every capability.
+    #[value(name = "security.insecure")]
+    SecurityInsecure,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum CompressionArg {
     Gzip,
@@ -67,6 +75,9 @@ pub struct BuildArgs {
     /// The network of RUN steps that do not choose one.
     #[arg(long, value_enum, default_value = "default")]
     network: NetworkArg,
+    /// Grant an entitlement to the build's steps; repeatable.
+    #[arg(long = "allow", value_enum, value_name = "ENTITLEMENT")]
+    allow: Vec<Entitlement>,
     /// How progress is shown (on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
@@ -320,6 +331,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         NetworkArg::None => StepNetwork::None,
         _ => StepNetwork::Host,
     };
+    r.allow_insecure = args.allow.contains(&Entitlement::SecurityInsecure);
     r.source_date_epoch = source_date_epoch()?;
     r.compression = match (args.compression, args.compression_level) {
         (None, None) => None,

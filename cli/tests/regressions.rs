@@ -218,3 +218,108 @@ fn a_non_utf8_name_fails_the_build_only_when_the_context_would_send_it() {
         "{stderr}"
     );
 }
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 11.1: an ADDed tar holding a character device for /dev/kmsg (c 1 11) gave a later RUN the
+/// host's kernel log. The node may be unpacked (as BuildKit does), but it cannot be opened: the
+/// step's root filesystem is mounted nodev.
+#[test]
+fn issue11_an_added_tar_with_a_char_device_cannot_reach_the_host_device() {
+    if !prerequisites() {
+        return;
+    }
+    let (_tmp, ctx, root) = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nADD dev.tar /\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox ls -l /kmsg; echo forge-issue11-test > /kmsg && echo WROTE-$((6*7)); exit 0\"]\n",
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Char);
+    header.set_path("kmsg").unwrap();
+    header.set_mode(0o666);
+    header.set_size(0);
+    header.set_device_major(1).unwrap();
+    header.set_device_minor(11).unwrap();
+    header.set_cksum();
+    builder.append(&header, std::io::empty()).unwrap();
+    std::fs::write(ctx.join("dev.tar"), builder.into_inner().unwrap()).unwrap();
+    let out = forge(
+        &root,
+        &["--progress", "plain", "--no-cache", &ctx.to_string_lossy()],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // The node is there (the step saw it), and opening it was refused.
+    assert!(
+        all.contains("1,  11"),
+        "the device was not unpacked:\n{all}"
+    );
+    assert!(
+        !all.contains("WROTE-42"),
+        "the step wrote to the host's /dev/kmsg:\n{all}"
+    );
+    assert!(all.contains("Permission denied"), "{all}");
+}
+
+/// Issue 11.1: `RUN --security=insecure` lifts the seccomp filter only when the build grants
+/// `--allow security.insecure`; without it the build is refused before any step runs.
+#[test]
+fn issue11_run_security_insecure_needs_the_allow_entitlement() {
+    if !prerequisites() {
+        return;
+    }
+    let (_tmp, ctx, root) = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox grep Seccomp: /proc/self/status\"]\n\
+         RUN --security=insecure [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox grep Seccomp: /proc/self/status\"]\n",
+    );
+    let ctx_arg = ctx.to_string_lossy();
+    let out = forge(&root, &["--progress", "plain", &ctx_arg]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("--allow security.insecure"), "{all}");
+    assert_eq!(
+        seccomp_modes(&all),
+        "",
+        "a step ran before the refusal:\n{all}"
+    );
+
+    let out = forge(
+        &root,
+        &[
+            "--progress",
+            "plain",
+            "--allow",
+            "security.insecure",
+            &ctx_arg,
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // The sandboxed step first, then the insecure one.
+    assert_eq!(seccomp_modes(&all), "20", "{all}");
+}
+
+/// The modes `grep Seccomp: /proc/self/status` printed, in order (the command line, which progress
+/// and errors show too, has no digit after the colon).
+fn seccomp_modes(output: &str) -> String {
+    output
+        .match_indices("Seccomp:")
+        .filter_map(|(i, m)| {
+            output[i + m.len()..]
+                .trim_start_matches([' ', '\t'])
+                .chars()
+                .next()
+        })
+        .filter(char::is_ascii_digit)
+        .collect()
+}

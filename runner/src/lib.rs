@@ -2,6 +2,7 @@
 //! containerd. It knows nothing of graphs or caches.
 
 pub mod backend;
+pub mod confine;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 pub mod embedded;
@@ -11,6 +12,7 @@ pub mod spec;
 pub mod user;
 
 pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
+pub use confine::Security;
 pub use mounts::MountError;
 pub use spec::{
     CacheSeed, CacheSharing, Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec,

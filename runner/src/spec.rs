@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use forge_snapshotter::Mount;
 
+pub use crate::confine::Security;
+
 /// How the step's arguments are given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -126,6 +128,8 @@ pub struct StepSpec {
     pub mounts: Vec<StepMount>,
     /// Secrets exposed as environment variables (`RUN --mount=type=secret,env=NAME`), kept out of logs.
     pub secret_env: Vec<(String, String)>,
+    /// `RUN --security`: the sandbox unless the build allowed and the step asked for insecure.
+    pub security: Security,
 }
 
 /// Where a step's output goes: called once per line (without the newline), in the order lines arrive.

@@ -97,6 +97,7 @@ impl World {
             rootfs: self.rootfs(),
             mounts: vec![],
             secret_env: vec![],
+            security: Default::default(),
         }
     }
 

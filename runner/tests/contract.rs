@@ -17,7 +17,7 @@ use forge_runner::containerd::{ContainerdConfig, ContainerdRunner};
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
 use forge_runner::{
     Backend, CacheSeed, CacheSharing, CancellationToken, Command, NetworkMode, RunError, Runner,
-    StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
+    Security, StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,6 +72,11 @@ contract!(
     ssh_agent_socket,
     rootfs_changes_land_in_the_upper_dir,
     snapshotter_mount,
+    issue11_proc_sys_write_is_refused_and_the_host_value_unchanged,
+    issue11_masked_kernel_files_show_nothing,
+    issue11_mknod_of_a_host_device_cannot_be_opened_anywhere,
+    issue11_a_step_runs_under_a_seccomp_filter,
+    issue11_syscalls_the_default_profile_denies_fail_and_insecure_lifts_it,
 );
 
 /// One case's world: a busybox lower dir, an overlay upper/work pair, private state and cache
@@ -192,6 +197,7 @@ impl World {
             }],
             mounts: vec![],
             secret_env: vec![],
+            security: Default::default(),
         }
     }
 
@@ -1087,4 +1093,149 @@ async fn snapshotter_mount(w: &World) {
     assert_eq!(w.ok(&spec).await, ["from-afrom-b", "view-ro"]);
     assert!(!w.upper.join("view").exists());
     w.assert_nothing_left();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11.1: host changes from a RUN step run as root. Each case failed before the step was
+// confined (no seccomp filter, /proc/sys writable, host devices reachable through mknod).
+
+const PRINTK_RATELIMIT: &str = "/proc/sys/kernel/printk_ratelimit";
+
+async fn issue11_proc_sys_write_is_refused_and_the_host_value_unchanged(w: &World) {
+    let before = std::fs::read_to_string(PRINTK_RATELIMIT).unwrap();
+    let other = before.trim().parse::<u32>().unwrap() + 1;
+    let ran = w
+        .run(&w.spec(&format!(
+            "echo {other} > {PRINTK_RATELIMIT} && echo WROTE; echo x > /proc/sysrq-trigger && echo SYSRQ"
+        )))
+        .await;
+    let after = std::fs::read_to_string(PRINTK_RATELIMIT).unwrap();
+    if after != before {
+        // Put the host back before failing.
+        std::fs::write(PRINTK_RATELIMIT, &before).unwrap();
+    }
+    assert_eq!(
+        after,
+        before,
+        "{}: the step changed the host's sysctl",
+        w.name()
+    );
+    let out = ran.stdout();
+    assert!(
+        !out.contains(&"WROTE".to_string()),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    assert!(
+        !out.contains(&"SYSRQ".to_string()),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    let err = ran.of(Stream::Stderr).join("\n");
+    assert!(err.contains("Read-only file system"), "{}: {err}", w.name());
+    // Reading stays possible.
+    assert_eq!(
+        w.ok(&w.spec(&format!("cat {PRINTK_RATELIMIT}"))).await,
+        [before.trim()]
+    );
+}
+
+async fn issue11_masked_kernel_files_show_nothing(w: &World) {
+    // Only what this host has: a masked path that does not exist shows nothing anyway.
+    let present: Vec<&str> = forge_runner::confine::MASKED_PATHS
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    assert!(!present.is_empty(), "no masked path exists on this host");
+    let script = present
+        .iter()
+        .map(|p| {
+            format!("echo \"{p} $(ls -A {p} 2>/dev/null | wc -l) $(cat {p} 2>/dev/null | wc -c)\"")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = w.ok(&w.spec(&script)).await;
+    for (p, line) in present.iter().zip(&out) {
+        // A directory lists no entry; a file reads as /dev/null (ls of a file names it: 1 line).
+        let is_dir = Path::new(p).is_dir();
+        let want = if is_dir {
+            format!("{p} 0 0")
+        } else {
+            format!("{p} 1 0")
+        };
+        assert_eq!(line, &want, "{}: {out:?}", w.name());
+    }
+}
+
+async fn issue11_mknod_of_a_host_device_cannot_be_opened_anywhere(w: &World) {
+    let rw = w.path("host/rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    // c 1 11 is /dev/kmsg: a write lands in the host's kernel log.
+    let mut spec = w.spec(
+        "for d in / /tmp /dev /dev/shm /rw; do \
+           mknod $d/kmsg c 1 11 && echo forge-issue11-test > $d/kmsg && echo OPENED $d; \
+         done; echo null > /dev/null && echo NULL-OK",
+    );
+    spec.mounts = vec![StepMount {
+        target: "/rw".into(),
+        kind: StepMountKind::Bind {
+            source: rw.clone(),
+            readonly: false,
+        },
+    }];
+    let ran = w.run(&spec).await;
+    let out = ran.stdout();
+    assert!(
+        !out.iter().any(|l| l.starts_with("OPENED")),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    // The standard devices still work: the denial is about other nodes, not all of /dev.
+    assert!(
+        out.contains(&"NULL-OK".to_string()),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+}
+
+async fn issue11_a_step_runs_under_a_seccomp_filter(w: &World) {
+    let out = w.ok(&w.spec("grep '^Seccomp:' /proc/self/status")).await;
+    assert_eq!(out, ["Seccomp:\t2"], "{}", w.name());
+}
+
+async fn issue11_syscalls_the_default_profile_denies_fail_and_insecure_lifts_it(w: &World) {
+    // A new user namespace needs no capability, so only the filter refuses it; mount and
+    // sethostname need CAP_SYS_ADMIN, which only an insecure step has.
+    let script = "unshare -U true && echo USERNS; mount -t tmpfs t /mnt && echo MOUNT; \
+                  grep '^Seccomp:' /proc/self/status";
+    let ran = w.run(&w.spec(script)).await;
+    assert_eq!(
+        ran.stdout(),
+        ["Seccomp:\t2"],
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    let err = ran.of(Stream::Stderr).join("\n");
+    assert!(
+        err.contains("Operation not permitted"),
+        "{}: {err}",
+        w.name()
+    );
+
+    let mut insecure = w.spec(&format!("mkdir -p /mnt; {script}"));
+    insecure.security = Security::Insecure;
+    let ran = w.run(&insecure).await;
+    assert_eq!(
+        ran.stdout(),
+        ["USERNS", "MOUNT", "Seccomp:\t0"],
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
 }

@@ -482,3 +482,79 @@ fn ssh_agent_socket_is_forwarded() {
         );
     });
 }
+
+// Issue 11.1, as root and rootless: host changes from a RUN step run as root. The same defects as
+// the contract's issue11 cases, here through the step binary so the rootless (user namespace) mode
+// is covered too.
+
+const PRINTK_RATELIMIT: &str = "/proc/sys/kernel/printk_ratelimit";
+
+#[test]
+fn issue11_proc_sys_write_is_refused_and_the_host_value_unchanged() {
+    for_each_mode(|fx| {
+        let before = fs::read_to_string(PRINTK_RATELIMIT).unwrap();
+        let other = before.trim().parse::<u32>().unwrap() + 1;
+        let r = fx.sh(
+            &[],
+            &format!("echo {other} > {PRINTK_RATELIMIT} && echo WROTE; cat {PRINTK_RATELIMIT}"),
+        );
+        let after = fs::read_to_string(PRINTK_RATELIMIT).unwrap();
+        if after != before {
+            fs::write(PRINTK_RATELIMIT, &before).unwrap();
+        }
+        assert_eq!(after, before, "the step changed the host's sysctl: {r:?}");
+        assert!(!r.stdout.contains("WROTE"), "{r:?}");
+        // Read-only as runc makes it, whatever the mode (rootless, permissions refuse it too).
+        assert!(r.stderr.contains("Read-only file system"), "{r:?}");
+        assert_eq!(r.stdout.trim(), before.trim(), "{r:?}");
+    });
+}
+
+#[test]
+fn issue11_mknod_of_a_host_device_cannot_be_opened() {
+    for_each_mode(|fx| {
+        // c 1 11 is /dev/kmsg. Root may make the node (CAP_MKNOD, as in Docker) but every writable
+        // mount is nodev; rootless, the user namespace refuses mknod itself.
+        let r = fx.sh(
+            &["--mount-tmpfs", "/scratch"],
+            "for d in / /tmp /dev /dev/shm /scratch; do \
+               mknod $d/kmsg c 1 11 && echo forge-issue11-test > $d/kmsg && echo OPENED $d; \
+             done; echo null > /dev/null && echo NULL-OK",
+        );
+        assert!(!r.stdout.contains("OPENED"), "{r:?}");
+        assert!(r.stdout.contains("NULL-OK"), "{r:?}");
+        let refused = match fx.mode {
+            Mode::Root => "Permission denied",
+            Mode::Rootless { .. } => "Operation not permitted",
+        };
+        assert!(r.stderr.contains(refused), "{r:?}");
+    });
+}
+
+#[test]
+fn issue11_a_step_runs_under_the_default_seccomp_profile_unless_insecure() {
+    for_each_mode(|fx| {
+        // A user namespace needs no capability (even nested in a rootless one): only the filter
+        // refuses it.
+        let script = "grep '^Seccomp:' /proc/self/status; unshare -U true && echo USERNS; exit 0";
+        let r = fx.sh(&[], script);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(r.stdout, "Seccomp:\t2\n", "{r:?}");
+        assert!(r.stderr.contains("Operation not permitted"), "{r:?}");
+        let r = fx.sh(&["--security", "insecure"], script);
+        assert_eq!(r.stdout, "Seccomp:\t0\nUSERNS\n", "{r:?}");
+    });
+}
+
+#[test]
+fn issue11_masked_kernel_paths_are_empty() {
+    for_each_mode(|fx| {
+        let r = fx.sh(
+            &[],
+            "ls -A /proc/acpi /sys/firmware | wc -l; cat /proc/keys /proc/timer_list 2>/dev/null | wc -c",
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        // Two directory headers and the blank line between them; nothing inside, nothing to read.
+        assert_eq!(r.stdout, "3\n0\n", "{r:?}");
+    });
+}

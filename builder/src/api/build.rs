@@ -166,6 +166,17 @@ impl Session {
             .map_err(|e| {
                 BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
             })?;
+        if !request.allow_insecure
+            && let Some(v) = lowered.graph.vertices.iter().find(|v| {
+                matches!(&v.op, crate::graph::Op::Exec(e) if e.security == crate::graph::SecurityMode::Insecure)
+            })
+        {
+            return Err(BuildError::Invalid(format!(
+                "{}: RUN --security=insecure is not allowed: the build must grant it \
+                 (forge build --allow security.insecure)",
+                v.description
+            )));
+        }
         let runner = self.runner().await?;
         let graph = Arc::new(lowered.graph);
         let cache = DiskCache::open(self.root.join("build-cache"))?;
@@ -190,6 +201,7 @@ impl Session {
                     source_date_epoch: request.source_date_epoch,
                 },
                 default_network: request.network,
+                allow_insecure: request.allow_insecure,
                 http: Some(Arc::new(HttpSource::new(
                     scratch.downloads(),
                     events.clone(),

@@ -34,6 +34,10 @@ pub struct BuildRequest {
     pub ssh: HashMap<String, PathBuf>,
     /// The network of RUN steps that do not choose one.
     pub network: NetworkMode,
+    /// `--allow security.insecure`: lets `RUN --security=insecure` steps run without the sandbox (no
+    /// seccomp filter, every capability, /proc unmasked). Without it the build is refused before it
+    /// starts, as BuildKit refuses the entitlement.
+    pub allow_insecure: bool,
     /// Layer compression of what leaves the store (push, OCI or docker tars). `None`: gzip for
     /// what leaves the store, fast zstd for layers that stay in it (re-encoded when they leave).
     pub compression: Option<Compression>,
@@ -65,6 +69,7 @@ impl BuildRequest {
             secrets: Secrets::default(),
             ssh: HashMap::new(),
             network: NetworkMode::Host,
+            allow_insecure: false,
             compression: None,
             exports: Vec::new(),
             tags: Vec::new(),

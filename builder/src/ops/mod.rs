@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use forge_runner::backend::{Backend, RunError, Runner};
 use forge_runner::spec::{
-    CacheSeed, CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, StepMount,
-    StepMountKind, StepSpec, Stream, User,
+    CacheSeed, CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, Security,
+    StepMount, StepMountKind, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::compress::HashingWriter;
@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::events::{BuildEvent, BuildId, Events, OutputStream};
 use crate::fileop::{self, FileOpError, SourceDirs, Visible};
 use crate::graph::{
-    CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SourceOp, Vertex,
-    VertexId,
+    CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SecurityMode, SourceOp,
+    Vertex, VertexId,
 };
 use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
 use crate::source::BaseImage;
@@ -139,6 +139,10 @@ pub enum ExecError {
     MissingSecret { id: String },
     #[error("ssh agent {id:?} is required but was not given (pass --ssh {id}=SOCKET)")]
     MissingSsh { id: String },
+    #[error(
+        "RUN --security=insecure is not allowed: the build must grant it (forge build --allow security.insecure)"
+    )]
+    InsecureNotAllowed,
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -220,6 +224,9 @@ pub struct ExecutorConfig {
     pub layer: LayerOptions,
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
+    /// `--allow security.insecure`: a `RUN --security=insecure` step runs without the sandbox
+    /// (forge_runner::Security::Insecure); without it such a step is refused.
+    pub allow_insecure: bool,
     pub http: Option<Arc<dyn RemoteFiles>>,
     pub events: Events,
 }
@@ -785,6 +792,11 @@ impl BuildExecutor {
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,
+            security: match op.security {
+                SecurityMode::Sandbox => Security::Sandbox,
+                SecurityMode::Insecure if self.cfg.allow_insecure => Security::Insecure,
+                SecurityMode::Insecure => return Err(ExecError::InsecureNotAllowed),
+            },
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
         let masks = Arc::new(secret_masks(&secret_values));

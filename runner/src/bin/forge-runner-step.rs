@@ -4,6 +4,7 @@
 //! forge-runner-step [--runner embedded|containerd] [--containerd-address SOCK]
 //!   --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
 //!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
+//!   [--security sandbox|insecure]
 //!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
 //!   [--cache-seed ROOT[:PATH]] (the previous --mount-cache starts from PATH inside ROOT)
 //!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
@@ -21,8 +22,8 @@ use std::time::Duration;
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner, UserNamespace, enter_user_namespace};
 use forge_runner::spec::{CacheSeed, CacheSharing};
 use forge_runner::{
-    Backend, CancellationToken, Command, NetworkMode, RunError, Runner, StepMount, StepMountKind,
-    StepSpec, Stream, User,
+    Backend, CancellationToken, Command, NetworkMode, RunError, Runner, Security, StepMount,
+    StepMountKind, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount;
 
@@ -62,6 +63,7 @@ fn parse() -> Result<Args, String> {
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),
+        security: Default::default(),
     };
     let (mut state_dir, mut cache_root) = (None, None);
     let (mut runner, mut containerd_address) = (String::from("embedded"), None);
@@ -126,6 +128,13 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--hostname" => spec.hostname = value,
+            "--security" => {
+                spec.security = match value.as_str() {
+                    "sandbox" => Security::Sandbox,
+                    "insecure" => Security::Insecure,
+                    other => return Err(format!("unknown security mode {other:?}")),
+                }
+            }
             "--network" => {
                 spec.network = match value.as_str() {
                     "host" => NetworkMode::Host,

@@ -168,6 +168,7 @@ impl ContainerdRunner {
                 user: &user,
                 hostname: &spec.hostname,
                 network: spec.network,
+                security: spec.security,
                 mounts: oci_mounts,
                 // One fixed parent: runc removes the step's cgroup but never its parent, so a parent
                 // per namespace would leave an empty directory behind for every namespace used.

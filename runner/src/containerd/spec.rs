@@ -1,17 +1,23 @@
 //! The OCI runtime spec a step's container gets: Docker's defaults for a non-privileged container
-//! (capabilities, masked and read-only /proc paths, /dev, /sys read-only), the step's process, user and
-//! hostname, and the network namespace only when the step asked for `none`.
+//! (capabilities, the default seccomp profile, masked and read-only /proc paths from
+//! [`crate::confine`], /dev, /sys read-only, a device cgroup that allows only runc's standard nodes),
+//! the step's process, user and hostname, and the network namespace only when the step asked for
+//! `none`. An insecure step (`RUN --security=insecure`) gets every capability and no filter or masks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
+    LinuxSyscallBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::ContainerdError;
+use crate::confine::seccomp::{Action, Cmp, Profile};
+use crate::confine::{MASKED_PATHS, READONLY_PATHS, Security};
 use crate::spec::NetworkMode;
 use crate::user::ResolvedUser;
 
@@ -37,29 +43,6 @@ const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// Kernel interfaces hidden from the step, as Docker hides them.
-const MASKED_PATHS: [&str; 11] = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
 /// What the spec is made of; everything host-side is already prepared.
 pub(crate) struct SpecInput<'a> {
     pub argv: Vec<String>,
@@ -68,6 +51,7 @@ pub(crate) struct SpecInput<'a> {
     pub user: &'a ResolvedUser,
     pub hostname: &'a str,
     pub network: NetworkMode,
+    pub security: Security,
     /// Mounts after the standard ones (generated /etc files, then the step's own mounts), in order.
     pub mounts: Vec<OciMount>,
     pub cgroups_path: String,
@@ -142,9 +126,10 @@ fn standard_mounts() -> Result<Vec<OciMount>, ContainerdError> {
 /// (as it does where containerd itself runs in a container), so the step inherits the shim's limits.
 pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
     let err = |what: &str, e: oci_spec::OciSpecError| ContainerdError::Spec(format!("{what}: {e}"));
-    let caps = DEFAULT_CAPABILITIES
-        .into_iter()
-        .collect::<std::collections::HashSet<_>>();
+    let caps = match input.security {
+        Security::Sandbox => DEFAULT_CAPABILITIES.into_iter().collect(),
+        Security::Insecure => all_capabilities(),
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -199,24 +184,20 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .devices(devices)
         .build()
         .map_err(|e| err("resources", e))?;
-    let linux = LinuxBuilder::default()
+    let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
         .resources(resources)
-        .cgroups_path(PathBuf::from(input.cgroups_path))
-        .build()
-        .map_err(|e| err("linux", e))?;
+        .cgroups_path(PathBuf::from(input.cgroups_path));
+    // Set either way: oci-spec's builder starts from its own default lists.
+    linux = match input.security {
+        Security::Sandbox => linux
+            .masked_paths(strings(MASKED_PATHS))
+            .readonly_paths(strings(READONLY_PATHS))
+            .seccomp(seccomp(&crate::confine::seccomp::DEFAULT)?),
+        Security::Insecure => linux.masked_paths(vec![]).readonly_paths(vec![]),
+    };
+    let linux = linux.build().map_err(|e| err("linux", e))?;
 
     let mut mounts = standard_mounts()?;
     mounts.extend(input.mounts);
@@ -235,6 +216,116 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .annotations(HashMap::new())
         .build()
         .map_err(|e| err("spec", e))
+}
+
+/// The capabilities oci-spec names, indexed by the kernel's numbers (capability.h).
+const BY_NUMBER: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+];
+
+/// An insecure step's capabilities: those in forge's own bounding set (runc fails the start when asked
+/// for one its shim lacks, as where forge and containerd run in a container).
+fn all_capabilities() -> std::collections::HashSet<Capability> {
+    crate::confine::bounding_set()
+        .into_iter()
+        .filter_map(|n| BY_NUMBER.get(n as usize).copied())
+        .collect()
+}
+
+/// The seccomp architectures of this machine and the ABIs it also runs, as Docker lists them.
+fn architectures() -> Vec<Arch> {
+    match std::env::consts::ARCH {
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        "riscv64" => vec![Arch::ScmpArchRiscv64],
+        _ => vec![Arch::ScmpArchNative],
+    }
+}
+
+/// `profile` as the OCI spec's `linux.seccomp`, which runc compiles with libseccomp.
+pub(crate) fn seccomp(profile: &Profile) -> Result<LinuxSeccomp, ContainerdError> {
+    let err = |e: oci_spec::OciSpecError| ContainerdError::Spec(format!("seccomp: {e}"));
+    let mut syscalls = Vec::new();
+    for rule in profile.host_rules() {
+        let mut args = Vec::new();
+        for a in rule.args {
+            let (op, value, value_two) = match a.cmp {
+                Cmp::Eq(v) => (LinuxSeccompOperator::ScmpCmpEq, v, 0),
+                Cmp::Ne(v) => (LinuxSeccompOperator::ScmpCmpNe, v, 0),
+                Cmp::MaskedEq { mask, value } => {
+                    (LinuxSeccompOperator::ScmpCmpMaskedEq, mask, value)
+                }
+            };
+            args.push(
+                LinuxSeccompArgBuilder::default()
+                    .index(a.index as usize)
+                    .value(value)
+                    .value_two(value_two)
+                    .op(op)
+                    .build()
+                    .map_err(err)?,
+            );
+        }
+        let mut syscall = LinuxSyscallBuilder::default()
+            .names(rule.names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        syscall = match rule.action {
+            Action::Allow => syscall.action(LinuxSeccompAction::ScmpActAllow),
+            Action::Errno(e) => syscall
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(e),
+        };
+        if !args.is_empty() {
+            syscall = syscall.args(args);
+        }
+        syscalls.push(syscall.build().map_err(err)?);
+    }
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(profile.default_errno)
+        .architectures(architectures())
+        .syscalls(syscalls)
+        .build()
+        .map_err(err)
 }
 
 /// `KEY=value` strings with later keys overriding earlier ones in place, PATH defaulted and HOME taken
@@ -295,6 +386,27 @@ mod tests {
         );
     }
 
+    /// The spec of `true` in /work for `user`, as JSON.
+    fn spec_json(
+        user: &ResolvedUser,
+        network: NetworkMode,
+        security: Security,
+    ) -> serde_json::Value {
+        let spec = build(SpecInput {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: "/work".into(),
+            user,
+            hostname: "forge",
+            network,
+            security,
+            mounts: vec![],
+            cgroups_path: "/forge/x".into(),
+        })
+        .unwrap();
+        serde_json::to_value(&spec).unwrap()
+    }
+
     #[test]
     fn the_network_namespace_exists_only_for_network_none() {
         let user = ResolvedUser {
@@ -303,20 +415,7 @@ mod tests {
             additional_gids: vec![2000],
             home: "/home/tester".into(),
         };
-        let spec_for = |network| {
-            let spec = build(SpecInput {
-                argv: vec!["true".into()],
-                env: vec![],
-                cwd: "/work".into(),
-                user: &user,
-                hostname: "forge",
-                network,
-                mounts: vec![],
-                cgroups_path: "/forge/x".into(),
-            })
-            .unwrap();
-            serde_json::to_value(&spec).unwrap()
-        };
+        let spec_for = |network| spec_json(&user, network, Security::Sandbox);
         let has_netns = |v: &serde_json::Value| {
             v["linux"]["namespaces"]
                 .as_array()
@@ -346,6 +445,49 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .contains(&serde_json::json!("CAP_CHOWN"))
+        );
+    }
+
+    #[test]
+    fn a_sandboxed_step_gets_the_default_profile_and_masks_an_insecure_one_none() {
+        let user = ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        };
+        let spec_for = |security| spec_json(&user, NetworkMode::Host, security);
+        let sandbox = spec_for(Security::Sandbox);
+        let seccomp = &sandbox["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1);
+        let syscalls = seccomp["syscalls"].as_array().unwrap();
+        let rule_for = |name: &str| {
+            syscalls
+                .iter()
+                .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rule_for("clone3")[0]["errnoRet"], 38);
+        assert_eq!(rule_for("clone")[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(rule_for("clone")[0]["args"][0]["value"], 0x7E02_0000u64);
+        assert_eq!(rule_for("personality").len(), 5);
+        assert!(rule_for("unshare").is_empty() && rule_for("mount").is_empty());
+        let listed = |key: &str| sandbox["linux"][key].as_array().unwrap().len();
+        assert_eq!(listed("maskedPaths"), MASKED_PATHS.len());
+        assert_eq!(listed("readonlyPaths"), READONLY_PATHS.len());
+
+        let insecure = spec_for(Security::Insecure);
+        assert!(insecure["linux"].get("seccomp").is_none());
+        for key in ["maskedPaths", "readonlyPaths"] {
+            let listed = insecure["linux"].get(key).and_then(|v| v.as_array());
+            assert!(listed.is_none_or(|l| l.is_empty()), "{key}: {listed:?}");
+        }
+        assert!(
+            insecure["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("CAP_SYS_ADMIN"))
         );
     }
 }

@@ -19,7 +19,9 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::seccomp::Filters;
 use super::sys;
+use crate::confine::{MASKED_PATHS, READONLY_PATHS};
 use crate::mounts::ResolvedMount;
 use crate::spec::User;
 use crate::user::{ResolvedUser, UserDb};
@@ -53,6 +55,19 @@ pub(crate) struct Plan {
     pub env: Vec<(String, String)>,
     pub user: User,
     pub cwd: PathBuf,
+    /// The step's confinement, decided before the fork.
+    pub confinement: Confinement,
+}
+
+/// What confines the step's command besides its namespaces (see [`crate::confine`]).
+#[derive(Debug)]
+pub(crate) struct Confinement {
+    /// The seccomp programs to install before execve; `None` for an insecure step.
+    pub seccomp: Option<&'static Filters>,
+    /// The capabilities a root step keeps (bit numbers); a non-root step has none.
+    pub root_caps: Vec<u32>,
+    /// Masks and read-only binds over /proc and /sys (not for an insecure step).
+    pub kernel_paths: bool,
 }
 
 /// Descriptors handed to the forked side.
@@ -227,7 +242,8 @@ enum Stub {
     },
 }
 
-struct Prepared {
+struct Prepared<'a> {
+    confinement: &'a Confinement,
     exe: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
@@ -311,7 +327,7 @@ fn cleanup(p: &Undo) {
     }
 }
 
-fn exec_command(p: &Prepared, fds: &ChildFds) -> ! {
+fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
     let fail = |msg: String| -> ! {
         write_fd(&fds.error, msg.as_bytes());
         exit(127)
@@ -325,7 +341,7 @@ fn exec_command(p: &Prepared, fds: &ChildFds) -> ! {
         libc::dup2(fds.stdout.as_raw_fd(), 1);
         libc::dup2(fds.stderr.as_raw_fd(), 2);
     }
-    if let Err(e) = sys::limit_bounding_set() {
+    if let Err(e) = sys::limit_bounding_set(&p.confinement.root_caps) {
         fail(format!("drop capabilities from the bounding set: {e}"));
     }
     let u = &p.user;
@@ -358,7 +374,11 @@ fn exec_command(p: &Prepared, fds: &ChildFds) -> ! {
         ));
     }
     // setuid to a non-zero uid already cleared the permitted set; root keeps Docker's default set.
-    let caps: &[u32] = if u.uid == 0 { sys::DEFAULT_CAPS } else { &[] };
+    let caps: &[u32] = if u.uid == 0 {
+        &p.confinement.root_caps
+    } else {
+        &[]
+    };
     if let Err(e) = sys::set_caps(caps) {
         fail(format!("set capabilities: {e}"));
     }
@@ -375,6 +395,12 @@ fn exec_command(p: &Prepared, fds: &ChildFds) -> ! {
     }
     let argv = sys::as_ptrs(&p.argv);
     let env = sys::as_ptrs(&p.env);
+    // Last before exec: every call above is one the profile may deny.
+    if let Some(filters) = p.confinement.seccomp
+        && let Err(e) = super::seccomp::install(filters)
+    {
+        fail(format!("install the seccomp filter: {e}"));
+    }
     // SAFETY: argv and env are NULL-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(p.exe.as_ptr(), argv.as_ptr(), env.as_ptr()) };
     fail(format!(
@@ -428,10 +454,11 @@ fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
                 sys::mount(&source, target, "", flags & !libc::MS_RDONLY, None),
                 what,
             )?;
+            let mut attrs = sys::MOUNT_ATTR_NODEV;
             if flags & libc::MS_RDONLY != 0 {
-                ctx(sys::set_path_readonly(target), what)?;
+                attrs |= sys::MOUNT_ATTR_RDONLY;
             }
-            Ok(())
+            ctx(sys::set_path_attrs(target, attrs), what)
         }
         // Mounted before the fork by the step thread (see `mount_fuse`); init's mount namespace is a
         // copy of the thread's, so it is already in place.
@@ -448,7 +475,7 @@ fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
                     &source,
                     target,
                     kind,
-                    flags,
+                    flags | libc::MS_NODEV,
                     (!data.is_empty()).then_some(data.as_str()),
                 ),
                 what,
@@ -519,19 +546,76 @@ struct Staged {
     dir: bool,
 }
 
-fn clone_tree(source: &Path, recursive: bool, readonly: bool) -> SetupResult<OwnedFd> {
+/// A detached clone of the mounts at `source`, with mount attributes `attrs` added.
+fn clone_tree(source: &Path, recursive: bool, attrs: u64) -> SetupResult<OwnedFd> {
     let fd = ctx(sys::open_tree_clone(source, recursive), || {
         format!("clone mount of {}", source.display())
     })?;
-    if readonly {
-        ctx(sys::set_tree_readonly(&fd), || {
-            format!("make {} read-only", source.display())
+    if attrs != 0 {
+        ctx(sys::set_tree_attrs(&fd, attrs), || {
+            format!("set mount attributes {attrs:#x} on {}", source.display())
         })?;
     }
     Ok(fd)
 }
 
-fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
+/// Attributes of a clone that is not a device node: no device can be opened through it (issue 11: a
+/// step that mknods a host device in a bind or cache mount must not reach the device).
+fn no_devices(readonly: bool) -> u64 {
+    if readonly {
+        sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_RDONLY
+    } else {
+        sys::MOUNT_ATTR_NODEV
+    }
+}
+
+/// runc's masked and read-only paths ([`crate::confine`]), over the /proc and /sys just mounted. Runs
+/// after pivot_root and after /dev is set up: masked files show its null device.
+fn confine_kernel_paths() -> SetupResult<()> {
+    let exists = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("stat {}: {e}", p.display())),
+    };
+    for p in READONLY_PATHS.iter().map(Path::new) {
+        if exists(p)?.is_none() {
+            continue;
+        }
+        let what = || format!("make {} read-only", p.display());
+        ctx(
+            sys::mount(
+                &p.to_string_lossy(),
+                p,
+                "",
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
+            what,
+        )?;
+        ctx(sys::set_path_readonly(p), what)?;
+    }
+    for p in MASKED_PATHS.iter().map(Path::new) {
+        let Some(meta) = exists(p)? else { continue };
+        let what = || format!("mask {}", p.display());
+        if meta.is_dir() {
+            ctx(
+                sys::mount(
+                    "tmpfs",
+                    p,
+                    "tmpfs",
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("size=0"),
+                ),
+                what,
+            )?;
+        } else {
+            ctx(sys::mount("/dev/null", p, "", libc::MS_BIND, None), what)?;
+        }
+    }
+    Ok(())
+}
+
+fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
     // Nothing done here may propagate back to the host's mount namespace.
     ctx(
         sys::mount(
@@ -558,6 +642,11 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
     for m in &plan.rootfs {
         apply_mount(m, &plan.rootfs_dir, plan)?;
     }
+    // Device nodes in the image or made by the step cannot be opened (fuse-overlayfs included).
+    ctx(
+        sys::set_path_attrs(&plan.rootfs_dir, sys::MOUNT_ATTR_NODEV),
+        || format!("mount {} nodev", plan.rootfs_dir.display()),
+    )?;
 
     // Host-side sources become detached mounts now; after pivot_root their paths are gone.
     // procfs too: in a user namespace the kernel allows a new proc mount only while a fully visible
@@ -568,19 +657,19 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
         sys::mount("proc", &proc_stage, "proc", nosuid_nodev_noexec, None),
         || "mount /proc".into(),
     )?;
-    let proc_tree = clone_tree(&proc_stage, false, false)?;
+    let proc_tree = clone_tree(&proc_stage, false, 0)?;
     let mut dev = Vec::new();
     for name in DEV_NODES {
         let host = Path::new("/dev").join(name);
         if host.exists() {
-            dev.push((name, clone_tree(&host, false, false)?));
+            dev.push((name, clone_tree(&host, false, 0)?));
         }
     }
-    let sys_tree = clone_tree(Path::new("/sys"), true, true)?;
+    let sys_tree = clone_tree(Path::new("/sys"), true, no_devices(true))?;
     let mut staged = Vec::new();
     for (host, target) in &plan.etc_files {
         staged.push(Staged {
-            fd: clone_tree(host, false, true)?,
+            fd: clone_tree(host, false, no_devices(true))?,
             target: target.clone(),
             dir: false,
         });
@@ -597,7 +686,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
             } => {
                 let dir = source.is_dir();
                 staged.push(Staged {
-                    fd: clone_tree(source, true, *readonly)?,
+                    fd: clone_tree(source, true, no_devices(*readonly))?,
                     target: target.clone(),
                     dir,
                 });
@@ -606,7 +695,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
             ResolvedMount::Raw { mount, target } => {
                 if matches!(mount.kind.as_str(), "bind" | "rbind") {
                     staged.push(Staged {
-                        fd: clone_tree(&mount.source, true, mount.is_readonly())?,
+                        fd: clone_tree(&mount.source, true, no_devices(mount.is_readonly()))?,
                         target: target.clone(),
                         dir: mount.source.is_dir(),
                     });
@@ -620,7 +709,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
                     }
                     apply_mount(mount, &stage, plan)?;
                     staged.push(Staged {
-                        fd: clone_tree(&stage, true, false)?,
+                        fd: clone_tree(&stage, true, no_devices(false))?,
                         target: target.clone(),
                         dir: true,
                     });
@@ -646,7 +735,8 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
             "tmpfs",
             devdir,
             "tmpfs",
-            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            // nodev: a node the step makes here is not usable; the standard ones are bind mounts.
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME,
             Some("mode=755,size=65536k"),
         ),
         || "mount /dev".into(),
@@ -710,6 +800,9 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
     ensure_target(sysdir, true, stubs)?;
     ctx(sys::move_mount(&sys_tree, sysdir), || "mount /sys".into())?;
     mounted.push(sysdir.to_path_buf());
+    if plan.confinement.kernel_paths {
+        confine_kernel_paths()?;
+    }
 
     for s in &staged {
         ensure_target(&s.target, s.dir, stubs)?;
@@ -767,6 +860,7 @@ fn setup(plan: &Plan, undo: &mut Undo) -> SetupResult<Prepared> {
         .ok_or_else(|| "the step has an empty command".to_string())?;
     let exe = find_executable(argv0, &path_var)?;
     Ok(Prepared {
+        confinement: &plan.confinement,
         exe: ctx(sys::cstr(&exe), || format!("bad path {}", exe.display()))?,
         argv: plan.argv.iter().map(|a| sys::c_string(a)).collect(),
         env: env

@@ -4,6 +4,7 @@
 
 mod container;
 mod prune;
+mod seccomp;
 mod sys;
 pub mod userns;
 
@@ -22,12 +23,12 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use container::{ChildFds, Plan};
+use container::{ChildFds, Confinement, Plan};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
 use crate::mounts::{MountError, ResolvedMount, ResolvedMounts};
 use crate::spec::OutputSink;
-use crate::spec::{NetworkMode, StepOutcome, StepSpec, Stream};
+use crate::spec::{NetworkMode, Security, StepOutcome, StepSpec, Stream};
 use tokio_util::sync::CancellationToken;
 
 /// Lines of output kept for [`StepOutcome::tail`] by default.
@@ -77,6 +78,9 @@ pub enum EmbeddedError {
     NotRoot { uid: u32 },
     #[error("step cancelled")]
     Cancelled,
+    /// The sandbox cannot be built on this machine; the step is not run unconfined instead.
+    #[error("{0}")]
+    Confinement(String),
     #[error("step {command:?} failed to start: {detail}")]
     Setup {
         command: Vec<String>,
@@ -251,6 +255,7 @@ impl EmbeddedRunner {
             env,
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
+            confinement: confinement(spec.security)?,
         })
     }
 
@@ -327,6 +332,22 @@ impl EmbeddedRunner {
         }
         Ok(code)
     }
+}
+
+/// What confines a step of `security` (see [`crate::confine`]).
+fn confinement(security: Security) -> Result<Confinement, EmbeddedError> {
+    Ok(match security {
+        Security::Sandbox => Confinement {
+            seccomp: Some(seccomp::default_filters().map_err(EmbeddedError::Confinement)?),
+            root_caps: sys::DEFAULT_CAPS.to_vec(),
+            kernel_paths: true,
+        },
+        Security::Insecure => Confinement {
+            seccomp: None,
+            root_caps: crate::confine::bounding_set(),
+            kernel_paths: false,
+        },
+    })
 }
 
 async fn read_lines(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<(Stream, String)>) {

@@ -11,7 +11,6 @@ use std::path::Path;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -41,22 +40,37 @@ pub(crate) fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedF
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Makes a detached tree read-only, recursively (mount_setattr), so submounts of /sys are covered too.
-pub(crate) fn set_tree_readonly(fd: &OwnedFd) -> io::Result<()> {
-    mount_setattr_rdonly(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint)
+/// Mount attributes for [`set_tree_attrs`] and [`set_path_attrs`].
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Sets `attrs` on a detached tree, recursively (mount_setattr), so submounts of /sys are covered too.
+pub(crate) fn set_tree_attrs(fd: &OwnedFd, attrs: u64) -> io::Result<()> {
+    mount_setattr(
+        fd.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH as libc::c_uint,
+        attrs,
+    )
 }
 
 /// Makes the mount tree at `path` read-only, recursively; unlike a remount it keeps the flags a user
 /// namespace may not clear (nosuid, nodev on locked mounts).
 pub(crate) fn set_path_readonly(path: &Path) -> io::Result<()> {
-    let c = cstr(path)?;
-    mount_setattr_rdonly(libc::AT_FDCWD, &c, 0)
+    set_path_attrs(path, MOUNT_ATTR_RDONLY)
 }
 
-fn mount_setattr_rdonly(
+/// Sets `attrs` on the mount tree at `path`, recursively, keeping the flags it has.
+pub(crate) fn set_path_attrs(path: &Path, attrs: u64) -> io::Result<()> {
+    let c = cstr(path)?;
+    mount_setattr(libc::AT_FDCWD, &c, 0, attrs)
+}
+
+fn mount_setattr(
     dirfd: RawFd,
     path: &std::ffi::CStr,
     flags: libc::c_uint,
+    attrs: u64,
 ) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
@@ -66,7 +80,7 @@ fn mount_setattr_rdonly(
         userns_fd: u64,
     }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -179,10 +193,10 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Drops every capability outside Docker's default set from the bounding set, and clears ambient ones.
-pub(crate) fn limit_bounding_set() -> io::Result<()> {
+/// Drops every capability outside `keep` from the bounding set, and clears ambient ones.
+pub(crate) fn limit_bounding_set(keep: &[u32]) -> io::Result<()> {
     for cap in 0..=last_cap() {
-        if DEFAULT_CAPS.contains(&cap) {
+        if keep.contains(&cap) {
             continue;
         }
         // SAFETY: prctl with integer arguments.
