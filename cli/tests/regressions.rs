@@ -323,3 +323,121 @@ fn seccomp_modes(output: &str) -> String {
         .filter(char::is_ascii_digit)
         .collect()
 }
+
+/// Runs `forge <args> --root root` (a store command) until `stop` is set; returns how many ran.
+fn hammer(root: &Path, args: &[&str], stop: &std::sync::atomic::AtomicBool) -> usize {
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(args)
+            .arg("--root")
+            .arg(root)
+            .output()
+            .expect("forge runs");
+        assert!(
+            out.status.success(),
+            "forge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    n
+}
+
+/// Issue 11.2: `forge images` started while a build wrote a new layer removed the build's
+/// temporary file (`open temp file .../ingest/layer.PID.0.tmp: No such file or directory`, 5 of 5
+/// tries): opening the store cleaned ingest/ whenever no other process held the store's lock, and a
+/// layer being written held none. The build is a store session now, and so is each temporary file.
+#[test]
+fn forge_images_during_a_layer_write_leaves_the_builds_temp_file_alone() {
+    if !prerequisites() {
+        return;
+    }
+    // About 100 MB of random data: its layer takes a while to hash and compress.
+    let (_tmp, ctx, root) = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox head -c 100000000 /dev/urandom > /big\"]\n",
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, listed) = std::thread::scope(|s| {
+        let lister = s.spawn(|| hammer(&root, &["images"], &stop));
+        let out = forge(&root, &["-q", &ctx.to_string_lossy()]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, lister.join().unwrap())
+    });
+    assert!(
+        out.status.success(),
+        "the build failed while `forge images` ran {listed} times: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listed > 0);
+}
+
+/// Issue 11.2: `forge prune` during a build removed blobs the build had made but not yet recorded
+/// (6 of 6 builds with --push failed, and images were listed whose blobs were gone). A prune now
+/// waits for running builds, and a cache record whose blobs are gone is a miss, never a hit.
+#[test]
+fn prune_during_a_build_waits_and_a_record_without_its_blobs_is_a_miss() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let (_tmp, ctx, root) = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox sleep 1; echo made > /made; /bin/busybox head -c 20000000 /dev/urandom > /r\"]\n",
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    let tag = format!("{registry}/forge-test/prune-race:{}", std::process::id());
+    let ctx_arg = ctx.to_string_lossy().into_owned();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, pruned) = std::thread::scope(|s| {
+        let pruner = s.spawn(|| {
+            hammer(
+                &root,
+                &["prune", "--older-than", "0s", "--keep-bytes", "0"],
+                &stop,
+            )
+        });
+        let out = forge(&root, &["-q", "--push", "-t", &tag, &ctx_arg]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, pruner.join().unwrap())
+    });
+    assert!(
+        out.status.success(),
+        "the build failed while `forge prune` ran {pruned} times: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Take the RUN step's layer away behind the cache's back (what a prune of an older forge, or a
+    // hand-repaired store, leaves): the next build must run the step again, not claim it cached
+    // and then fail to push.
+    let blobs = root.join("blobs/sha256");
+    let mut removed = 0;
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        if e.metadata().unwrap().len() > 10_000_000 {
+            std::fs::remove_file(e.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed >= 1, "the 20 MB layer was in the store");
+    let again = forge(
+        &root,
+        &["--progress", "plain", "--push", "-t", &tag, &ctx_arg],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    let run_block = stderr
+        .split("\n\n")
+        .find(|b| b.contains("RUN [") && b.contains("sleep 1"))
+        .unwrap_or_else(|| panic!("no RUN block in:\n{stderr}"));
+    assert!(
+        !run_block.contains("CACHED"),
+        "a record whose layer is gone was served as a hit:\n{run_block}"
+    );
+}

@@ -125,6 +125,10 @@ impl Session {
             Compression::Zstd { level: 1 }
         };
 
+        // The build is a store session for its whole life: a prune (in this process or another)
+        // waits for it instead of removing blobs it made but has not recorded yet, and no other
+        // process clears ingest/ under its temporary files.
+        let _store_session = self.store.session()?;
         let scratch = Scratch::create(&self.root, events.build())
             .map(Arc::new)
             .map_err(|e| {

@@ -34,7 +34,7 @@ pub async fn with_compression(
         let store2 = store.clone();
         let layer = l.clone();
         let converted = tokio::task::spawn_blocking(move || -> Result<Layer, ExportError> {
-            let tmp = store2.temp_path("recompress");
+            let tmp = store2.temp_path("recompress")?;
             let file = std::fs::File::create(&tmp)
                 .map_err(|e| ExportError::Invalid(format!("creating {}: {e}", tmp.display())))?;
             let blob = store2.open_blob(&layer.digest)?;

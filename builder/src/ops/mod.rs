@@ -424,7 +424,7 @@ impl BuildExecutor {
         let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
         let result = blocking(move || {
-            let tmp = store.temp_path("layer");
+            let tmp = store.temp_path("layer")?;
             let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
             let diffed = sn.diff(&k, BufWriter::with_capacity(256 * 1024, file), options);
             let (desc, sink, _stats) = match diffed {
@@ -437,7 +437,7 @@ impl BuildExecutor {
             sink.into_inner()
                 .map_err(|e| ExecError::Io {
                     what: "writing layer",
-                    path: tmp.clone(),
+                    path: tmp.to_path_buf(),
                     source: e.into_error(),
                 })?
                 .sync_all()
@@ -881,7 +881,7 @@ fn tar_artifacts(
     paths: &[String],
     store: &Store,
 ) -> Result<Option<Artifacts>, ExecError> {
-    let tmp = store.temp_path("artifacts");
+    let tmp = store.temp_path("artifacts")?;
     let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
     let written = (|| {
         let mut tar = tar::Builder::new(HashingWriter::new(BufWriter::new(file)));
@@ -1089,6 +1089,12 @@ impl SourceDirs for Sources {
 impl Executor for BuildExecutor {
     type Output = Built;
     type Error = ExecError;
+
+    /// A record whose blobs are gone (a prune, a store repaired by hand) is a miss: the step runs
+    /// again instead of a later step or the push failing on the missing blob.
+    fn usable(&self, output: &Built) -> bool {
+        output.blobs().iter().all(|d| self.cfg.store.has_blob(d))
+    }
 
     async fn cache_inputs(
         &self,

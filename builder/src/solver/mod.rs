@@ -72,6 +72,14 @@ pub trait Executor: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Whether a recorded result can still be used: what it names (blobs, say) may have been
+    /// removed since it was recorded. One that cannot is a cache miss and the vertex runs again;
+    /// it is never served as a hit. Yes by default.
+    fn usable(&self, output: &Self::Output) -> bool {
+        let _ = output;
+        true
+    }
+
     /// Computes the vertex. When `cancel` fires (another vertex failed, or the caller gave up) the
     /// executor should stop promptly, clean up, and return an error; the solver awaits it.
     fn execute(
@@ -654,7 +662,10 @@ impl<E: Executor> Task<E> {
             return Ok(None);
         }
         let record = self.cache_call(key, move |c| c.get(&key)).await?;
-        let Some(output) = record.and_then(|r| E::Output::from_record(&r)) else {
+        let Some(output) = record
+            .and_then(|r| E::Output::from_record(&r))
+            .filter(|o| self.executor.usable(o))
+        else {
             return Ok(None);
         };
         self.emit(Event::Cached {

@@ -166,6 +166,33 @@ pub enum Ingest {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A temporary file's path in the store (see [`Store::temp_path`]); derefs to the path.
+#[derive(Debug)]
+pub struct TempPath {
+    path: PathBuf,
+    _lock: FileLock,
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        // Adopted files were renamed away; anything still here is an abandoned write.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `root`. When no other process is using the store,
     /// leftovers of a killed writer (temp files, lock files) are removed; the metadata database is
@@ -315,14 +342,19 @@ impl Store {
     }
 
     /// A fresh path in the store's ingest directory (same filesystem as the blobs) for a file that
-    /// [`Store::adopt`] will later move in; removed with other leftovers when the store is opened
-    /// by a process that finds no other user.
-    pub fn temp_path(&self, hint: &str) -> PathBuf {
-        self.ingest.join(format!(
-            "{hint}.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ))
+    /// [`Store::adopt`] will later move in. While the returned [`TempPath`] lives it holds the
+    /// store's shared lock, so no other process clears `ingest/` under it (that happens only with
+    /// the store to itself) and a prune waits; dropped without adoption, the file is removed.
+    pub fn temp_path(&self, hint: &str) -> Result<TempPath, StoreError> {
+        let lock = lock_file(&self.store_lock, LockMode::Shared)?;
+        Ok(TempPath {
+            path: self.ingest.join(format!(
+                "{hint}.{}.{}.tmp",
+                std::process::id(),
+                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            )),
+            _lock: lock,
+        })
     }
 
     /// Moves the file at `tmp` (made under [`Store::temp_path`] by a writer that hashed it while
