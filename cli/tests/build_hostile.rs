@@ -549,11 +549,22 @@ fn network_none_cannot_reach_the_registry_while_the_default_can() {
 
 #[test]
 fn ctrl_c_cancels_the_running_step_and_cleans_up() {
+    signal_cancels_the_running_step_and_cleans_up(nix::sys::signal::Signal::SIGINT);
+}
+
+/// Issue 11.7: SIGHUP (a closed terminal or ssh session) killed forge by its default action, with
+/// no clean-up: `run/` and `tmp/` were left behind. It now cancels the build as Ctrl-C does.
+#[test]
+fn sighup_cancels_the_running_step_and_cleans_up() {
+    signal_cancels_the_running_step_and_cleans_up(nix::sys::signal::Signal::SIGHUP);
+}
+
+fn signal_cancels_the_running_step_and_cleans_up(signal: nix::sys::signal::Signal) {
     if !prerequisites() {
         return;
     }
     let bench = Bench::new();
-    let marker = format!("interrupt-me-{}", std::process::id());
+    let marker = format!("interrupt-me-{}-{signal}", std::process::id());
     let ctx = bench.context(
         "ctx",
         &format!("{BASE}RUN echo started && sleep 30 # {marker}\n"),
@@ -576,7 +587,7 @@ fn ctrl_c_cancels_the_running_step_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, signal).unwrap();
     let interrupted = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -584,7 +595,7 @@ fn ctrl_c_cancels_the_running_step_and_cleans_up() {
         }
         if interrupted.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
-            panic!("forge still runs 10 s after Ctrl-C");
+            panic!("forge still runs 10 s after {signal}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -600,10 +611,12 @@ fn ctrl_c_cancels_the_running_step_and_cleans_up() {
             p.path().display()
         );
     }
-    let leftovers: Vec<_> = std::fs::read_dir(bench.root().join("tmp"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for dir in ["tmp", "run"] {
+        let left: Vec<_> = std::fs::read_dir(bench.root().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}/ keeps {left:?}");
+    }
     let meta = std::fs::read_to_string(bench.root().join("snapshots/metadata.json")).unwrap();
     assert!(
         !meta.contains("\"active\""),

@@ -21,7 +21,7 @@ use crate::export::{self, ImageOptions, ManifestFormat};
 use crate::frontend::dockerfile::lower::LowerOptions;
 use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerignore::{self, Dockerignore};
-use crate::graph::{Graph, Platform};
+use crate::graph::{Graph, NodeRef, Platform};
 use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
 use crate::scratch::Scratch;
 use crate::solver::{
@@ -473,63 +473,54 @@ async fn solve_reporting(
 
 /// A finished vertex's report, from the solver event that ends it.
 fn report_of(ev: &Event) -> Option<VertexReport> {
-    match ev {
+    let base = |vertex: &NodeRef, description: &String| VertexReport {
+        vertex: *vertex,
+        description: description.clone(),
+        key: None,
+        cached: false,
+        duration: None,
+        error: None,
+        skipped: None,
+    };
+    Some(match ev {
         Event::Cached {
             vertex,
             description,
             key,
-        } => Some(VertexReport {
-            vertex: *vertex,
-            description: description.clone(),
+        } => VertexReport {
             key: Some(*key),
             cached: true,
-            duration: None,
-            error: None,
-            skipped: None,
-        }),
+            ..base(vertex, description)
+        },
         Event::Done {
             vertex,
             description,
             duration,
-        } => Some(VertexReport {
-            vertex: *vertex,
-            description: description.clone(),
-            key: None,
-            cached: false,
+        } => VertexReport {
             duration: Some(*duration),
-            error: None,
-            skipped: None,
-        }),
+            ..base(vertex, description)
+        },
         Event::Failed {
             vertex,
             description,
             duration,
             error,
-        } => Some(VertexReport {
-            vertex: *vertex,
-            description: description.clone(),
-            key: None,
-            cached: false,
+        } => VertexReport {
             duration: Some(*duration),
             error: Some(error.clone()),
-            skipped: None,
-        }),
+            ..base(vertex, description)
+        },
         Event::Skipped {
             vertex,
             description,
             failed,
             ..
-        } => Some(VertexReport {
-            vertex: *vertex,
-            description: description.clone(),
-            key: None,
-            cached: false,
-            duration: None,
-            error: None,
+        } => VertexReport {
             skipped: Some(*failed),
-        }),
-        Event::Started { .. } | Event::Cancelled { .. } => None,
-    }
+            ..base(vertex, description)
+        },
+        Event::Started { .. } | Event::Cancelled { .. } => return None,
+    })
 }
 
 /// Keeps the blobs of recorded results from `forge prune` while their cache records exist, for a
