@@ -385,3 +385,106 @@ fn prune_during_a_build_waits_and_a_record_without_its_blobs_is_a_miss() {
         "a record whose layer is gone was served as a hit:\n{run_block}"
     );
 }
+
+/// Issue 11.7: a 401 with wrong credentials said only that "the login used may not push there". A
+/// real Distribution registry with htpasswd auth on a free loopback port: wrong credentials are
+/// named as refused, missing ones as missing, for a push and for a pull.
+#[test]
+fn a_refused_login_says_the_credentials_were_refused() {
+    let Some(registry_bin) = forge_testsupport::tool("docker-registry") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // htpasswd entry for forge / right-password (bcrypt, cost 5).
+    std::fs::write(
+        tmp.path().join("htpasswd"),
+        "forge:$2b$05$abcdefghijklmnopqrstuuBO.kmgTJhdt40M5ZyHgFmcpBdUb9aS.\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    std::fs::write(
+        tmp.path().join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: forge-test\n    path: {}\n",
+            tmp.path().join("storage").display(),
+            tmp.path().join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(registry_bin)
+        .arg("serve")
+        .arg(tmp.path().join("config.yml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if let Ok(Some(status)) = server.try_wait() {
+            panic!("the registry exited: {status}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _server = Kill(server);
+
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
+    std::fs::write(ctx.join("f"), "x\n").unwrap();
+    let wrong = tmp.path().join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    std::fs::write(
+        wrong.join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"Zm9yZ2U6d3Jvbmc="}}}}}}"#),
+    )
+    .unwrap();
+    let none = tmp.path().join("none");
+    std::fs::create_dir_all(&none).unwrap();
+    let build = |config: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .arg("build")
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .args(args)
+            .arg(&ctx)
+            .env("DOCKER_CONFIG", config)
+            .env("REGISTRY_AUTH_FILE", config.join("none.json"))
+            .env("XDG_RUNTIME_DIR", config)
+            .env("HOME", config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let tag = format!("{addr}/forge-test/auth:1");
+    let push_wrong = build(&wrong, &["-q", "--push", "-t", &tag]);
+    assert!(
+        push_wrong.contains("the credentials for forge were refused (status 401)"),
+        "{push_wrong}"
+    );
+    let push_none = build(&none, &["-q", "--push", "-t", &tag]);
+    assert!(
+        push_none.contains("wants a login (status 401) and none was found"),
+        "{push_none}"
+    );
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {tag}\n")).unwrap();
+    let pull_wrong = build(&wrong, &["-q"]);
+    assert!(
+        pull_wrong.contains("the credentials for forge were refused (status 401)"),
+        "{pull_wrong}"
+    );
+}

@@ -94,9 +94,12 @@ pub async fn pull_base(
     let record = match registry.pull(store, &r, &progress).await {
         Ok(rec) => rec,
         Err(e) => {
+            // A registry that answered with a refusal was reached: its answer stands, so a wrong
+            // login is reported rather than hidden behind a stale copy.
+            let refused = matches!(e, forge_snapshotter::registry::PullError::Denied { .. });
             let stored = store.get_image(&r.to_string())?;
             match stored {
-                Some(rec) if rec.blobs().iter().all(|d| store.has_blob(d)) => {
+                Some(rec) if !refused && rec.blobs().iter().all(|d| store.has_blob(d)) => {
                     events.emit(BuildEvent::Warning {
                         message: format!(
                             "could not reach the registry for {reference} ({e}); using the copy in the store"

@@ -125,6 +125,34 @@ impl RegistryClient {
     }
 }
 
+/// The username a request was made with, for messages (`None`: anonymous).
+pub(crate) fn login_of(auth: &RegistryAuth) -> Option<String> {
+    match auth {
+        RegistryAuth::Basic(user, _) => Some(user.clone()),
+        _ => None,
+    }
+}
+
+/// What a 401 or 403 answer means, in words: whose credentials were refused, or that none were
+/// found, or that the login lacks the right. Used by pull and push errors.
+pub(crate) fn refusal_text(
+    registry: &str,
+    status: u16,
+    login: Option<&str>,
+    action: &str,
+) -> String {
+    match (status, login) {
+        (401, Some(user)) => format!(
+            "the credentials for {user} were refused (status 401): the password or token is wrong or expired; log in to {registry} again"
+        ),
+        (401, None) => format!(
+            "{registry} wants a login (status 401) and none was found for it (DOCKER_CONFIG, REGISTRY_AUTH_FILE, ~/.docker/config.json, podman's auth.json)"
+        ),
+        (_, Some(user)) => format!("{user} may not {action} there (status {status})"),
+        (_, None) => format!("anonymous users may not {action} there (status {status}); log in"),
+    }
+}
+
 /// Whether a failed request is worth trying again: 5xx, 408 and 429 answers, connection errors and
 /// timeouts. Everything else (a refusal, a bad digest, a missing name) fails the same way twice.
 pub(crate) fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {

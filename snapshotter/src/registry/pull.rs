@@ -137,6 +137,20 @@ pub enum PullError {
         what: String,
         message: String,
     },
+    #[error(
+        "registry {registry} refused {what} of {reference}: {}",
+        super::refusal_text(registry, *status, login.as_deref(), "pull")
+    )]
+    Denied {
+        registry: String,
+        reference: String,
+        what: String,
+        status: u16,
+        /// The username sent; `None` when anonymous.
+        login: Option<String>,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
     #[error("registry {registry}: {what} of {reference}: {source}")]
     Registry {
         registry: String,
@@ -237,11 +251,30 @@ struct Ctx<'a> {
     client: &'a RegistryClient,
     reference: &'a Reference,
     oci: oci_client::Reference,
+    /// The username the requests carry; `None` when anonymous.
+    login: Option<String>,
     progress: &'a (dyn Fn(PullEvent) + Send + Sync),
 }
 
 impl Ctx<'_> {
     fn registry_error(&self, what: &str, source: OciDistributionError) -> PullError {
+        let status = match &source {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => Some(401),
+            OciDistributionError::ServerError { code, .. } => Some(*code),
+            OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
+            _ => None,
+        };
+        if let Some(status @ (401 | 403)) = status {
+            return PullError::Denied {
+                registry: self.reference.registry().to_string(),
+                reference: self.reference.to_string(),
+                what: what.to_string(),
+                status,
+                login: self.login.clone(),
+                source: Box::new(source),
+            };
+        }
         PullError::Registry {
             registry: self.reference.registry().to_string(),
             reference: self.reference.to_string(),
@@ -541,6 +574,7 @@ impl RegistryClient {
             client: self,
             reference,
             oci: oci_reference(reference),
+            login: super::login_of(&auth),
             progress,
         };
         // Keeps prune away until the record below references what this pull brings in.

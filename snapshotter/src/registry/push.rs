@@ -125,13 +125,16 @@ pub enum PushEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     #[error(
-        "registry {registry} refused {what} in {repository} with status {status}: the login used for {registry} (none if anonymous) may not push there"
+        "registry {registry} refused {what} in {repository}: {}",
+        super::refusal_text(registry, *status, login.as_deref(), "push")
     )]
     Denied {
         registry: String,
         repository: String,
         what: String,
         status: u16,
+        /// The username sent; `None` when anonymous.
+        login: Option<String>,
         #[source]
         source: Box<OciDistributionError>,
     },
@@ -213,6 +216,8 @@ struct Target<'a> {
     oci: oci_client::Reference,
     registry: String,
     repository: String,
+    /// The username the requests carry; `None` when anonymous.
+    login: Option<String>,
     progress: &'a (dyn Fn(PushEvent) + Send + Sync),
 }
 
@@ -229,6 +234,7 @@ impl Target<'_> {
                 repository: self.repository.clone(),
                 what: what.to_string(),
                 status,
+                login: self.login.clone(),
                 source: Box::new(e),
             },
             _ => PushError::Registry {
@@ -557,6 +563,7 @@ impl RegistryClient {
             oci,
             registry: first.registry().to_string(),
             repository: first.repository().to_string(),
+            login: super::login_of(&auth),
             progress,
         };
         let limit = self.config.max_concurrent_uploads.max(1);
