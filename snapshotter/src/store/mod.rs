@@ -480,6 +480,12 @@ impl Store {
         }
     }
 
+    /// How many blobs the store holds and their total size.
+    pub fn blob_totals(&self) -> Result<(usize, u64), StoreError> {
+        let blobs = self.list_blobs()?;
+        Ok((blobs.len(), blobs.iter().map(|(_, size, _)| size).sum()))
+    }
+
     /// Every blob file under `blobs/sha256`, with its size and modification time.
     fn list_blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>, StoreError> {
         let mut out = Vec::new();
