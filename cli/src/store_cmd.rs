@@ -253,33 +253,34 @@ pub fn rmi(reference: &str, args: &StoreArgs) -> Result<(), Failure> {
     }
 }
 
-fn open_snapshots(store: &Store) -> Result<AnySnapshotter, Failure> {
+/// Runs `f` on the store's parts (content store and snapshots) that prune and check work on.
+fn with_parts<T>(
+    args: &StoreArgs,
+    f: impl FnOnce(&Parts<'_>) -> Result<T, gc::GcError>,
+) -> Result<T, Failure> {
+    let store = args.open()?;
     let dir = store.root().join("snapshots");
-    AnySnapshotter::open(&dir, None).map_err(|e| {
+    let snapshots = AnySnapshotter::open(&dir, None).map_err(|e| {
         failed(format!(
             "error: cannot open the snapshots {}: {e}",
             dir.display()
         ))
-    })
-}
-
-pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
-    let store = args.store.open()?;
-    let snapshots = open_snapshots(&store)?;
-    let parts = Parts {
+    })?;
+    f(&Parts {
         root: store.root(),
         store: &store,
         snapshots: &snapshots,
+    })
+    .map_err(|e| failed(format!("error: {e}")))
+}
+
+pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
+    let options = GcOptions {
+        older_than: args.older_than,
+        keep_bytes: args.keep_bytes,
+        cache_mounts: args.cache_mounts || args.all,
     };
-    let report = gc::prune(
-        &parts,
-        &GcOptions {
-            older_than: args.older_than,
-            keep_bytes: args.keep_bytes,
-            cache_mounts: args.cache_mounts || args.all,
-        },
-    )
-    .map_err(|e| failed(format!("error: {e}")))?;
+    let report = with_parts(&args.store, |parts| gc::prune(parts, &options))?;
     let mut freed = 0;
     for (kind, r) in report.lines() {
         println!("removed {} {kind}, {}", r.count, human(r.bytes));
@@ -298,15 +299,7 @@ pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
 }
 
 pub fn check(args: &CheckArgs) -> Result<(), Failure> {
-    let store = args.store.open()?;
-    let snapshots = open_snapshots(&store)?;
-    let parts = Parts {
-        root: store.root(),
-        store: &store,
-        snapshots: &snapshots,
-    };
-    let (found, repairs) =
-        gc::check(&parts, args.repair).map_err(|e| failed(format!("error: {e}")))?;
+    let (found, repairs) = with_parts(&args.store, |parts| gc::check(parts, args.repair))?;
     let s = &found.store;
     println!("checked {} blobs", s.blobs);
     for (name, actual) in &s.corrupt {
