@@ -13,6 +13,7 @@ pub mod events;
 pub mod export;
 pub mod fileop;
 pub mod frontend;
+pub mod gc;
 pub mod graph;
 pub mod ops;
 pub mod scratch;

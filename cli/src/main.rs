@@ -55,8 +55,19 @@ enum Command {
         #[command(flatten)]
         store: store_cmd::StoreArgs,
     },
-    /// Remove blobs that no image, lease or cache entry still needs.
+    /// Give disk back: build cache records, then the blobs and snapshots nothing needs any more,
+    /// partial unpacks, dead builds' leftovers and (with --cache-mounts or --all) cache mounts.
     Prune(store_cmd::PruneArgs),
+    /// Look after the store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check the store's consistency: blobs against their digests, what images and cache records
+    /// reference, snapshots against their data, leftovers. Exit 1 when problems remain.
+    Check(store_cmd::CheckArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,7 +123,10 @@ fn main() -> ExitCode {
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
         Command::Images(args) => store_cmd::images(&args),
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
-        Command::Prune(args) => store_cmd::prune(&args),
+        Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
+        Command::Store(StoreCommand::Check(args)) => {
+            enter_user_namespace().and_then(|()| store_cmd::check(&args))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

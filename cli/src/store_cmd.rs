@@ -1,13 +1,15 @@
-//! Store commands: `forge pull`, `forge images`, `forge rmi`, `forge prune`. They open the per-user
+//! Store commands: `forge pull`, `forge images`, `forge rmi`, `forge prune`, `forge store check`. They open the per-user
 //! store (or `--root`) and report on stderr as they go; results go to stdout.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use forge_builder::gc::{self, GcOptions, Parts, parse_size};
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{PullEvent, RegistryClient, RegistryConfig};
-use forge_snapshotter::store::{PrunePolicy, Store};
+use forge_snapshotter::snapshot::AnySnapshotter;
+use forge_snapshotter::store::Store;
 use forge_snapshotter::unpack::{UnpackOptions, UnpackWarning, unpack_layer_verified};
 
 use crate::{Failure, failed, usage};
@@ -46,12 +48,30 @@ pub struct PullArgs {
 
 #[derive(Args)]
 pub struct PruneArgs {
-    /// Only remove what has not been used for this long (`90s`, `30m`, `12h`, `7d`).
+    /// Only remove what has not been used for this long (`90s`, `30m`, `12h`, `7d`): cache records
+    /// by last use, blobs by last write, snapshots by when they were made.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     older_than: Option<Duration>,
-    /// Stop once the store holds at most this many bytes (`500M`, `2G`); oldest go first.
+    /// Stop once the store (blobs + snapshots + cache mounts) holds at most this many bytes
+    /// (`500M`, `2G`); least recently used go first.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     keep_bytes: Option<u64>,
+    /// Also remove cache mounts (`RUN --mount=type=cache`) no running step holds.
+    #[arg(long)]
+    cache_mounts: bool,
+    /// Everything nothing needs, cache mounts included.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Remove what is broken (corrupt blobs, records and roots that name missing blobs, snapshots
+    /// without data, leftovers), so that the next build makes it again.
+    #[arg(long)]
+    repair: bool,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -233,21 +253,93 @@ pub fn rmi(reference: &str, args: &StoreArgs) -> Result<(), Failure> {
     }
 }
 
+/// Runs `f` on the store's parts (content store and snapshots) that prune and check work on.
+fn with_parts<T>(
+    args: &StoreArgs,
+    f: impl FnOnce(&Parts<'_>) -> Result<T, gc::GcError>,
+) -> Result<T, Failure> {
+    let store = args.open()?;
+    let dir = store.root().join("snapshots");
+    let snapshots = AnySnapshotter::open(&dir, None).map_err(|e| {
+        failed(format!(
+            "error: cannot open the snapshots {}: {e}",
+            dir.display()
+        ))
+    })?;
+    f(&Parts {
+        root: store.root(),
+        store: &store,
+        snapshots: &snapshots,
+    })
+    .map_err(|e| failed(format!("error: {e}")))
+}
+
 pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
-    let store = args.store.open()?;
-    let report = store
-        .prune(&PrunePolicy {
-            older_than: args.older_than,
-            keep_bytes: args.keep_bytes,
-        })
-        .map_err(|e| failed(format!("error: {e}")))?;
+    let options = GcOptions {
+        older_than: args.older_than,
+        keep_bytes: args.keep_bytes,
+        cache_mounts: args.cache_mounts || args.all,
+    };
+    let report = with_parts(&args.store, |parts| gc::prune(parts, &options))?;
+    let mut freed = 0;
+    for (kind, r) in report.lines() {
+        println!("removed {} {kind}, {}", r.count, human(r.bytes));
+        freed += r.bytes;
+    }
+    if report.builds_running {
+        println!("kept every snapshot: a build is running");
+    }
     println!(
-        "removed {} blobs, freed {}; kept {} blobs ({})",
-        report.removed.len(),
-        human(report.freed_bytes),
-        report.kept_blobs,
-        human(report.kept_bytes)
+        "freed {}; the store holds {} (was {})",
+        human(freed),
+        human(report.bytes_after),
+        human(report.bytes_before)
     );
+    Ok(())
+}
+
+pub fn check(args: &CheckArgs) -> Result<(), Failure> {
+    let (found, repairs) = with_parts(&args.store, |parts| gc::check(parts, args.repair))?;
+    let s = &found.store;
+    println!("checked {} blobs", s.blobs);
+    for (name, actual) in &s.corrupt {
+        println!("corrupt blob {name}: content hashes to {actual}");
+    }
+    for d in &s.missing {
+        println!("missing blob {d}: referenced but not in the store");
+    }
+    for (d, stored, want) in &s.bad_refcounts {
+        println!("reference count of {d} is {stored}, its roots make {want}");
+    }
+    for k in &found.records_missing_blobs {
+        println!("cache record {k} names blobs the store lacks");
+    }
+    for k in &found.snapshots_missing_data {
+        println!("snapshot {k:?} has no data directory");
+    }
+    for p in &found.leftovers {
+        println!("leftover {}", p.display());
+    }
+    if found.is_clean() {
+        println!("the store is consistent");
+        return Ok(());
+    }
+    if !args.repair {
+        return Err(failed(
+            "error: the store has problems\nhint: `forge store check --repair` removes what is broken; the next build makes it again".into(),
+        ));
+    }
+    println!(
+        "repaired: removed {} blobs, {} cache records, {} snapshots, {} leftovers; dropped {} roots",
+        repairs.blobs_removed,
+        repairs.records_removed,
+        repairs.snapshots_removed,
+        repairs.leftovers_removed,
+        repairs.roots_dropped.len()
+    );
+    for (kind, name) in &repairs.roots_dropped {
+        println!("dropped {kind} {name}");
+    }
     Ok(())
 }
 
@@ -288,41 +380,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(seconds)))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 500M or 2G"))?;
-    let factor: u64 = match unit
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
-    };
-    Ok(n.saturating_mul(factor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_sizes_parse_as_documented() {
+    fn durations_parse_and_sizes_print_as_documented() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("h").is_err());
-        assert_eq!(parse_size("500M"), Ok(500 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("10"), Ok(10));
-        assert!(parse_size("3X").is_err());
         assert_eq!(human(512), "512 B");
         assert_eq!(human(3 << 20), "3.0 MiB");
     }

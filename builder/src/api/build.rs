@@ -57,6 +57,7 @@ impl Session {
             .run(request, &events, cancel, reports.clone(), &mut solved)
             .await;
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
+        self.auto_prune(&events).await;
         match result {
             Ok((image, record)) => Ok(BuildOutcome {
                 build: events.build().clone(),
@@ -73,6 +74,49 @@ impl Session {
                 solved,
             }),
         }
+    }
+
+    /// The automatic prune after a build: when `FORGE_GC_KEEP_BYTES` is set (it is not by default)
+    /// and the store is bigger, prune down to it as `forge prune --keep-bytes` would. Its outcome
+    /// is a warning, never the build's failure.
+    async fn auto_prune(&self, events: &Events) {
+        let keep = match crate::gc::auto_keep_bytes() {
+            None => return,
+            Some(Ok(keep)) => keep,
+            Some(Err(e)) => {
+                events.emit(BuildEvent::Warning {
+                    message: format!("FORGE_GC_KEEP_BYTES: {e}; no automatic prune"),
+                });
+                return;
+            }
+        };
+        let session = self.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let parts = crate::gc::Parts {
+                root: &session.root,
+                store: &session.store,
+                snapshots: &session.snapshots,
+            };
+            if crate::gc::store_bytes(&parts)? <= keep {
+                return Ok(None);
+            }
+            let options = crate::gc::GcOptions {
+                keep_bytes: Some(keep),
+                ..crate::gc::GcOptions::default()
+            };
+            crate::gc::prune(&parts, &options).map(Some)
+        })
+        .await;
+        let message = match pruned {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(r))) => format!(
+                "automatic prune (FORGE_GC_KEEP_BYTES={keep}): store {} -> {} bytes",
+                r.bytes_before, r.bytes_after
+            ),
+            Ok(Err(e)) => format!("automatic prune failed: {e}"),
+            Err(e) => format!("automatic prune failed: {e}"),
+        };
+        events.emit(BuildEvent::Warning { message });
     }
 
     async fn run(
@@ -532,7 +576,7 @@ fn protect_results(store: &Store, solution: &Solution<Built>) {
         }
         let digests = s.output.blobs();
         if !digests.is_empty() {
-            let _ = store.set_root("build-cache", &s.key.to_hex(), &digests);
+            let _ = store.set_root(crate::gc::CACHE_ROOT, &s.key.to_hex(), &digests);
         }
     }
 }

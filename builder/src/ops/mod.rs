@@ -21,13 +21,13 @@ use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::compress::HashingWriter;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
-    AnySnapshotter, Kind, SnapshotError, Snapshotter, unpack_layer_snapshot,
+    AnySnapshotter, SnapshotError, Snapshotter, unpack_layer_snapshot,
 };
 use forge_snapshotter::store::{Digest as BlobDigest, Store, StoreError};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{BuildEvent, BuildId, Events, OutputStream};
+use crate::events::{BuildEvent, Events, OutputStream};
 use crate::fileop::{self, FileOpError, SourceDirs, Visible};
 use crate::graph::{
     CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SecurityMode, SourceOp,
@@ -267,25 +267,7 @@ impl BuildExecutor {
     /// key) are removed, so their space comes back; a running build's, in this process or another,
     /// are left alone.
     fn remove_stale_snapshots(&self) {
-        let Ok(list) = self.cfg.snapshots.list() else {
-            return;
-        };
-        for info in list {
-            if info.kind == Kind::Committed {
-                continue;
-            }
-            let Some(id) = info
-                .key
-                .strip_prefix("build-")
-                .and_then(|r| r.split('-').next())
-                .and_then(BuildId::parse)
-            else {
-                continue;
-            };
-            if !crate::scratch::is_alive(self.cfg.store.root(), &id) {
-                let _ = self.cfg.snapshots.remove(&info.key);
-            }
-        }
+        crate::gc::remove_dead_scratch_snapshots(self.cfg.store.root(), &self.cfg.snapshots);
     }
 
     /// A name no other scratch snapshot or mount point has: the build's id and a counter.

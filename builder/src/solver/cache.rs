@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use forge_snapshotter::lock::{FileLock, LockMode};
 use thiserror::Error;
@@ -123,6 +124,9 @@ const HEADER: usize = 8 + 8 + 32;
 /// or a whole one (and perhaps a stray `.tmp-*` file). Each record carries its length and a blake3
 /// checksum over the key and payload, so a truncated, garbled or misplaced file reads as a miss.
 ///
+/// Age: a record's modification time is when it was last written or read (a hit touches it), which
+/// is what `forge prune --older-than` measures.
+///
 /// Concurrency: readers need no lock (rename is atomic). Computing a key takes an exclusive
 /// `flock` on its `.lock` file, so two forge processes never compute the same key at once; the
 /// second waits, then finds the first one's record. Lock files are left in place: removing one
@@ -161,6 +165,66 @@ impl DiskCache {
         h.update(&key.0);
         h.update(payload);
         *h.finalize().as_bytes()
+    }
+
+    /// Every record's key with when it was last used (written or read), oldest first.
+    pub fn entries(&self) -> Result<Vec<(CacheKey, SystemTime)>, CacheError> {
+        let read = |source| CacheError::Read {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(read)? {
+            let entry = entry.map_err(read)?;
+            let name = entry.file_name();
+            let Some(key) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".rec"))
+                .and_then(CacheKey::from_hex)
+            else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push((key, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        }
+        out.sort_by_key(|(k, t)| (*t, k.0));
+        Ok(out)
+    }
+
+    /// Deletes the record of `key` and its lock file, unless a process is computing the key now
+    /// (then `false`). Removing the lock file can only let a waiter on the old file and a newcomer
+    /// compute the key at once, which costs time, not correctness: records are replaced whole.
+    pub fn remove(&self, key: &CacheKey) -> bool {
+        let lock = self.dir.join(format!("{}.lock", key.to_hex()));
+        let Ok(Some(held)) = FileLock::try_acquire(&lock, LockMode::Exclusive) else {
+            return false;
+        };
+        let removed = fs::remove_file(self.record_path(key)).is_ok();
+        held.remove();
+        removed
+    }
+
+    /// Temporary files of writers that are gone (a record is written while its key's lock is
+    /// held); removes them when `remove`. Returns their paths.
+    pub fn dead_temp_files(&self, remove: bool) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if FileLock::is_held(&self.dir.join(format!("{hex}.lock"))) {
+                continue;
+            }
+            if remove {
+                let _ = fs::remove_file(entry.path());
+            }
+            out.push(entry.path());
+        }
+        out
     }
 
     fn write_record(&self, key: &CacheKey, record: &[u8]) -> io::Result<PathBuf> {
@@ -202,6 +266,10 @@ impl CacheStore for DiskCache {
         let payload = &bytes[HEADER..];
         if payload.len() as u64 != len || bytes[16..HEADER] != Self::checksum(key, payload) {
             return Ok(None);
+        }
+        // Best effort: a read-only cache still answers.
+        if let Ok(f) = File::options().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
         }
         Ok(Some(payload.to_vec()))
     }

@@ -58,6 +58,13 @@ impl CacheKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The key [`CacheKey::to_hex`] printed.
+    pub fn from_hex(s: &str) -> Option<CacheKey> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(CacheKey(out))
+    }
 }
 
 impl fmt::Display for CacheKey {

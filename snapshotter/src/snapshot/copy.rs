@@ -35,6 +35,14 @@ impl CopySnapshotter {
 }
 
 impl Snapshotter for CopySnapshotter {
+    fn root(&self) -> &Path {
+        self.db.root()
+    }
+
+    fn missing_data(&self) -> Result<Vec<String>, SnapshotError> {
+        self.db.missing()
+    }
+
     fn backend(&self) -> BackendKind {
         BackendKind::Copy
     }

@@ -92,6 +92,22 @@ impl Db {
         Ok(db)
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Keys whose directory is gone (deleted by hand, or lost to a broken disk).
+    pub fn missing(&self) -> Result<Vec<String>, SnapshotError> {
+        self.read(|state| {
+            Ok(state
+                .snapshots
+                .iter()
+                .filter(|(_, r)| !self.dir(r.id).is_dir())
+                .map(|(k, _)| k.clone())
+                .collect())
+        })
+    }
+
     pub fn dir(&self, id: u64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string())
     }

@@ -140,6 +140,12 @@ pub trait Snapshotter {
     /// Which backend this is.
     fn backend(&self) -> BackendKind;
 
+    /// The directory the snapshotter keeps everything in.
+    fn root(&self) -> &Path;
+
+    /// Snapshots the metadata names whose directory is gone: [`Snapshotter::remove`] them.
+    fn missing_data(&self) -> Result<Vec<String>, SnapshotError>;
+
     /// Create the active snapshot `key` on top of the committed `parent` and return its mounts.
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError>;
 
@@ -263,6 +269,12 @@ impl Snapshotter for AnySnapshotter {
     fn backend(&self) -> BackendKind {
         each!(self, s => s.backend())
     }
+    fn root(&self) -> &Path {
+        each!(self, s => s.root())
+    }
+    fn missing_data(&self) -> Result<Vec<String>, SnapshotError> {
+        each!(self, s => s.missing_data())
+    }
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
         each!(self, s => s.prepare(key, parent))
     }
@@ -339,11 +351,8 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
             summary: None,
         });
     }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let key = format!("extract-{}-{nanos} {name}", std::process::id());
+    let writer = ExtractLock::take(sn.root())?;
+    let key = format!("{} {name}", writer.name);
     let parent_name = parent.map(|p| p.to_string());
     sn.prepare(&key, parent_name.as_deref())?;
     let dir = sn.writable_dir(&key)?;
@@ -378,6 +387,72 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Prefix of the keys of the active snapshots layers are unpacked into before they are committed.
+const EXTRACT: &str = "extract-";
+
+/// Held while a layer is unpacked into the active snapshot `<name> <chain id>`: the lock file
+/// `<root>/<name>.lock`, `<name>` being `extract-<random>`. A snapshot of that form whose lock nobody
+/// holds was left by a writer that died (killed, or out of space and then killed); see
+/// [`remove_abandoned_extracts`].
+struct ExtractLock {
+    name: String,
+    lock: Option<crate::lock::FileLock>,
+}
+
+impl ExtractLock {
+    fn take(root: &Path) -> Result<ExtractLock, SnapshotError> {
+        let name = format!("{EXTRACT}{}", crate::lock::random_hex());
+        let path = root.join(format!("{name}.lock"));
+        let lock = crate::lock::FileLock::acquire(&path, crate::lock::LockMode::Exclusive)
+            .map_err(|source| SnapshotError::Io {
+                op: "locking",
+                path,
+                source,
+            })?;
+        Ok(ExtractLock {
+            name,
+            lock: Some(lock),
+        })
+    }
+}
+
+impl Drop for ExtractLock {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            lock.remove();
+        }
+    }
+}
+
+/// Removes the `extract-*` snapshots whose writer is gone (no process holds their lock; keys of
+/// older forge versions, `extract-<pid>-<nanos> ...`, never had one) and their stray lock files.
+/// Returns each removed key with the disk space it held.
+pub fn remove_abandoned_extracts<S: Snapshotter>(
+    sn: &S,
+) -> Result<Vec<(String, Usage)>, SnapshotError> {
+    let mut removed = Vec::new();
+    for info in sn.list()? {
+        let Some(name) = info
+            .key
+            .split(' ')
+            .next()
+            .filter(|n| n.starts_with(EXTRACT))
+        else {
+            continue;
+        };
+        if info.kind == Kind::Committed || crate::lock::is_live(sn.root(), name) {
+            continue;
+        }
+        let usage = sn.usage(&info.key).unwrap_or_default();
+        match sn.remove(&info.key) {
+            Ok(()) | Err(SnapshotError::NotFound(_)) => removed.push((info.key, usage)),
+            Err(e) => return Err(e),
+        }
+    }
+    crate::lock::sweep_dead(sn.root(), EXTRACT);
+    Ok(removed)
 }
 
 pub(crate) fn now() -> u64 {
@@ -419,7 +494,7 @@ fn walk_dirs(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Blocks and inodes under `path`, hard links once.
-pub(crate) fn tree_usage(path: &Path) -> Result<Usage, SnapshotError> {
+pub fn tree_usage(path: &Path) -> Result<Usage, SnapshotError> {
     use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
     let mut usage = Usage::default();
@@ -447,4 +522,75 @@ pub(crate) fn tree_usage(path: &Path) -> Result<Usage, SnapshotError> {
         }
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extract_snapshot_of_a_dead_writer_is_removed_and_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = CopySnapshotter::open(dir.path()).unwrap();
+        // What a writer killed mid-unpack leaves: the active snapshot and no lock held; and one of
+        // an older forge, named by pid.
+        sn.prepare("extract-0123456789abcdef sha256:aa", None)
+            .unwrap();
+        std::fs::write(
+            sn.writable_dir("extract-0123456789abcdef sha256:aa")
+                .unwrap()
+                .join("big"),
+            vec![1u8; 64 * 1024],
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("extract-0123456789abcdef.lock"), b"").unwrap();
+        sn.prepare("extract-4242-17000 sha256:bb", None).unwrap();
+        // A writer still at work.
+        let live = ExtractLock::take(sn.root()).unwrap();
+        let live_key = format!("{} sha256:cc", live.name);
+        sn.prepare(&live_key, None).unwrap();
+        sn.prepare("build-x-1-step", None).unwrap();
+
+        let removed = remove_abandoned_extracts(&sn).unwrap();
+        let keys: Vec<&str> = removed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "extract-0123456789abcdef sha256:aa",
+                "extract-4242-17000 sha256:bb"
+            ]
+        );
+        assert!(removed[0].1.bytes >= 64 * 1024, "{:?}", removed[0].1);
+        let left: Vec<String> = sn.list().unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(left, ["build-x-1-step".to_string(), live_key.clone()]);
+        assert!(!dir.path().join("extract-0123456789abcdef.lock").exists());
+        drop(live);
+        assert_eq!(remove_abandoned_extracts(&sn).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_unpack_leaves_no_extract_lock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = CopySnapshotter::open(dir.path()).unwrap();
+        let diff_id: Digest =
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap();
+        // Not a tar: the unpack fails, and the snapshot and lock go with it.
+        let err = unpack_layer_snapshot(
+            &sn,
+            None,
+            &diff_id,
+            &b"junk"[..],
+            "application/vnd.oci.image.layer.v1.tar",
+        );
+        assert!(err.is_err());
+        assert!(sn.list().unwrap().is_empty());
+        let locks: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(EXTRACT))
+            .collect();
+        assert!(locks.is_empty(), "{locks:?}");
+    }
 }

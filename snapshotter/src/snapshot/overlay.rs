@@ -95,6 +95,14 @@ impl OverlaySnapshotter {
 }
 
 impl Snapshotter for OverlaySnapshotter {
+    fn root(&self) -> &Path {
+        self.db.root()
+    }
+
+    fn missing_data(&self) -> Result<Vec<String>, SnapshotError> {
+        self.db.missing()
+    }
+
     fn backend(&self) -> BackendKind {
         match self.flavor {
             OverlayFlavor::Native { .. } => BackendKind::Overlay,

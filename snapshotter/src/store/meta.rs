@@ -389,6 +389,81 @@ impl Store {
         })
     }
 
+    /// Every root of `kind` (`"image"`, `"build-cache"`, ...) by name, with the blobs it holds.
+    pub fn roots(&self, kind: &str) -> Result<Vec<(String, Vec<Digest>)>, StoreError> {
+        let prefix = root_key(kind, "");
+        self.with_db(|db, path| {
+            let txn = db.begin_read().db(path)?;
+            let mut out = Vec::new();
+            for entry in txn.open_table(ROOTS).db(path)?.iter().db(path)? {
+                let (k, v) = entry.db(path)?;
+                if let Some(name) = k.value().strip_prefix(prefix.as_str()) {
+                    out.push((name.to_string(), decode("roots", k.value(), v.value())?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes a blob file whatever holds it (for a blob that is corrupt); returns its size, or
+    /// `None` when it was not there.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let _exclusive = lock_file(&self.store_lock, LockMode::Exclusive)?;
+        let path = self.blob_path(digest);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat blob", &path)(e)),
+        };
+        fs::remove_file(&path).map_err(io_err("remove blob", &path))?;
+        Ok(Some(size))
+    }
+
+    /// The repair half of [`Store::check`]: drops every root (and, for an image root, the image
+    /// record) that holds one of `lost` (blobs missing or removed as corrupt), then recomputes the
+    /// reference counts from the roots left. Returns the dropped roots as `(kind, name)`.
+    pub fn drop_roots_holding(
+        &self,
+        lost: &BTreeSet<Digest>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.with_db(|db, path| {
+            let txn = db.begin_write().db(path)?;
+            let mut dropped = Vec::new();
+            {
+                let mut roots = txn.open_table(ROOTS).db(path)?;
+                let mut images = txn.open_table(IMAGES).db(path)?;
+                let mut keep: BTreeMap<Digest, u64> = BTreeMap::new();
+                let mut gone = Vec::new();
+                for entry in roots.iter().db(path)? {
+                    let (k, v) = entry.db(path)?;
+                    let digests: Vec<Digest> = decode("roots", k.value(), v.value())?;
+                    if digests.iter().any(|d| lost.contains(d)) {
+                        gone.push(k.value().to_string());
+                    } else {
+                        for d in digests {
+                            *keep.entry(d).or_default() += 1;
+                        }
+                    }
+                }
+                for key in gone {
+                    roots.remove(key.as_str()).db(path)?;
+                    let (kind, name) = key.split_once('\n').unwrap_or(("", key.as_str()));
+                    if kind == IMAGE_ROOT {
+                        images.remove(name).db(path)?;
+                    }
+                    dropped.push((kind.to_string(), name.to_string()));
+                }
+                txn.delete_table(REFCOUNTS).db(path)?;
+                let mut counts = txn.open_table(REFCOUNTS).db(path)?;
+                for (d, n) in keep {
+                    counts.insert(d.to_string().as_str(), n).db(path)?;
+                }
+            }
+            txn.commit().db(path)?;
+            Ok(dropped)
+        })
+    }
+
     /// Removes blobs nothing needs, within `policy`. Waits for running sessions and ingests to
     /// finish and keeps new ones out meanwhile, so a blob pulled but not yet recorded is safe.
     pub fn prune(&self, policy: &PrunePolicy) -> Result<PruneReport, StoreError> {

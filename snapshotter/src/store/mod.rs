@@ -6,6 +6,10 @@
 //! size verified, fsynced, renamed into place and the directory fsynced, so a name under `blobs/` is
 //! always whole. redb commits are atomic. Stale temp files are removed by the next quiet open.
 //!
+//! Full disk: `reserve`, a 1 MiB file made when the store is opened, is given back when a metadata
+//! write fails for want of space, so that `rmi` and `prune` can still record what they remove on a
+//! full filesystem; whatever frees space makes it again ([`Store::restore_reserve`]).
+//!
 //! Several processes: `store.lock` is held shared by every writer and exclusively by prune and the
 //! open-time cleanup; `ingest/<hex>.lock` makes a second writer of the same blob wait and then find it
 //! present; `meta.lock` serialises access to the database, which is only open for one operation.
@@ -64,6 +68,22 @@ pub enum StoreError {
         "cannot find a home for the store: neither XDG_DATA_HOME nor HOME is set (pass a root directory)"
     )]
     NoHome,
+}
+
+impl StoreError {
+    /// Whether the error is the filesystem running out of space (ENOSPC, or EDQUOT for a quota).
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Io { source, .. } => Some(source),
+            StoreError::Database { source, .. } => match source.as_ref() {
+                redb::Error::Io(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        io.and_then(io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
+    }
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -134,7 +154,11 @@ pub struct Store {
     db_path: PathBuf,
     meta_lock: PathBuf,
     store_lock: PathBuf,
+    reserve: PathBuf,
 }
+
+/// Size of the store's `reserve` file: room for a few metadata commits when the disk is full.
+pub const RESERVE_BYTES: u64 = 1 << 20;
 
 /// Takes the lock file at `path`, waiting for it; the error names the file.
 fn lock_file(path: &Path, mode: LockMode) -> Result<FileLock, StoreError> {
@@ -205,6 +229,7 @@ impl Store {
             db_path: root.join("meta.redb"),
             meta_lock: root.join("meta.lock"),
             store_lock: root.join("store.lock"),
+            reserve: root.join("reserve"),
             root,
         };
         for dir in [&store.blobs, &store.ingest] {
@@ -216,7 +241,40 @@ impl Store {
             store.clean_ingest()?;
         }
         store.with_db(meta::init)?;
+        store.restore_reserve();
         Ok(store)
+    }
+
+    /// Deletes the `reserve` file, giving its space to whatever must be written next; returns the
+    /// bytes given back (0 when there was none).
+    pub fn release_reserve(&self) -> u64 {
+        let size = fs::metadata(&self.reserve).map_or(0, |m| m.len());
+        match fs::remove_file(&self.reserve) {
+            Ok(()) => size,
+            Err(_) => 0,
+        }
+    }
+
+    /// Makes the `reserve` file when it is absent; best effort (a full disk leaves it absent, and
+    /// the next call tries again). Returns whether the reserve is in place.
+    pub fn restore_reserve(&self) -> bool {
+        if fs::metadata(&self.reserve).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+            return true;
+        }
+        let tmp = self.root.join("reserve.tmp");
+        // Real zeros, not a sparse file: the point is blocks the filesystem has handed out.
+        let made = File::create(&tmp).and_then(|mut f| {
+            let zeros = vec![0u8; 64 * 1024];
+            for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+                f.write_all(&zeros)?;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, &self.reserve)
+        });
+        if made.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        made.is_ok()
     }
 
     /// Opens the store at [`default_root`].
@@ -434,17 +492,30 @@ impl Store {
     }
 
     /// Runs `f` with the metadata database open, under `meta.lock`. The database is closed before
-    /// the lock is released so the next process can open it.
+    /// the lock is released so the next process can open it. When the disk is full, the reserve is
+    /// given back and `f` runs once more (a failed redb transaction changed nothing).
     fn with_db<T>(
         &self,
-        f: impl FnOnce(&redb::Database, &Path) -> Result<T, StoreError>,
+        f: impl Fn(&redb::Database, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
-        let db =
-            redb::Database::create(&self.db_path).map_err(|e| meta::db_error(&self.db_path, e))?;
-        let out = f(&db, &self.db_path);
-        drop(db);
-        out
+        let once = || {
+            let db = redb::Database::create(&self.db_path)
+                .map_err(|e| meta::db_error(&self.db_path, e))?;
+            let out = f(&db, &self.db_path);
+            drop(db);
+            out
+        };
+        match once() {
+            Err(e) if e.is_disk_full() && self.release_reserve() > 0 => once(),
+            other => other,
+        }
+    }
+
+    /// How many blobs the store holds and their total size.
+    pub fn blob_totals(&self) -> Result<(usize, u64), StoreError> {
+        let blobs = self.list_blobs()?;
+        Ok((blobs.len(), blobs.iter().map(|(_, size, _)| size).sum()))
     }
 
     /// Every blob file under `blobs/sha256`, with its size and modification time.
