@@ -31,35 +31,58 @@ fn open(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Whether `path` still names the file open as `file`: a lock file removed (and perhaps made anew)
+/// by someone else between our open and our lock is not the lock we think we hold.
+fn still_named(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 impl FileLock {
     /// Waits for the lock on `path` (created if missing).
+    ///
+    /// Lock files are removed by whoever ends what they guard (and by sweepers, for the dead), so
+    /// a lock is only taken once it is known to be on the file `path` names now: otherwise a
+    /// sweeper that removed the file between our open and our lock would leave us holding a lock
+    /// nobody else can see, and what we guard would look dead.
     pub fn acquire(path: &Path, mode: LockMode) -> io::Result<FileLock> {
-        let file = open(path)?;
-        match mode {
-            LockMode::Shared => file.lock_shared()?,
-            LockMode::Exclusive => file.lock()?,
+        loop {
+            let file = open(path)?;
+            match mode {
+                LockMode::Shared => file.lock_shared()?,
+                LockMode::Exclusive => file.lock()?,
+            }
+            if still_named(&file, path) {
+                return Ok(FileLock {
+                    file,
+                    path: path.to_path_buf(),
+                });
+            }
         }
-        Ok(FileLock {
-            file,
-            path: path.to_path_buf(),
-        })
     }
 
     /// Takes the lock on `path` (created if missing) if nobody holds it in a conflicting mode;
-    /// `None` if somebody does.
+    /// `None` if somebody does. Like [`FileLock::acquire`], never a lock on a removed file.
     pub fn try_acquire(path: &Path, mode: LockMode) -> io::Result<Option<FileLock>> {
-        let file = open(path)?;
-        let taken = match mode {
-            LockMode::Shared => file.try_lock_shared(),
-            LockMode::Exclusive => file.try_lock(),
-        };
-        match taken {
-            Ok(()) => Ok(Some(FileLock {
-                file,
-                path: path.to_path_buf(),
-            })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(e),
+        loop {
+            let file = open(path)?;
+            let taken = match mode {
+                LockMode::Shared => file.try_lock_shared(),
+                LockMode::Exclusive => file.try_lock(),
+            };
+            match taken {
+                Ok(()) if still_named(&file, path) => {
+                    return Ok(Some(FileLock {
+                        file,
+                        path: path.to_path_buf(),
+                    }));
+                }
+                Ok(()) => continue,
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
         }
     }
 
@@ -81,10 +104,13 @@ impl FileLock {
     }
 
     /// Removes the lock file, then releases the lock. Whoever opened the file before the removal
-    /// and waits for it will get a lock on an unlinked file: callers that remove lock files must
-    /// make that harmless (the thing it guarded is gone too).
+    /// and waits for it finds, once it gets the lock, that the path no longer names it, and opens
+    /// the path again (see [`FileLock::acquire`]).
     pub fn remove(self) {
-        let _ = fs::remove_file(&self.path);
+        // Only our own file: if it was removed and made anew by someone else, that one is theirs.
+        if still_named(&self.file, &self.path) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -259,6 +285,26 @@ mod tests {
         drop(live);
         assert!(!path.exists());
         assert!(!parent.path().join("step-live.lock").exists());
+    }
+
+    /// The chaos test's failure: a waiter that got the lock of a file its holder removed held a
+    /// lock nobody could see, so what it guarded looked dead and was swept. It must retake the
+    /// lock on the file the path names now.
+    #[test]
+    fn a_waiter_whose_lock_file_was_removed_locks_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.lock");
+        let first = FileLock::acquire(&p, LockMode::Exclusive).unwrap();
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || FileLock::acquire(&p, LockMode::Exclusive).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        first.remove();
+        let second = waiter.join().unwrap();
+        assert!(p.exists(), "the waiter's lock has a file others can see");
+        assert!(FileLock::is_held(&p));
+        assert!(still_named(second.file(), &p));
     }
 
     #[test]
