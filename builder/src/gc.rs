@@ -27,7 +27,6 @@ use forge_snapshotter::snapshot::{
 use forge_snapshotter::store::{Digest as BlobDigest, PrunePolicy, Store, StoreError};
 use oci_spec::image::Digest;
 
-use crate::events::BuildId;
 use crate::ops::Built;
 use crate::solver::{CacheError, CacheStore, DiskCache, Record};
 
@@ -144,35 +143,6 @@ pub fn any_build_running(root: &Path) -> bool {
                 .strip_suffix(".lock")
                 .is_some_and(|n| lock::is_live(&tmp, n))
     })
-}
-
-/// Removes the scratch snapshots (`build-<id>-...`, never committed ones) of builds that are not
-/// running; returns the bytes they held, one entry per snapshot.
-pub fn remove_dead_scratch_snapshots(root: &Path, sn: &AnySnapshotter) -> Vec<u64> {
-    let Ok(list) = sn.list() else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for info in list {
-        if info.kind == Kind::Committed {
-            continue;
-        }
-        let Some(id) = info
-            .key
-            .strip_prefix("build-")
-            .and_then(|r| r.split('-').next())
-            .and_then(BuildId::parse)
-        else {
-            continue;
-        };
-        if !crate::scratch::is_alive(root, &id) {
-            let bytes = sn.usage(&info.key).map_or(0, |u| u.bytes);
-            if sn.remove(&info.key).is_ok() {
-                removed.push(bytes);
-            }
-        }
-    }
-    removed
 }
 
 /// Sweeps `parent/<prefix>*` directories nobody holds, counting their bytes.
@@ -399,7 +369,7 @@ fn prune_inner(parts: &Parts<'_>, opts: &GcOptions) -> Result<GcReport, GcError>
         &mut report.dead_builds,
     );
     sweep_dead_dirs(&parts.root.join("run"), "step-", &mut report.dead_builds);
-    for bytes in remove_dead_scratch_snapshots(parts.root, parts.snapshots) {
+    for bytes in crate::scratch::remove_dead_scratch_snapshots(parts.root, parts.snapshots) {
         report.dead_builds.add(bytes);
     }
     for (_, u) in remove_abandoned_extracts(parts.snapshots)? {

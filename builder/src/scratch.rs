@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use forge_snapshotter::lock::{self, LiveDir};
+use forge_snapshotter::snapshot::{AnySnapshotter, Kind, Snapshotter};
 
 use crate::events::BuildId;
 
@@ -36,6 +37,35 @@ pub fn is_alive(store_root: &Path, id: &BuildId) -> bool {
 /// Removes the scratch space of builds whose lock nobody holds; returns how many went.
 pub fn sweep(store_root: &Path) -> usize {
     lock::sweep_dead(&tmp_root(store_root), "build-")
+}
+
+/// Removes the scratch snapshots (`build-<id>-...`, never committed ones) of builds that are not
+/// running; returns the bytes they held, one entry per snapshot.
+pub fn remove_dead_scratch_snapshots(root: &Path, sn: &AnySnapshotter) -> Vec<u64> {
+    let Ok(list) = sn.list() else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for info in list {
+        if info.kind == Kind::Committed {
+            continue;
+        }
+        let Some(id) = info
+            .key
+            .strip_prefix("build-")
+            .and_then(|r| r.split('-').next())
+            .and_then(BuildId::parse)
+        else {
+            continue;
+        };
+        if !crate::scratch::is_alive(root, &id) {
+            let bytes = sn.usage(&info.key).map_or(0, |u| u.bytes);
+            if sn.remove(&info.key).is_ok() {
+                removed.push(bytes);
+            }
+        }
+    }
+    removed
 }
 
 impl Scratch {

@@ -267,7 +267,7 @@ impl BuildExecutor {
     /// key) are removed, so their space comes back; a running build's, in this process or another,
     /// are left alone.
     fn remove_stale_snapshots(&self) {
-        crate::gc::remove_dead_scratch_snapshots(self.cfg.store.root(), &self.cfg.snapshots);
+        crate::scratch::remove_dead_scratch_snapshots(self.cfg.store.root(), &self.cfg.snapshots);
     }
 
     /// A name no other scratch snapshot or mount point has: the build's id and a counter.
