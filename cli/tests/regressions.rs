@@ -488,3 +488,84 @@ fn a_refused_login_says_the_credentials_were_refused() {
         "{pull_wrong}"
     );
 }
+
+/// The image config of the OCI layout directory `dir` (`-o type=oci,dest=DIR,tar=false`).
+fn oci_config(dir: &Path) -> serde_json::Value {
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    };
+    let blob = |digest: &serde_json::Value| {
+        let d = digest
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap()
+            .to_string();
+        dir.join("blobs/sha256").join(d)
+    };
+    let index = read(dir.join("index.json"));
+    let manifest = read(blob(&index["manifests"][0]["digest"]));
+    read(blob(&manifest["config"]["digest"]))
+}
+
+/// CVE-2024-24557 (moby's classic builder): a changed HEALTHCHECK or ONBUILD did not change the
+/// cache key, so a poisoned or stale image config was served from the cache. Here each change must
+/// reach the built image's config.
+#[test]
+fn cve_2024_24557_a_changed_healthcheck_or_onbuild_is_not_served_from_the_cache() {
+    if !prerequisites() {
+        return;
+    }
+    let (tmp, ctx, root) = context("");
+    for (i, (health, onbuild)) in [("echo one", "RUN echo one"), ("echo two", "RUN echo two")]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY busybox /bin/busybox\nHEALTHCHECK CMD {health}\nONBUILD {onbuild}\n"
+            ),
+        )
+        .unwrap();
+        let out_dir = tmp.path().join(format!("oci-{i}"));
+        let spec = format!("type=oci,dest={},tar=false", out_dir.display());
+        let out = forge(&root, &["-q", "-o", &spec, &ctx.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = oci_config(&out_dir);
+        let test = config["config"]["Healthcheck"]["Test"].to_string();
+        assert!(test.contains(health), "build {i}: healthcheck {test}");
+        let triggers = config["config"]["OnBuild"].to_string();
+        assert!(triggers.contains(onbuild), "build {i}: onbuild {triggers}");
+    }
+}
+
+/// CVE-2025-31133 (runc): an image whose /dev/null is a link to a procfs file made the runtime's
+/// bind of /dev/null land on that file, so a step's writes to /dev/null reached the host kernel
+/// setting. A step's /dev is made anew for it: the image's /dev/null is never followed.
+#[test]
+fn cve_2025_31133_an_image_dev_null_linked_to_procfs_does_not_reach_the_host() {
+    if !prerequisites() {
+        return;
+    }
+    let (_tmp, ctx, root) = context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY dev /dev\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo '|/tmp/pwned %p' > /dev/null; echo wrote\"]\n",
+    );
+    std::fs::create_dir_all(ctx.join("dev")).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", ctx.join("dev/null")).unwrap();
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let out = forge(&root, &["--progress", "plain", &ctx.to_string_lossy()]);
+    let after = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(before, after, "the host's core_pattern changed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("wrote"), "{stderr}");
+}
