@@ -569,3 +569,122 @@ fn cve_2025_31133_an_image_dev_null_linked_to_procfs_does_not_reach_the_host() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("wrote"), "{stderr}");
 }
+
+/// A directory on the host with a file in it, for the step to try to reach; removed on drop.
+struct HostMarker(PathBuf);
+
+impl HostMarker {
+    fn new(name: &str) -> HostMarker {
+        let dir = PathBuf::from(format!("/tmp/forge-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("b/c")).unwrap();
+        std::fs::write(dir.join("secret"), "host data\n").unwrap();
+        std::fs::write(dir.join("b/c/keep"), "host data\n").unwrap();
+        HostMarker(dir)
+    }
+}
+
+impl Drop for HostMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Builds `dockerfile` (with busybox in the context, plus `prepare` run on the context first) and
+/// returns the plain progress and whether the build succeeded. Whether it fails does not matter to
+/// these tests: only that the host marker was not reached, which the step says with `REACHED`
+/// (written `REA""CHED` in the Dockerfile, so the step's description, shown in the log, is not it).
+fn attack(dockerfile: &str, prepare: impl FnOnce(&Path)) -> (bool, String) {
+    let (_tmp, ctx, root) = context(dockerfile);
+    prepare(&ctx);
+    let out = forge(&root, &["--progress", "plain", &ctx.to_string_lossy()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SH: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+/// CVE-2024-21626 (runc): a file descriptor of the host leaked into the container, and
+/// `WORKDIR /proc/self/fd/N` put the step's working directory on the host. No descriptor a step
+/// inherits leads out of its root.
+#[test]
+fn cve_2024_21626_workdir_through_a_leaked_fd_does_not_reach_the_host() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2024-21626");
+    let rel = marker.0.strip_prefix("/").unwrap().display().to_string();
+    for fd in 3..=9 {
+        let (_, log) = attack(
+            &format!(
+                "{SH}WORKDIR /proc/self/fd/{fd}\n\
+                 RUN for up in . .. ../.. ../../.. ../../../.. ../../../../..; do \
+                 test -e \"$up/{rel}/secret\" && echo REA\"\"CHED; done; true\n"
+            ),
+            |_| {},
+        );
+        assert!(!log.contains("REACHED"), "fd {fd}:\n{log}");
+    }
+}
+
+/// CVE-2024-1753 (buildah): a bind mount whose source is a link to `/` in the context mounted the
+/// host's root. A bind source is resolved inside the context.
+#[test]
+fn cve_2024_1753_a_bind_mount_of_a_link_to_the_host_root_stays_in_the_context() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2024-1753");
+    let rel = marker.0.strip_prefix("/").unwrap().display().to_string();
+    let (_, log) = attack(
+        &format!(
+            "{SH}RUN --mount=type=bind,source=rootlink,target=/mnt \
+             test -e /mnt/{rel}/secret && echo REA\"\"CHED; true\n"
+        ),
+        |ctx| std::os::unix::fs::symlink("/", ctx.join("rootlink")).unwrap(),
+    );
+    assert!(!log.contains("REACHED"), "{log}");
+}
+
+/// CVE-2024-9675 (buildah): a cache mount's `source` could climb out of the cache root and expose
+/// host directories. The source stays inside the cache.
+#[test]
+fn cve_2024_9675_a_cache_mount_source_cannot_climb_out_of_the_cache() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2024-9675");
+    let rel = marker.0.strip_prefix("/").unwrap().display().to_string();
+    let (_, log) = attack(
+        &format!(
+            "{SH}RUN --mount=type=cache,id=c,source=../../../../../../../../,target=/c \
+             test -e /c/{rel}/secret && echo REA\"\"CHED; true\n"
+        ),
+        |_| {},
+    );
+    assert!(!log.contains("REACHED"), "{log}");
+}
+
+/// CVE-2024-23652 (BuildKit): the clean-up of mount stubs followed links a step had put in their
+/// place and removed files outside the container. Here a step swaps the stub's parent for a link
+/// to a host directory; the host directory keeps its files.
+#[test]
+fn cve_2024_23652_mount_stub_clean_up_stays_inside_the_root() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2024-23652");
+    let host = marker.0.display().to_string();
+    let (_, log) = attack(
+        &format!(
+            "{SH}RUN --mount=type=tmpfs,target=/a/b/c rm -rf /a/b/c 2>/dev/null; \
+             rm -rf /a 2>/dev/null; ln -s {host} /a 2>/dev/null; true\n"
+        ),
+        |_| {},
+    );
+    assert!(
+        marker.0.join("b/c/keep").exists() && marker.0.join("secret").exists(),
+        "files outside the root were removed:\n{log}"
+    );
+}

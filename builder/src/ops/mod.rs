@@ -584,7 +584,7 @@ impl BuildExecutor {
                             let k = self.unique("ctx");
                             scratch_keys.push(k.clone());
                             let m = self.local_view(name, &k, !*readonly).await?;
-                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            let p = inside(m.path(), source_path)?;
                             held.push(m);
                             p
                         } else if *readonly {
@@ -592,7 +592,7 @@ impl BuildExecutor {
                                 Some(b) => self.mount_readonly(b).await?,
                                 None => self.mount_readonly(&Built::Fs { layers: vec![] }).await?,
                             };
-                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            let p = inside(m.path(), source_path)?;
                             held.push(m);
                             p
                         } else {
@@ -613,7 +613,7 @@ impl BuildExecutor {
                                 &mounts,
                                 self.cfg.scratch.work().join(self.unique("rwb")),
                             )?;
-                            let p = m.path().join(source_path.trim_start_matches('/'));
+                            let p = inside(m.path(), source_path)?;
                             held.push(m);
                             p
                         };
@@ -1001,6 +1001,13 @@ fn copy_mtime(from: &Path, to: &Path) {
 /// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
 /// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
 /// as masking them would garble unrelated output.
+/// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem
+/// would resolve it, never leaving `root` (CVE-2024-1753: a context link to `/` must not bind the
+/// host's root).
+fn inside(root: &Path, path: &str) -> Result<PathBuf, ExecError> {
+    fileop::root::resolve(root, path, true).map_err(|e| ExecError::FileOp(FileOpError::from(e)))
+}
+
 /// `line` with every secret value (see [`secret_masks`]) replaced by `****`.
 fn mask(masks: &[String], line: &str) -> String {
     let mut line = line.to_string();
