@@ -280,7 +280,14 @@ pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
         keep_bytes: args.keep_bytes,
         cache_mounts: args.cache_mounts || args.all,
     };
-    let report = with_parts(&args.store, |parts| gc::prune(parts, &options))?;
+    let report = with_parts(&args.store, |parts| {
+        // The blob step waits for running builds (they hold the store's shared lock): say so, or a
+        // prune beside a long build looks hung.
+        if gc::any_build_running(parts.root) {
+            eprintln!("a build is running on this store: the prune waits for it to finish");
+        }
+        gc::prune(parts, &options)
+    })?;
     let mut freed = 0;
     for (kind, r) in report.lines() {
         println!("removed {} {kind}, {}", r.count, human(r.bytes));
