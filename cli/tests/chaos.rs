@@ -5,26 +5,11 @@
 //! host's busybox; no registry is needed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn forge(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .output()
-        .expect("run forge")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{forge, printed as text};
 
 /// A context whose RUN step writes `n` into a layer and a cache mount, so each round makes new
 /// blobs, snapshots, a cache record and cache-mount content for prune to find.

@@ -4,30 +4,16 @@
 //! on a full disk. Builds are `FROM scratch` with the host's busybox; no registry is needed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use forge_snapshotter::lock::LiveDir;
+
+mod common;
+use common::{forge, printed as text};
 use forge_snapshotter::snapshot::{AnySnapshotter, Snapshotter};
 
 fn prerequisites(purpose: &str) -> bool {
     forge_testsupport::root_and_busybox(purpose)
-}
-
-fn forge(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .output()
-        .expect("run forge")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::printed as text;
+
 const BUSYBOX: &str = forge_testsupport::BUSYBOX;
 
 /// Root and a static busybox, or `false` after a SKIP line; a panic under FORGE_E2E=require.
@@ -22,14 +25,11 @@ fn context(dockerfile: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, ctx, root)
 }
 
+/// `forge build ARGS --root ROOT`.
 fn forge(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forge"))
-        .arg("build")
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("forge runs")
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    common::forge(root, &all)
 }
 
 /// Issue 11.3: with `-q` or `--progress json`, a failing RUN's `last output:` block printed a
@@ -163,14 +163,6 @@ fn a_non_utf8_name_fails_the_build_only_when_the_context_would_send_it() {
     );
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Issue 11.1: an ADDed tar holding a character device for /dev/kmsg (c 1 11) gave a later RUN the
 /// host's kernel log. The node may be unpacked (as BuildKit does), but it cannot be opened: the
 /// step's root filesystem is mounted nodev.
@@ -272,12 +264,7 @@ fn seccomp_modes(output: &str) -> String {
 fn hammer(root: &Path, args: &[&str], stop: &std::sync::atomic::AtomicBool) -> usize {
     let mut n = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
-            .args(args)
-            .arg("--root")
-            .arg(root)
-            .output()
-            .expect("forge runs");
+        let out = common::forge(root, args);
         assert!(
             out.status.success(),
             "forge {args:?}: {}",

@@ -1,16 +1,10 @@
 //! `forge pull`, `images`, `rmi` and `prune` end to end against the loopback test registry
 //! ($FORGE_TEST_BUSYBOX, pushed by testdata/make-base-images.sh).
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn forge(root: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .output()
-        .expect("run forge")
-}
+mod common;
+use common::forge;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
