@@ -18,7 +18,6 @@ use forge_runner::spec::{
     StepMount, StepMountKind, StepSpec, Stream, User,
 };
 use forge_snapshotter::Mount as FsMount;
-use forge_snapshotter::compress::HashingWriter;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
     AnySnapshotter, SnapshotError, Snapshotter, unpack_layer_snapshot,
@@ -36,6 +35,12 @@ use crate::graph::{
 use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
 use crate::source::BaseImage;
 use crate::source::context::{ContextError, ContextSnapshot};
+
+mod files;
+mod mount;
+
+use files::{populate_view, tar_artifacts};
+pub use mount::Mounted;
 
 /// One layer of a result: what a manifest and a config need, and where the blob is (the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -855,152 +860,6 @@ impl BuildExecutor {
     }
 }
 
-/// Writes the entries at `paths` (resolved inside `root`, so a symlink cannot lead out of it;
-/// symlinks below them are stored as links) as a tar under the store's temporary directory, then
-/// moves it in as a blob.
-fn tar_artifacts(
-    root: &Path,
-    paths: &[String],
-    store: &Store,
-) -> Result<Option<Artifacts>, ExecError> {
-    let tmp = store.temp_path("artifacts")?;
-    let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    let written = (|| {
-        let mut tar = tar::Builder::new(HashingWriter::new(BufWriter::new(file)));
-        tar.follow_symlinks(false);
-        let mut found = Vec::new();
-        for p in paths {
-            let name = crate::slashpath::join_root(p);
-            let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
-            let md = match std::fs::symlink_metadata(&at) {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("reading", &at)(e)),
-            };
-            let rel = match name.trim_start_matches('/') {
-                "" => ".",
-                rel => rel,
-            };
-            if md.is_dir() {
-                tar.append_dir_all(rel, &at)
-            } else {
-                tar.append_path_with_name(&at, rel)
-            }
-            .map_err(io_err("archiving", &at))?;
-            found.push(p.clone());
-        }
-        let hashing = tar.into_inner().map_err(io_err("writing", &tmp))?;
-        let (buffered, digest, size) = hashing.finish();
-        buffered
-            .into_inner()
-            .map_err(|e| io_err("writing", &tmp)(e.into_error()))?
-            .sync_all()
-            .map_err(io_err("syncing", &tmp))?;
-        Ok((found, digest, size))
-    })();
-    let (paths, digest, size) = match written {
-        Ok((found, ..)) if found.is_empty() => {
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(None);
-        }
-        Ok(w) => w,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let digest: BlobDigest = digest
-        .to_string()
-        .parse()
-        .map_err(|e| ExecError::Internal(format!("artifacts digest: {e}")))?;
-    store.adopt(&tmp, &digest, size)?;
-    Ok(Some(Artifacts {
-        digest,
-        size,
-        paths,
-    }))
-}
-
-/// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,
-/// files (hard links when `link` and the filesystem allows, else copies), symlinks as links. Owners,
-/// modes and mtimes follow the source; fifos, sockets and devices are left out.
-fn populate_view(
-    src: &Path,
-    snapshot: &ContextSnapshot,
-    dest: &Path,
-    link: bool,
-) -> Result<(), ExecError> {
-    use crate::source::context::EntryKind;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut dirs = Vec::new();
-    for e in snapshot.entries() {
-        let from = src.join(&e.path);
-        let to = dest.join(&e.path);
-        let linked = match e.kind {
-            EntryKind::Dir => {
-                std::fs::create_dir_all(&to).map_err(io_err("creating", &to))?;
-                dirs.push((to, from, e.mode));
-                continue;
-            }
-            EntryKind::File => {
-                if link && std::fs::hard_link(&from, &to).is_ok() {
-                    true
-                } else {
-                    std::fs::copy(&from, &to).map_err(io_err("copying", &from))?;
-                    false
-                }
-            }
-            EntryKind::Symlink => {
-                let target = e.link_target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(&target, &to).map_err(io_err("linking", &to))?;
-                false
-            }
-            _ => continue,
-        };
-        // A hard link is the host's own inode: its owner and times are already right and must
-        // not be touched.
-        if !linked {
-            let _ = std::os::unix::fs::lchown(&to, Some(e.uid), Some(e.gid));
-            if e.kind == EntryKind::File {
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
-                    .map_err(io_err("chmod", &to))?;
-                copy_mtime(&from, &to);
-            }
-        }
-    }
-    // Modes and times of directories last: a read-only one could not be filled, and filling one
-    // changes its mtime.
-    for (to, from, mode) in dirs.iter().rev() {
-        if let Ok(md) = std::fs::symlink_metadata(from) {
-            let _ = std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()));
-        }
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(*mode))
-            .map_err(io_err("chmod", to))?;
-        copy_mtime(from, to);
-    }
-    Ok(())
-}
-
-fn copy_mtime(from: &Path, to: &Path) {
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(md) = std::fs::symlink_metadata(from) {
-        let t = TimeSpec::new(md.mtime(), md.mtime_nsec());
-        let _ = utimensat(
-            nix::fcntl::AT_FDCWD,
-            to,
-            &t,
-            &t,
-            UtimensatFlags::NoFollowSymlink,
-        );
-    }
-}
-
-/// The strings masked in a step's output: each secret whole and, since output arrives one line at
-/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
-/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
-/// as masking them would garble unrelated output.
 /// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem
 /// would resolve it, never leaving `root` (CVE-2024-1753: a context link to `/` must not bind the
 /// host's root).
@@ -1034,6 +893,10 @@ fn short_argv(argv: &[String]) -> String {
     format!("{}... ({} more bytes)", &full[..cut], full.len() - cut)
 }
 
+/// The strings masked in a step's output: each secret whole and, since output arrives one line at
+/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
+/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
+/// as masking them would garble unrelated output.
 fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
     let mut masks: Vec<String> = Vec::new();
     for v in values {
@@ -1233,113 +1096,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ExecError::Internal(format!("worker thread: {e}")))?
-}
-
-/// A filesystem made visible at a path for the duration of a step; unmounted on drop.
-pub struct Mounted {
-    path: PathBuf,
-    mounted: Option<PathBuf>,
-    remove_dir: bool,
-}
-
-impl Mounted {
-    fn existing(path: PathBuf) -> Mounted {
-        Mounted {
-            path,
-            mounted: None,
-            remove_dir: false,
-        }
-    }
-
-    fn owned_dir(path: PathBuf) -> Mounted {
-        Mounted {
-            path,
-            mounted: None,
-            remove_dir: true,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Applies a snapshotter's mounts at `target`. A single bind needs no mount at all: its source
-    /// directory is used in place.
-    pub fn mount(mounts: &[FsMount], target: PathBuf) -> Result<Mounted, ExecError> {
-        match mounts {
-            [m] if m.kind == "bind" || m.kind == "rbind" => Ok(Mounted::existing(m.source.clone())),
-            [m] if m.kind == "overlay" => {
-                std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
-                let data = m
-                    .options
-                    .iter()
-                    .filter(|o| !matches!(o.as_str(), "ro" | "rw" | "rbind"))
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let mut flags = nix::mount::MsFlags::empty();
-                if m.is_readonly() {
-                    flags |= nix::mount::MsFlags::MS_RDONLY;
-                }
-                nix::mount::mount(
-                    Some("overlay"),
-                    &target,
-                    Some("overlay"),
-                    flags,
-                    Some(data.as_str()),
-                )
-                .map_err(|e| {
-                    let _ = std::fs::remove_dir(&target);
-                    ExecError::Mount {
-                        what: "overlay".into(),
-                        target: target.clone(),
-                        reason: e.desc().to_string(),
-                    }
-                })?;
-                Ok(Mounted {
-                    path: target.clone(),
-                    mounted: Some(target),
-                    remove_dir: true,
-                })
-            }
-            [m] if m.kind == "fuse-overlayfs" => {
-                std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
-                let status = std::process::Command::new("fuse-overlayfs")
-                    .arg("-o")
-                    .arg(m.options.join(","))
-                    .arg(&target)
-                    .status()
-                    .map_err(io_err("running fuse-overlayfs for", &target))?;
-                if !status.success() {
-                    let _ = std::fs::remove_dir(&target);
-                    return Err(ExecError::Mount {
-                        what: "fuse-overlayfs".into(),
-                        target,
-                        reason: format!("fuse-overlayfs exited with {status}"),
-                    });
-                }
-                Ok(Mounted {
-                    path: target.clone(),
-                    mounted: Some(target),
-                    remove_dir: true,
-                })
-            }
-            other => Err(ExecError::Mount {
-                what: format!("{other:?}"),
-                target,
-                reason: "unsupported mount list".into(),
-            }),
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(t) = &self.mounted {
-            let _ = nix::mount::umount2(t.as_path(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        if self.remove_dir {
-            let _ = std::fs::remove_dir(&self.path);
-        }
-    }
 }

@@ -1,0 +1,155 @@
+//! Files the operations write outside a snapshot: a test step's artifacts tarred into one blob, and
+//! the build context's view (what `.dockerignore` keeps) recreated for a bind or a cache seed.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use forge_snapshotter::compress::HashingWriter;
+use forge_snapshotter::store::{Digest as BlobDigest, Store};
+
+use super::{Artifacts, ExecError, io_err};
+use crate::fileop::{self, FileOpError};
+use crate::source::context::ContextSnapshot;
+
+/// Writes the entries at `paths` (resolved inside `root`, so a symlink cannot lead out of it;
+/// symlinks below them are stored as links) as a tar under the store's temporary directory, then
+/// moves it in as a blob.
+pub(super) fn tar_artifacts(
+    root: &Path,
+    paths: &[String],
+    store: &Store,
+) -> Result<Option<Artifacts>, ExecError> {
+    let tmp = store.temp_path("artifacts")?;
+    let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    let written = (|| {
+        let mut tar = tar::Builder::new(HashingWriter::new(BufWriter::new(file)));
+        tar.follow_symlinks(false);
+        let mut found = Vec::new();
+        for p in paths {
+            let name = crate::slashpath::join_root(p);
+            let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
+            let md = match std::fs::symlink_metadata(&at) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("reading", &at)(e)),
+            };
+            let rel = match name.trim_start_matches('/') {
+                "" => ".",
+                rel => rel,
+            };
+            if md.is_dir() {
+                tar.append_dir_all(rel, &at)
+            } else {
+                tar.append_path_with_name(&at, rel)
+            }
+            .map_err(io_err("archiving", &at))?;
+            found.push(p.clone());
+        }
+        let hashing = tar.into_inner().map_err(io_err("writing", &tmp))?;
+        let (buffered, digest, size) = hashing.finish();
+        buffered
+            .into_inner()
+            .map_err(|e| io_err("writing", &tmp)(e.into_error()))?
+            .sync_all()
+            .map_err(io_err("syncing", &tmp))?;
+        Ok((found, digest, size))
+    })();
+    let (paths, digest, size) = match written {
+        Ok((found, ..)) if found.is_empty() => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let digest: BlobDigest = digest
+        .to_string()
+        .parse()
+        .map_err(|e| ExecError::Internal(format!("artifacts digest: {e}")))?;
+    store.adopt(&tmp, &digest, size)?;
+    Ok(Some(Artifacts {
+        digest,
+        size,
+        paths,
+    }))
+}
+
+/// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,
+/// files (hard links when `link` and the filesystem allows, else copies), symlinks as links. Owners,
+/// modes and mtimes follow the source; fifos, sockets and devices are left out.
+pub(super) fn populate_view(
+    src: &Path,
+    snapshot: &ContextSnapshot,
+    dest: &Path,
+    link: bool,
+) -> Result<(), ExecError> {
+    use crate::source::context::EntryKind;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut dirs = Vec::new();
+    for e in snapshot.entries() {
+        let from = src.join(&e.path);
+        let to = dest.join(&e.path);
+        let linked = match e.kind {
+            EntryKind::Dir => {
+                std::fs::create_dir_all(&to).map_err(io_err("creating", &to))?;
+                dirs.push((to, from, e.mode));
+                continue;
+            }
+            EntryKind::File => {
+                if link && std::fs::hard_link(&from, &to).is_ok() {
+                    true
+                } else {
+                    std::fs::copy(&from, &to).map_err(io_err("copying", &from))?;
+                    false
+                }
+            }
+            EntryKind::Symlink => {
+                let target = e.link_target.clone().unwrap_or_default();
+                std::os::unix::fs::symlink(&target, &to).map_err(io_err("linking", &to))?;
+                false
+            }
+            _ => continue,
+        };
+        // A hard link is the host's own inode: its owner and times are already right and must
+        // not be touched.
+        if !linked {
+            let _ = std::os::unix::fs::lchown(&to, Some(e.uid), Some(e.gid));
+            if e.kind == EntryKind::File {
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
+                    .map_err(io_err("chmod", &to))?;
+                copy_mtime(&from, &to);
+            }
+        }
+    }
+    // Modes and times of directories last: a read-only one could not be filled, and filling one
+    // changes its mtime.
+    for (to, from, mode) in dirs.iter().rev() {
+        if let Ok(md) = std::fs::symlink_metadata(from) {
+            let _ = std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()));
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(*mode))
+            .map_err(io_err("chmod", to))?;
+        copy_mtime(from, to);
+    }
+    Ok(())
+}
+
+fn copy_mtime(from: &Path, to: &Path) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::symlink_metadata(from) {
+        let t = TimeSpec::new(md.mtime(), md.mtime_nsec());
+        let _ = utimensat(
+            nix::fcntl::AT_FDCWD,
+            to,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        );
+    }
+}
