@@ -187,6 +187,7 @@ impl Bench {
                 layer: self.layer,
                 default_network: self.network,
                 allow_insecure: false,
+                limits: Default::default(),
                 http: None,
                 events: events.clone(),
             },
@@ -592,7 +593,9 @@ fn a_failing_run_reports_code_and_tail_and_leaves_nothing_behind() {
             let err = bench.solve(&df, &ctx).await.err().expect("the step fails");
             assert!(err.to_string().contains("line 4"), "{err}");
             match step_error(&err) {
-                ExecError::Exit { code, tail, argv } => {
+                ExecError::Exit {
+                    code, tail, argv, ..
+                } => {
                     assert_eq!(*code, 7, "{backend:?}");
                     assert!(tail.iter().any(|l| l.contains("line5")), "{tail:?}");
                     assert!(tail.iter().any(|l| l.contains("oops")), "{tail:?}");

@@ -110,6 +110,13 @@ pub struct BuildArgs {
     /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
     #[arg(long, value_name = "SOCKET")]
     containerd_address: Option<PathBuf>,
+    /// Memory limit of each RUN step (e.g. 512m, 2g), memory and swap together; a step that
+    /// passes it is killed and the build says so. Needs a cgroup forge may write (root).
+    #[arg(long, short = 'm', value_name = "BYTES")]
+    memory: Option<forge_runner::Bytes>,
+    /// CPU limit of each RUN step, in CPUs (e.g. 0.5, 2).
+    #[arg(long, visible_alias = "cpu", value_name = "CPUS")]
+    cpus: Option<forge_runner::NanoCpus>,
     /// How many steps may run at once (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -332,6 +339,10 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         _ => StepNetwork::Host,
     };
     r.allow_insecure = args.allow.contains(&Entitlement::SecurityInsecure);
+    r.limits = forge_runner::Limits {
+        memory: args.memory,
+        cpus: args.cpus,
+    };
     r.source_date_epoch = source_date_epoch()?;
     r.compression = match (args.compression, args.compression_level) {
         (None, None) => None,

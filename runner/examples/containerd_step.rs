@@ -78,5 +78,6 @@ fn step(lower: &Path, upper: &Path, work: &Path) -> StepSpec {
         mounts: vec![],
         secret_env: vec![],
         security: Default::default(),
+        limits: Default::default(),
     }
 }

@@ -6,6 +6,7 @@ pub mod confine;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 pub mod embedded;
+pub mod limits;
 mod lines;
 pub mod mounts;
 pub mod spec;
@@ -13,6 +14,7 @@ pub mod user;
 
 pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
 pub use confine::Security;
+pub use limits::{Bytes, Limits, NanoCpus};
 pub use mounts::MountError;
 pub use spec::{
     CacheSeed, CacheSharing, Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec,

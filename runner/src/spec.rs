@@ -130,6 +130,8 @@ pub struct StepSpec {
     pub secret_env: Vec<(String, String)>,
     /// `RUN --security`: the sandbox unless the build allowed and the step asked for insecure.
     pub security: Security,
+    /// Memory and CPU limits (`forge build --memory --cpus`); none by default.
+    pub limits: crate::limits::Limits,
 }
 
 /// Where a step's output goes: called once per line (without the newline), in the order lines arrive.
@@ -150,6 +152,9 @@ pub struct StepOutcome {
     pub duration: Duration,
     /// The last lines of output (both streams, interleaved as received), for error messages.
     pub tail: Vec<String>,
+    /// The step's memory limit, when the kernel's OOM killer killed a process of the step for
+    /// passing it (the exit code alone cannot tell this from `kill -9`).
+    pub memory_limit_hit: Option<crate::limits::Bytes>,
 }
 
 impl StepOutcome {

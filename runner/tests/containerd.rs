@@ -98,6 +98,7 @@ impl World {
             mounts: vec![],
             secret_env: vec![],
             security: Default::default(),
+            limits: Default::default(),
         }
     }
 

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use forge_runner::containerd::{ContainerdConfig, ContainerdRunner};
 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
 use forge_runner::{
-    Backend, CacheSeed, CacheSharing, CancellationToken, Command, NetworkMode, RunError, Runner,
-    Security, StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
+    Backend, Bytes, CacheSeed, CacheSharing, CancellationToken, Command, Limits, NanoCpus,
+    NetworkMode, RunError, Runner, Security, StepMount, StepMountKind, StepOutcome, StepSpec,
+    Stream, User,
 };
 use forge_snapshotter::Mount;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,6 +78,8 @@ contract!(
     issue11_mknod_of_a_host_device_cannot_be_opened_anywhere,
     issue11_a_step_runs_under_a_seccomp_filter,
     issue11_syscalls_the_default_profile_denies_fail_and_insecure_lifts_it,
+    issue11_a_step_past_its_memory_limit_is_killed_and_says_so,
+    issue11_a_busy_step_gets_no_more_cpu_than_its_limit,
 );
 
 /// One case's world: a busybox lower dir, an overlay upper/work pair, private state and cache
@@ -198,6 +201,7 @@ impl World {
             mounts: vec![],
             secret_env: vec![],
             security: Default::default(),
+            limits: Default::default(),
         }
     }
 
@@ -1238,4 +1242,96 @@ async fn issue11_syscalls_the_default_profile_denies_fail_and_insecure_lifts_it(
         w.name(),
         ran.lines
     );
+}
+
+/// Issue 11, `--memory`: a step that allocates past its limit is killed by the kernel and the outcome
+/// names the limit (an exit code of 137 alone could be any SIGKILL); one that stays under it runs as
+/// it would without, inside the step's own cgroup.
+async fn issue11_a_step_past_its_memory_limit_is_killed_and_says_so(w: &World) {
+    let limits = Limits {
+        memory: Some(Bytes(32 << 20)),
+        cpus: None,
+    };
+    let mut over = w.spec("x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    over.limits = limits;
+    let ran = w.run(&over).await;
+    assert_ne!(ran.outcome.exit_code, 0, "{}: {:?}", w.name(), ran.lines);
+    assert_eq!(
+        ran.outcome.memory_limit_hit,
+        Some(Bytes(32 << 20)),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    let mut under =
+        w.spec("x=$(head -c 1000000 /dev/zero | tr '\\0' a); echo ${#x}; cat /proc/self/cgroup");
+    under.limits = limits;
+    let lines = w.ok(&under).await;
+    assert!(
+        lines.iter().any(|l| l == "1000000"),
+        "{}: {lines:?}",
+        w.name()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(":memory:/forge/")),
+        "{}: the step is not in a cgroup of forge's: {lines:?}",
+        w.name()
+    );
+    // Without a limit the same allocation that was killed succeeds.
+    let free = w
+        .ok(&w.spec("x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}"))
+        .await;
+    assert!(
+        free.iter().any(|l| l == "100000000"),
+        "{}: {free:?}",
+        w.name()
+    );
+    w.assert_nothing_left();
+}
+
+/// CPU seconds (user + sys) from busybox `time`'s report in `lines`.
+fn cpu_seconds(lines: &[String]) -> f64 {
+    let field = |name: &str| -> f64 {
+        let l = lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {lines:?}"));
+        // "user\t0m 0.38s"
+        let t = l[name.len()..].trim();
+        let (m, s) = t.split_once('m').expect("minutes");
+        m.trim().parse::<f64>().unwrap() * 60.0
+            + s.trim().trim_end_matches('s').parse::<f64>().unwrap()
+    };
+    field("user") + field("sys")
+}
+
+/// Issue 11, `--cpus`: a step that spins for 2 s under a limit of 0.1 CPU gets about 0.2 s of CPU
+/// (the CFS quota), never a whole CPU; it runs in a cgroup of forge's.
+async fn issue11_a_busy_step_gets_no_more_cpu_than_its_limit(w: &World) {
+    let script = "time timeout 2 sh -c 'while :; do :; done' 2>&1; cat /proc/self/cgroup";
+    let mut limited = w.spec(script);
+    limited.limits = Limits {
+        memory: None,
+        cpus: Some(NanoCpus(100_000_000)),
+    };
+    let lines = w.ok(&limited).await;
+    let used = cpu_seconds(&lines);
+    let free = cpu_seconds(&w.ok(&w.spec(script)).await);
+    eprintln!(
+        "{}: 2 s of spinning used {used:.2} s of CPU at --cpus 0.1, {free:.2} s without",
+        w.name()
+    );
+    assert!(
+        used <= 0.5,
+        "{}: {used} s of CPU under a 0.1 CPU limit: {lines:?}",
+        w.name()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cpu") && l.contains("/forge/")),
+        "{}: the step is not in a cgroup of forge's: {lines:?}",
+        w.name()
+    );
+    w.assert_nothing_left();
 }

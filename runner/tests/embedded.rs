@@ -558,3 +558,31 @@ fn issue11_masked_kernel_paths_are_empty() {
         assert_eq!(r.stdout, "3\n0\n", "{r:?}");
     });
 }
+
+/// Issue 11, `--memory` as root and rootless: as root a step past its limit is killed and the
+/// outcome names the limit; rootless, where this host's cgroups (v1, or v2 without delegation)
+/// cannot be written, the step is refused before it runs with an error that says why and what
+/// would work, never run without the limit it asked for.
+#[test]
+fn issue11_a_memory_limit_is_enforced_as_root_and_refused_clearly_rootless() {
+    for_each_mode(|fx| {
+        let script = "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo LEN ${#x}";
+        let r = fx.sh(&["--memory", "32m"], script);
+        match fx.mode {
+            Mode::Root => {
+                assert_ne!(r.code, 0, "{r:?}");
+                assert!(r.stderr.contains("memory_limit_hit=33554432"), "{r:?}");
+                assert!(!r.stdout.contains("LEN"), "{r:?}");
+            }
+            Mode::Rootless { .. } => {
+                assert_eq!(r.code, 125, "{r:?}");
+                assert!(
+                    r.stderr.contains("need a cgroup forge may write")
+                        && r.stderr.contains("run forge as root"),
+                    "{r:?}"
+                );
+                assert!(!r.stdout.contains("LEN"), "the step ran: {r:?}");
+            }
+        }
+    });
+}

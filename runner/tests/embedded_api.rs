@@ -50,6 +50,7 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         mounts: Vec::new(),
         secret_env: vec![("TOKEN".into(), "from-secret-env".into())],
         security: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -254,6 +254,7 @@ impl Session {
                 },
                 default_network: request.network,
                 allow_insecure: request.allow_insecure,
+                limits: request.limits,
                 http: Some(Arc::new(HttpSource::new(
                     scratch.downloads(),
                     events.clone(),

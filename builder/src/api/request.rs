@@ -38,6 +38,9 @@ pub struct BuildRequest {
     /// seccomp filter, every capability, /proc unmasked). Without it the build is refused before it
     /// starts, as BuildKit refuses the entitlement.
     pub allow_insecure: bool,
+    /// `--memory` / `--cpus` for every RUN step. A runner that cannot put them in place fails the
+    /// step with an error saying why; it never runs it unlimited.
+    pub limits: forge_runner::Limits,
     /// Layer compression of what leaves the store (push, OCI or docker tars). `None`: gzip for
     /// what leaves the store, fast zstd for layers that stay in it (re-encoded when they leave).
     pub compression: Option<Compression>,
@@ -70,6 +73,7 @@ impl BuildRequest {
             ssh: HashMap::new(),
             network: NetworkMode::Host,
             allow_insecure: false,
+            limits: forge_runner::Limits::default(),
             compression: None,
             exports: Vec::new(),
             tags: Vec::new(),

@@ -116,13 +116,16 @@ impl Built {
 pub enum ExecError {
     /// The step's last output lines are in `tail` (the progress view shows them already).
     #[error(
-        "process {} did not complete successfully: exit code {code}",
-        short_argv(argv)
+        "process {} did not complete successfully: exit code {code}{}",
+        short_argv(argv),
+        oom_note(.memory_limit_hit)
     )]
     Exit {
         argv: Vec<String>,
         code: i32,
         tail: Vec<String>,
+        /// The memory limit, when the kernel killed the step for passing it.
+        memory_limit_hit: Option<forge_runner::Bytes>,
     },
     #[error("step cancelled")]
     Cancelled,
@@ -232,6 +235,9 @@ pub struct ExecutorConfig {
     /// `--allow security.insecure`: a `RUN --security=insecure` step runs without the sandbox
     /// (forge_runner::Security::Insecure); without it such a step is refused.
     pub allow_insecure: bool,
+    /// `--memory` / `--cpus`: every RUN step's limits. Not part of any cache key: a step that
+    /// finishes within its limits makes the same files as one without them.
+    pub limits: forge_runner::Limits,
     pub http: Option<Arc<dyn RemoteFiles>>,
     pub events: Events,
 }
@@ -784,6 +790,7 @@ impl BuildExecutor {
                 SecurityMode::Insecure if self.cfg.allow_insecure => Security::Insecure,
                 SecurityMode::Insecure => return Err(ExecError::InsecureNotAllowed),
             },
+            limits: self.cfg.limits,
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
         let masks = Arc::new(secret_masks(&secret_values));
@@ -826,6 +833,7 @@ impl BuildExecutor {
                 // The tail is shown again with the error (-q, json, a server's report): masked
                 // like every line the step printed.
                 tail: outcome.tail.iter().map(|l| mask(&masks, l)).collect(),
+                memory_limit_hit: outcome.memory_limit_hit,
             });
         }
         let layers = self.commit_layer(key, &base, cancel).await?;
@@ -865,6 +873,16 @@ impl BuildExecutor {
 /// host's root).
 fn inside(root: &Path, path: &str) -> Result<PathBuf, ExecError> {
     fileop::root::resolve(root, path, true).map_err(|e| ExecError::FileOp(FileOpError::from(e)))
+}
+
+/// What [`ExecError::Exit`] adds when the kernel's OOM killer ended the step.
+fn oom_note(limit: impl std::borrow::Borrow<Option<forge_runner::Bytes>>) -> String {
+    limit
+        .borrow()
+        .map(|l| {
+            format!(" (killed by the kernel: the step passed its memory limit of {l}, --memory)")
+        })
+        .unwrap_or_default()
 }
 
 /// `line` with every secret value (see [`secret_masks`]) replaced by `****`.

@@ -4,7 +4,7 @@
 //! forge-runner-step [--runner embedded|containerd] [--containerd-address SOCK]
 //!   --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
 //!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
-//!   [--security sandbox|insecure]
+//!   [--security sandbox|insecure] [--memory BYTES] [--cpus N]
 //!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
 //!   [--cache-seed ROOT[:PATH]] (the previous --mount-cache starts from PATH inside ROOT)
 //!   [--mount-tmpfs TARGET[:SIZE]] [--mount-secret FILE:TARGET[:UID:GID:MODE]] [--mount-ssh SOCK:TARGET]
@@ -64,6 +64,7 @@ fn parse() -> Result<Args, String> {
         mounts: Vec::new(),
         secret_env: Vec::new(),
         security: Default::default(),
+        limits: Default::default(),
     };
     let (mut state_dir, mut cache_root) = (None, None);
     let (mut runner, mut containerd_address) = (String::from("embedded"), None);
@@ -128,6 +129,8 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--hostname" => spec.hostname = value,
+            "--memory" => spec.limits.memory = Some(value.parse()?),
+            "--cpus" => spec.limits.cpus = Some(value.parse()?),
             "--security" => {
                 spec.security = match value.as_str() {
                     "sandbox" => Security::Sandbox,
@@ -376,10 +379,14 @@ async fn run(args: Args) -> ExitCode {
         match runner.run(&args.spec, &mut output, &cancel).await {
             Ok(outcome) => {
                 eprintln!(
-                    "forge-runner-step: exit={} duration_ms={:.3} tail={}",
+                    "forge-runner-step: exit={} duration_ms={:.3} tail={}{}",
                     outcome.exit_code,
                     outcome.duration.as_secs_f64() * 1000.0,
-                    outcome.tail.len()
+                    outcome.tail.len(),
+                    outcome
+                        .memory_limit_hit
+                        .map(|l| format!(" memory_limit_hit={}", l.0))
+                        .unwrap_or_default()
                 );
                 code = outcome.exit_code.clamp(0, 255) as u8;
             }

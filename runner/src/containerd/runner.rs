@@ -173,6 +173,7 @@ impl ContainerdRunner {
                 // One fixed parent: runc removes the step's cgroup but never its parent, so a parent
                 // per namespace would leave an empty directory behind for every namespace used.
                 cgroups_path: format!("/forge/{id}"),
+                limits: spec.limits,
             })?;
             if let Some(view) = &view {
                 let destinations: Vec<PathBuf> = runtime_spec
@@ -285,6 +286,11 @@ impl ContainerdRunner {
                 exit_code: exit_status as i32,
                 duration: started.elapsed(),
                 tail,
+                // Read before teardown: deleting the task removes the cgroup.
+                memory_limit_hit: crate::limits::runc_oom_killed(
+                    &format!("/forge/{id}"),
+                    spec.limits,
+                ),
             })
         }
         .await;

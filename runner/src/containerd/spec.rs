@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
-    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
-    LinuxSyscallBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount as OciMount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::ContainerdError;
@@ -55,6 +55,8 @@ pub(crate) struct SpecInput<'a> {
     /// Mounts after the standard ones (generated /etc files, then the step's own mounts), in order.
     pub mounts: Vec<OciMount>,
     pub cgroups_path: String,
+    /// `--memory` / `--cpus`, which runc writes into the step's cgroup (v1 or v2).
+    pub limits: crate::limits::Limits,
 }
 
 pub(crate) fn mount(
@@ -180,10 +182,28 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
             .build()
             .map_err(|e| err("device rule", e))?,
     ];
-    let resources = LinuxResourcesBuilder::default()
-        .devices(devices)
-        .build()
-        .map_err(|e| err("resources", e))?;
+    let mut resources = LinuxResourcesBuilder::default().devices(devices);
+    if let Some(crate::limits::Bytes(bytes)) = input.limits.memory {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        // Swap equal to the limit: memory and swap together may not pass it.
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()
+                .map_err(|e| err("memory limit", e))?,
+        );
+    }
+    if let Some(cpus) = input.limits.cpus {
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::try_from(cpus.quota_us()).unwrap_or(i64::MAX))
+                .period(crate::limits::CPU_PERIOD_US)
+                .build()
+                .map_err(|e| err("cpu limit", e))?,
+        );
+    }
+    let resources = resources.build().map_err(|e| err("resources", e))?;
     let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -402,6 +422,7 @@ mod tests {
             security,
             mounts: vec![],
             cgroups_path: "/forge/x".into(),
+            limits: Default::default(),
         })
         .unwrap();
         serde_json::to_value(&spec).unwrap()

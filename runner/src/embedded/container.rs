@@ -57,6 +57,9 @@ pub(crate) struct Plan {
     pub cwd: PathBuf,
     /// The step's confinement, decided before the fork.
     pub confinement: Confinement,
+    /// `cgroup.procs` of the step's cgroups (`--memory`, `--cpus`), open for writing: init joins
+    /// them first thing, so nothing of the step runs outside its limits.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 /// What confines the step's command besides its namespaces (see [`crate::confine`]).
@@ -205,6 +208,16 @@ fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
             return SETUP_FAILED;
+        }
+        for fd in &plan.cgroup_procs {
+            // "0" is the writer itself; a pid would be read in the host's pid namespace.
+            if let Err(e) = nix::unistd::write(fd, b"0") {
+                write_fd(
+                    &fds.error,
+                    format!("join the step's cgroup: {e}").as_bytes(),
+                );
+                return SETUP_FAILED;
+            }
         }
         if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
             write_fd(

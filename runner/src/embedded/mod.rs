@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use container::{ChildFds, Confinement, Plan};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
+use crate::limits::{LimitError, StepCgroup};
 use crate::mounts::{MountError, ResolvedMount, ResolvedMounts};
 use crate::spec::OutputSink;
 use crate::spec::{NetworkMode, Security, StepOutcome, StepSpec, Stream};
@@ -81,6 +82,8 @@ pub enum EmbeddedError {
     /// The sandbox cannot be built on this machine; the step is not run unconfined instead.
     #[error("{0}")]
     Confinement(String),
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     #[error("step {command:?} failed to start: {detail}")]
     Setup {
         command: Vec<String>,
@@ -256,6 +259,7 @@ impl EmbeddedRunner {
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
             confinement: confinement(spec.security)?,
+            cgroup_procs: Vec::new(),
         })
     }
 
@@ -384,7 +388,19 @@ impl EmbeddedRunner {
             cancel,
         )
         .await?;
-        let plan = self.plan(spec, step_dir.0.path(), &resolved)?;
+        // The step's cgroup, when it has limits: made before the fork, joined by init, removed
+        // after the step (dropped last, once every process of the step is gone).
+        let cgroup_name = step_dir
+            .0
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "step".into());
+        let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
+        let mut plan = self.plan(spec, step_dir.0.path(), &resolved)?;
+        if let Some(cg) = &cgroup {
+            plan.cgroup_procs = cg.join_fds()?;
+        }
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -452,6 +468,7 @@ impl EmbeddedRunner {
             exit_code: code,
             duration: start.elapsed(),
             tail: tail.into(),
+            memory_limit_hit: cgroup.as_ref().and_then(StepCgroup::oom_killed),
         })
     }
 }
