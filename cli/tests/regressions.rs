@@ -675,3 +675,95 @@ fn cve_2024_23652_mount_stub_clean_up_stays_inside_the_root() {
         "files outside the root were removed:\n{log}"
     );
 }
+
+/// CVE-2024-23651 (BuildKit): two steps running in parallel on one cache mount raced: one swapped a
+/// directory of the cache for a link to a host path while the other's mount of that directory was
+/// being set up, and the mount followed the link on the host. Here a stage keeps swapping the
+/// cache's `sub` between a directory, an absolute link to a host directory and a link to `/`, while
+/// reader stages mount the same cache (whole, and with `source=sub`) in parallel with it.
+/// No reader ever sees the host's files, and the readers did run during the swapping.
+#[test]
+fn cve_2024_23651_a_cache_mount_raced_by_a_parallel_step_stays_in_the_cache() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2024-23651");
+    let host = marker.0.display().to_string();
+    const READERS: usize = 8;
+    let mut dockerfile = SH.replacen("FROM scratch", "FROM scratch AS base", 1);
+    // The swapper runs until every reader has left its mark in the cache, or 30 s at most, and says
+    // how many marks it saw.
+    dockerfile.push_str(&format!(
+        "FROM base AS swap\n\
+         RUN --mount=type=cache,id=race,target=/c sh -c 'end=$(($(date +%s)+30)); \
+         while [ $(ls /c | grep -c ^done-) -lt {READERS} ] && [ $(date +%s) -lt $end ]; do \
+         rm -rf /c/sub; mkdir -p /c/sub; rm -rf /c/sub; ln -s {host} /c/sub; \
+         rm -f /c/sub; ln -s / /c/sub; done; echo swap\"\"per saw $(ls /c | grep -c ^done-) readers'\n"
+    ));
+    let forms = [
+        "type=cache,id=race,target=/m",
+        "type=cache,id=race,target=/m,source=sub",
+    ];
+    for n in 0..READERS {
+        let form = forms[n % forms.len()];
+        dockerfile.push_str(&format!(
+            "FROM base AS reader{n}\n\
+             RUN --mount={form} --mount=type=cache,id=race,target=/all sh -c 'i=0; \
+             while [ $i -lt 200 ]; do test -e /m/sub/secret && echo REA\"\"CHED; \
+             test -e /m/secret && echo REA\"\"CHED; test -e /m/sub{host}/secret && echo REA\"\"CHED; \
+             i=$((i+1)); done; touch /all/done-{n}; echo rea\"\"der {n} done'\n"
+        ));
+    }
+    dockerfile.push_str("FROM base\nCOPY --from=swap /bin/busybox /s\n");
+    for n in 0..READERS {
+        dockerfile.push_str(&format!("COPY --from=reader{n} /bin/busybox /r{n}\n"));
+    }
+    let (_tmp, ctx, root) = context(&dockerfile);
+    let out = forge(
+        &root,
+        &["--progress", "plain", "--jobs", "4", &ctx.to_string_lossy()],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("REACHED"), "{log}");
+    assert!(
+        marker.0.join("secret").exists() && marker.0.join("b/c/keep").exists(),
+        "the host directory changed:\n{log}"
+    );
+    for n in 0..READERS {
+        assert!(log.contains(&format!("reader {n} done")), "{log}");
+    }
+    // The race was run: the swapper was still swapping when at least one reader finished.
+    let saw: usize = log
+        .lines()
+        .find_map(|l| l.split("swapper saw ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no swapper line:\n{log}"));
+    assert!(saw >= 1, "no reader ran while the swapper did:\n{log}");
+}
+
+/// Issue 11, `forge build --memory`: a RUN step past the limit fails the build, and the error says
+/// the kernel killed it for passing that limit (exit code 137 alone could be any SIGKILL). The
+/// same build without the limit succeeds.
+#[test]
+fn issue11_a_run_step_past_its_memory_limit_fails_naming_the_limit() {
+    if !prerequisites() {
+        return;
+    }
+    let (_tmp, ctx, root) = context(&format!(
+        "{SH}RUN x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo length ${{#x}}\n"
+    ));
+    let ctx = ctx.to_string_lossy().into_owned();
+    let out = forge(&root, &["--progress", "plain", "--memory", "32m", &ctx]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("exit code 137 (killed by the kernel: the step passed its memory limit of 32 MiB, --memory)"),
+        "{log}"
+    );
+    let out = forge(&root, &["--progress", "plain", &ctx]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("length 100000000"), "{log}");
+}
