@@ -432,6 +432,13 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
         );
     }
     let mut message = format!("error: {}", chain(e));
+    if disk_full(e) {
+        message.push_str(
+            "\nhint: the disk holding forge's store is full; what was built and cached before is \
+             intact. `forge prune` gives back what no image or running build needs (`--all` cache mounts \
+             too), then run the build again",
+        );
+    }
     // The plain and tty views showed a failed step's last lines already; -q and json did not.
     if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
         && let Some(tail) = e.failed_step_tail()
@@ -442,6 +449,22 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
         }
     }
     message
+}
+
+/// Whether ENOSPC is among the causes (as an `io::Error`, or in a cause that kept only its text).
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::ENOSPC)
+            || c.to_string().contains("(os error 28)")
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// An error and its causes, one per line.

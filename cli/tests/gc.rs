@@ -230,3 +230,79 @@ fn rmi_and_prune_work_on_a_full_disk() {
     // The next command that opens the store makes the reserve again.
     assert!(root.join("reserve").exists());
 }
+
+/// Bytes used on the filesystem holding `path` (statvfs), for the figures this test prints.
+fn used_bytes(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    (st.blocks() - st.blocks_free()) * st.fragment_size()
+}
+
+/// Issue 11, "a build on a full small filesystem fails clearly, `forge prune` then frees space,
+/// and the store passes the check". A RUN step writes 36 MB that cannot be compressed onto a
+/// 64 MiB filesystem: the step itself fits, the layer forge then writes does not. The build fails
+/// naming the full disk; the image built before is intact; prune gives the space back; the next
+/// build that needs the space succeeds.
+#[test]
+fn a_build_on_a_full_small_filesystem_fails_clearly_and_prune_frees_the_space() {
+    if !prerequisites("mounting a small tmpfs and building on it") {
+        return;
+    }
+    let fs = Tmpfs::mount("64m");
+    let root = fs.dir.path().join("store");
+    build(fs.dir.path(), &root, "gc-small:1", "small");
+    let big = |n: u32| {
+        forge_testsupport::Context::busybox(fs.dir.path().join(format!("ctx-big-{n}")))
+            .dockerfile(&format!(
+                "FROM scratch\nCOPY busybox /bin/busybox\n\
+                 RUN [\"/bin/busybox\", \"sh\", \"-c\", \
+                 \"/bin/busybox dd if=/dev/urandom of=/big bs=1M count={n} 2>&1\"]\n"
+            ))
+            .into_path()
+    };
+    let ctx = big(36);
+    let before = used_bytes(fs.dir.path());
+    let out = forge(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+    );
+    let log = text(&out);
+    assert!(!out.status.success(), "36 MB layer fitted:\n{log}");
+    assert!(
+        log.contains("No space left on device"),
+        "the error does not name the full disk:\n{log}"
+    );
+    assert!(
+        log.contains("hint: the disk holding forge's store is full"),
+        "{log}"
+    );
+    let after_failure = used_bytes(fs.dir.path());
+    eprintln!("the failed build said:\n{log}");
+
+    // Nothing built before is lost: the image and its blobs are whole.
+    let images = ok(&root, &["images"]);
+    assert!(images.contains("gc-small"), "{images}");
+    let check = ok(&root, &["store", "check"]);
+    assert!(check.contains("the store is consistent"), "{check}");
+
+    let prune = ok(&root, &["prune"]);
+    let after_prune = used_bytes(fs.dir.path());
+    eprintln!(
+        "used before the failing build: {before} B; after it failed: {after_failure} B; \
+         after prune: {after_prune} B\nprune said:\n{prune}"
+    );
+    assert!(
+        after_prune <= before + 4 * 1024 * 1024,
+        "the failed build's space was not given back: {after_prune} B used, {before} B before"
+    );
+    let check = ok(&root, &["store", "check"]);
+    assert!(check.contains("the store is consistent"), "{check}");
+    let images = ok(&root, &["images"]);
+    assert!(images.contains("gc-small"), "{images}");
+
+    // The space is usable again: a build needing 20 MB of it succeeds.
+    let ctx = big(20);
+    ok(
+        &root,
+        &["build", "-q", "-t", "gc-small:2", ctx.to_str().unwrap()],
+    );
+}
