@@ -2,7 +2,7 @@
 //! events rendered while the library runs it. Nothing about what a build means lives here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use forge_builder::api::{
@@ -296,15 +296,35 @@ fn source_date_epoch() -> Result<Option<i64>, Failure> {
 /// The request the flags describe. Usage errors (exit 2) are found here, before anything runs.
 fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     let g = &args.graph;
-    if !g.context.is_dir() {
+    let stdin = Path::new("-");
+    if g.context == stdin && g.file.as_deref() == Some(stdin) {
+        return Err(usage(
+            "error: the context and the Dockerfile cannot both be read from standard input (-)"
+                .into(),
+        ));
+    }
+    if g.context != stdin && !g.context.is_dir() {
         return Err(usage(format!(
             "error: build context {} is not a directory",
             g.context.display()
         )));
     }
     let mut r = BuildRequest::new(g.context.clone());
-    if let Some(f) = &g.file {
-        r.dockerfile = DockerfileSource::Path(f.clone());
+    match &g.file {
+        Some(f) if f == stdin => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                usage(format!(
+                    "error: reading the Dockerfile from standard input: {e}"
+                ))
+            })?;
+            r.dockerfile = DockerfileSource::Text {
+                name: "Dockerfile (standard input)".into(),
+                text,
+            };
+        }
+        Some(f) => r.dockerfile = DockerfileSource::Path(f.clone()),
+        None => {}
     }
     r.target = g.target.clone();
     r.build_args = parse_build_args(&g.build_args)?;
@@ -366,7 +386,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
 
 /// Runs a build. Called after the user namespace is entered, before any thread starts.
 pub fn build(args: &BuildArgs) -> Result<(), Failure> {
-    let request = request(args)?;
+    let mut request = request(args)?;
     let root = match &args.root {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
@@ -384,6 +404,17 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         runner,
     })
     .map_err(|e| failed(format!("error: {e}")))?;
+    // `forge build -`: the context (or a lone Dockerfile) from standard input, kept until the
+    // build is over.
+    let _streamed = if args.graph.context == Path::new("-") {
+        let streamed = session
+            .context_from_stream(&mut std::io::stdin().lock())
+            .map_err(|e| failed(format!("error: {e}")))?;
+        streamed.apply(&mut request);
+        Some(streamed)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -79,7 +79,7 @@ enum Format {
 
 #[derive(Args)]
 pub(crate) struct GraphArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from standard input (build only).
     #[arg(short = 'f', long = "file")]
     pub(crate) file: Option<PathBuf>,
     /// The stage to build (default: the last one).
@@ -93,7 +93,8 @@ pub(crate) struct GraphArgs {
     pub(crate) platform: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// The build context directory.
+    /// The build context directory; for build, `-` reads a tar (plain or compressed) or a lone
+    /// Dockerfile from standard input, as `docker build -` does.
     #[arg(default_value = ".")]
     pub(crate) context: PathBuf,
 }

@@ -767,3 +767,198 @@ fn issue11_a_run_step_past_its_memory_limit_fails_naming_the_limit() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("length 100000000"), "{log}");
 }
+
+/// One tar entry written byte for byte, so that names the `tar` crate's builder refuses (`..`,
+/// absolute) can be made: `kind` is the type flag, `link` the link target.
+fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_ustar();
+    {
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        old.linkflag = [kind];
+    }
+    h.set_mode(if name == "busybox" { 0o755 } else { 0o644 });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(data.len() as u64);
+    if kind == b'3' {
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(11).unwrap();
+    }
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+/// A context tar: a Dockerfile that shows the context, busybox, then `hostile` entries.
+fn context_tar(hostile: &[(&str, u8, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let dockerfile = format!("{SH}COPY . /ctx\nRUN find /ctx | sort\n");
+    raw_entry(&mut out, "Dockerfile", b'0', "", dockerfile.as_bytes());
+    raw_entry(
+        &mut out,
+        "busybox",
+        b'0',
+        "",
+        &std::fs::read(BUSYBOX).unwrap(),
+    );
+    for (name, kind, link) in hostile {
+        raw_entry(&mut out, name, *kind, link, b"forge-cve-2026-28406\n");
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Files below `dir`, for a before/after comparison.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    forge_testsupport::walk(dir)
+}
+
+/// CVE-2026-28406's class: a build context sent as a tar (`forge build - < ctx.tar`) whose entries
+/// climb out of the context, directly, through a link an earlier entry made, or as a hard link or
+/// a device, must not write or link anything outside the context. Each hostile tar either fails
+/// naming the entry or lands inside the context; the host directory it aims at is unchanged.
+#[test]
+fn cve_2026_28406_a_context_tar_cannot_reach_outside_the_context() {
+    if !prerequisites() {
+        return;
+    }
+    let marker = HostMarker::new("cve-2026-28406");
+    let host = marker.0.display().to_string();
+    let rel = host.trim_start_matches('/').to_string();
+    let before = files_below(&marker.0);
+    let up = "../".repeat(12);
+    /// A tar entry: name, type flag, link target.
+    type Entry = (String, u8, String);
+    let cases: Vec<(String, Vec<Entry>, bool)> = vec![
+        // (label, entries, must the build be refused?)
+        (
+            "dot-dot path".into(),
+            vec![(format!("{up}{rel}/pwned"), b'0', String::new())],
+            true,
+        ),
+        (
+            "link up, then through it".into(),
+            vec![
+                ("up".into(), b'2', up.clone()),
+                (format!("up/{rel}/pwned"), b'0', String::new()),
+            ],
+            true,
+        ),
+        (
+            "absolute link, then through it".into(),
+            vec![
+                ("abs".into(), b'2', host.clone()),
+                ("abs/pwned".into(), b'0', String::new()),
+            ],
+            false,
+        ),
+        (
+            "hard link out".into(),
+            vec![("hl".into(), b'1', format!("{up}{rel}/secret"))],
+            true,
+        ),
+        (
+            "absolute hard link".into(),
+            vec![("hl".into(), b'1', format!("{host}/secret"))],
+            true,
+        ),
+        (
+            "absolute path".into(),
+            vec![(format!("{host}/pwned"), b'0', String::new())],
+            false,
+        ),
+        (
+            "device node".into(),
+            vec![("kmsg".into(), b'3', String::new())],
+            true,
+        ),
+    ];
+    for (label, entries, refused) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let entries: Vec<(&str, u8, &str)> = entries
+            .iter()
+            .map(|(n, k, l)| (n.as_str(), *k, l.as_str()))
+            .collect();
+        let out = common::forge_with_stdin(
+            &root,
+            &["build", "--progress", "plain", "-"],
+            &context_tar(&entries),
+        );
+        let log = text(&out);
+        assert_eq!(
+            files_below(&marker.0),
+            before,
+            "{label}: the host changed:\n{log}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(marker.0.join("secret")).unwrap(),
+            "host data\n",
+            "{label}"
+        );
+        if refused {
+            assert!(!out.status.success(), "{label}: accepted:\n{log}");
+            assert!(log.contains("refusing tar entry"), "{label}:\n{log}");
+        } else {
+            // Accepted inside the context: the step sees the entry below /ctx.
+            assert!(out.status.success(), "{label}:\n{log}");
+            assert!(
+                log.contains("pwned"),
+                "{label}: the entry is not in the context:\n{log}"
+            );
+        }
+    }
+}
+
+/// `forge build -` with a gzip tar, with a lone Dockerfile, and `-f -` beside a context directory,
+/// as `docker build` reads standard input.
+#[test]
+fn a_context_or_a_dockerfile_comes_from_standard_input() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &context_tar(&[("hello.txt", b'0', "")])).unwrap();
+    let out = common::forge_with_stdin(
+        &root,
+        &["build", "--progress", "plain", "-"],
+        &gz.finish().unwrap(),
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("/ctx/hello.txt"), "{log}");
+
+    let out = common::forge_with_stdin(
+        &root,
+        &["build", "--progress", "plain", "-"],
+        b"FROM scratch\nLABEL from=stdin\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (_tmp, ctx, _) = context("");
+    let out = common::forge_with_stdin(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-f",
+            "-",
+            &ctx.to_string_lossy(),
+        ],
+        format!("{SH}RUN echo from-stdin-dockerfile\n").as_bytes(),
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("from-stdin-dockerfile"), "{log}");
+
+    let out = common::forge_with_stdin(&root, &["build", "-f", "-", "-"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot both be read"), "{}", text(&out));
+}

@@ -11,6 +11,7 @@ mod build;
 mod outcome;
 mod request;
 mod session;
+mod stream;
 
 use forge_snapshotter::registry::PullError;
 use forge_snapshotter::snapshot::SnapshotError;
@@ -20,6 +21,7 @@ pub use build::{SolveSettings, solve};
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
 pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
+pub use stream::StreamContext;
 
 use crate::export::ExportError;
 use crate::frontend::dockerfile::lower::LowerError;

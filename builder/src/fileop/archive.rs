@@ -78,7 +78,7 @@ fn xz_reader(mut f: BufReader<File>) -> std::io::Result<impl Read + Send> {
 }
 
 /// Whether `path` is an archive ADD extracts: a regular file whose first tar header parses.
-fn is_archive(path: &Path) -> bool {
+pub(crate) fn is_archive(path: &Path) -> bool {
     let Ok(md) = std::fs::symlink_metadata(path) else {
         return false;
     };
@@ -110,16 +110,20 @@ pub(crate) fn unpack(
     }
     let dest_dir = resolve(dest_root, &join_root(dest), true)?;
     meta::mkdir_all(dest_root, &dest_dir, 0o755, owner)?;
-    extract(&archive, dest_root, &dest_dir, owner)?;
+    // Device entries are kept: the snapshot is mounted nodev wherever a step sees it.
+    extract(&archive, dest_root, &dest_dir, owner, true)?;
     Ok(true)
 }
 
-/// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`).
+/// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`). Without `devices`, a
+/// device or fifo entry is refused (a build context has no use for one, and forge would make it on
+/// the host).
 pub fn extract(
     archive: &Path,
     dest_root: &Path,
     dest_dir: &Path,
     owner: Option<Ids>,
+    devices: bool,
 ) -> Result<(), FileOpError> {
     let r = open_decompressed(archive).map_err(io("opening archive", archive))?;
     let mut a = tar::Archive::new(r);
@@ -210,8 +214,17 @@ pub fn extract(
                 let link_rel = confined(&link.to_string_lossy())
                     .ok_or_else(|| refuse("its hardlink target leaves the destination"))?;
                 let src = resolve(dest_root, &format!("{base}/{link_rel}"), false)?;
+                if std::fs::symlink_metadata(&src).is_err() {
+                    return Err(refuse(&format!(
+                        "its hardlink target {:?} is not an earlier entry",
+                        link.to_string_lossy()
+                    )));
+                }
                 std::fs::hard_link(&src, &target).map_err(io("linking", &target))?;
                 continue;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo if !devices => {
+                return Err(refuse("device and fifo entries are not accepted here"));
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 use nix::sys::stat::{Mode, SFlag, makedev, mknod};

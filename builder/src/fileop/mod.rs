@@ -3,7 +3,7 @@
 //! Semantics follow BuildKit's file backend and fsutil's copier; every path is resolved inside its
 //! root so no link in a layer, a context or an archive can reach outside it.
 
-mod archive;
+pub(crate) mod archive;
 mod copy;
 mod meta;
 mod owner;
