@@ -1,0 +1,3 @@
+//! Pipelines (forge.yaml): what a run of builds and test jobs needs besides the build itself.
+
+pub mod junit;
