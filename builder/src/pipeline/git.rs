@@ -1,0 +1,270 @@
+//! What a pipeline knows of the git repository it runs in, read with gitoxide (never the git
+//! binary): the built-in variables `FORGE_GIT_SHA`, `FORGE_GIT_SHORT_SHA`, `FORGE_GIT_BRANCH` and
+//! `FORGE_GIT_TAG`, and the files changed between a revision and `HEAD` for `rules: changes:`.
+//!
+//! Outside a repository every variable is empty, as the issue that defines them asks. Changes are
+//! between commits (the revision's tree and `HEAD`'s): edits not yet committed do not count, which
+//! keeps a rule's outcome a function of the commit being built; a job whose inputs changed anyway
+//! is not served from the cache, whatever its rule said.
+
+use std::path::Path;
+
+/// The built-in git variables of a pipeline run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitInfo {
+    /// `HEAD`'s commit, 40 hex digits; empty outside a repository or before the first commit.
+    pub sha: String,
+    /// Its first 8 digits (as GitLab's `CI_COMMIT_SHORT_SHA`).
+    pub short_sha: String,
+    /// The branch `HEAD` is on (`main`, `feature/x`); empty when `HEAD` is detached.
+    pub branch: String,
+    /// A tag pointing at `HEAD`'s commit; the last by name when there are several, empty when none.
+    pub tag: String,
+}
+
+impl GitInfo {
+    /// The variables, by name, in the order a job's environment gets them.
+    pub fn variables(&self) -> [(&'static str, &str); 4] {
+        [
+            ("FORGE_GIT_SHA", &self.sha),
+            ("FORGE_GIT_SHORT_SHA", &self.short_sha),
+            ("FORGE_GIT_BRANCH", &self.branch),
+            ("FORGE_GIT_TAG", &self.tag),
+        ]
+    }
+}
+
+/// A repository that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git repository at {dir}: {message}")]
+    Repository { dir: String, message: String },
+    #[error("git repository at {dir}: revision {rev:?}: {message}")]
+    Revision {
+        dir: String,
+        rev: String,
+        message: String,
+    },
+}
+
+/// The repository holding `dir`, or `None` when `dir` is in none.
+fn open(dir: &Path) -> Result<Option<gix::Repository>, GitError> {
+    let err = |message: String| GitError::Repository {
+        dir: dir.display().to_string(),
+        message,
+    };
+    use gix::discover::upwards::Error as Upwards;
+    if let Err(e) = gix::discover::upwards(dir) {
+        return match e.downcast_any_ref::<Upwards>() {
+            Some(
+                Upwards::NoGitRepository { .. }
+                | Upwards::NoGitRepositoryWithinCeiling { .. }
+                | Upwards::NoGitRepositoryWithinFs { .. },
+            ) => Ok(None),
+            _ => Err(err(e.to_string())),
+        };
+    }
+    gix::discover(dir).map(Some).map_err(|e| err(e.to_string()))
+}
+
+/// The git variables for a pipeline run from `dir`.
+pub fn describe(dir: &Path) -> Result<GitInfo, GitError> {
+    let Some(repo) = open(dir)? else {
+        return Ok(GitInfo::default());
+    };
+    let err = |message: String| GitError::Repository {
+        dir: dir.display().to_string(),
+        message,
+    };
+    // An unborn HEAD (a repository without commits yet) has no commit to name.
+    let Some(head) = repo.head_id().ok().map(|id| id.detach()) else {
+        return Ok(GitInfo::default());
+    };
+    let sha = head.to_string();
+    let branch = repo
+        .head_name()
+        .map_err(|e| err(e.to_string()))?
+        .filter(|name| name.category() == Some(gix::reference::Category::LocalBranch))
+        .map(|name| name.shorten().to_string())
+        .unwrap_or_default();
+    let mut tags = Vec::new();
+    let platform = repo.references().map_err(|e| err(e.to_string()))?;
+    for r in platform.tags().map_err(|e| err(e.to_string()))? {
+        let mut r = r.map_err(|e| err(e.to_string()))?;
+        let name = r.name().shorten().to_string();
+        // Annotated tags point at a tag object: peel to the commit.
+        let Ok(id) = r.peel_to_id() else { continue };
+        if id.detach() == head {
+            tags.push(name);
+        }
+    }
+    tags.sort();
+    Ok(GitInfo {
+        short_sha: sha[..8].to_string(),
+        sha,
+        branch,
+        tag: tags.pop().unwrap_or_default(),
+    })
+}
+
+/// Paths (relative to the repository's top, `/`-separated, sorted) that differ between the tree of
+/// `rev` (anything `git rev-parse` takes: a branch, a tag, a sha, `HEAD~3`) and `HEAD`'s; a rename
+/// names both its paths. `None` outside a repository.
+pub fn changed_since(dir: &Path, rev: &str) -> Result<Option<Vec<String>>, GitError> {
+    let Some(repo) = open(dir)? else {
+        return Ok(None);
+    };
+    let rev_err = |rev: &str, message: String| GitError::Revision {
+        dir: dir.display().to_string(),
+        rev: rev.to_string(),
+        message,
+    };
+    let tree_of = |spec: &str| {
+        repo.rev_parse_single(spec)
+            .map_err(|e| rev_err(spec, e.to_string()))?
+            .object()
+            .map_err(|e| rev_err(spec, e.to_string()))?
+            .peel_to_tree()
+            .map_err(|e| rev_err(spec, e.to_string()))
+    };
+    let old = tree_of(rev)?;
+    let new = tree_of("HEAD")?;
+    let changes = repo
+        .diff_tree_to_tree(&old, &new, None)
+        .map_err(|e| rev_err(rev, e.to_string()))?;
+    let mut paths = Vec::new();
+    for change in &changes {
+        if change.entry_mode().is_tree() {
+            continue;
+        }
+        paths.push(change.location().to_string());
+        let source = change.source_location().to_string();
+        if source.as_str() != change.location() {
+            paths.push(source);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(Some(paths))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// `git` as an independent judge and a fixture maker, with a fixed identity and no user config.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "forge test")
+            .env("GIT_AUTHOR_EMAIL", "test@forge.invalid")
+            .env("GIT_COMMITTER_NAME", "forge test")
+            .env("GIT_COMMITTER_EMAIL", "test@forge.invalid")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn have_git() -> bool {
+        forge_testsupport::tool("git").is_some()
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn outside_a_repository_everything_is_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(describe(tmp.path()).unwrap(), GitInfo::default());
+        assert_eq!(changed_since(tmp.path(), "HEAD").unwrap(), None);
+    }
+
+    #[test]
+    fn the_variables_match_what_git_says() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        // Unborn: no commit yet.
+        assert_eq!(describe(d).unwrap(), GitInfo::default());
+        write(d, "a.txt", "a\n");
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "one"]);
+        git(d, &["tag", "-a", "v1.0", "-m", "release"]);
+        git(d, &["tag", "v0.9"]);
+        let info = describe(&d.join(".")).unwrap();
+        assert_eq!(info.sha, git(d, &["rev-parse", "HEAD"]));
+        assert_eq!(info.short_sha, git(d, &["rev-parse", "--short=8", "HEAD"]));
+        assert_eq!(info.branch, "main");
+        assert_eq!(info.tag, "v1.0");
+        // From a subdirectory, on another branch, then detached.
+        write(d, "sub/b.txt", "b\n");
+        git(d, &["checkout", "-q", "-b", "feature/x"]);
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "two"]);
+        let info = describe(&d.join("sub")).unwrap();
+        assert_eq!(info.branch, "feature/x");
+        assert_eq!(info.tag, "");
+        git(d, &["checkout", "-q", "--detach", "HEAD~1"]);
+        let info = describe(d).unwrap();
+        assert_eq!(info.branch, "");
+        assert_eq!(info.tag, "v1.0");
+    }
+
+    #[test]
+    fn changed_files_match_git_diff_name_only() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        write(d, "services/api/main.go", "package main\n");
+        write(d, "services/web/index.js", "1\n");
+        write(d, "README.md", "hi\n");
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "base"]);
+        let base = git(d, &["rev-parse", "HEAD"]);
+        write(d, "services/api/main.go", "package main // changed\n");
+        write(d, "services/api/new/handler.go", "package new\n");
+        std::fs::remove_file(d.join("README.md")).unwrap();
+        git(d, &["add", "-A"]);
+        git(d, &["commit", "-q", "-m", "change api"]);
+        // Uncommitted edits do not count.
+        write(d, "services/web/index.js", "2\n");
+        let got = changed_since(d, &base).unwrap().unwrap();
+        let judge: Vec<String> = git(d, &["diff", "--name-only", &base, "HEAD"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(got, judge);
+        assert_eq!(
+            got,
+            [
+                "README.md",
+                "services/api/main.go",
+                "services/api/new/handler.go"
+            ]
+        );
+        assert_eq!(
+            changed_since(d, "HEAD").unwrap().unwrap(),
+            Vec::<String>::new()
+        );
+        let e = changed_since(d, "no-such-branch").unwrap_err();
+        assert!(e.to_string().contains("revision \"no-such-branch\""), "{e}");
+    }
+}
