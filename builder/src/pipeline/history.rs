@@ -1,0 +1,494 @@
+//! The runs of a pipeline, kept in the store: each run's number (`FORGE_BUILD_NUMBER` when
+//! `--build-number` is not given), commit, branch, result and timing, each job's result, and each
+//! job's log compressed with zstd. `forge history` lists them and `forge logs` prints a log.
+//!
+//! Layout under the store root: `runs/<pipeline>/` holds `counter` (the last number handed out,
+//! changed only under `counter.lock`), and one directory per run, `<number>/`, with `run.json`
+//! (replaced whole, by rename, at every update) and `logs/<job-file>.log.zst`. A run in progress
+//! holds `<number>/live.lock`; a run whose record still says running but whose lock nobody holds
+//! was killed, and is listed as interrupted. Logs are stored as the job printed them after secret
+//! masking, which the caller does before a line reaches [`LogWriter`].
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use forge_snapshotter::lock::{FileLock, LockMode};
+use serde::{Deserialize, Serialize};
+
+/// How a run ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Running,
+    Passed,
+    Failed,
+    Cancelled,
+    /// Its record says running, but the process running it is gone.
+    Interrupted,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    Passed,
+    Failed,
+    /// Failed, with `allow_failure: true`: the run goes on and may pass.
+    AllowedFailure,
+    /// Its recorded result was reused; it did not run.
+    Cached,
+    /// Not run: a rule or `when:` said so, or what it needs failed.
+    Skipped,
+    Cancelled,
+}
+
+/// One job of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    pub result: JobResult,
+    pub duration_ms: u64,
+    /// The log's file name under `logs/`, when the job printed anything.
+    pub log: Option<String>,
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub number: u64,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub duration_ms: u64,
+    pub commit: String,
+    pub branch: String,
+    pub result: RunResult,
+    pub jobs: Vec<JobRecord>,
+}
+
+impl RunRecord {
+    /// Jobs that ran, were served from the cache, and failed: `forge history`'s columns.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |f: fn(JobResult) -> bool| self.jobs.iter().filter(|j| f(j.result)).count();
+        (
+            count(|r| {
+                matches!(
+                    r,
+                    JobResult::Passed | JobResult::Failed | JobResult::AllowedFailure
+                )
+            }),
+            count(|r| r == JobResult::Cached),
+            count(|r| matches!(r, JobResult::Failed)),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("run history {path}: {what}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("run history {path}: unreadable record: {source}")]
+    Record {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no run {number} in the history of this pipeline")]
+    NoRun { number: u64 },
+    #[error("run {number} has no job {job:?}; its jobs: {known}")]
+    NoJob {
+        number: u64,
+        job: String,
+        known: String,
+    },
+    #[error("job {job:?} of run {number} printed nothing")]
+    NoLog { number: u64, job: String },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HistoryError {
+    let path = path.to_path_buf();
+    move |source| HistoryError::Io { what, path, source }
+}
+
+/// The history of one pipeline.
+#[derive(Debug, Clone)]
+pub struct History {
+    dir: PathBuf,
+}
+
+impl History {
+    /// The history of the pipeline `key` (a stable name for it: the file's path in its repository,
+    /// say) in the store at `store_root`.
+    pub fn open(store_root: &Path, key: &str) -> Result<History, HistoryError> {
+        let hash = blake3::hash(key.as_bytes()).to_hex();
+        let dir = store_root.join("runs").join(&hash[..16]);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        Ok(History { dir })
+    }
+
+    /// Starts run number `number` (from `--build-number`) or the next number of the counter, and
+    /// returns it with the handle that records its progress. Numbers never repeat: the counter only
+    /// grows, and an explicit number already used is refused.
+    pub fn start(
+        &self,
+        number: Option<u64>,
+        commit: &str,
+        branch: &str,
+    ) -> Result<RunHandle, HistoryError> {
+        let lock_path = self.dir.join("counter.lock");
+        let _counter = FileLock::acquire(&lock_path, LockMode::Exclusive)
+            .map_err(io_err("lock", &lock_path))?;
+        let counter = self.dir.join("counter");
+        let last = match fs::read_to_string(&counter) {
+            Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err("read", &counter)(e)),
+        };
+        let number = number.unwrap_or(last + 1);
+        let dir = self.dir.join(number.to_string());
+        // An explicit number may repeat one handed out before: the directory says so.
+        fs::create_dir(&dir).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => HistoryError::Io {
+                what: "a run with this number exists already",
+                path: dir.clone(),
+                source: e,
+            },
+            _ => io_err("create", &dir)(e),
+        })?;
+        if number > last {
+            write_atomic(&counter, number.to_string().as_bytes())?;
+        }
+        let live_path = dir.join("live.lock");
+        let live = FileLock::acquire(&live_path, LockMode::Exclusive)
+            .map_err(io_err("lock", &live_path))?;
+        fs::create_dir(dir.join("logs")).map_err(io_err("create", &dir.join("logs")))?;
+        let record = RunRecord {
+            number,
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            duration_ms: 0,
+            commit: commit.into(),
+            branch: branch.into(),
+            result: RunResult::Running,
+            jobs: Vec::new(),
+        };
+        let handle = RunHandle {
+            dir,
+            record,
+            _live: live,
+        };
+        handle.save()?;
+        Ok(handle)
+    }
+
+    /// Every run, oldest first; a run left running by a dead process shows as interrupted.
+    pub fn list(&self) -> Result<Vec<RunRecord>, HistoryError> {
+        let mut runs = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(runs),
+            Err(e) => return Err(io_err("list", &self.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.dir))?;
+            let Some(number) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            // A directory without its record yet is a run being started this instant.
+            if let Some(run) = self.read(number)? {
+                runs.push(run);
+            }
+        }
+        runs.sort_by_key(|r| r.number);
+        Ok(runs)
+    }
+
+    fn read(&self, number: u64) -> Result<Option<RunRecord>, HistoryError> {
+        let dir = self.dir.join(number.to_string());
+        let path = dir.join("run.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let mut run: RunRecord =
+            serde_json::from_slice(&bytes).map_err(|source| HistoryError::Record {
+                path: path.clone(),
+                source,
+            })?;
+        if run.result == RunResult::Running && !FileLock::is_held(&dir.join("live.lock")) {
+            run.result = RunResult::Interrupted;
+        }
+        Ok(Some(run))
+    }
+
+    /// Run `number`.
+    pub fn run(&self, number: u64) -> Result<RunRecord, HistoryError> {
+        self.read(number)?.ok_or(HistoryError::NoRun { number })
+    }
+
+    /// The commit of the newest run that passed: what `rules: changes:` compares with when no
+    /// `--changed-since` is given.
+    pub fn last_passed_commit(&self) -> Result<Option<String>, HistoryError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .rev()
+            .find(|r| r.result == RunResult::Passed && !r.commit.is_empty())
+            .map(|r| r.commit))
+    }
+
+    /// Writes job `job`'s stored log of run `number` to `out`, line by line.
+    pub fn copy_log(
+        &self,
+        number: u64,
+        job: &str,
+        out: &mut dyn Write,
+    ) -> Result<(), HistoryError> {
+        let run = self.run(number)?;
+        let Some(record) = run.jobs.iter().find(|j| j.name == job) else {
+            return Err(HistoryError::NoJob {
+                number,
+                job: job.into(),
+                known: run
+                    .jobs
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let Some(file) = &record.log else {
+            return Err(HistoryError::NoLog {
+                number,
+                job: job.into(),
+            });
+        };
+        let path = self.dir.join(number.to_string()).join("logs").join(file);
+        let f = File::open(&path).map_err(io_err("open", &path))?;
+        let reader = zstd::Decoder::new(f).map_err(io_err("decompress", &path))?;
+        for line in io::BufReader::new(reader).lines() {
+            let line = line.map_err(io_err("decompress", &path))?;
+            writeln!(out, "{line}").map_err(io_err("write", Path::new("the output")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A run being recorded; its live lock is held until this is dropped.
+#[derive(Debug)]
+pub struct RunHandle {
+    dir: PathBuf,
+    record: RunRecord,
+    _live: FileLock,
+}
+
+impl RunHandle {
+    pub fn number(&self) -> u64 {
+        self.record.number
+    }
+
+    pub fn record(&self) -> &RunRecord {
+        &self.record
+    }
+
+    fn save(&self) -> Result<(), HistoryError> {
+        let bytes = serde_json::to_vec_pretty(&self.record).expect("a run record serialises");
+        write_atomic(&self.dir.join("run.json"), &bytes)
+    }
+
+    /// A log for job `name`, compressed as it is written; [`LogWriter::finish`] ends it.
+    pub fn log(&self, name: &str) -> Result<LogWriter, HistoryError> {
+        let file_name = format!("{}.log.zst", &blake3::hash(name.as_bytes()).to_hex()[..16]);
+        let path = self.dir.join("logs").join(&file_name);
+        let f = File::create(&path).map_err(io_err("create", &path))?;
+        let encoder = zstd::Encoder::new(f, 3).map_err(io_err("compress", &path))?;
+        Ok(LogWriter {
+            path,
+            file_name,
+            encoder,
+            lines: 0,
+        })
+    }
+
+    /// Records a job's end (replacing an earlier record of the same job).
+    pub fn job_done(
+        &mut self,
+        name: &str,
+        result: JobResult,
+        duration: Duration,
+        log: Option<LogDone>,
+    ) -> Result<(), HistoryError> {
+        self.record.jobs.retain(|j| j.name != name);
+        self.record.jobs.push(JobRecord {
+            name: name.into(),
+            result,
+            duration_ms: duration.as_millis() as u64,
+            log: log.filter(|l| l.lines > 0).map(|l| l.file_name),
+        });
+        self.save()
+    }
+
+    /// Records the run's end.
+    pub fn finish(
+        mut self,
+        result: RunResult,
+        duration: Duration,
+    ) -> Result<RunRecord, HistoryError> {
+        self.record.result = result;
+        self.record.duration_ms = duration.as_millis() as u64;
+        self.save()?;
+        Ok(self.record.clone())
+    }
+}
+
+/// A job's log being written.
+pub struct LogWriter {
+    path: PathBuf,
+    file_name: String,
+    encoder: zstd::Encoder<'static, File>,
+    lines: u64,
+}
+
+/// A finished log, for [`RunHandle::job_done`].
+#[derive(Debug)]
+pub struct LogDone {
+    file_name: String,
+    lines: u64,
+}
+
+impl LogWriter {
+    /// Appends one line (already masked by the caller).
+    pub fn line(&mut self, line: &str) -> Result<(), HistoryError> {
+        self.lines += 1;
+        writeln!(self.encoder, "{line}").map_err(io_err("write", &self.path))
+    }
+
+    pub fn finish(self) -> Result<LogDone, HistoryError> {
+        let path = self.path;
+        let f = self.encoder.finish().map_err(io_err("compress", &path))?;
+        f.sync_all().map_err(io_err("sync", &path))?;
+        Ok(LogDone {
+            file_name: self.file_name,
+            lines: self.lines,
+        })
+    }
+}
+
+/// Replaces `path` whole: written beside it, synced, renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HistoryError> {
+    let tmp = path.with_extension(format!("tmp-{}", forge_snapshotter::lock::random_hex()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_numbered_recorded_and_listed_with_their_logs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "repo/forge.yaml").unwrap();
+        assert_eq!(h.list().unwrap(), vec![]);
+        let mut run = h.start(None, "abc123", "main").unwrap();
+        assert_eq!(run.number(), 1);
+        // Running while its handle lives.
+        assert_eq!(h.run(1).unwrap().result, RunResult::Running);
+        let mut log = run.log("unit: [1, p]").unwrap();
+        log.line("ok 1 - adds").unwrap();
+        log.line("not ok 2 - ****").unwrap();
+        let done = log.finish().unwrap();
+        run.job_done(
+            "unit: [1, p]",
+            JobResult::Failed,
+            Duration::from_millis(1500),
+            Some(done),
+        )
+        .unwrap();
+        run.job_done("lint", JobResult::Cached, Duration::ZERO, None)
+            .unwrap();
+        let rec = run
+            .finish(RunResult::Failed, Duration::from_secs(3))
+            .unwrap();
+        assert_eq!(rec.counts(), (1, 1, 1));
+
+        let mut out = Vec::new();
+        h.copy_log(1, "unit: [1, p]", &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ok 1 - adds\nnot ok 2 - ****\n"
+        );
+        let e = h.copy_log(1, "nope", &mut Vec::new()).unwrap_err();
+        assert!(
+            e.to_string().contains("its jobs: unit: [1, p], lint"),
+            "{e}"
+        );
+        assert!(matches!(
+            h.copy_log(1, "lint", &mut Vec::new()),
+            Err(HistoryError::NoLog { .. })
+        ));
+        assert!(matches!(h.run(9), Err(HistoryError::NoRun { number: 9 })));
+
+        // The next run takes the next number; an explicit one is used once only.
+        let run2 = h.start(None, "def456", "main").unwrap();
+        assert_eq!(run2.number(), 2);
+        run2.finish(RunResult::Passed, Duration::from_secs(1))
+            .unwrap();
+        let run10 = h.start(Some(10), "def456", "main").unwrap();
+        drop(run10);
+        assert!(h.start(Some(10), "x", "main").is_err());
+        assert_eq!(h.start(None, "x", "main").unwrap().number(), 11);
+        let numbers: Vec<u64> = h.list().unwrap().iter().map(|r| r.number).collect();
+        assert_eq!(numbers, vec![1, 2, 10, 11]);
+        // Run 10's handle was dropped without finishing: a killed run.
+        assert_eq!(h.run(10).unwrap().result, RunResult::Interrupted);
+        assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("def456"));
+    }
+
+    #[test]
+    fn concurrent_starts_never_share_a_number() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let h = History::open(&root, "p").unwrap();
+                    (0..5)
+                        .map(|_| {
+                            let run = h.start(None, "", "").unwrap();
+                            let n = run.number();
+                            run.finish(RunResult::Passed, Duration::ZERO).unwrap();
+                            n
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort();
+        assert_eq!(all, (1..=40).collect::<Vec<_>>());
+    }
+}
