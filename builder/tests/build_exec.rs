@@ -1122,7 +1122,7 @@ fn graph_with_test_steps(context: &Path) -> Graph {
     let failing = test(
         &mut b,
         "mkdir -p /reports && echo '<testsuite failures=\"1\"/>' > /reports/junit.xml \
-         && echo ran > /run.log && exit 3",
+         && echo ran > /run.log && echo checked 3 things && echo one failed >&2 && exit 3",
         &["/reports", "/run.log", "/missing"],
     );
     let passing = test(&mut b, "true", &["/nothing/here"]);
@@ -1133,7 +1133,7 @@ fn graph_with_test_steps(context: &Path) -> Graph {
 }
 
 #[test]
-fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
+fn a_test_step_gives_its_exit_code_artifacts_and_log_and_only_a_pass_is_served_from_cache() {
     use forge_builder::ops::Artifacts;
     use forge_builder::solver::{SolveOptions, Solver};
     if !prerequisites() {
@@ -1167,6 +1167,7 @@ fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
                     size,
                     paths,
                 }),
+            log: Some(log),
         } = &failed.output
         else {
             panic!("{backend:?}: {:?}", failed.output);
@@ -1203,24 +1204,41 @@ fn a_test_step_gives_its_exit_code_and_artifacts_and_is_served_from_cache() {
             "{files:?}"
         );
         assert_eq!(files.get("run.log").map(String::as_str), Some("ran\n"));
+        // The step's output is its log, both streams.
+        let mut text = String::new();
+        bench
+            .store
+            .open_blob(&log.digest)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        // Two pipes: the order between the streams is the order lines arrived in.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["checked 3 things", "one failed"]);
+        assert_eq!((log.lines, log.size), (2, text.len() as u64));
         let passed = first.get(gates[1]).unwrap();
         assert_eq!(
             passed.output,
             Built::Test {
                 exit_code: 0,
-                artifacts: None
+                artifacts: None,
+                log: None,
             }
         );
         bench.assert_clean();
 
-        // A fresh executor on the same cache: both verdicts come from their records.
+        // A fresh executor on the same cache: the passing verdict comes from its record; the
+        // failing one runs again (a failure is never served from the cache).
         let second = runtime().block_on(solve());
-        for g in &gates {
-            let (one, two) = (first.get(*g).unwrap(), second.get(*g).unwrap());
-            assert!(two.cached, "{backend:?}");
-            assert_eq!((&one.output, one.key), (&two.output, two.key));
-        }
-        assert_eq!(second.executed(), 0);
+        let (one, two) = (first.get(gates[1]).unwrap(), second.get(gates[1]).unwrap());
+        assert!(two.cached, "{backend:?}");
+        assert_eq!((&one.output, one.key), (&two.output, two.key));
+        let again = second.get(gates[0]).unwrap();
+        assert!(!again.cached, "{backend:?}: a failed verdict was reused");
+        assert_eq!(again.key, failed.key);
+        assert!(matches!(again.output, Built::Test { exit_code: 3, .. }));
+        assert_eq!(second.executed(), 1);
         bench.assert_clean();
     }
 }

@@ -1,14 +1,15 @@
-//! Files the operations write outside a snapshot: a test step's artifacts tarred into one blob, and
-//! the build context's view (what `.dockerignore` keeps) recreated for a bind or a cache seed.
+//! Files the operations write outside a snapshot: a test step's artifacts tarred into one blob, its
+//! output kept as a log blob, and the build context's view (what `.dockerignore` keeps) recreated
+//! for a bind or a cache seed.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use forge_snapshotter::compress::HashingWriter;
-use forge_snapshotter::store::{Digest as BlobDigest, Store};
+use forge_snapshotter::store::{Digest as BlobDigest, Store, TempPath};
 
-use super::{Artifacts, ExecError, io_err};
+use super::{Artifacts, ExecError, TestLog, io_err};
 use crate::fileop::{self, FileOpError};
 use crate::source::context::ContextSnapshot;
 
@@ -76,6 +77,66 @@ pub(super) fn tar_artifacts(
         size,
         paths,
     }))
+}
+
+/// A test step's output, written line by line to a temporary file of the store and hashed as it
+/// goes; [`TestLogWriter::finish`] moves it in as a blob.
+pub(super) struct TestLogWriter {
+    tmp: TempPath,
+    out: HashingWriter<BufWriter<File>>,
+    lines: u64,
+    /// The first write error: the step goes on (its verdict does not depend on its log), and
+    /// `finish` reports it.
+    error: Option<std::io::Error>,
+}
+
+impl TestLogWriter {
+    pub(super) fn create(store: &Store) -> Result<TestLogWriter, ExecError> {
+        let tmp = store.temp_path("test-log")?;
+        let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        Ok(TestLogWriter {
+            tmp,
+            out: HashingWriter::new(BufWriter::new(file)),
+            lines: 0,
+            error: None,
+        })
+    }
+
+    pub(super) fn line(&mut self, line: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        self.lines += 1;
+        if let Err(e) = writeln!(self.out, "{line}") {
+            self.error = Some(e);
+        }
+    }
+
+    /// The log as a blob; `None` when the step printed nothing.
+    pub(super) fn finish(self, store: &Store) -> Result<Option<TestLog>, ExecError> {
+        if let Some(e) = self.error {
+            return Err(io_err("writing the test log", &self.tmp)(e));
+        }
+        if self.lines == 0 {
+            return Ok(None);
+        }
+        let (buffered, digest, size) = self.out.finish();
+        buffered
+            .into_inner()
+            .map_err(|e| io_err("writing the test log", &self.tmp)(e.into_error()))?
+            .sync_all()
+            .map_err(io_err("syncing", &self.tmp))?;
+        let digest: BlobDigest = digest
+            .to_string()
+            .parse()
+            .map_err(|e| ExecError::Internal(format!("test log digest: {e}")))?;
+        store.adopt(&self.tmp, &digest, size)?;
+        Ok(Some(TestLog {
+            digest,
+            size,
+            lines: self.lines,
+        }))
+    }
 }
 
 /// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,

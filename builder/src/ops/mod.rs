@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use forge_runner::backend::{Backend, RunError, Runner};
 use forge_runner::spec::{
@@ -39,7 +39,7 @@ use crate::source::context::{ContextError, ContextSnapshot};
 mod files;
 mod mount;
 
-use files::{populate_view, tar_artifacts};
+use files::{TestLogWriter, populate_view, tar_artifacts};
 pub use mount::Mounted;
 
 /// One layer of a result: what a manifest and a config need, and where the blob is (the store).
@@ -79,7 +79,19 @@ pub enum Built {
     Test {
         exit_code: i32,
         artifacts: Option<Artifacts>,
+        /// What the step printed (masked, both streams in arrival order), kept so that a verdict
+        /// served from the cache can show its log again; `None` when it printed nothing.
+        #[serde(default)]
+        log: Option<TestLog>,
     },
+}
+
+/// A test step's output as a blob of text lines in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestLog {
+    pub digest: BlobDigest,
+    pub size: u64,
+    pub lines: u64,
 }
 
 impl Record for Built {
@@ -106,7 +118,11 @@ impl Built {
         match self {
             Built::Fs { layers } => layers.iter().map(|l| l.digest.clone()).collect(),
             Built::Local { .. } => Vec::new(),
-            Built::Test { artifacts, .. } => artifacts.iter().map(|a| a.digest.clone()).collect(),
+            Built::Test { artifacts, log, .. } => artifacts
+                .iter()
+                .map(|a| a.digest.clone())
+                .chain(log.iter().map(|l| l.digest.clone()))
+                .collect(),
         }
     }
 }
@@ -796,8 +812,19 @@ impl BuildExecutor {
         let masks = Arc::new(secret_masks(&secret_values));
         let events = self.cfg.events.clone();
         let sink_masks = masks.clone();
+        // A test step's output is also kept, as its log (see `Built::Test`).
+        let test_log = match &op.test {
+            Some(_) => Some(Arc::new(Mutex::new(TestLogWriter::create(
+                &self.cfg.store,
+            )?))),
+            None => None,
+        };
+        let sink_log = test_log.clone();
         let mut sink = move |stream: Stream, line: &str| {
             let line = mask(&sink_masks, line);
+            if let Some(log) = &sink_log {
+                log.lock().unwrap_or_else(|e| e.into_inner()).line(&line);
+            }
             events.emit(BuildEvent::Output {
                 vertex: vertex_ref,
                 stream: match stream {
@@ -808,6 +835,7 @@ impl BuildExecutor {
             });
         };
         let ran = self.cfg.runner.run(&spec, &mut sink, cancel).await;
+        drop(sink);
         cleanup(held, &scratch_keys);
         let outcome = match ran {
             Ok(o) => o,
@@ -820,9 +848,17 @@ impl BuildExecutor {
             // A test's verdict is its result: nothing is committed, whatever the exit status.
             let taken = self.take_artifacts(&rootfs, &test.artifacts).await;
             let _ = self.cfg.snapshots.remove(&key);
+            let log = match test_log.and_then(Arc::into_inner) {
+                Some(l) => l
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .finish(&self.cfg.store)?,
+                None => return Err(ExecError::Internal("the test log is still shared".into())),
+            };
             return Ok(Built::Test {
                 exit_code: outcome.exit_code,
                 artifacts: taken?,
+                log,
             });
         }
         if !outcome.success() {
@@ -963,6 +999,11 @@ impl Executor for BuildExecutor {
     /// A record whose blobs are gone (a prune, a store repaired by hand) is a miss: the step runs
     /// again instead of a later step or the push failing on the missing blob.
     fn usable(&self, output: &Built) -> bool {
+        // A failed test verdict is never served from the cache: the failure may have been the
+        // machine's (a flaky service, a full disk), and a rerun is what a user asks for.
+        if matches!(output, Built::Test { exit_code, .. } if *exit_code != 0) {
+            return false;
+        }
         output.blobs().iter().all(|d| self.cfg.store.has_blob(d))
     }
 
