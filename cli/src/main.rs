@@ -114,6 +114,10 @@ pub(crate) fn failed(message: String) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    if let Err(e) = unsafe { forge_snapshotter::registry::roots::prepare_process() } {
+        eprintln!("warning: cannot provide the bundled CA certificates: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parse { dump, file } => parse_cmd(dump, &file),

@@ -250,7 +250,14 @@ impl HttpFetcher {
                 attempt.follow()
             }
         });
+        // Explicit roots, never the platform verifier, which refuses to start without a system
+        // store (see forge_snapshotter::registry::roots).
+        let roots = forge_snapshotter::registry::roots::trust_roots()
+            .certs
+            .iter()
+            .filter_map(|c| reqwest::Certificate::from_der(c).ok());
         let mut builder = reqwest::Client::builder()
+            .tls_certs_only(roots)
             .redirect(policy)
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)

@@ -8,6 +8,7 @@
 mod auth;
 mod pull;
 mod push;
+pub mod roots;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -75,9 +76,19 @@ fn install_crypto_provider() {
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> RegistryClient {
         install_crypto_provider();
+        // Explicit roots: the client never depends on a system store existing (see `roots`).
+        let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
+            .certs
+            .iter()
+            .map(|c| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Der,
+                data: c.to_vec(),
+            })
+            .collect();
         let make = |protocol| {
             oci_client::Client::new(ClientConfig {
                 protocol,
+                tls_certs_only: roots.clone(),
                 read_timeout: Some(config.read_timeout),
                 connect_timeout: Some(Duration::from_secs(30)),
                 max_concurrent_download: config.max_concurrent_downloads,
