@@ -16,6 +16,7 @@ pub mod frontend;
 pub mod gc;
 pub mod graph;
 pub mod ops;
+pub mod pipeline;
 pub mod scratch;
 pub mod slashpath;
 pub mod solver;
