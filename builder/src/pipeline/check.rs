@@ -543,12 +543,19 @@ fn rules(
             .and_then(|s| match Expr::parse(&s.value) {
                 Ok(e) => Some(Some(e)),
                 Err(e) => {
+                    let hint = match e.open {
+                        Some(open) => Some(format!(
+                            "the `(` at column {} is not closed",
+                            inner_pos(s, source, open, 1).column
+                        )),
+                        None => e.hint,
+                    };
                     errors.push(
                         PipelineError::new(
                             inner_pos(s, source, e.offset, e.width),
                             format!("in `if:`: {}", e.message),
                         )
-                        .with_hint(e.hint),
+                        .with_hint(hint),
                     );
                     None
                 }

@@ -159,7 +159,7 @@ pub(super) fn find_cycle(
     };
     let build = |i: usize| nj + i;
     let push = |i: usize| nj + ni + i;
-    let mut edges: Vec<Vec<(usize, Pos)>> = vec![Vec::new(); nj + 2 * ni];
+    let mut edges: Vec<Vec<(usize, Pos, bool)>> = vec![Vec::new(); nj + 2 * ni];
     let stage_rank = |s: &str| p.stages.iter().position(|x| x == s).unwrap_or(usize::MAX);
     for (j, job) in p.jobs.iter().enumerate() {
         let Some(spec) = file.jobs.get(&job.base) else {
@@ -170,7 +170,7 @@ pub(super) fn find_cycle(
                 let mine = stage_rank(&job.stage);
                 for (k, other) in p.jobs.iter().enumerate() {
                     if stage_rank(&other.stage) < mine {
-                        edges[j].push((k, pos_of(located[j])));
+                        edges[j].push((k, pos_of(located[j]), true));
                     }
                 }
             }
@@ -178,10 +178,10 @@ pub(super) fn find_cycle(
                 for n in list {
                     if let Some(&i) = image_index.get(n.value.as_str()) {
                         let to = if p.images[i].push { push(i) } else { build(i) };
-                        edges[j].push((to, pos_of(n)));
+                        edges[j].push((to, pos_of(n), false));
                     } else {
                         for k in job_index(&n.value) {
-                            edges[j].push((k, pos_of(n)));
+                            edges[j].push((k, pos_of(n), false));
                         }
                     }
                 }
@@ -197,7 +197,7 @@ pub(super) fn find_cycle(
             if let ImageUse::Named(n) | ImageUse::Stage { image: n, .. } = image
                 && let Some(&i) = image_index.get(n.as_str())
             {
-                edges[j].push((build(i), at));
+                edges[j].push((build(i), at, false));
             }
         }
     }
@@ -216,15 +216,15 @@ pub(super) fn find_cycle(
         };
         for a in &img.artifacts_from {
             for k in job_index(a) {
-                edges[build(i)].push((k, entry_pos(&spec.artifacts_from, a)));
+                edges[build(i)].push((k, entry_pos(&spec.artifacts_from, a), false));
             }
         }
         if img.push {
-            edges[push(i)].push((build(i), pos_of(name)));
+            edges[push(i)].push((build(i), pos_of(name), false));
             for n in &img.push_needs {
                 let at = entry_pos(spec.needs.as_deref().unwrap_or_default(), n);
                 for k in job_index(n) {
-                    edges[push(i)].push((k, at));
+                    edges[push(i)].push((k, at, false));
                 }
             }
         }
@@ -247,7 +247,7 @@ pub(super) fn find_cycle(
         let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
         color[start] = 1;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&(to, _)) = edges[node].get(*next) {
+            if let Some(&(to, _, _)) = edges[node].get(*next) {
                 *next += 1;
                 match color[to] {
                     0 => {
@@ -260,15 +260,25 @@ pub(super) fn find_cycle(
                         let second = path.get(1).copied().unwrap_or(to);
                         let at = edges[to]
                             .iter()
-                            .find(|(t, _)| *t == second)
-                            .map_or(Pos::new(1, 1, 1), |(_, at)| *at);
+                            .find(|(t, _, _)| *t == second)
+                            .map_or(Pos::new(1, 1, 1), |(_, at, _)| *at);
                         let mut names: Vec<String> = path.iter().map(|n| label(*n)).collect();
                         names.push(label(to));
+                        // A job without `needs:` waits for the earlier stages: say which one does.
+                        let by_stage = path
+                            .iter()
+                            .zip(path.iter().skip(1).chain([&to]))
+                            .find(|(a, b)| edges[**a].iter().any(|(t, _, s)| t == *b && *s));
                         let unique: BTreeSet<&String> = names.iter().collect();
                         let hint = if unique.len() == 1 {
                             "a job cannot need itself".to_string()
+                        } else if let Some((a, _)) = by_stage {
+                            format!(
+                                "`{}` has no `needs:`, so it waits for every job of the earlier stages; give it `needs:`",
+                                label(*a)
+                            )
                         } else {
-                            "remove one of these needs; a job without `needs:` waits for every job of the earlier stages".to_string()
+                            "remove one of these needs".to_string()
                         };
                         return Some(
                             PipelineError::new(at, format!("cycle: {}", names.join(" -> ")))

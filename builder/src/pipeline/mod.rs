@@ -118,6 +118,15 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
                 "expected mapping start" => {
                     PipelineError::new(pos, "wrong type: expected a mapping (key: value)")
                 }
+                // A budget breach seen through an alias arrives wrapped, as text.
+                m if m.starts_with("budget breached") => PipelineError::new(
+                    pos,
+                    format!(
+                        "YAML exceeds a resource limit ({})",
+                        m.trim_start_matches("budget breached: ")
+                    ),
+                )
+                .with_hint(Some(depth_hint())),
                 _ => PipelineError::new(pos, message.into_owned()),
             }
         }
@@ -125,7 +134,9 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
 }
 
 fn depth_hint() -> String {
-    format!("forge.yaml allows {MAX_YAML_DEPTH} levels of nesting and {MAX_ALIASES} aliases")
+    format!(
+        "forge.yaml allows {MAX_YAML_DEPTH} levels of nesting, {MAX_ALIASES} aliases and {MAX_NODES} nodes"
+    )
 }
 
 /// Keeps a position the YAML library reports inside the text: an error at the end of the input

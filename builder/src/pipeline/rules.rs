@@ -32,6 +32,8 @@ pub struct ExprError {
     pub width: usize,
     pub message: String,
     pub hint: Option<String>,
+    /// For an unclosed `(`, the offset where it was opened (the hint names its column).
+    pub open: Option<usize>,
 }
 
 /// A value in an expression: text or `null` (an undefined variable, or the literal).
@@ -80,7 +82,8 @@ impl Expr {
         let e = p.or(0)?;
         p.skip_space();
         if p.at < p.chars.len() {
-            return Err(p.error(p.at, 1, "unexpected text after the expression", None));
+            let hint = (p.chars[p.at] == '=').then_some("compare with ==, !=, =~ or !~");
+            return Err(p.error(p.at, 1, "unexpected text after the expression", hint));
         }
         Ok(e)
     }
@@ -111,6 +114,7 @@ impl Parser {
             width: width.max(1),
             message: msg.to_string(),
             hint: hint.map(str::to_string),
+            open: None,
         }
     }
 
@@ -295,9 +299,9 @@ impl Parser {
 }
 
 impl ExprError {
-    /// Points the hint at where an unclosed `(` was opened.
+    /// Remembers where an unclosed `(` was opened.
     fn with_note(mut self, open: usize) -> ExprError {
-        self.hint = Some(format!("the `(` at offset {} is not closed", open + 1));
+        self.open = Some(open);
         self
     }
 }
