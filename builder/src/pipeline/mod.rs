@@ -12,6 +12,7 @@ pub mod error;
 mod expand;
 pub mod file;
 mod graph;
+mod plan;
 pub mod rules;
 
 pub use check::{

@@ -233,3 +233,23 @@ fn empty_and_odd_inputs_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn a_key_written_twice_is_an_error() {
+    let e = errors(
+        "jobs:\n  unit:\n    image: a\n    script: [x]\n  unit:\n    image: b\n    script: [y]\n",
+    );
+    assert_eq!(e.errors[0].pos.line, 5, "{e}");
+}
+
+#[test]
+fn needs_name_a_whole_matrix_or_one_instance() {
+    let src = "jobs:\n  unit:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - V: [1, p]\n  one:\n    image: alpine\n    script: [x]\n    needs: ['unit: [1]']\n  all:\n    image: alpine\n    script: [x]\n    needs: [unit]\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(
+        job(&p, "one").needs,
+        Some(vec![Need::Job("unit: [1]".into())])
+    );
+    assert_eq!(job(&p, "all").needs, Some(vec![Need::Job("unit".into())]));
+    assert!(job(&p, "unit: [p]").variables["V"] == "p");
+}
