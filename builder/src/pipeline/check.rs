@@ -434,30 +434,26 @@ fn rules(
     }
     let mut decided = None;
     for (index, r) in list.iter().enumerate() {
-        let expr = r
-            .if_
-            .as_ref()
-            .and_then(|s| match Expr::parse(&s.value) {
-                Ok(e) => Some(Some(e)),
-                Err(e) => {
-                    let hint = match e.open {
-                        Some(open) => Some(format!(
-                            "the `(` at column {} is not closed",
-                            inner_pos(s, source, open, 1).column
-                        )),
-                        None => e.hint,
-                    };
-                    errors.push(
-                        PipelineError::new(
-                            inner_pos(s, source, e.offset, e.width),
-                            format!("in `if:`: {}", e.message),
-                        )
-                        .with_hint(hint),
-                    );
-                    None
-                }
-            })
-            .unwrap_or(None);
+        let expr = r.if_.as_ref().and_then(|s| match Expr::parse(&s.value) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                let hint = match e.open {
+                    Some(open) => Some(format!(
+                        "the `(` at column {} is not closed",
+                        inner_pos(s, source, open, 1).column
+                    )),
+                    None => e.hint,
+                };
+                errors.push(
+                    PipelineError::new(
+                        inner_pos(s, source, e.offset, e.width),
+                        format!("in `if:`: {}", e.message),
+                    )
+                    .with_hint(hint),
+                );
+                None
+            }
+        });
         let changes = match Changes::new(r.changes.iter().map(|c| c.value.as_str())) {
             Ok(c) => Some(c),
             Err((i, msg)) => {

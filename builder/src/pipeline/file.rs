@@ -328,8 +328,8 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
-/// A scalar read as text whatever YAML made of it (`1`, `true`, `3.10` as written by
-/// serde-saphyr's formatting): variable values and matrix values are strings to the shell.
+/// A scalar read as its text, whatever YAML would make of it: `3.10` stays `3.10` (not the float
+/// 3.1), `010` and `yes` stay as written. Variable and matrix values are strings to the shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Text(pub String);
 
@@ -357,11 +357,12 @@ impl<'de> Deserialize<'de> for Text {
                 Ok(Text(v.to_string()))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_str(V)
     }
 }
 
-/// One value or a list of them (`junit: report.xml` or `junit: [a.xml, b.xml]`).
+/// One value or a list of them (`junit: report.xml` or `junit: [a.xml, b.xml]`). A lone scalar
+/// goes through YAML's typing first (`3.10` alone reads as 3.1); in a list each keeps its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OneOrMany<T>(pub Vec<T>);
 

@@ -253,3 +253,32 @@ fn needs_name_a_whole_matrix_or_one_instance() {
     assert_eq!(job(&p, "all").needs, Some(vec![Need::Job("unit".into())]));
     assert!(job(&p, "unit: [p]").variables["V"] == "p");
 }
+
+#[test]
+fn scalars_keep_their_text() {
+    let src = "variables:\n  PY: 3.10\n  N: 010\n  B: yes\n  T: true\n  F: 1e3\njobs: {}\n";
+    let p = ok(src, &CheckOptions::default());
+    for (k, v) in [
+        ("PY", "3.10"),
+        ("N", "010"),
+        ("B", "yes"),
+        ("T", "true"),
+        ("F", "1e3"),
+    ] {
+        assert_eq!(p.variables[k], v, "{k}");
+    }
+}
+
+#[test]
+fn deep_block_nesting_is_refused_not_overflowed() {
+    // 2,000 levels: indentation grows with depth, so deeper would pass the file size bound first.
+    let deep: String = (1..2_000)
+        .map(|i| format!("\n{}a:", " ".repeat(i)))
+        .collect();
+    let e = errors(&format!("variables:{deep} x\n"));
+    assert!(
+        e.errors[0].message.contains("deeper than 32"),
+        "{}",
+        e.errors[0].message
+    );
+}
