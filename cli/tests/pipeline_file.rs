@@ -58,6 +58,7 @@ const BAD: &[&str] = &[
     "yaml-syntax",
     "unknown-key",
     "wrong-type",
+    "missing-key",
     "bad-duration",
     "bad-when",
     "needs-nothing",

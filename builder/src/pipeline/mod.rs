@@ -32,8 +32,8 @@ pub const MAX_YAML_DEPTH: usize = 32;
 pub const MAX_ALIASES: usize = 1000;
 /// Largest forge.yaml read.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
-/// Most YAML nodes in one file.
-const MAX_NODES: usize = 200_000;
+/// Most YAML nodes in one file, aliases expanded: far above any real pipeline, far below a bomb.
+pub const MAX_NODES: usize = 200_000;
 
 /// Reads `source` as a forge.yaml into its located model; `file` is the name errors report.
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
@@ -97,6 +97,11 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
             variant, expected, ..
         } => PipelineError::new(pos, format!("unknown value `{variant}`"))
             .with_hint(did_you_mean(variant, expected)),
+        E::SerdeMissingField { field, .. } => {
+            PipelineError::new(pos, format!("missing key `{field}`")).with_hint(Some(format!(
+                "add `{field}:` to the mapping this key is in"
+            )))
+        }
         E::Budget { breach, .. } => {
             let what = match breach {
                 serde_saphyr::budget::BudgetBreach::Depth { .. } => {
