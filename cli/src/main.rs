@@ -16,6 +16,7 @@ use forge_builder::graph::Platform;
 
 mod build_cmd;
 mod progress;
+mod run_cmd;
 mod store_cmd;
 
 #[derive(Parser)]
@@ -58,6 +59,8 @@ enum Command {
     /// Give disk back: build cache records, then the blobs and snapshots nothing needs any more,
     /// partial unpacks, dead builds' leftovers and (with --cache-mounts or --all) cache mounts.
     Prune(store_cmd::PruneArgs),
+    /// Run the pipeline of a forge.yaml (today: `--check` validates it and prints the plan).
+    Run(run_cmd::RunArgs),
     /// Look after the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Images(args) => store_cmd::images(&args),
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
         Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
+        Command::Run(args) => run_cmd::run(&args),
         Command::Store(StoreCommand::Check(args)) => {
             enter_user_namespace().and_then(|()| store_cmd::check(&args))
         }

@@ -2,4 +2,4 @@
 
 pub mod dockerfile;
 pub mod dockerignore;
-mod suggest;
+pub(crate) mod suggest;

@@ -1,0 +1,479 @@
+//! Semantic checks: the located file model -> a validated [`Pipeline`]. Names resolve (needs,
+//! images, stages, artifacts-from), matrices expand to named jobs, variables expand, rules are
+//! parsed and evaluated, and a cycle among jobs and images is refused with its path. Every error
+//! found is returned, not only the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use forge_snapshotter::reference::Reference;
+
+use super::error::{PipelineError, Pos};
+use super::expand::{self, expand_at, inner_pos};
+use super::file::{ArtifactsWhen, JobSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of};
+use super::graph;
+pub use super::plan::{
+    Artifacts, ImagePlan, ImageUse, JobPlan, Need, Pipeline, Ready, RuleOutcome, ServicePlan,
+};
+use super::rules::{Changes, Expr};
+use crate::frontend::suggest::suggest;
+
+/// The built-in variables, always defined (empty when unknown).
+pub const BUILTINS: [&str; 5] = [
+    "FORGE_BUILD_NUMBER",
+    "FORGE_GIT_SHA",
+    "FORGE_GIT_SHORT_SHA",
+    "FORGE_GIT_BRANCH",
+    "FORGE_GIT_TAG",
+];
+
+/// GitLab's stages when the file names none.
+pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
+/// A job's stage when it names none, as in GitLab.
+pub const DEFAULT_STAGE: &str = "test";
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the check needs from outside the file.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Values of the [`BUILTINS`] (and any other variable the caller defines first); a built-in
+    /// missing here is defined as empty.
+    pub builtins: BTreeMap<String, String>,
+    /// Paths changed since `--changed-since`; `None` when unknown, and then a `changes:` rule
+    /// matches (GitLab's behaviour when it cannot tell).
+    pub changed: Option<Vec<String>>,
+}
+
+/// The names `image:` and `needs:` may refer to, for resolution and hints.
+pub(super) struct Names<'a> {
+    pub images: BTreeSet<&'a str>,
+    /// Base job name -> expanded names.
+    pub jobs: BTreeMap<String, Vec<String>>,
+}
+
+/// One job as it will run: the written name and spec, the expanded name and matrix values.
+type Instance<'a> = (&'a Sp<String>, &'a JobSpec, String, Vec<(String, String)>);
+
+/// Checks a parsed file; `source` is its text (for columns inside values).
+pub fn check(
+    file: &PipelineFile,
+    source: &str,
+    options: &CheckOptions,
+) -> Result<Pipeline, Vec<PipelineError>> {
+    let mut errors = Vec::new();
+    let mut globals = options.builtins.clone();
+    for b in BUILTINS {
+        globals.entry(b.to_string()).or_default();
+    }
+    expand::define(&file.variables, source, &mut globals, &mut errors);
+
+    let stages = stages(file, &mut errors);
+    let image_names: BTreeSet<&str> = file
+        .images
+        .0
+        .iter()
+        .map(|(k, _)| k.value.as_str())
+        .collect();
+    let mut seen_images = BTreeSet::new();
+    for (k, _) in &file.images.0 {
+        if !seen_images.insert(k.value.as_str()) {
+            errors.push(PipelineError::new(
+                pos_of(k),
+                format!("image `{}` is defined twice", k.value),
+            ));
+        }
+    }
+
+    // Matrix expansion first: needs may name any expanded job.
+    let mut expanded: Vec<Instance<'_>> = Vec::new();
+    let mut names = Names {
+        images: image_names.clone(),
+        jobs: BTreeMap::new(),
+    };
+    let mut seen_jobs: BTreeSet<String> = BTreeSet::new();
+    for (k, job) in &file.jobs.0 {
+        let instances = match &job.parallel {
+            None => vec![(k.value.clone(), Vec::new())],
+            Some(p) => match expand::matrix(p) {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|i| (format!("{}: [{}]", k.value, i.values.join(", ")), i.vars))
+                    .collect(),
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
+        };
+        for (name, vars) in instances {
+            if !seen_jobs.insert(name.clone()) {
+                errors.push(
+                    PipelineError::new(pos_of(k), format!("duplicate job name `{name}`"))
+                        .with_hint(Some(
+                            "job names must be unique after matrix expansion".into(),
+                        )),
+                );
+                continue;
+            }
+            if image_names.contains(name.as_str()) {
+                errors.push(PipelineError::new(
+                    pos_of(k),
+                    format!("`{name}` names both a job and an image"),
+                ));
+            }
+            names
+                .jobs
+                .entry(k.value.clone())
+                .or_default()
+                .push(name.clone());
+            expanded.push((k, job, name, vars));
+        }
+    }
+
+    let mut images = Vec::new();
+    for (k, spec) in &file.images.0 {
+        images.push(graph::image_plan(
+            k,
+            spec,
+            source,
+            &globals,
+            &names,
+            &mut errors,
+        ));
+    }
+
+    let mut jobs = Vec::new();
+    for (k, spec, name, matrix_vars) in &expanded {
+        let mut vars = globals.clone();
+        vars.extend(matrix_vars.iter().cloned());
+        let mut own: BTreeMap<String, String> = matrix_vars.iter().cloned().collect();
+        expand::define(&spec.variables, source, &mut vars, &mut errors);
+        for (key, _) in &spec.variables.0 {
+            if let Some(v) = vars.get(&key.value) {
+                own.insert(key.value.clone(), v.clone());
+            }
+        }
+        let stage = match &spec.stage {
+            Some(s) => {
+                if !stages.contains(&s.value) {
+                    errors.push(
+                        PipelineError::new(pos_of(s), format!("undefined stage `{}`", s.value))
+                            .with_hint(Some(
+                                match suggest(&s.value, stages.iter().map(String::as_str)) {
+                                    Some(n) => format!("did you mean `{n}`?"),
+                                    None => format!("stages are: {}", stages.join(", ")),
+                                },
+                            )),
+                    );
+                }
+                s.value.clone()
+            }
+            None => {
+                if !stages.iter().any(|x| x == DEFAULT_STAGE) {
+                    errors.push(
+                        PipelineError::new(pos_of(k), format!("job `{}` has no stage", k.value))
+                            .with_hint(Some(format!(
+                                "the default stage `{DEFAULT_STAGE}` is not in `stages:`; give it `stage:`"
+                            ))),
+                    );
+                }
+                DEFAULT_STAGE.to_string()
+            }
+        };
+        let image = resolve_image(&spec.image, source, &vars, &names, &mut errors);
+        let needs = spec.needs.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|n| resolve_need(n, &names, &mut errors))
+                .collect()
+        });
+        let services = spec
+            .services
+            .iter()
+            .map(|s| {
+                let mut svars = vars.clone();
+                expand::define(&s.variables, source, &mut svars, &mut errors);
+                ServicePlan {
+                    name: s.name.value.clone(),
+                    image: resolve_image(&s.image, source, &vars, &names, &mut errors),
+                    command: s
+                        .command
+                        .iter()
+                        .flatten()
+                        .map(|c| c.value.clone())
+                        .collect(),
+                    variables: s
+                        .variables
+                        .0
+                        .iter()
+                        .filter_map(|(k, _)| {
+                            svars.get(&k.value).map(|v| (k.value.clone(), v.clone()))
+                        })
+                        .collect(),
+                    ready: s.ready.as_ref().map(|r| Ready {
+                        command: r.command.value.clone(),
+                        timeout: r
+                            .timeout
+                            .as_ref()
+                            .map_or(DEFAULT_READY_TIMEOUT, |t| t.value.0),
+                        interval: r
+                            .interval
+                            .as_ref()
+                            .map_or(DEFAULT_READY_INTERVAL, |t| t.value.0),
+                    }),
+                }
+            })
+            .collect();
+        let artifacts = spec.artifacts.as_ref().map(|a| Artifacts {
+            paths: a
+                .paths
+                .iter()
+                .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
+                .collect(),
+            when: a
+                .when
+                .as_ref()
+                .map_or(ArtifactsWhen::OnSuccess, |w| w.value),
+            junit: a
+                .reports
+                .iter()
+                .flat_map(|r| r.junit.0.iter().cloned())
+                .collect(),
+        });
+        for s in &spec.secrets {
+            if !is_env_name(&s.value) {
+                errors.push(PipelineError::new(
+                    pos_of(s),
+                    format!("secret `{}` is not an environment variable name", s.value),
+                ));
+            }
+        }
+        let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
+        let (rule, when) = rules(&spec.rules, source, &vars, options, job_when, &mut errors);
+        jobs.push(JobPlan {
+            name: name.clone(),
+            base: k.value.clone(),
+            stage,
+            image,
+            script: spec.script.value.iter().map(|s| s.value.clone()).collect(),
+            variables: own,
+            needs,
+            services,
+            artifacts,
+            secrets: spec.secrets.iter().map(|s| s.value.clone()).collect(),
+            rule,
+            when,
+            allow_failure: spec.allow_failure,
+            retry: spec.retry.as_ref().map(|r| r.value.clone()),
+            timeout: spec.timeout.as_ref().map(|t| t.value.0),
+            network: spec
+                .network
+                .as_ref()
+                .map_or(Network::default(), |n| n.value),
+            cache: spec.cache.unwrap_or(true),
+        });
+    }
+    // Stage order, then file order (the sort is stable).
+    let rank = |s: &str| stages.iter().position(|x| x == s).unwrap_or(usize::MAX);
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|i| rank(&jobs[*i].stage));
+    let located: Vec<&Sp<String>> = order.iter().map(|i| expanded[*i].0).collect();
+    let mut sorted: Vec<JobPlan> = Vec::with_capacity(jobs.len());
+    let mut slots: Vec<Option<JobPlan>> = jobs.into_iter().map(Some).collect();
+    for i in &order {
+        if let Some(j) = slots[*i].take() {
+            sorted.push(j);
+        }
+    }
+    let mut pipeline = Pipeline {
+        variables: globals,
+        stages,
+        images,
+        jobs: sorted,
+    };
+    graph::default_push_needs(file, &mut pipeline);
+    if errors.is_empty()
+        && let Some(e) = graph::find_cycle(file, &pipeline, &located)
+    {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        Ok(pipeline)
+    } else {
+        Err(errors)
+    }
+}
+
+fn stages(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<String> {
+    let Some(list) = &file.stages else {
+        return DEFAULT_STAGES.iter().map(|s| s.to_string()).collect();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for s in &list.value {
+        if out.contains(&s.value) {
+            errors.push(PipelineError::new(
+                pos_of(s),
+                format!("stage `{}` is listed twice", s.value),
+            ));
+        } else {
+            out.push(s.value.clone());
+        }
+    }
+    out
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Resolves `image:`: a named image, `NAME@STAGE`, or a registry reference. A bare word one or two
+/// edits from a named image is taken for a typo rather than a Docker Hub image.
+pub(super) fn resolve_image(
+    s: &Sp<String>,
+    source: &str,
+    vars: &BTreeMap<String, String>,
+    names: &Names<'_>,
+    errors: &mut Vec<PipelineError>,
+) -> ImageUse {
+    let fallback = ImageUse::Named(s.value.clone());
+    let value = match expand_at(s, source, vars) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(e);
+            return fallback;
+        }
+    };
+    if names.images.contains(value.as_str()) {
+        return ImageUse::Named(value);
+    }
+    let nothing =
+        |what: String, hint: Option<String>| PipelineError::new(pos_of(s), what).with_hint(hint);
+    if let Some((image, stage)) = value.split_once('@')
+        && !stage.contains(':')
+    {
+        if names.images.contains(image) && !stage.is_empty() {
+            return ImageUse::Stage {
+                image: image.to_string(),
+                stage: stage.to_string(),
+            };
+        }
+        let hint = suggest(image, names.images.iter().copied())
+            .map(|n| format!("did you mean `{n}@{stage}`?"))
+            .or_else(|| Some("NAME@STAGE names a stage of an image under `images:`".into()));
+        errors.push(nothing(format!("image `{value}` names nothing"), hint));
+        return fallback;
+    }
+    let bare = !value.contains(['/', ':', '@', '.']);
+    if bare && let Some(n) = suggest(&value, names.images.iter().copied()) {
+        let hint = Some(format!(
+            "did you mean `{n}`? (for the Docker Hub image write docker.io/library/{value})"
+        ));
+        errors.push(nothing(format!("image `{value}` names nothing"), hint));
+        return fallback;
+    }
+    match Reference::parse(&value) {
+        Ok(r) => ImageUse::Registry(r),
+        Err(e) => {
+            let hint = Some(
+                "an image is a name under `images:`, NAME@STAGE, or a registry reference".into(),
+            );
+            errors.push(nothing(
+                format!("image `{value}` names nothing: {}", e.reason),
+                hint,
+            ));
+            fallback
+        }
+    }
+}
+
+/// Resolves one `needs:` entry: a job (all its matrix instances), one expanded job, or an image.
+pub(super) fn resolve_need(
+    n: &Sp<String>,
+    names: &Names<'_>,
+    errors: &mut Vec<PipelineError>,
+) -> Option<Need> {
+    if names.images.contains(n.value.as_str()) {
+        return Some(Need::Image(n.value.clone()));
+    }
+    if names.jobs.contains_key(&n.value) || names.jobs.values().flatten().any(|j| *j == n.value) {
+        return Some(Need::Job(n.value.clone()));
+    }
+    let candidates = names
+        .jobs
+        .keys()
+        .map(String::as_str)
+        .chain(names.images.iter().copied());
+    let hint = suggest(&n.value, candidates)
+        .map(|s| format!("did you mean `{s}`?"))
+        .or_else(|| Some("`needs:` names jobs or images of this file".into()));
+    errors.push(
+        PipelineError::new(
+            pos_of(n),
+            format!("`{}` in needs names no job or image", n.value),
+        )
+        .with_hint(hint),
+    );
+    None
+}
+
+/// Parses every rule (all errors reported) and picks the first that matches.
+fn rules(
+    list: &[RuleSpec],
+    source: &str,
+    vars: &BTreeMap<String, String>,
+    options: &CheckOptions,
+    job_when: When,
+    errors: &mut Vec<PipelineError>,
+) -> (RuleOutcome, When) {
+    if list.is_empty() {
+        return (RuleOutcome::NoRules, job_when);
+    }
+    let mut decided = None;
+    for (index, r) in list.iter().enumerate() {
+        let expr = r.if_.as_ref().and_then(|s| match Expr::parse(&s.value) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                let hint = match e.open {
+                    Some(open) => Some(format!(
+                        "the `(` at column {} is not closed",
+                        inner_pos(s, source, open, 1).column
+                    )),
+                    None => e.hint,
+                };
+                errors.push(
+                    PipelineError::new(
+                        inner_pos(s, source, e.offset, e.width),
+                        format!("in `if:`: {}", e.message),
+                    )
+                    .with_hint(hint),
+                );
+                None
+            }
+        });
+        let changes = match Changes::new(r.changes.iter().map(|c| c.value.as_str())) {
+            Ok(c) => Some(c),
+            Err((i, msg)) => {
+                let at = r.changes.get(i).map_or(Pos::new(1, 1, 1), pos_of);
+                errors.push(PipelineError::new(at, msg));
+                None
+            }
+        };
+        let if_ok = expr.as_ref().is_none_or(|e| e.eval(vars));
+        let changes_ok = r.changes.is_empty()
+            || match (&changes, &options.changed) {
+                (Some(c), Some(paths)) => c.matches(paths),
+                _ => true,
+            };
+        if decided.is_none() && if_ok && changes_ok {
+            decided = Some((index, r.when.as_ref().map_or(When::OnSuccess, |w| w.value)));
+        }
+    }
+    match decided {
+        Some((index, when)) => (RuleOutcome::Matched { index }, when),
+        None => (RuleOutcome::NoneMatched, When::Never),
+    }
+}

@@ -1,0 +1,223 @@
+//! Variable expansion (`${NAME}`, `$NAME`, `$$` for a dollar) and `parallel: matrix:` expansion,
+//! the two ways one written job or value becomes several concrete ones.
+//!
+//! An undefined variable is an error, unlike GitLab (which expands it to nothing): in a tag or an
+//! image name a typo would otherwise push `reg/app:v1.` and pass. Built-ins are always defined,
+//! empty when unknown (outside a git repository). Scripts are not expanded here: the shell does
+//! it at run time, with the job's variables in its environment.
+
+use std::collections::BTreeMap;
+
+use super::error::{PipelineError, Pos};
+use super::file::{OneOrMany, OrderedMap, Parallel, Sp, Text, pos_of};
+use crate::frontend::suggest::suggest;
+
+/// Where a located scalar's text starts in the file, so that an error can point at a char inside
+/// it: one column past the quote of a quoted scalar, and `None` for a block scalar (`|`, `>`),
+/// whose lines do not map to columns one to one.
+pub fn text_origin<T>(s: &Sp<T>, source: &str) -> Option<Pos> {
+    let base = pos_of(s);
+    let byte = usize::try_from(s.referenced.span().byte_offset()?).ok()?;
+    match source.get(byte..)?.chars().next()? {
+        '\'' | '"' => Some(base.shifted(1, 1)),
+        '|' | '>' => None,
+        _ => Some(base),
+    }
+}
+
+/// The position of `width` chars at `offset` chars into the located scalar `s`, or the scalar
+/// itself when its text cannot be mapped (see [`text_origin`]).
+pub fn inner_pos<T>(s: &Sp<T>, source: &str, offset: usize, width: usize) -> Pos {
+    match text_origin(s, source) {
+        // A value written with escapes or spanning lines may not line up; stay inside its line.
+        Some(origin) => origin.shifted(offset, width),
+        None => pos_of(s),
+    }
+}
+
+/// An undefined variable in a string: its char offset, width, and name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Undefined {
+    pub offset: usize,
+    pub width: usize,
+    pub name: String,
+}
+
+/// Expands `${NAME}` and `$NAME` from `vars`; `$$` is a literal `$`, and a `$` not followed by a
+/// name stays as it is (`$1` in a sed expression).
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> Result<String, Undefined> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let is_start = |c: &char| c.is_ascii_alphabetic() || *c == '_';
+    let is_name = |c: &char| c.is_ascii_alphanumeric() || *c == '_';
+    while i < chars.len() {
+        let c = chars[i];
+        if c != '$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let (name_start, braced) = match chars.get(i + 1) {
+            Some('$') => {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            Some('{') => (i + 2, true),
+            Some(c) if is_start(c) => (i + 1, false),
+            _ => {
+                out.push('$');
+                i += 1;
+                continue;
+            }
+        };
+        let mut end = name_start;
+        while chars.get(end).is_some_and(is_name) {
+            end += 1;
+        }
+        let closed = !braced || chars.get(end) == Some(&'}');
+        if end == name_start || !closed || !chars.get(name_start).is_some_and(is_start) {
+            // `${` without a name and `}`: not a reference, keep the text.
+            out.push('$');
+            i += 1;
+            continue;
+        }
+        let name: String = chars[name_start..end].iter().collect();
+        let next = if braced { end + 1 } else { end };
+        match vars.get(&name) {
+            Some(v) => out.push_str(v),
+            None => {
+                return Err(Undefined {
+                    offset: i,
+                    width: next - i,
+                    name,
+                });
+            }
+        }
+        i = next;
+    }
+    Ok(out)
+}
+
+/// Expands a located string, or the located error naming the undefined variable.
+pub fn expand_at(
+    s: &Sp<String>,
+    source: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, PipelineError> {
+    expand(&s.value, vars).map_err(|u| {
+        let hint = suggest(&u.name, vars.keys().map(String::as_str))
+            .map(|n| format!("did you mean ${{{n}}}?"))
+            .or_else(|| Some("define it under `variables:`, or write $$ for a literal $".into()));
+        PipelineError::new(
+            inner_pos(s, source, u.offset, u.width),
+            format!("undefined variable `{}`", u.name),
+        )
+        .with_hint(hint)
+    })
+}
+
+/// Expands a `variables:` map in order into `vars`: each value sees the ones above it.
+pub fn define(
+    map: &OrderedMap<Sp<Text>>,
+    source: &str,
+    vars: &mut BTreeMap<String, String>,
+    errors: &mut Vec<PipelineError>,
+) {
+    for (k, v) in &map.0 {
+        let s = Sp::new(v.value.0.clone(), v.referenced, v.defined);
+        match expand_at(&s, source, vars) {
+            Ok(value) => {
+                vars.insert(k.value.clone(), value);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+}
+
+/// One job a matrix makes: its name suffix values and variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The values in key order: the job is named `unit: [1, p]`.
+    pub values: Vec<String>,
+    pub vars: Vec<(String, String)>,
+}
+
+/// Most jobs one matrix may make (GitLab allows 200).
+pub const MAX_MATRIX_JOBS: usize = 200;
+
+/// Expands `parallel: matrix:`: each map in the list gives the product of its lists.
+pub fn matrix(p: &Parallel) -> Result<Vec<Instance>, PipelineError> {
+    let empty = |pos| {
+        PipelineError::new(pos, "matrix expands to no jobs")
+            .with_hint(Some("give every variable at least one value".into()))
+    };
+    if p.matrix.value.is_empty() {
+        return Err(empty(pos_of(&p.matrix)));
+    }
+    let mut out = Vec::new();
+    for entry in &p.matrix.value {
+        let map: &OrderedMap<OneOrMany<Text>> = &entry.value;
+        if map.0.is_empty() {
+            return Err(empty(pos_of(entry)));
+        }
+        let mut combos = vec![Instance {
+            values: Vec::new(),
+            vars: Vec::new(),
+        }];
+        for (k, vals) in &map.0 {
+            if vals.0.is_empty() {
+                return Err(empty(pos_of(k)));
+            }
+            if combos.len().saturating_mul(vals.0.len()) + out.len() > MAX_MATRIX_JOBS {
+                return Err(PipelineError::new(
+                    pos_of(k),
+                    format!("matrix expands to more than {MAX_MATRIX_JOBS} jobs"),
+                ));
+            }
+            combos = combos
+                .iter()
+                .flat_map(|c| {
+                    vals.0.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.values.push(v.0.clone());
+                        c.vars.push((k.value.clone(), v.0.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+        out.extend(combos);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> BTreeMap<String, String> {
+        [("A", "1"), ("B_2", "two"), ("EMPTY", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn expands_both_forms_and_escapes() {
+        let v = vars();
+        assert_eq!(expand("v${A}.$B_2-$EMPTY.", &v).unwrap(), "v1.two-.");
+        assert_eq!(expand("$$A costs $5 ${", &v).unwrap(), "$A costs $5 ${");
+        assert_eq!(expand("héllo $A", &v).unwrap(), "héllo 1");
+        assert_eq!(
+            expand("x ${NOPE}", &v),
+            Err(Undefined {
+                offset: 2,
+                width: 7,
+                name: "NOPE".into()
+            })
+        );
+        assert_eq!(expand("$NOPE/x", &v).unwrap_err().width, 5);
+    }
+}

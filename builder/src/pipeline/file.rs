@@ -1,0 +1,467 @@
+//! The forge.yaml file as written: a serde model read with serde-saphyr, every name and value a
+//! later check reports on kept with its location ([`Sp`]). Nothing here resolves names or expands
+//! variables; [`super::check`] turns this into a validated [`super::Pipeline`].
+//!
+//! Keys follow GitLab CI where GitLab has one (`allow_failure`, `parallel: matrix:`), and the
+//! issue's kebab-case for forge's own image keys (`build-args`, `no-cache`, `artifacts-from`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::error::Pos;
+
+/// A value and where it was written.
+pub type Sp<T> = serde_saphyr::Spanned<T>;
+
+/// The position of a located value, the caret as wide as its text.
+pub fn pos_of<T>(s: &Sp<T>) -> Pos {
+    location_pos(&s.referenced)
+}
+
+/// A saphyr location as a [`Pos`].
+pub fn location_pos(l: &serde_saphyr::Location) -> Pos {
+    let width = usize::try_from(l.span().len()).unwrap_or(1);
+    Pos::new(
+        usize::try_from(l.line()).unwrap_or(usize::MAX),
+        usize::try_from(l.column()).unwrap_or(usize::MAX),
+        width,
+    )
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Global variables, expanded in order (a value may use the ones above it and the built-ins).
+    #[serde(default)]
+    pub variables: OrderedMap<Sp<Text>>,
+    /// Named image builds.
+    #[serde(default)]
+    pub images: OrderedMap<ImageSpec>,
+    /// Stage order; GitLab's `build`, `test`, `deploy` when absent.
+    pub stages: Option<Sp<Vec<Sp<String>>>>,
+    /// The jobs, before matrix expansion.
+    #[serde(default)]
+    pub jobs: OrderedMap<JobSpec>,
+}
+
+/// An entry of `images:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The build context directory (default `.`).
+    pub context: Option<Sp<String>>,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    pub dockerfile: Option<Sp<String>>,
+    /// The Dockerfile stage to build (default the last).
+    pub target: Option<Sp<String>>,
+    #[serde(rename = "build-args", default)]
+    pub build_args: OrderedMap<Sp<Text>>,
+    #[serde(default)]
+    pub labels: OrderedMap<Sp<Text>>,
+    /// Names to tag (and push) the image as, templated.
+    #[serde(default)]
+    pub tags: Vec<Sp<String>>,
+    #[serde(default)]
+    pub push: bool,
+    #[serde(rename = "no-cache", default)]
+    pub no_cache: bool,
+    /// Jobs that must pass before the push; `None` means every job that runs on the image.
+    pub needs: Option<Vec<Sp<String>>>,
+    /// Jobs whose artifacts are laid into the context before the build.
+    #[serde(rename = "artifacts-from", default)]
+    pub artifacts_from: Vec<Sp<String>>,
+}
+
+/// An entry of `jobs:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Default `test`, as in GitLab.
+    pub stage: Option<Sp<String>>,
+    /// A named image, `NAME@STAGE`, or a registry reference.
+    pub image: Sp<String>,
+    /// Shell lines, run with `sh -e` in the image.
+    pub script: Sp<Vec<Sp<String>>>,
+    #[serde(default)]
+    pub variables: OrderedMap<Sp<Text>>,
+    /// `None` (no key): wait for every job of the earlier stages, as GitLab does; `Some`: only
+    /// for these jobs or images, which lets the job start before its stage.
+    pub needs: Option<Vec<Sp<String>>>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    pub parallel: Option<Parallel>,
+    pub artifacts: Option<ArtifactsSpec>,
+    /// Names of secrets the job may read.
+    #[serde(default)]
+    pub secrets: Vec<Sp<String>>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    #[serde(default)]
+    pub allow_failure: bool,
+    pub retry: Option<Sp<Retry>>,
+    pub timeout: Option<Sp<Timeout>>,
+    pub when: Option<Sp<When>>,
+    pub network: Option<Sp<Network>>,
+    /// `false` runs the script without the build cache's mounts.
+    pub cache: Option<bool>,
+}
+
+/// A container started beside a job's (a database for integration tests).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The host name the job reaches it by.
+    pub name: Sp<String>,
+    pub image: Sp<String>,
+    /// The command, in place of the image's.
+    pub command: Option<Vec<Sp<String>>>,
+    #[serde(default)]
+    pub variables: OrderedMap<Sp<Text>>,
+    pub ready: Option<ReadySpec>,
+}
+
+/// How to tell a service is up: a command run until it succeeds, within a timeout.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySpec {
+    /// A shell line, run with `sh -c` in the service's container.
+    pub command: Sp<String>,
+    /// Default 60s.
+    pub timeout: Option<Sp<Timeout>>,
+    /// Between attempts; default 1s.
+    pub interval: Option<Sp<Timeout>>,
+}
+
+/// `parallel:`; only `matrix:` (GitLab's `parallel: N` has no meaning without a runner fleet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parallel {
+    /// A list of maps of lists: each map expands to the product of its lists.
+    pub matrix: Sp<Vec<Sp<OrderedMap<OneOrMany<Text>>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsSpec {
+    #[serde(default)]
+    pub paths: Vec<Sp<String>>,
+    /// Default `on_success`.
+    pub when: Option<Sp<ArtifactsWhen>>,
+    pub reports: Option<Reports>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reports {
+    /// JUnit XML files the job writes.
+    #[serde(default)]
+    pub junit: OneOrMany<String>,
+}
+
+/// One of `rules:`; the first whose `if:` and `changes:` both match decides.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(rename = "if")]
+    pub if_: Option<Sp<String>>,
+    #[serde(default)]
+    pub changes: Vec<Sp<String>>,
+    /// Default `on_success`.
+    pub when: Option<Sp<When>>,
+}
+
+/// When a job runs, relative to the jobs before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    OnSuccess,
+    OnFailure,
+    Always,
+    Never,
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            When::OnSuccess => "on_success",
+            When::OnFailure => "on_failure",
+            When::Always => "always",
+            When::Never => "never",
+        })
+    }
+}
+
+/// When a job's artifacts are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactsWhen {
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+/// A job's network: its own namespace (with its services) or the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    #[default]
+    Private,
+    Host,
+}
+
+/// The failures a retry covers, the subset of GitLab's that forge can tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryWhen {
+    Always,
+    ScriptFailure,
+    JobExecutionTimeout,
+    RunnerSystemFailure,
+    UnmetPrerequisites,
+}
+
+/// GitLab's most retries of one job.
+pub const MAX_RETRY: u8 = 2;
+
+/// `retry: 2` or `retry: {max: 2, when: [script_failure]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub max: u8,
+    /// Empty means every failure (GitLab's `always`).
+    pub when: Vec<RetryWhen>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryMap {
+    max: u64,
+    #[serde(default)]
+    when: OneOrMany<RetryWhen>,
+}
+
+fn retry_max<E: de::Error>(n: u64) -> Result<u8, E> {
+    u8::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_RETRY)
+        .ok_or_else(|| E::custom(format!("retry must be 0, 1 or 2 (as in GitLab), not {n}")))
+}
+
+impl<'de> Deserialize<'de> for Retry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Retry, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Retry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of retries (0 to 2) or a map with `max` and `when`")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Retry, E> {
+                Ok(Retry {
+                    max: retry_max(n)?,
+                    when: Vec::new(),
+                })
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Retry, E> {
+                self.visit_u64(u64::try_from(n).map_err(|_| {
+                    E::custom(format!("retry must be 0, 1 or 2 (as in GitLab), not {n}"))
+                })?)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Retry, A::Error> {
+                let m = RetryMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Retry {
+                    max: retry_max(m.max)?,
+                    when: m.when.0,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written as GitLab-style units run together: `90s`, `10m`, `1h30m`, `2h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Duration);
+
+/// Parses `1h30m`-style durations: one or more `<digits><unit>` with units `h`, `m`, `s`, each
+/// unit at most once and in that order. A bare number is refused: minutes or seconds?
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: write it as 90s, 10m or 1h30m");
+    let mut total: u64 = 0;
+    let mut rest = s.trim();
+    let mut last_rank = 0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let (secs, rank) = match rest[digits..].chars().next() {
+            Some('h') => (3600, 1),
+            Some('m') => (60, 2),
+            Some('s') => (1, 3),
+            _ => return Err(bad()),
+        };
+        if rank <= last_rank {
+            return Err(bad());
+        }
+        last_rank = rank;
+        total = n
+            .checked_mul(secs)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        rest = &rest[digits + 1..];
+    }
+    Ok(Duration::from_secs(total))
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timeout, D::Error> {
+        let s = Text::deserialize(d)?;
+        parse_duration(&s.0).map(Timeout).map_err(de::Error::custom)
+    }
+}
+
+/// A scalar read as its text, whatever YAML would make of it: `3.10` stays `3.10` (not the float
+/// 3.1), `010` and `yes` stay as written. Variable and matrix values are strings to the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One value or a list of them (`junit: report.xml` or `junit: [a.xml, b.xml]`). A lone scalar
+/// goes through YAML's typing first (`3.10` alone reads as 3.1); in a list each keeps its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany(out))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(de::value::StrDeserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(de::value::I64Deserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(de::value::U64Deserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                T::deserialize(de::value::F64Deserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                T::deserialize(de::value::BoolDeserializer::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// A mapping with string keys kept in file order, each key located: job and image names are
+/// reported where they are written, and the plan lists them as the file does.
+#[derive(Debug)]
+pub struct OrderedMap<V>(pub Vec<(Sp<String>, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<V> OrderedMap<V> {
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0.iter().find(|(k, _)| k.value == key).map(|(_, v)| v)
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+            // `variables:` with nothing under it is an empty map, not an error.
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(OrderedMap(Vec::new()))
+            }
+        }
+        d.deserialize_map(Vis(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_gitlab_writes_them() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h2m3s"), Ok(Duration::from_secs(3723)));
+        for bad in ["", "10", "m", "10x", "1m1h", "1h1h", "-1s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("9999999999999999h").is_err());
+    }
+}

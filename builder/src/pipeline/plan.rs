@@ -1,0 +1,116 @@
+//! The validated plan a forge.yaml checks into: what `forge run` builds and runs, every name
+//! resolved, matrices expanded and variables substituted. Nothing here refers back to the YAML.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use forge_snapshotter::reference::Reference;
+
+use super::file::{ArtifactsWhen, Network, Retry, When};
+
+/// A validated pipeline: what `forge run` will build and run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Built-ins and global variables, expanded.
+    pub variables: BTreeMap<String, String>,
+    pub stages: Vec<String>,
+    pub images: Vec<ImagePlan>,
+    /// Jobs after matrix expansion, in stage order, then file order.
+    pub jobs: Vec<JobPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub name: String,
+    pub context: String,
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub push: bool,
+    pub no_cache: bool,
+    /// Jobs (expanded names) that must pass before the push.
+    pub push_needs: Vec<String>,
+    /// Jobs whose artifacts are laid into the context.
+    pub artifacts_from: Vec<String>,
+}
+
+/// What a job or service runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageUse {
+    /// An image of `images:`, as built.
+    Named(String),
+    /// One stage of a named image's Dockerfile (`NAME@STAGE`).
+    Stage { image: String, stage: String },
+    /// An image from a registry.
+    Registry(Reference),
+}
+
+/// Something a job waits for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    Job(String),
+    /// A named image: built, and pushed if it is pushed.
+    Image(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    pub name: String,
+    pub image: ImageUse,
+    pub command: Vec<String>,
+    pub variables: BTreeMap<String, String>,
+    pub ready: Option<Ready>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub command: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub paths: Vec<String>,
+    pub when: ArtifactsWhen,
+    pub junit: Vec<String>,
+}
+
+/// What `rules:` decided for this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOutcome {
+    /// No `rules:`: the job's own `when` applies.
+    NoRules,
+    /// Rule `index` (0-based) matched first.
+    Matched { index: usize },
+    /// Rules are given and none matched: the job does not run.
+    NoneMatched,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// `unit`, or `unit: [1, p]` for a matrix instance.
+    pub name: String,
+    /// The name as written, before matrix expansion.
+    pub base: String,
+    pub stage: String,
+    pub image: ImageUse,
+    pub script: Vec<String>,
+    /// The job's own and matrix variables (globals are in [`Pipeline::variables`]).
+    pub variables: BTreeMap<String, String>,
+    /// `None`: every job of the earlier stages (GitLab's default).
+    pub needs: Option<Vec<Need>>,
+    pub services: Vec<ServicePlan>,
+    pub artifacts: Option<Artifacts>,
+    pub secrets: Vec<String>,
+    pub rule: RuleOutcome,
+    /// The effective `when`: the matching rule's, else the job's; `never` when no rule matched.
+    pub when: When,
+    pub allow_failure: bool,
+    pub retry: Option<Retry>,
+    pub timeout: Option<Duration>,
+    pub network: Network,
+    pub cache: bool,
+}

@@ -1,0 +1,284 @@
+//! The pipeline frontend end to end: the full example in testdata/pipelines checks into the plan
+//! it should, rules decide with the changed paths and branch given, and every bad file fails at a
+//! place inside it (the CLI snapshots in cli/tests/pipeline_file.rs show the renderings).
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::pipeline::file::When;
+
+fn testdata(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/pipelines")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn ok(src: &str, options: &CheckOptions) -> Pipeline {
+    load("forge.yaml", src, options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(src: &str) -> PipelineErrors {
+    load("forge.yaml", src, &CheckOptions::default()).expect_err("should fail")
+}
+
+fn job<'a>(p: &'a Pipeline, name: &str) -> &'a JobPlan {
+    p.jobs
+        .iter()
+        .find(|j| j.name == name)
+        .unwrap_or_else(|| panic!("no job {name}"))
+}
+
+fn with_builtins(pairs: &[(&str, &str)], changed: Option<&[&str]>) -> CheckOptions {
+    CheckOptions {
+        builtins: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        changed: changed.map(|c| c.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+#[test]
+fn the_full_example_checks_into_its_plan() {
+    let opts = with_builtins(&[("FORGE_BUILD_NUMBER", "7")], None);
+    let p = ok(&testdata("forge.yaml"), &opts);
+    assert_eq!(p.stages, ["build", "test", "deploy"]);
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lint",
+            "unit",
+            "test-matrix: [dev, default]",
+            "test-matrix: [dev, all]",
+            "test-matrix: [release, default]",
+            "test-matrix: [release, all]",
+            "integration",
+            "deploy",
+        ]
+    );
+    let app = &p.images[0];
+    assert_eq!(app.tags, ["127.0.0.1:5000/forge/app:v1.7"]);
+    assert_eq!(app.build_args["RUST_VERSION"], "1.95");
+    assert_eq!(app.push_needs.len(), 7);
+    assert_eq!(
+        job(&p, "lint").image,
+        ImageUse::Stage {
+            image: "app".into(),
+            stage: "builder".into()
+        }
+    );
+    assert_eq!(
+        job(&p, "deploy").needs,
+        Some(vec![Need::Image("app".into())])
+    );
+    let m = job(&p, "test-matrix: [release, all]");
+    assert_eq!(m.variables["PROFILE"], "release");
+    assert_eq!(m.variables["FEATURES"], "all");
+    let db = &job(&p, "integration").services[0];
+    assert_eq!(db.name, "db");
+    let ready = db.ready.as_ref().expect("ready");
+    assert_eq!(ready.timeout.as_secs(), 60);
+    assert_eq!(
+        job(&p, "integration").timeout.map(|t| t.as_secs()),
+        Some(5400)
+    );
+    let unit = job(&p, "unit");
+    assert_eq!(
+        unit.artifacts.as_ref().map(|a| a.junit.clone()),
+        Some(vec!["target/junit.xml".into()])
+    );
+    assert_eq!(unit.retry.as_ref().map(|r| r.max), Some(2));
+}
+
+#[test]
+fn rules_decide_with_branch_and_changed_paths() {
+    let src = testdata("forge.yaml");
+    let name = "test-matrix: [dev, default]";
+    // On main the first rule matches.
+    let p = ok(
+        &src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "main")], Some(&[])),
+    );
+    assert_eq!(job(&p, name).rule, RuleOutcome::Matched { index: 0 });
+    // Elsewhere, a changed source file matches the second.
+    let p = ok(
+        &src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], Some(&["src/a/b.rs"])),
+    );
+    assert_eq!(job(&p, name).rule, RuleOutcome::Matched { index: 1 });
+    // Nothing relevant changed: the last rule says never.
+    let p = ok(
+        &src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], Some(&["README.md"])),
+    );
+    assert_eq!(job(&p, name).rule, RuleOutcome::Matched { index: 2 });
+    assert_eq!(job(&p, name).when, When::Never);
+    let p = ok(
+        &src,
+        &with_builtins(&[("FORGE_GIT_TAG", "v1.2")], Some(&[])),
+    );
+    assert_eq!(job(&p, name).rule, RuleOutcome::Matched { index: 0 });
+}
+
+#[test]
+fn a_job_that_no_rule_matches_does_not_run() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules:\n      - if: $X\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.jobs[0].rule, RuleOutcome::NoneMatched);
+    assert_eq!(p.jobs[0].when, When::Never);
+}
+
+#[test]
+fn variables_scope_and_escape() {
+    let src = "variables:\n  A: g\n  B: \"$A-$$A\"\njobs:\n  j:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - A: [m]\n    variables:\n      C: ${A}${B}\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.variables["B"], "g-$A");
+    // The matrix value shadows the global one, and job variables see it.
+    assert_eq!(p.jobs[0].variables["C"], "mg-$A");
+    assert_eq!(p.variables["FORGE_GIT_SHA"], "");
+}
+
+#[test]
+fn default_push_needs_leave_out_jobs_that_wait_for_the_push() {
+    let src = "images:\n  app:\n    push: true\njobs:\n  t:\n    image: app\n    script: [x]\n  smoke:\n    image: app\n    script: [x]\n    needs: [app]\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.images[0].push_needs, ["t"]);
+}
+
+#[test]
+fn a_name_shared_by_a_job_and_an_image_is_refused() {
+    let e = errors("images:\n  x: {}\njobs:\n  x:\n    image: alpine\n    script: [y]\n");
+    assert_eq!(e.errors[0].message, "`x` names both a job and an image");
+    assert_eq!(e.errors[0].pos.line, 4);
+}
+
+#[test]
+fn a_job_needing_itself_is_a_cycle() {
+    let e = errors("jobs:\n  a:\n    image: alpine\n    script: [y]\n    needs: [a]\n");
+    assert_eq!(e.errors[0].message, "cycle: a -> a");
+}
+
+#[test]
+fn alias_bombs_are_refused() {
+    let mut src = String::from("variables:\n  a0: &a0 x\n");
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        src.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    let e = errors(&src);
+    assert_eq!(e.errors.len(), 1);
+    assert!(
+        e.errors[0]
+            .message
+            .starts_with("YAML exceeds a resource limit"),
+        "{e}"
+    );
+}
+
+/// Every error of every bad file lies inside its text, and its rendering names file:line:col.
+#[test]
+fn bad_files_report_places_inside_them() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/pipelines/bad");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("bad dir") {
+        let path = entry.expect("entry").path();
+        let src = std::fs::read_to_string(&path).expect("read");
+        let e = load("bad.yaml", &src, &CheckOptions::default())
+            .expect_err(&path.display().to_string());
+        assert!(!e.errors.is_empty());
+        for err in &e.errors {
+            assert!(in_source(err.pos, &src), "{}: {err:?}", path.display());
+            let rendered = e.render(err);
+            let located = format!("bad.yaml:{}:{}: ", err.pos.line, err.pos.column);
+            assert!(rendered.starts_with(&located), "{rendered}");
+        }
+        count += 1;
+    }
+    assert!(count >= 15, "only {count} bad files");
+}
+
+/// Whether `pos` is on a line of `src`, at most one column past its end.
+pub(crate) fn in_source(pos: Pos, src: &str) -> bool {
+    let lines: Vec<&str> = src.lines().collect();
+    if lines.is_empty() {
+        return pos.line == 1 && pos.column == 1;
+    }
+    lines
+        .get(pos.line.wrapping_sub(1))
+        .is_some_and(|l| pos.column >= 1 && pos.column <= l.chars().count() + 1)
+}
+
+#[test]
+fn empty_and_odd_inputs_do_not_panic() {
+    for src in [
+        "",
+        "~",
+        "[]",
+        "jobs:",
+        "jobs: ~",
+        "stages: []",
+        "a: b",
+        "---\n---\n",
+        "\t",
+    ] {
+        match load("f", src, &CheckOptions::default()) {
+            Ok(_) => {}
+            Err(e) => {
+                for err in &e.errors {
+                    assert!(in_source(err.pos, src), "{src:?}: {err:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_key_written_twice_is_an_error() {
+    let e = errors(
+        "jobs:\n  unit:\n    image: a\n    script: [x]\n  unit:\n    image: b\n    script: [y]\n",
+    );
+    assert_eq!(e.errors[0].pos.line, 5, "{e}");
+}
+
+#[test]
+fn needs_name_a_whole_matrix_or_one_instance() {
+    let src = "jobs:\n  unit:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - V: [1, p]\n  one:\n    image: alpine\n    script: [x]\n    needs: ['unit: [1]']\n  all:\n    image: alpine\n    script: [x]\n    needs: [unit]\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(
+        job(&p, "one").needs,
+        Some(vec![Need::Job("unit: [1]".into())])
+    );
+    assert_eq!(job(&p, "all").needs, Some(vec![Need::Job("unit".into())]));
+    assert!(job(&p, "unit: [p]").variables["V"] == "p");
+}
+
+#[test]
+fn scalars_keep_their_text() {
+    let src = "variables:\n  PY: 3.10\n  N: 010\n  B: yes\n  T: true\n  F: 1e3\njobs: {}\n";
+    let p = ok(src, &CheckOptions::default());
+    for (k, v) in [
+        ("PY", "3.10"),
+        ("N", "010"),
+        ("B", "yes"),
+        ("T", "true"),
+        ("F", "1e3"),
+    ] {
+        assert_eq!(p.variables[k], v, "{k}");
+    }
+}
+
+#[test]
+fn deep_block_nesting_is_refused_not_overflowed() {
+    // 2,000 levels: indentation grows with depth, so deeper would pass the file size bound first.
+    let deep: String = (1..2_000)
+        .map(|i| format!("\n{}a:", " ".repeat(i)))
+        .collect();
+    let e = errors(&format!("variables:{deep} x\n"));
+    assert!(
+        e.errors[0].message.contains("deeper than 32"),
+        "{}",
+        e.errors[0].message
+    );
+}

@@ -1,0 +1,104 @@
+//! `forge run --check` end to end on testdata/pipelines: the plan of the full example, and for
+//! each bad file (one per error class of issue 12) its rendered errors with file:line:column, as
+//! insta snapshots in tests/snapshots/. After an intended change:
+//! `INSTA_UPDATE=always cargo test -p forge --test pipeline_file`, review the diff, commit.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use forge_testsupport::snapshot;
+
+fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/pipelines")
+}
+
+/// Runs forge in testdata/pipelines so that every path it prints is relative.
+fn forge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(args)
+        .current_dir(testdata())
+        .output()
+        .expect("run forge")
+}
+
+/// A command line and what it did, as a snapshot shows it.
+fn transcript(args: &[&str], o: &Output) -> String {
+    format!(
+        "$ forge {}\nexit: {}\n{}{}",
+        args.join(" "),
+        o.status
+            .code()
+            .map_or("signal".to_string(), |c| c.to_string()),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_prints_the_plan_of_the_full_example() {
+    let args = ["run", "--check", "--build-number", "42"];
+    let o = forge(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", transcript(&args, &o));
+    let _redacted = snapshot::settings().bind_to_scope();
+    insta::assert_snapshot!("pipeline_plan", transcript(&args, &o));
+}
+
+#[test]
+fn run_without_check_is_not_implemented_yet() {
+    let args = ["run"];
+    let o = forge(&args);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not implemented yet"), "{err}");
+    assert!(err.contains("--check validates the file"), "{err}");
+}
+
+/// Every bad file, the error class it pins.
+const BAD: &[&str] = &[
+    "yaml-syntax",
+    "unknown-key",
+    "wrong-type",
+    "missing-key",
+    "bad-duration",
+    "bad-when",
+    "needs-nothing",
+    "image-nothing",
+    "cycle",
+    "cycle-stage",
+    "empty-matrix",
+    "duplicate-job",
+    "bad-if",
+    "undefined-stage",
+    "undefined-variable",
+    "too-deep",
+    "too-deep-if",
+    "alias-bomb",
+    "many-errors",
+];
+
+#[test]
+fn bad_files_fail_with_file_line_column() {
+    let _redacted = snapshot::settings().bind_to_scope();
+    for name in BAD {
+        let file = format!("bad/{name}.yaml");
+        let args = ["run", "--check", "-f", &file];
+        let o = forge(&args);
+        let text = transcript(&args, &o);
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        let located = format!("error: {file}:");
+        assert!(text.contains(&located), "no file:line:col in\n{text}");
+        // Keep the snapshots readable: the 10,000-bracket line is cut after its caret region.
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.chars().count() > 120 {
+                    format!("{}...", l.chars().take(120).collect::<String>())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        insta::assert_snapshot!(format!("pipeline_bad_{}", name.replace('-', "_")), text);
+    }
+}
