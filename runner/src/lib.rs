@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod embedded;
 mod lines;
 pub mod mounts;
+pub mod network;
 pub mod spec;
 pub mod user;
 
