@@ -75,7 +75,10 @@ pub(crate) async fn serve(listener: std::net::TcpListener, stop: CancellationTok
                 permit,
             };
             let service = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
+            // half_close: a client may shut its sending side once the request is out (busybox
+            // nc does); the answer is still owed.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
