@@ -689,7 +689,9 @@ async fn issue11_sandbox_reaches_no_host_loopback_service(w: &World) {
     let ran = w.run(&sandbox).await;
     let out = ran.stdout();
     assert!(
-        out.contains(&"proxy=http://127.0.0.1:3128,http://127.0.0.1:3128,localhost,127.0.0.1,::1".into()),
+        out.contains(
+            &"proxy=http://127.0.0.1:3128,http://127.0.0.1:3128,localhost,127.0.0.1,::1".into()
+        ),
         "{}: {:?}",
         w.name(),
         ran.lines

@@ -410,22 +410,49 @@ impl TestNet {
         let ns_if = format!("fnt{tag}n");
         ip(&["netns", "add", &net.ns]);
         ip(&[
-            "link", "add", &net.host_if, "type", "veth", "peer", "name", &ns_if,
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
         ]);
         ip(&["link", "set", &ns_if, "netns", &net.ns]);
-        ip(&["addr", "add", &format!("{}/30", net.host_addr), "dev", &net.host_if]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", net.host_addr),
+            "dev",
+            &net.host_if,
+        ]);
         ip(&["link", "set", &net.host_if, "up"]);
         let in_ns = |args: &[&str]| {
             let mut all = vec!["netns", "exec", net.ns.as_str()];
             all.extend_from_slice(args);
             ip(&all)
         };
-        in_ns(&["ip", "addr", "add", &format!("{}/30", net.ns_addr), "dev", &ns_if]);
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", net.ns_addr),
+            "dev",
+            &ns_if,
+        ]);
         in_ns(&["ip", "link", "set", &ns_if, "up"]);
         in_ns(&["ip", "link", "set", "lo", "up"]);
         net.httpd = Some(
             Command::new("ip")
-                .args(["netns", "exec", &net.ns, forge_testsupport::BUSYBOX, "httpd", "-f"])
+                .args([
+                    "netns",
+                    "exec",
+                    &net.ns,
+                    forge_testsupport::BUSYBOX,
+                    "httpd",
+                    "-f",
+                ])
                 .arg("-p")
                 .arg(Self::PORT.to_string())
                 .arg("-h")
