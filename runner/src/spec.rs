@@ -39,7 +39,8 @@ pub enum NetworkMode {
     /// on (issue 11.4); slirp4netns would need /dev/net/tun, which many build users cannot open.
     #[default]
     Sandbox,
-    /// The host's network, loopback services included: only with `--allow network.host`.
+    /// The host's network, loopback services included; the builder runs such a step only when the
+    /// build grants `--allow network.host`.
     Host,
     /// A fresh network namespace with only loopback up, and no proxy.
     None,

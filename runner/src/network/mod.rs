@@ -17,7 +17,7 @@ pub(crate) mod proxy;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sched::{CloneFlags, unshare};
@@ -104,12 +104,6 @@ impl Namespace {
         self.file
             .try_clone()
             .map_err(net_err("duplicate the namespace descriptor"))
-    }
-}
-
-impl AsFd for Namespace {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
     }
 }
 
