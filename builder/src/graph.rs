@@ -106,7 +106,8 @@ pub enum SourceOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
-    /// The runner's default (forge: host networking, see DEPENDENCIES.md).
+    /// The build's default (`forge build --network`; the sandbox unless said otherwise: a private
+    /// namespace whose only way out is forge's HTTP(S) proxy, see README.md).
     Default,
     None,
     Host,

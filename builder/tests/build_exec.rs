@@ -47,6 +47,7 @@ struct Bench {
     layer: LayerOptions,
     secrets: HashMap<String, Vec<u8>>,
     network: NetworkMode,
+    allow_network_host: bool,
 }
 
 /// One finished solve.
@@ -79,7 +80,8 @@ impl Bench {
             cache: Arc::new(cache),
             layer: LayerOptions::default(),
             secrets: HashMap::new(),
-            network: NetworkMode::Host,
+            network: NetworkMode::Sandbox,
+            allow_network_host: false,
         }
     }
 
@@ -186,6 +188,7 @@ impl Bench {
                 ssh: HashMap::new(),
                 layer: self.layer,
                 default_network: self.network,
+                allow_network_host: self.allow_network_host,
                 allow_insecure: false,
                 limits: Default::default(),
                 http: None,
@@ -859,10 +862,10 @@ fn the_build_network_keys_steps_that_do_not_choose_one() {
     let ctx = bench.context("ctx", &[]);
     let df = format!("{BASE}RUN echo ran > /ran\nRUN --network=none echo fixed > /fixed\n");
     runtime().block_on(async {
-        let host = bench.solve(&df, &ctx).await.unwrap();
-        assert!(host.solution.executed() >= 2);
+        let sandbox = bench.solve(&df, &ctx).await.unwrap();
+        assert!(sandbox.solution.executed() >= 2);
     });
-    // `--network none` after a build with the host's network: the steps that left the choice to
+    // `--network none` after a build on the sandbox network: the steps that left the choice to
     // the build run again (and what is built on them), the COPY before them does not.
     bench.network = NetworkMode::None;
     runtime().block_on(async {
@@ -882,11 +885,51 @@ fn the_build_network_keys_steps_that_do_not_choose_one() {
         let again = bench.solve(&df, &ctx).await.unwrap();
         assert_eq!(again.solution.executed(), 0);
     });
-    // Both results stay recorded: back on the host network nothing runs.
+    // The host's network (granted) is a third key: the step runs again.
     bench.network = NetworkMode::Host;
+    bench.allow_network_host = true;
     runtime().block_on(async {
         let host = bench.solve(&df, &ctx).await.unwrap();
-        assert_eq!(host.solution.executed(), 0);
+        assert!(host.solution.executed() >= 1);
+    });
+    // Every result stays recorded: back on the sandbox nothing runs.
+    bench.network = NetworkMode::Sandbox;
+    runtime().block_on(async {
+        let sandbox = bench.solve(&df, &ctx).await.unwrap();
+        assert_eq!(sandbox.solution.executed(), 0);
+    });
+}
+
+/// Issue 11.4: the executor runs no step on the host's network unless the build granted it, a
+/// `RUN --network=host` or a build whose default is the host's.
+#[test]
+fn the_hosts_network_needs_the_grant() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bench = Bench::new(BackendKind::Copy);
+    let ctx = bench.context("ctx", &[]);
+    let asks = format!("{BASE}RUN --network=host echo ran > /ran\n");
+    let leaves = format!("{BASE}RUN echo ran > /ran\n");
+    runtime().block_on(async {
+        let err = bench.solve(&asks, &ctx).await.err().expect("refused");
+        assert!(
+            format!("{err:?}").contains("NetworkHostNotAllowed"),
+            "{err:?}"
+        );
+    });
+    bench.network = NetworkMode::Host;
+    runtime().block_on(async {
+        let err = bench.solve(&leaves, &ctx).await.err().expect("refused");
+        assert!(
+            format!("{err:?}").contains("NetworkHostNotAllowed"),
+            "{err:?}"
+        );
+    });
+    bench.allow_network_host = true;
+    runtime().block_on(async {
+        bench.solve(&asks, &ctx).await.unwrap();
+        bench.solve(&leaves, &ctx).await.unwrap();
     });
 }
 

@@ -38,6 +38,10 @@ pub enum Entitlement {
     /// `RUN --security=insecure` runs without the sandbox: no seccomp filter, every capability.
     #[value(name = "security.insecure")]
     SecurityInsecure,
+    /// `--network host` and `RUN --network=host` use the host's network, its loopback services
+    /// included.
+    #[value(name = "network.host")]
+    NetworkHost,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -72,7 +76,8 @@ pub struct BuildArgs {
     /// An SSH agent socket for RUN --mount=type=ssh: default or ID=SOCKET; repeatable.
     #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
     ssh: Vec<String>,
-    /// The network of RUN steps that do not choose one.
+    /// The network of RUN steps that do not choose one: default is a private network whose only
+    /// way out is forge's HTTP(S) proxy; host (needs --allow network.host) or none.
     #[arg(long, value_enum, default_value = "default")]
     network: NetworkArg,
     /// Grant an entitlement to the build's steps; repeatable.
@@ -355,9 +360,11 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     r.secrets = parse_secrets(&args.secrets)?;
     r.ssh = parse_ssh(&args.ssh)?;
     r.network = match args.network {
+        NetworkArg::Default => StepNetwork::Sandbox,
         NetworkArg::None => StepNetwork::None,
-        _ => StepNetwork::Host,
+        NetworkArg::Host => StepNetwork::Host,
     };
+    r.allow_network_host = args.allow.contains(&Entitlement::NetworkHost);
     r.allow_insecure = args.allow.contains(&Entitlement::SecurityInsecure);
     r.limits = forge_runner::Limits {
         memory: args.memory,

@@ -508,7 +508,7 @@ fn secrets_stay_out_of_layers_and_progress() {
 }
 
 #[test]
-fn network_none_cannot_reach_the_registry_while_the_default_can() {
+fn network_none_and_the_default_cannot_reach_the_registry_while_granted_host_can() {
     if !prerequisites() {
         return;
     }
@@ -523,7 +523,12 @@ fn network_none_cannot_reach_the_registry_while_the_default_can() {
     );
     // The step's own output line (the step title does not hold the number).
     let reached = |log: &str| log.contains("REACHED-42");
+    // Issue 11.4: the default network reaches no service on the host's loopback.
     let out = bench.forge(&[], &ctx);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!reached(&err), "{err}");
+    let out = bench.forge(&["--network", "host", "--allow", "network.host"], &ctx);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(reached(&err), "{err}");

@@ -962,3 +962,117 @@ fn a_context_or_a_dockerfile_comes_from_standard_input() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("cannot both be read"), "{}", text(&out));
 }
+
+/// A service on the host's loopback, standing for the registry on 127.0.0.1:5000 that a step could
+/// read: it answers every connection with a marker line and counts them.
+struct LoopbackService {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const SERVICE_MARKER: &str = "host-loopback-service-says-42";
+
+impl LoopbackService {
+    fn start() -> LoopbackService {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        // Lives until the test process ends; it only ever answers on loopback.
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(format!("{SERVICE_MARKER}\n").as_bytes());
+            }
+        });
+        LoopbackService { port, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Issue 11.4: a RUN step reached the host's network services (the registry API on
+/// 127.0.0.1:5000) by default. Now it reaches none, directly or through forge's proxy; the host's
+/// network needs `--network host --allow network.host`, and `RUN --network=host` without the
+/// grant is refused before any step runs, naming its Dockerfile line.
+#[test]
+fn issue11_run_step_cannot_reach_host_loopback() {
+    if !prerequisites() {
+        return;
+    }
+    let service = LoopbackService::start();
+    let port = service.port;
+    let (_tmp, ctx, root) = context(&format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox nc -w 3 127.0.0.1 {port} </dev/null; \
+         printf 'GET http://127.0.0.1:{port}/ HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | /bin/busybox nc -w 5 127.0.0.1 3128; exit 0\"]\n"
+    ));
+    let ctx_arg = ctx.to_string_lossy();
+    let out = forge(&root, &["--progress", "plain", "--no-cache", &ctx_arg]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains(SERVICE_MARKER),
+        "the step reached the host:\n{all}"
+    );
+    assert!(all.contains("403 Forbidden"), "{all}");
+    assert!(all.contains("--allow network.host"), "{all}");
+    assert_eq!(service.connections(), 0, "{all}");
+
+    // The host's network is there when granted, and only then.
+    let out = forge(&root, &["--network", "host", "--no-cache", &ctx_arg]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("--allow network.host"), "{all}");
+    let out = forge(
+        &root,
+        &[
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--network",
+            "host",
+            "--allow",
+            "network.host",
+            &ctx_arg,
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(SERVICE_MARKER), "{all}");
+    assert!(service.connections() >= 1, "{all}");
+
+    let before = service.connections();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN --network=host [\"/bin/busybox\", \"nc\", \"-w\", \"3\", \"127.0.0.1\", \"{port}\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = forge(&root, &["--progress", "plain", &ctx_arg]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("Dockerfile:3:5") && all.contains("RUN --network=host is not allowed"),
+        "{all}"
+    );
+    assert!(all.contains("--allow network.host"), "{all}");
+    assert_eq!(
+        service.connections(),
+        before,
+        "a step ran before the refusal:\n{all}"
+    );
+    let out = forge(
+        &root,
+        &["--progress", "plain", "--allow", "network.host", &ctx_arg],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(SERVICE_MARKER), "{all}");
+}

@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod limits;
 mod lines;
 pub mod mounts;
+pub mod network;
 pub mod spec;
 pub mod user;
 

@@ -306,7 +306,7 @@ async fn network_none_cannot_reach_the_host_and_host_can() {
         !out.iter().any(|l| l.contains("reached-the-host")),
         "{lines:?}"
     );
-    // runc brings up loopback in the new network namespace.
+    // forge brings up loopback in the namespace it makes for the step.
     assert!(
         out.iter().any(|l| l.contains("lo:") && l.contains(",UP")),
         "{lines:?}"

@@ -61,6 +61,8 @@ contract!(
     cancel_kills_the_tree_and_leaves_nothing,
     cancel_while_waiting_for_a_locked_cache,
     network_none_and_host,
+    issue11_sandbox_reaches_no_host_loopback_service,
+    issue11_sandbox_reaches_the_outside_through_the_proxy,
     hostname,
     bind_read_only_and_read_write,
     cache_content_persists_between_steps,
@@ -188,7 +190,8 @@ impl World {
             cwd: "/".into(),
             user: User::default(),
             hostname: "contract".into(),
-            network: NetworkMode::Host,
+            // The default: a case that needs another network says so.
+            network: NetworkMode::default(),
             rootfs: vec![Mount {
                 kind: "overlay".into(),
                 source: "overlay".into(),
@@ -663,8 +666,131 @@ async fn network_none_and_host(w: &World) {
         w.name(),
         ran.lines
     );
-    assert_eq!(w.ok(&w.spec(&fetch)).await, Vec::<String>::new());
+    let mut host = w.spec(&fetch);
+    host.network = NetworkMode::Host;
+    assert_eq!(w.ok(&host).await, Vec::<String>::new());
     assert_eq!(served.join().unwrap(), "ping-from-step\n");
+}
+
+/// Issue 11.4: a RUN step read the host's loopback services (the registry API on 127.0.0.1:5000).
+/// On the default network it reaches none: not directly (its namespace is private), not through
+/// forge's proxy (403, saying how to allow it). `none` has no proxy at all; `host` still reaches it.
+/// The proxy variables are the step's own when it sets them.
+async fn issue11_sandbox_reaches_no_host_loopback_service(w: &World) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let sandbox = w.spec(&format!(
+        "echo proxy=$HTTP_PROXY,$https_proxy,$NO_PROXY; \
+         echo x | nc -w 3 127.0.0.1 {port} && echo DIRECT-REACHED; \
+         {}; {}; {}",
+        common::via_proxy(&format!(r"GET http://127.0.0.1:{port}/ HTTP/1.0\r\n\r\n")),
+        common::via_proxy(&format!(r"GET http://localhost:{port}/ HTTP/1.0\r\n\r\n")),
+        common::via_proxy(&format!(
+            r"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )),
+    ));
+    let ran = w.run(&sandbox).await;
+    let out = ran.stdout();
+    assert!(
+        out.contains(
+            &"proxy=http://127.0.0.1:3128,http://127.0.0.1:3128,localhost,127.0.0.1,::1".into()
+        ),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    assert!(
+        !out.iter().any(|l| l.contains("REACHED")),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    let refused = out.iter().filter(|l| l.contains("403 Forbidden")).count();
+    assert_eq!(refused, 3, "{}: {:?}", w.name(), ran.lines);
+    assert!(
+        out.iter()
+            .any(|l| l.contains("the host's loopback") && l.contains("--allow network.host")),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    assert!(
+        listener.accept().is_err(),
+        "{}: a connection arrived from a sandboxed step",
+        w.name()
+    );
+
+    let mut own = w.spec("echo proxy=$HTTP_PROXY,$http_proxy,$HTTPS_PROXY");
+    own.env = vec![("HTTP_PROXY".into(), "http://users-choice:1".into())];
+    assert_eq!(
+        w.ok(&own).await,
+        ["proxy=http://users-choice:1,,http://127.0.0.1:3128"]
+    );
+
+    let mut none = w.spec(&format!(
+        "echo proxy=$HTTP_PROXY; echo x | nc -w 3 127.0.0.1 {} && echo PROXY-REACHED; \
+         echo x | nc -w 3 127.0.0.1 {port} && echo DIRECT-REACHED; true",
+        forge_runner::network::PROXY_PORT
+    ));
+    none.network = NetworkMode::None;
+    assert_eq!(w.ok(&none).await, ["proxy="], "{}", w.name());
+
+    // The server answers and closes: nc waits for that.
+    listener.set_nonblocking(false).unwrap();
+    let served = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut conn, b"host-service\n").unwrap();
+    });
+    let mut host = w.spec(&format!("nc -w 3 127.0.0.1 {port} </dev/null"));
+    host.network = NetworkMode::Host;
+    assert_eq!(w.ok(&host).await, ["host-service"], "{}", w.name());
+    served.join().unwrap();
+}
+
+/// Issue 11.4: on the default network the outside world is reached through forge's proxy, as
+/// tools that honour `*_PROXY` do (busybox wget here), and by a CONNECT tunnel (https). The
+/// "outside" is a network namespace the test makes; its host-side address, one of the host's own,
+/// is refused.
+async fn issue11_sandbox_reaches_the_outside_through_the_proxy(w: &World) {
+    if forge_testsupport::tool("ip").is_none() {
+        return;
+    }
+    let net = common::TestNet::new(&[("file", "served-from-outside-42\n")]);
+    let port = common::TestNet::PORT;
+    let ns = &net.ns_addr;
+    let host = &net.host_addr;
+    let script = format!(
+        "wget -q -O- {url}; {tunnel}; \
+         wget -q -O- http://{host}:{port}/file || echo REFUSED-OWN-ADDRESS; {own}",
+        url = net.url("file"),
+        tunnel = common::via_proxy(&format!(
+            r"CONNECT {ns}:{port} HTTP/1.1\r\nHost: {ns}:{port}\r\n\r\nGET /file HTTP/1.0\r\nHost: {ns}\r\n\r\n"
+        )),
+        own = common::via_proxy(&format!(r"GET http://{host}:{port}/file HTTP/1.0\r\n\r\n")),
+    );
+    let ran = w.run(&w.spec(&script)).await;
+    let out = ran.stdout();
+    let served = out
+        .iter()
+        .filter(|l| l.contains("served-from-outside-42"))
+        .count();
+    assert_eq!(served, 2, "{}: {:?}", w.name(), ran.lines);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("HTTP/1.1 200") || l.starts_with("HTTP/1.0 200")),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    assert!(
+        out.contains(&"REFUSED-OWN-ADDRESS".into())
+            && out.iter().any(|l| l.contains("own interfaces")),
+        "{}: {:?}",
+        w.name(),
+        ran.lines
+    );
+    drop(net);
 }
 
 async fn hostname(w: &World) {

@@ -139,7 +139,7 @@ fn chowned_files_keep_their_owners_in_the_snapshot() {
 }
 
 #[test]
-fn network_none_cannot_reach_a_host_loopback_port_host_can() {
+fn network_none_and_sandbox_cannot_reach_a_host_loopback_port_host_can() {
     for_each_mode(|fx| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -166,9 +166,21 @@ fn network_none_cannot_reach_a_host_loopback_port_host_can() {
             r.stdout.contains("lo-up"),
             "loopback is up in the new namespace: {r:?}"
         );
+        // Issue 11.4: the default (sandbox) reaches neither the port nor, through forge's proxy,
+        // the host's loopback; rootless too.
+        let r = fx.sh(
+            &[],
+            &format!(
+                "{script}; printf 'GET http://127.0.0.1:{port}/ HTTP/1.0\\r\\n\\r\\n' | \
+                 nc -w 5 127.0.0.1 3128"
+            ),
+        );
+        assert!(r.stdout.contains("lo-up"), "{r:?}");
+        assert!(r.stdout.contains("403 Forbidden"), "{r:?}");
+        assert!(r.stdout.contains("--allow network.host"), "{r:?}");
         assert!(
             listener.accept().is_err(),
-            "a connection arrived from a network-none step"
+            "a connection arrived from a network-none or sandboxed step"
         );
     });
 }

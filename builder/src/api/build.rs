@@ -218,17 +218,7 @@ impl Session {
             .map_err(|e| {
                 BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
             })?;
-        if !request.allow_insecure
-            && let Some(v) = lowered.graph.vertices.iter().find(|v| {
-                matches!(&v.op, crate::graph::Op::Exec(e) if e.security == crate::graph::SecurityMode::Insecure)
-            })
-        {
-            return Err(BuildError::Invalid(format!(
-                "{}: RUN --security=insecure is not allowed: the build must grant it \
-                 (forge build --allow security.insecure)",
-                v.description
-            )));
-        }
+        refuse_ungranted(request, &lowered.graph, &name, &text)?;
         let runner = self.runner().await?;
         let graph = Arc::new(lowered.graph);
         let cache = DiskCache::open(self.root.join("build-cache"))?;
@@ -253,6 +243,7 @@ impl Session {
                     source_date_epoch: request.source_date_epoch,
                 },
                 default_network: request.network,
+                allow_network_host: request.allow_network_host,
                 allow_insecure: request.allow_insecure,
                 limits: request.limits,
                 http: Some(Arc::new(HttpSource::new(
@@ -443,6 +434,56 @@ fn read_ignore(path: &std::path::Path) -> Result<Vec<String>, BuildError> {
         .map_err(|e| BuildError::Invalid(format!("{}: {e}", path.display())))?
         .patterns()
         .to_vec())
+}
+
+/// Refuses, before any step runs, a build whose steps need an entitlement it was not granted (as
+/// BuildKit does): `RUN --security=insecure` needs `--allow security.insecure`; the host's network
+/// (`RUN --network=host`; `--network host` is checked by [`BuildRequest::validate`]) needs
+/// `--allow network.host`. The error points at the flag in the Dockerfile (`FILE:LINE:COLUMN`).
+fn refuse_ungranted(
+    request: &BuildRequest,
+    graph: &Graph,
+    name: &str,
+    text: &str,
+) -> Result<(), BuildError> {
+    use crate::graph::{NetworkMode as RunNetwork, Op, SecurityMode};
+    for v in &graph.vertices {
+        let Op::Exec(e) = &v.op else { continue };
+        if e.security == SecurityMode::Insecure && !request.allow_insecure {
+            return Err(BuildError::Invalid(format!(
+                "{}: {}: RUN --security=insecure is not allowed: the build must grant it \
+                 (forge build --allow security.insecure)",
+                flag_location(name, text, v.line, "--security"),
+                v.description
+            )));
+        }
+        if e.network == RunNetwork::Host && !request.allow_network_host {
+            return Err(BuildError::Invalid(format!(
+                "{}: {}: RUN --network=host is not allowed: the step would reach the host's own \
+                 services; the build must grant it (forge build --allow network.host)",
+                flag_location(name, text, v.line, "--network"),
+                v.description
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `FILE:LINE:COLUMN` of `flag` in the instruction that starts on `line` (1-based) of `text`, or
+/// `FILE:LINE` when it is not found there (continuation lines included).
+fn flag_location(name: &str, text: &str, line: Option<usize>, flag: &str) -> String {
+    let Some(line) = line else {
+        return name.to_string();
+    };
+    for (n, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        if let Some(byte) = l.to_ascii_lowercase().find(flag) {
+            return format!("{name}:{}:{}", n + 1, l[..byte].chars().count() + 1);
+        }
+        if !l.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    format!("{name}:{line}")
 }
 
 /// A lowering error gets the file's name and text, so the caller can show the line.

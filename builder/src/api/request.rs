@@ -32,8 +32,13 @@ pub struct BuildRequest {
     pub secrets: Secrets,
     /// SSH agent sockets for `RUN --mount=type=ssh`, by id.
     pub ssh: HashMap<String, PathBuf>,
-    /// The network of RUN steps that do not choose one.
+    /// The network of RUN steps that do not choose one: the sandbox (a private namespace whose only
+    /// way out is forge's HTTP(S) proxy) unless said otherwise.
     pub network: NetworkMode,
+    /// `--allow network.host`: lets steps use the host's network (`--network host`, `RUN
+    /// --network=host`), where they reach the host's own services. Without it such a build is
+    /// refused before it starts, as BuildKit refuses the entitlement.
+    pub allow_network_host: bool,
     /// `--allow security.insecure`: lets `RUN --security=insecure` steps run without the sandbox (no
     /// seccomp filter, every capability, /proc unmasked). Without it the build is refused before it
     /// starts, as BuildKit refuses the entitlement.
@@ -71,7 +76,8 @@ impl BuildRequest {
             labels: BTreeMap::new(),
             secrets: Secrets::default(),
             ssh: HashMap::new(),
-            network: NetworkMode::Host,
+            network: NetworkMode::Sandbox,
+            allow_network_host: false,
             allow_insecure: false,
             limits: forge_runner::Limits::default(),
             compression: None,
@@ -107,6 +113,13 @@ impl BuildRequest {
                     "platform {p}: only this machine's platform ({host}) can be built for now"
                 )));
             }
+        }
+        if self.network == NetworkMode::Host && !self.allow_network_host {
+            return Err(BuildError::Invalid(
+                "--network host is not allowed: RUN steps would reach the host's own services; \
+                 the build must grant it (forge build --network host --allow network.host)"
+                    .into(),
+            ));
         }
         if self.pushes() && self.tags.is_empty() {
             return Err(BuildError::Invalid(

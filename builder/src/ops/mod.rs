@@ -167,6 +167,10 @@ pub enum ExecError {
         "RUN --security=insecure is not allowed: the build must grant it (forge build --allow security.insecure)"
     )]
     InsecureNotAllowed,
+    #[error(
+        "the host's network is not allowed: the build must grant it (forge build --allow network.host)"
+    )]
+    NetworkHostNotAllowed,
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -248,6 +252,9 @@ pub struct ExecutorConfig {
     pub layer: LayerOptions,
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
+    /// `--allow network.host`: a step may run on the host's network; without it such a step is
+    /// refused (the build checks first, this is the executor's own guard).
+    pub allow_network_host: bool,
     /// `--allow security.insecure`: a `RUN --security=insecure` step runs without the sandbox
     /// (forge_runner::Security::Insecure); without it such a step is refused.
     pub allow_insecure: bool,
@@ -776,6 +783,16 @@ impl BuildExecutor {
             cleanup(held, &scratch_keys);
             return Err(ExecError::Internal("a step without a root mount".into()));
         };
+        let network = match op.network {
+            NetworkMode::Default => self.cfg.default_network,
+            NetworkMode::None => StepNetwork::None,
+            NetworkMode::Host => StepNetwork::Host,
+        };
+        if network == StepNetwork::Host && !self.cfg.allow_network_host {
+            cleanup(held, &scratch_keys);
+            let _ = self.cfg.snapshots.remove(&key);
+            return Err(ExecError::NetworkHostNotAllowed);
+        }
         let (user, group) = match op.user.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
             None => (op.user.clone(), None),
@@ -793,11 +810,7 @@ impl BuildExecutor {
             cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
             user: User { user, group },
             hostname: "forge".into(),
-            network: match op.network {
-                NetworkMode::Default => self.cfg.default_network,
-                NetworkMode::None => StepNetwork::None,
-                NetworkMode::Host => StepNetwork::Host,
-            },
+            network,
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,
@@ -1078,6 +1091,7 @@ impl Executor for BuildExecutor {
                 // build must not take results made with the host's network.
                 if e.network == NetworkMode::Default {
                     h.update(match self.cfg.default_network {
+                        StepNetwork::Sandbox => b"network:sandbox".as_slice(),
                         StepNetwork::Host => b"network:host",
                         StepNetwork::None => b"network:none",
                     });

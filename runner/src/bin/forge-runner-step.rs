@@ -3,7 +3,7 @@
 //!
 //! forge-runner-step [--runner embedded|containerd] [--containerd-address SOCK]
 //!   --state-dir D --cache-root D (--overlay LOWER:UPPER:WORK | --bind-rootfs DIR)
-//!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network host|none] [--shell]
+//!   [--env K=V] [--cwd P] [--user U[:G]] [--hostname H] [--network sandbox|host|none] [--shell]
 //!   [--security sandbox|insecure] [--memory BYTES] [--cpus N]
 //!   [--mount-bind SRC:TARGET[:rw]] [--mount-cache ID:TARGET[:SHARING[:UID:GID:MODE]]]
 //!   [--cache-seed ROOT[:PATH]] (the previous --mount-cache starts from PATH inside ROOT)
@@ -59,7 +59,7 @@ fn parse() -> Result<Args, String> {
         cwd: PathBuf::from("/"),
         user: User::default(),
         hostname: String::new(),
-        network: NetworkMode::Host,
+        network: NetworkMode::Sandbox,
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),
@@ -140,6 +140,7 @@ fn parse() -> Result<Args, String> {
             }
             "--network" => {
                 spec.network = match value.as_str() {
+                    "sandbox" => NetworkMode::Sandbox,
                     "host" => NetworkMode::Host,
                     "none" => NetworkMode::None,
                     other => return Err(format!("unknown network mode {other:?}")),

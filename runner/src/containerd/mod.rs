@@ -107,6 +107,8 @@ pub enum ContainerdError {
     },
     #[error(transparent)]
     Mount(crate::mounts::MountError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("the step was cancelled")]
     Cancelled,
 }

@@ -12,7 +12,7 @@ use super::ContainerdError;
 use super::rootfs::{RootfsView, normalize};
 use super::spec::mount;
 use crate::mounts::{ResolvedMount, ResolvedMounts};
-use crate::spec::StepMount;
+use crate::spec::{NetworkMode, StepMount};
 
 /// A step's mounts beyond the standard ones, and what keeps them valid on the host until released.
 pub(crate) struct PreparedMounts {
@@ -32,6 +32,7 @@ pub(crate) async fn prepare(
     step_dir: &Path,
     cache_root: &Path,
     hostname: &str,
+    network: NetworkMode,
     mounts: &[StepMount],
     cancel: &CancellationToken,
 ) -> Result<PreparedMounts, ContainerdError> {
@@ -40,9 +41,7 @@ pub(crate) async fn prepare(
     create_dir(&etc, 0o755)?;
     let hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    // The host's resolvers, which a host-network step reaches as the host does; with `none` nothing
-    // is reachable anyway, but tools that parse resolv.conf still find a well-formed file.
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let resolv = crate::network::resolv_conf(network);
     let generated = [
         ("hosts", hosts.into_bytes()),
         ("resolv.conf", resolv),

@@ -27,8 +27,9 @@ use super::spec::{SpecInput, build, environment};
 use super::{
     Connection, ContainerdConfig, ContainerdContent, ContainerdError, ContainerdSnapshots, Lease,
 };
+use crate::network::{self, Namespace};
 use crate::spec::OutputSink;
-use crate::spec::{StepOutcome, StepSpec};
+use crate::spec::{NetworkMode, StepOutcome, StepSpec};
 
 /// containerd's type URL for an OCI runtime spec carried as JSON in an `Any`.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -151,6 +152,7 @@ impl ContainerdRunner {
                 &step_dir,
                 &self.config.cache_root,
                 &spec.hostname,
+                spec.network,
                 &spec.mounts,
                 cancel,
             )
@@ -159,7 +161,13 @@ impl ContainerdRunner {
             let mut step_env: Vec<(String, String)> =
                 spec.env.iter().chain(&spec.secret_env).cloned().collect();
             prepared.resolved.apply_env(&mut step_env);
+            if spec.network == NetworkMode::Sandbox {
+                network::add_proxy_env(&mut step_env);
+            }
             step.mounts = Some(prepared);
+            // Held until the task is gone: runc joins it by this process's descriptor, and
+            // dropping it stops the step's proxy.
+            let netns = Namespace::for_step(spec.network).await?;
             let env = environment(&step_env, &[], &user.home);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),
@@ -167,7 +175,7 @@ impl ContainerdRunner {
                 cwd: spec.cwd.clone(),
                 user: &user,
                 hostname: &spec.hostname,
-                network: spec.network,
+                netns: netns.as_ref().map(Namespace::path),
                 security: spec.security,
                 mounts: oci_mounts,
                 // One fixed parent: runc removes the step's cgroup but never its parent, so a parent

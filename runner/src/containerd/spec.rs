@@ -1,8 +1,8 @@
 //! The OCI runtime spec a step's container gets: Docker's defaults for a non-privileged container
 //! (capabilities, the default seccomp profile, masked and read-only /proc paths from
 //! [`crate::confine`], /dev, /sys read-only, a device cgroup that allows only runc's standard nodes),
-//! the step's process, user and hostname, and the network namespace only when the step asked for
-//! `none`. An insecure step (`RUN --security=insecure`) gets every capability and no filter or masks.
+//! the step's process, user and hostname, and the step's private network namespace
+//! ([`crate::network`]) by path unless it runs on the host's network. An insecure step (`RUN --security=insecure`) gets every capability and no filter or masks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +18,6 @@ use oci_spec::runtime::{
 use super::ContainerdError;
 use crate::confine::seccomp::{Action, Cmp, Profile};
 use crate::confine::{MASKED_PATHS, READONLY_PATHS, Security};
-use crate::spec::NetworkMode;
 use crate::user::ResolvedUser;
 
 /// The PATH a step gets when its environment has none (Docker's and BuildKit's default).
@@ -50,7 +49,8 @@ pub(crate) struct SpecInput<'a> {
     pub cwd: PathBuf,
     pub user: &'a ResolvedUser,
     pub hostname: &'a str,
-    pub network: NetworkMode,
+    /// The network namespace to join (made and held by forge); `None`: the host's network.
+    pub netns: Option<PathBuf>,
     pub security: Security,
     /// Mounts after the standard ones (generated /etc files, then the step's own mounts), in order.
     pub mounts: Vec<OciMount>,
@@ -155,25 +155,31 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .build()
         .map_err(|e| err("process", e))?;
 
-    let mut namespace_types = vec![
+    let mut namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-    ];
-    // Host networking is the absence of a network namespace; runc brings up `lo` in a new one.
-    if input.network == NetworkMode::None {
-        namespace_types.push(LinuxNamespaceType::Network);
-    }
-    let namespaces = namespace_types
-        .into_iter()
-        .map(|typ| {
+    ]
+    .into_iter()
+    .map(|typ| {
+        LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .build()
+            .map_err(|e| err("namespace", e))
+    })
+    .collect::<Result<Vec<_>, _>>()?;
+    // Host networking is the absence of a network namespace. A private one is forge's, with `lo` up
+    // and the proxy's listener in it, so that both backends give a step the same network.
+    if let Some(path) = input.netns {
+        namespaces.push(
             LinuxNamespaceBuilder::default()
-                .typ(typ)
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
                 .build()
-                .map_err(|e| err("namespace", e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+                .map_err(|e| err("namespace", e))?,
+        );
+    }
     // Deny every device, then runc appends its default allow list (null, zero, full, tty, random...).
     let devices = vec![
         LinuxDeviceCgroupBuilder::default()
@@ -409,7 +415,7 @@ mod tests {
     /// The spec of `true` in /work for `user`, as JSON.
     fn spec_json(
         user: &ResolvedUser,
-        network: NetworkMode,
+        netns: Option<PathBuf>,
         security: Security,
     ) -> serde_json::Value {
         let spec = build(SpecInput {
@@ -418,7 +424,7 @@ mod tests {
             cwd: "/work".into(),
             user,
             hostname: "forge",
-            network,
+            netns,
             security,
             mounts: vec![],
             cgroups_path: "/forge/x".into(),
@@ -429,25 +435,26 @@ mod tests {
     }
 
     #[test]
-    fn the_network_namespace_exists_only_for_network_none() {
+    fn a_private_network_namespace_is_joined_by_path() {
         let user = ResolvedUser {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![2000],
             home: "/home/tester".into(),
         };
-        let spec_for = |network| spec_json(&user, network, Security::Sandbox);
-        let has_netns = |v: &serde_json::Value| {
+        let spec_for = |netns| spec_json(&user, netns, Security::Sandbox);
+        let netns_path = |v: &serde_json::Value| {
             v["linux"]["namespaces"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|n| n["type"] == "network")
+                .find(|n| n["type"] == "network")
+                .map(|n| n["path"].clone())
         };
-        let none = spec_for(NetworkMode::None);
-        let host = spec_for(NetworkMode::Host);
-        assert!(has_netns(&none));
-        assert!(!has_netns(&host));
+        let none = spec_for(Some("/proc/1/fd/7".into()));
+        let host = spec_for(None);
+        assert_eq!(netns_path(&none), Some(serde_json::json!("/proc/1/fd/7")));
+        assert_eq!(netns_path(&host), None);
         assert_eq!(
             none["process"]["user"]["additionalGids"],
             serde_json::json!([2000])
@@ -477,7 +484,7 @@ mod tests {
             additional_gids: vec![],
             home: "/root".into(),
         };
-        let spec_for = |security| spec_json(&user, NetworkMode::Host, security);
+        let spec_for = |security| spec_json(&user, None, security);
         let sandbox = spec_for(Security::Sandbox);
         let seccomp = &sandbox["linux"]["seccomp"];
         assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");

@@ -46,7 +46,9 @@ pub(crate) struct Plan {
     /// another thread may have held its lock at fork time).
     pub fuse_overlayfs: Option<PathBuf>,
     pub hostname: String,
-    pub new_netns: bool,
+    /// The step's private network namespace ([`crate::network`]), joined before the fork; `None`
+    /// for the host's network.
+    pub netns: Option<fs::File>,
     /// Host file -> path in the container, bind-mounted read-only (hosts, resolv.conf, hostname).
     pub etc_files: Vec<(PathBuf, PathBuf)>,
     /// The step's mounts as [`crate::mounts`] resolved them, in order.
@@ -174,18 +176,19 @@ pub(crate) fn unmount_fuse(plan: &Plan) {
 }
 
 /// Forks the container's init from the calling thread and returns its pid. Must run on a thread made
-/// for this one step: it moves that thread (only) into new PID, IPC, UTS and optionally network
-/// namespaces first, which Linux allows per thread, so that the forked child is pid 1 there without a
-/// middle process. The mount namespace is unshared by init itself: pivot_root moves every task of its
+/// for this one step: it moves that thread (only) into new PID, IPC and UTS namespaces and the step's
+/// network namespace first, which Linux allows per thread, so that the forked child is pid 1 there
+/// without a middle process. The mount namespace is unshared by init itself: pivot_root moves every task of its
 /// mount namespace that shares the old root, and the thread must stay on the host's root.
 /// `lifeline` is the read end of a pipe whose write end forge holds for the step.
 pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Result<Pid, String> {
     mount_fuse(plan)?;
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    if plan.new_netns {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+    if let Some(netns) = &plan.netns {
+        nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("join the step's network namespace: {e}"))?;
+    }
     // SAFETY: the child only runs `run_init`, which never returns into forge's code and only uses
     // calls that are safe after fork in a multi-threaded process with glibc (whose fork resets
     // malloc's locks).
@@ -645,9 +648,6 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
             nix::unistd::sethostname(&plan.hostname).map_err(io::Error::from),
             || format!("set hostname {:?}", plan.hostname),
         )?;
-    }
-    if plan.new_netns {
-        ctx(sys::loopback_up(), || "bring loopback up".into())?;
     }
     if plan.rootfs.is_empty() {
         return Err("the step has no rootfs mounts".into());

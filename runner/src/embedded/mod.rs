@@ -28,6 +28,7 @@ pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_names
 
 use crate::limits::{LimitError, StepCgroup};
 use crate::mounts::{MountError, ResolvedMount, ResolvedMounts};
+use crate::network::{self, Namespace, NetworkError};
 use crate::spec::OutputSink;
 use crate::spec::{NetworkMode, Security, StepOutcome, StepSpec, Stream};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,8 @@ pub enum EmbeddedError {
     },
     #[error(transparent)]
     Mount(MountError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("{what}: {source}")]
     Sys {
         what: &'static str,
@@ -208,15 +211,12 @@ impl EmbeddedRunner {
         };
         let hosts =
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        let resolv = match spec.network {
-            NetworkMode::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            NetworkMode::None => String::new(),
-        };
+        let resolv = network::resolv_conf(spec.network);
         let mut out = Vec::new();
         for (name, text) in [
-            ("hosts", hosts),
+            ("hosts", hosts.into_bytes()),
             ("resolv.conf", resolv),
-            ("hostname", format!("{hostname}\n")),
+            ("hostname", format!("{hostname}\n").into_bytes()),
         ] {
             let p = dir.join(name);
             fs::write(&p, text).map_err(io_err("write", &p))?;
@@ -232,10 +232,14 @@ impl EmbeddedRunner {
         spec: &StepSpec,
         step_dir: &Path,
         resolved: &ResolvedMounts,
+        netns: Option<&Namespace>,
     ) -> Result<Plan, EmbeddedError> {
         let mut env: Vec<(String, String)> =
             spec.env.iter().chain(&spec.secret_env).cloned().collect();
         resolved.apply_env(&mut env);
+        if spec.network == NetworkMode::Sandbox {
+            network::add_proxy_env(&mut env);
+        }
         Ok(Plan {
             step_dir: step_dir.to_path_buf(),
             rootfs_dir: step_dir.join("rootfs"),
@@ -251,7 +255,7 @@ impl EmbeddedRunner {
             } else {
                 spec.hostname.clone()
             },
-            new_netns: spec.network == NetworkMode::None,
+            netns: netns.map(Namespace::try_clone).transpose()?,
             etc_files: self.etc_files(spec, &step_dir.join("etc"))?,
             mounts: resolved.mounts.clone(),
             argv: spec.command.argv(),
@@ -397,7 +401,9 @@ impl EmbeddedRunner {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "step".into());
         let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
-        let mut plan = self.plan(spec, step_dir.0.path(), &resolved)?;
+        // Lives until the step is over; dropping it stops the step's proxy.
+        let netns = Namespace::for_step(spec.network).await?;
+        let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_ref())?;
         if let Some(cg) = &cgroup {
             plan.cgroup_procs = cg.join_fds()?;
         }

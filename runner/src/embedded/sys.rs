@@ -1,5 +1,5 @@
 //! Thin wrappers over the Linux calls the embedded backend needs and neither nix nor std expose: the
-//! new mount API (open_tree, move_mount, mount_setattr), capset, and bringing loopback up. Each returns
+//! new mount API (open_tree, move_mount, mount_setattr), and capset. Each returns
 //! `io::Result` so the container setup can attach the path or step that failed.
 
 use std::ffi::CString;
@@ -249,40 +249,6 @@ pub(crate) fn set_caps(caps: &[u32]) -> io::Result<()> {
     };
     // SAFETY: header and two data structs as capset(2) version 3 expects.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })?;
-    Ok(())
-}
-
-/// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS), without `ip`.
-pub(crate) fn loopback_up() -> io::Result<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    // SAFETY: a plain socket used only for the ioctls below, closed by OwnedFd.
-    let sock = cvt(unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) as libc::c_long
-    })?;
-    // SAFETY: fresh descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock as RawFd) };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    req.name[..2].copy_from_slice(b"lo");
-    // SAFETY: req is a valid ifreq-sized buffer for both ioctls.
-    unsafe {
-        cvt(
-            libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq)
-                as libc::c_long,
-        )?;
-        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        cvt(
-            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req as *const IfReq) as libc::c_long,
-        )?;
-    }
     Ok(())
 }
 

@@ -353,3 +353,159 @@ pub fn build_busybox_rootfs(root: &Path) {
     fs::write(root.join("old/file"), "from the lower layer\n").unwrap();
     std::os::unix::fs::chown(root.join("home/tester"), Some(1000), Some(1000)).unwrap();
 }
+
+/// A network the test makes for itself (as root), standing for "the outside world" without
+/// leaving the machine: a network namespace `forge-net-test-<random>` joined to the host by a veth
+/// pair on an unused 10.231.X.0/30, and busybox httpd serving `files` on NS_ADDR:8080 inside it.
+/// Everything is removed on drop, also when the test fails.
+pub struct TestNet {
+    pub ns: String,
+    /// The host's end of the veth: an address of the host's own interfaces while the net exists.
+    pub host_addr: String,
+    /// The namespace's end, where httpd listens.
+    pub ns_addr: String,
+    host_if: String,
+    httpd: Option<Child>,
+    _files: tempfile::TempDir,
+}
+
+impl TestNet {
+    pub const PORT: u16 = 8080;
+
+    pub fn new(files: &[(&str, &str)]) -> TestNet {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            ^ std::process::id().rotate_left(16);
+        // A subnet no interface or route of the host uses yet.
+        let used = ip(&["-o", "addr"]) + &ip(&["route"]);
+        let x = (0..254)
+            .map(|i| (seed.wrapping_add(i) % 254) + 1)
+            .find(|x| !used.contains(&format!("10.231.{x}.")))
+            .expect("a free 10.231.X.0/30");
+        let tag = format!("{:06x}", seed & 0xff_ffff);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).unwrap();
+        }
+        let mut net = TestNet {
+            ns: format!("forge-net-test-{tag}"),
+            host_addr: format!("10.231.{x}.1"),
+            ns_addr: format!("10.231.{x}.2"),
+            host_if: format!("fnt{tag}h"),
+            httpd: None,
+            _files: dir,
+        };
+        // From here on, drop removes whatever was made.
+        let ns_if = format!("fnt{tag}n");
+        ip(&["netns", "add", &net.ns]);
+        ip(&[
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &net.ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", net.host_addr),
+            "dev",
+            &net.host_if,
+        ]);
+        ip(&["link", "set", &net.host_if, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", net.ns.as_str()];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", net.ns_addr),
+            "dev",
+            &ns_if,
+        ]);
+        in_ns(&["ip", "link", "set", &ns_if, "up"]);
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        net.httpd = Some(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &net.ns,
+                    forge_testsupport::BUSYBOX,
+                    "httpd",
+                    "-f",
+                ])
+                .arg("-p")
+                .arg(Self::PORT.to_string())
+                .arg("-h")
+                .arg(net._files.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start busybox httpd in the test namespace"),
+        );
+        let addr: std::net::SocketAddr = format!("{}:{}", net.ns_addr, Self::PORT).parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "httpd in {} does not answer on {addr}",
+                net.ns
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        net
+    }
+
+    /// `http://NS_ADDR:8080/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:{}/{path}", self.ns_addr, Self::PORT)
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Some(mut httpd) = self.httpd.take() {
+            let _ = httpd.kill();
+            let _ = httpd.wait();
+        }
+        // Deleting one end of a veth pair deletes both.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The proxy's raw answer to `request` (with `\r\n` line ends written as `\r\n` escapes for the
+/// step's printf), as a shell command for a busybox step.
+pub fn via_proxy(request: &str) -> String {
+    format!(
+        "printf '{request}' | nc -w 5 127.0.0.1 {}",
+        forge_runner::network::PROXY_PORT
+    )
+}
