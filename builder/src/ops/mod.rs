@@ -9,14 +9,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use forge_runner::backend::{Backend, RunError, Runner};
-use forge_runner::spec::{
-    CacheSeed, CacheSharing as StepSharing, Command, NetworkMode as StepNetwork, Security,
-    StepMount, StepMountKind, StepSpec, Stream, User,
-};
+use forge_runner::backend::{Backend, RunError};
+use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
@@ -26,21 +23,20 @@ use forge_snapshotter::store::{Digest as BlobDigest, Store, StoreError};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{BuildEvent, Events, OutputStream};
+use crate::events::Events;
 use crate::fileop::{self, FileOpError, SourceDirs, Visible};
-use crate::graph::{
-    CacheSharing, FileAction, Graph, MountKind, NetworkMode, NodeRef, Op, SecurityMode, SourceOp,
-    Vertex, VertexId,
-};
+use crate::graph::{FileAction, Graph, NetworkMode, NodeRef, Op, SourceOp, Vertex, VertexId};
 use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
 use crate::source::BaseImage;
 use crate::source::context::{ContextError, ContextSnapshot};
 
 mod files;
 mod mount;
+mod run;
 
 use files::{TestLogWriter, populate_view, tar_artifacts};
 pub use mount::Mounted;
+use run::{oom_note, short_argv};
 
 /// One layer of a result: what a manifest and a config need, and where the blob is (the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -560,335 +556,6 @@ impl BuildExecutor {
         Ok(Built::Fs { layers })
     }
 
-    async fn exec_run(
-        &self,
-        vertex: &Vertex,
-        op: &crate::graph::ExecOp,
-        inputs: &[Built],
-        cancel: &CancellationToken,
-    ) -> Result<Built, ExecError> {
-        // Inputs arrive in mount order, for the mounts that have one.
-        let mut next = inputs.iter();
-        let mut base: Vec<Layer> = Vec::new();
-        let mut root_seen = false;
-        let mut held: Vec<Mounted> = Vec::new();
-        let mut scratch_keys: Vec<String> = Vec::new();
-        let mut step_mounts = Vec::new();
-        let mut secret_env = Vec::new();
-        let mut secret_values: Vec<Vec<u8>> = Vec::new();
-        let mut root_mounts = None;
-        let key = self.unique("run");
-        let setup = async {
-            for m in &op.mounts {
-                let target = PathBuf::from(&m.target);
-                match &m.kind {
-                    MountKind::Bind {
-                        input,
-                        source_path,
-                        readonly,
-                        output,
-                    } => {
-                        let built = match input {
-                            Some(_) => Some(next.next().ok_or_else(|| {
-                                ExecError::Internal("fewer inputs than mounts".into())
-                            })?),
-                            None => None,
-                        };
-                        if *output && !root_seen {
-                            root_seen = true;
-                            base = match built {
-                                None => Vec::new(),
-                                Some(b) => b
-                                    .layers()
-                                    .ok_or_else(|| {
-                                        ExecError::Unsupported(
-                                            "a local directory as a step's root filesystem".into(),
-                                        )
-                                    })?
-                                    .to_vec(),
-                            };
-                            let parent = self.ensure_snapshot(&base).await?;
-                            root_mounts =
-                                Some(self.cfg.snapshots.prepare(&key, parent.as_deref())?);
-                            continue;
-                        }
-                        let source = if let Some(Built::Local { name }) = built {
-                            // The context as the build sees it (.dockerignore applied), never the
-                            // host directory itself.
-                            let k = self.unique("ctx");
-                            scratch_keys.push(k.clone());
-                            let m = self.local_view(name, &k, !*readonly).await?;
-                            let p = inside(m.path(), source_path)?;
-                            held.push(m);
-                            p
-                        } else if *readonly {
-                            let m = match built {
-                                Some(b) => self.mount_readonly(b).await?,
-                                None => self.mount_readonly(&Built::Fs { layers: vec![] }).await?,
-                            };
-                            let p = inside(m.path(), source_path)?;
-                            held.push(m);
-                            p
-                        } else {
-                            // A writable bind: changes land in a throwaway snapshot.
-                            let layers = match built {
-                                None => Vec::new(),
-                                Some(b) => b.layers().map(<[Layer]>::to_vec).ok_or_else(|| {
-                                    ExecError::Unsupported(
-                                        "a writable bind mount of a local directory".into(),
-                                    )
-                                })?,
-                            };
-                            let parent = self.ensure_snapshot(&layers).await?;
-                            let k = self.unique("bind");
-                            let mounts = self.cfg.snapshots.prepare(&k, parent.as_deref())?;
-                            scratch_keys.push(k);
-                            let m = Mounted::mount(
-                                &mounts,
-                                self.cfg.scratch.work().join(self.unique("rwb")),
-                            )?;
-                            let p = inside(m.path(), source_path)?;
-                            held.push(m);
-                            p
-                        };
-                        step_mounts.push(StepMount {
-                            target,
-                            kind: StepMountKind::Bind {
-                                source,
-                                readonly: *readonly,
-                            },
-                        });
-                    }
-                    MountKind::Cache {
-                        id,
-                        sharing,
-                        input,
-                        source_path,
-                        ..
-                    } => {
-                        // A new cache starts as a copy of its base: the `from=` stage at `source=`,
-                        // or the directory lowering made for uid/gid/mode. The base stays mounted
-                        // until the step ends; the runner copies it only when it creates the cache.
-                        let mut seed = None;
-                        if input.is_some() {
-                            let b = next.next().ok_or_else(|| {
-                                ExecError::Internal("fewer inputs than mounts".into())
-                            })?;
-                            let m = if let Built::Local { name } = b {
-                                // As for a bind mount: the context as the build sees it.
-                                let k = self.unique("ctx");
-                                scratch_keys.push(k.clone());
-                                self.local_view(name, &k, false).await?
-                            } else {
-                                self.mount_readonly(b).await?
-                            };
-                            seed = Some(CacheSeed {
-                                root: m.path().to_path_buf(),
-                                path: PathBuf::from(source_path),
-                            });
-                            held.push(m);
-                        }
-                        step_mounts.push(StepMount {
-                            target,
-                            kind: StepMountKind::Cache {
-                                id: id.clone(),
-                                sharing: match sharing {
-                                    CacheSharing::Shared => StepSharing::Shared,
-                                    CacheSharing::Private => StepSharing::Private,
-                                    CacheSharing::Locked => StepSharing::Locked,
-                                },
-                                // Without a base the cache starts as BuildKit's: root's, 0755.
-                                uid: 0,
-                                gid: 0,
-                                mode: 0o755,
-                                seed,
-                            },
-                        });
-                    }
-                    MountKind::Tmpfs { size_bytes } => step_mounts.push(StepMount {
-                        target,
-                        kind: StepMountKind::Tmpfs { size: *size_bytes },
-                    }),
-                    MountKind::Secret {
-                        id,
-                        env,
-                        required,
-                        uid,
-                        gid,
-                        mode,
-                    } => {
-                        let Some(data) = self.cfg.secrets.get(id) else {
-                            if *required {
-                                return Err(ExecError::MissingSecret { id: id.clone() });
-                            }
-                            continue;
-                        };
-                        secret_values.push(data.clone());
-                        if let Some(name) = env {
-                            secret_env
-                                .push((name.clone(), String::from_utf8_lossy(data).into_owned()));
-                        }
-                        if env.is_none() || !m.target.is_empty() {
-                            step_mounts.push(StepMount {
-                                target,
-                                kind: StepMountKind::Secret {
-                                    data: data.clone(),
-                                    uid: *uid,
-                                    gid: *gid,
-                                    mode: *mode,
-                                },
-                            });
-                        }
-                    }
-                    MountKind::Ssh {
-                        id,
-                        required,
-                        uid,
-                        gid,
-                        mode,
-                    } => {
-                        let Some(sock) = self.cfg.ssh.get(id) else {
-                            if *required {
-                                return Err(ExecError::MissingSsh { id: id.clone() });
-                            }
-                            continue;
-                        };
-                        step_mounts.push(StepMount {
-                            target,
-                            kind: StepMountKind::Ssh {
-                                agent_socket: sock.clone(),
-                                uid: *uid,
-                                gid: *gid,
-                                mode: *mode,
-                            },
-                        });
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
-        let cleanup = |held: Vec<Mounted>, scratch: &[String]| {
-            drop(held);
-            for k in scratch {
-                let _ = self.cfg.snapshots.remove(k);
-            }
-        };
-        if let Err(e) = setup {
-            cleanup(held, &scratch_keys);
-            let _ = self.cfg.snapshots.remove(&key);
-            return Err(e);
-        }
-        let Some(rootfs) = root_mounts else {
-            cleanup(held, &scratch_keys);
-            return Err(ExecError::Internal("a step without a root mount".into()));
-        };
-        let network = match op.network {
-            NetworkMode::Default => self.cfg.default_network,
-            NetworkMode::None => StepNetwork::None,
-            NetworkMode::Host => StepNetwork::Host,
-        };
-        if network == StepNetwork::Host && !self.cfg.allow_network_host {
-            cleanup(held, &scratch_keys);
-            let _ = self.cfg.snapshots.remove(&key);
-            return Err(ExecError::NetworkHostNotAllowed);
-        }
-        let (user, group) = match op.user.split_once(':') {
-            Some((u, g)) => (u.to_string(), Some(g.to_string())),
-            None => (op.user.clone(), None),
-        };
-        let spec = StepSpec {
-            command: Command::Exec(op.args.clone()),
-            env: op
-                .env
-                .iter()
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    None => (kv.clone(), String::new()),
-                })
-                .collect(),
-            cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
-            user: User { user, group },
-            hostname: "forge".into(),
-            network,
-            rootfs: rootfs.clone(),
-            mounts: step_mounts,
-            secret_env,
-            security: match op.security {
-                SecurityMode::Sandbox => Security::Sandbox,
-                SecurityMode::Insecure if self.cfg.allow_insecure => Security::Insecure,
-                SecurityMode::Insecure => return Err(ExecError::InsecureNotAllowed),
-            },
-            limits: self.cfg.limits,
-        };
-        let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
-        let masks = Arc::new(secret_masks(&secret_values));
-        let events = self.cfg.events.clone();
-        let sink_masks = masks.clone();
-        // A test step's output is also kept, as its log (see `Built::Test`).
-        let test_log = match &op.test {
-            Some(_) => Some(Arc::new(Mutex::new(TestLogWriter::create(
-                &self.cfg.store,
-            )?))),
-            None => None,
-        };
-        let sink_log = test_log.clone();
-        let mut sink = move |stream: Stream, line: &str| {
-            let line = mask(&sink_masks, line);
-            if let Some(log) = &sink_log {
-                log.lock().unwrap_or_else(|e| e.into_inner()).line(&line);
-            }
-            events.emit(BuildEvent::Output {
-                vertex: vertex_ref,
-                stream: match stream {
-                    Stream::Stdout => OutputStream::Stdout,
-                    Stream::Stderr => OutputStream::Stderr,
-                },
-                line,
-            });
-        };
-        let ran = self.cfg.runner.run(&spec, &mut sink, cancel).await;
-        drop(sink);
-        cleanup(held, &scratch_keys);
-        let outcome = match ran {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = self.cfg.snapshots.remove(&key);
-                return Err(e.into());
-            }
-        };
-        if let Some(test) = &op.test {
-            // A test's verdict is its result: nothing is committed, whatever the exit status.
-            let taken = self.take_artifacts(&rootfs, &test.artifacts).await;
-            let _ = self.cfg.snapshots.remove(&key);
-            let log = match test_log.and_then(Arc::into_inner) {
-                Some(l) => l
-                    .into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .finish(&self.cfg.store)?,
-                None => return Err(ExecError::Internal("the test log is still shared".into())),
-            };
-            return Ok(Built::Test {
-                exit_code: outcome.exit_code,
-                artifacts: taken?,
-                log,
-            });
-        }
-        if !outcome.success() {
-            let _ = self.cfg.snapshots.remove(&key);
-            return Err(ExecError::Exit {
-                argv: op.args.clone(),
-                code: outcome.exit_code,
-                // The tail is shown again with the error (-q, json, a server's report): masked
-                // like every line the step printed.
-                tail: outcome.tail.iter().map(|l| mask(&masks, l)).collect(),
-                memory_limit_hit: outcome.memory_limit_hit,
-            });
-        }
-        let layers = self.commit_layer(key, &base, cancel).await?;
-        Ok(Built::Fs { layers })
-    }
-
     async fn exec_http(
         &self,
         url: &str,
@@ -915,67 +582,6 @@ impl BuildExecutor {
         let layers = self.commit_layer(key, &[], cancel).await?;
         Ok(Built::Fs { layers })
     }
-}
-
-/// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem
-/// would resolve it, never leaving `root` (CVE-2024-1753: a context link to `/` must not bind the
-/// host's root).
-fn inside(root: &Path, path: &str) -> Result<PathBuf, ExecError> {
-    fileop::root::resolve(root, path, true).map_err(|e| ExecError::FileOp(FileOpError::from(e)))
-}
-
-/// What [`ExecError::Exit`] adds when the kernel's OOM killer ended the step.
-fn oom_note(limit: impl std::borrow::Borrow<Option<forge_runner::Bytes>>) -> String {
-    limit
-        .borrow()
-        .map(|l| {
-            format!(" (killed by the kernel: the step passed its memory limit of {l}, --memory)")
-        })
-        .unwrap_or_default()
-}
-
-/// `line` with every secret value (see [`secret_masks`]) replaced by `****`.
-fn mask(masks: &[String], line: &str) -> String {
-    let mut line = line.to_string();
-    for m in masks {
-        if line.contains(m.as_str()) {
-            line = line.replace(m.as_str(), "****");
-        }
-    }
-    line
-}
-
-/// An argv as an error shows it: quoted, and cut after 2 KiB so a step with a huge command line
-/// does not print megabytes.
-fn short_argv(argv: &[String]) -> String {
-    const MAX: usize = 2048;
-    let full = format!("{argv:?}");
-    if full.len() <= MAX {
-        return full;
-    }
-    let mut cut = MAX;
-    while !full.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}... ({} more bytes)", &full[..cut], full.len() - cut)
-}
-
-/// The strings masked in a step's output: each secret whole and, since output arrives one line at
-/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
-/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
-/// as masking them would garble unrelated output.
-fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
-    let mut masks: Vec<String> = Vec::new();
-    for v in values {
-        let text = String::from_utf8_lossy(v);
-        for m in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
-            if m.len() >= 3 && !masks.iter().any(|x| x == m) {
-                masks.push(m.to_string());
-            }
-        }
-    }
-    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    masks
 }
 
 #[derive(Default)]
