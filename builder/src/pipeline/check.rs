@@ -12,6 +12,7 @@ use super::error::{PipelineError, Pos};
 use super::expand::{self, expand_at, inner_pos};
 use super::file::{ArtifactsWhen, JobSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of};
 use super::graph;
+use super::plan::Names;
 pub use super::plan::{
     Artifacts, ImagePlan, ImageUse, JobPlan, Need, Pipeline, Ready, RuleOutcome, ServicePlan,
 };
@@ -43,13 +44,6 @@ pub struct CheckOptions {
     /// Paths changed since `--changed-since`; `None` when unknown, and then a `changes:` rule
     /// matches (GitLab's behaviour when it cannot tell).
     pub changed: Option<Vec<String>>,
-}
-
-/// The names `image:` and `needs:` may refer to, for resolution and hints.
-pub(super) struct Names<'a> {
-    pub images: BTreeSet<&'a str>,
-    /// Base job name -> expanded names.
-    pub jobs: BTreeMap<String, Vec<String>>,
 }
 
 /// One job as it will run: the written name and spec, the expanded name and matrix values.

@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::check::{ImagePlan, ImageUse, Names, Pipeline};
 use super::error::{PipelineError, Pos};
 use super::expand::expand_at;
 use super::file::{ImageSpec, OrderedMap, PipelineFile, Sp, Text, pos_of};
+use super::plan::{ImagePlan, ImageUse, Names, Pipeline};
 use crate::frontend::suggest::suggest;
 
 /// The plan of one `images:` entry, its strings expanded against the global variables. A push
@@ -120,7 +120,7 @@ pub(super) fn default_push_needs(file: &PipelineFile, p: &mut Pipeline) {
                 !j.needs
                     .iter()
                     .flatten()
-                    .any(|n| *n == super::check::Need::Image(img.name.clone()))
+                    .any(|n| *n == super::plan::Need::Image(img.name.clone()))
             })
             .map(|j| j.name.clone())
             .collect();

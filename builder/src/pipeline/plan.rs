@@ -1,7 +1,7 @@
 //! The validated plan a forge.yaml checks into: what `forge run` builds and runs, every name
 //! resolved, matrices expanded and variables substituted. Nothing here refers back to the YAML.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
@@ -113,4 +113,11 @@ pub struct JobPlan {
     pub timeout: Option<Duration>,
     pub network: Network,
     pub cache: bool,
+}
+
+/// The names `image:` and `needs:` may refer to, for resolution and hints.
+pub(super) struct Names<'a> {
+    pub images: BTreeSet<&'a str>,
+    /// Base job name -> expanded names.
+    pub jobs: BTreeMap<String, Vec<String>>,
 }
