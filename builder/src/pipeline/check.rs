@@ -55,6 +55,8 @@ pub fn check(
     source: &str,
     options: &CheckOptions,
 ) -> Result<Pipeline, Vec<PipelineError>> {
+    // The text `parse` read: positions refer to it (see `normalize_breaks`).
+    let source = &*super::normalize_breaks(source);
     let mut errors = Vec::new();
     let mut globals = options.builtins.clone();
     for b in BUILTINS {

@@ -80,7 +80,8 @@ impl PipelineErrors {
         errors.dedup();
         PipelineErrors {
             file: file.to_string(),
-            source: source.to_string(),
+            // The text positions refer to (see `normalize_breaks`).
+            source: super::normalize_breaks(source).into_owned(),
             errors,
         }
     }

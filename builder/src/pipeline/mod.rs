@@ -26,6 +26,8 @@ pub use check::{
 pub use error::{PipelineError, PipelineErrors, Pos};
 pub use file::PipelineFile;
 
+use std::borrow::Cow;
+
 use crate::frontend::suggest::suggest;
 use file::location_pos;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
@@ -40,8 +42,21 @@ pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// Most YAML nodes in one file, aliases expanded: far above any real pipeline, far below a bomb.
 pub const MAX_NODES: usize = 200_000;
 
+/// `source` with YAML's line breaks (CR LF, and a lone CR, which YAML also reads as a break) made
+/// LF. Every position this module reports, and every line it shows, refers to this text: a lone CR
+/// would otherwise count as a line for the YAML reader and not for the renderer, and an error
+/// would show the wrong line (found by the fuzzer).
+pub fn normalize_breaks(source: &str) -> Cow<'_, str> {
+    if source.contains('\r') {
+        Cow::Owned(source.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        Cow::Borrowed(source)
+    }
+}
+
 /// Reads `source` as a forge.yaml into its located model; `file` is the name errors report.
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
+    let source = &*normalize_breaks(source);
     let fail = |e| PipelineErrors::new(file, source, vec![e]);
     if source.len() > MAX_FILE_BYTES {
         return Err(fail(PipelineError::new(
@@ -60,6 +75,7 @@ pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
 
 /// Parses and checks `source` in one go: the validated plan, or every error found.
 pub fn load(file: &str, source: &str, options: &CheckOptions) -> Result<Pipeline, PipelineErrors> {
+    let source = &*normalize_breaks(source);
     let parsed = parse(file, source)?;
     check(&parsed, source, options).map_err(|errors| PipelineErrors::new(file, source, errors))
 }

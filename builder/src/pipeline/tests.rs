@@ -282,3 +282,22 @@ fn deep_block_nesting_is_refused_not_overflowed() {
         e.errors[0].message
     );
 }
+
+/// Found by the fuzzer: a lone CR is a line break to YAML but not to `str::lines`, so an error
+/// after one was shown on the wrong line (its position pointed past the line the renderer took).
+/// Positions and rendering now both refer to the text with YAML's breaks made LF.
+#[test]
+fn a_lone_carriage_return_does_not_shift_error_lines() {
+    let src = "jobs:\n  unit:\n    image: alpine:3\n    script: [cargo tes\r]\n    rules:\n      - if: \"(\u{d4}\"\n";
+    let errs = errors(src);
+    let e = &errs.errors[0];
+    assert!(e.message.contains("in `if:`"), "{e:?}");
+    assert_eq!(e.pos.line, 7, "{e:?}");
+    assert!(in_source(e.pos, &super::normalize_breaks(src)), "{e:?}");
+    let rendered = errs.render(e);
+    assert!(rendered.contains("      - if: \"(\u{d4}\""), "{rendered}");
+    // CR LF files read as LF files do.
+    let crlf = src.replace("\r]", "]").replace('\n', "\r\n");
+    let e2 = &errors(&crlf).errors[0];
+    assert_eq!(e2.pos.line, 6, "{e2:?}");
+}
