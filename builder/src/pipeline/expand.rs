@@ -29,8 +29,21 @@ pub fn text_origin<T>(s: &Sp<T>, source: &str) -> Option<Pos> {
 /// itself when its text cannot be mapped (see [`text_origin`]).
 pub fn inner_pos<T>(s: &Sp<T>, source: &str, offset: usize, width: usize) -> Pos {
     match text_origin(s, source) {
-        // A value written with escapes or spanning lines may not line up; stay inside its line.
-        Some(origin) => origin.shifted(offset, width),
+        // A value written with escapes or spanning lines (a folded multi-line quoted scalar) may
+        // not line up: a position that would leave the value's first line falls back to the
+        // value itself (found by the fuzzer: an offset past the end of the line).
+        Some(origin) => {
+            let p = origin.shifted(offset, width);
+            let line_chars = source
+                .lines()
+                .nth(p.line.saturating_sub(1))
+                .map_or(0, |l| l.chars().count());
+            if p.column + p.width.max(1) - 1 <= line_chars {
+                p
+            } else {
+                pos_of(s)
+            }
+        }
         None => pos_of(s),
     }
 }

@@ -301,3 +301,26 @@ fn a_lone_carriage_return_does_not_shift_error_lines() {
     let e2 = &errors(&crlf).errors[0];
     assert_eq!(e2.pos.line, 6, "{e2:?}");
 }
+
+/// Found by the fuzzer: an undefined variable inside a double-quoted scalar that spans lines was
+/// placed by its offset in the folded value, past the end of the value's first line. It is shown
+/// at the value instead; a one-line value still points at the variable itself.
+#[test]
+fn an_undefined_variable_in_a_multi_line_scalar_stays_inside_the_file() {
+    let src = "images:\n  app:\n    tags: [\"reg/app:v1\n      and more text reg/app:v${VERSOIN}\"]\njobs:\n  unit:\n    image: app\n    script: [true]\n";
+    let errs = errors(src);
+    let e = errs
+        .errors
+        .iter()
+        .find(|e| e.message.contains("VERSOIN"))
+        .unwrap_or_else(|| panic!("{errs}"));
+    assert!(in_source(e.pos, src), "{e:?}");
+    assert_eq!(e.pos.line, 3, "{e:?}");
+    let one_line = "images:\n  app:\n    tags: [\"reg/app:v${VERSOIN}\"]\njobs:\n  unit:\n    image: app\n    script: [true]\n";
+    let e = &errors(one_line).errors[0];
+    assert_eq!(
+        (e.pos.line, e.pos.column, e.pos.width),
+        (3, 22, 10),
+        "{e:?}"
+    );
+}
