@@ -193,6 +193,7 @@ impl Bench {
                 limits: Default::default(),
                 http: None,
                 events: events.clone(),
+                run_env: Vec::new(),
             },
             graph,
         )

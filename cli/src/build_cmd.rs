@@ -522,7 +522,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Ctrl-C, SIGTERM or SIGHUP during the build cancels it, so running steps are killed and their scratch
 /// snapshots and mount points removed before forge exits, instead of the default action leaving
 /// them for the next build to find. A second signal then acts as it normally would.
-async fn cancel_on_signal(cancel: CancellationToken) {
+pub(crate) async fn cancel_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     // SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C, not leave run/ and
     // tmp/ behind.

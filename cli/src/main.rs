@@ -59,8 +59,13 @@ enum Command {
     /// Give disk back: build cache records, then the blobs and snapshots nothing needs any more,
     /// partial unpacks, dead builds' leftovers and (with --cache-mounts or --all) cache mounts.
     Prune(store_cmd::PruneArgs),
-    /// Run the pipeline of a forge.yaml (today: `--check` validates it and prints the plan).
+    /// Run the pipeline of a forge.yaml: build its images, run its jobs on them, push what passed
+    /// (`--check` validates it and prints the plan instead).
     Run(run_cmd::RunArgs),
+    /// List the runs of a pipeline (number, commit, result, duration, jobs ran/cached/failed).
+    History(run_cmd::HistoryArgs),
+    /// Print a job's stored log from a run (every job's when JOB is not given).
+    Logs(run_cmd::LogsArgs),
     /// Look after the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -132,7 +137,10 @@ fn main() -> ExitCode {
         Command::Images(args) => store_cmd::images(&args),
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
         Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
-        Command::Run(args) => run_cmd::run(&args),
+        Command::Run(args) if args.check_only() => run_cmd::run(&args),
+        Command::Run(args) => enter_user_namespace().and_then(|()| run_cmd::run(&args)),
+        Command::History(args) => run_cmd::history(&args),
+        Command::Logs(args) => run_cmd::logs(&args),
         Command::Store(StoreCommand::Check(args)) => {
             enter_user_namespace().and_then(|()| store_cmd::check(&args))
         }

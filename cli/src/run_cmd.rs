@@ -1,13 +1,24 @@
-//! `forge run`: pipelines from forge.yaml. Today only `--check`, which validates the file and
-//! prints the plan the library made of it; running the plan comes in a later change.
+//! `forge run`: pipelines from forge.yaml. `--check` validates the file and prints the plan;
+//! without it the pipeline runs (builds, jobs, gated pushes), its progress printed line by line
+//! with each job's name, and the run kept in the store's history (`forge history`, `forge logs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
-use forge_builder::pipeline::{self, CheckOptions, ImageUse, JobPlan, Need, Pipeline, RuleOutcome};
+use forge_builder::api::{RunnerChoice, Session, SessionOptions, prepare_process};
+use forge_builder::pipeline::history::{History, JobResult, LogWriter, RunHandle, RunResult};
+use forge_builder::pipeline::run::{PipelineEvent, RunOptions, RunReport};
+use forge_builder::pipeline::{
+    self, CheckOptions, ImageUse, JobPlan, Need, Pipeline, RuleOutcome, git,
+};
+use forge_builder::solver::CancellationToken;
+use forge_snapshotter::store::default_root;
 
+use crate::build_cmd::{Entitlement, RunnerArg, cancel_on_signal};
 use crate::{Failure, display_name, failed, read, usage};
 
 #[derive(Args)]
@@ -16,29 +27,528 @@ pub(crate) struct RunArgs {
     /// needs, services and what their rules decided), without running anything.
     #[arg(long)]
     check: bool,
+    /// Run only these jobs (a matrix job's written name runs all its instances) and what they
+    /// need.
+    #[arg(value_name = "JOB")]
+    only: Vec<String>,
     /// The pipeline file.
     #[arg(short = 'f', long = "file", default_value = "forge.yaml")]
     file: PathBuf,
-    /// The value of FORGE_BUILD_NUMBER (empty for --check unless given).
+    /// The value of FORGE_BUILD_NUMBER (default: the next number of this pipeline's counter in the
+    /// store; empty for --check unless given).
     #[arg(long = "build-number", value_name = "N")]
     build_number: Option<u64>,
+    /// `rules: changes:` compare with this git revision (default: the commit of the pipeline's
+    /// last passed run; without one, `changes:` rules match).
+    #[arg(long = "changed-since", value_name = "REF")]
+    changed_since: Option<String>,
+    /// Most jobs and image builds at once (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Artifacts are copied below DIR/JOB/.
+    #[arg(
+        long = "artifacts-dir",
+        value_name = "DIR",
+        default_value = "forge-artifacts"
+    )]
+    artifacts_dir: PathBuf,
+    /// A secret for the jobs that list it: NAME (from the environment variable NAME) or
+    /// NAME=file:PATH; repeatable. A secret the file names and no flag gives is read from the
+    /// environment variable of its name.
+    #[arg(long = "secret", value_name = "NAME[=file:PATH]")]
+    secrets: Vec<String>,
+    /// Run every build step and job, reusing no recorded result.
+    #[arg(long)]
+    no_cache: bool,
+    /// Grant an entitlement (network.host: jobs with `network: host`); repeatable.
+    #[arg(long = "allow", value_enum, value_name = "ENTITLEMENT")]
+    allow: Vec<Entitlement>,
+    /// Write the run's result as JSON here: each image's digest and pushed references, each job's
+    /// result.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// What runs the steps and jobs.
+    #[arg(long, value_enum, default_value = "embedded")]
+    runner: RunnerArg,
+    /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
+    #[arg(long, value_name = "SOCKET")]
+    containerd_address: Option<PathBuf>,
+    /// A registry (`host[:port]`) that may be reached over plain http; loopback always may.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// The store directory (default as for forge build).
+    #[arg(long, env = "FORGE_ROOT")]
+    root: Option<PathBuf>,
+}
+
+/// `forge history` and `forge logs`: which pipeline, which store.
+#[derive(Args)]
+pub(crate) struct HistoryArgs {
+    /// The pipeline file whose runs are listed.
+    #[arg(short = 'f', long = "file", default_value = "forge.yaml")]
+    file: PathBuf,
+    /// The store directory.
+    #[arg(long, env = "FORGE_ROOT")]
+    root: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct LogsArgs {
+    /// The run's number (as `forge history` lists it).
+    run: u64,
+    /// The job; every job's log, one after the other, when not given.
+    job: Option<String>,
+    #[command(flatten)]
+    history: HistoryArgs,
+}
+
+fn store_root(root: &Option<PathBuf>) -> Result<PathBuf, Failure> {
+    match root {
+        Some(r) => Ok(r.clone()),
+        None => default_root().map_err(|e| failed(format!("error: {e}"))),
+    }
+}
+
+/// The history of the pipeline in `file`: keyed by the file's absolute path, so two checkouts
+/// keep two histories and a pipeline keeps its numbers wherever it is run from.
+fn history_of(file: &Path, root: &Path) -> Result<History, Failure> {
+    let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    History::open(root, &key.to_string_lossy()).map_err(|e| failed(format!("error: {e}")))
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
-    if !args.check {
-        return Err(usage(
-            "error: not implemented yet: forge run executes pipelines in a later change; --check validates the file"
-                .to_string(),
-        ));
+    if args.check {
+        return check(args);
     }
+    let name = display_name(&args.file);
+    let src = read(&args.file)?;
+    let base_dir = args
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let git = git::describe(&base_dir).map_err(|e| failed(format!("error: {e}")))?;
+    let root = store_root(&args.root)?;
+    let history = history_of(&args.file, &root)?;
+    let since = match &args.changed_since {
+        Some(r) => Some(r.clone()),
+        None => history
+            .last_passed_commit()
+            .map_err(|e| failed(format!("error: {e}")))?,
+    };
+    let changed = match &since {
+        Some(rev) => {
+            git::changed_since(&base_dir, rev).map_err(|e| failed(format!("error: {e}")))?
+        }
+        None => None,
+    };
+    let mut builtins: BTreeMap<String, String> = git
+        .variables()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    // The file is checked before a run number is taken: a bad file uses up no number.
+    let mut options = CheckOptions {
+        builtins: builtins.clone(),
+        changed: changed.clone(),
+    };
+    pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let secrets = read_secrets(&args.secrets)?;
+    let handle = history
+        .start(args.build_number, &git.sha, &git.branch)
+        .map_err(|e| failed(format!("error: {e}")))?;
+    builtins.insert(
+        "FORGE_BUILD_NUMBER".to_string(),
+        handle.number().to_string(),
+    );
+    options.builtins = builtins;
+    let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let mut all_secrets = secrets;
+    // Secrets the file names and no flag gives come from the environment.
+    for j in &plan.jobs {
+        for s in &j.secrets {
+            if !all_secrets.contains_key(s)
+                && let Some(v) = std::env::var_os(s)
+            {
+                all_secrets.insert(s.clone(), v.into_encoded_bytes());
+            }
+        }
+    }
+    let runner = match args.runner {
+        RunnerArg::Embedded => RunnerChoice::Embedded,
+        RunnerArg::Containerd => RunnerChoice::Containerd {
+            address: args.containerd_address.clone(),
+        },
+    };
+    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
+    let session = Session::open(SessionOptions {
+        root,
+        insecure_registries: args.insecure.clone(),
+        runner,
+    })
+    .map_err(|e| failed(format!("error: {e}")))?;
+    let run_options = RunOptions {
+        base_dir,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        artifacts_dir: args.artifacts_dir.clone(),
+        secrets: all_secrets,
+        no_cache: args.no_cache,
+        only: args.only.clone(),
+        allow_network_host: args.allow.contains(&Entitlement::NetworkHost),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("error: cannot start the async runtime: {e}")))?;
+    let number = handle.number();
+    println!("run {number} of {name}");
+    let printer = Arc::new(Printer {
+        handle: Mutex::new(Some(handle)),
+        logs: Mutex::new(HashMap::new()),
+    });
+    let sink_printer = printer.clone();
+    let cancel = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let interrupt = tokio::spawn(cancel_on_signal(cancel.clone()));
+        let r = forge_builder::pipeline::run::run(
+            &session,
+            &plan,
+            &run_options,
+            Arc::new(move |e| sink_printer.event(e)),
+            cancel,
+        )
+        .await;
+        interrupt.abort();
+        r
+    });
+    let handle = printer.handle.lock().expect("not poisoned").take();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(h) = handle {
+                let _ = h.finish(RunResult::Failed, Duration::ZERO);
+            }
+            return Err(failed(format!("error: {}: {e}", name)));
+        }
+    };
+    if let Some(h) = handle {
+        let result = if report.cancelled {
+            RunResult::Cancelled
+        } else if report.passed {
+            RunResult::Passed
+        } else {
+            RunResult::Failed
+        };
+        h.finish(result, report.duration)
+            .map_err(|e| failed(format!("error: recording the run: {e}")))?;
+    }
+    if let Some(p) = &args.metadata_file {
+        let json = serde_json::to_vec_pretty(&report).expect("a report serialises");
+        std::fs::write(p, json)
+            .map_err(|e| failed(format!("error: writing {}: {e}", p.display())))?;
+    }
+    print!("{}", summary(number, &report));
+    if report.passed {
+        Ok(())
+    } else {
+        let failed_jobs = report.failed_jobs();
+        let what = if report.cancelled {
+            "cancelled".to_string()
+        } else if failed_jobs.is_empty() {
+            "failed".to_string()
+        } else {
+            format!("failed: job {} failed", failed_jobs.join(", "))
+        };
+        Err(failed(format!("error: run {number} {what}")))
+    }
+}
+
+/// `--secret NAME` and `--secret NAME=file:PATH`.
+fn read_secrets(specs: &[String]) -> Result<HashMap<String, Vec<u8>>, Failure> {
+    let mut out = HashMap::new();
+    for spec in specs {
+        let (name, value) = match spec.split_once('=') {
+            Some((name, src)) => {
+                let Some(path) = src.strip_prefix("file:") else {
+                    return Err(usage(format!(
+                        "error: invalid --secret {spec:?}: expected NAME or NAME=file:PATH"
+                    )));
+                };
+                let v = std::fs::read(path).map_err(|e| {
+                    failed(format!("error: cannot read secret {name} from {path}: {e}"))
+                })?;
+                (name.to_string(), v)
+            }
+            None => {
+                let v = std::env::var_os(spec).ok_or_else(|| {
+                    failed(format!(
+                        "error: secret {spec}: environment variable {spec} is not set"
+                    ))
+                })?;
+                (spec.clone(), v.into_encoded_bytes())
+            }
+        };
+        if name.is_empty() {
+            return Err(usage(format!("error: invalid --secret {spec:?}: no name")));
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// Prints events as lines (each job's prefixed with its name) and keeps each job's log in the
+/// run's history.
+struct Printer {
+    handle: Mutex<Option<RunHandle>>,
+    logs: Mutex<HashMap<String, LogWriter>>,
+}
+
+impl Printer {
+    fn event(&self, e: PipelineEvent) {
+        use std::io::Write as _;
+        let text = match &e {
+            PipelineEvent::ImageStarted { image } => format!("image {image}: building"),
+            PipelineEvent::ImageLine { image, line } => format!("[{image}] {line}"),
+            PipelineEvent::ImageBuilt {
+                image,
+                digest,
+                steps_run,
+                steps_cached,
+            } => format!(
+                "image {image}: built {digest} ({steps_run} steps run, {steps_cached} cached)"
+            ),
+            PipelineEvent::ImageFailed { image, error } => {
+                format!("image {image}: build failed: {error}")
+            }
+            PipelineEvent::JobStarted { job } => format!("job {job}: started"),
+            PipelineEvent::JobLine { job, line, cached } => {
+                self.log_line(job, line);
+                if *cached {
+                    format!("[{job}] (cached) {line}")
+                } else {
+                    format!("[{job}] {line}")
+                }
+            }
+            PipelineEvent::JobFinished {
+                job,
+                result,
+                exit_code,
+                duration,
+                error,
+            } => {
+                self.job_done(job, *result, *duration);
+                let how = match (exit_code, error) {
+                    (_, Some(e)) => format!(" ({e})"),
+                    (Some(c), None) if *c != 0 => format!(" (exit status {c})"),
+                    _ => String::new(),
+                };
+                format!(
+                    "job {job}: {}{how} in {:.1}s",
+                    result_word(*result),
+                    duration.as_secs_f64()
+                )
+            }
+            PipelineEvent::JobSkipped { job, reason } => {
+                self.job_done(job, JobResult::Skipped, Duration::ZERO);
+                format!("job {job}: skipped: {reason}")
+            }
+            PipelineEvent::Pushed {
+                image,
+                references,
+                digest,
+            } => format!("image {image}: pushed {} ({digest})", references.join(", ")),
+            PipelineEvent::Held {
+                image,
+                tags,
+                because,
+            } => format!(
+                "image {image}: not pushed ({}): {} did not pass",
+                tags.join(", "),
+                if because.is_empty() {
+                    "its build".to_string()
+                } else {
+                    because.join(", ")
+                }
+            ),
+            PipelineEvent::PushFailed { image, error } => {
+                format!("image {image}: push failed: {error}")
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+    }
+
+    fn log_line(&self, job: &str, line: &str) {
+        let mut logs = self.logs.lock().expect("not poisoned");
+        if !logs.contains_key(job) {
+            let handle = self.handle.lock().expect("not poisoned");
+            if let Some(w) = handle.as_ref().and_then(|h| h.log(job).ok()) {
+                logs.insert(job.to_string(), w);
+            }
+        }
+        if let Some(w) = logs.get_mut(job)
+            && let Err(e) = w.line(line)
+        {
+            eprintln!("warning: job {job}: its log is not kept: {e}");
+            logs.remove(job);
+        }
+    }
+
+    fn job_done(&self, job: &str, result: JobResult, duration: Duration) {
+        let log = self.logs.lock().expect("not poisoned").remove(job);
+        let done = match log.map(LogWriter::finish) {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                eprintln!("warning: job {job}: its log is not kept: {e}");
+                None
+            }
+            None => None,
+        };
+        if let Some(h) = self.handle.lock().expect("not poisoned").as_mut()
+            && let Err(e) = h.job_done(job, result, duration, done)
+        {
+            eprintln!("warning: job {job}: not recorded in the history: {e}");
+        }
+    }
+}
+
+fn result_word(r: JobResult) -> &'static str {
+    match r {
+        JobResult::Passed => "passed",
+        JobResult::Failed => "failed",
+        JobResult::AllowedFailure => "failed (allowed)",
+        JobResult::Cached => "passed (cached, not run)",
+        JobResult::Skipped => "skipped",
+        JobResult::Cancelled => "cancelled",
+    }
+}
+
+/// The end of a run as text: counts, test results, what was pushed and what was held back.
+pub(crate) fn summary(number: u64, r: &RunReport) -> String {
+    let mut out = String::new();
+    let count = |f: &dyn Fn(JobResult) -> bool| r.jobs.iter().filter(|j| f(j.result)).count();
+    let ran = count(&|x| {
+        matches!(
+            x,
+            JobResult::Passed | JobResult::Failed | JobResult::AllowedFailure
+        )
+    });
+    let cached = count(&|x| x == JobResult::Cached);
+    let failed_n = count(&|x| x == JobResult::Failed);
+    let skipped = count(&|x| x == JobResult::Skipped);
+    let verdict = if r.cancelled {
+        "cancelled"
+    } else if r.passed {
+        "passed"
+    } else {
+        "failed"
+    };
+    let _ = writeln!(
+        out,
+        "run {number} {verdict} in {:.1}s: jobs {ran} ran, {cached} cached, {failed_n} failed, {skipped} skipped",
+        r.duration.as_secs_f64()
+    );
+    for j in &r.jobs {
+        if matches!(j.result, JobResult::Failed | JobResult::AllowedFailure) {
+            let why = match (&j.reason, j.exit_code) {
+                (Some(reason), _) => reason.clone(),
+                (None, Some(c)) => format!("exit status {c}"),
+                (None, None) => "failed".to_string(),
+            };
+            let _ = writeln!(out, "  failed: {} ({why})", j.name);
+        }
+    }
+    if let Some(t) = &r.junit {
+        let _ = writeln!(
+            out,
+            "  tests: {} passed, {} failed, {} errors, {} skipped",
+            t.passed, t.failed, t.errored, t.skipped
+        );
+        for f in &t.failures {
+            let _ = writeln!(out, "    failed test: {}", f.name);
+        }
+    }
+    for i in &r.images {
+        if !i.pushed.is_empty() {
+            let _ = writeln!(out, "  pushed: {}", i.pushed.join(", "));
+        }
+        if let Some(e) = &i.error {
+            let _ = writeln!(out, "  image {}: {e}", i.name);
+        }
+    }
+    for j in &r.jobs {
+        if let Some(a) = &j.artifacts {
+            let _ = writeln!(out, "  artifacts of {}: {}", j.name, a.display());
+        }
+    }
+    out
+}
+
+/// `forge history`: the pipeline's runs, oldest first.
+pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
+    let root = store_root(&args.root)?;
+    let h = history_of(&args.file, &root)?;
+    let runs = h.list().map_err(|e| failed(format!("error: {e}")))?;
+    if runs.is_empty() {
+        println!("no runs of {} yet", display_name(&args.file));
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<10}  {:<8}  {:<16}  {:>9}  {:>4} {:>6} {:>6}",
+        "RUN", "COMMIT", "RESULT", "BRANCH", "DURATION", "RAN", "CACHED", "FAILED"
+    );
+    for r in runs {
+        let (ran, cached, failed_n) = r.counts();
+        let result = format!("{:?}", r.result).to_lowercase();
+        println!(
+            "{:>6}  {:<10}  {:<8}  {:<16}  {:>8.1}s  {:>4} {:>6} {:>6}",
+            r.number,
+            r.commit.get(..8).unwrap_or(&r.commit),
+            result,
+            r.branch,
+            r.duration_ms as f64 / 1000.0,
+            ran,
+            cached,
+            failed_n
+        );
+    }
+    Ok(())
+}
+
+/// `forge logs RUN [JOB]`.
+pub(crate) fn logs(args: &LogsArgs) -> Result<(), Failure> {
+    let root = store_root(&args.history.root)?;
+    let h = history_of(&args.history.file, &root)?;
+    let mut out = std::io::stdout().lock();
+    match &args.job {
+        Some(job) => h
+            .copy_log(args.run, job, &mut out)
+            .map_err(|e| failed(format!("error: {e}"))),
+        None => {
+            let run = h.run(args.run).map_err(|e| failed(format!("error: {e}")))?;
+            for j in run.jobs.iter().filter(|j| j.log.is_some()) {
+                use std::io::Write as _;
+                let _ = writeln!(out, "== {} ({})", j.name, result_word(j.result));
+                h.copy_log(args.run, &j.name, &mut out)
+                    .map_err(|e| failed(format!("error: {e}")))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check(args: &RunArgs) -> Result<(), Failure> {
     let name = display_name(&args.file);
     let src = read(&args.file)?;
     let mut builtins = BTreeMap::new();
     if let Some(n) = args.build_number {
         builtins.insert("FORGE_BUILD_NUMBER".to_string(), n.to_string());
     }
-    // Git built-ins and the changed paths are read by `forge run` proper; --check leaves the
-    // built-ins empty and `changes:` rules matching, and says so in the plan.
+    // --check leaves the git built-ins empty and `changes:` rules matching, and says so in the
+    // plan.
     let options = CheckOptions {
         builtins,
         changed: None,
@@ -182,4 +692,11 @@ pub(crate) fn render_plan(name: &str, p: &Pipeline) -> String {
         }
     }
     out
+}
+
+impl RunArgs {
+    /// Only validates: no user namespace, store or runner is needed.
+    pub(crate) fn check_only(&self) -> bool {
+        self.check
+    }
 }

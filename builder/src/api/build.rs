@@ -251,6 +251,7 @@ impl Session {
                     events.clone(),
                 )?)),
                 events: events.clone(),
+                run_env: Vec::new(),
             },
             &graph,
         );

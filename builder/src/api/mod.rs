@@ -20,6 +20,7 @@ use forge_snapshotter::store::StoreError;
 pub use build::{SolveSettings, solve};
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
+pub(crate) use session::close_runner;
 pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
 pub use stream::StreamContext;
 
@@ -97,4 +98,19 @@ impl BuildError {
             _ => None,
         }
     }
+}
+
+/// An error with its causes, `: `-separated, as one line.
+pub fn render_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }

@@ -27,25 +27,40 @@ pub(super) fn tar_artifacts(
         let mut tar = tar::Builder::new(HashingWriter::new(BufWriter::new(file)));
         tar.follow_symlinks(false);
         let mut found = Vec::new();
+        // Names already in the tar (a path below one of them is in it already).
+        let mut added: Vec<String> = Vec::new();
         for p in paths {
-            let name = crate::slashpath::join_root(p);
-            let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
-            let md = match std::fs::symlink_metadata(&at) {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("reading", &at)(e)),
-            };
-            let rel = match name.trim_start_matches('/') {
-                "" => ".",
-                rel => rel,
-            };
-            if md.is_dir() {
-                tar.append_dir_all(rel, &at)
-            } else {
-                tar.append_path_with_name(&at, rel)
+            let mut any = false;
+            for name in expand_artifact_path(root, p)? {
+                if added
+                    .iter()
+                    .any(|a| a == "/" || name == *a || name.starts_with(&format!("{a}/")))
+                {
+                    any = true;
+                    continue;
+                }
+                let at = fileop::root::resolve(root, &name, true).map_err(FileOpError::from)?;
+                let md = match std::fs::symlink_metadata(&at) {
+                    Ok(md) => md,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("reading", &at)(e)),
+                };
+                let rel = match name.trim_start_matches('/') {
+                    "" => ".",
+                    rel => rel,
+                };
+                if md.is_dir() {
+                    tar.append_dir_all(rel, &at)
+                } else {
+                    tar.append_path_with_name(&at, rel)
+                }
+                .map_err(io_err("archiving", &at))?;
+                added.push(name);
+                any = true;
             }
-            .map_err(io_err("archiving", &at))?;
-            found.push(p.clone());
+            if any {
+                found.push(p.clone());
+            }
         }
         let hashing = tar.into_inner().map_err(io_err("writing", &tmp))?;
         let (buffered, digest, size) = hashing.finish();
@@ -213,4 +228,57 @@ fn copy_mtime(from: &Path, to: &Path) {
             UtimensatFlags::NoFollowSymlink,
         );
     }
+}
+
+/// The paths one artifact path names in `root`: itself, or for a glob (`/app/out-*.txt`,
+/// `/app/**/junit.xml`) every entry below its literal directory that matches, found without
+/// following symbolic links. Absolute slash paths, sorted.
+fn expand_artifact_path(root: &Path, pattern: &str) -> Result<Vec<String>, ExecError> {
+    let pattern = crate::slashpath::join_root(pattern);
+    let Some(cut) = pattern.find(['*', '?', '[', '{']) else {
+        return Ok(vec![pattern]);
+    };
+    let glob = globset::GlobBuilder::new(&pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| ExecError::Unsupported(format!("artifact path {pattern:?}: {e}")))?
+        .compile_matcher();
+    let dir = match pattern[..cut].rfind('/') {
+        Some(0) | None => "/".to_string(),
+        Some(i) => pattern[..i].to_string(),
+    };
+    let start = fileop::root::resolve(root, &dir, true).map_err(FileOpError::from)?;
+    let mut out = Vec::new();
+    let mut stack = vec![(start, dir)];
+    // Bounded: a glob over a huge tree stops here rather than walking it all.
+    let mut seen = 0usize;
+    while let Some((host, name)) = stack.pop() {
+        let entries = match std::fs::read_dir(&host) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("listing", &host)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("listing", &host))?;
+            seen += 1;
+            if seen > 1_000_000 {
+                return Err(ExecError::Unsupported(format!(
+                    "artifact path {pattern:?} walks more than a million entries"
+                )));
+            }
+            let child = format!(
+                "{}/{}",
+                name.trim_end_matches('/'),
+                entry.file_name().to_string_lossy()
+            );
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if glob.is_match(&child) {
+                out.push(child);
+            } else if is_dir {
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }

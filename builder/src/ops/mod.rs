@@ -258,6 +258,10 @@ pub struct ExecutorConfig {
     /// finishes within its limits makes the same files as one without them.
     pub limits: forge_runner::Limits,
     pub http: Option<Arc<dyn RemoteFiles>>,
+    /// Variables added to every step's environment when it runs, after its own, and hashed into
+    /// no cache key: a pipeline's build number and commit, which change with every run while the
+    /// job's result does not depend on them.
+    pub run_env: Vec<(String, String)>,
     pub events: Events,
 }
 

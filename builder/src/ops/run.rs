@@ -266,6 +266,8 @@ impl BuildExecutor {
                     Some((k, v)) => (k.to_string(), v.to_string()),
                     None => (kv.clone(), String::new()),
                 })
+                .filter(|(k, _)| !self.cfg.run_env.iter().any(|(r, _)| r == k))
+                .chain(self.cfg.run_env.iter().cloned())
                 .collect(),
             cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
             user: User { user, group },

@@ -19,6 +19,7 @@ pub mod history;
 pub mod junit;
 mod plan;
 pub mod rules;
+pub mod run;
 
 pub use check::{
     CheckOptions, ImagePlan, ImageUse, JobPlan, Need, Pipeline, RuleOutcome, ServicePlan, check,

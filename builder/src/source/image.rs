@@ -119,7 +119,7 @@ pub async fn pull_base(
     base_image(store, record, reference)
 }
 
-fn base_image(
+pub(crate) fn base_image(
     store: &Store,
     record: ImageRecord,
     reference: &str,

@@ -1,0 +1,343 @@
+//! One job as a graph: the image it runs on (its layers, then the artifact layers of the jobs it
+//! needs) and a test step that runs its script on that filesystem. The solve goes through the
+//! build cache like any build's: a job whose image, artifacts, script and non-secret variables are
+//! unchanged gets its recorded verdict back (a pass only: failed verdicts are never reused), with
+//! its log and artifacts, and does not run.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::sync::Arc;
+use std::time::Duration;
+
+use forge_snapshotter::layer::LayerOptions;
+use forge_snapshotter::store::{Descriptor, ImageRecord};
+
+use crate::api::{BuildError, Session};
+use crate::events::{BuildEvent, BuildId, Events};
+use crate::graph::{
+    ExecOp, GraphBuilder, ImageConfig, Mount, MountKind, NetworkMode, Op, Output, Platform,
+    SecurityMode, SourceOp, TestStep,
+};
+use crate::ops::{Artifacts, BuildExecutor, Built, ExecutorConfig};
+use crate::scratch::Scratch;
+use crate::solver::{CancellationToken, DiskCache, SolveOptions, Solver};
+use crate::source::image::BaseImage;
+
+/// What a job runs on: an image in the store, with the layers laid on top of it (artifacts of
+/// the jobs it needs, plain tars).
+#[derive(Debug, Clone)]
+pub struct JobImage {
+    /// How the job's lines name it.
+    pub name: String,
+    pub base: BaseImage,
+    pub config: ImageConfig,
+    /// Extra layers, bottom first: uncompressed tars in the store.
+    pub extra: Vec<Descriptor>,
+}
+
+/// A job ready to solve.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub image: JobImage,
+    /// The script, one shell line each, run with `sh -e`.
+    pub script: Vec<String>,
+    /// Non-secret variables, in the order the job sees them (after the image's own).
+    pub env: Vec<(String, String)>,
+    /// Variables given at run time and hashed into no key (the build number, the commit).
+    pub run_env: Vec<(String, String)>,
+    /// Secret names: each reaches the job as an environment variable of that name, from
+    /// `secrets`, and is masked in every line.
+    pub secret_names: Vec<String>,
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// Absolute paths taken out after the run (artifacts and reports).
+    pub artifacts: Vec<String>,
+    pub host_network: bool,
+    pub no_cache: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How a job's solve ended.
+#[derive(Debug, Clone)]
+pub struct JobVerdict {
+    /// The script's exit status; `None` when it did not finish (timed out, cancelled).
+    pub exit_code: Option<i32>,
+    /// Served from the cache: it did not run, and its log was replayed.
+    pub cached: bool,
+    pub artifacts: Option<Artifacts>,
+    /// Why there is no exit status.
+    pub error: Option<String>,
+}
+
+impl JobVerdict {
+    pub fn passed(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// The script as one `sh -e` program: each line is echoed (`$ line`, as CI logs show it) and run.
+pub fn script_program(lines: &[String]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str("printf '%s\\n' ");
+        out.push_str(&shell_quote(&format!("$ {line}")));
+        out.push('\n');
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The reference a job's image is known by inside its graph: content-addressed by the
+/// filesystem (the image's layer diff_ids, then the extra layers), not by its manifest, whose
+/// creation time changes with every build of the same content. What else of the config a job
+/// sees (environment, working directory, user) is in the step itself, and hashed there.
+fn image_key(image: &JobImage) -> String {
+    let mut h = blake3::Hasher::new();
+    for d in &image.base.diff_ids {
+        h.update(d.to_string().as_bytes());
+        h.update(b"\0");
+    }
+    for l in &image.extra {
+        h.update(b"+");
+        h.update(l.digest.to_string().as_bytes());
+        h.update(b"\0");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The image with its extra layers appended, as the executor reads a base image. Its manifest
+/// digest (the cache input of an image source) is replaced by [`image_key`], shaped as a
+/// sha256 digest; it names no blob.
+fn layered(image: &JobImage) -> BaseImage {
+    let mut base = image.base.clone();
+    let mut record: ImageRecord = base.record.clone();
+    for l in &image.extra {
+        record.layers.push(l.clone());
+        base.diff_ids.push(
+            l.digest
+                .to_string()
+                .parse()
+                .expect("a store digest is an OCI digest"),
+        );
+    }
+    if let Ok(d) = format!("sha256:{}", image_key(image)).parse() {
+        record.manifest.digest = d;
+    }
+    base.record = record;
+    base
+}
+
+impl Session {
+    /// Solves one job: its test step on its image, through the build cache. Every line it prints
+    /// (or, when cached, printed before) goes to `line`, masked.
+    pub(crate) async fn solve_job(
+        &self,
+        job: &JobSpec,
+        line: Arc<dyn Fn(&str) + Send + Sync>,
+        cancel: CancellationToken,
+        replaying: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<JobVerdict, BuildError> {
+        let reference = format!("forge-job-image/{}", image_key(&job.image));
+        let platform = Platform::host();
+        let mut b = GraphBuilder::new();
+        let root = b.add(
+            Op::Source(SourceOp::Image {
+                reference: reference.clone(),
+                platform: platform.clone(),
+            }),
+            format!("[{}] image {}", job.name, job.image.name),
+            None,
+        );
+        let config = &job.image.config;
+        let mut env: Vec<String> = config.env.clone();
+        for (k, v) in &job.env {
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) != k);
+            env.push(format!("{k}={v}"));
+        }
+        let mut mounts = vec![Mount {
+            target: "/".into(),
+            kind: MountKind::Bind {
+                input: Some(root),
+                source_path: "/".into(),
+                readonly: false,
+                output: true,
+            },
+        }];
+        for name in &job.secret_names {
+            mounts.push(Mount {
+                target: format!("/run/secrets/{name}"),
+                kind: MountKind::Secret {
+                    id: name.clone(),
+                    env: Some(name.clone()),
+                    required: true,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o400,
+                },
+            });
+        }
+        let exec = b.add_in_stage(
+            job.name.clone(),
+            Op::Exec(ExecOp {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-e".into(),
+                    "-c".into(),
+                    script_program(&job.script),
+                ],
+                env,
+                cwd: if config.working_dir.is_empty() {
+                    "/".into()
+                } else {
+                    config.working_dir.clone()
+                },
+                user: config.user.clone(),
+                network: if job.host_network {
+                    NetworkMode::Host
+                } else {
+                    NetworkMode::Default
+                },
+                security: SecurityMode::Sandbox,
+                platform,
+                mounts,
+                test: Some(TestStep {
+                    artifacts: job.artifacts.clone(),
+                }),
+            }),
+            format!("[{}] script", job.name),
+            None,
+        );
+        b.add_output(Output {
+            name: job.name.clone(),
+            root,
+            image: config.clone(),
+            gates: vec![exec],
+        });
+        let graph = Arc::new(b.finish());
+
+        let build = BuildId::new();
+        let scratch = Arc::new(Scratch::create(&self.root, &build).map_err(|e| {
+            BuildError::Invalid(format!(
+                "scratch space under {}: {e}",
+                crate::scratch::tmp_root(&self.root).display()
+            ))
+        })?);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = Events::new(build, Some(tx));
+        let sink = line.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(rec) = rx.recv().await {
+                if let BuildEvent::Output { line, .. } = &rec.event {
+                    sink(line);
+                }
+            }
+        });
+        let runner = self.runner().await?;
+        let executor = BuildExecutor::new(
+            ExecutorConfig {
+                store: self.store.clone(),
+                snapshots: self.snapshots.clone(),
+                runner: runner.clone(),
+                scratch: scratch.clone(),
+                locals: HashMap::new(),
+                images: HashMap::from([(reference, layered(&job.image))]),
+                secrets: job.secrets.clone(),
+                ssh: HashMap::new(),
+                layer: LayerOptions::default(),
+                default_network: forge_runner::spec::NetworkMode::Sandbox,
+                allow_network_host: job.host_network,
+                allow_insecure: false,
+                limits: forge_runner::Limits::default(),
+                http: None,
+                events: events.clone(),
+                run_env: job.run_env.clone(),
+            },
+            &graph,
+        );
+        let executor = match executor {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                crate::api::close_runner(runner).await;
+                return Err(e.into());
+            }
+        };
+        let cache = Arc::new(DiskCache::open(self.root.join("build-cache"))?);
+        let options = SolveOptions {
+            no_cache: job.no_cache,
+            cancel: cancel.clone(),
+            ..SolveOptions::default()
+        };
+        let solver = Solver::new(executor.clone(), cache, options);
+        let solve = solver.solve(graph.clone(), &[0]);
+        let solved = match job.timeout {
+            Some(t) => match tokio::time::timeout(t, solve).await {
+                Ok(s) => Some(s),
+                Err(_) => None,
+            },
+            None => Some(solve.await),
+        };
+        drop(solver);
+        drop(executor);
+        crate::api::close_runner(runner).await;
+        drop(events);
+        let _ = forward.await;
+        let Some(solved) = solved else {
+            cancel.cancel();
+            return Ok(JobVerdict {
+                exit_code: None,
+                cached: false,
+                artifacts: None,
+                error: Some(format!(
+                    "timed out after {}s",
+                    job.timeout.unwrap_or_default().as_secs()
+                )),
+            });
+        };
+        let solution = match solved {
+            Ok(s) => s,
+            Err(failure) => {
+                if cancel.is_cancelled() {
+                    return Ok(JobVerdict {
+                        exit_code: None,
+                        cached: false,
+                        artifacts: None,
+                        error: Some("cancelled".into()),
+                    });
+                }
+                return Err(failure.error.into());
+            }
+        };
+        let s = solution
+            .get(exec)
+            .ok_or_else(|| BuildError::Invalid("the job's step was not solved".into()))?;
+        let Built::Test {
+            exit_code,
+            artifacts,
+            log,
+        } = &s.output
+        else {
+            return Err(BuildError::Invalid("the job's step gave no verdict".into()));
+        };
+        if s.cached
+            && let Some(log) = log
+        {
+            replaying.store(true, std::sync::atomic::Ordering::Relaxed);
+            let f = self.store.open_blob(&log.digest)?;
+            for l in std::io::BufReader::new(f).lines() {
+                let l = l.map_err(|e| BuildError::Invalid(format!("reading a cached log: {e}")))?;
+                line(&l);
+            }
+        }
+        Ok(JobVerdict {
+            exit_code: Some(*exit_code),
+            cached: s.cached,
+            artifacts: artifacts.clone(),
+            error: None,
+        })
+    }
+}

@@ -1,0 +1,1144 @@
+//! Running a checked [`Pipeline`]: its images are built with the build API (the same solver,
+//! cache and store as `forge build`), its jobs are solved as test steps on those images (see
+//! [`job`]), and an image is pushed only once every job gating it has passed. Jobs run as soon as
+//! what they wait for is done (their `needs:`, or every job of the earlier stages), at most
+//! `jobs` at a time; a failed job moves no registry tag, and the report says which job failed and
+//! which tags were held back.
+//!
+//! What this does not do yet (said in README.md): services, `artifacts-from` (artifacts laid
+//! into an image's build context) and `retry`.
+
+mod artifacts;
+mod job;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use forge_snapshotter::store::Descriptor;
+use serde::Serialize;
+
+use super::file::{ArtifactsWhen, Network, When};
+use super::history::JobResult;
+use super::junit::TestSummary;
+use super::plan::{ImageUse, JobPlan, Need, Pipeline};
+use crate::api::{BuildError, BuildRequest, DockerfileSource, Export, Session};
+use crate::events::{BuildEvent, BuildId, Events};
+use crate::export::config;
+use crate::solver::CancellationToken;
+use crate::source::image::{BaseImage, base_image, pull_base};
+pub use job::script_program;
+use job::{JobImage, JobSpec};
+
+/// What `forge run` asks of a run, besides the plan.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The directory the pipeline file is in: image contexts are relative to it.
+    pub base_dir: PathBuf,
+    /// Most jobs (and image builds) at once.
+    pub jobs: usize,
+    /// Artifacts are copied out below `DIR/JOB/`.
+    pub artifacts_dir: PathBuf,
+    /// Secret values by name; never hashed, printed or stored.
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// Run every build step and job, reusing no recorded result.
+    pub no_cache: bool,
+    /// Run only these jobs (expanded or written names) and what they need; empty runs all.
+    pub only: Vec<String>,
+    /// `--allow network.host`: jobs with `network: host` may run.
+    pub allow_network_host: bool,
+}
+
+/// Something that happened during a run, for the caller to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PipelineEvent {
+    ImageStarted {
+        image: String,
+    },
+    /// A line of an image build (a step's output, a warning).
+    ImageLine {
+        image: String,
+        line: String,
+    },
+    ImageBuilt {
+        image: String,
+        digest: String,
+        steps_run: usize,
+        steps_cached: usize,
+    },
+    ImageFailed {
+        image: String,
+        error: String,
+    },
+    JobStarted {
+        job: String,
+    },
+    /// A line the job printed (masked); `cached`: replayed from the recorded run.
+    JobLine {
+        job: String,
+        line: String,
+        cached: bool,
+    },
+    JobFinished {
+        job: String,
+        result: JobResult,
+        exit_code: Option<i32>,
+        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
+        duration: Duration,
+        /// Why it has no exit status, or why its artifacts could not be kept.
+        error: Option<String>,
+    },
+    JobSkipped {
+        job: String,
+        reason: String,
+    },
+    Pushed {
+        image: String,
+        references: Vec<String>,
+        digest: String,
+    },
+    /// The image's tags were not pushed: these jobs did not pass.
+    Held {
+        image: String,
+        tags: Vec<String>,
+        because: Vec<String>,
+    },
+    PushFailed {
+        image: String,
+        error: String,
+    },
+}
+
+/// Where a run's events go.
+pub type Sink = Arc<dyn Fn(PipelineEvent) + Send + Sync>;
+
+/// A job's end, in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub name: String,
+    pub result: JobResult,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// Why it failed without an exit status, or why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its JUnit reports, summed, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub junit: Option<TestSummary>,
+    /// Where its artifacts were copied, when it kept any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<PathBuf>,
+}
+
+/// An image's end, in the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImageReport {
+    pub name: String,
+    /// The manifest digest, when it was built.
+    pub digest: Option<String>,
+    /// The references pushed.
+    pub pushed: Vec<String>,
+    /// Tags not pushed because a gating job did not pass.
+    pub held: Vec<String>,
+    /// The jobs that held them.
+    pub held_by: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub passed: bool,
+    pub cancelled: bool,
+    pub images: Vec<ImageReport>,
+    pub jobs: Vec<JobReport>,
+    /// Every job's JUnit reports, summed.
+    pub junit: Option<TestSummary>,
+    #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
+    pub duration: Duration,
+}
+
+impl RunReport {
+    /// Jobs that failed (not allowed to).
+    pub fn failed_jobs(&self) -> Vec<&str> {
+        self.jobs
+            .iter()
+            .filter(|j| j.result == JobResult::Failed)
+            .map(|j| j.name.as_str())
+            .collect()
+    }
+}
+
+/// A unit of work of the run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Node {
+    /// An image build: the image name, and the stage for `NAME@STAGE`.
+    Build(String, Option<String>),
+    Job(String),
+    Push(String),
+}
+
+/// How a unit ended, as what waits for it sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Ok,
+    Failed,
+    /// Not run (a rule, `when:`, or what it waited for failed).
+    Skipped,
+}
+
+/// What a finished build leaves for the jobs and the push.
+#[derive(Clone)]
+struct BuiltImage {
+    base: BaseImage,
+    config: crate::graph::ImageConfig,
+    digest: String,
+}
+
+/// What a finished job leaves for the jobs that need it.
+#[derive(Clone, Default)]
+struct JobLeft {
+    artifacts: Option<Descriptor>,
+}
+
+struct Runner {
+    session: Session,
+    plan: Arc<Pipeline>,
+    options: Arc<RunOptions>,
+    sink: Sink,
+    cancel: CancellationToken,
+}
+
+/// Runs `plan` and reports how it went. A failing job is a result, not an error: the error case
+/// is a run that could not start (a secret that is not given, a job refused by its grants).
+pub async fn run(
+    session: &Session,
+    plan: &Pipeline,
+    options: &RunOptions,
+    sink: Sink,
+    cancel: CancellationToken,
+) -> Result<RunReport, BuildError> {
+    preflight(plan, options)?;
+    let r = Runner {
+        session: session.clone(),
+        plan: Arc::new(plan.clone()),
+        options: Arc::new(options.clone()),
+        sink,
+        cancel,
+    };
+    Ok(r.run().await)
+}
+
+/// Refusals before anything runs: missing secrets, ungranted host networks, unknown `only` names.
+fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
+    for j in &plan.jobs {
+        for s in &j.secrets {
+            if !options.secrets.contains_key(s) {
+                return Err(BuildError::Invalid(format!(
+                    "job {}: secret {s} is not given (forge run --secret {s}, from the environment \
+                     variable {s}, or --secret {s}=file:PATH)",
+                    j.name
+                )));
+            }
+        }
+        if j.network == Network::Host && !options.allow_network_host && runs(j) {
+            return Err(BuildError::Invalid(format!(
+                "job {}: `network: host` is not allowed: the job would reach the host's own \
+                 services; the run must grant it (forge run --allow network.host)",
+                j.name
+            )));
+        }
+        if !j.services.is_empty() && runs(j) {
+            return Err(BuildError::Invalid(format!(
+                "job {}: services are not run yet by this version of forge (forge run --check \
+                 validates them)",
+                j.name
+            )));
+        }
+    }
+    for i in &plan.images {
+        if !i.artifacts_from.is_empty() {
+            return Err(BuildError::Invalid(format!(
+                "image {}: artifacts-from is not run yet by this version of forge",
+                i.name
+            )));
+        }
+    }
+    for o in &options.only {
+        if !plan.jobs.iter().any(|j| j.name == *o || j.base == *o) {
+            return Err(BuildError::Invalid(format!(
+                "no job named {o} in the pipeline"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn runs(j: &JobPlan) -> bool {
+    j.when != When::Never
+}
+
+/// The file name a job's artifacts go under: its name with each run of other characters made
+/// one `-` (`unit: [1, p]` -> `unit-1-p`).
+pub fn job_dir_name(job: &str) -> String {
+    let mut out = String::new();
+    for c in job.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let t = out.trim_matches('-').trim_start_matches('.');
+    if t.is_empty() { "job".into() } else { t.into() }
+}
+
+/// `FORGE_IMAGE_<NAME>_...`: the name upper-cased, other characters `_`.
+fn env_name(image: &str) -> String {
+    image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+type Done = (Node, End, Result<Left, String>);
+
+#[derive(Clone)]
+enum Left {
+    Image(Box<BuiltImage>),
+    Job(JobLeft, JobReport),
+    Push(Vec<String>),
+    Nothing,
+}
+
+impl Runner {
+    fn emit(&self, e: PipelineEvent) {
+        (self.sink)(e)
+    }
+
+    /// Every unit and what it waits for.
+    fn units(&self) -> BTreeMap<Node, BTreeSet<Node>> {
+        let plan = &*self.plan;
+        let stage_index = |s: &str| plan.stages.iter().position(|x| x == s).unwrap_or(0);
+        let pushes: BTreeSet<&str> = plan
+            .images
+            .iter()
+            .filter(|i| i.push)
+            .map(|i| i.name.as_str())
+            .collect();
+        let mut units: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
+        let build_of = |u: &ImageUse| match u {
+            ImageUse::Named(n) => Some(Node::Build(n.clone(), None)),
+            ImageUse::Stage { image, stage } => {
+                Some(Node::Build(image.clone(), Some(stage.clone())))
+            }
+            ImageUse::Registry(_) => None,
+        };
+        for j in &plan.jobs {
+            let mut deps = BTreeSet::new();
+            if let Some(b) = build_of(&j.image) {
+                deps.insert(b);
+            }
+            match &j.needs {
+                Some(needs) => {
+                    for n in needs {
+                        deps.insert(match n {
+                            Need::Job(x) => Node::Job(x.clone()),
+                            Need::Image(i) if pushes.contains(i.as_str()) => Node::Push(i.clone()),
+                            Need::Image(i) => Node::Build(i.clone(), None),
+                        });
+                    }
+                }
+                None => {
+                    let mine = stage_index(&j.stage);
+                    for o in &plan.jobs {
+                        if stage_index(&o.stage) < mine {
+                            deps.insert(Node::Job(o.name.clone()));
+                        }
+                    }
+                }
+            }
+            units.insert(Node::Job(j.name.clone()), deps);
+        }
+        for i in &plan.images {
+            units.insert(Node::Build(i.name.clone(), None), BTreeSet::new());
+            if i.push {
+                let mut deps = BTreeSet::from([Node::Build(i.name.clone(), None)]);
+                deps.extend(i.push_needs.iter().map(|j| Node::Job(j.clone())));
+                units.insert(Node::Push(i.name.clone()), deps);
+            }
+        }
+        // Stage builds some job asked for.
+        let stage_builds: Vec<Node> = units
+            .values()
+            .flatten()
+            .filter(|n| matches!(n, Node::Build(_, Some(_))))
+            .cloned()
+            .collect();
+        for b in stage_builds {
+            units.entry(b).or_default();
+        }
+        if self.options.only.is_empty() {
+            return units;
+        }
+        // `forge run JOB...`: those jobs and what they wait for; a push only when every job
+        // gating it is in.
+        let mut keep = BTreeSet::new();
+        let mut stack: Vec<Node> = plan
+            .jobs
+            .iter()
+            .filter(|j| {
+                self.options
+                    .only
+                    .iter()
+                    .any(|o| *o == j.name || *o == j.base)
+            })
+            .map(|j| Node::Job(j.name.clone()))
+            .collect();
+        while let Some(n) = stack.pop() {
+            if keep.insert(n.clone())
+                && let Some(d) = units.get(&n)
+            {
+                stack.extend(d.iter().cloned());
+            }
+        }
+        for i in &plan.images {
+            let p = Node::Push(i.name.clone());
+            if let Some(d) = units.get(&p)
+                && d.iter().all(|n| keep.contains(n))
+                && keep.contains(&Node::Build(i.name.clone(), None))
+            {
+                keep.insert(p);
+            }
+        }
+        units.retain(|n, _| keep.contains(n));
+        units
+    }
+
+    async fn run(self) -> RunReport {
+        let start = Instant::now();
+        let units = self.units();
+        let mut ends: HashMap<Node, End> = HashMap::new();
+        let mut left: HashMap<Node, Left> = HashMap::new();
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending: BTreeSet<Node> = units.keys().cloned().collect();
+        let limit = self.options.jobs.max(1);
+        let mut reports: BTreeMap<String, JobReport> = BTreeMap::new();
+        let mut images: BTreeMap<String, ImageReport> = self
+            .plan
+            .images
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    ImageReport {
+                        name: i.name.clone(),
+                        ..ImageReport::default()
+                    },
+                )
+            })
+            .collect();
+        let this = Arc::new(self);
+        loop {
+            // Start what can start, in a stable order.
+            let mut started_any = true;
+            while started_any {
+                started_any = false;
+                let ready: Vec<Node> = pending
+                    .iter()
+                    .filter(|n| units[*n].iter().all(|d| ends.contains_key(d)))
+                    .cloned()
+                    .collect();
+                for n in ready {
+                    if this.cancel.is_cancelled() {
+                        break;
+                    }
+                    let deps: Vec<(Node, End)> =
+                        units[&n].iter().map(|d| (d.clone(), ends[d])).collect();
+                    // Decided without running: skips.
+                    if let Some((end, l)) = this.decide(&n, &deps, &left) {
+                        pending.remove(&n);
+                        if let Left::Job(_, r) = &l {
+                            reports.insert(r.name.clone(), r.clone());
+                        }
+                        this.record_image(&n, &l, &mut images);
+                        ends.insert(n.clone(), end);
+                        left.insert(n, l);
+                        started_any = true;
+                        continue;
+                    }
+                    if running.len() >= limit {
+                        break;
+                    }
+                    pending.remove(&n);
+                    let inputs: HashMap<Node, Left> = units[&n]
+                        .iter()
+                        .filter_map(|d| left.get(d).map(|l| (d.clone(), l.clone())))
+                        .chain(
+                            // A job also sees the images it names by `needs:` (their digests).
+                            left.iter()
+                                .filter(|(k, _)| matches!(k, Node::Build(..)))
+                                .map(|(k, v)| (k.clone(), v.clone())),
+                        )
+                        .collect();
+                    let me = this.clone();
+                    running.spawn(async move {
+                        let (end, l) = me.unit(&n, inputs).await;
+                        (n, end, l)
+                    });
+                    started_any = true;
+                }
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (n, end, l): Done = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // A panicked unit: nothing to attribute it to but the run.
+                    this.emit(PipelineEvent::ImageLine {
+                        image: "forge".into(),
+                        line: format!("internal error: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let l = l.unwrap_or(Left::Nothing);
+            if let Left::Job(_, r) = &l {
+                reports.insert(r.name.clone(), r.clone());
+            }
+            this.record_image(&n, &l, &mut images);
+            ends.insert(n.clone(), end);
+            left.insert(n, l);
+        }
+        let cancelled = this.cancel.is_cancelled();
+        // What never started (cancelled): reported as such.
+        for n in &pending {
+            if let Node::Job(name) = n {
+                reports.insert(
+                    name.clone(),
+                    JobReport {
+                        name: name.clone(),
+                        result: if cancelled {
+                            JobResult::Cancelled
+                        } else {
+                            JobResult::Skipped
+                        },
+                        exit_code: None,
+                        duration_ms: 0,
+                        reason: Some(if cancelled {
+                            "the run was cancelled".into()
+                        } else {
+                            "not reached".into()
+                        }),
+                        junit: None,
+                        artifacts: None,
+                    },
+                );
+            }
+        }
+        // Jobs in plan order.
+        let jobs: Vec<JobReport> = this
+            .plan
+            .jobs
+            .iter()
+            .filter_map(|j| reports.remove(&j.name))
+            .collect();
+        let mut junit: Option<TestSummary> = None;
+        for j in &jobs {
+            if let Some(s) = &j.junit {
+                // Failed tests are named with their job: two matrix jobs share test names.
+                let mut s = s.clone();
+                for f in &mut s.failures {
+                    f.name = format!("{}: {}", j.name, f.name);
+                }
+                junit.get_or_insert_with(TestSummary::default).merge(s);
+            }
+        }
+        let images: Vec<ImageReport> = images.into_values().collect();
+        let passed = !cancelled
+            && jobs
+                .iter()
+                .all(|j| !matches!(j.result, JobResult::Failed | JobResult::Cancelled))
+            && images.iter().all(|i| i.error.is_none());
+        RunReport {
+            passed,
+            cancelled,
+            images,
+            jobs,
+            junit,
+            duration: start.elapsed(),
+        }
+    }
+
+    fn record_image(&self, n: &Node, l: &Left, images: &mut BTreeMap<String, ImageReport>) {
+        match (n, l) {
+            (Node::Build(name, None), Left::Image(b)) => {
+                if let Some(r) = images.get_mut(name) {
+                    r.digest = Some(b.digest.clone());
+                }
+            }
+            (Node::Push(name), Left::Push(refs)) => {
+                if let Some(r) = images.get_mut(name) {
+                    r.pushed = refs.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A unit whose fate its dependencies decide: a job skipped by `when:` or by a failure
+    /// before it, a push held back.
+    fn decide(
+        &self,
+        n: &Node,
+        deps: &[(Node, End)],
+        left: &HashMap<Node, Left>,
+    ) -> Option<(End, Left)> {
+        let failed: Vec<String> = deps
+            .iter()
+            .filter(|(_, e)| *e == End::Failed)
+            .map(|(d, _)| describe(d))
+            .collect();
+        match n {
+            Node::Job(name) => {
+                let plan = self.plan.jobs.iter().find(|j| j.name == *name)?;
+                let image_failed = deps
+                    .iter()
+                    .any(|(d, e)| matches!(d, Node::Build(..)) && *e != End::Ok);
+                let reason = if plan.when == When::Never {
+                    Some(match plan.rule {
+                        super::plan::RuleOutcome::NoneMatched => "no rule matched".to_string(),
+                        _ => "when: never".to_string(),
+                    })
+                } else if image_failed {
+                    Some("its image was not built".to_string())
+                } else {
+                    match (plan.when, failed.is_empty()) {
+                        (When::OnSuccess, false) => {
+                            Some(format!("{} failed before it", failed.join(", ")))
+                        }
+                        (When::OnFailure, true) => {
+                            Some("when: on_failure, and nothing failed before it".to_string())
+                        }
+                        _ => None,
+                    }
+                };
+                let reason = reason?;
+                self.emit(PipelineEvent::JobSkipped {
+                    job: name.clone(),
+                    reason: reason.clone(),
+                });
+                Some((
+                    End::Skipped,
+                    Left::Job(
+                        JobLeft::default(),
+                        JobReport {
+                            name: name.clone(),
+                            result: JobResult::Skipped,
+                            exit_code: None,
+                            duration_ms: 0,
+                            reason: Some(reason),
+                            junit: None,
+                            artifacts: None,
+                        },
+                    ),
+                ))
+            }
+            Node::Push(image) => {
+                let plan = self.plan.images.iter().find(|i| i.name == *image)?;
+                let build_ok = deps
+                    .iter()
+                    .any(|(d, e)| matches!(d, Node::Build(..)) && *e == End::Ok);
+                // A gate passes when its job passed (or failed where that is allowed); a job a
+                // rule left out of this run gates nothing.
+                let because: Vec<String> = deps
+                    .iter()
+                    .filter(|(d, e)| match d {
+                        Node::Job(_) => match e {
+                            End::Ok => false,
+                            End::Failed => true,
+                            End::Skipped => !skipped_by_rule(left.get(d)),
+                        },
+                        _ => false,
+                    })
+                    .map(|(d, _)| describe(d))
+                    .collect();
+                if build_ok && because.is_empty() {
+                    return None;
+                }
+                self.emit(PipelineEvent::Held {
+                    image: image.clone(),
+                    tags: plan.tags.clone(),
+                    because: because.clone(),
+                });
+                Some((End::Skipped, Left::Nothing))
+            }
+            Node::Build(..) => None,
+        }
+    }
+
+    /// Runs one unit.
+    async fn unit(&self, n: &Node, inputs: HashMap<Node, Left>) -> (End, Result<Left, String>) {
+        match n {
+            Node::Build(name, stage) => match self.build(name, stage.as_deref()).await {
+                Ok(b) => (End::Ok, Ok(Left::Image(Box::new(b)))),
+                Err(e) => {
+                    self.emit(PipelineEvent::ImageFailed {
+                        image: build_name(name, stage.as_deref()),
+                        error: e.clone(),
+                    });
+                    (End::Failed, Err(e))
+                }
+            },
+            Node::Job(name) => {
+                let (end, l) = self.job(name, &inputs).await;
+                (end, Ok(l))
+            }
+            Node::Push(name) => match self.push(name, &inputs).await {
+                Ok(refs) => (End::Ok, Ok(Left::Push(refs))),
+                Err(e) => {
+                    self.emit(PipelineEvent::PushFailed {
+                        image: name.clone(),
+                        error: e.clone(),
+                    });
+                    (End::Failed, Err(e))
+                }
+            },
+        }
+    }
+
+    async fn build(&self, name: &str, stage: Option<&str>) -> Result<BuiltImage, String> {
+        let plan = self
+            .plan
+            .images
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| format!("no image {name}"))?;
+        let shown = build_name(name, stage);
+        self.emit(PipelineEvent::ImageStarted {
+            image: shown.clone(),
+        });
+        let context = self.options.base_dir.join(&plan.context);
+        let mut request = BuildRequest::new(&context);
+        request.dockerfile = DockerfileSource::Path(context.join(&plan.dockerfile));
+        request.target = stage.map(str::to_string).or_else(|| plan.target.clone());
+        request.build_args = plan.build_args.clone();
+        request.labels = plan.labels.clone();
+        request.cache.no_cache = plan.no_cache || self.options.no_cache;
+        if stage.is_none() {
+            request.tags = plan.tags.clone();
+            if !plan.tags.is_empty() {
+                request.exports = vec![Export::Image {
+                    push: false,
+                    oci_mediatypes: true,
+                }];
+            }
+            if plan.push {
+                // What leaves the store later is written in its final compression now.
+                request.compression =
+                    Some(forge_snapshotter::compress::Compression::Gzip { level: 6 });
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = Events::new(BuildId::new(), Some(tx));
+        let sink = self.sink.clone();
+        let image = shown.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(rec) = rx.recv().await {
+                let line = match rec.event {
+                    BuildEvent::Output { line, .. } => line,
+                    BuildEvent::Warning { message } => format!("warning: {message}"),
+                    _ => continue,
+                };
+                sink(PipelineEvent::ImageLine {
+                    image: image.clone(),
+                    line,
+                });
+            }
+        });
+        let outcome = self
+            .session
+            .build(&request, events, self.cancel.clone())
+            .await;
+        let _ = forward.await;
+        let outcome = outcome.map_err(|f| crate::api::render_chain(&f.error))?;
+        let base = base_image(self.session.store(), outcome.record.clone(), &shown)
+            .map_err(|e| e.to_string())?;
+        let config = config::config_from_json(&base.config_json).map_err(|e| e.to_string())?;
+        self.emit(PipelineEvent::ImageBuilt {
+            image: shown,
+            digest: outcome.digest.clone(),
+            steps_run: outcome.executed(),
+            steps_cached: outcome.cached(),
+        });
+        Ok(BuiltImage {
+            base,
+            config,
+            digest: outcome.digest,
+        })
+    }
+
+    async fn push(&self, name: &str, inputs: &HashMap<Node, Left>) -> Result<Vec<String>, String> {
+        let plan = self
+            .plan
+            .images
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| format!("no image {name}"))?;
+        let Some(Left::Image(b)) = inputs.get(&Node::Build(name.into(), None)) else {
+            return Err(format!("image {name} was not built"));
+        };
+        let layers = b.base.layers();
+        crate::export::push_image(
+            self.session.store(),
+            self.session.registry(),
+            &Events::discard(),
+            &b.base.record,
+            &layers,
+            &plan.tags,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.emit(PipelineEvent::Pushed {
+            image: name.into(),
+            references: plan.tags.clone(),
+            digest: b.digest.clone(),
+        });
+        Ok(plan.tags.clone())
+    }
+
+    async fn job(&self, name: &str, inputs: &HashMap<Node, Left>) -> (End, Left) {
+        let start = Instant::now();
+        let plan = self
+            .plan
+            .jobs
+            .iter()
+            .find(|j| j.name == name)
+            .expect("a unit is a job of the plan");
+        self.emit(PipelineEvent::JobStarted { job: name.into() });
+        let fail = |reason: String| {
+            self.emit(PipelineEvent::JobFinished {
+                job: name.into(),
+                result: JobResult::Failed,
+                exit_code: None,
+                duration: start.elapsed(),
+                error: Some(reason.clone()),
+            });
+            (
+                End::Failed,
+                Left::Job(
+                    JobLeft::default(),
+                    JobReport {
+                        name: name.into(),
+                        result: if plan.allow_failure {
+                            JobResult::AllowedFailure
+                        } else {
+                            JobResult::Failed
+                        },
+                        exit_code: None,
+                        duration_ms: start.elapsed().as_millis() as u64,
+                        reason: Some(reason),
+                        junit: None,
+                        artifacts: None,
+                    },
+                ),
+            )
+        };
+        let spec = match self.job_spec(plan, inputs).await {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let sink = self.sink.clone();
+        let job_name = name.to_string();
+        let cached_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cached_flag.clone();
+        let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
+            sink(PipelineEvent::JobLine {
+                job: job_name.clone(),
+                line: l.to_string(),
+                cached: flag.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        });
+        let verdict = self
+            .session
+            .solve_job(&spec, line, self.cancel.child_token(), cached_flag)
+            .await;
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => return fail(crate::api::render_chain(&e)),
+        };
+        let passed = verdict.passed();
+        let result = if verdict.error.as_deref() == Some("cancelled") {
+            JobResult::Cancelled
+        } else if passed && verdict.cached {
+            JobResult::Cached
+        } else if passed {
+            JobResult::Passed
+        } else if plan.allow_failure {
+            JobResult::AllowedFailure
+        } else {
+            JobResult::Failed
+        };
+        // Artifacts and reports, as `when:` says.
+        let mut error = verdict.error.clone();
+        let mut kept = None;
+        let mut artifact_dir = None;
+        let mut junit = None;
+        if let (Some(a), Some(taken)) = (&plan.artifacts, &verdict.artifacts) {
+            let keep = match a.when {
+                ArtifactsWhen::OnSuccess => passed,
+                ArtifactsWhen::OnFailure => !passed,
+                ArtifactsWhen::Always => true,
+            };
+            let workdir = spec.image.config.working_dir.clone();
+            let store = self.session.store().clone();
+            let dest = self.options.artifacts_dir.join(job_dir_name(name));
+            let paths: Vec<String> = a
+                .paths
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let reports: Vec<String> = a
+                .junit
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let taken = taken.clone();
+            let origin = name.to_string();
+            let done = tokio::task::spawn_blocking(move || {
+                let kept = if keep && !paths.is_empty() {
+                    artifacts::select(&store, &taken, &paths, Some(&dest))?
+                } else {
+                    None
+                };
+                // Reports are read whatever the result (a failed run's are the ones that matter).
+                let junit = if reports.is_empty() {
+                    None
+                } else {
+                    match artifacts::select(&store, &taken, &reports, None)? {
+                        Some(d) => Some(read_junit(&store, &d, &origin)?),
+                        None => None,
+                    }
+                };
+                Ok::<_, String>((kept, junit, dest))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match done {
+                Ok((k, j, dest)) => {
+                    if k.is_some() {
+                        artifact_dir = Some(dest);
+                    }
+                    kept = k;
+                    junit = j;
+                }
+                Err(e) => error = Some(format!("artifacts: {e}")),
+            }
+        }
+        let duration = start.elapsed();
+        self.emit(PipelineEvent::JobFinished {
+            job: name.into(),
+            result,
+            exit_code: verdict.exit_code,
+            duration,
+            error: error.clone(),
+        });
+        let end = match result {
+            JobResult::Passed | JobResult::Cached | JobResult::AllowedFailure => End::Ok,
+            _ => End::Failed,
+        };
+        (
+            end,
+            Left::Job(
+                JobLeft { artifacts: kept },
+                JobReport {
+                    name: name.into(),
+                    result,
+                    exit_code: verdict.exit_code,
+                    duration_ms: duration.as_millis() as u64,
+                    reason: error,
+                    junit,
+                    artifacts: artifact_dir,
+                },
+            ),
+        )
+    }
+
+    /// The job as the solver gets it: its image (pulled, for a registry reference), the artifact
+    /// layers of the jobs it needs, its variables and secrets.
+    async fn job_spec(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<JobSpec, String> {
+        let (image_name, base, config) = match &plan.image {
+            ImageUse::Named(n) | ImageUse::Stage { image: n, .. } => {
+                let (key, shown) = match &plan.image {
+                    ImageUse::Stage { image, stage } => (
+                        Node::Build(image.clone(), Some(stage.clone())),
+                        format!("{image}@{stage}"),
+                    ),
+                    _ => (Node::Build(n.clone(), None), n.clone()),
+                };
+                let Some(Left::Image(b)) = inputs.get(&key) else {
+                    return Err(format!("image {shown} was not built"));
+                };
+                (shown, b.base.clone(), b.config.clone())
+            }
+            ImageUse::Registry(r) => {
+                let reference = r.to_string();
+                let base = pull_base(
+                    self.session.store(),
+                    self.session.registry(),
+                    &Events::discard(),
+                    &reference,
+                )
+                .await
+                .map_err(|e| crate::api::render_chain(&e))?;
+                let config =
+                    config::config_from_json(&base.config_json).map_err(|e| e.to_string())?;
+                (reference, base, config)
+            }
+        };
+        let mut extra = Vec::new();
+        if let Some(needs) = &plan.needs {
+            for n in needs {
+                if let Need::Job(j) = n
+                    && let Some(Left::Job(JobLeft { artifacts: Some(d) }, _)) =
+                        inputs.get(&Node::Job(j.clone()))
+                {
+                    extra.push(d.clone());
+                }
+            }
+        } else {
+            // Without `needs:`, the artifacts of every earlier job, in plan order (GitLab's
+            // default dependencies).
+            for o in &self.plan.jobs {
+                if let Some(Left::Job(JobLeft { artifacts: Some(d) }, _)) =
+                    inputs.get(&Node::Job(o.name.clone()))
+                {
+                    extra.push(d.clone());
+                }
+            }
+        }
+        let mut env: Vec<(String, String)> = Vec::new();
+        env.push(("CI".into(), "true".into()));
+        env.push(("FORGE_JOB_NAME".into(), plan.name.clone()));
+        // The built-ins change with every run (number, commit) while a job's verdict does not
+        // depend on them: they reach the job at run time, outside its cache key. A variable the
+        // file defines from them is hashed as it expands.
+        let mut run_env = Vec::new();
+        for (k, v) in &self.plan.variables {
+            if super::check::BUILTINS.contains(&k.as_str()) {
+                run_env.push((k.clone(), v.clone()));
+            } else {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        for (k, v) in &plan.variables {
+            env.push((k.clone(), v.clone()));
+        }
+        if let Some(needs) = &plan.needs {
+            for n in needs {
+                if let Need::Image(i) = n
+                    && let Some(Left::Image(b)) = inputs.get(&Node::Build(i.clone(), None))
+                {
+                    let e = env_name(i);
+                    env.push((format!("FORGE_IMAGE_{e}_DIGEST"), b.digest.clone()));
+                    let tags = self
+                        .plan
+                        .images
+                        .iter()
+                        .find(|x| x.name == *i)
+                        .map(|x| x.tags.clone())
+                        .unwrap_or_default();
+                    if let Some(t) = tags.first() {
+                        env.push((format!("FORGE_IMAGE_{e}_REF"), t.clone()));
+                    }
+                }
+            }
+        }
+        let mut artifacts_paths: Vec<String> = Vec::new();
+        if let Some(a) = &plan.artifacts {
+            for p in a.paths.iter().chain(&a.junit) {
+                // Globs are expanded by the step, in the job's filesystem.
+                let abs = artifacts::absolute(&config.working_dir, p);
+                if !artifacts_paths.contains(&abs) {
+                    artifacts_paths.push(abs);
+                }
+            }
+        }
+        Ok(JobSpec {
+            name: plan.name.clone(),
+            image: JobImage {
+                name: image_name,
+                base,
+                config,
+                extra,
+            },
+            script: plan.script.clone(),
+            env,
+            run_env,
+            secret_names: plan.secrets.clone(),
+            secrets: plan
+                .secrets
+                .iter()
+                .filter_map(|s| self.options.secrets.get(s).map(|v| (s.clone(), v.clone())))
+                .collect(),
+            artifacts: artifacts_paths,
+            host_network: plan.network == Network::Host,
+            no_cache: self.options.no_cache || !plan.cache,
+            timeout: plan.timeout,
+        })
+    }
+}
+
+fn skipped_by_rule(l: Option<&Left>) -> bool {
+    matches!(l, Some(Left::Job(_, r)) if r.reason.as_deref().is_some_and(|s| s == "no rule matched" || s == "when: never"))
+}
+
+fn describe(n: &Node) -> String {
+    match n {
+        Node::Build(i, s) => format!("image {}", build_name(i, s.as_deref())),
+        Node::Job(j) => j.clone(),
+        Node::Push(i) => format!("push of {i}"),
+    }
+}
+
+fn build_name(image: &str, stage: Option<&str>) -> String {
+    match stage {
+        Some(s) => format!("{image}@{s}"),
+        None => image.to_string(),
+    }
+}
+
+/// Every regular file of a selected report tar, read as JUnit XML and summed.
+fn read_junit(
+    store: &forge_snapshotter::store::Store,
+    d: &Descriptor,
+    job: &str,
+) -> Result<TestSummary, String> {
+    let f = store.open_blob(&d.digest).map_err(|e| e.to_string())?;
+    let mut a = tar::Archive::new(f);
+    let mut sum = TestSummary::default();
+    for e in a.entries().map_err(|e| e.to_string())? {
+        let e = e.map_err(|e| e.to_string())?;
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let origin = format!("{job}: /{}", String::from_utf8_lossy(&e.path_bytes()));
+        let s = super::junit::TestSummary::read(e, &origin).map_err(|e| e.to_string())?;
+        sum.merge(s);
+    }
+    Ok(sum)
+}
