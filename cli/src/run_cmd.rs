@@ -475,6 +475,14 @@ pub(crate) fn summary(number: u64, r: &RunReport) -> String {
         if !i.pushed.is_empty() {
             let _ = writeln!(out, "  pushed: {}", i.pushed.join(", "));
         }
+        if !i.held.is_empty() {
+            let _ = writeln!(
+                out,
+                "  not pushed: {} ({} did not pass)",
+                i.held.join(", "),
+                i.held_by.join(", ")
+            );
+        }
         if let Some(e) = &i.error {
             let _ = writeln!(out, "  image {}: {e}", i.name);
         }

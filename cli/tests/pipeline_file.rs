@@ -44,13 +44,23 @@ fn check_prints_the_plan_of_the_full_example() {
 }
 
 #[test]
-fn run_without_check_is_not_implemented_yet() {
-    let args = ["run"];
-    let o = forge(&args);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not implemented yet"), "{err}");
-    assert!(err.contains("--check validates the file"), "{err}");
+fn run_refuses_a_bad_file_as_check_does_and_takes_no_run_number() {
+    let store = tempfile::tempdir().unwrap();
+    let root = store.path().to_string_lossy().into_owned();
+    let file = "bad/unknown-key.yaml";
+    let checked = forge(&["run", "--check", "-f", file]);
+    let ran = forge(&["run", "-f", file, "--root", &root]);
+    assert_eq!(ran.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stderr),
+        String::from_utf8_lossy(&checked.stderr),
+        "forge run reports the file's errors as --check does"
+    );
+    let history = forge(&["history", "-f", file, "--root", &root]);
+    assert_eq!(
+        String::from_utf8_lossy(&history.stdout).trim(),
+        format!("no runs of {file} yet")
+    );
 }
 
 /// Every bad file, the error class it pins.

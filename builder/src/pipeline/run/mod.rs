@@ -316,6 +316,8 @@ enum Left {
     Image(Box<BuiltImage>),
     Job(JobLeft, JobReport),
     Push(Vec<String>),
+    /// A push held back: its tags, and the jobs (or build) that held it.
+    Held(Vec<String>, Vec<String>),
     Nothing,
 }
 
@@ -511,6 +513,16 @@ impl Runner {
                     continue;
                 }
             };
+            if let (Node::Build(name, None), Err(e)) = (&n, &l)
+                && let Some(r) = images.get_mut(name)
+            {
+                r.error = Some(e.clone());
+            }
+            if let (Node::Push(name), Err(e)) = (&n, &l)
+                && let Some(r) = images.get_mut(name)
+            {
+                r.error = Some(format!("push: {e}"));
+            }
             let l = l.unwrap_or(Left::Nothing);
             if let Left::Job(_, r) = &l {
                 reports.insert(r.name.clone(), r.clone());
@@ -589,6 +601,12 @@ impl Runner {
             (Node::Push(name), Left::Push(refs)) => {
                 if let Some(r) = images.get_mut(name) {
                     r.pushed = refs.clone();
+                }
+            }
+            (Node::Push(name), Left::Held(tags, because)) => {
+                if let Some(r) = images.get_mut(name) {
+                    r.held = tags.clone();
+                    r.held_by = because.clone();
                 }
             }
             _ => {}
@@ -675,12 +693,17 @@ impl Runner {
                 if build_ok && because.is_empty() {
                     return None;
                 }
+                let because = if because.is_empty() {
+                    vec![format!("the build of {image}")]
+                } else {
+                    because
+                };
                 self.emit(PipelineEvent::Held {
                     image: image.clone(),
                     tags: plan.tags.clone(),
                     because: because.clone(),
                 });
-                Some((End::Skipped, Left::Nothing))
+                Some((End::Skipped, Left::Held(plan.tags.clone(), because)))
             }
             Node::Build(..) => None,
         }

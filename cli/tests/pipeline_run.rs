@@ -1,0 +1,359 @@
+//! `forge run` end to end (issue 12) with real parts: the loopback registry, the busybox test image,
+//! the embedded runner as root; skopeo judges what reached the registry. One workspace goes through
+//! the life of a pipeline: a first run (parallel jobs, a 2x2 matrix, artifacts handed to a later
+//! job, a JUnit report, a masked secret, a gated push), an unchanged rerun that runs nothing, a
+//! change under one image's directory that reruns only that image's steps and jobs, and a failing
+//! job that leaves the registry's tag where it was.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::printed;
+
+struct Machine {
+    registry: String,
+    busybox: String,
+}
+
+fn machine() -> Option<Machine> {
+    if !forge_testsupport::root("pipeline runs use the embedded runner as root") {
+        return None;
+    }
+    let registry = forge_testsupport::registry()?;
+    let busybox = forge_testsupport::busybox_image()?;
+    forge_testsupport::tool("skopeo")?;
+    Some(Machine { registry, busybox })
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// `forge run ARGS` in `dir` with the store at `root` and `env` added.
+fn forge_run(dir: &Path, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run forge")
+}
+
+/// The digest the registry holds for `reference`, or `None` when it has no such tag.
+fn registry_digest(reference: &str) -> Option<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The lines of `out` that start with `prefix`, in order.
+fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The position of the first line equal to `line` (a scheduling order check).
+fn position(out: &str, line: &str) -> usize {
+    out.lines()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("no line {line:?} in:\n{out}"))
+}
+
+const APP_DOCKERFILE: &str =
+    "FROM {BUSYBOX}\nWORKDIR /app\nCOPY . .\nRUN echo built-app > /app/built.txt\n";
+const WORKER_DOCKERFILE: &str =
+    "FROM {BUSYBOX}\nWORKDIR /srv\nCOPY . .\nRUN echo built-worker > /srv/built.txt\n";
+
+fn pipeline(reg: &str, repo: &str, lint_exit: u8) -> String {
+    format!(
+        r#"stages: [build, test, report]
+images:
+  app:
+    context: app
+    tags: ["{reg}/{repo}/app:latest", "{reg}/{repo}/app:v1.${{FORGE_BUILD_NUMBER}}"]
+    push: true
+  worker:
+    context: worker
+jobs:
+  lint:
+    image: app
+    secrets: [API_TOKEN]
+    script:
+      - echo "token is $API_TOKEN"
+      - sleep 1
+      - exit {lint_exit}
+  unit:
+    image: app
+    script:
+      - sleep 1
+      - mkdir -p out reports
+      - echo "result of unit" > out/result.txt
+      - >-
+        echo '<testsuite name="calc" tests="3" failures="1">
+        <testcase classname="calc" name="test_add"/>
+        <testcase classname="calc" name="test_sub"/>
+        <testcase classname="calc" name="test_divide_by_zero"><failure message="ZeroDivisionError"/></testcase>
+        </testsuite>' > reports/junit.xml
+    artifacts:
+      paths: [out/]
+      reports:
+        junit: [reports/*.xml]
+  worker-check:
+    image: worker
+    parallel:
+      matrix:
+        - SHARD: ["a", "b"]
+          MODE: ["fast", "slow"]
+    script:
+      - cat /srv/built.txt
+      - echo "shard $SHARD mode $MODE"
+  report:
+    stage: report
+    image: app
+    needs: [unit]
+    script:
+      - cat /app/out/result.txt
+"#
+    )
+}
+
+fn write_workspace(dir: &Path, m: &Machine, repo: &str) {
+    for (sub, df) in [("app", APP_DOCKERFILE), ("worker", WORKER_DOCKERFILE)] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        fs::write(
+            dir.join(sub).join("Dockerfile"),
+            df.replace("{BUSYBOX}", &m.busybox),
+        )
+        .unwrap();
+        fs::write(dir.join(sub).join("main.txt"), format!("{sub} source v1\n")).unwrap();
+    }
+    fs::write(dir.join("forge.yaml"), pipeline(&m.registry, repo, 0)).unwrap();
+}
+
+/// Every file below `dir`, decompressed when it is gzip or zstd.
+fn every_file_decompressed(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for p in forge_testsupport::walk(dir) {
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !md.is_file() {
+            continue;
+        }
+        let raw = fs::read(&p).unwrap_or_default();
+        let data = if raw.starts_with(&[0x1f, 0x8b]) {
+            let mut d = Vec::new();
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut d)
+                .map(|_| d)
+                .unwrap_or(raw)
+        } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            zstd::decode_all(&raw[..]).unwrap_or(raw)
+        } else {
+            raw
+        };
+        out.push((p, data));
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_changed() {
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    let repo = format!("pipeline-{}", unique());
+    write_workspace(&dir, &m, &repo);
+    let secret = format!("s3cret-{}", unique());
+    let env = [("API_TOKEN", secret.as_str())];
+
+    // 1. The first run: everything builds and runs, the image is pushed.
+    let o = forge_run(&dir, &root, &["run", "--jobs", "4"], &env);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("run 1 passed"), "{out}");
+    // lint and unit (each sleeping a second) were both started before either ended.
+    let both_started = position(&out, "job lint: started").max(position(&out, "job unit: started"));
+    let first_end = out
+        .lines()
+        .position(|l| l.starts_with("job lint: passed") || l.starts_with("job unit: passed"))
+        .expect("lint or unit passed");
+    assert!(
+        both_started < first_end,
+        "lint and unit ran one after the other:\n{out}"
+    );
+    // The 2x2 matrix: four jobs, each with its values.
+    for (shard, mode) in [("a", "fast"), ("a", "slow"), ("b", "fast"), ("b", "slow")] {
+        let job = format!("worker-check: [{shard}, {mode}]");
+        assert!(
+            out.contains(&format!("[{job}] shard {shard} mode {mode}")),
+            "{job} did not print its values:\n{out}"
+        );
+    }
+    // The artifact reached the later job and the host.
+    assert!(out.contains("[report] result of unit"), "{out}");
+    assert_eq!(
+        fs::read_to_string(dir.join("forge-artifacts/unit/app/out/result.txt")).unwrap(),
+        "result of unit\n"
+    );
+    // The JUnit report is summed, its failed test named.
+    assert!(out.contains("tests: 2 passed, 1 failed"), "{out}");
+    assert!(
+        out.contains("failed test: unit: calc.test_divide_by_zero"),
+        "{out}"
+    );
+    // The secret is masked in the output and in the stored log.
+    assert!(out.contains("[lint] token is ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    let logs = common::forge(
+        &root,
+        &[
+            "logs",
+            "1",
+            "lint",
+            "-f",
+            &dir.join("forge.yaml").to_string_lossy(),
+        ],
+    );
+    let logs_text = printed(&logs);
+    assert!(logs.status.success(), "{logs_text}");
+    assert!(logs_text.contains("token is ****"), "{logs_text}");
+    assert!(!logs_text.contains(&secret), "{logs_text}");
+    // Pushed: both tags name the image the run built.
+    let latest = format!("{}/{repo}/app:latest", m.registry);
+    let pushed = registry_digest(&latest).expect("app:latest was pushed");
+    assert_eq!(
+        registry_digest(&format!("{}/{repo}/app:v1.1", m.registry)).as_deref(),
+        Some(pushed.as_str())
+    );
+    assert!(
+        out.contains(&format!("image app: pushed {latest}")),
+        "{out}"
+    );
+
+    // 2. Unchanged: no build step and no job runs.
+    let o = forge_run(&dir, &root, &["run"], &env);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("image app: built") && out.contains("(0 steps run,"),
+        "{out}"
+    );
+    assert_eq!(
+        lines_with(&out, "image ")
+            .iter()
+            .filter(|l| l.contains(" steps run") && !l.contains("(0 steps run"))
+            .count(),
+        0,
+        "a build step ran again:\n{out}"
+    );
+    assert!(out.contains("jobs 0 ran, 7 cached, 0 failed"), "{out}");
+    // A cached job shows its log again, marked.
+    assert!(out.contains("[report] (cached) result of unit"), "{out}");
+
+    // 3. A change under worker/: only the worker's steps and jobs run.
+    fs::write(dir.join("worker/main.txt"), "worker source v2\n").unwrap();
+    let o = forge_run(&dir, &root, &["run"], &env);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    let worker_built = lines_with(&out, "image worker: built").join("\n");
+    assert!(
+        !worker_built.contains("(0 steps run"),
+        "worker was not rebuilt:\n{out}"
+    );
+    let app_built = lines_with(&out, "image app: built").join("\n");
+    assert!(
+        app_built.contains("(0 steps run"),
+        "app was rebuilt:\n{out}"
+    );
+    assert!(out.contains("jobs 4 ran, 3 cached, 0 failed"), "{out}");
+    for job in ["lint", "unit", "report"] {
+        assert!(
+            out.contains(&format!("job {job}: passed (cached, not run)")),
+            "{job}:\n{out}"
+        );
+    }
+
+    // 4. A failing job: non-zero exit naming it, later jobs skipped, no tag moved.
+    let pushed = registry_digest(&latest).expect("app:latest is there");
+    fs::write(dir.join("app/main.txt"), "app source v2\n").unwrap();
+    fs::write(dir.join("forge.yaml"), pipeline(&m.registry, &repo, 3)).unwrap();
+    let o = forge_run(&dir, &root, &["run"], &env);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("error: run 4 failed: job lint failed"),
+        "{out}"
+    );
+    assert!(out.contains("failed: lint (exit status 3)"), "{out}");
+    assert!(out.contains("not pushed:"), "{out}");
+    assert_eq!(
+        registry_digest(&latest).as_deref(),
+        Some(pushed.as_str()),
+        "latest moved"
+    );
+    assert_eq!(
+        registry_digest(&format!("{}/{repo}/app:v1.4", m.registry)),
+        None
+    );
+
+    // The history lists the four runs.
+    let h = common::forge(
+        &root,
+        &["history", "-f", &dir.join("forge.yaml").to_string_lossy()],
+    );
+    let h_text = printed(&h);
+    assert!(h.status.success(), "{h_text}");
+    let results: Vec<&str> = h_text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        results,
+        ["passed", "passed", "passed", "failed"],
+        "{h_text}"
+    );
+
+    // The secret is in no file of the store (records, blobs, logs) and no blob of the pushed image.
+    for (path, data) in every_file_decompressed(&root) {
+        assert!(
+            !contains(&data, secret.as_bytes()),
+            "the secret is in {}",
+            path.display()
+        );
+    }
+    let oci = ws.path().join("pushed");
+    forge_testsupport::run(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{latest}"),
+        &format!("oci:{}:x", oci.display()),
+    ]));
+    for (path, data) in every_file_decompressed(&oci) {
+        assert!(
+            !contains(&data, secret.as_bytes()),
+            "the secret is in {}",
+            path.display()
+        );
+    }
+}
