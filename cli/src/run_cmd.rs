@@ -204,7 +204,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| failed(format!("error: cannot start the async runtime: {e}")))?;
     let number = handle.number();
-    println!("run {number} of {name}");
+    // A closed stdout (a reader that went away) must not stop the run: lines are best effort.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "run {number} of {name}");
+    }
     let printer = Arc::new(Printer {
         handle: Mutex::new(Some(handle)),
         logs: Mutex::new(HashMap::new()),
@@ -250,7 +254,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         std::fs::write(p, json)
             .map_err(|e| failed(format!("error: writing {}: {e}", p.display())))?;
     }
-    print!("{}", summary(number, &report));
+    {
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), "{}", summary(number, &report));
+    }
     if report.passed {
         Ok(())
     } else {

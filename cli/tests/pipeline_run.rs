@@ -357,3 +357,109 @@ fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_chan
         );
     }
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn ctrl_c_during_a_job_stops_it_and_leaves_nothing_behind() {
+    use std::io::BufRead;
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-cancel");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(dir.join("app/Dockerfile"), format!("FROM {}\n", m.busybox)).unwrap();
+    // A marker only this test's job carries on its command line.
+    let marker = format!("4{}", std::process::id() % 100_000 + 100_000);
+    fs::write(
+        dir.join("forge.yaml"),
+        format!(
+            "images:\n  app:\n    context: app\njobs:\n  slow:\n    image: app\n    script:\n      - echo waiting\n      - sleep {marker}\n  after:\n    stage: deploy\n    image: app\n    script: [\"true\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--root"])
+        .arg(&root)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut seen = Vec::new();
+    for line in (&mut reader).lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line == "[slow] waiting" {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l == "[slow] waiting"),
+        "{seen:?}"
+    );
+    assert!(
+        !processes_with(&format!("sleep {marker}")).is_empty(),
+        "the job is not running"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    rest.push_str(&printed(&out));
+    assert_eq!(out.status.code(), Some(1), "{rest}");
+    assert!(rest.contains("run 1 cancelled"), "{rest}");
+    assert!(rest.contains("error: run 1 cancelled"), "{rest}");
+    assert_eq!(
+        processes_with(&format!("sleep {marker}")),
+        Vec::<String>::new()
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let store = root.to_string_lossy().into_owned();
+    assert!(
+        !mounts.contains(&store),
+        "a mount under the store is left:\n{mounts}"
+    );
+    for leftover in ["run", "tmp"] {
+        let d = root.join(leftover);
+        let entries: Vec<_> = fs::read_dir(&d)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(
+            entries.is_empty(),
+            "{} is left with {entries:?}",
+            d.display()
+        );
+    }
+    let h = common::forge(
+        &root,
+        &["history", "-f", &dir.join("forge.yaml").to_string_lossy()],
+    );
+    assert!(printed(&h).contains("cancelled"), "{}", printed(&h));
+}
