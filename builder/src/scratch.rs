@@ -94,6 +94,12 @@ impl Scratch {
         self.dir.path().join("download")
     }
 
+    /// A pipeline image's build context, copied with the artifacts of its `artifacts-from` jobs
+    /// laid in.
+    pub fn context(&self) -> PathBuf {
+        self.dir.path().join("context")
+    }
+
     /// Mount points for exports (`-o type=local`).
     pub fn export(&self) -> PathBuf {
         self.dir.path().join("export")

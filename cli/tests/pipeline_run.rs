@@ -212,7 +212,7 @@ fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_chan
     // The artifact reached the later job and the host.
     assert!(out.contains("[report] result of unit"), "{out}");
     assert_eq!(
-        fs::read_to_string(dir.join("forge-artifacts/unit/app/out/result.txt")).unwrap(),
+        fs::read_to_string(dir.join("forge-artifacts/unit/out/result.txt")).unwrap(),
         "result of unit\n"
     );
     // The JUnit report is summed, its failed test named.
@@ -462,4 +462,203 @@ fn ctrl_c_during_a_job_stops_it_and_leaves_nothing_behind() {
         &["history", "-f", &dir.join("forge.yaml").to_string_lossy()],
     );
     assert!(printed(&h).contains("cancelled"), "{}", printed(&h));
+}
+
+/// The rest of the file's semantics in one workspace: a build fed by a job's artifacts
+/// (`artifacts-from`), `retry`, `allow_failure`, `when: on_failure` and `always`, a job's
+/// `timeout`, `forge run JOB` (that job and what it needs), `--metadata-file` and the image
+/// variables a deploy job sees, and `rules: changes:` against the last passed run's commit in a
+/// git repository (made with the git binary, a judge here; forge reads it with gix).
+#[test]
+fn artifacts_from_retry_when_timeout_only_metadata_and_changes_rules() {
+    let Some(m) = machine() else { return };
+    let Some(_) = forge_testsupport::tool("git") else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-pipeline-semantics");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::create_dir_all(dir.join("rt")).unwrap();
+    fs::create_dir_all(dir.join("docs")).unwrap();
+    fs::write(
+        dir.join("src/Dockerfile"),
+        format!("FROM {}\nWORKDIR /build\nCOPY . .\n", m.busybox),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("src/prog.sh"),
+        "#!/bin/sh\necho compiled program v1\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("rt/Dockerfile"),
+        format!(
+            "FROM {}\nCOPY dist/prog /bin/prog\nRUN chmod 755 /bin/prog\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    fs::write(dir.join("docs/index.md"), "docs v1\n").unwrap();
+    fs::write(dir.join(".gitignore"), "forge-artifacts/\nmeta.json\n").unwrap();
+    let repo = format!("semantics-{}", unique());
+    let runtime_tag = format!("{}/{repo}/runtime:1", m.registry);
+    fs::write(
+        dir.join("forge.yaml"),
+        format!(
+            r#"images:
+  builder:
+    context: src
+  runtime:
+    context: rt
+    artifacts-from: [compile]
+    tags: ["{runtime_tag}"]
+    push: true
+    needs: [smoke]
+jobs:
+  compile:
+    stage: build
+    image: builder
+    script:
+      - mkdir -p dist && cp prog.sh dist/prog
+    artifacts:
+      paths: [dist/]
+  smoke:
+    image: runtime
+    script:
+      - prog
+  flaky:
+    image: runtime
+    retry: 2
+    allow_failure: true
+    script:
+      - echo trying
+      - exit 5
+  slow:
+    image: runtime
+    timeout: 1s
+    allow_failure: true
+    script:
+      - sleep 30
+  docs:
+    image: runtime
+    rules:
+      - changes: [docs/**]
+    script:
+      - echo docs changed
+  cleanup:
+    stage: deploy
+    image: runtime
+    when: on_failure
+    script:
+      - echo cleaning up
+  deploy:
+    stage: deploy
+    image: runtime
+    needs: [runtime]
+    when: always
+    script:
+      - echo "deploying $FORGE_IMAGE_RUNTIME_REF at $FORGE_IMAGE_RUNTIME_DIGEST"
+"#
+        ),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        forge_testsupport::run(
+            Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .current_dir(&dir),
+        )
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "one"]);
+
+    let meta = dir.join("meta.json");
+    let o = forge_run(&dir, &root, &["run", "--metadata-file", "meta.json"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    // The runtime image was built from the job's output.
+    assert!(out.contains("[smoke] compiled program v1"), "{out}");
+    // retry: two retries, then an allowed failure that does not fail the run.
+    assert_eq!(lines_with(&out, "[flaky] trying").len(), 3, "{out}");
+    assert!(out.contains("attempt 3 of 3"), "{out}");
+    assert!(
+        out.contains("job flaky: failed (allowed) (exit status 5)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("job slow: failed (allowed) (timed out after 1s)"),
+        "{out}"
+    );
+    // No earlier rule-less run: `changes:` matches (forge cannot tell).
+    assert!(out.contains("[docs] docs changed"), "{out}");
+    assert!(
+        out.contains("job cleanup: skipped: when: on_failure, and nothing failed before it"),
+        "{out}"
+    );
+    // The deploy job sees the pushed image.
+    let pushed = registry_digest(&runtime_tag).expect("runtime was pushed");
+    assert!(
+        out.contains(&format!("[deploy] deploying {runtime_tag} at {pushed}")),
+        "{out}"
+    );
+    let meta_json: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    let runtime = meta_json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "runtime")
+        .unwrap();
+    assert_eq!(runtime["digest"], pushed.as_str(), "{meta_json}");
+    assert_eq!(runtime["pushed"][0], runtime_tag.as_str(), "{meta_json}");
+    let smoke = meta_json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "smoke")
+        .unwrap();
+    assert_eq!(smoke["result"], "passed", "{meta_json}");
+    assert_eq!(meta_json["passed"], true);
+
+    // A commit that changes src/ only: the docs rule no longer matches (compared with the commit
+    // of the last passed run), and the runtime is rebuilt from the new program.
+    fs::write(
+        dir.join("src/prog.sh"),
+        "#!/bin/sh\necho compiled program v2\n",
+    )
+    .unwrap();
+    git(&["commit", "-q", "-am", "two"]);
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("job docs: skipped: no rule matched"), "{out}");
+    assert!(out.contains("[smoke] compiled program v2"), "{out}");
+
+    // `forge run smoke`: smoke and what it needs (compile, the two images), nothing else.
+    let o = forge_run(&dir, &root, &["run", "smoke"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    let started: Vec<&str> = lines_with(&out, "job ")
+        .into_iter()
+        .filter(|l| l.ends_with(": started"))
+        .collect();
+    assert_eq!(
+        started,
+        ["job compile: started", "job smoke: started"],
+        "{out}"
+    );
+    let pushed = registry_digest(&runtime_tag).expect("runtime is pushed");
+
+    // A failing smoke job: the push is held, the on_failure job runs, `always` runs too.
+    fs::write(dir.join("src/prog.sh"), "#!/bin/sh\necho broken; exit 9\n").unwrap();
+    git(&["commit", "-q", "-am", "three"]);
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("[cleanup] cleaning up"), "{out}");
+    assert!(out.contains("job deploy: passed"), "{out}");
+    assert!(out.contains("image runtime: not pushed"), "{out}");
+    assert_eq!(registry_digest(&runtime_tag), Some(pushed), "the tag moved");
 }

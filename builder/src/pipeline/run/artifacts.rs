@@ -1,7 +1,8 @@
 //! A job's artifacts after its run: the entries of its test step's tar that the job's `paths:`
 //! select (globs, and everything under a selected directory), kept as a plain-tar layer in the
-//! store (laid on the filesystem of the jobs that need this one) and extracted into the
-//! artifacts directory on the host, below `JOB/`, by their path in the job's filesystem.
+//! store (laid on the filesystem of the jobs that need this one, at the same paths) and extracted
+//! into the artifacts directory on the host, below `JOB/`, by their path relative to the job's
+//! working directory (as GitLab keeps them relative to the project directory).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -55,13 +56,12 @@ fn selected(set: &GlobSet, name: &str) -> bool {
     }
 }
 
-/// Selects the entries of `taken` that match `patterns` into a new plain-tar blob, and extracts
-/// it below `dest` when given. `None` when nothing matched.
+/// Selects the entries of `taken` that match `patterns` into a new plain-tar blob. `None` when
+/// nothing matched.
 pub fn select(
     store: &Store,
     taken: &Artifacts,
     patterns: &[String],
-    dest: Option<&Path>,
 ) -> Result<Option<Descriptor>, String> {
     let set = globs(patterns)?;
     let open = || {
@@ -121,17 +121,140 @@ pub fn select(
     store
         .adopt(&tmp, &digest, size)
         .map_err(|e| format!("storing artifacts: {e}"))?;
-    if let Some(dest) = dest {
-        std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        let blob = store.blob_path(&digest);
-        crate::fileop::archive::extract(&blob, dest, dest, None, false)
-            .map_err(|e| format!("extracting artifacts into {}: {e}", dest.display()))?;
-    }
     Ok(Some(Descriptor {
         media_type: TAR.into(),
         digest,
         size,
     }))
+}
+
+/// Extracts the artifact layer `layer` into `dest` (replacing what was there), by each entry's
+/// path relative to `workdir`; entries outside it are not extracted. The whole tree is first
+/// extracted beside `dest`, so a failure leaves the previous `dest` in place.
+pub fn extract_relative(
+    store: &Store,
+    layer: &Descriptor,
+    workdir: &str,
+    dest: &Path,
+) -> Result<(), String> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let staging = parent.join(format!(
+        ".forge-artifacts-{}",
+        forge_snapshotter::lock::random_hex()
+    ));
+    std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let moved = (|| {
+        let blob = store.blob_path(&layer.digest);
+        crate::fileop::archive::extract(&blob, &staging, &staging, None, false)
+            .map_err(|e| format!("extracting artifacts: {e}"))?;
+        let inner = staging.join(workdir.trim_start_matches('/'));
+        let _ = std::fs::remove_dir_all(dest);
+        if inner.is_dir() {
+            std::fs::rename(&inner, dest).map_err(|e| format!("{}: {e}", dest.display()))
+        } else {
+            std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    moved?;
+    Ok(())
+}
+
+/// Lays the artifact layer `layer` into the directory `dest` by each entry's path relative to
+/// `workdir`, replacing files of the same name (the "compile in a job, build the image from its
+/// output" pattern: a build context gets a job's output).
+pub fn lay_into(
+    store: &Store,
+    layer: &Descriptor,
+    workdir: &str,
+    dest: &Path,
+) -> Result<(), String> {
+    let staging = dest.with_file_name(format!(
+        ".forge-artifacts-{}",
+        forge_snapshotter::lock::random_hex()
+    ));
+    std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let laid = (|| {
+        let blob = store.blob_path(&layer.digest);
+        crate::fileop::archive::extract(&blob, &staging, &staging, None, false)
+            .map_err(|e| format!("extracting artifacts: {e}"))?;
+        let inner = staging.join(workdir.trim_start_matches('/'));
+        if inner.is_dir() {
+            merge(&inner, dest)
+        } else {
+            Ok(())
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    laid
+}
+
+/// Moves every entry of `from` into `to`: directories are merged, anything else replaces.
+fn merge(from: &Path, to: &Path) -> Result<(), String> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let target = to.join(entry.file_name());
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        match std::fs::symlink_metadata(&target) {
+            Ok(md) if md.is_dir() && is_dir => merge(&entry.path(), &target)?,
+            Ok(md) => {
+                if md.is_dir() {
+                    std::fs::remove_dir_all(&target).map_err(|e| err(&target, e))?;
+                } else {
+                    std::fs::remove_file(&target).map_err(|e| err(&target, e))?;
+                }
+                std::fs::rename(entry.path(), &target).map_err(|e| err(&target, e))?;
+            }
+            Err(_) => std::fs::rename(entry.path(), &target).map_err(|e| err(&target, e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Copies the directory `from` to `to` (which must not exist): files hard-linked where the
+/// filesystem allows (a build only reads its context, and laying artifacts in replaces a file
+/// rather than writing into it), copied otherwise; symbolic links recreated as they are.
+/// `skip` is left out (the artifacts directory, when it lies inside the context).
+pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let md = std::fs::metadata(from).map_err(|e| err(from, e))?;
+    std::fs::DirBuilder::new()
+        .mode(md.permissions().mode() & 0o7777)
+        .create(to)
+        .map_err(|e| err(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let src = entry.path();
+        if skip.is_some_and(|s| s == src) {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        let ty = entry.file_type().map_err(|e| err(&src, e))?;
+        if ty.is_dir() {
+            copy_tree(&src, &dst, skip)?;
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| err(&src, e))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(|e| err(&dst, e))?;
+        } else if ty.is_file() {
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).map_err(|e| err(&dst, e))?;
+            }
+        }
+        // Sockets, fifos and devices have no place in a build context.
+    }
+    Ok(())
+}
+
+/// Whether the absolute path `path` is `workdir` or below it.
+pub fn under(workdir: &str, path: &str) -> bool {
+    let w = workdir.trim_end_matches('/');
+    w.is_empty() || path == w || path.starts_with(&format!("{w}/"))
 }
 
 #[cfg(test)]
@@ -144,6 +267,15 @@ mod tests {
         assert_eq!(absolute("", "./out"), "/out");
         assert_eq!(absolute("/app", "/tmp/x"), "/tmp/x");
         assert_eq!(absolute("/app/", "../etc"), "/etc");
+    }
+
+    #[test]
+    fn under_the_working_directory() {
+        assert!(under("/app", "/app/out"));
+        assert!(under("/", "/tmp/x"));
+        assert!(under("", "/tmp/x"));
+        assert!(!under("/app", "/application/x"));
+        assert!(!under("/app", "/tmp"));
     }
 
     #[test]

@@ -273,13 +273,22 @@ impl Session {
             ..SolveOptions::default()
         };
         let solver = Solver::new(executor.clone(), cache, options);
-        let solve = solver.solve(graph.clone(), &[0]);
-        let solved = match job.timeout {
-            Some(t) => match tokio::time::timeout(t, solve).await {
-                Ok(s) => Some(s),
-                Err(_) => None,
-            },
-            None => Some(solve.await),
+        let solved = {
+            let solve = solver.solve(graph.clone(), &[0]);
+            tokio::pin!(solve);
+            // On a timeout the step is cancelled and waited for, so that its process and scratch state
+            // are gone before the job is reported.
+            match job.timeout {
+                Some(t) => tokio::select! {
+                    r = &mut solve => Some(r),
+                    _ = tokio::time::sleep(t) => {
+                        cancel.cancel();
+                        let _ = (&mut solve).await;
+                        None
+                    }
+                },
+                None => Some(solve.await),
+            }
         };
         drop(solver);
         drop(executor);
@@ -287,7 +296,6 @@ impl Session {
         drop(events);
         let _ = forward.await;
         let Some(solved) = solved else {
-            cancel.cancel();
             return Ok(JobVerdict {
                 exit_code: None,
                 cached: false,

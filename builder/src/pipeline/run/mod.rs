@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use forge_snapshotter::store::Descriptor;
 use serde::Serialize;
 
-use super::file::{ArtifactsWhen, Network, When};
+use super::file::{ArtifactsWhen, Network, RetryWhen, When};
 use super::history::JobResult;
 use super::junit::TestSummary;
 use super::plan::{ImageUse, JobPlan, Need, Pipeline};
@@ -201,6 +201,8 @@ struct BuiltImage {
 #[derive(Clone, Default)]
 struct JobLeft {
     artifacts: Option<Descriptor>,
+    /// The job's working directory: artifacts are relative to it outside the job.
+    workdir: String,
 }
 
 struct Runner {
@@ -255,14 +257,6 @@ fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
                 "job {}: services are not run yet by this version of forge (forge run --check \
                  validates them)",
                 j.name
-            )));
-        }
-    }
-    for i in &plan.images {
-        if !i.artifacts_from.is_empty() {
-            return Err(BuildError::Invalid(format!(
-                "image {}: artifacts-from is not run yet by this version of forge",
-                i.name
             )));
         }
     }
@@ -370,8 +364,20 @@ impl Runner {
             }
             units.insert(Node::Job(j.name.clone()), deps);
         }
+        let artifacts_from = |image: &str| -> BTreeSet<Node> {
+            plan.images
+                .iter()
+                .find(|i| i.name == image)
+                .map(|i| {
+                    i.artifacts_from
+                        .iter()
+                        .map(|j| Node::Job(j.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         for i in &plan.images {
-            units.insert(Node::Build(i.name.clone(), None), BTreeSet::new());
+            units.insert(Node::Build(i.name.clone(), None), artifacts_from(&i.name));
             if i.push {
                 let mut deps = BTreeSet::from([Node::Build(i.name.clone(), None)]);
                 deps.extend(i.push_needs.iter().map(|j| Node::Job(j.clone())));
@@ -386,7 +392,11 @@ impl Runner {
             .cloned()
             .collect();
         for b in stage_builds {
-            units.entry(b).or_default();
+            let deps = match &b {
+                Node::Build(image, _) => artifacts_from(image),
+                _ => BTreeSet::new(),
+            };
+            units.entry(b).or_insert(deps);
         }
         if self.options.only.is_empty() {
             return units;
@@ -712,7 +722,7 @@ impl Runner {
     /// Runs one unit.
     async fn unit(&self, n: &Node, inputs: HashMap<Node, Left>) -> (End, Result<Left, String>) {
         match n {
-            Node::Build(name, stage) => match self.build(name, stage.as_deref()).await {
+            Node::Build(name, stage) => match self.build(name, stage.as_deref(), &inputs).await {
                 Ok(b) => (End::Ok, Ok(Left::Image(Box::new(b)))),
                 Err(e) => {
                     self.emit(PipelineEvent::ImageFailed {
@@ -739,7 +749,12 @@ impl Runner {
         }
     }
 
-    async fn build(&self, name: &str, stage: Option<&str>) -> Result<BuiltImage, String> {
+    async fn build(
+        &self,
+        name: &str,
+        stage: Option<&str>,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<BuiltImage, String> {
         let plan = self
             .plan
             .images
@@ -750,7 +765,46 @@ impl Runner {
         self.emit(PipelineEvent::ImageStarted {
             image: shown.clone(),
         });
-        let context = self.options.base_dir.join(&plan.context);
+        let mut context = self.options.base_dir.join(&plan.context);
+        // With `artifacts-from`, the build reads a copy of its context with those jobs'
+        // artifacts laid in, kept until the build ends.
+        let _scratch = if plan.artifacts_from.is_empty() {
+            None
+        } else {
+            let layers: Vec<(Descriptor, String)> = plan
+                .artifacts_from
+                .iter()
+                .filter_map(|j| match inputs.get(&Node::Job(j.clone())) {
+                    Some(Left::Job(
+                        JobLeft {
+                            artifacts: Some(d),
+                            workdir,
+                        },
+                        _,
+                    )) => Some((d.clone(), workdir.clone())),
+                    _ => None,
+                })
+                .collect();
+            let scratch = crate::scratch::Scratch::create(self.session.root(), &BuildId::new())
+                .map_err(|e| format!("scratch space: {e}"))?;
+            let copy = scratch.context();
+            let store = self.session.store().clone();
+            let from = std::fs::canonicalize(&context).unwrap_or_else(|_| context.clone());
+            let skip = std::fs::canonicalize(&self.options.artifacts_dir).ok();
+            let to = copy.clone();
+            tokio::task::spawn_blocking(move || {
+                artifacts::copy_tree(&from, &to, skip.as_deref())?;
+                for (layer, workdir) in &layers {
+                    artifacts::lay_into(&store, layer, workdir, &to)?;
+                }
+                Ok::<_, String>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("laying artifacts into the context of {name}: {e}"))?;
+            context = copy;
+            Some(scratch)
+        };
         let mut request = BuildRequest::new(&context);
         request.dockerfile = DockerfileSource::Path(context.join(&plan.dockerfile));
         request.target = stage.map(str::to_string).or_else(|| plan.target.clone());
@@ -849,24 +903,29 @@ impl Runner {
             .expect("a unit is a job of the plan");
         self.emit(PipelineEvent::JobStarted { job: name.into() });
         let fail = |reason: String| {
+            let result = if plan.allow_failure {
+                JobResult::AllowedFailure
+            } else {
+                JobResult::Failed
+            };
             self.emit(PipelineEvent::JobFinished {
                 job: name.into(),
-                result: JobResult::Failed,
+                result,
                 exit_code: None,
                 duration: start.elapsed(),
                 error: Some(reason.clone()),
             });
             (
-                End::Failed,
+                if plan.allow_failure {
+                    End::Ok
+                } else {
+                    End::Failed
+                },
                 Left::Job(
                     JobLeft::default(),
                     JobReport {
                         name: name.into(),
-                        result: if plan.allow_failure {
-                            JobResult::AllowedFailure
-                        } else {
-                            JobResult::Failed
-                        },
+                        result,
                         exit_code: None,
                         duration_ms: start.elapsed().as_millis() as u64,
                         reason: Some(reason),
@@ -876,28 +935,42 @@ impl Runner {
                 ),
             )
         };
-        let spec = match self.job_spec(plan, inputs).await {
-            Ok(s) => s,
-            Err(e) => return fail(e),
-        };
-        let sink = self.sink.clone();
-        let job_name = name.to_string();
-        let cached_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = cached_flag.clone();
-        let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
-            sink(PipelineEvent::JobLine {
-                job: job_name.clone(),
-                line: l.to_string(),
-                cached: flag.load(std::sync::atomic::Ordering::Relaxed),
-            })
-        });
-        let verdict = self
-            .session
-            .solve_job(&spec, line, self.cancel.child_token(), cached_flag)
-            .await;
-        let verdict = match verdict {
-            Ok(v) => v,
-            Err(e) => return fail(crate::api::render_chain(&e)),
+        let max_retries = plan.retry.as_ref().map_or(0, |r| r.max);
+        let mut attempt = 0u8;
+        let (spec, verdict) = loop {
+            let tried = self.attempt(plan, inputs).await;
+            let failure = match &tried {
+                Ok((_, v)) if v.passed() || v.error.as_deref() == Some("cancelled") => None,
+                Ok((_, v)) if v.exit_code.is_none() => Some(RetryWhen::JobExecutionTimeout),
+                Ok(_) => Some(RetryWhen::ScriptFailure),
+                Err((kind, _)) => Some(*kind),
+            };
+            if let Some(kind) = failure
+                && attempt < max_retries
+                && !self.cancel.is_cancelled()
+                && plan.retry.as_ref().is_some_and(|r| {
+                    r.when.is_empty()
+                        || r.when.contains(&RetryWhen::Always)
+                        || r.when.contains(&kind)
+                })
+            {
+                attempt += 1;
+                self.emit(PipelineEvent::JobLine {
+                    job: name.into(),
+                    line: format!(
+                        "forge: retrying after {}: attempt {} of {}",
+                        retry_reason(kind),
+                        attempt + 1,
+                        max_retries + 1
+                    ),
+                    cached: false,
+                });
+                continue;
+            }
+            match tried {
+                Ok(t) => break t,
+                Err((_, e)) => return fail(e),
+            }
         };
         let passed = verdict.passed();
         let result = if verdict.error.as_deref() == Some("cancelled") {
@@ -916,6 +989,7 @@ impl Runner {
         let mut kept = None;
         let mut artifact_dir = None;
         let mut junit = None;
+        let kept_workdir = spec.image.config.working_dir.clone();
         if let (Some(a), Some(taken)) = (&plan.artifacts, &verdict.artifacts) {
             let keep = match a.when {
                 ArtifactsWhen::OnSuccess => passed,
@@ -939,7 +1013,11 @@ impl Runner {
             let origin = name.to_string();
             let done = tokio::task::spawn_blocking(move || {
                 let kept = if keep && !paths.is_empty() {
-                    artifacts::select(&store, &taken, &paths, Some(&dest))?
+                    let kept = artifacts::select(&store, &taken, &paths)?;
+                    if let Some(k) = &kept {
+                        artifacts::extract_relative(&store, k, &workdir, &dest)?;
+                    }
+                    kept
                 } else {
                     None
                 };
@@ -947,7 +1025,7 @@ impl Runner {
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports, None)? {
+                    match artifacts::select(&store, &taken, &reports)? {
                         Some(d) => Some(read_junit(&store, &d, &origin)?),
                         None => None,
                     }
@@ -983,7 +1061,10 @@ impl Runner {
         (
             end,
             Left::Job(
-                JobLeft { artifacts: kept },
+                JobLeft {
+                    artifacts: kept,
+                    workdir: kept_workdir,
+                },
                 JobReport {
                     name: name.into(),
                     result,
@@ -995,6 +1076,36 @@ impl Runner {
                 },
             ),
         )
+    }
+
+    /// One try of a job: its spec, then its solve. A failure before a verdict says what kind it
+    /// was, for `retry: when:`.
+    async fn attempt(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<(JobSpec, job::JobVerdict), (RetryWhen, String)> {
+        let spec = self
+            .job_spec(plan, inputs)
+            .await
+            .map_err(|e| (RetryWhen::UnmetPrerequisites, e))?;
+        let sink = self.sink.clone();
+        let job_name = plan.name.clone();
+        let cached_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cached_flag.clone();
+        let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
+            sink(PipelineEvent::JobLine {
+                job: job_name.clone(),
+                line: l.to_string(),
+                cached: flag.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        });
+        let verdict = self
+            .session
+            .solve_job(&spec, line, self.cancel.child_token(), cached_flag)
+            .await
+            .map_err(|e| (RetryWhen::RunnerSystemFailure, crate::api::render_chain(&e)))?;
+        Ok((spec, verdict))
     }
 
     /// The job as the solver gets it: its image (pulled, for a registry reference), the artifact
@@ -1037,8 +1148,12 @@ impl Runner {
         if let Some(needs) = &plan.needs {
             for n in needs {
                 if let Need::Job(j) = n
-                    && let Some(Left::Job(JobLeft { artifacts: Some(d) }, _)) =
-                        inputs.get(&Node::Job(j.clone()))
+                    && let Some(Left::Job(
+                        JobLeft {
+                            artifacts: Some(d), ..
+                        },
+                        _,
+                    )) = inputs.get(&Node::Job(j.clone()))
                 {
                     extra.push(d.clone());
                 }
@@ -1047,8 +1162,12 @@ impl Runner {
             // Without `needs:`, the artifacts of every earlier job, in plan order (GitLab's
             // default dependencies).
             for o in &self.plan.jobs {
-                if let Some(Left::Job(JobLeft { artifacts: Some(d) }, _)) =
-                    inputs.get(&Node::Job(o.name.clone()))
+                if let Some(Left::Job(
+                    JobLeft {
+                        artifacts: Some(d), ..
+                    },
+                    _,
+                )) = inputs.get(&Node::Job(o.name.clone()))
                 {
                     extra.push(d.clone());
                 }
@@ -1096,6 +1215,13 @@ impl Runner {
             for p in a.paths.iter().chain(&a.junit) {
                 // Globs are expanded by the step, in the job's filesystem.
                 let abs = artifacts::absolute(&config.working_dir, p);
+                if !artifacts::under(&config.working_dir, &abs) {
+                    return Err(format!(
+                        "artifact path {p} is outside the job's working directory {}: \
+                         artifacts are kept relative to it",
+                        config.working_dir
+                    ));
+                }
                 if !artifacts_paths.contains(&abs) {
                     artifacts_paths.push(abs);
                 }
@@ -1123,6 +1249,15 @@ impl Runner {
             no_cache: self.options.no_cache || !plan.cache,
             timeout: plan.timeout,
         })
+    }
+}
+
+fn retry_reason(kind: RetryWhen) -> &'static str {
+    match kind {
+        RetryWhen::ScriptFailure | RetryWhen::Always => "a script failure",
+        RetryWhen::JobExecutionTimeout => "a timeout",
+        RetryWhen::RunnerSystemFailure => "a failure of the runner",
+        RetryWhen::UnmetPrerequisites => "an unmet prerequisite",
     }
 }
 
