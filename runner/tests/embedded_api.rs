@@ -38,6 +38,7 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         user: User::default(),
         hostname: "api-test".into(),
         network: NetworkMode::None,
+        join_network: None,
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
