@@ -66,6 +66,7 @@ fn step(lower: &Path, upper: &Path, work: &Path) -> StepSpec {
         user: User::default(),
         hostname: "bench".into(),
         network: NetworkMode::Host,
+        join_network: None,
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

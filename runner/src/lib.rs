@@ -17,6 +17,7 @@ pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
 pub use confine::Security;
 pub use limits::{Bytes, Limits, NanoCpus};
 pub use mounts::MountError;
+pub use network::SharedNetwork;
 pub use spec::{
     CacheSeed, CacheSharing, Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec,
     Stream, User,

@@ -129,6 +129,9 @@ pub struct StepSpec {
     pub user: User,
     pub hostname: String,
     pub network: NetworkMode,
+    /// A namespace shared with other steps, joined instead of one of the step's own: the step then
+    /// runs as [`NetworkMode::Sandbox`] (proxy variables, no resolver) whatever `network` says.
+    pub join_network: Option<crate::network::SharedNetwork>,
     /// The root filesystem, as mounts applied in order (usually one overlay).
     pub rootfs: Vec<Mount>,
     pub mounts: Vec<StepMount>,
@@ -161,6 +164,17 @@ pub struct StepOutcome {
     /// The step's memory limit, when the kernel's OOM killer killed a process of the step for
     /// passing it (the exit code alone cannot tell this from `kill -9`).
     pub memory_limit_hit: Option<crate::limits::Bytes>,
+}
+
+impl StepSpec {
+    /// The network the step gets: [`NetworkMode::Sandbox`] in a shared namespace, else `network`.
+    pub fn network_mode(&self) -> NetworkMode {
+        if self.join_network.is_some() {
+            NetworkMode::Sandbox
+        } else {
+            self.network
+        }
+    }
 }
 
 impl StepOutcome {

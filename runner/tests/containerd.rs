@@ -94,6 +94,7 @@ impl World {
             user: User::default(),
             hostname: "forge-test".into(),
             network: NetworkMode::Host,
+            join_network: None,
             rootfs: self.rootfs(),
             mounts: vec![],
             secret_env: vec![],

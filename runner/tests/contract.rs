@@ -192,6 +192,7 @@ impl World {
             hostname: "contract".into(),
             // The default: a case that needs another network says so.
             network: NetworkMode::default(),
+            join_network: None,
             rootfs: vec![Mount {
                 kind: "overlay".into(),
                 source: "overlay".into(),

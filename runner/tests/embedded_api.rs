@@ -38,6 +38,7 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         user: User::default(),
         hostname: "api-test".into(),
         network: NetworkMode::None,
+        join_network: None,
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
@@ -241,4 +242,48 @@ fn fuse_overlayfs_rootfs() {
         })
         .count();
     assert_eq!(daemons, 0, "fuse-overlayfs left running");
+}
+
+#[test]
+fn steps_joining_a_shared_network_reach_each_other_on_loopback() {
+    let Some((fx, backend)) = setup() else { return };
+    let rt = rt();
+    let (net, other) = rt.block_on(async {
+        (
+            forge_runner::SharedNetwork::new().await.unwrap(),
+            forge_runner::SharedNetwork::new().await.unwrap(),
+        )
+    });
+    assert_eq!(net, net.clone());
+    assert_ne!(net, other);
+    let mut server = spec(&fx, "up-srv", "echo pong | nc -l -p 7001");
+    server.join_network = Some(net.clone());
+    // The mode says none, the shared namespace makes it a sandboxed step: proxy variables set.
+    let mut client = spec(
+        &fx,
+        "up-cli",
+        "test \"$HTTP_PROXY\" = http://127.0.0.1:3128 || exit 9; \
+         for i in $(seq 1 50); do nc 127.0.0.1 7001 </dev/null 2>/dev/null && exit 0; sleep 0.1; done; exit 7",
+    );
+    client.join_network = Some(net.clone());
+    let mut stranger = spec(&fx, "up-str", "nc 127.0.0.1 7001 </dev/null");
+    stranger.join_network = Some(other);
+    let cancel = CancellationToken::new();
+    let (mut srv_out, mut cli_out) = (Vec::new(), Vec::new());
+    let mut sink_srv = |_, l: &str| srv_out.push(l.to_string());
+    let mut sink_cli = |_, l: &str| cli_out.push(l.to_string());
+    let (rs, rc) = rt.block_on(async {
+        tokio::join!(
+            backend.run(&server, &mut sink_srv, &cancel),
+            backend.run(&client, &mut sink_cli, &cancel),
+        )
+    });
+    assert_eq!(rc.unwrap().exit_code, 0, "{cli_out:?}");
+    assert_eq!(rs.unwrap().exit_code, 0, "{srv_out:?}");
+    assert_eq!(cli_out, ["pong"]);
+    // Another shared namespace sees nothing on that port.
+    let r = rt
+        .block_on(backend.run(&stranger, &mut |_, _: &str| {}, &cancel))
+        .unwrap();
+    assert_ne!(r.exit_code, 0);
 }

@@ -10,6 +10,7 @@
 mod build;
 mod outcome;
 mod request;
+mod service;
 mod session;
 mod stream;
 
@@ -20,6 +21,7 @@ use forge_snapshotter::store::StoreError;
 pub use build::{SolveSettings, solve};
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
+pub use service::{ServiceHandle, ServiceSpec};
 pub(crate) use session::close_runner;
 pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
 pub use stream::StreamContext;

@@ -316,35 +316,7 @@ impl BuildExecutor {
     /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
     /// blobs) and returns its name; `None` for no layers (scratch).
     pub async fn ensure_snapshot(&self, layers: &[Layer]) -> Result<Option<String>, ExecError> {
-        let Some(top) = chain_id(layers.iter().map(|l| &l.diff_id)) else {
-            return Ok(None);
-        };
-        let top = top.to_string();
-        if self.cfg.snapshots.stat(&top).is_ok() {
-            return Ok(Some(top));
-        }
-        let sn = self.cfg.snapshots.clone();
-        let store = self.cfg.store.clone();
-        let layers = layers.to_vec();
-        blocking(move || {
-            let mut parent: Option<Digest> = None;
-            for l in &layers {
-                let name = chain_id_step(parent.as_ref(), &l.diff_id);
-                if sn.stat(name.as_ref()).is_err() {
-                    let blob = store.open_blob(&l.digest)?;
-                    unpack_layer_snapshot(
-                        sn.as_ref(),
-                        parent.as_ref(),
-                        &l.diff_id,
-                        std::io::BufReader::with_capacity(256 * 1024, blob),
-                        &l.media_type,
-                    )?;
-                }
-                parent = Some(name);
-            }
-            Ok(parent.map(|p| p.to_string()))
-        })
-        .await
+        ensure_snapshot_in(&self.cfg.snapshots, &self.cfg.store, layers).await
     }
 
     /// Mounts the filesystem `built` read-only somewhere and returns where its root is.
@@ -771,6 +743,44 @@ impl Executor for BuildExecutor {
             }
         }
     }
+}
+
+/// [`BuildExecutor::ensure_snapshot`] for any holder of a store and its snapshots (a session
+/// starting a service container).
+pub(crate) async fn ensure_snapshot_in(
+    snapshots: &Arc<AnySnapshotter>,
+    store: &Store,
+    layers: &[Layer],
+) -> Result<Option<String>, ExecError> {
+    let Some(top) = chain_id(layers.iter().map(|l| &l.diff_id)) else {
+        return Ok(None);
+    };
+    let top = top.to_string();
+    if snapshots.stat(&top).is_ok() {
+        return Ok(Some(top));
+    }
+    let sn = snapshots.clone();
+    let store = store.clone();
+    let layers = layers.to_vec();
+    blocking(move || {
+        let mut parent: Option<Digest> = None;
+        for l in &layers {
+            let name = chain_id_step(parent.as_ref(), &l.diff_id);
+            if sn.stat(name.as_ref()).is_err() {
+                let blob = store.open_blob(&l.digest)?;
+                unpack_layer_snapshot(
+                    sn.as_ref(),
+                    parent.as_ref(),
+                    &l.diff_id,
+                    std::io::BufReader::with_capacity(256 * 1024, blob),
+                    &l.media_type,
+                )?;
+            }
+            parent = Some(name);
+        }
+        Ok(parent.map(|p| p.to_string()))
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(

@@ -273,6 +273,7 @@ impl BuildExecutor {
             user: User { user, group },
             hostname: "forge".into(),
             network,
+            join_network: None,
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,

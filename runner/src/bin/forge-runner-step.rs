@@ -60,6 +60,7 @@ fn parse() -> Result<Args, String> {
         user: User::default(),
         hostname: String::new(),
         network: NetworkMode::Sandbox,
+        join_network: None,
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),

@@ -152,7 +152,7 @@ impl ContainerdRunner {
                 &step_dir,
                 &self.config.cache_root,
                 &spec.hostname,
-                spec.network,
+                spec.network_mode(),
                 &spec.mounts,
                 cancel,
             )
@@ -161,13 +161,13 @@ impl ContainerdRunner {
             let mut step_env: Vec<(String, String)> =
                 spec.env.iter().chain(&spec.secret_env).cloned().collect();
             prepared.resolved.apply_env(&mut step_env);
-            if spec.network == NetworkMode::Sandbox {
+            if spec.network_mode() == NetworkMode::Sandbox {
                 network::add_proxy_env(&mut step_env);
             }
             step.mounts = Some(prepared);
             // Held until the task is gone: runc joins it by this process's descriptor, and
             // dropping it stops the step's proxy.
-            let netns = Namespace::for_step(spec.network).await?;
+            let netns = network::for_spec(spec).await?;
             let env = environment(&step_env, &[], &user.home);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),
@@ -175,7 +175,7 @@ impl ContainerdRunner {
                 cwd: spec.cwd.clone(),
                 user: &user,
                 hostname: &spec.hostname,
-                netns: netns.as_ref().map(Namespace::path),
+                netns: netns.as_deref().map(Namespace::path),
                 security: spec.security,
                 mounts: oci_mounts,
                 // One fixed parent: runc removes the step's cgroup but never its parent, so a parent

@@ -211,7 +211,7 @@ impl EmbeddedRunner {
         };
         let hosts =
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        let resolv = network::resolv_conf(spec.network);
+        let resolv = network::resolv_conf(spec.network_mode());
         let mut out = Vec::new();
         for (name, text) in [
             ("hosts", hosts.into_bytes()),
@@ -237,7 +237,7 @@ impl EmbeddedRunner {
         let mut env: Vec<(String, String)> =
             spec.env.iter().chain(&spec.secret_env).cloned().collect();
         resolved.apply_env(&mut env);
-        if spec.network == NetworkMode::Sandbox {
+        if spec.network_mode() == NetworkMode::Sandbox {
             network::add_proxy_env(&mut env);
         }
         Ok(Plan {
@@ -401,9 +401,10 @@ impl EmbeddedRunner {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "step".into());
         let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
-        // Lives until the step is over; dropping it stops the step's proxy.
-        let netns = Namespace::for_step(spec.network).await?;
-        let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_ref())?;
+        // Lives until the step is over; dropping it stops the step's proxy (a shared namespace's
+        // when no other holder is left).
+        let netns = network::for_spec(spec).await?;
+        let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_deref())?;
         if let Some(cg) = &cgroup {
             plan.cgroup_procs = cg.join_fds()?;
         }

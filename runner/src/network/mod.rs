@@ -19,11 +19,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::sched::{CloneFlags, unshare};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::spec::NetworkMode;
+use crate::spec::{NetworkMode, StepSpec};
 
 /// Where the proxy listens inside every sandboxed step's namespace.
 pub const PROXY_PORT: u16 = 3128;
@@ -105,6 +106,47 @@ impl Namespace {
             .try_clone()
             .map_err(net_err("duplicate the namespace descriptor"))
     }
+}
+
+/// A sandbox network namespace (loopback up, forge's proxy on 127.0.0.1:[`PROXY_PORT`]) that
+/// several steps join at once ([`StepSpec::join_network`]): a CI job and its services reach each
+/// other on 127.0.0.1, and two jobs, each in its own, may listen on the same port. Cheap to clone;
+/// the namespace and its proxy live while any clone does (and while a step that joined it runs).
+/// Two handles are equal when they are clones of one namespace.
+#[derive(Debug, Clone)]
+pub struct SharedNetwork(Arc<Namespace>);
+
+impl SharedNetwork {
+    /// A new namespace with the proxy, served by a task of the calling runtime.
+    pub async fn new() -> Result<SharedNetwork, NetworkError> {
+        match Namespace::for_step(NetworkMode::Sandbox).await? {
+            Some(ns) => Ok(SharedNetwork(Arc::new(ns))),
+            None => unreachable!("a sandbox always has a namespace"),
+        }
+    }
+
+    /// The namespace's inode, as `/proc/<pid>/ns/net` of a process in it shows (`net:[N]`).
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.0.file.metadata().map(|m| m.ino()).unwrap_or(0)
+    }
+}
+
+impl PartialEq for SharedNetwork {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedNetwork {}
+
+/// The namespace `spec` runs in, held by the caller until the step is over: the shared one it
+/// joins, else one of its own for its mode (`None`: the host's network).
+pub(crate) async fn for_spec(spec: &StepSpec) -> Result<Option<Arc<Namespace>>, NetworkError> {
+    if let Some(shared) = &spec.join_network {
+        return Ok(Some(Arc::clone(&shared.0)));
+    }
+    Ok(Namespace::for_step(spec.network).await?.map(Arc::new))
 }
 
 /// On the calling thread, which is never used again: a new network namespace with loopback up, a

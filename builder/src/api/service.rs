@@ -1,0 +1,401 @@
+//! Services: long-running containers beside a CI job (a database its tests talk to). Each runs in a
+//! container of its own image, on a throw-away writable snapshot over the image's layers, in a
+//! [`SharedNetwork`] the job's steps join too, so the job reaches it on 127.0.0.1:PORT and two jobs,
+//! each with its own network, may run a service on the same port. [`ServiceHandle::stop`] (or
+//! dropping the handle) kills the whole container and removes its snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use forge_runner::backend::{Backend, RunError, Runner};
+use forge_runner::spec::{Command, NetworkMode, Security, StepOutcome, StepSpec, Stream, User};
+use forge_runner::{CancellationToken, SharedNetwork};
+use forge_snapshotter::snapshot::{AnySnapshotter, Snapshotter};
+use tokio::task::JoinHandle;
+use tokio_util::sync::DropGuard;
+
+use super::{BuildError, Session, close_runner};
+use crate::export::config::config_from_json;
+use crate::graph::ImageConfig;
+use crate::ops::{ExecError, ensure_snapshot_in};
+use crate::source::image::BaseImage;
+
+/// Docker's default `PATH`, for an image whose config sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A service to start beside a job.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Its name in the job (`postgres`), used as its hostname and in messages.
+    pub name: String,
+    /// An image already in the store (see [`crate::source::image::pull_base`]).
+    pub image: BaseImage,
+    /// Replaces the image's CMD, its ENTRYPOINT kept (as `docker run IMAGE ARGS`); empty: the
+    /// image's ENTRYPOINT and CMD.
+    pub command: Vec<String>,
+    /// Added to the image's ENV; a key set in both takes this value.
+    pub env: Vec<(String, String)>,
+    /// The network the service listens in, shared with the job's steps.
+    pub network: SharedNetwork,
+}
+
+/// A running service. [`ServiceHandle::stop`] ends it; dropping the handle ends it too, without
+/// waiting (its container and snapshot go once the runner has killed it).
+pub struct ServiceHandle {
+    name: String,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<StepOutcome, RunError>>>,
+    _stop_on_drop: DropGuard,
+}
+
+impl std::fmt::Debug for ServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHandle")
+            .field("name", &self.name)
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+impl ServiceHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the service's process still runs (false once it exited on its own or was stopped).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Kills the service's container (every process in it), waits until it is gone and its
+    /// snapshot removed. A service that had already exited on its own is not an error here: the
+    /// job's steps are what report on it.
+    pub async fn stop(mut self) -> Result<(), BuildError> {
+        self.cancel.cancel();
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(Ok(_)) | Ok(Err(RunError::Cancelled)) => Ok(()),
+            Ok(Err(e)) => Err(BuildError::Invalid(format!("service {}: {e}", self.name))),
+            Err(e) => Err(BuildError::Invalid(format!(
+                "service {}: its task ended abnormally: {e}",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// A writable snapshot, removed when this is dropped (after the step that used it is over).
+struct ScratchSnapshot {
+    snapshots: Arc<AnySnapshotter>,
+    key: String,
+}
+
+impl Drop for ScratchSnapshot {
+    fn drop(&mut self) {
+        let _ = self.snapshots.remove(&self.key);
+    }
+}
+
+/// A snapshot key no other service, probe or build uses.
+fn unique_key(what: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{what}-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A hostname made of `name` (letters, digits and `-`), `forge` when nothing is left.
+fn hostname(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    let h = h.trim_matches('-');
+    if h.is_empty() {
+        "forge".into()
+    } else {
+        h.into()
+    }
+}
+
+/// The image's ENV with `extra` over it (a key in both takes `extra`'s value), and a `PATH` when
+/// neither sets one.
+fn environment(config: &ImageConfig, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = config
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .chain(extra.iter().cloned())
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    env
+}
+
+/// The image's USER, split into user and group.
+fn user(config: &ImageConfig) -> User {
+    match config.user.split_once(':') {
+        Some((u, g)) => User {
+            user: u.into(),
+            group: Some(g.into()),
+        },
+        None => User {
+            user: config.user.clone(),
+            group: None,
+        },
+    }
+}
+
+/// The argv of a service: ENTRYPOINT, then `command` or else CMD.
+fn service_argv(config: &ImageConfig, command: &[String]) -> Vec<String> {
+    let mut argv = config.entrypoint.clone().unwrap_or_default();
+    if command.is_empty() {
+        argv.extend(config.cmd.clone().unwrap_or_default());
+    } else {
+        argv.extend(command.iter().cloned());
+    }
+    argv
+}
+
+fn image_config(image: &BaseImage) -> Result<ImageConfig, BuildError> {
+    config_from_json(&image.config_json).map_err(|e| BuildError::BaseImage {
+        reference: image.record.reference.clone(),
+        reason: e.to_string(),
+    })
+}
+
+impl Session {
+    /// A fresh writable snapshot over `image`'s layers (unpacked into the snapshotter first when
+    /// they are not yet), removed when the returned guard is dropped, and its mounts.
+    async fn scratch_rootfs(
+        &self,
+        image: &BaseImage,
+        what: &str,
+    ) -> Result<(ScratchSnapshot, Vec<forge_snapshotter::Mount>), BuildError> {
+        let parent = ensure_snapshot_in(&self.snapshots, &self.store, &image.layers()).await?;
+        let key = unique_key(what);
+        let mounts = self
+            .snapshots
+            .prepare(&key, parent.as_deref())
+            .map_err(ExecError::from)?;
+        Ok((
+            ScratchSnapshot {
+                snapshots: self.snapshots.clone(),
+                key,
+            },
+            mounts,
+        ))
+    }
+
+    /// A step of `image` (its ENV, WORKDIR and USER) running `argv` in `network`.
+    fn service_step(
+        config: &ImageConfig,
+        argv: Vec<String>,
+        env: &[(String, String)],
+        name: &str,
+        network: &SharedNetwork,
+        rootfs: Vec<forge_snapshotter::Mount>,
+    ) -> StepSpec {
+        StepSpec {
+            command: Command::Exec(argv),
+            env: environment(config, env),
+            cwd: if config.working_dir.is_empty() {
+                "/".into()
+            } else {
+                config.working_dir.clone().into()
+            },
+            user: user(config),
+            hostname: hostname(name),
+            network: NetworkMode::Sandbox,
+            join_network: Some(network.clone()),
+            rootfs,
+            mounts: Vec::new(),
+            secret_env: Vec::new(),
+            security: Security::Sandbox,
+            limits: Default::default(),
+        }
+    }
+
+    /// Starts `spec`'s service: its process runs until [`ServiceHandle::stop`] (or until it exits on
+    /// its own), each line it prints passed to `line`. Returns once the process is launched, not
+    /// once it is ready: see [`Session::wait_ready`].
+    pub async fn start_service(
+        &self,
+        spec: ServiceSpec,
+        line: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<ServiceHandle, BuildError> {
+        let config = image_config(&spec.image)?;
+        let argv = service_argv(&config, &spec.command);
+        if argv.is_empty() {
+            return Err(BuildError::Invalid(format!(
+                "service {}: the image {} has no ENTRYPOINT or CMD, and the service no command",
+                spec.name, spec.image.record.reference
+            )));
+        }
+        let (snapshot, rootfs) = self.scratch_rootfs(&spec.image, "service").await?;
+        let step = Self::service_step(&config, argv, &spec.env, &spec.name, &spec.network, rootfs);
+        let runner = self.runner().await?;
+        let cancel = CancellationToken::new();
+        let task_cancel = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut sink = move |_: Stream, l: &str| line(l);
+            let ran = runner.run(&step, &mut sink, &task_cancel).await;
+            close_runner(runner).await;
+            // Only now that the container is gone: its writable snapshot.
+            drop(snapshot);
+            ran
+        });
+        Ok(ServiceHandle {
+            name: spec.name,
+            _stop_on_drop: cancel.clone().drop_guard(),
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    /// Runs `command` (`sh -c`) in a fresh container of `image` in `network` (the image's ENV,
+    /// WORKDIR and USER; its ENTRYPOINT is not used) every `interval` until it exits 0, for at most
+    /// `timeout` in all (a probe still running then is killed). Fails with the last probe's exit
+    /// status and output when none succeeded.
+    pub async fn wait_ready(
+        &self,
+        image: &BaseImage,
+        network: &SharedNetwork,
+        command: &str,
+        timeout: Duration,
+        interval: Duration,
+    ) -> Result<(), BuildError> {
+        let config = image_config(image)?;
+        let deadline = Instant::now() + timeout;
+        let runner = self.runner().await?;
+        let result = self
+            .probe_until(
+                &runner, image, &config, network, command, deadline, interval,
+            )
+            .await;
+        close_runner(runner).await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn probe_until(
+        &self,
+        runner: &Backend,
+        image: &BaseImage,
+        config: &ImageConfig,
+        network: &SharedNetwork,
+        command: &str,
+        deadline: Instant,
+        interval: Duration,
+    ) -> Result<(), BuildError> {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let (snapshot, rootfs) = self.scratch_rootfs(image, "probe").await?;
+            let step = Self::service_step(
+                config,
+                vec!["/bin/sh".into(), "-c".into(), command.into()],
+                &[],
+                "probe",
+                network,
+                rootfs,
+            );
+            // The probe is killed at the deadline, through the runner's own cancellation so that
+            // it leaves no container behind.
+            let cancel = CancellationToken::new();
+            let _stop = cancel.clone().drop_guard();
+            let timer = {
+                let cancel = cancel.clone();
+                let at = tokio::time::Instant::from_std(deadline);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    cancel.cancel();
+                })
+            };
+            let mut sink = |_: Stream, _: &str| {};
+            let ran = runner.run(&step, &mut sink, &cancel).await;
+            timer.abort();
+            drop(snapshot);
+            let last = match ran {
+                Ok(o) if o.success() => return Ok(()),
+                Ok(o) if o.tail.is_empty() => format!("exit code {}", o.exit_code),
+                Ok(o) => format!("exit code {}: {}", o.exit_code, o.tail.join("\n")),
+                Err(RunError::Cancelled) => "the probe was still running".into(),
+                Err(e) => return Err(ExecError::from(e).into()),
+            };
+            let now = Instant::now();
+            if now + interval >= deadline {
+                return Err(BuildError::Invalid(format!(
+                    "not ready after {attempts} probe(s) of {command:?}: last, {last}"
+                )));
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ImageConfig {
+            entrypoint: entrypoint.map(v),
+            cmd: cmd.map(v),
+            env: vec!["PATH=/bin".into(), "PGDATA=/data".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_command_replaces_cmd_and_keeps_the_entrypoint() {
+        let c = config(Some(&["docker-entrypoint.sh"]), Some(&["postgres"]));
+        assert_eq!(
+            service_argv(&c, &[]),
+            vec!["docker-entrypoint.sh", "postgres"]
+        );
+        assert_eq!(
+            service_argv(&c, &["postgres".into(), "-c".into(), "fsync=off".into()]),
+            vec!["docker-entrypoint.sh", "postgres", "-c", "fsync=off"]
+        );
+        assert!(service_argv(&config(None, None), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_service_env_wins_over_the_image_env() {
+        let c = config(None, None);
+        let env = environment(&c, &[("PGDATA".into(), "/tmp/pg".into())]);
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".to_string(), "/bin".to_string()),
+                ("PGDATA".to_string(), "/tmp/pg".to_string())
+            ]
+        );
+        let bare = ImageConfig::default();
+        assert_eq!(environment(&bare, &[])[0].0, "PATH");
+    }
+
+    #[test]
+    fn hostnames_are_cleaned() {
+        assert_eq!(hostname("postgres"), "postgres");
+        assert_eq!(hostname("my_db.1"), "my-db-1");
+        assert_eq!(hostname("__"), "forge");
+    }
+}
