@@ -194,6 +194,8 @@ impl Bench {
                 http: None,
                 events: events.clone(),
                 run_env: Vec::new(),
+                join_network: None,
+                beside_step: None,
             },
             graph,
         )

@@ -381,7 +381,7 @@ fn processes_with(marker: &str) -> Vec<String> {
 }
 
 #[test]
-fn ctrl_c_during_a_job_stops_it_and_leaves_nothing_behind() {
+fn ctrl_c_during_a_job_with_a_service_stops_both_and_leaves_nothing_behind() {
     use std::io::BufRead;
     let Some(m) = machine() else { return };
     let ws = forge_testsupport::scratch("forge-pipeline-cancel");
@@ -394,7 +394,7 @@ fn ctrl_c_during_a_job_stops_it_and_leaves_nothing_behind() {
     fs::write(
         dir.join("forge.yaml"),
         format!(
-            "images:\n  app:\n    context: app\njobs:\n  slow:\n    image: app\n    script:\n      - echo waiting\n      - sleep {marker}\n  after:\n    stage: deploy\n    image: app\n    script: [\"true\"]\n"
+            "images:\n  app:\n    context: app\njobs:\n  slow:\n    image: app\n    services:\n      - name: sidecar\n        image: app\n        command: [\"sleep\", \"5{marker}\"]\n    script:\n      - echo waiting\n      - sleep {marker}\n  after:\n    stage: deploy\n    image: app\n    script: [\"true\"]\n"
         ),
     )
     .unwrap();
@@ -661,4 +661,143 @@ jobs:
     assert!(out.contains("job deploy: passed"), "{out}");
     assert!(out.contains("image runtime: not pushed"), "{out}");
     assert_eq!(registry_digest(&runtime_tag), Some(pushed), "the tag moved");
+}
+
+/// A context for a redis image: redis-server and redis-cli from the host's Debian packages with
+/// the libraries they load (read with ldd), on the busybox test image. No internet is needed.
+fn redis_context(dir: &Path, busybox: &str) -> Option<()> {
+    let server = forge_testsupport::tool("redis-server")?;
+    let cli = forge_testsupport::tool("redis-cli")?;
+    forge_testsupport::tool("ldd")?;
+    let rootfs = dir.join("rootfs");
+    for bin in [server, cli] {
+        let ldd = String::from_utf8_lossy(&forge_testsupport::run(Command::new("ldd").arg(&bin)))
+            .into_owned();
+        let libs = ldd
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        for file in std::iter::once(bin.clone()).chain(libs) {
+            let dest = rootfs.join(file.strip_prefix("/").unwrap());
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        }
+    }
+    fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {busybox}\nCOPY rootfs/ /\nCMD [\"/usr/bin/redis-server\", \"--save\", \"\", \"--appendonly\", \"no\"]\n"
+        ),
+    )
+    .unwrap();
+    Some(())
+}
+
+/// Two jobs run at the same time, each with its own real redis server as a service on the same
+/// port: each job reaches its own (a key one sets is never seen by the other), rootless. After
+/// the run no redis process is left, and an unchanged rerun starts no service.
+#[test]
+fn jobs_with_a_database_service_each_get_their_own_on_the_same_port_rootless() {
+    let Some(m) = machine() else { return };
+    let Some(user) = forge_testsupport::test_user() else {
+        return;
+    };
+    let ws = forge_testsupport::shared_scratch("forge-pipeline-services", Some(&user));
+    let dir = ws.path().join("repo");
+    fs::create_dir_all(dir.join("redis")).unwrap();
+    if redis_context(&dir.join("redis"), &m.busybox).is_none() {
+        return;
+    }
+    let mut jobs = String::new();
+    for who in ["alpha", "beta"] {
+        jobs.push_str(&format!(
+            r#"  {who}:
+    image: redis
+    services:
+      - name: db
+        image: redis
+        ready:
+          command: redis-cli -h 127.0.0.1 -p 6379 ping
+          timeout: 30s
+    script:
+      - redis-cli -h 127.0.0.1 -p 6379 set owner {who}
+      - sleep 2
+      - test "$(redis-cli -h 127.0.0.1 -p 6379 get owner)" = {who}
+      - echo "{who} saw its own database"
+"#
+        ));
+    }
+    fs::write(
+        dir.join("forge.yaml"),
+        format!("images:\n  redis:\n    context: redis\njobs:\n{jobs}"),
+    )
+    .unwrap();
+    forge_testsupport::run(
+        Command::new("chown")
+            .args(["-R", &user.name])
+            .arg(ws.path()),
+    );
+    let forge = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), ws.path());
+    let run = || {
+        Command::new("runuser")
+            .args(["-u", &user.name, "--", "env"])
+            .arg(format!("FORGE_ROOT={}", ws.path().join("store").display()))
+            .arg(&forge)
+            .args(["run", "--jobs", "2"])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    for who in ["alpha", "beta"] {
+        assert!(
+            out.contains(&format!("[{who}] {who} saw its own database")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("[{who}] forge: service db is ready")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("[{who}] [db] ")),
+            "the service's output is not in the job's log:\n{out}"
+        );
+    }
+    // Both ran at once: each was ready before the other finished.
+    let ready = position(&out, "[alpha] forge: service db is ready")
+        .max(position(&out, "[beta] forge: service db is ready"));
+    let first_done = out
+        .lines()
+        .position(|l| l.starts_with("job alpha: passed") || l.starts_with("job beta: passed"))
+        .unwrap();
+    assert!(ready < first_done, "the two jobs did not overlap:\n{out}");
+    // (A redis of the host's own, running as its own user, is not the test's business.)
+    let ours: Vec<String> = processes_with("redis-server")
+        .into_iter()
+        .filter(|p| {
+            let pid = p.split(':').next().unwrap();
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid: u32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(u32::MAX);
+            uid == user.uid
+                || (uid >= user.subuid.start && uid - user.subuid.start < user.subuid.count)
+        })
+        .collect();
+    assert_eq!(ours, Vec::<String>::new(), "a service outlived its job");
+
+    // Unchanged: the verdicts are reused, and no service starts.
+    let o = run();
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("jobs 0 ran, 2 cached"), "{out}");
+    assert!(
+        !out.contains("[db]"),
+        "a service started for a cached job:\n{out}"
+    );
 }

@@ -252,6 +252,8 @@ impl Session {
                 )?)),
                 events: events.clone(),
                 run_env: Vec::new(),
+                join_network: None,
+                beside_step: None,
             },
             &graph,
         );

@@ -123,6 +123,12 @@ impl Built {
     }
 }
 
+/// Starts what runs beside a step; the closure it returns stops it.
+pub type BesideStep =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<StopBeside, String>> + Send + Sync>;
+/// Stops what [`BesideStep`] started, and waits until it is gone.
+pub type StopBeside = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// Why a vertex could not be computed. Each variant carries what a user needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -262,6 +268,12 @@ pub struct ExecutorConfig {
     /// no cache key: a pipeline's build number and commit, which change with every run while the
     /// job's result does not depend on them.
     pub run_env: Vec<(String, String)>,
+    /// A network namespace every step joins instead of making its own (a pipeline job and its
+    /// services); `None` for the usual one per step.
+    pub join_network: Option<forge_runner::SharedNetwork>,
+    /// Started before every step that runs (not one served from the cache) and stopped after
+    /// it, whatever its end: a pipeline job's services. An error fails the step with its text.
+    pub beside_step: Option<BesideStep>,
     pub events: Events,
 }
 

@@ -273,7 +273,7 @@ impl BuildExecutor {
             user: User { user, group },
             hostname: "forge".into(),
             network,
-            join_network: None,
+            join_network: self.cfg.join_network.clone(),
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,
@@ -310,7 +310,24 @@ impl BuildExecutor {
                 line,
             });
         };
+        // What must run beside the step (a job's services) starts now that the step really
+        // runs (not when its result comes from the cache), and stops when it ends.
+        let beside = match &self.cfg.beside_step {
+            Some(start) => match start().await {
+                Ok(stop) => Some(stop),
+                Err(e) => {
+                    drop(sink);
+                    cleanup(held, &scratch_keys);
+                    let _ = self.cfg.snapshots.remove(&key);
+                    return Err(ExecError::Unsupported(e));
+                }
+            },
+            None => None,
+        };
         let ran = self.cfg.runner.run(&spec, &mut sink, cancel).await;
+        if let Some(stop) = beside {
+            stop().await;
+        }
         drop(sink);
         cleanup(held, &scratch_keys);
         let outcome = match ran {

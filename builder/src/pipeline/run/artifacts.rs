@@ -241,10 +241,8 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<(), Stri
         } else if ty.is_symlink() {
             let target = std::fs::read_link(&src).map_err(|e| err(&src, e))?;
             std::os::unix::fs::symlink(target, &dst).map_err(|e| err(&dst, e))?;
-        } else if ty.is_file() {
-            if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst).map_err(|e| err(&dst, e))?;
-            }
+        } else if ty.is_file() && std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| err(&dst, e))?;
         }
         // Sockets, fifos and devices have no place in a build context.
     }

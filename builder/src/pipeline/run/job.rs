@@ -36,7 +36,7 @@ pub struct JobImage {
 }
 
 /// A job ready to solve.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobSpec {
     pub name: String,
     pub image: JobImage,
@@ -53,6 +53,12 @@ pub struct JobSpec {
     /// Absolute paths taken out after the run (artifacts and reports).
     pub artifacts: Vec<String>,
     pub host_network: bool,
+    /// The network the job shares with its services.
+    pub network: Option<forge_runner::SharedNetwork>,
+    /// What the job's services are (image filesystems and commands): part of the job's key.
+    pub services_key: String,
+    /// Starts the job's services (in `network`) when the job really runs.
+    pub services: Option<crate::ops::BesideStep>,
     pub no_cache: bool,
     pub timeout: Option<Duration>,
 }
@@ -96,8 +102,13 @@ fn shell_quote(s: &str) -> String {
 /// filesystem (the image's layer diff_ids, then the extra layers), not by its manifest, whose
 /// creation time changes with every build of the same content. What else of the config a job
 /// sees (environment, working directory, user) is in the step itself, and hashed there.
-fn image_key(image: &JobImage) -> String {
+fn image_key(image: &JobImage, services: &str) -> String {
     let mut h = blake3::Hasher::new();
+    if !services.is_empty() {
+        h.update(b"services\0");
+        h.update(services.as_bytes());
+        h.update(b"\0");
+    }
     for d in &image.base.diff_ids {
         h.update(d.to_string().as_bytes());
         h.update(b"\0");
@@ -113,7 +124,7 @@ fn image_key(image: &JobImage) -> String {
 /// The image with its extra layers appended, as the executor reads a base image. Its manifest
 /// digest (the cache input of an image source) is replaced by [`image_key`], shaped as a
 /// sha256 digest; it names no blob.
-fn layered(image: &JobImage) -> BaseImage {
+fn layered(image: &JobImage, services: &str) -> BaseImage {
     let mut base = image.base.clone();
     let mut record: ImageRecord = base.record.clone();
     for l in &image.extra {
@@ -125,7 +136,7 @@ fn layered(image: &JobImage) -> BaseImage {
                 .expect("a store digest is an OCI digest"),
         );
     }
-    if let Ok(d) = format!("sha256:{}", image_key(image)).parse() {
+    if let Ok(d) = format!("sha256:{}", image_key(image, services)).parse() {
         record.manifest.digest = d;
     }
     base.record = record;
@@ -142,7 +153,10 @@ impl Session {
         cancel: CancellationToken,
         replaying: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<JobVerdict, BuildError> {
-        let reference = format!("forge-job-image/{}", image_key(&job.image));
+        let reference = format!(
+            "forge-job-image/{}",
+            image_key(&job.image, &job.services_key)
+        );
         let platform = Platform::host();
         let mut b = GraphBuilder::new();
         let root = b.add(
@@ -245,7 +259,7 @@ impl Session {
                 runner: runner.clone(),
                 scratch: scratch.clone(),
                 locals: HashMap::new(),
-                images: HashMap::from([(reference, layered(&job.image))]),
+                images: HashMap::from([(reference, layered(&job.image, &job.services_key))]),
                 secrets: job.secrets.clone(),
                 ssh: HashMap::new(),
                 layer: LayerOptions::default(),
@@ -256,6 +270,8 @@ impl Session {
                 http: None,
                 events: events.clone(),
                 run_env: job.run_env.clone(),
+                join_network: job.network.clone(),
+                beside_step: job.services.clone(),
             },
             &graph,
         );

@@ -252,13 +252,6 @@ fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
                 j.name
             )));
         }
-        if !j.services.is_empty() && runs(j) {
-            return Err(BuildError::Invalid(format!(
-                "job {}: services are not run yet by this version of forge (forge run --check \
-                 validates them)",
-                j.name
-            )));
-        }
     }
     for o in &options.only {
         if !plan.jobs.iter().any(|j| j.name == *o || j.base == *o) {
@@ -342,6 +335,11 @@ impl Runner {
             let mut deps = BTreeSet::new();
             if let Some(b) = build_of(&j.image) {
                 deps.insert(b);
+            }
+            for svc in &j.services {
+                if let Some(b) = build_of(&svc.image) {
+                    deps.insert(b);
+                }
             }
             match &j.needs {
                 Some(needs) => {
@@ -1108,16 +1106,15 @@ impl Runner {
         Ok((spec, verdict))
     }
 
-    /// The job as the solver gets it: its image (pulled, for a registry reference), the artifact
-    /// layers of the jobs it needs, its variables and secrets.
-    async fn job_spec(
+    /// An image a job or service runs on: a build of this run, or a registry image (pulled).
+    async fn resolve_image(
         &self,
-        plan: &JobPlan,
+        image: &ImageUse,
         inputs: &HashMap<Node, Left>,
-    ) -> Result<JobSpec, String> {
-        let (image_name, base, config) = match &plan.image {
+    ) -> Result<(String, BaseImage, crate::graph::ImageConfig), String> {
+        match image {
             ImageUse::Named(n) | ImageUse::Stage { image: n, .. } => {
-                let (key, shown) = match &plan.image {
+                let (key, shown) = match image {
                     ImageUse::Stage { image, stage } => (
                         Node::Build(image.clone(), Some(stage.clone())),
                         format!("{image}@{stage}"),
@@ -1127,7 +1124,7 @@ impl Runner {
                 let Some(Left::Image(b)) = inputs.get(&key) else {
                     return Err(format!("image {shown} was not built"));
                 };
-                (shown, b.base.clone(), b.config.clone())
+                Ok((shown, b.base.clone(), b.config.clone()))
             }
             ImageUse::Registry(r) => {
                 let reference = r.to_string();
@@ -1141,9 +1138,155 @@ impl Runner {
                 .map_err(|e| crate::api::render_chain(&e))?;
                 let config =
                     config::config_from_json(&base.config_json).map_err(|e| e.to_string())?;
-                (reference, base, config)
+                Ok((reference, base, config))
             }
-        };
+        }
+    }
+
+    /// A job's services: the network it shares with them, what starts them when the job really
+    /// runs (and stops them after), and what they are, for the job's key (each service's name,
+    /// image filesystem, command and variables).
+    #[allow(clippy::type_complexity)]
+    async fn services(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<
+        (
+            Option<forge_runner::SharedNetwork>,
+            Option<crate::ops::BesideStep>,
+            String,
+        ),
+        String,
+    > {
+        if plan.services.is_empty() {
+            return Ok((None, None, String::new()));
+        }
+        let network = forge_runner::SharedNetwork::new()
+            .await
+            .map_err(|e| format!("the network of the job and its services: {e}"))?;
+        let globals: Vec<(String, String)> = self
+            .plan
+            .variables
+            .iter()
+            .filter(|(k, _)| !super::check::BUILTINS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut resolved = Vec::new();
+        let mut key = String::new();
+        for svc in &plan.services {
+            let (_, base, _) = self
+                .resolve_image(&svc.image, inputs)
+                .await
+                .map_err(|e| format!("service {}: {e}", svc.name))?;
+            key.push_str(&svc.name);
+            key.push('\0');
+            for d in &base.diff_ids {
+                key.push_str(d.as_ref());
+                key.push(',');
+            }
+            key.push('\0');
+            key.push_str(&svc.command.join("\u{1f}"));
+            key.push('\0');
+            for (k, v) in &svc.variables {
+                key.push_str(&format!("{k}={v}\u{1f}"));
+            }
+            key.push('\0');
+            if let Some(r) = &svc.ready {
+                key.push_str(&r.command);
+            }
+            key.push('\n');
+            let mut env = globals.clone();
+            env.extend(svc.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+            resolved.push((svc.clone(), base, env));
+        }
+        let resolved = Arc::new(resolved);
+        let session = self.session.clone();
+        let sink = self.sink.clone();
+        let job = plan.name.clone();
+        let net = network.clone();
+        let start: crate::ops::BesideStep = Arc::new(move || {
+            let (resolved, session, sink, job, net) = (
+                resolved.clone(),
+                session.clone(),
+                sink.clone(),
+                job.clone(),
+                net.clone(),
+            );
+            Box::pin(async move {
+                let say = |line: String| {
+                    sink(PipelineEvent::JobLine {
+                        job: job.clone(),
+                        line,
+                        cached: false,
+                    })
+                };
+                let mut handles = Vec::new();
+                for (svc, base, env) in resolved.iter() {
+                    let line: Arc<dyn Fn(&str) + Send + Sync> = {
+                        let (sink, job, name) = (sink.clone(), job.clone(), svc.name.clone());
+                        Arc::new(move |l: &str| {
+                            sink(PipelineEvent::JobLine {
+                                job: job.clone(),
+                                line: format!("[{name}] {l}"),
+                                cached: false,
+                            })
+                        })
+                    };
+                    let spec = crate::api::ServiceSpec {
+                        name: svc.name.clone(),
+                        image: base.clone(),
+                        command: svc.command.clone(),
+                        env: env.clone(),
+                        network: net.clone(),
+                    };
+                    match session.start_service(spec, line).await {
+                        Ok(h) => handles.push(h),
+                        Err(e) => {
+                            stop_services(handles).await;
+                            return Err(format!(
+                                "service {} did not start: {}",
+                                svc.name,
+                                crate::api::render_chain(&e)
+                            ));
+                        }
+                    }
+                    if let Some(r) = &svc.ready {
+                        say(format!(
+                            "forge: waiting for service {}: {}",
+                            svc.name, r.command
+                        ));
+                        if let Err(e) = session
+                            .wait_ready(base, &net, &r.command, r.timeout, r.interval)
+                            .await
+                        {
+                            stop_services(handles).await;
+                            return Err(format!(
+                                "service {} is not ready: {}",
+                                svc.name,
+                                crate::api::render_chain(&e)
+                            ));
+                        }
+                        say(format!("forge: service {} is ready", svc.name));
+                    }
+                }
+                let stop: crate::ops::StopBeside =
+                    Box::new(move || Box::pin(async move { stop_services(handles).await }));
+                Ok(stop)
+            })
+        });
+        Ok((Some(network), Some(start), key))
+    }
+
+    /// The job as the solver gets it: its image (pulled, for a registry reference), the artifact
+    /// layers of the jobs it needs, its variables and secrets.
+    async fn job_spec(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<JobSpec, String> {
+        let (image_name, base, config) = self.resolve_image(&plan.image, inputs).await?;
+        let (network, services, services_key) = self.services(plan, inputs).await?;
         let mut extra = Vec::new();
         if let Some(needs) = &plan.needs {
             for n in needs {
@@ -1246,9 +1389,19 @@ impl Runner {
                 .collect(),
             artifacts: artifacts_paths,
             host_network: plan.network == Network::Host,
+            network,
+            services,
+            services_key,
             no_cache: self.options.no_cache || !plan.cache,
             timeout: plan.timeout,
         })
+    }
+}
+
+/// Stops every service, whatever happens to each.
+async fn stop_services(handles: Vec<crate::api::ServiceHandle>) {
+    for h in handles {
+        let _ = h.stop().await;
     }
 }
 
