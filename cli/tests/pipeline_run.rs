@@ -267,6 +267,8 @@ fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_chan
         "a build step ran again:\n{out}"
     );
     assert!(out.contains("jobs 0 ran, 7 cached, 0 failed"), "{out}");
+    // The unchanged image is the same image: the registry's tag did not move.
+    assert_eq!(registry_digest(&latest).as_deref(), Some(pushed.as_str()));
     // A cached job shows its log again, marked.
     assert!(out.contains("[report] (cached) result of unit"), "{out}");
 

@@ -70,13 +70,27 @@ pub fn make_image(
     labels: &BTreeMap<String, String>,
     options: &ImageOptions,
 ) -> Result<Image, ExportError> {
+    let created = config::created_time(options.source_date_epoch)
+        .map_err(|e| ExportError::Invalid(e.to_string()))?;
+    make_image_at(output, layers, store, labels, options, &created)
+}
+
+/// As [`make_image`], created at `created` (RFC 3339): an unchanged rebuild made at the time of
+/// the image it repeats is that image, byte for byte.
+pub fn make_image_at(
+    output: &Output,
+    layers: &[Layer],
+    store: &Store,
+    labels: &BTreeMap<String, String>,
+    options: &ImageOptions,
+    created: &str,
+) -> Result<Image, ExportError> {
     let mut cfg = output.image.clone();
     for (k, v) in labels {
         cfg.labels.insert(k.clone(), v.clone());
     }
+    let created = created.to_string();
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let created = config::created_time(options.source_date_epoch)
-        .map_err(|e| ExportError::Invalid(e.to_string()))?;
     let doc = config::image_config_file(&cfg, &diff_ids, &created);
     let blobs =
         layers
