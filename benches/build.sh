@@ -42,7 +42,8 @@ BASE=${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}
 REGISTRY=${BASE%%/*}
 BENCH_USER=${FORGE_BENCH_USER:-}
 JOBS=$(nproc)
-DOCKER=/usr/bin/docker # Debian's docker.io client, whatever else is first on PATH
+# shellcheck source=benches/lib/dockerd.sh
+source "$ROOT/benches/lib/dockerd.sh"
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: run as root (it installs packages and starts a private dockerd)" >&2; exit 2; }
 case "$REGISTRY" in
@@ -86,17 +87,13 @@ fi
 WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-build.XXXXXX")
 chmod 0755 "$WORK"
 mkdir -p "$WORK"/{bin,docker/config,buildah,logs,results,forge}
-DOCKERD_PID=""
 BUILDAH="buildah --root $WORK/buildah/root --runroot $WORK/buildah/run --storage-driver overlay"
 
 cleanup() {
   set +e
   $BUILDAH rm -a >/dev/null 2>&1
   $BUILDAH rmi -af >/dev/null 2>&1
-  if [ -n "$DOCKERD_PID" ]; then
-    kill "$DOCKERD_PID" 2>/dev/null
-    wait "$DOCKERD_PID" 2>/dev/null
-  fi
+  stop_dockerd
   # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
   # home bind-mounted), deepest first.
   awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
@@ -122,23 +119,7 @@ else
 fi
 
 # --- a private, loopback-only dockerd ------------------------------------------------------------
-# An empty client config: no credentials or plugins of the host's user (buildah reads it too).
-export DOCKER_HOST=unix://$WORK/docker/docker.sock DOCKER_CONFIG=$WORK/docker/config
-echo '{}' >"$DOCKER_CONFIG/config.json"
-cat >"$WORK/docker/daemon.json" <<EOF
-{ "insecure-registries": ["$REGISTRY"] }
-EOF
-/usr/sbin/dockerd --config-file "$WORK/docker/daemon.json" \
-  --data-root "$WORK/docker/data" --exec-root "$WORK/docker/exec" --pidfile "$WORK/docker/docker.pid" \
-  -H "$DOCKER_HOST" --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
-  --userland-proxy=false >"$WORK/logs/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-for _ in $(seq 1 120); do
-  $DOCKER version >/dev/null 2>&1 && break
-  kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -n 20 "$WORK/logs/dockerd.log" >&2; exit 1; }
-  sleep 0.5
-done
-$DOCKER version >/dev/null || { tail -n 20 "$WORK/logs/dockerd.log" >&2; exit 1; }
+start_dockerd "$WORK" "$REGISTRY" || exit 1
 $DOCKER pull -q "$BASE" >/dev/null
 
 mkdir -p "$WORK/fixtures/probe"

@@ -79,6 +79,18 @@ pub(crate) struct RunArgs {
     /// The store directory (default as for forge build).
     #[arg(long, env = "FORGE_ROOT")]
     root: Option<PathBuf>,
+    /// How jobs' lines are shown: plain (each line as it comes, prefixed with its job's name),
+    /// grouped (each job's lines together, under a heading, when it ends), auto (grouped on a
+    /// terminal, plain otherwise).
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: RunProgress,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RunProgress {
+    Auto,
+    Plain,
+    Grouped,
 }
 
 /// `forge history` and `forge logs`: which pipeline, which store.
@@ -153,8 +165,41 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         builtins: builtins.clone(),
         changed: changed.clone(),
     };
-    pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
-    let secrets = read_secrets(&args.secrets)?;
+    let checked = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let mut secrets = read_secrets(&args.secrets)?;
+    // Secrets the file names and no flag gives come from the environment.
+    for j in &checked.jobs {
+        for s in &j.secrets {
+            if !secrets.contains_key(s)
+                && let Some(v) = std::env::var_os(s)
+            {
+                secrets.insert(s.clone(), v.into_encoded_bytes());
+            }
+        }
+    }
+    for (k, v) in &secrets {
+        if String::from_utf8_lossy(v).trim().len() < 3 {
+            eprintln!(
+                "warning: secret {k} is shorter than 3 characters: too short to mask, it shows \
+                 wherever a job prints it"
+            );
+        }
+    }
+    let mut run_options = RunOptions {
+        base_dir,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        artifacts_dir: args.artifacts_dir.clone(),
+        secrets,
+        no_cache: args.no_cache,
+        only: args.only.clone(),
+        allow_network_host: args.allow.contains(&Entitlement::NetworkHost),
+    };
+    // What would refuse the run (a missing secret, an ungranted host network) refuses it before
+    // a number is taken too.
+    forge_builder::pipeline::run::preflight(&checked, &run_options)
+        .map_err(|e| failed(format!("error: {name}: {e}")))?;
     let handle = history
         .start(args.build_number, &git.sha, &git.branch)
         .map_err(|e| failed(format!("error: {e}")))?;
@@ -164,17 +209,6 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     );
     options.builtins = builtins;
     let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
-    let mut all_secrets = secrets;
-    // Secrets the file names and no flag gives come from the environment.
-    for j in &plan.jobs {
-        for s in &j.secrets {
-            if !all_secrets.contains_key(s)
-                && let Some(v) = std::env::var_os(s)
-            {
-                all_secrets.insert(s.clone(), v.into_encoded_bytes());
-            }
-        }
-    }
     let runner = match args.runner {
         RunnerArg::Embedded => RunnerChoice::Embedded,
         RunnerArg::Containerd => RunnerChoice::Containerd {
@@ -188,17 +222,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         runner,
     })
     .map_err(|e| failed(format!("error: {e}")))?;
-    let run_options = RunOptions {
-        base_dir,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        artifacts_dir: args.artifacts_dir.clone(),
-        secrets: all_secrets,
-        no_cache: args.no_cache,
-        only: args.only.clone(),
-        allow_network_host: args.allow.contains(&Entitlement::NetworkHost),
-    };
+    run_options.jobs = run_options.jobs.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,9 +233,15 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), "run {number} of {name}");
     }
+    let grouped = match args.progress {
+        RunProgress::Grouped => true,
+        RunProgress::Plain => false,
+        RunProgress::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
     let printer = Arc::new(Printer {
         handle: Mutex::new(Some(handle)),
         logs: Mutex::new(HashMap::new()),
+        groups: grouped.then(|| Mutex::new(HashMap::new())),
     });
     let sink_printer = printer.clone();
     let cancel = CancellationToken::new();
@@ -311,6 +341,8 @@ fn read_secrets(specs: &[String]) -> Result<HashMap<String, Vec<u8>>, Failure> {
 struct Printer {
     handle: Mutex<Option<RunHandle>>,
     logs: Mutex<HashMap<String, LogWriter>>,
+    /// Grouped output: each running job's lines, printed together when it ends.
+    groups: Option<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl Printer {
@@ -333,11 +365,20 @@ impl Printer {
             PipelineEvent::JobStarted { job } => format!("job {job}: started"),
             PipelineEvent::JobLine { job, line, cached } => {
                 self.log_line(job, line);
-                if *cached {
+                let text = if *cached {
                     format!("[{job}] (cached) {line}")
                 } else {
                     format!("[{job}] {line}")
+                };
+                if let Some(groups) = &self.groups {
+                    let mut g = groups.lock().expect("not poisoned");
+                    g.entry(job.clone()).or_default().push(format!(
+                        "  {}{line}",
+                        if *cached { "(cached) " } else { "" }
+                    ));
+                    return;
                 }
+                text
             }
             PipelineEvent::JobFinished {
                 job,
@@ -352,11 +393,27 @@ impl Printer {
                     (Some(c), None) if *c != 0 => format!(" (exit status {c})"),
                     _ => String::new(),
                 };
-                format!(
+                let end = format!(
                     "job {job}: {}{how} in {:.1}s",
                     result_word(*result),
                     duration.as_secs_f64()
-                )
+                );
+                match &self.groups {
+                    Some(groups) => {
+                        let lines = groups
+                            .lock()
+                            .expect("not poisoned")
+                            .remove(job)
+                            .unwrap_or_default();
+                        let mut block = format!("-- {end}");
+                        for l in lines {
+                            block.push('\n');
+                            block.push_str(&l);
+                        }
+                        block
+                    }
+                    None => end,
+                }
             }
             PipelineEvent::JobSkipped { job, reason } => {
                 self.job_done(job, JobResult::Skipped, Duration::ZERO);

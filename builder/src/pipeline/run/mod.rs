@@ -234,7 +234,8 @@ pub async fn run(
 }
 
 /// Refusals before anything runs: missing secrets, ungranted host networks, unknown `only` names.
-fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
+/// [`run`] checks them again; a caller may check first, before it records a run.
+pub fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
     for j in &plan.jobs {
         for s in &j.secrets {
             if !options.secrets.contains_key(s) {

@@ -1,0 +1,37 @@
+# Sourced by the bench scripts: a private, loopback-only dockerd for a peer run side by side.
+#   start_dockerd WORKDIR REGISTRY
+# Data root, exec root, pidfile and unix socket live under WORKDIR/docker; no TCP listener,
+# `--bridge=none --iptables=false`: containers get no network but their own (or another
+# container's, with --network container:ID). REGISTRY (a loopback host:port) is insecure (plain
+# http). Exports DOCKER_HOST and DOCKER_CONFIG (an empty client config: no credentials or plugins of
+# the host's user) and sets DOCKERD_PID; stop_dockerd ends it.
+DOCKER=${DOCKER:-/usr/bin/docker} # Debian's docker.io client, whatever else is first on PATH
+DOCKERD_PID=""
+
+start_dockerd() {
+  local work=$1 registry=$2
+  mkdir -p "$work/docker/config" "$work/logs"
+  export DOCKER_HOST=unix://$work/docker/docker.sock DOCKER_CONFIG=$work/docker/config
+  echo '{}' >"$DOCKER_CONFIG/config.json"
+  printf '{ "insecure-registries": ["%s"] }\n' "$registry" >"$work/docker/daemon.json"
+  /usr/sbin/dockerd --config-file "$work/docker/daemon.json" \
+    --data-root "$work/docker/data" --exec-root "$work/docker/exec" --pidfile "$work/docker/docker.pid" \
+    -H "$DOCKER_HOST" --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+    --userland-proxy=false >"$work/logs/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 1 120); do
+    $DOCKER version >/dev/null 2>&1 && return 0
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  tail -n 20 "$work/logs/dockerd.log" >&2
+  return 1
+}
+
+stop_dockerd() {
+  if [ -n "$DOCKERD_PID" ]; then
+    kill "$DOCKERD_PID" 2>/dev/null
+    wait "$DOCKERD_PID" 2>/dev/null
+    DOCKERD_PID=""
+  fi
+}
