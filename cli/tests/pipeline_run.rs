@@ -94,6 +94,7 @@ jobs:
     secrets: [API_TOKEN]
     script:
       - echo "token is $API_TOKEN"
+      - echo "file says $(cat /run/secrets/API_TOKEN)"
       - sleep 1
       - exit {lint_exit}
   unit:
@@ -223,6 +224,7 @@ fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_chan
     );
     // The secret is masked in the output and in the stored log.
     assert!(out.contains("[lint] token is ****"), "{out}");
+    assert!(out.contains("[lint] file says ****"), "{out}");
     assert!(!out.contains(&secret), "the secret was printed:\n{out}");
     let logs = common::forge(
         &root,
@@ -485,7 +487,10 @@ fn artifacts_from_retry_when_timeout_only_metadata_and_changes_rules() {
     fs::create_dir_all(dir.join("docs")).unwrap();
     fs::write(
         dir.join("src/Dockerfile"),
-        format!("FROM {}\nWORKDIR /build\nCOPY . .\n", m.busybox),
+        format!(
+            "FROM {} AS base\nWORKDIR /build\nCOPY . .\nFROM base AS checker\nRUN echo from the checker stage > /build/stage.txt\nFROM base\n",
+            m.busybox
+        ),
     )
     .unwrap();
     fs::write(
@@ -542,6 +547,14 @@ jobs:
     allow_failure: true
     script:
       - sleep 30
+  stage-job:
+    image: builder@checker
+    script:
+      - cat /build/stage.txt
+  registry-job:
+    image: {busybox}
+    script:
+      - echo on the registry image
   docs:
     image: runtime
     rules:
@@ -561,7 +574,8 @@ jobs:
     when: always
     script:
       - echo "deploying $FORGE_IMAGE_RUNTIME_REF at $FORGE_IMAGE_RUNTIME_DIGEST"
-"#
+"#,
+            busybox = m.busybox
         ),
     )
     .unwrap();
@@ -583,6 +597,12 @@ jobs:
     assert!(o.status.success(), "{out}");
     // The runtime image was built from the job's output.
     assert!(out.contains("[smoke] compiled program v1"), "{out}");
+    // A job on one stage of an image's Dockerfile, and one on a registry image.
+    assert!(out.contains("[stage-job] from the checker stage"), "{out}");
+    assert!(
+        out.contains("[registry-job] on the registry image"),
+        "{out}"
+    );
     // retry: two retries, then an allowed failure that does not fail the run.
     assert_eq!(lines_with(&out, "[flaky] trying").len(), 3, "{out}");
     assert!(out.contains("attempt 3 of 3"), "{out}");
