@@ -823,3 +823,68 @@ fn jobs_with_a_database_service_each_get_their_own_on_the_same_port_rootless() {
         "a service started for a cached job:\n{out}"
     );
 }
+
+/// The same pipeline machinery through containerd: a job beside a service (busybox httpd) in their
+/// shared network, its artifacts out, its verdict reused on the second run.
+#[test]
+fn a_pipeline_with_a_service_runs_through_containerd() {
+    let Some(m) = machine() else { return };
+    let Some(address) = forge_testsupport::containerd() else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-pipeline-containerd");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("web")).unwrap();
+    fs::write(
+        dir.join("web/Dockerfile"),
+        format!(
+            "FROM {}\nRUN mkdir -p /www && echo pong > /www/index.html\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        r#"images:
+  web:
+    context: web
+jobs:
+  probe:
+    image: web
+    services:
+      - name: httpd
+        image: web
+        command: ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]
+        ready:
+          command: wget -Y off -q -O /dev/null http://127.0.0.1:8080/
+    script:
+      # busybox wget ignores NO_PROXY: without -Y off it asks forge's proxy, which refuses loopback.
+      - wget -Y off -q -O /tmp/got.txt http://127.0.0.1:8080/
+      - cat /tmp/got.txt
+    artifacts:
+      paths: [/tmp/got.txt]
+"#,
+    )
+    .unwrap();
+    let address = address.to_string_lossy().into_owned();
+    let args = [
+        "run",
+        "--runner",
+        "containerd",
+        "--containerd-address",
+        &address,
+    ];
+    let o = forge_run(&dir, &root, &args, &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[probe] pong"), "{out}");
+    assert_eq!(
+        fs::read_to_string(dir.join("forge-artifacts/probe/tmp/got.txt")).unwrap(),
+        "pong\n"
+    );
+    let o = forge_run(&dir, &root, &args, &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("jobs 0 ran, 1 cached"), "{out}");
+}

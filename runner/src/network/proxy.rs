@@ -227,16 +227,27 @@ async fn dial(host: &str, port: u16) -> Result<TcpStream, Response<Body>> {
         }
     }
     Err(match refused {
-        Some((addr, why)) => text(
-            StatusCode::FORBIDDEN,
-            format!(
-                "forge proxy: refused {host}:{port}: {} is {why}. A RUN step reaches the outside \
-                 world, not the services of the host it builds on. To give a build the host's \
-                 network: forge build --network host --allow network.host, or RUN --network=host \
-                 with forge build --allow network.host",
-                addr.ip()
-            ),
-        ),
+        Some((addr, why)) => {
+            // A loopback address reached the proxy only because the tool ignored NO_PROXY: the
+            // step's own loopback (a pipeline job's services) is reached without the proxy.
+            let own_loopback = if addr.ip().is_loopback() {
+                " If you meant the step's own loopback (a pipeline job's services listen there), \
+                 the tool sent the request to the proxy because it ignores NO_PROXY: turn its \
+                 proxy off (busybox wget -Y off, curl --noproxy '*')."
+            } else {
+                ""
+            };
+            text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "forge proxy: refused {host}:{port}: {} is {why}. A RUN step reaches the \
+                     outside world, not the services of the host it builds on. To give a build \
+                     the host's network: forge build --network host --allow network.host, or RUN \
+                     --network=host with forge build --allow network.host.{own_loopback}",
+                    addr.ip()
+                ),
+            )
+        }
         None => bad_gateway(host, port, &last_error),
     })
 }
