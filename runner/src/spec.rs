@@ -30,21 +30,8 @@ impl Command {
     }
 }
 
-/// Network mode of a step (see [`crate::network`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NetworkMode {
-    /// The default: a private network namespace with loopback up, where the only way out is
-    /// forge's HTTP(S) proxy, announced in `HTTP_PROXY`/`HTTPS_PROXY`, which refuses the host's
-    /// own addresses. A step reaches package mirrors but not the services of the machine it builds
-    /// on (issue 11.4); slirp4netns would need /dev/net/tun, which many build users cannot open.
-    #[default]
-    Sandbox,
-    /// The host's network, loopback services included; the builder runs such a step only when the
-    /// build grants `--allow network.host`.
-    Host,
-    /// A fresh network namespace with only loopback up, and no proxy.
-    None,
-}
+/// Network mode of a step, defined beside the namespaces it chooses between.
+pub use crate::network::NetworkMode;
 
 /// The user a step runs as, as written in the Dockerfile (`USER`), resolved by the backend against the
 /// rootfs's /etc/passwd and /etc/group.

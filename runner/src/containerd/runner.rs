@@ -167,7 +167,7 @@ impl ContainerdRunner {
             step.mounts = Some(prepared);
             // Held until the task is gone: runc joins it by this process's descriptor, and
             // dropping it stops the step's proxy.
-            let netns = network::for_spec(spec).await?;
+            let netns = network::for_spec(spec.join_network.as_ref(), spec.network).await?;
             let env = environment(&step_env, &[], &user.home);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),

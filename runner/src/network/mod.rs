@@ -24,7 +24,21 @@ use std::sync::Arc;
 use nix::sched::{CloneFlags, unshare};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::spec::{NetworkMode, StepSpec};
+/// Network mode of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// The default: a private network namespace with loopback up, where the only way out is
+    /// forge's HTTP(S) proxy, announced in `HTTP_PROXY`/`HTTPS_PROXY`, which refuses the host's
+    /// own addresses. A step reaches package mirrors but not the services of the machine it builds
+    /// on (issue 11.4); slirp4netns would need /dev/net/tun, which many build users cannot open.
+    #[default]
+    Sandbox,
+    /// The host's network, loopback services included; the builder runs such a step only when the
+    /// build grants `--allow network.host`.
+    Host,
+    /// A fresh network namespace with only loopback up, and no proxy.
+    None,
+}
 
 /// Where the proxy listens inside every sandboxed step's namespace.
 pub const PROXY_PORT: u16 = 3128;
@@ -109,7 +123,7 @@ impl Namespace {
 }
 
 /// A sandbox network namespace (loopback up, forge's proxy on 127.0.0.1:[`PROXY_PORT`]) that
-/// several steps join at once ([`StepSpec::join_network`]): a CI job and its services reach each
+/// several steps join at once ([`crate::spec::StepSpec::join_network`]): a CI job and its services reach each
 /// other on 127.0.0.1, and two jobs, each in its own, may listen on the same port. Cheap to clone;
 /// the namespace and its proxy live while any clone does (and while a step that joined it runs).
 /// Two handles are equal when they are clones of one namespace.
@@ -140,13 +154,16 @@ impl PartialEq for SharedNetwork {
 
 impl Eq for SharedNetwork {}
 
-/// The namespace `spec` runs in, held by the caller until the step is over: the shared one it
+/// The namespace a step runs in, held by the caller until the step is over: the shared one it
 /// joins, else one of its own for its mode (`None`: the host's network).
-pub(crate) async fn for_spec(spec: &StepSpec) -> Result<Option<Arc<Namespace>>, NetworkError> {
-    if let Some(shared) = &spec.join_network {
+pub(crate) async fn for_spec(
+    join: Option<&SharedNetwork>,
+    mode: NetworkMode,
+) -> Result<Option<Arc<Namespace>>, NetworkError> {
+    if let Some(shared) = join {
         return Ok(Some(Arc::clone(&shared.0)));
     }
-    Ok(Namespace::for_step(spec.network).await?.map(Arc::new))
+    Ok(Namespace::for_step(mode).await?.map(Arc::new))
 }
 
 /// On the calling thread, which is never used again: a new network namespace with loopback up, a

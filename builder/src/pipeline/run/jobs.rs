@@ -1,0 +1,527 @@
+//! A job's part of a run: its spec (image, artifact layers of the jobs it needs, variables,
+//! secrets), its services in a network it shares with them, its tries (`retry`), and what it
+//! leaves: a verdict, artifacts on the host and for later jobs, a JUnit summary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::job::{self, JobImage, JobSpec};
+use super::{
+    End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, env_name, job_dir_name,
+    read_junit, retry_reason, stop_services,
+};
+use crate::events::Events;
+use crate::export::config;
+use crate::pipeline::file::{ArtifactsWhen, Network, RetryWhen};
+use crate::pipeline::history::JobResult;
+use crate::pipeline::{ImageUse, JobPlan, Need};
+use crate::source::image::{BaseImage, pull_base};
+
+impl Runner {
+    pub(super) async fn job(&self, name: &str, inputs: &HashMap<Node, Left>) -> (End, Left) {
+        let start = Instant::now();
+        let plan = self
+            .plan
+            .jobs
+            .iter()
+            .find(|j| j.name == name)
+            .expect("a unit is a job of the plan");
+        self.emit(PipelineEvent::JobStarted { job: name.into() });
+        let fail = |reason: String| {
+            let result = if plan.allow_failure {
+                JobResult::AllowedFailure
+            } else {
+                JobResult::Failed
+            };
+            self.emit(PipelineEvent::JobFinished {
+                job: name.into(),
+                result,
+                exit_code: None,
+                duration: start.elapsed(),
+                error: Some(reason.clone()),
+            });
+            (
+                if plan.allow_failure {
+                    End::Ok
+                } else {
+                    End::Failed
+                },
+                Left::Job(
+                    JobLeft::default(),
+                    JobReport {
+                        name: name.into(),
+                        result,
+                        exit_code: None,
+                        duration_ms: start.elapsed().as_millis() as u64,
+                        reason: Some(reason),
+                        junit: None,
+                        artifacts: None,
+                    },
+                ),
+            )
+        };
+        let max_retries = plan.retry.as_ref().map_or(0, |r| r.max);
+        let mut attempt = 0u8;
+        let (spec, verdict) = loop {
+            let tried = self.attempt(plan, inputs).await;
+            let failure = match &tried {
+                Ok((_, v)) if v.passed() || v.error.as_deref() == Some("cancelled") => None,
+                Ok((_, v)) if v.exit_code.is_none() => Some(RetryWhen::JobExecutionTimeout),
+                Ok(_) => Some(RetryWhen::ScriptFailure),
+                Err((kind, _)) => Some(*kind),
+            };
+            if let Some(kind) = failure
+                && attempt < max_retries
+                && !self.cancel.is_cancelled()
+                && plan.retry.as_ref().is_some_and(|r| {
+                    r.when.is_empty()
+                        || r.when.contains(&RetryWhen::Always)
+                        || r.when.contains(&kind)
+                })
+            {
+                attempt += 1;
+                self.emit(PipelineEvent::JobLine {
+                    job: name.into(),
+                    line: format!(
+                        "forge: retrying after {}: attempt {} of {}",
+                        retry_reason(kind),
+                        attempt + 1,
+                        max_retries + 1
+                    ),
+                    cached: false,
+                });
+                continue;
+            }
+            match tried {
+                Ok(t) => break t,
+                Err((_, e)) => return fail(e),
+            }
+        };
+        let passed = verdict.passed();
+        let result = if verdict.error.as_deref() == Some("cancelled") {
+            JobResult::Cancelled
+        } else if passed && verdict.cached {
+            JobResult::Cached
+        } else if passed {
+            JobResult::Passed
+        } else if plan.allow_failure {
+            JobResult::AllowedFailure
+        } else {
+            JobResult::Failed
+        };
+        // Artifacts and reports, as `when:` says.
+        let mut error = verdict.error.clone();
+        let mut kept = None;
+        let mut artifact_dir = None;
+        let mut junit = None;
+        let kept_workdir = spec.image.config.working_dir.clone();
+        if let (Some(a), Some(taken)) = (&plan.artifacts, &verdict.artifacts) {
+            let keep = match a.when {
+                ArtifactsWhen::OnSuccess => passed,
+                ArtifactsWhen::OnFailure => !passed,
+                ArtifactsWhen::Always => true,
+            };
+            let workdir = spec.image.config.working_dir.clone();
+            let store = self.session.store().clone();
+            let dest = self.options.artifacts_dir.join(job_dir_name(name));
+            let paths: Vec<String> = a
+                .paths
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let reports: Vec<String> = a
+                .junit
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let taken = taken.clone();
+            let origin = name.to_string();
+            let done = tokio::task::spawn_blocking(move || {
+                let kept = if keep && !paths.is_empty() {
+                    let kept = artifacts::select(&store, &taken, &paths)?;
+                    if let Some(k) = &kept {
+                        artifacts::extract_relative(&store, k, &workdir, &dest)?;
+                    }
+                    kept
+                } else {
+                    None
+                };
+                // Reports are read whatever the result (a failed run's are the ones that matter).
+                let junit = if reports.is_empty() {
+                    None
+                } else {
+                    match artifacts::select(&store, &taken, &reports)? {
+                        Some(d) => Some(read_junit(&store, &d, &origin)?),
+                        None => None,
+                    }
+                };
+                Ok::<_, String>((kept, junit, dest))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match done {
+                Ok((k, j, dest)) => {
+                    if k.is_some() {
+                        artifact_dir = Some(dest);
+                    }
+                    kept = k;
+                    junit = j;
+                }
+                Err(e) => error = Some(format!("artifacts: {e}")),
+            }
+        }
+        let duration = start.elapsed();
+        self.emit(PipelineEvent::JobFinished {
+            job: name.into(),
+            result,
+            exit_code: verdict.exit_code,
+            duration,
+            error: error.clone(),
+        });
+        let end = match result {
+            JobResult::Passed | JobResult::Cached | JobResult::AllowedFailure => End::Ok,
+            _ => End::Failed,
+        };
+        (
+            end,
+            Left::Job(
+                JobLeft {
+                    artifacts: kept,
+                    workdir: kept_workdir,
+                },
+                JobReport {
+                    name: name.into(),
+                    result,
+                    exit_code: verdict.exit_code,
+                    duration_ms: duration.as_millis() as u64,
+                    reason: error,
+                    junit,
+                    artifacts: artifact_dir,
+                },
+            ),
+        )
+    }
+
+    /// One try of a job: its spec, then its solve. A failure before a verdict says what kind it
+    /// was, for `retry: when:`.
+    async fn attempt(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<(JobSpec, job::JobVerdict), (RetryWhen, String)> {
+        let spec = self
+            .job_spec(plan, inputs)
+            .await
+            .map_err(|e| (RetryWhen::UnmetPrerequisites, e))?;
+        let sink = self.sink.clone();
+        let job_name = plan.name.clone();
+        let cached_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cached_flag.clone();
+        let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
+            sink(PipelineEvent::JobLine {
+                job: job_name.clone(),
+                line: l.to_string(),
+                cached: flag.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        });
+        let verdict = self
+            .session
+            .solve_job(&spec, line, self.cancel.child_token(), cached_flag)
+            .await
+            .map_err(|e| (RetryWhen::RunnerSystemFailure, crate::api::render_chain(&e)))?;
+        Ok((spec, verdict))
+    }
+
+    /// An image a job or service runs on: a build of this run, or a registry image (pulled).
+    pub(super) async fn resolve_image(
+        &self,
+        image: &ImageUse,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<(String, BaseImage, crate::graph::ImageConfig), String> {
+        match image {
+            ImageUse::Named(n) | ImageUse::Stage { image: n, .. } => {
+                let (key, shown) = match image {
+                    ImageUse::Stage { image, stage } => (
+                        Node::Build(image.clone(), Some(stage.clone())),
+                        format!("{image}@{stage}"),
+                    ),
+                    _ => (Node::Build(n.clone(), None), n.clone()),
+                };
+                let Some(Left::Image(b)) = inputs.get(&key) else {
+                    return Err(format!("image {shown} was not built"));
+                };
+                Ok((shown, b.base.clone(), b.config.clone()))
+            }
+            ImageUse::Registry(r) => {
+                let reference = r.to_string();
+                let base = pull_base(
+                    self.session.store(),
+                    self.session.registry(),
+                    &Events::discard(),
+                    &reference,
+                )
+                .await
+                .map_err(|e| crate::api::render_chain(&e))?;
+                let config =
+                    config::config_from_json(&base.config_json).map_err(|e| e.to_string())?;
+                Ok((reference, base, config))
+            }
+        }
+    }
+
+    /// A job's services: the network it shares with them, what starts them when the job really
+    /// runs (and stops them after), and what they are, for the job's key (each service's name,
+    /// image filesystem, command and variables).
+    #[allow(clippy::type_complexity)]
+    async fn services(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<
+        (
+            Option<forge_runner::SharedNetwork>,
+            Option<crate::ops::BesideStep>,
+            String,
+        ),
+        String,
+    > {
+        if plan.services.is_empty() {
+            return Ok((None, None, String::new()));
+        }
+        let network = forge_runner::SharedNetwork::new()
+            .await
+            .map_err(|e| format!("the network of the job and its services: {e}"))?;
+        let globals: Vec<(String, String)> = self
+            .plan
+            .variables
+            .iter()
+            .filter(|(k, _)| !crate::pipeline::check::BUILTINS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut resolved = Vec::new();
+        let mut key = String::new();
+        for svc in &plan.services {
+            let (_, base, _) = self
+                .resolve_image(&svc.image, inputs)
+                .await
+                .map_err(|e| format!("service {}: {e}", svc.name))?;
+            key.push_str(&svc.name);
+            key.push('\0');
+            for d in &base.diff_ids {
+                key.push_str(d.as_ref());
+                key.push(',');
+            }
+            key.push('\0');
+            key.push_str(&svc.command.join("\u{1f}"));
+            key.push('\0');
+            for (k, v) in &svc.variables {
+                key.push_str(&format!("{k}={v}\u{1f}"));
+            }
+            key.push('\0');
+            if let Some(r) = &svc.ready {
+                key.push_str(&r.command);
+            }
+            key.push('\n');
+            let mut env = globals.clone();
+            env.extend(svc.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+            resolved.push((svc.clone(), base, env));
+        }
+        let resolved = Arc::new(resolved);
+        let session = self.session.clone();
+        let sink = self.sink.clone();
+        let job = plan.name.clone();
+        let net = network.clone();
+        let start: crate::ops::BesideStep = Arc::new(move || {
+            let (resolved, session, sink, job, net) = (
+                resolved.clone(),
+                session.clone(),
+                sink.clone(),
+                job.clone(),
+                net.clone(),
+            );
+            Box::pin(async move {
+                let say = |line: String| {
+                    sink(PipelineEvent::JobLine {
+                        job: job.clone(),
+                        line,
+                        cached: false,
+                    })
+                };
+                let mut handles = Vec::new();
+                for (svc, base, env) in resolved.iter() {
+                    let line: Arc<dyn Fn(&str) + Send + Sync> = {
+                        let (sink, job, name) = (sink.clone(), job.clone(), svc.name.clone());
+                        Arc::new(move |l: &str| {
+                            sink(PipelineEvent::JobLine {
+                                job: job.clone(),
+                                line: format!("[{name}] {l}"),
+                                cached: false,
+                            })
+                        })
+                    };
+                    let spec = crate::api::ServiceSpec {
+                        name: svc.name.clone(),
+                        image: base.clone(),
+                        command: svc.command.clone(),
+                        env: env.clone(),
+                        network: net.clone(),
+                    };
+                    match session.start_service(spec, line).await {
+                        Ok(h) => handles.push(h),
+                        Err(e) => {
+                            stop_services(handles).await;
+                            return Err(format!(
+                                "service {} did not start: {}",
+                                svc.name,
+                                crate::api::render_chain(&e)
+                            ));
+                        }
+                    }
+                    if let Some(r) = &svc.ready {
+                        say(format!(
+                            "forge: waiting for service {}: {}",
+                            svc.name, r.command
+                        ));
+                        if let Err(e) = session
+                            .wait_ready(base, &net, &r.command, r.timeout, r.interval)
+                            .await
+                        {
+                            stop_services(handles).await;
+                            return Err(format!(
+                                "service {} is not ready: {}",
+                                svc.name,
+                                crate::api::render_chain(&e)
+                            ));
+                        }
+                        say(format!("forge: service {} is ready", svc.name));
+                    }
+                }
+                let stop: crate::ops::StopBeside =
+                    Box::new(move || Box::pin(async move { stop_services(handles).await }));
+                Ok(stop)
+            })
+        });
+        Ok((Some(network), Some(start), key))
+    }
+
+    /// The job as the solver gets it: its image (pulled, for a registry reference), the artifact
+    /// layers of the jobs it needs, its variables and secrets.
+    async fn job_spec(
+        &self,
+        plan: &JobPlan,
+        inputs: &HashMap<Node, Left>,
+    ) -> Result<JobSpec, String> {
+        let (image_name, base, config) = self.resolve_image(&plan.image, inputs).await?;
+        let (network, services, services_key) = self.services(plan, inputs).await?;
+        let mut extra = Vec::new();
+        if let Some(needs) = &plan.needs {
+            for n in needs {
+                if let Need::Job(j) = n
+                    && let Some(Left::Job(
+                        JobLeft {
+                            artifacts: Some(d), ..
+                        },
+                        _,
+                    )) = inputs.get(&Node::Job(j.clone()))
+                {
+                    extra.push(d.clone());
+                }
+            }
+        } else {
+            // Without `needs:`, the artifacts of every earlier job, in plan order (GitLab's
+            // default dependencies).
+            for o in &self.plan.jobs {
+                if let Some(Left::Job(
+                    JobLeft {
+                        artifacts: Some(d), ..
+                    },
+                    _,
+                )) = inputs.get(&Node::Job(o.name.clone()))
+                {
+                    extra.push(d.clone());
+                }
+            }
+        }
+        let mut env: Vec<(String, String)> = Vec::new();
+        env.push(("CI".into(), "true".into()));
+        env.push(("FORGE_JOB_NAME".into(), plan.name.clone()));
+        // The built-ins change with every run (number, commit) while a job's verdict does not
+        // depend on them: they reach the job at run time, outside its cache key. A variable the
+        // file defines from them is hashed as it expands.
+        let mut run_env = Vec::new();
+        for (k, v) in &self.plan.variables {
+            if crate::pipeline::check::BUILTINS.contains(&k.as_str()) {
+                run_env.push((k.clone(), v.clone()));
+            } else {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        for (k, v) in &plan.variables {
+            env.push((k.clone(), v.clone()));
+        }
+        if let Some(needs) = &plan.needs {
+            for n in needs {
+                if let Need::Image(i) = n
+                    && let Some(Left::Image(b)) = inputs.get(&Node::Build(i.clone(), None))
+                {
+                    let e = env_name(i);
+                    env.push((format!("FORGE_IMAGE_{e}_DIGEST"), b.digest.clone()));
+                    let tags = self
+                        .plan
+                        .images
+                        .iter()
+                        .find(|x| x.name == *i)
+                        .map(|x| x.tags.clone())
+                        .unwrap_or_default();
+                    if let Some(t) = tags.first() {
+                        env.push((format!("FORGE_IMAGE_{e}_REF"), t.clone()));
+                    }
+                }
+            }
+        }
+        let mut artifacts_paths: Vec<String> = Vec::new();
+        if let Some(a) = &plan.artifacts {
+            for p in a.paths.iter().chain(&a.junit) {
+                // Globs are expanded by the step, in the job's filesystem.
+                let abs = artifacts::absolute(&config.working_dir, p);
+                if !artifacts::under(&config.working_dir, &abs) {
+                    return Err(format!(
+                        "artifact path {p} is outside the job's working directory {}: \
+                         artifacts are kept relative to it",
+                        config.working_dir
+                    ));
+                }
+                if !artifacts_paths.contains(&abs) {
+                    artifacts_paths.push(abs);
+                }
+            }
+        }
+        Ok(JobSpec {
+            name: plan.name.clone(),
+            image: JobImage {
+                name: image_name,
+                base,
+                config,
+                extra,
+            },
+            script: plan.script.clone(),
+            env,
+            run_env,
+            secret_names: plan.secrets.clone(),
+            secrets: plan
+                .secrets
+                .iter()
+                .filter_map(|s| self.options.secrets.get(s).map(|v| (s.clone(), v.clone())))
+                .collect(),
+            artifacts: artifacts_paths,
+            host_network: plan.network == Network::Host,
+            network,
+            services,
+            services_key,
+            no_cache: self.options.no_cache || !plan.cache,
+            timeout: plan.timeout,
+        })
+    }
+}
