@@ -13,7 +13,8 @@
 # unchanged rerun cannot beat: stat-ing the contexts' files (find -printf). A missed expectation is
 # reported, never an exit status.
 #
-# How to run, as root (it installs docker.io and hyperfine when absent and starts a private dockerd):
+# How to run, as root (it installs docker.io, hyperfine and redis-server when absent, without starting
+# their services, and starts a private dockerd):
 #   source the CI environment (FORGE_TEST_BUSYBOX, a registry on 127.0.0.1:5000), then
 #   benches/pipeline.sh
 # Settings: BENCH_RUNS (timed runs per tool and case, default 5), BENCH_WARMUP (default 1),
@@ -36,9 +37,12 @@ case "$REGISTRY" in
   127.* | localhost | localhost:*) ;;
   *) echo "pipeline.sh: the base image must come from a loopback registry, not $REGISTRY" >&2; exit 2 ;;
 esac
-for tool in /usr/sbin/dockerd hyperfine redis-server redis-cli ldd python3; do
-  command -v "$tool" >/dev/null || { echo "pipeline.sh: needs $tool (apt-get install docker.io hyperfine redis-server)" >&2; exit 2; }
-done
+missing=()
+{ [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v python3 >/dev/null || missing+=(python3)
+install_quietly "${missing[@]}" || exit 1
 
 if [ -n "${FORGE_BIN:-}" ]; then
   forge_src=$FORGE_BIN
@@ -75,7 +79,7 @@ cat >"$REPO/app/Dockerfile" <<DF
 FROM $BASE
 WORKDIR /app
 COPY src/ src/
-RUN find src -type f | sort | xargs cat | md5sum > build.sum && mkdir -p bin && cp /bin/busybox bin/app
+RUN find src -type f | sort | xargs cat | md5sum > build.sum && mkdir -p bin && printf '#!/bin/sh\\necho app ok\\n' > bin/app && chmod 755 bin/app
 DF
 for bin in /usr/bin/redis-server /usr/bin/redis-cli; do
   for f in "$bin" $(ldd "$bin" | grep -o '/[^ ]*'); do
@@ -110,7 +114,7 @@ jobs:
     services:
       - name: db
         image: redis
-        ready: {command: redis-cli ping, timeout: 30s, interval: 200ms}
+        ready: {command: redis-cli ping, timeout: 30s, interval: 1s}
     script: ['$INTEG']
 YAML
 
@@ -128,7 +132,7 @@ $DOCKER run --rm --network none --label forge-bench $TAG_DOCKER sh -e -c '$UNIT'
 unit=\$!
 svc=\$($DOCKER run -d --network none --label forge-bench forge-bench-redis)
 trap '$DOCKER rm -f "\$svc" >/dev/null' EXIT
-until $DOCKER run --rm --network container:\$svc forge-bench-redis redis-cli ping >/dev/null 2>&1; do sleep 0.2; done
+until $DOCKER run --rm --network container:\$svc forge-bench-redis redis-cli ping >/dev/null 2>&1; do sleep 1; done
 $DOCKER run --rm --network container:\$svc --label forge-bench forge-bench-redis sh -e -c '$INTEG' >/dev/null
 wait \$lint; wait \$unit
 $DOCKER push -q $TAG_DOCKER >/dev/null

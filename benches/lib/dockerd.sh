@@ -35,3 +35,23 @@ stop_dockerd() {
     DOCKERD_PID=""
   fi
 }
+
+# Installs Debian's packages named in "$@" when any is missing, without starting any service
+# (docker.io would start a system dockerd with a bridge network: policy-rc.d's 101 says no).
+install_quietly() {
+  local guard="" status=0
+  [ $# = 0 ] && return 0
+  echo "installing from Debian: $*"
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  apt-get update -qq || status=$?
+  [ "$status" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" || status=$?; }
+  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || { echo "apt-get failed ($status)" >&2; return 1; }
+  if [[ " $* " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
+  fi
+}
