@@ -15,6 +15,7 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
+mod image_cmd;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -50,6 +51,14 @@ enum Command {
     Unpack(store_cmd::UnpackArgs),
     /// List the images in the local store.
     Images(store_cmd::StoreArgs),
+    /// Name an image of the local store a second way.
+    Tag(image_cmd::TagArgs),
+    /// Push an image of the local store to its registry.
+    Push(image_cmd::PushArgs),
+    /// Print what the store records of an image: digests, platform, manifest and config.
+    Inspect(image_cmd::InspectArgs),
+    /// Print forge's version.
+    Version,
     /// Remove an image from the local store (its blobs go at the next prune).
     Rmi {
         image: String,
@@ -127,6 +136,27 @@ fn main() -> ExitCode {
         eprintln!("warning: cannot provide the bundled CA certificates: {e}");
     }
     let cli = Cli::parse();
+    // Commands that only print (a listing read through `| head`) end quietly when the reader
+    // goes away, as other command-line tools do, instead of failing on the closed pipe. Builds and
+    // runs keep ignoring SIGPIPE: they must clean up whatever their output's reader does.
+    if matches!(
+        cli.command,
+        Command::Parse { .. }
+            | Command::Graph(_)
+            | Command::Images(_)
+            | Command::Inspect(_)
+            | Command::History(_)
+            | Command::Logs(_)
+            | Command::Version
+    ) {
+        // SAFETY: restores the default disposition before any thread starts; no handler runs.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let result = match cli.command {
         Command::Parse { dump, file } => parse_cmd(dump, &file),
         Command::Graph(args) => graph_cmd(&args),
@@ -135,6 +165,13 @@ fn main() -> ExitCode {
         Command::Pull(args) => store_cmd::pull(&args),
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
         Command::Images(args) => store_cmd::images(&args),
+        Command::Tag(args) => image_cmd::tag(&args),
+        Command::Push(args) => image_cmd::push(&args),
+        Command::Inspect(args) => image_cmd::inspect(&args),
+        Command::Version => {
+            println!("forge {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
         Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
         Command::Run(args) if args.check_only() => run_cmd::run(&args),

@@ -23,7 +23,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> Result<Store, Failure> {
+    pub(crate) fn open(&self) -> Result<Store, Failure> {
         match &self.root {
             Some(root) => Store::open(root),
             None => Store::open_default(),
@@ -222,12 +222,26 @@ pub fn images(args: &StoreArgs) -> Result<(), Failure> {
     let images = store
         .list_images()
         .map_err(|e| failed(format!("error: {e}")))?;
+    if images.is_empty() {
+        println!("no images in the store at {}", store.root().display());
+        return Ok(());
+    }
+    let width = images
+        .iter()
+        .map(|i| i.reference.len())
+        .max()
+        .unwrap_or(0)
+        .max("IMAGE".len());
+    println!(
+        "{:<width$}  {:<71}  {:<14}  SIZE",
+        "IMAGE", "DIGEST", "PLATFORM"
+    );
     for image in images {
         let size: u64 = image.layers.iter().map(|l| l.size).sum();
         println!(
-            "{}\t{}\t{}\t{}",
+            "{:<width$}  {:<71}  {:<14}  {}",
             image.reference,
-            image.manifest.digest,
+            image.manifest.digest.to_string(),
             image.platform,
             human(size)
         );

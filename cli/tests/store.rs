@@ -190,3 +190,124 @@ fn first_subordinate(file: &str, user: &str) -> u32 {
         .unwrap_or_else(|| panic!("{user} has no range in {file}"))
         .start
 }
+
+/// The image commands a daemonless tool needs (issue 14): an image built into the store (its
+/// layers kept with fast zstd) is named a second way with `tag`, sent with `push` (gzip layers,
+/// the same config, so the same image ID, judged with skopeo), and shown whole by `inspect`;
+/// `images` has a header, an empty store says so, and a listing read through a closed pipe ends
+/// quietly.
+#[test]
+fn tag_push_and_inspect_an_image_of_the_store() {
+    let Some(image) = busybox() else { return };
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let Some(_) = forge_testsupport::tool("skopeo") else {
+        return;
+    };
+    if !forge_testsupport::root("builds use the embedded runner as root") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let empty = forge(root.path(), &["images"]);
+    assert!(empty.status.success());
+    assert_eq!(
+        text(&empty.stdout).trim(),
+        format!("no images in the store at {}", root.path().display())
+    );
+
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {image}\nRUN echo tagged > /tagged\n"),
+    )
+    .unwrap();
+    let built = forge(
+        root.path(),
+        &[
+            "build",
+            "-q",
+            "-t",
+            "local/tagged:1",
+            &ctx.path().to_string_lossy(),
+        ],
+    );
+    assert!(built.status.success(), "{}", text(&built.stderr));
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let remote = format!("{registry}/store-tests/tagged:{nanos}");
+    let tagged = forge(root.path(), &["tag", "local/tagged:1", &remote]);
+    assert!(tagged.status.success(), "{}", text(&tagged.stderr));
+    let listed = text(&forge(root.path(), &["images"]).stdout);
+    let mut lines = listed.lines();
+    assert!(lines.next().unwrap().starts_with("IMAGE "), "{listed}");
+    assert!(
+        listed.contains(&remote) && listed.contains("docker.io/local/tagged:1"),
+        "{listed}"
+    );
+
+    let pushed = forge(root.path(), &["push", &remote]);
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    let said = text(&pushed.stdout);
+    let digest = said
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("the pushed digest")
+        .to_string();
+    let judged = forge_testsupport::run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{remote}"),
+    ]));
+    let manifest: serde_json::Value = serde_json::from_slice(&judged).unwrap();
+    let registry_digest = text(&forge_testsupport::run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{remote}"),
+    ])));
+    assert_eq!(registry_digest.trim(), digest);
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert!(
+            layer["mediaType"].as_str().unwrap().ends_with("tar+gzip"),
+            "{manifest}"
+        );
+    }
+    let local: serde_json::Value =
+        serde_json::from_slice(&forge(root.path(), &["inspect", "local/tagged:1"]).stdout).unwrap();
+    assert_eq!(
+        manifest["config"]["digest"], local["id"],
+        "the image ID changed"
+    );
+    assert_eq!(local["reference"], "docker.io/local/tagged:1");
+    assert!(local["config"]["rootfs"]["diff_ids"].is_array(), "{local}");
+
+    let missing = forge(root.path(), &["push", "local/missing:1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("no image docker.io/local/missing:1 in the store"));
+
+    // A reader that went away before forge wrote (`forge images | head -0`): no panic, no error.
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["images", "--root"])
+        .arg(root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr), "");
+}

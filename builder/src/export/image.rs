@@ -206,3 +206,76 @@ pub async fn push_image(
             source: Box::new(e),
         })
 }
+
+/// An image of the store made ready to push (`forge push`): its layers as a registry and every
+/// client read them. Layers kept in the store with fast zstd are re-encoded with gzip and the
+/// image re-assembled around the same config bytes (so its ID stays), recorded under `reference`;
+/// an image whose layers are gzip or plain already is returned as it is.
+pub async fn stored_for_push(
+    store: &Store,
+    reference: &str,
+) -> Result<(ImageRecord, Vec<Layer>), ExportError> {
+    let record = store
+        .get_image(reference)?
+        .ok_or_else(|| ExportError::Invalid(format!("no image {reference} in the store")))?;
+    let config_json = store.read_blob(&record.config.digest)?;
+    let base = config::read_base_config(&config_json)
+        .map_err(|e| ExportError::Invalid(format!("{reference}: {e}")))?;
+    if base.diff_ids.len() != record.layers.len() {
+        return Err(ExportError::Invalid(format!(
+            "{reference}: its config lists {} diff_ids for {} layers",
+            base.diff_ids.len(),
+            record.layers.len()
+        )));
+    }
+    let layers: Vec<Layer> = record
+        .layers
+        .iter()
+        .zip(&base.diff_ids)
+        .map(|(d, diff_id)| Layer {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size,
+            diff_id: diff_id.clone(),
+            source: None,
+        })
+        .collect();
+    let gzip = forge_snapshotter::compress::Compression::Gzip { level: 6 };
+    let pushable = with_compression(store, &layers, gzip).await?;
+    if pushable == layers {
+        return Ok((record, layers));
+    }
+    let doc: super::json::Ordered = serde_json::from_slice(&config_json)
+        .map_err(|e| ExportError::Invalid(format!("{reference}: its config: {e}")))?;
+    let blobs =
+        pushable
+            .iter()
+            .map(|l| {
+                Ok(LayerBlob {
+                    path: store.blob_path(&l.digest),
+                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
+                        ExportError::Invalid(format!("layer digest {}: {e}", l.digest))
+                    })?,
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: MediaType::from(l.media_type.as_str()),
+                })
+            })
+            .collect::<Result<Vec<_>, ExportError>>()?;
+    let format = if record.manifest.media_type.contains("docker") {
+        super::ManifestFormat::Docker
+    } else {
+        super::ManifestFormat::Oci
+    };
+    let image = super::assemble_json(
+        &doc,
+        blobs,
+        &ImageOptions {
+            format,
+            source_date_epoch: None,
+        },
+    )?;
+    let platform = Platform::parse(&record.platform).unwrap_or_else(Platform::host);
+    let repacked = record_image(store, &image, &[reference.to_string()], &platform)?;
+    Ok((repacked, pushable))
+}

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifestBuilder, MediaType};
 use sha2::Digest as _;
 
-pub use image::{make_image, make_image_at, push_image, record_image, with_compression};
+pub use image::{
+    make_image, make_image_at, push_image, record_image, stored_for_push, with_compression,
+};
 pub use local::export_local;
 pub use write::{
     write_docker_tar, write_docker_tar_to, write_oci_dir, write_oci_tar, write_oci_tar_to,
