@@ -731,7 +731,8 @@ fn jobs_with_a_database_service_each_get_their_own_on_the_same_port_rootless() {
         return;
     }
     let mut jobs = String::new();
-    for who in ["alpha", "beta"] {
+    // alpha reaches its service by name, beta by address.
+    for (who, host) in [("alpha", "db"), ("beta", "127.0.0.1")] {
         jobs.push_str(&format!(
             r#"  {who}:
     image: redis
@@ -742,9 +743,9 @@ fn jobs_with_a_database_service_each_get_their_own_on_the_same_port_rootless() {
           command: redis-cli -h 127.0.0.1 -p 6379 ping
           timeout: 30s
     script:
-      - redis-cli -h 127.0.0.1 -p 6379 set owner {who}
+      - redis-cli -h {host} -p 6379 set owner {who}
       - sleep 2
-      - test "$(redis-cli -h 127.0.0.1 -p 6379 get owner)" = {who}
+      - test "$(redis-cli -h {host} -p 6379 get owner)" = {who}
       - echo "{who} saw its own database"
 "#
         ));

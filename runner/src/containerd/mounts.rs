@@ -33,14 +33,14 @@ pub(crate) async fn prepare(
     cache_root: &Path,
     hostname: &str,
     network: NetworkMode,
+    join: Option<&crate::network::SharedNetwork>,
     mounts: &[StepMount],
     cancel: &CancellationToken,
 ) -> Result<PreparedMounts, ContainerdError> {
     let mut oci = Vec::new();
     let etc = step_dir.join("etc");
     create_dir(&etc, 0o755)?;
-    let hosts =
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let hosts = crate::network::hosts_file(hostname, join);
     let resolv = crate::network::resolv_conf(network);
     let generated = [
         ("hosts", hosts.into_bytes()),

@@ -153,6 +153,7 @@ impl ContainerdRunner {
                 &self.config.cache_root,
                 &spec.hostname,
                 spec.network_mode(),
+                spec.join_network.as_ref(),
                 &spec.mounts,
                 cancel,
             )

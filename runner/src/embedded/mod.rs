@@ -209,8 +209,7 @@ impl EmbeddedRunner {
         } else {
             spec.hostname.as_str()
         };
-        let hosts =
-            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let hosts = network::hosts_file(hostname, spec.join_network.as_ref());
         let resolv = network::resolv_conf(spec.network_mode());
         let mut out = Vec::new();
         for (name, text) in [

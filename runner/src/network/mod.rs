@@ -126,17 +126,29 @@ impl Namespace {
 /// several steps join at once ([`crate::spec::StepSpec::join_network`]): a CI job and its services reach each
 /// other on 127.0.0.1, and two jobs, each in its own, may listen on the same port. Cheap to clone;
 /// the namespace and its proxy live while any clone does (and while a step that joined it runs).
-/// Two handles are equal when they are clones of one namespace.
+/// Two handles are equal when they are clones of one namespace. Names given with
+/// [`SharedNetwork::with_names`] (a job's services) are in the `/etc/hosts` of every step that
+/// joins it, as `127.0.0.1`: they all listen on the one loopback.
 #[derive(Debug, Clone)]
-pub struct SharedNetwork(Arc<Namespace>);
+pub struct SharedNetwork(Arc<Namespace>, Arc<Vec<String>>);
 
 impl SharedNetwork {
     /// A new namespace with the proxy, served by a task of the calling runtime.
     pub async fn new() -> Result<SharedNetwork, NetworkError> {
         match Namespace::for_step(NetworkMode::Sandbox).await? {
-            Some(ns) => Ok(SharedNetwork(Arc::new(ns))),
+            Some(ns) => Ok(SharedNetwork(Arc::new(ns), Arc::new(Vec::new()))),
             None => unreachable!("a sandbox always has a namespace"),
         }
+    }
+
+    /// The same namespace, with `names` resolving to its loopback in every step that joins it.
+    pub fn with_names(self, names: Vec<String>) -> SharedNetwork {
+        SharedNetwork(self.0, Arc::new(names))
+    }
+
+    /// The names that resolve to the namespace's loopback.
+    pub fn names(&self) -> &[String] {
+        &self.1
     }
 
     /// The namespace's inode, as `/proc/<pid>/ns/net` of a process in it shows (`net:[N]`).
@@ -153,6 +165,20 @@ impl PartialEq for SharedNetwork {
 }
 
 impl Eq for SharedNetwork {}
+
+/// A step's `/etc/hosts`: localhost and its hostname, and the names of the network it joins.
+pub(crate) fn hosts_file(hostname: &str, join: Option<&SharedNetwork>) -> String {
+    let mut names = vec!["localhost".to_string(), hostname.to_string()];
+    for n in join.map(SharedNetwork::names).unwrap_or_default() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    format!(
+        "127.0.0.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        names.join(" ")
+    )
+}
 
 /// The namespace a step runs in, held by the caller until the step is over: the shared one it
 /// joins, else one of its own for its mode (`None`: the host's network).

@@ -290,9 +290,22 @@ impl Runner {
         if plan.services.is_empty() {
             return Ok((None, None, String::new()));
         }
+        // The services' names resolve to the loopback the job and its services share, so a job
+        // reaches `db:5432` as well as `127.0.0.1:5432`.
         let network = forge_runner::SharedNetwork::new()
             .await
-            .map_err(|e| format!("the network of the job and its services: {e}"))?;
+            .map_err(|e| format!("the network of the job and its services: {e}"))?
+            .with_names(
+                plan.services
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .filter(|n| {
+                        !n.is_empty()
+                            && n.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                    })
+                    .collect(),
+            );
         let globals: Vec<(String, String)> = self
             .plan
             .variables
