@@ -1,6 +1,6 @@
 //! forge-builder: what a build means.
 //!
-//! Data flows one way through this crate: a frontend (Dockerfile today, forge.yaml later) parses its
+//! Data flows one way through this crate: a frontend (Dockerfile; forge.yaml in [`pipeline`]) parses its
 //! input and lowers it to a content-addressed [`graph`]; [`source`]s bring in what the graph reads
 //! from outside (base images, the context, downloads); the [`solver`] walks the graph against its
 //! cache and hands each vertex to the [`ops`], which run file operations ([`fileop`]) in process and
@@ -17,6 +17,7 @@ pub mod gc;
 pub mod graph;
 pub mod ops;
 pub mod pipeline;
+mod replace;
 pub mod scratch;
 pub mod slashpath;
 pub mod solver;

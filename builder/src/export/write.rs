@@ -175,30 +175,12 @@ impl<R> Verifying<R> {
     }
 }
 
-/// Writes to a temporary sibling of `dest`, fsyncs and renames it into place, so a reader never
-/// sees half a file and a failure leaves nothing behind.
+/// Replaces `dest` whole (see [`crate::replace`]).
 fn write_atomic(
     dest: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
-    let name = dest
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy());
-    let tmp: PathBuf = dir
-        .unwrap_or(Path::new("."))
-        // Random, not the pid: two builds of one process may export to the same place at once.
-        .join(format!(".{name}.tmp-{}", crate::events::BuildId::new()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-        fill(&mut f)?;
-        f.sync_all().map_err(io_err("syncing", &tmp))?;
-        std::fs::rename(&tmp, dest).map_err(io_err("renaming into place", dest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::replace::replace_file(dest, fill, |step, path, e| io_err(step.what(), path)(e))
 }
 
 /// Writes `image` as an OCI image layout directory at `dest` (`-o type=oci,dest=DIR,tar=false`):

@@ -385,19 +385,13 @@ impl LogWriter {
     }
 }
 
-/// Replaces `path` whole: written beside it, synced, renamed over it.
+/// Replaces `path` whole (see [`crate::replace`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HistoryError> {
-    let tmp = path.with_extension(format!("tmp-{}", forge_snapshotter::lock::random_hex()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err("write", path))
+    crate::replace::replace_file(
+        path,
+        |f| f.write_all(bytes).map_err(io_err("write", path)),
+        |_, p, e| io_err("write", p)(e),
+    )
 }
 
 #[cfg(test)]
