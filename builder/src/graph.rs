@@ -146,6 +146,10 @@ pub struct ExecOp {
     /// it did before the field existed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test: Option<TestStep>,
+    /// `NAME=IP` lines added to the step's `/etc/hosts` (`--add-host`); hashed only when present,
+    /// so a step without them keeps the identity it had before the field existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
 }
 
 /// A step run for its verdict (a pipeline's test job): a non-zero exit does not fail the vertex but

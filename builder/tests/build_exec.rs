@@ -1160,6 +1160,7 @@ fn graph_with_test_steps(context: &Path) -> Graph {
                 test: Some(TestStep {
                     artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
                 }),
+                extra_hosts: Vec::new(),
             }),
             format!("[test] {script}"),
             None,

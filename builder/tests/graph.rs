@@ -234,6 +234,7 @@ fn outputs_can_be_gated_by_test_vertices() {
                 },
             }],
             test: None,
+            extra_hosts: Vec::new(),
         }),
         "test job",
         None,

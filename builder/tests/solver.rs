@@ -141,6 +141,7 @@ fn run(b: &mut GraphBuilder, stage: &str, cmd: &str, line: usize, inputs: &[Node
             platform: Platform::host(),
             mounts,
             test: None,
+            extra_hosts: Vec::new(),
         }),
         format!("[{stage}] RUN {cmd}"),
         Some(line),

@@ -61,6 +61,9 @@ pub struct BuildArgs {
     /// Name the image (`host:5000/app:1`); repeatable.
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
+    /// Add a line to every RUN step's /etc/hosts, NAME:IP (or NAME=IP); repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
     /// Add a label to the image, KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -276,6 +279,35 @@ fn parse_ssh(specs: &[String]) -> Result<HashMap<String, PathBuf>, Failure> {
     Ok(out)
 }
 
+/// One `--add-host` as docker reads it: `NAME:IP` or `NAME=IP`, an IPv6 address in brackets or
+/// not (`h:[::1]`, `h=::1`).
+fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), Failure> {
+    let bad = |why: &str| usage(format!("error: invalid --add-host {spec:?}: {why}"));
+    let (name, ip) = match spec.split_once('=') {
+        Some(pair) => pair,
+        None => spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected NAME:IP"))?,
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(bad("the name is not a host name"));
+    }
+    if ip == "host-gateway" {
+        return Err(bad(
+            "host-gateway is docker's daemon's address; forge has no daemon and RUN steps do not              reach the host (give the address itself, and --allow network.host to reach it)",
+        ));
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip
+        .parse()
+        .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?;
+    Ok((name.to_string(), ip))
+}
+
 fn parse_labels(specs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     specs
         .iter()
@@ -357,6 +389,11 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
             .map_err(|e| usage(format!("error: invalid tag {t:?}: {e}")))?;
     }
     r.labels = parse_labels(&args.labels)?;
+    r.add_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| parse_add_host(h))
+        .collect::<Result<_, _>>()?;
     r.secrets = parse_secrets(&args.secrets)?;
     r.ssh = parse_ssh(&args.ssh)?;
     r.network = match args.network {

@@ -67,6 +67,7 @@ fn step(lower: &Path, upper: &Path, work: &Path) -> StepSpec {
         hostname: "bench".into(),
         network: NetworkMode::Host,
         join_network: None,
+        extra_hosts: Vec::new(),
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

@@ -119,6 +119,8 @@ pub struct StepSpec {
     /// A namespace shared with other steps, joined instead of one of the step's own: the step then
     /// runs as [`NetworkMode::Sandbox`] (proxy variables, no resolver) whatever `network` says.
     pub join_network: Option<crate::network::SharedNetwork>,
+    /// Names added to the step's `/etc/hosts` (`--add-host NAME:IP`), after its own.
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
     /// The root filesystem, as mounts applied in order (usually one overlay).
     pub rootfs: Vec<Mount>,
     pub mounts: Vec<StepMount>,

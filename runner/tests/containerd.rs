@@ -95,6 +95,7 @@ impl World {
             hostname: "forge-test".into(),
             network: NetworkMode::Host,
             join_network: None,
+            extra_hosts: Vec::new(),
             rootfs: self.rootfs(),
             mounts: vec![],
             secret_env: vec![],

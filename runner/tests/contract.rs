@@ -193,6 +193,7 @@ impl World {
             // The default: a case that needs another network says so.
             network: NetworkMode::default(),
             join_network: None,
+            extra_hosts: Vec::new(),
             rootfs: vec![Mount {
                 kind: "overlay".into(),
                 source: "overlay".into(),

@@ -39,6 +39,7 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         hostname: "api-test".into(),
         network: NetworkMode::None,
         join_network: None,
+        extra_hosts: Vec::new(),
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

@@ -146,6 +146,11 @@ impl Session {
             target_platform: request.platform.clone().unwrap_or_else(|| host.clone()),
             build_platform: host.clone(),
             dockerignore: ignore_patterns.clone(),
+            extra_hosts: request
+                .add_hosts
+                .iter()
+                .map(|(name, ip)| format!("{name}={ip}"))
+                .collect(),
             ..LowerOptions::default()
         };
 

@@ -43,6 +43,9 @@ pub struct BuildRequest {
     /// seccomp filter, every capability, /proc unmasked). Without it the build is refused before it
     /// starts, as BuildKit refuses the entitlement.
     pub allow_insecure: bool,
+    /// `--add-host NAME:IP`: names added to every RUN step's `/etc/hosts` (and to its cache key,
+    /// as BuildKit does: a step may resolve them).
+    pub add_hosts: Vec<(String, std::net::IpAddr)>,
     /// `--memory` / `--cpus` for every RUN step. A runner that cannot put them in place fails the
     /// step with an error saying why; it never runs it unlimited.
     pub limits: forge_runner::Limits,
@@ -79,6 +82,7 @@ impl BuildRequest {
             network: NetworkMode::Sandbox,
             allow_network_host: false,
             allow_insecure: false,
+            add_hosts: Vec::new(),
             limits: forge_runner::Limits::default(),
             compression: None,
             exports: Vec::new(),

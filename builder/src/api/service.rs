@@ -223,6 +223,7 @@ impl Session {
             hostname: hostname(name),
             network: NetworkMode::Sandbox,
             join_network: Some(network.clone()),
+            extra_hosts: Vec::new(),
             rootfs,
             mounts: Vec::new(),
             secret_env: Vec::new(),

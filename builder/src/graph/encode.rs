@@ -246,7 +246,7 @@ fn source(e: &mut Encoder, s: &SourceOp) {
 type InputFn<'a> = dyn Fn(&mut Encoder, Option<NodeRef>) + 'a;
 
 fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
-    e.fields(if x.test.is_some() { 9 } else { 8 });
+    e.fields(8 + u64::from(x.test.is_some()) + u64::from(!x.extra_hosts.is_empty()));
     e.tag(1);
     e.strs(&x.args);
     e.tag(2);
@@ -278,6 +278,10 @@ fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
         e.fields(1);
         e.tag(1);
         e.strs(&t.artifacts);
+    }
+    if !x.extra_hosts.is_empty() {
+        e.tag(10);
+        e.strs(&x.extra_hosts);
     }
 }
 
@@ -532,6 +536,7 @@ mod tests {
             test: artifacts.map(|a| super::super::TestStep {
                 artifacts: a.iter().map(|p| p.to_string()).collect(),
             }),
+            extra_hosts: Vec::new(),
         })
     }
 

@@ -274,6 +274,14 @@ impl BuildExecutor {
             hostname: "forge".into(),
             network,
             join_network: self.cfg.join_network.clone(),
+            extra_hosts: op
+                .extra_hosts
+                .iter()
+                .filter_map(|h| {
+                    let (name, ip) = h.split_once('=')?;
+                    Some((name.to_string(), ip.parse().ok()?))
+                })
+                .collect(),
             rootfs: rootfs.clone(),
             mounts: step_mounts,
             secret_env,

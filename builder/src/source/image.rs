@@ -165,6 +165,7 @@ pub async fn lower_with_images(
                 build_platform: opts.build_platform.clone(),
                 context_name: opts.context_name.clone(),
                 dockerignore: opts.dockerignore.clone(),
+                extra_hosts: opts.extra_hosts.clone(),
                 resolver: Some(&table),
             };
             // The caller fills in the file's name and text.

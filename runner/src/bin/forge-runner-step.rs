@@ -61,6 +61,7 @@ fn parse() -> Result<Args, String> {
         hostname: String::new(),
         network: NetworkMode::Sandbox,
         join_network: None,
+        extra_hosts: Vec::new(),
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),

@@ -34,13 +34,14 @@ pub(crate) async fn prepare(
     hostname: &str,
     network: NetworkMode,
     join: Option<&crate::network::SharedNetwork>,
+    extra_hosts: &[(String, std::net::IpAddr)],
     mounts: &[StepMount],
     cancel: &CancellationToken,
 ) -> Result<PreparedMounts, ContainerdError> {
     let mut oci = Vec::new();
     let etc = step_dir.join("etc");
     create_dir(&etc, 0o755)?;
-    let hosts = crate::network::hosts_file(hostname, join);
+    let hosts = crate::network::hosts_file(hostname, join, extra_hosts);
     let resolv = crate::network::resolv_conf(network);
     let generated = [
         ("hosts", hosts.into_bytes()),

@@ -154,6 +154,7 @@ impl ContainerdRunner {
                 &spec.hostname,
                 spec.network_mode(),
                 spec.join_network.as_ref(),
+                &spec.extra_hosts,
                 &spec.mounts,
                 cancel,
             )

@@ -209,7 +209,7 @@ impl EmbeddedRunner {
         } else {
             spec.hostname.as_str()
         };
-        let hosts = network::hosts_file(hostname, spec.join_network.as_ref());
+        let hosts = network::hosts_file(hostname, spec.join_network.as_ref(), &spec.extra_hosts);
         let resolv = network::resolv_conf(spec.network_mode());
         let mut out = Vec::new();
         for (name, text) in [

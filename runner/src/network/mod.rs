@@ -166,18 +166,27 @@ impl PartialEq for SharedNetwork {
 
 impl Eq for SharedNetwork {}
 
-/// A step's `/etc/hosts`: localhost and its hostname, and the names of the network it joins.
-pub(crate) fn hosts_file(hostname: &str, join: Option<&SharedNetwork>) -> String {
+/// A step's `/etc/hosts`: localhost and its hostname, the names of the network it joins, then the
+/// names given with `--add-host`.
+pub(crate) fn hosts_file(
+    hostname: &str,
+    join: Option<&SharedNetwork>,
+    extra: &[(String, std::net::IpAddr)],
+) -> String {
     let mut names = vec!["localhost".to_string(), hostname.to_string()];
     for n in join.map(SharedNetwork::names).unwrap_or_default() {
         if !names.contains(n) {
             names.push(n.clone());
         }
     }
-    format!(
+    let mut out = format!(
         "127.0.0.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         names.join(" ")
-    )
+    );
+    for (name, ip) in extra {
+        out.push_str(&format!("{ip}\t{name}\n"));
+    }
+    out
 }
 
 /// The namespace a step runs in, held by the caller until the step is over: the shared one it

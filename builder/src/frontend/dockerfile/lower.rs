@@ -36,6 +36,8 @@ pub struct LowerOptions<'a> {
     pub context_name: String,
     /// The `.dockerignore` patterns in force, in order.
     pub dockerignore: Vec<String>,
+    /// `--add-host`, as `NAME=IP`: in every RUN step's `/etc/hosts`, and in its cache key.
+    pub extra_hosts: Vec<String>,
     pub resolver: Option<&'a dyn ImageResolver>,
 }
 
@@ -48,6 +50,7 @@ impl Default for LowerOptions<'_> {
             build_platform: Platform::host(),
             context_name: "context".into(),
             dockerignore: Vec::new(),
+            extra_hosts: Vec::new(),
             resolver: None,
         }
     }
@@ -1268,6 +1271,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             platform: st.platform.clone(),
             mounts,
             test: None,
+            extra_hosts: self.ctx.opts.extra_hosts.clone(),
         };
         st.root = Some(self.add_step(i, Op::Exec(exec), self.describe(i, c), line));
 

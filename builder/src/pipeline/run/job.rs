@@ -222,6 +222,7 @@ impl Session {
                 test: Some(TestStep {
                     artifacts: job.artifacts.clone(),
                 }),
+                extra_hosts: Vec::new(),
             }),
             format!("[{}] script", job.name),
             None,
