@@ -308,26 +308,40 @@ fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), Failure> {
     Ok((name.to_string(), ip))
 }
 
+/// `--label KEY=VALUE`; a label with no `=` has an empty value, as docker gives it.
 fn parse_labels(specs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     specs
         .iter()
         .map(|s| {
-            s.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| usage(format!("error: invalid --label {s:?}: expected KEY=VALUE")))
+            let (k, v) = s.split_once('=').unwrap_or((s.as_str(), ""));
+            if k.is_empty() {
+                return Err(usage(format!(
+                    "error: invalid --label {s:?}: the key is empty"
+                )));
+            }
+            Ok((k.to_string(), v.to_string()))
         })
         .collect()
 }
 
-fn source_date_epoch() -> Result<Option<i64>, Failure> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse::<i64>().map(Some).map_err(|_| {
-            usage(format!(
-                "error: SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        }),
-        _ => Ok(None),
+/// `SOURCE_DATE_EPOCH`: `--build-arg SOURCE_DATE_EPOCH=N` (BuildKit's form, which also leaves it
+/// an ordinary build argument), else the environment variable.
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<i64>, Failure> {
+    let (value, from) = match build_args.get("SOURCE_DATE_EPOCH") {
+        Some(v) => (v.clone(), "--build-arg SOURCE_DATE_EPOCH"),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => (v, "SOURCE_DATE_EPOCH"),
+            Err(_) => return Ok(None),
+        },
+    };
+    if value.is_empty() {
+        return Ok(None);
     }
+    value.trim().parse::<i64>().map(Some).map_err(|_| {
+        usage(format!(
+            "error: {from}={value:?} is not a number of seconds"
+        ))
+    })
 }
 
 /// The request the flags describe. Usage errors (exit 2) are found here, before anything runs.
@@ -407,7 +421,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         memory: args.memory,
         cpus: args.cpus,
     };
-    r.source_date_epoch = source_date_epoch()?;
+    r.source_date_epoch = source_date_epoch(&r.build_args)?;
     r.compression = match (args.compression, args.compression_level) {
         (None, None) => None,
         (kind, level) => Some(match kind.unwrap_or(CompressionArg::Gzip) {

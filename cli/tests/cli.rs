@@ -147,7 +147,7 @@ fn exit_codes() {
         vec!["build", "--push", dir],
         vec!["build", "-o", "type=bogus", dir],
         vec!["build", "-o", "type=oci", dir],
-        vec!["build", "--label", "novalue", dir],
+        vec!["build", "--label", "=novalue", dir],
         vec!["build", "--secret", "id=x,bogus", dir],
         vec!["build", "--platform", "linux/s390x", dir],
         vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],

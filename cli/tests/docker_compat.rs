@@ -66,3 +66,64 @@ fn add_host_reaches_run_steps_and_their_cache_key() {
         assert!(printed(&o).contains(why), "{bad}: {}", printed(&o));
     }
 }
+
+/// `--label KEY` (no value) is an empty label, as docker makes it; `--build-arg
+/// SOURCE_DATE_EPOCH=N` (BuildKit's form) fixes the image's time and stays a build argument.
+#[test]
+fn a_bare_label_is_empty_and_source_date_epoch_comes_as_a_build_arg() {
+    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
+        return;
+    }
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-label-epoch");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {image}\nARG SOURCE_DATE_EPOCH\nRUN echo \"epoch $SOURCE_DATE_EPOCH\" > /epoch\n"
+        ),
+    )
+    .unwrap();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "local/epoch:1",
+            "--label",
+            "org.example.flag",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let inspected = forge(&root, &["inspect", "local/epoch:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        doc["config"]["config"]["Labels"]["org.example.flag"], "",
+        "{doc}"
+    );
+    assert_eq!(doc["config"]["created"], "2023-11-14T22:13:20Z", "{doc}");
+
+    let bad = forge(
+        &root,
+        &[
+            "build",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=soon",
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        printed(&bad).contains("--build-arg SOURCE_DATE_EPOCH=\"soon\" is not a number of seconds"),
+        "{}",
+        printed(&bad)
+    );
+}
