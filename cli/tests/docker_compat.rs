@@ -127,3 +127,36 @@ fn a_bare_label_is_empty_and_source_date_epoch_comes_as_a_build_arg() {
         printed(&bad)
     );
 }
+
+/// `# syntax=` naming another frontend is said (forge builds with its own); docker/dockerfile
+/// forms pass quietly.
+#[test]
+fn a_syntax_directive_naming_another_frontend_is_warned_about() {
+    let ws = forge_testsupport::scratch("forge-syntax");
+    for (directive, warned) in [
+        ("example.com/frontends/custom:2", true),
+        ("docker/dockerfile:1.7-labs", false),
+    ] {
+        let ctx = ws.path().join(if warned { "other" } else { "builtin" });
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!("# syntax={directive}\nFROM scratch\nCOPY Dockerfile /\n"),
+        )
+        .unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+            .arg("graph")
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        let out = printed(&o);
+        assert!(o.status.success(), "{out}");
+        assert_eq!(
+            out.contains(&format!(
+                "line 1: `# syntax={directive}` names a frontend forge does not run"
+            )),
+            warned,
+            "{out}"
+        );
+    }
+}

@@ -147,6 +147,20 @@ fn err(kind: LowerErrorKind, span: Span) -> LowerError {
 
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Whether a `# syntax=` value names the Dockerfile frontend forge implements itself:
+/// `docker/dockerfile` (optionally on docker.io, with any tag such as `1`, `1.7`, `1-labs` or
+/// `labs`, and any digest) and its `-upstream` builds.
+fn builtin_frontend(value: &str) -> bool {
+    let name = value.split('@').next().unwrap_or("");
+    let name = name
+        .strip_prefix("docker.io/")
+        .unwrap_or(name)
+        .split(':')
+        .next()
+        .unwrap_or("");
+    matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream")
+}
+
 /// Build arguments Docker accepts without an ARG and never warns about.
 const BUILTIN_ARGS: &[&str] = &[
     "HTTP_PROXY",
@@ -323,7 +337,19 @@ fn default_args(opts: &LowerOptions<'_>, target: &str) -> EnvList {
 /// Lowers a parsed Dockerfile to a graph whose single output is the target stage.
 pub fn lower(df: &Dockerfile, opts: &LowerOptions<'_>) -> Result<Lowered, LowerError> {
     let typed = instructions::parse_dockerfile(df)?;
-    lower_typed(&typed, opts)
+    let mut lowered = lower_typed(&typed, opts)?;
+    lowered
+        .warnings
+        .extend(df.directives.iter().filter_map(|d| {
+            (d.name == "syntax" && !builtin_frontend(&d.value)).then(|| {
+                format!(
+                    "line {}: `# syntax={}` names a frontend forge does not run; forge builds \
+                     with its own Dockerfile frontend (BuildKit's syntax, as docker/dockerfile:1)",
+                    d.span.start.line, d.value
+                )
+            })
+        }));
+    Ok(lowered)
 }
 
 /// [`lower`] for an already typed Dockerfile.
@@ -1663,6 +1689,32 @@ fn basename(p: &str) -> String {
         return if p.is_empty() { ".".into() } else { "/".into() };
     }
     t.rsplit('/').next().unwrap_or(t).to_string()
+}
+
+#[cfg(test)]
+mod syntax_tests {
+    use super::builtin_frontend;
+
+    #[test]
+    fn the_dockerfile_frontend_is_built_in_and_others_are_not() {
+        for v in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7-labs",
+            "docker.io/docker/dockerfile:labs",
+            "docker/dockerfile@sha256:ac85f380a63b13dfcefa89046420e1781752bab202122f8f50032edf31be0021",
+            "docker/dockerfile",
+            "docker/dockerfile-upstream:master",
+        ] {
+            assert!(builtin_frontend(v), "{v}");
+        }
+        for v in [
+            "tonistiigi/dockerfile:runmount",
+            "example.com/my/frontend:2",
+            "",
+        ] {
+            assert!(!builtin_frontend(v), "{v}");
+        }
+    }
 }
 
 #[cfg(test)]
