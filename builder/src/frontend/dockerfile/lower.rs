@@ -338,17 +338,19 @@ fn default_args(opts: &LowerOptions<'_>, target: &str) -> EnvList {
 pub fn lower(df: &Dockerfile, opts: &LowerOptions<'_>) -> Result<Lowered, LowerError> {
     let typed = instructions::parse_dockerfile(df)?;
     let mut lowered = lower_typed(&typed, opts)?;
-    lowered
-        .warnings
-        .extend(df.directives.iter().filter_map(|d| {
-            (d.name == "syntax" && !builtin_frontend(&d.value)).then(|| {
+    lowered.warnings.extend(
+        df.directives
+            .iter()
+            .filter(|d| d.name == "syntax" && !builtin_frontend(&d.value))
+            .map(|d| {
                 format!(
-                    "line {}: `# syntax={}` names a frontend forge does not run; forge builds \
-                     with its own Dockerfile frontend (BuildKit's syntax, as docker/dockerfile:1)",
+                    "line {}: `# syntax={}` names a frontend forge does not run; forge \
+                         builds with its own Dockerfile frontend (BuildKit's syntax, as \
+                         docker/dockerfile:1)",
                     d.span.start.line, d.value
                 )
-            })
-        }));
+            }),
+    );
     Ok(lowered)
 }
 
