@@ -16,6 +16,7 @@ use forge_builder::graph::Platform;
 
 mod build_cmd;
 mod image_cmd;
+mod info_cmd;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -59,6 +60,9 @@ enum Command {
     Inspect(image_cmd::InspectArgs),
     /// Print forge's version.
     Version,
+    /// Print what forge finds here: isolation (user namespace, subordinate ids), snapshotter, the
+    /// store and its free space, cgroups, the network, TLS roots, containerd.
+    Info(info_cmd::InfoArgs),
     /// Remove an image from the local store (its blobs go at the next prune).
     Rmi {
         image: String,
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             | Command::History(_)
             | Command::Logs(_)
             | Command::Version
+            | Command::Info(_)
     ) {
         // SAFETY: restores the default disposition before any thread starts; no handler runs.
         let _ = unsafe {
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Tag(args) => image_cmd::tag(&args),
         Command::Push(args) => image_cmd::push(&args),
         Command::Inspect(args) => image_cmd::inspect(&args),
+        Command::Info(args) => info_cmd::info(&args),
         Command::Version => {
             println!("forge {}", env!("CARGO_PKG_VERSION"));
             Ok(())

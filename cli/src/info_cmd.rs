@@ -1,0 +1,156 @@
+//! `forge info`: what forge finds on this machine, for a user setting it up (a CI image, a shared
+//! host): who runs it and how it isolates steps, the snapshot backend the store gets, the store's
+//! place and free space, cgroups for limits, the network options, and the TLS roots.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use forge_runner::embedded::{UserNamespace, enter_user_namespace};
+
+use crate::{Failure, failed};
+
+#[derive(Args)]
+pub(crate) struct InfoArgs {
+    /// The store directory (default: $XDG_DATA_HOME/forge, ~/.local/share/forge, or /var/lib/forge
+    /// for root).
+    #[arg(long, env = "FORGE_ROOT")]
+    root: Option<PathBuf>,
+}
+
+fn line(key: &str, value: impl std::fmt::Display) {
+    println!("{key:<14} {value}");
+}
+
+/// Runs before any thread exists: entering the user namespace, as a build does, needs that.
+pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
+    line("forge", env!("CARGO_PKG_VERSION"));
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    line(
+        "user",
+        format!("{name} (uid {uid}, gid {})", nix::unistd::getgid()),
+    );
+    for tool in ["newuidmap", "newgidmap"] {
+        line(
+            tool,
+            find_on_path(tool).map_or("not installed (package uidmap)".to_string(), |p| {
+                p.display().to_string()
+            }),
+        );
+    }
+    // What a build does first: the same call, so what it says is what a build gets.
+    let isolation = match enter_user_namespace() {
+        Ok(UserNamespace::HostRoot) => "root on the host: no user namespace needed".to_string(),
+        Ok(UserNamespace::AlreadyInside) => {
+            "root of a user namespace someone else made (used as it is)".to_string()
+        }
+        Ok(UserNamespace::Mapped { subuid, subgid, .. }) => format!(
+            "rootless: a user namespace with uids {}-{} ({} ids) and gids {}-{} ({} ids) mapped",
+            subuid.0,
+            subuid.0 as u64 + subuid.1 as u64 - 1,
+            subuid.1,
+            subgid.0,
+            subgid.0 as u64 + subgid.1 as u64 - 1,
+            subgid.1
+        ),
+        Ok(UserNamespace::SingleId { warning, .. }) => {
+            format!("rootless with only the caller's own ids mapped: {warning}")
+        }
+        Err(e) => format!("none: cannot enter a user namespace: {e}"),
+    };
+    line("isolation", isolation);
+    let root = match &args.root {
+        Some(r) => r.clone(),
+        None => {
+            forge_snapshotter::store::default_root().map_err(|e| failed(format!("error: {e}")))?
+        }
+    };
+    std::fs::create_dir_all(&root)
+        .map_err(|e| failed(format!("error: cannot create {}: {e}", root.display())))?;
+    line("store", format!("{} ({})", root.display(), space(&root)));
+    let backend = forge_snapshotter::snapshot::probe(&root);
+    line(
+        "snapshotter",
+        format!("{backend} (what a test mount at the store's place allowed)"),
+    );
+    line(
+        "cgroups",
+        match forge_runner::limits::Hierarchy::detect() {
+            Some(forge_runner::limits::Hierarchy::Unified { root }) => {
+                format!(
+                    "v2 at {} (--memory/--cpus need write access there)",
+                    root.display()
+                )
+            }
+            Some(forge_runner::limits::Hierarchy::Legacy { memory, .. }) => format!(
+                "v1, memory at {} (--memory/--cpus need write access there)",
+                memory.display()
+            ),
+            None => "none found: --memory/--cpus are refused".to_string(),
+        },
+    );
+    line(
+        "network",
+        format!(
+            "RUN steps: a private namespace with forge's HTTP(S) proxy; /dev/net/tun {}",
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+            {
+                Ok(_) =>
+                    "can be opened (a user-mode network would work; forge does not use one yet)",
+                Err(_) => "cannot be opened here (no slirp4netns or pasta)",
+            }
+        ),
+    );
+    let roots = forge_snapshotter::registry::roots::trust_roots();
+    line(
+        "tls roots",
+        format!(
+            "{} certificates, {}",
+            roots.certs.len(),
+            match roots.source {
+                forge_snapshotter::registry::roots::RootSource::System => "from the system",
+                forge_snapshotter::registry::roots::RootSource::Bundled =>
+                    "bundled (Mozilla's; the system has none)",
+            }
+        ),
+    );
+    line(
+        "containerd",
+        std::env::var("CONTAINERD_ADDRESS").map_or(
+            "CONTAINERD_ADDRESS is not set (--runner containerd needs an address)".to_string(),
+            |a| format!("CONTAINERD_ADDRESS={a}"),
+        ),
+    );
+    Ok(())
+}
+
+fn find_on_path(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Free and total space of the filesystem holding `dir`.
+fn space(dir: &Path) -> String {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => {
+            let block = s.fragment_size() as f64;
+            let gib = |blocks: u64| blocks as f64 * block / (1u64 << 30) as f64;
+            format!(
+                "{:.1} GiB free of {:.1} GiB",
+                gib(s.blocks_available() as u64),
+                gib(s.blocks() as u64)
+            )
+        }
+        Err(e) => format!("free space unknown: {e}"),
+    }
+}

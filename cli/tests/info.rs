@@ -1,0 +1,83 @@
+//! `forge info` (issue 13): what it reports agrees with what the test reads itself.
+
+mod common;
+
+use std::process::Command;
+
+use common::printed;
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).filter(|r| r.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {key} line in:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn info_reports_the_isolation_a_build_gets_and_the_store() {
+    if !forge_testsupport::root("forge info is run as root and as FORGE_TEST_USER") {
+        return;
+    }
+    let Some(user) = forge_testsupport::test_user() else {
+        return;
+    };
+    let ws = forge_testsupport::shared_scratch("forge-info", Some(&user));
+    let root_store = ws.path().join("root-store");
+    let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["info", "--root"])
+        .arg(&root_store)
+        .output()
+        .unwrap();
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(field(&out, "user"), "root (uid 0, gid 0)");
+    assert_eq!(
+        field(&out, "isolation"),
+        "root on the host: no user namespace needed"
+    );
+    assert!(
+        field(&out, "store").starts_with(&root_store.display().to_string()),
+        "{out}"
+    );
+    assert!(field(&out, "store").contains("GiB free of"), "{out}");
+    let snapshotter = field(&out, "snapshotter");
+    assert!(
+        ["overlayfs ", "fuse-overlayfs ", "copy "]
+            .iter()
+            .any(|b| snapshotter.starts_with(b)),
+        "{out}"
+    );
+
+    let forge = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), ws.path());
+    let user_store = ws.path().join("user-store");
+    let o = Command::new("runuser")
+        .args(["-u", &user.name, "--", "env"])
+        .arg(format!("FORGE_ROOT={}", user_store.display()))
+        .arg(&forge)
+        .arg("info")
+        .output()
+        .unwrap();
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(
+        field(&out, "user"),
+        format!("{} (uid {}, gid {})", user.name, user.uid, user.gid)
+    );
+    let (u, g) = (&user.subuid, &user.subgid);
+    assert_eq!(
+        field(&out, "isolation"),
+        format!(
+            "rootless: a user namespace with uids {}-{} ({} ids) and gids {}-{} ({} ids) mapped",
+            u.start,
+            u.start as u64 + u.count as u64 - 1,
+            u.count,
+            g.start,
+            g.start as u64 + g.count as u64 - 1,
+            g.count
+        )
+    );
+    assert!(
+        field(&out, "store").starts_with(&user_store.display().to_string()),
+        "{out}"
+    );
+}
