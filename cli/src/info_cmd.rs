@@ -147,8 +147,8 @@ fn space(dir: &Path) -> String {
             let gib = |blocks: u64| blocks as f64 * block / (1u64 << 30) as f64;
             format!(
                 "{:.1} GiB free of {:.1} GiB",
-                gib(s.blocks_available() as u64),
-                gib(s.blocks() as u64)
+                gib(s.blocks_available()),
+                gib(s.blocks())
             )
         }
         Err(e) => format!("free space unknown: {e}"),
