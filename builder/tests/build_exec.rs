@@ -196,6 +196,7 @@ impl Bench {
                 run_env: Vec::new(),
                 join_network: None,
                 beside_step: None,
+                proxy_args: Vec::new(),
             },
             graph,
         )

@@ -160,3 +160,104 @@ fn a_syntax_directive_naming_another_frontend_is_warned_about() {
         );
     }
 }
+
+/// A tiny upstream proxy on the test's loopback: answers every request with `body` and keeps
+/// each request's first line.
+fn upstream_proxy(body: &'static str) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            log.lock().unwrap().push(first.trim_end().to_string());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// `--build-arg HTTP_PROXY=...` (a predefined proxy argument, no ARG line): a sandboxed RUN step
+/// still talks to forge's proxy, which goes through the given one; the argument is in neither the
+/// step's key (another proxy address reuses the step) nor the image.
+#[test]
+fn proxy_build_args_lead_forges_proxy_through_the_users_proxy() {
+    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
+        return;
+    }
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let (port, seen) = upstream_proxy("hello from the upstream proxy");
+    let ws = forge_testsupport::scratch("forge-proxy-args");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN wget -q -O /got.txt http://forge-upstream.invalid/file\n"),
+    )
+    .unwrap();
+    let build = |proxy_port: u16, out: &str| {
+        let dest = ws.path().join(out);
+        let o = forge(
+            &root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "-t",
+                "local/proxied:1",
+                "--build-arg",
+                &format!("HTTP_PROXY=http://127.0.0.1:{proxy_port}"),
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                &ctx.to_string_lossy(),
+            ],
+        );
+        (o.status.success(), printed(&o), dest)
+    };
+    let (ok, out, dest) = build(port, "one");
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::read_to_string(dest.join("got.txt")).unwrap(),
+        "hello from the upstream proxy"
+    );
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["GET http://forge-upstream.invalid/file HTTP/1.1"],
+        "the upstream proxy did not get the request in absolute form"
+    );
+    assert!(!out.contains("not consumed"), "{out}");
+
+    // Another proxy address: the step is reused, and nothing of the argument is in the image.
+    let (ok, out, _) = build(port + 1, "two");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("CACHED"),
+        "the proxy argument changed the step's key:\n{out}"
+    );
+    let inspected = forge(&root, &["inspect", "local/proxied:1"]);
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert!(
+        !text.contains("127.0.0.1:"),
+        "the proxy argument is in the image:\n{text}"
+    );
+}

@@ -68,6 +68,7 @@ fn step(lower: &Path, upper: &Path, work: &Path) -> StepSpec {
         network: NetworkMode::Host,
         join_network: None,
         extra_hosts: Vec::new(),
+        proxy_upstream: None,
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

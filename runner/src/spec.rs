@@ -121,6 +121,8 @@ pub struct StepSpec {
     pub join_network: Option<crate::network::SharedNetwork>,
     /// Names added to the step's `/etc/hosts` (`--add-host NAME:IP`), after its own.
     pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+    /// The proxy a sandboxed step's own proxy goes through (the build's `HTTP(S)_PROXY`).
+    pub proxy_upstream: Option<crate::network::Upstream>,
     /// The root filesystem, as mounts applied in order (usually one overlay).
     pub rootfs: Vec<Mount>,
     pub mounts: Vec<StepMount>,

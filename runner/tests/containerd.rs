@@ -96,6 +96,7 @@ impl World {
             network: NetworkMode::Host,
             join_network: None,
             extra_hosts: Vec::new(),
+            proxy_upstream: None,
             rootfs: self.rootfs(),
             mounts: vec![],
             secret_env: vec![],

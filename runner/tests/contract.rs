@@ -194,6 +194,7 @@ impl World {
             network: NetworkMode::default(),
             join_network: None,
             extra_hosts: Vec::new(),
+            proxy_upstream: None,
             rootfs: vec![Mount {
                 kind: "overlay".into(),
                 source: "overlay".into(),

@@ -40,6 +40,7 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         network: NetworkMode::None,
         join_network: None,
         extra_hosts: Vec::new(),
+        proxy_upstream: None,
         rootfs: vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

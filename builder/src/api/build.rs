@@ -259,6 +259,12 @@ impl Session {
                 run_env: Vec::new(),
                 join_network: None,
                 beside_step: None,
+                proxy_args: request
+                    .build_args
+                    .iter()
+                    .filter(|(k, _)| crate::ops::run::PROXY_ARGS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
             &graph,
         );

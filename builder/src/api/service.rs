@@ -224,6 +224,7 @@ impl Session {
             network: NetworkMode::Sandbox,
             join_network: Some(network.clone()),
             extra_hosts: Vec::new(),
+            proxy_upstream: None,
             rootfs,
             mounts: Vec::new(),
             secret_env: Vec::new(),

@@ -32,7 +32,7 @@ use crate::source::context::{ContextError, ContextSnapshot};
 
 mod files;
 mod mount;
-mod run;
+pub(crate) mod run;
 
 use files::{TestLogWriter, populate_view, tar_artifacts};
 pub use mount::Mounted;
@@ -274,6 +274,9 @@ pub struct ExecutorConfig {
     /// Started before every step that runs (not one served from the cache) and stopped after
     /// it, whatever its end: a pipeline job's services. An error fails the step with its text.
     pub beside_step: Option<BesideStep>,
+    /// The build's predefined proxy arguments (`--build-arg HTTP_PROXY=...` and the rest), which
+    /// reach RUN steps without an ARG and stay out of every key and the image (BuildKit's rule).
+    pub proxy_args: Vec<(String, String)>,
     pub events: Events,
 }
 

@@ -257,6 +257,17 @@ impl BuildExecutor {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
             None => (op.user.clone(), None),
         };
+        // The build's proxy arguments (HTTP_PROXY and the rest, given without an ARG): in a
+        // sandbox, forge's own proxy goes through them and the step keeps forge's; on the host's
+        // network the step gets them as they are. Never in the step's key or the image.
+        let (proxy_upstream, proxy_env) = match proxy_setting(&self.cfg.proxy_args, network) {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup(held, &scratch_keys);
+                let _ = self.cfg.snapshots.remove(&key);
+                return Err(ExecError::Unsupported(e));
+            }
+        };
         let spec = StepSpec {
             command: Command::Exec(op.args.clone()),
             env: op
@@ -266,14 +277,27 @@ impl BuildExecutor {
                     Some((k, v)) => (k.to_string(), v.to_string()),
                     None => (kv.clone(), String::new()),
                 })
+                // A proxy variable carrying the build's proxy argument (declared with ARG) would
+                // lead a sandboxed step past forge's proxy to an address it cannot reach.
+                .filter(|(k, v)| {
+                    !(proxy_upstream.is_some()
+                        && PROXY_ARGS.contains(&k.as_str())
+                        && self
+                            .cfg
+                            .proxy_args
+                            .iter()
+                            .any(|(pk, pv)| pk == k && pv == v))
+                })
                 .filter(|(k, _)| !self.cfg.run_env.iter().any(|(r, _)| r == k))
                 .chain(self.cfg.run_env.iter().cloned())
+                .chain(proxy_env)
                 .collect(),
             cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
             user: User { user, group },
             hostname: "forge".into(),
             network,
             join_network: self.cfg.join_network.clone(),
+            proxy_upstream,
             extra_hosts: op
                 .extra_hosts
                 .iter()
@@ -376,6 +400,52 @@ impl BuildExecutor {
         let layers = self.commit_layer(key, &base, cancel).await?;
         Ok(Built::Fs { layers })
     }
+}
+
+/// The predefined proxy build arguments (BuildKit's), given to RUN steps without an ARG.
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The upstream of forge's proxy, and variables for the step's environment.
+type ProxySetting = (
+    Option<forge_runner::network::Upstream>,
+    Vec<(String, String)>,
+);
+
+/// What the build's proxy arguments mean for a step on `network`: the upstream of forge's proxy in
+/// a sandbox (HTTPS_PROXY, else HTTP_PROXY, either spelling, with NO_PROXY), or the variables
+/// themselves for a step on the host's network (or none).
+fn proxy_setting(args: &[(String, String)], network: StepNetwork) -> Result<ProxySetting, String> {
+    if args.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    if network != StepNetwork::Sandbox {
+        return Ok((None, args.to_vec()));
+    }
+    let get = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            args.iter()
+                .find(|(k, v)| k == n && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let Some(url) = get(&["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]) else {
+        return Ok((None, Vec::new()));
+    };
+    let no_proxy = get(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    forge_runner::network::Upstream::parse(&url, &no_proxy)
+        .map(|u| (Some(u), Vec::new()))
+        .map_err(|e| format!("--build-arg {e}"))
 }
 
 /// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem

@@ -62,6 +62,7 @@ fn parse() -> Result<Args, String> {
         network: NetworkMode::Sandbox,
         join_network: None,
         extra_hosts: Vec::new(),
+        proxy_upstream: None,
         rootfs: Vec::new(),
         mounts: Vec::new(),
         secret_env: Vec::new(),

@@ -169,7 +169,12 @@ impl ContainerdRunner {
             step.mounts = Some(prepared);
             // Held until the task is gone: runc joins it by this process's descriptor, and
             // dropping it stops the step's proxy.
-            let netns = network::for_spec(spec.join_network.as_ref(), spec.network).await?;
+            let netns = network::for_spec(
+                spec.join_network.as_ref(),
+                spec.network,
+                spec.proxy_upstream.as_ref(),
+            )
+            .await?;
             let env = environment(&step_env, &[], &user.home);
             let runtime_spec = build(SpecInput {
                 argv: spec.command.argv(),

@@ -402,7 +402,12 @@ impl EmbeddedRunner {
         let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
         // Lives until the step is over; dropping it stops the step's proxy (a shared namespace's
         // when no other holder is left).
-        let netns = network::for_spec(spec.join_network.as_ref(), spec.network).await?;
+        let netns = network::for_spec(
+            spec.join_network.as_ref(),
+            spec.network,
+            spec.proxy_upstream.as_ref(),
+        )
+        .await?;
         let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_deref())?;
         if let Some(cg) = &cgroup {
             plan.cgroup_procs = cg.join_fds()?;

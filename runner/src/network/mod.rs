@@ -15,6 +15,8 @@
 
 pub(crate) mod proxy;
 
+pub use proxy::Upstream;
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -73,7 +75,10 @@ pub(crate) struct Namespace {
 impl Namespace {
     /// The namespace a step of `mode` runs in: `None` for the host's network. Called from a task of
     /// the runtime that is to serve the proxy.
-    pub(crate) async fn for_step(mode: NetworkMode) -> Result<Option<Namespace>, NetworkError> {
+    pub(crate) async fn for_step(
+        mode: NetworkMode,
+        upstream: Option<Arc<proxy::Upstream>>,
+    ) -> Result<Option<Namespace>, NetworkError> {
         let proxy = match mode {
             NetworkMode::Host => return Ok(None),
             NetworkMode::None => false,
@@ -94,7 +99,7 @@ impl Namespace {
         let proxy = match listener {
             Some(listener) => {
                 let stop = CancellationToken::new();
-                tokio::spawn(proxy::serve(listener, stop.clone()));
+                tokio::spawn(proxy::serve(listener, stop.clone(), upstream));
                 Some(stop.drop_guard())
             }
             None => None,
@@ -135,7 +140,7 @@ pub struct SharedNetwork(Arc<Namespace>, Arc<Vec<String>>);
 impl SharedNetwork {
     /// A new namespace with the proxy, served by a task of the calling runtime.
     pub async fn new() -> Result<SharedNetwork, NetworkError> {
-        match Namespace::for_step(NetworkMode::Sandbox).await? {
+        match Namespace::for_step(NetworkMode::Sandbox, None).await? {
             Some(ns) => Ok(SharedNetwork(Arc::new(ns), Arc::new(Vec::new()))),
             None => unreachable!("a sandbox always has a namespace"),
         }
@@ -194,11 +199,14 @@ pub(crate) fn hosts_file(
 pub(crate) async fn for_spec(
     join: Option<&SharedNetwork>,
     mode: NetworkMode,
+    upstream: Option<&proxy::Upstream>,
 ) -> Result<Option<Arc<Namespace>>, NetworkError> {
     if let Some(shared) = join {
         return Ok(Some(Arc::clone(&shared.0)));
     }
-    Ok(Namespace::for_step(mode).await?.map(Arc::new))
+    Ok(Namespace::for_step(mode, upstream.cloned().map(Arc::new))
+        .await?
+        .map(Arc::new))
 }
 
 /// On the calling thread, which is never used again: a new network namespace with loopback up, a

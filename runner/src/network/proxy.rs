@@ -38,7 +38,11 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serves `listener` until `stop` is cancelled; every connection and tunnel ends with it.
-pub(crate) async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+    upstream: Option<Arc<Upstream>>,
+) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(listener))
@@ -68,11 +72,13 @@ pub(crate) async fn serve(listener: std::net::TcpListener, stop: CancellationTok
             },
         };
         let stop = stop.clone();
+        let upstream = upstream.clone();
         tokio::spawn(async move {
             let permit = Arc::new(permit);
             let ctx = Ctx {
                 stop: stop.clone(),
                 permit,
+                upstream,
             };
             let service = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
             // half_close: a client may shut its sending side once the request is out (busybox
@@ -98,13 +104,15 @@ pub(crate) async fn serve(listener: std::net::TcpListener, stop: CancellationTok
 struct Ctx {
     stop: CancellationToken,
     permit: Arc<OwnedSemaphorePermit>,
+    /// The proxy forge's own goes through (the build's `HTTP(S)_PROXY`), when there is one.
+    upstream: Option<Arc<Upstream>>,
 }
 
 async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Response<Body>, Infallible> {
     Ok(if req.method() == Method::CONNECT {
         tunnel(req, ctx).await
     } else {
-        forward(req).await
+        forward(req, ctx).await
     })
 }
 
@@ -120,7 +128,12 @@ async fn tunnel(req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
             format!("forge proxy: CONNECT needs host:port, got {}", req.uri()),
         );
     };
-    let mut upstream = match dial(&host, port).await {
+    let via = ctx.upstream.clone().filter(|u| u.used_for(&host));
+    let dialed = match &via {
+        Some(up) => up.connect_tunnel(&host, port).await,
+        None => dial(&host, port).await,
+    };
+    let mut upstream = match dialed {
         Ok(s) => s,
         Err(refused) => return refused,
     };
@@ -141,7 +154,7 @@ async fn tunnel(req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
 
 /// An absolute-form request: sent on to its origin in origin form, without hop-by-hop and proxy
 /// headers either way.
-async fn forward(req: Request<Incoming>) -> Response<Body> {
+async fn forward(req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
     let uri = req.uri().clone();
     let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
         return text(
@@ -154,21 +167,35 @@ async fn forward(req: Request<Incoming>) -> Response<Body> {
     let host = authority.host().to_string();
     let port = authority.port_u16().unwrap_or(80);
     let authority = authority.clone();
-    let upstream = match dial(&host, port).await {
+    let via = ctx.upstream.clone().filter(|u| u.used_for(&host));
+    let dialed = match &via {
+        Some(up) => up.connect().await,
+        None => dial(&host, port).await,
+    };
+    let upstream = match dialed {
         Ok(s) => s,
         Err(refused) => return refused,
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.uri = match uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .parse::<Uri>()
-    {
-        Ok(u) => u,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("forge proxy: {uri}: {e}")),
-    };
+    // Through another proxy the request stays in absolute form, with that proxy's credentials.
+    if let Some(up) = &via {
+        if let Some(auth) = &up.authorization {
+            parts
+                .headers
+                .insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+    } else {
+        parts.uri = match uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse::<Uri>()
+        {
+            Ok(u) => u,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("forge proxy: {uri}: {e}")),
+        };
+    }
     parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
@@ -250,6 +277,157 @@ async fn dial(host: &str, port: u16) -> Result<TcpStream, Response<Body>> {
         }
         None => bad_gateway(host, port, &last_error),
     })
+}
+
+/// The proxy forge's own proxy goes through (a build behind a corporate proxy gives it as
+/// `--build-arg HTTP(S)_PROXY`): a plain-http proxy, with credentials from its URL, and the
+/// hosts its `NO_PROXY` says are reached directly. Its address is the user's choice, so it is not
+/// refused for being on the host; destinations it is asked for are its business, except a literal
+/// address forge would refuse, which is refused here as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`.
+    address: String,
+    authorization: Option<HeaderValue>,
+    no_proxy: Vec<String>,
+}
+
+impl Upstream {
+    /// `http://[user:password@]host[:port][/]` (port 80 when not given) and a `NO_PROXY` list.
+    pub fn parse(url: &str, no_proxy: &str) -> Result<Upstream, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| (!url.contains("://")).then_some(url))
+            .ok_or_else(|| format!("proxy {url:?}: only http:// proxies are supported"))?;
+        let rest = rest.trim_end_matches('/');
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        if hostport.is_empty() || hostport.contains('/') {
+            return Err(format!("proxy {url:?}: expected http://host:port"));
+        }
+        let address = if hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:80")
+        };
+        let authorization = userinfo
+            .map(|u| {
+                use base64::Engine as _;
+                let token = base64::engine::general_purpose::STANDARD.encode(u);
+                HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|e| format!("proxy {url:?}: {e}"))
+            })
+            .transpose()?;
+        let no_proxy = no_proxy
+            .split(',')
+            .map(|h| h.trim().trim_start_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        Ok(Upstream {
+            address,
+            authorization,
+            no_proxy,
+        })
+    }
+
+    /// Whether a request for `host` goes through this proxy (not for a `NO_PROXY` host or domain).
+    fn used_for(&self, host: &str) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        !self
+            .no_proxy
+            .iter()
+            .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")))
+    }
+
+    async fn connect(&self) -> Result<TcpStream, Response<Body>> {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.address)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(text(
+                StatusCode::BAD_GATEWAY,
+                format!("forge proxy: the upstream proxy {}: {e}", self.address),
+            )),
+            Err(_) => Err(text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "forge proxy: the upstream proxy {}: connect timed out",
+                    self.address
+                ),
+            )),
+        }
+    }
+
+    /// A tunnel to `host:port` through this proxy: its `CONNECT` answered with 200.
+    async fn connect_tunnel(&self, host: &str, port: u16) -> Result<TcpStream, Response<Body>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            let own = own_addresses().unwrap_or_default();
+            if let Some(why) = refusal(ip, &own) {
+                return Err(text(
+                    StatusCode::FORBIDDEN,
+                    format!("forge proxy: refused {host}:{port}: {ip} is {why}"),
+                ));
+            }
+        }
+        let mut s = self.connect().await?;
+        let mut head = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+        if let Some(a) = &self.authorization {
+            head.push_str(&format!(
+                "Proxy-Authorization: {}\r\n",
+                a.to_str().unwrap_or_default()
+            ));
+        }
+        head.push_str("\r\n");
+        let gateway = |e: &dyn std::fmt::Display| {
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("forge proxy: the upstream proxy {}: {e}", self.address),
+            )
+        };
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| gateway(&e))?;
+        // Its answer's head, byte by byte so nothing of the tunnel is read past it.
+        let mut answer = Vec::new();
+        let read = async {
+            while !answer.ends_with(b"\r\n\r\n") {
+                if answer.len() >= MAX_HEAD_BYTES {
+                    return Err("its answer's head is too long".to_string());
+                }
+                let mut b = [0u8; 1];
+                match s.read(&mut b).await {
+                    Ok(0) => return Err("it closed the connection".to_string()),
+                    Ok(_) => answer.push(b[0]),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(DIAL_TIMEOUT, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(gateway(&e)),
+            Err(_) => return Err(gateway(&"no answer to CONNECT")),
+        }
+        let status = String::from_utf8_lossy(&answer);
+        let first = status.lines().next().unwrap_or_default().to_string();
+        if first.split_whitespace().nth(1) != Some("200") {
+            return Err(gateway(&format!(
+                "CONNECT {host}:{port} answered {first:?}"
+            )));
+        }
+        Ok(s)
+    }
 }
 
 /// Why the proxy will not connect to `ip`, or `None` when it may: anything on the host itself or
@@ -355,6 +533,36 @@ fn bad_gateway(host: &str, port: u16, e: &dyn std::fmt::Display) -> Response<Bod
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_upstream_proxy_url_reads_as_curl_reads_it() {
+        let u = Upstream::parse(
+            "http://alice:s3cret@proxy.corp:3128/",
+            "internal.corp, .svc,10.0.0.1",
+        )
+        .unwrap();
+        assert_eq!(u.address, "proxy.corp:3128");
+        assert_eq!(
+            u.authorization.as_ref().unwrap().to_str().unwrap(),
+            "Basic YWxpY2U6czNjcmV0"
+        );
+        assert!(u.used_for("example.com"));
+        assert!(!u.used_for("internal.corp"));
+        assert!(!u.used_for("git.internal.corp"));
+        assert!(!u.used_for("api.svc"));
+        assert!(!u.used_for("10.0.0.1"));
+        assert_eq!(
+            Upstream::parse("proxy.corp", "").unwrap().address,
+            "proxy.corp:80"
+        );
+        assert!(Upstream::parse("https://proxy.corp:443", "").is_err());
+        assert!(Upstream::parse("socks5://proxy.corp:1080", "").is_err());
+        assert!(
+            !Upstream::parse("http://p:1", "*")
+                .unwrap()
+                .used_for("anything")
+        );
+    }
+
     use super::*;
 
     #[test]

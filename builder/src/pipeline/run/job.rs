@@ -273,6 +273,7 @@ impl Session {
                 run_env: job.run_env.clone(),
                 join_network: job.network.clone(),
                 beside_step: job.services.clone(),
+                proxy_args: Vec::new(),
             },
             &graph,
         );
