@@ -139,6 +139,14 @@ pub struct BuildArgs {
 
 /// Reads one `-o` flag.
 fn parse_output(spec: &str) -> Result<Export, Failure> {
+    // docker's shorthands: `-o DIR` is the filesystem into DIR, `-o -` a tar of it on stdout.
+    if !spec.contains('=') {
+        return Ok(if spec == "-" {
+            Export::Tar(PathBuf::from("-"))
+        } else {
+            Export::Local(PathBuf::from(spec))
+        });
+    }
     let mut kv: HashMap<String, String> = HashMap::new();
     for part in spec.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
@@ -165,12 +173,13 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
         "oci" => Ok(Export::OciTar(dest()?)),
         "docker" => Ok(Export::DockerTar(dest()?)),
         "local" => Ok(Export::Local(dest()?)),
+        "tar" => Ok(Export::Tar(dest()?)),
         "image" | "registry" => Ok(Export::Image {
             push: kind == "registry" || flag("push"),
             oci_mediatypes: kv.get("oci-mediatypes").is_none_or(|v| v != "false"),
         }),
         other => Err(usage(format!(
-            "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, image, registry)"
+            "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, tar, image, registry)"
         ))),
     }
 }
@@ -445,6 +454,20 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
 /// Runs a build. Called after the user namespace is entered, before any thread starts.
 pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     let mut request = request(args)?;
+    let stdout_exports = request
+        .exports
+        .iter()
+        .filter(|e| {
+            matches!(e, Export::OciTar(p) | Export::DockerTar(p) | Export::Tar(p)
+                if forge_builder::export::is_stdout(p))
+        })
+        .count();
+    if stdout_exports > 1 {
+        return Err(usage(
+            "error: only one --output may write to standard output (dest=-)".to_string(),
+        ));
+    }
+    let to_stdout = stdout_exports == 1;
     let root = match &args.root {
         Some(r) => r.clone(),
         None => default_root().map_err(|e| failed(format!("error: {e}")))?,
@@ -501,7 +524,10 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             {
                 eprintln!("{s}");
             }
-            println!("{}", outcome.digest);
+            // With a tar on standard output the digest would corrupt it: it is left out there.
+            if !to_stdout {
+                println!("{}", outcome.digest);
+            }
             Ok(())
         }
         Err(failure) => Err(failed(render_error(&failure.error, mode))),

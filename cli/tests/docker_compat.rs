@@ -261,3 +261,84 @@ fn proxy_build_args_lead_forges_proxy_through_the_users_proxy() {
         "the proxy argument is in the image:\n{text}"
     );
 }
+
+/// The names a tar holds.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(bytes);
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// docker's output forms: `-o DIR` (the filesystem into DIR), `-o type=tar,dest=F` (the filesystem
+/// as one tar), `-o -` (that tar on standard output, and then nothing else there), and one output at
+/// most on standard output.
+#[test]
+fn output_shorthands_and_tars_on_stdout() {
+    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
+        return;
+    }
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-outputs");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN echo out > /made-here\n"),
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+
+    let dir = ws.path().join("as-dir");
+    let o = forge(&root, &["build", "-q", "-o", &dir.to_string_lossy(), &c]);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(fs::read_to_string(dir.join("made-here")).unwrap(), "out\n");
+
+    let file = ws.path().join("fs.tar");
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=tar,dest={}", file.display()),
+            &c,
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let names = tar_names(&fs::read(&file).unwrap());
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "made-here"),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "bin/busybox"),
+        "{names:?}"
+    );
+
+    let o = forge(&root, &["build", "-q", "-o", "-", &c]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names = tar_names(&o.stdout);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "made-here"),
+        "{names:?}"
+    );
+    assert!(
+        o.stdout.ends_with(&[0u8; 1024]),
+        "something follows the tar on standard output"
+    );
+
+    let o = forge(&root, &["build", "-o", "type=oci,dest=-", "-o", "-", &c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(printed(&o).contains("only one --output may write to standard output"));
+}

@@ -386,6 +386,23 @@ impl Session {
                     let mounted = Mounted::mount(&mounts, scratch.export())?;
                     export::export_local(mounted.path(), dest)?;
                 }
+                Export::Tar(dest) => {
+                    // An empty image (FROM scratch with nothing added) is an empty directory.
+                    let empty = scratch.export().join("empty");
+                    match executor.ensure_snapshot(&layers).await? {
+                        Some(name) => {
+                            let mounts = self.snapshots.mounts(&name)?;
+                            let mounted = Mounted::mount(&mounts, scratch.export())?;
+                            export::write_fs_tar(mounted.path(), dest)?;
+                        }
+                        None => {
+                            std::fs::create_dir_all(&empty).map_err(|e| {
+                                BuildError::Invalid(format!("creating {}: {e}", empty.display()))
+                            })?;
+                            export::write_fs_tar(&empty, dest)?;
+                        }
+                    }
+                }
                 Export::Image { .. } => {}
             }
         }

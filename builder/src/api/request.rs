@@ -169,6 +169,8 @@ pub enum Export {
     DockerTar(PathBuf),
     /// The image's filesystem as plain files in a directory.
     Local(PathBuf),
+    /// The image's filesystem as one tar file (`-` for standard output).
+    Tar(PathBuf),
     /// The store under the request's tags, and their registries when `push`; with Docker's media
     /// types when `oci_mediatypes` is false.
     Image { push: bool, oci_mediatypes: bool },

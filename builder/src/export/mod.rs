@@ -20,7 +20,8 @@ pub use image::{
 };
 pub use local::export_local;
 pub use write::{
-    write_docker_tar, write_docker_tar_to, write_oci_dir, write_oci_tar, write_oci_tar_to,
+    is_stdout, write_docker_tar, write_docker_tar_to, write_fs_tar, write_oci_dir, write_oci_tar,
+    write_oci_tar_to,
 };
 
 /// An export that cannot be done.

@@ -219,7 +219,15 @@ pub fn write_oci_tar_to(
 
 /// [`write_oci_tar_to`] into the file `dest`, replaced atomically.
 pub fn write_oci_tar(image: &Image, names: &[String], dest: &Path) -> Result<(), ExportError> {
+    if is_stdout(dest) {
+        return write_oci_tar_to(image, names, std::io::stdout().lock());
+    }
     write_atomic(dest, |f| write_oci_tar_to(image, names, f))
+}
+
+/// `dest=-`: the tar goes to standard output (for `| docker load`, `| tar t`).
+pub fn is_stdout(dest: &Path) -> bool {
+    dest == Path::new("-")
 }
 
 /// Writes the tar `docker load` reads (`-o type=docker,dest=FILE.tar`): `manifest.json`
@@ -237,7 +245,30 @@ pub fn write_docker_tar_to(
 
 /// [`write_docker_tar_to`] into the file `dest`, replaced atomically.
 pub fn write_docker_tar(image: &Image, names: &[String], dest: &Path) -> Result<(), ExportError> {
+    if is_stdout(dest) {
+        return write_docker_tar_to(image, names, std::io::stdout().lock());
+    }
     write_atomic(dest, |f| write_docker_tar_to(image, names, f))
+}
+
+/// `-o type=tar,dest=FILE`: the image's filesystem (`rootfs`, mounted) as one tar, entries named
+/// from its root, links kept as links; `-` for standard output.
+pub fn write_fs_tar(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
+    let fill = |out: &mut dyn Write| -> Result<(), ExportError> {
+        let mut tar = tar::Builder::new(out);
+        tar.follow_symlinks(false);
+        tar.mode(tar::HeaderMode::Complete);
+        tar.append_dir_all(".", rootfs)
+            .map_err(io_err("archiving", rootfs))?;
+        tar.into_inner()
+            .map_err(io_err("writing", dest))?
+            .flush()
+            .map_err(io_err("writing", dest))
+    };
+    if is_stdout(dest) {
+        return fill(&mut std::io::stdout().lock());
+    }
+    write_atomic(dest, |f| fill(f))
 }
 
 fn write_tar(
