@@ -42,8 +42,8 @@ BASE=${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}
 REGISTRY=${BASE%%/*}
 BENCH_USER=${FORGE_BENCH_USER:-}
 JOBS=$(nproc)
-# shellcheck source=benches/lib/dockerd.sh
-source "$ROOT/benches/lib/dockerd.sh"
+# shellcheck source=benches/lib/common.sh
+source "$ROOT/benches/lib/common.sh"
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: run as root (it installs packages and starts a private dockerd)" >&2; exit 2; }
 case "$REGISTRY" in
@@ -51,38 +51,14 @@ case "$REGISTRY" in
   *) echo "build.sh: the base image must come from a loopback registry, not $REGISTRY" >&2; exit 2 ;;
 esac
 
-install_missing() {
-  local pkgs=() guard="" status=0
-  { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || pkgs+=(docker.io)
-  command -v buildah >/dev/null || pkgs+=(buildah)
-  command -v hyperfine >/dev/null || pkgs+=(hyperfine)
-  command -v python3 >/dev/null || pkgs+=(python3)
-  [ ${#pkgs[@]} = 0 ] && return 0
-  echo "installing from Debian: ${pkgs[*]}"
-  # The docker.io package would start a system dockerd with a bridge network; policy-rc.d's 101
-  # tells the maintainer scripts not to start any service.
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 0755 /usr/sbin/policy-rc.d
-    guard=1
-  fi
-  apt-get update -qq || status=$?
-  [ "$status" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" || status=$?; }
-  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
-  [ "$status" = 0 ] || { echo "build.sh: apt-get failed ($status)" >&2; exit 1; }
-  if [[ " ${pkgs[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
-    systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
-  fi
-}
-install_missing
+missing=()
+{ [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)
+command -v buildah >/dev/null || missing+=(buildah)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v python3 >/dev/null || missing+=(python3)
+install_quietly "${missing[@]}" || exit 1
 
-if [ -n "${FORGE_BIN:-}" ]; then
-  forge_src=$FORGE_BIN
-else
-  (cd "$ROOT" && cargo build --release --quiet -p forge)
-  forge_src=${CARGO_TARGET_DIR:-$ROOT/target}/release/forge
-fi
-[ -x "$forge_src" ] || { echo "build.sh: no forge binary at $forge_src" >&2; exit 1; }
+forge_src=$(forge_binary build.sh) || exit 1
 
 WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-build.XXXXXX")
 chmod 0755 "$WORK"
@@ -96,9 +72,7 @@ cleanup() {
   stop_dockerd
   # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
   # home bind-mounted), deepest first.
-  awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-    umount -l "$m"
-  done
+  unmount_under "$WORK"
   if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

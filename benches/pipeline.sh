@@ -29,8 +29,8 @@ WARMUP=${BENCH_WARMUP:-1}
 BASE=${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}
 REGISTRY=${BASE%%/*}
 BENCH_USER=${FORGE_BENCH_USER:-}
-# shellcheck source=benches/lib/dockerd.sh
-source "$ROOT/benches/lib/dockerd.sh"
+# shellcheck source=benches/lib/common.sh
+source "$ROOT/benches/lib/common.sh"
 
 [ "$(id -u)" = 0 ] || { echo "pipeline.sh: run as root (it starts a private dockerd)" >&2; exit 2; }
 case "$REGISTRY" in
@@ -44,13 +44,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 install_quietly "${missing[@]}" || exit 1
 
-if [ -n "${FORGE_BIN:-}" ]; then
-  forge_src=$FORGE_BIN
-else
-  (cd "$ROOT" && cargo build --release --quiet -p forge)
-  forge_src=${CARGO_TARGET_DIR:-$ROOT/target}/release/forge
-fi
-[ -x "$forge_src" ] || { echo "pipeline.sh: no forge binary at $forge_src" >&2; exit 1; }
+forge_src=$(forge_binary pipeline.sh) || exit 1
 
 WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-pipeline.XXXXXX")
 chmod 0755 "$WORK"
@@ -59,9 +53,7 @@ cleanup() {
   set +e
   $DOCKER ps -aq --filter label=forge-bench | xargs -r $DOCKER rm -f >/dev/null 2>&1
   stop_dockerd
-  awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-    umount -l "$m"
-  done
+  unmount_under "$WORK"
   if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

@@ -20,6 +20,22 @@ pub use encode::Encoder;
 /// The platform type is the snapshotter's (the registry picks images by it); the graph hashes it.
 pub use forge_snapshotter::platform::Platform;
 
+/// The build arguments BuildKit predefines for proxies. They are the contract between the frontend
+/// and the executor: the frontend accepts them without an ARG and keeps them out of every vertex
+/// (so out of every key and the image); the executor gives them to RUN steps when they run.
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// A vertex's identity: blake3 over its [`encode`]d op (inputs included by digest).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VertexId(pub [u8; 32]);

@@ -468,23 +468,12 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ));
     }
     let to_stdout = stdout_exports == 1;
-    let root = match &args.root {
-        Some(r) => r.clone(),
-        None => default_root().map_err(|e| failed(format!("error: {e}")))?,
-    };
-    let runner = match args.runner {
-        RunnerArg::Embedded => RunnerChoice::Embedded,
-        RunnerArg::Containerd => RunnerChoice::Containerd {
-            address: args.containerd_address.clone(),
-        },
-    };
-    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
-    let session = Session::open(SessionOptions {
-        root,
-        insecure_registries: args.insecure.clone(),
-        runner,
-    })
-    .map_err(|e| failed(format!("error: {e}")))?;
+    let session = open_session(
+        args.root.as_deref(),
+        &args.insecure,
+        args.runner,
+        args.containerd_address.as_ref(),
+    )?;
     // `forge build -`: the context (or a lone Dockerfile) from standard input, kept until the
     // build is over.
     let _streamed = if args.graph.context == Path::new("-") {
@@ -532,6 +521,33 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         }
         Err(failure) => Err(failed(render_error(&failure.error, mode))),
     }
+}
+
+/// The session `forge build` and `forge run` work in: the store at `root` (or the default one),
+/// the registries, and the runner, with the process prepared for it.
+pub(crate) fn open_session(
+    root: Option<&Path>,
+    insecure: &[String],
+    runner: RunnerArg,
+    containerd_address: Option<&PathBuf>,
+) -> Result<Session, Failure> {
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => default_root().map_err(|e| failed(format!("error: {e}")))?,
+    };
+    let runner = match runner {
+        RunnerArg::Embedded => RunnerChoice::Embedded,
+        RunnerArg::Containerd => RunnerChoice::Containerd {
+            address: containerd_address.cloned(),
+        },
+    };
+    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
+    Session::open(SessionOptions {
+        root,
+        insecure_registries: insecure.to_vec(),
+        runner,
+    })
+    .map_err(|e| failed(format!("error: {e}")))
 }
 
 /// A build error as the terminal shows it: a Dockerfile error with its line and a caret, any other

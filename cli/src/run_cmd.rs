@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use forge_builder::api::{RunnerChoice, Session, SessionOptions, prepare_process};
 use forge_builder::pipeline::history::{History, JobResult, LogWriter, RunHandle, RunResult};
 use forge_builder::pipeline::run::{PipelineEvent, RunOptions, RunReport};
 use forge_builder::pipeline::{
@@ -18,7 +17,7 @@ use forge_builder::pipeline::{
 use forge_builder::solver::CancellationToken;
 use forge_snapshotter::store::default_root;
 
-use crate::build_cmd::{Entitlement, RunnerArg, cancel_on_signal};
+use crate::build_cmd::{Entitlement, RunnerArg, cancel_on_signal, open_session};
 use crate::{Failure, display_name, failed, read, usage};
 
 #[derive(Args)]
@@ -209,19 +208,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     );
     options.builtins = builtins;
     let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
-    let runner = match args.runner {
-        RunnerArg::Embedded => RunnerChoice::Embedded,
-        RunnerArg::Containerd => RunnerChoice::Containerd {
-            address: args.containerd_address.clone(),
-        },
-    };
-    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
-    let session = Session::open(SessionOptions {
-        root,
-        insecure_registries: args.insecure.clone(),
-        runner,
-    })
-    .map_err(|e| failed(format!("error: {e}")))?;
+    let session = open_session(
+        Some(&root),
+        &args.insecure,
+        args.runner,
+        args.containerd_address.as_ref(),
+    )?;
     run_options.jobs = run_options.jobs.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -262,7 +262,7 @@ impl Session {
                 proxy_args: request
                     .build_args
                     .iter()
-                    .filter(|(k, _)| crate::ops::run::PROXY_ARGS.contains(&k.as_str()))
+                    .filter(|(k, _)| crate::graph::PROXY_ARGS.contains(&k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             },

@@ -92,22 +92,27 @@ pub fn make_image_at(
     let created = created.to_string();
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let doc = config::image_config_file(&cfg, &diff_ids, &created);
-    let blobs =
-        layers
-            .iter()
-            .map(|l| {
-                Ok(LayerBlob {
-                    path: store.blob_path(&l.digest),
-                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
-                        ExportError::Invalid(format!("layer digest {}: {e}", l.digest))
-                    })?,
-                    diff_id: l.diff_id.clone(),
-                    size: l.size,
-                    media_type: MediaType::from(l.media_type.as_str()),
-                })
+    super::assemble_json(&doc, layer_blobs(store, layers)?, options)
+}
+
+/// The store's blobs of `layers`, as an image assembly reads them.
+fn layer_blobs(store: &Store, layers: &[Layer]) -> Result<Vec<LayerBlob>, ExportError> {
+    layers
+        .iter()
+        .map(|l| {
+            Ok(LayerBlob {
+                path: store.blob_path(&l.digest),
+                digest: l
+                    .digest
+                    .to_string()
+                    .parse::<Digest>()
+                    .map_err(|e| ExportError::Invalid(format!("layer digest {}: {e}", l.digest)))?,
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+                media_type: MediaType::from(l.media_type.as_str()),
             })
-            .collect::<Result<Vec<_>, ExportError>>()?;
-    super::assemble_json(&doc, blobs, options)
+        })
+        .collect()
 }
 
 fn blob_digest(d: &Digest) -> Result<BlobDigest, ExportError> {
@@ -247,21 +252,7 @@ pub async fn stored_for_push(
     }
     let doc: super::json::Ordered = serde_json::from_slice(&config_json)
         .map_err(|e| ExportError::Invalid(format!("{reference}: its config: {e}")))?;
-    let blobs =
-        pushable
-            .iter()
-            .map(|l| {
-                Ok(LayerBlob {
-                    path: store.blob_path(&l.digest),
-                    digest: l.digest.to_string().parse::<Digest>().map_err(|e| {
-                        ExportError::Invalid(format!("layer digest {}: {e}", l.digest))
-                    })?,
-                    diff_id: l.diff_id.clone(),
-                    size: l.size,
-                    media_type: MediaType::from(l.media_type.as_str()),
-                })
-            })
-            .collect::<Result<Vec<_>, ExportError>>()?;
+    let blobs = layer_blobs(store, &pushable)?;
     let format = if record.manifest.media_type.contains("docker") {
         super::ManifestFormat::Docker
     } else {

@@ -32,7 +32,7 @@ use crate::source::context::{ContextError, ContextSnapshot};
 
 mod files;
 mod mount;
-pub(crate) mod run;
+mod run;
 
 use files::{TestLogWriter, populate_view, tar_artifacts};
 pub use mount::Mounted;

@@ -281,7 +281,7 @@ impl BuildExecutor {
                 // lead a sandboxed step past forge's proxy to an address it cannot reach.
                 .filter(|(k, v)| {
                     !(proxy_upstream.is_some()
-                        && PROXY_ARGS.contains(&k.as_str())
+                        && crate::graph::PROXY_ARGS.contains(&k.as_str())
                         && self
                             .cfg
                             .proxy_args
@@ -401,20 +401,6 @@ impl BuildExecutor {
         Ok(Built::Fs { layers })
     }
 }
-
-/// The predefined proxy build arguments (BuildKit's), given to RUN steps without an ARG.
-pub const PROXY_ARGS: [&str; 10] = [
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "FTP_PROXY",
-    "ftp_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-];
 
 /// The upstream of forge's proxy, and variables for the step's environment.
 type ProxySetting = (

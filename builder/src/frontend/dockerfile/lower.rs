@@ -161,21 +161,9 @@ fn builtin_frontend(value: &str) -> bool {
     matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream")
 }
 
-/// Build arguments Docker accepts without an ARG and never warns about.
-const BUILTIN_ARGS: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "FTP_PROXY",
-    "ftp_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "BUILDKIT_SYNTAX",
-    "SOURCE_DATE_EPOCH",
-];
+/// Build arguments Docker accepts without an ARG and never warns about, besides the proxy ones
+/// ([`crate::graph::PROXY_ARGS`]).
+const BUILTIN_ARGS: &[&str] = &["BUILDKIT_SYNTAX", "SOURCE_DATE_EPOCH"];
 
 /// An ordered environment where setting a key moves it to the end (LLB's `AddOrReplace`).
 #[derive(Debug, Clone, Default)]
@@ -560,6 +548,7 @@ pub fn lower_typed(
         .filter(|k| {
             !declared.contains(*k)
                 && !BUILTIN_ARGS.contains(&k.as_str())
+                && !crate::graph::PROXY_ARGS.contains(&k.as_str())
                 && defaults.get(k).is_none()
         })
         .map(|k| format!("build argument {k:?} was not consumed by any ARG"))

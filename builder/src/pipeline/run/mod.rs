@@ -749,18 +749,21 @@ impl Runner {
         }
     }
 
+    fn image_plan(&self, name: &str) -> Result<&super::plan::ImagePlan, String> {
+        self.plan
+            .images
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| format!("no image {name}"))
+    }
+
     async fn build(
         &self,
         name: &str,
         stage: Option<&str>,
         inputs: &HashMap<Node, Left>,
     ) -> Result<BuiltImage, String> {
-        let plan = self
-            .plan
-            .images
-            .iter()
-            .find(|i| i.name == name)
-            .ok_or_else(|| format!("no image {name}"))?;
+        let plan = self.image_plan(name)?;
         let shown = build_name(name, stage);
         self.emit(PipelineEvent::ImageStarted {
             image: shown.clone(),
@@ -865,12 +868,7 @@ impl Runner {
     }
 
     async fn push(&self, name: &str, inputs: &HashMap<Node, Left>) -> Result<Vec<String>, String> {
-        let plan = self
-            .plan
-            .images
-            .iter()
-            .find(|i| i.name == name)
-            .ok_or_else(|| format!("no image {name}"))?;
+        let plan = self.image_plan(name)?;
         let Some(Left::Image(b)) = inputs.get(&Node::Build(name.into(), None)) else {
             return Err(format!("image {name} was not built"));
         };

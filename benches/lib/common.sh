@@ -1,5 +1,9 @@
-# Sourced by the bench scripts: a private, loopback-only dockerd for a peer run side by side.
-#   start_dockerd WORKDIR REGISTRY
+# Sourced by the bench scripts: what each needs around the timed commands.
+#   forge_binary NAME     the forge binary to time ($FORGE_BIN, else a release build); prints its path
+#   unmount_under DIR     unmounts whatever is mounted below DIR, deepest first
+#   install_quietly PKG.. installs Debian packages without starting their services
+#   start_dockerd WORKDIR REGISTRY, stop_dockerd: a private, loopback-only dockerd for a peer run
+#     side by side.
 # Data root, exec root, pidfile and unix socket live under WORKDIR/docker; no TCP listener,
 # `--bridge=none --iptables=false`: containers get no network but their own (or another
 # container's, with --network container:ID). REGISTRY (a loopback host:port) is insecure (plain
@@ -54,4 +58,26 @@ install_quietly() {
   if [[ " $* " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
     systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
   fi
+}
+
+# The forge binary a bench times: $FORGE_BIN, else `cargo build --release -p forge` in the
+# checkout at $ROOT. NAME is the calling script's, for the error.
+forge_binary() {
+  local name=$1 bin
+  if [ -n "${FORGE_BIN:-}" ]; then
+    bin=$FORGE_BIN
+  else
+    (cd "$ROOT" && cargo build --release --quiet -p forge) || return 1
+    bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/forge
+  fi
+  [ -x "$bin" ] || { echo "$name: no forge binary at $bin" >&2; return 1; }
+  echo "$bin"
+}
+
+# Unmounts whatever the engines left mounted below DIR (containers/storage keeps its overlay home
+# bind-mounted), deepest first.
+unmount_under() {
+  awk -v w="$1/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m"
+  done
 }
