@@ -45,11 +45,7 @@ JOBS=$(nproc)
 # shellcheck source=benches/lib/common.sh
 source "$ROOT/benches/lib/common.sh"
 
-[ "$(id -u)" = 0 ] || { echo "build.sh: run as root (it installs packages and starts a private dockerd)" >&2; exit 2; }
-case "$REGISTRY" in
-  127.* | localhost | localhost:*) ;;
-  *) echo "build.sh: the base image must come from a loopback registry, not $REGISTRY" >&2; exit 2 ;;
-esac
+require_root_and_loopback build.sh "$REGISTRY"
 
 missing=()
 { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)

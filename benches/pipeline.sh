@@ -32,11 +32,7 @@ BENCH_USER=${FORGE_BENCH_USER:-}
 # shellcheck source=benches/lib/common.sh
 source "$ROOT/benches/lib/common.sh"
 
-[ "$(id -u)" = 0 ] || { echo "pipeline.sh: run as root (it starts a private dockerd)" >&2; exit 2; }
-case "$REGISTRY" in
-  127.* | localhost | localhost:*) ;;
-  *) echo "pipeline.sh: the base image must come from a loopback registry, not $REGISTRY" >&2; exit 2 ;;
-esac
+require_root_and_loopback pipeline.sh "$REGISTRY"
 missing=()
 { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)
 command -v hyperfine >/dev/null || missing+=(hyperfine)

@@ -1,4 +1,6 @@
 # Sourced by the bench scripts: what each needs around the timed commands.
+#   require_root_and_loopback NAME REGISTRY   exits unless root, with a loopback registry (the
+#                         network rule: benches talk to 127.0.0.0/8 only)
 #   forge_binary NAME     the forge binary to time ($FORGE_BIN, else a release build); prints its path
 #   unmount_under DIR     unmounts whatever is mounted below DIR, deepest first
 #   install_quietly PKG.. installs Debian packages without starting their services
@@ -80,4 +82,13 @@ unmount_under() {
   awk -v w="$1/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m"
   done
+}
+
+require_root_and_loopback() {
+  local name=$1 registry=$2
+  [ "$(id -u)" = 0 ] || { echo "$name: run as root (it installs packages and starts a private dockerd)" >&2; exit 2; }
+  case "$registry" in
+    127.* | localhost | localhost:*) ;;
+    *) echo "$name: the base image must come from a loopback registry, not $registry" >&2; exit 2 ;;
+  esac
 }

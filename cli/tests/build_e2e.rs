@@ -55,14 +55,6 @@ fn containerd() -> Option<String> {
     Some(address.to_string_lossy().into_owned())
 }
 
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -361,7 +353,7 @@ fn ctr_run(address: &str, reference: &str) -> String {
         |rest: &[&str]| -> Vec<String> { base.iter().chain(rest).map(|s| s.to_string()).collect() };
     let args = with(&["images", "pull", "--plain-http", reference]);
     judge("ctr", &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let id = format!("forge-e2e-{}", unique());
+    let id = format!("forge-e2e-{}", forge_testsupport::unique());
     let args = with(&["run", "--rm", reference, &id]);
     let out = judge("ctr", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let args = with(&["images", "rm", reference]);
@@ -865,7 +857,7 @@ fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
     let user = m.user.clone();
     let scratch = Scratch::new(Some(&user));
     let ctx = scratch.context("full", "ctx", Some(&user));
-    let tag = unique();
+    let tag = forge_testsupport::unique();
     let reference = format!("{}/forge-e2e/full:rootless-{tag}", m.registry);
     // A second name in another repository: every -t is pushed.
     let other = format!("{}/forge-e2e/full-copy:rootless-{tag}", m.registry);
@@ -909,7 +901,11 @@ fn root_build_with_the_containerd_runner_gives_the_same_image() {
     let Some(address) = containerd() else { return };
     let scratch = Scratch::new(None);
     let ctx = scratch.context("full", "ctx", None);
-    let reference = format!("{}/forge-e2e/full:containerd-{}", m.registry, unique());
+    let reference = format!(
+        "{}/forge-e2e/full:containerd-{}",
+        m.registry,
+        forge_testsupport::unique()
+    );
     let mut args = full_build_args(&m);
     args.extend([
         "--progress=plain".into(),
@@ -1283,7 +1279,11 @@ fn add_of_a_local_tar_keeps_the_archives_owners() {
     let user = m.user.clone();
     let scratch = Scratch::new(Some(&user));
     let ctx = scratch.context("add-tar", "ctx", Some(&user));
-    let reference = format!("{}/forge-e2e/add-tar:{}", m.registry, unique());
+    let reference = format!(
+        "{}/forge-e2e/add-tar:{}",
+        m.registry,
+        forge_testsupport::unique()
+    );
     let args = [
         format!("--build-arg=BASE={}", m.busybox),
         "--progress=plain".into(),

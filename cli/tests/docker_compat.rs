@@ -6,26 +6,37 @@ use std::fs;
 
 use common::{forge, printed};
 
+/// A build workspace: a scratch dir with a store and a context whose Dockerfile is `FROM` the
+/// busybox test image followed by `rest`; `None` (after a SKIP line) without root or busybox.
+struct Workspace {
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    ctx: std::path::PathBuf,
+}
+
+fn workspace(name: &str, rest: &str) -> Option<Workspace> {
+    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
+        return None;
+    }
+    let image = forge_testsupport::busybox_image()?;
+    let dir = forge_testsupport::scratch(name);
+    let root = dir.path().join("store");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), format!("FROM {image}\n{rest}")).unwrap();
+    Some(Workspace { dir, root, ctx })
+}
+
 /// `--add-host NAME:IP` puts the name in every RUN step's /etc/hosts, is part of the step's key
 /// (another address runs the step again, as BuildKit does), and refuses what docker's daemon
 /// would resolve itself (`host-gateway`) or what is no address.
 #[test]
 fn add_host_reaches_run_steps_and_their_cache_key() {
-    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
-        return;
-    }
-    let Some(image) = forge_testsupport::busybox_image() else {
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-add-host", "RUN cat /etc/hosts > /hosts.txt\n")
+    else {
         return;
     };
-    let ws = forge_testsupport::scratch("forge-add-host");
-    let root = ws.path().join("store");
-    let ctx = ws.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN cat /etc/hosts > /hosts.txt\n"),
-    )
-    .unwrap();
     let build = |host: &str, out: &str| {
         let dest = ws.path().join(out);
         let o = forge(
@@ -71,23 +82,17 @@ fn add_host_reaches_run_steps_and_their_cache_key() {
 /// SOURCE_DATE_EPOCH=N` (BuildKit's form) fixes the image's time and stays a build argument.
 #[test]
 fn a_bare_label_is_empty_and_source_date_epoch_comes_as_a_build_arg() {
-    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
-        return;
-    }
-    let Some(image) = forge_testsupport::busybox_image() else {
+    let Some(Workspace {
+        dir: _ws,
+        root,
+        ctx,
+    }) = workspace(
+        "forge-label-epoch",
+        "ARG SOURCE_DATE_EPOCH\nRUN echo \"epoch $SOURCE_DATE_EPOCH\" > /epoch\n",
+    )
+    else {
         return;
     };
-    let ws = forge_testsupport::scratch("forge-label-epoch");
-    let root = ws.path().join("store");
-    let ctx = ws.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {image}\nARG SOURCE_DATE_EPOCH\nRUN echo \"epoch $SOURCE_DATE_EPOCH\" > /epoch\n"
-        ),
-    )
-    .unwrap();
     let o = forge(
         &root,
         &[
@@ -199,22 +204,13 @@ fn upstream_proxy(body: &'static str) -> (u16, std::sync::Arc<std::sync::Mutex<V
 /// step's key (another proxy address reuses the step) nor the image.
 #[test]
 fn proxy_build_args_lead_forges_proxy_through_the_users_proxy() {
-    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
-        return;
-    }
-    let Some(image) = forge_testsupport::busybox_image() else {
+    let Some(Workspace { dir: ws, root, ctx }) = workspace(
+        "forge-proxy-args",
+        "RUN wget -q -O /got.txt http://forge-upstream.invalid/file\n",
+    ) else {
         return;
     };
     let (port, seen) = upstream_proxy("hello from the upstream proxy");
-    let ws = forge_testsupport::scratch("forge-proxy-args");
-    let root = ws.path().join("store");
-    let ctx = ws.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN wget -q -O /got.txt http://forge-upstream.invalid/file\n"),
-    )
-    .unwrap();
     let build = |proxy_port: u16, out: &str| {
         let dest = ws.path().join(out);
         let o = forge(
@@ -276,21 +272,11 @@ fn tar_names(bytes: &[u8]) -> Vec<String> {
 /// most on standard output.
 #[test]
 fn output_shorthands_and_tars_on_stdout() {
-    if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
-        return;
-    }
-    let Some(image) = forge_testsupport::busybox_image() else {
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-outputs", "RUN echo out > /made-here\n")
+    else {
         return;
     };
-    let ws = forge_testsupport::scratch("forge-outputs");
-    let root = ws.path().join("store");
-    let ctx = ws.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN echo out > /made-here\n"),
-    )
-    .unwrap();
     let c = ctx.to_string_lossy().into_owned();
 
     let dir = ws.path().join("as-dir");

@@ -29,14 +29,6 @@ fn machine() -> Option<Machine> {
     Some(Machine { registry, busybox })
 }
 
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
 /// `forge run ARGS` in `dir` with the store at `root` and `env` added.
 fn forge_run(dir: &Path, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_forge"))
@@ -182,9 +174,9 @@ fn a_pipeline_builds_tests_and_pushes_only_what_passed_and_reruns_only_what_chan
     let ws = forge_testsupport::scratch("forge-pipeline");
     let dir = ws.path().join("repo");
     let root = ws.path().join("store");
-    let repo = format!("pipeline-{}", unique());
+    let repo = format!("pipeline-{}", forge_testsupport::unique());
     write_workspace(&dir, &m, &repo);
-    let secret = format!("s3cret-{}", unique());
+    let secret = format!("s3cret-{}", forge_testsupport::unique());
     let env = [("API_TOKEN", secret.as_str())];
 
     // 1. The first run: everything builds and runs, the image is pushed.
@@ -508,7 +500,7 @@ fn artifacts_from_retry_when_timeout_only_metadata_and_changes_rules() {
     .unwrap();
     fs::write(dir.join("docs/index.md"), "docs v1\n").unwrap();
     fs::write(dir.join(".gitignore"), "forge-artifacts/\nmeta.json\n").unwrap();
-    let repo = format!("semantics-{}", unique());
+    let repo = format!("semantics-{}", forge_testsupport::unique());
     let runtime_tag = format!("{}/{repo}/runtime:1", m.registry);
     fs::write(
         dir.join("forge.yaml"),

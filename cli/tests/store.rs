@@ -234,11 +234,10 @@ fn tag_push_and_inspect_an_image_of_the_store() {
     );
     assert!(built.status.success(), "{}", text(&built.stderr));
 
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let remote = format!("{registry}/store-tests/tagged:{nanos}");
+    let remote = format!(
+        "{registry}/store-tests/tagged:{}",
+        forge_testsupport::unique()
+    );
     let tagged = forge(root.path(), &["tag", "local/tagged:1", &remote]);
     assert!(tagged.status.success(), "{}", text(&tagged.stderr));
     let listed = text(&forge(root.path(), &["images"]).stdout);

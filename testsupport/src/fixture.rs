@@ -168,3 +168,13 @@ impl Context {
         self.dir
     }
 }
+
+/// A name no other run of any test shares (process id and nanoseconds): for registry
+/// repositories and other names outside a scratch directory.
+pub fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}

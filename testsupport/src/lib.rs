@@ -31,5 +31,5 @@ pub use check::{
 };
 pub use fixture::{
     BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,
-    shared_scratch, walk,
+    shared_scratch, unique, walk,
 };
