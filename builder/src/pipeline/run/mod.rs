@@ -7,19 +7,19 @@
 //!
 //! The parts: [`job`] solves one job as a test step through the cache; `jobs.rs` prepares a job
 //! (its image, the artifact layers it receives, its variables, secrets and services) and keeps
-//! what it leaves; [`artifacts`] selects, extracts and lays artifacts.
+//! what it leaves; [`artifacts`] selects, extracts and lays artifacts; [`report`] holds what a
+//! run is asked and what it tells.
 
 mod artifacts;
 mod job;
 mod jobs;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use forge_snapshotter::store::Descriptor;
-use serde::Serialize;
 
 use super::file::{Network, RetryWhen, When};
 use super::history::JobResult;
@@ -31,146 +31,7 @@ use crate::export::config;
 use crate::solver::CancellationToken;
 use crate::source::image::{BaseImage, base_image};
 pub use job::script_program;
-
-/// What `forge run` asks of a run, besides the plan.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// The directory the pipeline file is in: image contexts are relative to it.
-    pub base_dir: PathBuf,
-    /// Most jobs (and image builds) at once.
-    pub jobs: usize,
-    /// Artifacts are copied out below `DIR/JOB/`.
-    pub artifacts_dir: PathBuf,
-    /// Secret values by name; never hashed, printed or stored.
-    pub secrets: HashMap<String, Vec<u8>>,
-    /// Run every build step and job, reusing no recorded result.
-    pub no_cache: bool,
-    /// Run only these jobs (expanded or written names) and what they need; empty runs all.
-    pub only: Vec<String>,
-    /// `--allow network.host`: jobs with `network: host` may run.
-    pub allow_network_host: bool,
-}
-
-/// Something that happened during a run, for the caller to show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum PipelineEvent {
-    ImageStarted {
-        image: String,
-    },
-    /// A line of an image build (a step's output, a warning).
-    ImageLine {
-        image: String,
-        line: String,
-    },
-    ImageBuilt {
-        image: String,
-        digest: String,
-        steps_run: usize,
-        steps_cached: usize,
-    },
-    ImageFailed {
-        image: String,
-        error: String,
-    },
-    JobStarted {
-        job: String,
-    },
-    /// A line the job printed (masked); `cached`: replayed from the recorded run.
-    JobLine {
-        job: String,
-        line: String,
-        cached: bool,
-    },
-    JobFinished {
-        job: String,
-        result: JobResult,
-        exit_code: Option<i32>,
-        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
-        duration: Duration,
-        /// Why it has no exit status, or why its artifacts could not be kept.
-        error: Option<String>,
-    },
-    JobSkipped {
-        job: String,
-        reason: String,
-    },
-    Pushed {
-        image: String,
-        references: Vec<String>,
-        digest: String,
-    },
-    /// The image's tags were not pushed: these jobs did not pass.
-    Held {
-        image: String,
-        tags: Vec<String>,
-        because: Vec<String>,
-    },
-    PushFailed {
-        image: String,
-        error: String,
-    },
-}
-
-/// Where a run's events go.
-pub type Sink = Arc<dyn Fn(PipelineEvent) + Send + Sync>;
-
-/// A job's end, in the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobReport {
-    pub name: String,
-    pub result: JobResult,
-    pub exit_code: Option<i32>,
-    pub duration_ms: u64,
-    /// Why it failed without an exit status, or why it was skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Its JUnit reports, summed, when it has any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub junit: Option<TestSummary>,
-    /// Where its artifacts were copied, when it kept any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub artifacts: Option<PathBuf>,
-}
-
-/// An image's end, in the report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ImageReport {
-    pub name: String,
-    /// The manifest digest, when it was built.
-    pub digest: Option<String>,
-    /// The references pushed.
-    pub pushed: Vec<String>,
-    /// Tags not pushed because a gating job did not pass.
-    pub held: Vec<String>,
-    /// The jobs that held them.
-    pub held_by: Vec<String>,
-    pub error: Option<String>,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub passed: bool,
-    pub cancelled: bool,
-    pub images: Vec<ImageReport>,
-    pub jobs: Vec<JobReport>,
-    /// Every job's JUnit reports, summed.
-    pub junit: Option<TestSummary>,
-    #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
-    pub duration: Duration,
-}
-
-impl RunReport {
-    /// Jobs that failed (not allowed to).
-    pub fn failed_jobs(&self) -> Vec<&str> {
-        self.jobs
-            .iter()
-            .filter(|j| j.result == JobResult::Failed)
-            .map(|j| j.name.as_str())
-            .collect()
-    }
-}
+pub use report::{ImageReport, JobReport, PipelineEvent, RunOptions, RunReport, Sink};
 
 /// A unit of work of the run.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
