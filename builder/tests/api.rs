@@ -36,6 +36,7 @@ fn session(root: &Path) -> Session {
         root: root.to_path_buf(),
         insecure_registries: Vec::new(),
         runner: RunnerChoice::Embedded,
+        ..SessionOptions::default()
     })
     .expect("session opens")
 }

@@ -22,6 +22,7 @@ fn session(root: &Path, runner: RunnerChoice) -> Session {
         root: root.to_path_buf(),
         insecure_registries: Vec::new(),
         runner,
+        ..SessionOptions::default()
     })
     .expect("session opens")
 }

@@ -25,6 +25,29 @@ pub enum RunnerArg {
     Containerd,
 }
 
+/// `--isolation`: how the embedded runner isolates RUN steps.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum IsolationArg {
+    /// The best mode that works here: namespaces, else chroot (`forge info` shows which).
+    #[default]
+    Auto,
+    /// Mount, PID, network, IPC and UTS namespaces (in a user namespace when not root).
+    Userns,
+    /// chroot into copied snapshots, for containers that allow no namespace and no mount (root in
+    /// a default docker or Kubernetes container); no /proc, the container's network.
+    Chroot,
+}
+
+impl From<IsolationArg> for forge_builder::api::IsolationChoice {
+    fn from(a: IsolationArg) -> Self {
+        match a {
+            IsolationArg::Auto => Self::Auto,
+            IsolationArg::Userns => Self::Userns,
+            IsolationArg::Chroot => Self::Chroot,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum NetworkArg {
     Default,
@@ -115,6 +138,9 @@ pub struct BuildArgs {
     /// What runs RUN steps.
     #[arg(long, value_enum, default_value = "embedded")]
     runner: RunnerArg,
+    /// How the embedded runner isolates RUN steps.
+    #[arg(long, value_enum, env = "FORGE_ISOLATION", default_value = "auto")]
+    isolation: IsolationArg,
     /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
     #[arg(long, value_name = "SOCKET")]
     containerd_address: Option<PathBuf>,
@@ -472,6 +498,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         args.root.as_deref(),
         &args.insecure,
         args.runner,
+        args.isolation,
         args.containerd_address.as_ref(),
     )?;
     // `forge build -`: the context (or a lone Dockerfile) from standard input, kept until the
@@ -529,6 +556,7 @@ pub(crate) fn open_session(
     root: Option<&Path>,
     insecure: &[String],
     runner: RunnerArg,
+    isolation: IsolationArg,
     containerd_address: Option<&PathBuf>,
 ) -> Result<Session, Failure> {
     let root = match root {
@@ -541,11 +569,20 @@ pub(crate) fn open_session(
             address: containerd_address.cloned(),
         },
     };
-    prepare_process(&runner).map_err(|e| failed(format!("error: {e}")))?;
+    let isolation = prepare_process(&runner, isolation.into(), &root.join("run"))
+        .map_err(|e| failed(format!("error: {e}")))?;
+    let limits = isolation.limits();
+    if runner == RunnerChoice::Embedded && !limits.is_empty() {
+        eprintln!("note: RUN steps are isolated with {isolation}, which gives up:");
+        for limit in limits {
+            eprintln!("  - {limit}");
+        }
+    }
     Session::open(SessionOptions {
         root,
         insecure_registries: insecure.to_vec(),
         runner,
+        isolation,
     })
     .map_err(|e| failed(format!("error: {e}")))
 }

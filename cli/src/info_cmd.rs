@@ -61,7 +61,7 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
         }
         Err(e) => format!("none: cannot enter a user namespace: {e}"),
     };
-    line("isolation", isolation);
+    line("user namespace", isolation);
     let root = match &args.root {
         Some(r) => r.clone(),
         None => {
@@ -71,6 +71,49 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&root)
         .map_err(|e| failed(format!("error: cannot create {}: {e}", root.display())))?;
     line("store", format!("{} ({})", root.display(), space(&root)));
+    // What `--isolation auto` would choose, from the same probe a build runs.
+    {
+        use forge_runner::embedded::isolation::{self, IsolationChoice};
+        let probe = isolation::probe(&root.join("run"));
+        match isolation::choose(IsolationChoice::Auto, &probe) {
+            Ok(mode) => {
+                let limits = mode.limits();
+                line(
+                    "isolation",
+                    if limits.is_empty() {
+                        mode.to_string()
+                    } else {
+                        format!("{mode}; it gives up: {}", limits.join("; "))
+                    },
+                );
+            }
+            Err(_) => line("isolation", "none works here".to_string()),
+        }
+        line(
+            "  namespaces",
+            match &probe.namespaces {
+                Ok((proc, network)) => {
+                    let mut v = vec!["work"];
+                    if *proc == isolation::ProcSource::Surrounding {
+                        v.push("with the surrounding /proc (a new one is refused)");
+                    }
+                    if !network {
+                        v.push("without a network of their own (loopback cannot be brought up)");
+                    }
+                    v.join(", ")
+                }
+                Err(e) => format!("refused: {e}"),
+            },
+        );
+        line(
+            "  chroot",
+            match &probe.chroot {
+                Ok(true) => "works, device nodes can be made".to_string(),
+                Ok(false) => "works, but no device node can be made (mknod refused)".to_string(),
+                Err(e) => format!("refused: {e}"),
+            },
+        );
+    }
     let backend = forge_snapshotter::snapshot::probe(&root);
     line(
         "snapshotter",

@@ -207,7 +207,11 @@ fn enter_user_namespace() -> Result<(), Failure> {
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(e) => Err(failed(format!("error: cannot enter a user namespace: {e}"))),
+        Err(e) => Err(failed(format!(
+            "error: cannot enter a user namespace: {e}\n(as a non-root user forge needs one for \
+             any isolation; as root the chroot isolation needs none)\n{}",
+            forge_runner::embedded::isolation::SETTINGS
+        ))),
     }
 }
 

@@ -17,7 +17,7 @@ use forge_builder::pipeline::{
 use forge_builder::solver::CancellationToken;
 use forge_snapshotter::store::default_root;
 
-use crate::build_cmd::{Entitlement, RunnerArg, cancel_on_signal, open_session};
+use crate::build_cmd::{Entitlement, IsolationArg, RunnerArg, cancel_on_signal, open_session};
 use crate::{Failure, display_name, failed, read, usage};
 
 #[derive(Args)]
@@ -69,6 +69,9 @@ pub(crate) struct RunArgs {
     /// What runs the steps and jobs.
     #[arg(long, value_enum, default_value = "embedded")]
     runner: RunnerArg,
+    /// How the embedded runner isolates steps and jobs (auto: the best that works here).
+    #[arg(long, value_enum, env = "FORGE_ISOLATION", default_value = "auto")]
+    isolation: IsolationArg,
     /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
     #[arg(long, value_name = "SOCKET")]
     containerd_address: Option<PathBuf>,
@@ -212,6 +215,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         Some(&root),
         &args.insecure,
         args.runner,
+        args.isolation,
         args.containerd_address.as_ref(),
     )?;
     run_options.jobs = run_options.jobs.max(1);

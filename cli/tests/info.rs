@@ -8,7 +8,11 @@ use common::printed;
 
 fn field<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
-        .find_map(|l| l.strip_prefix(key).filter(|r| r.starts_with(' ')))
+        .find_map(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .filter(|r| r.starts_with(' '))
+        })
         .unwrap_or_else(|| panic!("no {key} line in:\n{out}"))
         .trim()
 }
@@ -32,8 +36,16 @@ fn info_reports_the_isolation_a_build_gets_and_the_store() {
     assert!(o.status.success(), "{out}");
     assert_eq!(field(&out, "user"), "root (uid 0, gid 0)");
     assert_eq!(
-        field(&out, "isolation"),
+        field(&out, "user namespace"),
         "root on the host: no user namespace needed"
+    );
+    // The probe a build runs: on this host, as root, every namespace and a fresh /proc.
+    assert_eq!(field(&out, "isolation"), "namespaces", "{out}");
+    assert_eq!(field(&out, "namespaces"), "work", "{out}");
+    assert_eq!(
+        field(&out, "chroot"),
+        "works, device nodes can be made",
+        "{out}"
     );
     assert!(
         field(&out, "store").starts_with(&root_store.display().to_string()),
@@ -65,7 +77,7 @@ fn info_reports_the_isolation_a_build_gets_and_the_store() {
     );
     let (u, g) = (&user.subuid, &user.subgid);
     assert_eq!(
-        field(&out, "isolation"),
+        field(&out, "user namespace"),
         format!(
             "rootless: a user namespace with uids {}-{} ({} ids) and gids {}-{} ({} ids) mapped",
             u.start,

@@ -67,6 +67,7 @@ pub fn write_layer<W: Write>(
         writer: &mut writer,
         links: HashMap::new(),
         stats: DiffStats::default(),
+        pending: Vec::new(),
     };
     match changes {
         Changes::OverlayUpper(upper) => d.overlay_dir(upper, b"")?,
@@ -82,6 +83,9 @@ struct Differ<'w, W: Write> {
     /// (dev, ino) of multiply-linked files already emitted -> their layer path.
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: DiffStats,
+    /// Unchanged directories on the way down (compare mode), written only if something below them
+    /// is: an overlay upper holds the same copied-up parents, so both backends give one layer.
+    pending: Vec<(PathBuf, Vec<u8>, Option<Node>)>,
 }
 
 /// A directory's children in the order their full paths sort: a directory `d` sorts as `d/`.
@@ -192,7 +196,29 @@ fn node(path: &Path) -> Result<Node, DiffError> {
 }
 
 impl<W: Write> Differ<'_, W> {
+    /// Writes the pending parents not written yet, outermost first.
+    fn flush_parents(&mut self) -> Result<(), DiffError> {
+        for i in 0..self.pending.len() {
+            if let Some(n) = self.pending[i].2.take() {
+                let (path, rel) = (self.pending[i].0.clone(), self.pending[i].1.clone());
+                self.emit_entry(&path, &rel, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, rel: &[u8]) -> Result<(), DiffError> {
+        self.flush_parents()?;
+        self.stats.whiteouts += 1;
+        Ok(self.writer.append_whiteout(rel)?)
+    }
+
     fn emit(&mut self, path: &Path, rel: &[u8], n: Node) -> Result<(), DiffError> {
+        self.flush_parents()?;
+        self.emit_entry(path, rel, n)
+    }
+
+    fn emit_entry(&mut self, path: &Path, rel: &[u8], n: Node) -> Result<(), DiffError> {
         self.stats.entries += 1;
         if n.kind != EntryKind::Dir && n.nlink > 1 {
             if let Some(first) = self.links.get(&n.dev_ino) {
@@ -272,10 +298,7 @@ impl<W: Write> Differ<'_, W> {
             let upath = child(upper, &name);
             let in_upper = upper_names.contains(&name);
             match (in_upper, lower_names.get(&name)) {
-                (false, _) => {
-                    self.stats.whiteouts += 1;
-                    self.writer.append_whiteout(&crel)?;
-                }
+                (false, _) => self.whiteout(&crel)?,
                 (true, None) => {
                     let n = node(&upath)?;
                     let is_dir = n.kind == EntryKind::Dir;
@@ -289,12 +312,22 @@ impl<W: Write> Differ<'_, W> {
                     let un = node(&upath)?;
                     let ln = node(&lpath)?;
                     let is_dir = un.kind == EntryKind::Dir;
-                    if !same(&un, &ln, &upath, &lpath)? {
+                    let changed = !same(&un, &ln, &upath, &lpath)?;
+                    let pending = if changed {
                         self.emit(&upath, &crel, un)?;
-                    }
+                        false
+                    } else if is_dir {
+                        self.pending.push((upath.clone(), crel.clone(), Some(un)));
+                        true
+                    } else {
+                        false
+                    };
                     if is_dir {
                         let sub_lower = lower_is_dir.then_some(lpath.as_path());
                         self.compare_dir(sub_lower, &upath, &crel)?;
+                    }
+                    if pending {
+                        self.pending.pop();
                     }
                 }
             }

@@ -15,6 +15,7 @@ const REGISTRY_SETUP: &str = ".ci/setup.d/20-registry.sh";
 const IMAGES_SETUP: &str = ".ci/setup.d/20-registry.sh and 30-base-images.sh";
 const USER_SETUP: &str = ".ci/setup.d/40-rootless-user.sh";
 const CONTAINERD_SETUP: &str = ".ci/setup.d/50-containerd.sh";
+const DOCKER_SETUP: &str = ".ci/setup.d/60-dockerd.sh";
 
 /// Whether a missing prerequisite fails the test (`FORGE_E2E=require`, as CI sets it) rather than
 /// skipping it.
@@ -343,6 +344,51 @@ pub fn conformance(rel: &str) -> Option<PathBuf> {
         None => skip(format_args!(
             "shared/conformance/buildkit/{rel} not found (set FORGE_SHARED_DIR)"
         )),
+    }
+}
+
+/// A docker client for the private dockerd of `$FORGE_TEST_DOCKER_HOST`, with a client config of its
+/// own (no credentials or plugins of the host's user).
+pub struct Docker {
+    host: String,
+    config: tempfile::TempDir,
+}
+
+impl Docker {
+    /// `docker ARGS` against the test daemon: Debian's client (`/usr/bin/docker`) where installed.
+    pub fn cmd(&self) -> std::process::Command {
+        let client = if Path::new("/usr/bin/docker").exists() {
+            "/usr/bin/docker"
+        } else {
+            "docker"
+        };
+        let mut c = std::process::Command::new(client);
+        c.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", self.config.path());
+        c
+    }
+}
+
+/// The test dockerd (`$FORGE_TEST_DOCKER_HOST`) once `docker version` answers, or `None` after a
+/// SKIP line.
+#[track_caller]
+pub fn docker() -> Option<Docker> {
+    let Ok(host) = std::env::var("FORGE_TEST_DOCKER_HOST") else {
+        return skip(format_args!(
+            "FORGE_TEST_DOCKER_HOST is not set (run {DOCKER_SETUP})"
+        ));
+    };
+    let config = tempfile::tempdir().expect("a client config directory");
+    std::fs::write(config.path().join("config.json"), "{}").expect("write the client config");
+    let docker = Docker { host, config };
+    match docker.cmd().arg("version").output() {
+        Ok(o) if o.status.success() => Some(docker),
+        Ok(o) => skip(format_args!(
+            "dockerd at {} does not answer: {} (run {DOCKER_SETUP})",
+            docker.host,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => skip(format_args!("no docker client: {e}")),
     }
 }
 

@@ -25,9 +25,10 @@ mod fixture;
 pub mod snapshot;
 
 pub use check::{
-    BUSYBOX, IdRange, TestUser, busybox, busybox_image, conformance, containerd, debian_image,
-    image_from_env, is_root, missing, on_path, prerequisite, registry, registry_answers, required,
-    root, root_and_busybox, run, skip, test_user, tool, user_ids, workspace_root,
+    BUSYBOX, Docker, IdRange, TestUser, busybox, busybox_image, conformance, containerd,
+    debian_image, docker, image_from_env, is_root, missing, on_path, prerequisite, registry,
+    registry_answers, required, root, root_and_busybox, run, skip, test_user, tool, user_ids,
+    workspace_root,
 };
 pub use fixture::{
     BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,

@@ -23,7 +23,9 @@ pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
 pub use service::{ServiceHandle, ServiceSpec};
 pub(crate) use session::close_runner;
-pub use session::{RunnerChoice, Session, SessionOptions, prepare_process};
+pub use session::{
+    Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions, prepare_process,
+};
 pub use stream::StreamContext;
 
 use crate::export::ExportError;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use forge_runner::backend::Backend;
+pub use forge_runner::embedded::{Isolation, IsolationChoice};
 use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
 use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind};
 use forge_snapshotter::store::Store;
@@ -29,6 +30,8 @@ pub struct SessionOptions {
     /// Registries (`host[:port]`) that may be reached over plain http; loopback always may.
     pub insecure_registries: Vec<String>,
     pub runner: RunnerChoice,
+    /// How the embedded runner isolates steps, as [`prepare_process`] chose it.
+    pub isolation: Isolation,
 }
 
 /// Everything builds share. Cheap to clone.
@@ -39,6 +42,7 @@ pub struct Session {
     pub(crate) snapshots: Arc<AnySnapshotter>,
     pub(crate) registry: Arc<RegistryClient>,
     pub(crate) runner: RunnerChoice,
+    pub(crate) isolation: Isolation,
 }
 
 impl Session {
@@ -47,7 +51,10 @@ impl Session {
         let root = options.root;
         let store = Store::open(&root)
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
-        let snapshots = AnySnapshotter::open(&root.join("snapshots"), None::<BackendKind>)
+        // Without mounts (the chroot isolation) only copied snapshots can be used.
+        let backend = (!options.isolation.may_mount() && options.runner == RunnerChoice::Embedded)
+            .then_some(BackendKind::Copy);
+        let snapshots = AnySnapshotter::open(&root.join("snapshots"), backend)
             .map_err(|e| BuildError::Invalid(format!("snapshots under {}: {e}", root.display())))?;
         let registry = RegistryClient::new(RegistryConfig {
             insecure: options.insecure_registries,
@@ -59,6 +66,7 @@ impl Session {
             snapshots: Arc::new(snapshots),
             registry: Arc::new(registry),
             runner: options.runner,
+            isolation: options.isolation,
         })
     }
 
@@ -78,16 +86,21 @@ impl Session {
         &self.registry
     }
 
+    /// How the embedded runner isolates steps in this session.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
     /// A runner for one build. Embedded runners are cheap; a containerd runner holds a connection
     /// and a lease, which [`close_runner`] gives back.
     pub(crate) async fn runner(&self) -> Result<Arc<Backend>, BuildError> {
         match &self.runner {
             RunnerChoice::Embedded => {
                 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
-                let r = EmbeddedRunner::new(EmbeddedConfig::new(
-                    self.root.join("run"),
-                    self.root.join("cache-mounts"),
-                ))
+                let r = EmbeddedRunner::new(EmbeddedConfig {
+                    isolation: self.isolation,
+                    ..EmbeddedConfig::new(self.root.join("run"), self.root.join("cache-mounts"))
+                })
                 .map_err(|e| BuildError::Invalid(format!("embedded runner: {e}")))?;
                 Ok(Arc::new(Backend::Embedded(r)))
             }
@@ -132,14 +145,28 @@ pub(crate) async fn close_runner(runner: Arc<Backend>) {
 /// containerd must see the directories it is asked to bind. A server calls this once at start; every
 /// build it runs then shares the namespace, which is why nothing in a build may depend on a mount
 /// another build made.
-pub fn prepare_process(runner: &RunnerChoice) -> Result<(), BuildError> {
+///
+/// It also chooses how the embedded runner isolates steps: `choice`, or with
+/// [`IsolationChoice::Auto`] the best mode a probe finds (scratch directories go under `scratch`).
+/// The chroot isolation makes no mount at all, so it needs no private mount namespace.
+pub fn prepare_process(
+    runner: &RunnerChoice,
+    choice: IsolationChoice,
+    scratch: &Path,
+) -> Result<Isolation, BuildError> {
+    use forge_runner::embedded::isolation;
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, unshare};
-    if *runner != RunnerChoice::Embedded
+    if *runner != RunnerChoice::Embedded {
+        return Ok(Isolation::default());
+    }
+    let chosen =
+        isolation::choose(choice, &isolation::probe(scratch)).map_err(BuildError::Invalid)?;
+    if !chosen.may_mount()
         || !nix::unistd::geteuid().is_root()
         || forge_snapshotter::userns::in_user_namespace()
     {
-        return Ok(());
+        return Ok(chosen);
     }
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| BuildError::Invalid(format!("cannot make a private mount namespace: {e}")))?;
@@ -150,5 +177,6 @@ pub fn prepare_process(runner: &RunnerChoice) -> Result<(), BuildError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| BuildError::Invalid(format!("cannot make mounts private: {e}")))
+    .map_err(|e| BuildError::Invalid(format!("cannot make mounts private: {e}")))?;
+    Ok(chosen)
 }

@@ -59,7 +59,7 @@ pub(crate) async fn prepare(
         )?);
     }
 
-    let resolved = crate::mounts::resolve(mounts, cache_root, step_dir, cancel).await?;
+    let resolved = crate::mounts::resolve(mounts, cache_root, step_dir, true, cancel).await?;
     for m in &resolved.mounts {
         let target = normalize(m.target());
         let target = target.to_string_lossy();

@@ -19,6 +19,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::isolation::ProcSource;
 use super::seccomp::Filters;
 use super::sys;
 use crate::confine::{MASKED_PATHS, READONLY_PATHS};
@@ -32,7 +33,7 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+pub(super) const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Everything the container needs, computed by forge before the fork.
 #[derive(Debug)]
@@ -59,6 +60,8 @@ pub(crate) struct Plan {
     pub cwd: PathBuf,
     /// The step's confinement, decided before the fork.
     pub confinement: Confinement,
+    /// Where /proc comes from (the namespaces mode).
+    pub proc: ProcSource,
     /// `cgroup.procs` of the step's cgroups (`--memory`, `--cpus`), open for writing: init joins
     /// them first thing, so nothing of the step runs outside its limits.
     pub cgroup_procs: Vec<OwnedFd>,
@@ -73,6 +76,9 @@ pub(crate) struct Confinement {
     pub root_caps: Vec<u32>,
     /// Masks and read-only binds over /proc and /sys (not for an insecure step).
     pub kernel_paths: bool,
+    /// PR_SET_NO_NEW_PRIVS before exec (needed to install a seccomp filter without
+    /// CAP_SYS_ADMIN; it also stops setuid binaries from gaining privileges).
+    pub no_new_privs: bool,
 }
 
 /// Descriptors handed to the forked side.
@@ -83,18 +89,18 @@ pub(crate) struct ChildFds {
     pub error: OwnedFd,
 }
 
-type SetupResult<T> = Result<T, String>;
+pub(super) type SetupResult<T> = Result<T, String>;
 
-fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> SetupResult<T> {
+pub(super) fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> SetupResult<T> {
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
-fn write_fd(fd: &OwnedFd, bytes: &[u8]) {
+pub(super) fn write_fd(fd: &OwnedFd, bytes: &[u8]) {
     let mut f = fs::File::from(fd.try_clone().expect("dup error pipe"));
     let _ = f.write_all(bytes);
 }
 
-fn exit(code: i32) -> ! {
+pub(super) fn exit(code: i32) -> ! {
     // SAFETY: _exit skips atexit handlers and destructors that belong to the forge process.
     unsafe { libc::_exit(code) }
 }
@@ -246,7 +252,7 @@ fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
 
 /// A path init created only to mount on, removed again after the step (BuildKit's mount stub cleaner
 /// does the same), and the parent's times to put back so the snapshot shows no change there.
-enum Stub {
+pub(super) enum Stub {
     Created {
         path: PathBuf,
         dir: bool,
@@ -258,7 +264,7 @@ enum Stub {
     },
 }
 
-struct Prepared<'a> {
+pub(super) struct Prepared<'a> {
     confinement: &'a Confinement,
     exe: CString,
     argv: Vec<CString>,
@@ -269,9 +275,9 @@ struct Prepared<'a> {
 
 /// What setup changed inside the rootfs, to undo after the step (or after a failed setup).
 #[derive(Default)]
-struct Undo {
-    stubs: Vec<Stub>,
-    mounted: Vec<PathBuf>,
+pub(super) struct Undo {
+    pub stubs: Vec<Stub>,
+    pub mounted: Vec<PathBuf>,
 }
 
 fn init(plan: &Plan, fds: &ChildFds) -> i32 {
@@ -319,7 +325,7 @@ fn init(plan: &Plan, fds: &ChildFds) -> i32 {
     code
 }
 
-fn cleanup(p: &Undo) {
+pub(super) fn cleanup(p: &Undo) {
     for target in p.mounted.iter().rev() {
         let _ = sys::umount_detach(target);
     }
@@ -343,7 +349,7 @@ fn cleanup(p: &Undo) {
     }
 }
 
-fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
+pub(super) fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
     let fail = |msg: String| -> ! {
         write_fd(&fds.error, msg.as_bytes());
         exit(127)
@@ -359,6 +365,14 @@ fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
     }
     if let Err(e) = sys::limit_bounding_set(&p.confinement.root_caps) {
         fail(format!("drop capabilities from the bounding set: {e}"));
+    }
+    // Without no_new_privs (setuid binaries work, as in BuildKit's steps) the filter must go in
+    // while this process still has CAP_SYS_ADMIN; the default profile allows what follows.
+    if !p.confinement.no_new_privs
+        && let Some(filters) = p.confinement.seccomp
+        && let Err(e) = super::seccomp::install_privileged(filters)
+    {
+        fail(format!("install the seccomp filter: {e}"));
     }
     let u = &p.user;
     // setgroups is denied in a single-id user namespace; there are no other groups to set there.
@@ -398,7 +412,9 @@ fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
     if let Err(e) = sys::set_caps(caps) {
         fail(format!("set capabilities: {e}"));
     }
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+    if p.confinement.no_new_privs
+        && let Err(e) = nix::sys::prctl::set_no_new_privs()
+    {
         fail(format!("set no_new_privs: {e}"));
     }
     // SAFETY: valid NUL-terminated path.
@@ -412,7 +428,8 @@ fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
     let argv = sys::as_ptrs(&p.argv);
     let env = sys::as_ptrs(&p.env);
     // Last before exec: every call above is one the profile may deny.
-    if let Some(filters) = p.confinement.seccomp
+    if p.confinement.no_new_privs
+        && let Some(filters) = p.confinement.seccomp
         && let Err(e) = super::seccomp::install(filters)
     {
         fail(format!("install the seccomp filter: {e}"));
@@ -502,7 +519,7 @@ fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
 
 /// Creates `path` (and missing parents) as a directory or an empty file if it does not exist, recording
 /// what was created. Runs after pivot_root, so symlinks resolve inside the rootfs.
-fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<()> {
+pub(super) fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<()> {
     let mut missing = Vec::new();
     let mut cur = path;
     loop {
@@ -666,11 +683,17 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
     // one is in the mount namespace (mount_too_revealing), and the host's /proc leaves with the old root.
     let proc_stage = plan.step_dir.join("proc");
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    ctx(
-        sys::mount("proc", &proc_stage, "proc", nosuid_nodev_noexec, None),
-        || "mount /proc".into(),
-    )?;
-    let proc_tree = clone_tree(&proc_stage, false, 0)?;
+    let proc_tree = if plan.proc == ProcSource::Fresh {
+        ctx(
+            sys::mount("proc", &proc_stage, "proc", nosuid_nodev_noexec, None),
+            || "mount /proc".into(),
+        )?;
+        clone_tree(&proc_stage, false, 0)?
+    } else {
+        // The probe found a fresh proc refused (a container's /proc with masked paths): the
+        // surrounding one, with what is mounted over it, as BuildKit's no-process-sandbox does.
+        clone_tree(Path::new("/proc"), true, sys::MOUNT_ATTR_NODEV)?
+    };
     let mut dev = Vec::new();
     for name in DEV_NODES {
         let host = Path::new("/dev").join(name);
@@ -695,7 +718,7 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
                 source,
                 target,
                 readonly,
-                restricted: _,
+                ..
             } => {
                 let dir = source.is_dir();
                 staged.push(Staged {
@@ -840,6 +863,12 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
         mounted.push(target.clone());
     }
 
+    prepare_command(plan)
+}
+
+/// The command's user, environment, working directory and executable, resolved inside the
+/// step's root (the caller has pivoted or chrooted into it).
+pub(super) fn prepare_command(plan: &Plan) -> SetupResult<Prepared<'_>> {
     let db = UserDb::read(Path::new("/")).map_err(|e| e.to_string())?;
     let user = db.resolve(&plan.user).map_err(|e| e.to_string())?;
 

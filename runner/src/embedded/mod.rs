@@ -2,7 +2,9 @@
 //! As root it uses the host's ids; as a user it expects [`userns::enter_user_namespace`] to have moved
 //! the process into a user namespace first, and then works the same way as namespace-root.
 
+mod chroot;
 mod container;
+pub mod isolation;
 mod prune;
 mod seccomp;
 mod sys;
@@ -24,6 +26,7 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use container::{ChildFds, Confinement, Plan};
+pub use isolation::{Isolation, IsolationChoice, ProcSource};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
 use crate::limits::{LimitError, StepCgroup};
@@ -44,6 +47,8 @@ pub struct EmbeddedConfig {
     /// Where cache mounts persist, in the layout [`crate::mounts`] shares with the containerd backend.
     pub cache_root: PathBuf,
     pub tail_lines: usize,
+    /// How steps are isolated ([`isolation::probe`] and [`isolation::choose`] find what works).
+    pub isolation: Isolation,
 }
 
 impl EmbeddedConfig {
@@ -52,6 +57,7 @@ impl EmbeddedConfig {
             state_dir: state_dir.into(),
             cache_root: cache_root.into(),
             tail_lines: DEFAULT_TAIL_LINES,
+            isolation: Isolation::default(),
         }
     }
 }
@@ -123,6 +129,9 @@ pub struct EmbeddedRunner {
 struct KillTarget {
     pid: Option<i32>,
     cancelled: bool,
+    /// SIGTERM instead of SIGKILL: a chroot step's init ends the command itself and then puts the
+    /// step's root back in order.
+    soft: bool,
 }
 
 impl KillTarget {
@@ -130,7 +139,7 @@ impl KillTarget {
         let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
         t.pid = Some(pid);
         if t.cancelled {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), t.signal());
         }
     }
 
@@ -138,7 +147,15 @@ impl KillTarget {
         let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
         t.cancelled = true;
         if let Some(pid) = t.pid {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), t.signal());
+        }
+    }
+
+    fn signal(&self) -> Signal {
+        if self.soft {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGKILL
         }
     }
 
@@ -236,12 +253,19 @@ impl EmbeddedRunner {
         let mut env: Vec<(String, String)> =
             spec.env.iter().chain(&spec.secret_env).cloned().collect();
         resolved.apply_env(&mut env);
-        if spec.network_mode() == NetworkMode::Sandbox {
+        if spec.network_mode() == NetworkMode::Sandbox && self.config.isolation.own_network() {
             network::add_proxy_env(&mut env);
         }
+        let (rootfs_dir, proc) = match self.config.isolation {
+            Isolation::Namespaces { proc, .. } => (step_dir.join("rootfs"), proc),
+            Isolation::Chroot { .. } => (
+                chroot::root_dir(&spec.rootfs).map_err(EmbeddedError::Confinement)?,
+                ProcSource::Fresh,
+            ),
+        };
         Ok(Plan {
             step_dir: step_dir.to_path_buf(),
-            rootfs_dir: step_dir.join("rootfs"),
+            rootfs_dir,
             rootfs: spec.rootfs.clone(),
             in_userns: self.in_userns,
             fuse_overlayfs: std::env::var_os("PATH").and_then(|path| {
@@ -261,7 +285,8 @@ impl EmbeddedRunner {
             env,
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
-            confinement: confinement(spec.security)?,
+            confinement: confinement(spec.security, self.config.isolation)?,
+            proc,
             cgroup_procs: Vec::new(),
         })
     }
@@ -299,6 +324,9 @@ impl EmbeddedRunner {
             stderr,
             error: err_w,
         };
+        if let Isolation::Chroot { .. } = self.config.isolation {
+            return self.chroot_and_wait(plan, fds, life_r, life_w, err_r, target);
+        }
         let init = match container::spawn_init(&plan, &fds, life_r) {
             Ok(pid) => pid,
             Err(detail) => {
@@ -341,18 +369,90 @@ impl EmbeddedRunner {
     }
 }
 
-/// What confines a step of `security` (see [`crate::confine`]).
-fn confinement(security: Security) -> Result<Confinement, EmbeddedError> {
+impl EmbeddedRunner {
+    /// [`Self::spawn_and_wait`] for the chroot isolation: stage, fork init, wait, unstage.
+    fn chroot_and_wait(
+        &self,
+        plan: Plan,
+        fds: ChildFds,
+        life_r: OwnedFd,
+        life_w: OwnedFd,
+        err_r: OwnedFd,
+        target: &Mutex<KillTarget>,
+    ) -> Result<i32, EmbeddedError> {
+        let setup_err = |detail: String| EmbeddedError::Setup {
+            command: plan.argv.clone(),
+            detail,
+        };
+        let staging = chroot::stage(&plan).map_err(setup_err)?;
+        let init = match chroot::spawn_init(&plan, &staging, &fds, life_r) {
+            Ok(pid) => pid,
+            Err(detail) => {
+                chroot::unstage(staging);
+                return Err(setup_err(detail));
+            }
+        };
+        drop(fds);
+        KillTarget::set(target, init.as_raw());
+        let code = loop {
+            match waitpid(init, None) {
+                Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break Err(sys_err("wait for the step's init")(e)),
+            }
+        };
+        target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        chroot::unstage(staging);
+        drop(life_w);
+        let code = code?;
+        let mut detail = String::new();
+        let _ = fs::File::from(err_r).read_to_string(&mut detail);
+        if KillTarget::is_cancelled(target) {
+            return Err(EmbeddedError::Cancelled);
+        }
+        if !detail.is_empty() {
+            return Err(setup_err(detail));
+        }
+        Ok(code)
+    }
+}
+
+/// What confines a step of `security` (see [`crate::confine`]) under `isolation`.
+fn confinement(security: Security, isolation: Isolation) -> Result<Confinement, EmbeddedError> {
+    if let Isolation::Chroot { .. } = isolation {
+        // The container forge runs in confines the step with its own seccomp profile; forge's
+        // would need no_new_privs, which stops setuid binaries (sudo). Capabilities: Docker's
+        // default set, as far as the container has them.
+        let have = crate::confine::bounding_set();
+        let root_caps = match security {
+            Security::Sandbox => sys::DEFAULT_CAPS
+                .iter()
+                .copied()
+                .filter(|c| have.contains(c))
+                .collect(),
+            Security::Insecure => have,
+        };
+        return Ok(Confinement {
+            seccomp: None,
+            root_caps,
+            kernel_paths: false,
+            no_new_privs: false,
+        });
+    }
     Ok(match security {
         Security::Sandbox => Confinement {
             seccomp: Some(seccomp::default_filters().map_err(EmbeddedError::Confinement)?),
             root_caps: sys::DEFAULT_CAPS.to_vec(),
             kernel_paths: true,
+            // As BuildKit: setuid binaries (sudo) work in steps.
+            no_new_privs: false,
         },
         Security::Insecure => Confinement {
             seccomp: None,
             root_caps: crate::confine::bounding_set(),
             kernel_paths: false,
+            no_new_privs: false,
         },
     })
 }
@@ -388,6 +488,7 @@ impl EmbeddedRunner {
             &spec.mounts,
             &self.config.cache_root,
             step_dir.0.path(),
+            self.config.isolation.may_mount(),
             cancel,
         )
         .await?;
@@ -402,12 +503,28 @@ impl EmbeddedRunner {
         let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
         // Lives until the step is over; dropping it stops the step's proxy (a shared namespace's
         // when no other holder is left).
-        let netns = network::for_spec(
-            spec.join_network.as_ref(),
-            spec.network,
-            spec.proxy_upstream.as_ref(),
-        )
-        .await?;
+        let netns = if self.config.isolation.own_network() {
+            network::for_spec(
+                spec.join_network.as_ref(),
+                spec.network,
+                spec.proxy_upstream.as_ref(),
+            )
+            .await?
+        } else if spec.join_network.is_some() || spec.network_mode() == NetworkMode::None {
+            return Err(EmbeddedError::Confinement(format!(
+                "{} needs a network namespace of its own, which the {} isolation here cannot \
+                 give (see `forge info`)",
+                if spec.join_network.is_some() {
+                    "a step beside services"
+                } else {
+                    "RUN --network=none"
+                },
+                self.config.isolation
+            )));
+        } else {
+            // The surrounding network, as the host network mode has it.
+            None
+        };
         let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_deref())?;
         if let Some(cg) = &cgroup {
             plan.cgroup_procs = cg.join_fds()?;
@@ -420,7 +537,10 @@ impl EmbeddedRunner {
             tokio::spawn(read_lines(out_r, Stream::Stdout, tx.clone())),
             tokio::spawn(read_lines(err_r, Stream::Stderr, tx)),
         ];
-        let target = Arc::new(Mutex::new(KillTarget::default()));
+        let target = Arc::new(Mutex::new(KillTarget {
+            soft: !self.config.isolation.may_mount(),
+            ..KillTarget::default()
+        }));
         // Declared after the step's mounts, so dropped before them: a caller that drops this future
         // kills the step before its cache locks and secrets go.
         let _kill_on_drop = KillOnDrop(Arc::clone(&target));

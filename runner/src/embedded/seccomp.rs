@@ -138,6 +138,33 @@ pub(crate) fn install(filters: &Filters) -> Result<(), seccompiler::Error> {
     Ok(())
 }
 
+/// Installs the programs without setting no_new_privs (which seccompiler's `apply_filter` does),
+/// so setuid binaries keep working in the step, as runc does when no_new_privs is not asked for.
+/// The kernel then requires CAP_SYS_ADMIN in the current user namespace: call it while still
+/// (namespace) root, before switching to the step's user.
+pub(crate) fn install_privileged(filters: &Filters) -> std::io::Result<()> {
+    for f in &filters.0 {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(f.len()).map_err(|_| std::io::Error::other("filter too long"))?,
+            // seccompiler's sock_filter has the kernel's layout (it is what apply_filter passes).
+            filter: f.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: a valid sock_fprog whose program outlives the call; the kernel copies it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,9 @@ pub(crate) enum ResolvedMount {
         /// nosuid, nodev and noexec too (secrets). The embedded backend's clone of the source mount
         /// carries them already, as the secrets tmpfs has them.
         restricted: bool,
+        /// A cache mount's directory: what the step writes there must outlive the step (the chroot
+        /// isolation, which cannot bind, moves it in and out instead of copying it).
+        cache: bool,
     },
     /// A fresh tmpfs, `size` bytes at most (0 = the kernel's default).
     Tmpfs { target: PathBuf, size: u64 },
@@ -129,11 +132,13 @@ impl Drop for ResolvedMounts {
 /// directory for this step (removed by the backend after [`ResolvedMounts::release`]), where the
 /// secrets tmpfs (`secrets/`) and proxy sockets (`ssh-<index>.sock`) go. Waiting for a cache lock
 /// ends with [`MountError::Cancelled`] when `cancel` fires. Must run on a tokio runtime: the ssh
-/// proxies are tasks on it.
+/// proxies are tasks on it. Without `may_mount` (the chroot isolation, where the process may not
+/// mount) secrets are plain files in the step directory (mode 0700) instead of on a tmpfs.
 pub(crate) async fn resolve(
     mounts: &[StepMount],
     cache_root: &Path,
     step_dir: &Path,
+    may_mount: bool,
     cancel: &CancellationToken,
 ) -> Result<ResolvedMounts, MountError> {
     // Built up in place, so that an error halfway releases what was already taken.
@@ -155,8 +160,12 @@ pub(crate) async fn resolve(
         .iter()
         .any(|m| matches!(m.kind, StepMountKind::Secret { .. }))
     {
-        mount_secrets_tmpfs(&secrets_dir, secret_bytes)?;
-        out.secrets_tmpfs = Some(secrets_dir.clone());
+        if may_mount {
+            mount_secrets_tmpfs(&secrets_dir, secret_bytes)?;
+            out.secrets_tmpfs = Some(secrets_dir.clone());
+        } else {
+            secrets_plain_dir(&secrets_dir)?;
+        }
     }
     for (index, m) in mounts.iter().enumerate() {
         let target = m.target.clone();
@@ -166,6 +175,7 @@ pub(crate) async fn resolve(
                 target,
                 readonly: *readonly,
                 restricted: false,
+                cache: false,
             },
             StepMountKind::Cache {
                 id,
@@ -181,7 +191,15 @@ pub(crate) async fn resolve(
                     mode: *mode,
                     seed: seed.as_ref(),
                 };
-                let lease = cache::acquire(cache_root, id, *sharing, create, cancel).await?;
+                // Without mounts the instance is moved into the step's root, so it can serve one
+                // step at a time: `shared` waits as `locked` does.
+                let sharing = match sharing {
+                    crate::spec::CacheSharing::Shared if !may_mount => {
+                        crate::spec::CacheSharing::Locked
+                    }
+                    other => *other,
+                };
+                let lease = cache::acquire(cache_root, id, sharing, create, cancel).await?;
                 let source = lease.dir.clone();
                 out.leases.push(lease);
                 ResolvedMount::Bind {
@@ -189,6 +207,7 @@ pub(crate) async fn resolve(
                     target,
                     readonly: false,
                     restricted: false,
+                    cache: true,
                 }
             }
             StepMountKind::Tmpfs { size } => ResolvedMount::Tmpfs {
@@ -208,6 +227,7 @@ pub(crate) async fn resolve(
                     target,
                     readonly: true,
                     restricted: true,
+                    cache: false,
                 }
             }
             StepMountKind::Ssh {
@@ -226,6 +246,7 @@ pub(crate) async fn resolve(
                     target,
                     readonly: false,
                     restricted: false,
+                    cache: false,
                 }
             }
             StepMountKind::Raw(mount) => ResolvedMount::Raw {
@@ -257,6 +278,17 @@ fn mount_secrets_tmpfs(dir: &Path, bytes: usize) -> Result<(), MountError> {
         Some(data.as_str()),
     )
     .map_err(|e| io_err("mount a tmpfs for secrets on", dir)(e.into()))
+}
+
+/// The secrets directory where nothing may be mounted: private to root, removed with the step
+/// directory.
+fn secrets_plain_dir(dir: &Path) -> Result<(), MountError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("create", dir)(e)),
+    }
 }
 
 fn write_owned(path: &Path, data: &[u8], uid: u32, gid: u32, mode: u32) -> Result<(), MountError> {

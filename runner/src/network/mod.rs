@@ -257,7 +257,7 @@ pub(crate) fn resolv_conf(mode: NetworkMode) -> Vec<u8> {
 }
 
 /// Brings the loopback interface of the current network namespace up (SIOCSIFFLAGS), without `ip`.
-fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     #[repr(C)]
     struct IfReq {
         name: [u8; libc::IFNAMSIZ],

@@ -51,6 +51,15 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the snapshots in {root} are {recorded} snapshots, which cannot be used as {wanted} \
+         snapshots here; use another store (--root) for this mode"
+    )]
+    WrongBackend {
+        root: PathBuf,
+        recorded: BackendKind,
+        wanted: BackendKind,
+    },
     #[error("unknown snapshotter backend {0:?} (expected overlayfs, fuse-overlayfs or copy)")]
     UnknownBackend(String),
     #[error("unpacking layer {diff_id} into snapshot {key:?}")]
@@ -237,10 +246,34 @@ impl AnySnapshotter {
             path: root.to_path_buf(),
             source,
         })?;
-        let backend = match backend {
+        // The snapshots on disk fix the layout: overlay layers (native or FUSE) hold only their
+        // changes, copies hold whole trees; the one cannot be read as the other.
+        let record = root.join("backend");
+        let recorded = std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|s| s.trim().parse::<BackendKind>().ok());
+        let layered = |b: BackendKind| b != BackendKind::Copy;
+        let wanted = match backend {
             Some(b) => b,
-            None => probe(root),
+            None => match recorded {
+                Some(BackendKind::Copy) => BackendKind::Copy,
+                _ => probe(root),
+            },
         };
+        if let Some(recorded) = recorded
+            && layered(recorded) != layered(wanted)
+        {
+            return Err(SnapshotError::WrongBackend {
+                root: root.to_path_buf(),
+                recorded,
+                wanted,
+            });
+        }
+        if recorded.is_none() {
+            // Best effort: a store that cannot record it is probed again next time.
+            let _ = std::fs::write(&record, format!("{wanted}\n"));
+        }
+        let backend = wanted;
         Ok(match backend {
             BackendKind::Overlay => AnySnapshotter::Overlay(OverlaySnapshotter::open(
                 root,
