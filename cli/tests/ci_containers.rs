@@ -341,3 +341,64 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
         "{info}"
     );
 }
+
+/// On this host with `--isolation chroot` (as in a default container): a step has no network
+/// namespace, so the build's proxy arguments reach it as they are (as on the host's network, and
+/// still in no image config), and a step that needs a namespace of its own is refused, naming why.
+#[test]
+fn chroot_steps_get_the_proxy_arguments_and_refuse_network_none() {
+    if !forge_testsupport::root_and_busybox("the chroot isolation needs root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-chroot-proxy");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {busybox}\nRUN echo \"proxy=$HTTP_PROXY\" > /proxy.txt\n"),
+    )
+    .unwrap();
+    let out = ws.path().join("out");
+    let build = |ctx: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--isolation",
+                "chroot",
+                "--root",
+            ])
+            .arg(ws.path().join("store"))
+            .args(extra)
+            .arg(ctx)
+            .output()
+            .unwrap()
+    };
+    let dest = format!("type=local,dest={}", out.display());
+    let o = build(
+        &ctx,
+        &["--build-arg", "HTTP_PROXY=http://127.0.0.1:9", "-o", &dest],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        fs::read_to_string(out.join("proxy.txt")).unwrap(),
+        "proxy=http://127.0.0.1:9\n"
+    );
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {busybox}\nRUN --network=none true\n"),
+    )
+    .unwrap();
+    let o = build(&ctx, &[]);
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("RUN --network=none needs a network namespace of its own, which the chroot isolation here cannot give"),
+        "{text}"
+    );
+}

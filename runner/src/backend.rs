@@ -80,6 +80,19 @@ pub enum Backend {
     Containerd(crate::containerd::ContainerdRunner),
 }
 
+impl Backend {
+    /// Whether a sandboxed step gets a network namespace of its own (with forge's proxy); where it
+    /// does not (the chroot isolation, or no CAP_NET_ADMIN), it uses the network forge runs in, as a
+    /// step on the host's network does.
+    pub fn own_network(&self) -> bool {
+        match self {
+            Backend::Embedded(r) => r.config().isolation.own_network(),
+            #[cfg(feature = "containerd")]
+            Backend::Containerd(_) => true,
+        }
+    }
+}
+
 impl Runner for Backend {
     async fn run(
         &self,

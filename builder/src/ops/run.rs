@@ -260,7 +260,12 @@ impl BuildExecutor {
         // The build's proxy arguments (HTTP_PROXY and the rest, given without an ARG): in a
         // sandbox, forge's own proxy goes through them and the step keeps forge's; on the host's
         // network the step gets them as they are. Never in the step's key or the image.
-        let (proxy_upstream, proxy_env) = match proxy_setting(&self.cfg.proxy_args, network) {
+        // Without a network namespace of its own a sandboxed step is on forge's network.
+        let proxy_network = match network {
+            StepNetwork::Sandbox if !self.cfg.runner.own_network() => StepNetwork::Host,
+            other => other,
+        };
+        let (proxy_upstream, proxy_env) = match proxy_setting(&self.cfg.proxy_args, proxy_network) {
             Ok(p) => p,
             Err(e) => {
                 cleanup(held, &scratch_keys);
