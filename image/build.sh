@@ -23,7 +23,10 @@ if [ -z "$bin" ]; then
   if ! command -v musl-gcc >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends musl-tools >/dev/null
   fi
-  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" -p forge >&2
+  # No debug info in the image's binary (the release profile keeps it for profiling).
+  CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked --target "$target" -p forge >&2
   bin=${CARGO_TARGET_DIR:-target}/$target/release/forge
 fi
 if file -L "$bin" | grep -q "dynamically linked"; then
@@ -38,7 +41,8 @@ cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
 cp /bin/busybox "$ctx/busybox"
 cp /usr/bin/newuidmap /usr/bin/newgidmap "$ctx/"
 mkdir -p "$ctx/lib" "$ctx/etc"
-for lib in $(ldd /usr/bin/newuidmap /usr/bin/newgidmap | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+# Each library a map tool links (`name => /path`) and the loader (a line that is only a path).
+for lib in $(ldd /usr/bin/newuidmap /usr/bin/newgidmap | awk '$2 == "=>" && $3 ~ /^\// {print $3} NF == 2 && $1 ~ /^\// {print $1}' | sort -u); do
   mkdir -p "$ctx/lib$(dirname "$lib")"
   cp -L "$lib" "$ctx/lib$lib"
 done

@@ -42,7 +42,9 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
         );
     }
     // What a build does first: the same call, so what it says is what a build gets.
-    let isolation = match enter_user_namespace() {
+    let entered = enter_user_namespace();
+    let userns_failed = entered.is_err();
+    let isolation = match entered {
         Ok(UserNamespace::HostRoot) => "root on the host: no user namespace needed".to_string(),
         Ok(UserNamespace::AlreadyInside) => {
             "root of a user namespace someone else made (used as it is)".to_string()
@@ -71,8 +73,15 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&root)
         .map_err(|e| failed(format!("error: cannot create {}: {e}", root.display())))?;
     line("store", format!("{} ({})", root.display(), space(&root)));
-    // What `--isolation auto` would choose, from the same probe a build runs.
-    {
+    // What `--isolation auto` would choose, from the same probe a build runs. A user whose user
+    // namespace failed has none (and may be left in one without mappings, where a probe would
+    // mislead): a build stops before it.
+    if userns_failed {
+        line(
+            "isolation",
+            "none: as a non-root user every mode needs the user namespace above".to_string(),
+        );
+    } else {
         use forge_runner::embedded::isolation::{self, IsolationChoice};
         let probe = isolation::probe(&root.join("run"));
         match isolation::choose(IsolationChoice::Auto, &probe) {

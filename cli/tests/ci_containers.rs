@@ -340,6 +340,73 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
             .any(|l| l.starts_with("isolation      namespaces (the surrounding /proc)")),
         "{info}"
     );
+    assert!(
+        info.contains("rootless with only the caller's own ids mapped"),
+        "{info}"
+    );
+
+    // That user builds: without newuidmap in the image only its own id is mapped (root inside),
+    // so the base must be root-owned throughout; busybox is.
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let ctx = s.ws.path().join("user-ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello.txt"), "hello from a user\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {busybox}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt > /out.txt\n\
+             CMD [\"cat\", \"/out.txt\"]\n"
+        ),
+    )
+    .unwrap();
+    let image = s.reference("user");
+    let o = s
+        .docker
+        .cmd()
+        .args(["run", "--rm", "--network", "host"])
+        .args(&unconfined)
+        .arg("-v")
+        .arg(format!(
+            "{}:/usr/local/bin/forge:ro",
+            env!("CARGO_BIN_EXE_forge")
+        ))
+        .arg("-v")
+        .arg(format!("{}:/ctx:ro", ctx.display()))
+        .arg(&s.debian)
+        .args([
+            "forge",
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &image,
+            "--push",
+            "/ctx",
+        ])
+        .output()
+        .unwrap();
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("isolated with namespaces (the surrounding /proc)"),
+        "{out}"
+    );
+    let pulled = s
+        .docker
+        .cmd()
+        .args(["pull", "-q", &image])
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{}", printed(&pulled));
+    let ran = s
+        .docker
+        .cmd()
+        .args(["run", "--rm", "--network", "none", &image])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from a user\n");
 }
 
 /// On this host with `--isolation chroot` (as in a default container): a step has no network

@@ -146,9 +146,10 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
                 host_uid: euid,
                 host_gid: gid,
                 warning: format!(
-                    "{why}: only uid {euid} is mapped (as root) in the user namespace, so chown to any \
-                     other id, USER other than root, setgroups and package managers that drop \
-                     privileges will fail"
+                    "{why}: only uid {euid} is mapped (as root) in the user namespace, so files \
+                     of other owners in base images are kept as root's, and chown to any other id, \
+                     USER other than root, setgroups and package managers that drop privileges \
+                     will fail"
                 ),
             }
         }

@@ -279,11 +279,21 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     req.name[..2].copy_from_slice(b"lo");
     // SAFETY: req is a valid ifreq-sized buffer for both ioctls.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) < 0 {
+        if libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS as _,
+            &mut req as *mut IfReq,
+        ) < 0
+        {
             return Err(io::Error::last_os_error());
         }
         req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req as *const IfReq) < 0 {
+        if libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFFLAGS as _,
+            &req as *const IfReq,
+        ) < 0
+        {
             return Err(io::Error::last_os_error());
         }
     }

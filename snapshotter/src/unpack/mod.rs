@@ -834,12 +834,12 @@ impl Unpacker {
         is_dir: bool,
     ) -> Result<(), UnpackError> {
         if self.options.same_owner {
-            nix::unistd::fchown(
+            let r = nix::unistd::fchown(
                 fd,
                 Some(Uid::from_raw(meta.uid as u32)),
                 Some(Gid::from_raw(meta.gid as u32)),
-            )
-            .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+            );
+            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
         }
         self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
@@ -862,14 +862,14 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let c = sys::cstring(name).map_err(|e| Self::io(entry, "name", e))?;
         if self.options.same_owner {
-            nix::unistd::fchownat(
+            let r = nix::unistd::fchownat(
                 dir,
                 c.as_c_str(),
                 Some(Uid::from_raw(meta.uid as u32)),
                 Some(Gid::from_raw(meta.gid as u32)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+            );
+            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
         }
         let path = sys::proc_path(dir, name);
         self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
@@ -992,6 +992,16 @@ pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::R
         std::fs::remove_dir_all(p)
     } else {
         std::fs::remove_file(p)
+    }
+}
+
+/// A chown refused because the id is not mapped (EINVAL), in a user namespace that maps only one
+/// id: the entry keeps that id, as nothing else can own a file there (see
+/// [`crate::userns::single_id_namespace`]). Everywhere else the error stands.
+fn keep_unmapped(r: nix::Result<()>) -> nix::Result<()> {
+    match r {
+        Err(nix::errno::Errno::EINVAL) if crate::userns::single_id_namespace() => Ok(()),
+        other => other,
     }
 }
 
