@@ -89,7 +89,8 @@ pub struct BuildArgs {
     /// How progress is shown (on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
-    /// Print only the image digest on stdout.
+    /// Show no progress; print only the image ID (`sha256:` and the config digest), as `docker
+    /// build -q` does. Without -q the manifest digest is printed.
     #[arg(short, long)]
     quiet: bool,
     /// Push every -t name to its registry.
@@ -98,10 +99,11 @@ pub struct BuildArgs {
     /// An export: type=oci|docker|local|image, dest=..., tar=true|false, push=true; repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
-    /// Write buildx-style build metadata (JSON, containerimage.digest) here.
+    /// Write buildx-style build metadata here (JSON: containerimage.digest, the manifest's, and
+    /// containerimage.config.digest, the image ID).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Write the image ID here.
+    /// Write the image ID (`sha256:` and the config digest, no newline) here, as docker does.
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
     /// Layer compression of what leaves the store (push, -o oci/docker); default gzip. An image
@@ -514,8 +516,13 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
                 eprintln!("{s}");
             }
             // With a tar on standard output the digest would corrupt it: it is left out there.
+            // `-q` prints what `docker build -q` prints: the image ID, the config's digest.
             if !to_stdout {
-                println!("{}", outcome.digest);
+                if args.quiet {
+                    println!("{}", outcome.image.id());
+                } else {
+                    println!("{}", outcome.digest);
+                }
             }
             Ok(())
         }

@@ -328,3 +328,60 @@ fn output_shorthands_and_tars_on_stdout() {
     assert_eq!(o.status.code(), Some(2));
     assert!(printed(&o).contains("only one --output may write to standard output"));
 }
+
+/// `-q` prints the image ID as `docker build -q` does (the config's digest, not the manifest's),
+/// and nothing else; `--iidfile` holds the same ID and `--metadata-file` both digests under
+/// BuildKit's keys (`containerimage.config.digest`, `containerimage.digest`).
+#[test]
+fn quiet_prints_the_image_id_and_the_files_carry_both_digests() {
+    let Some(Workspace { dir: ws, root, ctx }) = workspace("forge-quiet-id", "RUN echo id > /id\n")
+    else {
+        return;
+    };
+    let iid = ws.path().join("iid");
+    let meta = ws.path().join("meta.json");
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "local/quiet:1",
+            "--iidfile",
+            &iid.to_string_lossy(),
+            "--metadata-file",
+            &meta.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(o.stderr.is_empty(), "-q printed on stderr: {}", printed(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let id = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        id.len() == 71 && id.starts_with("sha256:") && !id.contains('\n'),
+        "{stdout:?}"
+    );
+
+    let inspected = forge(&root, &["inspect", "local/quiet:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(doc["id"], id, "the config digest: {doc}");
+    assert_ne!(doc["digest"], id, "-q printed the manifest digest");
+    assert_eq!(fs::read_to_string(&iid).unwrap(), id, "--iidfile");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.config.digest"], id, "{m}");
+    assert_eq!(m["containerimage.digest"], doc["digest"], "{m}");
+
+    // Without -q the manifest digest is printed (what a registry names the image by).
+    let o = forge(
+        &root,
+        &["build", "-t", "local/quiet:2", &ctx.to_string_lossy()],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let inspected = forge(&root, &["inspect", "local/quiet:2"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        doc["digest"].as_str().unwrap()
+    );
+}
