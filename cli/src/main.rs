@@ -17,6 +17,7 @@ use forge_builder::graph::Platform;
 mod build_cmd;
 mod image_cmd;
 mod info_cmd;
+mod login_cmd;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -58,6 +59,11 @@ enum Command {
     Push(image_cmd::PushArgs),
     /// Print what the store records of an image: digests, platform, manifest and config.
     Inspect(image_cmd::InspectArgs),
+    /// Log in to a registry: the credentials are tried on it, then kept where `docker login`
+    /// keeps them ($DOCKER_CONFIG/config.json or ~/.docker/config.json, or its credential helper).
+    Login(login_cmd::LoginArgs),
+    /// Remove a registry login `forge login` or `docker login` stored.
+    Logout(login_cmd::LogoutArgs),
     /// Print forge's version.
     Version,
     /// Print what forge finds here: isolation (user namespace, subordinate ids), snapshotter, the
@@ -174,6 +180,8 @@ fn main() -> ExitCode {
         Command::Push(args) => image_cmd::push(&args),
         Command::Inspect(args) => image_cmd::inspect(&args),
         Command::Info(args) => info_cmd::info(&args),
+        Command::Login(args) => login_cmd::login(&args),
+        Command::Logout(args) => login_cmd::logout(&args),
         Command::Version => {
             println!("forge {}", env!("CARGO_PKG_VERSION"));
             Ok(())

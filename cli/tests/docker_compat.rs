@@ -385,3 +385,266 @@ fn quiet_prints_the_image_id_and_the_files_carry_both_digests() {
         doc["digest"].as_str().unwrap()
     );
 }
+
+/// Runs `forge ARGS` with Docker's config in `docker_config` (and no podman file in the way),
+/// `input` on standard input and `path` before the process's PATH.
+fn forge_logged(
+    docker_config: &std::path::Path,
+    path: Option<&std::path::Path>,
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_forge"));
+    cmd.args(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .env("REGISTRY_AUTH_FILE", docker_config.join("podman-none.json"))
+        .env("XDG_RUNTIME_DIR", docker_config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = path {
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![dir.to_path_buf()];
+        paths.extend(std::env::split_paths(&old));
+        cmd.env("PATH", std::env::join_paths(paths).unwrap());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// `forge login` tries the credentials on a real Distribution registry with htpasswd auth before
+/// keeping them in Docker's config.json (its other keys kept, mode 0600); a push then uses them;
+/// a wrong password is refused naming the registry and the status, and stores nothing; `forge
+/// logout` removes the entry, and the push is refused again.
+#[test]
+fn login_stores_what_the_registry_accepted_and_logout_removes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(registry) = forge_testsupport::auth_registry() else {
+        return;
+    };
+    let addr = registry.addr.as_str();
+    let ws = forge_testsupport::scratch("forge-login");
+    let docker = ws.path().join("docker");
+    fs::create_dir_all(&docker).unwrap();
+    let config = docker.join("config.json");
+    let before =
+        r#"{"auths":{"other.example:5000":{"auth":"dTpw"}},"proxies":{"default":{"noProxy":"x"}}}"#;
+    fs::write(&config, before).unwrap();
+    let ctx = forge_testsupport::Context::busybox(ws.path().join("ctx"))
+        .dockerfile("FROM scratch\nCOPY busybox /bin/busybox\n")
+        .into_path();
+    let root = ws.path().join("store");
+    let tag = format!("{addr}/forge-test/login:1");
+    let push = || {
+        forge_logged(
+            &docker,
+            None,
+            &[
+                "build",
+                "-q",
+                "--push",
+                "-t",
+                &tag,
+                "--root",
+                &root.to_string_lossy(),
+                &ctx.to_string_lossy(),
+            ],
+            "",
+        )
+    };
+    let o = push();
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(printed(&o).contains("wants a login"), "{}", printed(&o));
+
+    let user = forge_testsupport::AUTH_USER;
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", addr, "-u", user, "--password-stdin"],
+        "wrong-password\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let said = printed(&o);
+    assert!(
+        said.contains(&format!("{addr} refused the login of {user} (status 401")),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        before,
+        "stored a refused login"
+    );
+
+    // A URL names the registry as well as host:port does.
+    let password = format!("{}\n", forge_testsupport::AUTH_PASSWORD);
+    let o = forge_logged(
+        &docker,
+        None,
+        &[
+            "login",
+            &format!("http://{addr}/"),
+            "-u",
+            user,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    assert_eq!(
+        doc["auths"][addr]["auth"], "Zm9yZ2U6cmlnaHQtcGFzc3dvcmQ=",
+        "base64 of forge:right-password: {doc}"
+    );
+    assert_eq!(doc["auths"]["other.example:5000"]["auth"], "dTpw", "{doc}");
+    assert_eq!(doc["proxies"]["default"]["noProxy"], "x", "{doc}");
+    let mode = fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "config.json mode {mode:o}");
+
+    let o = push();
+    assert!(
+        o.status.success(),
+        "push with the stored login: {}",
+        printed(&o)
+    );
+
+    let o = forge_logged(&docker, None, &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .starts_with(&format!("Removing login credentials for {addr}")),
+        "{}",
+        printed(&o)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    assert!(doc["auths"].get(addr).is_none(), "{doc}");
+    assert_eq!(doc["auths"]["other.example:5000"]["auth"], "dTpw", "{doc}");
+    let o = push();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "pushed after logout: {}",
+        printed(&o)
+    );
+    let o = forge_logged(&docker, None, &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("Not logged in to {addr}\n")
+    );
+
+    // What docker refuses too: --password-stdin without a user, a repository for a server.
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", addr, "--password-stdin"],
+        &password,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(printed(&o).contains("--password-stdin needs --username"));
+    let o = forge_logged(
+        &docker,
+        None,
+        &[
+            "login",
+            &format!("{addr}/team"),
+            "-u",
+            user,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(printed(&o).contains("is not a registry"), "{}", printed(&o));
+}
+
+/// With `credsStore` in Docker's config, `forge login` hands the login to that credential helper
+/// (`docker-credential-NAME store`) instead of the file, a push gets it back from the helper, and
+/// `forge logout` has the helper erase it.
+#[test]
+fn login_goes_to_the_credential_helper_docker_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(registry) = forge_testsupport::auth_registry() else {
+        return;
+    };
+    let addr = registry.addr.as_str();
+    let ws = forge_testsupport::scratch("forge-login-helper");
+    let docker = ws.path().join("docker");
+    let bin = ws.path().join("bin");
+    fs::create_dir_all(&docker).unwrap();
+    fs::create_dir_all(&bin).unwrap();
+    // A helper that keeps one login in a file beside itself, as the helper protocol asks.
+    let helper = bin.join("docker-credential-testkeep");
+    fs::write(
+        &helper,
+        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\n\
+         store) cat > \"$d/kept.json\" ;;\n\
+         get) cat > /dev/null; if [ -f \"$d/kept.json\" ]; then cat \"$d/kept.json\"; \
+         else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         erase) cat > /dev/null; rm \"$d/kept.json\" ;;\n\
+         esac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let config = docker.join("config.json");
+    fs::write(&config, r#"{"credsStore":"testkeep"}"#).unwrap();
+
+    let password = format!("{}\n", forge_testsupport::AUTH_PASSWORD);
+    let o = forge_logged(
+        &docker,
+        Some(&bin),
+        &[
+            "login",
+            addr,
+            "-u",
+            forge_testsupport::AUTH_USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&fs::read(bin.join("kept.json")).unwrap()).unwrap();
+    assert_eq!(kept["ServerURL"], addr, "{kept}");
+    assert_eq!(kept["Username"], forge_testsupport::AUTH_USER, "{kept}");
+    assert_eq!(kept["Secret"], forge_testsupport::AUTH_PASSWORD, "{kept}");
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        r#"{"credsStore":"testkeep"}"#,
+        "the password went to the file"
+    );
+
+    let ctx = forge_testsupport::Context::busybox(ws.path().join("ctx"))
+        .dockerfile("FROM scratch\nCOPY busybox /bin/busybox\n")
+        .into_path();
+    let root = ws.path().join("store");
+    let o = forge_logged(
+        &docker,
+        Some(&bin),
+        &[
+            "build",
+            "-q",
+            "--push",
+            "-t",
+            &format!("{addr}/forge-test/helper:1"),
+            "--root",
+            &root.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+        "",
+    );
+    assert!(
+        o.status.success(),
+        "push with the helper's login: {}",
+        printed(&o)
+    );
+
+    let o = forge_logged(&docker, Some(&bin), &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(
+        !bin.join("kept.json").exists(),
+        "the helper was not asked to erase"
+    );
+}

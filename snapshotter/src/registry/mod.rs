@@ -6,6 +6,7 @@
 //! else is https with the system roots (rustls, ring).
 
 mod auth;
+mod login;
 mod pull;
 mod push;
 pub mod roots;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
-pub use auth::{AuthError, AuthResolver, Credential};
+pub use auth::{AuthError, AuthResolver, Credential, DockerConfig, LoginStore, server_registry};
+pub use login::LoginError;
 pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
