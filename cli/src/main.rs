@@ -81,8 +81,10 @@ enum Command {
     /// Run the pipeline of a forge.yaml: build its images, run its jobs on them, push what passed
     /// (`--check` validates it and prints the plan instead).
     Run(run_cmd::RunArgs),
-    /// List the runs of a pipeline (number, commit, result, duration, jobs ran/cached/failed).
-    History(run_cmd::HistoryArgs),
+    /// Show an image's history (the steps that made its layers, as `docker history` does), or
+    /// without IMAGE the runs of a pipeline (number, commit, result, duration, jobs
+    /// ran/cached/failed).
+    History(image_cmd::ImageHistoryArgs),
     /// Print a job's stored log from a run (every job's when JOB is not given).
     Logs(run_cmd::LogsArgs),
     /// Look after the store itself.
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
         Command::Run(args) if args.check_only() => run_cmd::run(&args),
         Command::Run(args) => enter_user_namespace().and_then(|()| run_cmd::run(&args)),
-        Command::History(args) => run_cmd::history(&args),
+        Command::History(args) => image_cmd::history(&args),
         Command::Logs(args) => run_cmd::logs(&args),
         Command::Store(StoreCommand::Check(args)) => {
             enter_user_namespace().and_then(|()| store_cmd::check(&args))

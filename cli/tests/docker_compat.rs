@@ -648,3 +648,104 @@ fn login_goes_to_the_credential_helper_docker_names() {
         "the helper was not asked to erase"
     );
 }
+
+/// `forge history IMAGE` lists what made the image as `docker history` does: newest first, the
+/// image ID on the top line and `<missing>` below (what docker shows for a BuildKit image), sizes
+/// of layers (0B for steps that made none), steps cut at 45 characters unless `--no-trunc`;
+/// `--format json` has docker's keys. Without IMAGE, the pipeline's runs are listed as before.
+#[test]
+fn history_of_an_image_and_of_a_pipeline() {
+    let long = "echo a-step-whose-command-is-longer-than-the-column > /long";
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-history", &format!("ENV STAGE=one\nRUN {long}\n"))
+    else {
+        return;
+    };
+    let o = forge(
+        &root,
+        &["build", "-q", "-t", "local/hist:1", &ctx.to_string_lossy()],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let inspected = forge(&root, &["inspect", "local/hist:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let entries = doc["config"]["history"].as_array().unwrap().len();
+
+    let o = forge(&root, &["history", "local/hist:1"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("IMAGE          CREATED") && lines[0].ends_with("SIZE     COMMENT"),
+        "{text}"
+    );
+    assert_eq!(
+        lines.len(),
+        entries + 1,
+        "one line per history entry:\n{text}"
+    );
+    assert!(lines[1].starts_with(&id["sha256:".len()..][..12]), "{text}");
+    assert!(
+        lines[2..].iter().all(|l| l.starts_with("<missing>")),
+        "{text}"
+    );
+    let run = lines[1];
+    assert!(
+        run.contains("   RUN /bin/sh -c echo a-step-whose-command-is-…   ")
+            && run.contains(" ago "),
+        "{text}"
+    );
+    assert!(!run.contains(" 0B "), "the RUN step made a layer:\n{text}");
+    assert!(
+        lines[2].contains("ENV STAGE=one") && lines[2].contains(" 0B "),
+        "{text}"
+    );
+
+    let o = forge(&root, &["history", "--no-trunc", "local/hist:1"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.lines().nth(1).unwrap().starts_with(&id), "{text}");
+    assert!(text.contains(long), "{text}");
+
+    let o = forge(&root, &["history", "--format", "json", "local/hist:1"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), entries);
+    assert_eq!(rows[0]["ID"], id["sha256:".len()..][..12]);
+    assert_eq!(rows[1]["Size"], "0B", "{rows:?}");
+    for key in [
+        "Comment",
+        "CreatedAt",
+        "CreatedBy",
+        "CreatedSince",
+        "ID",
+        "Size",
+    ] {
+        assert!(rows[0].get(key).is_some(), "{key} in {:?}", rows[0]);
+    }
+
+    // The pipeline form: no IMAGE (or -f) lists runs; an IMAGE with -f is refused.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["history", "--root"])
+        .arg(&root)
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "no runs of forge.yaml yet\n"
+    );
+    let o = forge(&root, &["history", "-f", "forge.yaml", "local/hist:1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    let o = forge(&root, &["history", "local/none:1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains("no image docker.io/local/none:1"),
+        "{}",
+        printed(&o)
+    );
+}
