@@ -67,6 +67,13 @@ pub struct BuildArgs {
     /// Add a label to the image, KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Resolve every base image at its registry, even one the store holds; an unreachable
+    /// registry then fails the build. Without it, a base named without a registry (`FROM busybox`)
+    /// that the store holds is used as stored, as docker uses its local images, and any other base
+    /// is resolved at its registry, the store's copy used (with a warning) when that registry
+    /// cannot be reached.
+    #[arg(long)]
+    pull: bool,
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
@@ -444,6 +451,11 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
             },
             CompressionArg::Uncompressed => Compression::None,
         }),
+    };
+    r.pull = if args.pull {
+        forge_builder::source::PullPolicy::Always
+    } else {
+        forge_builder::source::PullPolicy::Missing
     };
     r.cache.no_cache = args.no_cache;
     r.cache.no_cache_filter = args.no_cache_filter.clone();

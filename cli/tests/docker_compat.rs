@@ -749,3 +749,84 @@ fn history_of_an_image_and_of_a_pipeline() {
         printed(&o)
     );
 }
+
+/// Runs `forge ARGS --root ROOT` with every https request sent to a closed loopback port (a proxy
+/// that is not there), so that a request for Docker Hub fails at once, on this machine.
+fn forge_offline(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("https_proxy", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .output()
+        .unwrap()
+}
+
+/// `FROM busybox` with an image of that name in the store uses it as it is, as docker uses its
+/// local images, says so, and asks no registry; `--pull` asks the registry (Docker Hub, here
+/// unreachable: the build fails rather than use the store's copy), and so it does for a full
+/// reference whose registry is down, where the default uses the store's copy with a warning.
+#[test]
+fn a_short_name_in_the_store_is_used_without_the_registry_unless_pull() {
+    let Some(Workspace { dir: ws, root, ctx }) = workspace("forge-local-base", "") else {
+        return;
+    };
+    let image = forge_testsupport::busybox_image().unwrap();
+    let o = forge(&root, &["pull", "-q", &image]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let o = forge(&root, &["tag", &image, "busybox"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo local > /x\n",
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+
+    let o = forge_offline(&root, &["build", "--progress", "plain", &c]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("using docker.io/library/busybox:latest sha256:")
+            && out.contains("from forge's store, as it is"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("could not reach"),
+        "the registry was asked:\n{out}"
+    );
+
+    let o = forge_offline(&root, &["build", "--progress", "plain", "--pull", &c]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("docker.io/library/busybox"), "{out}");
+    assert!(!out.contains("from forge's store"), "{out}");
+
+    // A full reference is resolved at its registry; when that is down, the default falls back on
+    // the store's copy (with a warning) and --pull does not.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("127.0.0.1:{closed}/forge-test/busybox:gone");
+    let o = forge(&root, &["tag", &image, &gone]);
+    assert!(o.status.success(), "{}", printed(&o));
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {gone}\nRUN echo gone > /x\n"),
+    )
+    .unwrap();
+    let o = forge(&root, &["build", "--progress", "plain", &c]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("using the copy in the store"), "{out}");
+    let o = forge(&root, &["build", "--progress", "plain", "--pull", &c]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{closed}")), "{out}");
+    drop(ws);
+}

@@ -94,6 +94,13 @@ impl Plain {
                         "resolved {manifest} ({platform}, {layers} layer{s})"
                     ))
                 }
+                PullEvent::Stored {
+                    reference,
+                    manifest,
+                    ..
+                } => Some(format!(
+                    "using {reference} {manifest} from forge's store, as it is (--pull resolves it at the registry)"
+                )),
                 PullEvent::Started { .. } => None,
                 PullEvent::Progress { .. } => self.bytes(ev, i, took, now),
                 PullEvent::Done { digest, bytes } => {

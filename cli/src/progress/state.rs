@@ -204,6 +204,7 @@ impl State {
                 self.entries[i].blobs_expected = Some(layers + 1);
                 Applied::on(i)
             }
+            PullEvent::Stored { .. } => self.close(i, Status::Done, Some(Duration::ZERO)),
             PullEvent::Started { digest, total, .. } => self.transfer(i, digest, 0, *total, now),
             PullEvent::Progress {
                 digest,

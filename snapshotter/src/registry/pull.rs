@@ -61,6 +61,15 @@ pub enum PullEvent {
         platform: String,
         layers: usize,
     },
+    /// The store's copy of the reference was used as it is; no registry was asked (a base named
+    /// without a registry, as docker uses its local images). Nothing follows for this pull.
+    #[serde(rename = "pull.stored")]
+    Stored {
+        reference: String,
+        manifest: Digest,
+        platform: String,
+        layers: usize,
+    },
     /// A blob download began.
     #[serde(rename = "pull.blob.started")]
     Started {
