@@ -56,6 +56,12 @@ pub struct BuildArgs {
     /// Print the build graph instead of building.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the Dockerfile's build checks (BuildKit's rules, under their names) instead of
+    /// building: each finding with its file:line:column, exit 1 when there is any. Nothing is
+    /// pulled: UndefinedVar needs a base image's environment and is checked in stages whose base
+    /// is in the store (or scratch, or an earlier stage).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
     #[command(flatten)]
     pub graph: GraphArgs,
     /// Name the image (`host:5000/app:1`); repeatable.
@@ -143,7 +149,7 @@ pub struct BuildArgs {
     /// The store directory (default: $XDG_DATA_HOME/forge, ~/.local/share/forge, or /var/lib/forge
     /// for root).
     #[arg(long, env = "FORGE_ROOT")]
-    root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 /// Reads one `-o` flag.

@@ -15,6 +15,7 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
+mod check_cmd;
 mod image_cmd;
 mod info_cmd;
 mod login_cmd;
@@ -174,6 +175,7 @@ fn main() -> ExitCode {
         Command::Parse { dump, file } => parse_cmd(dump, &file),
         Command::Graph(args) => graph_cmd(&args),
         Command::Build(args) if args.dry_run => graph_cmd(&args.graph),
+        Command::Build(args) if args.check => check_cmd::check(&args),
         Command::Build(args) => enter_user_namespace().and_then(|()| build_cmd::build(&args)),
         Command::Pull(args) => store_cmd::pull(&args),
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
@@ -201,7 +203,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("{}", f.message);
+            // A failure that printed its own report (`build --check`) has nothing to add.
+            if !f.message.is_empty() {
+                eprintln!("{}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }

@@ -830,3 +830,100 @@ fn a_short_name_in_the_store_is_used_without_the_registry_unless_pull() {
     assert!(out.contains(&format!("127.0.0.1:{closed}")), "{out}");
     drop(ws);
 }
+
+/// `forge build --check` prints each broken rule as `docker build --check` does (rule, link,
+/// message, file:line:column, the lines around it), exits 1 when any, 0 and "no warnings" when
+/// none, builds nothing, and takes a base image's environment from the store for UndefinedVar.
+#[test]
+fn check_reports_buildkits_rules_without_building() {
+    let ws = forge_testsupport::scratch("forge-check");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = ctx.join("Dockerfile");
+    fs::write(
+        &dockerfile,
+        "FROM scratch AS Build\nCOPY . /src\nCMD run-it\nRUN false\n",
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let file = dockerfile.display();
+    assert_eq!(
+        out,
+        format!(
+            "WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+             Stage name 'Build' should be lowercase\n\
+             {file}:1:1\n\
+             --------------------\n   \
+             1 | >>> FROM scratch AS Build\n   \
+             2 |     COPY . /src\n\
+             --------------------\n\n\
+             WARNING: JSONArgsRecommended - https://docs.docker.com/go/dockerfile/rule/json-args-recommended/\n\
+             JSON arguments recommended for CMD to prevent unintended behavior related to OS signals\n\
+             {file}:3:1\n\
+             --------------------\n   \
+             1 |     FROM scratch AS Build\n   \
+             2 |     COPY . /src\n   \
+             3 | >>> CMD run-it\n   \
+             4 |     RUN false\n\
+             --------------------\n\n\
+             Check complete, 2 warnings have been found!\n"
+        )
+    );
+    assert!(o.stderr.is_empty(), "{}", printed(&o));
+    let images = forge(&root, &["images"]);
+    assert!(
+        !String::from_utf8_lossy(&images.stdout).contains("Build"),
+        "--check built something"
+    );
+
+    fs::write(&dockerfile, "FROM scratch AS build\nCMD [\"run-it\"]\n").unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "Check complete, no warnings found.\n"
+    );
+
+    // A Dockerfile that does not parse is the located error a build gives.
+    fs::write(&dockerfile, "FROM scratch\nCOPY --nope=1 a /b\n").unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains(&format!("error: {file}:2:")),
+        "{}",
+        printed(&o)
+    );
+
+    // UndefinedVar knows a base image's environment when the store holds the image.
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    fs::write(
+        &dockerfile,
+        format!("FROM {image}\nENV P=$PATH Q=$NOT_IN_THE_IMAGE\n"),
+    )
+    .unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert!(
+        o.status.success(),
+        "without the image its variables are not judged: {}",
+        printed(&o)
+    );
+    let o = forge(&root, &["pull", "-q", &image]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Usage of undefined variable '$NOT_IN_THE_IMAGE'") && !out.contains("'$PATH'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Check complete, 1 warning has been found!"),
+        "{out}"
+    );
+}

@@ -99,6 +99,27 @@ pub fn names_no_registry(written: &str) -> bool {
     }
 }
 
+/// The names of the environment variables of the image the store holds under `reference` (as a
+/// FROM line names it), without asking any registry; `None` when the store has no whole copy or
+/// its config does not read.
+pub fn stored_env_names(store: &Store, reference: &str) -> Option<Vec<String>> {
+    let r = Reference::parse(reference).ok()?;
+    let record = store.get_image(&r.to_string()).ok()??;
+    let bytes = store.read_blob(&record.config.digest).ok()?;
+    let base = config::read_base_config(&bytes).ok()?;
+    Some(
+        base.config
+            .env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map_or(kv.as_str(), |(k, _)| k)
+                    .to_string()
+            })
+            .collect(),
+    )
+}
+
 /// Finds `reference` as `policy` says: the store's copy, or a pull (and, when the registry cannot
 /// be reached under [`PullPolicy::Missing`], the store's copy with a warning); then reads its config.
 pub async fn pull_base(

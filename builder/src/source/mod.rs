@@ -10,4 +10,5 @@ pub use context::{ContextSnapshot, SnapshotOptions};
 pub use http::HttpSource;
 pub use image::{
     BaseImage, BaseImages, PullPolicy, lower_with_images, names_no_registry, pull_base,
+    stored_env_names,
 };
