@@ -595,6 +595,9 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
              too), then run the build again",
         );
     }
+    if let Some(hint) = unreachable_hint(e) {
+        message.push_str(&hint);
+    }
     // The plain and tty views showed a failed step's last lines already; -q and json did not.
     if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
         && let Some(tail) = e.failed_step_tail()
@@ -605,6 +608,38 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
         }
     }
     message
+}
+
+/// What to do when a base image's registry could not be reached, if that is why the build failed.
+fn unreachable_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use forge_snapshotter::registry::{PullError, Unreachable};
+    let mut cur = Some(e);
+    let (registry, how) = loop {
+        let c = cur?;
+        // thiserror hands a boxed source on as the box.
+        let pull = c
+            .downcast_ref::<PullError>()
+            .or_else(|| c.downcast_ref::<Box<PullError>>().map(|b| &**b));
+        if let Some(found) = pull.and_then(PullError::unreachable) {
+            break found;
+        }
+        cur = c.source();
+    };
+    let what = match how {
+        Unreachable::NoSuchHost => format!(
+            "no host is named {registry} (the resolver says so; forge did not ask again): check the name"
+        ),
+        Unreachable::Dns => {
+            format!("the name {registry} could not be resolved: this machine may have no network")
+        }
+        Unreachable::Connect => format!("nothing answered at {registry}"),
+    };
+    Some(format!(
+        "\nhint: {what}. Without a network, build from a base forge can reach: an image in its \
+         store (`forge images`; a short name such as `FROM busybox` uses the stored copy without \
+         asking Docker Hub), or a full reference on a registry or mirror you can reach (`FROM \
+         127.0.0.1:5000/library/busybox`)"
+    ))
 }
 
 /// Whether ENOSPC is among the causes (as an `io::Error`, or in a cause that kept only its text).

@@ -927,3 +927,106 @@ fn check_reports_buildkits_rules_without_building() {
         "{out}"
     );
 }
+
+/// Answers every DNS query on `socket` with NXDOMAIN (no such name), as a resolver does for a
+/// host that does not exist.
+fn nxdomain_server(socket: std::net::UdpSocket) {
+    let mut buf = [0u8; 512];
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        let query = &buf[..n];
+        // The question: the name's labels up to the root label, then type and class.
+        let mut end = 12;
+        while end < n && query[end] != 0 {
+            end += usize::from(query[end]) + 1;
+        }
+        let Some(question) = query.get(12..end + 5) else {
+            continue;
+        };
+        let mut answer = query[..2].to_vec();
+        answer.extend_from_slice(&[0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0]);
+        answer.extend_from_slice(question);
+        let _ = socket.send_to(&answer, from);
+    }
+}
+
+/// A base image whose registry cannot be reached says what to do instead; a host name the
+/// resolver says does not exist fails at once (no retries), while a refused connection, which
+/// can heal, is tried again first. The resolver is the test's own, answering NXDOMAIN on the
+/// loopback of a network namespace of its own: nothing leaves the machine.
+#[test]
+fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
+    if !forge_testsupport::root("a network namespace with its own resolver") {
+        return;
+    }
+    let (Some(unshare), Some(ip)) = (
+        forge_testsupport::tool("unshare"),
+        forge_testsupport::tool("ip"),
+    ) else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-unreachable");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let resolv = ws.path().join("resolv.conf");
+    fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM registry.forge-test.example/app:1\n",
+    )
+    .unwrap();
+    let forge_bin = env!("CARGO_BIN_EXE_forge");
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {forge_bin} build --progress plain --root {} {}",
+        resolv.display(),
+        root.display(),
+        ctx.display()
+    );
+    // A thread of its own enters a new network namespace; what it starts is in there too.
+    let o = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the network");
+        forge_testsupport::run(std::process::Command::new(ip).args(["link", "set", "lo", "up"]));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
+        std::thread::spawn(move || nxdomain_server(socket));
+        std::process::Command::new(unshare)
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("hint: no host is named registry.forge-test.example")
+            && out.contains("Without a network, build from a base forge can reach"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("retrying"),
+        "NXDOMAIN was tried again:\n{out}"
+    );
+
+    // A refused connection may heal: it is retried, then the same advice.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM 127.0.0.1:{closed}/app:1\n"),
+    )
+    .unwrap();
+    let o = forge(
+        &root,
+        &["build", "--progress", "plain", &ctx.to_string_lossy()],
+    );
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("retrying manifest"), "{out}");
+    assert!(
+        out.contains(&format!("hint: nothing answered at 127.0.0.1:{closed}")),
+        "{out}"
+    );
+}

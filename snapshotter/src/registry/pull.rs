@@ -180,6 +180,18 @@ pub enum PullError {
     Task(String),
 }
 
+impl PullError {
+    /// The registry and how it could not be reached, when the pull failed for that reason.
+    pub fn unreachable(&self) -> Option<(&str, super::Unreachable)> {
+        match self {
+            PullError::Registry {
+                registry, source, ..
+            } => super::unreachable(source).map(|u| (registry.as_str(), u)),
+            _ => None,
+        }
+    }
+}
+
 /// The fields of a manifest or index forge reads; unknown fields are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
