@@ -1029,4 +1029,22 @@ fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
         out.contains(&format!("hint: nothing answered at 127.0.0.1:{closed}")),
         "{out}"
     );
+
+    // A registry that answers 404 (no such image) is not asked again either.
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {registry}/forge-test/no-such-image:1\n"),
+    )
+    .unwrap();
+    let o = forge(
+        &root,
+        &["build", "--progress", "plain", &ctx.to_string_lossy()],
+    );
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("manifest unknown"), "{out}");
+    assert!(!out.contains("retrying"), "a 404 was tried again:\n{out}");
 }
