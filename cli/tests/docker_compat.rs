@@ -1048,3 +1048,108 @@ fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
     assert!(out.contains("manifest unknown"), "{out}");
     assert!(!out.contains("retrying"), "a 404 was tried again:\n{out}");
 }
+
+/// A registry that hands out bearer tokens (as Docker Hub does): `/v2/` answers 401 with a Bearer
+/// challenge, the realm answers 200 with a token for `forge:right-password` and 401 otherwise.
+/// Keeps the token requests' first lines.
+fn token_registry() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut authorization = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    authorization = v.trim().to_string();
+                }
+            }
+            let (status, extra, body) = if first.starts_with("GET /v2/ ") {
+                (
+                    "401 Unauthorized",
+                    format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"forge-test\"\r\n"
+                    ),
+                    "{}",
+                )
+            } else if first.starts_with("GET /token?") {
+                log.lock().unwrap().push(first.trim_end().to_string());
+                // base64 of forge:right-password
+                if authorization == "basic zm9yz2u6cmlnahqtcgfzc3dvcmq=" {
+                    ("200 OK", String::new(), "{\"token\":\"t0k3n\"}")
+                } else {
+                    ("401 Unauthorized", String::new(), "{}")
+                }
+            } else {
+                ("404 Not Found", String::new(), "{}")
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// `forge login` on a registry that hands out bearer tokens asks the challenge's realm for one
+/// with the credentials, naming the account and service, as `docker login` does; the realm's
+/// refusal is the login's, with the realm's URL and status.
+#[test]
+fn login_asks_a_token_registrys_realm() {
+    let (port, seen) = token_registry();
+    let ws = forge_testsupport::scratch("forge-login-token");
+    let docker = ws.path().join("docker");
+    let addr = format!("127.0.0.1:{port}");
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", &addr, "-u", "forge", "--password-stdin"],
+        "wrong\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains(&format!(
+            "{addr} refused the login of forge (status 401 from http://127.0.0.1:{port}/token)"
+        )),
+        "{}",
+        printed(&o)
+    );
+    assert!(
+        !docker.join("config.json").exists(),
+        "a refused login was stored"
+    );
+
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", &addr, "-u", "forge", "--password-stdin"],
+        "right-password\n",
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(docker.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        doc["auths"][&addr]["auth"], "Zm9yZ2U6cmlnaHQtcGFzc3dvcmQ=",
+        "{doc}"
+    );
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(
+        asked[1].contains("account=forge") && asked[1].contains("service=forge-test"),
+        "{asked:?}"
+    );
+}
