@@ -1025,6 +1025,15 @@ fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
     let out = printed(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("retrying manifest"), "{out}");
+    // The pull and the phase it was in are marked failed, not done.
+    assert!(
+        out.contains(&format!("ERROR: registry 127.0.0.1:{closed}: manifest of")),
+        "{out}"
+    );
+    assert!(
+        out.contains("ERROR: base image 127.0.0.1:") && !out.contains(" DONE"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("hint: nothing answered at 127.0.0.1:{closed}")),
         "{out}"

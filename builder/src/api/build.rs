@@ -208,7 +208,7 @@ impl Session {
             )
         });
         let (lowered, images) = events
-            .phase(
+            .phase_result(
                 "resolving base images",
                 source::lower_with_images(
                     &df,

@@ -173,6 +173,9 @@ pub async fn pull_base(
                     rec
                 }
                 _ => {
+                    progress(PullEvent::Failed {
+                        error: e.to_string(),
+                    });
                     return Err(BuildError::Pull {
                         reference: reference.to_string(),
                         source: Box::new(e),

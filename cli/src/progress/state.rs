@@ -133,6 +133,15 @@ impl State {
                 let i = self.open(Key::Phase(name.clone()), name.clone(), now);
                 self.close(i, Status::Done, Some(*duration))
             }
+            BuildEvent::PhaseFailed {
+                name,
+                duration,
+                error,
+            } => {
+                let i = self.open(Key::Phase(name.clone()), name.clone(), now);
+                self.entries[i].error = Some(error.clone());
+                self.close(i, Status::Failed, Some(*duration))
+            }
             BuildEvent::Warning { .. } => {
                 self.warnings += 1;
                 Applied::default()
@@ -205,6 +214,11 @@ impl State {
                 Applied::on(i)
             }
             PullEvent::Stored { .. } => self.close(i, Status::Done, Some(Duration::ZERO)),
+            PullEvent::Failed { error } => {
+                self.entries[i].error = Some(error.clone());
+                let ran = now.saturating_duration_since(self.entries[i].started);
+                self.close(i, Status::Failed, Some(ran))
+            }
             PullEvent::Started { digest, total, .. } => self.transfer(i, digest, 0, *total, now),
             PullEvent::Progress {
                 digest,

@@ -94,6 +94,9 @@ pub enum PullEvent {
         kind: BlobKind,
         total: u64,
     },
+    /// The pull failed for good; `error` is why (the caller's error says the rest).
+    #[serde(rename = "pull.failed")]
+    Failed { error: String },
     /// A transient failure; the request is tried again after `delay`.
     #[serde(rename = "pull.retrying")]
     Retrying {
