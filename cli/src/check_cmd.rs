@@ -65,7 +65,8 @@ pub(crate) fn check(args: &BuildArgs) -> Result<(), Failure> {
         1 => out.push_str("Check complete, 1 warning has been found!\n"),
         n => out.push_str(&format!("Check complete, {n} warnings have been found!\n")),
     }
-    print!("{out}");
+    // A reader that stops early (`| head`) is not an error of the check.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     if findings.is_empty() {
         Ok(())
     } else {
