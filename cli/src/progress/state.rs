@@ -213,7 +213,14 @@ impl State {
                 self.entries[i].blobs_expected = Some(layers + 1);
                 Applied::on(i)
             }
-            PullEvent::Stored { .. } => self.close(i, Status::Done, Some(Duration::ZERO)),
+            PullEvent::Stored { .. } => {
+                // Nothing is pulled: the line says where the image came from instead.
+                let name = &mut self.entries[i].name;
+                if let Some(image) = name.strip_prefix("pulling ") {
+                    *name = format!("{image} (forge's store)");
+                }
+                self.close(i, Status::Done, Some(Duration::ZERO))
+            }
             PullEvent::Failed { error } => {
                 self.entries[i].error = Some(error.clone());
                 let ran = now.saturating_duration_since(self.entries[i].started);
