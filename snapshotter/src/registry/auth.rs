@@ -534,23 +534,24 @@ impl DockerConfig {
     pub fn erase(&self, registry: &str) -> Result<Option<LoginStore>, AuthError> {
         let mut map = self.read()?;
         let server = DockerConfig::key(registry);
+        let mut erased = None;
         if let Some(helper) = DockerConfig::helper_for(&map, registry)
             && self
                 .call(&helper, "erase", server, server.as_bytes())?
                 .is_some()
         {
-            return Ok(Some(LoginStore::Helper(helper)));
+            erased = Some(LoginStore::Helper(helper));
         }
-        let Some(auths) = map.get_mut("auths").and_then(|a| a.as_object_mut()) else {
-            return Ok(None);
-        };
-        let before = auths.len();
-        auths.retain(|k, _| normalize_key(k) != normalize_key(registry));
-        if auths.len() == before {
-            return Ok(None);
+        // An inline entry goes too, beside a helper's (docker leaves an empty one there).
+        if let Some(auths) = map.get_mut("auths").and_then(|a| a.as_object_mut()) {
+            let before = auths.len();
+            auths.retain(|k, _| normalize_key(k) != normalize_key(registry));
+            if auths.len() != before {
+                self.write(&map)?;
+                erased = erased.or(Some(LoginStore::File(self.path.clone())));
+            }
         }
-        self.write(&map)?;
-        Ok(Some(LoginStore::File(self.path.clone())))
+        Ok(erased)
     }
 }
 
@@ -629,6 +630,59 @@ fn entry_credential(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_login_replaces_the_registrys_other_keys_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker/config.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"auths":{"http://reg:5000":{"auth":"b2xkOm9sZA=="},"other:1":{"auth":"eDp5"}},"detachKeys":"ctrl-x"}"#,
+        )
+        .unwrap();
+        let config = DockerConfig::at(path.clone());
+        assert_eq!(
+            config.store("reg:5000", "me", "pw").unwrap(),
+            LoginStore::File(path.clone())
+        );
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc["auths"]["reg:5000"]["auth"], "bWU6cHc=");
+        assert!(doc["auths"].get("http://reg:5000").is_none(), "{doc}");
+        assert_eq!(doc["auths"]["other:1"]["auth"], "eDp5");
+        assert_eq!(doc["detachKeys"], "ctrl-x");
+        // What forge reads back is what it stored.
+        let read = AuthResolver::with_files([path.clone()]).credential("reg:5000", "app");
+        assert_eq!(
+            read.unwrap(),
+            Some(Credential::Basic {
+                username: "me".into(),
+                password: "pw".into()
+            })
+        );
+        // Docker Hub's key is docker's.
+        config.store(DOCKER_HUB, "me", "pw").unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(doc["auths"].get(DOCKER_HUB_AUTH_KEY).is_some(), "{doc}");
+
+        assert_eq!(
+            config.erase("reg:5000").unwrap(),
+            Some(LoginStore::File(path.clone()))
+        );
+        assert_eq!(config.erase("reg:5000").unwrap(), None);
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc["auths"]["other:1"]["auth"], "eDp5");
+        // A file that is not an object is refused, not overwritten.
+        std::fs::write(&path, "[1]").unwrap();
+        assert!(matches!(
+            config.store("reg:5000", "me", "pw"),
+            Err(AuthError::NotAnObject { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[1]");
+    }
 
     #[test]
     fn keys_normalise_to_registry() {
