@@ -109,7 +109,9 @@ pub struct BuildArgs {
     /// Push every -t name to its registry.
     #[arg(long)]
     push: bool,
-    /// An export: type=oci|docker|local|image, dest=..., tar=true|false, push=true; repeatable.
+    /// An export: type=oci|docker|local|tar|image|registry, dest=..., tar=true|false, push=true,
+    /// name=NAME (names the image as -t does); `-o DIR` and `-o -` as docker reads them;
+    /// repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Write buildx-style build metadata here (JSON: containerimage.digest, the manifest's, and
@@ -197,6 +199,20 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, tar, image, registry)"
         ))),
     }
+}
+
+/// The image names `-o ...,name=NAME` gives (buildx's way to name the image of an export), in
+/// the order written; they name the image as `-t` does.
+fn output_names(specs: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| s.contains('='))
+        .flat_map(|s| s.split(','))
+        .filter_map(|part| part.split_once('='))
+        .filter(|(k, _)| k.trim() == "name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// The exports the flags ask for: `-o` as given, `--push` turning on the push of image exports
@@ -419,8 +435,15 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     }
     r.exports = exports(args)?;
     r.tags = args.tags.clone();
+    for name in output_names(&args.outputs) {
+        if !r.tags.contains(&name) {
+            r.tags.push(name);
+        }
+    }
     if r.pushes() && r.tags.is_empty() {
-        return Err(usage("error: --push needs at least one -t NAME".into()));
+        return Err(usage(
+            "error: --push needs at least one -t NAME (or -o type=registry,name=NAME)".into(),
+        ));
     }
     for t in &r.tags {
         forge_snapshotter::reference::Reference::parse(t)

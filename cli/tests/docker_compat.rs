@@ -1162,3 +1162,52 @@ fn login_asks_a_token_registrys_realm() {
         "{asked:?}"
     );
 }
+
+/// `-o type=registry,name=NAME` (buildx's form) names and pushes the image without `-t`; a
+/// registry export with no name at all is refused, saying how to give one.
+#[test]
+fn an_output_name_names_and_pushes_the_image() {
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-output-name", "RUN echo named > /named\n")
+    else {
+        return;
+    };
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let name = format!(
+        "{registry}/forge-test/named:{}",
+        forge_testsupport::unique()
+    );
+    let c = ctx.to_string_lossy().into_owned();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=registry,name={name}"),
+            &c,
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let stored = forge(&root, &["inspect", &name]);
+    assert!(stored.status.success(), "{}", printed(&stored));
+    let doc: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
+    // The registry has it: a pull into another store gets the same manifest.
+    let other = ws.path().join("other-store");
+    let o = forge(&other, &["pull", "-q", &name]);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        doc["digest"].as_str().unwrap()
+    );
+
+    let o = forge(&root, &["build", "-o", "type=registry", &c]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(
+        printed(&o).contains("or -o type=registry,name=NAME"),
+        "{}",
+        printed(&o)
+    );
+}
