@@ -48,6 +48,14 @@ pub enum BuildEvent {
         #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
         duration: Duration,
     },
+    /// That phase failed; `error` is why (its first line), the build's error says the rest.
+    #[serde(rename = "phase.failed")]
+    PhaseFailed {
+        name: String,
+        #[serde(rename = "duration_ms", with = "forge_snapshotter::millis")]
+        duration: Duration,
+        error: String,
+    },
     /// Something the user should read but that does not stop the build.
     #[serde(rename = "warning")]
     Warning { message: String },
@@ -236,6 +244,31 @@ impl Events {
         out
     }
 
+    /// Runs `f` as the named phase, reporting its start and its end: done, or failed with the
+    /// error's first line.
+    pub async fn phase_result<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        self.emit(BuildEvent::PhaseStarted { name: name.into() });
+        let start = Instant::now();
+        let out = f.await;
+        let duration = start.elapsed();
+        self.emit(match &out {
+            Ok(_) => BuildEvent::PhaseDone {
+                name: name.into(),
+                duration,
+            },
+            Err(e) => BuildEvent::PhaseFailed {
+                name: name.into(),
+                duration,
+                error: e.to_string().lines().next().unwrap_or_default().to_string(),
+            },
+        });
+        out
+    }
+
     /// Runs `f` as the named phase, reporting its start and end.
     pub async fn phase<T>(&self, name: &str, f: impl std::future::Future<Output = T>) -> T {
         self.emit(BuildEvent::PhaseStarted { name: name.into() });
@@ -389,6 +422,11 @@ mod tests {
             BuildEvent::PhaseDone {
                 name: "exporting layers".into(),
                 duration: ms(42),
+            },
+            BuildEvent::PhaseFailed {
+                name: "resolving base images".into(),
+                duration: ms(7),
+                error: "base image busybox: no such host".into(),
             },
             BuildEvent::Warning {
                 message: "--platform is the host's".into(),

@@ -17,7 +17,7 @@ pub mod gc;
 pub mod graph;
 pub mod ops;
 pub mod pipeline;
-mod replace;
+use forge_snapshotter::replace;
 pub mod scratch;
 pub mod slashpath;
 pub mod solver;

@@ -33,6 +33,7 @@ async fn busybox(session: &Session, reference: &str) -> BaseImage {
         session.registry(),
         &Events::new(BuildId::new(), None),
         reference,
+        forge_builder::source::PullPolicy::Missing,
     )
     .await
     .expect("busybox pulls from the test registry")

@@ -79,6 +79,12 @@ pub struct BuildArgs {
     /// Print the build graph instead of building.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the Dockerfile's build checks (BuildKit's rules, under their names) instead of
+    /// building: each finding with its file:line:column, exit 1 when there is any. Nothing is
+    /// pulled: UndefinedVar needs a base image's environment and is checked in stages whose base
+    /// is in the store (or scratch, or an earlier stage).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
     #[command(flatten)]
     pub graph: GraphArgs,
     /// Name the image (`host:5000/app:1`); repeatable.
@@ -90,6 +96,13 @@ pub struct BuildArgs {
     /// Add a label to the image, KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Resolve every base image at its registry, even one the store holds; an unreachable
+    /// registry then fails the build. Without it, a base named without a registry (`FROM busybox`)
+    /// that the store holds is used as stored, as docker uses its local images, and any other base
+    /// is resolved at its registry, the store's copy used (with a warning) when that registry
+    /// cannot be reached.
+    #[arg(long)]
+    pull: bool,
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
@@ -112,19 +125,23 @@ pub struct BuildArgs {
     /// How progress is shown (on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
-    /// Print only the image digest on stdout.
+    /// Show no progress; print only the image ID (`sha256:` and the config digest), as `docker
+    /// build -q` does. Without -q the manifest digest is printed.
     #[arg(short, long)]
     quiet: bool,
     /// Push every -t name to its registry.
     #[arg(long)]
     push: bool,
-    /// An export: type=oci|docker|local|image, dest=..., tar=true|false, push=true; repeatable.
+    /// An export: type=oci|docker|local|tar|image|registry, dest=..., tar=true|false, push=true,
+    /// name=NAME (names the image as -t does); `-o DIR` and `-o -` as docker reads them;
+    /// repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
-    /// Write buildx-style build metadata (JSON, containerimage.digest) here.
+    /// Write buildx-style build metadata here (JSON: containerimage.digest, the manifest's, and
+    /// containerimage.config.digest, the image ID).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Write the image ID here.
+    /// Write the image ID (`sha256:` and the config digest, no newline) here, as docker does.
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
     /// Layer compression of what leaves the store (push, -o oci/docker); default gzip. An image
@@ -160,7 +177,7 @@ pub struct BuildArgs {
     /// The store directory (default: $XDG_DATA_HOME/forge, ~/.local/share/forge, or /var/lib/forge
     /// for root).
     #[arg(long, env = "FORGE_ROOT")]
-    root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 /// Reads one `-o` flag.
@@ -208,6 +225,20 @@ fn parse_output(spec: &str) -> Result<Export, Failure> {
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, tar, image, registry)"
         ))),
     }
+}
+
+/// The image names `-o ...,name=NAME` gives (buildx's way to name the image of an export), in
+/// the order written; they name the image as `-t` does.
+fn output_names(specs: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| s.contains('='))
+        .flat_map(|s| s.split(','))
+        .filter_map(|part| part.split_once('='))
+        .filter(|(k, _)| k.trim() == "name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// The exports the flags ask for: `-o` as given, `--push` turning on the push of image exports
@@ -430,8 +461,15 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     }
     r.exports = exports(args)?;
     r.tags = args.tags.clone();
+    for name in output_names(&args.outputs) {
+        if !r.tags.contains(&name) {
+            r.tags.push(name);
+        }
+    }
     if r.pushes() && r.tags.is_empty() {
-        return Err(usage("error: --push needs at least one -t NAME".into()));
+        return Err(usage(
+            "error: --push needs at least one -t NAME (or -o type=registry,name=NAME)".into(),
+        ));
     }
     for t in &r.tags {
         forge_snapshotter::reference::Reference::parse(t)
@@ -468,6 +506,11 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
             },
             CompressionArg::Uncompressed => Compression::None,
         }),
+    };
+    r.pull = if args.pull {
+        forge_builder::source::PullPolicy::Always
+    } else {
+        forge_builder::source::PullPolicy::Missing
     };
     r.cache.no_cache = args.no_cache;
     r.cache.no_cache_filter = args.no_cache_filter.clone();
@@ -541,8 +584,13 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
                 eprintln!("{s}");
             }
             // With a tar on standard output the digest would corrupt it: it is left out there.
+            // `-q` prints what `docker build -q` prints: the image ID, the config's digest.
             if !to_stdout {
-                println!("{}", outcome.digest);
+                if args.quiet {
+                    println!("{}", outcome.image.id());
+                } else {
+                    println!("{}", outcome.digest);
+                }
             }
             Ok(())
         }
@@ -607,6 +655,9 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
              too), then run the build again",
         );
     }
+    if let Some(hint) = unreachable_hint(e) {
+        message.push_str(&hint);
+    }
     // The plain and tty views showed a failed step's last lines already; -q and json did not.
     if matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
         && let Some(tail) = e.failed_step_tail()
@@ -617,6 +668,38 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
         }
     }
     message
+}
+
+/// What to do when a base image's registry could not be reached, if that is why the build failed.
+fn unreachable_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use forge_snapshotter::registry::{PullError, Unreachable};
+    let mut cur = Some(e);
+    let (registry, how) = loop {
+        let c = cur?;
+        // thiserror hands a boxed source on as the box.
+        let pull = c
+            .downcast_ref::<PullError>()
+            .or_else(|| c.downcast_ref::<Box<PullError>>().map(|b| &**b));
+        if let Some(found) = pull.and_then(PullError::unreachable) {
+            break found;
+        }
+        cur = c.source();
+    };
+    let what = match how {
+        Unreachable::NoSuchHost => format!(
+            "no host is named {registry} (the resolver says so; forge did not ask again): check the name"
+        ),
+        Unreachable::Dns => {
+            format!("the name {registry} could not be resolved: this machine may have no network")
+        }
+        Unreachable::Connect => format!("nothing answered at {registry}"),
+    };
+    Some(format!(
+        "\nhint: {what}. Without a network, build from a base forge can reach: an image in its \
+         store (`forge images`; a short name such as `FROM busybox` uses the stored copy without \
+         asking Docker Hub), or a full reference on a registry or mirror you can reach (`FROM \
+         127.0.0.1:5000/library/busybox`)"
+    ))
 }
 
 /// Whether ENOSPC is among the causes (as an `io::Error`, or in a cause that kept only its text).

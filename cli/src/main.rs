@@ -15,8 +15,10 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
+mod check_cmd;
 mod image_cmd;
 mod info_cmd;
+mod login_cmd;
 mod progress;
 mod run_cmd;
 mod store_cmd;
@@ -58,6 +60,11 @@ enum Command {
     Push(image_cmd::PushArgs),
     /// Print what the store records of an image: digests, platform, manifest and config.
     Inspect(image_cmd::InspectArgs),
+    /// Log in to a registry: the credentials are tried on it, then kept where `docker login`
+    /// keeps them ($DOCKER_CONFIG/config.json or ~/.docker/config.json, or its credential helper).
+    Login(login_cmd::LoginArgs),
+    /// Remove a registry login `forge login` or `docker login` stored.
+    Logout(login_cmd::LogoutArgs),
     /// Print forge's version.
     Version,
     /// Print what forge finds here: isolation (user namespace, subordinate ids), snapshotter, the
@@ -75,8 +82,10 @@ enum Command {
     /// Run the pipeline of a forge.yaml: build its images, run its jobs on them, push what passed
     /// (`--check` validates it and prints the plan instead).
     Run(run_cmd::RunArgs),
-    /// List the runs of a pipeline (number, commit, result, duration, jobs ran/cached/failed).
-    History(run_cmd::HistoryArgs),
+    /// Show an image's history (the steps that made its layers, as `docker history` does), or
+    /// without IMAGE the runs of a pipeline (number, commit, result, duration, jobs
+    /// ran/cached/failed).
+    History(image_cmd::ImageHistoryArgs),
     /// Print a job's stored log from a run (every job's when JOB is not given).
     Logs(run_cmd::LogsArgs),
     /// Look after the store itself.
@@ -166,6 +175,7 @@ fn main() -> ExitCode {
         Command::Parse { dump, file } => parse_cmd(dump, &file),
         Command::Graph(args) => graph_cmd(&args),
         Command::Build(args) if args.dry_run => graph_cmd(&args.graph),
+        Command::Build(args) if args.check => check_cmd::check(&args),
         Command::Build(args) => enter_user_namespace().and_then(|()| build_cmd::build(&args)),
         Command::Pull(args) => store_cmd::pull(&args),
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),
@@ -174,6 +184,8 @@ fn main() -> ExitCode {
         Command::Push(args) => image_cmd::push(&args),
         Command::Inspect(args) => image_cmd::inspect(&args),
         Command::Info(args) => info_cmd::info(&args),
+        Command::Login(args) => login_cmd::login(&args),
+        Command::Logout(args) => login_cmd::logout(&args),
         Command::Version => {
             println!("forge {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -182,7 +194,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => enter_user_namespace().and_then(|()| store_cmd::prune(&args)),
         Command::Run(args) if args.check_only() => run_cmd::run(&args),
         Command::Run(args) => enter_user_namespace().and_then(|()| run_cmd::run(&args)),
-        Command::History(args) => run_cmd::history(&args),
+        Command::History(args) => image_cmd::history(&args),
         Command::Logs(args) => run_cmd::logs(&args),
         Command::Store(StoreCommand::Check(args)) => {
             enter_user_namespace().and_then(|()| store_cmd::check(&args))
@@ -191,7 +203,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("{}", f.message);
+            // A failure that printed its own report (`build --check`) has nothing to add.
+            if !f.message.is_empty() {
+                eprintln!("{}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }

@@ -103,7 +103,7 @@ pub(crate) struct HistoryArgs {
     file: PathBuf,
     /// The store directory.
     #[arg(long, env = "FORGE_ROOT")]
-    root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -125,7 +125,7 @@ fn report(event: &PullEvent) {
             delay,
             error,
         } => eprintln!("retry    {what} (attempt {attempt}, in {delay:.1?}): {error}"),
-        PullEvent::Progress { .. } => {}
+        PullEvent::Progress { .. } | PullEvent::Stored { .. } | PullEvent::Failed { .. } => {}
     }
 }
 

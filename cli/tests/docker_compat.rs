@@ -328,3 +328,886 @@ fn output_shorthands_and_tars_on_stdout() {
     assert_eq!(o.status.code(), Some(2));
     assert!(printed(&o).contains("only one --output may write to standard output"));
 }
+
+/// `-q` prints the image ID as `docker build -q` does (the config's digest, not the manifest's),
+/// and nothing else; `--iidfile` holds the same ID and `--metadata-file` both digests under
+/// BuildKit's keys (`containerimage.config.digest`, `containerimage.digest`).
+#[test]
+fn quiet_prints_the_image_id_and_the_files_carry_both_digests() {
+    let Some(Workspace { dir: ws, root, ctx }) = workspace("forge-quiet-id", "RUN echo id > /id\n")
+    else {
+        return;
+    };
+    let iid = ws.path().join("iid");
+    let meta = ws.path().join("meta.json");
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "local/quiet:1",
+            "--iidfile",
+            &iid.to_string_lossy(),
+            "--metadata-file",
+            &meta.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(o.stderr.is_empty(), "-q printed on stderr: {}", printed(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let id = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        id.len() == 71 && id.starts_with("sha256:") && !id.contains('\n'),
+        "{stdout:?}"
+    );
+
+    let inspected = forge(&root, &["inspect", "local/quiet:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(doc["id"], id, "the config digest: {doc}");
+    assert_ne!(doc["digest"], id, "-q printed the manifest digest");
+    assert_eq!(fs::read_to_string(&iid).unwrap(), id, "--iidfile");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.config.digest"], id, "{m}");
+    assert_eq!(m["containerimage.digest"], doc["digest"], "{m}");
+
+    // Without -q the manifest digest is printed (what a registry names the image by).
+    let o = forge(
+        &root,
+        &["build", "-t", "local/quiet:2", &ctx.to_string_lossy()],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let inspected = forge(&root, &["inspect", "local/quiet:2"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        doc["digest"].as_str().unwrap()
+    );
+}
+
+/// Runs `forge ARGS` with Docker's config in `docker_config` (and no podman file in the way),
+/// `input` on standard input and `path` before the process's PATH.
+fn forge_logged(
+    docker_config: &std::path::Path,
+    path: Option<&std::path::Path>,
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_forge"));
+    cmd.args(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .env("REGISTRY_AUTH_FILE", docker_config.join("podman-none.json"))
+        .env("XDG_RUNTIME_DIR", docker_config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = path {
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![dir.to_path_buf()];
+        paths.extend(std::env::split_paths(&old));
+        cmd.env("PATH", std::env::join_paths(paths).unwrap());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// `forge login` tries the credentials on a real Distribution registry with htpasswd auth before
+/// keeping them in Docker's config.json (its other keys kept, mode 0600); a push then uses them;
+/// a wrong password is refused naming the registry and the status, and stores nothing; `forge
+/// logout` removes the entry, and the push is refused again.
+#[test]
+fn login_stores_what_the_registry_accepted_and_logout_removes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(registry) = forge_testsupport::auth_registry() else {
+        return;
+    };
+    let addr = registry.addr.as_str();
+    let ws = forge_testsupport::scratch("forge-login");
+    let docker = ws.path().join("docker");
+    fs::create_dir_all(&docker).unwrap();
+    let config = docker.join("config.json");
+    let before =
+        r#"{"auths":{"other.example:5000":{"auth":"dTpw"}},"proxies":{"default":{"noProxy":"x"}}}"#;
+    fs::write(&config, before).unwrap();
+    let ctx = forge_testsupport::Context::busybox(ws.path().join("ctx"))
+        .dockerfile("FROM scratch\nCOPY busybox /bin/busybox\n")
+        .into_path();
+    let root = ws.path().join("store");
+    let tag = format!("{addr}/forge-test/login:1");
+    let push = || {
+        forge_logged(
+            &docker,
+            None,
+            &[
+                "build",
+                "-q",
+                "--push",
+                "-t",
+                &tag,
+                "--root",
+                &root.to_string_lossy(),
+                &ctx.to_string_lossy(),
+            ],
+            "",
+        )
+    };
+    let o = push();
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(printed(&o).contains("wants a login"), "{}", printed(&o));
+
+    let user = forge_testsupport::AUTH_USER;
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", addr, "-u", user, "--password-stdin"],
+        "wrong-password\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let said = printed(&o);
+    assert!(
+        said.contains(&format!("{addr} refused the login of {user} (status 401")),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        before,
+        "stored a refused login"
+    );
+
+    // A URL names the registry as well as host:port does.
+    let password = format!("{}\n", forge_testsupport::AUTH_PASSWORD);
+    let o = forge_logged(
+        &docker,
+        None,
+        &[
+            "login",
+            &format!("http://{addr}/"),
+            "-u",
+            user,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    assert_eq!(
+        doc["auths"][addr]["auth"], "Zm9yZ2U6cmlnaHQtcGFzc3dvcmQ=",
+        "base64 of forge:right-password: {doc}"
+    );
+    assert_eq!(doc["auths"]["other.example:5000"]["auth"], "dTpw", "{doc}");
+    assert_eq!(doc["proxies"]["default"]["noProxy"], "x", "{doc}");
+    let mode = fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "config.json mode {mode:o}");
+
+    let o = push();
+    assert!(
+        o.status.success(),
+        "push with the stored login: {}",
+        printed(&o)
+    );
+
+    let o = forge_logged(&docker, None, &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .starts_with(&format!("Removing login credentials for {addr}")),
+        "{}",
+        printed(&o)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    assert!(doc["auths"].get(addr).is_none(), "{doc}");
+    assert_eq!(doc["auths"]["other.example:5000"]["auth"], "dTpw", "{doc}");
+    let o = push();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "pushed after logout: {}",
+        printed(&o)
+    );
+    let o = forge_logged(&docker, None, &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("Not logged in to {addr}\n")
+    );
+
+    // What docker refuses too: --password-stdin without a user, a repository for a server.
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", addr, "--password-stdin"],
+        &password,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(printed(&o).contains("--password-stdin needs --username"));
+    let o = forge_logged(
+        &docker,
+        None,
+        &[
+            "login",
+            &format!("{addr}/team"),
+            "-u",
+            user,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(printed(&o).contains("is not a registry"), "{}", printed(&o));
+}
+
+/// With `credsStore` in Docker's config, `forge login` hands the login to that credential helper
+/// (`docker-credential-NAME store`) instead of the file, a push gets it back from the helper, and
+/// `forge logout` has the helper erase it.
+#[test]
+fn login_goes_to_the_credential_helper_docker_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(registry) = forge_testsupport::auth_registry() else {
+        return;
+    };
+    let addr = registry.addr.as_str();
+    let ws = forge_testsupport::scratch("forge-login-helper");
+    let docker = ws.path().join("docker");
+    let bin = ws.path().join("bin");
+    fs::create_dir_all(&docker).unwrap();
+    fs::create_dir_all(&bin).unwrap();
+    // A helper that keeps one login in a file beside itself, as the helper protocol asks.
+    let helper = bin.join("docker-credential-testkeep");
+    fs::write(
+        &helper,
+        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\n\
+         store) cat > \"$d/kept.json\" ;;\n\
+         get) cat > /dev/null; if [ -f \"$d/kept.json\" ]; then cat \"$d/kept.json\"; \
+         else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         erase) cat > /dev/null; rm \"$d/kept.json\" ;;\n\
+         esac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let config = docker.join("config.json");
+    fs::write(&config, r#"{"credsStore":"testkeep"}"#).unwrap();
+
+    let password = format!("{}\n", forge_testsupport::AUTH_PASSWORD);
+    let o = forge_logged(
+        &docker,
+        Some(&bin),
+        &[
+            "login",
+            addr,
+            "-u",
+            forge_testsupport::AUTH_USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&fs::read(bin.join("kept.json")).unwrap()).unwrap();
+    assert_eq!(kept["ServerURL"], addr, "{kept}");
+    assert_eq!(kept["Username"], forge_testsupport::AUTH_USER, "{kept}");
+    assert_eq!(kept["Secret"], forge_testsupport::AUTH_PASSWORD, "{kept}");
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        r#"{"credsStore":"testkeep"}"#,
+        "the password went to the file"
+    );
+
+    let ctx = forge_testsupport::Context::busybox(ws.path().join("ctx"))
+        .dockerfile("FROM scratch\nCOPY busybox /bin/busybox\n")
+        .into_path();
+    let root = ws.path().join("store");
+    let o = forge_logged(
+        &docker,
+        Some(&bin),
+        &[
+            "build",
+            "-q",
+            "--push",
+            "-t",
+            &format!("{addr}/forge-test/helper:1"),
+            "--root",
+            &root.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+        "",
+    );
+    assert!(
+        o.status.success(),
+        "push with the helper's login: {}",
+        printed(&o)
+    );
+
+    let o = forge_logged(&docker, Some(&bin), &["logout", addr], "");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert!(
+        !bin.join("kept.json").exists(),
+        "the helper was not asked to erase"
+    );
+}
+
+/// `forge history IMAGE` lists what made the image as `docker history` does: newest first, the
+/// image ID on the top line and `<missing>` below (what docker shows for a BuildKit image), sizes
+/// of layers (0B for steps that made none), steps cut at 45 characters unless `--no-trunc`;
+/// `--format json` has docker's keys. Without IMAGE, the pipeline's runs are listed as before.
+#[test]
+fn history_of_an_image_and_of_a_pipeline() {
+    let long = "echo a-step-whose-command-is-longer-than-the-column > /long";
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-history", &format!("ENV STAGE=one\nRUN {long}\n"))
+    else {
+        return;
+    };
+    let o = forge(
+        &root,
+        &["build", "-q", "-t", "local/hist:1", &ctx.to_string_lossy()],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let inspected = forge(&root, &["inspect", "local/hist:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let entries = doc["config"]["history"].as_array().unwrap().len();
+
+    let o = forge(&root, &["history", "local/hist:1"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("IMAGE          CREATED") && lines[0].ends_with("SIZE     COMMENT"),
+        "{text}"
+    );
+    assert_eq!(
+        lines.len(),
+        entries + 1,
+        "one line per history entry:\n{text}"
+    );
+    assert!(lines[1].starts_with(&id["sha256:".len()..][..12]), "{text}");
+    assert!(
+        lines[2..].iter().all(|l| l.starts_with("<missing>")),
+        "{text}"
+    );
+    let run = lines[1];
+    assert!(
+        run.contains("   RUN /bin/sh -c echo a-step-whose-command-is-…   ")
+            && run.contains(" ago "),
+        "{text}"
+    );
+    assert!(!run.contains(" 0B "), "the RUN step made a layer:\n{text}");
+    assert!(
+        lines[2].contains("ENV STAGE=one") && lines[2].contains(" 0B "),
+        "{text}"
+    );
+
+    let o = forge(&root, &["history", "--no-trunc", "local/hist:1"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.lines().nth(1).unwrap().starts_with(&id), "{text}");
+    assert!(text.contains(long), "{text}");
+
+    let o = forge(&root, &["history", "--format", "json", "local/hist:1"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), entries);
+    assert_eq!(rows[0]["ID"], id["sha256:".len()..][..12]);
+    assert_eq!(rows[1]["Size"], "0B", "{rows:?}");
+    for key in [
+        "Comment",
+        "CreatedAt",
+        "CreatedBy",
+        "CreatedSince",
+        "ID",
+        "Size",
+    ] {
+        assert!(rows[0].get(key).is_some(), "{key} in {:?}", rows[0]);
+    }
+
+    // The pipeline form: no IMAGE (or -f) lists runs; an IMAGE with -f is refused.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["history", "--root"])
+        .arg(&root)
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "no runs of forge.yaml yet\n"
+    );
+    let o = forge(&root, &["history", "-f", "forge.yaml", "local/hist:1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    let o = forge(&root, &["history", "local/none:1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains("no image docker.io/local/none:1"),
+        "{}",
+        printed(&o)
+    );
+}
+
+/// Runs `forge ARGS --root ROOT` with every https request sent to a closed loopback port (a proxy
+/// that is not there), so that a request for Docker Hub fails at once, on this machine.
+fn forge_offline(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("https_proxy", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .output()
+        .unwrap()
+}
+
+/// `FROM busybox` with an image of that name in the store uses it as it is, as docker uses its
+/// local images, says so, and asks no registry; `--pull` asks the registry (Docker Hub, here
+/// unreachable: the build fails rather than use the store's copy), and so it does for a full
+/// reference whose registry is down, where the default uses the store's copy with a warning.
+#[test]
+fn a_short_name_in_the_store_is_used_without_the_registry_unless_pull() {
+    let Some(Workspace { dir: ws, root, ctx }) = workspace("forge-local-base", "") else {
+        return;
+    };
+    let image = forge_testsupport::busybox_image().unwrap();
+    let o = forge(&root, &["pull", "-q", &image]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let o = forge(&root, &["tag", &image, "busybox"]);
+    assert!(o.status.success(), "{}", printed(&o));
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo local > /x\n",
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+
+    let o = forge_offline(&root, &["build", "--progress", "plain", &c]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("using docker.io/library/busybox:latest sha256:")
+            && out.contains("from forge's store, as it is"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("could not reach"),
+        "the registry was asked:\n{out}"
+    );
+
+    let o = forge_offline(&root, &["build", "--progress", "plain", "--pull", &c]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("docker.io/library/busybox"), "{out}");
+    assert!(!out.contains("from forge's store"), "{out}");
+
+    // A full reference is resolved at its registry; when that is down, the default falls back on
+    // the store's copy (with a warning) and --pull does not.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("127.0.0.1:{closed}/forge-test/busybox:gone");
+    let o = forge(&root, &["tag", &image, &gone]);
+    assert!(o.status.success(), "{}", printed(&o));
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {gone}\nRUN echo gone > /x\n"),
+    )
+    .unwrap();
+    let o = forge(&root, &["build", "--progress", "plain", &c]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("using the copy in the store"), "{out}");
+    let o = forge(&root, &["build", "--progress", "plain", "--pull", &c]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{closed}")), "{out}");
+    drop(ws);
+}
+
+/// `forge build --check` prints each broken rule as `docker build --check` does (rule, link,
+/// message, file:line:column, the lines around it), exits 1 when any, 0 and "no warnings" when
+/// none, builds nothing, and takes a base image's environment from the store for UndefinedVar.
+#[test]
+fn check_reports_buildkits_rules_without_building() {
+    let ws = forge_testsupport::scratch("forge-check");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = ctx.join("Dockerfile");
+    fs::write(
+        &dockerfile,
+        "FROM scratch AS Build\nCOPY . /src\nCMD run-it\nRUN false\n",
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let file = dockerfile.display();
+    assert_eq!(
+        out,
+        format!(
+            "WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+             Stage name 'Build' should be lowercase\n\
+             {file}:1:1\n\
+             --------------------\n   \
+             1 | >>> FROM scratch AS Build\n   \
+             2 |     COPY . /src\n\
+             --------------------\n\n\
+             WARNING: JSONArgsRecommended - https://docs.docker.com/go/dockerfile/rule/json-args-recommended/\n\
+             JSON arguments recommended for CMD to prevent unintended behavior related to OS signals\n\
+             {file}:3:1\n\
+             --------------------\n   \
+             1 |     FROM scratch AS Build\n   \
+             2 |     COPY . /src\n   \
+             3 | >>> CMD run-it\n   \
+             4 |     RUN false\n\
+             --------------------\n\n\
+             Check complete, 2 warnings have been found!\n"
+        )
+    );
+    assert!(o.stderr.is_empty(), "{}", printed(&o));
+    let images = forge(&root, &["images"]);
+    assert!(
+        !String::from_utf8_lossy(&images.stdout).contains("Build"),
+        "--check built something"
+    );
+
+    fs::write(&dockerfile, "FROM scratch AS build\nCMD [\"run-it\"]\n").unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "Check complete, no warnings found.\n"
+    );
+
+    // A Dockerfile that does not parse is the located error a build gives.
+    fs::write(&dockerfile, "FROM scratch\nCOPY --nope=1 a /b\n").unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains(&format!("error: {file}:2:")),
+        "{}",
+        printed(&o)
+    );
+
+    // UndefinedVar knows a base image's environment when the store holds the image.
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    fs::write(
+        &dockerfile,
+        format!("FROM {image}\nENV P=$PATH Q=$NOT_IN_THE_IMAGE\n"),
+    )
+    .unwrap();
+    let o = forge(&root, &["build", "--check", &c]);
+    assert!(
+        o.status.success(),
+        "without the image its variables are not judged: {}",
+        printed(&o)
+    );
+    let o = forge(&root, &["pull", "-q", &image]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let o = forge(&root, &["build", "--check", &c]);
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Usage of undefined variable '$NOT_IN_THE_IMAGE'") && !out.contains("'$PATH'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Check complete, 1 warning has been found!"),
+        "{out}"
+    );
+}
+
+/// Answers every DNS query on `socket` with NXDOMAIN (no such name), as a resolver does for a
+/// host that does not exist.
+fn nxdomain_server(socket: std::net::UdpSocket) {
+    let mut buf = [0u8; 512];
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        let query = &buf[..n];
+        // The question: the name's labels up to the root label, then type and class.
+        let mut end = 12;
+        while end < n && query[end] != 0 {
+            end += usize::from(query[end]) + 1;
+        }
+        let Some(question) = query.get(12..end + 5) else {
+            continue;
+        };
+        let mut answer = query[..2].to_vec();
+        answer.extend_from_slice(&[0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0]);
+        answer.extend_from_slice(question);
+        let _ = socket.send_to(&answer, from);
+    }
+}
+
+/// A base image whose registry cannot be reached says what to do instead; a host name the
+/// resolver says does not exist fails at once (no retries), while a refused connection, which
+/// can heal, is tried again first. The resolver is the test's own, answering NXDOMAIN on the
+/// loopback of a network namespace of its own: nothing leaves the machine.
+#[test]
+fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
+    if !forge_testsupport::root("a network namespace with its own resolver") {
+        return;
+    }
+    let (Some(unshare), Some(ip)) = (
+        forge_testsupport::tool("unshare"),
+        forge_testsupport::tool("ip"),
+    ) else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-unreachable");
+    let root = ws.path().join("store");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let resolv = ws.path().join("resolv.conf");
+    fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM registry.forge-test.example/app:1\n",
+    )
+    .unwrap();
+    let forge_bin = env!("CARGO_BIN_EXE_forge");
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {forge_bin} build --progress plain --root {} {}",
+        resolv.display(),
+        root.display(),
+        ctx.display()
+    );
+    // A thread of its own enters a new network namespace; what it starts is in there too.
+    let o = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the network");
+        forge_testsupport::run(std::process::Command::new(ip).args(["link", "set", "lo", "up"]));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
+        std::thread::spawn(move || nxdomain_server(socket));
+        std::process::Command::new(unshare)
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("hint: no host is named registry.forge-test.example")
+            && out.contains("Without a network, build from a base forge can reach"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("retrying"),
+        "NXDOMAIN was tried again:\n{out}"
+    );
+
+    // A refused connection may heal: it is retried, then the same advice.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM 127.0.0.1:{closed}/app:1\n"),
+    )
+    .unwrap();
+    let o = forge(
+        &root,
+        &["build", "--progress", "plain", &ctx.to_string_lossy()],
+    );
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("retrying manifest"), "{out}");
+    // The pull and the phase it was in are marked failed, not done.
+    assert!(
+        out.contains(&format!("ERROR: registry 127.0.0.1:{closed}: manifest of")),
+        "{out}"
+    );
+    assert!(
+        out.contains("ERROR: base image 127.0.0.1:") && !out.contains(" DONE"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("hint: nothing answered at 127.0.0.1:{closed}")),
+        "{out}"
+    );
+
+    // A registry that answers 404 (no such image) is not asked again either.
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {registry}/forge-test/no-such-image:1\n"),
+    )
+    .unwrap();
+    let o = forge(
+        &root,
+        &["build", "--progress", "plain", &ctx.to_string_lossy()],
+    );
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("manifest unknown"), "{out}");
+    assert!(!out.contains("retrying"), "a 404 was tried again:\n{out}");
+}
+
+/// A registry that hands out bearer tokens (as Docker Hub does): `/v2/` answers 401 with a Bearer
+/// challenge, the realm answers 200 with a token for `forge:right-password` and 401 otherwise.
+/// Keeps the token requests' first lines.
+fn token_registry() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut authorization = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    authorization = v.trim().to_string();
+                }
+            }
+            let (status, extra, body) = if first.starts_with("GET /v2/ ") {
+                (
+                    "401 Unauthorized",
+                    format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"forge-test\"\r\n"
+                    ),
+                    "{}",
+                )
+            } else if first.starts_with("GET /token?") {
+                log.lock().unwrap().push(first.trim_end().to_string());
+                // base64 of forge:right-password
+                if authorization == "basic zm9yz2u6cmlnahqtcgfzc3dvcmq=" {
+                    ("200 OK", String::new(), "{\"token\":\"t0k3n\"}")
+                } else {
+                    ("401 Unauthorized", String::new(), "{}")
+                }
+            } else {
+                ("404 Not Found", String::new(), "{}")
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// `forge login` on a registry that hands out bearer tokens asks the challenge's realm for one
+/// with the credentials, naming the account and service, as `docker login` does; the realm's
+/// refusal is the login's, with the realm's URL and status.
+#[test]
+fn login_asks_a_token_registrys_realm() {
+    let (port, seen) = token_registry();
+    let ws = forge_testsupport::scratch("forge-login-token");
+    let docker = ws.path().join("docker");
+    let addr = format!("127.0.0.1:{port}");
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", &addr, "-u", "forge", "--password-stdin"],
+        "wrong\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains(&format!(
+            "{addr} refused the login of forge (status 401 from http://127.0.0.1:{port}/token)"
+        )),
+        "{}",
+        printed(&o)
+    );
+    assert!(
+        !docker.join("config.json").exists(),
+        "a refused login was stored"
+    );
+
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", &addr, "-u", "forge", "--password-stdin"],
+        "right-password\n",
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(docker.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        doc["auths"][&addr]["auth"], "Zm9yZ2U6cmlnaHQtcGFzc3dvcmQ=",
+        "{doc}"
+    );
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(
+        asked[1].contains("account=forge") && asked[1].contains("service=forge-test"),
+        "{asked:?}"
+    );
+}
+
+/// `-o type=registry,name=NAME` (buildx's form) names and pushes the image without `-t`; a
+/// registry export with no name at all is refused, saying how to give one.
+#[test]
+fn an_output_name_names_and_pushes_the_image() {
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-output-name", "RUN echo named > /named\n")
+    else {
+        return;
+    };
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let name = format!(
+        "{registry}/forge-test/named:{}",
+        forge_testsupport::unique()
+    );
+    let c = ctx.to_string_lossy().into_owned();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=registry,name={name}"),
+            &c,
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let stored = forge(&root, &["inspect", &name]);
+    assert!(stored.status.success(), "{}", printed(&stored));
+    let doc: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
+    // The registry has it: a pull into another store gets the same manifest.
+    let other = ws.path().join("other-store");
+    let o = forge(&other, &["pull", "-q", &name]);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        doc["digest"].as_str().unwrap()
+    );
+
+    let o = forge(&root, &["build", "-o", "type=registry", &c]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert!(
+        printed(&o).contains("or -o type=registry,name=NAME"),
+        "{}",
+        printed(&o)
+    );
+}

@@ -378,56 +378,11 @@ fn prune_during_a_build_waits_and_a_record_without_its_blobs_is_a_miss() {
 /// named as refused, missing ones as missing, for a push and for a pull.
 #[test]
 fn a_refused_login_says_the_credentials_were_refused() {
-    let Some(registry_bin) = forge_testsupport::tool("docker-registry") else {
+    let Some(registry) = forge_testsupport::auth_registry() else {
         return;
     };
+    let addr = registry.addr.clone();
     let tmp = tempfile::tempdir().unwrap();
-    // htpasswd entry for forge / right-password (bcrypt, cost 5).
-    std::fs::write(
-        tmp.path().join("htpasswd"),
-        "forge:$2b$05$abcdefghijklmnopqrstuuBO.kmgTJhdt40M5ZyHgFmcpBdUb9aS.\n",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    std::fs::write(
-        tmp.path().join("config.yml"),
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: forge-test\n    path: {}\n",
-            tmp.path().join("storage").display(),
-            tmp.path().join("htpasswd").display()
-        ),
-    )
-    .unwrap();
-    let mut server = Command::new(registry_bin)
-        .arg("serve")
-        .arg(tmp.path().join("config.yml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!("the registry exited: {status}");
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _server = Kill(server);
-
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();

@@ -10,6 +10,7 @@ pub mod mount;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+pub mod replace;
 pub mod retry;
 pub mod snapshot;
 pub mod store;

@@ -20,10 +20,12 @@
 //!
 //! Dev-only: the other crates list it under `[dev-dependencies]`, and it depends on none of them.
 
+mod auth_registry;
 mod check;
 mod fixture;
 pub mod snapshot;
 
+pub use auth_registry::{AUTH_PASSWORD, AUTH_USER, AuthRegistry, auth_registry};
 pub use check::{
     BUSYBOX, Docker, IdRange, TestUser, busybox, busybox_image, conformance, containerd,
     debian_image, docker, image_from_env, is_root, missing, on_path, prerequisite, registry,

@@ -208,9 +208,16 @@ impl Session {
             )
         });
         let (lowered, images) = events
-            .phase(
+            .phase_result(
                 "resolving base images",
-                source::lower_with_images(&df, &lower_opts, &self.store, &self.registry, events),
+                source::lower_with_images(
+                    &df,
+                    &lower_opts,
+                    &self.store,
+                    &self.registry,
+                    events,
+                    request.pull,
+                ),
             )
             .await
             .map_err(|e| lower_error(e, &name, &text))?;

@@ -59,6 +59,8 @@ pub struct BuildRequest {
     pub cache: CacheOptions,
     /// `SOURCE_DATE_EPOCH`: makes the image reproducible byte for byte.
     pub source_date_epoch: Option<i64>,
+    /// How base images are found: the store's copy of a short name, or always the registry.
+    pub pull: crate::source::PullPolicy,
     /// How many steps may run at once; the number of cores when `None`.
     pub jobs: Option<usize>,
     /// buildx-style metadata (`containerimage.digest`) written here after the build.
@@ -92,6 +94,7 @@ impl BuildRequest {
             jobs: None,
             metadata_file: None,
             iidfile: None,
+            pull: crate::source::PullPolicy::default(),
         }
     }
 

@@ -150,6 +150,48 @@ pub fn normalize_history(history: &mut Vec<History>, layers: usize) {
     }
 }
 
+/// One line of an image's history as `docker history` shows it: a history entry and the size of
+/// the layer it made (`None` for an entry that made none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryLine {
+    pub created: Option<String>,
+    pub created_by: String,
+    pub comment: String,
+    pub layer_size: Option<u64>,
+}
+
+impl ConfigFile {
+    /// The history newest first, each entry that made a layer paired with that layer's size
+    /// (`layer_sizes`: the manifest's, base first), in order. Layers no entry accounts for get a
+    /// line of their own, as [`normalize_history`] adds them when exporting; entries past the
+    /// last layer made none.
+    pub fn history_lines(&self, layer_sizes: &[u64]) -> Vec<HistoryLine> {
+        let mut sizes = layer_sizes.iter();
+        let mut lines: Vec<HistoryLine> = self
+            .history
+            .iter()
+            .map(|h| HistoryLine {
+                created: h.created.clone(),
+                created_by: h.created_by.clone(),
+                comment: h.comment.clone(),
+                layer_size: if h.empty_layer {
+                    None
+                } else {
+                    sizes.next().copied()
+                },
+            })
+            .collect();
+        lines.extend(sizes.map(|&size| HistoryLine {
+            created: None,
+            created_by: String::new(),
+            comment: EXPORTER_HISTORY_COMMENT.into(),
+            layer_size: Some(size),
+        }));
+        lines.reverse();
+        lines
+    }
+}
+
 /// An image config document, read from any image and written as BuildKit writes it: top-level
 /// members sorted (BuildKit re-marshals them through a Go map), `config` in the Go struct's order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -526,6 +568,42 @@ mod tests {
 
     fn digest(n: u8) -> Digest {
         sha256_digest(&[n])
+    }
+
+    #[test]
+    fn history_lines_pair_entries_with_layers_newest_first() {
+        let entry = |by: &str, empty: bool| HistoryEntry {
+            created_by: by.into(),
+            empty_layer: empty,
+            ..HistoryEntry::default()
+        };
+        let config = ConfigFile {
+            history: vec![
+                entry("ADD rootfs", false),
+                entry("ENV A=1", true),
+                entry("RUN x", false),
+            ],
+            ..ConfigFile::default()
+        };
+        let lines = config.history_lines(&[100, 20, 3]);
+        let got: Vec<(&str, Option<u64>)> = lines
+            .iter()
+            .map(|l| (l.created_by.as_str(), l.layer_size))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("", Some(3)),
+                ("RUN x", Some(20)),
+                ("ENV A=1", None),
+                ("ADD rootfs", Some(100))
+            ]
+        );
+        assert_eq!(lines[0].comment, EXPORTER_HISTORY_COMMENT);
+        // More entries than layers: the extra ones made nothing.
+        let lines = config.history_lines(&[100]);
+        assert_eq!(lines[0].layer_size, None);
+        assert_eq!(lines[2].layer_size, Some(100));
     }
 
     fn hist(created: Option<&str>, by: &str, empty: bool) -> History {

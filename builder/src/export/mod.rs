@@ -19,6 +19,7 @@ pub use image::{
     make_image, make_image_at, push_image, record_image, stored_for_push, with_compression,
 };
 pub use local::export_local;
+pub use time::parse_rfc3339;
 pub use write::{
     is_stdout, write_docker_tar, write_docker_tar_to, write_fs_tar, write_oci_dir, write_oci_tar,
     write_oci_tar_to,

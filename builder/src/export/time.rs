@@ -57,7 +57,7 @@ pub(crate) fn rfc3339_nanos(epoch: i64, nanos: u32) -> Result<String, ExportErro
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into (seconds, nanoseconds) since the epoch.
-pub(crate) fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;

@@ -593,7 +593,7 @@ impl HttpSource {
         // transfer kind for URLs, so its start and end are what is reported.
         let fetched = self
             .events
-            .phase(
+            .phase_result(
                 &format!("downloading {url}"),
                 self.fetcher
                     .fetch(url, checksum, dir, filename, &mut |_, _| {}),

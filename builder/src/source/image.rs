@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use forge_snapshotter::reference::Reference;
-use forge_snapshotter::registry::RegistryClient;
+use forge_snapshotter::registry::{PullEvent, RegistryClient};
 use forge_snapshotter::store::{ImageRecord, Store};
 use oci_spec::image::Digest;
 
@@ -71,13 +71,63 @@ impl ImageResolver for BaseImages {
     }
 }
 
-/// Pulls `reference` (or, when the registry cannot be reached, uses what the store already has,
-/// with a warning) and reads its config.
+/// How a base image is found: in the store, or at its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// `docker build`'s default: a base named without a registry (`busybox`, `team/app`) that the
+    /// store holds whole is used as stored, as docker uses its local images, and the registry is
+    /// not asked; any other base is resolved at its registry, the store's copy standing in, with a
+    /// warning, when the registry cannot be reached.
+    #[default]
+    Missing,
+    /// `--pull`: every base is resolved at its registry; one that cannot be reached fails the
+    /// build.
+    Always,
+}
+
+/// Whether `written` (a reference as a Dockerfile writes it) names no registry, so that docker
+/// would look for it among its local images first: Docker's rule, a first path component with no
+/// `.` or `:` that is not `localhost` (or no `/` at all).
+pub fn names_no_registry(written: &str) -> bool {
+    match written.split_once('/') {
+        None => true,
+        Some((first, _)) => {
+            !first.contains(['.', ':'])
+                && first != "localhost"
+                && first.chars().all(|c| !c.is_ascii_uppercase())
+        }
+    }
+}
+
+/// The names of the environment variables of the image the store holds under `reference` (as a
+/// FROM line names it), without asking any registry; `None` when the store has no whole copy or
+/// its config does not read.
+pub fn stored_env_names(store: &Store, reference: &str) -> Option<Vec<String>> {
+    let r = Reference::parse(reference).ok()?;
+    let record = store.get_image(&r.to_string()).ok()??;
+    let bytes = store.read_blob(&record.config.digest).ok()?;
+    let base = config::read_base_config(&bytes).ok()?;
+    Some(
+        base.config
+            .env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map_or(kv.as_str(), |(k, _)| k)
+                    .to_string()
+            })
+            .collect(),
+    )
+}
+
+/// Finds `reference` as `policy` says: the store's copy, or a pull (and, when the registry cannot
+/// be reached under [`PullPolicy::Missing`], the store's copy with a warning); then reads its config.
 pub async fn pull_base(
     store: &Store,
     registry: &RegistryClient,
     events: &Events,
     reference: &str,
+    policy: PullPolicy,
 ) -> Result<BaseImage, BuildError> {
     let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
         reference: reference.to_string(),
@@ -91,15 +141,30 @@ pub async fn pull_base(
             event,
         })
     };
+    let whole = |rec: &ImageRecord| rec.blobs().iter().all(|d| store.has_blob(d));
+    if policy == PullPolicy::Missing
+        && names_no_registry(reference)
+        && let Some(rec) = store.get_image(&r.to_string())?
+        && whole(&rec)
+    {
+        progress(PullEvent::Stored {
+            reference: r.to_string(),
+            manifest: rec.manifest.digest.clone(),
+            platform: rec.platform.clone(),
+            layers: rec.layers.len(),
+        });
+        return base_image(store, rec, reference);
+    }
     let record = match registry.pull(store, &r, &progress).await {
         Ok(rec) => rec,
         Err(e) => {
             // A registry that answered with a refusal was reached: its answer stands, so a wrong
-            // login is reported rather than hidden behind a stale copy.
+            // login is reported rather than hidden behind a stale copy. `--pull` asked for the
+            // registry's answer, and gets none in its place.
             let refused = matches!(e, forge_snapshotter::registry::PullError::Denied { .. });
             let stored = store.get_image(&r.to_string())?;
             match stored {
-                Some(rec) if !refused && rec.blobs().iter().all(|d| store.has_blob(d)) => {
+                Some(rec) if !refused && policy == PullPolicy::Missing && whole(&rec) => {
                     events.emit(BuildEvent::Warning {
                         message: format!(
                             "could not reach the registry for {reference} ({e}); using the copy in the store"
@@ -108,6 +173,9 @@ pub async fn pull_base(
                     rec
                 }
                 _ => {
+                    progress(PullEvent::Failed {
+                        error: e.to_string(),
+                    });
                     return Err(BuildError::Pull {
                         reference: reference.to_string(),
                         source: Box::new(e),
@@ -154,6 +222,7 @@ pub async fn lower_with_images(
     store: &Store,
     registry: &RegistryClient,
     events: &Events,
+    policy: PullPolicy,
 ) -> Result<(Lowered, BaseImages), BuildError> {
     let mut table = BaseImages::default();
     for _ in 0..8 {
@@ -193,7 +262,7 @@ pub async fn lower_with_images(
         let pulls: Vec<_> = wanted
             .iter()
             .cloned()
-            .map(|r| async move { pull_base(store, registry, events, &r).await })
+            .map(|r| async move { pull_base(store, registry, events, &r, policy).await })
             .collect();
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {
@@ -211,4 +280,30 @@ pub async fn lower_with_images(
     Err(BuildError::Invalid(
         "base images kept asking for more base images (ONBUILD loop?)".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_no_registry;
+
+    #[test]
+    fn short_names_are_those_docker_looks_up_locally_first() {
+        for short in [
+            "busybox",
+            "busybox:1.36",
+            "team/app",
+            "library/debian@sha256:ab",
+        ] {
+            assert!(names_no_registry(short), "{short}");
+        }
+        for full in [
+            "docker.io/library/busybox",
+            "127.0.0.1:5000/busybox",
+            "localhost/app",
+            "registry.example.com/team/app:1",
+            "Host/app",
+        ] {
+            assert!(!names_no_registry(full), "{full}");
+        }
+    }
 }

@@ -94,7 +94,14 @@ impl Plain {
                         "resolved {manifest} ({platform}, {layers} layer{s})"
                     ))
                 }
-                PullEvent::Started { .. } => None,
+                PullEvent::Stored {
+                    reference,
+                    manifest,
+                    ..
+                } => Some(format!(
+                    "using {reference} {manifest} from forge's store, as it is (--pull resolves it at the registry)"
+                )),
+                PullEvent::Started { .. } | PullEvent::Failed { .. } => None,
                 PullEvent::Progress { .. } => self.bytes(ev, i, took, now),
                 PullEvent::Done { digest, bytes } => {
                     Some(format!("{digest} {} {} done", human(*bytes), secs(took)))
@@ -124,6 +131,7 @@ impl Plain {
             BuildEvent::Solver(_)
             | BuildEvent::PhaseStarted { .. }
             | BuildEvent::PhaseDone { .. }
+            | BuildEvent::PhaseFailed { .. }
             | BuildEvent::Warning { .. } => None,
         }
     }

@@ -133,6 +133,15 @@ impl State {
                 let i = self.open(Key::Phase(name.clone()), name.clone(), now);
                 self.close(i, Status::Done, Some(*duration))
             }
+            BuildEvent::PhaseFailed {
+                name,
+                duration,
+                error,
+            } => {
+                let i = self.open(Key::Phase(name.clone()), name.clone(), now);
+                self.entries[i].error = Some(error.clone());
+                self.close(i, Status::Failed, Some(*duration))
+            }
             BuildEvent::Warning { .. } => {
                 self.warnings += 1;
                 Applied::default()
@@ -203,6 +212,19 @@ impl State {
             PullEvent::Resolved { layers, .. } => {
                 self.entries[i].blobs_expected = Some(layers + 1);
                 Applied::on(i)
+            }
+            PullEvent::Stored { .. } => {
+                // Nothing is pulled: the line says where the image came from instead.
+                let name = &mut self.entries[i].name;
+                if let Some(image) = name.strip_prefix("pulling ") {
+                    *name = format!("{image} (forge's store)");
+                }
+                self.close(i, Status::Done, Some(Duration::ZERO))
+            }
+            PullEvent::Failed { error } => {
+                self.entries[i].error = Some(error.clone());
+                let ran = now.saturating_duration_since(self.entries[i].started);
+                self.close(i, Status::Failed, Some(ran))
             }
             PullEvent::Started { digest, total, .. } => self.transfer(i, digest, 0, *total, now),
             PullEvent::Progress {

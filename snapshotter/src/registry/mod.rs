@@ -6,6 +6,7 @@
 //! else is https with the system roots (rustls, ring).
 
 mod auth;
+mod login;
 mod pull;
 mod push;
 pub mod roots;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
-pub use auth::{AuthError, AuthResolver, Credential};
+pub use auth::{AuthError, AuthResolver, Credential, DockerConfig, LoginStore, server_registry};
+pub use login::LoginError;
 pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
@@ -165,15 +167,61 @@ pub(crate) fn refusal_text(
 }
 
 /// Whether a failed request is worth trying again: 5xx, 408 and 429 answers, connection errors and
-/// timeouts. Everything else (a refusal, a bad digest, a missing name) fails the same way twice.
+/// timeouts. Everything else (a refusal, a bad digest, a missing name, a host name that does not
+/// exist) fails the same way twice.
 pub(crate) fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {
     use oci_client::errors::OciDistributionError as E;
     match e {
         E::ServerError { code, .. } => *code >= 500 || *code == 408 || *code == 429,
-        E::RequestError(r) => !(r.is_builder() || r.is_redirect() || r.is_status()),
+        E::RequestError(r) => {
+            !(r.is_builder() || r.is_redirect() || r.is_status())
+                && unreachable(e) != Some(Unreachable::NoSuchHost)
+        }
         E::IoError(_) => true,
         _ => false,
     }
+}
+
+/// Why a request never reached its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// The registry's host name does not exist (the resolver's answer is NXDOMAIN): asking again
+    /// gives the same answer.
+    NoSuchHost,
+    /// The name could not be resolved now (no resolver answering: no network, often).
+    Dns,
+    /// No connection: refused, timed out, or no route.
+    Connect,
+}
+
+/// How `e` failed to reach the registry, if that is how it failed. The resolver's answer is known
+/// only by its text (getaddrinfo's `EAI_NONAME`/`EAI_NODATA` messages, as glibc and musl word
+/// them), which the error chain carries.
+pub(crate) fn unreachable(e: &oci_client::errors::OciDistributionError) -> Option<Unreachable> {
+    let oci_client::errors::OciDistributionError::RequestError(r) = e else {
+        return None;
+    };
+    let mut text = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(c) = cause {
+        text.push_str(&c.to_string());
+        text.push('\n');
+        cause = c.source();
+    }
+    if text.contains("dns error") {
+        const NO_SUCH_HOST: [&str; 4] = [
+            "Name or service not known",
+            "No address associated with hostname",
+            "Name does not resolve",
+            "nodename nor servname provided",
+        ];
+        return Some(if NO_SUCH_HOST.iter().any(|m| text.contains(m)) {
+            Unreachable::NoSuchHost
+        } else {
+            Unreachable::Dns
+        });
+    }
+    (r.is_connect() || r.is_timeout()).then_some(Unreachable::Connect)
 }
 
 /// Whether a `host[:port]` is this machine: `localhost`, 127.0.0.0/8, `::1`.

@@ -61,6 +61,15 @@ pub enum PullEvent {
         platform: String,
         layers: usize,
     },
+    /// The store's copy of the reference was used as it is; no registry was asked (a base named
+    /// without a registry, as docker uses its local images). Nothing follows for this pull.
+    #[serde(rename = "pull.stored")]
+    Stored {
+        reference: String,
+        manifest: Digest,
+        platform: String,
+        layers: usize,
+    },
     /// A blob download began.
     #[serde(rename = "pull.blob.started")]
     Started {
@@ -85,6 +94,9 @@ pub enum PullEvent {
         kind: BlobKind,
         total: u64,
     },
+    /// The pull failed for good; `error` is why (the caller's error says the rest).
+    #[serde(rename = "pull.failed")]
+    Failed { error: String },
     /// A transient failure; the request is tried again after `delay`.
     #[serde(rename = "pull.retrying")]
     Retrying {
@@ -169,6 +181,18 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+impl PullError {
+    /// The registry and how it could not be reached, when the pull failed for that reason.
+    pub fn unreachable(&self) -> Option<(&str, super::Unreachable)> {
+        match self {
+            PullError::Registry {
+                registry, source, ..
+            } => super::unreachable(source).map(|u| (registry.as_str(), u)),
+            _ => None,
+        }
+    }
 }
 
 /// The fields of a manifest or index forge reads; unknown fields are ignored.

@@ -2,6 +2,7 @@
 //! an [`ast`], expanded with the [`shell`] lexer, typed into [`instructions`], and lowered to the graph.
 
 pub mod ast;
+pub mod check;
 pub mod dump;
 pub mod instructions;
 pub mod lower;

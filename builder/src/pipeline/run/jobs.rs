@@ -261,6 +261,7 @@ impl Runner {
                     self.session.registry(),
                     &Events::discard(),
                     &reference,
+                    crate::source::PullPolicy::Missing,
                 )
                 .await
                 .map_err(|e| crate::api::render_chain(&e))?;

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 /// Which step of a replacement failed, for the caller's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub enum Step {
     Create,
     Sync,
     Rename,
 }
 
 impl Step {
-    pub(crate) fn what(self) -> &'static str {
+    pub fn what(self) -> &'static str {
         match self {
             Step::Create => "creating",
             Step::Sync => "syncing",
@@ -27,7 +27,7 @@ impl Step {
 
 /// Replaces `dest` with what `fill` writes. `io_err` turns a failed step (on the path it names)
 /// into the caller's error; `fill`'s own errors pass through.
-pub(crate) fn replace_file<E>(
+pub fn replace_file<E>(
     dest: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), E>,
     io_err: impl Fn(Step, &Path, io::Error) -> E,
@@ -36,10 +36,9 @@ pub(crate) fn replace_file<E>(
     let name = dest
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy());
-    let tmp: PathBuf = dir.unwrap_or(Path::new(".")).join(format!(
-        ".{name}.tmp-{}",
-        forge_snapshotter::lock::random_hex()
-    ));
+    let tmp: PathBuf = dir
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.tmp-{}", crate::lock::random_hex()));
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| io_err(Step::Create, &tmp, e))?;
         fill(&mut f)?;

@@ -1,0 +1,107 @@
+//! `forge build --check`: the Dockerfile's build checks, printed as `docker build --check` prints
+//! them (rule, link, message, the place in the file with the lines around it), without building.
+
+use std::path::Path;
+
+use forge_builder::frontend::dockerfile::check::{CheckOptions, Finding, check as run_checks};
+use forge_builder::frontend::dockerfile::parser;
+
+use crate::build_cmd::BuildArgs;
+use crate::{Failure, display_name, failed, parse_build_args, render, usage};
+
+/// Runs the checks; exit 1 when any rule is broken, as docker's `--check` does.
+pub(crate) fn check(args: &BuildArgs) -> Result<(), Failure> {
+    let g = &args.graph;
+    let (name, src) = match &g.file {
+        Some(f) if f == Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                usage(format!(
+                    "error: reading the Dockerfile from standard input: {e}"
+                ))
+            })?;
+            ("Dockerfile (standard input)".to_string(), text)
+        }
+        Some(f) => (display_name(f), crate::read(f)?),
+        None => {
+            let f = g.context.join("Dockerfile");
+            (display_name(&f), crate::read(&f)?)
+        }
+    };
+    let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
+    let build_args = parse_build_args(&g.build_args)?;
+    // Base images' environments from the store only: a check asks no registry.
+    let store = match &args.root {
+        Some(root) => forge_snapshotter::store::Store::open(root).ok(),
+        None => forge_snapshotter::store::Store::open_default().ok(),
+    };
+    let base_env = |reference: &str| {
+        store
+            .as_ref()
+            .and_then(|s| forge_builder::source::stored_env_names(s, reference))
+    };
+    let findings = run_checks(
+        &df,
+        &CheckOptions {
+            build_args: &build_args,
+            base_env: &base_env,
+        },
+    )
+    .map_err(|e| {
+        failed(render(
+            &name,
+            &src,
+            Some(e.span),
+            &e.kind.to_string(),
+            e.hint.as_deref(),
+        ))
+    })?;
+    let mut out = String::new();
+    for f in &findings {
+        out.push_str(&finding(&name, &src, f));
+    }
+    match findings.len() {
+        0 => out.push_str("Check complete, no warnings found.\n"),
+        1 => out.push_str("Check complete, 1 warning has been found!\n"),
+        n => out.push_str(&format!("Check complete, {n} warnings have been found!\n")),
+    }
+    // A reader that stops early (`| head`) is not an error of the check.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 1,
+            message: String::new(),
+        })
+    }
+}
+
+/// One finding: the rule and its page, the message, `file:line:column`, and the lines around it
+/// with the one it is on marked.
+fn finding(file: &str, src: &str, f: &Finding) -> String {
+    let line = f.span.start.line;
+    let mut out = format!(
+        "WARNING: {} - {}\n{}\n{file}:{line}:{}\n--------------------\n",
+        f.rule.name,
+        f.rule.url(),
+        f.message,
+        f.span.start.column
+    );
+    let lines: Vec<&str> = src.lines().collect();
+    let last = f.span.end.line.max(line);
+    let first = line.saturating_sub(2).max(1);
+    let end = (last + 1).min(lines.len());
+    for n in first..=end {
+        let text = lines.get(n - 1).copied().unwrap_or_default();
+        let mark = if (line..=last).contains(&n) {
+            ">>>"
+        } else {
+            "   "
+        };
+        out.push_str(format!(" {n:>3} | {mark} {text}").trim_end());
+        out.push('\n');
+    }
+    out.push_str("--------------------\n\n");
+    out
+}
