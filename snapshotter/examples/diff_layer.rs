@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Changes::Compare {
             lower: lower.as_deref(),
             upper: &upper,
+            copied_at: None,
         }
     };
     let sink: Box<dyn Write> = match &out {

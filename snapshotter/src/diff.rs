@@ -45,6 +45,10 @@ pub enum Changes<'a> {
     Compare {
         lower: Option<&'a Path>,
         upper: &'a Path,
+        /// When `upper` was complete as a copy of `lower`, if it was made so: a file with equal
+        /// metadata whose ctime is older is unchanged without reading it (nothing can set ctime;
+        /// any write moves it). `None`: equal metadata is confirmed by reading both files.
+        copied_at: Option<std::time::SystemTime>,
     },
 }
 
@@ -68,10 +72,21 @@ pub fn write_layer<W: Write>(
         links: HashMap::new(),
         stats: DiffStats::default(),
         pending: Vec::new(),
+        copied_at: None,
     };
     match changes {
         Changes::OverlayUpper(upper) => d.overlay_dir(upper, b"")?,
-        Changes::Compare { lower, upper } => d.compare_dir(lower, upper, b"")?,
+        Changes::Compare {
+            lower,
+            upper,
+            copied_at,
+        } => {
+            d.copied_at = copied_at.and_then(|t| {
+                let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+                Some((d.as_secs() as i64, d.subsec_nanos() as i64))
+            });
+            d.compare_dir(lower, upper, b"")?
+        }
     }
     let stats = d.stats;
     let (desc, sink) = writer.finish()?;
@@ -86,6 +101,8 @@ struct Differ<'w, W: Write> {
     /// Unchanged directories on the way down (compare mode), written only if something below them
     /// is: an overlay upper holds the same copied-up parents, so both backends give one layer.
     pending: Vec<(PathBuf, Vec<u8>, Option<Node>)>,
+    /// [`Changes::Compare`]'s `copied_at`, as (seconds, nanoseconds).
+    copied_at: Option<(i64, i64)>,
 }
 
 /// A directory's children in the order their full paths sort: a directory `d` sorts as `d/`.
@@ -135,6 +152,7 @@ struct Node {
     kind: EntryKind,
     meta: EntryMeta,
     mtime_nsec: i64,
+    ctime: (i64, i64),
     dev_ino: (u64, u64),
     nlink: u64,
 }
@@ -190,6 +208,7 @@ fn node(path: &Path) -> Result<Node, DiffError> {
         },
         kind,
         mtime_nsec: md.mtime_nsec(),
+        ctime: (md.ctime(), md.ctime_nsec()),
         dev_ino: (md.dev(), md.ino()),
         nlink: md.nlink(),
     })
@@ -312,7 +331,7 @@ impl<W: Write> Differ<'_, W> {
                     let un = node(&upath)?;
                     let ln = node(&lpath)?;
                     let is_dir = un.kind == EntryKind::Dir;
-                    let changed = !same(&un, &ln, &upath, &lpath)?;
+                    let changed = !same(&un, &ln, &upath, &lpath, self.copied_at)?;
                     let pending = if changed {
                         self.emit(&upath, &crel, un)?;
                         false
@@ -337,11 +356,21 @@ impl<W: Write> Differ<'_, W> {
 }
 
 /// Whether an upper entry is unchanged from the lower one: metadata first, then content.
-fn same(u: &Node, l: &Node, upath: &Path, lpath: &Path) -> Result<bool, DiffError> {
+fn same(
+    u: &Node,
+    l: &Node,
+    upath: &Path,
+    lpath: &Path,
+    copied_at: Option<(i64, i64)>,
+) -> Result<bool, DiffError> {
     if u.kind != l.kind || u.meta != l.meta || u.mtime_nsec != l.mtime_nsec {
         return Ok(false);
     }
     if u.kind != EntryKind::File || u.meta.size == 0 {
+        return Ok(true);
+    }
+    // Untouched since the copy: its ctime is from the copy, before the marker.
+    if copied_at.is_some_and(|t| u.ctime < t) {
         return Ok(true);
     }
     // Equal metadata with changed bytes happens (a tool restoring mtimes): read both to be sure.

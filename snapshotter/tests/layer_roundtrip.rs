@@ -65,6 +65,7 @@ fn compare_diff_round_trips_for_every_compression() {
         let changes = Changes::Compare {
             lower: Some(&base),
             upper: &changed,
+            copied_at: None,
         };
         let (desc, blob, stats) = write_layer(changes, Vec::new(), options).unwrap();
         check_descriptor(&desc, &blob);
@@ -92,6 +93,7 @@ fn unchanged_files_are_not_in_the_layer() {
     let changes = Changes::Compare {
         lower: Some(&base),
         upper: &changed,
+        copied_at: None,
     };
     let (_, tar, _) = write_layer(changes, Vec::new(), options).unwrap();
     let mut names = Vec::new();
@@ -146,6 +148,7 @@ fn same_changes_give_the_same_digest() {
         let changes = Changes::Compare {
             lower: Some(&base),
             upper: &changed,
+            copied_at: None,
         };
         let (desc, _, _) = write_layer(changes, Vec::new(), options).unwrap();
         digests.push(desc.digest);
@@ -193,6 +196,7 @@ fn a_tree_without_parent_round_trips() {
     let changes = Changes::Compare {
         lower: None,
         upper: &changed,
+        copied_at: None,
     };
     let (desc, blob, _) = write_layer(changes, Vec::new(), options).unwrap();
     let target = tmp.path().join("target");
@@ -222,6 +226,7 @@ fn long_names_and_large_ids_survive() {
         Changes::Compare {
             lower: None,
             upper: &src,
+            copied_at: None,
         },
         Vec::new(),
         LayerOptions::default(),

@@ -50,6 +50,7 @@ fn base_layer(dir: &Path) -> (Vec<u8>, Digest, String) {
         Changes::Compare {
             lower: None,
             upper: dir,
+            copied_at: None,
         },
         Vec::new(),
         LayerOptions {
@@ -415,4 +416,45 @@ fn overlay_snapshot_round_trip_rootless() {
         stdout.contains("1 passed"),
         "rootless run did not run the test:\n{stdout}"
     );
+}
+
+/// The copy backend's diff skips reading files untouched since the copy (their ctime predates the
+/// copy's marker), but a file rewritten with its size and mtime put back is still found: the
+/// rewrite moved its ctime. Its parent directory comes along, as in an overlay upper.
+#[test]
+fn the_copy_diff_finds_a_rewrite_that_restored_the_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = AnySnapshotter::open(&tmp.path().join("sn"), Some(BackendKind::Copy)).unwrap();
+    let base = sn.prepare("base", None).unwrap();
+    let base_dir = base[0].source.clone();
+    std::fs::create_dir(base_dir.join("etc")).unwrap();
+    std::fs::write(base_dir.join("etc/same"), b"aaaa").unwrap();
+    std::fs::write(base_dir.join("etc/rewritten"), b"bbbb").unwrap();
+    sn.commit("base-c", "base").unwrap();
+    let child = sn.prepare("child", Some("base-c")).unwrap();
+    let dir = child[0].source.clone();
+    let path = dir.join("etc/rewritten");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, b"cccc").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let etc_mtime = std::fs::metadata(base_dir.join("etc"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::File::open(dir.join("etc"))
+        .unwrap()
+        .set_modified(etc_mtime)
+        .unwrap();
+    let options = LayerOptions {
+        compression: Compression::Zstd { level: 3 },
+        source_date_epoch: None,
+    };
+    let (desc, blob, _) = sn.diff("child", Vec::new(), options).unwrap();
+    let names = layer_names(&blob, desc.media_type.as_str());
+    assert_eq!(names, ["etc/", "etc/rewritten"]);
 }

@@ -17,6 +17,9 @@ use crate::mount::Mount;
 use crate::unpack::{WhiteoutMode, sys};
 
 /// Snapshots as full copies.
+/// The file beside a snapshot's `fs` written when its copy of the parent was complete.
+const COPIED_MARKER: &str = "copied";
+
 #[derive(Debug)]
 pub struct CopySnapshotter {
     db: Db,
@@ -56,9 +59,13 @@ impl Snapshotter for CopySnapshotter {
         let (id, _) = self.db.create(key, parent, Kind::Active, |dir| {
             let fs = dir.join("fs");
             match &parent_fs {
-                Some(src) => copy_tree(src, &fs),
-                None => std::fs::create_dir(&fs),
+                Some(src) => copy_tree(src, &fs)?,
+                None => std::fs::create_dir(&fs)?,
             }
+            // Written once the copy is whole: a file whose ctime is older than this marker is as
+            // the copy made it (every write, chmod or utimes moves ctime), so the diff need not
+            // read it (see `ChangeSource::Compare::copied_at`).
+            std::fs::write(dir.join(COPIED_MARKER), b"")
         })?;
         Ok(vec![Mount::bind(self.fs(id), false)])
     }
@@ -123,11 +130,17 @@ impl Snapshotter for CopySnapshotter {
                 Some(p) => Some(self.fs(state.get(p)?.id)),
                 None => None,
             };
+            let copied_at = lower.as_ref().and_then(|_| {
+                std::fs::metadata(self.db.dir(r.id).join(COPIED_MARKER))
+                    .and_then(|m| m.modified())
+                    .ok()
+            });
             Ok((
                 r.kind,
                 ChangeSource::Compare {
                     lower,
                     upper: self.fs(r.id),
+                    copied_at,
                 },
             ))
         })

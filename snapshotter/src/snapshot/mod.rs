@@ -215,6 +215,8 @@ pub enum ChangeSource {
     Compare {
         lower: Option<PathBuf>,
         upper: PathBuf,
+        /// When `upper` was complete as a copy of `lower` (see [`Changes::Compare`]).
+        copied_at: Option<std::time::SystemTime>,
     },
 }
 
@@ -222,7 +224,12 @@ impl ChangeSource {
     pub fn as_changes(&self) -> Changes<'_> {
         match self {
             ChangeSource::OverlayUpper(p) => Changes::OverlayUpper(p),
-            ChangeSource::Compare { lower, upper } => Changes::Compare {
+            ChangeSource::Compare {
+                lower,
+                upper,
+                copied_at,
+            } => Changes::Compare {
+                copied_at: *copied_at,
                 lower: lower.as_deref(),
                 upper,
             },
