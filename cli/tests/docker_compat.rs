@@ -1211,3 +1211,33 @@ fn an_output_name_names_and_pushes_the_image() {
         printed(&o)
     );
 }
+
+/// An image built FROM scratch without WORKDIR says WorkingDir "/", as BuildKit's empty image
+/// does (dockerfile2llb's emptyImage, BuildKit v0.12); forge wrote no WorkingDir.
+#[test]
+fn from_scratch_images_say_working_dir_slash() {
+    let Some(Workspace {
+        dir: _ws,
+        root,
+        ctx,
+    }) = workspace("forge-scratch-wd", "")
+    else {
+        return;
+    };
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "local/scratch-wd:1",
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let inspected = forge(&root, &["inspect", "local/scratch-wd:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(doc["config"]["config"]["WorkingDir"], "/", "{doc}");
+}

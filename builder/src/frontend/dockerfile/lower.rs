@@ -818,6 +818,11 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 if !image.env.iter().any(|e| e.starts_with("PATH=")) {
                     image.env.push(format!("PATH={DEFAULT_PATH}"));
                 }
+                // BuildKit's empty image (dockerfile2llb's emptyImage) says WorkingDir "/"; an
+                // image's own config is kept as it is, an empty WorkingDir included.
+                if matches!(plan.base, Base::Scratch) && image.working_dir.is_empty() {
+                    image.working_dir = "/".into();
+                }
                 let mut env = EnvList::default();
                 for e in &image.env {
                     let (k, v) = e.split_once('=').unwrap_or((e, ""));
