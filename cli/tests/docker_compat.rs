@@ -1212,6 +1212,67 @@ fn an_output_name_names_and_pushes_the_image() {
     );
 }
 
+/// What a RUN step printed to `/env.NAME` in an exported filesystem.
+fn env_file(dest: &std::path::Path, name: &str) -> String {
+    fs::read_to_string(dest.join(format!("env.{name}")))
+        .unwrap_or_else(|e| panic!("env.{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// `forge build --progress plain FLAGS -o type=local,dest=WS/OUT CTX` under `umask`, which must
+/// succeed; returns the destination.
+fn build_local(ws: &Workspace, flags: &[&str], out: &str, umask: &str) -> std::path::PathBuf {
+    let dest = ws.dir.path().join(out);
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress", "plain"])
+        .args(flags)
+        .arg("-o")
+        .arg(format!("type=local,dest={}", dest.display()))
+        .arg(&ws.ctx)
+        .arg("--root")
+        .arg(&ws.root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", printed(&o));
+    dest
+}
+
+/// The mount points forge makes for a RUN step's mounts, and their missing parents, are 0755 as
+/// runc makes them, and so is a working directory the runner makes (one an earlier step removed),
+/// as BuildKit makes it, even when forge runs under a umask of 077 (they were 0700 then); mount
+/// points are gone after the step; a tmpfs mount's own root is 1777, the kernel's, as in
+/// BuildKit. /dev/null is root's (forge runs as root here; rootless it is 65534, see the README).
+/// Issue 14.
+#[test]
+fn run_step_mount_points_are_0755_whatever_forges_umask() {
+    let script = "WORKDIR /wd/deep\nRUN rm -r /wd\n\
+        RUN --mount=type=tmpfs,target=/made/for/tmpfs sh -c '\
+        stat -c %a /made /made/for > /env.stub_modes; stat -c %a /made/for/tmpfs > /env.tmpfs_mode; \
+        stat -c %a /wd /wd/deep > /env.workdir_modes; \
+        stat -Lc \"%F %u:%g\" /dev/null > /env.devnull'\n";
+    let Some(ws) = workspace("forge-mount-modes", script) else {
+        return;
+    };
+    let dest = build_local(&ws, &[], "out", "077");
+    assert_eq!(env_file(&dest, "stub_modes"), "755\n755");
+    assert_eq!(env_file(&dest, "tmpfs_mode"), "1777");
+    assert_eq!(
+        env_file(&dest, "workdir_modes"),
+        "755\n755",
+        "the working directory the runner made again"
+    );
+    assert_eq!(env_file(&dest, "devnull"), "character special file 0:0");
+    assert!(
+        !dest.join("made").exists(),
+        "the mount point's parents stayed in the image"
+    );
+}
+
 /// An image built FROM scratch without WORKDIR says WorkingDir "/", as BuildKit's empty image
 /// does (dockerfile2llb's emptyImage, BuildKit v0.12); forge wrote no WorkingDir.
 #[test]

@@ -563,6 +563,11 @@ pub(super) fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> Se
             ctx(fs::create_dir(p), || {
                 format!("create mount point {}", p.display())
             })?;
+            // 0755 as runc makes them, whatever forge's umask: the step sees these directories.
+            ctx(
+                fs::set_permissions(p, fs::Permissions::from_mode(0o755)),
+                || format!("chmod mount point {}", p.display()),
+            )?;
             stubs.push(Stub::Created {
                 path: p.clone(),
                 dir: true,
@@ -930,6 +935,11 @@ fn make_cwd(cwd: &Path, uid: u32, gid: u32) -> SetupResult<()> {
         ctx(fs::create_dir(p), || {
             format!("create working directory {}", p.display())
         })?;
+        // 0755 as BuildKit makes it, whatever forge's umask: it stays in the image.
+        ctx(
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)),
+            || format!("chmod working directory {}", p.display()),
+        )?;
         ctx(std::os::unix::fs::chown(p, Some(uid), Some(gid)), || {
             format!("chown working directory {} to {uid}:{gid}", p.display())
         })?;
