@@ -1242,6 +1242,17 @@ fn build_local(ws: &Workspace, flags: &[&str], out: &str, umask: &str) -> std::p
     dest
 }
 
+/// The soft and hard RLIMIT_NOFILE of this process, which forge inherits (/proc/self/limits).
+fn own_nofile() -> (String, String) {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+}
+
 /// The mount points forge makes for a RUN step's mounts, and their missing parents, are 0755 as
 /// runc makes them, and so is a working directory the runner makes (one an earlier step removed),
 /// as BuildKit makes it, even when forge runs under a umask of 077 (they were 0700 then); mount
@@ -1271,6 +1282,90 @@ fn run_step_mount_points_are_0755_whatever_forges_umask() {
         !dest.join("made").exists(),
         "the mount point's parents stayed in the image"
     );
+}
+
+/// A RUN step's environment is BuildKit's sandbox (issue 14; BuildKit v0.12's executor over
+/// containerd's default spec): hostname `buildkitsandbox` (forge's was `forge`), /dev/mqueue, a
+/// 64 MiB /dev/shm, and the builder's own RLIMIT_NOFILE (BuildKit drops the spec's 1024).
+/// `--shm-size` and `--ulimit` (docker's syntax; the last for a name wins) change the step and
+/// its cache key: the second build runs the step again. Bad values are refused as docker does.
+#[test]
+fn run_steps_get_buildkits_sandbox_and_shm_size_and_ulimit() {
+    let script = "RUN sh -c 'hostname > /env.hostname; cat /etc/hostname > /env.etc_hostname; \
+        ulimit -Sn > /env.nofile_soft; ulimit -Hn > /env.nofile_hard; ulimit -Su > /env.nproc; \
+        grep -E \" /dev/(mqueue|shm) \" /proc/mounts > /env.mounts'\n";
+    let Some(ws) = workspace("forge-run-env", script) else {
+        return;
+    };
+    let plain = build_local(&ws, &[], "plain", "022");
+    assert_eq!(env_file(&plain, "hostname"), "buildkitsandbox");
+    assert_eq!(env_file(&plain, "etc_hostname"), "buildkitsandbox");
+    let (soft, hard) = own_nofile();
+    assert_eq!(
+        env_file(&plain, "nofile_soft"),
+        soft,
+        "forge's own soft limit"
+    );
+    assert_eq!(
+        env_file(&plain, "nofile_hard"),
+        hard,
+        "forge's own hard limit"
+    );
+    let mounts = env_file(&plain, "mounts");
+    assert!(
+        mounts.contains("mqueue /dev/mqueue mqueue"),
+        "no /dev/mqueue:\n{mounts}"
+    );
+    assert!(
+        mounts.contains("/dev/shm tmpfs") && mounts.contains("size=65536k"),
+        "/dev/shm is not 64 MiB:\n{mounts}"
+    );
+
+    let limited = build_local(
+        &ws,
+        &[
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=500",
+            "--ulimit",
+            "nproc=4096",
+        ],
+        "limited",
+        "022",
+    );
+    assert_eq!(env_file(&limited, "nofile_soft"), "1024");
+    assert_eq!(env_file(&limited, "nofile_hard"), "2048");
+    assert_eq!(
+        env_file(&limited, "nproc"),
+        "4096",
+        "the last --ulimit wins"
+    );
+    let mounts = env_file(&limited, "mounts");
+    assert!(
+        mounts.contains("size=131072k"),
+        "--shm-size 128m:\n{mounts}"
+    );
+
+    let ctx = ws.ctx.to_string_lossy();
+    for (bad, why) in [
+        (&["--ulimit", "files=10"][..], "invalid ulimit type: files"),
+        (
+            &["--ulimit", "nofile=20:10"][..],
+            "soft limit must be less than or equal",
+        ),
+        (&["--shm-size", "0"][..], "a size above 0"),
+        (&["--shm-size", "12x"][..], "unknown unit"),
+    ] {
+        let mut args = vec!["build"];
+        args.extend_from_slice(bad);
+        args.push(&ctx);
+        let o = forge(&ws.root, &args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", printed(&o));
+        assert!(printed(&o).contains(why), "{bad:?}: {}", printed(&o));
+    }
 }
 
 /// An image built FROM scratch without WORKDIR says WorkingDir "/", as BuildKit's empty image
