@@ -166,6 +166,14 @@ pub struct ExecOp {
     /// so a step without them keeps the identity it had before the field existed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
+    /// `--ulimit`, in docker's form (`nofile=1024:2048`), set before the command runs; hashed only
+    /// when present, as BuildKit keys a step by its ulimits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<String>,
+    /// `--shm-size` in bytes, the size of the step's /dev/shm (64 MiB without); hashed only when
+    /// present, as BuildKit keys a step by its /dev/shm mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
 }
 
 /// A step run for its verdict (a pipeline's test job): a non-zero exit does not fail the vertex but

@@ -1162,6 +1162,8 @@ fn graph_with_test_steps(context: &Path) -> Graph {
                     artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
                 }),
                 extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
+                shm_size: None,
             }),
             format!("[test] {script}"),
             None,

@@ -235,6 +235,8 @@ fn outputs_can_be_gated_by_test_vertices() {
             }],
             test: None,
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
         }),
         "test job",
         None,

@@ -142,6 +142,8 @@ fn run(b: &mut GraphBuilder, stage: &str, cmd: &str, line: usize, inputs: &[Node
             mounts,
             test: None,
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
         }),
         format!("[{stage}] RUN {cmd}"),
         Some(line),

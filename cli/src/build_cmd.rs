@@ -168,6 +168,14 @@ pub struct BuildArgs {
     /// CPU limit of each RUN step, in CPUs (e.g. 0.5, 2).
     #[arg(long, visible_alias = "cpu", value_name = "CPUS")]
     cpus: Option<forge_runner::NanoCpus>,
+    /// Size of each RUN step's /dev/shm (e.g. 128m, 1g; default 64m, as in docker).
+    #[arg(long, value_name = "BYTES", value_parser = parse_shm_size)]
+    shm_size: Option<forge_runner::Bytes>,
+    /// A resource limit of each RUN step, NAME=SOFT[:HARD] as docker takes it (nofile, nproc,
+    /// core, stack, memlock, ...; -1 is unlimited); repeatable. Without it a step keeps forge's
+    /// own limits, as BuildKit's steps keep buildkitd's.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<forge_runner::Ulimit>,
     /// How many steps may run at once (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -345,6 +353,14 @@ fn parse_ssh(specs: &[String]) -> Result<HashMap<String, PathBuf>, Failure> {
     Ok(out)
 }
 
+/// `--shm-size` as docker reads it (`128m`, `1g`), above 0.
+fn parse_shm_size(s: &str) -> Result<forge_runner::Bytes, String> {
+    match forge_runner::Bytes::parse_size(s)? {
+        forge_runner::Bytes(0) => Err(format!("{s:?}: /dev/shm needs a size above 0")),
+        b => Ok(b),
+    }
+}
+
 /// One `--add-host` as docker reads it: `NAME:IP` or `NAME=IP`, an IPv6 address in brackets or
 /// not (`h:[::1]`, `h=::1`).
 fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), Failure> {
@@ -494,6 +510,12 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         memory: args.memory,
         cpus: args.cpus,
     };
+    r.shm_size = args.shm_size;
+    // Later flags for the same limit win, as in docker.
+    for u in &args.ulimits {
+        r.ulimits.retain(|o| o.name != u.name);
+        r.ulimits.push(*u);
+    }
     r.source_date_epoch = source_date_epoch(&r.build_args)?;
     r.compression = match (args.compression, args.compression_level) {
         (None, None) => None,

@@ -1399,3 +1399,80 @@ fn a_cache_mount_filled_under_one_runner_is_seen_under_the_other() {
         "containerd-1\nembedded-2\ncontainerd-3\n"
     );
 }
+
+/// Issue 14, rootless: an ordinary user's RUN steps get BuildKit's sandbox too (its hostname,
+/// /dev/mqueue of the step's own IPC namespace, `--ulimit` within forge's own hard limit), and
+/// /dev/null shows as 65534: the host's root is not mapped in the user namespace and a user
+/// namespace may not make device nodes (rootless BuildKit and podman show the same; the README
+/// says so). A `--ulimit` past forge's hard limit fails the step, saying why.
+#[test]
+fn rootless_run_steps_get_buildkits_sandbox() {
+    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(user) = forge_testsupport::test_user() else {
+        return;
+    };
+    let scratch = Scratch::new(Some(&user));
+    let ctx = scratch.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {busybox}\nRUN sh -c 'hostname; grep -c \" /dev/mqueue mqueue \" /proc/mounts; \
+             ulimit -Sn; ulimit -Hn; stat -Lc %u:%g /dev/null' > /env.txt\n"
+        ),
+    )
+    .unwrap();
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&ctx)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let store = scratch.path("store");
+    let args = |ulimit: &str, out: &str| -> Vec<String> {
+        [
+            "--progress=plain",
+            "--ulimit",
+            ulimit,
+            "-o",
+            &format!("type=local,dest={}", scratch.path(out).display()),
+            ctx.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &store,
+        &args("nofile=100:200", "out"),
+        &[],
+    );
+    assert_built("rootless build with --ulimit", &out);
+    let env = fs::read_to_string(scratch.path("out/env.txt")).unwrap();
+    assert_eq!(
+        env.lines().collect::<Vec<_>>(),
+        ["buildkitsandbox", "1", "100", "200", "65534:65534"],
+        "{env}"
+    );
+
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &store,
+        &args("nofile=100:-1", "past"),
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("set --ulimit nofile=100:-1") && stderr.contains("only real root"),
+        "{stderr}"
+    );
+}

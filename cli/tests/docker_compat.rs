@@ -1211,3 +1211,189 @@ fn an_output_name_names_and_pushes_the_image() {
         printed(&o)
     );
 }
+
+/// What a RUN step printed to `/env.NAME` in an exported filesystem.
+fn env_file(dest: &std::path::Path, name: &str) -> String {
+    fs::read_to_string(dest.join(format!("env.{name}")))
+        .unwrap_or_else(|e| panic!("env.{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// `forge build --progress plain FLAGS -o type=local,dest=WS/OUT CTX` under `umask`, which must
+/// succeed; returns the destination.
+fn build_local(ws: &Workspace, flags: &[&str], out: &str, umask: &str) -> std::path::PathBuf {
+    let dest = ws.dir.path().join(out);
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress", "plain"])
+        .args(flags)
+        .arg("-o")
+        .arg(format!("type=local,dest={}", dest.display()))
+        .arg(&ws.ctx)
+        .arg("--root")
+        .arg(&ws.root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", printed(&o));
+    dest
+}
+
+/// The soft and hard RLIMIT_NOFILE of this process, which forge inherits (/proc/self/limits).
+fn own_nofile() -> (String, String) {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+}
+
+/// The mount points forge makes for a RUN step's mounts, and their missing parents, are 0755 as
+/// runc makes them, and so is a working directory the runner makes (one an earlier step removed),
+/// as BuildKit makes it, even when forge runs under a umask of 077 (they were 0700 then); mount
+/// points are gone after the step; a tmpfs mount's own root is 1777, the kernel's, as in
+/// BuildKit. /dev/null is root's (forge runs as root here; rootless it is 65534, see the README).
+/// Issue 14.
+#[test]
+fn run_step_mount_points_are_0755_whatever_forges_umask() {
+    let script = "WORKDIR /wd/deep\nRUN rm -r /wd\n\
+        RUN --mount=type=tmpfs,target=/made/for/tmpfs sh -c '\
+        stat -c %a /made /made/for > /env.stub_modes; stat -c %a /made/for/tmpfs > /env.tmpfs_mode; \
+        stat -c %a /wd /wd/deep > /env.workdir_modes; \
+        stat -Lc \"%F %u:%g\" /dev/null > /env.devnull'\n";
+    let Some(ws) = workspace("forge-mount-modes", script) else {
+        return;
+    };
+    let dest = build_local(&ws, &[], "out", "077");
+    assert_eq!(env_file(&dest, "stub_modes"), "755\n755");
+    assert_eq!(env_file(&dest, "tmpfs_mode"), "1777");
+    assert_eq!(
+        env_file(&dest, "workdir_modes"),
+        "755\n755",
+        "the working directory the runner made again"
+    );
+    assert_eq!(env_file(&dest, "devnull"), "character special file 0:0");
+    assert!(
+        !dest.join("made").exists(),
+        "the mount point's parents stayed in the image"
+    );
+}
+
+/// A RUN step's environment is BuildKit's sandbox (issue 14; BuildKit v0.12's executor over
+/// containerd's default spec): hostname `buildkitsandbox` (forge's was `forge`), /dev/mqueue, a
+/// 64 MiB /dev/shm, and the builder's own RLIMIT_NOFILE (BuildKit drops the spec's 1024).
+/// `--shm-size` and `--ulimit` (docker's syntax; the last for a name wins) change the step and
+/// its cache key: the second build runs the step again. Bad values are refused as docker does.
+#[test]
+fn run_steps_get_buildkits_sandbox_and_shm_size_and_ulimit() {
+    let script = "RUN sh -c 'hostname > /env.hostname; cat /etc/hostname > /env.etc_hostname; \
+        ulimit -Sn > /env.nofile_soft; ulimit -Hn > /env.nofile_hard; ulimit -Su > /env.nproc; \
+        grep -E \" /dev/(mqueue|shm) \" /proc/mounts > /env.mounts'\n";
+    let Some(ws) = workspace("forge-run-env", script) else {
+        return;
+    };
+    let plain = build_local(&ws, &[], "plain", "022");
+    assert_eq!(env_file(&plain, "hostname"), "buildkitsandbox");
+    assert_eq!(env_file(&plain, "etc_hostname"), "buildkitsandbox");
+    let (soft, hard) = own_nofile();
+    assert_eq!(
+        env_file(&plain, "nofile_soft"),
+        soft,
+        "forge's own soft limit"
+    );
+    assert_eq!(
+        env_file(&plain, "nofile_hard"),
+        hard,
+        "forge's own hard limit"
+    );
+    let mounts = env_file(&plain, "mounts");
+    assert!(
+        mounts.contains("mqueue /dev/mqueue mqueue"),
+        "no /dev/mqueue:\n{mounts}"
+    );
+    assert!(
+        mounts.contains("/dev/shm tmpfs") && mounts.contains("size=65536k"),
+        "/dev/shm is not 64 MiB:\n{mounts}"
+    );
+
+    let limited = build_local(
+        &ws,
+        &[
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=500",
+            "--ulimit",
+            "nproc=4096",
+        ],
+        "limited",
+        "022",
+    );
+    assert_eq!(env_file(&limited, "nofile_soft"), "1024");
+    assert_eq!(env_file(&limited, "nofile_hard"), "2048");
+    assert_eq!(
+        env_file(&limited, "nproc"),
+        "4096",
+        "the last --ulimit wins"
+    );
+    let mounts = env_file(&limited, "mounts");
+    assert!(
+        mounts.contains("size=131072k"),
+        "--shm-size 128m:\n{mounts}"
+    );
+
+    let ctx = ws.ctx.to_string_lossy();
+    for (bad, why) in [
+        (&["--ulimit", "files=10"][..], "invalid ulimit type: files"),
+        (
+            &["--ulimit", "nofile=20:10"][..],
+            "soft limit must be less than or equal",
+        ),
+        (&["--shm-size", "0"][..], "a size above 0"),
+        (&["--shm-size", "12x"][..], "unknown unit"),
+    ] {
+        let mut args = vec!["build"];
+        args.extend_from_slice(bad);
+        args.push(&ctx);
+        let o = forge(&ws.root, &args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", printed(&o));
+        assert!(printed(&o).contains(why), "{bad:?}: {}", printed(&o));
+    }
+}
+
+/// An image built FROM scratch without WORKDIR says WorkingDir "/", as BuildKit's empty image
+/// does (dockerfile2llb's emptyImage, BuildKit v0.12); forge wrote no WorkingDir.
+#[test]
+fn from_scratch_images_say_working_dir_slash() {
+    let Some(Workspace {
+        dir: _ws,
+        root,
+        ctx,
+    }) = workspace("forge-scratch-wd", "")
+    else {
+        return;
+    };
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "local/scratch-wd:1",
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let inspected = forge(&root, &["inspect", "local/scratch-wd:1"]);
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(doc["config"]["config"]["WorkingDir"], "/", "{doc}");
+}

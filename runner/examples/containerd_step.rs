@@ -82,5 +82,7 @@ fn step(lower: &Path, upper: &Path, work: &Path) -> StepSpec {
         secret_env: vec![],
         security: Default::default(),
         limits: Default::default(),
+        ulimits: Vec::new(),
+        shm_size: None,
     }
 }

@@ -15,10 +15,10 @@ pub mod user;
 
 pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
 pub use confine::Security;
-pub use limits::{Bytes, Limits, NanoCpus};
+pub use limits::{Bytes, Limits, NanoCpus, Ulimit};
 pub use mounts::MountError;
 pub use network::SharedNetwork;
 pub use spec::{
-    CacheSeed, CacheSharing, Command, NetworkMode, StepMount, StepMountKind, StepOutcome, StepSpec,
-    Stream, User,
+    CacheSeed, CacheSharing, Command, DEFAULT_HOSTNAME, DEFAULT_SHM_SIZE, NetworkMode, StepMount,
+    StepMountKind, StepOutcome, StepSpec, Stream, User,
 };

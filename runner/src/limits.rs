@@ -43,6 +43,19 @@ pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 impl FromStr for Bytes {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let bytes = Bytes::parse_size(s)?;
+        if bytes.0 < MIN_MEMORY {
+            return Err(format!(
+                "{s:?} is below the smallest memory limit, 6m (a step's shell needs more)"
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl Bytes {
+    /// A size as Docker reads `--shm-size` and `--memory`, without `--memory`'s minimum.
+    pub fn parse_size(s: &str) -> Result<Bytes, String> {
         let t = s.trim().to_ascii_lowercase();
         let t = t.strip_suffix('b').unwrap_or(&t);
         let (digits, unit) = match t.char_indices().last() {
@@ -67,11 +80,6 @@ impl FromStr for Bytes {
         let bytes = n
             .checked_mul(1u64 << shift)
             .ok_or_else(|| format!("{s:?} is too large"))?;
-        if bytes < MIN_MEMORY {
-            return Err(format!(
-                "{s:?} is below the smallest memory limit, 6m (a step's shell needs more)"
-            ));
-        }
         Ok(Bytes(bytes))
     }
 }
@@ -145,6 +153,125 @@ impl fmt::Display for NanoCpus {
             let s = format!("{frac:09}");
             write!(f, "{whole}.{}", s.trim_end_matches('0'))
         }
+    }
+}
+
+/// One `--ulimit NAME=SOFT[:HARD]` (docker's syntax and names): a resource limit every RUN step's
+/// command gets with setrlimit before it runs. Without any, a step keeps forge's own limits, as
+/// BuildKit's steps keep buildkitd's (its executor clears the runtime spec's rlimits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ulimit {
+    /// Docker's name (`nofile`, `nproc`, ...), one of [`ULIMIT_NAMES`].
+    pub name: &'static str,
+    /// `u64::MAX` is unlimited (docker's `-1`, the kernel's RLIM_INFINITY).
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Docker's ulimit names, and the kernel's resource and the OCI spec's name for each.
+pub const ULIMIT_NAMES: &[(&str, libc::__rlimit_resource_t, &str)] = &[
+    ("core", libc::RLIMIT_CORE, "RLIMIT_CORE"),
+    ("cpu", libc::RLIMIT_CPU, "RLIMIT_CPU"),
+    ("data", libc::RLIMIT_DATA, "RLIMIT_DATA"),
+    ("fsize", libc::RLIMIT_FSIZE, "RLIMIT_FSIZE"),
+    ("locks", libc::RLIMIT_LOCKS, "RLIMIT_LOCKS"),
+    ("memlock", libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"),
+    ("msgqueue", libc::RLIMIT_MSGQUEUE, "RLIMIT_MSGQUEUE"),
+    ("nice", libc::RLIMIT_NICE, "RLIMIT_NICE"),
+    ("nofile", libc::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
+    ("nproc", libc::RLIMIT_NPROC, "RLIMIT_NPROC"),
+    ("rss", libc::RLIMIT_RSS, "RLIMIT_RSS"),
+    ("rtprio", libc::RLIMIT_RTPRIO, "RLIMIT_RTPRIO"),
+    ("rttime", libc::RLIMIT_RTTIME, "RLIMIT_RTTIME"),
+    ("sigpending", libc::RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"),
+    ("stack", libc::RLIMIT_STACK, "RLIMIT_STACK"),
+];
+
+impl Ulimit {
+    /// The kernel's resource number.
+    pub fn resource(&self) -> libc::__rlimit_resource_t {
+        ULIMIT_NAMES
+            .iter()
+            .find(|(n, _, _)| *n == self.name)
+            .map(|(_, r, _)| *r)
+            .expect("a Ulimit's name is one of ULIMIT_NAMES")
+    }
+
+    /// The OCI runtime spec's name (`RLIMIT_NOFILE`).
+    pub fn oci_name(&self) -> &'static str {
+        ULIMIT_NAMES
+            .iter()
+            .find(|(n, _, _)| *n == self.name)
+            .map(|(_, _, o)| *o)
+            .expect("a Ulimit's name is one of ULIMIT_NAMES")
+    }
+}
+
+impl FromStr for Ulimit {
+    type Err = String;
+    /// Docker's rules (go-units' ParseUlimit): a hard limit defaults to the soft one, `-1` is
+    /// unlimited, and the soft limit may not pass the hard one.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, values) = s
+            .split_once('=')
+            .ok_or_else(|| format!("invalid ulimit argument: {s} (expected NAME=SOFT[:HARD])"))?;
+        let name = ULIMIT_NAMES
+            .iter()
+            .map(|(n, _, _)| *n)
+            .find(|n| *n == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ULIMIT_NAMES.iter().map(|(n, _, _)| *n).collect();
+                format!("invalid ulimit type: {name} (one of {})", names.join(", "))
+            })?;
+        let value = |v: &str| -> Result<u64, String> {
+            match v.parse::<i64>() {
+                Ok(-1) => Ok(u64::MAX),
+                Ok(n) if n >= 0 => Ok(n as u64),
+                _ => Err(format!(
+                    "invalid ulimit value {v:?} in {s} (a number, or -1 for unlimited)"
+                )),
+            }
+        };
+        let (soft, hard) = match values.split(':').collect::<Vec<_>>()[..] {
+            [soft] => (value(soft)?, value(soft)?),
+            [soft, hard] => (value(soft)?, value(hard)?),
+            _ => {
+                return Err(format!(
+                    "too many limit value arguments - {values}, can only have up to two, `soft[:hard]`"
+                ));
+            }
+        };
+        if soft > hard {
+            return Err(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {} > {}",
+                Ulimit::show(soft),
+                Ulimit::show(hard)
+            ));
+        }
+        Ok(Ulimit { name, soft, hard })
+    }
+}
+
+impl Ulimit {
+    fn show(v: u64) -> String {
+        if v == u64::MAX {
+            "-1".into()
+        } else {
+            v.to_string()
+        }
+    }
+}
+
+/// Docker's form, `nofile=1024:2048`, which reads back as the same limit.
+impl fmt::Display for Ulimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={}:{}",
+            self.name,
+            Ulimit::show(self.soft),
+            Ulimit::show(self.hard)
+        )
     }
 }
 
@@ -423,6 +550,45 @@ fn failure(what: &'static str, path: &Path, source: io::Error, advice: &'static 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulimits_read_as_docker_reads_them() {
+        let u: Ulimit = "nofile=1024:2048".parse().unwrap();
+        assert_eq!((u.name, u.soft, u.hard), ("nofile", 1024, 2048));
+        assert_eq!(u.resource(), libc::RLIMIT_NOFILE);
+        assert_eq!(u.oci_name(), "RLIMIT_NOFILE");
+        let u: Ulimit = "nproc=512".parse().unwrap();
+        assert_eq!(
+            (u.soft, u.hard),
+            (512, 512),
+            "the hard limit defaults to the soft"
+        );
+        let u: Ulimit = "core=0:-1".parse().unwrap();
+        assert_eq!((u.soft, u.hard), (0, u64::MAX));
+        assert_eq!(u.to_string(), "core=0:-1");
+        assert_eq!(u.to_string().parse::<Ulimit>(), Ok(u));
+        for (bad, why) in [
+            ("nofile", "expected NAME=SOFT[:HARD]"),
+            ("files=10", "invalid ulimit type: files"),
+            (
+                "nofile=2048:1024",
+                "soft limit must be less than or equal to hard limit",
+            ),
+            ("nofile=1:2:3", "too many limit value arguments"),
+            ("nofile=ten", "invalid ulimit value"),
+            ("nofile=-2", "invalid ulimit value"),
+        ] {
+            let e = bad.parse::<Ulimit>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn shm_sizes_have_no_memory_minimum() {
+        assert_eq!(Bytes::parse_size("1m"), Ok(Bytes(1 << 20)));
+        assert_eq!(Bytes::parse_size("128m"), Ok(Bytes(128 << 20)));
+        assert!("1m".parse::<Bytes>().is_err(), "--memory keeps its minimum");
+    }
 
     #[test]
     fn sizes_read_as_docker_reads_them() {

@@ -114,6 +114,8 @@ pub struct StepSpec {
     /// Working directory inside the container; created if missing.
     pub cwd: PathBuf,
     pub user: User,
+    /// The step's hostname (also in its /etc/hostname and /etc/hosts); empty is
+    /// [`DEFAULT_HOSTNAME`].
     pub hostname: String,
     pub network: NetworkMode,
     /// A namespace shared with other steps, joined instead of one of the step's own: the step then
@@ -132,7 +134,21 @@ pub struct StepSpec {
     pub security: Security,
     /// Memory and CPU limits (`forge build --memory --cpus`); none by default.
     pub limits: crate::limits::Limits,
+    /// Resource limits set before the command runs (`forge build --ulimit`); with none the step
+    /// keeps forge's own, as BuildKit's steps keep buildkitd's.
+    pub ulimits: Vec<crate::limits::Ulimit>,
+    /// The size of the step's /dev/shm (`forge build --shm-size`); `None` is [`DEFAULT_SHM_SIZE`].
+    pub shm_size: Option<crate::limits::Bytes>,
 }
+
+/// A step's hostname unless it names one: BuildKit's, so that a RUN step that prints or records
+/// its hostname (build logs, generated configs, `hostname -f` in install scripts) writes what it
+/// writes under `docker build`.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// The size of /dev/shm unless `--shm-size` says otherwise: 64 MiB, as in Docker's and BuildKit's
+/// containers (containerd's default spec).
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 
 /// Where a step's output goes: called once per line (without the newline), in the order lines arrive.
 pub type OutputSink<'a> = dyn FnMut(Stream, &str) + Send + 'a;
@@ -158,6 +174,20 @@ pub struct StepOutcome {
 }
 
 impl StepSpec {
+    /// The hostname the step gets: its own, else [`DEFAULT_HOSTNAME`].
+    pub fn hostname(&self) -> &str {
+        if self.hostname.is_empty() {
+            DEFAULT_HOSTNAME
+        } else {
+            &self.hostname
+        }
+    }
+
+    /// The size of the step's /dev/shm in bytes.
+    pub fn shm_size(&self) -> u64 {
+        self.shm_size.map_or(DEFAULT_SHM_SIZE, |b| b.0)
+    }
+
     /// The network the step gets: [`NetworkMode::Sandbox`] in a shared namespace, else `network`.
     pub fn network_mode(&self) -> NetworkMode {
         if self.join_network.is_some() {

@@ -102,6 +102,8 @@ impl World {
             secret_env: vec![],
             security: Default::default(),
             limits: Default::default(),
+            ulimits: Vec::new(),
+            shm_size: None,
         }
     }
 

@@ -64,6 +64,7 @@ contract!(
     issue11_sandbox_reaches_no_host_loopback_service,
     issue11_sandbox_reaches_the_outside_through_the_proxy,
     hostname,
+    issue14_buildkits_sandbox_with_shm_size_and_ulimits,
     bind_read_only_and_read_write,
     cache_content_persists_between_steps,
     cache_shared_and_locked,
@@ -208,6 +209,8 @@ impl World {
             secret_env: vec![],
             security: Default::default(),
             limits: Default::default(),
+            ulimits: Vec::new(),
+            shm_size: None,
         }
     }
 
@@ -808,6 +811,31 @@ async fn hostname(w: &World) {
             w.name()
         );
     }
+}
+
+/// BuildKit's sandbox on both backends: its hostname when the step names none, /dev/mqueue, a
+/// 64 MiB /dev/shm unless `shm_size` says otherwise, and `ulimits` set before the command runs.
+async fn issue14_buildkits_sandbox_with_shm_size_and_ulimits(w: &World) {
+    let script = "hostname; grep -c ' /dev/mqueue mqueue ' /proc/mounts; \
+                  grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k'; ulimit -Sn; ulimit -Hn";
+    let mut spec = w.spec(script);
+    spec.hostname = String::new();
+    let plain = w.ok(&spec).await;
+    assert_eq!(
+        plain[..3],
+        ["buildkitsandbox", "1", "size=65536k"],
+        "{}",
+        w.name()
+    );
+
+    spec.shm_size = Some(forge_runner::Bytes(32 << 20));
+    spec.ulimits = vec!["nofile=512:1024".parse().unwrap()];
+    assert_eq!(
+        w.ok(&spec).await,
+        ["buildkitsandbox", "1", "size=32768k", "512", "1024"],
+        "{}",
+        w.name()
+    );
 }
 
 async fn bind_read_only_and_read_write(w: &World) {

@@ -54,6 +54,8 @@ fn spec(fx: &Fixture, upper: &str, script: &str) -> StepSpec {
         secret_env: vec![("TOKEN".into(), "from-secret-env".into())],
         security: Default::default(),
         limits: Default::default(),
+        ulimits: Vec::new(),
+        shm_size: None,
     }
 }
 

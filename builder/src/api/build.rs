@@ -151,6 +151,8 @@ impl Session {
                 .iter()
                 .map(|(name, ip)| format!("{name}={ip}"))
                 .collect(),
+            ulimits: request.ulimits.iter().map(|u| u.to_string()).collect(),
+            shm_size: request.shm_size.map(|b| b.0),
             ..LowerOptions::default()
         };
 

@@ -49,6 +49,12 @@ pub struct BuildRequest {
     /// `--memory` / `--cpus` for every RUN step. A runner that cannot put them in place fails the
     /// step with an error saying why; it never runs it unlimited.
     pub limits: forge_runner::Limits,
+    /// `--ulimit NAME=SOFT[:HARD]`: set in every RUN step before its command runs (and in its
+    /// cache key, as BuildKit does); without any, steps keep forge's own limits.
+    pub ulimits: Vec<forge_runner::Ulimit>,
+    /// `--shm-size`: the size of every RUN step's /dev/shm (64 MiB without; in the step's cache
+    /// key when given, as BuildKit does).
+    pub shm_size: Option<forge_runner::Bytes>,
     /// Layer compression of what leaves the store (push, OCI or docker tars). `None`: gzip for
     /// what leaves the store, fast zstd for layers that stay in it (re-encoded when they leave).
     pub compression: Option<Compression>,
@@ -86,6 +92,8 @@ impl BuildRequest {
             allow_insecure: false,
             add_hosts: Vec::new(),
             limits: forge_runner::Limits::default(),
+            ulimits: Vec::new(),
+            shm_size: None,
             compression: None,
             exports: Vec::new(),
             tags: Vec::new(),

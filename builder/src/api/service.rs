@@ -224,6 +224,8 @@ impl Session {
             network: NetworkMode::Sandbox,
             join_network: Some(network.clone()),
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
             proxy_upstream: None,
             rootfs,
             mounts: Vec::new(),

@@ -246,7 +246,12 @@ fn source(e: &mut Encoder, s: &SourceOp) {
 type InputFn<'a> = dyn Fn(&mut Encoder, Option<NodeRef>) + 'a;
 
 fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
-    e.fields(8 + u64::from(x.test.is_some()) + u64::from(!x.extra_hosts.is_empty()));
+    e.fields(
+        8 + u64::from(x.test.is_some())
+            + u64::from(!x.extra_hosts.is_empty())
+            + u64::from(!x.ulimits.is_empty())
+            + u64::from(x.shm_size.is_some()),
+    );
     e.tag(1);
     e.strs(&x.args);
     e.tag(2);
@@ -282,6 +287,14 @@ fn exec(e: &mut Encoder, x: &ExecOp, input: &InputFn<'_>) {
     if !x.extra_hosts.is_empty() {
         e.tag(10);
         e.strs(&x.extra_hosts);
+    }
+    if !x.ulimits.is_empty() {
+        e.tag(11);
+        e.strs(&x.ulimits);
+    }
+    if let Some(size) = x.shm_size {
+        e.tag(12);
+        e.u64(size);
     }
 }
 
@@ -537,6 +550,8 @@ mod tests {
                 artifacts: a.iter().map(|p| p.to_string()).collect(),
             }),
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
         })
     }
 

@@ -299,7 +299,8 @@ impl BuildExecutor {
                 .collect(),
             cwd: PathBuf::from(if op.cwd.is_empty() { "/" } else { &op.cwd }),
             user: User { user, group },
-            hostname: "forge".into(),
+            // forge_runner::DEFAULT_HOSTNAME, BuildKit's.
+            hostname: String::new(),
             network,
             join_network: self.cfg.join_network.clone(),
             proxy_upstream,
@@ -320,6 +321,9 @@ impl BuildExecutor {
                 SecurityMode::Insecure => return Err(ExecError::InsecureNotAllowed),
             },
             limits: self.cfg.limits,
+            // Written by forge_runner::Ulimit's Display, so it reads back.
+            ulimits: op.ulimits.iter().filter_map(|u| u.parse().ok()).collect(),
+            shm_size: op.shm_size.map(forge_runner::Bytes),
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
         let masks = Arc::new(secret_masks(&secret_values));

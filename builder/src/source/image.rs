@@ -235,6 +235,8 @@ pub async fn lower_with_images(
                 context_name: opts.context_name.clone(),
                 dockerignore: opts.dockerignore.clone(),
                 extra_hosts: opts.extra_hosts.clone(),
+                ulimits: opts.ulimits.clone(),
+                shm_size: opts.shm_size,
                 resolver: Some(&table),
             };
             // The caller fills in the file's name and text.

@@ -68,6 +68,8 @@ fn parse() -> Result<Args, String> {
         secret_env: Vec::new(),
         security: Default::default(),
         limits: Default::default(),
+        ulimits: Vec::new(),
+        shm_size: None,
     };
     let (mut state_dir, mut cache_root) = (None, None);
     let (mut runner, mut containerd_address) = (String::from("embedded"), None);

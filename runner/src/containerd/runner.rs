@@ -151,7 +151,7 @@ impl ContainerdRunner {
             let prepared = mounts::prepare(
                 &step_dir,
                 &self.config.cache_root,
-                &spec.hostname,
+                spec.hostname(),
                 spec.network_mode(),
                 spec.join_network.as_ref(),
                 &spec.extra_hosts,
@@ -181,7 +181,7 @@ impl ContainerdRunner {
                 env,
                 cwd: spec.cwd.clone(),
                 user: &user,
-                hostname: &spec.hostname,
+                hostname: spec.hostname(),
                 netns: netns.as_deref().map(Namespace::path),
                 security: spec.security,
                 mounts: oci_mounts,
@@ -189,6 +189,8 @@ impl ContainerdRunner {
                 // per namespace would leave an empty directory behind for every namespace used.
                 cgroups_path: format!("/forge/{id}"),
                 limits: spec.limits,
+                ulimits: &spec.ulimits,
+                shm_size: spec.shm_size(),
             })?;
             if let Some(view) = &view {
                 let destinations: Vec<PathBuf> = runtime_spec

@@ -12,7 +12,8 @@ use oci_spec::runtime::{
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
     LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount as OciMount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::ContainerdError;
@@ -57,6 +58,10 @@ pub(crate) struct SpecInput<'a> {
     pub cgroups_path: String,
     /// `--memory` / `--cpus`, which runc writes into the step's cgroup (v1 or v2).
     pub limits: crate::limits::Limits,
+    /// `--ulimit`: the process's rlimits, which runc sets before exec.
+    pub ulimits: &'a [crate::limits::Ulimit],
+    /// The size of /dev/shm in bytes.
+    pub shm_size: u64,
 }
 
 pub(crate) fn mount(
@@ -74,7 +79,9 @@ pub(crate) fn mount(
         .map_err(|e| ContainerdError::Spec(format!("mount {destination}: {e}")))
 }
 
-fn standard_mounts() -> Result<Vec<OciMount>, ContainerdError> {
+/// Docker's and BuildKit's (containerd's default spec), /dev/shm sized by `--shm-size`.
+fn standard_mounts(shm_size: u64) -> Result<Vec<OciMount>, ContainerdError> {
+    let shm_size = format!("size={shm_size}");
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -100,7 +107,7 @@ fn standard_mounts() -> Result<Vec<OciMount>, ContainerdError> {
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm_size],
         )?,
         mount(
             "/dev/mqueue",
@@ -124,8 +131,9 @@ fn standard_mounts() -> Result<Vec<OciMount>, ContainerdError> {
 }
 
 /// Builds the spec; the rootfs is the bundle's `rootfs` directory, where the shim mounts the task's
-/// rootfs mounts. No rlimits: raising RLIMIT_NOFILE above the shim's own hard limit fails the start
-/// (as it does where containerd itself runs in a container), so the step inherits the shim's limits.
+/// rootfs mounts. No rlimits but `--ulimit`'s (BuildKit clears the default spec's as well): raising
+/// RLIMIT_NOFILE above the shim's own hard limit fails the start (as it does where containerd itself
+/// runs in a container), so the step inherits the shim's limits.
 pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
     let err = |what: &str, e: oci_spec::OciSpecError| ContainerdError::Spec(format!("{what}: {e}"));
     let caps = match input.security {
@@ -152,6 +160,20 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .cwd(input.cwd)
         .capabilities(capabilities)
         .no_new_privileges(true)
+        .rlimits(
+            input
+                .ulimits
+                .iter()
+                .map(|u| {
+                    PosixRlimitBuilder::default()
+                        .typ(rlimit_type(u))
+                        .soft(u.soft)
+                        .hard(u.hard)
+                        .build()
+                        .map_err(|e| err("rlimit", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        )
         .build()
         .map_err(|e| err("process", e))?;
 
@@ -225,7 +247,7 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
     };
     let linux = linux.build().map_err(|e| err("linux", e))?;
 
-    let mut mounts = standard_mounts()?;
+    let mut mounts = standard_mounts(input.shm_size)?;
     mounts.extend(input.mounts);
     let root = RootBuilder::default()
         .path("rootfs")
@@ -242,6 +264,26 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .annotations(HashMap::new())
         .build()
         .map_err(|e| err("spec", e))
+}
+
+fn rlimit_type(u: &crate::limits::Ulimit) -> PosixRlimitType {
+    match u.resource() {
+        libc::RLIMIT_CORE => PosixRlimitType::RlimitCore,
+        libc::RLIMIT_CPU => PosixRlimitType::RlimitCpu,
+        libc::RLIMIT_DATA => PosixRlimitType::RlimitData,
+        libc::RLIMIT_FSIZE => PosixRlimitType::RlimitFsize,
+        libc::RLIMIT_LOCKS => PosixRlimitType::RlimitLocks,
+        libc::RLIMIT_MEMLOCK => PosixRlimitType::RlimitMemlock,
+        libc::RLIMIT_MSGQUEUE => PosixRlimitType::RlimitMsgqueue,
+        libc::RLIMIT_NICE => PosixRlimitType::RlimitNice,
+        libc::RLIMIT_NOFILE => PosixRlimitType::RlimitNofile,
+        libc::RLIMIT_NPROC => PosixRlimitType::RlimitNproc,
+        libc::RLIMIT_RSS => PosixRlimitType::RlimitRss,
+        libc::RLIMIT_RTPRIO => PosixRlimitType::RlimitRtprio,
+        libc::RLIMIT_RTTIME => PosixRlimitType::RlimitRttime,
+        libc::RLIMIT_SIGPENDING => PosixRlimitType::RlimitSigpending,
+        _ => PosixRlimitType::RlimitStack,
+    }
 }
 
 /// The capabilities oci-spec names, indexed by the kernel's numbers (capability.h).
@@ -418,20 +460,92 @@ mod tests {
         netns: Option<PathBuf>,
         security: Security,
     ) -> serde_json::Value {
+        spec_json_with(user, netns, security, &[], crate::DEFAULT_SHM_SIZE)
+    }
+
+    fn spec_json_with(
+        user: &ResolvedUser,
+        netns: Option<PathBuf>,
+        security: Security,
+        ulimits: &[crate::Ulimit],
+        shm_size: u64,
+    ) -> serde_json::Value {
         let spec = build(SpecInput {
             argv: vec!["true".into()],
             env: vec![],
             cwd: "/work".into(),
             user,
-            hostname: "forge",
+            hostname: crate::DEFAULT_HOSTNAME,
             netns,
             security,
             mounts: vec![],
             cgroups_path: "/forge/x".into(),
             limits: Default::default(),
+            ulimits,
+            shm_size,
         })
         .unwrap();
         serde_json::to_value(&spec).unwrap()
+    }
+
+    /// BuildKit's sandbox: no rlimits unless `--ulimit` (oci-spec's default, nofile 1024, is not
+    /// kept), /dev/shm of 64 MiB unless `--shm-size`, /dev/mqueue, hostname buildkitsandbox.
+    #[test]
+    fn rlimits_shm_and_hostname_as_buildkit_sets_them() {
+        let user = ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        };
+        let shm_options = |v: &serde_json::Value| {
+            v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/dev/shm")
+                .map(|m| m["options"].clone())
+                .unwrap()
+        };
+        let plain = spec_json(&user, None, Security::Sandbox);
+        assert_eq!(plain["hostname"], "buildkitsandbox");
+        let rlimits = plain["process"].get("rlimits");
+        assert!(
+            rlimits.is_none_or(|r| r.as_array().is_some_and(|a| a.is_empty())),
+            "{rlimits:?}"
+        );
+        assert!(
+            shm_options(&plain)
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("size=67108864"))
+        );
+        assert!(
+            plain["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/dev/mqueue" && m["type"] == "mqueue")
+        );
+
+        let ulimits: Vec<crate::Ulimit> = ["nofile=1024:2048", "nproc=-1"]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        let limited = spec_json_with(&user, None, Security::Sandbox, &ulimits, 128 << 20);
+        assert_eq!(
+            limited["process"]["rlimits"],
+            serde_json::json!([
+                {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048},
+                {"type": "RLIMIT_NPROC", "soft": u64::MAX, "hard": u64::MAX},
+            ])
+        );
+        assert!(
+            shm_options(&limited)
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("size=134217728"))
+        );
     }
 
     #[test]

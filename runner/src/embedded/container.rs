@@ -47,6 +47,10 @@ pub(crate) struct Plan {
     /// another thread may have held its lock at fork time).
     pub fuse_overlayfs: Option<PathBuf>,
     pub hostname: String,
+    /// `--ulimit`, set before exec; empty keeps forge's own limits.
+    pub ulimits: Vec<crate::limits::Ulimit>,
+    /// The size of /dev/shm in bytes (the namespaces mode; chroot mode mounts nothing).
+    pub shm_size: u64,
     /// The step's private network namespace ([`crate::network`]), joined before the fork; `None`
     /// for the host's network.
     pub netns: Option<fs::File>,
@@ -266,6 +270,7 @@ pub(super) enum Stub {
 
 pub(super) struct Prepared<'a> {
     confinement: &'a Confinement,
+    ulimits: &'a [crate::limits::Ulimit],
     exe: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
@@ -362,6 +367,32 @@ pub(super) fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
         }
         libc::dup2(fds.stdout.as_raw_fd(), 1);
         libc::dup2(fds.stderr.as_raw_fd(), 2);
+    }
+    // While still root in the namespace: raising a hard limit needs CAP_SYS_RESOURCE, which only
+    // real root has (a user namespace cannot raise one past forge's own).
+    for u in p.ulimits {
+        let limit = libc::rlimit {
+            rlim_cur: u.soft,
+            rlim_max: u.hard,
+        };
+        // SAFETY: a valid rlimit for a resource number of the kernel's.
+        if unsafe { libc::setrlimit(u.resource(), &limit) } != 0 {
+            let e = io::Error::last_os_error();
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as above, read back.
+            unsafe { libc::getrlimit(u.resource(), &mut current) };
+            fail(format!(
+                "set --ulimit {u}: {e} (forge's own hard limit is {}; only real root may raise it)",
+                if current.rlim_max == libc::RLIM_INFINITY {
+                    "unlimited".to_string()
+                } else {
+                    current.rlim_max.to_string()
+                }
+            ));
+        }
     }
     if let Err(e) = sys::limit_bounding_set(&p.confinement.root_caps) {
         fail(format!("drop capabilities from the bounding set: {e}"));
@@ -563,6 +594,11 @@ pub(super) fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> Se
             ctx(fs::create_dir(p), || {
                 format!("create mount point {}", p.display())
             })?;
+            // 0755 as runc makes them, whatever forge's umask: the step sees these directories.
+            ctx(
+                fs::set_permissions(p, fs::Permissions::from_mode(0o755)),
+                || format!("chmod mount point {}", p.display()),
+            )?;
             stubs.push(Stub::Created {
                 path: p.clone(),
                 dir: true,
@@ -816,9 +852,16 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
             &shm,
             "tmpfs",
             nosuid_nodev_noexec,
-            Some("mode=1777,size=65536k"),
+            Some(&format!("mode=1777,size={}", plan.shm_size)),
         ),
         || "mount /dev/shm".into(),
+    )?;
+    // POSIX message queues (mq_open) of the step's own IPC namespace, as in BuildKit's steps.
+    let mqueue = devdir.join("mqueue");
+    ctx(fs::create_dir(&mqueue), || "create /dev/mqueue".into())?;
+    ctx(
+        sys::mount("mqueue", &mqueue, "mqueue", nosuid_nodev_noexec, None),
+        || "mount /dev/mqueue".into(),
     )?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -903,6 +946,7 @@ pub(super) fn prepare_command(plan: &Plan) -> SetupResult<Prepared<'_>> {
     let exe = find_executable(argv0, &path_var)?;
     Ok(Prepared {
         confinement: &plan.confinement,
+        ulimits: &plan.ulimits,
         exe: ctx(sys::cstr(&exe), || format!("bad path {}", exe.display()))?,
         argv: plan.argv.iter().map(|a| sys::c_string(a)).collect(),
         env: env
@@ -930,6 +974,11 @@ fn make_cwd(cwd: &Path, uid: u32, gid: u32) -> SetupResult<()> {
         ctx(fs::create_dir(p), || {
             format!("create working directory {}", p.display())
         })?;
+        // 0755 as BuildKit makes it, whatever forge's umask: it stays in the image.
+        ctx(
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)),
+            || format!("chmod working directory {}", p.display()),
+        )?;
         ctx(std::os::unix::fs::chown(p, Some(uid), Some(gid)), || {
             format!("chown working directory {} to {uid}:{gid}", p.display())
         })?;

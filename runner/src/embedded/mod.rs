@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Lines of output kept for [`StepOutcome::tail`] by default.
 pub const DEFAULT_TAIL_LINES: usize = 20;
-const DEFAULT_HOSTNAME: &str = "forge";
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -221,11 +220,7 @@ impl EmbeddedRunner {
         spec: &StepSpec,
         dir: &Path,
     ) -> Result<Vec<(PathBuf, PathBuf)>, EmbeddedError> {
-        let hostname = if spec.hostname.is_empty() {
-            DEFAULT_HOSTNAME
-        } else {
-            spec.hostname.as_str()
-        };
+        let hostname = spec.hostname();
         let hosts = network::hosts_file(hostname, spec.join_network.as_ref(), &spec.extra_hosts);
         let resolv = network::resolv_conf(spec.network_mode());
         let mut out = Vec::new();
@@ -273,11 +268,9 @@ impl EmbeddedRunner {
                     .map(|d| d.join("fuse-overlayfs"))
                     .find(|p| p.is_file())
             }),
-            hostname: if spec.hostname.is_empty() {
-                DEFAULT_HOSTNAME.into()
-            } else {
-                spec.hostname.clone()
-            },
+            hostname: spec.hostname().to_string(),
+            ulimits: spec.ulimits.clone(),
+            shm_size: spec.shm_size(),
             netns: netns.map(Namespace::try_clone).transpose()?,
             etc_files: self.etc_files(spec, &step_dir.join("etc"))?,
             mounts: resolved.mounts.clone(),

@@ -38,6 +38,10 @@ pub struct LowerOptions<'a> {
     pub dockerignore: Vec<String>,
     /// `--add-host`, as `NAME=IP`: in every RUN step's `/etc/hosts`, and in its cache key.
     pub extra_hosts: Vec<String>,
+    /// `--ulimit`, in docker's form: set in every RUN step, and in its cache key.
+    pub ulimits: Vec<String>,
+    /// `--shm-size` in bytes: every RUN step's /dev/shm, and in its cache key.
+    pub shm_size: Option<u64>,
     pub resolver: Option<&'a dyn ImageResolver>,
 }
 
@@ -51,6 +55,8 @@ impl Default for LowerOptions<'_> {
             context_name: "context".into(),
             dockerignore: Vec::new(),
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
             resolver: None,
         }
     }
@@ -818,6 +824,11 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 if !image.env.iter().any(|e| e.starts_with("PATH=")) {
                     image.env.push(format!("PATH={DEFAULT_PATH}"));
                 }
+                // BuildKit's empty image (dockerfile2llb's emptyImage) says WorkingDir "/"; an
+                // image's own config is kept as it is, an empty WorkingDir included.
+                if matches!(plan.base, Base::Scratch) && image.working_dir.is_empty() {
+                    image.working_dir = "/".into();
+                }
                 let mut env = EnvList::default();
                 for e in &image.env {
                     let (k, v) = e.split_once('=').unwrap_or((e, ""));
@@ -1289,6 +1300,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             mounts,
             test: None,
             extra_hosts: self.ctx.opts.extra_hosts.clone(),
+            ulimits: self.ctx.opts.ulimits.clone(),
+            shm_size: self.ctx.opts.shm_size,
         };
         st.root = Some(self.add_step(i, Op::Exec(exec), self.describe(i, c), line));
 

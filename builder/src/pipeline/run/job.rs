@@ -223,6 +223,8 @@ impl Session {
                     artifacts: job.artifacts.clone(),
                 }),
                 extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
+                shm_size: None,
             }),
             format!("[{}] script", job.name),
             None,
