@@ -6,6 +6,9 @@
 #               snapshot where overlayfs stacks it);
 #   run-heavy:  ten RUN steps on a Debian base, each writing a few files (one snapshot copy, one diff
 #               walk and one process set-up per step in the chroot mode).
+# Each run starts after `sync` (the previous run's store is removed and written back first):
+# the chroot mode writes a full copy of the root per step, and without it one run's writeback lands
+# in the next run's time.
 # Both modes run as root on this host (`--isolation userns` and `--isolation chroot`), so the
 # difference is the isolation's alone. It prints each median, chroot/namespaces and the chroot runs'
 # spread.
@@ -68,7 +71,7 @@ for case in copy run; do
   cmds=()
   for mode in userns chroot; do
     store=$WORK/store-$case-$mode
-    cmds+=(--prepare "rm -rf $store" -n "$mode" "$forge build --root $store --isolation $mode --progress quiet $WORK/$case")
+    cmds+=(--prepare "sh -c 'rm -rf $store && sync'" -n "$mode" "$forge build --root $store --isolation $mode --progress quiet $WORK/$case")
   done
   hyperfine -N --runs "$RUNS" --export-json "$WORK/results/$case.json" "${cmds[@]}"
 done

@@ -1265,7 +1265,7 @@ fn run_step_mount_points_are_0755_whatever_forges_umask() {
         RUN --mount=type=tmpfs,target=/made/for/tmpfs sh -c '\
         stat -c %a /made /made/for > /env.stub_modes; stat -c %a /made/for/tmpfs > /env.tmpfs_mode; \
         stat -c %a /wd /wd/deep > /env.workdir_modes; \
-        stat -Lc \"%F %u:%g\" /dev/null > /env.devnull'\n";
+        stat -Lc \"%F %u:%g\" /dev/null > /env.devnull; umask > /env.umask'\n";
     let Some(ws) = workspace("forge-mount-modes", script) else {
         return;
     };
@@ -1278,6 +1278,8 @@ fn run_step_mount_points_are_0755_whatever_forges_umask() {
         "the working directory the runner made again"
     );
     assert_eq!(env_file(&dest, "devnull"), "character special file 0:0");
+    // runc's default umask for the command, not forge's 077.
+    assert_eq!(env_file(&dest, "umask"), "0022");
     assert!(
         !dest.join("made").exists(),
         "the mount point's parents stayed in the image"

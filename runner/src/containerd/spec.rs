@@ -159,7 +159,9 @@ pub(crate) fn build(input: SpecInput<'_>) -> Result<Spec, ContainerdError> {
         .env(input.env)
         .cwd(input.cwd)
         .capabilities(capabilities)
-        .no_new_privileges(true)
+        // As BuildKit: setuid binaries (sudo) work in steps; runc installs the seccomp filter
+        // before it drops privileges when no_new_privs is off.
+        .no_new_privileges(false)
         .rlimits(
             input
                 .ulimits
@@ -573,7 +575,7 @@ mod tests {
             none["process"]["user"]["additionalGids"],
             serde_json::json!([2000])
         );
-        assert_eq!(none["process"]["noNewPrivileges"], true);
+        assert_eq!(none["process"]["noNewPrivileges"], false);
         assert_eq!(none["root"]["path"], "rootfs");
         assert_eq!(
             none["process"]["capabilities"]["bounding"]

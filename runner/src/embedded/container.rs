@@ -394,6 +394,9 @@ pub(super) fn exec_command(p: &Prepared<'_>, fds: &ChildFds) -> ! {
             ));
         }
     }
+    // runc's default umask for the process (OCI `process.user.umask` unset), whatever forge's own.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o022) };
     if let Err(e) = sys::limit_bounding_set(&p.confinement.root_caps) {
         fail(format!("drop capabilities from the bounding set: {e}"));
     }
