@@ -168,8 +168,14 @@ pub struct Ulimit {
     pub hard: u64,
 }
 
+/// The type setrlimit(2) takes its resource as: glibc has a type of its own, musl an int.
+#[cfg(target_env = "gnu")]
+pub type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub type Resource = libc::c_int;
+
 /// Docker's ulimit names, and the kernel's resource and the OCI spec's name for each.
-pub const ULIMIT_NAMES: &[(&str, libc::__rlimit_resource_t, &str)] = &[
+pub const ULIMIT_NAMES: &[(&str, Resource, &str)] = &[
     ("core", libc::RLIMIT_CORE, "RLIMIT_CORE"),
     ("cpu", libc::RLIMIT_CPU, "RLIMIT_CPU"),
     ("data", libc::RLIMIT_DATA, "RLIMIT_DATA"),
@@ -189,7 +195,7 @@ pub const ULIMIT_NAMES: &[(&str, libc::__rlimit_resource_t, &str)] = &[
 
 impl Ulimit {
     /// The kernel's resource number.
-    pub fn resource(&self) -> libc::__rlimit_resource_t {
+    pub fn resource(&self) -> Resource {
         ULIMIT_NAMES
             .iter()
             .find(|(n, _, _)| *n == self.name)
