@@ -1423,7 +1423,8 @@ fn rootless_run_steps_get_buildkits_sandbox() {
         ctx.join("Dockerfile"),
         format!(
             "FROM {busybox}\nRUN sh -c 'hostname; grep -c \" /dev/mqueue mqueue \" /proc/mounts; \
-             ulimit -Sn; ulimit -Hn; stat -Lc %u:%g /dev/null' > /env.txt\n"
+             ulimit -Sn; ulimit -Hn; stat -Lc %u:%g /dev/null' > /env.txt && \
+             mkdir -p /owned/sub && echo x > /owned/sub/f && chown -R 1000:1000 /owned\n"
         ),
     )
     .unwrap();
@@ -1461,6 +1462,24 @@ fn rootless_run_steps_get_buildkits_sandbox() {
         ["buildkitsandbox", "1", "100", "200", "65534:65534"],
         "{env}"
     );
+    // `-o type=local` as a user: every file is the user's (uid 1000 inside would be a subordinate
+    // id outside), so the user can remove the export.
+    for p in [
+        "out/owned",
+        "out/owned/sub",
+        "out/owned/sub/f",
+        "out/env.txt",
+    ] {
+        let md = fs::symlink_metadata(scratch.path(p)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (user.uid, user.gid), "{p}");
+    }
+    let rm = Command::new("runuser")
+        .args(["-u", &user.name, "--", "rm", "-rf"])
+        .arg(scratch.path("out"))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    assert!(!scratch.path("out").exists());
 
     let out = build(
         &scratch,

@@ -12,8 +12,9 @@ use super::{ExportError, io_err};
 /// Copies the tree at `rootfs` into `dest` (created if missing): regular files, directories and
 /// symlinks (never followed; a link keeps its target string), hard links within the tree stay
 /// linked, permission bits including setuid/setgid/sticky and modification times are kept. Owners
-/// are kept when the process may set them (as root, or when they are already the caller's) and
-/// otherwise left as the caller's, as a rootless `docker buildx` local export does. Device nodes,
+/// are kept as root on the host; rootless (in a user namespace) every file is the caller's, as a
+/// rootless `docker buildx` local export leaves them, since other owners would be subordinate ids
+/// the user cannot change or remove. Device nodes,
 /// fifos and sockets are refused with an error naming them.
 pub fn export_local(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
     fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
@@ -113,6 +114,12 @@ fn finish_open(f: fs::File, path: &Path, meta: &fs::Metadata) -> Result<(), Expo
 }
 
 fn chown_if_permitted(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+    // Rootless, an owner other than namespace root is a subordinate id outside, which the user
+    // could then neither change nor remove: files stay the caller's, as docker's client makes
+    // them when it unpacks an export.
+    if forge_snapshotter::userns::in_user_namespace() {
+        return Ok(());
+    }
     let current = fs::symlink_metadata(path).map_err(io_err("reading metadata of", path))?;
     if current.uid() == meta.uid() && current.gid() == meta.gid() {
         return Ok(());
