@@ -436,7 +436,8 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
                 .into(),
         ));
     }
-    if g.context != stdin && !g.context.is_dir() {
+    let url = forge_builder::api::is_url(&g.context.to_string_lossy());
+    if g.context != stdin && !url && !g.context.is_dir() {
         return Err(usage(format!(
             "error: build context {} is not a directory",
             g.context.display()
@@ -574,6 +575,17 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             .map_err(|e| failed(format!("error: {e}")))?;
         streamed.apply(&mut request);
         Some(streamed)
+    } else if forge_builder::api::is_url(&args.graph.context.to_string_lossy()) {
+        // `forge build https://host/context.tar.gz`: downloaded into the store's scratch space.
+        let url = args.graph.context.to_string_lossy().into_owned();
+        let fetched = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("error: cannot start the async runtime: {e}")))?
+            .block_on(session.context_from_url(&url))
+            .map_err(|e| failed(format!("error: {e}")))?;
+        fetched.apply(&mut request);
+        Some(fetched)
     } else {
         None
     };

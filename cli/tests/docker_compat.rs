@@ -1399,3 +1399,106 @@ fn from_scratch_images_say_working_dir_slash() {
     let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(doc["config"]["config"]["WorkingDir"], "/", "{doc}");
 }
+
+/// A one-shot-per-request HTTP server on a free loopback port serving `files` (path -> body);
+/// other paths get 404. Returns the port.
+fn file_server(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            // Headers up to the blank line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let response = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    port
+}
+
+/// `forge build URL` as `docker build URL`: a tarball (here gzip, made by tar(1)) is the context, a
+/// plain file is the Dockerfile with an empty context, a missing one names the URL and the status,
+/// and a git repository URL is refused with what to do instead.
+#[test]
+fn a_url_context_is_a_tarball_or_a_dockerfile_and_git_urls_are_refused() {
+    let Some(ws) = workspace("forge-url-context", "COPY hello.txt /hello.txt\n") else {
+        return;
+    };
+    fs::write(ws.ctx.join("hello.txt"), "hello over http\n").unwrap();
+    let tgz = ws.dir.path().join("ctx.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&ws.ctx)
+        .args(["Dockerfile", "hello.txt"])
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let lone = fs::read_to_string(ws.ctx.join("Dockerfile"))
+        .unwrap()
+        .replace("COPY hello.txt /hello.txt\n", "RUN echo lone > /lone.txt\n");
+    let port = file_server(vec![
+        ("/ctx.tar.gz", fs::read(&tgz).unwrap()),
+        ("/Dockerfile", lone.into_bytes()),
+    ]);
+    let build = |url: &str, out: &str| {
+        let dest = ws.dir.path().join(out);
+        let o = forge(
+            &ws.root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                url,
+            ],
+        );
+        (o, dest)
+    };
+    let (o, dest) = build(&format!("http://127.0.0.1:{port}/ctx.tar.gz"), "tar");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        fs::read_to_string(dest.join("hello.txt")).unwrap(),
+        "hello over http\n"
+    );
+    let (o, dest) = build(&format!("http://127.0.0.1:{port}/Dockerfile"), "lone");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(fs::read_to_string(dest.join("lone.txt")).unwrap(), "lone\n");
+    let missing = format!("http://127.0.0.1:{port}/nothing.tar");
+    let (o, _) = build(&missing, "missing");
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains(&missing) && text.contains("404"), "{text}");
+    let (o, _) = build("https://127.0.0.1:9/team/app.git#main:sub", "git");
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("a git repository as the build context is not read yet"),
+        "{text}"
+    );
+}

@@ -26,7 +26,7 @@ pub(crate) use session::close_runner;
 pub use session::{
     Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions, prepare_process,
 };
-pub use stream::StreamContext;
+pub use stream::{StreamContext, is_url};
 
 use crate::export::ExportError;
 use crate::frontend::dockerfile::lower::LowerError;
