@@ -159,6 +159,31 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             }
         ),
     );
+    let resolver = forge_snapshotter::registry::AuthResolver::from_env();
+    line(
+        "registries",
+        match resolver.configured() {
+            Ok(files) if files.is_empty() => {
+                "no credentials configured (every registry anonymous)".to_string()
+            }
+            Ok(files) => files
+                .iter()
+                .map(|c| {
+                    let mut what = if c.registries.is_empty() {
+                        "no registry".to_string()
+                    } else {
+                        c.registries.join(", ")
+                    };
+                    if let Some(store) = &c.creds_store {
+                        what.push_str(&format!("; others through docker-credential-{store}"));
+                    }
+                    format!("{what} (in {})", c.file.display())
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("cannot read the credentials: {e}"),
+        },
+    );
     let roots = forge_snapshotter::registry::roots::trust_roots();
     line(
         "tls roots",

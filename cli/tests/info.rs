@@ -93,3 +93,47 @@ fn info_reports_the_isolation_a_build_gets_and_the_store() {
         "{out}"
     );
 }
+
+/// `forge info` names the registries the credential files configure, and the file, never a
+/// secret; with no file, it says every registry is anonymous.
+#[test]
+fn info_names_the_registries_with_credentials_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        r#"{"auths": {"127.0.0.1:5000": {"auth": "dXNlcjpzM2NyZXQ="},
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpzM2NyZXQ="}},
+            "credHelpers": {"ghcr.io": "pass"}, "credsStore": "secretservice"}"#,
+    )
+    .unwrap();
+    let info = |config: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["info", "--root"])
+            .arg(dir.path().join("store"))
+            .env("DOCKER_CONFIG", config)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        let out = printed(&o);
+        assert!(o.status.success(), "{out}");
+        out
+    };
+    let out = info(&docker);
+    assert_eq!(
+        field(&out, "registries"),
+        format!(
+            "127.0.0.1:5000, docker.io, ghcr.io; others through docker-credential-secretservice \
+             (in {})",
+            docker.join("config.json").display()
+        )
+    );
+    assert!(!out.contains("dXNlcjpzM2NyZXQ="), "{out}");
+    let out = info(&dir.path().join("none"));
+    assert_eq!(
+        field(&out, "registries"),
+        "no credentials configured (every registry anonymous)"
+    );
+}

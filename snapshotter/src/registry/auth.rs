@@ -113,6 +113,16 @@ struct HelperReply {
     secret: String,
 }
 
+/// What one auth file configures ([`AuthResolver::configured`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    pub file: PathBuf,
+    /// Registries (as references name them) with an inline credential or a helper of their own.
+    pub registries: Vec<String>,
+    /// The helper for every other registry (`credsStore`).
+    pub creds_store: Option<String>,
+}
+
 /// Finds the credential for a registry in an ordered list of auth files.
 #[derive(Debug, Clone, Default)]
 pub struct AuthResolver {
@@ -168,6 +178,43 @@ impl AuthResolver {
     /// The files consulted, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// What each existing file configures, in order, without any secret: the registries it holds
+    /// credentials or a helper for, and its default credential store. For `forge info`.
+    pub fn configured(&self) -> Result<Vec<Configured>, AuthError> {
+        let mut out = Vec::new();
+        for path in &self.files {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(AuthError::Read {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            };
+            let file: AuthFile =
+                serde_json::from_slice(&text).map_err(|source| AuthError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut registries: Vec<String> = file
+                .auths
+                .keys()
+                .chain(file.cred_helpers.keys())
+                .map(|k| normalize_key(k))
+                .collect();
+            registries.sort();
+            registries.dedup();
+            out.push(Configured {
+                file: path.clone(),
+                registries,
+                creds_store: file.creds_store.filter(|s| !s.is_empty()),
+            });
+        }
+        Ok(out)
     }
 
     /// The credential for `repository` on `registry` (as normalised references name it,

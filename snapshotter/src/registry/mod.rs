@@ -17,7 +17,9 @@ use std::time::Duration;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
-pub use auth::{AuthError, AuthResolver, Credential, DockerConfig, LoginStore, server_registry};
+pub use auth::{
+    AuthError, AuthResolver, Configured, Credential, DockerConfig, LoginStore, server_registry,
+};
 pub use login::LoginError;
 pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
