@@ -31,6 +31,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::command;
 use super::container::{
     self, ChildFds, DEV_NODES, Plan, SETUP_FAILED, SetupResult, Stub, Undo, ctx, write_fd,
 };
@@ -345,16 +346,15 @@ impl Moves {
 fn init(plan: &Plan, staging: &Staging, fds: &ChildFds) -> i32 {
     let mut undo = Undo::default();
     let mut moves = Moves::default();
-    let prepared = match setup(staging, &mut undo, &mut moves)
-        .and_then(|()| container::prepare_command(plan))
-    {
-        Ok(p) => p,
-        Err(msg) => {
-            write_fd(&fds.error, msg.as_bytes());
-            put_back(&moves, &undo);
-            return SETUP_FAILED;
-        }
-    };
+    let prepared =
+        match setup(staging, &mut undo, &mut moves).and_then(|()| command::prepare_command(plan)) {
+            Ok(p) => p,
+            Err(msg) => {
+                write_fd(&fds.error, msg.as_bytes());
+                put_back(&moves, &undo);
+                return SETUP_FAILED;
+            }
+        };
     // SAFETY: init is single-threaded.
     let command = match unsafe { fork() } {
         Err(e) => {
@@ -365,7 +365,7 @@ fn init(plan: &Plan, staging: &Staging, fds: &ChildFds) -> i32 {
         Ok(ForkResult::Child) => {
             // A group of its own, so init can end it and stay alive to clean up.
             let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-            container::exec_command(&prepared, fds)
+            command::exec_command(&prepared, fds)
         }
         Ok(ForkResult::Parent { child }) => child,
     };

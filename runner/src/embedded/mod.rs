@@ -3,6 +3,7 @@
 //! the process into a user namespace first, and then works the same way as namespace-root.
 
 mod chroot;
+mod command;
 mod container;
 pub mod isolation;
 mod prune;
