@@ -1,6 +1,7 @@
-//! The container side of a step (the namespaces isolation): what runs after forge forks. A thread of forge unshares the namespaces
-//! for itself alone and forks the namespace's init, which builds the rootfs, pivots into it and forks
-//! the command; init then waits, removes the mount stubs it created, and exits with the command's status.
+//! The container side of a step in the namespaces isolation: what runs after forge forks. A thread
+//! of forge unshares the namespaces for itself alone and forks the namespace's init, which builds
+//! the rootfs, pivots into it and forks the command (see `command.rs`); init then waits, removes
+//! the mount stubs it created, and exits with the command's status.
 //!
 //! Process tree: forge (P, step thread) -> init (I, pid 1, new session) -> command (C). Killing I kills
 //! the whole PID namespace; I dies with the step thread (PR_SET_PDEATHSIG), so a dead forge takes the
