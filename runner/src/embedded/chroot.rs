@@ -26,14 +26,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::command;
 use super::container::{
-    self, ChildFds, DEV_NODES, Plan, SETUP_FAILED, SetupResult, Stub, Undo, ctx, write_fd,
+    self, ChildFds, DEV_NODES, Plan, SETUP_FAILED, SetupResult, Stub, Undo, ctx, set_times, times,
+    write_fd,
 };
 use super::sys;
 use crate::mounts::ResolvedMount;
@@ -61,23 +62,6 @@ pub(crate) struct Staging {
     root_times: (Duration, Duration),
     /// The host's device numbers of the nodes to make in /dev.
     devices: Vec<(&'static str, u64)>,
-}
-
-fn times(md: &fs::Metadata) -> (Duration, Duration) {
-    (
-        Duration::new(md.atime().max(0) as u64, md.atime_nsec() as u32),
-        Duration::new(md.mtime().max(0) as u64, md.mtime_nsec() as u32),
-    )
-}
-
-fn set_times(path: &Path, (atime, mtime): (Duration, Duration)) {
-    if let Ok(f) = fs::File::open(path) {
-        let _ = f.set_times(
-            fs::FileTimes::new()
-                .set_accessed(UNIX_EPOCH + atime)
-                .set_modified(UNIX_EPOCH + mtime),
-        );
-    }
 }
 
 /// The directory a chroot step runs in: the snapshot's own directory, which only the copy
@@ -267,24 +251,8 @@ fn run_init(
     lifeline: OwnedFd,
 ) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-        let mut pfd = libc::pollfd {
-            fd: lifeline.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        if !container::init_prologue(plan, fds, &lifeline) {
             return SETUP_FAILED;
-        }
-        for fd in &plan.cgroup_procs {
-            if let Err(e) = nix::unistd::write(fd, b"0") {
-                write_fd(
-                    &fds.error,
-                    format!("join the step's cgroup: {e}").as_bytes(),
-                );
-                return SETUP_FAILED;
-            }
         }
         sys::reset_signals();
         // SAFETY: the handler only stores to an atomic.

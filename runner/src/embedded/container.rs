@@ -208,29 +208,38 @@ pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Resu
     }
 }
 
+/// What every init does first, in either isolation: die with the forking thread (it waits for
+/// us for the whole step, so it exits only if forge does; if forge died before prctl took effect,
+/// the lifeline's writer is gone: POLLHUP), then join the step's cgroups. `false` when init must
+/// stop (the reason, if any, is on the error pipe).
+pub(super) fn init_prologue(plan: &Plan, fds: &ChildFds, lifeline: &OwnedFd) -> bool {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let mut pfd = libc::pollfd {
+        fd: lifeline.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        return false;
+    }
+    for fd in &plan.cgroup_procs {
+        // "0" is the writer itself; a pid would be read in another pid namespace.
+        if let Err(e) = nix::unistd::write(fd, b"0") {
+            write_fd(
+                &fds.error,
+                format!("join the step's cgroup: {e}").as_bytes(),
+            );
+            return false;
+        }
+    }
+    true
+}
+
 fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // Die with the forking thread (it waits for us for the whole step, so it exits only if forge
-        // does). If forge died before prctl took effect, the lifeline's writer is gone: POLLHUP.
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-        let mut pfd = libc::pollfd {
-            fd: lifeline.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        if !init_prologue(plan, fds, &lifeline) {
             return SETUP_FAILED;
-        }
-        for fd in &plan.cgroup_procs {
-            // "0" is the writer itself; a pid would be read in the host's pid namespace.
-            if let Err(e) = nix::unistd::write(fd, b"0") {
-                write_fd(
-                    &fds.error,
-                    format!("join the step's cgroup: {e}").as_bytes(),
-                );
-                return SETUP_FAILED;
-            }
         }
         if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
             write_fd(
@@ -332,14 +341,7 @@ pub(super) fn cleanup(p: &Undo) {
             Stub::Created { path, dir: false } => {
                 let _ = fs::remove_file(path);
             }
-            Stub::Times { dir, atime, mtime } => {
-                if let Ok(f) = fs::File::open(dir) {
-                    let times = fs::FileTimes::new()
-                        .set_accessed(UNIX_EPOCH + *atime)
-                        .set_modified(UNIX_EPOCH + *mtime);
-                    let _ = f.set_times(times);
-                }
-            }
+            Stub::Times { dir, atime, mtime } => set_times(dir, (*atime, *mtime)),
         }
     }
 }
@@ -418,6 +420,25 @@ fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
     }
 }
 
+/// A file's access and modification times, as durations since the epoch.
+pub(super) fn times(md: &fs::Metadata) -> (Duration, Duration) {
+    (
+        Duration::new(md.atime().max(0) as u64, md.atime_nsec() as u32),
+        Duration::new(md.mtime().max(0) as u64, md.mtime_nsec() as u32),
+    )
+}
+
+/// Puts `times` (as [`times`] gives them) back on `path`, best effort.
+pub(super) fn set_times(path: &Path, (atime, mtime): (Duration, Duration)) {
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.set_times(
+            fs::FileTimes::new()
+                .set_accessed(UNIX_EPOCH + atime)
+                .set_modified(UNIX_EPOCH + mtime),
+        );
+    }
+}
+
 /// Creates `path` (and missing parents) as a directory or an empty file if it does not exist, recording
 /// what was created. Runs after pivot_root, so symlinks resolve inside the rootfs.
 pub(super) fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> SetupResult<()> {
@@ -427,10 +448,11 @@ pub(super) fn ensure_target(path: &Path, dir: bool, stubs: &mut Vec<Stub>) -> Se
         match fs::symlink_metadata(cur) {
             Ok(meta) => {
                 if !missing.is_empty() {
+                    let (atime, mtime) = times(&meta);
                     stubs.push(Stub::Times {
                         dir: cur.to_path_buf(),
-                        atime: Duration::new(meta.atime().max(0) as u64, meta.atime_nsec() as u32),
-                        mtime: Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec() as u32),
+                        atime,
+                        mtime,
                     });
                 }
                 break;

@@ -269,32 +269,7 @@ fn probe_namespaces(root: &Path) -> Result<i32, String> {
     .map_err(io("make the mount tree private"))?;
     sys::mount("tmpfs", root, "tmpfs", 0, Some("size=64k")).map_err(io("mount a tmpfs"))?;
     // pid 1 of the new PID namespace does the rest.
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno("pipe"))?;
-    // SAFETY: single-threaded child of a fork.
-    match unsafe { fork() }.map_err(errno("fork"))? {
-        ForkResult::Child => {
-            drop(r);
-            let code = match init_side(root) {
-                Ok(code) => code,
-                Err(msg) => {
-                    let _ = nix::unistd::write(&w, msg.as_bytes());
-                    100
-                }
-            };
-            // SAFETY: as in_child.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => {
-            drop(w);
-            let mut msg = String::new();
-            let _ = fs::File::from(r).read_to_string(&mut msg);
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, 100)) => Err(msg),
-                Ok(WaitStatus::Exited(_, code)) => Ok(code | no_loopback),
-                other => Err(format!("probe ended with {other:?}")),
-            }
-        }
-    }
+    in_child(|| init_side(root)).map(|code| code | no_loopback)
 }
 
 fn init_side(root: &Path) -> Result<i32, String> {

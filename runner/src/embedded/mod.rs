@@ -332,35 +332,52 @@ impl EmbeddedRunner {
             }
         };
         drop(fds);
-        KillTarget::set(target, init.as_raw());
-        let code = loop {
-            match waitpid(init, None) {
-                Ok(WaitStatus::Exited(_, code)) => break code,
-                Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys_err("wait for the step's init")(e)),
-            }
-        };
-        // init is reaped: never signal its pid again.
-        target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        let code = wait_init(init, target);
         container::unmount_fuse(&plan);
         drop(life_w);
-        let mut detail = String::new();
-        let _ = fs::File::from(err_r).read_to_string(&mut detail);
         if let Some((upper, lowers)) = &layers {
             prune::prune(upper, lowers, &candidates, &before);
         }
-        if KillTarget::is_cancelled(target) {
-            return Err(EmbeddedError::Cancelled);
-        }
-        if !detail.is_empty() {
-            return Err(EmbeddedError::Setup {
-                command: plan.argv.clone(),
-                detail,
-            });
-        }
-        Ok(code)
+        step_result(code?, err_r, target, &plan)
     }
+}
+
+/// Waits for the step's init (registered as `target`'s pid meanwhile) and returns its exit code,
+/// 128 + the signal that killed it. Once init is reaped its pid is never signalled again.
+fn wait_init(init: Pid, target: &Mutex<KillTarget>) -> Result<i32, EmbeddedError> {
+    KillTarget::set(target, init.as_raw());
+    let code = loop {
+        match waitpid(init, None) {
+            Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Err(sys_err("wait for the step's init")(e)),
+        }
+    };
+    target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+    code
+}
+
+/// The step's result once init is gone and cleaned up after: cancelled, a set-up error init wrote
+/// on the error pipe (`err_r`), or the command's exit code.
+fn step_result(
+    code: i32,
+    err_r: OwnedFd,
+    target: &Mutex<KillTarget>,
+    plan: &Plan,
+) -> Result<i32, EmbeddedError> {
+    let mut detail = String::new();
+    let _ = fs::File::from(err_r).read_to_string(&mut detail);
+    if KillTarget::is_cancelled(target) {
+        return Err(EmbeddedError::Cancelled);
+    }
+    if !detail.is_empty() {
+        return Err(EmbeddedError::Setup {
+            command: plan.argv.clone(),
+            detail,
+        });
+    }
+    Ok(code)
 }
 
 impl EmbeddedRunner {
@@ -387,28 +404,10 @@ impl EmbeddedRunner {
             }
         };
         drop(fds);
-        KillTarget::set(target, init.as_raw());
-        let code = loop {
-            match waitpid(init, None) {
-                Ok(WaitStatus::Exited(_, code)) => break Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => break Err(sys_err("wait for the step's init")(e)),
-            }
-        };
-        target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+        let code = wait_init(init, target);
         chroot::unstage(staging);
         drop(life_w);
-        let code = code?;
-        let mut detail = String::new();
-        let _ = fs::File::from(err_r).read_to_string(&mut detail);
-        if KillTarget::is_cancelled(target) {
-            return Err(EmbeddedError::Cancelled);
-        }
-        if !detail.is_empty() {
-            return Err(setup_err(detail));
-        }
-        Ok(code)
+        step_result(code?, err_r, target, &plan)
     }
 }
 
