@@ -113,6 +113,26 @@ struct HelperReply {
     secret: String,
 }
 
+/// An auth file parsed, or `None` when it does not exist.
+fn read_auth_file(path: &Path) -> Result<Option<AuthFile>, AuthError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AuthError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| AuthError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// What one auth file configures ([`AuthResolver::configured`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Configured {
@@ -185,21 +205,9 @@ impl AuthResolver {
     pub fn configured(&self) -> Result<Vec<Configured>, AuthError> {
         let mut out = Vec::new();
         for path in &self.files {
-            let text = match std::fs::read(path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(AuthError::Read {
-                        path: path.clone(),
-                        source,
-                    });
-                }
+            let Some(file) = read_auth_file(path)? else {
+                continue;
             };
-            let file: AuthFile =
-                serde_json::from_slice(&text).map_err(|source| AuthError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
             let mut registries: Vec<String> = file
                 .auths
                 .keys()
@@ -226,21 +234,9 @@ impl AuthResolver {
         repository: &str,
     ) -> Result<Option<Credential>, AuthError> {
         for path in &self.files {
-            let text = match std::fs::read(path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(AuthError::Read {
-                        path: path.clone(),
-                        source,
-                    });
-                }
+            let Some(file) = read_auth_file(path)? else {
+                continue;
             };
-            let file: AuthFile =
-                serde_json::from_slice(&text).map_err(|source| AuthError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
             if let Some(c) = self.lookup_file(path, &file, registry, repository)? {
                 return Ok(Some(c));
             }
