@@ -72,8 +72,7 @@ fn setup(name: &str) -> Option<Setup> {
         ),
     )
     .unwrap();
-    let pulled = docker.cmd().args(["pull", "-q", &debian]).output().unwrap();
-    assert!(pulled.status.success(), "{}", printed(&pulled));
+    docker.pull(&debian);
     Some(Setup {
         docker,
         ws,
@@ -88,6 +87,16 @@ impl Setup {
     /// `docker run`; forge is the binary under test, bound in read-only, its store in the
     /// container's own filesystem.
     fn forge_in_container(&self, docker_args: &[&str], args: &[&str]) -> Output {
+        self.forge_in_container_with(&self.ctx, docker_args, args)
+    }
+
+    /// [`Setup::forge_in_container`] with `ctx` bound at /ctx instead of the setup's context.
+    fn forge_in_container_with(
+        &self,
+        ctx: &std::path::Path,
+        docker_args: &[&str],
+        args: &[&str],
+    ) -> Output {
         let forge = env!("CARGO_BIN_EXE_forge");
         self.docker
             .cmd()
@@ -96,7 +105,7 @@ impl Setup {
             .args(["-e", "SOURCE_DATE_EPOCH=0", "-v"])
             .arg(format!("{forge}:/usr/local/bin/forge:ro"))
             .arg("-v")
-            .arg(format!("{}:/ctx:ro", self.ctx.display()))
+            .arg(format!("{}:/ctx:ro", ctx.display()))
             .arg(&self.debian)
             .arg("forge")
             .args(args)
@@ -130,21 +139,8 @@ impl Setup {
         );
         let out = printed(&o);
         assert!(o.status.success(), "docker run {docker_args:?}: {out}");
-        let pulled = self
-            .docker
-            .cmd()
-            .args(["pull", "-q", &image])
-            .output()
-            .unwrap();
-        assert!(pulled.status.success(), "{}", printed(&pulled));
-        let ran = self
-            .docker
-            .cmd()
-            .args(["run", "--rm", "--network", "none", &image])
-            .output()
-            .unwrap();
-        assert!(ran.status.success(), "{}", printed(&ran));
-        assert_eq!(String::from_utf8_lossy(&ran.stdout), EXPECTED, "{out}");
+        self.docker.pull(&image);
+        assert_eq!(self.docker.run_offline(&image), EXPECTED, "{out}");
         (out, image)
     }
 }
@@ -362,21 +358,10 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
     )
     .unwrap();
     let image = s.reference("user");
-    let o = s
-        .docker
-        .cmd()
-        .args(["run", "--rm", "--network", "host"])
-        .args(&unconfined)
-        .arg("-v")
-        .arg(format!(
-            "{}:/usr/local/bin/forge:ro",
-            env!("CARGO_BIN_EXE_forge")
-        ))
-        .arg("-v")
-        .arg(format!("{}:/ctx:ro", ctx.display()))
-        .arg(&s.debian)
-        .args([
-            "forge",
+    let o = s.forge_in_container_with(
+        &ctx,
+        &unconfined,
+        &[
             "build",
             "--progress",
             "plain",
@@ -384,29 +369,16 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
             &image,
             "--push",
             "/ctx",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let out = printed(&o);
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("isolated with namespaces (the surrounding /proc)"),
         "{out}"
     );
-    let pulled = s
-        .docker
-        .cmd()
-        .args(["pull", "-q", &image])
-        .output()
-        .unwrap();
-    assert!(pulled.status.success(), "{}", printed(&pulled));
-    let ran = s
-        .docker
-        .cmd()
-        .args(["run", "--rm", "--network", "none", &image])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from a user\n");
+    s.docker.pull(&image);
+    assert_eq!(s.docker.run_offline(&image), "hello from a user\n");
 }
 
 /// On this host with `--isolation chroot` (as in a default container): a step has no network

@@ -40,12 +40,7 @@ fn the_static_binary_needs_no_ca_certificates_for_plain_http() {
         .and_then(|r| r.rsplit_once(':'))
         .map(|(_, p)| p.to_string())
         .unwrap();
-    let pulled = docker
-        .cmd()
-        .args(["pull", "-q", &busybox])
-        .output()
-        .unwrap();
-    assert!(pulled.status.success(), "{}", printed(&pulled));
+    docker.pull(&busybox);
     let run = |args: &[&str]| {
         docker
             .cmd()
@@ -105,8 +100,7 @@ fn forges_image_builds_and_pushes_in_a_default_container() {
         ),
     )
     .unwrap();
-    let pulled = docker.cmd().args(["pull", "-q", &image]).output().unwrap();
-    assert!(pulled.status.success(), "{}", printed(&pulled));
+    docker.pull(&image);
     let target = format!(
         "{registry}/forge-test/from-forge-image-{}:1",
         forge_testsupport::unique()
@@ -131,19 +125,8 @@ fn forges_image_builds_and_pushes_in_a_default_container() {
     let text = printed(&o);
     assert!(o.status.success(), "{text}");
     assert!(text.contains("isolated with chroot"), "{text}");
-    let pulled = docker.cmd().args(["pull", "-q", &target]).output().unwrap();
-    assert!(pulled.status.success(), "{}", printed(&pulled));
-    let ran = docker
-        .cmd()
-        .args(["run", "--rm", "--network", "none", &target])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&ran.stdout),
-        "from forge's image\n",
-        "{}",
-        printed(&ran)
-    );
+    docker.pull(&target);
+    assert_eq!(docker.run_offline(&target), "from forge's image\n");
     // A shell for CI services' job scripts.
     let sh = docker
         .cmd()

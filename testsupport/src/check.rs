@@ -367,6 +367,38 @@ impl Docker {
             .env("DOCKER_CONFIG", self.config.path());
         c
     }
+
+    /// `docker pull IMAGE`, which must succeed.
+    #[track_caller]
+    pub fn pull(&self, image: &str) {
+        let o = self
+            .cmd()
+            .args(["pull", "-q", image])
+            .output()
+            .expect("run docker");
+        assert!(
+            o.status.success(),
+            "docker pull {image}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `docker run --rm --network none IMAGE` (its default command), which must succeed; what it
+    /// printed on standard output.
+    #[track_caller]
+    pub fn run_offline(&self, image: &str) -> String {
+        let o = self
+            .cmd()
+            .args(["run", "--rm", "--network", "none", image])
+            .output()
+            .expect("run docker");
+        assert!(
+            o.status.success(),
+            "docker run {image}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
 }
 
 /// The test dockerd (`$FORGE_TEST_DOCKER_HOST`) once `docker version` answers, or `None` after a
