@@ -14,6 +14,13 @@ struct Workspace {
     ctx: std::path::PathBuf,
 }
 
+/// A usage error: exit status 2 and `why` in what forge printed.
+#[track_caller]
+fn refused(o: &std::process::Output, why: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}", printed(o));
+    assert!(printed(o).contains(why), "{why:?} in:\n{}", printed(o));
+}
+
 fn workspace(name: &str, rest: &str) -> Option<Workspace> {
     if !forge_testsupport::root_and_busybox("builds use the embedded runner as root") {
         return None;
@@ -73,8 +80,7 @@ fn add_host_reaches_run_steps_and_their_cache_key() {
         ("name:999.1.1.1", "is not an IP address"),
     ] {
         let o = forge(&root, &["build", "--add-host", bad, &ctx.to_string_lossy()]);
-        assert_eq!(o.status.code(), Some(2), "{bad}: {}", printed(&o));
-        assert!(printed(&o).contains(why), "{bad}: {}", printed(&o));
+        refused(&o, why);
     }
 }
 
@@ -125,11 +131,9 @@ fn a_bare_label_is_empty_and_source_date_epoch_comes_as_a_build_arg() {
             &ctx.to_string_lossy(),
         ],
     );
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        printed(&bad).contains("--build-arg SOURCE_DATE_EPOCH=\"soon\" is not a number of seconds"),
-        "{}",
-        printed(&bad)
+    refused(
+        &bad,
+        "--build-arg SOURCE_DATE_EPOCH=\"soon\" is not a number of seconds",
     );
 }
 
@@ -325,8 +329,7 @@ fn output_shorthands_and_tars_on_stdout() {
     );
 
     let o = forge(&root, &["build", "-o", "type=oci,dest=-", "-o", "-", &c]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(printed(&o).contains("only one --output may write to standard output"));
+    refused(&o, "only one --output may write to standard output");
 }
 
 /// `-q` prints the image ID as `docker build -q` does (the config's digest, not the manifest's),
@@ -542,8 +545,7 @@ fn login_stores_what_the_registry_accepted_and_logout_removes_it() {
         &["login", addr, "--password-stdin"],
         &password,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
-    assert!(printed(&o).contains("--password-stdin needs --username"));
+    refused(&o, "--password-stdin needs --username");
     let o = forge_logged(
         &docker,
         None,
@@ -556,8 +558,7 @@ fn login_stores_what_the_registry_accepted_and_logout_removes_it() {
         ],
         &password,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
-    assert!(printed(&o).contains("is not a registry"), "{}", printed(&o));
+    refused(&o, "is not a registry");
 }
 
 /// With `credsStore` in Docker's config, `forge login` hands the login to that credential helper
@@ -1204,12 +1205,7 @@ fn an_output_name_names_and_pushes_the_image() {
     );
 
     let o = forge(&root, &["build", "-o", "type=registry", &c]);
-    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
-    assert!(
-        printed(&o).contains("or -o type=registry,name=NAME"),
-        "{}",
-        printed(&o)
-    );
+    refused(&o, "or -o type=registry,name=NAME");
 }
 
 /// What a RUN step printed to `/env.NAME` in an exported filesystem.
@@ -1364,9 +1360,7 @@ fn run_steps_get_buildkits_sandbox_and_shm_size_and_ulimit() {
         let mut args = vec!["build"];
         args.extend_from_slice(bad);
         args.push(&ctx);
-        let o = forge(&ws.root, &args);
-        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", printed(&o));
-        assert!(printed(&o).contains(why), "{bad:?}: {}", printed(&o));
+        refused(&forge(&ws.root, &args), why);
     }
 }
 
