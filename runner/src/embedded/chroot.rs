@@ -345,25 +345,12 @@ fn init(plan: &Plan, staging: &Staging, fds: &ChildFds) -> i32 {
     }
     let group = Pid::from_raw(-command.as_raw());
     let mut killed = false;
-    let mut code = SETUP_FAILED;
-    loop {
+    let code = container::wait_command(command, || {
         if CANCELLED.load(Ordering::SeqCst) && !killed {
             killed = true;
             let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         }
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, c)) if pid == command => {
-                code = c;
-                break;
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
-                code = 128 + sig as i32;
-                break;
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
+    });
     // What the command left running in its group goes with it; orphans that come back are reaped.
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
     for _ in 0..100 {

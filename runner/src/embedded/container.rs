@@ -309,24 +309,25 @@ fn init(plan: &Plan, fds: &ChildFds) -> i32 {
         libc::close(fds.stdout.as_raw_fd());
         libc::close(fds.stderr.as_raw_fd());
     }
-    let mut code = SETUP_FAILED;
-    loop {
-        // As pid 1, init also reaps orphans the command leaves behind.
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, c)) if pid == command => {
-                code = c;
-                break;
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
-                code = 128 + sig as i32;
-                break;
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
+    // As pid 1, init also reaps orphans the command leaves behind.
+    let code = wait_command(command, || {});
     cleanup(&undo);
     code
+}
+
+/// Init's wait for `command`, reaping every other child that ends meanwhile; `each` runs before
+/// every wait (a signal interrupts one). The command's exit code, 128 + a killing signal, or
+/// [`SETUP_FAILED`] when there is nothing left to wait for.
+pub(super) fn wait_command(command: Pid, mut each: impl FnMut()) -> i32 {
+    loop {
+        each();
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, c)) if pid == command => return c,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return SETUP_FAILED,
+        }
+    }
 }
 
 pub(super) fn cleanup(p: &Undo) {
