@@ -32,10 +32,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::command;
-use super::container::{
-    self, ChildFds, DEV_NODES, Plan, SETUP_FAILED, SetupResult, Stub, Undo, ctx, set_times, times,
-    write_fd,
-};
+use super::container::{self, Stub, Undo, set_times, times};
+use super::plan::{self, ChildFds, DEV_NODES, Plan, SETUP_FAILED, SetupResult, ctx, write_fd};
 use super::sys;
 use crate::mounts::ResolvedMount;
 
@@ -279,7 +277,7 @@ fn run_init(
         init(plan, staging, fds)
     }))
     .unwrap_or(SETUP_FAILED);
-    container::exit(code)
+    plan::exit(code)
 }
 
 /// What init moved, to move back: (target, stage entry), what it put aside, and the directories

@@ -9,9 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::container::{
-    ChildFds, Confinement, DEFAULT_PATH, Plan, SetupResult, ctx, exit, write_fd,
-};
+use super::plan::{ChildFds, Confinement, DEFAULT_PATH, Plan, SetupResult, ctx, exit, write_fd};
 use super::sys;
 use crate::user::{ResolvedUser, UserDb};
 

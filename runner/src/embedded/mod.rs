@@ -6,6 +6,7 @@ mod chroot;
 mod command;
 mod container;
 pub mod isolation;
+mod plan;
 mod prune;
 mod seccomp;
 mod sys;
@@ -26,8 +27,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use container::{ChildFds, Confinement, Plan};
 pub use isolation::{Isolation, IsolationChoice, ProcSource};
+use plan::{ChildFds, Confinement, Plan};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
 use crate::limits::{LimitError, StepCgroup};
