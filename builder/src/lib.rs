@@ -9,6 +9,7 @@
 //! [`events`].
 
 pub mod api;
+pub mod cache_io;
 pub mod events;
 pub mod export;
 pub mod fileop;

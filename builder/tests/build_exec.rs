@@ -197,6 +197,8 @@ impl Bench {
                 join_network: None,
                 beside_step: None,
                 proxy_args: Vec::new(),
+                remote: None,
+                mount_seeds: None,
             },
             graph,
         )

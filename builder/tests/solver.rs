@@ -21,6 +21,8 @@ enum MockError {
     Exit { status: i32, last_lines: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("input {0} is unusable")]
+    Lost(usize),
 }
 
 /// Keyed by vertex description.
@@ -48,6 +50,13 @@ impl Mock {
 impl Executor for Mock {
     type Output = Vec<u8>;
     type Error = MockError;
+
+    fn lost_inputs(&self, error: &MockError, _inputs: &[Vec<u8>]) -> Vec<usize> {
+        match error {
+            MockError::Lost(i) => vec![*i],
+            _ => Vec::new(),
+        }
+    }
 
     async fn cache_inputs(
         &self,
@@ -81,6 +90,11 @@ impl Executor for Mock {
         if outcome.is_err() {
             self.cancelled.lock().unwrap().push(name);
             return Err(MockError::Cancelled);
+        }
+        // A result marked unusable (a cache record whose blobs turned out bad, in the real
+        // executor) is found only when the vertex reading it runs.
+        if let Some(i) = inputs.iter().position(|i| i == b"poisoned") {
+            return Err(MockError::Lost(i));
         }
         if self.fail.contains(&name) {
             return Err(MockError::Exit {
@@ -984,4 +998,54 @@ async fn a_failed_solve_returns_what_it_solved_and_a_rerun_finds_it_cached() {
     assert!(s.cached, "served from the first failed solve's record");
     assert_eq!(s.key, first.solved.get(a1).unwrap().key);
     assert_eq!(s.output, first.solved.get(a1).unwrap().output);
+}
+
+#[tokio::test]
+async fn a_cached_input_found_unusable_is_computed_again_and_its_reader_rerun() {
+    let graph = Arc::new(two_chains());
+    let cache = Arc::new(MemoryCache::new());
+    let first = chain_mock(1);
+    let one = solver(&first, cache.clone(), options(2))
+        .solve(graph.clone(), &[0])
+        .await
+        .unwrap();
+    // `link`'s record now holds what its reader will find unusable; `assemble` must run (its
+    // other input changes), `link` is served from the cache.
+    let link = graph
+        .vertices
+        .iter()
+        .position(|v| v.description == "[a] RUN link")
+        .map(NodeRef)
+        .unwrap();
+    cache.put(&one.get(link).unwrap().key, b"poisoned").unwrap();
+    let second = chain_mock(1);
+    second
+        .content
+        .lock()
+        .unwrap()
+        .insert("[b] RUN fetch deps".into(), [9; 32]);
+    let two = solver(&second, cache.clone(), options(2))
+        .solve(graph.clone(), &[0])
+        .await
+        .unwrap();
+    let calls = second.calls.lock().unwrap().clone();
+    let count = |n: &str| calls.iter().filter(|c| *c == n).count();
+    assert_eq!(count("[a] RUN link"), 1, "{calls:?}");
+    assert_eq!(count("[final] RUN assemble"), 2, "{calls:?}");
+    assert_eq!(
+        count("[a] RUN compile"),
+        0,
+        "only the lost input runs: {calls:?}"
+    );
+    let root = two.get(graph.outputs[0].root).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&root.output).contains("poisoned"),
+        "{}",
+        String::from_utf8_lossy(&root.output)
+    );
+    // The record is replaced by the recomputed result.
+    assert_ne!(
+        cache.get(&one.get(link).unwrap().key).unwrap().unwrap(),
+        b"poisoned"
+    );
 }

@@ -1,6 +1,7 @@
 //! `forge build`: the flags `docker build` users know, parsed into a [`BuildRequest`], and the build's
 //! events rendered while the library runs it. Nothing about what a build means lives here.
 
+use forge_builder::cache_io::{CacheExport, CacheImport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -109,6 +110,18 @@ pub struct BuildArgs {
     /// Run the steps of this stage (and everything after them) without the cache; repeatable.
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     no_cache_filter: Vec<String>,
+    /// Read build results from a cache another build wrote, before running any step:
+    /// type=registry,ref=REGISTRY/REPO:TAG (or just the reference) or type=local,src=DIR[,tag=T].
+    /// Repeatable; tried in order. Layers are fetched only when a step needs them. A cache that
+    /// is missing, unreachable or damaged is a warning, never a failed build.
+    #[arg(long = "cache-from", value_name = "type=registry,ref=REF", value_parser = CacheImport::parse)]
+    cache_from: Vec<CacheImport>,
+    /// Write this build's results to a cache after it: type=registry,ref=REGISTRY/REPO:TAG or
+    /// type=local,dest=DIR[,tag=T]; mode=min (the final image's steps, the default) or mode=max
+    /// (every step of every stage); mounts=true adds the contents of RUN --mount=type=cache;
+    /// ignore-error=true makes a failed export a warning. Repeatable.
+    #[arg(long = "cache-to", value_name = "type=registry,ref=REF[,mode=max]", value_parser = CacheExport::parse)]
+    cache_to: Vec<CacheExport>,
     /// A secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR; repeatable.
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     secrets: Vec<String>,
@@ -537,6 +550,8 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     };
     r.cache.no_cache = args.no_cache;
     r.cache.no_cache_filter = args.no_cache_filter.clone();
+    r.cache.import = args.cache_from.clone();
+    r.cache.export = args.cache_to.clone();
     r.jobs = args.jobs;
     r.metadata_file = args.metadata_file.clone();
     r.iidfile = args.iidfile.clone();

@@ -20,12 +20,11 @@
 //!
 //! Dev-only: the other crates list it under `[dev-dependencies]`, and it depends on none of them.
 
-mod auth_registry;
 mod check;
 mod fixture;
+mod private_registry;
 pub mod snapshot;
 
-pub use auth_registry::{AUTH_PASSWORD, AUTH_USER, AuthRegistry, auth_registry};
 pub use check::{
     BUSYBOX, Docker, IdRange, TestUser, busybox, busybox_image, conformance, containerd,
     debian_image, docker, image_from_env, is_root, missing, on_path, prerequisite, registry,
@@ -35,4 +34,8 @@ pub use check::{
 pub use fixture::{
     BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,
     shared_scratch, unique, walk,
+};
+pub use private_registry::{
+    AUTH_PASSWORD, AUTH_USER, AuthRegistry, PrivateRegistry, Served, auth_registry,
+    private_registry,
 };

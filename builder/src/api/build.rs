@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
+use forge_snapshotter::reference::Reference;
 use forge_snapshotter::snapshot::Snapshotter as _;
 use forge_snapshotter::store::Store;
 
@@ -16,6 +17,7 @@ use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
 use super::request::{BuildRequest, DockerfileSource, Export};
 use super::session::{Session, close_runner};
+use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
 use crate::export::{self, ImageOptions, ManifestFormat};
 use crate::frontend::dockerfile::lower::LowerOptions;
@@ -209,6 +211,10 @@ impl Session {
                 },
             )
         });
+        // With a cache to import, base layers are fetched only when a step needs them: a build
+        // served whole from the cache downloads none.
+        let lazy = !request.cache.import.is_empty();
+        let remote = Arc::new(RemoteBlobs::new(self.registry.clone(), events.clone()));
         let (lowered, images) = events
             .phase_result(
                 "resolving base images",
@@ -219,6 +225,7 @@ impl Session {
                     &self.registry,
                     events,
                     request.pull,
+                    lazy,
                 ),
             )
             .await
@@ -235,7 +242,42 @@ impl Session {
         refuse_ungranted(request, &lowered.graph, &name, &text)?;
         let runner = self.runner().await?;
         let graph = Arc::new(lowered.graph);
-        let cache = DiskCache::open(self.root.join("build-cache"))?;
+        for image in images.images.values() {
+            let source = Reference::parse(&image.record.reference).ok();
+            for d in image
+                .record
+                .layers
+                .iter()
+                .filter(|d| !self.store.has_blob(&d.digest))
+            {
+                if let Some(r) = &source {
+                    remote.add(d.clone(), BlobSource::Registry(r.clone()));
+                }
+            }
+        }
+        let imported = Arc::new(
+            cache_io::import_caches(
+                &request.cache.import,
+                &self.registry,
+                &self.store,
+                &remote,
+                events,
+            )
+            .await,
+        );
+        let mount_seeds = (!imported.mounts.is_empty()).then(|| {
+            Arc::new(MountSeeds::new(
+                self.root.join("cache-mounts"),
+                imported.mounts.clone(),
+                remote.clone(),
+                self.store.clone(),
+                events.clone(),
+            ))
+        });
+        let cache = LayeredCache::new(
+            DiskCache::open(self.root.join("build-cache"))?,
+            imported.clone(),
+        );
         let executor = BuildExecutor::new(
             ExecutorConfig {
                 store: self.store.clone(),
@@ -274,6 +316,8 @@ impl Session {
                     .filter(|(k, _)| crate::graph::PROXY_ARGS.contains(&k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                remote: Some(remote.clone()),
+                mount_seeds,
             },
             &graph,
         );
@@ -366,6 +410,20 @@ impl Session {
             }
         }
         let names = request.tags.clone();
+        // What leaves as bytes (a file export, the store's own copy of an image not pushed) needs
+        // every layer here; a push mounts or skips what the registry has.
+        let only_pushed = pushes
+            && request
+                .exports
+                .iter()
+                .all(|e| matches!(e, Export::Image { push: true, .. }));
+        if !only_pushed {
+            let digests: Vec<_> = layers.iter().map(|l| l.digest.clone()).collect();
+            remote
+                .ensure(&self.store, &digests)
+                .await
+                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
+        }
         for e in &request.exports {
             match e {
                 Export::OciTar(dest) => export::write_oci_tar(&image, &names, dest)?,
@@ -427,6 +485,18 @@ impl Session {
             )
             .await?;
         }
+        for target in &request.cache.export {
+            self.export_cache(
+                target,
+                &graph,
+                &solution,
+                &layers,
+                pushes.then(|| names.first()).flatten(),
+                &remote,
+                events,
+            )
+            .await?;
+        }
         if let Some(p) = &request.metadata_file {
             export::write_metadata_file(p, &image, &names)?;
         }
@@ -437,6 +507,84 @@ impl Session {
         drop(scratch);
         Ok((image, record))
     }
+}
+
+impl Session {
+    /// Writes one `--cache-to`; a failure fails the build unless the target says `ignore-error`.
+    #[allow(clippy::too_many_arguments)]
+    async fn export_cache(
+        &self,
+        target: &cache_io::CacheExport,
+        graph: &crate::graph::Graph,
+        solution: &Solution<Built>,
+        layers: &[crate::ops::Layer],
+        pushed_tag: Option<&String>,
+        remote: &RemoteBlobs,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let phase = format!("exporting cache to {}", target.location);
+        let result = events
+            .phase_result(&phase, async {
+                let mounts = if target.mounts {
+                    let ids = cache_mount_ids(graph);
+                    let (root, store) = (self.root.join("cache-mounts"), self.store.clone());
+                    tokio::task::spawn_blocking(move || {
+                        cache_io::export_mounts(&root, &ids, &store)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??
+                } else {
+                    Vec::new()
+                };
+                let input = cache_io::ExportInput {
+                    graph,
+                    solution,
+                    image_layers: layers,
+                    pushed_to: pushed_tag
+                        .and_then(|t| Reference::parse(t).ok())
+                        .map(|r| r.name()),
+                    mounts,
+                };
+                cache_io::export_cache(
+                    target,
+                    input,
+                    &self.registry,
+                    &self.store,
+                    Some(remote),
+                    events,
+                )
+                .await
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if target.ignore_error => {
+                events.emit(BuildEvent::Warning {
+                    message: format!("cache: exporting to {} failed: {e}", target.location),
+                });
+                Ok(())
+            }
+            Err(e) => Err(BuildError::Invalid(format!(
+                "exporting the cache to {}: {e}",
+                target.location
+            ))),
+        }
+    }
+}
+
+/// The ids of every cache mount the graph's RUN steps use.
+fn cache_mount_ids(graph: &crate::graph::Graph) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for v in &graph.vertices {
+        if let crate::graph::Op::Exec(e) = &v.op {
+            for m in &e.mounts {
+                if let crate::graph::MountKind::Cache { id, .. } = &m.kind {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
 }
 
 /// The creation time and config digest of an image the store holds with exactly these layers: the

@@ -194,6 +194,10 @@ pub struct CacheOptions {
     pub no_cache: bool,
     /// Run these stages' steps (and what depends on them) without the cache.
     pub no_cache_filter: Vec<String>,
+    /// `--cache-from`: caches read before the solve, in order (the first with a key wins).
+    pub import: Vec<crate::cache_io::CacheImport>,
+    /// `--cache-to`: caches written after the build.
+    pub export: Vec<crate::cache_io::CacheExport>,
 }
 
 /// Secret values by id. Their `Debug` shows the ids only, so a logged request never shows a value.

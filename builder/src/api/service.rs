@@ -187,7 +187,8 @@ impl Session {
         image: &BaseImage,
         what: &str,
     ) -> Result<(ScratchSnapshot, Vec<forge_snapshotter::Mount>), BuildError> {
-        let parent = ensure_snapshot_in(&self.snapshots, &self.store, &image.layers()).await?;
+        let parent =
+            ensure_snapshot_in(&self.snapshots, &self.store, None, &image.layers()).await?;
         let key = unique_key(what);
         let mounts = self
             .snapshots

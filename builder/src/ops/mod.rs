@@ -23,6 +23,7 @@ use forge_snapshotter::store::{Digest as BlobDigest, Store, StoreError};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
+use crate::cache_io::{FetchError, MountSeeds, RemoteBlobs};
 use crate::events::Events;
 use crate::fileop::{self, FileOpError, SourceDirs, Visible};
 use crate::graph::{FileAction, Graph, NetworkMode, NodeRef, Op, SourceOp, Vertex, VertexId};
@@ -191,6 +192,10 @@ pub enum ExecError {
     Source(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// A blob a result names could not be fetched (gone from the cache it came from, or not what
+    /// its digest says); the step that made it runs again.
+    #[error(transparent)]
+    Blob(#[from] FetchError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
@@ -277,6 +282,12 @@ pub struct ExecutorConfig {
     /// The build's predefined proxy arguments (`--build-arg HTTP_PROXY=...` and the rest), which
     /// reach RUN steps without an ARG and stay out of every key and the image (BuildKit's rule).
     pub proxy_args: Vec<(String, String)>,
+    /// Blobs the store lacks but can fetch (layers of lazily resolved base images, an imported
+    /// cache's blobs): a record naming them is usable, and they are fetched when a step needs
+    /// the filesystem. `None`: every blob must be in the store.
+    pub remote: Option<Arc<RemoteBlobs>>,
+    /// Imported contents of cache mounts, laid down before the first step that mounts each.
+    pub mount_seeds: Option<Arc<MountSeeds>>,
     pub events: Events,
 }
 
@@ -331,7 +342,13 @@ impl BuildExecutor {
     /// Makes sure the committed snapshot for `layers` exists (unpacking missing layers from their
     /// blobs) and returns its name; `None` for no layers (scratch).
     pub async fn ensure_snapshot(&self, layers: &[Layer]) -> Result<Option<String>, ExecError> {
-        ensure_snapshot_in(&self.cfg.snapshots, &self.cfg.store, layers).await
+        ensure_snapshot_in(
+            &self.cfg.snapshots,
+            &self.cfg.store,
+            self.cfg.remote.as_deref(),
+            layers,
+        )
+        .await
     }
 
     /// Mounts the filesystem `built` read-only somewhere and returns where its root is.
@@ -608,13 +625,35 @@ impl Executor for BuildExecutor {
 
     /// A record whose blobs are gone (a prune, a store repaired by hand) is a miss: the step runs
     /// again instead of a later step or the push failing on the missing blob.
-    fn usable(&self, output: &Built) -> bool {
+    async fn usable(&self, output: &Built) -> bool {
         // A failed test verdict is never served from the cache: the failure may have been the
         // machine's (a flaky service, a full disk), and a rerun is what a user asks for.
         if matches!(output, Built::Test { exit_code, .. } if *exit_code != 0) {
             return false;
         }
-        output.blobs().iter().all(|d| self.cfg.store.has_blob(d))
+        for d in output.blobs() {
+            let here = match &self.cfg.remote {
+                Some(remote) => remote.available(&self.cfg.store, &d).await,
+                None => self.cfg.store.has_blob(&d),
+            };
+            if !here {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A blob that could not be fetched belongs to the inputs that name it: they run again.
+    fn lost_inputs(&self, error: &ExecError, inputs: &[Built]) -> Vec<usize> {
+        let ExecError::Blob(e) = error else {
+            return Vec::new();
+        };
+        inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.blobs().contains(e.digest()))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     async fn cache_inputs(
@@ -765,6 +804,7 @@ impl Executor for BuildExecutor {
 pub(crate) async fn ensure_snapshot_in(
     snapshots: &Arc<AnySnapshotter>,
     store: &Store,
+    remote: Option<&RemoteBlobs>,
     layers: &[Layer],
 ) -> Result<Option<String>, ExecError> {
     let Some(top) = chain_id(layers.iter().map(|l| &l.diff_id)) else {
@@ -773,6 +813,19 @@ pub(crate) async fn ensure_snapshot_in(
     let top = top.to_string();
     if snapshots.stat(&top).is_ok() {
         return Ok(Some(top));
+    }
+    // Only the layers whose snapshots are missing are read, so only theirs are fetched.
+    if let Some(remote) = remote {
+        let mut parent: Option<Digest> = None;
+        let mut wanted = Vec::new();
+        for l in layers {
+            let name = chain_id_step(parent.as_ref(), &l.diff_id);
+            if snapshots.stat(name.as_ref()).is_err() {
+                wanted.push(l.digest.clone());
+            }
+            parent = Some(name);
+        }
+        remote.ensure(store, &wanted).await?;
     }
     let sn = snapshots.clone();
     let store = store.clone();

@@ -126,6 +126,10 @@ impl BuildExecutor {
                         source_path,
                         ..
                     } => {
+                        // An imported cache's contents for this id, when this machine has none.
+                        if let Some(seeds) = &self.cfg.mount_seeds {
+                            seeds.seed(id).await;
+                        }
                         // A new cache starts as a copy of its base: the `from=` stage at `source=`,
                         // or the directory lowering made for uid/gid/mode. The base stays mounted
                         // until the step ends; the runner copies it only when it creates the cache.

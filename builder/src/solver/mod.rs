@@ -75,9 +75,17 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether a recorded result can still be used: what it names (blobs, say) may have been
     /// removed since it was recorded. One that cannot is a cache miss and the vertex runs again;
     /// it is never served as a hit. Yes by default.
-    fn usable(&self, output: &Self::Output) -> bool {
+    fn usable(&self, output: &Self::Output) -> impl Future<Output = bool> + Send {
         let _ = output;
-        true
+        async { true }
+    }
+
+    /// The inputs (positions in `inputs`) whose recorded results turned out unusable while the
+    /// vertex ran (a blob they name could not be fetched): the solver computes them again, not
+    /// from the cache, and then runs the vertex again. None by default: the error stands.
+    fn lost_inputs(&self, error: &Self::Error, inputs: &[Self::Output]) -> Vec<usize> {
+        let _ = (error, inputs);
+        Vec::new()
     }
 
     /// Computes the vertex. When `cancel` fires (another vertex failed, or the caller gave up) the
@@ -353,6 +361,21 @@ pub struct Solver<E: Executor> {
     options: SolveOptions,
 }
 
+/// How a vertex's task ended, short of an error.
+enum Outcome<R> {
+    Done(Finished<R>),
+    /// It failed because results of these inputs (positions in its inputs) turned out unusable
+    /// ([`Executor::lost_inputs`]): they are computed again, then the vertex runs again.
+    Lost {
+        node: NodeRef,
+        inputs: Vec<usize>,
+        error: SolveError,
+    },
+}
+
+/// How many times one vertex may be sent back for lost inputs before its error stands.
+const LOST_RETRIES: u32 = 2;
+
 /// What a vertex's task gives back to the scheduler.
 struct Finished<R> {
     node: NodeRef,
@@ -467,6 +490,11 @@ impl<E: Executor> Solver<E> {
         let mut skipped_set: HashSet<NodeRef> = HashSet::new();
         // Nothing more starts: the caller cancelled, or a failure in fail-fast mode.
         let mut stopped = false;
+        // Vertices computed again without the cache because a dependent lost their result, and
+        // the dependents waiting for each.
+        let mut recomputed: HashSet<NodeRef> = HashSet::new();
+        let mut waiting: HashMap<NodeRef, Vec<NodeRef>> = HashMap::new();
+        let mut lost_tries: HashMap<NodeRef, u32> = HashMap::new();
 
         loop {
             while !stopped && running.len() < jobs {
@@ -476,8 +504,22 @@ impl<E: Executor> Solver<E> {
                 }
                 let Some(node) = ready.pop_front() else { break };
                 let ins = inputs_of(node);
+                // An input being computed again (see `recomputed`) is waited for.
+                let absent: HashSet<NodeRef> = ins
+                    .iter()
+                    .copied()
+                    .filter(|i| !done.contains_key(i))
+                    .collect();
+                if !absent.is_empty() {
+                    pending.insert(node, absent.len());
+                    for i in absent {
+                        waiting.entry(i).or_default().push(node);
+                    }
+                    continue;
+                }
                 let vertex = graph.vertex(node);
                 let force = self.options.no_cache
+                    || recomputed.contains(&node)
                     || ins.iter().any(|i| forced.contains(i))
                     || vertex
                         .stage
@@ -508,12 +550,54 @@ impl<E: Executor> Solver<E> {
                     (node, Err(SolveError::Panicked { description }))
                 }
             };
+            let result = match result {
+                Ok(Outcome::Lost {
+                    node,
+                    inputs,
+                    error,
+                }) => {
+                    let tries = lost_tries.entry(node).or_insert(0);
+                    *tries += 1;
+                    if *tries > LOST_RETRIES || stopped {
+                        Err(error)
+                    } else {
+                        let ins = inputs_of(node);
+                        let mut wait = 0;
+                        for i in inputs {
+                            let input = ins[i];
+                            if recomputed.insert(input) {
+                                done.remove(&input);
+                                ready.push_back(input);
+                            } else if done.contains_key(&input) {
+                                continue;
+                            }
+                            if !waiting.get(&input).is_some_and(|w| w.contains(&node)) {
+                                waiting.entry(input).or_default().push(node);
+                                wait += 1;
+                            }
+                        }
+                        pending.insert(node, wait);
+                        if wait == 0 {
+                            ready.push_back(node);
+                        }
+                        continue;
+                    }
+                }
+                Ok(Outcome::Done(f)) => Ok(f),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(f) => {
                     if f.forced {
                         forced.insert(f.node);
                     }
-                    for d in dependents.get(&f.node).into_iter().flatten() {
+                    // A vertex computed again wakes only those waiting for it: its other
+                    // dependents were solved already.
+                    let wake = match waiting.remove(&f.node) {
+                        Some(w) => w,
+                        None => dependents.get(&f.node).cloned().unwrap_or_default(),
+                    };
+                    for d in &wake {
                         let p = pending.get_mut(d).expect("dependent is needed");
                         *p -= 1;
                         if *p == 0 {
@@ -662,12 +746,12 @@ impl<E: Executor> Task<E> {
             return Ok(None);
         }
         let record = self.cache_call(key, move |c| c.get(&key)).await?;
-        let Some(output) = record
-            .and_then(|r| E::Output::from_record(&r))
-            .filter(|o| self.executor.usable(o))
-        else {
+        let Some(output) = record.and_then(|r| E::Output::from_record(&r)) else {
             return Ok(None);
         };
+        if !self.executor.usable(&output).await {
+            return Ok(None);
+        }
         self.emit(Event::Cached {
             vertex: self.node,
             description: self.vertex().description.clone(),
@@ -680,7 +764,7 @@ impl<E: Executor> Task<E> {
         }))
     }
 
-    async fn run(self) -> Result<Finished<E::Output>, SolveError> {
+    async fn run(self) -> Result<Outcome<E::Output>, SolveError> {
         let vertex = self.vertex();
         let description = vertex.description.clone();
         let content = self
@@ -695,12 +779,12 @@ impl<E: Executor> Task<E> {
             forced: self.force,
         };
         if let Some(hit) = self.lookup(key).await? {
-            return Ok(finished(hit));
+            return Ok(Outcome::Done(finished(hit)));
         }
         let _lock = self.cache_call(key, move |c| c.lock(&key)).await?;
         // Another process may have computed it while this one waited for the lock.
         if let Some(hit) = self.lookup(key).await? {
-            return Ok(finished(hit));
+            return Ok(Outcome::Done(finished(hit)));
         }
         self.emit(Event::Started {
             vertex: self.node,
@@ -714,6 +798,14 @@ impl<E: Executor> Task<E> {
         {
             Ok(o) => o,
             Err(e) => {
+                let lost = self.executor.lost_inputs(&e, &self.inputs);
+                if !lost.is_empty() && !self.cancel.is_cancelled() {
+                    return Ok(Outcome::Lost {
+                        node: self.node,
+                        inputs: lost,
+                        error: self.step_error(e),
+                    });
+                }
                 if self.cancel.is_cancelled() {
                     self.emit(Event::Cancelled {
                         vertex: self.node,
@@ -737,10 +829,10 @@ impl<E: Executor> Task<E> {
             description,
             duration: started.elapsed(),
         });
-        Ok(finished(Solved {
+        Ok(Outcome::Done(finished(Solved {
             output,
             key,
             cached: false,
-        }))
+        })))
     }
 }

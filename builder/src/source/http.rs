@@ -509,7 +509,7 @@ fn with_attempts(mut error: HttpError, n: u32) -> HttpError {
 
 /// reqwest's own message is generic ("error sending request"); the cause that says what happened
 /// (connection refused, timed out) is further down the chain.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {

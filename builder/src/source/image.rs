@@ -128,6 +128,7 @@ pub async fn pull_base(
     events: &Events,
     reference: &str,
     policy: PullPolicy,
+    lazy: bool,
 ) -> Result<BaseImage, BuildError> {
     let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
         reference: reference.to_string(),
@@ -155,7 +156,13 @@ pub async fn pull_base(
         });
         return base_image(store, rec, reference);
     }
-    let record = match registry.pull(store, &r, &progress).await {
+    // Lazy: manifest and config only; a step that needs the filesystem fetches the layers.
+    let pulled = if lazy {
+        registry.resolve(store, &r, &progress).await
+    } else {
+        registry.pull(store, &r, &progress).await
+    };
+    let record = match pulled {
         Ok(rec) => rec,
         Err(e) => {
             // A registry that answered with a refusal was reached: its answer stands, so a wrong
@@ -215,7 +222,8 @@ pub(crate) fn base_image(
 }
 
 /// Lowers `df`, pulling every base image the lowering asks for (ONBUILD triggers of a base can
-/// name further images, so this repeats until nothing new is asked).
+/// name further images, so this repeats until nothing new is asked). `lazy` resolves them without
+/// their layers (see [`RegistryClient::resolve`]).
 pub async fn lower_with_images(
     df: &Dockerfile,
     opts: &LowerOptions<'_>,
@@ -223,6 +231,7 @@ pub async fn lower_with_images(
     registry: &RegistryClient,
     events: &Events,
     policy: PullPolicy,
+    lazy: bool,
 ) -> Result<(Lowered, BaseImages), BuildError> {
     let mut table = BaseImages::default();
     for _ in 0..8 {
@@ -264,7 +273,7 @@ pub async fn lower_with_images(
         let pulls: Vec<_> = wanted
             .iter()
             .cloned()
-            .map(|r| async move { pull_base(store, registry, events, &r, policy).await })
+            .map(|r| async move { pull_base(store, registry, events, &r, policy, lazy).await })
             .collect();
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {

@@ -3,8 +3,11 @@
 // Each test file uses what it needs of this module.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 /// Runs `forge ARGS --root ROOT` and waits for it.
 pub fn forge(root: &Path, args: &[&str]) -> Output {
@@ -42,4 +45,61 @@ pub fn printed(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// One vertex as `--progress json` reported it.
+#[derive(Debug)]
+pub struct Vertex {
+    pub name: String,
+    /// What its events said, in order: `cached`, `started`, `done`, ... (`type` without `vertex.`).
+    pub statuses: Vec<String>,
+}
+
+/// The vertices of a successful build's `--progress json` log, by graph index. Every line must be
+/// one event record (`build`, `time`, `type`), all of one build.
+pub fn vertices(stderr: &str) -> BTreeMap<u64, Vertex> {
+    let mut out: BTreeMap<u64, Vertex> = BTreeMap::new();
+    let mut builds = BTreeSet::new();
+    for line in stderr.lines() {
+        // The user namespace may be a single id: main warns before the build starts.
+        if line.starts_with("warning: ") {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a json event ({e}): {line}\n{stderr}"));
+        let (Some(build), Some(_), Some(kind)) =
+            (v["build"].as_str(), v["time"].as_str(), v["type"].as_str())
+        else {
+            panic!("an event without build, time or type: {line}");
+        };
+        builds.insert(build.to_string());
+        let (Some(n), Some(status)) = (v["vertex"].as_u64(), kind.strip_prefix("vertex.")) else {
+            continue;
+        };
+        let entry = out.entry(n).or_insert_with(|| Vertex {
+            name: String::new(),
+            statuses: Vec::new(),
+        });
+        if let Some(name) = v["description"].as_str() {
+            entry.name = name.to_string();
+        }
+        entry.statuses.push(status.to_string());
+    }
+    assert_eq!(builds.len(), 1, "events of {builds:?} in one build's log");
+    out
+}
+
+/// Names of the vertices that ran (started or done) and of those found cached.
+pub fn ran_and_cached(log: &BTreeMap<u64, Vertex>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut ran = BTreeSet::new();
+    let mut cached = BTreeSet::new();
+    for v in log.values() {
+        if v.statuses.iter().any(|s| s == "started" || s == "done") {
+            ran.insert(v.name.clone());
+        }
+        if v.statuses.iter().any(|s| s == "cached") {
+            cached.insert(v.name.clone());
+        }
+    }
+    (ran, cached)
 }

@@ -129,6 +129,43 @@ pub(crate) async fn acquire(
     Ok(CacheLease { dir, _lock: lock })
 }
 
+/// The directory of instance 0 of cache `id`, the one `shared` and `locked` steps use (whether or
+/// not it exists yet), with the lock file that stands for using it.
+pub fn shared_instance(cache_root: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let base = cache_root.join(LAYOUT).join(cache_name(id));
+    (base.join("0"), base.join("0.lock"))
+}
+
+/// Creates instance 0 of cache `id` with `fill` (given an empty directory to fill) unless it
+/// exists; returns whether it made it. The same creation lock and rename as a step's own
+/// creation, so a step starting at once sees either nothing or the whole filled instance.
+pub fn seed_instance(
+    cache_root: &Path,
+    id: &str,
+    fill: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<bool> {
+    let base = cache_root.join(LAYOUT).join(cache_name(id));
+    fs::create_dir_all(&base)?;
+    let dir = base.join("0");
+    let _create_lock = FileLock::acquire(&base.join("create.lock"), LockMode::Exclusive)?;
+    if dir.exists() {
+        return Ok(false);
+    }
+    let tmp = base.join("0.new");
+    match fs::remove_dir_all(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::create_dir(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dir)?;
+    Ok(true)
+}
+
 /// Makes instance `dir` whole before anyone sees it: built as `<n>.new` under the creation lock
 /// (shared users of instance 0 may race to create it), then renamed into place. A `<n>.new` left by
 /// a process that died midway is removed first.

@@ -11,6 +11,8 @@
 mod cache;
 mod ssh;
 
+pub use cache::{seed_instance, shared_instance};
+
 use std::io;
 use std::path::{Path, PathBuf};
 

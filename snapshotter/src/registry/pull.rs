@@ -593,6 +593,104 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
+        self.pull_with(store, reference, progress, true).await
+    }
+
+    /// Resolves `reference` as [`pull`](Self::pull) does and brings its manifest and config into
+    /// `store`, but not its layers: a build fetches those (with [`fetch_blob`](Self::fetch_blob))
+    /// only when a step needs the filesystem, so a build served from its cache downloads none.
+    /// The image is not recorded in the store, which holds only part of it.
+    pub async fn resolve(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<ImageRecord, PullError> {
+        self.pull_with(store, reference, progress, false).await
+    }
+
+    /// Streams one blob of repository `from` (its tag or digest does not matter) into `store`,
+    /// its digest and size checked on the way in, retried on transient failures. Returns whether
+    /// it was downloaded (false: the store had it).
+    pub async fn fetch_blob(
+        &self,
+        store: &Store,
+        from: &Reference,
+        desc: &Descriptor,
+        kind: BlobKind,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<bool, PullError> {
+        let auth = self.registry_auth(from)?;
+        let ctx = Ctx {
+            client: self,
+            reference: from,
+            oci: oci_reference(from),
+            login: super::login_of(&auth),
+            progress,
+        };
+        // Blob requests take their credentials from the client's per-registry store.
+        self.client_for(from)
+            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
+            .await;
+        let what = match kind {
+            BlobKind::Config => format!("blob {}", desc.digest),
+            BlobKind::Layer => format!("layer {}", desc.digest),
+        };
+        ctx.fetch_blob(store, desc, kind, &what).await
+    }
+
+    /// Whether repository `from` holds blob `digest` (a HEAD request, retried on transient
+    /// failures).
+    pub async fn blob_exists(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
+        let auth = self.registry_auth(from)?;
+        let progress = |_| {};
+        let ctx = Ctx {
+            client: self,
+            reference: from,
+            oci: oci_reference(from),
+            login: super::login_of(&auth),
+            progress: &progress,
+        };
+        let client = self.client_for(from);
+        client
+            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
+            .await;
+        let what = format!("check of blob {digest}");
+        let digest = digest.to_string();
+        ctx.retry(&what, || async {
+            client
+                .blob_exists(&ctx.oci, &digest)
+                .await
+                .map_err(|e| ctx.classify(&what, e))
+        })
+        .await
+    }
+
+    /// The manifest (or index) `reference` names, as the registry's bytes, with their digest
+    /// (checked against the reference's digest when it has one). Nothing is stored.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(Vec<u8>, Digest), PullError> {
+        let auth = self.registry_auth(reference)?;
+        let ctx = Ctx {
+            client: self,
+            reference,
+            oci: oci_reference(reference),
+            login: super::login_of(&auth),
+            progress,
+        };
+        ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
+    }
+
+    async fn pull_with(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+        layers_too: bool,
+    ) -> Result<ImageRecord, PullError> {
         let auth = self.registry_auth(reference)?;
         let ctx = Ctx {
             client: self,
@@ -722,6 +820,7 @@ impl RegistryClient {
         let ctx = &ctx;
         let pending: Vec<_> = layers
             .iter()
+            .filter(|_| layers_too)
             .enumerate()
             .map(|(i, layer)| async move {
                 ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
@@ -752,7 +851,7 @@ impl RegistryClient {
             platform,
             recorded_unix: crate::store::unix_now(),
         };
-        {
+        if layers_too {
             let store = store.clone();
             let record = record.clone();
             blocking(move || store.put_image(&record)).await?;

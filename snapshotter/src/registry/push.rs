@@ -153,6 +153,13 @@ pub enum PushError {
         pinned: String,
         actual: Digest,
     },
+    #[error("blob {digest} to push is not in the store, and fetching it from {from} failed")]
+    Fetch {
+        digest: Digest,
+        from: String,
+        #[source]
+        source: Box<PullError>,
+    },
     #[error("no tag to push to")]
     NoTags,
     #[error("manifest {digest} is {size} bytes, more than a registry accepts")]
@@ -335,6 +342,9 @@ impl Target<'_> {
                 return Ok(());
             }
         }
+        if !store.has_blob(&desc.digest) {
+            self.fetch_from_source(store, blob).await?;
+        }
         self.retry(&format!("upload of {kind} {digest}"), || {
             self.upload_once(store, desc, kind)
         })
@@ -344,6 +354,27 @@ impl Target<'_> {
             digest: desc.digest.clone(),
             bytes: desc.size,
         });
+        Ok(())
+    }
+
+    /// Brings a blob the store lacks from the repository it is known to be in (another registry,
+    /// or one that would not mount it), so that it can be uploaded.
+    async fn fetch_from_source(&self, store: &Store, blob: &PushBlob) -> Result<(), PushError> {
+        let missing = || PushError::Store {
+            what: "blob".into(),
+            digest: blob.descriptor.digest.clone(),
+            source: StoreError::BlobNotFound(blob.descriptor.digest.clone()),
+        };
+        let hint = blob.mount_from.as_deref().ok_or_else(missing)?;
+        let from = Reference::parse(hint).map_err(|_| missing())?;
+        self.client
+            .fetch_blob(store, &from, &blob.descriptor, blob.kind, &|_| {})
+            .await
+            .map_err(|source| PushError::Fetch {
+                digest: blob.descriptor.digest.clone(),
+                from: hint.to_string(),
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 
@@ -508,10 +539,11 @@ impl RegistryClient {
             )
             .await?
         };
-        // Missing blobs fail here, before anything is sent.
+        // Missing blobs fail here, before anything is sent; one the store lacks but whose source
+        // repository is known is fetched from there if the target has neither it nor a mount.
         for blob in image.blobs() {
             let digest = &blob.descriptor.digest;
-            if !store.has_blob(digest) {
+            if !store.has_blob(digest) && blob.mount_from.is_none() {
                 return Err(PushError::Store {
                     what: "blob".into(),
                     digest: digest.clone(),

@@ -276,6 +276,8 @@ impl Session {
                 join_network: job.network.clone(),
                 beside_step: job.services.clone(),
                 proxy_args: Vec::new(),
+                remote: None,
+                mount_seeds: None,
             },
             &graph,
         );

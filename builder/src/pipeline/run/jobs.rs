@@ -262,6 +262,7 @@ impl Runner {
                     &Events::discard(),
                     &reference,
                     crate::source::PullPolicy::Missing,
+                    false,
                 )
                 .await
                 .map_err(|e| crate::api::render_chain(&e))?;

@@ -1,0 +1,572 @@
+//! The build cache in a registry (issue 15): two runners with empty stores share one registry on
+//! 127.0.0.1 (a private Distribution per test, whose access log says what it served), and caches
+//! that are damaged or unreachable only cost a cold build.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use forge_testsupport::{PrivateRegistry, private_registry};
+use serde_json::Value;
+
+mod common;
+use common::{forge, printed, ran_and_cached, vertices};
+
+const DOCKERFILE: &str = r#"FROM {base}
+ARG SALT=0
+RUN --mount=type=cache,target=/var/cache/pkgs,id=pkgs sh -c 'ls /var/cache/pkgs > /pkgs-seen; echo "$SALT" > /var/cache/pkgs/pkg-a.deb; echo deps > /deps'
+COPY app.txt /app/app.txt
+RUN cat /app/app.txt /deps > /app/built.txt
+"#;
+
+/// A registry holding a copy of the busybox base, and a scratch directory.
+struct World {
+    registry: PrivateRegistry,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.registry.addr)
+    }
+
+    /// A build context with the test Dockerfile and `app.txt` holding `app`.
+    fn context(&self, name: &str, app: &str) -> PathBuf {
+        let ctx = self.path(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            DOCKERFILE.replace("{base}", &self.base),
+        )
+        .unwrap();
+        std::fs::write(ctx.join("app.txt"), app).unwrap();
+        ctx
+    }
+
+    /// Runs `forge build ARGS CTX` with a fresh store (an ephemeral runner) and JSON progress.
+    fn build(&self, runner: &str, ctx: &Path, args: &[&str]) -> Output {
+        let root = self.path(runner);
+        let mut all = vec!["build", "--progress=json"];
+        all.extend_from_slice(args);
+        all.push(ctx.to_str().unwrap());
+        forge(&root, &all)
+    }
+
+    /// The requests the registry answered since `mark` (an earlier `served().len()`).
+    fn blob_gets_since(&self, mark: usize) -> BTreeSet<String> {
+        self.registry.served()[mark..]
+            .iter()
+            .filter(|s| s.method == "GET" && s.status == 200)
+            .filter_map(|s| s.path.split_once("/blobs/").map(|(_, d)| d.to_string()))
+            .collect()
+    }
+
+    fn mark(&self) -> usize {
+        self.registry.served().len()
+    }
+
+    /// The manifest `reference` names, read with curl (an independent client).
+    fn manifest(&self, repository: &str, tag: &str) -> Value {
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+            ])
+            .arg(format!(
+                "http://{}/v2/{repository}/manifests/{tag}",
+                self.registry.addr
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", printed(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn layers(&self, repository: &str, tag: &str) -> Vec<String> {
+        self.manifest(repository, tag)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// One file of a layer blob, read with curl and tar.
+    fn file_in_layer(&self, repository: &str, digest: &str, path: &str) -> String {
+        let blob = self.path("blob.tgz");
+        let out = Command::new("curl")
+            .args(["-fsS", "-o"])
+            .arg(&blob)
+            .arg(format!(
+                "http://{}/v2/{repository}/blobs/{digest}",
+                self.registry.addr
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", printed(&out));
+        let out = Command::new("tar")
+            .arg("-xzOf")
+            .arg(&blob)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", printed(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn world() -> Option<World> {
+    if !forge_testsupport::root_and_busybox("registry cache tests run RUN steps") {
+        return None;
+    }
+    let busybox = forge_testsupport::busybox_image()?;
+    forge_testsupport::tool("curl")?;
+    forge_testsupport::tool("tar")?;
+    let registry = private_registry()?;
+    let dir = forge_testsupport::scratch("forge-registry-cache-");
+    // The base, copied into this registry so that everything the runners fetch is in its log.
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(seed.join("Dockerfile"), format!("FROM {busybox}\n")).unwrap();
+    let base = format!("{}/base/busybox:latest", registry.addr);
+    let out = forge(
+        &dir.path().join("seed-root"),
+        &["build", "-t", &base, "--push", seed.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", printed(&out));
+    Some(World {
+        registry,
+        base,
+        dir,
+    })
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(out.status.success(), "{what} failed:\n{}", printed(out));
+}
+
+/// The Dockerfile steps (RUN/COPY) that ran and those served from the cache.
+fn steps(out: &Output) -> (BTreeSet<String>, BTreeSet<String>) {
+    let log = vertices(&String::from_utf8_lossy(&out.stderr));
+    let (ran, cached) = ran_and_cached(&log);
+    let step = |n: &String| n.contains("] RUN ") || n.contains("] COPY ");
+    (
+        ran.into_iter().filter(step).collect(),
+        cached.into_iter().filter(step).collect(),
+    )
+}
+
+fn warnings(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "warning")
+        .map(|v| v["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runner one builds, pushes `app:1` and exports the cache (every step, and the cache mount).
+fn runner_one(w: &World) -> Vec<String> {
+    let ctx = w.context("ctx1", "hello\n");
+    let out = w.build(
+        "runner1",
+        &ctx,
+        &[
+            "-t",
+            &w.reference("app:1"),
+            "--push",
+            "--cache-to",
+            &format!(
+                "type=registry,ref={},mode=max,mounts=true",
+                w.reference("app/cache:main")
+            ),
+        ],
+    );
+    assert_ok("runner one", &out);
+    let (ran, _) = steps(&out);
+    assert_eq!(ran.len(), 3, "runner one runs every step: {ran:?}");
+    let layers = w.layers("app", "1");
+    assert_eq!(layers.len(), 4, "busybox, RUN, COPY, RUN: {layers:?}");
+    layers
+}
+
+fn cache_from(w: &World) -> String {
+    format!("type=registry,ref={}", w.reference("app/cache:main"))
+}
+
+#[test]
+fn a_second_runner_runs_nothing_and_downloads_no_layer_and_a_change_fetches_only_what_it_stands_on()
+{
+    let Some(w) = world() else { return };
+    let layers = runner_one(&w);
+    let cache = w.manifest("app/cache", "main");
+    assert_eq!(cache["artifactType"], "application/vnd.forge.cache.v1");
+    assert_eq!(
+        cache["config"]["mediaType"],
+        "application/vnd.forge.cache.config.v1+json"
+    );
+    let mount_blobs: Vec<&str> = cache["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.forge.cache.mount.v1.tar+zstd")
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mount_blobs.len(),
+        1,
+        "one blob for the one cache id: {cache}"
+    );
+
+    // Runner two, same commit, empty store: nothing runs, no layer is downloaded.
+    let mark = w.mark();
+    let ctx = w.context("ctx2", "hello\n");
+    let out = w.build(
+        "runner2",
+        &ctx,
+        &[
+            "-t",
+            &w.reference("app:2"),
+            "--push",
+            "--cache-from",
+            &cache_from(&w),
+        ],
+    );
+    assert_ok("runner two", &out);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty(), "runner two ran {ran:?}");
+    assert_eq!(cached.len(), 3, "{cached:?}");
+    let fetched = w.blob_gets_since(mark);
+    for digest in layers.iter().map(String::as_str).chain(mount_blobs.clone()) {
+        assert!(
+            !fetched.contains(digest),
+            "runner two downloaded {digest}; it fetched {fetched:?}"
+        );
+    }
+    // What it did fetch: the base's config and the cache's record list.
+    assert!(fetched.len() <= 2, "{fetched:?}");
+    assert_eq!(
+        w.layers("app", "2"),
+        layers,
+        "the same layers, pushed as mounts"
+    );
+
+    // Runner three changes one file: only COPY and the RUN after it run, and only the layers the
+    // COPY stands on (the base's and the first RUN's) are downloaded.
+    let mark = w.mark();
+    let ctx = w.context("ctx3", "changed\n");
+    let out = w.build(
+        "runner3",
+        &ctx,
+        &[
+            "-t",
+            &w.reference("app:3"),
+            "--push",
+            "--cache-from",
+            &cache_from(&w),
+        ],
+    );
+    assert_ok("runner three", &out);
+    let (ran, cached) = steps(&out);
+    assert_eq!(ran.len(), 2, "COPY and the last RUN: {ran:?}");
+    assert!(
+        ran.iter()
+            .all(|s| s.contains("COPY app.txt") || s.contains("RUN cat"))
+    );
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let layer_gets: BTreeSet<String> = w
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|d| layers.contains(d) || mount_blobs.contains(&d.as_str()))
+        .collect();
+    assert_eq!(
+        layer_gets,
+        BTreeSet::from([layers[0].clone(), layers[1].clone()]),
+        "runner three downloads the base's layer and the first RUN's, nothing else: {:#?}\n{}",
+        &w.registry.served()[mark..],
+        printed(&out),
+    );
+    let new_layers = w.layers("app", "3");
+    assert_eq!(&new_layers[..2], &layers[..2]);
+    assert_eq!(
+        w.file_in_layer("app", &new_layers[3], "app/built.txt"),
+        "changed\ndeps\n"
+    );
+}
+
+#[test]
+fn a_cache_mount_filled_on_runner_one_is_there_for_runner_two() {
+    let Some(w) = world() else { return };
+    runner_one(&w);
+    // A build argument the RUN reads changes its key: it runs on runner two, with the cache
+    // mount runner one filled.
+    let ctx = w.context("ctx2", "hello\n");
+    let dest = w.path("out");
+    let out = w.build(
+        "runner2",
+        &ctx,
+        &[
+            "--build-arg",
+            "SALT=1",
+            "--cache-from",
+            &cache_from(&w),
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert_ok("runner two", &out);
+    let (ran, _) = steps(&out);
+    assert!(
+        ran.iter().any(|s| s.contains("--mount=type=cache")),
+        "{ran:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("pkgs-seen")).unwrap(),
+        "pkg-a.deb\n",
+        "the step saw runner one's download"
+    );
+    // Without mounts=true nothing of the cache mount travels.
+    let w2 = world().unwrap();
+    let ctx = w2.context("ctx1", "hello\n");
+    let out = w2.build(
+        "runner1",
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={}", w2.reference("app/cache:nomounts")),
+        ],
+    );
+    assert_ok("runner one without mounts", &out);
+    let layers = w2.manifest("app/cache", "nomounts")["layers"].clone();
+    assert!(
+        layers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["mediaType"] != "application/vnd.forge.cache.mount.v1.tar+zstd"),
+        "{layers}"
+    );
+}
+
+/// A build that must be correct whatever the cache did: it reads the first RUN's filesystem.
+fn changed_build(w: &World, runner: &str, cache: &str) -> Output {
+    let ctx = w.context(&format!("ctx-{runner}"), "changed\n");
+    let dest = w.path(&format!("out-{runner}"));
+    let out = w.build(
+        runner,
+        &ctx,
+        &[
+            "--cache-from",
+            cache,
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert_ok(runner, &out);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app/built.txt")).unwrap(),
+        "changed\ndeps\n"
+    );
+    out
+}
+
+#[test]
+fn a_blob_with_the_wrong_content_is_refused_and_its_step_runs_again() {
+    let Some(w) = world() else { return };
+    let layers = runner_one(&w);
+    // The first RUN's layer, as the registry stores it, replaced by other bytes.
+    let data = w.registry.blob_data(&layers[1]);
+    let len = std::fs::metadata(&data).unwrap().len() as usize;
+    std::fs::write(&data, vec![b'x'; len]).unwrap();
+    let out = changed_build(&w, "runner2", &cache_from(&w));
+    let (ran, _) = steps(&out);
+    assert!(
+        ran.iter().any(|s| s.contains("--mount=type=cache")),
+        "the RUN whose layer was bad ran again: {ran:?}"
+    );
+    let warned = warnings(&out);
+    assert!(
+        warned.iter().any(|m| m.contains(&layers[1])),
+        "a warning names the blob: {warned:?}"
+    );
+}
+
+#[test]
+fn a_record_whose_blob_is_missing_is_not_used() {
+    let Some(w) = world() else { return };
+    let layers = runner_one(&w);
+    // The COPY's layer is gone from the registry's storage.
+    std::fs::remove_file(w.registry.blob_data(&layers[2])).unwrap();
+    // Same commit, push only: the COPY and the RUN after it (whose record names the COPY's layer
+    // too) run again; the first RUN does not.
+    let ctx = w.context("ctx3", "hello\n");
+    let out = w.build(
+        "runner3",
+        &ctx,
+        &[
+            "-t",
+            &w.reference("app:3"),
+            "--push",
+            "--cache-from",
+            &cache_from(&w),
+        ],
+    );
+    assert_ok("push-only runner", &out);
+    let warned = warnings(&out);
+    assert!(
+        warned
+            .iter()
+            .any(|m| m.contains(&layers[2]) && m.contains("missing")),
+        "a warning names the missing blob: {warned:?}"
+    );
+    let (ran, cached) = steps(&out);
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let pushed = w.layers("app", "3");
+    assert_eq!(
+        w.file_in_layer("app", &pushed[3], "app/built.txt"),
+        "hello\ndeps\n"
+    );
+}
+
+#[test]
+fn a_truncated_manifest_an_image_in_its_place_and_a_failing_registry_are_warnings() {
+    let Some(w) = world() else { return };
+    runner_one(&w);
+    // A tag whose manifest bytes were cut short in the registry's storage.
+    let ctx = w.context("ctx-min", "hello\n");
+    let out = w.build(
+        "runner1b",
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={}", w.reference("app/cache:cut")),
+        ],
+    );
+    assert_ok("export to the tag that will be cut", &out);
+    let data = w.registry.blob_data(&digest_of_tag(&w, "app/cache", "cut"));
+    let stored = std::fs::read(&data).unwrap();
+    assert!(stored.len() > 20);
+    std::fs::write(&data, &stored[..stored.len() / 2]).unwrap();
+    let out = changed_build(
+        &w,
+        "runner2",
+        &format!("type=registry,ref={}", w.reference("app/cache:cut")),
+    );
+    let (ran, _) = steps(&out);
+    assert_eq!(ran.len(), 3, "a cold build: {ran:?}");
+    assert!(!warnings(&out).is_empty(), "{}", printed(&out));
+
+    // An image where a cache should be.
+    let out = changed_build(
+        &w,
+        "runner3",
+        &format!("type=registry,ref={}", w.reference("app:1")),
+    );
+    let warned = warnings(&out);
+    assert!(
+        warned.iter().any(|m| m.contains("not a forge cache")),
+        "{warned:?}"
+    );
+
+    // A registry that answers 500 to everything.
+    let failing = failing_registry();
+    let out = changed_build(
+        &w,
+        "runner4",
+        &format!("type=registry,ref={failing}/app/cache:main"),
+    );
+    let warned = warnings(&out);
+    assert!(warned.iter().any(|m| m.contains("500")), "{warned:?}");
+
+    // A tag that does not exist, and an unreachable registry.
+    let out = changed_build(
+        &w,
+        "runner5",
+        &format!("type=registry,ref={}", w.reference("app/cache:nope")),
+    );
+    assert!(!warnings(&out).is_empty());
+}
+
+#[test]
+fn a_local_cache_directory_carries_the_records_too() {
+    let Some(w) = world() else { return };
+    let cache = w.path("cache-dir");
+    let ctx = w.context("ctx1", "hello\n");
+    let out = w.build(
+        "runner1",
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
+    assert_ok("export to a directory", &out);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(cache.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    let ctx = w.context("ctx2", "hello\n");
+    let out = w.build(
+        "runner2",
+        &ctx,
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ],
+    );
+    assert_ok("import from a directory", &out);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(cached.len(), 3);
+}
+
+/// The digest the registry's tag link names.
+fn digest_of_tag(w: &World, repository: &str, tag: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-fsSI",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/{repository}/manifests/{tag}",
+            w.registry.addr
+        ))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("docker-content-digest: ")
+                .map(|d| d.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest header: {head}"))
+}
+
+/// A loopback server that answers every request with 500; returns its address.
+fn failing_registry() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    addr
+}
