@@ -570,3 +570,66 @@ fn failing_registry() -> String {
     });
     addr
 }
+
+/// `forge run` in `dir` with a fresh store (a runner of its own).
+fn forge_run(w: &World, dir: &Path, runner: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--root"])
+        .arg(w.path(runner))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (out.status.success(), printed(&out))
+}
+
+#[test]
+fn a_pipeline_s_unchanged_test_job_does_not_run_on_the_second_runner() {
+    let Some(w) = world() else { return };
+    let dir = w.path("repo");
+    let ctx = w.context("repo/app", "hello\n");
+    assert!(ctx.starts_with(&dir));
+    let cache = w.reference("app/cache:pipeline");
+    std::fs::write(
+        dir.join("forge.yaml"),
+        format!(
+            "images:\n  app:\n    context: app\n    cache:\n      from: [\"type=registry,ref={cache}\"]\n      \
+             to: [\"type=registry,ref={cache},mode=max\"]\n\
+             jobs:\n  unit:\n    image: app\n    script:\n      - cat /app/built.txt\n      - echo unit-ran\n    \
+             artifacts:\n      paths: [/app/built.txt]\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out) = forge_run(&w, &dir, "runner1");
+    assert!(ok, "{out}");
+    assert!(out.contains("jobs 1 ran, 0 cached"), "{out}");
+    let records = w.manifest("app/cache", "pipeline");
+    assert!(
+        records["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["mediaType"] == "application/vnd.forge.test.log.v1"),
+        "the job's log travels in the cache: {records}"
+    );
+
+    // Runner two: an empty store, the same commit. The image's steps and the job come from the
+    // cache; the job's log is shown again and its artifact is there.
+    std::fs::remove_dir_all(dir.join("forge-artifacts")).ok();
+    let (ok, out) = forge_run(&w, &dir, "runner2");
+    assert!(ok, "{out}");
+    assert!(out.contains("jobs 0 ran, 1 cached"), "{out}");
+    assert!(
+        out.contains("unit-ran"),
+        "the cached log is replayed: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("forge-artifacts/unit/app/built.txt")).unwrap(),
+        "hello\ndeps\n"
+    );
+
+    // A change to the file the job reads: the job runs again.
+    std::fs::write(ctx.join("app.txt"), "changed\n").unwrap();
+    let (ok, out) = forge_run(&w, &dir, "runner3");
+    assert!(ok, "{out}");
+    assert!(out.contains("jobs 1 ran, 0 cached"), "{out}");
+}

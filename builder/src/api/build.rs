@@ -31,6 +31,14 @@ use crate::solver::{
 };
 use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
 
+/// What a successful build made.
+struct Made {
+    image: export::Image,
+    record: forge_snapshotter::store::ImageRecord,
+    entries: Vec<cache_io::CacheEntry>,
+    cache_mounts: Vec<String>,
+}
+
 impl Session {
     /// Runs `request`, sending its progress to `events` (whose build id names everything the build
     /// makes). `cancel` stops it: running steps are killed and their scratch state removed.
@@ -61,13 +69,15 @@ impl Session {
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         self.auto_prune(&events).await;
         match result {
-            Ok((image, record)) => Ok(BuildOutcome {
+            Ok(made) => Ok(BuildOutcome {
                 build: events.build().clone(),
-                digest: image.manifest_descriptor().digest().to_string(),
-                image,
-                record,
+                digest: made.image.manifest_descriptor().digest().to_string(),
+                image: made.image,
+                record: made.record,
                 vertices,
                 duration: start.elapsed(),
+                cache_entries: made.entries,
+                cache_mounts: made.cache_mounts,
             }),
             Err(error) => Err(BuildFailure {
                 build: events.build().clone(),
@@ -129,7 +139,7 @@ impl Session {
         reports: Arc<Mutex<Vec<VertexReport>>>,
         // What the solve got done, kept for the caller whether or not the build then succeeds.
         solved: &mut Solution<Built>,
-    ) -> Result<(export::Image, forge_snapshotter::store::ImageRecord), BuildError> {
+    ) -> Result<Made, BuildError> {
         request.validate()?;
         let (name, text) = read_dockerfile(request)?;
         let df = parser::parse_file(&name, &text)?;
@@ -485,11 +495,13 @@ impl Session {
             )
             .await?;
         }
+        let entries = cache_io::entries(&graph, &solution);
+        let cache_mounts = cache_mount_ids(&graph);
         for target in &request.cache.export {
             self.export_cache(
                 target,
-                &graph,
-                &solution,
+                &entries,
+                &cache_mounts,
                 &layers,
                 pushes.then(|| names.first()).flatten(),
                 &remote,
@@ -505,18 +517,24 @@ impl Session {
         }
         drop(executor);
         drop(scratch);
-        Ok((image, record))
+        Ok(Made {
+            image,
+            record,
+            entries,
+            cache_mounts,
+        })
     }
 }
 
 impl Session {
-    /// Writes one `--cache-to`; a failure fails the build unless the target says `ignore-error`.
+    /// Writes one `--cache-to` of `entries` (a build's solved vertices, and a pipeline's jobs');
+    /// a failure fails the build unless the target says `ignore-error`.
     #[allow(clippy::too_many_arguments)]
-    async fn export_cache(
+    pub(crate) async fn export_cache(
         &self,
         target: &cache_io::CacheExport,
-        graph: &crate::graph::Graph,
-        solution: &Solution<Built>,
+        entries: &[cache_io::CacheEntry],
+        cache_mounts: &[String],
         layers: &[crate::ops::Layer],
         pushed_tag: Option<&String>,
         remote: &RemoteBlobs,
@@ -526,7 +544,7 @@ impl Session {
         let result = events
             .phase_result(&phase, async {
                 let mounts = if target.mounts {
-                    let ids = cache_mount_ids(graph);
+                    let ids = cache_mounts.to_vec();
                     let (root, store) = (self.root.join("cache-mounts"), self.store.clone());
                     tokio::task::spawn_blocking(move || {
                         cache_io::export_mounts(&root, &ids, &store)
@@ -537,8 +555,7 @@ impl Session {
                     Vec::new()
                 };
                 let input = cache_io::ExportInput {
-                    graph,
-                    solution,
+                    entries,
                     image_layers: layers,
                     pushed_to: pushed_tag
                         .and_then(|t| Reference::parse(t).ok())

@@ -26,6 +26,10 @@ pub struct BuildOutcome {
     pub vertices: Vec<VertexReport>,
     /// The whole build, wall clock.
     pub duration: Duration,
+    /// Every solved vertex with its key and result, as a cache export writes them.
+    pub cache_entries: Vec<crate::cache_io::CacheEntry>,
+    /// The ids of the build's cache mounts.
+    pub cache_mounts: Vec<String>,
 }
 
 impl BuildOutcome {

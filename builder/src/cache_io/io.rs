@@ -228,10 +228,33 @@ pub struct Exported {
     pub blobs: usize,
 }
 
+/// One solved vertex, as an export writes it.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub key: CacheKey,
+    /// The step, as the build described it.
+    pub description: String,
+    pub output: Built,
+}
+
+/// The entries of a solve: each key once, in graph order.
+pub fn entries(graph: &Graph, solution: &Solution<Built>) -> Vec<CacheEntry> {
+    let mut seen = HashSet::new();
+    solution
+        .iter()
+        .filter(|(_, s)| seen.insert(s.key))
+        .map(|(node, s)| CacheEntry {
+            key: s.key,
+            description: graph.vertex(node).description.clone(),
+            output: s.output.clone(),
+        })
+        .collect()
+}
+
 /// Everything an export needs from the build.
 pub struct ExportInput<'a> {
-    pub graph: &'a Graph,
-    pub solution: &'a Solution<Built>,
+    /// The solved vertices (a pipeline adds its jobs' to its image's).
+    pub entries: &'a [CacheEntry],
     /// The final image's layers (for `mode=min`).
     pub image_layers: &'a [Layer],
     /// `registry/repository` the image was just pushed to, whose blobs can be mounted.
@@ -261,15 +284,16 @@ pub async fn export_cache(
     let mut records = Vec::new();
     let mut blobs: Vec<Descriptor> = Vec::new();
     let mut hints: HashMap<Digest, String> = HashMap::new();
-    for (node, solved) in input.solution.iter() {
+    for solved in input.entries {
         if !seen.insert(solved.key) {
             continue;
         }
+        // A passed test verdict (a pipeline job's) travels whatever the mode: it is the result
+        // the next runner most wants to skip. A failed one is never served from a cache.
         let keep = match (&solved.output, target.mode) {
             (Built::Local { .. }, _) => false,
+            (Built::Test { exit_code, .. }, _) => *exit_code == 0,
             (Built::Fs { layers }, CacheMode::Min) => in_image(layers),
-            (Built::Test { .. }, CacheMode::Min) => false,
-            (Built::Test { exit_code, .. }, CacheMode::Max) => *exit_code == 0,
             (Built::Fs { .. }, CacheMode::Max) => true,
         };
         let descs = blob_descriptors(&solved.output);
@@ -286,7 +310,7 @@ pub async fn export_cache(
         blobs.extend(descs);
         records.push(CacheRecord::new(
             &solved.key,
-            &input.graph.vertex(node).description,
+            &solved.description,
             &solved.output,
         ));
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use blobs::{BlobSource, FetchError, RemoteBlobs};
-pub use io::{ExportInput, Exported, export_cache, import_caches};
+pub use io::{CacheEntry, ExportInput, Exported, entries, export_cache, import_caches};
 pub use mounts::{MountSeeds, export_mounts};
 pub use options::{CacheExport, CacheImport, CacheLocation, CacheMode};
 

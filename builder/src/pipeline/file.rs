@@ -75,6 +75,22 @@ pub struct ImageSpec {
     /// Jobs whose artifacts are laid into the context before the build.
     #[serde(rename = "artifacts-from", default)]
     pub artifacts_from: Vec<Sp<String>>,
+    /// The build cache outside the store, as `forge build --cache-from/--cache-to` spell it;
+    /// the pipeline's job results travel in the caches written.
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// `cache:` of an image.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// `type=registry,ref=REF` or `type=local,src=DIR` (templated); tried in order.
+    #[serde(default)]
+    pub from: Vec<Sp<String>>,
+    /// `type=registry,ref=REF[,mode=max][,mounts=true]` or `type=local,dest=DIR` (templated).
+    #[serde(default)]
+    pub to: Vec<Sp<String>>,
 }
 
 /// An entry of `jobs:`.

@@ -9,6 +9,7 @@ use super::error::{PipelineError, Pos};
 use super::expand::expand_at;
 use super::file::{ImageSpec, OrderedMap, PipelineFile, Sp, Text, pos_of};
 use super::plan::{ImagePlan, ImageUse, Names, Pipeline};
+use crate::cache_io::{CacheExport, CacheImport};
 use crate::frontend::suggest::suggest;
 
 /// The plan of one `images:` entry, its strings expanded against the global variables. A push
@@ -71,6 +72,32 @@ pub(super) fn image_plan(
         }
         out
     };
+    let cache = |list: &[Sp<String>], errors: &mut Vec<PipelineError>| {
+        list.iter()
+            .filter_map(|c| {
+                let v = expand_at(c, source, vars)
+                    .map_err(|e| errors.push(e))
+                    .ok()?;
+                Some((v, pos_of(c)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let cache_from = cache(&spec.cache.from, errors)
+        .into_iter()
+        .filter_map(|(v, at)| {
+            CacheImport::parse(&v)
+                .map_err(|e| errors.push(PipelineError::new(at, format!("cache.from: {e}"))))
+                .ok()
+        })
+        .collect();
+    let cache_to = cache(&spec.cache.to, errors)
+        .into_iter()
+        .filter_map(|(v, at)| {
+            CacheExport::parse(&v)
+                .map_err(|e| errors.push(PipelineError::new(at, format!("cache.to: {e}"))))
+                .ok()
+        })
+        .collect();
     let push_needs = jobs(spec.needs.as_deref().unwrap_or_default(), errors, "needs");
     let artifacts_from = jobs(&spec.artifacts_from, errors, "artifacts-from");
     ImagePlan {
@@ -85,6 +112,8 @@ pub(super) fn image_plan(
         no_cache: spec.no_cache,
         push_needs,
         artifacts_from,
+        cache_from,
+        cache_to,
     }
 }
 

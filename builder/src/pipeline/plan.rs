@@ -34,6 +34,9 @@ pub struct ImagePlan {
     pub push_needs: Vec<String>,
     /// Jobs whose artifacts are laid into the context.
     pub artifacts_from: Vec<String>,
+    /// `cache.from` and `cache.to`.
+    pub cache_from: Vec<crate::cache_io::CacheImport>,
+    pub cache_to: Vec<crate::cache_io::CacheExport>,
 }
 
 /// What a job or service runs in.

@@ -13,6 +13,7 @@ use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::store::{Descriptor, ImageRecord};
 
 use crate::api::{BuildError, Session};
+use crate::cache_io::LayeredCache;
 use crate::events::{BuildEvent, BuildId, Events};
 use crate::graph::{
     ExecOp, GraphBuilder, ImageConfig, Mount, MountKind, NetworkMode, Op, Output, Platform,
@@ -61,6 +62,9 @@ pub struct JobSpec {
     pub services: Option<crate::ops::BesideStep>,
     pub no_cache: bool,
     pub timeout: Option<Duration>,
+    /// The caches the pipeline's images import: the job's verdict may come from one, and its
+    /// results are collected for the caches they export.
+    pub cache: Option<Arc<super::cache::PipelineCache>>,
 }
 
 /// How a job's solve ended.
@@ -276,7 +280,7 @@ impl Session {
                 join_network: job.network.clone(),
                 beside_step: job.services.clone(),
                 proxy_args: Vec::new(),
-                remote: None,
+                remote: job.cache.as_ref().map(|c| c.remote.clone()),
                 mount_seeds: None,
             },
             &graph,
@@ -288,7 +292,11 @@ impl Session {
                 return Err(e.into());
             }
         };
-        let cache = Arc::new(DiskCache::open(self.root.join("build-cache"))?);
+        let local = DiskCache::open(self.root.join("build-cache"))?;
+        let cache: Arc<dyn crate::solver::CacheStore> = match &job.cache {
+            Some(c) => Arc::new(LayeredCache::new(local, c.imported.clone())),
+            None => Arc::new(local),
+        };
         let options = SolveOptions {
             no_cache: job.no_cache,
             cancel: cancel.clone(),
@@ -345,6 +353,21 @@ impl Session {
         let s = solution
             .get(exec)
             .ok_or_else(|| BuildError::Invalid("the job's step was not solved".into()))?;
+        if let Some(c) = &job.cache {
+            // A verdict from an imported cache: its log and files are fetched to be shown.
+            if s.cached {
+                c.remote
+                    .ensure(&self.store, &s.output.blobs())
+                    .await
+                    .map_err(|e| {
+                        BuildError::Invalid(format!(
+                            "the cached verdict of this job names a blob that could not be \
+                             fetched ({e}); run again with --no-cache"
+                        ))
+                    })?;
+            }
+            c.add_job(crate::cache_io::entries(&graph, &solution));
+        }
         let Built::Test {
             exit_code,
             artifacts,

@@ -537,6 +537,7 @@ impl Runner {
             services_key,
             no_cache: self.options.no_cache || !plan.cache,
             timeout: plan.timeout,
+            cache: self.cache.clone(),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! run is asked and what it tells.
 
 mod artifacts;
+mod cache;
 mod job;
 mod jobs;
 mod report;
@@ -73,6 +74,8 @@ struct Runner {
     options: Arc<RunOptions>,
     sink: Sink,
     cancel: CancellationToken,
+    /// The caches the images name, when any does.
+    cache: Option<Arc<cache::PipelineCache>>,
 }
 
 /// Runs `plan` and reports how it went. A failing job is a result, not an error: the error case
@@ -85,12 +88,14 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<RunReport, BuildError> {
     preflight(plan, options)?;
+    let cache = cache::PipelineCache::open(session, plan, &sink).await;
     let r = Runner {
         session: session.clone(),
         plan: Arc::new(plan.clone()),
         options: Arc::new(options.clone()),
         sink,
         cancel,
+        cache,
     };
     Ok(r.run().await)
 }
@@ -446,6 +451,9 @@ impl Runner {
                 junit.get_or_insert_with(TestSummary::default).merge(s);
             }
         }
+        if !cancelled && let Some(c) = &this.cache {
+            c.export(&this.session, &this.plan, &this.sink).await;
+        }
         let images: Vec<ImageReport> = images.into_values().collect();
         let passed = !cancelled
             && jobs
@@ -675,6 +683,7 @@ impl Runner {
         request.build_args = plan.build_args.clone();
         request.labels = plan.labels.clone();
         request.cache.no_cache = plan.no_cache || self.options.no_cache;
+        request.cache.import = plan.cache_from.clone();
         if stage.is_none() {
             request.tags = plan.tags.clone();
             if !plan.tags.is_empty() {
@@ -715,6 +724,16 @@ impl Runner {
         let base = base_image(self.session.store(), outcome.record.clone(), &shown)
             .map_err(|e| e.to_string())?;
         let config = config::config_from_json(&base.config_json).map_err(|e| e.to_string())?;
+        if stage.is_none()
+            && let Some(c) = &self.cache
+        {
+            c.add_image(
+                name,
+                outcome.cache_entries.clone(),
+                outcome.cache_mounts.clone(),
+                base.layers(),
+            );
+        }
         self.emit(PipelineEvent::ImageBuilt {
             image: shown,
             digest: outcome.digest.clone(),
