@@ -57,6 +57,19 @@ impl World {
         forge(&root, &all)
     }
 
+    /// A push-only build of `ctx` as `app:TAG` on `runner`, importing runner one's cache.
+    fn push_from_cache(&self, runner: &str, ctx: &Path, tag: &str) -> Output {
+        let cache = format!("type=registry,ref={}", self.reference("app/cache:main"));
+        let image = self.reference(&format!("app:{tag}"));
+        let out = self.build(
+            runner,
+            ctx,
+            &["-t", &image, "--push", "--cache-from", &cache],
+        );
+        assert_ok(runner, &out);
+        out
+    }
+
     /// The requests the registry answered since `mark` (an earlier `served().len()`).
     fn blob_gets_since(&self, mark: usize) -> BTreeSet<String> {
         self.registry.served()[mark..]
@@ -227,18 +240,7 @@ fn a_second_runner_runs_nothing_and_downloads_no_layer_and_a_change_fetches_only
     // Runner two, same commit, empty store: nothing runs, no layer is downloaded.
     let mark = w.mark();
     let ctx = w.context("ctx2", "hello\n");
-    let out = w.build(
-        "runner2",
-        &ctx,
-        &[
-            "-t",
-            &w.reference("app:2"),
-            "--push",
-            "--cache-from",
-            &cache_from(&w),
-        ],
-    );
-    assert_ok("runner two", &out);
+    let out = w.push_from_cache("runner2", &ctx, "2");
     let (ran, cached) = steps(&out);
     assert!(ran.is_empty(), "runner two ran {ran:?}");
     assert_eq!(cached.len(), 3, "{cached:?}");
@@ -261,18 +263,7 @@ fn a_second_runner_runs_nothing_and_downloads_no_layer_and_a_change_fetches_only
     // COPY stands on (the base's and the first RUN's) are downloaded.
     let mark = w.mark();
     let ctx = w.context("ctx3", "changed\n");
-    let out = w.build(
-        "runner3",
-        &ctx,
-        &[
-            "-t",
-            &w.reference("app:3"),
-            "--push",
-            "--cache-from",
-            &cache_from(&w),
-        ],
-    );
-    assert_ok("runner three", &out);
+    let out = w.push_from_cache("runner3", &ctx, "3");
     let (ran, cached) = steps(&out);
     assert_eq!(ran.len(), 2, "COPY and the last RUN: {ran:?}");
     assert!(
@@ -406,18 +397,7 @@ fn a_record_whose_blob_is_missing_is_not_used() {
     // Same commit, push only: the COPY and the RUN after it (whose record names the COPY's layer
     // too) run again; the first RUN does not.
     let ctx = w.context("ctx3", "hello\n");
-    let out = w.build(
-        "runner3",
-        &ctx,
-        &[
-            "-t",
-            &w.reference("app:3"),
-            "--push",
-            "--cache-from",
-            &cache_from(&w),
-        ],
-    );
-    assert_ok("push-only runner", &out);
+    let out = w.push_from_cache("runner3", &ctx, "3");
     let warned = warnings(&out);
     assert!(
         warned

@@ -8,6 +8,7 @@
 //! graph -> solve (ops on snapshots, the cache) -> export (image, store record, push, files).
 
 mod build;
+mod cache;
 mod outcome;
 mod request;
 mod service;

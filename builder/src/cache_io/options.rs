@@ -100,6 +100,26 @@ fn refuse_type(ty: &str) -> String {
     }
 }
 
+/// The location the fields name; `dir_key` is how the directory was spelt (`dest` or `src`).
+fn location(
+    ty: Option<&str>,
+    reference: Option<Reference>,
+    dir: Option<PathBuf>,
+    tag: Option<String>,
+    dir_key: &str,
+) -> Result<CacheLocation, String> {
+    match ty.unwrap_or("registry") {
+        "registry" => Ok(CacheLocation::Registry(
+            reference.ok_or("type=registry needs ref=REGISTRY/REPOSITORY:TAG")?,
+        )),
+        "local" => Ok(CacheLocation::Local {
+            dir: dir.ok_or_else(|| format!("type=local needs {dir_key}=DIRECTORY"))?,
+            tag: tag.unwrap_or_else(|| "latest".into()),
+        }),
+        other => Err(refuse_type(other)),
+    }
+}
+
 impl CacheExport {
     /// Parses one `--cache-to` value.
     pub fn parse(spec: &str) -> Result<CacheExport, String> {
@@ -130,16 +150,7 @@ impl CacheExport {
                 }
             }
         }
-        let location = match ty.unwrap_or("registry") {
-            "registry" => CacheLocation::Registry(
-                reference.ok_or("type=registry needs ref=REGISTRY/REPOSITORY:TAG")?,
-            ),
-            "local" => CacheLocation::Local {
-                dir: dest.ok_or("type=local needs dest=DIRECTORY")?,
-                tag: tag.unwrap_or_else(|| "latest".into()),
-            },
-            other => return Err(refuse_type(other)),
-        };
+        let location = location(ty, reference, dest, tag, "dest")?;
         Ok(CacheExport {
             location,
             mode,
@@ -174,16 +185,7 @@ impl CacheImport {
                 }
             }
         }
-        let location = match ty.unwrap_or("registry") {
-            "registry" => CacheLocation::Registry(
-                reference.ok_or("type=registry needs ref=REGISTRY/REPOSITORY:TAG")?,
-            ),
-            "local" => CacheLocation::Local {
-                dir: src.ok_or("type=local needs src=DIRECTORY")?,
-                tag: tag.unwrap_or_else(|| "latest".into()),
-            },
-            other => return Err(refuse_type(other)),
-        };
+        let location = location(ty, reference, src, tag, "src")?;
         Ok(CacheImport { location })
     }
 }

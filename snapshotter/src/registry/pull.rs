@@ -585,6 +585,27 @@ fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
 }
 
 impl RegistryClient {
+    /// The context of requests to `reference`'s repository, with the credentials they carry
+    /// (also stored in the client, where blob requests take them from).
+    async fn context<'a>(
+        &'a self,
+        reference: &'a Reference,
+        progress: &'a (dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(Ctx<'a>, oci_client::secrets::RegistryAuth), PullError> {
+        let auth = self.registry_auth(reference)?;
+        let ctx = Ctx {
+            client: self,
+            reference,
+            oci: oci_reference(reference),
+            login: super::login_of(&auth),
+            progress,
+        };
+        self.client_for(reference)
+            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
+            .await;
+        Ok((ctx, auth))
+    }
+
     /// Pulls `reference` into `store` and records it there; returns the record. `progress` is
     /// called from the pulling task for every event.
     pub async fn pull(
@@ -620,18 +641,7 @@ impl RegistryClient {
         kind: BlobKind,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<bool, PullError> {
-        let auth = self.registry_auth(from)?;
-        let ctx = Ctx {
-            client: self,
-            reference: from,
-            oci: oci_reference(from),
-            login: super::login_of(&auth),
-            progress,
-        };
-        // Blob requests take their credentials from the client's per-registry store.
-        self.client_for(from)
-            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
-            .await;
+        let (ctx, _) = self.context(from, progress).await?;
         let what = match kind {
             BlobKind::Config => format!("blob {}", desc.digest),
             BlobKind::Layer => format!("layer {}", desc.digest),
@@ -642,19 +652,8 @@ impl RegistryClient {
     /// Whether repository `from` holds blob `digest` (a HEAD request, retried on transient
     /// failures).
     pub async fn blob_exists(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
-        let auth = self.registry_auth(from)?;
-        let progress = |_| {};
-        let ctx = Ctx {
-            client: self,
-            reference: from,
-            oci: oci_reference(from),
-            login: super::login_of(&auth),
-            progress: &progress,
-        };
+        let (ctx, _) = self.context(from, &|_| {}).await?;
         let client = self.client_for(from);
-        client
-            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
-            .await;
         let what = format!("check of blob {digest}");
         let digest = digest.to_string();
         ctx.retry(&what, || async {
@@ -673,14 +672,7 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let auth = self.registry_auth(reference)?;
-        let ctx = Ctx {
-            client: self,
-            reference,
-            oci: oci_reference(reference),
-            login: super::login_of(&auth),
-            progress,
-        };
+        let (ctx, auth) = self.context(reference, progress).await?;
         ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
     }
 
@@ -691,14 +683,7 @@ impl RegistryClient {
         progress: &(dyn Fn(PullEvent) + Send + Sync),
         layers_too: bool,
     ) -> Result<ImageRecord, PullError> {
-        let auth = self.registry_auth(reference)?;
-        let ctx = Ctx {
-            client: self,
-            reference,
-            oci: oci_reference(reference),
-            login: super::login_of(&auth),
-            progress,
-        };
+        let (ctx, auth) = self.context(reference, progress).await?;
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
             let store = store.clone();

@@ -1,0 +1,87 @@
+//! A build's `--cache-to`: what the build API adds around [`crate::cache_io`]'s export (the
+//! phase, cache mount packing, `ignore-error`), shared by `forge build` and a pipeline's images.
+
+use forge_snapshotter::reference::Reference;
+
+use super::BuildError;
+use super::session::Session;
+use crate::cache_io::{self, RemoteBlobs};
+use crate::events::{BuildEvent, Events};
+
+impl Session {
+    /// Writes one `--cache-to` of `entries` (a build's solved vertices, and a pipeline's jobs');
+    /// a failure fails the build unless the target says `ignore-error`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn export_cache(
+        &self,
+        target: &cache_io::CacheExport,
+        entries: &[cache_io::CacheEntry],
+        cache_mounts: &[String],
+        layers: &[crate::ops::Layer],
+        pushed_tag: Option<&String>,
+        remote: &RemoteBlobs,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let phase = format!("exporting cache to {}", target.location);
+        let result = events
+            .phase_result(&phase, async {
+                let mounts = if target.mounts {
+                    let ids = cache_mounts.to_vec();
+                    let (root, store) = (self.root.join("cache-mounts"), self.store.clone());
+                    tokio::task::spawn_blocking(move || {
+                        cache_io::export_mounts(&root, &ids, &store)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??
+                } else {
+                    Vec::new()
+                };
+                let input = cache_io::ExportInput {
+                    entries,
+                    image_layers: layers,
+                    pushed_to: pushed_tag
+                        .and_then(|t| Reference::parse(t).ok())
+                        .map(|r| r.name()),
+                    mounts,
+                };
+                cache_io::export_cache(
+                    target,
+                    input,
+                    &self.registry,
+                    &self.store,
+                    Some(remote),
+                    events,
+                )
+                .await
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if target.ignore_error => {
+                events.emit(BuildEvent::Warning {
+                    message: format!("cache: exporting to {} failed: {e}", target.location),
+                });
+                Ok(())
+            }
+            Err(e) => Err(BuildError::Invalid(format!(
+                "exporting the cache to {}: {e}",
+                target.location
+            ))),
+        }
+    }
+}
+
+/// The ids of every cache mount the graph's RUN steps use.
+pub(super) fn cache_mount_ids(graph: &crate::graph::Graph) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for v in &graph.vertices {
+        if let crate::graph::Op::Exec(e) = &v.op {
+            for m in &e.mounts {
+                if let crate::graph::MountKind::Cache { id, .. } = &m.kind {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
