@@ -129,8 +129,8 @@ fn store_descriptor(d: &oci_spec::image::Descriptor) -> Result<Descriptor, Expor
     })
 }
 
-/// Writes the image's config and manifest into the store and records it under each name (so
-/// `forge images` lists it and `forge push` can send it later).
+/// Writes the image's config and manifest into the store and, when the store holds every layer,
+/// records it under each name (so `forge images` lists it and `forge push` can send it later).
 pub fn record_image(
     store: &Store,
     image: &Image,
@@ -158,7 +158,11 @@ pub fn record_image(
     for name in names {
         let r = Reference::parse(name).map_err(|e| ExportError::Invalid(e.to_string()))?;
         record.reference = r.to_string();
-        store.put_image(&record)?;
+        // An image the store holds only in part (layers served from a registry cache and pushed
+        // as mounts) lives in the registry; the store records only images it holds whole.
+        if record.layers.iter().all(|l| store.has_blob(&l.digest)) {
+            store.put_image(&record)?;
+        }
     }
     Ok(record)
 }
