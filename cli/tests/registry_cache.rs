@@ -613,3 +613,72 @@ fn a_pipeline_s_unchanged_test_job_does_not_run_on_the_second_runner() {
     assert!(ok, "{out}");
     assert!(out.contains("jobs 1 ran, 0 cached"), "{out}");
 }
+
+#[test]
+fn a_cache_in_a_registry_that_wants_a_login_uses_the_push_credentials_and_without_them_warns() {
+    let Some(w) = world() else { return };
+    let Some(auth) = forge_testsupport::auth_registry() else {
+        return;
+    };
+    let docker = w.path("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let basic = base64_basic(
+        forge_testsupport::AUTH_USER,
+        forge_testsupport::AUTH_PASSWORD,
+    );
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, auth.addr),
+    )
+    .unwrap();
+    let cache = format!("type=registry,ref={}/app/cache:main", auth.addr);
+    let build = |runner: &str, args: &[&str], logged_in: bool| {
+        let ctx = w.context(&format!("ctx-{runner}"), "hello\n");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge"));
+        cmd.args(["build", "--progress=json", "--root"])
+            .arg(w.path(runner))
+            .args(args)
+            .arg(&ctx);
+        cmd.env(
+            "DOCKER_CONFIG",
+            if logged_in {
+                docker.clone()
+            } else {
+                w.path("nobody")
+            },
+        );
+        cmd.output().unwrap()
+    };
+    let out = build(
+        "runner1",
+        &["--cache-to", &format!("{cache},mode=max")],
+        true,
+    );
+    assert_ok("export with the login", &out);
+    let out = build("runner2", &["--cache-from", &cache], true);
+    assert_ok("import with the login", &out);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty() && cached.len() == 3, "{ran:?} {cached:?}");
+    // No login: the cache is refused, the build is cold and still succeeds.
+    let out = build("runner3", &["--cache-from", &cache], false);
+    assert_ok("import without a login", &out);
+    let (ran, _) = steps(&out);
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    let warned = warnings(&out);
+    assert!(warned.iter().any(|m| m.contains("401")), "{warned:?}");
+    // Exporting is not optional: a refused export fails the build, unless told to ignore it.
+    let out = build("runner4", &["--cache-to", &cache], false);
+    assert!(!out.status.success(), "{}", printed(&out));
+    let out = build(
+        "runner5",
+        &["--cache-to", &format!("{cache},ignore-error=true")],
+        false,
+    );
+    assert_ok("ignore-error", &out);
+}
+
+/// `user:password` in base64, as Docker's config.json keeps a login.
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
