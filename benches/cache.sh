@@ -156,7 +156,7 @@ fi
 
 echo "forge:    $([ -n "$FORGE" ] && { $FORGE --version 2>/dev/null || echo "$FORGE"; } || echo -), as root, $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
 has_tool docker && echo "docker:   $($DOCKER version --format '{{.Server.Version}}' 2>/dev/null || echo ?), $docker_mode"
-echo "buildah:  $(buildah --version | cut -d' ' -f3), root, bud --layers --cache-to/--cache-from"
+has_tool buildah && echo "buildah:  $(buildah --version | cut -d' ' -f3), root, bud --layers --cache-to/--cache-from"
 echo "registry: $(docker-registry --version | cut -d' ' -f3) on $PRIV (private, access log on); base $BASE copied to $PRIV_BASE"
 echo "runs:     $RUNS timed runs of runner 2 per tool and case; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
