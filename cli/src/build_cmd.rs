@@ -1,6 +1,7 @@
 //! `forge build`: the flags `docker build` users know, parsed into a [`BuildRequest`], and the build's
 //! events rendered while the library runs it. Nothing about what a build means lives here.
 
+use forge_builder::api::BuildContext;
 use forge_builder::cache_io::{CacheExport, CacheImport};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,11 @@ pub struct BuildArgs {
     /// Run the steps of this stage (and everything after them) without the cache; repeatable.
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     no_cache_filter: Vec<String>,
+    /// A further build context, NAME=PATH (a directory) or NAME=docker-image://REF, that
+    /// `COPY --from=NAME`, `RUN --mount=from=NAME` and (for an image) `FROM NAME` read in place of an
+    /// image of that name; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=PATH|docker-image://REF", value_parser = BuildContext::parse)]
+    build_contexts: Vec<(String, BuildContext)>,
     /// Read build results from a cache another build wrote, before running any step:
     /// type=registry,ref=REGISTRY/REPO:TAG (or just the reference) or type=local,src=DIR[,tag=T].
     /// Repeatable; tried in order. Layers are fetched only when a step needs them. A cache that
@@ -551,6 +557,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     r.cache.no_cache = args.no_cache;
     r.cache.no_cache_filter = args.no_cache_filter.clone();
     r.cache.import = args.cache_from.clone();
+    r.build_contexts = args.build_contexts.iter().cloned().collect();
     r.cache.export = args.cache_to.clone();
     r.jobs = args.jobs;
     r.metadata_file = args.metadata_file.clone();

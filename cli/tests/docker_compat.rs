@@ -1496,3 +1496,100 @@ fn a_url_context_is_a_tarball_or_a_dockerfile_and_git_urls_are_refused() {
         "{text}"
     );
 }
+
+/// `--build-context NAME=DIR` is read by `COPY --from=NAME` and `RUN --mount=from=NAME` (its files
+/// root's, its content in the key), `NAME=docker-image://REF` stands in for an image `FROM NAME`;
+/// what forge does not do (a directory as a base, replacing a stage, other schemes) is refused.
+#[test]
+fn build_contexts_name_directories_and_images() {
+    let Some(image) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(Workspace { dir: ws, root, ctx }) = workspace(
+        "forge-build-context",
+        "COPY --from=docs guide.txt /guide.txt
+         RUN --mount=from=docs,target=/d cat /d/guide.txt > /mounted.txt
+         FROM base AS final
+         COPY --from=0 /guide.txt /mounted.txt /
+         RUN stat -c %u:%g /guide.txt > /owner.txt
+",
+    ) else {
+        return;
+    };
+    let docs = ws.path().join("docs");
+    fs::create_dir_all(&docs).unwrap();
+    fs::write(docs.join("guide.txt"), "read me\n").unwrap();
+    std::os::unix::fs::chown(docs.join("guide.txt"), Some(1234), Some(1234)).unwrap();
+    let build = |out: &str| {
+        let dest = ws.path().join(out);
+        let o = forge(
+            &root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--build-context",
+                &format!("docs={}", docs.display()),
+                "--build-context",
+                &format!("base=docker-image://{image}"),
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                &ctx.to_string_lossy(),
+            ],
+        );
+        assert!(o.status.success(), "{}", printed(&o));
+        dest
+    };
+    let out = build("one");
+    assert_eq!(
+        fs::read_to_string(out.join("guide.txt")).unwrap(),
+        "read me\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("mounted.txt")).unwrap(),
+        "read me\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("owner.txt")).unwrap(), "0:0\n");
+    // The directory's content is in the key: a change is seen.
+    fs::write(docs.join("guide.txt"), "read me again\n").unwrap();
+    let out = build("two");
+    assert_eq!(
+        fs::read_to_string(out.join("mounted.txt")).unwrap(),
+        "read me again\n"
+    );
+
+    let with = |context: &str, dockerfile: &str| {
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        forge(
+            &root,
+            &["build", "--build-context", context, &ctx.to_string_lossy()],
+        )
+    };
+    let o = with(&format!("docs={}", docs.display()), "FROM docs\n");
+    assert!(!o.status.success());
+    assert!(printed(&o).contains("is a directory"), "{}", printed(&o));
+    let o = with(
+        &format!("build={}", docs.display()),
+        &format!("FROM {image} AS build\nFROM build\n"),
+    );
+    assert!(!o.status.success());
+    assert!(
+        printed(&o).contains("name of a --build-context"),
+        "{}",
+        printed(&o)
+    );
+    for (bad, why) in [
+        (
+            "docs=https://example.invalid/x.tar",
+            "https:// build contexts are not supported",
+        ),
+        ("context=/tmp", "main build context's own name"),
+        ("nodelimiter", "want NAME=PATH"),
+    ] {
+        let o = forge(
+            &root,
+            &["build", "--build-context", bad, &ctx.to_string_lossy()],
+        );
+        refused(&o, why);
+    }
+}

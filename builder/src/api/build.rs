@@ -15,12 +15,12 @@ use forge_snapshotter::store::Store;
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
-use super::request::{BuildRequest, DockerfileSource, Export};
+use super::request::{BuildContext, BuildRequest, DockerfileSource, Export};
 use super::session::{Session, close_runner};
 use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
 use crate::export::{self, ImageOptions, ManifestFormat};
-use crate::frontend::dockerfile::lower::LowerOptions;
+use crate::frontend::dockerfile::lower::{LowerOptions, NamedContext};
 use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerignore::{self, Dockerignore};
 use crate::graph::{Graph, NodeRef, Platform};
@@ -165,8 +165,54 @@ impl Session {
                 .collect(),
             ulimits: request.ulimits.iter().map(|u| u.to_string()).collect(),
             shm_size: request.shm_size.map(|b| b.0),
+            named_contexts: request
+                .build_contexts
+                .iter()
+                .map(|(name, c)| {
+                    let named = match c {
+                        BuildContext::Image(r) => NamedContext::Image(r.clone()),
+                        BuildContext::Dir(_) => NamedContext::Local,
+                    };
+                    (name.clone(), named)
+                })
+                .collect(),
             ..LowerOptions::default()
         };
+        // Each directory context is walked (and its digests memoised) like the main one, without
+        // the main one's .dockerignore.
+        let mut locals = HashMap::new();
+        for (name, c) in &request.build_contexts {
+            let BuildContext::Dir(dir) = c else { continue };
+            if !dir.is_dir() {
+                return Err(BuildError::Invalid(format!(
+                    "--build-context {name}={}: not a directory",
+                    dir.display()
+                )));
+            }
+            let (dir2, memo) = (dir.clone(), self.root.join("context"));
+            let snapshot = tokio::task::spawn_blocking(move || {
+                ContextSnapshot::take(
+                    &dir2,
+                    &SnapshotOptions {
+                        ignore: None,
+                        state_dir: Some(&memo),
+                        threads: 0,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
+            .map_err(|e| {
+                BuildError::Invalid(format!("--build-context {name}={}: {e}", dir.display()))
+            })?;
+            locals.insert(
+                name.clone(),
+                LocalDir {
+                    dir: dir.clone(),
+                    snapshot: Arc::new(snapshot),
+                },
+            );
+        }
 
         let pushes = request.pushes();
         let leaves_store = pushes
@@ -294,13 +340,16 @@ impl Session {
                 snapshots: self.snapshots.clone(),
                 runner: runner.clone(),
                 scratch: scratch.clone(),
-                locals: HashMap::from([(
-                    "context".to_string(),
-                    LocalDir {
-                        dir: request.context.clone(),
-                        snapshot: Arc::new(snapshot),
-                    },
-                )]),
+                locals: {
+                    locals.insert(
+                        "context".to_string(),
+                        LocalDir {
+                            dir: request.context.clone(),
+                            snapshot: Arc::new(snapshot),
+                        },
+                    );
+                    locals
+                },
                 images: images.images,
                 secrets: request.secrets.to_map(),
                 ssh: request.ssh.clone(),

@@ -21,7 +21,7 @@ use forge_snapshotter::store::StoreError;
 
 pub use build::{SolveSettings, solve};
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
-pub use request::{BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
+pub use request::{BuildContext, BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
 pub use service::{ServiceHandle, ServiceSpec};
 pub(crate) use session::close_runner;
 pub use session::{

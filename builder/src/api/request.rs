@@ -63,6 +63,8 @@ pub struct BuildRequest {
     /// The image's names (recorded in the store, written into tars, pushed).
     pub tags: Vec<String>,
     pub cache: CacheOptions,
+    /// `--build-context NAME=...`, by name.
+    pub build_contexts: BTreeMap<String, BuildContext>,
     /// `SOURCE_DATE_EPOCH`: makes the image reproducible byte for byte.
     pub source_date_epoch: Option<i64>,
     /// How base images are found: the store's copy of a short name, or always the registry.
@@ -98,6 +100,7 @@ impl BuildRequest {
             exports: Vec::new(),
             tags: Vec::new(),
             cache: CacheOptions::default(),
+            build_contexts: BTreeMap::new(),
             source_date_epoch: None,
             jobs: None,
             metadata_file: None,
@@ -185,6 +188,47 @@ pub enum Export {
     /// The store under the request's tags, and their registries when `push`; with Docker's media
     /// types when `oci_mediatypes` is false.
     Image { push: bool, oci_mediatypes: bool },
+}
+
+/// A `--build-context` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildContext {
+    /// `docker-image://REF`.
+    Image(String),
+    /// A local directory.
+    Dir(PathBuf),
+}
+
+impl BuildContext {
+    /// Parses `NAME=VALUE` as `docker build --build-context` takes it.
+    pub fn parse(spec: &str) -> Result<(String, BuildContext), String> {
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?}: want NAME=PATH or NAME=docker-image://REF"))?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
+        {
+            return Err(format!("{name:?} is not a valid build context name"));
+        }
+        if name == "context" {
+            return Err(
+                "\"context\" is the main build context's own name; give this one another".into(),
+            );
+        }
+        let context = if let Some(r) = value.strip_prefix("docker-image://") {
+            BuildContext::Image(r.to_string())
+        } else if let Some((scheme, _)) = value.split_once("://") {
+            return Err(format!(
+                "{name}={value}: {scheme}:// build contexts are not supported (a directory or \
+                 docker-image://REF)"
+            ));
+        } else {
+            BuildContext::Dir(PathBuf::from(value))
+        };
+        Ok((name.to_string(), context))
+    }
 }
 
 /// How the build uses its cache.

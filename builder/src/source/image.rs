@@ -246,6 +246,7 @@ pub async fn lower_with_images(
                 extra_hosts: opts.extra_hosts.clone(),
                 ulimits: opts.ulimits.clone(),
                 shm_size: opts.shm_size,
+                named_contexts: opts.named_contexts.clone(),
                 resolver: Some(&table),
             };
             // The caller fills in the file's name and text.

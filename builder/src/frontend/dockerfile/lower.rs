@@ -42,7 +42,19 @@ pub struct LowerOptions<'a> {
     pub ulimits: Vec<String>,
     /// `--shm-size` in bytes: every RUN step's /dev/shm, and in its cache key.
     pub shm_size: Option<u64>,
+    /// `--build-context NAME=...`: what `FROM NAME`, `COPY --from=NAME` and `--mount from=NAME`
+    /// read instead of an image of that name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
     pub resolver: Option<&'a dyn ImageResolver>,
+}
+
+/// A `--build-context` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: that image in place of the name.
+    Image(String),
+    /// A directory, known to the graph by the context's name (never its host path).
+    Local,
 }
 
 impl Default for LowerOptions<'_> {
@@ -57,6 +69,7 @@ impl Default for LowerOptions<'_> {
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
             shm_size: None,
+            named_contexts: BTreeMap::new(),
             resolver: None,
         }
     }
@@ -214,6 +227,8 @@ enum Base {
 enum Dep {
     Stage(usize),
     Image(String),
+    /// A directory given with `--build-context NAME=PATH`.
+    Local(String),
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +258,11 @@ impl Ctx<'_> {
     fn dep_for(&self, from: &str) -> Dep {
         match self.names.get(&from.to_ascii_lowercase()) {
             Some(i) => Dep::Stage(*i),
-            None => Dep::Image(from.to_string()),
+            None => match self.opts.named_contexts.get(from) {
+                Some(NamedContext::Image(r)) => Dep::Image(r.clone()),
+                Some(NamedContext::Local) => Dep::Local(from.to_string()),
+                None => Dep::Image(from.to_string()),
+            },
         }
     }
 
@@ -417,11 +436,36 @@ pub fn lower_typed(
         };
         let base = if let Some(j) = ctx.names.get(&base) {
             Base::Stage(*j)
+        } else if let Some(nc) = ctx.opts.named_contexts.get(&base) {
+            match nc {
+                NamedContext::Image(r) => Base::Image(r.clone()),
+                NamedContext::Local => {
+                    return Err(err(
+                        LowerErrorKind::Source(format!(
+                            "FROM {base}: the build context {base:?} is a directory; forge builds \
+                             FROM an image or a stage only (read the directory with COPY \
+                             --from={base})"
+                        )),
+                        st.span,
+                    ));
+                }
+            }
         } else if base == "scratch" {
             Base::Scratch
         } else {
             Base::Image(base)
         };
+        if let Some(n) = &st.from.name
+            && ctx.opts.named_contexts.contains_key(n)
+        {
+            return Err(err(
+                LowerErrorKind::Source(format!(
+                    "stage {n:?} has the name of a --build-context; forge does not replace a \
+                     stage with a build context (rename one of them)"
+                )),
+                st.span,
+            ));
+        }
         if let Some(n) = &st.from.name {
             ctx.names.insert(n.clone(), i);
         }
@@ -759,6 +803,19 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         c
     }
 
+    /// The directory given as `--build-context NAME=PATH`, whole (one source per name).
+    fn named_context(&mut self, name: &str) -> NodeRef {
+        self.g.add(
+            Op::Source(SourceOp::Local {
+                name: name.to_string(),
+                include_patterns: Vec::new(),
+                exclude_patterns: Vec::new(),
+            }),
+            format!("[internal] load build context {name}"),
+            None,
+        )
+    }
+
     fn image_source(
         &mut self,
         reference: &str,
@@ -1065,6 +1122,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                             Some(span.start.line),
                         )))
                     }
+                    Some(Dep::Local(name)) => Some(Some(self.named_context(&name))),
                 };
                 let paths = self.expand_paths(st, &cp.paths, aspan)?;
                 let chown = self.expand(st, &cp.chown, aspan)?;
@@ -1285,6 +1343,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     let platform = st.platform.clone();
                     Some(self.image_source(reference, &platform, line))
                 }
+                Some(Dep::Local(name)) => Some(self.named_context(name)),
             };
             mounts.push(self.mount(st, &spec, source.is_some(), input, m.span, line)?);
         }
