@@ -76,6 +76,15 @@ pub enum CompressionArg {
     Uncompressed,
 }
 
+/// `--call`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Call {
+    Build,
+    Check,
+    Outline,
+    Targets,
+}
+
 #[derive(Args)]
 pub struct BuildArgs {
     /// Print the build graph instead of building.
@@ -87,6 +96,15 @@ pub struct BuildArgs {
     /// is in the store (or scratch, or an earlier stage).
     #[arg(long, conflicts_with = "dry_run")]
     pub check: bool,
+    /// What to do instead of building, as `docker build --call` names it: build (the default),
+    /// check (as --check), outline (the build arguments, secrets and ssh agents the target reads,
+    /// with their defaults and the comments above them) or targets (the stages, with the comment
+    /// above each FROM). Nothing is built or pulled for the last three.
+    #[arg(long, value_enum, conflicts_with_all = ["dry_run", "check"])]
+    pub call: Option<Call>,
+    /// The older spelling of --call.
+    #[arg(long, value_enum, hide = true, conflicts_with_all = ["dry_run", "check", "call"])]
+    pub print: Option<Call>,
     #[command(flatten)]
     pub graph: GraphArgs,
     /// Name the image (`host:5000/app:1`); repeatable.

@@ -4,15 +4,15 @@
 use std::path::Path;
 
 use forge_builder::frontend::dockerfile::check::{CheckOptions, Finding, check as run_checks};
-use forge_builder::frontend::dockerfile::parser;
+use forge_builder::frontend::dockerfile::{outline, parser};
 
 use crate::build_cmd::BuildArgs;
 use crate::{Failure, display_name, failed, parse_build_args, render, usage};
 
-/// Runs the checks; exit 1 when any rule is broken, as docker's `--check` does.
-pub(crate) fn check(args: &BuildArgs) -> Result<(), Failure> {
-    let g = &args.graph;
-    let (name, src) = match &g.file {
+/// The Dockerfile `-f` names (`-` for standard input), or the context's: its name for messages
+/// and its text.
+fn read_dockerfile(g: &crate::GraphArgs) -> Result<(String, String), Failure> {
+    Ok(match &g.file {
         Some(f) if f == Path::new("-") => {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
@@ -27,7 +27,13 @@ pub(crate) fn check(args: &BuildArgs) -> Result<(), Failure> {
             let f = g.context.join("Dockerfile");
             (display_name(&f), crate::read(&f)?)
         }
-    };
+    })
+}
+
+/// Runs the checks; exit 1 when any rule is broken, as docker's `--check` does.
+pub(crate) fn check(args: &BuildArgs) -> Result<(), Failure> {
+    let g = &args.graph;
+    let (name, src) = read_dockerfile(g)?;
     let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
     let build_args = parse_build_args(&g.build_args)?;
     // Base images' environments from the store only: a check asks no registry.
@@ -104,4 +110,92 @@ fn finding(file: &str, src: &str, f: &Finding) -> String {
     }
     out.push_str("--------------------\n\n");
     out
+}
+
+/// `--call targets`: the stages, each with the comment above its FROM, the default marked.
+pub(crate) fn targets(args: &BuildArgs) -> Result<(), Failure> {
+    let (name, src) = read_dockerfile(&args.graph)?;
+    let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
+    let rows: Vec<[String; 2]> = outline::targets(&df)
+        .into_iter()
+        .map(|t| {
+            let name = if t.default {
+                format!("{} (default)", t.name)
+            } else {
+                t.name
+            };
+            [name, t.description]
+        })
+        .collect();
+    print(&table(["TARGET", "DESCRIPTION"], &rows));
+    Ok(())
+}
+
+/// `--call outline`: what the target (`--target`, else the last stage) reads from the command
+/// line: build arguments with their defaults and descriptions, secrets, ssh agents.
+pub(crate) fn outline(args: &BuildArgs) -> Result<(), Failure> {
+    let g = &args.graph;
+    let (name, src) = read_dockerfile(g)?;
+    let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
+    let o =
+        outline::outline(&df, g.target.as_deref()).map_err(|e| failed(format!("error: {e}")))?;
+    let mut out = format!("TARGET:      {}\n", o.target.name);
+    if !o.target.description.is_empty() {
+        out.push_str(&format!("DESCRIPTION: {}\n", o.target.description));
+    }
+    if !o.args.is_empty() {
+        let rows: Vec<[String; 3]> = o
+            .args
+            .iter()
+            .map(|a| {
+                [
+                    a.name.clone(),
+                    a.default.clone().unwrap_or_else(|| "<none>".into()),
+                    a.description.clone(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(["BUILD ARG", "VALUE", "DESCRIPTION"], &rows));
+    }
+    for (title, mounts) in [("SECRET", &o.secrets), ("SSH", &o.ssh)] {
+        if mounts.is_empty() {
+            continue;
+        }
+        let rows: Vec<[String; 2]> = mounts
+            .iter()
+            .map(|m| [m.id.clone(), m.required.to_string()])
+            .collect();
+        out.push('\n');
+        out.push_str(&table([title, "REQUIRED"], &rows));
+    }
+    print(&out);
+    Ok(())
+}
+
+/// Columns padded to their widest cell, two spaces apart; trailing blanks trimmed.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+        }
+        format!("{}\n", l.trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Writes to standard output; a reader that stops early (`| head`) is not an error.
+fn print(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }

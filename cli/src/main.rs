@@ -176,6 +176,18 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph_cmd(&args),
         Command::Build(args) if args.dry_run => graph_cmd(&args.graph),
         Command::Build(args) if args.check => check_cmd::check(&args),
+        Command::Build(args)
+            if args
+                .call
+                .or(args.print)
+                .is_some_and(|c| c != build_cmd::Call::Build) =>
+        {
+            match args.call.or(args.print) {
+                Some(build_cmd::Call::Check) => check_cmd::check(&args),
+                Some(build_cmd::Call::Outline) => check_cmd::outline(&args),
+                _ => check_cmd::targets(&args),
+            }
+        }
         Command::Build(args) => enter_user_namespace().and_then(|()| build_cmd::build(&args)),
         Command::Pull(args) => store_cmd::pull(&args),
         Command::Unpack(args) => enter_user_namespace().and_then(|()| store_cmd::unpack(&args)),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod dump;
 pub mod instructions;
 pub mod lower;
+pub mod outline;
 pub mod parser;
 pub mod shell;
 
