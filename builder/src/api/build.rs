@@ -21,7 +21,7 @@ use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
 use crate::export::{self, ImageOptions, ManifestFormat};
 use crate::frontend::dockerfile::lower::{LowerOptions, NamedContext};
-use crate::frontend::dockerfile::parser;
+use crate::frontend::dockerfile::{check, parser};
 use crate::frontend::dockerignore::{self, Dockerignore};
 use crate::graph::{Graph, NodeRef, Platform};
 use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
@@ -288,6 +288,41 @@ impl Session {
             .map_err(|e| lower_error(e, &name, &text))?;
         for w in &lowered.warnings {
             events.emit(BuildEvent::Warning { message: w.clone() });
+        }
+        // BuildKit's build checks run with every build, as warnings (`# check=error=true`: the
+        // build fails on them), with the resolved bases' environments for UndefinedVar.
+        let base_env = |reference: &str| images.env_names(reference);
+        let findings = check::check(
+            &df,
+            &check::CheckOptions {
+                build_args: &request.build_args,
+                base_env: &base_env,
+            },
+        )
+        .unwrap_or_default();
+        for f in &findings {
+            events.emit(BuildEvent::Warning {
+                message: format!(
+                    "{}: {} ({name}:{}:{}; {})",
+                    f.rule.name,
+                    f.message,
+                    f.span.start.line,
+                    f.span.start.column,
+                    f.rule.url()
+                ),
+            });
+        }
+        if !findings.is_empty() && check::findings_are_errors(&df, &request.build_args) {
+            return Err(BuildError::Invalid(format!(
+                "{name}: {} build check{} failed and `check=error=true` makes them errors: {}",
+                findings.len(),
+                if findings.len() == 1 { "" } else { "s" },
+                findings
+                    .iter()
+                    .map(|f| format!("{} (line {})", f.rule.name, f.span.start.line))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         let snapshot = walk
             .await

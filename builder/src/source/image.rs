@@ -56,6 +56,19 @@ pub struct BaseImages {
     missing: Mutex<BTreeSet<String>>,
 }
 
+impl BaseImages {
+    /// The names of the environment variables of the base `reference` (as the Dockerfile writes
+    /// it), when it was resolved.
+    pub fn env_names(&self, reference: &str) -> Option<Vec<String>> {
+        self.configs.get(reference).map(|c| {
+            c.env
+                .iter()
+                .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string())
+                .collect()
+        })
+    }
+}
+
 impl ImageResolver for BaseImages {
     fn resolve(&self, reference: &str, _platform: &Platform) -> Option<ImageConfig> {
         match self.configs.get(reference) {

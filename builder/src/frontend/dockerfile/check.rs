@@ -199,11 +199,13 @@ pub fn check(df: &Dockerfile, opts: &CheckOptions<'_>) -> Result<Vec<Finding>, I
     Ok(out)
 }
 
-/// Rule names (lowercase) skipped by `# check=skip=...` and `BUILDKIT_DOCKERFILE_CHECK`.
-fn skipped_rules(df: &Dockerfile, build_args: &BTreeMap<String, String>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let sources = df
-        .directives
+/// The `# check=...` directive and the `BUILDKIT_DOCKERFILE_CHECK` build argument, in that order
+/// (the argument's settings come last and win).
+fn check_settings<'a>(
+    df: &'a Dockerfile,
+    build_args: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = &'a str> {
+    df.directives
         .iter()
         .filter(|d| d.name == "check")
         .map(|d| d.value.as_str())
@@ -211,8 +213,26 @@ fn skipped_rules(df: &Dockerfile, build_args: &BTreeMap<String, String>) -> BTre
             build_args
                 .get("BUILDKIT_DOCKERFILE_CHECK")
                 .map(String::as_str),
-        );
-    for value in sources {
+        )
+}
+
+/// `error=true` in the check settings: a build with findings fails, as BuildKit's does.
+pub fn findings_are_errors(df: &Dockerfile, build_args: &BTreeMap<String, String>) -> bool {
+    let mut error = false;
+    for value in check_settings(df, build_args) {
+        for part in value.split(';') {
+            if let Some(("error", v)) = part.trim().split_once('=') {
+                error = v.trim().eq_ignore_ascii_case("true");
+            }
+        }
+    }
+    error
+}
+
+/// Rule names (lowercase) skipped by `# check=skip=...` and `BUILDKIT_DOCKERFILE_CHECK`.
+fn skipped_rules(df: &Dockerfile, build_args: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for value in check_settings(df, build_args) {
         for part in value.split(';') {
             if let Some(("skip", list)) = part.trim().split_once('=') {
                 out.extend(
