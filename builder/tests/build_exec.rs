@@ -418,7 +418,7 @@ fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
             {
                 let m = forge_builder::ops::Mounted::mount(&mounts, bench.tmp.path().join("mnt"))
                     .unwrap();
-                forge_builder::export::export_local(m.path(), &dest).unwrap();
+                forge_builder::export::export_local(m.path(), &dest, false).unwrap();
             }
             assert_eq!(
                 std::fs::read_to_string(dest.join("greeting")).unwrap(),

@@ -466,7 +466,7 @@ fn local_export_copies_the_rootfs_faithfully() {
         .unwrap();
 
     let dest = dir.path().join("out");
-    export_local(&root, &dest).unwrap();
+    export_local(&root, &dest, false).unwrap();
     let m = |p: &str| fs::symlink_metadata(dest.join(p)).unwrap();
     assert_eq!(
         fs::read_to_string(dest.join("usr/bin/tool")).unwrap(),
@@ -486,6 +486,6 @@ fn local_export_copies_the_rootfs_faithfully() {
         Path::new("/nonexistent")
     );
     // Exporting again over the result converges to the same tree.
-    export_local(&root, &dest).unwrap();
+    export_local(&root, &dest, false).unwrap();
     assert_eq!(m("usr/bin/tool").mode() & 0o7777, 0o4755);
 }

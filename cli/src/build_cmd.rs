@@ -134,6 +134,11 @@ pub struct BuildArgs {
     /// image of that name; repeatable.
     #[arg(long = "build-context", value_name = "NAME=PATH|docker-image://REF", value_parser = BuildContext::parse)]
     build_contexts: Vec<(String, BuildContext)>,
+    /// With -o type=local, write the image's owners even rootless (they are then subordinate ids
+    /// on the host, which only root or `forge unpack`'s user namespace can change or remove);
+    /// without it a rootless export is the caller's, as docker's client leaves one.
+    #[arg(long)]
+    keep_owners: bool,
     /// Read build results from a cache another build wrote, before running any step:
     /// type=registry,ref=REGISTRY/REPO:TAG (or just the reference) or type=local,src=DIR[,tag=T].
     /// Repeatable; tried in order. Layers are fetched only when a step needs them. A cache that
@@ -576,6 +581,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     r.cache.no_cache_filter = args.no_cache_filter.clone();
     r.cache.import = args.cache_from.clone();
     r.build_contexts = args.build_contexts.iter().cloned().collect();
+    r.keep_owners = args.keep_owners;
     r.cache.export = args.cache_to.clone();
     r.jobs = args.jobs;
     r.metadata_file = args.metadata_file.clone();

@@ -1427,6 +1427,23 @@ fn rootless_run_steps_get_buildkits_sandbox() {
     assert!(rm.status.success(), "{}", text(&rm.stderr));
     assert!(!scratch.path("out").exists());
 
+    // `--keep-owners`: the image's owners, which rootless are the user's subordinate ids (uid 1000
+    // inside is the range's start + 999 outside; root inside is the user).
+    let mut keep = args("nofile=100:200", "kept");
+    keep.insert(0, "--keep-owners".into());
+    let out = build(&scratch, Who::User(&user), &store, &keep, &[]);
+    assert_built("rootless build with --keep-owners", &out);
+    for p in ["kept/owned", "kept/owned/sub/f"] {
+        let md = fs::symlink_metadata(scratch.path(p)).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (user.host_uid(1000), user.host_gid(1000)),
+            "{p}"
+        );
+    }
+    let md = fs::symlink_metadata(scratch.path("kept/env.txt")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (user.uid, user.gid));
+
     let out = build(
         &scratch,
         Who::User(&user),

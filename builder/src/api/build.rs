@@ -545,7 +545,7 @@ impl Session {
                     };
                     let mounts = self.snapshots.mounts(&name)?;
                     let mounted = Mounted::mount(&mounts, scratch.export())?;
-                    export::export_local(mounted.path(), dest)?;
+                    export::export_local(mounted.path(), dest, request.keep_owners)?;
                 }
                 Export::Tar(dest) => {
                     // An empty image (FROM scratch with nothing added) is an empty directory.

@@ -63,6 +63,9 @@ pub struct BuildRequest {
     /// The image's names (recorded in the store, written into tars, pushed).
     pub tags: Vec<String>,
     pub cache: CacheOptions,
+    /// `--keep-owners`: `-o type=local` writes the image's owners even rootless (subordinate ids
+    /// on the host) instead of the caller's.
+    pub keep_owners: bool,
     /// `--build-context NAME=...`, by name.
     pub build_contexts: BTreeMap<String, BuildContext>,
     /// `SOURCE_DATE_EPOCH`: makes the image reproducible byte for byte.
@@ -101,6 +104,7 @@ impl BuildRequest {
             tags: Vec::new(),
             cache: CacheOptions::default(),
             build_contexts: BTreeMap::new(),
+            keep_owners: false,
             source_date_epoch: None,
             jobs: None,
             metadata_file: None,

@@ -16,18 +16,28 @@ use super::{ExportError, io_err};
 /// rootless `docker buildx` local export leaves them, since other owners would be subordinate ids
 /// the user cannot change or remove. Device nodes,
 /// fifos and sockets are refused with an error naming them.
-pub fn export_local(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
+pub fn export_local(rootfs: &Path, dest: &Path, keep_owners: bool) -> Result<(), ExportError> {
     fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
     let mut links = HashMap::new();
-    copy_dir(rootfs, dest, &mut links)?;
+    let owners = Owners { keep: keep_owners };
+    copy_dir(rootfs, dest, &mut links, owners)?;
     let meta = fs::metadata(rootfs).map_err(io_err("reading metadata of", rootfs))?;
-    finish(dest, &meta)
+    finish(dest, &meta, owners)
+}
+
+/// Whose the written files are.
+#[derive(Clone, Copy)]
+struct Owners {
+    /// `--keep-owners`: the image's owners even rootless (then subordinate ids on the host, which
+    /// the caller cannot change or remove without `forge unpack`-style privileges).
+    keep: bool,
 }
 
 fn copy_dir(
     src: &Path,
     dst: &Path,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    owners: Owners,
 ) -> Result<(), ExportError> {
     let mut entries: Vec<_> = fs::read_dir(src)
         .map_err(io_err("listing", src))?
@@ -45,15 +55,15 @@ fn copy_dir(
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
                 Err(e) => return Err(io_err("creating", &to)(e)),
             }
-            copy_dir(&from, &to, links)?;
-            finish(&to, &meta)?;
+            copy_dir(&from, &to, links, owners)?;
+            finish(&to, &meta, owners)?;
             continue;
         }
         remove_existing(&to)?;
         if t.is_symlink() {
             let target = fs::read_link(&from).map_err(io_err("reading link", &from))?;
             symlink(&target, &to).map_err(io_err("creating symlink", &to))?;
-            chown_if_permitted(&to, &meta)?;
+            chown_if_permitted(&to, &meta, owners)?;
         } else if t.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
@@ -72,7 +82,7 @@ fn copy_dir(
                 .open(&to)
                 .map_err(io_err("creating", &to))?;
             std::io::copy(&mut input, &mut output).map_err(io_err("copying", &from))?;
-            finish_open(output, &to, &meta)?;
+            finish_open(output, &to, &meta, owners)?;
         } else {
             use std::os::unix::fs::FileTypeExt;
             let kind = if t.is_fifo() {
@@ -97,27 +107,32 @@ fn remove_existing(path: &Path) -> Result<(), ExportError> {
 }
 
 /// Applies a directory's metadata once its children are in place.
-fn finish(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+fn finish(path: &Path, meta: &fs::Metadata, owners: Owners) -> Result<(), ExportError> {
     let f = fs::File::open(path).map_err(io_err("opening", path))?;
-    finish_open(f, path, meta)
+    finish_open(f, path, meta, owners)
 }
 
 /// mtime first (through the handle, while the entry is still ours to change), then owner, then
 /// mode (a chown clears setuid/setgid).
-fn finish_open(f: fs::File, path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+fn finish_open(
+    f: fs::File,
+    path: &Path,
+    meta: &fs::Metadata,
+    owners: Owners,
+) -> Result<(), ExportError> {
     let modified = meta.modified().map_err(io_err("reading mtime of", path))?;
     f.set_modified(modified)
         .map_err(io_err("setting mtime of", path))?;
-    chown_if_permitted(path, meta)?;
+    chown_if_permitted(path, meta, owners)?;
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(io_err("setting mode of", path))
 }
 
-fn chown_if_permitted(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+fn chown_if_permitted(path: &Path, meta: &fs::Metadata, owners: Owners) -> Result<(), ExportError> {
     // Rootless, an owner other than namespace root is a subordinate id outside, which the user
     // could then neither change nor remove: files stay the caller's, as docker's client makes
-    // them when it unpacks an export.
-    if forge_snapshotter::userns::in_user_namespace() {
+    // them when it unpacks an export, unless the caller asks to keep the image's.
+    if !owners.keep && forge_snapshotter::userns::in_user_namespace() {
         return Ok(());
     }
     let current = fs::symlink_metadata(path).map_err(io_err("reading metadata of", path))?;
