@@ -394,8 +394,9 @@ fn a_record_whose_blob_is_missing_is_not_used() {
     let layers = runner_one(&w);
     // The COPY's layer is gone from the registry's storage.
     std::fs::remove_file(w.registry.blob_data(&layers[2])).unwrap();
-    // Same commit, push only: the COPY and the RUN after it (whose record names the COPY's layer
-    // too) run again; the first RUN does not.
+    // Same commit, push only: the COPY runs again, the first RUN does not. The RUN after the COPY
+    // runs again too unless the COPY made the very blob that was lost (its file's time to the
+    // second and its content are the same), which then makes that RUN's record whole again.
     let ctx = w.context("ctx3", "hello\n");
     let out = w.push_from_cache("runner3", &ctx, "3");
     let warned = warnings(&out);
@@ -406,8 +407,12 @@ fn a_record_whose_blob_is_missing_is_not_used() {
         "a warning names the missing blob: {warned:?}"
     );
     let (ran, cached) = steps(&out);
-    assert_eq!(ran.len(), 2, "{ran:?}");
-    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(ran.iter().any(|s| s.contains("COPY app.txt")), "{ran:?}");
+    assert!(
+        cached.iter().any(|s| s.contains("--mount=type=cache")),
+        "{cached:?}"
+    );
+    assert_eq!(ran.len() + cached.len(), 3, "{ran:?} {cached:?}");
     let pushed = w.layers("app", "3");
     assert_eq!(
         w.file_in_layer("app", &pushed[3], "app/built.txt"),
