@@ -1593,3 +1593,83 @@ fn build_contexts_name_directories_and_images() {
         refused(&o, why);
     }
 }
+
+/// `registries.conf` mirrors (podman's and buildah's file, here through `FORGE_REGISTRIES_CONF`):
+/// a base named on Docker Hub is pulled from its mirror on loopback (the registry itself blocked,
+/// so nothing leaves the machine); an image the mirror lacks fails naming the mirror; a file that
+/// does not parse fails the pull naming the file.
+#[test]
+fn registries_conf_mirrors_serve_base_images() {
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-mirrors", "RUN echo mirrored > /ok\n")
+    else {
+        return;
+    };
+    let Some(mirror) = forge_testsupport::private_registry() else {
+        return;
+    };
+    // The mirror holds busybox where a Docker Hub mirror keeps it: under library/.
+    let seed = ws.path().join("seed");
+    fs::create_dir_all(&seed).unwrap();
+    fs::write(seed.join("Dockerfile"), format!("FROM {busybox}\n")).unwrap();
+    let copy = format!("{}/hub/library/busybox:latest", mirror.addr);
+    let o = forge(
+        &ws.path().join("seed-root"),
+        &["build", "-t", &copy, "--push", &seed.to_string_lossy()],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+    let conf = ws.path().join("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"registry-1.docker.io\"\nblocked = true\n\n\
+             [[registry.mirror]]\nlocation = \"{}/hub\"\n",
+            mirror.addr
+        ),
+    )
+    .unwrap();
+    let build = |dockerfile: &str, conf: &std::path::Path| {
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["build", "--pull", "--progress=plain", "--root"])
+            .arg(&root)
+            .arg("-o")
+            .arg(format!(
+                "type=local,dest={}",
+                ws.path().join("out").display()
+            ))
+            .arg(&ctx)
+            .env("FORGE_REGISTRIES_CONF", conf)
+            .output()
+            .unwrap()
+    };
+    let o = build("FROM busybox\nRUN echo mirrored > /ok\n", &conf);
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        fs::read_to_string(ws.path().join("out/ok")).unwrap(),
+        "mirrored\n"
+    );
+    assert!(
+        mirror
+            .served()
+            .iter()
+            .any(|s| s.path == "/v2/hub/library/busybox/manifests/latest" && s.status == 200),
+        "the mirror was not asked: {:?}",
+        mirror.served()
+    );
+    let o = build("FROM alpine\n", &conf);
+    assert!(!o.status.success());
+    assert!(
+        printed(&o).contains(&format!("{}/hub/library/alpine", mirror.addr)),
+        "{}",
+        printed(&o)
+    );
+    let bad = ws.path().join("bad.conf");
+    fs::write(&bad, "[[registry]\nprefix = 1\n").unwrap();
+    let o = build("FROM busybox\n", &bad);
+    assert!(!o.status.success());
+    assert!(printed(&o).contains("bad.conf"), "{}", printed(&o));
+}

@@ -7,6 +7,7 @@
 
 mod auth;
 mod login;
+mod mirrors;
 mod pull;
 mod push;
 pub mod roots;
@@ -21,6 +22,7 @@ pub use auth::{
     AuthError, AuthResolver, Configured, Credential, DockerConfig, LoginStore, server_registry,
 };
 pub use login::LoginError;
+pub use mirrors::{Candidate, Mirrors};
 pub use pull::{BlobKind, PullError, PullEvent};
 pub use push::{PushBlob, PushError, PushEvent, PushImage};
 
@@ -43,6 +45,11 @@ pub struct RegistryConfig {
     pub platform: Platform,
     /// Per read on a connection; a registry that stalls longer is retried.
     pub read_timeout: Duration,
+    /// `registries.conf` mirrors, tried before the registry they mirror.
+    pub mirrors: Mirrors,
+    /// Why the `registries.conf` in force could not be read: every pull fails with it rather
+    /// than going around mirrors the user set up.
+    pub mirrors_error: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -55,6 +62,8 @@ impl Default for RegistryConfig {
             max_concurrent_uploads: 4,
             platform: Platform::host(),
             read_timeout: Duration::from_secs(60),
+            mirrors: Mirrors::from_env().unwrap_or_default(),
+            mirrors_error: Mirrors::from_env().err(),
         }
     }
 }
@@ -112,7 +121,14 @@ impl RegistryClient {
 
     /// Whether `registry` is reached over plain http: loopback hosts and those marked insecure.
     pub fn uses_plain_http(&self, registry: &str) -> bool {
-        is_loopback(registry) || self.config.insecure.iter().any(|r| r == registry)
+        is_loopback(registry)
+            || self.config.insecure.iter().any(|r| r == registry)
+            || self
+                .config
+                .mirrors
+                .insecure_hosts()
+                .iter()
+                .any(|r| r == registry)
     }
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {

@@ -111,6 +111,10 @@ pub enum PullEvent {
 /// Why a pull failed. Every variant names the registry or reference involved.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    #[error("registries.conf: {0}")]
+    Mirrors(String),
+    #[error("{reference}: its registry is blocked in {file} and no mirror is set for it")]
+    Blocked { reference: String, file: String },
     #[error(
         "registry {registry} sent wrong bytes for {what} of {reference}: expected digest {expected}, got {actual}"
     )]
@@ -641,17 +645,35 @@ impl RegistryClient {
         kind: BlobKind,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<bool, PullError> {
-        let (ctx, _) = self.context(from, progress).await?;
-        let what = match kind {
-            BlobKind::Config => format!("blob {}", desc.digest),
-            BlobKind::Layer => format!("layer {}", desc.digest),
-        };
-        ctx.fetch_blob(store, desc, kind, &what).await
+        self.through_mirrors(from, |from| async move {
+            let (ctx, _) = self.context(&from, progress).await?;
+            let what = match kind {
+                BlobKind::Config => format!("blob {}", desc.digest),
+                BlobKind::Layer => format!("layer {}", desc.digest),
+            };
+            ctx.fetch_blob(store, desc, kind, &what).await
+        })
+        .await
     }
 
     /// Whether repository `from` holds blob `digest` (a HEAD request, retried on transient
     /// failures).
     pub async fn blob_exists(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
+        // A mirror that lacks the blob is not the answer: the next candidate is asked.
+        self.through_mirrors(from, |from| async move {
+            match self.blob_exists_at(&from, digest).await {
+                Ok(false) => Err(PullError::Task(format!("{from} lacks {digest}"))),
+                other => other,
+            }
+        })
+        .await
+        .or_else(|e| match e {
+            PullError::Task(_) => Ok(false),
+            e => Err(e),
+        })
+    }
+
+    async fn blob_exists_at(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
         let (ctx, _) = self.context(from, &|_| {}).await?;
         let client = self.client_for(from);
         let what = format!("check of blob {digest}");
@@ -676,6 +698,46 @@ impl RegistryClient {
         ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
     }
 
+    /// Where a request for `reference` may go, mirrors first (see [`super::Mirrors`]).
+    fn candidates(&self, reference: &Reference) -> Result<Vec<super::Candidate>, PullError> {
+        if let Some(e) = &self.config.mirrors_error {
+            return Err(PullError::Mirrors(e.clone()));
+        }
+        let c = self.config.mirrors.candidates(reference);
+        if c.is_empty() {
+            return Err(PullError::Blocked {
+                reference: reference.to_string(),
+                file: self
+                    .config
+                    .mirrors
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Tries each candidate of `reference` in order; a mirror's failure moves on to the next, the
+    /// last one's is the error.
+    async fn through_mirrors<T, F, Fut>(&self, reference: &Reference, op: F) -> Result<T, PullError>
+    where
+        F: Fn(Reference) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PullError>>,
+    {
+        let candidates = self.candidates(reference)?;
+        let last = candidates.len() - 1;
+        for (i, c) in candidates.into_iter().enumerate() {
+            match op(c.reference).await {
+                Ok(v) => return Ok(v),
+                Err(e) if i == last => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        unreachable!("candidates is not empty")
+    }
+
     async fn pull_with(
         &self,
         store: &Store,
@@ -683,6 +745,24 @@ impl RegistryClient {
         progress: &(dyn Fn(PullEvent) + Send + Sync),
         layers_too: bool,
     ) -> Result<ImageRecord, PullError> {
+        self.through_mirrors(reference, |from| async move {
+            self.pull_from(store, &from, reference, progress, layers_too)
+                .await
+        })
+        .await
+    }
+
+    /// Pulls from `from` (`reference` itself or a mirror of it); the record names `reference`.
+    async fn pull_from(
+        &self,
+        store: &Store,
+        from: &Reference,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+        layers_too: bool,
+    ) -> Result<ImageRecord, PullError> {
+        let recorded_as = reference;
+        let reference = from;
         let (ctx, auth) = self.context(reference, progress).await?;
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
@@ -828,7 +908,7 @@ impl RegistryClient {
             .to_string()
         });
         let record = ImageRecord {
-            reference: reference.to_string(),
+            reference: recorded_as.to_string(),
             index,
             manifest: manifest_desc,
             config,
