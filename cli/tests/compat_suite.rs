@@ -48,6 +48,9 @@ struct Expect {
     /// Text that must appear in what forge printed.
     #[serde(default)]
     output: Vec<String>,
+    /// Text that must not.
+    #[serde(default)]
+    output_absent: Vec<String>,
     /// Files of the built filesystem (read with `-o type=local`) and their whole content.
     #[serde(default)]
     files: BTreeMap<String, String>,
@@ -134,6 +137,11 @@ fn check(name: &str, dir: &Path, images: &BTreeMap<&str, String>, scratch: &Path
     for t in &e.output {
         if !shown.contains(t.as_str()) {
             failed.push(format!("{t:?} not in the output:\n{shown}"));
+        }
+    }
+    for t in &e.output_absent {
+        if shown.contains(t.as_str()) {
+            failed.push(format!("{t:?} is in the output:\n{shown}"));
         }
     }
     for (path, want) in &e.files {

@@ -1505,7 +1505,7 @@ fn build_contexts_name_directories_and_images() {
     let Some(image) = forge_testsupport::busybox_image() else {
         return;
     };
-    let Some(Workspace { dir: ws, root, ctx }) = workspace(
+    let Some(w) = workspace(
         "forge-build-context",
         "COPY --from=docs guide.txt /guide.txt
          RUN --mount=from=docs,target=/d cat /d/guide.txt > /mounted.txt
@@ -1516,30 +1516,19 @@ fn build_contexts_name_directories_and_images() {
     ) else {
         return;
     };
-    let docs = ws.path().join("docs");
+    let docs = w.dir.path().join("docs");
     fs::create_dir_all(&docs).unwrap();
     fs::write(docs.join("guide.txt"), "read me\n").unwrap();
     std::os::unix::fs::chown(docs.join("guide.txt"), Some(1234), Some(1234)).unwrap();
+    let (docs_flag, base_flag) = (
+        format!("docs={}", docs.display()),
+        format!("base=docker-image://{image}"),
+    );
     let build = |out: &str| {
-        let dest = ws.path().join(out);
-        let o = forge(
-            &root,
-            &[
-                "build",
-                "--progress",
-                "plain",
-                "--build-context",
-                &format!("docs={}", docs.display()),
-                "--build-context",
-                &format!("base=docker-image://{image}"),
-                "-o",
-                &format!("type=local,dest={}", dest.display()),
-                &ctx.to_string_lossy(),
-            ],
-        );
-        assert!(o.status.success(), "{}", printed(&o));
-        dest
+        let flags = ["--build-context", &docs_flag, "--build-context", &base_flag];
+        build_local(&w, &flags, out, "022")
     };
+    let (root, ctx) = (&w.root, &w.ctx);
     let out = build("one");
     assert_eq!(
         fs::read_to_string(out.join("guide.txt")).unwrap(),
