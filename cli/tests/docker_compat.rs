@@ -1550,7 +1550,7 @@ fn build_contexts_name_directories_and_images() {
     let with = |context: &str, dockerfile: &str| {
         fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
         forge(
-            &root,
+            root,
             &["build", "--build-context", context, &ctx.to_string_lossy()],
         )
     };
@@ -1576,7 +1576,7 @@ fn build_contexts_name_directories_and_images() {
         ("nodelimiter", "want NAME=PATH"),
     ] {
         let o = forge(
-            &root,
+            root,
             &["build", "--build-context", bad, &ctx.to_string_lossy()],
         );
         refused(&o, why);
