@@ -6,6 +6,7 @@
 //! else is https with the system roots (rustls, ring).
 
 mod auth;
+mod fetch;
 mod login;
 mod mirrors;
 mod pull;
@@ -54,6 +55,10 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
+        let (mirrors, mirrors_error) = match Mirrors::from_env() {
+            Ok(m) => (m, None),
+            Err(e) => (Mirrors::none(), Some(e)),
+        };
         RegistryConfig {
             insecure: Vec::new(),
             auth: AuthResolver::from_env(),
@@ -62,8 +67,8 @@ impl Default for RegistryConfig {
             max_concurrent_uploads: 4,
             platform: Platform::host(),
             read_timeout: Duration::from_secs(60),
-            mirrors: Mirrors::from_env().unwrap_or_default(),
-            mirrors_error: Mirrors::from_env().err(),
+            mirrors,
+            mirrors_error,
         }
     }
 }

@@ -255,7 +255,7 @@ struct RawRootfs {
 }
 
 /// How one failed request should be handled.
-enum Failure {
+pub(super) enum Failure {
     Transient(String, PullError),
     Fatal(PullError),
 }
@@ -275,13 +275,13 @@ impl Transient for Failure {
 }
 
 /// Context shared by the pieces of one pull, for error messages.
-struct Ctx<'a> {
-    client: &'a RegistryClient,
-    reference: &'a Reference,
-    oci: oci_client::Reference,
+pub(super) struct Ctx<'a> {
+    pub(super) client: &'a RegistryClient,
+    pub(super) reference: &'a Reference,
+    pub(super) oci: oci_client::Reference,
     /// The username the requests carry; `None` when anonymous.
-    login: Option<String>,
-    progress: &'a (dyn Fn(PullEvent) + Send + Sync),
+    pub(super) login: Option<String>,
+    pub(super) progress: &'a (dyn Fn(PullEvent) + Send + Sync),
 }
 
 impl Ctx<'_> {
@@ -329,7 +329,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn classify(&self, what: &str, e: OciDistributionError) -> Failure {
+    pub(super) fn classify(&self, what: &str, e: OciDistributionError) -> Failure {
         let transient = super::is_transient(&e);
         let text = e.to_string();
         let err = self.registry_error(what, e);
@@ -341,7 +341,7 @@ impl Ctx<'_> {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PullError>
+    pub(super) async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, PullError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -364,7 +364,7 @@ impl Ctx<'_> {
 
     /// Fetches a manifest or index by tag or digest; returns its bytes and their digest (checked
     /// against the reference's digest when it has one).
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         oci: &oci_client::Reference,
         auth: &oci_client::secrets::RegistryAuth,
@@ -402,7 +402,7 @@ impl Ctx<'_> {
 
     /// Streams one blob into the store, verified; returns whether it was downloaded (false: the
     /// store had it).
-    async fn fetch_blob(
+    pub(super) async fn fetch_blob(
         &self,
         store: &Store,
         desc: &Descriptor,
@@ -589,27 +589,6 @@ fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
 }
 
 impl RegistryClient {
-    /// The context of requests to `reference`'s repository, with the credentials they carry
-    /// (also stored in the client, where blob requests take them from).
-    async fn context<'a>(
-        &'a self,
-        reference: &'a Reference,
-        progress: &'a (dyn Fn(PullEvent) + Send + Sync),
-    ) -> Result<(Ctx<'a>, oci_client::secrets::RegistryAuth), PullError> {
-        let auth = self.registry_auth(reference)?;
-        let ctx = Ctx {
-            client: self,
-            reference,
-            oci: oci_reference(reference),
-            login: super::login_of(&auth),
-            progress,
-        };
-        self.client_for(reference)
-            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
-            .await;
-        Ok((ctx, auth))
-    }
-
     /// Pulls `reference` into `store` and records it there; returns the record. `progress` is
     /// called from the pulling task for every event.
     pub async fn pull(
@@ -632,110 +611,6 @@ impl RegistryClient {
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
         self.pull_with(store, reference, progress, false).await
-    }
-
-    /// Streams one blob of repository `from` (its tag or digest does not matter) into `store`,
-    /// its digest and size checked on the way in, retried on transient failures. Returns whether
-    /// it was downloaded (false: the store had it).
-    pub async fn fetch_blob(
-        &self,
-        store: &Store,
-        from: &Reference,
-        desc: &Descriptor,
-        kind: BlobKind,
-        progress: &(dyn Fn(PullEvent) + Send + Sync),
-    ) -> Result<bool, PullError> {
-        self.through_mirrors(from, |from| async move {
-            let (ctx, _) = self.context(&from, progress).await?;
-            let what = match kind {
-                BlobKind::Config => format!("blob {}", desc.digest),
-                BlobKind::Layer => format!("layer {}", desc.digest),
-            };
-            ctx.fetch_blob(store, desc, kind, &what).await
-        })
-        .await
-    }
-
-    /// Whether repository `from` holds blob `digest` (a HEAD request, retried on transient
-    /// failures).
-    pub async fn blob_exists(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
-        // A mirror that lacks the blob is not the answer: the next candidate is asked.
-        self.through_mirrors(from, |from| async move {
-            match self.blob_exists_at(&from, digest).await {
-                Ok(false) => Err(PullError::Task(format!("{from} lacks {digest}"))),
-                other => other,
-            }
-        })
-        .await
-        .or_else(|e| match e {
-            PullError::Task(_) => Ok(false),
-            e => Err(e),
-        })
-    }
-
-    async fn blob_exists_at(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
-        let (ctx, _) = self.context(from, &|_| {}).await?;
-        let client = self.client_for(from);
-        let what = format!("check of blob {digest}");
-        let digest = digest.to_string();
-        ctx.retry(&what, || async {
-            client
-                .blob_exists(&ctx.oci, &digest)
-                .await
-                .map_err(|e| ctx.classify(&what, e))
-        })
-        .await
-    }
-
-    /// The manifest (or index) `reference` names, as the registry's bytes, with their digest
-    /// (checked against the reference's digest when it has one). Nothing is stored.
-    pub async fn fetch_manifest(
-        &self,
-        reference: &Reference,
-        progress: &(dyn Fn(PullEvent) + Send + Sync),
-    ) -> Result<(Vec<u8>, Digest), PullError> {
-        let (ctx, auth) = self.context(reference, progress).await?;
-        ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
-    }
-
-    /// Where a request for `reference` may go, mirrors first (see [`super::Mirrors`]).
-    fn candidates(&self, reference: &Reference) -> Result<Vec<super::Candidate>, PullError> {
-        if let Some(e) = &self.config.mirrors_error {
-            return Err(PullError::Mirrors(e.clone()));
-        }
-        let c = self.config.mirrors.candidates(reference);
-        if c.is_empty() {
-            return Err(PullError::Blocked {
-                reference: reference.to_string(),
-                file: self
-                    .config
-                    .mirrors
-                    .source
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            });
-        }
-        Ok(c)
-    }
-
-    /// Tries each candidate of `reference` in order; a mirror's failure moves on to the next, the
-    /// last one's is the error.
-    async fn through_mirrors<T, F, Fut>(&self, reference: &Reference, op: F) -> Result<T, PullError>
-    where
-        F: Fn(Reference) -> Fut,
-        Fut: std::future::Future<Output = Result<T, PullError>>,
-    {
-        let candidates = self.candidates(reference)?;
-        let last = candidates.len() - 1;
-        for (i, c) in candidates.into_iter().enumerate() {
-            match op(c.reference).await {
-                Ok(v) => return Ok(v),
-                Err(e) if i == last => return Err(e),
-                Err(_) => continue,
-            }
-        }
-        unreachable!("candidates is not empty")
     }
 
     async fn pull_with(
