@@ -3,7 +3,6 @@
 //! store, and export and push it as asked. Everything the build writes outside the store's content
 //! is under its own scratch space, named by its id.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
 use crate::export::{self, ImageOptions, ManifestFormat};
 use crate::frontend::dockerfile::lower::{LowerOptions, NamedContext};
-use crate::frontend::dockerfile::{check, parser};
+use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerignore::{self, Dockerignore};
 use crate::graph::{Graph, NodeRef, Platform};
 use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
@@ -178,41 +177,7 @@ impl Session {
                 .collect(),
             ..LowerOptions::default()
         };
-        // Each directory context is walked (and its digests memoised) like the main one, without
-        // the main one's .dockerignore.
-        let mut locals = HashMap::new();
-        for (name, c) in &request.build_contexts {
-            let BuildContext::Dir(dir) = c else { continue };
-            if !dir.is_dir() {
-                return Err(BuildError::Invalid(format!(
-                    "--build-context {name}={}: not a directory",
-                    dir.display()
-                )));
-            }
-            let (dir2, memo) = (dir.clone(), self.root.join("context"));
-            let snapshot = tokio::task::spawn_blocking(move || {
-                ContextSnapshot::take(
-                    &dir2,
-                    &SnapshotOptions {
-                        ignore: None,
-                        state_dir: Some(&memo),
-                        threads: 0,
-                    },
-                )
-            })
-            .await
-            .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
-            .map_err(|e| {
-                BuildError::Invalid(format!("--build-context {name}={}: {e}", dir.display()))
-            })?;
-            locals.insert(
-                name.clone(),
-                LocalDir {
-                    dir: dir.clone(),
-                    snapshot: Arc::new(snapshot),
-                },
-            );
-        }
+        let mut locals = super::prepare::named_context_dirs(request, &self.root).await?;
 
         let pushes = request.pushes();
         let leaves_store = pushes
@@ -289,41 +254,7 @@ impl Session {
         for w in &lowered.warnings {
             events.emit(BuildEvent::Warning { message: w.clone() });
         }
-        // BuildKit's build checks run with every build, as warnings (`# check=error=true`: the
-        // build fails on them), with the resolved bases' environments for UndefinedVar.
-        let base_env = |reference: &str| images.env_names(reference);
-        let findings = check::check(
-            &df,
-            &check::CheckOptions {
-                build_args: &request.build_args,
-                base_env: &base_env,
-            },
-        )
-        .unwrap_or_default();
-        for f in &findings {
-            events.emit(BuildEvent::Warning {
-                message: format!(
-                    "{}: {} ({name}:{}:{}; {})",
-                    f.rule.name,
-                    f.message,
-                    f.span.start.line,
-                    f.span.start.column,
-                    f.rule.url()
-                ),
-            });
-        }
-        if !findings.is_empty() && check::findings_are_errors(&df, &request.build_args) {
-            return Err(BuildError::Invalid(format!(
-                "{name}: {} build check{} failed and `check=error=true` makes them errors: {}",
-                findings.len(),
-                if findings.len() == 1 { "" } else { "s" },
-                findings
-                    .iter()
-                    .map(|f| format!("{} (line {})", f.rule.name, f.span.start.line))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        super::prepare::run_build_checks(&df, request, &images, &name, events)?;
         let snapshot = walk
             .await
             .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?

@@ -10,6 +10,7 @@
 mod build;
 mod cache;
 mod outcome;
+mod prepare;
 mod request;
 mod service;
 mod session;
