@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use forge_runner::mounts::{seed_instance, shared_instance};
+use forge_snapshotter::compress::HashingWriter;
 use forge_snapshotter::lock::{FileLock, LockMode};
 use forge_snapshotter::store::{Descriptor, Digest, Store};
-use sha2::Digest as _;
 
 use super::RemoteBlobs;
 use super::format::MountRecord;
@@ -47,11 +47,7 @@ pub fn export_mounts(
 fn pack(dir: &Path, store: &Store) -> io::Result<(Digest, u64)> {
     let tmp = store.temp_path("cache-mount").map_err(io::Error::other)?;
     let file = std::fs::File::create(&tmp)?;
-    let hashing = HashingWriter {
-        inner: io::BufWriter::new(file),
-        hasher: sha2::Sha256::new(),
-        written: 0,
-    };
+    let hashing = HashingWriter::new(io::BufWriter::new(file));
     let zstd = zstd::stream::write::Encoder::new(hashing, 3)?;
     let mut tar = tar::Builder::new(zstd);
     tar.follow_symlinks(false);
@@ -74,35 +70,12 @@ fn pack(dir: &Path, store: &Store) -> io::Result<(Digest, u64)> {
         stack.extend(dirs.into_iter().rev());
     }
     let zstd = tar.into_inner()?;
-    let mut hashing = zstd.finish()?;
-    hashing.inner.flush()?;
-    hashing.inner.get_ref().sync_all()?;
-    let digest: Digest = format!("sha256:{}", hex::encode(hashing.hasher.finalize()))
-        .parse()
-        .map_err(io::Error::other)?;
-    store
-        .adopt(&tmp, &digest, hashing.written)
-        .map_err(io::Error::other)?;
-    Ok((digest, hashing.written))
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let (mut file, digest, size) = zstd.finish()?.finish();
+    file.flush()?;
+    file.get_ref().sync_all()?;
+    let digest: Digest = digest.to_string().parse().map_err(io::Error::other)?;
+    store.adopt(&tmp, &digest, size).map_err(io::Error::other)?;
+    Ok((digest, size))
 }
 
 /// Imported cache mount contents, laid down on first use.
