@@ -1434,10 +1434,9 @@ fn file_server(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
 }
 
 /// `forge build URL` as `docker build URL`: a tarball (here gzip, made by tar(1)) is the context, a
-/// plain file is the Dockerfile with an empty context, a missing one names the URL and the status,
-/// and a git repository URL is refused with what to do instead.
+/// plain file is the Dockerfile with an empty context, a missing one names the URL and the status.
 #[test]
-fn a_url_context_is_a_tarball_or_a_dockerfile_and_git_urls_are_refused() {
+fn a_url_context_is_a_tarball_or_a_dockerfile() {
     let Some(ws) = workspace("forge-url-context", "COPY hello.txt /hello.txt\n") else {
         return;
     };
@@ -1488,13 +1487,121 @@ fn a_url_context_is_a_tarball_or_a_dockerfile_and_git_urls_are_refused() {
     let text = printed(&o);
     assert!(!o.status.success(), "{text}");
     assert!(text.contains(&missing) && text.contains("404"), "{text}");
+    // A git repository where nothing listens: the error names the clone and the address.
     let (o, _) = build("https://127.0.0.1:9/team/app.git#main:sub", "git");
     let text = printed(&o);
     assert!(!o.status.success(), "{text}");
     assert!(
-        text.contains("a git repository as the build context is not read yet"),
+        text.contains("cloning https://127.0.0.1:9/team/app.git at main"),
         "{text}"
     );
+}
+
+/// A git repository as the context (`git://...git#ref:dir`, as `docker build` takes it), cloned
+/// with gix from a `git daemon` on loopback (git(1) serves, forge does not run it): the branch the
+/// fragment names, the directory inside it, no `.git`; a directory that leads out of the checkout
+/// and a ref that does not exist are refused naming them.
+#[test]
+fn a_git_url_context_is_cloned_at_its_ref_and_directory() {
+    let Some(ws) = workspace("forge-git-context", "") else {
+        return;
+    };
+    let Some(_) = forge_testsupport::tool("git") else {
+        return;
+    };
+    let base = fs::read_to_string(ws.ctx.join("Dockerfile")).unwrap();
+    let repos = ws.dir.path().join("repos");
+    let work = repos.join("app.git");
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", printed(&o));
+    };
+    fs::create_dir_all(work.join("sub")).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    fs::write(
+        work.join("sub/Dockerfile"),
+        format!("{base}COPY note.txt /note.txt\n"),
+    )
+    .unwrap();
+    fs::write(work.join("sub/note.txt"), "on main\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "main"]);
+    git(&["checkout", "-q", "-b", "release"]);
+    fs::write(work.join("sub/note.txt"), "on release\n").unwrap();
+    git(&["commit", "-q", "-am", "release"]);
+    git(&["checkout", "-q", "main"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", repos.display()))
+        .arg(&repos)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "git daemon did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let build = |fragment: &str, out: &str| {
+        let dest = ws.dir.path().join(out);
+        let url = format!("git://127.0.0.1:{port}/app.git{fragment}");
+        let o = forge(
+            &ws.root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                &url,
+            ],
+        );
+        (o, dest)
+    };
+    let (o, dest) = build("#release:sub", "release");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        fs::read_to_string(dest.join("note.txt")).unwrap(),
+        "on release\n"
+    );
+    let (o, dest) = build("#:sub", "head");
+    assert!(o.status.success(), "{}", printed(&o));
+    assert_eq!(
+        fs::read_to_string(dest.join("note.txt")).unwrap(),
+        "on main\n"
+    );
+    let (o, _) = build("#main:../..", "out");
+    assert!(!o.status.success());
+    assert!(
+        printed(&o).contains("not a directory inside the repository"),
+        "{}",
+        printed(&o)
+    );
+    let (o, _) = build("#no-such-branch:sub", "none");
+    assert!(!o.status.success());
+    assert!(printed(&o).contains("no-such-branch"), "{}", printed(&o));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
 
 /// `--build-context NAME=DIR` is read by `COPY --from=NAME` and `RUN --mount=from=NAME` (its files

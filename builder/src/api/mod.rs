@@ -9,6 +9,7 @@
 
 mod build;
 mod cache;
+mod git_context;
 mod outcome;
 mod prepare;
 mod request;

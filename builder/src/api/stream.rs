@@ -1,7 +1,7 @@
 //! `forge build -` and `forge build https://...`: the build context read from a stream (standard
 //! input) or downloaded, as `docker build -` and `docker build URL` read them. A tar, plain or
 //! compressed (gzip, bzip2, xz, zstd), is the context; anything else is a Dockerfile with an empty
-//! context. A git repository URL is refused with the way around it (not read yet).
+//! context. A git repository URL is cloned (`git_context.rs`).
 //!
 //! The tar is written to the store's scratch space first (never held in memory), then unpacked
 //! with the extractor `ADD` uses, which refuses any entry whose path, symlink or hard-link target
@@ -47,6 +47,15 @@ pub struct StreamContext {
 }
 
 impl StreamContext {
+    /// A context already laid out as `dir/context` (a git checkout), from `origin`.
+    pub(super) fn from_dir(dir: LiveDir, origin: &str) -> StreamContext {
+        StreamContext {
+            dir,
+            dockerfile: None,
+            origin: origin.to_string(),
+        }
+    }
+
     /// The context directory.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("context")
@@ -78,10 +87,7 @@ impl Session {
     /// else the Dockerfile). Proxies come from the environment; transient failures are retried.
     pub async fn context_from_url(&self, url: &str) -> Result<StreamContext, BuildError> {
         if is_git_url(url) {
-            return Err(BuildError::Invalid(format!(
-                "{url}: a git repository as the build context is not read yet; clone it and \
-                 give the checkout's directory (with the `#ref:dir` part as a checkout and a path)"
-            )));
+            return self.context_from_git(url).await;
         }
         let (dir, raw) = self.stream_dir()?;
         crate::source::http::fetch(url, None, dir.path(), "stream", &mut |_, _| {})
@@ -91,7 +97,7 @@ impl Session {
     }
 
     /// A fresh `tmp/build-stream-<random>` and the path of the raw stream in it.
-    fn stream_dir(&self) -> Result<(LiveDir, PathBuf), BuildError> {
+    pub(super) fn stream_dir(&self) -> Result<(LiveDir, PathBuf), BuildError> {
         let tmp = crate::scratch::tmp_root(&self.root);
         std::fs::create_dir_all(&tmp).map_err(|e| invalid("create", &tmp, e))?;
         let name = format!("build-stream-{}", random_hex());
