@@ -184,6 +184,29 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             Err(e) => format!("cannot read the credentials: {e}"),
         },
     );
+    line(
+        "mirrors",
+        match forge_snapshotter::registry::Mirrors::from_env() {
+            Err(e) => format!("cannot read registries.conf: {e}"),
+            Ok(m) => match (&m.source, m.summary()) {
+                (None, _) => "none (no registries.conf)".to_string(),
+                (Some(f), s) if s.is_empty() => format!("none (in {})", f.display()),
+                (Some(f), s) => {
+                    let each: Vec<String> = s
+                        .iter()
+                        .map(|(prefix, mirrors, blocked)| {
+                            let mut t = format!("{prefix} -> {}", mirrors.join(", "));
+                            if *blocked {
+                                t.push_str(" (the registry itself blocked)");
+                            }
+                            t
+                        })
+                        .collect();
+                    format!("{} (in {})", each.join("; "), f.display())
+                }
+            },
+        },
+    );
     let roots = forge_snapshotter::registry::roots::trust_roots();
     line(
         "tls roots",

@@ -137,3 +137,42 @@ fn info_names_the_registries_with_credentials_and_no_secret() {
         "no credentials configured (every registry anonymous)"
     );
 }
+
+/// The mirrors a `registries.conf` sets are listed with the file they come from; a file that
+/// does not parse is said so, naming it.
+#[test]
+fn info_lists_the_registry_mirrors() {
+    let dir = forge_testsupport::scratch("forge-info-mirrors-");
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        "[[registry]]\nprefix = \"docker.io\"\nblocked = true\n\n[[registry.mirror]]\n\
+         location = \"127.0.0.1:5000/hub\"\n",
+    )
+    .unwrap();
+    let info = |conf: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["info", "--root"])
+            .arg(dir.path().join("store"))
+            .env("FORGE_REGISTRIES_CONF", conf)
+            .output()
+            .unwrap();
+        printed(&o)
+    };
+    let out = info(&conf);
+    assert_eq!(
+        field(&out, "mirrors"),
+        format!(
+            "docker.io -> 127.0.0.1:5000/hub (the registry itself blocked) (in {})",
+            conf.display()
+        ),
+        "{out}"
+    );
+    std::fs::write(&conf, "[[registry]\n").unwrap();
+    let out = info(&conf);
+    let line = field(&out, "mirrors");
+    assert!(
+        line.starts_with("cannot read registries.conf") && line.contains("registries.conf"),
+        "{out}"
+    );
+}

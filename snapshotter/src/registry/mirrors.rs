@@ -145,6 +145,22 @@ impl Mirrors {
         })
     }
 
+    /// Each registry prefix with mirrors (or blocked), and its mirrors' locations, in the order
+    /// they are tried.
+    pub fn summary(&self) -> Vec<(String, Vec<String>, bool)> {
+        self.entries
+            .iter()
+            .filter(|e| !e.mirrors.is_empty() || e.blocked || e.location != e.prefix)
+            .map(|e| {
+                (
+                    e.prefix.clone(),
+                    e.mirrors.iter().map(|m| m.0.clone()).collect(),
+                    e.blocked,
+                )
+            })
+            .collect()
+    }
+
     /// Registries (host[:port]) the file marks insecure, the mirrors' included.
     pub fn insecure_hosts(&self) -> Vec<String> {
         let host = |loc: &str| loc.split('/').next().unwrap_or(loc).to_string();
