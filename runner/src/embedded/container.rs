@@ -50,16 +50,9 @@ fn mount_fuse(plan: &Plan) -> Result<(), String> {
         return Ok(());
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
-    ctx(
-        sys::mount(
-            "",
-            Path::new("/"),
-            "",
-            libc::MS_REC | libc::MS_PRIVATE,
-            None,
-        ),
-        || "make the mount tree private".into(),
-    )?;
+    ctx(sys::make_mount_tree_private(), || {
+        "make the mount tree private".into()
+    })?;
     let tool = plan
         .fuse_overlayfs
         .as_ref()
@@ -496,16 +489,9 @@ fn confine_kernel_paths() -> SetupResult<()> {
 
 fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
     // Nothing done here may propagate back to the host's mount namespace.
-    ctx(
-        sys::mount(
-            "",
-            Path::new("/"),
-            "",
-            libc::MS_REC | libc::MS_PRIVATE,
-            None,
-        ),
-        || "make the mount tree private".into(),
-    )?;
+    ctx(sys::make_mount_tree_private(), || {
+        "make the mount tree private".into()
+    })?;
     if !plan.hostname.is_empty() {
         ctx(
             nix::unistd::sethostname(&plan.hostname).map_err(io::Error::from),

@@ -259,14 +259,7 @@ fn probe_namespaces(root: &Path) -> Result<i32, String> {
     } else {
         2
     };
-    sys::mount(
-        "",
-        Path::new("/"),
-        "",
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(io("make the mount tree private"))?;
+    sys::make_mount_tree_private().map_err(io("make the mount tree private"))?;
     sys::mount("tmpfs", root, "tmpfs", 0, Some("size=64k")).map_err(io("mount a tmpfs"))?;
     // pid 1 of the new PID namespace does the rest.
     in_child(|| init_side(root)).map(|code| code | no_loopback)

@@ -143,6 +143,18 @@ pub(crate) fn mount(
     cvt(ret as libc::c_long).map(drop)
 }
 
+/// Makes every mount of this mount namespace private, so that nothing mounted from here on
+/// propagates back to the namespace it was copied from.
+pub(crate) fn make_mount_tree_private() -> io::Result<()> {
+    mount(
+        "",
+        Path::new("/"),
+        "",
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+}
+
 pub(crate) fn umount_detach(target: &Path) -> io::Result<()> {
     let c = cstr(target)?;
     // SAFETY: valid path.
