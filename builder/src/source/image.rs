@@ -60,12 +60,7 @@ impl BaseImages {
     /// The names of the environment variables of the base `reference` (as the Dockerfile writes
     /// it), when it was resolved.
     pub fn env_names(&self, reference: &str) -> Option<Vec<String>> {
-        self.configs.get(reference).map(|c| {
-            c.env
-                .iter()
-                .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string())
-                .collect()
-        })
+        self.configs.get(reference).map(env_names)
     }
 }
 
@@ -120,17 +115,20 @@ pub fn stored_env_names(store: &Store, reference: &str) -> Option<Vec<String>> {
     let record = store.get_image(&r.to_string()).ok()??;
     let bytes = store.read_blob(&record.config.digest).ok()?;
     let base = config::read_base_config(&bytes).ok()?;
-    Some(
-        base.config
-            .env
-            .iter()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map_or(kv.as_str(), |(k, _)| k)
-                    .to_string()
-            })
-            .collect(),
-    )
+    Some(env_names(&base.config))
+}
+
+/// The names of an image config's environment variables.
+fn env_names(config: &ImageConfig) -> Vec<String> {
+    config
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map_or(kv.as_str(), |(k, _)| k)
+                .to_string()
+        })
+        .collect()
 }
 
 /// Finds `reference` as `policy` says: the store's copy, or a pull (and, when the registry cannot
