@@ -171,7 +171,7 @@ fn merge(
         BlobSource::Registry(r) => Some(r.name()),
         BlobSource::Layout(_) => None,
     };
-    let (mut taken, mut skipped) = (0usize, 0usize);
+    let mut skipped = 0usize;
     for record in config.records {
         let Some(key) = CacheKey::from_hex(&record.key) else {
             skipped += 1;
@@ -195,10 +195,10 @@ fn merge(
                 l.source = mount_hint.clone();
             }
         }
-        if let std::collections::hash_map::Entry::Vacant(v) = imported.records.entry(key) {
-            v.insert(built.to_record());
-            taken += 1;
-        }
+        imported
+            .records
+            .entry(key)
+            .or_insert_with(|| built.to_record());
     }
     for m in config.mounts {
         if listed.contains_key(&m.digest) {
@@ -218,7 +218,6 @@ fn merge(
             ),
         });
     }
-    let _ = taken;
 }
 
 /// What [`export_cache`] wrote.

@@ -54,18 +54,18 @@ impl RegistryClient {
     /// Whether repository `from` holds blob `digest` (a HEAD request, retried on transient
     /// failures).
     pub async fn blob_exists(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
-        // A mirror that lacks the blob is not the answer: the next candidate is asked.
-        self.through_mirrors(from, |from| async move {
-            match self.blob_exists_at(&from, digest).await {
-                Ok(false) => Err(PullError::Task(format!("{from} lacks {digest}"))),
-                other => other,
+        // A mirror that lacks the blob, or fails, is not the answer: the next candidate is asked;
+        // the last one's answer stands.
+        let candidates = self.candidates(from)?;
+        let last = candidates.len() - 1;
+        for (i, c) in candidates.iter().enumerate() {
+            match self.blob_exists_at(&c.reference, digest).await {
+                Ok(true) => return Ok(true),
+                Ok(false) | Err(_) if i < last => continue,
+                other => return other,
             }
-        })
-        .await
-        .or_else(|e| match e {
-            PullError::Task(_) => Ok(false),
-            e => Err(e),
-        })
+        }
+        unreachable!("candidates is not empty")
     }
 
     async fn blob_exists_at(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
