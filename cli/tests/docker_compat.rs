@@ -1364,36 +1364,6 @@ fn run_steps_get_buildkits_sandbox_and_shm_size_and_ulimit() {
     }
 }
 
-/// An image built FROM scratch without WORKDIR says WorkingDir "/", as BuildKit's empty image
-/// does (dockerfile2llb's emptyImage, BuildKit v0.12); forge wrote no WorkingDir.
-#[test]
-fn from_scratch_images_say_working_dir_slash() {
-    let Some(Workspace {
-        dir: _ws,
-        root,
-        ctx,
-    }) = workspace("forge-scratch-wd", "")
-    else {
-        return;
-    };
-    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
-    let o = forge(
-        &root,
-        &[
-            "build",
-            "--progress",
-            "plain",
-            "-t",
-            "local/scratch-wd:1",
-            &ctx.to_string_lossy(),
-        ],
-    );
-    assert!(o.status.success(), "{}", printed(&o));
-    let inspected = forge(&root, &["inspect", "local/scratch-wd:1"]);
-    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
-    assert_eq!(doc["config"]["config"]["WorkingDir"], "/", "{doc}");
-}
-
 /// A one-shot-per-request HTTP server on a free loopback port serving `files` (path -> body);
 /// other paths get 404. Returns the port.
 fn file_server(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
