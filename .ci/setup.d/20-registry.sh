@@ -23,20 +23,9 @@ CONFIG
   # setsid: the registry must outlive this shell (CI set-up, then the tests in a later process).
   setsid -f docker-registry serve "$forge_registry_dir/config.yml" \
     >>"$forge_registry_dir/registry.log" 2>&1 </dev/null
-  forge_registry_up=
-  for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null --max-time 2 "http://$forge_registry_addr/v2/" 2>/dev/null; then
-      forge_registry_up=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [ -z "$forge_registry_up" ]; then
-    echo "registry did not answer on http://$forge_registry_addr/v2/; log:" >&2
-    tail -n 20 "$forge_registry_dir/registry.log" >&2
-    false
-  fi
-  unset forge_registry_up
+  forge_wait_for 100 0.1 "the registry on http://$forge_registry_addr/v2/" \
+    "$forge_registry_dir/registry.log" \
+    curl -fsS -o /dev/null --max-time 2 "http://$forge_registry_addr/v2/"
 fi
 echo "registry: http://$forge_registry_addr/v2/ answers"
 export FORGE_TEST_REGISTRY=$forge_registry_addr

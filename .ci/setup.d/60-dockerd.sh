@@ -30,20 +30,8 @@ if ! DOCKER_HOST=unix://$forge_docker_sock docker version >/dev/null 2>&1; then
     --pidfile "$forge_docker_dir/docker.pid" -H "unix://$forge_docker_sock" \
     --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     --userland-proxy=false >>"$forge_docker_dir/dockerd.log" 2>&1 </dev/null
-  forge_docker_up=
-  for _ in $(seq 1 120); do
-    if DOCKER_HOST=unix://$forge_docker_sock docker version >/dev/null 2>&1; then
-      forge_docker_up=1
-      break
-    fi
-    sleep 0.5
-  done
-  if [ -z "$forge_docker_up" ]; then
-    echo "dockerd did not answer on $forge_docker_sock; log:" >&2
-    tail -n 20 "$forge_docker_dir/dockerd.log" >&2
-    false
-  fi
-  unset forge_docker_up
+  forge_wait_for 120 0.5 "dockerd on $forge_docker_sock" "$forge_docker_dir/dockerd.log" \
+    env DOCKER_HOST="unix://$forge_docker_sock" docker version
 fi
 echo "dockerd: unix://$forge_docker_sock answers"
 export FORGE_TEST_DOCKER_HOST=unix://$forge_docker_sock
