@@ -15,6 +15,7 @@ use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
 mod build_cmd;
+mod build_flags;
 mod check_cmd;
 mod image_cmd;
 mod info_cmd;

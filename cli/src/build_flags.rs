@@ -1,0 +1,219 @@
+//! The values of `forge build`'s flags read into what the build API takes: outputs (`-o`),
+//! secrets, ssh agents, `--add-host`, `--shm-size`, labels and `SOURCE_DATE_EPOCH`, each refused
+//! as docker refuses it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use forge_builder::api::{Export, Secrets};
+
+use crate::{Failure, failed, usage};
+
+/// Reads one `-o` flag.
+pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
+    // docker's shorthands: `-o DIR` is the filesystem into DIR, `-o -` a tar of it on stdout.
+    if !spec.contains('=') {
+        return Ok(if spec == "-" {
+            Export::Tar(PathBuf::from("-"))
+        } else {
+            Export::Local(PathBuf::from(spec))
+        });
+    }
+    let mut kv: HashMap<String, String> = HashMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            usage(format!(
+                "error: invalid --output {spec:?}: {part:?} is not KEY=VALUE"
+            ))
+        })?;
+        kv.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let kind = kv
+        .get("type")
+        .cloned()
+        .ok_or_else(|| usage(format!("error: invalid --output {spec:?}: no type=")))?;
+    let dest = || {
+        kv.get("dest").map(PathBuf::from).ok_or_else(|| {
+            usage(format!(
+                "error: invalid --output {spec:?}: type={kind} needs dest="
+            ))
+        })
+    };
+    let flag = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
+    match kind.as_str() {
+        "oci" if kv.get("tar").is_some_and(|v| v == "false") => Ok(Export::OciDir(dest()?)),
+        "oci" => Ok(Export::OciTar(dest()?)),
+        "docker" => Ok(Export::DockerTar(dest()?)),
+        "local" => Ok(Export::Local(dest()?)),
+        "tar" => Ok(Export::Tar(dest()?)),
+        "image" | "registry" => Ok(Export::Image {
+            push: kind == "registry" || flag("push"),
+            oci_mediatypes: kv.get("oci-mediatypes").is_none_or(|v| v != "false"),
+        }),
+        other => Err(usage(format!(
+            "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, tar, image, registry)"
+        ))),
+    }
+}
+
+/// The image names `-o ...,name=NAME` gives (buildx's way to name the image of an export), in
+/// the order written; they name the image as `-t` does.
+pub(crate) fn output_names(specs: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| s.contains('='))
+        .flat_map(|s| s.split(','))
+        .filter_map(|part| part.split_once('='))
+        .filter(|(k, _)| k.trim() == "name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+pub(crate) fn parse_secrets(specs: &[String]) -> Result<Secrets, Failure> {
+    let mut out = Secrets::default();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", _)) => {}
+                _ => {
+                    return Err(usage(format!(
+                        "error: invalid --secret {spec:?}: expected id=ID,src=PATH or id=ID,env=VAR"
+                    )));
+                }
+            }
+        }
+        let id = id
+            .or_else(|| env.clone())
+            .or_else(|| {
+                src.as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .ok_or_else(|| usage(format!("error: invalid --secret {spec:?}: no id")))?;
+        let data = match (src, env) {
+            (Some(p), _) => std::fs::read(&p).map_err(|e| {
+                failed(format!(
+                    "error: cannot read secret {id:?} from {}: {e}",
+                    p.display()
+                ))
+            })?,
+            (None, Some(var)) => std::env::var_os(&var)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "error: secret {id:?}: environment variable {var} is not set"
+                    ))
+                })?
+                .into_encoded_bytes(),
+            (None, None) => std::env::var_os(&id)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "error: secret {id:?}: give src=PATH or env=VAR (no variable {id} either)"
+                    ))
+                })?
+                .into_encoded_bytes(),
+        };
+        out.insert(id, data);
+    }
+    Ok(out)
+}
+
+pub(crate) fn parse_ssh(specs: &[String]) -> Result<HashMap<String, PathBuf>, Failure> {
+    let mut out = HashMap::new();
+    for spec in specs {
+        let (id, sock) = match spec.split_once('=') {
+            Some((id, path)) => (id.to_string(), PathBuf::from(path)),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                    failed(format!(
+                        "error: --ssh {spec}: SSH_AUTH_SOCK is not set; give {spec}=SOCKET"
+                    ))
+                })?;
+                (spec.clone(), PathBuf::from(sock))
+            }
+        };
+        out.insert(id, sock);
+    }
+    Ok(out)
+}
+
+/// `--shm-size` as docker reads it (`128m`, `1g`), above 0.
+pub(crate) fn parse_shm_size(s: &str) -> Result<forge_runner::Bytes, String> {
+    match forge_runner::Bytes::parse_size(s)? {
+        forge_runner::Bytes(0) => Err(format!("{s:?}: /dev/shm needs a size above 0")),
+        b => Ok(b),
+    }
+}
+
+/// One `--add-host` as docker reads it: `NAME:IP` or `NAME=IP`, an IPv6 address in brackets or
+/// not (`h:[::1]`, `h=::1`).
+pub(crate) fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), Failure> {
+    let bad = |why: &str| usage(format!("error: invalid --add-host {spec:?}: {why}"));
+    let (name, ip) = match spec.split_once('=') {
+        Some(pair) => pair,
+        None => spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected NAME:IP"))?,
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(bad("the name is not a host name"));
+    }
+    if ip == "host-gateway" {
+        return Err(bad(
+            "host-gateway is docker's daemon's address; forge has no daemon and RUN steps do not              reach the host (give the address itself, and --allow network.host to reach it)",
+        ));
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip
+        .parse()
+        .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?;
+    Ok((name.to_string(), ip))
+}
+
+/// `--label KEY=VALUE`; a label with no `=` has an empty value, as docker gives it.
+pub(crate) fn parse_labels(specs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    specs
+        .iter()
+        .map(|s| {
+            let (k, v) = s.split_once('=').unwrap_or((s.as_str(), ""));
+            if k.is_empty() {
+                return Err(usage(format!(
+                    "error: invalid --label {s:?}: the key is empty"
+                )));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// `SOURCE_DATE_EPOCH`: `--build-arg SOURCE_DATE_EPOCH=N` (BuildKit's form, which also leaves it
+/// an ordinary build argument), else the environment variable.
+pub(crate) fn source_date_epoch(
+    build_args: &BTreeMap<String, String>,
+) -> Result<Option<i64>, Failure> {
+    let (value, from) = match build_args.get("SOURCE_DATE_EPOCH") {
+        Some(v) => (v.clone(), "--build-arg SOURCE_DATE_EPOCH"),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => (v, "SOURCE_DATE_EPOCH"),
+            Err(_) => return Ok(None),
+        },
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.trim().parse::<i64>().map(Some).map_err(|_| {
+        usage(format!(
+            "error: {from}={value:?} is not a number of seconds"
+        ))
+    })
+}
