@@ -37,11 +37,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse a Dockerfile.
+    /// Parse a Dockerfile and report its syntax errors (file:line:column).
     Parse {
         /// Print BuildKit's AST dump.
         #[arg(long)]
         dump: bool,
+        /// The Dockerfile to parse.
         file: PathBuf,
     },
     /// Print the build graph a Dockerfile lowers to.
@@ -122,6 +123,7 @@ pub(crate) struct GraphArgs {
     /// The target platform, os/arch[/variant] (default: this machine's).
     #[arg(long)]
     pub(crate) platform: Option<String>,
+    /// How `forge graph` and `--dry-run` print the graph: text, json or dot (Graphviz).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// The build context directory; for build, `-` reads a tar (plain or compressed) or a lone

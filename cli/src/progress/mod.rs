@@ -27,11 +27,13 @@ use state::{Applied, State, Status};
 pub enum ProgressMode {
     /// `tty` when stderr is a terminal that understands cursor movement, `plain` otherwise.
     Auto,
+    /// One line per running step, redrawn in place, with each step's last output lines.
     Tty,
+    /// Each step's start, output and end as lines of text, as `docker build --progress=plain`.
     Plain,
     /// Each event as one JSON object per line (README.md, "JSON progress").
     Json,
-    /// Nothing at all; errors are main's to print.
+    /// Nothing at all but errors.
     Quiet,
 }
 
