@@ -167,27 +167,33 @@ fn wildcards_match_like_go() {
     assert!(matches!(err, FileOpError::NoMatch { ref pattern } if pattern == "/*.nothing"));
 }
 
+/// `COPY a b /dest` is one copy action per source, all onto `/dest`. As in BuildKit (fsutil's
+/// copier, v0.13 to today; moby/buildkit#1853): where `/dest` is a directory each lands inside it;
+/// where nothing is there, the first makes `/dest` and each next one replaces it (a file) or
+/// merges into it (a directory's contents); a wildcard's matches go the same way, in name order.
 #[test]
-fn several_sources_need_a_directory_destination() {
+fn several_sources_onto_one_destination_go_as_buildkit_sends_them() {
     let f = fixture();
     f.file("a.txt", "a", 0o644);
     f.file("b.txt", "b", 0o644);
-    let err = f
-        .run(vec![copy("/a.txt", "/dest"), copy("/b.txt", "/dest")])
-        .unwrap_err();
-    assert!(
-        matches!(err, FileOpError::MultipleSourcesNeedDir { .. }),
-        "{err}"
-    );
-    let err = f.run(vec![copy("/*.txt", "/dest")]).unwrap_err();
-    assert!(
-        matches!(err, FileOpError::MultipleSourcesNeedDir { .. }),
-        "{err}"
-    );
-    assert!(!f.exists("/dest"));
-    f.run(vec![copy("/a.txt", "/dest/"), copy("/b.txt", "/dest/")])
+    f.file("d1/x", "x", 0o644);
+    f.file("d2/y", "y", 0o644);
+    f.run(vec![copy("/a.txt", "/dest"), copy("/b.txt", "/dest")])
         .unwrap();
-    assert_eq!(f.tree(), ["dest/", "dest/a.txt", "dest/b.txt"]);
+    assert_eq!(f.read("/dest"), "b");
+    f.run(vec![copy("/*.txt", "/glob")]).unwrap();
+    assert_eq!(f.read("/glob"), "b");
+    f.run(vec![copy("/d1", "/merged"), copy("/d2", "/merged")])
+        .unwrap();
+    assert_eq!(f.read("/merged/x"), "x");
+    assert_eq!(f.read("/merged/y"), "y");
+    f.run(vec![copy("/a.txt", "/dir/"), copy("/b.txt", "/dir/")])
+        .unwrap();
+    f.run(vec![copy("/a.txt", "/dir"), copy("/b.txt", "/dir")])
+        .unwrap();
+    assert_eq!(f.read("/dir/a.txt"), "a");
+    assert_eq!(f.read("/dir/b.txt"), "b");
+    assert!(!f.exists("/dir/dir"));
 }
 
 #[test]

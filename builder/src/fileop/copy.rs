@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::meta::{self, ModeSpec};
 use super::root::resolve;
-use super::{FileOpError, Ids, Visible, archive, dest_is_dir, io};
+use super::{FileOpError, Ids, Visible, archive, io};
 use crate::frontend::dockerignore::Dockerignore;
 use crate::graph::CopyOptions;
 use crate::slashpath::join_root;
@@ -75,12 +75,6 @@ pub(crate) fn copy(
             }
             return Err(FileOpError::NoMatch {
                 pattern: src.to_string(),
-            });
-        }
-        if m.len() > 1 && !dest_is_dir(dest_root, dest)? {
-            return Err(FileOpError::MultipleSourcesNeedDir {
-                dest: dest.to_string(),
-                sources: m,
             });
         }
         m

@@ -40,16 +40,6 @@ pub enum FileOpError {
         /// The path.
         path: String,
     },
-    /// Several sources copied onto one destination that is not a directory.
-    #[error(
-        "when using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?}, sources {sources:?})"
-    )]
-    MultipleSourcesNeedDir {
-        /// The destination as given.
-        dest: String,
-        /// The sources (or matches) competing for it.
-        sources: Vec<String>,
-    },
     /// A copy from an input the caller has no directory for.
     #[error("no filesystem given for input {input:?}")]
     MissingInput {
@@ -175,52 +165,10 @@ pub fn apply(
     dest_root: &Path,
     sources: &dyn SourceDirs,
 ) -> Result<(), FileOpError> {
-    check_multiple_sources(actions, dest_root)?;
     for action in actions {
         apply_one(action, dest_root, sources)?;
     }
     Ok(())
-}
-
-/// The frontend lowers `COPY a b dest` to one copy action per source, all with the same
-/// destination; Docker requires that destination to be a directory.
-fn check_multiple_sources(actions: &[FileAction], dest_root: &Path) -> Result<(), FileOpError> {
-    let mut i = 0;
-    while i < actions.len() {
-        let FileAction::Copy { dest, .. } = &actions[i] else {
-            i += 1;
-            continue;
-        };
-        let mut j = i + 1;
-        let mut sources = Vec::new();
-        if let FileAction::Copy { src, .. } = &actions[i] {
-            sources.push(src.clone());
-        }
-        while let Some(FileAction::Copy { dest: d, src, .. }) = actions.get(j) {
-            if d != dest {
-                break;
-            }
-            sources.push(src.clone());
-            j += 1;
-        }
-        if sources.len() > 1 && !dest_is_dir(dest_root, dest)? {
-            return Err(FileOpError::MultipleSourcesNeedDir {
-                dest: dest.clone(),
-                sources,
-            });
-        }
-        i = j;
-    }
-    Ok(())
-}
-
-/// Whether `dest` names a directory: written with a trailing slash, or one already there.
-pub(crate) fn dest_is_dir(dest_root: &Path, dest: &str) -> Result<bool, FileOpError> {
-    if dest.ends_with('/') || dest.ends_with("/.") {
-        return Ok(true);
-    }
-    let p = resolve(dest_root, dest, true)?;
-    Ok(std::fs::metadata(p).is_ok_and(|m| m.is_dir()))
 }
 
 fn apply_one(
