@@ -5,9 +5,15 @@
 #   heavy     one RUN writing 64 MiB of random bytes + 20,000 small files               (cold)
 #   noop      a 10,000-file monorepo context rebuilt with nothing changed               (warm)
 #   onefile   the same after rewriting one file that only `COPY . /src` reads           (warm)
-# It prints each tool's median, forge/docker and forge/buildah, and marks the issue's targets
-# (forge/docker: parallel <= 0.7, heavy <= 0.5, noop <= 0.15, onefile <= 0.3) met or missed. A missed
-# target is reported, never an exit status; a tool whose build fails is left out and said so.
+#   parallel-push, heavy-push: the cold cases built and pushed to the loopback registry (forge
+#             `--push`; docker and buildah build, then push)
+# Floors measured in the same run: the no-op case beside `find` stating every file of the context
+# (the stat floor), and the heavy layer's bytes compressed by zstd -T0 and pigz (gzip when pigz is
+# missing): the compression floor. Each case's median for every tool, forge/docker, forge/buildah,
+# the spread (min..max), forge's peak RSS (one more run under /usr/bin/time; docker's work happens in
+# its daemon, so no client figure is comparable), and the targets (forge/docker: parallel <= 0.25 of
+# docker's time above the 2 s sleeps, heavy <= 0.4, noop <= 0.15, onefile <= 0.3; the no-op within 1.5x the stat floor) met or missed. A
+# missed target is reported, never an exit status; a tool whose build fails is left out and said so.
 #
 # How to run (as root: it installs packages and starts its own dockerd):
 #   source the CI environment (FORGE_TEST_BUSYBOX, a registry on 127.0.0.1:5000), then
@@ -52,6 +58,9 @@ missing=()
 command -v buildah >/dev/null || missing+=(buildah)
 command -v hyperfine >/dev/null || missing+=(hyperfine)
 command -v python3 >/dev/null || missing+=(python3)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v pigz >/dev/null || missing+=(pigz)
+[ -x /usr/bin/time ] || missing+=(time)
 install_quietly "${missing[@]}" || exit 1
 
 forge_src=$(forge_binary build.sh) || exit 1
@@ -113,20 +122,32 @@ $BUILDAH pull -q --tls-verify=false "$BASE" >/dev/null
 
 # --- commands ------------------------------------------------------------------------------------
 # build_cmd TOOL CASE: the timed command (run by hyperfine without a shell).
+# A context name ending in -push builds that context and pushes it to $REGISTRY/forge-bench/NAME.
 build_cmd() {
-  local ctx=$WORK/fixtures/$2 tag=forge-bench-$2
+  local ctx=${2%-push} tag=forge-bench-$2
+  local dir=$WORK/fixtures/$ctx
+  if [ "$ctx" != "$2" ]; then
+    local ref=$REGISTRY/forge-bench/$ctx-$1:latest
+    case $1 in
+      forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain --push -t $ref $dir" ;;
+      docker) echo "sh -c '$DOCKER_BUILD --network none -q -t $ref $dir >/dev/null && $DOCKER push -q $ref >/dev/null'" ;;
+      buildah) echo "sh -c '$BUILDAH bud -q --layers --jobs $JOBS --network none --tls-verify=false -t $ref $dir >/dev/null && $BUILDAH push -q --tls-verify=false $ref'" ;;
+    esac
+    return
+  fi
   case $1 in
-    forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain -t $tag:latest $ctx" ;;
-    docker) echo "$DOCKER_BUILD --network none -t $tag $ctx" ;;
-    buildah) echo "$BUILDAH bud --layers --jobs $JOBS --network none --tls-verify=false -t $tag $ctx" ;;
+    forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain -t $tag:latest $dir" ;;
+    docker) echo "$DOCKER_BUILD --network none -t $tag $dir" ;;
+    buildah) echo "$BUILDAH bud --layers --jobs $JOBS --network none --tls-verify=false -t $tag $dir" ;;
   esac
 }
 # wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
 # previous run's write-back (the heavy layer is ~100 MiB on disk) out of the next run's time.
 wipe_cmd() {
+  local ref=$REGISTRY/forge-bench/${2%-push}-$1:latest
   case $1 in
     forge) echo "rm -rf $WORK/forge/root-$2; sync" ;;
-    docker) echo "$DOCKER image rm -f forge-bench-$2 >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
+    docker) echo "$DOCKER image rm -f forge-bench-$2 $ref >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
     buildah) echo "$BUILDAH rm -a >/dev/null; $BUILDAH rmi -af >/dev/null; sync" ;;
   esac
 }
@@ -161,9 +182,43 @@ run_case() {
     args+=(--prepare "sh -c '$prep'" -n "$tool" "$(build_cmd "$tool" "$ctx")")
   done
   [ ${#args[@]} -gt 0 ] || return 0
+  # The stat floor, in the same hyperfine run: every entry of the context stated once.
+  [ "$mode" = noop ] && args+=(--prepare true -n stat-floor "find $WORK/fixtures/$ctx -printf '%s %T@ %m %U %G\n'")
   hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" \
     --export-json "$WORK/results/$case.json" "${args[@]}" \
     || echo "!! hyperfine failed on '$case' (a build failed during the timed runs); figures left out"
+  # forge's peak memory: one more run, as the timed ones were prepared.
+  if [ -n "${OK[$case/forge]:-}" ]; then
+    prep=true
+    [ "$mode" = cold ] && prep=$(wipe_cmd forge "$ctx")
+    [ "$mode" = onefile ] && prep="head -c 2048 /dev/urandom > $WORK/fixtures/$ctx/$CHANGED"
+    sh -c "$prep"
+    /usr/bin/time -f %M -o "$WORK/results/$case.rss" sh -c "$(build_cmd forge "$ctx") >/dev/null 2>&1" || true
+  fi
+}
+
+# The compression floor: the heavy case's layer (a 64 MiB random file and 20,000 small ones, made
+# the same way on the host) as one tar, compressed by the fastest CLI tools on all cores.
+compression_floor() {
+  local d=$WORK/floor/root
+  mkdir -p "$d/files"
+  head -c 67108864 /dev/urandom >"$d/blob.bin"
+  python3 - "$d/files" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(1, 201):
+    os.makedirs(f"{root}/d{d}", exist_ok=True)
+    for f in range(1, 101):
+        with open(f"{root}/d{d}/f{f}", "w") as fh:
+            fh.write(f"dir {d} file {f}\n")
+PY
+  tar -C "$d" -cf "$WORK/floor/layer.tar" .
+  echo
+  echo "== compression floor (the heavy layer: $(du -m "$WORK/floor/layer.tar" | cut -f1) MiB tar)"
+  hyperfine -N --style basic --warmup 1 --runs "$RUNS" --export-json "$WORK/results/floor.json" \
+    -n "zstd -3 -T0" "sh -c 'zstd -q -3 -T0 -c $WORK/floor/layer.tar >/dev/null'" \
+    -n "pigz -6" "sh -c 'pigz -6 -c $WORK/floor/layer.tar >/dev/null'" \
+    -n "sha256sum" "sha256sum $WORK/floor/layer.tar"
 }
 
 echo "forge:   $($FORGE --version 2>/dev/null || echo "$forge_src"), as $forge_who, $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
@@ -174,39 +229,65 @@ echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 run_case parallel parallel cold
 run_case heavy heavy cold
+run_case parallel-push parallel-push cold
+run_case heavy-push heavy-push cold
 run_case noop monorepo noop
 run_case onefile monorepo onefile
+compression_floor
 
 # --- summary -------------------------------------------------------------------------------------
 echo
 python3 - "$WORK/results" <<'PY' | tee "$WORK/results/summary.md"
 import json, os, sys
 results = sys.argv[1]
-cases = [("parallel", "two 2 s stages, cold", 0.7), ("heavy", "64 MiB + 20,000 files, cold", 0.5),
+cases = [("parallel", "two 2 s stages, cold", 0.25), ("heavy", "64 MiB + 20,000 files, cold", 0.4),
+         ("parallel-push", "two 2 s stages, cold, pushed", 0.25),
+         ("heavy-push", "64 MiB + 20,000 files, cold, pushed", 0.4),
          ("noop", "10,000-file context, no-op", 0.15), ("onefile", "10,000-file context, one file", 0.3)]
-floor_note = None
-def fmt(v):
-    return "n/a" if v is None else f"{v:.3f}"
-print("| case | forge s | docker s | buildah s | forge/docker | target | verdict | forge/buildah |")
-print("|---|---:|---:|---:|---:|---:|---|---:|")
-for key, label, target in cases:
-    med = {}
+notes = []
+def load(key):
     path = os.path.join(results, key + ".json")
-    if os.path.exists(path):
-        for r in json.load(open(path))["results"]:
-            med[r["command"]] = r["median"]
-    f, d, b = med.get("forge"), med.get("docker"), med.get("buildah")
-    rd = f / d if f is not None and d else None
-    rb = f / b if f is not None and b else None
+    if not os.path.exists(path):
+        return {}
+    return {r["command"]: r for r in json.load(open(path))["results"]}
+def fmt(r):
+    return "n/a" if r is None else f"{r['median']:.3f} ({min(r['times']):.3f}..{max(r['times']):.3f})"
+def ratio(a, b):
+    return None if a is None or b is None or not b["median"] else a["median"] / b["median"]
+print("| case | forge s (min..max) | docker s | buildah s | forge/docker | target | verdict | forge/buildah | forge peak RSS |")
+print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+for key, label, target in cases:
+    res = load(key)
+    f, d, b = res.get("forge"), res.get("docker"), res.get("buildah")
+    rd, rb = ratio(f, d), ratio(f, b)
     verdict = "n/a" if rd is None else ("met" if rd <= target else "missed")
+    if key.startswith("parallel") and f and d and d["median"] > 2.0:
+        # The stages sleep 2 s: what is judged is the time above that floor.
+        over = (f["median"] - 2.0) / (d["median"] - 2.0)
+        verdict = f"{'met' if over <= target else 'missed'} (above 2 s: {over:.2f}x docker's)"
+    rss = "n/a"
+    rss_path = os.path.join(results, key + ".rss")
+    if os.path.exists(rss_path):
+        kb = open(rss_path).read().split()
+        if kb and kb[-1].isdigit():
+            rss = f"{int(kb[-1]) / 1024:.0f} MiB"
     print(f"| {key}: {label} | {fmt(f)} | {fmt(d)} | {fmt(b)} | {'n/a' if rd is None else f'{rd:.2f}x'} "
-          f"| <= {target}x | {verdict} | {'n/a' if rb is None else f'{rb:.2f}x'} |")
-    if key == "parallel" and d and d * target < 2.0:
-        floor_note = (f"note: {target} x docker's {d:.2f} s is below the 2 s the stages sleep: "
-                      "no tool can meet the parallel target against a docker that runs the stages at once")
-print("(medians of the timed runs; n/a: a tool failed or was left out, see above)")
-if floor_note:
-    print(floor_note)
+          f"| <= {target}x | {verdict} | {'n/a' if rb is None else f'{rb:.2f}x'} | {rss} |")
+    if key.startswith("parallel") and f and d:
+        notes.append(f"{key}: above the 2 s the stages sleep, forge spends {f['median'] - 2:.3f} s and "
+                     f"docker {d['median'] - 2:.3f} s (the target, <= {target}x, is on these)")
+    if key == "noop" and f and res.get("stat-floor"):
+        s = res["stat-floor"]
+        r = f["median"] / s["median"]
+        notes.append(f"noop: the stat floor (find stating the context) {s['median']*1000:.1f} ms; forge "
+                     f"{f['median']*1000:.1f} ms = {r:.2f}x it (target <= 1.5x: {'met' if r <= 1.5 else 'missed'})")
+floor = load("floor")
+if floor:
+    notes.append("compression floor of the heavy layer: " + ", ".join(
+        f"{k} {v['median']:.3f} s" for k, v in floor.items()))
+print("(medians of the timed runs, min..max beside them; n/a: a tool failed or was left out, see above)")
+for n in notes:
+    print("note:", n)
 PY
 if [ -n "${FORGE_BENCH_RESULTS:-}" ]; then
   mkdir -p "$FORGE_BENCH_RESULTS"

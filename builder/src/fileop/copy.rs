@@ -89,6 +89,7 @@ pub(crate) fn copy(
         include: opts.include_patterns.clone(),
         exclude,
         inodes: HashMap::new(),
+        cross_device: false,
     };
     for s in &srcs {
         if let Some(v) = visible
@@ -200,6 +201,9 @@ struct Copier<'v> {
     exclude: Option<Dockerignore>,
     /// (device, inode) of multiply-linked source files already copied, and where to.
     inodes: HashMap<(u64, u64), PathBuf>,
+    /// Whether `copy_file_range` was refused between the source and destination filesystems:
+    /// asked once, not once per file.
+    cross_device: bool,
 }
 
 impl Copier<'_> {
@@ -259,7 +263,7 @@ impl Copier<'_> {
         };
         meta::mkdir_all(dest_root, &target, 0o755, self.owner)?;
         let skip_include = self.include.is_empty();
-        self.copy_entry(&src_path, "", &dst, false, skip_include)
+        self.copy_entry(&src_path, "", &dst, false, skip_include, false)
     }
 
     fn copy_entry(
@@ -269,6 +273,7 @@ impl Copier<'_> {
         target: &Path,
         overwrite_meta: bool,
         mut skip_include: bool,
+        in_new_dir: bool,
     ) -> Result<(), FileOpError> {
         if let Some(v) = self.visible
             && let Ok(rel) = src.strip_prefix(&self.src_root)
@@ -299,7 +304,11 @@ impl Copier<'_> {
             if included_by_pattern {
                 self.create_parent_dirs(src, comps, target)?;
             }
-            ensure_empty_file_target(target)?;
+            // A directory this copy just made holds only what the copy put there: nothing is in
+            // the way (one lookup a file saved).
+            if !in_new_dir {
+                ensure_empty_file_target(target)?;
+            }
         } else if skip_include && !self.include.is_empty() {
             self.create_parent_dirs(src, comps, target)?;
         }
@@ -320,10 +329,13 @@ impl Copier<'_> {
                     return Ok(());
                 }
                 _ => {
-                    std::fs::copy(src, target).map_err(io("copying to", target))?;
+                    let (ids, mode) = self.final_meta(&md);
+                    meta::copy_regular_file(src, target, &md, ids, mode, &mut self.cross_device)?;
                     if md.nlink() > 1 {
                         self.inodes.insert(key, target.to_path_buf());
                     }
+                    // Owner, mode, xattrs and times were set on the open file.
+                    copy_info = false;
                 }
             }
         } else if ft.is_symlink() {
@@ -350,20 +362,26 @@ impl Copier<'_> {
         target: &Path,
         md: &std::fs::Metadata,
     ) -> Result<(), FileOpError> {
-        let ids = self.owner.unwrap_or(Ids {
-            uid: md.uid(),
-            gid: md.gid(),
-        });
+        let (ids, mode) = self.final_meta(md);
         meta::chown(target, Some(ids))?;
         if !md.file_type().is_symlink() {
-            let mode = match &self.mode {
-                Some(spec) => spec.apply(md.mode(), md.is_dir()),
-                None => md.mode() & 0o7777,
-            };
             meta::set_mode(target, mode)?;
         }
         meta::copy_xattrs(src, target);
         meta::set_times(target, md)
+    }
+
+    /// The owner and mode an entry copied from `md` gets.
+    fn final_meta(&self, md: &std::fs::Metadata) -> (Ids, u32) {
+        let ids = self.owner.unwrap_or(Ids {
+            uid: md.uid(),
+            gid: md.gid(),
+        });
+        let mode = match &self.mode {
+            Some(spec) => spec.apply(md.mode(), md.is_dir()),
+            None => md.mode() & 0o7777,
+        };
+        (ids, mode)
     }
 
     /// fsutil's include rule: (copy this entry, and everything below it without further checks).
@@ -442,7 +460,7 @@ impl Copier<'_> {
             } else {
                 format!("{comps}/{name}")
             };
-            self.copy_entry(&path, &c, &dst.join(&name), true, skip_include)?;
+            self.copy_entry(&path, &c, &dst.join(&name), true, skip_include, created)?;
         }
         Ok(created)
     }

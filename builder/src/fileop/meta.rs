@@ -130,6 +130,113 @@ pub(crate) fn copy_xattrs(src: &Path, dst: &Path) {
     }
 }
 
+/// Copies the regular file `src` (whose metadata is `md`) to `target`, which must not exist,
+/// with its final owner, mode, xattrs and times: every call on the two open descriptors, so each
+/// file costs two path lookups (the opens) rather than one per metadata call. The data goes with
+/// `copy_file_range` (a reflink or an in-kernel copy) until a copy finds the two filesystems
+/// differ (`*cross_device` is then set and the rest go with `sendfile`).
+pub(crate) fn copy_regular_file(
+    src: &Path,
+    target: &Path,
+    md: &std::fs::Metadata,
+    ids: Ids,
+    mode: u32,
+    cross_device: &mut bool,
+) -> Result<(), FileOpError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)
+        .map_err(io("opening", src))?;
+    let to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .map_err(io("creating", target))?;
+    copy_data(&from, &to, md.len(), cross_device).map_err(io("copying to", target))?;
+    nix::unistd::fchown(to.as_fd(), Some(ids.uid.into()), Some(ids.gid.into()))
+        .map_err(|e| io("chown", target)(e.into()))?;
+    // After the chown, which clears setuid and setgid bits.
+    nix::sys::stat::fchmod(
+        to.as_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+    )
+    .map_err(|e| io("chmod", target)(e.into()))?;
+    copy_fd_xattrs(&from, &to);
+    let at = nix::sys::time::TimeSpec::new(md.atime(), md.atime_nsec());
+    let mt = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
+    nix::sys::stat::futimens(to.as_fd(), &at, &mt)
+        .map_err(|e| io("setting times of", target)(e.into()))
+}
+
+fn copy_data(
+    from: &std::fs::File,
+    to: &std::fs::File,
+    len: u64,
+    cross_device: &mut bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let mut left = len as usize;
+    while left > 0 && !*cross_device {
+        match nix::fcntl::copy_file_range(from.as_fd(), None, to.as_fd(), None, left) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP
+                | nix::errno::Errno::EINVAL,
+            ) => *cross_device = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    while left > 0 {
+        match nix::sys::sendfile::sendfile(to.as_fd(), from.as_fd(), None, left) {
+            // The file shrank while it was copied: what was there is copied.
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A file that grows while it is copied is copied at the size it had when it was inspected.
+    Ok(())
+}
+
+/// [`copy_xattrs`] on open descriptors.
+fn copy_fd_xattrs(from: &std::fs::File, to: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let (s, d) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer pointer and length describe `names`; `s` is an open descriptor.
+    let n = unsafe { libc::flistxattr(s, names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return;
+    }
+    names.truncate(n as usize);
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: pointers and lengths describe live buffers; the name is NUL-terminated.
+        let len =
+            unsafe { libc::fgetxattr(s, cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if len < 0 {
+            continue;
+        }
+        // SAFETY: as above; `len` bytes of `value` were written by fgetxattr.
+        unsafe {
+            libc::fsetxattr(d, cname.as_ptr(), value.as_ptr().cast(), len as usize, 0);
+        }
+    }
+}
+
 /// A parsed `--chmod`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModeSpec {
