@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             copied_at: None,
         }
     };
-    let sink: Box<dyn Write> = match &out {
+    let sink: Box<dyn Write + Send> = match &out {
         Some(p) => Box::new(std::fs::File::create(p)?),
         None => Box::new(std::io::sink()),
     };

@@ -11,7 +11,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::layer::{EntryKind, EntryMeta, LayerDescriptor, LayerError, LayerOptions, LayerWriter};
+use crate::layer::{
+    EntryKind, EntryMeta, LayerDescriptor, LayerError, LayerOptions, LayerStream, LayerWriter,
+    Piped,
+};
 use crate::unpack::sys;
 
 /// Errors of this module.
@@ -60,15 +63,37 @@ pub struct DiffStats {
     pub content_bytes: u64,
 }
 
-/// Write `changes` as one layer to `sink`; returns the layer's descriptor and the sink.
-pub fn write_layer<W: Write>(
+/// Write `changes` as one layer to `sink`; returns the layer's descriptor and the sink. The walk
+/// runs on this thread and the hashing and compression on another ([`Piped`]), so that the two
+/// overlap; the bytes are those one thread would write.
+pub fn write_layer<W: Write + Send>(
     changes: Changes<'_>,
     sink: W,
     options: LayerOptions,
 ) -> Result<(LayerDescriptor, W, DiffStats), DiffError> {
-    let mut writer = LayerWriter::new(sink, options)?;
+    std::thread::scope(|scope| {
+        let piped = Piped::spawn(scope, sink, options.compression)?;
+        let mut writer = LayerWriter::with_stream(piped, options);
+        let walked = walk(changes, &mut writer);
+        match walked {
+            Ok(stats) => {
+                let (desc, sink) = writer.finish()?;
+                Ok((desc, sink, stats))
+            }
+            Err(e) => Err(match writer.into_stream().abort() {
+                Some(first) => DiffError::Layer(first),
+                None => e,
+            }),
+        }
+    })
+}
+
+fn walk<S: LayerStream>(
+    changes: Changes<'_>,
+    writer: &mut LayerWriter<S>,
+) -> Result<DiffStats, DiffError> {
     let mut d = Differ {
-        writer: &mut writer,
+        writer,
         links: HashMap::new(),
         stats: DiffStats::default(),
         pending: Vec::new(),
@@ -88,13 +113,11 @@ pub fn write_layer<W: Write>(
             d.compare_dir(lower, upper, b"")?
         }
     }
-    let stats = d.stats;
-    let (desc, sink) = writer.finish()?;
-    Ok((desc, sink, stats))
+    Ok(d.stats)
 }
 
-struct Differ<'w, W: Write> {
-    writer: &'w mut LayerWriter<W>,
+struct Differ<'w, S: LayerStream> {
+    writer: &'w mut LayerWriter<S>,
     /// (dev, ino) of multiply-linked files already emitted -> their layer path.
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: DiffStats,
@@ -214,7 +237,7 @@ fn node(path: &Path) -> Result<Node, DiffError> {
     })
 }
 
-impl<W: Write> Differ<'_, W> {
+impl<S: LayerStream> Differ<'_, S> {
     /// Writes the pending parents not written yet, outermost first.
     fn flush_parents(&mut self) -> Result<(), DiffError> {
         for i in 0..self.pending.len() {

@@ -93,24 +93,206 @@ const BLOCK: usize = 512;
 const USTAR_ID_MAX: u64 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
-/// Writes one layer: tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink.
-pub struct LayerWriter<W: Write> {
-    out: HashingWriter<Encoder<HashingWriter<W>>>,
+/// Where a [`LayerWriter`]'s tar stream goes: something that hashes it (the diff_id), compresses
+/// it and hashes the result (the digest) on its way to a sink.
+pub trait LayerStream: Write {
+    /// What is handed back at the end.
+    type Sink;
+    /// Uncompressed bytes taken so far.
+    fn tar_bytes(&self) -> u64;
+    /// Ends the stream (the tar's end blocks are already written).
+    fn finish_stream(
+        self,
+        compression: Compression,
+    ) -> Result<(LayerDescriptor, Self::Sink), LayerError>;
+}
+
+/// tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink, on the writer's thread.
+pub struct Inline<W: Write>(HashingWriter<Encoder<HashingWriter<W>>>);
+
+impl<W: Write> Inline<W> {
+    pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
+        let encoder = Encoder::new(HashingWriter::new(sink), compression)?;
+        Ok(Inline(HashingWriter::new(encoder)))
+    }
+}
+
+impl<W: Write> Write for Inline<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> LayerStream for Inline<W> {
+    type Sink = W;
+
+    fn tar_bytes(&self) -> u64 {
+        self.0.count()
+    }
+
+    fn finish_stream(self, compression: Compression) -> Result<(LayerDescriptor, W), LayerError> {
+        let (encoder, diff_id, tar_size) = self.0.finish();
+        let hashed = encoder.finish().map_err(LayerError::Finish)?;
+        let (mut sink, digest, size) = hashed.finish();
+        sink.flush().map_err(LayerError::Finish)?;
+        Ok((
+            LayerDescriptor {
+                media_type: compression.media_type().to_string(),
+                digest,
+                size,
+                diff_id,
+                tar_size,
+            },
+            sink,
+        ))
+    }
+}
+
+/// Bytes of tar handed to the [`Piped`] worker at a time.
+const PIPE_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the walk and the worker: at most this many (plus one being filled and
+/// one being compressed) are in memory.
+const PIPE_DEPTH: usize = 4;
+
+/// An [`Inline`] stream run on a thread of its own: the tar is handed over in chunks, so the walk
+/// that makes it (stat, open, read) and the hashing and compression that consume it use two cores.
+/// The bytes are the same as [`Inline`]'s.
+pub struct Piped<'scope, W: Write + Send + 'scope> {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    count: u64,
+    worker: std::thread::ScopedJoinHandle<'scope, Result<(LayerDescriptor, W), LayerError>>,
+}
+
+impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
+    /// Starts the worker in `scope`.
+    pub fn spawn<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        sink: W,
+        compression: Compression,
+    ) -> Result<Self, LayerError> {
+        let mut inline = Inline::new(sink, compression)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
+        let worker = scope.spawn(move || {
+            for chunk in rx {
+                inline.write_all(&chunk).map_err(LayerError::Finish)?;
+            }
+            inline.finish_stream(compression)
+        });
+        Ok(Piped {
+            buf: Vec::with_capacity(PIPE_CHUNK),
+            tx: Some(tx),
+            count: 0,
+            worker,
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The worker ended early: its own error is what `abort` returns.
+            _ => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the layer's compressor stopped",
+            )),
+        }
+    }
+
+    /// Stops the worker after a failed walk; the worker's own error, when it failed first (a full
+    /// disk is found by the sink, and the walk then only sees the pipe close).
+    pub fn abort(mut self) -> Option<LayerError> {
+        self.tx = None;
+        match self.worker.join() {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<'scope, W: Write + Send + 'scope> Write for Piped<'scope, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = PIPE_CHUNK - self.buf.len();
+        let n = buf.len().min(room);
+        self.buf.extend_from_slice(&buf[..n]);
+        self.count += n as u64;
+        if self.buf.len() == PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'scope, W: Write + Send + 'scope> LayerStream for Piped<'scope, W> {
+    type Sink = W;
+
+    fn tar_bytes(&self) -> u64 {
+        self.count
+    }
+
+    fn finish_stream(
+        mut self,
+        _compression: Compression,
+    ) -> Result<(LayerDescriptor, W), LayerError> {
+        let sent = self.send();
+        self.tx = None;
+        let result = match self.worker.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match (sent, result) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(LayerError::Finish(e)),
+            (Ok(()), Ok(done)) => Ok(done),
+        }
+    }
+}
+
+/// Writes one layer as a tar into a [`LayerStream`] (by default [`Inline`]: tar -> sha256
+/// (diff_id) -> compressor -> sha256 (digest) -> sink).
+pub struct LayerWriter<S: LayerStream> {
+    out: S,
     options: LayerOptions,
 }
 
-impl<W: Write> LayerWriter<W> {
+impl<W: Write> LayerWriter<Inline<W>> {
     pub fn new(sink: W, options: LayerOptions) -> Result<Self, LayerError> {
-        let encoder = Encoder::new(HashingWriter::new(sink), options.compression)?;
         Ok(LayerWriter {
-            out: HashingWriter::new(encoder),
+            out: Inline::new(sink, options.compression)?,
             options,
         })
+    }
+}
+
+impl<S: LayerStream> LayerWriter<S> {
+    /// A writer into `out`, which compresses as `options` says.
+    pub fn with_stream(out: S, options: LayerOptions) -> Self {
+        LayerWriter { out, options }
+    }
+
+    /// The stream, unfinished (after a failure).
+    pub fn into_stream(self) -> S {
+        self.out
     }
 
     /// Uncompressed bytes written so far.
     pub fn tar_bytes(&self) -> u64 {
-        self.out.count()
+        self.out.tar_bytes()
     }
 
     fn clamp(&self, mtime: i64) -> u64 {
@@ -299,24 +481,11 @@ impl<W: Write> LayerWriter<W> {
     }
 
     /// Write the end-of-archive blocks and the codec trailer; returns the descriptor and the sink.
-    pub fn finish(mut self) -> Result<(LayerDescriptor, W), LayerError> {
+    pub fn finish(mut self) -> Result<(LayerDescriptor, S::Sink), LayerError> {
         self.out
             .write_all(&[0u8; 2 * BLOCK])
             .map_err(LayerError::Finish)?;
-        let (encoder, diff_id, tar_size) = self.out.finish();
-        let hashed = encoder.finish().map_err(LayerError::Finish)?;
-        let (mut sink, digest, size) = hashed.finish();
-        sink.flush().map_err(LayerError::Finish)?;
-        Ok((
-            LayerDescriptor {
-                media_type: self.options.compression.media_type().to_string(),
-                digest,
-                size,
-                diff_id,
-                tar_size,
-            },
-            sink,
-        ))
+        self.out.finish_stream(self.options.compression)
     }
 }
 

@@ -243,3 +243,54 @@ fn long_names_and_large_ids_survive() {
     .unwrap();
     assert_trees_equal(&src, &target, &opts());
 }
+
+/// A sink that takes `room` bytes and then fails as a full disk does.
+struct FullDisk {
+    room: usize,
+}
+
+impl std::io::Write for FullDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            // ENOSPC, as a full disk answers.
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The hashing and compression run on a thread of their own; when the sink fails there, the
+/// error the walk reports is the sink's (no space left), not the closed pipe between the two.
+#[test]
+fn a_failing_sink_is_the_error_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("upper");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..64 {
+        std::fs::write(dir.join(format!("f{i}")), vec![i as u8; 64 * 1024]).unwrap();
+    }
+    let options = LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: None,
+    };
+    let err = write_layer(
+        Changes::OverlayUpper(&dir),
+        FullDisk { room: 100_000 },
+        options,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(chain.contains("No space left"), "{chain}");
+    assert!(!chain.contains("compressor stopped"), "{chain}");
+}

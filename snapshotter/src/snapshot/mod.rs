@@ -191,7 +191,7 @@ pub trait Snapshotter {
     fn changes(&self, key: &str) -> Result<(Kind, ChangeSource), SnapshotError>;
 
     /// Write the changes of `key` (active and unmounted, or committed) as one layer to `sink`.
-    fn diff<W: Write>(
+    fn diff<W: Write + Send>(
         &self,
         key: &str,
         sink: W,
