@@ -22,7 +22,9 @@
 #   FORGE_BIN (a forge binary; default `cargo build --release -p forge`), FORGE_BENCH_USER (run forge
 #   rootless as this user: binary and fixtures are placed where it can read them; default the current
 #   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
-#   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there).
+#   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there),
+#   BENCH_CASES="noop onefile ..." (only these of parallel, heavy, parallel-push, heavy-push, noop,
+#   onefile, floor; default all).
 #
 # What it sets up, and what "cold" means:
 #   - docker.io, buildah, hyperfine, python3 are installed from Debian when absent (services kept from
@@ -221,19 +223,25 @@ PY
     -n "sha256sum" "sha256sum $WORK/floor/layer.tar"
 }
 
-echo "forge:   $($FORGE --version 2>/dev/null || echo "$forge_src"), as $forge_who, $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+if [ -n "${FORGE_BIN:-}" ]; then
+  forge_from="binary $FORGE_BIN (sha256 $(sha256sum "$FORGE_BIN" | cut -c1-12))"
+else
+  forge_from="built from $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+fi
+echo "forge:   $($FORGE --version 2>/dev/null || echo "$forge_src"), $forge_from, as $forge_who"
 echo "docker:  $($DOCKER version --format '{{.Server.Version}}'), $docker_mode"
 echo "buildah: $(buildah --version | cut -d' ' -f3), root, --layers --jobs $JOBS"
 echo "base:    $BASE; runs: $RUNS (+$WARMUP warm-up) per tool and case"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-run_case parallel parallel cold
-run_case heavy heavy cold
-run_case parallel-push parallel-push cold
-run_case heavy-push heavy-push cold
-run_case noop monorepo noop
-run_case onefile monorepo onefile
-compression_floor
+wanted() { [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $1 "* ]]; }
+wanted parallel && run_case parallel parallel cold
+wanted heavy && run_case heavy heavy cold
+wanted parallel-push && run_case parallel-push parallel-push cold
+wanted heavy-push && run_case heavy-push heavy-push cold
+wanted noop && run_case noop monorepo noop
+wanted onefile && run_case onefile monorepo onefile
+wanted floor && compression_floor
 
 # --- summary -------------------------------------------------------------------------------------
 echo

@@ -703,3 +703,44 @@ fn copy_from_scratch_and_missing_inputs() {
     );
     assert!(f.tree().is_empty());
 }
+
+/// A directory source large enough to keep the copy workers busy (more files than their queue
+/// holds): every file lands with its bytes, mode and time, and every directory keeps its own time
+/// although files were still being created inside it when the walk moved on.
+#[test]
+fn a_large_directory_copy_keeps_every_file_and_directory_time() {
+    let f = fixture();
+    let set_time = |p: &Path, secs: i64| {
+        let t = nix::sys::time::TimeSpec::new(secs, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    };
+    for d in 0..12 {
+        for i in 0..60 {
+            let mode = if i % 2 == 0 { 0o644 } else { 0o755 };
+            f.file(&format!("tree/d{d}/f{i}"), &format!("{d}/{i}"), mode);
+            set_time(&f.ctx.join(format!("tree/d{d}/f{i}")), 1_000_000_000 + i);
+        }
+        set_time(&f.ctx.join(format!("tree/d{d}")), 1_200_000_000 + d);
+    }
+    f.run(vec![copy("/tree", "/out/")]).unwrap();
+    for d in 0..12 {
+        for i in 0..60 {
+            let rel = format!("/out/d{d}/f{i}");
+            assert_eq!(f.read(&rel), format!("{d}/{i}"));
+            assert_eq!(f.mode(&rel), if i % 2 == 0 { 0o644 } else { 0o755 });
+            assert_eq!(
+                fs::metadata(f.out(&rel)).unwrap().mtime(),
+                1_000_000_000 + i
+            );
+        }
+        let dir = fs::metadata(f.out(&format!("/out/d{d}"))).unwrap();
+        assert_eq!(dir.mtime(), 1_200_000_000 + d, "d{d}");
+    }
+}

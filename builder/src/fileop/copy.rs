@@ -3,11 +3,13 @@
 //! copied as links (only the top-level source is followed), hardlinks within one source stay links,
 //! modes and times are kept unless `--chmod` says otherwise.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::meta::{self, ModeSpec};
+use super::pool::{self, FileJob, FilePool};
 use super::root::resolve;
 use super::{FileOpError, Ids, Visible, archive, io};
 use crate::frontend::dockerignore::Dockerignore;
@@ -81,28 +83,34 @@ pub(crate) fn copy(
     } else {
         vec![join_root(src)]
     };
-    let mut copier = Copier {
-        src_root: src_root.to_path_buf(),
-        visible,
-        owner: owners.plain,
-        mode,
-        include: opts.include_patterns.clone(),
-        exclude,
-        inodes: HashMap::new(),
-        cross_device: false,
-    };
-    for s in &srcs {
-        if let Some(v) = visible
-            && !v(s.trim_start_matches('/'))
-        {
-            return Err(FileOpError::SourceNotFound { src: s.clone() });
+    std::thread::scope(|scope| {
+        let mut copier = Copier {
+            src_root: src_root.to_path_buf(),
+            visible,
+            owner: owners.plain,
+            mode,
+            include: opts.include_patterns.clone(),
+            exclude,
+            inodes: HashMap::new(),
+            cross_device: false,
+            scope,
+            pool: None,
+            dir_times: RefCell::new(Vec::new()),
+        };
+        for s in &srcs {
+            if let Some(v) = visible
+                && !v(s.trim_start_matches('/'))
+            {
+                return Err(FileOpError::SourceNotFound { src: s.clone() });
+            }
+            if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owners.archive)?
+            {
+                continue;
+            }
+            copier.copy_source(src_root, s, dest_root, dest, opts)?;
         }
-        if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owners.archive)? {
-            continue;
-        }
-        copier.copy_source(src_root, s, dest_root, dest, opts)?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Who owns what a copy creates: `None` keeps the source's owners.
@@ -192,7 +200,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, FileOpError> {
     Ok(v)
 }
 
-struct Copier<'v> {
+struct Copier<'v, 's, 'e> {
     src_root: PathBuf,
     visible: Option<&'v Visible>,
     owner: Option<Ids>,
@@ -204,9 +212,15 @@ struct Copier<'v> {
     /// Whether `copy_file_range` was refused between the source and destination filesystems:
     /// asked once, not once per file.
     cross_device: bool,
+    /// Where the workers of a directory source run.
+    scope: &'s std::thread::Scope<'s, 'e>,
+    /// The workers copying the current directory source's new files (see [`pool`]).
+    pool: Option<FilePool<'s>>,
+    /// Directories whose times wait until the workers are done.
+    dir_times: RefCell<Vec<(PathBuf, std::fs::Metadata)>>,
 }
 
-impl Copier<'_> {
+impl Copier<'_, '_, '_> {
     fn copy_source(
         &mut self,
         src_root: &Path,
@@ -263,7 +277,19 @@ impl Copier<'_> {
         };
         meta::mkdir_all(dest_root, &target, 0o755, self.owner)?;
         let skip_include = self.include.is_empty();
-        self.copy_entry(&src_path, "", &dst, false, skip_include, false)
+        let workers = pool::workers();
+        if !src_is_dir || workers < 2 {
+            return self.copy_entry(&src_path, "", &dst, false, skip_include, false);
+        }
+        self.pool = Some(FilePool::start(self.scope, workers));
+        let walked = self.copy_entry(&src_path, "", &dst, false, skip_include, false);
+        let copied = self.pool.take().map_or(Ok(()), FilePool::finish);
+        copied?;
+        walked?;
+        for (dir, md) in self.dir_times.take() {
+            meta::set_times(&dir, &md)?;
+        }
+        Ok(())
     }
 
     fn copy_entry(
@@ -328,6 +354,25 @@ impl Copier<'_> {
                     // The link shares the first copy's inode, whose metadata is already final.
                     return Ok(());
                 }
+                // A new path, inside a directory this copy made: a worker's (see `pool`).
+                _ if in_new_dir && md.nlink() == 1 && self.pool.is_some() => {
+                    let (ids, mode) = self.final_meta(&md);
+                    let job = FileJob {
+                        src: src.to_path_buf(),
+                        target: target.to_path_buf(),
+                        md: md.clone(),
+                        ids,
+                        mode,
+                    };
+                    let pool = self.pool.as_ref().expect("checked above");
+                    if !pool.submit(job) || pool.has_failed() {
+                        // Stops the walk; `copy_source` returns the worker's own error.
+                        return Err(io("copying to", target)(std::io::Error::other(
+                            "a copy worker failed",
+                        )));
+                    }
+                    return Ok(());
+                }
                 _ => {
                     let (ids, mode) = self.final_meta(&md);
                     meta::copy_regular_file(src, target, &md, ids, mode, &mut self.cross_device)?;
@@ -368,6 +413,13 @@ impl Copier<'_> {
             meta::set_mode(target, mode)?;
         }
         meta::copy_xattrs(src, target);
+        if self.pool.is_some() && md.is_dir() {
+            // Files the workers still create inside would move them.
+            self.dir_times
+                .borrow_mut()
+                .push((target.to_path_buf(), md.clone()));
+            return Ok(());
+        }
         meta::set_times(target, md)
     }
 

@@ -7,6 +7,7 @@ pub(crate) mod archive;
 mod copy;
 mod meta;
 mod owner;
+mod pool;
 pub mod root;
 
 use std::path::{Path, PathBuf};

@@ -219,13 +219,25 @@ fn set_root_in(
 impl Store {
     /// Records an image (replacing any record of the same reference) and takes references on all
     /// its blobs, in one transaction.
+    /// A record equal to the one stored is not written again (a rebuild that changes nothing
+    /// commits nothing).
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
+        let bytes = encode(image);
         self.with_db(|db, path| {
+            {
+                let txn = db.begin_read().db(path)?;
+                if let Ok(images) = txn.open_table(IMAGES)
+                    && let Some(stored) = images.get(image.reference.as_str()).db(path)?
+                    && stored.value() == bytes.as_slice()
+                {
+                    return Ok(());
+                }
+            }
             let txn = db.begin_write().db(path)?;
             {
                 let mut images = txn.open_table(IMAGES).db(path)?;
                 images
-                    .insert(image.reference.as_str(), encode(image).as_slice())
+                    .insert(image.reference.as_str(), bytes.as_slice())
                     .db(path)?;
             }
             set_root_in(
