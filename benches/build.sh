@@ -24,7 +24,8 @@
 #   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
 #   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there),
 #   BENCH_CASES="noop onefile ..." (only these of parallel, heavy, parallel-push, heavy-push, noop,
-#   onefile, floor; default all).
+#   onefile, floor; default all), FORGE_BENCH_FRESH_FS=0 (work in FORGE_BENCH_DIR itself instead of
+#   a fresh ext4 image loop-mounted there, FORGE_BENCH_FS_SIZE, default 24G, sparse).
 #
 # What it sets up, and what "cold" means:
 #   - docker.io, buildah, hyperfine, python3 are installed from Debian when absent (services kept from
@@ -68,6 +69,16 @@ install_quietly "${missing[@]}" || exit 1
 forge_src=$(forge_binary build.sh) || exit 1
 
 WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-build.XXXXXX")
+# A fresh ext4 for everything the tools write: file creation on a filesystem where many files
+# were just deleted (earlier runs, cold wipes) costs several times more (ext4 scans its recently
+# freed inodes), which would let the disk's history, not the tools, decide the figures.
+FRESH_FS=""
+if [ "${FORGE_BENCH_FRESH_FS:-1}" = 1 ]; then
+  FRESH_FS=$WORK.ext4
+  truncate -s "${FORGE_BENCH_FS_SIZE:-24G}" "$FRESH_FS"
+  mkfs.ext4 -q -F "$FRESH_FS"
+  mount -o loop "$FRESH_FS" "$WORK"
+fi
 chmod 0755 "$WORK"
 mkdir -p "$WORK"/{bin,docker/config,buildah,logs,results,forge}
 BUILDAH="buildah --root $WORK/buildah/root --runroot $WORK/buildah/run --storage-driver overlay"
@@ -80,7 +91,13 @@ cleanup() {
   # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
   # home bind-mounted), deepest first.
   unmount_under "$WORK"
-  if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+  if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then
+    echo "kept $WORK${FRESH_FS:+ (mounted from $FRESH_FS)}"
+  elif [ -n "$FRESH_FS" ]; then
+    umount "$WORK" && rm -f "$FRESH_FS" && rmdir "$WORK"
+  else
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 
