@@ -88,7 +88,9 @@ pub fn write_layer<W: Write + Send>(
     })
 }
 
-fn walk<S: LayerStream>(
+/// Writes the entries of `changes` into `writer` (which the caller then finishes): the walk of
+/// [`write_layer`] on one thread, into any [`LayerStream`].
+pub fn walk<S: LayerStream>(
     changes: Changes<'_>,
     writer: &mut LayerWriter<S>,
 ) -> Result<DiffStats, DiffError> {

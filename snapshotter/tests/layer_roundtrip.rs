@@ -294,3 +294,39 @@ fn a_failing_sink_is_the_error_reported() {
     assert!(chain.contains("No space left"), "{chain}");
     assert!(!chain.contains("compressor stopped"), "{chain}");
 }
+
+/// The layer written with hashing and compression on their own thread is byte for byte the one
+/// written on one thread, for every codec: a build's digests do not depend on it.
+#[test]
+fn the_piped_layer_is_the_one_thread_layer() {
+    use forge_snapshotter::layer::LayerWriter;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("upper");
+    for d in 0..8 {
+        std::fs::create_dir_all(dir.join(format!("d{d}"))).unwrap();
+        for i in 0..40usize {
+            // Sizes from empty to several chunks of the pipe, in uneven steps.
+            let len = (i * i * 997 + d * 131) % 700_000;
+            let bytes: Vec<u8> = (0..len).map(|k| ((k * 31 + i) % 251) as u8).collect();
+            std::fs::write(dir.join(format!("d{d}/f{i}")), bytes).unwrap();
+        }
+    }
+    for compression in [
+        Compression::None,
+        Compression::Gzip { level: 6 },
+        Compression::Zstd { level: 1 },
+        Compression::Zstd { level: 3 },
+    ] {
+        let options = LayerOptions {
+            compression,
+            source_date_epoch: Some(1_700_000_000),
+        };
+        let (piped, piped_blob, _) =
+            write_layer(Changes::OverlayUpper(&dir), Vec::new(), options).unwrap();
+        let mut one = LayerWriter::new(Vec::new(), options).unwrap();
+        forge_snapshotter::diff::walk(Changes::OverlayUpper(&dir), &mut one).unwrap();
+        let (inline, inline_blob) = one.finish().unwrap();
+        assert_eq!(piped, inline, "{compression:?}");
+        assert!(piped_blob == inline_blob, "{compression:?}: blobs differ");
+    }
+}

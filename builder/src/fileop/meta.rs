@@ -93,41 +93,28 @@ pub(crate) fn copy_xattrs(src: &Path, dst: &Path) {
     ) else {
         return;
     };
-    let mut names = vec![0u8; 4096];
-    // SAFETY: the buffer pointer and length describe `names`, and `s` is NUL-terminated.
-    let n = unsafe { libc::llistxattr(s.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
-        return;
-    }
-    names.truncate(n as usize);
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Ok(cname) = CString::new(name) else {
-            continue;
-        };
-        let mut value = vec![0u8; 65536];
-        // SAFETY: pointers and lengths describe live buffers; the strings are NUL-terminated.
-        let len = unsafe {
+    // SAFETY (each call): the pointers and lengths describe live buffers, and the paths and names
+    // are NUL-terminated.
+    each_xattr(
+        |names| unsafe { libc::llistxattr(s.as_ptr(), names.as_mut_ptr().cast(), names.len()) },
+        |name, value| unsafe {
             libc::lgetxattr(
                 s.as_ptr(),
-                cname.as_ptr(),
+                name.as_ptr(),
                 value.as_mut_ptr().cast(),
                 value.len(),
             )
-        };
-        if len < 0 {
-            continue;
-        }
-        // SAFETY: as above; `len` bytes of `value` were written by lgetxattr.
-        unsafe {
+        },
+        |name, value| unsafe {
             libc::lsetxattr(
                 d.as_ptr(),
-                cname.as_ptr(),
+                name.as_ptr(),
                 value.as_ptr().cast(),
-                len as usize,
+                value.len(),
                 0,
             );
-        }
-    }
+        },
+    );
 }
 
 /// Copies the regular file `src` (whose metadata is `md`) to `target`, which must not exist,
@@ -208,33 +195,46 @@ fn copy_data(
     Ok(())
 }
 
-/// [`copy_xattrs`] on open descriptors.
-fn copy_fd_xattrs(from: &std::fs::File, to: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    let (s, d) = (from.as_raw_fd(), to.as_raw_fd());
+/// Lists the source's attribute names with `list`, reads each with `get` (a negative length is a
+/// failure: that attribute is skipped) and writes it with `set`.
+fn each_xattr(
+    list: impl Fn(&mut [u8]) -> isize,
+    get: impl Fn(&std::ffi::CStr, &mut [u8]) -> isize,
+    set: impl Fn(&std::ffi::CStr, &[u8]),
+) {
     let mut names = vec![0u8; 4096];
-    // SAFETY: the buffer pointer and length describe `names`; `s` is an open descriptor.
-    let n = unsafe { libc::flistxattr(s, names.as_mut_ptr().cast(), names.len()) };
+    let n = list(&mut names);
     if n <= 0 {
         return;
     }
     names.truncate(n as usize);
+    let mut value = vec![0u8; 65536];
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Ok(cname) = CString::new(name) else {
             continue;
         };
-        let mut value = vec![0u8; 65536];
-        // SAFETY: pointers and lengths describe live buffers; the name is NUL-terminated.
-        let len =
-            unsafe { libc::fgetxattr(s, cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if len < 0 {
-            continue;
-        }
-        // SAFETY: as above; `len` bytes of `value` were written by fgetxattr.
-        unsafe {
-            libc::fsetxattr(d, cname.as_ptr(), value.as_ptr().cast(), len as usize, 0);
+        let len = get(&cname, &mut value);
+        if len >= 0 {
+            set(&cname, &value[..len as usize]);
         }
     }
+}
+
+/// [`copy_xattrs`] on open descriptors.
+fn copy_fd_xattrs(from: &std::fs::File, to: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let (s, d) = (from.as_raw_fd(), to.as_raw_fd());
+    // SAFETY (each call): the pointers and lengths describe live buffers, the names are
+    // NUL-terminated and both descriptors are open.
+    each_xattr(
+        |names| unsafe { libc::flistxattr(s, names.as_mut_ptr().cast(), names.len()) },
+        |name, value| unsafe {
+            libc::fgetxattr(s, name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+        },
+        |name, value| unsafe {
+            libc::fsetxattr(d, name.as_ptr(), value.as_ptr().cast(), value.len(), 0);
+        },
+    );
 }
 
 /// A parsed `--chmod`.
