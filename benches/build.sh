@@ -237,6 +237,7 @@ PY
   hyperfine -N --style basic --warmup 1 --runs "$RUNS" --export-json "$WORK/results/floor.json" \
     -n "zstd -3 -T0" "sh -c 'zstd -q -3 -T0 -c $WORK/floor/layer.tar >/dev/null'" \
     -n "pigz -6" "sh -c 'pigz -6 -c $WORK/floor/layer.tar >/dev/null'" \
+    -n "gzip -6 (one stream, as forge writes gzip)" "sh -c 'gzip -6 -c $WORK/floor/layer.tar >/dev/null'" \
     -n "sha256sum" "sha256sum $WORK/floor/layer.tar"
 }
 
