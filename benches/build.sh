@@ -5,7 +5,7 @@
 #   heavy     one RUN writing 64 MiB of random bytes + 20,000 small files               (cold)
 #   noop      a 10,000-file monorepo context rebuilt with nothing changed               (warm)
 #   onefile   the same after rewriting one file that only `COPY . /src` reads           (warm)
-#   parallel-push, heavy-push: the cold cases built and pushed to the loopback registry (forge
+#   parallel-push, heavy-push: the cold cases built and pushed to a registry of the run's own (forge
 #             `--push`; docker and buildah build, then push)
 # Floors measured in the same run: the no-op case beside `find` stating every file of the context
 # (the stat floor), and the heavy layer's bytes compressed by zstd -T0 and pigz (gzip when pigz is
@@ -61,6 +61,7 @@ missing=()
 command -v buildah >/dev/null || missing+=(buildah)
 command -v hyperfine >/dev/null || missing+=(hyperfine)
 command -v python3 >/dev/null || missing+=(python3)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v pigz >/dev/null || missing+=(pigz)
 [ -x /usr/bin/time ] || missing+=(time)
@@ -88,6 +89,7 @@ cleanup() {
   $BUILDAH rm -a >/dev/null 2>&1
   $BUILDAH rmi -af >/dev/null 2>&1
   stop_dockerd
+  stop_private_registry
   # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
   # home bind-mounted), deepest first.
   unmount_under "$WORK"
@@ -116,6 +118,9 @@ else
   forge_who="$(id -un)"
 fi
 
+# --- where the push rows push: a registry of this run, on the fresh filesystem ---------------------
+start_private_registry "$WORK" build.sh || exit 1
+
 # --- a private, loopback-only dockerd ------------------------------------------------------------
 start_dockerd "$WORK" "$REGISTRY" || exit 1
 $DOCKER pull -q "$BASE" >/dev/null
@@ -141,12 +146,12 @@ $BUILDAH pull -q --tls-verify=false "$BASE" >/dev/null
 
 # --- commands ------------------------------------------------------------------------------------
 # build_cmd TOOL CASE: the timed command (run by hyperfine without a shell).
-# A context name ending in -push builds that context and pushes it to $REGISTRY/forge-bench/NAME.
+# A context name ending in -push builds that context and pushes it to $PRIV/forge-bench/NAME-TOOL (the run's own registry).
 build_cmd() {
   local ctx=${2%-push} tag=forge-bench-$2
   local dir=$WORK/fixtures/$ctx
   if [ "$ctx" != "$2" ]; then
-    local ref=$REGISTRY/forge-bench/$ctx-$1:latest
+    local ref=$PRIV/forge-bench/$ctx-$1:latest
     case $1 in
       forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain --push -t $ref $dir" ;;
       docker) echo "sh -c '$DOCKER_BUILD --network none -q -t $ref $dir >/dev/null && $DOCKER push -q $ref >/dev/null'" ;;
@@ -163,7 +168,7 @@ build_cmd() {
 # wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
 # previous run's write-back (the heavy layer is ~100 MiB on disk) out of the next run's time.
 wipe_cmd() {
-  local ref=$REGISTRY/forge-bench/${2%-push}-$1:latest
+  local ref=$PRIV/forge-bench/${2%-push}-$1:latest
   case $1 in
     forge) echo "rm -rf $WORK/forge/root-$2; sync" ;;
     docker) echo "$DOCKER image rm -f forge-bench-$2 $ref >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;

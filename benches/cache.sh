@@ -71,43 +71,17 @@ if has_tool forge; then FORGE=$(forge_binary cache.sh) || exit 1; fi
 WORK=$(mktemp -d "${FORGE_BENCH_DIR:-/var/tmp}/forge-bench-cache.XXXXXX")
 chmod 0755 "$WORK"
 mkdir -p "$WORK"/{registry,logs,results,forge,buildah}
-REGISTRY_PID=""
 cleanup() {
   set +e
   [ -z "${BENCH_WORK:-}" ] || $STEP stop docker
-  [ -z "$REGISTRY_PID" ] || { kill "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null; }
+  stop_private_registry
   unmount_under "$WORK"
   if [ "${FORGE_BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
 # --- the private registry ------------------------------------------------------------------------
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PRIV=127.0.0.1:$PORT
-cat >"$WORK/registry/config.yml" <<CONFIG
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/storage
-  delete:
-    enabled: true
-http:
-  addr: $PRIV
-CONFIG
-# The access log (combined log format) goes to stdout, the registry's own log to stderr.
-docker-registry serve "$WORK/registry/config.yml" >"$WORK/logs/registry-access.log" 2>"$WORK/logs/registry.log" &
-REGISTRY_PID=$!
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null --max-time 2 "http://$PRIV/v2/" 2>/dev/null && break
-  kill -0 "$REGISTRY_PID" 2>/dev/null || break
-  sleep 0.1
-done
-curl -fsS -o /dev/null --max-time 2 "http://$PRIV/v2/" \
-  || { echo "cache.sh: the private registry did not answer on $PRIV:" >&2; tail -n 20 "$WORK/logs/registry.log" >&2; exit 1; }
+start_private_registry "$WORK" cache.sh || exit 1
 
 PRIV_BASE=$PRIV/base/busybox:latest
 SEED="buildah --root $WORK/seed/root --runroot $WORK/seed/run --storage-driver overlay"

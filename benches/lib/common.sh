@@ -4,6 +4,9 @@
 #   forge_binary NAME     the forge binary to time ($FORGE_BIN, else a release build); prints its path
 #   unmount_under DIR     unmounts whatever is mounted below DIR, deepest first
 #   install_quietly PKG.. installs Debian packages without starting their services
+#   start_private_registry WORKDIR NAME, stop_private_registry: Debian's Distribution registry on a
+#     free loopback port, its storage and logs under WORKDIR (access log on: WORKDIR/logs/
+#     registry-access.log); sets PRIV (host:port) and REGISTRY_PID
 #   start_dockerd WORKDIR REGISTRY, stop_dockerd: a private, loopback-only dockerd for a peer run
 #     side by side.
 # Data root, exec root, pidfile and unix socket live under WORKDIR/docker; no TCP listener,
@@ -11,6 +14,49 @@
 # container's, with --network container:ID). REGISTRY (a loopback host:port) is insecure (plain
 # http). Exports DOCKER_HOST and DOCKER_CONFIG (an empty client config: no credentials or plugins of
 # the host's user) and sets DOCKERD_PID; stop_dockerd ends it.
+PRIV=""
+REGISTRY_PID=""
+
+start_private_registry() {
+  local work=$1 name=$2 port
+  mkdir -p "$work/registry" "$work/logs"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PRIV=127.0.0.1:$port
+  cat >"$work/registry/config.yml" <<CONFIG
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $work/registry/storage
+  delete:
+    enabled: true
+http:
+  addr: $PRIV
+CONFIG
+  # The access log (combined log format) goes to stdout, the registry's own log to stderr.
+  docker-registry serve "$work/registry/config.yml" >"$work/logs/registry-access.log" 2>"$work/logs/registry.log" &
+  REGISTRY_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null --max-time 2 "http://$PRIV/v2/" 2>/dev/null && return 0
+    kill -0 "$REGISTRY_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$name: the private registry did not answer on $PRIV:" >&2
+  tail -n 20 "$work/logs/registry.log" >&2
+  return 1
+}
+
+stop_private_registry() {
+  if [ -n "$REGISTRY_PID" ]; then
+    kill "$REGISTRY_PID" 2>/dev/null
+    wait "$REGISTRY_PID" 2>/dev/null
+    REGISTRY_PID=""
+  fi
+}
+
 DOCKER=${DOCKER:-/usr/bin/docker} # Debian's docker.io client, whatever else is first on PATH
 DOCKERD_PID=""
 
