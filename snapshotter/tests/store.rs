@@ -172,6 +172,43 @@ fn records_and_refcounts() {
     assert!(store.check().unwrap().is_clean());
 }
 
+/// Opening the store again, reading a record and recording an unchanged image write nothing to
+/// the metadata file (a rebuild that changes nothing syncs nothing); a changed record is written.
+#[test]
+fn unchanged_records_leave_the_metadata_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta.redb");
+    let bytes = || std::fs::read(&meta).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let blobs: Vec<(Digest, usize)> = (0..2)
+        .map(|i| {
+            let b = content(70 + i, 500);
+            (store.write_blob(&b, None).unwrap(), b.len())
+        })
+        .collect();
+    let a = image("example.com/same:1", &blobs);
+    store.put_image(&a).unwrap();
+    let before = bytes();
+    let again = Store::open(dir.path()).unwrap();
+    again.put_image(&a).unwrap();
+    assert_eq!(
+        again.get_image("example.com/same:1").unwrap().as_ref(),
+        Some(&a)
+    );
+    assert!(
+        bytes() == before,
+        "an unchanged record rewrote the metadata file"
+    );
+    let mut changed = a.clone();
+    changed.recorded_unix += 1;
+    again.put_image(&changed).unwrap();
+    assert!(bytes() != before, "a changed record was not written");
+    assert_eq!(
+        again.get_image("example.com/same:1").unwrap().as_ref(),
+        Some(&changed)
+    );
+}
+
 #[test]
 fn prune_keeps_referenced_and_removes_the_rest() {
     let dir = tempfile::tempdir().unwrap();

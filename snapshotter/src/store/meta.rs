@@ -57,6 +57,16 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise to JSON")
 }
 
+/// Whether every table exists (then opening the store needs no write).
+pub(crate) fn has_tables(db: &impl ReadableDatabase, path: &Path) -> Result<bool, StoreError> {
+    let read = db.begin_read().db(path)?;
+    Ok(read.open_table(IMAGES).is_ok()
+        && read.open_table(ROOTS).is_ok()
+        && read.open_table(REFCOUNTS).is_ok()
+        && read.open_table(LEASES).is_ok()
+        && read.open_table(UNPACKED).is_ok())
+}
+
 /// Creates the tables so that later read transactions find them.
 pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
     let txn = db.begin_write().db(path)?;
@@ -223,16 +233,21 @@ impl Store {
     /// commits nothing).
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
         let bytes = encode(image);
+        let stored = |db: &redb::ReadOnlyDatabase, path: &Path| -> Result<bool, StoreError> {
+            let txn = db.begin_read().db(path)?;
+            let Ok(images) = txn.open_table(IMAGES) else {
+                return Ok(false);
+            };
+            let same = images
+                .get(image.reference.as_str())
+                .db(path)?
+                .is_some_and(|v| v.value() == bytes.as_slice());
+            Ok(same)
+        };
+        if let Some(Ok(true)) = self.with_db_read(stored) {
+            return Ok(());
+        }
         self.with_db(|db, path| {
-            {
-                let txn = db.begin_read().db(path)?;
-                if let Ok(images) = txn.open_table(IMAGES)
-                    && let Some(stored) = images.get(image.reference.as_str()).db(path)?
-                    && stored.value() == bytes.as_slice()
-                {
-                    return Ok(());
-                }
-            }
             let txn = db.begin_write().db(path)?;
             {
                 let mut images = txn.open_table(IMAGES).db(path)?;
@@ -252,14 +267,22 @@ impl Store {
 
     /// The record of an image by its normalised reference.
     pub fn get_image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
-        self.with_db(|db, path| {
+        fn get(
+            db: &impl ReadableDatabase,
+            path: &Path,
+            reference: &str,
+        ) -> Result<Option<ImageRecord>, StoreError> {
             let txn = db.begin_read().db(path)?;
             let images = txn.open_table(IMAGES).db(path)?;
             match images.get(reference).db(path)? {
                 Some(v) => Ok(Some(decode("images", reference, v.value())?)),
                 None => Ok(None),
             }
-        })
+        }
+        match self.with_db_read(|db, path| get(db, path, reference)) {
+            Some(found) => found,
+            None => self.with_db(|db, path| get(db, path, reference)),
+        }
     }
 
     /// Every image record, by reference.

@@ -240,7 +240,9 @@ impl Store {
         if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
-        store.with_db(meta::init)?;
+        if !matches!(store.with_db_read(meta::has_tables), Some(Ok(true))) {
+            store.with_db(meta::init)?;
+        }
         store.restore_reserve();
         Ok(store)
     }
@@ -494,6 +496,19 @@ impl Store {
     /// Runs `f` with the metadata database open, under `meta.lock`. The database is closed before
     /// the lock is released so the next process can open it. When the disk is full, the reserve is
     /// given back and `f` runs once more (a failed redb transaction changed nothing).
+    /// Runs `f` on the metadata database opened read-only: redb then writes and syncs nothing
+    /// (opening it for writing marks the file in use and closing it marks it clean, five
+    /// fdatasyncs per open and close). `None` when it cannot be opened so (missing, or in need of
+    /// the recovery only a writer does): the caller then goes through [`Store::with_db`].
+    pub(crate) fn with_db_read<T>(
+        &self,
+        f: impl Fn(&redb::ReadOnlyDatabase, &Path) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let _lock = lock_file(&self.meta_lock, LockMode::Exclusive).ok()?;
+        let db = redb::ReadOnlyDatabase::open(&self.db_path).ok()?;
+        Some(f(&db, &self.db_path))
+    }
+
     fn with_db<T>(
         &self,
         f: impl Fn(&redb::Database, &Path) -> Result<T, StoreError>,
