@@ -49,13 +49,16 @@ CONFIG
   return 1
 }
 
-stop_private_registry() {
-  if [ -n "$REGISTRY_PID" ]; then
-    kill "$REGISTRY_PID" 2>/dev/null
-    wait "$REGISTRY_PID" 2>/dev/null
-    REGISTRY_PID=""
-  fi
+# stop_background NAME: ends the background process whose pid the variable NAME holds, and clears it.
+stop_background() {
+  local name=$1 pid=${!1}
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  printf -v "$name" '%s' ""
 }
+
+stop_private_registry() { stop_background REGISTRY_PID; }
 
 DOCKER=${DOCKER:-/usr/bin/docker} # Debian's docker.io client, whatever else is first on PATH
 DOCKERD_PID=""
@@ -80,13 +83,7 @@ start_dockerd() {
   return 1
 }
 
-stop_dockerd() {
-  if [ -n "$DOCKERD_PID" ]; then
-    kill "$DOCKERD_PID" 2>/dev/null
-    wait "$DOCKERD_PID" 2>/dev/null
-    DOCKERD_PID=""
-  fi
-}
+stop_dockerd() { stop_background DOCKERD_PID; }
 
 # Installs Debian's packages named in "$@" when any is missing, without starting any service
 # (docker.io would start a system dockerd with a bridge network: policy-rc.d's 101 says no).

@@ -47,6 +47,16 @@ fn image(name: &str, blobs: &[(Digest, usize)]) -> ImageRecord {
     }
 }
 
+/// Blobs of `len` bytes from each seed, written to the store, with their sizes.
+fn write_blobs(store: &Store, seeds: std::ops::Range<u64>, len: usize) -> Vec<(Digest, usize)> {
+    seeds
+        .map(|seed| {
+            let b = content(seed, len);
+            (store.write_blob(&b, None).unwrap(), b.len())
+        })
+        .collect()
+}
+
 fn ingest_files(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root.join("ingest"))
         .unwrap()
@@ -133,12 +143,7 @@ fn more_bytes_than_announced_stop_at_once() {
 fn records_and_refcounts() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let blobs: Vec<(Digest, usize)> = (0..4)
-        .map(|i| {
-            let b = content(10 + i, 1000);
-            (store.write_blob(&b, None).unwrap(), b.len())
-        })
-        .collect();
+    let blobs = write_blobs(&store, 10..14, 1000);
     let a = image("example.com/a:1", &blobs[0..3]);
     // b shares the config and first layer with a.
     let b = image(
@@ -180,12 +185,7 @@ fn unchanged_records_leave_the_metadata_file_alone() {
     let meta = dir.path().join("meta.redb");
     let bytes = || std::fs::read(&meta).unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let blobs: Vec<(Digest, usize)> = (0..2)
-        .map(|i| {
-            let b = content(70 + i, 500);
-            (store.write_blob(&b, None).unwrap(), b.len())
-        })
-        .collect();
+    let blobs = write_blobs(&store, 70..72, 500);
     let a = image("example.com/same:1", &blobs);
     store.put_image(&a).unwrap();
     let before = bytes();
