@@ -58,7 +58,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Whether every table exists (then opening the store needs no write).
-pub(crate) fn has_tables(db: &impl ReadableDatabase, path: &Path) -> Result<bool, StoreError> {
+pub(crate) fn has_tables(db: &dyn ReadableDatabase, path: &Path) -> Result<bool, StoreError> {
     let read = db.begin_read().db(path)?;
     Ok(read.open_table(IMAGES).is_ok()
         && read.open_table(ROOTS).is_ok()
@@ -233,7 +233,7 @@ impl Store {
     /// commits nothing).
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
         let bytes = encode(image);
-        let stored = |db: &redb::ReadOnlyDatabase, path: &Path| -> Result<bool, StoreError> {
+        let stored = |db: &dyn ReadableDatabase, path: &Path| -> Result<bool, StoreError> {
             let txn = db.begin_read().db(path)?;
             let Ok(images) = txn.open_table(IMAGES) else {
                 return Ok(false);
@@ -244,7 +244,7 @@ impl Store {
                 .is_some_and(|v| v.value() == bytes.as_slice());
             Ok(same)
         };
-        if let Some(Ok(true)) = self.with_db_read(stored) {
+        if let Ok(true) = self.with_db_read(stored) {
             return Ok(());
         }
         self.with_db(|db, path| {
@@ -267,27 +267,19 @@ impl Store {
 
     /// The record of an image by its normalised reference.
     pub fn get_image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
-        fn get(
-            db: &impl ReadableDatabase,
-            path: &Path,
-            reference: &str,
-        ) -> Result<Option<ImageRecord>, StoreError> {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let images = txn.open_table(IMAGES).db(path)?;
             match images.get(reference).db(path)? {
                 Some(v) => Ok(Some(decode("images", reference, v.value())?)),
                 None => Ok(None),
             }
-        }
-        match self.with_db_read(|db, path| get(db, path, reference)) {
-            Some(found) => found,
-            None => self.with_db(|db, path| get(db, path, reference)),
-        }
+        })
     }
 
     /// Every image record, by reference.
     pub fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        self.with_db(|db, path| {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let images = txn.open_table(IMAGES).db(path)?;
             let mut out = Vec::new();
@@ -335,7 +327,7 @@ impl Store {
 
     /// How many roots reference this blob.
     pub fn refcount(&self, digest: &Digest) -> Result<u64, StoreError> {
-        self.with_db(|db, path| {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let counts = txn.open_table(REFCOUNTS).db(path)?;
             let key = digest.to_string();
@@ -384,7 +376,7 @@ impl Store {
 
     /// The unpacked-layer record under `key`.
     pub fn get_unpacked(&self, key: &str) -> Result<Option<UnpackedLayer>, StoreError> {
-        self.with_db(|db, path| {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let t = txn.open_table(UNPACKED).db(path)?;
             match t.get(key).db(path)? {
@@ -396,7 +388,7 @@ impl Store {
 
     /// Every unpacked-layer record with its key.
     pub fn list_unpacked(&self) -> Result<Vec<(String, UnpackedLayer)>, StoreError> {
-        self.with_db(|db, path| {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let t = txn.open_table(UNPACKED).db(path)?;
             let mut out = Vec::new();
@@ -427,7 +419,7 @@ impl Store {
     /// Every root of `kind` (`"image"`, `"build-cache"`, ...) by name, with the blobs it holds.
     pub fn roots(&self, kind: &str) -> Result<Vec<(String, Vec<Digest>)>, StoreError> {
         let prefix = root_key(kind, "");
-        self.with_db(|db, path| {
+        self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let mut out = Vec::new();
             for entry in txn.open_table(ROOTS).db(path)?.iter().db(path)? {
@@ -580,7 +572,7 @@ impl Store {
     /// Hashes every blob against its name, looks for blobs that roots reference but the store lacks,
     /// and recomputes reference counts from the roots. For tests and `forge doctor`-style checks.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let (roots, counts) = self.with_db(|db, path| {
+        let (roots, counts) = self.with_db_read(|db, path| {
             let txn = db.begin_read().db(path)?;
             let mut roots = Vec::new();
             for entry in txn.open_table(ROOTS).db(path)?.iter().db(path)? {

@@ -240,7 +240,7 @@ impl Store {
         if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
-        if !matches!(store.with_db_read(meta::has_tables), Some(Ok(true))) {
+        if !matches!(store.with_db_read(meta::has_tables), Ok(true)) {
             store.with_db(meta::init)?;
         }
         store.restore_reserve();
@@ -493,22 +493,27 @@ impl Store {
         Ok(removed)
     }
 
+    /// Runs `f`, which only reads, on the metadata database opened read-only under `meta.lock`:
+    /// redb then writes and syncs nothing (opening it for writing marks the file in use and
+    /// closing it marks it clean, five fdatasyncs per open and close). When it cannot be opened so
+    /// (missing, or in need of the recovery only a writer does), `f` runs through
+    /// [`Store::with_db`].
+    pub(crate) fn with_db_read<T>(
+        &self,
+        f: impl Fn(&dyn redb::ReadableDatabase, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
+            if let Ok(db) = redb::ReadOnlyDatabase::open(&self.db_path) {
+                return f(&db, &self.db_path);
+            }
+        }
+        self.with_db(|db, path| f(db, path))
+    }
+
     /// Runs `f` with the metadata database open, under `meta.lock`. The database is closed before
     /// the lock is released so the next process can open it. When the disk is full, the reserve is
     /// given back and `f` runs once more (a failed redb transaction changed nothing).
-    /// Runs `f` on the metadata database opened read-only: redb then writes and syncs nothing
-    /// (opening it for writing marks the file in use and closing it marks it clean, five
-    /// fdatasyncs per open and close). `None` when it cannot be opened so (missing, or in need of
-    /// the recovery only a writer does): the caller then goes through [`Store::with_db`].
-    pub(crate) fn with_db_read<T>(
-        &self,
-        f: impl Fn(&redb::ReadOnlyDatabase, &Path) -> Result<T, StoreError>,
-    ) -> Option<Result<T, StoreError>> {
-        let _lock = lock_file(&self.meta_lock, LockMode::Exclusive).ok()?;
-        let db = redb::ReadOnlyDatabase::open(&self.db_path).ok()?;
-        Some(f(&db, &self.db_path))
-    }
-
     fn with_db<T>(
         &self,
         f: impl Fn(&redb::Database, &Path) -> Result<T, StoreError>,
