@@ -101,31 +101,34 @@ pub trait LayerStream: Write {
     /// Uncompressed bytes taken so far.
     fn tar_bytes(&self) -> u64;
     /// Ends the stream (the tar's end blocks are already written).
-    fn finish_stream(
-        self,
-        compression: Compression,
-    ) -> Result<(LayerDescriptor, Self::Sink), LayerError>;
+    fn finish_stream(self) -> Result<(LayerDescriptor, Self::Sink), LayerError>;
 }
 
 /// tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink, on the writer's thread.
-pub struct Inline<W: Write>(HashingWriter<Encoder<HashingWriter<W>>>);
+pub struct Inline<W: Write> {
+    out: HashingWriter<Encoder<HashingWriter<W>>>,
+    compression: Compression,
+}
 
 impl<W: Write> Inline<W> {
     pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
         let encoder = Encoder::new(HashingWriter::new(sink), compression)?;
-        Ok(Inline(HashingWriter::new(encoder)))
+        Ok(Inline {
+            out: HashingWriter::new(encoder),
+            compression,
+        })
     }
 }
 
 impl<W: Write> Write for Inline<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.out.write(buf)
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+        self.out.write_all(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.out.flush()
     }
 }
 
@@ -133,11 +136,12 @@ impl<W: Write> LayerStream for Inline<W> {
     type Sink = W;
 
     fn tar_bytes(&self) -> u64 {
-        self.0.count()
+        self.out.count()
     }
 
-    fn finish_stream(self, compression: Compression) -> Result<(LayerDescriptor, W), LayerError> {
-        let (encoder, diff_id, tar_size) = self.0.finish();
+    fn finish_stream(self) -> Result<(LayerDescriptor, W), LayerError> {
+        let compression = self.compression;
+        let (encoder, diff_id, tar_size) = self.out.finish();
         let hashed = encoder.finish().map_err(LayerError::Finish)?;
         let (mut sink, digest, size) = hashed.finish();
         sink.flush().map_err(LayerError::Finish)?;
@@ -193,7 +197,7 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
                     start = end;
                 }
             }
-            inline.finish_stream(compression)
+            inline.finish_stream()
         });
         Ok(Piped {
             buf: Vec::with_capacity(PIPE_CHUNK),
@@ -223,11 +227,15 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
 
     /// Stops the worker after a failed walk; the worker's own error, when it failed first (a full
     /// disk is found by the sink, and the walk then only sees the pipe close).
-    pub fn abort(mut self) -> Option<LayerError> {
+    pub fn abort(self) -> Option<LayerError> {
+        self.join().err()
+    }
+
+    /// Closes the pipe (what is not sent yet stays unsent) and waits for the worker's result.
+    fn join(mut self) -> Result<(LayerDescriptor, W), LayerError> {
         self.tx = None;
         match self.worker.join() {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e),
+            Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
@@ -260,16 +268,9 @@ impl<'scope, W: Write + Send + 'scope> LayerStream for Piped<'scope, W> {
         self.count
     }
 
-    fn finish_stream(
-        mut self,
-        _compression: Compression,
-    ) -> Result<(LayerDescriptor, W), LayerError> {
+    fn finish_stream(mut self) -> Result<(LayerDescriptor, W), LayerError> {
         let sent = self.send();
-        self.tx = None;
-        let result = match self.worker.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
+        let result = self.join();
         match (sent, result) {
             (_, Err(e)) => Err(e),
             (Err(e), Ok(_)) => Err(LayerError::Finish(e)),
@@ -295,7 +296,8 @@ impl<W: Write> LayerWriter<Inline<W>> {
 }
 
 impl<S: LayerStream> LayerWriter<S> {
-    /// A writer into `out`, which compresses as `options` says.
+    /// A writer into `out` (which compresses as it was made to; `options.compression` is not read
+    /// again).
     pub fn with_stream(out: S, options: LayerOptions) -> Self {
         LayerWriter { out, options }
     }
@@ -500,7 +502,7 @@ impl<S: LayerStream> LayerWriter<S> {
         self.out
             .write_all(&[0u8; 2 * BLOCK])
             .map_err(LayerError::Finish)?;
-        self.out.finish_stream(self.options.compression)
+        self.out.finish_stream()
     }
 }
 

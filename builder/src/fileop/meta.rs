@@ -28,9 +28,7 @@ pub(crate) fn chown(p: &Path, ids: Option<Ids>) -> Result<(), FileOpError> {
 /// Sets access and modification times of `p` itself (nanoseconds kept, links not followed).
 pub(crate) fn set_times(p: &Path, md: &std::fs::Metadata) -> Result<(), FileOpError> {
     use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    let at = TimeSpec::new(md.atime(), md.atime_nsec());
-    let mt = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    let (at, mt) = times(md);
     utimensat(
         nix::fcntl::AT_FDCWD,
         p,
@@ -39,6 +37,15 @@ pub(crate) fn set_times(p: &Path, md: &std::fs::Metadata) -> Result<(), FileOpEr
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| io("setting times of", p)(std::io::Error::from(e)))
+}
+
+/// Access and modification times of `md`, nanoseconds kept.
+fn times(md: &std::fs::Metadata) -> (nix::sys::time::TimeSpec, nix::sys::time::TimeSpec) {
+    use nix::sys::time::TimeSpec;
+    (
+        TimeSpec::new(md.atime(), md.atime_nsec()),
+        TimeSpec::new(md.mtime(), md.mtime_nsec()),
+    )
 }
 
 /// Creates `p` (already resolved inside `root`) and its missing parents with `mode`, giving each
@@ -154,8 +161,7 @@ pub(crate) fn copy_regular_file(
     )
     .map_err(|e| io("chmod", target)(e.into()))?;
     copy_fd_xattrs(&from, &to);
-    let at = nix::sys::time::TimeSpec::new(md.atime(), md.atime_nsec());
-    let mt = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
+    let (at, mt) = times(md);
     nix::sys::stat::futimens(to.as_fd(), &at, &mt)
         .map_err(|e| io("setting times of", target)(e.into()))
 }
