@@ -8,12 +8,13 @@
 #   parallel-push, heavy-push: the cold cases built and pushed to a registry of the run's own (forge
 #             `--push`; docker and buildah build, then push)
 # Floors measured in the same run: the no-op case beside `find` stating every file of the context
-# (the stat floor), and the heavy layer's bytes compressed by zstd -T0 and pigz (gzip when pigz is
-# missing): the compression floor. Each case's median for every tool, forge/docker, forge/buildah,
+# (the stat floor), and the heavy layer's bytes through zstd -T0, pigz, single-stream gzip and
+# sha256sum (the compression floor). Each case's median for every tool, forge/docker, forge/buildah,
 # the spread (min..max), forge's peak RSS (one more run under /usr/bin/time; docker's work happens in
 # its daemon, so no client figure is comparable), and the targets (forge/docker: parallel <= 0.25 of
-# docker's time above the 2 s sleeps, heavy <= 0.4, noop <= 0.15, onefile <= 0.3; the no-op within 1.5x the stat floor) met or missed. A
-# missed target is reported, never an exit status; a tool whose build fails is left out and said so.
+# docker's time above the 2 s sleeps, heavy <= 0.4, noop <= 0.15, onefile <= 0.3; the no-op within
+# 1.5x the stat floor) met or missed. A missed target is reported, never an exit status; a tool
+# whose build fails is left out and said so.
 #
 # How to run (as root: it installs packages and starts its own dockerd):
 #   source the CI environment (FORGE_TEST_BUSYBOX, a registry on 127.0.0.1:5000), then
@@ -146,7 +147,8 @@ $BUILDAH pull -q --tls-verify=false "$BASE" >/dev/null
 
 # --- commands ------------------------------------------------------------------------------------
 # build_cmd TOOL CASE: the timed command (run by hyperfine without a shell).
-# A context name ending in -push builds that context and pushes it to $PRIV/forge-bench/NAME-TOOL (the run's own registry).
+# A context name ending in -push builds that context and pushes it to $PRIV/forge-bench/NAME-TOOL
+# (the run's own registry).
 build_cmd() {
   local ctx=${2%-push} tag=forge-bench-$2
   local dir=$WORK/fixtures/$ctx

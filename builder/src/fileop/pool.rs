@@ -33,12 +33,15 @@ pub(super) struct FilePool<'scope> {
 }
 
 /// How many workers a copy gets: one per core beyond the walk's own, at most three; none on one
-/// core.
+/// core. Asked once per process (the answer reads cgroup files).
 pub(super) fn workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(3)
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(3)
+    })
 }
 
 impl<'scope> FilePool<'scope> {
