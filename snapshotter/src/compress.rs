@@ -150,52 +150,100 @@ pub fn sha256_digest(raw: &[u8]) -> Digest {
     Digest::from(Sha256Digest::from_str(&hex).expect("sha256 hex is valid"))
 }
 
-/// The streaming compressor between the tar writer and the sink.
-pub(crate) enum Encoder<W: Write> {
+/// Bytes a codec is handed at a time. A deflate stream's bytes depend on how its input was split
+/// into calls (zlib-rs's medium strategy cuts blocks where a call's input ends), so the encoder
+/// cuts the input itself: the same content gives the same blob whether it came from a diff walk,
+/// a pipe between threads or the recompression of a stored layer.
+const CODEC_CHUNK: usize = 128 * 1024;
+
+/// The streaming compressor between the tar writer and the sink. Its output is a function of the
+/// bytes written and the compression alone: not of how the writes were cut, and not of `flush`,
+/// which hands nothing to a codec (a deflate flush would add a sync block to the stream).
+pub(crate) struct Encoder<W: Write> {
+    codec: Codec<W>,
+    /// Input waiting to make a whole [`CODEC_CHUNK`] (empty for `Plain`).
+    pending: Vec<u8>,
+}
+
+enum Codec<W: Write> {
     Plain(W),
     Gzip(GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
+impl<W: Write> Codec<W> {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Codec::Plain(w) => w.write_all(buf),
+            Codec::Gzip(e) => e.write_all(buf),
+            Codec::Zstd(e) => e.write_all(buf),
+        }
+    }
+}
+
 impl<W: Write> Encoder<W> {
     pub(crate) fn new(inner: W, compression: Compression) -> Result<Self, CompressError> {
         compression.validate()?;
-        Ok(match compression {
-            Compression::None => Encoder::Plain(inner),
+        let codec = match compression {
+            Compression::None => Codec::Plain(inner),
             // flate2's GzEncoder writes mtime 0, no name and OS byte 255: the header is stable.
             Compression::Gzip { level } => {
-                Encoder::Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))
+                Codec::Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))
             }
-            Compression::Zstd { level } => Encoder::Zstd(
+            Compression::Zstd { level } => Codec::Zstd(
                 zstd::stream::write::Encoder::new(inner, level).map_err(CompressError::Zstd)?,
             ),
-        })
+        };
+        let pending = match codec {
+            Codec::Plain(_) => Vec::new(),
+            _ => Vec::with_capacity(CODEC_CHUNK),
+        };
+        Ok(Encoder { codec, pending })
     }
 
-    /// Write the codec's trailer and hand back the sink.
-    pub(crate) fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
+    /// Write what is pending and the codec's trailer, and hand back the sink.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        if !self.pending.is_empty() {
+            self.codec.write_all(&self.pending)?;
+        }
+        match self.codec {
+            Codec::Plain(w) => Ok(w),
+            Codec::Gzip(e) => e.finish(),
+            Codec::Zstd(e) => e.finish(),
         }
     }
 }
 
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Plain(w) => w.write(buf),
-            Encoder::Gzip(e) => e.write(buf),
-            Encoder::Zstd(e) => e.write(buf),
+        if let Codec::Plain(w) = &mut self.codec {
+            return w.write(buf);
         }
+        let mut rest = buf;
+        // Top up what is pending to a whole chunk first.
+        if !self.pending.is_empty() {
+            let take = rest.len().min(CODEC_CHUNK - self.pending.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() < CODEC_CHUNK {
+                return Ok(buf.len());
+            }
+            self.codec.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        // Whole chunks straight from the caller's buffer, the tail kept for the next write.
+        let whole = rest.len() - rest.len() % CODEC_CHUNK;
+        for chunk in rest[..whole].chunks(CODEC_CHUNK) {
+            self.codec.write_all(chunk)?;
+        }
+        self.pending.extend_from_slice(&rest[whole..]);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.flush(),
-            Encoder::Gzip(e) => e.flush(),
-            Encoder::Zstd(e) => e.flush(),
+        match &mut self.codec {
+            Codec::Plain(w) => w.flush(),
+            _ => Ok(()),
         }
     }
 }

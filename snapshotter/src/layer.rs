@@ -166,14 +166,11 @@ const PIPE_DEPTH: usize = 4;
 
 /// An [`Inline`] stream run on a thread of its own: the tar is handed over in chunks, so the walk
 /// that makes it (stat, open, read) and the hashing and compression that consume it use two cores.
-/// Each chunk carries where the writer's calls began and ended, and the worker replays them call
-/// by call: deflate's output depends on how its input is split, and the bytes must be those one
-/// thread writes ([`Inline`]).
+/// The bytes are those one thread writes ([`Inline`]): the encoder cuts its input into chunks of
+/// its own, so how the tar reaches it does not show in the blob.
 pub struct Piped<'scope, W: Write + Send + 'scope> {
     buf: Vec<u8>,
-    /// End offsets in `buf` of the writes it holds.
-    cuts: Vec<usize>,
-    tx: Option<std::sync::mpsc::SyncSender<(Vec<u8>, Vec<usize>)>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     count: u64,
     worker: std::thread::ScopedJoinHandle<'scope, Result<(LayerDescriptor, W), LayerError>>,
 }
@@ -186,22 +183,15 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
         compression: Compression,
     ) -> Result<Self, LayerError> {
         let mut inline = Inline::new(sink, compression)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<usize>)>(PIPE_DEPTH);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
         let worker = scope.spawn(move || {
-            for (chunk, cuts) in rx {
-                let mut start = 0;
-                for end in cuts {
-                    inline
-                        .write_all(&chunk[start..end])
-                        .map_err(LayerError::Finish)?;
-                    start = end;
-                }
+            for chunk in rx {
+                inline.write_all(&chunk).map_err(LayerError::Finish)?;
             }
             inline.finish_stream()
         });
         Ok(Piped {
             buf: Vec::with_capacity(PIPE_CHUNK),
-            cuts: Vec::new(),
             tx: Some(tx),
             count: 0,
             worker,
@@ -213,8 +203,7 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
-        let cuts = std::mem::take(&mut self.cuts);
-        let sent = self.tx.as_ref().map(|tx| tx.send((chunk, cuts)));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk));
         match sent {
             Some(Ok(())) => Ok(()),
             // The worker ended early: its own error is what `abort` returns.
@@ -242,13 +231,12 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
 }
 
 impl<'scope, W: Write + Send + 'scope> Write for Piped<'scope, W> {
-    /// Takes all of `buf` (a write is replayed whole, never split).
+    /// Takes all of `buf`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         self.buf.extend_from_slice(buf);
-        self.cuts.push(self.buf.len());
         self.count += buf.len() as u64;
         if self.buf.len() >= PIPE_CHUNK {
             self.send()?;

@@ -330,3 +330,77 @@ fn the_piped_layer_is_the_one_thread_layer() {
         assert!(piped_blob == inline_blob, "{compression:?}: blobs differ");
     }
 }
+
+/// One layer, however it reaches the codec, is one blob: written straight in gzip, or written in
+/// zstd (as a build keeps it in the store) and recompressed to gzip when it leaves. The second path
+/// gave other gzip bytes (and so another digest for the same image) while deflate's output
+/// followed the writer's call boundaries.
+#[test]
+fn a_recompressed_layer_is_the_layer_written_in_that_compression() {
+    use forge_snapshotter::compress::{Compression as C, recompress};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("upper");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..300usize {
+        // Compressible text in uneven sizes, so deflate has matches to choose between.
+        let line = format!("line {i} of a file that repeats itself now and then\n");
+        std::fs::write(dir.join(format!("f{i}")), line.repeat(1 + i * 37 % 900)).unwrap();
+    }
+    for (stored, wanted) in [
+        (C::Zstd { level: 1 }, C::Gzip { level: 6 }),
+        (C::Zstd { level: 1 }, C::Zstd { level: 3 }),
+        (C::Gzip { level: 6 }, C::Zstd { level: 1 }),
+        (C::None, C::Gzip { level: 9 }),
+    ] {
+        let options = |compression| LayerOptions {
+            compression,
+            source_date_epoch: Some(1_700_000_000),
+        };
+        let (direct, direct_blob, _) =
+            write_layer(Changes::OverlayUpper(&dir), Vec::new(), options(wanted)).unwrap();
+        let (kept, kept_blob, _) =
+            write_layer(Changes::OverlayUpper(&dir), Vec::new(), options(stored)).unwrap();
+        assert_eq!(kept.diff_id, direct.diff_id);
+        let (digest, size, again) = recompress(
+            std::io::Cursor::new(&kept_blob),
+            &kept.media_type,
+            wanted,
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(size, direct.size, "{stored:?} -> {wanted:?}: size");
+        assert_eq!(digest, direct.digest, "{stored:?} -> {wanted:?}: digest");
+        assert!(again == direct_blob, "{stored:?} -> {wanted:?}: bytes");
+    }
+}
+
+/// The encoder's bytes do not depend on how its input was cut into writes.
+#[test]
+fn how_the_tar_is_cut_into_writes_does_not_show_in_the_blob() {
+    use forge_snapshotter::layer::{Inline, LayerStream};
+    use std::io::Write;
+    let tar: Vec<u8> = (0..3_000_000usize)
+        .map(|k| ((k / 7 % 97) as u8) ^ ((k % 13) as u8))
+        .collect();
+    for compression in [
+        Compression::Gzip { level: 6 },
+        Compression::Zstd { level: 3 },
+    ] {
+        let mut whole = Inline::new(Vec::new(), compression).unwrap();
+        whole.write_all(&tar).unwrap();
+        let (want, want_blob) = whole.finish_stream().unwrap();
+        // Cuts of 1 byte to ~300 KiB, chosen by a fixed sequence.
+        let mut cut = Inline::new(Vec::new(), compression).unwrap();
+        let (mut at, mut step) = (0usize, 1usize);
+        while at < tar.len() {
+            let end = (at + step).min(tar.len());
+            cut.write_all(&tar[at..end]).unwrap();
+            cut.flush().unwrap();
+            at = end;
+            step = (step * 7 + 13) % 300_000 + 1;
+        }
+        let (got, got_blob) = cut.finish_stream().unwrap();
+        assert_eq!(got, want, "{compression:?}");
+        assert!(got_blob == want_blob, "{compression:?}: blobs differ");
+    }
+}
