@@ -444,6 +444,36 @@ impl Graph {
         &self.vertices[r.0]
     }
 
+    /// The vertices whose layers make up `root`'s filesystem: `root`, then down each step's root
+    /// mount, a file operation's base and every input of a merge, to the sources. What a stage
+    /// only copies from (`COPY --from`, a RUN's extra mounts) is not among them: its layers are
+    /// read on this machine and never become the result's.
+    pub fn layer_chain(&self, root: NodeRef) -> std::collections::HashSet<VertexId> {
+        let mut chain = std::collections::HashSet::new();
+        let mut todo = vec![root];
+        while let Some(r) = todo.pop() {
+            let v = self.vertex(r);
+            if !chain.insert(v.id) {
+                continue;
+            }
+            match &v.op {
+                Op::Source(_) => {}
+                Op::Exec(e) => {
+                    if let Some(Mount {
+                        kind: MountKind::Bind { input: Some(i), .. },
+                        ..
+                    }) = e.mounts.first()
+                    {
+                        todo.push(*i);
+                    }
+                }
+                Op::File(f) => todo.extend(f.base),
+                Op::Merge(m) => todo.extend(m.inputs.iter().flatten()),
+            }
+        }
+        chain
+    }
+
     /// Human-readable listing, one vertex per line, stable for snapshots.
     pub fn to_text(&self) -> String {
         render::text(self)

@@ -290,3 +290,92 @@ async fn a_failed_build_reports_what_it_solved_and_dead_scratch_is_swept() {
         .collect();
     assert!(leftovers.is_empty(), "scratch space left: {leftovers:?}");
 }
+
+/// The compression of each blob the store holds, by its magic bytes.
+fn stored_codecs(session: &Session) -> BTreeMap<String, &'static str> {
+    let probe: forge_snapshotter::store::Digest =
+        format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+    let dir = session.store().blob_path(&probe);
+    let mut codecs = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.parent().unwrap()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(&path)
+            .unwrap()
+            .read(&mut magic)
+            .unwrap();
+        let codec = match &magic[..n] {
+            [0x1f, 0x8b, ..] => "gzip",
+            [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
+            _ => "other",
+        };
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        codecs.insert(format!("sha256:{name}"), codec);
+    }
+    codecs
+}
+
+/// Issue 16: a build whose image leaves the store (here an OCI tar, gzip) writes the target's own
+/// layers in gzip at once, but a builder stage's layers, which only this machine reads back, in
+/// fast zstd. Built later as the target itself, that stage's cached layers are recompressed on the
+/// way out into the very bytes a fresh store writes, so the image has one digest either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_layers_that_leave_are_written_in_the_exported_compression() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch AS build\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox seq 1 200000 > /out\"]\n\n\
+         FROM scratch\nCOPY --from=build /out /out\n",
+        &[],
+    );
+    let export = |name: &str, target: Option<&str>| {
+        let mut r = BuildRequest::new(&ctx);
+        r.source_date_epoch = Some(1_700_000_000);
+        r.target = target.map(String::from);
+        r.exports = vec![forge_builder::api::Export::OciTar(
+            tmp.path().join(format!("{name}.tar")),
+        )];
+        r
+    };
+    let session = session(&tmp.path().join("store"));
+    let (outcome, _) = build(&session, export("final", None)).await;
+    let outcome = outcome.unwrap_or_else(|f| panic!("build: {f}"));
+    let codecs = stored_codecs(&session);
+    let exported: Vec<_> = outcome
+        .record
+        .layers
+        .iter()
+        .map(|l| (l.media_type.clone(), codecs[&l.digest.to_string()]))
+        .collect();
+    assert_eq!(
+        exported,
+        [(
+            "application/vnd.oci.image.layer.v1.tar+gzip".to_string(),
+            "gzip"
+        )],
+        "the image's one layer (the COPY --from) is gzip"
+    );
+    let zstd = codecs.values().filter(|c| **c == "zstd").count();
+    assert_eq!(
+        zstd, 2,
+        "the build stage's two layers (COPY busybox, RUN) stay zstd: {codecs:?}"
+    );
+
+    // The build stage as the target: from this store's cache (zstd, recompressed), and from an
+    // empty store (gzip written by the steps themselves).
+    let (cached, _) = build(&session, export("stage-cached", Some("build"))).await;
+    let cached = cached.unwrap_or_else(|f| panic!("stage from the cache: {f}"));
+    assert_eq!(cached.executed(), 0, "{:?}", cached.vertices);
+    let fresh_session = self::session(&tmp.path().join("fresh-store"));
+    let (fresh, _) = build(&fresh_session, export("stage-fresh", Some("build"))).await;
+    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    assert!(fresh.executed() > 0);
+    assert_eq!(
+        cached.digest, fresh.digest,
+        "one image, whichever way it was made"
+    );
+}

@@ -186,7 +186,7 @@ impl Bench {
                 images: HashMap::new(),
                 secrets: self.secrets.clone(),
                 ssh: HashMap::new(),
-                layer: self.layer,
+                layers: forge_builder::ops::LayerPlan::uniform(self.layer),
                 default_network: self.network,
                 allow_network_host: self.allow_network_host,
                 allow_insecure: false,

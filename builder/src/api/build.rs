@@ -23,7 +23,7 @@ use crate::frontend::dockerfile::lower::{LowerOptions, NamedContext};
 use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerignore::{self, Dockerignore};
 use crate::graph::{Graph, NodeRef, Platform};
-use crate::ops::{BuildExecutor, Built, ExecutorConfig, LocalDir, Mounted};
+use crate::ops::{BuildExecutor, Built, ExecutorConfig, LayerPlan, LocalDir, Mounted};
 use crate::scratch::Scratch;
 use crate::solver::{
     CacheStore, CancellationToken, DiskCache, Event, Solution, SolveFailure, SolveOptions, Solver,
@@ -193,11 +193,8 @@ impl Session {
             .unwrap_or(Compression::Gzip { level: 6 });
         // Layers that stay in the store are written with fast zstd; those about to leave it are
         // written in their final compression at once, so nothing is compressed twice.
-        let step_compression = if recompress {
-            compression
-        } else {
-            Compression::Zstd { level: 1 }
-        };
+        let staying = Compression::Zstd { level: 1 };
+        let step_compression = if recompress { compression } else { staying };
 
         // The build is a store session for its whole life: a prune (in this process or another)
         // waits for it instead of removing blobs it made but has not recorded yet, and no other
@@ -319,9 +316,25 @@ impl Session {
                 images: images.images,
                 secrets: request.secrets.to_map(),
                 ssh: request.ssh.clone(),
-                layer: LayerOptions {
-                    compression: step_compression,
-                    source_date_epoch: request.source_date_epoch,
+                layers: {
+                    let leaving = LayerOptions {
+                        compression: step_compression,
+                        source_date_epoch: request.source_date_epoch,
+                    };
+                    // Only the target's own chain of layers leaves with the image; a cache
+                    // export sends the other steps' layers too, as they were written.
+                    let only_target = recompress && request.cache.export.is_empty();
+                    match graph.outputs.first() {
+                        Some(out) if only_target => LayerPlan {
+                            leaving,
+                            staying: LayerOptions {
+                                compression: staying,
+                                ..leaving
+                            },
+                            leaves: Some(graph.layer_chain(out.root)),
+                        },
+                        _ => LayerPlan::uniform(leaving),
+                    }
                 },
                 default_network: request.network,
                 allow_network_host: request.allow_network_host,

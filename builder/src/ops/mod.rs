@@ -256,7 +256,8 @@ pub struct ExecutorConfig {
     pub images: HashMap<String, BaseImage>,
     pub secrets: HashMap<String, Vec<u8>>,
     pub ssh: HashMap<String, PathBuf>,
-    pub layer: LayerOptions,
+    /// How each step's layer is written.
+    pub layers: LayerPlan,
     /// `--network`: the mode of steps that do not choose one.
     pub default_network: StepNetwork,
     /// `--allow network.host`: a step may run on the host's network; without it such a step is
@@ -289,6 +290,36 @@ pub struct ExecutorConfig {
     /// Imported contents of cache mounts, laid down before the first step that mounts each.
     pub mount_seeds: Option<Arc<MountSeeds>>,
     pub events: Events,
+}
+
+/// How the layers a build makes are written: those that can leave the store (pushed, exported,
+/// sent to a cache) in the compression asked for, and the rest, which only this machine reads
+/// back, in fast zstd. A builder stage's layers never leave with the image, so they need not pay
+/// for gzip; the layers that do are written once, in their final form.
+#[derive(Debug, Clone, Default)]
+pub struct LayerPlan {
+    pub leaving: LayerOptions,
+    pub staying: LayerOptions,
+    /// The vertices whose layers can leave; `None`: every vertex's.
+    pub leaves: Option<std::collections::HashSet<VertexId>>,
+}
+
+impl LayerPlan {
+    /// Every layer written alike.
+    pub fn uniform(options: LayerOptions) -> LayerPlan {
+        LayerPlan {
+            leaving: options,
+            staying: options,
+            leaves: None,
+        }
+    }
+
+    pub fn for_vertex(&self, id: &VertexId) -> LayerOptions {
+        match &self.leaves {
+            Some(leaves) if !leaves.contains(id) => self.staying,
+            _ => self.leaving,
+        }
+    }
 }
 
 pub struct BuildExecutor {
@@ -432,6 +463,7 @@ impl BuildExecutor {
         &self,
         key: String,
         parent: &[Layer],
+        options: LayerOptions,
         cancel: &CancellationToken,
     ) -> Result<Vec<Layer>, ExecError> {
         if cancel.is_cancelled() {
@@ -440,7 +472,6 @@ impl BuildExecutor {
         }
         let sn = self.cfg.snapshots.clone();
         let store = self.cfg.store.clone();
-        let options = self.cfg.layer;
         let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
         let result = blocking(move || {
@@ -498,6 +529,7 @@ impl BuildExecutor {
 
     async fn exec_file(
         &self,
+        id: &VertexId,
         op: &crate::graph::FileOp,
         // The inputs' references, in the order `inputs` holds their results.
         refs: &[NodeRef],
@@ -560,12 +592,14 @@ impl BuildExecutor {
             let _ = self.cfg.snapshots.remove(&key);
             return Err(e);
         }
-        let layers = self.commit_layer(key, &base, cancel).await?;
+        let options = self.cfg.layers.for_vertex(id);
+        let layers = self.commit_layer(key, &base, options, cancel).await?;
         Ok(Built::Fs { layers })
     }
 
     async fn exec_http(
         &self,
+        id: &VertexId,
         url: &str,
         filename: &str,
         checksum: Option<&str>,
@@ -587,7 +621,8 @@ impl BuildExecutor {
             let _ = self.cfg.snapshots.remove(&key);
             return Err(e);
         }
-        let layers = self.commit_layer(key, &[], cancel).await?;
+        let options = self.cfg.layers.for_vertex(id);
+        let layers = self.commit_layer(key, &[], options, cancel).await?;
         Ok(Built::Fs { layers })
     }
 }
@@ -768,7 +803,7 @@ impl Executor for BuildExecutor {
                 filename,
                 checksum,
             }) => {
-                self.exec_http(url, filename, checksum.as_deref(), &cancel)
+                self.exec_http(&vertex.id, url, filename, checksum.as_deref(), &cancel)
                     .await
             }
             Op::Source(SourceOp::Git { remote, .. }) => Err(ExecError::Unsupported(format!(
@@ -776,7 +811,7 @@ impl Executor for BuildExecutor {
             ))),
             Op::Exec(e) => self.exec_run(vertex, e, inputs, &cancel).await,
             Op::File(f) => {
-                self.exec_file(f, &vertex.op.inputs(), inputs, &cancel)
+                self.exec_file(&vertex.id, f, &vertex.op.inputs(), inputs, &cancel)
                     .await
             }
             Op::Merge(m) => {

@@ -410,7 +410,8 @@ impl BuildExecutor {
                 memory_limit_hit: outcome.memory_limit_hit,
             });
         }
-        let layers = self.commit_layer(key, &base, cancel).await?;
+        let options = self.cfg.layers.for_vertex(&vertex.id);
+        let layers = self.commit_layer(key, &base, options, cancel).await?;
         Ok(Built::Fs { layers })
     }
 }

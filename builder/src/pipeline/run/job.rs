@@ -9,7 +9,6 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
 
-use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::store::{Descriptor, ImageRecord};
 
 use crate::api::{BuildError, Session};
@@ -19,7 +18,7 @@ use crate::graph::{
     ExecOp, GraphBuilder, ImageConfig, Mount, MountKind, NetworkMode, Op, Output, Platform,
     SecurityMode, SourceOp, TestStep,
 };
-use crate::ops::{Artifacts, BuildExecutor, Built, ExecutorConfig};
+use crate::ops::{Artifacts, BuildExecutor, Built, ExecutorConfig, LayerPlan};
 use crate::scratch::Scratch;
 use crate::solver::{CancellationToken, DiskCache, SolveOptions, Solver};
 use crate::source::image::BaseImage;
@@ -269,7 +268,7 @@ impl Session {
                 images: HashMap::from([(reference, layered(&job.image, &job.services_key))]),
                 secrets: job.secrets.clone(),
                 ssh: HashMap::new(),
-                layer: LayerOptions::default(),
+                layers: LayerPlan::default(),
                 default_network: forge_runner::spec::NetworkMode::Sandbox,
                 allow_network_host: job.host_network,
                 allow_insecure: false,
