@@ -13,7 +13,7 @@ mod pull;
 mod push;
 pub mod roots;
 
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -74,10 +74,12 @@ impl Default for RegistryConfig {
 }
 
 /// A registry client. Holds token caches, so keep one per process rather than one per pull.
+/// Its two HTTP clients are made on first use: each takes every trusted root (a few milliseconds
+/// of certificate parsing), which a build served from the store never needs.
 pub struct RegistryClient {
     config: RegistryConfig,
-    https: oci_client::Client,
-    http: oci_client::Client,
+    https: OnceLock<oci_client::Client>,
+    http: OnceLock<oci_client::Client>,
 }
 
 static CRYPTO_PROVIDER: Once = Once::new();
@@ -93,6 +95,14 @@ fn install_crypto_provider() {
 
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> RegistryClient {
+        RegistryClient {
+            https: OnceLock::new(),
+            http: OnceLock::new(),
+            config,
+        }
+    }
+
+    fn make_client(&self, protocol: ClientProtocol) -> oci_client::Client {
         install_crypto_provider();
         // Explicit roots: the client never depends on a system store existing (see `roots`).
         let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
@@ -103,21 +113,14 @@ impl RegistryClient {
                 data: c.to_vec(),
             })
             .collect();
-        let make = |protocol| {
-            oci_client::Client::new(ClientConfig {
-                protocol,
-                tls_certs_only: roots.clone(),
-                read_timeout: Some(config.read_timeout),
-                connect_timeout: Some(Duration::from_secs(30)),
-                max_concurrent_download: config.max_concurrent_downloads,
-                ..ClientConfig::default()
-            })
-        };
-        RegistryClient {
-            https: make(ClientProtocol::Https),
-            http: make(ClientProtocol::Http),
-            config,
-        }
+        oci_client::Client::new(ClientConfig {
+            protocol,
+            tls_certs_only: roots,
+            read_timeout: Some(self.config.read_timeout),
+            connect_timeout: Some(Duration::from_secs(30)),
+            max_concurrent_download: self.config.max_concurrent_downloads,
+            ..ClientConfig::default()
+        })
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -138,9 +141,11 @@ impl RegistryClient {
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {
         if self.uses_plain_http(reference.registry()) {
-            &self.http
+            self.http
+                .get_or_init(|| self.make_client(ClientProtocol::Http))
         } else {
-            &self.https
+            self.https
+                .get_or_init(|| self.make_client(ClientProtocol::Https))
         }
     }
 

@@ -57,7 +57,10 @@ pub fn trust_roots() -> &'static TrustRoots {
 pub unsafe fn prepare_process() -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-    if trust_roots().source == RootSource::System {
+    // Loading the whole store costs milliseconds at every start (a few hundred files on Debian),
+    // which a build that never leaves the store would pay for nothing: one file that holds a
+    // certificate is enough to know the platform has roots.
+    if platform_store_has_a_certificate() || trust_roots().source == RootSource::System {
         return Ok(());
     }
     // SAFETY: a valid NUL-terminated name; the returned descriptor is checked.
@@ -83,9 +86,67 @@ pub unsafe fn prepare_process() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the store the loader reads ([`rustls_native_certs::load_native_certs`]: the files the
+/// SSL_CERT_* variables name when either is set, else the bundle and directories openssl-probe
+/// finds) has a file holding a PEM certificate. Looks at the bundle and at most a few files of
+/// each directory, parsing nothing.
+fn platform_store_has_a_certificate() -> bool {
+    use std::path::PathBuf;
+    let file = std::env::var_os("SSL_CERT_FILE");
+    let dirs = std::env::var_os("SSL_CERT_DIR");
+    let (file, dirs): (Option<PathBuf>, Vec<PathBuf>) = if file.is_some() || dirs.is_some() {
+        let dirs = dirs
+            .map(|d| {
+                std::env::split_paths(&d)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (file.map(PathBuf::from), dirs)
+    } else {
+        let probed = openssl_probe::probe();
+        (probed.cert_file, probed.cert_dir)
+    };
+    file.as_deref().is_some_and(holds_a_certificate)
+        || dirs.iter().any(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .take(8)
+                    .any(|e| holds_a_certificate(&e.path()))
+            })
+        })
+}
+
+/// Whether the first 256 KiB of `path` hold a PEM certificate's first line.
+fn holds_a_certificate(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256 * 1024).read_to_end(&mut head))
+        .is_ok_and(|_| head.windows(BEGIN.len()).any(|w| w == BEGIN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_is_told_by_its_first_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("bundle.pem");
+        std::fs::write(&pem, "# a comment\n-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(holds_a_certificate(&pem));
+        assert!(!holds_a_certificate(&empty));
+        assert!(!holds_a_certificate(&dir.path().join("missing.pem")));
+        assert!(
+            !holds_a_certificate(dir.path()),
+            "a directory is not a bundle"
+        );
+    }
 
     #[test]
     fn there_are_always_roots() {
