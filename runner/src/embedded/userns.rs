@@ -204,27 +204,38 @@ fn map_with_helpers(
             let code = if go.read_exact(&mut byte).is_ok() {
                 let pid = target.as_raw().to_string();
                 let mut code = 0;
-                for (tool, id, (start, count)) in
-                    [(newuidmap, uid, subuid), (newgidmap, gid, subgid)]
-                {
-                    let out = std::process::Command::new(tool)
-                        .args([&pid, "0", &id.to_string(), "1", "1"])
-                        .args([start.to_string(), count.to_string()])
-                        .output();
-                    let failure = match out {
+                // Both at once: each setuid helper takes milliseconds to start (it loads its
+                // libraries, reads /etc/login.defs and the sub-id file), and neither waits on the
+                // other's map.
+                let running: Vec<_> = [(newuidmap, uid, subuid), (newgidmap, gid, subgid)]
+                    .into_iter()
+                    .map(|(tool, id, (start, count))| {
+                        let args = format!("{pid} 0 {id} 1 1 {start} {count}");
+                        let child = std::process::Command::new(tool)
+                            .args(args.split(' '))
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn();
+                        (tool, args, child)
+                    })
+                    .collect();
+                for (tool, args, child) in running {
+                    let failure = match child.and_then(|c| c.wait_with_output()) {
                         Ok(o) if o.status.success() => None,
                         Ok(o) => Some(format!(
-                            "{} {pid} 0 {id} 1 1 {start} {count} exited with {}: {}",
+                            "{} {args} exited with {}: {}",
                             tool.display(),
                             o.status,
                             String::from_utf8_lossy(&o.stderr).trim()
                         )),
                         Err(e) => Some(format!("run {}: {e}", tool.display())),
                     };
-                    if let Some(msg) = failure {
+                    if let Some(msg) = failure
+                        && code == 0
+                    {
                         let _ = res.write_all(msg.as_bytes());
                         code = 1;
-                        break;
                     }
                 }
                 code
