@@ -3,14 +3,22 @@
 #   DIR/parallel   two independent 2-second stages, a final stage copying from both
 #   DIR/heavy      one RUN writing 64 MiB of random bytes and 20,000 small files
 #   DIR/monorepo   a 10,000-file context: one package copied first, then the whole tree
-# Usage: benches/build-fixtures.sh DIR [BASE_IMAGE]. Needs python3 (the monorepo's files).
+#   DIR/realapp    on Debian: gcc and libc6-dev from apt, a static hello.c built, only the binary kept
+#   DIR/pip        on Debian: python3 and pip from apt, then django, sqlalchemy, numpy and requests
+#                  (and their dependencies) from wheels
+# realapp and pip install from the loopback mirror of benches/lib/mirror.sh, whose URL the build is
+# given as `--build-arg MIRROR=http://127.0.0.1:PORT` (the port is chosen when the mirror starts):
+# apt's sources become that mirror's flat repository alone, pip gets --no-index and its wheels.
+# Usage: benches/build-fixtures.sh DIR [BASE_IMAGE [DEBIAN_IMAGE]]. Needs python3 (the monorepo's
+# files).
 set -euo pipefail
 
-dir=${1:?usage: build-fixtures.sh DIR [BASE_IMAGE]}
+dir=${1:?usage: build-fixtures.sh DIR [BASE_IMAGE [DEBIAN_IMAGE]]}
 base=${2:-${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}}
+debian=${3:-${FORGE_TEST_DEBIAN:-127.0.0.1:5000/forge-test/debian:bookworm}}
 files=${FORGE_BENCH_FILES:-10000}
 
-mkdir -p "$dir/parallel" "$dir/heavy" "$dir/monorepo"
+mkdir -p "$dir/parallel" "$dir/heavy" "$dir/monorepo" "$dir/realapp" "$dir/pip"
 
 cat >"$dir/parallel/Dockerfile" <<EOF
 FROM $base AS one
@@ -68,6 +76,47 @@ PY
   find "$dir/monorepo" -exec touch -h -d '1 hour ago' {} +
   touch "$dir/.monorepo-complete-$files"
 fi
+
+# The first step of both Debian contexts: apt's one source is the mirror's flat repository
+# (trusted=yes: its Release is unsigned), nothing recommended, as the mirror was filled.
+# shellcheck disable=SC2016 # expanded by the build, not here
+apt_from_mirror='ARG MIRROR
+ARG DEBIAN_FRONTEND=noninteractive
+RUN : "${MIRROR:?build with --build-arg MIRROR=http://127.0.0.1:PORT (benches/lib/mirror.sh)}" \
+ && rm -f /etc/apt/sources.list.d/* \
+ && echo "deb [trusted=yes] $MIRROR/debs ./" > /etc/apt/sources.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends'
+
+cat >"$dir/realapp/Dockerfile" <<EOF
+FROM $debian AS build
+$apt_from_mirror gcc libc6-dev
+COPY hello.c /src/hello.c
+RUN gcc -static -O2 -o /hello /src/hello.c
+
+FROM scratch
+COPY --from=build /hello /hello
+CMD ["/hello"]
+EOF
+cat >"$dir/realapp/hello.c" <<'EOF'
+#include <stdio.h>
+
+int main(void) {
+    unsigned long sum = 0;
+    for (unsigned long i = 1; i <= 1000; i++)
+        sum += i * i;
+    printf("hello, static world: the squares of 1..1000 sum to %lu\n", sum);
+    return 0;
+}
+EOF
+
+cat >"$dir/pip/Dockerfile" <<EOF
+FROM $debian
+$apt_from_mirror python3 python3-pip
+RUN pip install --no-index --find-links "\$MIRROR/wheels/" --break-system-packages \\
+      django sqlalchemy numpy requests \\
+ && python3 -c 'import django, numpy, requests, sqlalchemy'
+EOF
 
 # The file that the one-file-change case rewrites: read only by `COPY . /src`.
 echo "packages/pkg007/src/file00007.txt" >"$dir/monorepo.changed"

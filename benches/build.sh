@@ -7,17 +7,21 @@
 #   onefile   the same after rewriting one file that only `COPY . /src` reads           (warm)
 #   parallel-push, heavy-push: the cold cases built and pushed to a registry of the run's own (forge
 #             `--push`; docker and buildah build, then push)
+#   realapp   on the Debian base: apt-get install gcc libc6-dev, gcc -static a hello.c, and only the
+#             binary kept in a scratch stage                                             (cold)
+#   pip       on the Debian base: apt-get install python3 python3-pip, then pip install django,
+#             sqlalchemy, numpy, requests and their dependencies from wheels             (cold)
 # Floors measured in the same run: the no-op case beside `find` stating every file of the context
 # (the stat floor), and the heavy layer's bytes through zstd -T0, pigz, single-stream gzip and
 # sha256sum (the compression floor). Each case's median for every tool, forge/docker, forge/buildah,
 # the spread (min..max), forge's peak RSS (one more run under /usr/bin/time; docker's work happens in
 # its daemon, so no client figure is comparable), and the targets (forge/docker: parallel <= 0.25 of
-# docker's time above the 2 s sleeps, heavy <= 0.4, noop <= 0.15, onefile <= 0.3; the no-op within
-# 1.5x the stat floor) met or missed. A missed target is reported, never an exit status; a tool
-# whose build fails is left out and said so.
+# docker's time above the 2 s sleeps, heavy <= 0.4, noop <= 0.15, onefile <= 0.3, realapp <= 0.8,
+# pip <= 0.8; the no-op within 1.5x the stat floor) met or missed. A missed target is reported, never
+# an exit status; a tool whose build fails is left out and said so.
 #
 # How to run (as root: it installs packages and starts its own dockerd):
-#   source the CI environment (FORGE_TEST_BUSYBOX, a registry on 127.0.0.1:5000), then
+#   source the CI environment (FORGE_TEST_BUSYBOX, FORGE_TEST_DEBIAN, 127.0.0.1:5000), then
 #   FORGE_BENCH_USER=forge-ci benches/build.sh
 # Settings: BENCH_RUNS (timed runs per tool and case, default 5), BENCH_WARMUP (default 1),
 #   FORGE_BIN (a forge binary; default `cargo build --release -p forge`), FORGE_BENCH_USER (run forge
@@ -25,22 +29,34 @@
 #   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
 #   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there),
 #   BENCH_CASES="noop onefile ..." (only these of parallel, heavy, parallel-push, heavy-push, noop,
-#   onefile, floor; default all), FORGE_BENCH_FRESH_FS=0 (work in FORGE_BENCH_DIR itself instead of
-#   a fresh ext4 image loop-mounted there, FORGE_BENCH_FS_SIZE, default 24G, sparse).
+#   onefile, realapp, pip, floor; default all), FORGE_BENCH_FRESH_FS=0 (work in FORGE_BENCH_DIR itself
+#   instead of a fresh ext4 image loop-mounted there, FORGE_BENCH_FS_SIZE, default 24G, sparse),
+#   FORGE_TEST_DEBIAN (realapp's and pip's base, default 127.0.0.1:5000/forge-test/debian:bookworm, a
+#   debootstrap minbase bookworm), FORGE_BENCH_MIRROR (their package mirror's cache dir, default
+#   /var/cache/forge-bench/mirror).
 #
 # What it sets up, and what "cold" means:
-#   - docker.io, buildah, hyperfine, python3 are installed from Debian when absent (services kept from
-#     starting during the install; the package's own system dockerd is disabled again afterwards).
+#   - docker.io, buildah, hyperfine, python3 (and for the mirror dpkg-dev, python3-pip) are installed
+#     from Debian when absent (services kept from starting during the install; the package's own
+#     system dockerd is disabled again afterwards).
 #   - A private dockerd: data-root, exec-root, pidfile and unix socket in the scratch dir, no TCP
 #     listener, `--bridge=none --iptables=false --ip6tables=false`, 127.0.0.1:5000 as an insecure
 #     registry; stopped on exit. BuildKit through `docker buildx build --load` when buildx is present,
 #     else DOCKER_BUILDKIT=1, else the classic builder; the output says which.
 #   - buildah runs as root with its own --root/--runroot (overlay), `--layers` (its cache) and
 #     `--jobs $(nproc)` (stages in parallel, as forge's default --jobs does).
-#   - Every build uses `--network none`: nothing here reaches past loopback (the base image comes
-#     from the loopback registry).
+#   - Every build uses `--network none`, but realapp's and pip's: nothing here reaches past loopback
+#     (the base images come from the loopback registry).
+#   - realapp and pip install real packages from a loopback mirror (benches/lib/mirror.sh): before
+#     anything is timed, its cache dir is filled once from the machine's package sources (the .debs
+#     of gcc, libc6-dev, python3, python3-pip the Debian base lacks, and the wheels) and reused on
+#     later runs; during the run `python3 -m http.server` serves it on a free 127.0.0.1 port (its
+#     request log: logs/mirror.log), given to the builds as `--build-arg MIRROR=http://127.0.0.1:PORT`.
+#     So that their RUN steps reach it, these two cases build with `--network host` (forge also
+#     `--allow network.host`) for all three tools; apt and pip in them are pointed at the mirror alone.
 #   - Cold: forge gets a fresh FORGE_ROOT; docker `docker builder prune -af` and the image removed;
-#     buildah `rm -a` and `rmi -af`. So all three also fetch the busybox base from the registry.
+#     buildah `rm -a` and `rmi -af`. So all three also fetch the base (busybox, or Debian) from the
+#     registry.
 #   - Warm: each tool builds the monorepo once untimed, then hyperfine times the rebuilds.
 set -euo pipefail
 umask 022
@@ -50,12 +66,21 @@ RUNS=${BENCH_RUNS:-5}
 WARMUP=${BENCH_WARMUP:-1}
 BASE=${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}
 REGISTRY=${BASE%%/*}
+DEBIAN=${FORGE_TEST_DEBIAN:-127.0.0.1:5000/forge-test/debian:bookworm}
 BENCH_USER=${FORGE_BENCH_USER:-}
 JOBS=$(nproc)
 # shellcheck source=benches/lib/common.sh
 source "$ROOT/benches/lib/common.sh"
+# shellcheck source=benches/lib/mirror.sh
+source "$ROOT/benches/lib/mirror.sh"
+
+wanted() { [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $1 "* ]]; }
+# realapp and pip: the Debian base and the package mirror.
+WITH_MIRROR=""
+if wanted realapp || wanted pip; then WITH_MIRROR=1; fi
 
 require_root_and_loopback build.sh "$REGISTRY"
+[ -z "$WITH_MIRROR" ] || require_root_and_loopback build.sh "${DEBIAN%%/*}"
 
 missing=()
 { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)
@@ -66,7 +91,12 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v pigz >/dev/null || missing+=(pigz)
 [ -x /usr/bin/time ] || missing+=(time)
+if [ -n "$WITH_MIRROR" ]; then
+  command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)
+  { python3 -m pip --version || /usr/bin/python3 -m pip --version; } >/dev/null 2>&1 || missing+=(python3-pip)
+fi
 install_quietly "${missing[@]}" || exit 1
+[ -z "$WITH_MIRROR" ] || prepare_mirror build.sh || exit 1
 
 forge_src=$(forge_binary build.sh) || exit 1
 
@@ -91,6 +121,7 @@ cleanup() {
   $BUILDAH rmi -af >/dev/null 2>&1
   stop_dockerd
   stop_private_registry
+  stop_mirror
   # Whatever the engines left mounted under the scratch dir (containers/storage keeps its overlay
   # home bind-mounted), deepest first.
   unmount_under "$WORK"
@@ -105,7 +136,7 @@ cleanup() {
 trap cleanup EXIT
 
 # --- fixtures and forge's side -------------------------------------------------------------------
-bash "$ROOT/benches/build-fixtures.sh" "$WORK/fixtures" "$BASE"
+bash "$ROOT/benches/build-fixtures.sh" "$WORK/fixtures" "$BASE" "$DEBIAN"
 CHANGED=$(cat "$WORK/fixtures/monorepo.changed")
 install -m 0755 "$forge_src" "$WORK/bin/forge"
 FORGE=$WORK/bin/forge
@@ -121,10 +152,13 @@ fi
 
 # --- where the push rows push: a registry of this run, on the fresh filesystem ---------------------
 start_private_registry "$WORK" build.sh || exit 1
+# --- realapp's and pip's package mirror, on a free loopback port ----------------------------------
+[ -z "$WITH_MIRROR" ] || start_mirror "$WORK" build.sh || exit 1
 
 # --- a private, loopback-only dockerd ------------------------------------------------------------
 start_dockerd "$WORK" "$REGISTRY" || exit 1
 $DOCKER pull -q "$BASE" >/dev/null
+[ -z "$WITH_MIRROR" ] || $DOCKER pull -q "$DEBIAN" >/dev/null
 
 mkdir -p "$WORK/fixtures/probe"
 printf 'FROM %s\nRUN true\n' "$BASE" >"$WORK/fixtures/probe/Dockerfile"
@@ -144,27 +178,35 @@ $DOCKER_BUILD --network none -q -t forge-bench-probe "$WORK/fixtures/probe" >"$W
   || { echo "build.sh: docker cannot build here:" >&2; tail -n 20 "$WORK/logs/probe.log" >&2; exit 1; }
 
 $BUILDAH pull -q --tls-verify=false "$BASE" >/dev/null
+[ -z "$WITH_MIRROR" ] || $BUILDAH pull -q --tls-verify=false "$DEBIAN" >/dev/null
 
 # --- commands ------------------------------------------------------------------------------------
 # build_cmd TOOL CASE: the timed command (run by hyperfine without a shell).
 # A context name ending in -push builds that context and pushes it to $PRIV/forge-bench/NAME-TOOL
-# (the run's own registry).
+# (the run's own registry). realapp and pip get the host's network (their RUN steps fetch from the
+# loopback mirror) and the mirror's URL; everything else builds with no network.
 build_cmd() {
-  local ctx=${2%-push} tag=forge-bench-$2
+  local ctx=${2%-push} tag=forge-bench-$2 net="--network none" forge_net="--network none"
   local dir=$WORK/fixtures/$ctx
+  case $ctx in
+    realapp | pip)
+      net="--network host --build-arg MIRROR=$MIRROR_URL"
+      forge_net="--network host --allow network.host --build-arg MIRROR=$MIRROR_URL"
+      ;;
+  esac
   if [ "$ctx" != "$2" ]; then
     local ref=$PRIV/forge-bench/$ctx-$1:latest
     case $1 in
-      forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain --push -t $ref $dir" ;;
-      docker) echo "sh -c '$DOCKER_BUILD --network none -q -t $ref $dir >/dev/null && $DOCKER push -q $ref >/dev/null'" ;;
-      buildah) echo "sh -c '$BUILDAH bud -q --layers --jobs $JOBS --network none --tls-verify=false -t $ref $dir >/dev/null && $BUILDAH push -q --tls-verify=false $ref'" ;;
+      forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build $forge_net --progress plain --push -t $ref $dir" ;;
+      docker) echo "sh -c '$DOCKER_BUILD $net -q -t $ref $dir >/dev/null && $DOCKER push -q $ref >/dev/null'" ;;
+      buildah) echo "sh -c '$BUILDAH bud -q --layers --jobs $JOBS $net --tls-verify=false -t $ref $dir >/dev/null && $BUILDAH push -q --tls-verify=false $ref'" ;;
     esac
     return
   fi
   case $1 in
-    forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build --network none --progress plain -t $tag:latest $dir" ;;
-    docker) echo "$DOCKER_BUILD --network none -t $tag $dir" ;;
-    buildah) echo "$BUILDAH bud --layers --jobs $JOBS --network none --tls-verify=false -t $tag $dir" ;;
+    forge) echo "$AS_FORGE FORGE_ROOT=$WORK/forge/root-$2 $FORGE build $forge_net --progress plain -t $tag:latest $dir" ;;
+    docker) echo "$DOCKER_BUILD $net -t $tag $dir" ;;
+    buildah) echo "$BUILDAH bud --layers --jobs $JOBS $net --tls-verify=false -t $tag $dir" ;;
   esac
 }
 # wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
@@ -256,16 +298,18 @@ fi
 echo "forge:   $($FORGE --version 2>/dev/null || echo "$forge_src"), $forge_from, as $forge_who"
 echo "docker:  $($DOCKER version --format '{{.Server.Version}}'), $docker_mode"
 echo "buildah: $(buildah --version | cut -d' ' -f3), root, --layers --jobs $JOBS"
-echo "base:    $BASE; runs: $RUNS (+$WARMUP warm-up) per tool and case"
+echo "base:    $BASE${WITH_MIRROR:+, $DEBIAN}; runs: $RUNS (+$WARMUP warm-up) per tool and case"
+[ -z "$WITH_MIRROR" ] || echo "mirror:  $MIRROR_DIR served on $MIRROR_URL (realapp and pip build with --network host)"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-wanted() { [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $1 "* ]]; }
 wanted parallel && run_case parallel parallel cold
 wanted heavy && run_case heavy heavy cold
 wanted parallel-push && run_case parallel-push parallel-push cold
 wanted heavy-push && run_case heavy-push heavy-push cold
 wanted noop && run_case noop monorepo noop
 wanted onefile && run_case onefile monorepo onefile
+wanted realapp && run_case realapp realapp cold
+wanted pip && run_case pip pip cold
 wanted floor && compression_floor
 
 # --- summary -------------------------------------------------------------------------------------
@@ -276,7 +320,8 @@ results = sys.argv[1]
 cases = [("parallel", "two 2 s stages, cold", 0.25), ("heavy", "64 MiB + 20,000 files, cold", 0.4),
          ("parallel-push", "two 2 s stages, cold, pushed", 0.25),
          ("heavy-push", "64 MiB + 20,000 files, cold, pushed", 0.4),
-         ("noop", "10,000-file context, no-op", 0.15), ("onefile", "10,000-file context, one file", 0.3)]
+         ("noop", "10,000-file context, no-op", 0.15), ("onefile", "10,000-file context, one file", 0.3),
+         ("realapp", "apt gcc, static hello.c, cold", 0.8), ("pip", "apt python3, pip 12 wheels, cold", 0.8)]
 notes = []
 def load(key):
     path = os.path.join(results, key + ".json")
