@@ -144,22 +144,33 @@ pub(crate) fn copy_regular_file(
         .custom_flags(libc::O_NOFOLLOW)
         .open(src)
         .map_err(io("opening", src))?;
+    // Made with its final permission bits (the umask may take some away: the file's own mode,
+    // read back below, says whether a chmod is needed). The step's private mount is the only
+    // place the file is seen before it is done.
     let to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode & 0o777)
         .custom_flags(libc::O_NOFOLLOW)
         .open(target)
         .map_err(io("creating", target))?;
     copy_data(&from, &to, md.len(), cross_device).map_err(io("copying to", target))?;
-    nix::unistd::fchown(to.as_fd(), Some(ids.uid.into()), Some(ids.gid.into()))
-        .map_err(|e| io("chown", target)(e.into()))?;
-    // After the chown, which clears setuid and setgid bits.
-    nix::sys::stat::fchmod(
-        to.as_fd(),
-        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-    )
-    .map_err(|e| io("chmod", target)(e.into()))?;
+    // A new file belongs to its creator, or to the directory's group under a setgid directory:
+    // asked of the file itself rather than guessed. Most files need neither call.
+    let made = to.metadata().map_err(io("reading", target))?;
+    let chown = (made.uid(), made.gid()) != (ids.uid, ids.gid);
+    if chown {
+        nix::unistd::fchown(to.as_fd(), Some(ids.uid.into()), Some(ids.gid.into()))
+            .map_err(|e| io("chown", target)(e.into()))?;
+    }
+    // After a chown, which clears setuid and setgid bits.
+    if made.mode() & 0o7777 != mode & 0o7777 || (chown && mode & 0o6000 != 0) {
+        nix::sys::stat::fchmod(
+            to.as_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+        )
+        .map_err(|e| io("chmod", target)(e.into()))?;
+    }
     copy_fd_xattrs(&from, &to);
     let (at, mt) = times(md);
     nix::sys::stat::futimens(to.as_fd(), &at, &mt)
@@ -356,5 +367,51 @@ mod tests {
         assert_eq!(m("u=rwx,g=rx,o=").apply(0o600, false), 0o750);
         assert_eq!(m("u+s").apply(0o755, false), 0o4755);
         assert!(ModeSpec::parse(&Chmod::Symbolic("u*x".into())).is_err());
+    }
+
+    /// A copy skips chown and chmod when the new file already has the owner and mode asked for,
+    /// and still gets every mode right: ones a umask strips, special bits, no bits at all,
+    /// and an owner other than the creator (when this process may give files away).
+    #[test]
+    fn copied_files_get_exactly_the_mode_and_owner_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"content").unwrap();
+        let md = std::fs::symlink_metadata(&src).unwrap();
+        let me = Ids {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let root = nix::unistd::geteuid().is_root();
+        let other = Ids {
+            uid: 4242,
+            gid: 4343,
+        };
+        // 0o666 and 0o777: what the usual umask (022, left as the process has it: tests share it)
+        // takes bits away from.
+        let mut cases = vec![
+            (me, 0o644),
+            (me, 0o666),
+            (me, 0o777),
+            (me, 0o000),
+            (me, 0o4755),
+            (me, 0o2711),
+        ];
+        if root {
+            cases.extend([(other, 0o644), (other, 0o4755)]);
+        }
+        for (n, (ids, mode)) in cases.into_iter().enumerate() {
+            let target = dir.path().join(format!("t{n}"));
+            let mut cross = false;
+            copy_regular_file(&src, &target, &md, ids, mode, &mut cross).unwrap();
+            let got = std::fs::symlink_metadata(&target).unwrap();
+            assert_eq!(got.mode() & 0o7777, mode, "{target:?}: mode");
+            assert_eq!(
+                (got.uid(), got.gid()),
+                (ids.uid, ids.gid),
+                "{target:?}: owner"
+            );
+            assert_eq!(std::fs::read(&target).unwrap(), b"content");
+        }
     }
 }
