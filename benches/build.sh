@@ -54,9 +54,10 @@
 #     request log: logs/mirror.log), given to the builds as `--build-arg MIRROR=http://127.0.0.1:PORT`.
 #     So that their RUN steps reach it, these two cases build with `--network host` (forge also
 #     `--allow network.host`) for all three tools; apt and pip in them are pointed at the mirror alone.
-#   - Cold: forge gets a fresh FORGE_ROOT; docker `docker builder prune -af` and the image removed;
-#     buildah `rm -a` and `rmi -af`. So all three also fetch the base (busybox, or Debian) from the
-#     registry.
+#   - Cold: forge gets a fresh FORGE_ROOT; docker `docker builder prune -af` and the built and base
+#     images removed (left in docker's image store, a base is used from there: neither pulled nor
+#     unpacked); buildah `rm -a` and `rmi -af`. So all three fetch and unpack the base (busybox, or
+#     Debian) from the registry in every cold run.
 #   - Warm: each tool builds the monorepo once untimed, then hyperfine times the rebuilds.
 set -euo pipefail
 umask 022
@@ -215,7 +216,9 @@ wipe_cmd() {
   local ref=$PRIV/forge-bench/${2%-push}-$1:latest
   case $1 in
     forge) echo "rm -rf $WORK/forge/root-$2; sync" ;;
-    docker) echo "$DOCKER image rm -f forge-bench-$2 $ref >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
+    # The base images too: dockerd's BuildKit takes a FROM image from docker's own image store when
+    # it is there, and then neither pulls nor unpacks it (a cold forge or buildah run does both).
+    docker) echo "$DOCKER image rm -f forge-bench-$2 $ref $BASE $DEBIAN >/dev/null 2>&1; $DOCKER builder prune -af >/dev/null; sync" ;;
     buildah) echo "$BUILDAH rm -a >/dev/null; $BUILDAH rmi -af >/dev/null; sync" ;;
   esac
 }
