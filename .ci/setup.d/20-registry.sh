@@ -20,6 +20,21 @@ storage:
 http:
   addr: $forge_registry_addr
 CONFIG
+  # Every test pushes to repositories of its own, so storage kept between runs grows by each run's
+  # pushes until the disk is full (a CI run once failed that way). Before the registry starts, only the
+  # base images 30-base-images.sh makes are kept; garbage-collect then drops the blobs nothing refers to.
+  forge_repos=$forge_registry_dir/storage/docker/registry/v2/repositories
+  if [ -d "$forge_repos" ]; then
+    find "$forge_repos" -mindepth 1 -maxdepth 1 ! -name forge-test -exec rm -rf {} +
+    find "$forge_repos/forge-test" -mindepth 1 -maxdepth 1 ! -name busybox ! -name debian \
+      -exec rm -rf {} + 2>/dev/null || true
+    before=$(du -sm "$forge_registry_dir/storage" | cut -f1)
+    docker-registry garbage-collect "$forge_registry_dir/config.yml" >/dev/null ||
+      echo "registry: garbage-collect failed; the storage stays as it was" >&2
+    echo "registry storage: ${before} MiB -> $(du -sm "$forge_registry_dir/storage" | cut -f1) MiB" \
+      "(only the base images kept)"
+  fi
+  unset forge_repos before
   # setsid: the registry must outlive this shell (CI set-up, then the tests in a later process).
   setsid -f docker-registry serve "$forge_registry_dir/config.yml" \
     >>"$forge_registry_dir/registry.log" 2>&1 </dev/null

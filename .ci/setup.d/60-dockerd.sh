@@ -34,5 +34,8 @@ if ! DOCKER_HOST=unix://$forge_docker_sock docker version >/dev/null 2>&1; then
     env DOCKER_HOST="unix://$forge_docker_sock" docker version
 fi
 echo "dockerd: unix://$forge_docker_sock answers"
+# The data root is kept between runs, and the tests leave images there (forge's image of each run, the
+# images docker judged); what no container uses goes, so that runs on one machine do not fill its disk.
+DOCKER_HOST=unix://$forge_docker_sock docker system prune --all --force | tail -n 1
 export FORGE_TEST_DOCKER_HOST=unix://$forge_docker_sock
 unset forge_docker_dir forge_docker_sock
