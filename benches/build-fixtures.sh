@@ -6,6 +6,7 @@
 #   DIR/realapp    on Debian: gcc and libc6-dev from apt, a static hello.c built, only the binary kept
 #   DIR/pip        on Debian: python3 and pip from apt, then django, sqlalchemy, numpy and requests
 #                  (and their dependencies) from wheels
+#   DIR/big        one RUN writing a 1 GiB file of random bytes (the memory case)
 # realapp and pip install from the loopback mirror of benches/lib/mirror.sh, whose URL the build is
 # given as `--build-arg MIRROR=http://127.0.0.1:PORT` (the port is chosen when the mirror starts):
 # apt's sources become that mirror's flat repository alone, pip gets --no-index and its wheels.
@@ -18,7 +19,14 @@ base=${2:-${FORGE_TEST_BUSYBOX:-127.0.0.1:5000/forge-test/busybox:latest}}
 debian=${3:-${FORGE_TEST_DEBIAN:-127.0.0.1:5000/forge-test/debian:bookworm}}
 files=${FORGE_BENCH_FILES:-10000}
 
-mkdir -p "$dir/parallel" "$dir/heavy" "$dir/monorepo" "$dir/realapp" "$dir/pip"
+mkdir -p "$dir/parallel" "$dir/heavy" "$dir/monorepo" "$dir/realapp" "$dir/pip" "$dir/big"
+
+# Random bytes: no codec can shrink them, so the whole GiB passes through every stage of the layer
+# (diff, tar, compression, digest, upload) as itself.
+cat >"$dir/big/Dockerfile" <<EOF
+FROM $base
+RUN head -c 1073741824 /dev/urandom > /big.bin
+EOF
 
 cat >"$dir/parallel/Dockerfile" <<EOF
 FROM $base AS one

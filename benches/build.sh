@@ -11,6 +11,8 @@
 #             binary kept in a scratch stage                                             (cold)
 #   pip       on the Debian base: apt-get install python3 python3-pip, then pip install django,
 #             sqlalchemy, numpy, requests and their dependencies from wheels             (cold)
+#   big       one RUN writing a 1 GiB file of random bytes, built and pushed by forge alone, once:
+#             its peak RSS against the 150 MB target and its wall time (a memory case, no ratio)
 # Floors measured in the same run: the no-op case beside `find` stating every file of the context
 # (the stat floor), and the heavy layer's bytes through zstd -T0, pigz, single-stream gzip and
 # sha256sum (the compression floor). Each case's median for every tool, forge/docker, forge/buildah,
@@ -29,7 +31,7 @@
 #   user), FORGE_BENCH_DIR (parent of the scratch dir, default /var/tmp), FORGE_BENCH_KEEP=1 (keep it),
 #   FORGE_BENCH_RESULTS=DIR (keep hyperfine's JSON per case and the summary table there),
 #   BENCH_CASES="noop onefile ..." (only these of parallel, heavy, parallel-push, heavy-push, noop,
-#   onefile, realapp, pip, floor; default all), FORGE_BENCH_FRESH_FS=0 (work in FORGE_BENCH_DIR itself
+#   onefile, realapp, pip, big, floor; default all), FORGE_BENCH_FRESH_FS=0 (work in FORGE_BENCH_DIR itself
 #   instead of a fresh ext4 image loop-mounted there, FORGE_BENCH_FS_SIZE, default 24G, sparse),
 #   FORGE_TEST_DEBIAN (realapp's and pip's base, default 127.0.0.1:5000/forge-test/debian:bookworm, a
 #   debootstrap minbase bookworm), FORGE_BENCH_MIRROR (their package mirror's cache dir, default
@@ -293,6 +295,25 @@ PY
     -n "sha256sum" "sha256sum $WORK/floor/layer.tar"
 }
 
+# The memory case: forge builds and pushes a 1 GiB layer once, under /usr/bin/time (peak RSS in KiB
+# and wall seconds to big.rss). Not timed against the peers: what it judges is forge's own memory.
+big_layer() {
+  local log=$WORK/logs/forge-big.log kb secs
+  echo
+  echo "== big (a 1 GiB layer of random bytes, cold, built and pushed by forge once)"
+  sh -c "$(wipe_cmd forge big-push)"
+  if /usr/bin/time -f '%M %e' -o "$WORK/results/big.rss" \
+    sh -c "$(build_cmd forge big-push) >$log 2>&1"; then
+    read -r kb secs <"$WORK/results/big.rss"
+    echo "forge: peak RSS $((kb / 1024)) MiB, $secs s (target: under 150 MB)"
+  else
+    echo "!! forge failed to build and push big; last lines of $log:"
+    tail -n 12 "$log" | sed 's/^/   | /'
+    rm -f "$WORK/results/big.rss"
+  fi
+  sh -c "$(wipe_cmd forge big-push)"
+}
+
 if [ -n "${FORGE_BIN:-}" ]; then
   forge_from="binary $FORGE_BIN (sha256 $(sha256sum "$FORGE_BIN" | cut -c1-12))"
 else
@@ -313,6 +334,7 @@ wanted noop && run_case noop monorepo noop
 wanted onefile && run_case onefile monorepo onefile
 wanted realapp && run_case realapp realapp cold
 wanted pip && run_case pip pip cold
+wanted big && big_layer
 wanted floor && compression_floor
 
 # --- summary -------------------------------------------------------------------------------------
@@ -362,6 +384,12 @@ for key, label, target in cases:
         r = f["median"] / s["median"]
         notes.append(f"noop: the stat floor (find stating the context) {s['median']*1000:.1f} ms; forge "
                      f"{f['median']*1000:.1f} ms = {r:.2f}x it (target <= 1.5x: {'met' if r <= 1.5 else 'missed'})")
+big = os.path.join(results, "big.rss")
+if os.path.exists(big):
+    kb, secs = open(big).read().split()[-2:]
+    mb = int(kb) * 1024 / 1e6
+    notes.append(f"big: a 1 GiB layer built and pushed in {float(secs):.1f} s with a peak RSS of "
+                 f"{mb:.0f} MB (target < 150 MB: {'met' if mb < 150 else 'missed'})")
 floor = load("floor")
 if floor:
     notes.append("compression floor of the heavy layer: " + ", ".join(
