@@ -31,6 +31,8 @@ fn is_commit_id(s: &str) -> bool {
 
 /// Clones `url` at `reference` into `checkout` (blocking: gix's network client).
 fn clone(url: &str, reference: &str, checkout: &Path) -> Result<(), String> {
+    // gix's http transport is a reqwest client without a provider of its own.
+    forge_snapshotter::registry::roots::install_crypto_provider();
     let mut prepare = gix::clone::PrepareFetch::new(
         url,
         checkout,

@@ -235,7 +235,7 @@ struct Downloaded {
 
 impl HttpFetcher {
     pub fn new(config: HttpConfig) -> Result<HttpFetcher, HttpError> {
-        install_crypto_provider();
+        forge_snapshotter::registry::roots::install_crypto_provider();
         let max_redirects = config.max_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {
@@ -433,17 +433,6 @@ impl HttpFetcher {
             last_modified,
         })
     }
-}
-
-static CRYPTO_PROVIDER: std::sync::Once = std::sync::Once::new();
-
-/// reqwest is built without a TLS provider (as for oci-client, so aws-lc is not compiled); rustls
-/// needs one installed process-wide before the first TLS connection.
-fn install_crypto_provider() {
-    CRYPTO_PROVIDER.call_once(|| {
-        // The registry client may have installed the same provider already; that is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 fn parse_url(url: &str) -> Result<Url, HttpError> {

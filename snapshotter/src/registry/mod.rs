@@ -13,7 +13,7 @@ mod pull;
 mod push;
 pub mod roots;
 
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -82,17 +82,6 @@ pub struct RegistryClient {
     http: OnceLock<oci_client::Client>,
 }
 
-static CRYPTO_PROVIDER: Once = Once::new();
-
-/// oci-client is built without a TLS provider so that aws-lc is not compiled; rustls then needs
-/// one installed process-wide before the first TLS connection.
-fn install_crypto_provider() {
-    CRYPTO_PROVIDER.call_once(|| {
-        // Another part of the process may have installed one already; that one is fine too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> RegistryClient {
         RegistryClient {
@@ -103,7 +92,7 @@ impl RegistryClient {
     }
 
     fn make_client(&self, protocol: ClientProtocol) -> oci_client::Client {
-        install_crypto_provider();
+        roots::install_crypto_provider();
         // Explicit roots: the client never depends on a system store existing (see `roots`).
         let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
             .certs

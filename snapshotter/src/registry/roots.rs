@@ -25,6 +25,19 @@ pub struct TrustRoots {
     pub source: RootSource,
 }
 
+/// Installs rustls's crypto provider (ring) for the whole process, once. forge's HTTP clients
+/// (oci-client's, login's, `ADD <url>`'s, gix's for git contexts) are built without a provider of
+/// their own so that aws-lc is not compiled, and rustls panics at the first client built before
+/// one is installed: whatever is about to make such a client calls this first. Cheap, and unlike
+/// the roots it reads nothing.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Another part of the process may have installed one already; that one is fine too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// This process's roots, loaded on first use.
 pub fn trust_roots() -> &'static TrustRoots {
     static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
