@@ -235,7 +235,6 @@ struct Downloaded {
 
 impl HttpFetcher {
     pub fn new(config: HttpConfig) -> Result<HttpFetcher, HttpError> {
-        forge_snapshotter::registry::roots::install_crypto_provider();
         let max_redirects = config.max_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {

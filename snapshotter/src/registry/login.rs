@@ -182,7 +182,6 @@ impl RegistryClient {
 
     /// A plain HTTP client with the roots every registry request trusts.
     fn login_http(&self) -> Result<reqwest::Client, reqwest::Error> {
-        super::roots::install_crypto_provider();
         let roots = super::roots::trust_roots()
             .certs
             .iter()

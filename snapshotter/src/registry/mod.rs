@@ -92,7 +92,6 @@ impl RegistryClient {
     }
 
     fn make_client(&self, protocol: ClientProtocol) -> oci_client::Client {
-        roots::install_crypto_provider();
         // Explicit roots: the client never depends on a system store existing (see `roots`).
         let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
             .certs

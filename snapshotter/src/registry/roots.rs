@@ -28,8 +28,8 @@ pub struct TrustRoots {
 /// Installs rustls's crypto provider (ring) for the whole process, once. forge's HTTP clients
 /// (oci-client's, login's, `ADD <url>`'s, gix's for git contexts) are built without a provider of
 /// their own so that aws-lc is not compiled, and rustls panics at the first client built before
-/// one is installed: whatever is about to make such a client calls this first. Cheap, and unlike
-/// the roots it reads nothing.
+/// one is installed. [`trust_roots`] calls this, so a client made with forge's roots has it; one
+/// that is not (gix's) calls it itself. Cheap, and unlike the roots it reads nothing.
 pub fn install_crypto_provider() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
@@ -38,8 +38,10 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// This process's roots, loaded on first use.
+/// This process's roots, loaded on first use. Every client these roots go into also needs the
+/// crypto provider, which is installed here too.
 pub fn trust_roots() -> &'static TrustRoots {
+    install_crypto_provider();
     static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
     ROOTS.get_or_init(|| {
         // Unreadable or unparsable files are skipped by the loader (reported in `errors`); what
