@@ -22,6 +22,7 @@ mod info_cmd;
 mod login_cmd;
 mod progress;
 mod run_cmd;
+mod serve_cmd;
 mod store_cmd;
 
 #[derive(Parser)]
@@ -93,6 +94,10 @@ enum Command {
     /// Look after the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Serve builds: started by webhooks (GitHub, GitLab, Gitea, Gitee, registries), an API with a
+    /// secret and a page's button; their history, live logs and charts on web pages;
+    /// notifications when they fail or are fixed.
+    Serve(serve_cmd::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -211,6 +216,8 @@ fn main() -> ExitCode {
         Command::Run(args) => enter_user_namespace().and_then(|()| run_cmd::run(&args)),
         Command::History(args) => image_cmd::history(&args),
         Command::Logs(args) => run_cmd::logs(&args),
+        Command::Serve(args) if args.check_only() => serve_cmd::serve(&args),
+        Command::Serve(args) => enter_user_namespace().and_then(|()| serve_cmd::serve(&args)),
         Command::Store(StoreCommand::Check(args)) => {
             enter_user_namespace().and_then(|()| store_cmd::check(&args))
         }

@@ -57,6 +57,16 @@ pub fn normalize_breaks(source: &str) -> Cow<'_, str> {
 
 /// Reads `source` as a forge.yaml into its located model; `file` is the name errors report.
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
+    read_yaml(file, source)
+}
+
+/// Reads `source` as YAML into `T` with forge.yaml's bounds, every error located and rendered as
+/// forge.yaml's are (`file:line:column`, the line, a caret): other YAML files forge reads
+/// (`forge serve`'s configuration) use it too.
+pub fn read_yaml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    source: &str,
+) -> Result<T, PipelineErrors> {
     let source = &*normalize_breaks(source);
     let fail = |e| PipelineErrors::new(file, source, vec![e]);
     if source.len() > MAX_FILE_BYTES {

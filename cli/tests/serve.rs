@@ -1,0 +1,621 @@
+//! `forge serve` end to end (issue 17) with real parts: a git repository served by `git daemon` on
+//! loopback (git serves; forge fetches with gix), the busybox test image, the embedded runner as
+//! root, webhook payloads in GitHub's, GitLab's, Gitea's and Gitee's documented shapes
+//! (testdata/serve/hooks) re-pointed at this repository's commits and signed with openssl (an
+//! independent HMAC), curl as the client, a local webhook receiver and SMTP sink for the
+//! notifications. One server goes through: signed pushes of three forges, a wrong signature and a
+//! replay, a keyword-less push, a tag, the API, two projects at once, a followed log, broken and
+//! fixed notifications, and a `kill -9` in the middle of a build.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SECRET: &str = "hook-secret-7f3a";
+const API: &str = "api-secret-91c2";
+
+struct Repo {
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn git(&self, args: &[&str]) -> String {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", common::printed(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Commits `flag` (the job passes when it is `ok`) and `delay` (seconds the job sleeps, in
+    /// ticks it prints) with `message`; the new commit's id.
+    fn commit(&self, flag: &str, delay: u32, message: &str) -> String {
+        std::fs::write(self.dir.join("flag"), format!("{flag}\n")).unwrap();
+        std::fs::write(self.dir.join("delay"), format!("{delay}\n")).unwrap();
+        self.git(&["add", "."]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+const PIPELINE: &str = r#"images:
+  app:
+    context: .
+jobs:
+  test:
+    image: app
+    secrets: [DEPLOY_TOKEN]
+    script:
+      - echo "tag=[$FORGE_GIT_TAG] branch=[$FORGE_GIT_BRANCH] number=[$FORGE_BUILD_NUMBER] token=[$DEPLOY_TOKEN]"
+      - 'i=0; while [ $i -lt $(cat /app/delay) ]; do i=$((i+1)); echo "tick $i"; sleep 1; done'
+      - test "$(cat /app/flag)" = ok
+"#;
+
+fn new_repo(base: &Path, name: &str, busybox: &str) -> Repo {
+    let dir = base.join(format!("{name}.git"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let repo = Repo { dir };
+    repo.git(&["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.dir.join("Dockerfile"),
+        format!("FROM {busybox}\nWORKDIR /app\nCOPY flag delay /app/\n"),
+    )
+    .unwrap();
+    std::fs::write(repo.dir.join("forge.yaml"), PIPELINE).unwrap();
+    repo
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A request with curl: the status and the body.
+fn curl(method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run curl");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(b) = body {
+        stdin.write_all(b).unwrap();
+    }
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "curl {url}: {}", common::printed(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// HMAC-SHA256 of `body` with `key`, hex, computed by openssl.
+fn hmac_hex(key: &str, body: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let o = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A fixture payload re-pointed at `reference` and `commit` (with `message`): the fields the real
+/// senders put the pushed ref and commits in.
+fn payload(fixture: &str, reference: &str, before: &str, commit: &str, message: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/serve/hooks")
+        .join(fixture);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    v["ref"] = Value::from(reference);
+    v["before"] = Value::from(before);
+    v["after"] = Value::from(commit);
+    if v.get("checkout_sha").is_some() {
+        v["checkout_sha"] = Value::from(commit);
+    }
+    if let Some(commits) = v.get_mut("commits").and_then(Value::as_array_mut) {
+        commits.truncate(1);
+        if let Some(c) = commits.first_mut() {
+            c["id"] = Value::from(commit);
+            c["message"] = Value::from(message);
+        }
+    }
+    if v.get("head_commit").is_some_and(|h| h.is_object()) {
+        v["head_commit"]["id"] = Value::from(commit);
+        v["head_commit"]["message"] = Value::from(message);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(config: &Path, root: &Path, port: u16, log: &Path) -> Served {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-builds",
+            "2",
+        ])
+        .arg("--root")
+        .arg(root)
+        .env("DEPLOY_TOKEN_VALUE", "tok-3141592653")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_listening(port, "forge serve");
+    Served { child, port }
+}
+
+fn build_of(s: &Served, project: &str, n: u64) -> Value {
+    let (code, body) = curl(
+        "GET",
+        &s.url(&format!("/api/v1/projects/{project}/builds/{n}")),
+        &[],
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until build `n` has ended; the build.
+fn ended(s: &Served, project: &str, n: u64, log: &Path) -> Value {
+    let started = Instant::now();
+    loop {
+        let b = build_of(s, project, n);
+        let status = b["status"].as_str().unwrap().to_string();
+        if !matches!(status.as_str(), "queued" | "running") {
+            return b;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "{project} #{n} still {status}; server log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn created_number(code: u16, body: &str) -> u64 {
+    assert_eq!(code, 201, "{body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    v["number"].as_u64().unwrap()
+}
+
+fn build_log(s: &Served, project: &str, n: u64) -> String {
+    curl(
+        "GET",
+        &s.url(&format!("/api/v1/projects/{project}/builds/{n}/log")),
+        &[],
+        None,
+    )
+    .1
+}
+
+#[test]
+fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notifications() {
+    if !forge_testsupport::root("builds run with the embedded runner as root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    for tool in ["git", "curl", "openssl"] {
+        if forge_testsupport::tool(tool).is_none() {
+            return;
+        }
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-");
+    let repos = tmp.path().join("repos");
+    let app = new_repo(&repos, "app", &busybox);
+    let lib = new_repo(&repos, "lib", &busybox);
+    let c1 = app.commit("ok", 0, "first");
+    let lib1 = lib.commit("ok", 3, "lib first");
+
+    let git_port = free_port();
+    let mut daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={git_port}"))
+        .arg(format!("--base-path={}", repos.display()))
+        .arg(&repos)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(git_port, "git daemon");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_, receiver) = rt.block_on(forge_server::notify::testing::WebhookReceiver::start());
+    let (smtp_addr, sink) = rt.block_on(forge_server::notify::testing::SmtpSink::start());
+
+    let port = free_port();
+    let config = tmp.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"api_secret: {API}
+projects:
+  - name: app
+    repo: git://127.0.0.1:{git_port}/app.git
+    branches: [main, "release/*"]
+    triggers: [push, tag, api]
+    webhook_secret: {SECRET}
+    secrets:
+      DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
+    notify:
+      webhooks: ["{hook}"]
+      email:
+        smtp: "{smtp_addr}"
+        from: forge@example.invalid
+        to: [team@example.invalid]
+      on_success: change
+      on_failure: change
+  - name: lib
+    repo: git://127.0.0.1:{git_port}/lib.git
+    triggers: [keyword, api]
+    webhook_secret: {SECRET}
+    secrets:
+      DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
+"#,
+            hook = receiver.url("/notify"),
+        ),
+    )
+    .unwrap();
+    let root = tmp.path().join("root");
+    let server_log = tmp.path().join("serve.log");
+    let mut s = start_server(&config, &root, port, &server_log);
+
+    // A signed GitHub push of main builds it; the job sees the branch and number, and the secret
+    // is masked in the log.
+    let body = payload(
+        "github_push.json",
+        "refs/heads/main",
+        &"0".repeat(40),
+        &c1,
+        "first",
+    );
+    let gh = |delivery: &str, sig: String| {
+        vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", sig),
+        ]
+    };
+    let sig = format!("sha256={}", hmac_hex(SECRET, &body));
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/app/github"),
+        &gh("d-1", sig.clone()),
+        Some(&body),
+    );
+    let n1 = created_number(code, &reply);
+    let b1 = ended(&s, "app", n1, &server_log);
+    assert_eq!(b1["status"], "passed", "{b1}\n{}", build_log(&s, "app", n1));
+    assert_eq!(b1["commit"], c1.as_str());
+    assert_eq!(b1["trigger"], "push");
+    assert_eq!(b1["jobs_failed"], 0);
+    let log1 = build_log(&s, "app", n1);
+    assert!(
+        log1.contains(&format!("branch=[main] number=[{n1}] token=[****]")),
+        "{log1}"
+    );
+    assert!(!log1.contains("tok-3141592653"), "{log1}");
+
+    // The same delivery again is a replay: 409, nothing queued. A wrong signature and none: 401.
+    let (code, _) = curl(
+        "POST",
+        &s.url("/hooks/app/github"),
+        &gh("d-1", sig),
+        Some(&body),
+    );
+    assert_eq!(code, 409);
+    let wrong = format!("sha256={}", hmac_hex("not-the-secret", &body));
+    let (code, _) = curl(
+        "POST",
+        &s.url("/hooks/app/github"),
+        &gh("d-2", wrong),
+        Some(&body),
+    );
+    assert_eq!(code, 401);
+    let (code, _) = curl(
+        "POST",
+        &s.url("/hooks/app/github"),
+        &[
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", "d-3".to_string()),
+        ],
+        Some(&body),
+    );
+    assert_eq!(code, 401);
+    let (_, list) = curl("GET", &s.url("/api/v1/projects/app/builds"), &[], None);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // GitLab: a push that breaks the job ("broken"), Gitea: one that fixes it ("fixed").
+    let c2 = app.commit("bad", 0, "break it");
+    let body = payload("gitlab_push.json", "refs/heads/main", &c1, &c2, "break it");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/app/gitlab"),
+        &[
+            ("Content-Type", "application/json".to_string()),
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("X-Gitlab-Token", SECRET.to_string()),
+            ("X-Gitlab-Event-UUID", "gl-1".to_string()),
+        ],
+        Some(&body),
+    );
+    let n2 = created_number(code, &reply);
+    let b2 = ended(&s, "app", n2, &server_log);
+    assert_eq!(b2["status"], "failed", "{b2}");
+    assert_eq!(b2["jobs_failed"], 1, "{b2}");
+    let c3 = app.commit("ok", 0, "fix it");
+    let body = payload("gitea_push.json", "refs/heads/main", &c2, &c3, "fix it");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/app/gitea"),
+        &[
+            ("Content-Type", "application/json".to_string()),
+            ("X-Gitea-Event", "push".to_string()),
+            ("X-Gitea-Delivery", "gt-1".to_string()),
+            ("X-Gitea-Signature", hmac_hex(SECRET, &body)),
+        ],
+        Some(&body),
+    );
+    let n3 = created_number(code, &reply);
+    assert_eq!(ended(&s, "app", n3, &server_log)["status"], "passed");
+    let hooks = rt.block_on(receiver.wait_for(2, Duration::from_secs(20)));
+    let outcomes: Vec<String> = hooks
+        .iter()
+        .map(|r| r.json()["outcome"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(outcomes, ["broken", "fixed"], "{hooks:?}");
+    assert!(hooks[0].json()["text"].as_str().unwrap().contains("app"));
+    let mails = rt.block_on(sink.wait_for(2, Duration::from_secs(20)));
+    assert_eq!(mails.len(), 2);
+    assert!(mails[0].data.contains("broken"), "{}", mails[0].data);
+    assert!(mails[1].data.contains("fixed"), "{}", mails[1].data);
+
+    // Gitee: a new tag builds a release with FORGE_GIT_TAG. (The tagged commit is new: jobs'
+    // recorded results are keyed by their image and script, not by the built-in variables, so a
+    // tag on an already tested commit would replay that run's lines.)
+    let c4 = app.commit("ok", 1, "release");
+    app.git(&["tag", "v1.0.0"]);
+    let body = payload(
+        "gitee_tag.json",
+        "refs/tags/v1.0.0",
+        &"0".repeat(40),
+        &c4,
+        "release",
+    );
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/app/gitee"),
+        &[
+            ("Content-Type", "application/json".to_string()),
+            ("X-Gitee-Event", "Tag Push Hook".to_string()),
+            ("X-Gitee-Token", SECRET.to_string()),
+        ],
+        Some(&body),
+    );
+    let n4 = created_number(code, &reply);
+    let b4 = ended(&s, "app", n4, &server_log);
+    assert_eq!(b4["status"], "passed", "{b4}");
+    assert_eq!(b4["tag"], "v1.0.0");
+    let log4 = build_log(&s, "app", n4);
+    assert!(log4.contains("tag=[v1.0.0]"), "{log4}");
+
+    // The keyword trigger: a push without @deploy starts nothing, one with it starts a build.
+    let lib2 = lib.commit("ok", 0, "tidy up");
+    let body = payload(
+        "github_push.json",
+        "refs/heads/main",
+        &lib1,
+        &lib2,
+        "tidy up",
+    );
+    let sig = format!("sha256={}", hmac_hex(SECRET, &body));
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/lib/github"),
+        &gh("lib-1", sig),
+        Some(&body),
+    );
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.contains("\"started\":false"), "{reply}");
+    let (_, list) = curl("GET", &s.url("/api/v1/projects/lib/builds"), &[], None);
+    assert_eq!(list.trim(), "[]");
+
+    // The API (secret_key in the body, and a bearer token) starts builds of both projects; they
+    // run at once, and the followed log shows lines as the job prints them.
+    let (code, _) = curl(
+        "POST",
+        &s.url("/api/v1/projects/app/builds"),
+        &[],
+        Some(br#"{"secret_key": "wrong"}"#),
+    );
+    assert_eq!(code, 401);
+    let slow = app.commit("ok", 4, "slow one");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/app/builds"),
+        &[("Content-Type", "application/json".to_string())],
+        Some(
+            format!(r#"{{"secret_key": "{API}", "branch": "main", "commit": "{slow}"}}"#)
+                .as_bytes(),
+        ),
+    );
+    let n5 = created_number(code, &reply);
+    let lib3 = lib.commit("ok", 4, "lib slow");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/lib/builds"),
+        &[("Authorization", format!("Bearer {API}"))],
+        Some(format!(r#"{{"commit": "{lib3}", "branch": "main"}}"#).as_bytes()),
+    );
+    let l1 = created_number(code, &reply);
+    let mut follow = Command::new("curl")
+        .args(["-sS", "-N"])
+        .arg(s.url(&format!("/api/v1/projects/app/builds/{n5}/log?follow=1")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut both = false;
+    let started = Instant::now();
+    while !both && started.elapsed() < Duration::from_secs(120) {
+        both = build_of(&s, "app", n5)["status"] == "running"
+            && build_of(&s, "lib", l1)["status"] == "running";
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(both, "the two projects' builds never ran at once");
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut seen_tick_while_running = false;
+    let mut all = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("tick 2") {
+            seen_tick_while_running = build_of(&s, "app", n5)["status"] == "running";
+        }
+        all.push(line);
+    }
+    assert!(seen_tick_while_running, "{all:?}");
+    assert!(all.iter().any(|l| l == "build passed"), "{all:?}");
+    follow.wait().unwrap();
+    let lib_build = ended(&s, "lib", l1, &server_log);
+    assert_eq!(
+        lib_build["status"],
+        "passed",
+        "{lib_build}\n{}",
+        build_log(&s, "lib", l1)
+    );
+
+    // kill -9 in the middle of a build, then a restart: the build is marked interrupted and
+    // queued again; every finished build is still there.
+    let long = app.commit("ok", 60, "long one");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/app/builds"),
+        &[],
+        Some(
+            format!(r#"{{"secret_key": "{API}", "commit": "{long}", "branch": "main"}}"#)
+                .as_bytes(),
+        ),
+    );
+    let n6 = created_number(code, &reply);
+    let started = Instant::now();
+    while !build_log(&s, "app", n6).contains("tick 1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the long build never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    s.child.wait().unwrap();
+    drop(s);
+    let s = start_server(&config, &root, port, &server_log);
+    assert_eq!(build_of(&s, "app", n6)["status"], "interrupted");
+    let again = n6 + 1;
+    let b7 = build_of(&s, "app", again);
+    assert_eq!(b7["trigger"], "restart", "{b7}");
+    assert_eq!(b7["commit"], long.as_str());
+    for (n, status) in [
+        (n1, "passed"),
+        (n2, "failed"),
+        (n3, "passed"),
+        (n4, "passed"),
+        (n5, "passed"),
+    ] {
+        assert_eq!(build_of(&s, "app", n)["status"], status, "build {n}");
+    }
+    // Cancelling the requeued build stops it and records it as cancelled.
+    let (code, reply) = curl(
+        "POST",
+        &s.url(&format!("/api/v1/projects/app/builds/{again}/cancel")),
+        &[("Authorization", format!("Bearer {API}"))],
+        None,
+    );
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(ended(&s, "app", again, &server_log)["status"], "cancelled");
+
+    // The pages render from the same records.
+    let (code, html) = curl("GET", &s.url("/p/app"), &[], None);
+    assert_eq!(code, 200);
+    assert!(html.contains(&format!("data-number=\"{n2}\"")), "{html}");
+    let (code, badge) = curl("GET", &s.url("/p/app/badge.svg"), &[], None);
+    assert_eq!(code, 200);
+    assert!(badge.contains("<svg"), "{badge}");
+    drop(s);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

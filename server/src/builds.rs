@@ -1,0 +1,530 @@
+//! Running builds: the queue (one build per project at a time, at most `max_builds` at once, the
+//! rest waiting in the order they came), each build's checkout, its pipeline run in this process
+//! through the build API, its log, and the notifications when it ends.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use forge_builder::Session;
+use forge_builder::pipeline::history::JobResult;
+use forge_builder::pipeline::run::{PipelineEvent, RunOptions, RunReport};
+use forge_builder::pipeline::{self, CheckOptions};
+use forge_builder::solver::CancellationToken;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::{Config, Project, What};
+use crate::model::{Build, JobRecord, Status, Trigger};
+use crate::notify;
+use crate::store::{Request, Store, StoreError, now};
+
+/// The server's shared state.
+pub struct Server {
+    pub config: Config,
+    pub store: Store,
+    session: Session,
+    /// `<store>/serve`: work folders and artifacts below it.
+    dir: PathBuf,
+    running: Mutex<HashMap<(String, u64), CancellationToken>>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub fn new(config: Config, store: Store, session: Session, dir: PathBuf) -> Arc<Server> {
+        let permits = Arc::new(Semaphore::new(config.max_builds));
+        // reqwest's client needs rustls's provider even for plain http.
+        forge_snapshotter::registry::roots::install_crypto_provider();
+        Arc::new(Server {
+            config,
+            store,
+            session,
+            dir,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            permits,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The project named `name`.
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.config.projects.iter().find(|p| p.name == name)
+    }
+
+    /// Queues a build and wakes the scheduler.
+    pub fn queue(&self, project: &str, trigger: Trigger, r: Request) -> Result<Build, StoreError> {
+        let b = self.store.enqueue(project, trigger, r)?;
+        eprintln!(
+            "queued {project} #{} ({}{})",
+            b.number,
+            trigger_word(trigger),
+            b.tag
+                .as_ref()
+                .or(b.branch.as_ref())
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        );
+        self.wake.notify_one();
+        Ok(b)
+    }
+
+    /// Cancels build `n`: a queued one never starts, a running one stops its steps and services.
+    /// False when it has already ended.
+    pub fn cancel(&self, project: &str, n: u64) -> Result<bool, StoreError> {
+        if let Some(token) = self
+            .running
+            .lock()
+            .expect("not poisoned")
+            .get(&(project.to_string(), n))
+        {
+            token.cancel();
+            return Ok(true);
+        }
+        match self.store.get(project, n)? {
+            Some(mut b) if b.status == Status::Queued => {
+                b.status = Status::Cancelled;
+                b.finished_at = Some(now());
+                self.store.put(&b)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Starts what can start, for ever: woken by every queued and every ended build.
+    pub async fn schedule(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.start_ready() {
+                eprintln!("error: {e}");
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    fn start_ready(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mut queued: Vec<Build> = self
+            .store
+            .all()?
+            .into_iter()
+            .filter(|b| b.status == Status::Queued)
+            .collect();
+        queued.sort_by_key(|b| (b.queued_at, b.number));
+        let mut busy: HashSet<String> = self
+            .running
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .map(|(p, _)| p.clone())
+            .collect();
+        for b in queued {
+            if busy.contains(&b.project) {
+                continue;
+            }
+            let Some(project) = self.project(&b.project).cloned() else {
+                // A project no longer configured: its queued builds cannot run.
+                let mut b = b;
+                b.status = Status::Cancelled;
+                b.error = Some("the project is no longer in the configuration".into());
+                b.finished_at = Some(now());
+                self.store.put(&b)?;
+                continue;
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let token = CancellationToken::new();
+            busy.insert(b.project.clone());
+            self.running
+                .lock()
+                .expect("not poisoned")
+                .insert((b.project.clone(), b.number), token.clone());
+            let server = self.clone();
+            tokio::spawn(async move {
+                let key = (b.project.clone(), b.number);
+                server.run(project, b, token).await;
+                server.running.lock().expect("not poisoned").remove(&key);
+                drop(permit);
+                server.wake.notify_one();
+            });
+        }
+        Ok(())
+    }
+
+    async fn run(&self, project: Project, mut b: Build, cancel: CancellationToken) {
+        let started = Instant::now();
+        b.status = Status::Running;
+        b.started_at = Some(now());
+        if let Err(e) = self.store.put(&b) {
+            eprintln!("error: {e}");
+            return;
+        }
+        eprintln!("started {} #{}", b.project, b.number);
+        let log = match Log::create(&self.store.log_path(&b.project, b.number), project.masked()) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                self.end(&project, b, Status::Failed, Some(e), started);
+                return;
+            }
+        };
+        let work = self
+            .dir
+            .join("work")
+            .join(&b.project)
+            .join(b.number.to_string());
+        let outcome = tokio::select! {
+            r = self.build(&project, &mut b, &work, &log, cancel.clone()) => r,
+            _ = cancel.cancelled() => Err((Status::Cancelled, "cancelled".to_string())),
+        };
+        let _ = std::fs::remove_dir_all(&work);
+        match outcome {
+            Ok(report) => {
+                b.jobs = report
+                    .jobs
+                    .iter()
+                    .map(|j| JobRecord {
+                        name: j.name.clone(),
+                        result: job_word(j.result).to_string(),
+                        duration_ms: j.duration_ms,
+                    })
+                    .collect();
+                b.pushed = report
+                    .images
+                    .iter()
+                    .flat_map(|i| {
+                        let digest = i.digest.clone().unwrap_or_default();
+                        i.pushed.iter().map(move |r| format!("{r}@{digest}"))
+                    })
+                    .collect();
+                let status = if report.cancelled || cancel.is_cancelled() {
+                    Status::Cancelled
+                } else if report.passed {
+                    Status::Passed
+                } else {
+                    Status::Failed
+                };
+                let error = report
+                    .images
+                    .iter()
+                    .find_map(|i| i.error.as_ref().map(|e| format!("image {}: {e}", i.name)));
+                log.line(&format!("build {}", status.as_str()));
+                self.end(&project, b, status, error, started);
+            }
+            Err((status, e)) => {
+                log.line(&format!("error: {e}"));
+                log.line(&format!("build {}", status.as_str()));
+                self.end(&project, b, status, Some(e), started);
+            }
+        }
+    }
+
+    /// Checks out the commit and runs the pipeline.
+    async fn build(
+        &self,
+        project: &Project,
+        b: &mut Build,
+        work: &Path,
+        log: &Arc<Log>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, (Status, String)> {
+        let failed = |e: String| (Status::Failed, e);
+        let _ = std::fs::remove_dir_all(work);
+        if let Some(parent) = work.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
+        }
+        let request = Request {
+            branch: b.branch.clone(),
+            tag: b.tag.clone(),
+            commit: b.commit.clone(),
+            message: b.message.clone(),
+        };
+        log.line(&format!(
+            "fetching {} at {}",
+            project.repo,
+            request
+                .commit
+                .as_ref()
+                .or(request.tag.as_ref())
+                .or(request.branch.as_ref())
+                .map_or("HEAD", |s| s.as_str())
+        ));
+        let (url, dest) = (project.repo.clone(), work.to_path_buf());
+        let checkout =
+            tokio::task::spawn_blocking(move || crate::checkout::fetch(&url, &request, &dest))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(format!("fetching {}: {e}", project.repo)))?;
+        log.line(&format!(
+            "checked out {} {}",
+            checkout.commit, checkout.message
+        ));
+        b.commit = Some(checkout.commit.clone());
+        if b.message.is_none() {
+            b.message = Some(checkout.message.clone());
+        }
+        self.store.put(b).map_err(|e| failed(e.to_string()))?;
+        let (name, source) = match &project.what {
+            What::Pipeline(path) => {
+                let text = std::fs::read_to_string(work.join(path))
+                    .map_err(|e| failed(format!("{path} in the repository: {e}")))?;
+                (path.clone(), text)
+            }
+            What::Dockerfile { path, tags } => (path.clone(), plain_build(path, tags)),
+        };
+        let mut builtins: BTreeMap<String, String> = project.variables.clone();
+        let commit = checkout.commit.clone();
+        for (k, v) in [
+            ("FORGE_GIT_SHA", commit.clone()),
+            ("FORGE_GIT_SHORT_SHA", commit.chars().take(8).collect()),
+            ("FORGE_GIT_BRANCH", b.branch.clone().unwrap_or_default()),
+            ("FORGE_GIT_TAG", b.tag.clone().unwrap_or_default()),
+            ("FORGE_BUILD_NUMBER", b.number.to_string()),
+        ] {
+            builtins.insert(k.to_string(), v);
+        }
+        let options = CheckOptions {
+            builtins,
+            changed: None,
+        };
+        let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
+        let run_options = RunOptions {
+            base_dir: work.to_path_buf(),
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            artifacts_dir: self
+                .dir
+                .join("artifacts")
+                .join(&b.project)
+                .join(b.number.to_string()),
+            secrets: project
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            no_cache: false,
+            only: Vec::new(),
+            allow_network_host: false,
+        };
+        let sink_log = log.clone();
+        forge_builder::pipeline::run::run(
+            &self.session,
+            &plan,
+            &run_options,
+            Arc::new(move |e| {
+                if let Some(line) = event_line(&e) {
+                    sink_log.line(&line);
+                }
+            }),
+            cancel,
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))
+    }
+
+    /// Records the end of `b` and tells whoever the project names.
+    fn end(
+        &self,
+        project: &Project,
+        mut b: Build,
+        status: Status,
+        error: Option<String>,
+        started: Instant,
+    ) {
+        b.status = status;
+        b.error = error;
+        b.finished_at = Some(now());
+        b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = self.store.put(&b) {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} {} #{}", status.as_str(), b.project, b.number);
+        let previous = self
+            .store
+            .previous_result(&b.project, b.number)
+            .ok()
+            .flatten();
+        let Some(outcome) = notify::outcome(previous, status) else {
+            return;
+        };
+        if !notify::should_notify(
+            outcome,
+            project.notify.on_success,
+            project.notify.on_failure,
+        ) {
+            return;
+        }
+        let msg = notify::message(&b, outcome, &self.config.base_url);
+        let (http, notify_cfg) = (self.http.clone(), project.notify.clone());
+        tokio::spawn(async move {
+            for url in &notify_cfg.webhooks {
+                if let Err(e) = notify::send_webhook(&http, url, &msg).await {
+                    eprintln!("warning: notifying {url}: {e}");
+                }
+            }
+            if let Some(smtp) = &notify_cfg.email
+                && let Err(e) = notify::send_email(smtp, &msg).await
+            {
+                eprintln!("warning: mailing {}: {e}", smtp.to.join(", "));
+            }
+        });
+    }
+}
+
+/// A forge.yaml that builds one Dockerfile: a project without a pipeline.
+fn plain_build(dockerfile: &str, tags: &[String]) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let tags: Vec<String> = tags.iter().map(|t| quote(t)).collect();
+    format!(
+        "images:\n  image:\n    context: .\n    dockerfile: {}\n    tags: [{}]\n    push: {}\n",
+        quote(dockerfile),
+        tags.join(", "),
+        !tags.is_empty()
+    )
+}
+
+/// How an event reads in a build's log.
+fn event_line(e: &PipelineEvent) -> Option<String> {
+    Some(match e {
+        PipelineEvent::ImageStarted { image } => format!("image {image}: building"),
+        PipelineEvent::ImageLine { image, line } => format!("[{image}] {line}"),
+        PipelineEvent::ImageBuilt {
+            image,
+            digest,
+            steps_run,
+            steps_cached,
+        } => {
+            format!("image {image}: built {digest} ({steps_run} steps run, {steps_cached} cached)")
+        }
+        PipelineEvent::ImageFailed { image, error } => format!("image {image}: failed: {error}"),
+        PipelineEvent::JobStarted { job } => format!("job {job}: started"),
+        PipelineEvent::JobLine { job, line, cached } => {
+            format!("[{job}] {}{line}", if *cached { "(cached) " } else { "" })
+        }
+        PipelineEvent::JobFinished {
+            job,
+            result,
+            exit_code,
+            duration,
+            error,
+        } => format!(
+            "job {job}: {}{}{} in {:.1}s",
+            job_word(*result),
+            exit_code
+                .filter(|c| *c != 0)
+                .map(|c| format!(" (exit status {c})"))
+                .unwrap_or_default(),
+            error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            duration.as_secs_f64()
+        ),
+        PipelineEvent::JobSkipped { job, reason } => format!("job {job}: skipped: {reason}"),
+        PipelineEvent::Pushed {
+            references, digest, ..
+        } => format!("pushed {} ({digest})", references.join(", ")),
+        PipelineEvent::Held {
+            image,
+            tags,
+            because,
+        } => format!(
+            "image {image}: not pushed ({}): {} did not pass",
+            tags.join(", "),
+            because.join(", ")
+        ),
+        PipelineEvent::PushFailed { image, error } => {
+            format!("image {image}: push failed: {error}")
+        }
+    })
+}
+
+fn job_word(r: JobResult) -> &'static str {
+    match r {
+        JobResult::Passed => "passed",
+        JobResult::Failed => "failed",
+        JobResult::AllowedFailure => "failed (allowed)",
+        JobResult::Cached => "cached",
+        JobResult::Skipped => "skipped",
+        JobResult::Cancelled => "cancelled",
+    }
+}
+
+pub fn trigger_word(t: Trigger) -> &'static str {
+    match t {
+        Trigger::Push => "push",
+        Trigger::Tag => "tag",
+        Trigger::Keyword => "keyword",
+        Trigger::Api => "api",
+        Trigger::Manual => "manual",
+        Trigger::Registry => "registry",
+        Trigger::Restart => "restart",
+    }
+}
+
+/// A build's log file: lines appended as they come, every secret of the project masked before
+/// a byte is written.
+struct Log {
+    file: Mutex<std::fs::File>,
+    masked: Vec<String>,
+}
+
+impl Log {
+    fn create(path: &Path, masked: Vec<Vec<u8>>) -> Result<Log, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut masked: Vec<String> = masked
+            .into_iter()
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .collect();
+        // The longest first: a secret holding another is masked whole.
+        masked.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        Ok(Log {
+            file: Mutex::new(file),
+            masked,
+        })
+    }
+
+    fn line(&self, line: &str) {
+        let mut text = line.to_string();
+        for m in &self.masked {
+            if text.contains(m.as_str()) {
+                text = text.replace(m.as_str(), "****");
+            }
+        }
+        text.push('\n');
+        let mut f = self.file.lock().expect("not poisoned");
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_build_is_a_one_image_pipeline() {
+        let src = plain_build("docker/Dockerfile", &["127.0.0.1:5000/a:1".to_string()]);
+        let plan = pipeline::load("p", &src, &CheckOptions::default()).unwrap();
+        assert_eq!(plan.images.len(), 1);
+        let src = plain_build("Dockerfile", &[]);
+        pipeline::load("p", &src, &CheckOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_log_masks_every_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x/1.log");
+        let log = Log::create(&path, vec![b"hunter2".to_vec(), b"hunter2-long".to_vec()]).unwrap();
+        log.line("token hunter2-long and hunter2");
+        drop(log);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "token **** and ****\n"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Commit-message keywords such as `@deploy`.
+
+use crate::hooks::Push;
+
+/// Letters, digits and `_` continue a word; anything else (whitespace, punctuation) ends it.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Whether `text` holds `keyword` as a whole word (case-sensitive).
+fn holds_word(text: &str, keyword: &str) -> bool {
+    if keyword.is_empty() {
+        return false;
+    }
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(keyword) {
+        let start = from + pos;
+        let end = start + keyword.len();
+        let before_ok = text[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_word_char(c));
+        let after_ok = text[end..].chars().next().is_none_or(|c| !is_word_char(c));
+        if before_ok && after_ok {
+            return true;
+        }
+        // Step one character forward so overlapping occurrences are also tried.
+        from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
+/// Whether any commit message of the push holds `keyword` as a word ("@deployer" does not hold "@deploy"; "@deploy," does).
+pub fn has_keyword(push: &Push, keyword: &str) -> bool {
+    push.commits.iter().any(|c| holds_word(&c.message, keyword))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_word;
+
+    #[test]
+    fn word_boundaries() {
+        assert!(holds_word("@deploy", "@deploy"));
+        assert!(holds_word("fix build @deploy", "@deploy"));
+        assert!(holds_word("@deploy: now", "@deploy"));
+        assert!(holds_word("(@deploy)", "@deploy"));
+        assert!(holds_word("line one\n@deploy\n", "@deploy"));
+        assert!(holds_word("@deployer then @deploy.", "@deploy"));
+        assert!(!holds_word("@deployer", "@deploy"));
+        assert!(!holds_word("@deploy_now", "@deploy"));
+        assert!(!holds_word("me@deploy", "@deploy"));
+        assert!(!holds_word("nothing here", "@deploy"));
+        assert!(!holds_word("anything", ""));
+        assert!(holds_word("é @deploy é", "@deploy"));
+        assert!(!holds_word("é@deployé", "@deploy"));
+    }
+}

@@ -1,0 +1,648 @@
+//! The routes: webhooks, the API, and the pages. Every state-changing route checks a secret in
+//! constant time before it looks at anything else; bodies are size-limited.
+//!
+//! Refusals travel as `Err(Response)`: a whole response, made once per refused request, so
+//! clippy's size lint on the error variant buys nothing here.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::builds::Server;
+use crate::config::{Project, TriggerName};
+use crate::hooks::{self, Event, Forge, HookError};
+use crate::model::{Build, Trigger};
+use crate::store::Request;
+use crate::web;
+
+/// Largest request body taken (GitHub's own cap on a payload is 25 MB; pushes are far smaller).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Builds listed on pages and by the API without a `limit`.
+const PAGE: usize = 50;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/hooks/{project}/{kind}", post(hook))
+        .route(
+            "/api/v1/projects/{project}/builds",
+            post(api_start).get(api_list),
+        )
+        .route("/api/v1/projects/{project}/builds/{n}", get(api_get))
+        .route("/api/v1/projects/{project}/builds/{n}/log", get(api_log))
+        .route(
+            "/api/v1/projects/{project}/builds/{n}/cancel",
+            post(api_cancel),
+        )
+        .route("/", get(index))
+        .route("/p/{project}", get(project_page))
+        .route("/p/{project}/badge.svg", get(badge))
+        .route("/p/{project}/chart.svg", get(chart))
+        .route("/p/{project}/rebuild", post(rebuild))
+        .route("/p/{project}/{n}", get(build_page))
+        .route("/p/{project}/{n}/cancel", post(cancel_form))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(server)
+}
+
+type Reply = Result<Response, Response>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn project<'a>(server: &'a Server, name: &str) -> Result<&'a Project, Response> {
+    server
+        .project(name)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no project {name:?}")))
+}
+
+/// Whether `given` is the project's API secret or the server's (constant time).
+fn api_allowed(server: &Server, p: &Project, given: &[u8]) -> bool {
+    let ok = |s: &Option<Vec<u8>>| s.as_ref().is_some_and(|s| bool::from(s.ct_eq(given)));
+    !given.is_empty() && (ok(&p.api_secret) || ok(&server.config.api_secret))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|s| s.trim().to_string())
+}
+
+fn created(server: &Server, b: &Build) -> Response {
+    let url = format!("{}/p/{}/{}", server.config.base_url, b.project, b.number);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, url.clone())],
+        axum::Json(json!({ "number": b.number, "url": url, "status": b.status })),
+    )
+        .into_response()
+}
+
+fn not_started(reason: &str) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "started": false, "reason": reason })),
+    )
+        .into_response()
+}
+
+async fn hook(
+    State(server): State<Arc<Server>>,
+    Path((name, kind)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let p = project(&server, &name)?.clone();
+    let Some(secret) = p.webhook_secret.clone() else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("project {name} has no webhook_secret: its webhooks are refused"),
+        ));
+    };
+    let header_of = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if kind == "registry" {
+        let given = bearer(&headers)
+            .or_else(|| query.get("secret").cloned())
+            .unwrap_or_default();
+        if given.is_empty() || !bool::from(secret.ct_eq(given.as_bytes())) {
+            return Err(error(StatusCode::UNAUTHORIZED, "wrong or missing secret"));
+        }
+        return registry_hook(&server, &p, &body);
+    }
+    let Some(forge) = Forge::from_path_segment(&kind) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no webhook kind {kind:?}: github, gitlab, gitea, gitee or registry"),
+        ));
+    };
+    hooks::verify(forge, &header_of, &body, &secret).map_err(hook_error)?;
+    // Gitee's signature covers a timestamp (in milliseconds), not the body: an old one is a
+    // replay however its id reads.
+    if forge == Forge::Gitee
+        && let Some(ms) = header_of("x-gitee-timestamp").and_then(|t| t.trim().parse::<u64>().ok())
+        && crate::store::now().abs_diff(ms / 1000) > 3600
+    {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "the X-Gitee-Timestamp is more than an hour away from now",
+        ));
+    }
+    if let Some(id) = hooks::delivery_id(forge, &header_of)
+        && !server.store.first_delivery(&id).map_err(internal)?
+    {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("delivery {id} was already taken"),
+        ));
+    }
+    let event = hooks::parse(forge, &header_of, &body).map_err(hook_error)?;
+    match event {
+        Event::Ping => Ok(not_started("ping")),
+        Event::Ignored(what) => Ok(not_started(&format!("{what}: nothing to build"))),
+        Event::Tag(t) => {
+            if !p.triggered_by(TriggerName::Tag) {
+                return Ok(not_started("the tag trigger is off"));
+            }
+            let b = server
+                .queue(
+                    &p.name,
+                    Trigger::Tag,
+                    Request {
+                        tag: Some(t.tag),
+                        commit: Some(t.commit),
+                        ..Request::default()
+                    },
+                )
+                .map_err(internal)?;
+            Ok(created(&server, &b))
+        }
+        Event::Push(push) => {
+            if !p.branches.is_match(&push.branch) {
+                return Ok(not_started(&format!(
+                    "branch {} matches none of the project's branches",
+                    push.branch
+                )));
+            }
+            let keyword =
+                p.triggered_by(TriggerName::Keyword) && hooks::has_keyword(&push, &p.keyword);
+            let trigger = if p.triggered_by(TriggerName::Push) {
+                Trigger::Push
+            } else if keyword {
+                Trigger::Keyword
+            } else if p.triggered_by(TriggerName::Keyword) {
+                return Ok(not_started(&format!(
+                    "no commit message holds {}",
+                    p.keyword
+                )));
+            } else {
+                return Ok(not_started("the push trigger is off"));
+            };
+            let message = push
+                .commits
+                .iter()
+                .find(|c| c.id == push.after)
+                .or(push.commits.last())
+                .map(|c| c.message.lines().next().unwrap_or("").to_string());
+            let b = server
+                .queue(
+                    &p.name,
+                    trigger,
+                    Request {
+                        branch: Some(push.branch),
+                        commit: Some(push.after),
+                        message,
+                        ..Request::default()
+                    },
+                )
+                .map_err(internal)?;
+            Ok(created(&server, &b))
+        }
+    }
+}
+
+fn hook_error(e: HookError) -> Response {
+    match e {
+        HookError::Unsigned | HookError::BadSignature => {
+            error(StatusCode::UNAUTHORIZED, e.to_string())
+        }
+        HookError::BadPayload(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+fn registry_hook(server: &Server, p: &Project, body: &[u8]) -> Reply {
+    if !p.triggered_by(TriggerName::Registry) {
+        return Ok(not_started("the registry trigger is off"));
+    }
+    let pushes = hooks::parse_registry(body).map_err(hook_error)?;
+    let watched = pushes.iter().find(|push| {
+        let full = push
+            .host
+            .as_ref()
+            .map(|h| format!("{h}/{}", push.repository));
+        p.watch.iter().any(|w| {
+            let w = w.split_once('@').map_or(w.as_str(), |(n, _)| n);
+            let (name, tag) = match w.rsplit_once(':') {
+                Some((n, t)) if !t.contains('/') => (n, Some(t)),
+                _ => (w, None),
+            };
+            (name == push.repository || Some(name) == full.as_deref())
+                && tag.is_none_or(|t| push.tag.as_deref() == Some(t))
+        })
+    });
+    let Some(push) = watched else {
+        return Ok(not_started("no pushed image is one the project watches"));
+    };
+    let b = server
+        .queue(
+            &p.name,
+            Trigger::Registry,
+            Request {
+                message: Some(format!(
+                    "{} pushed{}",
+                    push.repository,
+                    push.tag
+                        .as_ref()
+                        .map(|t| format!(" as {t}"))
+                        .unwrap_or_default()
+                )),
+                ..Request::default()
+            },
+        )
+        .map_err(internal)?;
+    Ok(created(server, &b))
+}
+
+#[derive(Deserialize, Default)]
+struct StartBody {
+    secret_key: Option<String>,
+    branch: Option<String>,
+    commit: Option<String>,
+}
+
+async fn api_start(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let p = project(&server, &name)?.clone();
+    let start: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StartBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not the JSON expected: {e}"),
+            )
+        })?
+    };
+    let given = bearer(&headers)
+        .or(start.secret_key.clone())
+        .unwrap_or_default();
+    if !api_allowed(&server, &p, given.as_bytes()) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing secret_key",
+        ));
+    }
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the api trigger is off for this project",
+        ));
+    }
+    start_build(&server, &p, Trigger::Api, start.branch, start.commit).map(|b| created(&server, &b))
+}
+
+fn start_build(
+    server: &Server,
+    p: &Project,
+    trigger: Trigger,
+    branch: Option<String>,
+    commit: Option<String>,
+) -> Result<Build, Response> {
+    let branch = branch.filter(|b| !b.trim().is_empty());
+    if let Some(b) = &branch
+        && (!p.branches.is_match(b) || b.starts_with('-') || b.contains(".."))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("branch {b:?} matches none of the project's branches"),
+        ));
+    }
+    if let Some(c) = &commit
+        && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("commit {c:?}: give the full 40-digit id"),
+        ));
+    }
+    server
+        .queue(
+            &p.name,
+            trigger,
+            Request {
+                branch,
+                commit,
+                ..Request::default()
+            },
+        )
+        .map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn api_list(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Reply {
+    project(&server, &name)?;
+    let builds = server
+        .store
+        .list(&name, q.limit.unwrap_or(PAGE).min(1000))
+        .map_err(internal)?;
+    let rows: Vec<serde_json::Value> = builds.iter().map(build_json).collect();
+    Ok(axum::Json(rows).into_response())
+}
+
+/// A build as the API shows it: the record plus the job counts.
+fn build_json(b: &Build) -> serde_json::Value {
+    let mut v = serde_json::to_value(b).expect("a build serialises");
+    let ran = b
+        .jobs
+        .iter()
+        .filter(|j| !matches!(j.result.as_str(), "cached" | "skipped"))
+        .count();
+    v["jobs_ran"] = json!(ran);
+    v["jobs_cached"] = json!(b.jobs_with("cached"));
+    v["jobs_failed"] = json!(b.jobs_with("failed"));
+    v
+}
+
+fn find(server: &Server, name: &str, n: u64) -> Result<Build, Response> {
+    project(server, name)?;
+    server
+        .store
+        .get(name, n)
+        .map_err(internal)?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("{name} has no build {n}")))
+}
+
+async fn api_get(State(server): State<Arc<Server>>, Path((name, n)): Path<(String, u64)>) -> Reply {
+    let b = find(&server, &name, n)?;
+    Ok(axum::Json(build_json(&b)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    follow: Option<String>,
+    offset: Option<u64>,
+}
+
+async fn api_log(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    Query(q): Query<LogQuery>,
+) -> Reply {
+    find(&server, &name, n)?;
+    let path = server.store.log_path(&name, n);
+    let follow = q.follow.as_deref().is_some_and(|f| f == "1" || f == "true");
+    let offset = q.offset.unwrap_or(0);
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !follow {
+        let data = std::fs::read(&path).unwrap_or_default();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        return Ok((text_plain, data[start..].to_vec()).into_response());
+    }
+    // Follow: what is there, then what is appended, until the build has ended and all is sent.
+    let state = (server.clone(), name, n, path, offset, false);
+    let stream =
+        futures::stream::unfold(state, |(server, name, n, path, offset, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let ended = server
+                    .store
+                    .get(&name, n)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|b| b.status.is_final());
+                let chunk = read_from(&path, offset);
+                if !chunk.is_empty() {
+                    let next = offset + chunk.len() as u64;
+                    return Some((
+                        Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                        (server, name, n, path, next, false),
+                    ));
+                }
+                if ended {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    Ok((
+        text_plain,
+        [(header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The log's bytes from `offset` (at most 64 KiB).
+fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(64 << 10).read_to_end(&mut buf);
+    buf
+}
+
+async fn api_cancel(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let p = project(&server, &name)?.clone();
+    let given = bearer(&headers)
+        .or_else(|| {
+            serde_json::from_slice::<StartBody>(&body)
+                .ok()
+                .and_then(|b| b.secret_key)
+        })
+        .unwrap_or_default();
+    if !api_allowed(&server, &p, given.as_bytes()) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing secret_key",
+        ));
+    }
+    find(&server, &name, n)?;
+    if server.cancel(&name, n).map_err(internal)? {
+        Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "cancelled": true })),
+        )
+            .into_response())
+    } else {
+        Err(error(
+            StatusCode::CONFLICT,
+            format!("build {n} has already ended"),
+        ))
+    }
+}
+
+fn page(status: StatusCode, html: String) -> Response {
+    (status, Html(html)).into_response()
+}
+
+fn not_found(message: String) -> Response {
+    page(StatusCode::NOT_FOUND, web::error_page(404, &message))
+}
+
+async fn index(State(server): State<Arc<Server>>) -> Reply {
+    let mut projects = Vec::new();
+    for p in &server.config.projects {
+        let last = server
+            .store
+            .list(&p.name, 1)
+            .map_err(internal)?
+            .into_iter()
+            .next();
+        projects.push(web::ProjectSummary {
+            name: p.name.clone(),
+            repo: p.repo.clone(),
+            last,
+        });
+    }
+    Ok(page(StatusCode::OK, web::index_page(&projects)))
+}
+
+async fn project_page(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Reply {
+    let Some(p) = server.project(&name) else {
+        return Err(not_found(format!("no project {name:?}")));
+    };
+    let builds = server.store.list(&name, PAGE).map_err(internal)?;
+    Ok(page(
+        StatusCode::OK,
+        web::project_page(&name, &p.repo, &p.branch_patterns, &builds),
+    ))
+}
+
+async fn build_page(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+) -> Reply {
+    let b = match server.store.get(&name, n).map_err(internal)? {
+        Some(b) if server.project(&name).is_some() => b,
+        _ => return Err(not_found(format!("{name} has no build {n}"))),
+    };
+    let log = std::fs::read(server.store.log_path(&name, n)).unwrap_or_default();
+    Ok(page(
+        StatusCode::OK,
+        web::build_page(&b, &String::from_utf8_lossy(&log)),
+    ))
+}
+
+fn svg(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+async fn badge(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Reply {
+    if server.project(&name).is_none() {
+        return Err(not_found(format!("no project {name:?}")));
+    }
+    // The last build that ended, else the one running.
+    let builds = server.store.list(&name, PAGE).map_err(internal)?;
+    let status = builds
+        .iter()
+        .find(|b| b.status.is_final())
+        .or(builds.first())
+        .map(|b| b.status);
+    Ok(svg(web::badge_svg("build", status)))
+}
+
+async fn chart(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Reply {
+    if server.project(&name).is_none() {
+        return Err(not_found(format!("no project {name:?}")));
+    }
+    let builds = server.store.list(&name, PAGE).map_err(internal)?;
+    Ok(svg(web::chart_svg(&builds)))
+}
+
+#[derive(Deserialize)]
+struct RebuildForm {
+    branch: Option<String>,
+    other_branch: Option<String>,
+    secret: String,
+}
+
+async fn rebuild(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Form(form): Form<RebuildForm>,
+) -> Reply {
+    let Some(p) = server.project(&name).cloned() else {
+        return Err(not_found(format!("no project {name:?}")));
+    };
+    if !api_allowed(&server, &p, form.secret.as_bytes()) {
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            web::error_page(401, "wrong secret: the build was not started"),
+        ));
+    }
+    let branch = form
+        .other_branch
+        .filter(|b| !b.trim().is_empty())
+        .or(form.branch);
+    let b = start_build(&server, &p, Trigger::Manual, branch, None)?;
+    Ok(Redirect::to(&format!("/p/{name}/{}", b.number)).into_response())
+}
+
+#[derive(Deserialize)]
+struct CancelForm {
+    secret: String,
+}
+
+async fn cancel_form(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    Form(form): Form<CancelForm>,
+) -> Reply {
+    let Some(p) = server.project(&name).cloned() else {
+        return Err(not_found(format!("no project {name:?}")));
+    };
+    if !api_allowed(&server, &p, form.secret.as_bytes()) {
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            web::error_page(401, "wrong secret: the build was not cancelled"),
+        ));
+    }
+    server.cancel(&name, n).map_err(internal)?;
+    Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
+}

@@ -1,0 +1,81 @@
+//! `forge serve`: builds started by webhooks (GitHub, GitLab, Gitea, Gitee, registries), an API
+//! with a secret and a page's button, run in this process through the build API with the store's
+//! cache, their history and logs kept in the store (`<store>/serve`), shown on pages it serves
+//! itself, and told to webhooks and mailboxes when they fail or are fixed.
+
+pub mod builds;
+mod checkout;
+pub mod config;
+pub mod hooks;
+pub mod http;
+pub mod model;
+pub mod notify;
+pub mod store;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use forge_builder::Session;
+
+/// Serves `config` until the process is stopped: opens the database under `root` (queueing again
+/// what the last server left running), listens on `config.listen`, and runs builds.
+pub async fn serve(config: config::Config, session: Session, root: &Path) -> Result<(), String> {
+    let dir = root.join("serve");
+    let (store, requeued) = store::Store::open(&dir).map_err(|e| format!("error: {e}"))?;
+    for b in &requeued {
+        eprintln!(
+            "note: {} was running when the server stopped: marked interrupted, queued again as #{}",
+            b.project, b.number
+        );
+    }
+    let listen: SocketAddr = config.listen;
+    let retention = (config.log_max_age_days, config.log_max_total_bytes);
+    let server = builds::Server::new(config, store.clone(), session, dir);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("error: cannot listen on {listen}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("error: {listen}: {e}"))?;
+    eprintln!("forge serve: listening on http://{local}");
+    tokio::spawn(server.clone().schedule());
+    if retention.0.is_some() || retention.1.is_some() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                expire_logs(&store, retention.0, retention.1);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+    }
+    axum::serve(listener, http::router(server))
+        .await
+        .map_err(|e| format!("error: serving on {local}: {e}"))
+}
+
+/// Removes the logs of ended builds that ended more than `max_age_days` ago, then the oldest
+/// while all take more than `max_total` bytes. A running build's log is never removed.
+pub fn expire_logs(store: &store::Store, max_age_days: Option<u64>, max_total: Option<u64>) {
+    let Ok(all) = store.all() else { return };
+    let now = store::now();
+    let mut ended: Vec<(u64, std::path::PathBuf, u64)> = all
+        .iter()
+        .filter(|b| b.status.is_final())
+        .filter_map(|b| {
+            let path = store.log_path(&b.project, b.number);
+            let size = std::fs::metadata(&path).ok()?.len();
+            Some((b.finished_at.unwrap_or(0), path, size))
+        })
+        .collect();
+    ended.sort();
+    let mut total: u64 = ended.iter().map(|e| e.2).sum();
+    for (finished, path, size) in ended {
+        let too_old = max_age_days.is_some_and(|d| finished + d * 86_400 < now);
+        let too_big = max_total.is_some_and(|m| total > m);
+        if (too_old || too_big) && std::fs::remove_file(&path).is_ok() {
+            total -= size;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What the server records about builds: the shapes kept in its database, served as JSON and
+//! rendered on its pages.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a build stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Cancelled,
+    /// The server stopped (a crash, kill -9) while the build ran.
+    Interrupted,
+}
+
+impl Status {
+    /// Whether the build has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Passed => "passed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What started a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Push,
+    Tag,
+    Keyword,
+    Api,
+    Manual,
+    Registry,
+    /// Queued again after the server restarted in the middle of it.
+    Restart,
+}
+
+/// One job of a build, as the pipeline reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    /// passed, failed, cached, skipped, cancelled
+    pub result: String,
+    pub duration_ms: u64,
+}
+
+/// One build of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    pub project: String,
+    /// 1, 2, 3... per project, in the order builds were queued.
+    pub number: u64,
+    pub trigger: Trigger,
+    /// The branch built (none for a tag build).
+    pub branch: Option<String>,
+    /// The tag built, for a release.
+    pub tag: Option<String>,
+    /// The commit built (full hex), once known.
+    pub commit: Option<String>,
+    /// The first line of the commit's message, when the trigger told it.
+    pub message: Option<String>,
+    pub status: Status,
+    /// Unix seconds.
+    pub queued_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub jobs: Vec<JobRecord>,
+    /// `reference@sha256:...` of every image pushed.
+    pub pushed: Vec<String>,
+    /// Why it failed, when it failed outside a job (a clone, a bad forge.yaml).
+    pub error: Option<String>,
+}
+
+impl Build {
+    pub fn jobs_with(&self, result: &str) -> usize {
+        self.jobs.iter().filter(|j| j.result == result).count()
+    }
+}

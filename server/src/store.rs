@@ -1,0 +1,294 @@
+//! The server's records: every build of every project (queued, running, ended) and the webhook
+//! deliveries already taken, in one redb database under the store, so a crash loses no finished
+//! build and a restart knows what was running. Logs are files beside it (`logs/PROJECT/N.log`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::model::{Build, Status, Trigger};
+
+/// (project, number) -> the build as JSON.
+const BUILDS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("builds");
+/// project -> the number its next build gets.
+const NEXT: TableDefinition<'_, &str, u64> = TableDefinition::new("next");
+/// delivery id -> when it arrived (unix seconds).
+const DELIVERIES: TableDefinition<'_, &str, u64> = TableDefinition::new("deliveries");
+
+#[derive(Debug, thiserror::Error)]
+#[error("the server's database {path}: {message}")]
+pub struct StoreError {
+    path: String,
+    message: String,
+}
+
+/// What a trigger asks to build.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<redb::Database>,
+    path: PathBuf,
+    logs: PathBuf,
+}
+
+/// Now, in unix seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (creating) the database in `dir`. Builds the last server left running are marked
+    /// interrupted and queued again as new builds; the returned list names them.
+    pub fn open(dir: &Path) -> Result<(Store, Vec<Build>), StoreError> {
+        let path = dir.join("serve.redb");
+        let err = |e: &dyn std::fmt::Display| StoreError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let db = redb::Database::create(&path).map_err(|e| err(&e))?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.clone(),
+            logs: dir.join("logs"),
+        };
+        {
+            let txn = store.db.begin_write().map_err(|e| err(&e))?;
+            txn.open_table(BUILDS).map_err(|e| err(&e))?;
+            txn.open_table(NEXT).map_err(|e| err(&e))?;
+            txn.open_table(DELIVERIES).map_err(|e| err(&e))?;
+            txn.commit().map_err(|e| err(&e))?;
+        }
+        let requeued = store.recover()?;
+        Ok((store, requeued))
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The log file of build `n` of `project`.
+    pub fn log_path(&self, project: &str, n: u64) -> PathBuf {
+        self.logs.join(project).join(format!("{n}.log"))
+    }
+
+    /// The folder every project's logs are in.
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs
+    }
+
+    fn recover(&self) -> Result<Vec<Build>, StoreError> {
+        let running: Vec<Build> = self
+            .all()?
+            .into_iter()
+            .filter(|b| b.status == Status::Running)
+            .collect();
+        let mut again = Vec::new();
+        for mut b in running {
+            b.status = Status::Interrupted;
+            b.finished_at = Some(now());
+            b.error = Some("the server stopped while this build ran; it was queued again".into());
+            self.put(&b)?;
+            let request = Request {
+                branch: b.branch.clone(),
+                tag: b.tag.clone(),
+                commit: b.commit.clone(),
+                message: b.message.clone(),
+            };
+            again.push(self.enqueue(&b.project, Trigger::Restart, request)?);
+        }
+        Ok(again)
+    }
+
+    /// Queues a build of `project`, numbered after its last.
+    pub fn enqueue(
+        &self,
+        project: &str,
+        trigger: Trigger,
+        r: Request,
+    ) -> Result<Build, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let build = {
+            let mut next = txn.open_table(NEXT).map_err(|e| self.err(e))?;
+            let number = next
+                .get(project)
+                .map_err(|e| self.err(e))?
+                .map_or(1, |v| v.value());
+            next.insert(project, number + 1).map_err(|e| self.err(e))?;
+            let build = Build {
+                project: project.to_string(),
+                number,
+                trigger,
+                branch: r.branch,
+                tag: r.tag,
+                commit: r.commit,
+                message: r.message,
+                status: Status::Queued,
+                queued_at: now(),
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                jobs: Vec::new(),
+                pushed: Vec::new(),
+                error: None,
+            };
+            let json = serde_json::to_vec(&build).expect("a build serialises");
+            let mut builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+            builds
+                .insert((project, number), json.as_slice())
+                .map_err(|e| self.err(e))?;
+            build
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(build)
+    }
+
+    /// Records `b` as it is now.
+    pub fn put(&self, b: &Build) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let json = serde_json::to_vec(b).expect("a build serialises");
+            let mut builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+            builds
+                .insert((b.project.as_str(), b.number), json.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Build `n` of `project`.
+    pub fn get(&self, project: &str, n: u64) -> Result<Option<Build>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+        let v = builds.get((project, n)).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// The builds of `project`, newest first, at most `limit`.
+    pub fn list(&self, project: &str, limit: usize) -> Result<Vec<Build>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in builds
+            .range((project, 0)..=(project, u64::MAX))
+            .map_err(|e| self.err(e))?
+            .rev()
+        {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            if let Ok(b) = serde_json::from_slice::<Build>(v.value()) {
+                out.push(b);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every build of every project, by project and number.
+    pub fn all(&self) -> Result<Vec<Build>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in builds.iter().map_err(|e| self.err(e))? {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            if let Ok(b) = serde_json::from_slice::<Build>(v.value()) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The result of the last build of `project` before `n` that passed or failed.
+    pub fn previous_result(&self, project: &str, n: u64) -> Result<Option<Status>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+        for entry in builds
+            .range((project, 0)..(project, n))
+            .map_err(|e| self.err(e))?
+            .rev()
+        {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            if let Ok(b) = serde_json::from_slice::<Build>(v.value())
+                && matches!(b.status, Status::Passed | Status::Failed)
+            {
+                return Ok(Some(b.status));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records delivery `id`; false when it was recorded before (a replay).
+    pub fn first_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let fresh = {
+            let mut d = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
+            let seen = d.get(id).map_err(|e| self.err(e))?.is_some();
+            if !seen {
+                d.insert(id, now()).map_err(|e| self.err(e))?;
+            }
+            !seen
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_per_project_and_a_restart_requeues_what_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, again) = Store::open(dir.path()).unwrap();
+        assert!(again.is_empty());
+        let a1 = s.enqueue("a", Trigger::Api, Request::default()).unwrap();
+        let a2 = s.enqueue("a", Trigger::Push, Request::default()).unwrap();
+        let b1 = s.enqueue("b", Trigger::Api, Request::default()).unwrap();
+        assert_eq!((a1.number, a2.number, b1.number), (1, 2, 1));
+        let mut done = a1.clone();
+        done.status = Status::Failed;
+        s.put(&done).unwrap();
+        let mut running = a2.clone();
+        running.status = Status::Running;
+        running.branch = Some("main".into());
+        s.put(&running).unwrap();
+        drop(s);
+        let (s, again) = Store::open(dir.path()).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].number, 3);
+        assert_eq!(again[0].trigger, Trigger::Restart);
+        assert_eq!(again[0].branch.as_deref(), Some("main"));
+        assert_eq!(s.get("a", 2).unwrap().unwrap().status, Status::Interrupted);
+        assert_eq!(s.get("a", 1).unwrap().unwrap().status, Status::Failed);
+        let list: Vec<u64> = s.list("a", 10).unwrap().iter().map(|b| b.number).collect();
+        assert_eq!(list, vec![3, 2, 1]);
+        assert_eq!(s.previous_result("a", 3).unwrap(), Some(Status::Failed));
+        assert_eq!(s.previous_result("b", 1).unwrap(), None);
+    }
+
+    #[test]
+    fn a_delivery_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path()).unwrap();
+        assert!(s.first_delivery("github:abc").unwrap());
+        assert!(!s.first_delivery("github:abc").unwrap());
+        drop(s);
+        let (s, _) = Store::open(dir.path()).unwrap();
+        assert!(!s.first_delivery("github:abc").unwrap());
+    }
+}
