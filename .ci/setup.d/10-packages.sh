@@ -2,7 +2,7 @@
 # services and the independent judges the tests use.
 need=()
 for pkg in protobuf-compiler docker-registry containerd runc busybox-static skopeo umoci uidmap redis-server \
-           debootstrap fuse-overlayfs iproute2 procps git curl openssl; do
+           debootstrap fuse-overlayfs iproute2 procps git curl openssl chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

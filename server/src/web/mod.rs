@@ -273,8 +273,8 @@ pub fn log_follow_url(project: &str, number: u64, offset: usize) -> String {
 /// While the build is queued or running the page has the cancel form (posting `secret` to
 /// `/p/{project}/{n}/cancel`) and an inline script that streams the rest of the log from
 /// [`log_follow_url`] (offset = byte length of `log_so_far`, also kept in
-/// `pre#log[data-follow]`) and reloads the page when the stream ends; a `<noscript>` says to
-/// reload by hand.
+/// `pre#log[data-follow]`) and, when the stream ends, shows the build's final status from the
+/// API without reloading; a `<noscript>` says to reload by hand.
 pub fn build_page(build: &Build, log_so_far: &str) -> String {
     let project = build.project.as_str();
     let base = build_href(project, build.number);

@@ -346,7 +346,11 @@ fn running_build_has_cancel_form_and_live_log() {
         assert!(page.contains("fetch(url"));
         assert!(page.contains("getReader()"));
         assert!(page.contains("new TextDecoder("));
-        assert!(page.contains("location.reload()"));
+        assert!(page.contains("status.textContent = b.status"));
+        assert!(
+            !page.contains("location.reload()"),
+            "the page keeps the reader's place"
+        );
         assert!(page.contains("<noscript>"));
         assert!(page.contains("reload the page to see more of its log"));
         assert!(!page.contains("http-equiv"), "no meta refresh");
