@@ -1171,6 +1171,14 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     let tab = browser.open(&s.url(&format!("/p/app/{n}")));
     let at_load = browser.eval(&tab, "document.getElementById('log').textContent");
     assert!(at_load.contains("tick 1"), "{at_load}");
+    // Its job shows as running before the build ends.
+    assert_eq!(
+        browser.eval(
+            &tab,
+            "document.querySelector('tr.job[data-job=\"test\"]').getAttribute('data-result')"
+        ),
+        "running"
+    );
     // While the build runs, lines arrive in the page that was not reloaded: more ticks than
     // when it loaded, the status still as rendered.
     std::thread::sleep(Duration::from_secs(2));

@@ -175,10 +175,11 @@ impl Server {
             .join("work")
             .join(&b.project)
             .join(b.number.to_string());
-        let outcome = tokio::select! {
-            r = self.build(&project, &mut b, &work, &log, cancel.clone()) => r,
-            _ = cancel.cancelled() => Err((Status::Cancelled, "cancelled".to_string())),
-        };
+        // A cancel reaches the pipeline through its token: it stops its steps, jobs and services
+        // and reports itself cancelled, as `forge run` does on Ctrl-C.
+        let outcome = self
+            .build(&project, &mut b, &work, &log, cancel.clone())
+            .await;
         let _ = std::fs::remove_dir_all(&work);
         match outcome {
             Ok(report) => {
@@ -267,6 +268,9 @@ impl Server {
             b.message = Some(checkout.message.clone());
         }
         self.store.put(b).map_err(|e| failed(e.to_string()))?;
+        if cancel.is_cancelled() {
+            return Err((Status::Cancelled, "cancelled before it ran".to_string()));
+        }
         let (name, source) = match &project.what {
             What::Pipeline(path) => {
                 let text = std::fs::read_to_string(work.join(path))
@@ -309,7 +313,10 @@ impl Server {
             allow_network_host: false,
         };
         let sink_log = log.clone();
-        forge_builder::pipeline::run::run(
+        // Jobs show on the build's page as they start and end, not only when the build does.
+        let live = Arc::new(Mutex::new(b.clone()));
+        let (store, sink_live) = (self.store.clone(), live.clone());
+        let report = forge_builder::pipeline::run::run(
             &self.session,
             &plan,
             &run_options,
@@ -317,11 +324,30 @@ impl Server {
                 if let Some(line) = event_line(&e) {
                     sink_log.line(&line);
                 }
+                if let Some((job, result, ms)) = job_state(&e) {
+                    let mut b = sink_live.lock().expect("not poisoned");
+                    match b.jobs.iter_mut().find(|j| j.name == job) {
+                        Some(j) => {
+                            j.result = result.to_string();
+                            j.duration_ms = ms;
+                        }
+                        None => b.jobs.push(JobRecord {
+                            name: job.to_string(),
+                            result: result.to_string(),
+                            duration_ms: ms,
+                        }),
+                    }
+                    if let Err(e) = store.put(&b) {
+                        eprintln!("error: {e}");
+                    }
+                }
             }),
             cancel,
         )
         .await
-        .map_err(|e| failed(e.to_string()))
+        .map_err(|e| failed(e.to_string()));
+        b.jobs = live.lock().expect("not poisoned").jobs.clone();
+        report
     }
 
     /// Records the end of `b` and tells whoever the project names.
@@ -334,7 +360,7 @@ impl Server {
         started: Instant,
     ) {
         b.status = status;
-        b.error = error;
+        b.error = error.map(|e| mask(&e, &project.masked()));
         b.finished_at = Some(now());
         b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self.store.put(&b) {
@@ -383,6 +409,25 @@ fn plain_build(dockerfile: &str, tags: &[String]) -> String {
         tags.join(", "),
         !tags.is_empty()
     )
+}
+
+/// A job's name, state and time so far, when `e` changes one.
+fn job_state(e: &PipelineEvent) -> Option<(&str, &'static str, u64)> {
+    match e {
+        PipelineEvent::JobStarted { job } => Some((job, "running", 0)),
+        PipelineEvent::JobFinished {
+            job,
+            result,
+            duration,
+            ..
+        } => Some((
+            job,
+            job_word(*result),
+            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        )),
+        PipelineEvent::JobSkipped { job, .. } => Some((job, "skipped", 0)),
+        _ => None,
+    }
 }
 
 /// How an event reads in a build's log.
@@ -490,16 +535,32 @@ impl Log {
     }
 
     fn line(&self, line: &str) {
-        let mut text = line.to_string();
-        for m in &self.masked {
-            if text.contains(m.as_str()) {
-                text = text.replace(m.as_str(), "****");
-            }
-        }
+        let mut text = mask_sorted(line, &self.masked);
         text.push('\n');
         let mut f = self.file.lock().expect("not poisoned");
         let _ = f.write_all(text.as_bytes());
     }
+}
+
+/// `text` with every secret of `masked` replaced by `****`.
+fn mask(text: &str, masked: &[Vec<u8>]) -> String {
+    let mut m: Vec<String> = masked
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    m.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    mask_sorted(text, &m)
+}
+
+/// As [`mask`], the secrets already longest first (a secret holding another is masked whole).
+fn mask_sorted(text: &str, masked: &[String]) -> String {
+    let mut text = text.to_string();
+    for m in masked {
+        if text.contains(m.as_str()) {
+            text = text.replace(m.as_str(), "****");
+        }
+    }
+    text
 }
 
 #[cfg(test)]

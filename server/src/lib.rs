@@ -23,6 +23,8 @@ use forge_builder::Session;
 /// what the last server left running), listens on `config.listen`, and runs builds.
 pub async fn serve(config: config::Config, session: Session, root: &Path) -> Result<(), String> {
     let dir = root.join("serve");
+    // No build runs yet: what is in the work folder was left by a server that stopped.
+    let _ = std::fs::remove_dir_all(dir.join("work"));
     let (store, requeued) = store::Store::open(&dir).map_err(|e| format!("error: {e}"))?;
     for b in &requeued {
         eprintln!(
@@ -76,6 +78,71 @@ pub fn expire_logs(store: &store::Store, max_age_days: Option<u64>, max_total: O
         let too_big = max_total.is_some_and(|m| total > m);
         if (too_old || too_big) && std::fs::remove_file(&path).is_ok() {
             total -= size;
+            // The build's artifacts go with its log.
+            if let (Some(project), Some(n)) =
+                (path.parent().and_then(|p| p.file_name()), path.file_stem())
+            {
+                let artifacts = store.logs_dir().with_file_name("artifacts");
+                let _ = std::fs::remove_dir_all(artifacts.join(project).join(n));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Status, Trigger};
+    use crate::store::{Request, Store};
+
+    /// Ends build `b` `days_ago` with a log of `bytes` and an artifacts folder.
+    fn ended(store: &Store, days_ago: u64, bytes: usize) -> model::Build {
+        let mut b = store
+            .enqueue("app", Trigger::Api, Request::default())
+            .unwrap();
+        b.status = Status::Passed;
+        b.finished_at = Some(store::now() - days_ago * 86_400);
+        store.put(&b).unwrap();
+        let log = store.log_path("app", b.number);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, vec![b'x'; bytes]).unwrap();
+        let art = store
+            .logs_dir()
+            .with_file_name("artifacts")
+            .join("app")
+            .join(b.number.to_string());
+        std::fs::create_dir_all(&art).unwrap();
+        b
+    }
+
+    #[test]
+    fn old_logs_go_by_age_then_the_oldest_by_size_and_a_running_build_s_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let old = ended(&store, 40, 10);
+        let mid = ended(&store, 5, 600);
+        let new = ended(&store, 1, 600);
+        let mut running = store
+            .enqueue("app", Trigger::Api, Request::default())
+            .unwrap();
+        running.status = Status::Running;
+        store.put(&running).unwrap();
+        std::fs::write(store.log_path("app", running.number), vec![b'y'; 5000]).unwrap();
+        expire_logs(&store, Some(30), Some(1000));
+        let exists = |n: u64| store.log_path("app", n).exists();
+        assert!(!exists(old.number), "older than 30 days");
+        assert!(!exists(mid.number), "the oldest while over 1000 bytes");
+        assert!(exists(new.number));
+        assert!(exists(running.number), "a running build keeps its log");
+        let art = |n: u64| {
+            store
+                .logs_dir()
+                .with_file_name("artifacts")
+                .join("app")
+                .join(n.to_string())
+        };
+        assert!(!art(old.number).exists() && art(new.number).exists());
+        // The records stay: only logs and artifacts expire.
+        assert_eq!(store.list("app", 10).unwrap().len(), 4);
     }
 }
