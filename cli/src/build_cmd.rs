@@ -474,6 +474,40 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
     }
 }
 
+/// What `forge run` and `forge serve` open their session with: the runner of steps and jobs, the
+/// registries reached over plain http, the store.
+#[derive(clap::Args)]
+pub(crate) struct SessionArgs {
+    /// What runs the steps and jobs.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub(crate) runner: RunnerArg,
+    /// How the embedded runner isolates steps and jobs (auto: the best that works here).
+    #[arg(long, value_enum, env = "FORGE_ISOLATION", default_value = "auto")]
+    pub(crate) isolation: IsolationArg,
+    /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
+    #[arg(long, value_name = "SOCKET")]
+    pub(crate) containerd_address: Option<PathBuf>,
+    /// A registry (`host[:port]`) that may be reached over plain http; loopback always may.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub(crate) insecure: Vec<String>,
+    /// The store directory (default as for forge build).
+    #[arg(long, env = "FORGE_ROOT")]
+    pub(crate) root: Option<PathBuf>,
+}
+
+impl SessionArgs {
+    /// The session these flags ask for, in the store at `root`.
+    pub(crate) fn open(&self, root: &Path) -> Result<Session, Failure> {
+        open_session(
+            Some(root),
+            &self.insecure,
+            self.runner,
+            self.isolation,
+            self.containerd_address.as_ref(),
+        )
+    }
+}
+
 /// The session `forge build` and `forge run` work in: the store at `root` (or the default one),
 /// the registries, and the runner, with the process prepared for it.
 pub(crate) fn open_session(

@@ -17,7 +17,7 @@ use forge_builder::pipeline::{
 use forge_builder::solver::CancellationToken;
 use forge_snapshotter::store::default_root;
 
-use crate::build_cmd::{Entitlement, IsolationArg, RunnerArg, cancel_on_signal, open_session};
+use crate::build_cmd::{Entitlement, SessionArgs, cancel_on_signal};
 use crate::{Failure, display_name, failed, read, usage};
 
 #[derive(Args)]
@@ -66,21 +66,8 @@ pub(crate) struct RunArgs {
     /// result.
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// What runs the steps and jobs.
-    #[arg(long, value_enum, default_value = "embedded")]
-    runner: RunnerArg,
-    /// How the embedded runner isolates steps and jobs (auto: the best that works here).
-    #[arg(long, value_enum, env = "FORGE_ISOLATION", default_value = "auto")]
-    isolation: IsolationArg,
-    /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
-    #[arg(long, value_name = "SOCKET")]
-    containerd_address: Option<PathBuf>,
-    /// A registry (`host[:port]`) that may be reached over plain http; loopback always may.
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    insecure: Vec<String>,
-    /// The store directory (default as for forge build).
-    #[arg(long, env = "FORGE_ROOT")]
-    root: Option<PathBuf>,
+    #[command(flatten)]
+    session: SessionArgs,
     /// How jobs' lines are shown: plain (each line as it comes, prefixed with its job's name),
     /// grouped (each job's lines together, under a heading, when it ends), auto (grouped on a
     /// terminal, plain otherwise).
@@ -143,7 +130,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let git = git::describe(&base_dir).map_err(|e| failed(format!("error: {e}")))?;
-    let root = store_root(&args.root)?;
+    let root = store_root(&args.session.root)?;
     let history = history_of(&args.file, &root)?;
     let since = match &args.changed_since {
         Some(r) => Some(r.clone()),
@@ -211,13 +198,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     );
     options.builtins = builtins;
     let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
-    let session = open_session(
-        Some(&root),
-        &args.insecure,
-        args.runner,
-        args.isolation,
-        args.containerd_address.as_ref(),
-    )?;
+    let session = args.session.open(&root)?;
     run_options.jobs = run_options.jobs.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

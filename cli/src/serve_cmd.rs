@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::build_cmd::{IsolationArg, RunnerArg, open_session};
+use crate::build_cmd::SessionArgs;
 use crate::{Failure, failed};
 
 #[derive(Args)]
@@ -25,22 +25,8 @@ pub(crate) struct ServeArgs {
     /// Validate the configuration and print what it serves, without serving.
     #[arg(long)]
     check: bool,
-    /// What runs the steps and jobs.
-    #[arg(long, value_enum, default_value = "embedded")]
-    runner: RunnerArg,
-    /// How the embedded runner isolates steps and jobs (auto: the best that works here).
-    #[arg(long, value_enum, env = "FORGE_ISOLATION", default_value = "auto")]
-    isolation: IsolationArg,
-    /// containerd's socket for --runner containerd (default $CONTAINERD_ADDRESS).
-    #[arg(long, value_name = "SOCKET")]
-    containerd_address: Option<PathBuf>,
-    /// A registry (`host[:port]`) that may be reached over plain http; loopback always may.
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    insecure: Vec<String>,
-    /// The store directory (default as for forge build); the server's records are in its
-    /// `serve/` folder.
-    #[arg(long, env = "FORGE_ROOT")]
-    root: Option<PathBuf>,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
 impl ServeArgs {
@@ -88,19 +74,13 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let root = match &args.root {
+    let root = match &args.session.root {
         Some(r) => r.clone(),
         None => {
             forge_snapshotter::store::default_root().map_err(|e| failed(format!("error: {e}")))?
         }
     };
-    let session = open_session(
-        Some(&root),
-        &args.insecure,
-        args.runner,
-        args.isolation,
-        args.containerd_address.as_ref(),
-    )?;
+    let session = args.session.open(&root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -79,6 +79,55 @@ fn new_repo(base: &Path, name: &str, busybox: &str) -> Repo {
     repo
 }
 
+/// What every test here needs: root (the embedded runner), the busybox test image (returned)
+/// and `tools`.
+fn prerequisites(tools: &[&str]) -> Option<String> {
+    if !forge_testsupport::root("builds run with the embedded runner as root") {
+        return None;
+    }
+    let busybox = forge_testsupport::busybox_image()?;
+    for tool in tools {
+        forge_testsupport::tool(tool)?;
+    }
+    Some(busybox)
+}
+
+/// `git daemon` serving the repositories below a folder on a free loopback port (git serves;
+/// forge fetches with gix).
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn serve(repos: &Path) -> GitDaemon {
+        let port = free_port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", repos.display()))
+            .arg(repos)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "git daemon");
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -260,17 +309,12 @@ fn build_log(s: &Served, project: &str, n: u64) -> String {
 
 #[test]
 fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notifications() {
-    if !forge_testsupport::root("builds run with the embedded runner as root") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
+    let Some(busybox) = prerequisites(&["git", "curl", "openssl", "skopeo"]) else {
         return;
     };
-    for tool in ["git", "curl", "openssl"] {
-        if forge_testsupport::tool(tool).is_none() {
-            return;
-        }
-    }
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
     let tmp = forge_testsupport::scratch("forge-serve-");
     let repos = tmp.path().join("repos");
     let app = new_repo(&repos, "app", &busybox);
@@ -278,26 +322,27 @@ fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notificatio
     let c1 = app.commit("ok", 0, "first");
     let lib1 = lib.commit("ok", 3, "lib first");
 
-    let git_port = free_port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={git_port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(&repos)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(git_port, "git daemon");
+    let daemon = GitDaemon::serve(&repos);
+    let git_port = daemon.port;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_, receiver) = rt.block_on(forge_server::notify::testing::WebhookReceiver::start());
     let (smtp_addr, sink) = rt.block_on(forge_server::notify::testing::SmtpSink::start());
+
+    // The busybox test image as a registry names it in notifications: host and repository.
+    let busybox_name = busybox
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or(busybox.as_str(), |(name, _)| name)
+        .to_string();
+    let (busybox_host, busybox_repo) = busybox_name.split_once('/').unwrap();
+    let plain_tag = format!(
+        "{registry}/forge-test/serve-plain:{}",
+        forge_testsupport::unique()
+    );
 
     let port = free_port();
     let config = tmp.path().join("serve.yaml");
@@ -310,7 +355,6 @@ projects:
     repo: git://127.0.0.1:{git_port}/app.git
     branches: [main, "release/*"]
     triggers: [push, tag, api, registry]
-    watch: ["127.0.0.1:5000/forge-test/busybox"]
     webhook_secret: {SECRET}
     secrets:
       DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
@@ -324,10 +368,16 @@ projects:
       on_failure: change
   - name: lib
     repo: git://127.0.0.1:{git_port}/lib.git
-    triggers: [keyword, api]
+    triggers: [keyword, api, registry]
+    watch: ["{busybox_host}/forge-test/upstream:2.0"]
     webhook_secret: {SECRET}
     secrets:
       DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
+  - name: plain
+    repo: git://127.0.0.1:{git_port}/app.git
+    dockerfile: Dockerfile
+    tags: ["{plain_tag}"]
+    triggers: [api]
 "#,
             hook = receiver.url("/notify"),
         ),
@@ -615,14 +665,55 @@ projects:
     assert_eq!(code, 202, "{reply}");
     assert_eq!(ended(&s, "app", again, &server_log)["status"], "cancelled");
 
-    // A registry's notification of a new busybox manifest rebuilds the project that watches it
-    // (the layer and config pushes and the pull in the same envelope start nothing more).
+    // A registry's notification of a new busybox manifest rebuilds the project whose Dockerfile
+    // builds FROM it (its last build recorded that); the layer and config pushes and the pull in
+    // the same envelope start nothing more. The fixture's events are re-pointed at the busybox
+    // test image's registry and repository.
     let quick = app.commit("ok", 0, "quick again");
-    let envelope = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/serve/hooks/distribution_events.json"),
+    let mut envelope: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/serve/hooks/distribution_events.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
+    for e in envelope["events"].as_array_mut().unwrap() {
+        if e["target"]["repository"] == "forge-test/busybox" {
+            e["target"]["repository"] = Value::from(busybox_repo);
+            e["request"]["host"] = Value::from(busybox_host);
+        }
+    }
+    // lib watches the tag 2.0 of another repository: a push of its tag 1.0 starts nothing, one of
+    // 2.0 starts a build.
+    let upstream = |tag: &str| {
+        let mut e = envelope.clone();
+        for ev in e["events"].as_array_mut().unwrap() {
+            ev["target"]["repository"] = Value::from("forge-test/upstream");
+            if ev["target"].get("tag").is_some() {
+                ev["target"]["tag"] = Value::from(tag);
+            }
+        }
+        serde_json::to_vec(&e).unwrap()
+    };
+    let bearer = [("Authorization", format!("Bearer {SECRET}"))];
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/lib/registry"),
+        &bearer,
+        Some(&upstream("1.0")),
+    );
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.contains("\"started\":false"), "{reply}");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/hooks/lib/registry"),
+        &bearer,
+        Some(&upstream("2.0")),
+    );
+    let l2 = created_number(code, &reply);
+    assert_eq!(ended(&s, "lib", l2, &server_log)["trigger"], "registry");
+    let envelope = serde_json::to_vec(&envelope).unwrap();
     let (code, _) = curl(
         "POST",
         &s.url("/hooks/app/registry"),
@@ -654,6 +745,33 @@ projects:
         quick.as_str(),
         "a registry build builds the default branch's head"
     );
+
+    // A plain Dockerfile build (no forge.yaml) tags and pushes its image; the build's record
+    // names the pushed reference and digest, which the registry serves.
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/plain/builds"),
+        &[("Authorization", format!("Bearer {API}"))],
+        None,
+    );
+    let p1 = created_number(code, &reply);
+    let plain = ended(&s, "plain", p1, &server_log);
+    assert_eq!(
+        plain["status"],
+        "passed",
+        "{plain}\n{}",
+        build_log(&s, "plain", p1)
+    );
+    let pushed = plain["pushed"][0].as_str().unwrap_or_default().to_string();
+    let (reference, digest) = pushed.split_once('@').expect("reference@digest");
+    assert_eq!(reference, plain_tag);
+    let o = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{plain_tag}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::printed(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), digest);
 
     // The page's rebuild form (no JavaScript: a form POST) with a wrong secret starts nothing; with
     // the right one it starts a build and sends the browser to its page.
@@ -695,8 +813,7 @@ projects:
     assert_eq!(code, 200);
     assert!(badge.contains("<svg"), "{badge}");
     drop(s);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }
 
 /// A bad serve.yaml is refused at start with its file, line and column, and the caret under it.
@@ -760,39 +877,17 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 /// peak).
 #[test]
 fn two_hundred_deliveries_are_each_built_once_and_the_queue_drains() {
-    if !forge_testsupport::root("builds run with the embedded runner as root") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
+    let Some(busybox) = prerequisites(&["git", "curl", "openssl"]) else {
         return;
     };
-    for tool in ["git", "curl", "openssl"] {
-        if forge_testsupport::tool(tool).is_none() {
-            return;
-        }
-    }
     const PROJECTS: usize = 4;
     const DELIVERIES: usize = 200;
     let tmp = forge_testsupport::scratch("forge-serve-load-");
     let repos = tmp.path().join("repos");
     let repo = new_repo(&repos, "app", &busybox);
     let commit = repo.commit("ok", 0, "steady");
-    let git_port = free_port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={git_port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(&repos)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(git_port, "git daemon");
+    let daemon = GitDaemon::serve(&repos);
+    let git_port = daemon.port;
     let mut config = String::from("projects:\n");
     for p in 0..PROJECTS {
         config.push_str(&format!(
@@ -914,8 +1009,7 @@ fn two_hundred_deliveries_are_each_built_once_and_the_queue_drains() {
         peak / 1024
     );
     drop(s);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }
 
 /// Where a test keeps what CI should keep (screenshots): `$FORGE_TEST_ARTIFACTS/<what>`, else
@@ -1099,37 +1193,15 @@ impl Drop for Browser {
 /// with the build's last lines.
 #[test]
 fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
-    if !forge_testsupport::root("builds run with the embedded runner as root") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
+    let Some(busybox) = prerequisites(&["git", "curl", "chromium"]) else {
         return;
     };
-    for tool in ["git", "curl", "chromium"] {
-        if forge_testsupport::tool(tool).is_none() {
-            return;
-        }
-    }
     let tmp = forge_testsupport::scratch("forge-serve-browser-");
     let repos = tmp.path().join("repos");
     let repo = new_repo(&repos, "app", &busybox);
     let quick = repo.commit("ok", 0, "quick <b>bold</b> & sure");
-    let git_port = free_port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={git_port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(&repos)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(git_port, "git daemon");
+    let daemon = GitDaemon::serve(&repos);
+    let git_port = daemon.port;
     let config = tmp.path().join("serve.yaml");
     std::fs::write(
         &config,
@@ -1255,6 +1327,5 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     drop(browser);
     eprintln!("screenshots: {}", shots.display());
     drop(s);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }

@@ -61,7 +61,7 @@ impl Server {
         eprintln!(
             "queued {project} #{} ({}{})",
             b.number,
-            trigger_word(trigger),
+            trigger.as_str(),
             b.tag
                 .as_ref()
                 .or(b.branch.as_ref())
@@ -295,6 +295,11 @@ impl Server {
             changed: None,
         };
         let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
+        // What the images build FROM, for registry notifications to match later.
+        let bases = base_images(work, &plan);
+        if let Err(e) = self.store.set_bases(&b.project, &bases) {
+            eprintln!("error: {e}");
+        }
         let run_options = RunOptions {
             base_dir: work.to_path_buf(),
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -399,6 +404,36 @@ impl Server {
     }
 }
 
+/// The base images the plan's Dockerfiles name (normalised: `docker.io/library/debian`), those
+/// written without variables; stages built FROM other stages and `scratch` are not images.
+fn base_images(work: &Path, plan: &forge_builder::pipeline::Pipeline) -> Vec<String> {
+    use forge_builder::frontend::dockerfile::{outline, parser};
+    let mut out = Vec::new();
+    for image in &plan.images {
+        let path = work.join(&image.context).join(&image.dockerfile);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(df) = parser::parse(&text) else {
+            continue;
+        };
+        let mut stages: Vec<String> = Vec::new();
+        for t in outline::targets(&df) {
+            let base = t.base.to_lowercase();
+            if base != "scratch"
+                && !t.base.contains('$')
+                && !stages.contains(&base)
+                && let Ok(r) = forge_snapshotter::reference::Reference::parse(&t.base)
+                && !out.contains(&r.name())
+            {
+                out.push(r.name());
+            }
+            stages.push(t.name.to_lowercase());
+        }
+    }
+    out
+}
+
 /// A forge.yaml that builds one Dockerfile: a project without a pipeline.
 fn plain_build(dockerfile: &str, tags: &[String]) -> String {
     let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
@@ -494,18 +529,6 @@ fn job_word(r: JobResult) -> &'static str {
         JobResult::Cached => "cached",
         JobResult::Skipped => "skipped",
         JobResult::Cancelled => "cancelled",
-    }
-}
-
-pub fn trigger_word(t: Trigger) -> &'static str {
-    match t {
-        Trigger::Push => "push",
-        Trigger::Tag => "tag",
-        Trigger::Keyword => "keyword",
-        Trigger::Api => "api",
-        Trigger::Manual => "manual",
-        Trigger::Registry => "registry",
-        Trigger::Restart => "restart",
     }
 }
 

@@ -2,9 +2,9 @@
 //! deep into the build's own work folder. A `file://` repository is read in place: its commit's
 //! tree is written out, since gix's file transport would run git's upload-pack.
 
-use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+
+use forge_builder::pipeline::git::is_commit_id;
 
 use crate::store::Request;
 
@@ -15,11 +15,6 @@ pub struct Checkout {
     pub commit: String,
     /// Its message's first line.
     pub message: String,
-}
-
-/// A full commit id.
-fn is_commit_id(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Fetches what `r` names from `url` into `dest` (which must not exist yet). Blocking.
@@ -65,30 +60,10 @@ fn clone(
     commit: Option<&str>,
     dest: &Path,
 ) -> Result<Checkout, String> {
-    forge_snapshotter::registry::roots::install_crypto_provider();
-    let mut prepare = gix::clone::PrepareFetch::new(
-        url,
-        dest,
-        gix::create::Kind::WithWorktree,
-        gix::create::Options::default(),
-        gix::open::Options::isolated(),
-    )
-    .map_err(|e| e.to_string())?
-    .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
-        NonZeroU32::new(1).expect("1 is not 0"),
-    ));
-    if let Some(c) = commit {
-        prepare = prepare.with_revision(Some(c)).map_err(|e| e.to_string())?;
-    } else if let Some(r) = reference {
-        prepare = prepare.with_ref_name(Some(r)).map_err(|e| e.to_string())?;
-    }
-    let interrupt = AtomicBool::new(false);
-    let (mut checkout, _) = prepare
-        .fetch_then_checkout(gix::progress::Discard, &interrupt)
-        .map_err(|e| e.to_string())?;
-    let (repo, _) = checkout
-        .main_worktree(gix::progress::Discard, &interrupt)
-        .map_err(|e| e.to_string())?;
+    let wanted = commit.or(reference).unwrap_or("");
+    forge_builder::pipeline::git::clone_shallow(url, wanted, dest)?;
+    let repo = gix::open_opts(dest, gix::open::Options::isolated())
+        .map_err(|e| format!("opening the clone: {e}"))?;
     let head = repo
         .head_commit()
         .map_err(|e| format!("reading the checked out commit: {e}"))?;

@@ -14,6 +14,7 @@ use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use forge_snapshotter::reference::Reference;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -238,23 +239,35 @@ fn registry_hook(server: &Server, p: &Project, body: &[u8]) -> Reply {
         return Ok(not_started("the registry trigger is off"));
     }
     let pushes = hooks::parse_registry(body).map_err(hook_error)?;
+    // What the project builds FROM (recorded by its last build that read its Dockerfiles), and
+    // what it names in `watch:`, as normalised names (`docker.io/library/debian`).
+    let bases = server.store.bases(&p.name).map_err(internal)?;
     let watched = pushes.iter().find(|push| {
-        let full = push
-            .host
-            .as_ref()
-            .map(|h| format!("{h}/{}", push.repository));
-        p.watch.iter().any(|w| {
-            let w = w.split_once('@').map_or(w.as_str(), |(n, _)| n);
-            let (name, tag) = match w.rsplit_once(':') {
-                Some((n, t)) if !t.contains('/') => (n, Some(t)),
-                _ => (w, None),
-            };
-            (name == push.repository || Some(name) == full.as_deref())
-                && tag.is_none_or(|t| push.tag.as_deref() == Some(t))
-        })
+        let pushed = match &push.host {
+            Some(h) => Reference::parse(&format!("{h}/{}", push.repository)).ok(),
+            None => Reference::parse(&push.repository).ok(),
+        };
+        let Some(pushed) = pushed else { return false };
+        // Without a host the notification names a path only: compare paths.
+        let same = |r: &Reference| match push.host {
+            Some(_) => r.name() == pushed.name(),
+            None => r.repository() == pushed.repository(),
+        };
+        let watches = p
+            .watch
+            .iter()
+            .filter_map(|w| Reference::parse(w).ok())
+            .any(|w| same(&w) && w.tag().is_none_or(|t| push.tag.as_deref() == Some(t)));
+        watches
+            || bases
+                .iter()
+                .filter_map(|b| Reference::parse(b).ok())
+                .any(|b| same(&b))
     });
     let Some(push) = watched else {
-        return Ok(not_started("no pushed image is one the project watches"));
+        return Ok(not_started(
+            "no pushed image is one the project builds FROM or watches",
+        ));
     };
     let b = server
         .queue(
@@ -335,7 +348,7 @@ fn start_build(
         ));
     }
     if let Some(c) = &commit
-        && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        && !forge_builder::pipeline::git::is_commit_id(c)
     {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -595,6 +608,26 @@ async fn chart(State(server): State<Arc<Server>>, Path(name): Path<String>) -> R
     Ok(svg(web::chart_svg(&builds)))
 }
 
+/// The project a page's form posts to, when the form's secret is its API secret; else the page
+/// saying the build was not `what`.
+fn form_project(
+    server: &Server,
+    name: &str,
+    secret: &str,
+    what: &str,
+) -> Result<Project, Response> {
+    let Some(p) = server.project(name).cloned() else {
+        return Err(not_found(format!("no project {name:?}")));
+    };
+    if !api_allowed(server, &p, secret.as_bytes()) {
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            web::error_page(401, &format!("wrong secret: the build was not {what}")),
+        ));
+    }
+    Ok(p)
+}
+
 #[derive(Deserialize)]
 struct RebuildForm {
     branch: Option<String>,
@@ -607,15 +640,7 @@ async fn rebuild(
     Path(name): Path<String>,
     Form(form): Form<RebuildForm>,
 ) -> Reply {
-    let Some(p) = server.project(&name).cloned() else {
-        return Err(not_found(format!("no project {name:?}")));
-    };
-    if !api_allowed(&server, &p, form.secret.as_bytes()) {
-        return Err(page(
-            StatusCode::UNAUTHORIZED,
-            web::error_page(401, "wrong secret: the build was not started"),
-        ));
-    }
+    let p = form_project(&server, &name, &form.secret, "started")?;
     let branch = form
         .other_branch
         .filter(|b| !b.trim().is_empty())
@@ -634,15 +659,7 @@ async fn cancel_form(
     Path((name, n)): Path<(String, u64)>,
     Form(form): Form<CancelForm>,
 ) -> Reply {
-    let Some(p) = server.project(&name).cloned() else {
-        return Err(not_found(format!("no project {name:?}")));
-    };
-    if !api_allowed(&server, &p, form.secret.as_bytes()) {
-        return Err(page(
-            StatusCode::UNAUTHORIZED,
-            web::error_page(401, "wrong secret: the build was not cancelled"),
-        ));
-    }
+    form_project(&server, &name, &form.secret, "cancelled")?;
     server.cancel(&name, n).map_err(internal)?;
     Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
 }

@@ -47,6 +47,21 @@ pub enum Trigger {
     Restart,
 }
 
+impl Trigger {
+    /// The word the API and the pages show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Push => "push",
+            Trigger::Tag => "tag",
+            Trigger::Keyword => "keyword",
+            Trigger::Api => "api",
+            Trigger::Manual => "manual",
+            Trigger::Registry => "registry",
+            Trigger::Restart => "restart",
+        }
+    }
+}
+
 /// One job of a build, as the pipeline reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {

@@ -13,6 +13,8 @@ use crate::model::{Build, Status, Trigger};
 const BUILDS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("builds");
 /// project -> the number its next build gets.
 const NEXT: TableDefinition<'_, &str, u64> = TableDefinition::new("next");
+/// project -> the base images (normalised names, JSON list) its last build's Dockerfiles use.
+const BASES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("bases");
 /// delivery id -> when it arrived (unix seconds).
 const DELIVERIES: TableDefinition<'_, &str, u64> = TableDefinition::new("deliveries");
 
@@ -67,6 +69,7 @@ impl Store {
             txn.open_table(BUILDS).map_err(|e| err(&e))?;
             txn.open_table(NEXT).map_err(|e| err(&e))?;
             txn.open_table(DELIVERIES).map_err(|e| err(&e))?;
+            txn.open_table(BASES).map_err(|e| err(&e))?;
             txn.commit().map_err(|e| err(&e))?;
         }
         let requeued = store.recover()?;
@@ -229,6 +232,27 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Records the base images `project`'s Dockerfiles build FROM now.
+    pub fn set_bases(&self, project: &str, bases: &[String]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let json = serde_json::to_vec(bases).expect("names serialise");
+            let mut t = txn.open_table(BASES).map_err(|e| self.err(e))?;
+            t.insert(project, json.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The base images `project`'s last build read from its Dockerfiles.
+    pub fn bases(&self, project: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(BASES).map_err(|e| self.err(e))?;
+        let v = t.get(project).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok())
+            .unwrap_or_default())
     }
 
     /// Records delivery `id`; false when it was recorded before (a replay).

@@ -6,10 +6,6 @@
 //! BuildKit leaves it out by default. `file://` and local paths are refused: gix would hand those
 //! to the git program.
 
-use std::num::NonZeroU32;
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
-
 use super::stream::StreamContext;
 use super::{BuildError, Session};
 
@@ -22,46 +18,6 @@ pub(super) fn split_git_url(spec: &str) -> (&str, &str, &str) {
 
 fn invalid(spec: &str, why: impl std::fmt::Display) -> BuildError {
     BuildError::Invalid(format!("the git context {spec}: {why}"))
-}
-
-/// A full (40 hex digits) commit id.
-fn is_commit_id(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Clones `url` at `reference` into `checkout` (blocking: gix's network client).
-fn clone(url: &str, reference: &str, checkout: &Path) -> Result<(), String> {
-    // gix's http transport is a reqwest client without a provider of its own.
-    forge_snapshotter::registry::roots::install_crypto_provider();
-    let mut prepare = gix::clone::PrepareFetch::new(
-        url,
-        checkout,
-        gix::create::Kind::WithWorktree,
-        gix::create::Options::default(),
-        // Neither the git program nor the machine's git configuration is consulted.
-        gix::open::Options::isolated(),
-    )
-    .map_err(|e| e.to_string())?
-    .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
-        NonZeroU32::new(1).expect("1 is not 0"),
-    ));
-    if is_commit_id(reference) {
-        prepare = prepare
-            .with_revision(Some(reference))
-            .map_err(|e| e.to_string())?;
-    } else if !reference.is_empty() {
-        prepare = prepare
-            .with_ref_name(Some(reference))
-            .map_err(|e| e.to_string())?;
-    }
-    let interrupt = AtomicBool::new(false);
-    let (mut checkout_step, _) = prepare
-        .fetch_then_checkout(gix::progress::Discard, &interrupt)
-        .map_err(|e| e.to_string())?;
-    checkout_step
-        .main_worktree(gix::progress::Discard, &interrupt)
-        .map_err(|e| e.to_string())?;
-    Ok(())
 }
 
 impl Session {
@@ -79,22 +35,24 @@ impl Session {
         let checkout = live.path().join("checkout");
         let (url2, reference2, checkout2) =
             (url.to_string(), reference.to_string(), checkout.clone());
-        tokio::task::spawn_blocking(move || clone(&url2, &reference2, &checkout2))
-            .await
-            .map_err(|e| invalid(spec, e))?
-            .map_err(|e| {
-                invalid(
-                    spec,
-                    format!(
-                        "cloning {url}{}: {e}",
-                        if reference.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" at {reference}")
-                        }
-                    ),
-                )
-            })?;
+        tokio::task::spawn_blocking(move || {
+            crate::pipeline::git::clone_shallow(&url2, &reference2, &checkout2)
+        })
+        .await
+        .map_err(|e| invalid(spec, e))?
+        .map_err(|e| {
+            invalid(
+                spec,
+                format!(
+                    "cloning {url}{}: {e}",
+                    if reference.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {reference}")
+                    }
+                ),
+            )
+        })?;
         // The directory, resolved inside the checkout: a `..` or a symlink may not lead out.
         let root = checkout
             .canonicalize()
@@ -121,6 +79,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::git::is_commit_id;
 
     #[test]
     fn docker_s_fragment_is_a_ref_and_a_directory() {

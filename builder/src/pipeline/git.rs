@@ -47,6 +47,51 @@ pub enum GitError {
     },
 }
 
+/// A full (40 hex digits) commit id.
+pub fn is_commit_id(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Clones `url` one commit deep into `checkout` (blocking: gix's network client) and checks it
+/// out: at `reference`, a branch or tag (`main`, `refs/tags/v1`), or a full commit id fetched as
+/// that revision; the remote's HEAD when empty. The git program and the machine's git
+/// configuration are never consulted (a `file://` URL would make gix run git's upload-pack: the
+/// callers refuse or read those themselves).
+pub fn clone_shallow(url: &str, reference: &str, checkout: &Path) -> Result<(), String> {
+    use std::num::NonZeroU32;
+    use std::sync::atomic::AtomicBool;
+    // gix's http transport is a reqwest client without a provider of its own.
+    forge_snapshotter::registry::roots::install_crypto_provider();
+    let mut prepare = gix::clone::PrepareFetch::new(
+        url,
+        checkout,
+        gix::create::Kind::WithWorktree,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| e.to_string())?
+    .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
+        NonZeroU32::new(1).expect("1 is not 0"),
+    ));
+    if is_commit_id(reference) {
+        prepare = prepare
+            .with_revision(Some(reference))
+            .map_err(|e| e.to_string())?;
+    } else if !reference.is_empty() {
+        prepare = prepare
+            .with_ref_name(Some(reference))
+            .map_err(|e| e.to_string())?;
+    }
+    let interrupt = AtomicBool::new(false);
+    let (mut checkout_step, _) = prepare
+        .fetch_then_checkout(gix::progress::Discard, &interrupt)
+        .map_err(|e| e.to_string())?;
+    checkout_step
+        .main_worktree(gix::progress::Discard, &interrupt)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// The repository holding `dir`, or `None` when `dir` is in none.
 fn open(dir: &Path) -> Result<Option<gix::Repository>, GitError> {
     let err = |message: String| GitError::Repository {

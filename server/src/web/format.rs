@@ -1,8 +1,6 @@
 //! Small formatting helpers shared by the pages: UTC dates without a date crate, durations,
 //! commit abbreviations and URL path segments.
 
-use crate::model::Trigger;
-
 /// Converts a count of days since 1970-01-01 into a proleptic Gregorian (year, month, day).
 ///
 /// Works in 400-year eras of 146 097 days, each starting on a 1st of March so that the leap
@@ -68,19 +66,6 @@ pub fn short_commit(commit: &str) -> String {
 /// The first line of a (commit) message.
 pub fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or("")
-}
-
-/// The word for what started a build.
-pub fn trigger_str(trigger: Trigger) -> &'static str {
-    match trigger {
-        Trigger::Push => "push",
-        Trigger::Tag => "tag",
-        Trigger::Keyword => "keyword",
-        Trigger::Api => "api",
-        Trigger::Manual => "manual",
-        Trigger::Registry => "registry",
-        Trigger::Restart => "restart",
-    }
 }
 
 /// Percent-encodes a string for use as one URL path segment (RFC 3986 unreserved bytes kept).

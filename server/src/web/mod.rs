@@ -11,9 +11,7 @@ pub mod format;
 use askama::Template;
 
 use crate::model::{Build, Status};
-use crate::web::format::{
-    first_line, format_duration, format_utc, path_segment, short_commit, trigger_str,
-};
+use crate::web::format::{first_line, format_duration, format_utc, path_segment, short_commit};
 
 /// One project as listed on the index page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +195,7 @@ pub fn project_page(project: &str, repo: &str, branches: &[String], builds: &[Bu
                 href: build_href(project, b.number),
                 number: b.number,
                 status: b.status.as_str(),
-                trigger: trigger_str(b.trigger),
+                trigger: b.trigger.as_str(),
                 git_ref: git_ref(b),
                 commit_short: commit_short(b),
                 message: b
@@ -283,7 +281,7 @@ pub fn build_page(build: &Build, log_so_far: &str) -> String {
         project_href: project_href(project),
         number: build.number,
         status: build.status.as_str(),
-        trigger: trigger_str(build.trigger),
+        trigger: build.trigger.as_str(),
         branch: build.branch.as_deref(),
         tag: build.tag.as_deref(),
         commit: build.commit.as_deref().unwrap_or(UNKNOWN),
