@@ -326,27 +326,8 @@ impl Printer {
     fn event(&self, e: PipelineEvent) {
         use std::io::Write as _;
         let text = match &e {
-            PipelineEvent::ImageStarted { image } => format!("image {image}: building"),
-            PipelineEvent::ImageLine { image, line } => format!("[{image}] {line}"),
-            PipelineEvent::ImageBuilt {
-                image,
-                digest,
-                steps_run,
-                steps_cached,
-            } => format!(
-                "image {image}: built {digest} ({steps_run} steps run, {steps_cached} cached)"
-            ),
-            PipelineEvent::ImageFailed { image, error } => {
-                format!("image {image}: build failed: {error}")
-            }
-            PipelineEvent::JobStarted { job } => format!("job {job}: started"),
             PipelineEvent::JobLine { job, line, cached } => {
                 self.log_line(job, line);
-                let text = if *cached {
-                    format!("[{job}] (cached) {line}")
-                } else {
-                    format!("[{job}] {line}")
-                };
                 if let Some(groups) = &self.groups {
                     let mut g = groups.lock().expect("not poisoned");
                     g.entry(job.clone()).or_default().push(format!(
@@ -355,26 +336,16 @@ impl Printer {
                     ));
                     return;
                 }
-                text
+                e.line()
             }
             PipelineEvent::JobFinished {
                 job,
                 result,
-                exit_code,
                 duration,
-                error,
+                ..
             } => {
                 self.job_done(job, *result, *duration);
-                let how = match (exit_code, error) {
-                    (_, Some(e)) => format!(" ({e})"),
-                    (Some(c), None) if *c != 0 => format!(" (exit status {c})"),
-                    _ => String::new(),
-                };
-                let end = format!(
-                    "job {job}: {}{how} in {:.1}s",
-                    result_word(*result),
-                    duration.as_secs_f64()
-                );
+                let end = e.line();
                 match &self.groups {
                     Some(groups) => {
                         let lines = groups
@@ -392,31 +363,11 @@ impl Printer {
                     None => end,
                 }
             }
-            PipelineEvent::JobSkipped { job, reason } => {
+            PipelineEvent::JobSkipped { job, .. } => {
                 self.job_done(job, JobResult::Skipped, Duration::ZERO);
-                format!("job {job}: skipped: {reason}")
+                e.line()
             }
-            PipelineEvent::Pushed {
-                image,
-                references,
-                digest,
-            } => format!("image {image}: pushed {} ({digest})", references.join(", ")),
-            PipelineEvent::Held {
-                image,
-                tags,
-                because,
-            } => format!(
-                "image {image}: not pushed ({}): {} did not pass",
-                tags.join(", "),
-                if because.is_empty() {
-                    "its build".to_string()
-                } else {
-                    because.join(", ")
-                }
-            ),
-            PipelineEvent::PushFailed { image, error } => {
-                format!("image {image}: push failed: {error}")
-            }
+            _ => e.line(),
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
@@ -453,17 +404,6 @@ impl Printer {
         {
             eprintln!("warning: job {job}: not recorded in the history: {e}");
         }
-    }
-}
-
-fn result_word(r: JobResult) -> &'static str {
-    match r {
-        JobResult::Passed => "passed",
-        JobResult::Failed => "failed",
-        JobResult::AllowedFailure => "failed (allowed)",
-        JobResult::Cached => "passed (cached, not run)",
-        JobResult::Skipped => "skipped",
-        JobResult::Cancelled => "cancelled",
     }
 }
 
@@ -580,7 +520,7 @@ pub(crate) fn logs(args: &LogsArgs) -> Result<(), Failure> {
             let run = h.run(args.run).map_err(|e| failed(format!("error: {e}")))?;
             for j in run.jobs.iter().filter(|j| j.log.is_some()) {
                 use std::io::Write as _;
-                let _ = writeln!(out, "== {} ({})", j.name, result_word(j.result));
+                let _ = writeln!(out, "== {} ({})", j.name, j.result.word());
                 h.copy_log(args.run, &j.name, &mut out)
                     .map_err(|e| failed(format!("error: {e}")))?;
             }

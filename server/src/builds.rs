@@ -326,9 +326,7 @@ impl Server {
             &plan,
             &run_options,
             Arc::new(move |e| {
-                if let Some(line) = event_line(&e) {
-                    sink_log.line(&line);
-                }
+                sink_log.line(&e.line());
                 if let Some((job, result, ms)) = job_state(&e) {
                     let mut b = sink_live.lock().expect("not poisoned");
                     match b.jobs.iter_mut().find(|j| j.name == job) {
@@ -463,62 +461,6 @@ fn job_state(e: &PipelineEvent) -> Option<(&str, &'static str, u64)> {
         PipelineEvent::JobSkipped { job, .. } => Some((job, "skipped", 0)),
         _ => None,
     }
-}
-
-/// How an event reads in a build's log.
-fn event_line(e: &PipelineEvent) -> Option<String> {
-    Some(match e {
-        PipelineEvent::ImageStarted { image } => format!("image {image}: building"),
-        PipelineEvent::ImageLine { image, line } => format!("[{image}] {line}"),
-        PipelineEvent::ImageBuilt {
-            image,
-            digest,
-            steps_run,
-            steps_cached,
-        } => {
-            format!("image {image}: built {digest} ({steps_run} steps run, {steps_cached} cached)")
-        }
-        PipelineEvent::ImageFailed { image, error } => format!("image {image}: failed: {error}"),
-        PipelineEvent::JobStarted { job } => format!("job {job}: started"),
-        PipelineEvent::JobLine { job, line, cached } => {
-            format!("[{job}] {}{line}", if *cached { "(cached) " } else { "" })
-        }
-        PipelineEvent::JobFinished {
-            job,
-            result,
-            exit_code,
-            duration,
-            error,
-        } => format!(
-            "job {job}: {}{}{} in {:.1}s",
-            job_word(*result),
-            exit_code
-                .filter(|c| *c != 0)
-                .map(|c| format!(" (exit status {c})"))
-                .unwrap_or_default(),
-            error
-                .as_ref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default(),
-            duration.as_secs_f64()
-        ),
-        PipelineEvent::JobSkipped { job, reason } => format!("job {job}: skipped: {reason}"),
-        PipelineEvent::Pushed {
-            references, digest, ..
-        } => format!("pushed {} ({digest})", references.join(", ")),
-        PipelineEvent::Held {
-            image,
-            tags,
-            because,
-        } => format!(
-            "image {image}: not pushed ({}): {} did not pass",
-            tags.join(", "),
-            because.join(", ")
-        ),
-        PipelineEvent::PushFailed { image, error } => {
-            format!("image {image}: push failed: {error}")
-        }
-    })
 }
 
 fn job_word(r: JobResult) -> &'static str {

@@ -44,6 +44,20 @@ pub enum JobResult {
     Cancelled,
 }
 
+impl JobResult {
+    /// The result as a run's output and logs say it.
+    pub fn word(self) -> &'static str {
+        match self {
+            JobResult::Passed => "passed",
+            JobResult::Failed => "failed",
+            JobResult::AllowedFailure => "failed (allowed)",
+            JobResult::Cached => "passed (cached, not run)",
+            JobResult::Skipped => "skipped",
+            JobResult::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One job of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {

@@ -91,6 +91,72 @@ pub enum PipelineEvent {
     },
 }
 
+impl PipelineEvent {
+    /// The event as one line of a run's output: `forge run`'s plain progress and `forge serve`'s
+    /// build logs.
+    pub fn line(&self) -> String {
+        match self {
+            PipelineEvent::ImageStarted { image } => format!("image {image}: building"),
+            PipelineEvent::ImageLine { image, line } => format!("[{image}] {line}"),
+            PipelineEvent::ImageBuilt {
+                image,
+                digest,
+                steps_run,
+                steps_cached,
+            } => format!(
+                "image {image}: built {digest} ({steps_run} steps run, {steps_cached} cached)"
+            ),
+            PipelineEvent::ImageFailed { image, error } => {
+                format!("image {image}: build failed: {error}")
+            }
+            PipelineEvent::JobStarted { job } => format!("job {job}: started"),
+            PipelineEvent::JobLine { job, line, cached } => {
+                format!("[{job}] {}{line}", if *cached { "(cached) " } else { "" })
+            }
+            PipelineEvent::JobFinished {
+                job,
+                result,
+                exit_code,
+                duration,
+                error,
+            } => {
+                let how = match (exit_code, error) {
+                    (_, Some(e)) => format!(" ({e})"),
+                    (Some(c), None) if *c != 0 => format!(" (exit status {c})"),
+                    _ => String::new(),
+                };
+                format!(
+                    "job {job}: {}{how} in {:.1}s",
+                    result.word(),
+                    duration.as_secs_f64()
+                )
+            }
+            PipelineEvent::JobSkipped { job, reason } => format!("job {job}: skipped: {reason}"),
+            PipelineEvent::Pushed {
+                image,
+                references,
+                digest,
+            } => format!("image {image}: pushed {} ({digest})", references.join(", ")),
+            PipelineEvent::Held {
+                image,
+                tags,
+                because,
+            } => format!(
+                "image {image}: not pushed ({}): {} did not pass",
+                tags.join(", "),
+                if because.is_empty() {
+                    "its build".to_string()
+                } else {
+                    because.join(", ")
+                }
+            ),
+            PipelineEvent::PushFailed { image, error } => {
+                format!("image {image}: push failed: {error}")
+            }
+        }
+    }
+}
+
 /// Where a run's events go.
 pub type Sink = Arc<dyn Fn(PipelineEvent) + Send + Sync>;
 
