@@ -1505,33 +1505,8 @@ fn a_git_url_context_is_cloned_at_its_ref_and_directory() {
     fs::write(work.join("sub/note.txt"), "on release\n").unwrap();
     git(&["commit", "-q", "-am", "release"]);
     git(&["checkout", "-q", "main"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = std::process::Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(&repos)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed().as_secs() < 20,
-            "git daemon did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let daemon = forge_testsupport::GitDaemon::serve(&repos);
+    let port = daemon.port;
     let build = |fragment: &str, out: &str| {
         let dest = ws.dir.path().join(out);
         let url = format!("git://127.0.0.1:{port}/app.git{fragment}");
@@ -1570,8 +1545,7 @@ fn a_git_url_context_is_cloned_at_its_ref_and_directory() {
     let (o, _) = build("#no-such-branch:sub", "none");
     assert!(!o.status.success());
     assert!(printed(&o).contains("no-such-branch"), "{}", printed(&o));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }
 
 /// `--build-context NAME=DIR` is read by `COPY --from=NAME` and `RUN --mount=from=NAME` (its files

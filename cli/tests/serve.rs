@@ -92,42 +92,6 @@ fn prerequisites(tools: &[&str]) -> Option<String> {
     Some(busybox)
 }
 
-/// `git daemon` serving the repositories below a folder on a free loopback port (git serves;
-/// forge fetches with gix).
-struct GitDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn serve(repos: &Path) -> GitDaemon {
-        let port = free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", repos.display()))
-            .arg(repos)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(port, "git daemon");
-        GitDaemon { child, port }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -322,7 +286,7 @@ fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notificatio
     let c1 = app.commit("ok", 0, "first");
     let lib1 = lib.commit("ok", 3, "lib first");
 
-    let daemon = GitDaemon::serve(&repos);
+    let daemon = forge_testsupport::GitDaemon::serve(&repos);
     let git_port = daemon.port;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -816,6 +780,15 @@ projects:
     drop(daemon);
 }
 
+/// `forge serve --check --config CONFIG`.
+fn check(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["serve", "--check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// A bad serve.yaml is refused at start with its file, line and column, and the caret under it.
 #[test]
 fn a_bad_configuration_names_its_line_and_column() {
@@ -826,11 +799,7 @@ fn a_bad_configuration_names_its_line_and_column() {
         "projects:\n  - name: app\n    repo: git://127.0.0.1/app.git\n    triggers: [push, tagg]\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["serve", "--check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let o = check(&config);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -843,11 +812,7 @@ fn a_bad_configuration_names_its_line_and_column() {
         "projects:\n  - name: app\n    repo: git://127.0.0.1/app.git\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["serve", "--check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let o = check(&config);
     assert!(o.status.success(), "{}", common::printed(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("listening on 127.0.0.1:8420"), "{out}");
@@ -886,7 +851,7 @@ fn two_hundred_deliveries_are_each_built_once_and_the_queue_drains() {
     let repos = tmp.path().join("repos");
     let repo = new_repo(&repos, "app", &busybox);
     let commit = repo.commit("ok", 0, "steady");
-    let daemon = GitDaemon::serve(&repos);
+    let daemon = forge_testsupport::GitDaemon::serve(&repos);
     let git_port = daemon.port;
     let mut config = String::from("projects:\n");
     for p in 0..PROJECTS {
@@ -1200,7 +1165,7 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     let repos = tmp.path().join("repos");
     let repo = new_repo(&repos, "app", &busybox);
     let quick = repo.commit("ok", 0, "quick <b>bold</b> & sure");
-    let daemon = GitDaemon::serve(&repos);
+    let daemon = forge_testsupport::GitDaemon::serve(&repos);
     let git_port = daemon.port;
     let config = tmp.path().join("serve.yaml");
     std::fs::write(

@@ -22,6 +22,7 @@
 
 mod check;
 mod fixture;
+mod git;
 mod private_registry;
 pub mod snapshot;
 
@@ -35,6 +36,7 @@ pub use fixture::{
     BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,
     shared_scratch, unique, walk,
 };
+pub use git::GitDaemon;
 pub use private_registry::{
     AUTH_PASSWORD, AUTH_USER, AuthRegistry, PrivateRegistry, Served, auth_registry,
     private_registry,

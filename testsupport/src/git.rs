@@ -1,0 +1,53 @@
+//! A git server for tests: `git daemon` (git's own, an independent judge: forge fetches with gix)
+//! serving the repositories below a folder on a free loopback port, stopped when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `git daemon`; `git://127.0.0.1:{port}/NAME` is the repository `NAME` below the
+/// folder it serves.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    /// Serves every repository below `repos` and waits until it listens.
+    pub fn serve(repos: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", repos.display()))
+            .arg(repos)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run git daemon");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "git daemon did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
