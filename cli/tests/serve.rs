@@ -60,7 +60,7 @@ jobs:
     image: app
     secrets: [DEPLOY_TOKEN]
     script:
-      - echo "tag=[$FORGE_GIT_TAG] branch=[$FORGE_GIT_BRANCH] number=[$FORGE_BUILD_NUMBER] token=[$DEPLOY_TOKEN]"
+      - echo "tag=[$FORGE_GIT_TAG] branch=[$FORGE_GIT_BRANCH] number=[$FORGE_BUILD_NUMBER] token=[$DEPLOY_TOKEN] greeting=[$GREETING]"
       - 'i=0; while [ $i -lt $(cat /app/delay) ]; do i=$((i+1)); echo "tick $i"; sleep $(cat /app/pace); done'
       - test "$(cat /app/flag)" = ok
 "#;
@@ -319,6 +319,8 @@ projects:
     repo: git://127.0.0.1:{git_port}/app.git
     branches: [main, "release/*"]
     triggers: [push, tag, api, registry]
+    variables:
+      GREETING: hello-from-serve
     webhook_secret: {SECRET}
     secrets:
       DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
@@ -337,6 +339,11 @@ projects:
     webhook_secret: {SECRET}
     secrets:
       DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
+  - name: local
+    repo: file://{app_dir}
+    triggers: [api]
+    secrets:
+      DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE
   - name: plain
     repo: git://127.0.0.1:{git_port}/app.git
     dockerfile: Dockerfile
@@ -344,6 +351,7 @@ projects:
     triggers: [api]
 "#,
             hook = receiver.url("/notify"),
+            app_dir = app.dir.display(),
         ),
     )
     .unwrap();
@@ -383,7 +391,9 @@ projects:
     assert_eq!(b1["jobs_failed"], 0);
     let log1 = build_log(&s, "app", n1);
     assert!(
-        log1.contains(&format!("branch=[main] number=[{n1}] token=[****]")),
+        log1.contains(&format!(
+            "branch=[main] number=[{n1}] token=[****] greeting=[hello-from-serve]"
+        )),
         "{log1}"
     );
     assert!(!log1.contains("tok-3141592653"), "{log1}");
@@ -414,6 +424,16 @@ projects:
         Some(&body),
     );
     assert_eq!(code, 401);
+    // A body over the limit is refused before anything reads it.
+    let huge = vec![b' '; 5 << 20];
+    let big_sig = format!("sha256={}", hmac_hex(SECRET, &huge));
+    let (code, _) = curl(
+        "POST",
+        &s.url("/hooks/app/github"),
+        &gh("d-4", big_sig),
+        Some(&huge),
+    );
+    assert_eq!(code, 413);
     let (_, list) = curl("GET", &s.url("/api/v1/projects/app/builds"), &[], None);
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
@@ -533,7 +553,9 @@ projects:
         ),
     );
     let n5 = created_number(code, &reply);
-    let lib3 = lib.commit("ok", 4, "lib slow");
+    // Not app's 4: the same files would make the same image and job, whose result the store
+    // would then serve from whichever ran first.
+    let lib3 = lib.commit("ok", 5, "lib slow");
     let (code, reply) = curl(
         "POST",
         &s.url("/api/v1/projects/lib/builds"),
@@ -619,7 +641,15 @@ projects:
     ] {
         assert_eq!(build_of(&s, "app", n)["status"], status, "build {n}");
     }
-    // Cancelling the requeued build stops it and records it as cancelled.
+    // Cancelling the requeued build while its job runs stops it and records it as cancelled.
+    let started = Instant::now();
+    while !build_log(&s, "app", again).contains("tick 1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the requeued build never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, reply) = curl(
         "POST",
         &s.url(&format!("/api/v1/projects/app/builds/{again}/cancel")),
@@ -628,6 +658,8 @@ projects:
     );
     assert_eq!(code, 202, "{reply}");
     assert_eq!(ended(&s, "app", again, &server_log)["status"], "cancelled");
+    // Its job was stopped, not left to finish its 60 ticks.
+    assert!(!build_log(&s, "app", again).contains("tick 60"));
 
     // A registry's notification of a new busybox manifest rebuilds the project whose Dockerfile
     // builds FROM it (its last build recorded that); the layer and config pushes and the pull in
@@ -736,6 +768,24 @@ projects:
         .unwrap();
     assert!(o.status.success(), "{}", common::printed(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), digest);
+
+    // A file:// repository is read in place (gix would hand its transport to git): the branch's
+    // head, built without a git server.
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/local/builds"),
+        &[("Authorization", format!("Bearer {API}"))],
+        Some(br#"{"branch": "main"}"#),
+    );
+    let f1 = created_number(code, &reply);
+    let local = ended(&s, "local", f1, &server_log);
+    assert_eq!(
+        local["status"],
+        "passed",
+        "{local}\n{}",
+        build_log(&s, "local", f1)
+    );
+    assert_eq!(local["commit"], quick.as_str());
 
     // The page's rebuild form (no JavaScript: a form POST) with a wrong secret starts nothing; with
     // the right one it starts a build and sends the browser to its page.
