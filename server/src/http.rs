@@ -554,9 +554,16 @@ async fn project_page(State(server): State<Arc<Server>>, Path(name): Path<String
         return Err(not_found(format!("no project {name:?}")));
     };
     let builds = server.store.list(&name, PAGE).map_err(internal)?;
+    // The form offers the branches the configuration names outright; a glob is typed in.
+    let branches: Vec<String> = p
+        .branch_patterns
+        .iter()
+        .filter(|b| !b.contains(['*', '?', '[', '{']))
+        .cloned()
+        .collect();
     Ok(page(
         StatusCode::OK,
-        web::project_page(&name, &p.repo, &p.branch_patterns, &builds),
+        web::project_page(&name, &p.repo, &branches, &builds),
     ))
 }
 
