@@ -201,12 +201,23 @@ impl Drop for Served {
 }
 
 fn start_server(config: &Path, root: &Path, port: u16, log: &Path) -> Served {
+    start(
+        Command::new(env!("CARGO_BIN_EXE_forge")),
+        config,
+        root,
+        port,
+        log,
+    )
+}
+
+/// `forge serve` run by `forge` (a command naming the binary, its user set up by the caller).
+fn start(mut forge: Command, config: &Path, root: &Path, port: u16, log: &Path) -> Served {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+    let child = forge
         .args(["serve", "--config"])
         .arg(config)
         .args([
@@ -1341,6 +1352,84 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     );
     drop(browser);
     eprintln!("screenshots: {}", shots.display());
+    drop(s);
+    drop(daemon);
+}
+
+/// Rootless: `forge serve` started as the unprivileged test user (its subordinate ids mapped, no
+/// root anywhere) fetches, builds and runs a job, and records the build in the user's own store;
+/// the server process is the user's.
+#[test]
+fn an_ordinary_user_serves_builds_rootless() {
+    let Some(busybox) = prerequisites(&["git", "curl"]) else {
+        return;
+    };
+    let Some(user) = forge_testsupport::test_user() else {
+        return;
+    };
+    let ws = forge_testsupport::shared_scratch("forge-serve-rootless-", Some(&user));
+    let repos = ws.path().join("repos");
+    let repo = new_repo(&repos, "app", &busybox);
+    std::fs::write(
+        repo.dir.join("Dockerfile"),
+        format!("FROM {busybox}\nWORKDIR /app\nRUN id -u > /app/uid\nCOPY flag delay pace /app/\n"),
+    )
+    .unwrap();
+    let commit = repo.commit("ok", 0, "rootless");
+    let daemon = forge_testsupport::GitDaemon::serve(&repos);
+    let config = ws.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "projects:\n  - name: app\n    repo: git://127.0.0.1:{}/app.git\n    \
+             api_secret: {API}\n    secrets:\n      DEPLOY_TOKEN: env:DEPLOY_TOKEN_VALUE\n",
+            daemon.port
+        ),
+    )
+    .unwrap();
+    // The repositories stay root's (git daemon, running as root, serves only those); the folder is
+    // the user's, so the store and the checkouts are made by the user.
+    let exe = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), ws.path());
+    let mut forge = Command::new(&exe);
+    forge.env("HOME", ws.path()).current_dir(ws.path());
+    let (uid, gid) = (user.uid, user.gid);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        forge.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let root = ws.path().join("store");
+    let log = ws.path().join("serve.log");
+    let s = start(forge, &config, &root, free_port(), &log);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let server_uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap();
+    assert_eq!(server_uid, user.uid.to_string(), "{status}");
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/app/builds"),
+        &[("Authorization", format!("Bearer {API}"))],
+        Some(format!(r#"{{"commit": "{commit}", "branch": "main"}}"#).as_bytes()),
+    );
+    let n = created_number(code, &reply);
+    let b = ended(&s, "app", n, &log);
+    assert_eq!(b["status"], "passed", "{b}\n{}", build_log(&s, "app", n));
+    assert!(build_log(&s, "app", n).contains("token=[****]"));
+    // The history is in the user's store, written by the user.
+    let db = root.join("serve/serve.redb");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&db).unwrap());
+    assert_eq!(owner, user.uid);
     drop(s);
     drop(daemon);
 }
