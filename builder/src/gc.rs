@@ -214,6 +214,15 @@ fn collect_snapshots(
     total: &mut u64,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
+    // The store to itself while snapshots go. A build holds a store session for its whole life and
+    // reads cache records only inside it; without this, a build that started after the check
+    // below could mount a snapshot a record names just as it is removed (found by the chaos
+    // test: "snapshot ... not found"). With a session held anywhere, the step waits for a later
+    // prune, as it did for a running build.
+    let Some(_alone) = parts.store.try_alone()? else {
+        report.builds_running = true;
+        return Ok(());
+    };
     if any_build_running(parts.root) {
         report.builds_running = true;
         return Ok(());

@@ -179,6 +179,12 @@ pub struct Session {
     _lock: FileLock,
 }
 
+/// The store held exclusively (see [`Store::try_alone`]).
+#[derive(Debug)]
+pub struct Alone {
+    _lock: FileLock,
+}
+
 /// Outcome of asking to ingest a blob.
 #[derive(Debug)]
 pub enum Ingest {
@@ -337,6 +343,15 @@ impl Store {
         Ok(Session {
             _lock: lock_file(&self.store_lock, LockMode::Shared)?,
         })
+    }
+
+    /// The store to the caller alone, when no [`Session`] (a build, a pull, an ingest, in any
+    /// process, this one included) holds it now; `None` without waiting otherwise. While it lives,
+    /// sessions wait.
+    pub fn try_alone(&self) -> Result<Option<Alone>, StoreError> {
+        Ok(FileLock::try_acquire(&self.store_lock, LockMode::Exclusive)
+            .map_err(io_err("lock", &self.store_lock))?
+            .map(|l| Alone { _lock: l }))
     }
 
     /// Starts ingesting the blob `digest` (of `size` bytes when known). Blocks while another
