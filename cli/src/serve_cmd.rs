@@ -72,6 +72,9 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
                 .collect();
             println!("project {}: {} ({})", p.name, p.repo, triggers.join(", "));
         }
+        for line in forge_server::describe(&config) {
+            println!("{line}");
+        }
         return Ok(());
     }
     let root = match &args.session.root {

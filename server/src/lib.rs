@@ -42,6 +42,9 @@ pub async fn serve(config: config::Config, session: Session, root: &Path) -> Res
         .local_addr()
         .map_err(|e| format!("error: {listen}: {e}"))?;
     eprintln!("forge serve: listening on http://{local}");
+    for line in describe(&server.config) {
+        eprintln!("{line}");
+    }
     tokio::spawn(server.clone().schedule());
     if retention.0.is_some() || retention.1.is_some() {
         let store = store.clone();
@@ -55,6 +58,54 @@ pub async fn serve(config: config::Config, session: Session, root: &Path) -> Res
     axum::serve(listener, http::router(server))
         .await
         .map_err(|e| format!("error: serving on {local}: {e}"))
+}
+
+/// Where each project's builds can be started from, and what its configuration leaves closed: a
+/// webhook trigger without `webhook_secret`, the API without any secret.
+pub fn describe(config: &config::Config) -> Vec<String> {
+    use config::TriggerName as T;
+    let base = &config.base_url;
+    let mut out = Vec::new();
+    for p in &config.projects {
+        let name = &p.name;
+        let hooks = [T::Push, T::Tag, T::Keyword]
+            .iter()
+            .any(|t| p.triggered_by(*t));
+        if hooks {
+            out.push(match p.webhook_secret {
+                Some(_) => format!(
+                    "  {name}: webhooks at POST {base}/hooks/{name}/{{github,gitlab,gitea,gitee}}"
+                ),
+                None => format!(
+                    "warning: {name}: it has webhook triggers but no webhook_secret, so every \
+                     webhook is refused"
+                ),
+            });
+        }
+        if p.triggered_by(T::Registry) {
+            out.push(match p.webhook_secret {
+                Some(_) => format!(
+                    "  {name}: registry notifications at POST {base}/hooks/{name}/registry \
+                     (Authorization: Bearer <webhook_secret>)"
+                ),
+                None => format!(
+                    "warning: {name}: the registry trigger needs a webhook_secret; notifications \
+                     are refused"
+                ),
+            });
+        }
+        if p.triggered_by(T::Api) {
+            out.push(if p.api_secret.is_some() || config.api_secret.is_some() {
+                format!("  {name}: API at POST {base}/api/v1/projects/{name}/builds")
+            } else {
+                format!(
+                    "warning: {name}: the api trigger needs an api_secret (the project's or \
+                         the server's); API calls and the rebuild button are refused"
+                )
+            });
+        }
+    }
+    out
 }
 
 /// Removes the logs of ended builds that ended more than `max_age_days` ago, then the oldest
@@ -113,6 +164,31 @@ mod tests {
             .join(b.number.to_string());
         std::fs::create_dir_all(&art).unwrap();
         b
+    }
+
+    #[test]
+    fn the_start_says_where_builds_come_from_and_what_stays_closed() {
+        let c = config::parse(
+            "serve.yaml",
+            "api_secret: s3cret\nprojects:\n  - name: app\n    repo: git://h/a\n    \
+             webhook_secret: hook\n    triggers: [push, api, registry]\n  - name: lib\n    \
+             repo: git://h/b\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let lines = describe(&c);
+        assert_eq!(
+            lines,
+            [
+                "  app: webhooks at POST http://127.0.0.1:8420/hooks/app/{github,gitlab,gitea,gitee}",
+                "  app: registry notifications at POST http://127.0.0.1:8420/hooks/app/registry \
+                 (Authorization: Bearer <webhook_secret>)",
+                "  app: API at POST http://127.0.0.1:8420/api/v1/projects/app/builds",
+                "warning: lib: it has webhook triggers but no webhook_secret, so every webhook is \
+                 refused",
+                "  lib: API at POST http://127.0.0.1:8420/api/v1/projects/lib/builds",
+            ]
+        );
     }
 
     #[test]
