@@ -19,7 +19,11 @@ impl GitDaemon {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
+        use std::os::unix::process::CommandExt;
+        // `git daemon` runs `git-daemon` as its child: both go in a process group of their own,
+        // so that stopping the server stops the daemon too (killing `git` alone left it running).
         let child = Command::new("git")
+            .process_group(0)
             .args([
                 "daemon",
                 "--export-all",
@@ -47,7 +51,10 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: a plain syscall on the group this server was started in.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
     }
 }
