@@ -25,7 +25,7 @@ pub struct Server {
     pub config: Config,
     pub store: Store,
     session: Session,
-    /// `<store>/serve`: work folders and artifacts below it.
+    /// `<store>/serve`: the builds' work folders below it.
     dir: PathBuf,
     running: Mutex<HashMap<(String, u64), CancellationToken>>,
     wake: Notify,
@@ -303,11 +303,7 @@ impl Server {
         let run_options = RunOptions {
             base_dir: work.to_path_buf(),
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            artifacts_dir: self
-                .dir
-                .join("artifacts")
-                .join(&b.project)
-                .join(b.number.to_string()),
+            artifacts_dir: self.store.artifacts_dir(&b.project, b.number),
             secrets: project
                 .secrets
                 .iter()
@@ -363,7 +359,7 @@ impl Server {
         started: Instant,
     ) {
         b.status = status;
-        b.error = error.map(|e| mask(&e, &project.masked()));
+        b.error = error.map(|e| Mask::of(project.masked()).apply(&e));
         b.finished_at = Some(now());
         b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self.store.put(&b) {
@@ -478,7 +474,7 @@ fn job_word(r: JobResult) -> &'static str {
 /// a byte is written.
 struct Log {
     file: Mutex<std::fs::File>,
-    masked: Vec<String>,
+    mask: Mask,
 }
 
 impl Log {
@@ -487,45 +483,44 @@ impl Log {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut masked: Vec<String> = masked
-            .into_iter()
-            .map(|m| String::from_utf8_lossy(&m).into_owned())
-            .collect();
-        // The longest first: a secret holding another is masked whole.
-        masked.sort_by_key(|m| std::cmp::Reverse(m.len()));
         Ok(Log {
             file: Mutex::new(file),
-            masked,
+            mask: Mask::of(masked),
         })
     }
 
     fn line(&self, line: &str) {
-        let mut text = mask_sorted(line, &self.masked);
+        let mut text = self.mask.apply(line);
         text.push('\n');
         let mut f = self.file.lock().expect("not poisoned");
         let _ = f.write_all(text.as_bytes());
     }
 }
 
-/// `text` with every secret of `masked` replaced by `****`.
-fn mask(text: &str, masked: &[Vec<u8>]) -> String {
-    let mut m: Vec<String> = masked
-        .iter()
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .collect();
-    m.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    mask_sorted(text, &m)
-}
+/// A project's secrets, longest first (a secret holding another is masked whole), as every text
+/// the server keeps of a build is masked with them.
+struct Mask(Vec<String>);
 
-/// As [`mask`], the secrets already longest first (a secret holding another is masked whole).
-fn mask_sorted(text: &str, masked: &[String]) -> String {
-    let mut text = text.to_string();
-    for m in masked {
-        if text.contains(m.as_str()) {
-            text = text.replace(m.as_str(), "****");
-        }
+impl Mask {
+    fn of(secrets: Vec<Vec<u8>>) -> Mask {
+        let mut m: Vec<String> = secrets
+            .into_iter()
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .collect();
+        m.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        Mask(m)
     }
-    text
+
+    /// `text` with every secret replaced by `****`.
+    fn apply(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for m in &self.0 {
+            if text.contains(m.as_str()) {
+                text = text.replace(m.as_str(), "****");
+            }
+        }
+        text
+    }
 }
 
 #[cfg(test)]

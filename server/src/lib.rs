@@ -113,29 +113,27 @@ pub fn describe(config: &config::Config) -> Vec<String> {
 pub fn expire_logs(store: &store::Store, max_age_days: Option<u64>, max_total: Option<u64>) {
     let Ok(all) = store.all() else { return };
     let now = store::now();
-    let mut ended: Vec<(u64, std::path::PathBuf, u64)> = all
+    let mut ended: Vec<(u64, &model::Build, u64)> = all
         .iter()
         .filter(|b| b.status.is_final())
         .filter_map(|b| {
-            let path = store.log_path(&b.project, b.number);
-            let size = std::fs::metadata(&path).ok()?.len();
-            Some((b.finished_at.unwrap_or(0), path, size))
+            let size = std::fs::metadata(store.log_path(&b.project, b.number))
+                .ok()?
+                .len();
+            Some((b.finished_at.unwrap_or(0), b, size))
         })
         .collect();
-    ended.sort();
+    ended.sort_by_key(|(finished, b, _)| (*finished, b.project.as_str(), b.number));
     let mut total: u64 = ended.iter().map(|e| e.2).sum();
-    for (finished, path, size) in ended {
+    for (finished, b, size) in ended {
         let too_old = max_age_days.is_some_and(|d| finished + d * 86_400 < now);
         let too_big = max_total.is_some_and(|m| total > m);
-        if (too_old || too_big) && std::fs::remove_file(&path).is_ok() {
+        if (too_old || too_big)
+            && std::fs::remove_file(store.log_path(&b.project, b.number)).is_ok()
+        {
             total -= size;
             // The build's artifacts go with its log.
-            if let (Some(project), Some(n)) =
-                (path.parent().and_then(|p| p.file_name()), path.file_stem())
-            {
-                let artifacts = store.logs_dir().with_file_name("artifacts");
-                let _ = std::fs::remove_dir_all(artifacts.join(project).join(n));
-            }
+            let _ = std::fs::remove_dir_all(store.artifacts_dir(&b.project, b.number));
         }
     }
 }
@@ -157,12 +155,7 @@ mod tests {
         let log = store.log_path("app", b.number);
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         std::fs::write(&log, vec![b'x'; bytes]).unwrap();
-        let art = store
-            .logs_dir()
-            .with_file_name("artifacts")
-            .join("app")
-            .join(b.number.to_string());
-        std::fs::create_dir_all(&art).unwrap();
+        std::fs::create_dir_all(store.artifacts_dir("app", b.number)).unwrap();
         b
     }
 
@@ -210,13 +203,7 @@ mod tests {
         assert!(!exists(mid.number), "the oldest while over 1000 bytes");
         assert!(exists(new.number));
         assert!(exists(running.number), "a running build keeps its log");
-        let art = |n: u64| {
-            store
-                .logs_dir()
-                .with_file_name("artifacts")
-                .join("app")
-                .join(n.to_string())
-        };
+        let art = |n: u64| store.artifacts_dir("app", n);
         assert!(!art(old.number).exists() && art(new.number).exists());
         // The records stay: only logs and artifacts expire.
         assert_eq!(store.list("app", 10).unwrap().len(), 4);

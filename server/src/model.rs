@@ -62,6 +62,14 @@ impl Trigger {
     }
 }
 
+/// A commit id as people read it: its first 7 characters (all of a shorter one).
+pub fn short_commit(commit: &str) -> &str {
+    commit
+        .char_indices()
+        .nth(7)
+        .map_or(commit, |(i, _)| &commit[..i])
+}
+
 /// One job of a build, as the pipeline reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -102,5 +110,17 @@ pub struct Build {
 impl Build {
     pub fn jobs_with(&self, result: &str) -> usize {
         self.jobs.iter().filter(|j| j.result == result).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_commit_is_its_first_seven_characters() {
+        assert_eq!(short_commit("0123456789abcdef"), "0123456");
+        assert_eq!(short_commit("0123456789"), "0123456");
+        assert_eq!(short_commit("abc"), "abc");
     }
 }

@@ -39,6 +39,7 @@ pub struct Store {
     db: Arc<redb::Database>,
     path: PathBuf,
     logs: PathBuf,
+    artifacts: PathBuf,
 }
 
 /// Now, in unix seconds.
@@ -63,6 +64,7 @@ impl Store {
             db: Arc::new(db),
             path: path.clone(),
             logs: dir.join("logs"),
+            artifacts: dir.join("artifacts"),
         };
         {
             let txn = store.db.begin_write().map_err(|e| err(&e))?;
@@ -88,9 +90,9 @@ impl Store {
         self.logs.join(project).join(format!("{n}.log"))
     }
 
-    /// The folder every project's logs are in.
-    pub fn logs_dir(&self) -> &Path {
-        &self.logs
+    /// Where build `n` of `project` keeps its jobs' artifacts.
+    pub fn artifacts_dir(&self, project: &str, n: u64) -> PathBuf {
+        self.artifacts.join(project).join(n.to_string())
     }
 
     fn recover(&self) -> Result<Vec<Build>, StoreError> {

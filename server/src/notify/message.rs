@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::model::Build;
+use crate::model::{Build, short_commit};
 use crate::notify::rules::Outcome;
 
 /// One notification, ready for any sender.
@@ -14,11 +14,6 @@ pub struct Message {
     pub text: String,
     /// The webhook payload; its "text" key makes it a Slack incoming-webhook message.
     pub json: serde_json::Value,
-}
-
-/// The first 7 characters of a commit id.
-fn short_commit(commit: &str) -> &str {
-    commit.get(..7).unwrap_or(commit)
 }
 
 /// The first non-empty line of a text, trimmed.
@@ -244,11 +239,5 @@ mod tests {
         assert_eq!(human_duration(12_345), "12.3s");
         assert_eq!(human_duration(245_000), "4m 05s");
         assert_eq!(human_duration(3_720_000), "1h 02m");
-    }
-
-    #[test]
-    fn short_commit_tolerates_short_ids() {
-        assert_eq!(short_commit("abc"), "abc");
-        assert_eq!(short_commit("0123456789"), "0123456");
     }
 }

@@ -1,5 +1,5 @@
 //! Small formatting helpers shared by the pages: UTC dates without a date crate, durations,
-//! commit abbreviations and URL path segments.
+//! first lines and URL path segments.
 
 /// Converts a count of days since 1970-01-01 into a proleptic Gregorian (year, month, day).
 ///
@@ -56,11 +56,6 @@ pub fn format_duration(ms: u64) -> String {
             secs % 60
         )
     }
-}
-
-/// The first 7 characters of a commit id.
-pub fn short_commit(commit: &str) -> String {
-    commit.chars().take(7).collect()
 }
 
 /// The first line of a (commit) message.
@@ -121,8 +116,6 @@ mod tests {
 
     #[test]
     fn small_helpers() {
-        assert_eq!(short_commit("0123456789abcdef"), "0123456");
-        assert_eq!(short_commit("abc"), "abc");
         assert_eq!(first_line("fix: it\n\nlong body"), "fix: it");
         assert_eq!(first_line(""), "");
         assert_eq!(path_segment("my-proj_1.0~x"), "my-proj_1.0~x");

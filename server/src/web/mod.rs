@@ -10,8 +10,9 @@ pub mod format;
 
 use askama::Template;
 
+use crate::model::short_commit;
 use crate::model::{Build, Status};
-use crate::web::format::{first_line, format_duration, format_utc, path_segment, short_commit};
+use crate::web::format::{first_line, format_duration, format_utc, path_segment};
 
 /// One project as listed on the index page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +80,8 @@ fn duration_text(b: &Build) -> String {
 fn commit_short(b: &Build) -> String {
     b.commit
         .as_deref()
-        .map(short_commit)
-        .unwrap_or_else(|| UNKNOWN.to_string())
+        .map_or(UNKNOWN, short_commit)
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
