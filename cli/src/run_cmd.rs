@@ -103,7 +103,8 @@ pub(crate) struct LogsArgs {
     history: HistoryArgs,
 }
 
-fn store_root(root: &Option<PathBuf>) -> Result<PathBuf, Failure> {
+/// The store `--root` names, else the default one.
+pub(crate) fn store_root(root: &Option<PathBuf>) -> Result<PathBuf, Failure> {
     match root {
         Some(r) => Ok(r.clone()),
         None => default_root().map_err(|e| failed(format!("error: {e}"))),

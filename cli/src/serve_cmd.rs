@@ -59,17 +59,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             config.max_builds
         );
         for p in &config.projects {
-            let triggers: Vec<&str> = p
-                .triggers
-                .iter()
-                .map(|t| match t {
-                    forge_server::config::TriggerName::Push => "push",
-                    forge_server::config::TriggerName::Tag => "tag",
-                    forge_server::config::TriggerName::Keyword => "keyword",
-                    forge_server::config::TriggerName::Api => "api",
-                    forge_server::config::TriggerName::Registry => "registry",
-                })
-                .collect();
+            let triggers: Vec<&str> = p.triggers.iter().map(|t| t.as_str()).collect();
             println!("project {}: {} ({})", p.name, p.repo, triggers.join(", "));
         }
         for line in forge_server::describe(&config) {
@@ -77,12 +67,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let root = match &args.session.root {
-        Some(r) => r.clone(),
-        None => {
-            forge_snapshotter::store::default_root().map_err(|e| failed(format!("error: {e}")))?
-        }
-    };
+    let root = crate::run_cmd::store_root(&args.session.root)?;
     let session = args.session.open(&root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -93,6 +93,19 @@ pub enum TriggerName {
     Registry,
 }
 
+impl TriggerName {
+    /// The trigger as serve.yaml spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerName::Push => "push",
+            TriggerName::Tag => "tag",
+            TriggerName::Keyword => "keyword",
+            TriggerName::Api => "api",
+            TriggerName::Registry => "registry",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NotifySpec {
