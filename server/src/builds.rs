@@ -106,13 +106,7 @@ impl Server {
     }
 
     fn start_ready(self: &Arc<Self>) -> Result<(), StoreError> {
-        let mut queued: Vec<Build> = self
-            .store
-            .all()?
-            .into_iter()
-            .filter(|b| b.status == Status::Queued)
-            .collect();
-        queued.sort_by_key(|b| (b.queued_at, b.number));
+        let queued = self.store.queued()?;
         let mut busy: HashSet<String> = self
             .running
             .lock()

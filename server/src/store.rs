@@ -11,6 +11,9 @@ use crate::model::{Build, Status, Trigger};
 
 /// (project, number) -> the build as JSON.
 const BUILDS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("builds");
+/// (project, number) of every queued build: what the scheduler reads at each wake, without
+/// going through the whole history.
+const QUEUED: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("queued");
 /// project -> the number its next build gets.
 const NEXT: TableDefinition<'_, &str, u64> = TableDefinition::new("next");
 /// project -> the base images (normalised names, JSON list) its last build's Dockerfiles use.
@@ -72,6 +75,7 @@ impl Store {
             txn.open_table(NEXT).map_err(|e| err(&e))?;
             txn.open_table(DELIVERIES).map_err(|e| err(&e))?;
             txn.open_table(BASES).map_err(|e| err(&e))?;
+            txn.open_table(QUEUED).map_err(|e| err(&e))?;
             txn.commit().map_err(|e| err(&e))?;
         }
         let requeued = store.recover()?;
@@ -96,8 +100,12 @@ impl Store {
     }
 
     fn recover(&self) -> Result<Vec<Build>, StoreError> {
-        let running: Vec<Build> = self
-            .all()?
+        let all = self.all()?;
+        // A database from before the queue had its index: its queued builds are indexed now.
+        for b in all.iter().filter(|b| b.status == Status::Queued) {
+            self.put(b)?;
+        }
+        let running: Vec<Build> = all
             .into_iter()
             .filter(|b| b.status == Status::Running)
             .collect();
@@ -155,6 +163,10 @@ impl Store {
             builds
                 .insert((project, number), json.as_slice())
                 .map_err(|e| self.err(e))?;
+            let mut queued = txn.open_table(QUEUED).map_err(|e| self.err(e))?;
+            queued
+                .insert((project, number), ())
+                .map_err(|e| self.err(e))?;
             build
         };
         txn.commit().map_err(|e| self.err(e))?;
@@ -170,8 +182,34 @@ impl Store {
             builds
                 .insert((b.project.as_str(), b.number), json.as_slice())
                 .map_err(|e| self.err(e))?;
+            let key = (b.project.as_str(), b.number);
+            let mut queued = txn.open_table(QUEUED).map_err(|e| self.err(e))?;
+            if b.status == Status::Queued {
+                queued.insert(key, ()).map_err(|e| self.err(e))?;
+            } else {
+                queued.remove(key).map_err(|e| self.err(e))?;
+            }
         }
         txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The queued builds, in the order they were queued.
+    pub fn queued(&self) -> Result<Vec<Build>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let queued = txn.open_table(QUEUED).map_err(|e| self.err(e))?;
+        let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in queued.iter().map_err(|e| self.err(e))? {
+            let (k, _) = entry.map_err(|e| self.err(e))?;
+            let (project, n) = k.value();
+            if let Some(v) = builds.get((project, n)).map_err(|e| self.err(e))?
+                && let Ok(b) = serde_json::from_slice::<Build>(v.value())
+            {
+                out.push(b);
+            }
+        }
+        out.sort_by_key(|b| (b.queued_at, b.number));
+        Ok(out)
     }
 
     /// Build `n` of `project`.
@@ -304,6 +342,15 @@ mod tests {
         let list: Vec<u64> = s.list("a", 10).unwrap().iter().map(|b| b.number).collect();
         assert_eq!(list, vec![3, 2, 1]);
         assert_eq!(s.previous_result("a", 3).unwrap(), Some(Status::Failed));
+        // Queued: b's first and a's requeued one; the ended ones are not.
+        let queued: Vec<(String, u64)> = s
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.project, b.number))
+            .collect();
+        assert_eq!(queued.len(), 2);
+        assert!(queued.contains(&("b".to_string(), 1)) && queued.contains(&("a".to_string(), 3)));
         assert_eq!(s.previous_result("b", 1).unwrap(), None);
     }
 
