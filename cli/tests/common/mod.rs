@@ -3,6 +3,8 @@
 // Each test file uses what it needs of this module.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
