@@ -359,17 +359,23 @@ async fn only_the_layers_that_leave_are_written_in_the_exported_compression() {
         )],
         "the image's one layer (the COPY --from) is gzip"
     );
-    let zstd = codecs.values().filter(|c| **c == "zstd").count();
+    let layer_blobs = codecs.values().filter(|c| **c != "other").count();
     assert_eq!(
-        zstd, 2,
-        "the build stage's two layers (COPY busybox, RUN) stay zstd: {codecs:?}"
+        layer_blobs, 1,
+        "the build stage's two layers (COPY busybox, RUN) were kept as snapshots, not written: \
+         {codecs:?}"
     );
 
-    // The build stage as the target: from this store's cache (zstd, recompressed), and from an
-    // empty store (gzip written by the steps themselves).
-    let (cached, _) = build(&session, export("stage-cached", Some("build"))).await;
+    // The build stage as the target: from this store's cache (its layers written from their
+    // snapshots now), and from an empty store (gzip written by the steps themselves).
+    let (cached, events) = build(&session, export("stage-cached", Some("build"))).await;
     let cached = cached.unwrap_or_else(|f| panic!("stage from the cache: {f}"));
     assert_eq!(cached.executed(), 0, "{:?}", cached.vertices);
+    assert!(
+        events.iter().any(|e| matches!(&e.event,
+            BuildEvent::PhaseStarted { name } if name == "writing layers kept as snapshots")),
+        "the unwritten layers were written as the export began"
+    );
     let fresh_session = self::session(&tmp.path().join("fresh-store"));
     let (fresh, _) = build(&fresh_session, export("stage-fresh", Some("build"))).await;
     let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
@@ -378,4 +384,61 @@ async fn only_the_layers_that_leave_are_written_in_the_exported_compression() {
         cached.digest, fresh.digest,
         "one image, whichever way it was made"
     );
+}
+
+/// A step whose layer was kept only as a snapshot runs again when that snapshot is gone (removed
+/// by hand here, as `forge store repair` would), instead of the build failing on a missing blob.
+#[tokio::test]
+async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
+    use forge_snapshotter::snapshot::{Kind, Snapshotter};
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch AS build\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo made > /out\"]\n\n\
+         FROM scratch\nCOPY --from=build /out /out\n",
+        &[],
+    );
+    let request = |target: Option<&str>| {
+        let mut r = BuildRequest::new(&ctx);
+        r.source_date_epoch = Some(1_700_000_000);
+        r.target = target.map(String::from);
+        r.tags = vec![format!("gone-{}:latest", target.unwrap_or("final"))];
+        r
+    };
+    let session = session(&tmp.path().join("store"));
+    let (first, _) = build(&session, request(None)).await;
+    first.unwrap_or_else(|f| panic!("build: {f}"));
+    // Every committed snapshot nothing is built on: the RUN step's and the final COPY's.
+    let sn = session.snapshots();
+    let list = sn.list().unwrap();
+    let leaves: Vec<_> = list
+        .iter()
+        .filter(|i| i.kind == Kind::Committed)
+        .filter(|i| !list.iter().any(|j| j.parent.as_deref() == Some(&i.key)))
+        .map(|i| i.key.clone())
+        .collect();
+    assert!(leaves.len() >= 2, "{list:?}");
+    for key in &leaves {
+        sn.remove(key).unwrap();
+    }
+    let (stage, _) = build(&session, request(Some("build"))).await;
+    let stage = stage.unwrap_or_else(|f| panic!("the stage after its snapshot went: {f}"));
+    let ran: Vec<_> = stage
+        .vertices
+        .iter()
+        .filter(|v| v.ran())
+        .map(|v| v.description.clone())
+        .collect();
+    assert!(
+        ran.iter().any(|d| d.contains("] RUN ")),
+        "the RUN step ran again: {ran:?}"
+    );
+    let fresh_session = self::session(&tmp.path().join("fresh-store"));
+    let (fresh, _) = build(&fresh_session, request(Some("build"))).await;
+    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    assert_eq!(stage.digest, fresh.digest);
 }

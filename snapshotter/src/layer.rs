@@ -106,13 +106,43 @@ pub trait LayerStream: Write {
 
 /// tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink, on the writer's thread.
 pub struct Inline<W: Write> {
-    out: HashingWriter<Encoder<HashingWriter<W>>>,
+    out: HashingWriter<Encoder<BlobEnd<W>>>,
     compression: Compression,
+}
+
+/// The blob end of a layer stream: counts the bytes, and hashes them unless the blob is the tar
+/// itself (no compression), whose digest is the diff_id already being hashed.
+struct BlobEnd<W> {
+    inner: W,
+    hasher: Option<sha2::Sha256>,
+    count: u64,
+}
+
+impl<W: Write> Write for BlobEnd<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl<W: Write> Inline<W> {
     pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
-        let encoder = Encoder::new(HashingWriter::new(sink), compression)?;
+        use sha2::Digest as _;
+        let blob = BlobEnd {
+            inner: sink,
+            hasher: (compression != Compression::None).then(sha2::Sha256::new),
+            count: 0,
+        };
+        let encoder = Encoder::new(blob, compression)?;
         Ok(Inline {
             out: HashingWriter::new(encoder),
             compression,
@@ -142,8 +172,18 @@ impl<W: Write> LayerStream for Inline<W> {
     fn finish_stream(self) -> Result<(LayerDescriptor, W), LayerError> {
         let compression = self.compression;
         let (encoder, diff_id, tar_size) = self.out.finish();
-        let hashed = encoder.finish().map_err(LayerError::Finish)?;
-        let (mut sink, digest, size) = hashed.finish();
+        let BlobEnd {
+            inner: mut sink,
+            hasher,
+            count: size,
+        } = encoder.finish().map_err(LayerError::Finish)?;
+        let digest = match hasher {
+            Some(h) => {
+                use sha2::Digest as _;
+                sha256_digest(h.finalize().as_slice())
+            }
+            None => diff_id.clone(),
+        };
         sink.flush().map_err(LayerError::Finish)?;
         Ok((
             LayerDescriptor {

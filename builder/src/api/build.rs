@@ -321,16 +321,12 @@ impl Session {
                         compression: step_compression,
                         source_date_epoch: request.source_date_epoch,
                     };
-                    // Only the target's own chain of layers leaves with the image; a cache
-                    // export sends the other steps' layers too, as they were written.
-                    let only_target = recompress && request.cache.export.is_empty();
+                    // Only the target's own chain of layers becomes the image; the other steps'
+                    // stay snapshots. A cache export sends those steps' layers too, so with one
+                    // they are written as blobs at once.
                     match graph.outputs.first() {
-                        Some(out) if only_target => LayerPlan {
+                        Some(out) if request.cache.export.is_empty() => LayerPlan {
                             leaving,
-                            staying: LayerOptions {
-                                compression: staying,
-                                ..leaving
-                            },
                             leaves: Some(graph.layer_chain(out.root)),
                         },
                         _ => LayerPlan::uniform(leaving),
@@ -405,8 +401,19 @@ impl Session {
                 BuildError::Invalid("the target is a local directory, not an image".into())
             })?
             .to_vec();
-        // A cached layer keeps the compression it was made with; what leaves the store gets the
-        // compression asked for.
+        // A layer an earlier build kept only as a snapshot (this target was then a builder stage)
+        // gets its blob now; a cached layer keeps the compression it was made with; what leaves
+        // the store gets the compression asked for.
+        let layers = if layers.iter().any(|l| l.unwritten.is_some()) {
+            let (snapshots, store) = (&self.snapshots, &self.store);
+            events
+                .phase_result("writing layers kept as snapshots", async {
+                    crate::ops::write_unwritten(snapshots, store, &layers, step_compression).await
+                })
+                .await?
+        } else {
+            layers
+        };
         let layers = if recompress {
             export::with_compression(&self.store, &layers, compression).await?
         } else {

@@ -36,8 +36,26 @@ impl Session {
                 } else {
                     Vec::new()
                 };
+                // Steps whose layers this store kept only as snapshots get their blobs now.
+                let mut written = Vec::with_capacity(entries.len());
+                for e in entries {
+                    let mut e = e.clone();
+                    if let crate::ops::Built::Fs { layers } = &mut e.output
+                        && layers.iter().any(|l| l.unwritten.is_some())
+                    {
+                        *layers = crate::ops::write_unwritten(
+                            &self.snapshots,
+                            &self.store,
+                            layers,
+                            forge_snapshotter::compress::Compression::Zstd { level: 1 },
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    }
+                    written.push(e);
+                }
                 let input = cache_io::ExportInput {
-                    entries,
+                    entries: &written,
                     image_layers: layers,
                     pushed_to: pushed_tag
                         .and_then(|t| Reference::parse(t).ok())

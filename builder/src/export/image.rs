@@ -247,6 +247,7 @@ pub async fn stored_for_push(
             size: d.size,
             diff_id: diff_id.clone(),
             source: None,
+            unwritten: None,
         })
         .collect();
     let gzip = forge_snapshotter::compress::Compression::Gzip { level: 6 };

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use forge_runner::backend::{Backend, RunError};
 use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::Mount as FsMount;
+use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
     AnySnapshotter, SnapshotError, Snapshotter, unpack_layer_snapshot,
@@ -50,6 +51,18 @@ pub struct Layer {
     /// `registry/repository` the blob came from, for a cross-repository mount when pushing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Set when no blob was written: the layer exists only as its committed snapshot (named by
+    /// the chain id of the layers up to it), and `digest`, `size` and `media_type` describe its
+    /// uncompressed tar. [`write_unwritten`] makes the blob when something needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwritten: Option<Unwritten>,
+}
+
+/// How an unwritten layer's tar was made, so that the tar made later is the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unwritten {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// Files taken out of a test step: one uncompressed tar blob in the store, whose entries are named
@@ -110,10 +123,15 @@ impl Built {
         }
     }
 
-    /// The blobs in the store this result needs (to keep them from `forge prune`).
+    /// The blobs in the store this result needs (to keep them from `forge prune`); an unwritten
+    /// layer has none (its snapshot is what it needs, see [`unwritten_snapshots`]).
     pub fn blobs(&self) -> Vec<BlobDigest> {
         match self {
-            Built::Fs { layers } => layers.iter().map(|l| l.digest.clone()).collect(),
+            Built::Fs { layers } => layers
+                .iter()
+                .filter(|l| l.unwritten.is_none())
+                .map(|l| l.digest.clone())
+                .collect(),
             Built::Local { .. } => Vec::new(),
             Built::Test { artifacts, log, .. } => artifacts
                 .iter()
@@ -293,15 +311,25 @@ pub struct ExecutorConfig {
 }
 
 /// How the layers a build makes are written: those that can leave the store (pushed, exported,
-/// sent to a cache) in the compression asked for, and the rest, which only this machine reads
-/// back, in fast zstd. A builder stage's layers never leave with the image, so they need not pay
-/// for gzip; the layers that do are written once, in their final form.
+/// sent to a cache, or recorded as an image) as blobs in the compression asked for; the rest
+/// (a builder stage's steps) not at all. Their committed snapshot is what later steps and builds
+/// read, so the step after them does not wait for a tar to be compressed, hashed twice and synced
+/// (BuildKit's lazy refs); [`write_unwritten`] makes the blob if an export or a merge ever needs
+/// one.
 #[derive(Debug, Clone, Default)]
 pub struct LayerPlan {
     pub leaving: LayerOptions,
-    pub staying: LayerOptions,
     /// The vertices whose layers can leave; `None`: every vertex's.
     pub leaves: Option<std::collections::HashSet<VertexId>>,
+}
+
+/// How one step's layer is kept.
+#[derive(Debug, Clone, Copy)]
+pub enum StepLayer {
+    /// As a blob in the store, written with these options.
+    Blob(LayerOptions),
+    /// Only as the committed snapshot; the tar is hashed for its diff_id and thrown away.
+    SnapshotOnly { source_date_epoch: Option<i64> },
 }
 
 impl LayerPlan {
@@ -309,15 +337,16 @@ impl LayerPlan {
     pub fn uniform(options: LayerOptions) -> LayerPlan {
         LayerPlan {
             leaving: options,
-            staying: options,
             leaves: None,
         }
     }
 
-    pub fn for_vertex(&self, id: &VertexId) -> LayerOptions {
+    pub fn for_vertex(&self, id: &VertexId) -> StepLayer {
         match &self.leaves {
-            Some(leaves) if !leaves.contains(id) => self.staying,
-            _ => self.leaving,
+            Some(leaves) if !leaves.contains(id) => StepLayer::SnapshotOnly {
+                source_date_epoch: self.leaving.source_date_epoch,
+            },
+            _ => StepLayer::Blob(self.leaving),
         }
     }
 }
@@ -457,13 +486,14 @@ impl BuildExecutor {
         Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
-    /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer blob and commits it under
-    /// its chain id; returns the new layer list.
+    /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer (a blob, or only its
+    /// diff_id when the plan keeps the layer as its snapshot) and commits it under its chain id;
+    /// returns the new layer list.
     async fn commit_layer(
         &self,
         key: String,
         parent: &[Layer],
-        options: LayerOptions,
+        how: StepLayer,
         cancel: &CancellationToken,
     ) -> Result<Vec<Layer>, ExecError> {
         if cancel.is_cancelled() {
@@ -475,43 +505,31 @@ impl BuildExecutor {
         let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
         let result = blocking(move || {
-            let tmp = store.temp_path("layer")?;
-            let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-            let diffed = sn.diff(&k, BufWriter::with_capacity(256 * 1024, file), options);
-            let (desc, sink, _stats) = match diffed {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.into());
+            let layer = match how {
+                StepLayer::Blob(options) => diff_to_blob(&sn, &store, &k, options)?,
+                StepLayer::SnapshotOnly { source_date_epoch } => {
+                    let options = LayerOptions {
+                        compression: Compression::None,
+                        source_date_epoch,
+                    };
+                    let (desc, _, _) = sn.diff(&k, std::io::sink(), options)?;
+                    Layer {
+                        media_type: desc.media_type,
+                        digest: blob_digest(&desc.digest)?,
+                        size: desc.size,
+                        diff_id: desc.diff_id,
+                        source: None,
+                        unwritten: Some(Unwritten { source_date_epoch }),
+                    }
                 }
             };
-            sink.into_inner()
-                .map_err(|e| ExecError::Io {
-                    what: "writing layer",
-                    path: tmp.to_path_buf(),
-                    source: e.into_error(),
-                })?
-                .sync_all()
-                .map_err(io_err("syncing layer", &tmp))?;
-            let blob: BlobDigest = desc
-                .digest
-                .to_string()
-                .parse()
-                .map_err(|e| ExecError::Internal(format!("layer digest: {e}")))?;
-            store.adopt(&tmp, &blob, desc.size)?;
-            let name = chain_id_step(parent_chain.as_ref(), &desc.diff_id);
+            let name = chain_id_step(parent_chain.as_ref(), &layer.diff_id);
             match sn.commit(name.as_ref(), &k) {
                 Ok(()) => {}
                 Err(SnapshotError::AlreadyExists(_)) => sn.remove(&k)?,
                 Err(e) => return Err(e.into()),
             }
-            Ok(Layer {
-                media_type: desc.media_type,
-                digest: blob,
-                size: desc.size,
-                diff_id: desc.diff_id,
-                source: None,
-            })
+            Ok(layer)
         })
         .await;
         match result {
@@ -592,8 +610,8 @@ impl BuildExecutor {
             let _ = self.cfg.snapshots.remove(&key);
             return Err(e);
         }
-        let options = self.cfg.layers.for_vertex(id);
-        let layers = self.commit_layer(key, &base, options, cancel).await?;
+        let how = self.cfg.layers.for_vertex(id);
+        let layers = self.commit_layer(key, &base, how, cancel).await?;
         Ok(Built::Fs { layers })
     }
 
@@ -621,8 +639,8 @@ impl BuildExecutor {
             let _ = self.cfg.snapshots.remove(&key);
             return Err(e);
         }
-        let options = self.cfg.layers.for_vertex(id);
-        let layers = self.commit_layer(key, &[], options, cancel).await?;
+        let how = self.cfg.layers.for_vertex(id);
+        let layers = self.commit_layer(key, &[], how, cancel).await?;
         Ok(Built::Fs { layers })
     }
 }
@@ -664,6 +682,15 @@ impl Executor for BuildExecutor {
         // A failed test verdict is never served from the cache: the failure may have been the
         // machine's (a flaky service, a full disk), and a rerun is what a user asks for.
         if matches!(output, Built::Test { exit_code, .. } if *exit_code != 0) {
+            return false;
+        }
+        // A layer kept only as its snapshot is there while the snapshot is (a prune keeps it while
+        // this record lives; `forge store repair` may have removed it).
+        if let Built::Fs { layers } = output
+            && unwritten_snapshots(layers)
+                .iter()
+                .any(|name| self.cfg.snapshots.stat(name).is_err())
+        {
             return false;
         }
         for d in output.blobs() {
@@ -824,9 +851,18 @@ impl Executor for BuildExecutor {
                     let b = it
                         .next()
                         .ok_or_else(|| ExecError::Internal("merge input missing".into()))?;
-                    layers.extend_from_slice(b.layers().ok_or_else(|| {
+                    let part = b.layers().ok_or_else(|| {
                         ExecError::Unsupported("merging a local directory".into())
-                    })?);
+                    })?;
+                    // On another parent a layer's snapshot is another one, made from its blob.
+                    let part = write_unwritten(
+                        &self.cfg.snapshots,
+                        &self.cfg.store,
+                        part,
+                        Compression::Zstd { level: 1 },
+                    )
+                    .await?;
+                    layers.extend(part);
                 }
                 Ok(Built::Fs { layers })
             }
@@ -870,6 +906,12 @@ pub(crate) async fn ensure_snapshot_in(
         for l in &layers {
             let name = chain_id_step(parent.as_ref(), &l.diff_id);
             if sn.stat(name.as_ref()).is_err() {
+                if l.unwritten.is_some() {
+                    return Err(ExecError::Internal(format!(
+                        "layer {} was kept only as snapshot {name}, which is gone",
+                        l.diff_id
+                    )));
+                }
                 let blob = store.open_blob(&l.digest)?;
                 unpack_layer_snapshot(
                     sn.as_ref(),
@@ -882,6 +924,115 @@ pub(crate) async fn ensure_snapshot_in(
             parent = Some(name);
         }
         Ok(parent.map(|p| p.to_string()))
+    })
+    .await
+}
+
+/// Diffs the snapshot `key` (active and unmounted, or committed) into a new blob in the store.
+fn diff_to_blob(
+    sn: &AnySnapshotter,
+    store: &Store,
+    key: &str,
+    options: LayerOptions,
+) -> Result<Layer, ExecError> {
+    let tmp = store.temp_path("layer")?;
+    let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    let diffed = sn.diff(key, BufWriter::with_capacity(256 * 1024, file), options);
+    let (desc, sink, _stats) = match diffed {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    sink.into_inner()
+        .map_err(|e| ExecError::Io {
+            what: "writing layer",
+            path: tmp.to_path_buf(),
+            source: e.into_error(),
+        })?
+        .sync_all()
+        .map_err(io_err("syncing layer", &tmp))?;
+    let blob = blob_digest(&desc.digest)?;
+    store.adopt(&tmp, &blob, desc.size)?;
+    Ok(Layer {
+        media_type: desc.media_type,
+        digest: blob,
+        size: desc.size,
+        diff_id: desc.diff_id,
+        source: None,
+        unwritten: None,
+    })
+}
+
+fn blob_digest(d: &Digest) -> Result<BlobDigest, ExecError> {
+    d.to_string()
+        .parse()
+        .map_err(|e| ExecError::Internal(format!("layer digest: {e}")))
+}
+
+/// The snapshot names (chain ids) of the unwritten layers of `layers`: while each exists, so does
+/// the layer.
+pub fn unwritten_snapshots(layers: &[Layer]) -> Vec<String> {
+    let mut parent: Option<Digest> = None;
+    let mut names = Vec::new();
+    for l in layers {
+        let name = chain_id_step(parent.as_ref(), &l.diff_id);
+        if l.unwritten.is_some() {
+            names.push(name.to_string());
+        }
+        parent = Some(name);
+    }
+    names
+}
+
+/// `layers` with a blob for every one: each unwritten layer is diffed from its committed snapshot
+/// into the store in `compression` (the same tar it was hashed from: the walk is ordered and the
+/// snapshot is read-only since its commit, which the diff_id check below confirms). Layers with
+/// a blob are returned as they are.
+pub async fn write_unwritten(
+    snapshots: &Arc<AnySnapshotter>,
+    store: &Store,
+    layers: &[Layer],
+    compression: Compression,
+) -> Result<Vec<Layer>, ExecError> {
+    if layers.iter().all(|l| l.unwritten.is_none()) {
+        return Ok(layers.to_vec());
+    }
+    let (sn, store, layers) = (snapshots.clone(), store.clone(), layers.to_vec());
+    blocking(move || {
+        let mut parent: Option<Digest> = None;
+        let mut out = Vec::with_capacity(layers.len());
+        for l in layers {
+            let name = chain_id_step(parent.as_ref(), &l.diff_id);
+            let Some(how) = l.unwritten else {
+                out.push(l);
+                parent = Some(name);
+                continue;
+            };
+            if sn.stat(name.as_ref()).is_err() {
+                return Err(ExecError::Internal(format!(
+                    "layer {} was kept only as snapshot {name}, which is gone; build again \
+                     (the step runs again)",
+                    l.diff_id
+                )));
+            }
+            let options = LayerOptions {
+                compression,
+                source_date_epoch: how.source_date_epoch,
+            };
+            let written = diff_to_blob(&sn, &store, name.as_ref(), options)?;
+            if written.diff_id != l.diff_id {
+                return Err(ExecError::Internal(format!(
+                    "snapshot {name} no longer diffs to layer {} but to {}: it changed after \
+                     its commit",
+                    l.diff_id, written.diff_id
+                )));
+            }
+            out.push(written);
+            parent = Some(name);
+        }
+        Ok(out)
     })
     .await
 }

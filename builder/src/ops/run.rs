@@ -410,8 +410,8 @@ impl BuildExecutor {
                 memory_limit_hit: outcome.memory_limit_hit,
             });
         }
-        let options = self.cfg.layers.for_vertex(&vertex.id);
-        let layers = self.commit_layer(key, &base, options, cancel).await?;
+        let how = self.cfg.layers.for_vertex(&vertex.id);
+        let layers = self.commit_layer(key, &base, how, cancel).await?;
         Ok(Built::Fs { layers })
     }
 }

@@ -43,6 +43,7 @@ impl BaseImage {
                 size: d.size,
                 diff_id: diff_id.clone(),
                 source: source.clone(),
+                unwritten: None,
             })
             .collect()
     }
