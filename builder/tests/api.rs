@@ -315,27 +315,39 @@ fn stored_codecs(session: &Session) -> BTreeMap<String, &'static str> {
     codecs
 }
 
+/// A context whose Dockerfile has a builder stage (busybox copied in, `script` run, writing /out)
+/// and a final stage that copies /out from it.
+fn two_stages(tmp: &Path, script: &str) -> PathBuf {
+    let dockerfile = format!(
+        "FROM scratch AS build\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n\n\
+         FROM scratch\nCOPY --from=build /out /out\n"
+    );
+    context(&tmp.join("ctx"), &dockerfile, &[])
+}
+
+/// A reproducible build of `target` (`None`: the final stage).
+fn stage_request(ctx: &Path, target: Option<&str>) -> BuildRequest {
+    let mut r = BuildRequest::new(ctx);
+    r.source_date_epoch = Some(1_700_000_000);
+    r.target = target.map(String::from);
+    r
+}
+
 /// Issue 16: a build whose image leaves the store (here an OCI tar, gzip) writes the target's own
-/// layers in gzip at once, but a builder stage's layers, which only this machine reads back, in
-/// fast zstd. Built later as the target itself, that stage's cached layers are recompressed on the
-/// way out into the very bytes a fresh store writes, so the image has one digest either way.
+/// layers in gzip at once, and a builder stage's layers not at all: its snapshots are kept, as
+/// BuildKit keeps lazy refs. Built later as the target itself, that stage's cached layers are
+/// written from their snapshots on the way out into the very bytes a fresh store writes, so the
+/// image has one digest either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_layers_that_leave_are_written_in_the_exported_compression() {
     if !prerequisites() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = context(
-        &tmp.path().join("ctx"),
-        "FROM scratch AS build\nCOPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox seq 1 200000 > /out\"]\n\n\
-         FROM scratch\nCOPY --from=build /out /out\n",
-        &[],
-    );
+    let ctx = two_stages(tmp.path(), "/bin/busybox seq 1 200000 > /out");
     let export = |name: &str, target: Option<&str>| {
-        let mut r = BuildRequest::new(&ctx);
-        r.source_date_epoch = Some(1_700_000_000);
-        r.target = target.map(String::from);
+        let mut r = stage_request(&ctx, target);
         r.exports = vec![forge_builder::api::Export::OciTar(
             tmp.path().join(format!("{name}.tar")),
         )];
@@ -395,17 +407,9 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = context(
-        &tmp.path().join("ctx"),
-        "FROM scratch AS build\nCOPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo made > /out\"]\n\n\
-         FROM scratch\nCOPY --from=build /out /out\n",
-        &[],
-    );
+    let ctx = two_stages(tmp.path(), "echo made > /out");
     let request = |target: Option<&str>| {
-        let mut r = BuildRequest::new(&ctx);
-        r.source_date_epoch = Some(1_700_000_000);
-        r.target = target.map(String::from);
+        let mut r = stage_request(&ctx, target);
         r.tags = vec![format!("gone-{}:latest", target.unwrap_or("final"))];
         r
     };
@@ -441,4 +445,52 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
     let (fresh, _) = build(&fresh_session, request(Some("build"))).await;
     let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
     assert_eq!(stage.digest, fresh.digest);
+}
+
+/// A `COPY --link` layer in a builder stage is made on its own (on scratch) and kept as a
+/// snapshot; the merge that lays it on the stage's other layers needs its blob, and writes it then.
+/// The step after the merge reads the linked file, and the stage built later as the target (from
+/// the cache, its layers written from their snapshots) is the image an empty store builds.
+#[tokio::test]
+async fn a_linked_copy_in_a_builder_stage_is_written_when_it_is_merged() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch AS build\nCOPY busybox /bin/busybox\nCOPY --link linked.txt /linked.txt\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /linked.txt > /out\"]\n\n\
+         FROM scratch\nCOPY --from=build /out /out\n",
+        &[("linked.txt", "linked into the stage\n", 0o644)],
+    );
+    let request = |target: Option<&str>, out: &Path| {
+        let mut r = stage_request(&ctx, target);
+        r.exports = vec![forge_builder::api::Export::Local(out.to_path_buf())];
+        r
+    };
+    let session = session(&tmp.path().join("store"));
+    let out = tmp.path().join("final");
+    let (outcome, _) = build(&session, request(None, &out)).await;
+    outcome.unwrap_or_else(|f| panic!("build: {f}"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).unwrap(),
+        "linked into the stage\n"
+    );
+
+    let (cached, _) = build(&session, request(Some("build"), &tmp.path().join("s1"))).await;
+    let cached = cached.unwrap_or_else(|f| panic!("stage from the cache: {f}"));
+    assert_eq!(cached.executed(), 0, "{:?}", cached.vertices);
+    let fresh_session = self::session(&tmp.path().join("fresh-store"));
+    let (fresh, _) = build(
+        &fresh_session,
+        request(Some("build"), &tmp.path().join("s2")),
+    )
+    .await;
+    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    assert_eq!(cached.digest, fresh.digest);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("s2/linked.txt")).unwrap(),
+        "linked into the stage\n"
+    );
 }

@@ -687,3 +687,64 @@ fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+/// A builder stage's steps keep their layers only as snapshots. A later build on the same runner
+/// that exports the cache (every step served from the local cache) writes those layers from the
+/// snapshots, so a second runner builds the stage itself with nothing run.
+#[test]
+fn a_builder_stage_kept_as_snapshots_is_exported_to_the_cache_whole() {
+    let Some(w) = world() else { return };
+    let ctx = w.path("stages");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {} AS build\nRUN seq 1 5000 > /out && echo kept > /kept\n\
+             RUN wc -l /out > /count\n\nFROM scratch\nCOPY --from=build /count /count\n",
+            w.base
+        ),
+    )
+    .unwrap();
+    let cache = w.path("stage-cache");
+    assert_ok(
+        "a plain build",
+        &w.build("runner1", &ctx, &["-t", "stages:1"]),
+    );
+    let out = w.build(
+        "runner1",
+        &ctx,
+        &[
+            "-t",
+            "stages:1",
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
+    assert_ok("the cache export", &out);
+    let (ran, cached) = steps(&out);
+    assert!(
+        ran.is_empty(),
+        "everything came from the local cache: {ran:?}"
+    );
+    assert_eq!(cached.len(), 3, "{cached:?}");
+    let out = w.build(
+        "runner2",
+        &ctx,
+        &[
+            "--target",
+            "build",
+            "-o",
+            &format!("type=local,dest={}", w.path("stage-files").display()),
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ],
+    );
+    assert_ok("the stage on runner two", &out);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert_eq!(
+        std::fs::read_to_string(w.path("stage-files/kept")).unwrap(),
+        "kept\n"
+    );
+}

@@ -85,6 +85,13 @@ pub fn make_image_at(
     options: &ImageOptions,
     created: &str,
 ) -> Result<Image, ExportError> {
+    if let Some(l) = layers.iter().find(|l| l.unwritten.is_some()) {
+        return Err(ExportError::Invalid(format!(
+            "internal: layer {} is kept only as a snapshot; it must be written before an image \
+             names it",
+            l.diff_id
+        )));
+    }
     let mut cfg = output.image.clone();
     for (k, v) in labels {
         cfg.labels.insert(k.clone(), v.clone());

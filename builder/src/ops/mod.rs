@@ -52,8 +52,9 @@ pub struct Layer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Set when no blob was written: the layer exists only as its committed snapshot (named by
-    /// the chain id of the layers up to it), and `digest`, `size` and `media_type` describe its
-    /// uncompressed tar. [`write_unwritten`] makes the blob when something needs one.
+    /// the chain id of the layers up to it). Its tar was never made, so `diff_id` (and `digest`,
+    /// the same) is a name drawn for the snapshot, not a hash of content, and `size` is 0;
+    /// [`write_unwritten`] makes the blob, with its real diff_id, when something needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unwritten: Option<Unwritten>,
 }
@@ -328,7 +329,8 @@ pub struct LayerPlan {
 pub enum StepLayer {
     /// As a blob in the store, written with these options.
     Blob(LayerOptions),
-    /// Only as the committed snapshot; the tar is hashed for its diff_id and thrown away.
+    /// Only as the committed snapshot: no tar is made at all (the commit costs no read of what the
+    /// step wrote), until something asks for the layer.
     SnapshotOnly { source_date_epoch: Option<i64> },
 }
 
@@ -508,16 +510,12 @@ impl BuildExecutor {
             let layer = match how {
                 StepLayer::Blob(options) => diff_to_blob(&sn, &store, &k, options)?,
                 StepLayer::SnapshotOnly { source_date_epoch } => {
-                    let options = LayerOptions {
-                        compression: Compression::None,
-                        source_date_epoch,
-                    };
-                    let (desc, _, _) = sn.diff(&k, std::io::sink(), options)?;
+                    let name = unwritten_name(&k);
                     Layer {
-                        media_type: desc.media_type,
-                        digest: blob_digest(&desc.digest)?,
-                        size: desc.size,
-                        diff_id: desc.diff_id,
+                        media_type: Compression::None.media_type().to_string(),
+                        digest: blob_digest(&name)?,
+                        size: 0,
+                        diff_id: name,
                         source: None,
                         unwritten: Some(Unwritten { source_date_epoch }),
                     }
@@ -971,6 +969,23 @@ fn blob_digest(d: &Digest) -> Result<BlobDigest, ExecError> {
         .map_err(|e| ExecError::Internal(format!("layer digest: {e}")))
 }
 
+/// The stand-in diff_id of a layer kept only as a snapshot: unique to the scratch snapshot `key`
+/// (which carries the build's random id and a counter) and to the moment, and marked so that it
+/// can never equal the hash of a tar.
+fn unwritten_name(key: &str) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"forge: a layer kept only as its snapshot\0");
+    h.update(key.as_bytes());
+    h.update(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            .to_le_bytes(),
+    );
+    forge_snapshotter::compress::sha256_digest(h.finalize().as_slice())
+}
+
 /// The snapshot names (chain ids) of the unwritten layers of `layers`: while each exists, so does
 /// the layer.
 pub fn unwritten_snapshots(layers: &[Layer]) -> Vec<String> {
@@ -987,9 +1002,10 @@ pub fn unwritten_snapshots(layers: &[Layer]) -> Vec<String> {
 }
 
 /// `layers` with a blob for every one: each unwritten layer is diffed from its committed snapshot
-/// into the store in `compression` (the same tar it was hashed from: the walk is ordered and the
-/// snapshot is read-only since its commit, which the diff_id check below confirms). Layers with
-/// a blob are returned as they are.
+/// (read-only since its commit; the walk is ordered, so the tar is the one the step would have
+/// written) into the store in `compression`, and gets its real diff_id. The snapshots keep their
+/// names; the list returned names other chains, which are unpacked from the blobs where needed.
+/// Layers with a blob are returned as they are.
 pub async fn write_unwritten(
     snapshots: &Arc<AnySnapshotter>,
     store: &Store,
@@ -1021,15 +1037,7 @@ pub async fn write_unwritten(
                 compression,
                 source_date_epoch: how.source_date_epoch,
             };
-            let written = diff_to_blob(&sn, &store, name.as_ref(), options)?;
-            if written.diff_id != l.diff_id {
-                return Err(ExecError::Internal(format!(
-                    "snapshot {name} no longer diffs to layer {} but to {}: it changed after \
-                     its commit",
-                    l.diff_id, written.diff_id
-                )));
-            }
-            out.push(written);
+            out.push(diff_to_blob(&sn, &store, name.as_ref(), options)?);
             parent = Some(name);
         }
         Ok(out)
