@@ -59,7 +59,8 @@ pub struct Layer {
     pub unwritten: Option<Unwritten>,
 }
 
-/// How an unwritten layer's tar was made, so that the tar made later is the same bytes.
+/// What an unwritten layer's tar is to be made with (the build's SOURCE_DATE_EPOCH), so that the
+/// blob written later is the one the step itself would have written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unwritten {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,7 +315,7 @@ pub struct ExecutorConfig {
 /// How the layers a build makes are written: those that can leave the store (pushed, exported,
 /// sent to a cache, or recorded as an image) as blobs in the compression asked for; the rest
 /// (a builder stage's steps) not at all. Their committed snapshot is what later steps and builds
-/// read, so the step after them does not wait for a tar to be compressed, hashed twice and synced
+/// read, so the step after them does not wait for a tar to be made, hashed, compressed and synced
 /// (BuildKit's lazy refs); [`write_unwritten`] makes the blob if an export or a merge ever needs
 /// one.
 #[derive(Debug, Clone, Default)]
@@ -488,9 +489,9 @@ impl BuildExecutor {
         Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
-    /// Diffs the active snapshot `key` (on `parent`'s layers) into a layer (a blob, or only its
-    /// diff_id when the plan keeps the layer as its snapshot) and commits it under its chain id;
-    /// returns the new layer list.
+    /// Commits the active snapshot `key` (on `parent`'s layers) under its chain id, diffed into a
+    /// layer blob first unless the plan keeps the layer as the snapshot alone; returns the new
+    /// layer list.
     async fn commit_layer(
         &self,
         key: String,
