@@ -193,8 +193,11 @@ impl Session {
             .unwrap_or(Compression::Gzip { level: 6 });
         // Layers that stay in the store are written with fast zstd; those about to leave it are
         // written in their final compression at once, so nothing is compressed twice.
-        let staying = Compression::Zstd { level: 1 };
-        let step_compression = if recompress { compression } else { staying };
+        let step_compression = if recompress {
+            compression
+        } else {
+            crate::ops::OWN_COMPRESSION
+        };
 
         // The build is a store session for its whole life: a prune (in this process or another)
         // waits for it instead of removing blobs it made but has not recorded yet, and no other

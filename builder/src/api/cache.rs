@@ -47,7 +47,7 @@ impl Session {
                             &self.snapshots,
                             &self.store,
                             layers,
-                            forge_snapshotter::compress::Compression::Zstd { level: 1 },
+                            crate::ops::OWN_COMPRESSION,
                         )
                         .await
                         .map_err(|e| e.to_string())?;

@@ -325,6 +325,10 @@ pub struct LayerPlan {
     pub leaves: Option<std::collections::HashSet<VertexId>>,
 }
 
+/// The compression of blobs only forge reads back (a builder stage's layers written for the store
+/// itself or for a cache): the fastest zstd, since nobody else has to decode them.
+pub const OWN_COMPRESSION: Compression = Compression::Zstd { level: 1 };
+
 /// How one step's layer is kept.
 #[derive(Debug, Clone, Copy)]
 pub enum StepLayer {
@@ -858,7 +862,7 @@ impl Executor for BuildExecutor {
                         &self.cfg.snapshots,
                         &self.cfg.store,
                         part,
-                        Compression::Zstd { level: 1 },
+                        OWN_COMPRESSION,
                     )
                     .await?;
                     layers.extend(part);
@@ -886,30 +890,25 @@ pub(crate) async fn ensure_snapshot_in(
     }
     // Only the layers whose snapshots are missing are read, so only theirs are fetched.
     if let Some(remote) = remote {
-        let mut parent: Option<Digest> = None;
-        let mut wanted = Vec::new();
-        for l in layers {
-            let name = chain_id_step(parent.as_ref(), &l.diff_id);
-            if snapshots.stat(name.as_ref()).is_err() {
-                wanted.push(l.digest.clone());
-            }
-            parent = Some(name);
-        }
+        let wanted: Vec<BlobDigest> = chain_steps(layers)
+            .filter(|step| snapshots.stat(step.name.as_ref()).is_err())
+            .map(|step| step.layer.digest.clone())
+            .collect();
         remote.ensure(store, &wanted).await?;
     }
     let sn = snapshots.clone();
     let store = store.clone();
     let layers = layers.to_vec();
     blocking(move || {
-        let mut parent: Option<Digest> = None;
-        for l in &layers {
-            let name = chain_id_step(parent.as_ref(), &l.diff_id);
+        for ChainStep {
+            parent,
+            name,
+            layer: l,
+        } in chain_steps(&layers)
+        {
             if sn.stat(name.as_ref()).is_err() {
                 if l.unwritten.is_some() {
-                    return Err(ExecError::Internal(format!(
-                        "layer {} was kept only as snapshot {name}, which is gone",
-                        l.diff_id
-                    )));
+                    return Err(snapshot_gone(l, &name));
                 }
                 let blob = store.open_blob(&l.digest)?;
                 unpack_layer_snapshot(
@@ -920,9 +919,8 @@ pub(crate) async fn ensure_snapshot_in(
                     &l.media_type,
                 )?;
             }
-            parent = Some(name);
         }
-        Ok(parent.map(|p| p.to_string()))
+        Ok(Some(top))
     })
     .await
 }
@@ -990,16 +988,40 @@ fn unwritten_name(key: &str) -> Digest {
 /// The snapshot names (chain ids) of the unwritten layers of `layers`: while each exists, so does
 /// the layer.
 pub fn unwritten_snapshots(layers: &[Layer]) -> Vec<String> {
-    let mut parent: Option<Digest> = None;
-    let mut names = Vec::new();
-    for l in layers {
-        let name = chain_id_step(parent.as_ref(), &l.diff_id);
-        if l.unwritten.is_some() {
-            names.push(name.to_string());
-        }
-        parent = Some(name);
-    }
-    names
+    chain_steps(layers)
+        .filter(|step| step.layer.unwritten.is_some())
+        .map(|step| step.name.to_string())
+        .collect()
+}
+
+/// One layer of a list with the committed snapshot it makes: `name` is the chain id of the
+/// layers up to it, `parent` the one before (none for the first).
+struct ChainStep<'a> {
+    parent: Option<Digest>,
+    name: Digest,
+    layer: &'a Layer,
+}
+
+/// Walks `layers` base first, naming each one's snapshot.
+fn chain_steps(layers: &[Layer]) -> impl Iterator<Item = ChainStep<'_>> {
+    layers.iter().scan(None::<Digest>, |parent, layer| {
+        let name = chain_id_step(parent.as_ref(), &layer.diff_id);
+        let step = ChainStep {
+            parent: parent.replace(name.clone()),
+            name,
+            layer,
+        };
+        Some(step)
+    })
+}
+
+/// The error for a layer kept only as snapshot `name` when that snapshot is gone.
+fn snapshot_gone(l: &Layer, name: &Digest) -> ExecError {
+    ExecError::Internal(format!(
+        "layer {} was kept only as snapshot {name}, which is gone; build again (the step runs \
+         again)",
+        l.diff_id
+    ))
 }
 
 /// `layers` with a blob for every one: each unwritten layer is diffed from its committed snapshot
@@ -1018,30 +1040,21 @@ pub async fn write_unwritten(
     }
     let (sn, store, layers) = (snapshots.clone(), store.clone(), layers.to_vec());
     blocking(move || {
-        let mut parent: Option<Digest> = None;
-        let mut out = Vec::with_capacity(layers.len());
-        for l in layers {
-            let name = chain_id_step(parent.as_ref(), &l.diff_id);
-            let Some(how) = l.unwritten else {
-                out.push(l);
-                parent = Some(name);
-                continue;
-            };
-            if sn.stat(name.as_ref()).is_err() {
-                return Err(ExecError::Internal(format!(
-                    "layer {} was kept only as snapshot {name}, which is gone; build again \
-                     (the step runs again)",
-                    l.diff_id
-                )));
-            }
-            let options = LayerOptions {
-                compression,
-                source_date_epoch: how.source_date_epoch,
-            };
-            out.push(diff_to_blob(&sn, &store, name.as_ref(), options)?);
-            parent = Some(name);
-        }
-        Ok(out)
+        chain_steps(&layers)
+            .map(|ChainStep { name, layer: l, .. }| {
+                let Some(how) = l.unwritten else {
+                    return Ok(l.clone());
+                };
+                if sn.stat(name.as_ref()).is_err() {
+                    return Err(snapshot_gone(l, &name));
+                }
+                let options = LayerOptions {
+                    compression,
+                    source_date_epoch: how.source_date_epoch,
+                };
+                diff_to_blob(&sn, &store, name.as_ref(), options)
+            })
+            .collect()
     })
     .await
 }
