@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use forge_builder::api::{
-    BuildFailure, BuildOutcome, BuildRequest, RunnerChoice, Session, SessionOptions,
+    BuildFailure, BuildOutcome, BuildRequest, RunnerChoice, Session, SessionOptions, VertexReport,
 };
 use forge_builder::events::{BuildEvent, BuildId, EventRecord, Events};
 use forge_builder::solver::{CancellationToken, Event};
@@ -39,6 +39,15 @@ fn session(root: &Path) -> Session {
         ..SessionOptions::default()
     })
     .expect("session opens")
+}
+
+/// The descriptions of the steps that ran to success.
+fn ran(vertices: &[VertexReport]) -> Vec<&str> {
+    vertices
+        .iter()
+        .filter(|v| v.ran())
+        .map(|v| v.description.as_str())
+        .collect()
 }
 
 /// Runs one build, collecting its events.
@@ -260,12 +269,7 @@ async fn a_failed_build_reports_what_it_solved_and_dead_scratch_is_swept() {
         failure.error.failed_step_tail(),
         Some(&["the last words".to_string()][..])
     );
-    let done: Vec<&str> = failure
-        .vertices
-        .iter()
-        .filter(|v| v.ran())
-        .map(|v| v.description.as_str())
-        .collect();
+    let done = ran(&failure.vertices);
     assert!(
         done.iter().any(|d| d.contains("COPY f /f")),
         "the COPY before the failure is reported solved: {:?}",
@@ -431,12 +435,7 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
     }
     let (stage, _) = build(&session, request(Some("build"))).await;
     let stage = stage.unwrap_or_else(|f| panic!("the stage after its snapshot went: {f}"));
-    let ran: Vec<_> = stage
-        .vertices
-        .iter()
-        .filter(|v| v.ran())
-        .map(|v| v.description.clone())
-        .collect();
+    let ran = ran(&stage.vertices);
     assert!(
         ran.iter().any(|d| d.contains("] RUN ")),
         "the RUN step ran again: {ran:?}"

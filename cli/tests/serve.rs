@@ -56,7 +56,7 @@ fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notificatio
         forge_testsupport::unique()
     );
 
-    let port = free_port();
+    let port = forge_testsupport::free_port();
     let config = tmp.path().join("serve.yaml");
     std::fs::write(
         &config,
@@ -359,14 +359,7 @@ projects:
         ),
     );
     let n6 = created_number(code, &reply);
-    let started = Instant::now();
-    while !build_log(&s, "app", n6).contains("tick 1") {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the long build never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&s, "app", n6, "tick 1", "the long build never started");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -390,14 +383,7 @@ projects:
         assert_eq!(build_of(&s, "app", n)["status"], status, "build {n}");
     }
     // Cancelling the requeued build while its job runs stops it and records it as cancelled.
-    let started = Instant::now();
-    while !build_log(&s, "app", again).contains("tick 1") {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the requeued build never ran"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&s, "app", again, "tick 1", "the requeued build never ran");
     let (code, reply) = curl(
         "POST",
         &s.url(&format!("/api/v1/projects/app/builds/{again}/cancel")),
@@ -672,7 +658,7 @@ fn an_ordinary_user_serves_builds_rootless() {
     }
     let root = ws.path().join("store");
     let log = ws.path().join("serve.log");
-    let s = start(forge, &config, &root, free_port(), &log);
+    let s = start(forge, &config, &root, forge_testsupport::free_port(), &log);
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
     let server_uid = status
         .lines()

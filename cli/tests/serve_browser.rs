@@ -212,7 +212,7 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     .unwrap();
     let root = tmp.path().join("root");
     let server_log = tmp.path().join("serve.log");
-    let s = start_server(&config, &root, free_port(), &server_log);
+    let s = start_server(&config, &root, forge_testsupport::free_port(), &server_log);
     let start = |commit: &str| {
         let (code, reply) = curl(
             "POST",
@@ -229,14 +229,7 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
     // response only while data keeps coming.
     let slow = repo.commit_paced("ok", 30, "0.2", "slow");
     let n = start(&slow);
-    let started = Instant::now();
-    while !build_log(&s, "app", n).contains("tick 1") {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the build never ticked"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&s, "app", n, "tick 1", "the build never ticked");
     let shots = artifacts("serve-pages");
     let mut browser = Browser::start();
     let tab = browser.open(&s.url(&format!("/p/app/{n}")));

@@ -50,7 +50,7 @@ fn two_hundred_deliveries_are_each_built_once_and_the_queue_drains() {
     std::fs::write(&config_path, config).unwrap();
     let root = tmp.path().join("root");
     let server_log = tmp.path().join("serve.log");
-    let port = free_port();
+    let port = forge_testsupport::free_port();
     let s = start_server(&config_path, &root, port, &server_log);
     let pid = s.child.id();
     let body = payload(

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running `git daemon`; `git://127.0.0.1:{port}/NAME` is the repository `NAME` below the
 /// folder it serves.
@@ -15,10 +15,7 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Serves every repository below `repos` and waits until it listens.
     pub fn serve(repos: &Path) -> GitDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = crate::net::free_port();
         use std::os::unix::process::CommandExt;
         // `git daemon` runs `git-daemon` as its child: both go in a process group of their own,
         // so that stopping the server stops the daemon too (killing `git` alone left it running).
@@ -37,14 +34,7 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("run git daemon");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "git daemon did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::net::wait_listening(port, "git daemon", Duration::from_secs(20));
         GitDaemon { child, port }
     }
 }

@@ -23,6 +23,7 @@
 mod check;
 mod fixture;
 mod git;
+mod net;
 mod private_registry;
 pub mod snapshot;
 
@@ -37,6 +38,7 @@ pub use fixture::{
     shared_scratch, unique, walk,
 };
 pub use git::GitDaemon;
+pub use net::{free_port, wait_listening};
 pub use private_registry::{
     AUTH_PASSWORD, AUTH_USER, AuthRegistry, PrivateRegistry, Served, auth_registry,
     private_registry,

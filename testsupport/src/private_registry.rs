@@ -101,11 +101,7 @@ pub fn private_registry() -> Option<PrivateRegistry> {
 fn start(auth: bool) -> Option<PrivateRegistry> {
     let bin = crate::check::tool("docker-registry")?;
     let dir = crate::fixture::scratch("forge-private-registry-");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::net::free_port();
     let addr = format!("127.0.0.1:{port}");
     let config = dir.path().join("config.yml");
     let mut text = format!(

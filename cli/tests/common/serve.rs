@@ -85,25 +85,6 @@ pub fn prerequisites(tools: &[&str]) -> Option<String> {
     Some(busybox)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_listening(port: u16, what: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what} did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A request with curl: the status and the body.
 pub fn curl(
     method: &str,
@@ -237,7 +218,7 @@ pub fn start(mut forge: Command, config: &Path, root: &Path, port: u16, log: &Pa
         .stderr(log)
         .spawn()
         .unwrap();
-    wait_listening(port, "forge serve");
+    forge_testsupport::wait_listening(port, "forge serve", Duration::from_secs(30));
     Served { child, port }
 }
 
@@ -284,4 +265,13 @@ pub fn build_log(s: &Served, project: &str, n: u64) -> String {
         None,
     )
     .1
+}
+
+/// Waits (up to 120 s) until build `n`'s log holds `line`; panics with `what` when it never does.
+pub fn wait_for_log(s: &Served, project: &str, n: u64, line: &str, what: &str) {
+    let started = Instant::now();
+    while !build_log(s, project, n).contains(line) {
+        assert!(started.elapsed() < Duration::from_secs(120), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
