@@ -292,6 +292,63 @@ fn overlay_snapshot_round_trip() {
     overlay_round_trip(BackendKind::Overlay);
 }
 
+/// Writable overlay mounts are `volatile` (their end does not sync the disk) where the kernel
+/// has the option; the kernel then refuses to mount the same upper dir again unless its mark is
+/// removed, which `mounts` does for an active snapshot, so a step can mount its snapshot twice.
+#[test]
+fn an_active_overlay_snapshot_mounts_again_after_a_volatile_mount() {
+    if !common::prerequisite(
+        common::is_root(),
+        "native overlay mounts need root or a user namespace",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    if !common::prerequisite(
+        probe(tmp.path()) == BackendKind::Overlay,
+        "overlayfs does not mount here",
+    ) {
+        return;
+    }
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_base_tree(&src);
+    let (blob, diff_id, media_type) = base_layer(&src);
+    let sn = AnySnapshotter::open(&tmp.path().join("sn"), Some(BackendKind::Overlay)).unwrap();
+    let base = unpack_layer_snapshot(&sn, None, &diff_id, &blob[..], &media_type).unwrap();
+    let mounts = sn.prepare("step", Some(base.chain_id.as_ref())).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 10) {
+        assert!(
+            mounts[0].options.iter().any(|o| o == "volatile"),
+            "{:?}",
+            mounts[0].options
+        );
+    }
+    for (i, name) in ["first", "second", "third"].iter().enumerate() {
+        let m = Mounted::new(&sn, "step", &tmp.path().join(format!("mnt{i}")));
+        std::fs::write(m.0.join(name), name).unwrap();
+        for earlier in &["first", "second", "third"][..i] {
+            assert_eq!(
+                std::fs::read_to_string(m.0.join(earlier)).unwrap(),
+                *earlier
+            );
+        }
+    }
+    let (desc, layer, _) = sn
+        .diff("step", Vec::new(), LayerOptions::default())
+        .unwrap();
+    let names = layer_names(&layer, &desc.media_type);
+    for name in ["first", "second", "third"] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.contains("incompat")),
+        "the work dir leaked into the layer: {names:?}"
+    );
+}
+
 #[test]
 fn fuse_overlayfs_snapshot_round_trip() {
     if !common::prerequisite(common::is_root(), "fuse-overlayfs test mounts need root")

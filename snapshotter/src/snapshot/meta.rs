@@ -2,6 +2,13 @@
 //! rename, fsync dir) while holding an flock, so that several forge processes can share a root and a
 //! crash leaves either the old or the new state. Directories not named by the metadata are debris of
 //! an interrupted operation and are removed when the root is opened.
+//!
+//! A snapshot's files are not synced when it is committed (overlay mounts are `volatile`, unpacked
+//! layers are written without fsync): its record names the boot in which they were written
+//! (`unsynced`). Opening the root in another boot drops such records and their children, since a
+//! crash may have left their files half on disk; what they held comes back from the layer blobs
+//! (which are synced) or by running the step again. Once a record is old enough for the kernel's
+//! writeback to have written its files, a background `syncfs` makes sure of it and clears the mark.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -19,6 +26,37 @@ pub(crate) struct Record {
     pub kind: Kind,
     pub parent: Option<String>,
     pub created: u64,
+    /// The boot id of the boot in which this committed snapshot's files were written, until a
+    /// sync of the filesystem after its commit; `None` once synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced: Option<String>,
+}
+
+/// How long after its commit a snapshot's files are synced by a later open (seconds): the kernel
+/// writes dirty pages back after 30 s by default, so the sync then seldom waits for data.
+pub(crate) const SETTLE_AFTER: u64 = 30;
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), or `None` where the kernel does not say.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
+
+/// Syncs the filesystem that holds `dir`.
+fn sync_filesystem(dir: &Path) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        op: "syncing the filesystem of",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let d = File::open(dir).map_err(io)?;
+    nix::unistd::syncfs(&d).map_err(|e| io(e.into()))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -64,6 +102,56 @@ impl State {
     }
 }
 
+/// Removes from `state` every record marked unsynced in a boot other than `boot` (all marked ones
+/// when the boot is unknown), and every record below one of them; true if any went.
+fn drop_unsynced_of_other_boots(state: &mut State, boot: Option<&str>) -> bool {
+    let mut gone: std::collections::HashSet<String> = state
+        .snapshots
+        .iter()
+        .filter(|(_, r)| r.unsynced.is_some() && r.unsynced.as_deref() != boot)
+        .map(|(k, _)| k.clone())
+        .collect();
+    if gone.is_empty() {
+        return false;
+    }
+    loop {
+        let below: Vec<String> = state
+            .snapshots
+            .iter()
+            .filter(|(k, r)| {
+                !gone.contains(*k) && r.parent.as_ref().is_some_and(|p| gone.contains(p))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if below.is_empty() {
+            break;
+        }
+        gone.extend(below);
+    }
+    state.snapshots.retain(|k, _| !gone.contains(k));
+    true
+}
+
+/// Whether an open at `now` settles the marks of boot `boot`: only when there are some and none
+/// was made in the last [`SETTLE_AFTER`] seconds. `syncfs` waits for every dirty page of the
+/// filesystem, so in a burst of builds it would wait for the previous build's files (and hold up
+/// this process's exit); after a pause the kernel has written them already.
+fn time_to_settle(state: &State, boot: Option<&str>, now: u64) -> bool {
+    let unsynced = settling(state, boot, u64::MAX);
+    let quiet_since = now.saturating_sub(SETTLE_AFTER);
+    !unsynced.is_empty() && unsynced.iter().all(|(_, r)| r.created <= quiet_since)
+}
+
+/// The records of boot `boot` still marked unsynced and committed no later than `until`.
+fn settling<'a>(state: &'a State, boot: Option<&str>, until: u64) -> Vec<(&'a String, &'a Record)> {
+    state
+        .snapshots
+        .iter()
+        .filter(|(_, r)| r.unsynced.is_some() && r.unsynced.as_deref() == boot)
+        .filter(|(_, r)| r.created <= until)
+        .collect()
+}
+
 /// The on-disk home of a snapshotter: `<root>/metadata.json`, `<root>/lock`, `<root>/snapshots/<id>`.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
@@ -87,9 +175,51 @@ impl Db {
             root: root.to_path_buf(),
         };
         let _lock = db.lock(LockMode::Exclusive)?;
-        let state = db.load()?;
+        let mut state = db.load()?;
+        if drop_unsynced_of_other_boots(&mut state, boot_id()) {
+            db.save(&state)?;
+        }
         db.sweep(&state)?;
+        if time_to_settle(&state, boot_id(), super::now()) {
+            let settler = db.clone();
+            // Best effort, off the caller's path: a mark left in place only costs a rebuild of
+            // that snapshot after a reboot.
+            std::thread::spawn(move || settler.settle(SETTLE_AFTER));
+        }
         Ok(db)
+    }
+
+    /// Syncs the filesystem and clears the `unsynced` mark of every record of this boot committed
+    /// at least `min_age` seconds ago; returns how many were cleared.
+    pub fn settle(&self, min_age: u64) -> Result<usize, SnapshotError> {
+        let boot = boot_id();
+        let now = super::now();
+        let due = self.read(|state| {
+            Ok(settling(state, boot, now.saturating_sub(min_age))
+                .into_iter()
+                .map(|(k, r)| (k.clone(), r.id))
+                .collect::<Vec<_>>())
+        })?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        sync_filesystem(&self.root)?;
+        let _lock = self.lock(LockMode::Exclusive)?;
+        let mut state = self.load()?;
+        let mut cleared = 0;
+        for (key, id) in due {
+            if let Some(r) = state.snapshots.get_mut(&key)
+                && r.id == id
+                && r.unsynced.is_some()
+            {
+                r.unsynced = None;
+                cleared += 1;
+            }
+        }
+        if cleared > 0 {
+            self.save(&state)?;
+        }
+        Ok(cleared)
     }
 
     pub fn root(&self) -> &Path {
@@ -291,6 +421,7 @@ impl Db {
                 kind,
                 parent: parent.map(str::to_string),
                 created: super::now(),
+                unsynced: None,
             },
         );
         if let Err(e) = self.save(&state) {
@@ -300,7 +431,13 @@ impl Db {
         Ok((id, parents))
     }
 
+    /// Commits the active `key` as `name`. Its files are not synced here but marked as written in
+    /// this boot; where the boot cannot be told, the filesystem is synced first.
     pub fn commit(&self, name: &str, key: &str) -> Result<u64, SnapshotError> {
+        let unsynced = boot_id().map(str::to_string);
+        if unsynced.is_none() {
+            sync_filesystem(&self.root)?;
+        }
         let _lock = self.lock(LockMode::Exclusive)?;
         let mut state = self.load()?;
         let r = state.get(key)?.clone();
@@ -320,6 +457,7 @@ impl Db {
             Record {
                 kind: Kind::Committed,
                 created: super::now(),
+                unsynced,
                 ..r.clone()
             },
         );
@@ -354,5 +492,136 @@ impl Db {
             path: dir,
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes and commits `name` over `parent`, with one file in it.
+    fn committed(db: &Db, name: &str, parent: Option<&str>) -> u64 {
+        let key = format!("active {name}");
+        db.create(&key, parent, Kind::Active, |dir| {
+            fs::create_dir(dir.join("fs"))?;
+            fs::write(dir.join("fs").join("file"), name)
+        })
+        .unwrap();
+        db.commit(name, &key).unwrap()
+    }
+
+    fn edit(db: &Db, f: impl FnOnce(&mut State)) {
+        let _lock = db.lock(LockMode::Exclusive).unwrap();
+        let mut state = db.load().unwrap();
+        f(&mut state);
+        db.save(&state).unwrap();
+    }
+
+    #[test]
+    fn a_commit_is_marked_with_the_boot_that_wrote_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "one", None);
+        let state = db.load().unwrap();
+        assert!(boot_id().is_some(), "Linux names its boot");
+        assert_eq!(state.get("one").unwrap().unsynced.as_deref(), boot_id());
+        // Opening again in the same boot keeps it.
+        let db = Db::open(tmp.path()).unwrap();
+        assert!(db.load().unwrap().get("one").is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_left_unsynced_by_another_boot_goes_with_its_children() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        let base = committed(&db, "base", None);
+        let child = committed(&db, "child", Some("base"));
+        let grandchild = committed(&db, "grandchild", Some("child"));
+        let synced = committed(&db, "synced", None);
+        let below_synced = committed(&db, "below-synced", Some("synced"));
+        edit(&db, |state| {
+            state.snapshots.get_mut("base").unwrap().unsynced = Some("an earlier boot".into());
+            state.snapshots.get_mut("synced").unwrap().unsynced = None;
+        });
+        let db = Db::open(tmp.path()).unwrap();
+        let state = db.load().unwrap();
+        let left: Vec<&String> = state.snapshots.keys().collect();
+        assert_eq!(left, ["below-synced", "synced"]);
+        for id in [base, child, grandchild] {
+            assert!(
+                !db.dir(id).exists(),
+                "snapshot {id}'s files were not removed"
+            );
+        }
+        for id in [synced, below_synced] {
+            assert!(db.fs(id).join("file").is_file());
+        }
+    }
+
+    #[test]
+    fn settling_syncs_and_clears_only_old_enough_marks_of_this_boot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "old", None);
+        committed(&db, "new", None);
+        edit(&db, |state| {
+            state.snapshots.get_mut("old").unwrap().created = super::super::now() - 100;
+        });
+        assert_eq!(db.settle(SETTLE_AFTER).unwrap(), 1);
+        let state = db.load().unwrap();
+        assert_eq!(state.get("old").unwrap().unsynced, None);
+        assert_eq!(state.get("new").unwrap().unsynced.as_deref(), boot_id());
+        assert_eq!(db.settle(0).unwrap(), 1);
+        assert_eq!(db.load().unwrap().get("new").unwrap().unsynced, None);
+        assert_eq!(db.settle(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_open_settles_only_after_a_pause_in_commits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        let now = super::super::now();
+        let boot = boot_id();
+        assert!(
+            !time_to_settle(&db.load().unwrap(), boot, now),
+            "nothing to settle"
+        );
+        committed(&db, "old", None);
+        committed(&db, "new", None);
+        edit(&db, |state| {
+            state.snapshots.get_mut("old").unwrap().created = now - 100;
+        });
+        assert!(
+            !time_to_settle(&db.load().unwrap(), boot, now),
+            "new was just committed"
+        );
+        assert!(time_to_settle(
+            &db.load().unwrap(),
+            boot,
+            now + SETTLE_AFTER + 1
+        ));
+        edit(&db, |state| {
+            state.snapshots.get_mut("new").unwrap().unsynced = None;
+        });
+        assert!(time_to_settle(&db.load().unwrap(), boot, now));
+    }
+
+    #[test]
+    fn an_open_settles_old_marks_in_the_background() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "old", None);
+        edit(&db, |state| {
+            state.snapshots.get_mut("old").unwrap().created = super::super::now() - 100;
+        });
+        let db = Db::open(tmp.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.load().unwrap().get("old").unwrap().unsynced.is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the open did not settle the old mark within a minute"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }

@@ -286,6 +286,7 @@ impl AnySnapshotter {
                 root,
                 OverlayFlavor::Native {
                     userxattr: crate::userns::in_user_namespace(),
+                    volatile: overlay::volatile_supported(),
                 },
             )?),
             BackendKind::FuseOverlay => {

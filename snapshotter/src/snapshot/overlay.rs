@@ -12,8 +12,11 @@ use crate::unpack::{OverlayXattr, WhiteoutMode};
 /// Which overlay implementation mounts the snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverlayFlavor {
-    /// The kernel's overlayfs; `userxattr` inside a user namespace (kernel >= 5.11).
-    Native { userxattr: bool },
+    /// The kernel's overlayfs; `userxattr` inside a user namespace (kernel >= 5.11). `volatile`
+    /// (kernel >= 5.10): a writable mount does not sync the upper filesystem when it goes away, so
+    /// a step's end does not wait for its files to reach the disk; [`super::meta`] keeps a crash
+    /// from leaving such a snapshot in use.
+    Native { userxattr: bool, volatile: bool },
     /// The fuse-overlayfs helper (mounted by the runner).
     Fuse,
 }
@@ -56,9 +59,15 @@ impl OverlaySnapshotter {
             ));
         }
         let kind = match self.flavor {
-            OverlayFlavor::Native { userxattr } => {
+            OverlayFlavor::Native {
+                userxattr,
+                volatile,
+            } => {
                 if userxattr {
                     options.push("userxattr".to_string());
+                }
+                if volatile && upper.is_some() {
+                    options.push("volatile".to_string());
                 }
                 "overlay"
             }
@@ -69,6 +78,21 @@ impl OverlaySnapshotter {
             source: PathBuf::from("overlay"),
             options,
         }
+    }
+
+    /// A volatile mount leaves a mark in its work dir that makes the kernel refuse the next mount
+    /// of the same upper dir (its changes may be half on disk after a crash). An active snapshot
+    /// is only mounted again by the process that made it, which is alive, so the mark is removed.
+    fn allow_remount(&self, id: u64) -> Result<(), SnapshotError> {
+        if !matches!(self.flavor, OverlayFlavor::Native { volatile: true, .. }) {
+            return Ok(());
+        }
+        let mark = self.db.dir(id).join("work").join("work").join("incompat");
+        super::remove_tree(&mark).map_err(|source| SnapshotError::Io {
+            op: "removing the volatile mark",
+            path: mark,
+            source,
+        })
     }
 
     /// Mounts for snapshot `id` (writable when `upper`) over the ancestors `parents`.
@@ -140,6 +164,9 @@ impl Snapshotter for OverlaySnapshotter {
                 Some(p) => state.chain(p)?,
                 None => Vec::new(),
             };
+            if r.kind == Kind::Active {
+                self.allow_remount(r.id)?;
+            }
             Ok(self.mounts_for(r.id, &parents, r.kind))
         })
     }
@@ -162,10 +189,12 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn whiteout_mode(&self) -> WhiteoutMode {
         match self.flavor {
-            OverlayFlavor::Native { userxattr: true } => WhiteoutMode::Overlay(OverlayXattr::User),
-            OverlayFlavor::Native { userxattr: false } => {
-                WhiteoutMode::Overlay(OverlayXattr::Trusted)
-            }
+            OverlayFlavor::Native {
+                userxattr: true, ..
+            } => WhiteoutMode::Overlay(OverlayXattr::User),
+            OverlayFlavor::Native {
+                userxattr: false, ..
+            } => WhiteoutMode::Overlay(OverlayXattr::Trusted),
             // fuse-overlayfs honours `.wh.` files in lower dirs, which need no privilege to make.
             OverlayFlavor::Fuse => WhiteoutMode::Keep,
         }
@@ -213,6 +242,19 @@ pub(crate) fn probe_native(root: &Path, userxattr: bool) -> bool {
     .unwrap_or(false);
     let _ = super::remove_tree(&dir);
     ok
+}
+
+/// Whether the kernel's overlayfs takes the `volatile` option (Linux 5.10 and later).
+pub(crate) fn volatile_supported() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (5, 10)
 }
 
 /// Whether fuse-overlayfs can be used: `/dev/fuse` and the helper on PATH.
