@@ -61,6 +61,10 @@
 #     unpacked); buildah `rm -a` and `rmi -af`. So all three fetch and unpack the base (busybox, or
 #     Debian) from the registry in every cold run.
 #   - Warm: each tool builds the monorepo once untimed, then hyperfine times the rebuilds.
+#   - Every timed run (cold or warm, every tool) is prepared with a `sync`, so that no run is timed
+#     writing back what an earlier run (of any tool) left dirty. forge does not wait for its
+#     snapshots' files to reach the disk (volatile overlay mounts); docker's and buildah's overlay
+#     unmounts sync, inside their timed runs.
 set -euo pipefail
 umask 022
 
@@ -212,8 +216,7 @@ build_cmd() {
     buildah) echo "$BUILDAH bud --layers --jobs $JOBS $net --tls-verify=false -t $tag $dir" ;;
   esac
 }
-# wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image). The sync keeps the
-# previous run's write-back (the heavy layer is ~100 MiB on disk) out of the next run's time.
+# wipe_cmd TOOL CASE: the cold-run preparation (no build cache, no built image), then the sync.
 wipe_cmd() {
   local ref=$PRIV/forge-bench/${2%-push}-$1:latest
   case $1 in
@@ -249,8 +252,8 @@ run_case() {
     [ -n "${OK[$case/$tool]:-}" ] || continue
     case $mode in
       cold) prep=$(wipe_cmd "$tool" "$ctx") ;;
-      noop) prep=true ;;
-      onefile) prep="head -c 2048 /dev/urandom > $WORK/fixtures/$ctx/$CHANGED" ;;
+      noop) prep=sync ;;
+      onefile) prep="head -c 2048 /dev/urandom > $WORK/fixtures/$ctx/$CHANGED; sync" ;;
     esac
     args+=(--prepare "sh -c '$prep'" -n "$tool" "$(build_cmd "$tool" "$ctx")")
   done
