@@ -446,6 +446,75 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
     assert_eq!(stage.digest, fresh.digest);
 }
 
+/// A snapshot's files are not synced when it is committed; its record names the boot that wrote
+/// it. After a crash (here: the records rewritten to name another boot) the store drops those
+/// snapshots when it opens, and nothing built is lost: the builder stage, whose layers were only
+/// snapshots, runs again, the final image has the digest it had, and the stage built as the
+/// target is the image an empty store builds.
+#[tokio::test]
+async fn snapshots_left_unsynced_by_an_earlier_boot_are_dropped_and_built_again() {
+    use forge_snapshotter::snapshot::Snapshotter;
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = two_stages(tmp.path(), "echo made > /out");
+    let request = |target: Option<&str>| {
+        let mut r = stage_request(&ctx, target);
+        r.tags = vec![format!("reboot-{}:latest", target.unwrap_or("final"))];
+        r
+    };
+    let root = tmp.path().join("store");
+    let first = {
+        let session = session(&root);
+        let (first, _) = build(&session, request(None)).await;
+        first.unwrap_or_else(|f| panic!("build: {f}"))
+    };
+    // The crash: every record still marked as written in this boot now names another one.
+    let meta = root.join("snapshots").join("metadata.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let mut marked = Vec::new();
+    for (key, record) in state["snapshots"].as_object_mut().unwrap() {
+        if record.get("unsynced").is_some_and(|b| b.is_string()) {
+            record["unsynced"] = "an earlier boot".into();
+            marked.push(key.clone());
+        }
+    }
+    assert!(
+        marked.len() >= 2,
+        "the build's snapshots were marked: {state}"
+    );
+    std::fs::write(&meta, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    let session = session(&root);
+    let left: Vec<String> = session
+        .snapshots()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert!(
+        marked.iter().all(|k| !left.contains(k)),
+        "marked {marked:?}, left {left:?}"
+    );
+    let (again, _) = build(&session, request(None)).await;
+    let again = again.unwrap_or_else(|f| panic!("the final stage after the crash: {f}"));
+    assert_eq!(again.digest, first.digest);
+    let ran = ran(&again.vertices);
+    assert!(
+        ran.iter().any(|d| d.contains("] RUN ")),
+        "the RUN step, whose layer was only a snapshot, ran again: {ran:?}"
+    );
+    let (stage, _) = build(&session, request(Some("build"))).await;
+    let stage = stage.unwrap_or_else(|f| panic!("the stage after the crash: {f}"));
+    let fresh_session = self::session(&tmp.path().join("fresh-store"));
+    let (fresh, _) = build(&fresh_session, request(Some("build"))).await;
+    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    assert_eq!(stage.digest, fresh.digest);
+}
+
 /// A `COPY --link` layer in a builder stage is made on its own (on scratch) and kept as a
 /// snapshot; the merge that lays it on the stage's other layers needs its blob, and writes it then.
 /// The step after the merge reads the linked file, and the stage built later as the target (from

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use forge_runner::backend::{Backend, RunError};
 use forge_runner::spec::NetworkMode as StepNetwork;
-use forge_snapshotter::Mount as FsMount;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{
@@ -447,18 +446,21 @@ impl BuildExecutor {
         }
     }
 
-    /// Tars what the step whose root filesystem `mounts` describe left at `paths` into one blob in
-    /// the store; `None` when none of them exists.
+    /// Tars what the step left at `paths` in its root filesystem, the active snapshot `key`, into
+    /// one blob in the store; `None` when none of them exists. The snapshot's mounts are asked for
+    /// again: mounting it a second time needs what the snapshotter does first (a volatile overlay
+    /// leaves a mark the kernel refuses to mount over).
     async fn take_artifacts(
         &self,
-        mounts: &[FsMount],
+        key: &str,
         paths: &[String],
     ) -> Result<Option<Artifacts>, ExecError> {
         if paths.is_empty() {
             return Ok(None);
         }
+        let mounts = self.cfg.snapshots.mounts(key)?;
         let root = Mounted::mount(
-            mounts,
+            &mounts,
             self.cfg.scratch.work().join(self.unique("artifacts")),
         )?;
         let dir = root.path().to_path_buf();

@@ -384,7 +384,7 @@ impl BuildExecutor {
         };
         if let Some(test) = &op.test {
             // A test's verdict is its result: nothing is committed, whatever the exit status.
-            let taken = self.take_artifacts(&rootfs, &test.artifacts).await;
+            let taken = self.take_artifacts(&key, &test.artifacts).await;
             let _ = self.cfg.snapshots.remove(&key);
             let log = match test_log.and_then(Arc::into_inner) {
                 Some(l) => l
