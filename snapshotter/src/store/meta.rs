@@ -101,7 +101,8 @@ pub struct ImageRecord {
     pub layers: Vec<Descriptor>,
     /// `os/arch[/variant]` of the chosen manifest.
     pub platform: String,
-    /// When it was recorded, in seconds since the epoch.
+    /// When it was recorded as it is, in seconds since the epoch (recording it again unchanged
+    /// keeps this time).
     pub recorded_unix: u64,
 }
 
@@ -229,8 +230,9 @@ fn set_root_in(
 impl Store {
     /// Records an image (replacing any record of the same reference) and takes references on all
     /// its blobs, in one transaction.
-    /// A record equal to the one stored is not written again (a rebuild that changes nothing
-    /// commits nothing).
+    /// A record that differs from the one stored only in `recorded_unix` is not written again (a
+    /// rebuild that changes nothing, or a base image resolved to what the store holds, commits
+    /// nothing: each commit costs the metadata file several syncs); the stored time stays.
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
         let bytes = encode(image);
         let stored = |db: &dyn ReadableDatabase, path: &Path| -> Result<bool, StoreError> {
@@ -238,11 +240,16 @@ impl Store {
             let Ok(images) = txn.open_table(IMAGES) else {
                 return Ok(false);
             };
-            let same = images
-                .get(image.reference.as_str())
-                .db(path)?
-                .is_some_and(|v| v.value() == bytes.as_slice());
-            Ok(same)
+            let Some(v) = images.get(image.reference.as_str()).db(path)? else {
+                return Ok(false);
+            };
+            let Ok(old) = decode::<ImageRecord>("images", &image.reference, v.value()) else {
+                return Ok(false);
+            };
+            Ok(ImageRecord {
+                recorded_unix: image.recorded_unix,
+                ..old
+            } == *image)
         };
         if let Ok(true) = self.with_db_read(stored) {
             return Ok(());
