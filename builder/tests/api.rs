@@ -338,6 +338,20 @@ fn stage_request(ctx: &Path, target: Option<&str>) -> BuildRequest {
     r
 }
 
+/// [`stage_request`] tagged `PREFIX-TARGET:latest` (`final` for the final stage).
+fn tagged_stage(ctx: &Path, prefix: &str, target: Option<&str>) -> BuildRequest {
+    let mut r = stage_request(ctx, target);
+    r.tags = vec![format!("{prefix}-{}:latest", target.unwrap_or("final"))];
+    r
+}
+
+/// The outcome of `request` in an empty store under `tmp` (`fresh-store`).
+async fn fresh_build(tmp: &Path, request: BuildRequest) -> BuildOutcome {
+    let fresh_session = session(&tmp.join("fresh-store"));
+    let (fresh, _) = build(&fresh_session, request).await;
+    fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"))
+}
+
 /// Issue 16: a build whose image leaves the store (here an OCI tar, gzip) writes the target's own
 /// layers in gzip at once, and a builder stage's layers not at all: its snapshots are kept, as
 /// BuildKit keeps lazy refs. Built later as the target itself, that stage's cached layers are
@@ -392,9 +406,7 @@ async fn only_the_layers_that_leave_are_written_in_the_exported_compression() {
             BuildEvent::PhaseStarted { name } if name == "writing layers kept as snapshots")),
         "the unwritten layers were written as the export began"
     );
-    let fresh_session = self::session(&tmp.path().join("fresh-store"));
-    let (fresh, _) = build(&fresh_session, export("stage-fresh", Some("build"))).await;
-    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    let fresh = fresh_build(tmp.path(), export("stage-fresh", Some("build"))).await;
     assert!(fresh.executed() > 0);
     assert_eq!(
         cached.digest, fresh.digest,
@@ -412,11 +424,7 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let ctx = two_stages(tmp.path(), "echo made > /out");
-    let request = |target: Option<&str>| {
-        let mut r = stage_request(&ctx, target);
-        r.tags = vec![format!("gone-{}:latest", target.unwrap_or("final"))];
-        r
-    };
+    let request = |target: Option<&str>| tagged_stage(&ctx, "gone", target);
     let session = session(&tmp.path().join("store"));
     let (first, _) = build(&session, request(None)).await;
     first.unwrap_or_else(|f| panic!("build: {f}"));
@@ -440,9 +448,7 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
         ran.iter().any(|d| d.contains("] RUN ")),
         "the RUN step ran again: {ran:?}"
     );
-    let fresh_session = self::session(&tmp.path().join("fresh-store"));
-    let (fresh, _) = build(&fresh_session, request(Some("build"))).await;
-    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    let fresh = fresh_build(tmp.path(), request(Some("build"))).await;
     assert_eq!(stage.digest, fresh.digest);
 }
 
@@ -459,11 +465,7 @@ async fn snapshots_left_unsynced_by_an_earlier_boot_are_dropped_and_built_again(
     }
     let tmp = tempfile::tempdir().unwrap();
     let ctx = two_stages(tmp.path(), "echo made > /out");
-    let request = |target: Option<&str>| {
-        let mut r = stage_request(&ctx, target);
-        r.tags = vec![format!("reboot-{}:latest", target.unwrap_or("final"))];
-        r
-    };
+    let request = |target: Option<&str>| tagged_stage(&ctx, "reboot", target);
     let root = tmp.path().join("store");
     let first = {
         let session = session(&root);
@@ -509,9 +511,7 @@ async fn snapshots_left_unsynced_by_an_earlier_boot_are_dropped_and_built_again(
     );
     let (stage, _) = build(&session, request(Some("build"))).await;
     let stage = stage.unwrap_or_else(|f| panic!("the stage after the crash: {f}"));
-    let fresh_session = self::session(&tmp.path().join("fresh-store"));
-    let (fresh, _) = build(&fresh_session, request(Some("build"))).await;
-    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    let fresh = fresh_build(tmp.path(), request(Some("build"))).await;
     assert_eq!(stage.digest, fresh.digest);
 }
 
@@ -549,13 +549,7 @@ async fn a_linked_copy_in_a_builder_stage_is_written_when_it_is_merged() {
     let (cached, _) = build(&session, request(Some("build"), &tmp.path().join("s1"))).await;
     let cached = cached.unwrap_or_else(|f| panic!("stage from the cache: {f}"));
     assert_eq!(cached.executed(), 0, "{:?}", cached.vertices);
-    let fresh_session = self::session(&tmp.path().join("fresh-store"));
-    let (fresh, _) = build(
-        &fresh_session,
-        request(Some("build"), &tmp.path().join("s2")),
-    )
-    .await;
-    let fresh = fresh.unwrap_or_else(|f| panic!("stage in an empty store: {f}"));
+    let fresh = fresh_build(tmp.path(), request(Some("build"), &tmp.path().join("s2"))).await;
     assert_eq!(cached.digest, fresh.digest);
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("s2/linked.txt")).unwrap(),
