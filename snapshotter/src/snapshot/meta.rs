@@ -36,6 +36,9 @@ pub(crate) struct Record {
 /// writes dirty pages back after 30 s by default, so the sync then seldom waits for data.
 pub(crate) const SETTLE_AFTER: u64 = 30;
 
+/// How old a mark may grow before a commit settles it even while commits go on (seconds).
+pub(crate) const SETTLE_LONG_AFTER: u64 = 600;
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `None` where the kernel does not say.
 pub(crate) fn boot_id() -> Option<&'static str> {
     static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
@@ -181,12 +184,29 @@ impl Db {
         }
         db.sweep(&state)?;
         if time_to_settle(&state, boot_id(), super::now()) {
-            let settler = db.clone();
-            // Best effort, off the caller's path: a mark left in place only costs a rebuild of
-            // that snapshot after a reboot.
-            std::thread::spawn(move || settler.settle(SETTLE_AFTER));
+            db.settle_in_background(SETTLE_AFTER);
         }
         Ok(db)
+    }
+
+    /// Runs [`Db::settle`] on a thread of its own, unless this process already settles this
+    /// root. Best effort, off the caller's path: a mark left in place only costs a rebuild of
+    /// that snapshot after a reboot.
+    fn settle_in_background(&self, min_age: u64) {
+        static SETTLING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let roots = || SETTLING.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut busy = roots();
+            if busy.contains(&self.root) {
+                return;
+            }
+            busy.push(self.root.clone());
+        }
+        let settler = self.clone();
+        std::thread::spawn(move || {
+            let _ = settler.settle(min_age);
+            roots().retain(|r| *r != settler.root);
+        });
     }
 
     /// Syncs the filesystem and clears the `unsynced` mark of every record of this boot committed
@@ -462,6 +482,12 @@ impl Db {
             },
         );
         self.save(&state)?;
+        // A process that lives long and commits often (`forge serve`) never opens the root
+        // again: marks that old are settled from here, where no build waits for the thread.
+        let long_ago = super::now().saturating_sub(SETTLE_LONG_AFTER);
+        if !settling(&state, boot_id(), long_ago).is_empty() {
+            self.settle_in_background(SETTLE_LONG_AFTER);
+        }
         Ok(r.id)
     }
 
@@ -606,6 +632,35 @@ mod tests {
         assert!(time_to_settle(&db.load().unwrap(), boot, now));
     }
 
+    /// Waits (at most a minute) until `key`'s mark is cleared.
+    fn until_settled(db: &Db, key: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.load().unwrap().get(key).unwrap().unsynced.is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key}'s mark was not settled within a minute"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_commit_settles_marks_left_long_ago_in_the_background() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "long-ago", None);
+        edit(&db, |state| {
+            state.snapshots.get_mut("long-ago").unwrap().created =
+                super::super::now() - SETTLE_LONG_AFTER - 1;
+        });
+        committed(&db, "now", None);
+        until_settled(&db, "long-ago");
+        assert_eq!(
+            db.load().unwrap().get("now").unwrap().unsynced.as_deref(),
+            boot_id()
+        );
+    }
+
     #[test]
     fn an_open_settles_old_marks_in_the_background() {
         let tmp = tempfile::tempdir().unwrap();
@@ -615,13 +670,6 @@ mod tests {
             state.snapshots.get_mut("old").unwrap().created = super::super::now() - 100;
         });
         let db = Db::open(tmp.path()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while db.load().unwrap().get("old").unwrap().unsynced.is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the open did not settle the old mark within a minute"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        until_settled(&db, "old");
     }
 }
