@@ -543,6 +543,13 @@ mod tests {
         db.save(&state).unwrap();
     }
 
+    /// Moves `key`'s commit `secs` seconds into the past.
+    fn backdate(db: &Db, key: &str, secs: u64) {
+        edit(db, |state| {
+            state.snapshots.get_mut(key).unwrap().created = super::super::now() - secs;
+        });
+    }
+
     #[test]
     fn a_commit_is_marked_with_the_boot_that_wrote_it() {
         let tmp = tempfile::tempdir().unwrap();
@@ -590,9 +597,7 @@ mod tests {
         let db = Db::open(tmp.path()).unwrap();
         committed(&db, "old", None);
         committed(&db, "new", None);
-        edit(&db, |state| {
-            state.snapshots.get_mut("old").unwrap().created = super::super::now() - 100;
-        });
+        backdate(&db, "old", 100);
         assert_eq!(db.settle(SETTLE_AFTER).unwrap(), 1);
         let state = db.load().unwrap();
         assert_eq!(state.get("old").unwrap().unsynced, None);
@@ -614,9 +619,7 @@ mod tests {
         );
         committed(&db, "old", None);
         committed(&db, "new", None);
-        edit(&db, |state| {
-            state.snapshots.get_mut("old").unwrap().created = now - 100;
-        });
+        backdate(&db, "old", 100);
         assert!(
             !time_to_settle(&db.load().unwrap(), boot, now),
             "new was just committed"
@@ -649,10 +652,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = Db::open(tmp.path()).unwrap();
         committed(&db, "long-ago", None);
-        edit(&db, |state| {
-            state.snapshots.get_mut("long-ago").unwrap().created =
-                super::super::now() - SETTLE_LONG_AFTER - 1;
-        });
+        backdate(&db, "long-ago", SETTLE_LONG_AFTER + 1);
         committed(&db, "now", None);
         until_settled(&db, "long-ago");
         assert_eq!(
@@ -666,9 +666,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = Db::open(tmp.path()).unwrap();
         committed(&db, "old", None);
-        edit(&db, |state| {
-            state.snapshots.get_mut("old").unwrap().created = super::super::now() - 100;
-        });
+        backdate(&db, "old", 100);
         let db = Db::open(tmp.path()).unwrap();
         until_settled(&db, "old");
     }

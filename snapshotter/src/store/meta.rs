@@ -234,26 +234,16 @@ impl Store {
     /// rebuild that changes nothing, or a base image resolved to what the store holds, commits
     /// nothing: each commit costs the metadata file several syncs); the stored time stays.
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
-        let bytes = encode(image);
-        let stored = |db: &dyn ReadableDatabase, path: &Path| -> Result<bool, StoreError> {
-            let txn = db.begin_read().db(path)?;
-            let Ok(images) = txn.open_table(IMAGES) else {
-                return Ok(false);
-            };
-            let Some(v) = images.get(image.reference.as_str()).db(path)? else {
-                return Ok(false);
-            };
-            let Ok(old) = decode::<ImageRecord>("images", &image.reference, v.value()) else {
-                return Ok(false);
-            };
-            Ok(ImageRecord {
+        // A record that cannot be read (or none) is written.
+        if let Ok(Some(old)) = self.get_image(&image.reference)
+            && (ImageRecord {
                 recorded_unix: image.recorded_unix,
                 ..old
-            } == *image)
-        };
-        if let Ok(true) = self.with_db_read(stored) {
+            }) == *image
+        {
             return Ok(());
         }
+        let bytes = encode(image);
         self.with_db(|db, path| {
             let txn = db.begin_write().db(path)?;
             {
