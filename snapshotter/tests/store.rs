@@ -177,6 +177,48 @@ fn records_and_refcounts() {
     assert!(store.check().unwrap().is_clean());
 }
 
+/// A build's results are held in one call: every root gets its blobs and counts, a root set again
+/// moves its counts, and nothing to hold writes nothing.
+#[test]
+fn many_roots_are_set_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let blobs = write_blobs(&store, 80..84, 300);
+    let d = |i: usize| blobs[i].0.clone();
+    let (ab, bc) = ([d(0), d(1)], [d(1), d(2)]);
+    store
+        .set_roots("cache", &[("k1", &ab[..]), ("k2", &bc[..])])
+        .unwrap();
+    // Roots keep their blobs sorted.
+    let sorted = |ds: &[Digest]| {
+        let mut v = ds.to_vec();
+        v.sort();
+        v
+    };
+    let mut roots = store.roots("cache").unwrap();
+    roots.sort();
+    assert_eq!(
+        roots,
+        [
+            ("k1".to_string(), sorted(&ab)),
+            ("k2".to_string(), sorted(&bc))
+        ]
+    );
+    let counts =
+        |store: &Store| -> Vec<u64> { (0..4).map(|i| store.refcount(&d(i)).unwrap()).collect() };
+    assert_eq!(counts(&store), [1, 2, 1, 0]);
+    // k2 moves to the fourth blob; k3 is new.
+    let (dd, a) = ([d(3)], [d(0)]);
+    store
+        .set_roots("cache", &[("k2", &dd[..]), ("k3", &a[..])])
+        .unwrap();
+    assert_eq!(counts(&store), [2, 1, 0, 1]);
+    let meta = std::fs::read(dir.path().join("meta.redb")).unwrap();
+    store.set_roots("cache", &[]).unwrap();
+    assert!(std::fs::read(dir.path().join("meta.redb")).unwrap() == meta);
+    assert!(store.check().unwrap().is_clean());
+}
+
 /// Opening the store again, reading a record and recording an unchanged image (at any time)
 /// write nothing to the metadata file (a rebuild that changes nothing syncs nothing); a changed
 /// record is written.

@@ -10,7 +10,7 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::Store;
+use forge_snapshotter::store::{Digest as BlobDigest, Store};
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
@@ -829,13 +829,15 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
 /// Keeps the blobs of recorded results from `forge prune` while their cache records exist, for a
 /// failed build's solved vertices too: their records stay.
 fn protect_results(store: &Store, solution: &Solution<Built>) {
-    for (_, s) in solution.iter() {
-        if s.cached {
-            continue;
-        }
-        let digests = s.output.blobs();
-        if !digests.is_empty() {
-            let _ = store.set_root(crate::gc::CACHE_ROOT, &s.key.to_hex(), &digests);
-        }
-    }
+    let held: Vec<(String, Vec<BlobDigest>)> = solution
+        .iter()
+        .filter(|(_, s)| !s.cached)
+        .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
+        .filter(|(_, digests)| !digests.is_empty())
+        .collect();
+    let roots: Vec<(&str, &[BlobDigest])> = held
+        .iter()
+        .map(|(name, digests)| (name.as_str(), digests.as_slice()))
+        .collect();
+    let _ = store.set_roots(crate::gc::CACHE_ROOT, &roots);
 }

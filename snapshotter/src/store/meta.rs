@@ -306,9 +306,21 @@ impl Store {
     /// Makes `(kind, name)` a root holding exactly `digests` (for cache records and other owners
     /// of blobs that are not images). Use a kind other than `"image"`.
     pub fn set_root(&self, kind: &str, name: &str, digests: &[Digest]) -> Result<(), StoreError> {
+        self.set_roots(kind, &[(name, digests)])
+    }
+
+    /// [`Store::set_root`] for many roots of one kind, in one transaction: a build's results are
+    /// protected together, at the cost of one commit (each commit syncs the metadata file several
+    /// times) instead of one per result.
+    pub fn set_roots(&self, kind: &str, roots: &[(&str, &[Digest])]) -> Result<(), StoreError> {
+        if roots.is_empty() {
+            return Ok(());
+        }
         self.with_db(|db, path| {
             let txn = db.begin_write().db(path)?;
-            set_root_in(&txn, path, &root_key(kind, name), Some(digests))?;
+            for (name, digests) in roots {
+                set_root_in(&txn, path, &root_key(kind, name), Some(digests))?;
+            }
             txn.commit().db(path)
         })
     }

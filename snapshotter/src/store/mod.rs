@@ -246,7 +246,11 @@ impl Store {
         if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
-        if !matches!(store.with_db_read(meta::has_tables), Ok(true)) {
+        // Read-only first (no sync); a missing file is created by `init` alone (asking
+        // `with_db_read` would create it once for the question and open it again for the answer).
+        let ready =
+            store.db_path.exists() && matches!(store.with_db_read(meta::has_tables), Ok(true));
+        if !ready {
             store.with_db(meta::init)?;
         }
         store.restore_reserve();
