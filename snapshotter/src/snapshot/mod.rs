@@ -374,8 +374,10 @@ pub struct LayerSnapshot {
 }
 
 /// Make sure the layer `diff_id` applied over the committed chain `parent` exists as a committed
-/// snapshot named by its chain id, unpacking `blob` only if it does not. Concurrent callers for
-/// the same layer race harmlessly: the loser discards its copy.
+/// snapshot named by its chain id, unpacking `blob` only if it does not. Callers in one process
+/// take turns per chain id, so the second finds the first one's snapshot (two stages on one base
+/// image unpack it once); callers in different processes race harmlessly: the loser discards its
+/// copy.
 pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
     sn: &S,
     parent: Option<&Digest>,
@@ -385,12 +387,18 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
 ) -> Result<LayerSnapshot, SnapshotError> {
     let chain = chain_id_step(parent, diff_id);
     let name = chain.to_string();
+    let reused = || LayerSnapshot {
+        chain_id: chain.clone(),
+        reused: true,
+        summary: None,
+    };
     if sn.stat(&name).is_ok() {
-        return Ok(LayerSnapshot {
-            chain_id: chain,
-            reused: true,
-            summary: None,
-        });
+        return Ok(reused());
+    }
+    let turn = unpack_turn(&sn.root().join(&name));
+    let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+    if sn.stat(&name).is_ok() {
+        return Ok(reused());
     }
     let writer = ExtractLock::take(sn.root())?;
     let key = format!("{} {name}", writer.name);
@@ -414,20 +422,35 @@ pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
     };
     match sn.commit(&name, &key) {
         Ok(()) => Ok(LayerSnapshot {
-            chain_id: chain,
+            chain_id: chain.clone(),
             reused: false,
             summary: Some(summary),
         }),
         Err(SnapshotError::AlreadyExists(_)) => {
             sn.remove(&key)?;
-            Ok(LayerSnapshot {
-                chain_id: chain,
-                reused: true,
-                summary: None,
-            })
+            Ok(reused())
         }
         Err(e) => Err(e),
     }
+}
+
+/// The lock this process's unpacks of the snapshot `path` take turns on (an entry lives while
+/// someone holds its lock or waits for it).
+fn unpack_turn(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::sync::{Arc, Mutex, Weak};
+    static TURNS: Mutex<Vec<(PathBuf, Weak<Mutex<()>>)>> = Mutex::new(Vec::new());
+    let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+    turns.retain(|(_, turn)| turn.strong_count() > 0);
+    if let Some(turn) = turns
+        .iter()
+        .find(|(p, _)| p == path)
+        .and_then(|(_, turn)| turn.upgrade())
+    {
+        return turn;
+    }
+    let turn = Arc::new(Mutex::new(()));
+    turns.push((path.to_path_buf(), Arc::downgrade(&turn)));
+    turn
 }
 
 /// Prefix of the keys of the active snapshots layers are unpacked into before they are committed.
@@ -607,6 +630,75 @@ mod tests {
         assert!(!dir.path().join("extract-0123456789abcdef.lock").exists());
         drop(live);
         assert_eq!(remove_abandoned_extracts(&sn).unwrap().len(), 1);
+    }
+
+    /// A layer blob read slowly, counting the callers that started reading it.
+    struct SlowBlob<'a> {
+        bytes: &'a [u8],
+        readers: &'a std::sync::atomic::AtomicUsize,
+        started: bool,
+    }
+
+    impl Read for SlowBlob<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if !self.started {
+                self.started = true;
+                self.readers
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            self.bytes.read(buf)
+        }
+    }
+
+    #[test]
+    fn two_unpacks_of_one_layer_at_once_in_a_process_read_the_blob_once() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let sn = CopySnapshotter::open(dir.path()).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "hello", &b"world"[..])
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        let diff_id = crate::compress::sha256_digest(sha2::Sha256::digest(&tar).as_slice());
+        let readers = std::sync::atomic::AtomicUsize::new(0);
+        let both = std::sync::Barrier::new(2);
+        // Two stages on one base image: both ask for its layer at the same moment.
+        let results: Vec<LayerSnapshot> = std::thread::scope(|s| {
+            let unpack = || {
+                both.wait();
+                let blob = SlowBlob {
+                    bytes: &tar,
+                    readers: &readers,
+                    started: false,
+                };
+                unpack_layer_snapshot(
+                    &sn,
+                    None,
+                    &diff_id,
+                    blob,
+                    "application/vnd.oci.image.layer.v1.tar",
+                )
+                .unwrap()
+            };
+            let one = s.spawn(unpack);
+            let two = s.spawn(unpack);
+            vec![one.join().unwrap(), two.join().unwrap()]
+        });
+        assert_eq!(readers.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(results.iter().filter(|r| !r.reused).count(), 1);
+        assert_eq!(results[0].chain_id, results[1].chain_id);
+        let committed: Vec<String> = sn.list().unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(committed, [results[0].chain_id.to_string()]);
+        let shown = sn.mounts(&committed[0]).unwrap();
+        assert_eq!(
+            std::fs::read(shown[0].source.join("hello")).unwrap(),
+            b"world"
+        );
     }
 
     #[test]
