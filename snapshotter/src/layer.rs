@@ -106,7 +106,12 @@ pub trait LayerStream: Write {
 
 /// tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink, on the writer's thread.
 pub struct Inline<W: Write> {
-    out: HashingWriter<Encoder<BlobEnd<W>>>,
+    out: HashingWriter<Blob<W>>,
+}
+
+/// compressor -> sha256 (digest) -> sink: the blob half of a layer stream.
+struct Blob<W: Write> {
+    encoder: Encoder<BlobEnd<W>>,
     compression: Compression,
 }
 
@@ -120,7 +125,6 @@ struct BlobEnd<W> {
 
 impl<W: Write> Write for BlobEnd<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use sha2::Digest as _;
         let n = self.inner.write(buf)?;
         if let Some(h) = &mut self.hasher {
             h.update(&buf[..n]);
@@ -134,18 +138,75 @@ impl<W: Write> Write for BlobEnd<W> {
     }
 }
 
-impl<W: Write> Inline<W> {
-    pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
-        use sha2::Digest as _;
-        let blob = BlobEnd {
+/// A [`Blob`] whose compressor has written its last bytes.
+struct BlobDone<W> {
+    sink: W,
+    /// The blob's sha256; `None` when the blob is the tar (its digest is the diff_id).
+    digest: Option<Digest>,
+    size: u64,
+    compression: Compression,
+}
+
+impl<W: Write> Blob<W> {
+    fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
+        let end = BlobEnd {
             inner: sink,
             hasher: (compression != Compression::None).then(sha2::Sha256::new),
             count: 0,
         };
-        let encoder = Encoder::new(blob, compression)?;
-        Ok(Inline {
-            out: HashingWriter::new(encoder),
+        Ok(Blob {
+            encoder: Encoder::new(end, compression)?,
             compression,
+        })
+    }
+
+    fn finish(self) -> Result<BlobDone<W>, LayerError> {
+        let BlobEnd {
+            mut inner,
+            hasher,
+            count,
+        } = self.encoder.finish().map_err(LayerError::Finish)?;
+        inner.flush().map_err(LayerError::Finish)?;
+        Ok(BlobDone {
+            sink: inner,
+            digest: hasher.map(|h| sha256_digest(h.finalize().as_slice())),
+            size: count,
+            compression: self.compression,
+        })
+    }
+}
+
+impl<W: Write> BlobDone<W> {
+    fn describe(self, diff_id: Digest, tar_size: u64) -> (LayerDescriptor, W) {
+        (
+            LayerDescriptor {
+                media_type: self.compression.media_type().to_string(),
+                digest: self.digest.unwrap_or_else(|| diff_id.clone()),
+                size: self.size,
+                diff_id,
+                tar_size,
+            },
+            self.sink,
+        )
+    }
+}
+
+impl<W: Write> Write for Blob<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.encoder.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.encoder.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.encoder.flush()
+    }
+}
+
+impl<W: Write> Inline<W> {
+    pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
+        Ok(Inline {
+            out: HashingWriter::new(Blob::new(sink, compression)?),
         })
     }
 }
@@ -170,70 +231,60 @@ impl<W: Write> LayerStream for Inline<W> {
     }
 
     fn finish_stream(self) -> Result<(LayerDescriptor, W), LayerError> {
-        let compression = self.compression;
-        let (encoder, diff_id, tar_size) = self.out.finish();
-        let BlobEnd {
-            inner: mut sink,
-            hasher,
-            count: size,
-        } = encoder.finish().map_err(LayerError::Finish)?;
-        let digest = match hasher {
-            Some(h) => {
-                use sha2::Digest as _;
-                sha256_digest(h.finalize().as_slice())
-            }
-            None => diff_id.clone(),
-        };
-        sink.flush().map_err(LayerError::Finish)?;
-        Ok((
-            LayerDescriptor {
-                media_type: compression.media_type().to_string(),
-                digest,
-                size,
-                diff_id,
-                tar_size,
-            },
-            sink,
-        ))
+        let (blob, diff_id, tar_size) = self.out.finish();
+        Ok(blob.finish()?.describe(diff_id, tar_size))
     }
 }
 
-/// Bytes of tar handed to the [`Piped`] worker at a time.
+/// Bytes of tar handed to the [`Piped`] workers at a time.
 const PIPE_CHUNK: usize = 256 * 1024;
-/// Chunks in flight between the walk and the worker: at most this many (plus one being filled and
-/// one being compressed) are in memory.
+/// Chunks in flight between the walk and each worker: at most this many (plus one being filled
+/// and one being hashed or compressed) are in memory.
 const PIPE_DEPTH: usize = 4;
 
-/// An [`Inline`] stream run on a thread of its own: the tar is handed over in chunks, so the walk
-/// that makes it (stat, open, read) and the hashing and compression that consume it use two cores.
-/// The bytes are those one thread writes ([`Inline`]): the encoder cuts its input into chunks of
-/// its own, so how the tar reaches it does not show in the blob.
+/// The stream of [`Inline`] spread over threads: the tar is handed over in chunks to one worker
+/// that hashes it (the diff_id) and one that compresses it and hashes the blob, so that the walk
+/// that makes it (stat, open, read), the tar's hash and the compression each have a core when
+/// there are cores. The bytes are those one thread writes ([`Inline`]): the encoder cuts its input
+/// into chunks of its own, so how the tar reaches it does not show in the blob.
 pub struct Piped<'scope, W: Write + Send + 'scope> {
     buf: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// To the tar's hasher and to the blob's worker.
+    tx: Option<[std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>; 2]>,
     count: u64,
-    worker: std::thread::ScopedJoinHandle<'scope, Result<(LayerDescriptor, W), LayerError>>,
+    hasher: std::thread::ScopedJoinHandle<'scope, Digest>,
+    worker: std::thread::ScopedJoinHandle<'scope, Result<BlobDone<W>, LayerError>>,
 }
 
 impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
-    /// Starts the worker in `scope`.
+    /// Starts the workers in `scope`.
     pub fn spawn<'env>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         sink: W,
         compression: Compression,
     ) -> Result<Self, LayerError> {
-        let mut inline = Inline::new(sink, compression)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
-        let worker = scope.spawn(move || {
-            for chunk in rx {
-                inline.write_all(&chunk).map_err(LayerError::Finish)?;
+        use std::sync::{Arc, mpsc::sync_channel};
+        let mut blob = Blob::new(sink, compression)?;
+        let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(PIPE_DEPTH);
+        let (blob_tx, blob_rx) = sync_channel::<Arc<Vec<u8>>>(PIPE_DEPTH);
+        let hasher = scope.spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in hash_rx {
+                h.update(chunk.as_slice());
             }
-            inline.finish_stream()
+            sha256_digest(h.finalize().as_slice())
+        });
+        let worker = scope.spawn(move || {
+            for chunk in blob_rx {
+                blob.write_all(&chunk).map_err(LayerError::Finish)?;
+            }
+            blob.finish()
         });
         Ok(Piped {
             buf: Vec::with_capacity(PIPE_CHUNK),
-            tx: Some(tx),
+            tx: Some([hash_tx, blob_tx]),
             count: 0,
+            hasher,
             worker,
         })
     }
@@ -242,11 +293,17 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
-        let sent = self.tx.as_ref().map(|tx| tx.send(chunk));
+        let chunk = std::sync::Arc::new(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(PIPE_CHUNK),
+        ));
+        let sent = self.tx.as_ref().map(|to| {
+            to.iter()
+                .try_for_each(|tx| tx.send(std::sync::Arc::clone(&chunk)))
+        });
         match sent {
             Some(Ok(())) => Ok(()),
-            // The worker ended early: its own error is what `abort` returns.
+            // The blob's worker ended early: its own error is what `abort` returns.
             _ => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the layer's compressor stopped",
@@ -254,17 +311,21 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
         }
     }
 
-    /// Stops the worker after a failed walk; the worker's own error, when it failed first (a full
-    /// disk is found by the sink, and the walk then only sees the pipe close).
+    /// Stops the workers after a failed walk; the blob worker's own error, when it failed first (a
+    /// full disk is found by the sink, and the walk then only sees the pipe close).
     pub fn abort(self) -> Option<LayerError> {
         self.join().err()
     }
 
-    /// Closes the pipe (what is not sent yet stays unsent) and waits for the worker's result.
+    /// Closes the pipes (what is not sent yet stays unsent) and waits for the workers' results.
     fn join(mut self) -> Result<(LayerDescriptor, W), LayerError> {
         self.tx = None;
+        let diff_id = match self.hasher.join() {
+            Ok(d) => d,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
         match self.worker.join() {
-            Ok(result) => result,
+            Ok(done) => Ok(done?.describe(diff_id, self.count)),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }

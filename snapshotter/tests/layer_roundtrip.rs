@@ -264,8 +264,8 @@ impl std::io::Write for FullDisk {
     }
 }
 
-/// The hashing and compression run on a thread of their own; when the sink fails there, the
-/// error the walk reports is the sink's (no space left), not the closed pipe between the two.
+/// The hashing and the compression run on threads of their own; when the sink fails there, the
+/// error the walk reports is the sink's (no space left), not the closed pipe between them.
 #[test]
 fn a_failing_sink_is_the_error_reported() {
     let tmp = tempfile::tempdir().unwrap();
@@ -295,8 +295,9 @@ fn a_failing_sink_is_the_error_reported() {
     assert!(!chain.contains("compressor stopped"), "{chain}");
 }
 
-/// The layer written with hashing and compression on their own thread is byte for byte the one
-/// written on one thread, for every codec: a build's digests do not depend on it.
+/// The layer written with the tar's hash and the compression on threads of their own is byte for
+/// byte the one written on one thread, for every codec (the plain tar's digest being its
+/// diff_id): a build's digests do not depend on it.
 #[test]
 fn the_piped_layer_is_the_one_thread_layer() {
     use forge_snapshotter::layer::LayerWriter;
