@@ -1,7 +1,15 @@
-//! The snapshotter's own metadata: one JSON file under its root, replaced atomically (write, fsync,
-//! rename, fsync dir) while holding an flock, so that several forge processes can share a root and a
-//! crash leaves either the old or the new state. Directories not named by the metadata are debris of
-//! an interrupted operation and are removed when the root is opened.
+//! The snapshotter's own metadata: one JSON file under its root, replaced by a rename while holding
+//! an flock, so that several forge processes can share a root. Directories not named by the
+//! metadata are debris of an interrupted operation and are removed when the root is opened.
+//!
+//! Most changes are not synced to disk (no fsync of the file or of the directory): a new active
+//! snapshot, and a commit whose files are themselves unsynced (below). Lost in a crash, such a
+//! change leaves a directory the metadata does not name, which is swept, or a record that would
+//! have been dropped anyway. Changes a crash must not undo (a removal, which deletes a directory
+//! a record named, a settle, a commit whose files were synced) are synced, and each synced state is
+//! also kept as `metadata.synced` (a hard link, so no second write): where a crash left
+//! `metadata.json` unreadable (a rename that reached the disk before the file's bytes), the root
+//! opens from that last synced state.
 //!
 //! A snapshot's files are not synced when it is committed (overlay mounts are `volatile`, unpacked
 //! layers are written without fsync): its record names the boot in which they were written
@@ -35,6 +43,9 @@ pub(crate) struct Record {
 /// How long after its commit a snapshot's files are synced by a later open (seconds): the kernel
 /// writes dirty pages back after 30 s by default, so the sync then seldom waits for data.
 pub(crate) const SETTLE_AFTER: u64 = 30;
+
+/// The last state saved durably, beside `metadata.json` (a hard link to the same bytes).
+const SYNCED: &str = "metadata.synced";
 
 /// How old a mark may grow before a commit settles it even while commits go on (seconds).
 pub(crate) const SETTLE_LONG_AFTER: u64 = 600;
@@ -272,28 +283,57 @@ impl Db {
         })
     }
 
+    /// The state: `metadata.json`, or where that cannot be read as a state (torn by a crash)
+    /// the last synced one, `metadata.synced`; an empty state when neither exists.
     pub fn load(&self) -> Result<State, SnapshotError> {
         let path = self.root.join("metadata.json");
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
-                path,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State {
-                version: 1,
-                next_id: 1,
-                snapshots: BTreeMap::new(),
-            }),
-            Err(source) => Err(SnapshotError::Io {
-                op: "reading",
-                path,
-                source,
+        let read =
+            |path: &Path| -> Result<Option<State>, SnapshotError> {
+                match fs::read(path) {
+                    Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                        SnapshotError::Corrupt {
+                            path: path.to_path_buf(),
+                            reason: e.to_string(),
+                        }
+                    }),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(SnapshotError::Io {
+                        op: "reading",
+                        path: path.to_path_buf(),
+                        source,
+                    }),
+                }
+            };
+        let current = read(&path);
+        if let Ok(Some(state)) = current {
+            return Ok(state);
+        }
+        match read(&self.root.join(SYNCED)) {
+            Ok(Some(state)) => Ok(state),
+            // No synced state to fall back on: what the current file gave.
+            _ => current.map(|state| {
+                state.unwrap_or(State {
+                    version: 1,
+                    next_id: 1,
+                    snapshots: BTreeMap::new(),
+                })
             }),
         }
     }
 
-    /// Replace the metadata atomically; call with the exclusive lock held.
+    /// Replaces the metadata and makes it durable (file and directory synced; also kept as
+    /// `metadata.synced`); call with the exclusive lock held.
     pub fn save(&self, state: &State) -> Result<(), SnapshotError> {
+        self.write(state, true)
+    }
+
+    /// Replaces the metadata without waiting for the disk: for a change a crash may undo (see the
+    /// module's text); call with the exclusive lock held.
+    pub fn save_unsynced(&self, state: &State) -> Result<(), SnapshotError> {
+        self.write(state, false)
+    }
+
+    fn write(&self, state: &State, durable: bool) -> Result<(), SnapshotError> {
         let path = self.root.join("metadata.json");
         let tmp = self
             .root
@@ -309,11 +349,24 @@ impl Db {
         let bytes = serde_json::to_vec_pretty(state).expect("metadata serialises");
         let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(&bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
+        if durable {
+            f.sync_all().map_err(io("syncing", &tmp))?;
+            // The same bytes under the fallback name, renamed over the old one in the same
+            // directory sync as the file itself.
+            let synced_tmp = self
+                .root
+                .join(format!("{SYNCED}.tmp-{}", std::process::id()));
+            let _ = fs::remove_file(&synced_tmp);
+            fs::hard_link(&tmp, &synced_tmp).map_err(io("linking", &synced_tmp))?;
+            let synced = self.root.join(SYNCED);
+            fs::rename(&synced_tmp, &synced).map_err(io("renaming into place", &synced))?;
+        }
         fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", &self.root))?;
+        if durable {
+            File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", &self.root))?;
+        }
         Ok(())
     }
 
@@ -335,9 +388,10 @@ impl Db {
         }
         if let Ok(entries) = fs::read_dir(&self.root) {
             for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with("metadata.json.tmp-")
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("metadata.json.tmp-")
+                    || name.starts_with(&format!("{SYNCED}.tmp-"))
                 {
                     let _ = fs::remove_file(e.path());
                 }
@@ -444,7 +498,8 @@ impl Db {
                 unsynced: None,
             },
         );
-        if let Err(e) = self.save(&state) {
+        // Lost in a crash, the new record leaves only a directory no record names (swept).
+        if let Err(e) = self.save_unsynced(&state) {
             let _ = super::remove_tree(&dir);
             return Err(e);
         }
@@ -472,6 +527,7 @@ impl Db {
             return Err(SnapshotError::AlreadyExists(name.to_string()));
         }
         state.snapshots.remove(key);
+        let marked = unsynced.is_some();
         state.snapshots.insert(
             name.to_string(),
             Record {
@@ -481,7 +537,13 @@ impl Db {
                 ..r.clone()
             },
         );
-        self.save(&state)?;
+        if marked {
+            // Its files are not on disk for sure either: after a crash the record would be
+            // dropped with them, so losing it loses nothing more.
+            self.save_unsynced(&state)?;
+        } else {
+            self.save(&state)?;
+        }
         // A process that lives long and commits often (`forge serve`) never opens the root
         // again: marks that old are settled from here, where no build waits for the thread.
         let long_ago = super::now().saturating_sub(SETTLE_LONG_AFTER);
@@ -561,6 +623,72 @@ mod tests {
         // Opening again in the same boot keeps it.
         let db = Db::open(tmp.path()).unwrap();
         assert!(db.load().unwrap().get("one").is_ok());
+    }
+
+    /// The last synced state, as the fallback file holds it (`None`: never synced).
+    fn synced_keys(db: &Db) -> Option<Vec<String>> {
+        let bytes = fs::read(db.root().join(SYNCED)).ok()?;
+        let state: State = serde_json::from_slice(&bytes).unwrap();
+        Some(state.snapshots.into_keys().collect())
+    }
+
+    #[test]
+    fn new_and_marked_snapshots_are_saved_unsynced_and_a_removal_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "one", None);
+        db.create("scratch", Some("one"), Kind::Active, |dir| {
+            fs::create_dir(dir.join("fs"))
+        })
+        .unwrap();
+        assert_eq!(synced_keys(&db), None, "nothing was synced yet");
+        assert_eq!(db.load().unwrap().snapshots.len(), 2);
+        db.remove("scratch").unwrap();
+        assert_eq!(synced_keys(&db), Some(vec!["one".to_string()]));
+        // The fallback is the same file as the state it was synced with.
+        assert_eq!(
+            fs::read(tmp.path().join(SYNCED)).unwrap(),
+            fs::read(tmp.path().join("metadata.json")).unwrap()
+        );
+        committed(&db, "two", Some("one"));
+        assert_eq!(synced_keys(&db), Some(vec!["one".to_string()]));
+        assert!(db.load().unwrap().get("two").is_ok());
+    }
+
+    #[test]
+    fn a_torn_metadata_file_opens_from_the_last_synced_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        let one = committed(&db, "one", None);
+        assert_eq!(db.settle(0).unwrap(), 1);
+        let two = committed(&db, "two", Some("one"));
+        // A crash after the last rename reached the disk but before the bytes did.
+        fs::write(tmp.path().join("metadata.json"), b"").unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        let state = db.load().unwrap();
+        let left: Vec<&String> = state.snapshots.keys().collect();
+        assert_eq!(left, ["one"]);
+        assert_eq!(state.get("one").unwrap().unsynced, None);
+        assert!(db.fs(one).join("file").is_file());
+        assert!(!db.dir(two).exists(), "the lost commit's files were kept");
+        // And the root goes on from there.
+        committed(&db, "three", Some("one"));
+        let left: Vec<String> = db.load().unwrap().snapshots.into_keys().collect();
+        assert_eq!(left, ["one", "three"]);
+    }
+
+    #[test]
+    fn an_unreadable_metadata_file_with_nothing_synced_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(tmp.path()).unwrap();
+        committed(&db, "one", None);
+        fs::write(tmp.path().join("metadata.json"), b"{ not json").unwrap();
+        match Db::open(tmp.path()) {
+            Err(SnapshotError::Corrupt { path, .. }) => {
+                assert_eq!(path, tmp.path().join("metadata.json"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
