@@ -119,10 +119,15 @@ const HEADER: usize = 8 + 8 + 32;
 
 /// One file per key under a directory: `<dir>/<key hex>.rec`, with `<key hex>.lock` beside it.
 ///
-/// Crash safety: a record is written to a temporary file in the same directory, fsynced, renamed
-/// over its final name (atomic on POSIX), and the directory fsynced; a crash leaves either no record
-/// or a whole one (and perhaps a stray `.tmp-*` file). Each record carries its length and a blake3
-/// checksum over the key and payload, so a truncated, garbled or misplaced file reads as a miss.
+/// Crash safety: a record is written to a temporary file in the same directory and renamed over its
+/// final name (atomic on POSIX), without waiting for the disk. Each record carries its length and a
+/// blake3 checksum over the key and payload, so a record a crash tore (renamed before its bytes
+/// reached the disk), truncated, garbled or misplaced reads as a miss, and the step runs again; a
+/// crash loses at most the records of the last moments before it. What a record names is as
+/// durable as it needs to be on its own: layer blobs are synced before they are named, and a
+/// snapshot a crash may have torn is dropped when the root is opened in the next boot (the
+/// record then misses). Syncing each record would cost a step two waits for the disk and buy
+/// nothing a rerun of that step does not give.
 ///
 /// Age: a record's modification time is when it was last written or read (a hit touches it), which
 /// is what `forge prune --older-than` measures.
@@ -240,9 +245,7 @@ impl DiskCache {
             f.write_all(&(record.len() as u64).to_le_bytes())?;
             f.write_all(&Self::checksum(key, record))?;
             f.write_all(record)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.record_path(key))?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&tmp, self.record_path(key))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -310,6 +313,11 @@ mod tests {
         assert_eq!(cache.get(&key).unwrap(), None, "truncated payload");
         fs::write(&path, &full[..10]).unwrap();
         assert_eq!(cache.get(&key).unwrap(), None, "truncated header");
+        // What a crash leaves of a record renamed before its bytes reached the disk.
+        fs::write(&path, b"").unwrap();
+        assert_eq!(cache.get(&key).unwrap(), None, "empty file");
+        fs::write(&path, vec![0u8; full.len()]).unwrap();
+        assert_eq!(cache.get(&key).unwrap(), None, "zeroed blocks");
         let mut flipped = full.clone();
         *flipped.last_mut().unwrap() ^= 1;
         fs::write(&path, &flipped).unwrap();
