@@ -46,7 +46,21 @@ pub(super) fn take(
     };
     let empty = Dockerignore::default();
     let ignore = options.ignore.unwrap_or(&empty);
-    let mut found = walk(root, ignore, threads)?;
+    let memo_path = options.state_dir.map(|d| super::memo::memo_file(d, root));
+    // The memo is read while the tree is walked: neither needs the other until the lookups.
+    let (walked, (memo, memo_warning)) = std::thread::scope(|s| {
+        let memo = s.spawn(|| match &memo_path {
+            Some(p) => Memo::load(p),
+            None => (Memo::default(), None),
+        });
+        let walked = walk(root, ignore, threads);
+        let memo = match memo.join() {
+            Ok(m) => m,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (walked, memo)
+    });
+    let mut found = walked?;
     found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
 
     // fsutil sends an excluded directory only when something below it is sent.
@@ -67,15 +81,9 @@ pub(super) fn take(
         .filter_map(|(f, k)| k.then_some(f))
         .collect();
 
-    let mut stats = SnapshotStats::default();
-    let memo_path = options.state_dir.map(|d| super::memo::memo_file(d, root));
-    let memo = match &memo_path {
-        Some(p) => {
-            let (m, warning) = Memo::load(p);
-            stats.memo_warning = warning;
-            m
-        }
-        None => Memo::default(),
+    let mut stats = SnapshotStats {
+        memo_warning,
+        ..SnapshotStats::default()
     };
     let lookup_now = now_ns();
     let mut to_hash = Vec::new();
