@@ -7,9 +7,9 @@
 //! change leaves a directory the metadata does not name, which is swept, or a record that would
 //! have been dropped anyway. Changes a crash must not undo (a removal, which deletes a directory
 //! a record named, a settle, a commit whose files were synced) are synced, and each synced state is
-//! also kept as `metadata.synced` (a hard link, so no second write): where a crash left
-//! `metadata.json` unreadable (a rename that reached the disk before the file's bytes), the root
-//! opens from that last synced state.
+//! also kept as `metadata.synced` (a hard link, so no second write; a copy on a filesystem without
+//! hard links): where a crash left `metadata.json` unreadable (a rename that reached the disk
+//! before the file's bytes), the root opens from that last synced state.
 //!
 //! A snapshot's files are not synced when it is committed (overlay mounts are `volatile`, unpacked
 //! layers are written without fsync): its record names the boot in which they were written
@@ -357,7 +357,13 @@ impl Db {
                 .root
                 .join(format!("{SYNCED}.tmp-{}", std::process::id()));
             let _ = fs::remove_file(&synced_tmp);
-            fs::hard_link(&tmp, &synced_tmp).map_err(io("linking", &synced_tmp))?;
+            if fs::hard_link(&tmp, &synced_tmp).is_err() {
+                // A filesystem without hard links: a copy of its own.
+                let mut copy = File::create(&synced_tmp).map_err(io("creating", &synced_tmp))?;
+                copy.write_all(&bytes)
+                    .and_then(|()| copy.sync_all())
+                    .map_err(io("writing", &synced_tmp))?;
+            }
             let synced = self.root.join(SYNCED);
             fs::rename(&synced_tmp, &synced).map_err(io("renaming into place", &synced))?;
         }
