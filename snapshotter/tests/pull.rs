@@ -483,6 +483,58 @@ async fn wrong_bytes_fail_naming_both_digests_and_never_land() {
     assert_eq!(fake.blob_gets(&layers[0]), 1);
 }
 
+/// The config and the layers are fetched together; a config whose diff_ids do not match the
+/// manifest's layers still fails the pull, naming the reference, and nothing is recorded.
+#[tokio::test]
+async fn a_config_that_miscounts_the_layers_fails_the_pull() {
+    let fake = Fake::start().await;
+    let (l1, l2) = (vec![3u8; 90_000], vec![4u8; 60_000]);
+    let config = serde_json::json!({
+        "architecture": Platform::host().architecture,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&l1).to_string()]},
+        "config": {},
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = fake.blob(&config, Plan::Serve(config.clone()));
+    let layers: Vec<Digest> = [&l1, &l2]
+        .iter()
+        .map(|b| fake.blob(b, Plan::Serve(b.to_vec())))
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [
+            {"mediaType": OCI_LAYER_GZ, "digest": layers[0].to_string(), "size": l1.len()},
+            {"mediaType": OCI_LAYER_GZ, "digest": layers[1].to_string(), "size": l2.len()},
+        ],
+    })
+    .to_string()
+    .into_bytes();
+    fake.manifest("forge/miscount", "v1", OCI_MANIFEST, &manifest);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/forge/miscount:v1", fake.host())).unwrap();
+    let events = Events::default();
+    let err = client()
+        .pull(&store, &reference, &events.sink())
+        .await
+        .unwrap_err();
+    match &err {
+        PullError::Malformed { what, message, .. } => {
+            assert_eq!(what, "config");
+            assert_eq!(message, "1 diff_ids for 2 layers");
+        }
+        other => panic!("want a malformed config, got {other}"),
+    }
+    assert!(err.to_string().contains(&reference.to_string()), "{err}");
+    assert_eq!(store.get_image(&reference.to_string()).unwrap(), None);
+    assert!(tmp_files(dir.path()).is_empty());
+    assert_eq!(fake.blob_gets(&config_digest), 1);
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff() {
     let fake = Fake::start().await;

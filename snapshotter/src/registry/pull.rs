@@ -730,9 +730,36 @@ impl RegistryClient {
             layers: layers.len(),
         });
 
-        // Config first (small, and it says how many layers to expect), then the layers at once.
-        ctx.fetch_blob(store, &config, BlobKind::Config, "config")
-            .await?;
+        // The config and the layers at once: each blob is checked against its own digest as it
+        // arrives, and the config's word on the layers (how many) is checked when all are in.
+        let limit = self.config.max_concurrent_downloads.max(1);
+        let ctx = &ctx;
+        // Futures made before they are streamed, so the pull stays provably Send (see push).
+        let pending: Vec<_> = layers
+            .iter()
+            .filter(|_| layers_too)
+            .enumerate()
+            .map(|(i, layer)| async move {
+                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
+                    .await
+            })
+            .collect();
+        let all_layers = async {
+            let mut downloads = futures::stream::iter(pending).buffer_unordered(limit);
+            while let Some(result) = downloads.next().await {
+                result?;
+            }
+            Ok::<(), PullError>(())
+        };
+        // Both run to their end before an error of either is returned: a download dropped half
+        // way could leave its writer's temporary file behind.
+        let (config_fetched, layers_fetched) = futures::future::join(
+            ctx.fetch_blob(store, &config, BlobKind::Config, "config"),
+            all_layers,
+        )
+        .await;
+        layers_fetched?;
+        config_fetched?;
         let config_bytes = {
             let (store, digest) = (store.clone(), config.digest.clone());
             blocking(move || store.read_blob(&digest)).await?
@@ -754,24 +781,6 @@ impl RegistryClient {
                 ),
             ));
         }
-
-        let limit = self.config.max_concurrent_downloads.max(1);
-        // Futures made before they are streamed, so the pull stays provably Send (see push).
-        let ctx = &ctx;
-        let pending: Vec<_> = layers
-            .iter()
-            .filter(|_| layers_too)
-            .enumerate()
-            .map(|(i, layer)| async move {
-                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
-                    .await
-            })
-            .collect();
-        let mut downloads = futures::stream::iter(pending).buffer_unordered(limit);
-        while let Some(result) = downloads.next().await {
-            result?;
-        }
-        drop(downloads);
 
         let platform = chosen_platform.unwrap_or_else(|| {
             let unknown = || "unknown".to_string();
