@@ -110,10 +110,7 @@ pub struct Inline<W: Write> {
 }
 
 /// compressor -> sha256 (digest) -> sink: the blob half of a layer stream.
-struct Blob<W: Write> {
-    encoder: Encoder<BlobEnd<W>>,
-    compression: Compression,
-}
+type Blob<W> = Encoder<BlobEnd<W>>;
 
 /// The blob end of a layer stream: counts the bytes, and hashes them unless the blob is the tar
 /// itself (no compression), whose digest is the diff_id already being hashed.
@@ -121,6 +118,7 @@ struct BlobEnd<W> {
     inner: W,
     hasher: Option<sha2::Sha256>,
     count: u64,
+    compression: Compression,
 }
 
 impl<W: Write> Write for BlobEnd<W> {
@@ -147,33 +145,30 @@ struct BlobDone<W> {
     compression: Compression,
 }
 
-impl<W: Write> Blob<W> {
-    fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
-        let end = BlobEnd {
-            inner: sink,
-            hasher: (compression != Compression::None).then(sha2::Sha256::new),
-            count: 0,
-        };
-        Ok(Blob {
-            encoder: Encoder::new(end, compression)?,
-            compression,
-        })
-    }
+fn start_blob<W: Write>(sink: W, compression: Compression) -> Result<Blob<W>, LayerError> {
+    let end = BlobEnd {
+        inner: sink,
+        hasher: (compression != Compression::None).then(sha2::Sha256::new),
+        count: 0,
+        compression,
+    };
+    Ok(Encoder::new(end, compression)?)
+}
 
-    fn finish(self) -> Result<BlobDone<W>, LayerError> {
-        let BlobEnd {
-            mut inner,
-            hasher,
-            count,
-        } = self.encoder.finish().map_err(LayerError::Finish)?;
-        inner.flush().map_err(LayerError::Finish)?;
-        Ok(BlobDone {
-            sink: inner,
-            digest: hasher.map(|h| sha256_digest(h.finalize().as_slice())),
-            size: count,
-            compression: self.compression,
-        })
-    }
+fn finish_blob<W: Write>(blob: Blob<W>) -> Result<BlobDone<W>, LayerError> {
+    let BlobEnd {
+        mut inner,
+        hasher,
+        count,
+        compression,
+    } = blob.finish().map_err(LayerError::Finish)?;
+    inner.flush().map_err(LayerError::Finish)?;
+    Ok(BlobDone {
+        sink: inner,
+        digest: hasher.map(|h| sha256_digest(h.finalize().as_slice())),
+        size: count,
+        compression,
+    })
 }
 
 impl<W: Write> BlobDone<W> {
@@ -191,22 +186,10 @@ impl<W: Write> BlobDone<W> {
     }
 }
 
-impl<W: Write> Write for Blob<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.encoder.write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.encoder.write_all(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.encoder.flush()
-    }
-}
-
 impl<W: Write> Inline<W> {
     pub fn new(sink: W, compression: Compression) -> Result<Self, LayerError> {
         Ok(Inline {
-            out: HashingWriter::new(Blob::new(sink, compression)?),
+            out: HashingWriter::new(start_blob(sink, compression)?),
         })
     }
 }
@@ -232,7 +215,7 @@ impl<W: Write> LayerStream for Inline<W> {
 
     fn finish_stream(self) -> Result<(LayerDescriptor, W), LayerError> {
         let (blob, diff_id, tar_size) = self.out.finish();
-        Ok(blob.finish()?.describe(diff_id, tar_size))
+        Ok(finish_blob(blob)?.describe(diff_id, tar_size))
     }
 }
 
@@ -264,7 +247,7 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
         compression: Compression,
     ) -> Result<Self, LayerError> {
         use std::sync::{Arc, mpsc::sync_channel};
-        let mut blob = Blob::new(sink, compression)?;
+        let mut blob = start_blob(sink, compression)?;
         let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(PIPE_DEPTH);
         let (blob_tx, blob_rx) = sync_channel::<Arc<Vec<u8>>>(PIPE_DEPTH);
         let hasher = scope.spawn(move || {
@@ -278,7 +261,7 @@ impl<'scope, W: Write + Send + 'scope> Piped<'scope, W> {
             for chunk in blob_rx {
                 blob.write_all(&chunk).map_err(LayerError::Finish)?;
             }
-            blob.finish()
+            finish_blob(blob)
         });
         Ok(Piped {
             buf: Vec::with_capacity(PIPE_CHUNK),

@@ -214,7 +214,7 @@ fn many_roots_are_set_together() {
         .unwrap();
     assert_eq!(counts(&store), [2, 1, 0, 1]);
     let meta = std::fs::read(dir.path().join("meta.redb")).unwrap();
-    store.set_roots("cache", &[]).unwrap();
+    store.set_roots::<&str, &[Digest]>("cache", &[]).unwrap();
     assert!(std::fs::read(dir.path().join("meta.redb")).unwrap() == meta);
     assert!(store.check().unwrap().is_clean());
 }

@@ -835,9 +835,5 @@ fn protect_results(store: &Store, solution: &Solution<Built>) {
         .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
         .filter(|(_, digests)| !digests.is_empty())
         .collect();
-    let roots: Vec<(&str, &[BlobDigest])> = held
-        .iter()
-        .map(|(name, digests)| (name.as_str(), digests.as_slice()))
-        .collect();
-    let _ = store.set_roots(crate::gc::CACHE_ROOT, &roots);
+    let _ = store.set_roots(crate::gc::CACHE_ROOT, &held);
 }

@@ -44,11 +44,11 @@ pub(crate) struct Record {
 /// writes dirty pages back after 30 s by default, so the sync then seldom waits for data.
 pub(crate) const SETTLE_AFTER: u64 = 30;
 
-/// The last state saved durably, beside `metadata.json` (a hard link to the same bytes).
-const SYNCED: &str = "metadata.synced";
-
 /// How old a mark may grow before a commit settles it even while commits go on (seconds).
 pub(crate) const SETTLE_LONG_AFTER: u64 = 600;
+
+/// The last state saved durably, beside `metadata.json` (a hard link to its bytes, or a copy).
+const SYNCED: &str = "metadata.synced";
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `None` where the kernel does not say.
 pub(crate) fn boot_id() -> Option<&'static str> {
@@ -543,13 +543,9 @@ impl Db {
                 ..r.clone()
             },
         );
-        if marked {
-            // Its files are not on disk for sure either: after a crash the record would be
-            // dropped with them, so losing it loses nothing more.
-            self.save_unsynced(&state)?;
-        } else {
-            self.save(&state)?;
-        }
+        // A marked commit's files are not on disk for sure either: after a crash the record
+        // would be dropped with them, so losing it loses nothing more.
+        self.write(&state, !marked)?;
         // A process that lives long and commits often (`forge serve`) never opens the root
         // again: marks that old are settled from here, where no build waits for the thread.
         let long_ago = super::now().saturating_sub(SETTLE_LONG_AFTER);

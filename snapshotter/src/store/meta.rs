@@ -312,14 +312,23 @@ impl Store {
     /// [`Store::set_root`] for many roots of one kind, in one transaction: a build's results are
     /// protected together, at the cost of one commit (each commit syncs the metadata file several
     /// times) instead of one per result.
-    pub fn set_roots(&self, kind: &str, roots: &[(&str, &[Digest])]) -> Result<(), StoreError> {
+    pub fn set_roots<N: AsRef<str>, D: AsRef<[Digest]>>(
+        &self,
+        kind: &str,
+        roots: &[(N, D)],
+    ) -> Result<(), StoreError> {
         if roots.is_empty() {
             return Ok(());
         }
         self.with_db(|db, path| {
             let txn = db.begin_write().db(path)?;
             for (name, digests) in roots {
-                set_root_in(&txn, path, &root_key(kind, name), Some(digests))?;
+                set_root_in(
+                    &txn,
+                    path,
+                    &root_key(kind, name.as_ref()),
+                    Some(digests.as_ref()),
+                )?;
             }
             txn.commit().db(path)
         })
