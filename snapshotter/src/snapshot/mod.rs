@@ -354,7 +354,11 @@ impl Snapshotter for AnySnapshotter {
 /// Find the best backend for `root`: native overlay if a test mount works there, fuse-overlayfs
 /// if `/dev/fuse` and the helper exist, else copy.
 pub fn probe(root: &Path) -> BackendKind {
-    if overlay::probe_native(root, crate::userns::in_user_namespace()) {
+    if overlay::probe_native(
+        root,
+        crate::userns::in_user_namespace(),
+        overlay::volatile_supported(),
+    ) {
         BackendKind::Overlay
     } else if overlay::fuse_available() {
         BackendKind::FuseOverlay

@@ -208,8 +208,11 @@ impl Snapshotter for OverlaySnapshotter {
     }
 }
 
-/// Whether a native overlay mounts under `root` (its filesystem matters: some cannot be upper).
-pub(crate) fn probe_native(root: &Path, userxattr: bool) -> bool {
+/// Whether a native overlay mounts under `root` (its filesystem matters: some cannot be upper),
+/// with the options forge's mounts use. `volatile` also spares the probe a sync: unmounting a
+/// non-volatile overlay syncs the whole filesystem under the store (a journal commit to wait for at
+/// every start, longer on a busy disk), which an empty probe never needs.
+pub(crate) fn probe_native(root: &Path, userxattr: bool, volatile: bool) -> bool {
     let dir = root.join(format!("probe-{}", std::process::id()));
     let ok = (|| -> std::io::Result<bool> {
         for d in ["l1", "l2", "u", "w", "m"] {
@@ -224,6 +227,9 @@ pub(crate) fn probe_native(root: &Path, userxattr: bool) -> bool {
         );
         if userxattr {
             data.push_str(",userxattr");
+        }
+        if volatile {
+            data.push_str(",volatile");
         }
         let target = dir.join("m");
         let mounted = nix::mount::mount(
