@@ -219,6 +219,77 @@ fn many_roots_are_set_together() {
     assert!(store.check().unwrap().is_clean());
 }
 
+/// A store's metadata file is made by its first write: opening a store, and reading one that has
+/// none (or one whose tables were never committed, as a crash at its first write can leave),
+/// find an empty store and write nothing; the first record makes the file with every table.
+#[test]
+fn the_metadata_file_is_made_by_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta.redb");
+    let store = Store::open(dir.path()).unwrap();
+    let blobs = write_blobs(&store, 90..92, 400);
+    let reads_as_empty = |store: &Store| {
+        assert!(store.list_images().unwrap().is_empty());
+        assert!(store.get_image("example.com/none:1").unwrap().is_none());
+        assert!(store.roots("cache").unwrap().is_empty());
+        assert_eq!(store.refcount(&blobs[0].0).unwrap(), 0);
+        assert!(store.check().unwrap().is_clean());
+    };
+    reads_as_empty(&store);
+    Store::open(dir.path()).unwrap();
+    assert!(!meta.exists(), "opening and reading made the metadata file");
+
+    // A file redb made, without the tables: read as empty, left as it is, and completed by the
+    // next write.
+    drop(redb::Database::create(&meta).unwrap());
+    let before = std::fs::read(&meta).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    reads_as_empty(&store);
+    assert!(std::fs::read(&meta).unwrap() == before);
+
+    let a = image("example.com/first:1", &blobs);
+    store.put_image(&a).unwrap();
+    let again = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        again.get_image("example.com/first:1").unwrap().as_ref(),
+        Some(&a)
+    );
+    assert_eq!(again.refcount(&blobs[0].0).unwrap(), 1);
+    // Every table is there for readers, not only the ones the first write used.
+    assert!(again.roots("cache").unwrap().is_empty());
+    assert!(again.check().unwrap().is_clean());
+}
+
+/// Images and roots recorded by one call: all of them there after it, with the reference counts
+/// of both; an image recorded again unchanged with no roots leaves the file alone.
+#[test]
+fn images_and_roots_are_recorded_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta.redb");
+    let store = Store::open(dir.path()).unwrap();
+    let blobs = write_blobs(&store, 95..98, 300);
+    let a = image("example.com/together:1", &blobs[..2]);
+    let b = image("example.com/together:2", &blobs[..2]);
+    let (d0, d2) = (blobs[0].0.clone(), blobs[2].0.clone());
+    let step1 = [d0.clone()];
+    let step2 = [d0.clone(), d2.clone()];
+    store
+        .record(
+            &[a.clone(), b.clone()],
+            &[("cache", "k1", &step1[..]), ("cache", "k2", &step2[..])],
+        )
+        .unwrap();
+    assert_eq!(store.list_images().unwrap().len(), 2);
+    assert_eq!(store.roots("cache").unwrap().len(), 2);
+    // d0: both images and both roots; d2: one root.
+    assert_eq!(store.refcount(&d0).unwrap(), 4);
+    assert_eq!(store.refcount(&d2).unwrap(), 1);
+    assert!(store.check().unwrap().is_clean());
+    let before = std::fs::read(&meta).unwrap();
+    store.record(std::slice::from_ref(&a), &[]).unwrap();
+    assert!(std::fs::read(&meta).unwrap() == before);
+}
+
 /// Opening the store again, reading a record and recording an unchanged image (at any time)
 /// write nothing to the metadata file (a rebuild that changes nothing syncs nothing); a changed
 /// record is written.

@@ -67,15 +67,29 @@ pub(crate) fn has_tables(db: &dyn ReadableDatabase, path: &Path) -> Result<bool,
         && read.open_table(UNPACKED).is_ok())
 }
 
-/// Creates the tables so that later read transactions find them.
+/// Creates the tables so that later read transactions find them, in a commit that is not synced:
+/// the caller's next commit (every write commits durably) makes it durable too, and a crash before
+/// that leaves a file without tables, which reads as an empty store and gets them at the next write.
 pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
-    let txn = db.begin_write().db(path)?;
+    let mut txn = db.begin_write().db(path)?;
+    txn.set_durability(redb::Durability::None).db(path)?;
     txn.open_table(IMAGES).db(path)?;
     txn.open_table(ROOTS).db(path)?;
     txn.open_table(REFCOUNTS).db(path)?;
     txn.open_table(LEASES).db(path)?;
     txn.open_table(UNPACKED).db(path)?;
     txn.commit().db(path)
+}
+
+/// An empty store's metadata: every table, no rows, in memory (what a store without its metadata
+/// file reads as).
+pub(crate) fn empty() -> Result<redb::Database, StoreError> {
+    let path = Path::new("(empty metadata)");
+    let db = redb::Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .db(path)?;
+    init(&db, path)?;
+    Ok(db)
 }
 
 /// A content descriptor as manifests carry it.
@@ -234,30 +248,58 @@ impl Store {
     /// rebuild that changes nothing, or a base image resolved to what the store holds, commits
     /// nothing: each commit costs the metadata file several syncs); the stored time stays.
     pub fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
+        self.record(std::slice::from_ref(image), &[])
+    }
+
+    /// Records `images` (as [`Store::put_image`] does, each under its reference) and sets `roots`
+    /// (`(kind, name, digests)`, as [`Store::set_root`] does) in one transaction: a build's
+    /// results and the image it made cost one commit of the metadata file, not one each (each
+    /// opening, commit and closing of it syncs the file several times). An image recorded before
+    /// exactly as it is (its time aside) is not written again; with nothing left to write, the file
+    /// is not touched.
+    pub fn record(
+        &self,
+        images: &[ImageRecord],
+        roots: &[(&str, &str, &[Digest])],
+    ) -> Result<(), StoreError> {
         // A record that cannot be read (or none) is written.
-        if let Ok(Some(old)) = self.get_image(&image.reference)
-            && (ImageRecord {
-                recorded_unix: image.recorded_unix,
-                ..old
-            }) == *image
-        {
+        let changed: Vec<(&ImageRecord, Vec<u8>)> = images
+            .iter()
+            .filter(|image| match self.get_image(&image.reference) {
+                Ok(Some(old)) => {
+                    ImageRecord {
+                        recorded_unix: image.recorded_unix,
+                        ..old
+                    } != **image
+                }
+                _ => true,
+            })
+            .map(|image| (image, encode(image)))
+            .collect();
+        if changed.is_empty() && roots.is_empty() {
             return Ok(());
         }
-        let bytes = encode(image);
         self.with_db(|db, path| {
             let txn = db.begin_write().db(path)?;
             {
-                let mut images = txn.open_table(IMAGES).db(path)?;
-                images
-                    .insert(image.reference.as_str(), bytes.as_slice())
-                    .db(path)?;
+                let mut table = txn.open_table(IMAGES).db(path)?;
+                for (image, bytes) in &changed {
+                    table
+                        .insert(image.reference.as_str(), bytes.as_slice())
+                        .db(path)?;
+                }
             }
-            set_root_in(
-                &txn,
-                path,
-                &root_key(IMAGE_ROOT, &image.reference),
-                Some(&image.blobs()),
-            )?;
+            for (image, _) in &changed {
+                set_root_in(
+                    &txn,
+                    path,
+                    &root_key(IMAGE_ROOT, &image.reference),
+                    Some(&image.blobs()),
+                )?;
+            }
+            for (kind, name, digests) in roots {
+                set_root_in(&txn, path, &root_key(kind, name), Some(digests))?;
+            }
             txn.commit().db(path)
         })
     }
@@ -317,21 +359,11 @@ impl Store {
         kind: &str,
         roots: &[(N, D)],
     ) -> Result<(), StoreError> {
-        if roots.is_empty() {
-            return Ok(());
-        }
-        self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
-            for (name, digests) in roots {
-                set_root_in(
-                    &txn,
-                    path,
-                    &root_key(kind, name.as_ref()),
-                    Some(digests.as_ref()),
-                )?;
-            }
-            txn.commit().db(path)
-        })
+        let roots: Vec<(&str, &str, &[Digest])> = roots
+            .iter()
+            .map(|(name, digests)| (kind, name.as_ref(), digests.as_ref()))
+            .collect();
+        self.record(&[], &roots)
     }
 
     /// Removes a root set with [`Store::set_root`].

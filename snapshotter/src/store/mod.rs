@@ -246,13 +246,9 @@ impl Store {
         if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
-        // Read-only first (no sync); a missing file is created by `init` alone (asking
-        // `with_db_read` would create it once for the question and open it again for the answer).
-        let ready =
-            store.db_path.exists() && matches!(store.with_db_read(meta::has_tables), Ok(true));
-        if !ready {
-            store.with_db(meta::init)?;
-        }
+        // The metadata file is made by the first write, not here: a store that is only read (or
+        // a fresh one, whose first write comes after a pull) never pays for a commit of empty
+        // tables. Reads of a store without it find nothing.
         store.restore_reserve();
         Ok(store)
     }
@@ -523,7 +519,14 @@ impl Store {
     ) -> Result<T, StoreError> {
         {
             let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
+            // No file yet (or one whose tables were never committed): nothing is recorded.
+            if !self.db_path.exists() {
+                return f(&meta::empty()?, &self.db_path);
+            }
             if let Ok(db) = redb::ReadOnlyDatabase::open(&self.db_path) {
+                if !meta::has_tables(&db, &self.db_path)? {
+                    return f(&meta::empty()?, &self.db_path);
+                }
                 return f(&db, &self.db_path);
             }
         }
@@ -541,6 +544,10 @@ impl Store {
         let once = || {
             let db = redb::Database::create(&self.db_path)
                 .map_err(|e| meta::db_error(&self.db_path, e))?;
+            // A new file gets its tables in a commit that `f`'s own makes durable.
+            if !meta::has_tables(&db, &self.db_path)? {
+                meta::init(&db, &self.db_path)?;
+            }
             let out = f(&db, &self.db_path);
             drop(db);
             out
