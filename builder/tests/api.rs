@@ -295,6 +295,70 @@ async fn a_failed_build_reports_what_it_solved_and_dead_scratch_is_swept() {
     assert!(leftovers.is_empty(), "scratch space left: {leftovers:?}");
 }
 
+/// A build's new steps are kept by roots (so a prune spares their blobs) whether the build ends
+/// well, when they are recorded in the same commit as its image, or fails after its solve (here
+/// its OCI tar cannot be written), when they are recorded on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_build_solved_is_kept_whether_its_export_fails_or_not() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n",
+        &[("f", "kept\n", 0o644)],
+    );
+    // Each blob the steps' roots hold, with how many of them hold it.
+    let held = |session: &Session| -> BTreeMap<forge_snapshotter::store::Digest, u64> {
+        let mut held = BTreeMap::new();
+        for (_, digests) in session.store().roots("build-cache").unwrap() {
+            for d in digests {
+                *held.entry(d).or_insert(0) += 1;
+            }
+        }
+        held
+    };
+
+    let failing = session(&tmp.path().join("failing"));
+    let mut request = BuildRequest::new(&ctx);
+    request.exports = vec![forge_builder::api::Export::OciTar(
+        tmp.path().join("no-such-dir/image.tar"),
+    )];
+    let (result, _) = build(&failing, request).await;
+    let failure = result.expect_err("the tar's directory does not exist");
+    assert!(
+        failure.error.to_string().contains("no-such-dir"),
+        "{}",
+        failure.error
+    );
+    let kept = held(&failing);
+    assert_eq!(kept.len(), 2, "one layer per COPY: {kept:?}");
+    for (d, roots) in &kept {
+        assert!(failing.store().has_blob(d));
+        assert_eq!(failing.store().refcount(d).unwrap(), *roots, "{d}");
+    }
+    assert!(failing.store().list_images().unwrap().is_empty());
+    assert!(failing.store().check().unwrap().is_clean());
+
+    let ok = session(&tmp.path().join("ok"));
+    let mut request = BuildRequest::new(&ctx);
+    request.tags = vec!["kept:latest".into()];
+    let (result, _) = build(&ok, request).await;
+    let outcome = result.unwrap_or_else(|f| panic!("{f}"));
+    let kept = held(&ok);
+    assert_eq!(kept.len(), 2, "one layer per COPY: {kept:?}");
+    let images = ok.store().list_images().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].manifest.digest.to_string(), outcome.digest);
+    // Each layer is held by the steps' roots and by the image.
+    for (d, roots) in &kept {
+        assert!(images[0].layers.iter().any(|l| l.digest == *d), "{d}");
+        assert_eq!(ok.store().refcount(d).unwrap(), roots + 1, "{d}");
+    }
+    assert!(ok.store().check().unwrap().is_clean());
+}
+
 /// The compression of each blob the store holds, by its magic bytes.
 fn stored_codecs(session: &Session) -> BTreeMap<String, &'static str> {
     let probe: forge_snapshotter::store::Digest =

@@ -390,7 +390,8 @@ impl Session {
                 return Err(failure.error.into());
             }
         };
-        protect_results(&self.store, &solution);
+        // Recorded with the image, in one commit; on any other way out, on their own.
+        let results = Results::of(&self.store, &solution);
         *solved = solution.clone();
 
         let output = &graph.outputs[0];
@@ -521,7 +522,9 @@ impl Session {
                 Export::Image { .. } => {}
             }
         }
-        let record = export::record_image(&self.store, &image, &names, &host)?;
+        let (record, images) = export::image_records(&self.store, &image, &names, &host)?;
+        self.store.record(&images, &results.roots())?;
+        results.recorded();
         if pushes {
             export::push_image(
                 &self.store,
@@ -829,11 +832,47 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
 /// Keeps the blobs of recorded results from `forge prune` while their cache records exist, for a
 /// failed build's solved vertices too: their records stay.
 fn protect_results(store: &Store, solution: &Solution<Built>) {
-    let held: Vec<(String, Vec<BlobDigest>)> = solution
-        .iter()
-        .filter(|(_, s)| !s.cached)
-        .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
-        .filter(|(_, digests)| !digests.is_empty())
-        .collect();
-    let _ = store.set_roots(crate::gc::CACHE_ROOT, &held);
+    drop(Results::of(store, solution));
+}
+
+/// What a solve made (each new step's blobs, by cache key), to be kept by roots in the store so
+/// that a prune spares them. A successful build records them with its image
+/// ([`Results::roots`], then [`Results::recorded`]); dropped before that (a failed export, a
+/// cancelled push), they are recorded on their own. Until then the build's store session keeps
+/// a prune off them.
+struct Results<'a> {
+    store: &'a Store,
+    held: Vec<(String, Vec<BlobDigest>)>,
+}
+
+impl<'a> Results<'a> {
+    fn of(store: &'a Store, solution: &Solution<Built>) -> Results<'a> {
+        let held = solution
+            .iter()
+            .filter(|(_, s)| !s.cached)
+            .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
+            .filter(|(_, digests)| !digests.is_empty())
+            .collect();
+        Results { store, held }
+    }
+
+    /// The roots, as [`Store::record`] takes them.
+    fn roots(&self) -> Vec<(&'static str, &str, &[BlobDigest])> {
+        self.held
+            .iter()
+            .map(|(key, digests)| (crate::gc::CACHE_ROOT, key.as_str(), digests.as_slice()))
+            .collect()
+    }
+
+    /// They were recorded (with the image): nothing is left to do when dropped.
+    fn recorded(mut self) {
+        self.held.clear();
+    }
+}
+
+impl Drop for Results<'_> {
+    fn drop(&mut self) {
+        // Best effort, as before: a store that cannot take them now leaves the blobs to a prune.
+        let _ = self.store.set_roots(crate::gc::CACHE_ROOT, &self.held);
+    }
 }

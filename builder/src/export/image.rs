@@ -144,6 +144,21 @@ pub fn record_image(
     names: &[String],
     platform: &Platform,
 ) -> Result<ImageRecord, ExportError> {
+    let (record, records) = image_records(store, image, names, platform)?;
+    store.record(&records, &[])?;
+    Ok(record)
+}
+
+/// [`record_image`] without the recording: writes the config and the manifest into the store
+/// and returns the image's record, and its records under each name the store can list it by (it
+/// holds every layer), for the caller to record with whatever else it records
+/// ([`Store::record`]).
+pub fn image_records(
+    store: &Store,
+    image: &Image,
+    names: &[String],
+    platform: &Platform,
+) -> Result<(ImageRecord, Vec<ImageRecord>), ExportError> {
     store.write_blob(image.config_json(), None)?;
     store.write_blob(image.manifest_json(), None)?;
     let layers = image
@@ -162,16 +177,17 @@ pub fn record_image(
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
+    let mut records = Vec::new();
     for name in names {
         let r = Reference::parse(name).map_err(|e| ExportError::Invalid(e.to_string()))?;
         record.reference = r.to_string();
         // An image the store holds only in part (layers served from a registry cache and pushed
         // as mounts) lives in the registry; the store records only images it holds whole.
         if record.layers.iter().all(|l| store.has_blob(&l.digest)) {
-            store.put_image(&record)?;
+            records.push(record.clone());
         }
     }
-    Ok(record)
+    Ok((record, records))
 }
 
 /// Pushes the recorded image under `tags`; layers from a base image are mounted from the
