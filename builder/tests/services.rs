@@ -34,7 +34,7 @@ async fn busybox(session: &Session, reference: &str) -> BaseImage {
         &Events::new(BuildId::new(), None),
         reference,
         forge_builder::source::PullPolicy::Missing,
-        false,
+        forge_builder::source::BaseFetch::Whole,
     )
     .await
     .expect("busybox pulls from the test registry")

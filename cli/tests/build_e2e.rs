@@ -1179,6 +1179,19 @@ fn failing_run_reports_step_status_and_output_then_the_store_still_builds() {
         printed_digest(&out).is_none(),
         "a failed build printed a digest"
     );
+    // The base the failed build pulled is recorded all the same (a build records what it pulled
+    // with its results at its end, whichever way it ends).
+    let listed = scratch.forge(
+        Who::User(&user),
+        &["images"],
+        &[("FORGE_ROOT", store.to_str().unwrap())],
+    );
+    let listed = text(&listed.stdout);
+    let base_name = m.busybox.split('@').next().unwrap();
+    assert!(
+        listed.lines().any(|l| l.starts_with(base_name)),
+        "the pulled base is not in the store after the failed build:\n{listed}"
+    );
 
     let local = scratch.path("local");
     let good = build(

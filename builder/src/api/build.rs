@@ -10,7 +10,7 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::{Digest as BlobDigest, Store};
+use forge_snapshotter::store::{Digest as BlobDigest, ImageRecord, Store};
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
@@ -28,7 +28,7 @@ use crate::scratch::Scratch;
 use crate::solver::{
     CacheStore, CancellationToken, DiskCache, Event, Solution, SolveFailure, SolveOptions, Solver,
 };
-use crate::source::{self, ContextSnapshot, HttpSource, SnapshotOptions};
+use crate::source::{self, BaseFetch, ContextSnapshot, HttpSource, SnapshotOptions};
 
 /// What a successful build made.
 struct Made {
@@ -234,7 +234,11 @@ impl Session {
         });
         // With a cache to import, base layers are fetched only when a step needs them: a build
         // served whole from the cache downloads none.
-        let lazy = !request.cache.import.is_empty();
+        let fetch = if request.cache.import.is_empty() {
+            BaseFetch::WholeUnrecorded
+        } else {
+            BaseFetch::Lazy
+        };
         let remote = Arc::new(RemoteBlobs::new(self.registry.clone(), events.clone()));
         let (lowered, images) = events
             .phase_result(
@@ -246,11 +250,20 @@ impl Session {
                     &self.registry,
                     events,
                     request.pull,
-                    lazy,
+                    fetch,
                 ),
             )
             .await
             .map_err(|e| lower_error(e, &name, &text))?;
+        // What the pulls brought in is recorded with the build's results and image, in one commit
+        // at the end; on any other way out, on its own.
+        let mut pending = Pending::new(&self.store);
+        pending.images = images
+            .images
+            .values()
+            .filter(|b| b.unrecorded)
+            .map(|b| b.record.clone())
+            .collect();
         for w in &lowered.warnings {
             events.emit(BuildEvent::Warning { message: w.clone() });
         }
@@ -385,13 +398,12 @@ impl Session {
         let solution = match result {
             Ok(s) => s,
             Err(failure) => {
-                protect_results(&self.store, &failure.solved);
+                pending.results(&failure.solved);
                 *solved = failure.solved;
                 return Err(failure.error.into());
             }
         };
-        // Recorded with the image, in one commit; on any other way out, on their own.
-        let results = Results::of(&self.store, &solution);
+        pending.results(&solution);
         *solved = solution.clone();
 
         let output = &graph.outputs[0];
@@ -523,8 +535,7 @@ impl Session {
             }
         }
         let (record, images) = export::image_records(&self.store, &image, &names, &host)?;
-        self.store.record(&images, &results.roots())?;
-        results.recorded();
+        pending.record_with(images)?;
         if pushes {
             export::push_image(
                 &self.store,
@@ -829,50 +840,59 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
     })
 }
 
-/// Keeps the blobs of recorded results from `forge prune` while their cache records exist, for a
-/// failed build's solved vertices too: their records stay.
-fn protect_results(store: &Store, solution: &Solution<Built>) {
-    drop(Results::of(store, solution));
-}
-
-/// What a solve made (each new step's blobs, by cache key), to be kept by roots in the store so
-/// that a prune spares them. A successful build records them with its image
-/// ([`Results::roots`], then [`Results::recorded`]); dropped before that (a failed export, a
-/// cancelled push), they are recorded on their own. Until then the build's store session keeps
-/// a prune off them.
-struct Results<'a> {
+/// What a build has to record in the store's metadata: the base images it pulled (their blobs are
+/// in the store, their records not yet) and its results (each new step's blobs, by cache key, as
+/// roots that keep them from `forge prune` while their cache records exist; a failed build's
+/// solved steps too). A successful build records them with its image in one commit
+/// ([`Pending::record_with`]); dropped before that (a failed step or export, a cancelled push),
+/// they are recorded on their own. Until then the build's store session keeps a prune off them.
+struct Pending<'a> {
     store: &'a Store,
-    held: Vec<(String, Vec<BlobDigest>)>,
+    images: Vec<ImageRecord>,
+    roots: Vec<(String, Vec<BlobDigest>)>,
 }
 
-impl<'a> Results<'a> {
-    fn of(store: &'a Store, solution: &Solution<Built>) -> Results<'a> {
-        let held = solution
+impl<'a> Pending<'a> {
+    fn new(store: &'a Store) -> Pending<'a> {
+        Pending {
+            store,
+            images: Vec::new(),
+            roots: Vec::new(),
+        }
+    }
+
+    /// The steps `solution` ran (not those it found in the cache).
+    fn results(&mut self, solution: &Solution<Built>) {
+        self.roots = solution
             .iter()
             .filter(|(_, s)| !s.cached)
             .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
             .filter(|(_, digests)| !digests.is_empty())
             .collect();
-        Results { store, held }
     }
 
-    /// The roots, as [`Store::record`] takes them.
-    fn roots(&self) -> Vec<(&'static str, &str, &[BlobDigest])> {
-        self.held
-            .iter()
-            .map(|(key, digests)| (crate::gc::CACHE_ROOT, key.as_str(), digests.as_slice()))
-            .collect()
-    }
-
-    /// They were recorded (with the image): nothing is left to do when dropped.
-    fn recorded(mut self) {
-        self.held.clear();
+    /// Records everything pending and `built` (the image under each of its names, recorded last,
+    /// so that it wins over a base of the same name) in one commit.
+    fn record_with(mut self, built: Vec<ImageRecord>) -> Result<(), BuildError> {
+        let mut images = std::mem::take(&mut self.images);
+        images.extend(built);
+        let roots = std::mem::take(&mut self.roots);
+        self.store.record(&images, &root_refs(&roots))?;
+        Ok(())
     }
 }
 
-impl Drop for Results<'_> {
+fn root_refs(roots: &[(String, Vec<BlobDigest>)]) -> Vec<(&'static str, &str, &[BlobDigest])> {
+    roots
+        .iter()
+        .map(|(key, digests)| (crate::gc::CACHE_ROOT, key.as_str(), digests.as_slice()))
+        .collect()
+}
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // Best effort, as before: a store that cannot take them now leaves the blobs to a prune.
-        let _ = self.store.set_roots(crate::gc::CACHE_ROOT, &self.held);
+        // Best effort: a store that cannot take them now leaves the blobs to a prune, and the
+        // next build resolves its bases again.
+        let _ = self.store.record(&self.images, &root_refs(&self.roots));
     }
 }

@@ -25,6 +25,9 @@ pub struct BaseImage {
     pub diff_ids: Vec<Digest>,
     /// The raw config blob.
     pub config_json: Vec<u8>,
+    /// Pulled whole just now and not recorded in the store yet: the caller records `record`
+    /// (see [`pull_base`]'s `defer_record`).
+    pub unrecorded: bool,
 }
 
 impl BaseImage {
@@ -132,6 +135,19 @@ fn env_names(config: &ImageConfig) -> Vec<String> {
         .collect()
 }
 
+/// How much of a base image [`pull_base`] brings into the store, and who records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseFetch {
+    /// Every blob, and the pull records the image.
+    Whole,
+    /// Every blob; the image is left to the caller to record ([`BaseImage::unrecorded`]), with
+    /// whatever else it records, so that no commit of the store's metadata comes between the pull
+    /// and the steps that use it. The caller holds a store session meanwhile.
+    WholeUnrecorded,
+    /// The manifest and the config only; a step that needs the filesystem fetches the layers.
+    Lazy,
+}
+
 /// Finds `reference` as `policy` says: the store's copy, or a pull (and, when the registry cannot
 /// be reached under [`PullPolicy::Missing`], the store's copy with a warning); then reads its config.
 pub async fn pull_base(
@@ -140,7 +156,7 @@ pub async fn pull_base(
     events: &Events,
     reference: &str,
     policy: PullPolicy,
-    lazy: bool,
+    fetch: BaseFetch,
 ) -> Result<BaseImage, BuildError> {
     let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
         reference: reference.to_string(),
@@ -168,13 +184,17 @@ pub async fn pull_base(
         });
         return base_image(store, rec, reference);
     }
-    // Lazy: manifest and config only; a step that needs the filesystem fetches the layers.
-    let pulled = if lazy {
-        registry.resolve(store, &r, &progress).await
-    } else {
-        registry.pull(store, &r, &progress).await
+    let pulled = match fetch {
+        BaseFetch::Whole => registry.pull(store, &r, &progress).await,
+        BaseFetch::WholeUnrecorded => registry.pull_unrecorded(store, &r, &progress).await,
+        BaseFetch::Lazy => registry.resolve(store, &r, &progress).await,
     };
     let record = match pulled {
+        Ok(rec) if fetch == BaseFetch::WholeUnrecorded => {
+            let mut base = base_image(store, rec, reference)?;
+            base.unrecorded = true;
+            return Ok(base);
+        }
         Ok(rec) => rec,
         Err(e) => {
             // A registry that answered with a refusal was reached: its answer stands, so a wrong
@@ -230,12 +250,12 @@ pub(crate) fn base_image(
         record,
         diff_ids,
         config_json,
+        unrecorded: false,
     })
 }
 
 /// Lowers `df`, pulling every base image the lowering asks for (ONBUILD triggers of a base can
-/// name further images, so this repeats until nothing new is asked). `lazy` resolves them without
-/// their layers (see [`RegistryClient::resolve`]).
+/// name further images, so this repeats until nothing new is asked), each as `fetch` says.
 pub async fn lower_with_images(
     df: &Dockerfile,
     opts: &LowerOptions<'_>,
@@ -243,7 +263,7 @@ pub async fn lower_with_images(
     registry: &RegistryClient,
     events: &Events,
     policy: PullPolicy,
-    lazy: bool,
+    fetch: BaseFetch,
 ) -> Result<(Lowered, BaseImages), BuildError> {
     let mut table = BaseImages::default();
     for _ in 0..8 {
@@ -286,7 +306,7 @@ pub async fn lower_with_images(
         let pulls: Vec<_> = wanted
             .iter()
             .cloned()
-            .map(|r| async move { pull_base(store, registry, events, &r, policy, lazy).await })
+            .map(|r| async move { pull_base(store, registry, events, &r, policy, fetch).await })
             .collect();
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {

@@ -9,6 +9,6 @@ pub mod image;
 pub use context::{ContextSnapshot, SnapshotOptions};
 pub use http::HttpSource;
 pub use image::{
-    BaseImage, BaseImages, PullPolicy, lower_with_images, names_no_registry, pull_base,
+    BaseFetch, BaseImage, BaseImages, PullPolicy, lower_with_images, names_no_registry, pull_base,
     stored_env_names,
 };

@@ -588,6 +588,17 @@ fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
     tokio::sync::mpsc::channel(8)
 }
 
+/// What a pull brings into the store, and whether it records the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Every blob, then the image's record.
+    Record,
+    /// Every blob; the caller records the image.
+    Unrecorded,
+    /// The manifest and the config only (the store holds part of the image: no record).
+    ManifestAndConfig,
+}
+
 impl RegistryClient {
     /// Pulls `reference` into `store` and records it there; returns the record. `progress` is
     /// called from the pulling task for every event.
@@ -597,7 +608,23 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
-        self.pull_with(store, reference, progress, true).await
+        self.pull_with(store, reference, progress, Fetch::Record)
+            .await
+    }
+
+    /// [`pull`](Self::pull) without the recording: every blob is brought into `store`, and the
+    /// record is returned for the caller to write (with [`Store::record`], perhaps with whatever
+    /// else it records), so that the metadata commit need not come between a pull and the work
+    /// that uses it. The caller holds a [`Store::session`] until then, so that no prune removes
+    /// the blobs first.
+    pub async fn pull_unrecorded(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<ImageRecord, PullError> {
+        self.pull_with(store, reference, progress, Fetch::Unrecorded)
+            .await
     }
 
     /// Resolves `reference` as [`pull`](Self::pull) does and brings its manifest and config into
@@ -610,7 +637,8 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
-        self.pull_with(store, reference, progress, false).await
+        self.pull_with(store, reference, progress, Fetch::ManifestAndConfig)
+            .await
     }
 
     async fn pull_with(
@@ -618,10 +646,10 @@ impl RegistryClient {
         store: &Store,
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
-        layers_too: bool,
+        fetch: Fetch,
     ) -> Result<ImageRecord, PullError> {
         self.through_mirrors(reference, |from| async move {
-            self.pull_from(store, &from, reference, progress, layers_too)
+            self.pull_from(store, &from, reference, progress, fetch)
                 .await
         })
         .await
@@ -634,8 +662,9 @@ impl RegistryClient {
         from: &Reference,
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
-        layers_too: bool,
+        fetch: Fetch,
     ) -> Result<ImageRecord, PullError> {
+        let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
         let reference = from;
         let (ctx, auth) = self.context(reference, progress).await?;
@@ -800,7 +829,7 @@ impl RegistryClient {
             platform,
             recorded_unix: crate::store::unix_now(),
         };
-        if layers_too {
+        if fetch == Fetch::Record {
             let store = store.clone();
             let record = record.clone();
             blocking(move || store.put_image(&record)).await?;

@@ -262,7 +262,7 @@ impl Runner {
                     &Events::discard(),
                     &reference,
                     crate::source::PullPolicy::Missing,
-                    false,
+                    crate::source::BaseFetch::Whole,
                 )
                 .await
                 .map_err(|e| crate::api::render_chain(&e))?;
