@@ -359,6 +359,56 @@ async fn what_a_build_solved_is_kept_whether_its_export_fails_or_not() {
     assert!(ok.store().check().unwrap().is_clean());
 }
 
+/// A push that fails (nothing listens at the registry's port) fails the build, and leaves the
+/// image recorded in the store under its name all the same, with its steps' roots: `forge push`
+/// can send it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_leaves_the_image_recorded() {
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n",
+        &[("f", "pushed later\n", 0o644)],
+    );
+    // A loopback port nothing listens at: one the system handed out, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = format!("127.0.0.1:{port}/forge-test/later:1");
+    let session = session(&tmp.path().join("store"));
+    let mut request = BuildRequest::new(&ctx);
+    request.tags = vec![name.clone()];
+    request.exports = vec![forge_builder::api::Export::Image {
+        push: true,
+        oci_mediatypes: true,
+    }];
+    let (result, _) = build(&session, request).await;
+    let failure = result.expect_err("nothing listens at the registry");
+    assert!(
+        failure.error.to_string().contains(&port.to_string()),
+        "{}",
+        failure.error
+    );
+    let images = session.store().list_images().unwrap();
+    assert_eq!(
+        images
+            .iter()
+            .map(|i| i.reference.as_str())
+            .collect::<Vec<_>>(),
+        [name.as_str()]
+    );
+    for layer in &images[0].layers {
+        assert!(session.store().has_blob(&layer.digest));
+    }
+    assert_eq!(session.store().roots("build-cache").unwrap().len(), 2);
+    assert!(session.store().check().unwrap().is_clean());
+}
+
 /// The compression of each blob the store holds, by its magic bytes.
 fn stored_codecs(session: &Session) -> BTreeMap<String, &'static str> {
     let probe: forge_snapshotter::store::Digest =

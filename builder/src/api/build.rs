@@ -535,18 +535,27 @@ impl Session {
             }
         }
         let (record, images) = export::image_records(&self.store, &image, &names, &host)?;
-        pending.record_with(images)?;
-        if pushes {
-            export::push_image(
-                &self.store,
-                &self.registry,
-                events,
-                &record,
-                &layers,
-                &names,
-            )
-            .await?;
-        }
+        // The metadata commit (it syncs the file several times) goes on while the image is
+        // pushed: the push reads only blobs, which are in the store already. Both end before
+        // either's error is returned, so a failed push leaves the image recorded.
+        let recording = tokio::task::spawn_blocking(move || pending.record_with(images));
+        let pushing = async {
+            if pushes {
+                export::push_image(
+                    &self.store,
+                    &self.registry,
+                    events,
+                    &record,
+                    &layers,
+                    &names,
+                )
+                .await?;
+            }
+            Ok::<(), BuildError>(())
+        };
+        let (recorded, pushed) = futures::future::join(recording, pushing).await;
+        recorded.map_err(|e| BuildError::Invalid(format!("recording the image: {e}")))??;
+        pushed?;
         let entries = cache_io::entries(&graph, &solution);
         let cache_mounts = super::cache::cache_mount_ids(&graph);
         for target in &request.cache.export {
@@ -846,16 +855,16 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
 /// solved steps too). A successful build records them with its image in one commit
 /// ([`Pending::record_with`]); dropped before that (a failed step or export, a cancelled push),
 /// they are recorded on their own. Until then the build's store session keeps a prune off them.
-struct Pending<'a> {
-    store: &'a Store,
+struct Pending {
+    store: Store,
     images: Vec<ImageRecord>,
     roots: Vec<(String, Vec<BlobDigest>)>,
 }
 
-impl<'a> Pending<'a> {
-    fn new(store: &'a Store) -> Pending<'a> {
+impl Pending {
+    fn new(store: &Store) -> Pending {
         Pending {
-            store,
+            store: store.clone(),
             images: Vec::new(),
             roots: Vec::new(),
         }
@@ -889,7 +898,7 @@ fn root_refs(roots: &[(String, Vec<BlobDigest>)]) -> Vec<(&'static str, &str, &[
         .collect()
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
         // Best effort: a store that cannot take them now leaves the blobs to a prune, and the
         // next build resolves its bases again.
