@@ -745,11 +745,12 @@ impl RegistryClient {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        {
+        // The manifest goes into the store (a synced write) while its blobs download.
+        let manifest_written = {
             let (store, bytes) = (store.clone(), manifest_bytes.clone());
             let digest = manifest_desc.digest.clone();
-            blocking(move || store.write_blob(&bytes, Some(&digest))).await?;
-        }
+            blocking(move || store.write_blob(&bytes, Some(&digest)))
+        };
         (ctx.progress)(PullEvent::Resolved {
             reference: reference.to_string(),
             manifest: manifest_desc.digest.clone(),
@@ -780,13 +781,15 @@ impl RegistryClient {
             }
             Ok::<(), PullError>(())
         };
-        // Both run to their end before an error of either is returned: a download dropped half
-        // way could leave its writer's temporary file behind.
-        let (config_fetched, layers_fetched) = futures::future::join(
+        // All run to their end before an error of any is returned: a download dropped half way
+        // could leave its writer's temporary file behind.
+        let (config_fetched, layers_fetched, manifest_written) = futures::future::join3(
             ctx.fetch_blob(store, &config, BlobKind::Config, "config"),
             all_layers,
+            manifest_written,
         )
         .await;
+        manifest_written?;
         layers_fetched?;
         config_fetched?;
         let config_bytes = {
