@@ -295,6 +295,16 @@ async fn a_failed_build_reports_what_it_solved_and_dead_scratch_is_swept() {
     assert!(leftovers.is_empty(), "scratch space left: {leftovers:?}");
 }
 
+/// A context under `tmp` whose Dockerfile makes two layers, each a COPY: busybox, then a file `f`
+/// holding `text`.
+fn two_copies(tmp: &Path, text: &str) -> PathBuf {
+    context(
+        &tmp.join("ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n",
+        &[("f", text, 0o644)],
+    )
+}
+
 /// A build's new steps are kept by roots (so a prune spares their blobs) whether the build ends
 /// well, when they are recorded in the same commit as its image, or fails after its solve (here
 /// its OCI tar cannot be written), when they are recorded on their own.
@@ -304,11 +314,7 @@ async fn what_a_build_solved_is_kept_whether_its_export_fails_or_not() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = context(
-        &tmp.path().join("ctx"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n",
-        &[("f", "kept\n", 0o644)],
-    );
+    let ctx = two_copies(tmp.path(), "kept\n");
     // Each blob the steps' roots hold, with how many of them hold it.
     let held = |session: &Session| -> BTreeMap<forge_snapshotter::store::Digest, u64> {
         let mut held = BTreeMap::new();
@@ -368,11 +374,7 @@ async fn a_failed_push_leaves_the_image_recorded() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = context(
-        &tmp.path().join("ctx"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY f /f\n",
-        &[("f", "pushed later\n", 0o644)],
-    );
+    let ctx = two_copies(tmp.path(), "pushed later\n");
     // A loopback port nothing listens at: one the system handed out, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -10,10 +10,11 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::{Digest as BlobDigest, ImageRecord, Store};
+use forge_snapshotter::store::Store;
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
+use super::pending::Pending;
 use super::request::{BuildContext, BuildRequest, DockerfileSource, Export};
 use super::session::{Session, close_runner};
 use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
@@ -847,61 +848,4 @@ fn report_of(ev: &Event) -> Option<VertexReport> {
         },
         Event::Started { .. } | Event::Cancelled { .. } => return None,
     })
-}
-
-/// What a build has to record in the store's metadata: the base images it pulled (their blobs are
-/// in the store, their records not yet) and its results (each new step's blobs, by cache key, as
-/// roots that keep them from `forge prune` while their cache records exist; a failed build's
-/// solved steps too). A successful build records them with its image in one commit
-/// ([`Pending::record_with`]); dropped before that (a failed step or export, a cancelled push),
-/// they are recorded on their own. Until then the build's store session keeps a prune off them.
-struct Pending {
-    store: Store,
-    images: Vec<ImageRecord>,
-    roots: Vec<(String, Vec<BlobDigest>)>,
-}
-
-impl Pending {
-    fn new(store: &Store) -> Pending {
-        Pending {
-            store: store.clone(),
-            images: Vec::new(),
-            roots: Vec::new(),
-        }
-    }
-
-    /// The steps `solution` ran (not those it found in the cache).
-    fn results(&mut self, solution: &Solution<Built>) {
-        self.roots = solution
-            .iter()
-            .filter(|(_, s)| !s.cached)
-            .map(|(_, s)| (s.key.to_hex(), s.output.blobs()))
-            .filter(|(_, digests)| !digests.is_empty())
-            .collect();
-    }
-
-    /// Records everything pending and `built` (the image under each of its names, recorded last,
-    /// so that it wins over a base of the same name) in one commit.
-    fn record_with(mut self, built: Vec<ImageRecord>) -> Result<(), BuildError> {
-        let mut images = std::mem::take(&mut self.images);
-        images.extend(built);
-        let roots = std::mem::take(&mut self.roots);
-        self.store.record(&images, &root_refs(&roots))?;
-        Ok(())
-    }
-}
-
-fn root_refs(roots: &[(String, Vec<BlobDigest>)]) -> Vec<(&'static str, &str, &[BlobDigest])> {
-    roots
-        .iter()
-        .map(|(key, digests)| (crate::gc::CACHE_ROOT, key.as_str(), digests.as_slice()))
-        .collect()
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        // Best effort: a store that cannot take them now leaves the blobs to a prune, and the
-        // next build resolves its bases again.
-        let _ = self.store.record(&self.images, &root_refs(&self.roots));
-    }
 }

@@ -11,6 +11,7 @@ mod build;
 mod cache;
 mod git_context;
 mod outcome;
+mod pending;
 mod prepare;
 mod request;
 mod service;
