@@ -258,13 +258,7 @@ impl Session {
             .map_err(|e| lower_error(e, &name, &text))?;
         // What the pulls brought in is recorded with the build's results and image, in one commit
         // at the end; on any other way out, on its own.
-        let mut pending = Pending::new(&self.store);
-        pending.images = images
-            .images
-            .values()
-            .filter(|b| b.unrecorded)
-            .map(|b| b.record.clone())
-            .collect();
+        let mut pending = Pending::new(&self.store, &images);
         for w in &lowered.warnings {
             events.emit(BuildEvent::Warning { message: w.clone() });
         }

@@ -6,6 +6,7 @@ use forge_snapshotter::store::{Digest as BlobDigest, ImageRecord, Store};
 use super::BuildError;
 use crate::ops::Built;
 use crate::solver::Solution;
+use crate::source::BaseImages;
 
 /// What a build has to record in the store's metadata: the base images it pulled (their blobs are
 /// in the store, their records not yet) and its results (each new step's blobs, by cache key, as
@@ -15,15 +16,21 @@ use crate::solver::Solution;
 /// they are recorded on their own. Until then the build's store session keeps a prune off them.
 pub(super) struct Pending {
     store: Store,
-    pub(super) images: Vec<ImageRecord>,
+    images: Vec<ImageRecord>,
     roots: Vec<(String, Vec<BlobDigest>)>,
 }
 
 impl Pending {
-    pub(super) fn new(store: &Store) -> Pending {
+    /// What is pending once the bases are in: the records of those pulled just now.
+    pub(super) fn new(store: &Store, bases: &BaseImages) -> Pending {
         Pending {
             store: store.clone(),
-            images: Vec::new(),
+            images: bases
+                .images
+                .values()
+                .filter(|b| b.unrecorded)
+                .map(|b| b.record.clone())
+                .collect(),
             roots: Vec::new(),
         }
     }

@@ -26,7 +26,7 @@ pub struct BaseImage {
     /// The raw config blob.
     pub config_json: Vec<u8>,
     /// Pulled whole just now and not recorded in the store yet: the caller records `record`
-    /// (see [`pull_base`]'s `defer_record`).
+    /// ([`BaseFetch::WholeUnrecorded`]).
     pub unrecorded: bool,
 }
 
@@ -189,13 +189,13 @@ pub async fn pull_base(
         BaseFetch::WholeUnrecorded => registry.pull_unrecorded(store, &r, &progress).await,
         BaseFetch::Lazy => registry.resolve(store, &r, &progress).await,
     };
+    // Only a pull leaves a record to the caller; the store's copy below is recorded already.
+    let mut unrecorded = false;
     let record = match pulled {
-        Ok(rec) if fetch == BaseFetch::WholeUnrecorded => {
-            let mut base = base_image(store, rec, reference)?;
-            base.unrecorded = true;
-            return Ok(base);
+        Ok(rec) => {
+            unrecorded = fetch == BaseFetch::WholeUnrecorded;
+            rec
         }
-        Ok(rec) => rec,
         Err(e) => {
             // A registry that answered with a refusal was reached: its answer stands, so a wrong
             // login is reported rather than hidden behind a stale copy. `--pull` asked for the
@@ -223,7 +223,10 @@ pub async fn pull_base(
             }
         }
     };
-    base_image(store, record, reference)
+    Ok(BaseImage {
+        unrecorded,
+        ..base_image(store, record, reference)?
+    })
 }
 
 pub(crate) fn base_image(

@@ -247,8 +247,8 @@ impl Store {
             store.clean_ingest()?;
         }
         // The metadata file is made by the first write, not here: a store that is only read (or
-        // a fresh one, whose first write comes after a pull) never pays for a commit of empty
-        // tables. Reads of a store without it find nothing.
+        // a fresh one, whose first write is a build's one commit at its end) never pays for a
+        // commit of empty tables. Reads of a store without it find nothing.
         store.restore_reserve();
         Ok(store)
     }
