@@ -26,6 +26,7 @@ pub(crate) fn copy(
     opts: &CopyOptions,
     owners: Owners,
     visible: Option<&Visible>,
+    upper: Option<&Path>,
 ) -> Result<(), FileOpError> {
     if !opts.create_dest_path {
         let parent = Path::new(&join_root(dest))
@@ -86,6 +87,7 @@ pub(crate) fn copy(
     std::thread::scope(|scope| {
         let mut copier = Copier {
             src_root: src_root.to_path_buf(),
+            direct: upper.map(|u| (dest_root.to_path_buf(), u.to_path_buf())),
             visible,
             owner: owners.plain,
             mode,
@@ -202,6 +204,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, FileOpError> {
 
 struct Copier<'v, 's, 'e> {
     src_root: PathBuf,
+    /// The destination's mount root and its overlay's upper directory, where the workers create
+    /// their files (see [`super::apply_with_upper`]).
+    direct: Option<(PathBuf, PathBuf)>,
     visible: Option<&'v Visible>,
     owner: Option<Ids>,
     mode: Option<ModeSpec>,
@@ -359,7 +364,7 @@ impl Copier<'_, '_, '_> {
                     let (ids, mode) = self.final_meta(&md);
                     let job = FileJob {
                         src: src.to_path_buf(),
-                        target: target.to_path_buf(),
+                        target: self.worker_target(target),
                         md: md.clone(),
                         ids,
                         mode,
@@ -421,6 +426,18 @@ impl Copier<'_, '_, '_> {
             return Ok(());
         }
         meta::set_times(target, md)
+    }
+
+    /// Where a worker creates the file meant for `target` (a new path in a directory this copy
+    /// made): in the overlay's upper directory when there is one, else at `target` itself.
+    fn worker_target(&self, target: &Path) -> PathBuf {
+        match &self.direct {
+            Some((root, upper)) => match target.strip_prefix(root) {
+                Ok(rel) => upper.join(rel),
+                Err(_) => target.to_path_buf(),
+            },
+            None => target.to_path_buf(),
+        }
     }
 
     /// The owner and mode an entry copied from `md` gets.

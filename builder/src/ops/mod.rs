@@ -601,8 +601,9 @@ impl BuildExecutor {
             }
             let actions = op.actions.clone();
             let root = dest.path().to_path_buf();
+            let upper = dest.upper().map(Path::to_path_buf);
             let applied = blocking(move || {
-                fileop::apply(&actions, &root, &sources)?;
+                fileop::apply_with_upper(&actions, &root, upper.as_deref(), &sources)?;
                 Ok(())
             })
             .await;

@@ -12,6 +12,8 @@ pub struct Mounted {
     path: PathBuf,
     mounted: Option<PathBuf>,
     remove_dir: bool,
+    /// A kernel overlay's upper directory, when writable (see [`Mounted::upper`]).
+    upper: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -20,6 +22,7 @@ impl Mounted {
             path,
             mounted: None,
             remove_dir: false,
+            upper: None,
         }
     }
 
@@ -28,11 +31,21 @@ impl Mounted {
             path,
             mounted: None,
             remove_dir: true,
+            upper: None,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The upper directory of a writable kernel overlay: where the overlay itself puts whatever
+    /// is written through it. A directory created through the mount that no lower layer has is
+    /// the same directory there, so a file inside it can be made there directly, without the
+    /// overlay's lookups in every layer (see `fileop::apply_with_upper`). Not for fuse-overlayfs,
+    /// which keeps its own view of the upper directory in memory.
+    pub fn upper(&self) -> Option<&Path> {
+        self.upper.as_deref()
     }
 
     /// Applies a snapshotter's mounts at `target`. A single bind needs no mount at all: its source
@@ -68,10 +81,15 @@ impl Mounted {
                         reason: e.desc().to_string(),
                     }
                 })?;
+                let upper = (!m.is_readonly())
+                    .then(|| m.options.iter().find_map(|o| o.strip_prefix("upperdir=")))
+                    .flatten()
+                    .map(PathBuf::from);
                 Ok(Mounted {
                     path: target.clone(),
                     mounted: Some(target),
                     remove_dir: true,
+                    upper,
                 })
             }
             [m] if m.kind == "fuse-overlayfs" => {
@@ -94,6 +112,7 @@ impl Mounted {
                     path: target.clone(),
                     mounted: Some(target),
                     remove_dir: true,
+                    upper: None,
                 })
             }
             other => Err(ExecError::Mount {
