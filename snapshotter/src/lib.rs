@@ -16,5 +16,6 @@ pub mod snapshot;
 pub mod store;
 pub mod unpack;
 pub mod userns;
+pub mod writeback;
 
 pub use mount::Mount;

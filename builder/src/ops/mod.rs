@@ -20,6 +20,7 @@ use forge_snapshotter::snapshot::{
     AnySnapshotter, SnapshotError, Snapshotter, unpack_layer_snapshot,
 };
 use forge_snapshotter::store::{Digest as BlobDigest, Store, StoreError};
+use forge_snapshotter::writeback::Writeback;
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -937,7 +938,8 @@ fn diff_to_blob(
 ) -> Result<Layer, ExecError> {
     let tmp = store.temp_path("layer")?;
     let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    let diffed = sn.diff(key, BufWriter::with_capacity(256 * 1024, file), options);
+    let sink = BufWriter::with_capacity(256 * 1024, Writeback::new(file, 0));
+    let diffed = sn.diff(key, sink, options);
     let (desc, sink, _stats) = match diffed {
         Ok(d) => d,
         Err(e) => {
@@ -951,6 +953,7 @@ fn diff_to_blob(
             path: tmp.to_path_buf(),
             source: e.into_error(),
         })?
+        .into_inner()
         .sync_all()
         .map_err(io_err("syncing layer", &tmp))?;
     let blob = blob_digest(&desc.digest)?;

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest as _, Sha256};
 
 use crate::lock::{FileLock, LockMode};
+use crate::writeback::Writeback;
 
 pub use digest::{Digest, DigestError};
 pub use meta::{
@@ -380,7 +381,10 @@ impl Store {
             .open(&tmp)
             .map_err(io_err("create temp file", &tmp))?;
         Ok(Ingest::Write(BlobWriter {
-            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            file: Some(io::BufWriter::with_capacity(
+                256 * 1024,
+                Writeback::new(file, 0),
+            )),
             tmp,
             path,
             dir: self.blobs.clone(),
@@ -603,7 +607,7 @@ pub(crate) fn touch(path: &Path) {
 /// without committing deletes the temp file.
 #[derive(Debug)]
 pub struct BlobWriter {
-    file: Option<io::BufWriter<File>>,
+    file: Option<io::BufWriter<Writeback>>,
     tmp: PathBuf,
     path: PathBuf,
     dir: PathBuf,
@@ -671,7 +675,8 @@ impl BlobWriter {
             .take()
             .expect("writer used after commit")
             .into_inner()
-            .map_err(|e| io_err("flush temp file", &self.tmp)(e.into_error()))?;
+            .map_err(|e| io_err("flush temp file", &self.tmp)(e.into_error()))?
+            .into_inner();
         file.sync_all()
             .map_err(io_err("fsync temp file", &self.tmp))?;
         drop(file);
