@@ -224,6 +224,33 @@ fn pattern_table() {
 }
 
 #[test]
+fn long_paths_match_like_short_ones() {
+    // Paths up to 256 bytes are matched from a buffer on the stack, longer ones from the heap:
+    // the answer must not depend on which.
+    let ignore = Dockerignore::parse("**/*.log\n!keep/**/k?ep.log\nsrc/[a-c]*/x\n").unwrap();
+    for depth in [1, 20, 40, 80] {
+        let dirs = "dir/".repeat(depth);
+        let cases = [
+            (format!("{dirs}app.log"), true),
+            (format!("{dirs}app.txt"), false),
+            (format!("keep/{dirs}keep.log"), false),
+            (format!("keep/{dirs}kept.log"), true),
+            (format!("src/b{}/x", "é".repeat(depth * 2)), true),
+            (format!("src/d{}/x", "é".repeat(depth * 2)), false),
+        ];
+        for (path, want) in &cases {
+            assert_eq!(ignore.matches(path), *want, "{} bytes: {path}", path.len());
+            // An entry without children is answered without the state a directory hands down.
+            assert_eq!(
+                ignore.excluded_with_parent(path, None),
+                ignore.match_with_parent(path, None).0,
+                "{path}"
+            );
+        }
+    }
+}
+
+#[test]
 fn malformed_patterns_are_errors() {
     for bad in [
         "[", "[^", "[^bc", "a[", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "\\", "foo\\", "[z-a]",

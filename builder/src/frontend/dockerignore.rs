@@ -230,9 +230,25 @@ impl Dockerignore {
         rel_path: &str,
         parent: Option<&MatchState>,
     ) -> (bool, MatchState) {
+        let mut state = vec![false; self.patterns.len()];
+        let matched = self.match_step(rel_path, parent, Some(&mut state));
+        (matched, MatchState(state))
+    }
+
+    /// [`Dockerignore::match_with_parent`] for an entry that has no children (not a directory):
+    /// the answer alone, without the state a child would need.
+    pub fn excluded_with_parent(&self, rel_path: &str, parent: Option<&MatchState>) -> bool {
+        self.match_step(rel_path, parent, None)
+    }
+
+    fn match_step(
+        &self,
+        rel_path: &str,
+        parent: Option<&MatchState>,
+        mut state: Option<&mut Vec<bool>>,
+    ) -> bool {
         let parent = parent.filter(|p| p.0.len() == self.patterns.len());
         let mut matched = false;
-        let mut state = vec![false; self.patterns.len()];
         for (i, p) in self.patterns.iter().enumerate() {
             let mut m = parent.is_some_and(|s| s.0[i]);
             if !m {
@@ -245,12 +261,14 @@ impl Dockerignore {
                     m = parent_dirs(rel_path).any(|dir| p.matches(dir));
                 }
             }
-            state[i] = m;
+            if let Some(state) = state.as_deref_mut() {
+                state[i] = m;
+            }
             if m {
                 matched = !p.exclusion;
             }
         }
-        (matched, MatchState(state))
+        matched
     }
 
     /// Whether a `!` pattern could re-include something strictly below `dir`. A walker that finds
@@ -394,8 +412,21 @@ impl Pattern {
                     || suffix.strip_prefix('/').is_some_and(|s| path == s)
             }
             Kind::Regex(nodes) => {
-                let text: Vec<char> = path.chars().collect();
-                match_seq(nodes, &text, 0, &mut |end| end == text.len())
+                // Most paths fit on the stack: matching every entry of a context allocates nothing.
+                let mut stack = ['\0'; 256];
+                let heap: Vec<char>;
+                let text: &[char] = if path.len() <= stack.len() {
+                    let mut n = 0;
+                    for c in path.chars() {
+                        stack[n] = c;
+                        n += 1;
+                    }
+                    &stack[..n]
+                } else {
+                    heap = path.chars().collect();
+                    &heap
+                };
+                match_seq(nodes, text, 0, &mut |end| end == text.len())
             }
         }
     }

@@ -135,7 +135,8 @@ pub struct SnapshotOptions<'a> {
     pub ignore: Option<&'a Dockerignore>,
     /// Where the content-hash memo is kept (none: no memo, every file is read).
     pub state_dir: Option<&'a Path>,
-    /// Worker threads for walking and hashing; 0 means one per available core.
+    /// Worker threads for walking and hashing; 0 means one per available core for hashing, and
+    /// for walking too above two cores (one walker otherwise).
     pub threads: usize,
 }
 

@@ -40,9 +40,16 @@ pub(super) fn take(
 ) -> Result<ContextSnapshot, ContextError> {
     // Taken before any stat, so a file written during the walk is never older than the memo's time.
     let taken_at = now_ns();
-    let threads = match options.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
+    let (threads, walk_threads) = match options.threads {
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // Stating is cheap next to handing directories between threads: on two cores one
+            // walker finishes sooner than two (15.5 vs 17.0 ms and 17 vs 18-27 ms of CPU on the
+            // no-op 10,000-file context), and the memo loads beside it. Hashing, which reads
+            // files, still gets every core.
+            (cores, if cores <= 2 { 1 } else { cores })
+        }
+        n => (n, n),
     };
     let empty = Dockerignore::default();
     let ignore = options.ignore.unwrap_or(&empty);
@@ -53,7 +60,7 @@ pub(super) fn take(
             Some(p) => Memo::load(p),
             None => (Memo::default(), None),
         });
-        let walked = walk(root, ignore, threads);
+        let walked = walk(root, ignore, walk_threads);
         let memo = match memo.join() {
             Ok(m) => m,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -64,22 +71,24 @@ pub(super) fn take(
     found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
 
     // fsutil sends an excluded directory only when something below it is sent.
-    let mut needed: HashSet<&str> = HashSet::new();
-    for f in found.iter().filter(|f| !f.excluded_dir) {
-        let p = f.entry.path.as_str();
-        for (i, _) in p.match_indices('/') {
-            needed.insert(&p[..i]);
+    if found.iter().any(|f| f.excluded_dir) {
+        let mut needed: HashSet<&str> = HashSet::new();
+        for f in found.iter().filter(|f| !f.excluded_dir) {
+            let p = f.entry.path.as_str();
+            for (i, _) in p.match_indices('/') {
+                needed.insert(&p[..i]);
+            }
         }
+        let keep: Vec<bool> = found
+            .iter()
+            .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_str()))
+            .collect();
+        found = found
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(f, k)| k.then_some(f))
+            .collect();
     }
-    let keep: Vec<bool> = found
-        .iter()
-        .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_str()))
-        .collect();
-    let mut found: Vec<Found> = found
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(f, k)| k.then_some(f))
-        .collect();
 
     let mut stats = SnapshotStats {
         memo_warning,
@@ -232,14 +241,18 @@ fn read_dir(
         } else {
             format!("{rel}/{name}")
         };
-        let (excluded, state) = if ignore.is_empty() {
-            (false, MatchState::default())
-        } else {
-            ignore.match_with_parent(&path, parent)
-        };
         // DirEntry::metadata is an lstat: symlinks are described, not followed.
         let meta = entry.metadata().map_err(walk_err(&entry.path()))?;
         let is_dir = meta.is_dir();
+        // Only a directory hands its match state down.
+        let (excluded, state) = if ignore.is_empty() {
+            (false, None)
+        } else if is_dir {
+            let (excluded, state) = ignore.match_with_parent(&path, parent);
+            (excluded, Some(state))
+        } else {
+            (ignore.excluded_with_parent(&path, parent), None)
+        };
         if excluded && !(is_dir && ignore.may_match_below(&path)) {
             continue;
         }
@@ -254,7 +267,7 @@ fn read_dir(
             None
         };
         if is_dir {
-            subdirs.push((path.clone(), (!ignore.is_empty()).then_some(state)));
+            subdirs.push((path.clone(), state));
         }
         out.push(Found {
             key: key_of(&meta),
