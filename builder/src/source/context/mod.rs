@@ -6,7 +6,6 @@ mod memo;
 pub mod pattern;
 mod walk;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::frontend::dockerignore::Dockerignore;
@@ -202,12 +201,12 @@ impl ContextSnapshot {
     /// symlink is followed (within the context) and its target selected, a dangling one selects the
     /// link itself. Symlinks below a selected directory are kept as links.
     pub fn select<S: AsRef<str>>(&self, sources: &[S]) -> Result<Vec<&Entry>, ContextError> {
-        let mut picked = BTreeSet::new();
+        let mut picked = Picked::new(self.entries.len());
         for source in sources {
             let raw = source.as_ref();
             let cleaned = scope(raw);
             if cleaned.is_empty() {
-                picked.extend(0..self.entries.len());
+                picked.all();
                 continue;
             }
             if pattern::has_wildcards(&cleaned) {
@@ -221,7 +220,7 @@ impl ContextSnapshot {
                 continue;
             }
             match self.resolve(&cleaned) {
-                Some(Resolved::Root) => picked.extend(0..self.entries.len()),
+                Some(Resolved::Root) => picked.all(),
                 Some(Resolved::Entry(i)) => self.pick_subtree(i, &mut picked),
                 None => match self.index_of(&cleaned) {
                     // A dangling link: what is copied is the link itself.
@@ -234,7 +233,7 @@ impl ContextSnapshot {
                 },
             }
         }
-        Ok(picked.into_iter().map(|i| &self.entries[i]).collect())
+        Ok(picked.indices().map(|i| &self.entries[i]).collect())
     }
 
     /// The cache-key digest of what COPY/ADD `sources` read (see [`ContextSnapshot::select`]).
@@ -266,12 +265,12 @@ impl ContextSnapshot {
         ))
     }
 
-    fn pick_followed(&self, i: usize, picked: &mut BTreeSet<usize>) {
+    fn pick_followed(&self, i: usize, picked: &mut Picked) {
         if self.entries[i].kind == EntryKind::Symlink
             && let Some(r) = self.resolve(&self.entries[i].path)
         {
             match r {
-                Resolved::Root => picked.extend(0..self.entries.len()),
+                Resolved::Root => picked.all(),
                 Resolved::Entry(j) => self.pick_subtree(j, picked),
             }
             return;
@@ -279,8 +278,8 @@ impl ContextSnapshot {
         self.pick_subtree(i, picked);
     }
 
-    fn pick_subtree(&self, i: usize, picked: &mut BTreeSet<usize>) {
-        picked.insert(i);
+    fn pick_subtree(&self, i: usize, picked: &mut Picked) {
+        picked.mark(i);
         if self.entries[i].kind != EntryKind::Dir {
             return;
         }
@@ -289,9 +288,12 @@ impl ContextSnapshot {
         let start = self
             .entries
             .partition_point(|e| e.path.as_str() < prefix.as_str());
-        picked.extend(
-            (start..self.entries.len()).take_while(|&j| self.entries[j].path.starts_with(&prefix)),
-        );
+        let end = start
+            + self.entries[start..]
+                .iter()
+                .take_while(|e| e.path.starts_with(&prefix))
+                .count();
+        picked.mark_range(start..end);
     }
 
     /// Follows symlinks in every component of `path`, never leaving the context root (a `..` at the
@@ -350,31 +352,69 @@ fn scope(source: &str) -> String {
     cleaned.trim_start_matches('/').to_string()
 }
 
+/// Which entries a selection picked, in the entries' (sorted) order: a flag per entry, so that
+/// picking the whole context costs one pass, not a tree insertion per entry.
+struct Picked(Vec<bool>);
+
+impl Picked {
+    fn new(len: usize) -> Picked {
+        Picked(vec![false; len])
+    }
+
+    fn mark(&mut self, i: usize) {
+        self.0[i] = true;
+    }
+
+    fn mark_range(&mut self, range: std::ops::Range<usize>) {
+        self.0[range].fill(true);
+    }
+
+    fn all(&mut self) {
+        self.0.fill(true);
+    }
+
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.then_some(i))
+    }
+}
+
 fn digest_entries<'a>(
     domain: &[u8],
     entries: impl ExactSizeIterator<Item = &'a Entry>,
 ) -> blake3::Hash {
-    fn lp(h: &mut blake3::Hasher, bytes: &[u8]) {
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+    fn lp(b: &mut Vec<u8>, bytes: &[u8]) {
+        b.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        b.extend_from_slice(bytes);
     }
+    // The encoding is gathered and hashed in large pieces: blake3 pays per call, and an entry is
+    // ten small fields. The bytes, and so the digest, are those of hashing field by field.
+    const PIECE: usize = 64 * 1024;
     let mut h = blake3::Hasher::new();
-    lp(&mut h, domain);
-    h.update(&(entries.len() as u64).to_le_bytes());
+    let mut b = Vec::with_capacity(PIECE + 4096);
+    lp(&mut b, domain);
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for e in entries {
-        lp(&mut h, e.path.as_bytes());
-        h.update(&[e.kind.code()]);
-        h.update(&e.mode.to_le_bytes());
-        h.update(&e.uid.to_le_bytes());
-        h.update(&e.gid.to_le_bytes());
+        lp(&mut b, e.path.as_bytes());
+        b.push(e.kind.code());
+        b.extend_from_slice(&e.mode.to_le_bytes());
+        b.extend_from_slice(&e.uid.to_le_bytes());
+        b.extend_from_slice(&e.gid.to_le_bytes());
         lp(
-            &mut h,
+            &mut b,
             e.link_target
                 .as_ref()
                 .map_or(&[][..], |t| t.as_os_str().as_encoded_bytes()),
         );
-        h.update(&e.rdev.to_le_bytes());
-        h.update(e.content.as_ref().map_or(&[0u8; 32], |c| c.as_bytes()));
+        b.extend_from_slice(&e.rdev.to_le_bytes());
+        b.extend_from_slice(e.content.as_ref().map_or(&[0u8; 32], |c| c.as_bytes()));
+        if b.len() >= PIECE {
+            h.update(&b);
+            b.clear();
+        }
     }
+    h.update(&b);
     h.finalize()
 }
