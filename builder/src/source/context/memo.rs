@@ -118,8 +118,11 @@ impl Memo {
         Some(blake3::Hash::from_bytes(*hash))
     }
 
-    /// Writes a memo atomically: a temporary file in the same directory, fsynced, renamed over the
-    /// old one, then the directory fsynced. Entries the next run could not trust are left out.
+    /// Writes a memo atomically: a temporary file in the same directory renamed over the old one.
+    /// Entries the next run could not trust are left out. Nothing is synced: the memo is a cache
+    /// whose checksum the next load verifies, so a crash can leave the old memo, the new one, or
+    /// one that is thrown away and rebuilt by reading the files again; never a wrong hash. A sync
+    /// would make every build whose context changed wait for the disk.
     pub fn save<'a>(
         path: &Path,
         taken_at_ns: i64,
@@ -169,10 +172,8 @@ impl Memo {
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&body)?;
-            f.sync_all()?;
             drop(f);
-            std::fs::rename(&tmp, path)?;
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::rename(&tmp, path)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
