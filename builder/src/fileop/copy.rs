@@ -369,7 +369,7 @@ impl Copier<'_, '_, '_> {
                         ids,
                         mode,
                     };
-                    let pool = self.pool.as_ref().expect("checked above");
+                    let pool = self.pool.as_mut().expect("checked above");
                     if !pool.submit(job) || pool.has_failed() {
                         // Stops the walk; `copy_source` returns the worker's own error.
                         return Err(io("copying to", target)(std::io::Error::other(

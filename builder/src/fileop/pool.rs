@@ -22,12 +22,18 @@ pub(super) struct FileJob {
     pub mode: u32,
 }
 
-/// Files queued to the workers at most (each holds two paths and a stat).
-const QUEUE: usize = 256;
+/// Files handed to a worker at once: a hand-over wakes a parked worker (a futex call on each
+/// side), which per file cost about as much as a small file's copy.
+const BATCH: usize = 32;
+
+/// Batches queued to the workers at most (a job holds two paths and a stat).
+const QUEUE: usize = 8;
 
 /// The workers of one directory copy.
 pub(super) struct FilePool<'scope> {
-    tx: Option<SyncSender<FileJob>>,
+    tx: Option<SyncSender<Vec<FileJob>>>,
+    /// Jobs not handed over yet (at most `BATCH`).
+    batch: Vec<FileJob>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
     failed: Arc<Mutex<Option<FileOpError>>>,
 }
@@ -47,7 +53,7 @@ pub(super) fn workers() -> usize {
 impl<'scope> FilePool<'scope> {
     /// Starts `n` workers in `scope`.
     pub(super) fn start<'env>(scope: &'scope Scope<'scope, 'env>, n: usize) -> FilePool<'scope> {
-        let (tx, rx) = sync_channel::<FileJob>(QUEUE);
+        let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(Mutex::new(None));
         let workers = (0..n)
@@ -59,14 +65,22 @@ impl<'scope> FilePool<'scope> {
             .collect();
         FilePool {
             tx: Some(tx),
+            batch: Vec::with_capacity(BATCH),
             workers,
             failed,
         }
     }
 
-    /// Queues `job`; false when the workers have stopped on an error (`finish` returns it).
-    pub(super) fn submit(&self, job: FileJob) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    /// Queues `job`, handing the batch over when it is full; false when the workers have stopped
+    /// on an error (`finish` returns it).
+    pub(super) fn submit(&mut self, job: FileJob) -> bool {
+        self.batch.push(job);
+        self.batch.len() < BATCH || self.hand_over()
+    }
+
+    fn hand_over(&mut self) -> bool {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok())
     }
 
     /// Whether a worker has failed (the walk may stop early; `finish` says why).
@@ -76,6 +90,10 @@ impl<'scope> FilePool<'scope> {
 
     /// Waits for every queued file; the first failure, if any.
     pub(super) fn finish(mut self) -> Result<(), FileOpError> {
+        if !self.batch.is_empty() {
+            // A failed send means a worker failed: its error is taken below.
+            self.hand_over();
+        }
         self.tx = None;
         for w in self.workers.drain(..) {
             if let Err(panic) = w.join() {
@@ -91,23 +109,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn work(rx: &Mutex<Receiver<FileJob>>, failed: &Mutex<Option<FileOpError>>) {
+fn work(rx: &Mutex<Receiver<Vec<FileJob>>>, failed: &Mutex<Option<FileOpError>>) {
     let mut cross_device = false;
     loop {
-        let Ok(job) = lock(rx).recv() else { return };
-        // After a failure the queue is still taken (the walk must not block on it), not copied.
-        if lock(failed).is_some() {
-            continue;
-        }
-        if let Err(e) = meta::copy_regular_file(
-            &job.src,
-            &job.target,
-            &job.md,
-            job.ids,
-            job.mode,
-            &mut cross_device,
-        ) {
-            lock(failed).get_or_insert(e);
+        let Ok(batch) = lock(rx).recv() else { return };
+        for job in batch {
+            // After a failure the queue is still taken (the walk must not block on it), not copied.
+            if lock(failed).is_some() {
+                break;
+            }
+            if let Err(e) = meta::copy_regular_file(
+                &job.src,
+                &job.target,
+                &job.md,
+                job.ids,
+                job.mode,
+                &mut cross_device,
+            ) {
+                lock(failed).get_or_insert(e);
+            }
         }
     }
 }
