@@ -38,8 +38,9 @@ pub(super) struct FilePool<'scope> {
     failed: Arc<Mutex<Option<FileOpError>>>,
 }
 
-/// How many workers a copy gets: one per core beyond the walk's own, at most three; none on one
-/// core. Asked once per process (the answer reads cgroup files).
+/// How many workers a copy gets: one per core, at most three (the walk itself mostly waits on
+/// them or makes directories); the caller starts none on one core, where the walk copies alone.
+/// Asked once per process (the answer reads cgroup files).
 pub(super) fn workers() -> usize {
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *WORKERS.get_or_init(|| {
