@@ -22,18 +22,13 @@ pub struct Writeback {
 }
 
 impl Writeback {
-    /// Wraps `file`, whose bytes written from here on are counted from its current offset `at`.
-    pub fn new(file: File, at: u64) -> Writeback {
+    /// Wraps `file`, a new file written from its start.
+    pub fn new(file: File) -> Writeback {
         Writeback {
             file,
-            written: at,
-            started: at,
+            written: 0,
+            started: 0,
         }
-    }
-
-    /// The file.
-    pub fn get_ref(&self) -> &File {
-        &self.file
     }
 
     /// The file back (to be synced: this writer only starts the writes).
@@ -80,7 +75,7 @@ mod tests {
     fn every_byte_lands_in_order_across_steps() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
-        let mut w = Writeback::new(File::create(&path).unwrap(), 0);
+        let mut w = Writeback::new(File::create(&path).unwrap());
         let chunk: Vec<u8> = (0..=255u8).cycle().take(3 << 20).collect();
         for _ in 0..7 {
             w.write_all(&chunk).unwrap();

@@ -938,7 +938,7 @@ fn diff_to_blob(
 ) -> Result<Layer, ExecError> {
     let tmp = store.temp_path("layer")?;
     let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    let sink = BufWriter::with_capacity(256 * 1024, Writeback::new(file, 0));
+    let sink = BufWriter::with_capacity(256 * 1024, Writeback::new(file));
     let diffed = sn.diff(key, sink, options);
     let (desc, sink, _stats) = match diffed {
         Ok(d) => d,

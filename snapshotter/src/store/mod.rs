@@ -383,7 +383,7 @@ impl Store {
         Ok(Ingest::Write(BlobWriter {
             file: Some(io::BufWriter::with_capacity(
                 256 * 1024,
-                Writeback::new(file, 0),
+                Writeback::new(file),
             )),
             tmp,
             path,
