@@ -411,6 +411,109 @@ async fn a_failed_push_leaves_the_image_recorded() {
     assert!(session.store().check().unwrap().is_clean());
 }
 
+/// Issue 16: the layers a pushed build makes leave while their steps write them. Each of the
+/// image's two new layers (a COPY and a RUN that writes 6 MB of noise, more than one upload piece)
+/// is reported uploaded once, by the upload that followed it, and the push after the build neither
+/// checks nor sends it again (no `exists`, no progress for it). skopeo, the independent judge,
+/// reads the image at the tag with the digest forge printed and copies every blob, checking each
+/// one's digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_layers_leave_while_their_steps_write_them() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let Some(skopeo) = forge_testsupport::tool("skopeo") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox head -c 6000000 /dev/urandom > /noise\"]\n",
+        &[],
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!(
+        "{registry}/forge-test/early-{}-{nanos}:1",
+        std::process::id()
+    );
+    let session = session(&tmp.path().join("store"));
+    let mut request = BuildRequest::new(&ctx);
+    request.tags = vec![name.clone()];
+    request.exports = vec![forge_builder::api::Export::Image {
+        push: true,
+        oci_mediatypes: true,
+    }];
+    let (result, events) = build(&session, request).await;
+    let outcome = result.unwrap_or_else(|f| panic!("{}", f.error));
+    let layers: Vec<String> = outcome
+        .record
+        .layers
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
+    assert_eq!(layers.len(), 2);
+    use forge_snapshotter::registry::PushEvent;
+    let pushed: Vec<&PushEvent> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            BuildEvent::Push { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    for layer in &layers {
+        let about = |e: &&&PushEvent| match e {
+            PushEvent::Uploaded { digest, .. }
+            | PushEvent::Exists { digest, .. }
+            | PushEvent::Uploading { digest, .. }
+            | PushEvent::Mounted { digest, .. } => digest.to_string() == *layer,
+            _ => false,
+        };
+        let mine: Vec<&&PushEvent> = pushed.iter().filter(about).collect();
+        assert!(
+            matches!(mine.as_slice(), [PushEvent::Uploaded { .. }]),
+            "layer {layer}: {mine:#?}"
+        );
+    }
+    assert!(
+        !pushed
+            .iter()
+            .any(|e| matches!(e, PushEvent::Retrying { .. })),
+        "{pushed:#?}"
+    );
+    let out = std::process::Command::new(&skopeo)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspected["Digest"].as_str(), Some(outcome.digest.as_str()));
+    let copy = tmp.path().join("copied");
+    let out = std::process::Command::new(&skopeo)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .arg(format!("oci:{}:x", copy.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(session.store().check().unwrap().is_clean());
+}
+
 /// The compression of each blob the store holds, by its magic bytes.
 fn stored_codecs(session: &Session) -> BTreeMap<String, &'static str> {
     let probe: forge_snapshotter::store::Digest =

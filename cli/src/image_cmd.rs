@@ -95,6 +95,7 @@ pub(crate) fn push(args: &PushArgs) -> Result<(), Failure> {
                 &record,
                 &layers,
                 std::slice::from_ref(&name),
+                None,
             )
             .await
         })

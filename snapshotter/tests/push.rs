@@ -272,6 +272,7 @@ fn build_image() -> Built {
         descriptor,
         kind,
         mount_from: None,
+        sent_to: None,
     };
     let image = PushImage {
         manifest: manifest_desc,

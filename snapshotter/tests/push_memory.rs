@@ -100,6 +100,7 @@ async fn a_large_layer_is_pushed_without_holding_it_in_memory() {
         descriptor,
         kind,
         mount_from: None,
+        sent_to: None,
     };
     let image = PushImage {
         manifest,

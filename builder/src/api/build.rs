@@ -24,7 +24,9 @@ use crate::frontend::dockerfile::lower::{LowerOptions, NamedContext};
 use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerignore::{self, Dockerignore};
 use crate::graph::{Graph, NodeRef, Platform};
-use crate::ops::{BuildExecutor, Built, ExecutorConfig, LayerPlan, LocalDir, Mounted};
+use crate::ops::{
+    BuildExecutor, Built, ExecutorConfig, LayerPlan, LayerUploads, LocalDir, Mounted,
+};
 use crate::scratch::Scratch;
 use crate::solver::{
     CacheStore, CancellationToken, DiskCache, Event, Solution, SolveFailure, SolveOptions, Solver,
@@ -308,6 +310,20 @@ impl Session {
             DiskCache::open(self.root.join("build-cache"))?,
             imported.clone(),
         );
+        // The image's own layers leave while their steps write them, to the first repository
+        // pushed to, when they are written in the compression pushed (other repositories mount
+        // them or get them after the build).
+        let uploads = match request.tags.first() {
+            Some(first) if pushes && recompress => Reference::parse(first).ok().map(|target| {
+                Arc::new(LayerUploads::new(
+                    self.registry.clone(),
+                    target,
+                    request.tags.join(", "),
+                    events.clone(),
+                ))
+            }),
+            _ => None,
+        };
         let executor = BuildExecutor::new(
             ExecutorConfig {
                 store: self.store.clone(),
@@ -339,6 +355,7 @@ impl Session {
                         Some(out) if request.cache.export.is_empty() => LayerPlan {
                             leaving,
                             leaves: Some(graph.layer_chain(out.root)),
+                            uploads: uploads.clone(),
                         },
                         _ => LayerPlan::uniform(leaving),
                     }
@@ -536,6 +553,10 @@ impl Session {
         let recording = tokio::task::spawn_blocking(move || pending.record_with(images));
         let pushing = async {
             if pushes {
+                let sent = match &uploads {
+                    Some(u) => Some((u.repository(), u.sent().await)),
+                    None => None,
+                };
                 export::push_image(
                     &self.store,
                     &self.registry,
@@ -543,6 +564,8 @@ impl Session {
                     &record,
                     &layers,
                     &names,
+                    sent.as_ref()
+                        .map(|(repo, digests)| (repo.as_str(), digests)),
                 )
                 .await?;
             }

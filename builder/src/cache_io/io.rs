@@ -383,6 +383,7 @@ pub async fn export_cache(
                     descriptor: config_desc,
                     kind: BlobKind::Config,
                     mount_from: None,
+                    sent_to: None,
                 },
                 layers: blobs
                     .iter()
@@ -390,6 +391,7 @@ pub async fn export_cache(
                         descriptor: d.clone(),
                         kind: BlobKind::Layer,
                         mount_from: hint(&d.digest),
+                        sent_to: None,
                     })
                     .collect(),
             };

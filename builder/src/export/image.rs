@@ -199,6 +199,7 @@ pub async fn push_image(
     record: &ImageRecord,
     layers: &[Layer],
     tags: &[String],
+    sent: Option<(&str, &std::collections::HashSet<BlobDigest>)>,
 ) -> Result<BlobDigest, ExportError> {
     let refs = tags
         .iter()
@@ -210,6 +211,7 @@ pub async fn push_image(
             descriptor: record.config.clone(),
             kind: BlobKind::Config,
             mount_from: None,
+            sent_to: None,
         },
         layers: record
             .layers
@@ -219,6 +221,9 @@ pub async fn push_image(
                 descriptor: d.clone(),
                 kind: BlobKind::Layer,
                 mount_from: l.source.clone(),
+                sent_to: sent
+                    .filter(|(_, digests)| digests.contains(&d.digest))
+                    .map(|(repository, _)| repository.to_string()),
             })
             .collect(),
     };

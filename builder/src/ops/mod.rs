@@ -6,7 +6,6 @@
 //! snapshots, RUN steps go to the runner.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use forge_runner::backend::{Backend, RunError};
 use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
+use forge_snapshotter::registry::Reported;
 use forge_snapshotter::snapshot::{
     AnySnapshotter, SnapshotError, Snapshotter, unpack_layer_snapshot,
 };
@@ -35,10 +35,12 @@ use crate::source::context::{ContextError, ContextSnapshot};
 mod files;
 mod mount;
 mod run;
+mod upload;
 
 use files::{TestLogWriter, populate_view, tar_artifacts};
 pub use mount::Mounted;
 use run::{oom_note, short_argv};
+pub use upload::LayerUploads;
 
 /// One layer of a result: what a manifest and a config need, and where the blob is (the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,11 +320,14 @@ pub struct ExecutorConfig {
 /// read, so the step after them does not wait for a tar to be made, hashed, compressed and synced
 /// (BuildKit's lazy refs); [`write_unwritten`] makes the blob if an export or a merge ever needs
 /// one.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LayerPlan {
     pub leaving: LayerOptions,
     /// The vertices whose layers can leave; `None`: every vertex's.
     pub leaves: Option<std::collections::HashSet<VertexId>>,
+    /// Where the layers of `leaves` are sent while they are written (the image is pushed);
+    /// `None`: they stay in the store until the push after the build.
+    pub uploads: Option<Arc<LayerUploads>>,
 }
 
 /// The compression of blobs only forge reads back (a builder stage's layers written for the store
@@ -330,10 +335,11 @@ pub struct LayerPlan {
 pub const OWN_COMPRESSION: Compression = Compression::Zstd { level: 1 };
 
 /// How one step's layer is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub enum StepLayer {
-    /// As a blob in the store, written with these options.
-    Blob(LayerOptions),
+    /// As a blob in the store, written with these options, and sent to the registry while it is
+    /// written when the image it is part of is pushed.
+    Blob(LayerOptions, Option<Arc<LayerUploads>>),
     /// Only as the committed snapshot: no tar is made at all (the commit costs no read of what the
     /// step wrote), until something asks for the layer.
     SnapshotOnly { source_date_epoch: Option<i64> },
@@ -345,6 +351,7 @@ impl LayerPlan {
         LayerPlan {
             leaving: options,
             leaves: None,
+            uploads: None,
         }
     }
 
@@ -353,7 +360,10 @@ impl LayerPlan {
             Some(leaves) if !leaves.contains(id) => StepLayer::SnapshotOnly {
                 source_date_epoch: self.leaving.source_date_epoch,
             },
-            _ => StepLayer::Blob(self.leaving),
+            // Only a known chain's layers are sent early: with `leaves` unknown, every step's
+            // layer is a blob, and most would never be part of the image pushed.
+            Some(_) => StepLayer::Blob(self.leaving, self.uploads.clone()),
+            None => StepLayer::Blob(self.leaving, None),
         }
     }
 }
@@ -516,7 +526,9 @@ impl BuildExecutor {
         let k = key.clone();
         let result = blocking(move || {
             let layer = match how {
-                StepLayer::Blob(options) => diff_to_blob(&sn, &store, &k, options)?,
+                StepLayer::Blob(options, upload) => {
+                    diff_to_blob(&sn, &store, &k, options, upload.as_deref())?
+                }
                 StepLayer::SnapshotOnly { source_date_epoch } => {
                     let name = unwritten_name(&k);
                     Layer {
@@ -935,10 +947,22 @@ fn diff_to_blob(
     store: &Store,
     key: &str,
     options: LayerOptions,
+    upload: Option<&LayerUploads>,
 ) -> Result<Layer, ExecError> {
     let tmp = store.temp_path("layer")?;
-    let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    let sink = BufWriter::with_capacity(256 * 1024, Writeback::new(file));
+    // Readable too: an upload that follows the layer reads it through a copy of this descriptor.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))?;
+    let (writer, started) = match upload {
+        Some(u) => u.start(file),
+        None => (Reported::unfollowed(Writeback::new(file)), None),
+    };
+    let sink = BufWriter::with_capacity(256 * 1024, writer);
     let diffed = sn.diff(key, sink, options);
     let (desc, sink, _stats) = match diffed {
         Ok(d) => d,
@@ -953,11 +977,16 @@ fn diff_to_blob(
             path: tmp.to_path_buf(),
             source: e.into_error(),
         })?
+        .complete()
+        .map_err(io_err("writing layer", &tmp))?
         .into_inner()
         .sync_all()
         .map_err(io_err("syncing layer", &tmp))?;
     let blob = blob_digest(&desc.digest)?;
     store.adopt(&tmp, &blob, desc.size)?;
+    if let (Some(u), Some(s)) = (upload, started) {
+        u.written(s, blob.clone());
+    }
     Ok(Layer {
         media_type: desc.media_type,
         digest: blob,
@@ -1058,7 +1087,7 @@ pub async fn write_unwritten(
                     compression,
                     source_date_epoch: how.source_date_epoch,
                 };
-                diff_to_blob(&sn, &store, name.as_ref(), options)
+                diff_to_blob(&sn, &store, name.as_ref(), options, None)
             })
             .collect()
     })

@@ -7,6 +7,7 @@
 
 mod auth;
 mod fetch;
+mod growing;
 mod login;
 mod mirrors;
 mod pull;
@@ -22,6 +23,7 @@ use oci_client::secrets::RegistryAuth;
 pub use auth::{
     AuthError, AuthResolver, Configured, Credential, DockerConfig, LoginStore, server_registry,
 };
+pub use growing::{FollowEnd, Reported, SentBlob};
 pub use login::LoginError;
 pub use mirrors::{Candidate, Mirrors};
 pub use pull::{BlobKind, PullError, PullEvent};

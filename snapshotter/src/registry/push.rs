@@ -30,6 +30,10 @@ pub struct PushBlob {
     /// `registry/repository` the blob is known to exist in (where it was pulled from). When that
     /// is another repository of the registry pushed to, the blob is mounted instead of uploaded.
     pub mount_from: Option<String>,
+    /// `registry/repository` this process has already sent the blob to (a layer uploaded while
+    /// its step wrote it, checked by the registry against its digest then): that repository is
+    /// not asked again.
+    pub sent_to: Option<String>,
 }
 
 /// What to push: a manifest in the store and the blobs it names.
@@ -49,6 +53,7 @@ impl PushImage {
             descriptor: descriptor.clone(),
             kind,
             mount_from: source.clone(),
+            sent_to: None,
         };
         PushImage {
             manifest: record.manifest.clone(),
@@ -287,6 +292,9 @@ impl Target<'_> {
     /// Makes one blob present in the repository: already there, mounted, or uploaded.
     async fn push_blob(&self, store: &Store, blob: &PushBlob) -> Result<(), PushError> {
         let desc = &blob.descriptor;
+        if blob.sent_to.as_deref() == Some(self.name().as_str()) {
+            return Ok(());
+        }
         let digest = desc.digest.to_string();
         let kind = match blob.kind {
             BlobKind::Config => "config",
@@ -577,27 +585,7 @@ impl RegistryClient {
         tags: &[&Reference],
         progress: &(dyn Fn(PushEvent) + Send + Sync),
     ) -> Result<(), PushError> {
-        let first = tags[0];
-        let auth = self.registry_auth(first).map_err(|e| match e {
-            PullError::Auth(a) => PushError::Auth(a),
-            PullError::IdentityToken { registry } => PushError::IdentityToken { registry },
-            other => PushError::Task(other.to_string()),
-        })?;
-        let oci = oci_reference(first);
-        let oci_client = self.client_for(first);
-        // Push requests take their credentials from the client's per-registry store.
-        oci_client
-            .store_auth_if_needed(oci.resolve_registry(), &auth)
-            .await;
-        let target = Target {
-            client: self,
-            oci_client,
-            oci,
-            registry: first.registry().to_string(),
-            repository: first.repository().to_string(),
-            login: super::login_of(&auth),
-            progress,
-        };
+        let target = self.target(tags[0], progress).await?;
         let limit = self.config.max_concurrent_uploads.max(1);
         // The futures are made before they are streamed: a stream that maps borrowed blobs into
         // futures is not provably Send (higher-ranked lifetimes), and servers spawn pushes.
@@ -621,6 +609,65 @@ impl RegistryClient {
             });
         }
         Ok(())
+    }
+}
+
+impl RegistryClient {
+    /// The repository of `first` made ready for push requests: its credentials resolved and
+    /// stored in the client that reaches its registry.
+    async fn target<'a>(
+        &'a self,
+        first: &Reference,
+        progress: &'a (dyn Fn(PushEvent) + Send + Sync),
+    ) -> Result<Target<'a>, PushError> {
+        let auth = self.registry_auth(first).map_err(|e| match e {
+            PullError::Auth(a) => PushError::Auth(a),
+            PullError::IdentityToken { registry } => PushError::IdentityToken { registry },
+            other => PushError::Task(other.to_string()),
+        })?;
+        let oci = oci_reference(first);
+        let oci_client = self.client_for(first);
+        // Push requests take their credentials from the client's per-registry store.
+        oci_client
+            .store_auth_if_needed(oci.resolve_registry(), &auth)
+            .await;
+        Ok(Target {
+            client: self,
+            oci_client,
+            oci,
+            registry: first.registry().to_string(),
+            repository: first.repository().to_string(),
+            login: super::login_of(&auth),
+            progress,
+        })
+    }
+
+    /// Uploads `body`, whose digest is not known until its end, into `target`'s repository
+    /// (chunked, committed with the digest of what was sent). Not retried: a stream cannot be
+    /// read twice.
+    pub(super) async fn push_stream_unknown(
+        &self,
+        target: &Reference,
+        body: impl futures::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static,
+    ) -> Result<super::growing::SentBlob, PushError> {
+        let target = self.target(target, &|_| {}).await?;
+        let what = "upload of a layer while it was written";
+        let sent = target
+            .oci_client
+            .push_blob_stream_chunked(&target.oci, body)
+            .await
+            .map_err(|e| target.error(what, e))?;
+        let digest = sent.blob_digest.parse().map_err(|_| {
+            PushError::Task(format!(
+                "{what}: the client computed an unreadable digest {}",
+                sent.blob_digest
+            ))
+        })?;
+        Ok(super::growing::SentBlob {
+            repository: target.name(),
+            digest,
+            size: sent.size,
+        })
     }
 }
 

@@ -760,6 +760,7 @@ impl Runner {
             &b.base.record,
             &layers,
             &plan.tags,
+            None,
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,127 @@
+//! The layers of an image being pushed, sent to its repository while their steps write them: the
+//! upload of each follows its blob file as the compressor fills it, so that a layer has left by
+//! the time its step ends and the push after the build sends only the config and the manifest.
+//! An upload that fails costs nothing but the time it took: the push after the build sends that
+//! blob from the store as it sends any other.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::{FollowEnd, PushEvent, RegistryClient, Reported};
+use forge_snapshotter::store::Digest;
+use forge_snapshotter::writeback::Writeback;
+
+use crate::events::{BuildEvent, Events};
+
+/// The uploads of one build's leaving layers to the first repository it pushes to.
+pub struct LayerUploads {
+    registry: Arc<RegistryClient>,
+    target: Reference,
+    /// The tags pushed, joined by `, `: the name push events carry.
+    name: String,
+    events: Events,
+    runtime: tokio::runtime::Handle,
+    /// Each upload with the digest its writer made; only an upload whose digest matches counts.
+    running: Mutex<Vec<(Digest, tokio::task::JoinHandle<FollowEnd>)>>,
+}
+
+/// One upload started on a layer file, not yet known to succeed.
+pub struct Started {
+    handle: tokio::task::JoinHandle<FollowEnd>,
+}
+
+impl LayerUploads {
+    /// Uploads into `target`'s repository; spawned on the current runtime (call from within it).
+    pub fn new(
+        registry: Arc<RegistryClient>,
+        target: Reference,
+        name: String,
+        events: Events,
+    ) -> LayerUploads {
+        LayerUploads {
+            registry,
+            target,
+            name,
+            events,
+            runtime: tokio::runtime::Handle::current(),
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts uploading the blob about to be written to `file` (new, empty, and open for reading
+    /// as well as writing) through the returned writer. `None` when the file cannot be opened a
+    /// second time: the layer is then written as if no upload followed it.
+    pub fn start(&self, file: File) -> (Reported<Writeback>, Option<Started>) {
+        let Ok(reader) = file.try_clone() else {
+            return (Reported::unfollowed(Writeback::new(file)), None);
+        };
+        let (reported, upload) =
+            self.registry
+                .upload_while_written(&self.target, reader, Writeback::new(file));
+        let (events, name) = (self.events.clone(), self.name.clone());
+        let handle = self.runtime.spawn(async move {
+            let end = upload.await;
+            match &end {
+                FollowEnd::Sent(sent) => events.emit(BuildEvent::Push {
+                    reference: name,
+                    event: PushEvent::Uploaded {
+                        repository: sent.repository.clone(),
+                        digest: sent.digest.clone(),
+                        bytes: sent.size,
+                    },
+                }),
+                // Sent again, from the store, by the push after the build.
+                FollowEnd::Failed(e) => events.emit(BuildEvent::Push {
+                    reference: name,
+                    event: PushEvent::Retrying {
+                        what: "a layer sent while its step wrote it".into(),
+                        attempt: 1,
+                        delay: std::time::Duration::ZERO,
+                        error: e.to_string(),
+                    },
+                }),
+                FollowEnd::Abandoned => {}
+            }
+            end
+        });
+        (reported, Some(Started { handle }))
+    }
+
+    /// Keeps `started`, whose writer made the blob `digest`, to be waited for by [`Self::sent`].
+    pub fn written(&self, started: Started, digest: Digest) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((digest, started.handle));
+    }
+
+    /// Waits for every upload started; the digests now in the target repository.
+    pub async fn sent(&self) -> HashSet<Digest> {
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut sent = HashSet::new();
+        for (digest, handle) in running {
+            if let Ok(FollowEnd::Sent(blob)) = handle.await
+                && blob.digest == digest
+            {
+                sent.insert(digest);
+            }
+        }
+        sent
+    }
+
+    /// `registry/repository` the uploads go to.
+    pub fn repository(&self) -> String {
+        self.target.name()
+    }
+}
+
+impl Drop for LayerUploads {
+    /// A build that ends before its push stops what it still sends.
+    fn drop(&mut self) {
+        for (_, handle) in self.running.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! A blob sent to a registry while it is still being written to its file: a layer leaves during
+//! the step that makes it instead of after the image is assembled. The upload follows the file
+//! (it reads only what the writer says is written, in [`CHUNK`] pieces, so at most one piece is in
+//! memory and the writer never waits for the network) and commits with the digest of what it
+//! sent, which is known only at the end (`PUT ...?digest=` after the last `PATCH`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::RegistryClient;
+use super::push::PushError;
+use crate::reference::Reference;
+use crate::store::Digest;
+
+/// Bytes read from the file and sent per request.
+const CHUNK: u64 = 4 << 20;
+
+/// The writer reports its progress every this many bytes (and once at the end).
+const REPORT_STEP: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Still being written.
+    Open,
+    /// Written whole: `written` is the blob's size.
+    Complete,
+    /// The writer stopped without finishing (the step or its layer failed).
+    Abandoned,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Growth {
+    written: u64,
+    end: End,
+}
+
+/// A writer that tells an upload following its file how far the file is written. It goes between
+/// any buffering and the file, so that what it reports is in the file (readable through another
+/// descriptor) when it is reported. Dropped without [`Reported::complete`], the upload is
+/// abandoned.
+#[derive(Debug)]
+pub struct Reported<W: Write> {
+    inner: W,
+    progress: Progress,
+    written: u64,
+    reported: u64,
+}
+
+/// The writer's end of the channel: marks the upload abandoned when dropped before completion.
+#[derive(Debug)]
+struct Progress {
+    tx: watch::Sender<Growth>,
+    completed: bool,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.tx.send_modify(|g| g.end = End::Abandoned);
+        }
+    }
+}
+
+impl<W: Write> Reported<W> {
+    /// A writer no upload follows (its reports go nowhere).
+    pub fn unfollowed(inner: W) -> Reported<W> {
+        let (tx, _) = watch::channel(Growth {
+            written: 0,
+            end: End::Open,
+        });
+        Reported {
+            inner,
+            progress: Progress {
+                tx,
+                completed: false,
+            },
+            written: 0,
+            reported: 0,
+        }
+    }
+
+    /// Flushes what it wraps, tells the upload the blob is whole, and gives the writer back.
+    pub fn complete(self) -> io::Result<W> {
+        let Reported {
+            mut inner,
+            mut progress,
+            written,
+            ..
+        } = self;
+        inner.flush()?;
+        progress.completed = true;
+        progress.tx.send_replace(Growth {
+            written,
+            end: End::Complete,
+        });
+        Ok(inner)
+    }
+}
+
+impl<W: Write> Write for Reported<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.reported >= REPORT_STEP {
+            self.reported = self.written;
+            let written = self.written;
+            self.progress.tx.send_modify(|g| g.written = written);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What an upload that followed a file to its end sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentBlob {
+    /// `registry/repository` it went to.
+    pub repository: String,
+    /// The digest of the bytes sent, which the registry checked before it accepted them.
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// How an upload that followed a file ended.
+#[derive(Debug)]
+pub enum FollowEnd {
+    /// The registry holds the blob.
+    Sent(SentBlob),
+    /// The writer stopped before the blob was whole; nothing was committed.
+    Abandoned,
+    /// The upload failed (the blob can still be pushed from the store afterwards).
+    Failed(PushError),
+}
+
+impl RegistryClient {
+    /// Starts sending the blob about to be written to `file` (a descriptor of its own, opened for
+    /// reading) to `target`'s repository. The bytes must be written through the returned
+    /// [`Reported`] wrapping `writer`; the future (to be spawned) follows them and ends when the
+    /// writer completes or is dropped.
+    pub fn upload_while_written<W: Write>(
+        self: &Arc<Self>,
+        target: &Reference,
+        file: File,
+        writer: W,
+    ) -> (
+        Reported<W>,
+        impl std::future::Future<Output = FollowEnd> + Send + 'static,
+    ) {
+        let (tx, rx) = watch::channel(Growth {
+            written: 0,
+            end: End::Open,
+        });
+        let reported = Reported {
+            inner: writer,
+            progress: Progress {
+                tx,
+                completed: false,
+            },
+            written: 0,
+            reported: 0,
+        };
+        let client = self.clone();
+        let target = target.clone();
+        let upload = async move {
+            let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = follow(file, rx, abandoned.clone());
+            let result = client.push_stream_unknown(&target, body).await;
+            if abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+                return FollowEnd::Abandoned;
+            }
+            match result {
+                Ok(sent) => FollowEnd::Sent(sent),
+                Err(e) => FollowEnd::Failed(e),
+            }
+        };
+        (reported, upload)
+    }
+}
+
+/// The bytes of `file` as its writer reports them, in [`CHUNK`] pieces; the stream ends when the
+/// writer completes, and fails (setting `abandoned`) when it stops early.
+fn follow(
+    file: File,
+    rx: watch::Receiver<Growth>,
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>>
++ Send
++ 'static {
+    struct State {
+        file: Arc<File>,
+        rx: watch::Receiver<Growth>,
+        offset: u64,
+        abandoned: Arc<std::sync::atomic::AtomicBool>,
+    }
+    let state = State {
+        file: Arc::new(file),
+        rx,
+        offset: 0,
+        abandoned,
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut s = state?;
+        let stopped = |s: State| {
+            s.abandoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let e = io::Error::other("the blob's writer stopped before it was whole");
+            Some((
+                Err(oci_client::errors::OciDistributionError::IoError(e)),
+                None,
+            ))
+        };
+        loop {
+            let g = *s.rx.borrow_and_update();
+            if g.end == End::Abandoned {
+                return stopped(s);
+            }
+            let ready = g.written - s.offset;
+            if ready >= CHUNK || (g.end == End::Complete && ready > 0) {
+                let len = ready.min(CHUNK);
+                let (file, at) = (s.file.clone(), s.offset);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, at).map(|()| buf)
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+                return match read {
+                    Ok(buf) => {
+                        s.offset += len;
+                        Some((Ok(bytes::Bytes::from(buf)), Some(s)))
+                    }
+                    Err(e) => Some((
+                        Err(oci_client::errors::OciDistributionError::IoError(e)),
+                        None,
+                    )),
+                };
+            }
+            if g.end == End::Complete {
+                return None;
+            }
+            if s.rx.changed().await.is_err() {
+                // The writer is gone; its last word is in the channel (complete or abandoned),
+                // unless it vanished without one.
+                let last = *s.rx.borrow();
+                if last.end == End::Open {
+                    return stopped(s);
+                }
+            }
+        }
+    })
+}
