@@ -44,6 +44,11 @@ pub enum Compression {
     Gzip {
         level: u32,
     },
+    /// gzip as pigz writes it, deflated on every core ([`crate::blockgzip`]): read by any gzip
+    /// reader, but its bytes (so a layer's digest) differ from [`Compression::Gzip`]'s.
+    GzipParallel {
+        level: u32,
+    },
     /// zstd at a level 1..=22.
     Zstd {
         level: i32,
@@ -71,14 +76,16 @@ impl Compression {
     pub fn media_type(&self) -> &'static str {
         match self {
             Compression::None => MEDIA_TYPE_TAR,
-            Compression::Gzip { .. } => MEDIA_TYPE_TAR_GZIP,
+            Compression::Gzip { .. } | Compression::GzipParallel { .. } => MEDIA_TYPE_TAR_GZIP,
             Compression::Zstd { .. } => MEDIA_TYPE_TAR_ZSTD,
         }
     }
 
     fn validate(&self) -> Result<(), CompressError> {
         match *self {
-            Compression::Gzip { level } if level > 9 => Err(CompressError::GzipLevel { level }),
+            Compression::Gzip { level } | Compression::GzipParallel { level } if level > 9 => {
+                Err(CompressError::GzipLevel { level })
+            }
             Compression::Zstd { level } if !(1..=22).contains(&level) => {
                 Err(CompressError::ZstdLevel { level })
             }
@@ -95,7 +102,9 @@ pub fn decompressor<'a, R: Read + 'a>(
     Ok(match Compression::from_media_type(media_type)? {
         Compression::None => Box::new(blob),
         // Multi-member: some writers (pigz, gzp) emit several gzip members in one blob.
-        Compression::Gzip { .. } => Box::new(MultiGzDecoder::new(blob)),
+        Compression::Gzip { .. } | Compression::GzipParallel { .. } => {
+            Box::new(MultiGzDecoder::new(blob))
+        }
         Compression::Zstd { .. } => {
             Box::new(zstd::stream::read::Decoder::new(blob).map_err(CompressError::Zstd)?)
         }
@@ -168,6 +177,7 @@ pub(crate) struct Encoder<W: Write> {
 enum Codec<W: Write> {
     Plain(W),
     Gzip(GzEncoder<W>),
+    GzipBlocks(crate::blockgzip::BlockGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -176,6 +186,7 @@ impl<W: Write> Codec<W> {
         match self {
             Codec::Plain(w) => w.write_all(buf),
             Codec::Gzip(e) => e.write_all(buf),
+            Codec::GzipBlocks(e) => e.write_all(buf),
             Codec::Zstd(e) => e.write_all(buf),
         }
     }
@@ -189,6 +200,13 @@ impl<W: Write> Encoder<W> {
             // flate2's GzEncoder writes mtime 0, no name and OS byte 255: the header is stable.
             Compression::Gzip { level } => {
                 Codec::Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))
+            }
+            Compression::GzipParallel { level } => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Codec::GzipBlocks(
+                    crate::blockgzip::BlockGzip::new(inner, level, cores)
+                        .map_err(CompressError::Io)?,
+                )
             }
             Compression::Zstd { level } => Codec::Zstd(
                 zstd::stream::write::Encoder::new(inner, level).map_err(CompressError::Zstd)?,
@@ -209,6 +227,7 @@ impl<W: Write> Encoder<W> {
         match self.codec {
             Codec::Plain(w) => Ok(w),
             Codec::Gzip(e) => e.finish(),
+            Codec::GzipBlocks(e) => e.finish(),
             Codec::Zstd(e) => e.finish(),
         }
     }

@@ -1,6 +1,7 @@
 //! forge-snapshotter: filesystem state. The content store, image pull, safe layer unpack, snapshots
 //! (overlay, fuse-overlayfs, copy) and the diff of a step's changes into an OCI layer.
 
+pub mod blockgzip;
 pub mod compress;
 pub mod diff;
 pub mod layer;
