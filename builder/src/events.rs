@@ -406,6 +406,12 @@ mod tests {
                 digest: digest('e'),
                 bytes: 512,
             }),
+            push(PushEvent::Streamed {
+                repository: "127.0.0.1:5000/app".into(),
+                digest: digest('d'),
+                bytes: 70_000_000,
+                duration: ms(1800),
+            }),
             push(PushEvent::ManifestPushed {
                 tag: "127.0.0.1:5000/app:1".into(),
                 digest: digest('f'),

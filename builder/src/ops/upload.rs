@@ -61,15 +61,17 @@ impl LayerUploads {
             self.registry
                 .upload_while_written(&self.target, reader, Writeback::new(file));
         let (events, name) = (self.events.clone(), self.name.clone());
+        let started = std::time::Instant::now();
         let handle = self.runtime.spawn(async move {
             let end = upload.await;
             match &end {
                 FollowEnd::Sent(sent) => events.emit(BuildEvent::Push {
                     reference: name,
-                    event: PushEvent::Uploaded {
+                    event: PushEvent::Streamed {
                         repository: sent.repository.clone(),
                         digest: sent.digest.clone(),
                         bytes: sent.size,
+                        duration: started.elapsed(),
                     },
                 }),
                 // Sent again, from the store, by the push after the build.

@@ -122,6 +122,16 @@ impl Plain {
                 PushEvent::Uploaded { digest, bytes, .. } => {
                     Some(format!("{digest} {} {} done", human(*bytes), secs(took)))
                 }
+                PushEvent::Streamed {
+                    digest,
+                    bytes,
+                    duration,
+                    ..
+                } => Some(format!(
+                    "{digest} {} {} sent while its step wrote it",
+                    human(*bytes),
+                    secs(*duration)
+                )),
                 PushEvent::ManifestPushed { tag, digest } => {
                     Some(format!("pushed manifest {digest} as {tag}"))
                 }

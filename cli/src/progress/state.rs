@@ -269,6 +269,13 @@ impl State {
                     ..Applied::on(i)
                 }
             }
+            PushEvent::Streamed { duration, .. } => {
+                self.entries[i].blobs_done += 1;
+                Applied {
+                    transfer: Some(*duration),
+                    ..Applied::on(i)
+                }
+            }
             PushEvent::Uploading {
                 digest,
                 bytes,

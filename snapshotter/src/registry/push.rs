@@ -112,6 +112,16 @@ pub enum PushEvent {
         digest: Digest,
         bytes: u64,
     },
+    /// A layer the registry accepted from an upload that followed it while its step wrote it;
+    /// `duration` runs from the upload's start (the step's layer beginning) to the acceptance.
+    #[serde(rename = "push.blob.streamed")]
+    Streamed {
+        repository: String,
+        digest: Digest,
+        bytes: u64,
+        #[serde(rename = "duration_ms", with = "crate::millis")]
+        duration: Duration,
+    },
     /// The manifest is in the registry under `tag` (a full reference).
     #[serde(rename = "push.manifest")]
     ManifestPushed { tag: String, digest: Digest },
