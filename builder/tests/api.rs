@@ -365,6 +365,17 @@ async fn what_a_build_solved_is_kept_whether_its_export_fails_or_not() {
     assert!(ok.store().check().unwrap().is_clean());
 }
 
+/// A request that builds `ctx` and pushes it as `name`.
+fn pushed(ctx: &Path, name: &str) -> BuildRequest {
+    let mut request = BuildRequest::new(ctx);
+    request.tags = vec![name.to_string()];
+    request.exports = vec![forge_builder::api::Export::Image {
+        push: true,
+        oci_mediatypes: true,
+    }];
+    request
+}
+
 /// A push that fails (nothing listens at the registry's port) fails the build, and leaves the
 /// image recorded in the store under its name all the same, with its steps' roots: `forge push`
 /// can send it later.
@@ -383,13 +394,7 @@ async fn a_failed_push_leaves_the_image_recorded() {
         .port();
     let name = format!("127.0.0.1:{port}/forge-test/later:1");
     let session = session(&tmp.path().join("store"));
-    let mut request = BuildRequest::new(&ctx);
-    request.tags = vec![name.clone()];
-    request.exports = vec![forge_builder::api::Export::Image {
-        push: true,
-        oci_mediatypes: true,
-    }];
-    let (result, _) = build(&session, request).await;
+    let (result, _) = build(&session, pushed(&ctx, &name)).await;
     let failure = result.expect_err("nothing listens at the registry");
     assert!(
         failure.error.to_string().contains(&port.to_string()),
@@ -435,22 +440,12 @@ async fn pushed_layers_leave_while_their_steps_write_them() {
          RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox head -c 6000000 /dev/urandom > /noise\"]\n",
         &[],
     );
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     let name = format!(
-        "{registry}/forge-test/early-{}-{nanos}:1",
-        std::process::id()
+        "{registry}/forge-test/early:{}",
+        forge_testsupport::unique()
     );
     let session = session(&tmp.path().join("store"));
-    let mut request = BuildRequest::new(&ctx);
-    request.tags = vec![name.clone()];
-    request.exports = vec![forge_builder::api::Export::Image {
-        push: true,
-        oci_mediatypes: true,
-    }];
-    let (result, events) = build(&session, request).await;
+    let (result, events) = build(&session, pushed(&ctx, &name)).await;
     let outcome = result.unwrap_or_else(|f| panic!("{}", f.error));
     let layers: Vec<String> = outcome
         .record
@@ -488,30 +483,21 @@ async fn pushed_layers_leave_while_their_steps_write_them() {
             .any(|e| matches!(e, PushEvent::Retrying { .. })),
         "{pushed:#?}"
     );
-    let out = std::process::Command::new(&skopeo)
-        .args(["inspect", "--tls-verify=false"])
-        .arg(format!("docker://{name}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let judge = |args: &[&str]| {
+        let out = std::process::Command::new(&skopeo)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "skopeo {args:?}: {err}");
+        out.stdout
+    };
+    let source = format!("docker://{name}");
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&judge(&["inspect", "--tls-verify=false", &source])).unwrap();
     assert_eq!(inspected["Digest"].as_str(), Some(outcome.digest.as_str()));
-    let copy = tmp.path().join("copied");
-    let out = std::process::Command::new(&skopeo)
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{name}"))
-        .arg(format!("oci:{}:x", copy.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let copy = format!("oci:{}:x", tmp.path().join("copied").display());
+    judge(&["copy", "--src-tls-verify=false", &source, &copy]);
     assert!(session.store().check().unwrap().is_clean());
 }
 

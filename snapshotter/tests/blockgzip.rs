@@ -4,6 +4,8 @@
 //! the input was cut into writes; each block is primed with the input before it; and a layer
 //! written this way has the same diff_id as the plain gzip one and another digest.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
@@ -12,18 +14,7 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::diff::{Changes, write_layer};
 use forge_snapshotter::layer::LayerOptions;
 
-/// Bytes no compressor shrinks (a xorshift stream).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::noise;
 
 /// Text that compresses, with lines that differ.
 fn text(len: usize) -> Vec<u8> {

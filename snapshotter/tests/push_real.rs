@@ -4,6 +4,8 @@
 //! sibling repository mounts every blob instead of uploading it. A blob uploaded while it is
 //! still being written arrives whole; one whose writer stops halfway is not committed.
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,8 @@ use forge_snapshotter::registry::{
     RegistryConfig,
 };
 use forge_snapshotter::store::{Descriptor, Digest, Store};
+
+use common::noise;
 
 /// Registry and busybox image from the environment, or `None` after a SKIP line (a failure under
 /// FORGE_E2E=require).
@@ -162,19 +166,6 @@ async fn busybox_pushed_under_two_tags_then_skipped_then_mounted() {
         blobs,
         "{events:#?}"
     );
-}
-
-/// Bytes no compressor shrinks and no two calls share (a xorshift stream seeded per call).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn sha256(bytes: &[u8]) -> Digest {

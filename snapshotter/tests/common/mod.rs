@@ -362,3 +362,16 @@ pub fn make_base_tree(dir: &Path) {
     w("unchanged/file", b"same");
     std::os::unix::fs::symlink("../etc/config", dir.join("unchanged/link")).unwrap();
 }
+
+/// Bytes no compressor shrinks and no two seeds share (a xorshift stream).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
