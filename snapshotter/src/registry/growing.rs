@@ -257,3 +257,36 @@ fn follow(
         }
     })
 }
+
+impl RegistryClient {
+    /// Uploads `body`, whose digest is not known until its end, into `target`'s repository
+    /// (chunked, committed with the digest of what was sent). Not retried: a stream cannot be
+    /// read twice.
+    async fn push_stream_unknown(
+        &self,
+        target: &Reference,
+        body: impl futures::Stream<
+            Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>,
+        > + Send
+        + 'static,
+    ) -> Result<SentBlob, PushError> {
+        let target = self.target(target, &|_| {}).await?;
+        let what = "upload of a layer while it was written";
+        let sent = target
+            .oci_client
+            .push_blob_stream_chunked(&target.oci, body)
+            .await
+            .map_err(|e| target.error(what, e))?;
+        let digest = sent.blob_digest.parse().map_err(|_| {
+            PushError::Task(format!(
+                "{what}: the client computed an unreadable digest {}",
+                sent.blob_digest
+            ))
+        })?;
+        Ok(SentBlob {
+            repository: target.name(),
+            digest,
+            size: sent.size,
+        })
+    }
+}

@@ -231,11 +231,11 @@ impl Transient for Failure {
 }
 
 /// One target repository being pushed to.
-struct Target<'a> {
+pub(super) struct Target<'a> {
     client: &'a RegistryClient,
-    oci_client: &'a oci_client::Client,
+    pub(super) oci_client: &'a oci_client::Client,
     /// The first tag's reference, used for blob requests (they are per repository).
-    oci: oci_client::Reference,
+    pub(super) oci: oci_client::Reference,
     registry: String,
     repository: String,
     /// The username the requests carry; `None` when anonymous.
@@ -244,11 +244,11 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
 
-    fn error(&self, what: &str, e: OciDistributionError) -> PushError {
+    pub(super) fn error(&self, what: &str, e: OciDistributionError) -> PushError {
         let status = status_of(&e);
         match status {
             Some(status @ (401 | 403)) => PushError::Denied {
@@ -625,7 +625,7 @@ impl RegistryClient {
 impl RegistryClient {
     /// The repository of `first` made ready for push requests: its credentials resolved and
     /// stored in the client that reaches its registry.
-    async fn target<'a>(
+    pub(super) async fn target<'a>(
         &'a self,
         first: &Reference,
         progress: &'a (dyn Fn(PushEvent) + Send + Sync),
@@ -649,34 +649,6 @@ impl RegistryClient {
             repository: first.repository().to_string(),
             login: super::login_of(&auth),
             progress,
-        })
-    }
-
-    /// Uploads `body`, whose digest is not known until its end, into `target`'s repository
-    /// (chunked, committed with the digest of what was sent). Not retried: a stream cannot be
-    /// read twice.
-    pub(super) async fn push_stream_unknown(
-        &self,
-        target: &Reference,
-        body: impl futures::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static,
-    ) -> Result<super::growing::SentBlob, PushError> {
-        let target = self.target(target, &|_| {}).await?;
-        let what = "upload of a layer while it was written";
-        let sent = target
-            .oci_client
-            .push_blob_stream_chunked(&target.oci, body)
-            .await
-            .map_err(|e| target.error(what, e))?;
-        let digest = sent.blob_digest.parse().map_err(|_| {
-            PushError::Task(format!(
-                "{what}: the client computed an unreadable digest {}",
-                sent.blob_digest
-            ))
-        })?;
-        Ok(super::growing::SentBlob {
-            repository: target.name(),
-            digest,
-            size: sent.size,
         })
     }
 }
