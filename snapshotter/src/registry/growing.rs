@@ -169,14 +169,12 @@ impl RegistryClient {
         let client = self.clone();
         let target = target.clone();
         let upload = async move {
-            let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let body = follow(file, rx, abandoned.clone());
-            let result = client.push_stream_unknown(&target, body).await;
-            if abandoned.load(std::sync::atomic::Ordering::Relaxed) {
-                return FollowEnd::Abandoned;
-            }
+            // The writer's last word tells an abandoned blob from a failed upload.
+            let last = rx.clone();
+            let result = client.push_stream_unknown(&target, follow(file, rx)).await;
             match result {
                 Ok(sent) => FollowEnd::Sent(sent),
+                Err(_) if last.borrow().end == End::Abandoned => FollowEnd::Abandoned,
                 Err(e) => FollowEnd::Failed(e),
             }
         };
@@ -185,11 +183,10 @@ impl RegistryClient {
 }
 
 /// The bytes of `file` as its writer reports them, in [`CHUNK`] pieces; the stream ends when the
-/// writer completes, and fails (setting `abandoned`) when it stops early.
+/// writer completes, and fails when it stops early.
 fn follow(
     file: File,
     rx: watch::Receiver<Growth>,
-    abandoned: Arc<std::sync::atomic::AtomicBool>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>>
 + Send
 + 'static {
@@ -197,19 +194,15 @@ fn follow(
         file: Arc<File>,
         rx: watch::Receiver<Growth>,
         offset: u64,
-        abandoned: Arc<std::sync::atomic::AtomicBool>,
     }
     let state = State {
         file: Arc::new(file),
         rx,
         offset: 0,
-        abandoned,
     };
     futures::stream::unfold(Some(state), |state| async move {
         let mut s = state?;
-        let stopped = |s: State| {
-            s.abandoned
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        let stopped = || {
             let e = io::Error::other("the blob's writer stopped before it was whole");
             Some((
                 Err(oci_client::errors::OciDistributionError::IoError(e)),
@@ -219,7 +212,7 @@ fn follow(
         loop {
             let g = *s.rx.borrow_and_update();
             if g.end == End::Abandoned {
-                return stopped(s);
+                return stopped();
             }
             let ready = g.written - s.offset;
             if ready >= CHUNK || (g.end == End::Complete && ready > 0) {
@@ -251,7 +244,7 @@ fn follow(
                 // unless it vanished without one.
                 let last = *s.rx.borrow();
                 if last.end == End::Open {
-                    return stopped(s);
+                    return stopped();
                 }
             }
         }
