@@ -126,11 +126,7 @@ impl Scratch {
     fn context(&self, fixture: &str, name: &str, owner: Option<&User>) -> PathBuf {
         let ctx = self.path(name);
         copy_tree(&testdata(fixture), &ctx);
-        // Modes as a checkout with umask 022 gives them, whatever this checkout's umask was.
-        for entry in walk(&ctx) {
-            let is_dir = fs::symlink_metadata(&entry).unwrap().is_dir();
-            set_mode(&entry, if is_dir { 0o755 } else { 0o644 });
-        }
+        checkout_modes(&ctx);
         let staging = self.path(&format!("{name}-staging"));
         match fixture {
             "full" => complete_full_context(&ctx, &staging),
@@ -138,13 +134,7 @@ impl Scratch {
             _ => {}
         }
         if let Some(user) = owner {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{}:{}", user.uid, user.gid))
-                .arg(&ctx)
-                .status()
-                .unwrap();
-            assert!(status.success());
+            chown_tree(&ctx, user);
         }
         ctx
     }
@@ -167,6 +157,25 @@ impl Scratch {
             .envs(env.iter().copied());
         cmd.output().expect("run forge")
     }
+}
+
+/// Modes as a checkout with umask 022 gives them, whatever this checkout's umask was.
+fn checkout_modes(ctx: &Path) {
+    for entry in walk(ctx) {
+        let is_dir = fs::symlink_metadata(&entry).unwrap().is_dir();
+        set_mode(&entry, if is_dir { 0o755 } else { 0o644 });
+    }
+}
+
+/// Makes `user` own everything under `dir` (the user's own files, as in a checkout).
+fn chown_tree(dir: &Path, user: &User) {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// What git cannot carry: exact modes, symlinks, a hardlink and the gzipped tar that ADD extracts.
@@ -233,6 +242,17 @@ fn build(
     let mut env = env.to_vec();
     env.push(("FORGE_ROOT", root));
     scratch.forge(who, &all, &env)
+}
+
+/// The end of a pushed build's arguments: plain progress, `-t` for each of `refs`, `--push`, and
+/// the context.
+fn push_args(refs: &[&str], ctx: &Path) -> Vec<String> {
+    let mut args = vec!["--progress=plain".to_string()];
+    for r in refs {
+        args.extend(["-t".to_string(), r.to_string()]);
+    }
+    args.extend(["--push".to_string(), ctx.to_str().unwrap().to_string()]);
+    args
 }
 
 fn assert_built(what: &str, out: &Output) {
@@ -865,15 +885,7 @@ fn rootless_build_pushes_an_image_that_skopeo_umoci_and_ctr_agree_with() {
     // A second name in another repository: every -t is pushed.
     let other = format!("{}/forge-e2e/full-copy:rootless-{tag}", m.registry);
     let mut args = full_build_args(&m);
-    args.extend([
-        "--progress=plain".into(),
-        "-t".into(),
-        reference.clone(),
-        "-t".into(),
-        other.clone(),
-        "--push".into(),
-        ctx.to_str().unwrap().into(),
-    ]);
+    args.extend(push_args(&[&reference, &other], &ctx));
     let out = build(
         &scratch,
         Who::User(&user),
@@ -921,28 +933,13 @@ fn gzip_parallel_pushes_the_same_tar_under_another_digest() {
         .collect();
     assert!(big.len() > 8 * 128 * 1024);
     fs::write(ctx.join("big.txt"), &big).unwrap();
-    for entry in walk(&ctx) {
-        let is_dir = fs::symlink_metadata(&entry).unwrap().is_dir();
-        set_mode(&entry, if is_dir { 0o755 } else { 0o644 });
-    }
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&ctx)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    checkout_modes(&ctx);
+    chown_tree(&ctx, &user);
     let tag = forge_testsupport::unique();
     let push = |store: &str, name: &str, extra: &[&str]| {
         let reference = format!("{}/forge-e2e/big:{name}-{tag}", m.registry);
         let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        args.extend([
-            "--progress=plain".into(),
-            "-t".into(),
-            reference.clone(),
-            "--push".into(),
-            ctx.to_str().unwrap().into(),
-        ]);
+        args.extend(push_args(&[&reference], &ctx));
         let out = build(
             &scratch,
             Who::User(&user),
@@ -1007,14 +1004,8 @@ fn root_build_with_the_containerd_runner_gives_the_same_image() {
         forge_testsupport::unique()
     );
     let mut args = full_build_args(&m);
-    args.extend([
-        "--progress=plain".into(),
-        "--runner=containerd".into(),
-        "-t".into(),
-        reference.clone(),
-        "--push".into(),
-        ctx.to_str().unwrap().into(),
-    ]);
+    args.push("--runner=containerd".into());
+    args.extend(push_args(&[&reference], &ctx));
     let out = build(
         &scratch,
         Who::Root,
@@ -1340,14 +1331,8 @@ fn add_of_a_local_tar_keeps_the_archives_owners() {
         m.registry,
         forge_testsupport::unique()
     );
-    let args = [
-        format!("--build-arg=BASE={}", m.busybox),
-        "--progress=plain".into(),
-        "-t".into(),
-        reference.clone(),
-        "--push".into(),
-        ctx.to_str().unwrap().into(),
-    ];
+    let mut args = vec![format!("--build-arg=BASE={}", m.busybox)];
+    args.extend(push_args(&[&reference], &ctx));
     let out = build(
         &scratch,
         Who::User(&user),
@@ -1484,13 +1469,7 @@ fn rootless_run_steps_get_buildkits_sandbox() {
         ),
     )
     .unwrap();
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&ctx)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    chown_tree(&ctx, &user);
     let store = scratch.path("store");
     let args = |ulimit: &str, out: &str| -> Vec<String> {
         [
