@@ -15,7 +15,7 @@ use forge_snapshotter::store::Store;
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
 use super::pending::Pending;
-use super::request::{BuildContext, BuildRequest, DockerfileSource, Export};
+use super::request::{BuildContext, BuildRequest, Export};
 use super::session::{Session, close_runner};
 use crate::cache_io::{self, BlobSource, LayeredCache, MountSeeds, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
@@ -143,7 +143,7 @@ impl Session {
         solved: &mut Solution<Built>,
     ) -> Result<Made, BuildError> {
         request.validate()?;
-        let (name, text) = read_dockerfile(request)?;
+        let (name, text) = super::prepare::read_dockerfile(request)?;
         let df = parser::parse_file(&name, &text)?;
         // A Dockerfile given as text has no sibling ignore file: the context's own applies.
         let df_path = request
@@ -151,7 +151,7 @@ impl Session {
             .unwrap_or_else(|| request.context.join("Dockerfile"));
         let ignore_patterns = match dockerignore::find_ignore_file(&request.context, &df_path) {
             None => Vec::new(),
-            Some(p) => read_ignore(&p)?,
+            Some(p) => super::prepare::read_ignore(&p)?,
         };
         let host = Platform::host();
         let lower_opts = LowerOptions {
@@ -271,7 +271,7 @@ impl Session {
             .map_err(|e| {
                 BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
             })?;
-        refuse_ungranted(request, &lowered.graph, &name, &text)?;
+        super::prepare::refuse_ungranted(request, &lowered.graph, &name, &text)?;
         let runner = self.runner().await?;
         let graph = Arc::new(lowered.graph);
         for image in images.images.values() {
@@ -640,104 +640,6 @@ fn previous_image(
     let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let created = config.get("created")?.as_str()?.to_string();
     Some((created, record.config.digest.to_string()))
-}
-
-fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildError> {
-    match &request.dockerfile {
-        DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
-        _ => {
-            let path = request.dockerfile_path().expect("a file source has a path");
-            confine_to_context(&request.context, &path)?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| BuildError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-            Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
-        }
-    }
-}
-
-/// A Dockerfile named inside the context must stay inside it: a link in a repository pointing at a
-/// host file (`Dockerfile -> /etc/shadow`) would otherwise be read, and its first line shown in the
-/// parse error. One named outside the context (`-f /elsewhere/Dockerfile`) is the caller's choice.
-fn confine_to_context(context: &std::path::Path, path: &std::path::Path) -> Result<(), BuildError> {
-    let (Ok(ctx), Some(parent)) = (context.canonicalize(), path.parent()) else {
-        return Ok(());
-    };
-    let parent = if parent.as_os_str().is_empty() {
-        std::path::Path::new(".")
-    } else {
-        parent
-    };
-    let Ok(dir) = parent.canonicalize() else {
-        return Ok(());
-    };
-    if !dir.starts_with(&ctx) {
-        return Ok(());
-    }
-    match path.canonicalize() {
-        Ok(real) if !real.starts_with(&ctx) => Err(BuildError::Invalid(format!(
-            "{}: the Dockerfile is a link to a file outside the build context {}",
-            path.display(),
-            context.display()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn read_ignore(path: &std::path::Path) -> Result<Vec<String>, BuildError> {
-    Ok(Dockerignore::read(path)
-        .map_err(|e| BuildError::Invalid(format!("{}: {e}", path.display())))?
-        .patterns()
-        .to_vec())
-}
-
-/// Refuses, before any step runs, a build whose steps need an entitlement it was not granted (as
-/// BuildKit does): `RUN --security=insecure` needs `--allow security.insecure`; the host's network
-/// (`RUN --network=host`; `--network host` is checked by [`BuildRequest::validate`]) needs
-/// `--allow network.host`. The error points at the flag in the Dockerfile (`FILE:LINE:COLUMN`).
-fn refuse_ungranted(
-    request: &BuildRequest,
-    graph: &Graph,
-    name: &str,
-    text: &str,
-) -> Result<(), BuildError> {
-    use crate::graph::{NetworkMode as RunNetwork, Op, SecurityMode};
-    for v in &graph.vertices {
-        let Op::Exec(e) = &v.op else { continue };
-        if e.security == SecurityMode::Insecure && !request.allow_insecure {
-            return Err(BuildError::Invalid(format!(
-                "{}: {}: RUN --security=insecure is not allowed: the build must grant it \
-                 (forge build --allow security.insecure)",
-                flag_location(name, text, v.line, "--security"),
-                v.description
-            )));
-        }
-        if e.network == RunNetwork::Host && !request.allow_network_host {
-            return Err(BuildError::Invalid(format!(
-                "{}: {}: RUN --network=host is not allowed: the step would reach the host's own \
-                 services; the build must grant it (forge build --allow network.host)",
-                flag_location(name, text, v.line, "--network"),
-                v.description
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// `FILE:LINE:COLUMN` of `flag` in the instruction that starts on `line` (1-based) of `text`, or
-/// `FILE:LINE` when it is not found there (continuation lines included).
-fn flag_location(name: &str, text: &str, line: Option<usize>, flag: &str) -> String {
-    let Some(line) = line else {
-        return name.to_string();
-    };
-    for (n, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
-        if let Some(byte) = l.to_ascii_lowercase().find(flag) {
-            return format!("{name}:{}:{}", n + 1, l[..byte].chars().count() + 1);
-        }
-        if !l.trim_end().ends_with('\\') {
-            break;
-        }
-    }
-    format!("{name}:{line}")
 }
 
 /// A lowering error gets the file's name and text, so the caller can show the line.

@@ -1,14 +1,18 @@
-//! What a build does before its solve besides lowering: the directories given as build contexts
-//! walked like the main context, and BuildKit's build checks run and reported.
+//! What a build does before its solve besides lowering: the Dockerfile and `.dockerignore` read
+//! (a Dockerfile kept inside its context), the directories given as build contexts walked like
+//! the main context, BuildKit's build checks run and reported, and steps that need an entitlement
+//! the build was not granted refused.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::BuildError;
-use super::request::{BuildContext, BuildRequest};
+use super::request::{BuildContext, BuildRequest, DockerfileSource};
 use crate::events::{BuildEvent, Events};
 use crate::frontend::dockerfile::{Dockerfile, check};
+use crate::frontend::dockerignore::Dockerignore;
+use crate::graph::Graph;
 use crate::ops::LocalDir;
 use crate::source::{BaseImages, ContextSnapshot, SnapshotOptions};
 
@@ -98,4 +102,102 @@ pub(super) fn run_build_checks(
         )));
     }
     Ok(())
+}
+
+pub(super) fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildError> {
+    match &request.dockerfile {
+        DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
+        _ => {
+            let path = request.dockerfile_path().expect("a file source has a path");
+            confine_to_context(&request.context, &path)?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| BuildError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
+        }
+    }
+}
+
+/// A Dockerfile named inside the context must stay inside it: a link in a repository pointing at a
+/// host file (`Dockerfile -> /etc/shadow`) would otherwise be read, and its first line shown in the
+/// parse error. One named outside the context (`-f /elsewhere/Dockerfile`) is the caller's choice.
+fn confine_to_context(context: &std::path::Path, path: &std::path::Path) -> Result<(), BuildError> {
+    let (Ok(ctx), Some(parent)) = (context.canonicalize(), path.parent()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(dir) = parent.canonicalize() else {
+        return Ok(());
+    };
+    if !dir.starts_with(&ctx) {
+        return Ok(());
+    }
+    match path.canonicalize() {
+        Ok(real) if !real.starts_with(&ctx) => Err(BuildError::Invalid(format!(
+            "{}: the Dockerfile is a link to a file outside the build context {}",
+            path.display(),
+            context.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn read_ignore(path: &std::path::Path) -> Result<Vec<String>, BuildError> {
+    Ok(Dockerignore::read(path)
+        .map_err(|e| BuildError::Invalid(format!("{}: {e}", path.display())))?
+        .patterns()
+        .to_vec())
+}
+
+/// Refuses, before any step runs, a build whose steps need an entitlement it was not granted (as
+/// BuildKit does): `RUN --security=insecure` needs `--allow security.insecure`; the host's network
+/// (`RUN --network=host`; `--network host` is checked by [`BuildRequest::validate`]) needs
+/// `--allow network.host`. The error points at the flag in the Dockerfile (`FILE:LINE:COLUMN`).
+pub(super) fn refuse_ungranted(
+    request: &BuildRequest,
+    graph: &Graph,
+    name: &str,
+    text: &str,
+) -> Result<(), BuildError> {
+    use crate::graph::{NetworkMode as RunNetwork, Op, SecurityMode};
+    for v in &graph.vertices {
+        let Op::Exec(e) = &v.op else { continue };
+        if e.security == SecurityMode::Insecure && !request.allow_insecure {
+            return Err(BuildError::Invalid(format!(
+                "{}: {}: RUN --security=insecure is not allowed: the build must grant it \
+                 (forge build --allow security.insecure)",
+                flag_location(name, text, v.line, "--security"),
+                v.description
+            )));
+        }
+        if e.network == RunNetwork::Host && !request.allow_network_host {
+            return Err(BuildError::Invalid(format!(
+                "{}: {}: RUN --network=host is not allowed: the step would reach the host's own \
+                 services; the build must grant it (forge build --allow network.host)",
+                flag_location(name, text, v.line, "--network"),
+                v.description
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `FILE:LINE:COLUMN` of `flag` in the instruction that starts on `line` (1-based) of `text`, or
+/// `FILE:LINE` when it is not found there (continuation lines included).
+fn flag_location(name: &str, text: &str, line: Option<usize>, flag: &str) -> String {
+    let Some(line) = line else {
+        return name.to_string();
+    };
+    for (n, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        if let Some(byte) = l.to_ascii_lowercase().find(flag) {
+            return format!("{name}:{}:{}", n + 1, l[..byte].chars().count() + 1);
+        }
+        if !l.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    format!("{name}:{line}")
 }
