@@ -159,8 +159,15 @@ pub fn image_records(
     names: &[String],
     platform: &Platform,
 ) -> Result<(ImageRecord, Vec<ImageRecord>), ExportError> {
-    store.write_blob(image.config_json(), None)?;
-    store.write_blob(image.manifest_json(), None)?;
+    // Side by side: each waits for its own sync, and two syncs at once can share one journal
+    // commit of the filesystem.
+    std::thread::scope(|s| {
+        let config = s.spawn(|| store.write_blob(image.config_json(), None));
+        store.write_blob(image.manifest_json(), None)?;
+        config
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
     let layers = image
         .layers()
         .map(|(_, d)| store_descriptor(d))

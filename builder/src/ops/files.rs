@@ -64,11 +64,10 @@ pub(super) fn tar_artifacts(
         }
         let hashing = tar.into_inner().map_err(io_err("writing", &tmp))?;
         let (buffered, digest, size) = hashing.finish();
+        // Closed unsynced: `adopt` syncs it before giving it its name.
         buffered
             .into_inner()
-            .map_err(|e| io_err("writing", &tmp)(e.into_error()))?
-            .sync_all()
-            .map_err(io_err("syncing", &tmp))?;
+            .map_err(|e| io_err("writing", &tmp)(e.into_error()))?;
         Ok((found, digest, size))
     })();
     let (paths, digest, size) = match written {
@@ -136,11 +135,10 @@ impl TestLogWriter {
             return Ok(None);
         }
         let (buffered, digest, size) = self.out.finish();
+        // Closed unsynced: `adopt` syncs it before giving it its name.
         buffered
             .into_inner()
-            .map_err(|e| io_err("writing the test log", &self.tmp)(e.into_error()))?
-            .sync_all()
-            .map_err(io_err("syncing", &self.tmp))?;
+            .map_err(|e| io_err("writing the test log", &self.tmp)(e.into_error()))?;
         let digest: BlobDigest = digest
             .to_string()
             .parse()

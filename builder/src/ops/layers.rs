@@ -160,10 +160,8 @@ pub(super) fn diff_to_blob(
             source: e.into_error(),
         })?
         .complete()
-        .map_err(io_err("writing layer", &tmp))?
-        .into_inner()
-        .sync_all()
-        .map_err(io_err("syncing layer", &tmp))?;
+        .map_err(io_err("writing layer", &tmp))?;
+    // Closed unsynced: `adopt` syncs it before giving it its name.
     let blob = blob_digest(&desc.digest)?;
     store.adopt(&tmp, &blob, desc.size)?;
     if let (Some(u), Some(s)) = (upload, started) {

@@ -3,8 +3,13 @@
 //! entries and leases still need which blobs. Pull writes here; unpack, build and push read from here.
 //!
 //! Crash safety: a blob is written to a temp file in `ingest/` on the same filesystem, its digest and
-//! size verified, fsynced, renamed into place and the directory fsynced, so a name under `blobs/` is
-//! always whole. redb commits are atomic. Stale temp files are removed by the next quiet open.
+//! size verified, fsynced and renamed into place, so a name under `blobs/` is always whole. The
+//! renames are made durable together: every metadata commit (the only thing that makes a blob
+//! needed) first syncs the `blobs/` directory, so a record never outlives a crash that its blobs'
+//! names did not, and a build that adds six blobs pays for one directory sync, not six (each forced
+//! a journal commit of its own: 1.5-4 ms here). A crash before the commit can lose a blob's name,
+//! never its bytes under a name: the blob is then simply absent (a cache record naming it is a miss).
+//! redb commits are atomic. Stale temp files are removed by the next quiet open.
 //!
 //! Full disk: `reserve`, a 1 MiB file made when the store is opened, is given back when a metadata
 //! write fails for want of space, so that `rmi` and `prune` can still record what they remove on a
@@ -387,7 +392,6 @@ impl Store {
             )),
             tmp,
             path,
-            dir: self.blobs.clone(),
             hasher: Sha256::new(),
             written: 0,
             expected: digest.clone(),
@@ -467,8 +471,8 @@ impl Store {
         }
         file.sync_all().map_err(io_err("fsync temp file", tmp))?;
         drop(file);
-        fs::rename(tmp, &path).map_err(io_err("rename blob into", &path))?;
-        fsync_dir(&self.blobs)
+        // The name becomes durable with the next metadata commit (see the module's crash safety).
+        fs::rename(tmp, &path).map_err(io_err("rename blob into", &path))
     }
 
     /// Copies everything from `reader` into the store as blob `expected`; the bytes are verified
@@ -545,6 +549,10 @@ impl Store {
         f: impl Fn(&redb::Database, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
+        // What `f` commits may name blobs renamed into place since the last sync, by this process
+        // or another: their names reach the disk first (one journal commit for all of them; next
+        // to nothing when no name changed).
+        fsync_dir(&self.blobs)?;
         let once = || {
             let db = redb::Database::create(&self.db_path)
                 .map_err(|e| meta::db_error(&self.db_path, e))?;
@@ -610,7 +618,6 @@ pub struct BlobWriter {
     file: Option<io::BufWriter<Writeback>>,
     tmp: PathBuf,
     path: PathBuf,
-    dir: PathBuf,
     hasher: Sha256,
     written: u64,
     expected: Digest,
@@ -681,8 +688,9 @@ impl BlobWriter {
             .map_err(io_err("fsync temp file", &self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &self.path).map_err(io_err("rename blob into", &self.path))?;
+        // The name becomes durable with the next metadata commit (see the module's crash safety).
         self.committed = true;
-        fsync_dir(&self.dir)
+        Ok(())
     }
 }
 
