@@ -48,6 +48,7 @@ pub struct Session {
 impl Session {
     /// Opens (creating if needed) the store at `options.root` and its snapshotter.
     pub fn open(options: SessionOptions) -> Result<Session, BuildError> {
+        forge_snapshotter::registry::roots::load_in_background();
         let root = options.root;
         let store = Store::open(&root)
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;

@@ -38,11 +38,27 @@ pub fn install_crypto_provider() {
     });
 }
 
+static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
+
+/// Starts loading the roots on a thread of their own, unless they are loaded already: a build
+/// calls this as it opens, so that its first request (a base image's manifest, soon after) finds
+/// them ready instead of reading and parsing a few hundred files first (about 5 ms on its critical
+/// path on Debian). Only once the process may have threads (after any namespace set-up).
+pub fn load_in_background() {
+    if ROOTS.get().is_none() {
+        // Without the thread the first use loads them, as before.
+        let _ = std::thread::Builder::new()
+            .name("forge-roots".into())
+            .spawn(|| {
+                trust_roots();
+            });
+    }
+}
+
 /// This process's roots, loaded on first use. Every client these roots go into also needs the
 /// crypto provider, which is installed here too.
 pub fn trust_roots() -> &'static TrustRoots {
     install_crypto_provider();
-    static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
     ROOTS.get_or_init(|| {
         // Unreadable or unparsable files are skipped by the loader (reported in `errors`); what
         // matters here is whether anything usable remains.
