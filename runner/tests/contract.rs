@@ -75,6 +75,7 @@ contract!(
     secret_file_and_env,
     ssh_agent_socket,
     rootfs_changes_land_in_the_upper_dir,
+    what_a_step_leaves_running_ends_with_it,
     snapshotter_mount,
     issue11_proc_sys_write_is_refused_and_the_host_value_unchanged,
     issue11_masked_kernel_files_show_nothing,
@@ -1232,6 +1233,27 @@ async fn rootfs_changes_land_in_the_upper_dir(w: &World) {
         w.ok(&w.spec("cat /data/file; ls /old | wc -l")).await,
         ["x", "0"]
     );
+}
+
+async fn what_a_step_leaves_running_ends_with_it(w: &World) {
+    // The shell ends at once and leaves two processes behind, their output elsewhere (so the end
+    // of the step's output does not wait for them): one that would write into the rootfs a little
+    // later, one that would sleep on. Once the run returns, both are gone, and so the upper dir
+    // (what becomes the layer) has nothing the step did not do while it ran.
+    let marker = unique_seconds();
+    let script = format!(
+        "(sleep 0.4; echo late > /late) >/dev/null 2>&1 & sleep {marker} >/dev/null 2>&1 & \
+         echo started; touch /made"
+    );
+    assert_eq!(w.ok(&w.spec(&script)).await, ["started"]);
+    let left = common::pids_with_argv(&["sleep", &marker.to_string()]);
+    assert!(
+        left.is_empty(),
+        "{}: step processes left: {left:?}",
+        w.name()
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(w.upper_files(), ["made"], "{}", w.name());
 }
 
 async fn snapshotter_mount(w: &World) {

@@ -1,7 +1,10 @@
 //! The container side of a step in the namespaces isolation: what runs after forge forks. A thread
 //! of forge unshares the namespaces for itself alone and forks the namespace's init, which builds
-//! the rootfs, pivots into it and forks the command (see `command.rs`); init then waits, removes
-//! the mount stubs it created, and exits with the command's status.
+//! the rootfs, pivots into it and forks the command (see `command.rs`); init then waits, ends
+//! whatever the command left running, removes the mount stubs it created, reports the command's
+//! status on the status pipe and exits with it. forge goes on from the report: the kernel's tearing
+//! down of the namespaces after init's exit (unmounting the rootfs evicts every inode the step
+//! touched, 38 ms of CPU for 20,000 files) then runs beside the layer's making instead of before it.
 //!
 //! Process tree: forge (P, step thread) -> init (I, pid 1, new session) -> command (C). Killing I kills
 //! the whole PID namespace; I dies with the step thread (PR_SET_PDEATHSIG), so a dead forge takes the
@@ -37,6 +40,11 @@ fn fuse_mounts(plan: &Plan) -> Vec<(&Mount, PathBuf)> {
         .chain(raw)
         .filter(|(m, _)| m.kind == "fuse-overlayfs")
         .collect()
+}
+
+/// Whether the plan mounts anything with fuse-overlayfs.
+pub(crate) fn uses_fuse(plan: &Plan) -> bool {
+    !fuse_mounts(plan).is_empty()
 }
 
 /// Starts the FUSE daemons of fuse-overlayfs mounts from the step thread, in a mount namespace of the
@@ -101,7 +109,14 @@ pub(crate) fn unmount_fuse(plan: &Plan) {
 /// without a middle process. The mount namespace is unshared by init itself: pivot_root moves every task of its
 /// mount namespace that shares the old root, and the thread must stay on the host's root.
 /// `lifeline` is the read end of a pipe whose write end forge holds for the step.
-pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Result<Pid, String> {
+/// `status` is the write end of the pipe init reports the command's exit code on (four bytes, little
+/// endian) once nothing of the step runs any more; a failed setup reports nothing.
+pub(crate) fn spawn_init(
+    plan: &Plan,
+    fds: &ChildFds,
+    lifeline: OwnedFd,
+    status: OwnedFd,
+) -> Result<Pid, String> {
     mount_fuse(plan)?;
     let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
@@ -113,7 +128,7 @@ pub(crate) fn spawn_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> Resu
     // calls that are safe after fork in a multi-threaded process with glibc (whose fork resets
     // malloc's locks).
     match unsafe { fork() }.map_err(|e| format!("fork container init: {e}"))? {
-        ForkResult::Child => run_init(plan, fds, lifeline),
+        ForkResult::Child => run_init(plan, fds, lifeline, status),
         ForkResult::Parent { child } => Ok(child),
     }
 }
@@ -146,7 +161,7 @@ pub(super) fn init_prologue(plan: &Plan, fds: &ChildFds, lifeline: &OwnedFd) -> 
     true
 }
 
-fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
+fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd, status: OwnedFd) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if !init_prologue(plan, fds, &lifeline) {
             return SETUP_FAILED;
@@ -166,8 +181,9 @@ fn run_init(plan: &Plan, fds: &ChildFds, lifeline: OwnedFd) -> ! {
             fds.stdout.as_raw_fd(),
             fds.stderr.as_raw_fd(),
             fds.error.as_raw_fd(),
+            status.as_raw_fd(),
         ]);
-        init(plan, fds)
+        init(plan, fds, &status)
     }))
     .unwrap_or(SETUP_FAILED);
     exit(code)
@@ -194,7 +210,7 @@ pub(super) struct Undo {
     pub mounted: Vec<PathBuf>,
 }
 
-fn init(plan: &Plan, fds: &ChildFds) -> i32 {
+fn init(plan: &Plan, fds: &ChildFds, status: &OwnedFd) -> i32 {
     let mut undo = Undo::default();
     let prepared = match setup(plan, &mut undo) {
         Ok(p) => p,
@@ -221,8 +237,26 @@ fn init(plan: &Plan, fds: &ChildFds) -> i32 {
     }
     // As pid 1, init also reaps orphans the command leaves behind.
     let code = wait_command(command, || {});
+    // Whatever the command left running ends now rather than at init's exit: once forge has the
+    // code, nothing may write in the rootfs any more.
+    end_the_rest();
     cleanup(&undo);
+    // The error pipe reads EOF in forge only once every holder has closed it.
+    // SAFETY: closing init's own copy; the OwnedFd is never used again in this process.
+    unsafe {
+        libc::close(fds.error.as_raw_fd());
+    }
+    // Best effort: without the report forge waits for init's exit, as it always may.
+    let _ = nix::unistd::write(status, &code.to_le_bytes());
     code
+}
+
+/// Kills every other process of the step's PID namespace and reaps them all. As that namespace's
+/// pid 1, `kill(-1)` reaches exactly those (the FUSE daemons of a rootless rootfs live outside it).
+fn end_the_rest() {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+    // Until ECHILD: no child left, and every orphan of the namespace is init's child.
+    while let Ok(_) | Err(nix::errno::Errno::EINTR) = waitpid(Pid::from_raw(-1), None) {}
 }
 
 /// Init's wait for `command`, reaping every other child that ends meanwhile; `each` runs before

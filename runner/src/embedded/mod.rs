@@ -287,15 +287,30 @@ impl EmbeddedRunner {
     }
 
     /// The blocking half of a step, on a thread of its own: prepare, unshare, fork, wait. The thread
-    /// stays in here until the step is over, because PR_SET_PDEATHSIG fires when the forking *thread*
-    /// exits, and it is never reused, because unshare changed its namespaces.
+    /// stays until init is reaped, because PR_SET_PDEATHSIG fires when the forking *thread* exits,
+    /// and it is never reused, because unshare changed its namespaces. The step's result can come
+    /// first: with it comes the init still to reap ([`reap_init`]), when init reported the
+    /// command's code and is only being torn down by the kernel.
     fn spawn_and_wait(
         &self,
         plan: Plan,
         stdout: OwnedFd,
         stderr: OwnedFd,
         target: &Mutex<KillTarget>,
-    ) -> Result<i32, EmbeddedError> {
+    ) -> (Result<i32, EmbeddedError>, Option<Pid>) {
+        match self.spawn_and_wait_inner(plan, stdout, stderr, target) {
+            Ok((code, unreaped)) => (Ok(code), unreaped),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    fn spawn_and_wait_inner(
+        &self,
+        plan: Plan,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        target: &Mutex<KillTarget>,
+    ) -> Result<(i32, Option<Pid>), EmbeddedError> {
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -320,9 +335,12 @@ impl EmbeddedRunner {
             error: err_w,
         };
         if let Isolation::Chroot { .. } = self.config.isolation {
-            return self.chroot_and_wait(plan, fds, life_r, life_w, err_r, target);
+            return self
+                .chroot_and_wait(plan, fds, life_r, life_w, err_r, target)
+                .map(|code| (code, None));
         }
-        let init = match container::spawn_init(&plan, &fds, life_r) {
+        let (status_r, status_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
+        let init = match container::spawn_init(&plan, &fds, life_r, status_w) {
             Ok(pid) => pid,
             Err(detail) => {
                 container::unmount_fuse(&plan);
@@ -333,14 +351,43 @@ impl EmbeddedRunner {
             }
         };
         drop(fds);
-        let code = wait_init(init, target);
+        KillTarget::set(target, init.as_raw());
+        // A step with limits waits for init's end, as its cgroup can be removed only once empty;
+        // and one on FUSE mounts, whose daemons end only once init's copies of them are gone.
+        let wait_for_init = !plan.cgroup_procs.is_empty() || container::uses_fuse(&plan);
+        let (code, unreaped) = match reported_code(status_r) {
+            Some(code) if !wait_for_init => (Ok(code), Some(init)),
+            _ => (wait_init(init, target), None),
+        };
         container::unmount_fuse(&plan);
         drop(life_w);
         if let Some((upper, lowers)) = &layers {
             prune::prune(upper, lowers, &candidates, &before);
         }
-        step_result(code?, err_r, target, &plan)
+        let code = step_result(code?, err_r, target, &plan)?;
+        Ok((code, unreaped))
     }
+}
+
+/// The exit code init reported on its status pipe, once the step's processes are gone; `None`
+/// when init ended without one (a failed setup, a kill).
+fn reported_code(status: OwnedFd) -> Option<i32> {
+    let mut bytes = [0u8; 4];
+    fs::File::from(status).read_exact(&mut bytes).ok()?;
+    Some(i32::from_le_bytes(bytes))
+}
+
+/// Waits for an init that already reported (see [`EmbeddedRunner::spawn_and_wait`]); its pid is
+/// then never signalled again. The step's future may be gone by now and its kill target cancelled
+/// at any moment, so init is waited for without being reaped, and reaped only with the target
+/// cleared under its lock: until then the pid stays init's (a zombie), never a newer process's.
+fn reap_init(init: Pid, target: &Mutex<KillTarget>) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(init), exited) {}
+    let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
+    t.pid = None;
+    let _ = waitpid(init, Some(WaitPidFlag::WNOHANG));
 }
 
 /// Waits for the step's init (registered as `target`'s pid meanwhile) and returns its exit code,
@@ -547,7 +594,14 @@ impl EmbeddedRunner {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runner.spawn_and_wait(plan, out_w, err_w, &target2)
                 }));
+                let (r, unreaped) = match r {
+                    Ok((r, unreaped)) => (Ok(r), unreaped),
+                    Err(panic) => (Err(panic), None),
+                };
                 let _ = done_tx.send(r);
+                if let Some(init) = unreaped {
+                    reap_init(init, &target2);
+                }
             })
             .map_err(io_err("spawn a thread for", Path::new("the step")))?;
         let mut tail = VecDeque::new();
