@@ -298,10 +298,10 @@ impl EmbeddedRunner {
         stderr: OwnedFd,
         target: &Mutex<KillTarget>,
     ) -> (Result<i32, EmbeddedError>, Option<Pid>) {
-        match self.spawn_and_wait_inner(plan, stdout, stderr, target) {
-            Ok((code, unreaped)) => (Ok(code), unreaped),
-            Err(e) => (Err(e), None),
-        }
+        // An error before init was forked leaves nothing to reap; after it, init is reaped
+        // whatever the step's result.
+        self.spawn_and_wait_inner(plan, stdout, stderr, target)
+            .unwrap_or_else(|e| (Err(e), None))
     }
 
     fn spawn_and_wait_inner(
@@ -310,7 +310,7 @@ impl EmbeddedRunner {
         stdout: OwnedFd,
         stderr: OwnedFd,
         target: &Mutex<KillTarget>,
-    ) -> Result<(i32, Option<Pid>), EmbeddedError> {
+    ) -> Result<(Result<i32, EmbeddedError>, Option<Pid>), EmbeddedError> {
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let (life_r, life_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
@@ -335,9 +335,8 @@ impl EmbeddedRunner {
             error: err_w,
         };
         if let Isolation::Chroot { .. } = self.config.isolation {
-            return self
-                .chroot_and_wait(plan, fds, life_r, life_w, err_r, target)
-                .map(|code| (code, None));
+            let code = self.chroot_and_wait(plan, fds, life_r, life_w, err_r, target);
+            return Ok((code, None));
         }
         let (status_r, status_w) = nix::unistd::pipe2(cloexec).map_err(sys_err("pipe"))?;
         let init = match container::spawn_init(&plan, &fds, life_r, status_w) {
@@ -364,7 +363,7 @@ impl EmbeddedRunner {
         if let Some((upper, lowers)) = &layers {
             prune::prune(upper, lowers, &candidates, &before);
         }
-        let code = step_result(code?, err_r, target, &plan)?;
+        let code = code.and_then(|code| step_result(code, err_r, target, &plan));
         Ok((code, unreaped))
     }
 }

@@ -42,8 +42,8 @@ static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
 
 /// Starts loading the roots on a thread of their own, unless they are loaded already: a build
 /// calls this as it opens, so that its first request (a base image's manifest, soon after) finds
-/// them ready instead of reading and parsing a few hundred files first (about 5 ms on its critical
-/// path on Debian). Only once the process may have threads (after any namespace set-up).
+/// them ready instead of reading and parsing a few hundred files first (about 2.5 ms of CPU on
+/// Debian). Only once the process may have threads (after any namespace set-up).
 pub fn load_in_background() {
     if ROOTS.get().is_none() {
         // Without the thread the first use loads them, as before.

@@ -6,8 +6,8 @@
 //! size verified, fsynced and renamed into place, so a name under `blobs/` is always whole. The
 //! renames are made durable together: every metadata commit (the only thing that makes a blob
 //! needed) first syncs the `blobs/` directory, so a record never outlives a crash that its blobs'
-//! names did not, and a build that adds six blobs pays for one directory sync, not six (each forced
-//! a journal commit of its own: 1.5-4 ms here). A crash before the commit can lose a blob's name,
+//! names did not, and a build that adds six blobs makes one directory sync, not six. A crash
+//! before the commit can lose a blob's name,
 //! never its bytes under a name: the blob is then simply absent (a cache record naming it is a miss).
 //! redb commits are atomic. Stale temp files are removed by the next quiet open.
 //!
