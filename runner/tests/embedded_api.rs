@@ -142,6 +142,52 @@ fn concurrent_steps_keep_their_output_apart() {
     assert_eq!(out_b, ["b-1", "b-2", "b-3"]);
 }
 
+/// Children of this process that are a step's init (forked from a `forge-step` thread), whatever
+/// their state: running, exiting (D while the kernel tears their namespaces down) or a zombie.
+fn inits_left() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains("(forge-step) ") {
+                out.push(pid.parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_init_is_reaped_however_its_step_ends() {
+    let Some((fx, backend)) = setup() else { return };
+    // A command that cannot be executed: init reports its code, and the step then fails with the
+    // error init's child wrote. A command that fails, and one that succeeds.
+    let mut missing = spec(&fx, "up-z1", "");
+    missing.command = Command::Exec(vec!["/no/such/tool".into()]);
+    let runs = [
+        (missing, false),
+        (spec(&fx, "up-z2", "exit 3"), true),
+        (spec(&fx, "up-z3", "true"), true),
+    ];
+    for (spec, runs_at_all) in &runs {
+        let result =
+            rt().block_on(backend.run(spec, &mut |_, _: &str| {}, &CancellationToken::new()));
+        assert_eq!(result.is_ok(), *runs_at_all, "{result:?}");
+    }
+    // A step's result may come while its init is still being torn down; it is reaped right after
+    // (other tests' steps may be ending too, so this waits for a moment with none left).
+    let start = std::time::Instant::now();
+    while !inits_left().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "inits left unreaped: {:?}",
+            inits_left()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn cancelling_the_token_returns_cancelled_and_cleans_up() {
     let Some((fx, backend)) = setup() else { return };
