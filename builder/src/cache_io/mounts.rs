@@ -71,8 +71,8 @@ fn pack(dir: &Path, store: &Store) -> io::Result<(Digest, u64)> {
     }
     let zstd = tar.into_inner()?;
     let (mut file, digest, size) = zstd.finish()?.finish();
+    // Flushed, not synced: `adopt` syncs it before giving it its name.
     file.flush()?;
-    file.get_ref().sync_all()?;
     let digest: Digest = digest.to_string().parse().map_err(io::Error::other)?;
     store.adopt(&tmp, &digest, size).map_err(io::Error::other)?;
     Ok((digest, size))

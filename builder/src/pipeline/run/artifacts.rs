@@ -109,11 +109,10 @@ pub fn select(
         .into_inner()
         .map_err(|e| format!("writing artifacts: {e}"))?;
     let (buffered, digest, size) = hashing.finish();
+    // Closed unsynced: `adopt` syncs it before giving it its name.
     buffered
         .into_inner()
-        .map_err(|e| format!("writing artifacts: {}", e.into_error()))?
-        .sync_all()
-        .map_err(|e| format!("writing artifacts: {e}"))?;
+        .map_err(|e| format!("writing artifacts: {}", e.into_error()))?;
     let digest: forge_snapshotter::store::Digest = digest
         .to_string()
         .parse()
