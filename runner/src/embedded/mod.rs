@@ -289,7 +289,7 @@ impl EmbeddedRunner {
     /// The blocking half of a step, on a thread of its own: prepare, unshare, fork, wait. The thread
     /// stays until init is reaped, because PR_SET_PDEATHSIG fires when the forking *thread* exits,
     /// and it is never reused, because unshare changed its namespaces. The step's result can come
-    /// first: with it comes the init still to reap ([`reap_init`]), when init reported the
+    /// first: with it comes the init still to reap ([`wait_init`]), when init reported the
     /// command's code and is only being torn down by the kernel.
     fn spawn_and_wait(
         &self,
@@ -376,32 +376,33 @@ fn reported_code(status: OwnedFd) -> Option<i32> {
     Some(i32::from_le_bytes(bytes))
 }
 
-/// Waits for an init that already reported (see [`EmbeddedRunner::spawn_and_wait`]); its pid is
-/// then never signalled again. The step's future may be gone by now and its kill target cancelled
-/// at any moment, so init is waited for without being reaped, and reaped only with the target
-/// cleared under its lock: until then the pid stays init's (a zombie), never a newer process's.
-fn reap_init(init: Pid, target: &Mutex<KillTarget>) {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
-    let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
-    while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(init), exited) {}
-    let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
-    t.pid = None;
-    let _ = waitpid(init, Some(WaitPidFlag::WNOHANG));
-}
-
 /// Waits for the step's init (registered as `target`'s pid meanwhile) and returns its exit code,
-/// 128 + the signal that killed it. Once init is reaped its pid is never signalled again.
+/// 128 + the signal that killed it; also how an init that already reported is reaped (see
+/// [`EmbeddedRunner::spawn_and_wait`]). Its pid is never signalled again: a cancel may come at any
+/// moment (after a report, the step's future may be gone), so init is waited for without being
+/// reaped, and reaped only with the target cleared under its lock. Until then the pid stays
+/// init's (a zombie), never a newer process's.
 fn wait_init(init: Pid, target: &Mutex<KillTarget>) -> Result<i32, EmbeddedError> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
     KillTarget::set(target, init.as_raw());
+    let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
     let code = loop {
-        match waitpid(init, None) {
+        match waitid(Id::Pid(init), exited) {
             Ok(WaitStatus::Exited(_, code)) => break Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // WEXITED reports only ends; anything else would repeat forever under WNOWAIT.
+            Ok(_) => {
+                break Err(sys_err("wait for the step's init")(
+                    nix::errno::Errno::EINVAL,
+                ));
+            }
             Err(e) => break Err(sys_err("wait for the step's init")(e)),
         }
     };
-    target.lock().unwrap_or_else(|e| e.into_inner()).pid = None;
+    let mut t = target.lock().unwrap_or_else(|e| e.into_inner());
+    t.pid = None;
+    let _ = waitpid(init, Some(WaitPidFlag::WNOHANG));
     code
 }
 
@@ -599,7 +600,7 @@ impl EmbeddedRunner {
                 };
                 let _ = done_tx.send(r);
                 if let Some(init) = unreaped {
-                    reap_init(init, &target2);
+                    let _ = wait_init(init, &target2);
                 }
             })
             .map_err(io_err("spawn a thread for", Path::new("the step")))?;
