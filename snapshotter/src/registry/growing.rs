@@ -68,11 +68,16 @@ impl Drop for Progress {
 impl<W: Write> Reported<W> {
     /// A writer no upload follows (its reports go nowhere).
     pub fn unfollowed(inner: W) -> Reported<W> {
-        let (tx, _) = watch::channel(Growth {
+        Reported::with_channel(inner).0
+    }
+
+    /// A writer of nothing yet, and the receiving end of its reports.
+    fn with_channel(inner: W) -> (Reported<W>, watch::Receiver<Growth>) {
+        let (tx, rx) = watch::channel(Growth {
             written: 0,
             end: End::Open,
         });
-        Reported {
+        let reported = Reported {
             inner,
             progress: Progress {
                 tx,
@@ -80,7 +85,8 @@ impl<W: Write> Reported<W> {
             },
             written: 0,
             reported: 0,
-        }
+        };
+        (reported, rx)
     }
 
     /// Flushes what it wraps, tells the upload the blob is whole, and gives the writer back.
@@ -153,19 +159,7 @@ impl RegistryClient {
         Reported<W>,
         impl std::future::Future<Output = FollowEnd> + Send + 'static,
     ) {
-        let (tx, rx) = watch::channel(Growth {
-            written: 0,
-            end: End::Open,
-        });
-        let reported = Reported {
-            inner: writer,
-            progress: Progress {
-                tx,
-                completed: false,
-            },
-            written: 0,
-            reported: 0,
-        };
+        let (reported, rx) = Reported::with_channel(writer);
         let client = self.clone();
         let target = target.clone();
         let upload = async move {
