@@ -153,6 +153,24 @@ impl Session {
             None => Vec::new(),
             Some(p) => super::prepare::read_ignore(&p)?,
         };
+        // The context walk (memoised) starts first: on a rebuild that changes nothing it is most
+        // of the build, and everything else until the solve (the store session, the scratch
+        // space, base images resolving) runs beside it.
+        let ctx_dir = request.context.clone();
+        let memo_dir = self.root.join("context");
+        let ignore = Dockerignore::from_patterns(&ignore_patterns).map_err(|e| {
+            BuildError::Invalid(format!("{}: .dockerignore: {e}", request.context.display()))
+        })?;
+        let walk = tokio::task::spawn_blocking(move || {
+            ContextSnapshot::take(
+                &ctx_dir,
+                &SnapshotOptions {
+                    ignore: Some(&ignore),
+                    state_dir: Some(&memo_dir),
+                    threads: 0,
+                },
+            )
+        });
         let host = Platform::host();
         let lower_opts = LowerOptions {
             target: request.target.clone(),
@@ -219,22 +237,6 @@ impl Session {
                 ))
             })?;
 
-        // The context walk (memoised) runs while base images resolve.
-        let ctx_dir = request.context.clone();
-        let memo_dir = self.root.join("context");
-        let ignore = Dockerignore::from_patterns(&ignore_patterns).map_err(|e| {
-            BuildError::Invalid(format!("{}: .dockerignore: {e}", request.context.display()))
-        })?;
-        let walk = tokio::task::spawn_blocking(move || {
-            ContextSnapshot::take(
-                &ctx_dir,
-                &SnapshotOptions {
-                    ignore: Some(&ignore),
-                    state_dir: Some(&memo_dir),
-                    threads: 0,
-                },
-            )
-        });
         // With a cache to import, base layers are fetched only when a step needs them: a build
         // served whole from the cache downloads none.
         let fetch = if request.cache.import.is_empty() {

@@ -2,7 +2,6 @@
 //! One file per context directory under the state directory, replaced atomically; anything that
 //! does not verify (short, wrong magic, bad checksum) is thrown away and rebuilt, never trusted.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -22,12 +21,25 @@ pub(crate) struct FileKey {
     pub dev: u64,
 }
 
-/// The memo as loaded: content hashes by relative path, and when the snapshot that wrote it began.
+/// The memo as loaded: its verified records, kept as the bytes they were read as (no map, no
+/// string per path: a no-op rebuild of a large context pays for neither), and when the snapshot
+/// that wrote it began. Records are in ascending path order, the order the walk sorts its entries
+/// in, so they are matched in one pass ([`Memo::lookups`]).
 #[derive(Debug, Default)]
 pub(crate) struct Memo {
     taken_at_ns: i64,
-    entries: HashMap<String, (FileKey, [u8; 32])>,
+    /// The records, each a path length (u32), the path, the key (five u64) and the hash.
+    records: Vec<u8>,
+    /// Where `records` start in the file's bytes.
+    start: usize,
+    count: u64,
 }
+
+/// What a record says of its path: the file's key when hashed, and the hash.
+type Remembered = (FileKey, [u8; 32]);
+
+/// A record's bytes besides its path: the length, the key and the hash.
+const FIXED: usize = 4 + 5 * 8 + 32;
 
 /// Where the memo of the context at `root` lives under `state_dir`.
 pub(crate) fn memo_file(state_dir: &Path, root: &Path) -> PathBuf {
@@ -52,20 +64,22 @@ impl Memo {
                 );
             }
         };
-        match Self::decode(&bytes) {
+        let len = bytes.len();
+        match Self::decode(bytes) {
             Some(m) => (m, None),
             None => (
                 Memo::default(),
                 Some(format!(
-                    "memo {} discarded: corrupt or truncated ({} bytes)",
-                    path.display(),
-                    bytes.len()
+                    "memo {} discarded: corrupt or truncated ({len} bytes)",
+                    path.display()
                 )),
             ),
         }
     }
 
-    fn decode(bytes: &[u8]) -> Option<Memo> {
+    /// Checks `bytes` whole (checksum, header, every record's shape, paths in ascending order)
+    /// without copying any of it.
+    fn decode(mut bytes: Vec<u8>) -> Option<Memo> {
         let body_len = bytes.len().checked_sub(32)?;
         let (body, sum) = bytes.split_at(body_len);
         if blake3::hash(body).as_bytes() != sum {
@@ -74,51 +88,83 @@ impl Memo {
         let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
         let taken_at_ns = r.i64()?;
         let count = r.u64()?;
-        let mut entries = HashMap::new();
+        let start = body_len - r.0.len();
+        let mut previous: Option<&[u8]> = None;
         for _ in 0..count {
-            let len = r.u32()? as usize;
-            let path = std::str::from_utf8(r.take(len)?).ok()?.to_string();
-            let key = FileKey {
-                size: r.u64()?,
-                mtime_ns: r.i64()?,
-                ino: r.u64()?,
-                ctime_ns: r.i64()?,
-                dev: r.u64()?,
-            };
-            let hash: [u8; 32] = r.take(32)?.try_into().ok()?;
-            entries.insert(path, (key, hash));
+            let (path, _) = r.record()?;
+            std::str::from_utf8(path).ok()?;
+            if previous.is_some_and(|p| p >= path) {
+                return None;
+            }
+            previous = Some(path);
         }
         if !r.0.is_empty() {
             return None;
         }
+        bytes.truncate(body_len);
         Some(Memo {
             taken_at_ns,
-            entries,
+            records: bytes,
+            start,
+            count,
         })
     }
 
     /// How many files the memo remembers.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count as usize
     }
 
+    /// Lookups of paths in ascending order (the walk's sorted entries), each [`Lookups::get`]
+    /// moving past the records before it: one pass over the memo for the whole context.
+    pub fn lookups(&self, now_ns: i64) -> Lookups<'_> {
+        Lookups {
+            taken_at_ns: self.taken_at_ns,
+            rest: Reader(self.records.get(self.start..).unwrap_or_default()),
+            now_ns,
+        }
+    }
+}
+
+/// See [`Memo::lookups`].
+pub(crate) struct Lookups<'a> {
+    taken_at_ns: i64,
+    rest: Reader<'a>,
+    now_ns: i64,
+}
+
+impl Lookups<'_> {
     /// The remembered hash of `path`, if its key is unchanged and the memo can vouch for it.
+    /// `path` must sort after every path asked for before (a smaller one is not found).
     ///
     /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not
     /// trusted ("racy git"): a write in the same timestamp tick as the hashing would leave the key
     /// unchanged while the content moved on. The same goes for files modified within the last second.
-    pub fn lookup(&self, path: &str, key: &FileKey, now_ns: i64) -> Option<blake3::Hash> {
-        let (k, hash) = self.entries.get(path)?;
-        if k != key
-            || !trustworthy(key.mtime_ns, self.taken_at_ns)
-            || !trustworthy(key.mtime_ns, now_ns)
-        {
-            return None;
+    pub fn get(&mut self, path: &str, key: &FileKey) -> Option<blake3::Hash> {
+        loop {
+            let mut ahead = Reader(self.rest.0);
+            let (p, (k, hash)) = ahead.record()?;
+            match p.cmp(path.as_bytes()) {
+                std::cmp::Ordering::Less => self.rest = ahead,
+                std::cmp::Ordering::Greater => return None,
+                std::cmp::Ordering::Equal => {
+                    self.rest = ahead;
+                    if k != *key
+                        || !trustworthy(key.mtime_ns, self.taken_at_ns)
+                        || !trustworthy(key.mtime_ns, self.now_ns)
+                    {
+                        return None;
+                    }
+                    return Some(blake3::Hash::from_bytes(hash));
+                }
+            }
         }
-        Some(blake3::Hash::from_bytes(*hash))
     }
+}
 
+impl Memo {
     /// Writes a memo atomically: a temporary file in the same directory renamed over the old one.
+    /// `entries` come in ascending path order (a memo that is not is discarded when loaded).
     /// Entries the next run could not trust are left out. Nothing is synced: the memo is a cache
     /// whose checksum the next load verifies, so a crash can leave the old memo, the new one, or
     /// one that is thrown away and rebuilt by reading the files again; never a wrong hash. A sync
@@ -206,6 +252,23 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
+    /// One record: its path's bytes, key and hash.
+    fn record(&mut self) -> Option<(&'a [u8], Remembered)> {
+        let len = self.u32()? as usize;
+        if self.0.len() < len + FIXED - 4 {
+            return None;
+        }
+        let path = self.take(len)?;
+        let key = FileKey {
+            size: self.u64()?,
+            mtime_ns: self.i64()?,
+            ino: self.u64()?,
+            ctime_ns: self.i64()?,
+            dev: self.u64()?,
+        };
+        let hash: [u8; 32] = self.take(32)?.try_into().ok()?;
+        Some((path, (key, hash)))
+    }
 }
 
 #[cfg(test)]
@@ -233,18 +296,58 @@ mod tests {
         Memo::save(&path, t, [("old", old, h), ("racy", racy, h)].into_iter()).unwrap();
         let (m, warn) = Memo::load(&path);
         assert!(warn.is_none());
+        assert_eq!(m.len(), 1, "the racy entry is not saved");
         let now = t + 10 * RACY_MARGIN_NS;
-        assert_eq!(m.lookup("old", &old, now), Some(h));
-        assert_eq!(
-            m.lookup("racy", &racy, now),
-            None,
-            "racy entry must not be trusted"
-        );
+        let mut l = m.lookups(now);
+        assert_eq!(l.get("old", &old), Some(h));
+        assert_eq!(l.get("racy", &racy), None, "racy entry must not be trusted");
         let mut moved = old;
         moved.ctime_ns += 1;
-        assert_eq!(m.lookup("old", &moved, now), None);
+        assert_eq!(m.lookups(now).get("old", &moved), None);
         // A clock that says the file was modified just now wins over an old memo.
-        assert_eq!(m.lookup("old", &old, old.mtime_ns + 1), None);
+        assert_eq!(m.lookups(old.mtime_ns + 1).get("old", &old), None);
+    }
+
+    #[test]
+    fn lookups_pass_over_paths_the_walk_no_longer_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let t = 100 * RACY_MARGIN_NS;
+        let k = key(t - 5 * RACY_MARGIN_NS);
+        let names = ["a", "a/b", "a/c", "b", "c/d", "e"];
+        let hashes: Vec<_> = names.iter().map(|n| blake3::hash(n.as_bytes())).collect();
+        Memo::save(
+            &path,
+            t,
+            names.iter().zip(&hashes).map(|(n, h)| (*n, k, *h)),
+        )
+        .unwrap();
+        let (m, warn) = Memo::load(&path);
+        assert!(warn.is_none());
+        assert_eq!(m.len(), names.len());
+        let mut l = m.lookups(t + 10 * RACY_MARGIN_NS);
+        // Walked now: "a/b" and "c/d" are gone, "a/bb" and "d" are new.
+        assert_eq!(l.get("a", &k), Some(hashes[0]));
+        assert_eq!(l.get("a/bb", &k), None);
+        assert_eq!(l.get("a/c", &k), Some(hashes[2]));
+        assert_eq!(l.get("b", &k), Some(hashes[3]));
+        assert_eq!(l.get("d", &k), None);
+        assert_eq!(l.get("e", &k), Some(hashes[5]));
+        assert_eq!(l.get("f", &k), None, "past the last record");
+    }
+
+    #[test]
+    fn a_memo_out_of_order_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let t = 100 * RACY_MARGIN_NS;
+        let (k, h) = (key(t - 5 * RACY_MARGIN_NS), blake3::hash(b"x"));
+        for names in [["b", "a"], ["a", "a"]] {
+            Memo::save(&path, t, names.iter().map(|n| (*n, k, h))).unwrap();
+            let (m, warn) = Memo::load(&path);
+            assert_eq!(m.len(), 0, "{names:?}");
+            assert!(warn.is_some_and(|w| w.contains("corrupt")), "{names:?}");
+        }
     }
 
     #[test]
@@ -257,7 +360,7 @@ mod tests {
         for cut in [0, 10, good.len() - 1] {
             std::fs::write(&path, &good[..cut]).unwrap();
             let (m, warn) = Memo::load(&path);
-            assert!(m.entries.is_empty() && warn.is_some(), "cut at {cut}");
+            assert!(m.len() == 0 && warn.is_some(), "cut at {cut}");
         }
         let mut flipped = good.clone();
         flipped[40] ^= 1;

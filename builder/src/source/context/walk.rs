@@ -94,13 +94,13 @@ pub(super) fn take(
         memo_warning,
         ..SnapshotStats::default()
     };
-    let lookup_now = now_ns();
+    let mut lookups = memo.lookups(now_ns());
     let mut to_hash = Vec::new();
     for (i, f) in found.iter_mut().enumerate() {
         if f.entry.kind != EntryKind::File {
             continue;
         }
-        match memo.lookup(&f.entry.path, &f.key, lookup_now) {
+        match lookups.get(&f.entry.path, &f.key) {
             Some(h) => {
                 f.entry.content = Some(h);
                 stats.memo_hits += 1;
