@@ -1,6 +1,7 @@
 //! The persisted memo of file content hashes that lets a rebuild skip reading unchanged files.
 //! One file per context directory under the state directory, replaced atomically; anything that
-//! does not verify (short, wrong magic, bad checksum) is thrown away and rebuilt, never trusted.
+//! does not verify (short, wrong magic, bad checksum, paths out of order) is thrown away and
+//! rebuilt, never trusted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,9 +38,6 @@ pub(crate) struct Memo {
 
 /// What a record says of its path: the file's key when hashed, and the hash.
 type Remembered = (FileKey, [u8; 32]);
-
-/// A record's bytes besides its path: the length, the key and the hash.
-const FIXED: usize = 4 + 5 * 8 + 32;
 
 /// Where the memo of the context at `root` lives under `state_dir`.
 pub(crate) fn memo_file(state_dir: &Path, root: &Path) -> PathBuf {
@@ -124,45 +122,7 @@ impl Memo {
             now_ns,
         }
     }
-}
 
-/// See [`Memo::lookups`].
-pub(crate) struct Lookups<'a> {
-    taken_at_ns: i64,
-    rest: Reader<'a>,
-    now_ns: i64,
-}
-
-impl Lookups<'_> {
-    /// The remembered hash of `path`, if its key is unchanged and the memo can vouch for it.
-    /// `path` must sort after every path asked for before (a smaller one is not found).
-    ///
-    /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not
-    /// trusted ("racy git"): a write in the same timestamp tick as the hashing would leave the key
-    /// unchanged while the content moved on. The same goes for files modified within the last second.
-    pub fn get(&mut self, path: &str, key: &FileKey) -> Option<blake3::Hash> {
-        loop {
-            let mut ahead = Reader(self.rest.0);
-            let (p, (k, hash)) = ahead.record()?;
-            match p.cmp(path.as_bytes()) {
-                std::cmp::Ordering::Less => self.rest = ahead,
-                std::cmp::Ordering::Greater => return None,
-                std::cmp::Ordering::Equal => {
-                    self.rest = ahead;
-                    if k != *key
-                        || !trustworthy(key.mtime_ns, self.taken_at_ns)
-                        || !trustworthy(key.mtime_ns, self.now_ns)
-                    {
-                        return None;
-                    }
-                    return Some(blake3::Hash::from_bytes(hash));
-                }
-            }
-        }
-    }
-}
-
-impl Memo {
     /// Writes a memo atomically: a temporary file in the same directory renamed over the old one.
     /// `entries` come in ascending path order (a memo that is not is discarded when loaded).
     /// Entries the next run could not trust are left out. Nothing is synced: the memo is a cache
@@ -228,6 +188,42 @@ impl Memo {
     }
 }
 
+/// See [`Memo::lookups`].
+pub(crate) struct Lookups<'a> {
+    taken_at_ns: i64,
+    rest: Reader<'a>,
+    now_ns: i64,
+}
+
+impl Lookups<'_> {
+    /// The remembered hash of `path`, if its key is unchanged and the memo can vouch for it.
+    /// `path` must sort after every path asked for before (a smaller one is not found).
+    ///
+    /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not
+    /// trusted ("racy git"): a write in the same timestamp tick as the hashing would leave the key
+    /// unchanged while the content moved on. The same goes for files modified within the last second.
+    pub fn get(&mut self, path: &str, key: &FileKey) -> Option<blake3::Hash> {
+        loop {
+            let mut ahead = Reader(self.rest.0);
+            let (p, (k, hash)) = ahead.record()?;
+            match p.cmp(path.as_bytes()) {
+                std::cmp::Ordering::Less => self.rest = ahead,
+                std::cmp::Ordering::Greater => return None,
+                std::cmp::Ordering::Equal => {
+                    self.rest = ahead;
+                    if k != *key
+                        || !trustworthy(key.mtime_ns, self.taken_at_ns)
+                        || !trustworthy(key.mtime_ns, self.now_ns)
+                    {
+                        return None;
+                    }
+                    return Some(blake3::Hash::from_bytes(hash));
+                }
+            }
+        }
+    }
+}
+
 fn trustworthy(mtime_ns: i64, reference_ns: i64) -> bool {
     mtime_ns < reference_ns.saturating_sub(RACY_MARGIN_NS)
 }
@@ -255,9 +251,6 @@ impl<'a> Reader<'a> {
     /// One record: its path's bytes, key and hash.
     fn record(&mut self) -> Option<(&'a [u8], Remembered)> {
         let len = self.u32()? as usize;
-        if self.0.len() < len + FIXED - 4 {
-            return None;
-        }
         let path = self.take(len)?;
         let key = FileKey {
             size: self.u64()?,
