@@ -256,6 +256,7 @@ impl Session {
                     events,
                     request.pull,
                     fetch,
+                    (fetch == BaseFetch::WholeUnrecorded).then_some(&self.snapshots),
                 ),
             )
             .await

@@ -2,10 +2,11 @@
 //! store before the solve, with their configs handed to the lowering (ONBUILD triggers, ENV, ...).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use forge_snapshotter::reference::Reference;
-use forge_snapshotter::registry::{PullEvent, RegistryClient};
+use forge_snapshotter::registry::{LayerFollower, PullEvent, RegistryClient};
+use forge_snapshotter::snapshot::AnySnapshotter;
 use forge_snapshotter::store::{ImageRecord, Store};
 use oci_spec::image::Digest;
 
@@ -16,6 +17,8 @@ use crate::frontend::dockerfile::ast::Dockerfile;
 use crate::frontend::dockerfile::lower::{ImageResolver, LowerOptions, Lowered, lower};
 use crate::graph::{ImageConfig, Platform};
 use crate::ops::Layer;
+
+use super::unpack_ahead::UnpackAhead;
 
 /// A base image the build may read, resolved and pulled before the solve.
 #[derive(Debug, Clone)]
@@ -158,6 +161,21 @@ pub async fn pull_base(
     policy: PullPolicy,
     fetch: BaseFetch,
 ) -> Result<BaseImage, BuildError> {
+    pull_base_unpacking(store, registry, events, reference, policy, fetch, None).await
+}
+
+/// [`pull_base`]; with `unpack_into`, a [`BaseFetch::WholeUnrecorded`] pull also unpacks the
+/// layers it downloads into snapshots there while they arrive ([`UnpackAhead`]), so that the first
+/// step on the image finds them made instead of unpacking them after the download.
+async fn pull_base_unpacking(
+    store: &Store,
+    registry: &RegistryClient,
+    events: &Events,
+    reference: &str,
+    policy: PullPolicy,
+    fetch: BaseFetch,
+    unpack_into: Option<&Arc<AnySnapshotter>>,
+) -> Result<BaseImage, BuildError> {
     let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
         reference: reference.to_string(),
         reason: e.to_string(),
@@ -186,7 +204,13 @@ pub async fn pull_base(
     }
     let pulled = match fetch {
         BaseFetch::Whole => registry.pull(store, &r, &progress).await,
-        BaseFetch::WholeUnrecorded => registry.pull_unrecorded(store, &r, &progress).await,
+        BaseFetch::WholeUnrecorded => {
+            let ahead = unpack_into.map(|sn| UnpackAhead::new(sn.clone()));
+            let follower = ahead.as_ref().map(|a| a as &dyn LayerFollower);
+            registry
+                .pull_unrecorded(store, &r, &progress, follower)
+                .await
+        }
         BaseFetch::Lazy => registry.resolve(store, &r, &progress).await,
     };
     // Only a pull leaves a record to the caller; the store's copy below is recorded already.
@@ -258,7 +282,9 @@ pub(crate) fn base_image(
 }
 
 /// Lowers `df`, pulling every base image the lowering asks for (ONBUILD triggers of a base can
-/// name further images, so this repeats until nothing new is asked), each as `fetch` says.
+/// name further images, so this repeats until nothing new is asked), each as `fetch` says, and
+/// unpacked into `unpack_into` while it downloads (see [`pull_base_unpacking`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn lower_with_images(
     df: &Dockerfile,
     opts: &LowerOptions<'_>,
@@ -267,6 +293,7 @@ pub async fn lower_with_images(
     events: &Events,
     policy: PullPolicy,
     fetch: BaseFetch,
+    unpack_into: Option<&Arc<AnySnapshotter>>,
 ) -> Result<(Lowered, BaseImages), BuildError> {
     let mut table = BaseImages::default();
     for _ in 0..8 {
@@ -309,7 +336,9 @@ pub async fn lower_with_images(
         let pulls: Vec<_> = wanted
             .iter()
             .cloned()
-            .map(|r| async move { pull_base(store, registry, events, &r, policy, fetch).await })
+            .map(|r| async move {
+                pull_base_unpacking(store, registry, events, &r, policy, fetch, unpack_into).await
+            })
             .collect();
         let pulled = futures::future::join_all(pulls).await;
         for (reference, base) in wanted.into_iter().zip(pulled) {

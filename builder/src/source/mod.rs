@@ -5,6 +5,7 @@
 pub mod context;
 pub mod http;
 pub mod image;
+mod unpack_ahead;
 
 pub use context::{ContextSnapshot, SnapshotOptions};
 pub use http::HttpSource;

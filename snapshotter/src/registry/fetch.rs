@@ -46,7 +46,7 @@ impl RegistryClient {
                 BlobKind::Config => format!("blob {}", desc.digest),
                 BlobKind::Layer => format!("layer {}", desc.digest),
             };
-            ctx.fetch_blob(store, desc, kind, &what).await
+            ctx.fetch_blob(store, desc, kind, &what, None).await
         })
         .await
     }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod fetch;
+mod follow;
 mod growing;
 mod login;
 mod mirrors;
@@ -23,6 +24,7 @@ use oci_client::secrets::RegistryAuth;
 pub use auth::{
     AuthError, AuthResolver, Configured, Credential, DockerConfig, LoginStore, server_registry,
 };
+pub use follow::{FollowedBlob, LayerFollower};
 pub use growing::{FollowEnd, Reported, SentBlob};
 pub use login::LoginError;
 pub use mirrors::{Candidate, Mirrors};

@@ -10,7 +10,7 @@ use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 use serde::{Deserialize, Serialize};
 
-use super::{AuthError, RegistryClient, oci_reference};
+use super::{AuthError, LayerFollower, RegistryClient, oci_reference};
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::retry::{Transient, retry};
@@ -408,6 +408,7 @@ impl Ctx<'_> {
         desc: &Descriptor,
         kind: BlobKind,
         what: &str,
+        follow: Option<Follow<'_>>,
     ) -> Result<bool, PullError> {
         let cached = || {
             (self.progress)(PullEvent::Cached {
@@ -422,7 +423,7 @@ impl Ctx<'_> {
             return Ok(false);
         }
         let downloaded = self
-            .retry(what, || self.download_once(store, desc, kind, what))
+            .retry(what, || self.download_once(store, desc, kind, what, follow))
             .await?;
         if !downloaded {
             cached();
@@ -436,6 +437,7 @@ impl Ctx<'_> {
         desc: &Descriptor,
         kind: BlobKind,
         what: &str,
+        follow: Option<Follow<'_>>,
     ) -> Result<bool, Failure> {
         let fatal = |e: PullError| Failure::Fatal(e);
         let ingest = {
@@ -450,6 +452,14 @@ impl Ctx<'_> {
         let Ingest::Write(mut writer) = ingest else {
             return Ok(false);
         };
+        // A follower reads the file behind the writer; without one (or when the file cannot be
+        // opened a second time) the download goes on alone.
+        let growing = follow.and_then(|f| {
+            let (growing, blob) = super::follow::follow(writer.temp_path()).ok()?;
+            f.follower.follow(f.index, desc, blob);
+            Some(growing)
+        });
+        let advance = growing.as_ref().map(|g| g.advance());
         let oci_desc = OciDescriptor {
             media_type: "application/octet-stream".to_string(),
             digest: desc.digest.to_string(),
@@ -473,6 +483,10 @@ impl Ctx<'_> {
         let sink = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write_chunk(&chunk)?;
+                if let Some(advance) = &advance {
+                    writer.flush_to_file()?;
+                    advance.to(writer.written());
+                }
             }
             Ok::<_, StoreError>(writer)
         });
@@ -553,6 +567,9 @@ impl Ctx<'_> {
             }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
             Err(e) => return Err(fatal(e.into())),
         }
+        if let Some(growing) = growing {
+            growing.complete(written);
+        }
         (self.progress)(PullEvent::Done {
             digest: desc.digest.clone(),
             bytes: written,
@@ -588,6 +605,33 @@ fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
     tokio::sync::mpsc::channel(8)
 }
 
+/// One layer's download, read by a [`LayerFollower`] as it arrives.
+#[derive(Clone, Copy)]
+pub(super) struct Follow<'a> {
+    follower: &'a dyn LayerFollower,
+    index: usize,
+}
+
+/// The diff_ids the config blob `config` (in `store`) lists, if it reads as an image config.
+fn config_diff_ids(store: &Store, config: &Digest) -> Option<Vec<oci_spec::image::Digest>> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        diff_ids: Vec<String>,
+    }
+    let bytes = store.read_blob(config).ok()?;
+    let parsed: Config = serde_json::from_slice(&bytes).ok()?;
+    parsed
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| d.parse().ok())
+        .collect()
+}
+
 /// What a pull brings into the store, and whether it records the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fetch {
@@ -608,7 +652,7 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
-        self.pull_with(store, reference, progress, Fetch::Record)
+        self.pull_with(store, reference, progress, Fetch::Record, None)
             .await
     }
 
@@ -617,14 +661,24 @@ impl RegistryClient {
     /// else it records), so that the metadata commit need not come between a pull and the work
     /// that uses it. The caller holds a [`Store::session`] until then, so that no prune removes
     /// the blobs first.
+    ///
+    /// With a `follower`, each layer is also handed to it as it starts downloading, to be read
+    /// while it arrives ([`LayerFollower`]); the config is then fetched before the layers, as the
+    /// follower needs their diff_ids.
     pub async fn pull_unrecorded(
         &self,
         store: &Store,
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
+        follower: Option<&dyn LayerFollower>,
     ) -> Result<ImageRecord, PullError> {
-        self.pull_with(store, reference, progress, Fetch::Unrecorded)
-            .await
+        let pulled = self
+            .pull_with(store, reference, progress, Fetch::Unrecorded, follower)
+            .await;
+        if let Some(f) = follower {
+            f.pull_done();
+        }
+        pulled
     }
 
     /// Resolves `reference` as [`pull`](Self::pull) does and brings its manifest and config into
@@ -637,7 +691,7 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<ImageRecord, PullError> {
-        self.pull_with(store, reference, progress, Fetch::ManifestAndConfig)
+        self.pull_with(store, reference, progress, Fetch::ManifestAndConfig, None)
             .await
     }
 
@@ -647,9 +701,10 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
         fetch: Fetch,
+        follower: Option<&dyn LayerFollower>,
     ) -> Result<ImageRecord, PullError> {
         self.through_mirrors(reference, |from| async move {
-            self.pull_from(store, &from, reference, progress, fetch)
+            self.pull_from(store, &from, reference, progress, fetch, follower)
                 .await
         })
         .await
@@ -663,6 +718,7 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
         fetch: Fetch,
+        follower: Option<&dyn LayerFollower>,
     ) -> Result<ImageRecord, PullError> {
         let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
@@ -762,15 +818,17 @@ impl RegistryClient {
 
         // The config and the layers at once: each blob is checked against its own digest as it
         // arrives, and the config's word on the layers (how many) is checked when all are in.
-        let limit = self.config.max_concurrent_downloads.max(1);
         let ctx = &ctx;
+        let follower = follower.filter(|_| layers_too);
+        let limit = self.config.max_concurrent_downloads.max(1);
         // Futures made before they are streamed, so the pull stays provably Send (see push).
         let pending: Vec<_> = layers
             .iter()
             .filter(|_| layers_too)
             .enumerate()
             .map(|(i, layer)| async move {
-                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"))
+                let follow = follower.map(|follower| Follow { follower, index: i });
+                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"), follow)
                     .await
             })
             .collect();
@@ -783,12 +841,21 @@ impl RegistryClient {
         };
         // All run to their end before an error of any is returned: a download dropped half way
         // could leave its writer's temporary file behind.
-        let (config_fetched, layers_fetched, manifest_written) = futures::future::join3(
-            ctx.fetch_blob(store, &config, BlobKind::Config, "config"),
-            all_layers,
-            manifest_written,
-        )
-        .await;
+        // A follower learns the diff_ids as soon as the config is in, while the layers go on.
+        let config_fetched = async {
+            let fetched = ctx
+                .fetch_blob(store, &config, BlobKind::Config, "config", None)
+                .await;
+            if let Some(f) = follower
+                && fetched.is_ok()
+                && let Some(ids) = config_diff_ids(store, &config.digest)
+            {
+                f.diff_ids(&ids);
+            }
+            fetched
+        };
+        let (config_fetched, layers_fetched, manifest_written) =
+            futures::future::join3(config_fetched, all_layers, manifest_written).await;
         manifest_written?;
         layers_fetched?;
         config_fetched?;

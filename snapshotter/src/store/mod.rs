@@ -638,6 +638,21 @@ impl BlobWriter {
         self.written
     }
 
+    /// The temporary file the bytes go to until [`commit`](Self::commit) names it.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Hands buffered bytes to the file, so that everything [`written`](Self::written) counts
+    /// can be read through another descriptor.
+    pub fn flush_to_file(&mut self) -> Result<(), StoreError> {
+        self.file
+            .as_mut()
+            .expect("writer used after commit")
+            .flush()
+            .map_err(io_err("write temp file", &self.tmp))
+    }
+
     /// Appends bytes. Fails as soon as more bytes arrive than the expected size, so a hostile
     /// source cannot fill the disk.
     pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
