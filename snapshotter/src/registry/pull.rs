@@ -663,8 +663,8 @@ impl RegistryClient {
     /// the blobs first.
     ///
     /// With a `follower`, each layer is also handed to it as it starts downloading, to be read
-    /// while it arrives ([`LayerFollower`]); the config is then fetched before the layers, as the
-    /// follower needs their diff_ids.
+    /// while it arrives, and the config's diff_ids as soon as the config is in ([`LayerFollower`]).
+    /// The follower is told when the pull is over, however it ended.
     pub async fn pull_unrecorded(
         &self,
         store: &Store,
