@@ -35,6 +35,7 @@ async fn busybox(session: &Session, reference: &str) -> BaseImage {
         reference,
         forge_builder::source::PullPolicy::Missing,
         forge_builder::source::BaseFetch::Whole,
+        None,
     )
     .await
     .expect("busybox pulls from the test registry")

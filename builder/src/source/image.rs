@@ -153,21 +153,10 @@ pub enum BaseFetch {
 
 /// Finds `reference` as `policy` says: the store's copy, or a pull (and, when the registry cannot
 /// be reached under [`PullPolicy::Missing`], the store's copy with a warning); then reads its config.
+/// With `unpack_into`, a [`BaseFetch::WholeUnrecorded`] pull also unpacks the layers it downloads
+/// into snapshots there while they arrive ([`UnpackAhead`]), so that the first step on the image
+/// finds them made instead of unpacking them after the download.
 pub async fn pull_base(
-    store: &Store,
-    registry: &RegistryClient,
-    events: &Events,
-    reference: &str,
-    policy: PullPolicy,
-    fetch: BaseFetch,
-) -> Result<BaseImage, BuildError> {
-    pull_base_unpacking(store, registry, events, reference, policy, fetch, None).await
-}
-
-/// [`pull_base`]; with `unpack_into`, a [`BaseFetch::WholeUnrecorded`] pull also unpacks the
-/// layers it downloads into snapshots there while they arrive ([`UnpackAhead`]), so that the first
-/// step on the image finds them made instead of unpacking them after the download.
-async fn pull_base_unpacking(
     store: &Store,
     registry: &RegistryClient,
     events: &Events,
@@ -283,7 +272,7 @@ pub(crate) fn base_image(
 
 /// Lowers `df`, pulling every base image the lowering asks for (ONBUILD triggers of a base can
 /// name further images, so this repeats until nothing new is asked), each as `fetch` says, and
-/// unpacked into `unpack_into` while it downloads (see [`pull_base_unpacking`]).
+/// unpacked into `unpack_into` while it downloads (see [`pull_base`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn lower_with_images(
     df: &Dockerfile,
@@ -337,7 +326,7 @@ pub async fn lower_with_images(
             .iter()
             .cloned()
             .map(|r| async move {
-                pull_base_unpacking(store, registry, events, &r, policy, fetch, unpack_into).await
+                pull_base(store, registry, events, &r, policy, fetch, unpack_into).await
             })
             .collect();
         let pulled = futures::future::join_all(pulls).await;

@@ -263,6 +263,7 @@ impl Runner {
                     &reference,
                     crate::source::PullPolicy::Missing,
                     crate::source::BaseFetch::Whole,
+                    None,
                 )
                 .await
                 .map_err(|e| crate::api::render_chain(&e))?;
