@@ -8,10 +8,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
 
 use oci_spec::image::Digest;
+use tokio::sync::watch;
 
+use super::growing::{End, Growth, Progress};
 use crate::store::Descriptor;
 
 /// Who reads an image's layers while they download ([`super::RegistryClient::pull_unrecorded`]
@@ -27,95 +28,25 @@ pub trait LayerFollower: Send + Sync {
     fn pull_done(&self);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Open,
-    Complete,
-    Abandoned,
-}
-
-#[derive(Debug)]
-struct Growth {
-    /// Bytes in the file, readable through another descriptor.
-    written: u64,
-    end: End,
-}
-
-#[derive(Debug)]
-struct Shared {
-    growth: Mutex<Growth>,
-    more: Condvar,
-}
-
-impl Shared {
-    fn set(&self, change: impl FnOnce(&mut Growth)) {
-        change(&mut self.growth.lock().unwrap_or_else(|e| e.into_inner()));
-        self.more.notify_all();
-    }
-}
-
-/// The download's side: says how far the file is written, and how it ended. Dropped without
-/// [`Growing::complete`], the reader fails.
-#[derive(Debug)]
-pub(crate) struct Growing(Arc<Shared>);
-
-/// A cheap handle to tell a reader that more of the file is written (for the writing thread).
-#[derive(Debug, Clone)]
-pub(crate) struct Advance(Arc<Shared>);
-
-impl Advance {
-    pub(crate) fn to(&self, written: u64) {
-        self.0.set(|g| g.written = written);
-    }
-}
-
-impl Growing {
-    pub(crate) fn advance(&self) -> Advance {
-        Advance(self.0.clone())
-    }
-
-    /// The blob is whole, checked and named: the reader may end.
-    pub(crate) fn complete(self, size: u64) {
-        self.0.set(|g| {
-            g.written = size;
-            g.end = End::Complete;
-        });
-    }
-}
-
-impl Drop for Growing {
-    fn drop(&mut self) {
-        self.0.set(|g| {
-            if g.end == End::Open {
-                g.end = End::Abandoned;
-            }
-        });
-    }
-}
-
 /// Reads a blob's file while it is written (see the module).
 #[derive(Debug)]
 pub struct FollowedBlob {
     file: File,
-    shared: Arc<Shared>,
+    rx: watch::Receiver<Growth>,
     offset: u64,
 }
 
-/// A reader of `path`, which the download is about to write, and the download's side of it.
-pub(crate) fn follow(path: &Path) -> io::Result<(Growing, FollowedBlob)> {
-    let shared = Arc::new(Shared {
-        growth: Mutex::new(Growth {
-            written: 0,
-            end: End::Open,
-        }),
-        more: Condvar::new(),
-    });
+/// A reader of `path`, which the download is about to write, and the download's side of it:
+/// [`Progress::advance`] as bytes reach the file, [`Progress::complete`] once the blob is checked
+/// and named; dropped before that, the reader fails.
+pub(crate) fn follow(path: &Path) -> io::Result<(Progress, FollowedBlob)> {
     let file = File::open(path)?;
+    let (progress, rx) = Progress::channel();
     Ok((
-        Growing(shared.clone()),
+        progress,
         FollowedBlob {
             file,
-            shared,
+            rx,
             offset: 0,
         },
     ))
@@ -126,20 +57,28 @@ impl Read for FollowedBlob {
         if buf.is_empty() {
             return Ok(0);
         }
-        let available = {
-            let mut g = self.shared.growth.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if g.written > self.offset {
-                    break g.written - self.offset;
+        let available = loop {
+            let g = *self.rx.borrow_and_update();
+            if g.written > self.offset {
+                break g.written - self.offset;
+            }
+            match g.end {
+                End::Complete => return Ok(0),
+                End::Abandoned => {
+                    return Err(io::Error::other(
+                        "the download this layer was read from stopped",
+                    ));
                 }
-                match g.end {
-                    End::Complete => return Ok(0),
-                    End::Abandoned => {
+                // Read on a blocking thread: waiting here holds no async worker. A writer that
+                // goes leaves its last word (`Progress` says `Abandoned` on drop), read above.
+                End::Open => {
+                    if futures::executor::block_on(self.rx.changed()).is_err()
+                        && self.rx.borrow().end == End::Open
+                    {
                         return Err(io::Error::other(
-                            "the download this layer was read from stopped",
+                            "the download this layer was read from went",
                         ));
                     }
-                    End::Open => g = self.shared.more.wait(g).unwrap_or_else(|e| e.into_inner()),
                 }
             }
         };
@@ -168,21 +107,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let mut w = File::create(&path).unwrap();
-        let (growing, mut blob) = follow(&path).unwrap();
-        let advance = growing.advance();
+        let (progress, mut blob) = follow(&path).unwrap();
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
             blob.read_to_end(&mut all).map(|_| all)
         });
         for part in [&b"hello "[..], b"growing ", b"file"] {
             w.write_all(part).unwrap();
-            advance.to(w.metadata().unwrap().len());
+            progress.advance(w.metadata().unwrap().len());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // All bytes are in, but the reader waits for the word that the blob was taken.
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!reader.is_finished(), "ended before the download did");
-        growing.complete(18);
+        progress.complete(18);
         assert_eq!(reader.join().unwrap().unwrap(), b"hello growing file");
     }
 
@@ -191,13 +129,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let mut w = File::create(&path).unwrap();
-        let (growing, mut blob) = follow(&path).unwrap();
+        let (progress, mut blob) = follow(&path).unwrap();
         w.write_all(b"part").unwrap();
-        growing.advance().to(4);
+        progress.advance(4);
         let mut first = [0u8; 4];
         blob.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"part");
-        drop(growing);
+        drop(progress);
         let err = blob.read(&mut first).unwrap_err();
         assert!(err.to_string().contains("stopped"), "{err}");
     }

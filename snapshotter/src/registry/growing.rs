@@ -22,20 +22,22 @@ const CHUNK: u64 = 4 << 20;
 /// The writer reports its progress every this many bytes (and once at the end).
 const REPORT_STEP: u64 = 1 << 20;
 
+/// How a followed file's writing ended, so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// Still being written.
     Open,
     /// Written whole: `written` is the blob's size.
     Complete,
-    /// The writer stopped without finishing (the step or its layer failed).
+    /// The writer stopped without finishing (the step or its layer failed, the download broke).
     Abandoned,
 }
 
+/// What a followed file's writer last said: how much of the file can be read, and how it ended.
 #[derive(Debug, Clone, Copy)]
-struct Growth {
-    written: u64,
-    end: End,
+pub(super) struct Growth {
+    pub(super) written: u64,
+    pub(super) end: End,
 }
 
 /// A writer that tells an upload following its file how far the file is written. It goes between
@@ -50,11 +52,41 @@ pub struct Reported<W: Write> {
     reported: u64,
 }
 
-/// The writer's end of the channel: marks the upload abandoned when dropped before completion.
+/// The writer's end of the channel a follower of its file watches: marks the file abandoned when
+/// dropped before [`Progress::complete`].
 #[derive(Debug)]
-struct Progress {
+pub(super) struct Progress {
     tx: watch::Sender<Growth>,
     completed: bool,
+}
+
+impl Progress {
+    /// A file of nothing yet, and the follower's end of its reports.
+    pub(super) fn channel() -> (Progress, watch::Receiver<Growth>) {
+        let (tx, rx) = watch::channel(Growth {
+            written: 0,
+            end: End::Open,
+        });
+        let progress = Progress {
+            tx,
+            completed: false,
+        };
+        (progress, rx)
+    }
+
+    /// The first `written` bytes of the file can be read.
+    pub(super) fn advance(&self, written: u64) {
+        self.tx.send_modify(|g| g.written = written);
+    }
+
+    /// The file is whole at `written` bytes.
+    pub(super) fn complete(mut self, written: u64) {
+        self.completed = true;
+        self.tx.send_replace(Growth {
+            written,
+            end: End::Complete,
+        });
+    }
 }
 
 impl Drop for Progress {
@@ -73,16 +105,10 @@ impl<W: Write> Reported<W> {
 
     /// A writer of nothing yet, and the receiving end of its reports.
     fn with_channel(inner: W) -> (Reported<W>, watch::Receiver<Growth>) {
-        let (tx, rx) = watch::channel(Growth {
-            written: 0,
-            end: End::Open,
-        });
+        let (progress, rx) = Progress::channel();
         let reported = Reported {
             inner,
-            progress: Progress {
-                tx,
-                completed: false,
-            },
+            progress,
             written: 0,
             reported: 0,
         };
@@ -93,16 +119,12 @@ impl<W: Write> Reported<W> {
     pub fn complete(self) -> io::Result<W> {
         let Reported {
             mut inner,
-            mut progress,
+            progress,
             written,
             ..
         } = self;
         inner.flush()?;
-        progress.completed = true;
-        progress.tx.send_replace(Growth {
-            written,
-            end: End::Complete,
-        });
+        progress.complete(written);
         Ok(inner)
     }
 }
@@ -113,8 +135,7 @@ impl<W: Write> Write for Reported<W> {
         self.written += n as u64;
         if self.written - self.reported >= REPORT_STEP {
             self.reported = self.written;
-            let written = self.written;
-            self.progress.tx.send_modify(|g| g.written = written);
+            self.progress.advance(self.written);
         }
         Ok(n)
     }

@@ -454,12 +454,11 @@ impl Ctx<'_> {
         };
         // A follower reads the file behind the writer; without one (or when the file cannot be
         // opened a second time) the download goes on alone.
-        let growing = follow.and_then(|f| {
-            let (growing, blob) = super::follow::follow(writer.temp_path()).ok()?;
+        let progress = follow.and_then(|f| {
+            let (progress, blob) = super::follow::follow(writer.temp_path()).ok()?;
             f.follower.follow(f.index, desc, blob);
-            Some(growing)
+            Some(progress)
         });
-        let advance = growing.as_ref().map(|g| g.advance());
         let oci_desc = OciDescriptor {
             media_type: "application/octet-stream".to_string(),
             digest: desc.digest.to_string(),
@@ -483,12 +482,12 @@ impl Ctx<'_> {
         let sink = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write_chunk(&chunk)?;
-                if let Some(advance) = &advance {
+                if let Some(progress) = &progress {
                     writer.flush_to_file()?;
-                    advance.to(writer.written());
+                    progress.advance(writer.written());
                 }
             }
-            Ok::<_, StoreError>(writer)
+            Ok::<_, StoreError>((writer, progress))
         });
 
         let mut received: u64 = 0;
@@ -527,7 +526,7 @@ impl Ctx<'_> {
         let writer = sink
             .await
             .map_err(|e| fatal(PullError::Task(e.to_string())))?;
-        let writer = match writer {
+        let (writer, progress) = match writer {
             Ok(w) => w,
             Err(StoreError::SizeMismatch {
                 expected, actual, ..
@@ -567,8 +566,8 @@ impl Ctx<'_> {
             }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
             Err(e) => return Err(fatal(e.into())),
         }
-        if let Some(growing) = growing {
-            growing.complete(written);
+        if let Some(progress) = progress {
+            progress.complete(written);
         }
         (self.progress)(PullEvent::Done {
             digest: desc.digest.clone(),
@@ -610,26 +609,6 @@ fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
 pub(super) struct Follow<'a> {
     follower: &'a dyn LayerFollower,
     index: usize,
-}
-
-/// The diff_ids the config blob `config` (in `store`) lists, if it reads as an image config.
-fn config_diff_ids(store: &Store, config: &Digest) -> Option<Vec<oci_spec::image::Digest>> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        rootfs: RootFs,
-    }
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        diff_ids: Vec<String>,
-    }
-    let bytes = store.read_blob(config).ok()?;
-    let parsed: Config = serde_json::from_slice(&bytes).ok()?;
-    parsed
-        .rootfs
-        .diff_ids
-        .iter()
-        .map(|d| d.parse().ok())
-        .collect()
 }
 
 /// What a pull brings into the store, and whether it records the image.
@@ -839,35 +818,39 @@ impl RegistryClient {
             }
             Ok::<(), PullError>(())
         };
-        // All run to their end before an error of any is returned: a download dropped half way
-        // could leave its writer's temporary file behind.
-        // A follower learns the diff_ids as soon as the config is in, while the layers go on.
-        let config_fetched = async {
-            let fetched = ctx
-                .fetch_blob(store, &config, BlobKind::Config, "config", None)
-                .await;
+        // The config is read as soon as it is in, while the layers go on: a follower learns the
+        // diff_ids from it then.
+        let config_read = async {
+            ctx.fetch_blob(store, &config, BlobKind::Config, "config", None)
+                .await?;
+            let config_bytes = {
+                let (store, digest) = (store.clone(), config.digest.clone());
+                blocking(move || store.read_blob(&digest)).await?
+            };
+            if config_bytes.len() > MAX_MANIFEST_BYTES {
+                return Err(ctx.malformed("config", "larger than 4 MiB"));
+            }
+            let raw_config: RawConfig = serde_json::from_slice(&config_bytes)
+                .map_err(|e| ctx.malformed("config", e.to_string()))?;
             if let Some(f) = follower
-                && fetched.is_ok()
-                && let Some(ids) = config_diff_ids(store, &config.digest)
+                && let Some(rootfs) = &raw_config.rootfs
+                && let Ok(ids) = rootfs
+                    .diff_ids
+                    .iter()
+                    .map(|d| d.parse())
+                    .collect::<Result<Vec<oci_spec::image::Digest>, _>>()
             {
                 f.diff_ids(&ids);
             }
-            fetched
+            Ok(raw_config)
         };
-        let (config_fetched, layers_fetched, manifest_written) =
-            futures::future::join3(config_fetched, all_layers, manifest_written).await;
+        // All run to their end before an error of any is returned: a download dropped half way
+        // could leave its writer's temporary file behind.
+        let (raw_config, layers_fetched, manifest_written) =
+            futures::future::join3(config_read, all_layers, manifest_written).await;
         manifest_written?;
         layers_fetched?;
-        config_fetched?;
-        let config_bytes = {
-            let (store, digest) = (store.clone(), config.digest.clone());
-            blocking(move || store.read_blob(&digest)).await?
-        };
-        if config_bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ctx.malformed("config", "larger than 4 MiB"));
-        }
-        let raw_config: RawConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| ctx.malformed("config", e.to_string()))?;
+        let raw_config = raw_config?;
         if let Some(rootfs) = &raw_config.rootfs
             && rootfs.diff_ids.len() != layers.len()
         {
