@@ -1,11 +1,16 @@
-//! Single requests beside a pull: one blob into the store, whether a repository holds a blob, a
-//! manifest's bytes; and the order in which a request tries a registry's mirrors
-//! ([`super::Mirrors`]) before the registry itself, which pulls share.
+//! Single requests beside a pull: one blob into the store (streamed, checked as it arrives, and
+//! read behind its download by a follower), whether a repository holds a blob, a manifest's bytes;
+//! and the order in which a request tries a registry's mirrors ([`super::Mirrors`]) before the
+//! registry itself, which pulls share.
 
-use super::pull::{BlobKind, Ctx, PullError, PullEvent};
+use futures::StreamExt;
+use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
+use oci_client::manifest::OciDescriptor;
+
+use super::pull::{BlobKind, Ctx, Failure, Follow, PullError, PullEvent};
 use super::{RegistryClient, oci_reference};
 use crate::reference::Reference;
-use crate::store::{Descriptor, Digest, Store};
+use crate::store::{Descriptor, Digest, Ingest, Store, StoreError};
 
 impl RegistryClient {
     /// The context of requests to `reference`'s repository, with the credentials they carry
@@ -139,4 +144,199 @@ impl RegistryClient {
         }
         unreachable!("candidates is not empty")
     }
+}
+
+impl Ctx<'_> {
+    /// Streams one blob into the store, verified; returns whether it was downloaded (false: the
+    /// store had it).
+    pub(super) async fn fetch_blob(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: BlobKind,
+        what: &str,
+        follow: Option<Follow<'_>>,
+    ) -> Result<bool, PullError> {
+        let cached = || {
+            (self.progress)(PullEvent::Cached {
+                digest: desc.digest.clone(),
+                kind,
+                total: desc.size,
+            })
+        };
+        if store.has_blob(&desc.digest) {
+            crate::store::touch(&store.blob_path(&desc.digest));
+            cached();
+            return Ok(false);
+        }
+        let downloaded = self
+            .retry(what, || self.download_once(store, desc, kind, what, follow))
+            .await?;
+        if !downloaded {
+            cached();
+        }
+        Ok(downloaded)
+    }
+
+    async fn download_once(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: BlobKind,
+        what: &str,
+        follow: Option<Follow<'_>>,
+    ) -> Result<bool, Failure> {
+        let fatal = |e: PullError| Failure::Fatal(e);
+        let ingest = {
+            let store = store.clone();
+            let digest = desc.digest.clone();
+            let size = desc.size;
+            tokio::task::spawn_blocking(move || store.ingest(&digest, Some(size)))
+                .await
+                .map_err(|e| fatal(PullError::Task(e.to_string())))?
+                .map_err(|e| fatal(e.into()))?
+        };
+        let Ingest::Write(mut writer) = ingest else {
+            return Ok(false);
+        };
+        // A follower reads the file behind the writer; without one (or when the file cannot be
+        // opened a second time) the download goes on alone.
+        let progress = follow.and_then(|f| {
+            let (progress, blob) = super::follow::follow(writer.temp_path()).ok()?;
+            f.follower.follow(f.index, desc, blob);
+            Some(progress)
+        });
+        let oci_desc = OciDescriptor {
+            media_type: "application/octet-stream".to_string(),
+            digest: desc.digest.to_string(),
+            size: desc.size as i64,
+            ..OciDescriptor::default()
+        };
+        let client = self.client.client_for(self.reference);
+        (self.progress)(PullEvent::Started {
+            digest: desc.digest.clone(),
+            kind,
+            total: desc.size,
+        });
+        let mut stream = match client.pull_blob_stream(&self.oci, &oci_desc).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.classify(what, e)),
+        };
+
+        // Hashing and disk writes happen on a blocking thread fed through a small channel, so the
+        // network side never waits on fsync and memory stays bounded per download.
+        let (tx, mut rx) = chunk_channel(&stream);
+        let sink = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write_chunk(&chunk)?;
+                if let Some(progress) = &progress {
+                    writer.flush_to_file()?;
+                    progress.advance(writer.written());
+                }
+            }
+            Ok::<_, StoreError>((writer, progress))
+        });
+
+        let mut received: u64 = 0;
+        let mut stream_error = None;
+        let mut digest_reported_bad = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    if tx.send(bytes).await.is_err() {
+                        // The writer stopped (too many bytes, disk error); its error says why.
+                        break;
+                    }
+                    (self.progress)(PullEvent::Progress {
+                        digest: desc.digest.clone(),
+                        bytes: received,
+                        total: desc.size,
+                    });
+                }
+                Err(e) => {
+                    // oci-client's own digest check fires at the end of the stream; the store
+                    // repeats it on commit with our own count, which gives the actual digest.
+                    let is_digest = e
+                        .get_ref()
+                        .is_some_and(|inner| inner.downcast_ref::<OciDigestError>().is_some());
+                    if is_digest {
+                        digest_reported_bad = true;
+                    } else {
+                        stream_error = Some(e);
+                    }
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let writer = sink
+            .await
+            .map_err(|e| fatal(PullError::Task(e.to_string())))?;
+        let (writer, progress) = match writer {
+            Ok(w) => w,
+            Err(StoreError::SizeMismatch {
+                expected, actual, ..
+            }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
+            Err(e) => return Err(fatal(e.into())),
+        };
+        if let Some(e) = stream_error {
+            // The connection broke mid-blob: drop the partial temp file and try again.
+            let text = e.to_string();
+            return Err(Failure::Transient(
+                text,
+                self.registry_error(what, OciDistributionError::IoError(e)),
+            ));
+        }
+        let written = writer.written();
+        if written < desc.size && !digest_reported_bad {
+            let text = format!("stream ended after {written} of {} bytes", desc.size);
+            return Err(Failure::Transient(
+                text,
+                self.size_mismatch(what, desc.size, written),
+            ));
+        }
+        let committed = tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| fatal(PullError::Task(e.to_string())))?;
+        match committed {
+            Ok(()) => {}
+            Err(StoreError::DigestMismatch { expected, actual }) => {
+                return Err(fatal(self.digest_mismatch(
+                    what,
+                    &expected.to_string(),
+                    &actual.to_string(),
+                )));
+            }
+            Err(StoreError::SizeMismatch {
+                expected, actual, ..
+            }) => return Err(fatal(self.size_mismatch(what, expected, actual))),
+            Err(e) => return Err(fatal(e.into())),
+        }
+        if let Some(progress) = progress {
+            progress.complete(written);
+        }
+        (self.progress)(PullEvent::Done {
+            digest: desc.digest.clone(),
+            bytes: written,
+        });
+        Ok(true)
+    }
+
+    pub(super) fn size_mismatch(&self, what: &str, expected: u64, actual: u64) -> PullError {
+        PullError::SizeMismatch {
+            registry: self.reference.registry().to_string(),
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            expected,
+            actual,
+        }
+    }
+}
+
+/// A bounded channel carrying the stream's chunk type (oci-client's `Bytes`, unnamed here).
+fn chunk_channel<T, S: futures::Stream<Item = Result<T, std::io::Error>>>(
+    _: &S,
+) -> (tokio::sync::mpsc::Sender<T>, tokio::sync::mpsc::Receiver<T>) {
+    tokio::sync::mpsc::channel(8)
 }
