@@ -555,6 +555,63 @@ impl Db {
         Ok(r.id)
     }
 
+    /// Gives committed snapshots new names, `(from, to)` pairs: `from`'s children then name it by
+    /// its new name as their parent (their mounts find directories by id and do not change). Where
+    /// `to` is committed already, it is the same content (names are chain ids): `from`'s children
+    /// move onto it and `from` goes, as a commit under a taken name does. A pair whose `from` is
+    /// gone or not committed, or whose `to` is not committed, is left. Returns how many were
+    /// renamed or merged. A rename alone is not synced (a crash that undoes it leaves the old name
+    /// on the same files); a merge is, before the directory it frees is deleted.
+    pub fn rename(&self, pairs: &[(String, String)]) -> Result<usize, SnapshotError> {
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        let committed = |state: &State, key: &str| {
+            state
+                .snapshots
+                .get(key)
+                .is_some_and(|r| r.kind == Kind::Committed)
+        };
+        let (done, freed) = {
+            let _lock = self.lock(LockMode::Exclusive)?;
+            let mut state = self.load()?;
+            let mut done = 0;
+            let mut freed = Vec::new();
+            for (from, to) in pairs {
+                let taken = state.snapshots.contains_key(to);
+                if from == to || !committed(&state, from) || (taken && !committed(&state, to)) {
+                    continue;
+                }
+                let record = state.snapshots.remove(from).expect("checked above");
+                if taken {
+                    freed.push(self.dir(record.id));
+                } else {
+                    state.snapshots.insert(to.clone(), record);
+                }
+                for r in state.snapshots.values_mut() {
+                    if r.parent.as_deref() == Some(from.as_str()) {
+                        r.parent = Some(to.clone());
+                    }
+                }
+                done += 1;
+            }
+            match (done, freed.is_empty()) {
+                (0, _) => {}
+                (_, true) => self.save_unsynced(&state)?,
+                (_, false) => self.save(&state)?,
+            }
+            (done, freed)
+        };
+        for dir in freed {
+            super::remove_tree(&dir).map_err(|source| SnapshotError::Io {
+                op: "removing",
+                path: dir,
+                source,
+            })?;
+        }
+        Ok(done)
+    }
+
     /// Unregister `key`, then delete its directory (a crash in between leaves debris for `sweep`).
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let dir = {

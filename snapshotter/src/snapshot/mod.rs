@@ -168,6 +168,10 @@ pub trait Snapshotter {
     /// Delete `key` and its data. Refused while another snapshot has it as parent.
     fn remove(&self, key: &str) -> Result<(), SnapshotError>;
 
+    /// Renames committed snapshots, `(from, to)` pairs, leaving those whose `from` is gone or not
+    /// committed or whose `to` is taken; returns how many were renamed. Their children follow.
+    fn rename(&self, pairs: &[(String, String)]) -> Result<usize, SnapshotError>;
+
     /// The mounts of an existing snapshot (read-only ones for a committed snapshot).
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError>;
 
@@ -327,6 +331,9 @@ impl Snapshotter for AnySnapshotter {
     }
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         each!(self, s => s.remove(key))
+    }
+    fn rename(&self, pairs: &[(String, String)]) -> Result<usize, SnapshotError> {
+        each!(self, s => s.rename(pairs))
     }
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         each!(self, s => s.mounts(key))

@@ -157,6 +157,10 @@ impl Snapshotter for OverlaySnapshotter {
         self.db.remove(key)
     }
 
+    fn rename(&self, pairs: &[(String, String)]) -> Result<usize, SnapshotError> {
+        self.db.rename(pairs)
+    }
+
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         self.db.read(|state| {
             let r = state.get(key)?;

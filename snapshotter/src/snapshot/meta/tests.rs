@@ -213,3 +213,76 @@ fn an_open_settles_old_marks_in_the_background() {
     let db = Db::open(tmp.path()).unwrap();
     until_settled(&db, "old");
 }
+
+#[test]
+fn a_rename_moves_a_committed_snapshot_and_its_children_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Db::open(tmp.path()).unwrap();
+    let base = committed(&db, "base", None);
+    let top = committed(&db, "top", Some("base"));
+    db.create("working", Some("top"), Kind::Active, |dir| {
+        fs::create_dir(dir.join("fs"))
+    })
+    .unwrap();
+    db.create("scratch", None, Kind::Active, |dir| {
+        fs::create_dir(dir.join("fs"))
+    })
+    .unwrap();
+    let renamed = db
+        .rename(&[
+            ("base".into(), "base-real".into()),
+            ("top".into(), "top-real".into()),
+            // Left: the old name is not there, an active one, a name an active one holds.
+            ("gone".into(), "anything".into()),
+            ("working".into(), "working-real".into()),
+            ("top-real".into(), "scratch".into()),
+        ])
+        .unwrap();
+    assert_eq!(renamed, 2);
+    let state = db.load().unwrap();
+    assert!(state.get("base").is_err() && state.get("top").is_err());
+    assert_eq!(
+        state.get("top-real").unwrap().parent.as_deref(),
+        Some("base-real")
+    );
+    assert_eq!(
+        state.get("working").unwrap().parent.as_deref(),
+        Some("top-real")
+    );
+    assert!(state.get("working-real").is_err() && state.get("scratch").is_ok());
+    // The same directories, found through the new names.
+    assert_eq!(state.chain("working").unwrap()[1..], [top, base]);
+    assert_eq!(synced_keys(&db), None, "a rename alone is not synced");
+    // Nothing to rename writes nothing.
+    assert_eq!(db.rename(&[]).unwrap(), 0);
+}
+
+#[test]
+fn a_rename_onto_a_taken_name_merges_into_it_and_frees_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Db::open(tmp.path()).unwrap();
+    let kept = committed(&db, "chain-a", None);
+    let again = committed(&db, "stand-in-a", None);
+    committed(&db, "stand-in-b", Some("stand-in-a"));
+    let merged = db
+        .rename(&[
+            ("stand-in-a".into(), "chain-a".into()),
+            ("stand-in-b".into(), "chain-b".into()),
+        ])
+        .unwrap();
+    assert_eq!(merged, 2);
+    let state = db.load().unwrap();
+    assert!(state.get("stand-in-a").is_err());
+    assert_eq!(
+        state.get("chain-b").unwrap().parent.as_deref(),
+        Some("chain-a")
+    );
+    assert_eq!(state.chain("chain-b").unwrap()[1..], [kept]);
+    assert!(!db.dir(again).exists(), "the duplicate's files are gone");
+    assert!(db.dir(kept).exists());
+    // The merge deleted a directory a record named: it was synced first.
+    assert_eq!(
+        synced_keys(&db),
+        Some(vec!["chain-a".to_string(), "chain-b".to_string()])
+    );
+}
