@@ -2,6 +2,7 @@
 //! runs, how many at once, what the cache spares, and how a failure stops the rest.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +36,16 @@ struct Mock {
     sleep: HashMap<String, Duration>,
     fail: HashSet<String>,
     content: Mutex<HashMap<String, ContentDigest>>,
+    /// Steps whose output is left unsettled (as a layer written behind the steps after it) and
+    /// settled after this long, or failing to (`settle_fail`).
+    settle: HashMap<String, Duration>,
+    settle_fail: HashSet<String>,
+    /// What happened, in order: `start NAME`, `settled NAME`.
+    log: Mutex<Vec<String>>,
 }
+
+/// The prefix of an output still to be settled.
+const UNSETTLED: &[u8] = b"unsettled:";
 
 impl Mock {
     fn calls(&self) -> BTreeSet<String> {
@@ -79,6 +89,7 @@ impl Executor for Mock {
     ) -> Result<Vec<u8>, MockError> {
         let name = vertex.description.clone();
         self.calls.lock().unwrap().push(name.clone());
+        self.log.lock().unwrap().push(format!("start {name}"));
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         let sleep = self.sleep.get(&name).copied().unwrap_or_default();
@@ -103,13 +114,40 @@ impl Executor for Mock {
             });
         }
         // The output shows what it was computed from, so stale inputs would be visible.
-        let mut out = name.into_bytes();
+        let mut out = Vec::new();
+        if self.settle.contains_key(&name) {
+            out.extend_from_slice(UNSETTLED);
+        }
+        out.extend_from_slice(name.as_bytes());
         for i in inputs {
             out.push(b'(');
             out.extend_from_slice(i);
             out.push(b')');
         }
         Ok(out)
+    }
+
+    fn settle(
+        &self,
+        output: &Vec<u8>,
+    ) -> Option<impl Future<Output = Result<Vec<u8>, MockError>> + Send> {
+        let rest = output.strip_prefix(UNSETTLED)?.to_vec();
+        let name = self
+            .settle
+            .keys()
+            .find(|n| rest.starts_with(n.as_bytes()))?
+            .clone();
+        Some(async move {
+            tokio::time::sleep(self.settle[&name]).await;
+            if self.settle_fail.contains(&name) {
+                return Err(MockError::Exit {
+                    status: 1,
+                    last_lines: format!("{name}: no space left on device"),
+                });
+            }
+            self.log.lock().unwrap().push(format!("settled {name}"));
+            Ok(rest)
+        })
     }
 }
 
@@ -1048,4 +1086,101 @@ async fn a_cached_input_found_unusable_is_computed_again_and_its_reader_rerun() 
         cache.get(&one.get(link).unwrap().key).unwrap().unwrap(),
         b"poisoned"
     );
+}
+
+/// `[a] RUN first` and `[a] RUN second` on it; `first`'s output settles 300 ms after it runs.
+fn settling_chain() -> (Graph, Mock, NodeRef, NodeRef) {
+    let mut b = GraphBuilder::new();
+    let first = run(&mut b, "a", "first", 1, &[]);
+    let second = run(&mut b, "a", "second", 2, &[first]);
+    output(&mut b, "a", second, Vec::new());
+    let mut mock = Mock::default();
+    mock.settle
+        .insert("[a] RUN first".into(), Duration::from_millis(300));
+    (b.finish(), mock, first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_start_on_an_unsettled_output_and_the_cache_gets_it_settled() {
+    let (graph, mock, first, second) = settling_chain();
+    let mock = Arc::new(mock);
+    let cache = Arc::new(MemoryCache::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // One job: a vertex settling its output takes no slot, or the second could not start.
+    let solution = solver(
+        &mock,
+        cache.clone(),
+        SolveOptions {
+            events: Some(tx),
+            ..options(1)
+        },
+    )
+    .solve(Arc::new(graph.clone()), &[0])
+    .await
+    .unwrap();
+    // The second step ran on what the first left unsettled, before it was settled.
+    let log = mock.log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "start [a] RUN first",
+            "start [a] RUN second",
+            "settled [a] RUN first"
+        ],
+    );
+    assert_eq!(
+        solution.get(second).unwrap().output,
+        b"[a] RUN second(unsettled:[a] RUN first)"
+    );
+    // The solution and the cache hold the first step's settled output.
+    let first_solved = solution.get(first).unwrap();
+    assert_eq!(first_solved.output, b"[a] RUN first");
+    assert_eq!(
+        cache.get(&first_solved.key).unwrap().as_deref(),
+        Some(&b"[a] RUN first"[..])
+    );
+    // It is reported done once settled: after the second step started.
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let at = |want: &dyn Fn(&Event) -> bool| events.iter().position(want).unwrap();
+    let first_done = at(&|e| matches!(e, Event::Done { vertex, .. } if *vertex == first));
+    let second_started = at(&|e| matches!(e, Event::Started { vertex, .. } if *vertex == second));
+    assert!(second_started < first_done, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_fails_to_settle_fails_its_step_and_is_not_recorded() {
+    let (graph, mut mock, first, _) = settling_chain();
+    mock.settle_fail.insert("[a] RUN first".into());
+    // Still running on the unsettled output when the settling fails: it is cancelled.
+    mock.sleep
+        .insert("[a] RUN second".into(), Duration::from_secs(30));
+    let mock = Arc::new(mock);
+    let started = Instant::now();
+    let cache = Arc::new(MemoryCache::new());
+    let failure = solver(&mock, cache.clone(), options(2))
+        .solve(Arc::new(graph), &[0])
+        .await
+        .unwrap_err();
+    match &failure.error {
+        SolveError::Step {
+            description,
+            source,
+            ..
+        } => {
+            assert_eq!(description, "[a] RUN first");
+            assert!(source.to_string().contains("no space left"), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second step was stopped"
+    );
+    assert_eq!(*mock.cancelled.lock().unwrap(), ["[a] RUN second"]);
+    // The step that failed to settle is neither solved nor recorded; nothing else was finished.
+    assert!(failure.solved.get(first).is_none());
+    assert!(cache.is_empty());
 }

@@ -96,6 +96,19 @@ pub trait Executor: Send + Sync + 'static {
         inputs: &[Self::Output],
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+
+    /// What finishes an output [`execute`](Executor::execute) returned with work still going on
+    /// behind it (a layer written while the steps after it already run on its snapshot): `None`
+    /// when there is none (the default), else the output finished. The solver hands the unfinished
+    /// output to the vertex's dependents at once, and records the vertex in the cache, reports it
+    /// done and puts it in the [`Solution`] only once it is finished; its error fails the vertex.
+    fn settle(
+        &self,
+        output: &Self::Output,
+    ) -> Option<impl Future<Output = Result<Self::Output, Self::Error>> + Send> {
+        let _ = output;
+        None::<std::future::Ready<Result<Self::Output, Self::Error>>>
+    }
 }
 
 /// Progress, sent as it happens; the order between vertices running at once is not defined.
@@ -395,6 +408,16 @@ struct Task<E: Executor> {
     force: bool,
     cancel: CancellationToken,
     events: Option<UnboundedSender<Event>>,
+    /// Where an output still to be settled ([`Executor::settle`]) goes as soon as it exists, so
+    /// that the dependents start while it settles.
+    early: UnboundedSender<Early<E::Output>>,
+}
+
+/// An executed vertex's unsettled output, for its dependents.
+struct Early<R> {
+    node: NodeRef,
+    solved: Solved<R>,
+    forced: bool,
 }
 
 impl<E: Executor> Solver<E> {
@@ -495,9 +518,17 @@ impl<E: Executor> Solver<E> {
         let mut recomputed: HashSet<NodeRef> = HashSet::new();
         let mut waiting: HashMap<NodeRef, Vec<NodeRef>> = HashMap::new();
         let mut lost_tries: HashMap<NodeRef, u32> = HashMap::new();
+        // Executed vertices whose dependents were woken by their unsettled output, until their
+        // task ends.
+        let (early_tx, mut early_rx) = tokio::sync::mpsc::unbounded_channel::<Early<E::Output>>();
+        let mut woken_early: HashSet<NodeRef> = HashSet::new();
+        // Their settled outputs, for the solution: the dependents keep reading the outputs they
+        // were woken with (what the executor names its work by while it solves), in `done`.
+        let mut settled: HashMap<NodeRef, Solved<E::Output>> = HashMap::new();
 
         loop {
-            while !stopped && running.len() < jobs {
+            // A task settling its output (see `woken_early`) computes no vertex: it takes no slot.
+            while !stopped && running.len() - woken_early.len() < jobs {
                 if self.options.cancel.is_cancelled() {
                     stopped = true;
                     break;
@@ -535,11 +566,37 @@ impl<E: Executor> Solver<E> {
                     force,
                     cancel: cancel.clone(),
                     events: self.options.events.clone(),
+                    early: early_tx.clone(),
                 };
                 let handle = running.spawn(task.run());
                 task_nodes.insert(handle.id(), node);
             }
-            let Some(joined) = running.join_next_with_id().await else {
+            // An unsettled output wakes the dependents, while its task goes on settling it; a task
+            // sends it before it ends, so what was sent is taken before a task's end is.
+            let mut early = Vec::new();
+            let joined = tokio::select! {
+                biased;
+                Some(e) = early_rx.recv() => {
+                    early.push(e);
+                    None
+                }
+                joined = running.join_next_with_id() => Some(joined),
+            };
+            while let Ok(e) = early_rx.try_recv() {
+                early.push(e);
+            }
+            for e in early {
+                woken_early.insert(e.node);
+                if e.forced {
+                    forced.insert(e.node);
+                }
+                wake(e.node, &mut waiting, &dependents, &mut pending, &mut ready);
+                done.insert(e.node, e.solved);
+            }
+            let Some(joined) = joined else {
+                continue;
+            };
+            let Some(joined) = joined else {
                 break;
             };
             let (node, result) = match joined {
@@ -567,6 +624,7 @@ impl<E: Executor> Solver<E> {
                             let input = ins[i];
                             if recomputed.insert(input) {
                                 done.remove(&input);
+                                settled.remove(&input);
                                 ready.push_back(input);
                             } else if done.contains_key(&input) {
                                 continue;
@@ -586,25 +644,22 @@ impl<E: Executor> Solver<E> {
                 Ok(Outcome::Done(f)) => Ok(f),
                 Err(e) => Err(e),
             };
+            // Its dependents were woken by its unsettled output already.
+            let was_early = woken_early.remove(&node);
+            if was_early && result.is_err() {
+                done.remove(&node);
+            }
             match result {
                 Ok(f) => {
                     if f.forced {
                         forced.insert(f.node);
                     }
-                    // A vertex computed again wakes only those waiting for it: its other
-                    // dependents were solved already.
-                    let wake = match waiting.remove(&f.node) {
-                        Some(w) => w,
-                        None => dependents.get(&f.node).cloned().unwrap_or_default(),
-                    };
-                    for d in &wake {
-                        let p = pending.get_mut(d).expect("dependent is needed");
-                        *p -= 1;
-                        if *p == 0 {
-                            ready.push_back(*d);
-                        }
+                    if was_early {
+                        settled.insert(f.node, f.solved);
+                    } else {
+                        wake(f.node, &mut waiting, &dependents, &mut pending, &mut ready);
+                        done.insert(f.node, f.solved);
                     }
-                    done.insert(f.node, f.solved);
                 }
                 // Once stopped, what the cancelled siblings report is their reaction to the stop,
                 // not news.
@@ -630,6 +685,7 @@ impl<E: Executor> Solver<E> {
         let mut solved = HashMap::new();
         for (i, c) in canon.iter().enumerate() {
             if let Some(s) = done.get(c) {
+                let s = settled.get(c).unwrap_or(s);
                 solved.insert(NodeRef(i), s.clone());
             }
         }
@@ -688,6 +744,28 @@ impl<E: Executor> Solver<E> {
             }
         }
         out
+    }
+}
+
+/// Counts `node` as solved for what waits on it, queueing those it was the last input of. A
+/// vertex computed again wakes only those waiting for it: its other dependents were solved already.
+fn wake(
+    node: NodeRef,
+    waiting: &mut HashMap<NodeRef, Vec<NodeRef>>,
+    dependents: &HashMap<NodeRef, Vec<NodeRef>>,
+    pending: &mut HashMap<NodeRef, usize>,
+    ready: &mut VecDeque<NodeRef>,
+) {
+    let wake = match waiting.remove(&node) {
+        Some(w) => w,
+        None => dependents.get(&node).cloned().unwrap_or_default(),
+    };
+    for d in &wake {
+        let p = pending.get_mut(d).expect("dependent is needed");
+        *p -= 1;
+        if *p == 0 {
+            ready.push_back(*d);
+        }
     }
 }
 
@@ -819,6 +897,36 @@ impl<E: Executor> Task<E> {
                         error: e.to_string(),
                     });
                 }
+                return Err(self.step_error(e));
+            }
+        };
+        // Work left behind the output (a layer still being written): the dependents get the
+        // output now, the cache and the solution once it is finished.
+        let settled = match self.executor.settle(&output) {
+            None => None,
+            Some(settling) => {
+                let _ = self.early.send(Early {
+                    node: self.node,
+                    solved: Solved {
+                        output: output.clone(),
+                        key,
+                        cached: false,
+                    },
+                    forced: self.force,
+                });
+                Some(settling.await)
+            }
+        };
+        let output = match settled {
+            None => output,
+            Some(Ok(settled)) => settled,
+            Some(Err(e)) => {
+                self.emit(Event::Failed {
+                    vertex: self.node,
+                    description,
+                    duration: started.elapsed(),
+                    error: e.to_string(),
+                });
                 return Err(self.step_error(e));
             }
         };
