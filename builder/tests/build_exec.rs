@@ -48,6 +48,9 @@ struct Bench {
     secrets: HashMap<String, Vec<u8>>,
     network: NetworkMode,
     allow_network_host: bool,
+    /// Only the target's chain of layers is written as blobs (as `forge build` plans it); the
+    /// other steps' layers stay snapshots. Off: every layer is written.
+    target_chain_only: bool,
 }
 
 /// One finished solve.
@@ -82,6 +85,7 @@ impl Bench {
             secrets: HashMap::new(),
             network: NetworkMode::Sandbox,
             allow_network_host: false,
+            target_chain_only: false,
         }
     }
 
@@ -186,7 +190,12 @@ impl Bench {
                 images: HashMap::new(),
                 secrets: self.secrets.clone(),
                 ssh: HashMap::new(),
-                layers: forge_builder::ops::LayerPlan::uniform(self.layer),
+                layers: forge_builder::ops::LayerPlan {
+                    leaves: self
+                        .target_chain_only
+                        .then(|| graph.layer_chain(graph.outputs[0].root)),
+                    ..forge_builder::ops::LayerPlan::uniform(self.layer)
+                },
                 default_network: self.network,
                 allow_network_host: self.allow_network_host,
                 allow_insecure: false,
@@ -444,6 +453,137 @@ fn layers_hold_what_the_dockerfile_says_and_a_second_solve_runs_nothing() {
             assert_eq!(&fourth.layers[..4], &third_layers[..]);
             let top = layer_entries(&bench.store, &fourth.layers[4]);
             assert_file(&top, "both", b"hello\none\n");
+            bench.assert_clean();
+        });
+    }
+}
+
+/// The committed snapshots' names, sorted.
+fn committed_snapshots(bench: &Bench) -> Vec<String> {
+    let mut names: Vec<String> = bench
+        .snapshots
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == Kind::Committed)
+        .map(|i| i.key)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The chain id of each prefix of `layers` (the snapshot names of a layer list), sorted.
+fn chain_names(layers: &[Layer]) -> Vec<String> {
+    let mut names: Vec<String> = (1..=layers.len())
+        .map(|n| {
+            forge_snapshotter::layer::chain_id(layers[..n].iter().map(|l| &l.diff_id))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn layers_written_behind_the_build_leave_snapshots_under_their_chain_ids() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let mut bench = Bench::new(backend);
+        // Layers made again are the same bytes.
+        bench.layer.source_date_epoch = Some(1_700_000_000);
+        let ctx = bench.context("ctx", &[]);
+        let df = format!("{BASE}RUN echo a > /a\nRUN echo b > /b\n");
+        runtime().block_on(async {
+            // Each step's layer is written while the next step runs on its snapshot; the image
+            // and the cache get the written layers, and the snapshots end named by them.
+            let first = bench.solve(&df, &ctx).await.unwrap();
+            assert!(
+                first
+                    .layers
+                    .iter()
+                    .all(|l| l.unwritten.is_none() && l.size > 0)
+            );
+            assert_file(&layer_entries(&bench.store, &first.layers[2]), "a", b"a\n");
+            assert_file(&layer_entries(&bench.store, &first.layers[3]), "b", b"b\n");
+            let names = chain_names(&first.layers);
+            assert_eq!(committed_snapshots(&bench), names, "{backend:?}");
+            bench.assert_clean();
+
+            // A step added on top runs on the snapshot found by that name: nothing is unpacked
+            // again, one snapshot more.
+            let more = format!("{df}RUN cat /a /b > /ab\n");
+            let second = bench.solve(&more, &ctx).await.unwrap();
+            assert_eq!(second.solution.executed(), 1, "{backend:?}");
+            assert_eq!(second.layers[..4], first.layers[..]);
+            assert_file(
+                &layer_entries(&bench.store, &second.layers[4]),
+                "ab",
+                b"a\nb\n",
+            );
+            assert_eq!(committed_snapshots(&bench), chain_names(&second.layers));
+
+            // Built again without the cache, every layer comes out the same: each new snapshot
+            // merges into the one that has its name, and none is left under a stand-in name.
+            let settings = SolveSettings {
+                no_cache: true,
+                ..SolveSettings::default()
+            };
+            let third = bench.solve_with(&df, &ctx, settings).await.unwrap();
+            assert!(
+                third.solution.executed() >= 4,
+                "{backend:?}: every step ran again"
+            );
+            assert_eq!(third.layers, first.layers);
+            assert_eq!(committed_snapshots(&bench), chain_names(&second.layers));
+            bench.assert_clean();
+        });
+    }
+}
+
+#[test]
+fn a_kept_only_stage_on_layers_written_behind_is_served_from_the_cache_next_time() {
+    if !prerequisites() {
+        return;
+    }
+    for backend in BACKENDS {
+        let mut bench = Bench::new(backend);
+        bench.target_chain_only = true;
+        let ctx = bench.context("ctx", &[]);
+        // `base` is the target's chain (written behind); `side`, on it, is kept only as its
+        // snapshot, committed while base's layers were still being written.
+        let df = format!(
+            "{}FROM base AS side\nRUN echo side > /side\nFROM base\nCOPY --from=side /side /side\n",
+            BASE.replacen("FROM scratch", "FROM scratch AS base", 1)
+        );
+        runtime().block_on(async {
+            let first = bench.solve(&df, &ctx).await.unwrap();
+            assert!(first.layers.iter().all(|l| l.unwritten.is_none()));
+            assert_file(
+                &layer_entries(&bench.store, &first.layers[2]),
+                "side",
+                b"side\n",
+            );
+            let side_layers = first
+                .solution
+                .iter()
+                .filter_map(|(_, s)| s.output.layers())
+                .find(|l| l.last().is_some_and(|l| l.unwritten.is_some()))
+                .expect("the side stage's kept-only layer")
+                .to_vec();
+            assert_eq!(
+                side_layers[..2],
+                first.layers[..2],
+                "on base's written layers"
+            );
+            // Its snapshot carries the name its record gives: the next build finds it.
+            let kept = forge_builder::ops::unwritten_snapshots(&side_layers);
+            assert!(bench.snapshots.stat(&kept[0]).is_ok(), "{backend:?}");
+            let second = bench.solve(&df, &ctx).await.unwrap();
+            assert_eq!(second.solution.executed(), 0, "{backend:?}");
+            assert_eq!(second.layers, first.layers);
             bench.assert_clean();
         });
     }

@@ -712,10 +712,11 @@ async fn solve_reporting(
     if let Some(j) = settings.jobs {
         options.jobs = j.max(1);
     }
-    let solver = Solver::new(executor, cache, options);
+    let solver = Solver::new(executor.clone(), cache, options);
     let outputs: Vec<usize> = (0..graph.outputs.len()).collect();
     let solved = solver.solve(graph, &outputs).await;
     drop(solver);
+    executor.name_written_snapshots().await;
     let _ = forward.await;
     solved
 }

@@ -73,6 +73,10 @@ pub enum ExecError {
     Source(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// A step's layer, written behind the steps after it, could not be written (the error is
+    /// shared by every step whose layers include it).
+    #[error("writing the step's layer")]
+    LayerWrite(#[source] std::sync::Arc<ExecError>),
     /// A blob a result names could not be fetched (gone from the cache it came from, or not what
     /// its digest says); the step that made it runs again.
     #[error(transparent)]

@@ -250,13 +250,32 @@ pub async fn write_unwritten(
     layers: &[Layer],
     compression: Compression,
 ) -> Result<Vec<Layer>, ExecError> {
+    write_unwritten_named(snapshots, store, layers, layers, compression).await
+}
+
+/// [`write_unwritten`] for `layers` whose snapshots are named by `named`, the same list as a
+/// build that writes layers behind it still names them (stand-ins where `layers` has the written
+/// layers).
+pub(crate) async fn write_unwritten_named(
+    snapshots: &Arc<AnySnapshotter>,
+    store: &Store,
+    named: &[Layer],
+    layers: &[Layer],
+    compression: Compression,
+) -> Result<Vec<Layer>, ExecError> {
     if layers.iter().all(|l| l.unwritten.is_none()) {
         return Ok(layers.to_vec());
     }
-    let (sn, store, layers) = (snapshots.clone(), store.clone(), layers.to_vec());
+    let (sn, store, named, layers) = (
+        snapshots.clone(),
+        store.clone(),
+        named.to_vec(),
+        layers.to_vec(),
+    );
     blocking(move || {
-        chain_steps(&layers)
-            .map(|ChainStep { name, layer: l, .. }| {
+        chain_steps(&named)
+            .zip(&layers)
+            .map(|(ChainStep { name, .. }, l)| {
                 let Some(how) = l.unwritten else {
                     return Ok(l.clone());
                 };
@@ -272,4 +291,112 @@ pub async fn write_unwritten(
             .collect()
     })
     .await
+}
+
+/// Layers written behind the build: a step whose layer leaves the store is committed as its
+/// snapshot at once, under a stand-in name as a kept-only layer is, and its blob is written from
+/// that committed snapshot on a thread of its own while the steps after it already run (BuildKit's
+/// lazy refs keep layer creation off the critical path the same way). Until it is written the
+/// build's lists carry the stand-in ([`Layer::unwritten`]), and the snapshots the build commits
+/// are named by those lists; [`LayerWrites::settle`] swaps in the written layer, which is what the
+/// cache records and the image gets. Once the build no longer uses the stand-in names,
+/// [`LayerWrites::name_snapshots`] renames every snapshot it committed to the chain id of its
+/// settled layers, where later builds (reading those records) look for it.
+#[derive(Default)]
+pub(crate) struct LayerWrites {
+    /// By the stand-in diff_id.
+    writes: std::sync::Mutex<std::collections::HashMap<Digest, Written>>,
+    /// Every snapshot the build committed, with the layers it was named by.
+    commits: std::sync::Mutex<Vec<Commit>>,
+}
+
+type Written =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Layer, Arc<ExecError>>>>;
+
+struct Commit {
+    /// Its name: the chain id of `parent` and `layer` as the build knew them.
+    snapshot: String,
+    parent: Vec<Layer>,
+    layer: Layer,
+}
+
+impl LayerWrites {
+    /// Notes that the build committed `snapshot`, named by `parent` and `layer` (see
+    /// [`LayerWrites::name_snapshots`]).
+    pub(crate) fn committed(&self, snapshot: String, parent: Vec<Layer>, layer: Layer) {
+        lock(&self.commits).push(Commit {
+            snapshot,
+            parent,
+            layer,
+        });
+    }
+
+    /// Writes the layer of a committed snapshot behind the build; the build's lists name it by
+    /// `stand_in` until then.
+    pub(crate) fn start(
+        &self,
+        stand_in: &Layer,
+        write: impl FnOnce() -> Result<Layer, ExecError> + Send + 'static,
+    ) {
+        use futures::FutureExt;
+        let job = tokio::task::spawn_blocking(write);
+        let written = async move {
+            match job.await {
+                Ok(Ok(layer)) => Ok(layer),
+                Ok(Err(e)) => Err(Arc::new(e)),
+                Err(e) => Err(Arc::new(ExecError::Internal(format!("worker thread: {e}")))),
+            }
+        }
+        .boxed()
+        .shared();
+        lock(&self.writes).insert(stand_in.diff_id.clone(), written);
+    }
+
+    /// Whether any of `layers` is still a stand-in for a layer written behind.
+    pub(crate) fn any_behind(&self, layers: &[Layer]) -> bool {
+        let writes = lock(&self.writes);
+        layers.iter().any(|l| writes.contains_key(&l.diff_id))
+    }
+
+    /// `layers` with every layer written behind swapped for the written one, once written.
+    pub(crate) async fn settle(&self, layers: &[Layer]) -> Result<Vec<Layer>, ExecError> {
+        let mut out = Vec::with_capacity(layers.len());
+        for l in layers {
+            let written = lock(&self.writes).get(&l.diff_id).cloned();
+            out.push(match written {
+                None => l.clone(),
+                Some(w) => w.await.map_err(ExecError::LayerWrite)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Renames every snapshot the build committed to the chain id of its settled layers (the
+    /// written layers for the stand-ins), where a build that reads them back from the cache looks
+    /// for it. Only once nothing of this build names a stand-in any more: the end of the solve.
+    /// A name that is taken (the same layers built before) takes this build's children instead.
+    pub(crate) async fn name_snapshots(&self, snapshots: &AnySnapshotter) {
+        let commits = std::mem::take(&mut *lock(&self.commits));
+        let mut pairs = Vec::new();
+        for c in commits {
+            let (Ok(parent), Ok(layer)) = (
+                self.settle(&c.parent).await,
+                self.settle(std::slice::from_ref(&c.layer)).await,
+            ) else {
+                continue;
+            };
+            let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
+            let name = chain_id_step(parent_chain.as_ref(), &layer[0].diff_id).to_string();
+            if name != c.snapshot {
+                pairs.push((c.snapshot, name));
+            }
+        }
+        // Best effort: a snapshot left under its first name is found by no later build, which
+        // makes it again from the layers' blobs (or runs a kept-only layer's step again).
+        let _ = snapshots.rename(&pairs);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

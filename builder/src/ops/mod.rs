@@ -14,7 +14,7 @@ use forge_runner::backend::Backend;
 use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::{chain_id, chain_id_step};
-use forge_snapshotter::snapshot::{AnySnapshotter, SnapshotError, Snapshotter};
+use forge_snapshotter::snapshot::{AnySnapshotter, Snapshotter};
 use forge_snapshotter::store::{Digest as BlobDigest, Store};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ use error::io_err;
 use files::{TestLogWriter, populate_view, tar_artifacts};
 pub(crate) use layers::ensure_snapshot_in;
 pub use layers::{LayerPlan, OWN_COMPRESSION, StepLayer, unwritten_snapshots, write_unwritten};
-use layers::{blob_digest, diff_to_blob, unwritten_name};
+use layers::{LayerWrites, blob_digest, diff_to_blob, unwritten_name, write_unwritten_named};
 pub use mount::Mounted;
 pub use upload::LayerUploads;
 
@@ -235,6 +235,8 @@ pub struct BuildExecutor {
     nodes: HashMap<VertexId, NodeRef>,
     /// Numbers this build's scratch snapshot keys and mount points.
     seq: AtomicU64,
+    /// The layers being written behind the steps after them.
+    writes: LayerWrites,
 }
 
 impl BuildExecutor {
@@ -249,6 +251,7 @@ impl BuildExecutor {
             cfg,
             nodes,
             seq: AtomicU64::new(0),
+            writes: LayerWrites::default(),
         };
         exec.remove_stale_snapshots();
         Ok(exec)
@@ -368,9 +371,16 @@ impl BuildExecutor {
         Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
-    /// Commits the active snapshot `key` (on `parent`'s layers) under its chain id, diffed into a
-    /// layer blob first unless the plan keeps the layer as the snapshot alone; returns the new
-    /// layer list.
+    /// Gives the snapshots of the layers written behind the build their chain ids (see
+    /// [`LayerWrites`]): call once the solve is over, whatever its end.
+    pub async fn name_written_snapshots(&self) {
+        self.writes.name_snapshots(&self.cfg.snapshots).await;
+    }
+
+    /// Commits the active snapshot `key` (on `parent`'s layers) under the chain id of a stand-in
+    /// layer and returns the new layer list, whose last layer is that stand-in: the plan either
+    /// keeps the layer as the snapshot alone, or has it written into a blob from the committed
+    /// snapshot behind the build ([`LayerWrites`]).
     async fn commit_layer(
         &self,
         key: String,
@@ -383,37 +393,40 @@ impl BuildExecutor {
             return Err(ExecError::Cancelled);
         }
         let sn = self.cfg.snapshots.clone();
-        let store = self.cfg.store.clone();
         let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
+        let source_date_epoch = match &how {
+            StepLayer::Blob(options, _) => options.source_date_epoch,
+            StepLayer::SnapshotOnly { source_date_epoch } => *source_date_epoch,
+        };
         let result = blocking(move || {
-            let layer = match how {
-                StepLayer::Blob(options, upload) => {
-                    diff_to_blob(&sn, &store, &k, options, upload.as_deref())?
-                }
-                StepLayer::SnapshotOnly { source_date_epoch } => {
-                    let name = unwritten_name(&k);
-                    Layer {
-                        media_type: Compression::None.media_type().to_string(),
-                        digest: blob_digest(&name)?,
-                        size: 0,
-                        diff_id: name,
-                        source: None,
-                        unwritten: Some(Unwritten { source_date_epoch }),
-                    }
-                }
+            let stand_in = unwritten_name(&k);
+            let layer = Layer {
+                media_type: Compression::None.media_type().to_string(),
+                digest: blob_digest(&stand_in)?,
+                size: 0,
+                diff_id: stand_in,
+                source: None,
+                unwritten: Some(Unwritten { source_date_epoch }),
             };
             let name = chain_id_step(parent_chain.as_ref(), &layer.diff_id);
-            match sn.commit(name.as_ref(), &k) {
-                Ok(()) => {}
-                Err(SnapshotError::AlreadyExists(_)) => sn.remove(&k)?,
-                Err(e) => return Err(e.into()),
-            }
-            Ok(layer)
+            sn.commit(name.as_ref(), &k)?;
+            Ok((layer, name.to_string()))
         })
         .await;
         match result {
-            Ok(layer) => {
+            Ok((layer, name)) => {
+                if let StepLayer::Blob(options, upload) = how {
+                    let (sn, store, snapshot) = (
+                        self.cfg.snapshots.clone(),
+                        self.cfg.store.clone(),
+                        name.clone(),
+                    );
+                    self.writes.start(&layer, move || {
+                        diff_to_blob(&sn, &store, &snapshot, options, upload.as_deref())
+                    });
+                }
+                self.writes.committed(name, parent.to_vec(), layer.clone());
                 let mut layers = parent.to_vec();
                 layers.push(layer);
                 Ok(layers)
@@ -556,6 +569,26 @@ impl SourceDirs for Sources {
 impl Executor for BuildExecutor {
     type Output = Built;
     type Error = ExecError;
+
+    /// A layer written behind the build is waited for here: the cache records, and the image
+    /// gets, the written layer.
+    fn settle(
+        &self,
+        output: &Built,
+    ) -> Option<impl Future<Output = Result<Built, ExecError>> + Send> {
+        let Built::Fs { layers } = output else {
+            return None;
+        };
+        if !self.writes.any_behind(layers) {
+            return None;
+        }
+        let layers = layers.clone();
+        Some(async move {
+            Ok(Built::Fs {
+                layers: self.writes.settle(&layers).await?,
+            })
+        })
+    }
 
     /// A record whose blobs are gone (a prune, a store repaired by hand) is a miss: the step runs
     /// again instead of a later step or the push failing on the missing blob.
@@ -735,11 +768,14 @@ impl Executor for BuildExecutor {
                     let part = b.layers().ok_or_else(|| {
                         ExecError::Unsupported("merging a local directory".into())
                     })?;
-                    // On another parent a layer's snapshot is another one, made from its blob.
-                    let part = write_unwritten(
+                    // On another parent a layer's snapshot is another one, made from its blob:
+                    // layers written behind are waited for, those kept only as snapshots written.
+                    let settled = self.writes.settle(part).await?;
+                    let part = write_unwritten_named(
                         &self.cfg.snapshots,
                         &self.cfg.store,
                         part,
+                        &settled,
                         OWN_COMPRESSION,
                     )
                     .await?;

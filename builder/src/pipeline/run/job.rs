@@ -320,6 +320,7 @@ impl Session {
             }
         };
         drop(solver);
+        executor.name_written_snapshots().await;
         drop(executor);
         crate::api::close_runner(runner).await;
         drop(events);
