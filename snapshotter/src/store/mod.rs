@@ -271,8 +271,13 @@ impl Store {
 
     /// Makes the `reserve` file when it is absent; best effort (a full disk leaves it absent, and
     /// the next call tries again). Returns whether the reserve is in place.
+    ///
+    /// Not synced (a new store's first build would wait for it): the filesystem counts the blocks
+    /// as taken when they are written (delayed allocation reserves them), and a file a crash left
+    /// with its size but none of its blocks is told by its block count and made again.
     pub fn restore_reserve(&self) -> bool {
-        if fs::metadata(&self.reserve).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata(&self.reserve).is_ok_and(|m| m.len() == RESERVE_BYTES && m.blocks() > 0) {
             return true;
         }
         let tmp = self.root.join("reserve.tmp");
@@ -282,7 +287,6 @@ impl Store {
             for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
                 f.write_all(&zeros)?;
             }
-            f.sync_all()?;
             fs::rename(&tmp, &self.reserve)
         });
         if made.is_err() {
@@ -740,6 +744,33 @@ pub(crate) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserve_a_crash_left_without_its_blocks_is_made_again() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let reserve = tmp.path().join("reserve");
+        let blocks = |p: &Path| fs::metadata(p).unwrap().blocks();
+        assert_eq!(fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES);
+        assert!(
+            blocks(&reserve) * 512 >= RESERVE_BYTES,
+            "the blocks are taken"
+        );
+        // What a crash before the file's writeback may leave: its size, and no blocks.
+        fs::remove_file(&reserve).unwrap();
+        File::create(&reserve)
+            .unwrap()
+            .set_len(RESERVE_BYTES)
+            .unwrap();
+        assert_eq!(blocks(&reserve), 0);
+        assert!(store.restore_reserve());
+        assert!(blocks(&reserve) * 512 >= RESERVE_BYTES);
+        // One in place is left as it is.
+        let inode = fs::metadata(&reserve).unwrap().ino();
+        assert!(store.restore_reserve());
+        assert_eq!(fs::metadata(&reserve).unwrap().ino(), inode);
+    }
 
     #[test]
     fn default_root_follows_user_and_xdg() {
