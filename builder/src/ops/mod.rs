@@ -57,7 +57,9 @@ pub struct Layer {
     /// Set when no blob was written: the layer exists only as its committed snapshot (named by
     /// the chain id of the layers up to it). Its tar was never made, so `diff_id` (and `digest`,
     /// the same) is a name drawn for the snapshot, not a hash of content, and `size` is 0;
-    /// [`write_unwritten`] makes the blob, with its real diff_id, when something needs one.
+    /// [`write_unwritten`] makes the blob, with its real diff_id, when something needs one. While
+    /// a build runs, a layer it is writing behind the steps after it is such a stand-in too, until
+    /// the solver settles the output that holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unwritten: Option<Unwritten>,
 }
@@ -371,7 +373,7 @@ impl BuildExecutor {
         Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
-    /// Gives the snapshots of the layers written behind the build their chain ids (see
+    /// Renames the snapshots this build committed to the chain ids of their written layers (see
     /// [`LayerWrites`]): call once the solve is over, whatever its end.
     pub async fn name_written_snapshots(&self) {
         self.writes.name_snapshots(&self.cfg.snapshots).await;
