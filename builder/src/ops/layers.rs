@@ -314,21 +314,17 @@ type Written =
     futures::future::Shared<futures::future::BoxFuture<'static, Result<Layer, Arc<ExecError>>>>;
 
 struct Commit {
-    /// Its name: the chain id of `parent` and `layer` as the build knew them.
+    /// Its name: the chain id of `layers` as the build knew them.
     snapshot: String,
-    parent: Vec<Layer>,
-    layer: Layer,
+    /// Base first, its own last (stand-ins for those written behind).
+    layers: Vec<Layer>,
 }
 
 impl LayerWrites {
-    /// Notes that the build committed `snapshot`, named by `parent` and `layer` (see
+    /// Notes that the build committed `snapshot`, named by the chain of `layers` (see
     /// [`LayerWrites::name_snapshots`]).
-    pub(crate) fn committed(&self, snapshot: String, parent: Vec<Layer>, layer: Layer) {
-        lock(&self.commits).push(Commit {
-            snapshot,
-            parent,
-            layer,
-        });
+    pub(crate) fn committed(&self, snapshot: String, layers: Vec<Layer>) {
+        lock(&self.commits).push(Commit { snapshot, layers });
     }
 
     /// Writes the layer of a committed snapshot behind the build; the build's lists name it by
@@ -379,16 +375,14 @@ impl LayerWrites {
         let commits = std::mem::take(&mut *lock(&self.commits));
         let mut pairs = Vec::new();
         for c in commits {
-            let (Ok(parent), Ok(layer)) = (
-                self.settle(&c.parent).await,
-                self.settle(std::slice::from_ref(&c.layer)).await,
-            ) else {
+            let Ok(layers) = self.settle(&c.layers).await else {
                 continue;
             };
-            let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
-            let name = chain_id_step(parent_chain.as_ref(), &layer[0].diff_id).to_string();
-            if name != c.snapshot {
-                pairs.push((c.snapshot, name));
+            let Some(name) = chain_id(layers.iter().map(|l| &l.diff_id)) else {
+                continue;
+            };
+            if name.as_ref() != c.snapshot {
+                pairs.push((c.snapshot, name.to_string()));
             }
         }
         // Best effort: a snapshot left under its first name is found by no later build, which

@@ -428,9 +428,9 @@ impl BuildExecutor {
                         diff_to_blob(&sn, &store, &snapshot, options, upload.as_deref())
                     });
                 }
-                self.writes.committed(name, parent.to_vec(), layer.clone());
                 let mut layers = parent.to_vec();
                 layers.push(layer);
+                self.writes.committed(name, layers.clone());
                 Ok(layers)
             }
             Err(e) => {
