@@ -132,16 +132,21 @@ struct Differ<'w, S: LayerStream> {
 
 /// A directory's children in the order their full paths sort: a directory `d` sorts as `d/`.
 fn sorted_children(dir: &Path) -> Result<Vec<(Vec<u8>, bool)>, DiffError> {
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .map(|(name, ft)| (name, ft.is_dir()))
+        .collect())
+}
+
+/// [`sorted_children`] with each child's file type as the listing gave it.
+fn sorted_entries(dir: &Path) -> Result<Vec<(Vec<u8>, std::fs::FileType)>, DiffError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
         let e = e.map_err(io_err("listing", dir))?;
-        let is_dir = e
-            .file_type()
-            .map_err(io_err("inspecting", &e.path()))?
-            .is_dir();
-        out.push((e.file_name().as_bytes().to_vec(), is_dir));
+        let ft = e.file_type().map_err(io_err("inspecting", &e.path()))?;
+        out.push((e.file_name().as_bytes().to_vec(), ft));
     }
-    out.sort_by_cached_key(sort_key);
+    out.sort_by_cached_key(|(name, ft)| sort_key(&(name.clone(), ft.is_dir())));
     Ok(out)
 }
 
@@ -180,10 +185,50 @@ struct Node {
     ctime: (i64, i64),
     dev_ino: (u64, u64),
     nlink: u64,
+    /// An overlayfs directory marked opaque (by the xattr of native overlay, of its user-namespace
+    /// mode or of fuse-overlayfs): the lower layers' entries below it are hidden.
+    opaque: bool,
 }
 
 fn node(path: &Path) -> Result<Node, DiffError> {
     let md = std::fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    node_of(&md, path, || sys::lxattrs(path.as_os_str().as_bytes()))
+}
+
+/// A regular file's node through `file`, open on it: its stat and xattrs look up no path, and its
+/// content is read through the same descriptor.
+fn file_node(file: &File, path: &Path) -> Result<Node, DiffError> {
+    use std::os::fd::AsFd;
+    let md = file.metadata().map_err(io_err("inspecting", path))?;
+    node_of(&md, path, || sys::fxattrs(file.as_fd()))
+}
+
+/// `name` in `dir` opened for reading, or `None` where that fails (a file this user may not
+/// open, or a name replaced meanwhile): the caller then goes by path. Neither a symlink is
+/// followed nor a fifo waited for.
+fn open_regular(dir: &std::os::fd::OwnedFd, name: &[u8]) -> Option<File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NOCTTY
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(
+        dir,
+        OsStr::from_bytes(name),
+        flags,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
+    .map(File::from)
+}
+
+/// The node `md` describes, with the xattrs `xattrs` reads (overlayfs' own left out).
+fn node_of(
+    md: &std::fs::Metadata,
+    path: &Path,
+    xattrs: impl FnOnce() -> Result<Vec<sys::Xattr>, nix::errno::Errno>,
+) -> Result<Node, DiffError> {
     let ft = md.file_type();
     let rdev = md.rdev();
     let kind = if ft.is_dir() {
@@ -213,12 +258,22 @@ fn node(path: &Path) -> Result<Node, DiffError> {
             source: io::Error::from(io::ErrorKind::Unsupported),
         });
     };
-    let xattrs = sys::lxattrs(path.as_os_str().as_bytes())
+    let (overlay, xattrs): (Vec<sys::Xattr>, _) = xattrs()
         .map_err(|e| io_err("reading xattrs of", path)(io::Error::from_raw_os_error(e as i32)))?
         .into_iter()
-        .filter(|(n, _)| !is_overlay_xattr(n))
-        .collect();
+        .partition(|(n, _)| is_overlay_xattr(n));
+    let opaque = kind == EntryKind::Dir
+        && overlay.iter().any(|(n, v)| {
+            v == b"y"
+                && [
+                    &b"trusted.overlay.opaque"[..],
+                    b"user.overlay.opaque",
+                    b"user.fuseoverlayfs.opaque",
+                ]
+                .contains(&n.as_slice())
+        });
     Ok(Node {
+        opaque,
         meta: EntryMeta {
             mode: md.mode() & 0o7777,
             uid: u64::from(md.uid()),
@@ -245,7 +300,7 @@ impl<S: LayerStream> Differ<'_, S> {
         for i in 0..self.pending.len() {
             if let Some(n) = self.pending[i].2.take() {
                 let (path, rel) = (self.pending[i].0.clone(), self.pending[i].1.clone());
-                self.emit_entry(&path, &rel, n)?;
+                self.emit_entry(&path, &rel, n, None)?;
             }
         }
         Ok(())
@@ -257,12 +312,26 @@ impl<S: LayerStream> Differ<'_, S> {
         Ok(self.writer.append_whiteout(rel)?)
     }
 
-    fn emit(&mut self, path: &Path, rel: &[u8], n: Node) -> Result<(), DiffError> {
+    fn emit(
+        &mut self,
+        path: &Path,
+        rel: &[u8],
+        n: Node,
+        open: Option<File>,
+    ) -> Result<(), DiffError> {
         self.flush_parents()?;
-        self.emit_entry(path, rel, n)
+        self.emit_entry(path, rel, n, open)
     }
 
-    fn emit_entry(&mut self, path: &Path, rel: &[u8], n: Node) -> Result<(), DiffError> {
+    /// Writes one entry; a regular file's content is read through `open` when the walk holds
+    /// it open already, else through a new open of `path`.
+    fn emit_entry(
+        &mut self,
+        path: &Path,
+        rel: &[u8],
+        n: Node,
+        open: Option<File>,
+    ) -> Result<(), DiffError> {
         self.stats.entries += 1;
         if n.kind != EntryKind::Dir && n.nlink > 1 {
             if let Some(first) = self.links.get(&n.dev_ino) {
@@ -273,7 +342,10 @@ impl<S: LayerStream> Differ<'_, S> {
             self.links.insert(n.dev_ino, rel.to_vec());
         }
         if n.kind == EntryKind::File && n.meta.size > 0 {
-            let mut f = File::open(path).map_err(io_err("opening", path))?;
+            let mut f = match open {
+                Some(f) => f,
+                None => File::open(path).map_err(io_err("opening", path))?,
+            };
             self.stats.content_bytes += n.meta.size;
             self.writer
                 .append(rel, &n.kind, &n.meta, Some(&mut f as &mut dyn Read))?;
@@ -284,32 +356,46 @@ impl<S: LayerStream> Differ<'_, S> {
     }
 
     fn overlay_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), DiffError> {
-        for (name, is_dir) in sorted_children(dir)? {
+        // Held while this directory's files are read, not while a subdirectory is walked: a deep
+        // tree would hold one per level.
+        let mut dir_fd = None;
+        for (name, ft) in sorted_entries(dir)? {
             let path = child(dir, &name);
             let crel = join(rel, &name);
+            // A regular file (most of a layer) is opened by its name in the directory held open,
+            // and stated, listed and read through that one descriptor: no path is walked again.
+            if ft.is_file() {
+                let held = match dir_fd.take() {
+                    Some(fd) => fd,
+                    None => sys::open_dir(dir).map_err(io_err("opening", dir))?,
+                };
+                let opened = open_regular(&held, &name);
+                dir_fd = Some(held);
+                if let Some(f) = opened {
+                    let n = file_node(&f, &path)?;
+                    if n.kind == EntryKind::File {
+                        self.emit(&path, &crel, n, Some(f))?;
+                        continue;
+                    }
+                }
+            }
             let n = node(&path)?;
             if n.kind == (EntryKind::CharDevice { major: 0, minor: 0 }) {
                 self.stats.whiteouts += 1;
                 self.writer.append_whiteout(&crel)?;
                 continue;
             }
-            if is_dir {
-                let p = path.as_os_str().as_bytes();
-                let opaque = [
-                    &b"trusted.overlay.opaque"[..],
-                    b"user.overlay.opaque",
-                    b"user.fuseoverlayfs.opaque",
-                ]
-                .iter()
-                .any(|x| matches!(sys::lgetxattr(p, x), Ok(Some(v)) if v == b"y"));
-                self.emit(&path, &crel, n)?;
+            if ft.is_dir() {
+                let opaque = n.opaque;
+                self.emit(&path, &crel, n, None)?;
                 if opaque {
                     self.stats.whiteouts += 1;
                     self.writer.append_opaque(&crel)?;
                 }
+                dir_fd = None;
                 self.overlay_dir(&path, &crel)?;
             } else {
-                self.emit(&path, &crel, n)?;
+                self.emit(&path, &crel, n, None)?;
             }
         }
         Ok(())
@@ -346,7 +432,7 @@ impl<S: LayerStream> Differ<'_, S> {
                 (true, None) => {
                     let n = node(&upath)?;
                     let is_dir = n.kind == EntryKind::Dir;
-                    self.emit(&upath, &crel, n)?;
+                    self.emit(&upath, &crel, n, None)?;
                     if is_dir {
                         self.compare_dir(None, &upath, &crel)?;
                     }
@@ -358,7 +444,7 @@ impl<S: LayerStream> Differ<'_, S> {
                     let is_dir = un.kind == EntryKind::Dir;
                     let changed = !same(&un, &ln, &upath, &lpath, self.copied_at)?;
                     let pending = if changed {
-                        self.emit(&upath, &crel, un)?;
+                        self.emit(&upath, &crel, un, None)?;
                         false
                     } else if is_dir {
                         self.pending.push((upath.clone(), crel.clone(), Some(un)));

@@ -102,6 +102,13 @@ pub trait LayerStream: Write {
     fn tar_bytes(&self) -> u64;
     /// Ends the stream (the tar's end blocks are already written).
     fn finish_stream(self) -> Result<(LayerDescriptor, Self::Sink), LayerError>;
+    /// Takes up to `n` bytes of `from` (fewer only where it ends) and says how many it took.
+    fn take_from(&mut self, from: &mut dyn Read, n: u64) -> io::Result<u64>
+    where
+        Self: Sized,
+    {
+        io::copy(&mut from.take(n), self)
+    }
 }
 
 /// tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> sink, on the writer's thread.
@@ -340,6 +347,27 @@ impl<'scope, W: Write + Send + 'scope> LayerStream for Piped<'scope, W> {
         self.count
     }
 
+    /// Reads straight into the chunk being filled, a chunk's room at a time: no copy buffer
+    /// between the file and the chunk.
+    fn take_from(&mut self, from: &mut dyn Read, n: u64) -> io::Result<u64> {
+        let mut taken = 0;
+        while taken < n {
+            let room = PIPE_CHUNK.saturating_sub(self.buf.len()).max(1);
+            let want = (n - taken).min(room as u64);
+            // Into the chunk's spare capacity, which is not zeroed first.
+            let got = from.take(want).read_to_end(&mut self.buf)? as u64;
+            taken += got;
+            self.count += got;
+            if self.buf.len() >= PIPE_CHUNK {
+                self.send()?;
+            }
+            if got < want {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
     fn finish_stream(mut self) -> Result<(LayerDescriptor, W), LayerError> {
         let sent = self.send();
         let result = self.join();
@@ -488,7 +516,7 @@ impl<S: LayerStream> LayerWriter<S> {
                     actual: 0,
                 });
             };
-            let copied = io::copy(&mut data.take(size), &mut self.out).map_err(werr)?;
+            let copied = self.out.take_from(data, size).map_err(werr)?;
             if copied != size {
                 return Err(LayerError::SizeChanged {
                     path: lossy(),
@@ -616,20 +644,23 @@ fn set_name(header: &mut [u8; BLOCK], name: &[u8]) -> bool {
     false
 }
 
+/// `value` in octal, zero-padded to fill `field` but its last byte (a NUL); a value with more
+/// digits keeps its low ones.
 fn octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let s = format!("{value:0width$o}");
-    let bytes = s.as_bytes();
-    let start = bytes.len().saturating_sub(width);
-    field[..width].copy_from_slice(&bytes[start..]);
-    field[width] = 0;
+    let (digits, end) = field.split_at_mut(field.len() - 1);
+    let mut v = value;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
+    end[0] = 0;
 }
 
 fn set_checksum(header: &mut [u8; BLOCK]) {
     header[148..156].fill(b' ');
     let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    header[148..156].copy_from_slice(s.as_bytes());
+    // Six digits (a header sums to at most 512 * 255), a NUL, and the space already there.
+    octal(&mut header[148..155], sum);
 }
 
 /// containerd's chain id of a stack of layers, bottom first: the first layer's diff_id, then
@@ -688,6 +719,65 @@ mod tests {
         let mut archive = tar::Archive::new(&tar[..]);
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(&*entry.path_bytes(), path.as_bytes());
+    }
+
+    /// The header's numbers are what `format!`'s octal gives, zero-padded, its low digits kept
+    /// when the value has more than the field holds.
+    #[test]
+    fn octal_fields_are_zero_padded_and_keep_the_low_digits() {
+        for width in [7usize, 11] {
+            let values = [0, 1, 7, 8, 0o644, 0o7777, 1 << 33, (1 << 33) - 1, u64::MAX];
+            for value in values {
+                let mut field = vec![b'x'; width + 1];
+                octal(&mut field, value);
+                let s = format!("{value:0width$o}");
+                assert_eq!(
+                    &field[..width],
+                    &s.as_bytes()[s.len() - width..],
+                    "{value} in {width}"
+                );
+                assert_eq!(field[width], 0);
+            }
+        }
+        let mut h = [0u8; BLOCK];
+        h[..5].copy_from_slice(b"hello");
+        set_checksum(&mut h);
+        let sum = 8 * u64::from(b' ') + b"hello".iter().map(|&b| u64::from(b)).sum::<u64>();
+        assert_eq!(&h[148..156], format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    /// A file that yields fewer bytes than its header says is refused with both counts, whether
+    /// it ends inside the chunk being filled or chunks later.
+    #[test]
+    fn a_short_file_is_refused_through_the_pipe() {
+        for (expected, actual) in [(1000u64, 10usize), (3 * PIPE_CHUNK as u64, PIPE_CHUNK + 7)] {
+            let options = LayerOptions {
+                compression: Compression::Zstd { level: 1 },
+                source_date_epoch: None,
+            };
+            let err = std::thread::scope(|scope| {
+                let piped = Piped::spawn(scope, Vec::new(), options.compression).unwrap();
+                let mut w = LayerWriter::with_stream(piped, options);
+                let meta = EntryMeta {
+                    size: expected,
+                    ..EntryMeta::default()
+                };
+                let mut data: &[u8] = &vec![7u8; actual];
+                let err = w
+                    .append(b"f", &EntryKind::File, &meta, Some(&mut data))
+                    .unwrap_err();
+                let _ = w.into_stream().abort();
+                err
+            });
+            match err {
+                LayerError::SizeChanged {
+                    expected: e,
+                    actual: a,
+                    ..
+                } => assert_eq!((e, a), (expected, actual as u64)),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -115,10 +115,33 @@ pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
 /// All xattrs of `path` (not following a final symlink), names sorted.
 pub(crate) fn lxattrs(path: &[u8]) -> Result<Vec<Xattr>, Errno> {
     let p = cstring(path).map_err(|_| Errno::EINVAL)?;
+    xattrs_by(
+        // SAFETY (both): p and n are valid C strings; buf is null with size 0 (a size query) or
+        // has size bytes.
+        |buf, size| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), size) },
+        |n, buf, size| unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.cast(), size) },
+    )
+}
+
+/// All xattrs of the file open as `fd`, names sorted: no path is looked up.
+pub(crate) fn fxattrs(fd: BorrowedFd<'_>) -> Result<Vec<Xattr>, Errno> {
+    let fd = fd.as_raw_fd();
+    xattrs_by(
+        // SAFETY (both): fd is open for the borrow; n is a valid C string; buf is null with size 0
+        // (a size query) or has size bytes.
+        |buf, size| unsafe { libc::flistxattr(fd, buf.cast(), size) },
+        |n, buf, size| unsafe { libc::fgetxattr(fd, n.as_ptr(), buf.cast(), size) },
+    )
+}
+
+/// Reads every xattr through `list` (listxattr's buffer and size) and `get` (getxattr's name,
+/// buffer and size), each asked for its size first and asked again when it grew meanwhile.
+fn xattrs_by(
+    list: impl Fn(*mut u8, usize) -> isize,
+    get: impl Fn(&std::ffi::CStr, *mut u8, usize) -> isize,
+) -> Result<Vec<Xattr>, Errno> {
     let names = loop {
-        // SAFETY: a null buffer with size 0 asks for the needed size.
-        let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-        let size = match Errno::result(size) {
+        let size = match Errno::result(list(std::ptr::null_mut(), 0)) {
             Ok(s) => s as usize,
             Err(Errno::ENOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -127,9 +150,7 @@ pub(crate) fn lxattrs(path: &[u8]) -> Result<Vec<Xattr>, Errno> {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; size];
-        // SAFETY: buf has size bytes.
-        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) };
-        match Errno::result(got) {
+        match Errno::result(list(buf.as_mut_ptr(), size)) {
             Ok(n) => {
                 buf.truncate(n as usize);
                 break buf;
@@ -143,19 +164,14 @@ pub(crate) fn lxattrs(path: &[u8]) -> Result<Vec<Xattr>, Errno> {
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let n = cstring(name).map_err(|_| Errno::EINVAL)?;
         let value = loop {
-            // SAFETY: size query.
-            let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-            let size = match Errno::result(size) {
+            let size = match Errno::result(get(&n, std::ptr::null_mut(), 0)) {
                 Ok(s) => s as usize,
                 // Removed meanwhile.
                 Err(Errno::ENODATA) => break None,
                 Err(e) => return Err(e),
             };
             let mut buf = vec![0u8; size];
-            // SAFETY: buf has size bytes.
-            let got =
-                unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
-            match Errno::result(got) {
+            match Errno::result(get(&n, buf.as_mut_ptr(), size)) {
                 Ok(g) => {
                     buf.truncate(g as usize);
                     break Some(buf);
@@ -170,23 +186,6 @@ pub(crate) fn lxattrs(path: &[u8]) -> Result<Vec<Xattr>, Errno> {
     }
     out.sort();
     Ok(out)
-}
-
-pub(crate) fn lgetxattr(path: &[u8], name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
-    let p = cstring(path).map_err(|_| Errno::EINVAL)?;
-    let n = cstring(name).map_err(|_| Errno::EINVAL)?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: buf has 256 bytes.
-    let got =
-        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    match Errno::result(got) {
-        Ok(g) => {
-            buf.truncate(g as usize);
-            Ok(Some(buf))
-        }
-        Err(Errno::ENODATA) | Err(Errno::ENOTSUP) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Set access and modification times of `name` in `dir` without following a final symlink.
