@@ -405,3 +405,39 @@ fn how_the_tar_is_cut_into_writes_does_not_show_in_the_blob() {
         assert!(got_blob == want_blob, "{compression:?}: blobs differ");
     }
 }
+
+/// A file that yields fewer bytes than its header says is refused with both counts, through the
+/// threads of a [`write_layer`], whether it ends inside the piece of tar being filled for them or
+/// several pieces (of 256 KiB) later.
+#[test]
+fn a_short_file_is_refused_through_the_pipe() {
+    use forge_snapshotter::layer::{EntryKind, EntryMeta, LayerError, LayerWriter, Piped};
+    for (expected, actual) in [(1000u64, 10usize), (3 << 18, (1 << 18) + 7)] {
+        let options = LayerOptions {
+            compression: Compression::Zstd { level: 1 },
+            source_date_epoch: None,
+        };
+        let err = std::thread::scope(|scope| {
+            let piped = Piped::spawn(scope, Vec::new(), options.compression).unwrap();
+            let mut w = LayerWriter::with_stream(piped, options);
+            let meta = EntryMeta {
+                size: expected,
+                ..EntryMeta::default()
+            };
+            let mut data: &[u8] = &vec![7u8; actual];
+            let err = w
+                .append(b"f", &EntryKind::File, &meta, Some(&mut data))
+                .unwrap_err();
+            let _ = w.into_stream().abort();
+            err
+        });
+        match err {
+            LayerError::SizeChanged {
+                expected: e,
+                actual: a,
+                ..
+            } => assert_eq!((e, a), (expected, actual as u64)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
