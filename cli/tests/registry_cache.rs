@@ -748,3 +748,32 @@ fn a_builder_stage_kept_as_snapshots_is_exported_to_the_cache_whole() {
         "kept\n"
     );
 }
+
+/// A build that pulls from and pushes to a registry without auth asks its `/v2/` once, not before
+/// every request (oci-client asked before each of them when it held anonymous credentials).
+#[test]
+fn a_registry_without_auth_is_asked_for_its_challenge_once_a_build() {
+    let Some(w) = world() else { return };
+    let before = w.registry.served().len();
+    let ctx = w.dir.path().join("probe");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo probe > /probe\n", w.base),
+    )
+    .unwrap();
+    let target = format!("{}/probe/once:latest", w.registry.addr);
+    let out = forge(
+        &w.dir.path().join("probe-root"),
+        &["build", "-t", &target, "--push", ctx.to_str().unwrap()],
+    );
+    assert_ok("the pushed build", &out);
+    let served = w.registry.served().split_off(before);
+    let probes = served
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == "/v2/")
+        .count();
+    // The base's manifest, config and layer, then the uploads and the manifest.
+    assert!(served.len() - probes >= 6, "{served:#?}");
+    assert_eq!(probes, 1, "{served:#?}");
+}

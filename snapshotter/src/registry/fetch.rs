@@ -14,7 +14,8 @@ use crate::store::{Descriptor, Digest, Ingest, Store, StoreError};
 
 impl RegistryClient {
     /// The context of requests to `reference`'s repository, with the credentials they carry
-    /// (also stored in the client, where blob requests take them from).
+    /// (also stored in the client, where blob requests take them from, unless anonymous requests
+    /// to the registry need no token: see `open.rs`).
     pub(super) async fn context<'a>(
         &'a self,
         reference: &'a Reference,
@@ -28,9 +29,7 @@ impl RegistryClient {
             login: super::login_of(&auth),
             progress,
         };
-        self.client_for(reference)
-            .store_auth_if_needed(ctx.oci.resolve_registry(), &auth)
-            .await;
+        self.authorize(reference, &ctx.oci, &auth).await;
         Ok((ctx, auth))
     }
 

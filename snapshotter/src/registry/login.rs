@@ -181,7 +181,7 @@ impl RegistryClient {
     }
 
     /// A plain HTTP client with the roots every registry request trusts.
-    fn login_http(&self) -> Result<reqwest::Client, reqwest::Error> {
+    pub(super) fn login_http(&self) -> Result<reqwest::Client, reqwest::Error> {
         let roots = super::roots::trust_roots()
             .certs
             .iter()

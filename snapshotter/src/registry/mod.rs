@@ -11,6 +11,7 @@ mod follow;
 mod growing;
 mod login;
 mod mirrors;
+mod open;
 mod pull;
 mod push;
 pub mod roots;
@@ -84,6 +85,11 @@ pub struct RegistryClient {
     config: RegistryConfig,
     https: OnceLock<oci_client::Client>,
     http: OnceLock<oci_client::Client>,
+    /// Registries whose `/v2/` was asked for its challenge: whether it named no bearer one (see
+    /// `open.rs`).
+    open: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// The client that asks them, and fetches their manifests (`None`: it could not be made).
+    probe: OnceLock<Option<reqwest::Client>>,
 }
 
 impl RegistryClient {
@@ -91,6 +97,8 @@ impl RegistryClient {
         RegistryClient {
             https: OnceLock::new(),
             http: OnceLock::new(),
+            open: Default::default(),
+            probe: OnceLock::new(),
             config,
         }
     }

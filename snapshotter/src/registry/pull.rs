@@ -371,13 +371,26 @@ impl Ctx<'_> {
         what: &str,
     ) -> Result<(Vec<u8>, Digest), PullError> {
         let client = self.client.client_for(self.reference);
+        // oci-client's manifest request stores `auth` in the client, which makes every later
+        // request ask for a challenge first: not for a registry that wants no token.
+        let without_credentials = self
+            .client
+            .goes_without_credentials(self.reference, oci, auth)
+            .await;
         let body = self
             .retry(what, || async {
-                match client
-                    .pull_manifest_raw(oci, auth, ACCEPTED_MANIFESTS)
-                    .await
-                {
-                    Ok((body, _)) => Ok(body),
+                let fetched = if without_credentials {
+                    self.client
+                        .manifest_without_credentials(self.reference, oci, ACCEPTED_MANIFESTS)
+                        .await
+                } else {
+                    client
+                        .pull_manifest_raw(oci, auth, ACCEPTED_MANIFESTS)
+                        .await
+                        .map(|(body, _)| body)
+                };
+                match fetched {
+                    Ok(body) => Ok(body),
                     Err(OciDistributionError::DigestError(OciDigestError::VerificationError {
                         expected,
                         actual,

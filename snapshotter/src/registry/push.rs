@@ -638,9 +638,7 @@ impl RegistryClient {
         let oci = oci_reference(first);
         let oci_client = self.client_for(first);
         // Push requests take their credentials from the client's per-registry store.
-        oci_client
-            .store_auth_if_needed(oci.resolve_registry(), &auth)
-            .await;
+        self.authorize(first, &oci, &auth).await;
         Ok(Target {
             client: self,
             oci_client,

@@ -1,0 +1,170 @@
+//! Anonymous requests to registries that want no token. oci-client asks a registry's `/v2/` for
+//! its challenge before every request to a registry it holds credentials for, anonymous ones
+//! included, and keeps no answer when there was no bearer challenge: against a registry without
+//! auth every request went out twice (16 `GET /v2/` beside 21 requests in one pushed two-stage
+//! build). What it then sends depends only on that challenge, so forge asks once per registry
+//! and, where no bearer challenge comes back, gives oci-client no credentials to hold: each
+//! request then goes out at once, without credentials, as it did after the asking. oci-client's
+//! manifest requests store the credentials they are handed themselves, so for those registries
+//! forge fetches manifests with its own request, answered as oci-client answers them.
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+
+use oci_client::errors::{OciDistributionError, OciEnvelope};
+use oci_client::secrets::RegistryAuth;
+
+use super::RegistryClient;
+use crate::reference::Reference;
+
+impl RegistryClient {
+    /// Stores `auth` for `oci`'s registry in the client that serves `reference`, where requests
+    /// take their credentials from; anonymous access to a registry that names no bearer
+    /// challenge is not stored (see the module's docs).
+    pub(super) async fn authorize(
+        &self,
+        reference: &Reference,
+        oci: &oci_client::Reference,
+        auth: &RegistryAuth,
+    ) {
+        if !self.goes_without_credentials(reference, oci, auth).await {
+            self.client_for(reference)
+                .store_auth_if_needed(oci.resolve_registry(), auth)
+                .await;
+        }
+    }
+
+    /// Whether requests for `oci` go out without credentials and without oci-client asking for
+    /// a challenge first: anonymous ones, to a registry whose `/v2/` names no bearer challenge.
+    pub(super) async fn goes_without_credentials(
+        &self,
+        reference: &Reference,
+        oci: &oci_client::Reference,
+        auth: &RegistryAuth,
+    ) -> bool {
+        matches!(auth, RegistryAuth::Anonymous)
+            && self
+                .wants_no_token(
+                    oci.resolve_registry(),
+                    self.uses_plain_http(reference.registry()),
+                )
+                .await
+    }
+
+    /// Whether `registry`'s `/v2/` answers without a bearer challenge, asked once per registry
+    /// (again after no answer). Anything else keeps oci-client's own way.
+    async fn wants_no_token(&self, registry: &str, plain_http: bool) -> bool {
+        let known = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(registry)
+            .copied();
+        if let Some(open) = known {
+            return open;
+        }
+        let url = format!("{}://{registry}/v2/", scheme(plain_http));
+        // Read as oci-client reads it: the first challenge, and only a bearer one counts.
+        let answered = match self.probe_http() {
+            Some(http) => http.get(&url).send().await.ok().map(|answer| {
+                !answer
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .is_some_and(|h| h.to_str().is_ok_and(is_bearer))
+            }),
+            None => None,
+        };
+        if let Some(open) = answered {
+            self.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(registry.to_string(), open);
+        }
+        answered.unwrap_or(false)
+    }
+
+    /// A manifest or index of a registry [`Self::goes_without_credentials`] holds for, by tag
+    /// or digest: the request oci-client makes, with its answers read into the same errors.
+    pub(super) async fn manifest_without_credentials(
+        &self,
+        reference: &Reference,
+        oci: &oci_client::Reference,
+        accepted: &[&str],
+    ) -> Result<bytes::Bytes, OciDistributionError> {
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}{}",
+            scheme(self.uses_plain_http(reference.registry())),
+            oci.resolve_registry(),
+            oci.repository(),
+            oci.digest()
+                .unwrap_or_else(|| oci.tag().unwrap_or("latest")),
+            oci.namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        );
+        let http = self.probe_http().ok_or_else(|| {
+            OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
+        })?;
+        let answer = http
+            .get(&url)
+            .header(ACCEPT, accepted.join(", "))
+            .send()
+            .await?;
+        let status = answer.status();
+        let body = answer.bytes().await?;
+        match status {
+            StatusCode::OK => Ok(body),
+            StatusCode::UNAUTHORIZED => Err(OciDistributionError::UnauthorizedError { url }),
+            s if s.is_success() => Err(OciDistributionError::SpecViolationError(format!(
+                "Expected HTTP Status {}, got {s} instead",
+                StatusCode::OK
+            ))),
+            s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(&body) {
+                Ok(envelope) => Err(OciDistributionError::RegistryError { envelope, url }),
+                Err(_) => Err(server_error(s, url, &body)),
+            },
+            s => Err(server_error(s, url, &body)),
+        }
+    }
+
+    fn probe_http(&self) -> Option<&reqwest::Client> {
+        self.probe.get_or_init(|| self.login_http().ok()).as_ref()
+    }
+}
+
+fn scheme(plain_http: bool) -> &'static str {
+    if plain_http { "http" } else { "https" }
+}
+
+fn server_error(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {
+    OciDistributionError::ServerError {
+        code: status.as_u16(),
+        url,
+        message: String::from_utf8_lossy(body).to_string(),
+    }
+}
+
+/// Whether a `WWW-Authenticate` value is a bearer challenge (the scheme is case-insensitive).
+fn is_bearer(challenge: &str) -> bool {
+    challenge
+        .trim_start()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bearer;
+
+    #[test]
+    fn only_a_bearer_challenge_counts() {
+        assert!(is_bearer(
+            r#"Bearer realm="https://auth.example/token",service="r""#
+        ));
+        assert!(is_bearer("bearer realm=x"));
+        assert!(is_bearer("  BEARER realm=x"));
+        assert!(!is_bearer(r#"Basic realm="registry""#));
+        assert!(!is_bearer(""));
+        assert!(!is_bearer("Bear"));
+    }
+}
