@@ -1,12 +1,12 @@
 //! Anonymous requests to registries that want no token. oci-client asks a registry's `/v2/` for
 //! its challenge before every request to a registry it holds credentials for, anonymous ones
 //! included, and keeps no answer when there was no bearer challenge: against a registry without
-//! auth every request went out twice (16 `GET /v2/` beside 21 requests in one pushed two-stage
-//! build). What it then sends depends only on that challenge, so forge asks once per registry
-//! and, where no bearer challenge comes back, gives oci-client no credentials to hold: each
-//! request then goes out at once, without credentials, as it did after the asking. oci-client's
-//! manifest requests store the credentials they are handed themselves, so for those registries
-//! forge fetches manifests with its own request, answered as oci-client answers them.
+//! auth every request went out twice (16 `GET /v2/` beside 16 other requests in one pushed
+//! two-stage build). What it then sends depends only on that challenge, so forge asks once per
+//! registry and, where no bearer challenge comes back, gives oci-client no credentials to hold:
+//! each request then goes out at once, without credentials, as it did after the asking.
+//! oci-client's manifest requests store the credentials they are handed themselves, so for those
+//! registries forge fetches manifests with its own request, answered as oci-client answers them.
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
