@@ -85,9 +85,9 @@ pub struct RegistryClient {
     config: RegistryConfig,
     https: OnceLock<oci_client::Client>,
     http: OnceLock<oci_client::Client>,
-    /// Registries whose `/v2/` was asked for its challenge: whether it named no bearer one (see
-    /// `open.rs`).
-    open: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Registries whose `/v2/` was asked for its challenge: whether it named no bearer one, and
+    /// when it was asked (see `open.rs`).
+    open: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
     /// The client that asks them, and fetches their manifests (`None`: it could not be made).
     probe: OnceLock<Option<reqwest::Client>>,
 }

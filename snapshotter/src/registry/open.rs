@@ -8,6 +8,8 @@
 //! oci-client's manifest requests store the credentials they are handed themselves, so for those
 //! registries forge fetches manifests with its own request, answered as oci-client answers them.
 
+use std::time::{Duration, Instant};
+
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
 
@@ -16,6 +18,9 @@ use oci_client::secrets::RegistryAuth;
 
 use super::RegistryClient;
 use crate::reference::Reference;
+
+/// How long a registry's answer is kept.
+const ASKED_FOR: Duration = Duration::from_secs(300);
 
 impl RegistryClient {
     /// Stores `auth` for `oci`'s registry in the client that serves `reference`, where requests
@@ -52,7 +57,8 @@ impl RegistryClient {
     }
 
     /// Whether `registry`'s `/v2/` answers without a bearer challenge, asked once per registry
-    /// (again after no answer). Anything else keeps oci-client's own way.
+    /// and [`ASKED_FOR`] (again after no answer: a long-lived client, `forge serve`'s, sees a
+    /// registry that turns auth on). Anything else keeps oci-client's own way.
     async fn wants_no_token(&self, registry: &str, plain_http: bool) -> bool {
         let known = self
             .open
@@ -60,7 +66,9 @@ impl RegistryClient {
             .unwrap_or_else(|e| e.into_inner())
             .get(registry)
             .copied();
-        if let Some(open) = known {
+        if let Some((open, asked)) = known
+            && asked.elapsed() < ASKED_FOR
+        {
             return open;
         }
         let url = format!("{}://{registry}/v2/", scheme(plain_http));
@@ -78,7 +86,7 @@ impl RegistryClient {
             self.open
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(registry.to_string(), open);
+                .insert(registry.to_string(), (open, Instant::now()));
         }
         answered.unwrap_or(false)
     }
