@@ -146,13 +146,13 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(Vec<u8>, std::fs::FileType)>, DiffE
         let ft = e.file_type().map_err(io_err("inspecting", &e.path()))?;
         out.push((e.file_name().as_bytes().to_vec(), ft));
     }
-    out.sort_by_cached_key(|(name, ft)| sort_key(&(name.clone(), ft.is_dir())));
+    out.sort_by_cached_key(|(name, ft)| sort_key(name, ft.is_dir()));
     Ok(out)
 }
 
-fn sort_key((name, is_dir): &(Vec<u8>, bool)) -> Vec<u8> {
-    let mut k = name.clone();
-    if *is_dir {
+fn sort_key(name: &[u8], is_dir: bool) -> Vec<u8> {
+    let mut k = name.to_vec();
+    if is_dir {
         k.push(b'/');
     }
     k
@@ -365,13 +365,10 @@ impl<S: LayerStream> Differ<'_, S> {
             // A regular file (most of a layer) is opened by its name in the directory held open,
             // and stated, listed and read through that one descriptor: no path is walked again.
             if ft.is_file() {
-                let held = match dir_fd.take() {
-                    Some(fd) => fd,
-                    None => sys::open_dir(dir).map_err(io_err("opening", dir))?,
-                };
-                let opened = open_regular(&held, &name);
-                dir_fd = Some(held);
-                if let Some(f) = opened {
+                if dir_fd.is_none() {
+                    dir_fd = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
+                }
+                if let Some(f) = dir_fd.as_ref().and_then(|held| open_regular(held, &name)) {
                     let n = file_node(&f, &path)?;
                     if n.kind == EntryKind::File {
                         self.emit(&path, &crel, n, Some(f))?;
@@ -422,7 +419,7 @@ impl<S: LayerStream> Differ<'_, S> {
                 names.push((name.clone(), *is_dir));
             }
         }
-        names.sort_by_cached_key(sort_key);
+        names.sort_by_cached_key(|(name, is_dir)| sort_key(name, *is_dir));
         for (name, _) in names {
             let crel = join(rel, &name);
             let upath = child(upper, &name);

@@ -60,12 +60,7 @@ impl RegistryClient {
     /// and [`ASKED_FOR`] (again after no answer: a long-lived client, `forge serve`'s, sees a
     /// registry that turns auth on). Anything else keeps oci-client's own way.
     async fn wants_no_token(&self, registry: &str, plain_http: bool) -> bool {
-        let known = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(registry)
-            .copied();
+        let known = self.answers().get(registry).copied();
         if let Some((open, asked)) = known
             && asked.elapsed() < ASKED_FOR
         {
@@ -83,9 +78,7 @@ impl RegistryClient {
             None => None,
         };
         if let Some(open) = answered {
-            self.open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            self.answers()
                 .insert(registry.to_string(), (open, Instant::now()));
         }
         answered.unwrap_or(false)
@@ -133,6 +126,13 @@ impl RegistryClient {
             },
             s => Err(server_error(s, url, &body)),
         }
+    }
+
+    /// The registries asked so far (a panic elsewhere while it was held leaves it usable).
+    fn answers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (bool, Instant)>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn probe_http(&self) -> Option<&reqwest::Client> {

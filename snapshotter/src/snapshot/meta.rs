@@ -603,11 +603,7 @@ impl Db {
             (done, freed)
         };
         for dir in freed {
-            super::remove_tree(&dir).map_err(|source| SnapshotError::Io {
-                op: "removing",
-                path: dir,
-                source,
-            })?;
+            remove_dir(dir)?;
         }
         Ok(done)
     }
@@ -634,12 +630,17 @@ impl Db {
             self.save(&state)?;
             self.dir(id)
         };
-        super::remove_tree(&dir).map_err(|source| SnapshotError::Io {
-            op: "removing",
-            path: dir,
-            source,
-        })
+        remove_dir(dir)
     }
+}
+
+/// Deletes a snapshot's directory once no record names it.
+fn remove_dir(dir: PathBuf) -> Result<(), SnapshotError> {
+    super::remove_tree(&dir).map_err(|source| SnapshotError::Io {
+        op: "removing",
+        path: dir,
+        source,
+    })
 }
 
 #[cfg(test)]
