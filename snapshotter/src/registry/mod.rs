@@ -104,23 +104,56 @@ impl RegistryClient {
     }
 
     fn make_client(&self, protocol: ClientProtocol) -> oci_client::Client {
-        // Explicit roots: the client never depends on a system store existing (see `roots`).
-        let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
-            .certs
-            .iter()
-            .map(|c| oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Der,
-                data: c.to_vec(),
-            })
-            .collect();
-        oci_client::Client::new(ClientConfig {
+        new_client(
             protocol,
-            tls_certs_only: roots,
-            read_timeout: Some(self.config.read_timeout),
-            connect_timeout: Some(Duration::from_secs(30)),
-            max_concurrent_download: self.config.max_concurrent_downloads,
-            ..ClientConfig::default()
-        })
+            self.config.read_timeout,
+            self.config.max_concurrent_downloads,
+        )
+    }
+
+    /// Starts making the client that serves `reference` on a blocking thread, unless it is made
+    /// already: a pull starts it before its first request and takes it (with
+    /// [`Self::take_client`]) before its first blob, so that the milliseconds it takes (every
+    /// trusted root, and oci-client's default client, which reads the platform's store again)
+    /// pass while the registry answers the challenge probe and the manifest request, which go
+    /// through forge's own client.
+    pub(super) fn start_client(
+        &self,
+        reference: &Reference,
+    ) -> Option<tokio::task::JoinHandle<oci_client::Client>> {
+        let (cell, protocol) = self.cell_for(reference);
+        if cell.get().is_some() {
+            return None;
+        }
+        let (read_timeout, downloads) = (
+            self.config.read_timeout,
+            self.config.max_concurrent_downloads,
+        );
+        Some(tokio::task::spawn_blocking(move || {
+            new_client(protocol, read_timeout, downloads)
+        }))
+    }
+
+    /// Keeps the client [`Self::start_client`] made, unless one was made meanwhile.
+    pub(super) async fn take_client(
+        &self,
+        reference: &Reference,
+        started: Option<tokio::task::JoinHandle<oci_client::Client>>,
+    ) {
+        let Some(handle) = started else {
+            return;
+        };
+        if let Ok(client) = handle.await {
+            let _ = self.cell_for(reference).0.set(client);
+        }
+    }
+
+    fn cell_for(&self, reference: &Reference) -> (&OnceLock<oci_client::Client>, ClientProtocol) {
+        if self.uses_plain_http(reference.registry()) {
+            (&self.http, ClientProtocol::Http)
+        } else {
+            (&self.https, ClientProtocol::Https)
+        }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -140,13 +173,8 @@ impl RegistryClient {
     }
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {
-        if self.uses_plain_http(reference.registry()) {
-            self.http
-                .get_or_init(|| self.make_client(ClientProtocol::Http))
-        } else {
-            self.https
-                .get_or_init(|| self.make_client(ClientProtocol::Https))
-        }
+        let (cell, protocol) = self.cell_for(reference);
+        cell.get_or_init(|| self.make_client(protocol))
     }
 
     fn registry_auth(&self, reference: &Reference) -> Result<RegistryAuth, PullError> {
@@ -164,6 +192,31 @@ impl RegistryClient {
             }),
         }
     }
+}
+
+/// An oci-client client for `protocol`, trusting forge's roots.
+fn new_client(
+    protocol: ClientProtocol,
+    read_timeout: Duration,
+    max_concurrent_download: usize,
+) -> oci_client::Client {
+    // Explicit roots: the client never depends on a system store existing (see `roots`).
+    let roots: Vec<oci_client::client::Certificate> = roots::trust_roots()
+        .certs
+        .iter()
+        .map(|c| oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: c.to_vec(),
+        })
+        .collect();
+    oci_client::Client::new(ClientConfig {
+        protocol,
+        tls_certs_only: roots,
+        read_timeout: Some(read_timeout),
+        connect_timeout: Some(Duration::from_secs(30)),
+        max_concurrent_download,
+        ..ClientConfig::default()
+    })
 }
 
 /// The username a request was made with, for messages (`None`: anonymous).

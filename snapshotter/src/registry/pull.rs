@@ -370,9 +370,9 @@ impl Ctx<'_> {
         auth: &oci_client::secrets::RegistryAuth,
         what: &str,
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let client = self.client.client_for(self.reference);
         // oci-client's manifest request stores `auth` in the client, which makes every later
-        // request ask for a challenge first: not for a registry that wants no token.
+        // request ask for a challenge first: not for a registry that wants no token (whose
+        // manifests need no oci-client client at all).
         let without_credentials = self
             .client
             .goes_without_credentials(self.reference, oci, auth)
@@ -384,7 +384,8 @@ impl Ctx<'_> {
                         .manifest_without_credentials(self.reference, oci, ACCEPTED_MANIFESTS)
                         .await
                 } else {
-                    client
+                    self.client
+                        .client_for(self.reference)
                         .pull_manifest_raw(oci, auth, ACCEPTED_MANIFESTS)
                         .await
                         .map(|(body, _)| body)
@@ -522,6 +523,8 @@ impl RegistryClient {
         let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
         let reference = from;
+        // The blobs' client is made while the registry answers the requests before them.
+        let client_made = self.start_client(reference);
         let (ctx, auth) = self.context(reference, progress).await?;
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
@@ -600,6 +603,12 @@ impl RegistryClient {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A pull that finds every blob in the store (a rebuild) never waits for that client.
+        if !store.has_blob(&config.digest)
+            || (layers_too && layers.iter().any(|l| !store.has_blob(&l.digest)))
+        {
+            self.take_client(reference, client_made).await;
+        }
         // The manifest goes into the store (a synced write) while its blobs download.
         let manifest_written = {
             let (store, bytes) = (store.clone(), manifest_bytes.clone());
