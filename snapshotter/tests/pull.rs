@@ -12,7 +12,8 @@ use std::time::Duration;
 use forge_snapshotter::platform::Platform;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
-    AuthResolver, BlobKind, PullError, PullEvent, RegistryClient, RegistryConfig,
+    AuthResolver, BlobKind, FollowedBlob, LayerFollower, PullError, PullEvent, RegistryClient,
+    RegistryConfig,
 };
 use forge_snapshotter::retry::RetryPolicy;
 use forge_snapshotter::store::{Digest, ImageRecord, Store};
@@ -481,6 +482,64 @@ async fn wrong_bytes_fail_naming_both_digests_and_never_land() {
     assert_eq!(store.get_image(&reference.to_string()).unwrap(), None);
     // A mismatch is not a transient error: asked once.
     assert_eq!(fake.blob_gets(&layers[0]), 1);
+}
+
+/// A follower gets a layer's end once its bytes matched the digest (the store then checks, syncs
+/// and names the blob beside it): a layer that does not match ends its reader with an error, and
+/// one that does is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_to_the_end_only_bytes_that_match() {
+    type Reads = Mutex<Vec<std::thread::JoinHandle<std::io::Result<Vec<u8>>>>>;
+    struct Reader(Reads);
+    impl LayerFollower for Reader {
+        fn diff_ids(&self, _: &[oci_spec::image::Digest]) {}
+        fn follow(&self, _: usize, _: &forge_snapshotter::store::Descriptor, blob: FollowedBlob) {
+            let mut blob = blob;
+            self.0.lock().unwrap().push(std::thread::spawn(move || {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut blob, &mut out).map(|_| out)
+            }));
+        }
+        fn pull_done(&self) {}
+    }
+    let fake = Fake::start().await;
+    let good = vec![7u8; 300_000];
+    let evil = vec![8u8; 300_000];
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for (repo, served) in [("forge/evil", &evil), ("forge/good", &good)] {
+        let (manifest, _, layers) = image_manifest(
+            &fake,
+            &[(&good, Plan::Serve(served.clone()))],
+            OCI_MANIFEST,
+            OCI_CONFIG,
+            OCI_LAYER_GZ,
+        );
+        fake.manifest(repo, "latest", OCI_MANIFEST, &manifest);
+        let reference = Reference::parse(&format!("{}/{repo}", fake.host())).unwrap();
+        let events = Events::default();
+        let reader = Reader(Mutex::new(Vec::new()));
+        let pulled = client()
+            .pull_unrecorded(&store, &reference, &events.sink(), Some(&reader))
+            .await;
+        let readers = std::mem::take(&mut *reader.0.lock().unwrap());
+        assert_eq!(readers.len(), 1, "{repo}: its one layer was followed");
+        let read = readers.into_iter().next().unwrap().join().unwrap();
+        if served == &evil {
+            let err = pulled.unwrap_err();
+            assert!(
+                matches!(err, PullError::DigestMismatch { .. }),
+                "want a digest mismatch, got {err}"
+            );
+            assert!(read.is_err(), "wrong bytes never reach a follower's end");
+            assert!(!store.has_blob(&Digest::of(&evil)));
+        } else {
+            pulled.expect("the right bytes pull");
+            assert!(read.unwrap() == good, "the follower read the layer whole");
+            assert!(store.has_blob(&layers[0]));
+        }
+        assert!(tmp_files(dir.path()).is_empty());
+    }
 }
 
 /// The config and the layers are fetched together; a config whose diff_ids do not match the

@@ -7,7 +7,8 @@
 //! Nothing depends on it finishing: the step's own `ensure_snapshot` takes turns with it per
 //! snapshot (`unpack_turn`), finds what it made, and unpacks from the store whatever it did not
 //! (a layer whose download was retried or failed, a blob the store already had). A snapshot is
-//! committed only once its layer's diff_id matched the config and the pull took the blob.
+//! committed only once its whole blob arrived and matched its digest, and its layer's diff_id
+//! matched the config; the store syncs the blob meanwhile, and the build waits for the pull.
 
 use std::io::BufReader;
 use std::sync::{Arc, Condvar, Mutex};

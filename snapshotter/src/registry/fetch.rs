@@ -295,6 +295,15 @@ impl Ctx<'_> {
                 self.size_mismatch(what, desc.size, written),
             ));
         }
+        // The whole blob is in the file, and matched its digest as the stream ended (oci-client
+        // checks it): a follower reads its end while the store checks it again and syncs it.
+        let progress = match progress {
+            Some(p) if !digest_reported_bad => {
+                p.complete(written);
+                None
+            }
+            other => other,
+        };
         let committed = tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|e| fatal(PullError::Task(e.to_string())))?;

@@ -1,8 +1,10 @@
 //! A layer read while it downloads: the pull writes the blob to its file in the store's ingest
 //! directory as it always does, and a [`FollowedBlob`] reads that file behind it, waiting for
-//! more when it catches up. Its end comes only once the pull has checked the blob's digest and
-//! given it its name, so whatever reads it (an unpack) finishes only on a blob the store took;
-//! a download that fails or is retried ends its reader with an error instead.
+//! more when it catches up. Its end comes once every byte is in the file and matched the blob's
+//! digest as the download ended (the registry client checks the stream), while the store checks it
+//! once more, syncs the file and names it, so that a reader (an unpack) finishes beside that sync
+//! instead of after it. A download that fails, does not match or is retried ends its reader with
+//! an error instead.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -21,8 +23,8 @@ pub trait LayerFollower: Send + Sync {
     /// The image's config is in: its `rootfs.diff_ids`, one per layer, base first. Not called
     /// when the config does not read as an image config (the pull then fails).
     fn diff_ids(&self, diff_ids: &[Digest]);
-    /// Layer `index` (base first) starts downloading; `blob` reads it as it arrives. A retried
-    /// download calls this again with a new reader (the old one then fails).
+    /// Layer `index` (base first) starts downloading; `blob` reads it as it arrives (see the
+    /// module). A retried download calls this again with a new reader (the old one then fails).
     fn follow(&self, index: usize, layer: &Descriptor, blob: FollowedBlob);
     /// The pull is over (whether or not it succeeded): nothing more will be called.
     fn pull_done(&self);
@@ -37,8 +39,8 @@ pub struct FollowedBlob {
 }
 
 /// A reader of `path`, which the download is about to write, and the download's side of it:
-/// [`Progress::advance`] as bytes reach the file, [`Progress::complete`] once the blob is checked
-/// and named; dropped before that, the reader fails.
+/// [`Progress::advance`] as bytes reach the file, [`Progress::complete`] once they all have and
+/// matched the digest; dropped before that, the reader fails.
 pub(crate) fn follow(path: &Path) -> io::Result<(Progress, FollowedBlob)> {
     let file = File::open(path)?;
     let (progress, rx) = Progress::channel();
