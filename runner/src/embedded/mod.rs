@@ -190,6 +190,17 @@ impl EmbeddedRunner {
         }
         // Step directories of killed processes: their lock died with them.
         forge_snapshotter::lock::sweep_dead(&config.state_dir, "step-");
+        // The seccomp profile every sandboxed step gets is compiled once per process, which takes
+        // milliseconds (the profile goes through seccompiler's JSON compiler): on a thread of its
+        // own from now, so that a build's first steps (planned a few milliseconds later, after
+        // their mounts and network) find it done instead of waiting for it, each of them.
+        if let Isolation::Namespaces { .. } = config.isolation {
+            let _ = std::thread::Builder::new()
+                .name("forge-seccomp".into())
+                .spawn(|| {
+                    let _ = seccomp::default_filters();
+                });
+        }
         Ok(EmbeddedRunner {
             config,
             in_userns: in_user_namespace(),
