@@ -52,6 +52,14 @@ impl Session {
         let root = options.root;
         let store = Store::open(&root)
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
+        // A new store's metadata file is made beside the build, not by its commit at the end
+        // (best effort: that commit makes it when this could not).
+        if !store.has_metadata() {
+            let store = store.clone();
+            let _ = std::thread::Builder::new()
+                .name("forge-meta".into())
+                .spawn(move || store.make_metadata());
+        }
         // Without mounts (the chroot isolation) only copied snapshots can be used.
         let backend = (!options.isolation.may_mount() && options.runner == RunnerChoice::Embedded)
             .then_some(BackendKind::Copy);

@@ -9,7 +9,10 @@
 //! names did not, and a build that adds six blobs makes one directory sync, not six. A crash
 //! before the commit can lose a blob's name,
 //! never its bytes under a name: the blob is then simply absent (a cache record naming it is a miss).
-//! redb commits are atomic. Stale temp files are removed by the next quiet open.
+//! redb commits are atomic. Stale temp files are removed by the next quiet open. The metadata
+//! file itself is made whole under another name (its tables committed, the file closed) and
+//! renamed into place, the store's directory synced before any record goes in: a process killed
+//! while making it leaves no half-made `meta.redb`, which redb would refuse to open ever after.
 //!
 //! Full disk: `reserve`, a 1 MiB file made when the store is opened, is given back when a metadata
 //! write fails for want of space, so that `rmi` and `prune` can still record what they remove on a
@@ -171,6 +174,9 @@ fn lock_file(path: &Path, mode: LockMode) -> Result<FileLock, StoreError> {
     FileLock::acquire(path, mode).map_err(io_err("lock", path))
 }
 
+/// The name the metadata file is made under, followed by the maker's pid.
+const NEW_META_PREFIX: &str = "meta.redb.new-";
+
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -252,9 +258,9 @@ impl Store {
         if let Some(_quiet) = quiet {
             store.clean_ingest()?;
         }
-        // The metadata file is made by the first write, not here: a store that is only read (or
-        // a fresh one, whose first write is a build's one commit at its end) never pays for a
-        // commit of empty tables. Reads of a store without it find nothing.
+        // The metadata file is made by the first write (or by [`Store::make_metadata`]), not
+        // here: a store that is only read never pays for it. Reads of a store without it find
+        // nothing.
         store.restore_reserve();
         Ok(store)
     }
@@ -520,6 +526,55 @@ impl Store {
         Ok(removed)
     }
 
+    /// Whether the store has its metadata file (a new store gets it with its first write).
+    pub fn has_metadata(&self) -> bool {
+        self.db_path.exists()
+    }
+
+    /// Makes the metadata file when the store has none, as its first write would: a build on a
+    /// new store calls this on a thread of its own as it opens, so that its one commit at the end
+    /// opens a file whole and closed instead of making it (which costs the commit three syncs more
+    /// and a truncation). Does nothing when the file is there.
+    pub fn make_metadata(&self) -> Result<(), StoreError> {
+        let _lock = lock_file(&self.meta_lock, LockMode::Exclusive)?;
+        self.make_metadata_locked()
+    }
+
+    /// [`Store::make_metadata`] under `meta.lock`: redb makes the file under a name of its own,
+    /// with every table, closes it (which syncs it), and it is renamed into place, then the
+    /// directory synced, so that no commit goes into a file whose name a crash could take back.
+    fn make_metadata_locked(&self) -> Result<(), StoreError> {
+        if self.db_path.exists() {
+            return Ok(());
+        }
+        // Files of makers killed half way (under this lock no other is at work).
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(NEW_META_PREFIX) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = self
+            .root
+            .join(format!("{NEW_META_PREFIX}{}", std::process::id()));
+        let made = redb::Database::create(&tmp)
+            .map_err(|e| meta::db_error(&tmp, e))
+            .and_then(|db| {
+                meta::init(&db, &tmp)?;
+                // The close makes the tables' commit durable; its error is the file's.
+                db.close().map_err(|e| meta::db_error(&tmp, e))
+            })
+            .and_then(|()| {
+                fs::rename(&tmp, &self.db_path).map_err(io_err("rename into", &self.db_path))
+            })
+            .and_then(|()| fsync_dir(&self.root));
+        if made.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        made
+    }
+
     /// Runs `f`, which only reads, on the metadata database opened read-only under `meta.lock`:
     /// redb then writes and syncs nothing (opening it for writing marks the file in use and
     /// closing it marks it clean, five fdatasyncs per open and close). When it cannot be opened so
@@ -558,9 +613,11 @@ impl Store {
         // to nothing when no name changed).
         fsync_dir(&self.blobs)?;
         let once = || {
+            self.make_metadata_locked()?;
             let db = redb::Database::create(&self.db_path)
                 .map_err(|e| meta::db_error(&self.db_path, e))?;
-            // A new file gets its tables in a commit that `f`'s own makes durable.
+            // One an older forge made may have no tables yet: they come in a commit that `f`'s
+            // own makes durable.
             if !meta::has_tables(&db, &self.db_path)? {
                 meta::init(&db, &self.db_path)?;
             }
