@@ -67,12 +67,21 @@ pub(crate) fn has_tables(db: &dyn ReadableDatabase, path: &Path) -> Result<bool,
         && read.open_table(UNPACKED).is_ok())
 }
 
-/// Creates the tables so that later read transactions find them, in a commit that is not synced:
-/// the caller's next commit (every write commits durably) makes it durable too, and a crash before
-/// that leaves a file without tables, which reads as an empty store and gets them at the next write.
-pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
+/// A write transaction inside [`Store::with_db`]: its commit is not synced by itself, as the
+/// database's close right after it (which `with_db` waits for and whose error it returns) makes
+/// it durable together with the allocator state the close records anyway: one sync fewer per
+/// write. A crash before the close loses the whole transaction, as one before the commit would.
+fn begin(db: &redb::Database, path: &Path) -> Result<redb::WriteTransaction, StoreError> {
     let mut txn = db.begin_write().db(path)?;
     txn.set_durability(redb::Durability::None).db(path)?;
+    Ok(txn)
+}
+
+/// Creates the tables so that later read transactions find them, in a commit the database's close
+/// makes durable (see [`begin`]); a crash before that leaves a file without tables, which reads as
+/// an empty store and gets them at the next write.
+pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
+    let txn = begin(db, path)?;
     txn.open_table(IMAGES).db(path)?;
     txn.open_table(ROOTS).db(path)?;
     txn.open_table(REFCOUNTS).db(path)?;
@@ -280,7 +289,7 @@ impl Store {
             return Ok(());
         }
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             {
                 let mut table = txn.open_table(IMAGES).db(path)?;
                 for (image, bytes) in &changed {
@@ -334,7 +343,7 @@ impl Store {
     /// else holds them. Returns whether there was such an image.
     pub fn remove_image(&self, reference: &str) -> Result<bool, StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             let existed = {
                 let mut images = txn.open_table(IMAGES).db(path)?;
                 images.remove(reference).db(path)?.is_some()
@@ -369,7 +378,7 @@ impl Store {
     /// Removes a root set with [`Store::set_root`].
     pub fn remove_root(&self, kind: &str, name: &str) -> Result<(), StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             set_root_in(&txn, path, &root_key(kind, name), None)?;
             txn.commit().db(path)
         })
@@ -388,7 +397,7 @@ impl Store {
     /// Adds or replaces a lease.
     pub fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             {
                 let mut leases = txn.open_table(LEASES).db(path)?;
                 leases
@@ -402,7 +411,7 @@ impl Store {
     /// Removes a lease; returns whether it existed.
     pub fn remove_lease(&self, id: &str) -> Result<bool, StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             let existed = {
                 let mut leases = txn.open_table(LEASES).db(path)?;
                 leases.remove(id).db(path)?.is_some()
@@ -415,7 +424,7 @@ impl Store {
     /// Records an unpacked layer under `key` (the snapshotter chooses the key, e.g. a chain id).
     pub fn put_unpacked(&self, key: &str, record: &UnpackedLayer) -> Result<(), StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             {
                 let mut t = txn.open_table(UNPACKED).db(path)?;
                 t.insert(key, encode(record).as_slice()).db(path)?;
@@ -456,7 +465,7 @@ impl Store {
     /// Removes an unpacked-layer record; returns whether it existed.
     pub fn remove_unpacked(&self, key: &str) -> Result<bool, StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             let existed = {
                 let mut t = txn.open_table(UNPACKED).db(path)?;
                 t.remove(key).db(path)?.is_some()
@@ -504,7 +513,7 @@ impl Store {
         lost: &BTreeSet<Digest>,
     ) -> Result<Vec<(String, String)>, StoreError> {
         self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             let mut dropped = Vec::new();
             {
                 let mut roots = txn.open_table(ROOTS).db(path)?;
@@ -547,7 +556,7 @@ impl Store {
         let _exclusive = lock_file(&self.store_lock, LockMode::Exclusive)?;
         let now = unix_now();
         let (held, expired_leases) = self.with_db(|db, path| {
-            let txn = db.begin_write().db(path)?;
+            let txn = begin(db, path)?;
             let mut held = BTreeSet::new();
             let mut expired = Vec::new();
             {

@@ -622,8 +622,10 @@ impl Store {
                 meta::init(&db, &self.db_path)?;
             }
             let out = f(&db, &self.db_path);
-            drop(db);
-            out
+            // The close makes `f`'s commits durable (see `meta::begin`): written only once it
+            // succeeded.
+            let closed = db.close().map_err(|e| meta::db_error(&self.db_path, e));
+            out.and_then(|t| closed.map(|()| t))
         };
         match once() {
             Err(e) if e.is_disk_full() && self.release_reserve() > 0 => once(),
