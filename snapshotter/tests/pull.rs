@@ -309,6 +309,20 @@ fn image_manifest(
     (manifest, config_digest, layer_digests)
 }
 
+/// `repo:latest`, an OCI image of one gzip layer `layer` whose bytes the fake serves as `served`;
+/// returns the layer digests.
+fn one_layer_image(fake: &Fake, repo: &str, layer: &[u8], served: &[u8]) -> Vec<Digest> {
+    let (manifest, _, layers) = image_manifest(
+        fake,
+        &[(layer, Plan::Serve(served.to_vec()))],
+        OCI_MANIFEST,
+        OCI_CONFIG,
+        OCI_LAYER_GZ,
+    );
+    fake.manifest(repo, "latest", OCI_MANIFEST, &manifest);
+    layers
+}
+
 fn client() -> RegistryClient {
     RegistryClient::new(RegistryConfig {
         auth: AuthResolver::anonymous(),
@@ -437,14 +451,7 @@ async fn wrong_bytes_fail_naming_both_digests_and_never_land() {
     let fake = Fake::start().await;
     let good = vec![7u8; 200_000];
     let evil = vec![8u8; 200_000];
-    let (manifest, _, layers) = image_manifest(
-        &fake,
-        &[(&good, Plan::Serve(evil.clone()))],
-        OCI_MANIFEST,
-        OCI_CONFIG,
-        OCI_LAYER_GZ,
-    );
-    fake.manifest("forge/evil", "latest", OCI_MANIFEST, &manifest);
+    let layers = one_layer_image(&fake, "forge/evil", &good, &evil);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let reference = Reference::parse(&format!("{}/forge/evil", fake.host())).unwrap();
@@ -508,14 +515,7 @@ async fn a_follower_reads_to_the_end_only_bytes_that_match() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     for (repo, served) in [("forge/evil", &evil), ("forge/good", &good)] {
-        let (manifest, _, layers) = image_manifest(
-            &fake,
-            &[(&good, Plan::Serve(served.clone()))],
-            OCI_MANIFEST,
-            OCI_CONFIG,
-            OCI_LAYER_GZ,
-        );
-        fake.manifest(repo, "latest", OCI_MANIFEST, &manifest);
+        let layers = one_layer_image(&fake, repo, &good, served);
         let reference = Reference::parse(&format!("{}/{repo}", fake.host())).unwrap();
         let events = Events::default();
         let reader = Reader(Mutex::new(Vec::new()));
