@@ -91,6 +91,16 @@ impl Backend {
             Backend::Containerd(_) => true,
         }
     }
+
+    /// A step is about to run: what the backend can make ready beside the step's set-up starts
+    /// now (see [`EmbeddedRunner::step_coming`]).
+    pub fn step_coming(&self) {
+        match self {
+            Backend::Embedded(r) => r.step_coming(),
+            #[cfg(feature = "containerd")]
+            Backend::Containerd(_) => {}
+        }
+    }
 }
 
 impl Runner for Backend {

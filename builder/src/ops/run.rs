@@ -38,6 +38,7 @@ impl BuildExecutor {
         let mut secret_values: Vec<Vec<u8>> = Vec::new();
         let mut root_mounts = None;
         let key = self.unique("run");
+        self.cfg.runner.step_coming();
         let setup = async {
             for m in &op.mounts {
                 let target = PathBuf::from(&m.target);
