@@ -365,3 +365,65 @@ fn selected_symlinks_are_followed_inside_the_context() {
     // Inside a selected directory a link stays a link.
     assert!(sel(&["real"]).contains(&"real/sub/up".to_string()));
 }
+
+/// A tree wide and deep enough that walkers hand directories to each other.
+fn wide_tree(root: &Path) {
+    for a in 0..12 {
+        for b in 0..6 {
+            for c in 0..3 {
+                write(
+                    root,
+                    &format!("d{a}/e{b}/f{c}/g.txt"),
+                    &format!("{a}{b}{c}"),
+                );
+            }
+            write(root, &format!("d{a}/e{b}/h.txt"), "h");
+        }
+    }
+}
+
+fn take_with(root: &Path, threads: usize) -> Result<ContextSnapshot, ContextError> {
+    ContextSnapshot::take(
+        root,
+        &SnapshotOptions {
+            threads,
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn any_number_of_walkers_lists_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    wide_tree(dir.path());
+    let one = take_with(dir.path(), 1).unwrap();
+    // 12 + 72 + 216 directories and 216 + 72 files.
+    assert_eq!(one.entries().len(), 12 + 72 + 216 + 216 + 72);
+    for threads in [2, 3, 8] {
+        for _ in 0..5 {
+            let many = take_with(dir.path(), threads).unwrap();
+            assert_eq!(many.entries(), one.entries(), "{threads} walkers");
+            assert_eq!(many.digest(), one.digest());
+        }
+    }
+}
+
+#[test]
+fn a_bad_name_deep_in_the_tree_fails_the_walk_with_any_number_of_walkers() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    wide_tree(dir.path());
+    let bad = dir
+        .path()
+        .join("d7/e3/f1")
+        .join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+    fs::write(&bad, "x").unwrap();
+    for threads in [1, 2, 8] {
+        for _ in 0..5 {
+            match take_with(dir.path(), threads) {
+                Err(ContextError::NonUtf8 { path }) => assert_eq!(path, bad, "{threads} walkers"),
+                other => panic!("{threads} walkers: {:?}", other.map(|s| s.entries().len())),
+            }
+        }
+    }
+}

@@ -1,10 +1,11 @@
-//! The parallel part of a snapshot: directories are handed out from a shared queue to worker
-//! threads, then the files the memo cannot vouch for are hashed by the same number of workers.
+//! The parallel part of a snapshot: one walker per core lists and states the tree (each depth first
+//! through its own stack, sharing directories only with a walker that has none), then the files
+//! the memo cannot vouch for are hashed by the same number of workers.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,8 +23,9 @@ struct Found {
 }
 
 struct Queue {
-    jobs: VecDeque<(String, Option<MatchState>)>,
-    /// Directories taken but not finished: the walk ends when this and the queue are empty.
+    jobs: VecDeque<Job>,
+    /// Walkers holding directories (a stack of their own): the walk ends when this and the queue
+    /// are empty.
     busy: usize,
     failed: bool,
 }
@@ -40,16 +42,9 @@ pub(super) fn take(
 ) -> Result<ContextSnapshot, ContextError> {
     // Taken before any stat, so a file written during the walk is never older than the memo's time.
     let taken_at = now_ns();
-    let (threads, walk_threads) = match options.threads {
-        0 => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            // Stating is cheap next to handing directories between threads: on two cores one
-            // walker finishes sooner than two (15.5 vs 17.0 ms and 17 vs 18-27 ms of CPU on the
-            // no-op 10,000-file context), and the memo loads beside it. Hashing, which reads
-            // files, still gets every core.
-            (cores, if cores <= 2 { 1 } else { cores })
-        }
-        n => (n, n),
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
     let empty = Dockerignore::default();
     let ignore = options.ignore.unwrap_or(&empty);
@@ -60,7 +55,7 @@ pub(super) fn take(
             Some(p) => Memo::load(p),
             None => (Memo::default(), None),
         });
-        let walked = walk(root, ignore, walk_threads);
+        let walked = walk(root, ignore, threads);
         let memo = match memo.join() {
             Ok(m) => m,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -136,56 +131,22 @@ pub(super) fn take(
 }
 
 fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>, ContextError> {
-    let queue = Mutex::new(Queue {
-        jobs: VecDeque::from([(String::new(), None)]),
-        busy: 0,
-        failed: false,
-    });
-    let wake = Condvar::new();
-    let error: Mutex<Option<ContextError>> = Mutex::new(None);
+    let shared = Shared {
+        queue: Mutex::new(Queue {
+            jobs: VecDeque::from([(String::new(), None)]),
+            busy: 0,
+            failed: false,
+        }),
+        wake: Condvar::new(),
+        idle: AtomicUsize::new(0),
+        error: Mutex::new(None),
+    };
     let mut all = Vec::new();
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let (rel, state) = {
-                            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                            loop {
-                                if q.failed {
-                                    return out;
-                                }
-                                if let Some(job) = q.jobs.pop_front() {
-                                    q.busy += 1;
-                                    break job;
-                                }
-                                if q.busy == 0 {
-                                    return out;
-                                }
-                                q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
-                            }
-                        };
-                        let mut subdirs = Vec::new();
-                        let r =
-                            read_dir(root, &rel, state.as_ref(), ignore, &mut out, &mut subdirs);
-                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                        q.busy -= 1;
-                        match r {
-                            Ok(()) => q.jobs.extend(subdirs),
-                            Err(e) => {
-                                q.failed = true;
-                                error
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get_or_insert(e);
-                            }
-                        }
-                        wake.notify_all();
-                    }
-                })
-            })
+        let workers: Vec<_> = (1..threads)
+            .map(|_| s.spawn(|| walker(root, ignore, &shared)))
             .collect();
+        all = walker(root, ignore, &shared);
         for w in workers {
             match w.join() {
                 Ok(v) => all.extend(v),
@@ -193,10 +154,75 @@ fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>
             }
         }
     });
-    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    if let Some(e) = shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
     Ok(all)
+}
+
+type Job = (String, Option<MatchState>);
+
+/// What the walkers share. Each walker goes depth first through a stack of its own and touches the
+/// queue only to take work when its stack is empty, or to give half of its stack when another
+/// walker waits for work: handing every directory through a lock cost more than it saved.
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Walkers waiting for work (read without the lock, to decide whether to share).
+    idle: AtomicUsize,
+    error: Mutex<Option<ContextError>>,
+}
+
+fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<Found> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Job> = Vec::new();
+    loop {
+        if stack.is_empty() {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.failed {
+                    return out;
+                }
+                if let Some(job) = q.jobs.pop_front() {
+                    q.busy += 1;
+                    stack.push(job);
+                    break;
+                }
+                if q.busy == 0 {
+                    // Nothing queued and nobody who could queue more: the walk is over.
+                    shared.wake.notify_all();
+                    return out;
+                }
+                shared.idle.fetch_add(1, Ordering::SeqCst);
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                shared.idle.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        while let Some((rel, state)) = stack.pop() {
+            if let Err(e) = read_dir(root, &rel, state.as_ref(), ignore, &mut out, &mut stack) {
+                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.failed = true;
+                shared
+                    .error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+                shared.wake.notify_all();
+                return out;
+            }
+            if stack.len() > 1 && shared.idle.load(Ordering::Relaxed) > 0 {
+                let give = stack.len() / 2;
+                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.jobs.extend(stack.drain(..give));
+                shared.wake.notify_all();
+            }
+        }
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.busy -= 1;
+        if q.busy == 0 && q.jobs.is_empty() {
+            shared.wake.notify_all();
+        }
+    }
 }
 
 /// Lists one directory: kept entries go to `out`, directories to descend into to `subdirs`.
@@ -213,12 +239,10 @@ fn read_dir(
     } else {
         root.join(rel)
     };
-    let walk_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ContextError::Walk { path, source }
-    };
-    for entry in std::fs::read_dir(&dir).map_err(walk_err(&dir))? {
-        let entry = entry.map_err(walk_err(&dir))?;
+    // Built only on failure: the paths are not copied for every entry that is fine.
+    let walk_err = |path: PathBuf| move |source| ContextError::Walk { path, source };
+    for entry in std::fs::read_dir(&dir).map_err(|e| walk_err(dir.clone())(e))? {
+        let entry = entry.map_err(|e| walk_err(dir.clone())(e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             // The matcher and the cache encoding work on text: such a name is matched in its
@@ -242,7 +266,7 @@ fn read_dir(
             format!("{rel}/{name}")
         };
         // DirEntry::metadata is an lstat: symlinks are described, not followed.
-        let meta = entry.metadata().map_err(walk_err(&entry.path()))?;
+        let meta = entry.metadata().map_err(|e| walk_err(entry.path())(e))?;
         let is_dir = meta.is_dir();
         // Only a directory hands its match state down.
         let (excluded, state) = if ignore.is_empty() {
