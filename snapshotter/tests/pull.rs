@@ -446,6 +446,64 @@ async fn pulls_records_and_skips_what_it_has() {
     }
 }
 
+/// A new process (a new client) whose store holds the image a tag named makes no blob client
+/// up front; when the tag has moved to an image with a new layer, the blobs it lacks still come.
+#[tokio::test]
+async fn a_tag_moved_since_the_stored_pull_brings_the_new_blobs_in() {
+    let fake = Fake::start().await;
+    let (l1, l2) = (vec![1u8; 50_000], vec![2u8; 60_000]);
+    let (first, _, first_layers) = image_manifest(
+        &fake,
+        &[(&l1, Plan::Serve(l1.clone()))],
+        OCI_MANIFEST,
+        OCI_CONFIG,
+        OCI_LAYER_GZ,
+    );
+    fake.manifest("forge/moving", "v1", OCI_MANIFEST, &first);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/forge/moving:v1", fake.host())).unwrap();
+    let events = Events::default();
+    client()
+        .pull(&store, &reference, &events.sink())
+        .await
+        .unwrap();
+    events.take();
+
+    let (second, config, layers) = image_manifest(
+        &fake,
+        &[
+            (&l1, Plan::Serve(l1.clone())),
+            (&l2, Plan::Serve(l2.clone())),
+        ],
+        OCI_MANIFEST,
+        OCI_CONFIG,
+        OCI_LAYER_GZ,
+    );
+    let moved = fake.manifest("forge/moving", "v1", OCI_MANIFEST, &second);
+    let record = client()
+        .pull(&store, &reference, &events.sink())
+        .await
+        .unwrap();
+    assert_eq!(record.manifest.digest, moved);
+    assert_eq!(record.config.digest, config);
+    assert_eq!(store.read_blob(&layers[1]).unwrap(), l2);
+    assert_eq!(layers[0], first_layers[0]);
+    assert_eq!(
+        fake.blob_gets(&layers[0]),
+        1,
+        "the stored layer is not fetched again"
+    );
+    assert_eq!(fake.blob_gets(&layers[1]), 1);
+    let done = events
+        .take()
+        .into_iter()
+        .filter(|e| matches!(e, PullEvent::Done { .. }))
+        .count();
+    assert_eq!(done, 2, "the new config and the new layer");
+    assert!(store.check().unwrap().is_clean());
+}
+
 #[tokio::test]
 async fn wrong_bytes_fail_naming_both_digests_and_never_land() {
     let fake = Fake::start().await;

@@ -48,13 +48,16 @@ pub struct Session {
 impl Session {
     /// Opens (creating if needed) the store at `options.root` and its snapshotter.
     pub fn open(options: SessionOptions) -> Result<Session, BuildError> {
-        forge_snapshotter::registry::roots::load_in_background();
         let root = options.root;
         let store = Store::open(&root)
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
         // A new store's metadata file is made beside the build, not by its commit at the end
-        // (best effort: that commit makes it when this could not).
+        // (best effort: that commit makes it when this could not). A new store pulls its bases
+        // too, whose blobs' client wants the trusted roots: they load meanwhile. In a store that
+        // has images a pull makes that client only when it needs a blob (`start_client`), and a
+        // rebuild's walk keeps the cores.
         if !store.has_metadata() {
+            forge_snapshotter::registry::roots::load_in_background();
             let store = store.clone();
             let _ = std::thread::Builder::new()
                 .name("forge-meta".into())

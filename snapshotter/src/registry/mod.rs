@@ -35,6 +35,7 @@ pub use push::{PushBlob, PushError, PushEvent, PushImage};
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::retry::RetryPolicy;
+use crate::store::Store;
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -112,15 +113,20 @@ impl RegistryClient {
     }
 
     /// Starts making the client that serves `reference` on a blocking thread, unless it is made
-    /// already: a pull starts it before its first request and takes it (with
-    /// [`Self::take_client`]) before its first blob, so that the milliseconds it takes (every
-    /// trusted root, and oci-client's default client, which reads the platform's store again)
-    /// pass while the registry answers the challenge probe and the manifest request, which go
-    /// through forge's own client.
+    /// already or the store holds, whole, the image `recorded_as` named last time: a pull starts it
+    /// before its first request and takes it (with [`Self::take_client`]) before its first blob,
+    /// so that the milliseconds it takes (every trusted root, and oci-client's default client,
+    /// which reads the platform's store again) pass while the registry answers the challenge probe
+    /// and the manifest request, which go through forge's own client. A rebuild whose base is
+    /// stored most likely gets the same manifest and needs no blob: there the client is made only
+    /// if a blob turns out to be missing, and the CPU stays with the build (the store is read on
+    /// the same blocking thread, beside the requests).
     pub(super) fn start_client(
         &self,
+        store: &Store,
+        recorded_as: &Reference,
         reference: &Reference,
-    ) -> Option<tokio::task::JoinHandle<oci_client::Client>> {
+    ) -> Option<tokio::task::JoinHandle<Option<oci_client::Client>>> {
         let (cell, protocol) = self.cell_for(reference);
         if cell.get().is_some() {
             return None;
@@ -129,8 +135,17 @@ impl RegistryClient {
             self.config.read_timeout,
             self.config.max_concurrent_downloads,
         );
+        let (store, recorded_as) = (store.clone(), recorded_as.to_string());
         Some(tokio::task::spawn_blocking(move || {
-            new_client(protocol, read_timeout, downloads)
+            let stored = store.has_metadata()
+                && store
+                    .get_image(&recorded_as)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|record| {
+                        record.blobs().iter().all(|digest| store.has_blob(digest))
+                    });
+            (!stored).then(|| new_client(protocol, read_timeout, downloads))
         }))
     }
 
@@ -138,12 +153,13 @@ impl RegistryClient {
     pub(super) async fn take_client(
         &self,
         reference: &Reference,
-        started: Option<tokio::task::JoinHandle<oci_client::Client>>,
+        started: Option<tokio::task::JoinHandle<Option<oci_client::Client>>>,
     ) {
         let Some(handle) = started else {
             return;
         };
-        if let Ok(client) = handle.await {
+        // None: none was made (the image was stored); the blobs' first use makes it.
+        if let Ok(Some(client)) = handle.await {
             let _ = self.cell_for(reference).0.set(client);
         }
     }

@@ -524,7 +524,7 @@ impl RegistryClient {
         let recorded_as = reference;
         let reference = from;
         // The blobs' client is made while the registry answers the requests before them.
-        let client_made = self.start_client(reference);
+        let client_made = self.start_client(store, recorded_as, reference);
         let (ctx, auth) = self.context(reference, progress).await?;
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
