@@ -337,3 +337,29 @@ fn steps_joining_a_shared_network_reach_each_other_on_loopback() {
         .unwrap();
     assert_ne!(r.exit_code, 0);
 }
+
+/// A build tries only the modes its choice may pick; what it picks is what the full probe (the
+/// one `forge info` shows) leads to, for every choice, whether the host allows it or not.
+#[test]
+fn probing_only_what_a_choice_needs_picks_what_the_full_probe_picks() {
+    use forge_runner::embedded::IsolationChoice;
+    use forge_runner::embedded::isolation::{choose, choose_probing, probe};
+    let scratch = tempfile::tempdir().unwrap();
+    let full = probe(scratch.path());
+    for choice in [
+        IsolationChoice::Auto,
+        IsolationChoice::Userns,
+        IsolationChoice::Chroot,
+    ] {
+        assert_eq!(
+            choose_probing(choice, scratch.path()),
+            choose(choice, &full),
+            "{choice:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "the probes' directories are removed"
+    );
+}

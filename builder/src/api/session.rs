@@ -172,8 +172,7 @@ pub fn prepare_process(
     if *runner != RunnerChoice::Embedded {
         return Ok(Isolation::default());
     }
-    let chosen =
-        isolation::choose(choice, &isolation::probe(scratch)).map_err(BuildError::Invalid)?;
+    let chosen = isolation::choose_probing(choice, scratch).map_err(BuildError::Invalid)?;
     if !chosen.may_mount()
         || !nix::unistd::geteuid().is_root()
         || forge_snapshotter::userns::in_user_namespace()

@@ -168,6 +168,32 @@ pub struct Probe {
 /// Tries both modes in forked children, with scratch directories under `scratch` (created, and
 /// removed again). Safe to call from a multi-threaded process: the children only make system calls.
 pub fn probe(scratch: &Path) -> Probe {
+    probe_modes(scratch, true, true)
+}
+
+/// The choice of mode for `choice`: what [`probe`] finds of the modes it may pick, without trying
+/// the others (with `Auto` the chroot is tried only when the namespaces fail: each try is a forked
+/// child on every build's path). A mode not tried is an `Err` that [`choose`] does not read.
+pub fn choose_probing(choice: IsolationChoice, scratch: &Path) -> Result<Isolation, String> {
+    let probe = match choice {
+        IsolationChoice::Userns => probe_modes(scratch, true, false),
+        IsolationChoice::Chroot => probe_modes(scratch, false, true),
+        IsolationChoice::Auto => {
+            let first = probe_modes(scratch, true, false);
+            if first.namespaces.is_ok() {
+                first
+            } else {
+                Probe {
+                    chroot: probe_modes(scratch, false, true).chroot,
+                    ..first
+                }
+            }
+        }
+    };
+    choose(choice, &probe)
+}
+
+fn probe_modes(scratch: &Path, namespaces: bool, chroot: bool) -> Probe {
     let dir = scratch.join(format!(
         "isolation-probe-{}",
         forge_snapshotter::lock::random_hex()
@@ -179,21 +205,32 @@ pub fn probe(scratch: &Path) -> Probe {
             chroot: Err(why),
         };
     }
-    let namespaces = in_child(|| probe_namespaces(&dir.join("root"))).and_then(|code| {
-        let proc = match code & 1 {
-            0 => ProcSource::Fresh,
-            _ => ProcSource::Surrounding,
-        };
-        match code {
-            0..=3 => Ok((proc, code & 2 == 0)),
+    fn not_tried<T>() -> Result<T, String> {
+        Err("not tried".to_string())
+    }
+    let namespaces = if namespaces {
+        in_child(|| probe_namespaces(&dir.join("root"))).and_then(|code| {
+            let proc = match code & 1 {
+                0 => ProcSource::Fresh,
+                _ => ProcSource::Surrounding,
+            };
+            match code {
+                0..=3 => Ok((proc, code & 2 == 0)),
+                _ => Err("unexpected result".into()),
+            }
+        })
+    } else {
+        not_tried()
+    };
+    let chroot = if chroot {
+        in_child(|| probe_chroot(&dir.join("root"))).and_then(|code| match code {
+            0 => Ok(true),
+            1 => Ok(false),
             _ => Err("unexpected result".into()),
-        }
-    });
-    let chroot = in_child(|| probe_chroot(&dir.join("root"))).and_then(|code| match code {
-        0 => Ok(true),
-        1 => Ok(false),
-        _ => Err("unexpected result".into()),
-    });
+        })
+    } else {
+        not_tried()
+    };
     let _ = fs::remove_dir_all(&dir);
     Probe { namespaces, chroot }
 }
