@@ -377,6 +377,57 @@ fn the_backend_is_probed_when_not_chosen() {
     );
 }
 
+/// A store recorded as overlay is probed when a snapshot is first mounted, not when it opens: a
+/// build that mounts nothing (served from the cache) never probes, and one that mounts gets what
+/// works at that moment. Here the native overlay is made to fail after the open (a file where the
+/// probe's directory goes), so the first mount must be fuse-overlayfs or the clear error.
+#[test]
+fn a_recorded_overlay_store_is_probed_at_its_first_mount() {
+    if !common::is_root() || probe(tempfile::tempdir().unwrap().path()) != BackendKind::Overlay {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sn");
+    {
+        let sn = AnySnapshotter::open(&root, None).unwrap();
+        sn.prepare("base", None).unwrap();
+        sn.commit("base-c", "base").unwrap();
+    }
+    let sn = AnySnapshotter::open(&root, None).unwrap();
+    // What a cached rebuild reads works without a mount.
+    assert_eq!(sn.stat("base-c").unwrap().kind, Kind::Committed);
+    assert_eq!(sn.list().unwrap().len(), 1);
+    std::fs::write(
+        root.join(format!("probe-{}", std::process::id())),
+        "in the way",
+    )
+    .unwrap();
+    match sn.prepare("step", Some("base-c")) {
+        Ok(mounts) => {
+            assert!(
+                overlay_fuse_available(),
+                "native overlay was probed at the open"
+            );
+            assert_eq!(mounts[0].kind, "fuse-overlayfs", "{mounts:?}");
+            assert_eq!(sn.backend(), BackendKind::FuseOverlay);
+        }
+        Err(SnapshotError::WrongBackend {
+            recorded, wanted, ..
+        }) => {
+            assert!(!overlay_fuse_available());
+            assert_eq!(
+                (recorded, wanted),
+                (BackendKind::Overlay, BackendKind::Copy)
+            );
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn overlay_fuse_available() -> bool {
+    Path::new("/dev/fuse").exists() && common::have_tool("fuse-overlayfs")
+}
+
 /// Re-run the native overlay round trip inside `unshare -Urm`: user.overlay.* xattrs, userxattr.
 #[test]
 fn overlay_snapshot_round_trip_in_a_user_namespace() {

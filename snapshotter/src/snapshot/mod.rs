@@ -268,7 +268,14 @@ impl AnySnapshotter {
             Some(b) => b,
             None => match recorded {
                 Some(BackendKind::Copy) => BackendKind::Copy,
-                _ => probe(root),
+                // Overlay or fuse-overlayfs: the same layout, whichever works when a snapshot is
+                // first mounted (a probe mount); a build that mounts nothing does not probe.
+                Some(layered) => {
+                    return Ok(AnySnapshotter::Overlay(
+                        OverlaySnapshotter::open_probing_at_first_mount(root, layered)?,
+                    ));
+                }
+                None => probe(root),
             },
         };
         if let Some(recorded) = recorded
@@ -286,13 +293,9 @@ impl AnySnapshotter {
         }
         let backend = wanted;
         Ok(match backend {
-            BackendKind::Overlay => AnySnapshotter::Overlay(OverlaySnapshotter::open(
-                root,
-                OverlayFlavor::Native {
-                    userxattr: crate::userns::in_user_namespace(),
-                    volatile: overlay::volatile_supported(),
-                },
-            )?),
+            BackendKind::Overlay => {
+                AnySnapshotter::Overlay(OverlaySnapshotter::open(root, OverlayFlavor::native())?)
+            }
             BackendKind::FuseOverlay => {
                 AnySnapshotter::Overlay(OverlaySnapshotter::open(root, OverlayFlavor::Fuse)?)
             }

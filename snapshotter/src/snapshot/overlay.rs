@@ -3,6 +3,7 @@
 //! the kernel's overlay and fuse-overlayfs; only the Mount kind and the whiteout format differ.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::meta::Db;
 use super::{BackendKind, ChangeSource, Info, Kind, SnapshotError, Snapshotter, Usage};
@@ -21,30 +22,75 @@ pub enum OverlayFlavor {
     Fuse,
 }
 
+impl OverlayFlavor {
+    /// The kernel's overlayfs with what this process and kernel need (`userxattr` inside a user
+    /// namespace, `volatile` where the kernel has it).
+    pub fn native() -> OverlayFlavor {
+        OverlayFlavor::Native {
+            userxattr: crate::userns::in_user_namespace(),
+            volatile: volatile_supported(),
+        }
+    }
+}
+
 /// overlayfs-backed snapshots.
 #[derive(Debug)]
 pub struct OverlaySnapshotter {
     db: Db,
-    flavor: OverlayFlavor,
+    /// The flavor, or the backend the probe found when neither overlay works here any more.
+    flavor: OnceLock<Result<OverlayFlavor, BackendKind>>,
+    /// What the store recorded, for the error when the probe finds no overlay.
+    recorded: BackendKind,
 }
 
 impl OverlaySnapshotter {
     pub fn open(root: &Path, flavor: OverlayFlavor) -> Result<Self, SnapshotError> {
         Ok(OverlaySnapshotter {
             db: Db::open(root)?,
-            flavor,
+            flavor: OnceLock::from(Ok(flavor)),
+            recorded: kind_of(flavor),
         })
     }
 
-    pub fn flavor(&self) -> OverlayFlavor {
-        self.flavor
+    /// Opens a store recorded as layered (`recorded`) whose flavor is probed when a snapshot is
+    /// first mounted: a build that mounts nothing (a rebuild served from the cache) skips the
+    /// probe's mount. The same layout serves both flavors, so the choice can wait.
+    pub fn open_probing_at_first_mount(
+        root: &Path,
+        recorded: BackendKind,
+    ) -> Result<Self, SnapshotError> {
+        Ok(OverlaySnapshotter {
+            db: Db::open(root)?,
+            flavor: OnceLock::new(),
+            recorded,
+        })
+    }
+
+    /// The flavor that mounts these snapshots (probed on first use when the store was opened with
+    /// [`Self::open_probing_at_first_mount`]); an error when no overlay works here now.
+    pub fn flavor(&self) -> Result<OverlayFlavor, SnapshotError> {
+        let found = self
+            .flavor
+            .get_or_init(|| match super::probe(self.db.root()) {
+                BackendKind::Overlay => Ok(OverlayFlavor::native()),
+                BackendKind::FuseOverlay => Ok(OverlayFlavor::Fuse),
+                other => Err(other),
+            });
+        match found {
+            Ok(flavor) => Ok(*flavor),
+            Err(wanted) => Err(SnapshotError::WrongBackend {
+                root: self.db.root().to_path_buf(),
+                recorded: self.recorded,
+                wanted: *wanted,
+            }),
+        }
     }
 
     fn fs(&self, id: u64) -> PathBuf {
         self.db.fs(id)
     }
 
-    fn overlay_mount(&self, lowers: &[u64], upper: Option<u64>) -> Mount {
+    fn overlay_mount(&self, lowers: &[u64], upper: Option<u64>) -> Result<Mount, SnapshotError> {
         let lower = lowers
             .iter()
             .map(|id| self.fs(*id).to_string_lossy().into_owned())
@@ -58,7 +104,7 @@ impl OverlaySnapshotter {
                 self.db.dir(id).join("work").display()
             ));
         }
-        let kind = match self.flavor {
+        let kind = match self.flavor()? {
             OverlayFlavor::Native {
                 userxattr,
                 volatile,
@@ -73,18 +119,18 @@ impl OverlaySnapshotter {
             }
             OverlayFlavor::Fuse => "fuse-overlayfs",
         };
-        Mount {
+        Ok(Mount {
             kind: kind.to_string(),
             source: PathBuf::from("overlay"),
             options,
-        }
+        })
     }
 
     /// A volatile mount leaves a mark in its work dir that makes the kernel refuse the next mount
     /// of the same upper dir (its changes may be half on disk after a crash). An active snapshot
     /// is only mounted again by the process that made it, which is alive, so the mark is removed.
     fn allow_remount(&self, id: u64) -> Result<(), SnapshotError> {
-        if !matches!(self.flavor, OverlayFlavor::Native { volatile: true, .. }) {
+        if !matches!(self.flavor()?, OverlayFlavor::Native { volatile: true, .. }) {
             return Ok(());
         }
         let mark = self.db.dir(id).join("work").join("work").join("incompat");
@@ -96,10 +142,15 @@ impl OverlaySnapshotter {
     }
 
     /// Mounts for snapshot `id` (writable when `upper`) over the ancestors `parents`.
-    fn mounts_for(&self, id: u64, parents: &[u64], kind: Kind) -> Vec<Mount> {
-        match kind {
+    fn mounts_for(
+        &self,
+        id: u64,
+        parents: &[u64],
+        kind: Kind,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        Ok(match kind {
             Kind::Active if parents.is_empty() => vec![Mount::bind(self.fs(id), false)],
-            Kind::Active => vec![self.overlay_mount(parents, Some(id))],
+            Kind::Active => vec![self.overlay_mount(parents, Some(id))?],
             // A view shows its parent; a committed snapshot shows itself and its parents.
             Kind::View | Kind::Committed => {
                 let mut lowers: Vec<u64> = Vec::new();
@@ -111,10 +162,10 @@ impl OverlaySnapshotter {
                     0 => vec![Mount::bind(self.fs(id), true)],
                     1 => vec![Mount::bind(self.fs(lowers[0]), true)],
                     // overlayfs with lower dirs only is read-only by itself.
-                    _ => vec![self.overlay_mount(&lowers, None)],
+                    _ => vec![self.overlay_mount(&lowers, None)?],
                 }
             }
-        }
+        })
     }
 }
 
@@ -128,10 +179,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn backend(&self) -> BackendKind {
-        match self.flavor {
-            OverlayFlavor::Native { .. } => BackendKind::Overlay,
-            OverlayFlavor::Fuse => BackendKind::FuseOverlay,
-        }
+        self.flavor().map_or(self.recorded, kind_of)
     }
 
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
@@ -139,14 +187,14 @@ impl Snapshotter for OverlaySnapshotter {
             std::fs::create_dir(dir.join("fs"))?;
             std::fs::create_dir(dir.join("work"))
         })?;
-        Ok(self.mounts_for(id, &parents, Kind::Active))
+        self.mounts_for(id, &parents, Kind::Active)
     }
 
     fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
         let (id, parents) = self.db.create(key, parent, Kind::View, |dir| {
             std::fs::create_dir(dir.join("fs"))
         })?;
-        Ok(self.mounts_for(id, &parents, Kind::View))
+        self.mounts_for(id, &parents, Kind::View)
     }
 
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
@@ -171,7 +219,7 @@ impl Snapshotter for OverlaySnapshotter {
             if r.kind == Kind::Active {
                 self.allow_remount(r.id)?;
             }
-            Ok(self.mounts_for(r.id, &parents, r.kind))
+            self.mounts_for(r.id, &parents, r.kind)
         })
     }
 
@@ -192,7 +240,13 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn whiteout_mode(&self) -> WhiteoutMode {
-        match self.flavor {
+        // Without a working overlay nothing is mounted or unpacked (the mounts fail first); the
+        // recorded kind answers.
+        let flavor = self.flavor().unwrap_or(match self.recorded {
+            BackendKind::FuseOverlay => OverlayFlavor::Fuse,
+            _ => OverlayFlavor::native(),
+        });
+        match flavor {
             OverlayFlavor::Native {
                 userxattr: true, ..
             } => WhiteoutMode::Overlay(OverlayXattr::User),
@@ -209,6 +263,13 @@ impl Snapshotter for OverlaySnapshotter {
             let r = state.get(key)?;
             Ok((r.kind, ChangeSource::OverlayUpper(self.fs(r.id))))
         })
+    }
+}
+
+fn kind_of(flavor: OverlayFlavor) -> BackendKind {
+    match flavor {
+        OverlayFlavor::Native { .. } => BackendKind::Overlay,
+        OverlayFlavor::Fuse => BackendKind::FuseOverlay,
     }
 }
 
