@@ -177,11 +177,10 @@ pub async fn pull_base(
             event,
         })
     };
-    let whole = |rec: &ImageRecord| rec.blobs().iter().all(|d| store.has_blob(d));
     if policy == PullPolicy::Missing
         && names_no_registry(reference)
         && let Some(rec) = store.get_image(&r.to_string())?
-        && whole(&rec)
+        && store.holds_whole(&rec)
     {
         progress(PullEvent::Stored {
             reference: r.to_string(),
@@ -216,7 +215,9 @@ pub async fn pull_base(
             let refused = matches!(e, forge_snapshotter::registry::PullError::Denied { .. });
             let stored = store.get_image(&r.to_string())?;
             match stored {
-                Some(rec) if !refused && policy == PullPolicy::Missing && whole(&rec) => {
+                Some(rec)
+                    if !refused && policy == PullPolicy::Missing && store.holds_whole(&rec) =>
+                {
                     events.emit(BuildEvent::Warning {
                         message: format!(
                             "could not reach the registry for {reference} ({e}); using the copy in the store"

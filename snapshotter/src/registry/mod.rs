@@ -104,14 +104,6 @@ impl RegistryClient {
         }
     }
 
-    fn make_client(&self, protocol: ClientProtocol) -> oci_client::Client {
-        new_client(
-            protocol,
-            self.config.read_timeout,
-            self.config.max_concurrent_downloads,
-        )
-    }
-
     /// Starts making the client that serves `reference` on a blocking thread, unless it is made
     /// already or the store holds, whole, the image `recorded_as` named last time: a pull starts it
     /// before its first request and takes it (with [`Self::take_client`]) before its first blob,
@@ -142,9 +134,7 @@ impl RegistryClient {
                     .get_image(&recorded_as)
                     .ok()
                     .flatten()
-                    .is_some_and(|record| {
-                        record.blobs().iter().all(|digest| store.has_blob(digest))
-                    });
+                    .is_some_and(|record| store.holds_whole(&record));
             (!stored).then(|| new_client(protocol, read_timeout, downloads))
         }))
     }
@@ -190,7 +180,13 @@ impl RegistryClient {
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {
         let (cell, protocol) = self.cell_for(reference);
-        cell.get_or_init(|| self.make_client(protocol))
+        cell.get_or_init(|| {
+            new_client(
+                protocol,
+                self.config.read_timeout,
+                self.config.max_concurrent_downloads,
+            )
+        })
     }
 
     fn registry_auth(&self, reference: &Reference) -> Result<RegistryAuth, PullError> {

@@ -323,6 +323,12 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
+    /// Whether every blob of the image `record` describes is in the store (a copy that can be used
+    /// without asking its registry).
+    pub fn holds_whole(&self, record: &ImageRecord) -> bool {
+        record.blobs().iter().all(|digest| self.has_blob(digest))
+    }
+
     /// The size of a present blob.
     pub fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
         let path = self.blob_path(digest);
