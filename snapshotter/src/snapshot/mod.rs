@@ -291,15 +291,9 @@ impl AnySnapshotter {
             // Best effort: a store that cannot record it is probed again next time.
             let _ = std::fs::write(&record, format!("{wanted}\n"));
         }
-        let backend = wanted;
-        Ok(match backend {
-            BackendKind::Overlay => {
-                AnySnapshotter::Overlay(OverlaySnapshotter::open(root, OverlayFlavor::native())?)
-            }
-            BackendKind::FuseOverlay => {
-                AnySnapshotter::Overlay(OverlaySnapshotter::open(root, OverlayFlavor::Fuse)?)
-            }
-            BackendKind::Copy => AnySnapshotter::Copy(CopySnapshotter::open(root)?),
+        Ok(match OverlayFlavor::of_kind(wanted) {
+            Some(flavor) => AnySnapshotter::Overlay(OverlaySnapshotter::open(root, flavor)?),
+            None => AnySnapshotter::Copy(CopySnapshotter::open(root)?),
         })
     }
 }

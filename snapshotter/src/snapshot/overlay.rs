@@ -31,6 +31,15 @@ impl OverlayFlavor {
             volatile: volatile_supported(),
         }
     }
+
+    /// The flavor that mounts a layered backend's snapshots; `None` for the copy backend.
+    pub fn of_kind(kind: BackendKind) -> Option<OverlayFlavor> {
+        match kind {
+            BackendKind::Overlay => Some(OverlayFlavor::native()),
+            BackendKind::FuseOverlay => Some(OverlayFlavor::Fuse),
+            BackendKind::Copy => None,
+        }
+    }
 }
 
 /// overlayfs-backed snapshots.
@@ -69,13 +78,10 @@ impl OverlaySnapshotter {
     /// The flavor that mounts these snapshots (probed on first use when the store was opened with
     /// [`Self::open_probing_at_first_mount`]); an error when no overlay works here now.
     pub fn flavor(&self) -> Result<OverlayFlavor, SnapshotError> {
-        let found = self
-            .flavor
-            .get_or_init(|| match super::probe(self.db.root()) {
-                BackendKind::Overlay => Ok(OverlayFlavor::native()),
-                BackendKind::FuseOverlay => Ok(OverlayFlavor::Fuse),
-                other => Err(other),
-            });
+        let found = self.flavor.get_or_init(|| {
+            let found = super::probe(self.db.root());
+            OverlayFlavor::of_kind(found).ok_or(found)
+        });
         match found {
             Ok(flavor) => Ok(*flavor),
             Err(wanted) => Err(SnapshotError::WrongBackend {
