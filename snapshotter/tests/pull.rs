@@ -47,6 +47,8 @@ struct State {
     log: Vec<String>,
     /// When set, every /v2/ request needs `Bearer <token>`, got from /token with these creds.
     basic: Option<(String, String)>,
+    /// Paths answered with a temporary redirect to the URL given.
+    moved: HashMap<String, String>,
 }
 
 struct Fake {
@@ -201,6 +203,15 @@ fn route(st: &mut State, method: &str, path: &str, authz: &str, addr: SocketAddr
             format!(r#"Bearer realm="http://{addr}/token",service="fake""#),
         ));
         return r;
+    }
+    if let Some(to) = st.moved.get(path) {
+        st.log.push(format!("{method} {path} moved"));
+        return (
+            307,
+            vec![("Location".into(), to.clone())],
+            Vec::new(),
+            false,
+        );
     }
     if path == "/v2/" {
         return json(200, "{}");
@@ -504,6 +515,32 @@ async fn a_tag_moved_since_the_stored_pull_brings_the_new_blobs_in() {
         .count();
     assert_eq!(done, 2, "the new config and the new layer");
     assert!(store.check().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_manifest_redirected_by_a_plain_http_registry_is_followed() {
+    let fake = Fake::start().await;
+    let (l1, l2) = (vec![3u8; 40_000], vec![4u8; 20_000]);
+    let (manifest, _, layers) = two_layer_image(&fake, "forge/real", "v2", &l1, &l2);
+    fake.state.lock().unwrap().moved.insert(
+        "/v2/forge/alias/manifests/v1".into(),
+        format!("http://{}/v2/forge/real/manifests/v2", fake.host()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/forge/alias:v1", fake.host())).unwrap();
+    let record = client().pull(&store, &reference, &|_| {}).await.unwrap();
+    assert_eq!(record.manifest.digest, manifest);
+    assert_eq!(store.read_blob(&layers[1]).unwrap(), l2);
+    let log = fake.state.lock().unwrap().log.clone();
+    let moved = log
+        .iter()
+        .position(|l| l == "GET /v2/forge/alias/manifests/v1 moved")
+        .expect("the manifest was asked for where the reference names it");
+    assert!(
+        log[moved..].iter().any(|l| l == "GET /manifests/v2"),
+        "the redirect was followed: {log:?}"
+    );
 }
 
 #[tokio::test]

@@ -186,12 +186,26 @@ impl RegistryClient {
             .certs
             .iter()
             .filter_map(|c| reqwest::Certificate::from_der(c).ok());
+        self.http_builder().tls_certs_only(roots).build()
+    }
+
+    /// A client for plain-HTTP registries only: it trusts no root, so making it reads no
+    /// certificate (loading and parsing the roots costs a few milliseconds of CPU that a request
+    /// to a loopback registry never uses), and it follows no redirect, which could lead to HTTPS:
+    /// a caller asks again with [`Self::login_http`]'s client when the answer is one.
+    pub(super) fn plain_http(&self) -> Result<reqwest::Client, reqwest::Error> {
+        super::roots::install_crypto_provider();
+        self.http_builder()
+            .tls_certs_only(std::iter::empty())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+    }
+
+    fn http_builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
-            .tls_certs_only(roots)
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(self.config.read_timeout)
             .user_agent(concat!("forge/", env!("CARGO_PKG_VERSION")))
-            .build()
     }
 }
 

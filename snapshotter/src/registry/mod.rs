@@ -91,6 +91,8 @@ pub struct RegistryClient {
     open: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
     /// The client that asks them, and fetches their manifests (`None`: it could not be made).
     probe: OnceLock<Option<reqwest::Client>>,
+    /// The same for plain-HTTP registries: no roots, no redirects (see `open.rs`).
+    plain: OnceLock<Option<reqwest::Client>>,
 }
 
 impl RegistryClient {
@@ -100,6 +102,7 @@ impl RegistryClient {
             http: OnceLock::new(),
             open: Default::default(),
             probe: OnceLock::new(),
+            plain: OnceLock::new(),
             config,
         }
     }

@@ -68,14 +68,14 @@ impl RegistryClient {
         }
         let url = format!("{}://{registry}/v2/", scheme(plain_http));
         // Read as oci-client reads it: the first challenge, and only a bearer one counts.
-        let answered = match self.probe_http() {
-            Some(http) => http.get(&url).send().await.ok().map(|answer| {
+        let answered = match self.get(&url, plain_http, None).await {
+            Some(Ok(answer)) => Some(
                 !answer
                     .headers()
                     .get(WWW_AUTHENTICATE)
-                    .is_some_and(|h| h.to_str().is_ok_and(is_bearer))
-            }),
-            None => None,
+                    .is_some_and(|h| h.to_str().is_ok_and(is_bearer)),
+            ),
+            _ => None,
         };
         if let Some(open) = answered {
             self.answers()
@@ -92,9 +92,10 @@ impl RegistryClient {
         oci: &oci_client::Reference,
         accepted: &[&str],
     ) -> Result<bytes::Bytes, OciDistributionError> {
+        let plain_http = self.uses_plain_http(reference.registry());
         let url = format!(
             "{}://{}/v2/{}/manifests/{}{}",
-            scheme(self.uses_plain_http(reference.registry())),
+            scheme(plain_http),
             oci.resolve_registry(),
             oci.repository(),
             oci.digest()
@@ -103,14 +104,12 @@ impl RegistryClient {
                 .map(|ns| format!("?ns={ns}"))
                 .unwrap_or_default(),
         );
-        let http = self.probe_http().ok_or_else(|| {
-            OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
-        })?;
-        let answer = http
-            .get(&url)
-            .header(ACCEPT, accepted.join(", "))
-            .send()
-            .await?;
+        let answer = self
+            .get(&url, plain_http, Some(&accepted.join(", ")))
+            .await
+            .ok_or_else(|| {
+                OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
+            })??;
         let status = answer.status();
         let body = answer.bytes().await?;
         match status {
@@ -135,8 +134,33 @@ impl RegistryClient {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn probe_http(&self) -> Option<&reqwest::Client> {
-        self.probe.get_or_init(|| self.login_http().ok()).as_ref()
+    /// GETs `url` (accepting `accept`) with the client for its scheme: a plain-HTTP request goes
+    /// out on a client that trusts no root and follows no redirect, and a redirect it is answered
+    /// with is asked again on the client with the roots, which follows it wherever it leads.
+    /// `None`: no client could be made.
+    async fn get(
+        &self,
+        url: &str,
+        plain_http: bool,
+        accept: Option<&str>,
+    ) -> Option<reqwest::Result<reqwest::Response>> {
+        let send = |http: &reqwest::Client| {
+            let request = http.get(url);
+            match accept {
+                Some(accept) => request.header(ACCEPT, accept),
+                None => request,
+            }
+            .send()
+        };
+        if plain_http {
+            let plain = self.plain.get_or_init(|| self.plain_http().ok()).as_ref()?;
+            match send(plain).await {
+                Ok(answer) if answer.status().is_redirection() => {}
+                answered => return Some(answered),
+            }
+        }
+        let http = self.probe.get_or_init(|| self.login_http().ok()).as_ref()?;
+        Some(send(http).await)
     }
 }
 
