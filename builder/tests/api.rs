@@ -365,6 +365,59 @@ async fn what_a_build_solved_is_kept_whether_its_export_fails_or_not() {
     assert!(ok.store().check().unwrap().is_clean());
 }
 
+/// `ADD <url>` through a build: the build's HTTP client is made at its first download (a build
+/// without one never reads the trusted roots), and the file it fetches from a loopback server
+/// lands in the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_of_a_url_puts_the_download_in_the_image() {
+    use std::io::Write;
+    if !prerequisites() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let body = b"fetched over http\n";
+            let ok = head.starts_with(b"GET /tool.txt ");
+            if ok {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let status = if ok { "200 OK" } else { "404 Not Found" };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(if ok { body } else { b"" });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        &format!("FROM scratch\nADD http://127.0.0.1:{port}/tool.txt /opt/tool.txt\n"),
+        &[],
+    );
+    let session = session(&tmp.path().join("store"));
+    let (result, _) = build(&session, BuildRequest::new(&ctx)).await;
+    let outcome = result.unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        image_files(&session, &outcome)
+            .get("opt/tool.txt")
+            .map(String::as_str),
+        Some("fetched over http\n")
+    );
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
 /// A request that builds `ctx` and pushes it as `name`.
 fn pushed(ctx: &Path, name: &str) -> BuildRequest {
     let mut request = BuildRequest::new(ctx);

@@ -370,7 +370,7 @@ impl Session {
                 http: Some(Arc::new(HttpSource::new(
                     scratch.downloads(),
                     events.clone(),
-                )?)),
+                ))),
                 events: events.clone(),
                 run_env: Vec::new(),
                 join_network: None,

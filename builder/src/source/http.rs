@@ -173,16 +173,21 @@ pub async fn fetch(
     progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
 ) -> Result<Fetched, HttpError> {
     static DEFAULT: OnceLock<HttpFetcher> = OnceLock::new();
-    let fetcher = match DEFAULT.get() {
-        Some(f) => f,
-        None => {
-            let f = HttpFetcher::new(HttpConfig::default())?;
-            DEFAULT.get_or_init(|| f)
-        }
-    };
-    fetcher
+    default_fetcher(&DEFAULT)?
         .fetch(url, checksum, dest_dir, filename, progress)
         .await
+}
+
+/// The fetcher `cell` holds, made from [`HttpConfig::default`] on first use (a failure to make
+/// it is returned, and the next use tries again).
+fn default_fetcher(cell: &OnceLock<HttpFetcher>) -> Result<&HttpFetcher, HttpError> {
+    match cell.get() {
+        Some(f) => Ok(f),
+        None => {
+            let made = HttpFetcher::new(HttpConfig::default())?;
+            Ok(cell.get_or_init(|| made))
+        }
+    }
 }
 
 /// An HTTP client for ADD sources. Keeps a connection pool, so share one across a build.
@@ -545,24 +550,22 @@ async fn create_temp(dest_dir: &Path) -> Result<(TempFile, tokio::fs::File), Htt
 /// until the step runs; without, the file is fetched once to key it by content (and its
 /// Last-Modified, which becomes its mtime) and that download is what the step then uses.
 pub struct HttpSource {
-    fetcher: HttpFetcher,
+    /// Made at the first download: its client takes every trusted root (milliseconds of CPU that
+    /// a build without `ADD <url>` would spend beside its context walk for nothing).
+    fetcher: OnceLock<HttpFetcher>,
     dir: std::path::PathBuf,
     fetched: Mutex<HashMap<String, Fetched>>,
     events: Events,
 }
 
 impl HttpSource {
-    pub fn new(
-        dir: std::path::PathBuf,
-        events: Events,
-    ) -> Result<HttpSource, crate::api::BuildError> {
-        Ok(HttpSource {
-            fetcher: HttpFetcher::new(HttpConfig::default())
-                .map_err(|e| crate::api::BuildError::Invalid(e.to_string()))?,
+    pub fn new(dir: std::path::PathBuf, events: Events) -> HttpSource {
+        HttpSource {
+            fetcher: OnceLock::new(),
             dir,
             fetched: Mutex::new(HashMap::new()),
             events,
-        })
+        }
     }
 
     async fn download(
@@ -577,14 +580,15 @@ impl HttpSource {
             path: dir.to_path_buf(),
             source: e,
         })?;
+        let fetcher = default_fetcher(&self.fetcher)
+            .map_err(|e| crate::ops::ExecError::Source(e.to_string()))?;
         // A download is a phase of its own: byte counts are not warnings, and the events carry no
         // transfer kind for URLs, so its start and end are what is reported.
         let fetched = self
             .events
             .phase_result(
                 &format!("downloading {url}"),
-                self.fetcher
-                    .fetch(url, checksum, dir, filename, &mut |_, _| {}),
+                fetcher.fetch(url, checksum, dir, filename, &mut |_, _| {}),
             )
             .await;
         fetched.map_err(|e| crate::ops::ExecError::Source(e.to_string()))
