@@ -427,3 +427,41 @@ fn a_bad_name_deep_in_the_tree_fails_the_walk_with_any_number_of_walkers() {
         }
     }
 }
+
+/// The entries come in the byte order of their whole paths, which is not a directory-by-directory
+/// order of names: `a-b` and `a.c` sort between the directory `a` and `a/x` ('-' and '.' come
+/// before '/'), `a0` after everything below `a`, and a name's UTF-8 bytes decide where it goes.
+#[test]
+fn entries_come_in_the_byte_order_of_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for rel in [
+        "a/x-y/z",
+        "a/x.txt",
+        "a/x/deep/er",
+        "a-b",
+        "a.c",
+        "a0",
+        "a-d/inner",
+        "a-d.e",
+        "b/c",
+        "é/f",
+        "z",
+        " space",
+        "A/B",
+    ] {
+        write(root, rel, rel);
+    }
+    for threads in [1, 2, 3] {
+        let s = take_with(root, threads).unwrap();
+        let got = paths(&s);
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(got, sorted, "{threads} walkers");
+        assert_eq!(got.len(), 13 + 8, "every file and directory: {got:?}");
+        let at = |p: &str| got.iter().position(|g| *g == p).unwrap();
+        assert!(at("a") < at("a-b") && at("a-b") < at("a-d/inner"));
+        assert!(at("a-d.e") < at("a.c") && at("a.c") < at("a/x"));
+        assert!(at("a/x/deep/er") < at("a0"));
+    }
+}

@@ -22,6 +22,22 @@ struct Found {
     excluded_dir: bool,
 }
 
+/// One directory as a walker read it: its entries sorted by name, and the order in which they and
+/// the subdirectories' own listings make the context's path order.
+struct Listing {
+    found: Vec<Found>,
+    order: Vec<Item>,
+}
+
+/// A place in a directory's part of the path order.
+#[derive(Clone, Copy)]
+enum Item {
+    /// The directory's next entry (its entries are in name order).
+    Entry,
+    /// Everything below a subdirectory: its listing's slot.
+    Below(usize),
+}
+
 struct Queue {
     jobs: VecDeque<Job>,
     /// Walkers holding directories (a stack of their own): the walk ends when this and the queue
@@ -63,7 +79,6 @@ pub(super) fn take(
         (walked, memo)
     });
     let mut found = walked?;
-    found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
 
     // fsutil sends an excluded directory only when something below it is sent.
     if found.iter().any(|f| f.excluded_dir) {
@@ -130,15 +145,17 @@ pub(super) fn take(
     })
 }
 
+/// Every entry of the tree under `root` that `ignore` keeps, in path order.
 fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>, ContextError> {
     let shared = Shared {
         queue: Mutex::new(Queue {
-            jobs: VecDeque::from([(String::new(), None)]),
+            jobs: VecDeque::from([(String::new(), None, ROOT)]),
             busy: 0,
             failed: false,
         }),
         wake: Condvar::new(),
         idle: AtomicUsize::new(0),
+        slots: AtomicUsize::new(ROOT + 1),
         error: Mutex::new(None),
     };
     let mut all = Vec::new();
@@ -157,10 +174,51 @@ fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>
     if let Some(e) = shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    Ok(all)
+    let mut listings: Vec<Option<Listing>> = Vec::new();
+    listings.resize_with(shared.slots.into_inner(), || None);
+    let mut count = 0;
+    for (slot, listing) in all {
+        count += listing.found.len();
+        listings[slot] = Some(listing);
+    }
+    Ok(in_path_order(listings, count))
 }
 
-type Job = (String, Option<MatchState>);
+/// The root directory's listing slot.
+const ROOT: usize = 0;
+
+/// The listings' entries in path order: each directory's items in turn, a subdirectory's listing
+/// in full where its `Below` item stands. Moves each entry once, comparing nothing: the order was
+/// decided per directory, by the walkers.
+fn in_path_order(mut listings: Vec<Option<Listing>>, count: usize) -> Vec<Found> {
+    let mut out = Vec::with_capacity(count);
+    let open = |listings: &mut Vec<Option<Listing>>, slot: usize| {
+        listings
+            .get_mut(slot)
+            .and_then(Option::take)
+            .map(|l| (l.found.into_iter(), l.order.into_iter()))
+    };
+    // Depth first through an explicit stack: a deep tree cannot overflow the thread's own.
+    let mut stack: Vec<_> = open(&mut listings, ROOT).into_iter().collect();
+    while let Some((found, order)) = stack.last_mut() {
+        match order.next() {
+            Some(Item::Entry) => out.extend(found.next()),
+            Some(Item::Below(slot)) => {
+                if let Some(below) = open(&mut listings, slot) {
+                    stack.push(below);
+                }
+            }
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    out
+}
+
+/// A directory to list: its path under the root, the match state its entries start from, and the
+/// slot its listing fills.
+type Job = (String, Option<MatchState>, usize);
 
 /// What the walkers share. Each walker goes depth first through a stack of its own and touches the
 /// queue only to take work when its stack is empty, or to give half of its stack when another
@@ -170,10 +228,12 @@ struct Shared {
     wake: Condvar,
     /// Walkers waiting for work (read without the lock, to decide whether to share).
     idle: AtomicUsize,
+    /// The next directory's listing slot.
+    slots: AtomicUsize,
     error: Mutex<Option<ContextError>>,
 }
 
-fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<Found> {
+fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<(usize, Listing)> {
     let mut out = Vec::new();
     let mut stack: Vec<Job> = Vec::new();
     loop {
@@ -198,17 +258,27 @@ fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<Found> {
                 shared.idle.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        while let Some((rel, state)) = stack.pop() {
-            if let Err(e) = read_dir(root, &rel, state.as_ref(), ignore, &mut out, &mut stack) {
-                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.failed = true;
-                shared
-                    .error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-                shared.wake.notify_all();
-                return out;
+        while let Some((rel, state, slot)) = stack.pop() {
+            match read_dir(
+                root,
+                &rel,
+                state.as_ref(),
+                ignore,
+                &shared.slots,
+                &mut stack,
+            ) {
+                Ok(listing) => out.push((slot, listing)),
+                Err(e) => {
+                    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.failed = true;
+                    shared
+                        .error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    shared.wake.notify_all();
+                    return out;
+                }
             }
             if stack.len() > 1 && shared.idle.load(Ordering::Relaxed) > 0 {
                 let give = stack.len() / 2;
@@ -225,15 +295,18 @@ fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<Found> {
     }
 }
 
-/// Lists one directory: kept entries go to `out`, directories to descend into to `subdirs`.
+/// Lists one directory: its kept entries, and its part of the path order; the directories to
+/// descend into go to `subdirs`, each with a new slot from `slots`.
 fn read_dir(
     root: &Path,
     rel: &str,
     parent: Option<&MatchState>,
     ignore: &Dockerignore,
-    out: &mut Vec<Found>,
-    subdirs: &mut Vec<(String, Option<MatchState>)>,
-) -> Result<(), ContextError> {
+    slots: &AtomicUsize,
+    subdirs: &mut Vec<Job>,
+) -> Result<Listing, ContextError> {
+    let mut out = Vec::new();
+    let mut below = Vec::new();
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -291,7 +364,9 @@ fn read_dir(
             None
         };
         if is_dir {
-            subdirs.push((path.clone(), state));
+            let slot = slots.fetch_add(1, Ordering::Relaxed);
+            subdirs.push((path.clone(), state, slot));
+            below.push((name.to_string(), slot));
         }
         out.push(Found {
             key: key_of(&meta),
@@ -313,7 +388,34 @@ fn read_dir(
             excluded_dir: excluded,
         });
     }
-    Ok(())
+    Ok(order_listing(rel, out, below))
+}
+
+/// A directory's listing in path order. Every path below `rel/` starts with one entry's name: the
+/// entry's own path ends there, its subtree's paths go on with `/`. So the context's byte order of
+/// paths is, within a directory, the order of these keys: each name, and each subdirectory's name
+/// with a `/` after it for everything below it (which puts `a-b` between the directory `a` and
+/// `a/x`, as a sort of the whole paths does).
+fn order_listing(rel: &str, mut found: Vec<Found>, mut below: Vec<(String, usize)>) -> Listing {
+    let skip = if rel.is_empty() { 0 } else { rel.len() + 1 };
+    found.sort_unstable_by(|a, b| a.entry.path[skip..].cmp(&b.entry.path[skip..]));
+    below.sort_unstable_by(|(a, _), (b, _)| slashed(a).cmp(slashed(b)));
+    let mut order = Vec::with_capacity(found.len() + below.len());
+    let mut subtrees = below.iter().peekable();
+    for f in &found {
+        let name = &f.entry.path[skip..];
+        while let Some((_, slot)) = subtrees.next_if(|(dir, _)| slashed(dir).lt(name.bytes())) {
+            order.push(Item::Below(*slot));
+        }
+        order.push(Item::Entry);
+    }
+    order.extend(subtrees.map(|(_, slot)| Item::Below(*slot)));
+    Listing { found, order }
+}
+
+/// A subdirectory's key in its parent's part of the path order (see [`order_listing`]).
+fn slashed(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes().chain([b'/'])
 }
 
 fn kind_of(meta: &Metadata) -> EntryKind {
