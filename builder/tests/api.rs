@@ -418,6 +418,58 @@ async fn add_of_a_url_puts_the_download_in_the_image() {
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
+/// The isolation a session leaves to its first step is probed for only where it decides something:
+/// when a new store's snapshot backend is chosen, and when a step runs. A session on a store
+/// made before, whose builds run no step, never probes (the probe's forks, namespaces and mounts
+/// cost a rebuild served from the cache more than a millisecond); its first RUN step does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_isolation_is_probed_for_when_a_step_first_needs_it() {
+    use forge_builder::api::{DeferredIsolation, IsolationChoice};
+    if !prerequisites() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let open = || {
+        Session::open(SessionOptions {
+            root: store.clone(),
+            runner: RunnerChoice::Embedded,
+            isolation: DeferredIsolation::probing(IsolationChoice::Auto, store.join("run")),
+            ..SessionOptions::default()
+        })
+        .expect("session opens")
+    };
+    let first = open();
+    assert!(
+        first.isolation().chosen().is_some(),
+        "a new store's backend depends on it"
+    );
+
+    let session = open();
+    assert!(session.isolation().chosen().is_none());
+    let copies = two_copies(tmp.path(), "no step\n");
+    let (result, _) = build(&session, BuildRequest::new(&copies)).await;
+    result.unwrap_or_else(|f| panic!("{f}"));
+    assert!(
+        session.isolation().chosen().is_none(),
+        "a build without a step does not probe"
+    );
+
+    let ctx = context(
+        &tmp.path().join("run-ctx"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/ran\"]\n",
+        &[],
+    );
+    let (result, _) = build(&session, BuildRequest::new(&ctx)).await;
+    let outcome = result.unwrap_or_else(|f| panic!("{f}"));
+    assert!(image_files(&session, &outcome).contains_key("ran"));
+    let chosen = session
+        .isolation()
+        .chosen()
+        .expect("the step had it probed for");
+    assert_eq!(chosen, first.isolation().chosen().unwrap());
+}
+
 /// A request that builds `ctx` and pushes it as `name`.
 fn pushed(ctx: &Path, name: &str) -> BuildRequest {
     let mut request = BuildRequest::new(ctx);

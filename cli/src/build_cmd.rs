@@ -458,6 +458,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         outcome
     });
     let summary = runtime.block_on(printer).ok();
+    note_isolation(&session);
     match result {
         Ok(outcome) => {
             // Json progress is records only, one per line; a reader counts from them.
@@ -536,20 +537,33 @@ pub(crate) fn open_session(
     };
     let isolation = prepare_process(&runner, isolation.into(), &root.join("run"))
         .map_err(|e| failed(format!("error: {e}")))?;
-    let limits = isolation.limits();
-    if runner == RunnerChoice::Embedded && !limits.is_empty() {
-        eprintln!("note: RUN steps are isolated with {isolation}, which gives up:");
-        for limit in limits {
-            eprintln!("  - {limit}");
-        }
-    }
-    Session::open(SessionOptions {
+    let session = Session::open(SessionOptions {
         root,
         insecure_registries: insecure.to_vec(),
         runner,
         isolation,
     })
-    .map_err(|e| failed(format!("error: {e}")))
+    .map_err(|e| failed(format!("error: {e}")))?;
+    note_isolation(&session);
+    Ok(session)
+}
+
+/// Says, once per process, what the isolation RUN steps get gives up against full isolation, as
+/// soon as it is known: when the session opens if it was chosen then, else after the build or run
+/// whose first step had it probed for (a build whose steps all come from the cache never does).
+pub(crate) fn note_isolation(session: &Session) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(Ok(isolation)) = session.isolation().chosen() else {
+        return;
+    };
+    let limits = isolation.limits();
+    if limits.is_empty() || SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    eprintln!("note: RUN steps are isolated with {isolation}, which gives up:");
+    for limit in limits {
+        eprintln!("  - {limit}");
+    }
 }
 
 /// A build error as the terminal shows it: a Dockerfile error with its line and a caret, any other

@@ -236,6 +236,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         interrupt.abort();
         r
     });
+    crate::build_cmd::note_isolation(&session);
     let handle = printer.handle.lock().expect("not poisoned").take();
     let report = match result {
         Ok(r) => r,

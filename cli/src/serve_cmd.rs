@@ -69,6 +69,13 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     }
     let root = crate::run_cmd::store_root(&args.session.root)?;
     let session = args.session.open(&root)?;
+    // A server says at its start how its steps are isolated (and fails there if nothing works),
+    // not after whichever build first runs a step.
+    session
+        .isolation()
+        .get()
+        .map_err(|e| failed(format!("error: {e}")))?;
+    crate::build_cmd::note_isolation(&session);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use std::future::Future;
 
 pub use tokio_util::sync::CancellationToken;
 
-use crate::embedded::{EmbeddedError, EmbeddedRunner};
+use crate::embedded::{EmbeddedError, EmbeddedRunner, Isolation};
 pub use crate::spec::OutputSink;
 use crate::spec::{StepOutcome, StepSpec};
 
@@ -86,7 +86,9 @@ impl Backend {
     /// step on the host's network does.
     pub fn own_network(&self) -> bool {
         match self {
-            Backend::Embedded(r) => r.config().isolation.own_network(),
+            // Asked as a step is planned: the isolation a session left to the first step is
+            // probed for here, and a failed probe is the step's error when it runs.
+            Backend::Embedded(r) => r.isolation().is_ok_and(Isolation::own_network),
             #[cfg(feature = "containerd")]
             Backend::Containerd(_) => true,
         }

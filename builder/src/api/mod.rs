@@ -28,7 +28,8 @@ pub use request::{BuildContext, BuildRequest, CacheOptions, DockerfileSource, Ex
 pub use service::{ServiceHandle, ServiceSpec};
 pub(crate) use session::close_runner;
 pub use session::{
-    Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions, prepare_process,
+    DeferredIsolation, Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions,
+    prepare_process,
 };
 pub use stream::{StreamContext, is_url};
 

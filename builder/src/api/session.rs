@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use forge_runner::backend::Backend;
-pub use forge_runner::embedded::{Isolation, IsolationChoice};
+pub use forge_runner::embedded::{DeferredIsolation, Isolation, IsolationChoice};
 use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
 use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind};
 use forge_snapshotter::store::Store;
@@ -30,8 +30,9 @@ pub struct SessionOptions {
     /// Registries (`host[:port]`) that may be reached over plain http; loopback always may.
     pub insecure_registries: Vec<String>,
     pub runner: RunnerChoice,
-    /// How the embedded runner isolates steps, as [`prepare_process`] chose it.
-    pub isolation: Isolation,
+    /// How the embedded runner isolates steps, as [`prepare_process`] chose it or left it to the
+    /// first step.
+    pub isolation: DeferredIsolation,
 }
 
 /// Everything builds share. Cheap to clone.
@@ -42,7 +43,7 @@ pub struct Session {
     pub(crate) snapshots: Arc<AnySnapshotter>,
     pub(crate) registry: Arc<RegistryClient>,
     pub(crate) runner: RunnerChoice,
-    pub(crate) isolation: Isolation,
+    pub(crate) isolation: DeferredIsolation,
 }
 
 impl Session {
@@ -63,10 +64,20 @@ impl Session {
                 .name("forge-meta".into())
                 .spawn(move || store.make_metadata());
         }
-        // Without mounts (the chroot isolation) only copied snapshots can be used.
-        let backend = (!options.isolation.may_mount() && options.runner == RunnerChoice::Embedded)
-            .then_some(BackendKind::Copy);
-        let snapshots = AnySnapshotter::open(&root.join("snapshots"), backend)
+        // Without mounts (the chroot isolation) only copied snapshots can be used. A store whose
+        // snapshots are made keeps their backend, so the isolation a session left to the first
+        // step is probed for here only for a new one (a layered store meets a mode that cannot
+        // mount at its first mount, with the same error).
+        let snapshots_root = root.join("snapshots");
+        let isolation = match options.isolation.chosen() {
+            Some(chosen) => Some(chosen),
+            None if AnySnapshotter::recorded(&snapshots_root).is_some() => None,
+            None => Some(options.isolation.get()),
+        };
+        let copies_only = isolation.is_some_and(|i| i.is_ok_and(|i| !i.may_mount()));
+        let backend =
+            (copies_only && options.runner == RunnerChoice::Embedded).then_some(BackendKind::Copy);
+        let snapshots = AnySnapshotter::open(&snapshots_root, backend)
             .map_err(|e| BuildError::Invalid(format!("snapshots under {}: {e}", root.display())))?;
         let registry = RegistryClient::new(RegistryConfig {
             insecure: options.insecure_registries,
@@ -98,9 +109,9 @@ impl Session {
         &self.registry
     }
 
-    /// How the embedded runner isolates steps in this session.
-    pub fn isolation(&self) -> Isolation {
-        self.isolation
+    /// How the embedded runner isolates steps in this session (see [`DeferredIsolation`]).
+    pub fn isolation(&self) -> &DeferredIsolation {
+        &self.isolation
     }
 
     /// A runner for one build. Embedded runners are cheap; a containerd runner holds a connection
@@ -110,7 +121,7 @@ impl Session {
             RunnerChoice::Embedded => {
                 use forge_runner::embedded::{EmbeddedConfig, EmbeddedRunner};
                 let r = EmbeddedRunner::new(EmbeddedConfig {
-                    isolation: self.isolation,
+                    isolation: self.isolation.clone(),
                     ..EmbeddedConfig::new(self.root.join("run"), self.root.join("cache-mounts"))
                 })
                 .map_err(|e| BuildError::Invalid(format!("embedded runner: {e}")))?;
@@ -158,36 +169,53 @@ pub(crate) async fn close_runner(runner: Arc<Backend>) {
 /// build it runs then shares the namespace, which is why nothing in a build may depend on a mount
 /// another build made.
 ///
-/// It also chooses how the embedded runner isolates steps: `choice`, or with
-/// [`IsolationChoice::Auto`] the best mode a probe finds (scratch directories go under `scratch`).
-/// The chroot isolation makes no mount at all, so it needs no private mount namespace.
+/// It also says how the embedded runner isolates steps: an explicit `choice` is probed for now (a
+/// mode that cannot be had fails before any work), [`IsolationChoice::Auto`] is left to the first
+/// step that runs (scratch directories go under `scratch`), which takes the best mode a probe
+/// finds. The chroot isolation makes no mount at all, so it needs no private mount namespace.
 pub fn prepare_process(
     runner: &RunnerChoice,
     choice: IsolationChoice,
     scratch: &Path,
-) -> Result<Isolation, BuildError> {
+) -> Result<DeferredIsolation, BuildError> {
     use forge_runner::embedded::isolation;
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, unshare};
     if *runner != RunnerChoice::Embedded {
-        return Ok(Isolation::default());
+        return Ok(DeferredIsolation::default());
     }
-    let chosen = isolation::choose_probing(choice, scratch).map_err(BuildError::Invalid)?;
-    if !chosen.may_mount()
+    let isolation = match choice {
+        IsolationChoice::Auto => DeferredIsolation::probing(choice, scratch),
+        explicit => DeferredIsolation::known(
+            isolation::choose_probing(explicit, scratch).map_err(BuildError::Invalid)?,
+        ),
+    };
+    let may_mount = isolation
+        .chosen()
+        .is_none_or(|chosen| chosen.is_ok_and(Isolation::may_mount));
+    if !may_mount
         || !nix::unistd::geteuid().is_root()
         || forge_snapshotter::userns::in_user_namespace()
     {
-        return Ok(chosen);
+        return Ok(isolation);
     }
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| BuildError::Invalid(format!("cannot make a private mount namespace: {e}")))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| BuildError::Invalid(format!("cannot make mounts private: {e}")))?;
-    Ok(chosen)
+    let private = unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| BuildError::Invalid(format!("cannot make a private mount namespace: {e}")))
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| BuildError::Invalid(format!("cannot make mounts private: {e}")))
+        });
+    match private {
+        // The namespaces asked for need it.
+        Err(e) if isolation.chosen().is_some() => Err(e),
+        // Left to the probe: a process that cannot make a mount namespace here cannot make the
+        // probe's either, so the probe will choose the chroot isolation, which needs none.
+        _ => Ok(isolation),
+    }
 }

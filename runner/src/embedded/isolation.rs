@@ -193,6 +193,64 @@ pub fn choose_probing(choice: IsolationChoice, scratch: &Path) -> Result<Isolati
     choose(choice, &probe)
 }
 
+/// A runner's isolation: given, or chosen by [`choose_probing`] the first time a step needs it
+/// (from any thread: the probe's children only make system calls). A build whose steps all come
+/// from the cache then never probes; each probe forks children that make namespaces and mounts,
+/// more than a millisecond on a rebuild's path. Clones share the one answer.
+#[derive(Debug, Clone)]
+pub struct DeferredIsolation(std::sync::Arc<Deferred>);
+
+#[derive(Debug)]
+struct Deferred {
+    choice: IsolationChoice,
+    scratch: std::path::PathBuf,
+    chosen: std::sync::OnceLock<Result<Isolation, String>>,
+}
+
+impl DeferredIsolation {
+    /// The mode for `choice`, probed (with scratch directories under `scratch`) when first asked.
+    pub fn probing(choice: IsolationChoice, scratch: impl Into<std::path::PathBuf>) -> Self {
+        DeferredIsolation(std::sync::Arc::new(Deferred {
+            choice,
+            scratch: scratch.into(),
+            chosen: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// A mode known already.
+    pub fn known(isolation: Isolation) -> Self {
+        let deferred = Self::probing(IsolationChoice::Auto, std::path::PathBuf::new());
+        let _ = deferred.0.chosen.set(Ok(isolation));
+        deferred
+    }
+
+    /// The mode, probing for it on the first call (the calls made meanwhile wait for that probe);
+    /// the error names what was tried and what would allow it (see [`choose`]).
+    pub fn get(&self) -> Result<Isolation, String> {
+        self.0
+            .chosen
+            .get_or_init(|| choose_probing(self.0.choice, &self.0.scratch))
+            .clone()
+    }
+
+    /// The mode if it is known now, without probing.
+    pub fn chosen(&self) -> Option<Result<Isolation, String>> {
+        self.0.chosen.get().cloned()
+    }
+}
+
+impl Default for DeferredIsolation {
+    fn default() -> Self {
+        Self::known(Isolation::default())
+    }
+}
+
+impl From<Isolation> for DeferredIsolation {
+    fn from(isolation: Isolation) -> Self {
+        Self::known(isolation)
+    }
+}
+
 fn probe_modes(scratch: &Path, namespaces: bool, chroot: bool) -> Probe {
     let dir = scratch.join(format!(
         "isolation-probe-{}",

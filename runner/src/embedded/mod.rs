@@ -27,7 +27,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-pub use isolation::{Isolation, IsolationChoice, ProcSource};
+pub use isolation::{DeferredIsolation, Isolation, IsolationChoice, ProcSource};
 use plan::{ChildFds, Confinement, Plan};
 pub use userns::{UserNamespace, UsernsError, enter_user_namespace, in_user_namespace};
 
@@ -48,8 +48,9 @@ pub struct EmbeddedConfig {
     /// Where cache mounts persist, in the layout [`crate::mounts`] shares with the containerd backend.
     pub cache_root: PathBuf,
     pub tail_lines: usize,
-    /// How steps are isolated ([`isolation::probe`] and [`isolation::choose`] find what works).
-    pub isolation: Isolation,
+    /// How steps are isolated ([`isolation::probe`] and [`isolation::choose`] find what works),
+    /// or the choice the first step probes for.
+    pub isolation: DeferredIsolation,
 }
 
 impl EmbeddedConfig {
@@ -58,7 +59,7 @@ impl EmbeddedConfig {
             state_dir: state_dir.into(),
             cache_root: cache_root.into(),
             tail_lines: DEFAULT_TAIL_LINES,
-            isolation: Isolation::default(),
+            isolation: DeferredIsolation::default(),
         }
     }
 }
@@ -206,17 +207,28 @@ impl EmbeddedRunner {
     /// on a thread of its own, so that the step finds it done when it is planned instead of
     /// waiting for it (and parallel steps with it). Not earlier: a build whose steps all come
     /// from the cache never needs it, and a thread compiling beside its end cost it 1.3-2.8 ms.
+    /// The isolation a session left to the first step is probed for on the same thread, first.
     pub fn step_coming(&self) {
         static STARTED: std::sync::Once = std::sync::Once::new();
-        if let Isolation::Namespaces { .. } = self.config.isolation {
-            STARTED.call_once(|| {
-                let _ = std::thread::Builder::new()
-                    .name("forge-seccomp".into())
-                    .spawn(|| {
+        STARTED.call_once(|| {
+            let isolation = self.config.isolation.clone();
+            let _ = std::thread::Builder::new()
+                .name("forge-seccomp".into())
+                .spawn(move || {
+                    if let Ok(Isolation::Namespaces { .. }) = isolation.get() {
                         let _ = seccomp::default_filters();
-                    });
-            });
-        }
+                    }
+                });
+        });
+    }
+
+    /// How steps are isolated (probed for on the first call when the session left it to the first
+    /// step: see [`DeferredIsolation`]).
+    pub fn isolation(&self) -> Result<Isolation, EmbeddedError> {
+        self.config
+            .isolation
+            .get()
+            .map_err(EmbeddedError::Confinement)
     }
 
     fn make_step_dir(&self) -> Result<StepDir, EmbeddedError> {
@@ -266,13 +278,14 @@ impl EmbeddedRunner {
         resolved: &ResolvedMounts,
         netns: Option<&Namespace>,
     ) -> Result<Plan, EmbeddedError> {
+        let isolation = self.isolation()?;
         let mut env: Vec<(String, String)> =
             spec.env.iter().chain(&spec.secret_env).cloned().collect();
         resolved.apply_env(&mut env);
-        if spec.network_mode() == NetworkMode::Sandbox && self.config.isolation.own_network() {
+        if spec.network_mode() == NetworkMode::Sandbox && isolation.own_network() {
             network::add_proxy_env(&mut env);
         }
-        let (rootfs_dir, proc) = match self.config.isolation {
+        let (rootfs_dir, proc) = match isolation {
             Isolation::Namespaces { proc, .. } => (step_dir.join("rootfs"), proc),
             Isolation::Chroot { .. } => (
                 chroot::root_dir(&spec.rootfs).map_err(EmbeddedError::Confinement)?,
@@ -299,7 +312,7 @@ impl EmbeddedRunner {
             env,
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
-            confinement: confinement(spec.security, self.config.isolation)?,
+            confinement: confinement(spec.security, isolation)?,
             proc,
             cgroup_procs: Vec::new(),
         })
@@ -353,7 +366,7 @@ impl EmbeddedRunner {
             stderr,
             error: err_w,
         };
-        if let Isolation::Chroot { .. } = self.config.isolation {
+        if let Isolation::Chroot { .. } = self.isolation()? {
             let code = self.chroot_and_wait(plan, fds, life_r, life_w, err_r, target);
             return Ok((code, None));
         }
@@ -541,6 +554,18 @@ impl EmbeddedRunner {
             return Err(EmbeddedError::Cancelled);
         }
         let start = Instant::now();
+        let isolation = match self.config.isolation.chosen() {
+            Some(chosen) => chosen,
+            // The first step of a session that left the choice to it: the probe's forks and waits
+            // go to a blocking thread.
+            None => {
+                let deferred = self.config.isolation.clone();
+                tokio::task::spawn_blocking(move || deferred.get())
+                    .await
+                    .map_err(|e| EmbeddedError::Confinement(format!("isolation probe: {e}")))?
+            }
+        }
+        .map_err(EmbeddedError::Confinement)?;
         // Mounts are resolved here, on the caller's side: the step thread may leave the host's mount
         // namespace (see `container::mount_fuse`), and the secrets tmpfs must be unmounted from it.
         let step_dir = self.make_step_dir()?;
@@ -548,7 +573,7 @@ impl EmbeddedRunner {
             &spec.mounts,
             &self.config.cache_root,
             step_dir.0.path(),
-            self.config.isolation.may_mount(),
+            isolation.may_mount(),
             cancel,
         )
         .await?;
@@ -563,7 +588,7 @@ impl EmbeddedRunner {
         let cgroup = StepCgroup::create(spec.limits, &cgroup_name)?;
         // Lives until the step is over; dropping it stops the step's proxy (a shared namespace's
         // when no other holder is left).
-        let netns = if self.config.isolation.own_network() {
+        let netns = if isolation.own_network() {
             network::for_spec(
                 spec.join_network.as_ref(),
                 spec.network,
@@ -579,7 +604,7 @@ impl EmbeddedRunner {
                 } else {
                     "RUN --network=none"
                 },
-                self.config.isolation
+                isolation
             )));
         } else {
             // The surrounding network, as the host network mode has it.
@@ -598,7 +623,7 @@ impl EmbeddedRunner {
             tokio::spawn(read_lines(err_r, Stream::Stderr, tx)),
         ];
         let target = Arc::new(Mutex::new(KillTarget {
-            soft: !self.config.isolation.may_mount(),
+            soft: !isolation.may_mount(),
             ..KillTarget::default()
         }));
         // Declared after the step's mounts, so dropped before them: a caller that drops this future

@@ -249,6 +249,14 @@ pub enum AnySnapshotter {
 }
 
 impl AnySnapshotter {
+    /// The backend the snapshots under `root` were made with, if any were (none: a new root, whose
+    /// backend [`Self::open`] chooses and records).
+    pub fn recorded(root: &Path) -> Option<BackendKind> {
+        std::fs::read_to_string(root.join("backend"))
+            .ok()
+            .and_then(|s| s.trim().parse::<BackendKind>().ok())
+    }
+
     /// Open the snapshotter rooted at `root`, with `backend` or, when `None`, the best that works
     /// on this machine and filesystem (see [`probe`]). A root keeps the backend it was made with.
     pub fn open(root: &Path, backend: Option<BackendKind>) -> Result<Self, SnapshotError> {
@@ -259,10 +267,7 @@ impl AnySnapshotter {
         })?;
         // The snapshots on disk fix the layout: overlay layers (native or FUSE) hold only their
         // changes, copies hold whole trees; the one cannot be read as the other.
-        let record = root.join("backend");
-        let recorded = std::fs::read_to_string(&record)
-            .ok()
-            .and_then(|s| s.trim().parse::<BackendKind>().ok());
+        let recorded = Self::recorded(root);
         let layered = |b: BackendKind| b != BackendKind::Copy;
         let wanted = match backend {
             Some(b) => b,
@@ -289,7 +294,7 @@ impl AnySnapshotter {
         }
         if recorded.is_none() {
             // Best effort: a store that cannot record it is probed again next time.
-            let _ = std::fs::write(&record, format!("{wanted}\n"));
+            let _ = std::fs::write(root.join("backend"), format!("{wanted}\n"));
         }
         Ok(match OverlayFlavor::of_kind(wanted) {
             Some(flavor) => AnySnapshotter::Overlay(OverlaySnapshotter::open(root, flavor)?),
