@@ -399,7 +399,77 @@ enum Kind {
     Prefix(String),
     /// The pattern minus its leading `**`.
     Suffix(String),
-    Regex(Vec<Node>),
+    Regex(Regex),
+}
+
+/// A translated pattern, with what any path it matches must have, checked first: most entries of a
+/// context fail a pattern such as `*.log` on its last characters or on its depth, before the
+/// backtracking matcher (which wants the path as characters) is run.
+#[derive(Debug, Clone)]
+struct Regex {
+    nodes: Vec<Node>,
+    /// The characters every match ends with (the literals the pattern ends with).
+    suffix: String,
+    /// How many `/` every match holds, when the pattern fixes that: no `**`, no `.`, no class that
+    /// takes a `/`, only single literals and classes that never do (as `[^/]*` from `*`).
+    slashes: Option<usize>,
+}
+
+impl Regex {
+    fn new(nodes: Vec<Node>) -> Regex {
+        let tail = nodes
+            .iter()
+            .rev()
+            .take_while(|n| n.rep == Rep::One && matches!(n.atom, Atom::Char(_)));
+        let mut suffix: Vec<char> = tail
+            .filter_map(|n| match n.atom {
+                Atom::Char(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        suffix.reverse();
+        let fixed = nodes.iter().all(|n| match &n.atom {
+            Atom::Char(_) => n.rep == Rep::One,
+            class @ Atom::Class { .. } => class.accepts('/') == Some(false),
+            _ => false,
+        });
+        let slashes = fixed.then(|| {
+            nodes
+                .iter()
+                .filter(|n| matches!(n.atom, Atom::Char('/')))
+                .count()
+        });
+        Regex {
+            suffix: suffix.into_iter().collect(),
+            slashes,
+            nodes,
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        if !path.ends_with(self.suffix.as_str())
+            || self
+                .slashes
+                .is_some_and(|n| path.bytes().filter(|&b| b == b'/').count() != n)
+        {
+            return false;
+        }
+        // Most paths fit on the stack: matching every entry of a context allocates nothing.
+        let mut stack = ['\0'; 256];
+        let heap: Vec<char>;
+        let text: &[char] = if path.len() <= stack.len() {
+            let mut n = 0;
+            for c in path.chars() {
+                stack[n] = c;
+                n += 1;
+            }
+            &stack[..n]
+        } else {
+            heap = path.chars().collect();
+            &heap
+        };
+        match_seq(&self.nodes, text, 0, &mut |end| end == text.len())
+    }
 }
 
 impl Pattern {
@@ -411,23 +481,7 @@ impl Pattern {
                 path.ends_with(suffix.as_str())
                     || suffix.strip_prefix('/').is_some_and(|s| path == s)
             }
-            Kind::Regex(nodes) => {
-                // Most paths fit on the stack: matching every entry of a context allocates nothing.
-                let mut stack = ['\0'; 256];
-                let heap: Vec<char>;
-                let text: &[char] = if path.len() <= stack.len() {
-                    let mut n = 0;
-                    for c in path.chars() {
-                        stack[n] = c;
-                        n += 1;
-                    }
-                    &stack[..n]
-                } else {
-                    heap = path.chars().collect();
-                    &heap
-                };
-                match_seq(nodes, text, 0, &mut |end| end == text.len())
-            }
+            Kind::Regex(regex) => regex.matches(path),
         }
     }
 }
@@ -561,13 +615,13 @@ fn compile(pattern: &str) -> Result<Kind, String> {
         T::Exact => Kind::Exact,
         T::Prefix => Kind::Prefix(pattern[..pattern.len() - 2].to_string()),
         T::Suffix => Kind::Suffix(pattern[2..].to_string()),
-        T::Regex => Kind::Regex(
+        T::Regex => Kind::Regex(Regex::new(
             ReParser {
                 s: re.chars().collect(),
                 i: 0,
             }
             .parse()?,
-        ),
+        )),
     })
 }
 
@@ -936,6 +990,73 @@ mod tests {
         assert!(matches!(compile("**/dir").unwrap(), Kind::Suffix(s) if s == "/dir"));
         assert!(matches!(compile("**").unwrap(), Kind::Suffix(s) if s.is_empty()));
         assert!(matches!(compile("**/dir2/*").unwrap(), Kind::Regex(_)));
+    }
+
+    /// The checks made before the matcher (the literal end, the number of `/`) never turn away a
+    /// path the matcher itself takes, and do turn away what they should.
+    #[test]
+    fn the_quick_checks_agree_with_the_matcher() {
+        let patterns = [
+            "*.log",
+            "*/*.o",
+            "a?c",
+            "src/*/x[0-9].rs",
+            "**/*.tmp",
+            "dir/**/end",
+            "[*]",
+            "[^a]/b",
+            "a\\*b",
+            "x/**",
+            "*",
+            "?/?",
+            "[/]x",
+            "a[[:digit:]]",
+        ];
+        let paths = [
+            "x.log",
+            "d/x.log",
+            "d/e/x.log",
+            "a.o",
+            "d/a.o",
+            "d/e/a.o",
+            "abc",
+            "a/c",
+            "src/m/x1.rs",
+            "src/m/n/x1.rs",
+            "src/x1.rs",
+            "t.tmp",
+            "a/b/t.tmp",
+            "dir/end",
+            "dir/a/b/end",
+            "]",
+            "[^]",
+            "b/b",
+            "a/b",
+            "a*b",
+            "x/y",
+            "x",
+            "/x",
+            "a7",
+            "",
+        ];
+        for pattern in patterns {
+            let Kind::Regex(regex) = compile(pattern).unwrap() else {
+                continue;
+            };
+            for path in paths {
+                let text: Vec<char> = path.chars().collect();
+                let full = match_seq(&regex.nodes, &text, 0, &mut |end| end == text.len());
+                assert_eq!(regex.matches(path), full, "{pattern} on {path:?}");
+            }
+        }
+        let Kind::Regex(log) = compile("*.log").unwrap() else {
+            panic!("*.log needs the matcher");
+        };
+        assert_eq!((log.suffix.as_str(), log.slashes), (".log", Some(0)));
+        let Kind::Regex(deep) = compile("dir/**/end").unwrap() else {
+            panic!("dir/**/end needs the matcher");
+        };
+        assert_eq!((deep.suffix.as_str(), deep.slashes), ("end", None));
     }
 
     #[test]
