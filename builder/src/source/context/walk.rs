@@ -22,18 +22,19 @@ struct Found {
     excluded_dir: bool,
 }
 
-/// One directory as a walker read it: its entries sorted by name, and the order in which they and
-/// the subdirectories' own listings make the context's path order.
+/// One directory as a walker read it: its entries as they were read, and the order in which they
+/// and the subdirectories' own listings make the context's path order (decided on indices: an
+/// entry is moved only into its place in the whole walk).
 struct Listing {
-    found: Vec<Found>,
+    found: Vec<Option<Found>>,
     order: Vec<Item>,
 }
 
 /// A place in a directory's part of the path order.
 #[derive(Clone, Copy)]
 enum Item {
-    /// The directory's next entry (its entries are in name order).
-    Entry,
+    /// One of the directory's entries: its index in `found`.
+    Entry(u32),
     /// Everything below a subdirectory: its listing's slot.
     Below(usize),
 }
@@ -196,13 +197,13 @@ fn in_path_order(mut listings: Vec<Option<Listing>>, count: usize) -> Vec<Found>
         listings
             .get_mut(slot)
             .and_then(Option::take)
-            .map(|l| (l.found.into_iter(), l.order.into_iter()))
+            .map(|l| (l.found, l.order.into_iter()))
     };
     // Depth first through an explicit stack: a deep tree cannot overflow the thread's own.
     let mut stack: Vec<_> = open(&mut listings, ROOT).into_iter().collect();
     while let Some((found, order)) = stack.last_mut() {
         match order.next() {
-            Some(Item::Entry) => out.extend(found.next()),
+            Some(Item::Entry(i)) => out.extend(found.get_mut(i as usize).and_then(Option::take)),
             Some(Item::Below(slot)) => {
                 if let Some(below) = open(&mut listings, slot) {
                     stack.push(below);
@@ -396,21 +397,25 @@ fn read_dir(
 /// paths is, within a directory, the order of these keys: each name, and each subdirectory's name
 /// with a `/` after it for everything below it (which puts `a-b` between the directory `a` and
 /// `a/x`, as a sort of the whole paths does).
-fn order_listing(rel: &str, mut found: Vec<Found>, mut below: Vec<(String, usize)>) -> Listing {
+fn order_listing(rel: &str, found: Vec<Found>, mut below: Vec<(String, usize)>) -> Listing {
     let skip = if rel.is_empty() { 0 } else { rel.len() + 1 };
-    found.sort_unstable_by(|a, b| a.entry.path[skip..].cmp(&b.entry.path[skip..]));
+    let name = |i: u32| &found[i as usize].entry.path[skip..];
+    let mut by_name: Vec<u32> = (0..found.len() as u32).collect();
+    by_name.sort_unstable_by(|&a, &b| name(a).cmp(name(b)));
     below.sort_unstable_by(|(a, _), (b, _)| slashed(a).cmp(slashed(b)));
     let mut order = Vec::with_capacity(found.len() + below.len());
     let mut subtrees = below.iter().peekable();
-    for f in &found {
-        let name = &f.entry.path[skip..];
-        while let Some((_, slot)) = subtrees.next_if(|(dir, _)| slashed(dir).lt(name.bytes())) {
+    for i in by_name {
+        while let Some((_, slot)) = subtrees.next_if(|(dir, _)| slashed(dir).lt(name(i).bytes())) {
             order.push(Item::Below(*slot));
         }
-        order.push(Item::Entry);
+        order.push(Item::Entry(i));
     }
     order.extend(subtrees.map(|(_, slot)| Item::Below(*slot)));
-    Listing { found, order }
+    Listing {
+        found: found.into_iter().map(Some).collect(),
+        order,
+    }
 }
 
 /// A subdirectory's key in its parent's part of the path order (see [`order_listing`]).
