@@ -264,6 +264,10 @@ run_case() {
   [ ${#args[@]} -gt 0 ] || return 0
   # The stat floor, in the same hyperfine run: every entry of the context stated once.
   [ "$mode" = noop ] && args+=(--prepare true -n stat-floor "find $WORK/fixtures/$ctx -printf '%s %T@ %m %U %G\n'")
+  # The same find started as forge is (the bench user through setpriv and env), for reference: the
+  # target is judged on the floor above.
+  [ "$mode" = noop ] && [ -n "$BENCH_USER" ] \
+    && args+=(--prepare true -n stat-floor-as-user "$AS_FORGE find $WORK/fixtures/$ctx -printf '%s %T@ %m %U %G\n'")
   # The pushed heavy layer also deflated on every core (forge's opt-in gzip-parallel, whose layer
   # digests differ from gzip's), in the same run.
   [ "$case" = heavy-push ] && [ -n "${OK[$case/forge]:-}" ] \
@@ -400,6 +404,10 @@ for key, label, target in cases:
         r = f["median"] / s["median"]
         notes.append(f"noop: the stat floor (find stating the context) {s['median']*1000:.1f} ms; forge "
                      f"{f['median']*1000:.1f} ms = {r:.2f}x it (target <= 1.5x: {'met' if r <= 1.5 else 'missed'})")
+        u = res.get("stat-floor-as-user")
+        if u:
+            notes.append(f"noop: the same find started as forge is (the bench user, through setpriv and env) "
+                         f"{u['median']*1000:.1f} ms; forge = {f['median'] / u['median']:.2f}x it (for reference only)")
 big = os.path.join(results, "big.rss")
 if os.path.exists(big):
     kb, secs = open(big).read().split()[-2:]
