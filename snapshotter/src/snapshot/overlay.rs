@@ -248,9 +248,8 @@ impl Snapshotter for OverlaySnapshotter {
     fn whiteout_mode(&self) -> WhiteoutMode {
         // Without a working overlay nothing is mounted or unpacked (the mounts fail first); the
         // recorded kind answers.
-        let flavor = self.flavor().unwrap_or(match self.recorded {
-            BackendKind::FuseOverlay => OverlayFlavor::Fuse,
-            _ => OverlayFlavor::native(),
+        let flavor = self.flavor().unwrap_or_else(|_| {
+            OverlayFlavor::of_kind(self.recorded).unwrap_or_else(OverlayFlavor::native)
         });
         match flavor {
             OverlayFlavor::Native {
