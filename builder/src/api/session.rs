@@ -69,14 +69,14 @@ impl Session {
         // step is probed for here only for a new one (a layered store meets a mode that cannot
         // mount at its first mount, with the same error).
         let snapshots_root = root.join("snapshots");
-        let isolation = match options.isolation.chosen() {
-            Some(chosen) => Some(chosen),
-            None if AnySnapshotter::recorded(&snapshots_root).is_some() => None,
-            None => Some(options.isolation.get()),
-        };
-        let copies_only = isolation.is_some_and(|i| i.is_ok_and(|i| !i.may_mount()));
-        let backend =
-            (copies_only && options.runner == RunnerChoice::Embedded).then_some(BackendKind::Copy);
+        let cannot_mount = |i: Result<Isolation, String>| i.is_ok_and(|i| !i.may_mount());
+        let copies_only = options.runner == RunnerChoice::Embedded
+            && match options.isolation.chosen() {
+                Some(chosen) => cannot_mount(chosen),
+                None if AnySnapshotter::recorded(&snapshots_root).is_some() => false,
+                None => cannot_mount(options.isolation.get()),
+            };
+        let backend = copies_only.then_some(BackendKind::Copy);
         let snapshots = AnySnapshotter::open(&snapshots_root, backend)
             .map_err(|e| BuildError::Invalid(format!("snapshots under {}: {e}", root.display())))?;
         let registry = RegistryClient::new(RegistryConfig {

@@ -417,13 +417,11 @@ struct Regex {
 
 impl Regex {
     fn new(nodes: Vec<Node>) -> Regex {
-        let tail = nodes
+        let mut suffix: Vec<char> = nodes
             .iter()
             .rev()
-            .take_while(|n| n.rep == Rep::One && matches!(n.atom, Atom::Char(_)));
-        let mut suffix: Vec<char> = tail
-            .filter_map(|n| match n.atom {
-                Atom::Char(c) => Some(c),
+            .map_while(|n| match n.atom {
+                Atom::Char(c) if n.rep == Rep::One => Some(c),
                 _ => None,
             })
             .collect();

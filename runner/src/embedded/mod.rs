@@ -277,8 +277,8 @@ impl EmbeddedRunner {
         step_dir: &Path,
         resolved: &ResolvedMounts,
         netns: Option<&Namespace>,
+        isolation: Isolation,
     ) -> Result<Plan, EmbeddedError> {
-        let isolation = self.isolation()?;
         let mut env: Vec<(String, String)> =
             spec.env.iter().chain(&spec.secret_env).cloned().collect();
         resolved.apply_env(&mut env);
@@ -610,7 +610,13 @@ impl EmbeddedRunner {
             // The surrounding network, as the host network mode has it.
             None
         };
-        let mut plan = self.plan(spec, step_dir.0.path(), &resolved, netns.as_deref())?;
+        let mut plan = self.plan(
+            spec,
+            step_dir.0.path(),
+            &resolved,
+            netns.as_deref(),
+            isolation,
+        )?;
         if let Some(cg) = &cgroup {
             plan.cgroup_procs = cg.join_fds()?;
         }
