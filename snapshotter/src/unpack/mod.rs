@@ -31,26 +31,26 @@
 //!   only what lower layers left; directory mtimes are kept to be set last. Both grow with entry
 //!   count only.
 
+mod make;
 pub(crate) mod sys;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
-use nix::unistd::{Gid, Uid};
 
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::compress::{CompressError, decompressor, sha256_digest};
 use crate::userns::in_user_namespace;
+use make::Parent;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +286,12 @@ pub fn apply_tar<R: Read>(
         written: HashSet::new(),
         dir_times: Vec::new(),
         buf: vec![0u8; 256 * 1024],
+        parent: None,
+        changes: 0,
+        creator: (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
     };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(UnpackError::Archive)? {
@@ -303,6 +309,13 @@ struct Unpacker {
     written: HashSet<WrittenKey>,
     dir_times: Vec<(Vec<u8>, i64, i64)>,
     buf: Vec<u8>,
+    /// The directory the last entry was made in (see [`Parent`]).
+    parent: Option<Parent>,
+    /// Removals so far (entries in the way, whiteouts, opaque markers) and directory entries:
+    /// what can change what a path resolves to, or a directory's group rule.
+    changes: u64,
+    /// The owner a new entry gets (the effective uid and gid), unless its directory is setgid.
+    creator: (u32, u32),
 }
 
 /// A name written by this layer: (st_dev, st_ino) of its directory, and the name in it.
@@ -487,7 +500,8 @@ impl Unpacker {
             let root =
                 sys::open_in_root(self.root.as_fd(), b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                     .map_err(|e| Self::io(&raw_path, "opening the root", errno_io(e)))?;
-            self.set_meta_fd(&raw_path, root.as_fd(), &meta, true)?;
+            self.set_meta_fd(&raw_path, root.as_fd(), &meta, true, false)?;
+            self.changes += 1;
             self.dir_times
                 .push((Vec::new(), meta.mtime.0, meta.mtime.1));
             return Ok(());
@@ -520,156 +534,16 @@ impl Unpacker {
             return self.whiteout(&raw_path, parent.as_fd(), name, target);
         }
 
-        let parent = self.parent_dir(&raw_path, parent_rel)?;
-        let parent = parent.as_fd();
-        let existing = sys::lstat_at(parent, name).ok();
-        let is_dir = |st: &libc::stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        // A hard link's target is found before anything is removed: it may be the very file
-        // that stands at this name.
-        let link_target = match etype {
-            tar::EntryType::Link => Some(self.hardlink_target(&raw_path, link.as_deref())?),
-            _ => None,
+        let parent = self.parent_for(&raw_path, parent_rel)?;
+        let made = self.make_in(&parent, &raw_path, name, etype, &header, link.as_deref());
+        // Kept for the next entry whether or not this one failed (a failure ends the unpack).
+        let result = match made {
+            Ok(Some(made)) => self.fill(&raw_path, &path, &parent, name, made, &meta, entry),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
-        if self.options.whiteouts == WhiteoutMode::Apply {
-            let key = self.written_key(&raw_path, parent, name)?;
-            self.written.insert(key);
-        }
-
-        // Whatever is in the way goes, except a directory that stays a directory. Removing first
-        // (never opening through) is what defeats a symlink planted at this name.
-        if let Some(st) = &existing
-            && !(etype == tar::EntryType::Directory && is_dir(st))
-        {
-            // Linking a name to the file it already is (tar re-adds it, or it names itself
-            // through a symlinked parent) is a no-op we must not break by removing the only
-            // copy first.
-            if let Some(t) = &link_target
-                && (t.stat.st_dev, t.stat.st_ino) == (st.st_dev, st.st_ino)
-            {
-                return Ok(());
-            }
-            remove_at(parent, name, is_dir(st))
-                .map_err(|e| Self::io(&raw_path, "removing the entry in the way", e))?;
-        }
-        let cname = sys::cstring(name).map_err(|e| Self::io(&raw_path, "name", e))?;
-
-        match etype {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let fd = nix::fcntl::openat(
-                    parent,
-                    cname.as_c_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| Self::io(&raw_path, "creating the file", errno_io(e)))?;
-                let mut file = File::from(fd);
-                let expected = entry.size();
-                let mut written = 0u64;
-                loop {
-                    let n = entry
-                        .read(&mut self.buf)
-                        .map_err(|e| Self::io(&raw_path, "reading the file content", e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| Self::io(&raw_path, "writing the file content", e))?;
-                    self.summary.bytes += n as u64;
-                    written += n as u64;
-                }
-                if written != expected {
-                    return Err(Self::io(
-                        &raw_path,
-                        "reading the file content",
-                        io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("archive ended after {written} of {expected} bytes"),
-                        ),
-                    ));
-                }
-                self.set_meta_fd(&raw_path, file.as_fd(), &meta, false)?;
-            }
-            tar::EntryType::Directory => {
-                if existing.as_ref().is_none_or(|st| !is_dir(st)) {
-                    nix::sys::stat::mkdirat(
-                        parent,
-                        cname.as_c_str(),
-                        Mode::from_bits_truncate(0o700),
-                    )
-                    .map_err(|e| Self::io(&raw_path, "creating the directory", errno_io(e)))?;
-                }
-                let fd = nix::fcntl::openat(
-                    parent,
-                    cname.as_c_str(),
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| Self::io(&raw_path, "opening the directory", errno_io(e)))?;
-                self.set_meta_fd(&raw_path, fd.as_fd(), &meta, true)?;
-                self.dir_times
-                    .push((path.clone(), meta.mtime.0, meta.mtime.1));
-            }
-            tar::EntryType::Symlink => {
-                let target = link.unwrap_or_default();
-                let t =
-                    sys::cstring(&target).map_err(|_| Self::refuse(&raw_path, Refusal::NulByte))?;
-                nix::unistd::symlinkat(t.as_c_str(), parent, cname.as_c_str())
-                    .map_err(|e| Self::io(&raw_path, "creating the symlink", errno_io(e)))?;
-                self.set_meta_at(&raw_path, parent, name, &meta, false)?;
-            }
-            tar::EntryType::Link => {
-                let target = link_target.expect("resolved above for every hard link");
-                let tc = sys::cstring(&target.name).map_err(|e| Self::io(&raw_path, "name", e))?;
-                nix::unistd::linkat(
-                    target.dir.as_fd(),
-                    tc.as_c_str(),
-                    parent,
-                    cname.as_c_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| Self::io(&raw_path, "creating the hard link", errno_io(e)))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let (kind, dev) = match etype {
-                    tar::EntryType::Char => (SFlag::S_IFCHR, device(&header)),
-                    tar::EntryType::Block => (SFlag::S_IFBLK, device(&header)),
-                    _ => (SFlag::S_IFIFO, 0),
-                };
-                match nix::sys::stat::mknodat(
-                    parent,
-                    cname.as_c_str(),
-                    kind,
-                    Mode::from_bits_truncate(0o600),
-                    dev,
-                ) {
-                    Ok(()) => self.set_meta_at(&raw_path, parent, name, &meta, true)?,
-                    Err(e @ (Errno::EPERM | Errno::EACCES)) if kind != SFlag::S_IFIFO => {
-                        self.summary.warn(UnpackWarning::DeviceSkipped {
-                            entry: lossy(&raw_path),
-                            errno: e as i32,
-                        });
-                    }
-                    Err(e) => {
-                        return Err(Self::io(
-                            &raw_path,
-                            "creating the special file",
-                            errno_io(e),
-                        ));
-                    }
-                }
-            }
-            other => {
-                return Err(Self::refuse(
-                    &raw_path,
-                    Refusal::UnsupportedType(other.as_byte() as char),
-                ));
-            }
-        }
-        Ok(())
+        self.parent = Some(parent);
+        result
     }
 
     /// Find a hard link's target in root: its directory is resolved like an entry's parent, its
@@ -741,6 +615,7 @@ impl Unpacker {
         wh_name: &[u8],
         target: &[u8],
     ) -> Result<(), UnpackError> {
+        self.changes += 1;
         match self.options.whiteouts {
             WhiteoutMode::Apply => {
                 if let Ok(st) = sys::lstat_at(parent, target) {
@@ -782,6 +657,7 @@ impl Unpacker {
     }
 
     fn opaque(&mut self, entry: &[u8], dir: BorrowedFd<'_>) -> Result<(), UnpackError> {
+        self.changes += 1;
         match self.options.whiteouts {
             WhiteoutMode::Apply => {
                 let listing =
@@ -825,103 +701,6 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Owner, xattrs, mode and (for non-directories) times, on an open descriptor.
-    fn set_meta_fd(
-        &mut self,
-        entry: &[u8],
-        fd: BorrowedFd<'_>,
-        meta: &Meta,
-        is_dir: bool,
-    ) -> Result<(), UnpackError> {
-        if self.options.same_owner {
-            let r = nix::unistd::fchown(
-                fd,
-                Some(Uid::from_raw(meta.uid as u32)),
-                Some(Gid::from_raw(meta.gid as u32)),
-            );
-            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
-        }
-        self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
-        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
-            .map_err(|e| Self::io(entry, "changing the mode", errno_io(e)))?;
-        if !is_dir {
-            nix::sys::stat::futimens(fd, &ts(meta.mtime), &ts(meta.mtime))
-                .map_err(|e| Self::io(entry, "setting the mtime", errno_io(e)))?;
-        }
-        Ok(())
-    }
-
-    /// The same for a name inside `dir` that cannot be opened (symlinks, devices, fifos).
-    fn set_meta_at(
-        &mut self,
-        entry: &[u8],
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        meta: &Meta,
-        chmod: bool,
-    ) -> Result<(), UnpackError> {
-        let c = sys::cstring(name).map_err(|e| Self::io(entry, "name", e))?;
-        if self.options.same_owner {
-            let r = nix::unistd::fchownat(
-                dir,
-                c.as_c_str(),
-                Some(Uid::from_raw(meta.uid as u32)),
-                Some(Gid::from_raw(meta.gid as u32)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            );
-            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
-        }
-        let path = sys::proc_path(dir, name);
-        self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
-        if chmod {
-            // Devices and fifos are not symlinks, so following is harmless here; the name was
-            // created by us an instant ago inside a directory we hold open.
-            nix::sys::stat::fchmodat(
-                dir,
-                c.as_c_str(),
-                Mode::from_bits_truncate(meta.mode),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| Self::io(entry, "changing the mode", errno_io(e)))?;
-        }
-        sys::set_times_at(dir, name, meta.mtime.0, meta.mtime.1)
-            .map_err(|e| Self::io(entry, "setting the mtime", errno_io(e)))?;
-        Ok(())
-    }
-
-    fn set_xattrs(
-        &mut self,
-        entry: &[u8],
-        target: XattrTarget<'_>,
-        meta: &Meta,
-    ) -> Result<(), UnpackError> {
-        for (name, value) in &meta.xattrs {
-            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
-                self.summary.warn(UnpackWarning::OverlayXattrDropped {
-                    entry: lossy(entry),
-                    name: lossy(name),
-                });
-                continue;
-            }
-            let set = match target {
-                XattrTarget::Fd(fd) => sys::fsetxattr(fd, name, value),
-                XattrTarget::Path(path) => sys::lsetxattr(path, name, value),
-            };
-            match set {
-                Ok(()) => {}
-                Err(e @ (Errno::EPERM | Errno::ENOTSUP | Errno::EACCES)) => {
-                    self.summary.warn(UnpackWarning::XattrSkipped {
-                        entry: lossy(entry),
-                        name: lossy(name),
-                        errno: e as i32,
-                    });
-                }
-                Err(e) => return Err(Self::io(entry, "setting an xattr", errno_io(e))),
-            }
-        }
-        Ok(())
-    }
-
     /// Directory mtimes last: creating children would otherwise move them again.
     fn finish(&mut self) -> Result<(), UnpackError> {
         for (path, sec, nsec) in std::mem::take(&mut self.dir_times).into_iter().rev() {
@@ -947,13 +726,6 @@ struct HardlinkTarget {
     dir: OwnedFd,
     name: Vec<u8>,
     stat: libc::stat,
-}
-
-/// Where xattrs go: an open descriptor, or a path whose final component is not followed.
-#[derive(Clone, Copy)]
-enum XattrTarget<'a> {
-    Fd(BorrowedFd<'a>),
-    Path(&'a [u8]),
 }
 
 fn ts((sec, nsec): (i64, i64)) -> nix::sys::time::TimeSpec {
@@ -992,16 +764,6 @@ pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::R
         std::fs::remove_dir_all(p)
     } else {
         std::fs::remove_file(p)
-    }
-}
-
-/// A chown refused because the id is not mapped (EINVAL), in a user namespace that maps only one
-/// id: the entry keeps that id, as nothing else can own a file there (see
-/// [`crate::userns::single_id_namespace`]). Everywhere else the error stands.
-fn keep_unmapped(r: nix::Result<()>) -> nix::Result<()> {
-    match r {
-        Err(nix::errno::Errno::EINVAL) if crate::userns::single_id_namespace() => Ok(()),
-        other => other,
     }
 }
 
