@@ -543,6 +543,38 @@ async fn a_manifest_redirected_by_a_plain_http_registry_is_followed() {
     );
 }
 
+/// Registries often answer a blob request with a redirect to the storage that holds it; a pull
+/// from a registry that wants no token (whose blobs forge fetches with its own client) follows it.
+#[tokio::test]
+async fn a_blob_redirected_by_a_plain_http_registry_is_followed() {
+    let fake = Fake::start().await;
+    let (l1, l2) = (vec![5u8; 30_000], vec![6u8; 10_000]);
+    let (_, _, layers) = two_layer_image(&fake, "forge/stored", "v1", &l1, &l2);
+    let asked = format!("/v2/forge/stored/blobs/{}", layers[0]);
+    fake.state.lock().unwrap().moved.insert(
+        asked.clone(),
+        format!("http://{}/v2/storage/blobs/{}", fake.host(), layers[0]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/forge/stored:v1", fake.host())).unwrap();
+    client().pull(&store, &reference, &|_| {}).await.unwrap();
+    assert_eq!(store.read_blob(&layers[0]).unwrap(), l1);
+    assert_eq!(store.read_blob(&layers[1]).unwrap(), l2);
+    let log = fake.state.lock().unwrap().log.clone();
+    let moved = log
+        .iter()
+        .position(|l| *l == format!("GET {asked} moved"))
+        .expect("the blob was asked for in the image's repository");
+    assert!(
+        log[moved..]
+            .iter()
+            .any(|l| *l == format!("GET /blobs/{}", layers[0])),
+        "the redirect was followed: {log:?}"
+    );
+    assert!(store.check().unwrap().is_clean());
+}
+
 #[tokio::test]
 async fn wrong_bytes_fail_naming_both_digests_and_never_land() {
     let fake = Fake::start().await;
@@ -637,6 +669,56 @@ async fn a_follower_reads_to_the_end_only_bytes_that_match() {
         }
         assert!(tmp_files(dir.path()).is_empty());
     }
+}
+
+/// A follower learns the diff_ids as soon as the config's bytes matched its digest, before the
+/// store has synced and named the blob (an unpack that waits for them waited for that sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_learns_the_diff_ids_before_the_config_is_stored() {
+    struct Told {
+        store: Store,
+        config: Digest,
+        seen: Mutex<Vec<(Vec<String>, bool)>>,
+    }
+    impl LayerFollower for Told {
+        fn diff_ids(&self, ids: &[oci_spec::image::Digest]) {
+            let ids = ids.iter().map(ToString::to_string).collect();
+            let stored = self.store.has_blob(&self.config);
+            self.seen.lock().unwrap().push((ids, stored));
+        }
+        fn follow(&self, _: usize, _: &forge_snapshotter::store::Descriptor, _: FollowedBlob) {}
+        fn pull_done(&self) {}
+    }
+    let fake = Fake::start().await;
+    let (l1, l2) = (vec![1u8; 50_000], vec![2u8; 20_000]);
+    let (_, config, _) = two_layer_image(&fake, "forge/told", "v1", &l1, &l2);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/forge/told:v1", fake.host())).unwrap();
+    let told = Told {
+        store: store.clone(),
+        config: config.clone(),
+        seen: Mutex::new(Vec::new()),
+    };
+    client()
+        .pull_unrecorded(&store, &reference, &|_| {}, Some(&told))
+        .await
+        .unwrap();
+    let raw: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&config).unwrap()).unwrap();
+    let want: Vec<String> = raw["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(want.len(), 2);
+    let seen = told.seen.into_inner().unwrap();
+    assert_eq!(
+        seen,
+        [(want, false)],
+        "told once, before the config was stored"
+    );
 }
 
 /// The config and the layers are fetched together; a config whose diff_ids do not match the

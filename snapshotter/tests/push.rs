@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{
-    AuthResolver, BlobKind, PushBlob, PushError, PushEvent, PushImage, RegistryClient,
+    AuthResolver, BlobKind, Landing, PushBlob, PushError, PushEvent, PushImage, RegistryClient,
     RegistryConfig,
 };
 use forge_snapshotter::retry::RetryPolicy;
@@ -469,6 +469,106 @@ async fn blobs_the_registry_has_are_not_sent_and_tags_share_the_manifest() {
         e,
         PushEvent::Exists { kind: BlobKind::Layer, digest, .. } if *digest == built.image.layers[0].descriptor.digest
     )));
+}
+
+/// Pushes `built`'s image with its layer marked as on its way to `app` (sent while its step
+/// wrote it); the landing, after 150 ms, logs `LANDED` and says whether the layer arrived.
+/// Returns the registry's log and the push's events.
+async fn push_while_the_layer_lands(
+    fake: &Fake,
+    built: &mut Built,
+    arrived: bool,
+) -> (Vec<String>, Vec<PushEvent>) {
+    let repository = format!("{}/app", fake.addr);
+    built.image.layers[0].sent_to = Some(repository);
+    let layer = built.image.layers[0].descriptor.digest.clone();
+    let state = fake.state.clone();
+    let landing: Landing<'_> = Box::pin(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut st = state.lock().unwrap();
+        st.log.push("LANDED".into());
+        let mut landed = std::collections::HashSet::new();
+        if arrived {
+            st.blobs.insert(format!("app@{layer}"), Vec::new());
+            landed.insert(layer);
+        }
+        landed
+    });
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let events = Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+    client()
+        .push_while_landing(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+            Some(landing),
+        )
+        .await
+        .unwrap();
+    let log = fake.state.lock().unwrap().log.clone();
+    (log, events.into_inner().unwrap())
+}
+
+/// Issue 16: a push starts while the layers sent during the build may still be on their way:
+/// the config goes meanwhile, and the manifest only once they landed.
+#[tokio::test]
+async fn the_config_goes_while_a_layer_lands_and_the_manifest_after_it() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let (log, events) = push_while_the_layer_lands(&fake, &mut built, true).await;
+    let at = |what: &str| log.iter().position(|l| l.starts_with(what));
+    let landed = at("LANDED").expect("the landing was waited for");
+    let config_sent = at("PUT /v2/app/blobs/uploads/").expect("the config was sent");
+    let manifest = at("PUT /v2/app/manifests/1").expect("the manifest was sent");
+    assert!(
+        config_sent < landed,
+        "the config waited for the layer: {log:#?}"
+    );
+    assert!(landed < manifest, "the manifest went first: {log:#?}");
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("PUT /v2/app/blobs/"))
+            .count(),
+        1,
+        "only the config is uploaded: {log:#?}"
+    );
+    let layer = &built.image.layers[0].descriptor.digest;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, PushEvent::Uploaded { digest, .. } if digest == layer)),
+        "{events:#?}"
+    );
+}
+
+/// A layer whose upload during the build did not arrive is sent from the store by the push,
+/// before the manifest, and lands byte for byte.
+#[tokio::test]
+async fn a_layer_that_did_not_land_is_sent_again_before_the_manifest() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let (log, events) = push_while_the_layer_lands(&fake, &mut built, false).await;
+    let landed = log.iter().position(|l| l == "LANDED").unwrap();
+    let manifest = log
+        .iter()
+        .position(|l| l.starts_with("PUT /v2/app/manifests/1"))
+        .unwrap();
+    let layer = &built.image.layers[0].descriptor.digest;
+    let uploads_after: Vec<&String> = log[landed..manifest]
+        .iter()
+        .filter(|l| l.starts_with("PUT /v2/app/blobs/uploads/"))
+        .collect();
+    assert_eq!(uploads_after.len(), 1, "the layer was sent again: {log:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PushEvent::Uploaded { digest, .. } if digest == layer)),
+        "{events:#?}"
+    );
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.blobs[&format!("app@{layer}")], built.layer);
 }
 
 #[tokio::test]

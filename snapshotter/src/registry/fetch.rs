@@ -7,7 +7,8 @@ use futures::StreamExt;
 use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 
-use super::pull::{BlobKind, Ctx, Failure, Follow, PullError, PullEvent};
+use super::open::BlobStream;
+use super::pull::{BlobKind, Ctx, Early, Failure, Follow, PullError, PullEvent};
 use super::{RegistryClient, oci_reference};
 use crate::reference::Reference;
 use crate::store::{Descriptor, Digest, Ingest, Store, StoreError};
@@ -22,14 +23,16 @@ impl RegistryClient {
         progress: &'a (dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<(Ctx<'a>, oci_client::secrets::RegistryAuth), PullError> {
         let auth = self.registry_auth(reference)?;
+        let oci = oci_reference(reference);
+        let without_credentials = self.authorize(reference, &oci, &auth).await;
         let ctx = Ctx {
             client: self,
             reference,
-            oci: oci_reference(reference),
+            oci,
             login: super::login_of(&auth),
+            without_credentials,
             progress,
         };
-        self.authorize(reference, &ctx.oci, &auth).await;
         Ok((ctx, auth))
     }
 
@@ -50,7 +53,7 @@ impl RegistryClient {
                 BlobKind::Config => format!("blob {}", desc.digest),
                 BlobKind::Layer => format!("layer {}", desc.digest),
             };
-            ctx.fetch_blob(store, desc, kind, &what, None).await
+            ctx.fetch_blob(store, desc, kind, &what, None, None).await
         })
         .await
     }
@@ -147,7 +150,8 @@ impl RegistryClient {
 
 impl Ctx<'_> {
     /// Streams one blob into the store, verified; returns whether it was downloaded (false: the
-    /// store had it).
+    /// store had it). `early` is handed the downloaded bytes (of a blob of at most 4 MiB) once
+    /// they matched the digest, before the store syncs them.
     pub(super) async fn fetch_blob(
         &self,
         store: &Store,
@@ -155,6 +159,7 @@ impl Ctx<'_> {
         kind: BlobKind,
         what: &str,
         follow: Option<Follow<'_>>,
+        early: Option<Early<'_>>,
     ) -> Result<bool, PullError> {
         let cached = || {
             (self.progress)(PullEvent::Cached {
@@ -169,7 +174,9 @@ impl Ctx<'_> {
             return Ok(false);
         }
         let downloaded = self
-            .retry(what, || self.download_once(store, desc, kind, what, follow))
+            .retry(what, || {
+                self.download_once(store, desc, kind, what, follow, early)
+            })
             .await?;
         if !downloaded {
             cached();
@@ -184,6 +191,7 @@ impl Ctx<'_> {
         kind: BlobKind,
         what: &str,
         follow: Option<Follow<'_>>,
+        early: Option<Early<'_>>,
     ) -> Result<bool, Failure> {
         let fatal = |e: PullError| Failure::Fatal(e);
         let ingest = {
@@ -205,19 +213,30 @@ impl Ctx<'_> {
             f.follower.follow(f.index, desc, blob);
             Some(progress)
         });
-        let oci_desc = OciDescriptor {
-            media_type: "application/octet-stream".to_string(),
-            digest: desc.digest.to_string(),
-            size: desc.size as i64,
-            ..OciDescriptor::default()
-        };
-        let client = self.client.client_for(self.reference);
         (self.progress)(PullEvent::Started {
             digest: desc.digest.clone(),
             kind,
             total: desc.size,
         });
-        let mut stream = match client.pull_blob_stream(&self.oci, &oci_desc).await {
+        let stream = if self.without_credentials {
+            let digest = desc.digest.to_string();
+            self.client
+                .blob_without_credentials(self.reference, &self.oci, &digest)
+                .await
+        } else {
+            let client = self.client.client_for(self.reference);
+            let oci_desc = OciDescriptor {
+                media_type: "application/octet-stream".to_string(),
+                digest: desc.digest.to_string(),
+                size: desc.size as i64,
+                ..OciDescriptor::default()
+            };
+            client
+                .pull_blob_stream(&self.oci, &oci_desc)
+                .await
+                .map(|sized| -> BlobStream { Box::pin(sized) })
+        };
+        let mut stream = match stream {
             Ok(s) => s,
             Err(e) => return Err(self.classify(what, e)),
         };
@@ -236,6 +255,9 @@ impl Ctx<'_> {
             Ok::<_, StoreError>((writer, progress))
         });
 
+        let mut kept = early
+            .filter(|_| desc.size <= super::pull::MAX_MANIFEST_BYTES as u64)
+            .map(|_| Vec::with_capacity(desc.size as usize));
         let mut received: u64 = 0;
         let mut stream_error = None;
         let mut digest_reported_bad = false;
@@ -243,6 +265,11 @@ impl Ctx<'_> {
             match item {
                 Ok(bytes) => {
                     received += bytes.len() as u64;
+                    if let Some(kept) = &mut kept
+                        && received <= desc.size
+                    {
+                        kept.extend_from_slice(&bytes);
+                    }
                     if tx.send(bytes).await.is_err() {
                         // The writer stopped (too many bytes, disk error); its error says why.
                         break;
@@ -295,10 +322,16 @@ impl Ctx<'_> {
                 self.size_mismatch(what, desc.size, written),
             ));
         }
-        // The whole blob is in the file, and matched its digest as the stream ended (oci-client
-        // checks it): a follower reads its end while the store checks it again and syncs it.
+        // The whole blob is in the file and matches its digest: a follower reads its end (and
+        // `early` its bytes) while the store syncs it.
+        let whole = writer.is_whole();
+        if let (Some(early), Some(kept)) = (early, &kept)
+            && whole
+        {
+            early(kept);
+        }
         let progress = match progress {
-            Some(p) if !digest_reported_bad => {
+            Some(p) if whole => {
                 p.complete(written);
                 None
             }

@@ -1,9 +1,9 @@
 //! A layer read while it downloads: the pull writes the blob to its file in the store's ingest
 //! directory as it always does, and a [`FollowedBlob`] reads that file behind it, waiting for
 //! more when it catches up. Its end comes once every byte is in the file and matched the blob's
-//! digest as the download ended (the registry client checks the stream), while the store checks it
-//! once more, syncs the file and names it, so that a reader (an unpack) finishes beside that sync
-//! instead of after it. A download that fails, does not match or is retried ends its reader with
+//! digest as the download ended (the sha256 the store takes of the bytes as they are written),
+//! while the store syncs the file and names it, so that a reader (an unpack) finishes beside that
+//! sync instead of after it. A download that fails, does not match or is retried ends its reader with
 //! an error instead.
 
 use std::fs::File;
@@ -20,8 +20,9 @@ use crate::store::Descriptor;
 /// Who reads an image's layers while they download ([`super::RegistryClient::pull_unrecorded`]
 /// with a follower). Called from the pulling task; every call must return at once.
 pub trait LayerFollower: Send + Sync {
-    /// The image's config is in: its `rootfs.diff_ids`, one per layer, base first. Not called
-    /// when the config does not read as an image config (the pull then fails).
+    /// The image's config arrived and matched its digest (the store may still be syncing it):
+    /// its `rootfs.diff_ids`, one per layer, base first. Not called when the config does not read
+    /// as an image config (the pull then fails).
     fn diff_ids(&self, diff_ids: &[Digest]);
     /// Layer `index` (base first) starts downloading; `blob` reads it as it arrives (see the
     /// module). A retried download calls this again with a new reader (the old one then fails).

@@ -14,6 +14,7 @@ mod mirrors;
 mod open;
 mod pull;
 mod push;
+mod raw;
 pub mod roots;
 
 use std::sync::OnceLock;
@@ -30,12 +31,11 @@ pub use growing::{FollowEnd, Reported, SentBlob};
 pub use login::LoginError;
 pub use mirrors::{Candidate, Mirrors};
 pub use pull::{BlobKind, PullError, PullEvent};
-pub use push::{PushBlob, PushError, PushEvent, PushImage};
+pub use push::{Landing, PushBlob, PushError, PushEvent, PushImage};
 
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::retry::RetryPolicy;
-use crate::store::Store;
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -80,8 +80,11 @@ impl Default for RegistryConfig {
 }
 
 /// A registry client. Holds token caches, so keep one per process rather than one per pull.
-/// Its two HTTP clients are made on first use: each takes every trusted root (a few milliseconds
-/// of certificate parsing), which a build served from the store never needs.
+/// Its oci-client clients are made on first use, for requests that carry credentials (or face a
+/// bearer challenge) and for pushes: making one takes every trusted root and oci-client's default
+/// client besides, which reads the platform's roots again (several milliseconds of CPU). Requests
+/// to a registry that wants no token (a pull's manifests and blobs) go through forge's own
+/// clients (`open.rs`), so a pull from such a registry makes none.
 pub struct RegistryClient {
     config: RegistryConfig,
     https: OnceLock<oci_client::Client>,
@@ -107,56 +110,6 @@ impl RegistryClient {
         }
     }
 
-    /// Starts making the client that serves `reference` on a blocking thread, unless it is made
-    /// already or the store holds, whole, the image `recorded_as` named last time: a pull starts it
-    /// before its first request and takes it (with [`Self::take_client`]) before its first blob,
-    /// so that the milliseconds it takes (every trusted root, and oci-client's default client,
-    /// which reads the platform's store again) pass while the registry answers the challenge probe
-    /// and the manifest request, which go through forge's own client. A rebuild whose base is
-    /// stored most likely gets the same manifest and needs no blob: there the client is made only
-    /// if a blob turns out to be missing, and the CPU stays with the build (the store is read on
-    /// the same blocking thread, beside the requests).
-    pub(super) fn start_client(
-        &self,
-        store: &Store,
-        recorded_as: &Reference,
-        reference: &Reference,
-    ) -> Option<tokio::task::JoinHandle<Option<oci_client::Client>>> {
-        let (cell, protocol) = self.cell_for(reference);
-        if cell.get().is_some() {
-            return None;
-        }
-        let (read_timeout, downloads) = (
-            self.config.read_timeout,
-            self.config.max_concurrent_downloads,
-        );
-        let (store, recorded_as) = (store.clone(), recorded_as.to_string());
-        Some(tokio::task::spawn_blocking(move || {
-            let stored = store.has_metadata()
-                && store
-                    .get_image(&recorded_as)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|record| store.holds_whole(&record));
-            (!stored).then(|| new_client(protocol, read_timeout, downloads))
-        }))
-    }
-
-    /// Keeps the client [`Self::start_client`] made, unless one was made meanwhile.
-    pub(super) async fn take_client(
-        &self,
-        reference: &Reference,
-        started: Option<tokio::task::JoinHandle<Option<oci_client::Client>>>,
-    ) {
-        let Some(handle) = started else {
-            return;
-        };
-        // None: none was made (the image was stored); the blobs' first use makes it.
-        if let Ok(Some(client)) = handle.await {
-            let _ = self.cell_for(reference).0.set(client);
-        }
-    }
-
     fn cell_for(&self, reference: &Reference) -> (&OnceLock<oci_client::Client>, ClientProtocol) {
         if self.uses_plain_http(reference.registry()) {
             (&self.http, ClientProtocol::Http)
@@ -179,6 +132,14 @@ impl RegistryClient {
                 .insecure_hosts()
                 .iter()
                 .any(|r| r == registry)
+    }
+
+    /// Makes the client that pushes to `reference`'s registry go through, unless it is made: a
+    /// build that pushes calls this on a blocking thread as it starts, so that its first layer
+    /// upload, while a step runs, does not make it on an async worker (several milliseconds of
+    /// CPU: see [`RegistryClient`]).
+    pub fn make_push_client(&self, reference: &Reference) {
+        self.client_for(reference);
     }
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {

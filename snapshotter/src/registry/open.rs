@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
 
@@ -25,18 +26,21 @@ const ASKED_FOR: Duration = Duration::from_secs(300);
 impl RegistryClient {
     /// Stores `auth` for `oci`'s registry in the client that serves `reference`, where requests
     /// take their credentials from; anonymous access to a registry that names no bearer
-    /// challenge is not stored (see the module's docs).
+    /// challenge is not stored (see the module's docs). Returns whether the requests go without
+    /// credentials ([`Self::goes_without_credentials`]).
     pub(super) async fn authorize(
         &self,
         reference: &Reference,
         oci: &oci_client::Reference,
         auth: &RegistryAuth,
-    ) {
-        if !self.goes_without_credentials(reference, oci, auth).await {
+    ) -> bool {
+        let open = self.goes_without_credentials(reference, oci, auth).await;
+        if !open {
             self.client_for(reference)
                 .store_auth_if_needed(oci.resolve_registry(), auth)
                 .await;
         }
+        open
     }
 
     /// Whether requests for `oci` go out without credentials and without oci-client asking for
@@ -93,37 +97,49 @@ impl RegistryClient {
         accepted: &[&str],
     ) -> Result<bytes::Bytes, OciDistributionError> {
         let plain_http = self.uses_plain_http(reference.registry());
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}{}",
-            scheme(plain_http),
-            oci.resolve_registry(),
-            oci.repository(),
-            oci.digest()
-                .unwrap_or_else(|| oci.tag().unwrap_or("latest")),
-            oci.namespace()
-                .map(|ns| format!("?ns={ns}"))
-                .unwrap_or_default(),
-        );
+        let wanted = oci
+            .digest()
+            .unwrap_or_else(|| oci.tag().unwrap_or("latest"));
+        let url = v2_url(plain_http, oci, &format!("manifests/{wanted}"));
         let answer = self
             .get(&url, plain_http, Some(&accepted.join(", ")))
             .await
-            .ok_or_else(|| {
-                OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
-            })??;
+            .ok_or_else(no_client)??;
         let status = answer.status();
         let body = answer.bytes().await?;
         match status {
             StatusCode::OK => Ok(body),
-            StatusCode::UNAUTHORIZED => Err(OciDistributionError::UnauthorizedError { url }),
-            s if s.is_success() => Err(OciDistributionError::SpecViolationError(format!(
-                "Expected HTTP Status {}, got {s} instead",
-                StatusCode::OK
-            ))),
-            s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(&body) {
-                Ok(envelope) => Err(OciDistributionError::RegistryError { envelope, url }),
-                Err(_) => Err(server_error(s, url, &body)),
-            },
-            s => Err(server_error(s, url, &body)),
+            s => Err(not_ok(s, url, &body)),
+        }
+    }
+
+    /// A blob of `oci`'s repository, from a registry [`Self::goes_without_credentials`] holds
+    /// for, as the chunks of its answer: the request oci-client makes, without the oci-client
+    /// client (whose making reads every trusted root twice, see [`RegistryClient`]) and without
+    /// its second sha256 of the bytes (the store takes one as they arrive). A redirect (to
+    /// storage elsewhere) is followed.
+    pub(super) async fn blob_without_credentials(
+        &self,
+        reference: &Reference,
+        oci: &oci_client::Reference,
+        digest: &str,
+    ) -> Result<BlobStream, OciDistributionError> {
+        let plain_http = self.uses_plain_http(reference.registry());
+        let url = v2_url(plain_http, oci, &format!("blobs/{digest}"));
+        let answer = self
+            .get(&url, plain_http, None)
+            .await
+            .ok_or_else(no_client)??;
+        match answer.status() {
+            StatusCode::OK => Ok(Box::pin(
+                answer
+                    .bytes_stream()
+                    .map(|chunk| chunk.map_err(std::io::Error::other)),
+            )),
+            s => {
+                let body = answer.bytes().await?;
+                Err(not_ok(s, url, &body))
+            }
         }
     }
 
@@ -164,8 +180,46 @@ impl RegistryClient {
     }
 }
 
+/// The URL of `path` (`manifests/<tag or digest>`, `blobs/<digest>`) in `oci`'s repository, as
+/// oci-client makes it.
+fn v2_url(plain_http: bool, oci: &oci_client::Reference, path: &str) -> String {
+    format!(
+        "{}://{}/v2/{}/{path}{}",
+        scheme(plain_http),
+        oci.resolve_registry(),
+        oci.repository(),
+        oci.namespace()
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default(),
+    )
+}
+
+fn no_client() -> OciDistributionError {
+    OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
+}
+
 fn scheme(plain_http: bool) -> &'static str {
     if plain_http { "http" } else { "https" }
+}
+
+/// A blob's chunks as they arrive.
+pub(super) type BlobStream =
+    futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+
+/// What an answer other than 200 to a GET means, as oci-client reads it.
+fn not_ok(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {
+    match status {
+        StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
+        s if s.is_success() => OciDistributionError::SpecViolationError(format!(
+            "Expected HTTP Status {}, got {s} instead",
+            StatusCode::OK
+        )),
+        s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(body) {
+            Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+            Err(_) => server_error(s, url, body),
+        },
+        s => server_error(s, url, body),
+    }
 }
 
 fn server_error(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {

@@ -10,6 +10,7 @@ use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 use serde::{Deserialize, Serialize};
 
+use super::raw::{RawConfig, RawIndexEntry, RawManifest, RawPlatform};
 use super::{AuthError, LayerFollower, RegistryClient, oci_reference};
 use crate::platform::Platform;
 use crate::reference::Reference;
@@ -38,7 +39,7 @@ const LAYER_TYPES: &[&str] = &[
 ];
 
 /// Manifests and configs larger than this are refused rather than buffered.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
+pub(super) const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// Which part of an image a blob is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,61 +200,6 @@ impl PullError {
     }
 }
 
-/// The fields of a manifest or index forge reads; unknown fields are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    schema_version: Option<i64>,
-    media_type: Option<String>,
-    config: Option<OciDescriptor>,
-    layers: Option<Vec<OciDescriptor>>,
-    manifests: Option<Vec<RawIndexEntry>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawIndexEntry {
-    media_type: String,
-    digest: String,
-    size: i64,
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawPlatform {
-    architecture: String,
-    os: String,
-    variant: Option<String>,
-}
-
-impl RawPlatform {
-    /// The platform as the index writes it (not normalised).
-    fn platform(&self) -> Platform {
-        Platform {
-            os: self.os.clone(),
-            architecture: self.architecture.clone(),
-            variant: self.variant.clone().unwrap_or_default(),
-        }
-    }
-
-    fn show(&self) -> String {
-        self.platform().to_string()
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct RawConfig {
-    architecture: Option<String>,
-    os: Option<String>,
-    variant: Option<String>,
-    rootfs: Option<RawRootfs>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawRootfs {
-    diff_ids: Vec<String>,
-}
-
 /// How one failed request should be handled.
 pub(super) enum Failure {
     Transient(String, PullError),
@@ -281,6 +227,8 @@ pub(super) struct Ctx<'a> {
     pub(super) oci: oci_client::Reference,
     /// The username the requests carry; `None` when anonymous.
     pub(super) login: Option<String>,
+    /// The requests go out without credentials, through forge's own client (see `open.rs`).
+    pub(super) without_credentials: bool,
     pub(super) progress: &'a (dyn Fn(PullEvent) + Send + Sync),
 }
 
@@ -373,10 +321,7 @@ impl Ctx<'_> {
         // oci-client's manifest request stores `auth` in the client, which makes every later
         // request ask for a challenge first: not for a registry that wants no token (whose
         // manifests need no oci-client client at all).
-        let without_credentials = self
-            .client
-            .goes_without_credentials(self.reference, oci, auth)
-            .await;
+        let without_credentials = self.without_credentials;
         let body = self
             .retry(what, || async {
                 let fetched = if without_credentials {
@@ -424,6 +369,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| PullError::Task(e.to_string()))?
         .map_err(PullError::from)
 }
+
+/// What is handed a small blob's bytes once they matched its digest (see `Ctx::fetch_blob`).
+pub(super) type Early<'a> = &'a (dyn Fn(&[u8]) + Send + Sync);
 
 /// One layer's download, read by a [`LayerFollower`] as it arrives.
 #[derive(Clone, Copy)]
@@ -523,8 +471,6 @@ impl RegistryClient {
         let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
         let reference = from;
-        // The blobs' client is made while the registry answers the requests before them.
-        let client_made = self.start_client(store, recorded_as, reference);
         let (ctx, auth) = self.context(reference, progress).await?;
         // Keeps prune away until the record below references what this pull brings in.
         let session = {
@@ -603,12 +549,6 @@ impl RegistryClient {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // A pull that finds every blob in the store (a rebuild) never waits for that client.
-        if !store.has_blob(&config.digest)
-            || (layers_too && layers.iter().any(|l| !store.has_blob(&l.digest)))
-        {
-            self.take_client(reference, client_made).await;
-        }
         // The manifest goes into the store (a synced write) while its blobs download.
         let manifest_written = {
             let (store, bytes) = (store.clone(), manifest_bytes.clone());
@@ -636,8 +576,15 @@ impl RegistryClient {
             .enumerate()
             .map(|(i, layer)| async move {
                 let follow = follower.map(|follower| Follow { follower, index: i });
-                ctx.fetch_blob(store, layer, BlobKind::Layer, &format!("layer {i}"), follow)
-                    .await
+                ctx.fetch_blob(
+                    store,
+                    layer,
+                    BlobKind::Layer,
+                    &format!("layer {i}"),
+                    follow,
+                    None,
+                )
+                .await
             })
             .collect();
         let all_layers = async {
@@ -648,9 +595,24 @@ impl RegistryClient {
             Ok::<(), PullError>(())
         };
         // The config is read as soon as it is in, while the layers go on: a follower learns the
-        // diff_ids from it then.
+        // diff_ids from its bytes once they match its digest, while the store syncs them.
+        let told = std::sync::atomic::AtomicBool::new(false);
+        let tell = |raw: &RawConfig| {
+            if let Some(f) = follower
+                && let Some(ids) = raw.diff_ids()
+            {
+                f.diff_ids(&ids);
+                told.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let tell_bytes = |config_bytes: &[u8]| {
+            if let Ok(raw) = serde_json::from_slice::<RawConfig>(config_bytes) {
+                tell(&raw);
+            }
+        };
         let config_read = async {
-            ctx.fetch_blob(store, &config, BlobKind::Config, "config", None)
+            let early = follower.map(|_| &tell_bytes as Early<'_>);
+            ctx.fetch_blob(store, &config, BlobKind::Config, "config", None, early)
                 .await?;
             let config_bytes = {
                 let (store, digest) = (store.clone(), config.digest.clone());
@@ -661,15 +623,9 @@ impl RegistryClient {
             }
             let raw_config: RawConfig = serde_json::from_slice(&config_bytes)
                 .map_err(|e| ctx.malformed("config", e.to_string()))?;
-            if let Some(f) = follower
-                && let Some(rootfs) = &raw_config.rootfs
-                && let Ok(ids) = rootfs
-                    .diff_ids
-                    .iter()
-                    .map(|d| d.parse())
-                    .collect::<Result<Vec<oci_spec::image::Digest>, _>>()
-            {
-                f.diff_ids(&ids);
+            // A config the store had already was not downloaded: it is told now.
+            if !told.load(std::sync::atomic::Ordering::Relaxed) {
+                tell(&raw_config);
             }
             Ok(raw_config)
         };

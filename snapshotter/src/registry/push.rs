@@ -30,11 +30,18 @@ pub struct PushBlob {
     /// `registry/repository` the blob is known to exist in (where it was pulled from). When that
     /// is another repository of the registry pushed to, the blob is mounted instead of uploaded.
     pub mount_from: Option<String>,
-    /// `registry/repository` this process has already sent the blob to (a layer uploaded while
-    /// its step wrote it, checked by the registry against its digest then): that repository is
-    /// not asked again.
+    /// `registry/repository` this process has already sent the blob to, or is sending it to (a
+    /// layer uploaded while its step wrote it, checked by the registry against its digest):
+    /// that repository is not asked again, unless the [`Landing`] the push waits for says the
+    /// blob did not arrive.
     pub sent_to: Option<String>,
 }
+
+/// The blobs still on their way to the repository their [`PushBlob::sent_to`] names as a push
+/// starts: resolves to the digests of those that arrived. The push sends the image's other
+/// blobs meanwhile, sends again from the store what did not arrive, and only then its manifest.
+pub type Landing<'a> =
+    std::pin::Pin<Box<dyn Future<Output = std::collections::HashSet<Digest>> + Send + 'a>>;
 
 /// What to push: a manifest in the store and the blobs it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,6 +529,20 @@ impl RegistryClient {
         tags: &[Reference],
         progress: &(dyn Fn(PushEvent) + Send + Sync),
     ) -> Result<Digest, PushError> {
+        self.push_while_landing(store, image, tags, progress, None)
+            .await
+    }
+
+    /// [`push`](Self::push), while blobs `sent_to` a repository may still be on their way there
+    /// (`landing`, see [`Landing`]; `None`: they arrived).
+    pub async fn push_while_landing(
+        &self,
+        store: &Store,
+        image: &PushImage,
+        tags: &[Reference],
+        progress: &(dyn Fn(PushEvent) + Send + Sync),
+        mut landing: Option<Landing<'_>>,
+    ) -> Result<Digest, PushError> {
         if tags.is_empty() {
             return Err(PushError::NoTags);
         }
@@ -579,9 +600,21 @@ impl RegistryClient {
                 None => repositories.push((name, vec![tag])),
             }
         }
-        for (_, group) in &repositories {
-            self.push_repository(store, image, &body, group, progress)
+        for (name, group) in &repositories {
+            // The blobs sent to this repository are waited for with its push.
+            let landing = image
+                .blobs()
+                .iter()
+                .any(|b| b.sent_to.as_ref() == Some(name))
+                .then(|| landing.take())
+                .flatten();
+            self.push_repository(store, image, &body, group, progress, landing)
                 .await?;
+        }
+        // Blobs that went to none of the repositories pushed: waited for all the same, so that
+        // no upload outlives the push.
+        if let Some(landing) = landing {
+            landing.await;
         }
         drop(session);
         Ok(manifest.digest.clone())
@@ -594,6 +627,7 @@ impl RegistryClient {
         body: &bytes::Bytes,
         tags: &[&Reference],
         progress: &(dyn Fn(PushEvent) + Send + Sync),
+        landing: Option<Landing<'_>>,
     ) -> Result<(), PushError> {
         let target = self.target(tags[0], progress).await?;
         let limit = self.config.max_concurrent_uploads.max(1);
@@ -604,11 +638,36 @@ impl RegistryClient {
             .into_iter()
             .map(|blob| target.push_blob(store, blob))
             .collect();
-        let mut uploads = futures::stream::iter(pending).buffer_unordered(limit);
-        while let Some(result) = uploads.next().await {
-            result?;
+        let uploaded = async {
+            let mut uploads = futures::stream::iter(pending).buffer_unordered(limit);
+            while let Some(result) = uploads.next().await {
+                result?;
+            }
+            Ok::<(), PushError>(())
+        };
+        let landed = async {
+            match landing {
+                Some(landing) => Some(landing.await),
+                None => None,
+            }
+        };
+        // Both end before an error is returned: no upload is cut off half way.
+        let (uploaded, landed) = futures::future::join(uploaded, landed).await;
+        uploaded?;
+        // What did not arrive on its way is sent from the store, as any other blob.
+        if let Some(landed) = landed {
+            let name = target.name();
+            for blob in image.blobs() {
+                if blob.sent_to.as_ref() == Some(&name) && !landed.contains(&blob.descriptor.digest)
+                {
+                    let again = PushBlob {
+                        sent_to: None,
+                        ..blob.clone()
+                    };
+                    target.push_blob(store, &again).await?;
+                }
+            }
         }
-        drop(uploads);
         for tag in tags {
             target
                 .push_manifest(tag, body, &image.manifest.media_type)

@@ -39,6 +39,33 @@ impl BlobWriter {
         self.written
     }
 
+    /// Whether the bytes written so far are the whole blob asked for: its size (when it was
+    /// given) and its digest.
+    pub fn is_whole(&self) -> bool {
+        self.verify().is_ok()
+    }
+
+    /// The check [`commit`](Self::commit) makes: the size (when it was given), then the digest.
+    fn verify(&self) -> Result<(), StoreError> {
+        if let Some(size) = self.expected_size
+            && size != self.written
+        {
+            return Err(StoreError::SizeMismatch {
+                digest: self.expected.clone(),
+                expected: size,
+                actual: self.written,
+            });
+        }
+        let actual = Digest::from_hasher(self.hasher.clone());
+        if actual != self.expected {
+            return Err(StoreError::DigestMismatch {
+                expected: self.expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// The temporary file the bytes go to until [`commit`](Self::commit) names it.
     pub fn temp_path(&self) -> &Path {
         &self.tmp
@@ -77,22 +104,7 @@ impl BlobWriter {
 
     /// Verifies digest and size, makes the bytes durable and gives the blob its name.
     pub fn commit(mut self) -> Result<(), StoreError> {
-        if let Some(size) = self.expected_size
-            && size != self.written
-        {
-            return Err(StoreError::SizeMismatch {
-                digest: self.expected.clone(),
-                expected: size,
-                actual: self.written,
-            });
-        }
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
-        if actual != self.expected {
-            return Err(StoreError::DigestMismatch {
-                expected: self.expected.clone(),
-                actual,
-            });
-        }
+        self.verify()?;
         let file = self
             .file
             .take()
