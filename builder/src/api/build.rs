@@ -9,6 +9,7 @@ use std::time::Instant;
 use forge_snapshotter::compress::Compression;
 use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::Landing;
 use forge_snapshotter::snapshot::Snapshotter as _;
 use forge_snapshotter::store::Store;
 
@@ -201,6 +202,13 @@ impl Session {
         let mut locals = super::prepare::named_context_dirs(request, &self.root).await?;
 
         let pushes = request.pushes();
+        // The client the layers leave through is made while the build starts, off the async
+        // workers (see `make_push_client`).
+        if pushes && let Some(target) = request.tags.first().and_then(|t| Reference::parse(t).ok())
+        {
+            let registry = self.registry.clone();
+            tokio::task::spawn_blocking(move || registry.make_push_client(&target));
+        }
         let leaves_store = pushes
             || request.exports.iter().any(|e| {
                 matches!(
@@ -556,10 +564,9 @@ impl Session {
         let recording = tokio::task::spawn_blocking(move || pending.record_with(images));
         let pushing = async {
             if pushes {
-                let sent = match &uploads {
-                    Some(u) => Some((u.repository(), u.sent().await)),
-                    None => None,
-                };
+                // The layers still on their way are waited for by the push, which sends the
+                // config and the base's layers meanwhile.
+                let streaming = uploads.as_ref().map(|u| (u, u.repository(), u.streaming()));
                 export::push_image(
                     &self.store,
                     &self.registry,
@@ -567,8 +574,10 @@ impl Session {
                     &record,
                     &layers,
                     &names,
-                    sent.as_ref()
-                        .map(|(repo, digests)| (repo.as_str(), digests)),
+                    streaming.as_ref().map(|(u, repo, digests)| {
+                        let landing: Landing<'_> = Box::pin(u.sent());
+                        (repo.as_str(), digests, landing)
+                    }),
                 )
                 .await?;
             }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use forge_snapshotter::reference::Reference;
-use forge_snapshotter::registry::{BlobKind, PushBlob, PushImage, RegistryClient};
+use forge_snapshotter::registry::{BlobKind, Landing, PushBlob, PushImage, RegistryClient};
 use forge_snapshotter::store::{Descriptor, Digest as BlobDigest, ImageRecord, Store};
 use oci_spec::image::{Digest, MediaType};
 
@@ -198,7 +198,8 @@ pub fn image_records(
 }
 
 /// Pushes the recorded image under `tags`; layers from a base image are mounted from the
-/// repository they were pulled from when it is on the same registry.
+/// repository they were pulled from when it is on the same registry. `sent`: the layers sent
+/// (or being sent) to a repository while their steps wrote them, and what says which arrived.
 pub async fn push_image(
     store: &Store,
     registry: &RegistryClient,
@@ -206,8 +207,12 @@ pub async fn push_image(
     record: &ImageRecord,
     layers: &[Layer],
     tags: &[String],
-    sent: Option<(&str, &std::collections::HashSet<BlobDigest>)>,
+    sent: Option<(&str, &std::collections::HashSet<BlobDigest>, Landing<'_>)>,
 ) -> Result<BlobDigest, ExportError> {
+    let (sent, landing) = match sent {
+        Some((repository, digests, landing)) => (Some((repository, digests)), Some(landing)),
+        None => (None, None),
+    };
     let refs = tags
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| ExportError::Invalid(e.to_string())))
@@ -243,7 +248,7 @@ pub async fn push_image(
         })
     };
     registry
-        .push(store, &image, &refs, &progress)
+        .push_while_landing(store, &image, &refs, &progress, landing)
         .await
         .map_err(|e| ExportError::Push {
             tags: tags.join(", "),

@@ -113,6 +113,12 @@ impl LayerUploads {
         sent
     }
 
+    /// The digests of the layers sent or being sent (which of them arrived: [`Self::sent`]).
+    pub fn streaming(&self) -> HashSet<Digest> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.iter().map(|(digest, _)| digest.clone()).collect()
+    }
+
     /// `registry/repository` the uploads go to.
     pub fn repository(&self) -> String {
         self.target.name()
