@@ -419,9 +419,10 @@ async fn add_of_a_url_puts_the_download_in_the_image() {
 }
 
 /// The isolation a session leaves to its first step is probed for only where it decides something:
-/// when a new store's snapshot backend is chosen, and when a step runs. A session on a store
-/// made before, whose builds run no step, never probes (the probe's forks, namespaces and mounts
-/// cost a rebuild served from the cache more than a millisecond); its first RUN step does.
+/// when a new store's snapshot backend is chosen (on a thread of its own, by the time the
+/// snapshotter opens), and when a step runs. A session on a store made before, whose builds run no
+/// step, never probes (the probe's forks, namespaces and mounts cost a rebuild served from the
+/// cache more than a millisecond); its first RUN step does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_isolation_is_probed_for_when_a_step_first_needs_it() {
     use forge_builder::api::{DeferredIsolation, IsolationChoice};
@@ -440,6 +441,9 @@ async fn the_isolation_is_probed_for_when_a_step_first_needs_it() {
         .expect("session opens")
     };
     let first = open();
+    first
+        .snapshots()
+        .expect("the new store's snapshotter opens");
     assert!(
         first.isolation().chosen().is_some(),
         "a new store's backend depends on it"
@@ -740,7 +744,7 @@ async fn a_layer_kept_as_a_snapshot_is_rebuilt_when_the_snapshot_is_gone() {
     let (first, _) = build(&session, request(None)).await;
     first.unwrap_or_else(|f| panic!("build: {f}"));
     // Every committed snapshot nothing is built on: the RUN step's and the final COPY's.
-    let sn = session.snapshots();
+    let sn = session.snapshots().unwrap();
     let list = sn.list().unwrap();
     let leaves: Vec<_> = list
         .iter()
@@ -803,6 +807,7 @@ async fn snapshots_left_unsynced_by_an_earlier_boot_are_dropped_and_built_again(
     let session = session(&root);
     let left: Vec<String> = session
         .snapshots()
+        .unwrap()
         .list()
         .unwrap()
         .into_iter()

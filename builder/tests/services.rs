@@ -60,6 +60,7 @@ fn processes_in(net: &SharedNetwork) -> Vec<u32> {
 fn active_snapshots(session: &Session) -> Vec<String> {
     session
         .snapshots()
+        .unwrap()
         .list()
         .unwrap()
         .into_iter()

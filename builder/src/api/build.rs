@@ -32,7 +32,9 @@ use crate::scratch::Scratch;
 use crate::solver::{
     CacheStore, CancellationToken, DiskCache, Event, Solution, SolveFailure, SolveOptions, Solver,
 };
-use crate::source::{self, BaseFetch, ContextSnapshot, HttpSource, SnapshotOptions};
+use crate::source::{
+    self, BaseFetch, ContextSnapshot, HttpSource, SnapshotOptions, SnapshotsWhenOpen,
+};
 
 /// What a successful build made.
 struct Made {
@@ -105,12 +107,21 @@ impl Session {
                 return;
             }
         };
+        let snapshots = match self.snapshots() {
+            Ok(snapshots) => snapshots.clone(),
+            Err(e) => {
+                events.emit(BuildEvent::Warning {
+                    message: format!("automatic prune failed: {e}"),
+                });
+                return;
+            }
+        };
         let session = self.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let parts = crate::gc::Parts {
                 root: &session.root,
                 store: &session.store,
-                snapshots: &session.snapshots,
+                snapshots: &snapshots,
             };
             if crate::gc::store_bytes(&parts)? <= keep {
                 return Ok(None);
@@ -253,6 +264,11 @@ impl Session {
             BaseFetch::Lazy
         };
         let remote = Arc::new(RemoteBlobs::new(self.registry.clone(), events.clone()));
+        // The bases' layers are unpacked as they arrive, into the snapshotter once it is open.
+        let unpack_into: SnapshotsWhenOpen = {
+            let snapshots = self.snapshots.clone();
+            Arc::new(move || snapshots.get().ok().cloned())
+        };
         let (lowered, images) = events
             .phase_result(
                 "resolving base images",
@@ -264,7 +280,7 @@ impl Session {
                     events,
                     request.pull,
                     fetch,
-                    (fetch == BaseFetch::WholeUnrecorded).then_some(&self.snapshots),
+                    (fetch == BaseFetch::WholeUnrecorded).then_some(&unpack_into),
                 ),
             )
             .await
@@ -338,7 +354,7 @@ impl Session {
         let executor = BuildExecutor::new(
             ExecutorConfig {
                 store: self.store.clone(),
-                snapshots: self.snapshots.clone(),
+                snapshots: self.snapshots()?.clone(),
                 runner: runner.clone(),
                 scratch: scratch.clone(),
                 locals: {
@@ -444,7 +460,7 @@ impl Session {
         // gets its blob now; a cached layer keeps the compression it was made with; what leaves
         // the store gets the compression asked for.
         let layers = if layers.iter().any(|l| l.unwritten.is_some()) {
-            let (snapshots, store) = (&self.snapshots, &self.store);
+            let (snapshots, store) = (self.snapshots()?, &self.store);
             events
                 .phase_result("writing layers kept as snapshots", async {
                     crate::ops::write_unwritten(snapshots, store, &layers, step_compression).await
@@ -533,7 +549,7 @@ impl Session {
                         })?;
                         continue;
                     };
-                    let mounts = self.snapshots.mounts(&name)?;
+                    let mounts = self.snapshots()?.mounts(&name)?;
                     let mounted = Mounted::mount(&mounts, scratch.export())?;
                     export::export_local(mounted.path(), dest, request.keep_owners)?;
                 }
@@ -542,7 +558,7 @@ impl Session {
                     let empty = scratch.export().join("empty");
                     match executor.ensure_snapshot(&layers).await? {
                         Some(name) => {
-                            let mounts = self.snapshots.mounts(&name)?;
+                            let mounts = self.snapshots()?.mounts(&name)?;
                             let mounted = Mounted::mount(&mounts, scratch.export())?;
                             export::write_fs_tar(mounted.path(), dest)?;
                         }

@@ -44,7 +44,7 @@ impl Session {
                         && layers.iter().any(|l| l.unwritten.is_some())
                     {
                         *layers = crate::ops::write_unwritten(
-                            &self.snapshots,
+                            self.snapshots().map_err(|e| e.to_string())?,
                             &self.store,
                             layers,
                             crate::ops::OWN_COMPRESSION,

@@ -187,16 +187,15 @@ impl Session {
         image: &BaseImage,
         what: &str,
     ) -> Result<(ScratchSnapshot, Vec<forge_snapshotter::Mount>), BuildError> {
-        let parent =
-            ensure_snapshot_in(&self.snapshots, &self.store, None, &image.layers()).await?;
+        let snapshots = self.snapshots()?;
+        let parent = ensure_snapshot_in(snapshots, &self.store, None, &image.layers()).await?;
         let key = unique_key(what);
-        let mounts = self
-            .snapshots
+        let mounts = snapshots
             .prepare(&key, parent.as_deref())
             .map_err(ExecError::from)?;
         Ok((
             ScratchSnapshot {
-                snapshots: self.snapshots.clone(),
+                snapshots: snapshots.clone(),
                 key,
             },
             mounts,

@@ -2,7 +2,7 @@
 //! and the choice of runner. One session serves any number of builds, one after another or at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use forge_runner::backend::Backend;
 pub use forge_runner::embedded::{DeferredIsolation, Isolation, IsolationChoice};
@@ -35,12 +35,59 @@ pub struct SessionOptions {
     pub isolation: DeferredIsolation,
 }
 
+/// A session's snapshotter, opened by the first that needs it. A store whose snapshots are made
+/// keeps their backend, and opening it only reads which; a new store's backend depends on the
+/// isolation (without mounts, the chroot isolation, only copied snapshots can be used), which is
+/// probed for first. A build asks for the snapshotter when it first unpacks, copies or runs, so
+/// that probe passes beside its start.
+pub(crate) struct LazySnapshots {
+    root: PathBuf,
+    /// The store's snapshots were made already (their backend is recorded) as the session opened.
+    recorded: bool,
+    runner: RunnerChoice,
+    isolation: DeferredIsolation,
+    opened: OnceLock<Result<Arc<AnySnapshotter>, String>>,
+}
+
+impl LazySnapshots {
+    /// Whether opening asks nothing of the isolation that it does not know already.
+    fn opens_at_once(&self) -> bool {
+        self.runner != RunnerChoice::Embedded || self.isolation.chosen().is_some() || self.recorded
+    }
+
+    /// The snapshotter, opened on the first call (later calls wait for it).
+    pub(crate) fn get(&self) -> Result<&Arc<AnySnapshotter>, BuildError> {
+        self.opened
+            .get_or_init(|| self.open())
+            .as_ref()
+            .map_err(|e| BuildError::Invalid(e.clone()))
+    }
+
+    fn open(&self) -> Result<Arc<AnySnapshotter>, String> {
+        // A layered store meets a mode that cannot mount at its first mount, with the same error.
+        let cannot_mount = |i: Result<Isolation, String>| i.is_ok_and(|i| !i.may_mount());
+        let copies_only = self.runner == RunnerChoice::Embedded
+            && match self.isolation.chosen() {
+                Some(chosen) => cannot_mount(chosen),
+                None if self.recorded => false,
+                None => cannot_mount(self.isolation.get()),
+            };
+        let backend = copies_only.then_some(BackendKind::Copy);
+        AnySnapshotter::open(&self.root, backend)
+            .map(Arc::new)
+            .map_err(|e| {
+                let store = self.root.parent().unwrap_or(&self.root);
+                format!("snapshots under {}: {e}", store.display())
+            })
+    }
+}
+
 /// Everything builds share. Cheap to clone.
 #[derive(Clone)]
 pub struct Session {
     pub(crate) root: PathBuf,
     pub(crate) store: Store,
-    pub(crate) snapshots: Arc<AnySnapshotter>,
+    pub(crate) snapshots: Arc<LazySnapshots>,
     pub(crate) registry: Arc<RegistryClient>,
     pub(crate) runner: RunnerChoice,
     pub(crate) isolation: DeferredIsolation,
@@ -54,9 +101,10 @@ impl Session {
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
         // A new store's metadata file is made beside the build, not by its commit at the end
         // (best effort: that commit makes it when this could not). A new store pulls its bases
-        // too, whose blobs' client wants the trusted roots: they load meanwhile. In a store that
-        // has images a pull makes that client only when it needs a blob (`start_client`), and a
-        // rebuild's walk keeps the cores.
+        // too, and a registry reached over HTTPS wants the trusted roots at its first request:
+        // they load meanwhile (a pull from a plain-HTTP registry needs none, and their loading
+        // then only takes CPU time on another core). In a store that has images nothing loads
+        // them before a request needs them, and a rebuild's walk keeps the cores.
         if !store.has_metadata() {
             forge_snapshotter::registry::roots::load_in_background();
             let store = store.clone();
@@ -64,21 +112,25 @@ impl Session {
                 .name("forge-meta".into())
                 .spawn(move || store.make_metadata());
         }
-        // Without mounts (the chroot isolation) only copied snapshots can be used. A store whose
-        // snapshots are made keeps their backend, so the isolation a session left to the first
-        // step is probed for here only for a new one (a layered store meets a mode that cannot
-        // mount at its first mount, with the same error).
         let snapshots_root = root.join("snapshots");
-        let cannot_mount = |i: Result<Isolation, String>| i.is_ok_and(|i| !i.may_mount());
-        let copies_only = options.runner == RunnerChoice::Embedded
-            && match options.isolation.chosen() {
-                Some(chosen) => cannot_mount(chosen),
-                None if AnySnapshotter::recorded(&snapshots_root).is_some() => false,
-                None => cannot_mount(options.isolation.get()),
-            };
-        let backend = copies_only.then_some(BackendKind::Copy);
-        let snapshots = AnySnapshotter::open(&snapshots_root, backend)
-            .map_err(|e| BuildError::Invalid(format!("snapshots under {}: {e}", root.display())))?;
+        let snapshots = Arc::new(LazySnapshots {
+            recorded: AnySnapshotter::recorded(&snapshots_root).is_some(),
+            root: snapshots_root,
+            runner: options.runner.clone(),
+            isolation: options.isolation.clone(),
+            opened: OnceLock::new(),
+        });
+        if snapshots.opens_at_once() {
+            snapshots.get()?;
+        } else {
+            // A new store's snapshotter waits for the isolation probe (forked children that make
+            // namespaces and mounts, a few milliseconds): on a thread of its own, while the build
+            // parses, walks its context and pulls its bases, which need no snapshot yet.
+            let snapshots = snapshots.clone();
+            let _ = std::thread::Builder::new()
+                .name("forge-probe".into())
+                .spawn(move || snapshots.get().map(drop));
+        }
         let registry = RegistryClient::new(RegistryConfig {
             insecure: options.insecure_registries,
             ..RegistryConfig::default()
@@ -86,7 +138,7 @@ impl Session {
         Ok(Session {
             root,
             store,
-            snapshots: Arc::new(snapshots),
+            snapshots,
             registry: Arc::new(registry),
             runner: options.runner,
             isolation: options.isolation,
@@ -101,8 +153,9 @@ impl Session {
         &self.store
     }
 
-    pub fn snapshots(&self) -> &Arc<AnySnapshotter> {
-        &self.snapshots
+    /// The snapshotter; a new store's is opened by the first caller (see [`LazySnapshots`]).
+    pub fn snapshots(&self) -> Result<&Arc<AnySnapshotter>, BuildError> {
+        self.snapshots.get()
     }
 
     pub fn registry(&self) -> &Arc<RegistryClient> {

@@ -2,11 +2,10 @@
 //! store before the solve, with their configs handed to the lowering (ONBUILD triggers, ENV, ...).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{LayerFollower, PullEvent, RegistryClient};
-use forge_snapshotter::snapshot::AnySnapshotter;
 use forge_snapshotter::store::{ImageRecord, Store};
 use oci_spec::image::Digest;
 
@@ -18,7 +17,7 @@ use crate::frontend::dockerfile::lower::{ImageResolver, LowerOptions, Lowered, l
 use crate::graph::{ImageConfig, Platform};
 use crate::ops::Layer;
 
-use super::unpack_ahead::UnpackAhead;
+use super::unpack_ahead::{SnapshotsWhenOpen, UnpackAhead};
 
 /// A base image the build may read, resolved and pulled before the solve.
 #[derive(Debug, Clone)]
@@ -163,7 +162,7 @@ pub async fn pull_base(
     reference: &str,
     policy: PullPolicy,
     fetch: BaseFetch,
-    unpack_into: Option<&Arc<AnySnapshotter>>,
+    unpack_into: Option<&SnapshotsWhenOpen>,
 ) -> Result<BaseImage, BuildError> {
     let r = Reference::parse(reference).map_err(|e| BuildError::BaseImage {
         reference: reference.to_string(),
@@ -283,7 +282,7 @@ pub async fn lower_with_images(
     events: &Events,
     policy: PullPolicy,
     fetch: BaseFetch,
-    unpack_into: Option<&Arc<AnySnapshotter>>,
+    unpack_into: Option<&SnapshotsWhenOpen>,
 ) -> Result<(Lowered, BaseImages), BuildError> {
     let mut table = BaseImages::default();
     for _ in 0..8 {

@@ -6,6 +6,7 @@ pub mod context;
 pub mod http;
 pub mod image;
 mod unpack_ahead;
+pub(crate) use unpack_ahead::SnapshotsWhenOpen;
 
 pub use context::{ContextSnapshot, SnapshotOptions};
 pub use http::HttpSource;

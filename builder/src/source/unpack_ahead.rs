@@ -19,9 +19,13 @@ use forge_snapshotter::snapshot::{AnySnapshotter, unpack_layer_snapshot};
 use forge_snapshotter::store::Descriptor;
 use oci_spec::image::Digest;
 
+/// Where the layers go: the snapshotter, once it is open (a new store's waits for the isolation
+/// probe; `None`: it could not be opened, which the step that needs it reports).
+pub(crate) type SnapshotsWhenOpen = Arc<dyn Fn() -> Option<Arc<AnySnapshotter>> + Send + Sync>;
+
 /// Unpacks one image's layers as they download (see the module).
 pub(crate) struct UnpackAhead {
-    snapshots: Arc<AnySnapshotter>,
+    snapshots: SnapshotsWhenOpen,
     state: Arc<(Mutex<Layers>, Condvar)>,
 }
 
@@ -49,7 +53,7 @@ enum Slot {
 }
 
 impl UnpackAhead {
-    pub(crate) fn new(snapshots: Arc<AnySnapshotter>) -> UnpackAhead {
+    pub(crate) fn new(snapshots: SnapshotsWhenOpen) -> UnpackAhead {
         UnpackAhead {
             snapshots,
             state: Arc::default(),
@@ -138,7 +142,11 @@ fn next_layer(state: &(Mutex<Layers>, Condvar), index: usize) -> Option<Next> {
 
 /// Unpacks the layers base first, each as soon as its download starts; stops at the first layer
 /// that will not come or fails (the step unpacks the rest from the store).
-fn unpack_in_order(snapshots: &AnySnapshotter, state: &(Mutex<Layers>, Condvar)) {
+fn unpack_in_order(snapshots: &SnapshotsWhenOpen, state: &(Mutex<Layers>, Condvar)) {
+    let Some(snapshots) = snapshots() else {
+        return;
+    };
+    let snapshots = snapshots.as_ref();
     let mut index = 0;
     while let Some((blob, media_type, parent, diff_id)) = next_layer(state, index) {
         let reader = BufReader::with_capacity(256 * 1024, blob);
@@ -169,7 +177,8 @@ mod tests {
             AnySnapshotter::open(&dir.path().join("snapshots"), Some(BackendKind::Copy)).unwrap(),
         );
         let registry = RegistryClient::new(RegistryConfig::default());
-        let ahead = UnpackAhead::new(snapshots.clone());
+        let given = snapshots.clone();
+        let ahead = UnpackAhead::new(Arc::new(move || Some(given.clone())));
         let record = registry
             .pull_unrecorded(
                 &store,

@@ -261,7 +261,7 @@ impl Session {
         let executor = BuildExecutor::new(
             ExecutorConfig {
                 store: self.store.clone(),
-                snapshots: self.snapshots.clone(),
+                snapshots: self.snapshots()?.clone(),
                 runner: runner.clone(),
                 scratch: scratch.clone(),
                 locals: HashMap::new(),
