@@ -251,18 +251,30 @@ impl From<Isolation> for DeferredIsolation {
     }
 }
 
+/// The prefix of a probe's directory under the scratch directory.
+const PROBE_DIR: &str = "isolation-probe-";
+
 fn probe_modes(scratch: &Path, namespaces: bool, chroot: bool) -> Probe {
-    let dir = scratch.join(format!(
-        "isolation-probe-{}",
-        forge_snapshotter::lock::random_hex()
-    ));
-    if let Err(e) = fs::create_dir_all(dir.join("root")) {
-        let why = format!("create {}: {e}", dir.display());
-        return Probe {
-            namespaces: Err(why.clone()),
-            chroot: Err(why),
-        };
-    }
+    // The directory is live while its lock is held: a process that ends while its probe runs
+    // (killed, or a session's probe thread cut off as the process exits) leaves it behind, and
+    // the next probe removes it.
+    let name = format!("{PROBE_DIR}{}", forge_snapshotter::lock::random_hex());
+    let made = forge_snapshotter::lock::LiveDir::create(scratch, &name).and_then(|live| {
+        fs::create_dir(live.path().join("root"))?;
+        Ok(live)
+    });
+    let live = match made {
+        Ok(live) => live,
+        Err(e) => {
+            let why = format!("create {}: {e}", scratch.join(&name).display());
+            return Probe {
+                namespaces: Err(why.clone()),
+                chroot: Err(why),
+            };
+        }
+    };
+    forge_snapshotter::lock::sweep_dead(scratch, PROBE_DIR);
+    let dir = live.path();
     fn not_tried<T>() -> Result<T, String> {
         Err("not tried".to_string())
     }
@@ -289,7 +301,7 @@ fn probe_modes(scratch: &Path, namespaces: bool, chroot: bool) -> Probe {
     } else {
         not_tried()
     };
-    let _ = fs::remove_dir_all(&dir);
+    drop(live);
     Probe { namespaces, chroot }
 }
 
@@ -442,3 +454,45 @@ What allows a better mode:
   - Ubuntu 23.10 and later restrict unprivileged user namespaces with AppArmor: allow them with
     `sysctl kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for forge).
   - Anywhere: install `uidmap` and give the user /etc/subuid and /etc/subgid ranges.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_removes_what_a_dead_probe_left_and_its_own_directory() {
+        let scratch = tempfile::tempdir().unwrap();
+        // Left by a process that ended mid-probe: no lock held (an older forge made none).
+        let dead = scratch.path().join(format!("{PROBE_DIR}dead"));
+        fs::create_dir_all(dead.join("root")).unwrap();
+        // Another process's probe, still running.
+        let running = forge_snapshotter::lock::LiveDir::create(
+            scratch.path(),
+            &format!("{PROBE_DIR}running"),
+        )
+        .unwrap();
+        fs::create_dir(running.path().join("root")).unwrap();
+
+        let probe = probe_modes(scratch.path(), false, false);
+        assert!(matches!(probe.namespaces, Err(ref e) if e == "not tried"));
+
+        assert!(!dead.exists(), "the dead probe's directory is removed");
+        assert!(
+            running.path().join("root").is_dir(),
+            "a running probe's is kept"
+        );
+        let mut left: Vec<String> = fs::read_dir(scratch.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!("{PROBE_DIR}running"),
+                format!("{PROBE_DIR}running.lock")
+            ],
+            "the probe removes its own directory and lock"
+        );
+    }
+}
