@@ -141,9 +141,7 @@ impl Unpacker {
         let make = || -> Result<Made, (Errno, &'static str)> {
             let c = cname.as_c_str();
             match etype {
-                tar::EntryType::Regular
-                | tar::EntryType::Continuous
-                | tar::EntryType::GNUSparse => nix::fcntl::openat(
+                T::Regular | T::Continuous | T::GNUSparse => nix::fcntl::openat(
                     dir,
                     c,
                     OFlag::O_WRONLY
@@ -155,18 +153,16 @@ impl Unpacker {
                 )
                 .map(|fd| Made::File(File::from(fd)))
                 .map_err(|e| (e, "creating the file")),
-                tar::EntryType::Directory => {
-                    nix::sys::stat::mkdirat(dir, c, Mode::from_bits_truncate(0o700))
-                        .map(|()| Made::Dir { fresh: true })
-                        .map_err(|e| (e, "creating the directory"))
-                }
-                tar::EntryType::Symlink => {
+                T::Directory => nix::sys::stat::mkdirat(dir, c, Mode::from_bits_truncate(0o700))
+                    .map(|()| Made::Dir { fresh: true })
+                    .map_err(|e| (e, "creating the directory")),
+                T::Symlink => {
                     let target = symlink_target.as_deref().expect("made above for a symlink");
                     nix::unistd::symlinkat(target, dir, c)
                         .map(|()| Made::Symlink)
                         .map_err(|e| (e, "creating the symlink"))
                 }
-                tar::EntryType::Link => {
+                T::Link => {
                     let (t, tname) = link_target
                         .as_ref()
                         .expect("resolved above for every hard link");
@@ -174,10 +170,10 @@ impl Unpacker {
                         .map(|()| Made::Link)
                         .map_err(|e| (e, "creating the hard link"))
                 }
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                T::Char | T::Block | T::Fifo => {
                     let (kind, dev) = match etype {
-                        tar::EntryType::Char => (SFlag::S_IFCHR, device(header)),
-                        tar::EntryType::Block => (SFlag::S_IFBLK, device(header)),
+                        T::Char => (SFlag::S_IFCHR, device(header)),
+                        T::Block => (SFlag::S_IFBLK, device(header)),
                         _ => (SFlag::S_IFIFO, 0),
                     };
                     match nix::sys::stat::mknodat(
@@ -205,7 +201,7 @@ impl Unpacker {
         let existing = sys::lstat_at(dir, name)
             .map_err(|e| Self::io(entry, "inspecting the entry in the way", errno_io(e)))?;
         let is_dir = existing.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if etype == tar::EntryType::Directory && is_dir {
+        if etype == T::Directory && is_dir {
             return Ok(Some(Made::Dir { fresh: false }));
         }
         // Linking a name to the file it already is (tar re-adds it, or it names itself through a
