@@ -95,10 +95,10 @@ impl Compression {
 }
 
 /// A reader that yields the tar stream of a layer blob of `media_type`.
-pub fn decompressor<'a, R: Read + 'a>(
+pub fn decompressor<'a, R: Read + Send + 'a>(
     blob: R,
     media_type: &str,
-) -> Result<Box<dyn Read + 'a>, CompressError> {
+) -> Result<Box<dyn Read + Send + 'a>, CompressError> {
     Ok(match Compression::from_media_type(media_type)? {
         Compression::None => Box::new(blob),
         // Multi-member: some writers (pigz, gzp) emit several gzip members in one blob.
@@ -269,7 +269,7 @@ impl<W: Write> Write for Encoder<W> {
 
 /// Re-encodes a layer blob of `media_type` with `to` into `sink`: the tar stream (and so the
 /// diff_id) is unchanged. Returns the new blob's digest and size.
-pub fn recompress<R: Read, W: Write>(
+pub fn recompress<R: Read + Send, W: Write>(
     blob: R,
     media_type: &str,
     to: Compression,

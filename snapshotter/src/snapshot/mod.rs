@@ -391,7 +391,7 @@ pub struct LayerSnapshot {
 /// take turns per chain id, so the second finds the first one's snapshot (two stages on one base
 /// image unpack it once); callers in different processes race harmlessly: the loser discards its
 /// copy.
-pub fn unpack_layer_snapshot<S: Snapshotter, R: Read>(
+pub fn unpack_layer_snapshot<S: Snapshotter, R: Read + Send>(
     sn: &S,
     parent: Option<&Digest>,
     diff_id: &Digest,

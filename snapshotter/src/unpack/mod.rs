@@ -31,6 +31,7 @@
 //!   only what lower layers left; directory mtimes are kept to be set last. Both grow with entry
 //!   count only.
 
+mod ahead;
 mod make;
 pub(crate) mod sys;
 
@@ -46,9 +47,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 
 use oci_spec::image::Digest;
-use sha2::{Digest as _, Sha256};
 
-use crate::compress::{CompressError, decompressor, sha256_digest};
+use crate::compress::{CompressError, decompressor};
 use crate::userns::in_user_namespace;
 use make::Parent;
 
@@ -220,7 +220,7 @@ impl UnpackSummary {
 }
 
 /// Apply a layer blob of `media_type` (OCI tar, tar+gzip, tar+zstd, Docker tar.gzip) onto `root`.
-pub fn unpack_layer<R: Read>(
+pub fn unpack_layer<R: Read + Send>(
     blob: R,
     media_type: &str,
     root: &Path,
@@ -232,21 +232,15 @@ pub fn unpack_layer<R: Read>(
 
 /// [`unpack_layer`], and check that the tar's sha256 is `diff_id` (the image config's promise).
 /// On a mismatch the tree has been written already: the caller discards it.
-pub fn unpack_layer_verified<R: Read>(
+pub fn unpack_layer_verified<R: Read + Send>(
     blob: R,
     media_type: &str,
     root: &Path,
     options: &UnpackOptions,
     diff_id: &Digest,
 ) -> Result<UnpackSummary, UnpackError> {
-    let mut tar = HashingReader {
-        inner: decompressor(blob, media_type)?,
-        hasher: Sha256::new(),
-    };
-    let summary = apply_tar(&mut tar, root, options)?;
-    // The tar reader stops at the end-of-archive blocks; the diff_id covers any padding after.
-    io::copy(&mut tar, &mut io::sink()).map_err(UnpackError::Archive)?;
-    let actual = sha256_digest(tar.hasher.finalize().as_slice());
+    let (summary, actual) =
+        ahead::tar_ahead(blob, media_type, |tar| apply_tar(tar, root, options))?;
     if &actual != diff_id {
         return Err(UnpackError::DiffIdMismatch {
             expected: diff_id.clone(),
@@ -254,19 +248,6 @@ pub fn unpack_layer_verified<R: Read>(
         });
     }
     Ok(summary)
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Apply an uncompressed layer tar onto `root`.
