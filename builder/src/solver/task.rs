@@ -130,6 +130,16 @@ impl<E: Executor> Task<E> {
             return Ok(None);
         }
         let record = self.cache_call(key, move |c| c.get(&key)).await?;
+        self.hit(key, record).await
+    }
+
+    /// `record` (read under `key`) as a cache hit, announced; `None` when there is none or the
+    /// executor cannot read or use it.
+    async fn hit(
+        &self,
+        key: CacheKey,
+        record: Option<Vec<u8>>,
+    ) -> Result<Option<Solved<E::Output>>, SolveError> {
         let Some(output) = record.and_then(|r| E::Output::from_record(&r)) else {
             return Ok(None);
         };
@@ -162,12 +172,30 @@ impl<E: Executor> Task<E> {
             solved,
             forced: self.force,
         };
-        if let Some(hit) = self.lookup(key).await? {
+        // A miss (what a cold build meets at every vertex) takes one trip to the blocking pool:
+        // the record asked for, the key's lock taken, and the record asked for again (another
+        // process may have computed it while this one waited for the lock).
+        let force = self.force;
+        let (lock, record) = self
+            .cache_call(key, move |c| {
+                if !force && let Some(record) = c.get(&key)? {
+                    return Ok((None, Some(record)));
+                }
+                let lock = c.lock(&key)?;
+                let again = if force { None } else { c.get(&key)? };
+                Ok((Some(lock), again))
+            })
+            .await?;
+        let first_was_locked = lock.is_some();
+        if let Some(hit) = self.hit(key, record).await? {
             return Ok(Outcome::Done(finished(hit)));
         }
-        let _lock = self.cache_call(key, move |c| c.lock(&key)).await?;
-        // Another process may have computed it while this one waited for the lock.
-        if let Some(hit) = self.lookup(key).await? {
+        // A record read without the lock that turned out unusable: as a miss, under the lock.
+        let _lock = match lock {
+            Some(lock) => lock,
+            None => self.cache_call(key, move |c| c.lock(&key)).await?,
+        };
+        if !first_was_locked && let Some(hit) = self.lookup(key).await? {
             return Ok(Outcome::Done(finished(hit)));
         }
         self.emit(Event::Started {
