@@ -214,6 +214,7 @@ fn route(st: &mut State, method: &str, path: &str, authz: &str, addr: SocketAddr
         );
     }
     if path == "/v2/" {
+        st.log.push(format!("{method} /v2/"));
         return json(200, "{}");
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -478,6 +479,47 @@ async fn pulls_records_and_skips_what_it_has() {
 
 /// A new process (a new client) whose store holds the image a tag named makes no blob client
 /// up front; when the tag has moved to an image with a new layer, the blobs it lacks still come.
+#[tokio::test]
+async fn an_open_registry_is_asked_with_the_pulls_first_request() {
+    let fake = Fake::start().await;
+    let layer = vec![4u8; 5000];
+    let layers = one_layer_image(&fake, "forge/open", &layer, &layer);
+    one_layer_image(&fake, "forge/other", &[5u8; 300], &[5u8; 300]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let client = client();
+    let reference = Reference::parse(&format!("{}/forge/open", fake.host())).unwrap();
+    client.pull(&store, &reference, &|_| {}).await.unwrap();
+    assert!(store.has_blob(&layers[0]));
+    let log = std::mem::take(&mut fake.state.lock().unwrap().log);
+    // The manifest's request was the asking: no `/v2/` before it, and it went out once.
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some("GET /manifests/latest"),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l == "GET /v2/"), "{log:?}");
+    assert_eq!(
+        log.iter().filter(|l| l.contains("/manifests/")).count(),
+        1,
+        "{log:?}"
+    );
+    // The answer is known now: another repository's pull asks nothing before its manifest.
+    let other = Reference::parse(&format!("{}/forge/other", fake.host())).unwrap();
+    client.pull(&store, &other, &|_| {}).await.unwrap();
+    let log = std::mem::take(&mut fake.state.lock().unwrap().log);
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some("GET /manifests/latest"),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.contains("/manifests/")).count(),
+        1,
+        "{log:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_tag_moved_since_the_stored_pull_brings_the_new_blobs_in() {
     let fake = Fake::start().await;

@@ -242,11 +242,17 @@ impl Session {
         // The build is a store session for its whole life: a prune (in this process or another)
         // waits for it instead of removing blobs it made but has not recorded yet, and no other
         // process clears ingest/ under its temporary files.
-        // Taking it waits while a prune runs: off the async workers, so other builds go on.
-        let store = self.store.clone();
-        let _store_session = tokio::task::spawn_blocking(move || store.session())
-            .await
-            .map_err(|e| BuildError::Invalid(format!("store session: {e}")))??;
+        // Taken in place when it is free; waiting (while a prune runs) is left to a blocking
+        // thread, so that other builds go on.
+        let _store_session = match self.store.try_session()? {
+            Some(session) => session,
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.session())
+                    .await
+                    .map_err(|e| BuildError::Invalid(format!("store session: {e}")))??
+            }
+        };
         let scratch = Scratch::create(&self.root, events.build())
             .map(Arc::new)
             .map_err(|e| {

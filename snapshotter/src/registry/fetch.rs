@@ -7,8 +7,10 @@ use futures::StreamExt;
 use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 
-use super::open::BlobStream;
-use super::pull::{BlobKind, Ctx, Early, Failure, Follow, PullError, PullEvent};
+use super::open::{BlobStream, First};
+use super::pull::{
+    ACCEPTED_MANIFESTS, BlobKind, Ctx, Early, Failure, Follow, PullError, PullEvent,
+};
 use super::{RegistryClient, oci_reference};
 use crate::reference::Reference;
 use crate::store::{Descriptor, Digest, Ingest, Store, StoreError};
@@ -21,10 +23,11 @@ impl RegistryClient {
         &'a self,
         reference: &'a Reference,
         progress: &'a (dyn Fn(PullEvent) + Send + Sync),
+        first: First<'_>,
     ) -> Result<(Ctx<'a>, oci_client::secrets::RegistryAuth), PullError> {
         let auth = self.registry_auth(reference)?;
         let oci = oci_reference(reference);
-        let without_credentials = self.authorize(reference, &oci, &auth).await;
+        let without_credentials = self.authorize(reference, &oci, &auth, first).await;
         let ctx = Ctx {
             client: self,
             reference,
@@ -48,7 +51,7 @@ impl RegistryClient {
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<bool, PullError> {
         self.through_mirrors(from, |from| async move {
-            let (ctx, _) = self.context(&from, progress).await?;
+            let (ctx, _) = self.context(&from, progress, First::Other).await?;
             let what = match kind {
                 BlobKind::Config => format!("blob {}", desc.digest),
                 BlobKind::Layer => format!("layer {}", desc.digest),
@@ -76,7 +79,7 @@ impl RegistryClient {
     }
 
     async fn blob_exists_at(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
-        let (ctx, _) = self.context(from, &|_| {}).await?;
+        let (ctx, _) = self.context(from, &|_| {}, First::Other).await?;
         let client = self.client_for(from);
         let what = format!("check of blob {digest}");
         let digest = digest.to_string();
@@ -96,7 +99,9 @@ impl RegistryClient {
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let (ctx, auth) = self.context(reference, progress).await?;
+        let (ctx, auth) = self
+            .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
+            .await?;
         ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
     }
 

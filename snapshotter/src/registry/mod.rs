@@ -96,6 +96,8 @@ pub struct RegistryClient {
     probe: OnceLock<Option<reqwest::Client>>,
     /// The same for plain-HTTP registries: no roots, no redirects (see `open.rs`).
     plain: OnceLock<Option<reqwest::Client>>,
+    /// A manifest that came with a registry's answer to the asking (see `open.rs`).
+    kept: std::sync::Mutex<Option<open::KeptManifest>>,
 }
 
 impl RegistryClient {
@@ -106,6 +108,7 @@ impl RegistryClient {
             open: Default::default(),
             probe: OnceLock::new(),
             plain: OnceLock::new(),
+            kept: Default::default(),
             config,
         }
     }

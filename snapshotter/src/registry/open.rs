@@ -7,6 +7,10 @@
 //! each request then goes out at once, without credentials, as it did after the asking.
 //! oci-client's manifest requests store the credentials they are handed themselves, so for those
 //! registries forge fetches manifests with its own request, answered as oci-client answers them.
+//! A pull, whose first request is its manifest, asks with that request instead of `/v2/` (as
+//! containerd's resolver does): an answer without a bearer challenge is the registry's answer as
+//! `/v2/`'s would be, and a manifest that came with it is kept for the request that wants it, so
+//! a pull from an open registry makes one request fewer before its blobs.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +37,11 @@ impl RegistryClient {
         reference: &Reference,
         oci: &oci_client::Reference,
         auth: &RegistryAuth,
+        first: First<'_>,
     ) -> bool {
-        let open = self.goes_without_credentials(reference, oci, auth).await;
+        let open = self
+            .goes_without_credentials(reference, oci, auth, first)
+            .await;
         if !open {
             self.client_for(reference)
                 .store_auth_if_needed(oci.resolve_registry(), auth)
@@ -50,35 +57,61 @@ impl RegistryClient {
         reference: &Reference,
         oci: &oci_client::Reference,
         auth: &RegistryAuth,
+        first: First<'_>,
     ) -> bool {
+        let plain_http = self.uses_plain_http(reference.registry());
+        let manifest = match first {
+            First::Manifest(accepted) => Some((manifest_url(plain_http, oci), accepted.join(", "))),
+            First::Other => None,
+        };
         matches!(auth, RegistryAuth::Anonymous)
             && self
-                .wants_no_token(
-                    oci.resolve_registry(),
-                    self.uses_plain_http(reference.registry()),
-                )
+                .wants_no_token(oci.resolve_registry(), plain_http, manifest)
                 .await
     }
 
-    /// Whether `registry`'s `/v2/` answers without a bearer challenge, asked once per registry
-    /// and [`ASKED_FOR`] (again after no answer: a long-lived client, `forge serve`'s, sees a
-    /// registry that turns auth on). Anything else keeps oci-client's own way.
-    async fn wants_no_token(&self, registry: &str, plain_http: bool) -> bool {
+    /// Whether `registry` answers without a bearer challenge, asked once per registry and
+    /// [`ASKED_FOR`] (again after no answer: a long-lived client, `forge serve`'s, sees a registry
+    /// that turns auth on). Anything else keeps oci-client's own way. Asked with `manifest` (its
+    /// URL and Accept header) when the caller's first request is that manifest, whose bytes are
+    /// then kept for [`Self::manifest_without_credentials`]; else with `/v2/`.
+    async fn wants_no_token(
+        &self,
+        registry: &str,
+        plain_http: bool,
+        manifest: Option<(String, String)>,
+    ) -> bool {
         let known = self.answers().get(registry).copied();
         if let Some((open, asked)) = known
             && asked.elapsed() < ASKED_FOR
         {
             return open;
         }
-        let url = format!("{}://{registry}/v2/", scheme(plain_http));
+        let (url, accept) = match &manifest {
+            Some((url, accept)) => (url.clone(), Some(accept.as_str())),
+            None => (format!("{}://{registry}/v2/", scheme(plain_http)), None),
+        };
         // Read as oci-client reads it: the first challenge, and only a bearer one counts.
-        let answered = match self.get(&url, plain_http, None).await {
-            Some(Ok(answer)) => Some(
-                !answer
+        let answered = match self.get(&url, plain_http, accept).await {
+            Some(Ok(answer)) => {
+                let open = !answer
                     .headers()
                     .get(WWW_AUTHENTICATE)
-                    .is_some_and(|h| h.to_str().is_ok_and(is_bearer)),
-            ),
+                    .is_some_and(|h| h.to_str().is_ok_and(is_bearer));
+                if open
+                    && answer.status() == StatusCode::OK
+                    && let Some((url, accept)) = manifest
+                    && let Ok(body) = answer.bytes().await
+                {
+                    *self.kept() = Some(KeptManifest {
+                        url,
+                        accept,
+                        body,
+                        at: Instant::now(),
+                    });
+                }
+                Some(open)
+            }
             _ => None,
         };
         if let Some(open) = answered {
@@ -97,12 +130,18 @@ impl RegistryClient {
         accepted: &[&str],
     ) -> Result<bytes::Bytes, OciDistributionError> {
         let plain_http = self.uses_plain_http(reference.registry());
-        let wanted = oci
-            .digest()
-            .unwrap_or_else(|| oci.tag().unwrap_or("latest"));
-        let url = v2_url(plain_http, oci, &format!("manifests/{wanted}"));
+        let url = manifest_url(plain_http, oci);
+        let accept = accepted.join(", ");
+        // The one the registry answered its challenge with, when that asked for this one.
+        let kept = self
+            .kept()
+            .take_if(|k| k.url == url && k.accept == accept && k.at.elapsed() < KEPT_FOR)
+            .map(|k| k.body);
+        if let Some(body) = kept {
+            return Ok(body);
+        }
         let answer = self
-            .get(&url, plain_http, Some(&accepted.join(", ")))
+            .get(&url, plain_http, Some(&accept))
             .await
             .ok_or_else(no_client)??;
         let status = answer.status();
@@ -150,6 +189,10 @@ impl RegistryClient {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn kept(&self) -> std::sync::MutexGuard<'_, Option<KeptManifest>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// GETs `url` (accepting `accept`) with the client for its scheme: a plain-HTTP request goes
     /// out on a client that trusts no root and follows no redirect, and a redirect it is answered
     /// with is asked again on the client with the roots, which follows it wherever it leads.
@@ -178,6 +221,37 @@ impl RegistryClient {
         let http = self.probe.get_or_init(|| self.login_http().ok()).as_ref()?;
         Some(send(http).await)
     }
+}
+
+/// What a caller's first request is, which asks a registry for its challenge when the answer is
+/// not known yet.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum First<'a> {
+    /// The manifest of the caller's reference, accepting these media types.
+    Manifest(&'a [&'a str]),
+    /// Anything else: `/v2/` is asked.
+    Other,
+}
+
+/// A manifest fetched while asking its registry for a challenge, until its request takes it (the
+/// latest only: the pull that asked takes it as it goes on). One a pull that failed in between
+/// left is not taken [`KEPT_FOR`] later: a tag may have moved since.
+pub(super) struct KeptManifest {
+    url: String,
+    accept: String,
+    body: bytes::Bytes,
+    at: Instant,
+}
+
+/// How long a kept manifest is the answer to its request.
+const KEPT_FOR: Duration = Duration::from_secs(10);
+
+/// The URL of the manifest `oci` names (by digest, else tag, else `latest`).
+fn manifest_url(plain_http: bool, oci: &oci_client::Reference) -> String {
+    let wanted = oci
+        .digest()
+        .unwrap_or_else(|| oci.tag().unwrap_or("latest"));
+    v2_url(plain_http, oci, &format!("manifests/{wanted}"))
 }
 
 /// The URL of `path` (`manifests/<tag or digest>`, `blobs/<digest>`) in `oci`'s repository, as

@@ -10,6 +10,7 @@ use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 use serde::{Deserialize, Serialize};
 
+use super::open::First;
 use super::raw::{RawConfig, RawIndexEntry, RawManifest, RawPlatform};
 use super::{AuthError, LayerFollower, RegistryClient, oci_reference};
 use crate::platform::Platform;
@@ -23,7 +24,8 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
-const ACCEPTED_MANIFESTS: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+pub(super) const ACCEPTED_MANIFESTS: &[&str] =
+    &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
 /// Layer media types unpack knows: OCI plain/gzip/zstd (and their non-distributable forms) and
 /// Docker's gzip.
@@ -471,11 +473,16 @@ impl RegistryClient {
         let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
         let reference = from;
-        let (ctx, auth) = self.context(reference, progress).await?;
+        let (ctx, auth) = self
+            .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
+            .await?;
         // Keeps prune away until the record below references what this pull brings in.
-        let session = {
-            let store = store.clone();
-            blocking(move || store.session()).await?
+        let session = match store.try_session()? {
+            Some(session) => session,
+            None => {
+                let store = store.clone();
+                blocking(move || store.session()).await?
+            }
         };
 
         let (top_bytes, top_digest) = ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await?;

@@ -697,7 +697,8 @@ impl RegistryClient {
         let oci = oci_reference(first);
         let oci_client = self.client_for(first);
         // Push requests take their credentials from the client's per-registry store.
-        self.authorize(first, &oci, &auth).await;
+        self.authorize(first, &oci, &auth, super::open::First::Other)
+            .await;
         Ok(Target {
             client: self,
             oci_client,

@@ -369,6 +369,14 @@ impl Store {
         })
     }
 
+    /// [`Store::session`] when it can be had at once (no prune holds the store), `None` when it
+    /// would wait: an async caller takes it in place and sends only a wait to a blocking thread.
+    pub fn try_session(&self) -> Result<Option<Session>, StoreError> {
+        Ok(FileLock::try_acquire(&self.store_lock, LockMode::Shared)
+            .map_err(io_err("lock", &self.store_lock))?
+            .map(|l| Session { _lock: l }))
+    }
+
     /// The store to the caller alone, when no [`Session`] (a build, a pull, an ingest, in any
     /// process, this one included) holds it now; `None` without waiting otherwise. While it lives,
     /// sessions wait.
