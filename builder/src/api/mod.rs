@@ -16,13 +16,13 @@ mod prepare;
 mod request;
 mod service;
 mod session;
+mod solve;
 mod stream;
 
 use forge_snapshotter::registry::PullError;
 use forge_snapshotter::snapshot::SnapshotError;
 use forge_snapshotter::store::StoreError;
 
-pub use build::{SolveSettings, solve};
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{BuildContext, BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
 pub use service::{ServiceHandle, ServiceSpec};
@@ -31,6 +31,7 @@ pub use session::{
     DeferredIsolation, Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions,
     prepare_process,
 };
+pub use solve::{SolveSettings, solve};
 pub use stream::{StreamContext, is_url};
 
 use crate::export::ExportError;
