@@ -186,18 +186,20 @@ impl<E: Executor> Task<E> {
                 Ok((Some(lock), again))
             })
             .await?;
-        let first_was_locked = lock.is_some();
         if let Some(hit) = self.hit(key, record).await? {
             return Ok(Outcome::Done(finished(hit)));
         }
-        // A record read without the lock that turned out unusable: as a miss, under the lock.
         let _lock = match lock {
             Some(lock) => lock,
-            None => self.cache_call(key, move |c| c.lock(&key)).await?,
+            // A record read without the lock that turned out unusable: as a miss, under the lock.
+            None => {
+                let lock = self.cache_call(key, move |c| c.lock(&key)).await?;
+                if let Some(hit) = self.lookup(key).await? {
+                    return Ok(Outcome::Done(finished(hit)));
+                }
+                lock
+            }
         };
-        if !first_was_locked && let Some(hit) = self.lookup(key).await? {
-            return Ok(Outcome::Done(finished(hit)));
-        }
         self.emit(Event::Started {
             vertex: self.node,
             description: description.clone(),
