@@ -59,34 +59,34 @@ impl RegistryClient {
         auth: &RegistryAuth,
         first: First<'_>,
     ) -> bool {
-        let plain_http = self.uses_plain_http(reference.registry());
-        let manifest = match first {
-            First::Manifest(accepted) => Some((manifest_url(plain_http, oci), accepted.join(", "))),
-            First::Other => None,
-        };
         matches!(auth, RegistryAuth::Anonymous)
             && self
-                .wants_no_token(oci.resolve_registry(), plain_http, manifest)
+                .wants_no_token(oci, self.uses_plain_http(reference.registry()), first)
                 .await
     }
 
-    /// Whether `registry` answers without a bearer challenge, asked once per registry and
+    /// Whether `oci`'s registry answers without a bearer challenge, asked once per registry and
     /// [`ASKED_FOR`] (again after no answer: a long-lived client, `forge serve`'s, sees a registry
-    /// that turns auth on). Anything else keeps oci-client's own way. Asked with `manifest` (its
-    /// URL and Accept header) when the caller's first request is that manifest, whose bytes are
-    /// then kept for [`Self::manifest_without_credentials`]; else with `/v2/`.
+    /// that turns auth on). Anything else keeps oci-client's own way. Asked with `oci`'s manifest
+    /// request when that is the caller's `first` request, whose bytes are then kept for
+    /// [`Self::manifest_without_credentials`]; else with `/v2/`.
     async fn wants_no_token(
         &self,
-        registry: &str,
+        oci: &oci_client::Reference,
         plain_http: bool,
-        manifest: Option<(String, String)>,
+        first: First<'_>,
     ) -> bool {
+        let registry = oci.resolve_registry();
         let known = self.answers().get(registry).copied();
         if let Some((open, asked)) = known
             && asked.elapsed() < ASKED_FOR
         {
             return open;
         }
+        let manifest = match first {
+            First::Manifest(accepted) => Some((manifest_url(plain_http, oci), accepted.join(", "))),
+            First::Other => None,
+        };
         let (url, accept) = match &manifest {
             Some((url, accept)) => (url.clone(), Some(accept.as_str())),
             None => (format!("{}://{registry}/v2/", scheme(plain_http)), None),
