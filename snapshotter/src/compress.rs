@@ -111,6 +111,37 @@ pub fn decompressor<'a, R: Read + Send + 'a>(
     })
 }
 
+/// A reader that passes bytes through while computing their sha256 and count.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// The digest of everything read and its length.
+    pub fn finish(self) -> (Digest, u64) {
+        (sha256_digest(self.hasher.finalize().as_slice()), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// A writer that passes bytes through while computing their sha256 and count.
 pub struct HashingWriter<W> {
     inner: W,

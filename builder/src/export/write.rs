@@ -7,8 +7,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use forge_snapshotter::compress::HashingReader;
 use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
-use sha2::Digest as _;
 
 use super::{ExportError, Image, LayerBlob, io_err, name_annotations, tag_of};
 
@@ -131,48 +131,34 @@ fn docker_repo_tag(name: &str) -> String {
 
 /// Streams a blob into `out`, checking its size and sha256 against what the image records.
 fn copy_blob(blob: &LayerBlob, out: &mut dyn Write) -> Result<(), ExportError> {
-    let file = File::open(&blob.path).map_err(io_err("opening", &blob.path))?;
-    let mut reader = Verifying {
-        inner: file.take(blob.size + 1),
-        hasher: sha2::Sha256::new(),
-        n: 0,
-    };
+    let mut reader = open_checked(blob)?;
     let copied = std::io::copy(&mut reader, out);
-    reader.check(blob)?;
+    check(reader, blob)?;
     copied.map_err(io_err("copying", &blob.path))?;
     Ok(())
 }
 
-/// A reader that hashes and counts what passes through it.
-struct Verifying<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-    n: u64,
+/// `blob`'s file, read through a hash and cut one byte past the recorded size (so that a longer
+/// file shows), for [`check`].
+fn open_checked(blob: &LayerBlob) -> Result<HashingReader<std::io::Take<File>>, ExportError> {
+    let file = File::open(&blob.path).map_err(io_err("opening", &blob.path))?;
+    Ok(HashingReader::new(file.take(blob.size + 1)))
 }
 
-impl<R: Read> Read for Verifying<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let got = self.inner.read(buf)?;
-        self.hasher.update(&buf[..got]);
-        self.n += got as u64;
-        Ok(got)
+/// That what `read` passed is `blob`, whole: its size and sha256.
+fn check<R: Read>(read: HashingReader<R>, blob: &LayerBlob) -> Result<(), ExportError> {
+    let (digest, n) = read.finish();
+    let actual = digest.to_string();
+    if n != blob.size || actual != blob.digest.as_ref() {
+        return Err(ExportError::BlobMismatch {
+            path: blob.path.clone(),
+            expected: blob.digest.to_string(),
+            actual,
+            expected_size: blob.size,
+            actual_size: n,
+        });
     }
-}
-
-impl<R> Verifying<R> {
-    fn check(self, blob: &LayerBlob) -> Result<(), ExportError> {
-        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if self.n != blob.size || actual != blob.digest.as_ref() {
-            return Err(ExportError::BlobMismatch {
-                path: blob.path.clone(),
-                expected: blob.digest.to_string(),
-                actual,
-                expected_size: blob.size,
-                actual_size: self.n,
-            });
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Replaces `dest` whole (see [`crate::replace`]).
@@ -309,14 +295,9 @@ fn write_tar(
                     .map_err(terr("naming"))?;
                 // The header promises blob.size bytes: stream at most that many, hashing them as
                 // they pass, and refuse the archive if they are not the recorded blob.
-                let file = File::open(&blob.path).map_err(io_err("opening", &blob.path))?;
-                let mut reader = Verifying {
-                    inner: file.take(blob.size + 1),
-                    hasher: sha2::Sha256::new(),
-                    n: 0,
-                };
+                let mut reader = open_checked(blob)?;
                 let appended = tar.append(&h, &mut reader);
-                reader.check(blob)?;
+                check(reader, blob)?;
                 appended.map_err(terr("writing"))?;
             }
         }
