@@ -32,8 +32,12 @@ struct State {
     manifests: HashMap<String, (String, Vec<u8>)>,
     /// "METHOD path" of every request but `GET /v2/`.
     log: Vec<String>,
-    /// PATCHes past a blob's first chunk to answer with 500 (a failure mid-blob) before accepting.
-    fail_patches: usize,
+    /// The bytes each `PATCH` and commit (`PUT`) of an upload carried, in order, with the
+    /// digest the commit named (`None` for a `PATCH`).
+    sent: Vec<(&'static str, usize, Option<String>)>,
+    /// Requests carrying bytes past a blob's first chunk (a `PATCH`, or a commit with its last
+    /// bytes) to answer with 500 (a failure mid-blob) before accepting.
+    fail_later_chunks: usize,
     /// When set, every upload session is refused with this status.
     refuse_uploads: Option<u16>,
     next_id: u64,
@@ -172,25 +176,32 @@ fn route(
                     .get("content-range")
                     .and_then(|r| r.split('-').next()?.parse().ok())
                     .unwrap_or(0);
-                if st.fail_patches > 0 && start > 0 {
-                    st.fail_patches -= 1;
+                if st.fail_later_chunks > 0 && start > 0 {
+                    st.fail_later_chunks -= 1;
                     return (500, vec![], b"disk on fire".to_vec());
                 }
-                let Some((_, data)) = st.uploads.get_mut(id) else {
-                    return (404, vec![], vec![]);
-                };
-                if start != data.len() {
-                    return (416, vec![], vec![]);
+                match st.uploads.get(id) {
+                    None => return (404, vec![], vec![]),
+                    Some((_, data)) if start != data.len() => return (416, vec![], vec![]),
+                    Some(_) => {}
                 }
+                st.sent.push(("PATCH", body.len(), None));
+                let (_, data) = st.uploads.get_mut(id).expect("checked above");
                 data.extend_from_slice(&body);
                 let range = format!("0-{}", data.len().saturating_sub(1));
                 let loc = format!("/v2/{repo}/blobs/uploads/{id}");
                 (202, vec![("Location", loc), ("Range", range)], vec![])
             }
             ("PUT", id) => {
+                let held = st.uploads.get(id).map_or(0, |(_, data)| data.len());
+                if st.fail_later_chunks > 0 && held > 0 && !body.is_empty() {
+                    st.fail_later_chunks -= 1;
+                    return (500, vec![], b"disk on fire".to_vec());
+                }
                 let Some((_, mut data)) = st.uploads.remove(id) else {
                     return (404, vec![], vec![]);
                 };
+                st.sent.push(("PUT", body.len(), param("digest")));
                 data.extend_from_slice(&body);
                 let Some(digest) = param("digest") else {
                     return (400, vec![], vec![]);
@@ -206,6 +217,10 @@ fn route(
                 let loc = format!("/v2/{repo}/blobs/{digest}");
                 (201, vec![("Location", loc)], vec![])
             }
+            ("DELETE", id) => match st.uploads.remove(id) {
+                Some(_) => (204, vec![], vec![]),
+                None => (404, vec![], vec![]),
+            },
             _ => (405, vec![], vec![]),
         }
     } else if let Some((repo, digest)) = rest.split_once("/blobs/") {
@@ -303,7 +318,7 @@ fn client() -> RegistryClient {
 #[tokio::test]
 async fn a_chunk_failing_mid_blob_with_500_once_is_retried_with_a_fresh_session() {
     let fake = Fake::start().await;
-    fake.state.lock().unwrap().fail_patches = 1;
+    fake.state.lock().unwrap().fail_later_chunks = 1;
     let built = build_image();
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
     let events = Mutex::new(Vec::new());
@@ -455,7 +470,10 @@ async fn blobs_the_registry_has_are_not_sent_and_tags_share_the_manifest() {
 
     let st = fake.state.lock().unwrap();
     assert_eq!(
-        st.log.iter().filter(|l| l.starts_with("PATCH ")).count(),
+        st.log
+            .iter()
+            .filter(|l| l.starts_with("PUT /v2/app/blobs/uploads/"))
+            .count(),
         1,
         "only the config should be sent: {:#?}",
         st.log
@@ -469,6 +487,117 @@ async fn blobs_the_registry_has_are_not_sent_and_tags_share_the_manifest() {
         e,
         PushEvent::Exists { kind: BlobKind::Layer, digest, .. } if *digest == built.image.layers[0].descriptor.digest
     )));
+}
+
+/// A blob's last bytes go with the request that commits it: the config (one chunk) is sent in
+/// its commit alone, the two-chunk layer in one `PATCH` and its commit; pushed again, the config's
+/// session, opened while the registry was asked for the config, is given up, not left open.
+#[tokio::test]
+async fn a_blobs_last_bytes_go_with_its_commit_and_an_unused_session_is_given_up() {
+    let fake = Fake::start().await;
+    let built = build_image();
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let sink = |_: PushEvent| {};
+    client()
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    {
+        let st = fake.state.lock().unwrap();
+        let config = &built.image.config.descriptor;
+        let layer = &built.image.layers[0].descriptor;
+        let mut sent = st.sent.clone();
+        sent.sort();
+        let mut want = vec![
+            ("PATCH", 4 << 20, None),
+            ("PUT", config.size as usize, Some(config.digest.to_string())),
+            (
+                "PUT",
+                layer.size as usize - (4 << 20),
+                Some(layer.digest.to_string()),
+            ),
+        ];
+        want.sort();
+        assert_eq!(sent, want, "{:#?}", st.log);
+        assert_eq!(st.blobs[&format!("app@{}", layer.digest)], built.layer);
+        assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    }
+
+    client()
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.sent.len(), 3, "bytes were sent again: {:#?}", st.log);
+    assert!(
+        st.log
+            .iter()
+            .any(|l| l.starts_with("DELETE /v2/app/blobs/uploads/")),
+        "{:#?}",
+        st.log
+    );
+    assert!(
+        st.uploads.is_empty(),
+        "a session was left open: {:#?}",
+        st.log
+    );
+}
+
+/// A layer sent while it is written commits with its last bytes: a file of two upload pieces
+/// goes in one `PATCH` and a commit carrying the rest, a file of one piece in its commit alone,
+/// each under the digest of what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_sent_while_written_commits_with_its_last_bytes() {
+    use std::io::Write;
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = std::sync::Arc::new(client());
+    let target = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let mut want = Vec::new();
+    for (name, len) in [("two", (4usize << 20) + 4321), ("one", 94)] {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        let reader = file.try_clone().unwrap();
+        let (mut writer, upload) = client.upload_while_written(&target, reader, file);
+        let upload = tokio::spawn(upload);
+        let written = content.clone();
+        tokio::task::spawn_blocking(move || {
+            for piece in written.chunks(1 << 20) {
+                writer.write_all(piece).unwrap();
+            }
+            writer.complete().unwrap();
+        })
+        .await
+        .unwrap();
+        let sent = match upload.await.unwrap() {
+            forge_snapshotter::registry::FollowEnd::Sent(sent) => sent,
+            other => panic!("{name}: the upload did not commit: {other:?}"),
+        };
+        assert_eq!(sent.digest, Digest::of(&content), "{name}");
+        let digest = Some(sent.digest.to_string());
+        if len > 4 << 20 {
+            want.push(("PATCH", 4 << 20, None));
+        }
+        want.push(("PUT", len % (4 << 20), digest));
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.blobs[&format!("app@{}", sent.digest)], content, "{name}");
+    }
+    assert_eq!(fake.state.lock().unwrap().sent, want);
 }
 
 /// Pushes `built`'s image with its layer marked as on its way to `app` (sent while its step

@@ -2,17 +2,20 @@
 //! the step that makes it instead of after the image is assembled. The upload follows the file
 //! (it reads only what the writer says is written, in [`CHUNK`] pieces, so at most one piece is in
 //! memory and the writer never waits for the network) and commits with the digest of what it
-//! sent, which is known only at the end (`PUT ...?digest=` after the last `PATCH`).
+//! sent, which is known only at the end (`PUT ...?digest=`, which carries the last piece where
+//! the registry wants no token: see `upload.rs`).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::RegistryClient;
 use super::push::PushError;
+use super::upload::Piece;
 use crate::reference::Reference;
 use crate::store::Digest;
 
@@ -197,14 +200,14 @@ impl RegistryClient {
     }
 }
 
-/// The bytes of `file` as its writer reports them, in [`CHUNK`] pieces; the stream ends when the
-/// writer completes, and fails when it stops early.
+/// The bytes of `file` as its writer reports them, in [`CHUNK`] pieces, the last marked as such
+/// when it is read after the writer completed; the stream ends when the writer completes, and
+/// fails when it stops early.
 fn follow(
     file: File,
     rx: watch::Receiver<Growth>,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>>
-+ Send
-+ 'static {
+) -> impl futures::Stream<Item = Result<Piece, oci_client::errors::OciDistributionError>> + Send + 'static
+{
     struct State {
         file: Arc<File>,
         rx: watch::Receiver<Growth>,
@@ -232,6 +235,7 @@ fn follow(
             let ready = g.written - s.offset;
             if ready >= CHUNK || (g.end == End::Complete && ready > 0) {
                 let len = ready.min(CHUNK);
+                let last = g.end == End::Complete && len == ready;
                 let (file, at) = (s.file.clone(), s.offset);
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; len as usize];
@@ -243,7 +247,11 @@ fn follow(
                 return match read {
                     Ok(buf) => {
                         s.offset += len;
-                        Some((Ok(bytes::Bytes::from(buf)), Some(s)))
+                        let piece = Piece {
+                            bytes: bytes::Bytes::from(buf),
+                            last,
+                        };
+                        Some((Ok(piece), Some(s)))
                     }
                     Err(e) => Some((
                         Err(oci_client::errors::OciDistributionError::IoError(e)),
@@ -273,28 +281,38 @@ impl RegistryClient {
     async fn push_stream_unknown(
         &self,
         target: &Reference,
-        body: impl futures::Stream<
-            Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>,
-        > + Send
+        body: impl futures::Stream<Item = Result<Piece, oci_client::errors::OciDistributionError>>
+        + Send
         + 'static,
     ) -> Result<SentBlob, PushError> {
         let target = self.target(target, &|_| {}).await?;
         let what = "upload of a layer while it was written";
-        let sent = target
-            .oci_client
-            .push_blob_stream_chunked(&target.oci, body)
-            .await
-            .map_err(|e| target.error(what, e))?;
-        let digest = sent.blob_digest.parse().map_err(|_| {
-            PushError::Task(format!(
-                "{what}: the client computed an unreadable digest {}",
-                sent.blob_digest
-            ))
-        })?;
+        let (digest, size) = if target.without_credentials {
+            let sent = async {
+                let session = self.open_session(target.registry(), &target.oci).await?;
+                self.send_through(session, body, None).await
+            };
+            let sent = sent.await.map_err(|e| target.error(what, e))?;
+            (sent.digest, sent.size)
+        } else {
+            let body = body.map(|p| p.map(|p| p.bytes));
+            let sent = target
+                .oci_client
+                .push_blob_stream_chunked(&target.oci, body)
+                .await
+                .map_err(|e| target.error(what, e))?;
+            let digest = sent.blob_digest.parse().map_err(|_| {
+                PushError::Task(format!(
+                    "{what}: the client computed an unreadable digest {}",
+                    sent.blob_digest
+                ))
+            })?;
+            (digest, sent.size)
+        };
         Ok(SentBlob {
             repository: target.name(),
             digest,
-            size: sent.size,
+            size,
         })
     }
 }

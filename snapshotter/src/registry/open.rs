@@ -148,7 +148,7 @@ impl RegistryClient {
         let body = answer.bytes().await?;
         match status {
             StatusCode::OK => Ok(body),
-            s => Err(not_ok(s, url, &body)),
+            s => Err(refused(s, StatusCode::OK, url, &body)),
         }
     }
 
@@ -177,7 +177,7 @@ impl RegistryClient {
             )),
             s => {
                 let body = answer.bytes().await?;
-                Err(not_ok(s, url, &body))
+                Err(refused(s, StatusCode::OK, url, &body))
             }
         }
     }
@@ -212,14 +212,22 @@ impl RegistryClient {
             .send()
         };
         if plain_http {
-            let plain = self.plain.get_or_init(|| self.plain_http().ok()).as_ref()?;
-            match send(plain).await {
+            match send(self.own_http(true)?).await {
                 Ok(answer) if answer.status().is_redirection() => {}
                 answered => return Some(answered),
             }
         }
-        let http = self.probe.get_or_init(|| self.login_http().ok()).as_ref()?;
-        Some(send(http).await)
+        Some(send(self.own_http(false)?).await)
+    }
+
+    /// The client forge's own requests to a registry go out on: for plain HTTP one that trusts
+    /// no root and follows no redirect, else one with the roots. `None`: it could not be made.
+    pub(super) fn own_http(&self, plain_http: bool) -> Option<&reqwest::Client> {
+        if plain_http {
+            self.plain.get_or_init(|| self.plain_http().ok()).as_ref()
+        } else {
+            self.probe.get_or_init(|| self.login_http().ok()).as_ref()
+        }
     }
 }
 
@@ -256,7 +264,7 @@ fn manifest_url(plain_http: bool, oci: &oci_client::Reference) -> String {
 
 /// The URL of `path` (`manifests/<tag or digest>`, `blobs/<digest>`) in `oci`'s repository, as
 /// oci-client makes it.
-fn v2_url(plain_http: bool, oci: &oci_client::Reference, path: &str) -> String {
+pub(super) fn v2_url(plain_http: bool, oci: &oci_client::Reference, path: &str) -> String {
     format!(
         "{}://{}/v2/{}/{path}{}",
         scheme(plain_http),
@@ -268,7 +276,7 @@ fn v2_url(plain_http: bool, oci: &oci_client::Reference, path: &str) -> String {
     )
 }
 
-fn no_client() -> OciDistributionError {
+pub(super) fn no_client() -> OciDistributionError {
     OciDistributionError::GenericError(Some("no HTTP client could be made".into()))
 }
 
@@ -280,13 +288,17 @@ fn scheme(plain_http: bool) -> &'static str {
 pub(super) type BlobStream =
     futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
 
-/// What an answer other than 200 to a GET means, as oci-client reads it.
-fn not_ok(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {
+/// What an answer other than the `expected` one means, as oci-client reads it.
+pub(super) fn refused(
+    status: StatusCode,
+    expected: StatusCode,
+    url: String,
+    body: &[u8],
+) -> OciDistributionError {
     match status {
         StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
         s if s.is_success() => OciDistributionError::SpecViolationError(format!(
-            "Expected HTTP Status {}, got {s} instead",
-            StatusCode::OK
+            "Expected HTTP Status {expected}, got {s} instead"
         )),
         s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(body) {
             Ok(envelope) => OciDistributionError::RegistryError { envelope, url },

@@ -1,7 +1,10 @@
 //! Push: send an image the store holds (pulled or built) to a registry under one or more tags.
 //! Per target repository, blobs the registry has are skipped, blobs from a sibling repository of the
 //! same registry are mounted, the rest stream from the store file in bounded chunks, several at
-//! once, retried on transient failures; the manifest goes last, as the exact stored bytes.
+//! once, retried on transient failures; the manifest goes last, as the exact stored bytes. To a
+//! registry that wants no token, a blob's last chunk goes with its commit, and a blob of one
+//! chunk has its upload session opened while the registry is asked whether it has it (see
+//! `upload.rs`).
 
 use std::io::Read;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use futures::StreamExt;
 use oci_client::errors::OciDistributionError;
 use serde::{Deserialize, Serialize};
 
+use super::upload::{Piece, Session};
 use super::{AuthError, BlobKind, PullError, RegistryClient, is_transient, oci_reference};
 use crate::reference::Reference;
 use crate::retry::{GaveUp, Transient, retry};
@@ -247,12 +251,19 @@ pub(super) struct Target<'a> {
     repository: String,
     /// The username the requests carry; `None` when anonymous.
     login: Option<String>,
+    /// The registry wants no token: uploads go out as forge's own requests (`upload.rs`).
+    pub(super) without_credentials: bool,
     progress: &'a (dyn Fn(PushEvent) + Send + Sync),
 }
 
 impl Target<'_> {
     pub(super) fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The registry's name as references give it (`host[:port]`).
+    pub(super) fn registry(&self) -> &str {
+        &self.registry
     }
 
     pub(super) fn error(&self, what: &str, e: OciDistributionError) -> PushError {
@@ -317,12 +328,37 @@ impl Target<'_> {
             BlobKind::Config => "config",
             BlobKind::Layer => "layer",
         };
-        let exists = self
-            .retry(&format!("check of {kind} {digest}"), || async {
-                Ok(self.oci_client.blob_exists(&self.oci, &digest).await?)
-            })
-            .await?;
+        let what = format!("check of {kind} {digest}");
+        let check = self.retry(&what, || async {
+            Ok(self.oci_client.blob_exists(&self.oci, &digest).await?)
+        });
+        // A blob of one chunk with nowhere to mount it from: its upload session is opened while
+        // the registry is asked whether it has the blob, so that its upload, when it has not,
+        // is one request more instead of two (`upload.rs`). Opening it is not retried: a
+        // failure leaves the upload to open its own.
+        let early = self.without_credentials
+            && desc.size <= UPLOAD_CHUNK as u64
+            && self.mount_source(blob).is_none();
+        let (exists, session) = if early {
+            let open = self.client.open_session(&self.registry, &self.oci);
+            let (exists, session) = futures::future::join(check, open).await;
+            (exists, session.ok())
+        } else {
+            (check.await, None)
+        };
+        let exists = match exists {
+            Ok(exists) => exists,
+            Err(e) => {
+                if let Some(session) = session {
+                    self.client.cancel_session(session).await;
+                }
+                return Err(e);
+            }
+        };
         if exists {
+            if let Some(session) = session {
+                self.client.cancel_session(session).await;
+            }
             (self.progress)(PushEvent::Exists {
                 repository: self.name(),
                 digest: desc.digest.clone(),
@@ -370,8 +406,11 @@ impl Target<'_> {
         if !store.has_blob(&desc.digest) {
             self.fetch_from_source(store, blob).await?;
         }
+        let session = std::sync::Mutex::new(session);
         self.retry(&format!("upload of {kind} {digest}"), || {
-            self.upload_once(store, desc, kind)
+            // The session opened early serves the first try; a retry opens a fresh one.
+            let early = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.upload_once(store, desc, kind, early)
         })
         .await?;
         (self.progress)(PushEvent::Uploaded {
@@ -411,13 +450,15 @@ impl Target<'_> {
             .then(|| repository.to_string())
     }
 
-    /// One upload: a fresh upload session fed from the store file, chunk by chunk. The registry
-    /// computes the digest of what it received and refuses the commit if it differs.
+    /// One upload: a fresh upload session (or `early`, one opened for it) fed from the store
+    /// file, chunk by chunk. The registry computes the digest of what it received and refuses
+    /// the commit if it differs.
     async fn upload_once(
         &self,
         store: &Store,
         desc: &Descriptor,
         kind: &str,
+        early: Option<Session>,
     ) -> Result<(), Failure> {
         let file = {
             let store = store.clone();
@@ -436,16 +477,22 @@ impl Target<'_> {
         // The body stream must be 'static, and `progress` is not: the stream sends counts through
         // a channel that this task drains while the upload runs.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let body = futures::stream::unfold(Some(file), move |file| {
+        let size = desc.size;
+        let pieces = futures::stream::unfold(Some((file, 0u64)), move |state| {
             let tx = tx.clone();
             async move {
-                let file = file?;
-                let read = tokio::task::spawn_blocking(move || read_chunk(file)).await;
-                match read {
+                let (file, read) = state?;
+                let chunk = tokio::task::spawn_blocking(move || read_chunk(file)).await;
+                match chunk {
                     Ok(Ok((buf, _))) if buf.is_empty() => None,
                     Ok(Ok((buf, file))) => {
                         let _ = tx.send(buf.len() as u64);
-                        Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                        let read = read + buf.len() as u64;
+                        let piece = Piece {
+                            bytes: bytes::Bytes::from(buf),
+                            last: read >= size,
+                        };
+                        Some((Ok(piece), Some((file, read))))
                     }
                     Ok(Err(e)) => Some((Err(OciDistributionError::IoError(e)), None)),
                     Err(e) => Some((
@@ -455,10 +502,25 @@ impl Target<'_> {
                 }
             }
         });
-        let digest = desc.digest.to_string();
-        let upload = self
-            .oci_client
-            .push_blob_stream(&self.oci, body, &digest, Some(desc.size));
+        let upload = async {
+            if self.without_credentials {
+                let session = match early {
+                    Some(session) => session,
+                    None => self.client.open_session(&self.registry, &self.oci).await?,
+                };
+                self.client
+                    .send_through(session, pieces, Some(&desc.digest))
+                    .await
+                    .map(drop)
+            } else {
+                let body = pieces.map(|p| p.map(|p| p.bytes));
+                let digest = desc.digest.to_string();
+                self.oci_client
+                    .push_blob_stream(&self.oci, body, &digest, Some(desc.size))
+                    .await
+                    .map(drop)
+            }
+        };
         let report = async {
             let mut sent = 0;
             while let Some(n) = rx.recv().await {
@@ -471,7 +533,7 @@ impl Target<'_> {
             }
         };
         let (result, ()) = futures::future::join(upload, report).await;
-        result.map(drop).map_err(Failure::Oci)
+        result.map_err(Failure::Oci)
     }
 
     /// Puts the manifest under `tag` (a tag or digest of this repository).
@@ -697,7 +759,8 @@ impl RegistryClient {
         let oci = oci_reference(first);
         let oci_client = self.client_for(first);
         // Push requests take their credentials from the client's per-registry store.
-        self.authorize(first, &oci, &auth, super::open::First::Other)
+        let without_credentials = self
+            .authorize(first, &oci, &auth, super::open::First::Other)
             .await;
         Ok(Target {
             client: self,
@@ -706,6 +769,7 @@ impl RegistryClient {
             registry: first.registry().to_string(),
             repository: first.repository().to_string(),
             login: super::login_of(&auth),
+            without_credentials,
             progress,
         })
     }

@@ -1,0 +1,225 @@
+//! Blob uploads to a registry that wants no token (see `open.rs`), made with forge's own requests.
+//! The distribution spec lets the request that commits an upload (`PUT <location>?digest=`) carry
+//! the upload's final chunk, and forge sends it there: a blob of one chunk (a config, a small
+//! layer) takes two requests, the session's opening and its commit, where oci-client's chunked
+//! upload takes three (every chunk in a `PATCH`, then an empty `PUT`), and a layer sent while its
+//! step writes it is committed with one request once its last bytes are written instead of two.
+//! A registry that wants a token keeps oci-client's upload, which runs the token exchange.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use oci_client::errors::OciDistributionError;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+
+use super::RegistryClient;
+use super::open::{no_client, v2_url};
+use crate::store::Digest;
+
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// A piece of a blob on its way up, and whether it is the blob's last (which then goes with the
+/// commit). A stream of pieces may end without a last one: the commit then carries no bytes.
+pub(super) struct Piece {
+    pub(super) bytes: Bytes,
+    pub(super) last: bool,
+}
+
+/// An upload session a registry opened: where its next request goes.
+pub(super) struct Session {
+    /// The `Location` of the registry's last answer, made absolute.
+    url: Url,
+    /// Bytes the registry holds so far.
+    sent: u64,
+    plain_http: bool,
+}
+
+/// What a blob's upload committed.
+pub(super) struct Committed {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+}
+
+impl RegistryClient {
+    /// Opens an upload session in `oci`'s repository (`POST .../blobs/uploads/`).
+    /// `registry` is the name references give it (`host[:port]`).
+    pub(super) async fn open_session(
+        &self,
+        registry: &str,
+        oci: &oci_client::Reference,
+    ) -> Result<Session, OciDistributionError> {
+        let plain_http = self.uses_plain_http(registry);
+        let url = v2_url(plain_http, oci, "blobs/uploads/");
+        let answer = self
+            .own_request(Method::POST, &url, plain_http)?
+            .header(CONTENT_LENGTH, 0)
+            .send()
+            .await?;
+        session_from(answer, &url, StatusCode::ACCEPTED, plain_http, 0).await
+    }
+
+    /// Sends `body`'s pieces through `session` and commits it, with the last piece as the
+    /// commit's body, as `digest`, or as the sha256 of what was sent when `digest` is `None`
+    /// (the registry refuses a commit whose digest is not that of the bytes it holds).
+    pub(super) async fn send_through(
+        &self,
+        mut session: Session,
+        body: impl Stream<Item = Result<Piece, OciDistributionError>>,
+        digest: Option<&Digest>,
+    ) -> Result<Committed, OciDistributionError> {
+        let mut hasher = digest.is_none().then(Sha256::new);
+        let mut body = std::pin::pin!(body);
+        let mut last = Bytes::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&piece.bytes);
+            }
+            if piece.last {
+                last = piece.bytes;
+                break;
+            }
+            if !piece.bytes.is_empty() {
+                self.send_chunk(&mut session, piece.bytes).await?;
+            }
+        }
+        let size = session.sent + last.len() as u64;
+        let digest = match (digest, hasher) {
+            (Some(d), _) => d.clone(),
+            (None, _) if size == 0 => return Err(OciDistributionError::PushNoDataError),
+            (None, Some(h)) => Digest::from_hasher(h),
+            (None, None) => unreachable!("a hasher is made when no digest is given"),
+        };
+        self.commit_session(session, last, &digest).await?;
+        Ok(Committed { digest, size })
+    }
+
+    /// Sends `chunk` as the session's next bytes (`PATCH`).
+    async fn send_chunk(
+        &self,
+        session: &mut Session,
+        chunk: Bytes,
+    ) -> Result<(), OciDistributionError> {
+        let len = chunk.len() as u64;
+        let range = format!("{}-{}", session.sent, session.sent + len - 1);
+        let url = session.url.to_string();
+        let answer = self
+            .own_request(Method::PATCH, &url, session.plain_http)?
+            .header(CONTENT_RANGE, range)
+            .header(CONTENT_LENGTH, len)
+            .header(CONTENT_TYPE, OCTET_STREAM)
+            .body(chunk)
+            .send()
+            .await?;
+        let sent = session.sent + len;
+        *session =
+            session_from(answer, &url, StatusCode::ACCEPTED, session.plain_http, sent).await?;
+        Ok(())
+    }
+
+    /// Commits the session as `digest`, with `last` as its final bytes (`PUT ?digest=`).
+    async fn commit_session(
+        &self,
+        session: Session,
+        last: Bytes,
+        digest: &Digest,
+    ) -> Result<(), OciDistributionError> {
+        let mut url = session.url;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let url = url.to_string();
+        let len = last.len() as u64;
+        let mut request = self
+            .own_request(Method::PUT, &url, session.plain_http)?
+            .header(CONTENT_LENGTH, len)
+            .header(CONTENT_TYPE, OCTET_STREAM);
+        if len > 0 {
+            let range = format!("{}-{}", session.sent, session.sent + len - 1);
+            request = request.header(CONTENT_RANGE, range);
+        }
+        let answer = request.body(last).send().await?;
+        match answer.status() {
+            StatusCode::CREATED => Ok(()),
+            s => {
+                let body = answer.bytes().await.unwrap_or_default();
+                Err(not_accepted(s, StatusCode::CREATED, url, &body))
+            }
+        }
+    }
+
+    /// Gives a session up (`DELETE`), so that the registry need not keep what it holds until it
+    /// purges old uploads. Best effort: a registry that refuses keeps it until then.
+    pub(super) async fn cancel_session(&self, session: Session) {
+        if let Ok(request) =
+            self.own_request(Method::DELETE, session.url.as_str(), session.plain_http)
+        {
+            let _ = request.send().await;
+        }
+    }
+
+    /// A request on the client forge's own requests to a registry go out on (see `open.rs`).
+    fn own_request(
+        &self,
+        method: Method,
+        url: &str,
+        plain_http: bool,
+    ) -> Result<reqwest::RequestBuilder, OciDistributionError> {
+        let http = self.own_http(plain_http).ok_or_else(no_client)?;
+        Ok(http.request(method, url))
+    }
+}
+
+/// The session an answer leads on to: its `Location`, resolved against the request's URL,
+/// when the answer has the `expected` status.
+async fn session_from(
+    answer: reqwest::Response,
+    url: &str,
+    expected: StatusCode,
+    plain_http: bool,
+    sent: u64,
+) -> Result<Session, OciDistributionError> {
+    let status = answer.status();
+    if status != expected {
+        let body = answer.bytes().await.unwrap_or_default();
+        return Err(not_accepted(status, expected, url.to_string(), &body));
+    }
+    let location = answer
+        .headers()
+        .get(LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .ok_or_else(|| {
+            OciDistributionError::SpecViolationError(format!(
+                "{url} answered {status} without a Location"
+            ))
+        })?;
+    let url = Url::parse(url)
+        .and_then(|base| base.join(location))
+        .map_err(|e| OciDistributionError::UrlParseError(format!("{location}: {e}")))?;
+    Ok(Session {
+        url,
+        sent,
+        plain_http,
+    })
+}
+
+/// What an upload's answer other than the `expected` one means, as oci-client reads it: another
+/// success breaks the spec, anything else is the registry's refusal with its status and text.
+fn not_accepted(
+    status: StatusCode,
+    expected: StatusCode,
+    url: String,
+    body: &[u8],
+) -> OciDistributionError {
+    if status.is_success() {
+        OciDistributionError::SpecViolationError(format!(
+            "Expected HTTP Status {expected}, got {status} instead"
+        ))
+    } else {
+        OciDistributionError::ServerError {
+            code: status.as_u16(),
+            url,
+            message: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+}
