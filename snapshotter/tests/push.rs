@@ -35,6 +35,8 @@ struct State {
     /// The bytes each `PATCH` and commit (`PUT`) of an upload carried, in order, with the
     /// digest the commit named (`None` for a `PATCH`).
     sent: Vec<(&'static str, usize, Option<String>)>,
+    /// The `User-Agent` of every request.
+    agents: std::collections::BTreeSet<String>,
     /// Requests carrying bytes past a blob's first chunk (a `PATCH`, or a commit with its last
     /// bytes) to answer with 500 (a failure mid-blob) before accepting.
     fail_later_chunks: usize,
@@ -144,6 +146,9 @@ fn route(
         return (200, vec![], b"{}".to_vec());
     }
     st.log.push(format!("{method} {path}"));
+    if let Some(agent) = headers.get("user-agent") {
+        st.agents.insert(agent.clone());
+    }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return (404, vec![], vec![]);
     };
@@ -160,6 +165,15 @@ fn route(
                 if let Some(status) = st.refuse_uploads {
                     let error = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
                     return (status, vec![], error.to_vec());
+                }
+                // A mount links a blob the source repository holds (201); one it lacks opens
+                // an upload instead (202), as Distribution does.
+                if let (Some(digest), Some(from)) = (param("mount"), param("from"))
+                    && let Some(bytes) = st.blobs.get(&format!("{from}@{digest}")).cloned()
+                {
+                    st.blobs.insert(format!("{repo}@{digest}"), bytes);
+                    let loc = format!("/v2/{repo}/blobs/{digest}");
+                    return (201, vec![("Location", loc)], vec![]);
                 }
                 st.next_id += 1;
                 let id = st.next_id.to_string();
@@ -526,6 +540,17 @@ async fn a_blobs_last_bytes_go_with_its_commit_and_an_unused_session_is_given_up
         assert_eq!(sent, want, "{:#?}", st.log);
         assert_eq!(st.blobs[&format!("app@{}", layer.digest)], built.layer);
         assert!(st.uploads.is_empty(), "{:#?}", st.log);
+        // Every request was forge's own: a push to a registry that wants no token makes no
+        // oci-client client.
+        assert_eq!(
+            st.agents
+                .iter()
+                .map(|a| a.split('/').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["forge"],
+            "{:?}",
+            st.agents
+        );
     }
 
     client()
@@ -598,6 +623,80 @@ async fn a_layer_sent_while_written_commits_with_its_last_bytes() {
         assert_eq!(st.blobs[&format!("app@{}", sent.digest)], content, "{name}");
     }
     assert_eq!(fake.state.lock().unwrap().sent, want);
+}
+
+/// A blob marked as mountable from a repository that lacks it: the registry opens an upload in
+/// answer to the mount, and that session carries the blob (no second session is opened, none is
+/// left behind). Mounted from one that has it, nothing is sent.
+#[tokio::test]
+async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let source = format!("{}/base", fake.addr);
+    built.image.layers[0].mount_from = Some(source.clone());
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let events = Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+    client()
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    let layer = built.image.layers[0].descriptor.digest.clone();
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.blobs[&format!("app@{layer}")], built.layer);
+        // The config's session and the layer's, which the mount opened.
+        assert_eq!(
+            fake_count(&st, "POST /v2/app/blobs/uploads/"),
+            2,
+            "{:#?}",
+            st.log
+        );
+        assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    }
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PushEvent::Uploaded { digest, .. } if *digest == layer))
+    );
+
+    // Into a sibling, from `app`, which now holds the layer: linked, not sent.
+    built.image.layers[0].mount_from = Some(format!("{}/app", fake.addr));
+    let sibling = Reference::parse(&format!("{}/sibling:1", fake.addr)).unwrap();
+    let events = Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+    let before = fake.state.lock().unwrap().sent.len();
+    client()
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&sibling),
+            &sink,
+        )
+        .await
+        .unwrap();
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.blobs[&format!("sibling@{layer}")], built.layer);
+    // Only the config's bytes went.
+    assert_eq!(st.sent.len(), before + 1, "{:#?}", st.log);
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PushEvent::Mounted { digest, .. } if *digest == layer))
+    );
+}
+
+fn fake_count(st: &State, prefix: &str) -> usize {
+    st.log.iter().filter(|l| l.starts_with(prefix)).count()
 }
 
 /// Pushes `built`'s image with its layer marked as on its way to `app` (sent while its step

@@ -212,13 +212,6 @@ impl Session {
         let mut locals = super::prepare::named_context_dirs(request, &self.root).await?;
 
         let pushes = request.pushes();
-        // The client the layers leave through is made while the build starts, off the async
-        // workers (see `make_push_client`).
-        if pushes && let Some(target) = request.tags.first().and_then(|t| Reference::parse(t).ok())
-        {
-            let registry = self.registry.clone();
-            tokio::task::spawn_blocking(move || registry.make_push_client(&target));
-        }
         let leaves_store = pushes
             || request.exports.iter().any(|e| {
                 matches!(

@@ -80,14 +80,16 @@ impl RegistryClient {
 
     async fn blob_exists_at(&self, from: &Reference, digest: &Digest) -> Result<bool, PullError> {
         let (ctx, _) = self.context(from, &|_| {}, First::Other).await?;
-        let client = self.client_for(from);
         let what = format!("check of blob {digest}");
-        let digest = digest.to_string();
         ctx.retry(&what, || async {
-            client
-                .blob_exists(&ctx.oci, &digest)
-                .await
-                .map_err(|e| ctx.classify(&what, e))
+            if ctx.without_credentials {
+                self.own_blob_exists(from.registry(), &ctx.oci, digest)
+                    .await
+            } else {
+                let digest = digest.to_string();
+                self.client_for(from).blob_exists(&ctx.oci, &digest).await
+            }
+            .map_err(|e| ctx.classify(&what, e))
         })
         .await
     }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::RegistryClient;
-use super::push::PushError;
+use super::push::{PushError, Via};
 use super::upload::Piece;
 use crate::reference::Reference;
 use crate::store::Digest;
@@ -287,27 +287,29 @@ impl RegistryClient {
     ) -> Result<SentBlob, PushError> {
         let target = self.target(target, &|_| {}).await?;
         let what = "upload of a layer while it was written";
-        let (digest, size) = if target.without_credentials {
-            let sent = async {
-                let session = self.open_session(target.registry(), &target.oci).await?;
-                self.send_through(session, body, None).await
-            };
-            let sent = sent.await.map_err(|e| target.error(what, e))?;
-            (sent.digest, sent.size)
-        } else {
-            let body = body.map(|p| p.map(|p| p.bytes));
-            let sent = target
-                .oci_client
-                .push_blob_stream_chunked(&target.oci, body)
-                .await
-                .map_err(|e| target.error(what, e))?;
-            let digest = sent.blob_digest.parse().map_err(|_| {
-                PushError::Task(format!(
-                    "{what}: the client computed an unreadable digest {}",
-                    sent.blob_digest
-                ))
-            })?;
-            (digest, sent.size)
+        let (digest, size) = match target.via {
+            Via::Own => {
+                let sent = async {
+                    let session = self.open_session(target.registry(), &target.oci).await?;
+                    self.send_through(session, body, None).await
+                };
+                let sent = sent.await.map_err(|e| target.error(what, e))?;
+                (sent.digest, sent.size)
+            }
+            Via::Oci(oci_client) => {
+                let body = body.map(|p| p.map(|p| p.bytes));
+                let sent = oci_client
+                    .push_blob_stream_chunked(&target.oci, body)
+                    .await
+                    .map_err(|e| target.error(what, e))?;
+                let digest = sent.blob_digest.parse().map_err(|_| {
+                    PushError::Task(format!(
+                        "{what}: the client computed an unreadable digest {}",
+                        sent.blob_digest
+                    ))
+                })?;
+                (digest, sent.size)
+            }
         };
         Ok(SentBlob {
             repository: target.name(),

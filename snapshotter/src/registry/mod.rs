@@ -82,10 +82,11 @@ impl Default for RegistryConfig {
 
 /// A registry client. Holds token caches, so keep one per process rather than one per pull.
 /// Its oci-client clients are made on first use, for requests that carry credentials (or face a
-/// bearer challenge) and for pushes: making one takes every trusted root and oci-client's default
-/// client besides, which reads the platform's roots again (several milliseconds of CPU). Requests
-/// to a registry that wants no token (a pull's manifests and blobs) go through forge's own
-/// clients (`open.rs`), so a pull from such a registry makes none.
+/// bearer challenge): making one takes every trusted root and oci-client's default client
+/// besides, which reads the platform's roots again (several milliseconds of CPU). Requests to a
+/// registry that wants no token (a pull's manifests and blobs, a push's checks, uploads, mounts
+/// and manifests) go through forge's own clients (`open.rs`, `upload.rs`), so a pull from or a
+/// push to such a registry makes none.
 pub struct RegistryClient {
     config: RegistryConfig,
     https: OnceLock<oci_client::Client>,
@@ -138,12 +139,18 @@ impl RegistryClient {
                 .any(|r| r == registry)
     }
 
-    /// Makes the client that pushes to `reference`'s registry go through, unless it is made: a
-    /// build that pushes calls this on a blocking thread as it starts, so that its first layer
-    /// upload, while a step runs, does not make it on an async worker (several milliseconds of
-    /// CPU: see [`RegistryClient`]).
-    pub fn make_push_client(&self, reference: &Reference) {
-        self.client_for(reference);
+    /// [`Self::client_for`], made (when it is not yet) off the async workers where the runtime
+    /// has other workers to run them: making one costs several milliseconds of CPU (see
+    /// [`RegistryClient`]), which would stall the tasks queued on this one meanwhile.
+    fn client_off_worker(&self, reference: &Reference) -> &oci_client::Client {
+        let (cell, _) = self.cell_for(reference);
+        if cell.get().is_none()
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(|| self.client_for(reference));
+        }
+        self.client_for(reference)
     }
 
     fn client_for(&self, reference: &Reference) -> &oci_client::Client {

@@ -43,7 +43,7 @@ impl RegistryClient {
             .goes_without_credentials(reference, oci, auth, first)
             .await;
         if !open {
-            self.client_for(reference)
+            self.client_off_worker(reference)
                 .store_auth_if_needed(oci.resolve_registry(), auth)
                 .await;
         }
@@ -255,7 +255,7 @@ pub(super) struct KeptManifest {
 const KEPT_FOR: Duration = Duration::from_secs(10);
 
 /// The URL of the manifest `oci` names (by digest, else tag, else `latest`).
-fn manifest_url(plain_http: bool, oci: &oci_client::Reference) -> String {
+pub(super) fn manifest_url(plain_http: bool, oci: &oci_client::Reference) -> String {
     let wanted = oci
         .digest()
         .unwrap_or_else(|| oci.tag().unwrap_or("latest"));

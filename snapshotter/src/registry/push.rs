@@ -244,16 +244,23 @@ impl Transient for Failure {
 /// One target repository being pushed to.
 pub(super) struct Target<'a> {
     client: &'a RegistryClient,
-    pub(super) oci_client: &'a oci_client::Client,
+    /// How its requests go out.
+    pub(super) via: Via<'a>,
     /// The first tag's reference, used for blob requests (they are per repository).
     pub(super) oci: oci_client::Reference,
     registry: String,
     repository: String,
     /// The username the requests carry; `None` when anonymous.
     login: Option<String>,
-    /// The registry wants no token: uploads go out as forge's own requests (`upload.rs`).
-    pub(super) without_credentials: bool,
     progress: &'a (dyn Fn(PushEvent) + Send + Sync),
+}
+
+/// How a push's requests go out.
+pub(super) enum Via<'a> {
+    /// As forge's own requests: the registry wants no token (`upload.rs`).
+    Own,
+    /// Through oci-client, which runs the token exchange.
+    Oci(&'a oci_client::Client),
 }
 
 impl Target<'_> {
@@ -330,21 +337,35 @@ impl Target<'_> {
         };
         let what = format!("check of {kind} {digest}");
         let check = self.retry(&what, || async {
-            Ok(self.oci_client.blob_exists(&self.oci, &digest).await?)
+            Ok(match self.via {
+                Via::Own => {
+                    let registry = &self.registry;
+                    self.client
+                        .own_blob_exists(registry, &self.oci, &desc.digest)
+                        .await?
+                }
+                Via::Oci(oci_client) => oci_client.blob_exists(&self.oci, &digest).await?,
+            })
         });
         // A blob of one chunk with nowhere to mount it from: its upload session is opened while
         // the registry is asked whether it has the blob, so that its upload, when it has not,
-        // is one request more instead of two (`upload.rs`). Opening it is not retried: a
-        // failure leaves the upload to open its own.
-        let early = self.without_credentials
+        // is one request more instead of two (`upload.rs`). A refusal to open it is the
+        // upload's, reported if the registry lacks the blob; a transient failure leaves the
+        // upload to open its own, retried.
+        let early = matches!(self.via, Via::Own)
             && desc.size <= UPLOAD_CHUNK as u64
             && self.mount_source(blob).is_none();
-        let (exists, session) = if early {
+        let (exists, opened) = if early {
             let open = self.client.open_session(&self.registry, &self.oci);
-            let (exists, session) = futures::future::join(check, open).await;
-            (exists, session.ok())
+            let (exists, opened) = futures::future::join(check, open).await;
+            (exists, Some(opened))
         } else {
             (check.await, None)
+        };
+        let (session, refused) = match opened {
+            Some(Ok(session)) => (Some(session), None),
+            Some(Err(e)) if !is_transient(&e) => (None, Some(e)),
+            _ => (None, None),
         };
         let exists = match exists {
             Ok(exists) => exists,
@@ -355,6 +376,11 @@ impl Target<'_> {
                 return Err(e);
             }
         };
+        if let Some(e) = refused
+            && !exists
+        {
+            return Err(self.error(&format!("upload of {kind} {digest}"), e));
+        }
         if exists {
             if let Some(session) = session {
                 self.client.cancel_session(session).await;
@@ -367,23 +393,41 @@ impl Target<'_> {
             });
             return Ok(());
         }
+        // The session the upload's first try uses, when one is open already.
+        let session = std::sync::Mutex::new(session);
         if let Some(from) = self.mount_source(blob) {
-            let source = oci_client::Reference::with_tag(
-                self.registry.clone(),
-                from.clone(),
-                "latest".to_string(),
-            );
             let mounted = self
                 .retry(&format!("mount of {kind} {digest} from {from}"), || async {
-                    match self
-                        .oci_client
-                        .mount_blob(&self.oci, &source, &digest)
-                        .await
-                    {
-                        Ok(()) => Ok(true),
-                        // 202: the registry did not mount (the source lacks the blob, or it will
-                        // not link across repositories) and opened an upload instead.
-                        Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
+                    let answer = match self.via {
+                        // A session the registry opened instead of mounting serves the upload.
+                        Via::Own => self
+                            .client
+                            .own_mount(&self.registry, &self.oci, &from, &desc.digest)
+                            .await
+                            .map(|opened| match opened {
+                                None => true,
+                                Some(opened) => {
+                                    *session.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(opened);
+                                    false
+                                }
+                            }),
+                        Via::Oci(oci_client) => {
+                            let source = oci_client::Reference::with_tag(
+                                self.registry.clone(),
+                                from.clone(),
+                                "latest".to_string(),
+                            );
+                            match oci_client.mount_blob(&self.oci, &source, &digest).await {
+                                // 202: the registry did not mount (the source lacks the blob, or
+                                // it will not link across repositories) and opened an upload.
+                                Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
+                                other => other.map(|()| true),
+                            }
+                        }
+                    };
+                    match answer {
+                        Ok(mounted) => Ok(mounted),
                         Err(e) if is_transient(&e) => Err(Failure::Oci(e)),
                         // Any refusal of the shortcut still leaves the upload to try: token
                         // registries may deny the mount (no pull scope on the source) and still
@@ -406,7 +450,6 @@ impl Target<'_> {
         if !store.has_blob(&desc.digest) {
             self.fetch_from_source(store, blob).await?;
         }
-        let session = std::sync::Mutex::new(session);
         self.retry(&format!("upload of {kind} {digest}"), || {
             // The session opened early serves the first try; a retry opens a fresh one.
             let early = session.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -503,22 +546,25 @@ impl Target<'_> {
             }
         });
         let upload = async {
-            if self.without_credentials {
-                let session = match early {
-                    Some(session) => session,
-                    None => self.client.open_session(&self.registry, &self.oci).await?,
-                };
-                self.client
-                    .send_through(session, pieces, Some(&desc.digest))
-                    .await
-                    .map(drop)
-            } else {
-                let body = pieces.map(|p| p.map(|p| p.bytes));
-                let digest = desc.digest.to_string();
-                self.oci_client
-                    .push_blob_stream(&self.oci, body, &digest, Some(desc.size))
-                    .await
-                    .map(drop)
+            match self.via {
+                Via::Own => {
+                    let session = match early {
+                        Some(session) => session,
+                        None => self.client.open_session(&self.registry, &self.oci).await?,
+                    };
+                    self.client
+                        .send_through(session, pieces, Some(&desc.digest))
+                        .await
+                        .map(drop)
+                }
+                Via::Oci(oci_client) => {
+                    let body = pieces.map(|p| p.map(|p| p.bytes));
+                    let digest = desc.digest.to_string();
+                    oci_client
+                        .push_blob_stream(&self.oci, body, &digest, Some(desc.size))
+                        .await
+                        .map(drop)
+                }
             }
         };
         let report = async {
@@ -554,9 +600,18 @@ impl Target<'_> {
                     ));
                 }
             };
-            self.oci_client
-                .push_manifest_raw(&oci, body.clone(), content_type)
-                .await?;
+            match self.via {
+                Via::Own => {
+                    self.client
+                        .own_put_manifest(&self.registry, &oci, body.clone(), media_type)
+                        .await?
+                }
+                Via::Oci(oci_client) => {
+                    oci_client
+                        .push_manifest_raw(&oci, body.clone(), content_type)
+                        .await?;
+                }
+            }
             Ok(())
         })
         .await
@@ -757,19 +812,22 @@ impl RegistryClient {
             other => PushError::Task(other.to_string()),
         })?;
         let oci = oci_reference(first);
-        let oci_client = self.client_for(first);
-        // Push requests take their credentials from the client's per-registry store.
-        let without_credentials = self
+        // oci-client's requests take their credentials from its client's per-registry store.
+        let open = self
             .authorize(first, &oci, &auth, super::open::First::Other)
             .await;
+        let via = if open {
+            Via::Own
+        } else {
+            Via::Oci(self.client_off_worker(first))
+        };
         Ok(Target {
             client: self,
-            oci_client,
+            via,
             oci,
             registry: first.registry().to_string(),
             repository: first.repository().to_string(),
             login: super::login_of(&auth),
-            without_credentials,
             progress,
         })
     }

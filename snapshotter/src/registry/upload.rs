@@ -1,10 +1,12 @@
-//! Blob uploads to a registry that wants no token (see `open.rs`), made with forge's own requests.
-//! The distribution spec lets the request that commits an upload (`PUT <location>?digest=`) carry
-//! the upload's final chunk, and forge sends it there: a blob of one chunk (a config, a small
-//! layer) takes two requests, the session's opening and its commit, where oci-client's chunked
-//! upload takes three (every chunk in a `PATCH`, then an empty `PUT`), and a layer sent while its
-//! step writes it is committed with one request once its last bytes are written instead of two.
-//! A registry that wants a token keeps oci-client's upload, which runs the token exchange.
+//! Push requests to a registry that wants no token (see `open.rs`), made with forge's own client:
+//! a push to such a registry needs no oci-client client. The distribution spec lets the request
+//! that commits an upload (`PUT <location>?digest=`) carry the upload's final chunk, and forge
+//! sends it there: a blob of one chunk (a config, a small layer) takes two requests, the
+//! session's opening and its commit, where oci-client's chunked upload takes three (every chunk
+//! in a `PATCH`, then an empty `PUT`), and a layer sent while its step writes it is committed with
+//! one request once its last bytes are written instead of two. A mount the registry answers by
+//! opening an upload (202) leaves that session to the upload instead of behind. A registry that
+//! wants a token keeps oci-client's requests, which run the token exchange.
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -14,7 +16,7 @@ use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
 use super::RegistryClient;
-use super::open::{no_client, v2_url};
+use super::open::{manifest_url, no_client, v2_url};
 use crate::store::Digest;
 
 const OCTET_STREAM: &str = "application/octet-stream";
@@ -155,6 +157,84 @@ impl RegistryClient {
             self.own_request(Method::DELETE, session.url.as_str(), session.plain_http)
         {
             let _ = request.send().await;
+        }
+    }
+
+    /// Whether `oci`'s repository holds blob `digest` (`HEAD`). A redirect counts as holding it:
+    /// a registry redirects only to the storage of a blob it found.
+    pub(super) async fn own_blob_exists(
+        &self,
+        registry: &str,
+        oci: &oci_client::Reference,
+        digest: &Digest,
+    ) -> Result<bool, OciDistributionError> {
+        let plain_http = self.uses_plain_http(registry);
+        let url = v2_url(plain_http, oci, &format!("blobs/{digest}"));
+        let answer = self
+            .own_request(Method::HEAD, &url, plain_http)?
+            .send()
+            .await?;
+        match answer.status() {
+            s if s.is_success() || s.is_redirection() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(not_accepted(s, StatusCode::OK, url, &[])),
+        }
+    }
+
+    /// Asks the registry to link blob `digest` into `oci`'s repository from its repository
+    /// `from` (`POST ?mount=&from=`): `Ok(None)` when it did, else the upload session it opened
+    /// instead (202: the source lacks the blob, or the registry does not link across
+    /// repositories).
+    pub(super) async fn own_mount(
+        &self,
+        registry: &str,
+        oci: &oci_client::Reference,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<Option<Session>, OciDistributionError> {
+        let plain_http = self.uses_plain_http(registry);
+        let mut url = Url::parse(&v2_url(plain_http, oci, "blobs/uploads/"))
+            .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let url = url.to_string();
+        let answer = self
+            .own_request(Method::POST, &url, plain_http)?
+            .header(CONTENT_LENGTH, 0)
+            .send()
+            .await?;
+        if answer.status() == StatusCode::CREATED {
+            return Ok(None);
+        }
+        session_from(answer, &url, StatusCode::ACCEPTED, plain_http, 0)
+            .await
+            .map(Some)
+    }
+
+    /// Puts `body` (of `media_type`) as the manifest `oci` names, by tag or digest.
+    pub(super) async fn own_put_manifest(
+        &self,
+        registry: &str,
+        oci: &oci_client::Reference,
+        body: Bytes,
+        media_type: &str,
+    ) -> Result<(), OciDistributionError> {
+        let plain_http = self.uses_plain_http(registry);
+        let url = manifest_url(plain_http, oci);
+        let answer = self
+            .own_request(Method::PUT, &url, plain_http)?
+            .header(CONTENT_TYPE, media_type)
+            .header(CONTENT_LENGTH, body.len())
+            .body(body)
+            .send()
+            .await?;
+        match answer.status() {
+            StatusCode::CREATED => Ok(()),
+            s => {
+                let body = answer.bytes().await.unwrap_or_default();
+                Err(not_accepted(s, StatusCode::CREATED, url, &body))
+            }
         }
     }
 
