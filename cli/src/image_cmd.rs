@@ -92,6 +92,7 @@ pub(crate) fn push(args: &PushArgs) -> Result<(), Failure> {
                 &store,
                 &client,
                 &Events::discard(),
+                None,
                 &record,
                 &layers,
                 std::slice::from_ref(&name),

@@ -307,6 +307,7 @@ fn build_image() -> Built {
         manifest: manifest_desc,
         config: blob(config, BlobKind::Config),
         layers: vec![blob(layer_desc, BlobKind::Layer)],
+        held: Default::default(),
     };
     Built {
         _dir: dir,
@@ -697,6 +698,42 @@ async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
 
 fn fake_count(st: &State, prefix: &str) -> usize {
     st.log.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+/// An image just made is pushed while its config and manifest are still being written into the
+/// store: given as held bytes, they go from memory, and what lands is those bytes.
+#[tokio::test]
+async fn held_config_and_manifest_go_from_memory_when_the_store_lacks_them() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let (config, manifest) = (
+        built.image.config.descriptor.clone(),
+        built.image.manifest.clone(),
+    );
+    for d in [&config, &manifest] {
+        let bytes = built.store.read_blob(&d.digest).unwrap();
+        built.image.held.insert(d.digest.clone(), bytes.into());
+        std::fs::remove_file(built.store.blob_path(&d.digest)).unwrap();
+        assert!(!built.store.has_blob(&d.digest));
+    }
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let sink = |_: PushEvent| {};
+    let digest = client()
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(digest, manifest.digest);
+    let st = fake.state.lock().unwrap();
+    assert_eq!(
+        &st.blobs[&format!("app@{}", config.digest)],
+        built.image.held[&config.digest].as_ref() as &[u8]
+    );
+    assert_eq!(st.manifests["app:1"].1, built.manifest);
 }
 
 /// Pushes `built`'s image with its layer marked as on its way to `app` (sent while its step

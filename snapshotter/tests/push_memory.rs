@@ -106,6 +106,7 @@ async fn a_large_layer_is_pushed_without_holding_it_in_memory() {
         manifest,
         config: blob(config, BlobKind::Config),
         layers: vec![blob(layer.clone(), BlobKind::Layer)],
+        held: Default::default(),
     };
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -572,10 +572,20 @@ impl Session {
             }
         }
         let (record, images) = export::image_records(&self.store, &image, &names, &host)?;
-        // The metadata commit (it syncs the file several times) goes on while the image is
-        // pushed: the push reads only blobs, which are in the store already. Both end before
-        // either's error is returned, so a failed push leaves the image recorded.
-        let recording = tokio::task::spawn_blocking(move || pending.record_with(images));
+        // The config and the manifest are written into the store (each synced) and the metadata
+        // commit made (it syncs the file several times) while the image is pushed: the push takes
+        // those two from memory and the layers from the store, which has them already. Both end
+        // before either's error is returned, so a failed push leaves the image recorded.
+        let recording = {
+            let (store, image) = (self.store.clone(), image.clone());
+            tokio::task::spawn_blocking(move || {
+                export::write_image_blobs(&store, &image)
+                    .map_err(|e| BuildError::Invalid(format!("writing the image: {e}")))?;
+                pending
+                    .record_with(images)
+                    .map_err(|e| BuildError::Invalid(format!("recording the image: {e}")))
+            })
+        };
         let pushing = async {
             if pushes {
                 // The layers still on their way are waited for by the push, which sends the
@@ -585,6 +595,7 @@ impl Session {
                     &self.store,
                     &self.registry,
                     events,
+                    Some(&image),
                     &record,
                     &layers,
                     &names,

@@ -394,6 +394,7 @@ pub async fn export_cache(
                         sent_to: None,
                     })
                     .collect(),
+                held: Default::default(),
             };
             let name = reference.to_string();
             let tx = events.clone();

@@ -144,21 +144,14 @@ pub fn record_image(
     names: &[String],
     platform: &Platform,
 ) -> Result<ImageRecord, ExportError> {
+    write_image_blobs(store, image)?;
     let (record, records) = image_records(store, image, names, platform)?;
     store.record(&records, &[])?;
     Ok(record)
 }
 
-/// [`record_image`] without the recording: writes the config and the manifest into the store
-/// and returns the image's record, and its records under each name the store can list it by (it
-/// holds every layer), for the caller to record with whatever else it records
-/// ([`Store::record`]).
-pub fn image_records(
-    store: &Store,
-    image: &Image,
-    names: &[String],
-    platform: &Platform,
-) -> Result<(ImageRecord, Vec<ImageRecord>), ExportError> {
+/// Writes the image's config and manifest into the store (each synced before it gets its name).
+pub fn write_image_blobs(store: &Store, image: &Image) -> Result<(), ExportError> {
     // Side by side: each waits for its own sync, and two syncs at once can share one journal
     // commit of the filesystem.
     std::thread::scope(|s| {
@@ -168,6 +161,18 @@ pub fn image_records(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
+    Ok(())
+}
+
+/// The image's record, and its records under each name the store can list it by (it holds every
+/// layer), for the caller to record with whatever else it records ([`Store::record`]) once the
+/// config and the manifest are in the store ([`write_image_blobs`]). Writes nothing.
+pub fn image_records(
+    store: &Store,
+    image: &Image,
+    names: &[String],
+    platform: &Platform,
+) -> Result<(ImageRecord, Vec<ImageRecord>), ExportError> {
     let layers = image
         .layers()
         .map(|(_, d)| store_descriptor(d))
@@ -198,12 +203,15 @@ pub fn image_records(
 }
 
 /// Pushes the recorded image under `tags`; layers from a base image are mounted from the
-/// repository they were pulled from when it is on the same registry. `sent`: the layers sent
-/// (or being sent) to a repository while their steps wrote them, and what says which arrived.
+/// repository they were pulled from when it is on the same registry. `made`: the image just
+/// made, whose config and manifest the push takes from memory (the store may still be writing
+/// them). `sent`: the layers sent (or being sent) to a repository while their steps wrote them,
+/// and what says which arrived.
 pub async fn push_image(
     store: &Store,
     registry: &RegistryClient,
     events: &Events,
+    made: Option<&Image>,
     record: &ImageRecord,
     layers: &[Layer],
     tags: &[String],
@@ -237,6 +245,17 @@ pub async fn push_image(
                     .filter(|(_, digests)| digests.contains(&d.digest))
                     .map(|(repository, _)| repository.to_string()),
             })
+            .collect(),
+        // Taken from the image just made: the store may still be writing them.
+        held: made
+            .into_iter()
+            .flat_map(|image| {
+                [
+                    (record.config.digest.clone(), image.config_json()),
+                    (record.manifest.digest.clone(), image.manifest_json()),
+                ]
+            })
+            .map(|(digest, bytes)| (digest, bytes::Bytes::copy_from_slice(bytes)))
             .collect(),
     };
     let tx = events.clone();

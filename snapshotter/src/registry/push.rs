@@ -6,6 +6,7 @@
 //! chunk has its upload session opened while the registry is asked whether it has it (see
 //! `upload.rs`).
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::time::Duration;
 
@@ -53,6 +54,10 @@ pub struct PushImage {
     pub manifest: Descriptor,
     pub config: PushBlob,
     pub layers: Vec<PushBlob>,
+    /// The bytes of the manifest or of blobs, by digest, that the push takes from here instead
+    /// of the store: an image just made is pushed while its config and manifest are being
+    /// written into the store (and synced) beside it.
+    pub held: HashMap<Digest, bytes::Bytes>,
 }
 
 impl PushImage {
@@ -74,6 +79,7 @@ impl PushImage {
                 .iter()
                 .map(|l| blob(l, BlobKind::Layer))
                 .collect(),
+            held: HashMap::new(),
         }
     }
 
@@ -324,8 +330,14 @@ impl Target<'_> {
         }
     }
 
-    /// Makes one blob present in the repository: already there, mounted, or uploaded.
-    async fn push_blob(&self, store: &Store, blob: &PushBlob) -> Result<(), PushError> {
+    /// Makes one blob present in the repository: already there, mounted, or uploaded (from
+    /// `held`, its bytes, when given; else from the store).
+    async fn push_blob(
+        &self,
+        store: &Store,
+        blob: &PushBlob,
+        held: Option<&bytes::Bytes>,
+    ) -> Result<(), PushError> {
         let desc = &blob.descriptor;
         if blob.sent_to.as_deref() == Some(self.name().as_str()) {
             return Ok(());
@@ -447,13 +459,13 @@ impl Target<'_> {
                 return Ok(());
             }
         }
-        if !store.has_blob(&desc.digest) {
+        if held.is_none() && !store.has_blob(&desc.digest) {
             self.fetch_from_source(store, blob).await?;
         }
         self.retry(&format!("upload of {kind} {digest}"), || {
             // The session opened early serves the first try; a retry opens a fresh one.
             let early = session.lock().unwrap_or_else(|e| e.into_inner()).take();
-            self.upload_once(store, desc, kind, early)
+            self.upload_once(store, desc, kind, early, held)
         })
         .await?;
         (self.progress)(PushEvent::Uploaded {
@@ -493,58 +505,33 @@ impl Target<'_> {
             .then(|| repository.to_string())
     }
 
-    /// One upload: a fresh upload session (or `early`, one opened for it) fed from the store
-    /// file, chunk by chunk. The registry computes the digest of what it received and refuses
-    /// the commit if it differs.
+    /// One upload: a fresh upload session (or `early`, one opened for it) fed from `held` or else
+    /// from the store file, chunk by chunk. The registry computes the digest of what it received
+    /// and refuses the commit if it differs.
     async fn upload_once(
         &self,
         store: &Store,
         desc: &Descriptor,
         kind: &str,
         early: Option<Session>,
+        held: Option<&bytes::Bytes>,
     ) -> Result<(), Failure> {
-        let file = {
-            let store = store.clone();
-            let digest = desc.digest.clone();
-            tokio::task::spawn_blocking(move || store.open_blob(&digest))
-                .await
-                .map_err(|e| Failure::Fatal(PushError::Task(e.to_string())))?
-                .map_err(|source| {
-                    Failure::Fatal(PushError::Store {
-                        what: kind.to_string(),
-                        digest: desc.digest.clone(),
-                        source,
-                    })
-                })?
-        };
         // The body stream must be 'static, and `progress` is not: the stream sends counts through
         // a channel that this task drains while the upload runs.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let size = desc.size;
-        let pieces = futures::stream::unfold(Some((file, 0u64)), move |state| {
-            let tx = tx.clone();
-            async move {
-                let (file, read) = state?;
-                let chunk = tokio::task::spawn_blocking(move || read_chunk(file)).await;
-                match chunk {
-                    Ok(Ok((buf, _))) if buf.is_empty() => None,
-                    Ok(Ok((buf, file))) => {
-                        let _ = tx.send(buf.len() as u64);
-                        let read = read + buf.len() as u64;
-                        let piece = Piece {
-                            bytes: bytes::Bytes::from(buf),
-                            last: read >= size,
-                        };
-                        Some((Ok(piece), Some((file, read))))
-                    }
-                    Ok(Err(e)) => Some((Err(OciDistributionError::IoError(e)), None)),
-                    Err(e) => Some((
-                        Err(OciDistributionError::IoError(std::io::Error::other(e))),
-                        None,
-                    )),
-                }
+        let pieces = match held {
+            Some(bytes) => {
+                let _ = tx.send(bytes.len() as u64);
+                // The count is all there is to report: the report below ends when it is read.
+                drop(tx);
+                let piece = Piece {
+                    bytes: bytes.clone(),
+                    last: true,
+                };
+                futures::stream::once(async { Ok(piece) }).boxed()
             }
-        });
+            None => self.store_pieces(store, desc, kind, tx).await?.boxed(),
+        };
         let upload = async {
             match self.via {
                 Via::Own => {
@@ -580,6 +567,59 @@ impl Target<'_> {
         };
         let (result, ()) = futures::future::join(upload, report).await;
         result.map_err(Failure::Oci)
+    }
+
+    /// The store file of blob `desc` as the pieces of its upload, each counted into `tx` as it
+    /// is read.
+    async fn store_pieces(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: &str,
+        tx: tokio::sync::mpsc::UnboundedSender<u64>,
+    ) -> Result<
+        impl futures::Stream<Item = Result<Piece, OciDistributionError>> + Send + 'static,
+        Failure,
+    > {
+        let file = {
+            let store = store.clone();
+            let digest = desc.digest.clone();
+            tokio::task::spawn_blocking(move || store.open_blob(&digest))
+                .await
+                .map_err(|e| Failure::Fatal(PushError::Task(e.to_string())))?
+                .map_err(|source| {
+                    Failure::Fatal(PushError::Store {
+                        what: kind.to_string(),
+                        digest: desc.digest.clone(),
+                        source,
+                    })
+                })?
+        };
+        let size = desc.size;
+        Ok(futures::stream::unfold(Some((file, 0u64)), move |state| {
+            let tx = tx.clone();
+            async move {
+                let (file, read) = state?;
+                let chunk = tokio::task::spawn_blocking(move || read_chunk(file)).await;
+                match chunk {
+                    Ok(Ok((buf, _))) if buf.is_empty() => None,
+                    Ok(Ok((buf, file))) => {
+                        let _ = tx.send(buf.len() as u64);
+                        let read = read + buf.len() as u64;
+                        let piece = Piece {
+                            bytes: bytes::Bytes::from(buf),
+                            last: read >= size,
+                        };
+                        Some((Ok(piece), Some((file, read))))
+                    }
+                    Ok(Err(e)) => Some((Err(OciDistributionError::IoError(e)), None)),
+                    Err(e) => Some((
+                        Err(OciDistributionError::IoError(std::io::Error::other(e))),
+                        None,
+                    )),
+                }
+            }
+        }))
     }
 
     /// Puts the manifest under `tag` (a tag or digest of this repository).
@@ -686,20 +726,27 @@ impl RegistryClient {
             let store = store.clone();
             blocking(move || store.session(), "store session", &manifest.digest).await?
         };
-        let body = {
-            let (store, digest) = (store.clone(), manifest.digest.clone());
-            blocking(
-                move || store.read_blob(&digest),
-                "manifest",
-                &manifest.digest,
-            )
-            .await?
+        let body = match image.held.get(&manifest.digest) {
+            Some(body) => body.clone(),
+            None => {
+                let (store, digest) = (store.clone(), manifest.digest.clone());
+                let body = blocking(
+                    move || store.read_blob(&digest),
+                    "manifest",
+                    &manifest.digest,
+                )
+                .await?;
+                bytes::Bytes::from(body)
+            }
         };
         // Missing blobs fail here, before anything is sent; one the store lacks but whose source
         // repository is known is fetched from there if the target has neither it nor a mount.
         for blob in image.blobs() {
             let digest = &blob.descriptor.digest;
-            if !store.has_blob(digest) && blob.mount_from.is_none() {
+            if !image.held.contains_key(digest)
+                && !store.has_blob(digest)
+                && blob.mount_from.is_none()
+            {
                 return Err(PushError::Store {
                     what: "blob".into(),
                     digest: digest.clone(),
@@ -707,7 +754,6 @@ impl RegistryClient {
                 });
             }
         }
-        let body = bytes::Bytes::from(body);
 
         let mut repositories: Vec<(String, Vec<&Reference>)> = Vec::new();
         for tag in tags {
@@ -753,7 +799,7 @@ impl RegistryClient {
         let pending: Vec<_> = image
             .blobs()
             .into_iter()
-            .map(|blob| target.push_blob(store, blob))
+            .map(|blob| target.push_blob(store, blob, image.held.get(&blob.descriptor.digest)))
             .collect();
         let uploaded = async {
             let mut uploads = futures::stream::iter(pending).buffer_unordered(limit);
@@ -781,7 +827,8 @@ impl RegistryClient {
                         sent_to: None,
                         ..blob.clone()
                     };
-                    target.push_blob(store, &again).await?;
+                    let held = image.held.get(&blob.descriptor.digest);
+                    target.push_blob(store, &again, held).await?;
                 }
             }
         }

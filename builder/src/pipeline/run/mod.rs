@@ -757,6 +757,7 @@ impl Runner {
             self.session.store(),
             self.session.registry(),
             &Events::discard(),
+            None,
             &b.base.record,
             &layers,
             &plan.tags,
