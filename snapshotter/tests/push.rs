@@ -366,7 +366,9 @@ async fn a_chunk_failing_mid_blob_with_500_once_is_retried_with_a_fresh_session(
     // Config and layer each open a session; the failed chunk costs the layer one more.
     let posts = st.log.iter().filter(|l| l.starts_with("POST ")).count();
     assert_eq!(posts, 3, "log: {:#?}", st.log);
-    // The manifest goes last, after every blob is committed.
+    // The failed session was given up, not left open; the manifest goes last, after every
+    // blob is committed.
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
     let last = st.log.last().unwrap();
     assert_eq!(last, "PUT /v2/app/manifests/1");
     drop(st);

@@ -63,10 +63,24 @@ impl RegistryClient {
 
     /// Sends `body`'s pieces through `session` and commits it, with the last piece as the
     /// commit's body, as `digest`, or as the sha256 of what was sent when `digest` is `None`
-    /// (the registry refuses a commit whose digest is not that of the bytes it holds).
+    /// (the registry refuses a commit whose digest is not that of the bytes it holds). A session
+    /// that fails on the way is given up.
     pub(super) async fn send_through(
         &self,
         mut session: Session,
+        body: impl Stream<Item = Result<Piece, OciDistributionError>>,
+        digest: Option<&Digest>,
+    ) -> Result<Committed, OciDistributionError> {
+        let sent = self.send_pieces(&mut session, body, digest).await;
+        if sent.is_err() {
+            self.cancel_session(session).await;
+        }
+        sent
+    }
+
+    async fn send_pieces(
+        &self,
+        session: &mut Session,
         body: impl Stream<Item = Result<Piece, OciDistributionError>>,
         digest: Option<&Digest>,
     ) -> Result<Committed, OciDistributionError> {
@@ -83,7 +97,7 @@ impl RegistryClient {
                 break;
             }
             if !piece.bytes.is_empty() {
-                self.send_chunk(&mut session, piece.bytes).await?;
+                self.send_chunk(session, piece.bytes).await?;
             }
         }
         let size = session.sent + last.len() as u64;
@@ -123,11 +137,11 @@ impl RegistryClient {
     /// Commits the session as `digest`, with `last` as its final bytes (`PUT ?digest=`).
     async fn commit_session(
         &self,
-        session: Session,
+        session: &Session,
         last: Bytes,
         digest: &Digest,
     ) -> Result<(), OciDistributionError> {
-        let mut url = session.url;
+        let mut url = session.url.clone();
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let url = url.to_string();
