@@ -581,9 +581,7 @@ impl Session {
             tokio::task::spawn_blocking(move || {
                 export::write_image_blobs(&store, &image)
                     .map_err(|e| BuildError::Invalid(format!("writing the image: {e}")))?;
-                pending
-                    .record_with(images)
-                    .map_err(|e| BuildError::Invalid(format!("recording the image: {e}")))
+                pending.record_with(images)
             })
         };
         let pushing = async {
