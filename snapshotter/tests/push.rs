@@ -318,6 +318,18 @@ fn build_image() -> Built {
     }
 }
 
+/// Pushes `built`'s image under `tag` with a fresh client, which must succeed.
+async fn push_one(
+    built: &Built,
+    tag: &Reference,
+    sink: &(dyn Fn(PushEvent) + Send + Sync),
+) -> Digest {
+    client()
+        .push(&built.store, &built.image, std::slice::from_ref(tag), sink)
+        .await
+        .unwrap()
+}
+
 fn client() -> RegistryClient {
     RegistryClient::new(RegistryConfig {
         auth: AuthResolver::anonymous(),
@@ -339,15 +351,7 @@ async fn a_chunk_failing_mid_blob_with_500_once_is_retried_with_a_fresh_session(
     let events = Mutex::new(Vec::new());
     let sink = |e: PushEvent| events.lock().unwrap().push(e);
 
-    let digest = client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    let digest = push_one(&built, &tag, &sink).await;
 
     assert_eq!(digest, built.image.manifest.digest);
     let layer_digest = &built.image.layers[0].descriptor.digest;
@@ -515,15 +519,7 @@ async fn a_blobs_last_bytes_go_with_its_commit_and_an_unused_session_is_given_up
     let built = build_image();
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
     let sink = |_: PushEvent| {};
-    client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    push_one(&built, &tag, &sink).await;
     {
         let st = fake.state.lock().unwrap();
         let config = &built.image.config.descriptor;
@@ -556,15 +552,7 @@ async fn a_blobs_last_bytes_go_with_its_commit_and_an_unused_session_is_given_up
         );
     }
 
-    client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    push_one(&built, &tag, &sink).await;
     let st = fake.state.lock().unwrap();
     assert_eq!(st.sent.len(), 3, "bytes were sent again: {:#?}", st.log);
     assert!(
@@ -640,15 +628,7 @@ async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
     let events = Mutex::new(Vec::new());
     let sink = |e: PushEvent| events.lock().unwrap().push(e);
-    client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    push_one(&built, &tag, &sink).await;
     let layer = built.image.layers[0].descriptor.digest.clone();
     {
         let st = fake.state.lock().unwrap();
@@ -676,15 +656,7 @@ async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
     let events = Mutex::new(Vec::new());
     let sink = |e: PushEvent| events.lock().unwrap().push(e);
     let before = fake.state.lock().unwrap().sent.len();
-    client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&sibling),
-            &sink,
-        )
-        .await
-        .unwrap();
+    push_one(&built, &sibling, &sink).await;
     let st = fake.state.lock().unwrap();
     assert_eq!(st.blobs[&format!("sibling@{layer}")], built.layer);
     // Only the config's bytes went.
@@ -720,15 +692,7 @@ async fn held_config_and_manifest_go_from_memory_when_the_store_lacks_them() {
     }
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
     let sink = |_: PushEvent| {};
-    let digest = client()
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    let digest = push_one(&built, &tag, &sink).await;
     assert_eq!(digest, manifest.digest);
     let st = fake.state.lock().unwrap();
     assert_eq!(
