@@ -14,7 +14,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::RegistryClient;
-use super::push::{PushError, Via};
+use super::push::PushError;
+use super::target::Via;
 use super::upload::Piece;
 use crate::reference::Reference;
 use crate::store::Digest;

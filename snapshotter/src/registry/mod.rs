@@ -16,6 +16,7 @@ mod pull;
 mod push;
 mod raw;
 pub mod roots;
+mod target;
 mod upload;
 
 use std::sync::OnceLock;
