@@ -30,11 +30,17 @@ pub(super) struct Piece {
 
 /// An upload session a registry opened: where its next request goes.
 pub(super) struct Session {
-    /// The `Location` of the registry's last answer, made absolute.
+    /// The `Location` of the registry's last answer, made absolute. Its scheme decides the client
+    /// (a registry may hand its uploads to another host).
     url: Url,
     /// Bytes the registry holds so far.
     sent: u64,
-    plain_http: bool,
+}
+
+impl Session {
+    fn plain_http(&self) -> bool {
+        self.url.scheme() == "http"
+    }
 }
 
 /// What a blob's upload committed.
@@ -58,7 +64,7 @@ impl RegistryClient {
             .header(CONTENT_LENGTH, 0)
             .send()
             .await?;
-        session_from(answer, &url, StatusCode::ACCEPTED, plain_http, 0).await
+        session_from(answer, &url, StatusCode::ACCEPTED, 0).await
     }
 
     /// Sends `body`'s pieces through `session` and commits it, with the last piece as the
@@ -121,7 +127,7 @@ impl RegistryClient {
         let range = format!("{}-{}", session.sent, session.sent + len - 1);
         let url = session.url.to_string();
         let answer = self
-            .own_request(Method::PATCH, &url, session.plain_http)?
+            .own_request(Method::PATCH, &url, session.plain_http())?
             .header(CONTENT_RANGE, range)
             .header(CONTENT_LENGTH, len)
             .header(CONTENT_TYPE, OCTET_STREAM)
@@ -129,8 +135,7 @@ impl RegistryClient {
             .send()
             .await?;
         let sent = session.sent + len;
-        *session =
-            session_from(answer, &url, StatusCode::ACCEPTED, session.plain_http, sent).await?;
+        *session = session_from(answer, &url, StatusCode::ACCEPTED, sent).await?;
         Ok(())
     }
 
@@ -147,7 +152,7 @@ impl RegistryClient {
         let url = url.to_string();
         let len = last.len() as u64;
         let mut request = self
-            .own_request(Method::PUT, &url, session.plain_http)?
+            .own_request(Method::PUT, &url, session.plain_http())?
             .header(CONTENT_LENGTH, len)
             .header(CONTENT_TYPE, OCTET_STREAM);
         if len > 0 {
@@ -168,7 +173,7 @@ impl RegistryClient {
     /// purges old uploads. Best effort: a registry that refuses keeps it until then.
     pub(super) async fn cancel_session(&self, session: Session) {
         if let Ok(request) =
-            self.own_request(Method::DELETE, session.url.as_str(), session.plain_http)
+            self.own_request(Method::DELETE, session.url.as_str(), session.plain_http())
         {
             let _ = request.send().await;
         }
@@ -221,7 +226,7 @@ impl RegistryClient {
         if answer.status() == StatusCode::CREATED {
             return Ok(None);
         }
-        session_from(answer, &url, StatusCode::ACCEPTED, plain_http, 0)
+        session_from(answer, &url, StatusCode::ACCEPTED, 0)
             .await
             .map(Some)
     }
@@ -270,7 +275,6 @@ async fn session_from(
     answer: reqwest::Response,
     url: &str,
     expected: StatusCode,
-    plain_http: bool,
     sent: u64,
 ) -> Result<Session, OciDistributionError> {
     let status = answer.status();
@@ -290,11 +294,7 @@ async fn session_from(
     let url = Url::parse(url)
         .and_then(|base| base.join(location))
         .map_err(|e| OciDistributionError::UrlParseError(format!("{location}: {e}")))?;
-    Ok(Session {
-        url,
-        sent,
-        plain_http,
-    })
+    Ok(Session { url, sent })
 }
 
 /// What an upload's answer other than the `expected` one means, as oci-client reads it: another
