@@ -151,9 +151,8 @@ impl Target<'_> {
         let check = self.retry(&what, || async {
             Ok(match self.via {
                 Via::Own => {
-                    let registry = &self.registry;
                     self.client
-                        .own_blob_exists(registry, &self.oci, &desc.digest)
+                        .own_blob_exists(&self.registry, &self.oci, &desc.digest)
                         .await?
                 }
                 Via::Oci(oci_client) => oci_client.blob_exists(&self.oci, &digest).await?,
@@ -174,29 +173,25 @@ impl Target<'_> {
         } else {
             (check.await, None)
         };
-        let (session, refused) = match opened {
+        let (mut session, refused) = match opened {
             Some(Ok(session)) => (Some(session), None),
             Some(Err(e)) if !is_transient(&e) => (None, Some(e)),
             _ => (None, None),
         };
-        let exists = match exists {
-            Ok(exists) => exists,
-            Err(e) => {
-                if let Some(session) = session {
-                    self.client.cancel_session(session).await;
-                }
-                return Err(e);
-            }
-        };
+        // Only an upload wants the session: not when the registry has the blob, nor when
+        // asking failed.
+        if !matches!(exists, Ok(false))
+            && let Some(session) = session.take()
+        {
+            self.client.cancel_session(session).await;
+        }
+        let exists = exists?;
         if let Some(e) = refused
             && !exists
         {
             return Err(self.error(&format!("upload of {kind} {digest}"), e));
         }
         if exists {
-            if let Some(session) = session {
-                self.client.cancel_session(session).await;
-            }
             (self.progress)(PushEvent::Exists {
                 repository: self.name(),
                 digest: desc.digest.clone(),

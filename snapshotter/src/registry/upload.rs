@@ -41,6 +41,11 @@ impl Session {
     fn plain_http(&self) -> bool {
         self.url.scheme() == "http"
     }
+
+    /// The `Content-Range` of the next `len` bytes (`len` > 0).
+    fn range(&self, len: u64) -> String {
+        format!("{}-{}", self.sent, self.sent + len - 1)
+    }
 }
 
 /// What a blob's upload committed.
@@ -124,11 +129,10 @@ impl RegistryClient {
         chunk: Bytes,
     ) -> Result<(), OciDistributionError> {
         let len = chunk.len() as u64;
-        let range = format!("{}-{}", session.sent, session.sent + len - 1);
         let url = session.url.to_string();
         let answer = self
             .own_request(Method::PATCH, &url, session.plain_http())?
-            .header(CONTENT_RANGE, range)
+            .header(CONTENT_RANGE, session.range(len))
             .header(CONTENT_LENGTH, len)
             .header(CONTENT_TYPE, OCTET_STREAM)
             .body(chunk)
@@ -156,17 +160,10 @@ impl RegistryClient {
             .header(CONTENT_LENGTH, len)
             .header(CONTENT_TYPE, OCTET_STREAM);
         if len > 0 {
-            let range = format!("{}-{}", session.sent, session.sent + len - 1);
-            request = request.header(CONTENT_RANGE, range);
+            request = request.header(CONTENT_RANGE, session.range(len));
         }
         let answer = request.body(last).send().await?;
-        match answer.status() {
-            StatusCode::CREATED => Ok(()),
-            s => {
-                let body = answer.bytes().await.unwrap_or_default();
-                Err(not_accepted(s, StatusCode::CREATED, url, &body))
-            }
-        }
+        expect(answer, StatusCode::CREATED, &url).await.map(drop)
     }
 
     /// Gives a session up (`DELETE`), so that the registry need not keep what it holds until it
@@ -248,13 +245,7 @@ impl RegistryClient {
             .body(body)
             .send()
             .await?;
-        match answer.status() {
-            StatusCode::CREATED => Ok(()),
-            s => {
-                let body = answer.bytes().await.unwrap_or_default();
-                Err(not_accepted(s, StatusCode::CREATED, url, &body))
-            }
-        }
+        expect(answer, StatusCode::CREATED, &url).await.map(drop)
     }
 
     /// A request on the client forge's own requests to a registry go out on (see `open.rs`).
@@ -269,6 +260,21 @@ impl RegistryClient {
     }
 }
 
+/// The answer to a request to `url`, when it has the `expected` status; else the error it means,
+/// with the registry's text.
+async fn expect(
+    answer: reqwest::Response,
+    expected: StatusCode,
+    url: &str,
+) -> Result<reqwest::Response, OciDistributionError> {
+    let status = answer.status();
+    if status == expected {
+        return Ok(answer);
+    }
+    let body = answer.bytes().await.unwrap_or_default();
+    Err(not_accepted(status, expected, url.to_string(), &body))
+}
+
 /// The session an answer leads on to: its `Location`, resolved against the request's URL,
 /// when the answer has the `expected` status.
 async fn session_from(
@@ -277,11 +283,8 @@ async fn session_from(
     expected: StatusCode,
     sent: u64,
 ) -> Result<Session, OciDistributionError> {
+    let answer = expect(answer, expected, url).await?;
     let status = answer.status();
-    if status != expected {
-        let body = answer.bytes().await.unwrap_or_default();
-        return Err(not_accepted(status, expected, url.to_string(), &body));
-    }
     let location = answer
         .headers()
         .get(LOCATION)
