@@ -4,6 +4,7 @@
 //! from forge-testsupport.
 #![allow(dead_code)]
 
+pub mod fake_registry;
 pub mod hostile;
 
 use std::collections::{BTreeMap, HashMap};
