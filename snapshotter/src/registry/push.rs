@@ -260,9 +260,13 @@ impl RegistryClient {
             });
         }
         // Keeps prune from removing what is being read.
-        let session = {
-            let store = store.clone();
-            blocking(move || store.session(), "store session", &manifest.digest).await?
+        let session = match store.try_session() {
+            Ok(Some(session)) => session,
+            // Held by a prune: waited for off the async threads.
+            _ => {
+                let store = store.clone();
+                blocking(move || store.session(), "store session", &manifest.digest).await?
+            }
         };
         let body = match image.held.get(&manifest.digest) {
             Some(body) => body.clone(),
