@@ -589,7 +589,7 @@ impl Session {
                 // The layers still on their way are waited for by the push, which sends the
                 // config and the base's layers meanwhile.
                 let streaming = uploads.as_ref().map(|u| (u, u.repository(), u.streaming()));
-                export::push_image(
+                let pushed = export::push_image(
                     &self.store,
                     &self.registry,
                     events,
@@ -602,7 +602,13 @@ impl Session {
                         (repo.as_str(), digests, landing)
                     }),
                 )
-                .await?;
+                .await;
+                // What the push did not take of the sessions opened ahead (none, unless the
+                // registry had the config) is given up, whether the push went through or not.
+                if let Some(u) = &uploads {
+                    u.give_up_spares().await;
+                }
+                pushed?;
             }
             Ok::<(), BuildError>(())
         };

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use forge_snapshotter::reference::Reference;
@@ -25,6 +26,9 @@ pub struct LayerUploads {
     runtime: tokio::runtime::Handle,
     /// Each upload with the digest its writer made; only an upload whose digest matches counts.
     running: Mutex<Vec<(Digest, tokio::task::JoinHandle<FollowEnd>)>>,
+    /// Whether a layer has started, with the upload sessions opened for it and for the blob after
+    /// it (see `start`).
+    spares_opened: AtomicBool,
 }
 
 /// One upload started on a layer file, not yet known to succeed.
@@ -47,6 +51,7 @@ impl LayerUploads {
             events,
             runtime: tokio::runtime::Handle::current(),
             running: Mutex::new(Vec::new()),
+            spares_opened: AtomicBool::new(false),
         }
     }
 
@@ -57,6 +62,14 @@ impl LayerUploads {
         let Ok(reader) = file.try_clone() else {
             return (Reported::unfollowed(Writeback::new(file)), None);
         };
+        // A layer written means one blob more to send after it: the next layer, or the image's
+        // config (new, as the image is). Its upload session is opened now, while the registry
+        // has time; the first layer opens its own as well. Both are waiting before this upload
+        // starts, so that it takes the first of them.
+        if !self.spares_opened.swap(true, Ordering::Relaxed) {
+            self.registry.open_spare(&self.target);
+        }
+        self.registry.open_spare(&self.target);
         let (reported, upload) =
             self.registry
                 .upload_while_written(&self.target, reader, Writeback::new(file));
@@ -123,6 +136,12 @@ impl LayerUploads {
     pub fn repository(&self) -> String {
         self.target.name()
     }
+
+    /// Gives up the upload sessions opened ahead that no blob took (after the push).
+    pub async fn give_up_spares(&self) {
+        self.spares_opened.store(false, Ordering::Relaxed);
+        self.registry.give_up_spares(&self.target).await;
+    }
 }
 
 impl Drop for LayerUploads {
@@ -130,6 +149,13 @@ impl Drop for LayerUploads {
     fn drop(&mut self) {
         for (_, handle) in self.running.get_mut().unwrap_or_else(|p| p.into_inner()) {
             handle.abort();
+        }
+        // Its spare sessions too, as far as the runtime lives on (a failed build's process
+        // ends soon after; the registry purges what is left, as it does an aborted upload).
+        if self.spares_opened.load(Ordering::Relaxed) {
+            let (registry, target) = (self.registry.clone(), self.target.clone());
+            self.runtime
+                .spawn(async move { registry.give_up_spares(&target).await });
         }
     }
 }

@@ -16,6 +16,7 @@ mod pull;
 mod push;
 mod raw;
 pub mod roots;
+mod spare;
 mod target;
 mod upload;
 
@@ -101,6 +102,8 @@ pub struct RegistryClient {
     plain: OnceLock<Option<reqwest::Client>>,
     /// A manifest that came with a registry's answer to the asking (see `open.rs`).
     kept: std::sync::Mutex<Option<open::KeptManifest>>,
+    /// Upload sessions opened ahead of their blobs (see `spare.rs`).
+    spares: spare::Spares,
 }
 
 impl RegistryClient {
@@ -112,6 +115,7 @@ impl RegistryClient {
             probe: OnceLock::new(),
             plain: OnceLock::new(),
             kept: Default::default(),
+            spares: Default::default(),
             config,
         }
     }

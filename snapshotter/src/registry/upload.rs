@@ -55,9 +55,21 @@ pub(super) struct Committed {
 }
 
 impl RegistryClient {
-    /// Opens an upload session in `oci`'s repository (`POST .../blobs/uploads/`).
-    /// `registry` is the name references give it (`host[:port]`).
+    /// An upload session in `oci`'s repository: a spare one opened for it (`spare.rs`), else a
+    /// new one. `registry` is the name references give it (`host[:port]`).
     pub(super) async fn open_session(
+        &self,
+        registry: &str,
+        oci: &oci_client::Reference,
+    ) -> Result<Session, OciDistributionError> {
+        if let Some(session) = self.take_spare(registry, oci.repository()).await {
+            return Ok(session);
+        }
+        self.request_session(registry, oci).await
+    }
+
+    /// Opens an upload session in `oci`'s repository (`POST .../blobs/uploads/`).
+    pub(super) async fn request_session(
         &self,
         registry: &str,
         oci: &oci_client::Reference,

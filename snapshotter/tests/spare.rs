@@ -1,0 +1,188 @@
+//! Upload sessions opened ahead of their blobs (`registry/spare.rs`), against the fake registry
+//! of `common/fake_registry.rs`: the next upload to the repository takes a spare instead of
+//! opening its own, a spare of another repository is left alone, and what no blob took is given
+//! up, so that no session stays open in the registry.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_registry::*;
+use forge_snapshotter::reference::Reference;
+use forge_snapshotter::registry::{PushError, PushEvent};
+
+/// Waits until the fake registry has been asked for `n` sessions (spares open in the background).
+async fn sessions_asked(fake: &Fake, n: usize) {
+    for _ in 0..500 {
+        if fake.count("POST ") >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{n} sessions were never asked for: {:#?}",
+        fake.state.lock().unwrap().log
+    );
+}
+
+/// The upload ids each commit (`PUT`) went to, from the log.
+fn committed_ids(fake: &Fake) -> Vec<String> {
+    let st = fake.state.lock().unwrap();
+    st.log
+        .iter()
+        .filter_map(|l| l.strip_prefix("PUT "))
+        .filter_map(|path| path.split_once("/blobs/uploads/"))
+        .map(|(_, id)| id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_upload_takes_the_spare_session_instead_of_opening_one() {
+    let fake = Fake::start().await;
+    let built = build_image();
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&tag);
+    sessions_asked(&fake, 1).await;
+    // Session 1 is the spare's.
+    let sink = |_: PushEvent| {};
+    client
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    client.give_up_spares(&tag).await;
+
+    let st = fake.state.lock().unwrap();
+    // The config (one chunk) took the spare; the layer (two chunks) opened its own: two sessions
+    // in all, as many as without a spare, and none given up.
+    assert_eq!(
+        st.log.iter().filter(|l| l.starts_with("POST ")).count(),
+        2,
+        "{:#?}",
+        st.log
+    );
+    assert!(
+        !st.log.iter().any(|l| l.starts_with("DELETE ")),
+        "{:#?}",
+        st.log
+    );
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    let config = &built.image.config.descriptor;
+    assert!(
+        st.blobs.contains_key(&format!("app@{}", config.digest)),
+        "{:#?}",
+        st.log
+    );
+    drop(st);
+    assert!(
+        committed_ids(&fake).contains(&"1".to_string()),
+        "the spare session was not committed: {:?}",
+        committed_ids(&fake)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_no_blob_took_are_given_up() {
+    let fake = Fake::start().await;
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&tag);
+    client.open_spare(&tag);
+    // Given up at once, before the registry answered: they are waited for, then deleted.
+    client.give_up_spares(&tag).await;
+    let st = fake.state.lock().unwrap();
+    let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+    assert_eq!(count("DELETE /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+    assert!(
+        st.uploads.is_empty(),
+        "a session was left open: {:#?}",
+        st.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_of_another_repository_is_left_to_it() {
+    let fake = Fake::start().await;
+    let built = build_image();
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let other = Reference::parse(&format!("{}/other:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&other);
+    sessions_asked(&fake, 1).await;
+    let sink = |_: PushEvent| {};
+    client
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    {
+        let st = fake.state.lock().unwrap();
+        let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+        assert_eq!(st.uploads.len(), 1, "{:#?}", st.log);
+        assert_eq!(
+            st.uploads.values().next().unwrap().0,
+            "other",
+            "{:#?}",
+            st.log
+        );
+    }
+    // Giving up app's spares leaves other's; giving up other's closes it.
+    client.give_up_spares(&tag).await;
+    assert_eq!(fake.state.lock().unwrap().uploads.len(), 1);
+    client.give_up_spares(&other).await;
+    let st = fake.state.lock().unwrap();
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    assert_eq!(
+        st.log
+            .iter()
+            .filter(|l| l.starts_with("DELETE /v2/other/blobs/uploads/"))
+            .count(),
+        1,
+        "{:#?}",
+        st.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_the_registry_refused_leaves_the_upload_its_own_refusal() {
+    let fake = Fake::start().await;
+    fake.state.lock().unwrap().refuse_uploads = Some(403);
+    let built = build_image();
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&tag);
+    sessions_asked(&fake, 1).await;
+    let sink = |_: PushEvent| {};
+    let err = client
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PushError::Denied { status: 403, .. }),
+        "{err:?}"
+    );
+    client.give_up_spares(&tag).await;
+    let st = fake.state.lock().unwrap();
+    assert!(
+        !st.log.iter().any(|l| l.starts_with("DELETE ")),
+        "nothing was open to give up: {:#?}",
+        st.log
+    );
+}
