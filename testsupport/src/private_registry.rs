@@ -72,6 +72,28 @@ impl PrivateRegistry {
         log(self.dir.path())
     }
 
+    /// The upload sessions open in `repository`. Distribution keeps each under `_uploads/<id>`
+    /// in the repository's storage (its `data`, `startedat` and `hashstates`): a commit removes
+    /// the directory, a `DELETE` removes the data and `startedat` but leaves the hash states
+    /// (Distribution 2.8), so an open session is one whose `startedat` is still there.
+    pub fn open_uploads(&self, repository: &str) -> Vec<String> {
+        let dir = self
+            .dir
+            .path()
+            .join("storage/docker/registry/v2/repositories")
+            .join(repository)
+            .join("_uploads");
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().join("startedat").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("reading {}: {e}", dir.display()),
+        }
+    }
+
     /// Where blob `digest` (`sha256:...`) lies in the registry's storage.
     pub fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");

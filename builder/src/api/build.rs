@@ -437,6 +437,11 @@ impl Session {
             Err(failure) => {
                 pending.results(&failure.solved);
                 *solved = failure.solved;
+                // Nothing will be pushed: the sessions opened ahead are given up now rather than
+                // left to the drop's best effort.
+                if let Some(u) = &uploads {
+                    u.give_up_spares().await;
+                }
                 return Err(failure.error.into());
             }
         };

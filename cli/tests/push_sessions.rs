@@ -1,0 +1,211 @@
+//! Upload sessions a pushed build opens in a real registry (Debian's Distribution, a private one
+//! per test, whose storage and access log the test reads): the layers sent while their steps
+//! write them, the sessions opened ahead for the blob after each layer, the config's. Whatever a
+//! build opened is committed or given up by the time it ends, whether the registry lacked the
+//! blobs (a first push), had them all (the same image built again without the cache), or the
+//! build failed after a layer had left.
+
+mod common;
+
+use std::path::Path;
+
+use common::{forge, printed};
+use forge_testsupport::{PrivateRegistry, Served, private_registry};
+
+/// The session ids of the `POST`s the registry opened in `repository` (202), and of the
+/// commits (`PUT`, 201) and cancellations (`DELETE`, 204) that ended one, from `served`.
+fn sessions(served: &[Served], repository: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let prefix = format!("/v2/{repository}/blobs/uploads/");
+    let id = |s: &Served| {
+        let rest = s.path.strip_prefix(&prefix)?;
+        Some(rest.split('?').next().unwrap_or_default().to_string())
+    };
+    let opened = served
+        .iter()
+        .filter(|s| s.method == "POST" && s.status == 202)
+        .filter(|s| id(s).is_some_and(|i| i.is_empty()))
+        .count();
+    let ended = |method: &str, status: u16| -> Vec<String> {
+        served
+            .iter()
+            .filter(|s| s.method == method && s.status == status)
+            .filter_map(id)
+            .filter(|i| !i.is_empty())
+            .collect()
+    };
+    (
+        (0..opened).map(|n| n.to_string()).collect(),
+        ended("PUT", 201),
+        ended("DELETE", 204),
+    )
+}
+
+/// Builds `ctx` with SOURCE_DATE_EPOCH and pushes it as `reference`; the manifest digest it
+/// printed.
+fn pushed_build(root: &Path, ctx: &Path, reference: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "build",
+        "--progress",
+        "plain",
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1700000000",
+        "-t",
+        reference,
+        "--push",
+    ];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    let out = forge(root, &args);
+    assert!(out.status.success(), "{}", printed(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .rfind(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest printed:\n{}", printed(&out)))
+        .to_string()
+}
+
+/// Every session the build opened in `repository` since `mark` ended: committed or deleted,
+/// each once, and none is left in the registry's storage.
+fn assert_every_session_ended(registry: &PrivateRegistry, repository: &str, mark: usize) {
+    let served = registry.served();
+    let (opened, committed, deleted) = sessions(&served[mark..], repository);
+    assert!(!opened.is_empty(), "no session was opened: {served:#?}");
+    assert_eq!(
+        opened.len(),
+        committed.len() + deleted.len(),
+        "sessions opened and ended differ: {:#?}",
+        &served[mark..]
+    );
+    let mut ids: Vec<&String> = committed.iter().chain(&deleted).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        committed.len() + deleted.len(),
+        "a session ended twice"
+    );
+    assert_eq!(
+        registry.open_uploads(repository),
+        Vec::<String>::new(),
+        "sessions left open in the registry: {:#?}",
+        &served[mark..]
+    );
+}
+
+#[test]
+fn a_pushed_build_leaves_no_upload_session_open_first_push_or_repeated() {
+    if !forge_testsupport::root_and_busybox("pushed builds run RUN steps") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(registry) = private_registry() else {
+        return;
+    };
+    let dir = forge_testsupport::scratch("forge-push-sessions-");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
+    // Three layers of the image's own: two steps' and a copy from another stage.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {busybox} AS one\nRUN echo one > /one\n\
+             FROM {busybox}\nCOPY --from=one /one /one\nRUN echo two > /two\nCOPY ctx.txt /ctx.txt\n"
+        ),
+    )
+    .unwrap();
+    let reference = format!("{}/app:1", registry.addr);
+    let root = dir.path().join("root");
+
+    let first = pushed_build(&root, &ctx, &reference, &[]);
+    assert_every_session_ended(&registry, "app", 0);
+    let (_, committed, _) = sessions(&registry.served(), "app");
+    // The three layers and the config were uploaded (the base's layer was mounted or sent).
+    assert!(committed.len() >= 4, "{:#?}", registry.served());
+
+    // The same image again, every step run: its layers are sent again as they are written and
+    // the blobs after them get sessions ahead, but the registry has the config already: the
+    // session opened for it is given up.
+    let mark = registry.served().len();
+    let again = pushed_build(&root, &ctx, &reference, &["--no-cache"]);
+    assert_eq!(
+        again, first,
+        "the same SOURCE_DATE_EPOCH build is the same image"
+    );
+    assert_every_session_ended(&registry, "app", mark);
+    let (_, _, deleted) = sessions(&registry.served()[mark..], "app");
+    assert!(
+        !deleted.is_empty(),
+        "the config's session was not given up: {:#?}",
+        &registry.served()[mark..]
+    );
+}
+
+#[test]
+fn a_build_that_fails_after_a_layer_left_leaves_no_upload_session_open() {
+    if !forge_testsupport::root_and_busybox("pushed builds run RUN steps") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(registry) = private_registry() else {
+        return;
+    };
+    let dir = forge_testsupport::scratch("forge-push-sessions-failed-");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
+    // The copy's layer leaves (and the session for the blob after it is opened) while the step
+    // after it runs and fails.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {busybox}\nCOPY ctx.txt /ctx.txt\nRUN sleep 0.3; false\n"),
+    )
+    .unwrap();
+    let reference = format!("{}/app:1", registry.addr);
+    let out = forge(
+        &dir.path().join("root"),
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &reference,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not complete successfully"),
+        "{}",
+        printed(&out)
+    );
+    let served = registry.served();
+    let (opened, committed, deleted) = sessions(&served, "app");
+    assert!(
+        opened.len() >= 2,
+        "no session was opened ahead: {served:#?}"
+    );
+    assert_eq!(
+        committed.len(),
+        1,
+        "the copy's layer was not sent: {served:#?}"
+    );
+    assert_eq!(opened.len(), committed.len() + deleted.len(), "{served:#?}");
+    assert_eq!(
+        registry.open_uploads("app"),
+        Vec::<String>::new(),
+        "{served:#?}"
+    );
+    assert!(
+        !served
+            .iter()
+            .any(|s| s.path.starts_with("/v2/app/manifests/")),
+        "a failed build pushed a manifest: {served:#?}"
+    );
+}
