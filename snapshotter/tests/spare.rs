@@ -1,7 +1,8 @@
 //! Upload sessions opened ahead of their blobs (`registry/spare.rs`), against the fake registry
 //! of `common/fake_registry.rs`: the next upload to the repository takes a spare instead of
-//! opening its own, a spare of another repository is left alone, and what no blob took is given
-//! up, so that no session stays open in the registry.
+//! opening its own, a config the build made goes through one without being checked for first,
+//! a spare of another repository is left alone, and what no blob took is given up, so that no
+//! session stays open in the registry.
 
 mod common;
 
@@ -184,5 +185,59 @@ async fn a_spare_the_registry_refused_leaves_the_upload_its_own_refusal() {
         !st.log.iter().any(|l| l.starts_with("DELETE ")),
         "nothing was open to give up: {:#?}",
         st.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_the_build_made_goes_through_its_spare_without_a_check() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let config = built.image.config.descriptor.clone();
+    let bytes = built.store.read_blob(&config.digest).unwrap();
+    built
+        .image
+        .held
+        .insert(config.digest.clone(), bytes::Bytes::from(bytes));
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&tag);
+    sessions_asked(&fake, 1).await;
+    let sink = |_: PushEvent| {};
+    client
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    let st = fake.state.lock().unwrap();
+    let config_path = format!("/v2/app/blobs/{}", config.digest);
+    assert!(
+        !st.log.iter().any(|l| *l == format!("HEAD {config_path}")),
+        "the config was checked for: {:#?}",
+        st.log
+    );
+    // The layer was checked for as ever.
+    let layer = &built.image.layers[0].descriptor;
+    assert!(
+        st.log
+            .iter()
+            .any(|l| *l == format!("HEAD /v2/app/blobs/{}", layer.digest)),
+        "{:#?}",
+        st.log
+    );
+    assert!(
+        st.blobs.contains_key(&format!("app@{}", config.digest)),
+        "{:#?}",
+        st.log
+    );
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    drop(st);
+    assert!(
+        committed_ids(&fake).contains(&"1".to_string()),
+        "{:?}",
+        committed_ids(&fake)
     );
 }

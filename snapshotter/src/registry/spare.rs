@@ -5,7 +5,9 @@
 //! small blob's commit and so in front of the manifest. A build that writes a layer knows one more
 //! blob will follow it (the next layer, or else the image's config, new when a layer is), so it
 //! opens that blob's session as the layer starts (`open_spare`), while the registry has time; the
-//! next upload to that repository takes it (`open_session`) instead of asking for its own.
+//! next upload to that repository takes it (`open_session`) instead of asking for its own. The
+//! config, made by the build and held in memory, is then known to be new: it goes through its
+//! spare without the `HEAD` that would ask whether the registry has it (`Target::push_blob`).
 //!
 //! A spare serves for [`SERVES_FOR`] only (a registry may drop sessions it sees no bytes for);
 //! an older one, or one that could not be opened, leaves its blob to open a session of its own,

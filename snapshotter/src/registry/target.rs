@@ -147,6 +147,18 @@ impl Target<'_> {
             BlobKind::Config => "config",
             BlobKind::Layer => "layer",
         };
+        // A blob this build made (held in memory) with a session opened ahead for it
+        // (`spare.rs`): the build wrote layers, so the blob is new, and it is sent without
+        // asking first (a registry that has it takes the same bytes again).
+        if held.is_some()
+            && matches!(self.via, Via::Own)
+            && let Some(ahead) = self
+                .client
+                .take_spare(&self.registry, self.oci.repository())
+                .await
+        {
+            return self.upload(store, desc, kind, Some(ahead), held).await;
+        }
         let what = format!("check of {kind} {digest}");
         let check = self.retry(&what, || async {
             Ok(match self.via {
@@ -257,9 +269,23 @@ impl Target<'_> {
         if held.is_none() && !store.has_blob(&desc.digest) {
             self.fetch_from_source(store, blob).await?;
         }
-        self.retry(&format!("upload of {kind} {digest}"), || {
-            // The session opened early serves the first try; a retry opens a fresh one.
-            let early = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let early = session.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.upload(store, desc, kind, early, held).await
+    }
+
+    /// Uploads the blob `desc` (from `held`, else from the store), through `early` on the first
+    /// try when a session is open for it already; a retry opens a fresh one.
+    async fn upload(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        kind: &str,
+        early: Option<Session>,
+        held: Option<&bytes::Bytes>,
+    ) -> Result<(), PushError> {
+        let early = std::sync::Mutex::new(early);
+        self.retry(&format!("upload of {kind} {}", desc.digest), || {
+            let early = early.lock().unwrap_or_else(|e| e.into_inner()).take();
             self.upload_once(store, desc, kind, early, held)
         })
         .await?;
