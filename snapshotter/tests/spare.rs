@@ -241,3 +241,61 @@ async fn a_config_the_build_made_goes_through_its_spare_without_a_check() {
         committed_ids(&fake)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_the_registry_dropped_is_replaced_by_a_fresh_session() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    let config = built.image.config.descriptor.clone();
+    let bytes = built.store.read_blob(&config.digest).unwrap();
+    built
+        .image
+        .held
+        .insert(config.digest.clone(), bytes::Bytes::from(bytes));
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let client = Arc::new(client());
+    client.open_spare(&tag);
+    sessions_asked(&fake, 1).await;
+    // The registry forgets the session (as one that expires sessions no bytes came for).
+    fake.state.lock().unwrap().uploads.clear();
+    let events = std::sync::Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+    client
+        .push(
+            &built.store,
+            &built.image,
+            std::slice::from_ref(&tag),
+            &sink,
+        )
+        .await
+        .unwrap();
+    let st = fake.state.lock().unwrap();
+    assert_eq!(
+        st.blobs
+            .get(&format!("app@{}", config.digest))
+            .map(Vec::len),
+        Some(config.size as usize),
+        "{:#?}",
+        st.log
+    );
+    // The spare's commit was answered 404, and the config went through a session of its own.
+    assert!(
+        st.log.iter().any(|l| l == "PUT /v2/app/blobs/uploads/1"),
+        "{:#?}",
+        st.log
+    );
+    assert_eq!(
+        st.log.iter().filter(|l| l.starts_with("POST ")).count(),
+        3,
+        "{:#?}",
+        st.log
+    );
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PushEvent::Retrying { .. })),
+        "no retry was reported"
+    );
+}

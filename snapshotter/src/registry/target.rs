@@ -32,6 +32,10 @@ fn status_of(e: &OciDistributionError) -> Option<u16> {
 /// How one failed try should be handled.
 enum Failure {
     Oci(OciDistributionError),
+    /// An upload session the registry no longer knows (404 to a chunk or a commit: it dropped
+    /// the session, as some registries do with one no bytes came for a while, such as one opened
+    /// ahead): tried again on a fresh one.
+    SessionGone(OciDistributionError),
     Fatal(PushError),
 }
 
@@ -43,7 +47,11 @@ impl From<OciDistributionError> for Failure {
 
 impl Transient for Failure {
     fn is_transient(&self) -> bool {
-        matches!(self, Failure::Oci(e) if is_transient(e))
+        match self {
+            Failure::Oci(e) => is_transient(e),
+            Failure::SessionGone(_) => true,
+            Failure::Fatal(_) => false,
+        }
     }
 }
 
@@ -108,7 +116,7 @@ impl Target<'_> {
     {
         // Only transient registry errors are retried.
         let on_retry = |failure: &Failure, attempt, delay| {
-            if let Failure::Oci(e) = failure {
+            if let Failure::Oci(e) | Failure::SessionGone(e) = failure {
                 (self.progress)(PushEvent::Retrying {
                     what: format!("{what} in {}", self.name()),
                     attempt,
@@ -120,7 +128,7 @@ impl Target<'_> {
         match retry(&self.client.config.retry, op, on_retry).await {
             Ok(v) => Ok(v),
             Err(GaveUp {
-                error: Failure::Oci(e),
+                error: Failure::Oci(e) | Failure::SessionGone(e),
                 ..
             }) => Err(self.error(what, e)),
             Err(GaveUp {
@@ -364,6 +372,12 @@ impl Target<'_> {
                         .send_through(session, pieces, Some(&desc.digest))
                         .await
                         .map(drop)
+                        .map_err(|e| match e {
+                            OciDistributionError::ServerError { code: 404, .. } => {
+                                Failure::SessionGone(e)
+                            }
+                            e => Failure::Oci(e),
+                        })
                 }
                 Via::Oci(oci_client) => {
                     let body = pieces.map(|p| p.map(|p| p.bytes));
@@ -372,6 +386,7 @@ impl Target<'_> {
                         .push_blob_stream(&self.oci, body, &digest, Some(desc.size))
                         .await
                         .map(drop)
+                        .map_err(Failure::Oci)
                 }
             }
         };
@@ -387,7 +402,7 @@ impl Target<'_> {
             }
         };
         let (result, ()) = futures::future::join(upload, report).await;
-        result.map_err(Failure::Oci)
+        result
     }
 
     /// The store file of blob `desc` as the pieces of its upload, each counted into `tx` as it
