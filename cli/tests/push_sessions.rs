@@ -112,35 +112,54 @@ fn assert_every_session_ended(registry: &PrivateRegistry, repository: &str, mark
     );
 }
 
+/// A private registry, and a context (`ctx.txt` and the Dockerfile `dockerfile` makes of the
+/// busybox base's name) to push `app:1` from; `None` after a SKIP line when a prerequisite is
+/// missing.
+struct World {
+    registry: PrivateRegistry,
+    dir: tempfile::TempDir,
+    ctx: std::path::PathBuf,
+    reference: String,
+}
+
+impl World {
+    fn new(dockerfile: impl Fn(&str) -> String) -> Option<World> {
+        if !forge_testsupport::root_and_busybox("pushed builds run RUN steps") {
+            return None;
+        }
+        let busybox = forge_testsupport::busybox_image()?;
+        let registry = private_registry()?;
+        let dir = forge_testsupport::scratch("forge-push-sessions-");
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile(&busybox)).unwrap();
+        let reference = format!("{}/app:1", registry.addr);
+        Some(World {
+            registry,
+            dir,
+            ctx,
+            reference,
+        })
+    }
+}
+
 #[test]
 fn a_pushed_build_leaves_no_upload_session_open_first_push_or_repeated() {
-    if !forge_testsupport::root_and_busybox("pushed builds run RUN steps") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(registry) = private_registry() else {
-        return;
-    };
-    let dir = forge_testsupport::scratch("forge-push-sessions-");
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
     // Three layers of the image's own: two steps' and a copy from another stage.
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let Some(w) = World::new(|busybox| {
         format!(
             "FROM {busybox} AS one\nRUN echo one > /one\n\
              FROM {busybox}\nCOPY --from=one /one /one\nRUN echo two > /two\nCOPY ctx.txt /ctx.txt\n"
-        ),
-    )
-    .unwrap();
-    let reference = format!("{}/app:1", registry.addr);
-    let root = dir.path().join("root");
+        )
+    }) else {
+        return;
+    };
+    let (registry, ctx, reference) = (&w.registry, &w.ctx, &w.reference);
+    let root = w.dir.path().join("root");
 
-    let first = pushed_build(&root, &ctx, &reference, &[]);
-    assert_every_session_ended(&registry, "app", 0);
+    let first = pushed_build(&root, ctx, reference, &[]);
+    assert_every_session_ended(registry, "app", 0);
     let (_, committed, _) = sessions(&registry.served(), "app");
     // The three layers and the config were uploaded (the base's layer was mounted or sent).
     assert!(committed.len() >= 4, "{:#?}", registry.served());
@@ -149,13 +168,13 @@ fn a_pushed_build_leaves_no_upload_session_open_first_push_or_repeated() {
     // the blob after each gets a session ahead; the config, made by this build, goes through
     // the last of them without a check first, though the registry has it (the same bytes).
     let mark = registry.served().len();
-    let again = pushed_build(&root, &ctx, &reference, &["--no-cache"]);
+    let again = pushed_build(&root, ctx, reference, &["--no-cache"]);
     assert_eq!(
         again, first,
         "the same SOURCE_DATE_EPOCH build is the same image"
     );
-    assert_every_session_ended(&registry, "app", mark);
-    let config = config_digest(&registry, "app", "1");
+    assert_every_session_ended(registry, "app", mark);
+    let config = config_digest(registry, "app", "1");
     let served = registry.served();
     let asked: Vec<&Served> = served[mark..]
         .iter()
@@ -166,35 +185,22 @@ fn a_pushed_build_leaves_no_upload_session_open_first_push_or_repeated() {
 
 #[test]
 fn a_build_that_fails_after_a_layer_left_leaves_no_upload_session_open() {
-    if !forge_testsupport::root_and_busybox("pushed builds run RUN steps") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(registry) = private_registry() else {
-        return;
-    };
-    let dir = forge_testsupport::scratch("forge-push-sessions-failed-");
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
     // The copy's layer leaves (and the session for the blob after it is opened) while the step
     // after it runs and fails.
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {busybox}\nCOPY ctx.txt /ctx.txt\nRUN sleep 0.3; false\n"),
-    )
-    .unwrap();
-    let reference = format!("{}/app:1", registry.addr);
+    let Some(w) = World::new(|busybox| {
+        format!("FROM {busybox}\nCOPY ctx.txt /ctx.txt\nRUN sleep 0.3; false\n")
+    }) else {
+        return;
+    };
+    let (registry, ctx, reference) = (&w.registry, &w.ctx, &w.reference);
     let out = forge(
-        &dir.path().join("root"),
+        &w.dir.path().join("root"),
         &[
             "build",
             "--progress",
             "plain",
             "-t",
-            &reference,
+            reference,
             "--push",
             ctx.to_str().unwrap(),
         ],

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::fake_registry::*;
 use forge_snapshotter::reference::Reference;
-use forge_snapshotter::registry::{PushError, PushEvent};
+use forge_snapshotter::registry::{PushError, PushEvent, RegistryClient};
+use forge_snapshotter::store::{Descriptor, Digest};
 
 /// Waits until the fake registry has been asked for `n` sessions (spares open in the background).
 async fn sessions_asked(fake: &Fake, n: usize) {
@@ -25,6 +26,37 @@ async fn sessions_asked(fake: &Fake, n: usize) {
         "{n} sessions were never asked for: {:#?}",
         fake.state.lock().unwrap().log
     );
+}
+
+/// A client with one spare session open (answered) in `tag`'s repository.
+async fn client_with_a_spare(fake: &Fake, tag: &Reference) -> Arc<RegistryClient> {
+    let client = Arc::new(client());
+    client.open_spare(tag);
+    sessions_asked(fake, 1).await;
+    client
+}
+
+/// `built`'s config held in memory, as a build's push holds the config it made; its descriptor.
+fn hold_config(built: &mut Built) -> Descriptor {
+    let config = built.image.config.descriptor.clone();
+    let bytes = built.store.read_blob(&config.digest).unwrap();
+    built
+        .image
+        .held
+        .insert(config.digest.clone(), bytes::Bytes::from(bytes));
+    config
+}
+
+/// Pushes `built`'s image as `tag` through `client`.
+async fn push(
+    client: &RegistryClient,
+    built: &Built,
+    tag: &Reference,
+) -> Result<Digest, PushError> {
+    let sink = |_: PushEvent| {};
+    client
+        .push(&built.store, &built.image, std::slice::from_ref(tag), &sink)
+        .await
 }
 
 /// The upload ids each commit (`PUT`) went to, from the log.
@@ -43,20 +75,9 @@ async fn the_next_upload_takes_the_spare_session_instead_of_opening_one() {
     let fake = Fake::start().await;
     let built = build_image();
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
-    let client = Arc::new(client());
-    client.open_spare(&tag);
-    sessions_asked(&fake, 1).await;
+    let client = client_with_a_spare(&fake, &tag).await;
     // Session 1 is the spare's.
-    let sink = |_: PushEvent| {};
-    client
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    push(&client, &built, &tag).await.unwrap();
     client.give_up_spares(&tag).await;
 
     let st = fake.state.lock().unwrap();
@@ -114,19 +135,8 @@ async fn a_spare_of_another_repository_is_left_to_it() {
     let built = build_image();
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
     let other = Reference::parse(&format!("{}/other:1", fake.addr)).unwrap();
-    let client = Arc::new(client());
-    client.open_spare(&other);
-    sessions_asked(&fake, 1).await;
-    let sink = |_: PushEvent| {};
-    client
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    let client = client_with_a_spare(&fake, &other).await;
+    push(&client, &built, &tag).await.unwrap();
     {
         let st = fake.state.lock().unwrap();
         let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
@@ -162,19 +172,8 @@ async fn a_spare_the_registry_refused_leaves_the_upload_its_own_refusal() {
     fake.state.lock().unwrap().refuse_uploads = Some(403);
     let built = build_image();
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
-    let client = Arc::new(client());
-    client.open_spare(&tag);
-    sessions_asked(&fake, 1).await;
-    let sink = |_: PushEvent| {};
-    let err = client
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap_err();
+    let client = client_with_a_spare(&fake, &tag).await;
+    let err = push(&client, &built, &tag).await.unwrap_err();
     assert!(
         matches!(err, PushError::Denied { status: 403, .. }),
         "{err:?}"
@@ -192,26 +191,10 @@ async fn a_spare_the_registry_refused_leaves_the_upload_its_own_refusal() {
 async fn a_config_the_build_made_goes_through_its_spare_without_a_check() {
     let fake = Fake::start().await;
     let mut built = build_image();
-    let config = built.image.config.descriptor.clone();
-    let bytes = built.store.read_blob(&config.digest).unwrap();
-    built
-        .image
-        .held
-        .insert(config.digest.clone(), bytes::Bytes::from(bytes));
+    let config = hold_config(&mut built);
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
-    let client = Arc::new(client());
-    client.open_spare(&tag);
-    sessions_asked(&fake, 1).await;
-    let sink = |_: PushEvent| {};
-    client
-        .push(
-            &built.store,
-            &built.image,
-            std::slice::from_ref(&tag),
-            &sink,
-        )
-        .await
-        .unwrap();
+    let client = client_with_a_spare(&fake, &tag).await;
+    push(&client, &built, &tag).await.unwrap();
     let st = fake.state.lock().unwrap();
     let config_path = format!("/v2/app/blobs/{}", config.digest);
     assert!(
@@ -246,16 +229,9 @@ async fn a_config_the_build_made_goes_through_its_spare_without_a_check() {
 async fn a_spare_the_registry_dropped_is_replaced_by_a_fresh_session() {
     let fake = Fake::start().await;
     let mut built = build_image();
-    let config = built.image.config.descriptor.clone();
-    let bytes = built.store.read_blob(&config.digest).unwrap();
-    built
-        .image
-        .held
-        .insert(config.digest.clone(), bytes::Bytes::from(bytes));
+    let config = hold_config(&mut built);
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
-    let client = Arc::new(client());
-    client.open_spare(&tag);
-    sessions_asked(&fake, 1).await;
+    let client = client_with_a_spare(&fake, &tag).await;
     // The registry forgets the session (as one that expires sessions no bytes came for).
     fake.state.lock().unwrap().uploads.clear();
     let events = std::sync::Mutex::new(Vec::new());
