@@ -148,7 +148,7 @@ impl RegistryClient {
         let body = answer.bytes().await?;
         match status {
             StatusCode::OK => Ok(body),
-            s => Err(refused(s, StatusCode::OK, url, &body)),
+            s => Err(refused(s, url, &body)),
         }
     }
 
@@ -177,7 +177,7 @@ impl RegistryClient {
             )),
             s => {
                 let body = answer.bytes().await?;
-                Err(refused(s, StatusCode::OK, url, &body))
+                Err(refused(s, url, &body))
             }
         }
     }
@@ -288,17 +288,13 @@ fn scheme(plain_http: bool) -> &'static str {
 pub(super) type BlobStream =
     futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
 
-/// What an answer other than the `expected` one means, as oci-client reads it.
-pub(super) fn refused(
-    status: StatusCode,
-    expected: StatusCode,
-    url: String,
-    body: &[u8],
-) -> OciDistributionError {
+/// What an answer other than 200 to a GET means, as oci-client reads it.
+fn refused(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {
     match status {
         StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
         s if s.is_success() => OciDistributionError::SpecViolationError(format!(
-            "Expected HTTP Status {expected}, got {s} instead"
+            "Expected HTTP Status {}, got {s} instead",
+            StatusCode::OK
         )),
         s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(body) {
             Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
