@@ -12,9 +12,9 @@ use std::path::Path;
 use common::{forge, printed};
 use forge_testsupport::{PrivateRegistry, Served, private_registry};
 
-/// The session ids of the `POST`s the registry opened in `repository` (202), and of the
-/// commits (`PUT`, 201) and cancellations (`DELETE`, 204) that ended one, from `served`.
-fn sessions(served: &[Served], repository: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+/// How many sessions the registry opened in `repository` (`POST`, 202), and the session ids of
+/// the commits (`PUT`, 201) and cancellations (`DELETE`, 204) that ended one, from `served`.
+fn sessions(served: &[Served], repository: &str) -> (usize, Vec<String>, Vec<String>) {
     let prefix = format!("/v2/{repository}/blobs/uploads/");
     let id = |s: &Served| {
         let rest = s.path.strip_prefix(&prefix)?;
@@ -33,11 +33,7 @@ fn sessions(served: &[Served], repository: &str) -> (Vec<String>, Vec<String>, V
             .filter(|i| !i.is_empty())
             .collect()
     };
-    (
-        (0..opened).map(|n| n.to_string()).collect(),
-        ended("PUT", 201),
-        ended("DELETE", 204),
-    )
+    (opened, ended("PUT", 201), ended("DELETE", 204))
 }
 
 /// Builds `ctx` with SOURCE_DATE_EPOCH and pushes it as `reference`; the manifest digest it
@@ -65,33 +61,14 @@ fn pushed_build(root: &Path, ctx: &Path, reference: &str, extra: &[&str]) -> Str
         .to_string()
 }
 
-/// The config digest of `repository:tag`'s manifest, read with curl (an independent client).
-fn config_digest(registry: &PrivateRegistry, repository: &str, tag: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-fsS",
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-        ])
-        .arg(format!(
-            "http://{}/v2/{repository}/manifests/{tag}",
-            registry.addr
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", printed(&out));
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    manifest["config"]["digest"].as_str().unwrap().to_string()
-}
-
 /// Every session the build opened in `repository` since `mark` ended: committed or deleted,
 /// each once, and none is left in the registry's storage.
 fn assert_every_session_ended(registry: &PrivateRegistry, repository: &str, mark: usize) {
     let served = registry.served();
     let (opened, committed, deleted) = sessions(&served[mark..], repository);
-    assert!(!opened.is_empty(), "no session was opened: {served:#?}");
+    assert!(opened > 0, "no session was opened: {served:#?}");
     assert_eq!(
-        opened.len(),
+        opened,
         committed.len() + deleted.len(),
         "sessions opened and ended differ: {:#?}",
         &served[mark..]
@@ -174,7 +151,10 @@ fn a_pushed_build_leaves_no_upload_session_open_first_push_or_repeated() {
         "the same SOURCE_DATE_EPOCH build is the same image"
     );
     assert_every_session_ended(registry, "app", mark);
-    let config = config_digest(registry, "app", "1");
+    let config = common::registry_manifest(&registry.addr, "app", "1")["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let served = registry.served();
     let asked: Vec<&Served> = served[mark..]
         .iter()
@@ -213,16 +193,13 @@ fn a_build_that_fails_after_a_layer_left_leaves_no_upload_session_open() {
     );
     let served = registry.served();
     let (opened, committed, deleted) = sessions(&served, "app");
-    assert!(
-        opened.len() >= 2,
-        "no session was opened ahead: {served:#?}"
-    );
+    assert!(opened >= 2, "no session was opened ahead: {served:#?}");
     assert_eq!(
         committed.len(),
         1,
         "the copy's layer was not sent: {served:#?}"
     );
-    assert_eq!(opened.len(), committed.len() + deleted.len(), "{served:#?}");
+    assert_eq!(opened, committed.len() + deleted.len(), "{served:#?}");
     assert_eq!(
         registry.open_uploads("app"),
         Vec::<String>::new(),

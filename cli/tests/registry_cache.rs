@@ -85,20 +85,7 @@ impl World {
 
     /// The manifest `reference` names, read with curl (an independent client).
     fn manifest(&self, repository: &str, tag: &str) -> Value {
-        let out = Command::new("curl")
-            .args([
-                "-fsS",
-                "-H",
-                "Accept: application/vnd.oci.image.manifest.v1+json",
-            ])
-            .arg(format!(
-                "http://{}/v2/{repository}/manifests/{tag}",
-                self.registry.addr
-            ))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", printed(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::registry_manifest(&self.registry.addr, repository, tag)
     }
 
     fn layers(&self, repository: &str, tag: &str) -> Vec<String> {

@@ -40,6 +40,22 @@ pub fn forge_with_stdin(root: &Path, args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().expect("wait for forge")
 }
 
+/// The OCI manifest `repository:tag` of the registry at `addr` (plain http), read with curl (an
+/// independent client).
+pub fn registry_manifest(addr: &str, repository: &str, tag: &str) -> Value {
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{addr}/v2/{repository}/manifests/{tag}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", printed(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Everything a run printed, stdout then stderr.
 pub fn printed(out: &Output) -> String {
     format!(
