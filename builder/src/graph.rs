@@ -215,6 +215,9 @@ pub enum MountKind {
     },
     Tmpfs {
         size_bytes: u64,
+        /// `ro`: mounted read-only, as BuildKit mounts it (encoded only when set, so that a
+        /// writable tmpfs keeps the key it had before the field existed).
+        readonly: bool,
     },
     /// A secret given by the caller under `id`, as a file at the target or in `env`.
     Secret {

@@ -278,6 +278,32 @@ fn copy_from_errors() {
 }
 
 #[test]
+fn read_only_cache_and_tmpfs_mounts_lower_read_only() {
+    let src = "FROM a\nRUN --mount=type=cache,target=/c,ro --mount=type=tmpfs,target=/t,readonly --mount=type=tmpfs,target=/w x";
+    let l = build(src, &[], None);
+    let ex = execs(&l.graph);
+    let kinds: Vec<_> = ex.last().unwrap().mounts.iter().map(|m| &m.kind).collect();
+    assert!(
+        matches!(kinds[1], MountKind::Cache { readonly: true, .. }),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(kinds[2], MountKind::Tmpfs { readonly: true, .. }),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(
+            kinds[3],
+            MountKind::Tmpfs {
+                readonly: false,
+                ..
+            }
+        ),
+        "{kinds:?}"
+    );
+}
+
+#[test]
 fn run_mounts_lower_with_their_options() {
     let src = "FROM a AS deps\nRUN fetch\nFROM a\nWORKDIR /src\nRUN --mount=type=bind,from=deps,source=/out,target=/deps --mount=type=cache,target=.cache,uid=1000 --mount=type=tmpfs,target=/tmp,size=1m --mount=type=secret,id=tok,env=TOKEN --mount=type=ssh --mount=target=ctx,source=sub build";
     let l = build(src, &[], None);
@@ -322,7 +348,8 @@ fn run_mounts_lower_with_their_options() {
     assert!(matches!(
         kinds[3].1,
         MountKind::Tmpfs {
-            size_bytes: 1048576
+            size_bytes: 1048576,
+            readonly: false
         }
     ));
     assert!(matches!(

@@ -68,9 +68,13 @@ pub enum StepMountKind {
         gid: u32,
         mode: u32,
         seed: Option<CacheSeed>,
+        /// Mounted read-only (`RUN --mount=type=cache,ro`): the step reads the cache and cannot
+        /// change it.
+        readonly: bool,
     },
-    /// A tmpfs, `size` bytes at most (0 = the kernel default).
-    Tmpfs { size: u64 },
+    /// A tmpfs, `size` bytes at most (0 = the kernel default); read-only when `readonly`, as
+    /// BuildKit mounts `type=tmpfs,ro`.
+    Tmpfs { size: u64, readonly: bool },
     /// A secret file: its bytes, never written to the snapshot.
     Secret {
         data: Vec<u8>,

@@ -341,6 +341,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             gid: 1000,
             mode: 0o755,
             seed: None,
+            readonly: false,
         },
     };
     let mut first =
@@ -373,6 +374,7 @@ async fn a_cache_mount_keeps_its_content_across_runs() {
             gid: 0,
             mode: 0o755,
             seed: None,
+            readonly: false,
         },
     }];
     let mut peek = hold.clone();

@@ -72,6 +72,7 @@ contract!(
     cache_owner_and_mode,
     cache_from_seed,
     tmpfs,
+    read_only_cache_and_tmpfs,
     secret_file_and_env,
     ssh_agent_socket,
     rootfs_changes_land_in_the_upper_dir,
@@ -349,6 +350,7 @@ fn cache(target: &str, id: &str, sharing: CacheSharing) -> StepMount {
             gid: 0,
             mode: 0o755,
             seed: None,
+            readonly: false,
         },
     }
 }
@@ -1013,6 +1015,7 @@ async fn cache_owner_and_mode(w: &World) {
             gid: 1000,
             mode: 0o750,
             seed: None,
+            readonly: false,
         },
     }];
     assert_eq!(w.ok(&spec).await, ["750 1000:1000", "1000"]);
@@ -1050,6 +1053,7 @@ async fn cache_from_seed(w: &World) {
                 root: stage.clone(),
                 path: path.into(),
             }),
+            readonly: false,
         },
     };
     let mut spec = w.spec(
@@ -1085,11 +1089,46 @@ async fn tmpfs(w: &World) {
     );
     spec.mounts = vec![StepMount {
         target: "/scratch".into(),
-        kind: StepMountKind::Tmpfs { size: 1 << 20 },
+        kind: StepMountKind::Tmpfs {
+            size: 1 << 20,
+            readonly: false,
+        },
     }];
     assert_eq!(w.ok(&spec).await, ["t", "tmpfs", "size=1024k"]);
     assert!(!w.upper.join("scratch").exists());
     assert_eq!(w.upper_files(), Vec::<String>::new());
+}
+
+/// `ro` on a cache or a tmpfs mount (BuildKit mounts every kind read-only when asked): the step
+/// reads the cache and writes to neither; the cache keeps what it had.
+async fn read_only_cache_and_tmpfs(w: &World) {
+    let mut fill = w.spec("echo kept > /c/f");
+    fill.mounts = vec![cache("/c", "ro-case", CacheSharing::Shared)];
+    w.ok(&fill).await;
+    let mut spec = w.spec(
+        "cat /c/f; echo leak > /c/leak 2>/dev/null && echo WROTE-CACHE; \
+         rm /c/f 2>/dev/null && echo REMOVED; echo t > /t/f 2>/dev/null && echo WROTE-TMPFS; \
+         echo done",
+    );
+    let mut ro_cache = cache("/c", "ro-case", CacheSharing::Shared);
+    if let StepMountKind::Cache { readonly, .. } = &mut ro_cache.kind {
+        *readonly = true;
+    }
+    spec.mounts = vec![
+        ro_cache,
+        StepMount {
+            target: "/t".into(),
+            kind: StepMountKind::Tmpfs {
+                size: 0,
+                readonly: true,
+            },
+        },
+    ];
+    assert_eq!(w.ok(&spec).await, ["kept", "done"], "{}", w.name());
+    let mut after = w.spec("ls /c");
+    after.mounts = vec![cache("/c", "ro-case", CacheSharing::Shared)];
+    assert_eq!(w.ok(&after).await, ["f"], "{}", w.name());
+    assert_eq!(w.upper_files(), Vec::<String>::new(), "{}", w.name());
 }
 
 async fn secret_file_and_env(w: &World) {

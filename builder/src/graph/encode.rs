@@ -33,7 +33,8 @@
 //!     `0x01` Bind {1 input, 2 source_path: str, 3 readonly: bool, 4 output: bool} ;
 //!     `0x02` Cache {1 id: str, 2 sharing: enum (1 shared, 2 private, 3 locked), 3 input,
 //!     4 source_path: str, 5 readonly: bool} ;
-//!     `0x03` Tmpfs {1 size_bytes: u64} ;
+//!     `0x03` Tmpfs {1 size_bytes: u64, 2 readonly: bool}, field 2 written only when true (a
+//!     writable tmpfs encodes as it did before the field existed) ;
 //!     `0x04` Secret {1 id: str, 2 env: option<str>, 3 required: bool, 4 uid: u32, 5 gid: u32, 6 mode: u32} ;
 //!     `0x05` Ssh {1 id: str, 2 required: bool, 3 uid: u32, 4 gid: u32, 5 mode: u32}
 //! - `0x03` File {1 base: input, 2 platform, 3 actions: list<action>} with actions
@@ -345,11 +346,18 @@ fn mount(e: &mut Encoder, m: &Mount, input: &InputFn<'_>) {
             e.tag(5);
             e.bool(*readonly);
         }
-        MountKind::Tmpfs { size_bytes } => {
+        MountKind::Tmpfs {
+            size_bytes,
+            readonly,
+        } => {
             e.byte(0x03);
-            e.fields(1);
+            e.fields(if *readonly { 2 } else { 1 });
             e.tag(1);
             e.u64(*size_bytes);
+            if *readonly {
+                e.tag(2);
+                e.bool(true);
+            }
         }
         MountKind::Secret {
             id,

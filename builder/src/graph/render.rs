@@ -142,9 +142,15 @@ fn details(op: &Op) -> Vec<String> {
                         source_path,
                         if *readonly { " ro" } else { "" }
                     ),
-                    MountKind::Tmpfs { size_bytes } => {
-                        format!("mount {} tmpfs size={}", m.target, size_bytes)
-                    }
+                    MountKind::Tmpfs {
+                        size_bytes,
+                        readonly,
+                    } => format!(
+                        "mount {} tmpfs size={}{}",
+                        m.target,
+                        size_bytes,
+                        if *readonly { " ro" } else { "" }
+                    ),
                     MountKind::Secret {
                         id,
                         env,

@@ -125,7 +125,7 @@ impl BuildExecutor {
                         sharing,
                         input,
                         source_path,
-                        ..
+                        readonly,
                     } => {
                         // An imported cache's contents for this id, when this machine has none.
                         if let Some(seeds) = &self.cfg.mount_seeds {
@@ -167,12 +167,19 @@ impl BuildExecutor {
                                 gid: 0,
                                 mode: 0o755,
                                 seed,
+                                readonly: *readonly,
                             },
                         });
                     }
-                    MountKind::Tmpfs { size_bytes } => step_mounts.push(StepMount {
+                    MountKind::Tmpfs {
+                        size_bytes,
+                        readonly,
+                    } => step_mounts.push(StepMount {
                         target,
-                        kind: StepMountKind::Tmpfs { size: *size_bytes },
+                        kind: StepMountKind::Tmpfs {
+                            size: *size_bytes,
+                            readonly: *readonly,
+                        },
                     }),
                     MountKind::Secret {
                         id,

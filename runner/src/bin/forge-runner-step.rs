@@ -178,6 +178,7 @@ fn parse() -> Result<Args, String> {
                         gid,
                         mode,
                         seed: None,
+                        readonly: false,
                     },
                 ))
             }
@@ -203,6 +204,7 @@ fn parse() -> Result<Args, String> {
                         .transpose()
                         .map_err(|e| format!("{e}"))?
                         .unwrap_or(0),
+                    readonly: false,
                 },
             )),
             "--mount-secret" => {

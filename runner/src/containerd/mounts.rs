@@ -76,9 +76,12 @@ pub(crate) async fn prepare(
                 }
                 mount(&target, "bind", &source.to_string_lossy(), &options)?
             }
-            ResolvedMount::Tmpfs { size, .. } => {
+            ResolvedMount::Tmpfs { size, readonly, .. } => {
                 let size = format!("size={size}");
                 let mut options = vec!["nosuid", "nodev", "mode=1777"];
+                if *readonly {
+                    options.push("ro");
+                }
                 if !size.ends_with("=0") {
                     options.push(&size);
                 }

@@ -139,9 +139,12 @@ fn fill(plan: &Plan, staging: &mut Staging) -> Result<(), String> {
         let dest = staging.dir.join(&name);
         let mut restore_to = None;
         match m {
+            // A read-only cache is copied in as a read-only bind is: what the step writes there is
+            // thrown away with the stage (chroot cannot make a read-only view).
             ResolvedMount::Bind {
                 source,
                 cache: true,
+                readonly: false,
                 ..
             } => {
                 fs::rename(source, &dest).map_err(|e| {

@@ -593,7 +593,11 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
                     dir,
                 });
             }
-            ResolvedMount::Tmpfs { target, size } => tmpfs_targets.push((target.clone(), *size)),
+            ResolvedMount::Tmpfs {
+                target,
+                size,
+                readonly,
+            } => tmpfs_targets.push((target.clone(), *size, *readonly)),
             ResolvedMount::Raw { mount, target } => {
                 if matches!(mount.kind.as_str(), "bind" | "rbind") {
                     staged.push(Staged {
@@ -720,15 +724,16 @@ fn setup<'a>(plan: &'a Plan, undo: &mut Undo) -> SetupResult<Prepared<'a>> {
         })?;
         mounted.push(s.target.clone());
     }
-    for (target, size) in &tmpfs_targets {
+    for (target, size, readonly) in &tmpfs_targets {
         ensure_target(target, true, stubs)?;
         let data = (*size > 0).then(|| format!("size={size}"));
+        let ro = if *readonly { libc::MS_RDONLY } else { 0 };
         ctx(
             sys::mount(
                 "tmpfs",
                 target,
                 "tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_NOSUID | libc::MS_NODEV | ro,
                 data.as_deref(),
             ),
             || format!("mount tmpfs on {}", target.display()),

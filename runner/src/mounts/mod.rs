@@ -69,7 +69,11 @@ pub(crate) enum ResolvedMount {
         cache: bool,
     },
     /// A fresh tmpfs, `size` bytes at most (0 = the kernel's default).
-    Tmpfs { target: PathBuf, size: u64 },
+    Tmpfs {
+        target: PathBuf,
+        size: u64,
+        readonly: bool,
+    },
     /// A mount a snapshotter produced, passed through as it is.
     Raw { mount: Mount, target: PathBuf },
 }
@@ -186,6 +190,7 @@ pub(crate) async fn resolve(
                 gid,
                 mode,
                 seed,
+                readonly,
             } => {
                 let create = cache::Create {
                     uid: *uid,
@@ -207,14 +212,15 @@ pub(crate) async fn resolve(
                 ResolvedMount::Bind {
                     source,
                     target,
-                    readonly: false,
+                    readonly: *readonly,
                     restricted: false,
                     cache: true,
                 }
             }
-            StepMountKind::Tmpfs { size } => ResolvedMount::Tmpfs {
+            StepMountKind::Tmpfs { size, readonly } => ResolvedMount::Tmpfs {
                 target,
                 size: *size,
+                readonly: *readonly,
             },
             StepMountKind::Secret {
                 data,

@@ -1457,6 +1457,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             }
             MountType::Tmpfs => MountKind::Tmpfs {
                 size_bytes: m.size_bytes,
+                readonly: m.readonly,
             },
             MountType::Bind | MountType::Cache => {
                 let mut input = if has_from { from_input } else { None };
