@@ -56,6 +56,7 @@ contract!(
     env,
     cwd_is_created_for_the_user,
     users_by_name_and_id,
+    capabilities_as_docker_gives_them,
     stdout_and_stderr_lines_and_the_tail,
     a_long_line_comes_in_capped_pieces,
     cancel_kills_the_tree_and_leaves_nothing,
@@ -506,6 +507,44 @@ async fn users_by_name_and_id(w: &World) {
         Ok(ran) => panic!("{}: an unknown user ran: {:?}", w.name(), ran.lines),
     };
     assert!(err.contains("nobody-such"), "{}: {err}", w.name());
+}
+
+/// Root gets docker's default set as effective, permitted and bounding capabilities and nothing
+/// inheritable or ambient (runc and BuildKit since CVE-2022-24769); another user gets none at all,
+/// so a non-root step cannot bind a port below 1024.
+async fn capabilities_as_docker_gives_them(w: &World) {
+    let script = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status | tr -d '\\t'";
+    let root = w.ok(&w.spec(script)).await;
+    assert_eq!(
+        root,
+        [
+            "CapInh:0000000000000000",
+            "CapPrm:00000000a80425fb",
+            "CapEff:00000000a80425fb",
+            "CapBnd:00000000a80425fb",
+            "CapAmb:0000000000000000",
+        ],
+        "{}",
+        w.name()
+    );
+    let mut other = w.spec(script);
+    other.user = User {
+        user: "1000".into(),
+        group: Some("1000".into()),
+    };
+    let other = w.ok(&other).await;
+    assert_eq!(
+        other,
+        [
+            "CapInh:0000000000000000",
+            "CapPrm:0000000000000000",
+            "CapEff:0000000000000000",
+            "CapBnd:00000000a80425fb",
+            "CapAmb:0000000000000000",
+        ],
+        "{}",
+        w.name()
+    );
 }
 
 async fn stdout_and_stderr_lines_and_the_tail(w: &World) {

@@ -86,12 +86,18 @@ fn numeric_and_named_users_and_unknown_user() {
                 .contains("uid=1000(tester) gid=1000(tester) groups=10(wheel)"),
             "{r:?}"
         );
-        let r = fx.sh(&[], "id -u; grep -E 'CapEff|CapBnd' /proc/self/status");
+        let r = fx.sh(
+            &[],
+            "id -u; grep -E 'Cap(Eff|Bnd|Inh|Amb)' /proc/self/status",
+        );
         assert_eq!(r.code, 0, "{r:?}");
-        // Root gets Docker's default capability set, and nothing else in the bounding set.
+        // Root gets Docker's default capability set, and nothing else in the bounding set;
+        // nothing inheritable or ambient (rootless too), as runc since CVE-2022-24769.
         assert!(r.stdout.starts_with("0\n"), "{r:?}");
         assert!(r.stdout.contains("CapEff:\t00000000a80425fb"), "{r:?}");
         assert!(r.stdout.contains("CapBnd:\t00000000a80425fb"), "{r:?}");
+        assert!(r.stdout.contains("CapInh:\t0000000000000000"), "{r:?}");
+        assert!(r.stdout.contains("CapAmb:\t0000000000000000"), "{r:?}");
         let r = fx.run(&["--user", "nobody-here"], &["true"]);
         assert_eq!(r.code, 125, "{r:?}");
         assert!(

@@ -234,7 +234,9 @@ pub(crate) fn limit_bounding_set(keep: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets effective, permitted and inheritable capabilities to `caps` (empty for a non-root user).
+/// Sets effective and permitted capabilities to `caps` (empty for a non-root user) and clears the
+/// inheritable set, as runc and BuildKit have since CVE-2022-24769: a program run with file
+/// capabilities gets none from the step's inheritable set.
 pub(crate) fn set_caps(caps: &[u32]) -> io::Result<()> {
     #[repr(C)]
     struct Header {
@@ -253,7 +255,6 @@ pub(crate) fn set_caps(caps: &[u32]) -> io::Result<()> {
         let (i, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
         data[i].effective |= bit;
         data[i].permitted |= bit;
-        data[i].inheritable |= bit;
     }
     let header = Header {
         version: LINUX_CAPABILITY_VERSION_3,
