@@ -160,12 +160,13 @@ impl SourceDirs for [(NodeRef, PathBuf)] {
 
 /// Applies `actions` in order to the filesystem rooted at `dest_root` (the op's base, already
 /// materialised there, or an empty directory for scratch). Owners written as names are looked up in
-/// `dest_root`'s `/etc/passwd` and `/etc/group`, as BuildKit does.
+/// `dest_root`'s `/etc/passwd` and `/etc/group`, as BuildKit does. Returns what the build should
+/// warn about: owner names that were not found (BuildKit then uses id 0 and says nothing).
 pub fn apply(
     actions: &[FileAction],
     dest_root: &Path,
     sources: &dyn SourceDirs,
-) -> Result<(), FileOpError> {
+) -> Result<Vec<String>, FileOpError> {
     apply_with_upper(actions, dest_root, None, sources)
 }
 
@@ -180,11 +181,12 @@ pub fn apply_with_upper(
     dest_root: &Path,
     upper: Option<&Path>,
     sources: &dyn SourceDirs,
-) -> Result<(), FileOpError> {
+) -> Result<Vec<String>, FileOpError> {
+    let mut notes = Vec::new();
     for action in actions {
-        apply_one(action, dest_root, upper, sources)?;
+        apply_one(action, dest_root, upper, sources, &mut notes)?;
     }
-    Ok(())
+    Ok(notes)
 }
 
 fn apply_one(
@@ -192,7 +194,13 @@ fn apply_one(
     dest_root: &Path,
     upper: Option<&Path>,
     sources: &dyn SourceDirs,
+    notes: &mut Vec<String>,
 ) -> Result<(), FileOpError> {
+    let mut owner_of = |owner: Option<&str>| -> Result<Option<Ids>, FileOpError> {
+        let (ids, note) = owner::resolve_owner(dest_root, owner)?;
+        notes.extend(note);
+        Ok(ids)
+    };
     match action {
         FileAction::Copy {
             from,
@@ -209,7 +217,7 @@ fn apply_one(
                 None => None,
             };
             let visible = from.and_then(|r| sources.visible(r));
-            let owner = owner::resolve_owner(dest_root, options.owner.as_deref())?;
+            let owner = owner_of(options.owner.as_deref())?;
             let plain_owner = match owner {
                 None if from.is_some_and(|r| sources.root_owned(r)) => Some(Ids { uid: 0, gid: 0 }),
                 other => other,
@@ -234,7 +242,7 @@ fn apply_one(
             make_parents,
             owner,
         } => {
-            let ids = owner::resolve_owner(dest_root, owner.as_deref())?;
+            let ids = owner_of(owner.as_deref())?;
             let p = resolve(dest_root, path, true)?;
             if *make_parents {
                 meta::mkdir_all(dest_root, &p, mode & 0o7777, ids)
@@ -254,7 +262,7 @@ fn apply_one(
             data,
             owner,
         } => {
-            let ids = owner::resolve_owner(dest_root, owner.as_deref())?;
+            let ids = owner_of(owner.as_deref())?;
             let p = resolve(dest_root, path, true)?;
             std::fs::write(&p, data).map_err(io("writing", &p))?;
             meta::chown(&p, ids)?;

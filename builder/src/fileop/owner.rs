@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use forge_runner::user::UserDb;
+use forge_runner::user::{UserDb, UserError};
 
 use super::FileOpError;
 
@@ -17,14 +17,20 @@ pub struct Ids {
     pub gid: u32,
 }
 
-/// Resolves `owner` against the filesystem at `root`: a numeric user without a group gets the same
-/// number as group (BuildKit's `--chown`, unlike `USER`, which takes group 0), a named user without
-/// a group gets its primary group.
-pub(crate) fn resolve_owner(root: &Path, owner: Option<&str>) -> Result<Option<Ids>, FileOpError> {
+/// Resolves `owner` against the filesystem at `root` as BuildKit's file operations do: a numeric
+/// user without a group gets the same number as group (unlike `USER`, which takes group 0), a named
+/// user its primary group, an empty user or group 0. A name the destination's `/etc/passwd` (or
+/// `/etc/group`) does not list, or a destination without the file, is not an error there: the user
+/// becomes 0:0 and the group stays what the user part gave, so a Dockerfile docker builds builds
+/// here too. What was not found is said in the returned note, which the build shows as a warning.
+pub(crate) fn resolve_owner(
+    root: &Path,
+    owner: Option<&str>,
+) -> Result<(Option<Ids>, Option<String>), FileOpError> {
     let Some(owner) = owner.filter(|o| !o.is_empty()) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let err = |e: forge_runner::user::UserError| FileOpError::Owner {
+    let err = |e: UserError| FileOpError::Owner {
         owner: owner.to_string(),
         reason: e.to_string(),
     };
@@ -32,25 +38,58 @@ pub(crate) fn resolve_owner(root: &Path, owner: Option<&str>) -> Result<Option<I
         Some((u, g)) => (u, Some(g)),
         None => (owner, None),
     };
-    let numeric = |s: &str| s.parse::<u32>().ok();
+    let named = |s: &str| !s.is_empty() && s.parse::<u32>().is_err();
     // The databases are read only when a name needs them.
-    let db = if numeric(user).is_none() || group.is_some_and(|g| numeric(g).is_none()) {
+    let db = if named(user) || group.is_some_and(named) {
         UserDb::read(root).map_err(err)?
     } else {
         UserDb::default()
     };
-    let (uid, primary) = match numeric(user) {
-        Some(uid) => (uid, uid),
-        None => db.user_ids(user).map_err(err)?,
+    let mut missing = Vec::new();
+    let (uid, primary) = if user.is_empty() {
+        (0, 0)
+    } else if let Ok(uid) = user.parse::<u32>() {
+        (uid, uid)
+    } else {
+        match db.user_ids(user) {
+            Ok(ids) => ids,
+            Err(e) => {
+                missing.push(not_found(e).map_err(err)?);
+                (0, 0)
+            }
+        }
     };
     let gid = match group {
         None => primary,
-        Some(g) => match numeric(g) {
-            Some(gid) => gid,
-            None => db.group_id(g).map_err(err)?,
+        Some("") => 0,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match db.group_id(g) {
+                Ok(gid) => gid,
+                Err(e) => {
+                    missing.push(not_found(e).map_err(err)?);
+                    primary
+                }
+            },
         },
     };
-    Ok(Some(Ids { uid, gid }))
+    let note = (!missing.is_empty()).then(|| {
+        format!(
+            "owner {owner:?}: {}; it is {uid}:{gid} instead, as in BuildKit",
+            missing.join("; ")
+        )
+    });
+    Ok((Some(Ids { uid, gid }), note))
+}
+
+/// What a lookup that found nothing says; a read that failed stays an error.
+fn not_found(e: UserError) -> Result<String, UserError> {
+    match e {
+        UserError::UnknownUser { .. }
+        | UserError::UnknownGroup { .. }
+        | UserError::MissingFile { .. } => Ok(e.to_string()),
+        UserError::Read { .. } => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -66,8 +105,13 @@ mod tests {
     }
 
     fn ids(root: &Path, owner: &str) -> Result<(u32, u32), String> {
+        noted(root, owner).map(|(ids, _)| ids)
+    }
+
+    /// The ids and the note about what was not found.
+    fn noted(root: &Path, owner: &str) -> Result<((u32, u32), Option<String>), String> {
         resolve_owner(root, Some(owner))
-            .map(|ids| ids.map(|i| (i.uid, i.gid)).unwrap())
+            .map(|(ids, note)| (ids.map(|i| (i.uid, i.gid)).unwrap(), note))
             .map_err(|e| e.to_string())
     }
 
@@ -83,25 +127,61 @@ mod tests {
         // A numeric user keeps its number as group (BuildKit's --chown), where USER would take 0.
         assert_eq!(ids(root.path(), "1234"), Ok((1234, 1234)));
         assert_eq!(ids(root.path(), "1234:staff"), Ok((1234, 2700)));
-        assert_eq!(resolve_owner(root.path(), Some("")).unwrap(), None);
-        let err = ids(root.path(), "nobody-here").unwrap_err();
-        assert!(
-            err.contains("nobody-here") && err.contains("/etc/passwd"),
-            "{err}"
+        assert_eq!(resolve_owner(root.path(), Some("")).unwrap(), (None, None));
+        assert_eq!(noted(root.path(), "app:staff").unwrap().1, None);
+    }
+
+    /// BuildKit's `readUser`: a name with no entry is not an error; the user becomes 0:0 and an
+    /// unknown group leaves the gid the user part gave. An empty part is id 0.
+    #[test]
+    fn names_not_found_fall_back_as_in_buildkit_and_are_noted() {
+        let root = rootfs(
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1500:1600::/srv:/bin/sh\n",
+            "appg:x:1600:\n",
         );
-        let err = ids(root.path(), "app:nogroup").unwrap_err();
+        for (owner, want) in [
+            ("nobody-here", (0, 0)),
+            ("root:nosuchgroup", (0, 0)),
+            ("7:nosuchgroup", (7, 7)),
+            ("app:nosuchgroup", (1500, 1600)),
+            ("nosuch:nogrp", (0, 0)),
+            ("nosuch:appg", (0, 1600)),
+        ] {
+            let (ids, note) = noted(root.path(), owner).unwrap();
+            assert_eq!(ids, want, "{owner}");
+            let note = note.unwrap_or_else(|| panic!("{owner}: no note"));
+            assert!(
+                note.starts_with(&format!("owner {owner:?}: unknown ")),
+                "{note}"
+            );
+            assert!(
+                note.ends_with(&format!(
+                    "it is {}:{} instead, as in BuildKit",
+                    want.0, want.1
+                )),
+                "{note}"
+            );
+        }
+        let (_, note) = noted(root.path(), "nosuch:nogrp").unwrap();
+        let note = note.unwrap();
         assert!(
-            err.contains("nogroup") && err.contains("/etc/group"),
-            "{err}"
+            note.contains("\"nosuch\"") && note.contains("\"nogrp\""),
+            "{note}"
         );
+        // Empty parts are id 0, and need no database.
+        for (owner, want) in [(":appg", (0, 1600)), (":1600", (0, 1600)), ("7:", (7, 0))] {
+            assert_eq!(noted(root.path(), owner).unwrap(), (want, None), "{owner}");
+        }
     }
 
     #[test]
     fn numeric_owners_need_no_databases() {
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(ids(empty.path(), "7:8"), Ok((7, 8)));
-        let err = ids(empty.path(), "app").unwrap_err();
-        assert!(err.contains("/etc/passwd is missing"), "{err}");
+        // Without the file a name is not found: 0:0, and the note says the file is missing.
+        let (found, note) = noted(empty.path(), "app").unwrap();
+        assert_eq!(found, (0, 0));
+        assert!(note.unwrap().contains("/etc/passwd is missing"));
     }
 
     /// The owner lookup followed symlinks with its own resolver; the runner's reads with openat2
@@ -117,8 +197,9 @@ mod tests {
             root.path().join("etc/passwd"),
         )
         .unwrap();
-        let err = ids(root.path(), "evil").unwrap_err();
-        assert!(err.contains("/etc/passwd is missing"), "{err}");
+        let (found, note) = noted(root.path(), "evil").unwrap();
+        assert_eq!(found, (0, 0), "the host's entry is not read");
+        assert!(note.unwrap().contains("/etc/passwd is missing"));
         // A link that stays inside the root is followed.
         std::fs::write(root.path().join("passwd.real"), "app:x:5:6::/:/bin/sh\n").unwrap();
         std::fs::remove_file(root.path().join("etc/passwd")).unwrap();

@@ -20,7 +20,7 @@ use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::cache_io::{MountSeeds, RemoteBlobs};
-use crate::events::Events;
+use crate::events::{BuildEvent, Events};
 use crate::fileop::{self, SourceDirs, Visible};
 use crate::graph::{FileAction, Graph, NetworkMode, NodeRef, Op, SourceOp, Vertex, VertexId};
 use crate::solver::{CancellationToken, ContentDigest, Executor, Record};
@@ -442,7 +442,7 @@ impl BuildExecutor {
 
     async fn exec_file(
         &self,
-        id: &VertexId,
+        vertex: &Vertex,
         op: &crate::graph::FileOp,
         // The inputs' references, in the order `inputs` holds their results.
         refs: &[NodeRef],
@@ -493,8 +493,12 @@ impl BuildExecutor {
             let root = dest.path().to_path_buf();
             let upper = dest.upper().map(Path::to_path_buf);
             let applied = blocking(move || {
-                fileop::apply_with_upper(&actions, &root, upper.as_deref(), &sources)?;
-                Ok(())
+                Ok(fileop::apply_with_upper(
+                    &actions,
+                    &root,
+                    upper.as_deref(),
+                    &sources,
+                )?)
             })
             .await;
             drop(held);
@@ -502,11 +506,23 @@ impl BuildExecutor {
             applied
         }
         .await;
-        if let Err(e) = outcome {
-            let _ = self.cfg.snapshots.remove(&key);
-            return Err(e);
+        match outcome {
+            Ok(notes) => {
+                for note in notes {
+                    self.cfg.events.emit(BuildEvent::Warning {
+                        message: match vertex.line {
+                            Some(line) => format!("line {line}: {}: {note}", vertex.description),
+                            None => format!("{}: {note}", vertex.description),
+                        },
+                    });
+                }
+            }
+            Err(e) => {
+                let _ = self.cfg.snapshots.remove(&key);
+                return Err(e);
+            }
         }
-        let how = self.cfg.layers.for_vertex(id);
+        let how = self.cfg.layers.for_vertex(&vertex.id);
         let layers = self.commit_layer(key, &base, how, cancel).await?;
         Ok(Built::Fs { layers })
     }
@@ -754,7 +770,7 @@ impl Executor for BuildExecutor {
             ))),
             Op::Exec(e) => self.exec_run(vertex, e, inputs, &cancel).await,
             Op::File(f) => {
-                self.exec_file(&vertex.id, f, &vertex.op.inputs(), inputs, &cancel)
+                self.exec_file(vertex, f, &vertex.op.inputs(), inputs, &cancel)
                     .await
             }
             Op::Merge(m) => {
