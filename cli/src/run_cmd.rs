@@ -175,8 +175,14 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             );
         }
     }
+    // A pipeline reads the host only inside its repository (or its own directory, outside one).
+    let boundary = git::work_tree(&base_dir)
+        .map_err(|e| failed(format!("error: {e}")))?
+        .unwrap_or_else(|| base_dir.clone());
     let mut run_options = RunOptions {
         base_dir,
+        boundary,
+        local_caches_in_boundary: false,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),

@@ -881,3 +881,53 @@ jobs:
     assert!(o.status.success(), "{out}");
     assert!(out.contains("jobs 0 ran, 1 cached"), "{out}");
 }
+
+/// A pipeline builds only from its own repository (here, no git: its directory): a context that
+/// leads out with `..`, or through a symlink committed in the repository, fails that image's
+/// build naming where it leads, and the job on it does not run; what lies inside builds.
+#[test]
+fn an_image_context_leading_out_of_the_repository_is_refused() {
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-confined");
+    let dir = ws.path().join("repo");
+    let private = ws.path().join("private");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::create_dir_all(&private).unwrap();
+    fs::write(private.join("secret.txt"), "HOST-PRIVATE-DATA\n").unwrap();
+    let dockerfile = format!("FROM {}\nCOPY . /ctx/\n", m.busybox);
+    fs::write(private.join("Dockerfile"), &dockerfile).unwrap();
+    fs::write(dir.join("app/Dockerfile"), &dockerfile).unwrap();
+    fs::write(dir.join("app/inside.txt"), "inside\n").unwrap();
+    std::os::unix::fs::symlink(&private, dir.join("leak")).unwrap();
+    for (context, leads) in [("../private", &private), ("leak", &private)] {
+        fs::write(
+            dir.join("forge.yaml"),
+            format!(
+                "images:\n  app:\n    context: {context}\njobs:\n  show:\n    image: app\n    script: [cat /ctx/secret.txt]\n"
+            ),
+        )
+        .unwrap();
+        let out = forge_run(&dir, &root, &["run", "--progress=plain"], &[]);
+        let text = printed(&out);
+        assert!(!out.status.success(), "{context}: {text}");
+        let real = fs::canonicalize(leads).unwrap();
+        assert!(
+            text.contains(&format!(
+                "the context `{context}` resolves to {}, outside",
+                real.display()
+            )) && text.contains("own repository"),
+            "{context}: {text}"
+        );
+        assert!(!text.contains("HOST-PRIVATE-DATA"), "{context}: {text}");
+    }
+    fs::write(
+        dir.join("forge.yaml"),
+        "images:\n  app:\n    context: app\njobs:\n  show:\n    image: app\n    script: [cat /ctx/inside.txt]\n",
+    )
+    .unwrap();
+    let out = forge_run(&dir, &root, &["run", "--progress=plain"], &[]);
+    let text = printed(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("inside"), "{text}");
+}

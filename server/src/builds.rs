@@ -296,6 +296,9 @@ impl Server {
         }
         let run_options = RunOptions {
             base_dir: work.to_path_buf(),
+            // A commit's pipeline reads nothing of the server's disk but its own checkout.
+            boundary: work.to_path_buf(),
+            local_caches_in_boundary: true,
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             artifacts_dir: self.store.artifacts_dir(&b.project, b.number),
             secrets: project

@@ -112,6 +112,12 @@ fn open(dir: &Path) -> Result<Option<gix::Repository>, GitError> {
     gix::discover(dir).map(Some).map_err(|e| err(e.to_string()))
 }
 
+/// The top of the work tree of the repository holding `dir`; `None` outside a repository (or in a
+/// bare one).
+pub fn work_tree(dir: &Path) -> Result<Option<std::path::PathBuf>, GitError> {
+    Ok(open(dir)?.and_then(|repo| repo.workdir().map(Path::to_path_buf)))
+}
+
 /// The git variables for a pipeline run from `dir`.
 pub fn describe(dir: &Path) -> Result<GitInfo, GitError> {
     let Some(repo) = open(dir)? else {

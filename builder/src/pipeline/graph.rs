@@ -32,6 +32,23 @@ pub(super) fn image_plan(
     let context = text(&spec.context, ".");
     let dockerfile = text(&spec.dockerfile, "Dockerfile");
     let target = spec.target.as_ref().map(|t| text(&Some(t.clone()), ""));
+    // A pipeline builds from its own repository: an absolute path is refused here, with its
+    // place; a relative one that leads out (`..`, a symlink) when the run resolves it.
+    for (key, value, given) in [
+        ("context", &context, &spec.context),
+        ("dockerfile", &dockerfile, &spec.dockerfile),
+    ] {
+        if let Some(at) = given.as_ref().filter(|_| value.starts_with('/')) {
+            errors.push(PipelineError::new(
+                pos_of(at),
+                format!(
+                    "{key} `{value}` is an absolute path: it must be relative (the context to the \
+                     pipeline file's directory, the Dockerfile to the context), inside the \
+                     repository"
+                ),
+            ));
+        }
+    }
     let mut map = |m: &OrderedMap<Sp<Text>>| {
         let mut out = BTreeMap::new();
         for (k, v) in &m.0 {

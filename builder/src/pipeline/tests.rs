@@ -148,6 +148,36 @@ fn default_push_needs_leave_out_jobs_that_wait_for_the_push() {
 }
 
 #[test]
+fn an_absolute_context_or_dockerfile_is_refused_where_it_is_written() {
+    let e = errors(
+        "variables:\n  D: /etc\nimages:\n  app:\n    context: ${D}\n    dockerfile: /srv/Dockerfile\njobs:\n  t:\n    image: app\n    script: [x]\n",
+    );
+    let found: Vec<(usize, &str)> = e
+        .errors
+        .iter()
+        .map(|e| (e.pos.line, e.message.as_str()))
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, 5);
+    assert!(
+        found[0].1.starts_with("context `/etc` is an absolute path"),
+        "{found:?}"
+    );
+    assert_eq!(found[1].0, 6);
+    assert!(
+        found[1]
+            .1
+            .starts_with("dockerfile `/srv/Dockerfile` is an absolute path"),
+        "{found:?}"
+    );
+    // Relative paths pass the check; where they lead is the run's to resolve.
+    ok(
+        "images:\n  app:\n    context: ../lib\n    dockerfile: docker/Dockerfile\njobs:\n  t:\n    image: app\n    script: [x]\n",
+        &CheckOptions::default(),
+    );
+}
+
+#[test]
 fn a_name_shared_by_a_job_and_an_image_is_refused() {
     let e = errors("images:\n  x: {}\njobs:\n  x:\n    image: alpine\n    script: [y]\n");
     assert_eq!(e.errors[0].message, "`x` names both a job and an image");

@@ -12,6 +12,7 @@
 
 mod artifacts;
 mod cache;
+mod confine;
 mod job;
 mod jobs;
 mod report;
@@ -637,7 +638,27 @@ impl Runner {
         self.emit(PipelineEvent::ImageStarted {
             image: shown.clone(),
         });
-        let mut context = self.options.base_dir.join(&plan.context);
+        let boundary = &self.options.boundary;
+        let mut context = confine::inside(
+            &format!("the context `{}`", plan.context),
+            &self.options.base_dir.join(&plan.context),
+            boundary,
+        )?;
+        let dockerfile = confine::inside(
+            &format!("the Dockerfile `{}`", plan.dockerfile),
+            &context.join(&plan.dockerfile),
+            boundary,
+        )?;
+        if self.options.local_caches_in_boundary {
+            for location in plan
+                .cache_from
+                .iter()
+                .map(|c| &c.location)
+                .chain(plan.cache_to.iter().map(|c| &c.location))
+            {
+                confine::cache_inside(location, boundary)?;
+            }
+        }
         // With `artifacts-from`, the build reads a copy of its context with those jobs'
         // artifacts laid in, kept until the build ends.
         let _scratch = if plan.artifacts_from.is_empty() {
@@ -678,7 +699,9 @@ impl Runner {
             Some(scratch)
         };
         let mut request = BuildRequest::new(&context);
-        request.dockerfile = DockerfileSource::Path(context.join(&plan.dockerfile));
+        // The Dockerfile as resolved above: with `artifacts-from` the context is a copy, and the
+        // Dockerfile the original's.
+        request.dockerfile = DockerfileSource::Path(dockerfile);
         request.target = stage.map(str::to_string).or_else(|| plan.target.clone());
         request.build_args = plan.build_args.clone();
         request.labels = plan.labels.clone();

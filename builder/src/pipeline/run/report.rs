@@ -16,6 +16,13 @@ use crate::pipeline::junit::TestSummary;
 pub struct RunOptions {
     /// The directory the pipeline file is in: image contexts are relative to it.
     pub base_dir: PathBuf,
+    /// What the pipeline may read from the host: its images' contexts and Dockerfiles must resolve
+    /// (symlinks followed) inside it. `forge run`: the git work tree the file is in, else
+    /// `base_dir`; `forge serve`: the checkout.
+    pub boundary: PathBuf,
+    /// `type=local` caches may be read and written only inside `boundary` (`forge serve`: the
+    /// server's disk is not the pipeline's); else anywhere, as `forge build` takes them.
+    pub local_caches_in_boundary: bool,
     /// Most jobs (and image builds) at once.
     pub jobs: usize,
     /// Artifacts are copied out below `DIR/JOB/`.
