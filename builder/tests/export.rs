@@ -489,3 +489,34 @@ fn local_export_copies_the_rootfs_faithfully() {
     export_local(&root, &dest, false).unwrap();
     assert_eq!(m("usr/bin/tool").mode() & 0o7777, 0o4755);
 }
+
+/// A symlink already in DEST where the image has a directory (left by an earlier export of an
+/// image whose `/etc` or `/lnk` was a link, or put there by anyone) is replaced by the directory:
+/// the image's files never land where it points.
+#[test]
+fn local_export_replaces_a_link_in_dest_instead_of_writing_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("lnk")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("lnk/evil"), "evil").unwrap();
+    fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    let dest = dir.path().join("out");
+    fs::create_dir_all(&dest).unwrap();
+    symlink(&victim, dest.join("lnk")).unwrap();
+    symlink(&victim, dest.join("etc")).unwrap();
+
+    export_local(&root, &dest, false).unwrap();
+    assert_eq!(
+        fs::read_dir(&victim).unwrap().count(),
+        0,
+        "nothing written through the links"
+    );
+    for d in ["lnk", "etc"] {
+        assert!(fs::symlink_metadata(dest.join(d)).unwrap().is_dir(), "{d}");
+    }
+    assert_eq!(fs::read_to_string(dest.join("lnk/evil")).unwrap(), "evil");
+    assert!(dest.join("etc/passwd").is_file());
+}

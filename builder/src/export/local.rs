@@ -50,10 +50,14 @@ fn copy_dir(
         let meta = fs::symlink_metadata(&from).map_err(io_err("reading metadata of", &from))?;
         let t = meta.file_type();
         if t.is_dir() {
-            match fs::create_dir(&to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
-                Err(e) => return Err(io_err("creating", &to)(e)),
+            // A directory already there is written into; anything else, a symlink to a
+            // directory included, is replaced: following a link left in DEST (by an earlier
+            // export of another image, or by anyone) would write the image's files wherever it
+            // points.
+            let is_real_dir = fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
+            if !is_real_dir {
+                remove_existing(&to)?;
+                fs::create_dir(&to).map_err(io_err("creating", &to))?;
             }
             copy_dir(&from, &to, links, owners)?;
             finish(&to, &meta, owners)?;
