@@ -16,6 +16,7 @@ pub mod fileop;
 pub mod frontend;
 pub mod gc;
 pub mod graph;
+pub mod mask;
 pub mod ops;
 pub mod pipeline;
 use forge_snapshotter::replace;

@@ -479,6 +479,24 @@ fn secrets_stay_out_of_layers_and_progress() {
     assert!(output.iter().any(|l| l == "token is ****"), "{err}");
     assert!(output.iter().any(|l| l == "****"), "{err}");
 
+    // A secret past BuildKit's 500 KiB is refused before anything runs, naming it.
+    let big = bench.path().join("big-secret");
+    std::fs::write(&big, vec![b'x'; 600 * 1024]).unwrap();
+    let out = bench.forge(
+        &[
+            "--no-cache",
+            "--secret",
+            &format!("id=tok,src={}", big.display()),
+        ],
+        &ctx,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("secret tok: 614400 bytes, more than the 500 KiB a secret may hold"),
+        "{err}"
+    );
+
     // A required secret that is not given: the error says which and how to give it. (A cached
     // step needs no secret, as with BuildKit: --no-cache makes it run.)
     let out = bench.forge(&["--no-cache"], &ctx);

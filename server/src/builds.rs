@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use forge_builder::Session;
+use forge_builder::mask::Masks;
 use forge_builder::pipeline::history::JobResult;
 use forge_builder::pipeline::run::{PipelineEvent, RunOptions, RunReport};
 use forge_builder::pipeline::{self, CheckOptions};
@@ -356,7 +357,7 @@ impl Server {
         started: Instant,
     ) {
         b.status = status;
-        b.error = error.map(|e| Mask::of(project.masked()).apply(&e));
+        b.error = error.map(|e| Masks::of(&project.masked()).mask(&e));
         b.finished_at = Some(now());
         b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self.store.put(&b) {
@@ -471,7 +472,7 @@ fn job_word(r: JobResult) -> &'static str {
 /// a byte is written.
 struct Log {
     file: Mutex<std::fs::File>,
-    mask: Mask,
+    mask: Masks,
 }
 
 impl Log {
@@ -482,41 +483,15 @@ impl Log {
         let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Log {
             file: Mutex::new(file),
-            mask: Mask::of(masked),
+            mask: Masks::of(&masked),
         })
     }
 
     fn line(&self, line: &str) {
-        let mut text = self.mask.apply(line);
+        let mut text = self.mask.mask(line);
         text.push('\n');
         let mut f = self.file.lock().expect("not poisoned");
         let _ = f.write_all(text.as_bytes());
-    }
-}
-
-/// A project's secrets, longest first (a secret holding another is masked whole), as every text
-/// the server keeps of a build is masked with them.
-struct Mask(Vec<String>);
-
-impl Mask {
-    fn of(secrets: Vec<Vec<u8>>) -> Mask {
-        let mut m: Vec<String> = secrets
-            .into_iter()
-            .map(|m| String::from_utf8_lossy(&m).into_owned())
-            .collect();
-        m.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        Mask(m)
-    }
-
-    /// `text` with every secret replaced by `****`.
-    fn apply(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for m in &self.0 {
-            if text.contains(m.as_str()) {
-                text = text.replace(m.as_str(), "****");
-            }
-        }
-        text
     }
 }
 

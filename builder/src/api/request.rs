@@ -143,6 +143,7 @@ impl BuildRequest {
                     .into(),
             ));
         }
+        self.secrets.check_sizes().map_err(BuildError::Invalid)?;
         if self.pushes() && self.tags.is_empty() {
             return Err(BuildError::Invalid(
                 "a push needs at least one image name (tag)".into(),
@@ -263,6 +264,14 @@ impl Secrets {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Every secret within [`crate::mask::MAX_SECRET_BYTES`].
+    pub(crate) fn check_sizes(&self) -> Result<(), String> {
+        let mut ids: Vec<&String> = self.0.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .try_for_each(|id| crate::mask::check_size(id, &self.0[id]))
     }
 
     pub(crate) fn to_map(&self) -> HashMap<String, Vec<u8>> {

@@ -338,7 +338,7 @@ impl BuildExecutor {
             shm_size: op.shm_size.map(forge_runner::Bytes),
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
-        let masks = Arc::new(secret_masks(&secret_values));
+        let masks = Arc::new(crate::mask::Masks::of(&secret_values));
         let events = self.cfg.events.clone();
         let sink_masks = masks.clone();
         // A test step's output is also kept, as its log (see `Built::Test`).
@@ -350,7 +350,7 @@ impl BuildExecutor {
         };
         let sink_log = test_log.clone();
         let mut sink = move |stream: Stream, line: &str| {
-            let line = mask(&sink_masks, line);
+            let line = sink_masks.mask(line);
             if let Some(log) = &sink_log {
                 log.lock().unwrap_or_else(|e| e.into_inner()).line(&line);
             }
@@ -414,7 +414,7 @@ impl BuildExecutor {
                 code: outcome.exit_code,
                 // The tail is shown again with the error (-q, json, a server's report): masked
                 // like every line the step printed.
-                tail: outcome.tail.iter().map(|l| mask(&masks, l)).collect(),
+                tail: outcome.tail.iter().map(|l| masks.mask(l)).collect(),
                 memory_limit_hit: outcome.memory_limit_hit,
             });
         }
@@ -473,17 +473,6 @@ pub(super) fn oom_note(limit: impl std::borrow::Borrow<Option<forge_runner::Byte
         .unwrap_or_default()
 }
 
-/// `line` with every secret value (see [`secret_masks`]) replaced by `****`.
-pub(super) fn mask(masks: &[String], line: &str) -> String {
-    let mut line = line.to_string();
-    for m in masks {
-        if line.contains(m.as_str()) {
-            line = line.replace(m.as_str(), "****");
-        }
-    }
-    line
-}
-
 /// An argv as an error shows it: quoted, and cut after 2 KiB so a step with a huge command line
 /// does not print megabytes.
 pub(super) fn short_argv(argv: &[String]) -> String {
@@ -497,22 +486,4 @@ pub(super) fn short_argv(argv: &[String]) -> String {
         cut -= 1;
     }
     format!("{}... ({} more bytes)", &full[..cut], full.len() - cut)
-}
-
-/// The strings masked in a step's output: each secret whole and, since output arrives one line at
-/// a time, each of its lines (a PEM key printed by `cat` would otherwise show in full); longest
-/// first, so a line inside a longer mask does not break it up. Very short strings are left alone,
-/// as masking them would garble unrelated output.
-pub(super) fn secret_masks(values: &[Vec<u8>]) -> Vec<String> {
-    let mut masks: Vec<String> = Vec::new();
-    for v in values {
-        let text = String::from_utf8_lossy(v);
-        for m in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
-            if m.len() >= 3 && !masks.iter().any(|x| x == m) {
-                masks.push(m.to_string());
-            }
-        }
-    }
-    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    masks
 }

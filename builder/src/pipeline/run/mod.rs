@@ -104,6 +104,11 @@ pub async fn run(
 /// Refusals before anything runs: missing secrets, ungranted host networks, unknown `only` names.
 /// [`run`] checks them again; a caller may check first, before it records a run.
 pub fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError> {
+    let mut names: Vec<&String> = options.secrets.keys().collect();
+    names.sort();
+    for name in names {
+        crate::mask::check_size(name, &options.secrets[name]).map_err(BuildError::Invalid)?;
+    }
     for j in &plan.jobs {
         for s in &j.secrets {
             if !options.secrets.contains_key(s) {
