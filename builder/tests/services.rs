@@ -179,8 +179,9 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
         "httpd runs in a's network"
     );
     assert!(!active_snapshots(&session).is_empty());
-    a.stop().await.expect("a stops");
-    b.stop().await.expect("b stops");
+    // Both ran until stopped: nothing to report.
+    assert_eq!(a.stop().await.expect("a stops"), None);
+    assert_eq!(b.stop().await.expect("b stops"), None);
     assert_eq!(processes_in(&net_a), Vec::<u32>::new(), "a left processes");
     assert_eq!(processes_in(&net_b), Vec::<u32>::new(), "b left processes");
     assert_eq!(active_snapshots(&session), Vec::<String>::new());
@@ -191,7 +192,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
     }
     // Dropping a handle stops its service as well.
     let c = session
-        .start_service(httpd("web-c", &image, &net_a, "pong-c"), sink)
+        .start_service(httpd("web-c", &image, &net_a, "pong-c"), sink.clone())
         .await
         .unwrap();
     ready(&net_a, "pong-c").await.expect("service c answers");
@@ -205,6 +206,37 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "a dropped service was not cleaned up");
+
+    // A service that exits on its own, or whose command is not there, is reported when stopped.
+    for (name, command, says) in [
+        ("quits", "echo going away; exit 7", "status 7"),
+        ("missing", "exec /no/such/binary", "status 127"),
+    ] {
+        let spec = ServiceSpec {
+            name: name.into(),
+            image: image.clone(),
+            command: vec!["sh".into(), "-c".into(), command.into()],
+            env: Vec::new(),
+            network: net_a.clone(),
+        };
+        let h = session.start_service(spec, sink.clone()).await.unwrap();
+        for _ in 0..300 {
+            if !h.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let note = h.stop().await.expect("stops").expect("reported");
+        assert!(
+            note.starts_with(&format!("service {name} exited on its own, {says}")),
+            "{note}"
+        );
+    }
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l == "going away"),
+        "{:?}",
+        lines.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,15 +69,29 @@ impl ServiceHandle {
     }
 
     /// Kills the service's container (every process in it), waits until it is gone and its
-    /// snapshot removed. A service that had already exited on its own is not an error here: the
-    /// job's steps are what report on it.
-    pub async fn stop(mut self) -> Result<(), BuildError> {
+    /// snapshot removed. A service that had already exited on its own (or never started: a
+    /// command that is not there) is not an error here, the job's steps are what pass or fail;
+    /// what happened to it is returned, for the job's log.
+    pub async fn stop(mut self) -> Result<Option<String>, BuildError> {
+        let ended_first = !self.is_running();
         self.cancel.cancel();
         let Some(task) = self.task.take() else {
-            return Ok(());
+            return Ok(None);
         };
         match task.await {
-            Ok(Ok(_)) | Ok(Err(RunError::Cancelled)) => Ok(()),
+            Ok(Ok(outcome)) if ended_first => {
+                let last = outcome.tail.last().map(|l| format!("; its last line: {l}"));
+                Ok(Some(format!(
+                    "service {} exited on its own, status {}, before the job ended{}",
+                    self.name,
+                    outcome.exit_code,
+                    last.unwrap_or_default()
+                )))
+            }
+            Ok(Ok(_)) | Ok(Err(RunError::Cancelled)) => Ok(None),
+            Ok(Err(e)) if ended_first => {
+                Ok(Some(format!("service {} did not run: {e}", self.name)))
+            }
             Ok(Err(e)) => Err(BuildError::Invalid(format!("service {}: {e}", self.name))),
             Err(e) => Err(BuildError::Invalid(format!(
                 "service {}: its task ended abnormally: {e}",

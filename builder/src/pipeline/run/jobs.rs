@@ -387,7 +387,7 @@ impl Runner {
                     match session.start_service(spec, line).await {
                         Ok(h) => handles.push(h),
                         Err(e) => {
-                            stop_services(handles).await;
+                            stop_services(handles, &say).await;
                             return Err(format!(
                                 "service {} did not start: {}",
                                 svc.name,
@@ -404,7 +404,7 @@ impl Runner {
                             .wait_ready(base, &net, &r.command, r.timeout, r.interval)
                             .await
                         {
-                            stop_services(handles).await;
+                            stop_services(handles, &say).await;
                             return Err(format!(
                                 "service {} is not ready: {}",
                                 svc.name,
@@ -414,8 +414,19 @@ impl Runner {
                         say(format!("forge: service {} is ready", svc.name));
                     }
                 }
-                let stop: crate::ops::StopBeside =
-                    Box::new(move || Box::pin(async move { stop_services(handles).await }));
+                let (sink, job) = (sink.clone(), job.clone());
+                let stop: crate::ops::StopBeside = Box::new(move || {
+                    Box::pin(async move {
+                        let say = |line: String| {
+                            sink(PipelineEvent::JobLine {
+                                job: job.clone(),
+                                line,
+                                cached: false,
+                            })
+                        };
+                        stop_services(handles, &say).await
+                    })
+                });
                 Ok(stop)
             })
         });

@@ -802,10 +802,15 @@ impl Runner {
     }
 }
 
-/// Stops every service, whatever happens to each.
-async fn stop_services(handles: Vec<crate::api::ServiceHandle>) {
+/// Stops every service, whatever happens to each; what ended on its own, or would not stop, is
+/// said through `say` (the job's log).
+async fn stop_services(handles: Vec<crate::api::ServiceHandle>, say: &(dyn Fn(String) + Sync)) {
     for h in handles {
-        let _ = h.stop().await;
+        match h.stop().await {
+            Ok(None) => {}
+            Ok(Some(note)) => say(format!("forge: {note}")),
+            Err(e) => say(format!("forge: {}", crate::api::render_chain(&e))),
+        }
     }
 }
 
