@@ -1547,3 +1547,84 @@ fn rootless_run_steps_get_buildkits_sandbox() {
         "{stderr}"
     );
 }
+
+/// The step containers in containerd's `forge` namespace that forge process `pid` named.
+fn step_containers_of(address: &str, pid: u32) -> Vec<String> {
+    let listed = judge(
+        "ctr",
+        &["-a", address, "-n", "forge", "containers", "ls", "-q"],
+    );
+    let prefix = format!("forge-{pid}-");
+    listed
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A build killed with SIGKILL in a containerd step leaves its container (no teardown ran); the
+/// next build through containerd takes it down, as the teardown would have.
+#[test]
+fn a_container_left_by_a_killed_build_is_taken_down_by_the_next() {
+    let Some(m) = machine() else { return };
+    let Some(address) = containerd() else { return };
+    let scratch = Scratch::new(None);
+    let ctx = scratch.path("sleeper");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN sleep 120\n", m.busybox),
+    )
+    .unwrap();
+    let store = scratch.path("store");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args([
+            "build",
+            "--runner=containerd",
+            "--progress=plain",
+            "--network=none",
+        ])
+        .arg(&ctx)
+        .env("FORGE_ROOT", &store)
+        .env("CONTAINERD_ADDRESS", &address)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut left = Vec::new();
+    for _ in 0..600 {
+        left = step_containers_of(&address, pid);
+        if !left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(left.len(), 1, "the step's container never showed");
+    assert_eq!(
+        step_containers_of(&address, pid),
+        left,
+        "SIGKILL ran no teardown"
+    );
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN true\n", m.busybox),
+    )
+    .unwrap();
+    let out = build(
+        &scratch,
+        Who::Root,
+        &store,
+        &[
+            "--runner=containerd".into(),
+            "--progress=plain".into(),
+            ctx.to_str().unwrap().into(),
+        ],
+        &[("CONTAINERD_ADDRESS", address.as_str())],
+    );
+    assert_built("the next containerd build", &out);
+    assert_eq!(step_containers_of(&address, pid), Vec::<String>::new());
+}

@@ -13,7 +13,7 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use forge_snapshotter::Mount;
 use prost_types::Any;
@@ -59,6 +59,7 @@ impl ContainerdRunner {
     /// Connects, checks that containerd answers, and takes the build's lease.
     pub async fn connect(config: ContainerdConfig) -> Result<Self, ContainerdError> {
         let conn = Connection::connect(&config.address, &config.namespace).await?;
+        sweep_orphans(&conn, &config.state_dir).await;
         let lease_id = format!("forge-{}-{}", std::process::id(), unique_suffix());
         let lease = conn.create_lease(&lease_id, LEASE_TTL).await?;
         let conn = conn.with_lease(&lease);
@@ -467,6 +468,54 @@ impl Drop for StepResources {
     }
 }
 
+/// Takes down the step containers a forge process that is gone left behind (killed with SIGKILL
+/// mid-step, so no teardown ran: its task would run or sit stopped in containerd for good, its
+/// rootfs mount still pointing into the store), as that teardown would have: task killed and
+/// deleted, container deleted, step directory removed. Containers of a live process, of any
+/// program, and names not forge's own are left alone. Best effort: a build does not fail on it.
+async fn sweep_orphans(conn: &Connection, state_dir: &std::path::Path) {
+    let Ok(list) = ContainersClient::new(conn.channel())
+        .list(conn.request(ListContainersRequest { filters: vec![] }))
+        .await
+    else {
+        return;
+    };
+    for container in list.into_inner().containers {
+        let Some(pid) = orphan_pid(&container.id) else {
+            continue;
+        };
+        let alive = pid == std::process::id()
+            || !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+        if alive {
+            continue;
+        }
+        let mut left = StepResources {
+            conn: conn.clone(),
+            step_dir: state_dir.join(&container.id),
+            id: container.id,
+            container_created: true,
+            task_created: true,
+            mounts: None,
+            stubs: None,
+            done: false,
+        };
+        left.kill_and_wait().await;
+        let _ = left.teardown().await;
+    }
+}
+
+/// The process id in a step container's name, `forge-PID-N-SUFFIX` (see `run_on`).
+fn orphan_pid(id: &str) -> Option<u32> {
+    let mut parts = id.strip_prefix("forge-")?.split('-');
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    let suffix = parts.next()?;
+    (parts.next().is_none() && u64::from_str_radix(suffix, 16).is_ok()).then_some(pid)
+}
+
 /// Unique enough among concurrent forge processes on one host, together with the pid.
 fn unique_suffix() -> String {
     let nanos = SystemTime::now()
@@ -474,4 +523,20 @@ fn unique_suffix() -> String {
         .unwrap_or_default()
         .as_nanos();
     format!("{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_step_container_names_carry_a_pid() {
+        assert_eq!(super::orphan_pid("forge-4242-7-1a2b3c"), Some(4242));
+        for other in [
+            "forge-ingest-sha256",
+            "forge-4242-1a2b3c",
+            "app-1-2-3",
+            "forge-x-1-2",
+        ] {
+            assert_eq!(super::orphan_pid(other), None, "{other}");
+        }
+    }
 }
