@@ -465,3 +465,44 @@ fn entries_come_in_the_byte_order_of_their_paths() {
         assert!(at("a/x/deep/er") < at("a0"));
     }
 }
+
+/// A COPY source reached through a linked directory is keyed by the file it reaches: changing
+/// `real/r` must move the key of `COPY dirlink/r`, and `.dockerignore` on the link or on the
+/// target makes the source missing, as BuildKit's transferred context does.
+#[test]
+fn a_source_through_a_linked_directory_is_keyed_by_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "real/r", "one");
+    write(root, "other", "x");
+    symlink("real", root.join("dirlink")).unwrap();
+    symlink("/real", root.join("absdirlink")).unwrap();
+    let key = |src: &str| snap(root, None, None).hash_selection(&[src]).unwrap();
+    let before = key("dirlink/r");
+    assert_eq!(key("absdirlink/r"), before);
+    assert_eq!(key("real/../dirlink/./r"), before);
+    assert_eq!(key("real/r"), before, "the same entry, reached directly");
+    write(root, "other", "y");
+    assert_eq!(key("dirlink/r"), before, "an unrelated file moved the key");
+    write(root, "real/r", "two");
+    assert_ne!(key("dirlink/r"), before);
+    assert_ne!(key("absdirlink/r"), before);
+
+    for ignored in ["dirlink", "real/r", "real"] {
+        let ignore = Dockerignore::parse(ignored).unwrap();
+        let s = snap(root, None, Some(&ignore));
+        assert!(
+            matches!(
+                s.hash_selection(&["dirlink/r"]),
+                Err(ContextError::SourceNotFound { .. })
+            ),
+            "{ignored} ignored"
+        );
+    }
+    let ignore = Dockerignore::parse("real\n!real/r").unwrap();
+    assert!(
+        snap(root, None, Some(&ignore))
+            .hash_selection(&["dirlink/r"])
+            .is_ok()
+    );
+}

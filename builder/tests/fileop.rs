@@ -6,8 +6,10 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use forge_builder::fileop::{FileOpError, apply};
+use forge_builder::fileop::{FileOpError, SourceDirs, Visible, apply};
+use forge_builder::frontend::dockerignore::Dockerignore;
 use forge_builder::graph::{Chmod, CopyOptions, FileAction, NodeRef};
+use forge_builder::source::context::{ContextSnapshot, SnapshotOptions};
 
 const CTX: NodeRef = NodeRef(0);
 
@@ -752,4 +754,86 @@ fn a_large_directory_copy_keeps_every_file_and_directory_time() {
         let dir = fs::metadata(f.out(&format!("/out/d{d}"))).unwrap();
         assert_eq!(dir.mtime(), 1_200_000_000 + d, "d{d}");
     }
+}
+
+/// The build context as the executor hands it to the file op: its directory on disk, which also
+/// holds what `.dockerignore` leaves out, and the snapshot of what it keeps.
+struct Context {
+    dir: PathBuf,
+    kept: Box<Visible>,
+}
+
+impl Context {
+    fn new(dir: &Path, ignore: &[&str]) -> Context {
+        let ignore = Dockerignore::from_patterns(ignore).unwrap();
+        let snap = ContextSnapshot::take(
+            dir,
+            &SnapshotOptions {
+                ignore: Some(&ignore),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Context {
+            dir: dir.to_path_buf(),
+            kept: Box::new(move |p: &str| p.is_empty() || snap.get(p).is_some()),
+        }
+    }
+}
+
+impl SourceDirs for Context {
+    fn dir(&self, input: NodeRef) -> Option<&Path> {
+        (input == CTX).then_some(self.dir.as_path())
+    }
+
+    fn visible(&self, input: NodeRef) -> Option<&Visible> {
+        (input == CTX).then_some(self.kept.as_ref())
+    }
+}
+
+/// `COPY dirlink/r` where `dirlink -> real` failed with `source "/dirlink/r" not found`: the
+/// context's visibility was asked of the path as written, and only `real/r` is an entry of it.
+#[test]
+fn regression_copy_through_a_linked_directory_of_the_context() {
+    let f = fixture();
+    f.file("real/r", "R", 0o644);
+    f.file("real/sub/s", "S", 0o644);
+    fs::write(f.ctx.join("real/a.tar"), sample_tar()).unwrap();
+    symlink("real", f.ctx.join("dirlink")).unwrap();
+    symlink("/real", f.ctx.join("absdirlink")).unwrap();
+    let ctx = Context::new(&f.ctx, &[]);
+    apply(
+        &[
+            copy("dirlink/r", "/x1"),
+            copy("dirlink/sub", "/x2"),
+            copy("absdirlink/r", "/x3"),
+            copy("dirlink/./r", "/x4"),
+            copy("real/../dirlink/r", "/x5"),
+            add("dirlink/r", "/x6"),
+            add("absdirlink/a.tar", "/x7/"),
+        ],
+        &f.dest,
+        &ctx,
+    )
+    .unwrap();
+    for x in ["/x1", "/x3", "/x4", "/x5", "/x6"] {
+        assert_eq!(f.read(x), "R", "{x}");
+    }
+    assert_eq!(f.read("/x2/s"), "S");
+    assert!(
+        f.exists("/x7/pkg/run.sh"),
+        "the archive reached through a link is unpacked"
+    );
+
+    // As in BuildKit's transferred context, the link and its target must both pass .dockerignore.
+    for ignored in ["dirlink", "real/r", "real"] {
+        let ctx = Context::new(&f.ctx, &[ignored]);
+        match apply(&[copy("dirlink/r", "/y")], &f.dest, &ctx) {
+            Err(FileOpError::SourceNotFound { src }) => assert_eq!(src, "/dirlink/r"),
+            other => panic!("{ignored} ignored: {other:?}"),
+        }
+    }
+    let ctx = Context::new(&f.ctx, &["real", "!real/r"]);
+    apply(&[copy("dirlink/r", "/z")], &f.dest, &ctx).unwrap();
+    assert_eq!(f.read("/z"), "R");
 }

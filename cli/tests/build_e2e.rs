@@ -1628,3 +1628,71 @@ fn a_container_left_by_a_killed_build_is_taken_down_by_the_next() {
     assert_built("the next containerd build", &out);
     assert_eq!(step_containers_of(&address, pid), Vec::<String>::new());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Build contexts docker copies and forge refused
+
+/// Builds `dockerfile` on the context `prepare` makes, once as root and once rootless as the test
+/// user (whose files the context then are), exporting with `-o type=local`: each run's name and
+/// export directory. `None` after a SKIP line.
+fn build_context_both_ways(
+    dockerfile: &str,
+    prepare: impl Fn(&Path),
+) -> Option<(Scratch, Vec<(&'static str, PathBuf)>)> {
+    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
+        return None;
+    }
+    let user = forge_testsupport::test_user()?;
+    let scratch = Scratch::new(Some(&user));
+    let mut outs = Vec::new();
+    for (name, who) in [("root", Who::Root), ("rootless", Who::User(&user))] {
+        let ctx = scratch.path(&format!("ctx-{name}"));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        prepare(&ctx);
+        if let Who::User(u) = who {
+            chown_tree(&ctx, u);
+        }
+        let out = scratch.path(&format!("out-{name}"));
+        let args = [
+            "--progress=plain".to_string(),
+            "-o".into(),
+            format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap().into(),
+        ];
+        let built = build(
+            &scratch,
+            who,
+            &scratch.path(&format!("store-{name}")),
+            &args,
+            &[],
+        );
+        assert_built(name, &built);
+        outs.push((name, out));
+    }
+    Some((scratch, outs))
+}
+
+/// `COPY dirlink/r` with `dirlink -> real` (or `-> /real`) failed with `source "/dirlink/r" not
+/// found`; docker follows links in a source's parents inside the context.
+#[test]
+fn copy_through_a_linked_directory_of_the_context() {
+    let dockerfile = "FROM scratch\nCOPY dirlink/r /x1\nCOPY absdirlink/sub /x2\n";
+    let Some((_scratch, outs)) = build_context_both_ways(dockerfile, |ctx| {
+        fs::create_dir_all(ctx.join("real/sub")).unwrap();
+        fs::write(ctx.join("real/r"), "r\n").unwrap();
+        fs::write(ctx.join("real/sub/s"), "s\n").unwrap();
+        std::os::unix::fs::symlink("real", ctx.join("dirlink")).unwrap();
+        std::os::unix::fs::symlink("/real", ctx.join("absdirlink")).unwrap();
+    }) else {
+        return;
+    };
+    for (name, out) in outs {
+        assert_eq!(fs::read_to_string(out.join("x1")).unwrap(), "r\n", "{name}");
+        assert_eq!(
+            fs::read_to_string(out.join("x2/s")).unwrap(),
+            "s\n",
+            "{name}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::meta::{self, ModeSpec};
 use super::pool::{self, FileJob, FilePool};
-use super::root::resolve;
+use super::root::{resolve, resolve_noting_links};
 use super::{FileOpError, Ids, Visible, archive, io};
 use crate::frontend::dockerignore::Dockerignore;
 use crate::graph::CopyOptions;
@@ -101,7 +101,7 @@ pub(crate) fn copy(
         };
         for s in &srcs {
             if let Some(v) = visible
-                && !v(s.trim_start_matches('/'))
+                && !visible_through_links(src_root, s, opts.follow_symlinks, v)?
             {
                 return Err(FileOpError::SourceNotFound { src: s.clone() });
             }
@@ -113,6 +113,30 @@ pub(crate) fn copy(
         }
         Ok(())
     })
+}
+
+/// Whether `src` is part of a source that shows only some of its entries (the build context
+/// after `.dockerignore`). The path is resolved as the copy will resolve it, links in its parents
+/// followed inside the root; it is there only if every link crossed and the entry reached are
+/// visible. That is what BuildKit's transferred context holds: fsutil's `FollowLinks` adds each
+/// link on a COPY source's path and its target to the include list, and `.dockerignore` still
+/// excludes either (docker: `"/dirlink/r" not found` when `dirlink` or `real/r` is ignored).
+fn visible_through_links(
+    root: &Path,
+    src: &str,
+    follow_last: bool,
+    visible: &Visible,
+) -> Result<bool, FileOpError> {
+    let rel = |p: &Path| {
+        p.strip_prefix(root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .ok()
+    };
+    let mut links_visible = true;
+    let reached = resolve_noting_links(root, src, follow_last, &mut |link| {
+        links_visible &= rel(link).is_some_and(|r| visible(&r));
+    })?;
+    Ok(links_visible && rel(&reached).is_some_and(|r| visible(&r)))
 }
 
 /// Who owns what a copy creates: `None` keeps the source's owners.

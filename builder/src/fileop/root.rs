@@ -39,6 +39,18 @@ pub enum RootError {
 /// directories, which nothing else changes while a file op runs, and paths are what the copy code
 /// needs (it names entries to create).
 pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, RootError> {
+    resolve_noting_links(root, path, follow_last, &mut |_| {})
+}
+
+/// [`resolve`], calling `on_link` with each symlink followed on the way (its own path under
+/// `root`, before it is replaced by its target): a caller that sees only part of the tree (the
+/// build context after `.dockerignore`) must know that every link crossed is part of it too.
+pub fn resolve_noting_links(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+    on_link: &mut dyn FnMut(&Path),
+) -> Result<PathBuf, RootError> {
     let mut pending: Vec<String> = components(path).into_iter().rev().collect();
     let mut done: Vec<String> = Vec::new();
     let mut links = 0;
@@ -51,6 +63,7 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
         let is_last = pending.is_empty();
         match std::fs::symlink_metadata(&candidate) {
             Ok(md) if md.file_type().is_symlink() && (!is_last || follow_last) => {
+                on_link(&candidate);
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(RootError::TooManyLinks {
