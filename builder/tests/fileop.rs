@@ -837,3 +837,22 @@ fn regression_copy_through_a_linked_directory_of_the_context() {
     apply(&[copy("dirlink/r", "/z")], &f.dest, &ctx).unwrap();
     assert_eq!(f.read("/z"), "R");
 }
+
+/// A unix socket in a copied directory failed the whole COPY (`sockets cannot be copied`); fsutil,
+/// and so docker, copies it as an empty regular file with the socket's permission bits.
+#[test]
+fn regression_a_socket_is_copied_as_an_empty_file() {
+    let f = fixture();
+    f.file("d/file", "F", 0o644);
+    let _listener = std::os::unix::net::UnixListener::bind(f.ctx.join("d/sock")).unwrap();
+    fs::set_permissions(f.ctx.join("d/sock"), fs::Permissions::from_mode(0o751)).unwrap();
+    f.run(vec![copy("d", "/out/"), copy("d/sock", "/alone")])
+        .unwrap();
+    assert_eq!(f.read("/out/file"), "F");
+    for copied in ["/out/sock", "/alone"] {
+        let m = fs::symlink_metadata(f.out(copied)).unwrap();
+        assert!(m.is_file(), "{copied}: {:?}", m.file_type());
+        assert_eq!(m.len(), 0, "{copied}");
+        assert_eq!(m.mode() & 0o7777, 0o751, "{copied}");
+    }
+}

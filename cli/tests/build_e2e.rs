@@ -1696,3 +1696,28 @@ fn copy_through_a_linked_directory_of_the_context() {
         );
     }
 }
+
+/// A unix socket in a copied context directory failed the COPY (`sockets cannot be copied`);
+/// docker copies it as an empty regular file with the socket's permission bits.
+#[test]
+fn a_socket_in_the_context_is_copied_as_an_empty_file() {
+    let Some((_scratch, outs)) = build_context_both_ways("FROM scratch\nCOPY d /d\n", |ctx| {
+        fs::create_dir_all(ctx.join("d")).unwrap();
+        fs::write(ctx.join("d/file"), "f\n").unwrap();
+        // The socket file stays when its listener is gone, as one a dev server left behind.
+        drop(std::os::unix::net::UnixListener::bind(ctx.join("d/sock")).unwrap());
+        set_mode(&ctx.join("d/sock"), 0o751);
+    }) else {
+        return;
+    };
+    for (name, out) in outs {
+        assert_eq!(
+            fs::read_to_string(out.join("d/file")).unwrap(),
+            "f\n",
+            "{name}"
+        );
+        let md = fs::symlink_metadata(out.join("d/sock")).unwrap();
+        assert!(md.is_file(), "{name}: {:?}", md.file_type());
+        assert_eq!((md.len(), md.mode() & 0o7777), (0, 0o751), "{name}");
+    }
+}

@@ -418,11 +418,11 @@ impl Copier<'_, '_, '_> {
         } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
             make_node(target, &md)?;
         } else {
-            return Err(FileOpError::Conflict {
-                what: "a socket",
-                path: src.to_path_buf(),
-                reason: "sockets cannot be copied",
-            });
+            // A socket, the one kind left. It means nothing without the process listening on it:
+            // fsutil's copier (and so docker) makes it an empty regular file with the socket's
+            // permission bits, owner and times. Refusing it failed whole COPYs of directories a
+            // dev server had left one in.
+            std::fs::File::create(target).map_err(io("creating", target))?;
         }
         if copy_info {
             self.copy_info(src, target, &md)?;
