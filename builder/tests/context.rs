@@ -40,7 +40,10 @@ fn snap(root: &Path, state: Option<&Path>, ignore: Option<&Dockerignore>) -> Con
 }
 
 fn paths(s: &ContextSnapshot) -> Vec<&str> {
-    s.entries().iter().map(|e| e.path.as_str()).collect()
+    s.entries()
+        .iter()
+        .map(|e| e.path.to_str().expect("a UTF-8 path"))
+        .collect()
 }
 
 fn sample_tree(root: &Path) {
@@ -268,7 +271,7 @@ fn selection_hash_covers_exactly_the_selected_entries() {
         s.select(p)
             .unwrap()
             .into_iter()
-            .map(|e| e.path.clone())
+            .map(|e| e.path.to_string_lossy().into_owned())
             .collect()
     };
 
@@ -353,7 +356,7 @@ fn selected_symlinks_are_followed_inside_the_context() {
         s.select(p)
             .unwrap()
             .into_iter()
-            .map(|e| e.path.clone())
+            .map(|e| e.path.to_string_lossy().into_owned())
             .collect()
     };
     assert_eq!(sel(&["linkfile"]), ["real/f"]);
@@ -408,24 +411,62 @@ fn any_number_of_walkers_lists_the_same_tree() {
     }
 }
 
+/// A name that is not UTF-8 anywhere in the context failed the whole snapshot (and so every
+/// build), even when nothing used it. Linux names are bytes: such an entry is kept as it is,
+/// hashed, remembered by the memo, selected by the directory holding it, and matched by the
+/// ignore rules in its lossy form.
 #[test]
-fn a_bad_name_deep_in_the_tree_fails_the_walk_with_any_number_of_walkers() {
+fn regression_a_name_that_is_not_utf8_is_kept_byte_exactly() {
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let dir = tempfile::tempdir().unwrap();
-    wide_tree(dir.path());
-    let bad = dir
-        .path()
-        .join("d7/e3/f1")
-        .join(std::ffi::OsStr::from_bytes(b"bad\xff"));
-    fs::write(&bad, "x").unwrap();
-    for threads in [1, 2, 8] {
+    let state = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    wide_tree(root);
+    let bad_dir = root.join("d7/e3/f1").join(OsStr::from_bytes(b"dir\xfe"));
+    fs::create_dir(&bad_dir).unwrap();
+    fs::write(bad_dir.join(OsStr::from_bytes(b"bad\xff")), "x").unwrap();
+    let bad = OsStr::from_bytes(b"d7/e3/f1/dir\xfe/bad\xff");
+    let one = take_with(root, 1).unwrap();
+    let e = one.get(bad).expect("the entry is kept");
+    assert_eq!(e.content, Some(blake3::hash(b"x")));
+    for threads in [2, 8] {
         for _ in 0..5 {
-            match take_with(dir.path(), threads) {
-                Err(ContextError::NonUtf8 { path }) => assert_eq!(path, bad, "{threads} walkers"),
-                other => panic!("{threads} walkers: {:?}", other.map(|s| s.entries().len())),
-            }
+            let many = take_with(root, threads).unwrap();
+            assert_eq!(many.entries(), one.entries(), "{threads} walkers");
         }
     }
+    let bytes: Vec<&[u8]> = one.entries().iter().map(|e| e.path.as_bytes()).collect();
+    assert!(
+        bytes.is_sorted(),
+        "entries in the byte order of their paths"
+    );
+
+    // The directory holding it selects it, and its content keys the selection.
+    let key = |s: &ContextSnapshot| s.hash_selection(&["d7/e3"]).unwrap();
+    let before = key(&one);
+    assert!(one.select(&["."]).unwrap().iter().any(|e| e.path == bad));
+    fs::write(root.join(bad), "y").unwrap();
+    assert_ne!(key(&snap(root, None, None)), before);
+
+    // The memo remembers it like any other file (the only one old enough to be trusted).
+    let f = fs::File::options()
+        .write(true)
+        .open(root.join(bad))
+        .unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    snap(root, Some(state.path()), None);
+    let again = snap(root, Some(state.path()), None);
+    assert_eq!(again.stats().memo_hits, 1, "{:?}", again.stats());
+    assert!(again.stats().memo_warning.is_none());
+    assert!(again.get(bad).is_some());
+
+    // A rule reaches it through its lossy form.
+    let ignore = Dockerignore::parse("**/bad*").unwrap();
+    let s = snap(root, None, Some(&ignore));
+    assert!(s.get(bad).is_none());
+    assert!(s.get(OsStr::from_bytes(b"d7/e3/f1/dir\xfe")).is_some());
 }
 
 /// The entries come in the byte order of their whole paths, which is not a directory-by-directory

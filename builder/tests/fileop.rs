@@ -776,7 +776,7 @@ impl Context {
         .unwrap();
         Context {
             dir: dir.to_path_buf(),
-            kept: Box::new(move |p: &str| p.is_empty() || snap.get(p).is_some()),
+            kept: Box::new(move |p: &Path| p.as_os_str().is_empty() || snap.get(p).is_some()),
         }
     }
 }
@@ -854,5 +854,23 @@ fn regression_a_socket_is_copied_as_an_empty_file() {
         assert!(m.is_file(), "{copied}: {:?}", m.file_type());
         assert_eq!(m.len(), 0, "{copied}");
         assert_eq!(m.mode() & 0o7777, 0o751, "{copied}");
+    }
+}
+
+/// A directory copy named its entries by the lossy text of their names: one that is not UTF-8
+/// was copied under U+FFFD (or, from the context, not at all). Linux names are bytes.
+#[test]
+fn regression_a_name_that_is_not_utf8_is_copied_under_its_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let odd = f.ctx.join(OsStr::from_bytes(b"d/sub\xfe"));
+    fs::create_dir_all(&odd).unwrap();
+    fs::write(odd.join(OsStr::from_bytes(b"x\xffy")), "bytes").unwrap();
+    let ctx = Context::new(&f.ctx, &[]);
+    apply(&[copy(".", "/all/"), copy("d", "/d")], &f.dest, &ctx).unwrap();
+    for copied in [&b"all/d/sub\xfe/x\xffy"[..], b"d/sub\xfe/x\xffy"] {
+        let p = f.dest.join(OsStr::from_bytes(copied));
+        assert_eq!(fs::read(&p).unwrap(), b"bytes", "{}", p.display());
     }
 }

@@ -1721,3 +1721,31 @@ fn a_socket_in_the_context_is_copied_as_an_empty_file() {
         assert_eq!((md.len(), md.mode() & 0o7777), (0, 0o751), "{name}");
     }
 }
+
+/// A file name that is not UTF-8 anywhere in the context failed the whole build (`path is not
+/// valid UTF-8`), even where no instruction used it; docker copies such a file under its exact
+/// name. Linux names are bytes.
+#[test]
+fn a_name_that_is_not_utf8_is_copied_byte_exactly() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dockerfile = "FROM scratch\nCOPY used /used\nCOPY . /all/\n";
+    let Some((_scratch, outs)) = build_context_both_ways(dockerfile, |ctx| {
+        fs::create_dir_all(ctx.join("used")).unwrap();
+        fs::write(ctx.join("used/ok"), "ok\n").unwrap();
+        let dir = ctx.join(OsStr::from_bytes(b"dir\xfe"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(OsStr::from_bytes(b"x\xffy")), "bytes\n").unwrap();
+    }) else {
+        return;
+    };
+    for (name, out) in outs {
+        assert_eq!(
+            fs::read_to_string(out.join("used/ok")).unwrap(),
+            "ok\n",
+            "{name}"
+        );
+        let copied = out.join("all").join(OsStr::from_bytes(b"dir\xfe/x\xffy"));
+        assert_eq!(fs::read_to_string(&copied).unwrap(), "bytes\n", "{name}");
+    }
+}

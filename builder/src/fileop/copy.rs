@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -127,16 +128,12 @@ fn visible_through_links(
     follow_last: bool,
     visible: &Visible,
 ) -> Result<bool, FileOpError> {
-    let rel = |p: &Path| {
-        p.strip_prefix(root)
-            .map(|r| r.to_string_lossy().into_owned())
-            .ok()
-    };
+    let seen = |p: &Path| p.strip_prefix(root).is_ok_and(visible);
     let mut links_visible = true;
     let reached = resolve_noting_links(root, src, follow_last, &mut |link| {
-        links_visible &= rel(link).is_some_and(|r| visible(&r));
+        links_visible &= seen(link);
     })?;
-    Ok(links_visible && rel(&reached).is_some_and(|r| visible(&r)))
+    Ok(links_visible && seen(&reached))
 }
 
 /// Who owns what a copy creates: `None` keeps the source's owners.
@@ -194,13 +191,18 @@ fn walk_match(
     out: &mut Vec<String>,
 ) -> Result<(), FileOpError> {
     for (name, path) in sorted_entries(dir)? {
+        // Wildcards are text: a name that is not UTF-8 is matched, and named, in its lossy form
+        // (and so is not found); a directory holding one is still copied byte-exactly.
+        let name = name.to_string_lossy();
         let r = if rel.is_empty() {
-            name.clone()
+            name.into_owned()
         } else {
             format!("{rel}/{name}")
         };
         if let Some(v) = visible
-            && !v(join_root(&format!("{base_rel}/{r}")).trim_start_matches('/'))
+            && !v(Path::new(
+                join_root(&format!("{base_rel}/{r}")).trim_start_matches('/'),
+            ))
         {
             continue;
         }
@@ -216,11 +218,12 @@ fn walk_match(
     Ok(())
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, FileOpError> {
+/// A directory's entries by name (the names' bytes, which need not be UTF-8), in byte order.
+fn sorted_entries(dir: &Path) -> Result<Vec<(OsString, PathBuf)>, FileOpError> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io("reading directory", dir))? {
         let e = e.map_err(io("reading directory", dir))?;
-        v.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+        v.push((e.file_name(), e.path()));
     }
     v.sort();
     Ok(v)
@@ -285,7 +288,7 @@ impl Copier<'_, '_, '_> {
         // missing as BuildKit's transferred context makes it, not an empty copy.
         if let Some(v) = self.visible
             && let Ok(rel) = src_path.strip_prefix(&self.src_root)
-            && !v(&rel.to_string_lossy())
+            && !v(rel)
         {
             return Err(FileOpError::SourceNotFound {
                 src: src.to_string(),
@@ -332,7 +335,7 @@ impl Copier<'_, '_, '_> {
     ) -> Result<(), FileOpError> {
         if let Some(v) = self.visible
             && let Ok(rel) = src.strip_prefix(&self.src_root)
-            && !v(&rel.to_string_lossy())
+            && !v(rel)
         {
             return Ok(());
         }
@@ -548,10 +551,12 @@ impl Copier<'_, '_, '_> {
             false
         };
         for (name, path) in sorted_entries(src)? {
+            // The include and exclude patterns are text: they see a name that is not UTF-8 in its
+            // lossy form; the copy itself keeps the name's bytes.
             let c = if comps.is_empty() {
-                name.clone()
+                name.to_string_lossy().into_owned()
             } else {
-                format!("{comps}/{name}")
+                format!("{comps}/{}", name.to_string_lossy())
             };
             self.copy_entry(&path, &c, &dst.join(&name), true, skip_include, created)?;
         }

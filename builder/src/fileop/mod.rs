@@ -140,9 +140,9 @@ pub trait SourceDirs {
     }
 }
 
-/// Whether an entry, named by its path relative to the source root (`/`-separated, no leading
-/// slash; `""` is the root), is part of a source.
-pub type Visible = dyn Fn(&str) -> bool + Send + Sync;
+/// Whether an entry, named by its path relative to the source root (no leading slash; empty is
+/// the root), is part of a source.
+pub type Visible = dyn Fn(&Path) -> bool + Send + Sync;
 
 impl SourceDirs for std::collections::HashMap<NodeRef, PathBuf> {
     fn dir(&self, input: NodeRef) -> Option<&Path> {

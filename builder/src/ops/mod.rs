@@ -482,7 +482,9 @@ impl BuildExecutor {
                         let snap = self.cfg.locals[name].snapshot.clone();
                         sources.visible.push((
                             *r,
-                            Box::new(move |p: &str| p.is_empty() || snap.get(p).is_some()),
+                            Box::new(move |p: &Path| {
+                                p.as_os_str().is_empty() || snap.get(p).is_some()
+                            }),
                         ));
                     }
                     sources.dirs.push((*r, m.path().to_path_buf()));

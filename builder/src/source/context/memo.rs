@@ -90,7 +90,6 @@ impl Memo {
         let mut previous: Option<&[u8]> = None;
         for _ in 0..count {
             let (path, _) = r.record()?;
-            std::str::from_utf8(path).ok()?;
             if previous.is_some_and(|p| p >= path) {
                 return None;
             }
@@ -132,7 +131,7 @@ impl Memo {
     pub fn save<'a>(
         path: &Path,
         taken_at_ns: i64,
-        entries: impl Iterator<Item = (&'a str, FileKey, blake3::Hash)>,
+        entries: impl Iterator<Item = (&'a [u8], FileKey, blake3::Hash)>,
     ) -> std::io::Result<()> {
         let mut body = Vec::with_capacity(1 << 16);
         body.extend_from_slice(MAGIC);
@@ -146,7 +145,7 @@ impl Memo {
             }
             let len = u32::try_from(p.len()).map_err(std::io::Error::other)?;
             body.extend_from_slice(&len.to_le_bytes());
-            body.extend_from_slice(p.as_bytes());
+            body.extend_from_slice(p);
             for v in [
                 key.size,
                 key.mtime_ns as u64,
@@ -202,11 +201,11 @@ impl Lookups<'_> {
     /// A file modified within [`RACY_MARGIN_NS`] of the moment the memo's snapshot began is not
     /// trusted ("racy git"): a write in the same timestamp tick as the hashing would leave the key
     /// unchanged while the content moved on. The same goes for files modified within the last second.
-    pub fn get(&mut self, path: &str, key: &FileKey) -> Option<blake3::Hash> {
+    pub fn get(&mut self, path: &[u8], key: &FileKey) -> Option<blake3::Hash> {
         loop {
             let mut ahead = Reader(self.rest.0);
             let (p, (k, hash)) = ahead.record()?;
-            match p.cmp(path.as_bytes()) {
+            match p.cmp(path) {
                 std::cmp::Ordering::Less => self.rest = ahead,
                 std::cmp::Ordering::Greater => return None,
                 std::cmp::Ordering::Equal => {
@@ -286,19 +285,28 @@ mod tests {
         let h = blake3::hash(b"abc");
         let old = key(t - 5 * RACY_MARGIN_NS);
         let racy = key(t - RACY_MARGIN_NS / 2);
-        Memo::save(&path, t, [("old", old, h), ("racy", racy, h)].into_iter()).unwrap();
+        Memo::save(
+            &path,
+            t,
+            [(&b"old"[..], old, h), (b"racy", racy, h)].into_iter(),
+        )
+        .unwrap();
         let (m, warn) = Memo::load(&path);
         assert!(warn.is_none());
         assert_eq!(m.len(), 1, "the racy entry is not saved");
         let now = t + 10 * RACY_MARGIN_NS;
         let mut l = m.lookups(now);
-        assert_eq!(l.get("old", &old), Some(h));
-        assert_eq!(l.get("racy", &racy), None, "racy entry must not be trusted");
+        assert_eq!(l.get(b"old", &old), Some(h));
+        assert_eq!(
+            l.get(b"racy", &racy),
+            None,
+            "racy entry must not be trusted"
+        );
         let mut moved = old;
         moved.ctime_ns += 1;
-        assert_eq!(m.lookups(now).get("old", &moved), None);
+        assert_eq!(m.lookups(now).get(b"old", &moved), None);
         // A clock that says the file was modified just now wins over an old memo.
-        assert_eq!(m.lookups(old.mtime_ns + 1).get("old", &old), None);
+        assert_eq!(m.lookups(old.mtime_ns + 1).get(b"old", &old), None);
     }
 
     #[test]
@@ -312,7 +320,10 @@ mod tests {
         Memo::save(
             &path,
             t,
-            names.iter().zip(&hashes).map(|(n, h)| (*n, k, *h)),
+            names
+                .iter()
+                .zip(&hashes)
+                .map(|(n, h)| (n.as_bytes(), k, *h)),
         )
         .unwrap();
         let (m, warn) = Memo::load(&path);
@@ -320,13 +331,30 @@ mod tests {
         assert_eq!(m.len(), names.len());
         let mut l = m.lookups(t + 10 * RACY_MARGIN_NS);
         // Walked now: "a/b" and "c/d" are gone, "a/bb" and "d" are new.
-        assert_eq!(l.get("a", &k), Some(hashes[0]));
-        assert_eq!(l.get("a/bb", &k), None);
-        assert_eq!(l.get("a/c", &k), Some(hashes[2]));
-        assert_eq!(l.get("b", &k), Some(hashes[3]));
-        assert_eq!(l.get("d", &k), None);
-        assert_eq!(l.get("e", &k), Some(hashes[5]));
-        assert_eq!(l.get("f", &k), None, "past the last record");
+        assert_eq!(l.get(b"a", &k), Some(hashes[0]));
+        assert_eq!(l.get(b"a/bb", &k), None);
+        assert_eq!(l.get(b"a/c", &k), Some(hashes[2]));
+        assert_eq!(l.get(b"b", &k), Some(hashes[3]));
+        assert_eq!(l.get(b"d", &k), None);
+        assert_eq!(l.get(b"e", &k), Some(hashes[5]));
+        assert_eq!(l.get(b"f", &k), None, "past the last record");
+    }
+
+    /// The memo refused (as corrupt) any path that was not UTF-8; Linux names are bytes.
+    #[test]
+    fn a_path_that_is_not_utf8_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let t = 100 * RACY_MARGIN_NS;
+        let (k, h) = (key(t - 5 * RACY_MARGIN_NS), blake3::hash(b"x"));
+        let names: [&[u8]; 3] = [b"a", b"a\xff\xfe", b"b"];
+        Memo::save(&path, t, names.iter().map(|n| (*n, k, h))).unwrap();
+        let (m, warn) = Memo::load(&path);
+        assert!(warn.is_none(), "{warn:?}");
+        assert_eq!(m.len(), 3);
+        let mut l = m.lookups(t + 10 * RACY_MARGIN_NS);
+        assert_eq!(l.get(b"a\xff\xfe", &k), Some(h));
+        assert_eq!(l.get(b"b", &k), Some(h));
     }
 
     #[test]
@@ -336,7 +364,7 @@ mod tests {
         let t = 100 * RACY_MARGIN_NS;
         let (k, h) = (key(t - 5 * RACY_MARGIN_NS), blake3::hash(b"x"));
         for names in [["b", "a"], ["a", "a"]] {
-            Memo::save(&path, t, names.iter().map(|n| (*n, k, h))).unwrap();
+            Memo::save(&path, t, names.iter().map(|n| (n.as_bytes(), k, h))).unwrap();
             let (m, warn) = Memo::load(&path);
             assert_eq!(m.len(), 0, "{names:?}");
             assert!(warn.is_some_and(|w| w.contains("corrupt")), "{names:?}");
@@ -348,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m");
         let h = blake3::hash(b"abc");
-        Memo::save(&path, i64::MAX / 2, [("a", key(1), h)].into_iter()).unwrap();
+        Memo::save(&path, i64::MAX / 2, [(&b"a"[..], key(1), h)].into_iter()).unwrap();
         let good = std::fs::read(&path).unwrap();
         for cut in [0, 10, good.len() - 1] {
             std::fs::write(&path, &good[..cut]).unwrap();

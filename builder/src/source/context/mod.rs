@@ -1,11 +1,15 @@
 //! Build-context snapshots: what a COPY/ADD from the local context reads, reduced to a cache key.
 //! A parallel walk honours `.dockerignore`, records each kept entry's metadata (never mtime) and a
 //! blake3 of file contents, reusing a persisted memo so an unchanged rebuild reads no file.
+//! Paths are the bytes Linux gives (a name need not be UTF-8); the ignore rules and wildcards,
+//! which are text, see a name that is not UTF-8 with U+FFFD for what does not decode.
 
 mod memo;
 pub mod pattern;
 mod walk;
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::frontend::dockerignore::Dockerignore;
@@ -31,12 +35,6 @@ pub enum ContextError {
         path: PathBuf,
         /// The I/O failure.
         source: std::io::Error,
-    },
-    /// A name that is not UTF-8 (the ignore matcher and the cache encoding work on text).
-    #[error("path is not valid UTF-8: {path} (rename it, or list it in .dockerignore)")]
-    NonUtf8 {
-        /// The path, lossily shown.
-        path: PathBuf,
     },
     /// A file was replaced by something else between the walk and its hashing.
     #[error("{path} changed while the context was read (was a regular file, inode {expected_ino})")]
@@ -94,8 +92,9 @@ impl EntryKind {
 /// One kept entry of the context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Relative to the context root, `/`-separated, without a leading `./`.
-    pub path: String,
+    /// Relative to the context root, `/`-separated, without a leading `./`: the bytes of the
+    /// names on disk, UTF-8 or not.
+    pub path: OsString,
     /// The entry's type.
     pub kind: EntryKind,
     /// Permission bits plus setuid, setgid and sticky (`st_mode & 0o7777`).
@@ -175,13 +174,14 @@ impl ContextSnapshot {
     }
 
     /// The entry at `path` (relative, `/`-separated), without following symlinks.
-    pub fn get(&self, path: &str) -> Option<&Entry> {
-        self.index_of(path).map(|i| &self.entries[i])
+    pub fn get(&self, path: impl AsRef<OsStr>) -> Option<&Entry> {
+        self.index_of(path.as_ref().as_bytes())
+            .map(|i| &self.entries[i])
     }
 
-    fn index_of(&self, path: &str) -> Option<usize> {
+    fn index_of(&self, path: &[u8]) -> Option<usize> {
         self.entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .binary_search_by(|e| e.path.as_bytes().cmp(path))
             .ok()
     }
 
@@ -195,11 +195,13 @@ impl ContextSnapshot {
     ///
     /// Each source is cleaned (`./a//b/` is `a/b`, `..` cannot leave the root, a leading `/` is the
     /// context root). `.` selects everything. A source with an unescaped `*`, `?` or `[` is matched
-    /// against every entry's path with Go's `filepath.Match` (so `*` never crosses a `/`); any other
-    /// source is a path, resolved through symlinks inside the context as BuildKit does for COPY
-    /// sources, and an error if absent. A selected directory brings its whole subtree; a selected
-    /// symlink is followed (within the context) and its target selected, a dangling one selects the
-    /// link itself. Symlinks below a selected directory are kept as links.
+    /// against every entry's path with Go's `filepath.Match` (so `*` never crosses a `/`; a name
+    /// that is not UTF-8 is matched in its lossy form, which gives `?` one U+FFFD to match where
+    /// Go may see one per byte of a truncated sequence); any other source is a path, resolved
+    /// through symlinks inside the context as BuildKit does for COPY sources, and an error if
+    /// absent. A selected directory brings its whole subtree; a selected symlink is followed
+    /// (within the context) and its target selected, a dangling one selects the link itself.
+    /// Symlinks below a selected directory are kept as links.
     pub fn select<S: AsRef<str>>(&self, sources: &[S]) -> Result<Vec<&Entry>, ContextError> {
         let mut picked = Picked::new(self.entries.len());
         for source in sources {
@@ -211,7 +213,7 @@ impl ContextSnapshot {
             }
             if pattern::has_wildcards(&cleaned) {
                 for (i, e) in self.entries.iter().enumerate() {
-                    if pattern::go_match(&cleaned, &e.path)? {
+                    if pattern::go_match(&cleaned, &e.path.to_string_lossy())? {
                         self.pick_followed(i, &mut picked);
                     }
                 }
@@ -219,10 +221,10 @@ impl ContextSnapshot {
                 pattern::go_match(&cleaned, "")?;
                 continue;
             }
-            match self.resolve(&cleaned) {
+            match self.resolve(cleaned.as_bytes()) {
                 Some(Resolved::Root) => picked.all(),
                 Some(Resolved::Entry(i)) => self.pick_subtree(i, &mut picked),
-                None => match self.index_of(&cleaned) {
+                None => match self.index_of(cleaned.as_bytes()) {
                     // A dangling link: what is copied is the link itself.
                     Some(i) => self.pick_subtree(i, &mut picked),
                     None => {
@@ -244,7 +246,7 @@ impl ContextSnapshot {
     /// ```text
     /// lp("forge.context.selection.v1")  u64 number of entries
     /// then for each selected entry, in byte order of its path:
-    ///   lp(path)          relative, `/`-separated
+    ///   lp(path)          relative, `/`-separated, the names' bytes
     ///   u8  type          1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char dev, 7 block dev
     ///   u32 mode          st_mode & 0o7777
     ///   u32 uid, u32 gid
@@ -267,7 +269,7 @@ impl ContextSnapshot {
 
     fn pick_followed(&self, i: usize, picked: &mut Picked) {
         if self.entries[i].kind == EntryKind::Symlink
-            && let Some(r) = self.resolve(&self.entries[i].path)
+            && let Some(r) = self.resolve(self.entries[i].path.as_bytes())
         {
             match r {
                 Resolved::Root => picked.all(),
@@ -284,36 +286,36 @@ impl ContextSnapshot {
             return;
         }
         // Sorted by bytes, so everything under `dir/` is one contiguous run.
-        let prefix = format!("{}/", self.entries[i].path);
+        let mut prefix = self.entries[i].path.as_bytes().to_vec();
+        prefix.push(b'/');
         let start = self
             .entries
-            .partition_point(|e| e.path.as_str() < prefix.as_str());
+            .partition_point(|e| e.path.as_bytes() < prefix.as_slice());
         let end = start
             + self.entries[start..]
                 .iter()
-                .take_while(|e| e.path.starts_with(&prefix))
+                .take_while(|e| e.path.as_bytes().starts_with(&prefix))
                 .count();
         picked.mark_range(start..end);
     }
 
     /// Follows symlinks in every component of `path`, never leaving the context root (a `..` at the
     /// root stays there, an absolute target starts from the root), as BuildKit scopes COPY sources.
-    fn resolve(&self, path: &str) -> Option<Resolved> {
-        let mut pending: std::collections::VecDeque<String> =
-            path.split('/').map(str::to_string).collect();
-        let mut cur: Vec<String> = Vec::new();
+    fn resolve(&self, path: &[u8]) -> Option<Resolved> {
+        let mut pending: std::collections::VecDeque<&[u8]> = path.split(|b| *b == b'/').collect();
+        let mut cur: Vec<&[u8]> = Vec::new();
         let mut hops = 0;
         while let Some(c) = pending.pop_front() {
-            match c.as_str() {
-                "" | "." => continue,
-                ".." => {
+            match c {
+                b"" | b"." => continue,
+                b".." => {
                     cur.pop();
                     continue;
                 }
                 _ => {}
             }
             cur.push(c);
-            let i = self.index_of(&cur.join("/"))?;
+            let i = self.index_of(&cur.join(&b'/'))?;
             let e = &self.entries[i];
             if e.kind == EntryKind::Symlink {
                 hops += 1;
@@ -321,14 +323,15 @@ impl ContextSnapshot {
                     return None;
                 }
                 cur.pop();
-                let target = e.link_target.as_ref()?.to_str()?;
-                if target.starts_with('/') {
+                let target = e.link_target.as_ref()?.as_os_str().as_bytes();
+                if target.starts_with(b"/") {
                     cur.clear();
                 }
-                for comp in target.split('/').rev() {
-                    pending.push_front(comp.to_string());
+                for comp in target.split(|b| *b == b'/').rev() {
+                    pending.push_front(comp);
                 }
-            } else if !pending.iter().all(|p| p.is_empty() || p == ".") && e.kind != EntryKind::Dir
+            } else if !pending.iter().all(|p| p.is_empty() || *p == b".")
+                && e.kind != EntryKind::Dir
             {
                 // A file used as a directory.
                 return None;
@@ -337,7 +340,7 @@ impl ContextSnapshot {
         if cur.is_empty() {
             return Some(Resolved::Root);
         }
-        self.index_of(&cur.join("/")).map(Resolved::Entry)
+        self.index_of(&cur.join(&b'/')).map(Resolved::Entry)
     }
 }
 

@@ -2,8 +2,11 @@
 //! through its own stack, sharing directories only with a walker that has none), then the files
 //! the memo cannot vouch for are hashed by the same number of workers.
 
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,16 +86,16 @@ pub(super) fn take(
 
     // fsutil sends an excluded directory only when something below it is sent.
     if found.iter().any(|f| f.excluded_dir) {
-        let mut needed: HashSet<&str> = HashSet::new();
+        let mut needed: HashSet<&[u8]> = HashSet::new();
         for f in found.iter().filter(|f| !f.excluded_dir) {
-            let p = f.entry.path.as_str();
-            for (i, _) in p.match_indices('/') {
+            let p = f.entry.path.as_bytes();
+            for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
                 needed.insert(&p[..i]);
             }
         }
         let keep: Vec<bool> = found
             .iter()
-            .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_str()))
+            .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_bytes()))
             .collect();
         found = found
             .into_iter()
@@ -111,7 +114,7 @@ pub(super) fn take(
         if f.entry.kind != EntryKind::File {
             continue;
         }
-        match lookups.get(&f.entry.path, &f.key) {
+        match lookups.get(f.entry.path.as_bytes(), &f.key) {
             Some(h) => {
                 f.entry.content = Some(h);
                 stats.memo_hits += 1;
@@ -135,7 +138,7 @@ pub(super) fn take(
     if let Some(p) = memo_path.as_ref().filter(|_| !unchanged) {
         let entries = found
             .iter()
-            .filter_map(|f| f.entry.content.map(|h| (f.entry.path.as_str(), f.key, h)));
+            .filter_map(|f| f.entry.content.map(|h| (f.entry.path.as_bytes(), f.key, h)));
         if let Err(e) = Memo::save(p, taken_at, entries) {
             stats.memo_warning = Some(format!("saving memo {}: {e}", p.display()));
         }
@@ -150,7 +153,7 @@ pub(super) fn take(
 fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>, ContextError> {
     let shared = Shared {
         queue: Mutex::new(Queue {
-            jobs: VecDeque::from([(String::new(), None, ROOT)]),
+            jobs: VecDeque::from([(OsString::new(), None, ROOT)]),
             busy: 0,
             failed: false,
         }),
@@ -219,7 +222,7 @@ fn in_path_order(mut listings: Vec<Option<Listing>>, count: usize) -> Vec<Found>
 
 /// A directory to list: its path under the root, the match state its entries start from, and the
 /// slot its listing fills.
-type Job = (String, Option<MatchState>, usize);
+type Job = (OsString, Option<MatchState>, usize);
 
 /// What the walkers share. Each walker goes depth first through a stack of its own and touches the
 /// queue only to take work when its stack is empty, or to give half of its stack when another
@@ -300,7 +303,7 @@ fn walker(root: &Path, ignore: &Dockerignore, shared: &Shared) -> Vec<(usize, Li
 /// descend into go to `subdirs`, each with a new slot from `slots`.
 fn read_dir(
     root: &Path,
-    rel: &str,
+    rel: &OsStr,
     parent: Option<&MatchState>,
     ignore: &Dockerignore,
     slots: &AtomicUsize,
@@ -318,40 +321,35 @@ fn read_dir(
     for entry in std::fs::read_dir(&dir).map_err(|e| walk_err(dir.clone())(e))? {
         let entry = entry.map_err(|e| walk_err(dir.clone())(e))?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            // The matcher and the cache encoding work on text: such a name is matched in its
-            // lossy form, and only one the build would send is an error (an ignored one is not).
-            let lossy = name.to_string_lossy();
-            let path = if rel.is_empty() {
-                lossy.into_owned()
-            } else {
-                format!("{rel}/{lossy}")
-            };
-            let excluded = !ignore.is_empty() && ignore.match_with_parent(&path, parent).0;
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if excluded && !(is_dir && ignore.may_match_below(&path)) {
-                continue;
-            }
-            return Err(ContextError::NonUtf8 { path: entry.path() });
-        };
         let path = if rel.is_empty() {
-            name.to_string()
+            name.clone()
         } else {
-            format!("{rel}/{name}")
+            let mut p = Vec::with_capacity(rel.len() + 1 + name.len());
+            p.extend_from_slice(rel.as_bytes());
+            p.push(b'/');
+            p.extend_from_slice(name.as_bytes());
+            OsString::from_vec(p)
         };
         // DirEntry::metadata is an lstat: symlinks are described, not followed.
         let meta = entry.metadata().map_err(|e| walk_err(entry.path())(e))?;
         let is_dir = meta.is_dir();
+        // The rules are text: a name that is not UTF-8 is matched in its lossy form (borrowed,
+        // not copied, for every other name).
+        let text: Cow<'_, str> = if ignore.is_empty() {
+            Cow::Borrowed("")
+        } else {
+            path.to_string_lossy()
+        };
         // Only a directory hands its match state down.
         let (excluded, state) = if ignore.is_empty() {
             (false, None)
         } else if is_dir {
-            let (excluded, state) = ignore.match_with_parent(&path, parent);
+            let (excluded, state) = ignore.match_with_parent(&text, parent);
             (excluded, Some(state))
         } else {
-            (ignore.excluded_with_parent(&path, parent), None)
+            (ignore.excluded_with_parent(&text, parent), None)
         };
-        if excluded && !(is_dir && ignore.may_match_below(&path)) {
+        if excluded && !(is_dir && ignore.may_match_below(&text)) {
             continue;
         }
         let kind = kind_of(&meta);
@@ -367,7 +365,7 @@ fn read_dir(
         if is_dir {
             let slot = slots.fetch_add(1, Ordering::Relaxed);
             subdirs.push((path.clone(), state, slot));
-            below.push((name.to_string(), slot));
+            below.push((name, slot));
         }
         out.push(Found {
             key: key_of(&meta),
@@ -397,16 +395,18 @@ fn read_dir(
 /// paths is, within a directory, the order of these keys: each name, and each subdirectory's name
 /// with a `/` after it for everything below it (which puts `a-b` between the directory `a` and
 /// `a/x`, as a sort of the whole paths does).
-fn order_listing(rel: &str, found: Vec<Found>, mut below: Vec<(String, usize)>) -> Listing {
+fn order_listing(rel: &OsStr, found: Vec<Found>, mut below: Vec<(OsString, usize)>) -> Listing {
     let skip = if rel.is_empty() { 0 } else { rel.len() + 1 };
-    let name = |i: u32| &found[i as usize].entry.path[skip..];
+    let name = |i: u32| &found[i as usize].entry.path.as_bytes()[skip..];
     let mut by_name: Vec<u32> = (0..found.len() as u32).collect();
     by_name.sort_unstable_by(|&a, &b| name(a).cmp(name(b)));
     below.sort_unstable_by(|(a, _), (b, _)| slashed(a).cmp(slashed(b)));
     let mut order = Vec::with_capacity(found.len() + below.len());
     let mut subtrees = below.iter().peekable();
     for i in by_name {
-        while let Some((_, slot)) = subtrees.next_if(|(dir, _)| slashed(dir).lt(name(i).bytes())) {
+        while let Some((_, slot)) =
+            subtrees.next_if(|(dir, _)| slashed(dir).lt(name(i).iter().copied()))
+        {
             order.push(Item::Below(*slot));
         }
         order.push(Item::Entry(i));
@@ -419,8 +419,8 @@ fn order_listing(rel: &str, found: Vec<Found>, mut below: Vec<(String, usize)>) 
 }
 
 /// A subdirectory's key in its parent's part of the path order (see [`order_listing`]).
-fn slashed(name: &str) -> impl Iterator<Item = u8> + '_ {
-    name.bytes().chain([b'/'])
+fn slashed(name: &OsStr) -> impl Iterator<Item = u8> + '_ {
+    name.as_bytes().iter().copied().chain([b'/'])
 }
 
 fn kind_of(meta: &Metadata) -> EntryKind {
