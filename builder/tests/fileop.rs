@@ -836,6 +836,16 @@ fn regression_copy_through_a_linked_directory_of_the_context() {
     let ctx = Context::new(&f.ctx, &["real", "!real/r"]);
     apply(&[copy("dirlink/r", "/z")], &f.dest, &ctx).unwrap();
     assert_eq!(f.read("/z"), "R");
+
+    // A wildcard below an ignored link matches nothing (docker: lstat .../dirlink: no such file).
+    let ctx = Context::new(&f.ctx, &["dirlink"]);
+    let strict = copy_with("dirlink/*", "/w/", |o| o.allow_empty_wildcard = false);
+    match apply(&[strict], &f.dest, &ctx) {
+        Err(FileOpError::NoMatch { pattern }) => assert_eq!(pattern, "dirlink/*"),
+        other => panic!("dirlink ignored: {other:?}"),
+    }
+    apply(&[copy("absdirlink/*", "/w/")], &f.dest, &ctx).unwrap();
+    assert_eq!(f.read("/w/r"), "R");
 }
 
 /// A unix socket in a copied directory failed the whole COPY (`sockets cannot be copied`); fsutil,

@@ -165,11 +165,17 @@ pub(crate) fn resolve_wildcards(
     if pattern.is_empty() {
         return Ok(vec![base]);
     }
-    let base_path = if follow_links {
-        resolve(root, &base, true)?
-    } else {
-        resolve(root, &base, false)?
-    };
+    // A link on the way that the source leaves out (.dockerignore) is not there: BuildKit's
+    // context lacks it, and the wildcard matches nothing below it.
+    let mut links_visible = true;
+    let base_path = resolve_noting_links(root, &base, follow_links, &mut |link| {
+        if let Some(v) = visible {
+            links_visible &= link.strip_prefix(root).is_ok_and(v);
+        }
+    })?;
+    if !links_visible {
+        return Ok(Vec::new());
+    }
     // Matches are named by where they really are, as fsutil does after resolving the base.
     let base_rel = base_path
         .strip_prefix(root)
