@@ -142,7 +142,9 @@ pub fn extract(
             entry: name.clone(),
             reason: reason.to_string(),
         };
-        let rel = confined(&name).ok_or_else(|| refuse("its path leaves the destination"))?;
+        // A `..` that would climb above the destination stays at its top, as BuildKit's
+        // extraction (chrooted into the destination) places `../x` at `x`.
+        let rel = clamped(&name);
         if rel.is_empty() {
             continue;
         }
@@ -226,6 +228,13 @@ pub fn extract(
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo if !devices => {
                 return Err(refuse("device and fifo entries are not accepted here"));
             }
+            // In a user namespace no device can be made: left out, as rootless BuildKit (and
+            // containerd's unpacker) leave them.
+            tar::EntryType::Char | tar::EntryType::Block
+                if forge_snapshotter::userns::in_user_namespace() =>
+            {
+                continue;
+            }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
                 let kind = match kind {
@@ -254,8 +263,9 @@ pub fn extract(
         if kind != tar::EntryType::Symlink {
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
                 .map_err(io("chmod", &target))?;
-            set_mtime(&target, &header)?;
         }
+        // A link's own time too (never its target's), as docker keeps it.
+        set_mtime(&target, &header)?;
     }
     for (d, h) in dir_times.iter().rev() {
         set_mtime(d, h)?;
@@ -263,7 +273,22 @@ pub fn extract(
     Ok(())
 }
 
-/// An entry name made relative and cleaned, or `None` when `..` would climb above the top.
+/// An entry name made relative and cleaned, a `..` at the top staying there.
+fn clamped(name: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+/// A link target made relative and cleaned, or `None` when `..` would climb above the top.
 fn confined(name: &str) -> Option<String> {
     let mut out: Vec<&str> = Vec::new();
     for c in name.split('/') {
