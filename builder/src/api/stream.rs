@@ -138,7 +138,14 @@ impl Session {
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
             };
-            archive::extract(raw, &context, &context, Some(owner), false).map_err(|e| match e {
+            archive::extract(
+                raw,
+                &context,
+                &context,
+                Some(owner),
+                archive::Extract::Files,
+            )
+            .map_err(|e| match e {
                 FileOpError::ArchiveEntry { entry, reason, .. } => {
                     BuildError::Invalid(format!("{source}: refusing tar entry {entry:?}: {reason}"))
                 }

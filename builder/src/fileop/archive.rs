@@ -111,20 +111,31 @@ pub(crate) fn unpack(
     let dest_dir = resolve(dest_root, &join_root(dest), true)?;
     meta::mkdir_all(dest_root, &dest_dir, 0o755, owner)?;
     // Device entries are kept: the snapshot is mounted nodev wherever a step sees it.
-    extract(&archive, dest_root, &dest_dir, owner, true)?;
+    extract(&archive, dest_root, &dest_dir, owner, Extract::Add)?;
     Ok(true)
 }
 
-/// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`). Without `devices`, a
-/// device or fifo entry is refused (a build context has no use for one, and forge would make it on
-/// the host).
+/// What an archive is extracted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extract {
+    /// `ADD`, into a snapshot: device and fifo entries are made (left out in a user namespace),
+    /// and a `..` that climbs above the destination stays at its top, as BuildKit's extraction
+    /// (chrooted into the destination) places it.
+    Add,
+    /// A build context or artifacts, on the host: a device or fifo entry is refused (there is no
+    /// use for one, and forge would make it on the host), and so is a name that climbs out.
+    Files,
+}
+
+/// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`), as `purpose` says.
 pub fn extract(
     archive: &Path,
     dest_root: &Path,
     dest_dir: &Path,
     owner: Option<Ids>,
-    devices: bool,
+    purpose: Extract,
 ) -> Result<(), FileOpError> {
+    let devices = purpose == Extract::Add;
     let r = open_decompressed(archive).map_err(io("opening archive", archive))?;
     let mut a = tar::Archive::new(r);
     let entries = a.entries().map_err(io("reading archive", archive))?;
@@ -142,9 +153,12 @@ pub fn extract(
             entry: name.clone(),
             reason: reason.to_string(),
         };
-        // A `..` that would climb above the destination stays at its top, as BuildKit's
-        // extraction (chrooted into the destination) places `../x` at `x`.
-        let rel = clamped(&name);
+        let rel = match purpose {
+            Extract::Add => clamped(&name),
+            Extract::Files => {
+                confined(&name).ok_or_else(|| refuse("its path leaves the destination"))?
+            }
+        };
         if rel.is_empty() {
             continue;
         }

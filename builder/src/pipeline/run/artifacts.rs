@@ -148,8 +148,14 @@ pub fn extract_relative(
     std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     let moved = (|| {
         let blob = store.blob_path(&layer.digest);
-        crate::fileop::archive::extract(&blob, &staging, &staging, None, false)
-            .map_err(|e| format!("extracting artifacts: {e}"))?;
+        crate::fileop::archive::extract(
+            &blob,
+            &staging,
+            &staging,
+            None,
+            crate::fileop::archive::Extract::Files,
+        )
+        .map_err(|e| format!("extracting artifacts: {e}"))?;
         let inner = staging.join(workdir.trim_start_matches('/'));
         let _ = std::fs::remove_dir_all(dest);
         if inner.is_dir() {
@@ -179,8 +185,14 @@ pub fn lay_into(
     std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     let laid = (|| {
         let blob = store.blob_path(&layer.digest);
-        crate::fileop::archive::extract(&blob, &staging, &staging, None, false)
-            .map_err(|e| format!("extracting artifacts: {e}"))?;
+        crate::fileop::archive::extract(
+            &blob,
+            &staging,
+            &staging,
+            None,
+            crate::fileop::archive::Extract::Files,
+        )
+        .map_err(|e| format!("extracting artifacts: {e}"))?;
         let inner = staging.join(workdir.trim_start_matches('/'));
         if inner.is_dir() {
             merge(&inner, dest)
