@@ -60,6 +60,8 @@ pub enum SnapshotError {
         recorded: BackendKind,
         wanted: BackendKind,
     },
+    #[error(transparent)]
+    TooDeep(#[from] crate::mount::TooDeep),
     #[error("unknown snapshotter backend {0:?} (expected overlayfs, fuse-overlayfs or copy)")]
     UnknownBackend(String),
     #[error("unpacking layer {diff_id} into snapshot {key:?}")]

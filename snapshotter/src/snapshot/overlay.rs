@@ -115,6 +115,9 @@ impl OverlaySnapshotter {
                 userxattr,
                 volatile,
             } => {
+                // Checked here, before any runner mounts it, so that the step fails with the
+                // reason whichever runner it was for (containerd's mount fails with EINVAL).
+                crate::mount::TooDeep::check(lowers.len())?;
                 if userxattr {
                     options.push("userxattr".to_string());
                 }
@@ -145,6 +148,13 @@ impl OverlaySnapshotter {
             path: mark,
             source,
         })
+    }
+
+    /// Removes a snapshot just made whose mounts could not be given (a chain too deep to mount):
+    /// the caller gets an error instead of the key, so nothing else would remove it. Best effort;
+    /// the error the caller gets is the mounts' one.
+    fn forget_unmountable(&self, key: &str) {
+        let _ = self.db.remove(key);
     }
 
     /// Mounts for snapshot `id` (writable when `upper`) over the ancestors `parents`.
@@ -194,6 +204,7 @@ impl Snapshotter for OverlaySnapshotter {
             std::fs::create_dir(dir.join("work"))
         })?;
         self.mounts_for(id, &parents, Kind::Active)
+            .inspect_err(|_| self.forget_unmountable(key))
     }
 
     fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>, SnapshotError> {
@@ -201,6 +212,7 @@ impl Snapshotter for OverlaySnapshotter {
             std::fs::create_dir(dir.join("fs"))
         })?;
         self.mounts_for(id, &parents, Kind::View)
+            .inspect_err(|_| self.forget_unmountable(key))
     }
 
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
