@@ -62,23 +62,15 @@ impl Mounted {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(",");
-                let mut flags = nix::mount::MsFlags::empty();
-                if m.is_readonly() {
-                    flags |= nix::mount::MsFlags::MS_RDONLY;
-                }
-                nix::mount::mount(
-                    Some("overlay"),
-                    &target,
-                    Some("overlay"),
-                    flags,
-                    Some(data.as_str()),
-                )
-                .map_err(|e| {
+                let flags = if m.is_readonly() { libc::MS_RDONLY } else { 0 };
+                // Not mount(2) directly: a deep chain under a long store path passes its one page
+                // of options, and forge's threads must keep their working directory.
+                forge_snapshotter::mount::mount_overlay(&target, flags, &data).map_err(|e| {
                     let _ = std::fs::remove_dir(&target);
                     ExecError::Mount {
                         what: "overlay".into(),
                         target: target.clone(),
-                        reason: e.desc().to_string(),
+                        reason: e.to_string(),
                     }
                 })?;
                 let upper = (!m.is_readonly())

@@ -349,6 +349,17 @@ fn apply_mount(m: &Mount, target: &Path, plan: &Plan) -> SetupResult<()> {
                 // Unprivileged overlay keeps whiteouts and opaque markers in user.* xattrs.
                 data.push("userxattr".into());
             }
+            if kind == "overlay" {
+                // A deep chain of lower dirs under a long store path passes mount(2)'s one page
+                // of options; mount_overlay makes them fit.
+                let data = data.join(",");
+                return forge_snapshotter::mount::mount_overlay(
+                    target,
+                    flags | libc::MS_NODEV,
+                    &data,
+                )
+                .map_err(|e| format!("{}: {e}", what()));
+            }
             let source = m.source.to_string_lossy();
             let data = data.join(",");
             ctx(
