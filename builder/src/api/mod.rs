@@ -48,7 +48,8 @@ pub enum BuildError {
     Parse(Box<ParseError>),
     /// The Dockerfile parses but cannot be lowered to a graph. `file` and `text` are what the
     /// caller needs to show the offending line.
-    #[error("{file}: {error}")]
+    /// (`file` is empty until the build names it: the error then shows alone.)
+    #[error("{}{error}", if file.is_empty() { String::new() } else { format!("{file}: ") })]
     Lower {
         file: String,
         text: std::sync::Arc<str>,
@@ -123,4 +124,35 @@ pub fn render_chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BuildError;
+    use crate::frontend::dockerfile::lower::{LowerError, LowerErrorKind};
+
+    #[test]
+    fn a_lowering_error_names_its_file_once_it_has_one() {
+        let error = LowerError {
+            kind: Box::new(LowerErrorKind::CopyFromVariable),
+            span: None,
+            hint: None,
+        };
+        let unnamed = BuildError::Lower {
+            file: String::new(),
+            text: "".into(),
+            error: error.clone(),
+        };
+        assert_eq!(
+            unnamed.to_string(),
+            error.to_string(),
+            "no empty `: ` in front"
+        );
+        let named = BuildError::Lower {
+            file: "Dockerfile".into(),
+            text: "".into(),
+            error: error.clone(),
+        };
+        assert_eq!(named.to_string(), format!("Dockerfile: {error}"));
+    }
 }
