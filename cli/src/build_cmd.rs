@@ -288,15 +288,9 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     let mut r = BuildRequest::new(g.context.clone());
     match &g.file {
         Some(f) if f == stdin => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
-                usage(format!(
-                    "error: reading the Dockerfile from standard input: {e}"
-                ))
-            })?;
             r.dockerfile = DockerfileSource::Text {
                 name: "Dockerfile (standard input)".into(),
-                text,
+                text: crate::read_stdin_dockerfile()?,
             };
         }
         Some(f) => r.dockerfile = DockerfileSource::Path(f.clone()),

@@ -7,25 +7,20 @@ use forge_builder::frontend::dockerfile::check::{CheckOptions, Finding, check as
 use forge_builder::frontend::dockerfile::{outline, parser};
 
 use crate::build_cmd::BuildArgs;
-use crate::{Failure, display_name, failed, parse_build_args, render, usage};
+use crate::{Failure, display_name, failed, parse_build_args, render};
 
 /// The Dockerfile `-f` names (`-` for standard input), or the context's: its name for messages
 /// and its text.
 fn read_dockerfile(g: &crate::GraphArgs) -> Result<(String, String), Failure> {
     Ok(match &g.file {
-        Some(f) if f == Path::new("-") => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
-                usage(format!(
-                    "error: reading the Dockerfile from standard input: {e}"
-                ))
-            })?;
-            ("Dockerfile (standard input)".to_string(), text)
-        }
-        Some(f) => (display_name(f), crate::read(f)?),
+        Some(f) if f == Path::new("-") => (
+            "Dockerfile (standard input)".to_string(),
+            crate::read_stdin_dockerfile()?,
+        ),
+        Some(f) => (display_name(f), crate::read_dockerfile(f)?),
         None => {
             let f = g.context.join("Dockerfile");
-            (display_name(&f), crate::read(&f)?)
+            (display_name(&f), crate::read_dockerfile(&f)?)
         }
     })
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use forge_builder::api::input::{Cap, DOCKERFILE};
 use forge_builder::frontend::dockerfile::ast::Span;
 use forge_builder::frontend::dockerfile::lower::{LowerOptions, lower};
 use forge_builder::frontend::dockerfile::{dump, parser};
@@ -252,9 +253,26 @@ fn enter_user_namespace() -> Result<(), Failure> {
     }
 }
 
-pub(crate) fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .map_err(|e| failed(format!("error: cannot read {}: {e}", path.display())))
+/// The text file at `path`, at most `cap` bytes of it (`-f /dev/zero` must fail, not fill the
+/// memory); the error names the file and the cap.
+pub(crate) fn read(path: &Path, cap: Cap) -> Result<String, Failure> {
+    forge_builder::api::input::read_file_capped(path, cap)
+        .map_err(|e| failed(format!("error: {e}")))
+}
+
+/// The Dockerfile at `path`, at most [`DOCKERFILE`]'s cap of it.
+pub(crate) fn read_dockerfile(path: &Path) -> Result<String, Failure> {
+    read(path, DOCKERFILE)
+}
+
+/// The Dockerfile `-f -` gives on standard input, at most [`DOCKERFILE`]'s cap of it.
+pub(crate) fn read_stdin_dockerfile() -> Result<String, Failure> {
+    forge_builder::api::input::read_text_capped(
+        std::io::stdin().lock(),
+        DOCKERFILE,
+        "the Dockerfile from standard input",
+    )
+    .map_err(|e| usage(format!("error: {e}")))
 }
 
 pub(crate) fn display_name(path: &Path) -> String {
@@ -262,7 +280,7 @@ pub(crate) fn display_name(path: &Path) -> String {
 }
 
 fn parse_cmd(dump_ast: bool, file: &Path) -> Result<(), Failure> {
-    let src = read(file)?;
+    let src = read_dockerfile(file)?;
     let df =
         parser::parse_file(&display_name(file), &src).map_err(|e| failed(format!("error: {e}")))?;
     if dump_ast {
@@ -357,7 +375,7 @@ fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| args.context.join("Dockerfile"));
     let name = display_name(&file);
-    let src = read(&file)?;
+    let src = read_dockerfile(&file)?;
     let df = parser::parse_file(&name, &src).map_err(|e| failed(format!("error: {e}")))?;
     let target_platform = match &args.platform {
         None => Platform::host(),

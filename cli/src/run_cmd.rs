@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
+use forge_builder::api::input::PIPELINE_FILE;
 use forge_builder::pipeline::history::{History, JobResult, LogWriter, RunHandle, RunResult};
 use forge_builder::pipeline::run::{PipelineEvent, RunOptions, RunReport};
 use forge_builder::pipeline::{
@@ -123,7 +124,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         return check(args);
     }
     let name = display_name(&args.file);
-    let src = read(&args.file)?;
+    let src = read(&args.file, PIPELINE_FILE)?;
     let base_dir = args
         .file
         .parent()
@@ -539,7 +540,7 @@ pub(crate) fn logs(args: &LogsArgs) -> Result<(), Failure> {
 
 fn check(args: &RunArgs) -> Result<(), Failure> {
     let name = display_name(&args.file);
-    let src = read(&args.file)?;
+    let src = read(&args.file, PIPELINE_FILE)?;
     let mut builtins = BTreeMap::new();
     if let Some(n) = args.build_number {
         builtins.insert("FORGE_BUILD_NUMBER".to_string(), n.to_string());

@@ -663,3 +663,79 @@ fn signal_cancels_the_running_step_and_cleans_up(signal: nix::sys::signal::Signa
     );
     bench.assert_usable();
 }
+
+/// `-f /dev/zero` was read whole: forge grew until the kernel killed it (about 23 GB), and
+/// `forge run -f /dev/zero` read all of it before its 4 MiB cap said no. Both now stop at the cap
+/// and say so, naming the file. Watched from outside: killed (and failed) past 1 GiB of memory or
+/// 60 s, so the bug fails the test instead of the machine.
+#[test]
+fn an_endless_dockerfile_or_forge_yaml_is_refused_at_the_cap() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let ctx = bench.context("ctx", BASE, &[]);
+    let root = bench.root();
+    let build: Vec<&str> = vec![
+        "build",
+        "--root",
+        root.to_str().unwrap(),
+        "-f",
+        "/dev/zero",
+        ctx.to_str().unwrap(),
+    ];
+    let run: Vec<&str> = vec!["run", "--check", "-f", "/dev/zero"];
+    for args in [build, run] {
+        let err_file = bench.path().join("err.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(&args)
+            .env_remove("FORGE_ROOT")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_file).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let started = Instant::now();
+        let mut status = 0;
+        // SAFETY: rusage is plain data, filled in by wait4.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: polls our own child; `usage` is a valid out-pointer.
+            let waited = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if waited == pid {
+                break;
+            }
+            let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            if rss_kb > 1 << 20 || started.elapsed() > Duration::from_secs(60) {
+                // SAFETY: kills and reaps our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!(
+                    "forge {args:?} read on: {} MB after {:?}",
+                    rss_kb >> 10,
+                    started.elapsed()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(child);
+        let err = std::fs::read_to_string(&err_file).unwrap();
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0,
+            "{args:?}: status {status}: {err}"
+        );
+        assert!(
+            err.contains("/dev/zero: larger than 4 MiB (4194304 bytes)"),
+            "{args:?}: {err}"
+        );
+        let max_rss_mb = usage.ru_maxrss / 1024;
+        assert!(max_rss_mb < 200, "{args:?}: max RSS {max_rss_mb} MB");
+    }
+}

@@ -268,8 +268,12 @@ impl Server {
         }
         let (name, source) = match &project.what {
             What::Pipeline(path) => {
-                let text = std::fs::read_to_string(work.join(path))
-                    .map_err(|e| failed(format!("{path} in the repository: {e}")))?;
+                // Capped: a repository's forge.yaml may be a link to /dev/zero.
+                let text = forge_builder::api::input::read_file_capped(
+                    &work.join(path),
+                    forge_builder::api::input::PIPELINE_FILE,
+                )
+                .map_err(|e| failed(format!("{path} in the repository: {e}")))?;
                 (path.clone(), text)
             }
             What::Dockerfile { path, tags } => (path.clone(), plain_build(path, tags)),
@@ -403,7 +407,10 @@ fn base_images(work: &Path, plan: &forge_builder::pipeline::Pipeline) -> Vec<Str
     let mut out = Vec::new();
     for image in &plan.images {
         let path = work.join(&image.context).join(&image.dockerfile);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Ok(text) = forge_builder::api::input::read_file_capped(
+            &path,
+            forge_builder::api::input::DOCKERFILE,
+        ) else {
             continue;
         };
         let Ok(df) = parser::parse(&text) else {

@@ -10,6 +10,7 @@
 mod build;
 mod cache;
 mod git_context;
+pub mod input;
 mod outcome;
 mod pending;
 mod prepare;

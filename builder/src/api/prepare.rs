@@ -104,14 +104,15 @@ pub(super) fn run_build_checks(
     Ok(())
 }
 
+/// The Dockerfile's name and text, at most [`super::input::MAX_DOCKERFILE_BYTES`] of it.
 pub(super) fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildError> {
     match &request.dockerfile {
         DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
         _ => {
             let path = request.dockerfile_path().expect("a file source has a path");
             confine_to_context(&request.context, &path)?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| BuildError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            let text = super::input::read_file_capped(&path, super::input::DOCKERFILE)
+                .map_err(BuildError::Invalid)?;
             Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
         }
     }

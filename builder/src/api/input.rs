@@ -1,0 +1,133 @@
+//! Files a build reads whole into memory before it starts (the Dockerfile, forge.yaml): read up to
+//! a cap, so that a wrong `-f /dev/zero` fails at once instead of growing forge until the kernel
+//! kills it.
+
+use std::io::Read;
+use std::path::Path;
+
+/// The most bytes forge reads of one kind of file, and that kind as its error names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub bytes: u64,
+    /// `a Dockerfile`.
+    pub of: &'static str,
+}
+
+/// Largest Dockerfile read (`-f`, standard input, or the context's). Real ones are kilobytes; a
+/// generated one of a hundred thousand lines still fits. The same as forge.yaml's
+/// ([`crate::pipeline::MAX_FILE_BYTES`]).
+pub const MAX_DOCKERFILE_BYTES: u64 = 4 << 20;
+
+/// [`MAX_DOCKERFILE_BYTES`] of a Dockerfile.
+pub const DOCKERFILE: Cap = Cap {
+    bytes: MAX_DOCKERFILE_BYTES,
+    of: "a Dockerfile",
+};
+
+/// [`crate::pipeline::MAX_FILE_BYTES`] of a forge.yaml.
+pub const PIPELINE_FILE: Cap = Cap {
+    bytes: crate::pipeline::MAX_FILE_BYTES as u64,
+    of: "a pipeline file",
+};
+
+/// Reads `reader` to its end, holding at most `cap` bytes (and one more, which tells an input of
+/// exactly `cap` bytes from a larger one). A larger input is an error of kind
+/// [`std::io::ErrorKind::FileTooLarge`] saying the cap.
+pub fn read_capped(reader: impl Read, cap: Cap) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(cap.bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap.bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "larger than {}, the most forge reads of {}",
+                human(cap.bytes),
+                cap.of
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] of `reader` as UTF-8 text; `what` names it in the error (`the Dockerfile from
+/// standard input`).
+pub fn read_text_capped(reader: impl Read, cap: Cap, what: &str) -> Result<String, String> {
+    let bytes = read_capped(reader, cap).map_err(|e| format!("{what}: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("{what}: not UTF-8 text ({e})"))
+}
+
+/// The text file at `path`, at most `cap` of it; the error names the file and the cap.
+pub fn read_file_capped(path: &Path, cap: Cap) -> Result<String, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    read_text_capped(file, cap, &path.display().to_string())
+}
+
+/// `bytes` as the error says it: MiB when it is a whole number of them.
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB ({bytes} bytes)", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(bytes: u64) -> Cap {
+        Cap {
+            bytes,
+            of: "a test file",
+        }
+    }
+
+    #[test]
+    fn a_reader_at_the_cap_is_read_whole_and_one_byte_more_is_refused() {
+        assert_eq!(read_capped(&[7u8; 16][..], cap(16)).unwrap(), vec![7u8; 16]);
+        let e = read_capped(&[7u8; 17][..], cap(16)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert_eq!(
+            e.to_string(),
+            "larger than 16 bytes, the most forge reads of a test file"
+        );
+    }
+
+    /// `-f /dev/zero` was read whole, until the kernel killed forge: an endless reader now stops
+    /// one byte past the cap.
+    #[test]
+    fn an_endless_reader_stops_past_the_cap() {
+        let e = read_capped(std::io::repeat(b'x'), DOCKERFILE).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "larger than 4 MiB (4194304 bytes), the most forge reads of a Dockerfile"
+        );
+    }
+
+    #[test]
+    fn the_error_names_the_file_and_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Dockerfile");
+        std::fs::write(&path, "FROM scratch\n".repeat(10)).unwrap();
+        assert_eq!(
+            read_file_capped(&path, cap(1000)).unwrap(),
+            "FROM scratch\n".repeat(10)
+        );
+        let e = read_file_capped(&path, cap(100)).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{}: larger than 100 bytes, the most forge reads of a test file",
+                path.display()
+            )
+        );
+        let missing = read_file_capped(&dir.path().join("nope"), cap(100)).unwrap_err();
+        assert!(missing.starts_with("cannot read "), "{missing}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        let e = read_file_capped(&path, cap(100)).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
+}
