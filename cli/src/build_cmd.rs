@@ -660,29 +660,38 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Ctrl-C, SIGTERM or SIGHUP during the build cancels it, so running steps are killed and their scratch
 /// snapshots and mount points removed before forge exits, instead of the default action leaving
 /// them for the next build to find. A second signal then acts as it normally would.
-pub(crate) async fn cancel_on_signal(cancel: CancellationToken) {
+///
+/// The handlers are installed when this is called, not when the returned future is first polled:
+/// a signal that comes as soon as the build has started (while its Dockerfile is read, say) must
+/// cancel it rather than find the default action still in place. Must be called in a runtime.
+pub(crate) fn cancel_on_signal(
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
     // SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C, not leave run/ and
     // tmp/ behind.
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-    cancel.cancel();
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGHUP,
-    ] {
-        // SAFETY: restores the default disposition; no handler of ours runs.
-        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = handlers else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        cancel.cancel();
+        for sig in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGHUP,
+        ] {
+            // SAFETY: restores the default disposition; no handler of ours runs.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
     }
 }

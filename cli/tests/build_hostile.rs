@@ -664,6 +664,138 @@ fn signal_cancels_the_running_step_and_cleans_up(signal: nix::sys::signal::Signa
     bench.assert_usable();
 }
 
+/// Waits for `child`, sent `signal`, to end; its exit status and the progress log. Fails past
+/// 20 s: what this pins took minutes (or forever), and a cancelled build takes well under one.
+fn interrupt(
+    child: &mut std::process::Child,
+    signal: nix::sys::signal::Signal,
+    log: &Path,
+) -> (std::process::ExitStatus, String) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "forge still ran 20 s after {signal}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(log).unwrap())
+}
+
+/// A signal while a base image's registry accepted the connection and never answered did
+/// nothing: the pull went on through its retries (about 11 minutes) before the build failed. It
+/// now cancels the build as it does during a RUN step.
+#[test]
+fn a_signal_while_the_base_images_registry_never_answers_cancels_the_build() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    // A registry on a port of the test's own that takes connections, holds them and says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, connected) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            held.push(conn);
+            let _ = accepted.send(());
+        }
+    });
+    let ctx = bench.context(
+        "ctx",
+        &format!("FROM 127.0.0.1:{port}/never/answers:1\nRUN true\n"),
+        &[],
+    );
+    let log = bench.path().join("progress.log");
+    let mut child = bench
+        .command(&[], &ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    if connected.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!(
+            "forge never asked the registry: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+    let (status, err) = interrupt(&mut child, nix::sys::signal::Signal::SIGTERM, &log);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("error: the build was cancelled"), "{err}");
+    let left = |dir: &str| -> Vec<_> {
+        std::fs::read_dir(bench.root().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    assert!(left("tmp").is_empty(), "tmp/ keeps {:?}", left("tmp"));
+    bench.assert_usable();
+    // The isolation probe the session started may have been cut off as the process exited (it
+    // runs beside the pull); the next build's probe removes what it left.
+    assert!(left("run").is_empty(), "run/ keeps {:?}", left("run"));
+}
+
+/// `-f` naming a FIFO nobody writes to: the read blocks in open(2), where a signal used to find
+/// the build's handler waiting for a cancellation nothing watched, so only SIGKILL ended forge.
+/// The read is now given up on when the build is cancelled.
+#[test]
+fn a_signal_while_the_dockerfile_is_a_fifo_without_a_writer_cancels_the_build() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new();
+    let ctx = bench.context("ctx", BASE, &[]);
+    let fifo = ctx.join("Dockerfile.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let log = bench.path().join("progress.log");
+    let mut child = bench
+        .command(&["-f", fifo.to_str().unwrap()], &ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The build is under way once one of its threads waits in open(2) for the FIFO's writer (the
+    // kernel's `wait_for_partner`), or once its thread that reads the Dockerfile (named so) is
+    // there, where the kernel does not show where a thread waits.
+    let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+    let reading = || {
+        std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                read("wchan") == "wait_for_partner" || read("comm").trim() == "forge-read"
+            })
+    };
+    let started = Instant::now();
+    while !reading() {
+        if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "forge never started reading the FIFO: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, err) = interrupt(&mut child, nix::sys::signal::Signal::SIGINT, &log);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("error: the build was cancelled"), "{err}");
+    bench.assert_usable();
+}
+
 /// `-f /dev/zero` was read whole: forge grew until the kernel killed it (about 23 GB), and
 /// `forge run -f /dev/zero` read all of it before its 4 MiB cap said no. Both now stop at the cap
 /// and say so, naming the file. Watched from outside: killed (and failed) past 1 GiB of memory or

@@ -30,7 +30,7 @@ use crate::ops::{
     BuildExecutor, Built, ExecutorConfig, LayerPlan, LayerUploads, LocalDir, Mounted,
 };
 use crate::scratch::Scratch;
-use crate::solver::{CancellationToken, DiskCache, Solution};
+use crate::solver::{CancellationToken, DiskCache, Solution, SolveError};
 use crate::source::{
     self, BaseFetch, ContextSnapshot, HttpSource, SnapshotOptions, SnapshotsWhenOpen,
 };
@@ -154,7 +154,8 @@ impl Session {
         solved: &mut Solution<Built>,
     ) -> Result<Made, BuildError> {
         request.validate()?;
-        let (name, text) = super::prepare::read_dockerfile(request)?;
+        let (name, text) =
+            unless_cancelled(&cancel, super::prepare::read_dockerfile(request)).await?;
         let df = parser::parse_file(&name, &text)?;
         // A Dockerfile given as text has no sibling ignore file: the context's own applies.
         let df_path = request
@@ -240,9 +241,13 @@ impl Session {
             Some(session) => session,
             None => {
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.session())
-                    .await
-                    .map_err(|e| BuildError::Invalid(format!("store session: {e}")))??
+                let waiting = async {
+                    tokio::task::spawn_blocking(move || store.session())
+                        .await
+                        .map_err(|e| BuildError::Invalid(format!("store session: {e}")))?
+                        .map_err(BuildError::from)
+                };
+                unless_cancelled(&cancel, waiting).await?
             }
         };
         let scratch = Scratch::create(&self.root, events.build())
@@ -270,15 +275,21 @@ impl Session {
         let (lowered, images) = events
             .phase_result(
                 "resolving base images",
-                source::lower_with_images(
-                    &df,
-                    &lower_opts,
-                    &self.store,
-                    &self.registry,
-                    events,
-                    request.pull,
-                    fetch,
-                    (fetch == BaseFetch::WholeUnrecorded).then_some(&unpack_into),
+                // A registry that never answers holds this phase, not a step: it is given up on
+                // when the build is cancelled, as the solve's steps are (what a pull stored is
+                // kept; its image is recorded by the next build that pulls it).
+                unless_cancelled(
+                    &cancel,
+                    source::lower_with_images(
+                        &df,
+                        &lower_opts,
+                        &self.store,
+                        &self.registry,
+                        events,
+                        request.pull,
+                        fetch,
+                        (fetch == BaseFetch::WholeUnrecorded).then_some(&unpack_into),
+                    ),
                 ),
             )
             .await
@@ -290,12 +301,14 @@ impl Session {
             events.emit(BuildEvent::Warning { message: w.clone() });
         }
         super::prepare::run_build_checks(&df, request, &images, &name, events)?;
-        let snapshot = walk
-            .await
-            .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
-            .map_err(|e| {
-                BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
-            })?;
+        let snapshot = unless_cancelled(&cancel, async {
+            walk.await
+                .map_err(|e| BuildError::Invalid(format!("context walk: {e}")))?
+                .map_err(|e| {
+                    BuildError::Invalid(format!("build context {}: {e}", request.context.display()))
+                })
+        })
+        .await?;
         super::prepare::refuse_ungranted(request, &lowered.graph, &name, &text)?;
         let runner = self.runner().await?;
         let graph = Arc::new(lowered.graph);
@@ -312,16 +325,23 @@ impl Session {
                 }
             }
         }
-        let imported = Arc::new(
-            cache_io::import_caches(
+        let importing = async {
+            Ok(cache_io::import_caches(
                 &request.cache.import,
                 &self.registry,
                 &self.store,
                 &remote,
                 events,
             )
-            .await,
-        );
+            .await)
+        };
+        let imported = match unless_cancelled(&cancel, importing).await {
+            Ok(imported) => Arc::new(imported),
+            Err(e) => {
+                close_runner(runner).await;
+                return Err(e);
+            }
+        };
         let mount_seeds = (!imported.mounts.is_empty()).then(|| {
             Arc::new(MountSeeds::new(
                 self.root.join("cache-mounts"),
@@ -419,7 +439,7 @@ impl Session {
             jobs: request.jobs,
             no_cache: request.cache.no_cache,
             no_cache_filter: request.cache.no_cache_filter.clone(),
-            cancel,
+            cancel: cancel.clone(),
             ..SolveSettings::default()
         };
         let result = super::solve::solve_reporting(
@@ -522,10 +542,13 @@ impl Session {
                 .all(|e| matches!(e, Export::Image { push: true, .. }));
         if !only_pushed {
             let digests: Vec<_> = layers.iter().map(|l| l.digest.clone()).collect();
-            remote
-                .ensure(&self.store, &digests)
-                .await
-                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
+            let fetching = async {
+                remote
+                    .ensure(&self.store, &digests)
+                    .await
+                    .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))
+            };
+            unless_cancelled(&cancel, fetching).await?;
         }
         for e in &request.exports {
             match e {
@@ -617,13 +640,16 @@ impl Session {
             }
             Ok::<(), BuildError>(())
         };
-        let (recorded, pushed) = futures::future::join(recording, pushing).await;
+        // A cancelled build stops pushing (a registry that stopped answering must not hold it) but
+        // still waits for the image's record: what was built stays in the store.
+        let (recorded, pushed) =
+            futures::future::join(recording, unless_cancelled(&cancel, pushing)).await;
         recorded.map_err(|e| BuildError::Invalid(format!("recording the image: {e}")))??;
         pushed?;
         let entries = cache_io::entries(&graph, &solution);
         let cache_mounts = super::cache::cache_mount_ids(&graph);
         for target in &request.cache.export {
-            self.export_cache(
+            let exporting = self.export_cache(
                 target,
                 &entries,
                 &cache_mounts,
@@ -631,8 +657,8 @@ impl Session {
                 pushes.then(|| names.first()).flatten(),
                 &remote,
                 events,
-            )
-            .await?;
+            );
+            unless_cancelled(&cancel, exporting).await?;
         }
         if let Some(p) = &request.metadata_file {
             export::write_metadata_file(p, &image, &names)?;
@@ -686,6 +712,21 @@ fn previous_image(
     let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let created = config.get("created")?.as_str()?.to_string();
     Some((created, record.config.digest.to_string()))
+}
+
+/// `work`, or the solver's cancellation error as soon as `cancel` fires, `work` then dropped where
+/// it waits. For the phases outside the solve that wait on something that may never come (a
+/// registry, a FIFO, a prune holding the store): the solve's steps watch `cancel` themselves, and
+/// a signal must stop a build in every phase, not only while a step runs.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T, BuildError>>,
+) -> Result<T, BuildError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(BuildError::Solve(SolveError::Cancelled)),
+        done = work => done,
+    }
 }
 
 /// A lowering error gets the file's name and text, so the caller can show the line.

@@ -1,9 +1,11 @@
 //! Files a build reads whole into memory before it starts (the Dockerfile, forge.yaml): read up to
 //! a cap, so that a wrong `-f /dev/zero` fails at once instead of growing forge until the kernel
-//! kills it.
+//! kills it; and, for a build already under way, read on a thread of its own that a cancelled build
+//! stops waiting for, since a FIFO without a writer blocks open(2) and read(2) where no signal or
+//! cancellation reaches.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The most bytes forge reads of one kind of file, and that kind as its error names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,23 @@ pub fn read_file_capped(path: &Path, cap: Cap) -> Result<String, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     read_text_capped(file, cap, &path.display().to_string())
+}
+
+/// [`read_file_capped`] on a thread of its own. Dropping the future (a cancelled build) stops the
+/// waiting, not the thread: one blocked on a FIFO without a writer stays blocked until the process
+/// exits, which it does not wait for (it is no runtime's blocking task, which a runtime's shutdown
+/// would wait for).
+pub async fn read_file_capped_abandonable(path: PathBuf, cap: Cap) -> Result<String, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let shown = path.display().to_string();
+    std::thread::Builder::new()
+        .name("forge-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_file_capped(&path, cap));
+        })
+        .map_err(|e| format!("cannot read {shown}: cannot start a thread to read it: {e}"))?;
+    rx.await
+        .map_err(|_| format!("cannot read {shown}: the thread reading it ended without a result"))?
 }
 
 /// `bytes` as the error says it: MiB when it is a whole number of them.
@@ -129,5 +148,18 @@ mod tests {
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         let e = read_file_capped(&path, cap(100)).unwrap_err();
         assert!(e.contains("not UTF-8"), "{e}");
+    }
+
+    /// A FIFO nobody writes blocks open(2) for good: the future can be given up on (the build is
+    /// cancelled) and returns at once, the reading thread left behind. Read in the future itself,
+    /// the FIFO held the task, and this test, for good.
+    #[tokio::test]
+    async fn a_fifo_without_a_writer_can_be_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let read = read_file_capped_abandonable(fifo, cap(100));
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
+        assert!(waited.is_err(), "a FIFO without a writer gave {waited:?}");
     }
 }

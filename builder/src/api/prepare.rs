@@ -104,15 +104,20 @@ pub(super) fn run_build_checks(
     Ok(())
 }
 
-/// The Dockerfile's name and text, at most [`super::input::MAX_DOCKERFILE_BYTES`] of it.
-pub(super) fn read_dockerfile(request: &BuildRequest) -> Result<(String, Arc<str>), BuildError> {
+/// The Dockerfile's name and text, at most [`super::input::MAX_DOCKERFILE_BYTES`] of it. A file is
+/// read on a thread the caller may stop waiting for (a FIFO without a writer never answers).
+pub(super) async fn read_dockerfile(
+    request: &BuildRequest,
+) -> Result<(String, Arc<str>), BuildError> {
     match &request.dockerfile {
         DockerfileSource::Text { name, text } => Ok((name.clone(), Arc::from(text.as_str()))),
         _ => {
             let path = request.dockerfile_path().expect("a file source has a path");
             confine_to_context(&request.context, &path)?;
-            let text = super::input::read_file_capped(&path, super::input::DOCKERFILE)
-                .map_err(BuildError::Invalid)?;
+            let text =
+                super::input::read_file_capped_abandonable(path.clone(), super::input::DOCKERFILE)
+                    .await
+                    .map_err(BuildError::Invalid)?;
             Ok((path.to_string_lossy().into_owned(), Arc::from(text)))
         }
     }
