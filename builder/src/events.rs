@@ -313,7 +313,7 @@ mod tests {
     fn every_event() -> Vec<BuildEvent> {
         let (vertex, description) = (NodeRef(3), "[app 2/4] RUN make".to_string());
         let ms = Duration::from_millis;
-        let retry = |what: &str| (what.to_string(), 2, ms(500), "503".to_string());
+        let retry = |what: &str| (what.to_string(), 2, ms(60_000), ms(500), "503".to_string());
         let pull = |event| BuildEvent::Pull {
             reference: "busybox".into(),
             event,
@@ -322,7 +322,7 @@ mod tests {
             reference: "127.0.0.1:5000/app:1, 127.0.0.1:5000/app:2".into(),
             event,
         };
-        let (what, attempt, delay, error) = retry("blob");
+        let (what, attempt, took, delay, error) = retry("blob");
         vec![
             BuildEvent::Solver(Event::Cached {
                 vertex,
@@ -381,6 +381,7 @@ mod tests {
             pull(PullEvent::Retrying {
                 what: what.clone(),
                 attempt,
+                took,
                 delay,
                 error: error.clone(),
             }),
@@ -419,6 +420,7 @@ mod tests {
             push(PushEvent::Retrying {
                 what,
                 attempt,
+                took,
                 delay,
                 error,
             }),

@@ -122,9 +122,12 @@ fn report(event: &PullEvent) {
         PullEvent::Retrying {
             what,
             attempt,
+            took,
             delay,
             error,
-        } => eprintln!("retry    {what} (attempt {attempt}, in {delay:.1?}): {error}"),
+        } => eprintln!(
+            "retry    {what} in {delay:.1?}: try {attempt} failed after {took:.1?}: {error}"
+        ),
         PullEvent::Progress { .. } | PullEvent::Stored { .. } | PullEvent::Failed { .. } => {}
     }
 }

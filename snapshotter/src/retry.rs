@@ -58,12 +58,13 @@ pub struct GaveUp<E> {
 }
 
 /// Runs `op` until it succeeds, fails in a way that is not [`Transient`], or `policy`'s tries are
-/// spent. Before each wait, `on_retry` hears the failure, the number of the try that failed and the
-/// wait.
+/// spent. Before each wait, `on_retry` hears the failure, the number of the try that failed (from
+/// 1), how long that try took and the wait: a log line made of them says when and why the next
+/// try starts, whenever the line is shown.
 pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     mut op: F,
-    mut on_retry: impl FnMut(&E, u32, Duration),
+    mut on_retry: impl FnMut(&E, u32, Duration, Duration),
 ) -> Result<T, GaveUp<E>>
 where
     E: Transient,
@@ -72,11 +73,12 @@ where
 {
     let mut attempt = 1;
     loop {
+        let started = tokio::time::Instant::now();
         match op().await {
             Ok(v) => return Ok(v),
             Err(error) if error.is_transient() && attempt < policy.attempts => {
                 let delay = policy.backoff(attempt, error.retry_after());
-                on_retry(&error, attempt, delay);
+                on_retry(&error, attempt, started.elapsed(), delay);
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
@@ -176,7 +178,7 @@ mod tests {
                     }
                 }
             },
-            |_, attempt, delay| heard.push((attempt, delay)),
+            |_, attempt, _, delay| heard.push((attempt, delay)),
         )
         .await;
         (out.map_err(|gave_up| gave_up.attempts), tries, heard)
@@ -192,6 +194,26 @@ mod tests {
         );
         let (out, tries, heard) = run(5, 1, true).await;
         assert_eq!((out, tries, heard.len()), (Ok(2), 2, 1));
+    }
+
+    /// The retry line said which try failed but not when: the time it was shown at was taken for
+    /// it. `on_retry` hears how long the failed try took.
+    #[tokio::test]
+    async fn on_retry_hears_how_long_the_failed_try_took() {
+        let mut heard = Vec::new();
+        let out = retry(
+            &quick(2),
+            || async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Err::<(), _>(Failed { transient: true })
+            },
+            |_, attempt, took, _| heard.push((attempt, took)),
+        )
+        .await;
+        assert_eq!(out.map_err(|g| g.attempts).unwrap_err(), 2);
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert_eq!(heard[0].0, 1);
+        assert!(heard[0].1 >= Duration::from_millis(30), "{heard:?}");
     }
 
     #[tokio::test]

@@ -1151,3 +1151,94 @@ async fn bearer_token_flow_with_credentials_from_an_auth_file() {
             .any(|l| l == "GET /token")
     );
 }
+
+/// A registry that took the connection and never answered held a pull for every try's read
+/// timeout, twice over (the challenge, then the manifest): eleven minutes with the defaults, and
+/// the error said only "error sending request". The pull now fails at its answer deadline, naming
+/// the registry, the reference and the timeout.
+#[tokio::test]
+async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    // Takes every connection and holds it, saying nothing.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let client = RegistryClient::new(RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        retry: RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+        },
+        // Without the deadline: 2 s for the challenge, then 2 s for each of five tries.
+        read_timeout: Duration::from_secs(2),
+        answer_deadline: Duration::from_secs(3),
+        ..RegistryConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{host}/never/answers:1")).unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .pull(&store, &reference, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("registry {host}"))
+            && err.contains(&format!("{host}/never/answers:1"))
+            && err.contains("timed out: no answer within 3s"),
+        "{err}"
+    );
+    // Generous: a guard against waiting on every try again, not a measure of the deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A retry's line said `retrying manifest (attempt 1)` at the time it was shown, which for a pull
+/// is counted from that very line: `0.000` two minutes in. The event now carries how long the
+/// failed try took.
+#[tokio::test]
+async fn a_retry_event_says_how_long_the_failed_try_took() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let client = RegistryClient::new(RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        retry: RetryPolicy {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        },
+        read_timeout: Duration::from_millis(500),
+        answer_deadline: Duration::from_secs(60),
+        ..RegistryConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{host}/never/answers:1")).unwrap();
+    let heard = Mutex::new(Vec::new());
+    let _ = client
+        .pull(&store, &reference, &|e| {
+            if let PullEvent::Retrying { attempt, took, .. } = e {
+                heard.lock().unwrap().push((attempt, took));
+            }
+        })
+        .await;
+    let heard = heard.into_inner().unwrap();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].0, 1);
+    assert!(heard[0].1 >= Duration::from_millis(500), "{heard:?}");
+}

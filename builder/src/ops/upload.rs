@@ -93,6 +93,7 @@ impl LayerUploads {
                     event: PushEvent::Retrying {
                         what: "a layer sent while its step wrote it".into(),
                         attempt: 1,
+                        took: std::time::Duration::ZERO,
                         delay: std::time::Duration::ZERO,
                         error: e.to_string(),
                     },

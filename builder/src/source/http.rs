@@ -309,7 +309,7 @@ impl HttpFetcher {
         let done = retry(
             &self.config.retry,
             || self.try_once(&parsed, &shown, dest_dir, &progress),
-            |_, _, _| {},
+            |_, _, _, _| {},
         )
         .await
         .map_err(|gave_up| with_attempts(gave_up.error.error, gave_up.attempts))?;

@@ -451,6 +451,7 @@ mod tests {
             push(PushEvent::Retrying {
                 what: "manifest".into(),
                 attempt: 1,
+                took: Duration::from_millis(120),
                 delay: Duration::from_millis(500),
                 error: "503 service unavailable".into(),
             }),
@@ -471,7 +472,7 @@ mod tests {
                 "#1 pushing 127.0.0.1:5000/app:1\n\
                  #1 {base} 2.00MB exists\n\
                  #1 {top} 512B 0.3s done\n\
-                 #1 retrying manifest (attempt 1) in 0.5s: 503 service unavailable\n\
+                 #1 retrying manifest in 0.5s: try 1 failed after 0.1s: 503 service unavailable\n\
                  #1 pushed manifest {f} as 127.0.0.1:5000/app:1\n\
                  #1 DONE 1.5s\n\
                  \n"

@@ -251,9 +251,10 @@ impl State {
             PullEvent::Retrying {
                 what,
                 attempt,
+                took,
                 delay,
                 error,
-            } => self.retry(i, what, *attempt, *delay, error, now),
+            } => self.retry(i, what, *attempt, *took, *delay, error, now),
         }
     }
 
@@ -290,25 +291,32 @@ impl State {
             PushEvent::Retrying {
                 what,
                 attempt,
+                took,
                 delay,
                 error,
-            } => self.retry(i, what, *attempt, *delay, error, now),
+            } => self.retry(i, what, *attempt, *took, *delay, error, now),
         }
     }
 
-    /// A retry is kept with the output lines, so the live view and a failure report show it.
+    /// A retry is kept with the output lines, so the live view and a failure report show it. The
+    /// line says how long the failed try took: the time it is shown at counts from the vertex's
+    /// first event, which for a pull is often this one (a registry that never answered shows
+    /// `0.000 retrying` two minutes in).
+    #[allow(clippy::too_many_arguments)]
     fn retry(
         &mut self,
         i: usize,
         what: &str,
         attempt: u32,
+        took: Duration,
         delay: Duration,
         error: &str,
         now: Instant,
     ) -> Applied {
         let text = format!(
-            "retrying {what} (attempt {attempt}) in {}: {error}",
-            secs(delay)
+            "retrying {what} in {}: try {attempt} failed after {}: {error}",
+            secs(delay),
+            secs(took)
         );
         self.keep_line(i, text, now);
         Applied::on(i)

@@ -55,6 +55,11 @@ pub struct RegistryConfig {
     pub platform: Platform,
     /// Per read on a connection; a registry that stalls longer is retried.
     pub read_timeout: Duration,
+    /// The longest a pull waits for its registry's first answers (the challenge and the
+    /// manifest), tries included, before it fails saying it timed out. A blob's download has no
+    /// such bound (a large layer on a slow link takes what it takes); its reads have
+    /// `read_timeout`.
+    pub answer_deadline: Duration,
     /// `registries.conf` mirrors, tried before the registry they mirror.
     pub mirrors: Mirrors,
     /// Why the `registries.conf` in force could not be read: every pull fails with it rather
@@ -76,6 +81,7 @@ impl Default for RegistryConfig {
             max_concurrent_uploads: 4,
             platform: Platform::host(),
             read_timeout: Duration::from_secs(60),
+            answer_deadline: Duration::from_secs(90),
             mirrors,
             mirrors_error,
         }

@@ -104,7 +104,12 @@ pub enum PullEvent {
     #[serde(rename = "pull.retrying")]
     Retrying {
         what: String,
+        /// The try that failed, counting from 1.
         attempt: u32,
+        /// How long that try took before it failed: a registry that never answers shows here as
+        /// the read timeout, which the time the line is shown at does not tell.
+        #[serde(rename = "took_ms", with = "crate::millis", default)]
+        took: Duration,
         #[serde(rename = "delay_ms", with = "crate::millis")]
         delay: Duration,
         error: String,
@@ -149,6 +154,18 @@ pub enum PullError {
         reference: String,
         what: String,
         media_type: String,
+    },
+    /// The registry did not answer for the manifest within the deadline
+    /// ([`super::RegistryConfig::answer_deadline`]), tries included.
+    #[error(
+        "registry {registry}: {what} of {reference}: timed out: no answer within {}s (tries included)",
+        after.as_secs()
+    )]
+    TimedOut {
+        registry: String,
+        reference: String,
+        what: String,
+        after: std::time::Duration,
     },
     #[error("{reference}: bad {what}: {message}")]
     Malformed {
@@ -197,6 +214,9 @@ impl PullError {
             PullError::Registry {
                 registry, source, ..
             } => super::unreachable(source).map(|u| (registry.as_str(), u)),
+            PullError::TimedOut { registry, .. } => {
+                Some((registry.as_str(), super::Unreachable::Connect))
+            }
             _ => None,
         }
     }
@@ -297,11 +317,12 @@ impl Ctx<'_> {
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         // Only transient failures are retried.
-        let on_retry = |failure: &Failure, attempt, delay| {
+        let on_retry = |failure: &Failure, attempt, took, delay| {
             if let Failure::Transient(text, _) = failure {
                 (self.progress)(PullEvent::Retrying {
                     what: what.to_string(),
                     attempt,
+                    took,
                     delay,
                     error: text.clone(),
                 })
@@ -473,9 +494,29 @@ impl RegistryClient {
         let layers_too = fetch != Fetch::ManifestAndConfig;
         let recorded_as = reference;
         let reference = from;
-        let (ctx, auth) = self
-            .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
-            .await?;
+        // The registry's first answers, the challenge and the manifest, come within a deadline,
+        // tries included: one that takes the connection and never answers would otherwise hold
+        // the pull for every try's read timeout (five tries of two minutes each).
+        let deadline = self.config.answer_deadline;
+        let answered = tokio::time::timeout(deadline, async {
+            let (ctx, auth) = self
+                .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
+                .await?;
+            let top = ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await?;
+            Ok::<_, PullError>((ctx, auth, top))
+        })
+        .await;
+        let (ctx, auth, (top_bytes, top_digest)) = match answered {
+            Ok(answered) => answered?,
+            Err(_) => {
+                return Err(PullError::TimedOut {
+                    registry: reference.registry().to_string(),
+                    reference: reference.to_string(),
+                    what: "manifest".into(),
+                    after: deadline,
+                });
+            }
+        };
         // Keeps prune away until the record below references what this pull brings in.
         let session = match store.try_session()? {
             Some(session) => session,
@@ -485,7 +526,6 @@ impl RegistryClient {
             }
         };
 
-        let (top_bytes, top_digest) = ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await?;
         let top: RawManifest = serde_json::from_slice(&top_bytes)
             .map_err(|e| ctx.malformed("manifest", e.to_string()))?;
         let top_type = manifest_type(&top, &ctx)?;

@@ -139,7 +139,12 @@ pub enum PushEvent {
     #[serde(rename = "push.retrying")]
     Retrying {
         what: String,
+        /// The try that failed, counting from 1.
         attempt: u32,
+        /// How long that try took before it failed: a registry that never answers shows here as
+        /// the read timeout, which the time the line is shown at does not tell.
+        #[serde(rename = "took_ms", with = "crate::millis", default)]
+        took: Duration,
         #[serde(rename = "delay_ms", with = "crate::millis")]
         delay: Duration,
         error: String,

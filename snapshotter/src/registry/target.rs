@@ -115,11 +115,12 @@ impl Target<'_> {
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         // Only transient registry errors are retried.
-        let on_retry = |failure: &Failure, attempt, delay| {
+        let on_retry = |failure: &Failure, attempt, took, delay| {
             if let Failure::Oci(e) | Failure::SessionGone(e) = failure {
                 (self.progress)(PushEvent::Retrying {
                     what: format!("{what} in {}", self.name()),
                     attempt,
+                    took,
                     delay,
                     error: e.to_string(),
                 })
