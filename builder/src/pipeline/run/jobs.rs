@@ -358,13 +358,7 @@ impl Runner {
                 net.clone(),
             );
             Box::pin(async move {
-                let say = |line: String| {
-                    sink(PipelineEvent::JobLine {
-                        job: job.clone(),
-                        line,
-                        cached: false,
-                    })
-                };
+                let say = job_line(&sink, &job);
                 let mut handles = Vec::new();
                 for (svc, base, env) in resolved.iter() {
                     let line: Arc<dyn Fn(&str) + Send + Sync> = {
@@ -414,19 +408,9 @@ impl Runner {
                         say(format!("forge: service {} is ready", svc.name));
                     }
                 }
-                let (sink, job) = (sink.clone(), job.clone());
-                let stop: crate::ops::StopBeside = Box::new(move || {
-                    Box::pin(async move {
-                        let say = |line: String| {
-                            sink(PipelineEvent::JobLine {
-                                job: job.clone(),
-                                line,
-                                cached: false,
-                            })
-                        };
-                        stop_services(handles, &say).await
-                    })
-                });
+                let say = job_line(&sink, &job);
+                let stop: crate::ops::StopBeside =
+                    Box::new(move || Box::pin(async move { stop_services(handles, &say).await }));
                 Ok(stop)
             })
         });
@@ -550,6 +534,18 @@ impl Runner {
             no_cache: self.options.no_cache || !plan.cache,
             timeout: plan.timeout,
             cache: self.cache.clone(),
+        })
+    }
+}
+
+/// Says a line of forge's own in `job`'s log.
+fn job_line(sink: &super::Sink, job: &str) -> impl Fn(String) + Send + Sync + 'static {
+    let (sink, job) = (sink.clone(), job.to_string());
+    move |line: String| {
+        sink(PipelineEvent::JobLine {
+            job: job.clone(),
+            line,
+            cached: false,
         })
     }
 }
