@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use forge_snapshotter::snapshot::Snapshotter;
+
 use super::mount::Mounted;
 use super::{BuildExecutor, Built, ExecError, Layer, blocking};
 use crate::events::BuildEvent;
 use crate::fileop::{self, SourceDirs, Visible};
 use crate::graph::{FileAction, NodeRef, Vertex};
 use crate::solver::CancellationToken;
-use forge_snapshotter::snapshot::Snapshotter;
 
 impl BuildExecutor {
     pub(super) async fn exec_file(
