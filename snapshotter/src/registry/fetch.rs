@@ -8,9 +8,8 @@ use oci_client::errors::{DigestError as OciDigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 
 use super::open::{BlobStream, First};
-use super::pull::{
-    ACCEPTED_MANIFESTS, BlobKind, Ctx, Early, Failure, Follow, PullError, PullEvent,
-};
+use super::pull::{ACCEPTED_MANIFESTS, Ctx, Early, Failure, Follow};
+use super::pulled::{BlobKind, PullError, PullEvent};
 use super::{RegistryClient, oci_reference};
 use crate::reference::Reference;
 use crate::store::{Descriptor, Digest, Ingest, Store, StoreError};

@@ -13,6 +13,7 @@ mod login;
 mod mirrors;
 mod open;
 mod pull;
+mod pulled;
 mod push;
 mod raw;
 pub mod roots;
@@ -33,7 +34,7 @@ pub use follow::{FollowedBlob, LayerFollower};
 pub use growing::{FollowEnd, Reported, SentBlob};
 pub use login::LoginError;
 pub use mirrors::{Candidate, Mirrors};
-pub use pull::{BlobKind, PullError, PullEvent};
+pub use pulled::{BlobKind, PullError, PullEvent};
 pub use push::{Landing, PushBlob, PushError, PushEvent, PushImage};
 
 use crate::platform::Platform;
