@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use forge_snapshotter::mount::{Mount, OVERLAY_MAX_LOWER_LAYERS, OverlayMountError, mount_overlay};
@@ -267,50 +266,5 @@ fn a_chain_at_overlayfs_limit_mounts_and_one_layer_more_is_refused() {
 /// runs the deep-chain test there, as a rootless build's forge does.
 #[test]
 fn a_lower_chain_longer_than_a_page_mounts_rootless() {
-    if std::env::var_os("FORGE_IN_USERNS").is_some() {
-        return; // this is the inner run
-    }
-    let user = std::env::var("FORGE_TEST_USER").ok();
-    if !common::prerequisite(user.is_some(), "FORGE_TEST_USER is not set")
-        || !common::prerequisite(common::is_root(), "switching to FORGE_TEST_USER needs root")
-        || !common::prerequisite(common::have_tool("setpriv"), "setpriv(1) missing")
-        || !common::prerequisite(common::have_tool("unshare"), "unshare(1) missing")
-    {
-        return;
-    }
-    let user = user.unwrap();
-    // The build dir may be private to root: run a copy the user can reach.
-    let copy_dir = tempfile::tempdir().unwrap();
-    let exe = copy_dir.path().join("overlay-depth-test");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    let open = std::fs::Permissions::from_mode(0o755);
-    std::fs::set_permissions(copy_dir.path(), open.clone()).unwrap();
-    std::fs::set_permissions(&exe, open).unwrap();
-    let out = std::process::Command::new("setpriv")
-        .arg(format!("--reuid={user}"))
-        .arg(format!("--regid={user}"))
-        .args(["--init-groups", "unshare", "-Urm", "--"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "a_lower_chain_longer_than_a_page_mounts_under_a_long_root",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FORGE_IN_USERNS", "1")
-        .env("FORGE_E2E", "require")
-        .env("TMPDIR", "/tmp")
-        .env("HOME", "/tmp")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "rootless run failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "rootless run did not run the test:\n{stdout}"
-    );
+    common::rerun_rootless("a_lower_chain_longer_than_a_page_mounts_under_a_long_root");
 }

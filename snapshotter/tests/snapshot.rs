@@ -471,54 +471,7 @@ fn overlay_snapshot_round_trip_in_a_user_namespace() {
 /// the native overlay round trip there, as a rootless build would.
 #[test]
 fn overlay_snapshot_round_trip_rootless() {
-    if std::env::var_os("FORGE_IN_USERNS").is_some() {
-        return;
-    }
-    let user = std::env::var("FORGE_TEST_USER").ok();
-    if !common::prerequisite(user.is_some(), "FORGE_TEST_USER is not set")
-        || !common::prerequisite(common::is_root(), "switching to FORGE_TEST_USER needs root")
-        || !common::prerequisite(common::have_tool("setpriv"), "setpriv(1) missing")
-    {
-        return;
-    }
-    let user = user.unwrap();
-    // The build dir may be private to root: run a copy the user can reach.
-    let copy_dir = tempfile::tempdir().unwrap();
-    let exe = copy_dir.path().join("snapshot-test");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let open = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(copy_dir.path(), open.clone()).unwrap();
-        std::fs::set_permissions(&exe, open).unwrap();
-    }
-    let out = std::process::Command::new("setpriv")
-        .arg(format!("--reuid={user}"))
-        .arg(format!("--regid={user}"))
-        .args(["--init-groups", "unshare", "-Urm", "--"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "overlay_snapshot_round_trip",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FORGE_IN_USERNS", "1")
-        .env("FORGE_E2E", "require")
-        .env("TMPDIR", "/tmp")
-        .env("HOME", "/tmp")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "rootless run failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "rootless run did not run the test:\n{stdout}"
-    );
+    common::rerun_rootless("overlay_snapshot_round_trip");
 }
 
 /// The copy backend's diff skips reading files untouched since the copy (their ctime predates the

@@ -225,6 +225,58 @@ pub fn have_tool(name: &str) -> bool {
     forge_testsupport::on_path(name).is_some()
 }
 
+/// Runs the test `name` of this test binary again as FORGE_TEST_USER, in a user and mount namespace
+/// of its own (`unshare -Urm`), as a rootless forge runs, with FORGE_IN_USERNS set so the outer
+/// test can tell the inner run; asserts that it ran and passed. Skips (or fails under
+/// FORGE_E2E=require) without the user, root or the tools. The inner run returns at once.
+#[allow(dead_code)]
+pub fn rerun_rootless(name: &str) {
+    if std::env::var_os("FORGE_IN_USERNS").is_some() {
+        return;
+    }
+    let user = std::env::var("FORGE_TEST_USER").ok();
+    if !prerequisite(user.is_some(), "FORGE_TEST_USER is not set")
+        || !prerequisite(is_root(), "switching to FORGE_TEST_USER needs root")
+        || !prerequisite(have_tool("setpriv"), "setpriv(1) missing")
+        || !prerequisite(have_tool("unshare"), "unshare(1) missing")
+    {
+        return;
+    }
+    let user = user.unwrap();
+    // The build dir may be private to root: run a copy the user can reach.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let exe = copy_dir.path().join("rootless-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(copy_dir.path(), open.clone()).unwrap();
+        std::fs::set_permissions(&exe, open).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={user}"))
+        .arg(format!("--regid={user}"))
+        .args(["--init-groups", "unshare", "-Urm", "--"])
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("FORGE_IN_USERNS", "1")
+        .env("FORGE_E2E", "require")
+        .env("TMPDIR", "/tmp")
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "rootless run of {name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "rootless run did not run {name}:\n{stdout}"
+    );
+}
+
 /// Apply snapshotter mounts at `target` the way a runner would (tests only: the runner owns this).
 pub fn mount_all(mounts: &[forge_snapshotter::Mount], target: &Path) {
     for m in mounts {
