@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use forge_snapshotter::mount::{Mount, OVERLAY_MAX_LOWER_LAYERS, OverlayMountError, mount_overlay};
-use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, SnapshotError, Snapshotter, probe};
+use forge_snapshotter::snapshot::{AnySnapshotter, BackendKind, SnapshotError, Snapshotter};
 
 /// Unmounts (lazily) when dropped, so a failing assertion leaves no mount behind.
 struct Mounted(PathBuf);
@@ -19,20 +19,6 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
-}
-
-fn native_overlay_here() -> bool {
-    if !common::prerequisite(
-        common::is_root(),
-        "native overlay mounts need root or a user namespace",
-    ) {
-        return false;
-    }
-    let probe_dir = tempfile::tempdir().unwrap();
-    common::prerequisite(
-        probe(probe_dir.path()) == BackendKind::Overlay,
-        "overlayfs does not mount here",
-    )
 }
 
 /// A directory under `base` whose path is at least `len` bytes long (components of 60 bytes).
@@ -96,7 +82,7 @@ fn page_size() -> usize {
 /// path relies on this boundary; it mounts the longer one too.
 #[test]
 fn mount_options_stop_one_byte_short_of_a_page() {
-    if !native_overlay_here() {
+    if !common::native_overlay_here() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -152,7 +138,7 @@ fn mount_options_stop_one_byte_short_of_a_page() {
 /// on top takes writes into its own upper dir, and the test's working directory is untouched.
 #[test]
 fn a_lower_chain_longer_than_a_page_mounts_under_a_long_root() {
-    if !native_overlay_here() {
+    if !common::native_overlay_here() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -198,7 +184,7 @@ fn a_lower_chain_longer_than_a_page_mounts_under_a_long_root() {
 /// the snapshot it could not give. mount_overlay refuses such options by itself too.
 #[test]
 fn a_chain_at_overlayfs_limit_mounts_and_one_layer_more_is_refused() {
-    if !native_overlay_here() {
+    if !common::native_overlay_here() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -274,24 +274,9 @@ fn layer_names(blob: &[u8], media_type: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether native overlay mounts can be tested here (as root, on a filesystem that takes them).
-fn native_overlay_here() -> bool {
-    if !common::prerequisite(
-        common::is_root(),
-        "native overlay mounts need root or a user namespace",
-    ) {
-        return false;
-    }
-    let probe_dir = tempfile::tempdir().unwrap();
-    common::prerequisite(
-        probe(probe_dir.path()) == BackendKind::Overlay,
-        "overlayfs does not mount here",
-    )
-}
-
 #[test]
 fn overlay_snapshot_round_trip() {
-    if native_overlay_here() {
+    if common::native_overlay_here() {
         overlay_round_trip(BackendKind::Overlay);
     }
 }
@@ -301,7 +286,7 @@ fn overlay_snapshot_round_trip() {
 /// removed, which `mounts` does for an active snapshot, so a step can mount its snapshot twice.
 #[test]
 fn an_active_overlay_snapshot_mounts_again_after_a_volatile_mount() {
-    if !native_overlay_here() {
+    if !common::native_overlay_here() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

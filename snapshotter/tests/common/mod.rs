@@ -225,6 +225,23 @@ pub fn have_tool(name: &str) -> bool {
     forge_testsupport::on_path(name).is_some()
 }
 
+/// Whether native overlay mounts can be tested here (as root, on a filesystem that takes them).
+#[allow(dead_code)]
+pub fn native_overlay_here() -> bool {
+    use forge_snapshotter::snapshot::{BackendKind, probe};
+    if !prerequisite(
+        is_root(),
+        "native overlay mounts need root or a user namespace",
+    ) {
+        return false;
+    }
+    let probe_dir = tempfile::tempdir().unwrap();
+    prerequisite(
+        probe(probe_dir.path()) == BackendKind::Overlay,
+        "overlayfs does not mount here",
+    )
+}
+
 /// Runs the test `name` of this test binary again as FORGE_TEST_USER, in a user and mount namespace
 /// of its own (`unshare -Urm`), as a rootless forge runs, with FORGE_IN_USERNS set so the outer
 /// test can tell the inner run; asserts that it ran and passed. Skips (or fails under
