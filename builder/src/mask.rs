@@ -31,16 +31,17 @@ pub enum Masks {
 
 impl Masks {
     pub fn of(values: &[Vec<u8>]) -> Masks {
-        let mut masks: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut unique = std::collections::HashSet::new();
         for v in values {
             let text = String::from_utf8_lossy(v);
             for m in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
-                if m.len() >= 3 && seen.insert(m.to_string()) {
-                    masks.push(m.to_string());
+                if m.len() >= 3 && !unique.contains(m) {
+                    unique.insert(m.to_string());
                 }
             }
         }
+        // Leftmost-longest matching does not depend on the order of the masks.
+        let mut masks: Vec<String> = unique.into_iter().collect();
         if masks.is_empty() {
             return Masks::None;
         }
