@@ -141,32 +141,14 @@ pub fn extract_relative(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let staging = parent.join(format!(
-        ".forge-artifacts-{}",
-        forge_snapshotter::lock::random_hex()
-    ));
-    std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let moved = (|| {
-        let blob = store.blob_path(&layer.digest);
-        crate::fileop::archive::extract(
-            &blob,
-            &staging,
-            &staging,
-            None,
-            crate::fileop::archive::Extract::Files,
-        )
-        .map_err(|e| format!("extracting artifacts: {e}"))?;
-        let inner = staging.join(workdir.trim_start_matches('/'));
+    in_staging(store, layer, workdir, parent, |inner| {
         let _ = std::fs::remove_dir_all(dest);
         if inner.is_dir() {
-            std::fs::rename(&inner, dest).map_err(|e| format!("{}: {e}", dest.display()))
+            std::fs::rename(inner, dest).map_err(|e| format!("{}: {e}", dest.display()))
         } else {
             std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))
         }
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    moved?;
-    Ok(())
+    })
 }
 
 /// Lays the artifact layer `layer` into the directory `dest` by each entry's path relative to
@@ -178,30 +160,44 @@ pub fn lay_into(
     workdir: &str,
     dest: &Path,
 ) -> Result<(), String> {
-    let staging = dest.with_file_name(format!(
+    let beside = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    in_staging(store, layer, workdir, beside, |inner| {
+        if inner.is_dir() {
+            merge(inner, dest)
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Extracts the artifact layer `layer` into a fresh staging directory in `beside`, hands `then`
+/// its `workdir` (which may not exist), and removes the staging directory whatever happened.
+fn in_staging(
+    store: &Store,
+    layer: &Descriptor,
+    workdir: &str,
+    beside: &Path,
+    then: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let staging = beside.join(format!(
         ".forge-artifacts-{}",
         forge_snapshotter::lock::random_hex()
     ));
     std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let laid = (|| {
-        let blob = store.blob_path(&layer.digest);
-        crate::fileop::archive::extract(
-            &blob,
-            &staging,
-            &staging,
-            None,
-            crate::fileop::archive::Extract::Files,
-        )
-        .map_err(|e| format!("extracting artifacts: {e}"))?;
-        let inner = staging.join(workdir.trim_start_matches('/'));
-        if inner.is_dir() {
-            merge(&inner, dest)
-        } else {
-            Ok(())
-        }
-    })();
+    let done = crate::fileop::archive::extract(
+        &store.blob_path(&layer.digest),
+        &staging,
+        &staging,
+        None,
+        crate::fileop::archive::Extract::Files,
+    )
+    .map_err(|e| format!("extracting artifacts: {e}"))
+    .and_then(|()| then(&staging.join(workdir.trim_start_matches('/'))));
     let _ = std::fs::remove_dir_all(&staging);
-    laid
+    done
 }
 
 /// Moves every entry of `from` into `to`: directories are merged, anything else replaces.
