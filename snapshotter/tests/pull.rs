@@ -270,10 +270,17 @@ fn route(st: &mut State, method: &str, path: &str, authz: &str, addr: SocketAddr
                 *n = n.saturating_sub(1);
                 octets(b.clone(), cut)
             }
-            Plan::Status(s) => {
-                let s = *s;
-                json(s, r#"{"errors":[{"code":"DENIED","message":"no"}]}"#)
-            }
+            // The envelope Distribution sends with each status.
+            Plan::Status(s) => match *s {
+                404 => json(
+                    404,
+                    r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+                ),
+                s => json(
+                    s,
+                    r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+                ),
+            },
         };
     }
     json(404, "{}")
@@ -906,14 +913,25 @@ async fn client_errors_are_not_retried() {
         .pull(&store, &reference, &|_| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, PullError::Registry { .. }), "{err}");
-    assert!(err.to_string().contains(&fake.host()), "{err}");
+    // A 404 for a blob the manifest names: the registry lost it.
+    assert!(matches!(err, PullError::NotFound { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&fake.host()), "{err}");
+    assert!(text.contains("status 404"), "{err}");
+    assert!(text.contains(&layers[0].to_string()), "{err}");
     assert_eq!(fake.blob_gets(&layers[0]), 1);
 
-    // A missing tag is a 404 on the manifest: one request, an error naming the reference.
+    // A missing tag is a 404 on the manifest: one request, an error naming the reference and
+    // the status.
     let missing = Reference::parse(&format!("{}/forge/gone:nope", fake.host())).unwrap();
     let err = client().pull(&store, &missing, &|_| {}).await.unwrap_err();
-    assert!(err.to_string().contains("forge/gone:nope"), "{err}");
+    assert!(matches!(err, PullError::NotFound { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("forge/gone:nope"), "{err}");
+    assert!(
+        text.contains("has no manifest for") && text.contains("status 404"),
+        "{err}"
+    );
 }
 
 /// (media type, digest, size, os, architecture, variant) of each entry.

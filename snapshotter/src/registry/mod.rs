@@ -5,6 +5,7 @@
 //! Plain http is used only for loopback registries and those the caller marks insecure; everything
 //! else is https with the system roots (rustls, ring).
 
+mod answer;
 mod auth;
 mod fetch;
 mod follow;
@@ -40,6 +41,7 @@ pub use push::{Landing, PushBlob, PushError, PushEvent, PushImage};
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::retry::RetryPolicy;
+pub(crate) use answer::{answer_text, status_of};
 
 /// How the client behaves.
 #[derive(Debug, Clone)]

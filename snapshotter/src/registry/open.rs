@@ -18,7 +18,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
 
-use oci_client::errors::{OciDistributionError, OciEnvelope};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 
 use super::RegistryClient;
@@ -288,7 +288,9 @@ fn scheme(plain_http: bool) -> &'static str {
 pub(super) type BlobStream =
     futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
 
-/// What an answer other than 200 to a GET means, as oci-client reads it.
+/// What an answer other than 200 to a GET means, as oci-client reads it, except that a 4xx with
+/// an error envelope keeps its status (oci-client drops it): the body stays the message, and
+/// `answer_text` reads the envelope's codes from it.
 fn refused(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError {
     match status {
         StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
@@ -296,10 +298,6 @@ fn refused(status: StatusCode, url: String, body: &[u8]) -> OciDistributionError
             "Expected HTTP Status {}, got {s} instead",
             StatusCode::OK
         )),
-        s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(body) {
-            Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
-            Err(_) => server_error(s, url, body),
-        },
         s => server_error(s, url, body),
     }
 }

@@ -75,13 +75,7 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub(super) fn registry_error(&self, what: &str, source: OciDistributionError) -> PullError {
-        let status = match &source {
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => Some(401),
-            OciDistributionError::ServerError { code, .. } => Some(*code),
-            OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
-            _ => None,
-        };
+        let status = super::status_of(&source);
         if let Some(status @ (401 | 403)) = status {
             return PullError::Denied {
                 registry: self.reference.registry().to_string(),
@@ -92,11 +86,19 @@ impl Ctx<'_> {
                 source: Box::new(source),
             };
         }
+        if status == Some(404) {
+            return PullError::NotFound {
+                registry: self.reference.registry().to_string(),
+                reference: self.reference.to_string(),
+                what: what.to_string(),
+                answer: Box::new(source),
+            };
+        }
         PullError::Registry {
             registry: self.reference.registry().to_string(),
             reference: self.reference.to_string(),
             what: what.to_string(),
-            source: Box::new(source),
+            answer: Box::new(source),
         }
     }
 

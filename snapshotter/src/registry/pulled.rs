@@ -152,13 +152,29 @@ pub enum PullError {
         #[source]
         source: Box<OciDistributionError>,
     },
-    #[error("registry {registry}: {what} of {reference}: {source}")]
+    /// The registry answered that what was asked for is not there (a 404, or a code saying so).
+    #[error(
+        "registry {registry} has no {what} for {reference}: {}. {}",
+        super::answer_text(answer),
+        not_found_hint(what)
+    )]
+    NotFound {
+        registry: String,
+        reference: String,
+        what: String,
+        /// Said in the message (see `answer_text`), so not a separate cause.
+        answer: Box<OciDistributionError>,
+    },
+    #[error(
+        "registry {registry}: {what} of {reference}: {}",
+        super::answer_text(answer)
+    )]
     Registry {
         registry: String,
         reference: String,
         what: String,
-        #[source]
-        source: Box<OciDistributionError>,
+        /// Said in the message (see `answer_text`), so not a separate cause.
+        answer: Box<OciDistributionError>,
     },
     #[error(
         "registry {registry}: the stored login is an identity token, which forge cannot use yet; log in with a username and password or access token"
@@ -172,13 +188,23 @@ pub enum PullError {
     Task(String),
 }
 
+/// What to check when a registry has no `what`: a manifest is named by the reference, a blob by
+/// a manifest the registry gave.
+fn not_found_hint(what: &str) -> &'static str {
+    if what.contains("manifest") {
+        "Check the repository name and the tag (or digest), and that the image was pushed there"
+    } else {
+        "The registry does not hold a blob that its own manifest names"
+    }
+}
+
 impl PullError {
     /// The registry and how it could not be reached, when the pull failed for that reason.
     pub fn unreachable(&self) -> Option<(&str, super::Unreachable)> {
         match self {
             PullError::Registry {
-                registry, source, ..
-            } => super::unreachable(source).map(|u| (registry.as_str(), u)),
+                registry, answer, ..
+            } => super::unreachable(answer).map(|u| (registry.as_str(), u)),
             PullError::TimedOut { registry, .. } => {
                 Some((registry.as_str(), super::Unreachable::Connect))
             }

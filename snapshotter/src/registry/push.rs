@@ -168,14 +168,17 @@ pub enum PushError {
         #[source]
         source: Box<OciDistributionError>,
     },
-    #[error("registry {registry}: {what} in {repository} failed{}: {source}", status_text(*.status))]
+    #[error(
+        "registry {registry}: {what} in {repository} failed: {}",
+        super::answer_text(answer)
+    )]
     Registry {
         registry: String,
         repository: String,
         what: String,
         status: Option<u16>,
-        #[source]
-        source: Box<OciDistributionError>,
+        /// Said in the message (see `answer_text`), so not a separate cause.
+        answer: Box<OciDistributionError>,
     },
     #[error("{tag} pins digest {pinned}, but the manifest pushed is {actual}")]
     TagDigest {
@@ -209,12 +212,6 @@ pub enum PushError {
     Auth(#[from] AuthError),
     #[error("background task failed: {0}")]
     Task(String),
-}
-
-fn status_text(status: Option<u16>) -> String {
-    status
-        .map(|s| format!(" with status {s}"))
-        .unwrap_or_default()
 }
 
 impl RegistryClient {

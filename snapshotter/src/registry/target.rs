@@ -10,7 +10,7 @@ use oci_client::errors::OciDistributionError;
 
 use super::push::{PushBlob, PushError, PushEvent};
 use super::upload::{Piece, Session};
-use super::{BlobKind, PullError, RegistryClient, is_transient, oci_reference};
+use super::{BlobKind, PullError, RegistryClient, is_transient, oci_reference, status_of};
 use crate::reference::Reference;
 use crate::retry::{GaveUp, Transient, retry};
 use crate::store::{Descriptor, Store, StoreError};
@@ -18,16 +18,6 @@ use crate::store::{Descriptor, Store, StoreError};
 /// Bytes read from the store and sent per request: oci-client's chunk size, so each read becomes
 /// one PATCH and at most this much of a blob is in memory per upload.
 const UPLOAD_CHUNK: usize = 4 << 20;
-
-/// The HTTP status a failed request got, where oci-client kept it.
-fn status_of(e: &OciDistributionError) -> Option<u16> {
-    match e {
-        OciDistributionError::ServerError { code, .. } => Some(*code),
-        OciDistributionError::UnauthorizedError { .. } => Some(401),
-        OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
-        _ => None,
-    }
-}
 
 /// How one failed try should be handled.
 enum Failure {
@@ -103,7 +93,7 @@ impl Target<'_> {
                 repository: self.repository.clone(),
                 what: what.to_string(),
                 status,
-                source: Box::new(e),
+                answer: Box::new(e),
             },
         }
     }
