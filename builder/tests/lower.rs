@@ -4,6 +4,7 @@ mod instructions_ast;
 
 use std::collections::BTreeMap;
 
+use forge_builder::frontend::dockerfile::ast::Span;
 use forge_builder::frontend::dockerfile::lower::{
     ImageResolver, LowerErrorKind, LowerOptions, Lowered, lower,
 };
@@ -427,7 +428,7 @@ fn onbuild_of_a_base_stage_runs_in_the_child() {
 struct Resolver;
 
 impl ImageResolver for Resolver {
-    fn resolve(&self, reference: &str, _: &Platform) -> Option<ImageConfig> {
+    fn resolve(&self, reference: &str, _: &Platform, _: Span) -> Option<ImageConfig> {
         (reference == "onbuild-base").then(|| ImageConfig {
             env: vec!["PATH=/custom/bin".into(), "LANG=C".into()],
             working_dir: "/app".into(),

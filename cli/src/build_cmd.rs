@@ -572,7 +572,16 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
             error.hint.as_deref(),
         );
     }
-    let mut message = format!("error: {}", chain(e));
+    let mut message = match e {
+        // A base image that could not be pulled, shown at its FROM line.
+        BuildError::At {
+            file,
+            text,
+            span,
+            error,
+        } if !file.is_empty() => render(file, text, Some(*span), &chain(error.as_ref()), None),
+        _ => format!("error: {}", chain(e)),
+    };
     if disk_full(e) {
         message.push_str(
             "\nhint: the disk holding forge's store is full; what was built and cached before is \

@@ -1057,6 +1057,17 @@ fn unreachable_base_registries_say_what_to_do_and_nxdomain_is_not_retried() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("manifest unknown"), "{out}");
     assert!(!out.contains("retrying"), "a 404 was tried again:\n{out}");
+    // The error names the FROM line, the registry, the reference and the status, in words
+    // rather than the client library's.
+    assert!(
+        out.contains("Dockerfile:1:1: base image ")
+            && out.contains(&format!(
+                "registry {registry} has no manifest for {registry}/forge-test/no-such-image:1: status 404 from "
+            ))
+            && out.contains("MANIFEST_UNKNOWN"),
+        "{out}"
+    );
+    assert!(!out.contains("OCI API error"), "{out}");
 }
 
 /// A registry that hands out bearer tokens (as Docker Hub does): `/v2/` answers 401 with a Bearer

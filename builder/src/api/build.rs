@@ -729,12 +729,19 @@ async fn unless_cancelled<T>(
     }
 }
 
-/// A lowering error gets the file's name and text, so the caller can show the line.
+/// A lowering error (or one at a FROM line) gets the file's name and text, so the caller can show
+/// the line.
 fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
     match e {
         BuildError::Lower { error, .. } => BuildError::Lower {
             file: name.to_string(),
             text: text.clone(),
+            error,
+        },
+        BuildError::At { span, error, .. } => BuildError::At {
+            file: name.to_string(),
+            text: text.clone(),
+            span,
             error,
         },
         other => other,

@@ -36,6 +36,7 @@ pub use solve::{SolveSettings, solve};
 pub use stream::{StreamContext, is_url};
 
 use crate::export::ExportError;
+use crate::frontend::dockerfile::ast::Span;
 use crate::frontend::dockerfile::lower::LowerError;
 use crate::frontend::dockerfile::parser::ParseError;
 use crate::ops::{Built, ExecError};
@@ -56,6 +57,17 @@ pub enum BuildError {
         text: std::sync::Arc<str>,
         #[source]
         error: LowerError,
+    },
+    /// An error about a place in the Dockerfile found after the lowering's checks: a base image
+    /// that could not be pulled or read, at the line that names it. `file` and `text` as for
+    /// `Lower`.
+    #[error("{}{error}", if file.is_empty() { String::new() } else { format!("{file}:{}:{}: ", span.start.line, span.start.column) })]
+    At {
+        file: String,
+        text: std::sync::Arc<str>,
+        span: Span,
+        #[source]
+        error: Box<BuildError>,
     },
     #[error("base image {reference}: {source}")]
     Pull {

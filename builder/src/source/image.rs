@@ -1,7 +1,7 @@
 //! Base images: the images a Dockerfile builds FROM (or copies and mounts from), pulled into the
 //! store before the solve, with their configs handed to the lowering (ONBUILD triggers, ENV, ...).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use forge_snapshotter::reference::Reference;
@@ -12,7 +12,7 @@ use oci_spec::image::Digest;
 use crate::api::BuildError;
 use crate::events::{BuildEvent, Events};
 use crate::export::config;
-use crate::frontend::dockerfile::ast::Dockerfile;
+use crate::frontend::dockerfile::ast::{Dockerfile, Pos, Span};
 use crate::frontend::dockerfile::lower::{ImageResolver, LowerOptions, Lowered, lower};
 use crate::graph::{ImageConfig, Platform};
 use crate::ops::Layer;
@@ -59,7 +59,8 @@ impl BaseImage {
 pub struct BaseImages {
     pub images: HashMap<String, BaseImage>,
     configs: HashMap<String, ImageConfig>,
-    missing: Mutex<BTreeSet<String>>,
+    /// Asked for and not resolved yet, with the first FROM that names each.
+    missing: Mutex<BTreeMap<String, Span>>,
 }
 
 impl BaseImages {
@@ -71,14 +72,15 @@ impl BaseImages {
 }
 
 impl ImageResolver for BaseImages {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Option<ImageConfig> {
+    fn resolve(&self, reference: &str, _platform: &Platform, at: Span) -> Option<ImageConfig> {
         match self.configs.get(reference) {
             Some(c) => Some(c.clone()),
             None => {
                 self.missing
                     .lock()
                     .expect("not poisoned")
-                    .insert(reference.to_string());
+                    .entry(reference.to_string())
+                    .or_insert(at);
                 None
             }
         }
@@ -217,10 +219,16 @@ pub async fn pull_base(
                 Some(rec)
                     if !refused && policy == PullPolicy::Missing && store.holds_whole(&rec) =>
                 {
+                    // A registry that no longer has the image answered; one that could not be
+                    // asked did not: the warning says which, with the error.
+                    let why =
+                        if matches!(e, forge_snapshotter::registry::PullError::NotFound { .. }) {
+                            "the registry no longer has"
+                        } else {
+                            "could not reach the registry for"
+                        };
                     events.emit(BuildEvent::Warning {
-                        message: format!(
-                            "could not reach the registry for {reference} ({e}); using the copy in the store"
-                        ),
+                        message: format!("{why} {reference} ({e}); using the copy in the store"),
                     });
                     rec
                 }
@@ -307,14 +315,22 @@ pub async fn lower_with_images(
                 error,
             })?
         };
-        // Image sources in the graph (COPY --from=image, mounts) need the images too.
-        let mut wanted: BTreeSet<String> =
-            std::mem::take(&mut *table.missing.lock().expect("not poisoned"));
+        // Image sources in the graph (COPY --from=image, mounts) need the images too; they are
+        // placed at their instruction's line.
+        let mut wanted: BTreeMap<String, Option<Span>> =
+            std::mem::take(&mut *table.missing.lock().expect("not poisoned"))
+                .into_iter()
+                .map(|(reference, at)| (reference, Some(at)))
+                .collect();
         for v in &lowered.graph.vertices {
             if let crate::graph::Op::Source(crate::graph::SourceOp::Image { reference, .. }) = &v.op
                 && !table.images.contains_key(reference)
             {
-                wanted.insert(reference.clone());
+                let at = v.line.map(|line| {
+                    let start = Pos { line, column: 1 };
+                    Span { start, end: start }
+                });
+                wanted.entry(reference.clone()).or_insert(at);
             }
         }
         if wanted.is_empty() {
@@ -323,20 +339,32 @@ pub async fn lower_with_images(
         // Owned names in owned futures: a closure handing out borrows of the set would make the
         // future non-Send for the compiler (higher-ranked lifetimes), and a server spawns builds.
         let pulls: Vec<_> = wanted
-            .iter()
+            .keys()
             .cloned()
             .map(|r| async move {
                 pull_base(store, registry, events, &r, policy, fetch, unpack_into).await
             })
             .collect();
         let pulled = futures::future::join_all(pulls).await;
-        for (reference, base) in wanted.into_iter().zip(pulled) {
-            let base = base?;
+        for ((reference, at), base) in wanted.into_iter().zip(pulled) {
+            // The caller fills in the file's name and text, as for a lowering error.
+            let placed = |error: BuildError| match at {
+                Some(span) => BuildError::At {
+                    file: String::new(),
+                    text: std::sync::Arc::from(""),
+                    span,
+                    error: Box::new(error),
+                },
+                None => error,
+            };
+            let base = base.map_err(placed)?;
             let config = config::read_base_config(&base.config_json)
                 .map(|b| b.config)
-                .map_err(|e| BuildError::BaseImage {
-                    reference: reference.clone(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    placed(BuildError::BaseImage {
+                        reference: reference.clone(),
+                        reason: e.to_string(),
+                    })
                 })?;
             table.configs.insert(reference.clone(), config);
             table.images.insert(reference, base);

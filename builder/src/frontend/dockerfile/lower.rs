@@ -21,7 +21,8 @@ use crate::slashpath::{clean_path, join_root};
 /// Gives a base image's config (env, user, workdir, ONBUILD triggers...). Without one (dry runs),
 /// base images are taken as having an empty config.
 pub trait ImageResolver: Send + Sync {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Option<ImageConfig>;
+    /// `at` is the FROM instruction that names the image, for the caller's messages.
+    fn resolve(&self, reference: &str, platform: &Platform, at: Span) -> Option<ImageConfig>;
 }
 
 /// What the caller decides about a build.
@@ -533,7 +534,10 @@ pub fn lower_typed(
                 .platform
                 .clone()
                 .unwrap_or(opts.target_platform.clone());
-            let Some(config) = opts.resolver.and_then(|r| r.resolve(&reference, &platform)) else {
+            let Some(config) = opts
+                .resolver
+                .and_then(|r| r.resolve(&reference, &platform, plans[i].span))
+            else {
                 continue;
             };
             let mut triggers = Vec::new();
