@@ -1173,6 +1173,39 @@ fn login_asks_a_token_registrys_realm() {
         asked[1].contains("account=forge") && asked[1].contains("service=forge-test"),
         "{asked:?}"
     );
+
+    // A 401 without a challenge (a proxy that drops WWW-Authenticate, or no registry at all) is
+    // said as such, and nothing is stored.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bare = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let o = forge_logged(
+        &docker,
+        None,
+        &["login", &bare, "-u", "forge", "--password-stdin"],
+        "right-password\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(
+        printed(&o).contains(&format!(
+            "{bare} answered status 401 from http://{bare}/v2/ without a WWW-Authenticate challenge"
+        )),
+        "{}",
+        printed(&o)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(docker.join("config.json")).unwrap()).unwrap();
+    assert!(doc["auths"].get(&bare).is_none(), "{doc}");
 }
 
 /// `-o type=registry,name=NAME` (buildx's form) names and pushes the image without `-t`; a

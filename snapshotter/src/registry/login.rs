@@ -33,6 +33,12 @@ pub enum LoginError {
     },
     #[error("{registry} asks for an authentication forge does not speak: {challenge:?}")]
     Challenge { registry: String, challenge: String },
+    /// A 401 with no `WWW-Authenticate` header: the registry does not say how to log in, as the
+    /// distribution spec says it must (docker fails here too).
+    #[error(
+        "{registry} answered status 401 from {url} without a WWW-Authenticate challenge, so it does not say how to log in; is {url} a registry's API (a proxy in front of it may drop the header)?"
+    )]
+    NoChallenge { registry: String, url: String },
     #[error("cannot reach {registry} at {url}: {detail}")]
     Unreachable {
         registry: String,
@@ -129,6 +135,12 @@ impl RegistryClient {
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        if header.trim().is_empty() {
+            return Err(LoginError::NoChallenge {
+                registry: registry.to_string(),
+                url,
+            });
+        }
         let challenge = parse_challenge(&header);
         let (asked, answer) = match challenge.scheme.as_str() {
             "basic" => {
