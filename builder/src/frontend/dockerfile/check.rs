@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::ast::{Dockerfile, Node, Span};
 use super::instructions::{Instruction, InstructionError, parse_node};
-use super::shell::Lexer;
+use super::shell::{Env, Lexer};
 use crate::frontend::suggest::suggest;
 
 /// One build check: BuildKit's rule name, what it is about, and the slug of its documentation page.
@@ -530,6 +530,21 @@ fn stage_checks(
     }
 }
 
+/// The names a stage has defined, as an environment for the lexer: only which names it leaves
+/// unmatched matters, so each value is a placeholder. (A map of them made per instruction made a
+/// Dockerfile of many ENV lines quadratic.)
+struct Defined<'a>(&'a BTreeSet<String>);
+
+impl Env for Defined<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.contains(key).then(|| "x".to_string())
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
 /// `UndefinedVar`: each variable `words` use that the stage has not defined, once per instruction.
 fn undefined_vars(
     node: &Node,
@@ -541,7 +556,7 @@ fn undefined_vars(
     let Some(defined) = &stage.defined else {
         return;
     };
-    let env: HashMap<String, String> = defined.iter().map(|k| (k.clone(), "x".into())).collect();
+    let env = Defined(defined);
     let mut reported = BTreeSet::new();
     for word in words.iter().filter(|w| w.contains('$')) {
         let Ok(expanded) = lexer.process(word, &env) else {

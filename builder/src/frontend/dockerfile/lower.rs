@@ -2,7 +2,7 @@
 //! scoping, stage references (`FROM <stage>`, `COPY --from`, `RUN --mount from=`), target pruning and
 //! ONBUILD triggers (follows `dockerfile2llb/convert.go`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::ast::{Dockerfile, Span};
 use super::instructions::{
@@ -185,17 +185,34 @@ fn builtin_frontend(value: &str) -> bool {
 /// ([`crate::graph::PROXY_ARGS`]).
 const BUILTIN_ARGS: &[&str] = &["BUILDKIT_SYNTAX", "SOURCE_DATE_EPOCH"];
 
-/// An ordered environment where setting a key moves it to the end (LLB's `AddOrReplace`).
+/// An ordered environment where setting a key moves it to the end (LLB's `AddOrReplace`), with
+/// its names in a set, so that setting a new name (a Dockerfile of many ENV lines) does not
+/// search the list.
 #[derive(Debug, Clone, Default)]
-struct EnvList(Vec<(String, String)>);
+struct EnvList(Vec<(String, String)>, HashSet<String>);
 
 impl EnvList {
+    /// Sets `k` to `v`, moving it last (BuildKit's `AddOrReplace`). Names are unique in the
+    /// list, so the search stops at the first.
     fn set(&mut self, k: &str, v: &str) {
-        self.0.retain(|(key, _)| key != k);
+        if self.1.contains(k) {
+            if let Some(i) = self.0.iter().position(|(key, _)| key == k) {
+                self.0.remove(i);
+            }
+        } else {
+            self.1.insert(k.to_string());
+        }
         self.0.push((k.to_string(), v.to_string()));
     }
 
+    fn contains(&self, k: &str) -> bool {
+        self.1.contains(k)
+    }
+
     fn get(&self, k: &str) -> Option<&str> {
+        if !self.contains(k) {
+            return None;
+        }
         self.0
             .iter()
             .find(|(key, _)| key == k)
@@ -973,13 +990,21 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     .collect::<Result<_, LowerError>>()?;
                 for (k, v) in expanded {
                     msg.push_str(&format!(" {k}={v}"));
+                    // The image's names are among the stage's (which has its ARGs too): a name
+                    // new to the stage is new to the image, and is added without a search.
+                    let known = st.env.contains(&k);
                     st.env.set(&k, &v);
-                    match st
-                        .image
-                        .env
-                        .iter_mut()
-                        .find(|e| e.split_once('=').map_or(e.as_str(), |p| p.0) == k)
-                    {
+                    // `k=...` (or a bare `k`), tested without searching each entry for its `=`.
+                    let names = |e: &String| {
+                        e.strip_prefix(k.as_str())
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+                    };
+                    let slot = if known {
+                        st.image.env.iter_mut().find(|e| names(e))
+                    } else {
+                        None
+                    };
+                    match slot {
                         Some(e) => *e = format!("{k}={v}"),
                         None => st.image.env.push(format!("{k}={v}")),
                     }
