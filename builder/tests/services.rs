@@ -12,7 +12,7 @@ use std::time::Duration;
 use forge_builder::api::{RunnerChoice, ServiceSpec, Session, SessionOptions};
 use forge_builder::events::{BuildId, Events};
 use forge_builder::source::{BaseImage, pull_base};
-use forge_runner::SharedNetwork;
+use forge_runner::{CancellationToken, SharedNetwork};
 use forge_snapshotter::snapshot::{Kind, Snapshotter};
 
 const PORT: u16 = 7000;
@@ -125,6 +125,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
                     &probe,
                     Duration::from_secs(30),
                     Duration::from_millis(200),
+                    &CancellationToken::new(),
                 )
                 .await
         }
@@ -146,6 +147,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
             &fetches("pong-a"),
             Duration::from_secs(1),
             Duration::from_millis(300),
+            &CancellationToken::new(),
         )
         .await;
     assert!(crossed.is_err(), "a step in b's network got a's page");
@@ -158,6 +160,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
             &format!("echo probing; wget -Y off -q -O- http://127.0.0.1:{PORT}/"),
             Duration::from_millis(800),
             Duration::from_millis(200),
+            &CancellationToken::new(),
         )
         .await
         .expect_err("nothing listens in an empty network");
@@ -169,8 +172,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
             &net_a,
             "test \"$HTTP_PROXY\" = http://127.0.0.1:3128 && test \"$no_proxy\" = localhost,127.0.0.1,::1",
             Duration::from_secs(5),
-            Duration::from_millis(200),
-        )
+            Duration::from_millis(200), &CancellationToken::new())
         .await
     .expect("the proxy variables are set");
 

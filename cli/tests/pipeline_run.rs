@@ -460,6 +460,108 @@ fn ctrl_c_during_a_job_with_a_service_stops_both_and_leaves_nothing_behind() {
     assert!(printed(&h).contains("cancelled"), "{}", printed(&h));
 }
 
+/// A service's readiness wait ends when the run is cancelled, and at the job's `timeout`, not
+/// at the probe's own (ten minutes here): Ctrl-C while `ready` fails every second cancels the run
+/// at once and stops the service; a job whose `timeout` comes first fails as timed out. A
+/// watchdog kills forge after two minutes, so a wait that ignores both fails the test instead of
+/// hanging it.
+#[test]
+fn ctrl_c_and_a_jobs_timeout_end_a_service_readiness_wait() {
+    use std::io::BufRead;
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-ready-cancel");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(dir.join("app/Dockerfile"), format!("FROM {}\n", m.busybox)).unwrap();
+    let marker = format!("3{}", std::process::id() % 100_000 + 100_000);
+    let pipeline = |timeout: &str| {
+        format!(
+            "images:\n  app:\n    context: app\njobs:\n  waits:\n    image: app\n{timeout}    services:\n      - name: sidecar\n        image: app\n        command: [\"sleep\", \"5{marker}\"]\n        ready:\n          command: \"false\"\n          timeout: 10m\n          interval: 1s\n    script: [\"true\"]\n"
+        )
+    };
+    let watched = |child: &std::process::Child| {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        });
+    };
+
+    fs::write(dir.join("forge.yaml"), pipeline("")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--root"])
+        .arg(&root)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    watched(&child);
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for line in (&mut reader).lines() {
+        let line = line.unwrap();
+        let waiting = line.contains("forge: waiting for service sidecar");
+        seen.push(line);
+        if waiting {
+            break;
+        }
+    }
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("waiting for service sidecar")),
+        "{seen:?}"
+    );
+    // A probe or two have failed by now.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    rest.push_str(&printed(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "killed by the watchdog?\n{rest}"
+    );
+    assert!(rest.contains("run 1 cancelled"), "{rest}");
+    assert!(!rest.contains("is not ready"), "{rest}");
+    assert_eq!(
+        processes_with(&format!("sleep 5{marker}")),
+        Vec::<String>::new(),
+        "the service is left running"
+    );
+
+    fs::write(dir.join("forge.yaml"), pipeline("    timeout: 3s\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--root"])
+        .arg(&root)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    watched(&child);
+    let out = child.wait_with_output().unwrap();
+    let text = printed(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "killed by the watchdog?\n{text}"
+    );
+    assert!(text.contains("timed out after 3s"), "{text}");
+    assert_eq!(
+        processes_with(&format!("sleep 5{marker}")),
+        Vec::<String>::new(),
+        "the service is left running"
+    );
+}
+
 /// The rest of the file's semantics in one workspace: a build fed by a job's artifacts
 /// (`artifacts-from`), `retry`, `allow_failure`, `when: on_failure` and `always`, a job's
 /// `timeout`, `forge run JOB` (that job and what it needs), `--metadata-file` and the image

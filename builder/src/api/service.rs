@@ -19,6 +19,7 @@ use super::{BuildError, Session, close_runner};
 use crate::export::config::config_from_json;
 use crate::graph::ImageConfig;
 use crate::ops::{ExecError, ensure_snapshot_in};
+use crate::solver::SolveError;
 use crate::source::image::BaseImage;
 
 /// Docker's default `PATH`, for an image whose config sets none.
@@ -297,13 +298,14 @@ impl Session {
         command: &str,
         timeout: Duration,
         interval: Duration,
+        cancel: &CancellationToken,
     ) -> Result<(), BuildError> {
         let config = image_config(image)?;
         let deadline = Instant::now() + timeout;
         let runner = self.runner().await?;
         let result = self
             .probe_until(
-                &runner, image, &config, network, command, deadline, interval,
+                &runner, image, &config, network, command, deadline, interval, cancel,
             )
             .await;
         close_runner(runner).await;
@@ -320,9 +322,13 @@ impl Session {
         command: &str,
         deadline: Instant,
         interval: Duration,
+        cancelled: &CancellationToken,
     ) -> Result<(), BuildError> {
         let mut attempts = 0u32;
         loop {
+            if cancelled.is_cancelled() {
+                return Err(BuildError::Solve(SolveError::Cancelled));
+            }
             attempts += 1;
             let (snapshot, rootfs) = self.scratch_rootfs(image, "probe").await?;
             let step = Self::service_step(
@@ -333,9 +339,9 @@ impl Session {
                 network,
                 rootfs,
             );
-            // The probe is killed at the deadline, through the runner's own cancellation so that
-            // it leaves no container behind.
-            let cancel = CancellationToken::new();
+            // The probe is killed at the deadline, or when the caller is cancelled, through the
+            // runner's own cancellation so that it leaves no container behind.
+            let cancel = cancelled.child_token();
             let _stop = cancel.clone().drop_guard();
             let timer = {
                 let cancel = cancel.clone();
@@ -353,6 +359,9 @@ impl Session {
                 Ok(o) if o.success() => return Ok(()),
                 Ok(o) if o.tail.is_empty() => format!("exit code {}", o.exit_code),
                 Ok(o) => format!("exit code {}: {}", o.exit_code, o.tail.join("\n")),
+                Err(RunError::Cancelled) if cancelled.is_cancelled() => {
+                    return Err(BuildError::Solve(SolveError::Cancelled));
+                }
                 Err(RunError::Cancelled) => "the probe was still running".into(),
                 Err(e) => return Err(ExecError::from(e).into()),
             };
@@ -362,7 +371,10 @@ impl Session {
                     "not ready after {attempts} probe(s) of {command:?}: last, {last}"
                 )));
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = cancelled.cancelled() => return Err(BuildError::Solve(SolveError::Cancelled)),
+                () = tokio::time::sleep(interval) => {}
+            }
         }
     }
 }

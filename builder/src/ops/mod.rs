@@ -149,9 +149,16 @@ impl Built {
     }
 }
 
-/// Starts what runs beside a step; the closure it returns stops it.
-pub type BesideStep =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<StopBeside, String>> + Send + Sync>;
+/// Starts what runs beside a step; the closure it returns stops it. It is handed the step's
+/// cancellation: a cancelled run, or the job's timeout, ends a start that is still waiting (for a
+/// service to be ready), and what it started is stopped.
+pub type BesideStep = Arc<
+    dyn Fn(
+            tokio_util::sync::CancellationToken,
+        ) -> futures::future::BoxFuture<'static, Result<StopBeside, String>>
+        + Send
+        + Sync,
+>;
 /// Stops what [`BesideStep`] started, and waits until it is gone.
 pub type StopBeside = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 

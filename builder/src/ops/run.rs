@@ -366,12 +366,17 @@ impl BuildExecutor {
         // What must run beside the step (a job's services) starts now that the step really
         // runs (not when its result comes from the cache), and stops when it ends.
         let beside = match &self.cfg.beside_step {
-            Some(start) => match start().await {
+            Some(start) => match start(cancel.clone()).await {
                 Ok(stop) => Some(stop),
                 Err(e) => {
                     drop(sink);
                     cleanup(held, &scratch_keys);
                     let _ = self.cfg.snapshots.remove(&key);
+                    // A start the run's cancellation (or the job's timeout) ended is that, not
+                    // a service's failure.
+                    if cancel.is_cancelled() {
+                        return Err(ExecError::Cancelled);
+                    }
                     return Err(ExecError::Unsupported(e));
                 }
             },

@@ -349,7 +349,7 @@ impl Runner {
         let sink = self.sink.clone();
         let job = plan.name.clone();
         let net = network.clone();
-        let start: crate::ops::BesideStep = Arc::new(move || {
+        let start: crate::ops::BesideStep = Arc::new(move |cancel| {
             let (resolved, session, sink, job, net) = (
                 resolved.clone(),
                 session.clone(),
@@ -395,7 +395,7 @@ impl Runner {
                             svc.name, r.command
                         ));
                         if let Err(e) = session
-                            .wait_ready(base, &net, &r.command, r.timeout, r.interval)
+                            .wait_ready(base, &net, &r.command, r.timeout, r.interval, &cancel)
                             .await
                         {
                             stop_services(handles, &say).await;
