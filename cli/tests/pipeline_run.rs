@@ -460,6 +460,52 @@ fn ctrl_c_during_a_job_with_a_service_stops_both_and_leaves_nothing_behind() {
     assert!(printed(&h).contains("cancelled"), "{}", printed(&h));
 }
 
+/// The default artifacts directory (`forge-artifacts/`, in the directory forge runs in) inside an
+/// image's context (`context: .`) is not part of the context: a job whose artifact differs on
+/// every run does not make the next run rebuild the image and rerun the job, and the image does
+/// not carry the last run's artifacts.
+#[test]
+fn the_artifacts_directory_inside_a_context_is_left_out_of_it() {
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-artdir-in-context");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {}\nCOPY . /src\n", m.busybox),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        "images:\n  app:\n    context: .\njobs:\n  stamp:\n    image: app\n    script:\n      - test ! -e /src/forge-artifacts\n      - cat /proc/sys/kernel/random/uuid > stamp.txt\n    artifacts:\n      paths: [stamp.txt]\n",
+    )
+    .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["run", "--root"])
+            .arg(&root)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", printed(&first));
+    let stamp = fs::read_to_string(dir.join("forge-artifacts/stamp/stamp.txt")).unwrap();
+    assert!(!stamp.trim().is_empty());
+    let second = run();
+    let out = printed(&second);
+    assert!(second.status.success(), "{out}");
+    assert!(
+        out.contains("(0 steps run,"),
+        "the image was rebuilt:\n{out}"
+    );
+    assert!(
+        out.contains("jobs 0 ran, 1 cached"),
+        "the job ran again:\n{out}"
+    );
+}
+
 /// A service's readiness wait ends when the run is cancelled, and at the job's `timeout`, not
 /// at the probe's own (ten minutes here): Ctrl-C while `ready` fails every second cancels the run
 /// at once and stops the service; a job whose `timeout` comes first fails as timed out. A

@@ -161,10 +161,12 @@ impl Session {
         let df_path = request
             .dockerfile_path()
             .unwrap_or_else(|| request.context.join("Dockerfile"));
-        let ignore_patterns = match dockerignore::find_ignore_file(&request.context, &df_path) {
+        let mut ignore_patterns = match dockerignore::find_ignore_file(&request.context, &df_path) {
             None => Vec::new(),
             Some(p) => super::prepare::read_ignore(&p)?,
         };
+        // Last, so that no `!` line of the file brings them back.
+        ignore_patterns.extend(request.context_excludes.iter().map(|p| literal_pattern(p)));
         // The context walk (memoised) starts first: on a rebuild that changes nothing it is most
         // of the build, and everything else until the solve (the store session, the scratch
         // space, base images resolving) runs beside it.
@@ -729,6 +731,19 @@ async fn unless_cancelled<T>(
     }
 }
 
+/// A `.dockerignore` pattern that matches `path` and nothing else: the pattern syntax's special
+/// characters escaped (patterns are relative to the context's root, as `read_ignore` leaves them).
+fn literal_pattern(path: &str) -> String {
+    let mut out = String::new();
+    for c in path.trim_start_matches('/').chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A lowering error (or one at a FROM line) gets the file's name and text, so the caller can show
 /// the line.
 fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
@@ -745,5 +760,23 @@ fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
             error,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_pattern;
+    use crate::frontend::dockerignore::Dockerignore;
+
+    #[test]
+    fn an_excluded_path_matches_itself_and_nothing_else() {
+        let ignore =
+            Dockerignore::from_patterns([literal_pattern("out/a*b[1]?"), literal_pattern("arts")])
+                .unwrap();
+        assert!(ignore.matches("out/a*b[1]?"));
+        assert!(ignore.matches("arts"));
+        assert!(!ignore.matches("out/axxb1z"));
+        assert!(!ignore.matches("out/ab1x"));
+        assert!(!ignore.matches("artsy"));
     }
 }

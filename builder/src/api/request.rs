@@ -78,6 +78,10 @@ pub struct BuildRequest {
     pub metadata_file: Option<PathBuf>,
     /// The image ID written here after the build.
     pub iidfile: Option<PathBuf>,
+    /// Paths of the context (relative, `/`-separated, taken literally) left out of it as if
+    /// `.dockerignore` named them: what forge itself writes there, such as a pipeline's
+    /// artifacts directory, which would otherwise change the context on every run.
+    pub context_excludes: Vec<String>,
 }
 
 impl BuildRequest {
@@ -109,6 +113,7 @@ impl BuildRequest {
             jobs: None,
             metadata_file: None,
             iidfile: None,
+            context_excludes: Vec::new(),
             pull: crate::source::PullPolicy::default(),
         }
     }
