@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::job::{self, JobImage, JobSpec};
 use super::{
-    End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, env_name, job_dir_name,
-    read_junit, retry_reason, stop_services,
+    End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
+    env_name, read_junit, retry_reason, stop_services,
 };
 use crate::events::Events;
 use crate::export::config;
@@ -124,7 +124,10 @@ impl Runner {
             };
             let workdir = spec.image.config.working_dir.clone();
             let store = self.session.store().clone();
-            let dest = self.options.artifacts_dir.join(job_dir_name(name));
+            let dest = self.options.artifacts_dir.join(artifacts_dir_name(
+                name,
+                self.plan.jobs.iter().map(|j| j.name.as_str()),
+            ));
             let paths: Vec<String> = a
                 .paths
                 .iter()

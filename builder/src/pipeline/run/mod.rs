@@ -156,6 +156,22 @@ pub fn job_dir_name(job: &str) -> String {
     if t.is_empty() { "job".into() } else { t.into() }
 }
 
+/// The directory a job's artifacts go under, among `all` the plan's jobs: [`job_dir_name`], and
+/// where that is another job's too (matrix cells whose values differ only in punctuation, or a
+/// job named like a cell) a short digest of the whole name after it, so that no job's artifacts
+/// overwrite another's. A job whose name is its directory name already keeps it.
+pub fn artifacts_dir_name<'a>(job: &str, all: impl IntoIterator<Item = &'a str>) -> String {
+    let mine = job_dir_name(job);
+    let clash = all
+        .into_iter()
+        .any(|other| other != job && job_dir_name(other) == mine);
+    if !clash || mine == job {
+        return mine;
+    }
+    let digest = blake3::hash(job.as_bytes()).to_hex();
+    format!("{mine}-{}", &digest[..8])
+}
+
 /// `FORGE_IMAGE_<NAME>_...`: the name upper-cased, other characters `_`.
 fn env_name(image: &str) -> String {
     image
@@ -677,4 +693,42 @@ fn read_junit(
         sum.merge(s);
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{artifacts_dir_name, job_dir_name};
+
+    #[test]
+    fn jobs_whose_names_clean_up_alike_get_their_own_artifacts_directories() {
+        let all = [
+            "build: [linux/amd64]",
+            "build: [linux amd64]",
+            "build-linux-amd64",
+            "unit",
+        ];
+        let dirs: Vec<String> = all
+            .iter()
+            .map(|j| artifacts_dir_name(j, all.iter().copied()))
+            .collect();
+        // The job named like the cleaned-up cells keeps its name; the cells get a digest each.
+        assert_eq!(dirs[2], "build-linux-amd64");
+        assert_eq!(dirs[3], "unit");
+        assert!(
+            dirs[0].starts_with("build-linux-amd64-") && dirs[0].len() == 26,
+            "{dirs:?}"
+        );
+        assert!(
+            dirs[1].starts_with("build-linux-amd64-") && dirs[1].len() == 26,
+            "{dirs:?}"
+        );
+        let unique: std::collections::BTreeSet<&String> = dirs.iter().collect();
+        assert_eq!(unique.len(), dirs.len(), "{dirs:?}");
+        // Without a clash, the cleaned-up name as before.
+        assert_eq!(
+            artifacts_dir_name("unit: [1, p]", ["unit: [1, p]", "lint"]),
+            job_dir_name("unit: [1, p]")
+        );
+        assert_eq!(job_dir_name("unit: [1, p]"), "unit-1-p");
+    }
 }
