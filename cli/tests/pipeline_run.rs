@@ -506,6 +506,57 @@ fn the_artifacts_directory_inside_a_context_is_left_out_of_it() {
     );
 }
 
+/// A JUnit report cut short (a test runner killed mid-write) and an artifacts directory that
+/// cannot be written do not take a job's artifacts from the jobs that need it: they are said
+/// with the job's result, and the next job gets its files.
+#[test]
+fn a_broken_report_or_host_copy_keeps_the_artifacts_for_later_jobs() {
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-artifacts-kept");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(dir.join("app/Dockerfile"), format!("FROM {}\n", m.busybox)).unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        "images:\n  app: {context: app}\njobs:\n  build:\n    image: app\n    script:\n      - echo the-binary > out.txt\n      - echo '<testsuite><testcase name=\"a\">' > report.xml\n    artifacts:\n      paths: [out.txt]\n      reports:\n        junit: report.xml\n  deploy:\n    image: app\n    needs: [build]\n    script: [cat out.txt]\n",
+    )
+    .unwrap();
+    // A file where the artifacts directory should be: nothing can be copied out under it.
+    fs::write(dir.join("blocked"), "not a directory").unwrap();
+    for (args, copied) in [
+        (&[][..], true),
+        (&["--artifacts-dir", "blocked"][..], false),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["run", "--no-cache", "--root"])
+            .arg(&root)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let text = printed(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("[deploy] the-binary"), "{text}");
+        assert!(
+            text.contains("job build: passed") && text.contains("artifacts: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("report.xml"),
+            "the report's error is not said:\n{text}"
+        );
+        if copied {
+            assert_eq!(
+                fs::read_to_string(dir.join("forge-artifacts/build/out.txt")).unwrap(),
+                "the-binary\n"
+            );
+        } else {
+            assert!(text.contains("not copied out"), "{text}");
+        }
+    }
+}
+
 /// A service's readiness wait ends when the run is cancelled, and at the job's `timeout`, not
 /// at the probe's own (ten minutes here): Ctrl-C while `ready` fails every second cancels the run
 /// at once and stops the service; a job whose `timeout` comes first fails as timed out. A

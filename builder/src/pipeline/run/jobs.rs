@@ -140,39 +140,57 @@ impl Runner {
                 .collect();
             let taken = taken.clone();
             let origin = name.to_string();
+            // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
+            // on the host or of the reports' reading (an unwritable `--artifacts-dir`, a JUnit
+            // file cut short by a killed test runner): those are said with the job's result.
             let done = tokio::task::spawn_blocking(move || {
+                let mut notes = Vec::new();
                 let kept = if keep && !paths.is_empty() {
-                    let kept = artifacts::select(&store, &taken, &paths)?;
-                    if let Some(k) = &kept {
-                        artifacts::extract_relative(&store, k, &workdir, &dest)?;
-                    }
-                    kept
+                    artifacts::select(&store, &taken, &paths)?
                 } else {
                     None
                 };
+                let mut copied = None;
+                if let Some(k) = &kept {
+                    match artifacts::extract_relative(&store, k, &workdir, &dest) {
+                        Ok(()) => copied = Some(dest),
+                        Err(e) => notes.push(format!("not copied out: {e}")),
+                    }
+                }
                 // Reports are read whatever the result (a failed run's are the ones that matter).
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports)? {
-                        Some(d) => Some(read_junit(&store, &d, &origin)?),
-                        None => None,
+                    match artifacts::select(&store, &taken, &reports)
+                        .and_then(|d| d.map(|d| read_junit(&store, &d, &origin)).transpose())
+                    {
+                        Ok(j) => j,
+                        Err(e) => {
+                            notes.push(e);
+                            None
+                        }
                     }
                 };
-                Ok::<_, String>((kept, junit, dest))
+                Ok::<_, String>((kept, junit, copied, notes))
             })
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
-            match done {
-                Ok((k, j, dest)) => {
-                    if k.is_some() {
-                        artifact_dir = Some(dest);
-                    }
+            let said = match done {
+                Ok((k, j, copied, notes)) => {
+                    artifact_dir = copied;
                     kept = k;
                     junit = j;
+                    notes
                 }
-                Err(e) => error = Some(format!("artifacts: {e}")),
+                Err(e) => vec![e],
+            };
+            if !said.is_empty() {
+                let said = format!("artifacts: {}", said.join("; "));
+                error = Some(match error {
+                    Some(e) => format!("{e}; {said}"),
+                    None => said,
+                });
             }
         }
         let duration = start.elapsed();
