@@ -23,9 +23,11 @@ use forge_builder::Session;
 /// what the last server left running), listens on `config.listen`, and runs builds.
 pub async fn serve(config: config::Config, session: Session, root: &Path) -> Result<(), String> {
     let dir = root.join("serve");
+    // The database first: it is locked while a server has it open, so a second server on the
+    // same root stops here, before it touches what the first one is building.
+    let (store, requeued) = store::Store::open(&dir).map_err(|e| format!("error: {e}"))?;
     // No build runs yet: what is in the work folder was left by a server that stopped.
     let _ = std::fs::remove_dir_all(dir.join("work"));
-    let (store, requeued) = store::Store::open(&dir).map_err(|e| format!("error: {e}"))?;
     for b in &requeued {
         eprintln!(
             "note: {} was running when the server stopped: marked interrupted, queued again as #{}",

@@ -114,7 +114,24 @@ impl Store {
             b.status = Status::Interrupted;
             b.finished_at = Some(now());
             b.error = Some("the server stopped while this build ran; it was queued again".into());
+            // Its jobs that were running ended with it, and its log says so.
+            for j in b.jobs.iter_mut().filter(|j| j.result == "running") {
+                j.result = "interrupted".into();
+            }
             self.put(&b)?;
+            let log = self.log_path(&b.project, b.number);
+            if log.exists() {
+                use std::io::Write;
+                let _ = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| {
+                        writeln!(
+                            f,
+                            "forge serve: the server stopped while this build ran; it was queued again"
+                        )
+                    });
+            }
             let request = Request {
                 branch: b.branch.clone(),
                 tag: b.tag.clone(),
@@ -314,6 +331,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::JobRecord;
 
     #[test]
     fn numbers_are_per_project_and_a_restart_requeues_what_ran() {
@@ -330,9 +348,48 @@ mod tests {
         let mut running = a2.clone();
         running.status = Status::Running;
         running.branch = Some("main".into());
+        running.jobs = vec![
+            JobRecord {
+                name: "unit".into(),
+                result: "passed".into(),
+                duration_ms: 5,
+            },
+            JobRecord {
+                name: "e2e".into(),
+                result: "running".into(),
+                duration_ms: 0,
+            },
+        ];
         s.put(&running).unwrap();
+        let log = s.log_path("a", 2);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "[e2e] tick 10\n").unwrap();
+        // A second server on the same directory is refused while the first has it open.
+        assert!(Store::open(dir.path()).is_err());
         drop(s);
         let (s, again) = Store::open(dir.path()).unwrap();
+        // The job that was running ended with the build; its log says why it stops there.
+        let jobs: Vec<(String, String)> = s
+            .get("a", 2)
+            .unwrap()
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| (j.name, j.result))
+            .collect();
+        assert_eq!(
+            jobs,
+            vec![
+                ("unit".to_string(), "passed".to_string()),
+                ("e2e".to_string(), "interrupted".to_string())
+            ]
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.starts_with("[e2e] tick 10\n")
+                && text.contains("the server stopped while this build ran"),
+            "{text}"
+        );
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].number, 3);
         assert_eq!(again[0].trigger, Trigger::Restart);
