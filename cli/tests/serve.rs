@@ -36,6 +36,15 @@ fn webhooks_the_api_and_a_restart_drive_builds_with_history_logs_and_notificatio
 
     let daemon = forge_testsupport::GitDaemon::serve(&repos);
     let git_port = daemon.port;
+    // A git host in an outage: it accepts connections and never answers.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in mute.incoming().flatten() {
+            held.push(stream);
+        }
+    });
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_, receiver) = rt.block_on(forge_server::notify::testing::WebhookReceiver::start());
@@ -96,6 +105,10 @@ projects:
     repo: git://127.0.0.1:{git_port}/app.git
     dockerfile: Dockerfile
     tags: ["{plain_tag}"]
+    triggers: [api]
+  - name: mute
+    repo: git://127.0.0.1:{mute_port}/app.git
+    dockerfile: Dockerfile
     triggers: [api]
 "#,
             hook = receiver.url("/notify"),
@@ -360,6 +373,37 @@ projects:
     );
     let n6 = created_number(code, &reply);
     wait_for_log(&s, "app", n6, "tick 1", "the long build never started");
+    // A second server on the same root is refused, and leaves the running build's checkout be.
+    let work = root.join("serve/work");
+    let checkouts = || -> Vec<std::path::PathBuf> { walk_dirs(&work, 2) };
+    let before = checkouts();
+    assert!(!before.is_empty(), "no checkout under {}", work.display());
+    let second = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", forge_testsupport::free_port()),
+        ])
+        .arg("--root")
+        .arg(&root)
+        .env("DEPLOY_TOKEN_VALUE", "tok-3141592653")
+        .output()
+        .unwrap();
+    assert!(
+        !second.status.success(),
+        "a second server started on the same root"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("serve.redb"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        checkouts(),
+        before,
+        "the second server touched the running build's checkout"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -368,7 +412,22 @@ projects:
     s.child.wait().unwrap();
     drop(s);
     let s = start_server(&config, &root, port, &server_log);
-    assert_eq!(build_of(&s, "app", n6)["status"], "interrupted");
+    let interrupted = build_of(&s, "app", n6);
+    assert_eq!(interrupted["status"], "interrupted");
+    // Its job that was running ended with it, and the log says why it stops there.
+    assert!(
+        interrupted["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["result"] != "running"),
+        "{interrupted}"
+    );
+    assert!(
+        build_log(&s, "app", n6).contains("the server stopped while this build ran"),
+        "{}",
+        build_log(&s, "app", n6)
+    );
     let again = n6 + 1;
     let b7 = build_of(&s, "app", again);
     assert_eq!(b7["trigger"], "restart", "{b7}");
@@ -394,6 +453,24 @@ projects:
     assert_eq!(ended(&s, "app", again, &server_log)["status"], "cancelled");
     // Its job was stopped, not left to finish its 60 ticks.
     assert!(!build_log(&s, "app", again).contains("tick 60"));
+    // A fetch from a remote that never answers is abandoned by a cancel.
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/mute/builds"),
+        &[],
+        Some(format!(r#"{{"secret_key": "{API}", "branch": "main"}}"#).as_bytes()),
+    );
+    let m1 = created_number(code, &reply);
+    wait_for_log(&s, "mute", m1, "fetching", "the mute build never started");
+    let (code, reply) = curl(
+        "POST",
+        &s.url(&format!("/api/v1/projects/mute/builds/{m1}/cancel")),
+        &[("Authorization", format!("Bearer {API}"))],
+        None,
+    );
+    assert_eq!(code, 202, "{reply}");
+    let mute_build = ended(&s, "mute", m1, &server_log);
+    assert_eq!(mute_build["status"], "cancelled", "{mute_build}");
 
     // A registry's notification of a new busybox manifest rebuilds the project whose Dockerfile
     // builds FROM it (its last build recorded that); the layer and config pushes and the pull in
@@ -682,4 +759,22 @@ fn an_ordinary_user_serves_builds_rootless() {
     assert_eq!(owner, user.uid);
     drop(s);
     drop(daemon);
+}
+
+/// The directories `depth` levels below `dir` (sorted), or none when it does not exist.
+fn walk_dirs(dir: &Path, depth: usize) -> Vec<std::path::PathBuf> {
+    let mut level = vec![dir.to_path_buf()];
+    for _ in 0..depth {
+        let mut next: Vec<std::path::PathBuf> = level
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        next.sort();
+        level = next;
+    }
+    level
 }

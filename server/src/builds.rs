@@ -17,6 +17,10 @@ use forge_builder::solver::CancellationToken;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Config, Project, What};
+
+/// How long a build's fetch of its commit may take before it is given up: a remote that accepts
+/// and never answers would otherwise hold the build, and its project's queue, for ever.
+const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 use crate::model::{Build, JobRecord, Status, Trigger};
 use crate::notify;
 use crate::store::{Request, Store, StoreError, now};
@@ -249,11 +253,26 @@ impl Server {
                 .map_or("HEAD", |s| s.as_str())
         ));
         let (url, dest) = (project.repo.clone(), work.to_path_buf());
-        let checkout =
-            tokio::task::spawn_blocking(move || crate::checkout::fetch(&url, &request, &dest))
-                .await
+        let fetch =
+            tokio::task::spawn_blocking(move || crate::checkout::fetch(&url, &request, &dest));
+        // A remote that accepts and never answers would hold the build (and its project's queue)
+        // for ever: a cancel, or the deadline, abandons the fetch. Its thread ends when the
+        // remote closes; the build's work folder is its own, so nothing else reads what it writes.
+        let checkout = tokio::select! {
+            fetched = fetch => fetched
                 .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| failed(format!("fetching {}: {e}", project.repo)))?;
+                .map_err(|e| failed(format!("fetching {}: {e}", project.repo)))?,
+            () = cancel.cancelled() => {
+                return Err((Status::Cancelled, "cancelled while fetching".to_string()));
+            }
+            () = tokio::time::sleep(FETCH_DEADLINE) => {
+                return Err(failed(format!(
+                    "fetching {}: no end within {} minutes; given up",
+                    project.repo,
+                    FETCH_DEADLINE.as_secs() / 60
+                )));
+            }
+        };
         log.line(&format!(
             "checked out {} {}",
             checkout.commit, checkout.message
