@@ -432,11 +432,16 @@ async fn api_log(
     let offset = q.offset.unwrap_or(0);
     let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !follow {
-        let data = std::fs::read(&path).unwrap_or_default();
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        return Ok((text_plain, data[start..].to_vec()).into_response());
+        // Sent in pieces as read, so that a large log is never held in memory whole.
+        let stream = futures::stream::unfold((path, offset), |(path, offset)| async move {
+            let chunk = read_from(&path, offset);
+            if chunk.is_empty() {
+                return None;
+            }
+            let next = offset + chunk.len() as u64;
+            Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (path, next)))
+        });
+        return Ok((text_plain, Body::from_stream(stream)).into_response());
     }
     // Follow: what is there, then what is appended, until the build has ended and all is sent.
     let state = (server.clone(), name, n, path, offset, false);
@@ -575,11 +580,43 @@ async fn build_page(
         Some(b) if server.project(&name).is_some() => b,
         _ => return Err(not_found(format!("{name} has no build {n}"))),
     };
-    let log = std::fs::read(server.store.log_path(&name, n)).unwrap_or_default();
+    let (tail, end) = log_tail(&server.store.log_path(&name, n), PAGE_LOG_TAIL);
+    let left_out = end - tail.len() as u64;
     Ok(page(
         StatusCode::OK,
-        web::build_page(&b, &String::from_utf8_lossy(&log)),
+        web::build_page_of(&b, &String::from_utf8_lossy(&tail), end, left_out),
     ))
+}
+
+/// How much of a build's log its page shows, at most: the end of it (the whole log is at the
+/// API's log URL). A page holding a log of gigabytes would take that much memory per request.
+const PAGE_LOG_TAIL: u64 = 1 << 20;
+
+/// The last `at_most` bytes of the log at `path`, from the start of a line when it is cut, and
+/// the log's length when read.
+fn log_tail(path: &std::path::Path, at_most: u64) -> (Vec<u8>, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (Vec::new(), 0);
+    };
+    let Ok(end) = f.seek(SeekFrom::End(0)) else {
+        return (Vec::new(), 0);
+    };
+    let start = end.saturating_sub(at_most);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(end - start).read_to_end(&mut buf).is_err()
+    {
+        return (Vec::new(), 0);
+    }
+    if start > 0 {
+        // The cut line's rest is left out with what is before it.
+        let from = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
+        buf.drain(..from);
+    }
+    (buf, end)
 }
 
 fn svg(text: String) -> Response {
@@ -669,4 +706,28 @@ async fn cancel_form(
     form_project(&server, &name, &form.secret, "cancelled")?;
     server.cancel(&name, n).map_err(internal)?;
     Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_tail;
+
+    #[test]
+    fn the_tail_of_a_log_starts_at_a_line_and_knows_the_whole_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let (tail, end) = log_tail(&path, 100);
+        assert_eq!(end, text.len() as u64);
+        let tail = String::from_utf8(tail).unwrap();
+        assert!(tail.len() <= 100 && text.ends_with(&tail), "{tail}");
+        assert!(tail.starts_with("line "), "{tail}");
+        let (whole, end) = log_tail(&path, 1 << 20);
+        assert_eq!(
+            (whole.len() as u64, end),
+            (text.len() as u64, text.len() as u64)
+        );
+        assert_eq!(log_tail(&dir.path().join("none.log"), 100), (Vec::new(), 0));
+    }
 }

@@ -255,11 +255,14 @@ struct BuildTemplate<'a> {
     jobs: Vec<JobRow>,
     pushed: &'a [String],
     log: &'a str,
+    /// Bytes of the log before what the page shows, left out (see `build_page_of`).
+    left_out: u64,
+    log_url: String,
     follow_url: String,
 }
 
 /// The URL that streams the rest of a build's log from byte `offset` on.
-pub fn log_follow_url(project: &str, number: u64, offset: usize) -> String {
+pub fn log_follow_url(project: &str, number: u64, offset: u64) -> String {
     format!(
         "/api/v1/projects/{}/builds/{number}/log?follow=1&offset={offset}",
         path_segment(project)
@@ -275,6 +278,13 @@ pub fn log_follow_url(project: &str, number: u64, offset: usize) -> String {
 /// `pre#log[data-follow]`) and, when the stream ends, shows the build's final status from the
 /// API without reloading; a `<noscript>` says to reload by hand.
 pub fn build_page(build: &Build, log_so_far: &str) -> String {
+    build_page_of(build, log_so_far, log_so_far.len() as u64, 0)
+}
+
+/// [`build_page`] with the end of a log: `log_end` is the log's length when `log_tail` was read
+/// (where following it goes on from), and `left_out` the bytes before the tail that the page
+/// leaves to the log's own URL.
+pub fn build_page_of(build: &Build, log_tail: &str, log_end: u64, left_out: u64) -> String {
     let project = build.project.as_str();
     let base = build_href(project, build.number);
     render(&BuildTemplate {
@@ -303,8 +313,14 @@ pub fn build_page(build: &Build, log_so_far: &str) -> String {
             })
             .collect(),
         pushed: &build.pushed,
-        log: log_so_far,
-        follow_url: log_follow_url(project, build.number, log_so_far.len()),
+        log: log_tail,
+        left_out,
+        log_url: format!(
+            "/api/v1/projects/{}/builds/{}/log",
+            path_segment(project),
+            build.number
+        ),
+        follow_url: log_follow_url(project, build.number, log_end),
         base,
     })
 }

@@ -287,6 +287,22 @@ fn project_page_without_builds() {
 // ----------------------------------------------------------------------------------- build
 
 #[test]
+fn a_build_page_with_the_end_of_a_long_log_says_what_it_leaves_out() {
+    let b = build(7, Status::Running);
+    let page = build_page_of(&b, "line 9999\n", 5_000_000, 4_999_990);
+    assert_html5(&page, "forge: forge #7 running");
+    assert!(page.contains("The first 4999990 bytes of this log are left out here"));
+    assert!(page.contains("<a href=\"/api/v1/projects/forge/builds/7/log\">the whole log</a>"));
+    // Following goes on from the log's end, not from the length of what the page shows.
+    assert!(
+        page.contains("builds/7/log?follow=1&#38;offset=5000000"),
+        "{page}"
+    );
+    let whole = build_page(&b, "line 1\n");
+    assert!(!whole.contains("left out here"));
+}
+
+#[test]
 fn build_page_shows_the_build() {
     let mut b = build(5, Status::Failed);
     b.error = Some("a job failed".to_string());
