@@ -247,12 +247,12 @@ impl Store {
             .map_err(|e| self.err(e))?
             .rev()
         {
+            if out.len() >= limit {
+                break;
+            }
             let (_, v) = entry.map_err(|e| self.err(e))?;
             if let Ok(b) = serde_json::from_slice::<Build>(v.value()) {
                 out.push(b);
-            }
-            if out.len() >= limit {
-                break;
             }
         }
         Ok(out)
@@ -272,8 +272,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The result of the last build of `project` before `n` that passed or failed.
+    /// The result of the last build of `project` before `n` that passed or failed, of the same
+    /// branch and tag as `n` (Travis's rule for "fixed" and "broken": a failing release branch
+    /// does not make main's next pass a fix).
     pub fn previous_result(&self, project: &str, n: u64) -> Result<Option<Status>, StoreError> {
+        let Some(this) = self.get(project, n)? else {
+            return Ok(None);
+        };
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         for entry in builds
@@ -284,6 +289,8 @@ impl Store {
             let (_, v) = entry.map_err(|e| self.err(e))?;
             if let Ok(b) = serde_json::from_slice::<Build>(v.value())
                 && matches!(b.status, Status::Passed | Status::Failed)
+                && b.branch == this.branch
+                && b.tag == this.tag
             {
                 return Ok(Some(b.status));
             }
@@ -344,6 +351,7 @@ mod tests {
         assert_eq!((a1.number, a2.number, b1.number), (1, 2, 1));
         let mut done = a1.clone();
         done.status = Status::Failed;
+        done.branch = Some("main".into());
         s.put(&done).unwrap();
         let mut running = a2.clone();
         running.status = Status::Running;
@@ -420,5 +428,37 @@ mod tests {
         drop(s);
         let (s, _) = Store::open(dir.path()).unwrap();
         assert!(!s.first_delivery("github:abc").unwrap());
+    }
+
+    #[test]
+    fn fixed_and_broken_compare_with_the_same_branch_and_a_zero_limit_lists_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path()).unwrap();
+        let on = |branch: &str, status: Status| {
+            let mut b = s
+                .enqueue(
+                    "m",
+                    Trigger::Push,
+                    Request {
+                        branch: Some(branch.into()),
+                        ..Request::default()
+                    },
+                )
+                .unwrap();
+            b.status = status;
+            s.put(&b).unwrap();
+            b.number
+        };
+        on("release/good", Status::Passed);
+        on("release/bad", Status::Failed);
+        let good = on("release/good", Status::Passed);
+        let bad = on("release/bad", Status::Failed);
+        // Each is compared with its own branch's last build: still passing, still failing.
+        assert_eq!(s.previous_result("m", good).unwrap(), Some(Status::Passed));
+        assert_eq!(s.previous_result("m", bad).unwrap(), Some(Status::Failed));
+        let first = on("main", Status::Failed);
+        assert_eq!(s.previous_result("m", first).unwrap(), None);
+        assert!(s.list("m", 0).unwrap().is_empty());
+        assert_eq!(s.list("m", 2).unwrap().len(), 2);
     }
 }
