@@ -110,6 +110,10 @@ projects:
     repo: git://127.0.0.1:{mute_port}/app.git
     dockerfile: Dockerfile
     triggers: [api]
+  - name: pushonly
+    repo: git://127.0.0.1:{git_port}/app.git
+    triggers: [push]
+    webhook_secret: {SECRET}
 "#,
             hook = receiver.url("/notify"),
             app_dir = app.dir.display(),
@@ -601,6 +605,17 @@ projects:
     // The page's rebuild form (no JavaScript: a form POST) with a wrong secret starts nothing; with
     // the right one it starts a build and sends the browser to its page.
     let form = |secret: &str| format!("branch=main&other_branch=&secret={secret}");
+    // A project whose api trigger is off is closed to the button too, as to the API.
+    let (code, page) = curl(
+        "POST",
+        &s.url("/p/pushonly/rebuild"),
+        &[],
+        Some(form(API).as_bytes()),
+    );
+    assert_eq!(code, 403, "{page}");
+    let (code, listed) = curl("GET", &s.url("/api/v1/projects/pushonly/builds"), &[], None);
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed.trim(), "[]", "the button started a build");
     let (code, _) = curl(
         "POST",
         &s.url("/p/app/rebuild"),

@@ -328,8 +328,9 @@ fn project(p: &ProjectSpec, dir: &Path) -> Result<Project, Vec<PipelineError>> {
         set.add(globset::Glob::new("*").expect("a valid glob"));
     }
     for b in &patterns {
+        // `*` stops at `/` and `**` crosses it, as in GitHub's and GitLab's branch filters.
         match globset::GlobBuilder::new(&b.value)
-            .literal_separator(false)
+            .literal_separator(true)
             .build()
         {
             Ok(g) => {
@@ -537,6 +538,8 @@ mod tests {
         assert!(p.branches.is_match("main"));
         assert!(p.branches.is_match("release/1.2"));
         assert!(!p.branches.is_match("feature/x"));
+        // `*` stops at `/`, as in GitHub's and GitLab's branch filters.
+        assert!(!p.branches.is_match("release/1/hotfix"));
         assert_eq!(p.webhook_secret.as_deref(), Some(&b"s3cret-from-file"[..]));
         assert_eq!(p.secrets["TOKEN"], b"tok-from-env");
         assert!(p.triggered_by(TriggerName::Keyword));

@@ -685,6 +685,16 @@ async fn rebuild(
     Form(form): Form<RebuildForm>,
 ) -> Reply {
     let p = form_project(&server, &name, &form.secret, "started")?;
+    // The button starts a build as the API does, so it is closed where the API is.
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            web::error_page(
+                403,
+                "the api trigger is off for this project: the build was not started",
+            ),
+        ));
+    }
     let branch = form
         .other_branch
         .filter(|b| !b.trim().is_empty())
