@@ -188,6 +188,11 @@ async fn hook(
                     push.branch
                 )));
             }
+            if hooks::skips_ci(&push) {
+                return Ok(not_started(
+                    "the head commit's message asks to skip CI ([skip ci], [ci skip] or [no ci])",
+                ));
+            }
             let keyword =
                 p.triggered_by(TriggerName::Keyword) && hooks::has_keyword(&push, &p.keyword);
             let trigger = if p.triggered_by(TriggerName::Push) {

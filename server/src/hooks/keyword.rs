@@ -35,9 +35,51 @@ pub fn has_keyword(push: &Push, keyword: &str) -> bool {
     push.commits.iter().any(|c| holds_word(&c.message, keyword))
 }
 
+/// The markers that ask CI to leave a push alone, as GitHub Actions, GitLab, Gitea and Travis read
+/// them (any case).
+const SKIP_MARKERS: &[&str] = &["[skip ci]", "[ci skip]", "[no ci]"];
+
+/// Whether the push's head commit (its last when the head is not listed) asks to be skipped with
+/// `[skip ci]`, `[ci skip]` or `[no ci]` in its message, as other CI systems honour them.
+pub fn skips_ci(push: &Push) -> bool {
+    let head = push
+        .commits
+        .iter()
+        .find(|c| c.id == push.after)
+        .or(push.commits.last());
+    head.is_some_and(|c| {
+        let message = c.message.to_lowercase();
+        SKIP_MARKERS.iter().any(|m| message.contains(m))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::holds_word;
+
+    #[test]
+    fn a_head_commit_asking_to_be_skipped_is() {
+        use crate::hooks::{Commit, Push};
+        let push = |messages: &[&str]| Push {
+            branch: "main".into(),
+            clone_urls: Vec::new(),
+            after: format!("c{}", messages.len() - 1),
+            commits: messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Commit {
+                    id: format!("c{i}"),
+                    message: m.to_string(),
+                })
+                .collect(),
+        };
+        assert!(super::skips_ci(&push(&["docs only [skip ci]"])));
+        assert!(super::skips_ci(&push(&["fix", "typo\n\n[CI SKIP]"])));
+        assert!(super::skips_ci(&push(&["[no ci] wip"])));
+        // Only the head commit counts: a later commit without the marker builds.
+        assert!(!super::skips_ci(&push(&["[skip ci] docs", "real change"])));
+        assert!(!super::skips_ci(&push(&["skip ci"])));
+    }
 
     #[test]
     fn word_boundaries() {

@@ -11,7 +11,7 @@ mod parse;
 mod registry;
 mod verify;
 
-pub use keyword::has_keyword;
+pub use keyword::{has_keyword, skips_ci};
 pub use parse::parse;
 pub use registry::parse_registry;
 pub use verify::{delivery_id, verify};
