@@ -448,7 +448,13 @@ pub(crate) fn summary(number: u64, r: &RunReport) -> String {
                 (None, Some(c)) => format!("exit status {c}"),
                 (None, None) => "failed".to_string(),
             };
-            let _ = writeln!(out, "  failed: {} ({why})", j.name);
+            // An allowed failure is not among the run's failed jobs: the line says so.
+            let what = if j.result == JobResult::AllowedFailure {
+                "failed, allowed"
+            } else {
+                "failed"
+            };
+            let _ = writeln!(out, "  {what}: {} ({why})", j.name);
         }
     }
     if let Some(t) = &r.junit {

@@ -805,6 +805,12 @@ jobs:
         out.contains("job slow: failed (allowed) (timed out after 1s)"),
         "{out}"
     );
+    // The summary lists them as allowed failures, not among the run's failed jobs.
+    assert!(
+        out.contains("  failed, allowed: flaky (exit status 5)")
+            && !out.contains("  failed: flaky"),
+        "{out}"
+    );
     // No earlier rule-less run: `changes:` matches (forge cannot tell).
     assert!(out.contains("[docs] docs changed"), "{out}");
     assert!(
