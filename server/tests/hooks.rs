@@ -326,6 +326,61 @@ fn github_push_and_tag() {
     }
 }
 
+/// `payload=<JSON>` as a form encodes it: every byte but letters and digits as `%XX` (a valid
+/// encoding, written here rather than taken from the decoder's crate).
+fn form_encoded(json: &[u8]) -> Vec<u8> {
+    let mut out = b"payload=".to_vec();
+    for &b in json {
+        if b.is_ascii_alphanumeric() {
+            out.push(b);
+        } else {
+            out.extend(format!("%{b:02X}").bytes());
+        }
+    }
+    out
+}
+
+/// A hook whose content type is `application/x-www-form-urlencoded` (GitHub's preselected one;
+/// Gitea offers it too) sends the JSON as the form's `payload` field, signed as sent.
+#[test]
+fn form_encoded_deliveries_are_read_from_their_payload_field() {
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let json = fixture("github_push.json");
+    let body = form_encoded(&json);
+    let sig = github_sig(SECRET, &body);
+    let h = headers(&[
+        ("x-github-event", "push"),
+        ("content-type", FORM),
+        ("x-hub-signature-256", &sig),
+    ]);
+    assert_eq!(verify(Forge::GitHub, &h, &body, SECRET), Ok(()));
+    let from_form = expect_push(parse(Forge::GitHub, &h, &body));
+    let from_json = expect_push(ev(
+        Forge::GitHub,
+        ("x-github-event", "push"),
+        "github_push.json",
+    ));
+    assert_eq!(from_form, from_json);
+    let ping = form_encoded(&fixture("github_ping.json"));
+    let h = headers(&[("x-github-event", "ping"), ("content-type", FORM)]);
+    assert_eq!(parse(Forge::GitHub, &h, &ping), Ok(Event::Ping));
+    let gitea = form_encoded(&fixture("gitea_push.json"));
+    let h = headers(&[("x-gitea-event", "push"), ("content-type", FORM)]);
+    let from_form = expect_push(parse(Forge::Gitea, &h, &gitea));
+    let from_json = expect_push(ev(
+        Forge::Gitea,
+        ("x-gitea-event", "push"),
+        "gitea_push.json",
+    ));
+    assert_eq!(from_form, from_json);
+    // A form without the field says so.
+    let h = headers(&[("x-github-event", "push"), ("content-type", FORM)]);
+    match parse(Forge::GitHub, &h, b"other=1") {
+        Err(HookError::BadPayload(m)) => assert!(m.contains("payload"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn github_ping_deletion_and_other_events() {
     assert_eq!(

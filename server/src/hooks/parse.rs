@@ -20,6 +20,28 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Value, HookError> {
     }
 }
 
+/// The JSON of a delivery: the body itself, or, when the hook's content type is
+/// `application/x-www-form-urlencoded` (GitHub's preselected one; Gitea and Gogs offer it too),
+/// its `payload` field. The signature is of the body as sent, and was checked before this.
+fn form_payload<'a>(
+    header: &dyn Fn(&str) -> Option<String>,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, HookError> {
+    let form = header_value(header, "content-type").is_some_and(|t| {
+        t.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    if !form {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    }
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned().into_bytes()))
+        .ok_or_else(|| bad("a form-encoded delivery without a `payload` field"))
+}
+
 /// A required string field.
 fn req_str<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str, HookError> {
     v.get(key)
@@ -70,6 +92,7 @@ pub fn parse(
 ) -> Result<Event, HookError> {
     match forge {
         Forge::GitHub => {
+            let body = &form_payload(header, body)?;
             let event = header_value(header, "x-github-event")
                 .ok_or_else(|| bad("missing X-GitHub-Event header"))?;
             match event.as_str() {
@@ -82,6 +105,7 @@ pub fn parse(
             }
         }
         Forge::Gitea => {
+            let body = &form_payload(header, body)?;
             let event = header_value(header, "x-gitea-event")
                 .or_else(|| header_value(header, "x-gogs-event"))
                 .ok_or_else(|| bad("missing X-Gitea-Event header"))?;
