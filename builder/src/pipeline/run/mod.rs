@@ -49,8 +49,11 @@ enum Node {
 enum End {
     Ok,
     Failed,
-    /// Not run (a rule, `when:`, or what it waited for failed).
+    /// Not run, and nothing is wrong: a rule or `when:` left it out. It gates nothing.
     Skipped,
+    /// Not run because what it waited for failed, or was itself blocked or held back: a push held
+    /// back, a job skipped after a failure. What waits for it (on success) is blocked in turn.
+    Blocked,
 }
 
 /// What a finished build leaves for the jobs and the push.
@@ -202,130 +205,124 @@ impl Runner {
     fn emit(&self, e: PipelineEvent) {
         (self.sink)(e)
     }
+}
 
-    /// Every unit and what it waits for.
-    fn units(&self) -> BTreeMap<Node, BTreeSet<Node>> {
-        let plan = &*self.plan;
-        let stage_index = |s: &str| plan.stages.iter().position(|x| x == s).unwrap_or(0);
-        let pushes: BTreeSet<&str> = plan
-            .images
-            .iter()
-            .filter(|i| i.push)
-            .map(|i| i.name.as_str())
-            .collect();
-        let mut units: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
-        let build_of = |u: &ImageUse| match u {
-            ImageUse::Named(n) => Some(Node::Build(n.clone(), None)),
-            ImageUse::Stage { image, stage } => {
-                Some(Node::Build(image.clone(), Some(stage.clone())))
-            }
-            ImageUse::Registry(_) => None,
-        };
-        for j in &plan.jobs {
-            let mut deps = BTreeSet::new();
-            if let Some(b) = build_of(&j.image) {
+/// Every unit and what it waits for; `only` is `forge run JOB...` (empty: every job).
+fn units(plan: &Pipeline, only: &[String]) -> BTreeMap<Node, BTreeSet<Node>> {
+    let stage_index = |s: &str| plan.stages.iter().position(|x| x == s).unwrap_or(0);
+    let pushes: BTreeSet<&str> = plan
+        .images
+        .iter()
+        .filter(|i| i.push)
+        .map(|i| i.name.as_str())
+        .collect();
+    let mut units: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
+    let build_of = |u: &ImageUse| match u {
+        ImageUse::Named(n) => Some(Node::Build(n.clone(), None)),
+        ImageUse::Stage { image, stage } => Some(Node::Build(image.clone(), Some(stage.clone()))),
+        ImageUse::Registry(_) => None,
+    };
+    for j in &plan.jobs {
+        let mut deps = BTreeSet::new();
+        if let Some(b) = build_of(&j.image) {
+            deps.insert(b);
+        }
+        for svc in &j.services {
+            if let Some(b) = build_of(&svc.image) {
                 deps.insert(b);
             }
-            for svc in &j.services {
-                if let Some(b) = build_of(&svc.image) {
-                    deps.insert(b);
+        }
+        match &j.needs {
+            Some(needs) => {
+                for n in needs {
+                    deps.insert(match n {
+                        Need::Job(x) => Node::Job(x.clone()),
+                        Need::Image(i) if pushes.contains(i.as_str()) => Node::Push(i.clone()),
+                        Need::Image(i) => Node::Build(i.clone(), None),
+                    });
                 }
             }
-            match &j.needs {
-                Some(needs) => {
-                    for n in needs {
-                        deps.insert(match n {
-                            Need::Job(x) => Node::Job(x.clone()),
-                            Need::Image(i) if pushes.contains(i.as_str()) => Node::Push(i.clone()),
-                            Need::Image(i) => Node::Build(i.clone(), None),
-                        });
-                    }
-                }
-                None => {
-                    let mine = stage_index(&j.stage);
-                    for o in &plan.jobs {
-                        if stage_index(&o.stage) < mine {
-                            deps.insert(Node::Job(o.name.clone()));
-                        }
+            None => {
+                let mine = stage_index(&j.stage);
+                for o in &plan.jobs {
+                    if stage_index(&o.stage) < mine {
+                        deps.insert(Node::Job(o.name.clone()));
                     }
                 }
             }
-            units.insert(Node::Job(j.name.clone()), deps);
         }
-        let artifacts_from = |image: &str| -> BTreeSet<Node> {
-            plan.images
-                .iter()
-                .find(|i| i.name == image)
-                .map(|i| {
-                    i.artifacts_from
-                        .iter()
-                        .map(|j| Node::Job(j.clone()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for i in &plan.images {
-            units.insert(Node::Build(i.name.clone(), None), artifacts_from(&i.name));
-            if i.push {
-                let mut deps = BTreeSet::from([Node::Build(i.name.clone(), None)]);
-                deps.extend(i.push_needs.iter().map(|j| Node::Job(j.clone())));
-                units.insert(Node::Push(i.name.clone()), deps);
-            }
-        }
-        // Stage builds some job asked for.
-        let stage_builds: Vec<Node> = units
-            .values()
-            .flatten()
-            .filter(|n| matches!(n, Node::Build(_, Some(_))))
-            .cloned()
-            .collect();
-        for b in stage_builds {
-            let deps = match &b {
-                Node::Build(image, _) => artifacts_from(image),
-                _ => BTreeSet::new(),
-            };
-            units.entry(b).or_insert(deps);
-        }
-        if self.options.only.is_empty() {
-            return units;
-        }
-        // `forge run JOB...`: those jobs and what they wait for; a push only when every job
-        // gating it is in.
-        let mut keep = BTreeSet::new();
-        let mut stack: Vec<Node> = plan
-            .jobs
-            .iter()
-            .filter(|j| {
-                self.options
-                    .only
-                    .iter()
-                    .any(|o| *o == j.name || *o == j.base)
-            })
-            .map(|j| Node::Job(j.name.clone()))
-            .collect();
-        while let Some(n) = stack.pop() {
-            if keep.insert(n.clone())
-                && let Some(d) = units.get(&n)
-            {
-                stack.extend(d.iter().cloned());
-            }
-        }
-        for i in &plan.images {
-            let p = Node::Push(i.name.clone());
-            if let Some(d) = units.get(&p)
-                && d.iter().all(|n| keep.contains(n))
-                && keep.contains(&Node::Build(i.name.clone(), None))
-            {
-                keep.insert(p);
-            }
-        }
-        units.retain(|n, _| keep.contains(n));
-        units
+        units.insert(Node::Job(j.name.clone()), deps);
     }
+    let artifacts_from = |image: &str| -> BTreeSet<Node> {
+        plan.images
+            .iter()
+            .find(|i| i.name == image)
+            .map(|i| {
+                i.artifacts_from
+                    .iter()
+                    .map(|j| Node::Job(j.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for i in &plan.images {
+        units.insert(Node::Build(i.name.clone(), None), artifacts_from(&i.name));
+        if i.push {
+            let mut deps = BTreeSet::from([Node::Build(i.name.clone(), None)]);
+            deps.extend(i.push_needs.iter().map(|j| Node::Job(j.clone())));
+            units.insert(Node::Push(i.name.clone()), deps);
+        }
+    }
+    // Stage builds some job asked for.
+    let stage_builds: Vec<Node> = units
+        .values()
+        .flatten()
+        .filter(|n| matches!(n, Node::Build(_, Some(_))))
+        .cloned()
+        .collect();
+    for b in stage_builds {
+        let deps = match &b {
+            Node::Build(image, _) => artifacts_from(image),
+            _ => BTreeSet::new(),
+        };
+        units.entry(b).or_insert(deps);
+    }
+    if only.is_empty() {
+        return units;
+    }
+    // `forge run JOB...`: those jobs and what they wait for; a push only when every job
+    // gating it is in.
+    let mut keep = BTreeSet::new();
+    let mut stack: Vec<Node> = plan
+        .jobs
+        .iter()
+        .filter(|j| only.iter().any(|o| *o == j.name || *o == j.base))
+        .map(|j| Node::Job(j.name.clone()))
+        .collect();
+    while let Some(n) = stack.pop() {
+        if keep.insert(n.clone())
+            && let Some(d) = units.get(&n)
+        {
+            stack.extend(d.iter().cloned());
+        }
+    }
+    for i in &plan.images {
+        let p = Node::Push(i.name.clone());
+        if let Some(d) = units.get(&p)
+            && d.iter().all(|n| keep.contains(n))
+            && keep.contains(&Node::Build(i.name.clone(), None))
+        {
+            keep.insert(p);
+        }
+    }
+    units.retain(|n, _| keep.contains(n));
+    units
+}
 
+impl Runner {
     async fn run(self) -> RunReport {
         let start = Instant::now();
-        let units = self.units();
+        let units = units(&self.plan, &self.options.only);
         let mut ends: HashMap<Node, End> = HashMap::new();
         let mut left: HashMap<Node, Left> = HashMap::new();
         let mut running = tokio::task::JoinSet::new();
@@ -514,100 +511,16 @@ impl Runner {
         }
     }
 
-    /// A unit whose fate its dependencies decide: a job skipped by `when:` or by a failure
-    /// before it, a push held back.
+    /// A unit whose fate its dependencies decide, said through the sink.
     fn decide(
         &self,
         n: &Node,
         deps: &[(Node, End)],
         left: &HashMap<Node, Left>,
     ) -> Option<(End, Left)> {
-        let failed: Vec<String> = deps
-            .iter()
-            .filter(|(_, e)| *e == End::Failed)
-            .map(|(d, _)| describe(d))
-            .collect();
-        match n {
-            Node::Job(name) => {
-                let plan = self.plan.jobs.iter().find(|j| j.name == *name)?;
-                let image_failed = deps
-                    .iter()
-                    .any(|(d, e)| matches!(d, Node::Build(..)) && *e != End::Ok);
-                let reason = if plan.when == When::Never {
-                    Some(match plan.rule {
-                        super::plan::RuleOutcome::NoneMatched => "no rule matched".to_string(),
-                        _ => "when: never".to_string(),
-                    })
-                } else if image_failed {
-                    Some("its image was not built".to_string())
-                } else {
-                    match (plan.when, failed.is_empty()) {
-                        (When::OnSuccess, false) => {
-                            Some(format!("{} failed before it", failed.join(", ")))
-                        }
-                        (When::OnFailure, true) => {
-                            Some("when: on_failure, and nothing failed before it".to_string())
-                        }
-                        _ => None,
-                    }
-                };
-                let reason = reason?;
-                self.emit(PipelineEvent::JobSkipped {
-                    job: name.clone(),
-                    reason: reason.clone(),
-                });
-                Some((
-                    End::Skipped,
-                    Left::Job(
-                        JobLeft::default(),
-                        JobReport {
-                            name: name.clone(),
-                            result: JobResult::Skipped,
-                            exit_code: None,
-                            duration_ms: 0,
-                            reason: Some(reason),
-                            junit: None,
-                            artifacts: None,
-                        },
-                    ),
-                ))
-            }
-            Node::Push(image) => {
-                let plan = self.plan.images.iter().find(|i| i.name == *image)?;
-                let build_ok = deps
-                    .iter()
-                    .any(|(d, e)| matches!(d, Node::Build(..)) && *e == End::Ok);
-                // A gate passes when its job passed (or failed where that is allowed); a job a
-                // rule left out of this run gates nothing.
-                let because: Vec<String> = deps
-                    .iter()
-                    .filter(|(d, e)| match d {
-                        Node::Job(_) => match e {
-                            End::Ok => false,
-                            End::Failed => true,
-                            End::Skipped => !skipped_by_rule(left.get(d)),
-                        },
-                        _ => false,
-                    })
-                    .map(|(d, _)| describe(d))
-                    .collect();
-                if build_ok && because.is_empty() {
-                    return None;
-                }
-                let because = if because.is_empty() {
-                    vec![format!("the build of {image}")]
-                } else {
-                    because
-                };
-                self.emit(PipelineEvent::Held {
-                    image: image.clone(),
-                    tags: plan.tags.clone(),
-                    because: because.clone(),
-                });
-                Some((End::Skipped, Left::Held(plan.tags.clone(), because)))
-            }
-            Node::Build(..) => None,
-        }
+        let (end, l, event) = decide(&self.plan, n, deps, left)?;
+        self.emit(event);
+        Some((end, l))
     }
 
     /// Runs one unit.
@@ -638,6 +551,127 @@ impl Runner {
                 }
             },
         }
+    }
+}
+
+/// A unit whose fate its dependencies decide, without running it: a job skipped by `when:` or
+/// blocked by what failed (or was held back) before it, a push held back. Returns how it ends,
+/// what it leaves and the line that says why; `None`: the unit runs.
+fn decide(
+    plan: &Pipeline,
+    n: &Node,
+    deps: &[(Node, End)],
+    left: &HashMap<Node, Left>,
+) -> Option<(End, Left, PipelineEvent)> {
+    let failed: Vec<String> = deps
+        .iter()
+        .filter(|(_, e)| *e == End::Failed)
+        .map(|(d, _)| describe(d))
+        .collect();
+    // A push held back blocks what needs it: the job would get the reference of a tag that was
+    // never pushed (or that still names an older image).
+    let held: Vec<String> = deps
+        .iter()
+        .filter(|(d, e)| matches!(d, Node::Push(_)) && *e == End::Blocked)
+        .map(|(d, _)| describe(d))
+        .collect();
+    let blocked: Vec<String> = deps
+        .iter()
+        .filter(|(d, e)| matches!(d, Node::Job(_)) && *e == End::Blocked)
+        .map(|(d, _)| describe(d))
+        .collect();
+    match n {
+        Node::Job(name) => {
+            let job = plan.jobs.iter().find(|j| j.name == *name)?;
+            let image_failed = deps
+                .iter()
+                .any(|(d, e)| matches!(d, Node::Build(..)) && *e != End::Ok);
+            let upstream = !failed.is_empty() || !held.is_empty() || !blocked.is_empty();
+            let (end, reason) = if job.when == When::Never {
+                let why = match job.rule {
+                    super::plan::RuleOutcome::NoneMatched => "no rule matched",
+                    _ => "when: never",
+                };
+                (End::Skipped, why.to_string())
+            } else if image_failed {
+                (End::Blocked, "its image was not built".to_string())
+            } else {
+                match (job.when, upstream) {
+                    (When::OnSuccess, true) => {
+                        let mut why = Vec::new();
+                        if !failed.is_empty() {
+                            why.push(format!("{} failed before it", failed.join(", ")));
+                        }
+                        if !held.is_empty() {
+                            why.push(format!("{} was held back", held.join(", ")));
+                        }
+                        // The jobs that did not run, only when nothing more telling is known.
+                        if why.is_empty() {
+                            why.push(format!("{} did not run", blocked.join(", ")));
+                        }
+                        (End::Blocked, why.join("; "))
+                    }
+                    (When::OnFailure, false) => (
+                        End::Skipped,
+                        "when: on_failure, and nothing failed before it".to_string(),
+                    ),
+                    _ => return None,
+                }
+            };
+            let event = PipelineEvent::JobSkipped {
+                job: name.clone(),
+                reason: reason.clone(),
+            };
+            let report = JobReport {
+                name: name.clone(),
+                result: JobResult::Skipped,
+                exit_code: None,
+                duration_ms: 0,
+                reason: Some(reason),
+                junit: None,
+                artifacts: None,
+            };
+            Some((end, Left::Job(JobLeft::default(), report), event))
+        }
+        Node::Push(image) => {
+            let image_plan = plan.images.iter().find(|i| i.name == *image)?;
+            let build_ok = deps
+                .iter()
+                .any(|(d, e)| matches!(d, Node::Build(..)) && *e == End::Ok);
+            // A gate passes when its job passed (or failed where that is allowed); a job a
+            // rule left out of this run gates nothing.
+            let because: Vec<String> = deps
+                .iter()
+                .filter(|(d, e)| match d {
+                    Node::Job(_) => match e {
+                        End::Ok => false,
+                        End::Failed | End::Blocked => true,
+                        End::Skipped => !skipped_by_rule(left.get(d)),
+                    },
+                    _ => false,
+                })
+                .map(|(d, _)| describe(d))
+                .collect();
+            if build_ok && because.is_empty() {
+                return None;
+            }
+            let because = if because.is_empty() {
+                vec![format!("the build of {image}")]
+            } else {
+                because
+            };
+            let event = PipelineEvent::Held {
+                image: image.clone(),
+                tags: image_plan.tags.clone(),
+                because: because.clone(),
+            };
+            Some((
+                End::Blocked,
+                Left::Held(image_plan.tags.clone(), because),
+                event,
+            ))
+        }
+        Node::Build(..) => None,
     }
 }
 
@@ -696,39 +730,4 @@ fn read_junit(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{artifacts_dir_name, job_dir_name};
-
-    #[test]
-    fn jobs_whose_names_clean_up_alike_get_their_own_artifacts_directories() {
-        let all = [
-            "build: [linux/amd64]",
-            "build: [linux amd64]",
-            "build-linux-amd64",
-            "unit",
-        ];
-        let dirs: Vec<String> = all
-            .iter()
-            .map(|j| artifacts_dir_name(j, all.iter().copied()))
-            .collect();
-        // The job named like the cleaned-up cells keeps its name; the cells get a digest each.
-        assert_eq!(dirs[2], "build-linux-amd64");
-        assert_eq!(dirs[3], "unit");
-        assert!(
-            dirs[0].starts_with("build-linux-amd64-") && dirs[0].len() == 26,
-            "{dirs:?}"
-        );
-        assert!(
-            dirs[1].starts_with("build-linux-amd64-") && dirs[1].len() == 26,
-            "{dirs:?}"
-        );
-        let unique: std::collections::BTreeSet<&String> = dirs.iter().collect();
-        assert_eq!(unique.len(), dirs.len(), "{dirs:?}");
-        // Without a clash, the cleaned-up name as before.
-        assert_eq!(
-            artifacts_dir_name("unit: [1, p]", ["unit: [1, p]", "lint"]),
-            job_dir_name("unit: [1, p]")
-        );
-        assert_eq!(job_dir_name("unit: [1, p]"), "unit-1-p");
-    }
-}
+mod tests;

@@ -1,0 +1,171 @@
+//! The run's scheduling and gating without running anything: a checked plan's units are walked
+//! in the order `run` walks them, each decided by [`decide`] or given the end a test says it had,
+//! and the test reads how every unit ended and what the run said.
+
+use super::*;
+use crate::pipeline::CheckOptions;
+
+fn plan(src: &str) -> Pipeline {
+    crate::pipeline::load("forge.yaml", src, &CheckOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn job(name: &str) -> Node {
+    Node::Job(name.into())
+}
+
+fn push(name: &str) -> Node {
+    Node::Push(name.into())
+}
+
+/// How a walk ended: every unit reached and its end, and the lines said, in order.
+struct Walk {
+    ends: BTreeMap<Node, End>,
+    lines: Vec<String>,
+}
+
+impl Walk {
+    fn end(&self, n: &Node) -> Option<End> {
+        self.ends.get(n).copied()
+    }
+
+    fn said(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+}
+
+/// Walks `plan` as `run` does (one unit at a time); a unit that would run ends as `ran` says,
+/// `Ok` when it is not listed. Units never ready are left out of `ends`.
+fn walk(plan: &Pipeline, only: &[&str], ran: &[(Node, End)]) -> Walk {
+    let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+    let units = units(plan, &only);
+    let ran: HashMap<Node, End> = ran.iter().cloned().collect();
+    let mut ends: HashMap<Node, End> = HashMap::new();
+    let mut left: HashMap<Node, Left> = HashMap::new();
+    let mut lines = Vec::new();
+    let mut pending: BTreeSet<Node> = units.keys().cloned().collect();
+    while let Some(n) = pending
+        .iter()
+        .find(|n| units[*n].iter().all(|d| ends.contains_key(d)))
+        .cloned()
+    {
+        pending.remove(&n);
+        let deps: Vec<(Node, End)> = units[&n].iter().map(|d| (d.clone(), ends[d])).collect();
+        let (end, l) = match decide(plan, &n, &deps, &left) {
+            Some((end, l, event)) => {
+                lines.push(event.line());
+                (end, l)
+            }
+            None => (ran.get(&n).copied().unwrap_or(End::Ok), Left::Nothing),
+        };
+        ends.insert(n.clone(), end);
+        left.insert(n, l);
+    }
+    Walk {
+        ends: ends.into_iter().collect(),
+        lines,
+    }
+}
+
+/// W1: `deploy` needs the pushed image; a gating job failed, so the push was held back. The
+/// deploy job must not run with the reference of a tag that was never pushed.
+#[test]
+fn a_job_needing_a_push_held_back_is_skipped_not_run() {
+    let p = plan(
+        r#"images:
+  app:
+    tags: ["127.0.0.1:5000/t/app:v1"]
+    push: true
+jobs:
+  lint:
+    image: app
+    script: [x]
+  greet:
+    image: app
+    script: [x]
+  deploy:
+    stage: deploy
+    image: docker.io/library/busybox
+    needs: [app, greet]
+    script: [x]
+"#,
+    );
+    let w = walk(&p, &[], &[(job("lint"), End::Failed)]);
+    assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&job("deploy")), Some(End::Blocked), "{:?}", w.lines);
+    assert!(
+        w.said("job deploy: skipped: push of app was held back"),
+        "{:?}",
+        w.lines
+    );
+
+    // A push that fails blocks it the same way, and says so.
+    let w = walk(&p, &[], &[(push("app"), End::Failed)]);
+    assert_eq!(w.end(&job("deploy")), Some(End::Blocked), "{:?}", w.lines);
+    assert!(
+        w.said("job deploy: skipped: push of app failed before it"),
+        "{:?}",
+        w.lines
+    );
+
+    // And when everything passed, it runs.
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&job("deploy")), Some(End::Ok), "{:?}", w.lines);
+}
+
+/// A failure blocks a chain of `needs:`, not only the job right after it.
+#[test]
+fn a_job_needing_a_job_blocked_by_a_failure_is_blocked_too() {
+    let p = plan(
+        r#"jobs:
+  a:
+    image: docker.io/library/busybox
+    script: [x]
+  b:
+    image: docker.io/library/busybox
+    needs: [a]
+    script: [x]
+  c:
+    image: docker.io/library/busybox
+    needs: [b]
+    script: [x]
+"#,
+    );
+    let w = walk(&p, &[], &[(job("a"), End::Failed)]);
+    assert_eq!(w.end(&job("b")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&job("c")), Some(End::Blocked), "{:?}", w.lines);
+    assert!(w.said("job c: skipped: b did not run"), "{:?}", w.lines);
+}
+
+#[test]
+fn jobs_whose_names_clean_up_alike_get_their_own_artifacts_directories() {
+    let all = [
+        "build: [linux/amd64]",
+        "build: [linux amd64]",
+        "build-linux-amd64",
+        "unit",
+    ];
+    let dirs: Vec<String> = all
+        .iter()
+        .map(|j| artifacts_dir_name(j, all.iter().copied()))
+        .collect();
+    // The job named like the cleaned-up cells keeps its name; the cells get a digest each.
+    assert_eq!(dirs[2], "build-linux-amd64");
+    assert_eq!(dirs[3], "unit");
+    assert!(
+        dirs[0].starts_with("build-linux-amd64-") && dirs[0].len() == 26,
+        "{dirs:?}"
+    );
+    assert!(
+        dirs[1].starts_with("build-linux-amd64-") && dirs[1].len() == 26,
+        "{dirs:?}"
+    );
+    let unique: std::collections::BTreeSet<&String> = dirs.iter().collect();
+    assert_eq!(unique.len(), dirs.len(), "{dirs:?}");
+    // Without a clash, the cleaned-up name as before.
+    assert_eq!(
+        artifacts_dir_name("unit: [1, p]", ["unit: [1, p]", "lint"]),
+        job_dir_name("unit: [1, p]")
+    );
+    assert_eq!(job_dir_name("unit: [1, p]"), "unit-1-p");
+}
