@@ -180,8 +180,14 @@ pub fn check(
         let image = resolve_image(&spec.image, source, &vars, &names, &mut errors);
         let needs = spec.needs.as_ref().map(|list| {
             list.iter()
-                .filter_map(|n| resolve_need(n, &names, &mut errors))
-                .collect()
+                .flat_map(|n| resolve_need(n, &names, &mut errors))
+                .fold(Vec::new(), |mut out, n| {
+                    // A matrix named whole and one of its cells: each once.
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                    out
+                })
         });
         let services = spec
             .services
@@ -386,17 +392,18 @@ pub(super) fn resolve_image(
     }
 }
 
-/// Resolves one `needs:` entry: a job (all its matrix instances), one expanded job, or an image.
+/// Resolves one `needs:` entry: a job (all its matrix instances, each by its expanded name: the
+/// run knows jobs only by those), one expanded job, or an image.
 pub(super) fn resolve_need(
     n: &Sp<String>,
     names: &Names<'_>,
     errors: &mut Vec<PipelineError>,
-) -> Option<Need> {
+) -> Vec<Need> {
     if names.images.contains(n.value.as_str()) {
-        return Some(Need::Image(n.value.clone()));
+        return vec![Need::Image(n.value.clone())];
     }
-    if names.jobs.contains_key(&n.value) || names.jobs.values().flatten().any(|j| *j == n.value) {
-        return Some(Need::Job(n.value.clone()));
+    if let Some(jobs) = graph::jobs_named(&n.value, names) {
+        return jobs.into_iter().map(Need::Job).collect();
     }
     let candidates = names
         .jobs
@@ -413,7 +420,7 @@ pub(super) fn resolve_need(
         )
         .with_hint(hint),
     );
-    None
+    Vec::new()
 }
 
 /// Parses every rule (all errors reported) and picks the first that matches.

@@ -135,7 +135,7 @@ pub(super) fn image_plan(
 }
 
 /// The expanded jobs a name means: a base name all its matrix instances, else one instance.
-fn jobs_named(name: &str, names: &Names<'_>) -> Option<Vec<String>> {
+pub(super) fn jobs_named(name: &str, names: &Names<'_>) -> Option<Vec<String>> {
     if let Some(list) = names.jobs.get(name) {
         return Some(list.clone());
     }

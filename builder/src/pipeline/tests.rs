@@ -280,7 +280,15 @@ fn needs_name_a_whole_matrix_or_one_instance() {
         job(&p, "one").needs,
         Some(vec![Need::Job("unit: [1]".into())])
     );
-    assert_eq!(job(&p, "all").needs, Some(vec![Need::Job("unit".into())]));
+    // W2: the written name means every cell, by the names the run knows them by (a need of
+    // `unit` alone named no unit of the run, and the job never ran).
+    assert_eq!(
+        job(&p, "all").needs,
+        Some(vec![
+            Need::Job("unit: [1]".into()),
+            Need::Job("unit: [p]".into())
+        ])
+    );
     assert!(job(&p, "unit: [p]").variables["V"] == "p");
 }
 
