@@ -198,7 +198,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     forge_builder::pipeline::run::preflight(&checked, &run_options)
         .map_err(|e| failed(format!("error: {name}: {e}")))?;
     let handle = history
-        .start(args.build_number, &git.sha, &git.branch)
+        .start(args.build_number, &git.sha, &git.branch, &args.only)
         .map_err(|e| failed(format!("error: {e}")))?;
     builtins.insert(
         "FORGE_BUILD_NUMBER".to_string(),

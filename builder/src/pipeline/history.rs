@@ -79,6 +79,11 @@ pub struct RunRecord {
     pub branch: String,
     pub result: RunResult,
     pub jobs: Vec<JobRecord>,
+    /// `forge run JOB...`: the jobs asked for; empty for a run of the whole pipeline. A run of
+    /// some jobs tested only those, so it is no baseline for `rules: changes:` (see
+    /// [`History::last_passed_commit`]). Records written before this field read as whole runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
 }
 
 impl RunRecord {
@@ -146,12 +151,14 @@ impl History {
 
     /// Starts run number `number` (from `--build-number`) or the next number of the counter, and
     /// returns it with the handle that records its progress. Numbers never repeat: the counter only
-    /// grows, and an explicit number already used is refused.
+    /// grows, and an explicit number already used is refused. `only`: the jobs `forge run JOB...`
+    /// asked for, empty for the whole pipeline.
     pub fn start(
         &self,
         number: Option<u64>,
         commit: &str,
         branch: &str,
+        only: &[String],
     ) -> Result<RunHandle, HistoryError> {
         let lock_path = self.dir.join("counter.lock");
         let _counter = FileLock::acquire(&lock_path, LockMode::Exclusive)
@@ -191,6 +198,7 @@ impl History {
             branch: branch.into(),
             result: RunResult::Running,
             jobs: Vec::new(),
+            only: only.to_vec(),
         };
         let handle = RunHandle {
             dir,
@@ -251,14 +259,16 @@ impl History {
         self.read(number)?.ok_or(HistoryError::NoRun { number })
     }
 
-    /// The commit of the newest run that passed: what `rules: changes:` compares with when no
-    /// `--changed-since` is given.
+    /// The commit of the newest run of the whole pipeline that passed: what `rules: changes:`
+    /// compares with when no `--changed-since` is given. A passed run of some jobs only
+    /// (`forge run JOB`) is passed over: the others were not tested at its commit, and a later
+    /// run comparing with it would skip them for changes nobody tested.
     pub fn last_passed_commit(&self) -> Result<Option<String>, HistoryError> {
         Ok(self
             .list()?
             .into_iter()
             .rev()
-            .find(|r| r.result == RunResult::Passed && !r.commit.is_empty())
+            .find(|r| r.result == RunResult::Passed && !r.commit.is_empty() && r.only.is_empty())
             .map(|r| r.commit))
     }
 
@@ -417,7 +427,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let h = History::open(tmp.path(), "repo/forge.yaml").unwrap();
         assert_eq!(h.list().unwrap(), vec![]);
-        let mut run = h.start(None, "abc123", "main").unwrap();
+        let mut run = h.start(None, "abc123", "main", &[]).unwrap();
         assert_eq!(run.number(), 1);
         // Running while its handle lives.
         assert_eq!(h.run(1).unwrap().result, RunResult::Running);
@@ -457,19 +467,42 @@ mod tests {
         assert!(matches!(h.run(9), Err(HistoryError::NoRun { number: 9 })));
 
         // The next run takes the next number; an explicit one is used once only.
-        let run2 = h.start(None, "def456", "main").unwrap();
+        let run2 = h.start(None, "def456", "main", &[]).unwrap();
         assert_eq!(run2.number(), 2);
         run2.finish(RunResult::Passed, Duration::from_secs(1))
             .unwrap();
-        let run10 = h.start(Some(10), "def456", "main").unwrap();
+        let run10 = h.start(Some(10), "def456", "main", &[]).unwrap();
         drop(run10);
-        assert!(h.start(Some(10), "x", "main").is_err());
-        assert_eq!(h.start(None, "x", "main").unwrap().number(), 11);
+        assert!(h.start(Some(10), "x", "main", &[]).is_err());
+        assert_eq!(h.start(None, "x", "main", &[]).unwrap().number(), 11);
         let numbers: Vec<u64> = h.list().unwrap().iter().map(|r| r.number).collect();
         assert_eq!(numbers, vec![1, 2, 10, 11]);
         // Run 10's handle was dropped without finishing: a killed run.
         assert_eq!(h.run(10).unwrap().result, RunResult::Interrupted);
         assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("def456"));
+    }
+
+    /// W4: a passed `forge run test-a` at a commit that broke svc-b became the `changes:`
+    /// baseline, and the next full run skipped test-b and went green on the broken commit.
+    #[test]
+    fn a_passed_run_of_some_jobs_is_no_changes_baseline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "p").unwrap();
+        h.start(None, "full1", "main", &[])
+            .unwrap()
+            .finish(RunResult::Passed, Duration::ZERO)
+            .unwrap();
+        h.start(None, "broken", "main", &["test-a".to_string()])
+            .unwrap()
+            .finish(RunResult::Passed, Duration::ZERO)
+            .unwrap();
+        assert_eq!(h.run(2).unwrap().only, ["test-a"]);
+        assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("full1"));
+        h.start(None, "full2", "main", &[])
+            .unwrap()
+            .finish(RunResult::Passed, Duration::ZERO)
+            .unwrap();
+        assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("full2"));
     }
 
     #[test]
@@ -483,7 +516,7 @@ mod tests {
                     let h = History::open(&root, "p").unwrap();
                     (0..5)
                         .map(|_| {
-                            let run = h.start(None, "", "").unwrap();
+                            let run = h.start(None, "", "", &[]).unwrap();
                             let n = run.number();
                             run.finish(RunResult::Passed, Duration::ZERO).unwrap();
                             n
