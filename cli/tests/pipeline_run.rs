@@ -1136,3 +1136,83 @@ fn an_image_context_leading_out_of_the_repository_is_refused() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("inside"), "{text}");
 }
+
+/// W1 and W3 end to end, in the README's demo shape: `lint` fails, so the push of `app` is held
+/// back and `deploy` (needs: [app, greet]) must not run with the reference of a tag that was
+/// never pushed; `compile` fails, so `slim` (artifacts-from: [compile]) must be neither built
+/// without its artifacts nor pushed.
+#[test]
+fn nothing_runs_on_a_push_held_back_or_builds_without_a_failed_jobs_artifacts() {
+    let Some(m) = machine() else { return };
+    let ws = forge_testsupport::scratch("forge-pipeline-held");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!("FROM {}\nCOPY . /ctx/\n", m.busybox),
+    )
+    .unwrap();
+    let repo = format!("held-{}", forge_testsupport::unique());
+    let app = format!("{}/{repo}/app:v1", m.registry);
+    let slim = format!("{}/{repo}/slim:v1", m.registry);
+    fs::write(
+        dir.join("forge.yaml"),
+        format!(
+            r#"images:
+  app:
+    context: app
+    tags: ["{app}"]
+    push: true
+  slim:
+    context: app
+    artifacts-from: [compile]
+    tags: ["{slim}"]
+    push: true
+    needs: []
+jobs:
+  compile:
+    stage: build
+    image: {busybox}
+    script:
+      - echo compiling; exit 2
+    artifacts:
+      paths: [bin/]
+  lint:
+    image: app
+    needs: []
+    script:
+      - exit 3
+  greet:
+    image: app
+    needs: []
+    script:
+      - echo hello
+  deploy:
+    stage: deploy
+    image: {busybox}
+    needs: [app, greet]
+    script:
+      - echo "DEPLOYING $FORGE_IMAGE_APP_REF"
+"#,
+            busybox = m.busybox
+        ),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run", "--progress=plain"], &[]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("image app: not pushed"), "{out}");
+    assert!(
+        out.contains("job deploy: skipped: push of app was held back"),
+        "{out}"
+    );
+    assert!(!out.contains("DEPLOYING"), "{out}");
+    assert!(
+        out.contains("image slim: not built: compile failed before it"),
+        "{out}"
+    );
+    assert!(!out.contains("image slim: building"), "{out}");
+    assert_eq!(registry_digest(&app), None, "app was pushed");
+    assert_eq!(registry_digest(&slim), None, "slim was pushed");
+}

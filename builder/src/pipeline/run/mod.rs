@@ -198,6 +198,8 @@ enum Left {
     Push(Vec<String>),
     /// A push held back: its tags, and the jobs (or build) that held it.
     Held(Vec<String>, Vec<String>),
+    /// A build not started: the `artifacts-from` jobs that failed or did not run.
+    NotBuilt(Vec<String>),
     Nothing,
 }
 
@@ -655,10 +657,12 @@ fn decide(
             if build_ok && because.is_empty() {
                 return None;
             }
-            let because = if because.is_empty() {
-                vec![format!("the build of {image}")]
-            } else {
-                because
+            // An image that was not built holds its push for that first: the jobs on it were
+            // blocked by the same cause.
+            let because = match left.get(&Node::Build(image.clone(), None)) {
+                _ if build_ok => because,
+                Some(Left::NotBuilt(by)) => by.clone(),
+                _ => vec![format!("the build of {image}")],
             };
             let event = PipelineEvent::Held {
                 image: image.clone(),
@@ -671,7 +675,26 @@ fn decide(
                 event,
             ))
         }
-        Node::Build(..) => None,
+        // A build waits only for its `artifacts-from` jobs: without their artifacts it would
+        // build (and push) an image that lacks them.
+        Node::Build(image, stage) => {
+            if failed.is_empty() && blocked.is_empty() {
+                return None;
+            }
+            let mut why = Vec::new();
+            if !failed.is_empty() {
+                why.push(format!("{} failed before it", failed.join(", ")));
+            }
+            if !blocked.is_empty() {
+                why.push(format!("{} did not run", blocked.join(", ")));
+            }
+            let event = PipelineEvent::ImageSkipped {
+                image: build_name(image, stage.as_deref()),
+                reason: why.join("; "),
+            };
+            let by = failed.into_iter().chain(blocked).collect();
+            Some((End::Blocked, Left::NotBuilt(by), event))
+        }
     }
 }
 

@@ -59,6 +59,11 @@ pub enum PipelineEvent {
         image: String,
         error: String,
     },
+    /// Not built: a job it takes artifacts from failed or did not run.
+    ImageSkipped {
+        image: String,
+        reason: String,
+    },
     JobStarted {
         job: String,
     },
@@ -115,6 +120,9 @@ impl PipelineEvent {
             ),
             PipelineEvent::ImageFailed { image, error } => {
                 format!("image {image}: build failed: {error}")
+            }
+            PipelineEvent::ImageSkipped { image, reason } => {
+                format!("image {image}: not built: {reason}")
             }
             PipelineEvent::JobStarted { job } => format!("job {job}: started"),
             PipelineEvent::JobLine { job, line, cached } => {

@@ -14,6 +14,10 @@ fn job(name: &str) -> Node {
     Node::Job(name.into())
 }
 
+fn build(name: &str) -> Node {
+    Node::Build(name.into(), None)
+}
+
 fn push(name: &str) -> Node {
     Node::Push(name.into())
 }
@@ -168,4 +172,44 @@ fn jobs_whose_names_clean_up_alike_get_their_own_artifacts_directories() {
         job_dir_name("unit: [1, p]")
     );
     assert_eq!(job_dir_name("unit: [1, p]"), "unit-1-p");
+}
+
+/// W3: `compile` failed, and `slim` (artifacts-from compile) was still built without its
+/// artifacts, and pushed.
+#[test]
+fn an_image_taking_artifacts_from_a_failed_job_is_neither_built_nor_pushed() {
+    let p = plan(
+        r#"images:
+  slim:
+    artifacts-from: [compile]
+    tags: ["127.0.0.1:5000/t/slim:v1"]
+    push: true
+jobs:
+  compile:
+    stage: build
+    image: docker.io/library/busybox
+    script: [x]
+  smoke:
+    image: slim
+    script: [x]
+"#,
+    );
+    let w = walk(&p, &[], &[(job("compile"), End::Failed)]);
+    assert_eq!(w.end(&build("slim")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&push("slim")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&job("smoke")), Some(End::Blocked), "{:?}", w.lines);
+    assert!(
+        w.said("image slim: not built: compile failed before it"),
+        "{:?}",
+        w.lines
+    );
+    assert!(
+        w.said("image slim: not pushed (127.0.0.1:5000/t/slim:v1): compile did not pass"),
+        "{:?}",
+        w.lines
+    );
+
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&build("slim")), Some(End::Ok), "{:?}", w.lines);
+    assert_eq!(w.end(&push("slim")), Some(End::Ok), "{:?}", w.lines);
 }
