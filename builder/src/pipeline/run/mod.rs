@@ -640,17 +640,13 @@ fn decide(
             let build_ok = deps
                 .iter()
                 .any(|(d, e)| matches!(d, Node::Build(..)) && *e == End::Ok);
-            // A gate passes when its job passed (or failed where that is allowed); a job a
-            // rule left out of this run gates nothing.
+            // A gate passes when its job passed (or failed where that is allowed). A job a rule
+            // or `when:` left out gates nothing: `when: on_failure` skipped because nothing
+            // failed is the run going well, not a reason to hold the push.
             let because: Vec<String> = deps
                 .iter()
-                .filter(|(d, e)| match d {
-                    Node::Job(_) => match e {
-                        End::Ok => false,
-                        End::Failed | End::Blocked => true,
-                        End::Skipped => !skipped_by_rule(left.get(d)),
-                    },
-                    _ => false,
+                .filter(|(d, e)| {
+                    matches!(d, Node::Job(_)) && matches!(e, End::Failed | End::Blocked)
                 })
                 .map(|(d, _)| describe(d))
                 .collect();
@@ -717,10 +713,6 @@ fn retry_reason(kind: RetryWhen) -> &'static str {
         RetryWhen::RunnerSystemFailure => "a failure of the runner",
         RetryWhen::UnmetPrerequisites => "an unmet prerequisite",
     }
-}
-
-fn skipped_by_rule(l: Option<&Left>) -> bool {
-    matches!(l, Some(Left::Job(_, r)) if r.reason.as_deref().is_some_and(|s| s == "no rule matched" || s == "when: never"))
 }
 
 fn describe(n: &Node) -> String {

@@ -213,3 +213,41 @@ jobs:
     assert_eq!(w.end(&build("slim")), Some(End::Ok), "{:?}", w.lines);
     assert_eq!(w.end(&push("slim")), Some(End::Ok), "{:?}", w.lines);
 }
+
+/// W5: `onfail` (`when: on_failure`) was skipped because nothing failed, and that held the
+/// image's push while the run passed.
+#[test]
+fn an_on_failure_job_skipped_because_nothing_failed_holds_no_push() {
+    let p = plan(
+        r#"images:
+  app:
+    tags: ["127.0.0.1:5000/t/app:v1"]
+    push: true
+jobs:
+  ok:
+    image: app
+    script: [x]
+  onfail:
+    image: app
+    when: on_failure
+    script: [x]
+"#,
+    );
+    assert!(
+        p.images[0].push_needs.contains(&"onfail".to_string()),
+        "the default gate has every job on the image: {:?}",
+        p.images[0].push_needs
+    );
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&job("onfail")), Some(End::Skipped), "{:?}", w.lines);
+    assert_eq!(w.end(&push("app")), Some(End::Ok), "{:?}", w.lines);
+
+    // When something failed, the push is held for that job, and for it only.
+    let w = walk(&p, &[], &[(job("ok"), End::Failed)]);
+    assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
+    assert!(
+        w.said("image app: not pushed (127.0.0.1:5000/t/app:v1): ok did not pass"),
+        "{:?}",
+        w.lines
+    );
+}
