@@ -89,6 +89,18 @@ pub fn check(
     };
     let mut seen_jobs: BTreeSet<String> = BTreeSet::new();
     for (k, job) in &file.jobs.0 {
+        // forge sets these for every job: a matrix setting one would lie to the job about
+        // itself (its name, the commit) or be overridden unseen.
+        for entry in job.parallel.iter().flat_map(|p| &p.matrix.value) {
+            for (key, _) in &entry.value.0 {
+                if is_set_by_forge(&key.value) {
+                    errors.push(PipelineError::new(
+                        pos_of(key),
+                        format!("`{}` is set by forge: a matrix cannot set it", key.value),
+                    ));
+                }
+            }
+        }
         let instances = match &job.parallel {
             None => vec![(k.value.clone(), Vec::new())],
             Some(p) => match expand::matrix(p) {
@@ -144,7 +156,11 @@ pub fn check(
         let mut vars = globals.clone();
         vars.extend(matrix_vars.iter().cloned());
         let mut own: BTreeMap<String, String> = matrix_vars.iter().cloned().collect();
-        expand::define(&spec.variables, source, &mut vars, &mut errors);
+        // A matrix value wins over the job's `variables:` of the same name, as in GitLab, and
+        // the job's other variables see it: were it the other way round, every cell would run
+        // the one value `variables:` gives, and all but the first replay its cached result.
+        let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
+        expand::define_except(&spec.variables, source, &mut vars, &mut errors, from_matrix);
         for (key, _) in &spec.variables.0 {
             if let Some(v) = vars.get(&key.value) {
                 own.insert(key.value.clone(), v.clone());
@@ -322,6 +338,11 @@ fn stages(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<String> {
         }
     }
     out
+}
+
+/// The variables forge gives every job itself: the [`BUILTINS`], `CI` and `FORGE_JOB_NAME`.
+fn is_set_by_forge(name: &str) -> bool {
+    BUILTINS.contains(&name) || name == "CI" || name == "FORGE_JOB_NAME"
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -138,7 +138,18 @@ pub fn define(
     vars: &mut BTreeMap<String, String>,
     errors: &mut Vec<PipelineError>,
 ) {
-    for (k, v) in &map.0 {
+    define_except(map, source, vars, errors, |_| false);
+}
+
+/// [`define`], leaving out the names `skip` says: those set by something that wins over `map`.
+pub fn define_except(
+    map: &OrderedMap<Sp<Text>>,
+    source: &str,
+    vars: &mut BTreeMap<String, String>,
+    errors: &mut Vec<PipelineError>,
+    skip: impl Fn(&str) -> bool,
+) {
+    for (k, v) in map.0.iter().filter(|(k, _)| !skip(&k.value)) {
         let s = Sp::new(v.value.0.clone(), v.referenced, v.defined);
         match expand_at(&s, source, vars) {
             Ok(value) => {

@@ -362,3 +362,33 @@ fn an_undefined_variable_in_a_multi_line_scalar_stays_inside_the_file() {
         "{e:?}"
     );
 }
+
+/// W6: `variables: {X: fromvar}` beside `matrix: [{X: [m1, m2]}]` gave every cell `fromvar`, and
+/// the second cell replayed the first one's cached result. The matrix wins, as in GitLab, and
+/// the job's other variables see its value.
+#[test]
+fn matrix_values_win_over_the_jobs_variables() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    variables:\n      X: fromvar\n      Y: y-$X\n    parallel:\n      matrix:\n        - X: [m1, m2]\n";
+    let p = ok(src, &CheckOptions::default());
+    for cell in ["m1", "m2"] {
+        let j = job(&p, &format!("a: [{cell}]"));
+        assert_eq!(j.variables["X"], cell);
+        assert_eq!(j.variables["Y"], format!("y-{cell}"));
+    }
+}
+
+#[test]
+fn a_matrix_cannot_set_what_forge_sets() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - FORGE_JOB_NAME: [evil]\n";
+    let e = errors(src);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(
+        (e.errors[0].pos.line, e.errors[0].pos.column),
+        (7, 11),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("`FORGE_JOB_NAME` is set by forge"),
+        "{e}"
+    );
+}
