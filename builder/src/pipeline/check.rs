@@ -10,7 +10,9 @@ use forge_snapshotter::reference::Reference;
 
 use super::error::{PipelineError, Pos};
 use super::expand::{self, expand_at, inner_pos};
-use super::file::{ArtifactsWhen, JobSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of};
+use super::file::{
+    ArtifactsWhen, JobSpec, NeedSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of,
+};
 use super::graph;
 use super::plan::Names;
 pub use super::plan::{
@@ -291,6 +293,7 @@ pub fn check(
             cache: spec.cache.unwrap_or(true),
         });
     }
+    needs_left_out(&jobs, &expanded, &names, &mut errors);
     // Stage order, then file order (the sort is stable).
     let rank = |s: &str| stages.iter().position(|x| x == s).unwrap_or(usize::MAX);
     let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -319,6 +322,64 @@ pub fn check(
         Ok(pipeline)
     } else {
         Err(errors)
+    }
+}
+
+/// Refuses a `needs:` entry naming a job that rules (or `when: never`) leave out of this run,
+/// as GitLab refuses such a pipeline: the job would run without what it waits for and without
+/// its artifacts, and nothing would say so. An `optional: true` need is the file saying it may.
+/// `jobs[i]` is the plan of `expanded[i]`.
+fn needs_left_out(
+    jobs: &[JobPlan],
+    expanded: &[Instance<'_>],
+    names: &Names<'_>,
+    errors: &mut Vec<PipelineError>,
+) {
+    let left_out: BTreeMap<&str, &JobPlan> = jobs
+        .iter()
+        .filter(|j| j.when == When::Never)
+        .map(|j| (j.name.as_str(), j))
+        .collect();
+    // The cells of one matrix share their `needs:` entries: each is reported once.
+    let mut reported = BTreeSet::new();
+    for (job, (_, spec, _, _)) in jobs.iter().zip(expanded) {
+        if job.when == When::Never {
+            continue;
+        }
+        for n in spec.needs.iter().flatten().filter(|n| !n.value.optional) {
+            let out: Vec<&JobPlan> = graph::jobs_named(&n.value.name, names)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| left_out.get(x.as_str()).copied())
+                .collect();
+            let Some(first) = out.first() else {
+                continue;
+            };
+            let at = pos_of(n);
+            if !reported.insert((at.line, at.column)) {
+                continue;
+            }
+            let why = match first.rule {
+                RuleOutcome::NoneMatched => "no rule of it matched",
+                _ => "it is `when: never`",
+            };
+            let which: Vec<&str> = out.iter().map(|j| j.name.as_str()).collect();
+            errors.push(
+                PipelineError::new(
+                    at,
+                    format!(
+                        "`{}` in needs does not run in this pipeline ({why}): {} cannot run without it",
+                        which.join("`, `"),
+                        job.base
+                    ),
+                )
+                .with_hint(Some(format!(
+                    "give `{}` the same `rules:`, or write the need as `{{job: {}, optional: true}}` \
+                     to run without it",
+                    job.base, n.value.name
+                ))),
+            );
+        }
     }
 }
 
@@ -416,14 +477,15 @@ pub(super) fn resolve_image(
 /// Resolves one `needs:` entry: a job (all its matrix instances, each by its expanded name: the
 /// run knows jobs only by those), one expanded job, or an image.
 pub(super) fn resolve_need(
-    n: &Sp<String>,
+    n: &Sp<NeedSpec>,
     names: &Names<'_>,
     errors: &mut Vec<PipelineError>,
 ) -> Vec<Need> {
-    if names.images.contains(n.value.as_str()) {
-        return vec![Need::Image(n.value.clone())];
+    let name = &n.value.name;
+    if names.images.contains(name.as_str()) {
+        return vec![Need::Image(name.clone())];
     }
-    if let Some(jobs) = graph::jobs_named(&n.value, names) {
+    if let Some(jobs) = graph::jobs_named(name, names) {
         return jobs.into_iter().map(Need::Job).collect();
     }
     let candidates = names
@@ -431,13 +493,13 @@ pub(super) fn resolve_need(
         .keys()
         .map(String::as_str)
         .chain(names.images.iter().copied());
-    let hint = suggest(&n.value, candidates)
+    let hint = suggest(name, candidates)
         .map(|s| format!("did you mean `{s}`?"))
         .or_else(|| Some("`needs:` names jobs or images of this file".into()));
     errors.push(
         PipelineError::new(
             pos_of(n),
-            format!("`{}` in needs names no job or image", n.value),
+            format!("`{name}` in needs names no job or image"),
         )
         .with_hint(hint),
     );

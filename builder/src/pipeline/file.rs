@@ -107,7 +107,7 @@ pub struct JobSpec {
     pub variables: OrderedMap<Sp<Text>>,
     /// `None` (no key): wait for every job of the earlier stages, as GitLab does; `Some`: only
     /// for these jobs or images, which lets the job start before its stage.
-    pub needs: Option<Vec<Sp<String>>>,
+    pub needs: Option<Vec<Sp<NeedSpec>>>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
     pub parallel: Option<Parallel>,
@@ -291,6 +291,50 @@ impl<'de> Deserialize<'de> for Retry {
                 Ok(Retry {
                     max: retry_max(m.max)?,
                     when: m.when.0,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A job's `needs:` entry: `lint`, or GitLab's `{job: lint, optional: true}`. A need of a job
+/// that rules leave out of the run refuses the pipeline unless it is optional (then the job runs
+/// without it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedSpec {
+    /// A job, a matrix job's written or expanded name, or an image.
+    pub name: String,
+    pub optional: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeedMap {
+    job: String,
+    #[serde(default)]
+    optional: bool,
+}
+
+impl<'de> Deserialize<'de> for NeedSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NeedSpec, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NeedSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a job or image name, or a map with `job` and `optional`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NeedSpec, E> {
+                Ok(NeedSpec {
+                    name: s.to_string(),
+                    optional: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NeedSpec, A::Error> {
+                let m = NeedMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(NeedSpec {
+                    name: m.job,
+                    optional: m.optional,
                 })
             }
         }

@@ -222,11 +222,11 @@ pub(super) fn find_cycle(
             }
             Some(list) => {
                 for n in list {
-                    if let Some(&i) = image_index.get(n.value.as_str()) {
+                    if let Some(&i) = image_index.get(n.value.name.as_str()) {
                         let to = if p.images[i].push { push(i) } else { build(i) };
                         edges[j].push((to, pos_of(n), false));
                     } else {
-                        for k in job_index(&n.value) {
+                        for k in job_index(&n.value.name) {
                             edges[j].push((k, pos_of(n), false));
                         }
                     }

@@ -392,3 +392,40 @@ fn a_matrix_cannot_set_what_forge_sets() {
         "{e}"
     );
 }
+
+/// W13: `b` needs `a`, which no rule lets run; `b` ran anyway, without `a` and its artifacts.
+/// GitLab refuses the pipeline; so does forge, at the `needs:` entry.
+#[test]
+fn needing_a_job_that_rules_leave_out_is_refused() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules: [{if: '$FORGE_GIT_BRANCH == \"main\"'}]\n  b:\n    image: alpine\n    script: [x]\n    needs: [a]\n";
+    let e = load(
+        "forge.yaml",
+        src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None),
+    )
+    .expect_err("should fail");
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(
+        (e.errors[0].pos.line, e.errors[0].pos.column),
+        (9, 13),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("`a` in needs does not run in this pipeline (no rule of it matched)"),
+        "{e}"
+    );
+    // Where the rule lets `a` run, `b` needs it as written.
+    let p = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    assert_eq!(job(&p, "b").needs, Some(vec![Need::Job("a".into())]));
+    // An optional need lets it run without `a`.
+    let optional = src.replace("needs: [a]", "needs: [{job: a, optional: true}]");
+    let p = ok(
+        &optional,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None),
+    );
+    assert_eq!(job(&p, "b").needs, Some(vec![Need::Job("a".into())]));
+    // A job left out itself may need one left out.
+    let both = src.replace("    needs: [a]\n", "    needs: [a]\n    when: never\n");
+    ok(&both, &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None));
+}
