@@ -251,3 +251,53 @@ jobs:
         w.lines
     );
 }
+
+/// W2 at the scheduler: `after-cells` needs the matrix job by its written name. It was never
+/// ready (it waited for a unit that does not exist), so it never ran and the push it gates never
+/// happened, in a run that passed.
+#[test]
+fn a_job_needing_a_matrix_job_runs_after_every_cell_and_its_push_happens() {
+    let p = plan(
+        r#"images:
+  app:
+    tags: ["127.0.0.1:5000/t/app:v1"]
+    push: true
+jobs:
+  cells:
+    image: app
+    parallel:
+      matrix:
+        - N: [1, 2]
+    script: [x]
+  after-cells:
+    image: app
+    needs: [cells]
+    script: [x]
+"#,
+    );
+    let units = units(&p, &[]);
+    assert_eq!(
+        units[&job("after-cells")],
+        BTreeSet::from([
+            Node::Build("app".into(), None),
+            job("cells: [1]"),
+            job("cells: [2]")
+        ])
+    );
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&job("after-cells")), Some(End::Ok), "{:?}", w.lines);
+    assert_eq!(w.end(&push("app")), Some(End::Ok), "{:?}", w.lines);
+    // One failed cell blocks it, and holds the push.
+    let w = walk(&p, &[], &[(job("cells: [2]"), End::Failed)]);
+    assert_eq!(
+        w.end(&job("after-cells")),
+        Some(End::Blocked),
+        "{:?}",
+        w.lines
+    );
+    assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
+    // `forge run after-cells` runs the cells too.
+    let w = walk(&p, &["after-cells"], &[]);
+    assert_eq!(w.end(&job("cells: [1]")), Some(End::Ok), "{:?}", w.lines);
+    assert_eq!(w.end(&job("after-cells")), Some(End::Ok), "{:?}", w.lines);
+}
