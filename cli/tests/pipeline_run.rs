@@ -1216,3 +1216,66 @@ jobs:
     assert_eq!(registry_digest(&app), None, "app was pushed");
     assert_eq!(registry_digest(&slim), None, "slim was pushed");
 }
+
+/// A scratch workspace whose `forge.yaml` is `pipeline` with one image, `app` (busybox, working
+/// directory /w): its temporary directory, the repository and the store.
+fn small_workspace(
+    m: &Machine,
+    name: &str,
+    pipeline: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let ws = forge_testsupport::scratch(name);
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!("FROM {}\nWORKDIR /w\n", m.busybox),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        format!("images:\n  app: {{context: app}}\n{pipeline}"),
+    )
+    .unwrap();
+    (ws, dir, root)
+}
+
+/// Regression (S1): a job that made its artifact setuid root handed every local user a
+/// setuid-root program in the artifacts directory (forge runs as root here). The host's copy
+/// has no setuid or setgid bit and is forge's; the job that needs it still sees the job's mode.
+#[test]
+fn a_setuid_artifact_lands_on_the_host_without_the_bit_and_owned_by_forge() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-suid",
+        r#"jobs:
+  mk:
+    image: app
+    script:
+      - cp /bin/busybox ./sushell && chown 1234:1234 sushell && chmod 6755 sushell
+    artifacts:
+      paths: [sushell]
+  use:
+    image: app
+    needs: [mk]
+    script:
+      - echo "inside $(stat -c '%a %u' /w/sushell)"
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[use] inside 6755 1234"), "{out}");
+    let md = fs::metadata(dir.join("forge-artifacts/mk/sushell")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755);
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw()
+        )
+    );
+}

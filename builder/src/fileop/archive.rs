@@ -122,9 +122,15 @@ pub enum Extract {
     /// and a `..` that climbs above the destination stays at its top, as BuildKit's extraction
     /// (chrooted into the destination) places it.
     Add,
-    /// A build context or artifacts, on the host: a device or fifo entry is refused (there is no
-    /// use for one, and forge would make it on the host), and so is a name that climbs out.
+    /// A build context on the host: a device or fifo entry is refused (there is no use for one,
+    /// and forge would make it on the host), and so is a name that climbs out.
     Files,
+    /// A job's artifacts, copied out to the host: as `Files`, and no file keeps its setuid or
+    /// setgid bit. A job may `chmod 4755` whatever it likes (it may be root in its container),
+    /// and forge may run as root: the bit would hand any local user who can reach the artifacts
+    /// directory the job's chosen program with forge's rights. A file copied out of a container
+    /// (`docker cp`) or a zip of artifacts does not keep it either.
+    Artifacts,
 }
 
 /// Extracts every entry of `archive` below `dest_dir` (inside `dest_root`), as `purpose` says.
@@ -155,7 +161,7 @@ pub fn extract(
         };
         let rel = match purpose {
             Extract::Add => clamped(&name),
-            Extract::Files => {
+            Extract::Files | Extract::Artifacts => {
                 confined(&name).ok_or_else(|| refuse("its path leaves the destination"))?
             }
         };
@@ -175,7 +181,11 @@ pub fn extract(
         let target = parent_path.join(file_name);
         let header = entry.header().clone();
         let kind = header.entry_type();
-        let mode = header.mode().map_err(|e| refuse(&e.to_string()))? & 0o7777;
+        let kept_bits = match purpose {
+            Extract::Artifacts => 0o1777,
+            Extract::Add | Extract::Files => 0o7777,
+        };
+        let mode = header.mode().map_err(|e| refuse(&e.to_string()))? & kept_bits;
         if !kind.is_dir() {
             clear_for_file(&target)?;
         }

@@ -175,6 +175,8 @@ pub fn lay_into(
 
 /// Extracts the artifact layer `layer` into a fresh staging directory in `beside`, hands `then`
 /// its `workdir` (which may not exist), and removes the staging directory whatever happened.
+/// What lands on the host is owned by forge's user and has no setuid or setgid bit (the layer
+/// itself, laid into the jobs that need this one, keeps the job's modes and owners).
 fn in_staging(
     store: &Store,
     layer: &Descriptor,
@@ -187,12 +189,18 @@ fn in_staging(
         forge_snapshotter::lock::random_hex()
     ));
     std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    // The owner inside the job's container (root, or its image's USER) means nothing on the
+    // host, or an unrelated account: artifacts are forge's user's, as files it copied out.
+    let forge_user = crate::fileop::Ids {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
     let done = crate::fileop::archive::extract(
         &store.blob_path(&layer.digest),
         &staging,
         &staging,
-        None,
-        crate::fileop::archive::Extract::Files,
+        Some(forge_user),
+        crate::fileop::archive::Extract::Artifacts,
     )
     .map_err(|e| format!("extracting artifacts: {e}"))
     .and_then(|()| then(&staging.join(workdir.trim_start_matches('/'))));
@@ -304,5 +312,59 @@ mod tests {
         assert!(selected(&set, "app/reports/unit.xml"));
         assert!(!selected(&set, "app/reports/unit.txt"));
         assert!(!selected(&set, "app/distant"));
+    }
+
+    /// Regression (S1): a job that made its artifact setuid root (`chmod 4755` as root in its
+    /// container) handed every local user a setuid-root program in the artifacts directory
+    /// when forge ran as root. On the host, artifacts lose the setuid and setgid bits (the
+    /// sticky bit and the rest stay) and belong to forge's user, not the container's uid.
+    #[test]
+    fn artifacts_on_the_host_are_not_setuid_and_are_forges_own() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, mode, data) in [
+            ("app/", 0o3777, &b""[..]),
+            ("app/rootme", 0o4755, &b"\x7fELF"[..]),
+            ("app/group", 0o2751, &b"g"[..]),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_mode(mode);
+            h.set_uid(4321);
+            h.set_gid(4321);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data).unwrap();
+        }
+        let bytes = tar.into_inner().unwrap();
+        let digest = store.write_blob(&bytes, None).unwrap();
+        let layer = Descriptor {
+            media_type: TAR.into(),
+            digest,
+            size: bytes.len() as u64,
+        };
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let out = dir.path().join("artifacts/mk");
+        extract_relative(&store, &layer, "/app", &out).unwrap();
+        for (name, mode) in [("", 0o1777), ("rootme", 0o755), ("group", 0o751)] {
+            let md = std::fs::symlink_metadata(out.join(name)).unwrap();
+            assert_eq!(md.mode() & 0o7777, mode, "{name:?}");
+            assert_eq!((md.uid(), md.gid()), me, "{name:?}");
+        }
+        let ctx = dir.path().join("context");
+        std::fs::create_dir(&ctx).unwrap();
+        lay_into(&store, &layer, "/app", &ctx).unwrap();
+        let md = std::fs::metadata(ctx.join("rootme")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o755);
+        assert_eq!((md.uid(), md.gid()), me);
     }
 }
