@@ -1241,6 +1241,15 @@ fn small_workspace(
     (ws, dir, root)
 }
 
+/// What `forge logs 1 JOB` prints for the workspace `dir`.
+fn stored_log(dir: &Path, root: &Path, job: &str) -> String {
+    let file = dir.join("forge.yaml");
+    let o = common::forge(root, &["logs", "1", job, "-f", &file.to_string_lossy()]);
+    let text = printed(&o);
+    assert!(o.status.success(), "{text}");
+    text
+}
+
 /// Regression (S1): a job that made its artifact setuid root handed every local user a
 /// setuid-root program in the artifacts directory (forge runs as root here). The host's copy
 /// has no setuid or setgid bit and is forge's; the job that needs it still sees the job's mode.
@@ -1278,4 +1287,38 @@ fn a_setuid_artifact_lands_on_the_host_without_the_bit_and_owned_by_forge() {
             nix::unistd::getegid().as_raw()
         )
     );
+}
+
+/// Regression (S2): a service's lines (and forge's note that it exited, which quotes its last
+/// line) went into the job's log unmasked, so a secret the job sent to its database showed in
+/// the database's log.
+#[test]
+fn a_services_lines_are_masked_with_the_jobs_secrets() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-svc-mask",
+        r#"jobs:
+  send:
+    image: app
+    secrets: [TOKEN]
+    services:
+      - name: logger
+        image: app
+        command: ["sh", "-c", "nc -l -p 7000 > /tmp/got; cat /tmp/got; sed 's/^/bye /' /tmp/got"]
+    script:
+      - for i in 1 2 3 4 5 6 7 8 9 10; do echo "login with $TOKEN" | nc logger 7000 && break; sleep 0.5; done
+      - sleep 2
+"#,
+    );
+    let secret = format!("tokvalue-SERVICE-{}", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[send] [logger] login with ****"), "{out}");
+    assert!(out.contains("its last line: bye login with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    let log = stored_log(&dir, &root, "send");
+    assert!(log.contains("[logger] login with ****"), "{log}");
+    assert!(!log.contains(&secret), "the secret was stored:\n{log}");
 }

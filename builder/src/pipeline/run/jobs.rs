@@ -366,31 +366,33 @@ impl Runner {
             resolved.push((svc.clone(), base, env));
         }
         let resolved = Arc::new(resolved);
+        // A service's lines go into the job's log, and a service sees the job's secrets as
+        // soon as the job sends them (a database logs the statement that sets a password):
+        // they are masked like the job's own output.
+        let masks = Arc::new(crate::mask::Masks::of(&job_secret_values(
+            plan,
+            &self.options.secrets,
+        )));
         let session = self.session.clone();
         let sink = self.sink.clone();
         let job = plan.name.clone();
         let net = network.clone();
         let start: crate::ops::BesideStep = Arc::new(move |cancel| {
-            let (resolved, session, sink, job, net) = (
+            let (resolved, session, sink, job, net, masks) = (
                 resolved.clone(),
                 session.clone(),
                 sink.clone(),
                 job.clone(),
                 net.clone(),
+                masks.clone(),
             );
             Box::pin(async move {
-                let say = job_line(&sink, &job);
+                let say = job_line(&sink, &job, &masks);
                 let mut handles = Vec::new();
                 for (svc, base, env) in resolved.iter() {
                     let line: Arc<dyn Fn(&str) + Send + Sync> = {
-                        let (sink, job, name) = (sink.clone(), job.clone(), svc.name.clone());
-                        Arc::new(move |l: &str| {
-                            sink(PipelineEvent::JobLine {
-                                job: job.clone(),
-                                line: format!("[{name}] {l}"),
-                                cached: false,
-                            })
-                        })
+                        let (say, name) = (job_line(&sink, &job, &masks), svc.name.clone());
+                        Arc::new(move |l: &str| say(format!("[{name}] {l}")))
                     };
                     let spec = crate::api::ServiceSpec {
                         name: svc.name.clone(),
@@ -429,7 +431,7 @@ impl Runner {
                         say(format!("forge: service {} is ready", svc.name));
                     }
                 }
-                let say = job_line(&sink, &job);
+                let say = job_line(&sink, &job, &masks);
                 let stop: crate::ops::StopBeside =
                     Box::new(move || Box::pin(async move { stop_services(handles, &say).await }));
                 Ok(stop)
@@ -559,14 +561,30 @@ impl Runner {
     }
 }
 
-/// Says a line of forge's own in `job`'s log.
-fn job_line(sink: &super::Sink, job: &str) -> impl Fn(String) + Send + Sync + 'static {
-    let (sink, job) = (sink.clone(), job.to_string());
+/// Says a line in `job`'s log, masked: forge's own lines about a service quote what the
+/// service printed last, and a service's lines pass through here too.
+fn job_line(
+    sink: &super::Sink,
+    job: &str,
+    masks: &Arc<crate::mask::Masks>,
+) -> impl Fn(String) + Send + Sync + 'static {
+    let (sink, job, masks) = (sink.clone(), job.to_string(), masks.clone());
     move |line: String| {
         sink(PipelineEvent::JobLine {
             job: job.clone(),
-            line,
+            line: masks.mask(&line),
             cached: false,
         })
     }
+}
+
+/// The values of the secrets `plan` is given, as the job's steps mask them.
+pub(super) fn job_secret_values(
+    plan: &JobPlan,
+    secrets: &HashMap<String, Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    plan.secrets
+        .iter()
+        .filter_map(|s| secrets.get(s).cloned())
+        .collect()
 }
