@@ -82,6 +82,94 @@ impl Masks {
     }
 }
 
+impl Masks {
+    /// The length in bytes of the longest mask (0 without masks).
+    fn longest(&self) -> usize {
+        match self {
+            Masks::None => 0,
+            Masks::One(matcher) => matcher.max_pattern_len(),
+            Masks::Each(masks) => masks.first().map_or(0, String::len),
+        }
+    }
+
+    /// Where in `text` output may stop for now, at `at` or after it: past the end of every
+    /// mask that starts before `at`, so none is cut there.
+    fn reach(&self, text: &str, at: usize) -> usize {
+        match self {
+            Masks::None => at,
+            Masks::One(matcher) => matcher
+                .find_iter(text)
+                .take_while(|m| m.start() < at)
+                .map(|m| m.end())
+                .fold(at, usize::max),
+            Masks::Each(masks) => masks
+                .iter()
+                .flat_map(|m| {
+                    text.match_indices(m.as_str())
+                        .take_while(|(i, _)| *i < at)
+                        .map(|(i, m)| i + m.len())
+                })
+                .fold(at, usize::max),
+        }
+    }
+}
+
+/// Masks one stream of output lines of which a long line comes in pieces (the runner hands on
+/// at most `cut` bytes of a line at once, so that a line without end does not fill memory): a
+/// secret that straddles a cut would be in neither piece whole and shown in two halves. A piece
+/// that may continue keeps back its last bytes (fewer than the longest mask, and never the
+/// middle of a mask) and shows them with the next piece, so what is held stays bounded by the
+/// longest mask whatever the line's length.
+///
+/// The runner does not say which pieces continue: a piece of at least `cut` bytes may (a cut
+/// piece is `cut` bytes before its text is decoded, and decoding never shortens it). A whole
+/// line that long only moves its last bytes to the start of the next line shown.
+pub struct Pieces {
+    masks: std::sync::Arc<Masks>,
+    cut: usize,
+    held: String,
+}
+
+impl Pieces {
+    pub fn new(masks: std::sync::Arc<Masks>, cut: usize) -> Pieces {
+        Pieces {
+            masks,
+            cut,
+            held: String::new(),
+        }
+    }
+
+    /// The masked text to show for the output line (or piece) `line`, or `None` when all of it
+    /// is held until the next piece.
+    pub fn push(&mut self, line: &str) -> Option<String> {
+        let may_continue = line.len() >= self.cut;
+        if self.held.is_empty() && !may_continue {
+            return Some(self.masks.mask(line));
+        }
+        let mut text = std::mem::take(&mut self.held);
+        text.push_str(line);
+        let keep = self.masks.longest().saturating_sub(1);
+        if !may_continue || keep == 0 {
+            return Some(self.masks.mask(&text));
+        }
+        let mut at = text.len().saturating_sub(keep);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        // A mask that starts before `at` ends inside `text` (it is at most `keep + 1` bytes),
+        // so what comes next cannot change how the text up to its end is masked.
+        let end = self.masks.reach(&text, at);
+        self.held = text.split_off(end);
+        (!text.is_empty()).then(|| self.masks.mask(&text))
+    }
+
+    /// What is still held when the stream ends.
+    pub fn finish(&mut self) -> Option<String> {
+        let held = std::mem::take(&mut self.held);
+        (!held.is_empty()).then(|| self.masks.mask(&held))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Masks;
@@ -127,5 +215,51 @@ mod tests {
             assert_eq!(masks.mask(&line), "got **** here");
         }
         assert_eq!(masks.mask("line-x"), "line-x");
+    }
+
+    /// Regression (S3): the runner cuts a line at 64 KiB, and a secret across the cut was shown
+    /// in two unmasked halves. At every cut position around the secret, the pieces shown mask it
+    /// and, joined, give back the whole line masked.
+    #[test]
+    fn a_secret_across_a_cut_line_is_masked() {
+        use std::sync::Arc;
+        let secret = "tokvalue-ABCDEFG-123";
+        let masks = Arc::new(Masks::of(&[secret.as_bytes().to_vec(), b"tok".to_vec()]));
+        let cut = 64;
+        for before in cut - secret.len() - 2..=cut + 2 {
+            let line = format!("{}{secret}tail", "y".repeat(before));
+            let mut pieces = super::Pieces::new(masks.clone(), cut);
+            let mut shown = Vec::new();
+            let bytes = line.as_bytes();
+            for piece in bytes.chunks(cut) {
+                shown.extend(pieces.push(std::str::from_utf8(piece).unwrap()));
+            }
+            shown.extend(pieces.finish());
+            for s in &shown {
+                assert!(
+                    !s.contains("ABC") && !s.contains("-123"),
+                    "{before}: {shown:?}"
+                );
+            }
+            assert_eq!(shown.concat(), masks.mask(&line), "{before}");
+        }
+    }
+
+    /// What a piece holds back stays below the longest mask, and lines that are whole (shorter
+    /// than the cut) pass through as they are.
+    #[test]
+    fn pieces_hold_back_less_than_the_longest_mask() {
+        use std::sync::Arc;
+        let masks = Arc::new(Masks::of(&[b"0123456789".to_vec()]));
+        let mut pieces = super::Pieces::new(masks, 32);
+        assert_eq!(
+            pieces.push("short 0123456789").as_deref(),
+            Some("short ****")
+        );
+        let long = "x".repeat(1000);
+        let shown = pieces.push(&long).unwrap();
+        assert_eq!(shown.len(), 1000 - 9);
+        assert_eq!(pieces.push("end").as_deref(), Some("xxxxxxxxxend"));
+        assert_eq!(pieces.finish(), None);
     }
 }

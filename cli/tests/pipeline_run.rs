@@ -1322,3 +1322,34 @@ fn a_services_lines_are_masked_with_the_jobs_secrets() {
     assert!(log.contains("[logger] login with ****"), "{log}");
     assert!(!log.contains(&secret), "the secret was stored:\n{log}");
 }
+
+/// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
+/// was printed and stored in two unmasked halves.
+#[test]
+fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-cut-mask",
+        r#"jobs:
+  leak:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - head -c 65530 /dev/zero | tr '\0' y; echo "$TOKEN"
+"#,
+    );
+    let secret = format!("tokvalue-{}-ABCDEFG-123", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("y****"), "{out}");
+    let log = stored_log(&dir, &root, "leak");
+    for text in [&out, &log] {
+        assert!(
+            !text.contains("tokval") && !text.contains("ABCDEFG-123"),
+            "a part of the secret was shown: {}",
+            text.replace(&"y".repeat(200), "")
+        );
+    }
+}

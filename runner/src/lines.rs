@@ -6,8 +6,10 @@ use std::future::Future;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// The longest piece of a line handed on at once.
-pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// The longest piece of a line handed on at once. A piece of a longer line is exactly this many
+/// bytes, so its text is at least as long (decoding replaces a bad byte with three): what masks
+/// secrets in the output knows a shorter line is whole.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Reads `r` to its end (or a read error: the writer is gone) and hands each line, without its
 /// newline or a trailing carriage return, to `emit`; stops early when `emit` returns false.
@@ -25,28 +27,30 @@ where
         }
         let room = MAX_LINE - line.len();
         let window = &available[..available.len().min(room)];
-        let (consumed, complete) = match window.iter().position(|b| *b == b'\n') {
+        let (consumed, ended, complete) = match window.iter().position(|b| *b == b'\n') {
             Some(i) => {
                 line.extend_from_slice(&window[..i]);
-                (i + 1, true)
+                (i + 1, true, true)
             }
             None => {
                 line.extend_from_slice(window);
-                (window.len(), line.len() >= MAX_LINE)
+                (window.len(), false, line.len() >= MAX_LINE)
             }
         };
         reader.consume(consumed);
-        if complete && !emit(take_line(&mut line)).await {
+        if complete && !emit(take_line(&mut line, ended)).await {
             return;
         }
     }
     if !line.is_empty() {
-        emit(take_line(&mut line)).await;
+        emit(take_line(&mut line, true)).await;
     }
 }
 
-fn take_line(line: &mut Vec<u8>) -> String {
-    if line.last() == Some(&b'\r') {
+/// The text of `line`, without a carriage return that ends it when it `ended` (a piece of a
+/// longer line keeps its bytes: they are the middle of a line, and a piece is [`MAX_LINE`]).
+fn take_line(line: &mut Vec<u8>, ended: bool) -> String {
+    if ended && line.last() == Some(&b'\r') {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
@@ -81,6 +85,18 @@ mod tests {
         let out = collect(&input).await;
         let lens: Vec<usize> = out.iter().map(String::len).collect();
         assert_eq!(lens, [MAX_LINE, MAX_LINE, MAX_LINE, 5, 3]);
+    }
+
+    /// A carriage return is dropped only where a line ends: a piece that happens to end with one
+    /// keeps it, and with it its length (see [`MAX_LINE`]).
+    #[tokio::test]
+    async fn a_piece_ending_in_a_carriage_return_keeps_it() {
+        let mut input = vec![b'x'; MAX_LINE - 1];
+        input.extend_from_slice(b"\rrest\r\n");
+        let out = collect(&input).await;
+        let lens: Vec<usize> = out.iter().map(String::len).collect();
+        assert_eq!(lens, [MAX_LINE, 4]);
+        assert!(out[0].ends_with('\r'));
     }
 
     #[tokio::test]

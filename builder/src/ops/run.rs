@@ -349,8 +349,7 @@ impl BuildExecutor {
             None => None,
         };
         let sink_log = test_log.clone();
-        let mut sink = move |stream: Stream, line: &str| {
-            let line = sink_masks.mask(line);
+        let show = move |stream: Stream, line: String| {
             if let Some(log) = &sink_log {
                 log.lock().unwrap_or_else(|e| e.into_inner()).line(&line);
             }
@@ -363,13 +362,25 @@ impl BuildExecutor {
                 line,
             });
         };
+        // Each stream masked on its own: the runner hands on a long line in pieces, and a secret
+        // across a cut must be masked whole (see `Pieces`).
+        let mut pieces = [Stream::Stdout, Stream::Stderr]
+            .map(|_| crate::mask::Pieces::new(sink_masks.clone(), forge_runner::MAX_LINE));
+        let index = |stream: Stream| match stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        };
+        let mut sink = |stream: Stream, line: &str| {
+            if let Some(line) = pieces[index(stream)].push(line) {
+                show(stream, line);
+            }
+        };
         // What must run beside the step (a job's services) starts now that the step really
         // runs (not when its result comes from the cache), and stops when it ends.
         let beside = match &self.cfg.beside_step {
             Some(start) => match start(cancel.clone()).await {
                 Ok(stop) => Some(stop),
                 Err(e) => {
-                    drop(sink);
                     cleanup(held, &scratch_keys);
                     let _ = self.cfg.snapshots.remove(&key);
                     // A start the run's cancellation (or the job's timeout) ended is that, not
@@ -386,7 +397,14 @@ impl BuildExecutor {
         if let Some(stop) = beside {
             stop().await;
         }
-        drop(sink);
+        // The sink's borrow of `pieces` ends with the run.
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if let Some(line) = pieces[index(stream)].finish() {
+                show(stream, line);
+            }
+        }
+        // It holds the test log, which is taken whole below.
+        drop(show);
         cleanup(held, &scratch_keys);
         let outcome = match ran {
             Ok(o) => o,
