@@ -1353,3 +1353,43 @@ fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
         );
     }
 }
+
+/// Regression (S4): a JUnit report's test names and failure messages were printed in the run's
+/// summary and kept in `--metadata-file` unmasked, though the job wrote them with its secret.
+#[test]
+fn junit_test_names_and_messages_are_masked_in_the_summary_and_the_metadata() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-junit-mask",
+        r#"jobs:
+  t:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - >-
+        echo "<testsuite name=\"s\" tests=\"1\" failures=\"1\"><testcase name=\"auth with $TOKEN\"
+        classname=\"c\"><failure message=\"expected $TOKEN got nothing\">x</failure></testcase></testsuite>"
+        > junit.xml
+      - exit 1
+    artifacts:
+      when: always
+      reports:
+        junit: junit.xml
+"#,
+    );
+    let secret = format!("tokvalue-JUNIT-{}", forge_testsupport::unique());
+    let o = forge_run(
+        &dir,
+        &root,
+        &["run", "--metadata-file", "meta.json"],
+        &[("TOKEN", &secret)],
+    );
+    let out = printed(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("failed test: t: c.auth with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    let meta = fs::read_to_string(dir.join("meta.json")).unwrap();
+    assert!(meta.contains("expected **** got nothing"), "{meta}");
+    assert!(!meta.contains(&secret), "the secret was stored:\n{meta}");
+}

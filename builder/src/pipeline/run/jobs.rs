@@ -143,6 +143,11 @@ impl Runner {
             // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
             // on the host or of the reports' reading (an unwritable `--artifacts-dir`, a JUnit
             // file cut short by a killed test runner): those are said with the job's result.
+            let masks = Arc::new(crate::mask::Masks::of(&job_secret_values(
+                plan,
+                &self.options.secrets,
+            )));
+            let report_masks = masks.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let mut notes = Vec::new();
                 let kept = if keep && !paths.is_empty() {
@@ -161,9 +166,10 @@ impl Runner {
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports)
-                        .and_then(|d| d.map(|d| read_junit(&store, &d, &origin)).transpose())
-                    {
+                    match artifacts::select(&store, &taken, &reports).and_then(|d| {
+                        d.map(|d| read_junit(&store, &d, &origin, &report_masks))
+                            .transpose()
+                    }) {
                         Ok(j) => j,
                         Err(e) => {
                             notes.push(e);
@@ -186,7 +192,8 @@ impl Runner {
                 Err(e) => vec![e],
             };
             if !said.is_empty() {
-                let said = format!("artifacts: {}", said.join("; "));
+                // The paths in an error are the job's own names, which may hold a secret.
+                let said = format!("artifacts: {}", masks.mask(&said.join("; ")));
                 error = Some(match error {
                     Some(e) => format!("{e}; {said}"),
                     None => said,

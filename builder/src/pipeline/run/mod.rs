@@ -723,11 +723,15 @@ fn describe(n: &Node) -> String {
     }
 }
 
-/// Every regular file of a selected report tar, read as JUnit XML and summed.
+/// Every regular file of a selected report tar, read as JUnit XML and summed. The job wrote the
+/// reports, so test names, failure messages and the reports' own paths may hold the job's
+/// secrets, and they are printed in the run's summary and kept in `--metadata-file`: they are
+/// masked with `masks` (the job's), like its output lines.
 fn read_junit(
     store: &forge_snapshotter::store::Store,
     d: &Descriptor,
     job: &str,
+    masks: &crate::mask::Masks,
 ) -> Result<TestSummary, String> {
     let f = store.open_blob(&d.digest).map_err(|e| e.to_string())?;
     let mut a = tar::Archive::new(f);
@@ -738,8 +742,13 @@ fn read_junit(
             continue;
         }
         let origin = format!("{job}: /{}", String::from_utf8_lossy(&e.path_bytes()));
-        let s = super::junit::TestSummary::read(e, &origin).map_err(|e| e.to_string())?;
+        let s =
+            super::junit::TestSummary::read(e, &origin).map_err(|e| masks.mask(&e.to_string()))?;
         sum.merge(s);
+    }
+    for f in &mut sum.failures {
+        f.name = masks.mask(&f.name);
+        f.message = masks.mask(&f.message);
     }
     Ok(sum)
 }
