@@ -1393,3 +1393,35 @@ fn junit_test_names_and_messages_are_masked_in_the_summary_and_the_metadata() {
     assert!(meta.contains("expected **** got nothing"), "{meta}");
     assert!(!meta.contains(&secret), "the secret was stored:\n{meta}");
 }
+
+/// Regression (W9): `/run/secrets/NAME` was root's alone (0400), so a job whose image has a
+/// non-root `USER` (here a name, known only from the image's /etc/passwd) could not read it.
+#[test]
+fn a_job_whose_image_has_a_non_root_user_reads_its_secret_file() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-nonroot-secret",
+        r#"jobs:
+  u:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - id -un
+      - cat /run/secrets/TOKEN > /tmp/got && echo "read $(wc -c < /tmp/got) bytes"
+"#,
+    );
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo appuser:x:4242:4242::/tmp:/bin/sh >> /etc/passwd\nUSER appuser\nWORKDIR /tmp\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", "nonroot-secret-1")]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[u] appuser"), "{out}");
+    assert!(out.contains("[u] read 16 bytes"), "{out}");
+}

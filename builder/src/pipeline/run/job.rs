@@ -105,6 +105,11 @@ fn shell_quote(s: &str) -> String {
 /// filesystem (the image's layer diff_ids, then the extra layers), not by its manifest, whose
 /// creation time changes with every build of the same content. What else of the config a job
 /// sees (environment, working directory, user) is in the step itself, and hashed there.
+/// Whether an image's `USER` (`name`, `uid`, `user:group`; empty is root) is root.
+fn runs_as_root(user: &str) -> bool {
+    matches!(user.split(':').next().unwrap_or(""), "" | "root" | "0")
+}
+
 fn image_key(image: &JobImage, services: &str) -> String {
     let mut h = blake3::Hasher::new();
     if !services.is_empty() {
@@ -185,6 +190,15 @@ impl Session {
                 output: true,
             },
         }];
+        // A job's secret is the job's to read, whatever user its image names: that user may be
+        // known only by name in the image's /etc/passwd, so the file is readable by every user
+        // of the job's container (which is the job's alone, and whose every process has the
+        // secret in its environment anyway). Under root it stays 0400, as `RUN --mount=type=secret`.
+        let secret_mode = if runs_as_root(&config.user) {
+            0o400
+        } else {
+            0o444
+        };
         for name in &job.secret_names {
             mounts.push(Mount {
                 target: format!("/run/secrets/{name}"),
@@ -194,7 +208,7 @@ impl Session {
                     required: true,
                     uid: 0,
                     gid: 0,
-                    mode: 0o400,
+                    mode: secret_mode,
                 },
             });
         }
