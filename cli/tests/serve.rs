@@ -793,3 +793,79 @@ fn walk_dirs(dir: &Path, depth: usize) -> Vec<std::path::PathBuf> {
     }
     level
 }
+
+/// A commit's forge.yaml is a link out of the checkout: to a file of the server's (the tester's
+/// `/etc/shadow` and the server's own serve.yaml), or to a FIFO (the tester's `/proc/self/fd/N`,
+/// which blocked a runtime worker for ever). The build fails saying why, the target's text shows
+/// nowhere, the server keeps answering, and the server's API secret (here in a commit message) is
+/// masked in the log though it is no secret of the project.
+#[test]
+fn a_pipeline_file_linked_out_of_the_checkout_is_refused_unread() {
+    let Some(busybox) = prerequisites(&["git", "curl"]) else {
+        return;
+    };
+    let tmp = forge_testsupport::scratch("forge-serve-link-");
+    let app = new_repo(&tmp.path().join("repos"), "app", &busybox);
+    app.commit("ok", 0, "first");
+    let private = tmp.path().join("private.txt");
+    std::fs::write(&private, "root:$6$hash-of-the-server:20228:0:99999:7:::\n").unwrap();
+    let fifo = tmp.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (branch, target) in [("file", &private), ("fifo", &fifo)] {
+        app.git(&["checkout", "-q", "-b", branch, "main"]);
+        std::fs::remove_file(app.dir.join("forge.yaml")).unwrap();
+        std::os::unix::fs::symlink(target, app.dir.join("forge.yaml")).unwrap();
+        app.git(&["add", "."]);
+        app.git(&["commit", "-q", "-m", &format!("link to {API}")]);
+    }
+    let port = forge_testsupport::free_port();
+    let config = tmp.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_secret: {API}\nprojects:\n  - name: file\n    repo: file://{dir}\n    \
+             triggers: [api]\n  - name: fifo\n    repo: file://{dir}\n    triggers: [api]\n",
+            dir = app.dir.display()
+        ),
+    )
+    .unwrap();
+    let server_log = tmp.path().join("serve.log");
+    let s = start_server(&config, &tmp.path().join("root"), port, &server_log);
+    let mut numbers = Vec::new();
+    for project in ["fifo", "file"] {
+        let (code, reply) = curl(
+            "POST",
+            &s.url(&format!("/api/v1/projects/{project}/builds")),
+            &[("Authorization", format!("Bearer {API}"))],
+            Some(format!(r#"{{"branch": "{project}"}}"#).as_bytes()),
+        );
+        numbers.push((project, created_number(code, &reply)));
+    }
+    for (project, n) in numbers {
+        let started = Instant::now();
+        let b = loop {
+            let b = build_of(&s, project, n);
+            if !matches!(b["status"].as_str(), Some("queued" | "running")) {
+                break b;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{project} #{n} still {}: the read of its forge.yaml blocks\n{}",
+                b["status"],
+                std::fs::read_to_string(&server_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(b["status"], "failed", "{b}");
+        let error = b["error"].as_str().unwrap_or_default();
+        assert!(error.contains("forge.yaml in the repository"), "{error}");
+        let (_, page) = curl("GET", &s.url(&format!("/p/{project}/{n}")), &[], None);
+        let log = build_log(&s, project, n);
+        assert!(log.contains("link to ****") && !log.contains(API), "{log}");
+        for shown in [b.to_string(), page, log] {
+            assert!(!shown.contains("hash-of-the-server"), "{shown}");
+        }
+    }
+    let (code, _) = curl("GET", &s.url("/"), &[], None);
+    assert_eq!(code, 200);
+}

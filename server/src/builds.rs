@@ -162,7 +162,10 @@ impl Server {
             return;
         }
         eprintln!("started {} #{}", b.project, b.number);
-        let log = match Log::create(&self.store.log_path(&b.project, b.number), project.masked()) {
+        let log = match Log::create(
+            &self.store.log_path(&b.project, b.number),
+            self.config.masked(),
+        ) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 self.end(&project, b, Status::Failed, Some(e), started);
@@ -287,12 +290,22 @@ impl Server {
         }
         let (name, source) = match &project.what {
             What::Pipeline(path) => {
-                // Capped: a repository's forge.yaml may be a link to /dev/zero.
-                let text = forge_builder::api::input::read_file_capped(
-                    &work.join(path),
-                    forge_builder::api::input::PIPELINE_FILE,
-                )
-                .map_err(|e| failed(format!("{path} in the repository: {e}")))?;
+                // A commit's forge.yaml may be a link: to /etc/shadow (its text would be quoted in
+                // the error), to a pipe (the read would never end) or to /dev/zero (capped). Only
+                // a regular file of the checkout is read, on the blocking pool.
+                let (file, top) = (work.join(path), work.to_path_buf());
+                let what = format!("{path} in the repository");
+                let text = tokio::task::spawn_blocking(move || {
+                    forge_builder::pipeline::run::read_file_inside(
+                        &what,
+                        &file,
+                        &top,
+                        forge_builder::api::input::PIPELINE_FILE,
+                    )
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(failed)?;
                 (path.clone(), text)
             }
             What::Dockerfile { path, tags } => (path.clone(), plain_build(path, tags)),
@@ -314,7 +327,15 @@ impl Server {
         };
         let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
         // What the images build FROM, for registry notifications to match later.
-        let bases = base_images(work, &plan);
+        let dockerfiles: Vec<PathBuf> = plan
+            .images
+            .iter()
+            .map(|image| work.join(&image.context).join(&image.dockerfile))
+            .collect();
+        let top = work.to_path_buf();
+        let bases = tokio::task::spawn_blocking(move || base_images(&top, &dockerfiles))
+            .await
+            .unwrap_or_default();
         if let Err(e) = self.store.set_bases(&b.project, &bases) {
             eprintln!("error: {e}");
         }
@@ -380,7 +401,7 @@ impl Server {
         started: Instant,
     ) {
         b.status = status;
-        b.error = error.map(|e| Masks::of(&project.masked()).mask(&e));
+        b.error = error.map(|e| Masks::of(&self.config.masked()).mask(&e));
         b.finished_at = Some(now());
         b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self.store.put(&b) {
@@ -419,15 +440,18 @@ impl Server {
     }
 }
 
-/// The base images the plan's Dockerfiles name (normalised: `docker.io/library/debian`), those
-/// written without variables; stages built FROM other stages and `scratch` are not images.
-fn base_images(work: &Path, plan: &forge_builder::pipeline::Pipeline) -> Vec<String> {
+/// The base images the plan's Dockerfiles (`dockerfiles`, in the checkout `work`) name
+/// (normalised: `docker.io/library/debian`), those written without variables; stages built FROM
+/// other stages and `scratch` are not images. A Dockerfile that is not a regular file of the
+/// checkout is not read (the run refuses it with its reason).
+fn base_images(work: &Path, dockerfiles: &[PathBuf]) -> Vec<String> {
     use forge_builder::frontend::dockerfile::{outline, parser};
     let mut out = Vec::new();
-    for image in &plan.images {
-        let path = work.join(&image.context).join(&image.dockerfile);
-        let Ok(text) = forge_builder::api::input::read_file_capped(
-            &path,
+    for path in dockerfiles {
+        let Ok(text) = forge_builder::pipeline::run::read_file_inside(
+            "a Dockerfile",
+            path,
+            work,
             forge_builder::api::input::DOCKERFILE,
         ) else {
             continue;
@@ -494,7 +518,7 @@ fn job_word(r: JobResult) -> &'static str {
     }
 }
 
-/// A build's log file: lines appended as they come, every secret of the project masked before
+/// A build's log file: lines appended as they come, every secret the server holds masked before
 /// a byte is written.
 struct Log {
     file: Mutex<std::fs::File>,

@@ -177,6 +177,30 @@ pub struct Notify {
     pub on_failure: When,
 }
 
+impl Config {
+    /// Every secret the server holds: the API secret, each project's secrets, webhook and API
+    /// secrets and SMTP password. A build's log and error are open to anyone, and a build that
+    /// comes by one of these (a file of the server's it should not have read, an echo of another
+    /// project's token) must not publish it, so all of them are masked there, not only its own.
+    pub fn masked(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self.api_secret.iter().cloned().collect();
+        for p in &self.projects {
+            out.extend(p.masked());
+            out.extend(
+                p.notify
+                    .email
+                    .iter()
+                    .filter_map(|e| e.password.clone())
+                    .map(String::into_bytes),
+            );
+        }
+        out.retain(|s| s.len() >= 3);
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 impl Project {
     /// Whether `t` starts builds of this project.
     pub fn triggered_by(&self, t: TriggerName) -> bool {

@@ -4,8 +4,10 @@
 //! symlink pointing out) would put the host's files in an image and in logs anyone may read. So
 //! each path is resolved, symlinks followed, and must stay inside the run's boundary.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::api::input::{Cap, read_text_capped};
 use crate::cache_io::CacheLocation;
 
 /// `path` with every symlink resolved, when it lies inside `boundary` (itself resolved); else an
@@ -24,6 +26,34 @@ pub(super) fn inside(what: &str, path: &Path, boundary: &Path) -> Result<PathBuf
             top.display()
         ))
     }
+}
+
+/// The text of the file at `path`, at most `cap` of it, when it is a regular file that resolves
+/// inside `boundary`. For what a server reads of a stranger's checkout itself (its forge.yaml, the
+/// Dockerfiles named in it): a link out would show the host's files in the error quoting them, and
+/// a FIFO or a link to a pipe (`/proc/self/fd/N`) would block the reader for ever. The open is
+/// non-blocking and the kind is checked on the opened file, so a FIFO swapped in after the check
+/// blocks nothing either.
+pub fn read_file_inside(
+    what: &str,
+    path: &Path,
+    boundary: &Path,
+    cap: Cap,
+) -> Result<String, String> {
+    let real = inside(what, path, boundary)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&real)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| format!("{what}: {e}"))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(format!("{what} is not a regular file"));
+    }
+    read_text_capped(file, cap, what)
 }
 
 /// A `type=local` cache directory must lie inside `boundary` too (it may not exist yet: the
@@ -106,6 +136,31 @@ mod tests {
             e.starts_with("the Dockerfile `D`: ") && e.contains("No such file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn only_regular_files_inside_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir_all(repo.join("dir")).unwrap();
+        std::fs::write(repo.join("forge.yaml"), "images: {}\n").unwrap();
+        std::fs::write(tmp.path().join("private"), "root:secret\n").unwrap();
+        std::os::unix::fs::symlink("forge.yaml", repo.join("in-link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("private"), repo.join("out-link")).unwrap();
+        let fifo = repo.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("fifo", repo.join("fifo-link")).unwrap();
+        let cap = crate::api::input::PIPELINE_FILE;
+        let read = |name: &str| read_file_inside("`f`", &repo.join(name), &repo, cap);
+        assert_eq!(read("forge.yaml").as_deref(), Ok("images: {}\n"));
+        assert_eq!(read("in-link").as_deref(), Ok("images: {}\n"));
+        let e = read("out-link").unwrap_err();
+        assert!(e.contains("outside") && !e.contains("root:secret"), "{e}");
+        // Without a writer, a blocking open of a FIFO would never return.
+        for name in ["fifo", "fifo-link", "dir"] {
+            let e = read(name).unwrap_err();
+            assert_eq!(e, "`f` is not a regular file");
+        }
     }
 
     #[test]

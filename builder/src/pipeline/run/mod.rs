@@ -31,6 +31,7 @@ use super::plan::{ImageUse, JobPlan, Need, Pipeline};
 use crate::api::{BuildError, Session};
 use crate::solver::CancellationToken;
 use crate::source::image::BaseImage;
+pub use confine::read_file_inside;
 use image::build_name;
 pub use job::script_program;
 pub use report::{ImageReport, JobReport, PipelineEvent, RunOptions, RunReport, Sink};
