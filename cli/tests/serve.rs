@@ -869,3 +869,61 @@ fn a_pipeline_file_linked_out_of_the_checkout_is_refused_unread() {
     let (code, _) = curl("GET", &s.url("/"), &[], None);
     assert_eq!(code, 200);
 }
+
+/// The delivery id is not signed, the body is: a captured signed push sent again without its
+/// `X-GitHub-Delivery`, or with another one, is the same delivery and a 409, as the same id is;
+/// a new body is taken.
+#[test]
+fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
+    for tool in ["curl", "openssl"] {
+        if forge_testsupport::tool(tool).is_none() {
+            return;
+        }
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-replay-");
+    let config = tmp.path().join("serve.yaml");
+    // Pushes of `old` start nothing (no branch matches), so no git server is needed: replays are
+    // refused before the payload is read.
+    std::fs::write(
+        &config,
+        format!(
+            "projects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
+             branches: [main]\n    webhook_secret: {SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let server_log = tmp.path().join("serve.log");
+    let port = forge_testsupport::free_port();
+    let s = start_server(&config, &tmp.path().join("root"), port, &server_log);
+    let send = |body: &[u8], delivery: Option<&str>| {
+        let mut headers = vec![
+            ("Content-Type", "application/json".to_string()),
+            ("User-Agent", "GitHub-Hookshot/a1b2c3d".to_string()),
+            ("X-GitHub-Event", "push".to_string()),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", hmac_hex(SECRET, body)),
+            ),
+        ];
+        headers.extend(delivery.map(|d| ("X-GitHub-Delivery", d.to_string())));
+        curl("POST", &s.url("/hooks/app/github"), &headers, Some(body))
+    };
+    let push = |commit: &str| {
+        payload(
+            "github_push.json",
+            "refs/heads/old",
+            &"0".repeat(40),
+            commit,
+            "old",
+        )
+    };
+    let captured = push(&"1".repeat(40));
+    let (code, reply) = send(&captured, Some("orig-guid-1"));
+    assert_eq!(code, 200, "{reply}");
+    for delivery in [Some("orig-guid-1"), None, Some("other-guid"), None] {
+        let (code, reply) = send(&captured, delivery);
+        assert_eq!(code, 409, "{delivery:?}: {reply}");
+    }
+    let (code, reply) = send(&push(&"2".repeat(40)), None);
+    assert_eq!(code, 200, "{reply}");
+}

@@ -53,25 +53,31 @@ fn two_hundred_deliveries_are_each_built_once_and_the_queue_drains() {
     let port = forge_testsupport::free_port();
     let s = start_server(&config_path, &root, port, &server_log);
     let pid = s.child.id();
-    let body = payload(
-        "github_push.json",
-        "refs/heads/main",
-        &"0".repeat(40),
-        &commit,
-        "steady",
-    );
-    let sig = format!("sha256={}", hmac_hex(SECRET, &body));
-    let body_file = tmp.path().join("push.json");
-    std::fs::write(&body_file, &body).unwrap();
+    // Each delivery its own body, as a sender's are: the server refuses a body it took before.
+    let signed: Vec<(String, std::path::PathBuf)> = (0..DELIVERIES)
+        .map(|i| {
+            let body = payload(
+                "github_push.json",
+                "refs/heads/main",
+                &"0".repeat(40),
+                &commit,
+                &format!("steady {i}"),
+            );
+            let file = tmp.path().join(format!("push-{i}.json"));
+            std::fs::write(&file, &body).unwrap();
+            (format!("sha256={}", hmac_hex(SECRET, &body)), file)
+        })
+        .collect();
 
     let sent = Instant::now();
     let answers: Vec<(usize, u16, String)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..8)
             .map(|w| {
-                let (s, sig, body_file) = (&s, &sig, &body_file);
+                let (s, signed) = (&s, &signed);
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     for i in (w..DELIVERIES).step_by(8) {
+                        let (sig, body_file) = &signed[i];
                         let o = Command::new("curl")
                             .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
                             .arg(s.url(&format!("/hooks/p{}/github", i % PROJECTS)))

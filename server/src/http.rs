@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use forge_snapshotter::reference::Reference;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::builds::Server;
@@ -152,13 +153,24 @@ async fn hook(
             "the X-Gitee-Timestamp is more than an hour away from now",
         ));
     }
-    if let Some(id) = hooks::delivery_id(forge, &header_of)
-        && !server.store.first_delivery(&id).map_err(internal)?
-    {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!("delivery {id} was already taken"),
-        ));
+    // The delivery id is no part of what is signed: dropping or changing it would replay a
+    // captured delivery (a rebuild and re-push of an old commit). The body is, and a real sender's
+    // bodies differ from one event to the next, so a body this project took before is a replay
+    // too, whatever id comes with it. A sender's redelivery repeats both: it is a 409 either way.
+    let id = hooks::delivery_id(forge, &header_of);
+    let body_key = format!("{}:body:{}", p.name, hex::encode(Sha256::digest(&body)));
+    let keys: Vec<&str> = id
+        .iter()
+        .map(String::as_str)
+        .chain([body_key.as_str()])
+        .collect();
+    if let Some(seen) = server.store.first_delivery(&keys).map_err(internal)? {
+        let what = if seen == body_key {
+            "this body was delivered before (under another delivery id or none)".to_string()
+        } else {
+            format!("delivery {seen} was already taken")
+        };
+        return Err(error(StatusCode::CONFLICT, what));
     }
     let event = hooks::parse(forge, &header_of, &body).map_err(hook_error)?;
     match event {

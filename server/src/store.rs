@@ -319,19 +319,28 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Records delivery `id`; false when it was recorded before (a replay).
-    pub fn first_delivery(&self, id: &str) -> Result<bool, StoreError> {
+    /// Records the keys of one delivery (its id, its body's digest); the first of them recorded
+    /// before (a replay) when there is one, and then nothing is recorded.
+    pub fn first_delivery(&self, keys: &[&str]) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        let fresh = {
+        let seen = {
             let mut d = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
-            let seen = d.get(id).map_err(|e| self.err(e))?.is_some();
-            if !seen {
-                d.insert(id, now()).map_err(|e| self.err(e))?;
+            let mut seen = None;
+            for key in keys {
+                if d.get(*key).map_err(|e| self.err(e))?.is_some() {
+                    seen = Some(key.to_string());
+                    break;
+                }
             }
-            !seen
+            if seen.is_none() {
+                for key in keys {
+                    d.insert(*key, now()).map_err(|e| self.err(e))?;
+                }
+            }
+            seen
         };
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(fresh)
+        Ok(seen)
     }
 }
 
@@ -423,11 +432,28 @@ mod tests {
     fn a_delivery_is_taken_once() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = Store::open(dir.path()).unwrap();
-        assert!(s.first_delivery("github:abc").unwrap());
-        assert!(!s.first_delivery("github:abc").unwrap());
+        assert_eq!(
+            s.first_delivery(&["github:abc", "app:body:1"]).unwrap(),
+            None
+        );
+        assert_eq!(
+            s.first_delivery(&["github:abc"]).unwrap().as_deref(),
+            Some("github:abc")
+        );
+        // The same signed body under another id, or none, is the same delivery.
+        assert_eq!(
+            s.first_delivery(&["github:other", "app:body:1"])
+                .unwrap()
+                .as_deref(),
+            Some("app:body:1")
+        );
+        assert_eq!(s.first_delivery(&["github:other"]).unwrap(), None);
         drop(s);
         let (s, _) = Store::open(dir.path()).unwrap();
-        assert!(!s.first_delivery("github:abc").unwrap());
+        assert_eq!(
+            s.first_delivery(&["app:body:1"]).unwrap().as_deref(),
+            Some("app:body:1")
+        );
     }
 
     #[test]
