@@ -60,7 +60,12 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         );
         for p in &config.projects {
             let triggers: Vec<&str> = p.triggers.iter().map(|t| t.as_str()).collect();
-            println!("project {}: {} ({})", p.name, p.repo, triggers.join(", "));
+            println!(
+                "project {}: {} ({})",
+                p.name,
+                p.shown_repo(),
+                triggers.join(", ")
+            );
         }
         for line in forge_server::describe(&config) {
             println!("{line}");

@@ -927,3 +927,58 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
     let (code, reply) = send(&push(&"2".repeat(40)), None);
     assert_eq!(code, 200, "{reply}");
 }
+
+/// Credentials in a repository URL (`http://user:token@host/...`) are shown nowhere: not on the
+/// open pages, in the API, the build's log and error, nor in `--check`'s listing.
+#[test]
+fn credentials_in_a_repository_url_are_shown_nowhere() {
+    if forge_testsupport::tool("curl").is_none() {
+        return;
+    }
+    const TOKEN: &str = "ghp_PRIVATEtoken12345";
+    let tmp = forge_testsupport::scratch("forge-serve-userinfo-");
+    let config = tmp.path().join("serve.yaml");
+    // Nothing listens on port 9: the fetch fails, and its error is what is shown.
+    std::fs::write(
+        &config,
+        format!(
+            "api_secret: {API}\nprojects:\n  - name: priv\n    \
+             repo: http://ci-bot:{TOKEN}@127.0.0.1:9/team/app.git\n    triggers: [api]\n"
+        ),
+    )
+    .unwrap();
+    let o = check(&config);
+    let listed = common::printed(&o);
+    assert!(o.status.success(), "{listed}");
+    assert!(
+        listed.contains("http://****@127.0.0.1:9/team/app.git") && !listed.contains(TOKEN),
+        "{listed}"
+    );
+    let server_log = tmp.path().join("serve.log");
+    let port = forge_testsupport::free_port();
+    let s = start_server(&config, &tmp.path().join("root"), port, &server_log);
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/priv/builds"),
+        &[("Authorization", format!("Bearer {API}"))],
+        None,
+    );
+    let n = created_number(code, &reply);
+    let b = ended(&s, "priv", n, &server_log);
+    assert_eq!(b["status"], "failed", "{b}");
+    let shown = [
+        b.to_string(),
+        build_log(&s, "priv", n),
+        curl("GET", &s.url("/"), &[], None).1,
+        curl("GET", &s.url("/p/priv"), &[], None).1,
+        curl("GET", &s.url(&format!("/p/priv/{n}")), &[], None).1,
+    ];
+    assert!(
+        shown[1].contains("fetching http://****@127.0.0.1:9/team/app.git"),
+        "{}",
+        shown[1]
+    );
+    for text in shown {
+        assert!(!text.contains(TOKEN) && !text.contains("ci-bot"), "{text}");
+    }
+}

@@ -247,7 +247,7 @@ impl Server {
         };
         log.line(&format!(
             "fetching {} at {}",
-            project.repo,
+            project.shown_repo(),
             request
                 .commit
                 .as_ref()
@@ -264,14 +264,14 @@ impl Server {
         let checkout = tokio::select! {
             fetched = fetch => fetched
                 .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| failed(format!("fetching {}: {e}", project.repo)))?,
+                .map_err(|e| failed(format!("fetching {}: {e}", project.shown_repo())))?,
             () = cancel.cancelled() => {
                 return Err((Status::Cancelled, "cancelled while fetching".to_string()));
             }
             () = tokio::time::sleep(FETCH_DEADLINE) => {
                 return Err(failed(format!(
                     "fetching {}: no end within {} minutes; given up",
-                    project.repo,
+                    project.shown_repo(),
                     FETCH_DEADLINE.as_secs() / 60
                 )));
             }

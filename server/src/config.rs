@@ -207,13 +207,44 @@ impl Project {
         self.triggers.contains(&t)
     }
 
+    /// The repository URL as pages, the API, logs and errors show it: without its credentials.
+    pub fn shown_repo(&self) -> String {
+        redact_userinfo(&self.repo)
+    }
+
     /// The secrets whose values are masked in this project's logs.
     pub fn masked(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self.secrets.values().cloned().collect();
         out.extend(self.webhook_secret.iter().cloned());
         out.extend(self.api_secret.iter().cloned());
+        // The credentials of an `http://user:token@host/...` repository, for the errors that
+        // quote the URL as the fetch saw it.
+        if let Some(info) = userinfo(&self.repo) {
+            out.push(info.as_bytes().to_vec());
+            out.extend(info.split_once(':').map(|(_, pw)| pw.as_bytes().to_vec()));
+        }
         out.retain(|s| s.len() >= 3);
         out
+    }
+}
+
+/// The userinfo (`user:token`) of `url`'s authority, when it has one.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+/// `url` with the userinfo of its authority replaced by `****`: `http://user:token@host/r.git` is
+/// shown as `http://****@host/r.git`. Reading pages and the API is open to anyone, and a token in a
+/// repository URL is a credential.
+pub fn redact_userinfo(url: &str) -> String {
+    match userinfo(url) {
+        Some(info) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            format!("{}****{}", &url[..start], &url[start + info.len()..])
+        }
+        None => url.to_string(),
     }
 }
 
@@ -545,6 +576,34 @@ mod tests {
         assert!(p.branches.is_match("feature/x"));
         assert_eq!(p.notify.on_success, When::Change);
         assert_eq!(p.notify.on_failure, When::Always);
+    }
+
+    #[test]
+    fn credentials_in_a_repository_url_are_not_shown() {
+        for (url, shown) in [
+            (
+                "http://ci-bot:ghp_PRIVATEtoken12345@127.0.0.1:80/team/app.git",
+                "http://****@127.0.0.1:80/team/app.git",
+            ),
+            ("https://tok@h/a.git?x=a@b", "https://****@h/a.git?x=a@b"),
+            (
+                "git://127.0.0.1:9418/app.git",
+                "git://127.0.0.1:9418/app.git",
+            ),
+            ("file:///srv/a@b/app", "file:///srv/a@b/app"),
+        ] {
+            assert_eq!(redact_userinfo(url), shown);
+        }
+        let c = parse_str(
+            "projects:\n  - name: priv\n    repo: http://ci-bot:ghp_PRIVATEtoken12345@h/a.git\n",
+        )
+        .unwrap();
+        let masked = c.masked();
+        assert!(
+            masked.contains(&b"ghp_PRIVATEtoken12345".to_vec()),
+            "{masked:?}"
+        );
+        assert_eq!(c.projects[0].shown_repo(), "http://****@h/a.git");
     }
 
     #[test]

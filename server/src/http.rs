@@ -564,7 +564,7 @@ async fn index(State(server): State<Arc<Server>>) -> Reply {
             .next();
         projects.push(web::ProjectSummary {
             name: p.name.clone(),
-            repo: p.repo.clone(),
+            repo: p.shown_repo(),
             last,
         });
     }
@@ -585,7 +585,7 @@ async fn project_page(State(server): State<Arc<Server>>, Path(name): Path<String
         .collect();
     Ok(page(
         StatusCode::OK,
-        web::project_page(&name, &p.repo, &branches, &builds),
+        web::project_page(&name, &p.shown_repo(), &branches, &builds),
     ))
 }
 
