@@ -8,6 +8,7 @@ mod checkout;
 pub mod config;
 pub mod hooks;
 pub mod http;
+pub mod listen;
 pub mod model;
 pub mod notify;
 pub mod store;
@@ -57,9 +58,7 @@ pub async fn serve(config: config::Config, session: Session, root: &Path) -> Res
             }
         });
     }
-    axum::serve(listener, http::router(server))
-        .await
-        .map_err(|e| format!("error: serving on {local}: {e}"))
+    listen::serve(listener, http::router(server), listen::DEADLINES).await
 }
 
 /// Where each project's builds can be started from, and what its configuration leaves closed: a
