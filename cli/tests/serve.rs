@@ -798,7 +798,7 @@ fn walk_dirs(dir: &Path, depth: usize) -> Vec<std::path::PathBuf> {
 /// `/etc/shadow` and the server's own serve.yaml), or to a FIFO (the tester's `/proc/self/fd/N`,
 /// which blocked a runtime worker for ever). The build fails saying why, the target's text shows
 /// nowhere, the server keeps answering, and the server's API secret (here in a commit message) is
-/// masked in the log though it is no secret of the project.
+/// masked in the log, on the page and in the API though it is no secret of the project.
 #[test]
 fn a_pipeline_file_linked_out_of_the_checkout_is_refused_unread() {
     let Some(busybox) = prerequisites(&["git", "curl"]) else {
@@ -862,8 +862,10 @@ fn a_pipeline_file_linked_out_of_the_checkout_is_refused_unread() {
         let (_, page) = curl("GET", &s.url(&format!("/p/{project}/{n}")), &[], None);
         let log = build_log(&s, project, n);
         assert!(log.contains("link to ****") && !log.contains(API), "{log}");
+        // The commit message is shown on the page and in the API too.
         for shown in [b.to_string(), page, log] {
             assert!(!shown.contains("hash-of-the-server"), "{shown}");
+            assert!(!shown.contains(API), "{shown}");
         }
     }
     let (code, _) = curl("GET", &s.url("/"), &[], None);

@@ -55,13 +55,26 @@ impl Server {
         })
     }
 
+    /// `text` with every secret the server holds masked. A commit message is written by whoever
+    /// pushed and is shown on the open pages, in the API and in notifications, not only in the
+    /// log, so it is stored masked.
+    fn mask(&self, text: &str) -> String {
+        Masks::of(&self.config.masked()).mask(text)
+    }
+
     /// The project named `name`.
     pub fn project(&self, name: &str) -> Option<&Project> {
         self.config.projects.iter().find(|p| p.name == name)
     }
 
     /// Queues a build and wakes the scheduler.
-    pub fn queue(&self, project: &str, trigger: Trigger, r: Request) -> Result<Build, StoreError> {
+    pub fn queue(
+        &self,
+        project: &str,
+        trigger: Trigger,
+        mut r: Request,
+    ) -> Result<Build, StoreError> {
+        r.message = r.message.map(|m| self.mask(&m));
         let b = self.store.enqueue(project, trigger, r)?;
         eprintln!(
             "queued {project} #{} ({}{})",
@@ -282,7 +295,7 @@ impl Server {
         ));
         b.commit = Some(checkout.commit.clone());
         if b.message.is_none() {
-            b.message = Some(checkout.message.clone());
+            b.message = Some(self.mask(&checkout.message));
         }
         self.store.put(b).map_err(|e| failed(e.to_string()))?;
         if cancel.is_cancelled() {
@@ -401,7 +414,7 @@ impl Server {
         started: Instant,
     ) {
         b.status = status;
-        b.error = error.map(|e| Masks::of(&self.config.masked()).mask(&e));
+        b.error = error.map(|e| self.mask(&e));
         b.finished_at = Some(now());
         b.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self.store.put(&b) {
