@@ -83,9 +83,11 @@ pub fn clone_shallow(url: &str, reference: &str, checkout: &Path) -> Result<(), 
             .map_err(|e| e.to_string())?;
     }
     let interrupt = AtomicBool::new(false);
+    // gix's outer error says only "Transport handshake failed": the cause (refused, not a git
+    // server, authentication) is in its sources.
     let (mut checkout_step, _) = prepare
         .fetch_then_checkout(gix::progress::Discard, &interrupt)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::api::render_chain(&e))?;
     checkout_step
         .main_worktree(gix::progress::Discard, &interrupt)
         .map_err(|e| e.to_string())?;
