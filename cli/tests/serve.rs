@@ -930,7 +930,7 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
     assert_eq!(code, 200, "{reply}");
 }
 
-/// Credentials in a repository URL (`http://user:token@host/...`) are shown nowhere: not on the
+/// Credentials in a repository URL (`https://user:token@host/...`) are shown nowhere: not on the
 /// open pages, in the API, the build's log and error, nor in `--check`'s listing.
 #[test]
 fn credentials_in_a_repository_url_are_shown_nowhere() {
@@ -945,7 +945,7 @@ fn credentials_in_a_repository_url_are_shown_nowhere() {
         &config,
         format!(
             "api_secret: {API}\nprojects:\n  - name: priv\n    \
-             repo: http://ci-bot:{TOKEN}@127.0.0.1:9/team/app.git\n    triggers: [api]\n"
+             repo: https://ci-bot:{TOKEN}@127.0.0.1:9/team/app.git\n    triggers: [api]\n"
         ),
     )
     .unwrap();
@@ -953,7 +953,7 @@ fn credentials_in_a_repository_url_are_shown_nowhere() {
     let listed = common::printed(&o);
     assert!(o.status.success(), "{listed}");
     assert!(
-        listed.contains("http://****@127.0.0.1:9/team/app.git") && !listed.contains(TOKEN),
+        listed.contains("https://****@127.0.0.1:9/team/app.git") && !listed.contains(TOKEN),
         "{listed}"
     );
     let server_log = tmp.path().join("serve.log");
@@ -976,7 +976,7 @@ fn credentials_in_a_repository_url_are_shown_nowhere() {
         curl("GET", &s.url(&format!("/p/priv/{n}")), &[], None).1,
     ];
     assert!(
-        shown[1].contains("fetching http://****@127.0.0.1:9/team/app.git"),
+        shown[1].contains("fetching https://****@127.0.0.1:9/team/app.git"),
         "{}",
         shown[1]
     );

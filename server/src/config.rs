@@ -377,6 +377,18 @@ fn project(p: &ProjectSpec, dir: &Path) -> Result<Project, Vec<PipelineError>> {
             ),
         );
     }
+    // gix will not send credentials in clear text (its error, "Transport handshake failed", came
+    // at every build, before any request); say so once, at start.
+    if repo.starts_with("http://") && userinfo(&repo).is_some() {
+        err!(
+            pos_of(&p.repo),
+            format!(
+                "repo {:?}: credentials in an http:// URL would be sent in clear text, which the \
+                 git client refuses: use https://",
+                redact_userinfo(&repo)
+            ),
+        );
+    }
     let patterns: Vec<Sp<String>> = p.branches.clone().unwrap_or_default();
     let mut set = globset::GlobSetBuilder::new();
     if patterns.is_empty() {
@@ -595,7 +607,7 @@ mod tests {
             assert_eq!(redact_userinfo(url), shown);
         }
         let c = parse_str(
-            "projects:\n  - name: priv\n    repo: http://ci-bot:ghp_PRIVATEtoken12345@h/a.git\n",
+            "projects:\n  - name: priv\n    repo: https://ci-bot:ghp_PRIVATEtoken12345@h/a.git\n",
         )
         .unwrap();
         let masked = c.masked();
@@ -603,7 +615,18 @@ mod tests {
             masked.contains(&b"ghp_PRIVATEtoken12345".to_vec()),
             "{masked:?}"
         );
-        assert_eq!(c.projects[0].shown_repo(), "http://****@h/a.git");
+        assert_eq!(c.projects[0].shown_repo(), "https://****@h/a.git");
+        let e = parse_str(
+            "projects:\n  - name: priv\n    repo: http://ci-bot:ghp_PRIVATEtoken12345@h/a.git\n",
+        )
+        .unwrap_err();
+        // The quoted line is the operator's own, shown only to whoever starts the server.
+        assert!(
+            e.contains(
+                "serve.yaml:3:11: repo \"http://****@h/a.git\": credentials in an http:// URL"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
