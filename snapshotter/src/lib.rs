@@ -4,6 +4,7 @@
 pub mod blockgzip;
 pub mod compress;
 pub mod diff;
+pub mod error_text;
 pub mod layer;
 pub mod lock;
 pub mod millis;

@@ -124,20 +124,9 @@ impl BuildError {
     }
 }
 
-/// An error with its causes, `: `-separated, as one line.
-pub fn render_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
-}
+/// An error with its causes, `: `-separated, as one line (the house's one way,
+/// [`forge_snapshotter::error_text::one_line`]).
+pub use forge_snapshotter::error_text::one_line as render_chain;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use forge_snapshotter::registry::{BlobKind, RegistryClient};
 use forge_snapshotter::store::{Descriptor, Digest, Store};
 
 use crate::events::{BuildEvent, Events};
-use crate::source::http::error_chain;
+use forge_snapshotter::error_text::one_line;
 
 /// Where a blob the store lacks can be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +217,7 @@ impl RemoteBlobs {
                     .fetch_blob(store, repo, &known.desc, BlobKind::Layer, &progress)
                     .await
                     .map(drop)
-                    .map_err(|e| error_chain(&e))
+                    .map_err(|e| one_line(&e))
             }
             BlobSource::Layout(dir) => {
                 let (store, path, digest, size) = (
@@ -231,7 +231,7 @@ impl RemoteBlobs {
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                     store
                         .write_blob_from(&mut file, &digest, Some(size))
-                        .map_err(|e| error_chain(&e))
+                        .map_err(|e| one_line(&e))
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))

@@ -18,7 +18,7 @@ use crate::events::{BuildEvent, Events};
 use crate::graph::Graph;
 use crate::ops::{Built, Layer};
 use crate::solver::{CacheKey, Record, Solution};
-use crate::source::http::error_chain;
+use forge_snapshotter::error_text::one_line;
 
 /// Reads every cache of `sources`, in order, into one [`Imported`]; registers the blobs they name
 /// with `remote`. A cache that cannot be read is a warning.
@@ -73,13 +73,13 @@ async fn read_registry(
     let (bytes, _) = registry
         .fetch_manifest(reference, &|_| {})
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| one_line(&e))?;
     let manifest = CacheManifest::parse(&bytes)?;
     let config = Descriptor::from(manifest.config.clone());
     registry
         .fetch_blob(store, reference, &config, BlobKind::Config, &|_| {})
         .await
-        .map_err(|e| format!("its record list: {}", error_chain(&e)))?;
+        .map_err(|e| format!("its record list: {}", one_line(&e)))?;
     let bytes = store
         .read_blob(&config.digest)
         .map_err(|e| format!("its record list: {e}"))?;
@@ -407,7 +407,7 @@ pub async fn export_cache(
             registry
                 .push(store, &image, std::slice::from_ref(reference), &progress)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| one_line(&e))?;
         }
         CacheLocation::Local { dir, tag } => {
             if let Some(remote) = remote {

@@ -16,7 +16,6 @@
 //!   ETag revalidation (BuildKit's `If-None-Match`) would avoid the body download; not done yet.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -270,7 +269,7 @@ impl HttpFetcher {
             builder = builder.no_proxy();
         }
         let client = builder.build().map_err(|e| HttpError::Client {
-            detail: error_chain(&e),
+            detail: forge_snapshotter::error_text::one_line(&e),
         })?;
         Ok(HttpFetcher { client, config })
     }
@@ -485,7 +484,7 @@ fn request_failure(shown: &str, e: reqwest::Error) -> Failure {
     Failure {
         error: HttpError::Request {
             url: shown.to_string(),
-            detail: error_chain(&e.without_url()),
+            detail: forge_snapshotter::error_text::one_line(&e.without_url()),
             attempts: 1,
         },
         transient,
@@ -498,21 +497,6 @@ fn with_attempts(mut error: HttpError, n: u32) -> HttpError {
         *attempts = n;
     }
     error
-}
-
-/// reqwest's own message is generic ("error sending request"); the cause that says what happened
-/// (connection refused, timed out) is further down the chain.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            let _ = write!(out, ": {text}");
-        }
-        next = cause.source();
-    }
-    out
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -68,27 +68,15 @@ impl ContainerdConfig {
     }
 }
 
-/// An error's text followed by each cause's that it does not already hold, `: `-separated.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
-
 /// Everything that can go wrong in the containerd backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
     /// The transport's own text ("transport error") says nothing; its causes (the socket's
     /// "Permission denied", "No such file or directory") are said with it.
-    #[error("cannot connect to containerd at {address}: {}", with_causes(source))]
+    #[error(
+        "cannot connect to containerd at {address}: {}",
+        forge_snapshotter::error_text::one_line(source)
+    )]
     Connect {
         address: PathBuf,
         #[source]
@@ -161,21 +149,5 @@ impl ContainerdError {
             ContainerdError::Rpc { status, .. } => Some(status.code()),
             _ => None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[derive(Debug, thiserror::Error)]
-    #[error("transport error")]
-    struct Transport(#[source] std::io::Error);
-
-    #[test]
-    fn a_connection_error_says_its_cause() {
-        let e = Transport(std::io::Error::from_raw_os_error(13));
-        assert_eq!(
-            super::with_causes(&e),
-            "transport error: Permission denied (os error 13)"
-        );
     }
 }

@@ -78,21 +78,6 @@ fn display_url(url: &str) -> String {
     }
 }
 
-/// An error and its causes on one line ("a: b: c"), skipping causes already in the text.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// At most `max` characters of a text, on one line.
 fn one_line(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -115,7 +100,7 @@ pub async fn send_webhook(
 ) -> Result<(), NotifyError> {
     let failed = |e: reqwest::Error| NotifyError::Webhook {
         url: display_url(url),
-        reason: chain(&e.without_url()),
+        reason: forge_snapshotter::error_text::one_line(&e.without_url()),
     };
     let body = serde_json::to_vec(&msg.json).expect("a serde_json::Value always serializes");
     let response = client
@@ -181,7 +166,9 @@ pub async fn send_email(smtp: &Smtp, msg: &Message) -> Result<(), NotifyError> {
     for to in &smtp.to {
         builder = builder.to(mailbox(to)?);
     }
-    let email = builder.body(msg.text.clone()).map_err(|e| bad(chain(&e)))?;
+    let email = builder
+        .body(msg.text.clone())
+        .map_err(|e| bad(forge_snapshotter::error_text::one_line(&e)))?;
 
     let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
         .port(smtp.port)
@@ -198,7 +185,7 @@ pub async fn send_email(smtp: &Smtp, msg: &Message) -> Result<(), NotifyError> {
         .await
         .map_err(|e| NotifyError::Email {
             server: server.clone(),
-            reason: chain(&e),
+            reason: forge_snapshotter::error_text::one_line(&e),
         })?;
     Ok(())
 }

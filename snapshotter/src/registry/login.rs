@@ -115,7 +115,7 @@ impl RegistryClient {
         let unreachable = |url: &str, e: reqwest::Error| LoginError::Unreachable {
             registry: registry.to_string(),
             url: url.to_string(),
-            detail: error_chain(&e),
+            detail: crate::error_text::one_line(&e),
         };
         let http = self.login_http().map_err(|e| unreachable(&url, e))?;
         let first = http
@@ -230,21 +230,6 @@ async fn unexpected(registry: &str, url: &str, answer: reqwest::Response) -> Log
         url: url.to_string(),
         body,
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]
