@@ -1808,3 +1808,43 @@ fn a_dockerfile_of_130_run_steps_builds_under_a_long_root() {
         );
     }
 }
+
+/// A store inside the build context (`--root .forge`, as a CI job keeps its cache in its
+/// workspace) is not part of the context: the build does not read the files it writes, the image
+/// does not hold the store, and a rebuild finds everything cached.
+#[test]
+fn a_store_inside_the_context_is_left_out_of_it() {
+    let ws = forge_testsupport::scratch("forge-store-in-context");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY . /src/\n").unwrap();
+    fs::write(ctx.join("app.txt"), "app\n").unwrap();
+    let root = ctx.join(".forge");
+    let dest = ws.path().join("out");
+    let build = || {
+        common::forge(
+            &root,
+            &[
+                "build",
+                "--progress=plain",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    let first = build();
+    assert!(first.status.success(), "{}", common::printed(&first));
+    assert_eq!(
+        fs::read_to_string(dest.join("src/app.txt")).unwrap(),
+        "app\n"
+    );
+    assert!(
+        !dest.join("src/.forge").exists(),
+        "the store went into the image"
+    );
+    let second = build();
+    let out = common::printed(&second);
+    assert!(second.status.success(), "{out}");
+    assert!(out.contains("2 steps, 2 cached"), "{out}");
+}

@@ -165,8 +165,17 @@ impl Session {
             None => Vec::new(),
             Some(p) => super::prepare::read_ignore(&p)?,
         };
-        // Last, so that no `!` line of the file brings them back.
-        ignore_patterns.extend(request.context_excludes.iter().map(|p| literal_pattern(p)));
+        // Last, so that no `!` line of the file brings them back. forge's own store, when it lies
+        // in the context (`--root .forge`), is never part of it: the walk would read the files
+        // the build is writing.
+        let own_store = super::path_inside(&self.root, &request.context);
+        ignore_patterns.extend(
+            request
+                .context_excludes
+                .iter()
+                .chain(own_store.iter())
+                .map(|p| literal_pattern(p)),
+        );
         // The context walk (memoised) starts first: on a rebuild that changes nothing it is most
         // of the build, and everything else until the solve (the store session, the scratch
         // space, base images resolving) runs beside it.

@@ -25,7 +25,9 @@ use forge_snapshotter::snapshot::SnapshotError;
 use forge_snapshotter::store::StoreError;
 
 pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
-pub use request::{BuildContext, BuildRequest, CacheOptions, DockerfileSource, Export, Secrets};
+pub use request::{
+    BuildContext, BuildRequest, CacheOptions, DockerfileSource, Export, Secrets, path_inside,
+};
 pub use service::{ServiceHandle, ServiceSpec};
 pub(crate) use session::close_runner;
 pub use session::{

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use forge_runner::spec::NetworkMode;
 use forge_snapshotter::compress::Compression;
@@ -296,4 +296,18 @@ impl fmt::Debug for Secrets {
         ids.sort();
         f.debug_set().entries(ids).finish()
     }
+}
+
+/// `dir`'s path relative to `context` when it lies inside it (it may not exist yet: its parent is
+/// resolved then), for [`BuildRequest::context_excludes`]; `None` when it is outside, or is the
+/// context itself.
+pub fn path_inside(dir: &Path, context: &Path) -> Option<String> {
+    let dir = std::path::absolute(dir).ok()?;
+    let resolved = std::fs::canonicalize(&dir).ok().or_else(|| {
+        let parent = std::fs::canonicalize(dir.parent()?).ok()?;
+        Some(parent.join(dir.file_name()?))
+    })?;
+    let context = std::fs::canonicalize(context).ok()?;
+    let rel = resolved.strip_prefix(&context).ok()?.to_str()?;
+    (!rel.is_empty()).then(|| rel.to_string())
 }

@@ -264,20 +264,6 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<(), Stri
     Ok(())
 }
 
-/// The artifacts directory `dir`'s path relative to `context` when it lies inside it (it may
-/// not exist yet: its parent is resolved then); `None` when it is outside, or is the context.
-pub fn inside_context(dir: &Path, context: &Path) -> Option<String> {
-    let dir = std::path::absolute(dir).ok()?;
-    let resolved = std::fs::canonicalize(&dir).ok().or_else(|| {
-        let parent = std::fs::canonicalize(dir.parent()?).ok()?;
-        Some(parent.join(dir.file_name()?))
-    })?;
-    let context = std::fs::canonicalize(context).ok()?;
-    let rel = resolved.strip_prefix(&context).ok()?;
-    let rel = rel.to_str()?;
-    (!rel.is_empty()).then(|| rel.to_string())
-}
-
 /// Whether the absolute path `path` is `workdir` or below it.
 pub fn under(workdir: &str, path: &str) -> bool {
     let w = workdir.trim_end_matches('/');

@@ -96,7 +96,7 @@ impl Runner {
         // The artifacts directory inside the context (the default, `forge-artifacts/` beside
         // forge.yaml, with `context: .`) is forge's own output: read as context, it would change
         // the image on every run and bake the last run's artifacts in.
-        if let Some(inside) = artifacts::inside_context(&self.options.artifacts_dir, &context) {
+        if let Some(inside) = crate::api::path_inside(&self.options.artifacts_dir, &context) {
             request.context_excludes.push(inside);
         }
         // The Dockerfile as resolved above: with `artifacts-from` the context is a copy, and the
