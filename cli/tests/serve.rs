@@ -885,7 +885,7 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
     let tmp = forge_testsupport::scratch("forge-serve-replay-");
     let config = tmp.path().join("serve.yaml");
     // Pushes of `old` start nothing (no branch matches), so no git server is needed: replays are
-    // refused before the payload is read.
+    // refused before anything is started.
     std::fs::write(
         &config,
         format!(
@@ -927,6 +927,11 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
         assert_eq!(code, 409, "{delivery:?}: {reply}");
     }
     let (code, reply) = send(&push(&"2".repeat(40)), None);
+    assert_eq!(code, 200, "{reply}");
+    // A delivery refused as malformed is not taken: its id is free for the good one.
+    let (code, reply) = send(b"{\"ref\": 7}", Some("fixed-guid"));
+    assert_eq!(code, 400, "{reply}");
+    let (code, reply) = send(&push(&"3".repeat(40)), Some("fixed-guid"));
     assert_eq!(code, 200, "{reply}");
 }
 

@@ -157,6 +157,9 @@ async fn hook(
     // captured delivery (a rebuild and re-push of an old commit). The body is, and a real sender's
     // bodies differ from one event to the next, so a body this project took before is a replay
     // too, whatever id comes with it. A sender's redelivery repeats both: it is a 409 either way.
+    // Read first: a delivery refused as malformed (400) is not taken, so the sender's redelivery of
+    // it, once the hook is set right, is not a 409.
+    let event = hooks::parse(forge, &header_of, &body).map_err(hook_error)?;
     let id = hooks::delivery_id(forge, &header_of);
     let body_key = format!("{}:body:{}", p.name, hex::encode(Sha256::digest(&body)));
     let keys: Vec<&str> = id
@@ -172,7 +175,6 @@ async fn hook(
         };
         return Err(error(StatusCode::CONFLICT, what));
     }
-    let event = hooks::parse(forge, &header_of, &body).map_err(hook_error)?;
     match event {
         Event::Ping => Ok(not_started("ping")),
         Event::Ignored(what) => Ok(not_started(&format!("{what}: nothing to build"))),
