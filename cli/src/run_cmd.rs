@@ -142,7 +142,21 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     };
     let changed = match &since {
         Some(rev) => {
-            git::changed_since(&base_dir, rev).map_err(|e| failed(format!("error: {e}")))?
+            let changed =
+                git::changed_since(&base_dir, rev).map_err(|e| failed(format!("error: {e}")))?;
+            // Asked for by name, a comparison that cannot be made is an error, not a run where
+            // every `changes:` rule matches.
+            if changed.is_none()
+                && let Some(asked) = &args.changed_since
+            {
+                return Err(failed(format!(
+                    "error: --changed-since {asked}: {} is in no git repository, so nothing can be compared",
+                    std::path::absolute(&base_dir)
+                        .unwrap_or_else(|_| base_dir.clone())
+                        .display()
+                )));
+            }
+            changed
         }
         None => None,
     };

@@ -63,6 +63,32 @@ fn run_refuses_a_bad_file_as_check_does_and_takes_no_run_number() {
     );
 }
 
+/// `--changed-since REV` where there is no git repository is an error naming the flag, not a run
+/// where every `changes:` rule matches; nothing is built.
+#[test]
+fn changed_since_outside_a_repository_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("forge.yaml"),
+        "images:\n  app: {context: .}\njobs:\n  t:\n    image: app\n    script: [\"true\"]\n",
+    )
+    .unwrap();
+    let ran = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--changed-since", "HEAD~1", "--root"])
+        .arg(store.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--changed-since HEAD~1:") && err.contains("is in no git repository"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&ran.stdout).contains("image app"));
+}
+
 /// Every bad file, the error class it pins.
 const BAD: &[&str] = &[
     "yaml-syntax",
