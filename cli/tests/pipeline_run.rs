@@ -512,29 +512,23 @@ fn the_artifacts_directory_inside_a_context_is_left_out_of_it() {
 #[test]
 fn a_broken_report_or_host_copy_keeps_the_artifacts_for_later_jobs() {
     let Some(m) = machine() else { return };
-    let ws = forge_testsupport::scratch("forge-pipeline-artifacts-kept");
-    let dir = ws.path().join("repo");
-    let root = ws.path().join("store");
-    fs::create_dir_all(dir.join("app")).unwrap();
-    fs::write(dir.join("app/Dockerfile"), format!("FROM {}\n", m.busybox)).unwrap();
-    fs::write(
-        dir.join("forge.yaml"),
-        "images:\n  app: {context: app}\njobs:\n  build:\n    image: app\n    script:\n      - echo the-binary > out.txt\n      - echo '<testsuite><testcase name=\"a\">' > report.xml\n    artifacts:\n      paths: [out.txt]\n      reports:\n        junit: report.xml\n  deploy:\n    image: app\n    needs: [build]\n    script: [cat out.txt]\n",
-    )
-    .unwrap();
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-artifacts-kept",
+        "jobs:\n  build:\n    image: app\n    script:\n      - echo the-binary > out.txt\n      - echo '<testsuite><testcase name=\"a\">' > report.xml\n    artifacts:\n      paths: [out.txt]\n      reports:\n        junit: report.xml\n  deploy:\n    image: app\n    needs: [build]\n    script: [cat out.txt]\n",
+    );
     // A file where the artifacts directory should be: nothing can be copied out under it.
     fs::write(dir.join("blocked"), "not a directory").unwrap();
     for (args, copied) in [
         (&[][..], true),
         (&["--artifacts-dir", "blocked"][..], false),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
-            .args(["run", "--no-cache", "--root"])
-            .arg(&root)
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
+        let out = forge_run(
+            &dir,
+            &root,
+            &[&["run", "--no-cache"][..], args].concat(),
+            &[],
+        );
         let text = printed(&out);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("[deploy] the-binary"), "{text}");
@@ -566,11 +560,8 @@ fn a_broken_report_or_host_copy_keeps_the_artifacts_for_later_jobs() {
 fn ctrl_c_and_a_jobs_timeout_end_a_service_readiness_wait() {
     use std::io::BufRead;
     let Some(m) = machine() else { return };
-    let ws = forge_testsupport::scratch("forge-pipeline-ready-cancel");
-    let dir = ws.path().join("repo");
-    let root = ws.path().join("store");
-    fs::create_dir_all(dir.join("app")).unwrap();
-    fs::write(dir.join("app/Dockerfile"), format!("FROM {}\n", m.busybox)).unwrap();
+    // Its forge.yaml is written below, once for each half.
+    let (_ws, dir, root) = small_workspace(&m, "forge-pipeline-ready-cancel", "");
     let marker = format!("3{}", std::process::id() % 100_000 + 100_000);
     let pipeline = |timeout: &str| {
         format!(
