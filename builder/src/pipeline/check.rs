@@ -103,6 +103,31 @@ pub fn check(
                 }
             }
         }
+        // What GitLab refuses too: a job that runs nothing, a timeout that ends it before it
+        // starts, and two services that one name would reach.
+        if job.script.value.is_empty() {
+            errors.push(PipelineError::new(
+                pos_of(&job.script),
+                "`script` is empty: a job runs at least one command",
+            ));
+        }
+        if let Some(t) = &job.timeout
+            && t.value.0.is_zero()
+        {
+            errors.push(PipelineError::new(
+                pos_of(t),
+                "a `timeout` of 0s would end the job before it starts",
+            ));
+        }
+        let mut service_names = BTreeSet::new();
+        for svc in &job.services {
+            if !service_names.insert(svc.name.value.as_str()) {
+                errors.push(PipelineError::new(
+                    pos_of(&svc.name),
+                    format!("service `{}` is defined twice in this job", svc.name.value),
+                ));
+            }
+        }
         let instances = match &job.parallel {
             None => vec![(k.value.clone(), Vec::new())],
             Some(p) => match expand::matrix(p) {

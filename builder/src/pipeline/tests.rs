@@ -429,3 +429,25 @@ fn needing_a_job_that_rules_leave_out_is_refused() {
     let both = src.replace("    needs: [a]\n", "    needs: [a]\n    when: never\n");
     ok(&both, &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None));
 }
+
+#[test]
+fn an_empty_script_a_zero_timeout_and_a_service_named_twice_are_refused_where_written() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: []\n    timeout: 0s\n    services:\n      - name: db\n        image: alpine\n      - name: db\n        image: alpine\n";
+    let e = load("forge.yaml", src, &CheckOptions::default()).expect_err("should fail");
+    let at: Vec<(usize, usize)> = e
+        .errors
+        .iter()
+        .map(|x| (x.pos.line, x.pos.column))
+        .collect();
+    assert_eq!(at, vec![(4, 13), (5, 14), (9, 15)], "{e}");
+    let text = e.to_string();
+    assert!(text.contains("`script` is empty"), "{text}");
+    assert!(text.contains("a `timeout` of 0s"), "{text}");
+    assert!(
+        text.contains("service `db` is defined twice in this job"),
+        "{text}"
+    );
+    // The same job with one command, a timeout and two names is fine.
+    let good = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    timeout: 1s\n    services:\n      - name: db\n        image: alpine\n      - name: cache\n        image: alpine\n";
+    ok(good, &CheckOptions::default());
+}
