@@ -1170,21 +1170,27 @@ async fn bearer_token_flow_with_credentials_from_an_auth_file() {
     );
 }
 
-/// A registry that took the connection and never answered held a pull for every try's read
-/// timeout, twice over (the challenge, then the manifest): eleven minutes with the defaults, and
-/// the error said only "error sending request". The pull now fails at its answer deadline, naming
-/// the registry, the reference and the timeout.
-#[tokio::test]
-async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
+/// A "registry" on loopback that takes every connection and holds it, saying nothing; its
+/// `host:port`.
+async fn mute_registry() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
-    // Takes every connection and holds it, saying nothing.
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((conn, _)) = listener.accept().await {
             held.push(conn);
         }
     });
+    host
+}
+
+/// A registry that took the connection and never answered held a pull for every try's read
+/// timeout, twice over (the challenge, then the manifest): eleven minutes with the defaults, and
+/// the error said only "error sending request". The pull now fails at its answer deadline, naming
+/// the registry, the reference and the timeout.
+#[tokio::test]
+async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
+    let host = mute_registry().await;
     let client = RegistryClient::new(RegistryConfig {
         auth: AuthResolver::anonymous(),
         retry: RetryPolicy {
@@ -1225,14 +1231,7 @@ async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
 /// failed try took.
 #[tokio::test]
 async fn a_retry_event_says_how_long_the_failed_try_took() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = listener.accept().await {
-            held.push(conn);
-        }
-    });
+    let host = mute_registry().await;
     let client = RegistryClient::new(RegistryConfig {
         auth: AuthResolver::anonymous(),
         retry: RetryPolicy {
