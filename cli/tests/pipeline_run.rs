@@ -711,7 +711,7 @@ jobs:
     script:
       - mkdir -p dist && cp prog.sh dist/prog
     artifacts:
-      paths: [dist/]
+      paths: [dist/, nothere/]
   smoke:
     image: runtime
     script:
@@ -779,6 +779,15 @@ jobs:
     assert!(o.status.success(), "{out}");
     // The runtime image was built from the job's output.
     assert!(out.contains("[smoke] compiled program v1"), "{out}");
+    // A path that matched nothing is warned of in the job's log, as GitLab's runner does; the
+    // one that matched is not.
+    assert!(
+        out.contains(
+            "[compile] forge: warning: artifacts: nothere/: no matching files (paths are relative to the job's working directory, /build)"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.matches("no matching files").count(), 1, "{out}");
     // A job on one stage of an image's Dockerfile, and one on a registry image.
     assert!(out.contains("[stage-job] from the checker stage"), "{out}");
     assert!(

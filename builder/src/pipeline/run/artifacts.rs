@@ -42,28 +42,34 @@ fn globs(patterns: &[String]) -> Result<GlobSet, String> {
     b.build().map_err(|e| e.to_string())
 }
 
-/// Whether `name` (a tar entry, no leading slash) or a directory above it is selected.
-fn selected(set: &GlobSet, name: &str) -> bool {
+/// Whether `name` (a tar entry, no leading slash) or a directory above it is selected; the
+/// patterns that select it are marked in `hit`.
+fn selected(set: &GlobSet, name: &str, hit: &mut [bool]) -> bool {
     let mut path = format!("/{}", name.trim_end_matches('/'));
+    let mut any = false;
     loop {
-        if set.is_match(&path) {
-            return true;
+        for i in set.matches(&path) {
+            hit[i] = true;
+            any = true;
         }
         match path.rfind('/') {
-            Some(0) | None => return false,
+            Some(0) | None => return any,
             Some(i) => path.truncate(i),
         }
     }
 }
 
-/// Selects the entries of `taken` that match `patterns` into a new plain-tar blob. `None` when
-/// nothing matched.
-pub fn select(
-    store: &Store,
-    taken: &Artifacts,
-    patterns: &[String],
-) -> Result<Option<Descriptor>, String> {
+/// What [`select`] kept: the new layer (`None` when nothing matched), and the patterns that
+/// matched no entry, by their index (GitLab warns of each: "no matching files").
+pub struct Selected {
+    pub layer: Option<Descriptor>,
+    pub unmatched: Vec<usize>,
+}
+
+/// Selects the entries of `taken` that match `patterns` into a new plain-tar blob.
+pub fn select(store: &Store, taken: &Artifacts, patterns: &[String]) -> Result<Selected, String> {
     let set = globs(patterns)?;
+    let mut hit = vec![false; patterns.len()];
     let open = || {
         store
             .open_blob(&taken.digest)
@@ -76,7 +82,7 @@ pub fn select(
         for e in a.entries().map_err(|e| e.to_string())? {
             let e = e.map_err(|e| e.to_string())?;
             let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-            if selected(&set, &name) {
+            if selected(&set, &name, &mut hit) {
                 let mut p = name.trim_end_matches('/').to_string();
                 keep.insert(p.clone());
                 while let Some(i) = p.rfind('/') {
@@ -86,8 +92,12 @@ pub fn select(
             }
         }
     }
+    let unmatched = (0..patterns.len()).filter(|&i| !hit[i]).collect();
     if keep.is_empty() {
-        return Ok(None);
+        return Ok(Selected {
+            layer: None,
+            unmatched,
+        });
     }
     let tmp = store.temp_path("artifacts").map_err(|e| e.to_string())?;
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -120,11 +130,14 @@ pub fn select(
     store
         .adopt(&tmp, &digest, size)
         .map_err(|e| format!("storing artifacts: {e}"))?;
-    Ok(Some(Descriptor {
-        media_type: TAR.into(),
-        digest,
-        size,
-    }))
+    Ok(Selected {
+        layer: Some(Descriptor {
+            media_type: TAR.into(),
+            digest,
+            size,
+        }),
+        unmatched,
+    })
 }
 
 /// Extracts the artifact layer `layer` into `dest` (replacing what was there), by each entry's
@@ -293,11 +306,18 @@ mod tests {
 
     #[test]
     fn a_selected_directory_selects_what_is_below_it() {
-        let set = globs(&["/app/dist".into(), "/app/reports/*.xml".into()]).unwrap();
-        assert!(selected(&set, "app/dist/bin/tool"));
-        assert!(selected(&set, "app/reports/unit.xml"));
-        assert!(!selected(&set, "app/reports/unit.txt"));
-        assert!(!selected(&set, "app/distant"));
+        let set = globs(&[
+            "/app/dist".into(),
+            "/app/reports/*.xml".into(),
+            "/app/nothere".into(),
+        ])
+        .unwrap();
+        let mut hit = [false; 3];
+        assert!(selected(&set, "app/dist/bin/tool", &mut hit));
+        assert!(selected(&set, "app/reports/unit.xml", &mut hit));
+        assert!(!selected(&set, "app/reports/unit.txt", &mut hit));
+        assert!(!selected(&set, "app/distant", &mut hit));
+        assert_eq!(hit, [true, true, false], "which patterns matched");
     }
 
     /// Regression (S1): a job that made its artifact setuid root (`chmod 4755` as root in its

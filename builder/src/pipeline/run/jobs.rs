@@ -138,6 +138,8 @@ impl Runner {
                 .iter()
                 .map(|p| artifacts::absolute(&workdir, p))
                 .collect();
+            let written = a.paths.clone();
+            let written_reports = a.junit.clone();
             let taken = taken.clone();
             let origin = name.to_string();
             // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
@@ -150,8 +152,11 @@ impl Runner {
             let report_masks = masks.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let mut notes = Vec::new();
+                let mut unmatched = Vec::new();
                 let kept = if keep && !paths.is_empty() {
-                    artifacts::select(&store, &taken, &paths)?
+                    let s = artifacts::select(&store, &taken, &paths)?;
+                    unmatched.extend(s.unmatched.iter().map(|&i| written[i].clone()));
+                    s.layer
                 } else {
                     None
                 };
@@ -166,8 +171,10 @@ impl Runner {
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports).and_then(|d| {
-                        d.map(|d| read_junit(&store, &d, &origin, &report_masks))
+                    match artifacts::select(&store, &taken, &reports).and_then(|s| {
+                        unmatched.extend(s.unmatched.iter().map(|&i| written_reports[i].clone()));
+                        s.layer
+                            .map(|d| read_junit(&store, &d, &origin, &report_masks))
                             .transpose()
                     }) {
                         Ok(j) => j,
@@ -177,20 +184,34 @@ impl Runner {
                         }
                     }
                 };
-                Ok::<_, String>((kept, junit, copied, notes))
+                Ok::<_, String>((kept, junit, copied, notes, unmatched))
             })
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
-            let said = match done {
-                Ok((k, j, copied, notes)) => {
-                    artifact_dir = copied;
-                    kept = k;
-                    junit = j;
-                    notes
-                }
-                Err(e) => vec![e],
-            };
+            let said =
+                match done {
+                    Ok((k, j, copied, notes, unmatched)) => {
+                        // As GitLab's runner warns of a path that matched nothing (a typo, or a
+                        // path relative to the wrong directory), in the job's log.
+                        for path in unmatched {
+                            self.emit(PipelineEvent::JobLine {
+                            job: name.into(),
+                            line: masks.mask(&format!(
+                                "forge: warning: artifacts: {path}: no matching files (paths are \
+                                 relative to the job's working directory, {})",
+                                if kept_workdir.is_empty() { "/" } else { &kept_workdir }
+                            )),
+                            cached: false,
+                        });
+                        }
+                        artifact_dir = copied;
+                        kept = k;
+                        junit = j;
+                        notes
+                    }
+                    Err(e) => vec![e],
+                };
             if !said.is_empty() {
                 // The paths in an error are the job's own names, which may hold a secret.
                 let said = format!("artifacts: {}", masks.mask(&said.join("; ")));
