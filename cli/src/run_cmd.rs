@@ -98,7 +98,8 @@ pub(crate) struct HistoryArgs {
 pub(crate) struct LogsArgs {
     /// The run's number (as `forge history` lists it).
     run: u64,
-    /// The job; every job's log, one after the other, when not given.
+    /// The job (a matrix job's name gives each of its cells' logs); every job's log, one after
+    /// the other, when not given.
     job: Option<String>,
     #[command(flatten)]
     history: HistoryArgs,

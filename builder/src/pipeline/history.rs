@@ -128,6 +128,22 @@ pub enum HistoryError {
     NoLog { number: u64, job: String },
 }
 
+/// The names of a run's jobs for an error: the first few, then how many more (a 200-cell matrix
+/// made a 200-name line).
+fn names_of(jobs: &[JobRecord]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = jobs
+        .iter()
+        .take(SHOWN)
+        .map(|j| j.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if jobs.len() > SHOWN {
+        s.push_str(&format!(" and {} more", jobs.len() - SHOWN));
+    }
+    s
+}
+
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HistoryError {
     let path = path.to_path_buf();
     move |source| HistoryError::Io { what, path, source }
@@ -281,16 +297,29 @@ impl History {
     ) -> Result<(), HistoryError> {
         let run = self.run(number)?;
         let Some(record) = run.jobs.iter().find(|j| j.name == job) else {
-            return Err(HistoryError::NoJob {
-                number,
-                job: job.into(),
-                known: run
-                    .jobs
-                    .iter()
-                    .map(|j| j.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            // A matrix job's written name (`test`) stands for its cells (`test: [1, a]`), as it
+            // does for `forge run test`: each cell's log under a header.
+            let prefix = format!("{job}: [");
+            let cells: Vec<&JobRecord> = run
+                .jobs
+                .iter()
+                .filter(|j| j.name.starts_with(&prefix) && j.name.ends_with(']'))
+                .collect();
+            if cells.is_empty() {
+                return Err(HistoryError::NoJob {
+                    number,
+                    job: job.into(),
+                    known: names_of(&run.jobs),
+                });
+            }
+            for cell in cells {
+                writeln!(out, "== {} ({})", cell.name, cell.result.word())
+                    .map_err(io_err("write", Path::new("the output")))?;
+                if cell.log.is_some() {
+                    self.copy_log(number, &cell.name, out)?;
+                }
+            }
+            return Ok(());
         };
         let Some(file) = &record.log else {
             return Err(HistoryError::NoLog {
@@ -465,6 +494,18 @@ mod tests {
             Err(HistoryError::NoLog { .. })
         ));
         assert!(matches!(h.run(9), Err(HistoryError::NoRun { number: 9 })));
+        // C5: the matrix job's written name gives its cells' logs, each under a header.
+        let mut out = Vec::new();
+        h.copy_log(1, "unit", &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "== unit: [1, p] (failed)\nok 1 - adds\nnot ok 2 - ****\n"
+        );
+        // A name that only starts like a cell's is no job.
+        assert!(matches!(
+            h.copy_log(1, "uni", &mut Vec::new()),
+            Err(HistoryError::NoJob { .. })
+        ));
 
         // The next run takes the next number; an explicit one is used once only.
         let run2 = h.start(None, "def456", "main", &[]).unwrap();
@@ -480,6 +521,32 @@ mod tests {
         // Run 10's handle was dropped without finishing: a killed run.
         assert_eq!(h.run(10).unwrap().result, RunResult::Interrupted);
         assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("def456"));
+    }
+
+    /// C5: a 200-cell matrix listed all 200 names on one line in the error for a wrong name.
+    #[test]
+    fn a_wrong_job_name_lists_the_first_few_jobs_and_counts_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "p").unwrap();
+        let mut run = h.start(None, "abc", "main", &[]).unwrap();
+        for i in 0..200 {
+            run.job_done(
+                &format!("w: [{i}]"),
+                JobResult::Passed,
+                Duration::ZERO,
+                None,
+            )
+            .unwrap();
+        }
+        run.finish(RunResult::Passed, Duration::ZERO).unwrap();
+        let e = h
+            .copy_log(1, "nope", &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("its jobs: w: [0], w: [1], w: [2], w: [3], w: [4], w: [5], w: [6], w: [7], w: [8], w: [9], w: [10], w: [11] and 188 more"),
+            "{e}"
+        );
     }
 
     /// W4: a passed `forge run test-a` at a commit that broke svc-b became the `changes:`
