@@ -797,7 +797,8 @@ fn a_signal_while_the_dockerfile_is_a_fifo_without_a_writer_cancels_the_build() 
 }
 
 /// `-f /dev/zero` was read whole: forge grew until the kernel killed it (about 23 GB), and
-/// `forge run -f /dev/zero` read all of it before its 4 MiB cap said no. Both now stop at the cap
+/// `forge run -f /dev/zero` read all of it before its 4 MiB cap said no, and a `.dockerignore` of
+/// gigabytes was read whole. All now stop at the cap
 /// and say so, naming the file. Watched from outside: killed (and failed) past 1 GiB of memory or
 /// 60 s, so the bug fails the test instead of the machine.
 #[test]
@@ -817,7 +818,28 @@ fn an_endless_dockerfile_or_forge_yaml_is_refused_at_the_cap() {
         ctx.to_str().unwrap(),
     ];
     let run: Vec<&str> = vec!["run", "--check", "-f", "/dev/zero"];
-    for args in [build, run] {
+    // A `.dockerignore` was read whole too (one of 8 GiB, sparse here, as a stray dump would be;
+    // a device or FIFO is no regular file, which is all forge takes for one).
+    let ignoring = bench.context("ignoring", BASE, &[]);
+    std::fs::File::create(ignoring.join(".dockerignore"))
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    let ignore_build: Vec<&str> = vec![
+        "build",
+        "--root",
+        root.to_str().unwrap(),
+        ignoring.to_str().unwrap(),
+    ];
+    let ignore_said = format!(
+        "{}: larger than 4 MiB (4194304 bytes), the most forge reads of a .dockerignore",
+        ignoring.join(".dockerignore").display()
+    );
+    for (args, said) in [
+        (build, "/dev/zero: larger than 4 MiB (4194304 bytes)"),
+        (run, "/dev/zero: larger than 4 MiB (4194304 bytes)"),
+        (ignore_build, ignore_said.as_str()),
+    ] {
         let err_file = bench.path().join("err.log");
         let child = Command::new(env!("CARGO_BIN_EXE_forge"))
             .args(&args)
@@ -863,10 +885,7 @@ fn an_endless_dockerfile_or_forge_yaml_is_refused_at_the_cap() {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0,
             "{args:?}: status {status}: {err}"
         );
-        assert!(
-            err.contains("/dev/zero: larger than 4 MiB (4194304 bytes)"),
-            "{args:?}: {err}"
-        );
+        assert!(err.contains(said), "{args:?}: {err}");
         let max_rss_mb = usage.ru_maxrss / 1024;
         assert!(max_rss_mb < 200, "{args:?}: max RSS {max_rss_mb} MB");
     }

@@ -163,7 +163,7 @@ impl Session {
             .unwrap_or_else(|| request.context.join("Dockerfile"));
         let mut ignore_patterns = match dockerignore::find_ignore_file(&request.context, &df_path) {
             None => Vec::new(),
-            Some(p) => super::prepare::read_ignore(&p)?,
+            Some(p) => unless_cancelled(&cancel, super::prepare::read_ignore(p)).await?,
         };
         // Last, so that no `!` line of the file brings them back. forge's own store, when it lies
         // in the context (`--root .forge`), is never part of it: the walk would read the files

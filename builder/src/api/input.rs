@@ -26,6 +26,13 @@ pub const DOCKERFILE: Cap = Cap {
     of: "a Dockerfile",
 };
 
+/// A `.dockerignore` (or `Dockerfile.dockerignore`): as large as a Dockerfile may be; real ones
+/// are a few dozen lines.
+pub const DOCKERIGNORE: Cap = Cap {
+    bytes: MAX_DOCKERFILE_BYTES,
+    of: "a .dockerignore",
+};
+
 /// [`crate::pipeline::MAX_FILE_BYTES`] of a forge.yaml.
 pub const PIPELINE_FILE: Cap = Cap {
     bytes: crate::pipeline::MAX_FILE_BYTES as u64,

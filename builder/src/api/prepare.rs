@@ -151,8 +151,14 @@ fn confine_to_context(context: &std::path::Path, path: &std::path::Path) -> Resu
     }
 }
 
-pub(super) fn read_ignore(path: &std::path::Path) -> Result<Vec<String>, BuildError> {
-    Ok(Dockerignore::read(path)
+/// The patterns of the ignore file at `path`, read as the Dockerfile is: up to a cap (a
+/// `.dockerignore` link to /dev/zero fails at once) and on a thread a cancelled build stops
+/// waiting for (a FIFO without a writer).
+pub(super) async fn read_ignore(path: std::path::PathBuf) -> Result<Vec<String>, BuildError> {
+    let text = super::input::read_file_capped_abandonable(path.clone(), super::input::DOCKERIGNORE)
+        .await
+        .map_err(BuildError::Invalid)?;
+    Ok(Dockerignore::parse(&text)
         .map_err(|e| BuildError::Invalid(format!("{}: {e}", path.display())))?
         .patterns()
         .to_vec())
