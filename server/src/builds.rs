@@ -36,6 +36,8 @@ pub struct Server {
     wake: Notify,
     permits: Arc<Semaphore>,
     http: reqwest::Client,
+    /// Every secret the configuration holds, made into a matcher once.
+    masks: Masks,
 }
 
 impl Server {
@@ -43,7 +45,9 @@ impl Server {
         let permits = Arc::new(Semaphore::new(config.max_builds));
         // reqwest's client needs rustls's provider even for plain http.
         forge_snapshotter::registry::roots::install_crypto_provider();
+        let masks = Masks::of(&config.masked());
         Arc::new(Server {
+            masks,
             config,
             store,
             session,
@@ -59,7 +63,7 @@ impl Server {
     /// pushed and is shown on the open pages, in the API and in notifications, not only in the
     /// log, so it is stored masked.
     fn mask(&self, text: &str) -> String {
-        Masks::of(&self.config.masked()).mask(text)
+        self.masks.mask(text)
     }
 
     /// The project named `name`.
