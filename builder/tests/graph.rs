@@ -53,11 +53,11 @@ fn digests_are_pinned() {
         ),
         (
             "[build] RUN --mount=type=cache,target=/go/pkg/mod",
-            "dd29b0f48a3929e7e047cd6051e15252f0292ce9fc5d82f21ec86a2f33d794ff",
+            "aa3f32b538653a7d7270f9e79b5beec7fbc559e070c1a04e5f5f41ae9ddc4ee5",
         ),
         (
             "[final] WORKDIR /home/app",
-            "fa1bbb18385d7a36fa582b8bf346c00c5188ae779fc1306b343cae87eebeed1d",
+            "c7770a78ec4279675856d583b569cc933fb0bb63648c0be41d5d6a0eb4091289",
         ),
     ];
     let root = l.graph.vertex(l.graph.outputs[0].root);

@@ -1025,3 +1025,92 @@ fn issue11_run_step_cannot_reach_host_loopback() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains(SERVICE_MARKER), "{all}");
 }
+
+/// The names of the steps a `--progress plain` build ran (not `CACHED`), by their titles.
+fn steps_run(out: &str) -> Vec<String> {
+    let mut titles = std::collections::HashMap::new();
+    let mut cached = std::collections::HashSet::new();
+    for line in out.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, what)) = rest.split_once(' ') else {
+            continue;
+        };
+        if what == "CACHED" {
+            cached.insert(n.to_string());
+        } else if what.starts_with('[') && !what.starts_with("[internal]") {
+            titles
+                .entry(n.to_string())
+                .or_insert_with(|| what.to_string());
+        }
+    }
+    let mut ran: Vec<String> = titles
+        .into_iter()
+        .filter(|(n, _)| !cached.contains(n))
+        .map(|(_, t)| t)
+        .collect();
+    ran.sort();
+    ran
+}
+
+/// C7: a COPY's key held the list of every context path the whole build copies, so one new
+/// `COPY` at the end of a Dockerfile, another `--target`, or another Dockerfile on the same
+/// context ran every earlier COPY and RUN again (and found nothing in a registry cache made by
+/// the other). Each step is now keyed by what it reads of the context, as BuildKit keys it.
+#[test]
+fn a_copy_added_elsewhere_leaves_the_other_steps_cached() {
+    if !prerequisites() {
+        return;
+    }
+    let first = "FROM scratch AS builder\nCOPY busybox /bin/busybox\nCOPY a.txt /a.txt\n\
+                 RUN [\"/bin/busybox\", \"cp\", \"/a.txt\", \"/built\"]\n\
+                 RUN --mount=type=bind,source=sub,target=/sub [\"/bin/busybox\", \"cp\", \"/sub/s.txt\", \"/bound\"]\n\
+                 FROM builder\nCOPY b.txt /b.txt\n";
+    let (_tmp, ctx, root) = context(first);
+    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
+    std::fs::write(ctx.join("c.txt"), "c\n").unwrap();
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("sub/s.txt"), "s\n").unwrap();
+    let ctx_arg = ctx.to_string_lossy().into_owned();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.push(&ctx_arg);
+        let out = forge(&root, &args);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    build(&[]);
+    // One more COPY, of a path nothing read before, at the very end: only it runs.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("{first}COPY c.txt /c.txt\n"),
+    )
+    .unwrap();
+    let out = build(&[]);
+    assert_eq!(
+        steps_run(&out),
+        vec!["[stage-1] COPY c.txt /c.txt"],
+        "{out}"
+    );
+    // The first stage alone (`--target`): everything it has was built.
+    let out = build(&["--target", "builder"]);
+    assert_eq!(steps_run(&out), Vec::<String>::new(), "{out}");
+    // What a step reads still keys it: a file under the bound directory runs that RUN (and
+    // what follows it), and not the steps before it.
+    std::fs::write(ctx.join("sub/s.txt"), "s2\n").unwrap();
+    let out = build(&[]);
+    assert_eq!(
+        steps_run(&out),
+        vec![
+            "[builder] RUN --mount=type=bind,source=sub,target=/sub [\"/bin/busybox\", \"cp\", \"/sub/s.txt\", \"/bound\"]"
+                .to_string(),
+            "[stage-1] COPY b.txt /b.txt".to_string(),
+            "[stage-1] COPY c.txt /c.txt".to_string(),
+        ],
+        "{out}"
+    );
+}

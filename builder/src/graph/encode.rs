@@ -19,7 +19,12 @@
 //! A vertex is: `str "forge.graph.v1"`, then the op enum:
 //! - `0x01` Source, then the source enum:
 //!   `0x01` Scratch {} ; `0x02` Image {1 reference: str, 2 platform} ;
-//!   `0x03` Local {1 name: str, 2 include_patterns: list<str>, 3 exclude_patterns: list<str>} ;
+//!   `0x03` Local {1 name: str} ; its include and exclude patterns are left out: they are the
+//!   paths the whole build reads and the `.dockerignore` rules, and what each user of the context
+//!   reads is keyed by its own content digest (the solver's `cache_inputs`), so a COPY's key does
+//!   not move when another COPY, another `--target` or another Dockerfile reads other paths
+//!   (BuildKit keys a COPY by the checksum of what it reads). The executor finds a context by
+//!   its name alone, and a build has one source per name ;
 //!   `0x04` Http {1 url: str, 2 filename: str, 3 checksum: option<str>} ;
 //!   `0x05` Git {1 remote: str, 2 reference: str, 3 subdir: str, 4 keep_git_dir: bool,
 //!   5 checksum: option<str>}
@@ -193,19 +198,12 @@ fn source(e: &mut Encoder, s: &SourceOp) {
             e.tag(2);
             platform(e, p);
         }
-        SourceOp::Local {
-            name,
-            include_patterns,
-            exclude_patterns,
-        } => {
+        SourceOp::Local { name, .. } => {
+            // The patterns are left out of the identity (see the module's documentation).
             e.byte(0x03);
-            e.fields(3);
+            e.fields(1);
             e.tag(1);
             e.str(name);
-            e.tag(2);
-            e.strs(include_patterns);
-            e.tag(3);
-            e.strs(exclude_patterns);
         }
         SourceOp::Http {
             url,

@@ -595,19 +595,45 @@ impl Executor for BuildExecutor {
                 Ok(any.then(|| *h.finalize().as_bytes()))
             }
             Op::Exec(e) => {
-                // A bind of the local context is read in place: its content keys the step.
+                // A bind of the local context is read in place: the content of what it binds
+                // keys the step (the whole context for a bind of its root). Inputs come in the
+                // order of the mounts that have one.
                 let mut h = blake3::Hasher::new();
                 let mut any = false;
-                for b in inputs {
-                    if let Built::Local { name } = b {
-                        let local = self
-                            .cfg
-                            .locals
-                            .get(name)
-                            .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
-                        h.update(local.snapshot.digest().as_bytes());
-                        any = true;
+                let with_input = e.mounts.iter().filter(|m| {
+                    matches!(
+                        m.kind,
+                        crate::graph::MountKind::Bind { input: Some(_), .. }
+                            | crate::graph::MountKind::Cache { input: Some(_), .. }
+                    )
+                });
+                for (m, b) in with_input.zip(inputs) {
+                    let Built::Local { name } = b else { continue };
+                    let local = self
+                        .cfg
+                        .locals
+                        .get(name)
+                        .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                    match &m.kind {
+                        // A path the context lacks fails the step when it mounts; its key is
+                        // then the whole context's.
+                        crate::graph::MountKind::Bind { source_path, .. } => {
+                            match local.snapshot.hash_selection(&[source_path.as_str()]) {
+                                Ok(d) => {
+                                    h.update(b"bind:");
+                                    h.update(source_path.as_bytes());
+                                    h.update(d.as_bytes());
+                                }
+                                Err(_) => {
+                                    h.update(local.snapshot.digest().as_bytes());
+                                }
+                            }
+                        }
+                        _ => {
+                            h.update(local.snapshot.digest().as_bytes());
+                        }
                     }
+                    any = true;
                 }
                 // A step that leaves its network to the build (`--network`) is keyed by the one it
                 // gets, as BuildKit keys an ExecOp by its network: a hermetic `--network none`
@@ -622,7 +648,24 @@ impl Executor for BuildExecutor {
                 }
                 Ok(any.then(|| *h.finalize().as_bytes()))
             }
-            _ => Ok(None),
+            // No other op reads a context today; one that did would be keyed by all of it, since
+            // a context source's key holds none of its content.
+            _ => {
+                let mut h = blake3::Hasher::new();
+                let mut any = false;
+                for b in inputs {
+                    if let Built::Local { name } = b {
+                        let local = self
+                            .cfg
+                            .locals
+                            .get(name)
+                            .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                        h.update(local.snapshot.digest().as_bytes());
+                        any = true;
+                    }
+                }
+                Ok(any.then(|| *h.finalize().as_bytes()))
+            }
         }
     }
 
