@@ -212,6 +212,64 @@ fn memo_makes_an_unchanged_rebuild_read_nothing() {
     );
 }
 
+/// C4: `setcap` on a context file (an xattr; content and mtime unchanged) did not change the
+/// digest, so COPY was taken from the cache and the image lacked the capability. A file's
+/// extended attributes are now part of its digest; setting one moves its ctime, so the memo
+/// reads the file again. (In the target dir: a tmpfs /tmp may take no `user.*` attributes.)
+#[test]
+fn an_extended_attribute_is_part_of_a_files_digest() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = dir.path();
+    write(root, "tool", "#!/bin/sh\n");
+    write(root, "other", "x");
+    age(root, "tool");
+    age(root, "other");
+    let first = snap(root, Some(state.path()), None);
+    assert_eq!(
+        first.get("tool").unwrap().content,
+        Some(blake3::hash(b"#!/bin/sh\n")),
+        "a file without attributes keeps its content's digest"
+    );
+    let path =
+        std::ffi::CString::new(root.join("tool").into_os_string().into_encoded_bytes()).unwrap();
+    let value = b"ep";
+    // SAFETY: a NUL-terminated path and name, and a live value buffer.
+    let set = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.forge.test".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let second = snap(root, Some(state.path()), None);
+    assert_eq!(second.stats().files_read, 1, "{:?}", second.stats());
+    assert_ne!(
+        second.get("tool").unwrap().content,
+        first.get("tool").unwrap().content
+    );
+    assert_eq!(
+        second.get("other").unwrap().content,
+        first.get("other").unwrap().content
+    );
+    assert_ne!(second.digest(), first.digest());
+    assert_ne!(
+        second.hash_selection(&["tool"]).unwrap(),
+        first.hash_selection(&["tool"]).unwrap()
+    );
+    assert_eq!(
+        second.hash_selection(&["other"]).unwrap(),
+        first.hash_selection(&["other"]).unwrap()
+    );
+    // From the memo the next time, with the attribute still counted.
+    let third = snap(root, Some(state.path()), None);
+    assert_eq!(third.stats().files_read, 0, "{:?}", third.stats());
+    assert_eq!(third.digest(), second.digest());
+}
+
 #[test]
 fn racily_fresh_files_are_not_trusted_from_the_memo() {
     let dir = tempfile::tempdir().unwrap();

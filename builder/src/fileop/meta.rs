@@ -237,6 +237,31 @@ fn each_xattr(
     }
 }
 
+/// The extended attributes of the open file `file`, sorted by name (what a build context's
+/// content digest folds in: a `setcap` changes the file a COPY makes). Attributes that cannot be
+/// read are left out, as [`copy_xattrs`] leaves them.
+pub(crate) fn fd_xattrs(file: &std::fs::File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let found = std::cell::RefCell::new(Vec::new());
+    // SAFETY (each call): the pointers and lengths describe live buffers and the names are
+    // NUL-terminated.
+    each_xattr(
+        |names| unsafe { libc::flistxattr(fd, names.as_mut_ptr().cast(), names.len()) },
+        |name, value| unsafe {
+            libc::fgetxattr(fd, name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+        },
+        |name, value| {
+            found
+                .borrow_mut()
+                .push((name.to_bytes().to_vec(), value.to_vec()))
+        },
+    );
+    let mut found = found.into_inner();
+    found.sort();
+    found
+}
+
 /// [`copy_xattrs`] on open descriptors.
 fn copy_fd_xattrs(from: &std::fs::File, to: &std::fs::File) {
     use std::os::fd::AsRawFd;

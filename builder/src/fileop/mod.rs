@@ -17,6 +17,7 @@ use crate::source::context::pattern::{self, BadPattern};
 
 use crate::slashpath::join_root;
 pub use meta::ModeSpec;
+pub(crate) use meta::fd_xattrs;
 pub use owner::Ids;
 use root::{RootError, resolve};
 

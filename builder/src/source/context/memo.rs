@@ -6,7 +6,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 24] = b"forge-context-memo\0v1\0\0\n";
+/// v2: a file's hash folds in its extended attributes. A v1 memo's hashes do not, so it is
+/// dropped quietly (every file read once again) rather than trusted.
+const MAGIC: &[u8; 24] = b"forge-context-memo\0v2\0\0\n";
+const MAGIC_V1: &[u8; 24] = b"forge-context-memo\0v1\0\0\n";
 /// How close to the memo's own time a file may have been modified and still be trusted: one
 /// second covers the coarsest timestamp granularity of the filesystems we meet (ext3, HFS+).
 const RACY_MARGIN_NS: i64 = 1_000_000_000;
@@ -63,6 +66,9 @@ impl Memo {
             }
         };
         let len = bytes.len();
+        if bytes.starts_with(MAGIC_V1) {
+            return (Memo::default(), None);
+        }
         match Self::decode(bytes) {
             Some(m) => (m, None),
             None => (

@@ -509,5 +509,29 @@ fn hash_one(root: &Path, f: &Found) -> Hashed {
     }
     let mut hasher = blake3::Hasher::new();
     let bytes = std::io::copy(&mut file, &mut hasher).map_err(read_err)?;
-    Ok((hasher.finalize(), key_of(&meta), bytes))
+    Ok((
+        with_xattrs(hasher.finalize(), &crate::fileop::fd_xattrs(&file)),
+        key_of(&meta),
+        bytes,
+    ))
+}
+
+/// A file's digest for the cache: its content's blake3, and, when it has extended attributes
+/// (a `setcap` capability, a `user.*` attribute), those too, since COPY copies them. Setting one
+/// changes the file's ctime, so the memo (which keys on ctime) reads the file again.
+fn with_xattrs(content: blake3::Hash, xattrs: &[(Vec<u8>, Vec<u8>)]) -> blake3::Hash {
+    if xattrs.is_empty() {
+        return content;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"forge.context.xattrs.v1");
+    h.update(content.as_bytes());
+    h.update(&(xattrs.len() as u64).to_le_bytes());
+    for (name, value) in xattrs {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name);
+        h.update(&(value.len() as u64).to_le_bytes());
+        h.update(value);
+    }
+    h.finalize()
 }
