@@ -381,6 +381,59 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
     assert_eq!(s.docker.run_offline(&image), "hello from a user\n");
 }
 
+/// C11: a root step under the chroot isolation held CAP_SYS_CHROOT, with which root leaves a
+/// chroot (chroot into a subdirectory, then `..` up past the old root): it read the job's
+/// environment in the container's /proc and forge's registry credentials, and wrote the store.
+/// The step no longer gets it: chroot(2) fails (busybox's `chroot` applet is the probe), while a
+/// granted `RUN --security=insecure` step keeps it, and forge's note says so.
+#[test]
+fn chroot_steps_cannot_chroot_unless_insecure() {
+    if !forge_testsupport::root_and_busybox("the chroot isolation needs root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-chroot-caps");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let build = |dockerfile: &str, extra: &[&str]| {
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {busybox}\n{dockerfile}"),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--isolation",
+                "chroot",
+                "--root",
+            ])
+            .arg(ws.path().join("store"))
+            .args(extra)
+            .arg(&ctx)
+            .output()
+            .unwrap()
+    };
+    let o = build("RUN chroot / true\n", &[]);
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("Operation not permitted"), "{text}");
+    assert!(text.contains("less CAP_SYS_CHROOT"), "{text}");
+    // Another step as root still has the rest of docker's set (chown, mknod where allowed).
+    let o = build("RUN chown 12:34 /tmp && ls -ldn /tmp\n", &[]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let o = build(
+        "RUN --security=insecure chroot / true\n",
+        &["--allow", "security.insecure"],
+    );
+    assert!(o.status.success(), "{}", printed(&o));
+}
+
 /// On this host with `--isolation chroot` (as in a default container): a step has no network
 /// namespace, so the build's proxy arguments reach it as they are (as on the host's network, and
 /// still in no image config), and a step that needs a namespace of its own is refused, naming why.

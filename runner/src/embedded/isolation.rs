@@ -124,7 +124,10 @@ impl Isolation {
                      namespace: --network=none and services are refused)",
                     "no PID namespace: a daemon a step starts in a new session outlives the step",
                     "the container's own seccomp profile and capabilities confine steps, not \
-                     forge's",
+                     forge's, less CAP_SYS_CHROOT (root with it leaves a chroot; a step that \
+                     calls chroot needs RUN --security=insecure)",
+                    "no namespace stands between steps and forge's own processes, which a step \
+                     running as root can signal",
                     "cache mounts serve one step at a time; bind mounts and secrets are copied \
                      in and removed after the step; a read-only bind is not enforced",
                 ];

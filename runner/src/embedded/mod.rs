@@ -496,13 +496,17 @@ fn confinement(security: Security, isolation: Isolation) -> Result<Confinement, 
     if let Isolation::Chroot { .. } = isolation {
         // The container forge runs in confines the step with its own seccomp profile; forge's
         // would need no_new_privs, which stops setuid binaries (sudo). Capabilities: Docker's
-        // default set, as far as the container has them.
+        // default set, as far as the container has them, without CAP_SYS_CHROOT: the step's root
+        // is a chroot and nothing more, and root with that capability leaves it (chroot into a
+        // subdirectory without entering it, then `..` up to the real root), to forge's
+        // credentials, the job's environment in /proc and the store. Without it the step also
+        // holds fewer capabilities than forge, so it cannot ptrace forge either.
         let have = crate::confine::bounding_set();
         let root_caps = match security {
             Security::Sandbox => sys::DEFAULT_CAPS
                 .iter()
                 .copied()
-                .filter(|c| have.contains(c))
+                .filter(|c| have.contains(c) && *c != sys::CAP_SYS_CHROOT)
                 .collect(),
             Security::Insecure => have,
         };
