@@ -1848,3 +1848,49 @@ fn a_store_inside_the_context_is_left_out_of_it() {
     assert!(second.status.success(), "{out}");
     assert!(out.contains("2 steps, 2 cached"), "{out}");
 }
+
+/// C1: a non-root user in a container (`--security-opt seccomp=unconfined`) has newuidmap, but
+/// the setuid helper is refused there ("write to uid_map failed: Operation not permitted"), and
+/// forge gave up where README said it maps the user's own ids. A refused helper now leaves forge
+/// in its new user namespace mapping its own ids, with the warning that says what that costs.
+/// The refusal is played by helpers first on PATH that fail as the real one does in a container.
+#[test]
+fn a_refused_newuidmap_falls_back_to_the_users_own_ids() {
+    let Some(m) = machine() else { return };
+    let user = m.user.clone();
+    let scratch = Scratch::new(Some(&user));
+    let fake = scratch.path("fakebin");
+    fs::create_dir_all(&fake).unwrap();
+    for tool in ["newuidmap", "newgidmap"] {
+        let p = fake.join(tool);
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{tool}: write to {}_map failed: Operation not permitted\" >&2\nexit 1\n",
+                &tool[3..6]
+            ),
+        )
+        .unwrap();
+        set_mode(&p, 0o755);
+    }
+    let ctx = scratch.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /a.txt\n").unwrap();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    chown_tree(&ctx, &user);
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.display());
+    let out = build(
+        &scratch,
+        Who::User(&user),
+        &scratch.path("store"),
+        &["--progress=plain".into(), ctx.to_str().unwrap().into()],
+        &[("PATH", &path)],
+    );
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("write to uid_map failed: Operation not permitted")
+            && said.contains(&format!("only uid {} is mapped (as root)", user.uid)),
+        "{said}"
+    );
+}

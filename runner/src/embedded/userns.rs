@@ -125,12 +125,25 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
     let tools = (find_tool("newuidmap"), find_tool("newgidmap"));
     let result = match (subuid, subgid, tools) {
         (Some(su), Some(sg), (Some(newuidmap), Some(newgidmap))) => {
-            map_with_helpers(&name, euid, gid, su, sg, &newuidmap, &newgidmap)?;
-            UserNamespace::Mapped {
-                host_uid: euid,
-                host_gid: gid,
-                subuid: su,
-                subgid: sg,
+            match map_with_helpers(&name, euid, gid, su, sg, &newuidmap, &newgidmap) {
+                Ok(()) => UserNamespace::Mapped {
+                    host_uid: euid,
+                    host_gid: gid,
+                    subuid: su,
+                    subgid: sg,
+                },
+                // The helpers ran and were refused (a non-root user in a container, where the
+                // setuid newuidmap may not write another process's map): this process is in its
+                // new user namespace with no map yet, and may still map its own ids.
+                Err(e @ UsernsError::Maps { .. }) => match write_single_maps(euid, gid) {
+                    Ok(()) => UserNamespace::SingleId {
+                        host_uid: euid,
+                        host_gid: gid,
+                        warning: single_id_warning(&e.to_string(), euid),
+                    },
+                    Err(_) => return Err(e),
+                },
+                Err(e) => return Err(e),
             }
         }
         (su, sg, tools) => {
@@ -145,12 +158,7 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
             UserNamespace::SingleId {
                 host_uid: euid,
                 host_gid: gid,
-                warning: format!(
-                    "{why}: only uid {euid} is mapped (as root) in the user namespace, so files \
-                     of other owners in base images are kept as root's, and chown to any other id, \
-                     USER other than root, setgroups and package managers that drop privileges \
-                     will fail"
-                ),
+                warning: single_id_warning(&why, euid),
             }
         }
     };
@@ -166,8 +174,23 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
     Ok(result)
 }
 
+/// What a build gives up when only the user's own ids are mapped, after `why`.
+fn single_id_warning(why: &str, euid: u32) -> String {
+    format!(
+        "{why}: only uid {euid} is mapped (as root) in the user namespace, so files of other \
+         owners in base images are kept as root's, and chown to any other id, USER other than \
+         root, setgroups and package managers that drop privileges will fail"
+    )
+}
+
 fn map_single_id(uid: u32, gid: u32) -> Result<(), UsernsError> {
     unshare(CloneFlags::CLONE_NEWUSER).map_err(sys_err("unshare user namespace"))?;
+    write_single_maps(uid, gid)
+}
+
+/// Maps `uid` and `gid` alone, as root, in the user namespace this process just made (what an
+/// unprivileged process may write for itself; setgroups must be denied first).
+fn write_single_maps(uid: u32, gid: u32) -> Result<(), UsernsError> {
     let write = |path: &str, text: String| {
         fs::write(path, text).map_err(|source| UsernsError::Sys {
             what: format!("write {path}"),
