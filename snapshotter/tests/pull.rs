@@ -1226,6 +1226,42 @@ async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
     );
 }
 
+/// C8: `--cache-from` a registry that took the connection and never answered held the build
+/// for every try's read timeout: the cache import reads the manifest with `fetch_manifest`,
+/// which had no deadline. It now has the pull's.
+#[tokio::test]
+async fn a_manifest_fetch_from_a_registry_that_never_answers_ends_at_the_deadline() {
+    let host = mute_registry().await;
+    let client = RegistryClient::new(RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        retry: RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+        },
+        read_timeout: Duration::from_secs(10),
+        answer_deadline: Duration::from_secs(3),
+        ..RegistryConfig::default()
+    });
+    let reference = Reference::parse(&format!("{host}/app/cache:main")).unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .fetch_manifest(&reference, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{host}/app/cache:main")) && err.contains("no answer within 3s"),
+        "{err}"
+    );
+    // Generous: without the deadline, 10 s for the challenge and for each of five tries.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A retry's line said `retrying manifest (attempt 1)` at the time it was shown, which for a pull
 /// is counted from that very line: `0.000` two minutes in. The event now carries how long the
 /// failed try took.

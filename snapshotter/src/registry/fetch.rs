@@ -94,16 +94,31 @@ impl RegistryClient {
     }
 
     /// The manifest (or index) `reference` names, as the registry's bytes, with their digest
-    /// (checked against the reference's digest when it has one). Nothing is stored.
+    /// (checked against the reference's digest when it has one). Nothing is stored. As a pull's
+    /// first answers, they come within [`super::RegistryConfig::answer_deadline`], tries
+    /// included: a registry that takes the connection and never answers would otherwise hold
+    /// the caller (a cache import, a base's resolution) for every try's read timeout.
     pub async fn fetch_manifest(
         &self,
         reference: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let (ctx, auth) = self
-            .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
-            .await?;
-        ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
+        let deadline = self.config.answer_deadline;
+        let answered = tokio::time::timeout(deadline, async {
+            let (ctx, auth) = self
+                .context(reference, progress, First::Manifest(ACCEPTED_MANIFESTS))
+                .await?;
+            ctx.fetch_manifest(&ctx.oci, &auth, "manifest").await
+        })
+        .await;
+        answered.unwrap_or_else(|_| {
+            Err(PullError::TimedOut {
+                registry: reference.registry().to_string(),
+                reference: reference.to_string(),
+                what: "manifest".into(),
+                after: deadline,
+            })
+        })
     }
 
     /// Where a request for `reference` may go, mirrors first (see [`super::Mirrors`]).
