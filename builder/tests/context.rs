@@ -270,6 +270,32 @@ fn an_extended_attribute_is_part_of_a_files_digest() {
     assert_eq!(third.digest(), second.digest());
 }
 
+/// C11: a COPY's key held the owners of the checkout's files, so a root runner's checkout and a
+/// user's (or a rootless runner's) never shared a registry cache, although COPY makes the files
+/// root's either way. The selection digest leaves owners out; the whole snapshot's keeps them.
+#[test]
+fn owners_of_context_files_do_not_enter_the_selection_digest() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: giving files to another owner needs root");
+        return;
+    }
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    for root in [one.path(), two.path()] {
+        sample_tree(root);
+    }
+    for entry in ["a.txt", "src", "src/main.rs"] {
+        std::os::unix::fs::lchown(two.path().join(entry), Some(1234), Some(5678)).unwrap();
+    }
+    let (a, b) = (snap(one.path(), None, None), snap(two.path(), None, None));
+    assert_eq!(b.get("src/main.rs").unwrap().uid, 1234);
+    assert_eq!(
+        a.hash_selection(&["."]).unwrap(),
+        b.hash_selection(&["."]).unwrap()
+    );
+    assert_ne!(a.digest(), b.digest());
+}
+
 #[test]
 fn racily_fresh_files_are_not_trusted_from_the_memo() {
     let dir = tempfile::tempdir().unwrap();

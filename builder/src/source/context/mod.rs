@@ -152,7 +152,7 @@ pub fn memo_path(state_dir: &Path, root: &Path) -> PathBuf {
     memo::memo_file(state_dir, root)
 }
 
-const DOMAIN_SELECTION: &[u8] = b"forge.context.selection.v1";
+const DOMAIN_SELECTION: &[u8] = b"forge.context.selection.v2";
 const DOMAIN_CONTEXT: &[u8] = b"forge.context.v1";
 
 impl ContextSnapshot {
@@ -186,9 +186,9 @@ impl ContextSnapshot {
     }
 
     /// The digest of the whole snapshot: the encoding described at [`ContextSnapshot::hash_selection`]
-    /// over every entry, under its own domain string (`forge.context.v1`).
+    /// over every entry, owners included, under its own domain string (`forge.context.v1`).
     pub fn digest(&self) -> blake3::Hash {
-        digest_entries(DOMAIN_CONTEXT, self.entries.iter())
+        digest_entries(DOMAIN_CONTEXT, self.entries.iter(), true)
     }
 
     /// The entries COPY/ADD sources select, sorted by path and without duplicates.
@@ -244,19 +244,22 @@ impl ContextSnapshot {
     /// followed by its bytes and integers are little-endian:
     ///
     /// ```text
-    /// lp("forge.context.selection.v1")  u64 number of entries
+    /// lp("forge.context.selection.v2")  u64 number of entries
     /// then for each selected entry, in byte order of its path:
     ///   lp(path)          relative, `/`-separated, the names' bytes
     ///   u8  type          1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char dev, 7 block dev
     ///   u32 mode          st_mode & 0o7777
-    ///   u32 uid, u32 gid
+    ///   u32 0, u32 0      in place of the owner: what COPY makes of the context belongs to
+    ///                     root (or to --chown) whoever owns the checkout, so a root runner's
+    ///                     and a user's checkouts share keys (docker's client sends the context
+    ///                     with owner 0:0 too)
     ///   lp(link target)   empty unless a symlink
     ///   u64 rdev          0 unless a device
     ///   [32] content      blake3 of a regular file's bytes, zeroes otherwise
     /// ```
     ///
-    /// Renaming, re-owning, a mode change or a content change moves the digest; mtime, atime,
-    /// ctime and inode numbers never enter it.
+    /// Renaming, a mode change or a content change (extended attributes included) moves the
+    /// digest; owners, mtime, atime, ctime and inode numbers never enter it.
     pub fn hash_selection<S: AsRef<str>>(
         &self,
         sources: &[S],
@@ -264,6 +267,7 @@ impl ContextSnapshot {
         Ok(digest_entries(
             DOMAIN_SELECTION,
             self.select(sources)?.into_iter(),
+            false,
         ))
     }
 
@@ -384,9 +388,12 @@ impl Picked {
     }
 }
 
+/// The digest of `entries` in the encoding [`ContextSnapshot::hash_selection`] documents; with
+/// `owners`, each entry's uid and gid, else zeroes in their place.
 fn digest_entries<'a>(
     domain: &[u8],
     entries: impl ExactSizeIterator<Item = &'a Entry>,
+    owners: bool,
 ) -> blake3::Hash {
     fn lp(b: &mut Vec<u8>, bytes: &[u8]) {
         b.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -403,8 +410,9 @@ fn digest_entries<'a>(
         lp(&mut b, e.path.as_bytes());
         b.push(e.kind.code());
         b.extend_from_slice(&e.mode.to_le_bytes());
-        b.extend_from_slice(&e.uid.to_le_bytes());
-        b.extend_from_slice(&e.gid.to_le_bytes());
+        let (uid, gid) = if owners { (e.uid, e.gid) } else { (0, 0) };
+        b.extend_from_slice(&uid.to_le_bytes());
+        b.extend_from_slice(&gid.to_le_bytes());
         lp(
             &mut b,
             e.link_target
