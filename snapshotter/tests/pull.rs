@@ -1226,6 +1226,34 @@ async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
     );
 }
 
+/// C17: a registry that refused the connection was reported as "error sending request for url
+/// (...)", reqwest's own words, without why: a down registry looked like a DNS or TLS problem.
+/// The cause is said now.
+#[tokio::test]
+async fn a_refused_connection_says_so() {
+    // A port nothing listens on: bound, then closed.
+    let host = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let client = RegistryClient::new(RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        retry: RetryPolicy {
+            attempts: 1,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        },
+        ..RegistryConfig::default()
+    });
+    let reference = Reference::parse(&format!("{host}/x:1")).unwrap();
+    let err = client
+        .fetch_manifest(&reference, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Connection refused"), "{err}");
+}
+
 /// C8: `--cache-from` a registry that took the connection and never answered held the build
 /// for every try's read timeout: the cache import reads the manifest with `fetch_manifest`,
 /// which had no deadline. It now has the pull's.

@@ -68,6 +68,9 @@ pub(crate) fn answer_text(e: &OciDistributionError) -> String {
             }
         }
         OciDistributionError::UnauthorizedError { url } => format!("status 401 from {url}"),
+        // No answer at all: reqwest's own text is "error sending request for url (...)"; why
+        // (refused, reset, a name that does not resolve, a TLS failure) is in its causes.
+        OciDistributionError::RequestError(r) => crate::error_text::one_line(r),
         other => other.to_string(),
     }
 }

@@ -122,7 +122,7 @@ impl Ctx<'_> {
 
     pub(super) fn classify(&self, what: &str, e: OciDistributionError) -> Failure {
         let transient = super::is_transient(&e);
-        let text = e.to_string();
+        let text = super::answer_text(&e);
         let err = self.registry_error(what, e);
         if transient {
             Failure::Transient(text, err)
