@@ -209,3 +209,33 @@ fn parse_dump_matches_buildkit_testfiles() {
     assert!(failed.is_empty(), "differ: {failed:?}");
     assert_eq!(cases.len(), 33);
 }
+
+/// C14: `--cache-to` naming the tag the build pushes replaced the pushed image with the cache's
+/// manifest (exit 0, and docker then found no image there). It is refused before anything runs,
+/// with the cache's own name to use instead.
+#[test]
+fn a_cache_export_to_the_pushed_tag_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let args = [
+        "build",
+        "--root",
+        store.path().to_str().unwrap(),
+        "-t",
+        "127.0.0.1:9/same/app:latest",
+        "--push",
+        "--cache-to",
+        "type=registry,ref=127.0.0.1:9/same/app",
+        ".",
+    ];
+    let o = forge(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "--cache-to 127.0.0.1:9/same/app:latest names the image this build pushes \
+             (127.0.0.1:9/same/app:latest): the cache would replace it; give the cache a tag or \
+             repository of its own (such as 127.0.0.1:9/same/app/cache:latest)"
+        ),
+        "{err}"
+    );
+}

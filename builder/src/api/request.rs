@@ -154,9 +154,29 @@ impl BuildRequest {
                 "a push needs at least one image name (tag)".into(),
             ));
         }
+        let mut pushed = Vec::new();
         for t in &self.tags {
-            Reference::parse(t)
+            let r = Reference::parse(t)
                 .map_err(|e| BuildError::Invalid(format!("invalid tag {t:?}: {e}")))?;
+            pushed.push(r);
+        }
+        // The cache's manifest would replace the image just pushed under the same name (a
+        // migration from an inline cache points both at one tag): docker would then find no
+        // image there.
+        if self.pushes() {
+            for export in &self.cache.export {
+                if let crate::cache_io::CacheLocation::Registry(r) = &export.location
+                    && let Some(t) = pushed.iter().find(|t| t.to_string() == r.to_string())
+                {
+                    return Err(BuildError::Invalid(format!(
+                        "--cache-to {r} names the image this build pushes ({t}): the cache would \
+                         replace it; give the cache a tag or repository of its own (such as \
+                         {}/cache:{})",
+                        t.name(),
+                        t.tag().unwrap_or("latest")
+                    )));
+                }
+            }
         }
         Ok(())
     }
