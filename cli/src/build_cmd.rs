@@ -18,8 +18,8 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::store::default_root;
 
 use crate::build_flags::{
-    output_names, parse_add_host, parse_labels, parse_output, parse_secrets, parse_shm_size,
-    parse_ssh, source_date_epoch,
+    output_compression, output_names, parse_add_host, parse_labels, parse_output, parse_secrets,
+    parse_shm_size, parse_ssh, source_date_epoch,
 };
 use crate::progress::{self, ProgressMode};
 use crate::{Failure, GraphArgs, failed, parse_build_args, render, usage};
@@ -354,7 +354,13 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         r.ulimits.push(*u);
     }
     r.source_date_epoch = source_date_epoch(&r.build_args)?;
-    r.compression = match (args.compression, args.compression_level) {
+    // `--compression` wins over an output's `compression=`.
+    let (out_kind, out_level) = output_compression(&args.outputs)?;
+    let chosen = (
+        args.compression.or(out_kind),
+        args.compression_level.or(out_level),
+    );
+    r.compression = match chosen {
         (None, None) => None,
         (kind, level) => Some(match kind.unwrap_or(CompressionArg::Gzip) {
             CompressionArg::Gzip => Compression::Gzip {

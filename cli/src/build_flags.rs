@@ -40,6 +40,43 @@ pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
         })
     };
     let flag = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
+    // BuildKit keeps keys it does not know without a word; a misspelt one (`compresion=zstd`)
+    // then does nothing. forge says which it leaves unused.
+    let used: &[&str] = match kind.as_str() {
+        "oci" | "docker" => &[
+            "type",
+            "dest",
+            "tar",
+            "name",
+            "compression",
+            "compression-level",
+        ],
+        "local" | "tar" => &["type", "dest"],
+        _ => &[
+            "type",
+            "name",
+            "push",
+            "oci-mediatypes",
+            "compression",
+            "compression-level",
+        ],
+    };
+    let mut unused: Vec<&str> = kv
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !used.contains(k))
+        .collect();
+    unused.sort();
+    if !unused.is_empty() {
+        eprintln!(
+            "warning: --output {spec:?}: {} not used by forge for type={kind}, ignored",
+            unused
+                .iter()
+                .map(|k| format!("{k}="))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     match kind.as_str() {
         "oci" if kv.get("tar").is_some_and(|v| v == "false") => Ok(Export::OciDir(dest()?)),
         "oci" => Ok(Export::OciTar(dest()?)),
@@ -54,6 +91,41 @@ pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
             "error: invalid --output {spec:?}: unknown type {other:?} (oci, docker, local, tar, image, registry)"
         ))),
     }
+}
+
+/// `compression=` and `compression-level=` of the `-o` flags (BuildKit's exporter keys for
+/// `--compression` and `--compression-level`), the last given of each; a kind forge does not
+/// know is refused.
+pub(crate) fn output_compression(
+    specs: &[String],
+) -> Result<(Option<crate::build_cmd::CompressionArg>, Option<i32>), Failure> {
+    use clap::ValueEnum as _;
+    let mut kind = None;
+    let mut level = None;
+    for spec in specs.iter().filter(|s| s.contains('=')) {
+        for (k, v) in spec.split(',').filter_map(|p| p.split_once('=')) {
+            let v = v.trim();
+            match k.trim() {
+                "compression" => {
+                    kind = Some(crate::build_cmd::CompressionArg::from_str(v, true).map_err(
+                        |_| {
+                            usage(format!(
+                                "error: invalid --output {spec:?}: compression={v} (gzip, \
+                                 gzip-parallel, zstd, uncompressed)"
+                            ))
+                        },
+                    )?)
+                }
+                "compression-level" => level = Some(v.parse().map_err(|_| {
+                    usage(format!(
+                        "error: invalid --output {spec:?}: compression-level={v} is not a number"
+                    ))
+                })?),
+                _ => {}
+            }
+        }
+    }
+    Ok((kind, level))
 }
 
 /// The image names `-o ...,name=NAME` gives (buildx's way to name the image of an export), in

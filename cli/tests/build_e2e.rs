@@ -1894,3 +1894,56 @@ fn a_refused_newuidmap_falls_back_to_the_users_own_ids() {
         "{said}"
     );
 }
+
+/// C13: `-o type=registry,name=...,compression=zstd` (buildx's way to ask for zstd) pushed gzip
+/// layers, and a misspelt key was taken without a word. The exporter's `compression=` is now
+/// honoured as `--compression` is, and keys forge does not use are named in a warning.
+#[test]
+fn an_outputs_compression_key_is_honoured_and_unknown_keys_are_named() {
+    let Some(m) = machine() else { return };
+    let scratch = Scratch::new(None);
+    let ctx = scratch.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nCOPY a.txt /a.txt\n", m.busybox),
+    )
+    .unwrap();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    let repo = format!("forge-e2e/zstd-{}", forge_testsupport::unique());
+    let reference = format!("{}/{repo}:1", m.registry);
+    let out = build(
+        &scratch,
+        Who::Root,
+        &scratch.path("store"),
+        &[
+            "--progress=plain".into(),
+            "-o".into(),
+            format!("type=registry,name={reference},compression=zstd,bogus=1"),
+            ctx.to_str().unwrap().into(),
+        ],
+        &[],
+    );
+    assert_built("zstd", &out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bogus= not used by forge for type=registry, ignored"),
+        "{err}"
+    );
+    let manifest: Value = serde_json::from_str(&judge(
+        "curl",
+        &[
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/{repo}/manifests/1", m.registry),
+        ],
+    ))
+    .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(
+        layers.last().unwrap()["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "{manifest}"
+    );
+}
