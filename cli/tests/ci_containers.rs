@@ -434,6 +434,73 @@ fn chroot_steps_cannot_chroot_unless_insecure() {
     assert!(o.status.success(), "{}", printed(&o));
 }
 
+/// C14, C15: a container started with `--cap-drop ALL`, or a store on a noexec tmpfs (docker's
+/// `--tmpfs` default), passed the chroot probe and failed later, deep in a base image's unpack
+/// ("changing the owner: Operation not permitted", blamed on a RUN step) or at the step's exec
+/// ("exec /bin/sh: Permission denied"). The probe now refuses both, naming the capability or the
+/// mount and what to do. Played on this host: setpriv drops CAP_CHOWN from forge's bounding set,
+/// and a tmpfs mounted noexec holds the store.
+#[test]
+fn the_chroot_probe_names_a_dropped_capability_or_a_noexec_store() {
+    if !forge_testsupport::root_and_busybox("the chroot isolation needs root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(_) = forge_testsupport::tool("setpriv") else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-chroot-probe");
+    let ctx = ws.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {busybox}\nRUN true\n"),
+    )
+    .unwrap();
+    let forge = env!("CARGO_BIN_EXE_forge");
+    let o = Command::new("setpriv")
+        .args(["--bounding-set", "-chown", "--", forge])
+        .args(["build", "--isolation", "chroot", "--root"])
+        .arg(ws.path().join("store"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("--isolation chroot does not work here: this process lacks CAP_CHOWN"),
+        "{text}"
+    );
+
+    let noexec = ws.path().join("noexec");
+    fs::create_dir_all(&noexec).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs"])
+        .arg(&noexec)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let store = noexec.join("store");
+    let o = Command::new(forge)
+        .args(["build", "--isolation", "chroot", "--root"])
+        .arg(&store)
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&noexec).status();
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the store {} is on a filesystem mounted noexec",
+            store.display()
+        )),
+        "{text}"
+    );
+}
+
 /// On this host with `--isolation chroot` (as in a default container): a step has no network
 /// namespace, so the build's proxy arguments reach it as they are (as on the host's network, and
 /// still in no image config), and a step that needs a namespace of its own is refused, naming why.

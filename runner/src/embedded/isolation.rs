@@ -392,8 +392,60 @@ fn init_side(root: &Path) -> Result<i32, String> {
     Ok(source)
 }
 
+/// What the chroot isolation needs as root beyond chroot(2): to give files their owners and
+/// modes as it lays base images down and copies snapshots (CAP_CHOWN, CAP_DAC_OVERRIDE,
+/// CAP_FOWNER) and to become a step's user (CAP_SETUID, CAP_SETGID), by number and name.
+const CHROOT_NEEDS: [(u32, &str); 5] = [
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+];
+
+/// The capabilities of [`CHROOT_NEEDS`] this process's effective set lacks.
+fn chroot_caps_missing() -> Vec<&'static str> {
+    let effective = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
+    // Unknown (no /proc): the steps will say what fails.
+    let Some(effective) = effective else {
+        return Vec::new();
+    };
+    CHROOT_NEEDS
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// chroot into an empty directory; 0 when a device node can be made there too, 1 when not.
+/// Refused where steps could not run: without the capabilities the mode needs (a container
+/// started with `--cap-drop ALL`), or with the store on a `noexec` mount (docker's `--tmpfs`).
 fn probe_chroot(root: &Path) -> Result<i32, String> {
+    let missing = chroot_caps_missing();
+    if !missing.is_empty() {
+        return Err(format!(
+            "this process lacks {} (dropped from the container, as `--cap-drop ALL` does): base \
+             images cannot be laid down with their owners nor steps run as their users; give \
+             them back (`--cap-add`) or run with docker's default capabilities",
+            missing.join(", ")
+        ));
+    }
+    if let Ok(st) = nix::sys::statvfs::statvfs(root)
+        && st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC)
+    {
+        // `root` is `<store>/run/<probe>/root`.
+        let store = root.ancestors().nth(3).unwrap_or(root);
+        return Err(format!(
+            "the store {} is on a filesystem mounted noexec, so no program in a snapshot could \
+             run (docker's `--tmpfs` mounts are noexec unless given `:exec`): put the store \
+             (--root, FORGE_ROOT) on a filesystem that allows exec",
+            store.display()
+        ));
+    }
     let null = root.join("null");
     let mknod = nix::sys::stat::mknod(
         &null,
@@ -425,10 +477,14 @@ pub fn choose(choice: IsolationChoice, probe: &Probe) -> Result<Isolation, Strin
             )
         }),
         IsolationChoice::Chroot => chroot.map_err(|e| {
-            format!(
-                "--isolation chroot: this process cannot chroot ({e}); the chroot isolation needs \
-                 root (or CAP_SYS_CHROOT).\n{SETTINGS}"
-            )
+            if e.starts_with("chroot:") {
+                format!(
+                    "--isolation chroot: this process cannot chroot ({e}); the chroot isolation \
+                     needs root (or CAP_SYS_CHROOT).\n{SETTINGS}"
+                )
+            } else {
+                format!("--isolation chroot does not work here: {e}.\n{SETTINGS}")
+            }
         }),
         IsolationChoice::Auto => match (namespaces, chroot) {
             (Ok(n), _) => Ok(n),

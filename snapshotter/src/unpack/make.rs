@@ -304,7 +304,7 @@ impl Unpacker {
                 Some(Uid::from_raw(meta.uid as u32)),
                 Some(Gid::from_raw(meta.gid as u32)),
             );
-            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+            keep_unmapped(r).map_err(|e| Self::io(entry, owner_change(e), errno_io(e)))?;
         }
         self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
@@ -335,7 +335,7 @@ impl Unpacker {
                 Some(Gid::from_raw(meta.gid as u32)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             );
-            keep_unmapped(r).map_err(|e| Self::io(entry, "changing the owner", errno_io(e)))?;
+            keep_unmapped(r).map_err(|e| Self::io(entry, owner_change(e), errno_io(e)))?;
         }
         let path = sys::proc_path(dir, name);
         self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
@@ -399,6 +399,18 @@ enum XattrTarget<'a> {
 /// A chown refused because the id is not mapped (EINVAL), in a user namespace that maps only one
 /// id: the entry keeps that id, as nothing else can own a file there (see
 /// [`crate::userns::single_id_namespace`]). Everywhere else the error stands.
+/// What a failed chown was doing, with the likely reason where it is one: EPERM means this
+/// process may not give files away (root in a container started with `--cap-drop ALL`).
+fn owner_change(e: nix::errno::Errno) -> &'static str {
+    if e == nix::errno::Errno::EPERM {
+        "changing the owner (forge lacks CAP_CHOWN here, as in a container started with \
+         `--cap-drop ALL`: give it back with `--cap-add CHOWN`, or keep docker's default \
+         capabilities)"
+    } else {
+        "changing the owner"
+    }
+}
+
 fn keep_unmapped(r: nix::Result<()>) -> nix::Result<()> {
     match r {
         Err(nix::errno::Errno::EINVAL) if crate::userns::single_id_namespace() => Ok(()),
