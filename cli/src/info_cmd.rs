@@ -76,6 +76,8 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
     // What `--isolation auto` would choose, from the same probe a build runs. A user whose user
     // namespace failed has none (and may be left in one without mappings, where a probe would
     // mislead): a build stops before it.
+    // Whether the mode chosen gives steps a network namespace (the network line says which).
+    let mut own_network = true;
     if userns_failed {
         line(
             "isolation",
@@ -86,6 +88,7 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
         let probe = isolation::probe(&root.join("run"));
         match isolation::choose(IsolationChoice::Auto, &probe) {
             Ok(mode) => {
+                own_network = mode.own_network();
                 let limits = mode.limits();
                 line(
                     "isolation",
@@ -147,7 +150,13 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
     line(
         "network",
         format!(
-            "RUN steps: a private namespace with forge's HTTP(S) proxy; /dev/net/tun {}",
+            "RUN steps: {}; /dev/net/tun {}",
+            if own_network {
+                "a private namespace with forge's HTTP(S) proxy"
+            } else {
+                "the network of the container forge runs in (the isolation chosen here makes no \
+                 network namespace)"
+            },
             match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -557,7 +557,7 @@ fn chroot_steps_get_the_proxy_arguments_and_refuse_network_none() {
     let text = printed(&o);
     assert!(!o.status.success(), "{text}");
     assert!(
-        text.contains("RUN --network=none needs a network namespace of its own, which the chroot isolation here cannot give"),
+        text.contains("a step without a network (RUN --network=none, or --network none) needs a network namespace of its own, which the chroot isolation here cannot give"),
         "{text}"
     );
 }

@@ -606,7 +606,7 @@ impl EmbeddedRunner {
                 if spec.join_network.is_some() {
                     "a step beside services"
                 } else {
-                    "RUN --network=none"
+                    "a step without a network (RUN --network=none, or --network none)"
                 },
                 isolation
             )));
