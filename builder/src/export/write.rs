@@ -241,7 +241,10 @@ pub fn write_docker_tar(image: &Image, names: &[String], dest: &Path) -> Result<
 /// from its root, links kept as links; `-` for standard output.
 pub fn write_fs_tar(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
     let fill = |out: &mut dyn Write| -> Result<(), ExportError> {
-        let mut tar = tar::Builder::new(out);
+        // The tar crate writes each header and each file's padding on its own: unbuffered, that
+        // is a write(2) or three per entry of a tree of many small files.
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut tar = tar::Builder::new(&mut buffered);
         tar.follow_symlinks(false);
         tar.mode(tar::HeaderMode::Complete);
         tar.append_dir_all(".", rootfs)
@@ -249,7 +252,8 @@ pub fn write_fs_tar(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
         tar.into_inner()
             .map_err(io_err("writing", dest))?
             .flush()
-            .map_err(io_err("writing", dest))
+            .map_err(io_err("writing", dest))?;
+        buffered.flush().map_err(io_err("writing", dest))
     };
     if is_stdout(dest) {
         return fill(&mut std::io::stdout().lock());
