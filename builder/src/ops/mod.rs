@@ -306,11 +306,7 @@ impl BuildExecutor {
     async fn mount_readonly(&self, built: &Built) -> Result<Mounted, ExecError> {
         match built {
             Built::Local { name } => {
-                let local = self
-                    .cfg
-                    .locals
-                    .get(name)
-                    .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                let local = self.local(name)?;
                 Ok(Mounted::existing(local.dir.clone()))
             }
             Built::Fs { layers } => match self.ensure_snapshot(layers).await? {
@@ -356,6 +352,14 @@ impl BuildExecutor {
         taken
     }
 
+    /// The local directory (a build context) given under `name`.
+    fn local(&self, name: &str) -> Result<&LocalDir, ExecError> {
+        self.cfg
+            .locals
+            .get(name)
+            .ok_or_else(|| ExecError::UnknownContext(name.to_string()))
+    }
+
     /// The local directory `name` as a step's bind mount sees it: only the entries its snapshot
     /// kept (BuildKit's mount shows the transferred context, so .dockerignore holds there too), in
     /// the throwaway snapshot `key`. Read-only views hard-link files where they can (the mount is
@@ -367,11 +371,7 @@ impl BuildExecutor {
         key: &str,
         writable: bool,
     ) -> Result<Mounted, ExecError> {
-        let local = self
-            .cfg
-            .locals
-            .get(name)
-            .ok_or_else(|| ExecError::UnknownContext(name.to_string()))?;
+        let local = self.local(name)?;
         let mounts = self.cfg.snapshots.prepare(key, None)?;
         let dir = self.cfg.snapshots.writable_dir(key)?;
         let src = local.dir.clone();
@@ -582,11 +582,7 @@ impl Executor for BuildExecutor {
                     else {
                         continue;
                     };
-                    let local = self
-                        .cfg
-                        .locals
-                        .get(name)
-                        .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                    let local = self.local(name)?;
                     let d = local.snapshot.hash_selection(&[src.as_str()])?;
                     h.update(src.as_bytes());
                     h.update(d.as_bytes());
@@ -609,11 +605,7 @@ impl Executor for BuildExecutor {
                 });
                 for (m, b) in with_input.zip(inputs) {
                     let Built::Local { name } = b else { continue };
-                    let local = self
-                        .cfg
-                        .locals
-                        .get(name)
-                        .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                    let local = self.local(name)?;
                     match &m.kind {
                         // A path the context lacks fails the step when it mounts; its key is
                         // then the whole context's.
@@ -655,11 +647,7 @@ impl Executor for BuildExecutor {
                 let mut any = false;
                 for b in inputs {
                     if let Built::Local { name } = b {
-                        let local = self
-                            .cfg
-                            .locals
-                            .get(name)
-                            .ok_or_else(|| ExecError::UnknownContext(name.clone()))?;
+                        let local = self.local(name)?;
                         h.update(local.snapshot.digest().as_bytes());
                         any = true;
                     }
