@@ -1184,6 +1184,21 @@ async fn mute_registry() -> String {
     host
 }
 
+/// A client that tries five times, `read` at most each, within a 3 s answer deadline.
+fn impatient_client(read: Duration) -> RegistryClient {
+    RegistryClient::new(RegistryConfig {
+        auth: AuthResolver::anonymous(),
+        retry: RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+        },
+        read_timeout: read,
+        answer_deadline: Duration::from_secs(3),
+        ..RegistryConfig::default()
+    })
+}
+
 /// A registry that took the connection and never answered held a pull for every try's read
 /// timeout, twice over (the challenge, then the manifest): eleven minutes with the defaults, and
 /// the error said only "error sending request". The pull now fails at its answer deadline, naming
@@ -1191,18 +1206,8 @@ async fn mute_registry() -> String {
 #[tokio::test]
 async fn a_registry_that_never_answers_fails_the_pull_at_its_deadline() {
     let host = mute_registry().await;
-    let client = RegistryClient::new(RegistryConfig {
-        auth: AuthResolver::anonymous(),
-        retry: RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(40),
-        },
-        // Without the deadline: 2 s for the challenge, then 2 s for each of five tries.
-        read_timeout: Duration::from_secs(2),
-        answer_deadline: Duration::from_secs(3),
-        ..RegistryConfig::default()
-    });
+    // Without the deadline: 2 s for the challenge, then 2 s for each of five tries.
+    let client = impatient_client(Duration::from_secs(2));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let reference = Reference::parse(&format!("{host}/never/answers:1")).unwrap();
@@ -1260,17 +1265,7 @@ async fn a_refused_connection_says_so() {
 #[tokio::test]
 async fn a_manifest_fetch_from_a_registry_that_never_answers_ends_at_the_deadline() {
     let host = mute_registry().await;
-    let client = RegistryClient::new(RegistryConfig {
-        auth: AuthResolver::anonymous(),
-        retry: RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(40),
-        },
-        read_timeout: Duration::from_secs(10),
-        answer_deadline: Duration::from_secs(3),
-        ..RegistryConfig::default()
-    });
+    let client = impatient_client(Duration::from_secs(10));
     let reference = Reference::parse(&format!("{host}/app/cache:main")).unwrap();
     let started = std::time::Instant::now();
     let err = client
