@@ -1026,34 +1026,6 @@ fn issue11_run_step_cannot_reach_host_loopback() {
     assert!(all.contains(SERVICE_MARKER), "{all}");
 }
 
-/// The names of the steps a `--progress plain` build ran (not `CACHED`), by their titles.
-fn steps_run(out: &str) -> Vec<String> {
-    let mut titles = std::collections::HashMap::new();
-    let mut cached = std::collections::HashSet::new();
-    for line in out.lines() {
-        let Some(rest) = line.strip_prefix('#') else {
-            continue;
-        };
-        let Some((n, what)) = rest.split_once(' ') else {
-            continue;
-        };
-        if what == "CACHED" {
-            cached.insert(n.to_string());
-        } else if what.starts_with('[') && !what.starts_with("[internal]") {
-            titles
-                .entry(n.to_string())
-                .or_insert_with(|| what.to_string());
-        }
-    }
-    let mut ran: Vec<String> = titles
-        .into_iter()
-        .filter(|(n, _)| !cached.contains(n))
-        .map(|(_, t)| t)
-        .collect();
-    ran.sort();
-    ran
-}
-
 /// C7: a COPY's key held the list of every context path the whole build copies, so one new
 /// `COPY` at the end of a Dockerfile, another `--target`, or another Dockerfile on the same
 /// context ran every earlier COPY and RUN again (and found nothing in a registry cache made by
@@ -1075,13 +1047,20 @@ fn a_copy_added_elsewhere_leaves_the_other_steps_cached() {
     std::fs::write(ctx.join("sub/s.txt"), "s\n").unwrap();
     let ctx_arg = ctx.to_string_lossy().into_owned();
     let build = |extra: &[&str]| {
-        let mut args = vec!["--progress", "plain"];
+        let mut args = vec!["--progress", "json"];
         args.extend_from_slice(extra);
         args.push(&ctx_arg);
         let out = forge(&root, &args);
-        let said = text(&out);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{said}");
         said
+    };
+    // The steps that ran, by their titles (the context's loading aside).
+    let steps_run = |log: &str| -> Vec<String> {
+        let (ran, _) = common::ran_and_cached(&common::vertices(log));
+        ran.into_iter()
+            .filter(|n| !n.starts_with("[internal]"))
+            .collect()
     };
     build(&[]);
     // One more COPY, of a path nothing read before, at the very end: only it runs.
