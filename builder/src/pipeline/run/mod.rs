@@ -390,8 +390,20 @@ impl Runner {
                         )
                         .collect();
                     let me = this.clone();
+                    let untested = untested(&this.plan, &n, &deps);
+                    if let Some(PipelineEvent::PushedUntested { image, skipped, .. }) = &untested
+                        && let Some(r) = images.get_mut(image)
+                    {
+                        r.untested = skipped.clone();
+                    }
                     running.spawn(async move {
                         let (end, l) = me.unit(&n, inputs).await;
+                        // Said after the push's own line, as a note on it.
+                        if end == End::Ok
+                            && let Some(e) = untested
+                        {
+                            me.emit(e);
+                        }
                         (n, end, l)
                     });
                     started_any = true;
@@ -555,6 +567,38 @@ impl Runner {
             },
         }
     }
+}
+
+/// A push about to go ahead though every job gating it was skipped: the line that says so. The
+/// README's rule stands (a job that rules or `when:` left out gates nothing), but an image built
+/// from inputs its jobs' `changes:` globs do not cover would otherwise reach the registry with no
+/// word said.
+fn untested(plan: &Pipeline, n: &Node, deps: &[(Node, End)]) -> Option<PipelineEvent> {
+    let Node::Push(image) = n else { return None };
+    let gates: Vec<(&String, End)> = deps
+        .iter()
+        .filter_map(|(d, e)| match d {
+            Node::Job(j) => Some((j, *e)),
+            _ => None,
+        })
+        .collect();
+    if gates.is_empty() || gates.iter().any(|(_, e)| *e != End::Skipped) {
+        return None;
+    }
+    let left_out = |j: &str| {
+        plan.jobs
+            .iter()
+            .any(|p| p.name == j && p.when == When::Never)
+    };
+    // A gate skipped only because nothing failed (`when: on_failure`) never meant to test it.
+    if !gates.iter().any(|(j, _)| left_out(j)) {
+        return None;
+    }
+    Some(PipelineEvent::PushedUntested {
+        image: image.clone(),
+        skipped: gates.iter().map(|(j, _)| j.to_string()).collect(),
+        by_rules: gates.iter().all(|(j, _)| left_out(j)),
+    })
 }
 
 /// A unit whose fate its dependencies decide, without running it: a job skipped by `when:` or

@@ -91,6 +91,13 @@ pub enum PipelineEvent {
         references: Vec<String>,
         digest: String,
     },
+    /// The image was pushed, but every job gating it was left out of the run (by its rules, or
+    /// `when:`): nothing tested it. `by_rules`: all of them by `rules:` or `when: never`.
+    PushedUntested {
+        image: String,
+        skipped: Vec<String>,
+        by_rules: bool,
+    },
     /// The image's tags were not pushed: these jobs did not pass.
     Held {
         image: String,
@@ -152,6 +159,19 @@ impl PipelineEvent {
                 references,
                 digest,
             } => format!("image {image}: pushed {} ({digest})", references.join(", ")),
+            PipelineEvent::PushedUntested {
+                image,
+                skipped,
+                by_rules,
+            } => format!(
+                "image {image}: pushed untested: every job gating it was skipped by {}: {}",
+                if *by_rules {
+                    "rules"
+                } else {
+                    "rules or `when`"
+                },
+                skipped.join(", ")
+            ),
             PipelineEvent::Held {
                 image,
                 tags,
@@ -205,6 +225,9 @@ pub struct ImageReport {
     pub held: Vec<String>,
     /// The jobs that held them.
     pub held_by: Vec<String>,
+    /// Pushed though every job gating it was skipped (by rules or `when:`): those jobs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub untested: Vec<String>,
     pub error: Option<String>,
 }
 

@@ -60,7 +60,15 @@ fn walk(plan: &Pipeline, only: &[&str], ran: &[(Node, End)]) -> Walk {
                 lines.push(event.line());
                 (end, l)
             }
-            None => (ran.get(&n).copied().unwrap_or(End::Ok), Left::Nothing),
+            None => {
+                let end = ran.get(&n).copied().unwrap_or(End::Ok);
+                if end == End::Ok
+                    && let Some(e) = untested(plan, &n, &deps)
+                {
+                    lines.push(e.line());
+                }
+                (end, Left::Nothing)
+            }
         };
         ends.insert(n.clone(), end);
         left.insert(n, l);
@@ -300,4 +308,33 @@ jobs:
     let w = walk(&p, &["after-cells"], &[]);
     assert_eq!(w.end(&job("cells: [1]")), Some(End::Ok), "{:?}", w.lines);
     assert_eq!(w.end(&job("after-cells")), Some(End::Ok), "{:?}", w.lines);
+}
+
+/// C9: every job gating an image was skipped by `changes:`, and the image was pushed with no word
+/// said. It still goes (a job left out gates nothing, as documented), with a line saying so; a
+/// gate that ran, or one skipped only because nothing failed, says nothing.
+#[test]
+fn a_push_whose_every_gate_was_skipped_by_rules_says_it_is_untested() {
+    let src = |test_b_rule: &str| {
+        format!(
+            "images:\n  b: {{context: b, tags: [\"127.0.0.1:5000/t/b:v1\"], push: true}}\n\
+             jobs:\n  test-b:\n    image: b\n    script: [\"true\"]\n{test_b_rule}\
+             \n  cleanup:\n    image: b\n    when: on_failure\n    script: [\"true\"]\n"
+        )
+    };
+    let p = plan(&src("    rules:\n      - if: $NOPE == \"1\"\n"));
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&push("b")), Some(End::Ok), "{:?}", w.lines);
+    assert!(
+        w.said("image b: pushed untested: every job gating it was skipped by rules or `when`: cleanup, test-b"),
+        "{:?}",
+        w.lines
+    );
+    let p = plan(&src(""));
+    let w = walk(&p, &[], &[]);
+    assert!(
+        !w.lines.iter().any(|l| l.contains("untested")),
+        "{:?}",
+        w.lines
+    );
 }
