@@ -135,6 +135,35 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let git = git::describe(&base_dir).map_err(|e| failed(format!("error: {e}")))?;
     let root = store_root(&args.session.root)?;
     let history = history_of(&args.file, &root)?;
+    // Warnings and notes on what `changes:` compare, said once the file has checked and the run
+    // has its number (a bad file gets its errors alone).
+    let mut notes: Vec<String> = Vec::new();
+    // Images are built from the work tree: what differs there from HEAD is changed too. Forge's
+    // own outputs in the work tree (artifacts, the metadata file) are not.
+    let mut outputs = vec![args.artifacts_dir.clone()];
+    outputs.extend(args.metadata_file.clone());
+    let work_tree = git::work_tree_changes(&base_dir, &outputs);
+    // Not known to be clean is dirty: such a run is no `changes:` baseline.
+    let dirty =
+        !matches!(&work_tree, Ok(None)) && !matches!(&work_tree, Ok(Some(w)) if w.is_empty());
+    let work_tree = match work_tree {
+        Ok(w) => Some(w.unwrap_or_default()),
+        Err(e) => {
+            notes.push(format!(
+                "warning: {e}: every `changes:` rule matches (the work tree's edits cannot be told)"
+            ));
+            None
+        }
+    };
+    if let Some(w) = &work_tree
+        && !w.is_empty()
+    {
+        notes.push(format!(
+            "note: the work tree differs from HEAD in {} file(s) ({}): `changes:` rules count them, and this run will be no `changes:` baseline for later runs",
+            w.len(),
+            abbreviate(w, 5)
+        ));
+    }
     let since = match &args.changed_since {
         Some(r) => Some(r.clone()),
         None => history
@@ -143,11 +172,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     };
     let changed = match &since {
         Some(rev) => {
-            let changed =
+            let committed =
                 git::changed_since(&base_dir, rev).map_err(|e| failed(format!("error: {e}")))?;
             // Asked for by name, a comparison that cannot be made is an error, not a run where
             // every `changes:` rule matches.
-            if changed.is_none()
+            if committed.is_none()
                 && let Some(asked) = &args.changed_since
             {
                 return Err(failed(format!(
@@ -157,7 +186,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
                         .display()
                 )));
             }
-            changed
+            committed.zip(work_tree).map(|(mut c, w)| {
+                c.extend(w);
+                c.sort();
+                c.dedup();
+                c
+            })
         }
         None => None,
     };
@@ -212,9 +246,14 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     // a number is taken too.
     forge_builder::pipeline::run::preflight(&checked, &run_options)
         .map_err(|e| failed(format!("error: {name}: {e}")))?;
-    let handle = history
+    let mut handle = history
         .start(args.build_number, &git.sha, &git.branch, &args.only)
         .map_err(|e| failed(format!("error: {e}")))?;
+    if dirty {
+        handle
+            .mark_dirty()
+            .map_err(|e| failed(format!("error: {e}")))?;
+    }
     builtins.insert(
         "FORGE_BUILD_NUMBER".to_string(),
         handle.number().to_string(),
@@ -232,6 +271,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), "run {number} of {name}");
+    }
+    for n in &notes {
+        eprintln!("{n}");
     }
     let grouped = match args.progress {
         RunProgress::Grouped => true,
@@ -302,6 +344,15 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         };
         Err(failed(format!("error: run {number} {what}")))
     }
+}
+
+/// The first `n` of `items`, and how many more.
+fn abbreviate(items: &[String], n: usize) -> String {
+    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > n {
+        let _ = write!(s, " and {} more", items.len() - n);
+    }
+    s
 }
 
 /// `--secret NAME` and `--secret NAME=file:PATH`.

@@ -1427,3 +1427,180 @@ fn a_job_whose_image_has_a_non_root_user_reads_its_secret_file() {
     assert!(out.contains("[u] appuser"), "{out}");
     assert!(out.contains("[u] read 16 bytes"), "{out}");
 }
+
+/// `git ARGS` in `dir` (the judge and fixture maker; forge reads the repository with gix).
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = forge_testsupport::run(
+        Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1"),
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+/// The monorepo of C9: two images from one Dockerfile, each with one test job whose `changes:`
+/// globs cover its service and the shared files (not the Dockerfile). `test-a` fails when
+/// services/a/main.txt lacks "a v".
+fn write_monorepo(dir: &Path, m: &Machine, reg_repo: &str) {
+    for (p, text) in [
+        ("shared/lib.txt", "shared v1\n"),
+        ("services/a/main.txt", "a v1\n"),
+        ("services/b/main.txt", "b v1\n"),
+    ] {
+        let p = dir.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+    fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {} AS base\nCOPY shared /svc/shared\n\
+             FROM base AS svc-a\nCOPY services/a /svc/\nRUN cat /svc/shared/lib.txt /svc/main.txt > /svc/out.txt\n\
+             FROM base AS svc-b\nCOPY services/b /svc/\nRUN cat /svc/shared/lib.txt /svc/main.txt > /svc/out.txt\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    fs::write(dir.join(".gitignore"), "forge-artifacts/\n").unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        format!(
+            r#"images:
+  a: {{context: ., target: svc-a, tags: ["{reg_repo}/a:latest"], push: true}}
+  b: {{context: ., target: svc-b, tags: ["{reg_repo}/b:latest"], push: true}}
+jobs:
+  test-a:
+    image: a
+    script: [cat /svc/out.txt, grep -q "a v" /svc/out.txt]
+    rules:
+      - changes: ["services/a/**", "shared/**"]
+  test-b:
+    image: b
+    script: [cat /svc/out.txt]
+    rules:
+      - changes: ["services/b/**", "shared/**"]
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// Regression (C9): `forge run` builds from the work tree, but `changes:` compared commits only.
+/// An uncommitted edit that broke service a rebuilt image a, skipped test-a ("no rule matched"),
+/// pushed the broken image and recorded the run as passed, the next run's baseline. Now the work
+/// tree's differences from HEAD are changes, and a run on a dirty tree is no baseline: a commit
+/// whose breakage was only ever tested with a dirty fix on top is tested again, clean. And an
+/// image pushed with every gating job skipped by rules says so on its line.
+#[test]
+fn a_dirty_work_tree_counts_as_changed_and_is_no_baseline() {
+    let Some(m) = machine() else { return };
+    let Some(_) = forge_testsupport::tool("git") else {
+        return;
+    };
+    let ws = forge_testsupport::scratch("forge-pipeline-dirty");
+    let dir = ws.path().join("repo");
+    let root = ws.path().join("store");
+    fs::create_dir_all(&dir).unwrap();
+    let reg_repo = format!("{}/dirty-{}", m.registry, forge_testsupport::unique());
+    write_monorepo(&dir, &m, &reg_repo);
+    let (tag_a, tag_b) = (
+        format!("{reg_repo}/a:latest"),
+        format!("{reg_repo}/b:latest"),
+    );
+    git_in(&dir, &["init", "-q", "-b", "main"]);
+    git_in(&dir, &["add", "."]);
+    git_in(&dir, &["commit", "-q", "-m", "one"]);
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("job test-a: passed"), "{out}");
+    let pushed_a = registry_digest(&tag_a).expect("a was pushed");
+
+    // An uncommitted edit that breaks service a: test-a runs, fails, and holds the push.
+    fs::write(dir.join("services/a/main.txt"), "broken\n").unwrap();
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("note: the work tree differs from HEAD in 1 file(s) (services/a/main.txt)"),
+        "{out}"
+    );
+    assert!(out.contains("job test-a: failed"), "{out}");
+    assert!(
+        out.contains("job test-b: skipped: no rule matched"),
+        "{out}"
+    );
+    assert!(out.contains("image a: not pushed"), "{out}");
+    assert_eq!(
+        registry_digest(&tag_a).as_deref(),
+        Some(pushed_a.as_str()),
+        "the tag moved"
+    );
+    // b was not rebuilt from anything new, and every job gating it was skipped: said.
+    assert!(
+        out.contains("image b: pushed untested: every job gating it was skipped by rules: test-b"),
+        "{out}"
+    );
+    // An untracked file under a service counts as well; an ignored one does not.
+    fs::write(dir.join("services/a/main.txt"), "a v1\n").unwrap();
+    fs::create_dir_all(dir.join("forge-artifacts")).unwrap();
+    fs::write(dir.join("forge-artifacts/x"), "ignored\n").unwrap();
+    fs::write(dir.join("services/b/extra.txt"), "new\n").unwrap();
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("(services/b/extra.txt)"), "{out}");
+    assert!(out.contains("job test-b: passed"), "{out}");
+    assert!(
+        out.contains("job test-a: skipped: no rule matched"),
+        "{out}"
+    );
+    fs::remove_file(dir.join("services/b/extra.txt")).unwrap();
+
+    // A commit that breaks a, run with a fix not yet committed on top: it passes, but tested the
+    // fix, not the commit. Once the fix is dropped, the commit itself is tested, and fails.
+    fs::write(dir.join("services/a/main.txt"), "broken\n").unwrap();
+    git_in(&dir, &["commit", "-q", "-am", "break a"]);
+    fs::write(dir.join("services/a/main.txt"), "a v2\n").unwrap();
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("job test-a: passed"), "{out}");
+    git_in(&dir, &["checkout", "--", "services/a/main.txt"]);
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("job test-a: failed"), "{out}");
+    assert!(out.contains("image a: not pushed"), "{out}");
+
+    // A Dockerfile change no glob covers: both images rebuilt, both pushed untested, said.
+    fs::write(dir.join("services/a/main.txt"), "a v3\n").unwrap();
+    git_in(&dir, &["commit", "-q", "-am", "fix a"]);
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(o.status.success(), "{}", printed(&o));
+    let df = fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    fs::write(
+        dir.join("Dockerfile"),
+        df.replace(
+            "> /svc/out.txt",
+            "> /svc/out.txt && echo rebuilt >> /svc/out.txt",
+        ),
+    )
+    .unwrap();
+    git_in(&dir, &["commit", "-q", "-am", "dockerfile"]);
+    let o = forge_run(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("note: the work tree differs"), "{out}");
+    for (image, job) in [("a", "test-a"), ("b", "test-b")] {
+        assert!(
+            out.contains(&format!(
+                "image {image}: pushed untested: every job gating it was skipped by rules: {job}"
+            )),
+            "{out}"
+        );
+    }
+    assert!(registry_digest(&tag_b).is_some());
+}

@@ -2,10 +2,10 @@
 //! binary): the built-in variables `FORGE_GIT_SHA`, `FORGE_GIT_SHORT_SHA`, `FORGE_GIT_BRANCH` and
 //! `FORGE_GIT_TAG`, and the files changed between a revision and `HEAD` for `rules: changes:`.
 //!
-//! Outside a repository every variable is empty, as the issue that defines them asks. Changes are
-//! between commits (the revision's tree and `HEAD`'s): edits not yet committed do not count, which
-//! keeps a rule's outcome a function of the commit being built; a job whose inputs changed anyway
-//! is not served from the cache, whatever its rule said.
+//! Outside a repository every variable is empty, as the issue that defines them asks. Images are
+//! built from the work tree, not from `HEAD`'s tree, so the files `changes:` sees are those
+//! changed between the revision and `HEAD` ([`changed_since`]) and those that differ between
+//! `HEAD` and the work tree ([`work_tree_changes`]): an uncommitted edit is a change too.
 
 use std::path::Path;
 
@@ -201,6 +201,97 @@ pub fn changed_since(dir: &Path, rev: &str) -> Result<Option<Vec<String>>, GitEr
     Ok(Some(paths))
 }
 
+/// Paths (relative to the repository's top, `/`-separated, sorted) where the work tree differs
+/// from `HEAD`'s tree: modified, added, deleted (staged or not), and untracked files that no
+/// ignore rule covers, each file named (an untracked directory is not collapsed). Paths at or
+/// below `leave_out` (forge's own outputs: the artifacts directory, the metadata file), when they
+/// lie in the work tree, are not changes. `None` outside a repository, in a bare one, or before
+/// the first commit.
+pub fn work_tree_changes(
+    dir: &Path,
+    leave_out: &[std::path::PathBuf],
+) -> Result<Option<Vec<String>>, GitError> {
+    use gix::status::index_worktree::Item as Worktree;
+    let Some(repo) = open(dir)? else {
+        return Ok(None);
+    };
+    let Some(top) = repo.workdir().map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    if repo.head_id().is_err() {
+        return Ok(None);
+    }
+    let err = |message: String| GitError::Repository {
+        dir: dir.display().to_string(),
+        message: format!("comparing the work tree with HEAD: {message}"),
+    };
+    // Renames are tracked on neither side: each is a deletion and an addition, which names both
+    // paths without a similarity computation.
+    let items = repo
+        .status(gix::progress::Discard)
+        .map_err(|e| err(e.to_string()))?
+        .untracked_files(gix::status::UntrackedFiles::Files)
+        .index_worktree_rewrites(None)
+        .tree_index_track_renames(gix::status::tree_index::TrackRenames::Disabled)
+        .into_iter(Vec::<gix::bstr::BString>::new())
+        .map_err(|e| err(e.to_string()))?;
+    let canonical = |p: &Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // An output that does not exist yet: its parent's real path, and its name.
+        match (
+            p.canonicalize(),
+            p.parent().map(Path::canonicalize),
+            p.file_name(),
+        ) {
+            (Ok(c), _, _) => c,
+            (Err(_), Some(Ok(parent)), Some(name)) => parent.join(name),
+            _ => p,
+        }
+    };
+    let top = canonical(&top);
+    let left_out: Vec<String> = leave_out
+        .iter()
+        .filter_map(|p| {
+            let rel = canonical(p).strip_prefix(&top).ok()?.to_path_buf();
+            (!rel.as_os_str().is_empty()).then(|| rel.to_string_lossy().replace('\\', "/"))
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for item in items {
+        let item = item.map_err(|e| err(e.to_string()))?;
+        let changed = match &item {
+            gix::status::Item::TreeIndex(_) => true,
+            gix::status::Item::IndexWorktree(Worktree::Modification { status, .. }) => {
+                // Only the file's stat changed (a touch, a fresh checkout): same content.
+                !matches!(
+                    status,
+                    gix::status::plumbing::index_as_worktree::EntryStatus::NeedsUpdate(_)
+                )
+            }
+            gix::status::Item::IndexWorktree(Worktree::DirectoryContents { entry, .. }) => {
+                entry.status == gix::dir::entry::Status::Untracked
+            }
+            gix::status::Item::IndexWorktree(Worktree::Rewrite { source, .. }) => {
+                paths.push(source.rela_path().to_string());
+                true
+            }
+        };
+        if changed {
+            paths.push(item.location().to_string());
+        }
+    }
+    paths.retain(|p| {
+        !left_out.iter().any(|o| {
+            p == o
+                || p.strip_prefix(o.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    });
+    paths.sort();
+    paths.dedup();
+    Ok(Some(paths))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +410,64 @@ mod tests {
         );
         let e = changed_since(d, "no-such-branch").unwrap_err();
         assert!(e.to_string().contains("revision \"no-such-branch\""), "{e}");
+    }
+
+    /// C9: an uncommitted edit rebuilt an image while `changes:` (HEAD against the last passed
+    /// run's commit) saw nothing, and its gating job was skipped.
+    #[test]
+    fn work_tree_changes_are_what_git_status_shows() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        assert_eq!(work_tree_changes(d, &[]).unwrap(), None, "no commit yet");
+        write(d, ".gitignore", "build/\n");
+        write(d, "a/main.txt", "a\n");
+        write(d, "b/main.txt", "b\n");
+        write(d, "c/gone.txt", "c\n");
+        write(d, "d/staged.txt", "d\n");
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "base"]);
+        assert_eq!(
+            work_tree_changes(d, &[]).unwrap().unwrap(),
+            Vec::<String>::new()
+        );
+        write(d, "a/main.txt", "a, edited\n");
+        std::fs::remove_file(d.join("c/gone.txt")).unwrap();
+        write(d, "d/staged.txt", "d, staged\n");
+        git(d, &["add", "d/staged.txt"]);
+        write(d, "new/deep/file.txt", "untracked\n");
+        write(d, "build/out.bin", "ignored\n");
+        write(d, "forge-artifacts/job/x", "forge's own output\n");
+        // A file only touched is no change.
+        let f = std::fs::File::options()
+            .append(true)
+            .open(d.join("b/main.txt"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        let got = work_tree_changes(&d.join("a"), &[d.join("forge-artifacts")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                "a/main.txt",
+                "c/gone.txt",
+                "d/staged.txt",
+                "new/deep/file.txt"
+            ]
+        );
+        // The judge: git's own list (untracked files one by one, forge's output aside).
+        let mut judge: Vec<String> = git(d, &["status", "--porcelain", "-uall"])
+            .lines()
+            // `git` trims the output, and with it the first line's leading blank.
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .filter(|p| !p.starts_with("forge-artifacts/"))
+            .collect();
+        judge.sort();
+        assert_eq!(got, judge);
     }
 }

@@ -84,6 +84,10 @@ pub struct RunRecord {
     /// [`History::last_passed_commit`]). Records written before this field read as whole runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only: Vec<String>,
+    /// The work tree differed from `commit` (uncommitted or untracked files): what was built and
+    /// tested is not that commit, so the run is no baseline for `rules: changes:` either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dirty: bool,
 }
 
 impl RunRecord {
@@ -215,6 +219,7 @@ impl History {
             result: RunResult::Running,
             jobs: Vec::new(),
             only: only.to_vec(),
+            dirty: false,
         };
         let handle = RunHandle {
             dir,
@@ -278,13 +283,20 @@ impl History {
     /// The commit of the newest run of the whole pipeline that passed: what `rules: changes:`
     /// compares with when no `--changed-since` is given. A passed run of some jobs only
     /// (`forge run JOB`) is passed over: the others were not tested at its commit, and a later
-    /// run comparing with it would skip them for changes nobody tested.
+    /// run comparing with it would skip them for changes nobody tested. So is a run on a dirty
+    /// work tree: its jobs tested files its commit does not hold, and the jobs its rules skipped
+    /// were not tested on the files that were only dirty then.
     pub fn last_passed_commit(&self) -> Result<Option<String>, HistoryError> {
         Ok(self
             .list()?
             .into_iter()
             .rev()
-            .find(|r| r.result == RunResult::Passed && !r.commit.is_empty() && r.only.is_empty())
+            .find(|r| {
+                r.result == RunResult::Passed
+                    && !r.commit.is_empty()
+                    && r.only.is_empty()
+                    && !r.dirty
+            })
             .map(|r| r.commit))
     }
 
@@ -353,6 +365,13 @@ impl RunHandle {
 
     pub fn record(&self) -> &RunRecord {
         &self.record
+    }
+
+    /// Records that the run builds a work tree that differs from its commit (see
+    /// [`RunRecord::dirty`]).
+    pub fn mark_dirty(&mut self) -> Result<(), HistoryError> {
+        self.record.dirty = true;
+        self.save()
     }
 
     fn save(&self) -> Result<(), HistoryError> {
@@ -570,6 +589,24 @@ mod tests {
             .finish(RunResult::Passed, Duration::ZERO)
             .unwrap();
         assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("full2"));
+    }
+
+    /// C9: a passed run on a dirty work tree became the baseline, and the next run skipped the
+    /// jobs whose inputs had only been dirty then.
+    #[test]
+    fn a_passed_run_on_a_dirty_work_tree_is_no_changes_baseline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "p").unwrap();
+        h.start(None, "clean", "main", &[])
+            .unwrap()
+            .finish(RunResult::Passed, Duration::ZERO)
+            .unwrap();
+        let mut run = h.start(None, "dirty", "main", &[]).unwrap();
+        run.mark_dirty().unwrap();
+        run.finish(RunResult::Passed, Duration::ZERO).unwrap();
+        assert!(h.run(2).unwrap().dirty);
+        assert!(!h.run(1).unwrap().dirty);
+        assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("clean"));
     }
 
     #[test]
