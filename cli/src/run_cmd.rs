@@ -172,20 +172,49 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     };
     let changed = match &since {
         Some(rev) => {
-            let committed =
-                git::changed_since(&base_dir, rev).map_err(|e| failed(format!("error: {e}")))?;
             // Asked for by name, a comparison that cannot be made is an error, not a run where
-            // every `changes:` rule matches.
-            if committed.is_none()
-                && let Some(asked) = &args.changed_since
-            {
-                return Err(failed(format!(
-                    "error: --changed-since {asked}: {} is in no git repository, so nothing can be compared",
-                    std::path::absolute(&base_dir)
-                        .unwrap_or_else(|_| base_dir.clone())
-                        .display()
-                )));
-            }
+            // every `changes:` rule matches; except in a shallow clone, where the revision may
+            // exist beyond the cut (GitLab then treats `changes:` as true).
+            let what = match &args.changed_since {
+                Some(asked) => format!("--changed-since {asked}"),
+                None => format!(
+                    "the last passed run's commit {}",
+                    rev.get(..12).unwrap_or(rev)
+                ),
+            };
+            let committed = match git::changed_since(&base_dir, rev) {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    if args.changed_since.is_some() {
+                        return Err(failed(format!(
+                            "error: {what}: {} is in no git repository, so nothing can be compared",
+                            std::path::absolute(&base_dir)
+                                .unwrap_or_else(|_| base_dir.clone())
+                                .display()
+                        )));
+                    }
+                    None
+                }
+                Err(git::GitError::Shallow { .. }) => {
+                    let dir = std::path::absolute(&base_dir).unwrap_or_else(|_| base_dir.clone());
+                    notes.push(format!(
+                        "warning: {what}: not in the history of this shallow clone ({}), so every `changes:` rule matches; fetch the history to compare (GitLab CI: `GIT_DEPTH: 0`; GitHub Actions: `fetch-depth: 0`; by hand: `git fetch --deepen N` or `git fetch --unshallow`)",
+                        dir.display()
+                    ));
+                    None
+                }
+                Err(e) if args.changed_since.is_some() => {
+                    return Err(failed(format!("error: {what}: {e}")));
+                }
+                // The baseline forge chose is gone (history rewritten, another clone): as GitLab
+                // when it cannot find its compare_to commit.
+                Err(e) => {
+                    notes.push(format!(
+                        "warning: {what}: {e}; every `changes:` rule matches"
+                    ));
+                    None
+                }
+            };
             committed.zip(work_tree).map(|(mut c, w)| {
                 c.extend(w);
                 c.sort();

@@ -89,6 +89,48 @@ fn changed_since_outside_a_repository_is_an_error() {
     assert!(!String::from_utf8_lossy(&ran.stdout).contains("image app"));
 }
 
+/// `--changed-since` with a name that is no revision of a full clone stays an error, and it names
+/// the flag (C9: it named only gix's "revision"); nothing is built.
+#[test]
+fn changed_since_a_name_that_is_no_revision_is_an_error_naming_the_flag() {
+    if forge_testsupport::tool("git").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("forge.yaml"),
+        "images:\n  app: {context: .}\njobs:\n  t:\n    image: app\n    script: [\"true\"]\n",
+    )
+    .unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &["commit", "-q", "-m", "one"],
+    ] {
+        forge_testsupport::run(
+            Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .current_dir(dir.path()),
+        );
+    }
+    let ran = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--changed-since", "no-such-branch", "--root"])
+        .arg(store.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: --changed-since no-such-branch: "),
+        "{err}"
+    );
+    assert!(!err.contains("shallow"), "{err}");
+    assert!(!String::from_utf8_lossy(&ran.stdout).contains("image app"));
+}
+
 /// Every bad file, the error class it pins.
 const BAD: &[&str] = &[
     "yaml-syntax",

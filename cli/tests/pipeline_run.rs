@@ -1604,3 +1604,66 @@ fn a_dirty_work_tree_counts_as_changed_and_is_no_baseline() {
     }
     assert!(registry_digest(&tag_b).is_some());
 }
+
+/// Regression (C9): `--changed-since HEAD~1` in a `git clone --depth 1` failed with gix's
+/// internals, and a full sha beyond the cut with "couldn't parse revision". As GitLab does when
+/// it cannot find the commit to compare with, every `changes:` rule matches, with a warning
+/// naming the revision, the shallow clone, and how to fetch the history.
+#[test]
+fn a_revision_beyond_a_shallow_clones_cut_makes_changes_rules_match() {
+    let Some(m) = machine() else { return };
+    let Some(_) = forge_testsupport::tool("git") else {
+        return;
+    };
+    let (ws, origin, root) = small_workspace(
+        &m,
+        "forge-pipeline-shallow",
+        "jobs:\n  docs:\n    image: app\n    script: [echo docs job ran]\n    rules:\n      - changes: [docs/**]\n",
+    );
+    fs::create_dir_all(origin.join("docs")).unwrap();
+    fs::write(origin.join("docs/index.md"), "v1\n").unwrap();
+    git_in(&origin, &["init", "-q", "-b", "main"]);
+    git_in(&origin, &["add", "."]);
+    git_in(&origin, &["commit", "-q", "-m", "one"]);
+    let first = git_in(&origin, &["rev-parse", "HEAD"]);
+    fs::write(
+        origin.join("app/Dockerfile"),
+        format!("FROM {}\nWORKDIR /w2\n", m.busybox),
+    )
+    .unwrap();
+    git_in(&origin, &["commit", "-q", "-am", "two"]);
+    let url = format!("file://{}", origin.display());
+    git_in(ws.path(), &["clone", "-q", "--depth", "1", &url, "shallow"]);
+    let shallow = ws.path().join("shallow");
+    for rev in ["HEAD~1", first.as_str()] {
+        let o = forge_run(
+            &shallow,
+            &root,
+            &["run", "--progress", "plain", "--changed-since", rev],
+            &[],
+        );
+        let out = printed(&o);
+        assert!(o.status.success(), "{rev}: {out}");
+        assert!(
+            out.contains(&format!(
+                "warning: --changed-since {rev}: not in the history of this shallow clone"
+            )),
+            "{out}"
+        );
+        for hint in ["GIT_DEPTH: 0", "fetch-depth: 0", "git fetch --deepen"] {
+            assert!(out.contains(hint), "{hint}: {out}");
+        }
+        assert!(out.contains("job docs: passed"), "{out}");
+    }
+    // In the full history the same revision is compared with: docs/ did not change.
+    let o = forge_run(
+        &origin,
+        &root,
+        &["run", "--progress", "plain", "--changed-since", "HEAD~1"],
+        &[],
+    );
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("job docs: skipped: no rule matched"), "{out}");
+    assert!(!out.contains("shallow"), "{out}");
+}

@@ -45,6 +45,16 @@ pub enum GitError {
         rev: String,
         message: String,
     },
+    /// The revision is not in the history this clone holds, and the clone is shallow: the commit
+    /// may well exist, beyond the cut.
+    #[error(
+        "git repository at {dir}: revision {rev:?} is not in this shallow clone's history: {message}"
+    )]
+    Shallow {
+        dir: String,
+        rev: String,
+        message: String,
+    },
 }
 
 /// A full (40 hex digits) commit id.
@@ -180,8 +190,17 @@ pub fn changed_since(dir: &Path, rev: &str) -> Result<Option<Vec<String>>, GitEr
             .peel_to_tree()
             .map_err(|e| rev_err(spec, e.to_string()))
     };
-    let old = tree_of(rev)?;
     let new = tree_of("HEAD")?;
+    // In a shallow clone a revision beyond the cut (`HEAD~1` of a depth-1 clone, an older sha)
+    // fails deep in gix's traversal or as "couldn't parse": whatever the reason, it is a commit
+    // this clone may not have, not a mistake in the name.
+    let old = match tree_of(rev) {
+        Ok(t) => t,
+        Err(GitError::Revision { dir, rev, message }) if repo.is_shallow().unwrap_or(false) => {
+            return Err(GitError::Shallow { dir, rev, message });
+        }
+        Err(e) => return Err(e),
+    };
     let changes = repo
         .diff_tree_to_tree(&old, &new, None)
         .map_err(|e| rev_err(rev, e.to_string()))?;
@@ -469,5 +488,45 @@ mod tests {
             .collect();
         judge.sort();
         assert_eq!(got, judge);
+    }
+
+    /// C9: `--changed-since HEAD~1` in a depth-1 clone failed with gix's traversal error.
+    #[test]
+    fn a_revision_beyond_a_shallow_clones_cut_says_so() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        std::fs::create_dir(&origin).unwrap();
+        git(&origin, &["init", "-q", "-b", "main"]);
+        write(&origin, "a.txt", "1\n");
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "-q", "-m", "one"]);
+        let first = git(&origin, &["rev-parse", "HEAD"]);
+        write(&origin, "a.txt", "2\n");
+        git(&origin, &["commit", "-q", "-am", "two"]);
+        let url = format!("file://{}", origin.display());
+        git(
+            tmp.path(),
+            &["clone", "-q", "--depth", "1", &url, "shallow"],
+        );
+        let d = tmp.path().join("shallow");
+        for rev in ["HEAD~1", first.as_str()] {
+            let e = changed_since(&d, rev).unwrap_err();
+            assert!(matches!(e, GitError::Shallow { .. }), "{rev}: {e}");
+            assert!(e.to_string().contains("shallow clone"), "{e}");
+        }
+        assert_eq!(
+            changed_since(&d, "HEAD").unwrap().unwrap(),
+            Vec::<String>::new()
+        );
+        // In the full history the same names are revisions, and a wrong one is an error.
+        assert_eq!(
+            changed_since(&origin, "HEAD~1").unwrap().unwrap(),
+            ["a.txt"]
+        );
+        let e = changed_since(&origin, "HEAD~5").unwrap_err();
+        assert!(matches!(e, GitError::Revision { .. }), "{e}");
     }
 }
