@@ -23,6 +23,7 @@ mod info_cmd;
 mod login_cmd;
 mod progress;
 mod run_cmd;
+mod run_plan;
 mod serve_cmd;
 mod store_cmd;
 
