@@ -11,7 +11,6 @@ use forge_snapshotter::layer::LayerOptions;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::Landing;
 use forge_snapshotter::snapshot::Snapshotter as _;
-use forge_snapshotter::store::Store;
 
 use super::BuildError;
 use super::outcome::{BuildFailure, BuildOutcome, VertexReport};
@@ -529,20 +528,9 @@ impl Session {
             source_date_epoch: request.source_date_epoch,
         };
         let labels = &request.labels;
-        let mut image = events.phase_sync("writing image", || {
+        let image = events.phase_sync("writing image", || {
             export::make_image(output, &layers, &self.store, labels, &options)
         })?;
-        // An unchanged rebuild is the image it repeats: made at that image's time, it matches it
-        // byte for byte, so an unchanged pipeline pushes nothing new and its digest stays.
-        if request.source_date_epoch.is_none()
-            && let Some((created, config)) = previous_image(&self.store, &request.tags, &layers)
-        {
-            let again =
-                export::make_image_at(output, &layers, &self.store, labels, &options, &created)?;
-            if again.config_descriptor().digest().to_string() == config {
-                image = again;
-            }
-        }
         let names = request.tags.clone();
         // What leaves as bytes (a file export, the store's own copy of an image not pushed) needs
         // every layer here; a push mounts or skips what the registry has.
@@ -686,43 +674,6 @@ impl Session {
             cache_mounts,
         })
     }
-}
-
-/// The creation time and config digest of an image the store holds with exactly these layers: the
-/// one recorded under one of `tags`, else the newest such record (a pipeline's tags change with its
-/// build number). Only a candidate: the caller keeps it only when the config matches whole.
-fn previous_image(
-    store: &Store,
-    tags: &[String],
-    layers: &[crate::ops::Layer],
-) -> Option<(String, String)> {
-    let same_layers = |r: &forge_snapshotter::store::ImageRecord| {
-        r.layers.len() == layers.len()
-            && r.layers
-                .iter()
-                .zip(layers)
-                .all(|(a, b)| a.digest == b.digest)
-    };
-    let tagged = tags.iter().find_map(|t| {
-        let reference = forge_snapshotter::reference::Reference::parse(t).ok()?;
-        store
-            .get_image(&reference.to_string())
-            .ok()?
-            .filter(|r| same_layers(r))
-    });
-    let record = match tagged {
-        Some(r) => r,
-        None => store
-            .list_images()
-            .ok()?
-            .into_iter()
-            .filter(|r| same_layers(r))
-            .max_by_key(|r| r.recorded_unix)?,
-    };
-    let bytes = store.read_blob(&record.config.digest).ok()?;
-    let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let created = config.get("created")?.as_str()?.to_string();
-    Some((created, record.config.digest.to_string()))
 }
 
 /// `work`, or the solver's cancellation error as soon as `cancel` fires, `work` then dropped where

@@ -106,6 +106,72 @@ pub fn image_config_file(cfg: &ImageConfig, diff_ids: &[Digest], created: &str) 
     ConfigFile::build(cfg, diff_ids, created)
 }
 
+/// The built image's config document when no `SOURCE_DATE_EPOCH` is given, its times taken as
+/// BuildKit's exporter takes them (`normalizeLayersAndHistory`, `patchImageConfig`): an entry that
+/// made a layer and has no time gets the layer's ([`crate::ops::Layer::created`], the time its
+/// step ran, kept in the cache record), an entry without one gets the first such time after it or
+/// else the one before, and the image's `created` is its last entry's. So an image whose steps all
+/// came from the cache is the image they first made, byte for byte; `now` stands in only where no
+/// entry has a time at all. `layer_times` go with `diff_ids`, base layer first.
+pub fn image_config_file_from_layers(
+    cfg: &ImageConfig,
+    diff_ids: &[Digest],
+    layer_times: &[Option<String>],
+    now: &str,
+) -> ConfigFile {
+    let mut history = cfg.history.clone();
+    normalize_history(&mut history, diff_ids.len());
+    let mut layer_times = layer_times.iter();
+    for h in history.iter_mut().filter(|h| !h.empty_layer) {
+        // A time that does not read (a registry cache's record is anyone's) is no time.
+        let time = layer_times
+            .next()
+            .cloned()
+            .flatten()
+            .filter(|t| time::parse_rfc3339(t).is_some());
+        if h.created.is_none() {
+            h.created = time;
+        }
+    }
+    fill_history_times(&mut history);
+    let created = history
+        .last()
+        .and_then(|h| h.created.clone())
+        .unwrap_or_else(|| now.to_string());
+    let mut with_history = cfg.clone();
+    with_history.history = history;
+    ConfigFile::build(&with_history, diff_ids, &created)
+}
+
+/// Gives every history entry without a time one of its neighbours', as BuildKit's exporter does:
+/// the entries before the first layer this build made (a stage's first `ENV`, say) take that
+/// layer's time rather than the base image's, later ones the time of the entry before them.
+fn fill_history_times(history: &mut [History]) {
+    let mut fill: Option<String> = None;
+    let mut untimed_seen = false;
+    for h in history.iter() {
+        if let Some(t) = &h.created {
+            fill = Some(t.clone());
+            if untimed_seen {
+                break;
+            }
+        } else {
+            untimed_seen = true;
+        }
+    }
+    let mut untimed_seen = false;
+    for h in history.iter_mut() {
+        match &h.created {
+            Some(t) if untimed_seen => fill = Some(t.clone()),
+            Some(_) => {}
+            None => {
+                untimed_seen = true;
+                h.created = fill.clone();
+            }
+        }
+    }
+}
+
 /// [`image_config_file`] as a JSON value. `serde_json::Value` sorts object members; prefer the
 /// [`ConfigFile`] when the bytes matter (it writes members in BuildKit's order).
 pub fn config_to_json(cfg: &ImageConfig, diff_ids: &[Digest], created: &str) -> serde_json::Value {
@@ -1018,6 +1084,55 @@ mod tests {
         let doc = config_to_json(&base.config, &[digest(1), digest(2), digest(3)], CREATED);
         assert_eq!(doc["history"].as_array().unwrap().len(), 3);
         assert_eq!(doc["history"][2]["created_by"], "RUN make");
+    }
+
+    /// BuildKit's times without SOURCE_DATE_EPOCH: a new layer's entry takes the layer's time,
+    /// metadata entries before the first new layer take that layer's, later ones the entry's
+    /// before them, and the image's `created` is the last entry's; `now` is used nowhere.
+    #[test]
+    fn times_come_from_the_layers_not_the_clock() {
+        let base_time = "2024-01-01T00:00:00Z";
+        let cfg = ImageConfig {
+            history: vec![
+                hist(Some(base_time), "ADD rootfs", false),
+                hist(None, "ENV A=1", true),
+                hist(None, "RUN a", false),
+                hist(None, "WORKDIR /w", true),
+                hist(None, "COPY b", false),
+                hist(None, "CMD c", true),
+            ],
+            ..ImageConfig::default()
+        };
+        let (t1, t2) = ("2026-01-01T00:00:01.5Z", "2026-01-02T00:00:02Z");
+        let times = [None, Some(t1.to_string()), Some(t2.to_string())];
+        let ids = [digest(1), digest(2), digest(3)];
+        let doc = image_config_file_from_layers(&cfg, &ids, &times, "2099-01-01T00:00:00Z");
+        let got: Vec<&str> = doc
+            .history
+            .iter()
+            .map(|h| h.created.as_deref().unwrap())
+            .collect();
+        assert_eq!(got, [base_time, t1, t1, t1, t2, t2]);
+        assert_eq!(doc.created.as_deref(), Some(t2));
+        // The same inputs later: the same document.
+        let again = image_config_file_from_layers(&cfg, &ids, &times, "2099-02-01T00:00:00Z");
+        assert_eq!(again, doc);
+        // A time that does not read is none; with no time anywhere, `now` stands in.
+        let bare = ImageConfig {
+            history: vec![hist(None, "COPY x", false)],
+            ..ImageConfig::default()
+        };
+        let doc = image_config_file_from_layers(
+            &bare,
+            &[digest(1)],
+            &[Some("yesterday".into())],
+            "2099-01-01T00:00:00Z",
+        );
+        assert_eq!(doc.created.as_deref(), Some("2099-01-01T00:00:00Z"));
+        assert_eq!(
+            doc.history[0].created.as_deref(),
+            Some("2099-01-01T00:00:00Z")
+        );
     }
 
     #[test]

@@ -70,21 +70,8 @@ pub fn make_image(
     labels: &BTreeMap<String, String>,
     options: &ImageOptions,
 ) -> Result<Image, ExportError> {
-    let created = config::created_time(options.source_date_epoch)
+    let now = config::created_time(options.source_date_epoch)
         .map_err(|e| ExportError::Invalid(e.to_string()))?;
-    make_image_at(output, layers, store, labels, options, &created)
-}
-
-/// As [`make_image`], created at `created` (RFC 3339): an unchanged rebuild made at the time of
-/// the image it repeats is that image, byte for byte.
-pub fn make_image_at(
-    output: &Output,
-    layers: &[Layer],
-    store: &Store,
-    labels: &BTreeMap<String, String>,
-    options: &ImageOptions,
-    created: &str,
-) -> Result<Image, ExportError> {
     if let Some(l) = layers.iter().find(|l| l.unwritten.is_some()) {
         return Err(ExportError::Invalid(format!(
             "internal: layer {} is kept only as a snapshot; it must be written before an image \
@@ -96,9 +83,15 @@ pub fn make_image_at(
     for (k, v) in labels {
         cfg.labels.insert(k.clone(), v.clone());
     }
-    let created = created.to_string();
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let doc = config::image_config_file(&cfg, &diff_ids, &created);
+    // With SOURCE_DATE_EPOCH every time this build gives is the epoch, as before layers carried
+    // times (those images' digests stay); without it, the layers' own times.
+    let doc = if options.source_date_epoch.is_some() {
+        config::image_config_file(&cfg, &diff_ids, &now)
+    } else {
+        let times: Vec<Option<String>> = layers.iter().map(|l| l.created.clone()).collect();
+        config::image_config_file_from_layers(&cfg, &diff_ids, &times, &now)
+    };
     super::assemble_json(&doc, layer_blobs(store, layers)?, options)
 }
 
@@ -307,6 +300,7 @@ pub async fn stored_for_push(
             diff_id: diff_id.clone(),
             source: None,
             unwritten: None,
+            created: None,
         })
         .collect();
     let gzip = forge_snapshotter::compress::Compression::Gzip { level: 6 };

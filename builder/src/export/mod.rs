@@ -16,8 +16,8 @@ use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifestBuild
 use sha2::Digest as _;
 
 pub use image::{
-    image_records, make_image, make_image_at, push_image, record_image, stored_for_push,
-    with_compression, write_image_blobs,
+    image_records, make_image, push_image, record_image, stored_for_push, with_compression,
+    write_image_blobs,
 };
 pub use local::export_local;
 pub use time::parse_rfc3339;

@@ -174,6 +174,7 @@ pub(super) fn diff_to_blob(
         diff_id: desc.diff_id,
         source: None,
         unwritten: None,
+        created: None,
     })
 }
 
@@ -286,7 +287,12 @@ pub(crate) async fn write_unwritten_named(
                     compression,
                     source_date_epoch: how.source_date_epoch,
                 };
-                diff_to_blob(&sn, &store, name.as_ref(), options, None)
+                // The blob is made now; the layer was made when its step ran.
+                let written = diff_to_blob(&sn, &store, name.as_ref(), options, None)?;
+                Ok(Layer {
+                    created: l.created.clone(),
+                    ..written
+                })
             })
             .collect()
     })
@@ -361,7 +367,10 @@ impl LayerWrites {
             let written = lock(&self.writes).get(&l.diff_id).cloned();
             out.push(match written {
                 None => l.clone(),
-                Some(w) => w.await.map_err(ExecError::LayerWrite)?,
+                Some(w) => Layer {
+                    created: l.created.clone(),
+                    ..w.await.map_err(ExecError::LayerWrite)?
+                },
             });
         }
         Ok(out)

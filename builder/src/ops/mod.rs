@@ -62,6 +62,12 @@ pub struct Layer {
     /// the solver settles the output that holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unwritten: Option<Unwritten>,
+    /// When the step that made it ran (RFC 3339, as Go writes it), carried with the result
+    /// through the cache and registry caches: its history entry's time in an image, as BuildKit
+    /// takes a layer's from its cache record's creation, so a fully cached rebuild is the same
+    /// image. `None` for a base image's layers (their history has the times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 /// What an unwritten layer's tar is to be made with (the build's SOURCE_DATE_EPOCH), so that the
@@ -117,8 +123,27 @@ impl Record for Built {
     }
 
     fn from_record(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        let mut built: Built = serde_json::from_slice(bytes).ok()?;
+        // A record from before layers carried their time: a layer a step made counts as made
+        // now, and the solver stores the record again with that time, so the next rebuild
+        // repeats it rather than stamping a new one every time.
+        if let Built::Fs { layers } = &mut built
+            && layers
+                .iter()
+                .any(|l| l.source.is_none() && l.created.is_none())
+        {
+            let now = now_rfc3339();
+            for l in layers.iter_mut().filter(|l| l.source.is_none()) {
+                l.created.get_or_insert_with(|| now.clone());
+            }
+        }
+        Some(built)
     }
+}
+
+/// This instant as a layer's [`Layer::created`].
+pub(crate) fn now_rfc3339() -> String {
+    crate::export::config::created_time(None).expect("the clock reads a time after 1970")
 }
 
 impl Built {
@@ -417,6 +442,7 @@ impl BuildExecutor {
                 diff_id: stand_in,
                 source: None,
                 unwritten: Some(Unwritten { source_date_epoch }),
+                created: Some(now_rfc3339()),
             };
             let name = chain_id_step(parent_chain.as_ref(), &layer.diff_id);
             sn.commit(name.as_ref(), &k)?;

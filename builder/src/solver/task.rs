@@ -140,11 +140,19 @@ impl<E: Executor> Task<E> {
         key: CacheKey,
         record: Option<Vec<u8>>,
     ) -> Result<Option<Solved<E::Output>>, SolveError> {
-        let Some(output) = record.and_then(|r| E::Output::from_record(&r)) else {
+        let Some((output, bytes)) = record.and_then(|r| E::Output::from_record(&r).map(|o| (o, r)))
+        else {
             return Ok(None);
         };
         if !self.executor.usable(&output).await {
             return Ok(None);
+        }
+        // An older record read into today's form (a layer given the time it lacked) is stored
+        // so, or every later read would fill it in anew. Best effort: a cache that cannot take
+        // it still serves the hit.
+        let upgraded = output.to_record();
+        if upgraded != bytes {
+            let _ = self.cache_call(key, move |c| c.put(&key, &upgraded)).await;
         }
         self.emit(Event::Cached {
             vertex: self.node,

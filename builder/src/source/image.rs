@@ -49,6 +49,7 @@ impl BaseImage {
                 diff_id: diff_id.clone(),
                 source: source.clone(),
                 unwritten: None,
+                created: None,
             })
             .collect()
     }
