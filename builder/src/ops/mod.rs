@@ -762,3 +762,35 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ExecError::Internal(format!("worker thread: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record from before layers carried their time: the layers steps made are given one (the
+    /// solver stores the record again so), a base image's layers are left to their history, and
+    /// a record with times reads back as written.
+    #[test]
+    fn an_old_record_gets_times_for_its_own_layers_only() {
+        let digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let old = format!(
+            r#"{{"kind":"fs","layers":[
+              {{"media_type":"m","digest":"{digest}","size":1,"diff_id":"{digest}","source":"r/busybox"}},
+              {{"media_type":"m","digest":"{digest}","size":1,"diff_id":"{digest}"}}]}}"#
+        );
+        let built = Built::from_record(old.as_bytes()).unwrap();
+        let layers = built.layers().unwrap();
+        assert_eq!(layers[0].created, None);
+        let made = layers[1]
+            .created
+            .clone()
+            .expect("a step's layer gets a time");
+        assert!(
+            crate::export::time::parse_rfc3339(&made).is_some(),
+            "{made}"
+        );
+        let record = built.to_record();
+        assert_eq!(Built::from_record(&record).unwrap(), built);
+        assert_eq!(Built::from_record(&record).unwrap().to_record(), record);
+    }
+}
