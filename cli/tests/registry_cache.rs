@@ -775,3 +775,93 @@ fn a_registry_without_auth_is_asked_for_its_challenge_once_a_build() {
         .count();
     assert_eq!(manifests, 1, "fetched once, with the asking: {served:#?}");
 }
+
+/// The image ID, manifest digest and `created` of a build, from its `--metadata-file`.
+struct Built {
+    id: String,
+    manifest: String,
+    created: String,
+}
+
+/// `forge build --progress=json --metadata-file ... ARGS CTX` on `runner`'s store, with no
+/// SOURCE_DATE_EPOCH in its environment.
+fn build_unstamped(w: &World, runner: &str, ctx: &Path, args: &[&str]) -> (Built, Output) {
+    let metadata = w.path(&format!("{runner}-metadata.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress=json", "--root"])
+        .arg(w.path(runner))
+        .arg("--metadata-file")
+        .arg(&metadata)
+        .args(args)
+        .arg(ctx)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert_ok(runner, &out);
+    let m: Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    let field = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let built = Built {
+        id: field(&m["containerimage.config.digest"]),
+        manifest: field(&m["containerimage.digest"]),
+        created: field(
+            &m["containerimage.descriptor"]["annotations"]["org.opencontainers.image.created"],
+        ),
+    };
+    assert!(built.id.starts_with("sha256:"), "{m}");
+    (built, out)
+}
+
+/// Without SOURCE_DATE_EPOCH a rebuild whose every step came from the cache gave a new image ID
+/// and manifest digest each time (only `created` differed, the build's clock), so every CI run of
+/// an unchanged commit pushed a new manifest and moved its tags. A layer's time is now its cache
+/// record's, carried through a registry cache too, and the image's that of its newest entry.
+#[test]
+fn a_fully_cached_rebuild_without_source_date_epoch_is_the_same_image() {
+    let Some(w) = world() else { return };
+    let ctx = w.context("ctx-same", "hello\n");
+    let cache = format!("type=registry,ref={}", w.reference("app/cache:same"));
+    let (first, out) = build_unstamped(
+        &w,
+        "runner1",
+        &ctx,
+        &["--cache-to", &format!("{cache},mode=max")],
+    );
+    assert_eq!(steps(&out).0.len(), 3, "{}", printed(&out));
+
+    // Every step cached, same store: the same image.
+    let (again, out) = build_unstamped(&w, "runner1", &ctx, &[]);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty() && cached.len() == 3, "{ran:?} {cached:?}");
+    assert_eq!(
+        (&again.id, &again.manifest, &again.created),
+        (&first.id, &first.manifest, &first.created)
+    );
+
+    // A fresh store whose steps all come from the registry cache: the image runner one made.
+    let (imported, out) = build_unstamped(&w, "runner2", &ctx, &["--cache-from", &cache]);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty() && cached.len() == 3, "{ran:?} {cached:?}");
+    assert_eq!(
+        (&imported.id, &imported.manifest),
+        (&first.id, &first.manifest)
+    );
+
+    // One file changed: its COPY and the RUN after it run, and the image is new, made when they ran.
+    std::fs::write(ctx.join("app.txt"), "changed\n").unwrap();
+    let (changed, out) = build_unstamped(&w, "runner1", &ctx, &[]);
+    assert_eq!(steps(&out).0.len(), 2, "{}", printed(&out));
+    assert_ne!(changed.id, first.id);
+    assert_ne!(changed.manifest, first.manifest);
+    // UTC RFC 3339 to the second compares as text.
+    let second = |s: &str| {
+        s.get(..19)
+            .unwrap_or_else(|| panic!("created {s:?}"))
+            .to_string()
+    };
+    assert!(
+        second(&changed.created) >= second(&first.created) && changed.created != first.created,
+        "{} then {}",
+        first.created,
+        changed.created
+    );
+}
