@@ -18,8 +18,8 @@ use forge_snapshotter::compress::Compression;
 use forge_snapshotter::store::default_root;
 
 use crate::build_flags::{
-    output_compression, output_names, parse_add_host, parse_labels, parse_output, parse_secrets,
-    parse_shm_size, parse_ssh, source_date_epoch,
+    CompressionArg, output_compression, output_names, parse_add_host, parse_labels, parse_output,
+    parse_secrets, parse_shm_size, parse_ssh, source_date_epoch,
 };
 use crate::progress::{self, ProgressMode};
 use crate::{Failure, GraphArgs, failed, parse_build_args, render, usage};
@@ -70,16 +70,6 @@ pub enum Entitlement {
     /// included.
     #[value(name = "network.host")]
     NetworkHost,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum CompressionArg {
-    Gzip,
-    /// gzip deflated on every core in 128 KiB blocks, as pigz writes it: any gzip reader reads
-    /// it, but its layers have other digests than `gzip`'s.
-    GzipParallel,
-    Zstd,
-    Uncompressed,
 }
 
 /// `--call`'s values.

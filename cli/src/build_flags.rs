@@ -9,6 +9,17 @@ use forge_builder::api::{Export, Secrets};
 
 use crate::{Failure, failed, usage};
 
+/// `--compression`'s values (and `-o ...,compression=`'s).
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum CompressionArg {
+    Gzip,
+    /// gzip deflated on every core in 128 KiB blocks, as pigz writes it: any gzip reader reads
+    /// it, but its layers have other digests than `gzip`'s.
+    GzipParallel,
+    Zstd,
+    Uncompressed,
+}
+
 /// Reads one `-o` flag.
 pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
     // docker's shorthands: `-o DIR` is the filesystem into DIR, `-o -` a tar of it on stdout.
@@ -98,7 +109,7 @@ pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
 /// know is refused.
 pub(crate) fn output_compression(
     specs: &[String],
-) -> Result<(Option<crate::build_cmd::CompressionArg>, Option<i32>), Failure> {
+) -> Result<(Option<CompressionArg>, Option<i32>), Failure> {
     use clap::ValueEnum as _;
     let mut kind = None;
     let mut level = None;
@@ -107,14 +118,12 @@ pub(crate) fn output_compression(
             let v = v.trim();
             match k.trim() {
                 "compression" => {
-                    kind = Some(crate::build_cmd::CompressionArg::from_str(v, true).map_err(
-                        |_| {
-                            usage(format!(
-                                "error: invalid --output {spec:?}: compression={v} (gzip, \
+                    kind = Some(CompressionArg::from_str(v, true).map_err(|_| {
+                        usage(format!(
+                            "error: invalid --output {spec:?}: compression={v} (gzip, \
                                  gzip-parallel, zstd, uncompressed)"
-                            ))
-                        },
-                    )?)
+                        ))
+                    })?)
                 }
                 "compression-level" => level = Some(v.parse().map_err(|_| {
                     usage(format!(

@@ -31,11 +31,11 @@ pub(crate) struct RunArgs {
     only: Vec<String>,
     /// The pipeline file.
     #[arg(short = 'f', long = "file", default_value = "forge.yaml")]
-    pub(crate) file: PathBuf,
+    file: PathBuf,
     /// The value of FORGE_BUILD_NUMBER (default: the next number of this pipeline's counter in the
     /// store; empty for --check unless given).
     #[arg(long = "build-number", value_name = "N")]
-    pub(crate) build_number: Option<u64>,
+    build_number: Option<u64>,
     /// `rules: changes:` compare with this git revision (default: the commit of the pipeline's
     /// last passed run; without one, `changes:` rules match).
     #[arg(long = "changed-since", value_name = "REF")]
@@ -120,7 +120,7 @@ fn history_of(file: &Path, root: &Path) -> Result<History, Failure> {
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     if args.check {
-        return crate::run_plan::check(args);
+        return crate::run_plan::check(&args.file, args.build_number);
     }
     let name = display_name(&args.file);
     let src = read(&args.file, PIPELINE_FILE)?;

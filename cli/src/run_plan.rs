@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use forge_builder::api::input::PIPELINE_FILE;
 use forge_builder::pipeline::{self, CheckOptions, ImageUse, JobPlan, Need, Pipeline, RuleOutcome};
 
-use crate::run_cmd::RunArgs;
 use crate::{Failure, display_name, failed, read};
 
-pub(crate) fn check(args: &RunArgs) -> Result<(), Failure> {
-    let name = display_name(&args.file);
-    let src = read(&args.file, PIPELINE_FILE)?;
+pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failure> {
+    let name = display_name(file);
+    let src = read(file, PIPELINE_FILE)?;
     let mut builtins = BTreeMap::new();
-    if let Some(n) = args.build_number {
+    if let Some(n) = build_number {
         builtins.insert("FORGE_BUILD_NUMBER".to_string(), n.to_string());
     }
     // --check leaves the git built-ins empty and `changes:` rules matching, and says so in the
