@@ -69,17 +69,8 @@ fn run_refuses_a_bad_file_as_check_does_and_takes_no_run_number() {
 fn changed_since_outside_a_repository_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("forge.yaml"),
-        "images:\n  app: {context: .}\njobs:\n  t:\n    image: app\n    script: [\"true\"]\n",
-    )
-    .unwrap();
-    let ran = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["run", "--changed-since", "HEAD~1", "--root"])
-        .arg(store.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    one_job_pipeline(dir.path());
+    let ran = run_changed_since(dir.path(), store.path(), "HEAD~1");
     let err = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.status.code(), Some(1), "{err}");
     assert!(
@@ -87,6 +78,29 @@ fn changed_since_outside_a_repository_is_an_error() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&ran.stdout).contains("image app"));
+}
+
+/// A forge.yaml of one image (the directory itself) and one job on it.
+fn one_job_pipeline(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("forge.yaml"),
+        "images:\n  app: {context: .}\njobs:\n  t:\n    image: app\n    script: [\"true\"]\n",
+    )
+    .unwrap();
+}
+
+/// `forge run --changed-since REV` in `dir`, with its store at `store`.
+fn run_changed_since(
+    dir: &std::path::Path,
+    store: &std::path::Path,
+    rev: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["run", "--changed-since", rev, "--root"])
+        .arg(store)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 /// `--changed-since` with a name that is no revision of a full clone stays an error, and it names
@@ -98,11 +112,7 @@ fn changed_since_a_name_that_is_no_revision_is_an_error_naming_the_flag() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("forge.yaml"),
-        "images:\n  app: {context: .}\njobs:\n  t:\n    image: app\n    script: [\"true\"]\n",
-    )
-    .unwrap();
+    one_job_pipeline(dir.path());
     for args in [
         &["init", "-q", "-b", "main"][..],
         &["add", "."],
@@ -115,12 +125,7 @@ fn changed_since_a_name_that_is_no_revision_is_an_error_naming_the_flag() {
                 .current_dir(dir.path()),
         );
     }
-    let ran = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["run", "--changed-since", "no-such-branch", "--root"])
-        .arg(store.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let ran = run_changed_since(dir.path(), store.path(), "no-such-branch");
     let err = String::from_utf8_lossy(&ran.stderr);
     assert_eq!(ran.status.code(), Some(1), "{err}");
     assert!(
