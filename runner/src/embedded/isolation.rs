@@ -403,20 +403,13 @@ const CHROOT_NEEDS: [(u32, &str); 5] = [
     (7, "CAP_SETUID"),
 ];
 
-/// The capabilities of [`CHROOT_NEEDS`] this process's effective set lacks.
+/// The capabilities of [`CHROOT_NEEDS`] this process's bounding set lacks (what a container's
+/// `--cap-drop` takes away; root's effective set follows it).
 fn chroot_caps_missing() -> Vec<&'static str> {
-    let effective = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    });
-    // Unknown (no /proc): the steps will say what fails.
-    let Some(effective) = effective else {
-        return Vec::new();
-    };
+    let have = crate::confine::bounding_set();
     CHROOT_NEEDS
         .iter()
-        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .filter(|(cap, _)| !have.contains(cap))
         .map(|(_, name)| *name)
         .collect()
 }
