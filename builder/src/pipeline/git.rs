@@ -268,11 +268,11 @@ pub fn work_tree_changes(
         }
     };
     let top = canonical(&top);
-    let left_out: Vec<String> = leave_out
+    let left_out: Vec<std::path::PathBuf> = leave_out
         .iter()
         .filter_map(|p| {
             let rel = canonical(p).strip_prefix(&top).ok()?.to_path_buf();
-            (!rel.as_os_str().is_empty()).then(|| rel.to_string_lossy().replace('\\', "/"))
+            (!rel.as_os_str().is_empty()).then_some(rel)
         })
         .collect();
     let mut paths = Vec::new();
@@ -299,13 +299,7 @@ pub fn work_tree_changes(
             paths.push(item.location().to_string());
         }
     }
-    paths.retain(|p| {
-        !left_out.iter().any(|o| {
-            p == o
-                || p.strip_prefix(o.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-        })
-    });
+    paths.retain(|p| !left_out.iter().any(|o| Path::new(p).starts_with(o)));
     paths.sort();
     paths.dedup();
     Ok(Some(paths))
