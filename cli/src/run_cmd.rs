@@ -142,8 +142,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     outputs.extend(args.metadata_file.clone());
     let work_tree = git::work_tree_changes(&base_dir, &outputs);
     // Not known to be clean is dirty: such a run is no `changes:` baseline.
-    let dirty =
-        !matches!(&work_tree, Ok(None)) && !matches!(&work_tree, Ok(Some(w)) if w.is_empty());
+    let dirty = match &work_tree {
+        Ok(None) => false,
+        Ok(Some(w)) => !w.is_empty(),
+        Err(_) => true,
+    };
     let work_tree = match work_tree {
         Ok(w) => Some(w.unwrap_or_default()),
         Err(e) => {
@@ -159,7 +162,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         notes.push(format!(
             "note: the work tree differs from HEAD in {} file(s) ({}): `changes:` rules count them, and this run will be no `changes:` baseline for later runs",
             w.len(),
-            abbreviate(w, 5)
+            pipeline::first_few(w, 5)
         ));
     }
     let since = match &args.changed_since {
@@ -180,24 +183,22 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
                     rev.get(..12).unwrap_or(rev)
                 ),
             };
+            let shown_dir = std::path::absolute(&base_dir).unwrap_or_else(|_| base_dir.clone());
             let committed = match git::changed_since(&base_dir, rev) {
                 Ok(Some(c)) => Some(c),
                 Ok(None) => {
                     if args.changed_since.is_some() {
                         return Err(failed(format!(
                             "error: {what}: {} is in no git repository, so nothing can be compared",
-                            std::path::absolute(&base_dir)
-                                .unwrap_or_else(|_| base_dir.clone())
-                                .display()
+                            shown_dir.display()
                         )));
                     }
                     None
                 }
                 Err(git::GitError::Shallow { .. }) => {
-                    let dir = std::path::absolute(&base_dir).unwrap_or_else(|_| base_dir.clone());
                     notes.push(format!(
                         "warning: {what}: not in the history of this shallow clone ({}), so every `changes:` rule matches; fetch the history to compare (GitLab CI: `GIT_DEPTH: 0`; GitHub Actions: `fetch-depth: 0`; by hand: `git fetch --deepen N` or `git fetch --unshallow`)",
-                        dir.display()
+                        shown_dir.display()
                     ));
                     None
                 }
@@ -371,15 +372,6 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         };
         Err(failed(format!("error: run {number} {what}")))
     }
-}
-
-/// The first `n` of `items`, and how many more.
-fn abbreviate(items: &[String], n: usize) -> String {
-    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
-    if items.len() > n {
-        let _ = write!(s, " and {} more", items.len() - n);
-    }
-    s
 }
 
 /// `--secret NAME` and `--secret NAME=file:PATH`.

@@ -135,17 +135,8 @@ pub enum HistoryError {
 /// The names of a run's jobs for an error: the first few, then how many more (a 200-cell matrix
 /// made a 200-name line).
 fn names_of(jobs: &[JobRecord]) -> String {
-    const SHOWN: usize = 12;
-    let mut s = jobs
-        .iter()
-        .take(SHOWN)
-        .map(|j| j.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if jobs.len() > SHOWN {
-        s.push_str(&format!(" and {} more", jobs.len() - SHOWN));
-    }
-    s
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    super::first_few(&names, 12)
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HistoryError {

@@ -43,6 +43,21 @@ pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// Most YAML nodes in one file, aliases expanded: far above any real pipeline, far below a bomb.
 pub const MAX_NODES: usize = 200_000;
 
+/// The first `n` of `items` joined with ", ", and how many more there are ("a, b and 3 more"): a
+/// long list (a 200-cell matrix, a work tree of many edits) said on one line.
+pub fn first_few<S: AsRef<str>>(items: &[S], n: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(n)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > n {
+        s.push_str(&format!(" and {} more", items.len() - n));
+    }
+    s
+}
+
 /// `source` with YAML's line breaks (CR LF, and a lone CR, which YAML also reads as a break) made
 /// LF. Every position this module reports, and every line it shows, refers to this text: a lone CR
 /// would otherwise count as a line for the YAML reader and not for the renderer, and an error
