@@ -36,6 +36,11 @@ impl Walk {
     fn said(&self, line: &str) -> bool {
         self.lines.iter().any(|l| l == line)
     }
+
+    /// Fails, showing every line said, unless `line` was one of them.
+    fn assert_said(&self, line: &str) {
+        assert!(self.said(line), "{line:?} not in {:?}", self.lines);
+    }
 }
 
 /// Walks `plan` as `run` does (one unit at a time); a unit that would run ends as `ran` says,
@@ -105,20 +110,12 @@ jobs:
     let w = walk(&p, &[], &[(job("lint"), End::Failed)]);
     assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
     assert_eq!(w.end(&job("deploy")), Some(End::Blocked), "{:?}", w.lines);
-    assert!(
-        w.said("job deploy: skipped: push of app was held back"),
-        "{:?}",
-        w.lines
-    );
+    w.assert_said("job deploy: skipped: push of app was held back");
 
     // A push that fails blocks it the same way, and says so.
     let w = walk(&p, &[], &[(push("app"), End::Failed)]);
     assert_eq!(w.end(&job("deploy")), Some(End::Blocked), "{:?}", w.lines);
-    assert!(
-        w.said("job deploy: skipped: push of app failed before it"),
-        "{:?}",
-        w.lines
-    );
+    w.assert_said("job deploy: skipped: push of app failed before it");
 
     // And when everything passed, it runs.
     let w = walk(&p, &[], &[]);
@@ -146,7 +143,7 @@ fn a_job_needing_a_job_blocked_by_a_failure_is_blocked_too() {
     let w = walk(&p, &[], &[(job("a"), End::Failed)]);
     assert_eq!(w.end(&job("b")), Some(End::Blocked), "{:?}", w.lines);
     assert_eq!(w.end(&job("c")), Some(End::Blocked), "{:?}", w.lines);
-    assert!(w.said("job c: skipped: b did not run"), "{:?}", w.lines);
+    w.assert_said("job c: skipped: b did not run");
 }
 
 #[test]
@@ -206,16 +203,8 @@ jobs:
     assert_eq!(w.end(&build("slim")), Some(End::Blocked), "{:?}", w.lines);
     assert_eq!(w.end(&push("slim")), Some(End::Blocked), "{:?}", w.lines);
     assert_eq!(w.end(&job("smoke")), Some(End::Blocked), "{:?}", w.lines);
-    assert!(
-        w.said("image slim: not built: compile failed before it"),
-        "{:?}",
-        w.lines
-    );
-    assert!(
-        w.said("image slim: not pushed (127.0.0.1:5000/t/slim:v1): compile did not pass"),
-        "{:?}",
-        w.lines
-    );
+    w.assert_said("image slim: not built: compile failed before it");
+    w.assert_said("image slim: not pushed (127.0.0.1:5000/t/slim:v1): compile did not pass");
 
     let w = walk(&p, &[], &[]);
     assert_eq!(w.end(&build("slim")), Some(End::Ok), "{:?}", w.lines);
@@ -253,11 +242,7 @@ jobs:
     // When something failed, the push is held for that job, and for it only.
     let w = walk(&p, &[], &[(job("ok"), End::Failed)]);
     assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
-    assert!(
-        w.said("image app: not pushed (127.0.0.1:5000/t/app:v1): ok did not pass"),
-        "{:?}",
-        w.lines
-    );
+    w.assert_said("image app: not pushed (127.0.0.1:5000/t/app:v1): ok did not pass");
 }
 
 /// W2 at the scheduler: `after-cells` needs the matrix job by its written name. It was never
@@ -325,11 +310,7 @@ fn a_push_whose_every_gate_was_skipped_by_rules_says_it_is_untested() {
     let p = plan(&src("    rules:\n      - if: $NOPE == \"1\"\n"));
     let w = walk(&p, &[], &[]);
     assert_eq!(w.end(&push("b")), Some(End::Ok), "{:?}", w.lines);
-    assert!(
-        w.said("image b: pushed untested: every job gating it was skipped by rules or `when`: cleanup, test-b"),
-        "{:?}",
-        w.lines
-    );
+    w.assert_said("image b: pushed untested: every job gating it was skipped by rules or `when`: cleanup, test-b");
     let p = plan(&src(""));
     let w = walk(&p, &[], &[]);
     assert!(
