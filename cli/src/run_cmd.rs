@@ -61,6 +61,11 @@ pub(crate) struct RunArgs {
     /// Grant an entitlement (network.host: jobs with `network: host`); repeatable.
     #[arg(long = "allow", value_enum, value_name = "ENTITLEMENT")]
     allow: Vec<Entitlement>,
+    /// The most output kept of one job (each try), one service or one image build's steps, as
+    /// `4m` or `512k`; past it the rest is left out of the log, once said, and the job goes on.
+    /// `0`: no limit.
+    #[arg(long = "log-limit", value_name = "SIZE", default_value = "4m", value_parser = parse_log_limit)]
+    log_limit: u64,
     /// Write the run's result as JSON here: each image's digest and pushed references, each job's
     /// result.
     #[arg(long, value_name = "FILE")]
@@ -269,6 +274,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         no_cache: args.no_cache,
         only: args.only.clone(),
         allow_network_host: args.allow.contains(&Entitlement::NetworkHost),
+        log_limit: (args.log_limit > 0).then_some(args.log_limit),
     };
     // What would refuse the run (a missing secret, an ungranted host network) refuses it before
     // a number is taken too.
@@ -634,4 +640,9 @@ impl RunArgs {
     pub(crate) fn check_only(&self) -> bool {
         self.check
     }
+}
+
+/// `--log-limit`: a size as docker reads `--memory` (`4m`, `512k`, `1g`, bytes without a unit).
+fn parse_log_limit(s: &str) -> Result<u64, String> {
+    forge_runner::Bytes::parse_size(s).map(|b| b.0)
 }

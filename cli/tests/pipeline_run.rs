@@ -1356,6 +1356,75 @@ fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
     }
 }
 
+/// A job (or an image's step) that prints without end would fill the disk its logs are on: past
+/// `--log-limit` its output is left out of the printed and the stored log, said once, while it
+/// goes on running to its end and its result.
+#[test]
+fn output_past_the_log_limit_is_left_out_once_said_and_the_job_goes_on() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-log-limit",
+        r#"jobs:
+  loud:
+    image: app
+    script:
+      - seq 1 200000
+      - echo went on > went-on.txt
+    artifacts:
+      paths: [went-on.txt]
+"#,
+    );
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!("FROM {}\nRUN seq 1 100000\nWORKDIR /w\n", m.busybox),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run", "--log-limit", "64k"], &[]);
+    let out = printed(&o);
+    let short = |t: &str| {
+        t.lines()
+            .filter(|l| !l.contains("] 1"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(o.status.success(), "{}", short(&out));
+    let job_note = "forge: job loud printed more than 64 KiB (the log limit)";
+    let image_note = "forge: image app printed more than 64 KiB (the log limit)";
+    assert_eq!(out.matches(job_note).count(), 1, "{}", short(&out));
+    assert_eq!(out.matches(image_note).count(), 1, "{}", short(&out));
+    // What was kept is the start of the output, within the limit.
+    let kept: usize = lines_with(&out, "[loud] ")
+        .iter()
+        .filter(|l| !l.contains("forge:"))
+        .map(|l| l.len() - "[loud] ".len() + 1)
+        .sum();
+    assert!(
+        kept > 60 << 10 && kept <= 64 << 10,
+        "kept {kept} bytes of the job's output"
+    );
+    assert!(out.contains("[loud] 1\n"), "the first line is kept");
+    assert!(!out.contains("[loud] 200000"), "the last line is left out");
+    // The job ran on past the cut: its last command's file is its artifact.
+    assert_eq!(
+        fs::read_to_string(dir.join("forge-artifacts/loud/went-on.txt")).unwrap(),
+        "went on\n"
+    );
+    let log = stored_log(&dir, &root, "loud");
+    assert_eq!(log.matches(job_note).count(), 1, "{}", short(&log));
+    assert!(
+        log.len() < 80 << 10,
+        "the stored log holds {} bytes",
+        log.len()
+    );
+    // Without a limit everything is kept.
+    let o = forge_run(&dir, &root, &["run", "--no-cache", "--log-limit", "0"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{}", short(&out));
+    assert!(out.contains("[loud] 200000\n"), "the last line is shown");
+    assert!(!out.contains("(the log limit)"), "{}", short(&out));
+}
+
 /// Regression (S4): a JUnit report's test names and failure messages were printed in the run's
 /// summary and kept in `--metadata-file` unmasked, though the job wrote them with its secret.
 #[test]

@@ -371,6 +371,7 @@ impl Server {
             no_cache: false,
             only: Vec::new(),
             allow_network_host: false,
+            log_limit: self.config.log_limit,
         };
         let sink_log = log.clone();
         // Jobs show on the build's page as they start and end, not only when the build does.

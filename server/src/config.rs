@@ -37,6 +37,9 @@ struct LogsSpec {
     max_age_days: Option<u64>,
     /// The oldest logs are removed while all of them take more than this many MiB.
     max_total_mib: Option<u64>,
+    /// The most MiB of output a build's log keeps of one job's try, one service or one image
+    /// build's steps (default 4; 0: no limit).
+    max_job_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +140,8 @@ pub struct Config {
     pub api_secret: Option<Vec<u8>>,
     pub log_max_age_days: Option<u64>,
     pub log_max_total_bytes: Option<u64>,
+    /// [`forge_builder::pipeline::run::RunOptions::log_limit`] for every build.
+    pub log_limit: Option<u64>,
     pub projects: Vec<Project>,
 }
 
@@ -334,6 +339,11 @@ pub fn parse(file: &str, source: &str, dir: &Path) -> Result<Config, PipelineErr
         api_secret,
         log_max_age_days: parsed.logs.max_age_days,
         log_max_total_bytes: parsed.logs.max_total_mib.map(|m| m << 20),
+        log_limit: match parsed.logs.max_job_mib {
+            None => Some(forge_builder::pipeline::run::DEFAULT_LOG_LIMIT),
+            Some(0) => None,
+            Some(m) => Some(m << 20),
+        },
         projects,
     })
 }
@@ -588,6 +598,21 @@ mod tests {
         assert!(p.branches.is_match("feature/x"));
         assert_eq!(p.notify.on_success, When::Change);
         assert_eq!(p.notify.on_failure, When::Always);
+        assert_eq!(c.log_limit, Some(4 << 20));
+    }
+
+    #[test]
+    fn a_jobs_log_limit_is_in_mib_and_zero_lifts_it() {
+        let with = |logs: &str| {
+            parse_str(&format!(
+                "logs: {logs}\nprojects:\n  - name: app\n    repo: git://127.0.0.1/app.git\n"
+            ))
+            .unwrap()
+            .log_limit
+        };
+        assert_eq!(with("{max_job_mib: 16}"), Some(16 << 20));
+        assert_eq!(with("{max_job_mib: 0}"), None);
+        assert_eq!(with("{max_total_mib: 100}"), Some(4 << 20));
     }
 
     #[test]

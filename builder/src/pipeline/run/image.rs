@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use forge_snapshotter::store::Descriptor;
 
+use super::clip::{Admit, Clip};
 use super::{BuiltImage, JobLeft, Left, Node, PipelineEvent, Runner, artifacts, confine};
 use crate::api::{BuildRequest, DockerfileSource, Export};
 use crate::events::{BuildEvent, BuildId, Events};
@@ -125,10 +126,17 @@ impl Runner {
         let events = Events::new(BuildId::new(), Some(tx));
         let sink = self.sink.clone();
         let image = shown.clone();
+        // The steps' output counts against the log limit; forge's warnings do not.
+        let clip = Clip::new(self.options.log_limit);
         let forward = tokio::spawn(async move {
+            let what = format!("image {image}");
             while let Some(rec) = rx.recv().await {
                 let line = match rec.event {
-                    BuildEvent::Output { line, .. } => line,
+                    BuildEvent::Output { line, .. } => match clip.admit(&line, &what) {
+                        Admit::Keep => line,
+                        Admit::Clipped(note) => note,
+                        Admit::Drop => continue,
+                    },
                     BuildEvent::Warning { message } => format!("warning: {message}"),
                     _ => continue,
                 };

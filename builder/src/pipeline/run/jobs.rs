@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::clip::{Admit, Clip};
 use super::job::{self, JobImage, JobSpec};
 use super::{
     End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
@@ -268,10 +269,18 @@ impl Runner {
         let job_name = plan.name.clone();
         let cached_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = cached_flag.clone();
+        // Each try has the whole limit: a retry's output is not cut for its first try's.
+        let clip = Clip::new(self.options.log_limit);
+        let what = format!("job {job_name}");
         let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
+            let line = match clip.admit(l, &what) {
+                Admit::Keep => l.to_string(),
+                Admit::Clipped(note) => note,
+                Admit::Drop => return,
+            };
             sink(PipelineEvent::JobLine {
                 job: job_name.clone(),
-                line: l.to_string(),
+                line,
                 cached: flag.load(std::sync::atomic::Ordering::Relaxed),
             })
         });
@@ -405,6 +414,7 @@ impl Runner {
         let sink = self.sink.clone();
         let job = plan.name.clone();
         let net = network.clone();
+        let log_limit = self.options.log_limit;
         let start: crate::ops::BesideStep = Arc::new(move |cancel| {
             let (resolved, session, sink, job, net, masks) = (
                 resolved.clone(),
@@ -418,9 +428,16 @@ impl Runner {
                 let say = job_line(&sink, &job, &masks);
                 let mut handles = Vec::new();
                 for (svc, base, env) in resolved.iter() {
+                    // A service's output has a limit of its own: a chatty database does not
+                    // silence the job's own lines.
                     let line: Arc<dyn Fn(&str) + Send + Sync> = {
                         let (say, name) = (job_line(&sink, &job, &masks), svc.name.clone());
-                        Arc::new(move |l: &str| say(format!("[{name}] {l}")))
+                        let (clip, what) = (Clip::new(log_limit), format!("service {name}"));
+                        Arc::new(move |l: &str| match clip.admit(l, &what) {
+                            Admit::Keep => say(format!("[{name}] {l}")),
+                            Admit::Clipped(note) => say(format!("[{name}] {note}")),
+                            Admit::Drop => {}
+                        })
                     };
                     let spec = crate::api::ServiceSpec {
                         name: svc.name.clone(),

@@ -12,6 +12,8 @@
 
 mod artifacts;
 mod cache;
+mod clip;
+pub use clip::DEFAULT_LOG_LIMIT;
 mod confine;
 mod decide;
 use decide::{decide, untested};

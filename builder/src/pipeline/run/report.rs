@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub only: Vec<String>,
     /// `--allow network.host`: jobs with `network: host` may run.
     pub allow_network_host: bool,
+    /// The most bytes of output kept of one job's try, one service or one image build's steps
+    /// (`None`: all of it); past it the rest is left out, once said ([`DEFAULT_LOG_LIMIT`]).
+    ///
+    /// [`DEFAULT_LOG_LIMIT`]: super::DEFAULT_LOG_LIMIT
+    pub log_limit: Option<u64>,
 }
 
 /// Something that happened during a run, for the caller to show.
