@@ -933,6 +933,25 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
     assert_eq!(code, 400, "{reply}");
     let (code, reply) = send(&push(&"3".repeat(40)), Some("fixed-guid"));
     assert_eq!(code, 200, "{reply}");
+
+    // DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1 has its
+    // visitor's browser send `Host: attacker.example`; the server answers only to its own names.
+    for host in ["attacker.example", &format!("attacker.example:{port}")] {
+        let (code, reply) = curl("GET", &s.url("/"), &[("Host", host.to_string())], None);
+        assert_eq!(code, 421, "{host}: {reply}");
+        assert!(reply.contains("does not answer to the name"), "{reply}");
+        let (code, _) = curl(
+            "GET",
+            &s.url("/api/v1/projects/app/builds"),
+            &[("Host", host.to_string())],
+            None,
+        );
+        assert_eq!(code, 421, "{host}: the API answered");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (code, reply) = curl("GET", &s.url("/"), &[("Host", host.clone())], None);
+        assert_eq!(code, 200, "{host}: {reply}");
+    }
 }
 
 /// Credentials in a repository URL (`https://user:token@host/...`) are shown nowhere: not on the

@@ -54,6 +54,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/p/{project}/{n}", get(build_page))
         .route("/p/{project}/{n}/cancel", post(cancel_form))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            crate::host::known_host,
+        ))
         .with_state(server)
 }
 

@@ -7,6 +7,7 @@ pub mod builds;
 mod checkout;
 pub mod config;
 pub mod hooks;
+mod host;
 pub mod http;
 pub mod listen;
 pub mod model;
