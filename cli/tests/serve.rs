@@ -652,6 +652,19 @@ projects:
     let (code, badge) = curl("GET", &s.url("/p/app/badge.svg"), &[], None);
     assert_eq!(code, 200);
     assert!(badge.contains("<svg"), "{badge}");
+    assert!(!badge.contains(">unknown<"), "{badge}");
+    // A branch's badge is of that branch's builds only: none here of one never built.
+    let (code, main) = curl("GET", &s.url("/p/app/badge.svg?branch=main"), &[], None);
+    assert_eq!(code, 200);
+    assert!(!main.contains(">unknown<"), "{main}");
+    let (code, other) = curl(
+        "GET",
+        &s.url("/p/app/badge.svg?branch=never-built"),
+        &[],
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(other.contains(">unknown<"), "{other}");
     drop(s);
     drop(daemon);
 }

@@ -653,12 +653,36 @@ fn svg(text: String) -> Response {
         .into_response()
 }
 
-async fn badge(State(server): State<Arc<Server>>, Path(name): Path<String>) -> Reply {
+#[derive(Deserialize)]
+struct BadgeQuery {
+    /// Only builds of this branch (`?branch=main`, as a README's badge of the main line wants).
+    branch: Option<String>,
+}
+
+/// How far back the badge looks for a build of the branch it is asked for.
+const BADGE_LOOKBACK: usize = 500;
+
+async fn badge(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(q): Query<BadgeQuery>,
+) -> Reply {
     if server.project(&name).is_none() {
         return Err(not_found(format!("no project {name:?}")));
     }
-    // The last build that ended, else the one running.
-    let builds = server.store.list(&name, PAGE).map_err(internal)?;
+    // The last build (of the branch asked for) that ended, else the one running.
+    let depth = if q.branch.is_some() {
+        BADGE_LOOKBACK
+    } else {
+        PAGE
+    };
+    let builds: Vec<Build> = server
+        .store
+        .list(&name, depth)
+        .map_err(internal)?
+        .into_iter()
+        .filter(|b| q.branch.is_none() || b.branch == q.branch)
+        .collect();
     let status = builds
         .iter()
         .find(|b| b.status.is_final())

@@ -358,7 +358,10 @@ struct ChartTemplate {
     bars: Vec<Bar>,
 }
 
-/// The success-rate sentence of the chart: "success rate over the last N builds: 80%".
+/// The success-rate sentence of the chart: "success rate over the last N builds: 80%". Only a
+/// build that passed or failed says something of the code: one cancelled (by a person, or by a
+/// newer push) or interrupted (the server stopped) is left out of the rate, and the sentence says
+/// how many were.
 pub fn success_rate_text(builds: &[Build]) -> String {
     let drawn = chart_builds(builds);
     let n = drawn.len();
@@ -366,9 +369,18 @@ pub fn success_rate_text(builds: &[Build]) -> String {
         return "no finished builds yet".to_string();
     }
     let passed = drawn.iter().filter(|b| b.status == Status::Passed).count();
-    let percent = (passed * 100 + n / 2) / n;
+    let failed = drawn.iter().filter(|b| b.status == Status::Failed).count();
+    let decided = passed + failed;
     let noun = if n == 1 { "build" } else { "builds" };
-    format!("success rate over the last {n} {noun}: {percent}%")
+    if decided == 0 {
+        return format!("none of the last {n} {noun} passed or failed");
+    }
+    let percent = (passed * 100 + decided / 2) / decided;
+    let left_out = match n - decided {
+        0 => String::new(),
+        k => format!(" ({k} cancelled or interrupted not counted)"),
+    };
+    format!("success rate over the last {n} {noun}: {percent}%{left_out}")
 }
 
 /// The builds the chart draws: the last [`CHART_MAX_BUILDS`] finished ones, oldest first.

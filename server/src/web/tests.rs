@@ -480,12 +480,10 @@ fn chart_draws_only_the_last_30_of_40() {
     assert!(svg.contains(">#40 (newest)</text>"));
     // Oldest left.
     assert!(svg.find("data-number=\"11\"").unwrap() < svg.find("data-number=\"40\"").unwrap());
-    // Builds 11..=40: 6 failed, 6 cancelled, 18 passed: 60%.
-    assert!(svg.contains("success rate over the last 30 builds: 60%"));
-    assert_eq!(
-        success_rate_text(&builds),
-        "success rate over the last 30 builds: 60%"
-    );
+    // Builds 11..=40: 6 failed, 6 cancelled, 18 passed: 18 of 24 that passed or failed.
+    let rate = "success rate over the last 30 builds: 75% (6 cancelled or interrupted not counted)";
+    assert!(svg.contains(rate), "{svg}");
+    assert_eq!(success_rate_text(&builds), rate);
     assert!(titles.contains(&"#40 failed in 40.0 s".to_string()));
     assert!(titles.contains(&"#31 cancelled in 31.0 s".to_string()));
     assert!(svg.contains(">40.0 s</text>"), "max label is the slowest");
@@ -520,7 +518,12 @@ fn chart_success_rate_rounds() {
         .collect();
     assert_eq!(
         success_rate_text(&builds),
-        "success rate over the last 5 builds: 80%"
+        "success rate over the last 5 builds: 100% (1 cancelled or interrupted not counted)"
+    );
+    let builds = vec![build(1, Status::Cancelled), build(2, Status::Interrupted)];
+    assert_eq!(
+        success_rate_text(&builds),
+        "none of the last 2 builds passed or failed"
     );
 }
 
