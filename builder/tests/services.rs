@@ -83,6 +83,19 @@ fn httpd(name: &str, image: &BaseImage, net: &SharedNetwork, body: &str) -> Serv
             ),
         ],
         env: vec![("BODY".into(), body.into())],
+        secrets: Vec::new(),
+        network: net.clone(),
+    }
+}
+
+/// A probe's view of a service: busybox in `net`, no secrets.
+fn in_net(image: &BaseImage, net: &SharedNetwork) -> ServiceSpec {
+    ServiceSpec {
+        name: "probe".into(),
+        image: image.clone(),
+        command: Vec::new(),
+        env: Vec::new(),
+        secrets: Vec::new(),
         network: net.clone(),
     }
 }
@@ -120,8 +133,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
         async move {
             session
                 .wait_ready(
-                    image,
-                    &net,
+                    &in_net(image, &net),
                     &probe,
                     Duration::from_secs(30),
                     Duration::from_millis(200),
@@ -142,8 +154,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
     ready(&net_a, "pong-a").await.expect("a is still a");
     let crossed = session
         .wait_ready(
-            &image,
-            &net_b,
+            &in_net(&image, &net_b),
             &fetches("pong-a"),
             Duration::from_secs(1),
             Duration::from_millis(300),
@@ -155,8 +166,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
     let empty = SharedNetwork::new().await.unwrap();
     let err = session
         .wait_ready(
-            &image,
-            &empty,
+            &in_net(&image, &empty),
             &format!("echo probing; wget -Y off -q -O- http://127.0.0.1:{PORT}/"),
             Duration::from_millis(800),
             Duration::from_millis(200),
@@ -168,8 +178,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
     // A step in a shared network is a sandboxed one: it has the proxy, and the variables say so.
     session
         .wait_ready(
-            &image,
-            &net_a,
+            &in_net(&image, &net_a),
             "test \"$HTTP_PROXY\" = http://127.0.0.1:3128 && test \"$no_proxy\" = localhost,127.0.0.1,::1",
             Duration::from_secs(5),
             Duration::from_millis(200), &CancellationToken::new())
@@ -219,6 +228,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
             image: image.clone(),
             command: vec!["sh".into(), "-c".into(), command.into()],
             env: Vec::new(),
+            secrets: Vec::new(),
             network: net_a.clone(),
         };
         let h = session.start_service(spec, sink.clone()).await.unwrap();

@@ -63,9 +63,14 @@ fn render_job(out: &mut String, j: &JobPlan) {
         let ready = s.ready.as_ref().map_or(String::new(), |r| {
             format!(", ready: `{}` within {}s", r.command, r.timeout.as_secs())
         });
+        let secrets = if s.secrets.is_empty() {
+            String::new()
+        } else {
+            format!(", secrets: {}", s.secrets.join(", "))
+        };
         let _ = writeln!(
             out,
-            "    service {}: {}{ready}",
+            "    service {}: {}{secrets}{ready}",
             s.name,
             image_use(&s.image)
         );

@@ -1325,6 +1325,53 @@ fn a_services_lines_are_masked_with_the_jobs_secrets() {
     assert!(!log.contains(&secret), "the secret was stored:\n{log}");
 }
 
+/// A service given one of its job's secrets (`secrets: [DBPASS]`, as a database takes its
+/// password) has it in its environment and in /run/secrets, and so does its readiness probe;
+/// what it prints of it is masked, and the secret is no part of the job's key.
+#[test]
+fn a_service_gets_the_secrets_it_names_from_its_job() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-svc-secret",
+        r#"jobs:
+  t:
+    image: app
+    secrets: [DBPASS]
+    services:
+      - name: db
+        image: app
+        secrets: [DBPASS]
+        variables: {PASS_FILE: /run/secrets/DBPASS}
+        command:
+          - sh
+          - -c
+          - mkdir -p /www && test "$DBPASS" = "$(cat $PASS_FILE)" && echo "auth:$DBPASS" > /www/index.html && echo "db starts with $DBPASS" && exec httpd -f -p 127.0.0.1:7000 -h /www
+        ready:
+          command: wget -Y off -q -O- http://127.0.0.1:7000/ | grep -qx "auth:$(cat /run/secrets/DBPASS)"
+    script:
+      - test "$(wget -Y off -q -O- http://db:7000/)" = "auth:$DBPASS" && echo the service had the secret
+"#,
+    );
+    let secret = format!("dbpass-{}", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("DBPASS", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[t] the service had the secret"), "{out}");
+    assert!(out.contains("[t] [db] db starts with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    // Another value of the secret is the same job: the cached verdict is replayed.
+    let o = forge_run(
+        &dir,
+        &root,
+        &["run"],
+        &[("DBPASS", "another-value-entirely")],
+    );
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("(cached) the service had the secret"), "{out}");
+}
+
 /// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
 /// was printed and stored in two unmasked halves.
 #[test]

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forge_runner::backend::{Backend, RunError, Runner};
-use forge_runner::spec::{Command, NetworkMode, Security, StepOutcome, StepSpec, Stream, User};
+use forge_runner::spec::{
+    Command, NetworkMode, Security, StepMount, StepMountKind, StepOutcome, StepSpec, Stream, User,
+};
 use forge_runner::{CancellationToken, SharedNetwork};
 use forge_snapshotter::snapshot::{AnySnapshotter, Snapshotter};
 use tokio::task::JoinHandle;
@@ -37,6 +39,9 @@ pub struct ServiceSpec {
     pub command: Vec<String>,
     /// Added to the image's ENV; a key set in both takes this value.
     pub env: Vec<(String, String)>,
+    /// Secrets by name: each in the environment (over `env`) and in `/run/secrets/NAME`,
+    /// readable by any user of the service's container (its image may run as one it names).
+    pub secrets: Vec<(String, Vec<u8>)>,
     /// The network the service listens in, shared with the job's steps.
     pub network: SharedNetwork,
 }
@@ -222,6 +227,7 @@ impl Session {
         config: &ImageConfig,
         argv: Vec<String>,
         env: &[(String, String)],
+        secrets: &[(String, Vec<u8>)],
         name: &str,
         network: &SharedNetwork,
         rootfs: Vec<forge_snapshotter::Mount>,
@@ -243,8 +249,22 @@ impl Session {
             shm_size: None,
             proxy_upstream: None,
             rootfs,
-            mounts: Vec::new(),
-            secret_env: Vec::new(),
+            mounts: secrets
+                .iter()
+                .map(|(name, value)| StepMount {
+                    target: format!("/run/secrets/{name}").into(),
+                    kind: StepMountKind::Secret {
+                        data: value.clone(),
+                        uid: 0,
+                        gid: 0,
+                        mode: 0o444,
+                    },
+                })
+                .collect(),
+            secret_env: secrets
+                .iter()
+                .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+                .collect(),
             security: Security::Sandbox,
             limits: Default::default(),
         }
@@ -267,7 +287,15 @@ impl Session {
             )));
         }
         let (snapshot, rootfs) = self.scratch_rootfs(&spec.image, "service").await?;
-        let step = Self::service_step(&config, argv, &spec.env, &spec.name, &spec.network, rootfs);
+        let step = Self::service_step(
+            &config,
+            argv,
+            &spec.env,
+            &spec.secrets,
+            &spec.name,
+            &spec.network,
+            rootfs,
+        );
         let runner = self.runner().await?;
         let cancel = CancellationToken::new();
         let task_cancel = cancel.clone();
@@ -287,25 +315,24 @@ impl Session {
         })
     }
 
-    /// Runs `command` (`sh -c`) in a fresh container of `image` in `network` (the image's ENV,
-    /// WORKDIR and USER; its ENTRYPOINT is not used) every `interval` until it exits 0, for at most
-    /// `timeout` in all (a probe still running then is killed). Fails with the last probe's exit
-    /// status and output when none succeeded.
+    /// Runs `command` (`sh -c`) in a fresh container of `service`'s image in its network (the
+    /// image's ENV, WORKDIR and USER, and the service's secrets; its ENTRYPOINT is not used) every
+    /// `interval` until it exits 0, for at most `timeout` in all (a probe still running then is
+    /// killed). Fails with the last probe's exit status and output when none succeeded.
     pub async fn wait_ready(
         &self,
-        image: &BaseImage,
-        network: &SharedNetwork,
+        service: &ServiceSpec,
         command: &str,
         timeout: Duration,
         interval: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), BuildError> {
-        let config = image_config(image)?;
+        let config = image_config(&service.image)?;
         let deadline = Instant::now() + timeout;
         let runner = self.runner().await?;
         let result = self
             .probe_until(
-                &runner, image, &config, network, command, deadline, interval, cancel,
+                &runner, service, &config, command, deadline, interval, cancel,
             )
             .await;
         close_runner(runner).await;
@@ -316,9 +343,8 @@ impl Session {
     async fn probe_until(
         &self,
         runner: &Backend,
-        image: &BaseImage,
+        service: &ServiceSpec,
         config: &ImageConfig,
-        network: &SharedNetwork,
         command: &str,
         deadline: Instant,
         interval: Duration,
@@ -330,13 +356,14 @@ impl Session {
                 return Err(BuildError::Solve(SolveError::Cancelled));
             }
             attempts += 1;
-            let (snapshot, rootfs) = self.scratch_rootfs(image, "probe").await?;
+            let (snapshot, rootfs) = self.scratch_rootfs(&service.image, "probe").await?;
             let step = Self::service_step(
                 config,
                 vec!["/bin/sh".into(), "-c".into(), command.into()],
                 &[],
+                &service.secrets,
                 "probe",
-                network,
+                &service.network,
                 rootfs,
             );
             // The probe is killed at the deadline, or when the caller is cancelled, through the

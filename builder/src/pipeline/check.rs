@@ -238,6 +238,24 @@ pub fn check(
             .map(|s| {
                 let mut svars = vars.clone();
                 expand::define(&s.variables, source, &mut svars, &mut errors);
+                for secret in &s.secrets {
+                    if !spec.secrets.iter().any(|j| j.value == secret.value) {
+                        errors.push(
+                            PipelineError::new(
+                                pos_of(secret),
+                                format!(
+                                    "service `{}`: secret `{}` is not one of the job's secrets",
+                                    s.name.value, secret.value
+                                ),
+                            )
+                            .with_hint(Some(format!(
+                                "a service gets only secrets its job has: add `{}` to the job's \
+                                 `secrets:`",
+                                secret.value
+                            ))),
+                        );
+                    }
+                }
                 ServicePlan {
                     name: s.name.value.clone(),
                     image: resolve_image(&s.image, source, &vars, &names, &mut errors),
@@ -255,6 +273,7 @@ pub fn check(
                             svars.get(&k.value).map(|v| (k.value.clone(), v.clone()))
                         })
                         .collect(),
+                    secrets: s.secrets.iter().map(|x| x.value.clone()).collect(),
                     ready: s.ready.as_ref().map(|r| Ready {
                         command: r.command.value.clone(),
                         timeout: r

@@ -138,6 +138,10 @@ pub struct ServiceSpec {
     pub command: Option<Vec<Sp<String>>>,
     #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
+    /// Secrets of the job the service gets too, as environment variables and as
+    /// `/run/secrets/NAME` (a database's password: `POSTGRES_PASSWORD_FILE: /run/secrets/DB`).
+    #[serde(default)]
+    pub secrets: Vec<Sp<String>>,
     pub ready: Option<ReadySpec>,
 }
 

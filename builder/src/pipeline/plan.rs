@@ -64,6 +64,8 @@ pub struct ServicePlan {
     pub image: ImageUse,
     pub command: Vec<String>,
     pub variables: BTreeMap<String, String>,
+    /// Names of the job's secrets the service gets (never their values).
+    pub secrets: Vec<String>,
     pub ready: Option<Ready>,
 }
 

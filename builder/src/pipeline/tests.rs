@@ -451,3 +451,23 @@ fn an_empty_script_a_zero_timeout_and_a_service_named_twice_are_refused_where_wr
     let good = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    timeout: 1s\n    services:\n      - name: db\n        image: alpine\n      - name: cache\n        image: alpine\n";
     ok(good, &CheckOptions::default());
 }
+
+#[test]
+fn a_service_gets_only_secrets_its_job_has() {
+    let src = "jobs:\n  t:\n    image: alpine\n    script: [x]\n    secrets: [DB]\n    services:\n      - name: db\n        image: postgres\n        secrets: [DB, OTHER]\n";
+    let e = errors(src);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    let err = &e.errors[0];
+    assert_eq!((err.pos.line, err.pos.column), (9, 23), "{e}");
+    let shown = e.render(err);
+    assert!(
+        shown.contains("service `db`: secret `OTHER` is not one of the job's secrets"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("add `OTHER` to the job's `secrets:`"),
+        "{shown}"
+    );
+    let p = ok(&src.replace(", OTHER", ""), &CheckOptions::default());
+    assert_eq!(job(&p, "t").services[0].secrets, vec!["DB".to_string()]);
+}

@@ -397,10 +397,21 @@ impl Runner {
             if let Some(r) = &svc.ready {
                 key.push_str(&r.command);
             }
+            key.push('\0');
+            // Which secrets it gets, never their values (hashed into no key).
+            key.push_str(&svc.secrets.join(","));
             key.push('\n');
             let mut env = globals.clone();
             env.extend(svc.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
-            resolved.push((svc.clone(), base, env));
+            let secrets: Vec<(String, Vec<u8>)> = svc
+                .secrets
+                .iter()
+                .map(|name| match self.options.secrets.get(name) {
+                    Some(value) => Ok((name.clone(), value.clone())),
+                    None => Err(format!("service {}: secret {name} was not given", svc.name)),
+                })
+                .collect::<Result<_, _>>()?;
+            resolved.push((svc.clone(), base, env, secrets));
         }
         let resolved = Arc::new(resolved);
         // A service's lines go into the job's log, and a service sees the job's secrets as
@@ -427,7 +438,7 @@ impl Runner {
             Box::pin(async move {
                 let say = job_line(&sink, &job, &masks);
                 let mut handles = Vec::new();
-                for (svc, base, env) in resolved.iter() {
+                for (svc, base, env, secrets) in resolved.iter() {
                     // A service's output has a limit of its own: a chatty database does not
                     // silence the job's own lines.
                     let line: Arc<dyn Fn(&str) + Send + Sync> = {
@@ -444,9 +455,10 @@ impl Runner {
                         image: base.clone(),
                         command: svc.command.clone(),
                         env: env.clone(),
+                        secrets: secrets.clone(),
                         network: net.clone(),
                     };
-                    match session.start_service(spec, line).await {
+                    match session.start_service(spec.clone(), line).await {
                         Ok(h) => handles.push(h),
                         Err(e) => {
                             stop_services(handles, &say).await;
@@ -463,7 +475,7 @@ impl Runner {
                             svc.name, r.command
                         ));
                         if let Err(e) = session
-                            .wait_ready(base, &net, &r.command, r.timeout, r.interval, &cancel)
+                            .wait_ready(&spec, &r.command, r.timeout, r.interval, &cancel)
                             .await
                         {
                             stop_services(handles, &say).await;
