@@ -150,6 +150,7 @@ const BAD: &[&str] = &[
     "cycle-stage",
     "empty-matrix",
     "duplicate-job",
+    "duplicate-key",
     "bad-if",
     "undefined-stage",
     "undefined-variable",

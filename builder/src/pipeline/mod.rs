@@ -144,6 +144,19 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
             variant, expected, ..
         } => PipelineError::new(pos, format!("unknown value `{variant}`"))
             .with_hint(did_you_mean(variant, expected)),
+        // saphyr's own words advise an option of the library, which a user cannot set.
+        E::DuplicateMappingKey { key, .. } => PipelineError::new(
+            pos,
+            match key {
+                Some(k) => format!("duplicate key `{k}`"),
+                None => "duplicate key".to_string(),
+            },
+        )
+        .with_hint(Some(
+            "a key appears once in its mapping: merge the two, or give the second a name of its \
+             own"
+                .into(),
+        )),
         E::SerdeMissingField { field, .. } => {
             PipelineError::new(pos, format!("missing key `{field}`")).with_hint(Some(format!(
                 "add `{field}:` to the mapping this key is in"
