@@ -1403,6 +1403,53 @@ fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
     }
 }
 
+/// GitLab's `before_script` (one shell with the script) and `after_script` (a shell of its own,
+/// after the script whatever its result, which it does not change), from the job or else from
+/// `default:`.
+#[test]
+fn before_and_after_script_run_around_the_script_as_in_gitlab() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-before-after",
+        r#"default:
+  before_script: [GREETING=from-before]
+  after_script: ["echo \"cleanup sees [$GREETING]\""]
+jobs:
+  plain:
+    image: app
+    script: ["echo \"main sees [$GREETING]\""]
+  own:
+    image: app
+    allow_failure: true
+    before_script: []
+    after_script: [echo own cleanup, exit 9]
+    script: [echo own main, exit 4, echo not reached]
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[plain] main sees [from-before]"), "{out}");
+    // A shell of its own: the script's variables are not in it.
+    assert!(out.contains("[plain] cleanup sees []"), "{out}");
+    assert!(
+        out.find("[plain] main sees") < out.find("[plain] cleanup sees"),
+        "{out}"
+    );
+    assert!(!out.contains("[own] $ GREETING=from-before"), "{out}");
+    assert!(out.contains("[own] own cleanup"), "{out}");
+    assert!(!out.contains("[own] not reached"), "{out}");
+    assert!(
+        out.contains("[own] forge: after_script exited with 9 (the job's result is its script's)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("job own: failed (allowed) (exit status 4)"),
+        "{out}"
+    );
+}
+
 /// A job (or an image's step) that prints without end would fill the disk its logs are on: past
 /// `--log-limit` its output is left out of the printed and the stored log, said once, while it
 /// goes on running to its end and its result.

@@ -319,7 +319,21 @@ pub fn check(
             base: k.value.clone(),
             stage,
             image,
-            script: spec.script.value.iter().map(|s| s.value.clone()).collect(),
+            // GitLab's: before_script and script are one shell; a job's own list (even empty)
+            // replaces `default:`'s.
+            script: lines(
+                spec.before_script
+                    .as_ref()
+                    .or(file.default.before_script.as_ref()),
+            )
+            .chain(lines(Some(&spec.script)))
+            .collect(),
+            after_script: lines(
+                spec.after_script
+                    .as_ref()
+                    .or(file.default.after_script.as_ref()),
+            )
+            .collect(),
             variables: own,
             needs,
             services,
@@ -606,4 +620,10 @@ fn rules(
         Some((index, when)) => (RuleOutcome::Matched { index }, when),
         None => (RuleOutcome::NoneMatched, When::Never),
     }
+}
+
+/// The text of a list of shell lines, if any.
+fn lines(list: Option<&Sp<Vec<Sp<String>>>>) -> impl Iterator<Item = String> + '_ {
+    list.into_iter()
+        .flat_map(|l| l.value.iter().map(|s| s.value.clone()))
 }

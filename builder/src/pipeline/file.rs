@@ -44,6 +44,9 @@ pub struct PipelineFile {
     pub images: OrderedMap<ImageSpec>,
     /// Stage order; GitLab's `build`, `test`, `deploy` when absent.
     pub stages: Option<Sp<Vec<Sp<String>>>>,
+    /// What every job has unless it says otherwise (GitLab's `default:`).
+    #[serde(default)]
+    pub default: DefaultSpec,
     /// The jobs, before matrix expansion.
     #[serde(default)]
     pub jobs: OrderedMap<JobSpec>,
@@ -93,6 +96,14 @@ pub struct CacheSpec {
     pub to: Vec<Sp<String>>,
 }
 
+/// `default:`: GitLab's keys a job takes when it does not set them itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultSpec {
+    pub before_script: Option<Sp<Vec<Sp<String>>>>,
+    pub after_script: Option<Sp<Vec<Sp<String>>>>,
+}
+
 /// An entry of `jobs:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +114,11 @@ pub struct JobSpec {
     pub image: Sp<String>,
     /// Shell lines, run with `sh -e` in the image.
     pub script: Sp<Vec<Sp<String>>>,
+    /// Lines run before `script`, in the same shell (GitLab's); replaces `default:`'s.
+    pub before_script: Option<Sp<Vec<Sp<String>>>>,
+    /// Lines run after `script` in a shell of their own, whatever its result, which they do not
+    /// change (GitLab's); replaces `default:`'s.
+    pub after_script: Option<Sp<Vec<Sp<String>>>>,
     #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
     /// `None` (no key): wait for every job of the earlier stages, as GitLab does; `Some`: only

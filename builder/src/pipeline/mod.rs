@@ -155,7 +155,7 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
         .with_hint(Some(
             "a key appears once in its mapping: merge the two, or give the second a name of its \
              own"
-                .into(),
+            .into(),
         )),
         E::SerdeMissingField { field, .. } => {
             PipelineError::new(pos, format!("missing key `{field}`")).with_hint(Some(format!(

@@ -102,7 +102,10 @@ pub struct JobPlan {
     pub base: String,
     pub stage: String,
     pub image: ImageUse,
+    /// `before_script`'s lines, then `script`'s: one shell.
     pub script: Vec<String>,
+    /// Run after `script` in a shell of its own, whatever the script's result.
+    pub after_script: Vec<String>,
     /// The job's own and matrix variables (globals are in [`Pipeline::variables`]).
     pub variables: BTreeMap<String, String>,
     /// `None`: every job of the earlier stages (GitLab's default).

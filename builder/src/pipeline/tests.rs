@@ -471,3 +471,17 @@ fn a_service_gets_only_secrets_its_job_has() {
     let p = ok(&src.replace(", OTHER", ""), &CheckOptions::default());
     assert_eq!(job(&p, "t").services[0].secrets, vec!["DB".to_string()]);
 }
+
+#[test]
+fn before_and_after_script_come_from_the_job_or_else_from_default() {
+    let src = "default:\n  before_script: [d1, d2]\n  after_script: [da]\njobs:\n  plain:\n    image: alpine\n    script: [s]\n  own:\n    image: alpine\n    before_script: [o1]\n    after_script: []\n    script: [s]\n";
+    let p = ok(src, &CheckOptions::default());
+    let plain = job(&p, "plain");
+    assert_eq!(plain.script, ["d1", "d2", "s"]);
+    assert_eq!(plain.after_script, ["da"]);
+    let own = job(&p, "own");
+    assert_eq!(own.script, ["o1", "s"]);
+    assert!(own.after_script.is_empty());
+    let e = errors("default:\n  image: alpine\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
+    assert!(e.to_string().contains("unknown key `image`"), "{e}");
+}

@@ -42,6 +42,8 @@ pub struct JobSpec {
     pub image: JobImage,
     /// The script, one shell line each, run with `sh -e`.
     pub script: Vec<String>,
+    /// Run after the script in a shell of its own, whatever its result (see [`script_program`]).
+    pub after_script: Vec<String>,
     /// Non-secret variables, in the order the job sees them (after the image's own).
     pub env: Vec<(String, String)>,
     /// Variables given at run time and hashed into no key (the build number, the commit).
@@ -85,16 +87,34 @@ impl JobVerdict {
 }
 
 /// The script as one `sh -e` program: each line is echoed (`$ line`, as CI logs show it) and run.
-pub fn script_program(lines: &[String]) -> String {
-    let mut out = String::new();
-    for line in lines {
-        out.push_str("printf '%s\\n' ");
-        out.push_str(&shell_quote(&format!("$ {line}")));
-        out.push('\n');
-        out.push_str(line);
-        out.push('\n');
+/// With `after`, the script runs in a subshell whose status the program keeps, then `after` in
+/// one of its own (no variable or directory of the script's carries over), whose failure is said
+/// and changes nothing; the program ends with the script's status (GitLab's `after_script`).
+pub fn script_program(lines: &[String], after: &[String]) -> String {
+    let echoed = |lines: &[String]| {
+        let mut out = String::new();
+        for line in lines {
+            out.push_str("printf '%s\\n' ");
+            out.push_str(&shell_quote(&format!("$ {line}")));
+            out.push('\n');
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    };
+    if after.is_empty() {
+        return echoed(lines);
     }
-    out
+    // Each subshell is a command of its own, with `set -e` inside: within an `&&`/`||` list the
+    // shell would ignore `-e` in it, and a failing line would not stop the script. Outside them
+    // `-e` is off, so that a failure is a status to keep, not the end of the program.
+    format!(
+        "set +e\n(\nset -e\n{})\nforge_status=$?\n(\nset -e\n{})\nforge_after=$?\n\
+         if [ \"$forge_after\" != 0 ]; then printf '%s\\n' \"forge: after_script exited with \
+         $forge_after (the job's result is its script's)\"; fi\nexit $forge_status\n",
+        echoed(lines),
+        echoed(after)
+    )
 }
 
 fn shell_quote(s: &str) -> String {
@@ -219,7 +239,7 @@ impl Session {
                     "/bin/sh".into(),
                     "-e".into(),
                     "-c".into(),
-                    script_program(&job.script),
+                    script_program(&job.script, &job.after_script),
                 ],
                 env,
                 cwd: if config.working_dir.is_empty() {
@@ -406,5 +426,84 @@ impl Session {
             artifacts: artifacts.clone(),
             error: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script_program;
+
+    /// Runs `program` as a job's step runs it (`sh -e -c`), in a scratch directory.
+    fn run(program: &str) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new("/bin/sh")
+            .args(["-e", "-c", program])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    fn lines(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn without_after_script_the_program_is_the_echoed_lines() {
+        let p = script_program(&lines(&["echo a", "false", "echo b"]), &[]);
+        assert_eq!(
+            p,
+            "printf '%s\\n' '$ echo a'\necho a\nprintf '%s\\n' '$ false'\nfalse\nprintf '%s\\n' '$ echo b'\necho b\n"
+        );
+        let (code, out) = run(&p);
+        assert_eq!(code, 1);
+        assert_eq!(out, "$ echo a\na\n$ false\n");
+    }
+
+    #[test]
+    fn after_script_runs_after_a_failure_which_stays_the_result() {
+        let p = script_program(
+            &lines(&[
+                "echo a",
+                "exit_code_3() { return 3; }; exit_code_3",
+                "echo not reached",
+            ]),
+            &lines(&["echo cleaning up"]),
+        );
+        let (code, out) = run(&p);
+        assert_eq!(code, 3, "{out}");
+        assert!(out.contains("$ echo cleaning up\ncleaning up\n"), "{out}");
+        assert!(!out.contains("not reached\n"), "{out}");
+        assert!(!out.contains("after_script exited"), "{out}");
+    }
+
+    #[test]
+    fn a_failing_after_script_is_said_and_changes_nothing() {
+        let p = script_program(
+            &lines(&["echo ok"]),
+            &lines(&["false", "echo after the failure"]),
+        );
+        let (code, out) = run(&p);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("forge: after_script exited with 1 (the job's result is its script's)"),
+            "{out}"
+        );
+        assert!(!out.contains("after the failure\n"), "{out}");
+    }
+
+    #[test]
+    fn after_script_is_a_shell_of_its_own() {
+        let p = script_program(
+            &lines(&["X=set-by-script", "mkdir sub && cd sub"]),
+            &lines(&["echo \"x=[$X] dir=[$(basename \"$PWD\")]\""]),
+        );
+        let (code, out) = run(&p);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("x=[] dir=["), "{out}");
+        assert!(!out.contains("dir=[sub]"), "{out}");
     }
 }

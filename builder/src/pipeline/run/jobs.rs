@@ -598,6 +598,7 @@ impl Runner {
                 extra,
             },
             script: plan.script.clone(),
+            after_script: plan.after_script.clone(),
             env,
             run_env,
             secret_names: plan.secrets.clone(),
