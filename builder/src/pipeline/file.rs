@@ -32,24 +32,83 @@ pub fn location_pos(l: &serde_saphyr::Location) -> Pos {
     )
 }
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file. A key starting with `.` (here or under `jobs:`) is hidden, as in GitLab: a
+/// template for YAML anchors (`.defaults: &defaults`, then `<<: *defaults` in a job), never read
+/// or run itself.
+#[derive(Debug, Default)]
 pub struct PipelineFile {
     /// Global variables, expanded in order (a value may use the ones above it and the built-ins).
-    #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
     /// Named image builds.
-    #[serde(default)]
     pub images: OrderedMap<ImageSpec>,
     /// Stage order; GitLab's `build`, `test`, `deploy` when absent.
     pub stages: Option<Sp<Vec<Sp<String>>>>,
     /// What every job has unless it says otherwise (GitLab's `default:`).
-    #[serde(default)]
     pub default: DefaultSpec,
     /// The jobs, before matrix expansion.
-    #[serde(default)]
     pub jobs: OrderedMap<JobSpec>,
+}
+
+const FILE_KEYS: &[&str] = &["variables", "images", "stages", "default", "jobs"];
+
+impl<'de> Deserialize<'de> for PipelineFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis;
+        impl<'de> Visitor<'de> for Vis {
+            type Value = PipelineFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of variables, images, stages, default and jobs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut file = PipelineFile::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "variables" => file.variables = map.next_value()?,
+                        "images" => file.images = map.next_value()?,
+                        "stages" => file.stages = map.next_value()?,
+                        "default" => file.default = map.next_value()?,
+                        "jobs" => file.jobs = map.next_value::<Visible<JobSpec>>()?.0,
+                        hidden if hidden.starts_with('.') => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        other => return Err(de::Error::unknown_field(other, FILE_KEYS)),
+                    }
+                }
+                Ok(file)
+            }
+        }
+        d.deserialize_struct("PipelineFile", FILE_KEYS, Vis)
+    }
+}
+
+/// An [`OrderedMap`] without its hidden entries (keys starting with `.`), which are not read.
+struct Visible<V>(OrderedMap<V>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Visible<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = Visible<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Sp<String>>()? {
+                    if k.value.starts_with('.') {
+                        map.next_value::<de::IgnoredAny>()?;
+                    } else {
+                        out.push((k, map.next_value()?));
+                    }
+                }
+                Ok(Visible(OrderedMap(out)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Visible(OrderedMap(Vec::new())))
+            }
+        }
+        d.deserialize_map(Vis(PhantomData))
+    }
 }
 
 /// An entry of `images:`.

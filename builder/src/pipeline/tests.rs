@@ -485,3 +485,19 @@ fn before_and_after_script_come_from_the_job_or_else_from_default() {
     let e = errors("default:\n  image: alpine\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
     assert!(e.to_string().contains("unknown key `image`"), "{e}");
 }
+
+#[test]
+fn keys_starting_with_a_dot_are_hidden_templates_as_in_gitlab() {
+    // A template need not be a whole job, and a hidden job is not read at all.
+    let src = ".tpl: &tpl\n  image: alpine\n  before_script: [t]\njobs:\n  .hidden:\n    no-such-key: [never]\n  a:\n    <<: *tpl\n    script: [s]\n";
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.jobs.len(), 1);
+    assert_eq!(job(&p, "a").script, ["t", "s"]);
+    let e = errors("imagse: {}\njobs: {}\n");
+    let shown = e.render(&e.errors[0]);
+    assert!(
+        shown.starts_with("forge.yaml:1:1: unknown key `imagse`"),
+        "{shown}"
+    );
+    assert!(shown.contains("did you mean `images`?"), "{shown}");
+}
