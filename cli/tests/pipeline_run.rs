@@ -1418,7 +1418,7 @@ fn before_and_after_script_run_around_the_script_as_in_gitlab() {
 jobs:
   plain:
     image: app
-    script: ["echo \"main sees [$GREETING]\""]
+    script: ["echo \"main sees [$GREETING]\"", "echo \"gitlab names [$CI_JOB_NAME] [$CI_PIPELINE_IID]\""]
   own:
     image: app
     allow_failure: true
@@ -1431,6 +1431,7 @@ jobs:
     let out = printed(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("[plain] main sees [from-before]"), "{out}");
+    assert!(out.contains("[plain] gitlab names [plain] [1]"), "{out}");
     // A shell of its own: the script's variables are not in it.
     assert!(out.contains("[plain] cleanup sees []"), "{out}");
     assert!(

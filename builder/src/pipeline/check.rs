@@ -22,12 +22,30 @@ use super::rules::{Changes, Expr};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
-pub const BUILTINS: [&str; 5] = [
+pub const BUILTINS: [&str; 11] = [
     "FORGE_BUILD_NUMBER",
     "FORGE_GIT_SHA",
     "FORGE_GIT_SHORT_SHA",
     "FORGE_GIT_BRANCH",
     "FORGE_GIT_TAG",
+    // GitLab's names for the same values (see `GITLAB_NAMES`), so that a file written for GitLab
+    // (`if: $CI_COMMIT_BRANCH == "main"`) reads the same here.
+    "CI_PIPELINE_IID",
+    "CI_COMMIT_SHA",
+    "CI_COMMIT_SHORT_SHA",
+    "CI_COMMIT_BRANCH",
+    "CI_COMMIT_TAG",
+    "CI_COMMIT_REF_NAME",
+];
+
+/// GitLab's predefined variables forge defines, each from the built-in with the same value.
+/// `CI_COMMIT_REF_NAME`, the branch or else the tag, is made apart.
+const GITLAB_NAMES: [(&str, &str); 5] = [
+    ("CI_PIPELINE_IID", "FORGE_BUILD_NUMBER"),
+    ("CI_COMMIT_SHA", "FORGE_GIT_SHA"),
+    ("CI_COMMIT_SHORT_SHA", "FORGE_GIT_SHORT_SHA"),
+    ("CI_COMMIT_BRANCH", "FORGE_GIT_BRANCH"),
+    ("CI_COMMIT_TAG", "FORGE_GIT_TAG"),
 ];
 
 /// GitLab's stages when the file names none.
@@ -64,6 +82,15 @@ pub fn check(
     for b in BUILTINS {
         globals.entry(b.to_string()).or_default();
     }
+    for (gitlab, ours) in GITLAB_NAMES {
+        let value = globals[ours].clone();
+        globals.insert(gitlab.to_string(), value);
+    }
+    let ref_name = match globals["FORGE_GIT_BRANCH"].as_str() {
+        "" => globals["FORGE_GIT_TAG"].clone(),
+        branch => branch.to_string(),
+    };
+    globals.insert("CI_COMMIT_REF_NAME".to_string(), ref_name);
     expand::define(&file.variables, source, &mut globals, &mut errors);
 
     let stages = stages(file, &mut errors);
@@ -459,9 +486,10 @@ fn stages(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<String> {
     out
 }
 
-/// The variables forge gives every job itself: the [`BUILTINS`], `CI` and `FORGE_JOB_NAME`.
+/// The variables forge gives every job itself: the [`BUILTINS`], `CI` and the job's name
+/// (`FORGE_JOB_NAME`, and GitLab's `CI_JOB_NAME`).
 fn is_set_by_forge(name: &str) -> bool {
-    BUILTINS.contains(&name) || name == "CI" || name == "FORGE_JOB_NAME"
+    BUILTINS.contains(&name) || matches!(name, "CI" | "FORGE_JOB_NAME" | "CI_JOB_NAME")
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -501,3 +501,34 @@ fn keys_starting_with_a_dot_are_hidden_templates_as_in_gitlab() {
     );
     assert!(shown.contains("did you mean `images`?"), "{shown}");
 }
+
+#[test]
+fn gitlabs_predefined_names_read_forges_built_ins() {
+    let src = "jobs:\n  main-only:\n    image: alpine\n    script: [s]\n    rules:\n      - if: $CI_COMMIT_BRANCH == \"main\"\n  tagged:\n    image: alpine\n    script: [s]\n    variables:\n      REF: ${CI_COMMIT_REF_NAME}-${CI_COMMIT_SHORT_SHA}-${CI_PIPELINE_IID}\n    rules:\n      - if: $CI_COMMIT_TAG\n";
+    let on = |branch: &str, tag: &str| {
+        with_builtins(
+            &[
+                ("FORGE_GIT_BRANCH", branch),
+                ("FORGE_GIT_TAG", tag),
+                ("FORGE_GIT_SHORT_SHA", "abc1234"),
+                ("FORGE_BUILD_NUMBER", "12"),
+            ],
+            None,
+        )
+    };
+    let p = ok(src, &on("main", ""));
+    assert_eq!(job(&p, "main-only").when, When::OnSuccess);
+    assert_eq!(job(&p, "tagged").when, When::Never);
+    let p = ok(src, &on("", "v1.2"));
+    assert_eq!(job(&p, "main-only").when, When::Never);
+    assert_eq!(job(&p, "tagged").when, When::OnSuccess);
+    assert_eq!(job(&p, "tagged").variables["REF"], "v1.2-abc1234-12");
+    // A matrix cannot set them, as it cannot set forge's own.
+    let e = errors(
+        "jobs:\n  m:\n    image: alpine\n    script: [s]\n    parallel:\n      matrix:\n        - CI_COMMIT_SHA: [x]\n",
+    );
+    assert!(
+        e.to_string().contains("`CI_COMMIT_SHA` is set by forge"),
+        "{e}"
+    );
+}
