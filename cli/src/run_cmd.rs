@@ -595,19 +595,32 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
         "{:>6}  {:<10}  {:<8}  {:<16}  {:>9}  {:>4} {:>6} {:>6}",
         "RUN", "COMMIT", "RESULT", "BRANCH", "DURATION", "RAN", "CACHED", "FAILED"
     );
+    let mut any_dirty = false;
     for r in runs {
         let (ran, cached, failed_n) = r.counts();
         let result = format!("{:?}", r.result).to_lowercase();
+        any_dirty |= r.dirty;
+        let commit = format!(
+            "{}{}",
+            r.commit.get(..8).unwrap_or(&r.commit),
+            if r.dirty { "+" } else { "" }
+        );
         println!(
             "{:>6}  {:<10}  {:<8}  {:<16}  {:>8.1}s  {:>4} {:>6} {:>6}",
             r.number,
-            r.commit.get(..8).unwrap_or(&r.commit),
+            commit,
             result,
             r.branch,
             r.duration_ms as f64 / 1000.0,
             ran,
             cached,
             failed_n
+        );
+    }
+    if any_dirty {
+        println!(
+            "+: run on a work tree that differed from its commit (what it tested is not that \
+             commit, and it is no baseline for changes: rules)"
         );
     }
     Ok(())

@@ -1767,6 +1767,28 @@ fn a_dirty_work_tree_counts_as_changed_and_is_no_baseline() {
         );
     }
     assert!(registry_digest(&tag_b).is_some());
+    // `forge history` marks the runs made on a dirty tree, and says what the mark means.
+    let file = dir.join("forge.yaml");
+    let o = common::forge(&root, &["history", "-f", &file.to_string_lossy()]);
+    let listed = printed(&o);
+    assert!(o.status.success(), "{listed}");
+    let marked = listed
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|c| c.ends_with('+'))
+        })
+        .count();
+    assert!(marked >= 1, "{listed}");
+    assert!(
+        marked < listed.lines().count() - 2,
+        "every run is marked: {listed}"
+    );
+    assert!(
+        listed.contains("+: run on a work tree that differed from its commit"),
+        "{listed}"
+    );
 }
 
 /// Regression (C9): `--changed-since HEAD~1` in a `git clone --depth 1` failed with gix's
