@@ -3,6 +3,7 @@
 // Each test file uses what it needs of this module.
 #![allow(dead_code)]
 
+pub mod pipeline;
 pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};

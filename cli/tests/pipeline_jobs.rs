@@ -1,0 +1,354 @@
+//! `forge run`'s jobs one feature at a time, each in a small workspace of its own (one busybox
+//! image, `app`): artifacts' modes, services and their secrets, masking across a line's cut and in
+//! JUnit reports, GitLab's `before_script`/`after_script` and predefined names, and the log limit.
+//! Real parts as in `pipeline_run.rs`: the loopback registry, the busybox test image, the
+//! embedded runner as root.
+
+mod common;
+
+use std::fs;
+
+use common::pipeline::{forge_run, lines_with, machine, small_workspace, stored_log};
+use common::printed;
+
+/// Regression (S1): a job that made its artifact setuid root handed every local user a
+/// setuid-root program in the artifacts directory (forge runs as root here). The host's copy
+/// has no setuid or setgid bit and is forge's; the job that needs it still sees the job's mode.
+#[test]
+fn a_setuid_artifact_lands_on_the_host_without_the_bit_and_owned_by_forge() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-suid",
+        r#"jobs:
+  mk:
+    image: app
+    script:
+      - cp /bin/busybox ./sushell && chown 1234:1234 sushell && chmod 6755 sushell
+    artifacts:
+      paths: [sushell]
+  use:
+    image: app
+    needs: [mk]
+    script:
+      - echo "inside $(stat -c '%a %u' /w/sushell)"
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[use] inside 6755 1234"), "{out}");
+    let md = fs::metadata(dir.join("forge-artifacts/mk/sushell")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755);
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw()
+        )
+    );
+}
+
+/// Regression (S2): a service's lines (and forge's note that it exited, which quotes its last
+/// line) went into the job's log unmasked, so a secret the job sent to its database showed in
+/// the database's log. The service listens until a connection brings something: a connection
+/// that brings nothing (one the job's retry loop makes while the service starts) would end it
+/// with no line to mask (one CI run in four failed so).
+#[test]
+fn a_services_lines_are_masked_with_the_jobs_secrets() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-svc-mask",
+        r#"jobs:
+  send:
+    image: app
+    secrets: [TOKEN]
+    services:
+      - name: logger
+        image: app
+        command: ["sh", "-c", "while :; do nc -l -p 7000 > /tmp/got; [ -s /tmp/got ] && break; done; cat /tmp/got; sed 's/^/bye /' /tmp/got"]
+    script:
+      - for i in 1 2 3 4 5 6 7 8 9 10; do echo "login with $TOKEN" | nc logger 7000 && break; sleep 0.5; done
+      - sleep 2
+"#,
+    );
+    let secret = format!("tokvalue-SERVICE-{}", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[send] [logger] login with ****"), "{out}");
+    assert!(out.contains("its last line: bye login with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    let log = stored_log(&dir, &root, "send");
+    assert!(log.contains("[logger] login with ****"), "{log}");
+    assert!(!log.contains(&secret), "the secret was stored:\n{log}");
+}
+
+/// A service given one of its job's secrets (`secrets: [DBPASS]`, as a database takes its
+/// password) has it in its environment and in /run/secrets, and so does its readiness probe;
+/// what it prints of it is masked, and the secret is no part of the job's key.
+#[test]
+fn a_service_gets_the_secrets_it_names_from_its_job() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-svc-secret",
+        r#"jobs:
+  t:
+    image: app
+    secrets: [DBPASS]
+    services:
+      - name: db
+        image: app
+        secrets: [DBPASS]
+        variables: {PASS_FILE: /run/secrets/DBPASS}
+        command:
+          - sh
+          - -c
+          - mkdir -p /www && test "$DBPASS" = "$(cat $PASS_FILE)" && echo "auth:$DBPASS" > /www/index.html && echo "db starts with $DBPASS" && exec httpd -f -p 127.0.0.1:7000 -h /www
+        ready:
+          command: wget -Y off -q -O- http://127.0.0.1:7000/ | grep -qx "auth:$(cat /run/secrets/DBPASS)"
+    script:
+      - test "$(wget -Y off -q -O- http://db:7000/)" = "auth:$DBPASS" && echo the service had the secret
+"#,
+    );
+    let secret = format!("dbpass-{}", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("DBPASS", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[t] the service had the secret"), "{out}");
+    assert!(out.contains("[t] [db] db starts with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    // Another value of the secret is the same job: the cached verdict is replayed.
+    let o = forge_run(
+        &dir,
+        &root,
+        &["run"],
+        &[("DBPASS", "another-value-entirely")],
+    );
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("(cached) the service had the secret"), "{out}");
+}
+
+/// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
+/// was printed and stored in two unmasked halves.
+#[test]
+fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-cut-mask",
+        r#"jobs:
+  leak:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - head -c 65530 /dev/zero | tr '\0' y; echo "$TOKEN"
+"#,
+    );
+    let secret = format!("tokvalue-{}-ABCDEFG-123", forge_testsupport::unique());
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("y****"), "{out}");
+    let log = stored_log(&dir, &root, "leak");
+    for text in [&out, &log] {
+        assert!(
+            !text.contains("tokval") && !text.contains("ABCDEFG-123"),
+            "a part of the secret was shown: {}",
+            text.replace(&"y".repeat(200), "")
+        );
+    }
+}
+
+/// GitLab's `before_script` (one shell with the script) and `after_script` (a shell of its own,
+/// after the script whatever its result, which it does not change), from the job or else from
+/// `default:`.
+#[test]
+fn before_and_after_script_run_around_the_script_as_in_gitlab() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-before-after",
+        r#"default:
+  before_script: [GREETING=from-before]
+  after_script: ["echo \"cleanup sees [$GREETING]\""]
+jobs:
+  plain:
+    image: app
+    script: ["echo \"main sees [$GREETING]\"", "echo \"gitlab names [$CI_JOB_NAME] [$CI_PIPELINE_IID]\""]
+  own:
+    image: app
+    allow_failure: true
+    before_script: []
+    after_script: [echo own cleanup, exit 9]
+    script: [echo own main, exit 4, echo not reached]
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[plain] main sees [from-before]"), "{out}");
+    assert!(out.contains("[plain] gitlab names [plain] [1]"), "{out}");
+    // A shell of its own: the script's variables are not in it.
+    assert!(out.contains("[plain] cleanup sees []"), "{out}");
+    assert!(
+        out.find("[plain] main sees") < out.find("[plain] cleanup sees"),
+        "{out}"
+    );
+    assert!(!out.contains("[own] $ GREETING=from-before"), "{out}");
+    assert!(out.contains("[own] own cleanup"), "{out}");
+    assert!(!out.contains("[own] not reached"), "{out}");
+    assert!(
+        out.contains("[own] forge: after_script exited with 9 (the job's result is its script's)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("job own: failed (allowed) (exit status 4)"),
+        "{out}"
+    );
+}
+
+/// A job (or an image's step) that prints without end would fill the disk its logs are on: past
+/// `--log-limit` its output is left out of the printed and the stored log, said once, while it
+/// goes on running to its end and its result.
+#[test]
+fn output_past_the_log_limit_is_left_out_once_said_and_the_job_goes_on() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-log-limit",
+        r#"jobs:
+  loud:
+    image: app
+    script:
+      - seq 1 200000
+      - echo went on > went-on.txt
+    artifacts:
+      paths: [went-on.txt]
+"#,
+    );
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!("FROM {}\nRUN seq 1 100000\nWORKDIR /w\n", m.busybox),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run", "--log-limit", "64k"], &[]);
+    let out = printed(&o);
+    let short = |t: &str| {
+        t.lines()
+            .filter(|l| !l.contains("] 1"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(o.status.success(), "{}", short(&out));
+    let job_note = "forge: job loud printed more than 64 KiB (the log limit)";
+    let image_note = "forge: image app printed more than 64 KiB (the log limit)";
+    assert_eq!(out.matches(job_note).count(), 1, "{}", short(&out));
+    assert_eq!(out.matches(image_note).count(), 1, "{}", short(&out));
+    // What was kept is the start of the output, within the limit.
+    let kept: usize = lines_with(&out, "[loud] ")
+        .iter()
+        .filter(|l| !l.contains("forge:"))
+        .map(|l| l.len() - "[loud] ".len() + 1)
+        .sum();
+    assert!(
+        kept > 60 << 10 && kept <= 64 << 10,
+        "kept {kept} bytes of the job's output"
+    );
+    assert!(out.contains("[loud] 1\n"), "the first line is kept");
+    assert!(!out.contains("[loud] 200000"), "the last line is left out");
+    // The job ran on past the cut: its last command's file is its artifact.
+    assert_eq!(
+        fs::read_to_string(dir.join("forge-artifacts/loud/went-on.txt")).unwrap(),
+        "went on\n"
+    );
+    let log = stored_log(&dir, &root, "loud");
+    assert_eq!(log.matches(job_note).count(), 1, "{}", short(&log));
+    assert!(
+        log.len() < 80 << 10,
+        "the stored log holds {} bytes",
+        log.len()
+    );
+    // Without a limit everything is kept.
+    let o = forge_run(&dir, &root, &["run", "--no-cache", "--log-limit", "0"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{}", short(&out));
+    assert!(out.contains("[loud] 200000\n"), "the last line is shown");
+    assert!(!out.contains("(the log limit)"), "{}", short(&out));
+}
+
+/// Regression (S4): a JUnit report's test names and failure messages were printed in the run's
+/// summary and kept in `--metadata-file` unmasked, though the job wrote them with its secret.
+#[test]
+fn junit_test_names_and_messages_are_masked_in_the_summary_and_the_metadata() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-junit-mask",
+        r#"jobs:
+  t:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - >-
+        echo "<testsuite name=\"s\" tests=\"1\" failures=\"1\"><testcase name=\"auth with $TOKEN\"
+        classname=\"c\"><failure message=\"expected $TOKEN got nothing\">x</failure></testcase></testsuite>"
+        > junit.xml
+      - exit 1
+    artifacts:
+      when: always
+      reports:
+        junit: junit.xml
+"#,
+    );
+    let secret = format!("tokvalue-JUNIT-{}", forge_testsupport::unique());
+    let o = forge_run(
+        &dir,
+        &root,
+        &["run", "--metadata-file", "meta.json"],
+        &[("TOKEN", &secret)],
+    );
+    let out = printed(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("failed test: t: c.auth with ****"), "{out}");
+    assert!(!out.contains(&secret), "the secret was printed:\n{out}");
+    let meta = fs::read_to_string(dir.join("meta.json")).unwrap();
+    assert!(meta.contains("expected **** got nothing"), "{meta}");
+    assert!(!meta.contains(&secret), "the secret was stored:\n{meta}");
+}
+
+/// Regression (W9): `/run/secrets/NAME` was root's alone (0400), so a job whose image has a
+/// non-root `USER` (here a name, known only from the image's /etc/passwd) could not read it.
+#[test]
+fn a_job_whose_image_has_a_non_root_user_reads_its_secret_file() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-nonroot-secret",
+        r#"jobs:
+  u:
+    image: app
+    secrets: [TOKEN]
+    script:
+      - id -un
+      - cat /run/secrets/TOKEN > /tmp/got && echo "read $(wc -c < /tmp/got) bytes"
+"#,
+    );
+    fs::write(
+        dir.join("app/Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo appuser:x:4242:4242::/tmp:/bin/sh >> /etc/passwd\nUSER appuser\nWORKDIR /tmp\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", "nonroot-secret-1")]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[u] appuser"), "{out}");
+    assert!(out.contains("[u] read 16 bytes"), "{out}");
+}
