@@ -30,6 +30,15 @@ pub enum LayerError {
     },
     #[error("finishing the layer stream")]
     Finish(#[source] io::Error),
+    /// A layer being re-stamped ([`crate::restamp`]) that is not a tar as forge writes them.
+    #[error("layer tar at byte {offset}: {reason}")]
+    Tar { offset: u64, reason: String },
+    #[error("reading the layer tar at byte {offset}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Options of a layer being written.
@@ -89,9 +98,10 @@ pub struct EntryMeta {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;
 const USTAR_ID_MAX: u64 = 0o7777777;
-const USTAR_SIZE_MAX: u64 = 0o77777777777;
+/// The largest number an 11-digit ustar field holds (sizes, mtimes).
+pub(crate) const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
 /// Where a [`LayerWriter`]'s tar stream goes: something that hashes it (the diff_id), compresses
 /// it and hashes the result (the digest) on its way to a sink.
@@ -412,14 +422,6 @@ impl<S: LayerStream> LayerWriter<S> {
         self.out.tar_bytes()
     }
 
-    fn clamp(&self, mtime: i64) -> u64 {
-        let t = match self.options.source_date_epoch {
-            Some(epoch) if mtime > epoch => epoch,
-            _ => mtime,
-        };
-        t.max(0) as u64
-    }
-
     /// Append one entry. `path` is relative to the layer root without a leading `/` or `./`;
     /// `data` must yield exactly `meta.size` bytes for a regular file and is ignored otherwise.
     pub fn append(
@@ -443,7 +445,7 @@ impl<S: LayerStream> LayerWriter<S> {
         } else {
             0
         };
-        let mtime = self.clamp(meta.mtime);
+        let mtime = written_mtime(meta.mtime, self.options.source_date_epoch);
 
         let mut header = [0u8; BLOCK];
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -467,7 +469,7 @@ impl<S: LayerStream> LayerWriter<S> {
         } else {
             octal(&mut header[124..136], size);
         }
-        octal(&mut header[136..148], mtime.min(USTAR_SIZE_MAX));
+        octal(&mut header[136..148], mtime);
         let (typeflag, link): (u8, Option<&[u8]>) = match kind {
             EntryKind::File => (b'0', None),
             EntryKind::Hardlink(target) => (b'1', Some(target)),
@@ -579,7 +581,7 @@ impl<S: LayerStream> LayerWriter<S> {
         octal(&mut header[108..116], 0);
         octal(&mut header[116..124], 0);
         octal(&mut header[124..136], body.len() as u64);
-        octal(&mut header[136..148], mtime.min(USTAR_SIZE_MAX));
+        octal(&mut header[136..148], mtime);
         header[156] = b'x';
         header[257..263].copy_from_slice(b"ustar\0");
         header[263..265].copy_from_slice(b"00");
@@ -604,6 +606,16 @@ impl<S: LayerStream> LayerWriter<S> {
             .map_err(LayerError::Finish)?;
         self.out.finish_stream()
     }
+}
+
+/// The mtime a header gets for a file whose mtime is `mtime`: clamped to `source_date_epoch` when
+/// there is one, and held to what the header's octal field takes (no PAX record for it).
+pub(crate) fn written_mtime(mtime: i64, source_date_epoch: Option<i64>) -> u64 {
+    let t = match source_date_epoch {
+        Some(epoch) if mtime > epoch => epoch,
+        _ => mtime,
+    };
+    (t.max(0) as u64).min(USTAR_SIZE_MAX)
 }
 
 fn whiteout_meta() -> EntryMeta {
@@ -646,7 +658,7 @@ fn set_name(header: &mut [u8; BLOCK], name: &[u8]) -> bool {
 
 /// `value` in octal, zero-padded to fill `field` but its last byte (a NUL); a value with more
 /// digits keeps its low ones.
-fn octal(field: &mut [u8], value: u64) {
+pub(crate) fn octal(field: &mut [u8], value: u64) {
     let (digits, end) = field.split_at_mut(field.len() - 1);
     let mut v = value;
     for d in digits.iter_mut().rev() {
@@ -656,7 +668,7 @@ fn octal(field: &mut [u8], value: u64) {
     end[0] = 0;
 }
 
-fn set_checksum(header: &mut [u8; BLOCK]) {
+pub(crate) fn set_checksum(header: &mut [u8; BLOCK]) {
     header[148..156].fill(b' ');
     let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
     // Six digits (a header sums to at most 512 * 255), a NUL, and the space already there.

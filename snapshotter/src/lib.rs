@@ -13,6 +13,7 @@ pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod replace;
+pub mod restamp;
 pub mod retry;
 pub mod snapshot;
 pub mod store;
