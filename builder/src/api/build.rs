@@ -490,17 +490,31 @@ impl Session {
             })?
             .to_vec();
         // A layer an earlier build kept only as a snapshot (this target was then a builder stage)
-        // gets its blob now; a cached layer keeps the compression it was made with; what leaves
-        // the store gets the compression asked for.
+        // gets its blob now, with this build's SOURCE_DATE_EPOCH; a cached layer keeps the
+        // compression it was made with; what leaves the store gets the compression asked for.
+        let step_options = LayerOptions {
+            compression: step_compression,
+            source_date_epoch: request.source_date_epoch,
+        };
         let layers = if layers.iter().any(|l| l.unwritten.is_some()) {
             let (snapshots, store) = (self.snapshots()?, &self.store);
             events
                 .phase_result("writing layers kept as snapshots", async {
-                    crate::ops::write_unwritten(snapshots, store, &layers, step_compression).await
+                    crate::ops::write_unwritten(snapshots, store, &layers, step_options).await
                 })
                 .await?
         } else {
             layers
+        };
+        // The layers as the cache records them: the snapshots a filesystem export reads, and what
+        // a `mode=min` cache export picks records by.
+        let solved_layers = layers.clone();
+        let layers = match request.source_date_epoch {
+            Some(epoch) => {
+                self.restamp_cached(&layers, epoch, step_compression, &remote, events, &cancel)
+                    .await?
+            }
+            None => layers,
         };
         let layers = if recompress {
             export::with_compression(&self.store, &layers, compression).await?
@@ -567,7 +581,7 @@ impl Session {
                     export::write_docker_tar(&docker, &names, dest)?
                 }
                 Export::Local(dest) => {
-                    let snap = executor.ensure_snapshot(&layers).await?;
+                    let snap = executor.ensure_snapshot(&solved_layers).await?;
                     let Some(name) = snap else {
                         std::fs::create_dir_all(dest).map_err(|e| {
                             BuildError::Invalid(format!("creating {}: {e}", dest.display()))
@@ -581,7 +595,7 @@ impl Session {
                 Export::Tar(dest) => {
                     // An empty image (FROM scratch with nothing added) is an empty directory.
                     let empty = scratch.export().join("empty");
-                    match executor.ensure_snapshot(&layers).await? {
+                    match executor.ensure_snapshot(&solved_layers).await? {
                         Some(name) => {
                             let mounts = self.snapshots()?.mounts(&name)?;
                             let mounted = Mounted::mount(&mounts, scratch.export())?;
@@ -652,8 +666,13 @@ impl Session {
                 target,
                 &entries,
                 &cache_mounts,
-                &layers,
-                pushes.then(|| names.first()).flatten(),
+                super::cache::ImageLayers {
+                    solved: &solved_layers,
+                    pushed: pushes
+                        .then(|| names.first().map(|tag| (tag.as_str(), layers.as_slice())))
+                        .flatten(),
+                },
+                request.source_date_epoch,
                 &remote,
                 events,
             );
@@ -673,6 +692,46 @@ impl Session {
             entries,
             cache_mounts,
         })
+    }
+}
+
+impl Session {
+    /// The image's layers with those the cache kept from builds with another SOURCE_DATE_EPOCH
+    /// (or none) re-stamped to `epoch`, as the phase that says how many; `layers` as they are
+    /// when each has `epoch`'s mark already (a build with no cache, or the same epoch), with no
+    /// work done. The blobs to re-stamp are fetched first (an imported cache's are lazy).
+    async fn restamp_cached(
+        &self,
+        layers: &[crate::ops::Layer],
+        epoch: i64,
+        compression: Compression,
+        remote: &RemoteBlobs,
+        events: &Events,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<crate::ops::Layer>, BuildError> {
+        let needed = export::restamps_needed(layers, epoch);
+        if needed == 0 {
+            return Ok(layers.to_vec());
+        }
+        let phase = format!(
+            "re-stamping {needed} cached layer{} to SOURCE_DATE_EPOCH {epoch}",
+            if needed == 1 { "" } else { "s" }
+        );
+        let work = async {
+            let digests: Vec<_> = layers
+                .iter()
+                .filter(|l| l.restamp_to(epoch).is_some())
+                .map(|l| l.digest.clone())
+                .collect();
+            remote
+                .ensure(&self.store, &digests)
+                .await
+                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
+            Ok(export::restamp(&self.store, layers, epoch, compression).await?)
+        };
+        events
+            .phase_result(&phase, unless_cancelled(cancel, work))
+            .await
     }
 }
 

@@ -8,17 +8,28 @@ use super::session::Session;
 use crate::cache_io::{self, RemoteBlobs};
 use crate::events::{BuildEvent, Events};
 
+/// The image's layers, as a cache export needs them.
+pub(crate) struct ImageLayers<'a> {
+    /// As the solve made them (the records' own): a `mode=min` export sends the records whose
+    /// layers begin the image's.
+    pub solved: &'a [crate::ops::Layer],
+    /// The tag the image was pushed under and the layers pushed (re-stamped or recompressed
+    /// ones are not the records'), which the cache's manifest can mount.
+    pub pushed: Option<(&'a str, &'a [crate::ops::Layer])>,
+}
+
 impl Session {
     /// Writes one `--cache-to` of `entries` (a build's solved vertices, and a pipeline's jobs');
-    /// a failure fails the build unless the target says `ignore-error`.
+    /// a failure fails the build unless the target says `ignore-error`. Layers kept only as
+    /// snapshots are written with `source_date_epoch`, the build's.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn export_cache(
         &self,
         target: &cache_io::CacheExport,
         entries: &[cache_io::CacheEntry],
         cache_mounts: &[String],
-        layers: &[crate::ops::Layer],
-        pushed_tag: Option<&String>,
+        image: ImageLayers<'_>,
+        source_date_epoch: Option<i64>,
         remote: &RemoteBlobs,
         events: &Events,
     ) -> Result<(), BuildError> {
@@ -47,7 +58,10 @@ impl Session {
                             self.snapshots().map_err(|e| e.to_string())?,
                             &self.store,
                             layers,
-                            crate::ops::OWN_COMPRESSION,
+                            forge_snapshotter::layer::LayerOptions {
+                                compression: crate::ops::OWN_COMPRESSION,
+                                source_date_epoch,
+                            },
                         )
                         .await
                         .map_err(|e| e.to_string())?;
@@ -56,10 +70,14 @@ impl Session {
                 }
                 let input = cache_io::ExportInput {
                     entries: &written,
-                    image_layers: layers,
-                    pushed_to: pushed_tag
-                        .and_then(|t| Reference::parse(t).ok())
-                        .map(|r| r.name()),
+                    image_layers: image.solved,
+                    pushed: image.pushed.and_then(|(tag, layers)| {
+                        let repository = Reference::parse(tag).ok()?.name();
+                        Some((
+                            repository,
+                            layers.iter().map(|l| l.digest.clone()).collect(),
+                        ))
+                    }),
                     mounts,
                 };
                 cache_io::export_cache(

@@ -8,7 +8,7 @@
 //! graph -> solve (ops on snapshots, the cache) -> export (image, store record, push, files).
 
 mod build;
-mod cache;
+pub(crate) mod cache;
 mod git_context;
 pub mod input;
 mod outcome;

@@ -254,10 +254,11 @@ pub fn entries(graph: &Graph, solution: &Solution<Built>) -> Vec<CacheEntry> {
 pub struct ExportInput<'a> {
     /// The solved vertices (a pipeline adds its jobs' to its image's).
     pub entries: &'a [CacheEntry],
-    /// The final image's layers (for `mode=min`).
+    /// The final image's layers as the solve made them (for `mode=min`), before any re-stamp.
     pub image_layers: &'a [Layer],
-    /// `registry/repository` the image was just pushed to, whose blobs can be mounted.
-    pub pushed_to: Option<String>,
+    /// `registry/repository` the image was just pushed to, and the blobs pushed there, which can
+    /// be mounted from it.
+    pub pushed: Option<(String, HashSet<Digest>)>,
     pub mounts: Vec<MountRecord>,
 }
 
@@ -361,9 +362,10 @@ pub async fn export_cache(
                     .or_else(|| match remote.and_then(|r| r.source_of(d)) {
                         Some(BlobSource::Registry(r)) => Some(r.name()),
                         _ => input
-                            .pushed_to
-                            .clone()
-                            .filter(|_| input.image_layers.iter().any(|l| &l.digest == d)),
+                            .pushed
+                            .as_ref()
+                            .filter(|(_, digests)| digests.contains(d))
+                            .map(|(repository, _)| repository.clone()),
                     })
             };
             let need_local: Vec<Digest> = blobs

@@ -301,6 +301,7 @@ pub async fn stored_for_push(
             source: None,
             unwritten: None,
             created: None,
+            mtimes: None,
         })
         .collect();
     let gzip = forge_snapshotter::compress::Compression::Gzip { level: 6 };

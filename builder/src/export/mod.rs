@@ -6,6 +6,7 @@ pub mod config;
 mod image;
 mod json;
 mod local;
+mod restamp;
 pub(crate) mod time;
 mod write;
 
@@ -20,6 +21,7 @@ pub use image::{
     write_image_blobs,
 };
 pub use local::export_local;
+pub use restamp::{restamp, restamps_needed};
 pub use time::parse_rfc3339;
 pub use write::{
     is_stdout, write_docker_tar, write_docker_tar_to, write_fs_tar, write_oci_dir, write_oci_tar,
@@ -108,6 +110,21 @@ pub enum ExportError {
         /// What the registry client reported.
         #[source]
         source: Box<forge_snapshotter::registry::PushError>,
+    },
+    /// A layer from the cache could not be re-stamped to the build's SOURCE_DATE_EPOCH.
+    #[error(
+        "re-stamping layer {diff_id} (written with SOURCE_DATE_EPOCH {}) to SOURCE_DATE_EPOCH {}",
+        rule.from.map_or("unset".to_string(), |e| e.to_string()),
+        rule.to
+    )]
+    Restamp {
+        /// The layer's diff_id as the cache records it.
+        diff_id: String,
+        /// From which epoch to which.
+        rule: forge_snapshotter::restamp::Restamp,
+        /// What the tar rewrite met.
+        #[source]
+        source: forge_snapshotter::layer::LayerError,
     },
     /// Anything else that makes the export impossible, said in words.
     #[error("{0}")]

@@ -14,7 +14,7 @@ use forge_snapshotter::writeback::Writeback;
 use oci_spec::image::Digest;
 
 use super::upload::LayerUploads;
-use super::{ExecError, Layer, RemoteBlobs, blocking, io_err};
+use super::{ExecError, Layer, Mtimes, RemoteBlobs, blocking, io_err};
 use crate::graph::VertexId;
 
 /// How the layers a build makes are written: those that can leave the store (pushed, exported,
@@ -44,8 +44,8 @@ pub enum StepLayer {
     /// written when the image it is part of is pushed.
     Blob(LayerOptions, Option<Arc<LayerUploads>>),
     /// Only as the committed snapshot: no tar is made at all (the commit costs no read of what the
-    /// step wrote), until something asks for the layer.
-    SnapshotOnly { source_date_epoch: Option<i64> },
+    /// step wrote), until something asks for the layer (and says with which SOURCE_DATE_EPOCH).
+    SnapshotOnly,
 }
 
 impl LayerPlan {
@@ -60,9 +60,7 @@ impl LayerPlan {
 
     pub fn for_vertex(&self, id: &VertexId) -> StepLayer {
         match &self.leaves {
-            Some(leaves) if !leaves.contains(id) => StepLayer::SnapshotOnly {
-                source_date_epoch: self.leaving.source_date_epoch,
-            },
+            Some(leaves) if !leaves.contains(id) => StepLayer::SnapshotOnly,
             // Only a known chain's layers are sent early: with `leaves` unknown, every step's
             // layer is a blob, and most would never be part of the image pushed.
             Some(_) => StepLayer::Blob(self.leaving, self.uploads.clone()),
@@ -175,6 +173,9 @@ pub(super) fn diff_to_blob(
         source: None,
         unwritten: None,
         created: None,
+        mtimes: Some(Mtimes {
+            clamped_to: options.source_date_epoch,
+        }),
     })
 }
 
@@ -242,16 +243,17 @@ fn snapshot_gone(l: &Layer, name: &Digest) -> ExecError {
 
 /// `layers` with a blob for every one: each unwritten layer is diffed from its committed snapshot
 /// (read-only since its commit; the walk is ordered, so the tar is the one the step would have
-/// written) into the store in `compression`, and gets its real diff_id. The snapshots keep their
-/// names; the list returned names other chains, which are unpacked from the blobs where needed.
-/// Layers with a blob are returned as they are.
+/// written) into the store with `options` (the SOURCE_DATE_EPOCH of the build asking, whatever
+/// the build that ran the step had: the snapshot holds the files' own times), and gets its real
+/// diff_id. The snapshots keep their names; the list returned names other chains, which are
+/// unpacked from the blobs where needed. Layers with a blob are returned as they are.
 pub async fn write_unwritten(
     snapshots: &Arc<AnySnapshotter>,
     store: &Store,
     layers: &[Layer],
-    compression: Compression,
+    options: LayerOptions,
 ) -> Result<Vec<Layer>, ExecError> {
-    write_unwritten_named(snapshots, store, layers, layers, compression).await
+    write_unwritten_named(snapshots, store, layers, layers, options).await
 }
 
 /// [`write_unwritten`] for `layers` whose snapshots are named by `named`, the same list as a
@@ -262,7 +264,7 @@ pub(crate) async fn write_unwritten_named(
     store: &Store,
     named: &[Layer],
     layers: &[Layer],
-    compression: Compression,
+    options: LayerOptions,
 ) -> Result<Vec<Layer>, ExecError> {
     if layers.iter().all(|l| l.unwritten.is_none()) {
         return Ok(layers.to_vec());
@@ -277,16 +279,12 @@ pub(crate) async fn write_unwritten_named(
         chain_steps(&named)
             .zip(&layers)
             .map(|(ChainStep { name, .. }, l)| {
-                let Some(how) = l.unwritten else {
+                if l.unwritten.is_none() {
                     return Ok(l.clone());
-                };
+                }
                 if sn.stat(name.as_ref()).is_err() {
                     return Err(snapshot_gone(l, &name));
                 }
-                let options = LayerOptions {
-                    compression,
-                    source_date_epoch: how.source_date_epoch,
-                };
                 // The blob is made now; the layer was made when its step ran.
                 let written = diff_to_blob(&sn, &store, name.as_ref(), options, None)?;
                 Ok(Layer {

@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use forge_runner::backend::Backend;
 use forge_runner::spec::NetworkMode as StepNetwork;
 use forge_snapshotter::compress::Compression;
-use forge_snapshotter::layer::{chain_id, chain_id_step};
+use forge_snapshotter::layer::{LayerOptions, chain_id, chain_id_step};
 use forge_snapshotter::snapshot::{AnySnapshotter, Snapshotter};
 use forge_snapshotter::store::{Digest as BlobDigest, Store};
 use oci_spec::image::Digest;
@@ -68,15 +68,54 @@ pub struct Layer {
     /// image. `None` for a base image's layers (their history has the times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// How forge wrote the mtimes of the layer's tar: the SOURCE_DATE_EPOCH they were clamped to,
+    /// if any. An image built with another epoch gets the layer re-stamped to it
+    /// ([`crate::export::restamp`]), so a cache filled with one epoch serves builds with any.
+    /// `None` for a layer forge did not write (a base image's), and for one whose record an older
+    /// forge wrote: see [`Layer::mtimes_unknown`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtimes: Option<Mtimes>,
 }
 
-/// What an unwritten layer's tar is to be made with (the build's SOURCE_DATE_EPOCH), so that the
-/// blob written later is the one the step itself would have written.
+/// The mtimes in a layer forge wrote ([`Layer::mtimes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unwritten {
+pub struct Mtimes {
+    /// The SOURCE_DATE_EPOCH every later mtime was clamped to; `None`: the files' own times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_date_epoch: Option<i64>,
+    pub clamped_to: Option<i64>,
 }
+
+impl Layer {
+    /// A layer whose record does not say how its mtimes were written, though it is not one of
+    /// `base` (the layers of the images the build starts from, which forge never writes) nor
+    /// waiting to be written: a layer from a record of a forge before [`Layer::mtimes`]. Its tar
+    /// may be clamped to any epoch, and one cannot tell which of its times were clamped, so it
+    /// cannot be re-stamped; a build with SOURCE_DATE_EPOCH does not use such a record (the step
+    /// runs again, and its record is replaced by one that says). `base` rather than the layer's
+    /// own fields says what is a base's: a record can name a layer it made with a `source` (the
+    /// registry cache it came through) and, from before [`Layer::created`], no time.
+    pub fn mtimes_unknown(&self, base: &std::collections::HashSet<BlobDigest>) -> bool {
+        self.mtimes.is_none() && self.unwritten.is_none() && !base.contains(&self.digest)
+    }
+
+    /// How this layer's tar must change for an image built with SOURCE_DATE_EPOCH `epoch`; `None`
+    /// when it is right as it is: written with that epoch, not written by forge (a base image's
+    /// layer, never re-stamped), or not written yet (it will be written with `epoch`).
+    pub fn restamp_to(&self, epoch: i64) -> Option<forge_snapshotter::restamp::Restamp> {
+        let mtimes = self.mtimes.filter(|_| self.unwritten.is_none())?;
+        (mtimes.clamped_to != Some(epoch)).then_some(forge_snapshotter::restamp::Restamp {
+            from: mtimes.clamped_to,
+            to: epoch,
+        })
+    }
+}
+
+/// A layer kept only as its snapshot ([`Layer::unwritten`]). Its blob is written with the
+/// SOURCE_DATE_EPOCH of the build that needs it: the snapshot has the files' own times, so that
+/// is the layer a step run in that build would write. (Records from before this ignore the epoch
+/// they carried here.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unwritten {}
 
 /// Files taken out of a test step: one uncompressed tar blob in the store, whose entries are named
 /// by their path in the step's root filesystem without the leading `/` (`reports/junit.xml`).
@@ -271,6 +310,10 @@ pub struct BuildExecutor {
     seq: AtomicU64,
     /// The layers being written behind the steps after them.
     writes: LayerWrites,
+    /// The layers of the images the build starts from (see [`Layer::mtimes_unknown`]).
+    base_layers: std::collections::HashSet<BlobDigest>,
+    /// Whether the build was told that records of an older forge are not used.
+    told_unknown_mtimes: AtomicBool,
 }
 
 impl BuildExecutor {
@@ -281,11 +324,18 @@ impl BuildExecutor {
         for (i, v) in graph.vertices.iter().enumerate() {
             nodes.entry(v.id).or_insert(NodeRef(i));
         }
+        let base_layers = cfg
+            .images
+            .values()
+            .flat_map(|i| i.record.layers.iter().map(|d| d.digest.clone()))
+            .collect();
         let exec = BuildExecutor {
+            base_layers,
             cfg,
             nodes,
             seq: AtomicU64::new(0),
             writes: LayerWrites::default(),
+            told_unknown_mtimes: AtomicBool::new(false),
         };
         exec.remove_stale_snapshots();
         Ok(exec)
@@ -429,10 +479,6 @@ impl BuildExecutor {
         let sn = self.cfg.snapshots.clone();
         let parent_chain = chain_id(parent.iter().map(|l| &l.diff_id));
         let k = key.clone();
-        let source_date_epoch = match &how {
-            StepLayer::Blob(options, _) => options.source_date_epoch,
-            StepLayer::SnapshotOnly { source_date_epoch } => *source_date_epoch,
-        };
         let result = blocking(move || {
             let stand_in = unwritten_name(&k);
             let layer = Layer {
@@ -441,8 +487,9 @@ impl BuildExecutor {
                 size: 0,
                 diff_id: stand_in,
                 source: None,
-                unwritten: Some(Unwritten { source_date_epoch }),
+                unwritten: Some(Unwritten {}),
                 created: Some(now_rfc3339()),
+                mtimes: None,
             };
             let name = chain_id_step(parent_chain.as_ref(), &layer.diff_id);
             sn.commit(name.as_ref(), &k)?;
@@ -533,6 +580,22 @@ impl Executor for BuildExecutor {
         // A failed test verdict is never served from the cache: the failure may have been the
         // machine's (a flaky service, a full disk), and a rerun is what a user asks for.
         if matches!(output, Built::Test { exit_code, .. } if *exit_code != 0) {
+            return false;
+        }
+        // A layer from an older forge's record may be clamped to any epoch, and cannot be
+        // re-stamped to this build's: the step runs again rather than give a wrong image.
+        if self.cfg.layers.leaving.source_date_epoch.is_some()
+            && let Built::Fs { layers } = output
+            && layers.iter().any(|l| l.mtimes_unknown(&self.base_layers))
+        {
+            if !self.told_unknown_mtimes.swap(true, Ordering::Relaxed) {
+                self.cfg.events.emit(crate::events::BuildEvent::Warning {
+                    message: "cache: records written by an older forge do not say which \
+                              SOURCE_DATE_EPOCH their layers were made with; their steps run \
+                              again, once"
+                        .into(),
+                });
+            }
             return false;
         }
         // A layer kept only as its snapshot is there while the snapshot is (a prune keeps it while
@@ -744,7 +807,10 @@ impl Executor for BuildExecutor {
                         &self.cfg.store,
                         part,
                         &settled,
-                        OWN_COMPRESSION,
+                        LayerOptions {
+                            compression: OWN_COMPRESSION,
+                            source_date_epoch: self.cfg.layers.leaving.source_date_epoch,
+                        },
                     )
                     .await?;
                     layers.extend(part);
@@ -792,5 +858,70 @@ mod tests {
         let record = built.to_record();
         assert_eq!(Built::from_record(&record).unwrap(), built);
         assert_eq!(Built::from_record(&record).unwrap().to_record(), record);
+    }
+
+    /// How a record says a layer's mtimes were written, and what each answer asks of a build with
+    /// SOURCE_DATE_EPOCH: a base image's layer is never re-stamped, an older forge's layer is of
+    /// unknown epoch (a build with an epoch does not use its record), a marked one is re-stamped
+    /// unless it has the build's epoch, an unwritten one (an older record's epoch in it ignored)
+    /// is written with the build's.
+    #[test]
+    fn a_layer_s_mark_says_whether_an_image_with_an_epoch_re_stamps_it() {
+        let base_digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let digest = "sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+        let layer = |digest: &str, extra: &str| {
+            format!(
+                r#"{{"media_type":"m","digest":"{digest}","size":1,"diff_id":"{digest}"{extra}}}"#
+            )
+        };
+        let created = r#","created":"2026-01-01T00:00:00Z""#;
+        let record = format!(
+            r#"{{"kind":"fs","layers":[{}]}}"#,
+            [
+                layer(base_digest, r#","source":"r/busybox""#),
+                layer(digest, created),
+                // Through a registry cache, from before layers had times: a source, no time.
+                layer(digest, r#","source":"r/app/cache""#),
+                layer(
+                    digest,
+                    &format!(r#"{created},"mtimes":{{"clamped_to":1700000000}}"#)
+                ),
+                layer(digest, &format!(r#"{created},"mtimes":{{}}"#)),
+                layer(
+                    digest,
+                    &format!(r#"{created},"unwritten":{{"source_date_epoch":1700000000}}"#)
+                ),
+            ]
+            .join(",")
+        );
+        let built = Built::from_record(record.as_bytes()).unwrap();
+        let [base, old, old_imported, e1, unclamped, unwritten] = built.layers().unwrap() else {
+            panic!("six layers");
+        };
+        let bases = std::collections::HashSet::from([base_digest.parse().unwrap()]);
+        let unknown: Vec<bool> = built
+            .layers()
+            .unwrap()
+            .iter()
+            .map(|l| l.mtimes_unknown(&bases))
+            .collect();
+        assert_eq!(unknown, [false, true, true, false, false, false]);
+        for l in [base, old, old_imported, unwritten] {
+            assert_eq!(l.restamp_to(1700000100), None, "{l:?}");
+        }
+        assert_eq!(e1.restamp_to(1700000000), None);
+        let rule = |from| {
+            Some(forge_snapshotter::restamp::Restamp {
+                from,
+                to: 1700000100,
+            })
+        };
+        assert_eq!(e1.restamp_to(1700000100), rule(Some(1700000000)));
+        assert_eq!(unclamped.restamp_to(1700000100), rule(None));
+        // What a record says is read back as written.
+        let again = built.to_record();
+        assert!(String::from_utf8_lossy(&again).contains(r#""mtimes":{"clamped_to":1700000000}"#));
+        assert!(String::from_utf8_lossy(&again).contains(r#""mtimes":{}"#));
+        assert_eq!(Built::from_record(&again).unwrap(), built);
     }
 }

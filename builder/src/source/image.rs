@@ -50,6 +50,7 @@ impl BaseImage {
                 source: source.clone(),
                 unwritten: None,
                 created: None,
+                mtimes: None,
             })
             .collect()
     }

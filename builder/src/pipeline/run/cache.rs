@@ -129,8 +129,12 @@ impl PipelineCache {
                         target,
                         &entries,
                         &cache_mounts,
-                        &layers,
-                        pushed,
+                        crate::api::cache::ImageLayers {
+                            solved: &layers,
+                            pushed: pushed.map(|tag| (tag.as_str(), layers.as_slice())),
+                        },
+                        // A pipeline's images are built without SOURCE_DATE_EPOCH.
+                        None,
                         &self.remote,
                         &events,
                     )
