@@ -786,17 +786,31 @@ struct Built {
 /// `forge build --progress=json --metadata-file ... ARGS CTX` on `runner`'s store, with no
 /// SOURCE_DATE_EPOCH in its environment.
 fn build_unstamped(w: &World, runner: &str, ctx: &Path, args: &[&str]) -> (Built, Output) {
+    build_with_epoch(w, runner, ctx, None, args)
+}
+
+/// [`build_unstamped`] with SOURCE_DATE_EPOCH `epoch` in the environment, when given.
+fn build_with_epoch(
+    w: &World,
+    runner: &str,
+    ctx: &Path,
+    epoch: Option<&str>,
+    args: &[&str],
+) -> (Built, Output) {
     let metadata = w.path(&format!("{runner}-metadata.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+    let mut forge = Command::new(env!("CARGO_BIN_EXE_forge"));
+    forge
         .args(["build", "--progress=json", "--root"])
         .arg(w.path(runner))
         .arg("--metadata-file")
         .arg(&metadata)
         .args(args)
         .arg(ctx)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap();
+        .env_remove("SOURCE_DATE_EPOCH");
+    if let Some(epoch) = epoch {
+        forge.env("SOURCE_DATE_EPOCH", epoch);
+    }
+    let out = forge.output().unwrap();
     assert_ok(runner, &out);
     let m: Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
     let field = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -864,4 +878,94 @@ fn a_fully_cached_rebuild_without_source_date_epoch_is_the_same_image() {
         first.created,
         changed.created
     );
+}
+
+/// The phases a build's `--progress json` log names that re-stamp layers.
+fn restamp_phases(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "phase.done")
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("re-stamping"))
+        .collect()
+}
+
+/// Finding C5: a registry cache written by a build with one SOURCE_DATE_EPOCH served a build with
+/// another its layers as they were, clamped to the first epoch, so CI that sets the epoch from
+/// the last commit and shares a cache pushed images that a build without the cache did not
+/// reproduce. Cache keys hold no epoch (it would change with every commit); the layers taken from
+/// the cache are re-stamped to the build's epoch at export instead: the pushed image is the one a
+/// cold build pushes, and the cache's records, still the first epoch's, give that epoch's image.
+#[test]
+fn c5_a_registry_cache_from_another_source_date_epoch_gives_the_cold_builds_image() {
+    let Some(w) = world() else { return };
+    let ctx = w.context("ctx-epoch", "hello\n");
+    let cache = format!("type=registry,ref={}", w.reference("app/cache:epoch"));
+    let (e1, e2) = ("1700000000", "1700000100");
+    let push = |tag: &str| w.reference(&format!("app:{tag}"));
+
+    let (first, out) = build_with_epoch(
+        &w,
+        "runner1",
+        &ctx,
+        Some(e1),
+        &[
+            "-t",
+            &push("e1"),
+            "--push",
+            "--cache-to",
+            &format!("{cache},mode=max"),
+        ],
+    );
+    assert_eq!(steps(&out).0.len(), 3, "{}", printed(&out));
+
+    // A fresh runner, the next commit's epoch, every step from the cache.
+    let (cached, out) = build_with_epoch(
+        &w,
+        "runner2",
+        &ctx,
+        Some(e2),
+        &["-t", &push("e2-cached"), "--push", "--cache-from", &cache],
+    );
+    let (ran, hit) = steps(&out);
+    assert!(ran.is_empty() && hit.len() == 3, "{ran:?} {hit:?}");
+    let restamped = restamp_phases(&out);
+    let (cold, out) = build_with_epoch(
+        &w,
+        "runner3",
+        &ctx,
+        Some(e2),
+        &["-t", &push("e2-cold"), "--push"],
+    );
+    assert_eq!(steps(&out).0.len(), 3, "{}", printed(&out));
+    assert!(
+        restamp_phases(&out).is_empty(),
+        "a cold build re-stamps nothing"
+    );
+    assert_eq!((&cached.id, &cached.manifest), (&cold.id, &cold.manifest));
+    assert_ne!(
+        cached.manifest, first.manifest,
+        "another epoch, another image"
+    );
+    // What the registry holds, read with curl: the re-stamped layers were pushed.
+    assert_eq!(w.layers("app", "e2-cached"), w.layers("app", "e2-cold"));
+    assert_eq!(
+        restamped,
+        vec![format!(
+            "re-stamping 3 cached layers to SOURCE_DATE_EPOCH {e2}"
+        )]
+    );
+
+    // The cache still gives the first epoch's image, unchanged, with nothing re-stamped.
+    let (again, out) = build_with_epoch(
+        &w,
+        "runner4",
+        &ctx,
+        Some(e1),
+        &["-t", &push("e1-again"), "--push", "--cache-from", &cache],
+    );
+    assert_eq!(steps(&out).0.len(), 0, "{}", printed(&out));
+    assert!(restamp_phases(&out).is_empty(), "{}", printed(&out));
+    assert_eq!((&again.id, &again.manifest), (&first.id, &first.manifest));
 }

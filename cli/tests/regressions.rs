@@ -1093,3 +1093,125 @@ fn a_copy_added_elsewhere_leaves_the_other_steps_cached() {
         "{out}"
     );
 }
+
+/// A build with `SOURCE_DATE_EPOCH` `epoch` (in its environment, as CI sets it) of `ctx` on
+/// `root`: its `--progress json` log, and the manifest digest and image ID its
+/// `--metadata-file` names.
+fn build_at_epoch(root: &Path, ctx: &Path, epoch: &str, extra: &[&str]) -> (String, String) {
+    let metadata = root.with_extension(format!("metadata-{epoch}.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress", "json", "--root"])
+        .arg(root)
+        .arg("--metadata-file")
+        .arg(&metadata)
+        .args(extra)
+        .arg(ctx)
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    let digests = format!(
+        "{} {}",
+        m["containerimage.digest"].as_str().unwrap(),
+        m["containerimage.config.digest"].as_str().unwrap()
+    );
+    (log, digests)
+}
+
+/// The Dockerfile steps of a `--progress json` log that ran, and the phases that re-stamped.
+fn ran_and_restamped(log: &str) -> (Vec<String>, Vec<String>) {
+    let (ran, _) = common::ran_and_cached(&common::vertices(log));
+    let ran = ran
+        .into_iter()
+        .filter(|n| !n.starts_with("[internal]"))
+        .collect();
+    let restamped = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "phase.done")
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("re-stamping"))
+        .collect();
+    (ran, restamped)
+}
+
+/// Two stages: a builder whose layers a build of the last stage keeps only as snapshots, and the
+/// image. `/old` keeps a time before both epochs (the re-stamp must leave it), everything else
+/// is newer than both (the checkout's files, what the RUN writes).
+const TWO_EPOCHS: &str = "FROM scratch AS builder\nCOPY busybox /bin/busybox\nCOPY a.txt /a.txt\n\
+    RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cp /a.txt /built && /bin/busybox touch -d @1000000000 /old\"]\n\
+    FROM scratch\nCOPY --from=builder /built /old /\nCOPY b.txt /b.txt\n";
+
+/// Finding C5: the cache served a build with SOURCE_DATE_EPOCH e2 the layers a build with e1 had
+/// written, their mtimes clamped to e1, so the "reproducible" image depended on which epoch had
+/// filled the cache (cache keys hold no epoch: with the commit's time as epoch, a key with it
+/// would run every step of every commit). Layers from the cache are now re-stamped to the build's
+/// epoch at export: the image is the one a cold build with e2 makes, the steps stay cached, and
+/// the records keep serving e1 builds their image, with nothing re-stamped.
+#[test]
+fn c5_a_cache_filled_with_another_source_date_epoch_gives_the_cold_builds_image() {
+    if !prerequisites() {
+        return;
+    }
+    let (tmp, ctx, root) = context(TWO_EPOCHS);
+    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
+    let (e1, e2) = ("1700000000", "1700000100");
+
+    let (log, first) = build_at_epoch(&root, &ctx, e1, &[]);
+    let (ran, restamped) = ran_and_restamped(&log);
+    assert_eq!(ran.len(), 5, "{log}");
+    assert!(
+        restamped.is_empty(),
+        "a cold build re-stamps nothing: {restamped:?}"
+    );
+
+    let (log, cached) = build_at_epoch(&root, &ctx, e2, &[]);
+    let (ran, restamped) = ran_and_restamped(&log);
+    assert!(ran.is_empty(), "every step cached: {ran:?}");
+    let (_, cold) = build_at_epoch(&tmp.path().join("cold"), &ctx, e2, &[]);
+    assert_eq!(
+        cached, cold,
+        "cached with e1's layers vs a cold build with e2"
+    );
+    assert_ne!(cached, first);
+    assert_eq!(
+        restamped,
+        vec![format!(
+            "re-stamping 2 cached layers to SOURCE_DATE_EPOCH {e2}"
+        )]
+    );
+
+    // The e1 records are as they were: an e1 build gets its image, re-stamping nothing.
+    let (log, again) = build_at_epoch(&root, &ctx, e1, &[]);
+    assert_eq!(ran_and_restamped(&log), (vec![], vec![]), "{log}");
+    assert_eq!(again, first);
+}
+
+/// Finding C5, for a layer kept only as a snapshot: the builder stage's layers, made by a build of
+/// the last stage with e1, were written when a later build exported that stage with the epoch the
+/// record carried (e1) instead of the later build's. The snapshot has the files' own times, so
+/// written with e2 it is the layer a cold build with e2 writes.
+#[test]
+fn c5_a_stage_kept_as_snapshots_is_written_with_the_exporting_builds_epoch() {
+    if !prerequisites() {
+        return;
+    }
+    let (tmp, ctx, root) = context(TWO_EPOCHS);
+    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
+    let (e1, e2) = ("1700000000", "1700000100");
+    build_at_epoch(&root, &ctx, e1, &[]);
+    let target = ["--target", "builder"];
+    let (log, exported) = build_at_epoch(&root, &ctx, e2, &target);
+    let (ran, restamped) = ran_and_restamped(&log);
+    assert!(ran.is_empty(), "the stage's steps are cached: {ran:?}");
+    assert!(
+        restamped.is_empty(),
+        "written, not re-stamped: {restamped:?}"
+    );
+    let (_, cold) = build_at_epoch(&tmp.path().join("cold"), &ctx, e2, &target);
+    assert_eq!(exported, cold);
+}
