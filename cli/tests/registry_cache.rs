@@ -969,3 +969,94 @@ fn c5_a_registry_cache_from_another_source_date_epoch_gives_the_cold_builds_imag
     assert!(restamp_phases(&out).is_empty(), "{}", printed(&out));
     assert_eq!((&again.id, &again.manifest), (&first.id, &first.manifest));
 }
+
+/// Puts `bytes` into the OCI layout `dir` as a blob; its descriptor's digest and size (the digest
+/// from `sha256sum`).
+fn layout_put(dir: &Path, bytes: &[u8]) -> (String, u64) {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    (format!("sha256:{hex}"), bytes.len() as u64)
+}
+
+/// Finding C5, for a cache an older forge wrote: its records do not say which SOURCE_DATE_EPOCH
+/// their layers were clamped to, so they cannot be re-stamped. A build with an epoch runs their
+/// steps again (with a warning) rather than give an image that a cold build would not; a build
+/// without one uses them as before.
+#[test]
+fn c5_records_without_their_layers_epoch_are_not_used_by_a_build_with_one() {
+    let Some(w) = world() else { return };
+    if forge_testsupport::tool("sha256sum").is_none() {
+        return;
+    }
+    let ctx = w.context("ctx-old", "hello\n");
+    let cache = w.path("old-cache");
+    let (e1, e2) = ("1700000000", "1700000100");
+    build_with_epoch(
+        &w,
+        "runner1",
+        &ctx,
+        Some(e1),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
+    // The records as forge wrote them before layers said how their mtimes were written.
+    let read = |digest: &str| -> Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(cache.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index_path = cache.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let mut stripped = 0;
+    for record in config["records"].as_array_mut().unwrap() {
+        for layer in record["result"]["layers"].as_array_mut().unwrap() {
+            stripped += usize::from(layer.as_object_mut().unwrap().remove("mtimes").is_some());
+        }
+    }
+    assert_eq!(
+        stripped,
+        1 + 2 + 3,
+        "each step's record lists its layers and those below"
+    );
+    let (digest, size) = layout_put(&cache, &serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = layout_put(&cache, &serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let from = format!("type=local,src={}", cache.display());
+
+    let (imported, out) = build_with_epoch(&w, "runner2", &ctx, Some(e2), &["--cache-from", &from]);
+    assert_eq!(steps(&out).0.len(), 3, "{}", printed(&out));
+    assert!(
+        warnings(&out).iter().any(|m| m.contains("older forge")),
+        "{:?}",
+        warnings(&out)
+    );
+    let (cold, _) = build_with_epoch(&w, "runner3", &ctx, Some(e2), &[]);
+    assert_eq!(
+        (&imported.id, &imported.manifest),
+        (&cold.id, &cold.manifest)
+    );
+
+    let (_, out) = build_unstamped(&w, "runner4", &ctx, &["--cache-from", &from]);
+    let (ran, cached) = steps(&out);
+    assert!(ran.is_empty() && cached.len() == 3, "{ran:?} {cached:?}");
+}
