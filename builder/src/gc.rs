@@ -428,6 +428,8 @@ fn prune_inner(parts: &Parts<'_>, opts: &GcOptions) -> Result<GcReport, GcError>
             }
         }
     }
+    // Notes of re-stamped layers whose blobs went with the records are worth nothing.
+    crate::export::Restamped::new(parts.root.join("restamped")).forget_gone(parts.store);
     report.bytes_after = store_bytes(parts)?;
     Ok(report)
 }

@@ -1148,8 +1148,9 @@ const TWO_EPOCHS: &str = "FROM scratch AS builder\nCOPY busybox /bin/busybox\nCO
 /// written, their mtimes clamped to e1, so the "reproducible" image depended on which epoch had
 /// filled the cache (cache keys hold no epoch: with the commit's time as epoch, a key with it
 /// would run every step of every commit). Layers from the cache are now re-stamped to the build's
-/// epoch at export: the image is the one a cold build with e2 makes, the steps stay cached, and
-/// the records keep serving e1 builds their image, with nothing re-stamped.
+/// epoch at export: the image is the one a cold build with e2 makes, the steps stay cached, a
+/// second build with e2 takes what the first re-stamped, and the records keep serving e1 builds
+/// their image, with nothing re-stamped.
 #[test]
 fn c5_a_cache_filled_with_another_source_date_epoch_gives_the_cold_builds_image() {
     if !prerequisites() {
@@ -1183,6 +1184,11 @@ fn c5_a_cache_filled_with_another_source_date_epoch_gives_the_cold_builds_image(
             "re-stamping 2 cached layers to SOURCE_DATE_EPOCH {e2}"
         )]
     );
+
+    // Built with e2 again: what the re-stamp made is remembered, and nothing is re-stamped.
+    let (log, remembered) = build_at_epoch(&root, &ctx, e2, &[]);
+    assert_eq!(ran_and_restamped(&log), (vec![], vec![]), "{log}");
+    assert_eq!(remembered, cold);
 
     // The e1 records are as they were: an e1 build gets its image, re-stamping nothing.
     let (log, again) = build_at_epoch(&root, &ctx, e1, &[]);

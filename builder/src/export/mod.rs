@@ -21,7 +21,7 @@ pub use image::{
     write_image_blobs,
 };
 pub use local::export_local;
-pub use restamp::{restamp, restamps_needed};
+pub use restamp::{Restamped, restamp, restamps_needed};
 pub use time::parse_rfc3339;
 pub use write::{
     is_stdout, write_docker_tar, write_docker_tar_to, write_fs_tar, write_oci_dir, write_oci_tar,
