@@ -77,12 +77,15 @@ pub(crate) fn root_dir(rootfs: &[forge_snapshotter::Mount]) -> Result<PathBuf, S
 }
 
 /// Copies a regular file, link or socket `source` to `dest`: a hard link where the filesystem
-/// allows it (a socket can only be linked), else a copy with the source's mode and owner.
-fn place_file(source: &Path, dest: &Path) -> io::Result<()> {
-    if fs::hard_link(source, dest).is_ok() {
+/// allows it (a socket can only be linked), else a copy with the source's mode and owner. The
+/// regular file of a `readonly` mount is always copied: the chroot cannot make it read-only, and
+/// the step's writes through a link would reach the source (a file of the user's checkout, or of
+/// a committed snapshot).
+fn place_file(source: &Path, dest: &Path, readonly: bool) -> io::Result<()> {
+    let md = fs::metadata(source)?;
+    if !(readonly && md.is_file()) && fs::hard_link(source, dest).is_ok() {
         return Ok(());
     }
-    let md = fs::metadata(source)?;
     if !md.is_file() {
         return Err(io::Error::other(
             "only a regular file can be copied where a hard link is refused",
@@ -157,13 +160,15 @@ fn fill(plan: &Plan, staging: &mut Staging) -> Result<(), String> {
                 })?;
                 restore_to = Some(source.clone());
             }
-            ResolvedMount::Bind { source, .. } => {
+            ResolvedMount::Bind {
+                source, readonly, ..
+            } => {
                 let md = fs::metadata(source)
                     .map_err(|e| format!("stat mount source {}: {e}", source.display()))?;
                 let r = if md.is_dir() {
                     forge_snapshotter::snapshot::copy_tree(source, &dest)
                 } else {
-                    place_file(source, &dest)
+                    place_file(source, &dest, *readonly)
                 };
                 r.map_err(|e| {
                     format!(
@@ -453,4 +458,33 @@ fn put_back(moves: &Moves, undo: &Undo) {
     }
     container::cleanup(undo);
     moves.restore_times(Some(&now));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A read-only bind of a checkout's file wrote through to the checkout: the chroot cannot make
+    /// the mount read-only, and the file was a hard link of the source. It is a copy now; a
+    /// writable bind's file (a throwaway snapshot's) may still be linked.
+    #[test]
+    fn a_read_only_bind_of_a_file_is_a_copy_the_step_cannot_write_through() {
+        let t = tempfile::tempdir().unwrap();
+        let source = t.path().join("checkout.txt");
+        fs::write(&source, "mine\n").unwrap();
+        fs::set_permissions(&source, fs::Permissions::from_mode(0o640)).unwrap();
+        let ro = t.path().join("ro");
+        place_file(&source, &ro, true).unwrap();
+        fs::write(&ro, "written by the step\n").unwrap();
+        assert_eq!(fs::read_to_string(&source).unwrap(), "mine\n");
+        assert_eq!(fs::metadata(&ro).unwrap().mode() & 0o7777, 0o640);
+        let rw = t.path().join("rw");
+        place_file(&source, &rw, false).unwrap();
+        assert_eq!(
+            fs::metadata(&rw).unwrap().ino(),
+            fs::metadata(&source).unwrap().ino()
+        );
+    }
 }
