@@ -631,3 +631,82 @@ fn a_source_through_a_linked_directory_is_keyed_by_its_target() {
             .is_ok()
     );
 }
+
+/// A subtree is whole when the ignore rules left nothing out at or below it: an ignored file
+/// elsewhere, or a sibling whose name extends the directory's (`src-old` beside `src`), does not
+/// count; an ignored file or directory below it does, however deep, and so does an excluded
+/// directory the walk descended for a `!` rule and found nothing to keep in.
+#[test]
+fn a_subtree_is_whole_unless_something_at_or_below_it_was_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "src/main.c", "m");
+    write(root, "src/lib/a.c", "a");
+    write(root, "src-old/x.c", "x");
+    write(root, "docs/guide.md", "g");
+    write(root, "docs/secret.key", "k");
+    write(root, "build/out.o", "o");
+    write(root, "build/cache/c.o", "c");
+    write(root, "gen/keep/k.txt", "k");
+    write(root, "gen/tmp/t.txt", "t");
+    write(root, "top.log", "l");
+    write(root, "logs/a.txt", "a");
+    let ignore =
+        Dockerignore::parse("*.log\nsrc-old\ndocs/*.key\nbuild\ngen/*\n!gen/keep\nlogs\n").unwrap();
+    let s = snap(root, None, Some(&ignore));
+    for whole in ["src", "src/lib", "src/main.c", "gen/keep", "gen/keep/k.txt"] {
+        assert!(s.whole(whole), "{whole} is whole");
+    }
+    for holed in [
+        "",
+        "docs",
+        "docs/secret.key",
+        "build",
+        "build/cache",
+        "gen",
+        "logs",
+        "top.log",
+    ] {
+        assert!(!s.whole(holed), "{holed:?} had something left out");
+    }
+    // A directory not descended is one record.
+    assert_eq!(
+        s.left_out(),
+        [
+            "build",
+            "docs/secret.key",
+            "gen/tmp",
+            "logs",
+            "src-old",
+            "top.log"
+        ]
+    );
+    // One descended for a `!` rule that kept nothing below it is left out too.
+    let descended = Dockerignore::parse("logs\n!logs/**/keep\n").unwrap();
+    let d = snap(root, None, Some(&descended));
+    assert!(d.get("logs").is_none() && !d.whole("logs") && !d.whole("logs/a.txt"));
+    assert!(d.whole("src") && d.whole("build"));
+    // Without ignore rules everything is whole, the root included.
+    let all = snap(root, None, None);
+    assert!(all.whole("") && all.whole("docs") && all.whole("build/cache"));
+
+    // What a bind source names: resolved through links, with its entries.
+    symlink("src", root.join("srclink")).unwrap();
+    symlink("/docs", root.join("docslink")).unwrap();
+    let s = snap(root, None, Some(&ignore));
+    let sub = s.subtree("srclink/").unwrap();
+    assert_eq!(sub.path, "src");
+    assert!(sub.whole);
+    let names: Vec<&str> = sub.entries().map(|e| e.path.to_str().unwrap()).collect();
+    assert_eq!(names, ["src", "src/lib", "src/lib/a.c", "src/main.c"]);
+    assert!(!s.subtree("/docslink").unwrap().whole);
+    let file = s.subtree("src/lib/a.c").unwrap();
+    assert!(file.whole && file.below.is_empty());
+    let root_tree = s.subtree(".").unwrap();
+    assert!(root_tree.top.is_none() && !root_tree.whole);
+    assert_eq!(root_tree.below.len(), s.entries().len());
+    // Left out, absent, or through a file: nothing.
+    for missing in ["src-old", "docs/secret.key", "nope", "src/main.c/x"] {
+        assert!(s.subtree(missing).is_none(), "{missing}");
+    }
+}

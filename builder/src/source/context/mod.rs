@@ -143,7 +143,33 @@ pub struct SnapshotOptions<'a> {
 #[derive(Debug, Clone)]
 pub struct ContextSnapshot {
     entries: Vec<Entry>,
+    /// What the ignore rules left out, sorted by path: an excluded entry, or an excluded directory
+    /// the walk did not descend, one record for everything below it. Empty without ignore rules.
+    left_out: Vec<OsString>,
     stats: SnapshotStats,
+}
+
+/// What a path names in the context once resolved (see [`ContextSnapshot::subtree`]): the kept
+/// entry there and every kept entry below it.
+#[derive(Debug, Clone, Copy)]
+pub struct Subtree<'a> {
+    /// Where the path leads, relative and `/`-separated, every link on the way followed; empty
+    /// for the context root.
+    pub path: &'a OsStr,
+    /// The entry there; `None` for the context root.
+    pub top: Option<&'a Entry>,
+    /// The kept entries below it, in path order (none below a file).
+    pub below: &'a [Entry],
+    /// Nothing at or below `path` was left out by the ignore rules: the host's tree there holds
+    /// exactly these entries.
+    pub whole: bool,
+}
+
+impl<'a> Subtree<'a> {
+    /// The top entry (when not the root) and those below it, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.top.into_iter().chain(self.below)
+    }
 }
 
 /// Where the memo for the context at `root` is kept under `state_dir` (one file per context
@@ -168,9 +194,78 @@ impl ContextSnapshot {
         &self.entries
     }
 
+    /// What the ignore rules left out, sorted by path; a directory the walk did not descend is
+    /// one record for everything below it.
+    pub fn left_out(&self) -> &[OsString] {
+        &self.left_out
+    }
+
     /// What the snapshot cost.
     pub fn stats(&self) -> &SnapshotStats {
         &self.stats
+    }
+
+    /// Whether nothing at or below `path` (relative, `/`-separated, as entries are named; empty for
+    /// the root) was left out by the ignore rules, nor the path itself through a directory above
+    /// it. A directory left out whole is one record, so this is a few binary searches, whatever
+    /// the size of what was left out.
+    pub fn whole(&self, path: impl AsRef<OsStr>) -> bool {
+        let path = path.as_ref().as_bytes();
+        if path.is_empty() {
+            return self.left_out.is_empty();
+        }
+        // The path itself, or a directory above it, left out whole.
+        let ends = path
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(|(i, _)| i)
+            .chain([path.len()]);
+        for end in ends {
+            let at = &path[..end];
+            if self
+                .left_out
+                .binary_search_by(|p| p.as_bytes().cmp(at))
+                .is_ok()
+            {
+                return false;
+            }
+        }
+        // Everything below `path/` is one run in byte order (not always right after `path`
+        // itself: `path-x` sorts between them).
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        let i = self
+            .left_out
+            .partition_point(|p| p.as_bytes() < prefix.as_slice());
+        !self
+            .left_out
+            .get(i)
+            .is_some_and(|p| p.as_bytes().starts_with(&prefix))
+    }
+
+    /// What `source` (a RUN bind or cache mount's `source`) names: resolved through symlinks
+    /// inside the context as [`ContextSnapshot::select`] resolves a path (every link on the way,
+    /// and the last, a kept entry), with the kept entries at and below it. `None` when it names
+    /// nothing kept (absent, left out, a dangling link, a file used as a directory).
+    pub fn subtree(&self, source: &str) -> Option<Subtree<'_>> {
+        match self.resolve(source.as_bytes())? {
+            Resolved::Root => Some(Subtree {
+                path: OsStr::new(""),
+                top: None,
+                below: &self.entries,
+                whole: self.left_out.is_empty(),
+            }),
+            Resolved::Entry(i) => {
+                let top = &self.entries[i];
+                Some(Subtree {
+                    path: &top.path,
+                    top: Some(top),
+                    below: &self.entries[self.below(i)],
+                    whole: self.whole(&top.path),
+                })
+            }
+        }
     }
 
     /// The entry at `path` (relative, `/`-separated), without following symlinks.
@@ -286,8 +381,13 @@ impl ContextSnapshot {
 
     fn pick_subtree(&self, i: usize, picked: &mut Picked) {
         picked.mark(i);
+        picked.mark_range(self.below(i));
+    }
+
+    /// The entries below entry `i`: none unless it is a directory.
+    fn below(&self, i: usize) -> std::ops::Range<usize> {
         if self.entries[i].kind != EntryKind::Dir {
-            return;
+            return 0..0;
         }
         // Sorted by bytes, so everything under `dir/` is one contiguous run.
         let mut prefix = self.entries[i].path.as_bytes().to_vec();
@@ -300,7 +400,7 @@ impl ContextSnapshot {
                 .iter()
                 .take_while(|e| e.path.as_bytes().starts_with(&prefix))
                 .count();
-        picked.mark_range(start..end);
+        start..end
     }
 
     /// Follows symlinks in every component of `path`, never leaving the context root (a `..` at the

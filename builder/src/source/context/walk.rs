@@ -31,6 +31,8 @@ struct Found {
 struct Listing {
     found: Vec<Option<Found>>,
     order: Vec<Item>,
+    /// Entries the ignore rules left out, a directory not descended standing for all below it.
+    left_out: Vec<OsString>,
 }
 
 /// A place in a directory's part of the path order.
@@ -82,7 +84,7 @@ pub(super) fn take(
         };
         (walked, memo)
     });
-    let mut found = walked?;
+    let (mut found, mut left_out) = walked?;
 
     // fsutil sends an excluded directory only when something below it is sent.
     if found.iter().any(|f| f.excluded_dir) {
@@ -97,12 +99,18 @@ pub(super) fn take(
             .iter()
             .map(|f| !f.excluded_dir || needed.contains(f.entry.path.as_bytes()))
             .collect();
-        found = found
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(f, k)| k.then_some(f))
-            .collect();
+        let mut kept = Vec::with_capacity(found.len());
+        for (f, k) in found.into_iter().zip(keep) {
+            if k {
+                kept.push(f);
+            } else {
+                left_out.push(f.entry.path);
+            }
+        }
+        found = kept;
     }
+    // Only what was left out is sorted: none of it on a context without ignore rules.
+    left_out.sort_unstable();
 
     let mut stats = SnapshotStats {
         memo_warning,
@@ -145,12 +153,18 @@ pub(super) fn take(
     }
     Ok(ContextSnapshot {
         entries: found.into_iter().map(|f| f.entry).collect(),
+        left_out,
         stats,
     })
 }
 
-/// Every entry of the tree under `root` that `ignore` keeps, in path order.
-fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>, ContextError> {
+/// Every entry of the tree under `root` that `ignore` keeps, in path order, and the paths it left
+/// out (unordered).
+fn walk(
+    root: &Path,
+    ignore: &Dockerignore,
+    threads: usize,
+) -> Result<(Vec<Found>, Vec<OsString>), ContextError> {
     let shared = Shared {
         queue: Mutex::new(Queue {
             jobs: VecDeque::from([(OsString::new(), None, ROOT)]),
@@ -181,11 +195,13 @@ fn walk(root: &Path, ignore: &Dockerignore, threads: usize) -> Result<Vec<Found>
     let mut listings: Vec<Option<Listing>> = Vec::new();
     listings.resize_with(shared.slots.into_inner(), || None);
     let mut count = 0;
-    for (slot, listing) in all {
+    let mut left_out = Vec::new();
+    for (slot, mut listing) in all {
         count += listing.found.len();
+        left_out.append(&mut listing.left_out);
         listings[slot] = Some(listing);
     }
-    Ok(in_path_order(listings, count))
+    Ok((in_path_order(listings, count), left_out))
 }
 
 /// The root directory's listing slot.
@@ -311,6 +327,7 @@ fn read_dir(
 ) -> Result<Listing, ContextError> {
     let mut out = Vec::new();
     let mut below = Vec::new();
+    let mut left_out = Vec::new();
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -350,6 +367,7 @@ fn read_dir(
             (ignore.excluded_with_parent(&text, parent), None)
         };
         if excluded && !(is_dir && ignore.may_match_below(&text)) {
+            left_out.push(path);
             continue;
         }
         let kind = kind_of(&meta);
@@ -387,7 +405,9 @@ fn read_dir(
             excluded_dir: excluded,
         });
     }
-    Ok(order_listing(rel, out, below))
+    let mut listing = order_listing(rel, out, below);
+    listing.left_out = left_out;
+    Ok(listing)
 }
 
 /// A directory's listing in path order. Every path below `rel/` starts with one entry's name: the
@@ -415,6 +435,7 @@ fn order_listing(rel: &OsStr, found: Vec<Found>, mut below: Vec<(OsString, usize
     Listing {
         found: found.into_iter().map(Some).collect(),
         order,
+        left_out: Vec::new(),
     }
 }
 
