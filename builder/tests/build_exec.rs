@@ -1176,6 +1176,54 @@ fn a_bind_mount_of_the_context_shows_only_what_dockerignore_keeps() {
     }
 }
 
+/// A view holds the bound part of the context whole when it is made by several threads: a
+/// read-only bind of a directory with an ignored file in it (hard links) and a writable one
+/// (copies), each of hundreds of files in nested directories, show every kept file with its
+/// content and mode, and the view's snapshots are gone after the build.
+#[test]
+fn a_view_of_many_files_holds_every_kept_file() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Overlay);
+    let mut files: Vec<(String, String)> = Vec::new();
+    for d in 0..6 {
+        for f in 0..80 {
+            files.push((format!("many/d{d}/sub/f{f}"), format!("{d}.{f}\n")));
+        }
+    }
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .chain([(".dockerignore", "many/d3/sub/f7\n")])
+        .collect();
+    let ctx = bench.context("ctx", &borrowed);
+    let exe = ctx.join("many/d5/sub/f79");
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
+    let count = "find /m -type f | wc -l; cat /m/d0/sub/f0 /m/d5/sub/f79; stat -c %a /m/d5/sub/f79; \
+                 test -e /m/d3/sub/f7 && echo ignored-seen; true";
+    let df = format!(
+        "{BASE}RUN --mount=type=bind,source=many,target=/m sh -c '({count}) > /ro'\n\
+         RUN --mount=type=bind,source=many,target=/m,rw sh -c '({count}) > /rw'\n"
+    );
+    runtime().block_on(async {
+        let s = bench.solve(&df, &ctx).await.unwrap();
+        let n = s.layers.len();
+        let ro = layer_entries(&bench.store, &s.layers[n - 2]);
+        let rw = layer_entries(&bench.store, &s.layers[n - 1]);
+        let want = b"479\n0.0\n5.79\n751\n";
+        assert_eq!(
+            String::from_utf8_lossy(&ro["ro"].data),
+            String::from_utf8_lossy(want)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&rw["rw"].data),
+            String::from_utf8_lossy(want)
+        );
+        bench.assert_clean();
+    });
+}
+
 #[test]
 fn a_cache_mount_starts_from_its_from_stage_once_and_keeps_what_steps_add() {
     if !prerequisites() {

@@ -1,6 +1,5 @@
-//! Files the operations write outside a snapshot: a test step's artifacts tarred into one blob, its
-//! output kept as a log blob, and the build context's view (what `.dockerignore` keeps) recreated
-//! for a bind or a cache seed.
+//! Files the operations write outside a snapshot: a test step's artifacts tarred into one blob and
+//! its output kept as a log blob.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,7 +10,6 @@ use forge_snapshotter::store::{Digest as BlobDigest, Store, TempPath};
 
 use super::{Artifacts, ExecError, TestLog, io_err};
 use crate::fileop::{self, FileOpError};
-use crate::source::context::ContextSnapshot;
 
 /// Writes the entries at `paths` (resolved inside `root`, so a symlink cannot lead out of it;
 /// symlinks below them are stored as links) as a tar under the store's temporary directory, then
@@ -149,82 +147,6 @@ impl TestLogWriter {
             size,
             lines: self.lines,
         }))
-    }
-}
-
-/// Recreates the kept entries of `snapshot` (of the directory `src`) under `dest`: directories,
-/// files (hard links when `link` and the filesystem allows, else copies), symlinks as links. Owners,
-/// modes and mtimes follow the source; fifos, sockets and devices are left out.
-pub(super) fn populate_view(
-    src: &Path,
-    snapshot: &ContextSnapshot,
-    dest: &Path,
-    link: bool,
-) -> Result<(), ExecError> {
-    use crate::source::context::EntryKind;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut dirs = Vec::new();
-    for e in snapshot.entries() {
-        let from = src.join(&e.path);
-        let to = dest.join(&e.path);
-        let linked = match e.kind {
-            EntryKind::Dir => {
-                std::fs::create_dir_all(&to).map_err(io_err("creating", &to))?;
-                dirs.push((to, from, e.mode));
-                continue;
-            }
-            EntryKind::File => {
-                if link && std::fs::hard_link(&from, &to).is_ok() {
-                    true
-                } else {
-                    std::fs::copy(&from, &to).map_err(io_err("copying", &from))?;
-                    false
-                }
-            }
-            EntryKind::Symlink => {
-                let target = e.link_target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(&target, &to).map_err(io_err("linking", &to))?;
-                false
-            }
-            _ => continue,
-        };
-        // A hard link is the host's own inode: its owner and times are already right and must
-        // not be touched.
-        if !linked {
-            let _ = std::os::unix::fs::lchown(&to, Some(e.uid), Some(e.gid));
-            if e.kind == EntryKind::File {
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
-                    .map_err(io_err("chmod", &to))?;
-                copy_mtime(&from, &to);
-            }
-        }
-    }
-    // Modes and times of directories last: a read-only one could not be filled, and filling one
-    // changes its mtime.
-    for (to, from, mode) in dirs.iter().rev() {
-        if let Ok(md) = std::fs::symlink_metadata(from) {
-            let _ = std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()));
-        }
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(*mode))
-            .map_err(io_err("chmod", to))?;
-        copy_mtime(from, to);
-    }
-    Ok(())
-}
-
-fn copy_mtime(from: &Path, to: &Path) {
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(md) = std::fs::symlink_metadata(from) {
-        let t = TimeSpec::new(md.mtime(), md.mtime_nsec());
-        let _ = utimensat(
-            nix::fcntl::AT_FDCWD,
-            to,
-            &t,
-            &t,
-            UtimensatFlags::NoFollowSymlink,
-        );
     }
 }
 

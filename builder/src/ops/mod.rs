@@ -30,13 +30,14 @@ mod error;
 mod file;
 mod files;
 mod layers;
+mod local;
 mod mount;
 mod run;
 mod upload;
 
 pub use error::ExecError;
 use error::io_err;
-use files::{TestLogWriter, populate_view, tar_artifacts};
+use files::{TestLogWriter, tar_artifacts};
 pub(crate) use layers::ensure_snapshot_in;
 pub use layers::{LayerPlan, OWN_COMPRESSION, StepLayer, unwritten_snapshots, write_unwritten};
 use layers::{LayerWrites, blob_digest, diff_to_blob, unwritten_name, write_unwritten_named};
@@ -433,26 +434,6 @@ impl BuildExecutor {
             .locals
             .get(name)
             .ok_or_else(|| ExecError::UnknownContext(name.to_string()))
-    }
-
-    /// The local directory `name` as a step's bind mount sees it: only the entries its snapshot
-    /// kept (BuildKit's mount shows the transferred context, so .dockerignore holds there too), in
-    /// the throwaway snapshot `key`. Read-only views hard-link files where they can (the mount is
-    /// read-only, so the host's files cannot change through it); writable ones copy, as writes are
-    /// discarded with the snapshot.
-    async fn local_view(
-        &self,
-        name: &str,
-        key: &str,
-        writable: bool,
-    ) -> Result<Mounted, ExecError> {
-        let local = self.local(name)?;
-        let mounts = self.cfg.snapshots.prepare(key, None)?;
-        let dir = self.cfg.snapshots.writable_dir(key)?;
-        let src = local.dir.clone();
-        let snapshot = local.snapshot.clone();
-        blocking(move || populate_view(&src, &snapshot, &dir, !writable)).await?;
-        Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
 
     /// Renames the snapshots this build committed to the chain ids of their written layers (see

@@ -76,10 +76,9 @@ impl BuildExecutor {
                         let source = if let Some(Built::Local { name }) = built {
                             // The context as the build sees it (.dockerignore applied), never the
                             // host directory itself.
-                            let k = self.unique("ctx");
-                            scratch_keys.push(k.clone());
-                            let m = self.local_view(name, &k, !*readonly).await?;
-                            let p = inside(m.path(), source_path)?;
+                            let (m, p) = self
+                                .local_bind(name, source_path, *readonly, &mut scratch_keys)
+                                .await?;
                             held.push(m);
                             p
                         } else if *readonly {
@@ -139,19 +138,21 @@ impl BuildExecutor {
                             let b = next.next().ok_or_else(|| {
                                 ExecError::Internal("fewer inputs than mounts".into())
                             })?;
-                            let m = if let Built::Local { name } = b {
+                            if let Built::Local { name } = b {
                                 // As for a bind mount: the context as the build sees it.
-                                let k = self.unique("ctx");
-                                scratch_keys.push(k.clone());
-                                self.local_view(name, &k, false).await?
+                                let (s, view) = self
+                                    .local_seed(name, source_path, &mut scratch_keys)
+                                    .await?;
+                                seed = Some(s);
+                                held.push(view);
                             } else {
-                                self.mount_readonly(b).await?
-                            };
-                            seed = Some(CacheSeed {
-                                root: m.path().to_path_buf(),
-                                path: PathBuf::from(source_path),
-                            });
-                            held.push(m);
+                                let m = self.mount_readonly(b).await?;
+                                seed = Some(CacheSeed {
+                                    root: m.path().to_path_buf(),
+                                    path: PathBuf::from(source_path),
+                                });
+                                held.push(m);
+                            }
                         }
                         step_mounts.push(StepMount {
                             target,
