@@ -1,9 +1,13 @@
 //! The build context as a RUN step's bind or cache mount sees it: what `.dockerignore` keeps of
-//! the part the mount names (BuildKit's mount shows the transferred context), recreated in a
-//! throwaway snapshot, the view: hard links where the kernel allows them, copies where it does
-//! not. Only that part is made, not the whole context.
+//! the part the mount names (BuildKit's mount shows the transferred context). A read-only bind of
+//! a part nothing was left out of, whose owners look the same either way, is the host's own
+//! directory bound read-only: no file is touched, however large the part. Otherwise the part alone
+//! is recreated in a throwaway snapshot, the view: hard links where the kernel allows them, copies
+//! where it does not.
 
+use std::ffi::OsStr;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -12,22 +16,37 @@ use forge_snapshotter::snapshot::Snapshotter;
 
 use super::run::inside;
 use super::{BuildExecutor, ExecError, LocalDir, Mounted, blocking, io_err};
-use crate::source::context::{Entry, EntryKind};
+use crate::source::context::{Entry, EntryKind, Subtree};
+
+/// Where a step finds the part of a local directory it binds.
+pub(super) enum LocalBind {
+    /// The host's own file or directory, for a read-only bind.
+    InPlace(PathBuf),
+    /// A path inside a view the step must hold until it ends.
+    View(Mounted, PathBuf),
+}
 
 impl BuildExecutor {
-    /// The part of local directory `name` at `source` for a bind mount: a view, which the step
-    /// must hold until it ends, and the path in it to bind. The view's throwaway snapshot key is
-    /// added to `scratch_keys` before anything is made under it, so the caller's clean-up removes
-    /// it whatever happens.
+    /// The part of local directory `name` at `source` for a bind mount. A view's throwaway
+    /// snapshot key is added to `scratch_keys` before anything is made under it, so the caller's
+    /// clean-up removes it whatever happens.
     pub(super) async fn local_bind(
         &self,
         name: &str,
         source: &str,
         readonly: bool,
         scratch_keys: &mut Vec<String>,
-    ) -> Result<(Mounted, PathBuf), ExecError> {
+    ) -> Result<LocalBind, ExecError> {
         let local = self.local(name)?;
         let sub = local.snapshot.subtree(source);
+        // Read-only in every runner: nothing may be mounted below it (see `mounts_below`).
+        if readonly
+            && let Some(sub) = &sub
+            && let Some(host) = in_place(&local.dir, source, sub)
+            && !mounts_below(&host)
+        {
+            return Ok(LocalBind::InPlace(host));
+        }
         let key = self.unique("ctx");
         scratch_keys.push(key.clone());
         let view = self.local_view(local, source, &key, !readonly).await?;
@@ -38,19 +57,31 @@ impl BuildExecutor {
             Some(sub) => view.path().join(sub.path),
             None => inside(view.path(), source)?,
         };
-        Ok((view, path))
+        Ok(LocalBind::View(view, path))
     }
 
     /// The seed of a cache mount from local directory `name` at `source` (copied when the cache
-    /// is made), in a view the step must hold until it ends.
+    /// is made): the host's directory itself where a view would show the same, else a view,
+    /// which the step must hold until it ends.
     pub(super) async fn local_seed(
         &self,
         name: &str,
         source: &str,
         scratch_keys: &mut Vec<String>,
-    ) -> Result<(CacheSeed, Mounted), ExecError> {
+    ) -> Result<(CacheSeed, Option<Mounted>), ExecError> {
         let local = self.local(name)?;
         let sub = local.snapshot.subtree(source);
+        // The runner resolves the seed's path inside its root without leaving it (openat2
+        // RESOLVE_IN_ROOT), and copies what it finds without following links.
+        if let Some(sub) = &sub
+            && in_place(&local.dir, source, sub).is_some()
+        {
+            let seed = CacheSeed {
+                root: local.dir.clone(),
+                path: PathBuf::from(sub.path),
+            };
+            return Ok((seed, None));
+        }
         let key = self.unique("ctx");
         scratch_keys.push(key.clone());
         let view = self.local_view(local, source, &key, false).await?;
@@ -62,7 +93,7 @@ impl BuildExecutor {
             root: view.path().to_path_buf(),
             path,
         };
-        Ok((seed, view))
+        Ok((seed, Some(view)))
     }
 
     /// The view of `local`'s part at `source` (all of it when the snapshot cannot resolve
@@ -93,6 +124,46 @@ impl BuildExecutor {
         .await?;
         Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
     }
+}
+
+/// The host path of `sub`, the part of the context `dir` that `source` names, when the host's
+/// tree there holds what the view would: nothing in it was left out, it holds only what the view
+/// recreates (no fifo, socket or device), and its owners look the same through a bind or a copy
+/// as in the view. The source is resolved again on the host (confined to `dir`, as the view's path
+/// is confined to the view) and must still lead to the same place, the same kind of entry,
+/// without a link the snapshot did not have.
+fn in_place(dir: &Path, source: &str, sub: &Subtree<'_>) -> Option<PathBuf> {
+    let ids = Ids::current();
+    if !sub.whole || !shows_as_view(sub, &ids) {
+        return None;
+    }
+    let host = dir.join(sub.path);
+    let now = crate::fileop::root::resolve(dir, source, true).ok()?;
+    if now != host {
+        return None;
+    }
+    let md = std::fs::symlink_metadata(&host).ok()?;
+    let same_kind = match sub.top.map(|e| e.kind) {
+        None | Some(EntryKind::Dir) => md.is_dir(),
+        Some(EntryKind::File) => md.is_file(),
+        Some(_) => false,
+    };
+    // The root has no entry of its own: its owner is read here.
+    if !same_kind || !ids.shows_as_view(md.uid(), md.gid()) {
+        return None;
+    }
+    Some(host)
+}
+
+/// Whether every entry of `sub` is one the view recreates, owned so that a bind shows it as the
+/// view does.
+fn shows_as_view(sub: &Subtree<'_>, ids: &Ids) -> bool {
+    sub.entries().all(|e| {
+        matches!(
+            e.kind,
+            EntryKind::File | EntryKind::Dir | EntryKind::Symlink
+        ) && ids.shows_as_view(e.uid, e.gid)
+    })
 }
 
 /// Who forge is, as far as links and owners in a view go.
@@ -143,6 +214,16 @@ impl Ids {
         self.euid == 0 && !self.userns
     }
 
+    /// Whether an entry owned by `uid:gid` shows the same through a bind of the host's tree as
+    /// through the view. Real root's view links or copies with every owner kept. Anyone else's
+    /// view shows a file of another owner as a copy chowned where the namespace allows it (to the
+    /// overflow id, in a user namespace with a subordinate range; not at all with the user's own
+    /// id alone), where a bind shows the host's owner, which a user namespace cannot map: only the
+    /// process's own files look the same both ways.
+    fn shows_as_view(&self, uid: u32, gid: u32) -> bool {
+        self.real_root() || (uid == self.euid && gid == self.egid)
+    }
+
     /// Whether the kernel may let this process hard-link a file of `e` (see
     /// `protected_hardlinks`): a link it refuses costs a failed linkat before the copy, one per
     /// file of a checkout another user owns.
@@ -160,6 +241,50 @@ impl Ids {
         let writable = e.mode & 0o006 == 0o006 || (e.gid == self.egid && e.mode & 0o060 == 0o060);
         safe_bits && writable
     }
+}
+
+/// Whether anything is mounted strictly below `dir`. A read-only bind is not read-only below it
+/// everywhere: runc (the containerd runner) makes the bind's own mount read-only, not the mounts
+/// inside it. Unreadable mount table: assumed so.
+fn mounts_below(dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return true;
+    };
+    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
+        return true;
+    };
+    table.split(|b| *b == b'\n').any(|line| {
+        // The fifth field is the mount point, with space, tab, newline and backslash as octal
+        // escapes.
+        let Some(field) = line.split(|b| *b == b' ').nth(4) else {
+            return false;
+        };
+        let point = unescape_mountinfo(field);
+        let point = Path::new(OsStr::from_bytes(&point));
+        point != dir && point.starts_with(&dir)
+    })
+}
+
+/// A mountinfo field with its `\ooo` escapes decoded.
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Recreates `entries` (kept entries of the context directory `src`, in path order) under `dest`,
@@ -262,4 +387,16 @@ fn set_mtime(to: &Path, md: &std::fs::Metadata) {
         &t,
         UtimensatFlags::NoFollowSymlink,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(br"/a\040b\011c\134d"), b"/a b\tc\\d");
+        assert_eq!(unescape_mountinfo(br"/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo(br"/end\04"), br"/end\04");
+    }
 }

@@ -13,6 +13,7 @@ use forge_runner::spec::{
 };
 use forge_snapshotter::snapshot::Snapshotter;
 
+use super::local::LocalBind;
 use super::{BuildExecutor, Built, ExecError, Layer, Mounted, TestLogWriter};
 use crate::events::{BuildEvent, OutputStream};
 use crate::fileop::{self, FileOpError};
@@ -74,13 +75,18 @@ impl BuildExecutor {
                             continue;
                         }
                         let source = if let Some(Built::Local { name }) = built {
-                            // The context as the build sees it (.dockerignore applied), never the
-                            // host directory itself.
-                            let (m, p) = self
+                            // The context as the build sees it (.dockerignore applied): the host's
+                            // own tree only where that is the same (see `local`).
+                            match self
                                 .local_bind(name, source_path, *readonly, &mut scratch_keys)
-                                .await?;
-                            held.push(m);
-                            p
+                                .await?
+                            {
+                                LocalBind::InPlace(p) => p,
+                                LocalBind::View(m, p) => {
+                                    held.push(m);
+                                    p
+                                }
+                            }
                         } else if *readonly {
                             let m = match built {
                                 Some(b) => self.mount_readonly(b).await?,
@@ -144,7 +150,7 @@ impl BuildExecutor {
                                     .local_seed(name, source_path, &mut scratch_keys)
                                     .await?;
                                 seed = Some(s);
-                                held.push(view);
+                                held.extend(view);
                             } else {
                                 let m = self.mount_readonly(b).await?;
                                 seed = Some(CacheSeed {
