@@ -535,3 +535,67 @@ fn a_cache_mount_seeded_from_a_build_context_starts_with_its_files() {
         assert_eq!(fingerprint(&seeds), before, "{name}: the seed changed");
     }
 }
+
+/// Unmounts a test's mount when dropped, whatever the test's end.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A filesystem mounted inside the bound directory (a tmpfs in a checkout) is not writable
+/// through the bind either: runc's `ro` (the containerd runner) makes only the bind's own mount
+/// read-only, so such a directory is bound as a view, and the mount keeps what it held.
+#[test]
+fn a_mount_below_a_bound_directory_cannot_be_written_through_the_bind() {
+    if !forge_testsupport::root("the test mounts a tmpfs in the context") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let containerd = forge_testsupport::containerd().map(|a| a.display().to_string());
+    let scratch = Scratch::new(None);
+    let mut ways = vec![Who::Root];
+    if let Some(address) = &containerd {
+        ways.push(Who::Containerd(address));
+    }
+    for who in ways {
+        let name = who.name();
+        let ctx = scratch.path(&format!("ctx-{name}"));
+        write(&ctx, "src/a.txt", "alpha\n", 0o644);
+        let mnt = ctx.join("src/mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", mnt.display());
+        let _mounted = MountGuard(mnt.clone());
+        write(&mnt, "inside.txt", "on the tmpfs\n", 0o644);
+        write(
+            &ctx,
+            "Dockerfile",
+            &format!(
+                "FROM {busybox}\n\
+                 RUN --mount=type=bind,source=src,target=/src \
+                 sh -c 'cat /src/mnt/inside.txt > /seen; echo x > /src/mnt/inside.txt 2>/dev/null && echo written > /written; \
+                 touch /src/mnt/new 2>/dev/null && echo created >> /written; true'\n"
+            ),
+            0o644,
+        );
+        let before = fingerprint(&ctx);
+        let out = scratch.path(&format!("out-{name}"));
+        built(name, &scratch.build(who, &ctx, &out));
+        assert_eq!(read(&out.join("seen")), "on the tmpfs\n", "{name}");
+        assert!(
+            !out.join("written").exists(),
+            "{name}: {}",
+            read(&out.join("written"))
+        );
+        assert_eq!(fingerprint(&ctx), before, "{name}");
+    }
+}
