@@ -19,6 +19,7 @@ use crate::slashpath::join_root;
 pub use meta::ModeSpec;
 pub(crate) use meta::fd_xattrs;
 pub use owner::Ids;
+pub(crate) use pool::workers as copy_workers;
 use root::{RootError, resolve};
 
 /// A file action that could not be applied.

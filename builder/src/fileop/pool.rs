@@ -41,7 +41,7 @@ pub(super) struct FilePool<'scope> {
 /// How many workers a copy gets: one per core, at most three (the walk itself mostly waits on
 /// them or makes directories); the caller starts none on one core, where the walk copies alone.
 /// Asked once per process (the answer reads cgroup files).
-pub(super) fn workers() -> usize {
+pub(crate) fn workers() -> usize {
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *WORKERS.get_or_init(|| {
         std::thread::available_parallelism()

@@ -109,20 +109,24 @@ impl BuildExecutor {
     ) -> Result<Mounted, ExecError> {
         let mounts = self.cfg.snapshots.prepare(key, None)?;
         let dir = self.cfg.snapshots.writable_dir(key)?;
-        let (src, snapshot, source) = (
+        let (src, snapshot, source, fill) = (
             local.dir.clone(),
             local.snapshot.clone(),
             source.to_string(),
+            dir.clone(),
         );
         blocking(move || {
             let entries: Vec<&Entry> = match snapshot.subtree(&source) {
                 Some(sub) => sub.entries().collect(),
                 None => snapshot.entries().iter().collect(),
             };
-            populate_view(&src, &entries, &dir, !writable)
+            populate_view(&src, &entries, &fill, !writable)
         })
         .await?;
-        Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))
+        Ok(
+            Mounted::mount(&mounts, self.cfg.scratch.work().join(self.unique("ctxm")))?
+                .emptied_on_drop(dir),
+        )
     }
 }
 
@@ -290,7 +294,9 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
 /// Recreates `entries` (kept entries of the context directory `src`, in path order) under `dest`,
 /// with the directories that lead to the first: directories, files (hard links when `link` and
 /// the kernel allows, else copies), symlinks as links. Owners, modes and mtimes follow the source;
-/// fifos, sockets and devices are left out. Directories and links are made first, then the files.
+/// fifos, sockets and devices are left out. Directories and links are made first, then the files,
+/// which are most of the work (a copy each where links are refused), on worker threads when there
+/// are many.
 pub(super) fn populate_view(
     src: &Path,
     entries: &[&Entry],
@@ -335,7 +341,7 @@ pub(super) fn populate_view(
         }
         copy_file(&from, &to, e, creator).map_err(io_err("copying", &from))
     };
-    files.iter().try_for_each(place)?;
+    in_parallel(&files, place)?;
     // Modes and times of directories last: a read-only one could not be filled, and filling one
     // changes its mtime.
     for (to, e) in dirs.iter().rev() {
@@ -349,6 +355,76 @@ pub(super) fn populate_view(
         }
     }
     Ok(())
+}
+
+/// Runs `work` on every one of `items`, on up to three threads (the file copies' pool size, one
+/// per core) when there are enough to pay for them, each taking a run of items at a time; the
+/// first error stops them.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<(), ExecError> + Sync,
+) -> Result<(), ExecError> {
+    const RUN: usize = 64;
+    let workers = crate::fileop::copy_workers().min(items.len() / RUN).max(1);
+    if workers == 1 {
+        return items.iter().try_for_each(work);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let work = &work;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    use std::sync::atomic::Ordering;
+                    while !failed.load(Ordering::Relaxed) {
+                        let start = next.fetch_add(RUN, Ordering::Relaxed);
+                        let Some(run) = items.get(start..(start + RUN).min(items.len())) else {
+                            return Ok(());
+                        };
+                        if let Err(e) = run.iter().try_for_each(work) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<Vec<()>, ExecError>>()
+            .map(|_| ())
+    })
+}
+
+/// Removes what `dir` holds, the files on worker threads ([`in_parallel`]); best effort, as the
+/// snapshot's removal after it removes whatever is left.
+pub(super) fn empty_dir(dir: &Path) {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(listing) = std::fs::read_dir(&dirs[i]) {
+            for e in listing.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    let _ = in_parallel(&files, |f| {
+        let _ = std::fs::remove_file(f);
+        Ok(())
+    });
+    // Listed parents first: backwards, each directory is empty when its turn comes.
+    for d in dirs.iter().skip(1).rev() {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 /// Copies the file `from` (never through a link put in its place since the walk) to the new

@@ -14,6 +14,8 @@ pub struct Mounted {
     remove_dir: bool,
     /// A kernel overlay's upper directory, when writable (see [`Mounted::upper`]).
     upper: Option<PathBuf>,
+    /// A directory emptied on drop (see [`Mounted::emptied_on_drop`]).
+    empty: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -23,6 +25,7 @@ impl Mounted {
             mounted: None,
             remove_dir: false,
             upper: None,
+            empty: None,
         }
     }
 
@@ -32,7 +35,16 @@ impl Mounted {
             mounted: None,
             remove_dir: true,
             upper: None,
+            empty: None,
         }
+    }
+
+    /// Empties `dir` (a view's directory in its throwaway snapshot) when dropped, once unmounted:
+    /// a view of many files is removed by several threads, where the snapshot's removal after it
+    /// would unlink them one by one.
+    pub(super) fn emptied_on_drop(mut self, dir: PathBuf) -> Mounted {
+        self.empty = Some(dir);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -82,6 +94,7 @@ impl Mounted {
                     mounted: Some(target),
                     remove_dir: true,
                     upper,
+                    empty: None,
                 })
             }
             [m] if m.kind == "fuse-overlayfs" => {
@@ -105,6 +118,7 @@ impl Mounted {
                     mounted: Some(target),
                     remove_dir: true,
                     upper: None,
+                    empty: None,
                 })
             }
             other => Err(ExecError::Mount {
@@ -123,6 +137,9 @@ impl Drop for Mounted {
         }
         if self.remove_dir {
             let _ = std::fs::remove_dir(&self.path);
+        }
+        if let Some(dir) = &self.empty {
+            super::local::empty_dir(dir);
         }
     }
 }
