@@ -177,8 +177,8 @@ struct Ids {
     /// In a user namespace (rootless, or root in a container's namespace): ids not mapped there
     /// show as the overflow ids, and capabilities reach only files whose owner is mapped.
     userns: bool,
-    /// The ids an unmapped owner shows as (`/proc/sys/kernel/overflowuid`, `overflowgid`).
-    overflow: (u32, u32),
+    /// The uid an unmapped owner shows as (`/proc/sys/kernel/overflowuid`).
+    overflow_uid: u32,
     /// `fs.protected_hardlinks`: a file may be linked only by its owner, by a holder of
     /// CAP_FOWNER over it, or by one who may read and write it.
     protected_hardlinks: bool,
@@ -187,20 +187,17 @@ struct Ids {
 impl Ids {
     /// This process's, read once.
     fn current() -> Ids {
-        static IDS: std::sync::OnceLock<(bool, (u32, u32), bool)> = std::sync::OnceLock::new();
+        static IDS: std::sync::OnceLock<(bool, u32, bool)> = std::sync::OnceLock::new();
         let read = |path: &str, default: u32| {
             std::fs::read_to_string(path)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(default)
         };
-        let (userns, overflow, protected_hardlinks) = *IDS.get_or_init(|| {
+        let (userns, overflow_uid, protected_hardlinks) = *IDS.get_or_init(|| {
             (
                 forge_snapshotter::userns::in_user_namespace(),
-                (
-                    read("/proc/sys/kernel/overflowuid", 65534),
-                    read("/proc/sys/kernel/overflowgid", 65534),
-                ),
+                read("/proc/sys/kernel/overflowuid", 65534),
                 // Unreadable: assumed on, which only costs a link that could have been tried.
                 read("/proc/sys/fs/protected_hardlinks", 1) != 0,
             )
@@ -209,7 +206,7 @@ impl Ids {
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
             userns,
-            overflow,
+            overflow_uid,
             protected_hardlinks,
         }
     }
@@ -237,7 +234,7 @@ impl Ids {
         }
         // Root of a user namespace holds CAP_FOWNER over files whose owner is mapped there;
         // an unmapped owner shows as the overflow id.
-        if self.userns && self.euid == 0 && e.uid != self.overflow.0 {
+        if self.userns && self.euid == 0 && e.uid != self.overflow_uid {
             return true;
         }
         // A "safe" source: not setuid, not setgid and group-executable, readable and writable.
