@@ -695,63 +695,11 @@ impl Session {
     }
 }
 
-impl Session {
-    /// The image's layers with those the cache kept from builds with another SOURCE_DATE_EPOCH
-    /// (or none) re-stamped to `epoch`, as the phase that says how many; `layers` as they are
-    /// when each has `epoch`'s mark already (a build with no cache, or the same epoch), with no
-    /// work done, and what an earlier build re-stamped taken as it made it. The blobs to re-stamp
-    /// are fetched first (an imported cache's are lazy).
-    async fn restamp_cached(
-        &self,
-        layers: &[crate::ops::Layer],
-        epoch: i64,
-        compression: Compression,
-        remote: &RemoteBlobs,
-        events: &Events,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<crate::ops::Layer>, BuildError> {
-        if export::restamps_needed(layers, epoch) == 0 {
-            return Ok(layers.to_vec());
-        }
-        let memo = export::Restamped::new(self.root.join("restamped"));
-        let layers = {
-            let (memo, store, layers) = (memo.clone(), self.store.clone(), layers.to_vec());
-            tokio::task::spawn_blocking(move || memo.recall(&store, &layers, epoch, compression))
-                .await
-                .map_err(|e| BuildError::Invalid(format!("worker thread: {e}")))?
-        };
-        let needed = export::restamps_needed(&layers, epoch);
-        if needed == 0 {
-            return Ok(layers);
-        }
-        let layers = &layers;
-        let phase = format!(
-            "re-stamping {needed} cached layer{} to SOURCE_DATE_EPOCH {epoch}",
-            if needed == 1 { "" } else { "s" }
-        );
-        let work = async {
-            let digests: Vec<_> = layers
-                .iter()
-                .filter(|l| l.restamp_to(epoch).is_some())
-                .map(|l| l.digest.clone())
-                .collect();
-            remote
-                .ensure(&self.store, &digests)
-                .await
-                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
-            Ok(export::restamp(&self.store, layers, epoch, compression, &memo).await?)
-        };
-        events
-            .phase_result(&phase, unless_cancelled(cancel, work))
-            .await
-    }
-}
-
 /// `work`, or the solver's cancellation error as soon as `cancel` fires, `work` then dropped where
 /// it waits. For the phases outside the solve that wait on something that may never come (a
 /// registry, a FIFO, a prune holding the store): the solve's steps watch `cancel` themselves, and
 /// a signal must stop a build in every phase, not only while a step runs.
-async fn unless_cancelled<T>(
+pub(super) async fn unless_cancelled<T>(
     cancel: &CancellationToken,
     work: impl std::future::Future<Output = Result<T, BuildError>>,
 ) -> Result<T, BuildError> {

@@ -15,6 +15,7 @@ mod outcome;
 mod pending;
 mod prepare;
 mod request;
+mod restamp;
 mod service;
 mod session;
 mod solve;

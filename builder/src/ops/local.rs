@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use forge_runner::spec::CacheSeed;
 use forge_snapshotter::snapshot::Snapshotter;
 
-use super::run::inside;
 use super::{BuildExecutor, ExecError, LocalDir, Mounted, blocking, io_err};
+use crate::fileop::{self, FileOpError};
 use crate::source::context::{Entry, EntryKind, Subtree};
 
 /// Where a step finds the part of a local directory it binds.
@@ -460,6 +460,13 @@ fn set_mtime(to: &Path, md: &std::fs::Metadata) {
         &t,
         UtimensatFlags::NoFollowSymlink,
     );
+}
+
+/// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem
+/// would resolve it, never leaving `root` (CVE-2024-1753: a context link to `/` must not bind the
+/// host's root).
+pub(super) fn inside(root: &Path, path: &str) -> Result<PathBuf, ExecError> {
+    fileop::root::resolve(root, path, true).map_err(|e| ExecError::FileOp(FileOpError::from(e)))
 }
 
 #[cfg(test)]

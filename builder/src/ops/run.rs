@@ -3,7 +3,7 @@
 //! them), run, and its result committed as a layer, or, for a test step, kept as a verdict with its
 //! artifacts and log. Secrets are masked in every line a step prints before anything sees it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use forge_runner::backend::Runner;
@@ -13,10 +13,9 @@ use forge_runner::spec::{
 };
 use forge_snapshotter::snapshot::Snapshotter;
 
-use super::local::LocalBind;
+use super::local::{LocalBind, inside};
 use super::{BuildExecutor, Built, ExecError, Layer, Mounted, TestLogWriter};
 use crate::events::{BuildEvent, OutputStream};
-use crate::fileop::{self, FileOpError};
 use crate::graph::{CacheSharing, MountKind, NetworkMode, NodeRef, SecurityMode, Vertex};
 use crate::solver::CancellationToken;
 
@@ -484,13 +483,6 @@ fn proxy_setting(args: &[(String, String)], network: StepNetwork) -> Result<Prox
     forge_runner::network::Upstream::parse(&url, &no_proxy)
         .map(|u| (Some(u), Vec::new()))
         .map_err(|e| format!("--build-arg {e}"))
-}
-
-/// A mount source `path` inside the mounted `root`, every link resolved as the step's filesystem
-/// would resolve it, never leaving `root` (CVE-2024-1753: a context link to `/` must not bind the
-/// host's root).
-pub(super) fn inside(root: &Path, path: &str) -> Result<PathBuf, ExecError> {
-    fileop::root::resolve(root, path, true).map_err(|e| ExecError::FileOp(FileOpError::from(e)))
 }
 
 /// What [`ExecError::Exit`] adds when the kernel's OOM killer ended the step.
