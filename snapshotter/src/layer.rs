@@ -670,9 +670,18 @@ pub(crate) fn octal(field: &mut [u8], value: u64) {
 
 pub(crate) fn set_checksum(header: &mut [u8; BLOCK]) {
     header[148..156].fill(b' ');
-    let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
+    let sum = header_sum(header);
     // Six digits (a header sums to at most 512 * 255), a NUL, and the space already there.
     octal(&mut header[148..155], sum);
+}
+
+/// The sum a header's checksum field holds: of its bytes, the field itself counted as spaces.
+pub(crate) fn header_sum(header: &[u8; BLOCK]) -> u64 {
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| u64::from(if (148..156).contains(&i) { b' ' } else { b }))
+        .sum()
 }
 
 /// containerd's chain id of a stack of layers, bottom first: the first layer's diff_id, then

@@ -9,8 +9,8 @@ use std::io::{self, Read, Write};
 
 use crate::compress::Compression;
 use crate::layer::{
-    BLOCK, LayerDescriptor, LayerError, LayerStream, Piped, USTAR_SIZE_MAX, octal, set_checksum,
-    written_mtime,
+    BLOCK, LayerDescriptor, LayerError, LayerStream, Piped, USTAR_SIZE_MAX, header_sum, octal,
+    set_checksum, written_mtime,
 };
 
 /// How a layer's mtimes move from the SOURCE_DATE_EPOCH it was written with to another.
@@ -240,17 +240,7 @@ fn padded(size: u64) -> u64 {
 /// A header's checksum field against the sum of its bytes (the field counted as spaces).
 fn check_checksum(header: &[u8; BLOCK], at: u64) -> Result<(), LayerError> {
     let recorded = number(&header[148..156], at, "checksum")?;
-    let sum: u64 = header
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                u64::from(b' ')
-            } else {
-                u64::from(b)
-            }
-        })
-        .sum();
+    let sum = header_sum(header);
     if recorded != sum {
         return Err(refuse(
             at,

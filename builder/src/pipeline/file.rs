@@ -92,16 +92,8 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Visible<V> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a mapping")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(k) = map.next_key::<Sp<String>>()? {
-                    if k.value.starts_with('.') {
-                        map.next_value::<de::IgnoredAny>()?;
-                    } else {
-                        out.push((k, map.next_value()?));
-                    }
-                }
-                Ok(Visible(OrderedMap(out)))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                entries(map, true).map(|e| Visible(OrderedMap(e)))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Visible(OrderedMap(Vec::new())))
@@ -572,12 +564,8 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a mapping")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry()? {
-                    out.push((k, v));
-                }
-                Ok(OrderedMap(out))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                entries(map, false).map(OrderedMap)
             }
             // `variables:` with nothing under it is an empty map, not an error.
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -586,6 +574,23 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
         }
         d.deserialize_map(Vis(PhantomData))
     }
+}
+
+/// A mapping's entries in file order, each key located; with `skip_hidden`, those whose key starts
+/// with `.` are passed over unread.
+fn entries<'de, A: MapAccess<'de>, V: Deserialize<'de>>(
+    mut map: A,
+    skip_hidden: bool,
+) -> Result<Vec<(Sp<String>, V)>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(k) = map.next_key::<Sp<String>>()? {
+        if skip_hidden && k.value.starts_with('.') {
+            map.next_value::<de::IgnoredAny>()?;
+        } else {
+            out.push((k, map.next_value()?));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -34,8 +34,18 @@ impl Clip {
         }
     }
 
+    /// `line` of `what` ("job test", "image app") when it is kept, the note in its place when it
+    /// is the first past the limit, `None` after that.
+    pub(super) fn pass<S: AsRef<str> + Into<String>>(&self, line: S, what: &str) -> Option<String> {
+        match self.admit(line.as_ref(), what) {
+            Admit::Keep => Some(line.into()),
+            Admit::Clipped(note) => Some(note),
+            Admit::Drop => None,
+        }
+    }
+
     /// Whether `line` of `what` ("job test", "image app") is kept.
-    pub(super) fn admit(&self, line: &str, what: &str) -> Admit {
+    fn admit(&self, line: &str, what: &str) -> Admit {
         let Some(limit) = self.limit else {
             return Admit::Keep;
         };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use forge_snapshotter::store::Descriptor;
 
-use super::clip::{Admit, Clip};
+use super::clip::Clip;
 use super::{BuiltImage, JobLeft, Left, Node, PipelineEvent, Runner, artifacts, confine};
 use crate::api::{BuildRequest, DockerfileSource, Export};
 use crate::events::{BuildEvent, BuildId, Events};
@@ -132,10 +132,9 @@ impl Runner {
             let what = format!("image {image}");
             while let Some(rec) = rx.recv().await {
                 let line = match rec.event {
-                    BuildEvent::Output { line, .. } => match clip.admit(&line, &what) {
-                        Admit::Keep => line,
-                        Admit::Clipped(note) => note,
-                        Admit::Drop => continue,
+                    BuildEvent::Output { line, .. } => match clip.pass(line, &what) {
+                        Some(line) => line,
+                        None => continue,
                     },
                     BuildEvent::Warning { message } => format!("warning: {message}"),
                     _ => continue,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::clip::{Admit, Clip};
+use super::clip::Clip;
 use super::job::{self, JobImage, JobSpec};
 use super::{
     End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
@@ -273,10 +273,8 @@ impl Runner {
         let clip = Clip::new(self.options.log_limit);
         let what = format!("job {job_name}");
         let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
-            let line = match clip.admit(l, &what) {
-                Admit::Keep => l.to_string(),
-                Admit::Clipped(note) => note,
-                Admit::Drop => return,
+            let Some(line) = clip.pass(l, &what) else {
+                return;
             };
             sink(PipelineEvent::JobLine {
                 job: job_name.clone(),
@@ -444,10 +442,10 @@ impl Runner {
                     let line: Arc<dyn Fn(&str) + Send + Sync> = {
                         let (say, name) = (job_line(&sink, &job, &masks), svc.name.clone());
                         let (clip, what) = (Clip::new(log_limit), format!("service {name}"));
-                        Arc::new(move |l: &str| match clip.admit(l, &what) {
-                            Admit::Keep => say(format!("[{name}] {l}")),
-                            Admit::Clipped(note) => say(format!("[{name}] {note}")),
-                            Admit::Drop => {}
+                        Arc::new(move |l: &str| {
+                            if let Some(text) = clip.pass(l, &what) {
+                                say(format!("[{name}] {text}"));
+                            }
                         })
                     };
                     let spec = crate::api::ServiceSpec {
