@@ -227,11 +227,13 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
 
     // Ticks five times a second: headless chromium holds its virtual clock for a streamed
     // response only while data keeps coming.
-    let slow = repo.commit_paced("ok", 30, "0.2", "slow");
-    let n = start(&slow);
-    wait_for_log(&s, "app", n, "tick 1", "the build never ticked");
+    // The browser starts before the slow build does: on a loaded machine chromium's start
+    // alone once outlasted the build's ticks, and the page then found it ended.
     let shots = artifacts("serve-pages");
     let mut browser = Browser::start();
+    let slow = repo.commit_paced("ok", 50, "0.2", "slow");
+    let n = start(&slow);
+    wait_for_log(&s, "app", n, "tick 1", "the build never ticked");
     let tab = browser.open(&s.url(&format!("/p/app/{n}")));
     let at_load = browser.eval(&tab, "document.getElementById('log').textContent");
     assert!(at_load.contains("tick 1"), "{at_load}");
@@ -265,7 +267,7 @@ fn a_browser_renders_the_pages_and_follows_a_running_build_s_log() {
             let log = dom.split("id=\"log\"").nth(1).unwrap_or("");
             assert!(
                 log.contains("data-follow=")
-                    && log.contains("tick 30")
+                    && log.contains("tick 50")
                     && log.contains("build passed"),
                 "{dom}"
             );
