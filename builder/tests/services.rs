@@ -74,6 +74,7 @@ fn httpd(name: &str, image: &BaseImage, net: &SharedNetwork, body: &str) -> Serv
     ServiceSpec {
         name: name.into(),
         image: image.clone(),
+        entrypoint: None,
         command: vec![
             "sh".into(),
             "-c".into(),
@@ -93,6 +94,7 @@ fn in_net(image: &BaseImage, net: &SharedNetwork) -> ServiceSpec {
     ServiceSpec {
         name: "probe".into(),
         image: image.clone(),
+        entrypoint: None,
         command: Vec::new(),
         env: Vec::new(),
         secrets: Vec::new(),
@@ -226,6 +228,7 @@ async fn two_services_on_one_port(runner: RunnerChoice) {
         let spec = ServiceSpec {
             name: name.into(),
             image: image.clone(),
+            entrypoint: None,
             command: vec!["sh".into(), "-c".into(), command.into()],
             env: Vec::new(),
             secrets: Vec::new(),

@@ -47,6 +47,9 @@ fn list(items: &[String]) -> String {
 fn render_job(out: &mut String, j: &JobPlan) {
     let _ = writeln!(out, "  job {}", j.name);
     let _ = writeln!(out, "    image: {}", image_use(&j.image));
+    if !j.entrypoint.is_empty() {
+        let _ = writeln!(out, "    entrypoint: {}", j.entrypoint.join(" "));
+    }
     let needs = match &j.needs {
         None => "every job of the earlier stages".to_string(),
         Some(n) => list(
@@ -68,9 +71,14 @@ fn render_job(out: &mut String, j: &JobPlan) {
         } else {
             format!(", secrets: {}", s.secrets.join(", "))
         };
+        let aliases = if s.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (also {})", s.aliases.join(", "))
+        };
         let _ = writeln!(
             out,
-            "    service {}: {}{secrets}{ready}",
+            "    service {}{aliases}: {}{secrets}{ready}",
             s.name,
             image_use(&s.image)
         );

@@ -136,6 +136,66 @@ fn a_service_gets_the_secrets_it_names_from_its_job() {
     assert!(out.contains("(cached) the service had the secret"), "{out}");
 }
 
+/// A file written for GitLab runs as written: a bare image as a service (reached by the name
+/// GitLab makes from it), GitLab's map (`name:` the image, `alias:` its names, `entrypoint:`
+/// replacing the image's and its CMD), and `image: {name, entrypoint}` running the script's shell
+/// through the entrypoint.
+#[test]
+fn gitlab_s_image_and_service_forms_run_as_gitlab_runs_them() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-gitlab-forms",
+        r#"  web: {context: web}
+jobs:
+  gl:
+    image:
+      name: app
+      entrypoint: ["/bin/sh", "-c", "echo entry ran before $1; exec \"$@\"", "entry"]
+    services:
+      - web
+      - name: web
+        alias: api, api2
+        entrypoint: ["httpd"]
+        command: ["-f", "-p", "127.0.0.1:7001", "-h", "/www"]
+    script:
+      - for i in $(seq 1 120); do wget -Y off -q -O- http://web:7000/ > got && break; sleep 0.5; done; test "$(cat got)" = served
+      - for i in $(seq 1 120); do wget -Y off -q -O- http://api:7001/ > got && break; sleep 0.5; done; test "$(cat got)" = served
+      - wget -Y off -q -O- http://api2:7001/ | grep -qx served && echo every name answers
+"#,
+    );
+    fs::create_dir_all(dir.join("web")).unwrap();
+    fs::write(
+        dir.join("web/Dockerfile"),
+        format!(
+            "FROM {}\nRUN mkdir /www && echo served > /www/index.html\n\
+             CMD [\"httpd\", \"-f\", \"-p\", \"127.0.0.1:7000\", \"-h\", \"/www\"]\n",
+            m.busybox
+        ),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[gl] entry ran before /bin/sh"), "{out}");
+    assert!(out.contains("[gl] every name answers"), "{out}");
+    // GitLab's `[""]` (no entrypoint) runs the shell alone, and is another job: it runs again.
+    let pipeline = fs::read_to_string(dir.join("forge.yaml")).unwrap();
+    fs::write(
+        dir.join("forge.yaml"),
+        pipeline.replace(
+            r#"["/bin/sh", "-c", "echo entry ran before $1; exec \"$@\"", "entry"]"#,
+            r#"[""]"#,
+        ),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("entry ran"), "{out}");
+    assert!(out.contains("[gl] every name answers"), "{out}");
+}
+
 /// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
 /// was printed and stored in two unmasked halves.
 #[test]

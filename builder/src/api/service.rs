@@ -34,6 +34,9 @@ pub struct ServiceSpec {
     pub name: String,
     /// An image already in the store (see [`crate::source::image::pull_base`]).
     pub image: BaseImage,
+    /// Replaces the image's ENTRYPOINT, and its CMD with it (as `docker run --entrypoint`); an
+    /// empty first word (GitLab's `[""]`) leaves none.
+    pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's CMD, its ENTRYPOINT kept (as `docker run IMAGE ARGS`); empty: the
     /// image's ENTRYPOINT and CMD.
     pub command: Vec<String>,
@@ -181,14 +184,28 @@ fn user(config: &ImageConfig) -> User {
     }
 }
 
-/// The argv of a service: ENTRYPOINT, then `command` or else CMD.
-fn service_argv(config: &ImageConfig, command: &[String]) -> Vec<String> {
-    let mut argv = config.entrypoint.clone().unwrap_or_default();
-    if command.is_empty() {
-        argv.extend(config.cmd.clone().unwrap_or_default());
+/// The argv of a service: ENTRYPOINT, then `command` or else CMD; an `entrypoint` given replaces
+/// the image's and drops its CMD, as `docker run --entrypoint` does.
+fn service_argv(
+    config: &ImageConfig,
+    entrypoint: Option<&[String]>,
+    command: &[String],
+) -> Vec<String> {
+    let (mut argv, cmd) = match entrypoint {
+        Some(e) => (
+            e.iter().skip_while(|w| w.is_empty()).cloned().collect(),
+            Vec::new(),
+        ),
+        None => (
+            config.entrypoint.clone().unwrap_or_default(),
+            config.cmd.clone().unwrap_or_default(),
+        ),
+    };
+    argv.extend(if command.is_empty() {
+        cmd
     } else {
-        argv.extend(command.iter().cloned());
-    }
+        command.to_vec()
+    });
     argv
 }
 
@@ -279,12 +296,19 @@ impl Session {
         line: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Result<ServiceHandle, BuildError> {
         let config = image_config(&spec.image)?;
-        let argv = service_argv(&config, &spec.command);
+        let argv = service_argv(&config, spec.entrypoint.as_deref(), &spec.command);
         if argv.is_empty() {
-            return Err(BuildError::Invalid(format!(
-                "service {}: the image {} has no ENTRYPOINT or CMD, and the service no command",
-                spec.name, spec.image.record.reference
-            )));
+            return Err(BuildError::Invalid(match spec.entrypoint {
+                Some(_) => format!(
+                    "service {}: its entrypoint is empty (the image's CMD goes with the image's \
+                     ENTRYPOINT), and the service has no command",
+                    spec.name
+                ),
+                None => format!(
+                    "service {}: the image {} has no ENTRYPOINT or CMD, and the service no command",
+                    spec.name, spec.image.record.reference
+                ),
+            }));
         }
         let (snapshot, rootfs) = self.scratch_rootfs(&spec.image, "service").await?;
         let step = Self::service_step(
@@ -424,14 +448,35 @@ mod tests {
     fn the_command_replaces_cmd_and_keeps_the_entrypoint() {
         let c = config(Some(&["docker-entrypoint.sh"]), Some(&["postgres"]));
         assert_eq!(
-            service_argv(&c, &[]),
+            service_argv(&c, None, &[]),
             vec!["docker-entrypoint.sh", "postgres"]
         );
         assert_eq!(
-            service_argv(&c, &["postgres".into(), "-c".into(), "fsync=off".into()]),
+            service_argv(
+                &c,
+                None,
+                &["postgres".into(), "-c".into(), "fsync=off".into()]
+            ),
             vec!["docker-entrypoint.sh", "postgres", "-c", "fsync=off"]
         );
-        assert!(service_argv(&config(None, None), &[]).is_empty());
+        assert!(service_argv(&config(None, None), None, &[]).is_empty());
+    }
+
+    #[test]
+    fn an_entrypoint_replaces_the_image_s_and_its_cmd_as_docker_run_does() {
+        let c = config(Some(&["docker-entrypoint.sh"]), Some(&["postgres"]));
+        let s = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            service_argv(&c, Some(&s(&["/bin/sh", "-c"])), &s(&["exec httpd -f"])),
+            vec!["/bin/sh", "-c", "exec httpd -f"]
+        );
+        assert_eq!(service_argv(&c, Some(&s(&["tini"])), &[]), vec!["tini"]);
+        // GitLab's `[""]`: no entrypoint, and so the command alone.
+        assert_eq!(
+            service_argv(&c, Some(&s(&[""])), &s(&["redis-server"])),
+            vec!["redis-server"]
+        );
+        assert!(service_argv(&c, Some(&s(&[""])), &[]).is_empty());
     }
 
     #[test]

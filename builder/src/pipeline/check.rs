@@ -4,7 +4,6 @@
 //! found is returned, not only the first.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
 
@@ -19,6 +18,7 @@ pub use super::plan::{
     Artifacts, ImagePlan, ImageUse, JobPlan, Need, Pipeline, Ready, RuleOutcome, ServicePlan,
 };
 use super::rules::{Changes, Expr};
+use super::services;
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
@@ -52,8 +52,6 @@ const GITLAB_NAMES: [(&str, &str); 5] = [
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
 /// A job's stage when it names none, as in GitLab.
 pub const DEFAULT_STAGE: &str = "test";
-const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the check needs from outside the file.
 #[derive(Debug, Clone, Default)]
@@ -130,8 +128,8 @@ pub fn check(
                 }
             }
         }
-        // What GitLab refuses too: a job that runs nothing, a timeout that ends it before it
-        // starts, and two services that one name would reach.
+        // What GitLab refuses too: a job that runs nothing, and a timeout that ends it before
+        // it starts.
         if job.script.value.is_empty() {
             errors.push(PipelineError::new(
                 pos_of(&job.script),
@@ -145,15 +143,6 @@ pub fn check(
                 pos_of(t),
                 "a `timeout` of 0s would end the job before it starts",
             ));
-        }
-        let mut service_names = BTreeSet::new();
-        for svc in &job.services {
-            if !service_names.insert(svc.name.value.as_str()) {
-                errors.push(PipelineError::new(
-                    pos_of(&svc.name),
-                    format!("service `{}` is defined twice in this job", svc.name.value),
-                ));
-            }
         }
         let instances = match &job.parallel {
             None => vec![(k.value.clone(), Vec::new())],
@@ -247,7 +236,19 @@ pub fn check(
                 DEFAULT_STAGE.to_string()
             }
         };
-        let image = resolve_image(&spec.image, source, &vars, &names, &mut errors);
+        let image_spec = file.image_of(spec);
+        let image = match image_spec {
+            Some(i) => resolve_image(&i.name, source, &vars, &names, &mut errors),
+            None => {
+                errors.push(
+                    PipelineError::new(pos_of(k), format!("job `{}` has no image", k.value))
+                        .with_hint(Some(
+                            "give it `image:`, or give `default:` one for every job".into(),
+                        )),
+                );
+                ImageUse::Named(String::new())
+            }
+        };
         let needs = spec.needs.as_ref().map(|list| {
             list.iter()
                 .flat_map(|n| resolve_need(n, &names, &mut errors))
@@ -259,62 +260,14 @@ pub fn check(
                     out
                 })
         });
-        let services = spec
-            .services
-            .iter()
-            .map(|s| {
-                let mut svars = vars.clone();
-                expand::define(&s.variables, source, &mut svars, &mut errors);
-                for secret in &s.secrets {
-                    if !spec.secrets.iter().any(|j| j.value == secret.value) {
-                        errors.push(
-                            PipelineError::new(
-                                pos_of(secret),
-                                format!(
-                                    "service `{}`: secret `{}` is not one of the job's secrets",
-                                    s.name.value, secret.value
-                                ),
-                            )
-                            .with_hint(Some(format!(
-                                "a service gets only secrets its job has: add `{}` to the job's \
-                                 `secrets:`",
-                                secret.value
-                            ))),
-                        );
-                    }
-                }
-                ServicePlan {
-                    name: s.name.value.clone(),
-                    image: resolve_image(&s.image, source, &vars, &names, &mut errors),
-                    command: s
-                        .command
-                        .iter()
-                        .flatten()
-                        .map(|c| c.value.clone())
-                        .collect(),
-                    variables: s
-                        .variables
-                        .0
-                        .iter()
-                        .filter_map(|(k, _)| {
-                            svars.get(&k.value).map(|v| (k.value.clone(), v.clone()))
-                        })
-                        .collect(),
-                    secrets: s.secrets.iter().map(|x| x.value.clone()).collect(),
-                    ready: s.ready.as_ref().map(|r| Ready {
-                        command: r.command.value.clone(),
-                        timeout: r
-                            .timeout
-                            .as_ref()
-                            .map_or(DEFAULT_READY_TIMEOUT, |t| t.value.0),
-                        interval: r
-                            .interval
-                            .as_ref()
-                            .map_or(DEFAULT_READY_INTERVAL, |t| t.value.0),
-                    }),
-                }
-            })
-            .collect();
+        let services = services::plan(
+            file.services_of(spec),
+            spec,
+            source,
+            &vars,
+            &names,
+            &mut errors,
+        );
         let artifacts = spec.artifacts.as_ref().map(|a| Artifacts {
             paths: a
                 .paths
@@ -346,6 +299,14 @@ pub fn check(
             base: k.value.clone(),
             stage,
             image,
+            // GitLab's `[""]` is "no entrypoint", the shell alone.
+            entrypoint: image_spec
+                .and_then(|i| i.entrypoint.as_ref())
+                .iter()
+                .flat_map(|e| &e.value)
+                .map(|c| c.value.clone())
+                .skip_while(String::is_empty)
+                .collect(),
             // GitLab's: before_script and script are one shell; a job's own list (even empty)
             // replaces `default:`'s.
             script: lines(

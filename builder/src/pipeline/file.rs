@@ -151,8 +151,25 @@ pub struct CacheSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultSpec {
+    pub image: Option<JobImageSpec>,
+    pub services: Option<Vec<ServiceSpec>>,
     pub before_script: Option<Sp<Vec<Sp<String>>>>,
     pub after_script: Option<Sp<Vec<Sp<String>>>>,
+}
+
+impl PipelineFile {
+    /// The image `job` runs on: its own, else `default:`'s.
+    pub fn image_of<'a>(&'a self, job: &'a JobSpec) -> Option<&'a JobImageSpec> {
+        job.image.as_ref().or(self.default.image.as_ref())
+    }
+
+    /// The services of `job`: its own list (even empty), else `default:`'s.
+    pub fn services_of<'a>(&'a self, job: &'a JobSpec) -> &'a [ServiceSpec] {
+        job.services
+            .as_deref()
+            .or(self.default.services.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// An entry of `jobs:`.
@@ -161,8 +178,9 @@ pub struct DefaultSpec {
 pub struct JobSpec {
     /// Default `test`, as in GitLab.
     pub stage: Option<Sp<String>>,
-    /// A named image, `NAME@STAGE`, or a registry reference.
-    pub image: Sp<String>,
+    /// A named image, `NAME@STAGE`, or a registry reference; or GitLab's map of `name` and
+    /// `entrypoint`. `None`: `default:`'s (see [`PipelineFile::image_of`]).
+    pub image: Option<JobImageSpec>,
     /// Shell lines, run with `sh -e` in the image.
     pub script: Sp<Vec<Sp<String>>>,
     /// Lines run before `script`, in the same shell (GitLab's); replaces `default:`'s.
@@ -175,8 +193,8 @@ pub struct JobSpec {
     /// `None` (no key): wait for every job of the earlier stages, as GitLab does; `Some`: only
     /// for these jobs or images, which lets the job start before its stage.
     pub needs: Option<Vec<Sp<NeedSpec>>>,
-    #[serde(default)]
-    pub services: Vec<ServiceSpec>,
+    /// `None`: `default:`'s; a list, even empty, replaces them.
+    pub services: Option<Vec<ServiceSpec>>,
     pub parallel: Option<Parallel>,
     pub artifacts: Option<ArtifactsSpec>,
     /// Names of secrets the job may read.
@@ -194,22 +212,148 @@ pub struct JobSpec {
     pub cache: Option<bool>,
 }
 
-/// A container started beside a job's (a database for integration tests).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    /// The host name the job reaches it by.
+/// A job's `image:`: the image and what runs the script in it.
+#[derive(Debug)]
+pub struct JobImageSpec {
+    /// A named image, `NAME@STAGE`, or a registry reference.
     pub name: Sp<String>,
+    /// GitLab's `entrypoint:`: the script's shell runs as its arguments (`["/bin/bash", "-lc",
+    /// "exec \"$@\"", "--"]`). `[""]` or none: the shell alone, the image's ENTRYPOINT never
+    /// in the way (what GitLab's `[""]` asks for).
+    pub entrypoint: Option<Sp<Vec<Sp<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobImageMap {
+    name: Sp<String>,
+    entrypoint: Option<Sp<Vec<Sp<String>>>>,
+}
+
+impl<'de> Deserialize<'de> for JobImageSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JobImageSpec, D::Error> {
+        let e = Sp::<BareOr<JobImageMap>>::deserialize(d)?;
+        Ok(match e.value {
+            BareOr::Bare(name) => JobImageSpec {
+                name: Sp::new(name, e.referenced, e.defined),
+                entrypoint: None,
+            },
+            BareOr::Map(m) => JobImageSpec {
+                name: m.name,
+                entrypoint: m.entrypoint,
+            },
+        })
+    }
+}
+
+/// A container started beside a job's (a database for integration tests), written as forge's
+/// map (`name:` its host name, `image:`), GitLab's map (`name:` the image, `alias:` its host
+/// names) or GitLab's bare image (`- postgres:16`).
+#[derive(Debug)]
+pub struct ServiceSpec {
+    /// forge's `name:` (given with `image:`): the one name the job reaches it by.
+    pub name: Option<Sp<String>>,
+    /// GitLab's `alias:`, one or more names split at commas and spaces. Without `name:` or
+    /// `alias:` the names come from the image, as GitLab makes them (`tutum/wordpress:6`:
+    /// `tutum__wordpress` and `tutum-wordpress`).
+    pub aliases: Vec<Sp<String>>,
     pub image: Sp<String>,
+    /// Replaces the image's ENTRYPOINT, and then its CMD too unless `command:` is given, as
+    /// `docker run --entrypoint` does; `[""]` leaves no entrypoint.
+    pub entrypoint: Option<Vec<Sp<String>>>,
     /// The command, in place of the image's.
     pub command: Option<Vec<Sp<String>>>,
-    #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
     /// Secrets of the job the service gets too, as environment variables and as
     /// `/run/secrets/NAME` (a database's password: `POSTGRES_PASSWORD_FILE: /run/secrets/DB`).
-    #[serde(default)]
     pub secrets: Vec<Sp<String>>,
     pub ready: Option<ReadySpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceMap {
+    name: Option<Sp<String>>,
+    image: Option<Sp<String>>,
+    alias: Option<Sp<String>>,
+    entrypoint: Option<Vec<Sp<String>>>,
+    command: Option<Vec<Sp<String>>>,
+    #[serde(default)]
+    variables: OrderedMap<Sp<Text>>,
+    #[serde(default)]
+    secrets: Vec<Sp<String>>,
+    ready: Option<ReadySpec>,
+}
+
+impl<'de> Deserialize<'de> for ServiceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServiceSpec, D::Error> {
+        let e = Sp::<BareOr<ServiceMap>>::deserialize(d)?;
+        let m = match e.value {
+            BareOr::Bare(image) => ServiceMap {
+                name: None,
+                image: Some(Sp::new(image, e.referenced, e.defined)),
+                alias: None,
+                entrypoint: None,
+                command: None,
+                variables: OrderedMap::default(),
+                secrets: Vec::new(),
+                ready: None,
+            },
+            BareOr::Map(m) => m,
+        };
+        // forge's form names the image with `image:`; GitLab's with `name:`.
+        let (name, image) = match (m.name, m.image) {
+            (name, Some(image)) => (name, image),
+            (Some(image), None) => (None, image),
+            (None, None) => {
+                return Err(de::Error::custom(
+                    "a service needs `image:` (or GitLab's `name:` naming the image)",
+                ));
+            }
+        };
+        let aliases = m.alias.map_or_else(Vec::new, |a| {
+            a.value
+                .split([',', ' ', '\t'])
+                .filter(|n| !n.is_empty())
+                .map(|n| Sp::new(n.to_string(), a.referenced, a.defined))
+                .collect()
+        });
+        Ok(ServiceSpec {
+            name,
+            aliases,
+            image,
+            entrypoint: m.entrypoint,
+            command: m.command,
+            variables: m.variables,
+            secrets: m.secrets,
+            ready: m.ready,
+        })
+    }
+}
+
+/// A string, or a map read as `M`: the two ways GitLab writes an image.
+enum BareOr<M> {
+    Bare(String),
+    Map(M),
+}
+
+impl<'de, M: Deserialize<'de>> Deserialize<'de> for BareOr<M> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<M>(PhantomData<M>);
+        impl<'de, M: Deserialize<'de>> Visitor<'de> for V<M> {
+            type Value = BareOr<M>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an image reference, or a map with `name`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(BareOr::Bare(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                M::deserialize(de::value::MapAccessDeserializer::new(map)).map(BareOr::Map)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
 }
 
 /// How to tell a service is up: a command run until it succeeds, within a timeout.

@@ -233,12 +233,16 @@ pub(super) fn find_cycle(
                 }
             }
         }
-        let uses = std::iter::once((&job.image, pos_of(&spec.image))).chain(
-            job.services
-                .iter()
-                .zip(&spec.services)
-                .map(|(s, ss)| (&s.image, pos_of(&ss.image))),
-        );
+        let uses = file
+            .image_of(spec)
+            .map(|i| (&job.image, pos_of(&i.name)))
+            .into_iter()
+            .chain(
+                job.services
+                    .iter()
+                    .zip(file.services_of(spec))
+                    .map(|(s, ss)| (&s.image, pos_of(&ss.image))),
+            );
         for (image, at) in uses {
             if let ImageUse::Named(n) | ImageUse::Stage { image: n, .. } = image
                 && let Some(&i) = image_index.get(n.as_str())

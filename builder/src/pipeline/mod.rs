@@ -20,6 +20,7 @@ pub mod junit;
 mod plan;
 pub mod rules;
 pub mod run;
+pub mod services;
 
 pub use check::{
     CheckOptions, ImagePlan, ImageUse, JobPlan, Need, Pipeline, RuleOutcome, ServicePlan, check,

@@ -60,8 +60,13 @@ pub enum Need {
 
 #[derive(Debug, Clone)]
 pub struct ServicePlan {
+    /// The first name the job reaches it by; its hostname and how its lines are marked.
     pub name: String,
+    /// The other names the job reaches it by.
+    pub aliases: Vec<String>,
     pub image: ImageUse,
+    /// In place of the image's ENTRYPOINT (and CMD, unless `command` is given).
+    pub entrypoint: Option<Vec<String>>,
     pub command: Vec<String>,
     pub variables: BTreeMap<String, String>,
     /// Names of the job's secrets the service gets (never their values).
@@ -102,6 +107,9 @@ pub struct JobPlan {
     pub base: String,
     pub stage: String,
     pub image: ImageUse,
+    /// Run with the script's shell as its arguments (GitLab's `image: entrypoint:`); empty: the
+    /// shell alone.
+    pub entrypoint: Vec<String>,
     /// `before_script`'s lines, then `script`'s: one shell.
     pub script: Vec<String>,
     /// Run after `script` in a shell of its own, whatever the script's result.

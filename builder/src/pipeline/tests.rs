@@ -482,8 +482,8 @@ fn before_and_after_script_come_from_the_job_or_else_from_default() {
     let own = job(&p, "own");
     assert_eq!(own.script, ["o1", "s"]);
     assert!(own.after_script.is_empty());
-    let e = errors("default:\n  image: alpine\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
-    assert!(e.to_string().contains("unknown key `image`"), "{e}");
+    let e = errors("default:\n  tags: [docker]\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
+    assert!(e.to_string().contains("unknown key `tags`"), "{e}");
 }
 
 #[test]
@@ -531,4 +531,145 @@ fn gitlabs_predefined_names_read_forges_built_ins() {
         e.to_string().contains("`CI_COMMIT_SHA` is set by forge"),
         "{e}"
     );
+}
+
+#[test]
+fn gitlab_s_image_and_service_forms_read_as_gitlab_reads_them() {
+    let src = r#"jobs:
+  t:
+    image:
+      name: alpine:3
+      entrypoint: [""]
+    services:
+      - postgres:16
+      - tutum/wordpress:6
+      - name: registry.example.com/team/cache:2
+        alias: cache, kv store
+        entrypoint: ["/bin/sh", "-c"]
+        command: ["exec redis-server"]
+      - name: web
+        image: nginx
+    script: [x]
+  u:
+    image:
+      name: alpine:3
+      entrypoint: ["/bin/bash", "-lc", "exec \"$@\"", "--"]
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let t = job(&p, "t");
+    assert!(matches!(&t.image, ImageUse::Registry(r) if r.to_string().contains("alpine")));
+    assert!(t.entrypoint.is_empty(), "[\"\"] is no entrypoint");
+    let names: Vec<(&str, Vec<&str>)> = t
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.aliases.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("postgres", vec![]),
+            ("tutum__wordpress", vec!["tutum-wordpress"]),
+            ("cache", vec!["kv", "store"]),
+            ("web", vec![]),
+        ]
+    );
+    assert_eq!(
+        t.services[2].entrypoint.as_deref(),
+        Some(&["/bin/sh".to_string(), "-c".to_string()][..])
+    );
+    assert_eq!(t.services[2].command, ["exec redis-server"]);
+    assert_eq!(t.services[3].entrypoint, None);
+    assert_eq!(
+        job(&p, "u").entrypoint,
+        ["/bin/bash", "-lc", "exec \"$@\"", "--"]
+    );
+}
+
+#[test]
+fn a_service_no_name_reaches_or_two_would_share_is_refused_where_written() {
+    let src = r#"jobs:
+  t:
+    image: alpine
+    services:
+      - 127.0.0.1:5000/db:1
+      - name: redis
+        alias: cache
+      - name: memcached
+        alias: cache
+      - name: "my db"
+        image: postgres
+    script: [x]
+"#;
+    let e = errors(src);
+    let at: Vec<(usize, usize)> = e
+        .errors
+        .iter()
+        .map(|x| (x.pos.line, x.pos.column))
+        .collect();
+    assert_eq!(at, vec![(5, 9), (9, 16), (10, 15)], "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("service image `127.0.0.1:5000/db:1` gives no host name"),
+        "{text}"
+    );
+    assert!(text.contains("give the service `alias:`"), "{text}");
+    assert!(
+        text.contains("service `cache` is defined twice in this job"),
+        "{text}"
+    );
+    assert!(
+        text.contains("service name `my db` is not a host name"),
+        "{text}"
+    );
+    // A service that names no image at all is refused by the reader, at the entry.
+    let e = errors(
+        "jobs:\n  t:\n    image: alpine\n    services:\n      - alias: db\n    script: [x]\n",
+    );
+    assert!(e.to_string().contains("a service needs `image:`"), "{e}");
+    // GitLab's keys forge does not run on are refused by name, not ignored.
+    let e = errors(
+        "jobs:\n  t:\n    image:\n      name: alpine\n      pull_policy: always\n    script: [x]\n",
+    );
+    assert!(e.to_string().contains("pull_policy"), "{e}");
+}
+
+#[test]
+fn default_gives_every_job_its_image_and_services_unless_the_job_has_its_own() {
+    let src = r#"default:
+  image: alpine:3
+  services: [redis:7]
+jobs:
+  plain:
+    script: [x]
+  own:
+    image: {name: debian:12, entrypoint: ["/bin/bash", "-c", "exec \"$@\"", "--"]}
+    services: []
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let plain = job(&p, "plain");
+    assert!(matches!(&plain.image, ImageUse::Registry(r) if r.to_string().contains("alpine")));
+    assert_eq!(plain.services.len(), 1);
+    assert_eq!(plain.services[0].name, "redis");
+    let own = job(&p, "own");
+    assert!(matches!(&own.image, ImageUse::Registry(r) if r.to_string().contains("debian")));
+    assert!(
+        own.services.is_empty(),
+        "a job's own list, even empty, replaces default's"
+    );
+    assert_eq!(own.entrypoint.len(), 4);
+    // Without either, the job is refused at its name.
+    let e = errors("jobs:\n  lost:\n    script: [x]\n");
+    assert_eq!(
+        (e.errors[0].pos.line, e.errors[0].pos.column),
+        (2, 3),
+        "{e}"
+    );
+    assert!(e.to_string().contains("job `lost` has no image"), "{e}");
 }

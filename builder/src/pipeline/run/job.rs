@@ -40,6 +40,8 @@ pub struct JobImage {
 pub struct JobSpec {
     pub name: String,
     pub image: JobImage,
+    /// Run with the script's shell as its arguments; empty: the shell alone.
+    pub entrypoint: Vec<String>,
     /// The script, one shell line each, run with `sh -e`.
     pub script: Vec<String>,
     /// Run after the script in a shell of its own, whatever its result (see [`script_program`]).
@@ -235,12 +237,17 @@ impl Session {
         let exec = b.add_in_stage(
             job.name.clone(),
             Op::Exec(ExecOp {
-                args: vec![
-                    "/bin/sh".into(),
-                    "-e".into(),
-                    "-c".into(),
-                    script_program(&job.script, &job.after_script),
-                ],
+                args: job
+                    .entrypoint
+                    .iter()
+                    .cloned()
+                    .chain([
+                        "/bin/sh".into(),
+                        "-e".into(),
+                        "-c".into(),
+                        script_program(&job.script, &job.after_script),
+                    ])
+                    .collect(),
                 env,
                 cwd: if config.working_dir.is_empty() {
                     "/".into()

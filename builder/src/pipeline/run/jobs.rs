@@ -357,12 +357,9 @@ impl Runner {
             .with_names(
                 plan.services
                     .iter()
-                    .map(|s| s.name.clone())
-                    .filter(|n| {
-                        !n.is_empty()
-                            && n.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-                    })
+                    .flat_map(|s| std::iter::once(&s.name).chain(&s.aliases))
+                    .filter(|n| crate::pipeline::services::is_host_name(n))
+                    .cloned()
                     .collect(),
             );
         let globals: Vec<(String, String)> = self
@@ -380,12 +377,21 @@ impl Runner {
                 .await
                 .map_err(|e| format!("service {}: {e}", svc.name))?;
             key.push_str(&svc.name);
+            for a in &svc.aliases {
+                key.push(',');
+                key.push_str(a);
+            }
             key.push('\0');
             for d in &base.diff_ids {
                 key.push_str(d.as_ref());
                 key.push(',');
             }
             key.push('\0');
+            if let Some(e) = &svc.entrypoint {
+                key.push_str("entrypoint\u{1f}");
+                key.push_str(&e.join("\u{1f}"));
+                key.push('\0');
+            }
             key.push_str(&svc.command.join("\u{1f}"));
             key.push('\0');
             for (k, v) in &svc.variables {
@@ -451,6 +457,7 @@ impl Runner {
                     let spec = crate::api::ServiceSpec {
                         name: svc.name.clone(),
                         image: base.clone(),
+                        entrypoint: svc.entrypoint.clone(),
                         command: svc.command.clone(),
                         env: env.clone(),
                         secrets: secrets.clone(),
@@ -597,6 +604,7 @@ impl Runner {
                 extra,
             },
             script: plan.script.clone(),
+            entrypoint: plan.entrypoint.clone(),
             after_script: plan.after_script.clone(),
             env,
             run_env,
