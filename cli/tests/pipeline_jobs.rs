@@ -196,6 +196,40 @@ jobs:
     assert!(out.contains("[gl] every name answers"), "{out}");
 }
 
+/// GitLab's `when: manual`: `forge run` skips the job and says how to run it, `forge run deploy`
+/// runs it.
+#[test]
+fn a_manual_job_runs_when_asked_for_by_name() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-manual",
+        r#"jobs:
+  unit:
+    image: app
+    script: [echo unit ran]
+  deploy:
+    stage: deploy
+    image: app
+    when: manual
+    script: [echo deploying]
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[unit] unit ran"), "{out}");
+    assert!(!out.contains("deploying"), "{out}");
+    assert!(
+        out.contains("job deploy: skipped: when: manual (`forge run deploy` runs it)"),
+        "{out}"
+    );
+    let o = forge_run(&dir, &root, &["run", "deploy"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[deploy] deploying"), "{out}");
+}
+
 /// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
 /// was printed and stored in two unmasked halves.
 #[test]

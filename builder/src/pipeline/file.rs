@@ -414,6 +414,9 @@ pub enum When {
     OnFailure,
     Always,
     Never,
+    /// Only when asked for by name (`forge run JOB`), as GitLab's play button runs it; else
+    /// skipped, gating no push, and a job that `needs:` it does not run either.
+    Manual,
 }
 
 impl fmt::Display for When {
@@ -423,6 +426,7 @@ impl fmt::Display for When {
             When::OnFailure => "on_failure",
             When::Always => "always",
             When::Never => "never",
+            When::Manual => "manual",
         })
     }
 }

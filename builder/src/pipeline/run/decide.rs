@@ -29,7 +29,7 @@ pub(super) fn untested(plan: &Pipeline, n: &Node, deps: &[(Node, End)]) -> Optio
     let left_out = |j: &str| {
         plan.jobs
             .iter()
-            .any(|p| p.name == j && p.when == When::Never)
+            .any(|p| p.name == j && matches!(p.when, When::Never | When::Manual))
     };
     // A gate skipped only because nothing failed (`when: on_failure`) never meant to test it.
     if !gates.iter().any(|(j, _)| left_out(j)) {
@@ -75,12 +75,49 @@ pub(super) fn decide(
                 .iter()
                 .any(|(d, e)| matches!(d, Node::Build(..)) && *e != End::Ok);
             let upstream = !failed.is_empty() || !held.is_empty() || !blocked.is_empty();
+            // A manual job not asked for is skipped, and what names it in `needs:` waits for
+            // it as in GitLab: here, where nobody can press play, it does not run either.
+            let manual_needs: Vec<&String> = job
+                .needs
+                .iter()
+                .flatten()
+                .filter_map(|n| match n {
+                    crate::pipeline::plan::Need::Job(j) => Some(j),
+                    crate::pipeline::plan::Need::Image(_) => None,
+                })
+                .filter(|j| {
+                    deps.iter()
+                        .any(|(d, e)| *e == End::Skipped && *d == Node::Job((*j).clone()))
+                        && plan
+                            .jobs
+                            .iter()
+                            .any(|p| p.name == **j && p.when == When::Manual)
+                })
+                .collect();
             let (end, reason) = if job.when == When::Never {
                 let why = match job.rule {
                     crate::pipeline::plan::RuleOutcome::NoneMatched => "no rule matched",
                     _ => "when: never",
                 };
                 (End::Skipped, why.to_string())
+            } else if job.when == When::Manual {
+                (
+                    End::Skipped,
+                    format!("when: manual (`forge run {}` runs it)", job.base),
+                )
+            } else if !manual_needs.is_empty() {
+                let names: Vec<&str> = manual_needs.iter().map(|s| s.as_str()).collect();
+                (
+                    End::Blocked,
+                    format!(
+                        "it needs {}, manual and not asked for (`forge run {}` runs them)",
+                        names.join(", "),
+                        std::iter::once(job.base.as_str())
+                            .chain(names.iter().copied())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                )
             } else if image_failed {
                 (End::Blocked, "its image was not built".to_string())
             } else {

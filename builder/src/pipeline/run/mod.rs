@@ -100,7 +100,7 @@ pub async fn run(
     let cache = cache::PipelineCache::open(session, plan, &sink).await;
     let r = Runner {
         session: session.clone(),
-        plan: Arc::new(plan.clone()),
+        plan: Arc::new(asked_for(plan, &options.only)),
         options: Arc::new(options.clone()),
         sink,
         cancel,
@@ -127,7 +127,7 @@ pub fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError
                 )));
             }
         }
-        if j.network == Network::Host && !options.allow_network_host && runs(j) {
+        if j.network == Network::Host && !options.allow_network_host && runs(j, options) {
             return Err(BuildError::Invalid(format!(
                 "job {}: `network: host` is not allowed: the job would reach the host's own \
                  services; the run must grant it (forge run --allow network.host)",
@@ -145,8 +145,31 @@ pub fn preflight(plan: &Pipeline, options: &RunOptions) -> Result<(), BuildError
     Ok(())
 }
 
-fn runs(j: &JobPlan) -> bool {
-    j.when != When::Never
+/// Whether `j` may run in this run: not left out by rules or `when: never`, and if `when:
+/// manual`, asked for by name.
+fn runs(j: &JobPlan, options: &RunOptions) -> bool {
+    match j.when {
+        When::Never => false,
+        When::Manual => named(j, &options.only),
+        _ => true,
+    }
+}
+
+/// `plan` as this run runs it: a manual job asked for by name (`forge run JOB...`) runs as any
+/// other; the rest stay manual, and are skipped.
+fn asked_for(plan: &Pipeline, only: &[String]) -> Pipeline {
+    let mut plan = plan.clone();
+    for j in &mut plan.jobs {
+        if j.when == When::Manual && named(j, only) {
+            j.when = When::OnSuccess;
+        }
+    }
+    plan
+}
+
+/// Whether `forge run JOB...` names `j` (by its name or, for a matrix cell, its job's).
+fn named(j: &JobPlan, only: &[String]) -> bool {
+    only.iter().any(|o| *o == j.name || *o == j.base)
 }
 
 /// The file name a job's artifacts go under: its name with each run of other characters made
@@ -303,7 +326,7 @@ fn units(plan: &Pipeline, only: &[String]) -> BTreeMap<Node, BTreeSet<Node>> {
     let mut stack: Vec<Node> = plan
         .jobs
         .iter()
-        .filter(|j| only.iter().any(|o| *o == j.name || *o == j.base))
+        .filter(|j| named(j, only))
         .map(|j| Node::Job(j.name.clone()))
         .collect();
     while let Some(n) = stack.pop() {

@@ -47,6 +47,7 @@ impl Walk {
 /// `Ok` when it is not listed. Units never ready are left out of `ends`.
 fn walk(plan: &Pipeline, only: &[&str], ran: &[(Node, End)]) -> Walk {
     let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+    let plan = &asked_for(plan, &only);
     let units = units(plan, &only);
     let ran: HashMap<Node, End> = ran.iter().cloned().collect();
     let mut ends: HashMap<Node, End> = HashMap::new();
@@ -318,4 +319,59 @@ fn a_push_whose_every_gate_was_skipped_by_rules_says_it_is_untested() {
         "{:?}",
         w.lines
     );
+}
+
+/// GitLab's `when: manual`: a job that runs only when asked for by name. Not asked for, it is
+/// skipped and gates no push; the next stage runs (as GitLab's optional manual job lets it), and a
+/// job that `needs:` it does not run. `forge run deploy` runs it, and then what needs it.
+#[test]
+fn a_manual_job_runs_only_when_asked_for_by_name() {
+    let p = plan(
+        r#"images:
+  app:
+    tags: ["127.0.0.1:5000/t/app:v1"]
+    push: true
+jobs:
+  unit:
+    image: app
+    script: [x]
+  deploy:
+    stage: deploy
+    image: app
+    when: manual
+    script: [x]
+  announce:
+    stage: deploy
+    image: docker.io/library/busybox
+    needs: [deploy]
+    script: [x]
+  later:
+    stage: deploy
+    image: docker.io/library/busybox
+    script: [x]
+"#,
+    );
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&job("deploy")), Some(End::Skipped), "{:?}", w.lines);
+    w.assert_said("job deploy: skipped: when: manual (`forge run deploy` runs it)");
+    assert_eq!(w.end(&job("announce")), Some(End::Blocked), "{:?}", w.lines);
+    w.assert_said(
+        "job announce: skipped: it needs deploy, manual and not asked for (`forge run announce \
+         deploy` runs them)",
+    );
+    assert_eq!(w.end(&job("later")), Some(End::Ok), "{:?}", w.lines);
+    // `unit` passed, `deploy` gates nothing: the push goes ahead, no word of untested.
+    assert_eq!(w.end(&push("app")), Some(End::Ok), "{:?}", w.lines);
+    assert!(
+        !w.lines.iter().any(|l| l.contains("untested")),
+        "{:?}",
+        w.lines
+    );
+
+    let w = walk(&p, &["deploy", "announce"], &[]);
+    assert_eq!(w.end(&job("deploy")), Some(End::Ok), "{:?}", w.lines);
+    assert_eq!(w.end(&job("announce")), Some(End::Ok), "{:?}", w.lines);
+    // Asked for, it gates the push like any job on the image.
+    let w = walk(&p, &["unit", "deploy"], &[(job("deploy"), End::Failed)]);
+    assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
 }
