@@ -130,11 +130,18 @@ pub fn check(
         }
         // What GitLab refuses too: a job that runs nothing, and a timeout that ends it before
         // it starts.
-        if job.script.value.is_empty() {
-            errors.push(PipelineError::new(
-                pos_of(&job.script),
+        match &job.script {
+            None => errors.push(
+                PipelineError::new(pos_of(k), format!("job `{}` has no `script`", k.value))
+                    .with_hint(Some(
+                        "give it `script:`, or `extends:` a template that has one".into(),
+                    )),
+            ),
+            Some(s) if s.value.is_empty() => errors.push(PipelineError::new(
+                pos_of(s),
                 "`script` is empty: a job runs at least one command",
-            ));
+            )),
+            Some(_) => {}
         }
         if let Some(t) = &job.timeout
             && t.value.0.is_zero()
@@ -284,7 +291,7 @@ pub fn check(
                 .flat_map(|r| r.junit.0.iter().cloned())
                 .collect(),
         });
-        for s in &spec.secrets {
+        for s in spec.secrets.iter().flatten() {
             if !is_env_name(&s.value) {
                 errors.push(PipelineError::new(
                     pos_of(s),
@@ -293,7 +300,14 @@ pub fn check(
             }
         }
         let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
-        let (rule, when) = rules(&spec.rules, source, &vars, options, job_when, &mut errors);
+        let (rule, when) = rules(
+            spec.rules.as_deref().unwrap_or_default(),
+            source,
+            &vars,
+            options,
+            job_when,
+            &mut errors,
+        );
         jobs.push(JobPlan {
             name: name.clone(),
             base: k.value.clone(),
@@ -314,7 +328,7 @@ pub fn check(
                     .as_ref()
                     .or(file.default.before_script.as_ref()),
             )
-            .chain(lines(Some(&spec.script)))
+            .chain(lines(spec.script.as_ref()))
             .collect(),
             after_script: lines(
                 spec.after_script
@@ -326,10 +340,15 @@ pub fn check(
             needs,
             services,
             artifacts,
-            secrets: spec.secrets.iter().map(|s| s.value.clone()).collect(),
+            secrets: spec
+                .secrets
+                .iter()
+                .flatten()
+                .map(|s| s.value.clone())
+                .collect(),
             rule,
             when,
-            allow_failure: spec.allow_failure,
+            allow_failure: spec.allow_failure.unwrap_or(false),
             retry: spec.retry.as_ref().map(|r| r.value.clone()),
             timeout: spec.timeout.as_ref().map(|t| t.value.0),
             network: spec

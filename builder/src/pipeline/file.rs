@@ -173,7 +173,7 @@ impl PipelineFile {
 }
 
 /// An entry of `jobs:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Default `test`, as in GitLab.
@@ -181,8 +181,9 @@ pub struct JobSpec {
     /// A named image, `NAME@STAGE`, or a registry reference; or GitLab's map of `name` and
     /// `entrypoint`. `None`: `default:`'s (see [`PipelineFile::image_of`]).
     pub image: Option<JobImageSpec>,
-    /// Shell lines, run with `sh -e` in the image.
-    pub script: Sp<Vec<Sp<String>>>,
+    /// Shell lines, run with `sh -e` in the image; `None` only where `extends:` gives them (a
+    /// job without is refused).
+    pub script: Option<Sp<Vec<Sp<String>>>>,
     /// Lines run before `script`, in the same shell (GitLab's); replaces `default:`'s.
     pub before_script: Option<Sp<Vec<Sp<String>>>>,
     /// Lines run after `script` in a shell of their own, whatever its result, which they do not
@@ -198,22 +199,22 @@ pub struct JobSpec {
     pub parallel: Option<Parallel>,
     pub artifacts: Option<ArtifactsSpec>,
     /// Names of secrets the job may read.
-    #[serde(default)]
-    pub secrets: Vec<Sp<String>>,
-    #[serde(default)]
-    pub rules: Vec<RuleSpec>,
-    #[serde(default)]
-    pub allow_failure: bool,
+    pub secrets: Option<Vec<Sp<String>>>,
+    pub rules: Option<Vec<RuleSpec>>,
+    pub allow_failure: Option<bool>,
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
     pub when: Option<Sp<When>>,
     pub network: Option<Sp<Network>>,
     /// `false` runs the script without the build cache's mounts.
     pub cache: Option<bool>,
+    /// GitLab's: jobs or hidden templates whose keys this job takes where it has none of its
+    /// own, resolved as the file is read ([`super::extends`]).
+    pub extends: Option<Sp<OneOrMany<String>>>,
 }
 
 /// A job's `image:`: the image and what runs the script in it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JobImageSpec {
     /// A named image, `NAME@STAGE`, or a registry reference.
     pub name: Sp<String>,
@@ -249,7 +250,7 @@ impl<'de> Deserialize<'de> for JobImageSpec {
 /// A container started beside a job's (a database for integration tests), written as forge's
 /// map (`name:` its host name, `image:`), GitLab's map (`name:` the image, `alias:` its host
 /// names) or GitLab's bare image (`- postgres:16`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServiceSpec {
     /// forge's `name:` (given with `image:`): the one name the job reaches it by.
     pub name: Option<Sp<String>>,
@@ -357,7 +358,7 @@ impl<'de, M: Deserialize<'de>> Deserialize<'de> for BareOr<M> {
 }
 
 /// How to tell a service is up: a command run until it succeeds, within a timeout.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadySpec {
     /// A shell line, run with `sh -c` in the service's container.
@@ -369,14 +370,14 @@ pub struct ReadySpec {
 }
 
 /// `parallel:`; only `matrix:` (GitLab's `parallel: N` has no meaning without a runner fleet).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parallel {
     /// A list of maps of lists: each map expands to the product of its lists.
     pub matrix: Sp<Vec<Sp<OrderedMap<OneOrMany<Text>>>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactsSpec {
     #[serde(default)]
@@ -386,7 +387,7 @@ pub struct ArtifactsSpec {
     pub reports: Option<Reports>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reports {
     /// JUnit XML files the job writes.
@@ -395,7 +396,7 @@ pub struct Reports {
 }
 
 /// One of `rules:`; the first whose `if:` and `changes:` both match decides.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     #[serde(rename = "if")]
@@ -688,7 +689,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 
 /// A mapping with string keys kept in file order, each key located: job and image names are
 /// reported where they are written, and the plan lists them as the file does.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OrderedMap<V>(pub Vec<(Sp<String>, V)>);
 
 impl<V> Default for OrderedMap<V> {

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod error;
 mod expand;
+pub mod extends;
 pub mod file;
 pub mod git;
 mod graph;
@@ -73,7 +74,11 @@ pub fn normalize_breaks(source: &str) -> Cow<'_, str> {
 
 /// Reads `source` as a forge.yaml into its located model; `file` is the name errors report.
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
-    read_yaml(file, source)
+    let mut parsed = read_yaml(file, source)?;
+    let source = &*normalize_breaks(source);
+    extends::resolve(&mut parsed, source, yaml_options)
+        .map_err(|errors| PipelineErrors::new(file, source, errors))?;
+    Ok(parsed)
 }
 
 /// Reads `source` as YAML into `T` with forge.yaml's bounds, every error located and rendered as

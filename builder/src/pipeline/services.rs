@@ -42,7 +42,12 @@ pub(super) fn plan(
         let mut svars = vars.clone();
         expand::define(&s.variables, source, &mut svars, errors);
         for secret in &s.secrets {
-            if !job.secrets.iter().any(|j| j.value == secret.value) {
+            if !job
+                .secrets
+                .iter()
+                .flatten()
+                .any(|j| j.value == secret.value)
+            {
                 errors.push(
                     PipelineError::new(
                         pos_of(secret),

@@ -673,3 +673,102 @@ jobs:
     );
     assert!(e.to_string().contains("job `lost` has no image"), "{e}");
 }
+
+#[test]
+fn extends_lays_templates_under_a_job_as_gitlab_does() {
+    let src = r#".base:
+  image: alpine:3
+  before_script: [echo base]
+  variables: {A: "1", B: "2"}
+  retry: 1
+.slow:
+  extends: .base
+  timeout: 30m
+  variables: {B: "slow"}
+.scripts: &scripts [not, a, job]
+jobs:
+  .lint-tpl:
+    stage: build
+    script: [lint]
+  unit:
+    extends: [.slow, .lint-tpl]
+    variables: {B: "3", C: "4"}
+    script: [test]
+  lint:
+    extends: .lint-tpl
+    image: debian:12
+  again:
+    extends: unit
+    retry: 0
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let unit = job(&p, "unit");
+    assert!(matches!(&unit.image, ImageUse::Registry(r) if r.to_string().contains("alpine")));
+    assert_eq!(unit.script, ["echo base", "test"]);
+    assert_eq!(unit.stage, "build", "the last named template's stage");
+    assert_eq!(unit.timeout, Some(std::time::Duration::from_secs(1800)));
+    let vars: Vec<(&str, &str)> = unit
+        .variables
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(vars, [("A", "1"), ("B", "3"), ("C", "4")]);
+    assert_eq!(unit.retry.as_ref().map(|r| r.max), Some(1));
+    let lint = job(&p, "lint");
+    assert_eq!(lint.script, ["lint"]);
+    assert!(matches!(&lint.image, ImageUse::Registry(r) if r.to_string().contains("debian")));
+    // A visible job may be extended too, and its own keys stay its own.
+    let again = job(&p, "again");
+    assert_eq!(again.script, ["echo base", "test"]);
+    assert_eq!(again.retry.as_ref().map(|r| r.max), Some(0));
+}
+
+#[test]
+fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where_written() {
+    let e = errors(
+        "jobs:\n  a:\n    extends: .tset\n    script: [x]\n    image: alpine\n.test:\n  stage: test\n",
+    );
+    assert_eq!(
+        (e.errors[0].pos.line, e.errors[0].pos.column),
+        (3, 14),
+        "{e}"
+    );
+    let shown = e.render(&e.errors[0]);
+    assert!(
+        shown.contains("`extends` names `.tset`, which is no job or hidden template"),
+        "{shown}"
+    );
+    assert!(shown.contains("did you mean `.test`?"), "{shown}");
+
+    let e = errors(
+        ".a:\n  extends: .b\n.b:\n  extends: .a\njobs:\n  j:\n    extends: .a\n    script: [x]\n    image: alpine\n",
+    );
+    assert!(
+        e.to_string()
+            .contains("`extends` goes round: j -> .a -> .b -> .a"),
+        "{e}"
+    );
+
+    // A template named is read as strictly as a job, and its error points into it.
+    let e = errors(".t:\n  image: alpine\n  scirpt: [x]\njobs:\n  j:\n    extends: .t\n");
+    assert_eq!(e.errors[0].pos.line, 3, "{e}");
+    assert!(e.to_string().contains("scirpt"), "{e}");
+
+    // Deeper than GitLab's eleven levels.
+    let mut src = String::new();
+    for i in 0..13 {
+        src.push_str(&format!(".t{i}:\n  extends: .t{}\n", i + 1));
+    }
+    src.push_str(".t13:\n  image: alpine\n  script: [x]\njobs:\n  j:\n    extends: .t0\n");
+    let e = errors(&src);
+    assert!(e.to_string().contains("nests deeper than 11 levels"), "{e}");
+
+    // A job that ends up without a script says so at its name.
+    let e = errors(".t:\n  image: alpine\njobs:\n  j:\n    extends: .t\n");
+    assert_eq!(
+        (e.errors[0].pos.line, e.errors[0].pos.column),
+        (4, 3),
+        "{e}"
+    );
+    assert!(e.to_string().contains("job `j` has no `script`"), "{e}");
+}
