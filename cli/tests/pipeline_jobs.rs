@@ -230,6 +230,37 @@ fn a_manual_job_runs_when_asked_for_by_name() {
     assert!(out.contains("[deploy] deploying"), "{out}");
 }
 
+/// GitLab's `artifacts: exclude:` leaves out the entries it matches (the entry itself: `**`
+/// reaches below a directory), and `expire_in:` is read as GitLab writes it.
+#[test]
+fn artifacts_exclude_leaves_out_what_it_matches() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-exclude",
+        r#"jobs:
+  mk:
+    image: app
+    script:
+      - mkdir -p build/sub build/objs && touch build/a.o build/app build/sub/b.o build/sub/b.txt build/objs/c
+    artifacts:
+      paths: [build/]
+      exclude: ["build/**/*.o", build/objs]
+      expire_in: 1 week
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    let got = dir.join("forge-artifacts/mk/build");
+    for kept in ["app", "sub/b.txt", "objs/c"] {
+        assert!(got.join(kept).exists(), "{kept} missing");
+    }
+    for left in ["a.o", "sub/b.o"] {
+        assert!(!got.join(left).exists(), "{left} kept");
+    }
+}
+
 /// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
 /// was printed and stored in two unmasked halves.
 #[test]

@@ -406,7 +406,28 @@ impl Server {
         .await
         .map_err(|e| failed(e.to_string()));
         b.jobs = live.lock().expect("not poisoned").jobs.clone();
+        if let Ok(r) = &report {
+            self.note_expiries(b, &plan, r);
+        }
         report
+    }
+
+    /// Records when the artifacts of `b`'s jobs that give `expire_in` expire (see
+    /// [`crate::expire_artifacts`]).
+    fn note_expiries(
+        &self,
+        b: &Build,
+        plan: &forge_builder::pipeline::Pipeline,
+        report: &forge_builder::pipeline::run::RunReport,
+    ) {
+        let lines = expiries(plan, report, crate::store::now());
+        if lines.is_empty() {
+            return;
+        }
+        let path = self.store.artifacts_expiry_path(&b.project, b.number);
+        if let Err(e) = std::fs::write(&path, lines) {
+            eprintln!("error: {}: {e}", path.display());
+        }
     }
 
     /// Records the end of `b` and tells whoever the project names.
@@ -563,6 +584,30 @@ impl Log {
     }
 }
 
+/// The lines of a build's expiry record ([`crate::store::Store::artifacts_expiry_path`]): for
+/// each job that kept artifacts and gives `expire_in`, when (`now` on) and its folder's name.
+fn expiries(
+    plan: &forge_builder::pipeline::Pipeline,
+    report: &forge_builder::pipeline::run::RunReport,
+    now: u64,
+) -> String {
+    report
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let dir = j.artifacts.as_ref()?.file_name()?.to_str()?.to_string();
+            let after = plan
+                .jobs
+                .iter()
+                .find(|p| p.name == j.name)?
+                .artifacts
+                .as_ref()?
+                .expire_in?;
+            Some(format!("{} {dir}\n", now.saturating_add(after.as_secs())))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,6 +619,35 @@ mod tests {
         assert_eq!(plan.images.len(), 1);
         let src = plain_build("Dockerfile", &[]);
         pipeline::load("p", &src, &CheckOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_build_records_when_each_job_s_artifacts_expire() {
+        let src = "jobs:\n  unit:\n    image: alpine\n    script: [x]\n    artifacts:\n      \
+                   paths: [out]\n      expire_in: 1 week\n  lint:\n    image: alpine\n    \
+                   script: [x]\n    artifacts:\n      paths: [out]\n      expire_in: never\n  \
+                   docs:\n    image: alpine\n    script: [x]\n    artifacts:\n      paths: \
+                   [out]\n      expire_in: 2 hrs\n";
+        let plan = pipeline::load("p", src, &CheckOptions::default()).unwrap();
+        let job = |name: &str, kept: bool| forge_builder::pipeline::run::JobReport {
+            name: name.into(),
+            result: JobResult::Passed,
+            exit_code: Some(0),
+            duration_ms: 1,
+            reason: None,
+            junit: None,
+            artifacts: kept.then(|| PathBuf::from(format!("/srv/artifacts/app/7/{name}"))),
+        };
+        let report = RunReport {
+            passed: true,
+            cancelled: false,
+            images: Vec::new(),
+            jobs: vec![job("unit", true), job("lint", true), job("docs", false)],
+            junit: None,
+            duration: std::time::Duration::from_secs(1),
+        };
+        // `never` and a job that kept nothing have no line.
+        assert_eq!(expiries(&plan, &report, 1000), "605800 unit\n");
     }
 
     #[test]

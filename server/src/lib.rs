@@ -50,11 +50,14 @@ pub async fn serve(config: config::Config, session: Session, root: &Path) -> Res
         eprintln!("{line}");
     }
     tokio::spawn(server.clone().schedule());
-    if retention.0.is_some() || retention.1.is_some() {
+    {
         let store = store.clone();
         tokio::spawn(async move {
             loop {
-                expire_logs(&store, retention.0, retention.1);
+                if retention.0.is_some() || retention.1.is_some() {
+                    expire_logs(&store, retention.0, retention.1);
+                }
+                expire_artifacts(&store);
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
         });
@@ -110,6 +113,66 @@ pub fn describe(config: &config::Config) -> Vec<String> {
     out
 }
 
+/// Removes the artifacts of jobs whose `expire_in` has passed (recorded when their build ended).
+pub fn expire_artifacts(store: &store::Store) {
+    let now = store::now();
+    let Ok(projects) = std::fs::read_dir(store.artifacts_root()) else {
+        return;
+    };
+    for project in projects.flatten() {
+        let Ok(files) = std::fs::read_dir(project.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            let Some(n) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".expires"))
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let build = project.path().join(n);
+            let mut left = String::new();
+            for line in text.lines() {
+                let Some((when, dir)) = line.split_once(' ') else {
+                    continue;
+                };
+                // A job's folder, never a path that leaves the build's.
+                let ok = !dir.is_empty() && !dir.contains('/') && dir != "." && dir != "..";
+                match when.parse::<u64>() {
+                    Ok(t) if ok && t <= now => {
+                        let d = build.join(dir);
+                        if let Err(e) = std::fs::remove_dir_all(&d)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            eprintln!("error: {}: {e}", d.display());
+                            left.push_str(line);
+                            left.push('\n');
+                        }
+                    }
+                    Ok(_) if ok => {
+                        left.push_str(line);
+                        left.push('\n');
+                    }
+                    _ => {}
+                }
+            }
+            let _ = if left.is_empty() {
+                std::fs::remove_file(&path)
+            } else if left != text {
+                std::fs::write(&path, left)
+            } else {
+                Ok(())
+            };
+        }
+    }
+}
+
 /// Removes the logs of ended builds that ended more than `max_age_days` ago, then the oldest
 /// while all take more than `max_total` bytes. A running build's log is never removed.
 pub fn expire_logs(store: &store::Store, max_age_days: Option<u64>, max_total: Option<u64>) {
@@ -136,6 +199,7 @@ pub fn expire_logs(store: &store::Store, max_age_days: Option<u64>, max_total: O
             total -= size;
             // The build's artifacts go with its log.
             let _ = std::fs::remove_dir_all(store.artifacts_dir(&b.project, b.number));
+            let _ = std::fs::remove_file(store.artifacts_expiry_path(&b.project, b.number));
         }
     }
 }
@@ -209,5 +273,52 @@ mod tests {
         assert!(!art(old.number).exists() && art(new.number).exists());
         // The records stay: only logs and artifacts expire.
         assert_eq!(store.list("app", 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_job_s_artifacts_go_when_their_expire_in_has_passed_and_nothing_outside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let b = ended(&store, 0, 10);
+        let build = store.artifacts_dir("app", b.number);
+        for job in ["unit", "lint", "docs"] {
+            std::fs::create_dir_all(build.join(job)).unwrap();
+            std::fs::write(build.join(job).join("out.txt"), job).unwrap();
+        }
+        let outside = dir.path().join("artifacts/app/keep");
+        std::fs::create_dir_all(&outside).unwrap();
+        let now = store::now();
+        let sidecar = store.artifacts_expiry_path("app", b.number);
+        std::fs::write(
+            &sidecar,
+            format!(
+                "{} unit\n{} lint\n{} ../keep\n{} ..\n",
+                now - 10,
+                now + 3600,
+                now - 10,
+                now - 10
+            ),
+        )
+        .unwrap();
+        expire_artifacts(&store);
+        assert!(!build.join("unit").exists(), "expired");
+        assert!(build.join("lint").exists(), "not yet");
+        assert!(
+            build.join("docs").exists(),
+            "no expire_in: kept with the log"
+        );
+        assert!(
+            outside.exists() && build.exists(),
+            "a line never reaches outside a job's folder"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&sidecar).unwrap(),
+            format!("{} lint\n", now + 3600),
+            "what is left to expire stays recorded"
+        );
+        // The build's log expiring takes the rest and the record with it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        expire_logs(&store, Some(0), None);
+        assert!(!build.exists() && !sidecar.exists());
     }
 }

@@ -99,6 +99,17 @@ impl Store {
         self.artifacts.join(project).join(n.to_string())
     }
 
+    /// When the artifacts of build `n` of `project` expire, job by job: lines of `UNIX_SECONDS
+    /// DIR`, `DIR` a job's folder under [`Store::artifacts_dir`] (GitLab's `expire_in`).
+    pub fn artifacts_expiry_path(&self, project: &str, n: u64) -> PathBuf {
+        self.artifacts.join(project).join(format!("{n}.expires"))
+    }
+
+    /// The folder of every project's artifacts.
+    pub fn artifacts_root(&self) -> &Path {
+        &self.artifacts
+    }
+
     fn recover(&self) -> Result<Vec<Build>, StoreError> {
         let all = self.all()?;
         // A database from before the queue had its index: its queued builds are indexed now.

@@ -10,7 +10,7 @@ use forge_snapshotter::reference::Reference;
 use super::error::{PipelineError, Pos};
 use super::expand::{self, expand_at, inner_pos};
 use super::file::{
-    ArtifactsWhen, JobSpec, NeedSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of,
+    ArtifactsWhen, ExpireIn, JobSpec, NeedSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of,
 };
 use super::graph;
 use super::plan::Names;
@@ -281,6 +281,15 @@ pub fn check(
                 .iter()
                 .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
                 .collect(),
+            exclude: a
+                .exclude
+                .iter()
+                .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
+                .collect(),
+            expire_in: a.expire_in.as_ref().and_then(|e| match e.value {
+                ExpireIn::Never => None,
+                ExpireIn::After(d) => Some(d),
+            }),
             when: a
                 .when
                 .as_ref()

@@ -382,9 +382,89 @@ pub struct Parallel {
 pub struct ArtifactsSpec {
     #[serde(default)]
     pub paths: Vec<Sp<String>>,
+    /// Globs of entries `paths` selects that are left out, each matching an entry itself (not
+    /// what is below a directory it names), as GitLab's.
+    #[serde(default)]
+    pub exclude: Vec<Sp<String>>,
     /// Default `on_success`.
     pub when: Option<Sp<ArtifactsWhen>>,
     pub reports: Option<Reports>,
+    /// How long `forge serve` keeps them after the build (GitLab's `30 days`, `1 week`, `never`).
+    pub expire_in: Option<Sp<ExpireIn>>,
+}
+
+/// GitLab's `artifacts: expire_in:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireIn {
+    Never,
+    After(Duration),
+}
+
+/// Parses a duration as GitLab's `expire_in` takes one: numbers each followed by a unit (`30
+/// days`, `3 mins 4 sec`, `2h20min`, `1 week and 2 days`; a month is 30 days, a year 365), a bare
+/// number of seconds, or `never`.
+pub fn parse_expire_in(s: &str) -> Result<ExpireIn, String> {
+    let bad = || {
+        format!(
+            "invalid expire_in {s:?}: write it as `30 days`, `1 week`, `2 hrs 20 min` or `never`"
+        )
+    };
+    let text = s.trim().to_ascii_lowercase();
+    if text == "never" {
+        return Ok(ExpireIn::Never);
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(|n| ExpireIn::After(Duration::from_secs(n)))
+            .map_err(|_| bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = text.as_str();
+    let mut terms = 0;
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if let Some(r) = rest.strip_prefix("and ") {
+            rest = r.trim_start();
+        }
+        if rest.is_empty() {
+            break;
+        }
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..letters] {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "wk" | "wks" | "week" | "weeks" => 7 * 86_400,
+            "mo" | "mos" | "month" | "months" => 30 * 86_400,
+            "y" | "yr" | "yrs" | "year" | "years" => 365 * 86_400,
+            _ => return Err(bad()),
+        };
+        rest = &rest[letters..];
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("expire_in {s:?} is too long"))?;
+        terms += 1;
+    }
+    if terms == 0 {
+        return Err(bad());
+    }
+    Ok(ExpireIn::After(Duration::from_secs(total)))
+}
+
+impl<'de> Deserialize<'de> for ExpireIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExpireIn, D::Error> {
+        let s = Text::deserialize(d)?;
+        parse_expire_in(&s.0).map_err(de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -756,5 +836,35 @@ mod tests {
         }
         assert!(parse_duration("99999999999999999999h").is_err());
         assert!(parse_duration("9999999999999999h").is_err());
+    }
+
+    #[test]
+    fn expire_in_reads_as_gitlab_writes_it() {
+        let after = |secs| Ok(ExpireIn::After(Duration::from_secs(secs)));
+        assert_eq!(parse_expire_in("42"), after(42));
+        assert_eq!(parse_expire_in("42 seconds"), after(42));
+        assert_eq!(parse_expire_in("3 mins 4 sec"), after(184));
+        assert_eq!(parse_expire_in("2 hrs 20 min"), after(8400));
+        assert_eq!(parse_expire_in("2h20min"), after(8400));
+        assert_eq!(parse_expire_in("1 week"), after(604_800));
+        assert_eq!(parse_expire_in("30 days"), after(2_592_000));
+        assert_eq!(parse_expire_in("6 mos 1 day"), after(180 * 86_400 + 86_400));
+        assert_eq!(
+            parse_expire_in("47 yrs 6 mos and 4d"),
+            after((47 * 365 + 180 + 4) * 86_400)
+        );
+        assert_eq!(parse_expire_in("3 weeks and 2 days"), after(23 * 86_400));
+        assert_eq!(parse_expire_in("Never"), Ok(ExpireIn::Never));
+        for bad in [
+            "",
+            "soon",
+            "1 fortnight",
+            "week",
+            "-1 day",
+            "1.5 days",
+            "99999999999999999 years",
+        ] {
+            assert!(parse_expire_in(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -84,8 +84,12 @@ pub struct Ready {
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     pub paths: Vec<String>,
+    /// Entries of `paths` left out (each glob matching an entry itself).
+    pub exclude: Vec<String>,
     pub when: ArtifactsWhen,
     pub junit: Vec<String>,
+    /// How long `forge serve` keeps them after the build; `None`: as long as the build's log.
+    pub expire_in: Option<std::time::Duration>,
 }
 
 /// What `rules:` decided for this run.

@@ -66,9 +66,16 @@ pub struct Selected {
     pub unmatched: Vec<usize>,
 }
 
-/// Selects the entries of `taken` that match `patterns` into a new plain-tar blob.
-pub fn select(store: &Store, taken: &Artifacts, patterns: &[String]) -> Result<Selected, String> {
+/// Selects the entries of `taken` that match `patterns`, less those an `exclude` glob matches
+/// (the entry itself: a directory matched keeps what is below it), into a new plain-tar blob.
+pub fn select(
+    store: &Store,
+    taken: &Artifacts,
+    patterns: &[String],
+    exclude: &[String],
+) -> Result<Selected, String> {
     let set = globs(patterns)?;
+    let exclude = globs(exclude)?;
     let mut hit = vec![false; patterns.len()];
     let open = || {
         store
@@ -82,7 +89,9 @@ pub fn select(store: &Store, taken: &Artifacts, patterns: &[String]) -> Result<S
         for e in a.entries().map_err(|e| e.to_string())? {
             let e = e.map_err(|e| e.to_string())?;
             let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-            if selected(&set, &name, &mut hit) {
+            if selected(&set, &name, &mut hit)
+                && !exclude.is_match(format!("/{}", name.trim_end_matches('/')))
+            {
                 let mut p = name.trim_end_matches('/').to_string();
                 keep.insert(p.clone());
                 while let Some(i) = p.rfind('/') {

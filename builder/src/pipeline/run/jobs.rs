@@ -134,6 +134,11 @@ impl Runner {
                 .iter()
                 .map(|p| artifacts::absolute(&workdir, p))
                 .collect();
+            let exclude: Vec<String> = a
+                .exclude
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
             let reports: Vec<String> = a
                 .junit
                 .iter()
@@ -155,7 +160,7 @@ impl Runner {
                 let mut notes = Vec::new();
                 let mut unmatched = Vec::new();
                 let kept = if keep && !paths.is_empty() {
-                    let s = artifacts::select(&store, &taken, &paths)?;
+                    let s = artifacts::select(&store, &taken, &paths, &exclude)?;
                     unmatched.extend(s.unmatched.iter().map(|&i| written[i].clone()));
                     s.layer
                 } else {
@@ -172,7 +177,7 @@ impl Runner {
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports).and_then(|s| {
+                    match artifacts::select(&store, &taken, &reports, &[]).and_then(|s| {
                         unmatched.extend(s.unmatched.iter().map(|&i| written_reports[i].clone()));
                         s.layer
                             .map(|d| read_junit(&store, &d, &origin, &report_masks))
