@@ -261,6 +261,47 @@ fn artifacts_exclude_leaves_out_what_it_matches() {
     }
 }
 
+/// GitLab's `dependencies:` and `needs: [{job, artifacts: false}]` choose whose artifacts a job
+/// receives: only the ones named reach its filesystem.
+#[test]
+fn dependencies_choose_whose_artifacts_a_job_receives() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-deps",
+        r#"jobs:
+  a:
+    stage: build
+    image: app
+    script: [echo a > from-a]
+    artifacts: {paths: [from-a]}
+  b:
+    stage: build
+    image: app
+    script: [echo b > from-b]
+    artifacts: {paths: [from-b]}
+  only-a:
+    image: app
+    dependencies: [a]
+    script: ['echo "only-a sees: $(ls from-* | tr "\n" " ")"']
+  none:
+    image: app
+    dependencies: []
+    script: ['echo "none sees: $(ls from-* 2>/dev/null | wc -l) files"']
+  waits:
+    image: app
+    needs: [{job: a, artifacts: false}, b]
+    script: ['echo "waits sees: $(ls from-* | tr "\n" " ")"']
+"#,
+    );
+    let o = forge_run(&dir, &root, &["run"], &[]);
+    let out = printed(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("[only-a] only-a sees: from-a \n"), "{out}");
+    assert!(out.contains("[none] none sees: 0 files"), "{out}");
+    assert!(out.contains("[waits] waits sees: from-b \n"), "{out}");
+}
+
 /// Regression (S3): the runner hands on a line in 64 KiB pieces, and a secret across the cut
 /// was printed and stored in two unmasked halves.
 #[test]

@@ -18,7 +18,7 @@ pub use super::plan::{
     Artifacts, ImagePlan, ImageUse, JobPlan, Need, Pipeline, Ready, RuleOutcome, ServicePlan,
 };
 use super::rules::{Changes, Expr};
-use super::services;
+use super::{deps, services};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
@@ -348,6 +348,7 @@ pub fn check(
             variables: own,
             needs,
             services,
+            artifacts_from: None,
             artifacts,
             secrets: spec
                 .secrets
@@ -368,6 +369,8 @@ pub fn check(
         });
     }
     needs_left_out(&jobs, &expanded, &names, &mut errors);
+    let specs: Vec<&JobSpec> = expanded.iter().map(|e| e.1).collect();
+    deps::artifacts_from(&mut jobs, &specs, &stages, &names, &mut errors);
     // Stage order, then file order (the sort is stable).
     let rank = |s: &str| stages.iter().position(|x| x == s).unwrap_or(usize::MAX);
     let mut order: Vec<usize> = (0..jobs.len()).collect();

@@ -169,6 +169,7 @@ fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         variables: OrderedMap(variables),
         needs: over.needs.or(base.needs),
         services: over.services.or(base.services),
+        dependencies: over.dependencies.or(base.dependencies),
         parallel: over.parallel.or(base.parallel),
         artifacts: over.artifacts.or(base.artifacts),
         secrets: over.secrets.or(base.secrets),

@@ -196,6 +196,9 @@ pub struct JobSpec {
     pub needs: Option<Vec<Sp<NeedSpec>>>,
     /// `None`: `default:`'s; a list, even empty, replaces them.
     pub services: Option<Vec<ServiceSpec>>,
+    /// GitLab's: the jobs whose artifacts it receives (of earlier stages, or of its `needs:`);
+    /// `None`: those of its `needs:`, else of every earlier job; `[]`: none.
+    pub dependencies: Option<Vec<Sp<String>>>,
     pub parallel: Option<Parallel>,
     pub artifacts: Option<ArtifactsSpec>,
     /// Names of secrets the job may read.
@@ -606,6 +609,8 @@ pub struct NeedSpec {
     /// A job, a matrix job's written or expanded name, or an image.
     pub name: String,
     pub optional: bool,
+    /// GitLab's `artifacts: false`: wait for the job without receiving its artifacts.
+    pub artifacts: bool,
 }
 
 #[derive(Deserialize)]
@@ -614,6 +619,12 @@ struct NeedMap {
     job: String,
     #[serde(default)]
     optional: bool,
+    #[serde(default = "yes")]
+    artifacts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl<'de> Deserialize<'de> for NeedSpec {
@@ -628,6 +639,7 @@ impl<'de> Deserialize<'de> for NeedSpec {
                 Ok(NeedSpec {
                     name: s.to_string(),
                     optional: false,
+                    artifacts: true,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NeedSpec, A::Error> {
@@ -635,6 +647,7 @@ impl<'de> Deserialize<'de> for NeedSpec {
                 Ok(NeedSpec {
                     name: m.job,
                     optional: m.optional,
+                    artifacts: m.artifacts,
                 })
             }
         }

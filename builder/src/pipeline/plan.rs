@@ -123,6 +123,9 @@ pub struct JobPlan {
     /// `None`: every job of the earlier stages (GitLab's default).
     pub needs: Option<Vec<Need>>,
     pub services: Vec<ServicePlan>,
+    /// The jobs whose artifacts are laid on its filesystem, in this order; `None`: every earlier
+    /// job's (GitLab's default without `needs:` or `dependencies:`).
+    pub artifacts_from: Option<Vec<String>>,
     pub artifacts: Option<Artifacts>,
     pub secrets: Vec<String>,
     pub rule: RuleOutcome,

@@ -772,3 +772,63 @@ fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where
     );
     assert!(e.to_string().contains("job `j` has no `script`"), "{e}");
 }
+
+#[test]
+fn a_job_receives_the_artifacts_of_its_dependencies_or_its_needs() {
+    let src = r#"jobs:
+  compile:
+    stage: build
+    image: alpine
+    script: [x]
+  docs:
+    stage: build
+    image: alpine
+    script: [x]
+  unit:
+    image: alpine
+    dependencies: [compile]
+    script: [x]
+  lint:
+    image: alpine
+    dependencies: []
+    script: [x]
+  pick:
+    image: alpine
+    needs: [{job: compile, artifacts: false}, docs]
+    script: [x]
+  all:
+    image: alpine
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let from = |name: &str| job(&p, name).artifacts_from.clone();
+    assert_eq!(from("unit"), Some(vec!["compile".to_string()]));
+    assert_eq!(from("lint"), Some(vec![]));
+    assert_eq!(from("pick"), Some(vec!["docs".to_string()]));
+    assert_eq!(from("all"), None, "every earlier job's");
+
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    script: [x]\n  b:\n    image: alpine\n    \
+         dependencies: [a, nope]\n    script: [x]\n  c:\n    stage: deploy\n    image: alpine\n    \
+         needs: [a]\n    dependencies: [b]\n    script: [x]\n",
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("`a` in dependencies is not a job of an earlier stage"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`nope` in dependencies names no job"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`b` in dependencies is not one of its `needs:`"),
+        "{text}"
+    );
+    let at: Vec<(usize, usize)> = e
+        .errors
+        .iter()
+        .map(|x| (x.pos.line, x.pos.column))
+        .collect();
+    assert_eq!(at, vec![(7, 20), (7, 23), (13, 20)], "{e}");
+}

@@ -517,32 +517,21 @@ impl Runner {
         let (image_name, base, config) = self.resolve_image(&plan.image, inputs).await?;
         let (network, services, services_key) = self.services(plan, inputs).await?;
         let mut extra = Vec::new();
-        if let Some(needs) = &plan.needs {
-            for n in needs {
-                if let Need::Job(j) = n
-                    && let Some(Left::Job(
-                        JobLeft {
-                            artifacts: Some(d), ..
-                        },
-                        _,
-                    )) = inputs.get(&Node::Job(j.clone()))
-                {
-                    extra.push(d.clone());
-                }
-            }
-        } else {
-            // Without `needs:`, the artifacts of every earlier job, in plan order (GitLab's
-            // default dependencies).
-            for o in &self.plan.jobs {
-                if let Some(Left::Job(
-                    JobLeft {
-                        artifacts: Some(d), ..
-                    },
-                    _,
-                )) = inputs.get(&Node::Job(o.name.clone()))
-                {
-                    extra.push(d.clone());
-                }
+        // Its `dependencies:` or `needs:`; without either, every earlier job's, in plan order
+        // (GitLab's default dependencies).
+        let from: Vec<&String> = match &plan.artifacts_from {
+            Some(list) => list.iter().collect(),
+            None => self.plan.jobs.iter().map(|o| &o.name).collect(),
+        };
+        for j in from {
+            if let Some(Left::Job(
+                JobLeft {
+                    artifacts: Some(d), ..
+                },
+                _,
+            )) = inputs.get(&Node::Job(j.clone()))
+            {
+                extra.push(d.clone());
             }
         }
         let mut env: Vec<(String, String)> = Vec::new();
