@@ -87,6 +87,8 @@ fn render_job(out: &mut String, j: &JobPlan) {
         RuleOutcome::NoRules => format!("no rules, when {}", j.when),
         RuleOutcome::Matched { index } => format!("rule {} matched, when {}", index + 1, j.when),
         RuleOutcome::NoneMatched => "no rule matched: the job does not run".to_string(),
+        RuleOutcome::OnlyMissed => "only: does not match: the job does not run".to_string(),
+        RuleOutcome::ExceptMatched => "except: matches: the job does not run".to_string(),
     };
     let _ = writeln!(out, "    rules: {rules}");
     if !j.variables.is_empty() {

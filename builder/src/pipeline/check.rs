@@ -18,7 +18,7 @@ pub use super::plan::{
     Artifacts, ImagePlan, ImageUse, JobPlan, Need, Pipeline, Ready, RuleOutcome, ServicePlan,
 };
 use super::rules::{Changes, Expr};
-use super::{deps, services};
+use super::{deps, only, services};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
@@ -309,14 +309,19 @@ pub fn check(
             }
         }
         let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
-        let (rule, when) = rules(
-            spec.rules.as_deref().unwrap_or_default(),
-            source,
-            &vars,
-            options,
-            job_when,
-            &mut errors,
-        );
+        // GitLab's older `only:`/`except:`, else `rules:`.
+        let (rule, when) = match only::decide(spec, source, &vars, options, &mut errors) {
+            Some(RuleOutcome::NoRules) => (RuleOutcome::NoRules, job_when),
+            Some(left_out) => (left_out, When::Never),
+            None => rules(
+                spec.rules.as_deref().unwrap_or_default(),
+                source,
+                &vars,
+                options,
+                job_when,
+                &mut errors,
+            ),
+        };
         jobs.push(JobPlan {
             name: name.clone(),
             base: k.value.clone(),
@@ -438,7 +443,9 @@ fn needs_left_out(
             }
             let why = match first.rule {
                 RuleOutcome::NoneMatched => "no rule of it matched",
-                _ => "it is `when: never`",
+                RuleOutcome::OnlyMissed => "its `only:` does not match",
+                RuleOutcome::ExceptMatched => "its `except:` matches",
+                RuleOutcome::NoRules | RuleOutcome::Matched { .. } => "it is `when: never`",
             };
             let which: Vec<&str> = out.iter().map(|j| j.name.as_str()).collect();
             errors.push(

@@ -174,6 +174,8 @@ fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         artifacts: over.artifacts.or(base.artifacts),
         secrets: over.secrets.or(base.secrets),
         rules: over.rules.or(base.rules),
+        only: over.only.or(base.only),
+        except: over.except.or(base.except),
         allow_failure: over.allow_failure.or(base.allow_failure),
         retry: over.retry.or(base.retry),
         timeout: over.timeout.or(base.timeout),

@@ -204,6 +204,9 @@ pub struct JobSpec {
     /// Names of secrets the job may read.
     pub secrets: Option<Vec<Sp<String>>>,
     pub rules: Option<Vec<RuleSpec>>,
+    /// GitLab's keys before `rules:` ([`super::only`]).
+    pub only: Option<Sp<OnlySpec>>,
+    pub except: Option<Sp<OnlySpec>>,
     pub allow_failure: Option<bool>,
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
@@ -214,6 +217,56 @@ pub struct JobSpec {
     /// GitLab's: jobs or hidden templates whose keys this job takes where it has none of its
     /// own, resolved as the file is read ([`super::extends`]).
     pub extends: Option<Sp<OneOrMany<String>>>,
+}
+
+/// GitLab's `only:` or `except:`: a list of refs, or a map of `refs`, `changes` and `variables`.
+#[derive(Debug, Clone, Default)]
+pub struct OnlySpec {
+    /// Branch or tag names, `/regex/`, `branches`, `tags`.
+    pub refs: Option<Vec<Sp<String>>>,
+    /// Globs of changed paths, as `rules: changes:`.
+    pub changes: Option<Vec<Sp<String>>>,
+    /// Expressions, as `rules: if:`; one that holds is a match.
+    pub variables: Option<Vec<Sp<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnlyMap {
+    refs: Option<Vec<Sp<String>>>,
+    changes: Option<Vec<Sp<String>>>,
+    variables: Option<Vec<Sp<String>>>,
+}
+
+impl<'de> Deserialize<'de> for OnlySpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OnlySpec, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnlySpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of refs, or a map of `refs`, `changes` and `variables`")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OnlySpec, A::Error> {
+                let mut refs = Vec::new();
+                while let Some(r) = seq.next_element()? {
+                    refs.push(r);
+                }
+                Ok(OnlySpec {
+                    refs: Some(refs),
+                    ..OnlySpec::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnlySpec, A::Error> {
+                let m = OnlyMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(OnlySpec {
+                    refs: m.refs,
+                    changes: m.changes,
+                    variables: m.variables,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A job's `image:`: the image and what runs the script in it.

@@ -19,6 +19,7 @@ pub mod git;
 mod graph;
 pub mod history;
 pub mod junit;
+mod only;
 mod plan;
 pub mod rules;
 pub mod run;

@@ -101,6 +101,10 @@ pub enum RuleOutcome {
     Matched { index: usize },
     /// Rules are given and none matched: the job does not run.
     NoneMatched,
+    /// GitLab's `only:` does not match this run: the job does not run.
+    OnlyMissed,
+    /// GitLab's `except:` matches this run: the job does not run.
+    ExceptMatched,
 }
 
 #[derive(Debug, Clone)]

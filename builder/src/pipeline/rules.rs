@@ -102,6 +102,20 @@ impl Expr {
     }
 }
 
+/// Parses a lone `/pattern/flags`, as GitLab's `only: [/^release-/]` writes one.
+pub fn regex_literal(text: &str) -> Result<Regex, ExprError> {
+    let mut p = Parser {
+        chars: text.chars().collect(),
+        at: 0,
+    };
+    let r = p.regex()?;
+    p.skip_space();
+    if p.at < p.chars.len() {
+        return Err(p.error(p.at, 1, "unexpected text after the regex", None));
+    }
+    Ok(r)
+}
+
 struct Parser {
     chars: Vec<char>,
     at: usize,

@@ -832,3 +832,85 @@ fn a_job_receives_the_artifacts_of_its_dependencies_or_its_needs() {
         .collect();
     assert_eq!(at, vec![(7, 20), (7, 23), (13, 20)], "{e}");
 }
+
+#[test]
+fn only_and_except_decide_as_gitlab_s_do() {
+    let src = r#"jobs:
+  main-only:
+    image: alpine
+    only: [main]
+    script: [x]
+  releases:
+    image: alpine
+    only: [/^release-.*$/, tags]
+    script: [x]
+  not-main:
+    image: alpine
+    except: [main]
+    script: [x]
+  branches-with-docs:
+    image: alpine
+    only:
+      refs: [branches]
+      changes: ["docs/**"]
+    script: [x]
+  flagged:
+    image: alpine
+    only:
+      variables: ['$DEPLOY == "yes"']
+    script: [x]
+"#;
+    let runs = |p: &Pipeline, name: &str| job(p, name).when != When::Never;
+    let on_main = ok(
+        &src.replace("$DEPLOY", "$FORGE_GIT_BRANCH")
+            .replace("yes", "main"),
+        &with_builtins(&[("FORGE_GIT_BRANCH", "main")], Some(&["src/a.rs"])),
+    );
+    assert!(runs(&on_main, "main-only"));
+    assert!(!runs(&on_main, "releases"));
+    assert!(!runs(&on_main, "not-main"));
+    assert_eq!(job(&on_main, "not-main").rule, RuleOutcome::ExceptMatched);
+    assert!(!runs(&on_main, "branches-with-docs"), "no docs changed");
+    assert_eq!(
+        job(&on_main, "branches-with-docs").rule,
+        RuleOutcome::OnlyMissed
+    );
+    assert!(runs(&on_main, "flagged"));
+
+    let release = ok(
+        src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "release-2")], Some(&["docs/x.md"])),
+    );
+    assert!(!runs(&release, "main-only"));
+    assert!(runs(&release, "releases"));
+    assert!(runs(&release, "not-main"));
+    assert!(runs(&release, "branches-with-docs"));
+    assert!(!runs(&release, "flagged"));
+
+    let tagged = ok(src, &with_builtins(&[("FORGE_GIT_TAG", "v1.0")], None));
+    assert!(runs(&tagged, "releases"));
+    assert!(!runs(&tagged, "branches-with-docs"), "a tag is no branch");
+
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    only: [merge_requests, main@group/app, /(/]\n    \
+         script: [x]\n  b:\n    image: alpine\n    only: [main]\n    rules: [{when: always}]\n    \
+         script: [x]\n",
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("`merge_requests` is a GitLab pipeline source"),
+        "{text}"
+    );
+    assert!(text.contains("names another project's ref"), "{text}");
+    assert!(text.contains("invalid regex"), "{text}");
+    assert!(
+        text.contains("`only`/`except` cannot be used with `rules`"),
+        "{text}"
+    );
+    let at: Vec<(usize, usize)> = e
+        .errors
+        .iter()
+        .map(|x| (x.pos.line, x.pos.column))
+        .collect();
+    assert_eq!(at, vec![(4, 12), (4, 28), (4, 44), (8, 11)], "{e}");
+}

@@ -95,9 +95,12 @@ pub(super) fn decide(
                 })
                 .collect();
             let (end, reason) = if job.when == When::Never {
+                use crate::pipeline::plan::RuleOutcome as R;
                 let why = match job.rule {
-                    crate::pipeline::plan::RuleOutcome::NoneMatched => "no rule matched",
-                    _ => "when: never",
+                    R::NoneMatched => "no rule matched",
+                    R::OnlyMissed => "only: does not match this run",
+                    R::ExceptMatched => "except: matches this run",
+                    R::NoRules | R::Matched { .. } => "when: never",
                 };
                 (End::Skipped, why.to_string())
             } else if job.when == When::Manual {
