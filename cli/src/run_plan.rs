@@ -100,12 +100,22 @@ fn render_job(out: &mut String, j: &JobPlan) {
         let _ = writeln!(out, "    variables: {}", vars.join(" "));
     }
     if let Some(a) = &j.artifacts {
+        let mut more = String::new();
+        if !a.exclude.is_empty() {
+            more.push_str(&format!(", exclude: {}", list(&a.exclude)));
+        }
+        if let Some(e) = a.expire_in {
+            more.push_str(&format!(", expire in {}s", e.as_secs()));
+        }
         let _ = writeln!(
             out,
-            "    artifacts: {} (junit: {})",
+            "    artifacts: {} (junit: {}{more})",
             list(&a.paths),
             list(&a.junit)
         );
+    }
+    if let Some(from) = &j.artifacts_from {
+        let _ = writeln!(out, "    receives artifacts of: {}", list(from));
     }
     let mut extra = Vec::new();
     if let Some(t) = j.timeout {

@@ -914,3 +914,49 @@ fn only_and_except_decide_as_gitlab_s_do() {
         .collect();
     assert_eq!(at, vec![(4, 12), (4, 28), (4, 44), (8, 11)], "{e}");
 }
+
+#[test]
+fn a_file_written_the_gitlab_way_checks_into_its_plan() {
+    let opts = with_builtins(&[("FORGE_GIT_BRANCH", "main")], None);
+    let p = ok(&testdata("gitlab.yaml"), &opts);
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["build", "docs", "unit", "integration", "nightly", "deploy"]
+    );
+    let unit = job(&p, "unit");
+    assert_eq!(unit.stage, "test");
+    assert_eq!(unit.script, ["rustc --version", "cargo test --lib"]);
+    assert!(unit.entrypoint.is_empty());
+    assert_eq!(unit.artifacts_from, Some(vec!["build".to_string()]));
+    let a = unit.artifacts.as_ref().unwrap();
+    assert_eq!(a.exclude, ["target/reports/**/*.tmp"]);
+    assert_eq!(a.expire_in, Some(std::time::Duration::from_secs(604_800)));
+    assert_eq!(a.junit, ["target/reports/junit.xml"]);
+    let integration = job(&p, "integration");
+    assert_eq!(integration.variables["PROFILE"], "release");
+    assert_eq!(integration.variables["RUST_BACKTRACE"], "1");
+    let hosts: Vec<(&str, &[String])> = integration
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), &s.aliases[..]))
+        .collect();
+    assert_eq!(
+        hosts,
+        [("postgres", &[][..]), ("cache", &["kv".to_string()][..]),]
+    );
+    assert_eq!(integration.artifacts_from, Some(vec!["build".to_string()]));
+    assert_eq!(integration.when, When::OnSuccess);
+    // `nightly` is on main but NIGHTLY is not set: its `only:` misses.
+    assert_eq!(job(&p, "nightly").rule, RuleOutcome::OnlyMissed);
+    let deploy = job(&p, "deploy");
+    assert_eq!(deploy.when, When::Manual);
+    assert_eq!(deploy.script, ["./deploy target/release/app"]);
+    // On a docs- branch integration is left out by `except:`, and deploy by `only:`.
+    let docs = ok(
+        &testdata("gitlab.yaml"),
+        &with_builtins(&[("FORGE_GIT_BRANCH", "docs-typo")], None),
+    );
+    assert_eq!(job(&docs, "integration").rule, RuleOutcome::ExceptMatched);
+    assert_eq!(job(&docs, "deploy").rule, RuleOutcome::OnlyMissed);
+}
