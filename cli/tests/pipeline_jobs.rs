@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 
-use common::pipeline::{forge_run, lines_with, machine, small_workspace, stored_log};
+use common::pipeline::{forge_run, lines_with, machine, run_ok, small_workspace, stored_log};
 use common::printed;
 
 /// Regression (S1): a job that made its artifact setuid root handed every local user a
@@ -35,9 +35,7 @@ fn a_setuid_artifact_lands_on_the_host_without_the_bit_and_owned_by_forge() {
       - echo "inside $(stat -c '%a %u' /w/sushell)"
 "#,
     );
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(out.contains("[use] inside 6755 1234"), "{out}");
     let md = fs::metadata(dir.join("forge-artifacts/mk/sushell")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o755);
@@ -78,9 +76,7 @@ fn a_services_lines_are_masked_with_the_jobs_secrets() {
 "#,
     );
     let secret = format!("tokvalue-SERVICE-{}", forge_testsupport::unique());
-    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[("TOKEN", &secret)]);
     assert!(out.contains("[send] [logger] login with ****"), "{out}");
     assert!(out.contains("its last line: bye login with ****"), "{out}");
     assert!(!out.contains(&secret), "the secret was printed:\n{out}");
@@ -118,21 +114,17 @@ fn a_service_gets_the_secrets_it_names_from_its_job() {
 "#,
     );
     let secret = format!("dbpass-{}", forge_testsupport::unique());
-    let o = forge_run(&dir, &root, &["run"], &[("DBPASS", &secret)]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[("DBPASS", &secret)]);
     assert!(out.contains("[t] the service had the secret"), "{out}");
     assert!(out.contains("[t] [db] db starts with ****"), "{out}");
     assert!(!out.contains(&secret), "the secret was printed:\n{out}");
     // Another value of the secret is the same job: the cached verdict is replayed.
-    let o = forge_run(
+    let out = run_ok(
         &dir,
         &root,
         &["run"],
         &[("DBPASS", "another-value-entirely")],
     );
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
     assert!(out.contains("(cached) the service had the secret"), "{out}");
 }
 
@@ -174,9 +166,7 @@ jobs:
         ),
     )
     .unwrap();
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(out.contains("[gl] entry ran before /bin/sh"), "{out}");
     assert!(out.contains("[gl] every name answers"), "{out}");
     // GitLab's `[""]` (no entrypoint) runs the shell alone, and is another job: it runs again.
@@ -189,9 +179,7 @@ jobs:
         ),
     )
     .unwrap();
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(!out.contains("entry ran"), "{out}");
     assert!(out.contains("[gl] every name answers"), "{out}");
 }
@@ -215,18 +203,14 @@ fn a_manual_job_runs_when_asked_for_by_name() {
     script: [echo deploying]
 "#,
     );
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(out.contains("[unit] unit ran"), "{out}");
     assert!(!out.contains("deploying"), "{out}");
     assert!(
         out.contains("job deploy: skipped: when: manual (`forge run deploy` runs it)"),
         "{out}"
     );
-    let o = forge_run(&dir, &root, &["run", "deploy"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run", "deploy"], &[]);
     assert!(out.contains("[deploy] deploying"), "{out}");
 }
 
@@ -249,9 +233,7 @@ fn artifacts_exclude_leaves_out_what_it_matches() {
       expire_in: 1 week
 "#,
     );
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    run_ok(&dir, &root, &["run"], &[]);
     let got = dir.join("forge-artifacts/mk/build");
     for kept in ["app", "sub/b.txt", "objs/c"] {
         assert!(got.join(kept).exists(), "{kept} missing");
@@ -294,9 +276,7 @@ fn dependencies_choose_whose_artifacts_a_job_receives() {
     script: ['echo "waits sees: $(ls from-* | tr "\n" " ")"']
 "#,
     );
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(out.contains("[only-a] only-a sees: from-a \n"), "{out}");
     assert!(out.contains("[none] none sees: 0 files"), "{out}");
     assert!(out.contains("[waits] waits sees: from-b \n"), "{out}");
@@ -319,9 +299,7 @@ fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
 "#,
     );
     let secret = format!("tokvalue-{}-ABCDEFG-123", forge_testsupport::unique());
-    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", &secret)]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[("TOKEN", &secret)]);
     assert!(out.contains("y****"), "{out}");
     let log = stored_log(&dir, &root, "leak");
     for text in [&out, &log] {
@@ -357,9 +335,7 @@ jobs:
     script: [echo own main, exit 4, echo not reached]
 "#,
     );
-    let o = forge_run(&dir, &root, &["run"], &[]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[]);
     assert!(out.contains("[plain] main sees [from-before]"), "{out}");
     assert!(out.contains("[plain] gitlab names [plain] [1]"), "{out}");
     // A shell of its own: the script's variables are not in it.
@@ -515,9 +491,7 @@ fn a_job_whose_image_has_a_non_root_user_reads_its_secret_file() {
         ),
     )
     .unwrap();
-    let o = forge_run(&dir, &root, &["run"], &[("TOKEN", "nonroot-secret-1")]);
-    let out = printed(&o);
-    assert!(o.status.success(), "{out}");
+    let out = run_ok(&dir, &root, &["run"], &[("TOKEN", "nonroot-secret-1")]);
     assert!(out.contains("[u] appuser"), "{out}");
     assert!(out.contains("[u] read 16 bytes"), "{out}");
 }

@@ -22,6 +22,14 @@ fn errors(src: &str) -> PipelineErrors {
     load("forge.yaml", src, &CheckOptions::default()).expect_err("should fail")
 }
 
+/// Where each error of `e` is, as (line, column).
+fn places(e: &PipelineErrors) -> Vec<(usize, usize)> {
+    e.errors
+        .iter()
+        .map(|x| (x.pos.line, x.pos.column))
+        .collect()
+}
+
 fn job<'a>(p: &'a Pipeline, name: &str) -> &'a JobPlan {
     p.jobs
         .iter()
@@ -382,11 +390,7 @@ fn a_matrix_cannot_set_what_forge_sets() {
     let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - FORGE_JOB_NAME: [evil]\n";
     let e = errors(src);
     assert_eq!(e.errors.len(), 1, "{e}");
-    assert_eq!(
-        (e.errors[0].pos.line, e.errors[0].pos.column),
-        (7, 11),
-        "{e}"
-    );
+    assert_eq!(places(&e)[0], (7, 11), "{e}");
     assert!(
         e.to_string().contains("`FORGE_JOB_NAME` is set by forge"),
         "{e}"
@@ -405,11 +409,7 @@ fn needing_a_job_that_rules_leave_out_is_refused() {
     )
     .expect_err("should fail");
     assert_eq!(e.errors.len(), 1, "{e}");
-    assert_eq!(
-        (e.errors[0].pos.line, e.errors[0].pos.column),
-        (9, 13),
-        "{e}"
-    );
+    assert_eq!(places(&e)[0], (9, 13), "{e}");
     assert!(
         e.to_string()
             .contains("`a` in needs does not run in this pipeline (no rule of it matched)"),
@@ -434,12 +434,7 @@ fn needing_a_job_that_rules_leave_out_is_refused() {
 fn an_empty_script_a_zero_timeout_and_a_service_named_twice_are_refused_where_written() {
     let src = "jobs:\n  a:\n    image: alpine\n    script: []\n    timeout: 0s\n    services:\n      - name: db\n        image: alpine\n      - name: db\n        image: alpine\n";
     let e = load("forge.yaml", src, &CheckOptions::default()).expect_err("should fail");
-    let at: Vec<(usize, usize)> = e
-        .errors
-        .iter()
-        .map(|x| (x.pos.line, x.pos.column))
-        .collect();
-    assert_eq!(at, vec![(4, 13), (5, 14), (9, 15)], "{e}");
+    assert_eq!(places(&e), vec![(4, 13), (5, 14), (9, 15)], "{e}");
     let text = e.to_string();
     assert!(text.contains("`script` is empty"), "{text}");
     assert!(text.contains("a `timeout` of 0s"), "{text}");
@@ -607,12 +602,7 @@ fn a_service_no_name_reaches_or_two_would_share_is_refused_where_written() {
     script: [x]
 "#;
     let e = errors(src);
-    let at: Vec<(usize, usize)> = e
-        .errors
-        .iter()
-        .map(|x| (x.pos.line, x.pos.column))
-        .collect();
-    assert_eq!(at, vec![(5, 9), (9, 16), (10, 15)], "{e}");
+    assert_eq!(places(&e), vec![(5, 9), (9, 16), (10, 15)], "{e}");
     let text = e.to_string();
     assert!(
         text.contains("service image `127.0.0.1:5000/db:1` gives no host name"),
@@ -666,11 +656,7 @@ jobs:
     assert_eq!(own.entrypoint.len(), 4);
     // Without either, the job is refused at its name.
     let e = errors("jobs:\n  lost:\n    script: [x]\n");
-    assert_eq!(
-        (e.errors[0].pos.line, e.errors[0].pos.column),
-        (2, 3),
-        "{e}"
-    );
+    assert_eq!(places(&e)[0], (2, 3), "{e}");
     assert!(e.to_string().contains("job `lost` has no image"), "{e}");
 }
 
@@ -728,11 +714,7 @@ fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where
     let e = errors(
         "jobs:\n  a:\n    extends: .tset\n    script: [x]\n    image: alpine\n.test:\n  stage: test\n",
     );
-    assert_eq!(
-        (e.errors[0].pos.line, e.errors[0].pos.column),
-        (3, 14),
-        "{e}"
-    );
+    assert_eq!(places(&e)[0], (3, 14), "{e}");
     let shown = e.render(&e.errors[0]);
     assert!(
         shown.contains("`extends` names `.tset`, which is no job or hidden template"),
@@ -765,11 +747,7 @@ fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where
 
     // A job that ends up without a script says so at its name.
     let e = errors(".t:\n  image: alpine\njobs:\n  j:\n    extends: .t\n");
-    assert_eq!(
-        (e.errors[0].pos.line, e.errors[0].pos.column),
-        (4, 3),
-        "{e}"
-    );
+    assert_eq!(places(&e)[0], (4, 3), "{e}");
     assert!(e.to_string().contains("job `j` has no `script`"), "{e}");
 }
 
@@ -825,12 +803,7 @@ fn a_job_receives_the_artifacts_of_its_dependencies_or_its_needs() {
         text.contains("`b` in dependencies is not one of its `needs:`"),
         "{text}"
     );
-    let at: Vec<(usize, usize)> = e
-        .errors
-        .iter()
-        .map(|x| (x.pos.line, x.pos.column))
-        .collect();
-    assert_eq!(at, vec![(7, 20), (7, 23), (13, 20)], "{e}");
+    assert_eq!(places(&e), vec![(7, 20), (7, 23), (13, 20)], "{e}");
 }
 
 #[test]
@@ -907,12 +880,7 @@ fn only_and_except_decide_as_gitlab_s_do() {
         text.contains("`only`/`except` cannot be used with `rules`"),
         "{text}"
     );
-    let at: Vec<(usize, usize)> = e
-        .errors
-        .iter()
-        .map(|x| (x.pos.line, x.pos.column))
-        .collect();
-    assert_eq!(at, vec![(4, 12), (4, 28), (4, 44), (8, 11)], "{e}");
+    assert_eq!(places(&e), vec![(4, 12), (4, 28), (4, 44), (8, 11)], "{e}");
 }
 
 #[test]

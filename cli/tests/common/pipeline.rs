@@ -32,6 +32,14 @@ pub fn forge_run(dir: &Path, root: &Path, args: &[&str], env: &[(&str, &str)]) -
         .expect("run forge")
 }
 
+/// What `forge run ARGS` printed, after asserting it passed.
+pub fn run_ok(dir: &Path, root: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = forge_run(dir, root, args, env);
+    let out = super::printed(&o);
+    assert!(o.status.success(), "{out}");
+    out
+}
+
 /// The lines of `out` that start with `prefix`, in order.
 pub fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.starts_with(prefix)).collect()
