@@ -21,6 +21,7 @@ pub mod history;
 pub mod junit;
 mod only;
 mod plan;
+mod resolve;
 pub mod rules;
 pub mod run;
 pub mod services;

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use super::check::CheckOptions;
 use super::error::PipelineError;
 use super::expand::inner_pos;
 use super::file::{JobSpec, OnlySpec, Sp, pos_of};
+use super::plan::CheckOptions;
 use super::plan::RuleOutcome;
 use super::rules::{Changes, Expr, regex_literal};
 

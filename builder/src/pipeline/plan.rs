@@ -148,3 +148,14 @@ pub(super) struct Names<'a> {
     /// Base job name -> expanded names.
     pub jobs: BTreeMap<String, Vec<String>>,
 }
+
+/// What the check needs from outside the file.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Values of the [`super::check::BUILTINS`] (and any other variable the caller defines first); a built-in
+    /// missing here is defined as empty.
+    pub builtins: BTreeMap<String, String>,
+    /// Paths changed since `--changed-since`; `None` when unknown, and then a `changes:` rule
+    /// matches (GitLab's behaviour when it cannot tell).
+    pub changed: Option<Vec<String>>,
+}

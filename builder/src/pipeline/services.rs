@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::check::resolve_image;
 use super::error::PipelineError;
 use super::expand::{self, expand_at};
 use super::file::{JobSpec, ServiceSpec, Sp, pos_of};
 use super::plan::{ImageUse, Names, Ready, ServicePlan};
+use super::resolve::resolve_image;
 
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
