@@ -132,7 +132,7 @@ pub fn check(
             )),
             Some(_) => {}
         }
-        if let Some(t) = &job.timeout
+        if let Some(t) = job.timeout.as_ref().or(file.default.timeout.as_ref())
             && t.value.0.is_zero()
         {
             errors.push(PipelineError::new(
@@ -264,7 +264,8 @@ pub fn check(
             &names,
             &mut errors,
         );
-        let artifacts = spec.artifacts.as_ref().map(|a| Artifacts {
+        let artifacts = spec.artifacts.as_ref().or(file.default.artifacts.as_ref());
+        let artifacts = artifacts.map(|a| Artifacts {
             paths: a
                 .paths
                 .iter()
@@ -353,8 +354,16 @@ pub fn check(
             rule,
             when,
             allow_failure: spec.allow_failure.unwrap_or(false),
-            retry: spec.retry.as_ref().map(|r| r.value.clone()),
-            timeout: spec.timeout.as_ref().map(|t| t.value.0),
+            retry: spec
+                .retry
+                .as_ref()
+                .or(file.default.retry.as_ref())
+                .map(|r| r.value.clone()),
+            timeout: spec
+                .timeout
+                .as_ref()
+                .or(file.default.timeout.as_ref())
+                .map(|t| t.value.0),
             network: spec
                 .network
                 .as_ref()

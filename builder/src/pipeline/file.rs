@@ -158,6 +158,9 @@ pub struct DefaultSpec {
     pub services: Option<Vec<ServiceSpec>>,
     pub before_script: Option<Sp<Vec<Sp<String>>>>,
     pub after_script: Option<Sp<Vec<Sp<String>>>>,
+    pub artifacts: Option<ArtifactsSpec>,
+    pub retry: Option<Sp<Retry>>,
+    pub timeout: Option<Sp<Timeout>>,
 }
 
 impl PipelineFile {

@@ -477,6 +477,23 @@ fn before_and_after_script_come_from_the_job_or_else_from_default() {
     let own = job(&p, "own");
     assert_eq!(own.script, ["o1", "s"]);
     assert!(own.after_script.is_empty());
+    // GitLab's `retry`, `timeout` and `artifacts` come from `default:` too.
+    let p = ok(
+        "default:\n  retry: 2\n  timeout: 5m\n  artifacts: {paths: [out/]}\njobs:\n  j:\n    \
+         image: alpine\n    script: [s]\n  k:\n    image: alpine\n    timeout: 1m\n    \
+         script: [s]\n",
+        &CheckOptions::default(),
+    );
+    assert_eq!(job(&p, "j").retry.as_ref().map(|r| r.max), Some(2));
+    assert_eq!(
+        job(&p, "j").timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(
+        job(&p, "k").timeout,
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(job(&p, "k").artifacts.as_ref().unwrap().paths, ["out/"]);
     let e = errors("default:\n  tags: [docker]\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
     assert!(e.to_string().contains("unknown key `tags`"), "{e}");
 }
