@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use forge_testsupport::{TestUser, walk};
 
 mod common;
-use common::printed;
+use common::{chown_tree, printed, rootless_prerequisites};
 
 /// Who runs forge, and how.
 #[derive(Clone, Copy)]
@@ -117,16 +117,6 @@ fn write(root: &Path, rel: &str, content: &str, mode: u32) {
     fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn chown_tree(dir: &Path, user: &TestUser) {
-    let status = Command::new("chown")
-        .arg("-hR")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Everything about a tree a step could change: each entry's path, type and mode, owner, size,
 /// mtime, and a file's content or a link's target.
 fn fingerprint(root: &Path) -> Vec<String> {
@@ -195,13 +185,9 @@ fn attempts(at: &str, file: &str) -> String {
 /// step sees the checkout's own inodes (without a view to make, nothing is linked or copied).
 #[test]
 fn a_read_only_bind_of_the_context_shows_the_checkout_and_cannot_change_it() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER and runs containerd") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) =
+        rootless_prerequisites("the test switches to FORGE_TEST_USER and runs containerd")
+    else {
         return;
     };
     let containerd = forge_testsupport::containerd().map(|a| a.display().to_string());
@@ -288,13 +274,8 @@ fn a_read_only_bind_of_the_context_shows_the_checkout_and_cannot_change_it() {
 /// bind beside them, of a directory nothing was left out of, is the checkout itself.
 #[test]
 fn what_dockerignore_leaves_out_below_a_bind_stays_out_of_it() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) = rootless_prerequisites("the test switches to FORGE_TEST_USER")
+    else {
         return;
     };
     let scratch = Scratch::new(Some(&user));
@@ -349,13 +330,8 @@ fn what_dockerignore_leaves_out_below_a_bind_stays_out_of_it() {
 /// checkout is unchanged.
 #[test]
 fn a_checkout_of_another_owner_bound_rootless_shows_as_before() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) = rootless_prerequisites("the test switches to FORGE_TEST_USER")
+    else {
         return;
     };
     let scratch = Scratch::new(Some(&user));
@@ -395,13 +371,8 @@ fn a_checkout_of_another_owner_bound_rootless_shows_as_before() {
 /// points at a host directory resolves in the step's own filesystem.
 #[test]
 fn links_in_the_context_never_bind_what_lies_outside_it() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) = rootless_prerequisites("the test switches to FORGE_TEST_USER")
+    else {
         return;
     };
     let scratch = Scratch::new(Some(&user));
@@ -478,13 +449,8 @@ fn links_in_the_context_never_bind_what_lies_outside_it() {
 /// writes to the cache.
 #[test]
 fn a_cache_mount_seeded_from_a_build_context_starts_with_its_files() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) = rootless_prerequisites("the test switches to FORGE_TEST_USER")
+    else {
         return;
     };
     let scratch = Scratch::new(Some(&user));

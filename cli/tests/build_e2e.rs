@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use forge_testsupport::{TestUser as User, walk};
 
 mod common;
-use common::{ran_and_cached, vertices};
+use common::{chown_tree, ran_and_cached, rootless_prerequisites, vertices};
 use serde_json::{Value, json};
 
 const VERSION: &str = "1.2.3";
@@ -165,17 +165,6 @@ fn checkout_modes(ctx: &Path) {
         let is_dir = fs::symlink_metadata(&entry).unwrap().is_dir();
         set_mode(&entry, if is_dir { 0o755 } else { 0o644 });
     }
-}
-
-/// Makes `user` own everything under `dir` (the user's own files, as in a checkout).
-fn chown_tree(dir: &Path, user: &User) {
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// What git cannot carry: exact modes, symlinks, a hardlink and the gzipped tar that ADD extracts.
@@ -1448,13 +1437,8 @@ fn a_cache_mount_filled_under_one_runner_is_seen_under_the_other() {
 /// says so). A `--ulimit` past forge's hard limit fails the step, saying why.
 #[test]
 fn rootless_run_steps_get_buildkits_sandbox() {
-    if !forge_testsupport::root("the test switches to FORGE_TEST_USER") {
-        return;
-    }
-    let Some(busybox) = forge_testsupport::busybox_image() else {
-        return;
-    };
-    let Some(user) = forge_testsupport::test_user() else {
+    let Some((busybox, user)) = rootless_prerequisites("the test switches to FORGE_TEST_USER")
+    else {
         return;
     };
     let scratch = Scratch::new(Some(&user));

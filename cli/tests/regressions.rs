@@ -1144,6 +1144,17 @@ const TWO_EPOCHS: &str = "FROM scratch AS builder\nCOPY busybox /bin/busybox\nCO
     RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cp /a.txt /built && /bin/busybox touch -d @1000000000 /old\"]\n\
     FROM scratch\nCOPY --from=builder /built /old /\nCOPY b.txt /b.txt\n";
 
+/// The two epochs the C5 tests build with, e1 before e2.
+const EPOCHS: (&str, &str) = ("1700000000", "1700000100");
+
+/// A context of [`TWO_EPOCHS`] with the files it copies.
+fn two_epochs_context() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (tmp, ctx, root) = context(TWO_EPOCHS);
+    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
+    (tmp, ctx, root)
+}
+
 /// Finding C5: the cache served a build with SOURCE_DATE_EPOCH e2 the layers a build with e1 had
 /// written, their mtimes clamped to e1, so the "reproducible" image depended on which epoch had
 /// filled the cache (cache keys hold no epoch: with the commit's time as epoch, a key with it
@@ -1156,10 +1167,8 @@ fn c5_a_cache_filled_with_another_source_date_epoch_gives_the_cold_builds_image(
     if !prerequisites() {
         return;
     }
-    let (tmp, ctx, root) = context(TWO_EPOCHS);
-    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
-    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
-    let (e1, e2) = ("1700000000", "1700000100");
+    let (tmp, ctx, root) = two_epochs_context();
+    let (e1, e2) = EPOCHS;
 
     let (log, first) = build_at_epoch(&root, &ctx, e1, &[]);
     let (ran, restamped) = ran_and_restamped(&log);
@@ -1205,10 +1214,8 @@ fn c5_a_stage_kept_as_snapshots_is_written_with_the_exporting_builds_epoch() {
     if !prerequisites() {
         return;
     }
-    let (tmp, ctx, root) = context(TWO_EPOCHS);
-    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
-    std::fs::write(ctx.join("b.txt"), "b\n").unwrap();
-    let (e1, e2) = ("1700000000", "1700000100");
+    let (tmp, ctx, root) = two_epochs_context();
+    let (e1, e2) = EPOCHS;
     build_at_epoch(&root, &ctx, e1, &[]);
     let target = ["--target", "builder"];
     let (log, exported) = build_at_epoch(&root, &ctx, e2, &target);

@@ -12,6 +12,28 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// What the rootless tests need, or `None` (the test is skipped, saying why) when the machine
+/// lacks it: root (`why` says what for), the busybox test image and the test user.
+pub fn rootless_prerequisites(why: &str) -> Option<(String, forge_testsupport::TestUser)> {
+    if !forge_testsupport::root(why) {
+        return None;
+    }
+    let busybox = forge_testsupport::busybox_image()?;
+    let user = forge_testsupport::test_user()?;
+    Some((busybox, user))
+}
+
+/// Makes `user` own everything under `dir` (the user's own files, as in a checkout).
+pub fn chown_tree(dir: &Path, user: &forge_testsupport::TestUser) {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// Runs `forge ARGS --root ROOT` and waits for it.
 pub fn forge(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_forge"))
