@@ -25,31 +25,33 @@ pub(super) fn artifacts_from(
         .map(|j| (j.name.clone(), j.stage.clone()))
         .collect();
     for (job, spec) in jobs.iter_mut().zip(specs) {
-        let needed: Option<Vec<String>> = spec.needs.as_ref().map(|list| {
+        // The jobs of its `needs:`, each with whether it takes their artifacts.
+        let needs: Option<Vec<(String, bool)>> = spec.needs.as_ref().map(|list| {
             list.iter()
-                .filter(|n| n.value.artifacts)
-                .flat_map(|n| graph::jobs_named(&n.value.name, names).unwrap_or_default())
+                .flat_map(|n| {
+                    graph::jobs_named(&n.value.name, names)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|j| (j, n.value.artifacts))
+                })
                 .collect()
         });
         job.artifacts_from = match &spec.dependencies {
-            None => needed,
+            None => needs.map(|list| {
+                list.into_iter()
+                    .filter(|(_, artifacts)| *artifacts)
+                    .map(|(j, _)| j)
+                    .collect()
+            }),
             Some(deps) => {
                 let mut from = Vec::new();
                 for d in deps {
                     for name in named(d, names, errors) {
-                        let in_needs = spec.needs.as_ref().is_some_and(|list| {
-                            list.iter().any(|n| {
-                                graph::jobs_named(&n.value.name, names)
-                                    .is_some_and(|js| js.contains(&name))
-                            })
-                        });
-                        let earlier = stage_of
-                            .get(&name)
-                            .is_some_and(|s| rank(s) < rank(&job.stage));
-                        let allowed = if spec.needs.is_some() {
-                            in_needs
-                        } else {
-                            earlier
+                        let allowed = match &needs {
+                            Some(list) => list.iter().any(|(j, _)| *j == name),
+                            None => stage_of
+                                .get(&name)
+                                .is_some_and(|s| rank(s) < rank(&job.stage)),
                         };
                         if !allowed {
                             let why = if spec.needs.is_some() {
