@@ -28,6 +28,7 @@ use forge_snapshotter::store::{Digest as BlobDigest, PrunePolicy, Store, StoreEr
 use oci_spec::image::Digest;
 
 use crate::ops::Built;
+use crate::pipeline::run::JOB_CACHE_ROOT;
 use crate::solver::{CacheError, CacheStore, DiskCache, Record};
 
 /// The root kind cache records hold their blobs under.
@@ -80,6 +81,9 @@ pub struct GcReport {
     /// Dead builds' and steps' `tmp/build-*`, `run/step-*` and scratch snapshots.
     pub dead_builds: Reclaimed,
     pub cache_mounts: Reclaimed,
+    /// Pipeline jobs' GitLab caches (`cache: key: paths:`), dropped with the cache mounts; the
+    /// bytes show with the blobs they held.
+    pub job_caches: Reclaimed,
     /// The store's size (blobs + snapshots + cache mounts) before and after.
     pub bytes_before: u64,
     pub bytes_after: u64,
@@ -97,6 +101,7 @@ impl GcReport {
             ("partial unpacks", self.extracts),
             ("dead builds", self.dead_builds),
             ("cache mounts", self.cache_mounts),
+            ("job caches", self.job_caches),
         ]
     }
 }
@@ -387,6 +392,10 @@ fn prune_inner(parts: &Parts<'_>, opts: &GcOptions) -> Result<GcReport, GcError>
     cache.dead_temp_files(true);
     if opts.cache_mounts {
         prune_cache_mounts(&parts.cache_mount_root(), &mut report.cache_mounts);
+        for (name, _) in parts.store.roots(JOB_CACHE_ROOT)? {
+            parts.store.remove_root(JOB_CACHE_ROOT, &name)?;
+            report.job_caches.add(0);
+        }
     }
     let mut total = store_bytes(parts)?;
     report.bytes_before =

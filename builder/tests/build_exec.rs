@@ -208,6 +208,7 @@ impl Bench {
                 proxy_args: Vec::new(),
                 remote: None,
                 mount_seeds: None,
+                test_restore: Vec::new(),
             },
             graph,
         )

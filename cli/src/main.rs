@@ -82,7 +82,8 @@ enum Command {
         store: store_cmd::StoreArgs,
     },
     /// Give disk back: build cache records, then the blobs and snapshots nothing needs any more,
-    /// partial unpacks, dead builds' leftovers and (with --cache-mounts or --all) cache mounts.
+    /// partial unpacks, dead builds' leftovers and (with --cache-mounts or --all) cache mounts and
+    /// pipeline jobs' caches.
     Prune(store_cmd::PruneArgs),
     /// Run the pipeline of a forge.yaml: build its images, run its jobs on them, push what passed
     /// (`--check` validates it and prints the plan instead).

@@ -275,6 +275,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         only: args.only.clone(),
         allow_network_host: args.allow.contains(&Entitlement::NetworkHost),
         log_limit: (args.log_limit > 0).then_some(args.log_limit),
+        // As the history is kept: by the file's absolute path.
+        cache_scope: std::fs::canonicalize(&args.file)
+            .unwrap_or_else(|_| args.file.clone())
+            .to_string_lossy()
+            .into_owned(),
     };
     // What would refuse the run (a missing secret, an ungranted host network) refuses it before
     // a number is taken too.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use forge_builder::api::input::PIPELINE_FILE;
+use forge_builder::pipeline::file::CachePolicy;
 use forge_builder::pipeline::{self, CheckOptions, ImageUse, JobPlan, Need, Pipeline, RuleOutcome};
 
 use crate::{Failure, display_name, failed, read};
@@ -116,6 +117,17 @@ fn render_job(out: &mut String, j: &JobPlan) {
     }
     if let Some(from) = &j.artifacts_from {
         let _ = writeln!(out, "    receives artifacts of: {}", list(from));
+    }
+    for c in &j.caches {
+        let mut more = match c.policy {
+            CachePolicy::Pull => "pull: restored, never saved".to_string(),
+            CachePolicy::Push => format!("push: saved {}, never restored", c.when),
+            CachePolicy::PullPush => format!("pull-push: restored, saved {}", c.when),
+        };
+        if !c.fallback_keys.is_empty() {
+            more.push_str(&format!(", fallback keys {}", list(&c.fallback_keys)));
+        }
+        let _ = writeln!(out, "    cache `{}`: {} ({more})", c.key, list(&c.paths));
     }
     let mut extra = Vec::new();
     if let Some(t) = j.timeout {

@@ -56,10 +56,11 @@ pub struct PruneArgs {
     /// (`500M`, `2G`); least recently used go first.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     keep_bytes: Option<u64>,
-    /// Also remove cache mounts (`RUN --mount=type=cache`) no running step holds.
+    /// Also remove cache mounts (`RUN --mount=type=cache`) no running step holds, and pipeline
+    /// jobs' caches (`cache: key: paths:`).
     #[arg(long)]
     cache_mounts: bool,
-    /// Everything nothing needs, cache mounts included.
+    /// Everything nothing needs, cache mounts and jobs' caches included.
     #[arg(long)]
     all: bool,
     #[command(flatten)]

@@ -495,3 +495,113 @@ fn a_job_whose_image_has_a_non_root_user_reads_its_secret_file() {
     assert!(out.contains("[u] appuser"), "{out}");
     assert!(out.contains("[u] read 16 bytes"), "{out}");
 }
+
+/// GitLab's `cache:`: a job's paths are saved under their key after it passes and laid on its
+/// filesystem the next time it runs (here the next run, and in the same run a later job's on the
+/// same key); `policy: pull` restores and never saves, `fallback_keys` serve a key that has
+/// none yet. The cache is in no job's key: an unchanged job is still served by its recorded
+/// verdict (and saves nothing). `forge prune --cache-mounts` drops the caches.
+#[test]
+fn gitlab_caches_carry_paths_from_run_to_run_and_stay_out_of_the_jobs_keys() {
+    let Some(m) = machine() else { return };
+    let pipeline = |round: u32| {
+        format!(
+            r#"stages: [fill, read]
+jobs:
+  fill:
+    stage: fill
+    image: app
+    cache:
+      key: deps
+      paths: [.deps/]
+    script:
+      - echo "round {round}"
+      - mkdir -p .deps && echo x >> .deps/count
+      - echo "fill counts $(wc -l < .deps/count)"
+  read:
+    stage: read
+    image: app
+    cache:
+      key: deps
+      paths: [.deps/]
+      policy: pull
+    script:
+      - echo "round {round}"
+      - echo "read counts $(wc -l < .deps/count)"
+      - echo x >> .deps/count
+  other:
+    stage: read
+    image: app
+    cache:
+      key: other-$CI_JOB_NAME
+      fallback_keys: [deps]
+      paths: [.deps/]
+      policy: pull
+    script:
+      - echo "round {round}"
+      - echo "other counts $(cat .deps/count 2>/dev/null | wc -l)"
+"#
+        )
+    };
+    let (_ws, dir, root) = small_workspace(&m, "forge-pipeline-gitlab-cache", &pipeline(1));
+    let with_image = |round| format!("images:\n  app: {{context: app}}\n{}", pipeline(round));
+
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(
+        out.contains("[fill] forge: cache `deps`: none kept yet"),
+        "{out}"
+    );
+    assert!(out.contains("[fill] fill counts 1"), "{out}");
+    assert!(out.contains("[fill] forge: cache `deps`: saved ("), "{out}");
+    // A later job of the same run gets what the earlier one saved.
+    assert!(
+        out.contains("[read] forge: cache `deps`: restored ("),
+        "{out}"
+    );
+    assert!(out.contains("[read] read counts 1"), "{out}");
+    assert!(
+        out.contains("[other] forge: cache `other-other`: restored from fallback key `deps`"),
+        "{out}"
+    );
+    assert!(out.contains("[other] other counts 1"), "{out}");
+    // `policy: pull` saves nothing.
+    assert!(!out.contains("[read] forge: cache `deps`: saved"), "{out}");
+    assert!(!out.contains("`other-other`: saved"), "{out}");
+
+    // The next run (the script changed, so the jobs run): the count goes on from the cache,
+    // not from what `read` wrote.
+    fs::write(dir.join("forge.yaml"), with_image(2)).unwrap();
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(
+        out.contains("[fill] forge: cache `deps`: restored ("),
+        "{out}"
+    );
+    assert!(out.contains("[fill] fill counts 2"), "{out}");
+    assert!(out.contains("[read] read counts 2"), "{out}");
+
+    // Unchanged: every job is served by its verdict though the cache changed since; nothing is
+    // restored or saved.
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    for job in ["fill", "read", "other"] {
+        assert!(
+            lines_with(&out, &format!("[{job}] "))
+                .iter()
+                .all(|l| !l.contains("forge: cache `") || l.contains("(cached)")),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("saved ("), "{out}");
+
+    // Pruned with the cache mounts: the next run starts without.
+    let pruned = common::forge(&root, &["prune", "--cache-mounts"]);
+    let said = printed(&pruned);
+    assert!(pruned.status.success(), "{said}");
+    assert!(said.contains("removed 1 job caches"), "{said}");
+    fs::write(dir.join("forge.yaml"), with_image(3)).unwrap();
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(
+        out.contains("[fill] forge: cache `deps`: none kept yet"),
+        "{out}"
+    );
+    assert!(out.contains("[fill] fill counts 1"), "{out}");
+}

@@ -372,6 +372,8 @@ impl Server {
             only: Vec::new(),
             allow_network_host: false,
             log_limit: self.config.log_limit,
+            // A project's runs share their caches, whatever checkout each runs in.
+            cache_scope: format!("forge serve project {}", b.project),
         };
         let sink_log = log.clone();
         // Jobs show on the build's page as they start and end, not only when the build does.

@@ -435,6 +435,7 @@ impl Session {
                     .collect(),
                 remote: Some(remote.clone()),
                 mount_seeds,
+                test_restore: Vec::new(),
             },
             &graph,
         );

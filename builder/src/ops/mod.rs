@@ -58,6 +58,16 @@ pub type BesideStep = Arc<
 /// Stops what [`BesideStep`] started, and waits until it is gone.
 pub type StopBeside = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
+/// Laid on a test step's root filesystem when the step really runs (not when its verdict comes
+/// from the cache), outside its key: a pipeline job's GitLab cache. `say` goes to the step's
+/// output first.
+#[derive(Debug, Clone)]
+pub struct TestRestore {
+    /// A plain tar in the store; `None`: nothing to lay (the line says why).
+    pub layer: Option<forge_snapshotter::store::Descriptor>,
+    pub say: String,
+}
+
 /// A local directory the graph names (the build context) and what of it the build may see.
 #[derive(Debug, Clone)]
 pub struct LocalDir {
@@ -132,6 +142,8 @@ pub struct ExecutorConfig {
     pub remote: Option<Arc<RemoteBlobs>>,
     /// Imported contents of cache mounts, laid down before the first step that mounts each.
     pub mount_seeds: Option<Arc<MountSeeds>>,
+    /// Laid on every test step's root before it runs, in this order, hashed into no key.
+    pub test_restore: Vec<TestRestore>,
     pub events: Events,
 }
 
@@ -633,7 +645,7 @@ impl Executor for BuildExecutor {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ExecError> + Send + 'static,
 ) -> Result<T, ExecError> {
     tokio::task::spawn_blocking(f)

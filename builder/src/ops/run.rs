@@ -381,6 +381,41 @@ impl BuildExecutor {
                 show(stream, line);
             }
         };
+        // A job's caches, laid on its root now that it really runs.
+        if op.test.is_some() {
+            for r in &self.cfg.test_restore {
+                show(Stream::Stdout, r.say.clone());
+                let Some(layer) = r.layer.clone() else {
+                    continue;
+                };
+                let (store, snapshots, root_key) = (
+                    self.cfg.store.clone(),
+                    self.cfg.snapshots.clone(),
+                    key.clone(),
+                );
+                let laid = super::blocking(move || {
+                    let dir = snapshots.writable_dir(&root_key)?;
+                    let blob = store.open_blob(&layer.digest)?;
+                    let options = forge_snapshotter::unpack::UnpackOptions {
+                        whiteouts: snapshots.whiteout_mode(),
+                        ..Default::default()
+                    };
+                    forge_snapshotter::unpack::apply_tar(
+                        std::io::BufReader::new(blob),
+                        &dir,
+                        &options,
+                    )
+                    .map_err(|e| ExecError::Internal(format!("restoring a cache: {e}")))?;
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = laid {
+                    cleanup(held, &scratch_keys);
+                    let _ = self.cfg.snapshots.remove(&key);
+                    return Err(e);
+                }
+            }
+        }
         // What must run beside the step (a job's services) starts now that the step really
         // runs (not when its result comes from the cache), and stops when it ends.
         let beside = match &self.cfg.beside_step {

@@ -18,11 +18,11 @@ pub use super::plan::{
 };
 use super::resolve::{resolve_image, resolve_need};
 use super::rules::{Changes, Expr};
-use super::{deps, only, services};
+use super::{deps, job_cache, only, services};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
-pub const BUILTINS: [&str; 11] = [
+pub const BUILTINS: [&str; 12] = [
     "FORGE_BUILD_NUMBER",
     "FORGE_GIT_SHA",
     "FORGE_GIT_SHORT_SHA",
@@ -36,6 +36,7 @@ pub const BUILTINS: [&str; 11] = [
     "CI_COMMIT_BRANCH",
     "CI_COMMIT_TAG",
     "CI_COMMIT_REF_NAME",
+    "CI_COMMIT_REF_SLUG",
 ];
 
 /// GitLab's predefined variables forge defines, each from the built-in with the same value.
@@ -47,6 +48,25 @@ const GITLAB_NAMES: [(&str, &str); 5] = [
     ("CI_COMMIT_BRANCH", "FORGE_GIT_BRANCH"),
     ("CI_COMMIT_TAG", "FORGE_GIT_TAG"),
 ];
+
+/// GitLab's `CI_COMMIT_REF_SLUG`: the ref's name lowercased, every character but `a-z` and
+/// `0-9` made `-`, at most 63 bytes, with no `-` at either end (a name safe in a host name, a
+/// URL or a cache key).
+pub fn ref_slug(name: &str) -> String {
+    let mut slug: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.truncate(63);
+    slug.trim_matches('-').to_string()
+}
 
 /// GitLab's stages when the file names none.
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
@@ -77,6 +97,7 @@ pub fn check(
         "" => globals["FORGE_GIT_TAG"].clone(),
         branch => branch.to_string(),
     };
+    globals.insert("CI_COMMIT_REF_SLUG".to_string(), ref_slug(&ref_name));
     globals.insert("CI_COMMIT_REF_NAME".to_string(), ref_name);
     expand::define(&file.variables, source, &mut globals, &mut errors);
 
@@ -312,6 +333,18 @@ pub fn check(
                 &mut errors,
             ),
         };
+        // A cache key may name the job (`key: $CI_JOB_NAME`), as GitLab's often do.
+        let mut cache_vars = vars.clone();
+        for n in ["CI_JOB_NAME", "FORGE_JOB_NAME"] {
+            cache_vars.insert(n.to_string(), name.clone());
+        }
+        let (cache, caches) = job_cache::plan(
+            spec.cache.as_ref(),
+            file.default.cache.as_ref(),
+            source,
+            &cache_vars,
+            &mut errors,
+        );
         jobs.push(JobPlan {
             name: name.clone(),
             base: k.value.clone(),
@@ -368,7 +401,8 @@ pub fn check(
                 .network
                 .as_ref()
                 .map_or(Network::default(), |n| n.value),
-            cache: spec.cache.unwrap_or(true),
+            cache,
+            caches,
         });
     }
     needs_left_out(&jobs, &expanded, &names, &mut errors);

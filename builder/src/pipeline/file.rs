@@ -14,7 +14,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::error::Pos;
 
+mod cache;
 mod gitlab;
+pub use cache::{CacheKeySpec, CachePolicy, JobCache, PathCacheSpec};
 pub use gitlab::{ExpireIn, JobImageSpec, OnlySpec, ServiceSpec, parse_expire_in};
 
 /// A value and where it was written.
@@ -161,6 +163,7 @@ pub struct DefaultSpec {
     pub artifacts: Option<ArtifactsSpec>,
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
+    pub cache: Option<Sp<JobCache>>,
 }
 
 impl PipelineFile {
@@ -218,8 +221,9 @@ pub struct JobSpec {
     pub timeout: Option<Sp<Timeout>>,
     pub when: Option<Sp<When>>,
     pub network: Option<Sp<Network>>,
-    /// `false` runs the script without the build cache's mounts.
-    pub cache: Option<bool>,
+    /// forge's `false` runs the job whatever verdict the build cache recorded; GitLab's map (or
+    /// list of maps) keeps paths between runs. `None`: `default:`'s.
+    pub cache: Option<Sp<JobCache>>,
     /// GitLab's: jobs or hidden templates whose keys this job takes where it has none of its
     /// own, resolved as the file is read ([`super::extends`]).
     pub extends: Option<Sp<OneOrMany<String>>>,
@@ -313,6 +317,16 @@ pub enum ArtifactsWhen {
     OnSuccess,
     OnFailure,
     Always,
+}
+
+impl fmt::Display for ArtifactsWhen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ArtifactsWhen::OnSuccess => "on_success",
+            ArtifactsWhen::OnFailure => "on_failure",
+            ArtifactsWhen::Always => "always",
+        })
+    }
 }
 
 /// A job's network: its own namespace (with its services) or the host's.

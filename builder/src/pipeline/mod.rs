@@ -18,6 +18,7 @@ pub mod file;
 pub mod git;
 mod graph;
 pub mod history;
+mod job_cache;
 pub mod junit;
 mod only;
 mod plan;
@@ -31,6 +32,7 @@ pub use check::{
 };
 pub use error::{PipelineError, PipelineErrors, Pos};
 pub use file::PipelineFile;
+pub use plan::{CacheKey, CachePlan};
 
 use std::borrow::Cow;
 

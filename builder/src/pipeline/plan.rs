@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use forge_snapshotter::reference::Reference;
 
-use super::file::{ArtifactsWhen, Network, Retry, When};
+use super::file::{ArtifactsWhen, CachePolicy, Network, Retry, When};
 
 /// A validated pipeline: what `forge run` will build and run.
 #[derive(Debug, Clone)]
@@ -92,6 +92,46 @@ pub struct Artifacts {
     pub expire_in: Option<std::time::Duration>,
 }
 
+/// One of GitLab's caches of a job: its paths restored before the script and saved after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePlan {
+    pub key: CacheKey,
+    /// Tried in order when `key` has no cache yet; variables expanded.
+    pub fallback_keys: Vec<String>,
+    /// Relative to the job's working directory (globs allowed), variables expanded.
+    pub paths: Vec<String>,
+    pub policy: CachePolicy,
+    /// When it is saved, by the job's result.
+    pub when: ArtifactsWhen,
+}
+
+/// The name a cache is kept under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKey {
+    /// Written (variables expanded); `default` when not.
+    Name(String),
+    /// Made when the job runs from these files' contents (relative to the pipeline file's
+    /// directory), after `prefix-`: GitLab's `key: files:`.
+    Files {
+        files: Vec<String>,
+        prefix: Option<String>,
+    },
+}
+
+impl std::fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheKey::Name(n) => f.write_str(n),
+            CacheKey::Files { files, prefix } => {
+                if let Some(p) = prefix {
+                    write!(f, "{p}-")?;
+                }
+                write!(f, "<digest of {}>", files.join(", "))
+            }
+        }
+    }
+}
+
 /// What `rules:` decided for this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleOutcome {
@@ -139,7 +179,10 @@ pub struct JobPlan {
     pub retry: Option<Retry>,
     pub timeout: Option<Duration>,
     pub network: Network,
+    /// `false` (forge's `cache: false`): run even when a passed verdict is recorded.
     pub cache: bool,
+    /// GitLab's caches of paths kept between runs.
+    pub caches: Vec<CachePlan>,
 }
 
 /// The names `image:` and `needs:` may refer to, for resolution and hints.

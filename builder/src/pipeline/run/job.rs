@@ -54,8 +54,12 @@ pub struct JobSpec {
     /// `secrets`, and is masked in every line.
     pub secret_names: Vec<String>,
     pub secrets: HashMap<String, Vec<u8>>,
-    /// Absolute paths taken out after the run (artifacts and reports).
+    /// Absolute paths taken out after the run (artifacts, reports and caches).
     pub artifacts: Vec<String>,
+    /// The job's caches, laid on its filesystem when it really runs; in no key.
+    pub restore: Vec<crate::ops::TestRestore>,
+    /// The keys its caches have in this run, in the plan's order.
+    pub cache_keys: Vec<String>,
     pub host_network: bool,
     /// The network the job shares with its services.
     pub network: Option<forge_runner::SharedNetwork>,
@@ -322,6 +326,7 @@ impl Session {
                 proxy_args: Vec::new(),
                 remote: job.cache.as_ref().map(|c| c.remote.clone()),
                 mount_seeds: None,
+                test_restore: job.restore.clone(),
             },
             &graph,
         );

@@ -10,7 +10,7 @@ use super::clip::Clip;
 use super::job::{self, JobImage, JobSpec};
 use super::{
     End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
-    env_name, read_junit, retry_reason, stop_services,
+    env_name, path_cache, read_junit, retry_reason, stop_services,
 };
 use crate::events::Events;
 use crate::export::config;
@@ -227,6 +227,12 @@ impl Runner {
                 });
             }
         }
+        if !verdict.cached
+            && result != JobResult::Cancelled
+            && let Some(taken) = &verdict.artifacts
+        {
+            self.save_caches(plan, &spec, taken, passed).await;
+        }
         let duration = start.elapsed();
         self.emit(PipelineEvent::JobFinished {
             job: name.into(),
@@ -257,6 +263,50 @@ impl Runner {
                 },
             ),
         )
+    }
+
+    /// Saves the job's GitLab caches its result calls for (`policy`, `when`) from what its run
+    /// left, saying each in its log. A cache that cannot be kept is said, and fails nothing.
+    async fn save_caches(
+        &self,
+        plan: &JobPlan,
+        spec: &JobSpec,
+        taken: &crate::ops::Artifacts,
+        passed: bool,
+    ) {
+        let masks = crate::mask::Masks::of(&job_secret_values(plan, &self.options.secrets));
+        for (c, key) in plan.caches.iter().zip(&spec.cache_keys) {
+            if !path_cache::saves(c, passed) {
+                continue;
+            }
+            let workdir = spec.image.config.working_dir.clone();
+            let paths: Vec<String> = c
+                .paths
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let (store, scope, key, taken, written) = (
+                self.session.store().clone(),
+                self.options.cache_scope.clone(),
+                key.clone(),
+                taken.clone(),
+                c.paths.clone(),
+            );
+            let said = tokio::task::spawn_blocking(move || {
+                path_cache::save(&store, &scope, &key, &taken, &paths, &written)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .unwrap_or_else(|e| vec![format!("forge: warning: cache: not saved: {e}")]);
+            for line in said {
+                self.emit(PipelineEvent::JobLine {
+                    job: plan.name.clone(),
+                    line: masks.mask(&line),
+                    cached: false,
+                });
+            }
+        }
     }
 
     /// One try of a job: its spec, then its solve. A failure before a verdict says what kind it
@@ -589,6 +639,34 @@ impl Runner {
                 }
             }
         }
+        // GitLab's caches: their paths are taken out after the run as artifacts are, and what
+        // each key kept is laid on the filesystem before the script.
+        let mut restore = Vec::new();
+        let mut cache_keys = Vec::new();
+        for c in &plan.caches {
+            let key = path_cache::key_of(&c.key, &self.options.base_dir, &self.options.boundary)?;
+            for p in &c.paths {
+                let abs = artifacts::absolute(&config.working_dir, p);
+                if !artifacts::under(&config.working_dir, &abs) {
+                    return Err(format!(
+                        "cache path {p} is outside the job's working directory {}: caches are \
+                         kept relative to it",
+                        config.working_dir
+                    ));
+                }
+                if !artifacts_paths.contains(&abs) {
+                    artifacts_paths.push(abs);
+                }
+            }
+            let store = self.session.store();
+            restore.extend(path_cache::restore(
+                store,
+                &self.options.cache_scope,
+                c,
+                &key,
+            )?);
+            cache_keys.push(key);
+        }
         Ok(JobSpec {
             name: plan.name.clone(),
             image: JobImage {
@@ -609,6 +687,8 @@ impl Runner {
                 .filter_map(|s| self.options.secrets.get(s).map(|v| (s.clone(), v.clone())))
                 .collect(),
             artifacts: artifacts_paths,
+            restore,
+            cache_keys,
             host_network: plan.network == Network::Host,
             network,
             services,

@@ -20,6 +20,8 @@ use decide::{decide, untested};
 mod image;
 mod job;
 mod jobs;
+mod path_cache;
+pub use path_cache::ROOT_KIND as JOB_CACHE_ROOT;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -40,6 +40,9 @@ pub struct RunOptions {
     ///
     /// [`DEFAULT_LOG_LIMIT`]: super::DEFAULT_LOG_LIMIT
     pub log_limit: Option<u64>,
+    /// What keeps this pipeline's GitLab caches (`cache: key:`) apart from other pipelines' of
+    /// the same store: `forge run`, the file's absolute path; `forge serve`, the project.
+    pub cache_scope: String,
 }
 
 /// Something that happened during a run, for the caller to show.

@@ -392,7 +392,18 @@ fn a_file_written_the_gitlab_way_checks_into_its_plan() {
     assert_eq!(integration.when, When::OnSuccess);
     // `nightly` is on main but NIGHTLY is not set: its `only:` misses.
     assert_eq!(job(&p, "nightly").rule, RuleOutcome::OnlyMissed);
+    // default's cache, keyed by the branch, and none for deploy.
+    let c = &unit.caches[0];
+    assert_eq!(c.key, crate::pipeline::CacheKey::Name("target-main".into()));
+    assert_eq!(
+        (&c.paths[..], &c.fallback_keys[..]),
+        (
+            &["target/".to_string()][..],
+            &["target-main".to_string()][..]
+        )
+    );
     let deploy = job(&p, "deploy");
+    assert!(deploy.caches.is_empty());
     assert_eq!(deploy.when, When::Manual);
     assert_eq!(deploy.script, ["./deploy target/release/app"]);
     // On a docs- branch integration is left out by `except:`, and deploy by `only:`.
@@ -402,4 +413,148 @@ fn a_file_written_the_gitlab_way_checks_into_its_plan() {
     );
     assert_eq!(job(&docs, "integration").rule, RuleOutcome::ExceptMatched);
     assert_eq!(job(&docs, "deploy").rule, RuleOutcome::OnlyMissed);
+}
+
+#[test]
+fn gitlab_s_cache_forms_check_into_cache_plans() {
+    use crate::pipeline::file::{ArtifactsWhen, CachePolicy};
+    use crate::pipeline::{CacheKey, CachePlan};
+    let src = r#"default:
+  image: alpine
+  cache:
+    key: deps-$CI_COMMIT_REF_SLUG
+    paths: [.cache/]
+    fallback_keys: [deps-main]
+jobs:
+  inherits:
+    script: [x]
+  own:
+    script: [x]
+    variables:
+      DIR: vendor
+    cache:
+      - key: {files: [Gemfile.lock, package-lock.json], prefix: $CI_JOB_NAME}
+        paths: [$DIR/]
+        policy: pull
+      - paths: [node_modules]
+        when: always
+        unprotect: true
+        untracked: false
+  verdicts:
+    script: [x]
+    cache: false
+  none:
+    script: [x]
+    cache: []
+"#;
+    let p = ok(
+        src,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "Feature/Login_Page")], None),
+    );
+    let inherited = CachePlan {
+        key: CacheKey::Name("deps-feature-login-page".into()),
+        fallback_keys: vec!["deps-main".into()],
+        paths: vec![".cache/".into()],
+        policy: CachePolicy::PullPush,
+        when: ArtifactsWhen::OnSuccess,
+    };
+    assert_eq!(job(&p, "inherits").caches, [inherited]);
+    assert!(job(&p, "inherits").cache);
+    let own = job(&p, "own");
+    assert_eq!(
+        own.caches,
+        [
+            CachePlan {
+                key: CacheKey::Files {
+                    files: vec!["Gemfile.lock".into(), "package-lock.json".into()],
+                    prefix: Some("own".into()),
+                },
+                fallback_keys: vec![],
+                paths: vec!["vendor/".into()],
+                policy: CachePolicy::Pull,
+                when: ArtifactsWhen::OnSuccess,
+            },
+            CachePlan {
+                key: CacheKey::Name("default".into()),
+                fallback_keys: vec![],
+                paths: vec!["node_modules".into()],
+                policy: CachePolicy::PullPush,
+                when: ArtifactsWhen::Always,
+            },
+        ]
+    );
+    // forge's `cache: false` replaces default's caches too, and turns verdicts off.
+    let v = job(&p, "verdicts");
+    assert!(!v.cache && v.caches.is_empty());
+    let n = job(&p, "none");
+    assert!(n.cache && n.caches.is_empty());
+}
+
+#[test]
+fn a_cache_gitlab_would_refuse_is_refused_at_its_place() {
+    let e = errors(
+        r#"jobs:
+  a:
+    image: alpine
+    script: [x]
+    cache:
+      key: a/b
+      paths: [x]
+  b:
+    image: alpine
+    script: [x]
+    cache:
+      key: {files: [a, b, c]}
+      paths: [x]
+      fallback_keys: [a, b, c, d, e, f]
+  c:
+    image: alpine
+    script: [x]
+    cache:
+      key: k
+      untracked: true
+  d:
+    image: alpine
+    script: [x]
+    cache:
+      key: {files: [/etc/passwd]}
+      paths: [x]
+      fallback_keys: [".."]
+  e:
+    image: alpine
+    script: [x]
+    cache: [{paths: [a]}, {paths: [b]}, {paths: [c]}, {paths: [d]}, {paths: [e]}]
+"#,
+    );
+    let text = e.to_string();
+    for said in [
+        "cache key `a/b` contains `/`",
+        "`key: files:` lists 3 files",
+        "6 fallback keys",
+        "`untracked: true` is not supported",
+        "a cache without `paths:` keeps nothing",
+        "cache key file `/etc/passwd`",
+        "fallback key `..` is `.` or `..`",
+        "5 caches in one job",
+    ] {
+        assert!(text.contains(said), "{said}: {text}");
+    }
+    assert_eq!(
+        places(&e),
+        [
+            (6, 12),
+            (12, 20),
+            (14, 38),
+            (19, 12),
+            (20, 18),
+            (25, 21),
+            (27, 23),
+            (31, 12)
+        ]
+    );
+    // An unknown policy, with the hint of the one meant.
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    script: [x]\n    cache:\n      paths: [x]\n      policy: pul\n",
+    );
+    assert!(e.to_string().contains("did you mean `pull`?"), "{e}");
 }
