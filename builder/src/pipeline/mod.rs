@@ -16,6 +16,7 @@ mod expand;
 pub mod extends;
 pub mod file;
 pub mod git;
+mod gitlab_keys;
 mod graph;
 pub mod history;
 mod job_cache;
@@ -149,8 +150,15 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> PipelineError {
     match e {
         E::SerdeUnknownField {
             field, expected, ..
-        } => PipelineError::new(pos, format!("unknown key `{field}`"))
-            .with_hint(did_you_mean(field, expected)),
+        } => PipelineError::new(pos, format!("unknown key `{field}`")).with_hint(
+            gitlab_keys::hint(field, expected).or_else(|| {
+                match suggest(field, expected.iter().copied()) {
+                    Some(s) => Some(format!("did you mean `{s}`?")),
+                    None => gitlab_keys::top_level_job(field, expected)
+                        .or_else(|| did_you_mean(field, expected)),
+                }
+            }),
+        ),
         E::SerdeUnknownVariant {
             variant, expected, ..
         } => PipelineError::new(pos, format!("unknown value `{variant}`"))

@@ -1,0 +1,89 @@
+//! GitLab CI keywords forge does not take, each with what to do instead: a file brought over
+//! from GitLab meets these first, and "did you mean `stage`?" for `tags:` would mislead.
+
+/// The hint for `key`, unknown where the keys `expected` are known; `None` when GitLab has no
+/// such keyword there.
+pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
+    let top = expected.contains(&"jobs") && expected.contains(&"images");
+    let job = expected.contains(&"script");
+    let said = if top {
+        match key {
+            "include" => {
+                "forge reads one file: `include:` is not supported; bring the included jobs into \
+                 this file (hidden templates and `extends:` share what repeats)"
+            }
+            "workflow" => "forge has no `workflow:`: give the jobs `rules:` (or `only:`/`except:`)",
+            "image" | "services" | "before_script" | "after_script" | "cache" => {
+                "GitLab's global form of this key: put it under `default:`"
+            }
+            "spec" => "forge has no CI/CD inputs (`spec: inputs:`): use `variables:`",
+            _ => return None,
+        }
+    } else if job {
+        match key {
+            "tags" => {
+                "`tags:` picks GitLab runners; forge runs every job on this machine: remove it"
+            }
+            "interruptible" => {
+                "forge's runs do not cancel one another when a newer one starts: remove it"
+            }
+            "environment" => {
+                "forge tracks no deployment environments: remove it (the job's script still \
+                 deploys)"
+            }
+            "resource_group" => {
+                "forge has no resource groups: remove it (jobs of one run that must not overlap \
+                 can `needs:` one another)"
+            }
+            "trigger" => "forge runs no child or multi-project pipelines",
+            "inherit" => {
+                "forge has no `inherit:`: a job takes each `default:` key it does not set itself"
+            }
+            "release" | "pages" => "forge makes no GitLab releases or pages: remove it",
+            "id_tokens" | "identity" => {
+                "forge issues no identity tokens: give the job `secrets:` from the environment"
+            }
+            "start_in" => "forge has no delayed jobs: remove `start_in:`",
+            "manual_confirmation" => {
+                "forge asks no confirmation: `forge run JOB` runs a manual job"
+            }
+            "hooks" => "forge has no `hooks:`: put the commands at the top of `before_script:`",
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(said.to_string())
+}
+
+/// The hint for an unknown key at the top of the file that is no GitLab keyword either: most
+/// likely a job written where GitLab has them.
+pub(super) fn top_level_job(key: &str, expected: &[&str]) -> Option<String> {
+    (expected.contains(&"jobs") && expected.contains(&"images")).then(|| {
+        format!("forge.yaml keeps its jobs under `jobs:`; if `{key}` is a job, move it there")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitlab_keywords_get_their_own_hints_where_they_are_known() {
+        let top = ["variables", "images", "stages", "default", "jobs"];
+        let job = ["stage", "image", "script"];
+        assert!(hint("include", &top).unwrap().contains("reads one file"));
+        assert_eq!(hint("build", &top), None);
+        assert!(
+            top_level_job("build", &top)
+                .unwrap()
+                .contains("under `jobs:`")
+        );
+        assert_eq!(top_level_job("build", &job), None);
+        assert!(hint("tags", &job).unwrap().contains("runners"));
+        assert!(hint("image", &top).unwrap().contains("`default:`"));
+        // A misspelt key of forge's own keeps the usual suggestion.
+        assert_eq!(hint("scirpt", &job), None);
+        assert_eq!(hint("tags", &["paths", "when"]), None);
+    }
+}
