@@ -239,6 +239,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         changed: changed.clone(),
     };
     let checked = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    for w in checked.warning_lines(&name) {
+        eprintln!("{w}");
+    }
     let mut secrets = read_secrets(&args.secrets)?;
     // Secrets the file names and no flag gives come from the environment.
     for j in &checked.jobs {

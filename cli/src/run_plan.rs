@@ -25,6 +25,9 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
         changed: None,
     };
     let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    for w in plan.warning_lines(&name) {
+        eprintln!("{w}");
+    }
     print!("{}", render_plan(&name, &plan));
     Ok(())
 }

@@ -343,6 +343,9 @@ impl Server {
             changed: None,
         };
         let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
+        for w in plan.warning_lines(&name) {
+            log.line(&w);
+        }
         // What the images build FROM, for registry notifications to match later.
         let dockerfiles: Vec<PathBuf> = plan
             .images

@@ -18,7 +18,7 @@ pub use super::plan::{
 };
 use super::resolve::{resolve_image, resolve_need};
 use super::rules::{Changes, Expr};
-use super::{deps, job_cache, only, services};
+use super::{deps, gitlab_keys, job_cache, only, services};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
@@ -420,11 +420,14 @@ pub fn check(
             sorted.push(j);
         }
     }
+    let mut warnings = Vec::new();
+    gitlab_keys::ignored(file, &mut warnings);
     let mut pipeline = Pipeline {
         variables: globals,
         stages,
         images,
         jobs: sorted,
+        warnings,
     };
     graph::default_push_needs(file, &mut pipeline);
     if errors.is_empty()

@@ -183,6 +183,9 @@ fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         network: over.network.or(base.network),
         cache: over.cache.or(base.cache),
         extends: over.extends.or(base.extends),
+        tags: over.tags.or(base.tags),
+        interruptible: over.interruptible.or(base.interruptible),
+        environment: over.environment.or(base.environment),
     }
 }
 

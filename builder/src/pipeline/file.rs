@@ -164,6 +164,9 @@ pub struct DefaultSpec {
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
     pub cache: Option<Sp<JobCache>>,
+    /// Read and ignored, as a job's ([`JobSpec::tags`]).
+    pub tags: Option<Sp<Vec<Sp<String>>>>,
+    pub interruptible: Option<Sp<bool>>,
 }
 
 impl PipelineFile {
@@ -227,6 +230,11 @@ pub struct JobSpec {
     /// GitLab's: jobs or hidden templates whose keys this job takes where it has none of its
     /// own, resolved as the file is read ([`super::extends`]).
     pub extends: Option<Sp<OneOrMany<String>>>,
+    /// GitLab's keys that change nothing where one machine runs every job and no run cancels
+    /// another: read, and said to be ignored ([`super::gitlab_keys::ignored`]).
+    pub tags: Option<Sp<Vec<Sp<String>>>>,
+    pub interruptible: Option<Sp<bool>>,
+    pub environment: Option<Sp<de::IgnoredAny>>,
 }
 
 /// How to tell a service is up: a command run until it succeeds, within a timeout.

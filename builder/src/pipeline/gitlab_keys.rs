@@ -1,5 +1,10 @@
-//! GitLab CI keywords forge does not take, each with what to do instead: a file brought over
-//! from GitLab meets these first, and "did you mean `stage`?" for `tags:` would mislead.
+//! GitLab CI keywords forge does not act on. Those that change nothing where one machine runs
+//! every job and no run cancels another (`tags:`, `interruptible:`, `environment:`) are read and
+//! said to be ignored; the others are refused with what to do instead: a file brought over from
+//! GitLab meets these first, and "did you mean `stage`?" for `include:` would mislead.
+
+use super::error::Pos;
+use super::file::{PipelineFile, pos_of};
 
 /// The hint for `key`, unknown where the keys `expected` are known; `None` when GitLab has no
 /// such keyword there.
@@ -21,16 +26,6 @@ pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
         }
     } else if job {
         match key {
-            "tags" => {
-                "`tags:` picks GitLab runners; forge runs every job on this machine: remove it"
-            }
-            "interruptible" => {
-                "forge's runs do not cancel one another when a newer one starts: remove it"
-            }
-            "environment" => {
-                "forge tracks no deployment environments: remove it (the job's script still \
-                 deploys)"
-            }
             "resource_group" => {
                 "forge has no resource groups: remove it (jobs of one run that must not overlap \
                  can `needs:` one another)"
@@ -54,6 +49,31 @@ pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
         return None;
     };
     Some(said.to_string())
+}
+
+/// Warnings for the keys of `file`'s jobs and `default:` that forge reads and ignores.
+pub(super) fn ignored(file: &PipelineFile, warnings: &mut Vec<(Pos, String)>) {
+    const TAGS: &str = "`tags:` is ignored: forge runs every job on this machine";
+    const INTERRUPTIBLE: &str =
+        "`interruptible:` is ignored: forge's runs do not cancel one another";
+    const ENVIRONMENT: &str = "`environment:` is ignored: forge tracks no deployments (the job's \
+                               script runs as written)";
+    let mut say = |at: Option<Pos>, what: &str| {
+        if let Some(at) = at {
+            warnings.push((at, what.to_string()));
+        }
+    };
+    let d = &file.default;
+    say(d.tags.as_ref().map(pos_of), TAGS);
+    say(d.interruptible.as_ref().map(pos_of), INTERRUPTIBLE);
+    for (_, job) in &file.jobs.0 {
+        say(job.tags.as_ref().map(pos_of), TAGS);
+        say(job.interruptible.as_ref().map(pos_of), INTERRUPTIBLE);
+        say(job.environment.as_ref().map(pos_of), ENVIRONMENT);
+    }
+    // A template's key taken by several jobs is said once.
+    warnings.sort_by_key(|(at, _)| (at.line, at.column));
+    warnings.dedup();
 }
 
 /// The hint for an unknown key at the top of the file that is no GitLab keyword either: most
@@ -80,7 +100,12 @@ mod tests {
                 .contains("under `jobs:`")
         );
         assert_eq!(top_level_job("build", &job), None);
-        assert!(hint("tags", &job).unwrap().contains("runners"));
+        assert!(
+            hint("resource_group", &job)
+                .unwrap()
+                .contains("resource groups")
+        );
+        assert_eq!(hint("tags", &job), None);
         assert!(hint("image", &top).unwrap().contains("`default:`"));
         // A misspelt key of forge's own keeps the usual suggestion.
         assert_eq!(hint("scirpt", &job), None);

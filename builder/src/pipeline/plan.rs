@@ -17,6 +17,18 @@ pub struct Pipeline {
     pub images: Vec<ImagePlan>,
     /// Jobs after matrix expansion, in stage order, then file order.
     pub jobs: Vec<JobPlan>,
+    /// What the file says that forge reads and does not act on (GitLab's `tags:`), where.
+    pub warnings: Vec<(super::error::Pos, String)>,
+}
+
+impl Pipeline {
+    /// [`Pipeline::warnings`] as lines to print, `file` naming the pipeline file.
+    pub fn warning_lines(&self, file: &str) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|(at, w)| format!("warning: {file}:{}:{}: {w}", at.line, at.column))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]

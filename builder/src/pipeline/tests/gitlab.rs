@@ -558,3 +558,45 @@ fn a_cache_gitlab_would_refuse_is_refused_at_its_place() {
     );
     assert!(e.to_string().contains("did you mean `pull`?"), "{e}");
 }
+
+#[test]
+fn tags_interruptible_and_environment_are_read_and_said_to_be_ignored_once_each() {
+    let src = r#"default:
+  interruptible: true
+.t:
+  tags: [docker]
+jobs:
+  a:
+    extends: .t
+    image: alpine
+    script: [x]
+    environment:
+      name: production
+      url: https://example.com
+  b:
+    extends: .t
+    image: alpine
+    script: [x]
+    parallel:
+      matrix:
+        - X: [1, 2]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.jobs.len(), 3);
+    assert_eq!(
+        p.warning_lines("forge.yaml"),
+        [
+            "warning: forge.yaml:2:18: `interruptible:` is ignored: forge's runs do not cancel one another",
+            "warning: forge.yaml:4:9: `tags:` is ignored: forge runs every job on this machine",
+            "warning: forge.yaml:11:7: `environment:` is ignored: forge tracks no deployments (the job's script runs as written)",
+        ]
+    );
+    assert!(
+        ok(
+            "jobs:\n  a:\n    image: alpine\n    script: [x]\n",
+            &CheckOptions::default()
+        )
+        .warnings
+        .is_empty()
+    );
+}
