@@ -450,9 +450,10 @@ impl Printer {
                 job,
                 result,
                 duration,
+                coverage,
                 ..
             } => {
-                self.job_done(job, *result, *duration);
+                self.job_done(job, *result, *duration, coverage.clone());
                 let end = e.line();
                 match &self.groups {
                     Some(groups) => {
@@ -472,7 +473,7 @@ impl Printer {
                 }
             }
             PipelineEvent::JobSkipped { job, .. } => {
-                self.job_done(job, JobResult::Skipped, Duration::ZERO);
+                self.job_done(job, JobResult::Skipped, Duration::ZERO, None);
                 e.line()
             }
             _ => e.line(),
@@ -497,7 +498,7 @@ impl Printer {
         }
     }
 
-    fn job_done(&self, job: &str, result: JobResult, duration: Duration) {
+    fn job_done(&self, job: &str, result: JobResult, duration: Duration, coverage: Option<String>) {
         let log = self.logs.lock().expect("not poisoned").remove(job);
         let done = match log.map(LogWriter::finish) {
             Some(Ok(d)) => Some(d),
@@ -508,7 +509,7 @@ impl Printer {
             None => None,
         };
         if let Some(h) = self.handle.lock().expect("not poisoned").as_mut()
-            && let Err(e) = h.job_done(job, result, duration, done)
+            && let Err(e) = h.job_done(job, result, duration, done, coverage)
         {
             eprintln!("warning: job {job}: not recorded in the history: {e}");
         }

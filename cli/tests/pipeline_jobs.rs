@@ -605,3 +605,74 @@ jobs:
     );
     assert!(out.contains("[fill] fill counts 1"), "{out}");
 }
+
+/// GitLab's `coverage:` reads the job's log as GitLab does (the last line with a match; its last
+/// capture group's first number): the job's line, `--metadata-file` and the history show it,
+/// and a job served by its recorded verdict has it again from the replayed log.
+#[test]
+fn coverage_is_read_from_the_log_and_shown_kept_and_replayed() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-coverage",
+        r#"jobs:
+  unit:
+    image: app
+    coverage: '/^TOTAL.+ (\d+(?:\.\d+)?%)$/'
+    script:
+      - echo "TOTAL 200 40 80%"
+      - echo "TOTAL 210 20 90.48%"
+      - echo "done"
+  plain:
+    image: app
+    script: [echo TOTAL 1 1 1%]
+"#,
+    );
+    let out = run_ok(
+        &dir,
+        &root,
+        &["run", "--progress", "plain", "--metadata-file", "meta.json"],
+        &[],
+    );
+    let unit = lines_with(&out, "job unit: passed");
+    assert!(
+        unit.len() == 1 && unit[0].ends_with(", coverage 90.48%"),
+        "{out}"
+    );
+    assert!(
+        lines_with(&out, "job plain: passed")
+            .iter()
+            .all(|l| !l.contains("coverage")),
+        "{out}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let jobs = meta["jobs"].as_array().unwrap();
+    let of = |name: &str| jobs.iter().find(|j| j["name"] == name).unwrap().clone();
+    assert_eq!(of("unit")["coverage"], serde_json::json!(90.48), "{meta}");
+    assert!(of("plain").get("coverage").is_none(), "{meta}");
+    // Unchanged: the verdict is replayed, and its coverage read again from the replayed log.
+    let again = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    let unit = lines_with(&again, "job unit: passed (cached, not run)");
+    assert!(
+        unit.len() == 1 && unit[0].ends_with(", coverage 90.48%"),
+        "{again}"
+    );
+    // The history's record keeps it.
+    let record = fs::read_dir(root.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("2/run.json"))
+        .find(|p| p.is_file())
+        .expect("run 2's record");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(record).unwrap()).unwrap();
+    let unit = record["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "unit")
+        .unwrap()
+        .clone();
+    assert_eq!(unit["coverage"], "90.48", "{record}");
+}

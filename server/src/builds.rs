@@ -209,6 +209,7 @@ impl Server {
                         name: j.name.clone(),
                         result: job_word(j.result).to_string(),
                         duration_ms: j.duration_ms,
+                        coverage: j.coverage.map(|c| c.to_string()),
                     })
                     .collect();
                 b.pushed = report
@@ -399,6 +400,7 @@ impl Server {
                             name: job.to_string(),
                             result: result.to_string(),
                             duration_ms: ms,
+                            coverage: None,
                         }),
                     }
                     if let Err(e) = store.put(&b) {
@@ -642,6 +644,7 @@ mod tests {
             reason: None,
             junit: None,
             artifacts: kept.then(|| PathBuf::from(format!("/srv/artifacts/app/7/{name}"))),
+            coverage: None,
         };
         let report = RunReport {
             passed: true,

@@ -77,6 +77,10 @@ pub struct JobRecord {
     /// passed, failed, cached, skipped, cancelled
     pub result: String,
     pub duration_ms: u64,
+    /// What the job's `coverage:` found in its log, in percent (`87.5`); builds recorded before
+    /// this field read as none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<String>,
 }
 
 /// One build of a project.

@@ -381,11 +381,13 @@ mod tests {
                 name: "unit".into(),
                 result: "passed".into(),
                 duration_ms: 5,
+                coverage: Some("87.5".into()),
             },
             JobRecord {
                 name: "e2e".into(),
                 result: "running".into(),
                 duration_ms: 0,
+                coverage: None,
             },
         ];
         s.put(&running).unwrap();

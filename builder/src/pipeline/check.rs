@@ -18,7 +18,7 @@ pub use super::plan::{
 };
 use super::resolve::{resolve_image, resolve_need};
 use super::rules::{Changes, Expr};
-use super::{deps, gitlab_keys, job_cache, only, services};
+use super::{coverage, deps, gitlab_keys, job_cache, only, services};
 use crate::frontend::suggest::suggest;
 
 /// The built-in variables, always defined (empty when unknown).
@@ -403,6 +403,10 @@ pub fn check(
                 .map_or(Network::default(), |n| n.value),
             cache,
             caches,
+            coverage: spec
+                .coverage
+                .as_ref()
+                .and_then(|c| coverage::pattern(c, &mut errors)),
         });
     }
     needs_left_out(&jobs, &expanded, &names, &mut errors);

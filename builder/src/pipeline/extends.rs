@@ -186,6 +186,7 @@ fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         tags: over.tags.or(base.tags),
         interruptible: over.interruptible.or(base.interruptible),
         environment: over.environment.or(base.environment),
+        coverage: over.coverage.or(base.coverage),
     }
 }
 

@@ -235,6 +235,8 @@ pub struct JobSpec {
     pub tags: Option<Sp<Vec<Sp<String>>>>,
     pub interruptible: Option<Sp<bool>>,
     pub environment: Option<Sp<de::IgnoredAny>>,
+    /// GitLab's: `/RE/` finding the job's test coverage in its log ([`super::coverage`]).
+    pub coverage: Option<Sp<String>>,
 }
 
 /// How to tell a service is up: a command run until it succeeds, within a timeout.

@@ -66,6 +66,10 @@ pub struct JobRecord {
     pub duration_ms: u64,
     /// The log's file name under `logs/`, when the job printed anything.
     pub log: Option<String>,
+    /// What its `coverage:` found in its log, as written there (`87.5`). Records written before
+    /// this field read as none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<String>,
 }
 
 /// One run of a pipeline.
@@ -391,6 +395,7 @@ impl RunHandle {
         result: JobResult,
         duration: Duration,
         log: Option<LogDone>,
+        coverage: Option<String>,
     ) -> Result<(), HistoryError> {
         self.record.jobs.retain(|j| j.name != name);
         self.record.jobs.push(JobRecord {
@@ -398,6 +403,7 @@ impl RunHandle {
             result,
             duration_ms: duration.as_millis() as u64,
             log: log.filter(|l| l.lines > 0).map(|l| l.file_name),
+            coverage,
         });
         self.save()
     }
@@ -479,14 +485,19 @@ mod tests {
             JobResult::Failed,
             Duration::from_millis(1500),
             Some(done),
+            Some("87.5".into()),
         )
         .unwrap();
-        run.job_done("lint", JobResult::Cached, Duration::ZERO, None)
+        run.job_done("lint", JobResult::Cached, Duration::ZERO, None, None)
             .unwrap();
         let rec = run
             .finish(RunResult::Failed, Duration::from_secs(3))
             .unwrap();
         assert_eq!(rec.counts(), (1, 1, 1));
+        // The coverage is kept, and read back as written.
+        let read = h.run(1).unwrap();
+        let cov: Vec<Option<&str>> = read.jobs.iter().map(|j| j.coverage.as_deref()).collect();
+        assert_eq!(cov, [Some("87.5"), None]);
 
         let mut out = Vec::new();
         h.copy_log(1, "unit: [1, p]", &mut out).unwrap();
@@ -544,6 +555,7 @@ mod tests {
                 &format!("w: [{i}]"),
                 JobResult::Passed,
                 Duration::ZERO,
+                None,
                 None,
             )
             .unwrap();

@@ -10,6 +10,7 @@
 //! is refused with a located error instead of exhausting the stack or memory.
 
 pub mod check;
+pub mod coverage;
 mod deps;
 pub mod error;
 mod expand;

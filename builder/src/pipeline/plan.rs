@@ -195,6 +195,8 @@ pub struct JobPlan {
     pub cache: bool,
     /// GitLab's caches of paths kept between runs.
     pub caches: Vec<CachePlan>,
+    /// GitLab's `coverage:`, the pattern between its slashes.
+    pub coverage: Option<String>,
 }
 
 /// The names `image:` and `needs:` may refer to, for resolution and hints.

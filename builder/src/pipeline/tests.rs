@@ -496,8 +496,13 @@ fn before_and_after_script_come_from_the_job_or_else_from_default() {
         Some(std::time::Duration::from_secs(60))
     );
     assert_eq!(job(&p, "k").artifacts.as_ref().unwrap().paths, ["out/"]);
-    let e = errors("default:\n  resource_group: prod\njobs:\n  j:\n    image: alpine\n    script: [s]\n");
-    assert!(e.to_string().contains("unknown key `resource_group`"), "{e}");
+    let e = errors(
+        "default:\n  resource_group: prod\njobs:\n  j:\n    image: alpine\n    script: [s]\n",
+    );
+    assert!(
+        e.to_string().contains("unknown key `resource_group`"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub(crate) fn sample_build() -> crate::model::Build {
         name: name.into(),
         result: result.into(),
         duration_ms: 1_000,
+        coverage: None,
     };
     Build {
         project: "myproj".into(),

@@ -231,6 +231,8 @@ struct JobRow {
     name: String,
     result: String,
     duration: String,
+    /// `87.5%`, or empty.
+    coverage: String,
 }
 
 #[derive(Template)]
@@ -310,6 +312,10 @@ pub fn build_page_of(build: &Build, log_tail: &str, log_end: u64, left_out: u64)
                 name: j.name.clone(),
                 result: j.result.clone(),
                 duration: format_duration(j.duration_ms),
+                coverage: j
+                    .coverage
+                    .as_ref()
+                    .map_or(String::new(), |c| format!("{c}%")),
             })
             .collect(),
         pushed: &build.pushed,

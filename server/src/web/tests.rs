@@ -30,21 +30,25 @@ fn build(number: u64, status: Status) -> Build {
                 name: "test".to_string(),
                 result: "passed".to_string(),
                 duration_ms: 12_345,
+                coverage: Some("87.5".to_string()),
             },
             JobRecord {
                 name: "image".to_string(),
                 result: "cached".to_string(),
                 duration_ms: 5,
+                coverage: None,
             },
             JobRecord {
                 name: "lint".to_string(),
                 result: "failed".to_string(),
                 duration_ms: 125_000,
+                coverage: None,
             },
             JobRecord {
                 name: "docs".to_string(),
                 result: "skipped".to_string(),
                 duration_ms: 0,
+                coverage: None,
             },
         ],
         pushed: vec![
@@ -314,7 +318,9 @@ fn build_page_shows_the_build() {
     assert!(page.contains("<table id=\"jobs\">"));
     assert!(page.contains("<tr class=\"job\" data-job=\"test\" data-result=\"passed\">"));
     assert!(page.contains("<tr class=\"job\" data-job=\"image\" data-result=\"cached\">"));
-    assert!(page.contains("<td>12.3 s</td>"));
+    assert!(page.contains("<td>12.3 s</td><td class=\"coverage\">87.5%</td>"));
+    // A job without coverage has an empty cell: three of the four here.
+    assert_eq!(page.matches("<td class=\"coverage\"></td>").count(), 3);
     assert!(page.contains("<td>2 min 05 s</td>"));
     assert!(page.contains("<li><code>registry.example/forge:latest@sha256:aaaa</code></li>"));
     assert!(page.contains("<div class=\"error\" id=\"error\">a job failed</div>"));

@@ -158,6 +158,7 @@ pub(super) fn decide(
                 reason: Some(reason),
                 junit: None,
                 artifacts: None,
+                coverage: None,
             };
             Some((end, Left::Job(JobLeft::default(), report), event))
         }

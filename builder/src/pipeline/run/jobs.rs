@@ -14,6 +14,7 @@ use super::{
 };
 use crate::events::Events;
 use crate::export::config;
+use crate::pipeline::coverage::Coverage;
 use crate::pipeline::file::{ArtifactsWhen, Network, RetryWhen};
 use crate::pipeline::history::JobResult;
 use crate::pipeline::{ImageUse, JobPlan, Need};
@@ -41,6 +42,7 @@ impl Runner {
                 exit_code: None,
                 duration: start.elapsed(),
                 error: Some(reason.clone()),
+                coverage: None,
             });
             (
                 if plan.allow_failure {
@@ -58,17 +60,18 @@ impl Runner {
                         reason: Some(reason),
                         junit: None,
                         artifacts: None,
+                        coverage: None,
                     },
                 ),
             )
         };
         let max_retries = plan.retry.as_ref().map_or(0, |r| r.max);
         let mut attempt = 0u8;
-        let (spec, verdict) = loop {
+        let (spec, verdict, coverage) = loop {
             let tried = self.attempt(plan, inputs).await;
             let failure = match &tried {
-                Ok((_, v)) if v.passed() || v.error.as_deref() == Some("cancelled") => None,
-                Ok((_, v)) if v.exit_code.is_none() => Some(RetryWhen::JobExecutionTimeout),
+                Ok((_, v, _)) if v.passed() || v.error.as_deref() == Some("cancelled") => None,
+                Ok((_, v, _)) if v.exit_code.is_none() => Some(RetryWhen::JobExecutionTimeout),
                 Ok(_) => Some(RetryWhen::ScriptFailure),
                 Err((kind, _)) => Some(*kind),
             };
@@ -240,6 +243,7 @@ impl Runner {
             exit_code: verdict.exit_code,
             duration,
             error: error.clone(),
+            coverage: coverage.clone(),
         });
         let end = match result {
             JobResult::Passed | JobResult::Cached | JobResult::AllowedFailure => End::Ok,
@@ -260,6 +264,7 @@ impl Runner {
                     reason: error,
                     junit,
                     artifacts: artifact_dir,
+                    coverage: coverage.and_then(|c| c.parse().ok()),
                 },
             ),
         )
@@ -315,7 +320,7 @@ impl Runner {
         &self,
         plan: &JobPlan,
         inputs: &HashMap<Node, Left>,
-    ) -> Result<(JobSpec, job::JobVerdict), (RetryWhen, String)> {
+    ) -> Result<(JobSpec, job::JobVerdict, Option<String>), (RetryWhen, String)> {
         let spec = self
             .job_spec(plan, inputs)
             .await
@@ -327,7 +332,18 @@ impl Runner {
         // Each try has the whole limit: a retry's output is not cut for its first try's.
         let clip = Clip::new(self.options.log_limit);
         let what = format!("job {job_name}");
+        // `coverage:` reads every line the try prints (or a recorded verdict replays), before the
+        // log limit cuts any.
+        let coverage = plan
+            .coverage
+            .as_deref()
+            .and_then(Coverage::new)
+            .map(|c| Arc::new(std::sync::Mutex::new(c)));
+        let reader = coverage.clone();
         let line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| {
+            if let Some(c) = &reader {
+                c.lock().unwrap_or_else(|e| e.into_inner()).line(l);
+            }
             let Some(line) = clip.pass(l, &what) else {
                 return;
             };
@@ -342,7 +358,13 @@ impl Runner {
             .solve_job(&spec, line, self.cancel.child_token(), cached_flag)
             .await
             .map_err(|e| (RetryWhen::RunnerSystemFailure, crate::api::render_chain(&e)))?;
-        Ok((spec, verdict))
+        let found = coverage.and_then(|c| {
+            c.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .found()
+                .map(str::to_string)
+        });
+        Ok((spec, verdict, found))
     }
 
     /// An image a job or service runs on: a build of this run, or a registry image (pulled).

@@ -492,6 +492,7 @@ impl Runner {
                         }),
                         junit: None,
                         artifacts: None,
+                        coverage: None,
                     },
                 );
             }

@@ -89,6 +89,9 @@ pub enum PipelineEvent {
         duration: Duration,
         /// Why it has no exit status, or why its artifacts could not be kept.
         error: Option<String>,
+        /// What its `coverage:` found in its log (`87.5`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        coverage: Option<String>,
     },
     JobSkipped {
         job: String,
@@ -149,14 +152,18 @@ impl PipelineEvent {
                 exit_code,
                 duration,
                 error,
+                coverage,
             } => {
                 let how = match (exit_code, error) {
                     (_, Some(e)) => format!(" ({e})"),
                     (Some(c), None) if *c != 0 => format!(" (exit status {c})"),
                     _ => String::new(),
                 };
+                let coverage = coverage
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(", coverage {c}%"));
                 format!(
-                    "job {job}: {}{how} in {:.1}s",
+                    "job {job}: {}{how} in {:.1}s{coverage}",
                     result.word(),
                     duration.as_secs_f64()
                 )
@@ -219,6 +226,9 @@ pub struct JobReport {
     /// Where its artifacts were copied, when it kept any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<PathBuf>,
+    /// The coverage its `coverage:` found in its log, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
 }
 
 /// An image's end, in the report.
