@@ -1021,3 +1021,127 @@ fn credentials_in_a_repository_url_are_shown_nowhere() {
         assert!(!text.contains(TOKEN) && !text.contains("ci-bot"), "{text}");
     }
 }
+
+/// A manual job has a "Run" button on its build's page (GitLab's play): with the secret it queues
+/// a build of the same commit that runs the job and what it needs (served by their recorded
+/// verdicts), and the API takes `jobs` for the same. A wrong secret, or a job that is not a
+/// manual one of that build, starts nothing.
+#[test]
+fn a_manual_job_runs_from_its_build_page_and_from_the_api() {
+    let Some(busybox) = prerequisites(&["git", "curl"]) else {
+        return;
+    };
+    let tmp = forge_testsupport::scratch("forge-serve-manual-");
+    let repo = new_repo(&tmp.path().join("repos"), "app", &busybox);
+    std::fs::write(
+        repo.dir.join("forge.yaml"),
+        r#"images:
+  app:
+    context: .
+stages: [test, deploy]
+jobs:
+  test:
+    image: app
+    script: [echo unit tests ran]
+  deploy:
+    stage: deploy
+    image: app
+    needs: [test]
+    when: manual
+    script: ['echo "deployed $FORGE_GIT_SHA"']
+"#,
+    )
+    .unwrap();
+    let commit = repo.commit("ok", 0, "first");
+    let config = tmp.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_secret: {API}\nprojects:\n  - name: app\n    repo: file://{}\n    triggers: [api]\n",
+            repo.dir.display()
+        ),
+    )
+    .unwrap();
+    let server_log = tmp.path().join("serve.log");
+    let port = forge_testsupport::free_port();
+    let s = start_server(&config, &tmp.path().join("root"), port, &server_log);
+    let auth = [("Authorization", format!("Bearer {API}"))];
+    let (code, reply) = curl("POST", &s.url("/api/v1/projects/app/builds"), &auth, None);
+    let n1 = created_number(code, &reply);
+    let b1 = ended(&s, "app", n1, &server_log);
+    assert_eq!(b1["status"], "passed", "{b1}\n{}", build_log(&s, "app", n1));
+    let deploy = b1["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "deploy")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&deploy["result"], &deploy["manual"]),
+        (&"skipped".into(), &true.into()),
+        "{b1}"
+    );
+    let (code, page) = curl("GET", &s.url(&format!("/p/app/{n1}")), &[], None);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&format!(
+            "<form class=\"play\" method=\"post\" action=\"/p/app/{n1}/play\">"
+        )) && page.contains("<input type=\"hidden\" name=\"job\" value=\"deploy\">"),
+        "{page}"
+    );
+
+    let play = |job: &str, secret: &str| {
+        curl(
+            "POST",
+            &s.url(&format!("/p/app/{n1}/play")),
+            &[],
+            Some(format!("job={job}&secret={secret}").as_bytes()),
+        )
+    };
+    assert_eq!(play("deploy", "nope").0, 401);
+    assert_eq!(play("test", API).0, 400, "test is no manual job");
+    let (code, _) = play("deploy", API);
+    assert_eq!(code, 303);
+    let n2 = n1 + 1;
+    let b2 = ended(&s, "app", n2, &server_log);
+    let log = build_log(&s, "app", n2);
+    assert_eq!(b2["status"], "passed", "{b2}\n{log}");
+    assert_eq!(
+        (&b2["trigger"], &b2["commit"]),
+        (&"manual".into(), &commit.as_str().into()),
+        "{b2}"
+    );
+    assert_eq!(b2["only"], serde_json::json!(["deploy"]), "{b2}");
+    assert!(
+        log.contains(&format!("[deploy] deployed {commit}")),
+        "{log}"
+    );
+    assert!(log.contains("job test: passed (cached, not run)"), "{log}");
+    let (_, page) = curl("GET", &s.url(&format!("/p/app/{n2}")), &[], None);
+    assert!(
+        page.contains("<dd id=\"only\">deploy, and what they need</dd>"),
+        "{page}"
+    );
+    assert!(!page.contains("class=\"play\""), "deploy ran: {page}");
+    // Nothing else was queued by the refused presses.
+    let (_, listed) = curl("GET", &s.url("/api/v1/projects/app/builds"), &[], None);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // The API's `jobs` does the same.
+    let (code, reply) = curl(
+        "POST",
+        &s.url("/api/v1/projects/app/builds"),
+        &auth,
+        Some(br#"{"jobs": ["deploy"]}"#),
+    );
+    let n3 = created_number(code, &reply);
+    let b3 = ended(&s, "app", n3, &server_log);
+    assert_eq!(b3["status"], "passed", "{b3}");
+    assert!(
+        build_log(&s, "app", n3).contains("[deploy] (cached) deployed"),
+        "{}",
+        build_log(&s, "app", n3)
+    );
+}

@@ -210,6 +210,7 @@ impl Server {
                         result: job_word(j.result).to_string(),
                         duration_ms: j.duration_ms,
                         coverage: j.coverage.map(|c| c.to_string()),
+                        manual: j.manual,
                     })
                     .collect();
                 b.pushed = report
@@ -257,12 +258,7 @@ impl Server {
             std::fs::create_dir_all(parent)
                 .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
         }
-        let request = Request {
-            branch: b.branch.clone(),
-            tag: b.tag.clone(),
-            commit: b.commit.clone(),
-            message: b.message.clone(),
-        };
+        let request = Request::of(b);
         log.line(&format!(
             "fetching {} at {}",
             project.shown_repo(),
@@ -373,7 +369,7 @@ impl Server {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             no_cache: false,
-            only: Vec::new(),
+            only: b.only.clone(),
             allow_network_host: false,
             log_limit: self.config.log_limit,
             // A project's runs share their caches, whatever checkout each runs in.
@@ -401,6 +397,7 @@ impl Server {
                             result: result.to_string(),
                             duration_ms: ms,
                             coverage: None,
+                            manual: false,
                         }),
                     }
                     if let Err(e) = store.put(&b) {
@@ -645,6 +642,7 @@ mod tests {
             junit: None,
             artifacts: kept.then(|| PathBuf::from(format!("/srv/artifacts/app/7/{name}"))),
             coverage: None,
+            manual: false,
         };
         let report = RunReport {
             passed: true,

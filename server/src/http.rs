@@ -53,6 +53,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/p/{project}/rebuild", post(rebuild))
         .route("/p/{project}/{n}", get(build_page))
         .route("/p/{project}/{n}/cancel", post(cancel_form))
+        .route("/p/{project}/{n}/play", post(play_form))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
@@ -317,6 +318,9 @@ struct StartBody {
     secret_key: Option<String>,
     branch: Option<String>,
     commit: Option<String>,
+    /// Run only these jobs and what they need (`forge run JOB...`), manual ones too.
+    #[serde(default)]
+    jobs: Vec<String>,
 }
 
 async fn api_start(
@@ -351,17 +355,23 @@ async fn api_start(
             "the api trigger is off for this project",
         ));
     }
-    start_build(&server, &p, Trigger::Api, start.branch, start.commit).map(|b| created(&server, &b))
+    let request = Request {
+        branch: start.branch,
+        commit: start.commit,
+        jobs: start.jobs,
+        ..Request::default()
+    };
+    start_build(&server, &p, Trigger::Api, request).map(|b| created(&server, &b))
 }
 
 fn start_build(
     server: &Server,
     p: &Project,
     trigger: Trigger,
-    branch: Option<String>,
-    commit: Option<String>,
+    mut request: Request,
 ) -> Result<Build, Response> {
-    let branch = branch.filter(|b| !b.trim().is_empty());
+    request.branch = request.branch.filter(|b| !b.trim().is_empty());
+    let (branch, commit) = (&request.branch, &request.commit);
     if let Some(b) = &branch
         && (!p.branches.is_match(b) || b.starts_with('-') || b.contains(".."))
     {
@@ -370,7 +380,7 @@ fn start_build(
             format!("branch {b:?} matches none of the project's branches"),
         ));
     }
-    if let Some(c) = &commit
+    if let Some(c) = commit
         && !forge_builder::pipeline::git::is_commit_id(c)
     {
         return Err(error(
@@ -378,17 +388,17 @@ fn start_build(
             format!("commit {c:?}: give the full 40-digit id"),
         ));
     }
-    server
-        .queue(
-            &p.name,
-            trigger,
-            Request {
-                branch,
-                commit,
-                ..Request::default()
-            },
-        )
-        .map_err(internal)
+    if let Some(j) = request
+        .jobs
+        .iter()
+        .find(|j| j.trim().is_empty() || j.len() > 1024 || j.contains(['\n', '\0']))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("job {j:?}: give a job's name as the pipeline writes it"),
+        ));
+    }
+    server.queue(&p.name, trigger, request).map_err(internal)
 }
 
 #[derive(Deserialize)]
@@ -746,8 +756,57 @@ async fn rebuild(
         .other_branch
         .filter(|b| !b.trim().is_empty())
         .or(form.branch);
-    let b = start_build(&server, &p, Trigger::Manual, branch, None)?;
+    let request = Request {
+        branch,
+        ..Request::default()
+    };
+    let b = start_build(&server, &p, Trigger::Manual, request)?;
     Ok(Redirect::to(&format!("/p/{name}/{}", b.number)).into_response())
+}
+
+#[derive(Deserialize)]
+struct PlayForm {
+    job: String,
+    secret: String,
+}
+
+/// A manual job's "Run" button (GitLab's play): a new build of the same commit that runs the job
+/// and what it needs; what it needs that passed before is served by its recorded verdict.
+async fn play_form(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    Form(form): Form<PlayForm>,
+) -> Reply {
+    let p = form_project(&server, &name, &form.secret, "started")?;
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            web::error_page(
+                403,
+                "the api trigger is off for this project: the job was not started",
+            ),
+        ));
+    }
+    let b = server
+        .store
+        .get(&name, n)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("no build {n} of {name:?}")))?;
+    if !b.jobs.iter().any(|j| j.manual && j.name == form.job) {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            web::error_page(
+                400,
+                &format!("build {n} has no manual job {:?} to run", form.job),
+            ),
+        ));
+    }
+    let request = Request {
+        jobs: vec![form.job],
+        ..Request::of(&b)
+    };
+    let started = start_build(&server, &p, Trigger::Manual, request)?;
+    Ok(Redirect::to(&format!("/p/{name}/{}", started.number)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -81,6 +81,9 @@ pub struct JobRecord {
     /// this field read as none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<String>,
+    /// Skipped as `when: manual` and not asked for: the build page offers to run it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
 
 /// One build of a project.
@@ -109,6 +112,10 @@ pub struct Build {
     pub pushed: Vec<String>,
     /// Why it failed, when it failed outside a job (a clone, a bad forge.yaml).
     pub error: Option<String>,
+    /// The jobs it was asked to run (with what they need), as `forge run JOB...`: a manual
+    /// job's "Run" button; empty for the whole pipeline. Builds recorded before read as whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
 }
 
 impl Build {

@@ -35,6 +35,21 @@ pub struct Request {
     pub tag: Option<String>,
     pub commit: Option<String>,
     pub message: Option<String>,
+    /// Run only these jobs and what they need (a manual job's "Run" button); empty: all.
+    pub jobs: Vec<String>,
+}
+
+impl Request {
+    /// What build `b` was asked to build, to build it again.
+    pub fn of(b: &Build) -> Request {
+        Request {
+            branch: b.branch.clone(),
+            tag: b.tag.clone(),
+            commit: b.commit.clone(),
+            message: b.message.clone(),
+            jobs: b.only.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -143,13 +158,7 @@ impl Store {
                         )
                     });
             }
-            let request = Request {
-                branch: b.branch.clone(),
-                tag: b.tag.clone(),
-                commit: b.commit.clone(),
-                message: b.message.clone(),
-            };
-            again.push(self.enqueue(&b.project, Trigger::Restart, request)?);
+            again.push(self.enqueue(&b.project, Trigger::Restart, Request::of(&b))?);
         }
         Ok(again)
     }
@@ -185,6 +194,7 @@ impl Store {
                 jobs: Vec::new(),
                 pushed: Vec::new(),
                 error: None,
+                only: r.jobs,
             };
             let json = serde_json::to_vec(&build).expect("a build serialises");
             let mut builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
@@ -382,12 +392,14 @@ mod tests {
                 result: "passed".into(),
                 duration_ms: 5,
                 coverage: Some("87.5".into()),
+                manual: false,
             },
             JobRecord {
                 name: "e2e".into(),
                 result: "running".into(),
                 duration_ms: 0,
                 coverage: None,
+                manual: false,
             },
         ];
         s.put(&running).unwrap();

@@ -22,6 +22,7 @@ pub(crate) fn sample_build() -> crate::model::Build {
         result: result.into(),
         duration_ms: 1_000,
         coverage: None,
+        manual: false,
     };
     Build {
         project: "myproj".into(),
@@ -44,5 +45,6 @@ pub(crate) fn sample_build() -> crate::model::Build {
         ],
         pushed: vec![],
         error: None,
+        only: Vec::new(),
     }
 }

@@ -255,6 +255,11 @@ struct BuildTemplate<'a> {
     error: Option<&'a str>,
     running: bool,
     jobs: Vec<JobRow>,
+    /// Its manual jobs not run, each with a "Run" form posting `job` and `secret` to
+    /// `/p/{project}/{n}/play`.
+    manual: Vec<String>,
+    /// The jobs it was asked to run (empty: all).
+    only: String,
     pushed: &'a [String],
     log: &'a str,
     /// Bytes of the log before what the page shows, left out (see `build_page_of`).
@@ -271,8 +276,8 @@ pub fn log_follow_url(project: &str, number: u64, offset: u64) -> String {
     )
 }
 
-/// "/p/{project}/{n}": the build's fields, `#status`, `#jobs`, pushed images, error, the
-/// `#cancel` form and the log in `pre#log`.
+/// "/p/{project}/{n}": the build's fields, `#status`, `#jobs`, a `form.play` for each manual
+/// job not run, pushed images, error, the `#cancel` form and the log in `pre#log`.
 ///
 /// While the build is queued or running the page has the cancel form (posting `secret` to
 /// `/p/{project}/{n}/cancel`) and an inline script that streams the rest of the log from
@@ -318,6 +323,13 @@ pub fn build_page_of(build: &Build, log_tail: &str, log_end: u64, left_out: u64)
                     .map_or(String::new(), |c| format!("{c}%")),
             })
             .collect(),
+        manual: build
+            .jobs
+            .iter()
+            .filter(|j| j.manual)
+            .map(|j| j.name.clone())
+            .collect(),
+        only: build.only.join(", "),
         pushed: &build.pushed,
         log: log_tail,
         left_out,

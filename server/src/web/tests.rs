@@ -31,24 +31,28 @@ fn build(number: u64, status: Status) -> Build {
                 result: "passed".to_string(),
                 duration_ms: 12_345,
                 coverage: Some("87.5".to_string()),
+                manual: false,
             },
             JobRecord {
                 name: "image".to_string(),
                 result: "cached".to_string(),
                 duration_ms: 5,
                 coverage: None,
+                manual: false,
             },
             JobRecord {
                 name: "lint".to_string(),
                 result: "failed".to_string(),
                 duration_ms: 125_000,
                 coverage: None,
+                manual: false,
             },
             JobRecord {
                 name: "docs".to_string(),
                 result: "skipped".to_string(),
                 duration_ms: 0,
                 coverage: None,
+                manual: false,
             },
         ],
         pushed: vec![
@@ -56,6 +60,7 @@ fn build(number: u64, status: Status) -> Build {
             "registry.example/forge:1.0@sha256:bbbb".to_string(),
         ],
         error: None,
+        only: Vec::new(),
     }
 }
 

@@ -159,6 +159,7 @@ pub(super) fn decide(
                 junit: None,
                 artifacts: None,
                 coverage: None,
+                manual: job.when == When::Manual,
             };
             Some((end, Left::Job(JobLeft::default(), report), event))
         }

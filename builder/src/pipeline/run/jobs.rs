@@ -61,6 +61,7 @@ impl Runner {
                         junit: None,
                         artifacts: None,
                         coverage: None,
+                        manual: false,
                     },
                 ),
             )
@@ -265,6 +266,7 @@ impl Runner {
                     junit,
                     artifacts: artifact_dir,
                     coverage: coverage.and_then(|c| c.parse().ok()),
+                    manual: false,
                 },
             ),
         )

@@ -493,6 +493,7 @@ impl Runner {
                         junit: None,
                         artifacts: None,
                         coverage: None,
+                        manual: false,
                     },
                 );
             }

@@ -229,6 +229,9 @@ pub struct JobReport {
     /// The coverage its `coverage:` found in its log, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<f64>,
+    /// Skipped as `when: manual`, not asked for: `forge run JOB` (or serve's "Run") runs it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
 
 /// An image's end, in the report.
