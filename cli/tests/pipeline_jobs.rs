@@ -676,3 +676,36 @@ fn coverage_is_read_from_the_log_and_shown_kept_and_replayed() {
         .clone();
     assert_eq!(unit["coverage"], "90.48", "{record}");
 }
+
+/// GitLab's `parallel: N`: N copies of a job, named `test 1/N`..., each told its share by
+/// `CI_NODE_INDEX` and `CI_NODE_TOTAL`; `needs: [test]` waits for all of them.
+#[test]
+fn parallel_copies_each_run_their_share() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-parallel-copies",
+        r#"stages: [test, report]
+jobs:
+  test:
+    image: app
+    parallel: 2
+    script:
+      - echo "shard $CI_NODE_INDEX of $CI_NODE_TOTAL"
+  report:
+    stage: report
+    image: app
+    needs: [test]
+    script: [echo all shards done]
+"#,
+    );
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    for i in 1..=2 {
+        assert!(
+            out.contains(&format!("[test {i}/2] shard {i} of 2")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("[report] all shards done"), "{out}");
+    assert!(out.contains("jobs 3 ran"), "{out}");
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::{PipelineError, Pos};
 use super::expand::{self, expand_at, inner_pos};
 use super::file::{
-    ArtifactsWhen, ExpireIn, JobSpec, Network, PipelineFile, RuleSpec, Sp, When, pos_of,
+    ArtifactsWhen, ExpireIn, JobSpec, Network, Parallel, PipelineFile, RuleSpec, Sp, When, pos_of,
 };
 use super::graph;
 use super::plan::Names;
@@ -128,7 +128,11 @@ pub fn check(
     for (k, job) in &file.jobs.0 {
         // forge sets these for every job: a matrix setting one would lie to the job about
         // itself (its name, the commit) or be overridden unseen.
-        for entry in job.parallel.iter().flat_map(|p| &p.matrix.value) {
+        let matrix = job.parallel.iter().filter_map(|p| match &p.value {
+            Parallel::Matrix(m) => Some(&m.value),
+            Parallel::Copies(_) => None,
+        });
+        for entry in matrix.flatten() {
             for (key, _) in &entry.value.0 {
                 if is_set_by_forge(&key.value) {
                     errors.push(PipelineError::new(
@@ -166,7 +170,13 @@ pub fn check(
             Some(p) => match expand::matrix(p) {
                 Ok(list) => list
                     .into_iter()
-                    .map(|i| (format!("{}: [{}]", k.value, i.values.join(", ")), i.vars))
+                    .map(|i| match &p.value {
+                        // GitLab's names: `test 1/3`, and `test: [a, b]` for a matrix cell.
+                        Parallel::Copies(_) => (format!("{} {}", k.value, i.values[0]), i.vars),
+                        Parallel::Matrix(_) => {
+                            (format!("{}: [{}]", k.value, i.values.join(", ")), i.vars)
+                        }
+                    })
                     .collect(),
                 Err(e) => {
                     errors.push(e);

@@ -172,16 +172,20 @@ pub struct Instance {
 pub const MAX_MATRIX_JOBS: usize = 200;
 
 /// Expands `parallel: matrix:`: each map in the list gives the product of its lists.
-pub fn matrix(p: &Parallel) -> Result<Vec<Instance>, PipelineError> {
+pub fn matrix(p: &Sp<Parallel>) -> Result<Vec<Instance>, PipelineError> {
+    let matrix = match &p.value {
+        Parallel::Matrix(m) => m,
+        Parallel::Copies(n) => return copies(*n, pos_of(p)),
+    };
     let empty = |pos| {
         PipelineError::new(pos, "matrix expands to no jobs")
             .with_hint(Some("give every variable at least one value".into()))
     };
-    if p.matrix.value.is_empty() {
-        return Err(empty(pos_of(&p.matrix)));
+    if matrix.value.is_empty() {
+        return Err(empty(pos_of(matrix)));
     }
     let mut out = Vec::new();
-    for entry in &p.matrix.value {
+    for entry in &matrix.value {
         let map: &OrderedMap<OneOrMany<Text>> = &entry.value;
         if map.0.is_empty() {
             return Err(empty(pos_of(entry)));
@@ -215,6 +219,27 @@ pub fn matrix(p: &Parallel) -> Result<Vec<Instance>, PipelineError> {
         out.extend(combos);
     }
     Ok(out)
+}
+
+/// GitLab's `parallel: N`: N instances, `1/N` to `N/N`, with `CI_NODE_INDEX` and
+/// `CI_NODE_TOTAL`.
+fn copies(n: u64, at: super::error::Pos) -> Result<Vec<Instance>, PipelineError> {
+    if n == 0 || n > MAX_MATRIX_JOBS as u64 {
+        return Err(
+            PipelineError::new(at, format!("parallel: {n} copies")).with_hint(Some(format!(
+                "give 1 to {MAX_MATRIX_JOBS} copies, as GitLab allows"
+            ))),
+        );
+    }
+    Ok((1..=n)
+        .map(|i| Instance {
+            values: vec![format!("{i}/{n}")],
+            vars: vec![
+                ("CI_NODE_INDEX".to_string(), i.to_string()),
+                ("CI_NODE_TOTAL".to_string(), n.to_string()),
+            ],
+        })
+        .collect())
 }
 
 #[cfg(test)]

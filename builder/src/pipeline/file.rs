@@ -211,7 +211,7 @@ pub struct JobSpec {
     /// GitLab's: the jobs whose artifacts it receives (of earlier stages, or of its `needs:`);
     /// `None`: those of its `needs:`, else of every earlier job; `[]`: none.
     pub dependencies: Option<Vec<Sp<String>>>,
-    pub parallel: Option<Parallel>,
+    pub parallel: Option<Sp<Parallel>>,
     pub artifacts: Option<ArtifactsSpec>,
     /// Names of secrets the job may read.
     pub secrets: Option<Vec<Sp<String>>>,
@@ -251,12 +251,46 @@ pub struct ReadySpec {
     pub interval: Option<Sp<Timeout>>,
 }
 
-/// `parallel:`; only `matrix:` (GitLab's `parallel: N` has no meaning without a runner fleet).
-#[derive(Debug, Clone, Deserialize)]
+/// `parallel:`, as GitLab writes it.
+#[derive(Debug, Clone)]
+pub enum Parallel {
+    /// `parallel: N`: N copies of the job (`test 1/3`...), each told which it is by
+    /// `CI_NODE_INDEX` (1 to N) and `CI_NODE_TOTAL` (N), to share out a test suite.
+    Copies(u64),
+    /// `parallel: matrix:`: a list of maps of lists, each map expanding to the product of its
+    /// lists.
+    Matrix(Sp<Vec<Sp<OrderedMap<OneOrMany<Text>>>>>),
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Parallel {
-    /// A list of maps of lists: each map expands to the product of its lists.
-    pub matrix: Sp<Vec<Sp<OrderedMap<OneOrMany<Text>>>>>,
+struct ParallelMap {
+    matrix: Sp<Vec<Sp<OrderedMap<OneOrMany<Text>>>>>,
+}
+
+impl<'de> Deserialize<'de> for Parallel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Parallel, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Parallel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of copies, or a map with `matrix`")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Parallel, E> {
+                Ok(Parallel::Copies(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Parallel, E> {
+                u64::try_from(n)
+                    .map(Parallel::Copies)
+                    .map_err(|_| E::custom(format!("parallel: {n} is no number of copies")))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parallel, A::Error> {
+                ParallelMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|m| Parallel::Matrix(m.matrix))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -600,3 +600,40 @@ jobs:
         .is_empty()
     );
 }
+
+#[test]
+fn parallel_copies_share_out_a_job_as_gitlab_names_them() {
+    let p = ok(
+        "jobs:\n  test:\n    image: alpine\n    parallel: 3\n    script: [x]\n  after:\n    image: alpine\n    stage: deploy\n    needs: [test]\n    script: [x]\n",
+        &CheckOptions::default(),
+    );
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["test 1/3", "test 2/3", "test 3/3", "after"]);
+    let t2 = job(&p, "test 2/3");
+    assert_eq!(t2.base, "test");
+    assert_eq!(
+        (
+            &t2.variables["CI_NODE_INDEX"][..],
+            &t2.variables["CI_NODE_TOTAL"][..]
+        ),
+        ("2", "3")
+    );
+    // `needs: [test]` waits for every copy.
+    assert_eq!(
+        job(&p, "after").needs.as_ref().unwrap().len(),
+        3,
+        "{:?}",
+        job(&p, "after").needs
+    );
+    for (bad, said) in [
+        ("0", "parallel: 0 copies"),
+        ("201", "parallel: 201 copies"),
+        ("-2", "no number of copies"),
+    ] {
+        let e = errors(&format!(
+            "jobs:\n  t:\n    image: alpine\n    parallel: {bad}\n    script: [x]\n"
+        ));
+        assert!(e.to_string().contains(said), "{bad}: {e}");
+        assert_eq!(places(&e)[0].0, 4, "{e}");
+    }
+}
