@@ -142,6 +142,12 @@ fn render_job(out: &mut String, j: &JobPlan) {
     if j.allow_failure {
         extra.push("allow_failure".to_string());
     }
+    if let Some(g) = &j.resource_group {
+        extra.push(format!("resource group {g}"));
+    }
+    if let Some(c) = &j.coverage {
+        extra.push(format!("coverage /{c}/"));
+    }
     if j.network == pipeline::file::Network::Host {
         extra.push("network host".to_string());
     }

@@ -709,3 +709,52 @@ jobs:
     assert!(out.contains("[report] all shards done"), "{out}");
     assert!(out.contains("jobs 3 ran"), "{out}");
 }
+
+/// GitLab's `resource_group:`: two jobs of one group, free to run at once (one stage, two
+/// slots), run one after the other, the second saying it waits; a job of another group is not
+/// held up.
+#[test]
+fn jobs_of_one_resource_group_never_run_at_once() {
+    let Some(m) = machine() else { return };
+    let job = |group: &str| {
+        format!(
+            "    image: app\n    resource_group: {group}\n    script:\n      - echo \"start $(date +%s)\"\n      - sleep 2\n      - echo \"end $(date +%s)\"\n"
+        )
+    };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-resource-group",
+        &format!(
+            "jobs:\n  a:\n{}  b:\n{}  c:\n{}",
+            job("prod-$FORGE_GIT_BRANCH"),
+            job("prod-$FORGE_GIT_BRANCH"),
+            job("staging")
+        ),
+    );
+    let out = run_ok(
+        &dir,
+        &root,
+        &["run", "--progress", "plain", "--jobs", "3"],
+        &[],
+    );
+    let time = |job: &str, what: &str| -> u64 {
+        let prefix = format!("[{job}] {what} ");
+        let line = lines_with(&out, &prefix);
+        assert_eq!(line.len(), 1, "{out}");
+        line[0][prefix.len()..].trim().parse().unwrap()
+    };
+    let (a, b) = (
+        (time("a", "start"), time("a", "end")),
+        (time("b", "start"), time("b", "end")),
+    );
+    let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    assert!(second.0 >= first.1, "a {a:?} and b {b:?} overlap:\n{out}");
+    assert_eq!(
+        out.matches("forge: waiting for resource group `prod-`: another job holds it")
+            .count(),
+        1,
+        "{out}"
+    );
+    // `c` ran beside them: it started before the second of the group did.
+    assert!(time("c", "start") < second.0, "{out}");
+}

@@ -417,6 +417,16 @@ pub fn check(
                 .coverage
                 .as_ref()
                 .and_then(|c| coverage::pattern(c, &mut errors)),
+            resource_group: spec.resource_group.as_ref().and_then(|g| {
+                let name = expand_at(g, source, &vars)
+                    .map_err(|e| errors.push(e))
+                    .ok()?;
+                if name.trim().is_empty() {
+                    errors.push(PipelineError::new(pos_of(g), "`resource_group:` is empty"));
+                    return None;
+                }
+                Some(name)
+            }),
         });
     }
     needs_left_out(&jobs, &expanded, &names, &mut errors);

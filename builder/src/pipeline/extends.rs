@@ -187,6 +187,7 @@ fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         interruptible: over.interruptible.or(base.interruptible),
         environment: over.environment.or(base.environment),
         coverage: over.coverage.or(base.coverage),
+        resource_group: over.resource_group.or(base.resource_group),
     }
 }
 

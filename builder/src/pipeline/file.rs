@@ -237,6 +237,9 @@ pub struct JobSpec {
     pub environment: Option<Sp<de::IgnoredAny>>,
     /// GitLab's: `/RE/` finding the job's test coverage in its log ([`super::coverage`]).
     pub coverage: Option<Sp<String>>,
+    /// GitLab's: jobs of one group (by name, variables expanded) never run at once, in one run
+    /// or across runs of the pipeline on this store.
+    pub resource_group: Option<Sp<String>>,
 }
 
 /// How to tell a service is up: a command run until it succeeds, within a timeout.

@@ -26,10 +26,6 @@ pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
         }
     } else if job {
         match key {
-            "resource_group" => {
-                "forge has no resource groups: remove it (jobs of one run that must not overlap \
-                 can `needs:` one another)"
-            }
             "trigger" => "forge runs no child or multi-project pipelines",
             "inherit" => {
                 "forge has no `inherit:`: a job takes each `default:` key it does not set itself"
@@ -100,11 +96,8 @@ mod tests {
                 .contains("under `jobs:`")
         );
         assert_eq!(top_level_job("build", &job), None);
-        assert!(
-            hint("resource_group", &job)
-                .unwrap()
-                .contains("resource groups")
-        );
+        assert!(hint("trigger", &job).unwrap().contains("child"));
+        assert_eq!(hint("resource_group", &job), None);
         assert_eq!(hint("tags", &job), None);
         assert!(hint("image", &top).unwrap().contains("`default:`"));
         // A misspelt key of forge's own keeps the usual suggestion.

@@ -197,6 +197,8 @@ pub struct JobPlan {
     pub caches: Vec<CachePlan>,
     /// GitLab's `coverage:`, the pattern between its slashes.
     pub coverage: Option<String>,
+    /// GitLab's `resource_group:`, expanded: one job of the group at a time.
+    pub resource_group: Option<String>,
 }
 
 /// The names `image:` and `needs:` may refer to, for resolution and hints.

@@ -66,6 +66,14 @@ impl Runner {
                 ),
             )
         };
+        // GitLab's `resource_group:`: held from before the first try to the job's end.
+        let _group = match &plan.resource_group {
+            Some(g) => match self.resource_group(name, g).await {
+                Ok(held) => Some(held),
+                Err(e) => return fail(e),
+            },
+            None => None,
+        };
         let max_retries = plan.retry.as_ref().map_or(0, |r| r.max);
         let mut attempt = 0u8;
         let (spec, verdict, coverage) = loop {
@@ -312,6 +320,48 @@ impl Runner {
                     line: masks.mask(&line),
                     cached: false,
                 });
+            }
+        }
+    }
+
+    /// Takes the lock of resource group `group`, shared by every job that names it in this
+    /// pipeline's runs on this store (any process), waiting, and saying so in the job's log,
+    /// while another job holds it.
+    async fn resource_group(
+        &self,
+        job: &str,
+        group: &str,
+    ) -> Result<forge_snapshotter::lock::FileLock, String> {
+        use forge_snapshotter::lock::{FileLock, LockMode};
+        let dir = self.session.root.join("locks").join("resource-groups");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut h = blake3::Hasher::new();
+        h.update(self.options.cache_scope.as_bytes())
+            .update(b"\0")
+            .update(group.as_bytes());
+        let path = dir.join(format!("{}.lock", &h.finalize().to_hex()[..32]));
+        let mut said = false;
+        loop {
+            match FileLock::try_acquire(&path, LockMode::Exclusive) {
+                Ok(Some(held)) => return Ok(held),
+                Ok(None) => {}
+                Err(e) => return Err(format!("resource group `{group}`: {e}")),
+            }
+            if !said {
+                said = true;
+                self.emit(PipelineEvent::JobLine {
+                    job: job.into(),
+                    line: format!(
+                        "forge: waiting for resource group `{group}`: another job holds it"
+                    ),
+                    cached: false,
+                });
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    return Err(format!("cancelled while waiting for resource group `{group}`"));
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
             }
         }
     }

@@ -637,3 +637,19 @@ fn parallel_copies_share_out_a_job_as_gitlab_names_them() {
         assert_eq!(places(&e)[0].0, 4, "{e}");
     }
 }
+
+#[test]
+fn a_resource_group_is_expanded_and_may_not_be_empty() {
+    let p = ok(
+        "jobs:\n  deploy:\n    image: alpine\n    resource_group: prod-$CI_COMMIT_REF_SLUG\n    script: [x]\n",
+        &with_builtins(&[("FORGE_GIT_BRANCH", "Main")], None),
+    );
+    assert_eq!(
+        job(&p, "deploy").resource_group.as_deref(),
+        Some("prod-main")
+    );
+    let e =
+        errors("jobs:\n  deploy:\n    image: alpine\n    resource_group: ''\n    script: [x]\n");
+    assert!(e.to_string().contains("`resource_group:` is empty"), "{e}");
+    assert_eq!(places(&e), [(4, 21)]);
+}
