@@ -7,8 +7,9 @@
 //!
 //! The parts: [`job`] solves one job as a test step through the cache; `jobs.rs` prepares a job
 //! (its image, the artifact layers it receives, its variables, secrets and services) and keeps
-//! what it leaves; [`artifacts`] selects, extracts and lays artifacts; [`report`] holds what a
-//! run is asked and what it tells.
+//! what it leaves; [`artifacts`] selects, extracts and lays artifacts; `path_cache.rs` restores
+//! and saves GitLab's caches of paths; `resource_group.rs` keeps a group's jobs apart; [`report`]
+//! holds what a run is asked and what it tells.
 
 mod artifacts;
 mod cache;
@@ -23,6 +24,7 @@ mod jobs;
 mod path_cache;
 pub use path_cache::ROOT_KIND as JOB_CACHE_ROOT;
 mod report;
+mod resource_group;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -10,10 +10,12 @@ use std::path::Path;
 
 use forge_snapshotter::store::{Descriptor, Store};
 
-use super::artifacts;
+use super::job::JobSpec;
+use super::jobs::job_secret_values;
+use super::{PipelineEvent, Runner, artifacts};
 use crate::ops::{Artifacts, TestRestore};
 use crate::pipeline::file::ArtifactsWhen;
-use crate::pipeline::plan::{CacheKey, CachePlan};
+use crate::pipeline::plan::{CacheKey, CachePlan, JobPlan};
 
 /// The store's root kind a job cache's layer is held under.
 pub const ROOT_KIND: &str = "job-cache";
@@ -176,6 +178,52 @@ pub fn save(
         )),
     }
     Ok(said)
+}
+
+impl Runner {
+    /// Saves the job's GitLab caches its result calls for (`policy`, `when`) from what its run
+    /// left, saying each in its log. A cache that cannot be kept is said, and fails nothing.
+    pub(super) async fn save_caches(
+        &self,
+        plan: &JobPlan,
+        spec: &JobSpec,
+        taken: &crate::ops::Artifacts,
+        passed: bool,
+    ) {
+        let masks = crate::mask::Masks::of(&job_secret_values(plan, &self.options.secrets));
+        for (c, key) in plan.caches.iter().zip(&spec.cache_keys) {
+            if !saves(c, passed) {
+                continue;
+            }
+            let workdir = spec.image.config.working_dir.clone();
+            let paths: Vec<String> = c
+                .paths
+                .iter()
+                .map(|p| artifacts::absolute(&workdir, p))
+                .collect();
+            let (store, scope, key, taken, written) = (
+                self.session.store().clone(),
+                self.options.cache_scope.clone(),
+                key.clone(),
+                taken.clone(),
+                c.paths.clone(),
+            );
+            let said = tokio::task::spawn_blocking(move || {
+                save(&store, &scope, &key, &taken, &paths, &written)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .unwrap_or_else(|e| vec![format!("forge: warning: cache: not saved: {e}")]);
+            for line in said {
+                self.emit(PipelineEvent::JobLine {
+                    job: plan.name.clone(),
+                    line: masks.mask(&line),
+                    cached: false,
+                });
+            }
+        }
+    }
 }
 
 fn human_bytes(n: u64) -> String {

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use forge_snapshotter::reference::Reference;
 use serde::Deserialize;
@@ -26,6 +26,9 @@ use crate::hooks::{self, Event, Forge, HookError};
 use crate::model::{Build, Trigger};
 use crate::store::Request;
 use crate::web;
+
+mod forms;
+use forms::{cancel_form, play_form, rebuild};
 
 /// Largest request body taken (GitHub's own cap on a payload is 25 MB; pushes are far smaller).
 pub const MAX_BODY: usize = 4 << 20;
@@ -707,121 +710,6 @@ async fn chart(State(server): State<Arc<Server>>, Path(name): Path<String>) -> R
     }
     let builds = server.store.list(&name, PAGE).map_err(internal)?;
     Ok(svg(web::chart_svg(&builds)))
-}
-
-/// The project a page's form posts to, when the form's secret is its API secret; else the page
-/// saying the build was not `what`.
-fn form_project(
-    server: &Server,
-    name: &str,
-    secret: &str,
-    what: &str,
-) -> Result<Project, Response> {
-    let Some(p) = server.project(name).cloned() else {
-        return Err(not_found(format!("no project {name:?}")));
-    };
-    if !api_allowed(server, &p, secret.as_bytes()) {
-        return Err(page(
-            StatusCode::UNAUTHORIZED,
-            web::error_page(401, &format!("wrong secret: the build was not {what}")),
-        ));
-    }
-    Ok(p)
-}
-
-#[derive(Deserialize)]
-struct RebuildForm {
-    branch: Option<String>,
-    other_branch: Option<String>,
-    secret: String,
-}
-
-async fn rebuild(
-    State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-    Form(form): Form<RebuildForm>,
-) -> Reply {
-    let p = form_project(&server, &name, &form.secret, "started")?;
-    // The button starts a build as the API does, so it is closed where the API is.
-    if !p.triggered_by(TriggerName::Api) {
-        return Err(page(
-            StatusCode::FORBIDDEN,
-            web::error_page(
-                403,
-                "the api trigger is off for this project: the build was not started",
-            ),
-        ));
-    }
-    let branch = form
-        .other_branch
-        .filter(|b| !b.trim().is_empty())
-        .or(form.branch);
-    let request = Request {
-        branch,
-        ..Request::default()
-    };
-    let b = start_build(&server, &p, Trigger::Manual, request)?;
-    Ok(Redirect::to(&format!("/p/{name}/{}", b.number)).into_response())
-}
-
-#[derive(Deserialize)]
-struct PlayForm {
-    job: String,
-    secret: String,
-}
-
-/// A manual job's "Run" button (GitLab's play): a new build of the same commit that runs the job
-/// and what it needs; what it needs that passed before is served by its recorded verdict.
-async fn play_form(
-    State(server): State<Arc<Server>>,
-    Path((name, n)): Path<(String, u64)>,
-    Form(form): Form<PlayForm>,
-) -> Reply {
-    let p = form_project(&server, &name, &form.secret, "started")?;
-    if !p.triggered_by(TriggerName::Api) {
-        return Err(page(
-            StatusCode::FORBIDDEN,
-            web::error_page(
-                403,
-                "the api trigger is off for this project: the job was not started",
-            ),
-        ));
-    }
-    let b = server
-        .store
-        .get(&name, n)
-        .map_err(internal)?
-        .ok_or_else(|| not_found(format!("no build {n} of {name:?}")))?;
-    if !b.jobs.iter().any(|j| j.manual && j.name == form.job) {
-        return Err(page(
-            StatusCode::BAD_REQUEST,
-            web::error_page(
-                400,
-                &format!("build {n} has no manual job {:?} to run", form.job),
-            ),
-        ));
-    }
-    let request = Request {
-        jobs: vec![form.job],
-        ..Request::of(&b)
-    };
-    let started = start_build(&server, &p, Trigger::Manual, request)?;
-    Ok(Redirect::to(&format!("/p/{name}/{}", started.number)).into_response())
-}
-
-#[derive(Deserialize)]
-struct CancelForm {
-    secret: String,
-}
-
-async fn cancel_form(
-    State(server): State<Arc<Server>>,
-    Path((name, n)): Path<(String, u64)>,
-    Form(form): Form<CancelForm>,
-) -> Reply {
-    form_project(&server, &name, &form.secret, "cancelled")?;
-    server.cancel(&name, n).map_err(internal)?;
-    Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
 }
 
 #[cfg(test)]

@@ -1,0 +1,131 @@
+//! The pages' forms, posted without JavaScript: a project's rebuild button, a build's cancel
+//! button and a manual job's "Run" button. Each takes the project's API secret, as the API does.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::{Reply, api_allowed, internal, not_found, page, start_build};
+use crate::builds::Server;
+use crate::config::{Project, TriggerName};
+use crate::model::Trigger;
+use crate::store::Request;
+use crate::web;
+
+/// The project a page's form posts to, when the form's secret is its API secret; else the page
+/// saying the build was not `what`.
+fn form_project(
+    server: &Server,
+    name: &str,
+    secret: &str,
+    what: &str,
+) -> Result<Project, Response> {
+    let Some(p) = server.project(name).cloned() else {
+        return Err(not_found(format!("no project {name:?}")));
+    };
+    if !api_allowed(server, &p, secret.as_bytes()) {
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            web::error_page(401, &format!("wrong secret: the build was not {what}")),
+        ));
+    }
+    Ok(p)
+}
+
+#[derive(Deserialize)]
+pub(super) struct RebuildForm {
+    branch: Option<String>,
+    other_branch: Option<String>,
+    secret: String,
+}
+
+pub(super) async fn rebuild(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Form(form): Form<RebuildForm>,
+) -> Reply {
+    let p = form_project(&server, &name, &form.secret, "started")?;
+    // The button starts a build as the API does, so it is closed where the API is.
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            web::error_page(
+                403,
+                "the api trigger is off for this project: the build was not started",
+            ),
+        ));
+    }
+    let branch = form
+        .other_branch
+        .filter(|b| !b.trim().is_empty())
+        .or(form.branch);
+    let request = Request {
+        branch,
+        ..Request::default()
+    };
+    let b = start_build(&server, &p, Trigger::Manual, request)?;
+    Ok(Redirect::to(&format!("/p/{name}/{}", b.number)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PlayForm {
+    job: String,
+    secret: String,
+}
+
+/// A manual job's "Run" button (GitLab's play): a new build of the same commit that runs the job
+/// and what it needs; what it needs that passed before is served by its recorded verdict.
+pub(super) async fn play_form(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    Form(form): Form<PlayForm>,
+) -> Reply {
+    let p = form_project(&server, &name, &form.secret, "started")?;
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            web::error_page(
+                403,
+                "the api trigger is off for this project: the job was not started",
+            ),
+        ));
+    }
+    let b = server
+        .store
+        .get(&name, n)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("no build {n} of {name:?}")))?;
+    if !b.jobs.iter().any(|j| j.manual && j.name == form.job) {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            web::error_page(
+                400,
+                &format!("build {n} has no manual job {:?} to run", form.job),
+            ),
+        ));
+    }
+    let request = Request {
+        jobs: vec![form.job],
+        ..Request::of(&b)
+    };
+    let started = start_build(&server, &p, Trigger::Manual, request)?;
+    Ok(Redirect::to(&format!("/p/{name}/{}", started.number)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct CancelForm {
+    secret: String,
+}
+
+pub(super) async fn cancel_form(
+    State(server): State<Arc<Server>>,
+    Path((name, n)): Path<(String, u64)>,
+    Form(form): Form<CancelForm>,
+) -> Reply {
+    form_project(&server, &name, &form.secret, "cancelled")?;
+    server.cancel(&name, n).map_err(internal)?;
+    Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
+}
