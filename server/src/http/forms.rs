@@ -35,6 +35,27 @@ fn form_project(
     Ok(p)
 }
 
+/// [`form_project`] for a button that starts a build, as the API does: closed where the API
+/// is (the project's `api` trigger off), the page then saying the `what` was not started.
+fn project_to_start(
+    server: &Server,
+    name: &str,
+    secret: &str,
+    what: &str,
+) -> Result<Project, Response> {
+    let p = form_project(server, name, secret, "started")?;
+    if !p.triggered_by(TriggerName::Api) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            web::error_page(
+                403,
+                &format!("the api trigger is off for this project: the {what} was not started"),
+            ),
+        ));
+    }
+    Ok(p)
+}
+
 #[derive(Deserialize)]
 pub(super) struct RebuildForm {
     branch: Option<String>,
@@ -47,17 +68,7 @@ pub(super) async fn rebuild(
     Path(name): Path<String>,
     Form(form): Form<RebuildForm>,
 ) -> Reply {
-    let p = form_project(&server, &name, &form.secret, "started")?;
-    // The button starts a build as the API does, so it is closed where the API is.
-    if !p.triggered_by(TriggerName::Api) {
-        return Err(page(
-            StatusCode::FORBIDDEN,
-            web::error_page(
-                403,
-                "the api trigger is off for this project: the build was not started",
-            ),
-        ));
-    }
+    let p = project_to_start(&server, &name, &form.secret, "build")?;
     let branch = form
         .other_branch
         .filter(|b| !b.trim().is_empty())
@@ -83,16 +94,7 @@ pub(super) async fn play_form(
     Path((name, n)): Path<(String, u64)>,
     Form(form): Form<PlayForm>,
 ) -> Reply {
-    let p = form_project(&server, &name, &form.secret, "started")?;
-    if !p.triggered_by(TriggerName::Api) {
-        return Err(page(
-            StatusCode::FORBIDDEN,
-            web::error_page(
-                403,
-                "the api trigger is off for this project: the job was not started",
-            ),
-        ));
-    }
+    let p = project_to_start(&server, &name, &form.secret, "job")?;
     let b = server
         .store
         .get(&name, n)
