@@ -10,7 +10,7 @@ use super::clip::Clip;
 use super::job::{self, JobImage, JobSpec};
 use super::{
     End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
-    env_name, path_cache, read_junit, retry_reason, stop_services,
+    env_name, job_secret_values, path_cache, read_junit, retry_reason, stop_services,
 };
 use crate::events::Events;
 use crate::export::config;
@@ -703,15 +703,4 @@ fn job_line(
             cached: false,
         })
     }
-}
-
-/// The values of the secrets `plan` is given, as the job's steps mask them.
-pub(super) fn job_secret_values(
-    plan: &JobPlan,
-    secrets: &HashMap<String, Vec<u8>>,
-) -> Vec<Vec<u8>> {
-    plan.secrets
-        .iter()
-        .filter_map(|s| secrets.get(s).cloned())
-        .collect()
 }

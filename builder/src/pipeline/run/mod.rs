@@ -661,5 +661,13 @@ fn read_junit(
     Ok(sum)
 }
 
+/// The values of the secrets `plan` is given, as the job's steps mask them.
+fn job_secret_values(plan: &JobPlan, secrets: &HashMap<String, Vec<u8>>) -> Vec<Vec<u8>> {
+    plan.secrets
+        .iter()
+        .filter_map(|s| secrets.get(s).cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

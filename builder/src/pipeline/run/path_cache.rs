@@ -11,8 +11,7 @@ use std::path::Path;
 use forge_snapshotter::store::{Descriptor, Store};
 
 use super::job::JobSpec;
-use super::jobs::job_secret_values;
-use super::{PipelineEvent, Runner, artifacts};
+use super::{PipelineEvent, Runner, artifacts, job_secret_values};
 use crate::ops::{Artifacts, TestRestore};
 use crate::pipeline::file::ArtifactsWhen;
 use crate::pipeline::plan::{CacheKey, CachePlan, JobPlan};
