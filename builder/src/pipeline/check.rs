@@ -236,6 +236,38 @@ pub fn check(
                 own.insert(key.value.clone(), v.clone());
             }
         }
+        let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
+        // GitLab's older `only:`/`except:`, else `rules:`.
+        let (rule, when) = match only::decide(spec, source, &vars, options, &mut errors) {
+            Some(RuleOutcome::NoRules) => (RuleOutcome::NoRules, job_when),
+            Some(left_out) => (left_out, When::Never),
+            None => rules(
+                spec.rules.as_deref().unwrap_or_default(),
+                source,
+                &vars,
+                options,
+                job_when,
+                &mut errors,
+            ),
+        };
+        // The rule that decided gives its variables (over the job's, as in GitLab; what comes
+        // below sees them) and its `allow_failure`.
+        let decided = match rule {
+            RuleOutcome::Matched { index } => spec.rules.as_deref().and_then(|r| r.get(index)),
+            _ => None,
+        };
+        if let Some(r) = decided {
+            expand::define(&r.variables, source, &mut vars, &mut errors);
+            for (key, _) in &r.variables.0 {
+                if let Some(v) = vars.get(&key.value) {
+                    own.insert(key.value.clone(), v.clone());
+                }
+            }
+        }
+        let allow_failure = decided
+            .and_then(|r| r.allow_failure)
+            .or(spec.allow_failure)
+            .unwrap_or(false);
         let stage = match &spec.stage {
             Some(s) => {
                 if !stages.contains(&s.value) {
@@ -329,20 +361,6 @@ pub fn check(
                 ));
             }
         }
-        let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
-        // GitLab's older `only:`/`except:`, else `rules:`.
-        let (rule, when) = match only::decide(spec, source, &vars, options, &mut errors) {
-            Some(RuleOutcome::NoRules) => (RuleOutcome::NoRules, job_when),
-            Some(left_out) => (left_out, When::Never),
-            None => rules(
-                spec.rules.as_deref().unwrap_or_default(),
-                source,
-                &vars,
-                options,
-                job_when,
-                &mut errors,
-            ),
-        };
         // A cache key may name the job (`key: $CI_JOB_NAME`), as GitLab's often do.
         let mut cache_vars = vars.clone();
         for n in ["CI_JOB_NAME", "FORGE_JOB_NAME"] {
@@ -396,7 +414,7 @@ pub fn check(
                 .collect(),
             rule,
             when,
-            allow_failure: spec.allow_failure.unwrap_or(false),
+            allow_failure,
             retry: spec
                 .retry
                 .as_ref()

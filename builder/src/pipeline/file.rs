@@ -330,6 +330,11 @@ pub struct RuleSpec {
     pub changes: Vec<Sp<String>>,
     /// Default `on_success`.
     pub when: Option<Sp<When>>,
+    /// The job's `allow_failure` when this rule decides.
+    pub allow_failure: Option<bool>,
+    /// Variables the job gets when this rule decides, over its own (GitLab's `rules:variables`).
+    #[serde(default)]
+    pub variables: OrderedMap<Sp<Text>>,
 }
 
 /// When a job runs, relative to the jobs before it.

@@ -653,3 +653,40 @@ fn a_resource_group_is_expanded_and_may_not_be_empty() {
     assert!(e.to_string().contains("`resource_group:` is empty"), "{e}");
     assert_eq!(places(&e), [(4, 21)]);
 }
+
+#[test]
+fn the_deciding_rule_gives_its_variables_and_allow_failure() {
+    let src = r#"variables:
+  TARGET: none
+jobs:
+  deploy:
+    image: alpine
+    variables:
+      TARGET: job
+      URL: https://$TARGET.example.com
+    allow_failure: true
+    rules:
+      - if: $CI_COMMIT_BRANCH == "main"
+        variables:
+          TARGET: prod
+          WHERE: $TARGET-eu
+        allow_failure: false
+      - when: on_success
+    script: [x]
+"#;
+    let main = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    let d = job(&main, "deploy");
+    assert_eq!(d.variables["TARGET"], "prod");
+    assert_eq!(d.variables["WHERE"], "prod-eu");
+    // The job's own variables were expanded before the rule's.
+    assert_eq!(d.variables["URL"], "https://job.example.com");
+    assert!(!d.allow_failure);
+    let other = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None));
+    let d = job(&other, "deploy");
+    assert_eq!(d.variables["TARGET"], "job");
+    assert!(!d.variables.contains_key("WHERE"));
+    assert!(
+        d.allow_failure,
+        "the second rule says nothing: the job's own stands"
+    );
+}
