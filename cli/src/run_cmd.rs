@@ -234,9 +234,20 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     // The file is checked before a run number is taken: a bad file uses up no number.
+    // The files `rules: exists:` globs look for: the work tree's, as git sees them.
+    let files = match git::files(&base_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "warning: {e}: every `exists:` rule matches (the repository's files cannot be listed)"
+            );
+            None
+        }
+    };
     let mut options = CheckOptions {
         builtins: builtins.clone(),
         changed: changed.clone(),
+        files,
     };
     let checked = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
     for w in checked.warning_lines(&name) {

@@ -23,6 +23,7 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
     let options = CheckOptions {
         builtins,
         changed: None,
+        files: None,
     };
     let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
     for w in plan.warning_lines(&name) {
@@ -174,7 +175,7 @@ pub(crate) fn render_plan(name: &str, p: &Pipeline) -> String {
     );
     let _ = writeln!(
         out,
-        "(check only: git built-ins are empty and `changes:` rules match)"
+        "(check only: git built-ins are empty and `changes:` and `exists:` rules match)"
     );
     for i in &p.images {
         let _ = writeln!(out, "image {}", i.name);

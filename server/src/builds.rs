@@ -335,9 +335,17 @@ impl Server {
         ] {
             builtins.insert(k.to_string(), v);
         }
+        // `rules: exists:` sees the commit's files (the checkout is a work tree of its own).
+        let top = work.to_path_buf();
+        let files = tokio::task::spawn_blocking(move || pipeline::git::files(&top))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         let options = CheckOptions {
             builtins,
             changed: None,
+            files,
         };
         let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
         for w in plan.warning_lines(&name) {

@@ -618,13 +618,26 @@ fn rules(
                 None
             }
         };
+        let exists = match Changes::new(r.exists.iter().map(|c| c.value.trim_start_matches('/'))) {
+            Ok(c) => Some(c),
+            Err((i, msg)) => {
+                let at = r.exists.get(i).map_or(Pos::new(1, 1, 1), pos_of);
+                errors.push(PipelineError::new(at, msg));
+                None
+            }
+        };
         let if_ok = expr.as_ref().is_none_or(|e| e.eval(vars));
         let changes_ok = r.changes.is_empty()
             || match (&changes, &options.changed) {
                 (Some(c), Some(paths)) => c.matches(paths),
                 _ => true,
             };
-        if decided.is_none() && if_ok && changes_ok {
+        let exists_ok = r.exists.is_empty()
+            || match (&exists, &options.files) {
+                (Some(c), Some(files)) => c.matches(files),
+                _ => true,
+            };
+        if decided.is_none() && if_ok && changes_ok && exists_ok {
             decided = Some((index, r.when.as_ref().map_or(When::OnSuccess, |w| w.value)));
         }
     }

@@ -328,6 +328,9 @@ pub struct RuleSpec {
     pub if_: Option<Sp<String>>,
     #[serde(default)]
     pub changes: Vec<Sp<String>>,
+    /// Globs of which one must match a file of the repository (GitLab's `exists:`).
+    #[serde(default)]
+    pub exists: Vec<Sp<String>>,
     /// Default `on_success`.
     pub when: Option<Sp<When>>,
     /// The job's `allow_failure` when this rule decides.

@@ -305,6 +305,43 @@ pub fn work_tree_changes(
     Ok(Some(paths))
 }
 
+/// The files of the work tree of the repository holding `dir` that git sees (`HEAD`'s files
+/// as changed, added or deleted since, and untracked files no ignore rule covers), relative to
+/// its top, `/`-separated, sorted: what GitLab's `rules: exists:` globs are matched against.
+/// `None` outside a repository, in a bare one, or before the first commit.
+pub fn files(dir: &Path) -> Result<Option<Vec<String>>, GitError> {
+    let Some(repo) = open(dir)? else {
+        return Ok(None);
+    };
+    let Some(top) = repo.workdir().map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    let err = |message: String| GitError::Repository {
+        dir: dir.display().to_string(),
+        message: format!("listing HEAD's files: {message}"),
+    };
+    let Ok(commit) = repo.head_commit() else {
+        return Ok(None);
+    };
+    let tree = commit.tree().map_err(|e| err(e.to_string()))?;
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| err(e.to_string()))?;
+    let mut paths: Vec<String> = recorder
+        .records
+        .into_iter()
+        .filter(|e| !e.mode.is_tree())
+        .map(|e| e.filepath.to_string())
+        .collect();
+    paths.extend(work_tree_changes(dir, &[])?.unwrap_or_default());
+    // What was deleted since is in neither list's sense of "there".
+    paths.retain(|p| std::fs::symlink_metadata(top.join(p)).is_ok());
+    paths.sort();
+    paths.dedup();
+    Ok(Some(paths))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +464,45 @@ mod tests {
 
     /// C9: an uncommitted edit rebuilt an image while `changes:` (HEAD against the last passed
     /// run's commit) saw nothing, and its gating job was skipped.
+    #[test]
+    fn the_files_are_what_git_ls_files_shows_of_the_work_tree() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        assert_eq!(files(d).unwrap(), None, "no commit yet");
+        write(d, ".gitignore", "build/\n");
+        write(d, "Dockerfile", "FROM x\n");
+        write(d, "gone.txt", "g\n");
+        write(d, "svc/api/go.mod", "module api\n");
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "base"]);
+        std::fs::remove_file(d.join("gone.txt")).unwrap();
+        write(d, "svc/web/package.json", "{}\n");
+        write(d, "build/out.bin", "ignored\n");
+        let got = files(&d.join("svc")).unwrap().unwrap();
+        // git's own list of the same: tracked and untracked-not-ignored files that are there.
+        let judge = git(
+            d,
+            &["ls-files", "--cached", "--others", "--exclude-standard"],
+        );
+        let mut judged: Vec<&str> = judge.lines().filter(|l| d.join(l).exists()).collect();
+        judged.sort();
+        assert_eq!(got, judged);
+        assert_eq!(
+            got,
+            [
+                ".gitignore",
+                "Dockerfile",
+                "svc/api/go.mod",
+                "svc/web/package.json"
+            ]
+        );
+        assert_eq!(files(tempfile::tempdir().unwrap().path()).unwrap(), None);
+    }
+
     #[test]
     fn work_tree_changes_are_what_git_status_shows() {
         if !have_git() {

@@ -217,4 +217,7 @@ pub struct CheckOptions {
     /// Paths changed since `--changed-since`; `None` when unknown, and then a `changes:` rule
     /// matches (GitLab's behaviour when it cannot tell).
     pub changed: Option<Vec<String>>,
+    /// The repository's files (relative to its top), for `rules: exists:`; `None` when
+    /// unknown, and then an `exists:` rule matches, as a `changes:` one does.
+    pub files: Option<Vec<String>>,
 }

@@ -46,6 +46,7 @@ fn with_builtins(pairs: &[(&str, &str)], changed: Option<&[&str]>) -> CheckOptio
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         changed: changed.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        files: None,
     }
 }
 

@@ -690,3 +690,38 @@ jobs:
         "the second rule says nothing: the job's own stands"
     );
 }
+
+#[test]
+fn exists_rules_look_for_the_repositorys_files() {
+    let src = r#"jobs:
+  go:
+    image: alpine
+    rules:
+      - exists: ["**/go.mod"]
+    script: [x]
+  node:
+    image: alpine
+    rules:
+      - exists: [package.json, "/web/package.json"]
+    script: [x]
+"#;
+    let mut opts = CheckOptions {
+        files: Some(vec!["Dockerfile".into(), "svc/api/go.mod".into()]),
+        ..CheckOptions::default()
+    };
+    let p = ok(src, &opts);
+    assert_eq!(job(&p, "go").rule, RuleOutcome::Matched { index: 0 });
+    assert_eq!(job(&p, "node").rule, RuleOutcome::NoneMatched);
+    opts.files = Some(vec!["web/package.json".into()]);
+    let p = ok(src, &opts);
+    assert_eq!(job(&p, "go").rule, RuleOutcome::NoneMatched);
+    assert_eq!(job(&p, "node").rule, RuleOutcome::Matched { index: 0 });
+    // Unknown (`--check`, no repository): it matches, as `changes:` does.
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(job(&p, "node").rule, RuleOutcome::Matched { index: 0 });
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    rules:\n      - exists: ['a/[b']\n    script: [x]\n",
+    );
+    assert!(e.to_string().contains("invalid glob"), "{e}");
+    assert_eq!(places(&e), [(5, 18)]);
+}
