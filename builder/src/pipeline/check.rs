@@ -329,10 +329,16 @@ pub fn check(
         );
         let artifacts = spec.artifacts.as_ref().or(file.default.artifacts.as_ref());
         let artifacts = artifacts.map(|a| Artifacts {
+            // GitLab's other reports are kept as the job's artifacts, as GitLab keeps them.
             paths: a
                 .paths
                 .iter()
                 .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
+                .chain(
+                    a.reports
+                        .iter()
+                        .flat_map(|r| r.kept.iter().flat_map(|(_, f)| f.clone())),
+                )
                 .collect(),
             exclude: a
                 .exclude

@@ -310,14 +310,94 @@ pub struct ArtifactsSpec {
     pub reports: Option<Reports>,
     /// How long `forge serve` keeps them after the build (GitLab's `30 days`, `1 week`, `never`).
     pub expire_in: Option<Sp<ExpireIn>>,
+    /// GitLab's archive name and merge request link: read, and said to be ignored.
+    pub name: Option<Sp<de::IgnoredAny>>,
+    pub expose_as: Option<Sp<de::IgnoredAny>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `artifacts: reports:`. JUnit files are read; the other kinds GitLab knows (`coverage_report`,
+/// `codequality`, `sast`, ...) are kept as artifacts, unread, and said so.
+#[derive(Debug, Clone, Default)]
 pub struct Reports {
     /// JUnit XML files the job writes.
-    #[serde(default)]
     pub junit: OneOrMany<String>,
+    /// Another kind's files, with where the kind was written.
+    pub kept: Vec<(Sp<String>, Vec<String>)>,
+}
+
+/// GitLab's report kinds: `junit`, read; `dotenv`, refused; and the rest, whose files forge keeps
+/// without reading them.
+const REPORT_KINDS: &[&str] = &[
+    "junit",
+    "dotenv",
+    "coverage_report",
+    "codequality",
+    "sast",
+    "dependency_scanning",
+    "container_scanning",
+    "cluster_image_scanning",
+    "dast",
+    "license_scanning",
+    "performance",
+    "browser_performance",
+    "load_performance",
+    "metrics",
+    "terraform",
+    "accessibility",
+    "requirements",
+    "secret_detection",
+    "cyclonedx",
+    "api_fuzzing",
+    "coverage_fuzzing",
+    "annotations",
+    "repository_xray",
+];
+
+/// `coverage_report: {coverage_format, path}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoverageReport {
+    #[allow(dead_code)]
+    coverage_format: String,
+    path: String,
+}
+
+impl<'de> Deserialize<'de> for Reports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reports, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Reports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of report kinds to files")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Reports, A::Error> {
+                let mut r = Reports::default();
+                while let Some(kind) = map.next_key::<Sp<String>>()? {
+                    match kind.value.as_str() {
+                        "junit" => r.junit = map.next_value()?,
+                        "coverage_report" => {
+                            let c: CoverageReport = map.next_value()?;
+                            r.kept.push((kind, vec![c.path]));
+                        }
+                        "dotenv" => {
+                            return Err(de::Error::custom(
+                                "`reports: dotenv:` is not supported: forge passes no variables \
+                                 from one job to the next; write the values to an artifact file \
+                                 and read it in the later job",
+                            ));
+                        }
+                        k if REPORT_KINDS.contains(&k) => {
+                            let files: OneOrMany<String> = map.next_value()?;
+                            r.kept.push((kind, files.0));
+                        }
+                        other => return Err(de::Error::unknown_field(other, REPORT_KINDS)),
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// One of `rules:`; the first whose `if:` and `changes:` both match decides.

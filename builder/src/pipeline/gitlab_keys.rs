@@ -59,9 +59,26 @@ pub(super) fn ignored(file: &PipelineFile, warnings: &mut Vec<(Pos, String)>) {
             warnings.push((at, what.to_string()));
         }
     };
+    const NAME: &str = "`artifacts: name:` is ignored: forge keeps a job's artifacts in a \
+                        directory of its name (`--artifacts-dir`), not in a named archive";
+    const EXPOSE_AS: &str = "`artifacts: expose_as:` is ignored: forge has no merge requests";
     let d = &file.default;
     say(d.tags.as_ref().map(pos_of), TAGS);
     say(d.interruptible.as_ref().map(pos_of), INTERRUPTIBLE);
+    let artifacts = file.jobs.0.iter().filter_map(|(_, j)| j.artifacts.as_ref());
+    for a in d.artifacts.iter().chain(artifacts) {
+        say(a.name.as_ref().map(pos_of), NAME);
+        say(a.expose_as.as_ref().map(pos_of), EXPOSE_AS);
+        for (kind, _) in a.reports.iter().flat_map(|r| &r.kept) {
+            say(
+                Some(pos_of(kind)),
+                &format!(
+                    "`reports: {}:` is kept with the job's artifacts; forge does not read it",
+                    kind.value
+                ),
+            );
+        }
+    }
     for (_, job) in &file.jobs.0 {
         say(job.tags.as_ref().map(pos_of), TAGS);
         say(job.interruptible.as_ref().map(pos_of), INTERRUPTIBLE);

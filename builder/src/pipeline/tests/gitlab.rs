@@ -725,3 +725,47 @@ fn exists_rules_look_for_the_repositorys_files() {
     assert!(e.to_string().contains("invalid glob"), "{e}");
     assert_eq!(places(&e), [(5, 18)]);
 }
+
+#[test]
+fn gitlab_s_other_reports_are_kept_as_artifacts_and_said_unread() {
+    let src = r#"jobs:
+  t:
+    image: alpine
+    script: [x]
+    artifacts:
+      name: "$CI_JOB_NAME"
+      paths: [out/]
+      reports:
+        junit: junit.xml
+        coverage_report:
+          coverage_format: cobertura
+          path: coverage/cobertura.xml
+        sast: [gl-sast-report.json]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let a = job(&p, "t").artifacts.clone().unwrap();
+    assert_eq!(
+        a.paths,
+        ["out/", "coverage/cobertura.xml", "gl-sast-report.json"]
+    );
+    assert_eq!(a.junit, ["junit.xml"]);
+    let said: Vec<String> = p.warnings.iter().map(|(_, w)| w.clone()).collect();
+    assert_eq!(said.len(), 3, "{said:?}");
+    assert!(
+        said[0].starts_with("`artifacts: name:` is ignored"),
+        "{said:?}"
+    );
+    assert!(
+        said[1].starts_with("`reports: coverage_report:` is kept"),
+        "{said:?}"
+    );
+    let e = errors(
+        "jobs:\n  t:\n    image: alpine\n    script: [x]\n    artifacts:\n      reports:\n        dotenv: build.env\n",
+    );
+    assert!(
+        e.to_string()
+            .contains("`reports: dotenv:` is not supported"),
+        "{e}"
+    );
+    assert_eq!(places(&e), [(7, 9)]);
+}
