@@ -253,6 +253,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     for w in checked.warning_lines(&name) {
         eprintln!("{w}");
     }
+    // GitLab makes no pipeline then, and uses up no number.
+    if let Some(why) = &checked.skipped {
+        println!("{name}: no pipeline for this run ({why})");
+        return Ok(());
+    }
     let mut secrets = read_secrets(&args.secrets)?;
     // Secrets the file names and no flag gives come from the environment.
     for j in &checked.jobs {

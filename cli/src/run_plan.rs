@@ -29,6 +29,10 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
     for w in plan.warning_lines(&name) {
         eprintln!("{w}");
     }
+    if let Some(why) = &plan.skipped {
+        println!("{name}: ok: no pipeline for this run ({why})");
+        return Ok(());
+    }
     print!("{}", render_plan(&name, &plan));
     Ok(())
 }

@@ -758,3 +758,31 @@ fn jobs_of_one_resource_group_never_run_at_once() {
     // `c` ran beside them: it started before the second of the group did.
     assert!(time("c", "start") < second.0, "{out}");
 }
+
+/// GitLab's `workflow: rules:` that match nothing make no pipeline: `forge run` says why and
+/// exits 0, building nothing and taking no run number (outside a repository the branch is
+/// empty, so the `main` rule does not match).
+#[test]
+fn a_run_the_workflow_rules_leave_out_makes_no_pipeline() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-workflow",
+        "workflow:\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"main\"\njobs:\n  t:\n    image: app\n    script: [echo ran]\n",
+    );
+    let out = run_ok(&dir, &root, &["run"], &[]);
+    assert!(
+        out.contains("forge.yaml: no pipeline for this run (workflow: no rule matches this run)"),
+        "{out}"
+    );
+    assert!(!out.contains("ran"), "{out}");
+    let history = common::forge(
+        &root,
+        &["history", "-f", &dir.join("forge.yaml").to_string_lossy()],
+    );
+    assert!(
+        printed(&history).contains("no runs of"),
+        "{}",
+        printed(&history)
+    );
+}

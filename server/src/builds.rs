@@ -351,6 +351,11 @@ impl Server {
         for w in plan.warning_lines(&name) {
             log.line(&w);
         }
+        if let Some(why) = &plan.skipped {
+            log.line(&format!(
+                "no pipeline for this commit ({why}): nothing is built or run"
+            ));
+        }
         // What the images build FROM, for registry notifications to match later.
         let dockerfiles: Vec<PathBuf> = plan
             .images

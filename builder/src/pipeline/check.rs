@@ -100,6 +100,7 @@ pub fn check(
     globals.insert("CI_COMMIT_REF_SLUG".to_string(), ref_slug(&ref_name));
     globals.insert("CI_COMMIT_REF_NAME".to_string(), ref_name);
     expand::define(&file.variables, source, &mut globals, &mut errors);
+    let skipped = workflow(file, source, &mut globals, options, &mut errors);
 
     let stages = stages(file, &mut errors);
     let image_names: BTreeSet<&str> = file
@@ -230,6 +231,12 @@ pub fn check(
         // the job's other variables see it: were it the other way round, every cell would run
         // the one value `variables:` gives, and all but the first replay its cached result.
         let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
+        // A variable only some of the job's rules give is empty until one of them decides.
+        for r in spec.rules.iter().flatten() {
+            for (k, _) in &r.variables.0 {
+                vars.entry(k.value.clone()).or_default();
+            }
+        }
         expand::define_except(&spec.variables, source, &mut vars, &mut errors, from_matrix);
         for (key, _) in &spec.variables.0 {
             if let Some(v) = vars.get(&key.value) {
@@ -476,6 +483,7 @@ pub fn check(
         images,
         jobs: sorted,
         warnings,
+        skipped: None,
     };
     graph::default_push_needs(file, &mut pipeline);
     if errors.is_empty()
@@ -483,10 +491,45 @@ pub fn check(
     {
         errors.push(e);
     }
-    if errors.is_empty() {
-        Ok(pipeline)
-    } else {
-        Err(errors)
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // The whole file is checked first, as GitLab does, whether or not it makes a pipeline.
+    if let Some(why) = skipped {
+        pipeline.images.clear();
+        pipeline.jobs.clear();
+        pipeline.skipped = Some(why);
+    }
+    Ok(pipeline)
+}
+
+/// GitLab's `workflow: rules:`: why this run makes no pipeline, or `None` when it makes one, and
+/// then the deciding rule's variables join `globals`.
+fn workflow(
+    file: &PipelineFile,
+    source: &str,
+    globals: &mut BTreeMap<String, String>,
+    options: &CheckOptions,
+    errors: &mut Vec<PipelineError>,
+) -> Option<String> {
+    let list = file.workflow.as_ref()?.rules.as_deref()?;
+    let decided = rules(list, source, globals, options, When::Always, errors);
+    // A variable only some rules give is empty where none of them decides, as GitLab's
+    // undefined variables are: the file may name it either way.
+    for r in list {
+        for (k, _) in &r.variables.0 {
+            globals.entry(k.value.clone()).or_default();
+        }
+    }
+    match decided {
+        (RuleOutcome::Matched { index }, When::Never) => {
+            Some(format!("workflow: rule {} says `when: never`", index + 1))
+        }
+        (RuleOutcome::Matched { index }, _) => {
+            expand::define(&list[index].variables, source, globals, errors);
+            None
+        }
+        _ => Some("workflow: no rule matches this run".to_string()),
     }
 }
 

@@ -52,9 +52,30 @@ pub struct PipelineFile {
     pub default: DefaultSpec,
     /// The jobs, before matrix expansion.
     pub jobs: OrderedMap<JobSpec>,
+    /// GitLab's `workflow:`: whether this run makes a pipeline at all.
+    pub workflow: Option<WorkflowSpec>,
 }
 
-const FILE_KEYS: &[&str] = &["variables", "images", "stages", "default", "jobs"];
+const FILE_KEYS: &[&str] = &[
+    "variables",
+    "images",
+    "stages",
+    "default",
+    "jobs",
+    "workflow",
+];
+
+/// GitLab's `workflow:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// The first that matches decides: `when: never` (or no match) makes no pipeline; its
+    /// `variables:` join the file's.
+    pub rules: Option<Vec<RuleSpec>>,
+    /// GitLab's pipeline name and auto-cancel settings: read, and said to be ignored.
+    pub name: Option<Sp<de::IgnoredAny>>,
+    pub auto_cancel: Option<Sp<de::IgnoredAny>>,
+}
 
 impl<'de> Deserialize<'de> for PipelineFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -73,6 +94,7 @@ impl<'de> Deserialize<'de> for PipelineFile {
                         "stages" => file.stages = map.next_value()?,
                         "default" => file.default = map.next_value()?,
                         "jobs" => file.jobs = map.next_value::<Visible<JobSpec>>()?.0,
+                        "workflow" => file.workflow = map.next_value()?,
                         hidden if hidden.starts_with('.') => {
                             map.next_value::<de::IgnoredAny>()?;
                         }

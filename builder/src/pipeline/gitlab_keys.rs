@@ -17,7 +17,6 @@ pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
                 "forge reads one file: `include:` is not supported; bring the included jobs into \
                  this file (hidden templates and `extends:` share what repeats)"
             }
-            "workflow" => "forge has no `workflow:`: give the jobs `rules:` (or `only:`/`except:`)",
             "image" | "services" | "before_script" | "after_script" | "cache" => {
                 "GitLab's global form of this key: put it under `default:`"
             }
@@ -62,6 +61,16 @@ pub(super) fn ignored(file: &PipelineFile, warnings: &mut Vec<(Pos, String)>) {
     const NAME: &str = "`artifacts: name:` is ignored: forge keeps a job's artifacts in a \
                         directory of its name (`--artifacts-dir`), not in a named archive";
     const EXPOSE_AS: &str = "`artifacts: expose_as:` is ignored: forge has no merge requests";
+    if let Some(w) = &file.workflow {
+        say(
+            w.name.as_ref().map(pos_of),
+            "`workflow: name:` is ignored: forge numbers its runs",
+        );
+        say(
+            w.auto_cancel.as_ref().map(pos_of),
+            "`workflow: auto_cancel:` is ignored: forge's runs do not cancel one another",
+        );
+    }
     let d = &file.default;
     say(d.tags.as_ref().map(pos_of), TAGS);
     say(d.interruptible.as_ref().map(pos_of), INTERRUPTIBLE);

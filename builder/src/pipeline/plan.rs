@@ -19,6 +19,9 @@ pub struct Pipeline {
     pub jobs: Vec<JobPlan>,
     /// What the file says that forge reads and does not act on (GitLab's `tags:`), where.
     pub warnings: Vec<(super::error::Pos, String)>,
+    /// Why this run makes no pipeline (GitLab's `workflow: rules:`); then there are no images
+    /// or jobs to run.
+    pub skipped: Option<String>,
 }
 
 impl Pipeline {

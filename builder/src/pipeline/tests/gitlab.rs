@@ -769,3 +769,54 @@ fn gitlab_s_other_reports_are_kept_as_artifacts_and_said_unread() {
     );
     assert_eq!(places(&e), [(7, 9)]);
 }
+
+#[test]
+fn workflow_rules_decide_whether_a_run_makes_a_pipeline() {
+    let src = r#"workflow:
+  rules:
+    - if: $CI_COMMIT_BRANCH =~ /^wip-/
+      when: never
+    - if: $CI_COMMIT_BRANCH == "main"
+      variables:
+        DEPLOY_TO: production
+    - if: $CI_COMMIT_TAG
+images:
+  app: {context: .}
+jobs:
+  a:
+    image: app
+    variables:
+      WHERE: to-$DEPLOY_TO
+    script: ['echo $DEPLOY_TO']
+"#;
+    let on = |branch: &str| ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", branch)], None));
+    let main = on("main");
+    assert_eq!(main.skipped, None);
+    assert_eq!(main.variables["DEPLOY_TO"], "production");
+    assert_eq!(main.jobs.len(), 1);
+    assert_eq!(main.images.len(), 1);
+    let wip = on("wip-x");
+    assert_eq!(
+        wip.skipped.as_deref(),
+        Some("workflow: rule 1 says `when: never`")
+    );
+    assert!(wip.jobs.is_empty() && wip.images.is_empty());
+    let other = on("feature");
+    assert_eq!(
+        other.skipped.as_deref(),
+        Some("workflow: no rule matches this run")
+    );
+    let tag = ok(src, &with_builtins(&[("FORGE_GIT_TAG", "v1")], None));
+    assert_eq!(tag.skipped, None);
+    // Where no rule gives it, a rule's variable is empty, not undefined.
+    assert_eq!(job(&tag, "a").variables["WHERE"], "to-");
+    // A file that does not check is refused even when it would make no pipeline.
+    let bad = src.replace("    image: app\n", "    image: app\n    needs: [nope]\n");
+    let e = load(
+        "forge.yaml",
+        &bad,
+        &with_builtins(&[("FORGE_GIT_BRANCH", "wip-x")], None),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
