@@ -786,3 +786,58 @@ fn a_run_the_workflow_rules_leave_out_makes_no_pipeline() {
         printed(&history)
     );
 }
+
+/// GitLab's `reports: dotenv:`: the variables a job writes reach the jobs that receive its
+/// artifacts, over their own, and no other job; a line that is no assignment is said and left
+/// out.
+#[test]
+fn dotenv_variables_reach_the_jobs_that_receive_the_artifacts() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-dotenv",
+        r#"stages: [build, deploy]
+jobs:
+  build:
+    stage: build
+    image: app
+    script:
+      - echo "VERSION=1.2.3" > build.env
+      - echo "URL=https://x.example/a=b" >> build.env
+      - echo "not an assignment" >> build.env
+    artifacts:
+      reports:
+        dotenv: build.env
+  deploy:
+    stage: deploy
+    image: app
+    needs: [build]
+    variables:
+      VERSION: old
+    script: ['echo "deploying [$VERSION] to [$URL]"']
+  apart:
+    stage: deploy
+    image: app
+    dependencies: []
+    script: ['echo "apart sees [${VERSION:-}]"']
+"#,
+    );
+    let out = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(
+        out.contains("[deploy] deploying [1.2.3] to [https://x.example/a=b]"),
+        "{out}"
+    );
+    assert!(out.contains("[apart] apart sees []"), "{out}");
+    assert!(
+        out.contains(
+            "[build] forge: warning: reports: dotenv: build.env: line 3 is not KEY=VALUE, left out"
+        ),
+        "{out}"
+    );
+    // Unchanged, every verdict is replayed, and deploy's still saw the values.
+    let again = run_ok(&dir, &root, &["run", "--progress", "plain"], &[]);
+    assert!(
+        again.contains("[deploy] (cached) deploying [1.2.3] to [https://x.example/a=b]"),
+        "{again}"
+    );
+}

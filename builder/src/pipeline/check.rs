@@ -336,7 +336,8 @@ pub fn check(
         );
         let artifacts = spec.artifacts.as_ref().or(file.default.artifacts.as_ref());
         let artifacts = artifacts.map(|a| Artifacts {
-            // GitLab's other reports are kept as the job's artifacts, as GitLab keeps them.
+            // GitLab's other reports are kept as the job's artifacts, as GitLab keeps them, and
+            // dotenv files travel in them (a later job's key follows their content).
             paths: a
                 .paths
                 .iter()
@@ -346,6 +347,12 @@ pub fn check(
                         .iter()
                         .flat_map(|r| r.kept.iter().flat_map(|(_, f)| f.clone())),
                 )
+                .chain(a.reports.iter().flat_map(|r| r.dotenv.0.clone()))
+                .collect(),
+            dotenv: a
+                .reports
+                .iter()
+                .flat_map(|r| r.dotenv.0.iter().cloned())
                 .collect(),
             exclude: a
                 .exclude

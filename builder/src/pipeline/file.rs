@@ -337,17 +337,19 @@ pub struct ArtifactsSpec {
     pub expose_as: Option<Sp<de::IgnoredAny>>,
 }
 
-/// `artifacts: reports:`. JUnit files are read; the other kinds GitLab knows (`coverage_report`,
-/// `codequality`, `sast`, ...) are kept as artifacts, unread, and said so.
+/// `artifacts: reports:`. JUnit and dotenv files are read; the other kinds GitLab knows
+/// (`coverage_report`, `codequality`, `sast`, ...) are kept as artifacts, unread, and said so.
 #[derive(Debug, Clone, Default)]
 pub struct Reports {
     /// JUnit XML files the job writes.
     pub junit: OneOrMany<String>,
+    /// `KEY=VALUE` files whose variables the jobs receiving these artifacts get.
+    pub dotenv: OneOrMany<String>,
     /// Another kind's files, with where the kind was written.
     pub kept: Vec<(Sp<String>, Vec<String>)>,
 }
 
-/// GitLab's report kinds: `junit`, read; `dotenv`, refused; and the rest, whose files forge keeps
+/// GitLab's report kinds: `junit` and `dotenv`, read; and the rest, whose files forge keeps
 /// without reading them.
 const REPORT_KINDS: &[&str] = &[
     "junit",
@@ -401,13 +403,7 @@ impl<'de> Deserialize<'de> for Reports {
                             let c: CoverageReport = map.next_value()?;
                             r.kept.push((kind, vec![c.path]));
                         }
-                        "dotenv" => {
-                            return Err(de::Error::custom(
-                                "`reports: dotenv:` is not supported: forge passes no variables \
-                                 from one job to the next; write the values to an artifact file \
-                                 and read it in the later job",
-                            ));
-                        }
+                        "dotenv" => r.dotenv = map.next_value()?,
                         k if REPORT_KINDS.contains(&k) => {
                             let files: OneOrMany<String> = map.next_value()?;
                             r.kept.push((kind, files.0));

@@ -103,6 +103,8 @@ pub struct Artifacts {
     pub exclude: Vec<String>,
     pub when: ArtifactsWhen,
     pub junit: Vec<String>,
+    /// GitLab's `reports: dotenv:` files, also among `paths`.
+    pub dotenv: Vec<String>,
     /// How long `forge serve` keeps them after the build; `None`: as long as the build's log.
     pub expire_in: Option<std::time::Duration>,
 }

@@ -67,6 +67,7 @@ impl Runner {
                         JobLeft {
                             artifacts: Some(d),
                             workdir,
+                            ..
                         },
                         _,
                     )) => Some((d.clone(), workdir.clone())),

@@ -239,6 +239,16 @@ impl Runner {
                 });
             }
         }
+        // Its dotenv variables go on with its artifacts, when they are kept.
+        let mut dotenv = Vec::new();
+        if kept.is_some()
+            && let (Some(a), Some(taken)) = (&plan.artifacts, &verdict.artifacts)
+            && !a.dotenv.is_empty()
+        {
+            dotenv = self
+                .read_dotenv(plan, &kept_workdir, &a.dotenv, taken)
+                .await;
+        }
         if !verdict.cached
             && result != JobResult::Cancelled
             && let Some(taken) = &verdict.artifacts
@@ -264,6 +274,7 @@ impl Runner {
                 JobLeft {
                     artifacts: kept,
                     workdir: kept_workdir,
+                    dotenv,
                 },
                 JobReport {
                     name: name.into(),
@@ -555,6 +566,7 @@ impl Runner {
         let (image_name, base, config) = self.resolve_image(&plan.image, inputs).await?;
         let (network, services, services_key) = self.services(plan, inputs).await?;
         let mut extra = Vec::new();
+        let mut received = Vec::new();
         // Its `dependencies:` or `needs:`; without either, every earlier job's, in plan order
         // (GitLab's default dependencies).
         let from: Vec<&String> = match &plan.artifacts_from {
@@ -564,12 +576,15 @@ impl Runner {
         for j in from {
             if let Some(Left::Job(
                 JobLeft {
-                    artifacts: Some(d), ..
+                    artifacts: Some(d),
+                    dotenv,
+                    ..
                 },
                 _,
             )) = inputs.get(&Node::Job(j.clone()))
             {
                 extra.push(d.clone());
+                received.extend(dotenv.iter().cloned());
             }
         }
         let mut env: Vec<(String, String)> = Vec::new();
@@ -590,6 +605,9 @@ impl Runner {
         for (k, v) in &plan.variables {
             env.push((k.clone(), v.clone()));
         }
+        // Dotenv variables win over the job's own, as in GitLab; they are in its key through the
+        // artifact layers that carry their files.
+        env.extend(received);
         if let Some(needs) = &plan.needs {
             for n in needs {
                 if let Need::Image(i) = n

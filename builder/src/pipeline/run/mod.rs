@@ -17,6 +17,7 @@ mod clip;
 pub use clip::DEFAULT_LOG_LIMIT;
 mod confine;
 mod decide;
+mod dotenv;
 use decide::{decide, untested};
 mod image;
 mod job;
@@ -79,6 +80,8 @@ struct JobLeft {
     artifacts: Option<Descriptor>,
     /// The job's working directory: artifacts are relative to it outside the job.
     workdir: String,
+    /// Its `reports: dotenv:` variables, for the jobs that receive its artifacts.
+    dotenv: Vec<(String, String)>,
 }
 
 struct Runner {

@@ -727,7 +727,7 @@ fn exists_rules_look_for_the_repositorys_files() {
 }
 
 #[test]
-fn gitlab_s_other_reports_are_kept_as_artifacts_and_said_unread() {
+fn gitlab_s_other_reports_are_kept_as_artifacts_and_dotenv_read() {
     let src = r#"jobs:
   t:
     image: alpine
@@ -759,15 +759,15 @@ fn gitlab_s_other_reports_are_kept_as_artifacts_and_said_unread() {
         said[1].starts_with("`reports: coverage_report:` is kept"),
         "{said:?}"
     );
-    let e = errors(
+    // dotenv files travel with the artifacts, and are read.
+    let p = ok(
         "jobs:\n  t:\n    image: alpine\n    script: [x]\n    artifacts:\n      reports:\n        dotenv: build.env\n",
+        &CheckOptions::default(),
     );
-    assert!(
-        e.to_string()
-            .contains("`reports: dotenv:` is not supported"),
-        "{e}"
-    );
-    assert_eq!(places(&e), [(7, 9)]);
+    let a = job(&p, "t").artifacts.clone().unwrap();
+    assert_eq!(a.paths, ["build.env"]);
+    assert_eq!(a.dotenv, ["build.env"]);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
 }
 
 #[test]
