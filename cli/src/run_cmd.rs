@@ -249,7 +249,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         changed: changed.clone(),
         files,
     };
-    let checked = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let checked = crate::run_plan::load(&args.file, &name, &src, &options)?;
     for w in checked.warning_lines(&name) {
         eprintln!("{w}");
     }
@@ -317,7 +317,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         handle.number().to_string(),
     );
     options.builtins = builtins;
-    let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let plan = crate::run_plan::load(&args.file, &name, &src, &options)?;
     let session = args.session.open(&root)?;
     run_options.jobs = run_options.jobs.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,34 @@ use forge_builder::pipeline::{self, CheckOptions, ImageUse, JobPlan, Need, Pipel
 
 use crate::{Failure, display_name, failed, read};
 
+/// The pipeline file `file` (its text `src`, shown as `name`) checked into its plan with the
+/// files its `include:` names, read inside its repository (its git work tree, else its
+/// directory): only regular files there, whatever links they pass through.
+pub(crate) fn load(
+    file: &Path,
+    name: &str,
+    src: &str,
+    options: &CheckOptions,
+) -> Result<Pipeline, Failure> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let top = forge_builder::pipeline::git::work_tree(dir)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| dir.to_path_buf());
+    let read = |path: &str| {
+        forge_builder::pipeline::run::read_file_inside(
+            &format!("included {path}"),
+            &top.join(path),
+            &top,
+            PIPELINE_FILE,
+        )
+    };
+    pipeline::include::load(name, src, options, &read).map_err(|e| failed(e.to_string()))
+}
+
 pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failure> {
     let name = display_name(file);
     let src = read(file, PIPELINE_FILE)?;
@@ -25,7 +53,7 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
         changed: None,
         files: None,
     };
-    let plan = pipeline::load(&name, &src, &options).map_err(|e| failed(e.to_string()))?;
+    let plan = load(file, &name, &src, &options)?;
     for w in plan.warning_lines(&name) {
         eprintln!("{w}");
     }

@@ -186,3 +186,63 @@ fn bad_files_fail_with_file_line_column() {
         insta::assert_snapshot!(format!("pipeline_bad_{}", name.replace('-', "_")), text);
     }
 }
+
+/// `include:` reads files of the pipeline's repository only: a file named through a link that
+/// leads out of it is refused, where the include names it; the files that are inside merge into
+/// the plan, and an error in one is shown in it.
+#[test]
+fn check_reads_included_files_inside_the_repository_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("ci")).unwrap();
+    std::fs::write(
+        repo.join("forge.yaml"),
+        "include: [ci/jobs.yml]\njobs:\n  main:\n    image: alpine\n    script: [x]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("ci/jobs.yml"),
+        "jobs:\n  included:\n    image: alpine\n    script: [x]\n",
+    )
+    .unwrap();
+    let check = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["run", "--check", "-f", file])
+            .current_dir(&repo)
+            .output()
+            .expect("run forge")
+    };
+    let o = check("forge.yaml");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("  job included\n") && out.contains("  job main\n"),
+        "{out}"
+    );
+
+    std::fs::write(dir.path().join("secret.yml"), "jobs:\n  stolen: {}\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.yml"), repo.join("ci/out.yml")).unwrap();
+    std::fs::write(repo.join("out.yaml"), "include: ci/out.yml\njobs: {}\n").unwrap();
+    let o = check("out.yaml");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: out.yaml:1:10: "), "{err}");
+    assert!(!err.contains("stolen"), "{err}");
+
+    std::fs::write(
+        repo.join("ci/bad.yml"),
+        "jobs:\n  b:\n    image: alpine\n    scrpt: [x]\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("bad.yaml"), "include: ci/bad.yml\njobs: {}\n").unwrap();
+    let o = check("bad.yaml");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: ci/bad.yml:4:5: unknown key `scrpt`"),
+        "{err}"
+    );
+}

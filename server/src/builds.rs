@@ -347,7 +347,23 @@ impl Server {
             changed: None,
             files,
         };
-        let plan = pipeline::load(&name, &source, &options).map_err(|e| failed(e.to_string()))?;
+        // `include:` reads regular files of the checkout only, on the blocking pool, as the
+        // pipeline file is read.
+        let (checkout, file_name) = (work.to_path_buf(), name.clone());
+        let plan = tokio::task::spawn_blocking(move || {
+            let read = |path: &str| {
+                forge_builder::pipeline::run::read_file_inside(
+                    &format!("included {path} in the repository"),
+                    &checkout.join(path),
+                    &checkout,
+                    forge_builder::api::input::PIPELINE_FILE,
+                )
+            };
+            pipeline::include::load(&file_name, &source, &options, &read)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
         for w in plan.warning_lines(&name) {
             log.line(&w);
         }

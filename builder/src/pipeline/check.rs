@@ -102,6 +102,16 @@ pub fn check(
     expand::define(&file.variables, source, &mut globals, &mut errors);
     let skipped = workflow(file, source, &mut globals, options, &mut errors);
 
+    // Only [`super::include::load`] reads the files `include:` names, and it checks what it
+    // merged: a file checked here alone would lose them unseen.
+    if let Some(i) = &file.include {
+        errors.push(
+            PipelineError::new(pos_of(i), "`include:` needs the files of the repository")
+                .with_hint(Some(
+                    "load the pipeline with pipeline::include::load, which reads them".into(),
+                )),
+        );
+    }
     let stages = stages(file, &mut errors);
     let image_names: BTreeSet<&str> = file
         .images

@@ -70,6 +70,27 @@ pub struct PipelineErrors {
     pub source: String,
     /// The errors, in the order of their positions.
     pub errors: Vec<PipelineError>,
+    /// With `include:`, the files `source` is made of, one after the other: an error is
+    /// rendered in the file its line falls in, at its line there. Empty: `source` is one file.
+    pub parts: Vec<Part>,
+}
+
+/// One file of a pipeline made of several (`include:`): its name, and where its lines are in
+/// the text of them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub file: String,
+    /// Lines of the whole text before this file's.
+    pub first_line: usize,
+    /// This file's lines.
+    pub lines: usize,
+}
+
+impl Part {
+    /// Whether the whole text's 1-based `line` is in this file.
+    pub fn holds(&self, line: usize) -> bool {
+        line > self.first_line && line <= self.first_line + self.lines
+    }
 }
 
 impl PipelineErrors {
@@ -83,17 +104,32 @@ impl PipelineErrors {
             // The text positions refer to (see `normalize_breaks`).
             source: super::normalize_breaks(source).into_owned(),
             errors,
+            parts: Vec::new(),
+        }
+    }
+
+    /// [`PipelineErrors::new`] for the text of several files one after the other (`parts`).
+    pub fn of_parts(source: &str, errors: Vec<PipelineError>, parts: Vec<Part>) -> PipelineErrors {
+        let file = parts.first().map_or(String::new(), |p| p.file.clone());
+        let mut e = PipelineErrors::new(&file, source, errors);
+        e.parts = parts;
+        e
+    }
+
+    /// The file an error at the whole text's `line` is in, and its line there.
+    pub fn place(&self, line: usize) -> (&str, usize) {
+        match self.parts.iter().find(|p| p.holds(line)) {
+            Some(p) => (&p.file, line - p.first_line),
+            None => (&self.file, line),
         }
     }
 
     /// Renders one error: `file:line:col: message`, the line, a caret, the hint.
     pub fn render(&self, e: &PipelineError) -> String {
-        let mut out = format!(
-            "{}:{}:{}: {}",
-            self.file, e.pos.line, e.pos.column, e.message
-        );
+        let (file, line) = self.place(e.pos.line);
+        let mut out = format!("{file}:{line}:{}: {}", e.pos.column, e.message);
         if let Some(text) = self.source.lines().nth(e.pos.line - 1) {
-            let number = e.pos.line.to_string();
+            let number = line.to_string();
             let gutter = " ".repeat(number.len());
             // Copy tabs from the source so the caret stays under the column in any tab width.
             let mut caret: String = text

@@ -19,11 +19,12 @@ use crate::frontend::suggest::suggest;
 pub const MAX_EXTENDS_DEPTH: usize = 11;
 
 /// Gives every job of `file` what its `extends:` names, reading the hidden templates named from
-/// `source` (with `options`, the bounds the file was read with). Errors are located at the
-/// `extends:` that names nothing, or goes round, or nests too deep.
+/// `sources` (with `options`, the bounds the file was read with; with `include:`, each file's
+/// text at its lines of the whole, the first that has a template giving it). Errors are located
+/// at the `extends:` that names nothing, or goes round, or nests too deep.
 pub(super) fn resolve(
     file: &mut PipelineFile,
-    source: &str,
+    sources: &[&str],
     options: impl Fn() -> serde_saphyr::Options,
 ) -> Result<(), Vec<PipelineError>> {
     if file.jobs.0.iter().all(|(_, j)| j.extends.is_none()) {
@@ -50,13 +51,17 @@ pub(super) fn resolve(
         if !more {
             break;
         }
-        let read = serde_saphyr::with_deserializer_from_str_with_options(source, options(), |d| {
-            Templates { wanted: &wanted }.deserialize(d)
-        })
-        .map_err(|e| vec![super::yaml_error(&e, source)])?;
-        hidden_names = read.names;
-        for (name, job) in read.templates {
-            known.entry(name).or_insert(job);
+        hidden_names.clear();
+        for source in sources {
+            let read =
+                serde_saphyr::with_deserializer_from_str_with_options(source, options(), |d| {
+                    Templates { wanted: &wanted }.deserialize(d)
+                })
+                .map_err(|e| vec![super::yaml_error(&e, source)])?;
+            hidden_names.extend(read.names);
+            for (name, job) in read.templates {
+                known.entry(name).or_insert(job);
+            }
         }
     }
     let mut errors = Vec::new();
@@ -152,7 +157,7 @@ fn unknown(
 }
 
 /// `over` laid on `base`: `over`'s keys win, `variables` merge key by key.
-fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
+pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
     let mut variables = base.variables.0;
     for (k, v) in over.variables.0 {
         match variables.iter_mut().find(|(b, _)| b.value == k.value) {

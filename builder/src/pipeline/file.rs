@@ -16,8 +16,10 @@ use super::error::Pos;
 
 mod cache;
 mod gitlab;
+mod include;
 pub use cache::{CacheKeySpec, CachePolicy, JobCache, PathCacheSpec};
 pub use gitlab::{ExpireIn, JobImageSpec, OnlySpec, ServiceSpec, parse_expire_in};
+pub use include::{Include, IncludeList};
 
 /// A value and where it was written.
 pub type Sp<T> = serde_saphyr::Spanned<T>;
@@ -54,6 +56,9 @@ pub struct PipelineFile {
     pub jobs: OrderedMap<JobSpec>,
     /// GitLab's `workflow:`: whether this run makes a pipeline at all.
     pub workflow: Option<WorkflowSpec>,
+    /// GitLab's `include:`: other files of the repository, merged under this one
+    /// ([`super::include`]).
+    pub include: Option<Sp<IncludeList>>,
 }
 
 const FILE_KEYS: &[&str] = &[
@@ -63,6 +68,7 @@ const FILE_KEYS: &[&str] = &[
     "default",
     "jobs",
     "workflow",
+    "include",
 ];
 
 /// GitLab's `workflow:`.
@@ -95,6 +101,7 @@ impl<'de> Deserialize<'de> for PipelineFile {
                         "default" => file.default = map.next_value()?,
                         "jobs" => file.jobs = map.next_value::<Visible<JobSpec>>()?.0,
                         "workflow" => file.workflow = map.next_value()?,
+                        "include" => file.include = map.next_value()?,
                         hidden if hidden.starts_with('.') => {
                             map.next_value::<de::IgnoredAny>()?;
                         }

@@ -1,7 +1,7 @@
 //! GitLab CI keywords forge does not act on. Those that change nothing where one machine runs
 //! every job and no run cancels another (`tags:`, `interruptible:`, `environment:`) are read and
 //! said to be ignored; the others are refused with what to do instead: a file brought over from
-//! GitLab meets these first, and "did you mean `stage`?" for `include:` would mislead.
+//! GitLab meets these first, and "did you mean `stage`?" for `tags:` would mislead.
 
 use super::error::Pos;
 use super::file::{PipelineFile, pos_of};
@@ -13,10 +13,6 @@ pub(super) fn hint(key: &str, expected: &[&str]) -> Option<String> {
     let job = expected.contains(&"script");
     let said = if top {
         match key {
-            "include" => {
-                "forge reads one file: `include:` is not supported; bring the included jobs into \
-                 this file (hidden templates and `extends:` share what repeats)"
-            }
             "image" | "services" | "before_script" | "after_script" | "cache" => {
                 "GitLab's global form of this key: put it under `default:`"
             }
@@ -114,7 +110,7 @@ mod tests {
     fn gitlab_keywords_get_their_own_hints_where_they_are_known() {
         let top = ["variables", "images", "stages", "default", "jobs"];
         let job = ["stage", "image", "script"];
-        assert!(hint("include", &top).unwrap().contains("reads one file"));
+        assert!(hint("spec", &top).unwrap().contains("inputs"));
         assert_eq!(hint("build", &top), None);
         assert!(
             top_level_job("build", &top)

@@ -20,6 +20,7 @@ pub mod git;
 mod gitlab_keys;
 mod graph;
 pub mod history;
+pub mod include;
 mod job_cache;
 pub mod junit;
 mod only;
@@ -83,7 +84,7 @@ pub fn normalize_breaks(source: &str) -> Cow<'_, str> {
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
     let mut parsed = read_yaml(file, source)?;
     let source = &*normalize_breaks(source);
-    extends::resolve(&mut parsed, source, yaml_options)
+    extends::resolve(&mut parsed, &[source], yaml_options)
         .map_err(|errors| PipelineErrors::new(file, source, errors))?;
     Ok(parsed)
 }

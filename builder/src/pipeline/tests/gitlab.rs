@@ -820,3 +820,127 @@ jobs:
     .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
+
+/// `include:` read from a map standing in for the repository.
+fn with_files(main: &str, files: &[(&str, &str)]) -> Result<Pipeline, PipelineErrors> {
+    let files: std::collections::BTreeMap<String, String> = files
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let read = |path: &str| {
+        files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| format!("{path}: no such file"))
+    };
+    crate::pipeline::include::load("forge.yaml", main, &CheckOptions::default(), &read)
+}
+
+#[test]
+fn included_files_merge_under_the_pipeline_file_and_lend_it_templates() {
+    let main = r#"include:
+  - local: /ci/templates.yml
+  - ci/jobs.yml
+variables:
+  WHO: main
+jobs:
+  unit:
+    extends: .tests
+    variables:
+      SAID: $WHO-$FROM
+    script: [echo unit]
+  lint:
+    variables:
+      LEVEL: strict
+"#;
+    let templates = "variables:\n  FROM: templates\n  WHO: templates\n.tests:\n  image: alpine\n  stage: test\n";
+    let jobs = "include: ci/templates.yml\nstages: [test, deploy]\njobs:\n  lint:\n    image: alpine\n    script: [echo lint]\n    variables:\n      LEVEL: loose\n      OTHER: x\n";
+    let p = with_files(
+        main,
+        &[("ci/templates.yml", templates), ("ci/jobs.yml", jobs)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.stages,
+        ["test", "deploy"],
+        "an included file's stages, the main file has none"
+    );
+    assert_eq!(p.variables["WHO"], "main");
+    assert_eq!(p.variables["FROM"], "templates");
+    assert_eq!(job(&p, "unit").variables["SAID"], "main-templates");
+    assert!(
+        matches!(&job(&p, "unit").image, ImageUse::Registry(r) if r.to_string().contains("alpine"))
+    );
+    let lint = job(&p, "lint");
+    assert_eq!(
+        lint.variables["LEVEL"], "strict",
+        "the main file's job over the included one"
+    );
+    assert_eq!(lint.variables["OTHER"], "x");
+    assert_eq!(lint.script, ["echo lint"]);
+
+    // An error in an included file is shown in that file, at its line there.
+    let bad = "jobs:\n  bad:\n    image: alpine\n    needs: [nope]\n    script: [x]\n";
+    let e = with_files(
+        "include: ci/bad.yml\njobs:\n  a:\n    image: alpine\n    script: [x]\n",
+        &[("ci/bad.yml", bad)],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("error: ci/bad.yml:4:13: `nope` in needs"),
+        "{text}"
+    );
+    assert!(text.contains(" 4 |     needs: [nope]"), "{text}");
+    let e = with_files(
+        "include: ci/bad.yml\njobs: {}\n",
+        &[("ci/bad.yml", "jobs:\n  x:\n    scrpt: [x]\n")],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("error: ci/bad.yml:3:5: unknown key `scrpt`"),
+        "{e}"
+    );
+
+    // What forge cannot include is refused where it is written; a file that includes itself
+    // back is read once.
+    let e = with_files(
+        "include:\n  - remote: https://example.com/ci.yml\n  - missing.yml\n  - 'ci/*.yml'\njobs: {}\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("forge.yaml:2:5: `include: remote:` is not supported"),
+        "{text}"
+    );
+    assert!(
+        text.contains("forge.yaml:3:5: missing.yml: no such file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("forge.yaml:4:5: include `ci/*.yml`"),
+        "{text}"
+    );
+    let p = with_files(
+        "include: a.yml\njobs:\n  m:\n    image: alpine\n    script: [x]\n",
+        &[
+            ("a.yml", "include: b.yml\n"),
+            (
+                "b.yml",
+                "include: a.yml\njobs:\n  b:\n    image: alpine\n    script: [x]\n",
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.jobs.len(), 2);
+
+    // Loaded without the repository's files, `include:` is refused, not dropped unseen.
+    let e = errors("include: a.yml\njobs: {}\n");
+    assert!(
+        e.to_string()
+            .contains("`include:` needs the files of the repository"),
+        "{e}"
+    );
+}
