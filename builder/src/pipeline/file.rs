@@ -18,7 +18,9 @@ mod cache;
 mod gitlab;
 mod include;
 pub use cache::{CacheKeySpec, CachePolicy, JobCache, PathCacheSpec};
-pub use gitlab::{ExpireIn, JobImageSpec, OnlySpec, ServiceSpec, parse_expire_in};
+pub use gitlab::{
+    ExpireIn, JobImageSpec, OnlySpec, Reports, ServiceSpec, WorkflowSpec, parse_expire_in,
+};
 pub use include::{Include, IncludeList};
 
 /// A value and where it was written.
@@ -70,18 +72,6 @@ const FILE_KEYS: &[&str] = &[
     "workflow",
     "include",
 ];
-
-/// GitLab's `workflow:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowSpec {
-    /// The first that matches decides: `when: never` (or no match) makes no pipeline; its
-    /// `variables:` join the file's.
-    pub rules: Option<Vec<RuleSpec>>,
-    /// GitLab's pipeline name and auto-cancel settings: read, and said to be ignored.
-    pub name: Option<Sp<de::IgnoredAny>>,
-    pub auto_cancel: Option<Sp<de::IgnoredAny>>,
-}
 
 impl<'de> Deserialize<'de> for PipelineFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -342,87 +332,6 @@ pub struct ArtifactsSpec {
     /// GitLab's archive name and merge request link: read, and said to be ignored.
     pub name: Option<Sp<de::IgnoredAny>>,
     pub expose_as: Option<Sp<de::IgnoredAny>>,
-}
-
-/// `artifacts: reports:`. JUnit and dotenv files are read; the other kinds GitLab knows
-/// (`coverage_report`, `codequality`, `sast`, ...) are kept as artifacts, unread, and said so.
-#[derive(Debug, Clone, Default)]
-pub struct Reports {
-    /// JUnit XML files the job writes.
-    pub junit: OneOrMany<String>,
-    /// `KEY=VALUE` files whose variables the jobs receiving these artifacts get.
-    pub dotenv: OneOrMany<String>,
-    /// Another kind's files, with where the kind was written.
-    pub kept: Vec<(Sp<String>, Vec<String>)>,
-}
-
-/// GitLab's report kinds: `junit` and `dotenv`, read; and the rest, whose files forge keeps
-/// without reading them.
-const REPORT_KINDS: &[&str] = &[
-    "junit",
-    "dotenv",
-    "coverage_report",
-    "codequality",
-    "sast",
-    "dependency_scanning",
-    "container_scanning",
-    "cluster_image_scanning",
-    "dast",
-    "license_scanning",
-    "performance",
-    "browser_performance",
-    "load_performance",
-    "metrics",
-    "terraform",
-    "accessibility",
-    "requirements",
-    "secret_detection",
-    "cyclonedx",
-    "api_fuzzing",
-    "coverage_fuzzing",
-    "annotations",
-    "repository_xray",
-];
-
-/// `coverage_report: {coverage_format, path}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CoverageReport {
-    #[allow(dead_code)]
-    coverage_format: String,
-    path: String,
-}
-
-impl<'de> Deserialize<'de> for Reports {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reports, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Reports;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of report kinds to files")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Reports, A::Error> {
-                let mut r = Reports::default();
-                while let Some(kind) = map.next_key::<Sp<String>>()? {
-                    match kind.value.as_str() {
-                        "junit" => r.junit = map.next_value()?,
-                        "coverage_report" => {
-                            let c: CoverageReport = map.next_value()?;
-                            r.kept.push((kind, vec![c.path]));
-                        }
-                        "dotenv" => r.dotenv = map.next_value()?,
-                        k if REPORT_KINDS.contains(&k) => {
-                            let files: OneOrMany<String> = map.next_value()?;
-                            r.kept.push((kind, files.0));
-                        }
-                        other => return Err(de::Error::unknown_field(other, REPORT_KINDS)),
-                    }
-                }
-                Ok(r)
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// One of `rules:`; the first whose `if:` and `changes:` both match decides.

@@ -8,6 +8,7 @@ use super::*;
 use crate::pipeline::file::When;
 
 mod gitlab;
+mod gitlab_more;
 
 fn testdata(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

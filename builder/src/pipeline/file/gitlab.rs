@@ -1,6 +1,7 @@
 //! The values GitLab writes in more than one form: a job's `image:` (a reference, or `{name,
 //! entrypoint}`), a service (a bare image, GitLab's map with `alias:`, or forge's map with
-//! `image:`), `only:`/`except:` (a list of refs, or a map) and `artifacts: expire_in:`.
+//! `image:`), `only:`/`except:` (a list of refs, or a map), `artifacts: expire_in:` and
+//! `reports:`; and `workflow:`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{OrderedMap, ReadySpec, Sp, Text};
+use super::{OneOrMany, OrderedMap, ReadySpec, RuleSpec, Sp, Text};
 
 /// GitLab's `only:` or `except:`: a list of refs, or a map of `refs`, `changes` and `variables`.
 #[derive(Debug, Clone, Default)]
@@ -276,6 +277,99 @@ impl<'de> Deserialize<'de> for ExpireIn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ExpireIn, D::Error> {
         let s = Text::deserialize(d)?;
         parse_expire_in(&s.0).map_err(de::Error::custom)
+    }
+}
+
+/// GitLab's `workflow:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// The first that matches decides: `when: never` (or no match) makes no pipeline; its
+    /// `variables:` join the file's.
+    pub rules: Option<Vec<RuleSpec>>,
+    /// GitLab's pipeline name and auto-cancel settings: read, and said to be ignored.
+    pub name: Option<Sp<de::IgnoredAny>>,
+    pub auto_cancel: Option<Sp<de::IgnoredAny>>,
+}
+
+/// `artifacts: reports:`. JUnit and dotenv files are read; the other kinds GitLab knows
+/// (`coverage_report`, `codequality`, `sast`, ...) are kept as artifacts, unread, and said so.
+#[derive(Debug, Clone, Default)]
+pub struct Reports {
+    /// JUnit XML files the job writes.
+    pub junit: OneOrMany<String>,
+    /// `KEY=VALUE` files whose variables the jobs receiving these artifacts get.
+    pub dotenv: OneOrMany<String>,
+    /// Another kind's files, with where the kind was written.
+    pub kept: Vec<(Sp<String>, Vec<String>)>,
+}
+
+/// GitLab's report kinds: `junit` and `dotenv`, read; and the rest, whose files forge keeps
+/// without reading them.
+const REPORT_KINDS: &[&str] = &[
+    "junit",
+    "dotenv",
+    "coverage_report",
+    "codequality",
+    "sast",
+    "dependency_scanning",
+    "container_scanning",
+    "cluster_image_scanning",
+    "dast",
+    "license_scanning",
+    "performance",
+    "browser_performance",
+    "load_performance",
+    "metrics",
+    "terraform",
+    "accessibility",
+    "requirements",
+    "secret_detection",
+    "cyclonedx",
+    "api_fuzzing",
+    "coverage_fuzzing",
+    "annotations",
+    "repository_xray",
+];
+
+/// `coverage_report: {coverage_format, path}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoverageReport {
+    #[allow(dead_code)]
+    coverage_format: String,
+    path: String,
+}
+
+impl<'de> Deserialize<'de> for Reports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reports, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Reports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of report kinds to files")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Reports, A::Error> {
+                let mut r = Reports::default();
+                while let Some(kind) = map.next_key::<Sp<String>>()? {
+                    match kind.value.as_str() {
+                        "junit" => r.junit = map.next_value()?,
+                        "coverage_report" => {
+                            let c: CoverageReport = map.next_value()?;
+                            r.kept.push((kind, vec![c.path]));
+                        }
+                        "dotenv" => r.dotenv = map.next_value()?,
+                        k if REPORT_KINDS.contains(&k) => {
+                            let files: OneOrMany<String> = map.next_value()?;
+                            r.kept.push((kind, files.0));
+                        }
+                        other => return Err(de::Error::unknown_field(other, REPORT_KINDS)),
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
