@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::error::{PipelineError, Pos};
+use super::error::PipelineError;
 use super::expand::{self, expand_at, inner_pos};
 use super::file::{
     ArtifactsWhen, ExpireIn, JobSpec, Network, Parallel, PipelineFile, RuleSpec, Sp, When, pos_of,
@@ -17,7 +17,7 @@ pub use super::plan::{
     ServicePlan,
 };
 use super::resolve::{resolve_image, resolve_need};
-use super::rules::{Changes, Expr};
+use super::rules::{Expr, located_globs_match};
 use super::{coverage, deps, gitlab_keys, job_cache, only, services};
 use crate::frontend::suggest::suggest;
 
@@ -676,33 +676,16 @@ fn rules(
                 None
             }
         });
-        let changes = match Changes::new(r.changes.iter().map(|c| c.value.as_str())) {
-            Ok(c) => Some(c),
-            Err((i, msg)) => {
-                let at = r.changes.get(i).map_or(Pos::new(1, 1, 1), pos_of);
-                errors.push(PipelineError::new(at, msg));
-                None
-            }
-        };
-        let exists = match Changes::new(r.exists.iter().map(|c| c.value.trim_start_matches('/'))) {
-            Ok(c) => Some(c),
-            Err((i, msg)) => {
-                let at = r.exists.get(i).map_or(Pos::new(1, 1, 1), pos_of);
-                errors.push(PipelineError::new(at, msg));
-                None
-            }
-        };
         let if_ok = expr.as_ref().is_none_or(|e| e.eval(vars));
         let changes_ok = r.changes.is_empty()
-            || match (&changes, &options.changed) {
-                (Some(c), Some(paths)) => c.matches(paths),
-                _ => true,
-            };
+            || located_globs_match(&r.changes, |g| g, options.changed.as_deref(), errors);
         let exists_ok = r.exists.is_empty()
-            || match (&exists, &options.files) {
-                (Some(c), Some(files)) => c.matches(files),
-                _ => true,
-            };
+            || located_globs_match(
+                &r.exists,
+                |g| g.trim_start_matches('/'),
+                options.files.as_deref(),
+                errors,
+            );
         if decided.is_none() && if_ok && changes_ok && exists_ok {
             decided = Some((index, r.when.as_ref().map_or(When::OnSuccess, |w| w.value)));
         }

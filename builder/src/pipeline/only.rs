@@ -12,7 +12,7 @@ use super::expand::inner_pos;
 use super::file::{JobSpec, OnlySpec, Sp, pos_of};
 use super::plan::CheckOptions;
 use super::plan::RuleOutcome;
-use super::rules::{Changes, Expr, regex_literal};
+use super::rules::{Expr, located_globs_match, regex_literal};
 
 /// GitLab's pipeline sources, which a ref list may name.
 const SOURCES: &[&str] = &[
@@ -131,18 +131,7 @@ fn holds(
         all &= any;
     }
     if let Some(changes) = &s.changes {
-        match Changes::new(changes.iter().map(|c| c.value.as_str())) {
-            Ok(c) => {
-                all &= options
-                    .changed
-                    .as_ref()
-                    .is_none_or(|paths| c.matches(paths));
-            }
-            Err((i, msg)) => {
-                let at = changes.get(i).map(pos_of).unwrap_or_default();
-                errors.push(PipelineError::new(at, msg));
-            }
-        }
+        all &= located_globs_match(changes, |g| g, options.changed.as_deref(), errors);
     }
     if let Some(list) = &s.variables {
         let mut any = false;

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::{Regex, RegexBuilder};
 
+use super::error::PipelineError;
+use super::file::{Sp, pos_of};
+
 /// Most nested parentheses in one expression: deeper is refused, so parsing never recurses far.
 pub const MAX_EXPR_DEPTH: usize = 32;
 /// Largest compiled regex (the regex crate's size limit), so a pattern cannot eat memory.
@@ -353,6 +356,27 @@ impl Changes {
     /// Whether any of the changed paths (relative to the repository root) matches.
     pub fn matches<S: AsRef<str>>(&self, changed: &[S]) -> bool {
         changed.iter().any(|p| self.set.is_match(p.as_ref()))
+    }
+}
+
+/// Whether one of the located `globs` (each read through `text`) matches one of `paths`
+/// (relative to the repository's top): `changes:` against the changed files, `exists:` against
+/// the repository's. `true` when `paths` is not known, as GitLab decides when it cannot tell. A
+/// glob that does not compile is an error at its place, and counts as a match (the file is
+/// refused anyway).
+pub fn located_globs_match(
+    globs: &[Sp<String>],
+    text: impl Fn(&str) -> &str,
+    paths: Option<&[String]>,
+    errors: &mut Vec<PipelineError>,
+) -> bool {
+    match Changes::new(globs.iter().map(|g| text(&g.value))) {
+        Ok(c) => paths.is_none_or(|p| c.matches(p)),
+        Err((i, msg)) => {
+            let at = globs.get(i).map(pos_of).unwrap_or_default();
+            errors.push(PipelineError::new(at, msg));
+            true
+        }
     }
 }
 
