@@ -241,12 +241,8 @@ pub fn check(
         // the job's other variables see it: were it the other way round, every cell would run
         // the one value `variables:` gives, and all but the first replay its cached result.
         let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
-        // A variable only some of the job's rules give is empty until one of them decides.
-        for r in spec.rules.iter().flatten() {
-            for (k, _) in &r.variables.0 {
-                vars.entry(k.value.clone()).or_default();
-            }
-        }
+        // Until one of the job's rules decides, what they give is empty.
+        define_empty(spec.rules.as_deref().unwrap_or_default(), &mut vars);
         expand::define_except(&spec.variables, source, &mut vars, &mut errors, from_matrix);
         for (key, _) in &spec.variables.0 {
             if let Some(v) = vars.get(&key.value) {
@@ -531,13 +527,7 @@ fn workflow(
 ) -> Option<String> {
     let list = file.workflow.as_ref()?.rules.as_deref()?;
     let decided = rules(list, source, globals, options, When::Always, errors);
-    // A variable only some rules give is empty where none of them decides, as GitLab's
-    // undefined variables are: the file may name it either way.
-    for r in list {
-        for (k, _) in &r.variables.0 {
-            globals.entry(k.value.clone()).or_default();
-        }
-    }
+    define_empty(list, globals);
     match decided {
         (RuleOutcome::Matched { index }, When::Never) => {
             Some(format!("workflow: rule {} says `when: never`", index + 1))
@@ -693,6 +683,16 @@ fn rules(
     match decided {
         Some((index, when)) => (RuleOutcome::Matched { index }, when),
         None => (RuleOutcome::NoneMatched, When::Never),
+    }
+}
+
+/// Defines as empty each variable some rule of `list` gives and `vars` lacks: where none of them
+/// decides, it reads as GitLab's undefined variables do, and the file may name it either way.
+fn define_empty(list: &[RuleSpec], vars: &mut BTreeMap<String, String>) {
+    for r in list {
+        for (k, _) in &r.variables.0 {
+            vars.entry(k.value.clone()).or_default();
+        }
     }
 }
 

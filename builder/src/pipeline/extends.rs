@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::error::{PipelineError, Pos};
-use super::file::{JobSpec, OrderedMap, PipelineFile, pos_of};
+use super::file::{JobSpec, PipelineFile, pos_of};
 use crate::frontend::suggest::suggest;
 
 /// GitLab's limit on how deep `extends:` may nest.
@@ -158,20 +158,13 @@ fn unknown(
 
 /// `over` laid on `base`: `over`'s keys win, `variables` merge key by key.
 pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
-    let mut variables = base.variables.0;
-    for (k, v) in over.variables.0 {
-        match variables.iter_mut().find(|(b, _)| b.value == k.value) {
-            Some(slot) => *slot = (k, v),
-            None => variables.push((k, v)),
-        }
-    }
     JobSpec {
         stage: over.stage.or(base.stage),
         image: over.image.or(base.image),
         script: over.script.or(base.script),
         before_script: over.before_script.or(base.before_script),
         after_script: over.after_script.or(base.after_script),
-        variables: OrderedMap(variables),
+        variables: base.variables.merged(over.variables, |_, o| o),
         needs: over.needs.or(base.needs),
         services: over.services.or(base.services),
         dependencies: over.dependencies.or(base.dependencies),

@@ -670,6 +670,28 @@ impl<V> OrderedMap<V> {
     pub fn get(&self, key: &str) -> Option<&V> {
         self.0.iter().find(|(k, _)| k.value == key).map(|(_, v)| v)
     }
+
+    /// `over` laid on this map, name by name: this map's entries in their order, then `over`'s
+    /// new ones; a name both have becomes `both(this map's value, over's)` under `over`'s key
+    /// (where a later file or a job wrote it).
+    pub fn merged(self, over: OrderedMap<V>, both: impl Fn(V, V) -> V) -> OrderedMap<V> {
+        let mut out: Vec<(Sp<String>, Option<V>)> =
+            self.0.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in over.0 {
+            match out.iter_mut().find(|(b, _)| b.value == k.value) {
+                Some(slot) => {
+                    let old = slot.1.take().expect("each entry is taken once");
+                    *slot = (k, Some(both(old, v)));
+                }
+                None => out.push((k, Some(v))),
+            }
+        }
+        OrderedMap(
+            out.into_iter()
+                .map(|(k, v)| (k, v.expect("every entry is put back")))
+                .collect(),
+        )
+    }
 }
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {

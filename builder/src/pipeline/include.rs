@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::error::{Part, PipelineError, PipelineErrors, Pos};
-use super::file::{DefaultSpec, Include, OrderedMap, PipelineFile, Sp, pos_of};
+use super::file::{DefaultSpec, Include, PipelineFile, pos_of};
 use super::{CheckOptions, Pipeline, check, extends, normalize_breaks, read_yaml, yaml_options};
 
 /// Most files one pipeline is made of, the pipeline file included (GitLab's limit is 150).
@@ -155,35 +155,14 @@ fn included(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<(String
 /// `over` laid on `base`, as a later file of a pipeline on an earlier one.
 fn merge(base: PipelineFile, over: PipelineFile) -> PipelineFile {
     PipelineFile {
-        variables: by_name(base.variables, over.variables, |_, o| o),
-        images: by_name(base.images, over.images, |_, o| o),
+        variables: base.variables.merged(over.variables, |_, o| o),
+        images: base.images.merged(over.images, |_, o| o),
         stages: over.stages.or(base.stages),
         default: merge_default(base.default, over.default),
-        jobs: by_name(base.jobs, over.jobs, extends::merge),
+        jobs: base.jobs.merged(over.jobs, extends::merge),
         workflow: over.workflow.or(base.workflow),
         include: None,
     }
-}
-
-/// The entries of `base` and `over` by name, in `base`'s order then `over`'s new ones; a name
-/// both have is `both(base's, over's)`.
-fn by_name<V>(base: OrderedMap<V>, over: OrderedMap<V>, both: impl Fn(V, V) -> V) -> OrderedMap<V> {
-    let mut out: Vec<(Sp<String>, Option<V>)> =
-        base.0.into_iter().map(|(k, v)| (k, Some(v))).collect();
-    for (k, v) in over.0 {
-        match out.iter_mut().find(|(b, _)| b.value == k.value) {
-            Some(slot) => {
-                let old = slot.1.take().expect("each entry is taken once");
-                *slot = (k, Some(both(old, v)));
-            }
-            None => out.push((k, Some(v))),
-        }
-    }
-    OrderedMap(
-        out.into_iter()
-            .map(|(k, v)| (k, v.expect("every entry is put back")))
-            .collect(),
-    )
 }
 
 fn merge_default(base: DefaultSpec, over: DefaultSpec) -> DefaultSpec {
