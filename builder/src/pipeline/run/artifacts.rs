@@ -286,6 +286,35 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<(), Stri
     Ok(())
 }
 
+/// [`absolute`] of each of `paths`.
+pub fn absolute_all(workdir: &str, paths: &[String]) -> Vec<String> {
+    paths.iter().map(|p| absolute(workdir, p)).collect()
+}
+
+/// Adds the paths a job's `what` (`("artifact", "artifacts")`, `("cache", "caches")`) take
+/// out of its filesystem to `into`, each once, absolute; globs are expanded by the step. A path
+/// outside the working directory is refused: what is taken is kept relative to it.
+pub fn take_out<'a>(
+    workdir: &str,
+    written: impl IntoIterator<Item = &'a String>,
+    (one, many): (&str, &str),
+    into: &mut Vec<String>,
+) -> Result<(), String> {
+    for p in written {
+        let abs = absolute(workdir, p);
+        if !under(workdir, &abs) {
+            return Err(format!(
+                "{one} path {p} is outside the job's working directory {workdir}: {many} are \
+                 kept relative to it"
+            ));
+        }
+        if !into.contains(&abs) {
+            into.push(abs);
+        }
+    }
+    Ok(())
+}
+
 /// Whether the absolute path `path` is `workdir` or below it.
 pub fn under(workdir: &str, path: &str) -> bool {
     let w = workdir.trim_end_matches('/');
@@ -295,6 +324,22 @@ pub fn under(workdir: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taken_paths_are_absolute_once_each_and_inside_the_working_directory() {
+        let mut into = vec!["/app/out".to_string()];
+        let written = ["out".to_string(), "./reports/*.xml".to_string()];
+        take_out("/app", &written, ("artifact", "artifacts"), &mut into).unwrap();
+        assert_eq!(into, ["/app/out", "/app/reports/*.xml"]);
+        let e = take_out("/app", &["../etc".to_string()], ("cache", "caches"), &mut into)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "cache path ../etc is outside the job's working directory /app: caches are kept \
+             relative to it"
+        );
+        assert_eq!(into.len(), 2);
+    }
 
     #[test]
     fn relative_paths_are_under_the_working_directory() {

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use forge_snapshotter::store::Store;
 
-use super::{PipelineEvent, Runner, artifacts, job_secret_values};
+use super::{Runner, artifacts};
 use crate::ops::Artifacts;
 use crate::pipeline::JobPlan;
 
@@ -89,10 +89,7 @@ impl Runner {
         written: &[String],
         taken: &Artifacts,
     ) -> Vars {
-        let paths: Vec<String> = written
-            .iter()
-            .map(|p| artifacts::absolute(workdir, p))
-            .collect();
+        let paths = artifacts::absolute_all(workdir, written);
         let (store, taken, written) = (
             self.session.store().clone(),
             taken.clone(),
@@ -109,14 +106,7 @@ impl Runner {
                         vec![format!("forge: warning: reports: dotenv: {e}")],
                     )
                 });
-        let masks = crate::mask::Masks::of(&job_secret_values(plan, &self.options.secrets));
-        for line in said {
-            self.emit(PipelineEvent::JobLine {
-                job: plan.name.clone(),
-                line: masks.mask(&line),
-                cached: false,
-            });
-        }
+        self.say_masked(plan, said);
         vars
     }
 }

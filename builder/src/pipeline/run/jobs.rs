@@ -10,7 +10,7 @@ use super::clip::Clip;
 use super::job::{self, JobImage, JobSpec};
 use super::{
     End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
-    env_name, job_secret_values, path_cache, read_junit, retry_reason, stop_services,
+    env_name, path_cache, read_junit, retry_reason, stop_services,
 };
 use crate::events::Events;
 use crate::export::config;
@@ -141,21 +141,9 @@ impl Runner {
                 name,
                 self.plan.jobs.iter().map(|j| j.name.as_str()),
             ));
-            let paths: Vec<String> = a
-                .paths
-                .iter()
-                .map(|p| artifacts::absolute(&workdir, p))
-                .collect();
-            let exclude: Vec<String> = a
-                .exclude
-                .iter()
-                .map(|p| artifacts::absolute(&workdir, p))
-                .collect();
-            let reports: Vec<String> = a
-                .junit
-                .iter()
-                .map(|p| artifacts::absolute(&workdir, p))
-                .collect();
+            let paths = artifacts::absolute_all(&workdir, &a.paths);
+            let exclude = artifacts::absolute_all(&workdir, &a.exclude);
+            let reports = artifacts::absolute_all(&workdir, &a.junit);
             let written = a.paths.clone();
             let written_reports = a.junit.clone();
             let taken = taken.clone();
@@ -163,10 +151,7 @@ impl Runner {
             // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
             // on the host or of the reports' reading (an unwritable `--artifacts-dir`, a JUnit
             // file cut short by a killed test runner): those are said with the job's result.
-            let masks = Arc::new(crate::mask::Masks::of(&job_secret_values(
-                plan,
-                &self.options.secrets,
-            )));
+            let masks = Arc::new(self.masks_of(plan));
             let report_masks = masks.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let mut notes = Vec::new();
@@ -475,10 +460,7 @@ impl Runner {
         // A service's lines go into the job's log, and a service sees the job's secrets as
         // soon as the job sends them (a database logs the statement that sets a password):
         // they are masked like the job's own output.
-        let masks = Arc::new(crate::mask::Masks::of(&job_secret_values(
-            plan,
-            &self.options.secrets,
-        )));
+        let masks = Arc::new(self.masks_of(plan));
         let session = self.session.clone();
         let sink = self.sink.clone();
         let job = plan.name.clone();
@@ -630,20 +612,12 @@ impl Runner {
         }
         let mut artifacts_paths: Vec<String> = Vec::new();
         if let Some(a) = &plan.artifacts {
-            for p in a.paths.iter().chain(&a.junit) {
-                // Globs are expanded by the step, in the job's filesystem.
-                let abs = artifacts::absolute(&config.working_dir, p);
-                if !artifacts::under(&config.working_dir, &abs) {
-                    return Err(format!(
-                        "artifact path {p} is outside the job's working directory {}: \
-                         artifacts are kept relative to it",
-                        config.working_dir
-                    ));
-                }
-                if !artifacts_paths.contains(&abs) {
-                    artifacts_paths.push(abs);
-                }
-            }
+            artifacts::take_out(
+                &config.working_dir,
+                a.paths.iter().chain(&a.junit),
+                ("artifact", "artifacts"),
+                &mut artifacts_paths,
+            )?;
         }
         // GitLab's caches: their paths are taken out after the run as artifacts are, and what
         // each key kept is laid on the filesystem before the script.
@@ -651,19 +625,12 @@ impl Runner {
         let mut cache_keys = Vec::new();
         for c in &plan.caches {
             let key = path_cache::key_of(&c.key, &self.options.base_dir, &self.options.boundary)?;
-            for p in &c.paths {
-                let abs = artifacts::absolute(&config.working_dir, p);
-                if !artifacts::under(&config.working_dir, &abs) {
-                    return Err(format!(
-                        "cache path {p} is outside the job's working directory {}: caches are \
-                         kept relative to it",
-                        config.working_dir
-                    ));
-                }
-                if !artifacts_paths.contains(&abs) {
-                    artifacts_paths.push(abs);
-                }
-            }
+            artifacts::take_out(
+                &config.working_dir,
+                &c.paths,
+                ("cache", "caches"),
+                &mut artifacts_paths,
+            )?;
             let store = self.session.store();
             restore.extend(path_cache::restore(
                 store,

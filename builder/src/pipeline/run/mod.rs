@@ -664,12 +664,29 @@ fn read_junit(
     Ok(sum)
 }
 
-/// The values of the secrets `plan` is given, as the job's steps mask them.
-fn job_secret_values(plan: &JobPlan, secrets: &HashMap<String, Vec<u8>>) -> Vec<Vec<u8>> {
-    plan.secrets
-        .iter()
-        .filter_map(|s| secrets.get(s).cloned())
-        .collect()
+impl Runner {
+    /// What masks the secrets `plan` is given, as the job's steps mask them.
+    fn masks_of(&self, plan: &JobPlan) -> crate::mask::Masks {
+        let values: Vec<Vec<u8>> = plan
+            .secrets
+            .iter()
+            .filter_map(|s| self.options.secrets.get(s).cloned())
+            .collect();
+        crate::mask::Masks::of(&values)
+    }
+
+    /// Says `lines` of forge's own in `plan`'s log, masked with its secrets (the paths and keys
+    /// they quote are the job's own words).
+    fn say_masked(&self, plan: &JobPlan, lines: Vec<String>) {
+        let masks = self.masks_of(plan);
+        for line in lines {
+            self.emit(PipelineEvent::JobLine {
+                job: plan.name.clone(),
+                line: masks.mask(&line),
+                cached: false,
+            });
+        }
+    }
 }
 
 #[cfg(test)]

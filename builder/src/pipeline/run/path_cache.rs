@@ -11,7 +11,7 @@ use std::path::Path;
 use forge_snapshotter::store::{Descriptor, Store};
 
 use super::job::JobSpec;
-use super::{PipelineEvent, Runner, artifacts, job_secret_values};
+use super::{Runner, artifacts};
 use crate::ops::{Artifacts, TestRestore};
 use crate::pipeline::file::ArtifactsWhen;
 use crate::pipeline::plan::{CacheKey, CachePlan, JobPlan};
@@ -189,17 +189,11 @@ impl Runner {
         taken: &crate::ops::Artifacts,
         passed: bool,
     ) {
-        let masks = crate::mask::Masks::of(&job_secret_values(plan, &self.options.secrets));
         for (c, key) in plan.caches.iter().zip(&spec.cache_keys) {
             if !saves(c, passed) {
                 continue;
             }
-            let workdir = spec.image.config.working_dir.clone();
-            let paths: Vec<String> = c
-                .paths
-                .iter()
-                .map(|p| artifacts::absolute(&workdir, p))
-                .collect();
+            let paths = artifacts::absolute_all(&spec.image.config.working_dir, &c.paths);
             let (store, scope, key, taken, written) = (
                 self.session.store().clone(),
                 self.options.cache_scope.clone(),
@@ -214,13 +208,7 @@ impl Runner {
             .map_err(|e| e.to_string())
             .and_then(|r| r)
             .unwrap_or_else(|e| vec![format!("forge: warning: cache: not saved: {e}")]);
-            for line in said {
-                self.emit(PipelineEvent::JobLine {
-                    job: plan.name.clone(),
-                    line: masks.mask(&line),
-                    cached: false,
-                });
-            }
+            self.say_masked(plan, said);
         }
     }
 }
