@@ -33,7 +33,7 @@ pub fn load(
     let main = normalize_breaks(source).into_owned();
     let first: PipelineFile = read_yaml(file, &main)?;
     if first.include.is_none() {
-        return super::load(file, &main, options);
+        return super::finish(file, &main, first, options);
     }
     let mut texts = vec![with_end(main)];
     let mut parts = vec![Part {

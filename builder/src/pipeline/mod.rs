@@ -116,8 +116,21 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
 /// Parses and checks `source` in one go: the validated plan, or every error found.
 pub fn load(file: &str, source: &str, options: &CheckOptions) -> Result<Pipeline, PipelineErrors> {
     let source = &*normalize_breaks(source);
-    let parsed = parse(file, source)?;
-    check(&parsed, source, options).map_err(|errors| PipelineErrors::new(file, source, errors))
+    let parsed = read_yaml(file, source)?;
+    finish(file, source, parsed, options)
+}
+
+/// The rest of [`load`] for a file already read from `source` (line breaks normalized): its
+/// `extends:` resolved, then the check.
+fn finish(
+    file: &str,
+    source: &str,
+    mut parsed: PipelineFile,
+    options: &CheckOptions,
+) -> Result<Pipeline, PipelineErrors> {
+    let fail = |errors| PipelineErrors::new(file, source, errors);
+    extends::resolve(&mut parsed, &[source], yaml_options).map_err(fail)?;
+    check(&parsed, source, options).map_err(fail)
 }
 
 fn yaml_options() -> serde_saphyr::Options {

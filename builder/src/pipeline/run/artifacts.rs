@@ -331,8 +331,13 @@ mod tests {
         let written = ["out".to_string(), "./reports/*.xml".to_string()];
         take_out("/app", &written, ("artifact", "artifacts"), &mut into).unwrap();
         assert_eq!(into, ["/app/out", "/app/reports/*.xml"]);
-        let e = take_out("/app", &["../etc".to_string()], ("cache", "caches"), &mut into)
-            .unwrap_err();
+        let e = take_out(
+            "/app",
+            &["../etc".to_string()],
+            ("cache", "caches"),
+            &mut into,
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             "cache path ../etc is outside the job's working directory /app: caches are kept \
