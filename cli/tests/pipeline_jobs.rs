@@ -212,6 +212,13 @@ fn a_manual_job_runs_when_asked_for_by_name() {
     );
     let out = run_ok(&dir, &root, &["run", "deploy"], &[]);
     assert!(out.contains("[deploy] deploying"), "{out}");
+    // Asked for again on the same tree, it runs again (GitLab's play button pressed twice deploys
+    // twice): a manual job is an action, so its verdict is never served from the cache, while a
+    // job it needs would be.
+    let out = run_ok(&dir, &root, &["run", "deploy", "unit"], &[]);
+    assert!(out.contains("[deploy] deploying"), "{out}");
+    assert!(!out.contains("[deploy] (cached)"), "{out}");
+    assert!(out.contains("[unit] (cached) unit ran"), "{out}");
 }
 
 /// GitLab's `artifacts: exclude:` leaves out the entries it matches (the entry itself: `**`

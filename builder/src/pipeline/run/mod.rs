@@ -163,12 +163,15 @@ fn runs(j: &JobPlan, options: &RunOptions) -> bool {
 }
 
 /// `plan` as this run runs it: a manual job asked for by name (`forge run JOB...`) runs as any
-/// other; the rest stay manual, and are skipped.
+/// other, except that it is an action asked for (a deploy), so it runs each time it is asked for,
+/// as GitLab's play button pressed again does, and is never served a recorded verdict; the rest
+/// stay manual, and are skipped.
 fn asked_for(plan: &Pipeline, only: &[String]) -> Pipeline {
     let mut plan = plan.clone();
     for j in &mut plan.jobs {
         if j.when == When::Manual && named(j, only) {
             j.when = When::OnSuccess;
+            j.cache = false;
         }
     }
     plan
