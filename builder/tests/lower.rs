@@ -610,6 +610,27 @@ fn heredoc_runs_as_the_shell_command_or_a_script() {
     );
 }
 
+/// BuildKit runs a heredoc's body as the step only when the marker is alone on the line: with a
+/// command after it (`RUN <<EOT sh -c '...'`, `RUN <<EOT bash`), the body is that command's input.
+#[test]
+fn a_heredoc_marker_followed_by_a_command_is_that_commands_input() {
+    let l = build(
+        "FROM a\nRUN <<EOT sh -c 'cat > /h'\npiped in\nEOT\nRUN <<-EOT bash\n\techo hi\nEOT\n",
+        &[],
+        None,
+    );
+    let ex = execs(&l.graph);
+    assert_eq!(
+        ex[0].args,
+        vec!["/bin/sh", "-c", "<<EOT sh -c 'cat > /h'\npiped in\nEOT"]
+    );
+    // The body comes chomped (the shell would strip the tabs of `<<-` anyway).
+    assert_eq!(
+        ex[1].args,
+        vec!["/bin/sh", "-c", "<<-EOT bash\necho hi\nEOT"]
+    );
+}
+
 #[test]
 fn each_step_carries_its_stage_as_data() {
     // A stage may be called `internal`: the stage is a field, not read back from the description.

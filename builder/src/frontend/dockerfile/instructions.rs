@@ -498,18 +498,7 @@ fn parse_kvps(node: &Node, name: &'static str) -> Result<Vec<KeyValue>, Instruct
 
 /// A heredoc marker (`<<EOF`, `<<-"EOF"`, `3<<EOF`) used as an argument: its name.
 pub fn heredoc_marker(arg: &str) -> Option<String> {
-    let rest = arg.trim_start_matches(|c: char| c.is_ascii_digit());
-    let rest = rest.strip_prefix("<<")?;
-    let rest = rest.strip_prefix('-').unwrap_or(rest).trim_start();
-    if rest.is_empty() || rest.contains('<') {
-        return None;
-    }
-    let name = rest
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
-        .unwrap_or(rest);
-    (!name.is_empty()).then(|| name.to_string())
+    super::parser::heredoc_word(arg)
 }
 
 fn sources_and_dest(node: &Node, name: &'static str) -> Result<SourcesAndDest, InstructionError> {

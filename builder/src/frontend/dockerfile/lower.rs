@@ -1292,7 +1292,10 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             return Err(err(LowerErrorKind::InvalidRun(format!("{args:?}")), c.span));
         }
         if !r.command.files.is_empty() {
+            // BuildKit's simple case: one heredoc and nothing else on the line. `RUN <<EOT sh -c
+            // '...'` is a command whose standard input is the body, run by the shell as written.
             let lone = args.len() == 1
+                && r.command.files.len() == 1
                 && r.command.prepend_shell
                 && instructions::heredoc_marker(&args[0]).is_some();
             if lone {

@@ -1324,6 +1324,16 @@ mod json {
     }
 }
 
+/// BuildKit's `MustParseHeredoc`: the delimiter when `word` (one argument of an instruction) is
+/// a heredoc marker, `<<EOF`, `<<-"EOF"`, `3<<EOF`; `None` otherwise, a word that does not lex
+/// included. Only a single word after `<<` is one: `<<EOT sh -c 'cat'` is a command line.
+pub fn heredoc_word(word: &str) -> Option<String> {
+    heredoc::parse_heredoc(word)
+        .ok()
+        .flatten()
+        .map(|(name, ..)| name)
+}
+
 /// Heredoc markers on an instruction line, found the way BuildKit finds them: its shell lexer
 /// splits the line into words (raw quotes and escapes, `$` references kept since nothing is set),
 /// and each word matching `^(\d*)<<(-?)\s*([^<]*)$` is lexed again to get the delimiter and whether
