@@ -490,6 +490,78 @@ fn local_export_copies_the_rootfs_faithfully() {
     assert_eq!(m("usr/bin/tool").mode() & 0o7777, 0o4755);
 }
 
+/// Fifos and device nodes are exported as themselves (BuildKit's client makes them), with their
+/// mode and time; every entry is the caller's, root included, as BuildKit's receiver writes them,
+/// unless `--keep-owners` asks for the image's (the devices and owners need root to be tested).
+#[test]
+fn local_export_makes_fifos_and_devices_and_writes_the_callers_owners() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("d")).unwrap();
+    mknod(
+        &root.join("pipe"),
+        SFlag::S_IFIFO,
+        Mode::from_bits_truncate(0o640),
+        0,
+    )
+    .unwrap();
+    fs::write(root.join("d/f"), "f").unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(EPOCH as u64);
+    fs::File::open(root.join("d/f"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let privileged = nix::unistd::geteuid().is_root()
+        && mknod(
+            &root.join("null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o644),
+            makedev(1, 3),
+        )
+        .is_ok();
+    if privileged {
+        std::os::unix::fs::lchown(root.join("d/f"), Some(123), Some(456)).unwrap();
+        std::os::unix::fs::lchown(root.join("d"), Some(123), Some(456)).unwrap();
+    }
+    let mtime_of = |p: &Path| {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            &nix::sys::time::TimeSpec::new(EPOCH, 0),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap()
+    };
+    mtime_of(&root.join("pipe"));
+
+    let dest = dir.path().join("out");
+    export_local(&root, &dest, false).unwrap();
+    let m = |d: &Path, p: &str| fs::symlink_metadata(d.join(p)).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(m(&dest, "pipe").file_type().is_fifo());
+    assert_eq!(m(&dest, "pipe").mode() & 0o7777, 0o640);
+    assert_eq!(m(&dest, "pipe").mtime(), EPOCH);
+    let me = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    for p in ["d", "d/f", "pipe"] {
+        assert_eq!((m(&dest, p).uid(), m(&dest, p).gid()), me, "{p}");
+    }
+    if privileged {
+        assert!(m(&dest, "null").file_type().is_char_device());
+        assert_eq!(m(&dest, "null").rdev(), makedev(1, 3));
+        assert_eq!(m(&dest, "null").mode() & 0o7777, 0o644);
+        let kept = dir.path().join("kept");
+        export_local(&root, &kept, true).unwrap();
+        for p in ["d", "d/f"] {
+            assert_eq!((m(&kept, p).uid(), m(&kept, p).gid()), (123, 456), "{p}");
+        }
+    }
+}
+
 /// A symlink already in DEST where the image has a directory (left by an earlier export of an
 /// image whose `/etc` or `/lnk` was a link, or put there by anyone) is replaced by the directory:
 /// the image's files never land where it points.

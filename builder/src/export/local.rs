@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 
 use super::{ExportError, io_err};
 
-/// Copies the tree at `rootfs` into `dest` (created if missing): regular files, directories and
-/// symlinks (never followed; a link keeps its target string), hard links within the tree stay
-/// linked, permission bits including setuid/setgid/sticky and modification times are kept. Owners
-/// are kept as root on the host; rootless (in a user namespace) every file is the caller's, as a
-/// rootless `docker buildx` local export leaves them, since other owners would be subordinate ids
-/// the user cannot change or remove. Device nodes,
-/// fifos and sockets are refused with an error naming them.
+/// Copies the tree at `rootfs` into `dest` (created if missing): regular files, directories,
+/// symlinks (never followed; a link keeps its target string), fifos and device nodes; hard links
+/// within the tree stay linked, permission bits including setuid/setgid/sticky and modification
+/// times are kept. Every entry is the caller's, root included, as BuildKit's client writes a
+/// local export (its receiver sets each file's owner to its own uid and gid): other owners would
+/// be, rootless, subordinate ids the user could neither change nor remove. `keep_owners`
+/// (`--keep-owners`) writes the image's owners instead where the caller may. A device node the
+/// caller may not make (rootless) and a socket are refused with an error naming them.
 pub fn export_local(rootfs: &Path, dest: &Path, keep_owners: bool) -> Result<(), ExportError> {
     fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
     let mut links = HashMap::new();
@@ -89,17 +90,50 @@ fn copy_dir(
             finish_open(output, &to, &meta, owners)?;
         } else {
             use std::os::unix::fs::FileTypeExt;
-            let kind = if t.is_fifo() {
-                "a fifo"
-            } else if t.is_socket() {
-                "a socket"
-            } else {
-                "a device node"
-            };
-            return Err(ExportError::UnsupportedFile { path: from, kind });
+            if t.is_socket() {
+                return Err(ExportError::UnsupportedFile {
+                    path: from,
+                    kind: "a socket (no layer format holds one)",
+                });
+            }
+            make_node(&to, &meta).map_err(|e| match e {
+                nix::errno::Errno::EPERM if !t.is_fifo() => ExportError::UnsupportedFile {
+                    path: from.clone(),
+                    kind: "a device node: only root may make one (export as root, or to a tar with \
+                           `-o type=tar`)",
+                },
+                e => io_err("creating", &to)(e.into()),
+            })?;
+            // A node's times and mode are set by its path (opening a fifo would wait for a writer).
+            set_times_by_path(&to, &meta)?;
+            chown_if_permitted(&to, &meta, owners)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io_err("setting mode of", &to))?;
         }
     }
     Ok(())
+}
+
+/// Makes a fifo or device node like the one `meta` describes, private until finished.
+fn make_node(to: &Path, meta: &fs::Metadata) -> Result<(), nix::errno::Errno> {
+    use nix::sys::stat::{Mode, SFlag, mknod};
+    let kind = SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
+    mknod(to, kind, Mode::from_bits_truncate(0o600), meta.rdev())
+}
+
+/// Sets `path`'s modification time from `meta` without opening it (a fifo's open blocks).
+fn set_times_by_path(path: &Path, meta: &fs::Metadata) -> Result<(), ExportError> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err("setting mtime of", path)(e.into()))
 }
 
 fn remove_existing(path: &Path) -> Result<(), ExportError> {
@@ -133,10 +167,9 @@ fn finish_open(
 }
 
 fn chown_if_permitted(path: &Path, meta: &fs::Metadata, owners: Owners) -> Result<(), ExportError> {
-    // Rootless, an owner other than namespace root is a subordinate id outside, which the user
-    // could then neither change nor remove: files stay the caller's, as docker's client makes
-    // them when it unpacks an export, unless the caller asks to keep the image's.
-    if !owners.keep && forge_snapshotter::userns::in_user_namespace() {
+    // Files stay the caller's, as BuildKit's client makes them when it receives an export,
+    // unless the caller asks to keep the image's.
+    if !owners.keep {
         return Ok(());
     }
     let current = fs::symlink_metadata(path).map_err(io_err("reading metadata of", path))?;

@@ -129,8 +129,8 @@ pub enum ExportError {
     /// Anything else that makes the export impossible, said in words.
     #[error("{0}")]
     Invalid(String),
-    /// A file type the local exporter does not reproduce.
-    #[error("{path}: cannot export {kind} (only files, directories and symlinks)")]
+    /// An entry the local exporter cannot reproduce here.
+    #[error("{path}: cannot export {kind}")]
     UnsupportedFile {
         /// The entry.
         path: PathBuf,
