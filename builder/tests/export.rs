@@ -11,8 +11,8 @@ use std::process::Command;
 
 use forge_builder::export::{
     ExportError, Image, ImageOptions, LayerBlob, ManifestFormat, assemble, export_local,
-    metadata_json, sha256_digest, write_docker_tar, write_iidfile, write_metadata_file,
-    write_oci_dir, write_oci_tar,
+    metadata_json, sha256_digest, write_docker_tar, write_fs_tar, write_iidfile,
+    write_metadata_file, write_oci_dir, write_oci_tar,
 };
 use forge_testsupport::tool as judge;
 use oci_spec::image::{
@@ -560,6 +560,62 @@ fn local_export_makes_fifos_and_devices_and_writes_the_callers_owners() {
             assert_eq!((m(&kept, p).uid(), m(&kept, p).gid()), (123, 456), "{p}");
         }
     }
+}
+
+/// `-o type=tar` writes the filesystem as BuildKit's tar export does: names without `./`, hard
+/// links as hard-link entries to the first name, fifos as fifos, a time before 1970 kept (a PAX
+/// record). GNU tar is the judge.
+#[test]
+fn fs_tar_keeps_hard_links_special_files_and_old_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("all/d")).unwrap();
+    fs::write(root.join("all/c"), "same\n").unwrap();
+    fs::hard_link(root.join("all/c"), root.join("all/d/a")).unwrap();
+    fs::hard_link(root.join("all/c"), root.join("all/d/b")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    fs::write(root.join("old"), "old").unwrap();
+    let t = nix::sys::time::TimeSpec::new(-315_619_200, 0); // 1960-01-01
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &root.join("old"),
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    let out = dir.path().join("fs.tar");
+    write_fs_tar(&root, &out).unwrap();
+    let listed = run(Command::new("tar")
+        .args(["--full-time", "--utc", "-tvf"])
+        .arg(&out));
+    let line = |name: &str| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().nth(5) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in {listed}"))
+            .to_string()
+    };
+    assert!(line("all/c").starts_with('-'), "{listed}");
+    for name in ["all/d/a", "all/d/b"] {
+        assert!(line(name).starts_with('h'), "{listed}");
+        assert!(line(name).ends_with("link to all/c"), "{listed}");
+    }
+    assert!(line("all/").starts_with('d'), "{listed}");
+    assert!(line("pipe").starts_with('p'), "{listed}");
+    assert!(line("old").contains("1960-01-01 00:00:00"), "{listed}");
+    assert!(!listed.contains("./"), "{listed}");
+    // GNU tar extracts it with the links and the time.
+    let x = dir.path().join("x");
+    fs::create_dir(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&x));
+    let m = |p: &str| fs::symlink_metadata(x.join(p)).unwrap();
+    assert_eq!(m("all/c").ino(), m("all/d/b").ino());
+    assert_eq!(m("old").mtime(), -315_619_200);
 }
 
 /// A symlink already in DEST where the image has a directory (left by an earlier export of an

@@ -446,6 +446,7 @@ impl<S: LayerStream> LayerWriter<S> {
             0
         };
         let mtime = written_mtime(meta.mtime, self.options.source_date_epoch);
+        let before_1970 = clamped_mtime(meta.mtime, self.options.source_date_epoch).min(0);
 
         let mut header = [0u8; BLOCK];
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -470,6 +471,11 @@ impl<S: LayerStream> LayerWriter<S> {
             octal(&mut header[124..136], size);
         }
         octal(&mut header[136..148], mtime);
+        if before_1970 < 0 {
+            // The header's octal field holds no sign: a time before 1970 goes in a PAX record,
+            // as Go's archive/tar (so BuildKit) writes it, the field left at 0.
+            pax.push((b"mtime".to_vec(), before_1970.to_string().into_bytes()));
+        }
         let (typeflag, link): (u8, Option<&[u8]>) = match kind {
             EntryKind::File => (b'0', None),
             EntryKind::Hardlink(target) => (b'1', Some(target)),
@@ -611,11 +617,15 @@ impl<S: LayerStream> LayerWriter<S> {
 /// The mtime a header gets for a file whose mtime is `mtime`: clamped to `source_date_epoch` when
 /// there is one, and held to what the header's octal field takes (no PAX record for it).
 pub(crate) fn written_mtime(mtime: i64, source_date_epoch: Option<i64>) -> u64 {
-    let t = match source_date_epoch {
+    (clamped_mtime(mtime, source_date_epoch).max(0) as u64).min(USTAR_SIZE_MAX)
+}
+
+/// `mtime` clamped to `source_date_epoch` when there is one.
+fn clamped_mtime(mtime: i64, source_date_epoch: Option<i64>) -> i64 {
+    match source_date_epoch {
         Some(epoch) if mtime > epoch => epoch,
         _ => mtime,
-    };
-    (t.max(0) as u64).min(USTAR_SIZE_MAX)
+    }
 }
 
 fn whiteout_meta() -> EntryMeta {

@@ -3,7 +3,7 @@
 //! the tar is read back, each header's mtime rewritten and its checksum made again, the contents
 //! passed through, and the result hashed and compressed as a [`crate::layer::LayerWriter`]'s is.
 //! Only the layout that writer makes is taken (ustar; PAX for long names, ids and xattrs; mtimes in
-//! the header's octal field only); anything else is refused rather than guessed at.
+//! the header's octal field, but a time before 1970 in a PAX record); anything else is refused rather than guessed at.
 
 use std::io::{self, Read, Write};
 
@@ -14,6 +14,10 @@ use crate::layer::{
 };
 
 /// How a layer's mtimes move from the SOURCE_DATE_EPOCH it was written with to another.
+///
+/// Both epochs are 1970 or later: a time before is a PAX record (kept as it is, below any such
+/// epoch), which re-stamping neither makes nor moves; a build from or to an earlier epoch runs
+/// its steps again instead.
 ///
 /// A build with epoch `e` writes `min(t, e)` for a file whose mtime is `t`. From a layer written
 /// with `from = e1`, an mtime below `e1` is the file's own, and becomes `min(t, to)`; one at `e1`
@@ -115,6 +119,7 @@ pub fn rewrite<R: Read, S: LayerStream>(
             b'0' | b'\0' | b'1' | b'2' | b'3' | b'4' | b'5' | b'6' => {
                 let mut path = name(&header);
                 let mut size = size;
+                let mut before_1970 = false;
                 if let Some((_, records)) = &pax {
                     for (key, value) in pax_records(records).map_err(|e| refuse(at, e))? {
                         match key {
@@ -127,7 +132,15 @@ pub fn rewrite<R: Read, S: LayerStream>(
                                         refuse(at, format!("PAX size {:?}", lossy(value)))
                                     })?
                             }
-                            // The writer keeps mtimes to the header; a record would override it.
+                            // The writer keeps mtimes to the header, but for one before 1970
+                            // (the header's field then 0), which is below any epoch: it stays,
+                            // and the header's 0 with it.
+                            b"mtime"
+                                if value.starts_with(b"-")
+                                    && number(&header[136..148], at, "mtime")? == 0 =>
+                            {
+                                before_1970 = true
+                            }
                             b"mtime" => {
                                 return Err(refuse(at, "a PAX mtime record".into()));
                             }
@@ -135,15 +148,15 @@ pub fn rewrite<R: Read, S: LayerStream>(
                         }
                     }
                 }
-                let whiteout = base_name(&path).starts_with(b".wh.");
+                let keep = base_name(&path).starts_with(b".wh.") || before_1970;
                 let entry = lossy(&path);
                 if let Some((mut p, records)) = pax.take() {
-                    stamp(&mut p, rule, whiteout, at)?;
+                    stamp(&mut p, rule, keep, at)?;
                     write_all(out, &p, &entry)?;
                     write_all(out, &records, &entry)?;
                     pad(out, records.len() as u64, &entry)?;
                 }
-                stamp(&mut header, rule, whiteout, at)?;
+                stamp(&mut header, rule, keep, at)?;
                 write_all(out, &header, &entry)?;
                 // The contents, and the padding to the next block, as they are.
                 let n = padded(size);
@@ -175,14 +188,10 @@ pub fn rewrite<R: Read, S: LayerStream>(
     }
 }
 
-/// Rewrites the mtime of one header (an entry's or its PAX header's) and its checksum.
-fn stamp(
-    header: &mut [u8; BLOCK],
-    rule: Restamp,
-    whiteout: bool,
-    at: u64,
-) -> Result<(), LayerError> {
-    if whiteout {
+/// Rewrites the mtime of one header (an entry's or its PAX header's) and its checksum, unless
+/// it is to be kept (a whiteout's fixed one, or the 0 of a time before 1970).
+fn stamp(header: &mut [u8; BLOCK], rule: Restamp, keep: bool, at: u64) -> Result<(), LayerError> {
+    if keep {
         return Ok(());
     }
     let written = number(&header[136..148], at, "mtime")?;
@@ -431,7 +440,7 @@ mod tests {
             (None, E1),
             (None, E2),
             (Some(E1), OLD - 1),
-            (Some(E2), -1),
+            (Some(E2), 0),
         ] {
             let (_, plain) = write(&times, from, Compression::None);
             let rule = Restamp { from, to };

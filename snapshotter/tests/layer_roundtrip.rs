@@ -441,3 +441,65 @@ fn a_short_file_is_refused_through_the_pipe() {
         }
     }
 }
+
+/// A file dated before 1970 keeps its time through a layer: the header's octal field holds no
+/// sign, so the time goes in a PAX `mtime` record as Go's archive/tar (BuildKit) writes it; forge's
+/// unpacker and GNU tar both read it back.
+#[test]
+fn a_time_before_1970_survives_a_layer() {
+    const T: i64 = -315_619_200; // 1960-01-01
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("old"), "old").unwrap();
+    let set = |p: &Path, t: i64| {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &nix::sys::time::TimeSpec::new(t, 0),
+            &nix::sys::time::TimeSpec::new(t, 0),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap()
+    };
+    set(&tree.join("old"), T);
+    let changes = Changes::Compare {
+        lower: None,
+        upper: &tree,
+        copied_at: None,
+    };
+    // With and without an epoch (a time before it is the file's own either way).
+    for epoch in [None, Some(1_700_000_000)] {
+        let options = LayerOptions {
+            compression: Compression::None,
+            source_date_epoch: epoch,
+        };
+        let (desc, blob, _) = write_layer(changes, Vec::new(), options).unwrap();
+        check_descriptor(&desc, &blob);
+        let tar = tmp.path().join("layer.tar");
+        std::fs::write(&tar, &blob).unwrap();
+        let listed = std::process::Command::new("tar")
+            .args(["--full-time", "--utc", "-tvf"])
+            .arg(&tar)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains("1960-01-01 00:00:00") && l.ends_with(" old")),
+            "{listed}"
+        );
+        let target = tmp.path().join(format!("unpacked-{}", epoch.is_some()));
+        std::fs::create_dir(&target).unwrap();
+        unpack_layer(
+            &blob[..],
+            &desc.media_type,
+            &target,
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(target.join("old")).unwrap().mtime(), T);
+    }
+}

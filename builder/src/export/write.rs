@@ -237,22 +237,32 @@ pub fn write_docker_tar(image: &Image, names: &[String], dest: &Path) -> Result<
     write_atomic(dest, |f| write_docker_tar_to(image, names, f))
 }
 
-/// `-o type=tar,dest=FILE`: the image's filesystem (`rootfs`, mounted) as one tar, entries named
-/// from its root, links kept as links; `-` for standard output.
+/// `-o type=tar,dest=FILE`: the image's filesystem (`rootfs`, mounted) as one tar, written as
+/// forge writes a layer (and BuildKit its tar export): entries named from the root without `./`,
+/// links kept as links, hard links as hard-link entries to the first name met, devices and fifos
+/// as themselves, owners as numbers, xattrs and long names in PAX records; `-` for standard
+/// output.
 pub fn write_fs_tar(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
+    use forge_snapshotter::diff::{Changes, walk};
+    use forge_snapshotter::layer::{LayerOptions, LayerWriter};
     let fill = |out: &mut dyn Write| -> Result<(), ExportError> {
-        // The tar crate writes each header and each file's padding on its own: unbuffered, that
-        // is a write(2) or three per entry of a tree of many small files.
+        let archiving = |e: &dyn std::fmt::Display| {
+            io_err("archiving", rootfs)(std::io::Error::other(e.to_string()))
+        };
+        // Headers and small files come in small writes: buffered, not a write(2) each.
         let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out);
-        let mut tar = tar::Builder::new(&mut buffered);
-        tar.follow_symlinks(false);
-        tar.mode(tar::HeaderMode::Complete);
-        tar.append_dir_all(".", rootfs)
-            .map_err(io_err("archiving", rootfs))?;
-        tar.into_inner()
-            .map_err(io_err("writing", dest))?
-            .flush()
-            .map_err(io_err("writing", dest))?;
+        let options = LayerOptions {
+            compression: forge_snapshotter::compress::Compression::None,
+            source_date_epoch: None,
+        };
+        let mut writer = LayerWriter::new(&mut buffered, options).map_err(|e| archiving(&e))?;
+        let everything = Changes::Compare {
+            lower: None,
+            upper: rootfs,
+            copied_at: None,
+        };
+        walk(everything, &mut writer).map_err(|e| archiving(&e))?;
+        writer.finish().map_err(|e| archiving(&e))?;
         buffered.flush().map_err(io_err("writing", dest))
     };
     if is_stdout(dest) {

@@ -63,6 +63,14 @@ impl Layer {
         self.mtimes.is_none() && self.unwritten.is_none() && !base.contains(&self.digest)
     }
 
+    /// Whether this layer would have to be re-stamped from or to an epoch before 1970, which
+    /// [`forge_snapshotter::restamp`] cannot do (times before 1970 are PAX records it does not
+    /// make or move): its step runs again instead.
+    pub fn restamp_impossible(&self, epoch: i64) -> bool {
+        self.restamp_to(epoch)
+            .is_some_and(|r| r.to < 0 || r.from.is_some_and(|from| from < 0))
+    }
+
     /// How this layer's tar must change for an image built with SOURCE_DATE_EPOCH `epoch`; `None`
     /// when it is right as it is: written with that epoch, not written by forge (a base image's
     /// layer, never re-stamped), or not written yet (it will be written with `epoch`).

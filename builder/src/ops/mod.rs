@@ -422,6 +422,13 @@ impl Executor for BuildExecutor {
             }
             return false;
         }
+        // Nor to or from an epoch before 1970 (a rare SOURCE_DATE_EPOCH, written with PAX times).
+        if let Some(epoch) = self.cfg.layers.leaving.source_date_epoch
+            && let Built::Fs { layers } = output
+            && layers.iter().any(|l| l.restamp_impossible(epoch))
+        {
+            return false;
+        }
         // A layer kept only as its snapshot is there while the snapshot is (a prune keeps it while
         // this record lives; `forge store repair` may have removed it).
         if let Built::Fs { layers } = output
