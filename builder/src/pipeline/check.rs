@@ -347,6 +347,7 @@ pub fn check(
             paths: a
                 .paths
                 .iter()
+                .flatten()
                 .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
                 .chain(
                     a.reports
@@ -363,6 +364,7 @@ pub fn check(
             exclude: a
                 .exclude
                 .iter()
+                .flatten()
                 .filter_map(|p| expand_at(p, source, &vars).map_err(|e| errors.push(e)).ok())
                 .collect(),
             expire_in: a.expire_in.as_ref().and_then(|e| match e.value {

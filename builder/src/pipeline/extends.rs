@@ -1,7 +1,8 @@
 //! GitLab's `extends:`: a job takes the keys of the jobs or hidden templates it names (`.tests`,
 //! at the top of the file or under `jobs:`) where it has none of its own, each named one first
-//! taking from those it names in turn. `variables:` merge key by key, the job's value winning; any
-//! other key is the job's own, else the last named one's that has it. A template is read only when
+//! taking from those it names in turn. `variables:` merge key by key, the job's value winning, and
+//! `artifacts:` key by key (`reports:` kind by kind), as GitLab deep-merges mappings; any other
+//! key is the job's own, else the last named one's that has it. A template is read only when
 //! a job names it, so a hidden key that is only an anchor's home (`.scripts: &s [...]`) stays
 //! unread; one that is named is read as strictly as a job, and every value keeps where it was
 //! written, so an error in a template points into the template.
@@ -12,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::error::{PipelineError, Pos};
-use super::file::{JobSpec, PipelineFile, pos_of};
+use super::file::{ArtifactsSpec, JobSpec, PipelineFile, pos_of};
 use crate::frontend::suggest::suggest;
 
 /// GitLab's limit on how deep `extends:` may nest.
@@ -169,7 +170,7 @@ pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         services: over.services.or(base.services),
         dependencies: over.dependencies.or(base.dependencies),
         parallel: over.parallel.or(base.parallel),
-        artifacts: over.artifacts.or(base.artifacts),
+        artifacts: merge_artifacts(base.artifacts, over.artifacts),
         secrets: over.secrets.or(base.secrets),
         rules: over.rules.or(base.rules),
         only: over.only.or(base.only),
@@ -187,6 +188,30 @@ pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         coverage: over.coverage.or(base.coverage),
         resource_group: over.resource_group.or(base.resource_group),
     }
+}
+
+/// `artifacts:` merged as GitLab deep-merges a mapping: each key of `over` wins, `reports:` kind
+/// by kind; a list (`paths`, `exclude`, a kind's files) is replaced whole.
+fn merge_artifacts(
+    base: Option<ArtifactsSpec>,
+    over: Option<ArtifactsSpec>,
+) -> Option<ArtifactsSpec> {
+    let (Some(b), Some(o)) = (&base, &over) else {
+        return over.or(base);
+    };
+    let (b, o) = (b.clone(), o.clone());
+    Some(ArtifactsSpec {
+        paths: o.paths.or(b.paths),
+        exclude: o.exclude.or(b.exclude),
+        when: o.when.or(b.when),
+        reports: match (b.reports, o.reports) {
+            (Some(b), Some(o)) => Some(b.merged(o)),
+            (b, o) => o.or(b),
+        },
+        expire_in: o.expire_in.or(b.expire_in),
+        name: o.name.or(b.name),
+        expose_as: o.expose_as.or(b.expose_as),
+    })
 }
 
 /// What one read of the file for templates found: the `wanted` hidden keys read as jobs, and

@@ -318,12 +318,11 @@ impl<'de> Deserialize<'de> for Parallel {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactsSpec {
-    #[serde(default)]
-    pub paths: Vec<Sp<String>>,
+    /// `None`: not written (an `extends:` template's stand); `[]`: none.
+    pub paths: Option<Vec<Sp<String>>>,
     /// Globs of entries `paths` selects that are left out, each matching an entry itself (not
     /// what is below a directory it names), as GitLab's.
-    #[serde(default)]
-    pub exclude: Vec<Sp<String>>,
+    pub exclude: Option<Vec<Sp<String>>>,
     /// Default `on_success`.
     pub when: Option<Sp<ArtifactsWhen>>,
     pub reports: Option<Reports>,

@@ -304,6 +304,24 @@ pub struct Reports {
     pub kept: Vec<(Sp<String>, Vec<String>)>,
 }
 
+impl Reports {
+    /// `over` laid on `self` kind by kind (`extends:`): a kind `over` names replaces this one's.
+    pub fn merged(self, over: Reports) -> Reports {
+        let or = |o: OneOrMany<String>, b: OneOrMany<String>| if o.0.is_empty() { b } else { o };
+        let mut kept: Vec<(Sp<String>, Vec<String>)> = self
+            .kept
+            .into_iter()
+            .filter(|(kind, _)| !over.kept.iter().any(|(k, _)| k.value == kind.value))
+            .collect();
+        kept.extend(over.kept);
+        Reports {
+            junit: or(over.junit, self.junit),
+            dotenv: or(over.dotenv, self.dotenv),
+            kept,
+        }
+    }
+}
+
 /// GitLab's report kinds: `junit` and `dotenv`, read; and the rest, whose files forge keeps
 /// without reading them.
 const REPORT_KINDS: &[&str] = &[

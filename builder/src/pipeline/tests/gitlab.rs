@@ -184,6 +184,50 @@ jobs:
     assert_eq!(again.retry.as_ref().map(|r| r.max), Some(0));
 }
 
+/// GitLab deep-merges mappings through `extends:`: a template's `artifacts:` keys the job does
+/// not write stay (`paths` with the job's `when`), `reports:` merge kind by kind, and a list the
+/// job writes, even empty, replaces the template's.
+#[test]
+fn extends_merges_artifacts_key_by_key() {
+    let src = r#".reports:
+  artifacts:
+    paths: [out/]
+    expire_in: 1 week
+    reports:
+      junit: junit.xml
+      dotenv: build.env
+jobs:
+  unit:
+    extends: .reports
+    image: alpine
+    script: [test]
+    artifacts:
+      when: always
+      reports:
+        junit: [a.xml, b.xml]
+  none:
+    extends: .reports
+    image: alpine
+    script: [test]
+    artifacts:
+      paths: []
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let a = job(&p, "unit").artifacts.clone().unwrap();
+    assert_eq!(a.paths, ["out/", "build.env"]);
+    assert_eq!(a.junit, ["a.xml", "b.xml"]);
+    assert_eq!(a.dotenv, ["build.env"]);
+    assert_eq!(a.when, crate::pipeline::file::ArtifactsWhen::Always);
+    assert_eq!(a.expire_in, Some(std::time::Duration::from_secs(604_800)));
+    let a = job(&p, "none").artifacts.clone().unwrap();
+    assert_eq!(
+        a.paths,
+        ["build.env"],
+        "the job's empty paths replace the template's"
+    );
+    assert_eq!(a.junit, ["junit.xml"]);
+}
+
 #[test]
 fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where_written() {
     let e = errors(
