@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::error::{PipelineError, Pos};
-use super::file::{ArtifactsSpec, JobSpec, PipelineFile, pos_of};
+use super::file::{ArtifactsSpec, JobSpec, PipelineFile, Sp, pos_of};
 use crate::frontend::suggest::suggest;
 
 /// GitLab's limit on how deep `extends:` may nest.
@@ -161,7 +161,7 @@ fn unknown(
 pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
     JobSpec {
         stage: over.stage.or(base.stage),
-        image: over.image.or(base.image),
+        image: both(base.image, over.image, |b, o| b.merged(o)),
         script: over.script.or(base.script),
         before_script: over.before_script.or(base.before_script),
         after_script: over.after_script.or(base.after_script),
@@ -180,13 +180,23 @@ pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         timeout: over.timeout.or(base.timeout),
         when: over.when.or(base.when),
         network: over.network.or(base.network),
-        cache: over.cache.or(base.cache),
+        cache: both(base.cache, over.cache, |b, o| {
+            Sp::new(b.value.merged(o.value), o.referenced, o.defined)
+        }),
         extends: over.extends.or(base.extends),
         tags: over.tags.or(base.tags),
         interruptible: over.interruptible.or(base.interruptible),
         environment: over.environment.or(base.environment),
         coverage: over.coverage.or(base.coverage),
         resource_group: over.resource_group.or(base.resource_group),
+    }
+}
+
+/// `over` laid on `base` by `merge` when both are written, else whichever is.
+fn both<T>(base: Option<T>, over: Option<T>, merge: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (base, over) {
+        (Some(b), Some(o)) => Some(merge(b, o)),
+        (b, o) => o.or(b),
     }
 }
 

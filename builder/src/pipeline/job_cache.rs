@@ -32,6 +32,7 @@ pub(super) fn plan(
     };
     let list = match &cache.value {
         JobCache::Verdicts(b) => return (*b, Vec::new()),
+        JobCache::Map(one) => std::slice::from_ref(one),
         JobCache::Paths(list) => list,
     };
     let at = pos_of(cache);

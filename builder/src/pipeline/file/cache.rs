@@ -14,8 +14,33 @@ use super::{ArtifactsWhen, Sp};
 pub enum JobCache {
     /// forge's: `false` runs the job even when its verdict is recorded.
     Verdicts(bool),
-    /// GitLab's: one map, or a list of them (`[]`: none, replacing `default:`'s).
+    /// GitLab's one map, which `extends:` merges key by key.
+    Map(PathCacheSpec),
+    /// GitLab's list of maps (`[]`: none, replacing `default:`'s), which `extends:` replaces.
     Paths(Vec<PathCacheSpec>),
+}
+
+impl JobCache {
+    /// `over` laid on `self` (`extends:`): two maps merge key by key, as GitLab deep-merges them
+    /// (a list the job writes, `paths` or `fallback_keys`, replaces the template's); anything
+    /// else is `over`'s.
+    pub fn merged(self, over: JobCache) -> JobCache {
+        match (self, over) {
+            (JobCache::Map(b), JobCache::Map(o)) => {
+                let or = |o: Vec<Sp<String>>, b| if o.is_empty() { b } else { o };
+                JobCache::Map(PathCacheSpec {
+                    key: o.key.or(b.key),
+                    paths: or(o.paths, b.paths),
+                    fallback_keys: or(o.fallback_keys, b.fallback_keys),
+                    policy: o.policy.or(b.policy),
+                    when: o.when.or(b.when),
+                    untracked: o.untracked.or(b.untracked),
+                    unprotect: o.unprotect.or(b.unprotect),
+                })
+            }
+            (_, over) => over,
+        }
+    }
 }
 
 /// One of GitLab's caches: `paths` below the job's working directory, restored before the
@@ -154,7 +179,7 @@ impl<'de> Deserialize<'de> for JobCache {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<JobCache, A::Error> {
                 PathCacheSpec::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|c| JobCache::Paths(vec![c]))
+                    .map(JobCache::Map)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JobCache, A::Error> {
                 let mut out = Vec::new();

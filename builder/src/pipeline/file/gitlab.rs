@@ -71,6 +71,23 @@ pub struct JobImageSpec {
     /// "exec \"$@\"", "--"]`). `[""]` or none: the shell alone, the image's ENTRYPOINT never
     /// in the way (what GitLab's `[""]` asks for).
     pub entrypoint: Option<Sp<Vec<Sp<String>>>>,
+    /// Written as a map (`{name: ..., entrypoint: ...}`), which `extends:` merges key by key.
+    pub map: bool,
+}
+
+impl JobImageSpec {
+    /// `over` laid on `self` (`extends:`): two maps merge key by key, as GitLab deep-merges them;
+    /// a bare name replaces a map whole, and is replaced whole.
+    pub fn merged(self, over: JobImageSpec) -> JobImageSpec {
+        if self.map && over.map {
+            JobImageSpec {
+                entrypoint: over.entrypoint.or(self.entrypoint),
+                ..over
+            }
+        } else {
+            over
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,10 +104,12 @@ impl<'de> Deserialize<'de> for JobImageSpec {
             BareOr::Bare(name) => JobImageSpec {
                 name: Sp::new(name, e.referenced, e.defined),
                 entrypoint: None,
+                map: false,
             },
             BareOr::Map(m) => JobImageSpec {
                 name: m.name,
                 entrypoint: m.entrypoint,
+                map: true,
             },
         })
     }

@@ -228,6 +228,42 @@ jobs:
     assert_eq!(a.junit, ["junit.xml"]);
 }
 
+/// The map forms of `cache:` and `image:` merge through `extends:` too (a job sets a template
+/// cache's `policy`, or its own image under a template's `entrypoint`); a list of caches, or a
+/// bare image name, replaces the template's whole, as in GitLab.
+#[test]
+fn extends_merges_a_cache_map_and_an_image_map_key_by_key() {
+    let src = r#".cached:
+  image: {name: alpine, entrypoint: ["/bin/bash", "-c"]}
+  cache:
+    key: deps
+    paths: [vendor/]
+jobs:
+  pull:
+    extends: .cached
+    image: {name: debian}
+    script: [x]
+    cache: {policy: pull}
+  listed:
+    extends: .cached
+    image: debian
+    script: [x]
+    cache: [{key: other, paths: [tmp/]}]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let pull = job(&p, "pull");
+    let c = &pull.caches[0];
+    assert_eq!(c.key, crate::pipeline::CacheKey::Name("deps".into()));
+    assert_eq!(c.paths, ["vendor/"]);
+    assert_eq!(c.policy, crate::pipeline::file::CachePolicy::Pull);
+    assert!(matches!(&pull.image, ImageUse::Registry(r) if r.to_string().contains("debian")));
+    assert_eq!(pull.entrypoint, ["/bin/bash", "-c"]);
+    let listed = job(&p, "listed");
+    assert_eq!(listed.caches.len(), 1);
+    assert_eq!(listed.caches[0].paths, ["tmp/"]);
+    assert!(listed.entrypoint.is_empty(), "a bare name replaces the map");
+}
+
 #[test]
 fn extends_naming_nothing_going_round_or_reading_a_bad_template_is_refused_where_written() {
     let e = errors(
