@@ -37,6 +37,12 @@ fn base_and_changed(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (base, changed)
 }
 
+/// Unpacks `blob` into `target`, a directory made for it.
+fn unpack_into_new(blob: &[u8], media_type: &str, target: &Path) {
+    std::fs::create_dir(target).unwrap();
+    unpack_layer(blob, media_type, target, &UnpackOptions::default()).unwrap();
+}
+
 fn check_descriptor(desc: &LayerDescriptor, blob: &[u8]) {
     assert_eq!(desc.digest.to_string(), sha(blob));
     assert_eq!(desc.size, blob.len() as u64);
@@ -200,14 +206,7 @@ fn a_tree_without_parent_round_trips() {
     };
     let (desc, blob, _) = write_layer(changes, Vec::new(), options).unwrap();
     let target = tmp.path().join("target");
-    std::fs::create_dir(&target).unwrap();
-    unpack_layer(
-        &blob[..],
-        &desc.media_type,
-        &target,
-        &UnpackOptions::default(),
-    )
-    .unwrap();
+    unpack_into_new(&blob, &desc.media_type, &target);
     assert_trees_equal(&changed, &target, &opts());
 }
 
@@ -233,14 +232,7 @@ fn long_names_and_large_ids_survive() {
     )
     .unwrap();
     let target = tmp.path().join("target");
-    std::fs::create_dir(&target).unwrap();
-    unpack_layer(
-        &blob[..],
-        &desc.media_type,
-        &target,
-        &UnpackOptions::default(),
-    )
-    .unwrap();
+    unpack_into_new(&blob, &desc.media_type, &target);
     assert_trees_equal(&src, &target, &opts());
 }
 
@@ -491,14 +483,7 @@ fn a_time_before_1970_survives_a_layer() {
             "{listed}"
         );
         let target = tmp.path().join(format!("unpacked-{}", epoch.is_some()));
-        std::fs::create_dir(&target).unwrap();
-        unpack_layer(
-            &blob[..],
-            &desc.media_type,
-            &target,
-            &UnpackOptions::default(),
-        )
-        .unwrap();
+        unpack_into_new(&blob, &desc.media_type, &target);
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(target.join("old")).unwrap().mtime(), T);
     }
