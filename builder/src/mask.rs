@@ -115,15 +115,17 @@ impl Masks {
 }
 
 /// Masks one stream of output lines of which a long line comes in pieces (the runner hands on
-/// at most `cut` bytes of a line at once, so that a line without end does not fill memory): a
+/// a few bytes short of `MAX_LINE` bytes of a line at once, cut between characters, so that a
+/// line without end does not fill memory): a
 /// secret that straddles a cut would be in neither piece whole and shown in two halves. A piece
 /// that may continue keeps back its last bytes (fewer than the longest mask, and never the
 /// middle of a mask) and shows them with the next piece, so what is held stays bounded by the
 /// longest mask whatever the line's length.
 ///
 /// The runner does not say which pieces continue: a piece of at least `cut` bytes may (a cut
-/// piece is `cut` bytes before its text is decoded, and decoding never shortens it). A whole
-/// line that long only moves its last bytes to the start of the next line shown.
+/// piece is at least `cut` bytes, `forge_runner::MIN_PIECE`, before its text is decoded, and
+/// decoding never shortens it). A whole line that long only moves its last bytes to the start of
+/// the next line shown.
 pub struct Pieces {
     masks: std::sync::Arc<Masks>,
     cut: usize,

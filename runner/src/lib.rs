@@ -16,7 +16,7 @@ pub mod user;
 pub use backend::{Backend, CancellationToken, OutputSink, RunError, Runner};
 pub use confine::Security;
 pub use limits::{Bytes, Limits, NanoCpus, Ulimit};
-pub use lines::MAX_LINE;
+pub use lines::{MAX_LINE, MIN_PIECE};
 pub use mounts::MountError;
 pub use network::SharedNetwork;
 pub use spec::{

@@ -6,10 +6,14 @@ use std::future::Future;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// The longest piece of a line handed on at once. A piece of a longer line is exactly this many
-/// bytes, so its text is at least as long (decoding replaces a bad byte with three): what masks
-/// secrets in the output knows a shorter line is whole.
+/// The longest piece of a line handed on at once.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// The shortest piece of a longer line: [`MAX_LINE`] bytes, less the start of a character the cut
+/// would split (at most 3 bytes, which begin the next piece instead, so that no character is
+/// decoded in two halves). Its text is at least as long (decoding replaces a bad byte with
+/// three): what masks secrets in the output knows a shorter line is whole.
+pub const MIN_PIECE: usize = MAX_LINE - 3;
 
 /// Reads `r` to its end (or a read error: the writer is gone) and hands each line, without its
 /// newline or a trailing carriage return, to `emit`; stops early when `emit` returns false.
@@ -38,13 +42,44 @@ where
             }
         };
         reader.consume(consumed);
-        if complete && !emit(take_line(&mut line, ended)).await {
-            return;
+        if complete {
+            // A cut piece ends at a character's end: the first bytes of one it would split
+            // begin the next piece.
+            let rest = if ended {
+                Vec::new()
+            } else {
+                line.split_off(char_start_cut(&line))
+            };
+            let piece = take_line(&mut line, ended);
+            line = rest;
+            if !emit(piece).await {
+                return;
+            }
         }
     }
     if !line.is_empty() {
         emit(take_line(&mut line, true)).await;
     }
+}
+
+/// Where to cut `bytes` so that a UTF-8 character begun in its last 3 bytes and not finished is
+/// left whole for what follows: the index of that character's first byte, else the end.
+fn char_start_cut(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=3.min(len) {
+        let b = bytes[len - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: the character began further back
+        }
+        let width = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if width > back { len - back } else { len };
+    }
+    len
 }
 
 /// The text of `line`, without a carriage return that ends it when it `ended` (a piece of a
@@ -70,6 +105,33 @@ mod tests {
         })
         .await;
         out
+    }
+
+    /// A long line is cut between characters, never inside one: each piece decodes whole, and
+    /// the pieces joined are the line.
+    #[tokio::test]
+    async fn a_cut_never_splits_a_character() {
+        for pad in 0..4 {
+            let mut input = vec![b'a'; MAX_LINE - 2 + pad];
+            input.extend_from_slice("päß€𝄞 end".as_bytes());
+            input.push(b'\n');
+            let pieces = collect(&input).await;
+            assert!(pieces.len() >= 2, "{pad}");
+            assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pad}");
+            assert!(
+                pieces[..pieces.len() - 1]
+                    .iter()
+                    .all(|p| p.len() >= MIN_PIECE)
+            );
+            assert_eq!(
+                pieces.concat().as_bytes(),
+                &input[..input.len() - 1],
+                "{pad}"
+            );
+        }
+        // Bytes that are no character are still cut at the limit.
+        let pieces = collect(&vec![0xFF; MAX_LINE + 5]).await;
+        assert_eq!(pieces.len(), 2);
     }
 
     #[tokio::test]

@@ -371,7 +371,7 @@ impl BuildExecutor {
         // Each stream masked on its own: the runner hands on a long line in pieces, and a secret
         // across a cut must be masked whole (see `Pieces`).
         let mut pieces = [Stream::Stdout, Stream::Stderr]
-            .map(|_| crate::mask::Pieces::new(sink_masks.clone(), forge_runner::MAX_LINE));
+            .map(|_| crate::mask::Pieces::new(sink_masks.clone(), forge_runner::MIN_PIECE));
         let index = |stream: Stream| match stream {
             Stream::Stdout => 0,
             Stream::Stderr => 1,
