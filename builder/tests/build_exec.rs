@@ -209,6 +209,7 @@ impl Bench {
                 remote: None,
                 mount_seeds: None,
                 test_restore: Vec::new(),
+                masked: Vec::new(),
             },
             graph,
         )

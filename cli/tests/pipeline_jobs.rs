@@ -327,6 +327,61 @@ fn a_secret_across_the_64_kib_cut_of_a_line_is_masked() {
     }
 }
 
+/// (Session 36) Every secret of the run is masked in every job's lines, not only in the lines of
+/// the jobs given it: a job may hand one on in its artifacts or dotenv report. And a service's
+/// `ready` probe that fails with a secret in its output is said masked: in the job's line, the
+/// summary and the metadata file.
+#[test]
+fn secrets_handed_on_or_quoted_by_a_failing_probe_stay_masked() {
+    let Some(m) = machine() else { return };
+    let (ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-handed-mask",
+        r#"stages: [a, b]
+jobs:
+  producer:
+    stage: a
+    image: app
+    secrets: [TOKEN]
+    script: ['mkdir -p out && echo "$TOKEN" > out/tok.txt', 'echo "HANDED=$TOKEN" > build.env']
+    artifacts: {paths: [out/], reports: {dotenv: build.env}}
+  consumer:
+    stage: b
+    image: app
+    script: ['cat out/tok.txt', 'echo "dotenv gives $HANDED"']
+  probed:
+    stage: b
+    image: app
+    allow_failure: true
+    secrets: [TOKEN]
+    services:
+      - name: never
+        image: app
+        command: ["sleep", "1000"]
+        secrets: [TOKEN]
+        ready: {command: 'echo "probe sees $TOKEN"; false', timeout: 2s, interval: 1s}
+    script: ["true"]
+"#,
+    );
+    let secret = format!("tokvalue-HANDED-{}", forge_testsupport::unique());
+    let meta = ws.path().join("meta.json");
+    let out = run_ok(
+        &dir,
+        &root,
+        &["run", "--metadata-file", &meta.to_string_lossy()],
+        &[("TOKEN", &secret)],
+    );
+    assert!(out.contains("[consumer] ****"), "{out}");
+    assert!(out.contains("[consumer] dotenv gives ****"), "{out}");
+    assert!(out.contains("probe sees ****"), "{out}");
+    let meta = std::fs::read_to_string(&meta).unwrap();
+    assert!(meta.contains("probe sees ****"), "{meta}");
+    let log = stored_log(&dir, &root, "consumer");
+    for text in [&out, &meta, &log] {
+        assert!(!text.contains(&secret), "the secret was shown:\n{text}");
+    }
+}
+
 /// GitLab's `before_script` (one shell with the script) and `after_script` (a shell of its own,
 /// after the script whatever its result, which it does not change), from the job or else from
 /// `default:`.

@@ -436,6 +436,7 @@ impl Session {
                 remote: Some(remote.clone()),
                 mount_seeds,
                 test_restore: Vec::new(),
+                masked: Vec::new(),
             },
             &graph,
         );

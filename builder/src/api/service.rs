@@ -375,6 +375,8 @@ impl Session {
         cancelled: &CancellationToken,
     ) -> Result<(), BuildError> {
         let mut attempts = 0u32;
+        let values: Vec<Vec<u8>> = service.secrets.iter().map(|(_, v)| v.clone()).collect();
+        let masks = crate::mask::Masks::of(&values);
         loop {
             if cancelled.is_cancelled() {
                 return Err(BuildError::Solve(SolveError::Cancelled));
@@ -409,7 +411,12 @@ impl Session {
             let last = match ran {
                 Ok(o) if o.success() => return Ok(()),
                 Ok(o) if o.tail.is_empty() => format!("exit code {}", o.exit_code),
-                Ok(o) => format!("exit code {}: {}", o.exit_code, o.tail.join("\n")),
+                // The probe's output, masked as the service's own is.
+                Ok(o) => format!(
+                    "exit code {}: {}",
+                    o.exit_code,
+                    masks.mask(&o.tail.join("\n"))
+                ),
                 Err(RunError::Cancelled) if cancelled.is_cancelled() => {
                     return Err(BuildError::Solve(SolveError::Cancelled));
                 }

@@ -108,6 +108,9 @@ pub struct ExecutorConfig {
     /// By the reference as the graph writes it.
     pub images: HashMap<String, BaseImage>,
     pub secrets: HashMap<String, Vec<u8>>,
+    /// Values masked in every step's output besides the secrets the step mounts: a pipeline's
+    /// other secrets, which a job may receive in another job's artifacts or dotenv report.
+    pub masked: Vec<Vec<u8>>,
     pub ssh: HashMap<String, PathBuf>,
     /// How each step's layer is written.
     pub layers: LayerPlan,

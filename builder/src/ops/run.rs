@@ -344,6 +344,7 @@ impl BuildExecutor {
             shm_size: op.shm_size.map(forge_runner::Bytes),
         };
         let vertex_ref = self.nodes.get(&vertex.id).copied().unwrap_or(NodeRef(0));
+        secret_values.extend(self.cfg.masked.iter().cloned());
         let masks = Arc::new(crate::mask::Masks::of(&secret_values));
         let events = self.cfg.events.clone();
         let sink_masks = masks.clone();

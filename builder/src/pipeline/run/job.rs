@@ -54,6 +54,9 @@ pub struct JobSpec {
     /// `secrets`, and is masked in every line.
     pub secret_names: Vec<String>,
     pub secrets: HashMap<String, Vec<u8>>,
+    /// Every secret value of the run, masked in the job's output too: another job may hand one
+    /// on in its artifacts or dotenv report.
+    pub masked: Vec<Vec<u8>>,
     /// Absolute paths taken out after the run (artifacts, reports and caches).
     pub artifacts: Vec<String>,
     /// The job's caches, laid on its filesystem when it really runs; in no key.
@@ -312,6 +315,7 @@ impl Session {
                 locals: HashMap::new(),
                 images: HashMap::from([(reference, layered(&job.image, &job.services_key))]),
                 secrets: job.secrets.clone(),
+                masked: job.masked.clone(),
                 ssh: HashMap::new(),
                 layers: LayerPlan::default(),
                 default_network: forge_runner::spec::NetworkMode::Sandbox,

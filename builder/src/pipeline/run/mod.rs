@@ -668,20 +668,18 @@ fn read_junit(
 }
 
 impl Runner {
-    /// What masks the secrets `plan` is given, as the job's steps mask them.
-    fn masks_of(&self, plan: &JobPlan) -> crate::mask::Masks {
-        let values: Vec<Vec<u8>> = plan
-            .secrets
-            .iter()
-            .filter_map(|s| self.options.secrets.get(s).cloned())
-            .collect();
+    /// What masks the run's secrets in a job's lines, as the job's steps mask them: every one of
+    /// them, not only those the job is given, which another job may hand on in its artifacts or
+    /// dotenv report.
+    fn masks(&self) -> crate::mask::Masks {
+        let values: Vec<Vec<u8>> = self.options.secrets.values().cloned().collect();
         crate::mask::Masks::of(&values)
     }
 
-    /// Says `lines` of forge's own in `plan`'s log, masked with its secrets (the paths and keys
+    /// Says `lines` of forge's own in `plan`'s log, masked with the run's secrets (the paths and keys
     /// they quote are the job's own words).
     fn say_masked(&self, plan: &JobPlan, lines: Vec<String>) {
-        let masks = self.masks_of(plan);
+        let masks = self.masks();
         for line in lines {
             self.emit(PipelineEvent::JobLine {
                 job: plan.name.clone(),
