@@ -162,7 +162,7 @@ pub fn check(
                         "give it `script:`, or `extends:` a template that has one".into(),
                     )),
             ),
-            Some(s) if s.value.is_empty() => errors.push(PipelineError::new(
+            Some(s) if s.value.0.is_empty() => errors.push(PipelineError::new(
                 pos_of(s),
                 "`script` is empty: a job runs at least one command",
             )),
@@ -699,7 +699,6 @@ fn define_empty(list: &[RuleSpec], vars: &mut BTreeMap<String, String>) {
 }
 
 /// The text of a list of shell lines, if any.
-fn lines(list: Option<&Sp<Vec<Sp<String>>>>) -> impl Iterator<Item = String> + '_ {
-    list.into_iter()
-        .flat_map(|l| l.value.iter().map(|s| s.value.clone()))
+fn lines(list: Option<&Sp<super::file::Commands>>) -> impl Iterator<Item = String> + '_ {
+    list.into_iter().flat_map(|l| l.value.0.iter().cloned())
 }

@@ -19,7 +19,7 @@ mod gitlab;
 mod include;
 pub use cache::{CacheKeySpec, CachePolicy, JobCache, PathCacheSpec};
 pub use gitlab::{
-    ExpireIn, JobImageSpec, OnlySpec, Reports, ServiceSpec, WorkflowSpec, parse_expire_in,
+    Commands, ExpireIn, JobImageSpec, OnlySpec, Reports, ServiceSpec, WorkflowSpec, parse_expire_in,
 };
 pub use include::{Include, IncludeList};
 
@@ -177,8 +177,8 @@ pub struct CacheSpec {
 pub struct DefaultSpec {
     pub image: Option<JobImageSpec>,
     pub services: Option<Vec<ServiceSpec>>,
-    pub before_script: Option<Sp<Vec<Sp<String>>>>,
-    pub after_script: Option<Sp<Vec<Sp<String>>>>,
+    pub before_script: Option<Sp<Commands>>,
+    pub after_script: Option<Sp<Commands>>,
     pub artifacts: Option<ArtifactsSpec>,
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
@@ -214,12 +214,12 @@ pub struct JobSpec {
     pub image: Option<JobImageSpec>,
     /// Shell lines, run with `sh -e` in the image; `None` only where `extends:` gives them (a
     /// job without is refused).
-    pub script: Option<Sp<Vec<Sp<String>>>>,
+    pub script: Option<Sp<Commands>>,
     /// Lines run before `script`, in the same shell (GitLab's); replaces `default:`'s.
-    pub before_script: Option<Sp<Vec<Sp<String>>>>,
+    pub before_script: Option<Sp<Commands>>,
     /// Lines run after `script` in a shell of their own, whatever its result, which they do not
     /// change (GitLab's); replaces `default:`'s.
-    pub after_script: Option<Sp<Vec<Sp<String>>>>,
+    pub after_script: Option<Sp<Commands>>,
     #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
     /// `None` (no key): wait for every job of the earlier stages, as GitLab does; `Some`: only

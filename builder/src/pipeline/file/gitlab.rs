@@ -62,6 +62,78 @@ impl<'de> Deserialize<'de> for OnlySpec {
     }
 }
 
+/// GitLab's most levels of lists within a `script:` (its "nested array of strings up to 10
+/// levels deep").
+const MAX_COMMAND_NESTING: usize = 10;
+
+/// `script:`, `before_script:` or `after_script:` as GitLab reads them: one command, or a list
+/// whose items are commands or lists of them (what a YAML anchor of a list makes, `- *setup`),
+/// flattened in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commands(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Commands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Commands, D::Error> {
+        let mut out = Vec::new();
+        d.deserialize_any(CommandsVisitor {
+            out: &mut out,
+            depth: 0,
+        })?;
+        Ok(Commands(out))
+    }
+}
+
+struct CommandsVisitor<'a> {
+    out: &'a mut Vec<String>,
+    depth: usize,
+}
+
+impl<'de> Visitor<'de> for CommandsVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a command, or a list of commands (lists within it are flattened)")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.out.push(v.to_string());
+        Ok(())
+    }
+    // A plain scalar that YAML types (`- true`, `- 42`) is the command its text names.
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth == MAX_COMMAND_NESTING {
+            return Err(de::Error::custom(format!(
+                "commands nest deeper than {MAX_COMMAND_NESTING} lists"
+            )));
+        }
+        while seq
+            .next_element_seed(CommandsVisitor {
+                out: &mut *self.out,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for CommandsVisitor<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
 /// A job's `image:`: the image and what runs the script in it.
 #[derive(Debug, Clone)]
 pub struct JobImageSpec {

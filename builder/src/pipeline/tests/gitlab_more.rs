@@ -533,3 +533,47 @@ jobs:
         "{e}"
     );
 }
+
+/// GitLab reads `script:` (and `before_script:`, `after_script:`) as one command or a list whose
+/// items may be lists, flattened: what `- *setup` makes of an anchored list. Anything else, and
+/// lists deeper than GitLab's ten levels, is refused at its place.
+#[test]
+fn scripts_are_a_command_or_nested_lists_of_them() {
+    let src = r#".setup: &setup [echo one, [echo two]]
+default:
+  before_script: echo before
+jobs:
+  plain:
+    image: alpine
+    script: echo hello
+  nested:
+    image: alpine
+    before_script:
+      - *setup
+      - echo three
+    script: [[echo nested, [echo deeper]], echo flat]
+    after_script: echo after
+"#;
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(job(&p, "plain").script, ["echo before", "echo hello"]);
+    let nested = job(&p, "nested");
+    assert_eq!(
+        nested.script,
+        [
+            "echo one",
+            "echo two",
+            "echo three",
+            "echo nested",
+            "echo deeper",
+            "echo flat"
+        ]
+    );
+    assert_eq!(nested.after_script, ["echo after"]);
+    let e = errors("jobs:\n  j:\n    image: alpine\n    script: [{a: b}]\n");
+    assert_eq!(places(&e)[0].0, 4, "{e}");
+    let deep = format!("{}x{}", "[".repeat(11), "]".repeat(11));
+    let e = errors(&format!(
+        "jobs:\n  j:\n    image: alpine\n    script: {deep}\n"
+    ));
+    assert!(e.to_string().contains("deeper than 10 lists"), "{e}");
+}
