@@ -8,12 +8,23 @@ pub const MAX_SECRET_BYTES: usize = 500 * 1024;
 pub fn check_size(id: &str, value: &[u8]) -> Result<(), String> {
     if value.len() > MAX_SECRET_BYTES {
         return Err(format!(
-            "secret {id}: {} bytes, more than the {} KiB a secret may hold (BuildKit's limit)",
-            value.len(),
+            "secret {id}: more than the {} KiB a secret may hold (BuildKit's limit)",
             MAX_SECRET_BYTES / 1024
         ));
     }
     Ok(())
+}
+
+/// A secret's file, read no further than one byte past [`MAX_SECRET_BYTES`] (enough for
+/// [`check_size`] to refuse it): `/dev/zero` given as a secret is refused, not read until memory
+/// runs out.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut value = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_BYTES as u64 + 1)
+        .read_to_end(&mut value)?;
+    Ok(value)
 }
 
 /// What is masked in a step's output: each secret whole and, since output arrives one line at a
@@ -199,10 +210,11 @@ mod tests {
     fn a_secret_past_the_limit_is_refused_by_name() {
         assert!(super::check_size("tok", &vec![0; super::MAX_SECRET_BYTES]).is_ok());
         let e = super::check_size("tok", &vec![0; super::MAX_SECRET_BYTES + 1]).unwrap_err();
-        assert!(
-            e.starts_with("secret tok: 512001 bytes, more than the 500 KiB"),
-            "{e}"
-        );
+        assert!(e.starts_with("secret tok: more than the 500 KiB"), "{e}");
+        // A file without end is read no further than the limit allows, then refused.
+        let endless = super::read_secret_file(std::path::Path::new("/dev/zero")).unwrap();
+        assert_eq!(endless.len(), super::MAX_SECRET_BYTES + 1);
+        assert!(super::check_size("tok", &endless).is_err());
     }
 
     /// A secret of many lines costs one pass per output line, not one per mask: 200,000 masks

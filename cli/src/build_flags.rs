@@ -179,7 +179,7 @@ pub(crate) fn parse_secrets(specs: &[String]) -> Result<Secrets, Failure> {
             })
             .ok_or_else(|| usage(format!("error: invalid --secret {spec:?}: no id")))?;
         let data = match (src, env) {
-            (Some(p), _) => std::fs::read(&p).map_err(|e| {
+            (Some(p), _) => forge_builder::mask::read_secret_file(&p).map_err(|e| {
                 failed(format!(
                     "error: cannot read secret {id:?} from {}: {e}",
                     p.display()

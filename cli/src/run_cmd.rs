@@ -415,7 +415,7 @@ fn read_secrets(specs: &[String]) -> Result<HashMap<String, Vec<u8>>, Failure> {
                         "error: invalid --secret {spec:?}: expected NAME or NAME=file:PATH"
                     )));
                 };
-                let v = std::fs::read(path).map_err(|e| {
+                let v = forge_builder::mask::read_secret_file(path.as_ref()).map_err(|e| {
                     failed(format!("error: cannot read secret {name} from {path}: {e}"))
                 })?;
                 (name.to_string(), v)
