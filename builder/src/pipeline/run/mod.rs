@@ -200,17 +200,29 @@ pub fn job_dir_name(job: &str) -> String {
 /// The directory a job's artifacts go under, among `all` the plan's jobs: [`job_dir_name`], and
 /// where that is another job's too (matrix cells whose values differ only in punctuation, or a
 /// job named like a cell) a short digest of the whole name after it, so that no job's artifacts
-/// overwrite another's. A job whose name is its directory name already keeps it.
+/// overwrite another's. A job whose name is its directory name already keeps it; a digest that
+/// makes another job's directory name (`a/b` beside `a-b` and a job named `a-b-0da3cfa5`), or
+/// another clashing job's, is made longer.
 pub fn artifacts_dir_name<'a>(job: &str, all: impl IntoIterator<Item = &'a str>) -> String {
     let mine = job_dir_name(job);
-    let clash = all
-        .into_iter()
-        .any(|other| other != job && job_dir_name(other) == mine);
-    if !clash || mine == job {
+    let others: Vec<&str> = all.into_iter().filter(|o| *o != job).collect();
+    if mine == job || !others.iter().any(|o| job_dir_name(o) == mine) {
         return mine;
     }
-    let digest = blake3::hash(job.as_bytes()).to_hex();
-    format!("{mine}-{}", &digest[..8])
+    let with_digest = |name: &str, len: usize| {
+        let digest = blake3::hash(name.as_bytes()).to_hex();
+        format!("{}-{}", job_dir_name(name), &digest[..len])
+    };
+    for len in [8, 16] {
+        let candidate = with_digest(job, len);
+        let taken = others
+            .iter()
+            .any(|o| job_dir_name(o) == candidate || with_digest(o, len) == candidate);
+        if !taken {
+            return candidate;
+        }
+    }
+    with_digest(job, 64)
 }
 
 /// `FORGE_IMAGE_<NAME>_...`: the name upper-cased, other characters `_`.

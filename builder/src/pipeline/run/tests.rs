@@ -172,6 +172,17 @@ fn jobs_whose_names_clean_up_alike_get_their_own_artifacts_directories() {
     );
     let unique: std::collections::BTreeSet<&String> = dirs.iter().collect();
     assert_eq!(unique.len(), dirs.len(), "{dirs:?}");
+    // A digest that would make another job's name is made longer (found by a pipeline sweep:
+    // `a/b` took the directory of a job named `a-b-0da3cfa5`).
+    let impostor = format!("a-b-{}", &blake3::hash(b"a/b").to_hex()[..8]);
+    let all = ["a/b", "a-b", impostor.as_str()];
+    let dirs: Vec<String> = all
+        .iter()
+        .map(|j| artifacts_dir_name(j, all.iter().copied()))
+        .collect();
+    assert_eq!(dirs[1], "a-b");
+    assert_eq!(dirs[2], impostor);
+    assert_eq!(dirs[0].len(), "a-b-".len() + 16, "{dirs:?}");
     // Without a clash, the cleaned-up name as before.
     assert_eq!(
         artifacts_dir_name("unit: [1, p]", ["unit: [1, p]", "lint"]),
