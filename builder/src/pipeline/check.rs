@@ -196,6 +196,18 @@ pub fn check(
             },
         };
         for (name, vars) in instances {
+            // A name is printed at the start of its job's lines: a newline or an escape in it
+            // could print a line that looks like forge's own (`job deploy: passed`).
+            if name.chars().any(char::is_control) {
+                errors.push(PipelineError::new(
+                    pos_of(k),
+                    format!(
+                        "job name {name:?} holds a control character (a newline, tab or escape), \
+                         which would garble the lines it starts"
+                    ),
+                ));
+                continue;
+            }
             if !seen_jobs.insert(name.clone()) {
                 errors.push(
                     PipelineError::new(pos_of(k), format!("duplicate job name `{name}`"))

@@ -577,3 +577,17 @@ jobs:
     ));
     assert!(e.to_string().contains("deeper than 10 lists"), "{e}");
 }
+
+/// A job name with a control character is refused where it is written: its lines start with the
+/// name, and a newline or an escape in it could print a line that looks like forge's own.
+#[test]
+fn a_job_name_with_a_control_character_is_refused() {
+    let e = errors("jobs:\n  \"fake: passed\\njob evil\":\n    image: alpine\n    script: [x]\n");
+    assert_eq!(places(&e)[0], (2, 3), "{e}");
+    assert!(e.to_string().contains("holds a control character"), "{e}");
+    // A matrix value makes part of the name too.
+    let e = errors(
+        "jobs:\n  t:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - V: [\"a\\e[31m\"]\n",
+    );
+    assert!(e.to_string().contains("holds a control character"), "{e}");
+}
