@@ -89,9 +89,13 @@ fn one(
     let key = match &c.key {
         None => CacheKey::Name(DEFAULT_KEY.into()),
         Some(CacheKeySpec::Name(k)) => {
-            let name = expanded(k, errors).unwrap_or_default();
-            check_key(&name, pos_of(k), "cache key", errors);
-            CacheKey::Name(name)
+            // A key that did not expand is refused there already; checking what is left of it
+            // would add a wrong second error (`cache key `` is empty`).
+            let name = expanded(k, errors);
+            if let Some(name) = &name {
+                check_key(name, pos_of(k), "cache key", errors);
+            }
+            CacheKey::Name(name.unwrap_or_default())
         }
         Some(CacheKeySpec::Files { files, prefix }) => {
             if files.value.is_empty() || files.value.len() > MAX_KEY_FILES {

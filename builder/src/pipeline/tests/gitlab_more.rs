@@ -146,6 +146,12 @@ fn a_cache_gitlab_would_refuse_is_refused_at_its_place() {
         "jobs:\n  a:\n    image: alpine\n    script: [x]\n    cache:\n      paths: [x]\n      policy: pul\n",
     );
     assert!(e.to_string().contains("did you mean `pull`?"), "{e}");
+    // A key with an undefined variable is refused once, at the variable.
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    script: [x]\n    cache:\n      key: \"k-$NOPE\"\n      paths: [x]\n",
+    );
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert!(e.to_string().contains("NOPE"), "{e}");
 }
 
 #[test]
