@@ -382,6 +382,33 @@ jobs:
     }
 }
 
+/// (Session 36) A job whose every artifact and cache path matches nothing is warned of each, as
+/// when another path matches: a run that left nothing at any path took nothing out, and its
+/// paths went unsaid.
+#[test]
+fn paths_that_all_match_nothing_are_each_warned_of() {
+    let Some(m) = machine() else { return };
+    let (_ws, dir, root) = small_workspace(
+        &m,
+        "forge-pipeline-nothing-matched",
+        r#"jobs:
+  producer:
+    image: app
+    script: [echo hi]
+    artifacts: {paths: [typo-path]}
+    cache: {key: k6, paths: [typo-cache]}
+"#,
+    );
+    let out = run_ok(&dir, &root, &["run"], &[]);
+    for said in [
+        "[producer] forge: warning: artifacts: typo-path: no matching files",
+        "[producer] forge: warning: cache: typo-cache: no matching files",
+        "[producer] forge: cache `k6`: not saved, no path matched",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+}
+
 /// GitLab's `before_script` (one shell with the script) and `after_script` (a shell of its own,
 /// after the script whatever its result, which it does not change), from the job or else from
 /// `default:`.

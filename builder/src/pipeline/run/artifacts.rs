@@ -70,10 +70,17 @@ pub struct Selected {
 /// (the entry itself: a directory matched keeps what is below it), into a new plain-tar blob.
 pub fn select(
     store: &Store,
-    taken: &Artifacts,
+    taken: Option<&Artifacts>,
     patterns: &[String],
     exclude: &[String],
 ) -> Result<Selected, String> {
+    // The run left nothing at any path: nothing was taken out, and every pattern is unmatched.
+    let Some(taken) = taken else {
+        return Ok(Selected {
+            layer: None,
+            unmatched: (0..patterns.len()).collect(),
+        });
+    };
     let set = globs(patterns)?;
     let exclude = globs(exclude)?;
     let mut hit = vec![false; patterns.len()];

@@ -131,7 +131,10 @@ impl Runner {
         let mut artifact_dir = None;
         let mut junit = None;
         let kept_workdir = spec.image.config.working_dir.clone();
-        if let (Some(a), Some(taken)) = (&plan.artifacts, &verdict.artifacts) {
+        // A run that left nothing at any artifact or cache path took nothing out (`None`): each
+        // path matched nothing, and says so as when another path did match.
+        if let Some(a) = &plan.artifacts {
+            let taken = verdict.artifacts.as_ref();
             let keep = match a.when {
                 ArtifactsWhen::OnSuccess => passed,
                 ArtifactsWhen::OnFailure => !passed,
@@ -148,7 +151,7 @@ impl Runner {
             let reports = artifacts::absolute_all(&workdir, &a.junit);
             let written = a.paths.clone();
             let written_reports = a.junit.clone();
-            let taken = taken.clone();
+            let taken = taken.cloned();
             let origin = name.to_string();
             // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
             // on the host or of the reports' reading (an unwritable `--artifacts-dir`, a JUnit
@@ -159,7 +162,7 @@ impl Runner {
                 let mut notes = Vec::new();
                 let mut unmatched = Vec::new();
                 let kept = if keep && !paths.is_empty() {
-                    let s = artifacts::select(&store, &taken, &paths, &exclude)?;
+                    let s = artifacts::select(&store, taken.as_ref(), &paths, &exclude)?;
                     unmatched.extend(s.unmatched.iter().map(|&i| written[i].clone()));
                     s.layer
                 } else {
@@ -176,7 +179,7 @@ impl Runner {
                 let junit = if reports.is_empty() {
                     None
                 } else {
-                    match artifacts::select(&store, &taken, &reports, &[]).and_then(|s| {
+                    match artifacts::select(&store, taken.as_ref(), &reports, &[]).and_then(|s| {
                         unmatched.extend(s.unmatched.iter().map(|&i| written_reports[i].clone()));
                         s.layer
                             .map(|d| read_junit(&store, &d, &origin, &report_masks))
@@ -236,11 +239,9 @@ impl Runner {
                 .read_dotenv(plan, &kept_workdir, &a.dotenv, taken)
                 .await;
         }
-        if !verdict.cached
-            && result != JobResult::Cancelled
-            && let Some(taken) = &verdict.artifacts
-        {
-            self.save_caches(plan, &spec, taken, passed).await;
+        if !verdict.cached && result != JobResult::Cancelled {
+            self.save_caches(plan, &spec, verdict.artifacts.as_ref(), passed)
+                .await;
         }
         let duration = start.elapsed();
         self.emit(PipelineEvent::JobFinished {

@@ -148,7 +148,7 @@ pub fn save(
     store: &Store,
     scope: &str,
     key: &str,
-    taken: &Artifacts,
+    taken: Option<&Artifacts>,
     paths: &[String],
     written: &[String],
 ) -> Result<Vec<String>, String> {
@@ -186,7 +186,7 @@ impl Runner {
         &self,
         plan: &JobPlan,
         spec: &JobSpec,
-        taken: &crate::ops::Artifacts,
+        taken: Option<&crate::ops::Artifacts>,
         passed: bool,
     ) {
         for (c, key) in plan.caches.iter().zip(&spec.cache_keys) {
@@ -198,11 +198,11 @@ impl Runner {
                 self.session.store().clone(),
                 self.options.cache_scope.clone(),
                 key.clone(),
-                taken.clone(),
+                taken.cloned(),
                 c.paths.clone(),
             );
             let said = tokio::task::spawn_blocking(move || {
-                save(&store, &scope, &key, &taken, &paths, &written)
+                save(&store, &scope, &key, taken.as_ref(), &paths, &written)
             })
             .await
             .map_err(|e| e.to_string())
