@@ -173,6 +173,10 @@ pub(crate) async fn resolve(
             secrets_plain_dir(&secrets_dir)?;
         }
     }
+    // Instance 0 of each cache id this step holds already (`shared` or `locked`): a second
+    // mount of the same id in the same step is the same directory, as in BuildKit, not a second
+    // wait for the lock the step itself holds, which would never end.
+    let mut held: Vec<(&str, PathBuf)> = Vec::new();
     for (index, m) in mounts.iter().enumerate() {
         let target = m.target.clone();
         let resolved = match &m.kind {
@@ -206,9 +210,19 @@ pub(crate) async fn resolve(
                     }
                     other => *other,
                 };
-                let lease = cache::acquire(cache_root, id, sharing, create, cancel).await?;
-                let source = lease.dir.clone();
-                out.leases.push(lease);
+                let again = held.iter().find(|(h, _)| *h == id.as_str());
+                let source = match again {
+                    Some((_, dir)) if sharing != crate::spec::CacheSharing::Private => dir.clone(),
+                    _ => {
+                        let lease = cache::acquire(cache_root, id, sharing, create, cancel).await?;
+                        let dir = lease.dir.clone();
+                        out.leases.push(lease);
+                        if sharing != crate::spec::CacheSharing::Private {
+                            held.push((id.as_str(), dir.clone()));
+                        }
+                        dir
+                    }
+                };
                 ResolvedMount::Bind {
                     source,
                     target,
