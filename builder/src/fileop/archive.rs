@@ -147,10 +147,6 @@ pub fn extract(
     let entries = a.entries().map_err(io("reading archive", archive))?;
     // Directory times are set last: creating entries inside a directory changes its mtime.
     let mut dir_times: Vec<(PathBuf, tar::Header)> = Vec::new();
-    let base = dest_dir
-        .strip_prefix(dest_root)
-        .map(|p| format!("/{}", p.to_string_lossy()))
-        .unwrap_or_else(|_| "/".into());
     for entry in entries {
         let mut entry = entry.map_err(io("reading archive", archive))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -168,12 +164,21 @@ pub fn extract(
         if rel.is_empty() {
             continue;
         }
-        let full = format!("{base}/{rel}");
-        let parent = Path::new(&full)
+        // The entry's parent, its symlinks followed inside the destination directory as if it
+        // were the root (as BuildKit's extraction, chrooted into it, follows them): a link the
+        // archive made (`etc -> /etc`) leads back into the destination, never to the image's
+        // own `/etc` beside it.
+        let parent = Path::new(&rel)
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into());
-        let parent_path = resolve(dest_root, &parent, true)?;
+            .unwrap_or_default();
+        let parent_path = resolve(dest_dir, &parent, true).map_err(|e| match e {
+            super::root::RootError::TooManyLinks { .. } => refuse(&format!(
+                "too many levels of symbolic links under {parent:?} (a link the archive made \
+                 leads back into it)"
+            )),
+            e => e.into(),
+        })?;
         meta::mkdir_all(dest_root, &parent_path, 0o755, owner)?;
         let file_name = Path::new(&rel)
             .file_name()
@@ -213,8 +218,10 @@ pub fn extract(
                     .map_err(|e| refuse(&e.to_string()))?
                     .ok_or_else(|| refuse("a symlink without a target"))?;
                 let link_s = link.to_string_lossy().into_owned();
-                // Docker refuses links whose target, taken from the entry's directory, leaves
-                // the extraction directory.
+                // A context or artifacts archive lands on the host: a link whose target, taken
+                // from the entry's directory, leaves the extraction directory is refused there.
+                // In a snapshot (`ADD`) a link is a link, as BuildKit keeps it: every later
+                // entry resolves its parents inside the destination, whatever the links say.
                 let joined = if link_s.starts_with('/') {
                     link_s.clone()
                 } else {
@@ -226,7 +233,7 @@ pub fn extract(
                             .unwrap_or_default()
                     )
                 };
-                if confined(&joined).is_none() {
+                if purpose != Extract::Add && confined(&joined).is_none() {
                     return Err(refuse("its symlink target leaves the destination"));
                 }
                 std::os::unix::fs::symlink(&link, &target)
@@ -239,7 +246,7 @@ pub fn extract(
                     .ok_or_else(|| refuse("a hardlink without a target"))?;
                 let link_rel = confined(&link.to_string_lossy())
                     .ok_or_else(|| refuse("its hardlink target leaves the destination"))?;
-                let src = resolve(dest_root, &format!("{base}/{link_rel}"), false)?;
+                let src = resolve(dest_dir, &link_rel, false)?;
                 if std::fs::symlink_metadata(&src).is_err() {
                     return Err(refuse(&format!(
                         "its hardlink target {:?} is not an earlier entry",
