@@ -461,9 +461,9 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             // `-q` prints what `docker build -q` prints: the image ID, the config's digest.
             if !to_stdout {
                 if args.quiet {
-                    println!("{}", outcome.image.id());
+                    outln!("{}", outcome.image.id());
                 } else {
-                    println!("{}", outcome.digest);
+                    outln!("{}", outcome.digest);
                 }
             }
             Ok(())

@@ -101,7 +101,7 @@ pub(crate) fn push(args: &PushArgs) -> Result<(), Failure> {
             .await
         })
         .map_err(|e| failed(format!("error: push {name}: {e}")))?;
-    println!("{name}: digest: {digest}");
+    outln!("{name}: digest: {digest}");
     Ok(())
 }
 
@@ -128,7 +128,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<(), Failure> {
         "manifest": read(&record.manifest.digest)?,
         "config": read(&record.config.digest)?,
     });
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&out).expect("JSON values serialise")
     );
@@ -230,7 +230,7 @@ pub(crate) fn history(args: &ImageHistoryArgs) -> Result<(), Failure> {
                 "ID": id,
                 "Size": size,
             });
-            println!("{line}");
+            outln!("{line}");
         }
         return Ok(());
     }
@@ -250,7 +250,7 @@ pub(crate) fn history(args: &ImageHistoryArgs) -> Result<(), Failure> {
                 line.push_str(&" ".repeat(pad));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     };
     print(header);
     for r in &rows {

@@ -18,7 +18,7 @@ pub(crate) struct InfoArgs {
 }
 
 fn line(key: &str, value: impl std::fmt::Display) {
-    println!("{key:<14} {value}");
+    outln!("{key:<14} {value}");
 }
 
 /// Runs before any thread exists: entering the user namespace, as a build does, needs that.

@@ -88,7 +88,7 @@ pub(crate) fn login(args: &LoginArgs) -> Result<(), Failure> {
         );
     }
     warn_if_shadowed(&registry, config.path(), &username, &password);
-    println!("Login Succeeded");
+    outln!("Login Succeeded");
     Ok(())
 }
 
@@ -208,8 +208,8 @@ pub(crate) fn logout(args: &LogoutArgs) -> Result<(), Failure> {
         .erase(&registry)
         .map_err(|e| failed(format!("error: logout from {registry}: {e}")))?
     {
-        Some(from) => println!("Removing login credentials for {key} (from {from})"),
-        None => println!("Not logged in to {key}"),
+        Some(from) => outln!("Removing login credentials for {key} (from {from})"),
+        None => outln!("Not logged in to {key}"),
     }
     Ok(())
 }

@@ -15,6 +15,22 @@ use forge_builder::frontend::dockerfile::{dump, parser};
 use forge_builder::frontend::dockerignore::{self, Dockerignore};
 use forge_builder::graph::Platform;
 
+/// `println!` that a closed standard output does not make panic: a build or run whose reader went
+/// away (`| head -1`, `| true`) still did its work, and ends as it would have; a listing command
+/// ends quietly at its first write (SIGPIPE, see `main`). Any other failure to write is said.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that a closed standard output does not make panic (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out(format_args!($($arg)*))
+    };
+}
+
 mod build_cmd;
 mod build_flags;
 mod check_cmd;
@@ -210,7 +226,7 @@ fn main() -> ExitCode {
         Command::Login(args) => login_cmd::login(&args),
         Command::Logout(args) => login_cmd::logout(&args),
         Command::Version => {
-            println!("forge {}", env!("CARGO_PKG_VERSION"));
+            outln!("forge {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Rmi { image, store } => store_cmd::rmi(&image, &store),
@@ -286,9 +302,9 @@ fn parse_cmd(dump_ast: bool, file: &Path) -> Result<(), Failure> {
     let df =
         parser::parse_file(&display_name(file), &src).map_err(|e| failed(format!("error: {e}")))?;
     if dump_ast {
-        print!("{}", dump::dump(&df));
+        out!("{}", dump::dump(&df));
     } else {
-        println!(
+        outln!(
             "{}: {} instructions, escape {:?}",
             display_name(file),
             df.children.len(),
@@ -407,13 +423,25 @@ fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
         eprintln!("warning: {w}");
     }
     match args.format {
-        Format::Text => print!("{}", lowered.graph.to_text()),
-        Format::Dot => print!("{}", lowered.graph.to_dot()),
+        Format::Text => out!("{}", lowered.graph.to_text()),
+        Format::Dot => out!("{}", lowered.graph.to_dot()),
         Format::Json => {
             let json = serde_json::to_string_pretty(&lowered.graph.to_json())
                 .map_err(|e| failed(format!("error: cannot render json: {e}")))?;
-            println!("{json}");
+            outln!("{json}");
         }
     }
     Ok(())
+}
+
+/// Writes `args` to standard output: a reader gone away (a broken pipe) is not an error, and any
+/// other failure is said once on standard error.
+fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("warning: writing to standard output: {e}"));
+    }
 }

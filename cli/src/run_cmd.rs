@@ -255,7 +255,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     }
     // GitLab makes no pipeline then, and uses up no number.
     if let Some(why) = &checked.skipped {
-        println!("{name}: no pipeline for this run ({why})");
+        outln!("{name}: no pipeline for this run ({why})");
         return Ok(());
     }
     let mut secrets = read_secrets(&args.secrets)?;
@@ -613,12 +613,19 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
     let h = history_of(&args.file, &root)?;
     let runs = h.list().map_err(|e| failed(format!("error: {e}")))?;
     if runs.is_empty() {
-        println!("no runs of {} yet", display_name(&args.file));
+        outln!("no runs of {} yet", display_name(&args.file));
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>6}  {:<10}  {:<8}  {:<16}  {:>9}  {:>4} {:>6} {:>6}",
-        "RUN", "COMMIT", "RESULT", "BRANCH", "DURATION", "RAN", "CACHED", "FAILED"
+        "RUN",
+        "COMMIT",
+        "RESULT",
+        "BRANCH",
+        "DURATION",
+        "RAN",
+        "CACHED",
+        "FAILED"
     );
     let mut any_dirty = false;
     for r in runs {
@@ -630,7 +637,7 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
             r.commit.get(..8).unwrap_or(&r.commit),
             if r.dirty { "+" } else { "" }
         );
-        println!(
+        outln!(
             "{:>6}  {:<10}  {:<8}  {:<16}  {:>8.1}s  {:>4} {:>6} {:>6}",
             r.number,
             commit,
@@ -643,7 +650,7 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
         );
     }
     if any_dirty {
-        println!(
+        outln!(
             "+: run on a work tree that differed from its commit (what it tested is not that \
              commit, and it is no baseline for changes: rules)"
         );

@@ -58,10 +58,10 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
         eprintln!("{w}");
     }
     if let Some(why) = &plan.skipped {
-        println!("{name}: ok: no pipeline for this run ({why})");
+        outln!("{name}: ok: no pipeline for this run ({why})");
         return Ok(());
     }
-    print!("{}", render_plan(&name, &plan));
+    out!("{}", render_plan(&name, &plan));
     Ok(())
 }
 

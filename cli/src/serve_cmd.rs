@@ -52,7 +52,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         config.max_builds = n;
     }
     if args.check {
-        println!(
+        outln!(
             "{}: listening on {}, {} builds at once",
             args.config.display(),
             config.listen,
@@ -60,7 +60,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         );
         for p in &config.projects {
             let triggers: Vec<&str> = p.triggers.iter().map(|t| t.as_str()).collect();
-            println!(
+            outln!(
                 "project {}: {} ({})",
                 p.name,
                 p.shown_repo(),
@@ -68,7 +68,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             );
         }
         for line in forge_server::describe(&config) {
-            println!("{line}");
+            outln!("{line}");
         }
         return Ok(());
     }

@@ -96,10 +96,10 @@ pub fn pull(args: &PullArgs) -> Result<(), Failure> {
         }))
         .map_err(|e| failed(format!("error: {e}")))?;
     if quiet {
-        println!("{}", record.manifest.digest);
+        outln!("{}", record.manifest.digest);
     } else {
         eprintln!("pulled in {:.1?}", start.elapsed());
-        println!("{} {}", record.reference, record.manifest.digest);
+        outln!("{} {}", record.reference, record.manifest.digest);
     }
     Ok(())
 }
@@ -217,7 +217,7 @@ pub fn unpack(args: &UnpackArgs) -> Result<(), Failure> {
         }
         eprintln!("unpacked {}", short(&layer.digest));
     }
-    println!("{} -> {}", normalised, args.dest.display());
+    outln!("{} -> {}", normalised, args.dest.display());
     Ok(())
 }
 
@@ -227,7 +227,7 @@ pub fn images(args: &StoreArgs) -> Result<(), Failure> {
         .list_images()
         .map_err(|e| failed(format!("error: {e}")))?;
     if images.is_empty() {
-        println!("no images in the store at {}", store.root().display());
+        outln!("no images in the store at {}", store.root().display());
         return Ok(());
     }
     let width = images
@@ -236,13 +236,15 @@ pub fn images(args: &StoreArgs) -> Result<(), Failure> {
         .max()
         .unwrap_or(0)
         .max("IMAGE".len());
-    println!(
+    outln!(
         "{:<width$}  {:<71}  {:<14}  SIZE",
-        "IMAGE", "DIGEST", "PLATFORM"
+        "IMAGE",
+        "DIGEST",
+        "PLATFORM"
     );
     for image in images {
         let size: u64 = image.layers.iter().map(|l| l.size).sum();
-        println!(
+        outln!(
             "{:<width$}  {:<71}  {:<14}  {}",
             image.reference,
             image.manifest.digest.to_string(),
@@ -260,7 +262,7 @@ pub fn rmi(reference: &str, args: &StoreArgs) -> Result<(), Failure> {
     let store = args.open()?;
     match store.remove_image(&normalised) {
         Ok(true) => {
-            println!("removed {normalised}");
+            outln!("removed {normalised}");
             Ok(())
         }
         Ok(false) => Err(failed(format!(
@@ -308,13 +310,13 @@ pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
     })?;
     let mut freed = 0;
     for (kind, r) in report.lines() {
-        println!("removed {} {kind}, {}", r.count, human(r.bytes));
+        outln!("removed {} {kind}, {}", r.count, human(r.bytes));
         freed += r.bytes;
     }
     if report.builds_running {
-        println!("kept every snapshot: a build is running");
+        outln!("kept every snapshot: a build is running");
     }
-    println!(
+    outln!(
         "freed {}; the store holds {} (was {})",
         human(freed),
         human(report.bytes_after),
@@ -326,27 +328,27 @@ pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
 pub fn check(args: &CheckArgs) -> Result<(), Failure> {
     let (found, repairs) = with_parts(&args.store, |parts| gc::check(parts, args.repair))?;
     let s = &found.store;
-    println!("checked {} blobs", s.blobs);
+    outln!("checked {} blobs", s.blobs);
     for (name, actual) in &s.corrupt {
-        println!("corrupt blob {name}: content hashes to {actual}");
+        outln!("corrupt blob {name}: content hashes to {actual}");
     }
     for d in &s.missing {
-        println!("missing blob {d}: referenced but not in the store");
+        outln!("missing blob {d}: referenced but not in the store");
     }
     for (d, stored, want) in &s.bad_refcounts {
-        println!("reference count of {d} is {stored}, its roots make {want}");
+        outln!("reference count of {d} is {stored}, its roots make {want}");
     }
     for k in &found.records_missing_blobs {
-        println!("cache record {k} names blobs the store lacks");
+        outln!("cache record {k} names blobs the store lacks");
     }
     for k in &found.snapshots_missing_data {
-        println!("snapshot {k:?} has no data directory");
+        outln!("snapshot {k:?} has no data directory");
     }
     for p in &found.leftovers {
-        println!("leftover {}", p.display());
+        outln!("leftover {}", p.display());
     }
     if found.is_clean() {
-        println!("the store is consistent");
+        outln!("the store is consistent");
         return Ok(());
     }
     if !args.repair {
@@ -354,7 +356,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
             "error: the store has problems\nhint: `forge store check --repair` removes what is broken; the next build makes it again".into(),
         ));
     }
-    println!(
+    outln!(
         "repaired: removed {} blobs, {} cache records, {} snapshots, {} leftovers; dropped {} roots",
         repairs.blobs_removed,
         repairs.records_removed,
@@ -363,7 +365,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
         repairs.roots_dropped.len()
     );
     for (kind, name) in &repairs.roots_dropped {
-        println!("dropped {kind} {name}");
+        outln!("dropped {kind} {name}");
     }
     Ok(())
 }

@@ -79,6 +79,32 @@ fn build_dry_run_prints_the_same_graph() {
     assert_eq!(stdout(&a), stdout(&b));
 }
 
+/// A reader that goes away (`forge build --dry-run | head -1`) ends the output quietly: no panic
+/// on the closed pipe (exit 101, "failed printing to stdout"), as other command-line tools end.
+#[test]
+fn a_closed_standard_output_ends_quietly() {
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args([&["build", "--dry-run"], PLATFORM].concat())
+        .current_dir(testdata())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run forge");
+    // Close the reading end before forge writes: every write it makes meets a closed pipe.
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(status.code(), Some(101), "{err}");
+}
+
 #[test]
 fn build_args_change_the_graph_and_unused_ones_warn() {
     let a = forge(&[&["graph", "--build-arg", "ALPINE=3.20"], PLATFORM].concat());
