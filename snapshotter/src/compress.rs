@@ -34,6 +34,16 @@ pub enum CompressError {
     Zstd(#[source] io::Error),
     #[error("re-encoding a layer")]
     Io(#[source] io::Error),
+    /// What was read is not what the layer's digests say: the stored blob is damaged.
+    #[error(
+        "the stored blob is damaged: its {what} is {actual}, not {expected} (`forge store check` \
+         finds such blobs; building again without the cache makes the layer anew)"
+    )]
+    Damaged {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// How a layer blob is (or is to be) compressed.
@@ -299,16 +309,37 @@ impl<W: Write> Write for Encoder<W> {
 }
 
 /// Re-encodes a layer blob of `media_type` with `to` into `sink`: the tar stream (and so the
-/// diff_id) is unchanged. Returns the new blob's digest and size.
+/// diff_id) is unchanged. The blob read must be the one its digest `blob_digest` names, and its
+/// tar the one `diff_id` names: a damaged blob is refused, never published re-encoded. Returns
+/// the new blob's digest and size.
 pub fn recompress<R: Read + Send, W: Write>(
     blob: R,
     media_type: &str,
+    (blob_digest, diff_id): (&str, &str),
     to: Compression,
     sink: W,
 ) -> Result<(Digest, u64, W), CompressError> {
-    let mut tar = decompressor(blob, media_type)?;
+    let damaged = |what, expected: &str, actual: Digest| CompressError::Damaged {
+        what,
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    };
+    let mut read = HashingReader::new(blob);
+    let mut tar = HashingReader::new(decompressor(&mut read, media_type)?);
     let mut enc = Encoder::new(HashingWriter::new(sink), to)?;
-    io::copy(&mut tar, &mut enc).map_err(CompressError::Io)?;
+    let copied = io::copy(&mut tar, &mut enc);
+    let (tar_digest, _) = tar.finish();
+    // What the decoder left unread of the blob (all of it past a decoding error) still counts
+    // towards its digest: a blob that does not decode is said damaged when it is.
+    io::copy(&mut read, &mut io::sink()).map_err(CompressError::Io)?;
+    let (read_digest, _) = read.finish();
+    if read_digest.to_string() != blob_digest {
+        return Err(damaged("digest", blob_digest, read_digest));
+    }
+    copied.map_err(CompressError::Io)?;
+    if tar_digest.to_string() != diff_id {
+        return Err(damaged("diff_id", diff_id, tar_digest));
+    }
     let (mut sink, digest, size) = enc.finish().map_err(CompressError::Io)?.finish();
     sink.flush().map_err(CompressError::Io)?;
     Ok((digest, size, sink))

@@ -357,6 +357,7 @@ fn a_recompressed_layer_is_the_layer_written_in_that_compression() {
         let (digest, size, again) = recompress(
             std::io::Cursor::new(&kept_blob),
             &kept.media_type,
+            (&kept.digest.to_string(), &kept.diff_id.to_string()),
             wanted,
             Vec::new(),
         )
@@ -364,6 +365,21 @@ fn a_recompressed_layer_is_the_layer_written_in_that_compression() {
         assert_eq!(size, direct.size, "{stored:?} -> {wanted:?}: size");
         assert_eq!(digest, direct.digest, "{stored:?} -> {wanted:?}: digest");
         assert!(again == direct_blob, "{stored:?} -> {wanted:?}: bytes");
+        // A damaged blob (a byte flipped on disk) is refused, not published re-encoded.
+        let mut damaged = kept_blob.clone();
+        let at = damaged.len() / 2;
+        damaged[at] ^= 0x40;
+        let refused = recompress(
+            std::io::Cursor::new(&damaged),
+            &kept.media_type,
+            (&kept.digest.to_string(), &kept.diff_id.to_string()),
+            wanted,
+            Vec::new(),
+        );
+        match refused {
+            Err(e) => assert!(e.to_string().contains("damaged"), "{e}"),
+            Ok(_) => panic!("{stored:?} -> {wanted:?}: a damaged blob was re-encoded"),
+        }
     }
 }
 
