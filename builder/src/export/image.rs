@@ -41,7 +41,7 @@ pub async fn with_compression(
             let (digest, size, sink) = forge_snapshotter::compress::recompress(
                 std::io::BufReader::new(blob),
                 &layer.media_type,
-                (&layer.digest.to_string(), &layer.diff_id.to_string()),
+                (&layer.digest.to_string(), layer.diff_id.as_ref()),
                 to,
                 std::io::BufWriter::new(file),
             )
