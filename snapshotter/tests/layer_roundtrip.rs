@@ -357,7 +357,7 @@ fn a_recompressed_layer_is_the_layer_written_in_that_compression() {
         let (digest, size, again) = recompress(
             std::io::Cursor::new(&kept_blob),
             &kept.media_type,
-            (&kept.digest.to_string(), &kept.diff_id.to_string()),
+            (kept.digest.as_ref(), kept.diff_id.as_ref()),
             wanted,
             Vec::new(),
         )
@@ -372,7 +372,7 @@ fn a_recompressed_layer_is_the_layer_written_in_that_compression() {
         let refused = recompress(
             std::io::Cursor::new(&damaged),
             &kept.media_type,
-            (&kept.digest.to_string(), &kept.diff_id.to_string()),
+            (kept.digest.as_ref(), kept.diff_id.as_ref()),
             wanted,
             Vec::new(),
         );
