@@ -677,3 +677,18 @@ fn each_step_carries_its_stage_as_data() {
     );
     assert_eq!(stage_of("[stage-1] COPY . /ctx"), vec![Some("stage-1")]);
 }
+
+/// A variable doubled again and again (`ENV A=$A$A` forty times would be a terabyte) is refused at
+/// the line whose expansion passes the limit, instead of growing until memory runs out (found by a
+/// hostile-input sweep: forge aborted at 3.5 GB).
+#[test]
+fn a_doubling_variable_is_refused_where_it_passes_the_limit() {
+    let mut src = String::from("FROM a\nENV A=0123456789abcdef\n");
+    for _ in 0..40 {
+        src.push_str("ENV A=$A$A\n");
+    }
+    let e = lower(&dockerfile(&src), &opts(&[], None)).unwrap_err();
+    assert!(e.to_string().contains("exceeds"), "{e}");
+    // 16 bytes doubled past 4 MiB: the 19th doubling, on line 21.
+    assert_eq!(e.span.unwrap().start.line, 21, "{e}");
+}

@@ -160,8 +160,9 @@ pub enum ShellErrorKind {
     /// not: where BuildKit would carry on, the word is refused.
     #[error("substitutions nested too deeply")]
     NestedTooDeep,
-    /// A `${V/p/r}` result grew past [`MAX_EXPANSION`] bytes (nested replacements of an empty pattern
-    /// multiply a value's length at every level).
+    /// A word's expansion, or a `${V/p/r}` result, grew past [`MAX_EXPANSION`] bytes (a variable
+    /// doubled by `ENV A=$A$A` again and again; nested replacements of an empty pattern multiply a
+    /// value's length at every level).
     #[error("substitution result exceeds {limit} bytes")]
     ExpansionTooLarge { limit: usize },
     /// A `#`, `%` or `/` pattern that does not compile.
@@ -304,6 +305,15 @@ impl Lexer {
             unmatched: BTreeSet::new(),
         };
         match sw.process_stop_on(None, self.raw_escapes) {
+            // A word whose variables expand past the limit (`ENV A=$A$A` forty times doubles a
+            // value to a terabyte): refused where written, not carried until memory runs out.
+            Ok((result, _)) if result.len() > MAX_EXPANSION => Err(ShellError {
+                word: word.to_string(),
+                position: 0,
+                kind: ShellErrorKind::ExpansionTooLarge {
+                    limit: MAX_EXPANSION,
+                },
+            }),
             Ok((result, fields)) => {
                 let (words, word_offsets) = fields.into_iter().unzip();
                 Ok(Expansion {
