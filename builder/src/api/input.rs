@@ -64,7 +64,38 @@ pub fn read_capped(reader: impl Read, cap: Cap) -> std::io::Result<Vec<u8>> {
 /// standard input`).
 pub fn read_text_capped(reader: impl Read, cap: Cap, what: &str) -> Result<String, String> {
     let bytes = read_capped(reader, cap).map_err(|e| format!("{what}: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| format!("{what}: not UTF-8 text ({e})"))
+    utf8_text(bytes, what)
+}
+
+/// `bytes` as text. Bytes that are not UTF-8 are taken (as U+FFFD) on comment lines only, where
+/// they change nothing (an old file's `# Maintainer: José` in Latin-1, which BuildKit reads);
+/// anywhere else they are refused at their line and column, since what they stand for is unknown.
+fn utf8_text(bytes: Vec<u8>, what: &str) -> Result<String, String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(e) => e.into_bytes(),
+    };
+    let mut at = 0;
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let start = at;
+        at += line.len() + 1;
+        if let Err(e) = std::str::from_utf8(line) {
+            let comment = line
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|&b| b == b'#');
+            if !comment {
+                let before = String::from_utf8_lossy(&line[..e.valid_up_to()]);
+                return Err(format!(
+                    "{what}:{}:{}: not UTF-8 text (byte {} of the file)",
+                    index + 1,
+                    before.chars().count() + 1,
+                    start + e.valid_up_to()
+                ));
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The text file at `path`, at most `cap` of it; the error names the file and the cap.
@@ -168,5 +199,23 @@ mod tests {
         let read = read_file_capped_abandonable(fifo, cap(100));
         let waited = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
         assert!(waited.is_err(), "a FIFO without a writer gave {waited:?}");
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    /// Latin-1 in a comment is read (BuildKit reads it); anywhere else it is refused at its line
+    /// and column.
+    #[test]
+    fn bytes_that_are_not_utf8_pass_on_comment_lines_only() {
+        let comment = b"FROM a\n  # Maintainer: Jos\xe9\nRUN true\n".to_vec();
+        let text = super::utf8_text(comment, "Dockerfile").unwrap();
+        assert!(
+            text.contains("RUN true") && text.contains("Jos\u{FFFD}"),
+            "{text}"
+        );
+        let bad = b"FROM a\nLABEL who=Jos\xe9\n".to_vec();
+        let e = super::utf8_text(bad, "Dockerfile").unwrap_err();
+        assert!(e.starts_with("Dockerfile:2:14: not UTF-8 text"), "{e}");
     }
 }
