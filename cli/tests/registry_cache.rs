@@ -499,6 +499,47 @@ fn a_local_cache_directory_carries_the_records_too() {
     let (ran, cached) = steps(&out);
     assert!(ran.is_empty(), "{ran:?}");
     assert_eq!(cached.len(), 3);
+    // A damaged blob in the directory (a byte flipped on disk) is a warning, and the step that
+    // made it runs again, as the help says a damaged cache is: it failed the build, found only
+    // when the image's layers were gathered (found by a hostile-input sweep).
+    // The last layer of the cache's image: the last RUN's, which the export needs and no later
+    // step stands on.
+    let blob = |digest: &str| {
+        cache
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let layer = blob(layers[layers.len() - 1]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&layer, bytes).unwrap();
+    let ctx = w.context("ctx3", "hello\n");
+    let out = w.build(
+        "runner3",
+        &ctx,
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ],
+    );
+    assert_ok("import from a directory with a damaged blob", &out);
+    let (ran, _) = steps(&out);
+    assert!(
+        !ran.is_empty(),
+        "the step whose layer was damaged ran again"
+    );
+    let name = layer.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        warnings(&out).iter().any(|m| m.contains(&name)),
+        "a warning names the blob: {:?}",
+        warnings(&out)
+    );
 }
 
 /// The digest the registry's tag link names.

@@ -129,7 +129,14 @@ impl RemoteBlobs {
         }
         let found = match &source {
             BlobSource::Registry(repo) => self.registry.blob_exists(repo, digest).await,
-            BlobSource::Layout(dir) => Ok(layout_blob(dir, digest).is_file()),
+            // A local cache's blob is taken into the store now, checked against its digest as it
+            // is written: a damaged one (a flipped byte on disk) makes its steps run again here,
+            // where found only when the image's layers are gathered it would fail the build. The
+            // copy is one the build makes anyway when it keeps the layer.
+            BlobSource::Layout(dir) if layout_blob(dir, digest).is_file() => {
+                return self.fetch(store, digest).await.is_ok();
+            }
+            BlobSource::Layout(_) => Ok(false),
         };
         match found {
             Ok(true) => {
