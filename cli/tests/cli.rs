@@ -105,6 +105,26 @@ fn a_closed_standard_output_ends_quietly() {
     assert_ne!(status.code(), Some(101), "{err}");
 }
 
+/// A context on standard input that is no archive is a lone Dockerfile, read no further than a
+/// Dockerfile may be: `forge build - < /dev/zero` copied standard input until the disk was full.
+#[test]
+fn an_endless_standard_input_that_is_no_archive_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--root"])
+        .arg(store.path())
+        .arg("-")
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .expect("run forge");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds more than 4 MiB and is no tar"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn build_args_change_the_graph_and_unused_ones_warn() {
     let a = forge(&[&["graph", "--build-arg", "ALPINE=3.20"], PLATFORM].concat());

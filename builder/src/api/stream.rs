@@ -112,12 +112,26 @@ impl Session {
     pub fn context_from_stream(&self, input: &mut dyn Read) -> Result<StreamContext, BuildError> {
         let (dir, raw) = self.stream_dir()?;
         let mut file = File::create(&raw).map_err(|e| invalid("create", &raw, e))?;
-        io::copy(input, &mut file).map_err(|e| {
+        let reading = |e: io::Error| {
             BuildError::Invalid(format!(
                 "reading {STDIN}: {e} (written to {})",
                 raw.display()
             ))
-        })?;
+        };
+        // A lone Dockerfile is at most what forge reads of one: past that, only an archive is
+        // read on (`forge build - < /dev/zero` filled the disk).
+        let cap = super::input::DOCKERFILE.bytes;
+        let head = io::copy(&mut input.take(cap + 1), &mut file).map_err(reading)?;
+        if head > cap {
+            if !archive::is_archive(&raw) {
+                return Err(BuildError::Invalid(format!(
+                    "{STDIN} holds more than {} MiB and is no tar (plain, gzip, bzip2, xz or \
+                     zstd): a lone Dockerfile is at most that",
+                    cap >> 20
+                )));
+            }
+            io::copy(input, &mut file).map_err(reading)?;
+        }
         drop(file);
         self.finish_stream(dir, &raw, STDIN, "standard input")
     }
