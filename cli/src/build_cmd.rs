@@ -580,9 +580,9 @@ fn render_error(e: &BuildError, mode: ProgressMode) -> String {
     };
     if disk_full(e) {
         message.push_str(
-            "\nhint: the disk holding forge's store is full; what was built and cached before is \
-             intact. `forge prune` gives back what no image or running build needs (`--all` cache mounts \
-             too), then run the build again",
+            "\nhint: a disk is full (the one of the path above); what was built and cached before \
+             is intact. If it is the one holding forge's store, `forge prune` gives back what no \
+             image or running build needs (`--all` cache mounts too); then run the build again",
         );
     }
     if let Some(hint) = unreachable_hint(e) {

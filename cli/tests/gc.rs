@@ -272,7 +272,7 @@ fn a_build_on_a_full_small_filesystem_fails_clearly_and_prune_frees_the_space() 
         "the error does not name the full disk:\n{log}"
     );
     assert!(
-        log.contains("hint: the disk holding forge's store is full"),
+        log.contains("hint: a disk is full (the one of the path above)"),
         "{log}"
     );
     let after_failure = used_bytes(fs.dir.path());

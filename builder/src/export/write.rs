@@ -166,8 +166,24 @@ fn write_atomic(
     dest: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
+    // A tar written as a stream names no file in its errors: here it is `dest`'s.
+    let fill = |f: &mut File| {
+        fill(f).map_err(|e| match e {
+            ExportError::Io { op, path, source } if path == Path::new(TAR_STREAM) => {
+                ExportError::Io {
+                    op,
+                    path: dest.to_path_buf(),
+                    source,
+                }
+            }
+            e => e,
+        })
+    };
     crate::replace::replace_file(dest, fill, |step, path, e| io_err(step.what(), path)(e))
 }
+
+/// What a tar written as a stream is called in its errors until its destination is known.
+const TAR_STREAM: &str = "<tar stream>";
 
 /// Writes `image` as an OCI image layout directory at `dest` (`-o type=oci,dest=DIR,tar=false`):
 /// `oci-layout`, `index.json` (one manifest entry per name, annotated with its tag as
@@ -277,7 +293,7 @@ fn write_tar(
     out: impl Write,
 ) -> Result<(), ExportError> {
     let mtime = image.source_date_epoch.unwrap_or(0).max(0) as u64;
-    let tar_path = PathBuf::from("<tar stream>");
+    let tar_path = PathBuf::from(TAR_STREAM);
     let terr = |op| io_err(op, &tar_path);
     let header = |path: &str, kind: tar::EntryType, size: u64, mode: u32| {
         let mut h = tar::Header::new_ustar();
