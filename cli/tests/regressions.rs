@@ -789,13 +789,15 @@ fn cve_2026_28406_a_context_tar_cannot_reach_outside_the_context() {
             vec![(format!("{up}{rel}/pwned"), b'0', String::new())],
             true,
         ),
+        // A link is kept as a link wherever it points, as BuildKit keeps it (session 36), and
+        // what comes through it lands inside the context, as through the absolute one below.
         (
             "link up, then through it".into(),
             vec![
                 ("up".into(), b'2', up.clone()),
                 (format!("up/{rel}/pwned"), b'0', String::new()),
             ],
-            true,
+            false,
         ),
         (
             "absolute link, then through it".into(),

@@ -218,10 +218,12 @@ pub fn extract(
                     .map_err(|e| refuse(&e.to_string()))?
                     .ok_or_else(|| refuse("a symlink without a target"))?;
                 let link_s = link.to_string_lossy().into_owned();
-                // A context or artifacts archive lands on the host: a link whose target, taken
-                // from the entry's directory, leaves the extraction directory is refused there.
-                // In a snapshot (`ADD`) a link is a link, as BuildKit keeps it: every later
-                // entry resolves its parents inside the destination, whatever the links say.
+                // Artifacts land on the host, where a person or a web page may follow a link:
+                // one whose target, taken from the entry's directory, leaves the extraction
+                // directory is refused there. Elsewhere a link is a link, as BuildKit keeps it:
+                // in a snapshot (`ADD`) or a context (which forge only reads confined to it, as
+                // it reads a directory context's links), every later entry resolves its parents
+                // inside the destination, whatever the links say.
                 let joined = if link_s.starts_with('/') {
                     link_s.clone()
                 } else {
@@ -233,7 +235,7 @@ pub fn extract(
                             .unwrap_or_default()
                     )
                 };
-                if purpose != Extract::Add && confined(&joined).is_none() {
+                if purpose == Extract::Artifacts && confined(&joined).is_none() {
                     return Err(refuse("its symlink target leaves the destination"));
                 }
                 std::os::unix::fs::symlink(&link, &target)
