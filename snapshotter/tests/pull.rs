@@ -1036,6 +1036,25 @@ async fn index_resolves_to_the_host_platform() {
     assert_eq!(record.index, None);
 }
 
+/// An index whose entry for the platform is itself an index (which forge does not follow) is
+/// said as such: it was "no image for linux/amd64; the index offers: linux/amd64".
+#[tokio::test]
+async fn an_index_within_the_index_is_named_not_called_a_missing_platform() {
+    let fake = Fake::start().await;
+    let any = Digest::of(b"whatever");
+    let index = index_body(OCI_INDEX, &[(OCI_INDEX, &any, 10, "linux", "amd64", None)]);
+    fake.manifest("forge/nested", "latest", OCI_INDEX, &index);
+    let err = pull_for(&fake, "forge/nested", "linux/amd64")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::MediaType { .. }), "{msg}");
+    assert!(
+        msg.contains("the index's entry for linux/amd64") && msg.contains(OCI_INDEX),
+        "{msg}"
+    );
+}
+
 /// Pulls `repo`'s `latest` from the fake into a fresh store, as a client that wants `platform`.
 async fn pull_for(fake: &Fake, repo: &str, platform: &str) -> Result<ImageRecord, PullError> {
     let dir = tempfile::tempdir().unwrap();

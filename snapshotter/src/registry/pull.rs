@@ -560,6 +560,19 @@ impl RegistryClient {
         if let Some(e) = entries.iter().find(fits) {
             return Ok(e);
         }
+        // The platform is there, but as another kind of entry (an index within the index, which
+        // forge does not follow): said as such, not as a platform the index lacks.
+        if let Some(e) = entries.iter().find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| wanted.matches(&p.platform()))
+        }) {
+            return Err(PullError::MediaType {
+                reference: ctx.reference.to_string(),
+                what: format!("the index's entry for {wanted}"),
+                media_type: e.media_type.clone(),
+            });
+        }
         let mut available: Vec<String> = entries
             .iter()
             .filter_map(|e| e.platform.as_ref())
