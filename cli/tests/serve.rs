@@ -1129,7 +1129,9 @@ jobs:
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 
-    // The API's `jobs` does the same.
+    // The API's `jobs` does the same, and a manual job asked for again runs again (the play
+    // button pressed twice deploys twice): its verdict is never served from the cache, while
+    // `test`'s is.
     let (code, reply) = curl(
         "POST",
         &s.url("/api/v1/projects/app/builds"),
@@ -1139,9 +1141,11 @@ jobs:
     let n3 = created_number(code, &reply);
     let b3 = ended(&s, "app", n3, &server_log);
     assert_eq!(b3["status"], "passed", "{b3}");
+    let log = build_log(&s, "app", n3);
     assert!(
-        build_log(&s, "app", n3).contains("[deploy] (cached) deployed"),
-        "{}",
-        build_log(&s, "app", n3)
+        log.contains(&format!("[deploy] deployed {commit}")),
+        "{log}"
     );
+    assert!(!log.contains("[deploy] (cached)"), "{log}");
+    assert!(log.contains("job test: passed (cached, not run)"), "{log}");
 }
