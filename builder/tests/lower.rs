@@ -692,3 +692,17 @@ fn a_doubling_variable_is_refused_where_it_passes_the_limit() {
     // 16 bytes doubled past 4 MiB: the 19th doubling, on line 21.
     assert_eq!(e.span.unwrap().start.line, 21, "{e}");
 }
+
+/// A NUL byte in a RUN command is refused at its line: no process argument can carry one, and the
+/// runner dropped it, running another command than the one written (found by a hostile-input
+/// sweep: `RUN echo a\0b > /x` wrote `ab`).
+#[test]
+fn a_nul_byte_in_a_run_command_is_refused_at_its_line() {
+    let e = lower(
+        &dockerfile("FROM a\nRUN echo a\0b > /x\n"),
+        &opts(&[], None),
+    )
+    .unwrap_err();
+    assert_eq!(*e.kind, LowerErrorKind::NulInRun, "{e}");
+    assert_eq!(e.span.unwrap().start.line, 2);
+}

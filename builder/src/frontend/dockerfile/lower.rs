@@ -127,6 +127,10 @@ pub enum LowerErrorKind {
     Mount(String),
     #[error("parsing produced an invalid run command: {0}")]
     InvalidRun(String),
+    /// A NUL byte in a RUN command: no process argument can carry one (BuildKit's step fails
+    /// when it starts; forge's runner would have dropped it and run another command).
+    #[error("the command holds a NUL byte, which no process argument can carry")]
+    NulInRun,
     #[error("invalid mount target {0:?}")]
     MountTarget(String),
     #[error("{0}")]
@@ -1288,6 +1292,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         // Heredocs: a lone `<<EOF` runs its body (as a script when it has a shebang); anything else
         // hands the reconstituted text to the shell.
         let mut args = r.command.args.clone();
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(err(LowerErrorKind::NulInRun, c.span));
+        }
         if !r.command.files.is_empty() && (args.len() != 1 || !r.command.prepend_shell) {
             return Err(err(LowerErrorKind::InvalidRun(format!("{args:?}")), c.span));
         }
