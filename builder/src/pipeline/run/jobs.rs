@@ -32,7 +32,7 @@ impl Runner {
         self.emit(PipelineEvent::JobStarted { job: name.into() });
         let fail = |reason: String| {
             // A reason may quote what a step or a service's probe printed.
-            let reason = self.masks().mask(&reason);
+            let reason = self.masks.mask(&reason);
             let result = if plan.allow_failure {
                 JobResult::AllowedFailure
             } else {
@@ -126,7 +126,7 @@ impl Runner {
             JobResult::Failed
         };
         // Artifacts and reports, as `when:` says.
-        let mut error = verdict.error.as_ref().map(|e| self.masks().mask(e));
+        let mut error = verdict.error.as_ref().map(|e| self.masks.mask(e));
         let mut kept = None;
         let mut artifact_dir = None;
         let mut junit = None;
@@ -156,7 +156,7 @@ impl Runner {
             // The artifacts layer goes on to the jobs that need it whatever becomes of its copy
             // on the host or of the reports' reading (an unwritable `--artifacts-dir`, a JUnit
             // file cut short by a killed test runner): those are said with the job's result.
-            let masks = Arc::new(self.masks());
+            let masks = self.masks.clone();
             let report_masks = masks.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let mut notes = Vec::new();
@@ -463,7 +463,7 @@ impl Runner {
         // A service's lines go into the job's log, and a service sees the job's secrets as
         // soon as the job sends them (a database logs the statement that sets a password):
         // they are masked like the job's own output.
-        let masks = Arc::new(self.masks());
+        let masks = self.masks.clone();
         let session = self.session.clone();
         let sink = self.sink.clone();
         let job = plan.name.clone();

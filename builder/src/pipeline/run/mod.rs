@@ -92,6 +92,10 @@ struct Runner {
     cancel: CancellationToken,
     /// The caches the images name, when any does.
     cache: Option<Arc<cache::PipelineCache>>,
+    /// What masks the run's secrets in a job's lines, as the job's steps mask them: every one of
+    /// them, not only those the job is given, which another job may hand on in its artifacts or
+    /// dotenv report. Made once for the run.
+    masks: Arc<crate::mask::Masks>,
 }
 
 /// Runs `plan` and reports how it went. A failing job is a result, not an error: the error case
@@ -105,6 +109,7 @@ pub async fn run(
 ) -> Result<RunReport, BuildError> {
     preflight(plan, options)?;
     let cache = cache::PipelineCache::open(session, plan, &sink).await;
+    let secrets: Vec<Vec<u8>> = options.secrets.values().cloned().collect();
     let r = Runner {
         session: session.clone(),
         plan: Arc::new(asked_for(plan, &options.only)),
@@ -112,6 +117,7 @@ pub async fn run(
         sink,
         cancel,
         cache,
+        masks: Arc::new(crate::mask::Masks::of(&secrets)),
     };
     Ok(r.run().await)
 }
@@ -680,22 +686,13 @@ fn read_junit(
 }
 
 impl Runner {
-    /// What masks the run's secrets in a job's lines, as the job's steps mask them: every one of
-    /// them, not only those the job is given, which another job may hand on in its artifacts or
-    /// dotenv report.
-    fn masks(&self) -> crate::mask::Masks {
-        let values: Vec<Vec<u8>> = self.options.secrets.values().cloned().collect();
-        crate::mask::Masks::of(&values)
-    }
-
     /// Says `lines` of forge's own in `plan`'s log, masked with the run's secrets (the paths and keys
     /// they quote are the job's own words).
     fn say_masked(&self, plan: &JobPlan, lines: Vec<String>) {
-        let masks = self.masks();
         for line in lines {
             self.emit(PipelineEvent::JobLine {
                 job: plan.name.clone(),
-                line: masks.mask(&line),
+                line: self.masks.mask(&line),
                 cached: false,
             });
         }
