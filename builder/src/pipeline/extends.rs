@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::error::{PipelineError, Pos};
-use super::file::{ArtifactsSpec, JobSpec, PipelineFile, Sp, pos_of};
+use super::file::{ArtifactsSpec, JobSpec, PipelineFile, Reports, Sp, pos_of};
 use crate::frontend::suggest::suggest;
 
 /// GitLab's limit on how deep `extends:` may nest.
@@ -170,7 +170,7 @@ pub(super) fn merge(base: JobSpec, over: JobSpec) -> JobSpec {
         services: over.services.or(base.services),
         dependencies: over.dependencies.or(base.dependencies),
         parallel: over.parallel.or(base.parallel),
-        artifacts: merge_artifacts(base.artifacts, over.artifacts),
+        artifacts: both(base.artifacts, over.artifacts, merge_artifacts),
         secrets: over.secrets.or(base.secrets),
         rules: over.rules.or(base.rules),
         only: over.only.or(base.only),
@@ -200,28 +200,18 @@ fn both<T>(base: Option<T>, over: Option<T>, merge: impl FnOnce(T, T) -> T) -> O
     }
 }
 
-/// `artifacts:` merged as GitLab deep-merges a mapping: each key of `over` wins, `reports:` kind
-/// by kind; a list (`paths`, `exclude`, a kind's files) is replaced whole.
-fn merge_artifacts(
-    base: Option<ArtifactsSpec>,
-    over: Option<ArtifactsSpec>,
-) -> Option<ArtifactsSpec> {
-    let (Some(b), Some(o)) = (&base, &over) else {
-        return over.or(base);
-    };
-    let (b, o) = (b.clone(), o.clone());
-    Some(ArtifactsSpec {
+/// `artifacts:` merged as GitLab deep-merges a mapping: each key of `o` wins, `reports:` kind by
+/// kind; a list (`paths`, `exclude`, a kind's files) is replaced whole.
+fn merge_artifacts(b: ArtifactsSpec, o: ArtifactsSpec) -> ArtifactsSpec {
+    ArtifactsSpec {
         paths: o.paths.or(b.paths),
         exclude: o.exclude.or(b.exclude),
         when: o.when.or(b.when),
-        reports: match (b.reports, o.reports) {
-            (Some(b), Some(o)) => Some(b.merged(o)),
-            (b, o) => o.or(b),
-        },
+        reports: both(b.reports, o.reports, Reports::merged),
         expire_in: o.expire_in.or(b.expire_in),
         name: o.name.or(b.name),
         expose_as: o.expose_as.or(b.expose_as),
-    })
+    }
 }
 
 /// What one read of the file for templates found: the `wanted` hidden keys read as jobs, and
