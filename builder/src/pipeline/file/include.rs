@@ -53,18 +53,6 @@ fn entry<'de, A: MapAccess<'de>>(mut map: A) -> Result<Include, A::Error> {
     found.ok_or_else(|| de::Error::custom("an include names a file with `local:`"))
 }
 
-struct Entry;
-
-impl<'de> Visitor<'de> for Entry {
-    type Value = Include;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a path, or a map with `local`")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Include, A::Error> {
-        entry(map)
-    }
-}
-
 impl<'de> Deserialize<'de> for Include {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Include, D::Error> {
         // A bare path keeps its place; a map's place is its keys'.
@@ -93,7 +81,7 @@ impl<'de> Deserialize<'de> for PathOr {
                 Ok(PathOr::Path(s.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PathOr, A::Error> {
-                Entry.visit_map(map).map(PathOr::Map)
+                entry(map).map(PathOr::Map)
             }
         }
         d.deserialize_any(V)
