@@ -524,7 +524,7 @@ fn local_export_makes_fifos_and_devices_and_writes_the_callers_owners() {
         std::os::unix::fs::lchown(root.join("d/f"), Some(123), Some(456)).unwrap();
         std::os::unix::fs::lchown(root.join("d"), Some(123), Some(456)).unwrap();
     }
-    let mtime_of = |p: &Path| {
+    let set_mtime = |p: &Path| {
         nix::sys::stat::utimensat(
             nix::fcntl::AT_FDCWD,
             p,
@@ -534,7 +534,7 @@ fn local_export_makes_fifos_and_devices_and_writes_the_callers_owners() {
         )
         .unwrap()
     };
-    mtime_of(&root.join("pipe"));
+    set_mtime(&root.join("pipe"));
 
     let dest = dir.path().join("out");
     export_local(&root, &dest, false).unwrap();
