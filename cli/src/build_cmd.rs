@@ -662,6 +662,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The signal that cancelled this process's build or run (0: none came).
+static CANCELLED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal that cancelled the build or run, if one did: a failure it caused ends the process
+/// by that signal (see `main`), as the shell and `make` expect of a command interrupted.
+pub(crate) fn cancelled_by() -> Option<nix::sys::signal::Signal> {
+    nix::sys::signal::Signal::try_from(CANCELLED_BY.load(std::sync::atomic::Ordering::SeqCst)).ok()
+}
+
 /// Ctrl-C, SIGTERM or SIGHUP during the build cancels it, so running steps are killed and their scratch
 /// snapshots and mount points removed before forge exits, instead of the default action leaving
 /// them for the next build to find. A second signal then acts as it normally would.
@@ -684,11 +693,12 @@ pub(crate) fn cancel_on_signal(
         let (Ok(mut int), Ok(mut term), Ok(mut hup)) = handlers else {
             return;
         };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
+        let received = tokio::select! {
+            _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+            _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+            _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
+        };
+        CANCELLED_BY.store(received as i32, std::sync::atomic::Ordering::SeqCst);
         cancel.cancel();
         for sig in [
             nix::sys::signal::Signal::SIGINT,

@@ -248,9 +248,32 @@ fn main() -> ExitCode {
             if !f.message.is_empty() {
                 eprintln!("{}", f.message);
             }
+            if let Some(signal) = build_cmd::cancelled_by() {
+                return die_by(signal);
+            }
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Ends a process whose build or run `signal` cancelled (its clean-up done) by that signal, as a
+/// command interrupted is expected to end: a shell loop or `make` running forge stops at Ctrl-C
+/// only when it sees forge killed by SIGINT, where an exit status of 1 reads as a failed build
+/// and the loop goes on to the next. The handlers are back to the default by now. Where the
+/// signal does not end the process (forge as a PID namespace's init, which the kernel keeps
+/// from signals it has no handler for), it exits with 128 + the signal's number, as a shell
+/// reports such a death.
+fn die_by(signal: nix::sys::signal::Signal) -> ExitCode {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: restores the default disposition; no handler of ours runs.
+    let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
+    let mut unblock = nix::sys::signal::SigSet::empty();
+    unblock.add(signal);
+    let _ = unblock.thread_unblock();
+    let _ = nix::sys::signal::raise(signal);
+    ExitCode::from(128 + signal as u8)
 }
 
 /// As an ordinary user, enters a user namespace with /etc/subuid and /etc/subgid mapped (namespace

@@ -9,6 +9,7 @@ mod common;
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -398,7 +399,7 @@ fn ctrl_c_during_a_job_with_a_service_stops_both_and_leaves_nothing_behind() {
     reader.read_to_string(&mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     rest.push_str(&printed(&out));
-    assert_eq!(out.status.code(), Some(1), "{rest}");
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{rest}");
     assert!(rest.contains("run 1 cancelled"), "{rest}");
     assert!(rest.contains("error: run 1 cancelled"), "{rest}");
     assert_eq!(
@@ -582,8 +583,8 @@ fn ctrl_c_and_a_jobs_timeout_end_a_service_readiness_wait() {
     let out = child.wait_with_output().unwrap();
     rest.push_str(&printed(&out));
     assert_eq!(
-        out.status.code(),
-        Some(1),
+        out.status.signal(),
+        Some(libc::SIGINT),
         "killed by the watchdog?\n{rest}"
     );
     assert!(rest.contains("run 1 cancelled"), "{rest}");
