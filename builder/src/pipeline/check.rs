@@ -68,6 +68,41 @@ pub fn ref_slug(name: &str) -> String {
     slug.trim_matches('-').to_string()
 }
 
+/// Makes the pipeline a branch's or a tag's, as GitLab's pipelines are: `CI_COMMIT_BRANCH` on a
+/// branch, else `CI_COMMIT_TAG` on a tag, never both (a run on a branch whose commit is tagged is
+/// the branch's), and `CI_COMMIT_REF_NAME`/`_SLUG` that ref. Returns the built-ins that are not
+/// defined in this run: they expand to nothing (as in GitLab, and so that `$CI_COMMIT_TAG` in an
+/// image's tag checks on a branch), but `rules:` read them as undefined (`$CI_COMMIT_TAG == null`)
+/// and a job's environment lacks them (`${CI_COMMIT_TAG+set}`).
+fn pipeline_ref(globals: &mut BTreeMap<String, String>) -> BTreeSet<String> {
+    let branch = globals["FORGE_GIT_BRANCH"].clone();
+    let tag = globals["FORGE_GIT_TAG"].clone();
+    let mut unset = BTreeSet::new();
+    if branch.is_empty() {
+        unset.extend(["FORGE_GIT_BRANCH", "CI_COMMIT_BRANCH"].map(String::from));
+    }
+    if tag.is_empty() {
+        unset.insert("FORGE_GIT_TAG".to_string());
+    }
+    if tag.is_empty() || !branch.is_empty() {
+        unset.insert("CI_COMMIT_TAG".to_string());
+        globals.insert("CI_COMMIT_TAG".to_string(), String::new());
+    }
+    let ref_name = if branch.is_empty() { tag } else { branch };
+    globals.insert("CI_COMMIT_REF_SLUG".to_string(), ref_slug(&ref_name));
+    globals.insert("CI_COMMIT_REF_NAME".to_string(), ref_name);
+    unset
+}
+
+/// `vars` as `rules:` read them: without the names `unset` holds, which stand in as empty for
+/// expansion only.
+fn visible(vars: &BTreeMap<String, String>, unset: &BTreeSet<String>) -> BTreeMap<String, String> {
+    vars.iter()
+        .filter(|(k, _)| !unset.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// GitLab's stages when the file names none.
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
 /// A job's stage when it names none, as in GitLab.
@@ -93,14 +128,11 @@ pub fn check(
         let value = globals[ours].clone();
         globals.insert(gitlab.to_string(), value);
     }
-    let ref_name = match globals["FORGE_GIT_BRANCH"].as_str() {
-        "" => globals["FORGE_GIT_TAG"].clone(),
-        branch => branch.to_string(),
-    };
-    globals.insert("CI_COMMIT_REF_SLUG".to_string(), ref_slug(&ref_name));
-    globals.insert("CI_COMMIT_REF_NAME".to_string(), ref_name);
+    let mut unset = pipeline_ref(&mut globals);
     expand::define(&file.variables, source, &mut globals, &mut errors);
-    let skipped = workflow(file, source, &mut globals, options, &mut errors);
+    // A variable the file defines is defined, whatever a built-in of its name was.
+    unset.retain(|n| !file.variables.0.iter().any(|(k, _)| k.value == *n));
+    let skipped = workflow(file, source, &mut globals, &mut unset, options, &mut errors);
 
     // Only [`super::include::load`] reads the files `include:` names, and it checks what it
     // merged: a file checked here alone would lose them unseen.
@@ -247,14 +279,37 @@ pub fn check(
     let mut jobs = Vec::new();
     for (k, spec, name, matrix_vars) in &expanded {
         let mut vars = globals.clone();
+        // The job's name and stage, which forge gives the job (`jobs.rs`), are there for its
+        // values too (`variables:`, `artifacts:`, `cache: key:`), as in GitLab.
+        let stage_name = spec
+            .stage
+            .as_ref()
+            .map_or(DEFAULT_STAGE, |s| s.value.as_str());
+        for (n, v) in [
+            ("CI_JOB_NAME", name.as_str()),
+            ("FORGE_JOB_NAME", name.as_str()),
+            ("CI_JOB_STAGE", stage_name),
+        ] {
+            vars.insert(n.to_string(), v.to_string());
+        }
         vars.extend(matrix_vars.iter().cloned());
         let mut own: BTreeMap<String, String> = matrix_vars.iter().cloned().collect();
         // A matrix value wins over the job's `variables:` of the same name, as in GitLab, and
         // the job's other variables see it: were it the other way round, every cell would run
         // the one value `variables:` gives, and all but the first replay its cached result.
         let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
-        // Until one of the job's rules decides, what they give is empty.
-        define_empty(spec.rules.as_deref().unwrap_or_default(), &mut vars);
+        // What the job defines is defined; what only its rules give is undefined until one of
+        // them decides (`$X == null` holds in the rules), and empty to what expands it.
+        let defines =
+            |n: &str| spec.variables.0.iter().any(|(k, _)| k.value == n) || from_matrix(n);
+        let mut unset = unset.clone();
+        unset.retain(|n| !defines(n));
+        define_empty(
+            spec.rules.as_deref().unwrap_or_default(),
+            &mut vars,
+            &mut unset,
+            defines,
+        );
         expand::define_except(&spec.variables, source, &mut vars, &mut errors, from_matrix);
         for (key, _) in &spec.variables.0 {
             if let Some(v) = vars.get(&key.value) {
@@ -263,13 +318,14 @@ pub fn check(
         }
         let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
         // GitLab's older `only:`/`except:`, else `rules:`.
-        let (rule, when) = match only::decide(spec, source, &vars, options, &mut errors) {
+        let seen = visible(&vars, &unset);
+        let (rule, when) = match only::decide(spec, source, &seen, options, &mut errors) {
             Some(RuleOutcome::NoRules) => (RuleOutcome::NoRules, job_when),
             Some(left_out) => (left_out, When::Never),
             None => rules(
                 spec.rules.as_deref().unwrap_or_default(),
                 source,
-                &vars,
+                (&vars, &unset),
                 options,
                 job_when,
                 &mut errors,
@@ -283,6 +339,7 @@ pub fn check(
         };
         if let Some(r) = decided {
             expand::define(&r.variables, source, &mut vars, &mut errors);
+            unset.retain(|n| !r.variables.0.iter().any(|(k, _)| k.value == *n));
             for (key, _) in &r.variables.0 {
                 if let Some(v) = vars.get(&key.value) {
                     own.insert(key.value.clone(), v.clone());
@@ -401,16 +458,11 @@ pub fn check(
                 ));
             }
         }
-        // A cache key may name the job (`key: $CI_JOB_NAME`), as GitLab's often do.
-        let mut cache_vars = vars.clone();
-        for n in ["CI_JOB_NAME", "FORGE_JOB_NAME"] {
-            cache_vars.insert(n.to_string(), name.clone());
-        }
         let (cache, caches) = job_cache::plan(
             spec.cache.as_ref(),
             file.default.cache.as_ref(),
             source,
-            &cache_vars,
+            &vars,
             &mut errors,
         );
         jobs.push(JobPlan {
@@ -504,6 +556,11 @@ pub fn check(
     }
     let mut warnings = Vec::new();
     gitlab_keys::ignored(file, &mut warnings);
+    // What is not defined in this run does not reach the jobs' environment.
+    globals.retain(|k, _| !unset.contains(k));
+    // `.pre` and `.post` are there only when jobs are.
+    let mut stages = stages;
+    stages.retain(|s| !s.starts_with('.') || sorted.iter().any(|j| j.stage == *s));
     let mut pipeline = Pipeline {
         variables: globals,
         stages,
@@ -536,18 +593,28 @@ fn workflow(
     file: &PipelineFile,
     source: &str,
     globals: &mut BTreeMap<String, String>,
+    unset: &mut BTreeSet<String>,
     options: &CheckOptions,
     errors: &mut Vec<PipelineError>,
 ) -> Option<String> {
     let list = file.workflow.as_ref()?.rules.as_deref()?;
-    let decided = rules(list, source, globals, options, When::Always, errors);
-    define_empty(list, globals);
+    let decided = rules(
+        list,
+        source,
+        (globals, unset),
+        options,
+        When::Always,
+        errors,
+    );
+    define_empty(list, globals, unset, |_| false);
     match decided {
         (RuleOutcome::Matched { index }, When::Never) => {
             Some(format!("workflow: rule {} says `when: never`", index + 1))
         }
         (RuleOutcome::Matched { index }, _) => {
-            expand::define(&list[index].variables, source, globals, errors);
+            let given = &list[index].variables;
+            expand::define(given, source, globals, errors);
+            unset.retain(|n| !given.0.iter().any(|(k, _)| k.value == *n));
             None
         }
         _ => Some("workflow: no rule matches this run".to_string()),
@@ -614,28 +681,38 @@ fn needs_left_out(
     }
 }
 
+/// The stages in order: the file's (or GitLab's default ones), between GitLab's `.pre`, always
+/// first, and `.post`, always last, whether the file lists them or not (and wherever it does).
 fn stages(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<String> {
-    let Some(list) = &file.stages else {
-        return DEFAULT_STAGES.iter().map(|s| s.to_string()).collect();
-    };
-    let mut out: Vec<String> = Vec::new();
-    for s in &list.value {
-        if out.contains(&s.value) {
-            errors.push(PipelineError::new(
-                pos_of(s),
-                format!("stage `{}` is listed twice", s.value),
-            ));
-        } else {
-            out.push(s.value.clone());
+    let mut out: Vec<String> = vec![".pre".to_string()];
+    match &file.stages {
+        None => out.extend(DEFAULT_STAGES.iter().map(|s| s.to_string())),
+        Some(list) => {
+            let mut listed = BTreeSet::new();
+            for s in &list.value {
+                if !listed.insert(s.value.as_str()) {
+                    errors.push(PipelineError::new(
+                        pos_of(s),
+                        format!("stage `{}` is listed twice", s.value),
+                    ));
+                } else if s.value != ".pre" && s.value != ".post" {
+                    out.push(s.value.clone());
+                }
+            }
         }
     }
+    out.push(".post".to_string());
     out
 }
 
-/// The variables forge gives every job itself: the [`BUILTINS`], `CI` and the job's name
-/// (`FORGE_JOB_NAME`, and GitLab's `CI_JOB_NAME`).
+/// The variables forge gives every job itself: the [`BUILTINS`], `CI`, the job's name
+/// (`FORGE_JOB_NAME`, and GitLab's `CI_JOB_NAME`) and stage, and `CI_JOB_STATUS` (after_script's).
 fn is_set_by_forge(name: &str) -> bool {
-    BUILTINS.contains(&name) || matches!(name, "CI" | "FORGE_JOB_NAME" | "CI_JOB_NAME")
+    BUILTINS.contains(&name)
+        || matches!(
+            name,
+            "CI" | "FORGE_JOB_NAME" | "CI_JOB_NAME" | "CI_JOB_STAGE" | "CI_JOB_STATUS"
+        )
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -646,11 +723,12 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Parses every rule (all errors reported) and picks the first that matches.
+/// Parses every rule (all errors reported) and picks the first that matches. `vars` are the
+/// variables and the names of them that are not defined (see [`visible`]).
 fn rules(
     list: &[RuleSpec],
     source: &str,
-    vars: &BTreeMap<String, String>,
+    (all, unset): (&BTreeMap<String, String>, &BTreeSet<String>),
     options: &CheckOptions,
     job_when: When,
     errors: &mut Vec<PipelineError>,
@@ -658,6 +736,21 @@ fn rules(
     if list.is_empty() {
         return (RuleOutcome::NoRules, job_when);
     }
+    let vars = &visible(all, unset);
+    // Globs name variables as GitLab's do (`changes: [$SERVICE_DIR/**/*]`); expanded with what
+    // is undefined as nothing.
+    let expanded = |globs: &[Sp<String>], errors: &mut Vec<PipelineError>| -> Vec<Sp<String>> {
+        globs
+            .iter()
+            .map(|g| match expand_at(g, source, all) {
+                Ok(text) => Sp::new(text, g.referenced, g.defined),
+                Err(e) => {
+                    errors.push(e);
+                    g.clone()
+                }
+            })
+            .collect()
+    };
     let mut decided = None;
     for (index, r) in list.iter().enumerate() {
         let expr = r.if_.as_ref().and_then(|s| match Expr::parse(&s.value) {
@@ -682,16 +775,23 @@ fn rules(
         });
         let if_ok = expr.as_ref().is_none_or(|e| e.eval(vars));
         let changes_ok = r.changes.is_empty()
-            || located_globs_match(&r.changes, |g| g, options.changed.as_deref(), errors);
+            || located_globs_match(
+                &expanded(&r.changes, errors),
+                |g| g,
+                options.changed.as_deref(),
+                errors,
+            );
         let exists_ok = r.exists.is_empty()
             || located_globs_match(
-                &r.exists,
+                &expanded(&r.exists, errors),
                 |g| g.trim_start_matches('/'),
                 options.files.as_deref(),
                 errors,
             );
+        // A rule without `when:` gives the job's own (`when: manual` on the job and a rule that
+        // only says `if:` make a manual job), as GitLab reads it.
         if decided.is_none() && if_ok && changes_ok && exists_ok {
-            decided = Some((index, r.when.as_ref().map_or(When::OnSuccess, |w| w.value)));
+            decided = Some((index, r.when.as_ref().map_or(job_when, |w| w.value)));
         }
     }
     match decided {
@@ -700,12 +800,22 @@ fn rules(
     }
 }
 
-/// Defines as empty each variable some rule of `list` gives and `vars` lacks: where none of them
-/// decides, it reads as GitLab's undefined variables do, and the file may name it either way.
-fn define_empty(list: &[RuleSpec], vars: &mut BTreeMap<String, String>) {
+/// Defines as empty, and marks `unset`, each variable some rule of `list` gives that neither `vars`
+/// has nor `defined_after` says is defined next (the job's own `variables:`):
+/// where none of them decides, it is undefined as GitLab's are (`rules:` read it as null, a job's
+/// environment lacks it) and expands to nothing, so the file may name it either way.
+fn define_empty(
+    list: &[RuleSpec],
+    vars: &mut BTreeMap<String, String>,
+    unset: &mut BTreeSet<String>,
+    defined_after: impl Fn(&str) -> bool,
+) {
     for r in list {
         for (k, _) in &r.variables.0 {
-            vars.entry(k.value.clone()).or_default();
+            if !vars.contains_key(&k.value) && !defined_after(&k.value) {
+                vars.insert(k.value.clone(), String::new());
+                unset.insert(k.value.clone());
+            }
         }
     }
 }

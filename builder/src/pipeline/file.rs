@@ -568,9 +568,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl<'de> Deserialize<'de> for Timeout {
+    /// `1h30m`, or GitLab's words (`3 hours 30 minutes`, `3h 30m`, `90 seconds`).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timeout, D::Error> {
         let s = Text::deserialize(d)?;
-        parse_duration(&s.0).map(Timeout).map_err(de::Error::custom)
+        let compact = parse_duration(&s.0);
+        if compact.is_ok() {
+            return compact.map(Timeout).map_err(de::Error::custom);
+        }
+        match gitlab::human_duration(&s.0.trim().to_ascii_lowercase()) {
+            Ok(Some(d)) => Ok(Timeout(d)),
+            Ok(None) => Err(de::Error::custom(format!(
+                "invalid duration {:?}: write it as 90s, 10m, 1h30m or `3 hours 30 minutes`",
+                s.0
+            ))),
+            Err(()) => Err(de::Error::custom(format!("duration {:?} is too long", s.0))),
+        }
     }
 }
 

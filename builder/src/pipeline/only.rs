@@ -1,8 +1,9 @@
 //! GitLab's `only:` and `except:`, the keys before `rules:`: refs (a branch or tag name,
 //! `/regex/`, `branches`, `tags`), `changes:` globs and `variables:` expressions. `only:` keeps the
 //! job when every key it gives has a match; `except:` leaves it out when every key it gives has
-//! one. The ref is the run's tag when there is one, else its branch (`FORGE_GIT_TAG`,
-//! `FORGE_GIT_BRANCH`). GitLab's pipeline sources (`merge_requests`, `schedules`, `api`, ...) are
+//! one. The ref is the pipeline's, as GitLab's `CI_COMMIT_BRANCH` and `CI_COMMIT_TAG` give it: a
+//! run on a branch is a branch pipeline (a tag on its commit aside), else a run on a tag is a tag
+//! pipeline. GitLab's pipeline sources (`merge_requests`, `schedules`, `api`, ...) are
 //! refused where written: forge knows no such thing about a run.
 
 use std::collections::BTreeMap;
@@ -74,15 +75,16 @@ fn holds(
 ) -> bool {
     let s = &spec.value;
     let var = |k: &str| vars.get(k).map_or("", String::as_str);
-    let (tag, branch) = (var("FORGE_GIT_TAG"), var("FORGE_GIT_BRANCH"));
-    let name = if tag.is_empty() { branch } else { tag };
+    // At most one of them is defined (see `check::pipeline_ref`).
+    let (tag, branch) = (var("CI_COMMIT_TAG"), var("CI_COMMIT_BRANCH"));
+    let name = if branch.is_empty() { tag } else { branch };
     let mut all = true;
     if let Some(refs) = &s.refs {
         let mut any = false;
         for r in refs {
             let v = r.value.as_str();
             let hit = match v {
-                "branches" => tag.is_empty() && !branch.is_empty(),
+                "branches" => !branch.is_empty(),
                 "tags" => !tag.is_empty(),
                 _ if SOURCES.contains(&v) => {
                     errors.push(

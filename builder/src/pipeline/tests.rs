@@ -9,6 +9,7 @@ use crate::pipeline::file::When;
 
 mod gitlab;
 mod gitlab_more;
+mod gitlab_rules;
 
 fn testdata(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -323,8 +323,18 @@ pub fn parse_expire_in(s: &str) -> Result<ExpireIn, String> {
             .map(|n| ExpireIn::After(Duration::from_secs(n)))
             .map_err(|_| bad());
     }
+    match human_duration(&text) {
+        Ok(Some(d)) => Ok(ExpireIn::After(d)),
+        Ok(None) => Err(bad()),
+        Err(()) => Err(format!("expire_in {s:?} is too long")),
+    }
+}
+
+/// GitLab's durations in words (its ChronicDuration): `2 hrs 20 min`, `3h 30m`, `1 week and 2
+/// days`, lowercase. `Ok(None)` when `text` is not one, `Err` when it overflows.
+pub(crate) fn human_duration(text: &str) -> Result<Option<Duration>, ()> {
     let mut total: u64 = 0;
-    let mut rest = text.as_str();
+    let mut rest = text;
     let mut terms = 0;
     loop {
         rest = rest.trim_start_matches([' ', ',']);
@@ -336,9 +346,9 @@ pub fn parse_expire_in(s: &str) -> Result<ExpireIn, String> {
         }
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(bad());
+            return Ok(None);
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let n: u64 = rest[..digits].parse().map_err(|_| ())?;
         rest = rest[digits..].trim_start();
         let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = match &rest[..letters] {
@@ -349,19 +359,16 @@ pub fn parse_expire_in(s: &str) -> Result<ExpireIn, String> {
             "w" | "wk" | "wks" | "week" | "weeks" => 7 * 86_400,
             "mo" | "mos" | "month" | "months" => 30 * 86_400,
             "y" | "yr" | "yrs" | "year" | "years" => 365 * 86_400,
-            _ => return Err(bad()),
+            _ => return Ok(None),
         };
         rest = &rest[letters..];
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("expire_in {s:?} is too long"))?;
+            .ok_or(())?;
         terms += 1;
     }
-    if terms == 0 {
-        return Err(bad());
-    }
-    Ok(ExpireIn::After(Duration::from_secs(total)))
+    Ok((terms > 0).then(|| Duration::from_secs(total)))
 }
 
 impl<'de> Deserialize<'de> for ExpireIn {

@@ -117,8 +117,11 @@ pub fn script_program(lines: &[String], after: &[String]) -> String {
     // Each subshell is a command of its own, with `set -e` inside: within an `&&`/`||` list the
     // shell would ignore `-e` in it, and a failing line would not stop the script. Outside them
     // `-e` is off, so that a failure is a status to keep, not the end of the program.
+    // `CI_JOB_STATUS` tells `after_script` how the script ended, as GitLab's runner does.
     format!(
-        "set +e\n(\nset -e\n{})\nforge_status=$?\n(\nset -e\n{})\nforge_after=$?\n\
+        "set +e\n(\nset -e\n{})\nforge_status=$?\nif [ \"$forge_status\" = 0 ]; then \
+         CI_JOB_STATUS=success; else CI_JOB_STATUS=failed; fi\nexport CI_JOB_STATUS\n\
+         (\nset -e\n{})\nforge_after=$?\n\
          if [ \"$forge_after\" != 0 ]; then printf '%s\\n' \"forge: after_script exited with \
          $forge_after (the job's result is its script's)\"; fi\nexit $forge_status\n",
         echoed(lines),
@@ -509,6 +512,19 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("after the failure\n"), "{out}");
+    }
+
+    /// GitLab's runner tells `after_script` the script's result in `CI_JOB_STATUS`; notify-on-
+    /// failure lines that read it never fired.
+    #[test]
+    fn after_script_reads_the_scripts_result_in_ci_job_status() {
+        let after = lines(&["echo \"status=[$CI_JOB_STATUS]\""]);
+        let (code, out) = run(&script_program(&lines(&["true"]), &after));
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("\nstatus=[success]\n"), "{out}");
+        let (code, out) = run(&script_program(&lines(&["exit 4"]), &after));
+        assert_eq!(code, 4, "{out}");
+        assert!(out.contains("\nstatus=[failed]\n"), "{out}");
     }
 
     #[test]

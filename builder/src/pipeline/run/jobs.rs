@@ -572,10 +572,12 @@ impl Runner {
                 received.extend(dotenv.iter().cloned());
             }
         }
-        let mut env: Vec<(String, String)> = Vec::new();
-        env.push(("CI".into(), "true".into()));
-        env.push(("FORGE_JOB_NAME".into(), plan.name.clone()));
-        env.push(("CI_JOB_NAME".into(), plan.name.clone()));
+        let mut env: Vec<(String, String)> = vec![
+            ("CI".into(), "true".into()),
+            ("FORGE_JOB_NAME".into(), plan.name.clone()),
+            ("CI_JOB_NAME".into(), plan.name.clone()),
+            ("CI_JOB_STAGE".into(), plan.stage.clone()),
+        ];
         // The built-ins change with every run (number, commit) while a job's verdict does not
         // depend on them: they reach the job at run time, outside its cache key. A variable the
         // file defines from them is hashed as it expands.

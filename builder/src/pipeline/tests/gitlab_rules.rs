@@ -1,0 +1,273 @@
+//! How `rules:` and `only:` read a run as GitLab does: a rule's `when:` defaulting to the job's,
+//! a pipeline that is a branch's or a tag's (never both), and variables that are undefined, not
+//! empty, where nothing defines them.
+
+use super::*;
+
+/// A job that is `when: manual` with a rule that only says `if:` ran by itself: the rule's `when`
+/// was taken to be `on_success` where GitLab takes the job's.
+#[test]
+fn a_rule_without_when_gives_the_jobs_own() {
+    let src = r#"jobs:
+  deploy:
+    image: alpine
+    when: manual
+    rules:
+      - if: $CI_COMMIT_BRANCH == "main"
+    script: [x]
+  cleanup:
+    image: alpine
+    when: on_failure
+    rules:
+      - if: $CI_COMMIT_BRANCH == "main"
+    script: [x]
+  plain:
+    image: alpine
+    rules:
+      - if: $CI_COMMIT_BRANCH == "main"
+    script: [x]
+  said:
+    image: alpine
+    when: manual
+    rules:
+      - if: $CI_COMMIT_BRANCH == "main"
+        when: always
+    script: [x]
+"#;
+    let p = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    assert_eq!(job(&p, "deploy").when, When::Manual);
+    assert_eq!(job(&p, "cleanup").when, When::OnFailure);
+    assert_eq!(job(&p, "plain").when, When::OnSuccess);
+    assert_eq!(job(&p, "said").when, When::Always);
+}
+
+fn jobs_run(p: &Pipeline) -> Vec<&str> {
+    p.jobs
+        .iter()
+        .filter(|j| j.when != When::Never)
+        .map(|j| j.name.as_str())
+        .collect()
+}
+
+/// `CI_COMMIT_TAG` and `CI_COMMIT_BRANCH` were always defined, empty when unknown, so
+/// `$CI_COMMIT_TAG != null` held on every branch and a release job ran there; and on a tagged
+/// branch head both were set while `only:` took the run for a tag's.
+#[test]
+fn a_run_is_a_branch_pipeline_or_a_tag_pipeline_and_the_other_name_is_undefined() {
+    let src = r#"jobs:
+  release:
+    image: alpine
+    rules:
+      - if: $CI_COMMIT_TAG != null
+    script: [x]
+  untagged:
+    image: alpine
+    rules:
+      - if: $CI_COMMIT_TAG == null
+    script: [x]
+  on-main:
+    image: alpine
+    only: [main]
+    script: [x]
+  on-tags:
+    image: alpine
+    only: [tags]
+    script: [x]
+  not-tags:
+    image: alpine
+    except: [tags]
+    script: [x]
+"#;
+    let branch = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    assert_eq!(jobs_run(&branch), ["untagged", "on-main", "not-tags"]);
+    assert!(!branch.variables.contains_key("CI_COMMIT_TAG"));
+    assert!(!branch.variables.contains_key("FORGE_GIT_TAG"));
+    assert_eq!(branch.variables["CI_COMMIT_BRANCH"], "main");
+    assert_eq!(branch.variables["CI_COMMIT_REF_NAME"], "main");
+
+    // The branch's head carries a tag: still the branch's pipeline (GitLab runs the tag's
+    // pipeline apart, on the tag's push); forge's own FORGE_GIT_TAG says the tag.
+    let both = with_builtins(
+        &[("FORGE_GIT_BRANCH", "main"), ("FORGE_GIT_TAG", "v1.0")],
+        None,
+    );
+    let both = ok(src, &both);
+    assert_eq!(jobs_run(&both), ["untagged", "on-main", "not-tags"]);
+    assert!(!both.variables.contains_key("CI_COMMIT_TAG"));
+    assert_eq!(both.variables["FORGE_GIT_TAG"], "v1.0");
+
+    let tag = ok(src, &with_builtins(&[("FORGE_GIT_TAG", "v1.0")], None));
+    assert_eq!(jobs_run(&tag), ["release", "on-tags"]);
+    assert_eq!(tag.variables["CI_COMMIT_TAG"], "v1.0");
+    assert!(!tag.variables.contains_key("CI_COMMIT_BRANCH"));
+    assert_eq!(tag.variables["CI_COMMIT_REF_NAME"], "v1.0");
+}
+
+/// An undefined built-in still expands to nothing where a value names it (an image's tag on a
+/// branch), as in GitLab, instead of refusing the file.
+#[test]
+fn an_undefined_built_in_expands_to_nothing() {
+    let src = r#"variables:
+  VERSION: "1.0$CI_COMMIT_TAG"
+jobs:
+  t:
+    image: alpine
+    script: [x]
+"#;
+    let p = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    assert_eq!(p.variables["VERSION"], "1.0");
+}
+
+/// `if: $DEPLOY_ENV == null` with the rule's `variables: {DEPLOY_ENV: staging}` (GitLab's way to
+/// give a default) never matched: the names the job's rules give were made empty before the
+/// rules were read.
+#[test]
+fn a_variable_only_rules_give_is_null_while_they_decide() {
+    let src = r#"jobs:
+  deploy:
+    image: alpine
+    rules:
+      - if: $DEPLOY_ENV == null
+        variables:
+          DEPLOY_ENV: staging
+      - when: never
+    script: [x]
+  given:
+    image: alpine
+    variables:
+      DEPLOY_ENV: prod
+    rules:
+      - if: $DEPLOY_ENV == null
+        variables:
+          DEPLOY_ENV: staging
+      - when: on_success
+    script: [x]
+  other:
+    image: alpine
+    rules:
+      - if: $NOPE
+        variables:
+          EXTRA: x
+      - when: on_success
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let d = job(&p, "deploy");
+    assert_eq!(d.when, When::OnSuccess);
+    assert_eq!(d.variables["DEPLOY_ENV"], "staging");
+    let g = job(&p, "given");
+    assert_eq!(g.rule, RuleOutcome::Matched { index: 1 });
+    assert_eq!(g.variables["DEPLOY_ENV"], "prod");
+    // A rule that did not decide gives nothing, not an empty value.
+    assert!(!job(&p, "other").variables.contains_key("EXTRA"));
+}
+
+/// `changes: [$SVC_DIR/**/*]` and `exists: [$SVC_DIR/main.go]` never matched: the globs were
+/// matched as written, `$` and all.
+#[test]
+fn changes_and_exists_globs_expand_variables() {
+    let src = r#"variables:
+  SVC_DIR: services/api
+jobs:
+  changed:
+    image: alpine
+    rules:
+      - changes: [$SVC_DIR/**/*]
+    script: [x]
+  there:
+    image: alpine
+    rules:
+      - exists: ["${SVC_DIR}/main.go"]
+    script: [x]
+"#;
+    let files: Vec<String> = vec!["services/api/main.go".into(), "README.md".into()];
+    let mut options = with_builtins(&[], Some(&["services/api/handler.go"]));
+    options.files = Some(files.clone());
+    let p = ok(src, &options);
+    assert_eq!(jobs_run(&p), ["changed", "there"]);
+    let mut options = with_builtins(&[], Some(&["docs/x.md"]));
+    options.files = Some(vec!["README.md".into()]);
+    let p = ok(src, &options);
+    assert!(jobs_run(&p).is_empty(), "{:?}", jobs_run(&p));
+}
+
+/// `$CI_JOB_NAME` in a job's `variables:` or `artifacts: paths:` was an undefined variable,
+/// though forge gives the job that name.
+#[test]
+fn the_jobs_name_and_stage_are_there_for_its_values() {
+    let src = r#"stages: [build, test]
+jobs:
+  unit:
+    stage: test
+    image: alpine
+    variables:
+      REPORT: report-$CI_JOB_NAME-$CI_JOB_STAGE.xml
+    artifacts:
+      paths: [out/$CI_JOB_NAME/]
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    let unit = job(&p, "unit");
+    assert_eq!(unit.variables["REPORT"], "report-unit-test.xml");
+    assert_eq!(unit.artifacts.as_ref().unwrap().paths, ["out/unit/"]);
+}
+
+/// GitLab's own examples, `timeout: 3 hours 30 minutes` and `timeout: 3h 30m`, were refused.
+#[test]
+fn a_timeout_reads_gitlab_s_words_too() {
+    for (written, secs) in [
+        ("1h30m", 5400),
+        ("3 hours 30 minutes", 12_600),
+        ("3h 30m", 12_600),
+        ("90 seconds", 90),
+        ("1 hour", 3600),
+        ("30m 10s", 1810),
+    ] {
+        let src =
+            format!("jobs:\n  t:\n    image: alpine\n    timeout: {written}\n    script: [x]\n");
+        let p = ok(&src, &CheckOptions::default());
+        assert_eq!(
+            job(&p, "t").timeout,
+            Some(std::time::Duration::from_secs(secs)),
+            "{written}"
+        );
+    }
+    for bad in ["10", "soon", "3 fortnights"] {
+        let src = format!("jobs:\n  t:\n    image: alpine\n    timeout: {bad}\n    script: [x]\n");
+        let e = errors(&src);
+        assert!(e.to_string().contains("invalid duration"), "{bad}: {e}");
+    }
+}
+
+/// GitLab's `.pre` and `.post` stages, first and last whether `stages:` lists them or not, were
+/// refused as undefined.
+#[test]
+fn pre_and_post_stages_come_first_and_last() {
+    let src = r#"stages: [build, .post, test]
+jobs:
+  last:
+    stage: .post
+    image: alpine
+    script: [x]
+  unit:
+    image: alpine
+    script: [x]
+  first:
+    stage: .pre
+    image: alpine
+    script: [x]
+  compile:
+    stage: build
+    image: alpine
+    script: [x]
+"#;
+    let p = ok(src, &CheckOptions::default());
+    assert_eq!(p.stages, [".pre", "build", "test", ".post"]);
+    let order: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(order, ["first", "compile", "unit", "last"]);
+    let none = ok(
+        "jobs:\n  unit:\n    image: alpine\n    script: [x]\n",
+        &CheckOptions::default(),
+    );
+    assert_eq!(none.stages, ["build", "test", "deploy"]);
+}
