@@ -190,14 +190,17 @@ struct Node {
     opaque: bool,
 }
 
-fn node(path: &Path) -> Result<Node, DiffError> {
+/// What `path` is, or `None` for a socket, which no layer holds: a step that leaves one (an agent
+/// or a database started in a RUN) makes its layer without it, as containerd's and BuildKit's
+/// diffs leave sockets out.
+fn node(path: &Path) -> Result<Option<Node>, DiffError> {
     let md = std::fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
     node_of(&md, path, || sys::lxattrs(path.as_os_str().as_bytes()))
 }
 
 /// A regular file's node through `file`, open on it: its stat and xattrs look up no path, and its
 /// content is read through the same descriptor.
-fn file_node(file: &File, path: &Path) -> Result<Node, DiffError> {
+fn file_node(file: &File, path: &Path) -> Result<Option<Node>, DiffError> {
     use std::os::fd::AsFd;
     let md = file.metadata().map_err(io_err("inspecting", path))?;
     node_of(&md, path, || sys::fxattrs(file.as_fd()))
@@ -223,12 +226,13 @@ fn open_regular(dir: &std::os::fd::OwnedFd, name: &[u8]) -> Option<File> {
     .map(File::from)
 }
 
-/// The node `md` describes, with the xattrs `xattrs` reads (overlayfs' own left out).
+/// The node `md` describes, with the xattrs `xattrs` reads (overlayfs' own left out); `None` for
+/// a socket (see [`node`]).
 fn node_of(
     md: &std::fs::Metadata,
     path: &Path,
     xattrs: impl FnOnce() -> Result<Vec<sys::Xattr>, nix::errno::Errno>,
-) -> Result<Node, DiffError> {
+) -> Result<Option<Node>, DiffError> {
     let ft = md.file_type();
     let rdev = md.rdev();
     let kind = if ft.is_dir() {
@@ -251,12 +255,7 @@ fn node_of(
     } else if ft.is_file() {
         EntryKind::File
     } else {
-        // Sockets do not belong in images; Docker and BuildKit skip them too.
-        return Err(DiffError::Io {
-            op: "unsupported file type (socket) at",
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::Unsupported),
-        });
+        return Ok(None);
     };
     let (overlay, xattrs): (Vec<sys::Xattr>, _) = xattrs()
         .map_err(|e| io_err("reading xattrs of", path)(io::Error::from_raw_os_error(e as i32)))?
@@ -272,7 +271,7 @@ fn node_of(
                 ]
                 .contains(&n.as_slice())
         });
-    Ok(Node {
+    Ok(Some(Node {
         opaque,
         meta: EntryMeta {
             mode: md.mode() & 0o7777,
@@ -291,7 +290,7 @@ fn node_of(
         ctime: (md.ctime(), md.ctime_nsec()),
         dev_ino: (md.dev(), md.ino()),
         nlink: md.nlink(),
-    })
+    }))
 }
 
 impl<S: LayerStream> Differ<'_, S> {
@@ -368,15 +367,17 @@ impl<S: LayerStream> Differ<'_, S> {
                 if dir_fd.is_none() {
                     dir_fd = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
                 }
-                if let Some(f) = dir_fd.as_ref().and_then(|held| open_regular(held, &name)) {
-                    let n = file_node(&f, &path)?;
-                    if n.kind == EntryKind::File {
-                        self.emit(&path, &crel, n, Some(f))?;
-                        continue;
-                    }
+                if let Some(f) = dir_fd.as_ref().and_then(|held| open_regular(held, &name))
+                    && let Some(n) = file_node(&f, &path)?
+                    && n.kind == EntryKind::File
+                {
+                    self.emit(&path, &crel, n, Some(f))?;
+                    continue;
                 }
             }
-            let n = node(&path)?;
+            let Some(n) = node(&path)? else {
+                continue;
+            };
             if n.kind == (EntryKind::CharDevice { major: 0, minor: 0 }) {
                 self.stats.whiteouts += 1;
                 self.writer.append_whiteout(&crel)?;
@@ -427,7 +428,9 @@ impl<S: LayerStream> Differ<'_, S> {
             match (in_upper, lower_names.get(&name)) {
                 (false, _) => self.whiteout(&crel)?,
                 (true, None) => {
-                    let n = node(&upath)?;
+                    let Some(n) = node(&upath)? else {
+                        continue;
+                    };
                     let is_dir = n.kind == EntryKind::Dir;
                     self.emit(&upath, &crel, n, None)?;
                     if is_dir {
@@ -436,10 +439,16 @@ impl<S: LayerStream> Differ<'_, S> {
                 }
                 (true, Some(&lower_is_dir)) => {
                     let lpath = child(lower.expect("a lower name needs a lower dir"), &name);
-                    let un = node(&upath)?;
-                    let ln = node(&lpath)?;
+                    // A socket over a lower entry is left out, as containerd leaves it: the
+                    // lower one shows through.
+                    let Some(un) = node(&upath)? else {
+                        continue;
+                    };
                     let is_dir = un.kind == EntryKind::Dir;
-                    let changed = !same(&un, &ln, &upath, &lpath, self.copied_at)?;
+                    let changed = match node(&lpath)? {
+                        Some(ln) => !same(&un, &ln, &upath, &lpath, self.copied_at)?,
+                        None => true,
+                    };
                     let pending = if changed {
                         self.emit(&upath, &crel, un, None)?;
                         false

@@ -504,3 +504,40 @@ fn a_time_before_1970_survives_a_layer() {
         assert_eq!(std::fs::metadata(target.join("old")).unwrap().mtime(), T);
     }
 }
+
+/// A step that leaves a Unix socket (gpg-agent, a database started in a RUN) failed its build
+/// ("unsupported file type (socket)", naming a path in the store). The layer now leaves sockets
+/// out, as containerd's and BuildKit's diffs do, in both ways of finding the changes; a socket
+/// over a lower file leaves the lower one showing.
+#[test]
+fn sockets_are_left_out_of_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    for d in [&lower, &upper] {
+        std::fs::create_dir_all(d.join("run")).unwrap();
+    }
+    std::fs::write(lower.join("run/was-a-file"), b"lower").unwrap();
+    let _agent = std::os::unix::net::UnixListener::bind(upper.join("run/agent.sock")).unwrap();
+    let _over = std::os::unix::net::UnixListener::bind(upper.join("run/was-a-file")).unwrap();
+    std::fs::write(upper.join("run/kept"), b"kept").unwrap();
+    let options = || LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: None,
+    };
+    let names = |tar: &[u8]| -> Vec<String> {
+        tar::Archive::new(tar)
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect()
+    };
+    let compared = Changes::Compare {
+        lower: Some(&lower),
+        upper: &upper,
+        copied_at: None,
+    };
+    let (_, tar, _) = write_layer(compared, Vec::new(), options()).unwrap();
+    assert_eq!(names(&tar), ["run/", "run/kept"]);
+    let (_, tar, _) = write_layer(Changes::OverlayUpper(&upper), Vec::new(), options()).unwrap();
+    assert_eq!(names(&tar), ["run/", "run/kept"]);
+}
