@@ -278,6 +278,33 @@ fn copy_from_errors() {
     assert!(matches!(*e.kind, LowerErrorKind::Platform(_)));
 }
 
+/// `FROM --platform=linux/arm64 img` pulled this machine's image and stamped arm64 on it: the
+/// image said arm64 and held amd64 files. Another platform than this machine's is refused at its
+/// FROM, as the `--platform` flag is; this machine's, and a stage reference (where BuildKit
+/// ignores the flag), are built.
+#[test]
+fn a_base_for_another_platform_is_refused_at_its_from() {
+    let host = forge_builder::graph::Platform::host();
+    let other = if host.architecture == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let src = format!("FROM a AS one\nFROM --platform={other} img\nCOPY --from=one /x /x\n");
+    let e = lower(&dockerfile(&src), &opts(&[], None)).unwrap_err();
+    assert_eq!(e.span.map(|s| s.start.line), Some(2), "{e}");
+    assert!(
+        e.to_string().contains(&format!("FROM --platform={other}")),
+        "{e}"
+    );
+    build(&format!("FROM --platform={host} img\nRUN x"), &[], None);
+    build(
+        &format!("FROM a AS one\nFROM --platform={other} one\n"),
+        &[],
+        None,
+    );
+}
+
 #[test]
 fn read_only_cache_and_tmpfs_mounts_lower_read_only() {
     let src = "FROM a\nRUN --mount=type=cache,target=/c,ro --mount=type=tmpfs,target=/t,readonly --mount=type=tmpfs,target=/w x";

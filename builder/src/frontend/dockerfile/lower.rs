@@ -477,6 +477,21 @@ pub fn lower_typed(
         } else {
             Base::Image(base)
         };
+        // The base is pulled for this machine's platform, the only one built: another one asked
+        // of an image would give this machine's files under the other's name (a stage reference
+        // ignores `--platform`, as in BuildKit).
+        if let (Base::Image(_), Some(p)) = (&base, &platform)
+            && !ctx.opts.build_platform.matches(p)
+        {
+            return Err(err(
+                LowerErrorKind::Source(format!(
+                    "FROM --platform={p}: only this machine's platform ({}) can be built for \
+                     now, and its base pulled",
+                    ctx.opts.build_platform
+                )),
+                st.span,
+            ));
+        }
         if let Some(n) = &st.from.name
             && ctx.opts.named_contexts.contains_key(n)
         {
