@@ -149,12 +149,26 @@ pub fn extract(
     let mut dir_times: Vec<(PathBuf, tar::Header)> = Vec::new();
     for entry in entries {
         let mut entry = entry.map_err(io("reading archive", archive))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let refuse = |reason: &str| FileOpError::ArchiveEntry {
+        // The entry's own PAX records: a sparse file's real name, size and map, and xattrs.
+        let records: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(records)) => records
+                .flatten()
+                .filter_map(|r| Some((r.key().ok()?.to_string(), r.value_bytes().to_vec())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let written_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let refuse_as = |name: &str, reason: &str| FileOpError::ArchiveEntry {
             archive: archive.to_path_buf(),
-            entry: name.clone(),
+            entry: name.to_string(),
             reason: reason.to_string(),
         };
+        let sparse = super::sparse::from_pax(&records).map_err(|r| refuse_as(&written_name, &r))?;
+        let name = sparse
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or(written_name);
+        let refuse = |reason: &str| refuse_as(&name, reason);
         let rel = match purpose {
             Extract::Add => clamped(&name),
             Extract::Files | Extract::Artifacts => {
@@ -208,9 +222,18 @@ pub fn extract(
                 }
                 dir_times.push((target.clone(), header.clone()));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            // The tar crate reads an old GNU sparse entry (type `S`) as its whole file, holes as
+            // zeros; the PAX forms are read here.
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let mut out = File::create(&target).map_err(io("creating", &target))?;
-                std::io::copy(&mut entry, &mut out).map_err(io("reading archive", archive))?;
+                match &sparse {
+                    Some(sparse) => super::sparse::write(sparse, &mut entry, &mut out)
+                        .map_err(|r| refuse(&r))?,
+                    None => {
+                        std::io::copy(&mut entry, &mut out)
+                            .map_err(io("reading archive", archive))?;
+                    }
+                }
             }
             tar::EntryType::Symlink => {
                 let link = entry
@@ -285,8 +308,20 @@ pub fn extract(
                 )
                 .map_err(|e| io("creating node", &target)(std::io::Error::from(e)))?;
             }
-            // Extension headers are consumed by the tar reader; anything else has no file form.
-            _ => continue,
+            // Extension headers: the reader applies them to the entries they come before.
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => continue,
+            // Left out silently, an entry would be a file missing from the image with nothing
+            // said (a volume label, a multi-volume continuation, a vendor's own type).
+            other => {
+                return Err(refuse(&format!(
+                    "its entry type {:?} ({}) has no file form forge can make",
+                    char::from(other.as_byte()),
+                    other.as_byte()
+                )));
+            }
         }
         let ids = owner.unwrap_or(Ids {
             uid: header.uid().unwrap_or(0) as u32,
@@ -297,6 +332,14 @@ pub fn extract(
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
                 .map_err(io("chmod", &target))?;
         }
+        // After the chown, which would clear `security.capability`; as far as this process may
+        // set each (BuildKit's extraction too sets xattrs on a best-effort basis: `trusted.*`
+        // needs a privilege a rootless build lacks).
+        // Not on artifacts, which land on the host: a job's archive could give a program
+        // there file capabilities.
+        if purpose != Extract::Artifacts {
+            set_xattrs(&target, &records);
+        }
         // A link's own time too (never its target's), as docker keeps it.
         set_mtime(&target, &header)?;
     }
@@ -304,6 +347,34 @@ pub fn extract(
         set_mtime(d, h)?;
     }
     Ok(())
+}
+
+/// Sets the xattrs an entry's PAX records carry (`SCHILY.xattr.NAME`, as GNU tar, bsdtar and Go's
+/// archive/tar write them) on `target`, each as far as this process may.
+fn set_xattrs(target: &Path, records: &[(String, Vec<u8>)]) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(target.as_os_str().as_bytes()) else {
+        return;
+    };
+    for (key, value) in records {
+        let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+            continue;
+        };
+        let Ok(name) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        // SAFETY: the path and name are NUL-terminated and the value's pointer and length
+        // describe a live buffer.
+        unsafe {
+            libc::lsetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            );
+        }
+    }
 }
 
 /// An entry name made relative and cleaned, a `..` at the top staying there.
@@ -357,4 +428,100 @@ fn set_mtime(p: &Path, h: &tar::Header) -> Result<(), FileOpError> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| io("setting times of", p)(std::io::Error::from(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    fn own() -> Option<Ids> {
+        Some(Ids {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        })
+    }
+
+    /// `ADD` of an archive whose entries carry xattrs (`SCHILY.xattr.*`, as `tar --xattrs`
+    /// writes them) dropped them all; BuildKit sets them. Artifacts, which land on the host, get
+    /// none.
+    #[test]
+    fn an_entrys_xattrs_are_set_except_on_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        if xattr_of(&probe).is_none() && set_user_xattr(&probe).is_err() {
+            eprintln!("SKIP: {} keeps no user xattrs", dir.path().display());
+            return;
+        }
+        let tar_path = dir.path().join("x.tar");
+        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
+        b.append_pax_extensions([("SCHILY.xattr.user.forge", &b"kept"[..])])
+            .unwrap();
+        b.append_data(&mut header(tar::EntryType::Regular, 2), "f", &b"hi"[..])
+            .unwrap();
+        b.finish().unwrap();
+        drop(b);
+        for (purpose, want) in [
+            (Extract::Add, Some(b"kept".to_vec())),
+            (Extract::Artifacts, None),
+        ] {
+            let out = dir.path().join(format!("{purpose:?}"));
+            std::fs::create_dir(&out).unwrap();
+            extract(&tar_path, &out, &out, own(), purpose).unwrap();
+            assert_eq!(std::fs::read(out.join("f")).unwrap(), b"hi");
+            assert_eq!(xattr_of(&out.join("f")), want, "{purpose:?}");
+        }
+    }
+
+    /// An entry of a type forge makes nothing of (here GNU's volume label, `V`) was left out
+    /// without a word: a file missing from the image. It is refused, naming it.
+    #[test]
+    fn an_entry_of_an_unknown_type_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar_path = dir.path().join("v.tar");
+        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
+        b.append_data(&mut header(tar::EntryType::new(b'V'), 0), "label", &b""[..])
+            .unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let e = extract(&tar_path, &out, &out, own(), Extract::Add).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("label") && text.contains("'V'"), "{text}");
+    }
+
+    fn set_user_xattr(path: &Path) -> std::io::Result<()> {
+        set_xattrs(path, &[("SCHILY.xattr.user.probe".into(), b"1".to_vec())]);
+        xattr_of_named(path, "user.probe")
+            .map(|_| ())
+            .ok_or_else(|| std::io::Error::other("no user xattrs"))
+    }
+
+    fn xattr_of(path: &Path) -> Option<Vec<u8>> {
+        xattr_of_named(path, "user.forge")
+    }
+
+    fn xattr_of_named(path: &Path, name: &str) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: NUL-terminated path and name; the buffer's pointer and length are live.
+        let got =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (got >= 0).then(|| {
+            buf.truncate(got as usize);
+            buf
+        })
+    }
 }

@@ -9,6 +9,7 @@ mod meta;
 mod owner;
 mod pool;
 pub mod root;
+mod sparse;
 
 use std::path::{Path, PathBuf};
 
