@@ -1757,3 +1757,65 @@ fn registries_conf_mirrors_serve_base_images() {
     assert!(!o.status.success());
     assert!(printed(&o).contains("bad.conf"), "{}", printed(&o));
 }
+
+/// `--compression zstd` with Docker's media types (`-o type=docker`, or `oci-mediatypes=false`)
+/// wrote a Docker manifest of `diff.tar.zstd` layers, a type skopeo and buildah refuse. The image
+/// gets OCI's media types instead, as BuildKit gives it, and the build says so.
+#[test]
+fn zstd_layers_get_oci_media_types_even_in_a_docker_tar() {
+    let Some(Workspace { dir: ws, root, ctx }) =
+        workspace("forge-zstd-docker", "RUN echo z > /z\n")
+    else {
+        return;
+    };
+    let c = ctx.to_string_lossy().into_owned();
+    let texts = |tar: &[u8]| -> Vec<String> {
+        let mut out = Vec::new();
+        for e in tar::Archive::new(tar).entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+            out.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        out
+    };
+    for (compression, manifest, warned) in [
+        (
+            "gzip",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            false,
+        ),
+        ("zstd", "application/vnd.oci.image.manifest.v1+json", true),
+    ] {
+        let file = ws.path().join(format!("{compression}.tar"));
+        let o = forge(
+            &root,
+            &[
+                "build",
+                "--compression",
+                compression,
+                "-o",
+                &format!("type=docker,dest={}", file.display()),
+                &c,
+            ],
+        );
+        assert!(o.status.success(), "{}", printed(&o));
+        let all = texts(&fs::read(&file).unwrap());
+        assert!(
+            all.iter()
+                .any(|t| t.contains(&format!("\"mediaType\":\"{manifest}\""))),
+            "{compression}: no {manifest} manifest"
+        );
+        assert!(
+            !all.iter()
+                .any(|t| t.contains("vnd.docker.image.rootfs.diff.tar.zstd")),
+            "{compression}: a Docker-typed zstd layer"
+        );
+        assert_eq!(
+            printed(&o).contains("Docker's media types cannot name"),
+            warned,
+            "{}",
+            printed(&o)
+        );
+    }
+}

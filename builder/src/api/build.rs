@@ -534,7 +534,23 @@ impl Session {
                         }
                 )
             });
-        let format = if docker_only {
+        // Docker's media types have no name for a zstd layer that readers know (skopeo and
+        // buildah refuse `diff.tar.zstd`): such an image gets OCI's, as BuildKit gives it.
+        let zstd = layers
+            .iter()
+            .any(|l| l.media_type.to_string().contains("zstd"));
+        let docker_tar = request
+            .exports
+            .iter()
+            .any(|e| matches!(e, Export::DockerTar(_)));
+        if (docker_only || docker_tar) && zstd {
+            events.emit(BuildEvent::Warning {
+                message: "the image has zstd layers, which Docker's media types cannot name: its \
+                          manifest is OCI's (oci-mediatypes=false is not kept)"
+                    .into(),
+            });
+        }
+        let format = if docker_only && !zstd {
             ManifestFormat::Docker
         } else {
             ManifestFormat::Oci
@@ -576,7 +592,12 @@ impl Session {
                         &self.store,
                         labels,
                         &ImageOptions {
-                            format: ManifestFormat::Docker,
+                            // zstd layers: OCI's types (see `zstd` above).
+                            format: if zstd {
+                                ManifestFormat::Oci
+                            } else {
+                                ManifestFormat::Docker
+                            },
                             source_date_epoch: request.source_date_epoch,
                         },
                     )?;
