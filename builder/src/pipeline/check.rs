@@ -129,6 +129,9 @@ pub fn check(
         globals.insert(gitlab.to_string(), value);
     }
     let mut unset = pipeline_ref(&mut globals);
+    // GitLab's `CI`, always `true`: the file may read it (`if: $CI`); the jobs get it from
+    // `jobs.rs` with forge's other names.
+    globals.insert("CI".to_string(), "true".to_string());
     expand::define(&file.variables, source, &mut globals, &mut errors);
     // A variable the file defines is defined, whatever a built-in of its name was.
     unset.retain(|n| !file.variables.0.iter().any(|(k, _)| k.value == *n));
@@ -346,10 +349,13 @@ pub fn check(
                 }
             }
         }
+        // GitLab's default: a manual job may fail (it blocks nothing) unless it comes from
+        // `rules:`, where every job defaults to `allow_failure: false` (and a manual one then
+        // blocks the later stages until it is run).
         let allow_failure = decided
             .and_then(|r| r.allow_failure)
             .or(spec.allow_failure)
-            .unwrap_or(false);
+            .unwrap_or(when == When::Manual && spec.rules.is_none());
         let stage = match &spec.stage {
             Some(s) => {
                 if !stages.contains(&s.value) {
@@ -557,7 +563,8 @@ pub fn check(
     let mut warnings = Vec::new();
     gitlab_keys::ignored(file, &mut warnings);
     // What is not defined in this run does not reach the jobs' environment.
-    globals.retain(|k, _| !unset.contains(k));
+    let file_sets_ci = file.variables.0.iter().any(|(k, _)| k.value == "CI");
+    globals.retain(|k, _| !unset.contains(k) && (k != "CI" || file_sets_ci));
     // `.pre` and `.post` are there only when jobs are.
     let mut stages = stages;
     stages.retain(|s| !s.starts_with('.') || sorted.iter().any(|j| j.stage == *s));

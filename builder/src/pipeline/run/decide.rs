@@ -76,18 +76,24 @@ pub(super) fn decide(
                 .any(|(d, e)| matches!(d, Node::Build(..)) && *e != End::Ok);
             let upstream = !failed.is_empty() || !held.is_empty() || !blocked.is_empty();
             // A manual job not asked for is skipped, and what names it in `needs:` waits for
-            // it as in GitLab: here, where nobody can press play, it does not run either.
-            let manual_needs: Vec<&String> = job
-                .needs
+            // it as in GitLab: here, where nobody can press play, it does not run either. So does
+            // a job of a later stage (one without `needs:`) when the manual job is blocking
+            // (`allow_failure: false`, which a manual job from `rules:` is unless it says
+            // otherwise): GitLab's pipeline stops there, blocked.
+            let waits_for = |j: &String| match &job.needs {
+                Some(needs) => needs
+                    .iter()
+                    .any(|n| matches!(n, crate::pipeline::plan::Need::Job(x) if x == j)),
+                None => plan.jobs.iter().any(|p| p.name == *j && !p.allow_failure),
+            };
+            let manual_needs: Vec<&String> = deps
                 .iter()
-                .flatten()
-                .filter_map(|n| match n {
-                    crate::pipeline::plan::Need::Job(j) => Some(j),
-                    crate::pipeline::plan::Need::Image(_) => None,
+                .filter_map(|(d, e)| match d {
+                    Node::Job(j) if *e == End::Skipped => Some(j),
+                    _ => None,
                 })
                 .filter(|j| {
-                    deps.iter()
-                        .any(|(d, e)| *e == End::Skipped && *d == Node::Job((*j).clone()))
+                    waits_for(j)
                         && plan
                             .jobs
                             .iter()
@@ -113,7 +119,7 @@ pub(super) fn decide(
                 (
                     End::Blocked,
                     format!(
-                        "it needs {}, manual and not asked for (`forge run {}` runs them)",
+                        "it waits for {}, manual and not asked for (`forge run {}` runs them)",
                         names.join(", "),
                         std::iter::once(job.base.as_str())
                             .chain(names.iter().copied())

@@ -367,7 +367,7 @@ jobs:
     w.assert_said("job deploy: skipped: when: manual (`forge run deploy` runs it)");
     assert_eq!(w.end(&job("announce")), Some(End::Blocked), "{:?}", w.lines);
     w.assert_said(
-        "job announce: skipped: it needs deploy, manual and not asked for (`forge run announce \
+        "job announce: skipped: it waits for deploy, manual and not asked for (`forge run announce \
          deploy` runs them)",
     );
     assert_eq!(w.end(&job("later")), Some(End::Ok), "{:?}", w.lines);
@@ -385,4 +385,74 @@ jobs:
     // Asked for, it gates the push like any job on the image.
     let w = walk(&p, &["unit", "deploy"], &[(job("deploy"), End::Failed)]);
     assert_eq!(w.end(&push("app")), Some(End::Blocked), "{:?}", w.lines);
+}
+
+/// A manual job from `rules:` is blocking, as GitLab makes it (`allow_failure: false` unless the
+/// rule or job says otherwise): the later stages wait for it, so here, where nobody presses play,
+/// they do not run. A job-level `when: manual` may be skipped (GitLab's optional manual job)
+/// unless it says `allow_failure: false`. Before, every manual job was optional and the deploy
+/// stage after an approval gate ran without it.
+#[test]
+fn a_blocking_manual_job_holds_the_later_stages() {
+    let src = |gate: &str| {
+        format!(
+            r#"stages: [test, approve, deploy]
+jobs:
+  unit:
+    image: docker.io/library/busybox
+    script: [x]
+  gate:
+    stage: approve
+    image: docker.io/library/busybox
+{gate}    script: [x]
+  ship:
+    stage: deploy
+    image: docker.io/library/busybox
+    script: [x]
+"#
+        )
+    };
+    for gate in [
+        "    rules:\n      - when: manual\n",
+        "    when: manual\n    allow_failure: false\n",
+        "    when: manual\n    rules:\n      - if: $CI\n",
+    ] {
+        let w = walk(&plan(&src(gate)), &[], &[]);
+        assert_eq!(
+            w.end(&job("gate")),
+            Some(End::Skipped),
+            "{gate}: {:?}",
+            w.lines
+        );
+        assert_eq!(
+            w.end(&job("ship")),
+            Some(End::Blocked),
+            "{gate}: {:?}",
+            w.lines
+        );
+        w.assert_said(
+            "job ship: skipped: it waits for gate, manual and not asked for (`forge run ship \
+             gate` runs them)",
+        );
+        let w = walk(&plan(&src(gate)), &["gate", "ship"], &[]);
+        assert_eq!(w.end(&job("ship")), Some(End::Ok), "{gate}: {:?}", w.lines);
+    }
+    for optional in [
+        "    when: manual\n",
+        "    rules:\n      - when: manual\n        allow_failure: true\n",
+    ] {
+        let w = walk(&plan(&src(optional)), &[], &[]);
+        assert_eq!(
+            w.end(&job("gate")),
+            Some(End::Skipped),
+            "{optional}: {:?}",
+            w.lines
+        );
+        assert_eq!(
+            w.end(&job("ship")),
+            Some(End::Ok),
+            "{optional}: {:?}",
+            w.lines
+        );
+    }
 }
