@@ -234,6 +234,7 @@ pub struct JobSpec {
     pub artifacts: Option<ArtifactsSpec>,
     /// Names of secrets the job may read.
     pub secrets: Option<Vec<Sp<String>>>,
+    #[serde(default, deserialize_with = "rules_list")]
     pub rules: Option<Vec<RuleSpec>>,
     /// GitLab's keys before `rules:` ([`super::only`]).
     pub only: Option<Sp<OnlySpec>>,
@@ -351,6 +352,68 @@ pub struct RuleSpec {
     /// Variables the job gets when this rule decides, over its own (GitLab's `rules:variables`).
     #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
+}
+
+/// GitLab's most levels of lists within `rules:`, as within a script.
+const MAX_RULES_NESTING: usize = 10;
+
+/// `rules:` as GitLab reads them: a list whose items are rules or lists of rules (what
+/// `- !reference [.defaults, rules]` or an anchor of a list makes), flattened in order.
+pub(crate) fn rules_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<RuleSpec>>, D::Error> {
+    struct Rules<'a> {
+        out: &'a mut Option<Vec<RuleSpec>>,
+        depth: usize,
+    }
+    impl<'de> Visitor<'de> for Rules<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of rules (lists within it are flattened)")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+            if self.depth == 0 {
+                return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+            }
+            let rule = RuleSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            self.out.get_or_insert_with(Vec::new).push(rule);
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            if self.depth > MAX_RULES_NESTING {
+                return Err(de::Error::custom(format!(
+                    "rules nest deeper than {MAX_RULES_NESTING} lists"
+                )));
+            }
+            self.out.get_or_insert_with(Vec::new);
+            while seq
+                .next_element_seed(Rules {
+                    out: &mut *self.out,
+                    depth: self.depth + 1,
+                })?
+                .is_some()
+            {}
+            Ok(())
+        }
+    }
+    impl<'de> de::DeserializeSeed<'de> for Rules<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    let mut out = None;
+    d.deserialize_any(Rules {
+        out: &mut out,
+        depth: 0,
+    })?;
+    Ok(out)
 }
 
 /// When a job runs, relative to the jobs before it.

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::error::{Part, PipelineError, PipelineErrors, Pos};
-use super::file::{DefaultSpec, Include, PipelineFile, pos_of};
+use super::file::{DefaultSpec, Include, IncludeList, PipelineFile, Sp, pos_of};
 use super::{CheckOptions, Pipeline, check, extends, normalize_breaks, read_yaml, yaml_options};
 
 /// Most files one pipeline is made of, the pipeline file included (GitLab's limit is 150).
@@ -31,9 +31,11 @@ pub fn load(
     read: ReadInclude<'_>,
 ) -> Result<Pipeline, PipelineErrors> {
     let main = normalize_breaks(source).into_owned();
-    let first: PipelineFile = read_yaml(file, &main)?;
+    // The files are found first by their `include:` alone: a file read whole before its
+    // `!reference` tags are resolved (which may name a key of any of them) would not read.
+    let first: Includes = read_yaml(file, &main)?;
     if first.include.is_none() {
-        return super::finish(file, &main, first, options);
+        return super::load(file, &main, options);
     }
     let mut texts = vec![with_end(main)];
     let mut parts = vec![Part {
@@ -41,18 +43,18 @@ pub fn load(
         first_line: 0,
         lines: texts[0].lines().count(),
     }];
-    let mut files = vec![first];
+    let mut found = vec![first];
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     let mut next = 0;
-    while next < files.len() {
-        let wanted = included(&files[next], &mut errors);
+    while next < found.len() {
+        let wanted = included(found[next].include.as_ref(), &mut errors);
         next += 1;
         for (path, at) in wanted {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            if files.len() == MAX_FILES {
+            if found.len() == MAX_FILES {
                 errors.push(PipelineError::new(
                     at,
                     format!("more than {MAX_FILES} files are included"),
@@ -74,7 +76,37 @@ pub fn load(
                 lines: text.lines().count(),
             });
             texts.push(text);
-            match read_yaml::<PipelineFile>(&path, &padded) {
+            match read_yaml::<Includes>(&path, &padded) {
+                Ok(f) => found.push(f),
+                Err(e) => {
+                    errors.extend(e.errors);
+                    found.push(Includes::default());
+                }
+            }
+        }
+    }
+    // `!reference` tags resolved, each file is read whole.
+    let mut files = Vec::new();
+    if errors.is_empty() {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match super::reference::resolve_all(&refs) {
+            Ok(resolved) => {
+                for (i, text) in resolved.into_iter().enumerate() {
+                    if let Some(text) = text {
+                        texts[i] = text;
+                    }
+                }
+            }
+            Err(found) => errors.extend(found.into_iter().map(|(i, mut e)| {
+                e.pos.line += parts[i].first_line;
+                e
+            })),
+        }
+    }
+    if errors.is_empty() {
+        for (part, text) in parts.iter().zip(&texts) {
+            let padded = format!("{}{text}", "\n".repeat(part.first_line));
+            match read_yaml::<PipelineFile>(&part.file, &padded) {
                 Ok(f) => files.push(f),
                 Err(e) => errors.extend(e.errors),
             }
@@ -99,6 +131,12 @@ pub fn load(
     check(&merged, &whole, options).map_err(fail)
 }
 
+/// A file's `include:` alone, the rest of it passed over.
+#[derive(Default, serde::Deserialize)]
+struct Includes {
+    include: Option<Sp<IncludeList>>,
+}
+
 fn with_end(mut text: String) -> String {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -108,8 +146,11 @@ fn with_end(mut text: String) -> String {
 
 /// The paths `file`'s `include:` names, with where each is written; what forge cannot include
 /// is an error there.
-fn included(file: &PipelineFile, errors: &mut Vec<PipelineError>) -> Vec<(String, Pos)> {
-    let Some(list) = &file.include else {
+fn included(
+    include: Option<&Sp<IncludeList>>,
+    errors: &mut Vec<PipelineError>,
+) -> Vec<(String, Pos)> {
+    let Some(list) = include else {
         return Vec::new();
     };
     let whole = pos_of(list);

@@ -25,6 +25,7 @@ mod job_cache;
 pub mod junit;
 mod only;
 mod plan;
+mod reference;
 mod resolve;
 pub mod rules;
 pub mod run;
@@ -82,8 +83,9 @@ pub fn normalize_breaks(source: &str) -> Cow<'_, str> {
 
 /// Reads `source` as a forge.yaml into its located model; `file` is the name errors report.
 pub fn parse(file: &str, source: &str) -> Result<PipelineFile, PipelineErrors> {
+    let normalized = normalize_breaks(source);
+    let source = &*with_references(file, &normalized)?;
     let mut parsed = read_yaml(file, source)?;
-    let source = &*normalize_breaks(source);
     extends::resolve(&mut parsed, &[source], yaml_options)
         .map_err(|errors| PipelineErrors::new(file, source, errors))?;
     Ok(parsed)
@@ -115,9 +117,28 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
 
 /// Parses and checks `source` in one go: the validated plan, or every error found.
 pub fn load(file: &str, source: &str, options: &CheckOptions) -> Result<Pipeline, PipelineErrors> {
-    let source = &*normalize_breaks(source);
+    let normalized = normalize_breaks(source);
+    let source = &*with_references(file, &normalized)?;
     let parsed = read_yaml(file, source)?;
     finish(file, source, parsed, options)
+}
+
+/// `source` (line breaks normalized) with its `!reference` tags resolved within it.
+fn with_references<'a>(
+    file: &str,
+    source: &'a str,
+) -> Result<std::borrow::Cow<'a, str>, PipelineErrors> {
+    match reference::resolve_all(&[source]) {
+        Ok(mut r) => Ok(match r.pop().flatten() {
+            Some(text) => std::borrow::Cow::Owned(text),
+            None => std::borrow::Cow::Borrowed(source),
+        }),
+        Err(errors) => Err(PipelineErrors::new(
+            file,
+            source,
+            errors.into_iter().map(|(_, e)| e).collect(),
+        )),
+    }
 }
 
 /// The rest of [`load`] for a file already read from `source` (line breaks normalized): its

@@ -384,6 +384,7 @@ impl<'de> Deserialize<'de> for ExpireIn {
 pub struct WorkflowSpec {
     /// The first that matches decides: `when: never` (or no match) makes no pipeline; its
     /// `variables:` join the file's.
+    #[serde(default, deserialize_with = "super::rules_list")]
     pub rules: Option<Vec<RuleSpec>>,
     /// GitLab's pipeline name and auto-cancel settings: read, and said to be ignored.
     pub name: Option<Sp<de::IgnoredAny>>,

@@ -417,7 +417,7 @@ jobs:
 }
 
 /// `include:` read from a map standing in for the repository.
-fn with_files(main: &str, files: &[(&str, &str)]) -> Result<Pipeline, PipelineErrors> {
+pub(super) fn with_files(main: &str, files: &[(&str, &str)]) -> Result<Pipeline, PipelineErrors> {
     let files: std::collections::BTreeMap<String, String> = files
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

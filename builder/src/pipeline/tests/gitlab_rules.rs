@@ -271,3 +271,64 @@ jobs:
     );
     assert_eq!(none.stages, ["build", "test", "deploy"]);
 }
+
+/// `!reference [.setup, script]` was read as the list of its keys: the job ran the commands
+/// `.setup` and `script`. It is GitLab's: the value the keys name, here in a script (flattened),
+/// in `rules:` (flattened too) and as `variables:`, from this file or an included one.
+#[test]
+fn reference_tags_take_the_value_they_name() {
+    let main = r#"include: [ci/templates.yml]
+.setup:
+  script:
+    - echo setting up
+    - make deps
+jobs:
+  unit:
+    image: alpine
+    variables: !reference [.vars, variables]
+    rules:
+      - !reference [.rules, rules]
+      - when: never
+    script:
+      - !reference [.setup, script]
+      - make test
+"#;
+    let templates = r#".vars:
+  variables:
+    LEVEL: "3"
+.rules:
+  rules:
+    - if: $CI_COMMIT_BRANCH == "main"
+      when: manual
+"#;
+    let p = super::gitlab_more::with_files(main, &[("ci/templates.yml", templates)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let unit = job(&p, "unit");
+    assert_eq!(unit.script, ["echo setting up", "make deps", "make test"]);
+    assert_eq!(unit.variables["LEVEL"], "3");
+    // Not on main: the referenced rule does not match, the written one says never.
+    assert_eq!(unit.when, When::Never);
+    assert_eq!(unit.rule, RuleOutcome::Matched { index: 1 });
+
+    // Within one file, and an error where a key is missing, at the tag's line.
+    let one = ".setup:\n  script: [a]\njobs:\n  t:\n    image: alpine\n    script:\n      - !reference [.setup, script]\n      - !reference [.setup, nope]\n";
+    let e = errors(one);
+    assert_eq!(places(&e), [(8, 20)], "{e}");
+    assert!(e.to_string().contains("`.setup` has no key `nope`"), "{e}");
+    let fixed = one.replace("      - !reference [.setup, nope]\n", "");
+    assert_eq!(
+        job(&ok(&fixed, &CheckOptions::default()), "t").script,
+        ["a"]
+    );
+}
+
+/// A rule's unknown key is still refused at its place inside the list that is now read item
+/// by item.
+#[test]
+fn a_rules_unknown_key_is_refused_at_its_line() {
+    let e = errors(
+        "jobs:\n  t:\n    image: alpine\n    rules:\n      - if: $A\n        wen: never\n    script: [x]\n",
+    );
+    assert!(e.to_string().contains("wen"), "{e}");
+    assert_eq!(places(&e)[0].0, 6, "{e}");
+}
