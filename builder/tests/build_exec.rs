@@ -937,6 +937,54 @@ fn zstd_export_reencodes_only_built_layers_with_the_same_diff_ids() {
     });
 }
 
+/// `forge push` of a stored image with zstd layers (pulled from another tool, here one whose
+/// config is JSON as Go writes it: `\u0026`, its own key order) re-encodes them with gzip and
+/// re-serialised the config: the pushed image had another ID than the one pulled. The config is
+/// now sent byte for byte.
+#[test]
+fn a_stored_zstd_image_is_pushed_with_its_config_byte_for_byte() {
+    if !prerequisites() {
+        return;
+    }
+    let bench = Bench::new(BackendKind::Overlay);
+    let ctx = bench.context("ctx", &[]);
+    let df = format!("{BASE}RUN echo z > /z\n");
+    runtime().block_on(async {
+        let s = bench.solve(&df, &ctx).await.unwrap();
+        let zstd = export::with_compression(&bench.store, &s.layers, Compression::Zstd { level: 3 })
+            .await
+            .unwrap();
+        let diff_ids: Vec<String> = zstd.iter().map(|l| format!("\"{}\"", l.diff_id)).collect();
+        let config = format!(
+            "{{\"os\":\"linux\",\"architecture\":\"amd64\",\"config\":{{\"Env\":[\"A=b\\u0026c\"]}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
+            diff_ids.join(",")
+        );
+        let blobs = zstd
+            .iter()
+            .map(|l| export::LayerBlob {
+                path: bench.store.blob_path(&l.digest),
+                digest: l.digest.to_string().parse().unwrap(),
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+                media_type: l.media_type.as_str().into(),
+            })
+            .collect();
+        let options = export::ImageOptions {
+            format: export::ManifestFormat::Oci,
+            source_date_epoch: None,
+        };
+        let image = export::wrap_config(config.clone().into_bytes(), None, blobs, &options).unwrap();
+        let platform = forge_builder::graph::Platform::host();
+        let name = "127.0.0.1:5000/t/foreign:1".to_string();
+        export::record_image(&bench.store, &image, std::slice::from_ref(&name), &platform).unwrap();
+        let (record, layers) = export::stored_for_push(&bench.store, &name).await.unwrap();
+        assert_eq!(record.config.digest.to_string(), image.id().to_string());
+        assert_eq!(bench.store.read_blob(&record.config.digest).unwrap(), config.as_bytes());
+        assert!(layers.iter().all(|l| l.media_type.ends_with("+gzip")), "{layers:?}");
+        assert_ne!(record.manifest.digest.to_string(), image.manifest_descriptor().digest().to_string());
+    });
+}
+
 #[test]
 fn secrets_are_required_when_marked_and_masked_line_by_line() {
     if !prerequisites() {

@@ -310,16 +310,19 @@ pub async fn stored_for_push(
     if pushable == layers {
         return Ok((record, layers));
     }
-    let doc: super::json::Ordered = serde_json::from_slice(&config_json)
-        .map_err(|e| ExportError::Invalid(format!("{reference}: its config: {e}")))?;
     let blobs = layer_blobs(store, &pushable)?;
+    // zstd layers re-encoded with gzip may go under Docker's types again.
     let format = if record.manifest.media_type.contains("docker") {
         super::ManifestFormat::Docker
     } else {
         super::ManifestFormat::Oci
     };
-    let image = super::assemble_json(
-        &doc,
+    // The config is the stored one, byte for byte (its diff_ids name the uncompressed layers,
+    // which did not change): the image keeps its ID, whatever JSON another tool wrote it in.
+    let created = base.created.clone();
+    let image = super::wrap_config(
+        config_json,
+        created,
         blobs,
         &ImageOptions {
             format,

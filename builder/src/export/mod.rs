@@ -360,6 +360,23 @@ pub fn assemble_json<T: serde::Serialize + ?Sized>(
         .map(str::to_string);
 
     let config_json = json::to_canonical_vec(&config).map_err(encode("image config"))?;
+    wrap_config(config_json, created, layers, options)
+}
+
+/// The image whose config is the document `config_json`, byte for byte, and whose layers are
+/// `layers` (in the config's order): its manifest made around them.
+pub fn wrap_config(
+    config_json: Vec<u8>,
+    created: Option<String>,
+    layers: Vec<LayerBlob>,
+    options: &ImageOptions,
+) -> Result<Image, ExportError> {
+    let encode = |what: &'static str| {
+        move |e: serde_json::Error| ExportError::Encode {
+            what,
+            reason: e.to_string(),
+        }
+    };
     let (manifest_type, config_type) = match options.format {
         ManifestFormat::Oci => (MediaType::ImageManifest, MediaType::ImageConfig),
         ManifestFormat::Docker => (
