@@ -235,8 +235,15 @@ pub(crate) fn refusal_text(
     status: u16,
     login: Option<&str>,
     action: &str,
+    token_granted: bool,
 ) -> String {
     match (status, login) {
+        // The login was good for a token (a wrong password fails the token's request), and the
+        // registry then refused the token for this: it does not cover the action (a token
+        // server's `insufficient_scope`).
+        (401, Some(user)) if token_granted => format!(
+            "{user} may not {action} there (status 401: the token {registry}'s token server gave {user} does not cover it)"
+        ),
         (401, Some(user)) => format!(
             "the credentials for {user} were refused (status 401): the password or token is wrong or expired; log in to {registry} again"
         ),
@@ -345,6 +352,23 @@ fn oci_reference(reference: &Reference) -> oci_client::Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login a token server accepted, whose token the registry then refused for a push (a
+    /// pull-only user), was told its password was wrong; the password was right.
+    #[test]
+    fn a_401_after_a_token_was_given_is_a_missing_right_not_a_wrong_password() {
+        let r = "reg.example:5000";
+        let scoped = refusal_text(r, 401, Some("bob"), "push", true);
+        assert!(
+            scoped.starts_with("bob may not push there (status 401"),
+            "{scoped}"
+        );
+        assert!(!scoped.contains("wrong"), "{scoped}");
+        let basic = refusal_text(r, 401, Some("bob"), "push", false);
+        assert!(basic.contains("password or token is wrong"), "{basic}");
+        let anonymous = refusal_text(r, 401, None, "push", true);
+        assert!(anonymous.contains("wants a login"), "{anonymous}");
+    }
 
     #[test]
     fn loopback_hosts() {

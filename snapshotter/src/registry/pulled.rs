@@ -140,7 +140,7 @@ pub enum PullError {
     },
     #[error(
         "registry {registry} refused {what} of {reference}: {}",
-        super::refusal_text(registry, *status, login.as_deref(), "pull")
+        super::refusal_text(registry, *status, login.as_deref(), "pull", false)
     )]
     Denied {
         registry: String,

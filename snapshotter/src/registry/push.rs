@@ -156,7 +156,7 @@ pub enum PushEvent {
 pub enum PushError {
     #[error(
         "registry {registry} refused {what} in {repository}: {}",
-        super::refusal_text(registry, *status, login.as_deref(), "push")
+        super::refusal_text(registry, *status, login.as_deref(), "push", *token_granted)
     )]
     Denied {
         registry: String,
@@ -165,6 +165,9 @@ pub enum PushError {
         status: u16,
         /// The username sent; `None` when anonymous.
         login: Option<String>,
+        /// The registry wants tokens and gave one for the login: a 401 is then the token not
+        /// covering the request, not the password.
+        token_granted: bool,
         #[source]
         source: Box<OciDistributionError>,
     },

@@ -86,6 +86,10 @@ impl Target<'_> {
                 what: what.to_string(),
                 status,
                 login: self.login.clone(),
+                // oci-client runs the token exchange; a password it could not get a token
+                // with is its `AuthenticationFailure`.
+                token_granted: matches!(self.via, Via::Oci(_))
+                    && !matches!(e, OciDistributionError::AuthenticationFailure(_)),
                 source: Box::new(e),
             },
             _ => PushError::Registry {
