@@ -18,6 +18,7 @@ pub use super::plan::{
 };
 use super::resolve::{resolve_image, resolve_need};
 use super::rules::{Expr, located_globs_match};
+use super::vars::{Defs, Said};
 use super::{coverage, deps, gitlab_keys, job_cache, only, services};
 use crate::frontend::suggest::suggest;
 
@@ -132,10 +133,24 @@ pub fn check(
     // GitLab's `CI`, always `true`: the file may read it (`if: $CI`); the jobs get it from
     // `jobs.rs` with forge's other names.
     globals.insert("CI".to_string(), "true".to_string());
-    expand::define(&file.variables, source, &mut globals, &mut errors);
+    // Every definition, expanded once all are known (`vars.rs`).
+    let mut defs = Defs::default();
+    for (k, v) in &globals {
+        defs.literal(k, v);
+    }
+    defs.define(&file.variables, |_| false);
+    let mut said = Said::default();
     // A variable the file defines is defined, whatever a built-in of its name was.
     unset.retain(|n| !file.variables.0.iter().any(|(k, _)| k.value == *n));
-    let skipped = workflow(file, source, &mut globals, &mut unset, options, &mut errors);
+    let skipped = workflow(
+        file,
+        source,
+        (&mut defs, &mut unset),
+        options,
+        &mut errors,
+        &mut said,
+    );
+    let mut globals = defs.expand_all(source, &mut said);
 
     // Only [`super::include::load`] reads the files `include:` names, and it checks what it
     // merged: a file checked here alone would lose them unseen.
@@ -281,7 +296,7 @@ pub fn check(
 
     let mut jobs = Vec::new();
     for (k, spec, name, matrix_vars) in &expanded {
-        let mut vars = globals.clone();
+        let mut job_defs = defs.clone();
         // The job's name and stage, which forge gives the job (`jobs.rs`), are there for its
         // values too (`variables:`, `artifacts:`, `cache: key:`), as in GitLab.
         let stage_name = spec
@@ -293,32 +308,26 @@ pub fn check(
             ("FORGE_JOB_NAME", name.as_str()),
             ("CI_JOB_STAGE", stage_name),
         ] {
-            vars.insert(n.to_string(), v.to_string());
+            job_defs.literal(n, v);
         }
-        vars.extend(matrix_vars.iter().cloned());
-        let mut own: BTreeMap<String, String> = matrix_vars.iter().cloned().collect();
+        for (k, v) in matrix_vars.iter() {
+            job_defs.literal(k, v);
+        }
         // A matrix value wins over the job's `variables:` of the same name, as in GitLab, and
         // the job's other variables see it: were it the other way round, every cell would run
         // the one value `variables:` gives, and all but the first replay its cached result.
         let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
+        job_defs.define(&spec.variables, from_matrix);
         // What the job defines is defined; what only its rules give is undefined until one of
         // them decides (`$X == null` holds in the rules), and empty to what expands it.
-        let defines =
-            |n: &str| spec.variables.0.iter().any(|(k, _)| k.value == n) || from_matrix(n);
         let mut unset = unset.clone();
-        unset.retain(|n| !defines(n));
+        unset.retain(|n| !spec.variables.0.iter().any(|(k, _)| k.value == *n) && !from_matrix(n));
         define_empty(
             spec.rules.as_deref().unwrap_or_default(),
-            &mut vars,
+            &mut job_defs,
             &mut unset,
-            defines,
         );
-        expand::define_except(&spec.variables, source, &mut vars, &mut errors, from_matrix);
-        for (key, _) in &spec.variables.0 {
-            if let Some(v) = vars.get(&key.value) {
-                own.insert(key.value.clone(), v.clone());
-            }
-        }
+        let mut vars = job_defs.expand_all(source, &mut said);
         let job_when = spec.when.as_ref().map_or(When::OnSuccess, |w| w.value);
         // GitLab's older `only:`/`except:`, else `rules:`.
         let seen = visible(&vars, &unset);
@@ -334,21 +343,36 @@ pub fn check(
                 &mut errors,
             ),
         };
-        // The rule that decided gives its variables (over the job's, as in GitLab; what comes
-        // below sees them) and its `allow_failure`.
+        // The rule that decided gives its variables (over the job's, as in GitLab; every value
+        // reads them, the job's and the file's too) and its `allow_failure`.
         let decided = match rule {
             RuleOutcome::Matched { index } => spec.rules.as_deref().and_then(|r| r.get(index)),
             _ => None,
         };
         if let Some(r) = decided {
-            expand::define(&r.variables, source, &mut vars, &mut errors);
+            job_defs.define(&r.variables, |_| false);
             unset.retain(|n| !r.variables.0.iter().any(|(k, _)| k.value == *n));
-            for (key, _) in &r.variables.0 {
-                if let Some(v) = vars.get(&key.value) {
-                    own.insert(key.value.clone(), v.clone());
-                }
-            }
+            vars = job_defs.expand_all(source, &mut said);
         }
+        // What the job gives over the file's: its matrix cell's values, its own variables and
+        // its deciding rule's, each as it expands in the end, and the file's that read
+        // otherwise in this job (`URL: https://$ENV...` where the job's rule gives `ENV`).
+        let differs = vars
+            .iter()
+            .filter(|(k, v)| globals.get(*k).is_some_and(|g| g != *v) && !unset.contains(*k))
+            .map(|(k, _)| k);
+        let own: BTreeMap<String, String> = matrix_vars
+            .iter()
+            .map(|(k, _)| k)
+            .chain(spec.variables.0.iter().map(|(k, _)| &k.value))
+            .chain(
+                decided
+                    .iter()
+                    .flat_map(|r| r.variables.0.iter().map(|(k, _)| &k.value)),
+            )
+            .chain(differs)
+            .filter_map(|k| Some((k.clone(), vars.get(k)?.clone())))
+            .collect();
         // GitLab's default: a manual job may fail (it blocks nothing) unless it comes from
         // `rules:`, where every job defaults to `allow_failure: false` (and a manual one then
         // blocks the later stages until it is run).
@@ -560,7 +584,8 @@ pub fn check(
             sorted.push(j);
         }
     }
-    let mut warnings = Vec::new();
+    let mut warnings = said.warnings;
+    errors.extend(said.errors);
     gitlab_keys::ignored(file, &mut warnings);
     // What is not defined in this run does not reach the jobs' environment.
     let file_sets_ci = file.variables.0.iter().any(|(k, _)| k.value == "CI");
@@ -599,28 +624,29 @@ pub fn check(
 fn workflow(
     file: &PipelineFile,
     source: &str,
-    globals: &mut BTreeMap<String, String>,
-    unset: &mut BTreeSet<String>,
+    (defs, unset): (&mut Defs, &mut BTreeSet<String>),
     options: &CheckOptions,
     errors: &mut Vec<PipelineError>,
+    said: &mut Said,
 ) -> Option<String> {
     let list = file.workflow.as_ref()?.rules.as_deref()?;
+    let globals = defs.expand_all(source, said);
     let decided = rules(
         list,
         source,
-        (globals, unset),
+        (&globals, unset),
         options,
         When::Always,
         errors,
     );
-    define_empty(list, globals, unset, |_| false);
+    define_empty(list, defs, unset);
     match decided {
         (RuleOutcome::Matched { index }, When::Never) => {
             Some(format!("workflow: rule {} says `when: never`", index + 1))
         }
         (RuleOutcome::Matched { index }, _) => {
             let given = &list[index].variables;
-            expand::define(given, source, globals, errors);
+            defs.define(given, |_| false);
             unset.retain(|n| !given.0.iter().any(|(k, _)| k.value == *n));
             None
         }
@@ -807,20 +833,14 @@ fn rules(
     }
 }
 
-/// Defines as empty, and marks `unset`, each variable some rule of `list` gives that neither `vars`
-/// has nor `defined_after` says is defined next (the job's own `variables:`):
+/// Defines as empty, and marks `unset`, each variable some rule of `list` gives that `defs` lacks:
 /// where none of them decides, it is undefined as GitLab's are (`rules:` read it as null, a job's
 /// environment lacks it) and expands to nothing, so the file may name it either way.
-fn define_empty(
-    list: &[RuleSpec],
-    vars: &mut BTreeMap<String, String>,
-    unset: &mut BTreeSet<String>,
-    defined_after: impl Fn(&str) -> bool,
-) {
+fn define_empty(list: &[RuleSpec], defs: &mut Defs, unset: &mut BTreeSet<String>) {
     for r in list {
         for (k, _) in &r.variables.0 {
-            if !vars.contains_key(&k.value) && !defined_after(&k.value) {
-                vars.insert(k.value.clone(), String::new());
+            if !defs.has(&k.value) {
+                defs.literal(&k.value, "");
                 unset.insert(k.value.clone());
             }
         }

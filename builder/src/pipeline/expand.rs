@@ -1,10 +1,11 @@
 //! Variable expansion (`${NAME}`, `$NAME`, `$$` for a dollar) and `parallel: matrix:` expansion,
 //! the two ways one written job or value becomes several concrete ones.
 //!
-//! An undefined variable is an error, unlike GitLab (which expands it to nothing): in a tag or an
-//! image name a typo would otherwise push `reg/app:v1.` and pass. Built-ins are always defined,
-//! empty when unknown (outside a git repository). Scripts are not expanded here: the shell does
-//! it at run time, with the job's variables in its environment.
+//! An undefined variable is an error here, unlike GitLab (which expands it to nothing): in a tag
+//! or an image name a typo would otherwise push `reg/app:v1.` and pass. (`variables:` values are
+//! expanded as GitLab's are, in `vars.rs`.) Built-ins are always defined, empty when unknown
+//! (outside a git repository). Scripts are not expanded here: the shell does it at run time, with
+//! the job's variables in its environment.
 
 use std::collections::BTreeMap;
 
@@ -131,25 +132,15 @@ pub fn expand_at(
     })
 }
 
-/// Expands a `variables:` map in order into `vars`: each value sees the ones above it.
+/// Expands a `variables:` map in order into `vars`: each value sees the ones above it (a
+/// service's variables, over its job's).
 pub fn define(
     map: &OrderedMap<Sp<Text>>,
     source: &str,
     vars: &mut BTreeMap<String, String>,
     errors: &mut Vec<PipelineError>,
 ) {
-    define_except(map, source, vars, errors, |_| false);
-}
-
-/// [`define`], leaving out the names `skip` says: those set by something that wins over `map`.
-pub fn define_except(
-    map: &OrderedMap<Sp<Text>>,
-    source: &str,
-    vars: &mut BTreeMap<String, String>,
-    errors: &mut Vec<PipelineError>,
-    skip: impl Fn(&str) -> bool,
-) {
-    for (k, v) in map.0.iter().filter(|(k, _)| !skip(&k.value)) {
+    for (k, v) in &map.0 {
         let s = Sp::new(v.value.0.clone(), v.referenced, v.defined);
         match expand_at(&s, source, vars) {
             Ok(value) => {

@@ -30,6 +30,7 @@ mod resolve;
 pub mod rules;
 pub mod run;
 pub mod services;
+mod vars;
 
 pub use check::{
     CheckOptions, ImagePlan, ImageUse, JobPlan, Need, Pipeline, RuleOutcome, ServicePlan, check,

@@ -148,8 +148,9 @@ fn variables_scope_and_escape() {
     let src = "variables:\n  A: g\n  B: \"$A-$$A\"\njobs:\n  j:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - A: [m]\n    variables:\n      C: ${A}${B}\n";
     let p = ok(src, &CheckOptions::default());
     assert_eq!(p.variables["B"], "g-$A");
-    // The matrix value shadows the global one, and job variables see it.
-    assert_eq!(p.jobs[0].variables["C"], "mg-$A");
+    // The matrix value shadows the global one, and every value the job gets reads it, the
+    // file's `B` too (expanded in the job, as GitLab's runner expands a job's variables).
+    assert_eq!(p.jobs[0].variables["C"], "mm-$A");
     assert_eq!(p.variables["FORGE_GIT_SHA"], "");
 }
 

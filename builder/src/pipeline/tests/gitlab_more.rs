@@ -273,8 +273,8 @@ jobs:
     let d = job(&main, "deploy");
     assert_eq!(d.variables["TARGET"], "prod");
     assert_eq!(d.variables["WHERE"], "prod-eu");
-    // The job's own variables were expanded before the rule's.
-    assert_eq!(d.variables["URL"], "https://job.example.com");
+    // The job's own variables read the rule's, which win (they read the job's before).
+    assert_eq!(d.variables["URL"], "https://prod.example.com");
     assert!(!d.allow_failure);
     let other = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "dev")], None));
     let d = job(&other, "deploy");

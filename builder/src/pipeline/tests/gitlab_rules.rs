@@ -332,3 +332,56 @@ fn a_rules_unknown_key_is_refused_at_its_line() {
     assert!(e.to_string().contains("wen"), "{e}");
     assert_eq!(places(&e)[0].0, 6, "{e}");
 }
+
+/// Variables were expanded once, in the order written, before a workflow rule or a job's rule
+/// gave theirs: `URL: https://$DEPLOY_ENV.example.com` kept `dev` though a rule made it `prod`.
+/// They expand once all are known, as GitLab's runner expands a job's; a name defined nowhere
+/// reads as nothing, with a warning (the file was refused), and a circle is an error.
+#[test]
+fn variables_read_the_definitions_that_win_in_the_end() {
+    let src = r#"variables:
+  DEPLOY_ENV: dev
+  URL: https://$DEPLOY_ENV.example.com
+  TARGET: $DEPLOY_ENV-cluster
+  BIN_DIR: $CI_PROJECT_DIR/bin
+workflow:
+  rules:
+    - variables:
+        DEPLOY_ENV: prod
+jobs:
+  plain:
+    image: alpine
+    variables:
+      PATH: /opt/bin:$PATH
+    script: [x]
+  canary:
+    image: alpine
+    rules:
+      - variables:
+          DEPLOY_ENV: canary
+    script: [x]
+"#;
+    let mut options = CheckOptions::default();
+    options.builtins.insert("PATH".into(), "/usr/bin".into());
+    let p = ok(src, &options);
+    assert_eq!(p.variables["URL"], "https://prod.example.com");
+    let canary = job(&p, "canary");
+    assert_eq!(canary.variables["DEPLOY_ENV"], "canary");
+    // The file's values read the job's rule's, in that job.
+    assert_eq!(canary.variables["URL"], "https://canary.example.com");
+    assert_eq!(canary.variables["TARGET"], "canary-cluster");
+    let plain = job(&p, "plain");
+    // A value naming its own name reads the definition below it.
+    assert_eq!(plain.variables["PATH"], "/opt/bin:/usr/bin");
+    assert_eq!(p.variables["BIN_DIR"], "/bin");
+    let said: Vec<&String> = p.warnings.iter().map(|(_, w)| w).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("`$CI_PROJECT_DIR` is defined nowhere"),
+        "{said:?}"
+    );
+
+    let e =
+        errors("variables:\n  A: x$B\n  B: y$A\njobs:\n  t:\n    image: alpine\n    script: [x]\n");
+    assert!(e.to_string().contains("refers to itself"), "{e}");
+}
