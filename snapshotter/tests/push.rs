@@ -179,6 +179,42 @@ async fn blobs_the_registry_has_are_not_sent_and_tags_share_the_manifest() {
     )));
 }
 
+/// Tags in two repositories of one registry: the first gets the blobs uploaded, the second mounts
+/// each from it (it was sent every blob again, as the README said it would not be).
+#[tokio::test]
+async fn a_second_repository_of_the_registry_mounts_what_the_first_got() {
+    let fake = Fake::start().await;
+    let built = build_image();
+    let tags = ["one/app:1", "two/app:1"]
+        .map(|t| Reference::parse(&format!("{}/{t}", fake.addr)).unwrap());
+    let events = Mutex::new(Vec::new());
+    let sink = |e: PushEvent| events.lock().unwrap().push(e);
+    client()
+        .push(&built.store, &built.image, &tags, &sink)
+        .await
+        .unwrap();
+    let st = fake.state.lock().unwrap();
+    let sent_to = |repo: &str| {
+        st.log
+            .iter()
+            .filter(|l| l.starts_with(&format!("PUT /v2/{repo}/blobs/uploads/")))
+            .count()
+    };
+    assert_eq!(sent_to("one/app"), 2, "config and layer: {:#?}", st.log);
+    assert_eq!(sent_to("two/app"), 0, "{:#?}", st.log);
+    for repo in ["one/app", "two/app"] {
+        assert_eq!(st.manifests[&format!("{repo}:1")].1, built.manifest);
+    }
+    drop(st);
+    let mounted = events
+        .into_inner()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, PushEvent::Mounted { .. }))
+        .count();
+    assert_eq!(mounted, 2);
+}
+
 /// A blob's last bytes go with the request that commits it: the config (one chunk) is sent in
 /// its commit alone, the two-chunk layer in one `PATCH` and its commit; pushed again, the config's
 /// session, opened while the registry was asked for the config, is given up, not left open.

@@ -77,6 +77,21 @@ impl PushImage {
     }
 
     /// Config then layers, each digest once.
+    /// This image with every blob known to be in `repository` (`registry/repository`), where a
+    /// push put them: each is mounted from there.
+    fn mounting_from(&self, repository: &str) -> PushImage {
+        let hint = |b: &PushBlob| PushBlob {
+            mount_from: Some(repository.to_string()),
+            ..b.clone()
+        };
+        PushImage {
+            manifest: self.manifest.clone(),
+            config: hint(&self.config),
+            layers: self.layers.iter().map(hint).collect(),
+            held: self.held.clone(),
+        }
+    }
+
     fn blobs(&self) -> Vec<&PushBlob> {
         let mut seen = std::collections::HashSet::new();
         std::iter::once(&self.config)
@@ -310,6 +325,9 @@ impl RegistryClient {
                 None => repositories.push((name, vec![tag])),
             }
         }
+        // Once one repository of a registry has every blob, the others of that registry mount
+        // them from it rather than take another upload of each.
+        let mut pushed: Vec<String> = Vec::new();
         for (name, group) in &repositories {
             // The blobs sent to this repository are waited for with its push.
             let landing = image
@@ -318,8 +336,21 @@ impl RegistryClient {
                 .any(|b| b.sent_to.as_ref() == Some(name))
                 .then(|| landing.take())
                 .flatten();
-            self.push_repository(store, image, &body, group, progress, landing)
+            let registry = group[0].registry();
+            let sibling = pushed
+                .iter()
+                .find(|p| p.split_once('/').is_some_and(|(r, _)| r == registry));
+            let mounting;
+            let this = match sibling {
+                Some(from) => {
+                    mounting = image.mounting_from(from);
+                    &mounting
+                }
+                None => image,
+            };
+            self.push_repository(store, this, &body, group, progress, landing)
                 .await?;
+            pushed.push(name.clone());
         }
         // Blobs that went to none of the repositories pushed: waited for all the same, so that
         // no upload outlives the push.
