@@ -62,6 +62,13 @@ pub enum Expr {
         regex: Regex,
         negate: bool,
     },
+    /// `=~ $PATTERN`: the regex is the variable's value, written `/pattern/flags` as in GitLab; a
+    /// value that is not one matches nothing.
+    MatchVar {
+        lhs: Operand,
+        pattern: String,
+        negate: bool,
+    },
     Truthy(Operand),
 }
 
@@ -99,6 +106,18 @@ impl Expr {
             Expr::Eq { lhs, rhs, negate } => (lhs.value(vars) == rhs.value(vars)) != *negate,
             Expr::Match { lhs, regex, negate } => {
                 lhs.value(vars).is_some_and(|v| regex.is_match(v)) != *negate
+            }
+            Expr::MatchVar {
+                lhs,
+                pattern,
+                negate,
+            } => {
+                let regex = vars.get(pattern).and_then(|p| regex_literal(p).ok());
+                let hit = match (lhs.value(vars), regex) {
+                    (Some(v), Some(re)) => re.is_match(v),
+                    _ => false,
+                };
+                hit != *negate
             }
             Expr::Truthy(o) => o.value(vars).is_some_and(|v| !v.is_empty()),
         }
@@ -198,6 +217,17 @@ impl Parser {
         }
         for (op, negate) in [("=~", false), ("!~", true)] {
             if self.eat(op) {
+                self.skip_space();
+                if self.chars.get(self.at) == Some(&'$') {
+                    let Operand::Var(pattern) = self.operand()? else {
+                        unreachable!("an operand starting with `$` is a variable");
+                    };
+                    return Ok(Expr::MatchVar {
+                        lhs,
+                        pattern,
+                        negate,
+                    });
+                }
                 let regex = self.regex()?;
                 return Ok(Expr::Match { lhs, regex, negate });
             }
@@ -273,7 +303,9 @@ impl Parser {
         self.skip_space();
         let start = self.at;
         if self.chars.get(start) != Some(&'/') {
-            let hint = Some("write the pattern between slashes: $VAR =~ /^v[0-9]+/");
+            let hint = Some(
+                "write the pattern between slashes, or name a variable holding one: $VAR =~ /^v[0-9]+/",
+            );
             return Err(self.error(start, 1, "expected a /regex/ after `=~` or `!~`", hint));
         }
         let mut pattern = String::new();
@@ -393,6 +425,23 @@ mod tests {
 
     fn eval(e: &str, v: &[(&str, &str)]) -> bool {
         Expr::parse(e).expect(e).eval(&vars(v))
+    }
+
+    /// GitLab evaluates a variable on the right of `=~`/`!~` as a regex written `/.../flags`;
+    /// forge refused `=~ $PATTERN` as a missing regex.
+    #[test]
+    fn a_regex_may_come_from_a_variable() {
+        let v = [
+            ("BRANCH", "feature/x"),
+            ("PAT", "/^FEATURE\\//i"),
+            ("PLAIN", "feature"),
+        ];
+        assert!(eval("$BRANCH =~ $PAT", &v));
+        assert!(!eval("$BRANCH !~ ${PAT}", &v));
+        // Not a /regex/, or not defined: nothing matches.
+        assert!(!eval("$BRANCH =~ $PLAIN", &v));
+        assert!(!eval("$BRANCH =~ $NOPE", &v));
+        assert!(eval("$BRANCH !~ $NOPE", &v));
     }
 
     #[test]
