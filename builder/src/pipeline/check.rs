@@ -340,7 +340,7 @@ pub fn check(
                 (&vars, &unset),
                 options,
                 job_when,
-                &mut errors,
+                (&mut errors, &mut said),
             ),
         };
         // The rule that decided gives its variables (over the job's, as in GitLab; every value
@@ -637,7 +637,7 @@ fn workflow(
         (&globals, unset),
         options,
         When::Always,
-        errors,
+        (errors, &mut *said),
     );
     define_empty(list, defs, unset);
     match decided {
@@ -764,7 +764,7 @@ fn rules(
     (all, unset): (&BTreeMap<String, String>, &BTreeSet<String>),
     options: &CheckOptions,
     job_when: When,
-    errors: &mut Vec<PipelineError>,
+    (errors, said): (&mut Vec<PipelineError>, &mut Said),
 ) -> (RuleOutcome, When) {
     if list.is_empty() {
         return (RuleOutcome::NoRules, job_when);
@@ -806,6 +806,22 @@ fn rules(
                 None
             }
         });
+        // GitLab's own variables forge does not set read as null: said, so that a rule that
+        // never matches here (`$CI_PIPELINE_SOURCE == "push"`) does not pass unseen.
+        if let (Some(e), Some(s)) = (&expr, &r.if_) {
+            for name in e.names() {
+                if (name.starts_with("CI_") || name.starts_with("GITLAB_"))
+                    && !all.contains_key(name)
+                {
+                    said.warn(
+                        pos_of(s),
+                        format!(
+                            "`${name}` is GitLab's, and forge does not set it: it reads as null here"
+                        ),
+                    );
+                }
+            }
+        }
         let if_ok = expr.as_ref().is_none_or(|e| e.eval(vars));
         let changes_ok = r.changes.is_empty()
             || located_globs_match(

@@ -98,6 +98,28 @@ impl Expr {
         Ok(e)
     }
 
+    /// The variables the expression reads.
+    pub fn names(&self) -> Vec<&str> {
+        fn var(o: &Operand) -> Option<&str> {
+            match o {
+                Operand::Var(n) => Some(n.as_str()),
+                _ => None,
+            }
+        }
+        match self {
+            Expr::Or(a, b) | Expr::And(a, b) => {
+                let mut n = a.names();
+                n.extend(b.names());
+                n
+            }
+            Expr::Eq { lhs, rhs, .. } => [var(lhs), var(rhs)].into_iter().flatten().collect(),
+            Expr::Match { lhs, .. } | Expr::Truthy(lhs) => var(lhs).into_iter().collect(),
+            Expr::MatchVar { lhs, pattern, .. } => {
+                var(lhs).into_iter().chain([pattern.as_str()]).collect()
+            }
+        }
+    }
+
     /// Whether the expression holds for `vars` (a missing variable is `null`).
     pub fn eval(&self, vars: &BTreeMap<String, String>) -> bool {
         match self {

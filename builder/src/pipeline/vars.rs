@@ -40,6 +40,13 @@ impl Said {
     fn once(&mut self, at: Pos, what: String) -> bool {
         self.seen.insert((at.line, at.column, what))
     }
+
+    /// A warning at `at`, said once.
+    pub fn warn(&mut self, at: Pos, what: String) {
+        if self.once(at, what.clone()) {
+            self.warnings.push((at, what));
+        }
+    }
 }
 
 impl Defs {

@@ -385,3 +385,34 @@ jobs:
         errors("variables:\n  A: x$B\n  B: y$A\njobs:\n  t:\n    image: alpine\n    script: [x]\n");
     assert!(e.to_string().contains("refers to itself"), "{e}");
 }
+
+/// `if: $CI_PIPELINE_SOURCE == "push"` (GitLab's variables forge does not set) skipped its job
+/// without a word; it is said, once per place.
+#[test]
+fn a_gitlab_variable_forge_does_not_set_is_said_where_a_rule_reads_it() {
+    let src = r#"jobs:
+  t:
+    image: alpine
+    rules:
+      - if: $CI_PIPELINE_SOURCE == "push" || $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH
+    script: [x]
+  u:
+    image: alpine
+    rules:
+      - if: $CI_COMMIT_TAG == null && $MINE == null
+    script: [x]
+"#;
+    let p = ok(src, &with_builtins(&[("FORGE_GIT_BRANCH", "main")], None));
+    let said: Vec<&String> = p.warnings.iter().map(|(_, w)| w).collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].contains("`$CI_PIPELINE_SOURCE` is GitLab's"),
+        "{said:?}"
+    );
+    assert!(
+        said[1].contains("`$CI_DEFAULT_BRANCH` is GitLab's"),
+        "{said:?}"
+    );
+    // CI_COMMIT_TAG is forge's, undefined on a branch: no word; nor for the file's own names.
+    assert_eq!(p.warnings[0].0.line, 5);
+}
