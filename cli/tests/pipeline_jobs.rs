@@ -939,3 +939,33 @@ jobs:
         "{again}"
     );
 }
+
+/// GitLab's `allow_failure: {exit_codes: [...]}` was refused ("expected a boolean"): a job may
+/// fail with those codes only. Exiting 3 it is an allowed failure and the run passes; exiting 4
+/// it fails the run.
+#[test]
+fn allow_failure_exit_codes_allow_those_codes_only() {
+    let Some(m) = machine() else { return };
+    let pipeline = |code: u8| {
+        format!(
+            r#"jobs:
+  flaky:
+    image: app
+    allow_failure: {{exit_codes: [3, 137]}}
+    script: ["exit {code}"]
+"#
+        )
+    };
+    let (_ws, dir, root) = small_workspace(&m, "forge-pipeline-exit-codes", &pipeline(3));
+    let out = run_ok(&dir, &root, &["run", "--no-cache"], &[]);
+    assert!(out.contains("job flaky: failed (allowed)"), "{out}");
+    std::fs::write(
+        dir.join("forge.yaml"),
+        format!("images:\n  app: {{context: app}}\n{}", pipeline(4)),
+    )
+    .unwrap();
+    let o = forge_run(&dir, &root, &["run", "--no-cache"], &[]);
+    let out = common::printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("failed: job flaky failed"), "{out}");
+}

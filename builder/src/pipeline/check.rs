@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::PipelineError;
 use super::expand::{self, expand_at, inner_pos};
 use super::file::{
-    ArtifactsWhen, ExpireIn, JobSpec, Network, Parallel, PipelineFile, RuleSpec, Sp, When, pos_of,
+    AllowFailure, ArtifactsWhen, ExpireIn, JobSpec, Network, Parallel, PipelineFile, RuleSpec, Sp,
+    When, pos_of,
 };
 use super::graph;
 use super::plan::Names;
@@ -376,10 +377,14 @@ pub fn check(
         // GitLab's default: a manual job may fail (it blocks nothing) unless it comes from
         // `rules:`, where every job defaults to `allow_failure: false` (and a manual one then
         // blocks the later stages until it is run).
-        let allow_failure = decided
-            .and_then(|r| r.allow_failure)
-            .or(spec.allow_failure)
-            .unwrap_or(when == When::Manual && spec.rules.is_none());
+        let (allow_failure, allow_failure_codes) =
+            match (decided.and_then(|r| r.allow_failure), &spec.allow_failure) {
+                (Some(allowed), _) | (None, &Some(AllowFailure::Always(allowed))) => {
+                    (allowed, Vec::new())
+                }
+                (None, Some(AllowFailure::ExitCodes(codes))) => (false, codes.clone()),
+                (None, None) => (when == When::Manual && spec.rules.is_none(), Vec::new()),
+            };
         let stage = match &spec.stage {
             Some(s) => {
                 if !stages.contains(&s.value) {
@@ -537,6 +542,7 @@ pub fn check(
             rule,
             when,
             allow_failure,
+            allow_failure_codes,
             retry: spec
                 .retry
                 .as_ref()

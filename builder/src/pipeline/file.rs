@@ -239,7 +239,7 @@ pub struct JobSpec {
     /// GitLab's keys before `rules:` ([`super::only`]).
     pub only: Option<Sp<OnlySpec>>,
     pub except: Option<Sp<OnlySpec>>,
-    pub allow_failure: Option<bool>,
+    pub allow_failure: Option<AllowFailure>,
     pub retry: Option<Sp<Retry>>,
     pub timeout: Option<Sp<Timeout>>,
     pub when: Option<Sp<When>>,
@@ -352,6 +352,45 @@ pub struct RuleSpec {
     /// Variables the job gets when this rule decides, over its own (GitLab's `rules:variables`).
     #[serde(default)]
     pub variables: OrderedMap<Sp<Text>>,
+}
+
+/// A job's `allow_failure:`: `true` or `false`, or GitLab's `{exit_codes: N}` / `{exit_codes:
+/// [N, ...]}`, a failure allowed only when the script exits with one of those codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowFailure {
+    Always(bool),
+    ExitCodes(Vec<i32>),
+}
+
+impl<'de> Deserialize<'de> for AllowFailure {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AllowFailure, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AllowFailure;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or {exit_codes: CODE or [CODE, ...]}")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AllowFailure, E> {
+                Ok(AllowFailure::Always(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AllowFailure, A::Error> {
+                let mut codes = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "exit_codes" => codes = Some(map.next_value::<OneOrMany<i32>>()?.0),
+                        other => return Err(de::Error::unknown_field(other, &["exit_codes"])),
+                    }
+                }
+                match codes {
+                    Some(c) if !c.is_empty() => Ok(AllowFailure::ExitCodes(c)),
+                    _ => Err(de::Error::custom(
+                        "`allow_failure:` as a map gives `exit_codes:` (a code or a list)",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// GitLab's most levels of lists within `rules:`, as within a script.

@@ -193,6 +193,9 @@ pub struct JobPlan {
     /// The effective `when`: the matching rule's, else the job's; `never` when no rule matched.
     pub when: When,
     pub allow_failure: bool,
+    /// GitLab's `allow_failure: {exit_codes: [...]}`: the script's exit codes that make a failure
+    /// allowed (when `allow_failure` is false).
+    pub allow_failure_codes: Vec<i32>,
     pub retry: Option<Retry>,
     pub timeout: Option<Duration>,
     pub network: Network,

@@ -120,7 +120,11 @@ impl Runner {
             JobResult::Cached
         } else if passed {
             JobResult::Passed
-        } else if plan.allow_failure {
+        } else if plan.allow_failure
+            || verdict
+                .exit_code
+                .is_some_and(|c| plan.allow_failure_codes.contains(&c))
+        {
             JobResult::AllowedFailure
         } else {
             JobResult::Failed
