@@ -206,6 +206,20 @@ fn missing_literal_source_is_named() {
     assert!(err.to_string().contains("nope.txt"), "{err}");
 }
 
+/// A source that is a symlink to what the context lacks (`abs-link -> /etc/passwd`) was said to be
+/// not found, though it is there; the link is named with its target, as BuildKit names it.
+#[test]
+fn a_dangling_link_source_is_named_with_its_target() {
+    let f = fixture();
+    std::os::unix::fs::symlink("/etc/passwd", f.ctx.join("abs-link")).unwrap();
+    let err = f.run(vec![copy("/abs-link", "/out/")]).unwrap_err();
+    assert!(
+        matches!(err, FileOpError::DanglingSource { ref src, ref target }
+            if src == "/abs-link" && target == "/etc/passwd"),
+        "{err}"
+    );
+}
+
 #[test]
 fn chown_applies_to_copied_entries_and_created_parents() {
     if !is_root() {

@@ -104,7 +104,7 @@ pub(crate) fn copy(
             if let Some(v) = visible
                 && !visible_through_links(src_root, s, opts.follow_symlinks, v)?
             {
-                return Err(FileOpError::SourceNotFound { src: s.clone() });
+                return Err(missing(src_root, s, opts.follow_symlinks));
             }
             if opts.attempt_unpack && archive::unpack(src_root, s, dest_root, dest, owners.archive)?
             {
@@ -283,9 +283,7 @@ impl Copier<'_, '_, '_> {
         let src_path = resolve(src_root, src, opts.follow_symlinks)?;
         let src_md = std::fs::symlink_metadata(&src_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                FileOpError::SourceNotFound {
-                    src: src.to_string(),
-                }
+                missing(src_root, src, opts.follow_symlinks)
             } else {
                 io("inspecting", &src_path)(e)
             }
@@ -643,6 +641,23 @@ fn prefix_match(pat: &[&str], name: &[&str]) -> (bool, bool) {
         prefix_match(rest, &name[1..])
     } else {
         (false, false)
+    }
+}
+
+/// The error for source `src` missing from `src_root`: a symlink there whose target is not (the
+/// link followed) is named with its target, as BuildKit names it.
+fn missing(src_root: &Path, src: &str, follow: bool) -> FileOpError {
+    let target = resolve(src_root, src, false)
+        .ok()
+        .and_then(|link| std::fs::read_link(link).ok());
+    match target {
+        Some(target) if follow => FileOpError::DanglingSource {
+            src: src.to_string(),
+            target: target.to_string_lossy().into_owned(),
+        },
+        _ => FileOpError::SourceNotFound {
+            src: src.to_string(),
+        },
     }
 }
 

@@ -32,6 +32,14 @@ pub enum FileOpError {
         /// The source as given.
         src: String,
     },
+    /// A COPY/ADD source that is a symlink to nothing in the input (BuildKit names the target).
+    #[error("source {src:?} is a symlink to {target:?}, which is not there")]
+    DanglingSource {
+        /// The source as given.
+        src: String,
+        /// The link's target as written.
+        target: String,
+    },
     /// A wildcard matching nothing where that is not allowed.
     #[error("no source files match {pattern:?}")]
     NoMatch {
