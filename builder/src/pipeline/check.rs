@@ -576,6 +576,7 @@ pub fn check(
         });
     }
     needs_left_out(&jobs, &expanded, &names, &mut errors);
+    needs_later_stages(&jobs, &expanded, &stages, &names, &mut errors);
     let specs: Vec<&JobSpec> = expanded.iter().map(|e| e.1).collect();
     deps::artifacts_from(&mut jobs, &specs, &stages, &names, &mut errors);
     // Stage order, then file order (the sort is stable).
@@ -715,6 +716,49 @@ fn needs_left_out(
                      to run without it",
                     job.base, n.value.name
                 ))),
+            );
+        }
+    }
+}
+
+/// Refuses a `needs:` entry naming a job of a later stage, as GitLab refuses it: a job needs jobs
+/// of its own stage or of earlier ones. (Two jobs needing each other were refused as a cycle,
+/// which said less.) `jobs[i]` is the plan of `expanded[i]`.
+fn needs_later_stages(
+    jobs: &[JobPlan],
+    expanded: &[Instance<'_>],
+    stages: &[String],
+    names: &Names<'_>,
+    errors: &mut Vec<PipelineError>,
+) {
+    let rank = |s: &str| stages.iter().position(|x| x == s).unwrap_or(usize::MAX);
+    let mut reported = BTreeSet::new();
+    for (job, (_, spec, _, _)) in jobs.iter().zip(expanded) {
+        for n in spec.needs.iter().flatten() {
+            let later: Vec<&JobPlan> = graph::jobs_named(&n.value.name, names)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| jobs.iter().find(|j| j.name == *x))
+                .filter(|j| rank(&j.stage) > rank(&job.stage))
+                .collect();
+            let Some(first) = later.first() else { continue };
+            let at = pos_of(n);
+            if !reported.insert((at.line, at.column)) {
+                continue;
+            }
+            errors.push(
+                PipelineError::new(
+                    at,
+                    format!(
+                        "`{}` in needs is of stage `{}`, later than `{}`'s `{}`",
+                        n.value.name, first.stage, job.base, job.stage
+                    ),
+                )
+                .with_hint(Some(
+                    "a job needs jobs of its own stage or earlier ones, as in GitLab: move one of \
+                     them"
+                        .into(),
+                )),
             );
         }
     }

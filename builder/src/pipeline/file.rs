@@ -508,7 +508,10 @@ pub enum Network {
     Host,
 }
 
-/// The failures a retry covers, the subset of GitLab's that forge can tell apart.
+/// The failures a retry covers: GitLab's names. A job's failures here are a script's, a
+/// timeout (`job_execution_timeout`, and GitLab's `stuck_or_timeout_failure` covers it too), the
+/// runner's own and an unmet prerequisite; GitLab's other kinds (its API's, its scheduler's, an
+/// archived job's, ...) are read and never happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryWhen {
@@ -517,6 +520,14 @@ pub enum RetryWhen {
     JobExecutionTimeout,
     RunnerSystemFailure,
     UnmetPrerequisites,
+    StuckOrTimeoutFailure,
+    UnknownFailure,
+    ApiFailure,
+    RunnerUnsupported,
+    StaleSchedule,
+    ArchivedFailure,
+    SchedulerFailure,
+    DataIntegrityFailure,
 }
 
 /// GitLab's most retries of one job.

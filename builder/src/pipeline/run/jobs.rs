@@ -93,6 +93,8 @@ impl Runner {
                     r.when.is_empty()
                         || r.when.contains(&RetryWhen::Always)
                         || r.when.contains(&kind)
+                        || (kind == RetryWhen::JobExecutionTimeout
+                            && r.when.contains(&RetryWhen::StuckOrTimeoutFailure))
                 })
             {
                 attempt += 1;

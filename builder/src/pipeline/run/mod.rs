@@ -640,10 +640,11 @@ async fn stop_services(handles: Vec<crate::api::ServiceHandle>, say: &(dyn Fn(St
 
 fn retry_reason(kind: RetryWhen) -> &'static str {
     match kind {
-        RetryWhen::ScriptFailure | RetryWhen::Always => "a script failure",
-        RetryWhen::JobExecutionTimeout => "a timeout",
+        RetryWhen::JobExecutionTimeout | RetryWhen::StuckOrTimeoutFailure => "a timeout",
         RetryWhen::RunnerSystemFailure => "a failure of the runner",
         RetryWhen::UnmetPrerequisites => "an unmet prerequisite",
+        // The kinds a failure here is never given.
+        _ => "a script failure",
     }
 }
 

@@ -1,6 +1,7 @@
-//! How `rules:` and `only:` read a run as GitLab does: a rule's `when:` defaulting to the job's,
-//! a pipeline that is a branch's or a tag's (never both), and variables that are undefined, not
-//! empty, where nothing defines them.
+//! GitLab's semantics that GitLab users' files rely on: how `rules:` and `only:` read a run (a
+//! rule's `when:` defaulting to the job's, a branch's or a tag's pipeline, undefined variables),
+//! how variables expand, `!reference` tags, `.pre`/`.post`, and the values GitLab accepts for a
+//! timeout, a retry or an allowed failure.
 
 use super::*;
 
@@ -415,4 +416,39 @@ fn a_gitlab_variable_forge_does_not_set_is_said_where_a_rule_reads_it() {
     );
     // CI_COMMIT_TAG is forge's, undefined on a branch: no word; nor for the file's own names.
     assert_eq!(p.warnings[0].0.line, 5);
+}
+
+/// GitLab's other `retry: when:` kinds (`stuck_or_timeout_failure`, `unknown_failure`,
+/// `api_failure`, ...) were refused; they are read (a timeout is `stuck_or_timeout_failure` too).
+#[test]
+fn retry_reads_every_kind_gitlab_names() {
+    let src = "jobs:\n  t:\n    image: alpine\n    retry:\n      max: 2\n      when: [stuck_or_timeout_failure, unknown_failure, api_failure, runner_unsupported, stale_schedule, archived_failure, scheduler_failure, data_integrity_failure, script_failure]\n    script: [x]\n";
+    let p = ok(src, &CheckOptions::default());
+    let retry = job(&p, "t").retry.clone().unwrap();
+    assert_eq!(retry.max, 2);
+    assert_eq!(retry.when.len(), 9);
+    assert!(
+        errors(&src.replace("api_failure", "coffee_failure"))
+            .to_string()
+            .contains("coffee_failure")
+    );
+}
+
+/// A need on a job of a later stage ran (or, both ways, was refused as a cycle); GitLab refuses
+/// it at the need.
+#[test]
+fn a_need_on_a_later_stage_is_refused_at_the_need() {
+    let src = "stages: [test, deploy]\njobs:\n  a:\n    image: alpine\n    needs: [b]\n    script: [x]\n  b:\n    stage: deploy\n    image: alpine\n    script: [x]\n";
+    let e = errors(src);
+    assert_eq!(places(&e), [(5, 13)], "{e}");
+    assert!(
+        e.to_string()
+            .contains("`b` in needs is of stage `deploy`, later than `a`'s `test`"),
+        "{e}"
+    );
+    // Its own stage is fine, as in GitLab.
+    ok(
+        &src.replace("    stage: deploy\n", ""),
+        &CheckOptions::default(),
+    );
 }
