@@ -299,12 +299,6 @@ pub fn assemble_json<T: serde::Serialize + ?Sized>(
     layers: Vec<LayerBlob>,
     options: &ImageOptions,
 ) -> Result<Image, ExportError> {
-    let encode = |what: &'static str| {
-        move |e: serde_json::Error| ExportError::Encode {
-            what,
-            reason: e.to_string(),
-        }
-    };
     let mut config = json::Ordered::from_serialize(config).map_err(encode("image config"))?;
     if !config.is_object() {
         return Err(ExportError::Encode {
@@ -363,6 +357,14 @@ pub fn assemble_json<T: serde::Serialize + ?Sized>(
     wrap_config(config_json, created, layers, options)
 }
 
+/// What a failed serialisation of `what` is.
+fn encode(what: &'static str) -> impl Fn(serde_json::Error) -> ExportError {
+    move |e| ExportError::Encode {
+        what,
+        reason: e.to_string(),
+    }
+}
+
 /// The image whose config is the document `config_json`, byte for byte, and whose layers are
 /// `layers` (in the config's order): its manifest made around them.
 pub fn wrap_config(
@@ -371,12 +373,6 @@ pub fn wrap_config(
     layers: Vec<LayerBlob>,
     options: &ImageOptions,
 ) -> Result<Image, ExportError> {
-    let encode = |what: &'static str| {
-        move |e: serde_json::Error| ExportError::Encode {
-            what,
-            reason: e.to_string(),
-        }
-    };
     let (manifest_type, config_type) = match options.format {
         ManifestFormat::Oci => (MediaType::ImageManifest, MediaType::ImageConfig),
         ManifestFormat::Docker => (
