@@ -28,6 +28,7 @@ mod plan;
 mod reference;
 mod resolve;
 pub mod rules;
+mod ruling;
 pub mod run;
 pub mod services;
 mod vars;
