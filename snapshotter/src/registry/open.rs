@@ -70,7 +70,7 @@ impl RegistryClient {
     /// that turns auth on). Anything else keeps oci-client's own way. Asked with `oci`'s manifest
     /// request when that is the caller's `first` request, whose bytes are then kept for
     /// [`Self::manifest_without_credentials`]; else with `/v2/`.
-    async fn wants_no_token(
+    pub(super) async fn wants_no_token(
         &self,
         oci: &oci_client::Reference,
         plain_http: bool,

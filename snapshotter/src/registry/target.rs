@@ -56,6 +56,10 @@ pub(super) struct Target<'a> {
     repository: String,
     /// The username the requests carry; `None` when anonymous.
     login: Option<String>,
+    /// The registry's challenge is a bearer one: a login gets a token for each request, so a 401
+    /// once it has one is the token not covering the request (a wrong password fails the
+    /// token's own request, oci-client's `AuthenticationFailure`).
+    bearer: bool,
     progress: &'a (dyn Fn(PushEvent) + Send + Sync),
 }
 
@@ -86,9 +90,7 @@ impl Target<'_> {
                 what: what.to_string(),
                 status,
                 login: self.login.clone(),
-                // oci-client runs the token exchange; a password it could not get a token
-                // with is its `AuthenticationFailure`.
-                token_granted: matches!(self.via, Via::Oci(_))
+                token_granted: self.bearer
                     && !matches!(e, OciDistributionError::AuthenticationFailure(_)),
                 source: Box::new(e),
             },
@@ -528,6 +530,16 @@ impl RegistryClient {
         } else {
             Via::Oci(self.client_off_worker(first))
         };
+        // Asked only with a login (the answer is kept a while per registry): it tells a missing
+        // right from a wrong password when the registry refuses.
+        let bearer = matches!(auth, oci_client::secrets::RegistryAuth::Basic(..))
+            && !self
+                .wants_no_token(
+                    &oci,
+                    self.uses_plain_http(first.registry()),
+                    super::open::First::Other,
+                )
+                .await;
         Ok(Target {
             client: self,
             via,
@@ -535,6 +547,7 @@ impl RegistryClient {
             registry: first.registry().to_string(),
             repository: first.repository().to_string(),
             login: super::login_of(&auth),
+            bearer,
             progress,
         })
     }
