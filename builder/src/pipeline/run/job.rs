@@ -104,7 +104,7 @@ pub fn script_program(lines: &[String], after: &[String]) -> String {
         let mut out = String::new();
         for line in lines {
             out.push_str("printf '%s\\n' ");
-            out.push_str(&shell_quote(&format!("$ {line}")));
+            out.push_str(&shell_quote(&format!("$ {}", shown(line))));
             out.push('\n');
             out.push_str(line);
             out.push('\n');
@@ -127,6 +127,17 @@ pub fn script_program(lines: &[String], after: &[String]) -> String {
         echoed(lines),
         echoed(after)
     )
+}
+
+/// A script line as the log shows it, as GitLab's runner shows it: a block scalar's item
+/// (`- |`) without its last line break, and one of several lines as its first line, marked
+/// `# collapsed multi-line command`. (The whole item runs.)
+fn shown(line: &str) -> String {
+    let line = line.trim_end_matches('\n');
+    match line.split_once('\n') {
+        Some((first, _)) => format!("{first} # collapsed multi-line command"),
+        None => line.to_string(),
+    }
 }
 
 fn shell_quote(s: &str) -> String {
@@ -525,6 +536,19 @@ mod tests {
         let (code, out) = run(&script_program(&lines(&["exit 4"]), &after));
         assert_eq!(code, 4, "{out}");
         assert!(out.contains("\nstatus=[failed]\n"), "{out}");
+    }
+
+    /// A block scalar's item printed an empty line after its echo, and every line of a multi-line
+    /// one; GitLab's runner shows its first line, marked collapsed.
+    #[test]
+    fn a_multi_line_item_is_shown_collapsed_and_runs_whole() {
+        let p = script_program(&lines(&["echo one two\n", "echo line1\necho line2\n"]), &[]);
+        let (code, out) = run(&p);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out,
+            "$ echo one two\none two\n$ echo line1 # collapsed multi-line command\nline1\nline2\n"
+        );
     }
 
     #[test]
