@@ -18,6 +18,7 @@ pub use super::plan::{
     ServicePlan,
 };
 use super::resolve::{resolve_image, resolve_need};
+pub use super::ruling::ref_slug;
 use super::ruling::{define_empty, pipeline_ref, rules, visible, workflow};
 use super::vars::{Defs, Said};
 use super::{coverage, deps, gitlab_keys, job_cache, only, services};
@@ -50,25 +51,6 @@ const GITLAB_NAMES: [(&str, &str); 5] = [
     ("CI_COMMIT_BRANCH", "FORGE_GIT_BRANCH"),
     ("CI_COMMIT_TAG", "FORGE_GIT_TAG"),
 ];
-
-/// GitLab's `CI_COMMIT_REF_SLUG`: the ref's name lowercased, every character but `a-z` and
-/// `0-9` made `-`, at most 63 bytes, with no `-` at either end (a name safe in a host name, a
-/// URL or a cache key).
-pub fn ref_slug(name: &str) -> String {
-    let mut slug: String = name
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    slug.truncate(63);
-    slug.trim_matches('-').to_string()
-}
 
 /// GitLab's stages when the file names none.
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];

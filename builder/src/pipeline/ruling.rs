@@ -4,13 +4,31 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::check::ref_slug;
 use super::error::PipelineError;
 use super::expand::{expand_at, inner_pos};
 use super::file::{PipelineFile, RuleSpec, Sp, When, pos_of};
 use super::plan::{CheckOptions, RuleOutcome};
 use super::rules::{Expr, located_globs_match};
 use super::vars::{Defs, Said};
+
+/// GitLab's `CI_COMMIT_REF_SLUG`: the ref's name lowercased, every character but `a-z` and
+/// `0-9` made `-`, at most 63 bytes, with no `-` at either end (a name safe in a host name, a
+/// URL or a cache key).
+pub fn ref_slug(name: &str) -> String {
+    let mut slug: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.truncate(63);
+    slug.trim_matches('-').to_string()
+}
 
 /// Makes the pipeline a branch's or a tag's, as GitLab's pipelines are: `CI_COMMIT_BRANCH` on a
 /// branch, else `CI_COMMIT_TAG` on a tag, never both (a run on a branch whose commit is tagged is
