@@ -967,6 +967,84 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
     }
 }
 
+/// GitLab signs nothing and its push bodies carry nothing that changes from one push to the next:
+/// a tag deleted and pushed again at its commit sends the same bytes under a new
+/// `Idempotency-Key`, and is taken; a retry (the same key) is a 409. A body declared larger than
+/// the server takes is refused with JSON before it is sent, even to a client that waits for
+/// `100 Continue`.
+#[test]
+fn gitlab_pushes_are_told_apart_by_their_key_and_an_oversized_body_is_refused_unsent() {
+    if forge_testsupport::tool("curl").is_none() {
+        return;
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-gitlab-key-");
+    let config = tmp.path().join("serve.yaml");
+    // Pushes of `old` start nothing (no branch matches): what is refused is refused before that.
+    std::fs::write(
+        &config,
+        format!(
+            "projects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
+             branches: [main]\n    webhook_secret: {SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let port = forge_testsupport::free_port();
+    let s = start_server(
+        &config,
+        &tmp.path().join("root"),
+        port,
+        &tmp.path().join("serve.log"),
+    );
+    let send = |body: &[u8], key: Option<&str>| {
+        let mut headers = vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("X-Gitlab-Token", SECRET.to_string()),
+        ];
+        headers.extend(key.map(|k| ("Idempotency-Key", k.to_string())));
+        curl("POST", &s.url("/hooks/app/gitlab"), &headers, Some(body))
+    };
+    let body = payload(
+        "gitlab_push.json",
+        "refs/heads/old",
+        &"0".repeat(40),
+        &"4".repeat(40),
+        "old",
+    );
+    let (code, reply) = send(&body, Some("5f0d3c0e-6b1a-4d53-9f57-2a1f0b7e9c11"));
+    assert_eq!(code, 200, "{reply}");
+    let (code, reply) = send(&body, Some("5f0d3c0e-6b1a-4d53-9f57-2a1f0b7e9c11"));
+    assert_eq!(code, 409, "a retry was taken: {reply}");
+    let (code, reply) = send(&body, Some("0b8e7a52-93c4-4e0f-a1d6-7c5b3e2f4a90"));
+    assert_eq!(code, 200, "the same push sent again was refused: {reply}");
+    // An older GitLab sends no key: the body is all there is to tell a retry by.
+    let (code, reply) = send(&body, None);
+    assert_eq!(code, 200, "{reply}");
+    let (code, reply) = send(&body, None);
+    assert_eq!(code, 409, "{reply}");
+
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /hooks/app/gitlab HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Type: application/json\r\nX-Gitlab-Event: Push Hook\r\n\
+         X-Gitlab-Token: {SECRET}\r\nContent-Length: 52428800\r\n\
+         Expect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"the request body is larger than 4 MiB"}"#),
+        "{answer}"
+    );
+}
+
 /// Credentials in a repository URL (`https://user:token@host/...`) are shown nowhere: not on the
 /// open pages, in the API, the build's log and error, nor in `--check`'s listing.
 #[test]

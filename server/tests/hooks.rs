@@ -855,3 +855,106 @@ fn registry_bad_payloads() {
     }
     assert_eq!(parse_registry(br#"{"events":[]}"#), Ok(vec![]));
 }
+
+/// GitHub's push of a branch made at an existing commit (`created: true`, or a reset back to one)
+/// lists no `commits` but still gives the head in `head_commit`: its message is what `[skip ci]`
+/// and the keyword are read from.
+#[test]
+fn a_push_listing_no_commits_is_read_by_its_head_commit() {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("github_push.json")).unwrap();
+    v["created"] = true.into();
+    v["commits"] = serde_json::json!([]);
+    v["head_commit"]["message"] = "Release notes only [skip ci] @deploy".into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let p = match parse(
+        Forge::GitHub,
+        &headers(&[("x-github-event", "push")]),
+        &body,
+    ) {
+        Ok(Event::Push(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        p.commits,
+        vec![Commit {
+            id: "164619398564e61f53bb5689112cb1be8d98567f".into(),
+            message: "Release notes only [skip ci] @deploy".into()
+        }]
+    );
+    assert!(forge_server::hooks::skips_ci(&p));
+    assert!(has_keyword(&p, "@deploy"));
+    // Listed already: not twice.
+    let listed = expect_push(ev(
+        Forge::GitHub,
+        ("x-github-event", "push"),
+        "github_push.json",
+    ));
+    assert_eq!(listed.commits.len(), 2);
+}
+
+/// A ref git would refuse (`git check-ref-format`) comes from no real sender: a control character
+/// in a branch would reach the server's log as a line of its own.
+#[test]
+fn a_ref_name_git_refuses_is_a_bad_payload() {
+    for bad in [
+        "refs/heads/x\npassed app #999",
+        "refs/heads/a\u{1b}[2Jb",
+        "refs/heads/../../etc",
+        "refs/heads/a..b",
+        "refs/tags/v1\u{0}",
+        "refs/heads/a b:c",
+    ] {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fixture("github_push.json")).unwrap();
+        v["ref"] = bad.into();
+        let body = serde_json::to_vec(&v).unwrap();
+        match parse(
+            Forge::GitHub,
+            &headers(&[("x-github-event", "push")]),
+            &body,
+        ) {
+            Err(HookError::BadPayload(m)) => assert!(m.contains("not a name git allows"), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    // Names git takes stay taken.
+    for good in [
+        "refs/heads/feature/x-1_2",
+        "refs/tags/v1.2.0-rc.1",
+        "refs/heads/ünï",
+    ] {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fixture("github_push.json")).unwrap();
+        v["ref"] = good.into();
+        let body = serde_json::to_vec(&v).unwrap();
+        let event = parse(
+            Forge::GitHub,
+            &headers(&[("x-github-event", "push")]),
+            &body,
+        );
+        assert!(
+            matches!(event, Ok(Event::Push(_) | Event::Tag(_))),
+            "{good}: {event:?}"
+        );
+    }
+}
+
+/// Gogs (and a Gitea or Forgejo hook of the "Gogs" type) signs with `X-Gogs-Signature`, the same
+/// hex HMAC-SHA256 of the body.
+#[test]
+fn gogs_signature() {
+    let body = fixture("gitea_push.json");
+    let bare = github_sig(SECRET, &body)
+        .trim_start_matches("sha256=")
+        .to_string();
+    let h = headers(&[("x-gogs-event", "push"), ("x-gogs-signature", &bare)]);
+    assert_eq!(verify(Forge::Gitea, &h, &body, SECRET), Ok(()));
+    assert_eq!(
+        verify(Forge::Gitea, &h, &body, b"wrong-secret"),
+        Err(HookError::BadSignature)
+    );
+    assert_eq!(
+        verify(Forge::Gitea, &h, &flip_one_byte(&body), SECRET),
+        Err(HookError::BadSignature)
+    );
+}

@@ -178,6 +178,7 @@ fn push_event(v: &Value, peel: Peel) -> Result<Event, HookError> {
         if tag.is_empty() {
             return Err(bad("`ref` names no tag"));
         }
+        valid_ref(git_ref)?;
         if deleted {
             return Ok(Event::Ignored("tag deleted".to_string()));
         }
@@ -202,25 +203,31 @@ fn push_event(v: &Value, peel: Peel) -> Result<Event, HookError> {
     if branch.is_empty() {
         return Err(bad("`ref` names no branch"));
     }
+    valid_ref(git_ref)?;
     if deleted {
         return Ok(Event::Ignored("branch deleted".to_string()));
     }
 
-    let commits = match v.get("commits") {
+    let mut commits = match v.get("commits") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(list)) => list
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let what = format!("commits[{i}]");
-                Ok(Commit {
-                    id: req_str(c, "id", &what)?.to_string(),
-                    message: req_str(c, "message", &what)?.to_string(),
-                })
-            })
+            .map(|(i, c)| commit(c, &format!("commits[{i}]")))
             .collect::<Result<Vec<_>, HookError>>()?,
         Some(_) => return Err(bad("`commits` is not an array")),
     };
+    // A branch pushed at a commit it did not make (a new branch from an existing one, a reset)
+    // lists no commits, while GitHub, Gitea and Gitee still give the head in `head_commit`: its
+    // message is what `[skip ci]` and the keyword are read from, and the build's title.
+    if let Peel::HeadCommit = peel
+        && let Some(head) = v.get("head_commit").filter(|h| h.is_object())
+    {
+        let head = commit(head, "head_commit")?;
+        if !commits.iter().any(|c| c.id == head.id) {
+            commits.push(head);
+        }
+    }
 
     Ok(Event::Push(Push {
         branch: branch.to_string(),
@@ -228,6 +235,23 @@ fn push_event(v: &Value, peel: Peel) -> Result<Event, HookError> {
         commits,
         clone_urls: clone_urls(v),
     }))
+}
+
+/// One commit of the payload: its `id` and `message`.
+fn commit(c: &Value, what: &str) -> Result<Commit, HookError> {
+    Ok(Commit {
+        id: req_str(c, "id", what)?.to_string(),
+        message: req_str(c, "message", what)?.to_string(),
+    })
+}
+
+/// Refuses a ref name git itself refuses (`git check-ref-format`: control characters, `..`,
+/// `~^:?*[\\`, a component starting with `.` or ending with `.lock`, ...): no real sender pushes
+/// one, and its name would reach the server's log and the build's variables as given.
+fn valid_ref(git_ref: &str) -> Result<(), HookError> {
+    gix::validate::reference::name(git_ref.as_bytes().into())
+        .map(|_| ())
+        .map_err(|e| bad(format!("`ref` is not a name git allows ({e}): {git_ref:?}")))
 }
 
 /// Clone URLs from `repository` (all forges) and `project` (GitLab, Gitee), http first, deduplicated.

@@ -70,8 +70,8 @@ fn gitee_sign(secret: &[u8], timestamp: &str) -> String {
 /// * GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`. The legacy
 ///   SHA-1 `X-Hub-Signature` alone is treated as unsigned.
 /// * GitLab: `X-Gitlab-Token` must equal the secret (GitLab does not sign the body).
-/// * Gitea: `X-Gitea-Signature: <hex HMAC-SHA256(secret, body)>`, or, when that header is
-///   absent, the GitHub-style `X-Hub-Signature-256` that Gitea also sends.
+/// * Gitea: `X-Gitea-Signature: <hex HMAC-SHA256(secret, body)>` (Gogs: `X-Gogs-Signature`), or,
+///   when that header is absent, the GitHub-style `X-Hub-Signature-256` that Gitea also sends.
 /// * Gitee: `X-Gitee-Token` is either the plain WebHook password, or (signature mode) the
 ///   base64 HMAC-SHA256 of `X-Gitee-Timestamp + "\n" + secret` keyed by the secret; a
 ///   URL-encoded value is decoded first. Gitee's signature does not cover the body and its
@@ -93,7 +93,11 @@ pub fn verify(
             check_hex_hmac(secret, body, hex_sig)
         }
         Forge::Gitea => {
-            if let Some(sig) = header_value(header, "x-gitea-signature") {
+            // Gogs (and a Gitea or Forgejo hook of the "Gogs" type) signs with the same HMAC under
+            // its own name.
+            if let Some(sig) = header_value(header, "x-gitea-signature")
+                .or_else(|| header_value(header, "x-gogs-signature"))
+            {
                 reject_empty(secret)?;
                 check_hex_hmac(secret, body, &sig)
             } else if let Some(sig) = header_value(header, "x-hub-signature-256") {
