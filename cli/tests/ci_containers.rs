@@ -385,9 +385,10 @@ fn a_non_root_user_gets_a_clear_refusal_or_the_namespaces_the_container_allows()
 /// chroot (chroot into a subdirectory, then `..` up past the old root): it read the job's
 /// environment in the container's /proc and forge's registry credentials, and wrote the store.
 /// The step no longer gets it: chroot(2) fails (busybox's `chroot` applet is the probe), while a
-/// granted `RUN --security=insecure` step keeps it, and forge's note says so.
+/// granted `RUN --security=insecure` step keeps it, and forge's note says so. Nor CAP_MKNOD: a
+/// step made /dev/kmsg in its root, a directory of the machine's, and wrote the machine's kernel log.
 #[test]
-fn chroot_steps_cannot_chroot_unless_insecure() {
+fn chroot_steps_cannot_chroot_or_mknod_unless_insecure() {
     if !forge_testsupport::root_and_busybox("the chroot isolation needs root") {
         return;
     }
@@ -424,8 +425,21 @@ fn chroot_steps_cannot_chroot_unless_insecure() {
     assert!(!o.status.success(), "{text}");
     assert!(text.contains("Operation not permitted"), "{text}");
     assert!(text.contains("less CAP_SYS_CHROOT"), "{text}");
-    // Another step as root still has the rest of docker's set (chown, mknod where allowed).
-    let o = build("RUN chown 12:34 /tmp && ls -ldn /tmp\n", &[]);
+    assert!(text.contains("and CAP_MKNOD"), "{text}");
+    // Nor a device node: the root is a directory of the machine's, which no nodev mount holds, so
+    // /dev/kmsg made there took a line into the machine's kernel log.
+    let o = build(
+        "RUN mknod /km c 1 11 && echo forge-chroot-mknod > /km\n",
+        &[],
+    );
+    let text = printed(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("Operation not permitted"), "{text}");
+    // Another step as root still has the rest of docker's set (chown, fifos).
+    let o = build(
+        "RUN chown 12:34 /tmp && ls -ldn /tmp && mkfifo /tmp/f\n",
+        &[],
+    );
     assert!(o.status.success(), "{}", printed(&o));
     let o = build(
         "RUN --security=insecure chroot / true\n",

@@ -125,7 +125,8 @@ impl Isolation {
                     "no PID namespace: a daemon a step starts in a new session outlives the step",
                     "the container's own seccomp profile and capabilities confine steps, not \
                      forge's, less CAP_SYS_CHROOT (root with it leaves a chroot; a step that \
-                     calls chroot needs RUN --security=insecure)",
+                     calls chroot needs RUN --security=insecure) and CAP_MKNOD (a device node \
+                     made in a root that no nodev mount holds would open the machine's device)",
                     "no namespace stands between steps and forge's own processes, which a step \
                      running as root can signal",
                     "cache mounts serve one step at a time; bind mounts and secrets are copied \

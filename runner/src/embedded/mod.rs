@@ -500,13 +500,16 @@ fn confinement(security: Security, isolation: Isolation) -> Result<Confinement, 
         // is a chroot and nothing more, and root with that capability leaves it (chroot into a
         // subdirectory without entering it, then `..` up to the real root), to forge's
         // credentials, the job's environment in /proc and the store. Without it the step also
-        // holds fewer capabilities than forge, so it cannot ptrace forge either.
+        // holds fewer capabilities than forge, so it cannot ptrace forge either. Nor CAP_MKNOD:
+        // the root is a directory of the machine's filesystem, no mount that could be nodev, so a
+        // device node a step made would open the machine's device (forge makes /dev's nodes
+        // itself, before the step).
         let have = crate::confine::bounding_set();
         let root_caps = match security {
             Security::Sandbox => sys::DEFAULT_CAPS
                 .iter()
                 .copied()
-                .filter(|c| have.contains(c) && *c != sys::CAP_SYS_CHROOT)
+                .filter(|c| have.contains(c) && *c != sys::CAP_SYS_CHROOT && *c != sys::CAP_MKNOD)
                 .collect(),
             Security::Insecure => have,
         };

@@ -183,6 +183,9 @@ pub(crate) fn pivot_into(new_root: &Path) -> io::Result<()> {
 /// The capability to call chroot(2), which the chroot isolation's steps do not get.
 pub(crate) const CAP_SYS_CHROOT: u32 = 18;
 
+/// The capability to make device nodes, which the chroot isolation's steps do not get either.
+pub(crate) const CAP_MKNOD: u32 = 27;
+
 /// Docker's default capability set (moby `oci/caps/defaults.go`), as bit numbers.
 pub(crate) const DEFAULT_CAPS: &[u32] = &[
     0,  // CAP_CHOWN

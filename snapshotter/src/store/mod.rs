@@ -237,6 +237,23 @@ impl Drop for TempPath {
     }
 }
 
+/// Makes the store's root reachable by its owner alone (0700), as Docker keeps its data root: the
+/// snapshots under it hold what steps made, setuid-root binaries and device nodes among them, which
+/// another user of the machine could otherwise run or open through the path (a root build's
+/// `RUN chmod u+s` gave any local user a root shell). A root that another user owns is left as it
+/// is (forge may not change it).
+fn close_to_others(root: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(root).map_err(io_err("look at", root))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.mode() & 0o077 != 0 && meta.uid() == euid {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("make private (0700)", root))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `root`. When no other process is using the store,
     /// leftovers of a killed writer (temp files, lock files) are removed; the metadata database is
@@ -255,6 +272,7 @@ impl Store {
         for dir in [&store.blobs, &store.ingest] {
             fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
+        close_to_others(&store.root)?;
         let quiet = FileLock::try_acquire(&store.store_lock, LockMode::Exclusive)
             .map_err(io_err("lock", &store.store_lock))?;
         if let Some(_quiet) = quiet {
