@@ -409,6 +409,27 @@ fn hardlinks_stay_linked_and_times_are_kept() {
     assert_eq!(one.mtime(), 1_000_000_000);
 }
 
+/// BuildKit copies each source a wildcard matches on its own, each with its own record of links:
+/// two matched names of one file land as two files (a directory matched keeps its inner links).
+#[test]
+fn sources_a_wildcard_matches_share_no_hard_links() {
+    let f = fixture();
+    f.file("top.txt", "same", 0o644);
+    fs::hard_link(f.ctx.join("top.txt"), f.ctx.join("top2.txt")).unwrap();
+    f.file("topdir/a", "inner", 0o644);
+    fs::hard_link(f.ctx.join("topdir/a"), f.ctx.join("topdir/b")).unwrap();
+    f.run(vec![copy_with("/top*", "/d/", |o| o.allow_wildcard = true)])
+        .unwrap();
+    let one = fs::metadata(f.out("/d/top.txt")).unwrap();
+    let two = fs::metadata(f.out("/d/top2.txt")).unwrap();
+    assert_ne!(one.ino(), two.ino());
+    assert_eq!((one.nlink(), two.nlink()), (1, 1));
+    assert_eq!(f.read("/d/top2.txt"), "same");
+    let a = fs::metadata(f.out("/d/a")).unwrap();
+    let b = fs::metadata(f.out("/d/b")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+}
+
 #[test]
 fn destination_links_resolve_inside_the_root() {
     let f = fixture();

@@ -110,6 +110,10 @@ pub(crate) fn copy(
             {
                 continue;
             }
+            // Hard links are kept within one source, not between the sources a wildcard matched
+            // (BuildKit copies each match on its own): two matched names of one file are two
+            // files, as with two COPY lines.
+            copier.inodes.clear();
             copier.copy_source(src_root, s, dest_root, dest, opts)?;
         }
         Ok(())
