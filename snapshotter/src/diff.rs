@@ -192,9 +192,15 @@ struct Node {
 
 /// What `path` is, or `None` for a socket, which no layer holds: a step that leaves one (an agent
 /// or a database started in a RUN) makes its layer without it, as containerd's and BuildKit's
-/// diffs leave sockets out.
+/// diffs leave sockets out. `None` too for a name its directory lists that is not there: an
+/// overlay lists the whiteouts of a directory no lower directory is merged with (an image whose
+/// layer deletes `g/x` where a lower layer has `g` as a symlink) but finds none of them.
 fn node(path: &Path) -> Result<Option<Node>, DiffError> {
-    let md = std::fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("inspecting", path)(e)),
+    };
     node_of(&md, path, || sys::lxattrs(path.as_os_str().as_bytes()))
 }
 

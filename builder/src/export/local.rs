@@ -48,7 +48,14 @@ fn copy_dir(
     for entry in entries {
         let from = entry.path();
         let to = dst.join(entry.file_name());
-        let meta = fs::symlink_metadata(&from).map_err(io_err("reading metadata of", &from))?;
+        let meta = match fs::symlink_metadata(&from) {
+            Ok(meta) => meta,
+            // A name listed but not there: an overlay lists the whiteouts of a directory no lower
+            // directory is merged with (a layer deleting `g/x` where a lower one has `g` as a
+            // symlink), and finds none of them.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("reading metadata of", &from)(e)),
+        };
         let t = meta.file_type();
         if t.is_dir() {
             // A directory already there is written into; anything else, a symlink to a
