@@ -122,7 +122,8 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Check the store's consistency: blobs against their digests, what images and cache records
-    /// reference, snapshots against their data, leftovers. Exit 1 when problems remain.
+    /// reference, snapshots whose directory is gone (their files are not read: a file changed
+    /// inside a snapshot by hand is not found), leftovers. Exit 1 when problems remain.
     Check(store_cmd::CheckArgs),
 }
 
