@@ -127,8 +127,9 @@ impl Isolation {
                      forge's, less CAP_SYS_CHROOT (root with it leaves a chroot; a step that \
                      calls chroot needs RUN --security=insecure) and CAP_MKNOD (a device node \
                      made in a root that no nodev mount holds would open the machine's device)",
-                    "no namespace stands between steps and forge's own processes, which a step \
-                     running as root can signal",
+                    "no namespace stands between steps and the processes forge runs beside \
+                     (its own, and any other of the container or machine), which a step running \
+                     as root can signal",
                     "cache mounts serve one step at a time; bind mounts and secrets are copied \
                      in and removed after the step; a read-only bind is not enforced",
                 ];
