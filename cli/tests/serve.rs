@@ -885,6 +885,23 @@ fn a_pipeline_file_linked_out_of_the_checkout_is_refused_unread() {
     assert_eq!(code, 200);
 }
 
+/// A server in `dir` with one project, `app`, whose webhook builds `main` only: pushes of `old`
+/// start nothing, so no git server is needed where what is refused is refused before that.
+fn serve_without_git(dir: &Path) -> (Served, u16) {
+    let config = dir.join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "projects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
+             branches: [main]\n    webhook_secret: {SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let port = forge_testsupport::free_port();
+    let s = start_server(&config, &dir.join("root"), port, &dir.join("serve.log"));
+    (s, port)
+}
+
 /// The delivery id is not signed, the body is: a captured signed push sent again without its
 /// `X-GitHub-Delivery`, or with another one, is the same delivery and a 409, as the same id is;
 /// a new body is taken.
@@ -896,20 +913,7 @@ fn a_signed_body_replayed_under_another_delivery_id_is_refused() {
         }
     }
     let tmp = forge_testsupport::scratch("forge-serve-replay-");
-    let config = tmp.path().join("serve.yaml");
-    // Pushes of `old` start nothing (no branch matches), so no git server is needed: replays are
-    // refused before anything is started.
-    std::fs::write(
-        &config,
-        format!(
-            "projects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
-             branches: [main]\n    webhook_secret: {SECRET}\n"
-        ),
-    )
-    .unwrap();
-    let server_log = tmp.path().join("serve.log");
-    let port = forge_testsupport::free_port();
-    let s = start_server(&config, &tmp.path().join("root"), port, &server_log);
+    let (s, port) = serve_without_git(tmp.path());
     let send = |body: &[u8], delivery: Option<&str>| {
         let mut headers = vec![
             ("Content-Type", "application/json".to_string()),
@@ -978,23 +982,7 @@ fn gitlab_pushes_are_told_apart_by_their_key_and_an_oversized_body_is_refused_un
         return;
     }
     let tmp = forge_testsupport::scratch("forge-serve-gitlab-key-");
-    let config = tmp.path().join("serve.yaml");
-    // Pushes of `old` start nothing (no branch matches): what is refused is refused before that.
-    std::fs::write(
-        &config,
-        format!(
-            "projects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
-             branches: [main]\n    webhook_secret: {SECRET}\n"
-        ),
-    )
-    .unwrap();
-    let port = forge_testsupport::free_port();
-    let s = start_server(
-        &config,
-        &tmp.path().join("root"),
-        port,
-        &tmp.path().join("serve.log"),
-    );
+    let (s, port) = serve_without_git(tmp.path());
     let send = |body: &[u8], key: Option<&str>| {
         let mut headers = vec![
             ("Content-Type", "application/json".to_string()),

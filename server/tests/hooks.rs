@@ -856,24 +856,28 @@ fn registry_bad_payloads() {
     assert_eq!(parse_registry(br#"{"events":[]}"#), Ok(vec![]));
 }
 
+/// GitHub's push fixture changed by `edit`, parsed.
+fn github_push_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Event, HookError> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("github_push.json")).unwrap();
+    edit(&mut v);
+    let body = serde_json::to_vec(&v).unwrap();
+    parse(
+        Forge::GitHub,
+        &headers(&[("x-github-event", "push")]),
+        &body,
+    )
+}
+
 /// GitHub's push of a branch made at an existing commit (`created: true`, or a reset back to one)
 /// lists no `commits` but still gives the head in `head_commit`: its message is what `[skip ci]`
 /// and the keyword are read from.
 #[test]
 fn a_push_listing_no_commits_is_read_by_its_head_commit() {
-    let mut v: serde_json::Value = serde_json::from_slice(&fixture("github_push.json")).unwrap();
-    v["created"] = true.into();
-    v["commits"] = serde_json::json!([]);
-    v["head_commit"]["message"] = "Release notes only [skip ci] @deploy".into();
-    let body = serde_json::to_vec(&v).unwrap();
-    let p = match parse(
-        Forge::GitHub,
-        &headers(&[("x-github-event", "push")]),
-        &body,
-    ) {
-        Ok(Event::Push(p)) => p,
-        other => panic!("{other:?}"),
-    };
+    let p = expect_push(github_push_edited(|v| {
+        v["created"] = true.into();
+        v["commits"] = serde_json::json!([]);
+        v["head_commit"]["message"] = "Release notes only [skip ci] @deploy".into();
+    }));
     assert_eq!(
         p.commits,
         vec![Commit {
@@ -884,12 +888,7 @@ fn a_push_listing_no_commits_is_read_by_its_head_commit() {
     assert!(forge_server::hooks::skips_ci(&p));
     assert!(has_keyword(&p, "@deploy"));
     // Listed already: not twice.
-    let listed = expect_push(ev(
-        Forge::GitHub,
-        ("x-github-event", "push"),
-        "github_push.json",
-    ));
-    assert_eq!(listed.commits.len(), 2);
+    assert_eq!(expect_push(github_push_edited(|_| {})).commits.len(), 2);
 }
 
 /// A ref git would refuse (`git check-ref-format`) comes from no real sender: a control character
@@ -904,15 +903,7 @@ fn a_ref_name_git_refuses_is_a_bad_payload() {
         "refs/tags/v1\u{0}",
         "refs/heads/a b:c",
     ] {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&fixture("github_push.json")).unwrap();
-        v["ref"] = bad.into();
-        let body = serde_json::to_vec(&v).unwrap();
-        match parse(
-            Forge::GitHub,
-            &headers(&[("x-github-event", "push")]),
-            &body,
-        ) {
+        match github_push_edited(|v| v["ref"] = bad.into()) {
             Err(HookError::BadPayload(m)) => assert!(m.contains("not a name git allows"), "{m}"),
             other => panic!("{bad:?}: {other:?}"),
         }
@@ -923,15 +914,7 @@ fn a_ref_name_git_refuses_is_a_bad_payload() {
         "refs/tags/v1.2.0-rc.1",
         "refs/heads/ünï",
     ] {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&fixture("github_push.json")).unwrap();
-        v["ref"] = good.into();
-        let body = serde_json::to_vec(&v).unwrap();
-        let event = parse(
-            Forge::GitHub,
-            &headers(&[("x-github-event", "push")]),
-            &body,
-        );
+        let event = github_push_edited(|v| v["ref"] = good.into());
         assert!(
             matches!(event, Ok(Event::Push(_) | Event::Tag(_))),
             "{good}: {event:?}"
