@@ -413,7 +413,7 @@ fn paths_that_all_match_nothing_are_each_warned_of() {
 /// after the script whatever its result, which it does not change), from the job or else from
 /// `default:`.
 #[test]
-fn before_and_after_script_run_around_the_script_as_in_gitlab() {
+fn before_and_after_script_run_around_the_script_as_in_gitlab_with_pipefail() {
     let Some(m) = machine() else { return };
     let (_ws, dir, root) = small_workspace(
         &m,
@@ -431,6 +431,12 @@ jobs:
     before_script: []
     after_script: [echo own cleanup, exit 9]
     script: [echo own main, exit 4, echo not reached]
+  piped:
+    image: app
+    allow_failure: true
+    before_script: []
+    after_script: []
+    script: ["false | tee log.txt", echo piped not reached]
 "#,
     );
     let out = run_ok(&dir, &root, &["run"], &[]);
@@ -451,6 +457,13 @@ jobs:
     );
     assert!(
         out.contains("job own: failed (allowed) (exit status 4)"),
+        "{out}"
+    );
+    // GitLab's runner sets pipefail where the shell has it (busybox's does): a failing command
+    // fails its pipeline, and the job.
+    assert!(!out.contains("[piped] piped not reached"), "{out}");
+    assert!(
+        out.contains("job piped: failed (allowed) (exit status 1)"),
         "{out}"
     );
 }

@@ -212,8 +212,8 @@ pub struct JobSpec {
     /// A named image, `NAME@STAGE`, or a registry reference; or GitLab's map of `name` and
     /// `entrypoint`. `None`: `default:`'s (see [`PipelineFile::image_of`]).
     pub image: Option<JobImageSpec>,
-    /// Shell lines, run with `sh -e` in the image; `None` only where `extends:` gives them (a
-    /// job without is refused).
+    /// Shell lines, run in the image by bash or `sh`, with `-e` (see `script_program`); `None`
+    /// only where `extends:` gives them (a job without is refused).
     pub script: Option<Sp<Commands>>,
     /// Lines run before `script`, in the same shell (GitLab's); replaces `default:`'s.
     pub before_script: Option<Sp<Commands>>,

@@ -42,7 +42,7 @@ pub struct JobSpec {
     pub image: JobImage,
     /// Run with the script's shell as its arguments; empty: the shell alone.
     pub entrypoint: Vec<String>,
-    /// The script, one shell line each, run with `sh -e`.
+    /// The script, one shell line each, run by bash or `sh` with `-e` (see [`SHELL_PICK`]).
     pub script: Vec<String>,
     /// Run after the script in a shell of its own, whatever its result (see [`script_program`]).
     pub after_script: Vec<String>,
@@ -95,11 +95,27 @@ impl JobVerdict {
     }
 }
 
-/// The script as one `sh -e` program: each line is echoed (`$ line`, as CI logs show it) and run.
+/// The script as one program for a shell run with `-e` (see [`SHELL_PICK`]): each line is echoed (`$ line`, as CI logs show it) and run.
 /// With `after`, the script runs in a subshell whose status the program keeps, then `after` in
 /// one of its own (no variable or directory of the script's carries over), whose failure is said
 /// and changes nothing; the program ends with the script's status (GitLab's `after_script`).
 pub fn script_program(lines: &[String], after: &[String]) -> String {
+    format!("{PIPEFAIL}{}", script_body(lines, after))
+}
+
+/// What GitLab's runner puts first in a job's script: a pipeline fails with any of its commands
+/// (`make test | tee log` fails with `make`), where the shell knows `pipefail` (bash, busybox;
+/// Debian's dash before 0.5.13 does not, and runs the script without it). Asked in a subshell, so
+/// that a shell that refuses the option (a special builtin's error ends a POSIX shell) goes on.
+const PIPEFAIL: &str = "if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi\n";
+
+/// The program the job's step runs, given the script as `$1`: bash where the image has it, else
+/// `/bin/sh`, each with `-e`, as GitLab's runner picks the shell of a job in an image.
+pub const SHELL_PICK: &str = "for forge_shell in /usr/local/bin/bash /usr/bin/bash /bin/bash; \
+     do if [ -x \"$forge_shell\" ]; then exec \"$forge_shell\" -e -c \"$1\"; fi; done; \
+     exec /bin/sh -e -c \"$1\"";
+
+fn script_body(lines: &[String], after: &[String]) -> String {
     let echoed = |lines: &[String]| {
         let mut out = String::new();
         for line in lines {
@@ -264,8 +280,9 @@ impl Session {
                     .cloned()
                     .chain([
                         "/bin/sh".into(),
-                        "-e".into(),
                         "-c".into(),
+                        SHELL_PICK.into(),
+                        "sh".into(),
                         script_program(&job.script, &job.after_script),
                     ])
                     .collect(),
@@ -461,13 +478,18 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::script_program;
+    use super::{SHELL_PICK, script_program};
 
-    /// Runs `program` as a job's step runs it (`sh -e -c`), in a scratch directory.
+    /// Runs `program` as a job's step runs it (through [`SHELL_PICK`]: bash here, where the
+    /// machine has it), in a scratch directory.
     fn run(program: &str) -> (i32, String) {
+        run_in("/bin/sh", &["-c", SHELL_PICK, "sh", program])
+    }
+
+    fn run_in(shell: &str, args: &[&str]) -> (i32, String) {
         let dir = tempfile::tempdir().unwrap();
-        let o = std::process::Command::new("/bin/sh")
-            .args(["-e", "-c", program])
+        let o = std::process::Command::new(shell)
+            .args(args)
             .current_dir(dir.path())
             .output()
             .unwrap();
@@ -486,7 +508,8 @@ mod tests {
         let p = script_program(&lines(&["echo a", "false", "echo b"]), &[]);
         assert_eq!(
             p,
-            "printf '%s\\n' '$ echo a'\necho a\nprintf '%s\\n' '$ false'\nfalse\nprintf '%s\\n' '$ echo b'\necho b\n"
+            "if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi\n\
+             printf '%s\\n' '$ echo a'\necho a\nprintf '%s\\n' '$ false'\nfalse\nprintf '%s\\n' '$ echo b'\necho b\n"
         );
         let (code, out) = run(&p);
         assert_eq!(code, 1);
@@ -549,6 +572,38 @@ mod tests {
             out,
             "$ echo one two\none two\n$ echo line1 # collapsed multi-line command\nline1\nline2\n"
         );
+    }
+
+    /// GitLab's runner runs a job in bash where the image has it, with `pipefail` where the shell
+    /// knows it: `make test | tee log` passed when `make` failed.
+    #[test]
+    fn a_failing_command_fails_its_pipeline_where_the_shell_knows_pipefail() {
+        let p = script_program(&lines(&["false | cat", "echo not reached"]), &[]);
+        for bash in ["/bin/bash", "/usr/bin/bash"] {
+            if std::path::Path::new(bash).exists() {
+                let (code, out) = run(&p);
+                assert_eq!(code, 1, "{out}");
+                assert!(!out.contains("not reached\n"), "{out}");
+                let (_, shell) = run("echo \"[${BASH_VERSION:+bash}]\"");
+                assert!(shell.ends_with("[bash]\n"), "{shell}");
+                break;
+            }
+        }
+        // busybox's sh knows it too.
+        if std::path::Path::new("/bin/busybox").exists() {
+            let (code, out) = run_in("/bin/busybox", &["sh", "-e", "-c", &p]);
+            assert_eq!(code, 1, "{out}");
+        }
+        // A shell that does not (dash before 0.5.13) runs the script without it.
+        if std::path::Path::new("/bin/dash").exists() {
+            let ok = script_program(&lines(&["false | cat", "echo reached"]), &[]);
+            let (code, out) = run_in("/bin/dash", &["-e", "-c", &ok]);
+            let knows = run_in("/bin/dash", &["-c", "set -o pipefail"]).0 == 0;
+            if !knows {
+                assert_eq!(code, 0, "{out}");
+                assert!(out.ends_with("reached\n"), "{out}");
+            }
+        }
     }
 
     #[test]
