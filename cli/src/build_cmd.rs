@@ -399,6 +399,13 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ));
     }
     let to_stdout = stdout_exports == 1;
+    if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(usage(
+            "error: refusing to write a tar to the terminal (--output dest=-): redirect standard \
+             output to a file or a pipe, or give dest=FILE"
+                .to_string(),
+        ));
+    }
     let session = open_session(
         args.root.as_deref(),
         &args.insecure,

@@ -23,6 +23,15 @@ pub enum CompressionArg {
 /// Reads one `-o` flag.
 pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
     // docker's shorthands: `-o DIR` is the filesystem into DIR, `-o -` a tar of it on stdout.
+    // An empty one (`-o "$OUT"` with OUT unset) names no place: it would be the working
+    // directory, whose files the image's would replace.
+    if spec.trim().is_empty() {
+        return Err(usage(
+            "error: invalid --output \"\": it names no destination (-o DIR, -o -, or \
+             type=...,dest=...)"
+                .to_string(),
+        ));
+    }
     if !spec.contains('=') {
         return Ok(if spec == "-" {
             Export::Tar(PathBuf::from("-"))
@@ -43,12 +52,15 @@ pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
         .get("type")
         .cloned()
         .ok_or_else(|| usage(format!("error: invalid --output {spec:?}: no type=")))?;
-    let dest = || {
-        kv.get("dest").map(PathBuf::from).ok_or_else(|| {
-            usage(format!(
-                "error: invalid --output {spec:?}: type={kind} needs dest="
-            ))
-        })
+    let dest = || match kv.get("dest") {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
+        Some(_) => Err(usage(format!(
+            "error: invalid --output {spec:?}: dest= is empty (type={kind} needs a path, or - \
+             for standard output)"
+        ))),
+        None => Err(usage(format!(
+            "error: invalid --output {spec:?}: type={kind} needs dest="
+        ))),
     };
     let flag = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
     // BuildKit keeps keys it does not know without a word; a misspelt one (`compresion=zstd`)
@@ -163,9 +175,16 @@ pub(crate) fn parse_secrets(specs: &[String]) -> Result<Secrets, Failure> {
                 Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
                 Some(("env", v)) => env = Some(v.to_string()),
                 Some(("type", _)) => {}
-                _ => {
+                Some((key, _)) => {
                     return Err(usage(format!(
-                        "error: invalid --secret {spec:?}: expected id=ID,src=PATH or id=ID,env=VAR"
+                        "error: invalid --secret {spec:?}: unknown key {key:?} in {part:?} \
+                         (id=ID,src=PATH or id=ID,env=VAR)"
+                    )));
+                }
+                None => {
+                    return Err(usage(format!(
+                        "error: invalid --secret {spec:?}: {part:?} is not KEY=VALUE \
+                         (id=ID,src=PATH or id=ID,env=VAR)"
                     )));
                 }
             }
@@ -251,7 +270,8 @@ pub(crate) fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), F
     }
     if ip == "host-gateway" {
         return Err(bad(
-            "host-gateway is docker's daemon's address; forge has no daemon and RUN steps do not              reach the host (give the address itself, and --allow network.host to reach it)",
+            "host-gateway is docker's daemon's address; forge has no daemon and RUN steps do not \
+             reach the host (give the address itself, and --allow network.host to reach it)",
         ));
     }
     let ip = ip.trim_start_matches('[').trim_end_matches(']');

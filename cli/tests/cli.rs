@@ -193,6 +193,10 @@ fn exit_codes() {
         vec!["build", "--push", dir],
         vec!["build", "-o", "type=bogus", dir],
         vec!["build", "-o", "type=oci", dir],
+        // `-o "$OUT"` with OUT unset: the working directory's files were replaced by the image's.
+        vec!["build", "-o", "", dir],
+        vec!["build", "-o", "type=local,dest=", dir],
+        vec!["build", "-o", "type=oci,dest=,tar=false", dir],
         vec!["build", "--label", "=novalue", dir],
         vec!["build", "--secret", "id=x,bogus", dir],
         vec!["build", "--platform", "linux/s390x", dir],

@@ -387,6 +387,24 @@ fn quiet_prints_the_image_id_and_the_files_carry_both_digests() {
         String::from_utf8_lossy(&o.stdout).trim(),
         doc["digest"].as_str().unwrap()
     );
+
+    // A failed build leaves neither file of the build before (docker removes its --iidfile): a
+    // script reading them took the earlier image.
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY missing /\n").unwrap();
+    let o = forge(
+        &root,
+        &[
+            "build",
+            "--iidfile",
+            &iid.to_string_lossy(),
+            "--metadata-file",
+            &meta.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(!iid.exists(), "the earlier --iidfile is left");
+    assert!(!meta.exists(), "the earlier --metadata-file is left");
 }
 
 /// Runs `forge ARGS` with Docker's config in `docker_config` (and no podman file in the way),

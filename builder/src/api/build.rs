@@ -66,9 +66,15 @@ impl Session {
         let start = Instant::now();
         let reports = Arc::new(Mutex::new(Vec::new()));
         let mut solved = Solution::default();
-        let result = self
-            .run(request, &events, cancel, reports.clone(), &mut solved)
-            .await;
+        // What an earlier build wrote there is no answer of this one: a script reading the file
+        // after a failed build would take the earlier image (docker removes its --iidfile too).
+        let result = match forget_earlier_outputs(request) {
+            Ok(()) => {
+                self.run(request, &events, cancel, reports.clone(), &mut solved)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         self.auto_prune(&events).await;
         match result {
@@ -763,6 +769,26 @@ fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
         },
         other => other,
     }
+}
+
+/// Removes the `--iidfile` and `--metadata-file` an earlier build left, before this one starts.
+fn forget_earlier_outputs(request: &BuildRequest) -> Result<(), BuildError> {
+    for path in [&request.iidfile, &request.metadata_file]
+        .into_iter()
+        .flatten()
+    {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BuildError::Invalid(format!(
+                    "removing the earlier {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
