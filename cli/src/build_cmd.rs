@@ -462,7 +462,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
             if !matches!(mode, ProgressMode::Quiet | ProgressMode::Json)
                 && let Some(s) = summary
             {
-                eprintln!("{s}");
+                errln!("{s}");
             }
             // With a tar on standard output the digest would corrupt it: it is left out there.
             // `-q` prints what `docker build -q` prints: the image ID, the config's digest.
@@ -557,9 +557,9 @@ pub(crate) fn note_isolation(session: &Session) {
     if limits.is_empty() || SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    eprintln!("note: RUN steps are isolated with {isolation}, which gives up:");
+    errln!("note: RUN steps are isolated with {isolation}, which gives up:");
     for limit in limits {
-        eprintln!("  - {limit}");
+        errln!("  - {limit}");
     }
 }
 

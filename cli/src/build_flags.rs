@@ -91,7 +91,7 @@ pub(crate) fn parse_output(spec: &str) -> Result<Export, Failure> {
         .collect();
     unused.sort();
     if !unused.is_empty() {
-        eprintln!(
+        errln!(
             "warning: --output {spec:?}: {} not used by forge for type={kind}, ignored",
             unused
                 .iter()

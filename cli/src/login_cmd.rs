@@ -82,7 +82,7 @@ pub(crate) fn login(args: &LoginArgs) -> Result<(), Failure> {
         ))
     })?;
     if let LoginStore::File(path) = &stored {
-        eprintln!(
+        errln!(
             "warning: the password is stored unencrypted in {} (a credential helper, \"credsStore\" in that file, keeps it elsewhere)",
             path.display()
         );
@@ -107,7 +107,7 @@ fn warn_if_shadowed(registry: &str, docker_file: &std::path::Path, user: &str, p
         if let Ok(Some(other)) = found
             && other != stored
         {
-            eprintln!(
+            errln!(
                 "warning: {} holds another login for {registry}, and forge and podman read it first; remove it there (podman logout) for this one to be used",
                 file.display()
             );
@@ -138,7 +138,7 @@ fn credentials(args: &LoginArgs) -> Result<(String, String), Failure> {
         return non_empty(user, password.to_string());
     }
     if args.password.is_some() {
-        eprintln!(
+        errln!(
             "warning: a password given with -p can be seen in the process list; prefer --password-stdin"
         );
     }
@@ -193,7 +193,7 @@ fn prompt(question: &str, echo: bool) -> Result<String, Failure> {
     let read = stdin.lock().read_line(&mut line);
     if let Some(t) = saved {
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
-        eprintln!();
+        errln!();
     }
     read.map_err(|e| failed(format!("error: reading from the terminal: {e}")))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())

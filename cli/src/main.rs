@@ -31,6 +31,15 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` that a closed standard error does not make panic (`forge build 2>&1 | head`): the
+/// build goes on to its end, and its result, where nobody reads its words.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod build_cmd;
 mod build_flags;
 mod check_cmd;
@@ -174,7 +183,7 @@ pub(crate) fn failed(message: String) -> Failure {
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet.
     if let Err(e) = unsafe { forge_snapshotter::registry::roots::prepare_process() } {
-        eprintln!("warning: cannot provide the bundled CA certificates: {e}");
+        errln!("warning: cannot provide the bundled CA certificates: {e}");
     }
     let cli = Cli::parse();
     // Commands that only print (a listing read through `| head`) end quietly when the reader
@@ -247,7 +256,7 @@ fn main() -> ExitCode {
         Err(f) => {
             // A failure that printed its own report (`build --check`) has nothing to add.
             if !f.message.is_empty() {
-                eprintln!("{}", f.message);
+                errln!("{}", f.message);
             }
             if let Some(signal) = build_cmd::cancelled_by() {
                 return die_by(signal);
@@ -283,7 +292,7 @@ fn enter_user_namespace() -> Result<(), Failure> {
     use forge_runner::embedded::{UserNamespace, enter_user_namespace};
     match enter_user_namespace() {
         Ok(UserNamespace::SingleId { warning, .. }) => {
-            eprintln!("warning: {warning}");
+            errln!("warning: {warning}");
             Ok(())
         }
         Ok(_) => Ok(()),
@@ -444,7 +453,7 @@ fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
         ))
     })?;
     for w in &lowered.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     match args.format {
         Format::Text => out!("{}", lowered.graph.to_text()),
@@ -466,6 +475,6 @@ fn out(args: std::fmt::Arguments<'_>) {
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| eprintln!("warning: writing to standard output: {e}"));
+        SAID.call_once(|| errln!("warning: writing to standard output: {e}"));
     }
 }

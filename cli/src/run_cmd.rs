@@ -238,7 +238,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let files = match git::files(&base_dir) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "warning: {e}: every `exists:` rule matches (the repository's files cannot be listed)"
             );
             None
@@ -251,7 +251,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     };
     let checked = crate::run_plan::load(&args.file, &name, &src, &options)?;
     for w in checked.warning_lines(&name) {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     // GitLab makes no pipeline then, and uses up no number.
     if let Some(why) = &checked.skipped {
@@ -271,7 +271,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     }
     for (k, v) in &secrets {
         if String::from_utf8_lossy(v).trim().len() < 3 {
-            eprintln!(
+            errln!(
                 "warning: secret {k} is shorter than 3 characters: too short to mask, it shows \
                  wherever a job prints it"
             );
@@ -331,7 +331,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         let _ = writeln!(std::io::stdout(), "run {number} of {name}");
     }
     for n in &notes {
-        eprintln!("{n}");
+        errln!("{n}");
     }
     let grouped = match args.progress {
         RunProgress::Grouped => true,
@@ -509,7 +509,7 @@ impl Printer {
         if let Some(w) = logs.get_mut(job)
             && let Err(e) = w.line(line)
         {
-            eprintln!("warning: job {job}: its log is not kept: {e}");
+            errln!("warning: job {job}: its log is not kept: {e}");
             logs.remove(job);
         }
     }
@@ -519,7 +519,7 @@ impl Printer {
         let done = match log.map(LogWriter::finish) {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
-                eprintln!("warning: job {job}: its log is not kept: {e}");
+                errln!("warning: job {job}: its log is not kept: {e}");
                 None
             }
             None => None,
@@ -527,7 +527,7 @@ impl Printer {
         if let Some(h) = self.handle.lock().expect("not poisoned").as_mut()
             && let Err(e) = h.job_done(job, result, duration, done, coverage)
         {
-            eprintln!("warning: job {job}: not recorded in the history: {e}");
+            errln!("warning: job {job}: not recorded in the history: {e}");
         }
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn check(file: &Path, build_number: Option<u64>) -> Result<(), Failur
     };
     let plan = load(file, &name, &src, &options)?;
     for w in plan.warning_lines(&name) {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     if let Some(why) = &plan.skipped {
         outln!("{name}: ok: no pipeline for this run ({why})");

@@ -98,7 +98,7 @@ pub fn pull(args: &PullArgs) -> Result<(), Failure> {
     if quiet {
         outln!("{}", record.manifest.digest);
     } else {
-        eprintln!("pulled in {:.1?}", start.elapsed());
+        errln!("pulled in {:.1?}", start.elapsed());
         outln!("{} {}", record.reference, record.manifest.digest);
     }
     Ok(())
@@ -112,23 +112,23 @@ fn report(event: &PullEvent) {
             manifest,
             platform,
             layers,
-        } => eprintln!("resolved {reference} -> {manifest} ({platform}, {layers} layers)"),
+        } => errln!("resolved {reference} -> {manifest} ({platform}, {layers} layers)"),
         PullEvent::Started { digest, total, .. } => {
-            eprintln!("pulling  {} ({})", short(digest), human(*total))
+            errln!("pulling  {} ({})", short(digest), human(*total))
         }
         PullEvent::Done { digest, bytes } => {
-            eprintln!("done     {} ({})", short(digest), human(*bytes))
+            errln!("done     {} ({})", short(digest), human(*bytes))
         }
-        PullEvent::Cached { digest, .. } => eprintln!("cached   {}", short(digest)),
+        PullEvent::Cached { digest, .. } => errln!("cached   {}", short(digest)),
         PullEvent::Retrying {
             what,
             attempt,
             took,
             delay,
             error,
-        } => eprintln!(
-            "retry    {what} in {delay:.1?}: try {attempt} failed after {took:.1?}: {error}"
-        ),
+        } => {
+            errln!("retry    {what} in {delay:.1?}: try {attempt} failed after {took:.1?}: {error}")
+        }
         PullEvent::Progress { .. } | PullEvent::Stored { .. } | PullEvent::Failed { .. } => {}
     }
 }
@@ -210,12 +210,12 @@ pub fn unpack(args: &UnpackArgs) -> Result<(), Failure> {
         for warning in &summary.warnings {
             match warning {
                 UnpackWarning::DeviceSkipped { entry, .. } => {
-                    eprintln!("warning: {entry}: device node not created (not permitted here)")
+                    errln!("warning: {entry}: device node not created (not permitted here)")
                 }
-                other => eprintln!("warning: {other:?}"),
+                other => errln!("warning: {other:?}"),
             }
         }
-        eprintln!("unpacked {}", short(&layer.digest));
+        errln!("unpacked {}", short(&layer.digest));
     }
     outln!("{} -> {}", normalised, args.dest.display());
     Ok(())
@@ -304,7 +304,7 @@ pub fn prune(args: &PruneArgs) -> Result<(), Failure> {
         // The blob step waits for running builds (they hold the store's shared lock): say so, or a
         // prune beside a long build looks hung.
         if gc::any_build_running(parts.root) {
-            eprintln!("a build is running on this store: the prune waits for it to finish");
+            errln!("a build is running on this store: the prune waits for it to finish");
         }
         gc::prune(parts, &options)
     })?;

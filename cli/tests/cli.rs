@@ -105,6 +105,47 @@ fn a_closed_standard_output_ends_quietly() {
     assert_ne!(status.code(), Some(101), "{err}");
 }
 
+/// `forge build 2>&1 | head -1`: the build's words met a closed standard error, and forge
+/// panicked (exit 101) after the build, before its result. It ends as the build ends.
+#[test]
+fn a_closed_standard_error_leaves_the_build_to_its_end() {
+    let ws = tempfile::tempdir().unwrap();
+    let ctx = ws.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let root = ws.path().join("store");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "local/closed:1",
+            "--root",
+        ])
+        .arg(&root)
+        .arg(&ctx)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run forge");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let listed = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["images", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&listed).contains("local/closed"),
+        "{}",
+        stdout(&listed)
+    );
+}
+
 /// A context on standard input that is no archive is a lone Dockerfile, read no further than a
 /// Dockerfile may be: `forge build - < /dev/zero` copied standard input until the disk was full.
 #[test]
