@@ -315,8 +315,14 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
         ));
     }
     for t in &r.tags {
-        forge_snapshotter::reference::Reference::parse(t)
+        let parsed = forge_snapshotter::reference::Reference::parse(t)
             .map_err(|e| usage(format!("error: invalid tag {t:?}: {e}")))?;
+        if parsed.digest().is_some() {
+            return Err(usage(format!(
+                "error: invalid tag {t:?}: a tag cannot contain a digest (the build makes the \
+                 image, and so its digest)"
+            )));
+        }
     }
     r.labels = parse_labels(&args.labels)?;
     r.add_hosts = args

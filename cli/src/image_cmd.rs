@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use forge_builder::events::Events;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
+use forge_snapshotter::store::ImageRecord;
 
 use crate::store_cmd::StoreArgs;
 use crate::{Failure, failed, usage};
@@ -45,6 +46,61 @@ fn normalise(name: &str) -> Result<String, Failure> {
         .map_err(|e| usage(format!("error: invalid image name {name:?}: {e}")))
 }
 
+/// The stored image `given` names: by its name, or, as docker takes them, by its ID (the config
+/// digest that `build -q`, `--iidfile` and `images` print: `sha256:` and 64 hex digits, or a
+/// prefix of its hex digits, 4 or more, that one image alone has; a name is looked for first).
+/// Returns the name it is stored under and its record; an ID several names carry gives the first.
+pub(crate) fn stored_image(
+    store: &forge_snapshotter::store::Store,
+    given: &str,
+) -> Result<(String, ImageRecord), Failure> {
+    let by_id = given.starts_with("sha256:");
+    if !by_id {
+        let name = normalise(given)?;
+        if let Some(record) = store
+            .get_image(&name)
+            .map_err(|e| failed(format!("error: {e}")))?
+        {
+            return Ok((name, record));
+        }
+    }
+    let hex = given.strip_prefix("sha256:").unwrap_or(given);
+    if !((4..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(no_image(&normalise(given)?, store));
+    }
+    let hex = hex.to_ascii_lowercase();
+    let found: Vec<ImageRecord> = store
+        .list_images()
+        .map_err(|e| failed(format!("error: {e}")))?
+        .into_iter()
+        .filter(|r| {
+            r.config
+                .digest
+                .to_string()
+                .strip_prefix("sha256:")
+                .is_some_and(|h| h.starts_with(&hex))
+        })
+        .collect();
+    let mut ids: Vec<String> = found.iter().map(|r| r.config.digest.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    match ids.len() {
+        0 if by_id => Err(failed(format!(
+            "error: no image with the ID {given} in the store at {} (forge images lists them)",
+            store.root().display()
+        ))),
+        0 => Err(no_image(&normalise(given)?, store)),
+        1 => {
+            let record = found.into_iter().next().expect("one found");
+            Ok((record.reference.clone(), record))
+        }
+        _ => Err(failed(format!(
+            "error: the ID prefix {given} names more than one image ({}): give more of it",
+            ids.join(", ")
+        ))),
+    }
+}
+
 fn no_image(name: &str, store: &forge_snapshotter::store::Store) -> Failure {
     failed(format!(
         "error: no image {name} in the store at {} (forge images lists them)",
@@ -54,13 +110,15 @@ fn no_image(name: &str, store: &forge_snapshotter::store::Store) -> Failure {
 
 /// `forge tag SOURCE TARGET`: the same image under a second name.
 pub(crate) fn tag(args: &TagArgs) -> Result<(), Failure> {
-    let source = normalise(&args.source)?;
     let target = normalise(&args.target)?;
+    if Reference::parse(&target).is_ok_and(|r| r.digest().is_some()) {
+        return Err(usage(format!(
+            "error: refusing to tag with a digest ({}): a tag names an image by a name and tag",
+            args.target
+        )));
+    }
     let store = args.store.open()?;
-    let mut record = store
-        .get_image(&source)
-        .map_err(|e| failed(format!("error: {e}")))?
-        .ok_or_else(|| no_image(&source, &store))?;
+    let (_, mut record) = stored_image(&store, &args.source)?;
     record.reference = target;
     store
         .put_image(&record)
@@ -107,12 +165,8 @@ pub(crate) fn push(args: &PushArgs) -> Result<(), Failure> {
 
 /// `forge inspect IMAGE`: what the store records of it, with its manifest and config documents.
 pub(crate) fn inspect(args: &InspectArgs) -> Result<(), Failure> {
-    let name = normalise(&args.image)?;
     let store = args.store.open()?;
-    let record = store
-        .get_image(&name)
-        .map_err(|e| failed(format!("error: {e}")))?
-        .ok_or_else(|| no_image(&name, &store))?;
+    let (name, record) = stored_image(&store, &args.image)?;
     let read = |d: &forge_snapshotter::store::Digest| -> Result<serde_json::Value, Failure> {
         let bytes = store
             .read_blob(d)
@@ -165,16 +219,12 @@ pub(crate) fn history(args: &ImageHistoryArgs) -> Result<(), Failure> {
     let Some(image) = &args.image else {
         return crate::run_cmd::history(&args.pipeline);
     };
-    let name = normalise(image)?;
     let store = match &args.pipeline.root {
         Some(root) => forge_snapshotter::store::Store::open(root),
         None => forge_snapshotter::store::Store::open_default(),
     }
     .map_err(|e| failed(format!("error: cannot open the store: {e}")))?;
-    let record = store
-        .get_image(&name)
-        .map_err(|e| failed(format!("error: {e}")))?
-        .ok_or_else(|| no_image(&name, &store))?;
+    let (name, record) = stored_image(&store, image)?;
     let bytes = store
         .read_blob(&record.config.digest)
         .map_err(|e| failed(format!("error: {name}: {e}")))?;

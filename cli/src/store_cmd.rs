@@ -256,10 +256,26 @@ pub fn images(args: &StoreArgs) -> Result<(), Failure> {
 }
 
 pub fn rmi(reference: &str, args: &StoreArgs) -> Result<(), Failure> {
-    let normalised = Reference::parse(reference)
-        .map_err(|e| usage(format!("error: {e}")))?
-        .to_string();
     let store = args.open()?;
+    // By name, or by ID where one name carries it (docker refuses an ID several names share
+    // without -f, and so does forge, naming them).
+    let (normalised, record) = crate::image_cmd::stored_image(&store, reference)?;
+    let by_name = Reference::parse(reference).is_ok_and(|r| r.to_string() == normalised);
+    if !by_name {
+        let names: Vec<String> = store
+            .list_images()
+            .map_err(|e| failed(format!("error: {e}")))?
+            .into_iter()
+            .filter(|r| r.config.digest == record.config.digest)
+            .map(|r| r.reference)
+            .collect();
+        if names.len() > 1 {
+            return Err(failed(format!(
+                "error: the image {reference} has several names ({}): remove each by its name",
+                names.join(", ")
+            )));
+        }
+    }
     match store.remove_image(&normalised) {
         Ok(true) => {
             outln!("removed {normalised}");

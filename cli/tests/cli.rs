@@ -239,6 +239,12 @@ fn exit_codes() {
         vec!["build", "-o", "type=local,dest=", dir],
         vec!["build", "-o", "type=oci,dest=,tar=false", dir],
         vec!["build", "--label", "=novalue", dir],
+        vec![
+            "build",
+            "-t",
+            "app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            dir,
+        ],
         vec!["build", "--secret", "id=x,bogus", dir],
         vec!["build", "--platform", "linux/s390x", dir],
         vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],

@@ -381,3 +381,64 @@ fn a_root_store_is_closed_to_other_users_so_its_setuid_files_run_for_none() {
     let run = as_nobody(&copy);
     assert!(run.status.success(), "{}", text(&run.stderr));
 }
+
+/// An image is named by its ID as docker names it (`forge tag $(forge build -q .) app`): the
+/// full `sha256:` ID or a prefix of its hex digits; an ID that several names carry is refused by
+/// `rmi`, naming them, and a tag with a digest is refused.
+#[test]
+fn an_image_is_named_by_its_id_in_tag_inspect_history_and_rmi() {
+    let Some(image) = busybox() else { return };
+    let root = tempfile::tempdir().unwrap();
+    assert!(forge(root.path(), &["pull", "-q", &image]).status.success());
+    let inspected = forge(root.path(), &["inspect", &image]);
+    assert!(inspected.status.success(), "{}", text(&inspected.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let id = doc["id"].as_str().unwrap().to_string();
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+
+    let o = forge(root.path(), &["tag", short, "local/by-id:1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = forge(root.path(), &["inspect", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["id"], id.as_str());
+    let o = forge(root.path(), &["history", short]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let o = forge(root.path(), &["rmi", short]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("has several names"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = forge(
+        root.path(),
+        &[
+            "tag",
+            &id,
+            "local/x@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("refusing to tag with a digest"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    assert!(
+        forge(root.path(), &["rmi", "local/by-id:1"])
+            .status
+            .success()
+    );
+    let o = forge(root.path(), &["rmi", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = forge(root.path(), &["inspect", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("no image with the ID"),
+        "{}",
+        text(&o.stderr)
+    );
+}
