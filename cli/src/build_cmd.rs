@@ -119,6 +119,11 @@ pub struct BuildArgs {
     /// cannot be reached.
     #[arg(long)]
     pull: bool,
+    /// buildx's "load the image into docker": forge has no daemon, and the image always goes to
+    /// forge's store, so this only says how to hand it to docker (`-o type=docker,dest=- | docker
+    /// load`).
+    #[arg(long)]
+    load: bool,
     /// Run every step, ignoring the cache.
     #[arg(long)]
     no_cache: bool,
@@ -405,6 +410,12 @@ pub fn build(args: &BuildArgs) -> Result<(), Failure> {
         ));
     }
     let to_stdout = stdout_exports == 1;
+    if args.load && !args.quiet {
+        errln!(
+            "note: --load: there is no docker daemon here; the image goes to forge's store, as \
+             every build's does (-o type=docker,dest=- | docker load hands it to docker)"
+        );
+    }
     if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return Err(usage(
             "error: refusing to write a tar to the terminal (--output dest=-): redirect standard \

@@ -146,6 +146,29 @@ fn a_closed_standard_error_leaves_the_build_to_its_end() {
     );
 }
 
+/// buildx's `--load` (common in CI scripts) was a usage error; it is taken, and the note says
+/// where the image is and how docker gets it.
+#[test]
+fn load_is_taken_with_a_note() {
+    let ws = tempfile::tempdir().unwrap();
+    let ctx = ws.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--load", "-t", "local/loaded:1", "--root"])
+        .arg(ws.path().join("store"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("note: --load: there is no docker daemon here"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// A context on standard input that is no archive is a lone Dockerfile, read no further than a
 /// Dockerfile may be: `forge build - < /dev/zero` copied standard input until the disk was full.
 #[test]
