@@ -258,6 +258,10 @@ pub fn check(
         ] {
             job_defs.literal(n, v);
         }
+        // GitLab's CI_NODE_TOTAL is 1 for a job without `parallel:` (`jobs.rs` gives it).
+        if !matrix_vars.iter().any(|(k, _)| k == "CI_NODE_TOTAL") {
+            job_defs.literal("CI_NODE_TOTAL", "1");
+        }
         for (k, v) in matrix_vars.iter() {
             job_defs.literal(k, v);
         }
@@ -706,7 +710,11 @@ fn is_set_by_forge(name: &str) -> bool {
     BUILTINS.contains(&name)
         || matches!(
             name,
-            "CI" | "FORGE_JOB_NAME" | "CI_JOB_NAME" | "CI_JOB_STAGE" | "CI_JOB_STATUS"
+            "CI" | "FORGE_JOB_NAME"
+                | "CI_JOB_NAME"
+                | "CI_JOB_STAGE"
+                | "CI_JOB_STATUS"
+                | "CI_NODE_TOTAL"
         )
 }
 

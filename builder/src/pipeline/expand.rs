@@ -162,7 +162,8 @@ pub struct Instance {
 /// Most jobs one matrix may make (GitLab allows 200).
 pub const MAX_MATRIX_JOBS: usize = 200;
 
-/// Expands `parallel: matrix:`: each map in the list gives the product of its lists.
+/// Expands `parallel: matrix:`: each map in the list gives the product of its lists; each cell
+/// also gets `CI_NODE_INDEX` (1 to N, in the order the cells are listed) and `CI_NODE_TOTAL`.
 pub fn matrix(p: &Sp<Parallel>) -> Result<Vec<Instance>, PipelineError> {
     let matrix = match &p.value {
         Parallel::Matrix(m) => m,
@@ -208,6 +209,13 @@ pub fn matrix(p: &Sp<Parallel>) -> Result<Vec<Instance>, PipelineError> {
                 .collect();
         }
         out.extend(combos);
+    }
+    // Each cell is one of the job's nodes, as GitLab numbers them (test splitters read these).
+    let total = out.len().to_string();
+    for (i, cell) in out.iter_mut().enumerate() {
+        cell.vars
+            .push(("CI_NODE_INDEX".to_string(), (i + 1).to_string()));
+        cell.vars.push(("CI_NODE_TOTAL".to_string(), total.clone()));
     }
     Ok(out)
 }

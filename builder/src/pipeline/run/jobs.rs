@@ -584,6 +584,10 @@ impl Runner {
             ("CI_JOB_NAME".into(), plan.name.clone()),
             ("CI_JOB_STAGE".into(), plan.stage.clone()),
         ];
+        // GitLab's CI_NODE_TOTAL is 1 for a job without `parallel:` (its cells carry their own).
+        if !plan.variables.iter().any(|(k, _)| k == "CI_NODE_TOTAL") {
+            env.push(("CI_NODE_TOTAL".into(), "1".into()));
+        }
         // The built-ins change with every run (number, commit) while a job's verdict does not
         // depend on them: they reach the job at run time, outside its cache key. A variable the
         // file defines from them is hashed as it expands.

@@ -196,6 +196,38 @@ jobs:
     );
 }
 
+/// GitLab numbers a matrix's cells as it numbers `parallel: N` copies (test splitters read
+/// `CI_NODE_INDEX`/`CI_NODE_TOTAL`), and a job without `parallel:` reads `CI_NODE_TOTAL` as 1
+/// (`jobs.rs` gives it at run time; its values see it too).
+#[test]
+fn matrix_cells_are_numbered_nodes_and_a_plain_job_is_one() {
+    let p = ok(
+        "jobs:\n  test:\n    image: alpine\n    parallel:\n      matrix:\n        - {OS: [a, b], V: [1]}\n        - {OS: [c]}\n    script: [x]\n  plain:\n    image: alpine\n    variables: {SHARE: \"of $CI_NODE_TOTAL\"}\n    script: [x]\n",
+        &CheckOptions::default(),
+    );
+    let cells: Vec<(&str, &str, &str)> = p
+        .jobs
+        .iter()
+        .filter(|j| j.base == "test")
+        .map(|j| {
+            (
+                j.name.as_str(),
+                &j.variables["CI_NODE_INDEX"][..],
+                &j.variables["CI_NODE_TOTAL"][..],
+            )
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("test: [a, 1]", "1", "3"),
+            ("test: [b, 1]", "2", "3"),
+            ("test: [c]", "3", "3")
+        ]
+    );
+    assert_eq!(&job(&p, "plain").variables["SHARE"][..], "of 1");
+}
+
 #[test]
 fn parallel_copies_share_out_a_job_as_gitlab_names_them() {
     let p = ok(
