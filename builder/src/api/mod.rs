@@ -29,7 +29,7 @@ pub use outcome::{BuildFailure, BuildOutcome, VertexReport};
 pub use request::{
     BuildContext, BuildRequest, CacheOptions, DockerfileSource, Export, Secrets, path_inside,
 };
-pub use service::{ServiceHandle, ServiceSpec};
+pub use service::{ServiceHandle, ServiceSpec, health_ports};
 pub(crate) use session::close_runner;
 pub use session::{
     DeferredIsolation, Isolation, IsolationChoice, RunnerChoice, Session, SessionOptions,

@@ -209,6 +209,35 @@ fn service_argv(
     argv
 }
 
+/// The TCP ports GitLab's runner waits for before a job starts, where the service has no `ready:`
+/// probe: `HEALTHCHECK_TCP_PORT` of its variables, else every TCP port its image EXPOSEs (none:
+/// nothing to wait for). A port that is no number is said as the error.
+pub fn health_ports(service: &ServiceSpec) -> Result<Vec<u16>, BuildError> {
+    if let Some((_, v)) = service
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "HEALTHCHECK_TCP_PORT")
+    {
+        return v.trim().parse::<u16>().map(|p| vec![p]).map_err(|_| {
+            BuildError::Invalid(format!(
+                "service {}: HEALTHCHECK_TCP_PORT {v:?} is not a port number",
+                service.name
+            ))
+        });
+    }
+    let config = image_config(&service.image)?;
+    Ok(config
+        .exposed_ports
+        .iter()
+        .filter_map(|p| match p.split_once('/') {
+            None => p.parse().ok(),
+            Some((port, proto)) if proto.eq_ignore_ascii_case("tcp") => port.parse().ok(),
+            Some(_) => None,
+        })
+        .collect())
+}
+
 fn image_config(image: &BaseImage) -> Result<ImageConfig, BuildError> {
     config_from_json(&image.config_json).map_err(|e| BuildError::BaseImage {
         reference: image.record.reference.clone(),

@@ -156,6 +156,65 @@ impl SharedNetwork {
         &self.1
     }
 
+    /// Waits until each of `ports` accepts a TCP connection on the namespace's 127.0.0.1 (a
+    /// service listening), trying every 100 ms until `deadline` or `cancel`; returns the ports
+    /// that never did. The tries are made from a thread of forge's own that joins the namespace
+    /// (setns changes the calling thread only, so no thread of a pool is lent to it).
+    pub async fn wait_tcp(
+        &self,
+        ports: &[u16],
+        deadline: std::time::Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u16>, NetworkError> {
+        let file = self.0.try_clone()?;
+        let ports = ports.to_vec();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("forge-wait-tcp".into())
+            .spawn(move || {
+                let answer = nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetworkError {
+                        what: "join the service's network namespace",
+                        source: io::Error::from(e),
+                    })
+                    .map(|()| {
+                        let mut left = ports;
+                        loop {
+                            left.retain(|p| {
+                                let at = std::net::SocketAddr::from(([127, 0, 0, 1], *p));
+                                std::net::TcpStream::connect_timeout(
+                                    &at,
+                                    std::time::Duration::from_millis(500),
+                                )
+                                .is_err()
+                            });
+                            let now = std::time::Instant::now();
+                            if left.is_empty()
+                                || now >= deadline
+                                || stopped.load(std::sync::atomic::Ordering::Relaxed)
+                            {
+                                break left;
+                            }
+                            std::thread::sleep(
+                                std::time::Duration::from_millis(100).min(deadline - now),
+                            );
+                        }
+                    });
+                let _ = tx.send(answer);
+            })
+            .map_err(net_err("start a thread"))?;
+        let _stop_on_return = StopFlag(stop);
+        tokio::select! {
+            answer = rx => answer.map_err(|_| NetworkError {
+                what: "wait for the service's ports",
+                source: io::Error::other("the waiting thread ended without an answer"),
+            })?,
+            () = cancel.cancelled() => Ok(Vec::new()),
+        }
+    }
+
     /// The namespace's inode, as `/proc/<pid>/ns/net` of a process in it shows (`net:[N]`).
     pub fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -298,6 +357,15 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets its flag when dropped: tells a waiting thread its caller is gone.
+struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

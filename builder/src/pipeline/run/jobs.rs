@@ -536,6 +536,8 @@ impl Runner {
                             ));
                         }
                         say(format!("forge: service {} is ready", svc.name));
+                    } else {
+                        wait_for_ports(&spec, &say, &cancel).await;
                     }
                 }
                 let say = job_line(&sink, &job, &masks);
@@ -703,5 +705,55 @@ fn job_line(
             line: masks.mask(&line),
             cached: false,
         })
+    }
+}
+
+/// How long a service without `ready:` is waited for, as GitLab's runner waits
+/// (`wait_for_services_timeout`, 30 s by default).
+const SERVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// GitLab's health check of a service without a `ready:` probe: its TCP ports (see
+/// [`crate::api::health_ports`]) are waited for, at most [`SERVICE_WAIT`]; one that never answers
+/// is warned of and the job runs anyway, as GitLab's runner lets it.
+async fn wait_for_ports(
+    spec: &crate::api::ServiceSpec,
+    say: &(dyn Fn(String) + Send + Sync),
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    let ports = match crate::api::health_ports(spec) {
+        Ok(ports) if ports.is_empty() => return,
+        Ok(ports) => ports,
+        Err(e) => {
+            say(format!("forge: warning: {}", crate::api::render_chain(&e)));
+            return;
+        }
+    };
+    let shown = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("{p}/tcp"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    say(format!(
+        "forge: waiting for service {} on {} (at most {} s, as GitLab's runner waits)",
+        spec.name,
+        shown(&ports),
+        SERVICE_WAIT.as_secs()
+    ));
+    let deadline = std::time::Instant::now() + SERVICE_WAIT;
+    match spec.network.wait_tcp(&ports, deadline, cancel).await {
+        Ok(left) if left.is_empty() => say(format!("forge: service {} is ready", spec.name)),
+        Ok(left) => say(format!(
+            "forge: warning: service {} probably did not start: nothing answered on {} in {} s; \
+             the job runs (give the service a ready: probe to wait for something else)",
+            spec.name,
+            shown(&left),
+            SERVICE_WAIT.as_secs()
+        )),
+        Err(e) => say(format!(
+            "forge: warning: service {}: its ports were not waited for: {e}",
+            spec.name
+        )),
     }
 }
