@@ -270,6 +270,7 @@ pub fn check(
         // the one value `variables:` gives, and all but the first replay its cached result.
         let from_matrix = |name: &str| matrix_vars.iter().any(|(m, _)| m == name);
         job_defs.define(&spec.variables, from_matrix);
+        job_defs.secrets(spec.secrets.iter().flatten().map(|s| s.value.clone()));
         // What the job defines is defined; what only its rules give is undefined until one of
         // them decides (`$X == null` holds in the rules), and empty to what expands it.
         let mut unset = unset.clone();

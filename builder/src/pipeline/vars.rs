@@ -23,9 +23,10 @@ struct Def {
     at: Option<Sp<String>>,
 }
 
-/// Every definition of every name, the winning one last.
+/// Every definition of every name, the winning one last; and the names of the job's secrets,
+/// which no value reads (see [`Defs::secrets`]).
 #[derive(Debug, Clone, Default)]
-pub struct Defs(BTreeMap<String, Vec<Def>>);
+pub struct Defs(BTreeMap<String, Vec<Def>>, BTreeSet<String>);
 
 /// What a variable's expansion said: the names defined nowhere (a warning each) and the circles
 /// (an error each), by where they are written.
@@ -68,6 +69,13 @@ impl Defs {
                 at: Some(Sp::new(v.value.0.clone(), v.referenced, v.defined)),
             });
         }
+    }
+
+    /// The job's secrets: they reach its shell (and its services) when it runs, never a value
+    /// of `variables:`, which is hashed into the job's key, so that a secret's value stays out
+    /// of every key. A value reading one is warned of as that, not as a name defined nowhere.
+    pub fn secrets(&mut self, names: impl IntoIterator<Item = String>) {
+        self.1.extend(names);
     }
 
     /// Whether a name has a definition.
@@ -154,9 +162,19 @@ impl Expander<'_, '_> {
                         None => {
                             if let Some(at) = &def.at {
                                 let pos = inner_pos(at, self.source, offset, width);
-                                let what = format!(
-                                    "`${read}` is defined nowhere here: `{name}` reads nothing there, as in GitLab"
-                                );
+                                let what = if self.defs.1.contains(&read) {
+                                    format!(
+                                        "`${read}` is a secret of the job: it reaches the job's \
+                                         shell, not `variables:` (their values are hashed into \
+                                         the job's key, where no secret goes), so `{name}` reads \
+                                         nothing there; read `${read}` in the script instead \
+                                         (GitLab expands a masked variable here)"
+                                    )
+                                } else {
+                                    format!(
+                                        "`${read}` is defined nowhere here: `{name}` reads nothing there, as in GitLab"
+                                    )
+                                };
                                 if self.said.once(pos, what.clone()) {
                                     self.said.warnings.push((pos, what));
                                 }

@@ -387,6 +387,28 @@ jobs:
     assert!(e.to_string().contains("refers to itself"), "{e}");
 }
 
+/// A value reading one of the job's secrets (`URL: https://ci:$TOKEN@host`) expands without it
+/// (the values are hashed into the job's key, where no secret goes); the warning said `$TOKEN`
+/// was defined nowhere, "as in GitLab", though the job had it. It says what it is and what to do.
+#[test]
+fn a_value_reading_a_secret_is_warned_of_as_a_secret() {
+    let p = ok(
+        "jobs:\n  t:\n    image: alpine\n    secrets: [TOKEN]\n    variables:\n      URL: https://ci:$TOKEN@git.example.com\n    script: [x]\n",
+        &CheckOptions::default(),
+    );
+    assert_eq!(job(&p, "t").variables["URL"], "https://ci:@git.example.com");
+    let said: Vec<&String> = p.warnings.iter().map(|(_, w)| w).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("`$TOKEN` is a secret of the job"),
+        "{said:?}"
+    );
+    assert!(
+        said[0].contains("read `$TOKEN` in the script instead"),
+        "{said:?}"
+    );
+}
+
 /// `if: $CI_PIPELINE_SOURCE == "push"` (GitLab's variables forge does not set) skipped its job
 /// without a word; it is said, once per place.
 #[test]
