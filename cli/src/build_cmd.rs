@@ -296,7 +296,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest, Failure> {
     if let Some(p) = &g.platform {
         let want = Platform::parse(p).ok_or_else(|| {
             usage(format!(
-                "error: invalid --platform {p:?}: expected os/arch[/variant]"
+                "error: invalid --platform {p:?}: expected os/arch[/variant], a known OS or architecture alone, or local"
             ))
         })?;
         let host = Platform::host();

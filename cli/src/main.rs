@@ -432,7 +432,7 @@ fn graph_cmd(args: &GraphArgs) -> Result<(), Failure> {
         None => Platform::host(),
         Some(p) => Platform::parse(p).ok_or_else(|| {
             usage(format!(
-                "error: invalid --platform {p:?}: expected os/arch[/variant]"
+                "error: invalid --platform {p:?}: expected os/arch[/variant], a known OS or architecture alone, or local"
             ))
         })?,
     };

@@ -273,6 +273,7 @@ fn exit_codes() {
         vec!["build", "--platform", "linux/amd64", "/nonexistent/ctx"],
         vec!["graph", "--bogus"],
         vec!["graph", "--platform", "linux/"],
+        vec!["build", "--platform", "bogus", dir],
     ] {
         let o = forge(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));

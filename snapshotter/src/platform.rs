@@ -26,6 +26,15 @@ const OSES: &[&str] = &[
     "android", "ios", "plan9", "js", "wasip1",
 ];
 
+/// The architectures containerd knows by one word (Go's names and the aliases its `Normalize`
+/// reads), so that a lone word that is neither an OS nor one of these is refused, as containerd's
+/// `platforms.Parse` refuses it, rather than taken as an architecture.
+const ARCHES: &[&str] = &[
+    "386", "i386", "amd64", "x86_64", "x86-64", "arm", "armhf", "armel", "arm64", "aarch64",
+    "ppc64", "ppc64le", "mips", "mipsle", "mips64", "mips64le", "riscv64", "s390x", "loong64",
+    "wasm",
+];
+
 impl Platform {
     /// The platform this process runs on, normalised.
     pub fn host() -> Platform {
@@ -57,10 +66,15 @@ impl Platform {
         if let [one] = parts.as_slice() {
             let host = Platform::host();
             let one = one.to_ascii_lowercase();
-            return if OSES.contains(&one.as_str()) {
+            // buildx's `local`: this machine's platform.
+            return if one == "local" {
+                Some(host)
+            } else if OSES.contains(&one.as_str()) {
                 Some(Platform { os: one, ..host }.normalized())
-            } else {
+            } else if ARCHES.contains(&one.as_str()) {
                 Platform::parse(&format!("{}/{one}", host.os))
+            } else {
+                None
             };
         }
         Some(
@@ -180,6 +194,12 @@ mod tests {
         assert_eq!(Platform::parse("arm64").unwrap().os, Platform::host().os);
         assert!(Platform::parse("linux/").is_none());
         assert!(Platform::parse("a/b/c/d").is_none());
+        // A lone word is an OS or an architecture containerd knows, or buildx's `local`; any
+        // other was taken as an architecture (`bogus` became `linux/bogus`).
+        assert_eq!(Platform::parse("local"), Some(Platform::host()));
+        assert_eq!(Platform::parse("LOCAL"), Some(Platform::host()));
+        assert!(Platform::parse("bogus").is_none());
+        assert_eq!(p("x86_64"), format!("{}/amd64", Platform::host().os));
     }
 
     /// The registry's copy named an arm64 host `arm64/v8` and the builder's `arm64`; both are the
