@@ -6,9 +6,8 @@ use clap::{Args, ValueEnum};
 use forge_builder::events::Events;
 use forge_snapshotter::reference::Reference;
 use forge_snapshotter::registry::{RegistryClient, RegistryConfig};
-use forge_snapshotter::store::ImageRecord;
 
-use crate::store_cmd::StoreArgs;
+use crate::store_cmd::{StoreArgs, no_image, normalise, stored_image};
 use crate::{Failure, failed, usage};
 
 #[derive(Args)]
@@ -38,74 +37,6 @@ pub(crate) struct InspectArgs {
     image: String,
     #[command(flatten)]
     store: StoreArgs,
-}
-
-fn normalise(name: &str) -> Result<String, Failure> {
-    Reference::parse(name)
-        .map(|r| r.to_string())
-        .map_err(|e| usage(format!("error: invalid image name {name:?}: {e}")))
-}
-
-/// The stored image `given` names: by its name, or, as docker takes them, by its ID (the config
-/// digest that `build -q`, `--iidfile` and `images` print: `sha256:` and 64 hex digits, or a
-/// prefix of its hex digits, 4 or more, that one image alone has; a name is looked for first).
-/// Returns the name it is stored under and its record; an ID several names carry gives the first.
-pub(crate) fn stored_image(
-    store: &forge_snapshotter::store::Store,
-    given: &str,
-) -> Result<(String, ImageRecord), Failure> {
-    let by_id = given.starts_with("sha256:");
-    if !by_id {
-        let name = normalise(given)?;
-        if let Some(record) = store
-            .get_image(&name)
-            .map_err(|e| failed(format!("error: {e}")))?
-        {
-            return Ok((name, record));
-        }
-    }
-    let hex = given.strip_prefix("sha256:").unwrap_or(given);
-    if !((4..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(no_image(&normalise(given)?, store));
-    }
-    let hex = hex.to_ascii_lowercase();
-    let found: Vec<ImageRecord> = store
-        .list_images()
-        .map_err(|e| failed(format!("error: {e}")))?
-        .into_iter()
-        .filter(|r| {
-            r.config
-                .digest
-                .to_string()
-                .strip_prefix("sha256:")
-                .is_some_and(|h| h.starts_with(&hex))
-        })
-        .collect();
-    let mut ids: Vec<String> = found.iter().map(|r| r.config.digest.to_string()).collect();
-    ids.sort();
-    ids.dedup();
-    match ids.len() {
-        0 if by_id => Err(failed(format!(
-            "error: no image with the ID {given} in the store at {} (forge images lists them)",
-            store.root().display()
-        ))),
-        0 => Err(no_image(&normalise(given)?, store)),
-        1 => {
-            let record = found.into_iter().next().expect("one found");
-            Ok((record.reference.clone(), record))
-        }
-        _ => Err(failed(format!(
-            "error: the ID prefix {given} names more than one image ({}): give more of it",
-            ids.join(", ")
-        ))),
-    }
-}
-
-fn no_image(name: &str, store: &forge_snapshotter::store::Store) -> Failure {
-    failed(format!(
-        "error: no image {name} in the store at {} (forge images lists them)",
-        store.root().display()
-    ))
 }
 
 /// `forge tag SOURCE TARGET`: the same image under a second name.
