@@ -4,7 +4,7 @@
 //! After an intended change: `INSTA_UPDATE=always cargo test -p forge --test cli` (or `cargo insta
 //! test -p forge --test cli` then `cargo insta review`), review `git diff cli/tests/snapshots`, commit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use forge_testsupport::snapshot;
@@ -105,15 +105,22 @@ fn a_closed_standard_output_ends_quietly() {
     assert_ne!(status.code(), Some(101), "{err}");
 }
 
+/// A context in `dir` whose Dockerfile copies one file onto scratch: a build that needs no
+/// registry and runs no step.
+fn copy_context(dir: &Path) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    ctx
+}
+
 /// `forge build 2>&1 | head -1`: the build's words met a closed standard error, and forge
 /// panicked (exit 101) after the build, before its result. It ends as the build ends.
 #[test]
 fn a_closed_standard_error_leaves_the_build_to_its_end() {
     let ws = tempfile::tempdir().unwrap();
-    let ctx = ws.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
-    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let ctx = copy_context(ws.path());
     let root = ws.path().join("store");
     let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
         .args([
@@ -151,10 +158,7 @@ fn a_closed_standard_error_leaves_the_build_to_its_end() {
 #[test]
 fn load_is_taken_with_a_note() {
     let ws = tempfile::tempdir().unwrap();
-    let ctx = ws.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
-    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let ctx = copy_context(ws.path());
     let o = Command::new(env!("CARGO_BIN_EXE_forge"))
         .args(["build", "--load", "-t", "local/loaded:1", "--root"])
         .arg(ws.path().join("store"))
