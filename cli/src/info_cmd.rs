@@ -64,15 +64,22 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
         Err(e) => format!("none: cannot enter a user namespace: {e}"),
     };
     line("user namespace", isolation);
-    let root = match &args.root {
-        Some(r) => r.clone(),
-        None => {
-            forge_snapshotter::store::default_root().map_err(|e| failed(format!("error: {e}")))?
-        }
-    };
-    std::fs::create_dir_all(&root)
-        .map_err(|e| failed(format!("error: cannot create {}: {e}", root.display())))?;
-    line("store", format!("{} ({})", root.display(), space(&root)));
+    // The store as a build makes it (0700, refused where another user may change it); one that
+    // cannot be had is said on its line, and the rest is still printed.
+    let store = match &args.root {
+        Some(r) => Ok(r.clone()),
+        None => forge_snapshotter::store::default_root().map_err(|e| e.to_string()),
+    }
+    .and_then(|root| {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        forge_snapshotter::store::close_to_others(&root).map_err(|e| e.to_string())?;
+        Ok(root)
+    });
+    match &store {
+        Ok(root) => line("store", format!("{} ({})", root.display(), space(root))),
+        Err(e) => line("store", format!("none: {e}")),
+    }
     // What `--isolation auto` would choose, from the same probe a build runs. A user whose user
     // namespace failed has none (and may be left in one without mappings, where a probe would
     // mislead): a build stops before it.
@@ -83,7 +90,12 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             "isolation",
             "none: as a non-root user every mode needs the user namespace above".to_string(),
         );
-    } else {
+    } else if let Err(e) = &store {
+        line(
+            "isolation",
+            format!("not probed: no store to probe at ({e})"),
+        );
+    } else if let Ok(root) = &store {
         use forge_runner::embedded::isolation::{self, IsolationChoice};
         let probe = isolation::probe(&root.join("run"));
         match isolation::choose(IsolationChoice::Auto, &probe) {
@@ -126,11 +138,24 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             },
         );
     }
-    let backend = forge_snapshotter::snapshot::probe(&root);
-    line(
-        "snapshotter",
-        format!("{backend} (what a test mount at the store's place allowed)"),
-    );
+    match &store {
+        Ok(root) => {
+            use forge_snapshotter::snapshot::BackendKind;
+            let backend = forge_snapshotter::snapshot::probe(root);
+            let why = match backend {
+                BackendKind::Overlay => "a test mount at the store's place worked",
+                BackendKind::FuseOverlay => {
+                    "no native overlay mounts at the store's place; /dev/fuse opens and \
+                     fuse-overlayfs is installed"
+                }
+                BackendKind::Copy => {
+                    "neither overlay can be had at the store's place: snapshots are copies"
+                }
+            };
+            line("snapshotter", format!("{backend} ({why})"));
+        }
+        Err(e) => line("snapshotter", format!("not probed: no store ({e})")),
+    }
     line(
         "cgroups",
         match forge_runner::limits::Hierarchy::detect() {
@@ -236,7 +261,9 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             |a| format!("CONTAINERD_ADDRESS={a}"),
         ),
     );
-    Ok(())
+    store
+        .map(|_| ())
+        .map_err(|e| failed(format!("error: the store: {e}")))
 }
 
 fn find_on_path(tool: &str) -> Option<PathBuf> {

@@ -206,7 +206,13 @@ pub fn unpack(args: &UnpackArgs) -> Result<(), Failure> {
             .map_err(|e| failed(format!("error: {e}")))?;
         let summary =
             unpack_layer_verified(blob, &layer.media_type, &args.dest, &options, &diff_id)
-                .map_err(|e| failed(format!("error: layer {}: {e}", layer.digest)))?;
+                .map_err(|e| {
+                    failed(format!(
+                        "error: layer {}: {}",
+                        layer.digest,
+                        forge_snapshotter::error_text::one_line(&e)
+                    ))
+                })?;
         for warning in &summary.warnings {
             match warning {
                 UnpackWarning::DeviceSkipped { entry, .. } => {

@@ -92,6 +92,41 @@ fn info_reports_the_isolation_a_build_gets_and_the_store() {
         field(&out, "store").starts_with(&user_store.display().to_string()),
         "{out}"
     );
+    // Made as a build makes it: the user's alone (it was made with the umask's mode).
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(&user_store).unwrap().mode() & 0o7777,
+        0o700
+    );
+
+    // Without a home (HOME and XDG_DATA_HOME unset, no --root) there is no store: that is said
+    // on its line, and the rest is still printed (it stopped at the store), with exit 1.
+    let o = Command::new("runuser")
+        .args([
+            "-u",
+            &user.name,
+            "--",
+            "env",
+            "-u",
+            "HOME",
+            "-u",
+            "XDG_DATA_HOME",
+            "-u",
+        ])
+        .arg("FORGE_ROOT")
+        .arg(&forge)
+        .arg("info")
+        .output()
+        .unwrap();
+    let out = printed(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(field(&out, "store").starts_with("none: "), "{out}");
+    assert!(
+        field(&out, "snapshotter").starts_with("not probed"),
+        "{out}"
+    );
+    field(&out, "tls roots");
+    field(&out, "containerd");
 }
 
 /// `forge info` names the registries the credential files configure, and the file, never a

@@ -184,6 +184,66 @@ fn rootless_unpack_maps_owners_through_the_subuid_range() {
     assert!(cleanup.success());
 }
 
+/// An image whose file an owner beyond the user's subordinate range has (a range of 65536 ids
+/// and a file of uid 70000): the unpack said "changing the owner: Invalid argument" and nothing
+/// more. It names the ids, the maps and what gives them, as podman and buildah do.
+#[test]
+fn an_owner_beyond_the_users_range_is_named_with_the_fix() {
+    let Some(user) = test_user() else { return };
+    let Some(registry) = forge_testsupport::registry() else {
+        return;
+    };
+    let (uid, _) = forge_testsupport::user_ids(&user).expect("the test user exists");
+    let range = forge_testsupport::IdRange::of(std::path::Path::new("/etc/subuid"), &user, uid)
+        .expect("the test user has a subordinate range");
+    let far = u64::from(range.count) + 100;
+    // As root: an image with a file of that owner, pushed under a name of this run's own.
+    let ws = forge_testsupport::scratch("forge-far-owner-");
+    let ctx = forge_testsupport::Context::busybox(ws.path().join("ctx"))
+        .dockerfile(&format!(
+            "{}RUN touch /far && chown {far}:{far} /far\n",
+            forge_testsupport::BUSYBOX_BASE
+        ))
+        .into_path();
+    let image = format!(
+        "{registry}/forge-test/far-owner:{}-{}",
+        std::process::id(),
+        far
+    );
+    let built = forge(
+        &ws.path().join("root-store"),
+        &["build", "-q", "-t", &image, "--push", ctx.to_str().unwrap()],
+    );
+    assert!(built.status.success(), "{}", text(&built.stderr));
+
+    let account = forge_testsupport::TestUser::lookup(&user).unwrap();
+    let dir = forge_testsupport::shared_scratch("forge-far-owner-user-", Some(&account));
+    let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
+    let run = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(&bin)
+            .args(args)
+            .arg("--root")
+            .arg(dir.path().join("store"))
+            .output()
+            .unwrap()
+    };
+    let pulled = run(&["pull", "-q", &image]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    let dest = dir.path().join("rootfs");
+    let out = run(&["unpack", &image, dest.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "uid {far} or gid {far} is not mapped in forge's user namespace"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("/etc/subuid and /etc/subgid"), "{err}");
+}
+
 fn first_subordinate(file: &str, user: &str) -> u32 {
     let (uid, _) = forge_testsupport::user_ids(user).expect("the test user exists");
     forge_testsupport::IdRange::of(std::path::Path::new(file), user, uid)

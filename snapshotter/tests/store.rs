@@ -740,3 +740,38 @@ fn processes_ingesting_the_same_blobs_do_not_clash() {
     }
     assert!(ingest_files(&root).is_empty());
 }
+
+/// A store directory another user made where others may write (`/tmp/shared` at 0777) let that
+/// user read what the build kept and replace its metadata: it is refused, naming owner and mode.
+/// One of forge's own user is made 0700 (a setuid file a root step left in a snapshot was run by
+/// any local user through the open path).
+#[test]
+fn a_store_another_user_may_change_is_refused_and_an_own_one_made_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !forge_testsupport::is_root() {
+        eprintln!("SKIP: chowning a directory to another user needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    nix::unistd::chown(&shared, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    match Store::open(&shared) {
+        Err(e @ StoreError::NotOwn { .. }) => {
+            let said = e.to_string();
+            assert!(said.contains("belongs to uid 65534"), "{said}");
+            assert!(said.contains("mode 777"), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another user's directory others may not write (root may still use it, as before).
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Store::open(&shared).unwrap();
+
+    let own = tmp.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
+    Store::open(&own).unwrap();
+    assert_eq!(std::fs::metadata(&own).unwrap().mode() & 0o7777, 0o700);
+}

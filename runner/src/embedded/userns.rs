@@ -147,8 +147,12 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
             }
         }
         (su, sg, tools) => {
-            let why = if su.is_none() || sg.is_none() {
+            let why = if su.is_none() && sg.is_none() {
                 format!("user {name} has no range in /etc/subuid and /etc/subgid")
+            } else if su.is_none() {
+                format!("user {name} has a range in /etc/subgid but none in /etc/subuid")
+            } else if sg.is_none() {
+                format!("user {name} has a range in /etc/subuid but none in /etc/subgid")
             } else if tools.0.is_none() {
                 "newuidmap is not installed (package uidmap)".to_string()
             } else {

@@ -363,7 +363,7 @@ impl Snapshotter for AnySnapshotter {
 }
 
 /// Find the best backend for `root`: native overlay if a test mount works there, fuse-overlayfs
-/// if `/dev/fuse` and the helper exist, else copy.
+/// if this process may open `/dev/fuse` and the helper exists, else copy.
 pub fn probe(root: &Path) -> BackendKind {
     if overlay::probe_native(
         root,

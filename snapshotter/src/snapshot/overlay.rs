@@ -345,9 +345,15 @@ pub(crate) fn volatile_supported() -> bool {
     (major, minor) >= (5, 10)
 }
 
-/// Whether fuse-overlayfs can be used: `/dev/fuse` and the helper on PATH.
+/// Whether fuse-overlayfs can be used: `/dev/fuse` that this process may open (a root-only
+/// 0600 node exists for an ordinary user, and every mount would fail) and the helper on PATH.
 pub(crate) fn fuse_available() -> bool {
-    if !Path::new("/dev/fuse").exists() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
         return false;
     }
     std::env::var_os("PATH")

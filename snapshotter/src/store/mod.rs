@@ -79,6 +79,16 @@ pub enum StoreError {
         "cannot find a home for the store: neither XDG_DATA_HOME nor HOME is set (pass a root directory)"
     )]
     NoHome,
+    #[error(
+        "the store {path} belongs to uid {owner} and others may write it (mode {mode:o}): what \
+         this build keeps there could be read and changed by them; use a directory of your own \
+         (--root, FORGE_ROOT)"
+    )]
+    NotOwn {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
 }
 
 impl StoreError {
@@ -241,15 +251,25 @@ impl Drop for TempPath {
 /// snapshots under it hold what steps made, setuid-root binaries and device nodes among them, which
 /// another user of the machine could otherwise run or open through the path (a root build's
 /// `RUN chmod u+s` gave any local user a root shell). A root that another user owns is left as it
-/// is (forge may not change it).
-fn close_to_others(root: &Path) -> Result<(), StoreError> {
+/// is (forge may not change it), unless others may write it: a directory another user made where
+/// anyone may (`/tmp/shared` at 0777) lets that user read and replace what the build keeps (its
+/// metadata, its snapshots), so it is refused, as ssh refuses a key file others may write.
+pub fn close_to_others(root: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = fs::metadata(root).map_err(io_err("look at", root))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if meta.mode() & 0o077 != 0 && meta.uid() == euid {
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-            .map_err(io_err("make private (0700)", root))?;
+    if meta.uid() == euid {
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("make private (0700)", root))?;
+        }
+    } else if meta.mode() & 0o022 != 0 {
+        return Err(StoreError::NotOwn {
+            path: root.to_path_buf(),
+            owner: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
     }
     Ok(())
 }

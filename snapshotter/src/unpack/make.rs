@@ -304,7 +304,9 @@ impl Unpacker {
                 Some(Uid::from_raw(meta.uid as u32)),
                 Some(Gid::from_raw(meta.gid as u32)),
             );
-            keep_unmapped(r).map_err(|e| Self::io(entry, owner_change(e), errno_io(e)))?;
+            keep_unmapped(r).map_err(|e| {
+                Self::io(entry, owner_change(e), owner_error(e, meta.uid, meta.gid))
+            })?;
         }
         self.set_xattrs(entry, XattrTarget::Fd(fd), meta)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
@@ -335,7 +337,9 @@ impl Unpacker {
                 Some(Gid::from_raw(meta.gid as u32)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             );
-            keep_unmapped(r).map_err(|e| Self::io(entry, owner_change(e), errno_io(e)))?;
+            keep_unmapped(r).map_err(|e| {
+                Self::io(entry, owner_change(e), owner_error(e, meta.uid, meta.gid))
+            })?;
         }
         let path = sys::proc_path(dir, name);
         self.set_xattrs(entry, XattrTarget::Path(&path), meta)?;
@@ -409,6 +413,29 @@ fn owner_change(e: nix::errno::Errno) -> &'static str {
     } else {
         "changing the owner"
     }
+}
+
+/// The error of a failed chown: for EINVAL in a user namespace, the ids it does not map, and
+/// what gives them (a rootless user's subordinate range is too small for the image's owners;
+/// podman and buildah say the same).
+fn owner_error(e: nix::errno::Errno, uid: u64, gid: u64) -> std::io::Error {
+    if e == nix::errno::Errno::EINVAL && crate::userns::in_user_namespace() {
+        let map = |f: &str| {
+            std::fs::read_to_string(f)
+                .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        return std::io::Error::other(format!(
+            "uid {uid} or gid {gid} is not mapped in forge's user namespace (uid_map: {}; \
+             gid_map: {}): the user's ranges in /etc/subuid and /etc/subgid are too small for \
+             this image's owners; give it a range of at least {} ids (forge info shows the \
+             range mapped)",
+            map("/proc/self/uid_map"),
+            map("/proc/self/gid_map"),
+            uid.max(gid) + 1
+        ));
+    }
+    errno_io(e)
 }
 
 fn keep_unmapped(r: nix::Result<()>) -> nix::Result<()> {
