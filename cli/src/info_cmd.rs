@@ -50,13 +50,9 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
             "root of a user namespace someone else made (used as it is)".to_string()
         }
         Ok(UserNamespace::Mapped { subuid, subgid, .. }) => format!(
-            "rootless: a user namespace with uids {}-{} ({} ids) and gids {}-{} ({} ids) mapped",
-            subuid.0,
-            subuid.0 as u64 + subuid.1 as u64 - 1,
-            subuid.1,
-            subgid.0,
-            subgid.0 as u64 + subgid.1 as u64 - 1,
-            subgid.1
+            "rootless: a user namespace with uids {} and gids {} mapped",
+            ranges(&subuid),
+            ranges(&subgid)
         ),
         Ok(UserNamespace::SingleId { warning, .. }) => {
             format!("rootless with only the caller's own ids mapped: {warning}")
@@ -289,4 +285,15 @@ fn space(dir: &Path) -> String {
         }
         Err(e) => format!("free space unknown: {e}"),
     }
+}
+
+/// Subordinate ranges as `forge info` shows them: `START-END (N ids)`, several joined with `, `
+/// and their sum after them.
+fn ranges(list: &[(u32, u32)]) -> String {
+    let each: Vec<String> = list
+        .iter()
+        .map(|&(start, count)| format!("{start}-{}", u64::from(start) + u64::from(count) - 1))
+        .collect();
+    let total: u64 = list.iter().map(|&(_, count)| u64::from(count)).sum();
+    format!("{} ({total} ids)", each.join(", "))
 }

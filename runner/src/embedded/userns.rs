@@ -42,12 +42,14 @@ pub enum UserNamespace {
     HostRoot,
     /// Already inside a user namespace as its root (set up by a caller): nothing was done.
     AlreadyInside,
-    /// Container ids 0 -> `host_uid`, 1..=count -> the subordinate range (as rootless podman maps).
+    /// Container ids 0 -> `host_uid`, then 1 onwards -> the user's subordinate ranges, each
+    /// `(start, count)`, one after another in the order the file lists them (as rootless podman
+    /// maps them).
     Mapped {
         host_uid: u32,
         host_gid: u32,
-        subuid: (u32, u32),
-        subgid: (u32, u32),
+        subuid: Vec<(u32, u32)>,
+        subgid: Vec<(u32, u32)>,
     },
     /// Only the caller's own ids are mapped (no subordinate range); see `warning`.
     SingleId {
@@ -65,18 +67,40 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> UsernsE
     }
 }
 
-/// The first `start:count` range for `name` or `uid` in an /etc/subuid-style file.
-pub fn subordinate_range(file: &Path, name: &str, uid: u32) -> Option<(u32, u32)> {
+/// Most ranges one map takes after the user's own id: the kernel reads 340 lines of a uid_map.
+const MAX_RANGES: usize = 339;
+
+/// Every `start:count` range for `name` or `uid` in an /etc/subuid-style file, in its order (an
+/// administrator's `usermod --add-subuids` adds a line; newuidmap maps them all); `None` when
+/// there is none.
+pub fn subordinate_ranges(file: &Path, name: &str, uid: u32) -> Option<Vec<(u32, u32)>> {
     let text = fs::read_to_string(file).ok()?;
     let uid = uid.to_string();
-    text.lines().find_map(|line| {
-        let mut f = line.trim().split(':');
-        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
-        if who != name && who != uid {
-            return None;
-        }
-        Some((start.parse().ok()?, count.parse().ok()?))
-    })
+    let ranges: Vec<(u32, u32)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.trim().split(':');
+            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+            if who != name && who != uid {
+                return None;
+            }
+            Some((start.parse().ok()?, count.parse().ok()?))
+        })
+        .filter(|&(_, count): &(u32, u32)| count > 0)
+        .take(MAX_RANGES)
+        .collect();
+    (!ranges.is_empty()).then_some(ranges)
+}
+
+/// newuidmap's arguments after the pid: the caller's own id as 0, then each range from 1 on.
+fn map_args(id: u32, ranges: &[(u32, u32)]) -> Vec<String> {
+    let mut args = vec!["0".to_string(), id.to_string(), "1".to_string()];
+    let mut inside: u64 = 1;
+    for &(start, count) in ranges {
+        args.extend([inside.to_string(), start.to_string(), count.to_string()]);
+        inside += u64::from(count);
+    }
+    args
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -120,12 +144,12 @@ pub fn enter_user_namespace() -> Result<UserNamespace, UsernsError> {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| euid.to_string());
-    let subuid = subordinate_range(Path::new("/etc/subuid"), &name, euid);
-    let subgid = subordinate_range(Path::new("/etc/subgid"), &name, euid);
+    let subuid = subordinate_ranges(Path::new("/etc/subuid"), &name, euid);
+    let subgid = subordinate_ranges(Path::new("/etc/subgid"), &name, euid);
     let tools = (find_tool("newuidmap"), find_tool("newgidmap"));
     let result = match (subuid, subgid, tools) {
         (Some(su), Some(sg), (Some(newuidmap), Some(newgidmap))) => {
-            match map_with_helpers(&name, euid, gid, su, sg, &newuidmap, &newgidmap) {
+            match map_with_helpers(&name, euid, gid, &su, &sg, &newuidmap, &newgidmap) {
                 Ok(()) => UserNamespace::Mapped {
                     host_uid: euid,
                     host_gid: gid,
@@ -211,8 +235,8 @@ fn map_with_helpers(
     name: &str,
     uid: u32,
     gid: u32,
-    subuid: (u32, u32),
-    subgid: (u32, u32),
+    subuid: &[(u32, u32)],
+    subgid: &[(u32, u32)],
     newuidmap: &Path,
     newgidmap: &Path,
 ) -> Result<(), UsernsError> {
@@ -236,8 +260,8 @@ fn map_with_helpers(
                 // other's map.
                 let running: Vec<_> = [(newuidmap, uid, subuid), (newgidmap, gid, subgid)]
                     .into_iter()
-                    .map(|(tool, id, (start, count))| {
-                        let args = format!("{pid} 0 {id} 1 1 {start} {count}");
+                    .map(|(tool, id, ranges)| {
+                        let args = format!("{pid} {}", map_args(id, ranges).join(" "));
                         let child = std::process::Command::new(tool)
                             .args(args.split(' '))
                             .stdin(std::process::Stdio::null())
@@ -298,5 +322,30 @@ fn map_with_helpers(
                 }),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{map_args, subordinate_ranges};
+
+    /// A user with two lines in /etc/subuid (what `usermod --add-subuids` leaves) had only the
+    /// first mapped: 1000 ids where 65536 more were given, and a chown beyond them failed.
+    #[test]
+    fn every_range_of_the_user_is_mapped_after_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("subuid");
+        std::fs::write(
+            &file,
+            "other:100000:65536\nalice:400000:1000\n1001:500000:10\nalice:410000:64536\nalice:9:0\n",
+        )
+        .unwrap();
+        let ranges = subordinate_ranges(&file, "alice", 1001).unwrap();
+        assert_eq!(ranges, [(400000, 1000), (500000, 10), (410000, 64536)]);
+        assert_eq!(
+            map_args(1001, &ranges).join(" "),
+            "0 1001 1 1 400000 1000 1001 500000 10 1011 410000 64536"
+        );
+        assert_eq!(subordinate_ranges(&file, "bob", 1002), None);
     }
 }
