@@ -40,6 +40,13 @@ macro_rules! errln {
     }};
 }
 
+/// The static (musl) binary's allocator, the one forge's image ships: musl's own is slow where
+/// threads allocate at once, and a no-op rebuild of a 10,000-file context (walked on a thread
+/// per core) took 44 ms with it and takes 28 ms with mimalloc (peak RSS 22 and 40 MiB).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod build_cmd;
 mod build_flags;
 mod check_cmd;
