@@ -168,7 +168,8 @@ impl SharedNetwork {
     ) -> Result<Vec<u16>, NetworkError> {
         let file = self.0.try_clone()?;
         let ports = ports.to_vec();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Cancelled with `cancel`, or when this call returns: the thread then stops trying.
+        let stop = cancel.child_token();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = stop.clone();
         std::thread::Builder::new()
@@ -191,10 +192,7 @@ impl SharedNetwork {
                                 .is_err()
                             });
                             let now = std::time::Instant::now();
-                            if left.is_empty()
-                                || now >= deadline
-                                || stopped.load(std::sync::atomic::Ordering::Relaxed)
-                            {
+                            if left.is_empty() || now >= deadline || stopped.is_cancelled() {
                                 break left;
                             }
                             std::thread::sleep(
@@ -205,7 +203,7 @@ impl SharedNetwork {
                 let _ = tx.send(answer);
             })
             .map_err(net_err("start a thread"))?;
-        let _stop_on_return = StopFlag(stop);
+        let _stop_on_return = stop.drop_guard();
         tokio::select! {
             answer = rx => answer.map_err(|_| NetworkError {
                 what: "wait for the service's ports",
@@ -357,15 +355,6 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sets its flag when dropped: tells a waiting thread its caller is gone.
-struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for StopFlag {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
