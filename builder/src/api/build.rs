@@ -68,13 +68,12 @@ impl Session {
         let mut solved = Solution::default();
         // What an earlier build wrote there is no answer of this one: a script reading the file
         // after a failed build would take the earlier image (docker removes its --iidfile too).
-        let result = match forget_earlier_outputs(request) {
-            Ok(()) => {
-                self.run(request, &events, cancel, reports.clone(), &mut solved)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let result = async {
+            forget_earlier_outputs(request)?;
+            self.run(request, &events, cancel, reports.clone(), &mut solved)
+                .await
+        }
+        .await;
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         self.auto_prune(&events).await;
         match result {
