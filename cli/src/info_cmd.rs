@@ -80,60 +80,23 @@ pub(crate) fn info(args: &InfoArgs) -> Result<(), Failure> {
     // namespace failed has none (and may be left in one without mappings, where a probe would
     // mislead): a build stops before it.
     // Whether the mode chosen gives steps a network namespace (the network line says which).
-    let mut own_network = true;
-    if userns_failed {
-        line(
-            "isolation",
-            "none: as a non-root user every mode needs the user namespace above".to_string(),
-        );
-    } else if let Err(e) = &store {
-        line(
-            "isolation",
-            format!("not probed: no store to probe at ({e})"),
-        );
-    } else if let Ok(root) = &store {
-        use forge_runner::embedded::isolation::{self, IsolationChoice};
-        let probe = isolation::probe(&root.join("run"));
-        match isolation::choose(IsolationChoice::Auto, &probe) {
-            Ok(mode) => {
-                own_network = mode.own_network();
-                let limits = mode.limits();
-                line(
-                    "isolation",
-                    if limits.is_empty() {
-                        mode.to_string()
-                    } else {
-                        format!("{mode}; it gives up: {}", limits.join("; "))
-                    },
-                );
-            }
-            Err(_) => line("isolation", "none works here".to_string()),
+    let own_network = match (&store, userns_failed) {
+        (_, true) => {
+            line(
+                "isolation",
+                "none: as a non-root user every mode needs the user namespace above".to_string(),
+            );
+            true
         }
-        line(
-            "  namespaces",
-            match &probe.namespaces {
-                Ok((proc, network)) => {
-                    let mut v = vec!["work"];
-                    if *proc == isolation::ProcSource::Surrounding {
-                        v.push("with the surrounding /proc (a new one is refused)");
-                    }
-                    if !network {
-                        v.push("without a network of their own (loopback cannot be brought up)");
-                    }
-                    v.join(", ")
-                }
-                Err(e) => format!("refused: {e}"),
-            },
-        );
-        line(
-            "  chroot",
-            match &probe.chroot {
-                Ok(true) => "works, device nodes can be made".to_string(),
-                Ok(false) => "works, but no device node can be made (mknod refused)".to_string(),
-                Err(e) => format!("refused: {e}"),
-            },
-        );
-    }
+        (Err(e), false) => {
+            line(
+                "isolation",
+                format!("not probed: no store to probe at ({e})"),
+            );
+            true
+        }
+        (Ok(root), false) => isolation_lines(root),
+    };
     match &store {
         Ok(root) => {
             use forge_snapshotter::snapshot::BackendKind;
@@ -296,4 +259,54 @@ fn ranges(list: &[(u32, u32)]) -> String {
         .collect();
     let total: u64 = list.iter().map(|&(_, count)| u64::from(count)).sum();
     format!("{} ({total} ids)", each.join(", "))
+}
+
+/// The isolation lines: what `--isolation auto` picks with the probe a build runs at the store's
+/// `run/`, and what each mode met; whether the mode picked gives steps a network of their own.
+fn isolation_lines(root: &Path) -> bool {
+    use forge_runner::embedded::isolation::{self, IsolationChoice};
+    let probe = isolation::probe(&root.join("run"));
+    let own_network = match isolation::choose(IsolationChoice::Auto, &probe) {
+        Ok(mode) => {
+            let limits = mode.limits();
+            line(
+                "isolation",
+                if limits.is_empty() {
+                    mode.to_string()
+                } else {
+                    format!("{mode}; it gives up: {}", limits.join("; "))
+                },
+            );
+            mode.own_network()
+        }
+        Err(_) => {
+            line("isolation", "none works here".to_string());
+            true
+        }
+    };
+    line(
+        "  namespaces",
+        match &probe.namespaces {
+            Ok((proc, network)) => {
+                let mut v = vec!["work"];
+                if *proc == isolation::ProcSource::Surrounding {
+                    v.push("with the surrounding /proc (a new one is refused)");
+                }
+                if !network {
+                    v.push("without a network of their own (loopback cannot be brought up)");
+                }
+                v.join(", ")
+            }
+            Err(e) => format!("refused: {e}"),
+        },
+    );
+    line(
+        "  chroot",
+        match &probe.chroot {
+            Ok(true) => "works, device nodes can be made".to_string(),
+            Ok(false) => "works, but no device node can be made (mknod refused)".to_string(),
+            Err(e) => format!("refused: {e}"),
+        },
+    );
+    own_network
 }
