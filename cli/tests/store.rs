@@ -145,24 +145,12 @@ fn rootless_unpack_maps_owners_through_the_subuid_range() {
     let Some(image) = busybox() else { return };
     let Some(user) = test_user() else { return };
     // The user needs a binary and a directory it can reach.
-    let account = forge_testsupport::TestUser::lookup(&user).unwrap();
-    let dir = forge_testsupport::shared_scratch("forge-unpack-", Some(&account));
-    let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
-    let store = dir.path().join("store");
+    let as_user = UserForge::new(&user, "forge-unpack-");
+    let dir = &as_user.dir;
     let dest = dir.path().join("rootfs");
-    let run = |args: &[&str]| {
-        Command::new("runuser")
-            .args(["-u", &user, "--"])
-            .arg(&bin)
-            .args(args)
-            .arg("--root")
-            .arg(&store)
-            .output()
-            .unwrap()
-    };
-    let pulled = run(&["pull", "-q", &image]);
+    let pulled = as_user.run(&["pull", "-q", &image]);
     assert!(pulled.status.success(), "{}", text(&pulled.stderr));
-    let out = run(&["unpack", &image, dest.to_str().unwrap()]);
+    let out = as_user.run(&["unpack", &image, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let (user_uid, user_gid) = owner(dir.path());
@@ -216,23 +204,12 @@ fn an_owner_beyond_the_users_range_is_named_with_the_fix() {
     );
     assert!(built.status.success(), "{}", text(&built.stderr));
 
-    let account = forge_testsupport::TestUser::lookup(&user).unwrap();
-    let dir = forge_testsupport::shared_scratch("forge-far-owner-user-", Some(&account));
-    let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
-    let run = |args: &[&str]| {
-        Command::new("runuser")
-            .args(["-u", &user, "--"])
-            .arg(&bin)
-            .args(args)
-            .arg("--root")
-            .arg(dir.path().join("store"))
-            .output()
-            .unwrap()
-    };
-    let pulled = run(&["pull", "-q", &image]);
+    let as_user = UserForge::new(&user, "forge-far-owner-user-");
+    let dir = &as_user.dir;
+    let pulled = as_user.run(&["pull", "-q", &image]);
     assert!(pulled.status.success(), "{}", text(&pulled.stderr));
     let dest = dir.path().join("rootfs");
-    let out = run(&["unpack", &image, dest.to_str().unwrap()]);
+    let out = as_user.run(&["unpack", &image, dest.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -242,6 +219,39 @@ fn an_owner_beyond_the_users_range_is_named_with_the_fix() {
         "{err}"
     );
     assert!(err.contains("/etc/subuid and /etc/subgid"), "{err}");
+}
+
+/// forge installed in a scratch directory the test user reaches, run as that user on the store
+/// `store` there.
+struct UserForge {
+    user: String,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+}
+
+impl UserForge {
+    fn new(user: &str, prefix: &str) -> UserForge {
+        let account = forge_testsupport::TestUser::lookup(user).unwrap();
+        let dir = forge_testsupport::shared_scratch(prefix, Some(&account));
+        let bin = forge_testsupport::install_exe(env!("CARGO_BIN_EXE_forge"), dir.path());
+        UserForge {
+            user: user.to_string(),
+            dir,
+            bin,
+        }
+    }
+
+    /// `forge ARGS --root DIR/store` as the user.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", &self.user, "--"])
+            .arg(&self.bin)
+            .args(args)
+            .arg("--root")
+            .arg(self.dir.path().join("store"))
+            .output()
+            .unwrap()
+    }
 }
 
 fn first_subordinate(file: &str, user: &str) -> u32 {
