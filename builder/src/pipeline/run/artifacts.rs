@@ -156,6 +156,19 @@ pub fn select(
     })
 }
 
+/// Removes a job's artifacts directory on the host that an earlier run left, when this run's
+/// job kept none (skipped, failed with `when: on_success`, nothing matched): the directory holds
+/// what the last run of the job made, or nothing.
+pub fn forget_on_host(dest: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(dest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!(
+            "an earlier run's {} could not be removed: {e}",
+            dest.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Extracts the artifact layer `layer` into `dest` (replacing what was there), by each entry's
 /// path relative to `workdir`; entries outside it are not extracted. The whole tree is first
 /// extracted beside `dest`, so a failure leaves the previous `dest` in place.

@@ -206,9 +206,16 @@ pub(super) fn decide(
             ))
         }
         // A build waits only for its `artifacts-from` jobs: without their artifacts it would
-        // build (and push) an image that lacks them.
+        // build (and push) an image that lacks them. That holds for a job its rules or `when:`
+        // left out of this run too (a monorepo's commit that did not touch that service): the
+        // image is not built, and its jobs and push wait for a run that makes its artifacts.
         Node::Build(image, stage) => {
-            if failed.is_empty() && blocked.is_empty() {
+            let left_out: Vec<String> = deps
+                .iter()
+                .filter(|(d, e)| matches!(d, Node::Job(_)) && *e == End::Skipped)
+                .map(|(d, _)| describe(d))
+                .collect();
+            if failed.is_empty() && blocked.is_empty() && left_out.is_empty() {
                 return None;
             }
             let mut why = Vec::new();
@@ -218,11 +225,17 @@ pub(super) fn decide(
             if !blocked.is_empty() {
                 why.push(format!("{} did not run", blocked.join(", ")));
             }
+            if !left_out.is_empty() {
+                why.push(format!(
+                    "{} left out of this run (rules or `when:`), so the artifacts it takes are not there",
+                    left_out.join(", ")
+                ));
+            }
             let event = PipelineEvent::ImageSkipped {
                 image: build_name(image, stage.as_deref()),
                 reason: why.join("; "),
             };
-            let by = failed.into_iter().chain(blocked).collect();
+            let by = failed.into_iter().chain(blocked).chain(left_out).collect();
             Some((End::Blocked, Left::NotBuilt(by), event))
         }
     }

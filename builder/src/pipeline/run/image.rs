@@ -178,28 +178,44 @@ impl Runner {
         })
     }
 
+    /// Pushes image `name` to its tags. A push that fails part way returns the tags it moved
+    /// before it failed (a registry that answered, beside one that did not) with the error.
     pub(super) async fn push(
         &self,
         name: &str,
         inputs: &HashMap<Node, Left>,
-    ) -> Result<Vec<String>, String> {
-        let plan = self.image_plan(name)?;
+    ) -> Result<Vec<String>, (Vec<String>, String)> {
+        let plan = self.image_plan(name).map_err(|e| (Vec::new(), e))?;
         let Some(Left::Image(b)) = inputs.get(&Node::Build(name.into(), None)) else {
-            return Err(format!("image {name} was not built"));
+            return Err((Vec::new(), format!("image {name} was not built")));
         };
         let layers = b.base.layers();
-        crate::export::push_image(
+        // The tags as their manifests land, read from the push's own events.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pushed = crate::export::push_image(
             self.session.store(),
             self.session.registry(),
-            &Events::discard(),
+            &Events::new(BuildId::new(), Some(tx)),
             None,
             &b.base.record,
             &layers,
             &plan.tags,
             None,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
+        if let Err(e) = pushed {
+            let mut moved = Vec::new();
+            while let Ok(record) = rx.try_recv() {
+                if let BuildEvent::Push {
+                    event: forge_snapshotter::registry::PushEvent::ManifestPushed { tag, .. },
+                    ..
+                } = record.event
+                {
+                    moved.push(tag);
+                }
+            }
+            return Err((moved, e.to_string()));
+        }
         self.emit(PipelineEvent::Pushed {
             image: name.into(),
             references: plan.tags.clone(),

@@ -180,6 +180,9 @@ impl Runner {
                         Ok(()) => copied = Some(dest),
                         Err(e) => notes.push(format!("not copied out: {e}")),
                     }
+                } else if let Err(e) = artifacts::forget_on_host(&dest) {
+                    // An earlier run's files are not this run's artifacts.
+                    notes.push(e);
                 }
                 // Reports are read whatever the result (a failed run's are the ones that matter).
                 let junit = if reports.is_empty() {

@@ -256,6 +256,8 @@ enum Left {
     Held(Vec<String>, Vec<String>),
     /// A build not started: the `artifacts-from` jobs that failed or did not run.
     NotBuilt(Vec<String>),
+    /// A push that failed: the tags it moved before it did, and its error.
+    PushFailed(Vec<String>, String),
     Nothing,
 }
 
@@ -422,6 +424,7 @@ impl Runner {
                     if let Some((end, l)) = this.decide(&n, &deps, &left) {
                         pending.remove(&n);
                         if let Left::Job(_, r) = &l {
+                            this.forget_artifacts(&r.name);
                             reports.insert(r.name.clone(), r.clone());
                         }
                         this.record_image(&n, &l, &mut images);
@@ -478,15 +481,18 @@ impl Runner {
                     continue;
                 }
             };
-            if let (Node::Build(name, None), Err(e)) = (&n, &l)
+            // A stage's failed build fails the run as the image's does: the jobs on that stage
+            // never ran (the image's own error, when it has one, is the one told).
+            if let (Node::Build(name, stage), Err(e)) = (&n, &l)
                 && let Some(r) = images.get_mut(name)
             {
-                r.error = Some(e.clone());
-            }
-            if let (Node::Push(name), Err(e)) = (&n, &l)
-                && let Some(r) = images.get_mut(name)
-            {
-                r.error = Some(format!("push: {e}"));
+                match stage {
+                    None => r.error = Some(e.clone()),
+                    Some(stage) if r.error.is_none() => {
+                        r.error = Some(format!("stage {stage}: {e}"))
+                    }
+                    Some(_) => {}
+                }
             }
             let l = l.unwrap_or(Left::Nothing);
             if let Left::Job(_, r) = &l {
@@ -561,6 +567,30 @@ impl Runner {
         }
     }
 
+    /// A job that did not run this time keeps no artifacts on the host from an earlier run
+    /// (a warning says when they could not be removed).
+    fn forget_artifacts(&self, job: &str) {
+        if !self
+            .plan
+            .jobs
+            .iter()
+            .any(|j| j.name == job && j.artifacts.is_some())
+        {
+            return;
+        }
+        let dest = self.options.artifacts_dir.join(artifacts_dir_name(
+            job,
+            self.plan.jobs.iter().map(|j| j.name.as_str()),
+        ));
+        if let Err(e) = artifacts::forget_on_host(&dest) {
+            self.emit(PipelineEvent::JobLine {
+                job: job.into(),
+                line: format!("forge: warning: artifacts: {e}"),
+                cached: false,
+            });
+        }
+    }
+
     fn record_image(&self, n: &Node, l: &Left, images: &mut BTreeMap<String, ImageReport>) {
         match (n, l) {
             (Node::Build(name, None), Left::Image(b)) => {
@@ -571,6 +601,12 @@ impl Runner {
             (Node::Push(name), Left::Push(refs)) => {
                 if let Some(r) = images.get_mut(name) {
                     r.pushed = refs.clone();
+                }
+            }
+            (Node::Push(name), Left::PushFailed(moved, e)) => {
+                if let Some(r) = images.get_mut(name) {
+                    r.pushed = moved.clone();
+                    r.error = Some(format!("push: {e}"));
                 }
             }
             (Node::Push(name), Left::Held(tags, because)) => {
@@ -614,12 +650,21 @@ impl Runner {
             }
             Node::Push(name) => match self.push(name, &inputs).await {
                 Ok(refs) => (End::Ok, Ok(Left::Push(refs))),
-                Err(e) => {
+                Err((moved, e)) => {
+                    // The tags that did move are said, and reported as pushed.
+                    let e = if moved.is_empty() {
+                        e
+                    } else {
+                        format!(
+                            "{e} (these tags moved before it failed: {})",
+                            moved.join(", ")
+                        )
+                    };
                     self.emit(PipelineEvent::PushFailed {
                         image: name.clone(),
                         error: e.clone(),
                     });
-                    (End::Failed, Err(e))
+                    (End::Failed, Ok(Left::PushFailed(moved, e)))
                 }
             },
         }

@@ -223,6 +223,40 @@ jobs:
     assert_eq!(w.end(&push("slim")), Some(End::Ok), "{:?}", w.lines);
 }
 
+/// Regression (monorepo sweep 02): the `artifacts-from` job was left out by its rules (a commit
+/// that did not touch its service), and the image was built from the bare context and pushed
+/// over its tag without the artifacts (or failed, naming a missing source and not the job).
+#[test]
+fn an_image_taking_artifacts_from_a_job_its_rules_left_out_is_neither_built_nor_pushed() {
+    let p = plan(
+        r#"images:
+  slim:
+    artifacts-from: [compile]
+    tags: ["127.0.0.1:5000/t/slim:v1"]
+    push: true
+jobs:
+  compile:
+    stage: build
+    image: docker.io/library/busybox
+    script: [x]
+    rules:
+      - if: $NOT_SET == "yes"
+  other:
+    image: docker.io/library/busybox
+    script: [x]
+"#,
+    );
+    let w = walk(&p, &[], &[]);
+    assert_eq!(w.end(&job("compile")), Some(End::Skipped), "{:?}", w.lines);
+    assert_eq!(w.end(&build("slim")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&push("slim")), Some(End::Blocked), "{:?}", w.lines);
+    assert_eq!(w.end(&job("other")), Some(End::Ok), "{:?}", w.lines);
+    w.assert_said(
+        "image slim: not built: compile left out of this run (rules or `when:`), so the \
+         artifacts it takes are not there",
+    );
+}
+
 /// W5: `onfail` (`when: on_failure`) was skipped because nothing failed, and that held the
 /// image's push while the run passed.
 #[test]
