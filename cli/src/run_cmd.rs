@@ -142,8 +142,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     // has its number (a bad file gets its errors alone).
     let mut notes: Vec<String> = Vec::new();
     // Images are built from the work tree: what differs there from HEAD is changed too. Forge's
-    // own outputs in the work tree (artifacts, the metadata file) are not.
-    let mut outputs = vec![args.artifacts_dir.clone()];
+    // own outputs in the work tree (artifacts, the metadata file, and the store itself, as
+    // `--root .forge` puts it in a CI workspace) are not.
+    let mut outputs = vec![args.artifacts_dir.clone(), root.clone()];
     outputs.extend(args.metadata_file.clone());
     let work_tree = git::work_tree_changes(&base_dir, &outputs);
     // Not known to be clean is dirty: such a run is no `changes:` baseline.
@@ -189,7 +190,14 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
                 ),
             };
             let shown_dir = std::path::absolute(&base_dir).unwrap_or_else(|_| base_dir.clone());
-            let committed = match git::changed_since(&base_dir, rev) {
+            // Asked for by name, the revision is what the branch is compared with, as GitLab
+            // compares a merge request from its merge base; a baseline is what was tested.
+            let compare = if args.changed_since.is_some() {
+                git::Compare::MergeBase
+            } else {
+                git::Compare::Tree
+            };
+            let committed = match git::changed_since(&base_dir, rev, compare) {
                 Ok(Some(c)) => Some(c),
                 Ok(None) => {
                     if args.changed_since.is_some() {
@@ -307,11 +315,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let mut handle = history
         .start(args.build_number, &git.sha, &git.branch, &args.only)
         .map_err(|e| failed(format!("error: {e}")))?;
-    if dirty {
-        handle
-            .mark_dirty()
-            .map_err(|e| failed(format!("error: {e}")))?;
-    }
+    handle
+        .mark_no_baseline(dirty, args.changed_since.as_deref())
+        .map_err(|e| failed(format!("error: {e}")))?;
     builtins.insert(
         "FORGE_BUILD_NUMBER".to_string(),
         handle.number().to_string(),
@@ -347,6 +353,19 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let result = runtime.block_on(async {
         let interrupt = tokio::spawn(cancel_on_signal(cancel.clone()));
+        // The jobs' logs reach the disk while they run: a killed forge loses at most the last
+        // quarter second of them.
+        let flusher = {
+            let printer = printer.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    every.tick().await;
+                    let printer = printer.clone();
+                    let _ = tokio::task::spawn_blocking(move || printer.flush_logs()).await;
+                }
+            })
+        };
         let r = forge_builder::pipeline::run::run(
             &session,
             &plan,
@@ -356,6 +375,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         )
         .await;
         interrupt.abort();
+        flusher.abort();
         r
     });
     crate::build_cmd::note_isolation(&session);
@@ -492,10 +512,26 @@ impl Printer {
                 self.job_done(job, JobResult::Skipped, Duration::ZERO, None);
                 e.line()
             }
+            PipelineEvent::JobStarted { job } => {
+                if let Some(h) = self.handle.lock().expect("not poisoned").as_mut()
+                    && let Err(e) = h.job_started(job)
+                {
+                    errln!("warning: job {job}: not recorded in the history: {e}");
+                }
+                e.line()
+            }
             _ => e.line(),
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
+    }
+
+    /// Writes out every log's lines so far (see [`LogWriter::flush`]); a log that cannot be
+    /// written says so when its job ends.
+    fn flush_logs(&self) {
+        for log in self.logs.lock().expect("not poisoned").values_mut() {
+            let _ = log.flush();
+        }
     }
 
     fn log_line(&self, job: &str, line: &str) {
@@ -617,7 +653,7 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
         return Ok(());
     }
     outln!(
-        "{:>6}  {:<10}  {:<8}  {:<16}  {:>9}  {:>4} {:>6} {:>6}",
+        "{:>6}  {:<10}  {:<11}  {:<16}  {:>9}  {:>4} {:>6} {:>6}",
         "RUN",
         "COMMIT",
         "RESULT",
@@ -638,7 +674,7 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
             if r.dirty { "+" } else { "" }
         );
         outln!(
-            "{:>6}  {:<10}  {:<8}  {:<16}  {:>8.1}s  {:>4} {:>6} {:>6}",
+            "{:>6}  {:<10}  {:<11}  {:<16}  {:>8.1}s  {:>4} {:>6} {:>6}",
             r.number,
             commit,
             result,

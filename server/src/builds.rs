@@ -587,6 +587,8 @@ fn job_word(r: JobResult) -> &'static str {
         JobResult::Cached => "cached",
         JobResult::Skipped => "skipped",
         JobResult::Cancelled => "cancelled",
+        JobResult::Running => "running",
+        JobResult::Interrupted => "interrupted",
     }
 }
 

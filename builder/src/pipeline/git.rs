@@ -170,10 +170,26 @@ pub fn describe(dir: &Path) -> Result<GitInfo, GitError> {
     })
 }
 
-/// Paths (relative to the repository's top, `/`-separated, sorted) that differ between the tree of
-/// `rev` (anything `git rev-parse` takes: a branch, a tag, a sha, `HEAD~3`) and `HEAD`'s; a rename
-/// names both its paths. `None` outside a repository.
-pub fn changed_since(dir: &Path, rev: &str) -> Result<Option<Vec<String>>, GitError> {
+/// Where [`changed_since`] compares `HEAD` from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// The revision's own tree: every difference from a state that was tested (a run's baseline,
+    /// which a rewritten history may have left off `HEAD`'s line).
+    Tree,
+    /// The best common ancestor of the revision and `HEAD` (`git diff REV...HEAD`): what this
+    /// line changed since it left REV, as GitLab compares a merge request's branch with its target.
+    /// A revision with no common ancestor, or that names no commit, is compared as a tree.
+    MergeBase,
+}
+
+/// Paths (relative to the repository's top, `/`-separated, sorted) that differ between `rev`
+/// (anything `git rev-parse` takes: a branch, a tag, a sha, `HEAD~3`), compared as `compare`
+/// says, and `HEAD`'s tree; a rename names both its paths. `None` outside a repository.
+pub fn changed_since(
+    dir: &Path,
+    rev: &str,
+    compare: Compare,
+) -> Result<Option<Vec<String>>, GitError> {
     let Some(repo) = open(dir)? else {
         return Ok(None);
     };
@@ -191,15 +207,47 @@ pub fn changed_since(dir: &Path, rev: &str) -> Result<Option<Vec<String>>, GitEr
             .map_err(|e| rev_err(spec, e.to_string()))
     };
     let new = tree_of("HEAD")?;
+    let shallow = |e: GitError| match e {
+        GitError::Revision { dir, rev, message } if repo.is_shallow().unwrap_or(false) => {
+            GitError::Shallow { dir, rev, message }
+        }
+        e => e,
+    };
     // In a shallow clone a revision beyond the cut (`HEAD~1` of a depth-1 clone, an older sha)
     // fails deep in gix's traversal or as "couldn't parse": whatever the reason, it is a commit
     // this clone may not have, not a mistake in the name.
-    let old = match tree_of(rev) {
-        Ok(t) => t,
-        Err(GitError::Revision { dir, rev, message }) if repo.is_shallow().unwrap_or(false) => {
-            return Err(GitError::Shallow { dir, rev, message });
+    let old = tree_of(rev).map_err(shallow)?;
+    let old = match compare {
+        Compare::Tree => old,
+        Compare::MergeBase => {
+            let commit_of = |spec: &str| {
+                repo.rev_parse_single(spec)
+                    .ok()
+                    .and_then(|id| id.object().ok())
+                    .and_then(|o| o.peel_to_commit().ok())
+                    .map(|c| c.id)
+            };
+            match (commit_of(rev), commit_of("HEAD")) {
+                (Some(one), Some(two)) => match repo.merge_base(one, two) {
+                    Ok(Some(base)) => {
+                        let base_err =
+                            |e: String| rev_err(rev, format!("its merge base with HEAD: {e}"));
+                        base.object()
+                            .map_err(|e| base_err(e.to_string()))?
+                            .peel_to_tree()
+                            .map_err(|e| base_err(e.to_string()))?
+                    }
+                    Ok(None) => old,
+                    Err(e) => {
+                        return Err(shallow(rev_err(
+                            rev,
+                            format!("finding its merge base with HEAD: {e}"),
+                        )));
+                    }
+                },
+                _ => old,
+            }
         }
-        Err(e) => return Err(e),
     };
     let changes = repo
         .diff_tree_to_tree(&old, &new, None)
@@ -382,7 +430,10 @@ mod tests {
     fn outside_a_repository_everything_is_empty() {
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(describe(tmp.path()).unwrap(), GitInfo::default());
-        assert_eq!(changed_since(tmp.path(), "HEAD").unwrap(), None);
+        assert_eq!(
+            changed_since(tmp.path(), "HEAD", Compare::Tree).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -440,7 +491,7 @@ mod tests {
         git(d, &["commit", "-q", "-m", "change api"]);
         // Uncommitted edits do not count.
         write(d, "services/web/index.js", "2\n");
-        let got = changed_since(d, &base).unwrap().unwrap();
+        let got = changed_since(d, &base, Compare::Tree).unwrap().unwrap();
         let judge: Vec<String> = git(d, &["diff", "--name-only", &base, "HEAD"])
             .lines()
             .map(str::to_string)
@@ -455,10 +506,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            changed_since(d, "HEAD").unwrap().unwrap(),
+            changed_since(d, "HEAD", Compare::Tree).unwrap().unwrap(),
             Vec::<String>::new()
         );
-        let e = changed_since(d, "no-such-branch").unwrap_err();
+        let e = changed_since(d, "no-such-branch", Compare::Tree).unwrap_err();
         assert!(e.to_string().contains("revision \"no-such-branch\""), "{e}");
     }
 
@@ -583,20 +634,57 @@ mod tests {
         );
         let d = tmp.path().join("shallow");
         for rev in ["HEAD~1", first.as_str()] {
-            let e = changed_since(&d, rev).unwrap_err();
+            let e = changed_since(&d, rev, Compare::MergeBase).unwrap_err();
             assert!(matches!(e, GitError::Shallow { .. }), "{rev}: {e}");
             assert!(e.to_string().contains("shallow clone"), "{e}");
         }
         assert_eq!(
-            changed_since(&d, "HEAD").unwrap().unwrap(),
+            changed_since(&d, "HEAD", Compare::Tree).unwrap().unwrap(),
             Vec::<String>::new()
         );
         // In the full history the same names are revisions, and a wrong one is an error.
         assert_eq!(
-            changed_since(&origin, "HEAD~1").unwrap().unwrap(),
+            changed_since(&origin, "HEAD~1", Compare::MergeBase)
+                .unwrap()
+                .unwrap(),
             ["a.txt"]
         );
-        let e = changed_since(&origin, "HEAD~5").unwrap_err();
+        let e = changed_since(&origin, "HEAD~5", Compare::MergeBase).unwrap_err();
         assert!(matches!(e, GitError::Revision { .. }), "{e}");
+    }
+
+    /// Regression (monorepo sweep 08): `--changed-since main` on a feature branch compared the
+    /// two tips, so everything main changed after the branch left it counted as the branch's
+    /// change (and its jobs ran). From the merge base it is what the branch changed, as
+    /// `git diff main...HEAD` says; a baseline is still compared as a tree.
+    #[test]
+    fn a_branch_is_compared_from_its_merge_base_with_the_revision() {
+        if !have_git() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        write(d, "a.txt", "1\n");
+        write(d, "b.txt", "1\n");
+        git(d, &["add", "."]);
+        git(d, &["commit", "-q", "-m", "one"]);
+        git(d, &["checkout", "-q", "-b", "feature"]);
+        write(d, "a.txt", "feature\n");
+        git(d, &["commit", "-q", "-am", "feature"]);
+        git(d, &["checkout", "-q", "main"]);
+        write(d, "b.txt", "main moved on\n");
+        git(d, &["commit", "-q", "-am", "main"]);
+        git(d, &["checkout", "-q", "feature"]);
+        let judge =
+            |args: &[&str]| -> Vec<String> { git(d, args).lines().map(str::to_string).collect() };
+        let from_base = changed_since(d, "main", Compare::MergeBase)
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_base, ["a.txt"]);
+        assert_eq!(from_base, judge(&["diff", "--name-only", "main...HEAD"]));
+        let tips = changed_since(d, "main", Compare::Tree).unwrap().unwrap();
+        assert_eq!(tips, ["a.txt", "b.txt"]);
+        assert_eq!(tips, judge(&["diff", "--name-only", "main", "HEAD"]));
     }
 }

@@ -42,6 +42,11 @@ pub enum JobResult {
     /// Not run: a rule or `when:` said so, or what it needs failed.
     Skipped,
     Cancelled,
+    /// Started, and not ended yet.
+    Running,
+    /// Its record says running, but the process running its run is gone (killed): what it
+    /// printed until then is its log.
+    Interrupted,
 }
 
 impl JobResult {
@@ -54,6 +59,8 @@ impl JobResult {
             JobResult::Cached => "passed (cached, not run)",
             JobResult::Skipped => "skipped",
             JobResult::Cancelled => "cancelled",
+            JobResult::Running => "running",
+            JobResult::Interrupted => "interrupted",
         }
     }
 }
@@ -92,6 +99,11 @@ pub struct RunRecord {
     /// tested is not that commit, so the run is no baseline for `rules: changes:` either.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dirty: bool,
+    /// `--changed-since REV`: the run's `changes:` rules compared with REV, not with the last
+    /// passed run, so the jobs they skipped were not tested at this commit (REV itself may never
+    /// have been): no baseline either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_since: Option<String>,
 }
 
 impl RunRecord {
@@ -215,6 +227,7 @@ impl History {
             jobs: Vec::new(),
             only: only.to_vec(),
             dirty: false,
+            changed_since: None,
         };
         let handle = RunHandle {
             dir,
@@ -266,6 +279,11 @@ impl History {
             })?;
         if run.result == RunResult::Running && !FileLock::is_held(&dir.join("live.lock")) {
             run.result = RunResult::Interrupted;
+            for job in &mut run.jobs {
+                if job.result == JobResult::Running {
+                    job.result = JobResult::Interrupted;
+                }
+            }
         }
         Ok(Some(run))
     }
@@ -280,7 +298,8 @@ impl History {
     /// (`forge run JOB`) is passed over: the others were not tested at its commit, and a later
     /// run comparing with it would skip them for changes nobody tested. So is a run on a dirty
     /// work tree: its jobs tested files its commit does not hold, and the jobs its rules skipped
-    /// were not tested on the files that were only dirty then.
+    /// were not tested on the files that were only dirty then; and a `--changed-since` run,
+    /// whose rules skipped what did not change since a revision nobody may have tested.
     pub fn last_passed_commit(&self) -> Result<Option<String>, HistoryError> {
         Ok(self
             .list()?
@@ -291,6 +310,7 @@ impl History {
                     && !r.commit.is_empty()
                     && r.only.is_empty()
                     && !r.dirty
+                    && r.changed_since.is_none()
             })
             .map(|r| r.commit))
     }
@@ -335,10 +355,20 @@ impl History {
             });
         };
         let path = self.dir.join(number.to_string()).join("logs").join(file);
-        let f = File::open(&path).map_err(io_err("open", &path))?;
+        // A job still running, or whose run was killed, has a log whose end was never written
+        // (or no log yet): what it holds is printed, up to its last complete piece.
+        let unfinished = matches!(record.result, JobResult::Running | JobResult::Interrupted);
+        let f = match File::open(&path) {
+            Err(e) if unfinished && e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            f => f.map_err(io_err("open", &path))?,
+        };
         let reader = zstd::Decoder::new(f).map_err(io_err("decompress", &path))?;
         for line in io::BufReader::new(reader).lines() {
-            let line = line.map_err(io_err("decompress", &path))?;
+            let line = match line {
+                Ok(line) => line,
+                Err(_) if unfinished => break,
+                Err(e) => return Err(io_err("decompress", &path)(e)),
+            };
             writeln!(out, "{line}").map_err(io_err("write", Path::new("the output")))?;
         }
         Ok(())
@@ -362,10 +392,19 @@ impl RunHandle {
         &self.record
     }
 
-    /// Records that the run builds a work tree that differs from its commit (see
-    /// [`RunRecord::dirty`]).
-    pub fn mark_dirty(&mut self) -> Result<(), HistoryError> {
-        self.record.dirty = true;
+    /// Records why the run is no `changes:` baseline: it builds a work tree that differs from
+    /// its commit ([`RunRecord::dirty`]), or its rules compared with a revision it was given
+    /// ([`RunRecord::changed_since`]). Nothing is written when neither holds.
+    pub fn mark_no_baseline(
+        &mut self,
+        dirty: bool,
+        changed_since: Option<&str>,
+    ) -> Result<(), HistoryError> {
+        if !dirty && changed_since.is_none() {
+            return Ok(());
+        }
+        self.record.dirty = dirty;
+        self.record.changed_since = changed_since.map(str::to_string);
         self.save()
     }
 
@@ -376,7 +415,7 @@ impl RunHandle {
 
     /// A log for job `name`, compressed as it is written; [`LogWriter::finish`] ends it.
     pub fn log(&self, name: &str) -> Result<LogWriter, HistoryError> {
-        let file_name = format!("{}.log.zst", &blake3::hash(name.as_bytes()).to_hex()[..16]);
+        let file_name = log_file_name(name);
         let path = self.dir.join("logs").join(&file_name);
         let f = File::create(&path).map_err(io_err("create", &path))?;
         let encoder = zstd::Encoder::new(f, 3).map_err(io_err("compress", &path))?;
@@ -385,7 +424,22 @@ impl RunHandle {
             file_name,
             encoder,
             lines: 0,
+            unflushed: false,
         })
+    }
+
+    /// Records that job `name` started: should forge be killed before it ends, the job is
+    /// listed as interrupted with the log it printed until then ([`LogWriter::flush`]).
+    pub fn job_started(&mut self, name: &str) -> Result<(), HistoryError> {
+        self.record.jobs.retain(|j| j.name != name);
+        self.record.jobs.push(JobRecord {
+            name: name.into(),
+            result: JobResult::Running,
+            duration_ms: 0,
+            log: Some(log_file_name(name)),
+            coverage: None,
+        });
+        self.save()
     }
 
     /// Records a job's end (replacing an earlier record of the same job).
@@ -427,6 +481,8 @@ pub struct LogWriter {
     file_name: String,
     encoder: zstd::Encoder<'static, File>,
     lines: u64,
+    /// Lines written since the last flush.
+    unflushed: bool,
 }
 
 /// A finished log, for [`RunHandle::job_done`].
@@ -440,7 +496,19 @@ impl LogWriter {
     /// Appends one line (already masked by the caller).
     pub fn line(&mut self, line: &str) -> Result<(), HistoryError> {
         self.lines += 1;
+        self.unflushed = true;
         writeln!(self.encoder, "{line}").map_err(io_err("write", &self.path))
+    }
+
+    /// Writes out what the compressor holds of the lines so far, as a piece a reader can
+    /// decompress without the log's end: a run killed later keeps them. A no-op when nothing
+    /// was written since the last flush.
+    pub fn flush(&mut self) -> Result<(), HistoryError> {
+        if self.unflushed {
+            self.unflushed = false;
+            self.encoder.flush().map_err(io_err("write", &self.path))?;
+        }
+        Ok(())
     }
 
     pub fn finish(self) -> Result<LogDone, HistoryError> {
@@ -452,6 +520,11 @@ impl LogWriter {
             lines: self.lines,
         })
     }
+}
+
+/// The file under `logs/` that holds job `name`'s log.
+fn log_file_name(name: &str) -> String {
+    format!("{}.log.zst", &blake3::hash(name.as_bytes()).to_hex()[..16])
 }
 
 /// Replaces `path` whole (see [`crate::replace`]).
@@ -605,11 +678,76 @@ mod tests {
             .finish(RunResult::Passed, Duration::ZERO)
             .unwrap();
         let mut run = h.start(None, "dirty", "main", &[]).unwrap();
-        run.mark_dirty().unwrap();
+        run.mark_no_baseline(true, None).unwrap();
         run.finish(RunResult::Passed, Duration::ZERO).unwrap();
         assert!(h.run(2).unwrap().dirty);
         assert!(!h.run(1).unwrap().dirty);
         assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("clean"));
+    }
+
+    /// Regression (monorepo sweep 03): a passed `forge run --changed-since REV` became the
+    /// baseline, and later plain runs skipped the jobs it had skipped, untested at any commit.
+    #[test]
+    fn a_passed_run_compared_with_a_given_revision_is_no_changes_baseline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "p").unwrap();
+        h.start(None, "full", "main", &[])
+            .unwrap()
+            .finish(RunResult::Passed, Duration::ZERO)
+            .unwrap();
+        let mut run = h.start(None, "mr", "feature", &[]).unwrap();
+        run.mark_no_baseline(false, Some("origin/main")).unwrap();
+        run.finish(RunResult::Passed, Duration::ZERO).unwrap();
+        assert_eq!(
+            h.run(2).unwrap().changed_since.as_deref(),
+            Some("origin/main")
+        );
+        assert!(!h.run(2).unwrap().dirty);
+        assert_eq!(h.last_passed_commit().unwrap().as_deref(), Some("full"));
+    }
+
+    /// Regression (monorepo sweep 07): forge killed (SIGKILL) while a job ran lost the job: the
+    /// run's record had no such job and its log file was empty (the compressor held the lines).
+    /// A started job is recorded as running, its log reaches the file as it is flushed, and a
+    /// run nobody holds lists the job as interrupted with what it printed.
+    #[test]
+    fn a_job_running_when_forge_is_killed_is_listed_interrupted_with_its_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::open(tmp.path(), "p").unwrap();
+        let mut run = h.start(None, "abc", "main", &[]).unwrap();
+        run.job_started("quiet").unwrap();
+        run.job_started("slow").unwrap();
+        let mut log = run.log("slow").unwrap();
+        log.line("slow-start").unwrap();
+        log.flush().unwrap();
+        log.line("never flushed").unwrap();
+        let live = h.run(1).unwrap();
+        assert_eq!(live.result, RunResult::Running);
+        assert_eq!(live.jobs[1].result, JobResult::Running);
+        // Killed: nothing ends the log or the record.
+        std::mem::forget(log);
+        drop(run);
+        let dead = h.run(1).unwrap();
+        assert_eq!(dead.result, RunResult::Interrupted);
+        let results: Vec<_> = dead
+            .jobs
+            .iter()
+            .map(|j| (j.name.as_str(), j.result))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("quiet", JobResult::Interrupted),
+                ("slow", JobResult::Interrupted)
+            ]
+        );
+        let mut out = Vec::new();
+        h.copy_log(1, "slow", &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "slow-start\n");
+        // A job that printed nothing before the kill has an empty log, not an error.
+        let mut out = Vec::new();
+        h.copy_log(1, "quiet", &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]
