@@ -135,6 +135,45 @@ fn rules_decide_with_branch_and_changed_paths() {
     assert_eq!(job(&p, name).rule, RuleOutcome::Matched { index: 0 });
 }
 
+/// Regression (monorepo sweep 09): GitLab's map form of `changes:` (`{paths: [...]}`) was refused
+/// with a bare "wrong type", and `compare_to:` with nothing said of what forge does instead.
+#[test]
+fn changes_and_exists_take_gitlabs_map_form_with_paths() {
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules:\n      - changes:\n          paths: [\"svc-a/**/*\"]\n        exists: {paths: [Dockerfile]}\n";
+    let p = ok(src, &with_builtins(&[], Some(&["svc-a/x.txt"])));
+    assert_eq!(p.jobs[0].rule, RuleOutcome::Matched { index: 0 });
+    let p = ok(src, &with_builtins(&[], Some(&["svc-b/x.txt"])));
+    assert_eq!(p.jobs[0].rule, RuleOutcome::NoneMatched);
+
+    let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules:\n      - changes:\n          paths: [\"svc-a/**/*\"]\n          compare_to: refs/heads/main\n";
+    let e = errors(src);
+    let text = e.to_string();
+    assert!(text.contains("--changed-since"), "{text}");
+    assert!(text.contains("forge.yaml:"), "{text}");
+    assert_eq!(places(&e).len(), 1, "{text}");
+    let e = errors(
+        "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules:\n      - changes: {pathz: [a]}\n",
+    );
+    assert!(e.to_string().contains("pathz"), "{e}");
+}
+
+/// Regression (monorepo sweep 10): GitLab's `needs: [{job: test, parallel: {matrix: ...}}]` was
+/// refused as an unknown key, without the cell-name form forge takes.
+#[test]
+fn a_need_of_matrix_cells_by_values_names_the_form_forge_takes() {
+    let src = "jobs:\n  test:\n    image: alpine\n    script: [x]\n    parallel:\n      matrix:\n        - SVC: [a, b]\n  deploy:\n    image: alpine\n    script: [x]\n    needs:\n      - job: test\n        parallel:\n          matrix:\n            - SVC: a\n";
+    let e = errors(src);
+    assert!(e.to_string().contains("\"test: [VALUE, ...]\""), "{e}");
+    assert_eq!(places(&e).len(), 1, "{e}");
+    // The form it names is taken.
+    let src = src.replace(
+        "      - job: test\n        parallel:\n          matrix:\n            - SVC: a\n",
+        "      - \"test: [a]\"\n",
+    );
+    let p = ok(&src, &CheckOptions::default());
+    assert!(job(&p, "deploy").needs.is_some());
+}
+
 #[test]
 fn a_job_that_no_rule_matches_does_not_run() {
     let src = "jobs:\n  a:\n    image: alpine\n    script: [x]\n    rules:\n      - if: $X\n";
