@@ -295,6 +295,14 @@ impl Server {
             checkout.commit, checkout.message
         ));
         b.commit = Some(checkout.commit.clone());
+        // A build of the default branch (the page's Rebuild, an API build naming no branch) is
+        // that branch's: its rules, its badge and its notifications read it.
+        if b.branch.is_none()
+            && b.tag.is_none()
+            && let Some(branch) = &checkout.default_branch
+        {
+            b.branch = Some(branch.clone());
+        }
         if b.message.is_none() {
             b.message = Some(self.mask(&checkout.message));
         }

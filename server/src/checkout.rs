@@ -15,6 +15,9 @@ pub struct Checkout {
     pub commit: String,
     /// Its message's first line.
     pub message: String,
+    /// The branch the repository's HEAD names, when the request named no branch, tag or commit
+    /// (a build of the default branch): the build is that branch's.
+    pub default_branch: Option<String>,
 }
 
 /// Fetches what `r` names from `url` into `dest` (which must not exist yet). Blocking.
@@ -28,7 +31,13 @@ pub fn fetch(url: &str, r: &Request, dest: &Path) -> Result<Checkout, String> {
         .map(|t| format!("refs/tags/{t}"))
         .or_else(|| r.branch.as_ref().map(|b| format!("refs/heads/{b}")));
     let wanted = r.commit.as_deref().filter(|c| is_commit_id(c));
-    let first = clone(url, reference.as_deref(), None, dest);
+    let mut first = clone(url, reference.as_deref(), None, dest);
+    if reference.is_none()
+        && wanted.is_none()
+        && let Ok(head) = &mut first
+    {
+        head.default_branch = head_branch(dest);
+    }
     let head = match first {
         Ok(head) => head,
         Err(e) if wanted.is_none() || reference.is_none() => return Err(e),
@@ -70,7 +79,18 @@ fn clone(
     Ok(Checkout {
         commit: head.id.to_string(),
         message: first_line(&head),
+        default_branch: None,
     })
+}
+
+/// The branch the HEAD of the repository at `repo` names (`None`: detached, or no repository).
+fn head_branch(repo: &Path) -> Option<String> {
+    let repo = gix::open_opts(repo, gix::open::Options::isolated()).ok()?;
+    let name = repo.head_name().ok()??;
+    name.as_bstr()
+        .to_string()
+        .strip_prefix("refs/heads/")
+        .map(str::to_string)
 }
 
 fn first_line(c: &gix::Commit<'_>) -> String {
@@ -104,9 +124,14 @@ fn write_tree(repo: &Path, r: &Request, dest: &Path) -> Result<Checkout, String>
     let tree = commit.tree().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     write_entries(&repo, &tree, dest)?;
+    let default_branch = match (&r.commit, &r.tag, &r.branch) {
+        (None, None, None) => head_branch(repo.git_dir()),
+        _ => None,
+    };
     Ok(Checkout {
         commit: commit.id.to_string(),
         message: first_line(&commit),
+        default_branch,
     })
 }
 
@@ -154,4 +179,58 @@ fn write_entries(repo: &gix::Repository, tree: &gix::Tree<'_>, dir: &Path) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// `git` as the fixture maker, with a fixed identity and no user config.
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}");
+    }
+
+    /// Regression (serve sweep 04): a build of the default branch (the page's Rebuild, an API
+    /// build naming no branch) ran with an empty FORGE_GIT_BRANCH and recorded no branch, so
+    /// `only: [main]` jobs were skipped and the branch's badge never saw it.
+    #[test]
+    fn a_build_naming_no_branch_is_the_default_branchs() {
+        if forge_testsupport::tool("git").is_none() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "trunk"]);
+        std::fs::write(repo.join("a.txt"), "a\n").unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "one"]);
+        git(&repo, &["branch", "other"]);
+        let url = format!("file://{}", repo.display());
+        let none = Request {
+            branch: None,
+            tag: None,
+            commit: None,
+            message: None,
+            jobs: Vec::new(),
+        };
+        let c = fetch(&url, &none, &tmp.path().join("w1")).unwrap();
+        assert_eq!(c.default_branch.as_deref(), Some("trunk"));
+        assert_eq!(c.message, "one");
+        let named = Request {
+            branch: Some("other".into()),
+            ..none
+        };
+        let c = fetch(&url, &named, &tmp.path().join("w2")).unwrap();
+        assert_eq!(c.default_branch, None);
+    }
 }

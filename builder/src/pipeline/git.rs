@@ -80,6 +80,10 @@ pub fn clone_shallow(url: &str, reference: &str, checkout: &Path) -> Result<(), 
         gix::open::Options::isolated(),
     )
     .map_err(|e| e.to_string())?
+    // A remote that wants credentials it was not given fails the clone: gix would ask for them
+    // on the terminal (as git does without GIT_TERMINAL_PROMPT=0), and a server's build waited
+    // there until its deadline.
+    .with_in_memory_config_overrides(["gitoxide.credentials.terminalPrompt=false"])
     .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
         NonZeroU32::new(1).expect("1 is not 0"),
     ));
@@ -97,7 +101,17 @@ pub fn clone_shallow(url: &str, reference: &str, checkout: &Path) -> Result<(), 
     // server, authentication) is in its sources.
     let (mut checkout_step, _) = prepare
         .fetch_then_checkout(gix::progress::Discard, &interrupt)
-        .map_err(|e| crate::api::render_chain(&e))?;
+        .map_err(|e| {
+            let chain = crate::api::render_chain(&e);
+            if chain.contains("obtain credentials") {
+                format!(
+                    "the remote wants credentials it was not given or refused (HTTP 401): give \
+                     the URL a token that may read it (https://USER:TOKEN@HOST/...); {chain}"
+                )
+            } else {
+                chain
+            }
+        })?;
     checkout_step
         .main_worktree(gix::progress::Discard, &interrupt)
         .map_err(|e| e.to_string())?;
@@ -651,6 +665,39 @@ mod tests {
         );
         let e = changed_since(&origin, "HEAD~5", Compare::MergeBase).unwrap_err();
         assert!(matches!(e, GitError::Revision { .. }), "{e}");
+    }
+
+    /// Regression (serve sweep 02): a remote answering 401 made gix ask for a user name and
+    /// password on the terminal (a server's build waited there until its deadline), or fail
+    /// naming /dev/tty. The clone fails at once, saying what the remote wants.
+    #[test]
+    fn a_remote_that_wants_credentials_fails_the_clone_without_asking() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(8) {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}/team/app.git");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dest = tmp.path().join("w");
+        std::thread::spawn(move || {
+            let _ = tx.send(clone_shallow(&url, "", &dest));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the clone ends without an answer from a terminal")
+            .unwrap_err();
+        assert!(e.contains("HTTP 401"), "{e}");
+        assert!(!e.contains("/dev/tty"), "{e}");
     }
 
     /// Regression (monorepo sweep 08): `--changed-since main` on a feature branch compared the

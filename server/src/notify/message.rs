@@ -100,7 +100,9 @@ pub fn message(build: &Build, outcome: Outcome, base_url: &str) -> Message {
     let text = lines.join("\n") + "\n";
 
     let json = json!({
-        "text": text,
+        // Slack reads `<...>` in a message's text as a mention or a link and `&` as an entity: a
+        // commit message's `<!channel>` pinged a whole channel. Escaped as Slack says to.
+        "text": slack_escaped(&text),
         "project": build.project,
         "number": build.number,
         "result": build.status.as_str(),
@@ -120,6 +122,21 @@ pub fn message(build: &Build, outcome: Outcome, base_url: &str) -> Message {
     }
 }
 
+/// `text` with the three characters Slack's message formatting gives meaning to escaped
+/// (api.slack.com, "Escaping text"): `&`, `<` and `>`.
+fn slack_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +153,25 @@ mod tests {
 
         let m = message(&build(), Outcome::StillFailing, "http://ci.example");
         assert_eq!(m.subject, "forge: myproj #12 still failing (main, 1a2b3c4)");
+    }
+
+    /// Regression (serve sweep 03): a commit message's `<!channel>` and `<url|text>` reached
+    /// Slack as a mention of the whole channel and a disguised link.
+    #[test]
+    fn the_webhooks_text_is_escaped_as_slack_reads_it() {
+        let mut b = build();
+        b.message = Some("<!channel> see <https://evil.example/login|the build> & more".into());
+        let m = message(&b, Outcome::Broken, "http://ci.example");
+        let slack = m.json["text"].as_str().unwrap();
+        assert!(
+            slack.contains(
+                "&lt;!channel&gt; see &lt;https://evil.example/login|the build&gt; &amp; more"
+            ),
+            "{slack}"
+        );
+        assert!(!slack.contains('<') && !slack.contains('>'), "{slack}");
+        // The mail's plain text says it as written.
+        assert!(m.text.contains("<!channel> see"), "{}", m.text);
     }
 
     #[test]
@@ -220,7 +256,7 @@ mod tests {
                 "url"
             ]
         );
-        assert_eq!(j["text"], m.text.as_str());
+        assert_eq!(j["text"], slack_escaped(&m.text).as_str());
         assert_eq!(j["project"], "myproj");
         assert_eq!(j["number"], 12);
         assert_eq!(j["result"], "failed");
