@@ -96,7 +96,9 @@ pub struct Session {
 impl Session {
     /// Opens (creating if needed) the store at `options.root` and its snapshotter.
     pub fn open(options: SessionOptions) -> Result<Session, BuildError> {
-        let root = options.root;
+        // Absolute, so that the paths a runner hands on (containerd's binds and step directories,
+        // which runc would resolve inside a task's bundle) name the store whatever the directory.
+        let root = std::path::absolute(&options.root).unwrap_or(options.root);
         let store = Store::open(&root)
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
         // A new store's metadata file is made beside the build, not by its commit at the end
@@ -186,9 +188,12 @@ impl Session {
                     .clone()
                     .map(ContainerdConfig::new)
                     .or_else(ContainerdConfig::from_env)
-                    // Cache mounts belong to the store, as with the embedded runner.
+                    // Cache mounts and the steps' scratch belong to the store, as with the
+                    // embedded runner: a shared temporary directory's `forge-containerd-steps`
+                    // could be another user's, who then wrote the steps' /etc/hosts.
                     .map(|config| ContainerdConfig {
                         cache_root: self.root.join("cache-mounts"),
+                        state_dir: self.root.join("containerd-steps"),
                         ..config
                     })
                     .ok_or_else(|| {

@@ -205,6 +205,34 @@ pub(crate) fn create_dir_all(path: &Path) -> Result<(), ContainerdError> {
         .map_err(|e| ContainerdError::io("cannot create directory", path, e))
 }
 
+/// Makes the directory that holds the steps' scratch (their /etc files, output pipes and
+/// secrets) and keeps it forge's own: one another user owns is refused (in a shared temporary
+/// directory it could be made first, and its owner could swap a step's files), and it is made
+/// 0700.
+pub(crate) fn private_dir(path: &Path) -> Result<(), ContainerdError> {
+    use std::os::unix::fs::MetadataExt;
+    create_dir_all(path)?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| ContainerdError::io("cannot look at", path, e))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != euid {
+        return Err(ContainerdError::io(
+            "refusing the steps' scratch directory",
+            path,
+            std::io::Error::other(format!(
+                "it is owned by uid {} (not this user, {euid}) or is no directory: remove it, or                  point TMPDIR (or the store) elsewhere",
+                meta.uid()
+            )),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ContainerdError::io("cannot chmod", path, e))?;
+    }
+    Ok(())
+}
+
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContainerdError> {
     std::fs::write(path, content).map_err(|e| ContainerdError::io("cannot write", path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -215,6 +243,30 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ContainerdEr
 mod tests {
     use super::*;
     use forge_snapshotter::Mount;
+
+    /// Regression (containerd sweep 02): the steps' scratch went to `$TMPDIR/forge-containerd-steps`
+    /// whoever owned it, and a user who made it first swapped a root build's /etc/hosts. One
+    /// another user owns is refused; forge's own is made 0700.
+    #[test]
+    fn the_steps_scratch_directory_is_forges_own() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&mine).unwrap();
+        assert_eq!(std::fs::metadata(&mine).unwrap().mode() & 0o7777, 0o700);
+        private_dir(&dir.path().join("made/below")).unwrap();
+        if !forge_testsupport::is_root() {
+            return;
+        }
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let e = private_dir(&theirs).unwrap_err().to_string();
+        assert!(e.contains("uid 65534"), "{e}");
+    }
 
     #[test]
     fn stubs_are_removed_only_when_empty_and_new() {

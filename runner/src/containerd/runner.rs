@@ -133,7 +133,7 @@ impl ContainerdRunner {
         let n = STEPS.fetch_add(1, Ordering::Relaxed);
         let id = format!("forge-{}-{n}-{}", std::process::id(), unique_suffix());
         let step_dir = self.config.state_dir.join(&id);
-        mounts::create_dir_all(&self.config.state_dir)?;
+        mounts::private_dir(&self.config.state_dir)?;
         mounts::create_dir(&step_dir, 0o711)?;
         let mut step = StepResources {
             conn: self.conn.clone(),

@@ -64,12 +64,23 @@ pub(crate) struct SpecInput<'a> {
     pub shm_size: u64,
 }
 
+/// An OCI mount. A bind's source is made absolute first: runc resolves a relative one inside
+/// the task's bundle directory (`--mount=type=bind` of a context given as `.` showed the step
+/// its own config.json and rootfs).
 pub(crate) fn mount(
     destination: &str,
     kind: &str,
     source: &str,
     options: &[&str],
 ) -> Result<OciMount, ContainerdError> {
+    let source = if kind == "bind" && !source.starts_with('/') {
+        std::path::absolute(source)
+            .map_err(|e| ContainerdError::Spec(format!("mount {destination}: {source}: {e}")))?
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        source.to_string()
+    };
     MountBuilder::default()
         .destination(destination)
         .typ(kind)
