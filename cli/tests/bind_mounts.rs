@@ -565,3 +565,37 @@ fn a_mount_below_a_bound_directory_cannot_be_written_through_the_bind() {
         assert_eq!(fingerprint(&ctx), before, "{name}");
     }
 }
+
+/// Regression (containerd sweep 01): a context given relative to the working directory (`forge
+/// build --runner containerd .`) went to containerd as it was, and runc resolved it inside the
+/// task's bundle: the step's bind of the context showed its own config.json and rootfs.
+#[test]
+fn a_relative_context_is_bound_as_itself_by_the_containerd_runner() {
+    if !forge_testsupport::root("the containerd runner is driven as root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(address) = forge_testsupport::containerd().map(|a| a.display().to_string()) else {
+        return;
+    };
+    let scratch = Scratch::new(None);
+    let ctx = scratch.path("ctx-relative");
+    write(&ctx, "sub/a.txt", "alpha\n", 0o644);
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!(
+            "FROM {busybox}\n\
+             RUN --mount=type=bind,target=/ctx ls /ctx > /listed\n\
+             RUN --mount=type=bind,source=sub,target=/sub cat /sub/a.txt > /sub.txt\n"
+        ),
+        0o644,
+    );
+    let out = scratch.path("out-relative");
+    let o = scratch.build(Who::Containerd(&address), Path::new("ctx-relative"), &out);
+    built("containerd, relative context", &o);
+    assert_eq!(read(&out.join("listed")), "Dockerfile\nsub\n");
+    assert_eq!(read(&out.join("sub.txt")), "alpha\n");
+}

@@ -142,6 +142,76 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Regression (cache sweep 01): under the chroot isolation (root in a default docker container)
+/// a step replaced its cache mount with a symlink, `rm -rf /cache && ln -s /root/.docker /cache`:
+/// the link came back as the cache, naming the host's path, and `--cache-to ...,mounts=true`
+/// packed what it named (the runner's registry credentials) into the exported cache. A later step
+/// mounting the cache would have been given the host's directory.
+#[test]
+fn a_cache_mount_a_step_replaced_with_a_symlink_never_reaches_the_host() {
+    if !prerequisites() {
+        return;
+    }
+    let b = Bench::new();
+    let host = b.path().join("host-secrets");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("config.json"), "RUNNER-CREDENTIAL-MARK\n").unwrap();
+    let ctx = b.context(
+        "swap",
+        &format!(
+            "{BASE}RUN --mount=type=cache,id=deps,target=/cache rm -rf /cache && ln -s {} /cache\n",
+            host.display()
+        ),
+        &[],
+    );
+    let cache = b.path().join("cache");
+    let out = b.forge(
+        &[
+            "--isolation=chroot",
+            "--cache-to",
+            &format!("type=local,dest={},mode=max,mounts=true", cache.display()),
+        ],
+        &ctx,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for blob in std::fs::read_dir(cache.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let bytes = std::fs::read(blob.path()).unwrap();
+        let plain = zstd::decode_all(&bytes[..]).unwrap_or(bytes);
+        assert!(
+            !contains(&plain, b"RUNNER-CREDENTIAL-MARK"),
+            "{} holds the host's file",
+            blob.path().display()
+        );
+    }
+    // The next step that mounts the cache gets an empty one, not the host's directory.
+    let ctx = b.context(
+        "after-swap",
+        &format!("{BASE}RUN --mount=type=cache,id=deps,target=/cache ls -A /cache > /listed\n"),
+        &[],
+    );
+    let dest = b.path().join("after-swap-out");
+    for isolation in ["--isolation=chroot", "--isolation=auto"] {
+        let out = b.forge(
+            &[
+                isolation,
+                "--no-cache",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+            ],
+            &ctx,
+        );
+        assert!(out.status.success(), "{isolation}: {}", text(&out.stderr));
+        assert_eq!(
+            std::fs::read_to_string(dest.join("listed")).unwrap(),
+            "",
+            "{isolation}"
+        );
+    }
+}
+
 #[test]
 fn a_context_symlink_to_a_host_file_is_resolved_inside_the_context() {
     if !prerequisites() {

@@ -25,7 +25,8 @@ pub fn export_mounts(
     let mut out = Vec::new();
     for id in ids {
         let (dir, lock) = shared_instance(cache_root, id);
-        if !dir.is_dir() {
+        // Only a directory is packed, never what a link there names (a step may have left one).
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|md| md.is_dir()) {
             continue;
         }
         // A `locked` step of another build holds it exclusively while it writes.

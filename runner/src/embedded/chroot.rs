@@ -215,7 +215,16 @@ fn fill(plan: &Plan, staging: &mut Staging) -> Result<(), String> {
 pub(crate) fn unstage(staging: Staging) {
     for item in &staging.items {
         if let Some(cache) = &item.restore_to {
-            let _ = fs::rename(staging.dir.join(&item.name), cache);
+            let back = staging.dir.join(&item.name);
+            // What the step left at its cache's place goes back only as a directory: a symlink
+            // it made there (to `/root/.docker`) would name the host's path once outside the
+            // root. The cache then starts empty next time.
+            match fs::symlink_metadata(&back) {
+                Ok(md) if md.is_dir() => {
+                    let _ = fs::rename(&back, cache);
+                }
+                _ => {}
+            }
         }
     }
     let _ = fs::remove_dir_all(&staging.dir);

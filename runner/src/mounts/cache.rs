@@ -114,7 +114,16 @@ pub(crate) async fn acquire(
             }
         }
     };
-    if !dir.exists() {
+    // An instance is a directory. A step under the chroot isolation may leave its cache's place
+    // as something else (a symlink to `/root/.docker` made inside its root names the host's when
+    // it comes back): that is never bound or packed, it is replaced by a new, empty instance.
+    if let Ok(md) = fs::symlink_metadata(&dir)
+        && !md.is_dir()
+    {
+        fs::remove_file(&dir)
+            .map_err(io_err("remove a cache instance that is no directory", &dir))?;
+    }
+    if fs::symlink_metadata(&dir).is_err() {
         let (base, dir2) = (base.clone(), dir.clone());
         let (uid, gid, mode) = (create.uid, create.gid, create.mode);
         let seed = create.seed.cloned();
