@@ -1101,3 +1101,44 @@ fn c5_records_without_their_layers_epoch_are_not_used_by_a_build_with_one() {
     let (ran, cached) = steps(&out);
     assert!(ran.is_empty() && cached.len() == 3, "{ran:?} {cached:?}");
 }
+
+/// Regression (cache sweep 02): a cache written by a build that did not push holds the store's
+/// zstd layers, and a cache-served `--push` sent them as they were (mounted from the cache's
+/// repository): docker 20.10 could not pull the image, and it was another image than a cold push
+/// makes. They are re-encoded as any layer that leaves the store: gzip, the same image as cold.
+#[test]
+fn a_push_served_from_a_cache_of_zstd_layers_sends_gzip_as_a_cold_push_does() {
+    let Some(w) = world() else { return };
+    let ctx = w.context("ctx-zstd", "zstd cache\n");
+    let cache = format!("type=registry,ref={}", w.reference("zc/cache:main"));
+    let epoch = Some("1700000000");
+    build_with_epoch(&w, "zc-one", &ctx, epoch, &["--cache-to", &cache]);
+    let warm = w.reference("zc/app:warm");
+    let (warm_built, out) = build_with_epoch(
+        &w,
+        "zc-two",
+        &ctx,
+        epoch,
+        &["--cache-from", &cache, "-t", &warm, "--push"],
+    );
+    let (_, cached) = steps(&out);
+    assert!(
+        !cached.is_empty(),
+        "the cache served nothing: {}",
+        printed(&out)
+    );
+    let cold = w.reference("zc/app:cold");
+    let (cold_built, _) = build_with_epoch(&w, "zc-three", &ctx, epoch, &["-t", &cold, "--push"]);
+    let types: Vec<String> = w.manifest("zc/app", "warm")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect();
+    assert!(types.iter().all(|t| t.ends_with("gzip")), "{types:?}");
+    assert_eq!(warm_built.manifest, cold_built.manifest);
+    assert_eq!(
+        digest_of_tag(&w, "zc/app", "warm"),
+        digest_of_tag(&w, "zc/app", "cold")
+    );
+}

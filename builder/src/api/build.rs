@@ -524,6 +524,16 @@ impl Session {
             None => layers,
         };
         let layers = if recompress {
+            // A layer a registry cache served is fetched before it is re-encoded.
+            let fetch: Vec<_> = layers
+                .iter()
+                .filter(|l| export::needs_compression(l, compression))
+                .map(|l| l.digest.clone())
+                .collect();
+            remote
+                .ensure(&self.store, &fetch)
+                .await
+                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
             export::with_compression(&self.store, &layers, compression).await?
         } else {
             layers

@@ -15,7 +15,10 @@ use crate::ops::Layer;
 
 /// The layers as the export asks for them: layers this build made (or took from the cache) in
 /// another compression are re-encoded into the store (same diff_id, new blob); base image layers
-/// are kept as the registry has them, so pushes can still mount them.
+/// are kept as the registry has them, so pushes can still mount them. A layer a registry cache
+/// served has a source too (the cache's repository), but it is the build's own: a cache written
+/// by a build that did not push holds zstd layers, which a push sent as they were (docker 20.10
+/// cannot pull them, and the image was another than a cold push makes).
 pub async fn with_compression(
     store: &Store,
     layers: &[Layer],
@@ -24,10 +27,7 @@ pub async fn with_compression(
     let want = to.media_type();
     let mut out = Vec::with_capacity(layers.len());
     for l in layers {
-        let same = forge_snapshotter::compress::Compression::from_media_type(&l.media_type)
-            .map(|c| c.media_type() == want)
-            .unwrap_or(true);
-        if same || l.source.is_some() {
+        if !needs_compression(l, to) {
             out.push(l.clone());
             continue;
         }
@@ -61,6 +61,17 @@ pub async fn with_compression(
         out.push(converted);
     }
     Ok(out)
+}
+
+/// Whether [`with_compression`] re-encodes `layer` for `to` (its blob must then be in the store).
+pub fn needs_compression(layer: &Layer, to: forge_snapshotter::compress::Compression) -> bool {
+    let same = forge_snapshotter::compress::Compression::from_media_type(&layer.media_type)
+        .map(|c| c.media_type() == to.media_type())
+        .unwrap_or(true);
+    // A base image's layer is one no step made: it has no step's time nor mtimes.
+    let base = layer.created.is_none() && layer.mtimes.is_none();
+    let kept_as_pulled = layer.source.is_some() && base;
+    !(same || kept_as_pulled)
 }
 
 /// The image an output's result makes: its config (with `labels` added) over its layers.

@@ -17,8 +17,8 @@ use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifestBuild
 use sha2::Digest as _;
 
 pub use image::{
-    image_records, make_image, push_image, record_image, stored_for_push, with_compression,
-    write_image_blobs,
+    image_records, make_image, needs_compression, push_image, record_image, stored_for_push,
+    with_compression, write_image_blobs,
 };
 pub use local::export_local;
 pub use restamp::{Restamped, restamp, restamps_needed};
