@@ -1142,3 +1142,53 @@ fn a_push_served_from_a_cache_of_zstd_layers_sends_gzip_as_a_cold_push_does() {
         digest_of_tag(&w, "zc/app", "cold")
     );
 }
+
+/// Regression (cache sweep 03): `mounts=true` carried a cache mount's files but not its own
+/// directory's owner and mode: runner two's cache was `root 0755` where the Dockerfile's mount
+/// makes it `uid=1000,mode=0700`, and a step of that user could not write to it.
+#[test]
+fn a_cache_mount_carried_to_runner_two_keeps_its_owner_and_mode() {
+    let Some(w) = world() else { return };
+    let ctx = w.path("ctx-owned");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nARG SALT=0\n\
+             RUN --mount=type=cache,id=owned,target=/c,uid=1000,gid=1000,mode=0700 \
+             sh -c 'echo $SALT > /c/seen-by-$SALT; stat -c \"%u %g %a\" /c > /mode; ls /c > /listed'\n",
+            w.base
+        ),
+    )
+    .unwrap();
+    let cache = format!("type=registry,ref={}", w.reference("owned/cache:main"));
+    let out = w.build(
+        "owned-one",
+        &ctx,
+        &["--cache-to", &format!("{cache},mode=max,mounts=true")],
+    );
+    assert_ok("runner one", &out);
+    let dest = w.path("owned-out");
+    let out = w.build(
+        "owned-two",
+        &ctx,
+        &[
+            "--build-arg",
+            "SALT=1",
+            "--cache-from",
+            &cache,
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert_ok("runner two", &out);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("listed")).unwrap(),
+        "seen-by-0\nseen-by-1\n",
+        "runner two got runner one's file and wrote its own"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("mode")).unwrap(),
+        "1000 1000 700\n"
+    );
+}

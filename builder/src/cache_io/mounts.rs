@@ -52,6 +52,16 @@ fn pack(dir: &Path, store: &Store) -> io::Result<(Digest, u64)> {
     let zstd = zstd::stream::write::Encoder::new(hashing, 3)?;
     let mut tar = tar::Builder::new(zstd);
     tar.follow_symlinks(false);
+    // The cache's own directory first, as `./`: its owner and mode (`uid=1000,mode=0700` of the
+    // Dockerfile's mount) go with its contents, or a step of that user on the next runner could
+    // not write to the cache it imported.
+    let mut root = tar::Header::new_gnu();
+    root.set_metadata_in_mode(&std::fs::symlink_metadata(dir)?, tar::HeaderMode::Complete);
+    root.set_entry_type(tar::EntryType::Directory);
+    root.set_size(0);
+    root.as_old_mut().name[..2].copy_from_slice(b"./");
+    root.set_cksum();
+    tar.append(&root, io::empty())?;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let mut names: Vec<_> = std::fs::read_dir(dir.join(&rel))?
@@ -165,7 +175,37 @@ fn unpack(store: &Store, digest: &Digest, dir: &Path) -> io::Result<()> {
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     // Owners are kept where this process may set them (root, or root of its user namespace).
-    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+    let root = nix::unistd::geteuid().is_root();
+    archive.set_preserve_ownerships(root);
     // Entries are checked to stay inside `dir` (no `..`, no writing through a symlink).
-    archive.unpack(dir)
+    // Directories are made last, as tar's own unpack makes them (a read-only one would refuse its
+    // files), and the cache's own directory (`./`) gives `dir` its owner and mode at the end.
+    let mut dirs = Vec::new();
+    let mut top = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if path
+            .components()
+            .all(|c| matches!(c, std::path::Component::CurDir))
+        {
+            let h = entry.header();
+            top = Some((h.mode()?, h.uid()?, h.gid()?));
+        } else if entry.header().entry_type().is_dir() {
+            dirs.push(entry);
+        } else {
+            entry.unpack_in(dir)?;
+        }
+    }
+    for mut d in dirs.into_iter().rev() {
+        d.unpack_in(dir)?;
+    }
+    if let Some((mode, uid, gid)) = top {
+        use std::os::unix::fs::PermissionsExt;
+        if root {
+            std::os::unix::fs::chown(dir, Some(uid as u32), Some(gid as u32))?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    Ok(())
 }
