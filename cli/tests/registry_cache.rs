@@ -1192,3 +1192,37 @@ fn a_cache_mount_carried_to_runner_two_keeps_its_owner_and_mode() {
         "1000 1000 700\n"
     );
 }
+
+/// Regression (cache sweep 06): `--cache-to` a registry that takes connections and never answers
+/// held the finished build for every request's read timeout and every try (11 minutes), though
+/// `ignore-error=true` made the export's failure a warning. Its first answer has a deadline now.
+#[test]
+fn a_cache_export_to_a_registry_that_never_answers_is_given_up() {
+    let Some(w) = world() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        // Connections are taken and kept, never answered.
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let ctx = w.context("ctx-silent", "silent\n");
+    let out = w.build(
+        "silent",
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={silent}/app/cache:main,ignore-error=true"),
+        ],
+    );
+    assert_ok("a build whose cache export is given up", &out);
+    assert!(
+        warnings(&out)
+            .iter()
+            .any(|w| w.contains("answered nothing within 30 s")),
+        "{:?}",
+        warnings(&out)
+    );
+}

@@ -262,6 +262,9 @@ pub struct ExportInput<'a> {
     pub mounts: Vec<MountRecord>,
 }
 
+/// How long a cache export waits for its registry's first answer before it is given up.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Writes the cache `target` asks for.
 pub async fn export_cache(
     target: &CacheExport,
@@ -379,6 +382,7 @@ pub async fn export_cache(
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            let config_digest = config_desc.digest.clone();
             let image = PushImage {
                 manifest: manifest_desc,
                 config: PushBlob {
@@ -400,6 +404,21 @@ pub async fn export_cache(
             };
             let name = reference.to_string();
             let tx = events.clone();
+            // A registry that takes connections and never answers held a finished build for
+            // every request's read timeout and every try (11 minutes), `ignore-error` or not: it
+            // is asked first whether it has the config, and must answer within a deadline, as a
+            // cache import's manifest must.
+            let asked = tokio::time::timeout(
+                STALLED_AFTER,
+                registry.blob_exists(reference, &config_digest),
+            );
+            if asked.await.is_err() {
+                return Err(format!(
+                    "{reference}: the registry answered nothing within {} s; the cache was not \
+                     exported",
+                    STALLED_AFTER.as_secs()
+                ));
+            }
             let progress = move |event| {
                 tx.emit(BuildEvent::Push {
                     reference: name.clone(),
