@@ -135,6 +135,12 @@ impl ContainerdRunner {
         let step_dir = self.config.state_dir.join(&id);
         mounts::private_dir(&self.config.state_dir)?;
         mounts::create_dir(&step_dir, 0o711)?;
+        let live = step_dir.join(LIVE_LOCK);
+        let live = forge_snapshotter::lock::FileLock::acquire(
+            &live,
+            forge_snapshotter::lock::LockMode::Exclusive,
+        )
+        .map_err(|e| ContainerdError::io("cannot lock", &live, e))?;
         let mut step = StepResources {
             conn: self.conn.clone(),
             id: id.clone(),
@@ -144,6 +150,7 @@ impl ContainerdRunner {
             mounts: None,
             stubs: None,
             done: false,
+            _live: Some(live),
         };
         let result = async {
             let view = RootfsView::from_mounts(&rootfs);
@@ -332,6 +339,10 @@ struct StepResources {
     mounts: Option<PreparedMounts>,
     stubs: Option<Stubs>,
     done: bool,
+    /// Held while the step's container may exist: its step directory's `live.lock`, which says to
+    /// every forge sharing the store (whatever its PID namespace) that the container is not left
+    /// over.
+    _live: Option<forge_snapshotter::lock::FileLock>,
 }
 
 impl StepResources {
@@ -452,6 +463,8 @@ impl Drop for StepResources {
             mounts: self.mounts.take(),
             stubs: self.stubs.take(),
             done: false,
+            // The teardown still owns the container: it keeps the lock until it is done.
+            _live: self._live.take(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -468,11 +481,17 @@ impl Drop for StepResources {
     }
 }
 
+/// The lock a step's directory holds while its forge process runs the step.
+const LIVE_LOCK: &str = "live.lock";
+
 /// Takes down the step containers a forge process that is gone left behind (killed with SIGKILL
 /// mid-step, so no teardown ran: its task would run or sit stopped in containerd for good, its
 /// rootfs mount still pointing into the store), as that teardown would have: task killed and
-/// deleted, container deleted, step directory removed. Containers of a live process, of any
-/// program, and names not forge's own are left alone. Best effort: a build does not fail on it.
+/// deleted, container deleted, step directory removed. A container is this store's when its step
+/// directory is in `state_dir`, and left over when nobody holds that directory's lock: a process
+/// id said nothing to a forge in another PID namespace (a CI container sharing the host's
+/// containerd killed a running build's step). Containers of another store, of any program, and
+/// names not forge's own are left alone. Best effort: a build does not fail on it.
 async fn sweep_orphans(conn: &Connection, state_dir: &std::path::Path) {
     let Ok(list) = ContainersClient::new(conn.channel())
         .list(conn.request(ListContainersRequest { filters: vec![] }))
@@ -481,26 +500,25 @@ async fn sweep_orphans(conn: &Connection, state_dir: &std::path::Path) {
         return;
     };
     for container in list.into_inner().containers {
-        let Some(pid) = orphan_pid(&container.id) else {
+        if orphan_pid(&container.id).is_none() {
             continue;
-        };
-        let alive = pid == std::process::id()
-            || !matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
-                Err(nix::errno::Errno::ESRCH)
-            );
-        if alive {
+        }
+        let step_dir = state_dir.join(&container.id);
+        if !step_dir.is_dir()
+            || forge_snapshotter::lock::FileLock::is_held(&step_dir.join(LIVE_LOCK))
+        {
             continue;
         }
         let mut left = StepResources {
             conn: conn.clone(),
-            step_dir: state_dir.join(&container.id),
+            step_dir,
             id: container.id,
             container_created: true,
             task_created: true,
             mounts: None,
             stubs: None,
             done: false,
+            _live: None,
         };
         left.kill_and_wait().await;
         let _ = left.teardown().await;
