@@ -54,7 +54,9 @@ impl Request {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<redb::Database>,
+    /// The database; replaced by a new handle after an I/O error (see [`Store::reopen`]), `None`
+    /// while that fails.
+    db: Arc<std::sync::RwLock<Option<Arc<redb::Database>>>>,
     path: PathBuf,
     logs: PathBuf,
     artifacts: PathBuf,
@@ -79,13 +81,13 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         let db = redb::Database::create(&path).map_err(|e| err(&e))?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
             path: path.clone(),
             logs: dir.join("logs"),
             artifacts: dir.join("artifacts"),
         };
         {
-            let txn = store.db.begin_write().map_err(|e| err(&e))?;
+            let txn = store.begin_write()?;
             txn.open_table(BUILDS).map_err(|e| err(&e))?;
             txn.open_table(NEXT).map_err(|e| err(&e))?;
             txn.open_table(DELIVERIES).map_err(|e| err(&e))?;
@@ -95,6 +97,68 @@ impl Store {
         }
         let requeued = store.recover()?;
         Ok((store, requeued))
+    }
+
+    /// The database handle, reopened first when an I/O error closed it.
+    fn handle(&self) -> Result<Arc<redb::Database>, StoreError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(db);
+        }
+        self.reopen(None)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let db = self.handle()?;
+        match db.begin_write() {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                let db = self.reopen(Some(db))?;
+                db.begin_write().map_err(|e| self.err(e))
+            }
+            other => other.map_err(|e| self.err(e)),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let db = self.handle()?;
+        match db.begin_read() {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                let db = self.reopen(Some(db))?;
+                db.begin_read().map_err(|e| self.err(e))
+            }
+            other => other.map_err(|e| self.err(e)),
+        }
+    }
+
+    /// After an I/O error (a full disk) redb refuses every later transaction until the database
+    /// is opened again: the server could record nothing more, so a finished build stayed
+    /// "running" for ever, even once space was back. The handle `failed` is replaced by a new one
+    /// (unless another caller did so already); transactions still open on the old one keep its
+    /// file for a moment, so the opening is tried for a few seconds.
+    fn reopen(
+        &self,
+        failed: Option<Arc<redb::Database>>,
+    ) -> Result<Arc<redb::Database>, StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        match (&*slot, &failed) {
+            (Some(now), Some(failed)) if !Arc::ptr_eq(now, failed) => return Ok(now.clone()),
+            (Some(now), None) => return Ok(now.clone()),
+            _ => {}
+        }
+        *slot = None;
+        drop(failed);
+        let mut tries = 0;
+        let db = loop {
+            match redb::Database::create(&self.path) {
+                Ok(db) => break Arc::new(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(self.err(format!("opening it again after an I/O error: {e}"))),
+            }
+        };
+        *slot = Some(db.clone());
+        Ok(db)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -170,7 +234,7 @@ impl Store {
         trigger: Trigger,
         r: Request,
     ) -> Result<Build, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.begin_write()?;
         let build = {
             let mut next = txn.open_table(NEXT).map_err(|e| self.err(e))?;
             let number = next
@@ -213,7 +277,7 @@ impl Store {
 
     /// Records `b` as it is now.
     pub fn put(&self, b: &Build) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.begin_write()?;
         {
             let json = serde_json::to_vec(b).expect("a build serialises");
             let mut builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
@@ -233,7 +297,7 @@ impl Store {
 
     /// The queued builds, in the order they were queued.
     pub fn queued(&self) -> Result<Vec<Build>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let queued = txn.open_table(QUEUED).map_err(|e| self.err(e))?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -252,7 +316,7 @@ impl Store {
 
     /// Build `n` of `project`.
     pub fn get(&self, project: &str, n: u64) -> Result<Option<Build>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         let v = builds.get((project, n)).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
@@ -260,7 +324,7 @@ impl Store {
 
     /// The builds of `project`, newest first, at most `limit`.
     pub fn list(&self, project: &str, limit: usize) -> Result<Vec<Build>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for entry in builds
@@ -281,7 +345,7 @@ impl Store {
 
     /// Every build of every project, by project and number.
     pub fn all(&self) -> Result<Vec<Build>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for entry in builds.iter().map_err(|e| self.err(e))? {
@@ -300,7 +364,7 @@ impl Store {
         let Some(this) = self.get(project, n)? else {
             return Ok(None);
         };
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         for entry in builds
             .range((project, 0)..(project, n))
@@ -321,7 +385,7 @@ impl Store {
 
     /// Records the base images `project`'s Dockerfiles build FROM now.
     pub fn set_bases(&self, project: &str, bases: &[String]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.begin_write()?;
         {
             let json = serde_json::to_vec(bases).expect("names serialise");
             let mut t = txn.open_table(BASES).map_err(|e| self.err(e))?;
@@ -333,7 +397,7 @@ impl Store {
 
     /// The base images `project`'s last build read from its Dockerfiles.
     pub fn bases(&self, project: &str) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(BASES).map_err(|e| self.err(e))?;
         let v = t.get(project).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok())
@@ -343,7 +407,7 @@ impl Store {
     /// Records the keys of one delivery (its id, its body's digest); the first of them recorded
     /// before (a replay) when there is one, and then nothing is recorded.
     pub fn first_delivery(&self, keys: &[&str]) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.begin_write()?;
         let seen = {
             let mut d = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
             let mut seen = None;
@@ -369,6 +433,51 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::JobRecord;
+
+    /// Regression (serve sweep 01): after one moment of a full disk redb refused every later
+    /// transaction ("Previous I/O error occurred"), even once space was back: no build could be
+    /// queued or recorded until a restart. The database is opened again.
+    #[test]
+    fn a_full_disk_for_a_moment_leaves_the_store_writable_once_space_is_back() {
+        if !forge_testsupport::root("the test mounts a small tmpfs") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let (s, _) = Store::open(dir.path()).unwrap();
+        s.enqueue("a", Trigger::Api, Request::default()).unwrap();
+        // The disk fills up: writes fail, as they must.
+        let filler = dir.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        drop(f);
+        let mut failed = false;
+        for _ in 0..50 {
+            if s.enqueue("a", Trigger::Api, Request::default()).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a full disk refused no write");
+        std::fs::remove_file(&filler).unwrap();
+        let b = s
+            .enqueue("a", Trigger::Api, Request::default())
+            .expect("the store writes again once space is back");
+        assert!(s.get("a", b.number).unwrap().is_some());
+    }
 
     #[test]
     fn numbers_are_per_project_and_a_restart_requeues_what_ran() {
