@@ -113,7 +113,9 @@ impl Stubs {
         let writable = view.writable()?.to_path_buf();
         let mut created = Vec::new();
         for destination in destinations {
+            // Where runc makes it: through the rootfs's links (Debian's /var/run is /run).
             let destination = normalize(destination);
+            let destination = view.resolve(&destination).unwrap_or(destination);
             let mut top = None;
             for ancestor in destination.ancestors() {
                 if ancestor == Path::new("/") || view.exists(ancestor) {
@@ -304,6 +306,51 @@ mod tests {
         assert!(upper.join("cache/kept").exists());
         // /etc existed in the lower layer: its copy-up directory is not a stub.
         assert!(upper.join("etc").exists());
+    }
+
+    /// Regression (containerd sweep 04): on Debian `/var/run` is a link to `/run`, and runc makes a
+    /// mount point at `/var/run/secrets/tok` in `/run/secrets/`: the stubs were looked for at the
+    /// unresolved path, and an empty `run/secrets/tok` stayed in the image.
+    #[test]
+    fn stubs_are_found_where_the_rootfs_links_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        let upper = dir.path().join("upper");
+        std::fs::create_dir_all(lower.join("run")).unwrap();
+        std::fs::create_dir_all(lower.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", lower.join("var/run")).unwrap();
+        std::fs::create_dir_all(lower.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", lower.join("lib")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let view = RootfsView::from_mounts(&[Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.display()),
+                format!("upperdir={}", upper.display()),
+            ],
+        }])
+        .unwrap();
+        assert_eq!(
+            view.resolve(Path::new("/var/run/secrets/tok")).unwrap(),
+            Path::new("/run/secrets/tok")
+        );
+        assert_eq!(
+            view.resolve(Path::new("/lib/ccache")).unwrap(),
+            Path::new("/usr/lib/ccache")
+        );
+        let stubs = Stubs::find(
+            &view,
+            [Path::new("/var/run/secrets/tok"), Path::new("/lib/ccache")],
+        )
+        .unwrap();
+        // What runc makes, through the links.
+        std::fs::create_dir_all(upper.join("run/secrets")).unwrap();
+        std::fs::write(upper.join("run/secrets/tok"), "").unwrap();
+        std::fs::create_dir_all(upper.join("usr/lib/ccache")).unwrap();
+        stubs.remove().unwrap();
+        assert!(!upper.join("run/secrets").exists());
+        assert!(!upper.join("usr/lib/ccache").exists());
     }
 
     #[test]

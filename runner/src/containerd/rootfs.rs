@@ -81,6 +81,59 @@ impl RootfsView {
         None
     }
 
+    /// `path` (absolute, inside the container) with every symlink on its way followed inside the
+    /// rootfs, as runc resolves a mount's destination: `/var/run/secrets/x` on Debian is
+    /// `/run/secrets/x`. The part below the first missing entry is kept as written. `None` past
+    /// [`MAX_SYMLINK_HOPS`] links.
+    pub(crate) fn resolve(&self, path: &Path) -> Option<PathBuf> {
+        let mut pending: Vec<std::ffi::OsString> = normalize(path)
+            .components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                _ => None,
+            })
+            .collect();
+        let mut resolved = PathBuf::from("/");
+        let mut hops = 0;
+        let mut missing = false;
+        while let Some(name) = pending.pop() {
+            let next = resolved.join(&name);
+            if missing {
+                resolved = next;
+                continue;
+            }
+            let Some(found) = self.find_entry(&next) else {
+                missing = true;
+                resolved = next;
+                continue;
+            };
+            match std::fs::read_link(&found) {
+                Ok(target) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return None;
+                    }
+                    if target.is_absolute() {
+                        resolved = PathBuf::from("/");
+                    }
+                    pending.extend(target.components().rev().filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    }));
+                }
+                Err(_) => resolved = next,
+            }
+            // `..` from a link's target climbs, never above the root.
+            while pending.last().is_some_and(|n| n == "..") {
+                pending.pop();
+                resolved.pop();
+            }
+        }
+        Some(resolved)
+    }
+
     pub(crate) fn exists(&self, path: &Path) -> bool {
         self.find_entry(&normalize(path)).is_some()
     }
