@@ -79,3 +79,45 @@ fn a_forge_in_another_pid_namespace_leaves_a_running_builds_step_alone() {
         printed(&out)
     );
 }
+
+/// Regression (containerd sweep 05): with the same Dockerfile and SOURCE_DATE_EPOCH the two
+/// runners gave two images: every containerd RUN layer also held `etc/` (and `var/` below a
+/// cache mount's target), which runc's mount points had copied up into the step's layer.
+#[test]
+fn both_runners_make_the_same_image() {
+    if !forge_testsupport::root("the containerd runner is driven as root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let Some(address) = forge_testsupport::containerd() else {
+        return;
+    };
+    let dir = forge_testsupport::scratch("forge-ctrd-same");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {busybox}\n\
+             RUN mkdir -p /app && echo built > /app/f\n\
+             RUN --mount=type=cache,target=/var/cache/pkgs touch /var/cache/pkgs/p && echo done > /done\n"
+        ),
+    )
+    .unwrap();
+    let id = |runner: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+            .args(["build", "-q", "--runner", runner, "--root"])
+            .arg(dir.path().join(format!("store-{runner}")))
+            .arg(&ctx)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("CONTAINERD_ADDRESS", &address)
+            .env_remove("FORGE_ROOT")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{runner}: {}", printed(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(id("containerd"), id("embedded"));
+}

@@ -103,6 +103,10 @@ pub(crate) struct Stubs {
     writable: PathBuf,
     /// (mount destination, its topmost ancestor that was missing), both absolute in the container.
     created: Vec<(PathBuf, PathBuf)>,
+    /// Directories above a destination that the rootfs had (`/etc` above `/etc/hosts`), with
+    /// their mode and owner: runc's making of the mount point copies them up into the writable
+    /// layer, where they would be in the step's layer though the step did not touch them.
+    copied_up: Vec<(PathBuf, (u32, u32, u32))>,
 }
 
 impl Stubs {
@@ -112,6 +116,7 @@ impl Stubs {
     ) -> Option<Stubs> {
         let writable = view.writable()?.to_path_buf();
         let mut created = Vec::new();
+        let mut copied_up: Vec<(PathBuf, (u32, u32, u32))> = Vec::new();
         for destination in destinations {
             // Where runc makes it: through the rootfs's links (Debian's /var/run is /run).
             let destination = normalize(destination);
@@ -123,11 +128,29 @@ impl Stubs {
                 }
                 top = Some(ancestor.to_path_buf());
             }
+            for ancestor in destination.ancestors().skip(1) {
+                if ancestor == Path::new("/") || copied_up.iter().any(|(d, _)| d == ancestor) {
+                    continue;
+                }
+                // Only what a lower layer holds is a copy-up (not what this layer had already).
+                if let Some(found) = view.find(ancestor)
+                    && !found.starts_with(&writable)
+                    && let Ok(md) = std::fs::symlink_metadata(&found)
+                    && md.is_dir()
+                {
+                    use std::os::unix::fs::MetadataExt;
+                    copied_up.push((ancestor.to_path_buf(), (md.mode(), md.uid(), md.gid())));
+                }
+            }
             if let Some(top) = top {
                 created.push((destination, top));
             }
         }
-        Some(Stubs { writable, created })
+        Some(Stubs {
+            writable,
+            created,
+            copied_up,
+        })
     }
 
     /// Removes, from the writable layer, each stub that is still an empty file or directory, and the
@@ -161,8 +184,46 @@ impl Stubs {
                 }
             }
         }
+        // A copied-up directory the step left as it was (empty in this layer: no file of its own,
+        // no whiteout; same mode and owner) is no change of the step's.
+        let mut copied = self.copied_up.clone();
+        copied.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+        for (dir, (mode, uid, gid)) in &copied {
+            use std::os::unix::fs::MetadataExt;
+            let Some(host) = host_path(&self.writable, dir) else {
+                continue;
+            };
+            let Ok(md) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            let empty = std::fs::read_dir(&host).is_ok_and(|mut d| d.next().is_none());
+            let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+                .iter()
+                .any(|name| has_xattr(&host, name));
+            if md.is_dir()
+                && empty
+                && !opaque
+                && (md.mode(), md.uid(), md.gid()) == (*mode, *uid, *gid)
+            {
+                let _ = std::fs::remove_dir(&host);
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether `path` (not followed if a link) has the extended attribute `name`.
+fn has_xattr(path: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(path), Ok(name)) = (
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: both are NUL-terminated strings that outlive the call; a zero-length buffer asks
+    // only for the value's size.
+    unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
 /// `path` (absolute in the container) inside `layer`, or `None` when an intermediate component is not
@@ -304,8 +365,44 @@ mod tests {
         assert!(!upper.join("etc/hosts").exists());
         assert!(!upper.join("run").exists());
         assert!(upper.join("cache/kept").exists());
-        // /etc existed in the lower layer: its copy-up directory is not a stub.
-        assert!(upper.join("etc").exists());
+        // /etc existed in the lower layer: its copy-up directory, empty and as the lower's, is
+        // no change of the step's either (containerd sweep 05: every containerd RUN layer held
+        // `etc/`, and its image differed from the embedded runner's).
+        assert!(!upper.join("etc").exists());
+    }
+
+    /// A copied-up directory the step did change (a file of its own, another mode) stays.
+    #[test]
+    fn a_copied_up_directory_the_step_changed_stays() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        let upper = dir.path().join("upper");
+        for d in ["etc", "var/cache"] {
+            std::fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        std::fs::write(lower.join("etc/hosts"), "").unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let view = RootfsView::from_mounts(&[Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.display()),
+                format!("upperdir={}", upper.display()),
+            ],
+        }])
+        .unwrap();
+        let stubs =
+            Stubs::find(&view, [Path::new("/etc/hosts"), Path::new("/var/cache/c")]).unwrap();
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/mine"), "x").unwrap();
+        std::fs::create_dir_all(upper.join("var/cache/c")).unwrap();
+        std::fs::set_permissions(upper.join("var"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        stubs.remove().unwrap();
+        assert!(upper.join("etc/mine").exists());
+        assert!(!upper.join("var/cache").exists(), "an unchanged copy-up");
+        assert!(upper.join("var").exists(), "its mode changed");
     }
 
     /// Regression (containerd sweep 04): on Debian `/var/run` is a link to `/run`, and runc makes a

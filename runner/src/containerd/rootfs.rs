@@ -61,24 +61,9 @@ impl RootfsView {
     }
 
     /// The host path holding `path` (absolute, inside the container) as the mounted rootfs would show
-    /// it, following a symlink in the last component.
+    /// it, following every symlink on its way (`/etc/passwd` through a linked `/etc`).
     pub(crate) fn find(&self, path: &Path) -> Option<PathBuf> {
-        let mut wanted = normalize(path);
-        for _ in 0..MAX_SYMLINK_HOPS {
-            let found = self.find_entry(&wanted)?;
-            let meta = std::fs::symlink_metadata(&found).ok()?;
-            if !meta.file_type().is_symlink() {
-                return Some(found);
-            }
-            let target = std::fs::read_link(&found).ok()?;
-            wanted = if target.is_absolute() {
-                normalize(&target)
-            } else {
-                let parent = wanted.parent().unwrap_or(Path::new("/")).to_path_buf();
-                normalize(&parent.join(target))
-            };
-        }
-        None
+        self.find_entry(&self.resolve(path)?)
     }
 
     /// `path` (absolute, inside the container) with every symlink on its way followed inside the
