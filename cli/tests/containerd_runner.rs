@@ -121,3 +121,61 @@ fn both_runners_make_the_same_image() {
     };
     assert_eq!(id("containerd"), id("embedded"));
 }
+
+/// Regression (containerd sweep 06): a socket that takes the connection and never answers held
+/// the build for ever (and a signal did not end it); what answers without being containerd gave
+/// an error naming no socket. Both are refused within a deadline, naming the socket.
+#[test]
+fn a_socket_that_is_not_containerd_is_named_within_a_deadline() {
+    if !forge_testsupport::root("the containerd runner is driven as root") {
+        return;
+    }
+    let Some(busybox) = forge_testsupport::busybox_image() else {
+        return;
+    };
+    let dir = forge_testsupport::scratch("forge-ctrd-silent");
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {busybox}\nRUN true\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args([
+            "build",
+            "--progress=plain",
+            "--runner=containerd",
+            "--containerd-address",
+        ])
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.path().join("store"))
+        .arg(&ctx)
+        .env_remove("FORGE_ROOT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("forge still waits on a socket that never answers");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = printed(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&socket.display().to_string()), "{text}");
+    assert!(text.contains("did not answer"), "{text}");
+}

@@ -212,9 +212,11 @@ impl Session {
     }
 }
 
-/// Gives back what a build's runner holds (containerd's connection and lease).
+/// Gives back what a build's runner holds (containerd's lease), once the build's steps are over.
+/// Other holders of the runner (the build's executor) run nothing more: the lease goes now,
+/// whoever still holds a handle (it was kept whenever one did, 24 hours each build).
 pub(crate) async fn close_runner(runner: Arc<Backend>) {
-    if let Ok(Backend::Containerd(r)) = Arc::try_unwrap(runner) {
+    if let Backend::Containerd(r) = runner.as_ref() {
         let _ = r.close().await;
     }
 }

@@ -82,6 +82,11 @@ pub enum ContainerdError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// Nothing answered at the socket within the deadline, or what answered is no containerd.
+    #[error(
+        "containerd at {address} {what}: is it containerd's socket, and is containerd running?"
+    )]
+    NoAnswer { address: PathBuf, what: String },
     /// A gRPC call failed; `what` names the call and its object.
     #[error("containerd {what}: {status}")]
     Rpc {

@@ -37,6 +37,8 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// After the process exits, output still missing after this long is given up on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long containerd has to answer the connection and the lease's creation.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a killed task gets to report its exit before the backend deletes it anyway.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
@@ -58,10 +60,40 @@ static STEPS: AtomicU64 = AtomicU64::new(0);
 impl ContainerdRunner {
     /// Connects, checks that containerd answers, and takes the build's lease.
     pub async fn connect(config: ContainerdConfig) -> Result<Self, ContainerdError> {
-        let conn = Connection::connect(&config.address, &config.namespace).await?;
-        sweep_orphans(&conn, &config.state_dir).await;
+        // A socket that takes the connection and never answers held the build for ever (and
+        // what answers without being containerd, dockerd's socket, gave an error naming no
+        // socket): its first answers come within a deadline, as `ctr`'s do.
+        let no_answer = |what: String| ContainerdError::NoAnswer {
+            address: config.address.clone(),
+            what,
+        };
+        let conn = tokio::time::timeout(
+            CONNECT_DEADLINE,
+            Connection::connect(&config.address, &config.namespace),
+        )
+        .await
+        .map_err(|_| {
+            no_answer(format!(
+                "did not answer within {} s",
+                CONNECT_DEADLINE.as_secs()
+            ))
+        })??;
         let lease_id = format!("forge-{}-{}", std::process::id(), unique_suffix());
-        let lease = conn.create_lease(&lease_id, LEASE_TTL).await?;
+        let lease = tokio::time::timeout(CONNECT_DEADLINE, conn.create_lease(&lease_id, LEASE_TTL))
+            .await
+            .map_err(|_| {
+                no_answer(format!(
+                    "did not answer within {} s",
+                    CONNECT_DEADLINE.as_secs()
+                ))
+            })?
+            .map_err(|e| match e {
+                ContainerdError::Rpc { status, .. } => {
+                    no_answer(format!("refused to make a lease ({})", status.message()))
+                }
+                e => e,
+            })?;
+        sweep_orphans(&conn, &config.state_dir).await;
         let conn = conn.with_lease(&lease);
         Ok(ContainerdRunner {
             config,
@@ -88,7 +120,7 @@ impl ContainerdRunner {
     }
 
     /// Deletes the lease; snapshots and content only it held become garbage for containerd's GC.
-    pub async fn close(self) -> Result<(), ContainerdError> {
+    pub async fn close(&self) -> Result<(), ContainerdError> {
         self.conn.delete_lease(self.lease.clone(), false).await
     }
 
