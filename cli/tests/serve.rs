@@ -1215,3 +1215,36 @@ jobs:
     assert!(!log.contains("[deploy] (cached)"), "{log}");
     assert!(log.contains("job test: passed (cached, not run)"), "{log}");
 }
+
+/// Regression (serve sweep 09): refusals axum made itself (a build number that is no number, a
+/// bad query, an unknown API path, a method a path does not take) were plain text or empty,
+/// though every refusal of the API is JSON; a page's was text, not the error page.
+#[test]
+fn every_refusal_of_the_api_is_json_and_of_a_page_an_error_page() {
+    if forge_testsupport::tool("curl").is_none() {
+        return;
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-refusals-");
+    let (s, _) = serve_without_git(tmp.path());
+    for (method, path, status) in [
+        ("GET", "/api/v1/projects/app/builds/abc", 400),
+        ("GET", "/api/v1/projects/app/builds?limit=many", 400),
+        ("GET", "/api/v1/nothing/here", 404),
+        ("DELETE", "/api/v1/projects/app/builds", 405),
+    ] {
+        let (code, body) = curl(method, &s.url(path), &[], None);
+        assert_eq!(code, status, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body:?}"));
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {body}"
+        );
+    }
+    let (code, body) = curl("GET", &s.url("/p/app/abc"), &[], None);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("<html") || body.contains("<!DOCTYPE"),
+        "{body}"
+    );
+}

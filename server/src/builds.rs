@@ -423,18 +423,22 @@ impl Server {
             Arc::new(move |e| {
                 sink_log.line(&e.line());
                 if let Some((job, result, ms)) = job_state(&e) {
+                    // A manual job left out is recorded as one at once: an interrupted build's
+                    // page still offers to run it.
+                    let manual = matches!(&e, PipelineEvent::JobSkipped { manual: true, .. });
                     let mut b = sink_live.lock().expect("not poisoned");
                     match b.jobs.iter_mut().find(|j| j.name == job) {
                         Some(j) => {
                             j.result = result.to_string();
                             j.duration_ms = ms;
+                            j.manual |= manual;
                         }
                         None => b.jobs.push(JobRecord {
                             name: job.to_string(),
                             result: result.to_string(),
                             duration_ms: ms,
                             coverage: None,
-                            manual: false,
+                            manual,
                         }),
                     }
                     if let Err(e) = store.put(&b) {

@@ -202,14 +202,25 @@ impl Store {
         let mut again = Vec::new();
         for mut b in running {
             b.status = Status::Interrupted;
-            b.finished_at = Some(now());
+            // It ended when the server did, not now: the last time its log was written (the
+            // server may have been down for hours, which its duration and chart bar showed as
+            // the build's).
+            let log = self.log_path(&b.project, b.number);
+            let last_written = std::fs::metadata(&log)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            let finished = last_written
+                .unwrap_or_else(now)
+                .max(b.started_at.unwrap_or_default());
+            b.finished_at = Some(finished);
             b.error = Some("the server stopped while this build ran; it was queued again".into());
             // Its jobs that were running ended with it, and its log says so.
             for j in b.jobs.iter_mut().filter(|j| j.result == "running") {
                 j.result = "interrupted".into();
             }
             self.put(&b)?;
-            let log = self.log_path(&b.project, b.number);
             if log.exists() {
                 use std::io::Write;
                 let _ = std::fs::OpenOptions::new()
@@ -495,6 +506,8 @@ mod tests {
         let mut running = a2.clone();
         running.status = Status::Running;
         running.branch = Some("main".into());
+        let started = now() - 3600;
+        running.started_at = Some(started);
         running.jobs = vec![
             JobRecord {
                 name: "unit".into(),
@@ -515,6 +528,13 @@ mod tests {
         let log = s.log_path("a", 2);
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         std::fs::write(&log, "[e2e] tick 10\n").unwrap();
+        // Its log was last written 5 s after it started; the server then stayed down an hour.
+        std::fs::File::options()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(started + 5))
+            .unwrap();
         // A second server on the same directory is refused while the first has it open.
         assert!(Store::open(dir.path()).is_err());
         drop(s);
@@ -545,7 +565,12 @@ mod tests {
         assert_eq!(again[0].number, 3);
         assert_eq!(again[0].trigger, Trigger::Restart);
         assert_eq!(again[0].branch.as_deref(), Some("main"));
-        assert_eq!(s.get("a", 2).unwrap().unwrap().status, Status::Interrupted);
+        let interrupted = s.get("a", 2).unwrap().unwrap();
+        assert_eq!(interrupted.status, Status::Interrupted);
+        // Regression (serve sweep 05): it ended when its log stopped, not when the server came
+        // back (its duration and chart bar held the server's downtime).
+        assert_eq!(interrupted.finished_at, Some(started + 5));
+        assert_eq!(crate::web::build_duration_ms(&interrupted), Some(5_000));
         assert_eq!(s.get("a", 1).unwrap().unwrap().status, Status::Failed);
         let list: Vec<u64> = s.list("a", 10).unwrap().iter().map(|b| b.number).collect();
         assert_eq!(list, vec![3, 2, 1]);

@@ -59,6 +59,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/p/{project}/{n}/play", post(play_form))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(body_limit))
+        .layer(axum::middleware::from_fn(refusals_in_kind))
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             crate::host::known_host,
@@ -98,6 +99,56 @@ async fn body_limit(req: axum::extract::Request, next: axum::middleware::Next) -
         return too_large();
     }
     answer
+}
+
+/// A refusal axum makes itself (a build number that is no number, a bad query, an unknown path, a
+/// method a path does not take) is a plain-text sentence or nothing: it is said as forge's own
+/// are, JSON under `/api/` and `/hooks/`, the error page elsewhere.
+async fn refusals_in_kind(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api = req.uri().path().starts_with("/api/") || req.uri().path().starts_with("/hooks/");
+    let answer = next.run(req).await;
+    let status = answer.status();
+    let kind = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(status.is_client_error() || status.is_server_error())
+        || kind.starts_with("application/json")
+        || kind.starts_with("text/html")
+    {
+        return answer;
+    }
+    let (parts, body) = answer.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::NOT_FOUND => "no such path".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => "this path does not take that method".to_string(),
+            s => s.canonical_reason().unwrap_or("refused").to_string(),
+        }
+    } else {
+        text
+    };
+    let mut refused = if api {
+        error(status, message)
+    } else {
+        (
+            status,
+            axum::response::Html(crate::web::error_page(status.as_u16(), &message)),
+        )
+            .into_response()
+    };
+    // What the answer said beside its body (`Allow`, `Connection: close`) stays.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            refused.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    refused
 }
 
 type Reply = Result<Response, Response>;
@@ -504,8 +555,19 @@ async fn api_log(
     Path((name, n)): Path<(String, u64)>,
     Query(q): Query<LogQuery>,
 ) -> Reply {
-    find(&server, &name, n)?;
+    let b = find(&server, &name, n)?;
     let path = server.store.log_path(&name, n);
+    // An ended build whose log is gone had it removed by the `logs:` retention (or by hand): that
+    // is said, not answered as a log that is empty (every build writes its fetching line).
+    if b.status.is_final() && b.started_at.is_some() && !path.exists() {
+        return Err(error(
+            StatusCode::GONE,
+            format!(
+                "the log of {name} #{n} is no longer kept (the server's `logs:` retention removes \
+                 the logs of older builds)"
+            ),
+        ));
+    }
     let follow = q.follow.as_deref().is_some_and(|f| f == "1" || f == "true");
     let offset = q.offset.unwrap_or(0);
     let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
@@ -658,11 +720,17 @@ async fn build_page(
         Some(b) if server.project(&name).is_some() => b,
         _ => return Err(not_found(format!("{name} has no build {n}"))),
     };
-    let (tail, end) = log_tail(&server.store.log_path(&name, n), PAGE_LOG_TAIL);
+    let path = server.store.log_path(&name, n);
+    let (tail, end) = log_tail(&path, PAGE_LOG_TAIL);
     let left_out = end - tail.len() as u64;
+    let mut text = String::from_utf8_lossy(&tail).into_owned();
+    if b.status.is_final() && b.started_at.is_some() && !path.exists() {
+        text = "(this build's log is no longer kept: the server's `logs:` retention removed it)\n"
+            .into();
+    }
     Ok(page(
         StatusCode::OK,
-        web::build_page_of(&b, &String::from_utf8_lossy(&tail), end, left_out),
+        web::build_page_of(&b, &text, end, left_out),
     ))
 }
 

@@ -155,6 +155,7 @@ pub(super) fn decide(
             let event = PipelineEvent::JobSkipped {
                 job: name.clone(),
                 reason: reason.clone(),
+                manual: job.when == When::Manual,
             };
             let report = JobReport {
                 name: name.clone(),

@@ -96,6 +96,9 @@ pub enum PipelineEvent {
     JobSkipped {
         job: String,
         reason: String,
+        /// Left out as `when: manual`: a server's page offers to run it.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        manual: bool,
     },
     Pushed {
         image: String,
@@ -168,7 +171,9 @@ impl PipelineEvent {
                     duration.as_secs_f64()
                 )
             }
-            PipelineEvent::JobSkipped { job, reason } => format!("job {job}: skipped: {reason}"),
+            PipelineEvent::JobSkipped { job, reason, .. } => {
+                format!("job {job}: skipped: {reason}")
+            }
             PipelineEvent::Pushed {
                 image,
                 references,
