@@ -1248,3 +1248,51 @@ fn every_refusal_of_the_api_is_json_and_of_a_page_an_error_page() {
         "{body}"
     );
 }
+
+/// Regression (serve sweep 08): the Cancel button of a build that had ended, or did not exist,
+/// answered a redirect back as if it had cancelled something; the Rebuild form's refusal of a
+/// branch the project does not build showed the browser the API's raw JSON.
+#[test]
+fn a_forms_refusal_is_said_on_a_page() {
+    if forge_testsupport::tool("curl").is_none() {
+        return;
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-form-refusals-");
+    let config = tmp.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        "api_secret: s3cret\nprojects:\n  - name: app\n    repo: git://127.0.0.1:9/app.git\n    \
+         branches: [main]\n    triggers: [api]\n",
+    )
+    .unwrap();
+    let port = forge_testsupport::free_port();
+    let s = start_server(
+        &config,
+        &tmp.path().join("root"),
+        port,
+        &tmp.path().join("serve.log"),
+    );
+    let form = [(
+        "Content-Type",
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    let (code, body) = curl(
+        "POST",
+        &s.url("/p/app/42/cancel"),
+        &form,
+        Some(b"secret=s3cret"),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body.contains("has no build 42") && body.contains("<html"),
+        "{body}"
+    );
+    let (code, body) = curl(
+        "POST",
+        &s.url("/p/app/rebuild"),
+        &form,
+        Some(b"secret=s3cret&branch=not-built"),
+    );
+    assert!(code >= 400, "{code}: {body}");
+    assert!(body.contains("<html") && !body.starts_with('{'), "{body}");
+}

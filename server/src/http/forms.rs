@@ -128,6 +128,19 @@ pub(super) async fn cancel_form(
     Form(form): Form<CancelForm>,
 ) -> Reply {
     form_project(&server, &name, &form.secret, "cancelled")?;
-    server.cancel(&name, n).map_err(internal)?;
+    // A build that is not there, or has ended, is said so (the form answered a redirect back
+    // to the page as if it had cancelled something).
+    if server.store.get(&name, n).map_err(internal)?.is_none() {
+        return Err(not_found(format!("{name} has no build {n}")));
+    }
+    if !server.cancel(&name, n).map_err(internal)? {
+        return Err(page(
+            StatusCode::CONFLICT,
+            crate::web::error_page(
+                409,
+                &format!("{name} #{n} has already ended: nothing was cancelled"),
+            ),
+        ));
+    }
     Ok(Redirect::to(&format!("/p/{name}/{n}")).into_response())
 }

@@ -103,7 +103,8 @@ async fn body_limit(req: axum::extract::Request, next: axum::middleware::Next) -
 
 /// A refusal axum makes itself (a build number that is no number, a bad query, an unknown path, a
 /// method a path does not take) is a plain-text sentence or nothing: it is said as forge's own
-/// are, JSON under `/api/` and `/hooks/`, the error page elsewhere.
+/// are, JSON under `/api/` and `/hooks/`, the error page elsewhere (where a form's refusal in
+/// JSON is put on the error page too).
 async fn refusals_in_kind(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let api = req.uri().path().starts_with("/api/") || req.uri().path().starts_with("/hooks/");
     let answer = next.run(req).await;
@@ -113,8 +114,9 @@ async fn refusals_in_kind(req: axum::extract::Request, next: axum::middleware::N
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let json = kind.starts_with("application/json");
     if !(status.is_client_error() || status.is_server_error())
-        || kind.starts_with("application/json")
+        || (json && api)
         || kind.starts_with("text/html")
     {
         return answer;
@@ -124,6 +126,16 @@ async fn refusals_in_kind(req: axum::extract::Request, next: axum::middleware::N
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
+    // A page's form refused with the API's JSON (a Rebuild of a branch the project does not
+    // build) is shown its message on the error page, not the JSON.
+    let text = if json {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text)
+    } else {
+        text
+    };
     let message = if text.is_empty() {
         match status {
             StatusCode::NOT_FOUND => "no such path".to_string(),
