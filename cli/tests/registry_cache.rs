@@ -375,6 +375,47 @@ fn a_blob_with_the_wrong_content_is_refused_and_its_step_runs_again() {
     );
 }
 
+/// Regression (cache sweep 05): the blob with wrong bytes was the last step's, which only the
+/// image needs: its record was used, the bytes were found wrong when the image's layers were
+/// gathered, and the build failed (every try the same way), though a warning said the step
+/// would run again. The build now runs again without that blob, and the step runs.
+#[test]
+fn a_bad_blob_only_the_image_needs_makes_its_step_run_again() {
+    let Some(w) = world() else { return };
+    let layers = runner_one(&w);
+    let last = layers.last().unwrap();
+    let data = w.registry.blob_data(last);
+    let len = std::fs::metadata(&data).unwrap().len() as usize;
+    std::fs::write(&data, vec![b'x'; len]).unwrap();
+    let ctx = w.context("ctx1-again", "hello\n");
+    let dest = w.path("bad-last-out");
+    let out = w.build(
+        "runner2-bad-last",
+        &ctx,
+        &[
+            "--cache-from",
+            &cache_from(&w),
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert_ok("a build whose last cached layer is bad", &out);
+    let (ran, _) = steps(&out);
+    assert!(
+        ran.iter().any(|s| s.contains("built.txt")),
+        "the last RUN ran again: {ran:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app/built.txt")).unwrap(),
+        "hello\ndeps\n"
+    );
+    assert!(
+        warnings(&out).iter().any(|m| m.contains(last)),
+        "{:?}",
+        warnings(&out)
+    );
+}
+
 #[test]
 fn a_record_whose_blob_is_missing_is_not_used() {
     let Some(w) = world() else { return };

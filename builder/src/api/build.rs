@@ -34,6 +34,9 @@ use crate::source::{
     self, BaseFetch, ContextSnapshot, HttpSource, SnapshotOptions, SnapshotsWhenOpen,
 };
 
+/// How many bad cache blobs one build takes out before it fails (each costs a try).
+const MAX_BAD_CACHE_BLOBS: usize = 3;
+
 /// What a successful build made.
 struct Made {
     image: export::Image,
@@ -68,12 +71,38 @@ impl Session {
         let mut solved = Solution::default();
         // What an earlier build wrote there is no answer of this one: a script reading the file
         // after a failed build would take the earlier image (docker removes its --iidfile too).
-        let result = async {
-            forget_earlier_outputs(request)?;
-            self.run(request, &events, cancel, reports.clone(), &mut solved)
+        // A cache blob found bad only once the image's layers are gathered (its record was
+        // already used) is taken out, and the build runs again: the steps that made it run, as
+        // the cache promises (a few times at most: each try takes out one more blob).
+        let mut bad = std::collections::HashSet::new();
+        let result = loop {
+            let result = async {
+                forget_earlier_outputs(request)?;
+                self.run(
+                    request,
+                    &events,
+                    cancel.clone(),
+                    reports.clone(),
+                    &mut solved,
+                    &bad,
+                )
                 .await
-        }
-        .await;
+            }
+            .await;
+            match result {
+                Err(BuildError::CacheBlob(e))
+                    if bad.len() < MAX_BAD_CACHE_BLOBS && !cancel.is_cancelled() =>
+                {
+                    events.emit(BuildEvent::Warning {
+                        message: format!(
+                            "cache: {e}; the build runs again without it, and the steps that made it run"
+                        ),
+                    });
+                    bad.insert(e.digest().clone());
+                }
+                result => break result,
+            }
+        };
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         self.auto_prune(&events).await;
         match result {
@@ -156,6 +185,8 @@ impl Session {
         reports: Arc<Mutex<Vec<VertexReport>>>,
         // What the solve got done, kept for the caller whether or not the build then succeeds.
         solved: &mut Solution<Built>,
+        // Cache blobs an earlier try of this build found bad: their records are not used.
+        bad: &std::collections::HashSet<forge_snapshotter::store::Digest>,
     ) -> Result<Made, BuildError> {
         request.validate()?;
         let (name, text) =
@@ -282,6 +313,9 @@ impl Session {
             BaseFetch::Lazy
         };
         let remote = Arc::new(RemoteBlobs::new(self.registry.clone(), events.clone()));
+        for digest in bad {
+            remote.mark_bad(digest);
+        }
         // The bases' layers are unpacked as they arrive, into the snapshotter once it is open.
         let unpack_into: SnapshotsWhenOpen = {
             let snapshots = self.snapshots.clone();
@@ -533,7 +567,7 @@ impl Session {
             remote
                 .ensure(&self.store, &fetch)
                 .await
-                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
+                .map_err(BuildError::CacheBlob)?;
             export::with_compression(&self.store, &layers, compression).await?
         } else {
             layers
@@ -592,7 +626,7 @@ impl Session {
                 remote
                     .ensure(&self.store, &digests)
                     .await
-                    .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))
+                    .map_err(BuildError::CacheBlob)
             };
             unless_cancelled(&cancel, fetching).await?;
         }

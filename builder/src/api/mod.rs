@@ -92,6 +92,11 @@ pub enum BuildError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A blob a cache record named could not be had once the solve had used the record (a
+    /// registry cache's blob with wrong bytes, found when the image's layers were gathered): the
+    /// build runs again without that blob's records (see [`Session::build`]).
+    #[error("the image's layers: {0}")]
+    CacheBlob(#[from] crate::cache_io::FetchError),
     /// A request that cannot be built, or a failure said in words.
     #[error("{0}")]
     Invalid(String),

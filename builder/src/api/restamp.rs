@@ -53,7 +53,7 @@ impl Session {
             remote
                 .ensure(&self.store, &digests)
                 .await
-                .map_err(|e| BuildError::Invalid(format!("the image's layers: {e}")))?;
+                .map_err(BuildError::CacheBlob)?;
             Ok(export::restamp(&self.store, layers, epoch, compression, &memo).await?)
         };
         events

@@ -107,7 +107,8 @@ impl RemoteBlobs {
         *self.fetched.lock().expect("not poisoned")
     }
 
-    fn mark_bad(&self, digest: &Digest) {
+    /// Takes `digest` out: no record naming it is used in this build.
+    pub fn mark_bad(&self, digest: &Digest) {
         self.bad
             .lock()
             .expect("not poisoned")
