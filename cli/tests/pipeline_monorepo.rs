@@ -6,28 +6,9 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
-use common::pipeline::{forge_run, machine, small_workspace};
+use common::pipeline::{forge_run, git_in, machine, small_workspace};
 use common::printed;
-
-/// `git ARGS` in `dir`, with a fixed identity and no user config.
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Regression (monorepo sweep 01): the build of a stage image (`app@testenv`) failed, its job was
 /// skipped ("its image was not built"), and the run passed with exit 0: CI green with no test
@@ -104,16 +85,16 @@ fn a_store_inside_the_work_tree_is_not_a_change_of_it() {
         "jobs:\n  unit:\n    image: app\n    script: [echo ok]\n    rules:\n      - changes: [\"app/**/*\"]\n",
     );
     fs::write(dir.join(".gitignore"), "forge-artifacts/\n").unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "one"]);
+    git_in(&dir, &["init", "-q", "-b", "main"]);
+    git_in(&dir, &["add", "-A"]);
+    git_in(&dir, &["commit", "-q", "-m", "one"]);
     let root = dir.join(".forge");
     let first = forge_run(&dir, &root, &["run", "--progress=plain"], &[]);
     assert!(first.status.success(), "{}", printed(&first));
     // A commit that does not touch app/: the first run is its baseline, so unit is left out.
     fs::write(dir.join("notes.txt"), "n\n").unwrap();
-    git(&dir, &["add", "notes.txt"]);
-    git(&dir, &["commit", "-q", "-m", "two"]);
+    git_in(&dir, &["add", "notes.txt"]);
+    git_in(&dir, &["commit", "-q", "-m", "two"]);
     let o = forge_run(&dir, &root, &["run", "--progress=plain"], &[]);
     let out = printed(&o);
     assert!(o.status.success(), "{out}");

@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::pipeline::{Machine, forge_run, lines_with, machine, small_workspace};
+use common::pipeline::{Machine, forge_run, git_in, lines_with, machine, small_workspace};
 use common::printed;
 
 /// The digest the registry holds for `reference`, or `None` when it has no such tag.
@@ -1185,18 +1185,6 @@ jobs:
     assert!(!out.contains("image slim: building"), "{out}");
     assert_eq!(registry_digest(&app), None, "app was pushed");
     assert_eq!(registry_digest(&slim), None, "slim was pushed");
-}
-
-/// `git ARGS` in `dir` (the judge and fixture maker; forge reads the repository with gix).
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = forge_testsupport::run(
-        Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1"),
-    );
-    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// The monorepo of C9: two images from one Dockerfile, each with one test job whose `changes:`

@@ -77,3 +77,16 @@ pub fn stored_log(dir: &Path, root: &Path, job: &str) -> String {
     assert!(o.status.success(), "{text}");
     text
 }
+
+/// `git ARGS` in `dir` (the judge and fixture maker; forge reads the repository with gix): what
+/// it printed, trimmed.
+pub fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = forge_testsupport::run(
+        Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1"),
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}

@@ -307,6 +307,19 @@ mod tests {
     use super::*;
     use forge_snapshotter::Mount;
 
+    /// The view of an overlay of `upper` over `lower`.
+    fn overlay_view(lower: &Path, upper: &Path) -> RootfsView {
+        RootfsView::from_mounts(&[Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.display()),
+                format!("upperdir={}", upper.display()),
+            ],
+        }])
+        .unwrap()
+    }
+
     /// Regression (containerd sweep 02): the steps' scratch went to `$TMPDIR/forge-containerd-steps`
     /// whoever owned it, and a user who made it first swapped a root build's /etc/hosts. One
     /// another user owns is refused; forge's own is made 0700.
@@ -338,15 +351,7 @@ mod tests {
         let upper = dir.path().join("upper");
         std::fs::create_dir_all(lower.join("etc")).unwrap();
         std::fs::create_dir_all(&upper).unwrap();
-        let view = RootfsView::from_mounts(&[Mount {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                format!("lowerdir={}", lower.display()),
-                format!("upperdir={}", upper.display()),
-            ],
-        }])
-        .unwrap();
+        let view = overlay_view(&lower, &upper);
         let destinations = [
             Path::new("/etc/hosts"),
             Path::new("/run/secrets/token"),
@@ -383,15 +388,7 @@ mod tests {
         }
         std::fs::write(lower.join("etc/hosts"), "").unwrap();
         std::fs::create_dir_all(&upper).unwrap();
-        let view = RootfsView::from_mounts(&[Mount {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                format!("lowerdir={}", lower.display()),
-                format!("upperdir={}", upper.display()),
-            ],
-        }])
-        .unwrap();
+        let view = overlay_view(&lower, &upper);
         let stubs =
             Stubs::find(&view, [Path::new("/etc/hosts"), Path::new("/var/cache/c")]).unwrap();
         std::fs::create_dir_all(upper.join("etc")).unwrap();
@@ -419,15 +416,7 @@ mod tests {
         std::fs::create_dir_all(lower.join("usr/lib")).unwrap();
         std::os::unix::fs::symlink("usr/lib", lower.join("lib")).unwrap();
         std::fs::create_dir_all(&upper).unwrap();
-        let view = RootfsView::from_mounts(&[Mount {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                format!("lowerdir={}", lower.display()),
-                format!("upperdir={}", upper.display()),
-            ],
-        }])
-        .unwrap();
+        let view = overlay_view(&lower, &upper);
         assert_eq!(
             view.resolve(Path::new("/var/run/secrets/tok")).unwrap(),
             Path::new("/run/secrets/tok")

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::clip::Clip;
 use super::job::{self, JobImage, JobSpec};
 use super::{
-    End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, artifacts_dir_name,
-    env_name, path_cache, read_junit, retry_reason, stop_services,
+    End, JobLeft, JobReport, Left, Node, PipelineEvent, Runner, artifacts, env_name, path_cache,
+    read_junit, retry_reason, stop_services,
 };
 use crate::events::Events;
 use crate::export::config;
@@ -148,10 +148,7 @@ impl Runner {
             };
             let workdir = spec.image.config.working_dir.clone();
             let store = self.session.store().clone();
-            let dest = self.options.artifacts_dir.join(artifacts_dir_name(
-                name,
-                self.plan.jobs.iter().map(|j| j.name.as_str()),
-            ));
+            let dest = self.artifacts_on_host(name);
             let paths = artifacts::absolute_all(&workdir, &a.paths);
             let exclude = artifacts::absolute_all(&workdir, &a.exclude);
             let reports = artifacts::absolute_all(&workdir, &a.junit);

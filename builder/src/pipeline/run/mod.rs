@@ -567,6 +567,14 @@ impl Runner {
         }
     }
 
+    /// Where job `job`'s artifacts are copied out on the host.
+    fn artifacts_on_host(&self, job: &str) -> std::path::PathBuf {
+        self.options.artifacts_dir.join(artifacts_dir_name(
+            job,
+            self.plan.jobs.iter().map(|j| j.name.as_str()),
+        ))
+    }
+
     /// A job that did not run this time keeps no artifacts on the host from an earlier run
     /// (a warning says when they could not be removed).
     fn forget_artifacts(&self, job: &str) {
@@ -578,11 +586,7 @@ impl Runner {
         {
             return;
         }
-        let dest = self.options.artifacts_dir.join(artifacts_dir_name(
-            job,
-            self.plan.jobs.iter().map(|j| j.name.as_str()),
-        ));
-        if let Err(e) = artifacts::forget_on_host(&dest) {
+        if let Err(e) = artifacts::forget_on_host(&self.artifacts_on_host(job)) {
             self.emit(PipelineEvent::JobLine {
                 job: job.into(),
                 line: format!("forge: warning: artifacts: {e}"),
