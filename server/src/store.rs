@@ -108,22 +108,22 @@ impl Store {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let db = self.handle()?;
-        match db.begin_write() {
-            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
-                let db = self.reopen(Some(db))?;
-                db.begin_write().map_err(|e| self.err(e))
-            }
-            other => other.map_err(|e| self.err(e)),
-        }
+        self.begin(redb::Database::begin_write)
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.begin(redb::Database::begin_read)
+    }
+
+    /// A transaction `begin` starts, on a database opened again when an I/O error closed it.
+    fn begin<T>(
+        &self,
+        begin: impl Fn(&redb::Database) -> Result<T, redb::TransactionError>,
+    ) -> Result<T, StoreError> {
         let db = self.handle()?;
-        match db.begin_read() {
+        match begin(&db) {
             Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
-                let db = self.reopen(Some(db))?;
-                db.begin_read().map_err(|e| self.err(e))
+                begin(&*self.reopen(Some(db))?).map_err(|e| self.err(e))
             }
             other => other.map_err(|e| self.err(e)),
         }

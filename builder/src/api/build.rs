@@ -69,40 +69,42 @@ impl Session {
         let start = Instant::now();
         let reports = Arc::new(Mutex::new(Vec::new()));
         let mut solved = Solution::default();
-        // What an earlier build wrote there is no answer of this one: a script reading the file
-        // after a failed build would take the earlier image (docker removes its --iidfile too).
-        // A cache blob found bad only once the image's layers are gathered (its record was
-        // already used) is taken out, and the build runs again: the steps that made it run, as
-        // the cache promises (a few times at most: each try takes out one more blob).
-        let mut bad = std::collections::HashSet::new();
-        let result = loop {
-            let result = async {
-                forget_earlier_outputs(request)?;
-                self.run(
-                    request,
-                    &events,
-                    cancel.clone(),
-                    reports.clone(),
-                    &mut solved,
-                    &bad,
-                )
-                .await
-            }
-            .await;
-            match result {
-                Err(BuildError::CacheBlob(e))
-                    if bad.len() < MAX_BAD_CACHE_BLOBS && !cancel.is_cancelled() =>
-                {
-                    events.emit(BuildEvent::Warning {
-                        message: format!(
-                            "cache: {e}; the build runs again without it, and the steps that made it run"
-                        ),
-                    });
-                    bad.insert(e.digest().clone());
+        let result = async {
+            // What an earlier build wrote there is no answer of this one: a script reading the
+            // file after a failed build would take the earlier image (docker removes its
+            // --iidfile too).
+            forget_earlier_outputs(request)?;
+            // A cache blob found bad only once the image's layers are gathered (its record was
+            // already used) is taken out, and the build runs again: the steps that made it run,
+            // as the cache promises (a few times at most: each try takes out one more blob).
+            let mut bad = std::collections::HashSet::new();
+            loop {
+                let tried = self
+                    .run(
+                        request,
+                        &events,
+                        cancel.clone(),
+                        reports.clone(),
+                        &mut solved,
+                        &bad,
+                    )
+                    .await;
+                match tried {
+                    Err(BuildError::CacheBlob(e))
+                        if bad.len() < MAX_BAD_CACHE_BLOBS && !cancel.is_cancelled() =>
+                    {
+                        events.emit(BuildEvent::Warning {
+                            message: format!(
+                                "cache: {e}; the build runs again without it, and the steps that made it run"
+                            ),
+                        });
+                        bad.insert(e.digest().clone());
+                    }
+                    tried => break tried,
                 }
-                result => break result,
             }
-        };
+        }
+        .await;
         let vertices = std::mem::take(&mut *reports.lock().expect("not poisoned"));
         self.auto_prune(&events).await;
         match result {
@@ -561,14 +563,15 @@ impl Session {
             // A layer a registry cache served is fetched before it is re-encoded.
             let fetch: Vec<_> = layers
                 .iter()
-                .filter(|l| export::needs_compression(l, compression))
+                .filter(|l| export::needs_compression(l, compression, executor.base_layers()))
                 .map(|l| l.digest.clone())
                 .collect();
             remote
                 .ensure(&self.store, &fetch)
                 .await
                 .map_err(BuildError::CacheBlob)?;
-            export::with_compression(&self.store, &layers, compression).await?
+            export::with_compression(&self.store, &layers, executor.base_layers(), compression)
+                .await?
         } else {
             layers
         };

@@ -18,16 +18,19 @@ use crate::ops::Layer;
 /// are kept as the registry has them, so pushes can still mount them. A layer a registry cache
 /// served has a source too (the cache's repository), but it is the build's own: a cache written
 /// by a build that did not push holds zstd layers, which a push sent as they were (docker 20.10
-/// cannot pull them, and the image was another than a cold push makes).
+/// cannot pull them, and the image was another than a cold push makes). `base` is the layers of
+/// the images the build starts from (see [`Layer::mtimes_unknown`]: a layer's own fields do not
+/// say that).
 pub async fn with_compression(
     store: &Store,
     layers: &[Layer],
+    base: &std::collections::HashSet<BlobDigest>,
     to: forge_snapshotter::compress::Compression,
 ) -> Result<Vec<Layer>, ExportError> {
     let want = to.media_type();
     let mut out = Vec::with_capacity(layers.len());
     for l in layers {
-        if !needs_compression(l, to) {
+        if !needs_compression(l, to, base) {
             out.push(l.clone());
             continue;
         }
@@ -64,13 +67,15 @@ pub async fn with_compression(
 }
 
 /// Whether [`with_compression`] re-encodes `layer` for `to` (its blob must then be in the store).
-pub fn needs_compression(layer: &Layer, to: forge_snapshotter::compress::Compression) -> bool {
+pub fn needs_compression(
+    layer: &Layer,
+    to: forge_snapshotter::compress::Compression,
+    base: &std::collections::HashSet<BlobDigest>,
+) -> bool {
     let same = forge_snapshotter::compress::Compression::from_media_type(&layer.media_type)
         .map(|c| c.media_type() == to.media_type())
         .unwrap_or(true);
-    // A base image's layer is one no step made: it has no step's time nor mtimes.
-    let base = layer.created.is_none() && layer.mtimes.is_none();
-    let kept_as_pulled = layer.source.is_some() && base;
+    let kept_as_pulled = layer.source.is_some() && base.contains(&layer.digest);
     !(same || kept_as_pulled)
 }
 
@@ -317,7 +322,8 @@ pub async fn stored_for_push(
         })
         .collect();
     let gzip = forge_snapshotter::compress::Compression::Gzip { level: 6 };
-    let pushable = with_compression(store, &layers, gzip).await?;
+    // No layer of a stored image has a source here: every one is re-encoded as needed.
+    let pushable = with_compression(store, &layers, &Default::default(), gzip).await?;
     if pushable == layers {
         return Ok((record, layers));
     }

@@ -164,6 +164,11 @@ pub struct BuildExecutor {
 }
 
 impl BuildExecutor {
+    /// The layers of the images the build starts from (see [`Layer::mtimes_unknown`]).
+    pub fn base_layers(&self) -> &std::collections::HashSet<BlobDigest> {
+        &self.base_layers
+    }
+
     pub fn new(cfg: ExecutorConfig, graph: &Graph) -> Result<Self, ExecError> {
         let work = cfg.scratch.work();
         std::fs::create_dir_all(&work).map_err(io_err("creating", &work))?;

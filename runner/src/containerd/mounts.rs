@@ -284,7 +284,8 @@ pub(crate) fn private_dir(path: &Path) -> Result<(), ContainerdError> {
             "refusing the steps' scratch directory",
             path,
             std::io::Error::other(format!(
-                "it is owned by uid {} (not this user, {euid}) or is no directory: remove it, or                  point TMPDIR (or the store) elsewhere",
+                "it is owned by uid {} (not this user, {euid}) or is no directory: remove it, or \
+                 point TMPDIR (or the store) elsewhere",
                 meta.uid()
             )),
         ));

@@ -67,26 +67,22 @@ impl ContainerdRunner {
             address: config.address.clone(),
             what,
         };
+        let silent = || {
+            no_answer(format!(
+                "did not answer within {} s",
+                CONNECT_DEADLINE.as_secs()
+            ))
+        };
         let conn = tokio::time::timeout(
             CONNECT_DEADLINE,
             Connection::connect(&config.address, &config.namespace),
         )
         .await
-        .map_err(|_| {
-            no_answer(format!(
-                "did not answer within {} s",
-                CONNECT_DEADLINE.as_secs()
-            ))
-        })??;
+        .map_err(|_| silent())??;
         let lease_id = format!("forge-{}-{}", std::process::id(), unique_suffix());
         let lease = tokio::time::timeout(CONNECT_DEADLINE, conn.create_lease(&lease_id, LEASE_TTL))
             .await
-            .map_err(|_| {
-                no_answer(format!(
-                    "did not answer within {} s",
-                    CONNECT_DEADLINE.as_secs()
-                ))
-            })?
+            .map_err(|_| silent())?
             .map_err(|e| match e {
                 ContainerdError::Rpc { status, .. } => {
                     no_answer(format!("refused to make a lease ({})", status.message()))
@@ -182,7 +178,7 @@ impl ContainerdRunner {
             mounts: None,
             stubs: None,
             done: false,
-            _live: Some(live),
+            live: Some(live),
         };
         let result = async {
             let view = RootfsView::from_mounts(&rootfs);
@@ -374,7 +370,7 @@ struct StepResources {
     /// Held while the step's container may exist: its step directory's `live.lock`, which says to
     /// every forge sharing the store (whatever its PID namespace) that the container is not left
     /// over.
-    _live: Option<forge_snapshotter::lock::FileLock>,
+    live: Option<forge_snapshotter::lock::FileLock>,
 }
 
 impl StepResources {
@@ -496,7 +492,7 @@ impl Drop for StepResources {
             stubs: self.stubs.take(),
             done: false,
             // The teardown still owns the container: it keeps the lock until it is done.
-            _live: self._live.take(),
+            live: self.live.take(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -550,7 +546,7 @@ async fn sweep_orphans(conn: &Connection, state_dir: &std::path::Path) {
             mounts: None,
             stubs: None,
             done: false,
-            _live: None,
+            live: None,
         };
         left.kill_and_wait().await;
         let _ = left.teardown().await;

@@ -475,9 +475,7 @@ async fn api_log(
 ) -> Reply {
     let b = find(&server, &name, n)?;
     let path = server.store.log_path(&name, n);
-    // An ended build whose log is gone had it removed by the `logs:` retention (or by hand): that
-    // is said, not answered as a log that is empty (every build writes its fetching line).
-    if b.status.is_final() && b.started_at.is_some() && !path.exists() {
+    if log_removed(&b, &path) {
         return Err(error(
             StatusCode::GONE,
             format!(
@@ -586,6 +584,13 @@ async fn api_cancel(
     }
 }
 
+/// Whether build `b` ended and its log at `path` is gone: the `logs:` retention (or a hand)
+/// removed it. That is said, not shown as a log that is empty (every build that started writes
+/// its fetching line).
+fn log_removed(b: &Build, path: &std::path::Path) -> bool {
+    b.status.is_final() && b.started_at.is_some() && !path.exists()
+}
+
 fn page(status: StatusCode, html: String) -> Response {
     (status, Html(html)).into_response()
 }
@@ -642,7 +647,7 @@ async fn build_page(
     let (tail, end) = log_tail(&path, PAGE_LOG_TAIL);
     let left_out = end - tail.len() as u64;
     let mut text = String::from_utf8_lossy(&tail).into_owned();
-    if b.status.is_final() && b.started_at.is_some() && !path.exists() {
+    if log_removed(&b, &path) {
         text = "(this build's log is no longer kept: the server's `logs:` retention removed it)\n"
             .into();
     }
