@@ -1296,3 +1296,130 @@ fn a_forms_refusal_is_said_on_a_page() {
     assert!(code >= 400, "{code}: {body}");
     assert!(body.contains("<html") && !body.starts_with('{'), "{body}");
 }
+
+/// A project's history past one page is reached: the API's `?before=N&limit=M` with a
+/// `Link: <...>; rel="next"` header (as GitHub's and GitLab's APIs page) until the first build,
+/// each build once; the project page's 50 newest with an "Older builds" link, and that page's
+/// way back to the newest.
+#[test]
+fn a_history_longer_than_a_page_is_reached_through_the_api_and_the_pages() {
+    for tool in ["curl", "openssl"] {
+        if forge_testsupport::tool(tool).is_none() {
+            return;
+        }
+    }
+    let tmp = forge_testsupport::scratch("forge-serve-pages-");
+    let (s, _) = serve_without_git(tmp.path());
+    // 51 pushes of `main`, each a build (whose checkout fails: nothing listens at the repo's port).
+    for i in 0..51u32 {
+        let body = payload(
+            "github_push.json",
+            "refs/heads/main",
+            &"0".repeat(40),
+            &format!("{:040x}", i + 1),
+            "main",
+        );
+        let headers = [
+            ("Content-Type", "application/json".to_string()),
+            ("User-Agent", "GitHub-Hookshot/a1b2c3d".to_string()),
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", format!("pages-{i}")),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", hmac_hex(SECRET, &body)),
+            ),
+        ];
+        let (code, reply) = curl("POST", &s.url("/hooks/app/github"), &headers, Some(&body));
+        assert_eq!(code, 201, "push {i}: {reply}");
+    }
+    let numbers = |body: &str| -> Vec<u64> {
+        let rows: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["number"].as_u64().unwrap())
+            .collect()
+    };
+    let (code, body) = curl(
+        "GET",
+        &s.url("/api/v1/projects/app/builds?limit=1000"),
+        &[],
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let all = numbers(&body);
+    assert_eq!(all.len(), 51, "{all:?}");
+
+    // The API, 20 at a time, following each answer's `Link` header.
+    let mut next = Some("/api/v1/projects/app/builds?limit=20".to_string());
+    let (mut walked, mut pages) = (Vec::new(), 0);
+    while let Some(path) = next.take() {
+        let o = Command::new("curl")
+            .args(["-sS", "-D", "-", &s.url(&path)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let page = numbers(body);
+        assert!(page.len() <= 20 && !page.is_empty(), "{path}: {page:?}");
+        walked.extend(page);
+        pages += 1;
+        next = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("link")
+                    .then(|| value.trim().to_string())
+            })
+            .map(|link| {
+                let (target, rel) = link.split_once(">;").unwrap_or_else(|| panic!("{link}"));
+                assert_eq!(rel.trim(), "rel=\"next\"", "{link}");
+                target.trim_start_matches('<').to_string()
+            });
+        assert!(pages <= 3, "a fourth page: {walked:?}");
+    }
+    assert_eq!((walked, pages), (all.clone(), 3));
+
+    // The page: the 50 newest, and a link to the one older build.
+    let (code, newest) = curl("GET", &s.url("/p/app"), &[], None);
+    assert_eq!(code, 200, "{newest}");
+    assert_eq!(
+        newest.matches("<tr class=\"build\"").count(),
+        50,
+        "{newest}"
+    );
+    let older_href = format!("/p/app?before={}", all[49]);
+    assert!(
+        newest.contains(&format!("id=\"older-builds\" href=\"{older_href}\"")),
+        "{newest}"
+    );
+    let (code, older) = curl("GET", &s.url(&older_href), &[], None);
+    assert_eq!(code, 200, "{older}");
+    let shown: Vec<&str> = older.matches("<tr class=\"build\"").collect();
+    assert_eq!(shown.len(), 1, "{older}");
+    assert!(
+        older.contains(&format!("data-number=\"{}\"", all[50])),
+        "{older}"
+    );
+    assert!(
+        older.contains("id=\"newest-builds\" href=\"/p/app\""),
+        "{older}"
+    );
+    assert!(!older.contains("older-builds"), "{older}");
+
+    // A `before` that is not a build number is refused in the kind of what asked.
+    let (code, reply) = curl(
+        "GET",
+        &s.url("/api/v1/projects/app/builds?before=newest"),
+        &[],
+        None,
+    );
+    assert_eq!(code, 400, "{reply}");
+    assert!(serde_json::from_str::<Value>(&reply).is_ok(), "{reply}");
+    let (code, reply) = curl("GET", &s.url("/p/app?before=-1"), &[], None);
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.starts_with("<!DOCTYPE html>"), "{reply}");
+}

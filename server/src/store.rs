@@ -335,14 +335,26 @@ impl Store {
 
     /// The builds of `project`, newest first, at most `limit`.
     pub fn list(&self, project: &str, limit: usize) -> Result<Vec<Build>, StoreError> {
+        self.list_before(project, None, limit)
+    }
+
+    /// The builds of `project` numbered below `before` (all of them for `None`), newest first,
+    /// at most `limit`: one page of its history, the next page starting below the last number.
+    pub fn list_before(
+        &self,
+        project: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Build>, StoreError> {
         let txn = self.begin_read()?;
         let builds = txn.open_table(BUILDS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for entry in builds
-            .range((project, 0)..=(project, u64::MAX))
-            .map_err(|e| self.err(e))?
-            .rev()
-        {
+        let range = match before {
+            Some(0) => return Ok(out),
+            Some(n) => builds.range((project, 0)..=(project, n - 1)),
+            None => builds.range((project, 0)..=(project, u64::MAX)),
+        };
+        for entry in range.map_err(|e| self.err(e))?.rev() {
             if out.len() >= limit {
                 break;
             }
@@ -645,5 +657,39 @@ mod tests {
         assert_eq!(s.previous_result("m", first).unwrap(), None);
         assert!(s.list("m", 0).unwrap().is_empty());
         assert_eq!(s.list("m", 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pages_of_a_history_below_a_number_hold_every_build_once_and_no_other_projects() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path()).unwrap();
+        for project in ["m", "n", "m", "m", "n", "m", "m"] {
+            s.enqueue(project, Trigger::Push, Request::default())
+                .unwrap();
+        }
+        let numbers = |before: Option<u64>, limit: usize| -> Vec<u64> {
+            s.list_before("m", before, limit)
+                .unwrap()
+                .iter()
+                .map(|b| b.number)
+                .collect()
+        };
+        let all = numbers(None, 100);
+        assert_eq!(all.len(), 5, "{all:?}");
+        assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+        // Walking the pages as a client does: each starts below the last number of the one before.
+        let mut walked = Vec::new();
+        let mut before = None;
+        loop {
+            let page = numbers(before, 2);
+            assert!(page.len() <= 2, "{page:?}");
+            let Some(&last) = page.last() else { break };
+            walked.extend(page);
+            before = Some(last);
+        }
+        assert_eq!(walked, all);
+        assert_eq!(numbers(Some(all[0] + 1000), 100), all);
+        assert!(numbers(Some(*all.last().unwrap()), 100).is_empty());
+        assert!(numbers(Some(0), 100).is_empty());
     }
 }

@@ -171,6 +171,11 @@ struct ProjectTemplate<'a> {
     project: &'a str,
     repo: &'a str,
     base: String,
+    below: Option<u64>,
+    /// `a#older-builds`'s target, when there are older builds than the page shows.
+    older: Option<String>,
+    /// `a#newest-builds`'s target, on a page of older builds.
+    newest: Option<String>,
     branches: &'a [String],
     chart: String,
     builds: Vec<BuildRow>,
@@ -184,7 +189,13 @@ struct ProjectTemplate<'a> {
 /// over `branch`) and `secret` (the API secret).
 ///
 /// "Jobs ran" counts the jobs whose result is neither `cached` nor `skipped`.
-pub fn project_page(project: &str, repo: &str, branches: &[String], builds: &[Build]) -> String {
+pub fn project_page(
+    project: &str,
+    repo: &str,
+    branches: &[String],
+    builds: &[Build],
+    pages: Pages,
+) -> String {
     let mut sorted: Vec<&Build> = builds.iter().collect();
     sorted.sort_by_key(|b| std::cmp::Reverse(b.number));
     let rows = sorted
@@ -214,14 +225,27 @@ pub fn project_page(project: &str, repo: &str, branches: &[String], builds: &[Bu
             }
         })
         .collect();
+    let base = project_href(project);
     render(&ProjectTemplate {
         project,
         repo,
-        base: project_href(project),
+        below: pages.below,
+        older: pages.older.map(|n| format!("{base}?before={n}")),
+        newest: pages.below.map(|_| base.clone()),
+        base,
         branches,
         chart: chart_svg(builds),
         builds: rows,
     })
+}
+
+/// Where a page of a project's builds lies in its history.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pages {
+    /// The page lists builds numbered below this (`?before=`); `None`: the newest.
+    pub below: Option<u64>,
+    /// The number the next, older page lists below, when there are older builds.
+    pub older: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,6 +290,11 @@ struct BuildTemplate<'a> {
     left_out: u64,
     log_url: String,
     follow_url: String,
+}
+
+/// The API's list of a project's builds, `/api/v1/projects/{project}/builds`.
+pub fn builds_api_url(project: &str) -> String {
+    format!("/api/v1/projects/{}/builds", path_segment(project))
 }
 
 /// The URL that streams the rest of a build's log from byte `offset` on.

@@ -222,7 +222,13 @@ fn project_page_lists_builds_newest_first() {
         build(2, Status::Failed),
     ];
     let branches = vec!["main".to_string(), "dev".to_string()];
-    let page = project_page("forge", "https://git.example/forge.git", &branches, &builds);
+    let page = project_page(
+        "forge",
+        "https://git.example/forge.git",
+        &branches,
+        &builds,
+        Pages::default(),
+    );
     assert_html5(&page, "forge: forge");
     assert!(page.contains("<table id=\"builds\">"));
     let p3 = page
@@ -254,7 +260,13 @@ fn project_page_lists_builds_newest_first() {
 #[test]
 fn project_page_has_rebuild_form_and_chart() {
     let branches = vec!["main".to_string(), "release/1.x".to_string()];
-    let page = project_page("forge", "repo", &branches, &[build(1, Status::Passed)]);
+    let page = project_page(
+        "forge",
+        "repo",
+        &branches,
+        &[build(1, Status::Passed)],
+        Pages::default(),
+    );
     assert!(page.contains("<form id=\"rebuild\" method=\"post\" action=\"/p/forge/rebuild\">"));
     assert!(page.contains("<select name=\"branch\">"));
     assert!(page.contains("<option value=\"main\">main</option>"));
@@ -275,7 +287,13 @@ fn project_page_escapes_everything() {
         evil_build(1, Status::Failed),
         evil_build(2, Status::Running),
     ];
-    let page = project_page(EVIL_BRANCH, EVIL_MSG, &[EVIL_BRANCH.to_string()], &builds);
+    let page = project_page(
+        EVIL_BRANCH,
+        EVIL_MSG,
+        &[EVIL_BRANCH.to_string()],
+        &builds,
+        Pages::default(),
+    );
     assert_escaped(&page);
     assert!(page.contains(&format!(
         "<option value=\"{EVIL_BRANCH_ESC}\">{EVIL_BRANCH_ESC}</option>"
@@ -286,11 +304,54 @@ fn project_page_escapes_everything() {
 
 #[test]
 fn project_page_without_builds() {
-    let page = project_page("forge", "repo", &[], &[]);
+    let page = project_page("forge", "repo", &[], &[], Pages::default());
     assert!(page.contains("id=\"builds\""));
     assert!(page.contains("No builds yet."));
     assert!(page.contains("no finished builds yet"));
     assert!(page.contains("id=\"rebuild\""));
+}
+
+#[test]
+fn a_page_of_older_builds_links_back_to_the_newest_and_on_to_older_ones() {
+    let newest = project_page(
+        "a b",
+        "repo",
+        &[],
+        &[build(60, Status::Passed), build(59, Status::Failed)],
+        Pages {
+            below: None,
+            older: Some(59),
+        },
+    );
+    assert!(newest.contains("<a id=\"older-builds\" href=\"/p/a%20b?before=59\">"));
+    assert!(!newest.contains("newest-builds"), "{newest}");
+    let middle = project_page(
+        "a b",
+        "repo",
+        &[],
+        &[build(58, Status::Passed)],
+        Pages {
+            below: Some(59),
+            older: Some(58),
+        },
+    );
+    assert_html5(&middle, "forge: a b");
+    assert!(middle.contains("<h2>Builds before #59</h2>"), "{middle}");
+    assert!(middle.contains("<a id=\"newest-builds\" href=\"/p/a%20b\">"));
+    assert!(middle.contains("href=\"/p/a%20b?before=58\""));
+    let past_the_first = project_page(
+        "a b",
+        "repo",
+        &[],
+        &[],
+        Pages {
+            below: Some(1),
+            older: None,
+        },
+    );
+    assert!(past_the_first.contains("No builds before #1."));
+    assert!(!past_the_first.contains("older-builds"));
+    assert!(past_the_first.contains("newest-builds"));
 }
 
 // ----------------------------------------------------------------------------------- build
