@@ -541,3 +541,99 @@ fn sockets_are_left_out_of_the_layer() {
     let (_, tar, _) = write_layer(Changes::OverlayUpper(&upper), Vec::new(), options()).unwrap();
     assert_eq!(names(&tar), ["run/", "run/kept"]);
 }
+
+/// The two walks a layer is made by, an overlay upper's and the comparison of two trees, write
+/// one layer of one tree, byte for byte, and it unpacks to that tree. The directories mix what a
+/// walk meets in a package install's layer: small, empty and large files, hard links within a
+/// directory and across directories, symlinks, fifos, subdirectories between files, xattrs, and
+/// hundreds of files in one directory.
+#[test]
+fn the_overlay_walk_and_the_compare_walk_write_one_layer_of_one_tree() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    for (d, files) in [("many", 300usize), ("some", 40), ("few", 5)] {
+        let dir = tree.join(d);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..files {
+            let p = dir.join(format!("f{i:03}"));
+            let size = match i % 7 {
+                0 => 0,
+                1 => 40_000 + i,
+                2 => 32 << 10,
+                _ => 1 + i * 13,
+            };
+            let bytes: Vec<u8> = (0..size).map(|k| (k * 31 + i) as u8).collect();
+            std::fs::write(&p, &bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600 + (i as u32 % 64)))
+                .unwrap();
+            if i % 11 == 0 {
+                symlink(format!("f{i:03}"), dir.join(format!("l{i:03}"))).unwrap();
+            }
+            if i % 50 == 3 {
+                std::fs::create_dir(dir.join(format!("f{i:03}.d"))).unwrap();
+                std::fs::write(dir.join(format!("f{i:03}.d/inner")), b"inner").unwrap();
+            }
+            if i % 97 == 5 {
+                // Linked within this directory (a later entry) and from another directory.
+                std::fs::hard_link(&p, dir.join(format!("g{i:03}"))).unwrap();
+                std::fs::hard_link(&p, tmp.path().join("tree").join(format!("x-{d}-{i}"))).unwrap();
+            }
+        }
+        nix::unistd::mkfifo(
+            &dir.join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        // Where the filesystem takes user xattrs, one file carries one.
+        let _ = xattr_set(&dir.join("f004"), "user.forge.test", b"value");
+    }
+    let options = || LayerOptions {
+        compression: Compression::None,
+        ..LayerOptions::default()
+    };
+    let (upper, tar_upper, stats) =
+        write_layer(Changes::OverlayUpper(&tree), Vec::new(), options()).unwrap();
+    let (compared, tar_compared, _) = write_layer(
+        Changes::Compare {
+            lower: None,
+            upper: &tree,
+            copied_at: None,
+        },
+        Vec::new(),
+        options(),
+    )
+    .unwrap();
+    assert!(stats.entries > 400, "{stats:?}");
+    assert_eq!(upper.diff_id, compared.diff_id);
+    assert!(
+        tar_upper == tar_compared,
+        "the two walks wrote different tars"
+    );
+    check_descriptor(&upper, &tar_upper);
+    let target = tmp.path().join("target");
+    unpack_into_new(&tar_upper, &upper.media_type, &target);
+    assert_trees_equal(&tree, &target, &opts());
+}
+
+/// Sets an xattr through setfattr's system call, where the filesystem allows it.
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
