@@ -29,8 +29,10 @@ use crate::web;
 
 mod forms;
 mod guard;
+mod history;
 use forms::{cancel_form, play_form, rebuild};
 use guard::{body_limit, refusals_in_kind};
+use history::{api_list, project_page};
 
 /// Largest request body taken (GitHub's own cap on a payload is 25 MB; pushes are far smaller).
 pub const MAX_BODY: usize = 4 << 20;
@@ -415,59 +417,6 @@ fn start_build(
     server.queue(&p.name, trigger, request).map_err(internal)
 }
 
-/// One page of a project's history: `?before=N` lists the builds numbered below N (the newest
-/// when absent), `?limit=` how many (the API's; pages show [`PAGE`]).
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-    before: Option<u64>,
-}
-
-/// The builds of `name` below `before`, newest first, at most `limit`, and the number the next
-/// (older) page lists below, when there are older builds.
-fn history(
-    server: &Server,
-    name: &str,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<(Vec<Build>, Option<u64>), Response> {
-    if limit == 0 {
-        return Ok((Vec::new(), None));
-    }
-    let mut builds = server
-        .store
-        .list_before(name, before, limit + 1)
-        .map_err(internal)?;
-    let older = (builds.len() > limit).then(|| {
-        builds.truncate(limit);
-        builds.last().map(|b| b.number)
-    });
-    Ok((builds, older.flatten()))
-}
-
-async fn api_list(
-    State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
-) -> Reply {
-    project(&server, &name)?;
-    let limit = q.limit.unwrap_or(PAGE).min(1000);
-    let (builds, older) = history(&server, &name, q.before, limit)?;
-    let rows: Vec<serde_json::Value> = builds.iter().map(build_json).collect();
-    let mut reply = axum::Json(rows).into_response();
-    // The next page as GitHub's and GitLab's APIs name theirs (RFC 8288): absent on the last.
-    if let Some(n) = older {
-        let next = format!(
-            "<{}?before={n}&limit={limit}>; rel=\"next\"",
-            web::builds_api_url(&name)
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&next) {
-            reply.headers_mut().insert(header::LINK, v);
-        }
-    }
-    Ok(reply)
-}
-
 /// A build as the API shows it: the record plus the job counts.
 fn build_json(b: &Build) -> serde_json::Value {
     let mut v = serde_json::to_value(b).expect("a build serialises");
@@ -649,37 +598,6 @@ async fn index(State(server): State<Arc<Server>>) -> Reply {
         });
     }
     Ok(page(StatusCode::OK, web::index_page(&projects)))
-}
-
-async fn project_page(
-    State(server): State<Arc<Server>>,
-    Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
-) -> Reply {
-    let Some(p) = server.project(&name) else {
-        return Err(not_found(format!("no project {name:?}")));
-    };
-    let (builds, older) = history(&server, &name, q.before, PAGE)?;
-    // The form offers the branches the configuration names outright; a glob is typed in.
-    let branches: Vec<String> = p
-        .branch_patterns
-        .iter()
-        .filter(|b| !b.contains(['*', '?', '[', '{']))
-        .cloned()
-        .collect();
-    Ok(page(
-        StatusCode::OK,
-        web::project_page(
-            &name,
-            &p.shown_repo(),
-            &branches,
-            &builds,
-            web::Pages {
-                below: q.before,
-                older,
-            },
-        ),
-    ))
 }
 
 async fn build_page(
