@@ -724,17 +724,14 @@ fn xattrs_are_copied() {
     use std::os::unix::ffi::OsStrExt;
     let f = fixture();
     f.file("x", "x", 0o644);
-    let src = CString::new(f.ctx.join("x").as_os_str().as_bytes()).unwrap();
-    let name = CString::new("user.forge").unwrap();
-    // SAFETY: NUL-terminated strings and a live 3-byte value.
-    let rc = unsafe { libc::setxattr(src.as_ptr(), name.as_ptr(), b"yes".as_ptr().cast(), 3, 0) };
-    if rc != 0 {
+    if forge_testsupport::set_xattr(&f.ctx.join("x"), "user.forge", b"yes").is_err() {
         return forge_testsupport::missing("user xattrs unsupported on the temp filesystem");
     }
     f.run(vec![copy("/x", "/y")]).unwrap();
     let dst = CString::new(f.out("/y").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.forge").unwrap();
     let mut buf = [0u8; 16];
-    // SAFETY: as above, with a live 16-byte buffer.
+    // SAFETY: NUL-terminated strings and a live 16-byte buffer.
     let n = unsafe { libc::getxattr(dst.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
     assert_eq!(n, 3);
     assert_eq!(&buf[..3], b"yes");

@@ -38,11 +38,8 @@ fn context(dir: &Path) {
     fs::write(dir.join("keep.txt"), "new keep").unwrap();
     fs::create_dir(dir.join("old")).unwrap();
     fs::write(dir.join("old/again.txt"), "back").unwrap();
-    let p = CString::new(dir.join("pkg0/src/file00.txt").as_os_str().as_bytes()).unwrap();
-    let name = CString::new("user.forge.test").unwrap();
-    // SAFETY: both strings are NUL-terminated and outlive the call; the value is 3 bytes.
-    let rc = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), b"yes".as_ptr().cast(), 3, 0) };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    forge_testsupport::set_xattr(&dir.join("pkg0/src/file00.txt"), "user.forge.test", b"yes")
+        .unwrap_or_else(|e| panic!("setxattr: {e}"));
 }
 
 /// The lower layer: /src with a file the context replaces and a directory of its own, and /old,

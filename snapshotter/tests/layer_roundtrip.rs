@@ -586,7 +586,7 @@ fn the_overlay_walk_and_the_compare_walk_write_one_layer_of_one_tree() {
         )
         .unwrap();
         // Where the filesystem takes user xattrs, one file carries one.
-        let _ = xattr_set(&dir.join("f004"), "user.forge.test", b"value");
+        let _ = forge_testsupport::set_xattr(&dir.join("f004"), "user.forge.test", b"value");
     }
     let options = || LayerOptions {
         compression: Compression::None,
@@ -614,26 +614,4 @@ fn the_overlay_walk_and_the_compare_walk_write_one_layer_of_one_tree() {
     let target = tmp.path().join("target");
     unpack_into_new(&tar_upper, &upper.media_type, &target);
     assert_trees_equal(&tree, &target, &opts());
-}
-
-/// Sets an xattr through setfattr's system call, where the filesystem allows it.
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

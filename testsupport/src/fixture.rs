@@ -178,3 +178,27 @@ pub fn unique() -> String {
         .as_nanos();
     format!("{}-{nanos}", std::process::id())
 }
+
+/// Sets the extended attribute `name` of `path` (not followed when a symlink) to `value`; the
+/// error is the system's (`ENOTSUP` where the filesystem takes no such attributes).
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let n = std::ffi::CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated and live across the call; `value` is a live slice
+    // of the length given.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -34,7 +34,7 @@ pub use check::{
     workspace_root,
 };
 pub use fixture::{
-    BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in,
+    BUSYBOX_BASE, Context, copy_exe, install_busybox, install_exe, scratch, scratch_in, set_xattr,
     shared_scratch, unique, walk,
 };
 pub use git::GitDaemon;

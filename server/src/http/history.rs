@@ -36,11 +36,12 @@ fn history(
         .store
         .list_before(name, before, limit + 1)
         .map_err(internal)?;
-    let older = (builds.len() > limit).then(|| {
-        builds.truncate(limit);
-        builds.last().map(|b| b.number)
-    });
-    Ok((builds, older.flatten()))
+    if builds.len() <= limit {
+        return Ok((builds, None));
+    }
+    builds.truncate(limit);
+    let older = builds.last().map(|b| b.number);
+    Ok((builds, older))
 }
 
 pub(super) async fn api_list(

@@ -297,12 +297,14 @@ pub fn builds_api_url(project: &str) -> String {
     format!("/api/v1/projects/{}/builds", path_segment(project))
 }
 
+/// The API's URL of build `number`'s log.
+fn log_url(project: &str, number: u64) -> String {
+    format!("{}/{number}/log", builds_api_url(project))
+}
+
 /// The URL that streams the rest of a build's log from byte `offset` on.
 pub fn log_follow_url(project: &str, number: u64, offset: u64) -> String {
-    format!(
-        "/api/v1/projects/{}/builds/{number}/log?follow=1&offset={offset}",
-        path_segment(project)
-    )
+    format!("{}?follow=1&offset={offset}", log_url(project, number))
 }
 
 /// "/p/{project}/{n}": the build's fields, `#status`, `#jobs`, a `form.play` for each manual
@@ -362,11 +364,7 @@ pub fn build_page_of(build: &Build, log_tail: &str, log_end: u64, left_out: u64)
         pushed: &build.pushed,
         log: log_tail,
         left_out,
-        log_url: format!(
-            "/api/v1/projects/{}/builds/{}/log",
-            path_segment(project),
-            build.number
-        ),
+        log_url: log_url(project, build.number),
         follow_url: log_follow_url(project, build.number, log_end),
         base,
     })
