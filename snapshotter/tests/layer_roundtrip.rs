@@ -549,6 +549,8 @@ fn sockets_are_left_out_of_the_layer() {
 /// hundreds of files in one directory.
 #[test]
 fn the_overlay_walk_and_the_compare_walk_write_one_layer_of_one_tree() {
+    // The overlay walk reads ahead on worker threads (directories listed, small files read); the
+    // compare walk is one thread's: the two tars are equal byte for byte.
     use std::os::unix::fs::{PermissionsExt, symlink};
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
@@ -587,6 +589,19 @@ fn the_overlay_walk_and_the_compare_walk_write_one_layer_of_one_tree() {
         .unwrap();
         // Where the filesystem takes user xattrs, one file carries one.
         let _ = forge_testsupport::set_xattr(&dir.join("f004"), "user.forge.test", b"value");
+    }
+    // More directories than the overlay walk lists ahead of itself at once, nested, some empty,
+    // with files on both sides of the largest it reads ahead (64 KiB).
+    for a in 0..6 {
+        std::fs::create_dir_all(tree.join(format!("nest/a{a}/empty"))).unwrap();
+        for b in 0..5 {
+            let dir = tree.join(format!("nest/a{a}/b{b}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..4 {
+                let bytes = vec![(a * 5 + b + i) as u8; i * 30_000];
+                std::fs::write(dir.join(format!("n{i}")), bytes).unwrap();
+            }
+        }
     }
     let options = || LayerOptions {
         compression: Compression::None,

@@ -17,6 +17,9 @@ use crate::layer::{
 };
 use crate::unpack::sys;
 
+mod ahead;
+use ahead::{Ahead, DirKey, Pre};
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -102,7 +105,17 @@ pub fn walk<S: LayerStream>(
         copied_at: None,
     };
     match changes {
-        Changes::OverlayUpper(upper) => d.overlay_dir(upper, b"")?,
+        Changes::OverlayUpper(upper) => {
+            let ahead = Ahead::new(upper);
+            std::thread::scope(|scope| {
+                for _ in 0..Ahead::workers() {
+                    scope.spawn(|| ahead.work());
+                }
+                // The workers stop however the walk ends, a panic included.
+                let _stop = ahead.stop_on_drop();
+                d.overlay_dir(&ahead, upper, b"", &Vec::new())
+            })?
+        }
         Changes::Compare {
             lower,
             upper,
@@ -177,6 +190,16 @@ fn is_overlay_xattr(name: &[u8]) -> bool {
         || name.starts_with(b"user.fuseoverlayfs.")
 }
 
+/// Where a regular file's content is read from when its entry is written.
+enum Content {
+    /// Opened by its path then.
+    Path,
+    /// Through the descriptor the walk holds open on it.
+    Open(File),
+    /// Read already, whole (see [`ahead`]).
+    Read(Vec<u8>),
+}
+
 /// What a path is, as a layer entry would record it.
 struct Node {
     kind: EntryKind,
@@ -222,14 +245,15 @@ fn open_regular(dir: &std::os::fd::OwnedFd, name: &[u8]) -> Option<File> {
         | OFlag::O_NOCTTY
         | OFlag::O_NONBLOCK
         | OFlag::O_CLOEXEC;
-    nix::fcntl::openat(
-        dir,
-        OsStr::from_bytes(name),
-        flags,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()
-    .map(File::from)
+    let open = |flags| {
+        nix::fcntl::openat(
+            dir,
+            OsStr::from_bytes(name),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )
+    };
+    open(flags).ok().map(File::from)
 }
 
 /// The node `md` describes, with the xattrs `xattrs` reads (overlayfs' own left out); `None` for
@@ -305,7 +329,7 @@ impl<S: LayerStream> Differ<'_, S> {
         for i in 0..self.pending.len() {
             if let Some(n) = self.pending[i].2.take() {
                 let (path, rel) = (self.pending[i].0.clone(), self.pending[i].1.clone());
-                self.emit_entry(&path, &rel, n, None)?;
+                self.emit_entry(&path, &rel, n, Content::Path)?;
             }
         }
         Ok(())
@@ -322,20 +346,19 @@ impl<S: LayerStream> Differ<'_, S> {
         path: &Path,
         rel: &[u8],
         n: Node,
-        open: Option<File>,
+        content: Content,
     ) -> Result<(), DiffError> {
         self.flush_parents()?;
-        self.emit_entry(path, rel, n, open)
+        self.emit_entry(path, rel, n, content)
     }
 
-    /// Writes one entry; a regular file's content is read through `open` when the walk holds
-    /// it open already, else through a new open of `path`.
+    /// Writes one entry; a regular file's content comes from `content`.
     fn emit_entry(
         &mut self,
         path: &Path,
         rel: &[u8],
         n: Node,
-        open: Option<File>,
+        content: Content,
     ) -> Result<(), DiffError> {
         self.stats.entries += 1;
         if n.kind != EntryKind::Dir && n.nlink > 1 {
@@ -347,59 +370,91 @@ impl<S: LayerStream> Differ<'_, S> {
             self.links.insert(n.dev_ino, rel.to_vec());
         }
         if n.kind == EntryKind::File && n.meta.size > 0 {
-            let mut f = match open {
-                Some(f) => f,
-                None => File::open(path).map_err(io_err("opening", path))?,
-            };
             self.stats.content_bytes += n.meta.size;
-            self.writer
-                .append(rel, &n.kind, &n.meta, Some(&mut f as &mut dyn Read))?;
+            let mut f;
+            let mut bytes;
+            let data: &mut dyn Read = match content {
+                Content::Read(read) => {
+                    bytes = io::Cursor::new(read);
+                    &mut bytes
+                }
+                Content::Open(open) => {
+                    f = open;
+                    &mut f
+                }
+                Content::Path => {
+                    f = File::open(path).map_err(io_err("opening", path))?;
+                    &mut f
+                }
+            };
+            self.writer.append(rel, &n.kind, &n.meta, Some(data))?;
         } else {
             self.writer.append(rel, &n.kind, &n.meta, None)?;
         }
         Ok(())
     }
 
-    fn overlay_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<(), DiffError> {
-        // Held while this directory's files are read, not while a subdirectory is walked: a deep
-        // tree would hold one per level.
+    /// Writes the overlay upper dir `dir` (`rel` in the layer, `key` in the walk's order) from
+    /// the listing [`Ahead`] made of it.
+    fn overlay_dir(
+        &mut self,
+        ahead: &Ahead,
+        dir: &Path,
+        rel: &[u8],
+        key: &DirKey,
+    ) -> Result<(), DiffError> {
+        // Held while this directory's large files are read, not while a subdirectory is walked:
+        // a deep tree would hold one per level.
         let mut dir_fd = None;
-        for (name, ft) in sorted_entries(dir)? {
-            let path = child(dir, &name);
-            let crel = join(rel, &name);
-            // A regular file (most of a layer) is opened by its name in the directory held open,
-            // and stated, listed and read through that one descriptor: no path is walked again.
-            if ft.is_file() {
-                if dir_fd.is_none() {
-                    dir_fd = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
-                }
-                if let Some(f) = dir_fd.as_ref().and_then(|held| open_regular(held, &name))
-                    && let Some(n) = file_node(&f, &path)?
-                    && n.kind == EntryKind::File
-                {
-                    self.emit(&path, &crel, n, Some(f))?;
+        for entry in ahead.take(key, dir)? {
+            let path = child(dir, &entry.name);
+            let crel = join(rel, &entry.name);
+            let n = match entry.pre {
+                Pre::Failed(e) => return Err(e),
+                Pre::Read(n, bytes) => {
+                    self.emit(&path, &crel, n, Content::Read(bytes))?;
                     continue;
                 }
-            }
-            let Some(n) = node(&path)? else {
-                continue;
+                // A large regular file is opened by its name in the directory held open, and
+                // stated, listed and read through that one descriptor: no path is walked again.
+                Pre::Stream => {
+                    if dir_fd.is_none() {
+                        dir_fd = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
+                    }
+                    if let Some(f) = dir_fd
+                        .as_ref()
+                        .and_then(|held| open_regular(held, &entry.name))
+                        && let Some(n) = file_node(&f, &path)?
+                        && n.kind == EntryKind::File
+                    {
+                        self.emit(&path, &crel, n, Content::Open(f))?;
+                        continue;
+                    }
+                    match node(&path)? {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                }
+                Pre::Node(None) => continue,
+                Pre::Node(Some(n)) => n,
             };
-            if n.kind == (EntryKind::CharDevice { major: 0, minor: 0 }) {
+            if ahead::is_whiteout(&n) {
                 self.stats.whiteouts += 1;
                 self.writer.append_whiteout(&crel)?;
                 continue;
             }
-            if ft.is_dir() {
+            // The test `ahead::enters` makes of the listing: the walk enters what was listed.
+            if entry.file_type.is_dir() {
                 let opaque = n.opaque;
-                self.emit(&path, &crel, n, None)?;
+                self.emit(&path, &crel, n, Content::Path)?;
                 if opaque {
                     self.stats.whiteouts += 1;
                     self.writer.append_opaque(&crel)?;
                 }
                 dir_fd = None;
-                self.overlay_dir(&path, &crel)?;
+                self.overlay_dir(ahead, &path, &crel, &ahead::child_key(key, &entry.name))?;
             } else {
-                self.emit(&path, &crel, n, None)?;
+                self.emit(&path, &crel, n, Content::Path)?;
             }
         }
         Ok(())
@@ -438,7 +493,7 @@ impl<S: LayerStream> Differ<'_, S> {
                         continue;
                     };
                     let is_dir = n.kind == EntryKind::Dir;
-                    self.emit(&upath, &crel, n, None)?;
+                    self.emit(&upath, &crel, n, Content::Path)?;
                     if is_dir {
                         self.compare_dir(None, &upath, &crel)?;
                     }
@@ -456,7 +511,7 @@ impl<S: LayerStream> Differ<'_, S> {
                         None => true,
                     };
                     let pending = if changed {
-                        self.emit(&upath, &crel, un, None)?;
+                        self.emit(&upath, &crel, un, Content::Path)?;
                         false
                     } else if is_dir {
                         self.pending.push((upath.clone(), crel.clone(), Some(un)));
