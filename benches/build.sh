@@ -19,7 +19,9 @@
 # forge's gzip is one stream), GNU gzip and openssl's sha256 (the compression floor; openssl uses
 # the CPU's SHA instructions where it has them, as forge's sha2 crate does, where coreutils'
 # sha256sum took 5x as long here); and that layer, gzipped, uploaded by curl to the run's registry
-# in one PUT (the registry floor). Each case's
+# in one PUT (the registry floor); the heavy step's own script run by busybox's sh as the bench user
+# on the run's filesystem, with no container and no layer (the step floor: no builder's heavy build
+# can take less). Each case's
 # median for every tool, forge/docker, forge/buildah, the spread (min..max), forge's peak RSS (one
 # more run under /usr/bin/time; docker's work happens in its daemon, so no client figure is
 # comparable), and the targets (forge/docker: parallel <= 0.25 of docker's time above the 2 s
@@ -98,6 +100,7 @@ missing=()
 { [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ]; } || missing+=(docker.io)
 command -v buildah >/dev/null || missing+=(buildah)
 command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v busybox >/dev/null || missing+=(busybox-static)
 command -v python3 >/dev/null || missing+=(python3)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v zstd >/dev/null || missing+=(zstd)
@@ -287,6 +290,26 @@ run_case() {
   fi
 }
 
+# The step floor: the heavy case's RUN script, run by busybox's sh (the base image's shell) as the
+# bench user straight on the run's filesystem, each run in a new directory: what the step itself
+# costs, with no container, no overlay and no layer.
+step_floor() {
+  local d=$WORK/floor/step
+  mkdir -p "$d"
+  [ -z "$BENCH_USER" ] || chown "$BENCH_USER" "$d"
+  cat >"$d/step.sh" <<'STEP'
+mkdir "$1" && cd "$1" && head -c 67108864 /dev/urandom > blob.bin \
+ && for d in $(seq 1 200); do
+      mkdir -p files/d$d
+      for f in $(seq 1 100); do echo "dir $d file $f" > files/d$d/f$f; done
+    done
+STEP
+  echo
+  echo "== step floor (the heavy step's script, busybox sh, no container)"
+  hyperfine -N --style basic --warmup 1 --runs "$RUNS" --export-json "$WORK/results/step-floor.json" \
+    --prepare "rm -rf $d/t" -n "busybox sh: the heavy step's script" "$AS_FORGE busybox sh $d/step.sh $d/t"
+}
+
 # The compression floor: the heavy case's layer (a 64 MiB random file and 20,000 small ones, made
 # the same way on the host) as one tar, compressed by the fastest CLI tools on all cores.
 compression_floor() {
@@ -375,6 +398,7 @@ wanted realapp && run_case realapp realapp cold
 wanted pip && run_case pip pip cold
 wanted big && big_layer
 wanted floor && compression_floor
+wanted floor && step_floor
 
 # --- summary -------------------------------------------------------------------------------------
 echo
@@ -442,6 +466,16 @@ floor = load("floor")
 if floor:
     notes.append("compression floor of the heavy layer: " + ", ".join(
         f"{k} {v['median']:.3f} s" for k, v in floor.items()))
+step = load("step-floor")
+if step:
+    s = next(iter(step.values()))
+    note = f"step floor: the heavy step's script run by busybox sh with no container {fmt(s)} s"
+    h = load("heavy")
+    if h.get("docker"):
+        note += f"; 0.4x docker's heavy build is {0.4 * h['docker']['median']:.3f} s"
+    if h.get("forge"):
+        note += f"; forge's heavy build takes {h['forge']['median'] - s['median']:.3f} s more than the script"
+    notes.append(note)
 reg = load("registry-floor")
 if reg:
     r = next(iter(reg.values()))
