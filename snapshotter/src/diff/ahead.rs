@@ -304,3 +304,77 @@ fn inspect_file(
         Ok(_) => by_path(path),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(ahead: &Ahead) -> bool {
+        let state = ahead.lock();
+        state.working.is_empty() && (state.pending.is_empty() || state.held >= HELD_MAX)
+    }
+
+    #[test]
+    fn the_workers_hold_no_more_than_the_bound_ahead_of_a_walk_that_lags() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 300 directories of one 60 KiB file each: 18 MiB of files small enough to read ahead.
+        for i in 0..300 {
+            let dir = tmp.path().join(format!("d{i:03}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("f"), vec![i as u8; 60 << 10]).unwrap();
+        }
+        let ahead = Ahead::new(tmp.path());
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| ahead.work());
+            }
+            let _stop = ahead.stop_on_drop();
+            let root = ahead.take(&Vec::new(), tmp.path()).unwrap();
+            assert_eq!(root.len(), 300);
+            // The walk lags: the workers go as far as the bound lets them.
+            while !settled(&ahead) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            {
+                let state = ahead.lock();
+                assert!(state.held >= HELD_MAX, "went ahead: {} bytes", state.held);
+                assert!(
+                    state.held <= HELD_MAX + 2 * DIR_BUDGET,
+                    "held {} bytes",
+                    state.held
+                );
+                assert!(!state.pending.is_empty(), "stopped at the bound");
+            }
+            // Then the walk takes every directory in its order, the file read with it.
+            for (i, entry) in root.iter().enumerate() {
+                let key = child_key(&Vec::new(), &entry.name);
+                let listing = ahead.take(&key, &child(tmp.path(), &entry.name)).unwrap();
+                assert_eq!(listing.len(), 1);
+                match &listing[0].pre {
+                    Pre::Read(_, bytes) => assert_eq!(bytes, &vec![i as u8; 60 << 10]),
+                    _ => panic!("d{i:03}/f was not read ahead"),
+                }
+            }
+            assert_eq!(ahead.lock().held, 0);
+        });
+    }
+
+    #[test]
+    fn a_directory_no_worker_started_is_listed_by_the_walk() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::fs::write(tmp.path().join("a/b/big"), vec![1u8; 100 << 10]).unwrap();
+        // No workers at all: every listing is the walk's own, and nothing waits.
+        let ahead = Ahead::new(tmp.path());
+        let root = ahead.take(&Vec::new(), tmp.path()).unwrap();
+        assert!(enters(&root[0]));
+        let a = child_key(&Vec::new(), b"a");
+        ahead.take(&a, &tmp.path().join("a")).unwrap();
+        let b = child_key(&a, b"b");
+        let listing = ahead.take(&b, &tmp.path().join("a/b")).unwrap();
+        assert!(
+            matches!(listing[0].pre, Pre::Stream),
+            "a file over 64 KiB is the walk's to read"
+        );
+    }
+}

@@ -67,8 +67,9 @@ pub struct DiffStats {
 }
 
 /// Write `changes` as one layer to `sink`; returns the layer's descriptor and the sink. The walk
-/// runs on this thread and the hashing and compression on another ([`Piped`]), so that the two
-/// overlap; the bytes are those one thread would write.
+/// runs on this thread (an overlay upper's directories listed ahead of it by workers, [`ahead`])
+/// and the hashing and compression on others ([`Piped`]), so that they overlap; the bytes are
+/// those one thread would write.
 pub fn write_layer<W: Write + Send>(
     changes: Changes<'_>,
     sink: W,
@@ -92,7 +93,7 @@ pub fn write_layer<W: Write + Send>(
 }
 
 /// Writes the entries of `changes` into `writer` (which the caller then finishes): the walk of
-/// [`write_layer`] on one thread, into any [`LayerStream`].
+/// [`write_layer`], into any [`LayerStream`].
 pub fn walk<S: LayerStream>(
     changes: Changes<'_>,
     writer: &mut LayerWriter<S>,
