@@ -132,40 +132,21 @@ impl Ahead {
                 state.working.insert(key.clone());
                 drop(state);
                 let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(&path)));
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(&path))) {
+                        Ok(listed) => Outcome::Listed(listed),
+                        Err(panic) => Outcome::Panicked(panic),
+                    };
                 state = self.lock();
                 state.working.remove(&key);
-                let outcome = self.record(&mut state, &key, &path, outcome);
+                if let Outcome::Listed(Ok(listing)) = &outcome {
+                    want_children(&mut state, &key, &path, listing);
+                }
                 state.held += held(&outcome);
                 state.done.insert(key, outcome);
                 self.changed.notify_all();
                 continue;
             }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Wants the subdirectories the walk will enter of a listing just made (under the lock).
-    fn record(
-        &self,
-        state: &mut State,
-        key: &DirKey,
-        path: &Path,
-        outcome: std::thread::Result<Result<Listing, DiffError>>,
-    ) -> Outcome {
-        match outcome {
-            Ok(Ok(listing)) => {
-                for entry in &listing {
-                    if enters(entry) {
-                        state
-                            .pending
-                            .insert(child_key(key, &entry.name), child(path, &entry.name));
-                    }
-                }
-                Outcome::Listed(Ok(listing))
-            }
-            Ok(Err(e)) => Outcome::Listed(Err(e)),
-            Err(panic) => Outcome::Panicked(panic),
         }
     }
 
@@ -178,21 +159,19 @@ impl Ahead {
                 state.held -= held(&outcome);
                 self.changed.notify_all();
                 return match outcome {
-                    Outcome::Listed(listing) => listing,
+                    Outcome::Listed(listed) => listed,
                     Outcome::Panicked(panic) => std::panic::resume_unwind(panic),
                 };
             }
             if !state.working.contains(key) {
                 state.pending.remove(key);
                 drop(state);
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(path)));
-                let mut state = self.lock();
-                let outcome = self.record(&mut state, key, path, outcome);
-                self.changed.notify_all();
-                return match outcome {
-                    Outcome::Listed(listing) => listing,
-                    Outcome::Panicked(panic) => std::panic::resume_unwind(panic),
-                };
+                let listed = list(path);
+                if let Ok(listing) = &listed {
+                    want_children(&mut self.lock(), key, path, listing);
+                    self.changed.notify_all();
+                }
+                return listed;
             }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
@@ -208,6 +187,17 @@ impl Ahead {
             }
         }
         Stop(self)
+    }
+}
+
+/// Wants the subdirectories the walk will enter of `listing`, just made of `key` at `path`.
+fn want_children(state: &mut State, key: &DirKey, path: &Path, listing: &Listing) {
+    for entry in listing {
+        if enters(entry) {
+            state
+                .pending
+                .insert(child_key(key, &entry.name), child(path, &entry.name));
+        }
     }
 }
 
