@@ -20,11 +20,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::{
-    DiffError, Node, child, file_node, io_err, node, open_regular, sort_key, sorted_entries,
-};
+use super::{DiffError, Node, Opened, child, node, open_file, sort_key, sorted_entries};
 use crate::layer::EntryKind;
-use crate::unpack::sys;
 
 /// Directories listed ahead of the walk and not yet taken by it.
 const WINDOW: usize = 256;
@@ -97,8 +94,12 @@ pub(super) struct Ahead {
 }
 
 impl Ahead {
-    /// The number of workers for this machine.
-    pub fn workers() -> usize {
+    /// How many workers to start now: one a core (at most [`MAX_WORKERS`]) while a directory is
+    /// wanted, none when none is (the walk has all it will take).
+    pub fn workers_wanted(&self) -> usize {
+        if self.lock().pending.is_empty() {
+            return 0;
+        }
         std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, MAX_WORKERS)
@@ -256,8 +257,8 @@ fn by_path(path: &Path) -> Pre {
     }
 }
 
-/// A regular file as the walk inspects one: opened by its name in the directory held open, stated
-/// and read through that descriptor; by path where it does not open as a regular file.
+/// A regular file as the walk inspects one ([`open_file`]), read whole when it is small enough
+/// for the directory's budget.
 fn inspect_file(
     dir: &Path,
     held: &mut Option<std::os::fd::OwnedFd>,
@@ -265,33 +266,23 @@ fn inspect_file(
     path: &Path,
     budget: &mut u64,
 ) -> Pre {
-    if held.is_none() {
-        match sys::open_dir(dir) {
-            Ok(fd) => *held = Some(fd),
-            Err(e) => return Pre::Failed(io_err("opening", dir)(e)),
-        }
-    }
-    let Some(file) = held.as_ref().and_then(|fd| open_regular(fd, name)) else {
-        return by_path(path);
+    let (file, n) = match open_file(dir, held, name, path) {
+        Err(e) => return Pre::Failed(e),
+        Ok(Opened::Other(n)) => return Pre::Node(n),
+        Ok(Opened::File(file, n)) => (file, n),
     };
-    match file_node(&file, path) {
-        Err(e) => Pre::Failed(e),
-        Ok(Some(n)) if n.kind == EntryKind::File => {
-            let size = n.meta.size;
-            if size > SMALL_FILE || size > *budget {
-                return Pre::Stream;
-            }
-            let mut bytes = Vec::with_capacity(size as usize);
-            // A read error is the walk's to meet, reading the file itself.
-            match (&file).take(size).read_to_end(&mut bytes) {
-                Ok(_) => {
-                    *budget -= size;
-                    Pre::Read(n, bytes)
-                }
-                Err(_) => Pre::Stream,
-            }
+    let size = n.meta.size;
+    if size > SMALL_FILE || size > *budget {
+        return Pre::Stream;
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // A read error is the walk's to meet, reading the file itself.
+    match (&file).take(size).read_to_end(&mut bytes) {
+        Ok(_) => {
+            *budget -= size;
+            Pre::Read(n, bytes)
         }
-        Ok(_) => by_path(path),
+        Err(_) => Pre::Stream,
     }
 }
 

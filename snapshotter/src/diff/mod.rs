@@ -108,13 +108,16 @@ pub fn walk<S: LayerStream>(
     match changes {
         Changes::OverlayUpper(upper) => {
             let ahead = Ahead::new(upper);
+            // The root is listed here, and workers start only when it has subdirectories to
+            // list: a layer of a few files at its top (a COPY of one file) starts no thread.
+            let root = ahead.take(&Vec::new(), upper)?;
             std::thread::scope(|scope| {
-                for _ in 0..Ahead::workers() {
+                for _ in 0..ahead.workers_wanted() {
                     scope.spawn(|| ahead.work());
                 }
                 // The workers stop however the walk ends, a panic included.
                 let _stop = ahead.stop_on_drop();
-                d.overlay_dir(&ahead, upper, b"", &Vec::new())
+                d.overlay_entries(&ahead, upper, b"", &Vec::new(), root)
             })?
         }
         Changes::Compare {
@@ -234,6 +237,36 @@ fn file_node(file: &File, path: &Path) -> Result<Option<Node>, DiffError> {
     use std::os::fd::AsFd;
     let md = file.metadata().map_err(io_err("inspecting", path))?;
     node_of(&md, path, || sys::fxattrs(file.as_fd()))
+}
+
+/// What [`open_file`] found.
+enum Opened {
+    /// A regular file, open, and its node through that descriptor.
+    File(File, Node),
+    /// Anything else (or a file that did not open as one): its node by path, as [`node`] gives it.
+    Other(Option<Node>),
+}
+
+/// `name` in `dir` as the overlay walk reads an entry the listing called a regular file: opened
+/// by its name in the directory (whose descriptor `held` keeps, opened on first need), stated and
+/// its xattrs listed through that one descriptor, no path walked again; by path where it does
+/// not open as a regular file (one this user may not open, or a name replaced meanwhile).
+fn open_file(
+    dir: &Path,
+    held: &mut Option<std::os::fd::OwnedFd>,
+    name: &[u8],
+    path: &Path,
+) -> Result<Opened, DiffError> {
+    if held.is_none() {
+        *held = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
+    }
+    if let Some(f) = held.as_ref().and_then(|fd| open_regular(fd, name))
+        && let Some(n) = file_node(&f, path)?
+        && n.kind == EntryKind::File
+    {
+        return Ok(Opened::File(f, n));
+    }
+    Ok(Opened::Other(node(path)?))
 }
 
 /// `name` in `dir` opened for reading, or `None` where that fails (a file this user may not
@@ -412,10 +445,23 @@ impl<S: LayerStream> Differ<'_, S> {
         rel: &[u8],
         key: &DirKey,
     ) -> Result<(), DiffError> {
+        let listing = ahead.take(key, dir)?;
+        self.overlay_entries(ahead, dir, rel, key, listing)
+    }
+
+    /// [`Self::overlay_dir`] from `listing`, the listing of `dir`.
+    fn overlay_entries(
+        &mut self,
+        ahead: &Ahead,
+        dir: &Path,
+        rel: &[u8],
+        key: &DirKey,
+        listing: Vec<ahead::Entry>,
+    ) -> Result<(), DiffError> {
         // Held while this directory's large files are read, not while a subdirectory is walked:
         // a deep tree would hold one per level.
         let mut dir_fd = None;
-        for entry in ahead.take(key, dir)? {
+        for entry in listing {
             let path = child(dir, &entry.name);
             let crel = join(rel, &entry.name);
             let n = match entry.pre {
@@ -426,24 +472,14 @@ impl<S: LayerStream> Differ<'_, S> {
                 }
                 // A large regular file is opened by its name in the directory held open, and
                 // stated, listed and read through that one descriptor: no path is walked again.
-                Pre::Stream => {
-                    if dir_fd.is_none() {
-                        dir_fd = Some(sys::open_dir(dir).map_err(io_err("opening", dir))?);
-                    }
-                    if let Some(f) = dir_fd
-                        .as_ref()
-                        .and_then(|held| open_regular(held, &entry.name))
-                        && let Some(n) = file_node(&f, &path)?
-                        && n.kind == EntryKind::File
-                    {
+                Pre::Stream => match open_file(dir, &mut dir_fd, &entry.name, &path)? {
+                    Opened::File(f, n) => {
                         self.emit(&path, &crel, n, Content::Open(f))?;
                         continue;
                     }
-                    match node(&path)? {
-                        Some(n) => n,
-                        None => continue,
-                    }
-                }
+                    Opened::Other(None) => continue,
+                    Opened::Other(Some(n)) => n,
+                },
                 Pre::Node(None) => continue,
                 Pre::Node(Some(n)) => n,
             };
