@@ -216,7 +216,7 @@ fn held(outcome: &Outcome) -> u64 {
     }
 }
 
-/// Whether the walk enters `entry` as a directory: the test [`super::Differ::overlay_dir`] makes,
+/// Whether the walk enters `entry` as a directory: the test `Differ::overlay_entries` makes,
 /// so that every directory a worker lists is one the walk takes.
 pub(super) fn enters(entry: &Entry) -> bool {
     entry.file_type.is_dir() && matches!(&entry.pre, Pre::Node(Some(n)) if !is_whiteout(n))
