@@ -194,6 +194,9 @@ impl Session {
         let (name, text) =
             unless_cancelled(&cancel, super::prepare::read_dockerfile(request)).await?;
         let df = parser::parse_file(&name, &text)?;
+        if self.fresh && super::roots::may_speak_tls(&df, request, &self.registry) {
+            forge_snapshotter::registry::roots::load_in_background();
+        }
         // A Dockerfile given as text has no sibling ignore file: the context's own applies.
         let df_path = request
             .dockerfile_path()

@@ -16,6 +16,7 @@ mod pending;
 mod prepare;
 mod request;
 mod restamp;
+mod roots;
 mod service;
 mod session;
 mod solve;

@@ -86,6 +86,10 @@ impl LazySnapshots {
 #[derive(Clone)]
 pub struct Session {
     pub(crate) root: PathBuf,
+    /// The store had no metadata as the session opened: its builds pull their bases. In a store
+    /// that has images nothing loads the trusted roots before a request needs them, and a
+    /// rebuild's walk keeps the cores.
+    pub(crate) fresh: bool,
     pub(crate) store: Store,
     pub(crate) snapshots: Arc<LazySnapshots>,
     pub(crate) registry: Arc<RegistryClient>,
@@ -103,12 +107,10 @@ impl Session {
             .map_err(|e| BuildError::Invalid(format!("store {}: {e}", root.display())))?;
         // A new store's metadata file is made beside the build, not by its commit at the end
         // (best effort: that commit makes it when this could not). A new store pulls its bases
-        // too, and a registry reached over HTTPS wants the trusted roots at its first request:
-        // they load meanwhile (a pull from a plain-HTTP registry needs none, and their loading
-        // then only takes CPU time on another core). In a store that has images nothing loads
-        // them before a request needs them, and a rebuild's walk keeps the cores.
-        if !store.has_metadata() {
-            forge_snapshotter::registry::roots::load_in_background();
+        // too: a build that reaches a registry over https starts loading the trusted roots as
+        // soon as it knows so (see `roots.rs`).
+        let fresh = !store.has_metadata();
+        if fresh {
             let store = store.clone();
             let _ = std::thread::Builder::new()
                 .name("forge-meta".into())
@@ -139,6 +141,7 @@ impl Session {
         });
         Ok(Session {
             root,
+            fresh,
             store,
             snapshots,
             registry: Arc::new(registry),

@@ -153,6 +153,19 @@ impl RegistryClient {
                 .any(|r| r == registry)
     }
 
+    /// Whether every request for `reference` goes over plain http: its registry and each mirror a
+    /// request may try before it. Such requests need no trusted roots unless a registry that
+    /// wants a token, or a redirect to https, makes them load then.
+    pub fn reached_over_plain_http(&self, reference: &Reference) -> bool {
+        self.config.mirrors_error.is_none()
+            && self
+                .config
+                .mirrors
+                .candidates(reference)
+                .iter()
+                .all(|c| self.uses_plain_http(c.reference.registry()))
+    }
+
     /// [`Self::client_for`], made (when it is not yet) off the async workers where the runtime
     /// has other workers to run them: making one costs several milliseconds of CPU (see
     /// [`RegistryClient`]), which would stall the tasks queued on this one meanwhile.

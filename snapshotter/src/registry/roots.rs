@@ -40,18 +40,22 @@ pub fn install_crypto_provider() {
 
 static ROOTS: OnceLock<TrustRoots> = OnceLock::new();
 
-/// Starts loading the roots on a thread of their own, unless they are loaded already: a build
-/// calls this as it opens, so that its first request (a base image's manifest, soon after) finds
-/// them ready instead of reading and parsing a few hundred files first (about 2.5 ms of CPU on
-/// Debian). Only once the process may have threads (after any namespace set-up).
+/// Starts loading the roots on a thread of their own, once per process and unless they are
+/// loaded already: a build whose registries speak https calls this as it starts, so that its
+/// first request (a base image's manifest, soon after) finds them ready instead of reading and
+/// parsing a few hundred files first (about 2.5 ms of CPU on Debian). Only once the process may
+/// have threads (after any namespace set-up).
 pub fn load_in_background() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
     if ROOTS.get().is_none() {
-        // Without the thread the first use loads them, as before.
-        let _ = std::thread::Builder::new()
-            .name("forge-roots".into())
-            .spawn(|| {
-                trust_roots();
-            });
+        STARTED.call_once(|| {
+            // Without the thread the first use loads them, as before.
+            let _ = std::thread::Builder::new()
+                .name("forge-roots".into())
+                .spawn(|| {
+                    trust_roots();
+                });
+        });
     }
 }
 
