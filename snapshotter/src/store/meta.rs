@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
+use std::ops::Bound;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{BackendError, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -88,6 +89,85 @@ pub(crate) fn init(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(LEASES).db(path)?;
     txn.open_table(UNPACKED).db(path)?;
     txn.commit().db(path)
+}
+
+/// Makes a new metadata file at `tmp` (a name of its own, which nothing else opens) with every
+/// table, synced once: redb syncs as it creates and closes a file (seven times), which is what
+/// keeps a file that others may open consistent at each step; a file that gets its name only after
+/// it is whole needs its bytes on the disk once, before that rename.
+pub(crate) fn create_file(tmp: &Path) -> Result<(), StoreError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(super::io_err("create", tmp))?;
+    let synced = file.try_clone().map_err(super::io_err("open", tmp))?;
+    let backend = redb::backends::FileBackend::new(file).db(tmp)?;
+    let db = redb::Database::builder()
+        .create_with_backend(SyncedAtTheEnd(backend))
+        .db(tmp)?;
+    init(&db, tmp)?;
+    db.close().db(tmp)?;
+    synced.sync_data().map_err(super::io_err("sync", tmp))
+}
+
+/// A file backend whose syncs wait for the caller's one at the end (see [`create_file`]).
+#[derive(Debug)]
+struct SyncedAtTheEnd(redb::backends::FileBackend);
+
+impl redb::StorageBackend for SyncedAtTheEnd {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.0.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.query_lock_range(start, end)
+    }
 }
 
 /// An empty store's metadata: every table, no rows, in memory (what a store without its metadata

@@ -595,8 +595,8 @@ impl Store {
     }
 
     /// [`Store::make_metadata`] under `meta.lock`: redb makes the file under a name of its own,
-    /// with every table, closes it (which syncs it), and it is renamed into place, then the
-    /// directory synced, so that no commit goes into a file whose name a crash could take back.
+    /// with every table, it is synced once (see [`meta::create_file`]) and renamed into place, then
+    /// the directory synced, so that no commit goes into a file whose name a crash could take back.
     fn make_metadata_locked(&self) -> Result<(), StoreError> {
         if self.db_path.exists() {
             return Ok(());
@@ -612,13 +612,7 @@ impl Store {
         let tmp = self
             .root
             .join(format!("{NEW_META_PREFIX}{}", std::process::id()));
-        let made = redb::Database::create(&tmp)
-            .map_err(|e| meta::db_error(&tmp, e))
-            .and_then(|db| {
-                meta::init(&db, &tmp)?;
-                // The close makes the tables' commit durable; its error is the file's.
-                db.close().map_err(|e| meta::db_error(&tmp, e))
-            })
+        let made = meta::create_file(&tmp)
             .and_then(|()| {
                 fs::rename(&tmp, &self.db_path).map_err(io_err("rename into", &self.db_path))
             })
