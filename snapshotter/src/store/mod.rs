@@ -761,6 +761,52 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_file_made_with_one_sync_is_whole_and_closed_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("meta.redb.new-1");
+        meta::create_file(&file).unwrap();
+        // A read-only open refuses a file whose close did not record a clean state (it would
+        // need the recovery only a writer does), and every table is there.
+        let db = redb::ReadOnlyDatabase::open(&file).unwrap();
+        assert!(meta::has_tables(&db, &file).unwrap());
+        drop(db);
+        // A name already taken is an error, not a file written over.
+        let err = meta::create_file(&file).unwrap_err();
+        assert!(err.to_string().contains("meta.redb.new-1"), "{err}");
+        // The store's own making: the file under its name, no temporary file left.
+        let store = Store::open(tmp.path()).unwrap();
+        store.make_metadata().unwrap();
+        assert!(store.has_metadata());
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("meta.redb"))
+            .collect();
+        assert_eq!(names, ["meta.redb"]);
+        store.put_image(&test_image()).unwrap();
+        assert!(store.get_image("r.example/a:1").unwrap().is_some());
+    }
+
+    fn test_image() -> ImageRecord {
+        let d = |n: u8| Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32))
+                .parse()
+                .unwrap(),
+            size: 1,
+        };
+        ImageRecord {
+            reference: "r.example/a:1".into(),
+            index: None,
+            manifest: d(1),
+            config: d(2),
+            layers: vec![d(3)],
+            platform: "linux/amd64".into(),
+            recorded_unix: 1,
+        }
+    }
+
+    #[test]
     fn default_root_follows_user_and_xdg() {
         assert_eq!(
             default_root_for(0, Some("/x".into()), Some("/root".into())).unwrap(),
