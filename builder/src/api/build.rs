@@ -73,7 +73,7 @@ impl Session {
             // What an earlier build wrote there is no answer of this one: a script reading the
             // file after a failed build would take the earlier image (docker removes its
             // --iidfile too).
-            forget_earlier_outputs(request)?;
+            super::prepare::forget_earlier_outputs(request)?;
             // A cache blob found bad only once the image's layers are gathered (its record was
             // already used) is taken out, and the build runs again: the steps that made it run,
             // as the cache promises (a few times at most: each try takes out one more blob).
@@ -214,7 +214,7 @@ impl Session {
                 .context_excludes
                 .iter()
                 .chain(own_store.iter())
-                .map(|p| literal_pattern(p)),
+                .map(|p| super::prepare::literal_pattern(p)),
         );
         // The context walk (memoised) starts first: on a rebuild that changes nothing it is most
         // of the build, and everything else until the solve (the store session, the scratch
@@ -347,7 +347,7 @@ impl Session {
                 ),
             )
             .await
-            .map_err(|e| lower_error(e, &name, &text))?;
+            .map_err(|e| super::prepare::lower_error(e, &name, &text))?;
         // What the pulls brought in is recorded with the build's results and image, in one commit
         // at the end; on any other way out, on its own.
         let mut pending = Pending::new(&self.store, &images);
@@ -785,75 +785,5 @@ pub(super) async fn unless_cancelled<T>(
         biased;
         () = cancel.cancelled() => Err(BuildError::Solve(SolveError::Cancelled)),
         done = work => done,
-    }
-}
-
-/// A `.dockerignore` pattern that matches `path` and nothing else: the pattern syntax's special
-/// characters escaped (patterns are relative to the context's root, as `read_ignore` leaves them).
-fn literal_pattern(path: &str) -> String {
-    let mut out = String::new();
-    for c in path.trim_start_matches('/').chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A lowering error (or one at a FROM line) gets the file's name and text, so the caller can show
-/// the line.
-fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
-    match e {
-        BuildError::Lower { error, .. } => BuildError::Lower {
-            file: name.to_string(),
-            text: text.clone(),
-            error,
-        },
-        BuildError::At { span, error, .. } => BuildError::At {
-            file: name.to_string(),
-            text: text.clone(),
-            span,
-            error,
-        },
-        other => other,
-    }
-}
-
-/// Removes the `--iidfile` and `--metadata-file` an earlier build left, before this one starts.
-fn forget_earlier_outputs(request: &BuildRequest) -> Result<(), BuildError> {
-    for path in [&request.iidfile, &request.metadata_file]
-        .into_iter()
-        .flatten()
-    {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(BuildError::Invalid(format!(
-                    "removing the earlier {}: {e}",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::literal_pattern;
-    use crate::frontend::dockerignore::Dockerignore;
-
-    #[test]
-    fn an_excluded_path_matches_itself_and_nothing_else() {
-        let ignore =
-            Dockerignore::from_patterns([literal_pattern("out/a*b[1]?"), literal_pattern("arts")])
-                .unwrap();
-        assert!(ignore.matches("out/a*b[1]?"));
-        assert!(ignore.matches("arts"));
-        assert!(!ignore.matches("out/axxb1z"));
-        assert!(!ignore.matches("out/ab1x"));
-        assert!(!ignore.matches("artsy"));
     }
 }

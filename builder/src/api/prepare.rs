@@ -1,5 +1,6 @@
 //! What a build does before its solve besides lowering: the Dockerfile and `.dockerignore` read
-//! (a Dockerfile kept inside its context), the directories given as build contexts walked like
+//! (a Dockerfile kept inside its context, excluded paths made patterns, an earlier build's
+//! `--iidfile` and `--metadata-file` removed, lowering errors given their file), the directories given as build contexts walked like
 //! the main context, BuildKit's build checks run and reported, and steps that need an entitlement
 //! the build was not granted refused.
 
@@ -212,4 +213,74 @@ fn flag_location(name: &str, text: &str, line: Option<usize>, flag: &str) -> Str
         }
     }
     format!("{name}:{line}")
+}
+
+/// A `.dockerignore` pattern that matches `path` and nothing else: the pattern syntax's special
+/// characters escaped (patterns are relative to the context's root, as `read_ignore` leaves them).
+pub(super) fn literal_pattern(path: &str) -> String {
+    let mut out = String::new();
+    for c in path.trim_start_matches('/').chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A lowering error (or one at a FROM line) gets the file's name and text, so the caller can show
+/// the line.
+pub(super) fn lower_error(e: BuildError, name: &str, text: &Arc<str>) -> BuildError {
+    match e {
+        BuildError::Lower { error, .. } => BuildError::Lower {
+            file: name.to_string(),
+            text: text.clone(),
+            error,
+        },
+        BuildError::At { span, error, .. } => BuildError::At {
+            file: name.to_string(),
+            text: text.clone(),
+            span,
+            error,
+        },
+        other => other,
+    }
+}
+
+/// Removes the `--iidfile` and `--metadata-file` an earlier build left, before this one starts.
+pub(super) fn forget_earlier_outputs(request: &BuildRequest) -> Result<(), BuildError> {
+    for path in [&request.iidfile, &request.metadata_file]
+        .into_iter()
+        .flatten()
+    {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BuildError::Invalid(format!(
+                    "removing the earlier {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_pattern;
+    use crate::frontend::dockerignore::Dockerignore;
+
+    #[test]
+    fn an_excluded_path_matches_itself_and_nothing_else() {
+        let ignore =
+            Dockerignore::from_patterns([literal_pattern("out/a*b[1]?"), literal_pattern("arts")])
+                .unwrap();
+        assert!(ignore.matches("out/a*b[1]?"));
+        assert!(ignore.matches("arts"));
+        assert!(!ignore.matches("out/axxb1z"));
+        assert!(!ignore.matches("out/ab1x"));
+        assert!(!ignore.matches("artsy"));
+    }
 }
