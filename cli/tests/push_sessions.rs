@@ -212,3 +212,75 @@ fn a_build_that_fails_after_a_layer_left_leaves_no_upload_session_open() {
         "a failed build pushed a manifest: {served:#?}"
     );
 }
+
+#[test]
+fn a_cold_pushed_build_opens_its_sessions_while_its_first_step_runs() {
+    // A new store: both layers of the image's own (the step's, the copy's) will be made, so
+    // their sessions and the config's are opened as the build starts, not as each layer starts.
+    let Some(w) = World::new(|busybox| {
+        format!("FROM {busybox}\nRUN sleep 3 && echo one > /one\nCOPY ctx.txt /ctx.txt\n")
+    }) else {
+        return;
+    };
+    let (registry, ctx, reference) = (&w.registry, &w.ctx, &w.reference);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["build", "--progress", "json", "-t", reference, "--push"])
+        .arg(ctx)
+        .arg("--root")
+        .arg(w.dir.path().join("root"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            lines.push(line);
+        }
+        lines
+    });
+    let step_started = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|e| {
+            e["type"] == "vertex.started"
+                && e["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("sleep 3"))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if step_started(&line) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the step never started ({e}): {:#?}", registry.served()),
+        }
+    }
+    // Within 2 s of the step's start (it sleeps 3): three sessions open, nothing committed.
+    let asked = std::time::Instant::now();
+    let mut served = registry.served();
+    while sessions(&served, "app").0 < 3 && asked.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        served = registry.served();
+    }
+    let (opened, committed, _) = sessions(&served, "app");
+    assert!(
+        opened >= 3,
+        "sessions not opened while the step ran: {served:#?}"
+    );
+    assert!(committed.is_empty(), "{served:#?}");
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert_every_session_ended(registry, "app", 0);
+    // Each session opened ahead served a blob: none was given up.
+    let (_, _, deleted) = sessions(&registry.served(), "app");
+    assert!(deleted.is_empty(), "{:#?}", registry.served());
+}

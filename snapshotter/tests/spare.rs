@@ -110,6 +110,58 @@ async fn the_next_upload_takes_the_spare_session_instead_of_opening_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_opened_together_ask_the_registry_once_and_serve_the_uploads() {
+    let fake = Fake::start().await;
+    let mut built = build_image();
+    hold_config(&mut built);
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    // None: the registry is asked whether it wants a token, and nothing is opened.
+    Arc::new(client()).open_spares(&tag, 0);
+    for _ in 0..500 {
+        if fake.state.lock().unwrap().probes > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.state.lock().unwrap().probes, 1);
+    assert_eq!(fake.count("POST "), 0);
+    // Three at once on a new client: one question for the three.
+    let client = Arc::new(client());
+    client.open_spares(&tag, 3);
+    sessions_asked(&fake, 3).await;
+    assert_eq!(fake.state.lock().unwrap().probes, 2);
+    // The layer (two chunks) and the config take two of them and open none of their own; the
+    // third is given up.
+    push(&client, &built, &tag).await.unwrap();
+    client.give_up_spares(&tag).await;
+    let st = fake.state.lock().unwrap();
+    let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("POST /v2/app/blobs/uploads/"), 3, "{:#?}", st.log);
+    assert_eq!(count("DELETE /v2/app/blobs/uploads/"), 1, "{:#?}", st.log);
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    // The uploads used the answer the spares got.
+    assert_eq!(st.probes, 2);
+    let layers = built.image.layers.iter().map(|l| &l.descriptor.digest);
+    for digest in layers.chain([&built.image.config.descriptor.digest]) {
+        assert!(
+            st.blobs.contains_key(&format!("app@{digest}")),
+            "{digest}: {:#?}",
+            st.log
+        );
+    }
+    drop(st);
+    let mut committed = committed_ids(&fake);
+    committed.sort();
+    committed.dedup();
+    assert!(
+        committed
+            .iter()
+            .all(|id| ["1", "2", "3"].contains(&id.as_str())),
+        "a blob went through a session of its own: {committed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spares_no_blob_took_are_given_up() {
     let fake = Fake::start().await;
     let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();

@@ -405,10 +405,10 @@ impl Session {
                 events.clone(),
             ))
         });
-        let cache = LayeredCache::new(
-            DiskCache::open(self.root.join("build-cache"))?,
-            imported.clone(),
-        );
+        let disk = DiskCache::open(self.root.join("build-cache"))?;
+        // Nothing to find in a cache: every layer of the image's chain will be made.
+        let cold = self.fresh && imported.records.is_empty() && disk.is_empty();
+        let cache = LayeredCache::new(disk, imported.clone());
         // The image's own layers leave while their steps write them, to the first repository
         // pushed to, when they are written in the compression pushed (other repositories mount
         // them or get them after the build).
@@ -423,6 +423,16 @@ impl Session {
             }),
             _ => None,
         };
+        // Only the target's own chain of layers becomes the image; the other steps' stay
+        // snapshots. A cache export sends those steps' layers too, so with one they are written
+        // as blobs at once.
+        let chain = match graph.outputs.first() {
+            Some(out) if request.cache.export.is_empty() => Some(graph.layer_chain(out.root)),
+            _ => None,
+        };
+        if let Some(u) = &uploads {
+            u.warm(&graph, chain.as_ref().filter(|_| cold));
+        }
         let executor = BuildExecutor::new(
             ExecutorConfig {
                 store: self.store.clone(),
@@ -447,16 +457,13 @@ impl Session {
                         compression: step_compression,
                         source_date_epoch: request.source_date_epoch,
                     };
-                    // Only the target's own chain of layers becomes the image; the other steps'
-                    // stay snapshots. A cache export sends those steps' layers too, so with one
-                    // they are written as blobs at once.
-                    match graph.outputs.first() {
-                        Some(out) if request.cache.export.is_empty() => LayerPlan {
+                    match chain {
+                        Some(chain) => LayerPlan {
                             leaving,
-                            leaves: Some(graph.layer_chain(out.root)),
+                            leaves: Some(chain),
                             uploads: uploads.clone(),
                         },
-                        _ => LayerPlan::uniform(leaving),
+                        None => LayerPlan::uniform(leaving),
                     }
                 },
                 default_network: request.network,

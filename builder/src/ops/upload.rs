@@ -6,15 +6,34 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use forge_snapshotter::reference::Reference;
-use forge_snapshotter::registry::{FollowEnd, PushEvent, RegistryClient, Reported};
+use forge_snapshotter::registry::{
+    FollowEnd, PushEvent, RegistryClient, Reported, SPARE_SERVES_FOR,
+};
 use forge_snapshotter::store::Digest;
 use forge_snapshotter::writeback::Writeback;
 
 use crate::events::{BuildEvent, Events};
+use crate::graph::{Graph, Op, VertexId};
+
+/// The most upload sessions [`LayerUploads::warm`] is asked to open: a longer chain's later
+/// layers open theirs as their steps start, as any layer does.
+const WARM_AT_MOST: usize = 8;
+
+/// The blobs a build that finds nothing in a cache sends for the image whose layer chain is
+/// `chain` (see [`Graph::layer_chain`]): a layer for each step and file operation of it, then the
+/// config; at most [`WARM_AT_MOST`].
+fn blobs_of_a_cold_build(graph: &Graph, chain: &HashSet<VertexId>) -> usize {
+    let layers = graph
+        .vertices
+        .iter()
+        .filter(|v| chain.contains(&v.id) && matches!(v.op, Op::Exec(_) | Op::File(_)))
+        .count();
+    (layers + 1).min(WARM_AT_MOST)
+}
 
 /// The uploads of one build's leaving layers to the first repository it pushes to.
 pub struct LayerUploads {
@@ -26,9 +45,16 @@ pub struct LayerUploads {
     runtime: tokio::runtime::Handle,
     /// Each upload with the digest its writer made; only an upload whose digest matches counts.
     running: Mutex<Vec<(Digest, tokio::task::JoinHandle<FollowEnd>)>>,
-    /// Whether a layer has started, with the upload sessions opened for it and for the blob after
-    /// it (see `start`).
-    spares_opened: AtomicBool,
+    /// Upload sessions opened ahead for this build's blobs, and layers started (see `start`).
+    spares: Mutex<Spares>,
+}
+
+#[derive(Default)]
+struct Spares {
+    opened: usize,
+    layers: usize,
+    /// When `warm` opened its sessions, while they count.
+    warmed: Option<Instant>,
 }
 
 /// One upload started on a layer file, not yet known to succeed.
@@ -51,8 +77,23 @@ impl LayerUploads {
             events,
             runtime: tokio::runtime::Handle::current(),
             running: Mutex::new(Vec::new()),
-            spares_opened: AtomicBool::new(false),
+            spares: Mutex::default(),
         }
+    }
+
+    /// Gets the registry ready at the build's start: asks it whether it wants a token (the
+    /// answer and the connection are kept for the uploads) and, for a build that will make every
+    /// layer of the image's `cold_chain` (it finds none in a cache), opens the upload sessions of
+    /// those layers and the config while the registry has time. A layer's `start` then opens only
+    /// what these do not cover. Call once, before any `start`.
+    pub fn warm(&self, graph: &Graph, cold_chain: Option<&HashSet<VertexId>>) {
+        let blobs = cold_chain.map_or(0, |chain| blobs_of_a_cold_build(graph, chain));
+        {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            spares.opened += blobs;
+            spares.warmed = Some(Instant::now());
+        }
+        self.registry.open_spares(&self.target, blobs);
     }
 
     /// Starts uploading the blob about to be written to `file` (new, empty, and open for reading
@@ -64,12 +105,27 @@ impl LayerUploads {
         };
         // A layer written means one blob more to send after it: the next layer, or the image's
         // config (new, as the image is). Its upload session is opened now, while the registry
-        // has time; the first layer opens its own as well. Both are waiting before this upload
-        // starts, so that it takes the first of them.
-        if !self.spares_opened.swap(true, Ordering::Relaxed) {
-            self.registry.open_spare(&self.target);
+        // has time, unless `warm` opened it already; the first layer's own as well. Both are
+        // waiting before this upload starts, so that it takes the first of them.
+        let missing = {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            spares.layers += 1;
+            // Those `warm` opened and no layer took may be too old to serve by the time this
+            // layer's upload, or the blob after it, asks for one: counted no more.
+            if spares
+                .warmed
+                .is_some_and(|at| at.elapsed() >= SPARE_SERVES_FOR / 2)
+            {
+                spares.warmed = None;
+                spares.opened = spares.opened.min(spares.layers - 1);
+            }
+            let missing = (spares.layers + 1).saturating_sub(spares.opened);
+            spares.opened += missing;
+            missing
+        };
+        if missing > 0 {
+            self.registry.open_spares(&self.target, missing);
         }
-        self.registry.open_spare(&self.target);
         let (reported, upload) =
             self.registry
                 .upload_while_written(&self.target, reader, Writeback::new(file));
@@ -140,7 +196,7 @@ impl LayerUploads {
 
     /// Gives up the upload sessions opened ahead that no blob took (after the push).
     pub async fn give_up_spares(&self) {
-        self.spares_opened.store(false, Ordering::Relaxed);
+        self.spares.lock().unwrap_or_else(|p| p.into_inner()).opened = 0;
         self.registry.give_up_spares(&self.target).await;
     }
 }
@@ -153,7 +209,13 @@ impl Drop for LayerUploads {
         }
         // Its spare sessions too, as far as the runtime lives on (a failed build's process
         // ends soon after; the registry purges what is left, as it does an aborted upload).
-        if self.spares_opened.load(Ordering::Relaxed) {
+        if self
+            .spares
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .opened
+            > 0
+        {
             let (registry, target) = (self.registry.clone(), self.target.clone());
             self.runtime
                 .spawn(async move { registry.give_up_spares(&target).await });

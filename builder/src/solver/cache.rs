@@ -160,6 +160,13 @@ impl DiskCache {
         &self.dir
     }
 
+    /// Whether the cache holds no record (a new store's, or one pruned of them all).
+    pub fn is_empty(&self) -> bool {
+        fs::read_dir(&self.dir).is_ok_and(|mut entries| {
+            !entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".rec")))
+        })
+    }
+
     /// The file a key's record lives in.
     pub fn record_path(&self, key: &CacheKey) -> PathBuf {
         self.dir.join(format!("{}.rec", key.to_hex()))
@@ -335,6 +342,22 @@ mod tests {
             .filter(|n| n.starts_with(".tmp-"))
             .collect();
         assert!(strays.is_empty(), "temporary files left: {strays:?}");
+    }
+
+    #[test]
+    fn a_cache_is_empty_until_a_record_is_written_and_again_once_it_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path().join("c")).unwrap();
+        assert!(cache.is_empty());
+        // A key's lock file and a writer's temporary file are no records.
+        fs::write(cache.dir().join(format!("{}.lock", "ab".repeat(32))), b"").unwrap();
+        fs::write(cache.dir().join(".tmp-1-ab"), b"half a record").unwrap();
+        assert!(cache.is_empty());
+        let key = CacheKey([7; 32]);
+        cache.put(&key, b"hello").unwrap();
+        assert!(!cache.is_empty());
+        assert!(cache.remove(&key));
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub use login::LoginError;
 pub use mirrors::{Candidate, Mirrors};
 pub use pulled::{BlobKind, PullError, PullEvent};
 pub use push::{Landing, PushBlob, PushError, PushEvent, PushImage};
+pub use spare::SERVES_FOR as SPARE_SERVES_FOR;
 
 use crate::platform::Platform;
 use crate::reference::Reference;

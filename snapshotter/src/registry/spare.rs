@@ -5,9 +5,12 @@
 //! small blob's commit and so in front of the manifest. A build that writes a layer knows one more
 //! blob will follow it (the next layer, or else the image's config, new when a layer is), so it
 //! opens that blob's session as the layer starts (`open_spare`), while the registry has time; the
-//! next upload to that repository takes it (`open_session`) instead of asking for its own. The
-//! config, made by the build and held in memory, is then known to be new: it goes through its
-//! spare without the `HEAD` that would ask whether the registry has it (`Target::push_blob`).
+//! next upload to that repository takes it (`open_session`) instead of asking for its own. A
+//! build that will make every layer of its image (a new store, no cache to import) opens the
+//! sessions of all of them and the config's as it starts (`open_spares`, several at once asking
+//! the registry once whether it wants a token), while its first steps run. The config, made by
+//! the build and held in memory, is then known to be new: it goes through its spare without the
+//! `HEAD` that would ask whether the registry has it (`Target::push_blob`).
 //!
 //! A spare serves for [`SERVES_FOR`] only (a registry may drop sessions it sees no bytes for);
 //! an older one, or one that could not be opened, leaves its blob to open a session of its own,
@@ -18,15 +21,16 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 
-use super::RegistryClient;
 use super::target::Via;
 use super::upload::Session;
+use super::{RegistryClient, oci_reference};
 use crate::reference::Reference;
 
 /// How long after its opening a spare session is still used.
-const SERVES_FOR: Duration = Duration::from_secs(60);
+pub const SERVES_FOR: Duration = Duration::from_secs(60);
 
 /// Spare sessions, oldest first.
 #[derive(Default)]
@@ -77,24 +81,42 @@ impl RegistryClient {
     /// upload there takes (see the module). Nothing is opened where the registry wants a token
     /// (oci-client's uploads open their own). Call within a tokio runtime.
     pub fn open_spare(self: &Arc<Self>, target: &Reference) {
+        self.open_spares(target, 1);
+    }
+
+    /// [`open_spare`](Self::open_spare) `count` times, the registry asked once whether it wants
+    /// a token for all of them (each alone would ask it, on a connection of its own, while none
+    /// has the answer). With `count` 0 only that is asked: the answer, kept by the client, and
+    /// the connection, kept by its pool, are then ready for the uploads that come later.
+    pub fn open_spares(self: &Arc<Self>, target: &Reference, count: usize) {
         let client = Arc::clone(self);
         let reference = target.clone();
-        let session = tokio::spawn(async move {
-            let target = client.target(&reference, &|_| {}).await.ok()?;
-            if !matches!(target.via, Via::Own) {
-                return None;
-            }
+        let asked = tokio::spawn(async move {
             client
-                .request_session(target.registry(), &target.oci)
+                .target(&reference, &|_| {})
                 .await
-                .ok()
+                .is_ok_and(|t| matches!(t.via, Via::Own))
         });
-        // In the list before this returns: an upload started after it finds it.
-        self.spares.waiting().push_back(Spare {
-            repository: repository_key(target.registry(), target.repository()),
-            opened: Instant::now(),
-            session,
-        });
+        let own = async move { asked.await.unwrap_or(false) }.boxed().shared();
+        let mut waiting = self.spares.waiting();
+        for _ in 0..count {
+            let (client, own, reference) = (Arc::clone(self), own.clone(), target.clone());
+            let session = tokio::spawn(async move {
+                if !own.await {
+                    return None;
+                }
+                client
+                    .request_session(reference.registry(), &oci_reference(&reference))
+                    .await
+                    .ok()
+            });
+            // In the list before this returns: an upload started after it finds it.
+            waiting.push_back(Spare {
+                repository: repository_key(target.registry(), target.repository()),
+                opened: Instant::now(),
+                session,
+            });
+        }
     }
 
     /// Gives up every spare session of `target`'s repository that no blob took.

@@ -31,6 +31,8 @@ pub struct State {
     pub manifests: HashMap<String, (String, Vec<u8>)>,
     /// "METHOD path" of every request but `GET /v2/`.
     pub log: Vec<String>,
+    /// How many times `/v2/` was asked for (a client's probe for a challenge).
+    pub probes: usize,
     /// The bytes each `PATCH` and commit (`PUT`) of an upload carried, in order, with the
     /// digest the commit named (`None` for a `PATCH`).
     pub sent: Vec<(&'static str, usize, Option<String>)>,
@@ -145,6 +147,7 @@ pub fn route(
 ) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path == "/v2/" {
+        st.probes += 1;
         return (200, vec![], b"{}".to_vec());
     }
     st.log.push(format!("{method} {path}"));
