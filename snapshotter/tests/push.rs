@@ -375,6 +375,57 @@ async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
     );
 }
 
+/// A base image's small layer (pulled from another registry: nothing to mount it from) is asked
+/// for before any session is opened for it: where the registry has it, as on every push of an
+/// image on that base after the first, no session is opened and given up for it; where it has
+/// not, it is uploaded.
+#[tokio::test]
+async fn a_base_layer_the_registry_has_costs_a_check_and_no_session() {
+    let fake = Fake::start().await;
+    let mut built = build_image_of(b"a base image's small layer".to_vec());
+    built.image.layers[0].mount_from = Some("127.0.0.1:1/library/base".into());
+    let layer = built.image.layers[0].descriptor.digest.clone();
+    fake.state
+        .lock()
+        .unwrap()
+        .blobs
+        .insert(format!("app@{layer}"), built.layer.clone());
+    let tag = Reference::parse(&format!("{}/app:1", fake.addr)).unwrap();
+    let sink = |_: PushEvent| {};
+    push_one(&built, &tag, &sink).await;
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(
+            fake_count(&st, &format!("HEAD /v2/app/blobs/{layer}")),
+            1,
+            "{:#?}",
+            st.log
+        );
+        // The config's session alone; none opened for the layer, so none given up.
+        assert_eq!(
+            fake_count(&st, "POST /v2/app/blobs/uploads/"),
+            1,
+            "{:#?}",
+            st.log
+        );
+        assert_eq!(fake_count(&st, "DELETE "), 0, "{:#?}", st.log);
+        assert!(st.uploads.is_empty(), "{:#?}", st.log);
+    }
+    // A repository without it: checked, then uploaded.
+    let other = Reference::parse(&format!("{}/other:1", fake.addr)).unwrap();
+    push_one(&built, &other, &sink).await;
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.blobs[&format!("other@{layer}")], built.layer);
+    assert_eq!(
+        fake_count(&st, "POST /v2/other/blobs/uploads/"),
+        2,
+        "{:#?}",
+        st.log
+    );
+    assert_eq!(fake_count(&st, "DELETE "), 0, "{:#?}", st.log);
+    assert!(st.uploads.is_empty(), "{:#?}", st.log);
+}
+
 fn fake_count(st: &State, prefix: &str) -> usize {
     st.log.iter().filter(|l| l.starts_with(prefix)).count()
 }

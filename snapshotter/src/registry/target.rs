@@ -175,14 +175,17 @@ impl Target<'_> {
                 Via::Oci(oci_client) => oci_client.blob_exists(&self.oci, &digest).await?,
             })
         });
-        // A blob of one chunk with nowhere to mount it from: its upload session is opened while
-        // the registry is asked whether it has the blob, so that its upload, when it has not,
-        // is one request more instead of two (`upload.rs`). A refusal to open it is the
-        // upload's, reported if the registry lacks the blob; a transient failure leaves the
-        // upload to open its own, retried.
+        // A blob of one chunk that no repository is known to have (this build's, or a cache's):
+        // its upload session is opened while the registry is asked whether it has the blob, so
+        // that its upload, when it has not, is one request more instead of two (`upload.rs`). A
+        // refusal to open it is the upload's, reported if the registry lacks the blob; a
+        // transient failure leaves the upload to open its own, retried. A base image's layer is
+        // asked for first: a registry pushed to has it more often than not (every push after
+        // the first of an image on that base), and a session opened for nothing is two requests
+        // the registry writes and syncs for, the second one in front of the manifest.
         let early = matches!(self.via, Via::Own)
             && desc.size <= UPLOAD_CHUNK as u64
-            && self.mount_source(blob).is_none();
+            && blob.mount_from.is_none();
         let (exists, opened) = if early {
             let open = self.client.open_session(&self.registry, &self.oci);
             let (exists, opened) = futures::future::join(check, open).await;

@@ -279,12 +279,18 @@ pub struct Built {
 }
 
 pub fn build_image() -> Built {
+    // Not all-zero, so a chunk sent twice or out of order changes the digest.
+    build_image_of(
+        (0..(5u32 << 20) + 123)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    )
+}
+
+/// An image of one layer, `layer`, in a store of its own.
+pub fn build_image_of(layer: Vec<u8>) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    // Not all-zero, so a chunk sent twice or out of order changes the digest.
-    let layer: Vec<u8> = (0..(5u32 << 20) + 123)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let put = |bytes: &[u8], media_type: &str| Descriptor {
