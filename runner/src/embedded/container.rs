@@ -275,8 +275,22 @@ pub(super) fn wait_command(command: Pid, mut each: impl FnMut()) -> i32 {
 }
 
 pub(super) fn cleanup(p: &Undo) {
+    // Only a mount on a stub, or below one, must go for the stub to go: the others (/proc, /dev,
+    // /sys, a bind over a directory the image has) are left to the kernel, which takes the
+    // mount namespace down after init's exit, beside forge's work on the snapshot (forge reads
+    // the snapshot's own directories, which no mount of this namespace covers).
+    let created: Vec<&Path> = p
+        .stubs
+        .iter()
+        .filter_map(|s| match s {
+            Stub::Created { path, .. } => Some(path.as_path()),
+            Stub::Times { .. } => None,
+        })
+        .collect();
     for target in p.mounted.iter().rev() {
-        let _ = sys::umount_detach(target);
+        if created.iter().any(|stub| target.starts_with(stub)) {
+            let _ = sys::umount_detach(target);
+        }
     }
     for stub in p.stubs.iter().rev() {
         match stub {
