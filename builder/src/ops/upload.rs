@@ -57,6 +57,35 @@ struct Spares {
     warmed: Option<Instant>,
 }
 
+impl Spares {
+    /// `blobs` sessions opened at the build's start, at `now`. Only sessions opened here age as
+    /// [`Spares::layer_started`] reckons: with none, the layers' own count.
+    fn warmed(&mut self, blobs: usize, now: Instant) {
+        if blobs > 0 {
+            self.opened += blobs;
+            self.warmed = Some(now);
+        }
+    }
+
+    /// A layer started at `now`: how many sessions to open so that it and the blob after it
+    /// find one each.
+    fn layer_started(&mut self, now: Instant) -> usize {
+        self.layers += 1;
+        // Those `warm` opened and no layer took may be too old to serve by the time this layer's
+        // upload, or the blob after it, asks for one: counted no more.
+        if self
+            .warmed
+            .is_some_and(|at| now.saturating_duration_since(at) >= SPARE_SERVES_FOR / 2)
+        {
+            self.warmed = None;
+            self.opened = self.opened.min(self.layers - 1);
+        }
+        let missing = (self.layers + 1).saturating_sub(self.opened);
+        self.opened += missing;
+        missing
+    }
+}
+
 /// One upload started on a layer file, not yet known to succeed.
 pub struct Started {
     handle: tokio::task::JoinHandle<FollowEnd>,
@@ -88,11 +117,10 @@ impl LayerUploads {
     /// what these do not cover. Call once, before any `start`.
     pub fn warm(&self, graph: &Graph, cold_chain: Option<&HashSet<VertexId>>) {
         let blobs = cold_chain.map_or(0, |chain| blobs_of_a_cold_build(graph, chain));
-        {
-            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            spares.opened += blobs;
-            spares.warmed = Some(Instant::now());
-        }
+        self.spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warmed(blobs, Instant::now());
         self.registry.open_spares(&self.target, blobs);
     }
 
@@ -107,22 +135,11 @@ impl LayerUploads {
         // config (new, as the image is). Its upload session is opened now, while the registry
         // has time, unless `warm` opened it already; the first layer's own as well. Both are
         // waiting before this upload starts, so that it takes the first of them.
-        let missing = {
-            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            spares.layers += 1;
-            // Those `warm` opened and no layer took may be too old to serve by the time this
-            // layer's upload, or the blob after it, asks for one: counted no more.
-            if spares
-                .warmed
-                .is_some_and(|at| at.elapsed() >= SPARE_SERVES_FOR / 2)
-            {
-                spares.warmed = None;
-                spares.opened = spares.opened.min(spares.layers - 1);
-            }
-            let missing = (spares.layers + 1).saturating_sub(spares.opened);
-            spares.opened += missing;
-            missing
-        };
+        let missing = self
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .layer_started(Instant::now());
         if missing > 0 {
             self.registry.open_spares(&self.target, missing);
         }
@@ -220,5 +237,36 @@ impl Drop for LayerUploads {
             self.runtime
                 .spawn(async move { registry.give_up_spares(&target).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{SPARE_SERVES_FOR, Spares};
+
+    #[test]
+    fn each_layer_opens_what_it_and_the_blob_after_it_lack() {
+        let t = Instant::now();
+        // Not warmed: the first layer opens its own and the next blob's, every later one the
+        // blob after it, however long the build takes.
+        let mut s = Spares::default();
+        s.warmed(0, t);
+        assert_eq!(s.layer_started(t), 2);
+        assert_eq!(s.layer_started(t + SPARE_SERVES_FOR), 1);
+        assert_eq!(s.layer_started(t + SPARE_SERVES_FOR * 2), 1);
+        // Warmed with three (two layers and the config): the layers open none while those serve.
+        let mut s = Spares::default();
+        s.warmed(3, t);
+        assert_eq!(s.layer_started(t + Duration::from_secs(1)), 0);
+        assert_eq!(s.layer_started(t + Duration::from_secs(2)), 0);
+        assert_eq!(s.layer_started(t + Duration::from_secs(3)), 1);
+        // Warmed sessions getting old count no more: the layer then opens its own and the next's.
+        let mut s = Spares::default();
+        s.warmed(3, t);
+        assert_eq!(s.layer_started(t + Duration::from_secs(1)), 0);
+        assert_eq!(s.layer_started(t + SPARE_SERVES_FOR / 2), 2);
+        assert_eq!(s.layer_started(t + SPARE_SERVES_FOR), 1);
     }
 }
