@@ -37,7 +37,7 @@ async fn a_chunk_failing_mid_blob_with_500_once_is_retried_with_a_fresh_session(
         "manifest bytes were not sent verbatim"
     );
     // Config and layer each open a session; the failed chunk costs the layer one more.
-    let posts = st.log.iter().filter(|l| l.starts_with("POST ")).count();
+    let posts = st.count("POST ");
     assert_eq!(posts, 3, "log: {:#?}", st.log);
     // The failed session was given up, not left open; the manifest goes last, after every
     // blob is committed.
@@ -160,10 +160,7 @@ async fn blobs_the_registry_has_are_not_sent_and_tags_share_the_manifest() {
 
     let st = fake.state.lock().unwrap();
     assert_eq!(
-        st.log
-            .iter()
-            .filter(|l| l.starts_with("PUT /v2/app/blobs/uploads/"))
-            .count(),
+        st.count("PUT /v2/app/blobs/uploads/"),
         1,
         "only the config should be sent: {:#?}",
         st.log
@@ -194,12 +191,7 @@ async fn a_second_repository_of_the_registry_mounts_what_the_first_got() {
         .await
         .unwrap();
     let st = fake.state.lock().unwrap();
-    let sent_to = |repo: &str| {
-        st.log
-            .iter()
-            .filter(|l| l.starts_with(&format!("PUT /v2/{repo}/blobs/uploads/")))
-            .count()
-    };
+    let sent_to = |repo: &str| st.count(&format!("PUT /v2/{repo}/blobs/uploads/"));
     assert_eq!(sent_to("one/app"), 2, "config and layer: {:#?}", st.log);
     assert_eq!(sent_to("two/app"), 0, "{:#?}", st.log);
     for repo in ["one/app", "two/app"] {
@@ -339,12 +331,7 @@ async fn a_mount_answered_with_an_upload_session_carries_the_blob() {
         let st = fake.state.lock().unwrap();
         assert_eq!(st.blobs[&format!("app@{layer}")], built.layer);
         // The config's session and the layer's, which the mount opened.
-        assert_eq!(
-            fake_count(&st, "POST /v2/app/blobs/uploads/"),
-            2,
-            "{:#?}",
-            st.log
-        );
+        assert_eq!(st.count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
         assert!(st.uploads.is_empty(), "{:#?}", st.log);
     }
     assert!(
@@ -396,19 +383,14 @@ async fn a_base_layer_the_registry_has_costs_a_check_and_no_session() {
     {
         let st = fake.state.lock().unwrap();
         assert_eq!(
-            fake_count(&st, &format!("HEAD /v2/app/blobs/{layer}")),
+            st.count(&format!("HEAD /v2/app/blobs/{layer}")),
             1,
             "{:#?}",
             st.log
         );
         // The config's session alone; none opened for the layer, so none given up.
-        assert_eq!(
-            fake_count(&st, "POST /v2/app/blobs/uploads/"),
-            1,
-            "{:#?}",
-            st.log
-        );
-        assert_eq!(fake_count(&st, "DELETE "), 0, "{:#?}", st.log);
+        assert_eq!(st.count("POST /v2/app/blobs/uploads/"), 1, "{:#?}", st.log);
+        assert_eq!(st.count("DELETE "), 0, "{:#?}", st.log);
         assert!(st.uploads.is_empty(), "{:#?}", st.log);
     }
     // A repository without it: checked, then uploaded.
@@ -417,17 +399,13 @@ async fn a_base_layer_the_registry_has_costs_a_check_and_no_session() {
     let st = fake.state.lock().unwrap();
     assert_eq!(st.blobs[&format!("other@{layer}")], built.layer);
     assert_eq!(
-        fake_count(&st, "POST /v2/other/blobs/uploads/"),
+        st.count("POST /v2/other/blobs/uploads/"),
         2,
         "{:#?}",
         st.log
     );
-    assert_eq!(fake_count(&st, "DELETE "), 0, "{:#?}", st.log);
+    assert_eq!(st.count("DELETE "), 0, "{:#?}", st.log);
     assert!(st.uploads.is_empty(), "{:#?}", st.log);
-}
-
-fn fake_count(st: &State, prefix: &str) -> usize {
-    st.log.iter().filter(|l| l.starts_with(prefix)).count()
 }
 
 /// An image just made is pushed while its config and manifest are still being written into the
@@ -616,11 +594,7 @@ async fn bytes_not_matching_the_digest_are_refused_by_the_registry_and_not_retri
         st.manifests.is_empty(),
         "a manifest was pushed over a failed blob"
     );
-    let commits = st
-        .log
-        .iter()
-        .filter(|l| l.starts_with("PUT /v2/app/blobs/uploads/"))
-        .count();
+    let commits = st.count("PUT /v2/app/blobs/uploads/");
     // The layer's one refused commit, and the config's if it got that far before the failure.
     assert!((1..=2).contains(&commits), "{:#?}", st.log);
     assert!(

@@ -83,12 +83,7 @@ async fn the_next_upload_takes_the_spare_session_instead_of_opening_one() {
     let st = fake.state.lock().unwrap();
     // The config (one chunk) took the spare; the layer (two chunks) opened its own: two sessions
     // in all, as many as without a spare, and none given up.
-    assert_eq!(
-        st.log.iter().filter(|l| l.starts_with("POST ")).count(),
-        2,
-        "{:#?}",
-        st.log
-    );
+    assert_eq!(st.count("POST "), 2, "{:#?}", st.log);
     assert!(
         !st.log.iter().any(|l| l.starts_with("DELETE ")),
         "{:#?}",
@@ -135,9 +130,13 @@ async fn spares_opened_together_ask_the_registry_once_and_serve_the_uploads() {
     push(&client, &built, &tag).await.unwrap();
     client.give_up_spares(&tag).await;
     let st = fake.state.lock().unwrap();
-    let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
-    assert_eq!(count("POST /v2/app/blobs/uploads/"), 3, "{:#?}", st.log);
-    assert_eq!(count("DELETE /v2/app/blobs/uploads/"), 1, "{:#?}", st.log);
+    assert_eq!(st.count("POST /v2/app/blobs/uploads/"), 3, "{:#?}", st.log);
+    assert_eq!(
+        st.count("DELETE /v2/app/blobs/uploads/"),
+        1,
+        "{:#?}",
+        st.log
+    );
     assert!(st.uploads.is_empty(), "{:#?}", st.log);
     // The uploads used the answer the spares got.
     assert_eq!(st.probes, 2);
@@ -171,9 +170,13 @@ async fn spares_no_blob_took_are_given_up() {
     // Given up at once, before the registry answered: they are waited for, then deleted.
     client.give_up_spares(&tag).await;
     let st = fake.state.lock().unwrap();
-    let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
-    assert_eq!(count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
-    assert_eq!(count("DELETE /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+    assert_eq!(st.count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+    assert_eq!(
+        st.count("DELETE /v2/app/blobs/uploads/"),
+        2,
+        "{:#?}",
+        st.log
+    );
     assert!(
         st.uploads.is_empty(),
         "a session was left open: {:#?}",
@@ -191,8 +194,7 @@ async fn a_spare_of_another_repository_is_left_to_it() {
     push(&client, &built, &tag).await.unwrap();
     {
         let st = fake.state.lock().unwrap();
-        let count = |prefix: &str| st.log.iter().filter(|l| l.starts_with(prefix)).count();
-        assert_eq!(count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
+        assert_eq!(st.count("POST /v2/app/blobs/uploads/"), 2, "{:#?}", st.log);
         assert_eq!(st.uploads.len(), 1, "{:#?}", st.log);
         assert_eq!(
             st.uploads.values().next().unwrap().0,
@@ -208,10 +210,7 @@ async fn a_spare_of_another_repository_is_left_to_it() {
     let st = fake.state.lock().unwrap();
     assert!(st.uploads.is_empty(), "{:#?}", st.log);
     assert_eq!(
-        st.log
-            .iter()
-            .filter(|l| l.starts_with("DELETE /v2/other/blobs/uploads/"))
-            .count(),
+        st.count("DELETE /v2/other/blobs/uploads/"),
         1,
         "{:#?}",
         st.log
@@ -312,12 +311,7 @@ async fn a_spare_the_registry_dropped_is_replaced_by_a_fresh_session() {
         "{:#?}",
         st.log
     );
-    assert_eq!(
-        st.log.iter().filter(|l| l.starts_with("POST ")).count(),
-        3,
-        "{:#?}",
-        st.log
-    );
+    assert_eq!(st.count("POST "), 3, "{:#?}", st.log);
     assert!(
         events
             .lock()

@@ -46,6 +46,13 @@ pub struct State {
     pub next_id: u64,
 }
 
+impl State {
+    /// How many logged requests start with `prefix` ("METHOD path...").
+    pub fn count(&self, prefix: &str) -> usize {
+        self.log.iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
 pub struct Fake {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
@@ -72,8 +79,7 @@ impl Fake {
     }
 
     pub fn count(&self, prefix: &str) -> usize {
-        let st = self.state.lock().unwrap();
-        st.log.iter().filter(|l| l.starts_with(prefix)).count()
+        self.state.lock().unwrap().count(prefix)
     }
 }
 
